@@ -1,0 +1,45 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+)
+
+// Exit codes of the CLI. Scripts can rely on them.
+const (
+	exitFailure     = 1 // anything not listed below
+	exitUsage       = 2 // bad flags or arguments
+	exitInvalid     = 3 // the agent rejected the input (HTTP 400/422)
+	exitNotFound    = 4 // the named object does not exist (HTTP 404)
+	exitConflict    = 5 // duplicate or concurrent edit (HTTP 409/412)
+	exitAuth        = 6 // missing or wrong admin token (HTTP 401/403)
+	exitUnavailable = 7 // the agent or store cannot be reached
+)
+
+// exitCodeError carries a specific process exit code up to main.
+type exitCodeError struct {
+	code int
+	err  error
+}
+
+func (e *exitCodeError) Error() string { return e.err.Error() }
+func (e *exitCodeError) Unwrap() error { return e.err }
+
+func withExitCode(code int, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &exitCodeError{code: code, err: err}
+}
+
+func newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "singularity-edge",
+		Short:         "Edge load balancer for Fly.io: proxy, automatic HTTPS, replicated state",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return withExitCode(exitUsage, err) })
+	// Each command lives in its own file (agent.go, db.go, pools.go, ...).
+	root.AddCommand()
+	return root
+}
