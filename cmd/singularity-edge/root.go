@@ -40,6 +40,10 @@ func newRootCommand() *cobra.Command {
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return withExitCode(exitUsage, err) })
 	// Each command lives in its own file (agent.go, db.go, pools.go, ...).
-	root.AddCommand()
+	root.AddCommand(newAgentCommand())
+	root.AddCommand(newPoolsCommand())
+	root.AddCommand(newBackendsCommand())
+	root.AddCommand(newCertsCommand())
+	root.AddCommand(newClusterCommand())
 	return root
 }

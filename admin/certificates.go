@@ -1,0 +1,394 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/singularity-ng/singularity-edge/certs"
+	"github.com/singularity-ng/singularity-edge/internal/fielderr"
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+// uploadInput is a certificate upload: PEM text of the leaf (optionally
+// followed by its chain), the private key and further chain certificates.
+// Domain alone (no certificate) asks for ACME issuance, which this agent
+// cannot do yet; it is answered 409 not_supported rather than "unknown
+// field", so a client of the original API learns why.
+type uploadInput struct {
+	Certificate string            `json:"certificate"`
+	PrivateKey  string            `json:"private_key"`
+	Chain       string            `json:"chain"`
+	Metadata    map[string]string `json:"metadata"`
+	Domain      string            `json:"domain"`
+}
+
+// certificateResponse shows a certificate. It has no field for the private
+// key: the key goes in on upload and never comes out.
+type certificateResponse struct {
+	ID          string            `json:"id"`
+	Domain      string            `json:"domain"`
+	Names       []string          `json:"names"`
+	Issuer      string            `json:"issuer"`
+	NotBefore   time.Time         `json:"not_before"`
+	ExpiresAt   time.Time         `json:"expires_at"`
+	DaysLeft    int               `json:"days_left"` // whole days until expiry; negative once expired
+	Expired     bool              `json:"expired"`
+	Fingerprint string            `json:"fingerprint"` // SHA-256 of the leaf, hex
+	Provider    string            `json:"provider"`    // "acme" or "upload"
+	AutoRenew   bool              `json:"auto_renew"`
+	Certificate string            `json:"certificate"` // leaf PEM (public)
+	Chain       string            `json:"chain"`       // intermediates PEM (public)
+	Metadata    map[string]string `json:"metadata"`
+	InsertedAt  time.Time         `json:"inserted_at"`
+	UpdatedAt   time.Time         `json:"updated_at"`
+	Version     storage.Version   `json:"version"`
+}
+
+func certificateView(c storage.Certificate, now time.Time) certificateResponse {
+	names := c.Names
+	if names == nil {
+		names = []string{}
+	}
+	left := c.ExpiresAt.Sub(now)
+	return certificateResponse{
+		ID:          c.ID,
+		Domain:      c.Domain,
+		Names:       names,
+		Issuer:      c.Issuer,
+		NotBefore:   c.NotBefore,
+		ExpiresAt:   c.ExpiresAt,
+		DaysLeft:    int(math.Floor(left.Hours() / 24)),
+		Expired:     left <= 0,
+		Fingerprint: c.Fingerprint,
+		Provider:    c.Provider,
+		AutoRenew:   c.AutoRenew,
+		Certificate: c.CertificatePEM,
+		Chain:       c.ChainPEM,
+		Metadata:    c.Metadata,
+		InsertedAt:  c.InsertedAt,
+		UpdatedAt:   c.UpdatedAt,
+		Version:     c.Version,
+	}
+}
+
+func (s *Server) handleListCertificates(w http.ResponseWriter, r *http.Request) {
+	pg, err := parsePage(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	rows, err := s.store.ListCertificates(r.Context(), pg.After, pg.Limit+1)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	now := s.now()
+	resp, err := pageOf(rows, pg.Limit, func(c storage.Certificate) string { return c.ID },
+		func(c storage.Certificate) (certificateResponse, error) { return certificateView(c, now), nil })
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) handleGetCertificate(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	c, err := s.store.GetCertificate(r.Context(), id)
+	if err != nil {
+		s.writeError(w, r, notFoundAs(err, "id", fmt.Sprintf("no certificate with id %q", id)))
+		return
+	}
+	w.Header().Set("ETag", etag(c.Version))
+	writeJSON(w, http.StatusOK, certificateView(c, s.now()))
+}
+
+// handleCreateCertificate is POST /api/certificates: a JSON upload (the
+// original API's create route).
+func (s *Server) handleCreateCertificate(w http.ResponseWriter, r *http.Request) {
+	body, err := readJSONBody(w, r, s.cfg.MaxUploadBytes)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var in uploadInput
+	if err := decodeStrict(body, &in); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.storeUpload(w, r, in)
+}
+
+// handleUploadCertificate is POST /api/certificates/upload: JSON, or a
+// multipart form whose parts certificate, private_key and chain are files
+// or plain values.
+func (s *Server) handleUploadCertificate(w http.ResponseWriter, r *http.Request) {
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if mt == "multipart/form-data" {
+		in, err := readMultipartUpload(w, r, s.cfg.MaxUploadBytes)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		s.storeUpload(w, r, in)
+		return
+	}
+	body, err := readBodyTyped(w, r, s.cfg.MaxUploadBytes, "application/json", "multipart/form-data")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var in uploadInput
+	if err := decodeStrict(body, &in); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.storeUpload(w, r, in)
+}
+
+// readBodyTyped is readJSONBody with a 415 message that lists every type the
+// route reads.
+func readBodyTyped(w http.ResponseWriter, r *http.Request, limit int64, want ...string) ([]byte, error) {
+	if err := requireMediaType(r, want...); err != nil {
+		return nil, err
+	}
+	return readBody(w, r, limit)
+}
+
+// isUploadField reports whether name is a part an upload form may carry.
+func isUploadField(name string) bool {
+	switch name {
+	case certs.FieldCertificate, certs.FieldPrivateKey, certs.FieldChain:
+		return true
+	}
+	return false
+}
+
+func readMultipartUpload(w http.ResponseWriter, r *http.Request, limit int64) (uploadInput, error) {
+	var in uploadInput
+	r.Body = http.MaxBytesReader(w, r.Body, limit)
+	mr, err := r.MultipartReader()
+	if err != nil {
+		return in, errInvalid("malformed multipart form: " + err.Error())
+	}
+	seen := map[string]bool{}
+	for {
+		part, err := mr.NextPart()
+		// Only a bare io.EOF is the closing delimiter; a body that ends
+		// without one comes back as a wrapped EOF and is malformed.
+		if err == io.EOF { //nolint:errorlint // see above
+			break
+		}
+		if err != nil {
+			return in, multipartError(err)
+		}
+		name := part.FormName()
+		if !isUploadField(name) {
+			_ = part.Close()
+			if name == "" {
+				return in, errInvalid("a multipart part has no form field name")
+			}
+			return in, errInvalid("unknown field "+fmt.Sprintf("%q", name), fielderr.FieldError{Field: name, Message: "unknown field"})
+		}
+		if seen[name] {
+			_ = part.Close()
+			return in, errInvalid("field "+name+" given twice", fielderr.FieldError{Field: name, Message: "given more than once"})
+		}
+		seen[name] = true
+		value, err := io.ReadAll(part)
+		_ = part.Close()
+		if err != nil {
+			return in, multipartError(err)
+		}
+		switch name {
+		case certs.FieldCertificate:
+			in.Certificate = string(value)
+		case certs.FieldPrivateKey:
+			in.PrivateKey = string(value)
+		case certs.FieldChain:
+			in.Chain = string(value)
+		}
+	}
+	return in, nil
+}
+
+func multipartError(err error) error {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return toAPIError(err)
+	}
+	return errInvalid("malformed multipart form: " + err.Error())
+}
+
+// storeUpload validates the upload with certs.ParseUpload and stores it in
+// one transaction that also rejects a certificate stored before. The ID is
+// derived from the leaf's fingerprint, so the same certificate uploaded
+// twice is a 409 naming the existing id.
+func (s *Server) storeUpload(w http.ResponseWriter, r *http.Request, in uploadInput) {
+	if in.Domain != "" && in.Certificate == "" && in.PrivateKey == "" {
+		s.writeError(w, r, &apiError{Status: http.StatusConflict, Code: CodeNotSupported,
+			Message: "ACME issuance is not configured on this agent; upload a certificate with certificate and private_key instead",
+			Fields:  fielderr.List{{Field: "domain", Message: "ACME issuance is not configured"}}})
+		return
+	}
+	if in.Domain != "" {
+		s.writeError(w, r, errUnprocessable(fielderr.List{{Field: "domain", Message: "is taken from the certificate; leave it out of an upload"}}))
+		return
+	}
+	c, err := certs.ParseUpload(in.Certificate, in.PrivateKey, in.Chain, s.now())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	c.Metadata = in.Metadata
+	if err := checkCertificateMetadata(c.Metadata); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var stored storage.Certificate
+	commit, err := s.update(r.Context(), func(tx *storage.Tx) error {
+		if old, err := tx.Certificate(c.ID); err == nil {
+			return errConflict(certs.FieldCertificate, fmt.Sprintf("this certificate is already stored with id %q (domain %s)", old.ID, old.Domain))
+		} else if !errors.Is(err, storage.ErrNotFound) {
+			return err
+		}
+		stored = *c
+		return tx.PutCertificate(&stored)
+	})
+	if errors.Is(err, storage.ErrEncryptionKey) {
+		s.writeError(w, r, &apiError{Status: http.StatusConflict, Code: CodeNotSupported,
+			Message: "this agent has no usable encryption key (EDGE_ENCRYPTION_KEY), so it cannot store private keys", cause: err})
+		return
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	stored.Version = rowVersion(stored.Version, commit)
+	w.Header().Set("ETag", etag(stored.Version))
+	w.Header().Set("Location", "/api/certificates/"+url.PathEscape(stored.ID))
+	writeJSON(w, http.StatusCreated, certificateView(stored, s.now()))
+}
+
+// Bounds of certificate metadata, the same as pools and backends have.
+const (
+	maxCertMetadataPairs = 64
+	maxCertMetadataKey   = 64
+	maxCertMetadataValue = 1024
+)
+
+func checkCertificateMetadata(md map[string]string) error {
+	var errs fielderr.List
+	if len(md) > maxCertMetadataPairs {
+		errs.Add("metadata", fmt.Sprintf("at most %d entries, got %d", maxCertMetadataPairs, len(md)))
+		return errs.Err()
+	}
+	for k, v := range md {
+		switch {
+		case k == "" || len(k) > maxCertMetadataKey:
+			errs.Add("metadata", fmt.Sprintf("keys must be 1 to %d bytes", maxCertMetadataKey))
+		case len(v) > maxCertMetadataValue:
+			errs.Add("metadata", fmt.Sprintf("value of %q longer than %d bytes", k, maxCertMetadataValue))
+		case strings.ContainsFunc(k+v, func(r rune) bool { return r < ' ' || r == 0x7f || r == '\uFFFD' }):
+			errs.Add("metadata", fmt.Sprintf("entry %q must be UTF-8 text without control characters", k))
+		}
+		if len(errs) > 0 {
+			break
+		}
+	}
+	return errs.Err()
+}
+
+// handleDeleteCertificate deletes a certificate unless a pool still names
+// it in ssl_cert_id (409); the check and the delete share a transaction.
+func (s *Server) handleDeleteCertificate(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	match, err := parseIfMatch(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	_, err = s.update(r.Context(), func(tx *storage.Tx) error {
+		cur, err := tx.Certificate(id)
+		if err != nil {
+			return notFoundAs(err, "id", fmt.Sprintf("no certificate with id %q", id))
+		}
+		if err := match.check(cur.Version); err != nil {
+			return err
+		}
+		users, err := s.poolsUsingCertificate(r.Context(), cur.ID)
+		if err != nil {
+			return err
+		}
+		if len(users) > 0 {
+			return errConflict("id", fmt.Sprintf("certificate %q is used by pool(s) %s (ssl_cert_id); change them first", id, strings.Join(users, ", ")))
+		}
+		return tx.DeleteCertificate(id)
+	})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// poolsUsingCertificate lists the pools whose ssl_cert_id is c's id. The
+// storage transaction offers no scan of the pools table, so this reads the
+// committed pools; it runs inside the delete's Update callback while the
+// admin write lock is held, so no admin write can add a reference between
+// the scan and the delete's commit.
+func (s *Server) poolsUsingCertificate(ctx context.Context, id string) ([]string, error) {
+	var users []string
+	after := ""
+	for {
+		page, err := s.store.ListPools(ctx, after, maxPageLimit)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range page {
+			if p.SSLCertID == id {
+				users = append(users, p.Name)
+			}
+		}
+		if len(page) < maxPageLimit {
+			return users, nil
+		}
+		after = page[len(page)-1].Name
+	}
+}
+
+// handleRenewCertificate answers honestly: uploaded certificates are
+// renewed by uploading a new one, and ACME renewal needs a Renewer.
+func (s *Server) handleRenewCertificate(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	c, err := s.store.GetCertificate(r.Context(), id)
+	if err != nil {
+		s.writeError(w, r, notFoundAs(err, "id", fmt.Sprintf("no certificate with id %q", id)))
+		return
+	}
+	if c.Provider != "acme" {
+		s.writeError(w, r, &apiError{Status: http.StatusConflict, Code: CodeNotSupported,
+			Message: fmt.Sprintf("certificate %q was uploaded (provider %q); renew it by uploading its replacement and pointing the pools at the new id", id, c.Provider)})
+		return
+	}
+	if s.deps.Renewer == nil {
+		s.writeError(w, r, &apiError{Status: http.StatusConflict, Code: CodeNotSupported,
+			Message: "acme not configured: this agent cannot renew certificates"})
+		return
+	}
+	renewed, err := s.deps.Renewer.Renew(r.Context(), id)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("ETag", etag(renewed.Version))
+	writeJSON(w, http.StatusOK, certificateView(renewed, s.now()))
+}

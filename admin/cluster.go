@@ -1,0 +1,120 @@
+package admin
+
+import (
+	"net/http"
+	"sort"
+)
+
+// healthResponse is all GET /api/health tells an unauthenticated caller:
+// the process answers (live) and it can serve (ready).
+type healthResponse struct {
+	Status string `json:"status"` // "ok" or "starting"
+	Live   bool   `json:"live"`
+	Ready  bool   `json:"ready"`
+}
+
+// handleHealth answers 200 when ready and 503 while starting (the store is
+// closed or the routing table is not built yet), so that a load balancer's
+// check keeps traffic away until the agent can serve it.
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	ready := s.store.Info().Running
+	if ready && s.deps.Ready != nil {
+		select {
+		case <-s.deps.Ready:
+		default:
+			ready = false
+		}
+	}
+	if !ready {
+		writeJSON(w, http.StatusServiceUnavailable, healthResponse{Status: "starting", Live: true})
+		return
+	}
+	writeJSON(w, http.StatusOK, healthResponse{Status: "ok", Live: true, Ready: true})
+}
+
+// clusterResponse is GET /api/cluster: this node's id, every member, and a
+// per-region summary.
+type clusterResponse struct {
+	NodeID  string          `json:"node_id"`
+	Members []Member        `json:"members"`
+	Regions []regionSummary `json:"regions"`
+}
+
+type regionSummary struct {
+	Region  string `json:"region"`
+	Members int    `json:"members"`
+	Alive   int    `json:"alive"`
+}
+
+func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
+	members := s.members()
+	sort.Slice(members, func(i, j int) bool {
+		if members[i].Region != members[j].Region {
+			return members[i].Region < members[j].Region
+		}
+		if members[i].Name != members[j].Name {
+			return members[i].Name < members[j].Name
+		}
+		return members[i].ID < members[j].ID
+	})
+	resp := clusterResponse{NodeID: s.store.NodeID(), Members: members, Regions: []regionSummary{}}
+	for _, m := range members {
+		if n := len(resp.Regions); n == 0 || resp.Regions[n-1].Region != m.Region {
+			resp.Regions = append(resp.Regions, regionSummary{Region: m.Region})
+		}
+		rs := &resp.Regions[len(resp.Regions)-1]
+		rs.Members++
+		if m.State == "alive" {
+			rs.Alive++
+		}
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// members returns the cluster's view, or this node alone when the agent
+// runs without a membership layer: a node that answers is alive.
+func (s *Server) members() []Member {
+	if s.deps.Cluster != nil {
+		members := s.deps.Cluster.Members()
+		out := make([]Member, len(members))
+		copy(out, members)
+		for i := range out {
+			if out[i].Addresses == nil {
+				out[i].Addresses = map[string]string{}
+			}
+			if out[i].ID == s.store.NodeID() {
+				out[i].Self = true
+			}
+		}
+		return out
+	}
+	addrs := map[string]string{}
+	if a := s.Addr(); a != nil {
+		addrs["admin"] = a.String()
+	}
+	return []Member{{
+		ID:        s.store.NodeID(),
+		Name:      s.cfg.Node.Name,
+		Region:    s.cfg.Node.Region,
+		Addresses: addrs,
+		State:     "alive",
+		Version:   s.cfg.Node.Version,
+		Self:      true,
+	}}
+}
+
+// SingleMember is the Cluster of an agent without a membership layer: the
+// given member, always. The agent builds it from its own configuration.
+type SingleMember Member
+
+// Members returns the one member.
+func (m SingleMember) Members() []Member {
+	member := Member(m)
+	member.Self = true
+	addrs := make(map[string]string, len(m.Addresses))
+	for k, v := range m.Addresses {
+		addrs[k] = v
+	}
+	member.Addresses = addrs
+	return []Member{member}
+}

@@ -1,0 +1,175 @@
+package admin
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/pools"
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+// Config configures the admin server. Start from DefaultConfig.
+type Config struct {
+	// Addr is the listen address of Start. Serve takes a listener instead.
+	Addr string
+	// Token is the bearer token (EDGE_ADMIN_TOKEN). Empty is allowed on a
+	// loopback address only (see CheckExposure); then the API is open to
+	// every local process.
+	Token string
+	// MaxBodyBytes bounds JSON request bodies; larger bodies get 413.
+	MaxBodyBytes int64
+	// MaxUploadBytes bounds certificate uploads (JSON or multipart).
+	MaxUploadBytes int64
+
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+	// WriteTimeout bounds ordinary requests. Compaction, backup and
+	// checkpoint extend their own deadline to LongOperationTimeout.
+	WriteTimeout         time.Duration
+	IdleTimeout          time.Duration
+	LongOperationTimeout time.Duration
+
+	// Registerer receives the admin's collectors: request metrics and the
+	// storage table statistics read at scrape time. Gatherer is what
+	// /metrics serves. Both nil: the server keeps a private registry of its
+	// own collectors and serves that. Normally the agent passes one
+	// *prometheus.Registry as both, shared with the other packages.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+	// RegisterRuntimeCollectors adds the Go runtime and process collectors
+	// to Registerer. Off by default so that an agent that registers them
+	// itself (or a test that builds several servers on one registry) does
+	// not register them twice.
+	RegisterRuntimeCollectors bool
+	// MetricsPublic serves /metrics without the token on every address.
+	// Otherwise /metrics is open only on connections to a loopback address.
+	MetricsPublic bool
+
+	// Node describes this agent in /api/health and the dashboard.
+	Node NodeInfo
+
+	Logger *zap.Logger
+}
+
+// NodeInfo identifies the agent serving the API.
+type NodeInfo struct {
+	ID      string `json:"id"`
+	Name    string `json:"name"`
+	Region  string `json:"region"`
+	Version string `json:"version"`
+}
+
+// Defaults of DefaultConfig.
+const (
+	DefaultAddr           = "127.0.0.1:4000"
+	DefaultMaxBodyBytes   = 1 << 20
+	DefaultMaxUploadBytes = 1 << 20
+)
+
+// DefaultConfig returns the configuration of a local agent.
+func DefaultConfig() Config {
+	return Config{
+		Addr:                 DefaultAddr,
+		MaxBodyBytes:         DefaultMaxBodyBytes,
+		MaxUploadBytes:       DefaultMaxUploadBytes,
+		ReadHeaderTimeout:    10 * time.Second,
+		ReadTimeout:          30 * time.Second,
+		WriteTimeout:         60 * time.Second,
+		IdleTimeout:          120 * time.Second,
+		LongOperationTimeout: 30 * time.Minute,
+		Logger:               zap.NewNop(),
+	}
+}
+
+// Deps are the parts of the running agent the API reads and changes.
+// Store is required; the others may be nil (see each).
+type Deps struct {
+	Store Store
+	// Pools gives the live view of the routing table and health checks.
+	// nil: the local view comes from this node's stored observations.
+	Pools PoolStatus
+	// Cluster lists the members. nil: this node alone, from Config.Node.
+	Cluster Cluster
+	// Ready is closed once the agent can serve traffic (normally
+	// pools.Manager.Ready()); until then /api/health answers 503. nil:
+	// ready as soon as the store is open.
+	Ready <-chan struct{}
+	// Renewer renews ACME certificates. nil: renewal answers 409
+	// not_supported ("ACME is not configured").
+	Renewer Renewer
+	// Now is the clock for certificate validity; nil means time.Now.
+	Now func() time.Time
+}
+
+// Store is what the API needs of *storage.Store: transactional writes,
+// paginated reads, observations and the operations of the `db` CLI.
+type Store interface {
+	NodeID() string
+	Update(ctx context.Context, fn func(tx *storage.Tx) error) (storage.Commit, error)
+	GetPool(ctx context.Context, name string) (storage.Pool, error)
+	GetBackend(ctx context.Context, id string) (storage.Backend, error)
+	GetCertificate(ctx context.Context, id string) (storage.Certificate, error)
+	ListPools(ctx context.Context, after string, limit int) ([]storage.Pool, error)
+	ListBackendsByPool(ctx context.Context, pool, after string, limit int) ([]storage.Backend, error)
+	ListCertificates(ctx context.Context, after string, limit int) ([]storage.Certificate, error)
+	Observations(ctx context.Context, nodeID string) ([]storage.Observation, error)
+
+	Info() storage.Info
+	TableStats(ctx context.Context) ([]storage.TableStats, error)
+	RocksDBStats(table string) (string, error)
+	Compact(ctx context.Context, table string) error
+	Backup(ctx context.Context, backupDir string) (storage.BackupInfo, error)
+	Checkpoint(ctx context.Context, dir string) error
+}
+
+// PoolStatus is the live state of the routing table: what *pools.Manager
+// knows in memory, fresher than the observations it persists.
+type PoolStatus interface {
+	Stats() []pools.PoolStats
+	BackendStates(pool string) []pools.BackendState
+}
+
+// Cluster lists the members of the cluster as this node sees them.
+type Cluster interface {
+	Members() []Member
+}
+
+// Member is one agent of the cluster. Replication is nil until the
+// replication layer reports on the member; the JSON then gains the object
+// without changing the rest of the shape.
+type Member struct {
+	ID     string `json:"id"`
+	Name   string `json:"name"`
+	Region string `json:"region"`
+	// Addresses by role: "admin", "gossip", "replication", "private_ip".
+	Addresses map[string]string `json:"addresses"`
+	// State is "alive", "suspect", "dead" or "left".
+	State       string             `json:"state"`
+	Version     string             `json:"version,omitempty"`
+	Self        bool               `json:"self"`
+	LastSeen    *time.Time         `json:"last_seen,omitempty"`
+	Replication *ReplicationStatus `json:"replication,omitempty"`
+}
+
+// ReplicationStatus is how far a member is behind this node.
+type ReplicationStatus struct {
+	Connected      bool       `json:"connected"`
+	PendingChanges uint64     `json:"pending_changes"`
+	LagSeconds     float64    `json:"lag_seconds"`
+	LastAppliedAt  *time.Time `json:"last_applied_at,omitempty"`
+}
+
+// Renewer renews an ACME certificate now and returns the stored result.
+type Renewer interface {
+	Renew(ctx context.Context, id string) (storage.Certificate, error)
+}
+
+// The agent passes these types; fail the build, not the wiring, if they
+// drift from the interfaces.
+var (
+	_ Store      = (*storage.Store)(nil)
+	_ PoolStatus = (*pools.Manager)(nil)
+)

@@ -1,0 +1,228 @@
+package admin
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/singularity-ng/singularity-edge/internal/fielderr"
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+// The /api/db routes mirror the `db` CLI against the running agent's store:
+// info, tables, stats, compact, backup, checkpoint.
+
+// dbInfoResponse is GET /api/db.
+type dbInfoResponse struct {
+	NodeID          string            `json:"node_id"`
+	Dir             string            `json:"dir"`
+	Tables          []string          `json:"tables"`
+	Running         bool              `json:"running"`
+	LastIndex       uint64            `json:"last_index"`
+	HLC             uint64            `json:"hlc"`
+	ClockSkewEvents uint64            `json:"clock_skew_events"`
+	VersionVector   map[string]uint64 `json:"version_vector"`
+}
+
+// tableStatsJSON is one table's size and memory.
+type tableStatsJSON struct {
+	Name          string `json:"name"`
+	Internal      bool   `json:"internal"`
+	EstimatedKeys uint64 `json:"estimated_keys"`
+	LiveDataBytes uint64 `json:"live_data_bytes"`
+	SSTBytes      uint64 `json:"sst_bytes"`
+	MemtableBytes uint64 `json:"memtable_bytes"`
+}
+
+// dbTablesResponse is GET /api/db/tables. The block cache is shared by all
+// tables, so it is reported once.
+type dbTablesResponse struct {
+	Tables     []tableStatsJSON `json:"tables"`
+	BlockCache blockCacheJSON   `json:"block_cache"`
+}
+
+type blockCacheJSON struct {
+	UsageBytes    uint64 `json:"usage_bytes"`
+	CapacityBytes uint64 `json:"capacity_bytes"`
+}
+
+type dirInput struct {
+	Dir string `json:"dir"`
+}
+
+type backupResponse struct {
+	Dir        string    `json:"dir"`
+	ID         uint32    `json:"id"`
+	Timestamp  time.Time `json:"timestamp"`
+	SizeBytes  uint64    `json:"size_bytes"`
+	NumFiles   uint32    `json:"num_files"`
+	DurationMS int64     `json:"duration_ms"`
+}
+
+type checkpointResponse struct {
+	Dir        string `json:"dir"`
+	DurationMS int64  `json:"duration_ms"`
+}
+
+type compactResponse struct {
+	Table      string `json:"table"`
+	DurationMS int64  `json:"duration_ms"`
+}
+
+type statsResponse struct {
+	Table string `json:"table"`
+	Stats string `json:"stats"`
+}
+
+func (s *Server) handleDBInfo(w http.ResponseWriter, r *http.Request) {
+	info := s.store.Info()
+	tables := info.Tables
+	if tables == nil {
+		tables = []string{}
+	}
+	writeJSON(w, http.StatusOK, dbInfoResponse{
+		NodeID:          info.NodeID,
+		Dir:             info.Dir,
+		Tables:          tables,
+		Running:         info.Running,
+		LastIndex:       info.LastIndex,
+		HLC:             uint64(info.HLC),
+		ClockSkewEvents: info.ClockSkewEvents,
+		VersionVector:   info.VersionVector,
+	})
+}
+
+func (s *Server) handleDBTables(w http.ResponseWriter, r *http.Request) {
+	stats, err := s.store.TableStats(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	resp := dbTablesResponse{Tables: make([]tableStatsJSON, 0, len(stats))}
+	for _, t := range stats {
+		resp.Tables = append(resp.Tables, tableStatsJSON{
+			Name:          t.Table,
+			Internal:      t.Internal,
+			EstimatedKeys: t.EstimatedKeys,
+			LiveDataBytes: t.LiveDataBytes,
+			SSTBytes:      t.SSTBytes,
+			MemtableBytes: t.MemtableBytes,
+		})
+		resp.BlockCache = blockCacheJSON{UsageBytes: t.BlockCacheUsage, CapacityBytes: t.BlockCacheCapacity}
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) handleDBStats(w http.ResponseWriter, r *http.Request) {
+	table := r.PathValue("table")
+	text, err := s.store.RocksDBStats(table)
+	if err != nil {
+		s.writeError(w, r, tableError(err, table))
+		return
+	}
+	writeJSON(w, http.StatusOK, statsResponse{Table: table, Stats: text})
+}
+
+func (s *Server) handleDBCompact(w http.ResponseWriter, r *http.Request) {
+	table := r.PathValue("table")
+	s.extendDeadline(w)
+	start := time.Now()
+	if err := s.store.Compact(r.Context(), table); err != nil {
+		s.writeError(w, r, tableError(err, table))
+		return
+	}
+	writeJSON(w, http.StatusOK, compactResponse{Table: table, DurationMS: time.Since(start).Milliseconds()})
+}
+
+func (s *Server) handleDBBackup(w http.ResponseWriter, r *http.Request) {
+	dir, err := s.readDir(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.extendDeadline(w)
+	start := time.Now()
+	info, err := s.store.Backup(r.Context(), dir)
+	if err != nil {
+		s.writeError(w, r, dirError(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, backupResponse{
+		Dir: dir, ID: info.ID, Timestamp: info.Timestamp, SizeBytes: info.SizeBytes, NumFiles: info.NumFiles,
+		DurationMS: time.Since(start).Milliseconds(),
+	})
+}
+
+func (s *Server) handleDBCheckpoint(w http.ResponseWriter, r *http.Request) {
+	dir, err := s.readDir(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.extendDeadline(w)
+	start := time.Now()
+	if err := s.store.Checkpoint(r.Context(), dir); err != nil {
+		s.writeError(w, r, dirError(err))
+		return
+	}
+	writeJSON(w, http.StatusCreated, checkpointResponse{Dir: dir, DurationMS: time.Since(start).Milliseconds()})
+}
+
+// readDir decodes {"dir": "..."} and requires an absolute, clean path: the
+// agent's working directory is not something an API client should have to
+// guess, and a relative path would land somewhere surprising.
+func (s *Server) readDir(w http.ResponseWriter, r *http.Request) (string, error) {
+	body, err := readJSONBody(w, r, s.cfg.MaxBodyBytes)
+	if err != nil {
+		return "", err
+	}
+	var in dirInput
+	if err := decodeStrict(body, &in); err != nil {
+		return "", err
+	}
+	dir := strings.TrimSpace(in.Dir)
+	switch {
+	case dir == "":
+		return "", errUnprocessable(fielderr.List{{Field: "dir", Message: "is required (an absolute path on the agent's machine)"}})
+	case strings.ContainsRune(dir, 0):
+		return "", errUnprocessable(fielderr.List{{Field: "dir", Message: "must not contain NUL bytes"}})
+	case !filepath.IsAbs(dir):
+		return "", errUnprocessable(fielderr.List{{Field: "dir", Message: fmt.Sprintf("must be an absolute path, got %q", dir)}})
+	}
+	return filepath.Clean(dir), nil
+}
+
+// extendDeadline lets a compaction, backup or checkpoint outlast the
+// ordinary write timeout.
+func (s *Server) extendDeadline(w http.ResponseWriter) {
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.cfg.LongOperationTimeout))
+}
+
+func tableError(err error, table string) error {
+	if errors.Is(err, storage.ErrUnknownTable) {
+		return errNotFound("table", fmt.Sprintf("no table %q; see GET /api/db for the tables", table))
+	}
+	return err
+}
+
+// dirError classifies a backup or checkpoint failure: a target that exists
+// (checkpoint) is the client's to fix (409), and so is a path the agent
+// cannot create or write (422, with the file system's message about the
+// client's own path). Anything else is internal.
+func dirError(err error) error {
+	if errors.Is(err, storage.ErrInvalid) {
+		return &apiError{Status: http.StatusConflict, Code: CodeConflict, Message: "dir already exists; checkpoints go into a new directory",
+			Fields: fielderr.List{{Field: "dir", Message: "already exists"}}, cause: err}
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		msg := fmt.Sprintf("cannot be used: %s %s: %v", pe.Op, pe.Path, pe.Err)
+		return &apiError{Status: http.StatusUnprocessableEntity, Code: CodeInvalid, Message: "dir " + msg,
+			Fields: fielderr.List{{Field: "dir", Message: msg}}, cause: err}
+	}
+	return err
+}

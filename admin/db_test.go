@@ -1,0 +1,153 @@
+package admin
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+func TestDBInfoAndTables(t *testing.T) {
+	h := newHarness(t)
+	h.createPool(map[string]any{"name": "web"})
+
+	var info dbInfoResponse
+	r := h.do("GET", "/api/db", nil)
+	r.expect(t, http.StatusOK, "")
+	r.json(t, &info)
+	if info.NodeID != h.store.NodeID() || !info.Running || info.LastIndex == 0 || len(info.Tables) != len(storage.TableNames()) {
+		t.Fatalf("info %+v", info)
+	}
+
+	var tables dbTablesResponse
+	h.do("GET", "/api/db/tables", nil).json(t, &tables)
+	seen := map[string]bool{}
+	for _, tb := range tables.Tables {
+		seen[tb.Name] = true
+	}
+	for _, name := range storage.TableNames() {
+		if !seen[name] {
+			t.Fatalf("table %s missing from %+v", name, tables.Tables)
+		}
+	}
+	if tables.BlockCache.CapacityBytes != 8<<20 {
+		t.Fatalf("block cache %+v", tables.BlockCache)
+	}
+}
+
+func TestDBStatsAndCompact(t *testing.T) {
+	h := newHarness(t)
+	var st statsResponse
+	r := h.do("GET", "/api/db/stats/pools", nil)
+	r.expect(t, http.StatusOK, "")
+	r.json(t, &st)
+	if st.Table != "pools" || !strings.Contains(st.Stats, "Compaction") {
+		t.Fatalf("stats %q", st.Stats)
+	}
+	h.do("GET", "/api/db/stats/nope", nil).expect(t, http.StatusNotFound, CodeNotFound, "table")
+
+	var c compactResponse
+	r = h.do("POST", "/api/db/compact/backends", nil)
+	r.expect(t, http.StatusOK, "")
+	r.json(t, &c)
+	if c.Table != "backends" {
+		t.Fatalf("compact %+v", c)
+	}
+	h.do("POST", "/api/db/compact/nope", nil).expect(t, http.StatusNotFound, CodeNotFound, "table")
+	h.do("GET", "/api/db/compact/pools", nil).expect(t, http.StatusMethodNotAllowed, CodeMethodNotAllowed)
+}
+
+func TestDBBackupAndCheckpoint(t *testing.T) {
+	h := newHarness(t)
+	h.createPool(map[string]any{"name": "web"})
+	root := t.TempDir()
+
+	backupDir := filepath.Join(root, "backups")
+	var b backupResponse
+	r := h.do("POST", "/api/db/backup", map[string]string{"dir": backupDir})
+	r.expect(t, http.StatusOK, "")
+	r.json(t, &b)
+	if b.Dir != backupDir || b.ID == 0 || b.NumFiles == 0 {
+		t.Fatalf("backup %+v", b)
+	}
+	backups, err := storage.ListBackups(backupDir)
+	if err != nil || len(backups) != 1 {
+		t.Fatalf("backups on disk: %v %v", backups, err)
+	}
+
+	cpDir := filepath.Join(root, "checkpoint")
+	var cp checkpointResponse
+	r = h.do("POST", "/api/db/checkpoint", map[string]string{"dir": cpDir + "/"})
+	r.expect(t, http.StatusCreated, "")
+	r.json(t, &cp)
+	if cp.Dir != cpDir {
+		t.Fatalf("checkpoint %+v", cp)
+	}
+	// The checkpoint is an openable store with the pool in it.
+	cfg := storage.DefaultConfig()
+	cfg.Dir = cpDir
+	cfg.EncryptionKey = testEncryptionKey()
+	cfg.NodeID = h.store.NodeID()
+	copyStore, err := storage.Open(cfg)
+	if err != nil {
+		t.Fatalf("open checkpoint: %v", err)
+	}
+	if _, err := copyStore.GetPool(context.Background(), "web"); err != nil {
+		t.Fatalf("pool not in checkpoint: %v", err)
+	}
+	if err := copyStore.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	blocker := filepath.Join(root, "file")
+	if err := os.WriteFile(blocker, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := h.snapshot()
+	for _, tc := range []struct {
+		name   string
+		path   string
+		body   string
+		ct     string
+		status int
+		code   string
+		field  string
+	}{
+		{"backup relative", "/api/db/backup", `{"dir":"backups"}`, "", 422, CodeInvalid, "dir"},
+		{"backup dot relative", "/api/db/backup", `{"dir":"./x"}`, "", 422, CodeInvalid, "dir"},
+		{"backup empty", "/api/db/backup", `{"dir":""}`, "", 422, CodeInvalid, "dir"},
+		{"backup missing", "/api/db/backup", `{}`, "", 422, CodeInvalid, "dir"},
+		{"backup unknown field", "/api/db/backup", `{"dir":"/tmp/x","path":"/tmp"}`, "", 400, CodeInvalid, "path"},
+		{"backup wrong type", "/api/db/backup", `{"dir":5}`, "", 400, CodeInvalid, "dir"},
+		{"backup no body", "/api/db/backup", ``, "", 400, CodeInvalid, ""},
+		{"backup content type", "/api/db/backup", `{"dir":"/tmp/x"}`, "text/plain", 415, CodeUnsupportedMediaType, ""},
+		{"backup under a file", "/api/db/backup", `{"dir":"` + blocker + `/sub"}`, "", 422, CodeInvalid, "dir"},
+		{"checkpoint relative", "/api/db/checkpoint", `{"dir":"cp"}`, "", 422, CodeInvalid, "dir"},
+		{"checkpoint empty", "/api/db/checkpoint", `{"dir":"  "}`, "", 422, CodeInvalid, "dir"},
+		{"checkpoint exists", "/api/db/checkpoint", `{"dir":"` + cpDir + `"}`, "", 409, CodeConflict, "dir"},
+		{"checkpoint malformed", "/api/db/checkpoint", `{"dir":`, "", 400, CodeInvalid, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var opts []reqOption
+			if tc.ct != "" {
+				opts = append(opts, withContentType(tc.ct))
+			}
+			r := h.do("POST", tc.path, tc.body, opts...)
+			if tc.field != "" {
+				r.expect(t, tc.status, tc.code, tc.field)
+			} else {
+				r.expect(t, tc.status, tc.code)
+			}
+		})
+	}
+	h.assertUnchanged(before, "rejected db operations")
+	for _, rel := range []string{"backups", "x", "cp"} {
+		if _, err := os.Stat(rel); err == nil {
+			t.Fatalf("relative dir %q was created in the working directory", rel)
+		}
+	}
+}

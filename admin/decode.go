@@ -1,0 +1,220 @@
+package admin
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/singularity-ng/singularity-edge/internal/fielderr"
+)
+
+// Pagination bounds of every list route.
+const (
+	defaultPageLimit = 100
+	maxPageLimit     = 1000
+)
+
+// readJSONBody checks the Content-Type and reads the whole body, bounded by
+// limit. The body is read before decoding so that a PATCH can be decoded
+// again inside a store transaction (which may run more than once).
+func readJSONBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	if err := requireMediaType(r, "application/json", "application/merge-patch+json"); err != nil {
+		return nil, err
+	}
+	return readBody(w, r, limit)
+}
+
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, toAPIError(err)
+		}
+		return nil, errInvalid("reading the request body failed: " + err.Error())
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil, errInvalid("the request body is empty; a JSON object is expected")
+	}
+	return body, nil
+}
+
+// requireMediaType answers 415 unless the request's Content-Type is one of
+// want (parameters such as charset are allowed; charset must be UTF-8).
+func requireMediaType(r *http.Request, want ...string) error {
+	ct := r.Header.Get("Content-Type")
+	if ct == "" {
+		return &apiError{Status: http.StatusUnsupportedMediaType, Code: CodeUnsupportedMediaType,
+			Message: "Content-Type is missing; send " + strings.Join(want, " or ")}
+	}
+	mt, params, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return &apiError{Status: http.StatusUnsupportedMediaType, Code: CodeUnsupportedMediaType,
+			Message: fmt.Sprintf("Content-Type %q cannot be parsed; send %s", ct, strings.Join(want, " or "))}
+	}
+	for _, w := range want {
+		if mt == w {
+			if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") {
+				return &apiError{Status: http.StatusUnsupportedMediaType, Code: CodeUnsupportedMediaType,
+					Message: fmt.Sprintf("charset %q is not supported; send UTF-8", cs)}
+			}
+			return nil
+		}
+	}
+	return &apiError{Status: http.StatusUnsupportedMediaType, Code: CodeUnsupportedMediaType,
+		Message: fmt.Sprintf("Content-Type %q is not supported; send %s", mt, strings.Join(want, " or "))}
+}
+
+// decodeStrict decodes one JSON object from body into dst, rejecting unknown
+// fields and trailing data. dst may already hold values (PATCH decodes onto
+// the current record): fields absent from body keep them.
+func decodeStrict(body []byte, dst any) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		return jsonError(body, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errInvalid(fmt.Sprintf("unexpected data after the JSON object at %s", position(body, dec.InputOffset())))
+	}
+	return nil
+}
+
+// jsonError turns an encoding/json error into a 400 with the position of
+// the problem and, where known, the field.
+func jsonError(body []byte, err error) error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		return errInvalid(fmt.Sprintf("malformed JSON at %s: %s", position(body, syn.Offset), syn.Error()))
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return errInvalid(fmt.Sprintf("malformed JSON at %s: unexpected end of input", position(body, int64(len(body)))))
+	case errors.As(err, &typ):
+		if typ.Field == "" {
+			return errInvalid(fmt.Sprintf("the body must be a JSON object, not %s", typ.Value))
+		}
+		msg := fmt.Sprintf("must be %s, not %s", jsonKind(typ.Type.Kind().String()), typ.Value)
+		return errInvalid(fmt.Sprintf("%s %s (at %s)", typ.Field, msg, position(body, typ.Offset)),
+			fielderr.FieldError{Field: typ.Field, Message: msg})
+	}
+	// DisallowUnknownFields reports `json: unknown field "name"`; the
+	// package has no typed error for it, so the name is taken from the text.
+	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		if unq, uerr := strconv.Unquote(name); uerr == nil {
+			name = unq
+		}
+		return errInvalid("unknown field "+strconv.Quote(name),
+			fielderr.FieldError{Field: name, Message: "unknown field"})
+	}
+	return errInvalid("malformed JSON: " + err.Error())
+}
+
+func jsonKind(goKind string) string {
+	switch goKind {
+	case "int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64", "float32", "float64":
+		return "a number"
+	case "string":
+		return "a string"
+	case "bool":
+		return "true or false"
+	case "map", "struct":
+		return "an object"
+	case "slice", "array":
+		return "an array"
+	}
+	return "a " + goKind
+}
+
+// position renders a byte offset as "line L, column C (byte B)".
+func position(body []byte, offset int64) string {
+	if offset < 0 {
+		offset = 0
+	}
+	if offset > int64(len(body)) {
+		offset = int64(len(body))
+	}
+	line, col := 1, 1
+	for _, c := range body[:offset] {
+		if c == '\n' {
+			line++
+			col = 1
+			continue
+		}
+		col++
+	}
+	return fmt.Sprintf("line %d, column %d (byte %d)", line, col, offset)
+}
+
+// topLevelKeys lists the keys of a JSON object. PATCH uses it to know which
+// fields the client sent, also when a value equals the zero value.
+func topLevelKeys(body []byte) (map[string]json.RawMessage, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(body, &m); err != nil {
+		return nil, jsonError(body, err)
+	}
+	return m, nil
+}
+
+// page is a parsed ?limit=&after= pair.
+type page struct {
+	Limit int
+	After string
+}
+
+func parsePage(r *http.Request) (page, error) {
+	p := page{Limit: defaultPageLimit, After: r.URL.Query().Get("after")}
+	if raw := r.URL.Query().Get("limit"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 1 || n > maxPageLimit {
+			msg := fmt.Sprintf("must be an integer from 1 to %d", maxPageLimit)
+			return p, errInvalid("limit "+msg, fielderr.FieldError{Field: "limit", Message: msg})
+		}
+		p.Limit = n
+	}
+	return p, nil
+}
+
+// listResponse is the shape of every list: items, and the cursor to pass as
+// ?after= for the next page ("" on the last page).
+type listResponse[T any] struct {
+	Items []T    `json:"items"`
+	Next  string `json:"next"`
+}
+
+// pageOf trims a result fetched with limit+1 rows to the page and sets the
+// cursor when a further row exists.
+func pageOf[S, T any](rows []S, limit int, key func(S) string, conv func(S) (T, error)) (listResponse[T], error) {
+	resp := listResponse[T]{Items: make([]T, 0, min(len(rows), limit))}
+	if len(rows) > limit {
+		rows = rows[:limit]
+		resp.Next = key(rows[len(rows)-1])
+	}
+	for _, row := range rows {
+		item, err := conv(row)
+		if err != nil {
+			return resp, err
+		}
+		resp.Items = append(resp.Items, item)
+	}
+	return resp, nil
+}
+
+// boolQuery parses a boolean query parameter ("" = false).
+func boolQuery(r *http.Request, name string) (bool, error) {
+	raw := r.URL.Query().Get(name)
+	if raw == "" {
+		return false, nil
+	}
+	v, err := strconv.ParseBool(raw)
+	if err != nil {
+		return false, errInvalid(name+" must be true or false", fielderr.FieldError{Field: name, Message: "must be true or false"})
+	}
+	return v, nil
+}

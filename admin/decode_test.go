@@ -1,0 +1,106 @@
+package admin
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+func TestPosition(t *testing.T) {
+	body := []byte("{\n  \"a\": 1,\n  \"b\": x\n}")
+	for _, tc := range []struct {
+		offset int64
+		want   string
+	}{
+		{0, "line 1, column 1 (byte 0)"},
+		{1, "line 1, column 2 (byte 1)"},
+		{2, "line 2, column 1 (byte 2)"},
+		{19, "line 3, column 8 (byte 19)"},
+		{-5, "line 1, column 1 (byte 0)"},
+		{999, "line 4, column 2 (byte 22)"},
+	} {
+		if got := position(body, tc.offset); got != tc.want {
+			t.Errorf("position(%d) = %q, want %q", tc.offset, got, tc.want)
+		}
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	type inner struct {
+		N int `json:"n"`
+	}
+	type target struct {
+		Name  string `json:"name"`
+		Inner inner  `json:"inner"`
+	}
+	for _, tc := range []struct {
+		body  string
+		msg   string
+		field string
+	}{
+		{`{"name": "x",`, "line 1, column 14", ""},
+		{"{\n\"name\": x}", "line 2, column 10", ""},
+		{`{"name": 1}`, "name must be a string, not number", "name"},
+		{`{"inner": {"n": "1"}}`, "inner.n must be a number", "inner.n"},
+		{`{"inner": {"m": 1}}`, `unknown field "m"`, "m"},
+		{`{"nam": "x"}`, `unknown field "nam"`, "nam"},
+		{`"x"`, "must be a JSON object", ""},
+		{`{} []`, "unexpected data after the JSON object", ""},
+		{`{}x`, "unexpected data after the JSON object", ""},
+	} {
+		var dst target
+		err := decodeStrict([]byte(tc.body), &dst)
+		ae := toAPIError(err)
+		if err == nil || ae.Status != http.StatusBadRequest || !strings.Contains(ae.Message, tc.msg) {
+			t.Errorf("%s: %v (status %d), want 400 containing %q", tc.body, err, ae.Status, tc.msg)
+			continue
+		}
+		if tc.field != "" && (len(ae.Fields) != 1 || ae.Fields[0].Field != tc.field) {
+			t.Errorf("%s: fields %+v, want %s", tc.body, ae.Fields, tc.field)
+		}
+	}
+}
+
+func TestMediaTypes(t *testing.T) {
+	for _, tc := range []struct {
+		ct string
+		ok bool
+	}{
+		{"application/json", true},
+		{"application/json; charset=utf-8", true},
+		{"Application/JSON; charset=UTF-8", true},
+		{"application/merge-patch+json", true},
+		{"application/json; charset=latin1", false},
+		{"text/json", false},
+		{"application/json;;", false},
+		{"", false},
+	} {
+		r := httptest.NewRequest("POST", "/", nil)
+		if tc.ct != "" {
+			r.Header.Set("Content-Type", tc.ct)
+		}
+		err := requireMediaType(r, "application/json", "application/merge-patch+json")
+		if (err == nil) != tc.ok {
+			t.Errorf("%q: %v", tc.ct, err)
+		}
+		if err != nil && toAPIError(err).Status != http.StatusUnsupportedMediaType {
+			t.Errorf("%q: status %d", tc.ct, toAPIError(err).Status)
+		}
+	}
+}
+
+func TestBodyTooLarge(t *testing.T) {
+	h := newHarness(t, withConfig(func(c *Config) { c.MaxBodyBytes = 1024 }))
+	before := h.snapshot()
+	big := `{"name":"web","metadata":{"k":"` + strings.Repeat("x", 2048) + `"}}`
+	r := h.do("POST", "/api/pools", big)
+	r.expect(t, http.StatusRequestEntityTooLarge, CodeTooLarge)
+	if !strings.Contains(r.errDetail(t).Message, "1024") {
+		t.Fatalf("message %s", r.Body)
+	}
+	h.do("PATCH", "/api/pools/web", big).expect(t, http.StatusRequestEntityTooLarge, CodeTooLarge)
+	h.assertUnchanged(before, "oversized bodies")
+	// At the limit is fine.
+	h.createPool(map[string]any{"name": "web"})
+}

@@ -1,0 +1,104 @@
+package admin
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
+
+// fuzzBody sends body through the whole handler (auth, routing, decoding,
+// validation, a real store transaction) and fails on a server error, a
+// panic (which the recovery middleware turns into a 500), an answer that
+// is not JSON, or a rejected request that committed anything.
+func fuzzBody(t *testing.T, h *harness, method, path string, body []byte) int {
+	req := httptest.NewRequest(method, path, bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	req.Header.Set("Content-Type", "application/json")
+	before := h.store.LastIndex()
+	rec := httptest.NewRecorder()
+	h.srv.Handler().ServeHTTP(rec, req)
+	if rec.Code >= 500 {
+		t.Fatalf("%s %s %q: %d %s", method, path, body, rec.Code, rec.Body)
+	}
+	if !json.Valid(rec.Body.Bytes()) {
+		t.Fatalf("%s %s %q: answer is not JSON: %s", method, path, body, rec.Body)
+	}
+	if rec.Code >= 400 {
+		if after := h.store.LastIndex(); after != before {
+			t.Fatalf("%s %s %q: rejected with %d but committed", method, path, body, rec.Code)
+		}
+		var e errorBody
+		if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Error.Code == "" {
+			t.Fatalf("%s %s %q: error without the shape: %s", method, path, body, rec.Body)
+		}
+	}
+	return rec.Code
+}
+
+func FuzzPoolJSON(f *testing.F) {
+	for _, tc := range badPoolInputs {
+		f.Add([]byte(tc.body))
+	}
+	for _, seed := range []string{
+		`{"name":"web"}`,
+		`{"name":"api","algorithm":"consistent_hash","hash_on":"header:X-User","ssl_mode":"full_strict","ssl_domain":"api.example.test"}`,
+		`{"name":"w2","hosts":["*.example.test","a.test"],"health_check_interval":1500,"health_check":{"type":"https","timeout":700,"max_fails":-1,"cooldown":1000}}`,
+		`{"name":"sticky","sticky_cookie":"srv","prefer_region":true,"fail_open":true,"hold_new_backends":true,"default":true,"metadata":{"a":"b"}}`,
+		`{"health_check":{"rise":1e3}}`,
+		`{"name":"\u0000"}`,
+		`{"name":"x","metadata":null,"hosts":null}`,
+		``,
+		`null`,
+	} {
+		f.Add([]byte(seed))
+	}
+	h := newHarness(f)
+	h.createPool(map[string]any{"name": "fuzz"})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		switch code := fuzzBody(t, h, "POST", "/api/pools", body); code {
+		case http.StatusCreated, http.StatusBadRequest, http.StatusUnprocessableEntity, http.StatusConflict:
+		default:
+			t.Fatalf("POST %q: unexpected status %d", body, code)
+		}
+		switch code := fuzzBody(t, h, "PATCH", "/api/pools/fuzz", body); code {
+		case http.StatusOK, http.StatusBadRequest, http.StatusUnprocessableEntity:
+		default:
+			t.Fatalf("PATCH %q: unexpected status %d", body, code)
+		}
+	})
+}
+
+func FuzzBackendJSON(f *testing.F) {
+	for _, tc := range badBackendInputs {
+		f.Add([]byte(tc.body))
+	}
+	for _, seed := range []string{
+		`{"url":"http://10.0.1.10:8080"}`,
+		`{"url":"https://[2001:db8::1]:8443","weight":10,"region":"syd"}`,
+		`{"host":"backend.internal","port":8080,"scheme":"http","ssl_verify":true,"draining":true,"metadata":{"k":"v"}}`,
+		`{"id":"fixed","url":"http://127.0.0.1:1"}`,
+		`{"url":"http://[::1"}`,
+		`{"url":"http://a.test:+80"}`,
+		`{"port":1e2}`,
+		``,
+	} {
+		f.Add([]byte(seed))
+	}
+	h := newHarness(f)
+	h.createPool(map[string]any{"name": "web"})
+	h.createBackend("web", map[string]any{"id": "b0", "url": "http://127.0.0.1:8000"})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		switch code := fuzzBody(t, h, "POST", "/api/pools/web/backends", body); code {
+		case http.StatusCreated, http.StatusBadRequest, http.StatusUnprocessableEntity, http.StatusConflict:
+		default:
+			t.Fatalf("POST %q: unexpected status %d", body, code)
+		}
+		switch code := fuzzBody(t, h, "PATCH", "/api/pools/web/backends/b0", body); code {
+		case http.StatusOK, http.StatusBadRequest, http.StatusUnprocessableEntity, http.StatusConflict:
+		default:
+			t.Fatalf("PATCH %q: unexpected status %d", body, code)
+		}
+	})
+}

@@ -1,0 +1,396 @@
+package admin
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+func TestCreatePool(t *testing.T) {
+	h := newHarness(t)
+	r := h.do("POST", "/api/pools", map[string]any{
+		"name":                  "Web",
+		"algorithm":             "least_connections",
+		"ssl_mode":              "terminate",
+		"ssl_domain":            "Example.TEST",
+		"hosts":                 []string{"www.example.test", "*.apps.example.test"},
+		"health_check_interval": 5000,
+		"health_check":          map[string]any{"type": "http", "path": "/healthz", "timeout": 1500, "cooldown": 20000},
+		"metadata":              map[string]string{"team": "edge"},
+	})
+	r.expect(t, http.StatusCreated, "")
+	if loc := r.Header.Get("Location"); loc != "/api/pools/web" {
+		t.Fatalf("Location %q", loc)
+	}
+	var p poolResponse
+	r.json(t, &p)
+	if p.Name != "web" || p.SSLMode != "flexible" || p.SSLDomain != "example.test" || p.Algorithm != "least_connections" {
+		t.Fatalf("not normalized: %+v", p)
+	}
+	if p.HealthCheckInterval != 5000 || p.HealthCheck.Timeout != 1500 || p.HealthCheck.Cooldown != 20000 || p.HealthCheck.Rise != 2 {
+		t.Fatalf("durations or defaults wrong: %+v", p.HealthCheck)
+	}
+	if p.Version.IsZero() || p.InsertedAt.IsZero() {
+		t.Fatalf("no version or timestamps: %+v", p)
+	}
+	if et := r.Header.Get("ETag"); et != etag(p.Version) {
+		t.Fatalf("ETag %q, version %v", et, p.Version)
+	}
+	if p.Stats.TotalBackends != 0 || p.Stats.Source == "" {
+		t.Fatalf("stats %+v", p.Stats)
+	}
+	stored, err := h.store.GetPool(context.Background(), "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored.HealthCheckInterval != 5*time.Second || stored.HealthCheck.Timeout != 1500*time.Millisecond {
+		t.Fatalf("stored durations %v %v", stored.HealthCheckInterval, stored.HealthCheck.Timeout)
+	}
+	if stored.Version != p.Version {
+		t.Fatalf("response version %v, stored %v", p.Version, stored.Version)
+	}
+
+	// Defaults for a minimal pool; the JSON duration is milliseconds.
+	p2 := h.createPool(map[string]any{"name": "api"})
+	if p2.Algorithm != "round_robin" || p2.SSLMode != "off" || p2.HealthCheckInterval != 10000 || p2.HealthCheck.Timeout != 2000 {
+		t.Fatalf("defaults: %+v", p2)
+	}
+	var raw map[string]any
+	h.do("GET", "/api/pools/api", nil).json(t, &raw)
+	if raw["health_check_interval"] != float64(10000) {
+		t.Fatalf("health_check_interval in JSON: %v", raw["health_check_interval"])
+	}
+	for _, k := range []string{"name", "algorithm", "ssl_mode", "ssl_domain", "ssl_cert_id", "hosts", "validate_backend_cert", "health_check", "metadata", "inserted_at", "updated_at", "version", "stats"} {
+		if _, ok := raw[k]; !ok {
+			t.Errorf("pool JSON lacks %q", k)
+		}
+	}
+}
+
+// badPoolInputs is the table of rejected pool bodies: the exact status,
+// code and field for each. 400 = the body cannot be read into a pool;
+// 422 = it can, but a value is not acceptable.
+var badPoolInputs = []struct {
+	name   string
+	body   string
+	status int
+	field  string
+}{
+	{"malformed", `{"name": "x",`, 400, ""},
+	{"not an object", `["web"]`, 400, ""},
+	{"unknown field", `{"name":"web","algoritm":"random"}`, 400, "algoritm"},
+	{"wrong type", `{"name":"web","health_check_interval":"10s"}`, 400, "health_check_interval"},
+	{"wrong nested type", `{"name":"web","health_check":{"rise":"two"}}`, 400, "health_check.rise"},
+	{"trailing data", `{"name":"web"} {"name":"x"}`, 400, ""},
+	{"missing name", `{}`, 422, "name"},
+	{"bad name", `{"name":"-web"}`, 422, "name"},
+	{"unknown algorithm", `{"name":"web","algorithm":"fastest"}`, 422, "algorithm"},
+	{"unknown ssl mode", `{"name":"web","ssl_mode":"sometimes"}`, 422, "ssl_mode"},
+	{"bad ssl domain", `{"name":"web","ssl_domain":"exa mple.com"}`, 422, "ssl_domain"},
+	{"bad host", `{"name":"web","hosts":["a..b"]}`, 422, "hosts"},
+	{"interval too short", `{"name":"web","health_check_interval":10}`, 422, "health_check_interval"},
+	{"negative interval", `{"name":"web","health_check_interval":-1}`, 422, "health_check_interval"},
+	{"huge interval", `{"name":"web","health_check_interval":9223372036854775807}`, 422, "health_check_interval"},
+	{"timeout over interval", `{"name":"web","health_check_interval":2000,"health_check":{"timeout":5000}}`, 422, "health_check.timeout"},
+	{"bad check type", `{"name":"web","health_check":{"type":"icmp"}}`, 422, "health_check.type"},
+	{"bad rise", `{"name":"web","health_check":{"rise":99}}`, 422, "health_check.rise"},
+	{"hash_on without hashing", `{"name":"web","hash_on":"client_ip"}`, 422, "hash_on"},
+	{"bad sticky cookie", `{"name":"web","sticky_cookie":"a b"}`, 422, "sticky_cookie"},
+	{"missing certificate", `{"name":"web","ssl_mode":"flexible","ssl_cert_id":"nope"}`, 422, "ssl_cert_id"},
+	{"bad metadata", `{"name":"web","metadata":{"":"x"}}`, 422, "metadata"},
+}
+
+func TestCreatePoolRejections(t *testing.T) {
+	h := newHarness(t)
+	h.createPool(map[string]any{"name": "existing"})
+	before := h.snapshot()
+	for _, tc := range badPoolInputs {
+		t.Run(tc.name, func(t *testing.T) {
+			r := h.do("POST", "/api/pools", tc.body)
+			if tc.field == "" {
+				r.expect(t, tc.status, CodeInvalid)
+			} else {
+				r.expect(t, tc.status, CodeInvalid, tc.field)
+			}
+			if tc.name == "malformed" && !strings.Contains(r.errDetail(t).Message, "line 1, column") {
+				t.Fatalf("malformed JSON error without position: %s", r.Body)
+			}
+		})
+	}
+	r := h.do("POST", "/api/pools", map[string]any{"name": "EXISTING"})
+	r.expect(t, http.StatusConflict, CodeConflict, "name")
+	h.assertUnchanged(before, "rejected pool creations")
+}
+
+func TestPoolCertificateReference(t *testing.T) {
+	h := newHarness(t)
+	ca := newTestCA(t)
+	c := h.uploadCert(ca.leaf(t, time.Now().Add(90*24*time.Hour), "shop.example.test", "*.shop.example.test"))
+	p := h.createPool(map[string]any{"name": "shop", "ssl_mode": "full_strict", "ssl_domain": "api.shop.example.test", "ssl_cert_id": c.ID})
+	if p.SSLCertID != c.ID || !p.ValidateBackendCert {
+		t.Fatalf("pool %+v", p)
+	}
+	before := h.snapshot()
+	r := h.do("POST", "/api/pools", map[string]any{"name": "other", "ssl_mode": "flexible", "ssl_domain": "other.test", "ssl_cert_id": c.ID})
+	r.expect(t, http.StatusUnprocessableEntity, CodeInvalid, "ssl_cert_id")
+	if !strings.Contains(r.errDetail(t).Message, "does not cover") {
+		t.Fatalf("message: %s", r.Body)
+	}
+	h.assertUnchanged(before, "pool naming a certificate that does not cover its domain")
+}
+
+func TestListPoolsPagination(t *testing.T) {
+	h := newHarness(t)
+	for i := 0; i < 5; i++ {
+		h.createPool(map[string]any{"name": fmt.Sprintf("p%d", i)})
+	}
+	var page listResponse[poolResponse]
+	h.do("GET", "/api/pools?limit=2", nil).json(t, &page)
+	if len(page.Items) != 2 || page.Items[0].Name != "p0" || page.Next != "p1" {
+		t.Fatalf("first page %+v next %q", names(page.Items), page.Next)
+	}
+	h.do("GET", "/api/pools?limit=2&after="+page.Next, nil).json(t, &page)
+	if len(page.Items) != 2 || page.Items[0].Name != "p2" || page.Next != "p3" {
+		t.Fatalf("second page %+v next %q", names(page.Items), page.Next)
+	}
+	h.do("GET", "/api/pools?limit=2&after="+page.Next, nil).json(t, &page)
+	if len(page.Items) != 1 || page.Items[0].Name != "p4" || page.Next != "" {
+		t.Fatalf("last page %+v next %q", names(page.Items), page.Next)
+	}
+	h.do("GET", "/api/pools", nil).json(t, &page)
+	if len(page.Items) != 5 || page.Next != "" {
+		t.Fatalf("default page %+v", names(page.Items))
+	}
+	for _, bad := range []string{"0", "-1", "1001", "abc", "1.5"} {
+		h.do("GET", "/api/pools?limit="+bad, nil).expect(t, http.StatusBadRequest, CodeInvalid, "limit")
+	}
+	h.do("GET", "/api/pools?limit=1000", nil).expect(t, http.StatusOK, "")
+
+	// Empty lists are [] not null.
+	h2 := newHarness(t)
+	r := h2.do("GET", "/api/pools", nil)
+	if !strings.Contains(string(r.Body), `"items":[]`) {
+		t.Fatalf("empty list: %s", r.Body)
+	}
+}
+
+func names(ps []poolResponse) []string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.Name)
+	}
+	return out
+}
+
+func TestGetPool(t *testing.T) {
+	h := newHarness(t)
+	created := h.createPool(map[string]any{"name": "web"})
+	r := h.do("GET", "/api/pools/web", nil)
+	r.expect(t, http.StatusOK, "")
+	if r.Header.Get("ETag") != etag(created.Version) {
+		t.Fatalf("ETag %q", r.Header.Get("ETag"))
+	}
+	h.do("GET", "/api/pools/nope", nil).expect(t, http.StatusNotFound, CodeNotFound, "name")
+}
+
+func TestPatchPool(t *testing.T) {
+	h := newHarness(t)
+	created := h.createPool(map[string]any{
+		"name": "web", "algorithm": "random", "hosts": []string{"a.test", "b.test"},
+		"health_check": map[string]any{"type": "http", "path": "/up"},
+		"metadata":     map[string]string{"a": "1", "b": "2"},
+	})
+
+	// Only the fields present change; health_check merges field by field;
+	// hosts and metadata are replaced.
+	r := h.do("PATCH", "/api/pools/web", map[string]any{
+		"algorithm":    "least_connections",
+		"health_check": map[string]any{"rise": 4},
+		"hosts":        []string{"c.test"},
+		"metadata":     map[string]string{"c": "3"},
+	})
+	r.expect(t, http.StatusOK, "")
+	var p poolResponse
+	r.json(t, &p)
+	if p.Algorithm != "least_connections" || p.HealthCheck.Rise != 4 || p.HealthCheck.Path != "/up" || p.HealthCheck.Type != "http" {
+		t.Fatalf("patched %+v", p)
+	}
+	if strings.Join(p.Hosts, ",") != "c.test" || len(p.Metadata) != 1 || p.Metadata["c"] != "3" {
+		t.Fatalf("hosts %v metadata %v", p.Hosts, p.Metadata)
+	}
+	if !p.InsertedAt.Equal(created.InsertedAt) || !created.Version.Less(p.Version) {
+		t.Fatalf("inserted_at %v -> %v, version %v -> %v", created.InsertedAt, p.InsertedAt, created.Version, p.Version)
+	}
+	if r.Header.Get("ETag") != etag(p.Version) {
+		t.Fatal("PATCH ETag is not the new version")
+	}
+
+	// Same name (case-insensitive) is allowed; empty body object changes
+	// nothing but is accepted.
+	h.do("PATCH", "/api/pools/web", map[string]any{"name": "WEB"}).expect(t, http.StatusOK, "")
+
+	// The patched pool is re-validated as a whole: a timeout that was
+	// fine becomes too long for a shorter interval.
+	h.do("PATCH", "/api/pools/web", map[string]any{"health_check": map[string]any{"timeout": 3000}}).expect(t, http.StatusOK, "")
+	before := h.snapshot()
+	for _, tc := range []struct {
+		name   string
+		body   string
+		status int
+		code   string
+		field  string
+	}{
+		{"interval below timeout", `{"health_check_interval":2000}`, 422, CodeInvalid, "health_check.timeout"},
+		{"rename", `{"name":"other"}`, 422, CodeInvalid, "name"},
+		{"unknown field", `{"nme":"x"}`, 400, CodeInvalid, "nme"},
+		{"bad algorithm", `{"algorithm":"nope"}`, 422, CodeInvalid, "algorithm"},
+		{"wrong type", `{"hosts":"a.test"}`, 400, CodeInvalid, "hosts"},
+		{"malformed", `{"algorithm":`, 400, CodeInvalid, ""},
+		{"missing cert", `{"ssl_cert_id":"gone"}`, 422, CodeInvalid, "ssl_cert_id"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := h.do("PATCH", "/api/pools/web", tc.body)
+			if tc.field != "" {
+				r.expect(t, tc.status, tc.code, tc.field)
+			} else {
+				r.expect(t, tc.status, tc.code)
+			}
+		})
+	}
+	h.do("PATCH", "/api/pools/nope", `{"algorithm":"random"}`).expect(t, http.StatusNotFound, CodeNotFound, "name")
+	h.do("PATCH", "/api/pools/web", `{"algorithm":"random"}`, withContentType("text/plain")).expect(t, http.StatusUnsupportedMediaType, CodeUnsupportedMediaType)
+	h.assertUnchanged(before, "rejected PATCHes")
+
+	// merge-patch+json is accepted too.
+	h.do("PATCH", "/api/pools/web", `{"fail_open":true}`, withContentType("application/merge-patch+json")).expect(t, http.StatusOK, "")
+}
+
+func TestPoolIfMatch(t *testing.T) {
+	h := newHarness(t)
+	created := h.createPool(map[string]any{"name": "web"})
+	stale := etag(created.Version)
+	r := h.do("PATCH", "/api/pools/web", `{"algorithm":"random"}`, withHeader("If-Match", stale))
+	r.expect(t, http.StatusOK, "")
+	current := r.Header.Get("ETag")
+
+	before := h.snapshot()
+	h.do("PATCH", "/api/pools/web", `{"algorithm":"least_connections"}`, withHeader("If-Match", stale)).expect(t, http.StatusPreconditionFailed, CodePreconditionFailed)
+	h.do("DELETE", "/api/pools/web", nil, withHeader("If-Match", stale)).expect(t, http.StatusPreconditionFailed, CodePreconditionFailed)
+	h.do("DELETE", "/api/pools/web", nil, withHeader("If-Match", "W/"+current)).expect(t, http.StatusPreconditionFailed, CodePreconditionFailed)
+	h.do("DELETE", "/api/pools/web", nil, withHeader("If-Match", "garbage")).expect(t, http.StatusBadRequest, CodeInvalid)
+	h.assertUnchanged(before, "stale If-Match")
+
+	h.do("PATCH", "/api/pools/web", `{"fail_open":true}`, withHeader("If-Match", stale+", "+current)).expect(t, http.StatusOK, "")
+	h.do("PATCH", "/api/pools/web", `{"fail_open":false}`, withHeader("If-Match", "*")).expect(t, http.StatusOK, "")
+	cur := h.do("GET", "/api/pools/web", nil).Header.Get("ETag")
+	h.do("DELETE", "/api/pools/web", nil, withHeader("If-Match", cur)).expect(t, http.StatusNoContent, "")
+}
+
+func TestDeletePool(t *testing.T) {
+	h := newHarness(t)
+	h.createPool(map[string]any{"name": "web"})
+	b1 := h.createBackend("web", map[string]any{"url": "http://127.0.0.1:9001"})
+	h.createBackend("web", map[string]any{"url": "http://127.0.0.1:9002"})
+	h.createPool(map[string]any{"name": "empty"})
+	h.createPool(map[string]any{"name": "other"})
+	other := h.createBackend("other", map[string]any{"url": "http://127.0.0.1:9003"})
+
+	before := h.snapshot()
+	r := h.do("DELETE", "/api/pools/web", nil)
+	r.expect(t, http.StatusConflict, CodeConflict, "name")
+	if !strings.Contains(r.errDetail(t).Message, "cascade=true") {
+		t.Fatalf("409 does not say how to proceed: %s", r.Body)
+	}
+	h.do("DELETE", "/api/pools/web?cascade=maybe", nil).expect(t, http.StatusBadRequest, CodeInvalid, "cascade")
+	h.do("DELETE", "/api/pools/nope", nil).expect(t, http.StatusNotFound, CodeNotFound, "name")
+	h.assertUnchanged(before, "rejected pool deletes")
+
+	h.do("DELETE", "/api/pools/empty", nil).expect(t, http.StatusNoContent, "")
+
+	// Cascade: the pool and its backends go in one transaction (one
+	// commit index), the other pool's backend stays.
+	idx := h.store.LastIndex()
+	h.do("DELETE", "/api/pools/web?cascade=true", nil).expect(t, http.StatusNoContent, "")
+	if got := h.store.LastIndex(); got != idx+1 {
+		t.Fatalf("cascade delete took %d commits, want 1", got-idx)
+	}
+	ctx := context.Background()
+	if _, err := h.store.GetPool(ctx, "web"); err == nil {
+		t.Fatal("pool still there")
+	}
+	if _, err := h.store.GetBackend(ctx, b1.ID); err == nil {
+		t.Fatal("backend still there")
+	}
+	if _, err := h.store.GetBackend(ctx, other.ID); err != nil {
+		t.Fatalf("other pool's backend gone: %v", err)
+	}
+	h.do("GET", "/api/pools/web", nil).expect(t, http.StatusNotFound, CodeNotFound)
+}
+
+// TestConcurrentDeleteAndAddBackend races "delete the empty pool" against
+// "add a backend to it". Exactly one of them may win each round, and a
+// backend never outlives its pool.
+func TestConcurrentDeleteAndAddBackend(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	for round := 0; round < 20; round++ {
+		name := fmt.Sprintf("race%d", round)
+		h.createPool(map[string]any{"name": name})
+		var wg sync.WaitGroup
+		var del, add response
+		wg.Add(2)
+		go func() { defer wg.Done(); del = h.do("DELETE", "/api/pools/"+name, nil) }()
+		go func() {
+			defer wg.Done()
+			add = h.do("POST", "/api/pools/"+name+"/backends", map[string]any{"url": "http://127.0.0.1:9000"})
+		}()
+		wg.Wait()
+		_, poolErr := h.store.GetPool(ctx, name)
+		backends, err := h.store.ListBackendsByPool(ctx, name, "", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case del.Status == http.StatusNoContent && add.Status == http.StatusNotFound:
+			if poolErr == nil || len(backends) != 0 {
+				t.Fatalf("round %d: delete won but pool=%v backends=%d", round, poolErr, len(backends))
+			}
+		case add.Status == http.StatusCreated && del.Status == http.StatusConflict:
+			if poolErr != nil || len(backends) != 1 {
+				t.Fatalf("round %d: add won but pool=%v backends=%d", round, poolErr, len(backends))
+			}
+		default:
+			t.Fatalf("round %d: delete %d, add %d", round, del.Status, add.Status)
+		}
+	}
+}
+
+func TestPoolStatsFromStoredObservations(t *testing.T) {
+	h := newHarness(t)
+	h.createPool(map[string]any{"name": "web"})
+	up := h.createBackend("web", map[string]any{"url": "http://127.0.0.1:9001"})
+	down := h.createBackend("web", map[string]any{"url": "http://127.0.0.1:9002"})
+	h.createBackend("web", map[string]any{"url": "http://127.0.0.1:9003", "draining": true})
+	h.createBackend("web", map[string]any{"url": "http://127.0.0.1:9004"}) // not observed yet
+	node := h.store.NodeID()
+	err := h.store.PutObservations(context.Background(), []storage.Observation{
+		{NodeID: node, BackendID: up.ID, PoolName: "web", Region: "iad", Healthy: true, CurrentConnections: 3, TotalRequests: 100},
+		{NodeID: node, BackendID: down.ID, PoolName: "web", Region: "iad", Healthy: false, TotalRequests: 7, TotalFailures: 7},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p poolResponse
+	h.do("GET", "/api/pools/web", nil).json(t, &p)
+	want := poolStatsJSON{TotalBackends: 4, HealthyBackends: 1, UnhealthyBackends: 1, DrainingBackends: 1,
+		CurrentConnections: 3, TotalRequests: 107, TotalFailures: 7, Source: "stored"}
+	if p.Stats != want {
+		t.Fatalf("stats %+v, want %+v", p.Stats, want)
+	}
+}

@@ -1,0 +1,329 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+// Server is the admin HTTP server: API, dashboard and /metrics.
+type Server struct {
+	cfg     Config
+	deps    Deps
+	store   Store
+	logger  *zap.Logger
+	token   tokenChecker
+	now     func() time.Time
+	mux     *http.ServeMux
+	handler http.Handler
+	metrics *requestMetrics
+	gather  prometheus.Gatherer
+	// promHandler serves gather; built once, it is safe for concurrent use.
+	promHandler http.Handler
+	page        dashboardPage
+
+	// writeMu serializes the API's writes. Each write runs its checks in
+	// the same store transaction as the write, but RocksDB's optimistic
+	// transactions detect conflicts only on rows read or written, not on
+	// index scans: "the pool has no backends" (delete) and "add a backend"
+	// (which reads the pool row but does not write it) could both commit.
+	// Admin writes are rare, so one lock closes that gap for every writer
+	// that goes through the API.
+	writeMu sync.Mutex
+
+	httpServer *http.Server
+	mu         sync.Mutex
+	listener   net.Listener
+}
+
+// New builds a server. It registers the admin's collectors on
+// cfg.Registerer (or on a private registry when both Registerer and
+// Gatherer are nil) and fails if they are already registered there.
+func New(cfg Config, deps Deps) (*Server, error) {
+	if deps.Store == nil {
+		return nil, errors.New("admin: Deps.Store is required")
+	}
+	def := DefaultConfig()
+	if cfg.Addr == "" {
+		cfg.Addr = def.Addr
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = def.MaxBodyBytes
+	}
+	if cfg.MaxUploadBytes <= 0 {
+		cfg.MaxUploadBytes = def.MaxUploadBytes
+	}
+	if cfg.ReadHeaderTimeout <= 0 {
+		cfg.ReadHeaderTimeout = def.ReadHeaderTimeout
+	}
+	if cfg.ReadTimeout <= 0 {
+		cfg.ReadTimeout = def.ReadTimeout
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = def.WriteTimeout
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = def.IdleTimeout
+	}
+	if cfg.LongOperationTimeout <= 0 {
+		cfg.LongOperationTimeout = def.LongOperationTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Node.ID == "" {
+		cfg.Node.ID = deps.Store.NodeID()
+	}
+	if (cfg.Registerer == nil) != (cfg.Gatherer == nil) {
+		return nil, errors.New("admin: set both Registerer and Gatherer (normally one *prometheus.Registry), or neither")
+	}
+	if cfg.Registerer == nil {
+		reg := prometheus.NewRegistry()
+		cfg.Registerer, cfg.Gatherer = reg, reg
+	}
+	now := deps.Now
+	if now == nil {
+		now = time.Now
+	}
+	page, err := newDashboardPage()
+	if err != nil {
+		return nil, err
+	}
+
+	s := &Server{
+		cfg:    cfg,
+		deps:   deps,
+		store:  deps.Store,
+		logger: cfg.Logger,
+		token:  newTokenChecker(cfg.Token),
+		now:    now,
+		mux:    http.NewServeMux(),
+		gather: cfg.Gatherer,
+		page:   page,
+	}
+	if s.metrics, err = registerMetrics(cfg.Registerer, deps.Store, cfg.RegisterRuntimeCollectors); err != nil {
+		return nil, err
+	}
+	s.promHandler = s.newMetricsHandler()
+	s.routes()
+	s.handler = s.withRequestContext(s.withAccessLog(http.HandlerFunc(s.dispatch)))
+	s.httpServer = &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
+		WriteTimeout:      cfg.WriteTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          zap.NewStdLog(cfg.Logger.Named("http")),
+	}
+	return s, nil
+}
+
+// routes registers every route. Patterns are matched by method and path;
+// a path that exists with another method answers 405 with Allow.
+func (s *Server) routes() {
+	m := s.mux
+	m.HandleFunc("GET /api/health", s.handleHealth)
+
+	m.HandleFunc("GET /api/pools", s.handleListPools)
+	m.HandleFunc("POST /api/pools", s.handleCreatePool)
+	m.HandleFunc("GET /api/pools/{name}", s.handleGetPool)
+	m.HandleFunc("PATCH /api/pools/{name}", s.handlePatchPool)
+	m.HandleFunc("DELETE /api/pools/{name}", s.handleDeletePool)
+
+	m.HandleFunc("GET /api/pools/{name}/backends", s.handleListBackends)
+	m.HandleFunc("POST /api/pools/{name}/backends", s.handleCreateBackend)
+	m.HandleFunc("GET /api/pools/{name}/backends/{id}", s.handleGetBackend)
+	m.HandleFunc("PATCH /api/pools/{name}/backends/{id}", s.handlePatchBackend)
+	m.HandleFunc("DELETE /api/pools/{name}/backends/{id}", s.handleDeleteBackend)
+
+	m.HandleFunc("GET /api/certificates", s.handleListCertificates)
+	m.HandleFunc("POST /api/certificates", s.handleCreateCertificate)
+	m.HandleFunc("POST /api/certificates/upload", s.handleUploadCertificate)
+	m.HandleFunc("GET /api/certificates/{id}", s.handleGetCertificate)
+	m.HandleFunc("DELETE /api/certificates/{id}", s.handleDeleteCertificate)
+	m.HandleFunc("POST /api/certificates/{id}/renew", s.handleRenewCertificate)
+
+	m.HandleFunc("GET /api/cluster", s.handleCluster)
+
+	m.HandleFunc("GET /api/db", s.handleDBInfo)
+	m.HandleFunc("GET /api/db/tables", s.handleDBTables)
+	m.HandleFunc("GET /api/db/stats/{table}", s.handleDBStats)
+	m.HandleFunc("POST /api/db/compact/{table}", s.handleDBCompact)
+	m.HandleFunc("POST /api/db/backup", s.handleDBBackup)
+	m.HandleFunc("POST /api/db/checkpoint", s.handleDBCheckpoint)
+
+	m.HandleFunc("GET /metrics", s.handleMetrics)
+	m.HandleFunc("GET /admin/dashboard", s.handleDashboard)
+	m.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/admin/dashboard", http.StatusFound)
+	})
+}
+
+// Handler returns the server's handler (API, dashboard, /metrics) with
+// request ids, access logs, panic recovery and authentication.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// dispatch authenticates /api requests and routes them. The mux's own 404
+// and 405 answers are plain text; they are replaced by the JSON error shape
+// (keeping the Allow header of a 405).
+func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
+	if needsToken(r) {
+		if err := s.token.check(r); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+	}
+	_, pattern := s.mux.Handler(r)
+	if info := infoFrom(r.Context()); info != nil {
+		info.route = pattern
+	}
+	if pattern != "" {
+		s.mux.ServeHTTP(w, r)
+		return
+	}
+	rec := &discardWriter{header: http.Header{}}
+	s.mux.ServeHTTP(rec, r)
+	if rec.status == http.StatusMethodNotAllowed {
+		w.Header().Set("Allow", rec.header.Get("Allow"))
+		s.writeError(w, r, &apiError{Status: http.StatusMethodNotAllowed, Code: CodeMethodNotAllowed,
+			Message: fmt.Sprintf("method %s is not allowed on %s; allowed: %s", r.Method, r.URL.Path, rec.header.Get("Allow"))})
+		return
+	}
+	s.writeError(w, r, &apiError{Status: http.StatusNotFound, Code: CodeNotFound,
+		Message: fmt.Sprintf("no route %s %s", r.Method, r.URL.Path)})
+}
+
+// needsToken: every /api route but the health check. /metrics decides for
+// itself (loopback or MetricsPublic); the dashboard page carries no data.
+func needsToken(r *http.Request) bool {
+	p := r.URL.Path
+	if p != "/api" && !strings.HasPrefix(p, "/api/") {
+		return false
+	}
+	return !(p == "/api/health" && (r.Method == http.MethodGet || r.Method == http.MethodHead))
+}
+
+// discardWriter captures the status and headers of the mux's fallback
+// answers without sending their plain-text bodies.
+type discardWriter struct {
+	header http.Header
+	status int
+}
+
+func (d *discardWriter) Header() http.Header { return d.header }
+func (d *discardWriter) Write(b []byte) (int, error) {
+	if d.status == 0 {
+		d.status = http.StatusOK
+	}
+	return len(b), nil
+}
+func (d *discardWriter) WriteHeader(status int) {
+	if d.status == 0 {
+		d.status = status
+	}
+}
+
+// update runs fn in a store transaction under the admin write lock.
+func (s *Server) update(ctx context.Context, fn func(tx *storage.Tx) error) (storage.Commit, error) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	return s.store.Update(ctx, fn)
+}
+
+// Start checks exposure, binds cfg.Addr and serves in the background until
+// Shutdown. It returns once the listener is bound.
+func (s *Server) Start(ctx context.Context) error {
+	if err := CheckExposure(s.cfg.Addr, s.cfg.Token); err != nil {
+		return err
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("admin: listen on %s: %w", s.cfg.Addr, err)
+	}
+	if err := s.setListener(ln); err != nil {
+		_ = ln.Close()
+		return err
+	}
+	go func() {
+		if err := s.httpServer.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.logger.Error("admin server stopped", zap.Error(err))
+		}
+	}()
+	s.logger.Info("admin API listening", zap.String("addr", ln.Addr().String()), zap.Bool("token", s.token.enabled))
+	return nil
+}
+
+// Serve serves on ln until ctx ends, then shuts down gracefully within
+// shutdownTimeout of ctx ending (in-flight requests finish, then the
+// remaining connections are closed). It refuses an exposed listener
+// without a token like Start.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if err := CheckExposure(ln.Addr().String(), s.cfg.Token); err != nil {
+		return err
+	}
+	if err := s.setListener(ln); err != nil {
+		return err
+	}
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() {
+		select {
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+			defer cancel()
+			_ = s.Shutdown(sctx)
+		case <-stopped:
+		}
+	}()
+	s.logger.Info("admin API listening", zap.String("addr", ln.Addr().String()), zap.Bool("token", s.token.enabled))
+	if err := s.httpServer.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("admin: serve: %w", err)
+	}
+	return nil
+}
+
+// shutdownTimeout bounds the graceful part of Serve's shutdown; a caller
+// that needs another bound calls Shutdown with its own context.
+const shutdownTimeout = 10 * time.Second
+
+func (s *Server) setListener(ln net.Listener) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.listener != nil {
+		return errors.New("admin: server already started")
+	}
+	s.listener = ln
+	return nil
+}
+
+// Addr is the bound address after Start or Serve, else nil.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.listener == nil {
+		return nil
+	}
+	return s.listener.Addr()
+}
+
+// Shutdown stops accepting connections and waits for in-flight requests
+// until ctx ends; then it closes the remaining connections.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.httpServer.Shutdown(ctx)
+	if err != nil {
+		_ = s.httpServer.Close()
+	}
+	return err
+}

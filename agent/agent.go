@@ -1,0 +1,282 @@
+// Package agent wires the parts of a Singularity Edge node together and runs
+// them in order: the store first, then the in-memory views built from it
+// (routing table, certificate cache), then the listeners; on shutdown the
+// reverse, draining in-flight requests before the store closes.
+package agent
+
+import (
+	"context"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/admin"
+	"github.com/singularity-ng/singularity-edge/certs"
+	"github.com/singularity-ng/singularity-edge/pools"
+	"github.com/singularity-ng/singularity-edge/proxy"
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+// Version is the agent's version, set at build time with
+// -ldflags "-X github.com/singularity-ng/singularity-edge/agent.Version=...".
+var Version = "dev"
+
+// readyTimeout bounds the wait for the first routing table and certificate
+// index; both are built from the local store, so this only trips when the
+// store is unusable.
+const readyTimeout = 2 * time.Minute
+
+// Agent is one running node.
+type Agent struct {
+	cfg    Config
+	logger *zap.Logger
+
+	store *storage.Store
+	pools *pools.Manager
+	certs *certs.Cache
+	proxy *proxy.Server
+	admin *admin.Server
+
+	cancel context.CancelFunc // stops the background loops
+	wg     sync.WaitGroup
+	errs   chan error // a background loop that failed
+}
+
+// Run starts an agent and blocks until ctx is cancelled or a part fails,
+// then shuts it down within cfg.ShutdownTimeout.
+func Run(ctx context.Context, cfg Config) error {
+	logger, err := NewLogger(cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = logger.Sync() }()
+
+	a, err := New(cfg, logger)
+	if err != nil {
+		return err
+	}
+	if err := a.Start(ctx); err != nil {
+		a.close()
+		return err
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+		logger.Info("shutting down", zap.Duration("drain_timeout", cfg.ShutdownTimeout))
+	case runErr = <-a.errs:
+		logger.Error("a component failed; shutting down", zap.Error(runErr))
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	return errors.Join(runErr, a.Shutdown(shutdownCtx))
+}
+
+// New opens the store and builds every part without binding any port.
+func New(cfg Config, logger *zap.Logger) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := admin.CheckExposure(cfg.AdminAddr, cfg.AdminToken); err != nil {
+		return nil, fmt.Errorf("--admin-addr %s: %w (set EDGE_ADMIN_TOKEN)", cfg.AdminAddr, err)
+	}
+	var encKey []byte
+	if cfg.EncryptionKey != "" {
+		k, err := storage.ParseEncryptionKey(cfg.EncryptionKey)
+		if err != nil {
+			return nil, fmt.Errorf("EDGE_ENCRYPTION_KEY: %w", err)
+		}
+		encKey = k
+	}
+	cookieKey, err := deriveCookieKey(cfg.CookieKey, encKey)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.CookieKey == "" && encKey == nil {
+		logger.Warn("neither EDGE_COOKIE_KEY nor EDGE_ENCRYPTION_KEY is set: sticky-session cookies are signed with a key of this process only")
+	}
+
+	scfg := storage.DefaultConfig()
+	scfg.Dir = cfg.DataDir
+	scfg.EncryptionKey = encKey
+	scfg.BlockCacheSize = cfg.BlockCacheSize
+	scfg.Logger = logger.Named("storage")
+	store, err := storage.Open(scfg)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, logger: logger, store: store, errs: make(chan error, 4)}
+	if err := a.build(cookieKey); err != nil {
+		a.close()
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *Agent) build(cookieKey []byte) error {
+	cfg := a.cfg
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	pcfg := pools.DefaultConfig()
+	pcfg.NodeID = a.store.NodeID()
+	pcfg.Region = cfg.Region
+	pcfg.CookieKey = cookieKey
+	pcfg.Logger = a.logger.Named("pools")
+	pcfg.Registerer = registry
+	a.pools = pools.NewManager(pcfg, a.store)
+
+	ccfg := certs.DefaultCacheConfig()
+	ccfg.Logger = a.logger.Named("certs")
+	ccfg.Registerer = registry
+	a.certs = certs.NewCache(ccfg, a.store)
+
+	xcfg := proxy.DefaultConfig()
+	xcfg.HTTPAddr = cfg.HTTPAddr
+	xcfg.HTTPSAddr = cfg.HTTPSAddr
+	xcfg.HTTPProxyProtocol = cfg.ProxyProtocol
+	xcfg.HTTPSProxyProtocol = cfg.ProxyProtocol
+	xcfg.AllowPoolHeader = cfg.AllowPoolHeader
+	xcfg.AccessLog = cfg.AccessLog
+	xcfg.Logger = a.logger.Named("proxy")
+	xcfg.Registerer = registry
+	px, err := proxy.New(xcfg, a.pools, a.certs, nil)
+	if err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
+	a.proxy = px
+
+	node := admin.NodeInfo{ID: a.store.NodeID(), Name: cfg.NodeName, Region: cfg.Region, Version: Version}
+	acfg := admin.DefaultConfig()
+	acfg.Addr = cfg.AdminAddr
+	acfg.Token = cfg.AdminToken
+	acfg.Registerer = registry
+	acfg.Gatherer = registry
+	acfg.MetricsPublic = cfg.MetricsPublic
+	acfg.Node = node
+	acfg.Logger = a.logger.Named("admin")
+	self := admin.SingleMember{
+		ID: node.ID, Name: node.Name, Region: node.Region, Version: Version, Self: true, State: "alive",
+		Addresses: map[string]string{"admin": cfg.AdminAddr},
+	}
+	srv, err := admin.New(acfg, admin.Deps{Store: a.store, Pools: a.pools, Cluster: self, Ready: a.pools.Ready()})
+	if err != nil {
+		return fmt.Errorf("admin: %w", err)
+	}
+	a.admin = srv
+	return nil
+}
+
+// Start runs the background loops, waits until the routing table and the
+// certificate index are loaded, and then opens the listeners, so the first
+// request already sees the stored configuration.
+func (a *Agent) Start(ctx context.Context) error {
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	a.cancel = cancel
+	a.runLoop(bg, "pools", a.pools.Run)
+	a.runLoop(bg, "certs", a.certs.Run)
+
+	if err := a.admin.Start(ctx); err != nil {
+		return fmt.Errorf("admin API on %s: %w", a.cfg.AdminAddr, err)
+	}
+	timer := time.NewTimer(readyTimeout)
+	defer timer.Stop()
+	for _, ready := range []<-chan struct{}{a.pools.Ready(), a.certs.Ready()} {
+		select {
+		case <-ready:
+		case err := <-a.errs:
+			return err
+		case <-timer.C:
+			return errors.New("routing table and certificate index not loaded after 2 minutes")
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if err := a.proxy.Start(ctx); err != nil {
+		return fmt.Errorf("proxy listeners: %w", err)
+	}
+	httpAddr, httpsAddr := a.proxy.Addrs()
+	a.logger.Info("agent started",
+		zap.String("node_id", a.store.NodeID()), zap.String("node_name", a.cfg.NodeName),
+		zap.String("region", a.cfg.Region), zap.String("data_dir", a.cfg.DataDir),
+		zap.Stringer("http", addrString{httpAddr}), zap.Stringer("https", addrString{httpsAddr}),
+		zap.Stringer("admin", addrString{a.admin.Addr()}), zap.String("version", Version))
+	return nil
+}
+
+func (a *Agent) runLoop(ctx context.Context, name string, run func(context.Context) error) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		if err := run(ctx); err != nil && ctx.Err() == nil {
+			a.errs <- fmt.Errorf("%s: %w", name, err)
+		}
+	}()
+}
+
+// Shutdown stops accepting connections, lets in-flight requests finish until
+// ctx expires, stops the background loops and closes the store.
+func (a *Agent) Shutdown(ctx context.Context) error {
+	var errs []error
+	if err := a.proxy.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("proxy drain: %w", err))
+	}
+	if err := a.admin.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("admin: %w", err))
+	}
+	if err := a.close(); err != nil {
+		errs = append(errs, err)
+	}
+	a.logger.Info("agent stopped")
+	return errors.Join(errs...)
+}
+
+// close stops the background loops and closes the store; the listeners
+// must already be closed.
+func (a *Agent) close() error {
+	if a.cancel != nil {
+		a.cancel()
+	}
+	a.wg.Wait()
+	if err := a.store.Close(); err != nil {
+		return fmt.Errorf("closing store: %w", err)
+	}
+	return nil
+}
+
+// deriveCookieKey picks the key that signs sticky-session cookies: the
+// explicit EDGE_COOKIE_KEY, else one derived from the encryption key (which
+// every agent of a cluster shares, so they honour each other's cookies), else
+// a random key of this process.
+func deriveCookieKey(explicit string, encKey []byte) ([]byte, error) {
+	switch {
+	case explicit != "":
+		if len(explicit) < 16 {
+			return nil, errors.New("EDGE_COOKIE_KEY must be at least 16 characters")
+		}
+		return []byte(explicit), nil
+	case encKey != nil:
+		return hkdf.Key(sha256.New, encKey, nil, "singularity-edge sticky cookie", 32)
+	default:
+		k := make([]byte, 32)
+		_, err := rand.Read(k)
+		return k, err
+	}
+}
+
+// addrString prints a possibly nil listener address.
+type addrString struct{ addr interface{ String() string } }
+
+func (a addrString) String() string {
+	if a.addr == nil {
+		return "off"
+	}
+	return a.addr.String()
+}

@@ -1,0 +1,108 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+)
+
+// Config is everything the agent needs to start. Flags fill it, each with an
+// EDGE_* environment twin; on Fly.io the FLY_* variables supply defaults.
+type Config struct {
+	DataDir   string
+	HTTPAddr  string // public HTTP listener ("" = off)
+	HTTPSAddr string // public HTTPS listener ("" = off)
+	AdminAddr string // admin API, dashboard and /metrics
+
+	NodeName string // human name of this node (FLY_MACHINE_ID on Fly)
+	Region   string // FLY_REGION on Fly
+
+	// Secrets come from the environment only, never from flags, so they do
+	// not show up in `ps` or shell history.
+	AdminToken    string // EDGE_ADMIN_TOKEN
+	EncryptionKey string // EDGE_ENCRYPTION_KEY: 64 hex chars or base64 of 32 bytes
+	CookieKey     string // EDGE_COOKIE_KEY: signs sticky-session cookies
+
+	ProxyProtocol   bool   // accept PROXY protocol v1/v2 on the public listeners
+	AllowPoolHeader bool   // honour the X-Pool request header
+	AccessLog       string // "on", "off" or "sample:N"
+	LogLevel        string // debug, info, warn, error
+	MetricsPublic   bool   // serve /metrics without the token on non-loopback admin addresses
+
+	BlockCacheSize  int64         // RocksDB block cache, bytes
+	ShutdownTimeout time.Duration // how long in-flight requests may take to drain
+}
+
+// DefaultConfig returns the configuration of `make run`: data in ./data,
+// proxy on :8080 and :8443, admin API on loopback.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	return Config{
+		DataDir:         "./data",
+		HTTPAddr:        ":8080",
+		HTTPSAddr:       ":8443",
+		AdminAddr:       "127.0.0.1:4000",
+		NodeName:        host,
+		Region:          "local",
+		AccessLog:       "off",
+		LogLevel:        "info",
+		BlockCacheSize:  64 << 20,
+		ShutdownTimeout: 15 * time.Second,
+	}
+}
+
+// ApplyEnvironment fills the fields that come from the environment: secrets,
+// and the Fly.io defaults (which explicit flags override later).
+func (c *Config) ApplyEnvironment(getenv func(string) string) {
+	c.AdminToken = getenv("EDGE_ADMIN_TOKEN")
+	c.EncryptionKey = getenv("EDGE_ENCRYPTION_KEY")
+	c.CookieKey = getenv("EDGE_COOKIE_KEY")
+	if v := getenv("FLY_MACHINE_ID"); v != "" {
+		c.NodeName = v
+	}
+	if v := getenv("FLY_REGION"); v != "" {
+		c.Region = v
+	}
+	// On Fly the admin API listens on the private 6PN address, reachable by
+	// the other Machines of the app and `fly proxy`, never publicly.
+	if v := getenv("FLY_PRIVATE_IP"); v != "" {
+		c.AdminAddr = net.JoinHostPort(v, "4000")
+	}
+}
+
+// Validate reports configuration errors with the flag they come from.
+func (c *Config) Validate() error {
+	var errs []error
+	if strings.TrimSpace(c.DataDir) == "" {
+		errs = append(errs, errors.New("--data-dir must not be empty"))
+	}
+	if c.HTTPAddr == "" && c.HTTPSAddr == "" {
+		errs = append(errs, errors.New("at least one of --http-addr and --https-addr is needed"))
+	}
+	for flag, addr := range map[string]string{"--http-addr": c.HTTPAddr, "--https-addr": c.HTTPSAddr, "--admin-addr": c.AdminAddr} {
+		if addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: %w", flag, addr, err))
+		}
+	}
+	if c.AdminAddr == "" {
+		errs = append(errs, errors.New("--admin-addr must not be empty"))
+	}
+	if c.BlockCacheSize < 1<<20 {
+		errs = append(errs, fmt.Errorf("--block-cache-size %d is below 1 MiB", c.BlockCacheSize))
+	}
+	if c.ShutdownTimeout <= 0 {
+		errs = append(errs, errors.New("--shutdown-timeout must be positive"))
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("--log-level %q: want debug, info, warn or error", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}

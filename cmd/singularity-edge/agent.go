@@ -1,0 +1,74 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/singularity-ng/singularity-edge/agent"
+)
+
+func newAgentCommand() *cobra.Command {
+	cfg := agent.DefaultConfig()
+	cfg.ApplyEnvironment(os.Getenv)
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the edge agent: proxy, health checks, admin API",
+		Long: `Run the edge agent in the foreground until SIGTERM or SIGINT.
+
+Every flag has an environment twin: --data-dir is EDGE_DATA_DIR, and so on.
+Secrets come only from the environment: EDGE_ADMIN_TOKEN, EDGE_ENCRYPTION_KEY,
+EDGE_COOKIE_KEY. On Fly.io, FLY_REGION, FLY_MACHINE_ID and FLY_PRIVATE_IP set
+the defaults of --region, --node-name and --admin-addr.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyEnvTwins(cmd.Flags(), os.Getenv); err != nil {
+				return withExitCode(exitUsage, err)
+			}
+			if err := cfg.Validate(); err != nil {
+				return withExitCode(exitUsage, err)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return agent.Run(ctx, cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory of the RocksDB store (created on first start)")
+	f.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "public HTTP listener, empty to disable")
+	f.StringVar(&cfg.HTTPSAddr, "https-addr", cfg.HTTPSAddr, "public HTTPS listener, empty to disable")
+	f.StringVar(&cfg.AdminAddr, "admin-addr", cfg.AdminAddr, "admin API, dashboard and /metrics listener")
+	f.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "name of this node in the cluster")
+	f.StringVar(&cfg.Region, "region", cfg.Region, "region of this node; pools may prefer backends in it")
+	f.BoolVar(&cfg.ProxyProtocol, "proxy-protocol", cfg.ProxyProtocol, "expect a PROXY protocol v1/v2 header on public connections (Fly proxy_proto handler)")
+	f.BoolVar(&cfg.AllowPoolHeader, "allow-pool-header", cfg.AllowPoolHeader, "let clients pick a pool with the X-Pool header")
+	f.StringVar(&cfg.AccessLog, "access-log", cfg.AccessLog, `access log: "on", "off" or "sample:N" (one request in N)`)
+	f.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	f.BoolVar(&cfg.MetricsPublic, "metrics-public", cfg.MetricsPublic, "serve /metrics without the admin token")
+	f.Int64Var(&cfg.BlockCacheSize, "block-cache-size", cfg.BlockCacheSize, "RocksDB block cache in bytes (bounds the store's memory)")
+	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may take to finish on shutdown")
+	return cmd
+}
+
+// applyEnvTwins sets every flag the command line did not set from its
+// EDGE_* environment twin (--data-dir <- EDGE_DATA_DIR).
+func applyEnvTwins(flags *pflag.FlagSet, getenv func(string) string) error {
+	var firstErr error
+	flags.VisitAll(func(f *pflag.Flag) {
+		if f.Changed || firstErr != nil {
+			return
+		}
+		name := "EDGE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v := getenv(name); v != "" {
+			if err := f.Value.Set(v); err != nil {
+				firstErr = fmt.Errorf("%s=%q: %w", name, v, err)
+			}
+		}
+	})
+	return firstErr
+}

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// clusterJSON is GET /api/cluster.
+type clusterJSON struct {
+	NodeID  string       `json:"node_id"`
+	Members []memberJSON `json:"members"`
+	Regions []struct {
+		Region  string `json:"region"`
+		Members int    `json:"members"`
+		Alive   int    `json:"alive"`
+	} `json:"regions"`
+}
+
+type memberJSON struct {
+	ID          string            `json:"id"`
+	Name        string            `json:"name"`
+	Region      string            `json:"region"`
+	Addresses   map[string]string `json:"addresses"`
+	State       string            `json:"state"`
+	Version     string            `json:"version"`
+	Self        bool              `json:"self"`
+	LastSeen    *time.Time        `json:"last_seen"`
+	Replication *struct {
+		Connected      bool    `json:"connected"`
+		PendingChanges uint64  `json:"pending_changes"`
+		LagSeconds     float64 `json:"lag_seconds"`
+	} `json:"replication"`
+}
+
+func newClusterCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "cluster",
+		Short: "Show the cluster as the agent sees it",
+		Long: `Show the members of the cluster through the admin API of a running agent.
+
+The agent is found at --api (env EDGE_API, default ` + defaultAPI + `); the admin
+token comes from EDGE_ADMIN_TOKEN or --token-file.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+	}
+	opts := addAPIFlags(cmd)
+	cmd.AddCommand(&cobra.Command{
+		Use:   "status",
+		Short: "List the members of the cluster, their state and replication lag",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := opts.client(cmd)
+			if err != nil {
+				return err
+			}
+			resp, err := c.getJSON(cmd.Context(), "/api/cluster", nil)
+			if err != nil {
+				return err
+			}
+			if c.json {
+				return printJSON(c.stdout, resp.Body)
+			}
+			var cl clusterJSON
+			if err := decodeAnswer(resp, &cl); err != nil {
+				return err
+			}
+			return showCluster(c, &cl)
+		},
+	})
+	return cmd
+}
+
+func showCluster(c *apiClient, cl *clusterJSON) error {
+	alive := 0
+	for _, m := range cl.Members {
+		if m.State == "alive" {
+			alive++
+		}
+	}
+	regions := make([]string, 0, len(cl.Regions))
+	for _, r := range cl.Regions {
+		name := r.Region
+		if name == "" {
+			name = "(no region)"
+		}
+		regions = append(regions, fmt.Sprintf("%s %d/%d", name, r.Alive, r.Members))
+	}
+	d := newDetails(c.stdout)
+	d.line("Node", cl.NodeID)
+	d.line("Members", fmt.Sprintf("%d alive of %d", alive, len(cl.Members)))
+	d.line("Regions (alive/total)", strings.Join(regions, ", "))
+	if err := d.flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(c.stdout)
+	t := newTable(c.stdout, "NAME", "ID", "REGION", "STATE", "ADDRESSES", "VERSION", "REPLICATION", "LAST SEEN")
+	for _, m := range cl.Members {
+		name := m.Name
+		if m.Self {
+			name = strings.TrimSpace(name + " (this node)")
+		}
+		repl := ""
+		if r := m.Replication; r != nil {
+			state := "disconnected"
+			if r.Connected {
+				state = "connected"
+			}
+			repl = fmt.Sprintf("%s, %d pending, lag %.1fs", state, r.PendingChanges, r.LagSeconds)
+		}
+		lastSeen := ""
+		if m.LastSeen != nil {
+			lastSeen = formatTime(*m.LastSeen)
+		}
+		t.row(name, m.ID, m.Region, m.State, formatAddresses(m.Addresses), m.Version, repl, lastSeen)
+	}
+	return t.flush()
+}
+
+func formatAddresses(addrs map[string]string) string {
+	roles := make([]string, 0, len(addrs))
+	for role := range addrs {
+		roles = append(roles, role)
+	}
+	sort.Strings(roles)
+	parts := make([]string, len(roles))
+	for i, role := range roles {
+		parts[i] = role + "=" + addrs[role]
+	}
+	return strings.Join(parts, " ")
+}

@@ -1,0 +1,479 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// poolAlgorithms lists the balancing algorithms the agent accepts, for
+// help texts and completion (the agent validates).
+func poolAlgorithms() []string {
+	return []string{"round_robin", "least_connections", "weighted_round_robin", "random", "consistent_hash", "power_of_two_choices"}
+}
+
+// poolSSLModes lists the SSL modes the agent accepts.
+func poolSSLModes() []string {
+	return []string{"off", "flexible", "full", "full_strict", "passthrough"}
+}
+
+// poolJSON is a pool as the admin API shows it.
+type poolJSON struct {
+	Name                string            `json:"name"`
+	Algorithm           string            `json:"algorithm"`
+	SSLMode             string            `json:"ssl_mode"`
+	SSLDomain           string            `json:"ssl_domain"`
+	SSLCertID           string            `json:"ssl_cert_id"`
+	Hosts               []string          `json:"hosts"`
+	ValidateBackendCert bool              `json:"validate_backend_cert"`
+	HealthCheckInterval int64             `json:"health_check_interval"` // milliseconds
+	HealthCheck         healthCheckJSON   `json:"health_check"`
+	HashOn              string            `json:"hash_on"`
+	StickyCookie        string            `json:"sticky_cookie"`
+	PreferRegion        bool              `json:"prefer_region"`
+	FailOpen            bool              `json:"fail_open"`
+	HoldNewBackends     bool              `json:"hold_new_backends"`
+	Default             bool              `json:"default"`
+	Metadata            map[string]string `json:"metadata"`
+	InsertedAt          time.Time         `json:"inserted_at"`
+	UpdatedAt           time.Time         `json:"updated_at"`
+	Stats               *poolStatsJSON    `json:"stats"`
+}
+
+type healthCheckJSON struct {
+	Type           string `json:"type"`
+	Path           string `json:"path"`
+	ExpectedStatus int    `json:"expected_status"`
+	Timeout        int64  `json:"timeout"` // milliseconds
+	Rise           int    `json:"rise"`
+	Fall           int    `json:"fall"`
+	MaxFails       int    `json:"max_fails"`
+	Cooldown       int64  `json:"cooldown"` // milliseconds
+}
+
+type poolStatsJSON struct {
+	TotalBackends      int    `json:"total_backends"`
+	HealthyBackends    int    `json:"healthy_backends"`
+	UnhealthyBackends  int    `json:"unhealthy_backends"`
+	CurrentConnections int64  `json:"current_connections"`
+	TotalRequests      int64  `json:"total_requests"`
+	Source             string `json:"source"`
+}
+
+func newPoolsCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "pools",
+		Aliases: []string{"pool"},
+		Short:   "List, create, change and delete pools on a running agent",
+		Long: `Manage pools through the admin API of a running agent.
+
+The agent is found at --api (env EDGE_API, default ` + defaultAPI + `); the admin
+token comes from EDGE_ADMIN_TOKEN or --token-file.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+	}
+	opts := addAPIFlags(cmd)
+	cmd.AddCommand(
+		newPoolsListCommand(opts),
+		newPoolsGetCommand(opts),
+		newPoolsWriteCommand(opts, false),
+		newPoolsWriteCommand(opts, true),
+		newPoolsDeleteCommand(opts),
+	)
+	return cmd
+}
+
+func poolNameCompletion(opts *apiOptions) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+	return keyCompletion(opts, func([]string) string { return "/api/pools" }, "name", 0)
+}
+
+func poolPath(name string) string { return "/api/pools/" + url.PathEscape(name) }
+
+func newPoolsListCommand(opts *apiOptions) *cobra.Command {
+	var lo *listOptions
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List pools",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := opts.client(cmd)
+			if err != nil {
+				return err
+			}
+			page, err := c.list(cmd.Context(), "/api/pools", *lo)
+			if err != nil {
+				return err
+			}
+			if c.json {
+				return printValue(c.stdout, page)
+			}
+			t := newTable(c.stdout, "NAME", "ALGORITHM", "SSL MODE", "SSL DOMAIN", "HOSTS", "BACKENDS", "HEALTHY", "CONNECTIONS", "DEFAULT")
+			for _, raw := range page.Items {
+				var p poolJSON
+				if err := json.Unmarshal(raw, &p); err != nil {
+					return decodeAnswer(&apiResponse{Body: raw}, &p)
+				}
+				backends, healthy, conns := "-", "-", "-"
+				if p.Stats != nil {
+					backends = fmt.Sprint(p.Stats.TotalBackends)
+					healthy = fmt.Sprint(p.Stats.HealthyBackends)
+					conns = fmt.Sprint(p.Stats.CurrentConnections)
+				}
+				t.row(p.Name, p.Algorithm, p.SSLMode, p.SSLDomain, joinOrDash(p.Hosts), backends, healthy, conns, yesNo(p.Default))
+			}
+			if err := t.flush(); err != nil {
+				return err
+			}
+			return printNext(c, page.Next)
+		},
+	}
+	lo = addListFlags(cmd)
+	return cmd
+}
+
+// printNext tells a person how to fetch the next page.
+func printNext(c *apiClient, next string) error {
+	if next == "" {
+		return nil
+	}
+	_, err := fmt.Fprintf(c.stdout, "\nMore results: repeat with --after %s\n", next)
+	return err
+}
+
+func newPoolsGetCommand(opts *apiOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:               "get NAME",
+		Short:             "Show one pool",
+		Args:              exactArgs(1, "NAME"),
+		ValidArgsFunction: poolNameCompletion(opts),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := opts.client(cmd)
+			if err != nil {
+				return err
+			}
+			resp, err := c.getJSON(cmd.Context(), poolPath(args[0]), nil)
+			if err != nil {
+				return err
+			}
+			return showPool(c, resp)
+		},
+	}
+}
+
+func showPool(c *apiClient, resp *apiResponse) error {
+	if c.json {
+		return printJSON(c.stdout, resp.Body)
+	}
+	var p poolJSON
+	if err := decodeAnswer(resp, &p); err != nil {
+		return err
+	}
+	d := newDetails(c.stdout)
+	d.line("Name", p.Name)
+	d.line("Algorithm", p.Algorithm)
+	d.line("SSL mode", p.SSLMode)
+	d.line("SSL domain", p.SSLDomain)
+	d.line("SSL certificate", p.SSLCertID)
+	d.line("Hosts", joinOrDash(p.Hosts))
+	d.line("Default pool", yesNo(p.Default))
+	d.line("Validate backend cert", yesNo(p.ValidateBackendCert))
+	d.line("Health check interval", formatMillis(p.HealthCheckInterval))
+	hc := p.HealthCheck
+	d.line("Health check", fmt.Sprintf("type=%s path=%s expected_status=%d timeout=%s rise=%d fall=%d",
+		orDash(hc.Type), orDash(hc.Path), hc.ExpectedStatus, formatMillis(hc.Timeout), hc.Rise, hc.Fall))
+	d.line("Passive checks", fmt.Sprintf("max_fails=%d cooldown=%s", hc.MaxFails, formatMillis(hc.Cooldown)))
+	d.line("Hash on", p.HashOn)
+	d.line("Sticky cookie", p.StickyCookie)
+	d.line("Prefer region", yesNo(p.PreferRegion))
+	d.line("Fail open", yesNo(p.FailOpen))
+	d.line("Hold new backends", yesNo(p.HoldNewBackends))
+	d.line("Metadata", formatMetadata(p.Metadata))
+	if s := p.Stats; s != nil {
+		d.line("Backends", fmt.Sprintf("%d total, %d healthy, %d unhealthy (%s)", s.TotalBackends, s.HealthyBackends, s.UnhealthyBackends, orDash(s.Source)))
+		d.line("Connections", fmt.Sprint(s.CurrentConnections))
+		d.line("Requests", fmt.Sprint(s.TotalRequests))
+	}
+	d.line("Created", formatTime(p.InsertedAt))
+	d.line("Updated", formatTime(p.UpdatedAt))
+	d.line("ETag", resp.Header.Get("ETag"))
+	return d.flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// poolFlags binds the writable pool fields to flags. Only the flags given
+// on the command line are sent: create leaves the rest to the agent's
+// defaults, update (PATCH) leaves them unchanged.
+type poolFlags struct {
+	algorithm, sslMode, sslDomain, sslCertID string
+	hosts                                    []string
+	validateBackendCert                      bool
+	healthCheckInterval                      time.Duration
+	hcType, hcPath                           string
+	hcExpectedStatus, hcRise, hcFall         int
+	hcMaxFails                               int
+	hcTimeout, hcCooldown                    time.Duration
+	hashOn, stickyCookie                     string
+	preferRegion, failOpen, holdNewBackends  bool
+	isDefault                                bool
+	metadata                                 []string
+	ifMatch                                  string
+}
+
+func (pf *poolFlags) register(cmd *cobra.Command, update bool) {
+	f := cmd.Flags()
+	f.StringVar(&pf.algorithm, "algorithm", "", "balancing algorithm: "+strings.Join(poolAlgorithms(), ", "))
+	f.StringVar(&pf.sslMode, "ssl-mode", "", "TLS handling: "+strings.Join(poolSSLModes(), ", "))
+	f.StringVar(&pf.sslDomain, "ssl-domain", "", "primary host name the pool serves (and its certificate's domain)")
+	f.StringVar(&pf.sslCertID, "ssl-cert-id", "", "id of an uploaded certificate to present (default: by SNI)")
+	hostsHelp := "further host name the pool serves, exact or *.wildcard (repeatable)"
+	if update {
+		hostsHelp += "; replaces the list, --host '' clears it"
+	}
+	f.StringArrayVar(&pf.hosts, "host", nil, hostsHelp)
+	f.BoolVar(&pf.validateBackendCert, "validate-backend-cert", false, "verify backend TLS certificates")
+	f.DurationVar(&pf.healthCheckInterval, "health-check-interval", 0, "time between active health checks, e.g. 10s")
+	f.StringVar(&pf.hcType, "health-check-type", "", "active health check: tcp, http or https")
+	f.StringVar(&pf.hcPath, "health-check-path", "", "request path of http(s) health checks")
+	f.IntVar(&pf.hcExpectedStatus, "health-check-status", 0, "expected HTTP status of health checks (0: any 2xx/3xx)")
+	f.DurationVar(&pf.hcTimeout, "health-check-timeout", 0, "time limit of one health check")
+	f.IntVar(&pf.hcRise, "health-check-rise", 0, "consecutive passes that make a backend healthy")
+	f.IntVar(&pf.hcFall, "health-check-fall", 0, "consecutive failures that make a backend unhealthy")
+	f.IntVar(&pf.hcMaxFails, "max-fails", 0, "passive checks: consecutive errors that eject a backend (-1 disables)")
+	f.DurationVar(&pf.hcCooldown, "cooldown", 0, "passive checks: how long an ejected backend stays out")
+	f.StringVar(&pf.hashOn, "hash-on", "", `consistent_hash key: "client_ip" or "header:<Name>"`)
+	f.StringVar(&pf.stickyCookie, "sticky-cookie", "", "name of a signed cookie that pins clients to a backend")
+	f.BoolVar(&pf.preferRegion, "prefer-region", false, "prefer backends in the agent's own region")
+	f.BoolVar(&pf.failOpen, "fail-open", false, "try unhealthy backends when none is healthy instead of answering 503")
+	f.BoolVar(&pf.holdNewBackends, "hold-new-backends", false, "keep a new backend out of rotation until its first passing check")
+	f.BoolVar(&pf.isDefault, "default", false, "serve host names no other pool claims")
+	metaHelp := "metadata entry KEY=VALUE (repeatable)"
+	if update {
+		metaHelp += "; replaces the map, --metadata '' clears it"
+		f.StringVar(&pf.ifMatch, "if-match", "", "apply only if the pool's ETag is still this one (from `pools get`)")
+	}
+	f.StringArrayVar(&pf.metadata, "metadata", nil, metaHelp)
+	_ = cmd.RegisterFlagCompletionFunc("algorithm", fixedCompletion(poolAlgorithms()...))
+	_ = cmd.RegisterFlagCompletionFunc("ssl-mode", fixedCompletion(poolSSLModes()...))
+	_ = cmd.RegisterFlagCompletionFunc("health-check-type", fixedCompletion("tcp", "http", "https"))
+}
+
+// body returns the JSON fields for the flags the user set.
+func (pf *poolFlags) body(cmd *cobra.Command) (map[string]any, error) {
+	f := cmd.Flags()
+	body := map[string]any{}
+	hc := map[string]any{}
+	set := func(flag string, dst map[string]any, key string, v any) {
+		if f.Changed(flag) {
+			dst[key] = v
+		}
+	}
+	set("algorithm", body, "algorithm", pf.algorithm)
+	set("ssl-mode", body, "ssl_mode", pf.sslMode)
+	set("ssl-domain", body, "ssl_domain", pf.sslDomain)
+	set("ssl-cert-id", body, "ssl_cert_id", pf.sslCertID)
+	if f.Changed("host") {
+		hosts := []string{}
+		for _, h := range pf.hosts {
+			if h = strings.TrimSpace(h); h != "" {
+				hosts = append(hosts, h)
+			}
+		}
+		body["hosts"] = hosts
+	}
+	set("validate-backend-cert", body, "validate_backend_cert", pf.validateBackendCert)
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{{"health-check-interval", pf.healthCheckInterval}, {"health-check-timeout", pf.hcTimeout}, {"cooldown", pf.hcCooldown}} {
+		if f.Changed(d.flag) && (d.v < 0 || d.v%time.Millisecond != 0) {
+			return nil, withExitCode(exitUsage, fmt.Errorf("--%s must be a positive whole number of milliseconds, not %s", d.flag, d.v))
+		}
+	}
+	set("health-check-interval", body, "health_check_interval", pf.healthCheckInterval.Milliseconds())
+	set("health-check-type", hc, "type", pf.hcType)
+	set("health-check-path", hc, "path", pf.hcPath)
+	set("health-check-status", hc, "expected_status", pf.hcExpectedStatus)
+	set("health-check-timeout", hc, "timeout", pf.hcTimeout.Milliseconds())
+	set("health-check-rise", hc, "rise", pf.hcRise)
+	set("health-check-fall", hc, "fall", pf.hcFall)
+	set("max-fails", hc, "max_fails", pf.hcMaxFails)
+	set("cooldown", hc, "cooldown", pf.hcCooldown.Milliseconds())
+	if len(hc) > 0 {
+		body["health_check"] = hc
+	}
+	set("hash-on", body, "hash_on", pf.hashOn)
+	set("sticky-cookie", body, "sticky_cookie", pf.stickyCookie)
+	set("prefer-region", body, "prefer_region", pf.preferRegion)
+	set("fail-open", body, "fail_open", pf.failOpen)
+	set("hold-new-backends", body, "hold_new_backends", pf.holdNewBackends)
+	set("default", body, "default", pf.isDefault)
+	if f.Changed("metadata") {
+		m, err := parseMetadata(pf.metadata)
+		if err != nil {
+			return nil, err
+		}
+		body["metadata"] = m
+	}
+	return body, nil
+}
+
+// parseMetadata turns KEY=VALUE flags into a map; an empty flag clears.
+func parseMetadata(entries []string) (map[string]string, error) {
+	m := map[string]string{}
+	for _, e := range entries {
+		if e == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(e, "=")
+		if !ok || k == "" {
+			return nil, withExitCode(exitUsage, fmt.Errorf("--metadata %q must be KEY=VALUE", e))
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+// newPoolsWriteCommand builds `pools create` (POST) or `pools update` (PATCH).
+func newPoolsWriteCommand(opts *apiOptions, update bool) *cobra.Command {
+	pf := &poolFlags{}
+	cmd := &cobra.Command{
+		Use:   "create NAME",
+		Short: "Create a pool",
+		Long: `Create a pool. Flags left out take the agent's defaults (round_robin,
+ssl_mode off, TCP health checks).`,
+		Example: `  singularity-edge pools create web --algorithm least_connections \
+      --ssl-mode full_strict --ssl-domain www.example.com --host example.com \
+      --health-check-interval 10s --health-check-type http --health-check-path /healthz`,
+		Args: exactArgs(1, "NAME"),
+	}
+	if update {
+		cmd.Use = "update NAME"
+		cmd.Short = "Change a pool (only the flags given)"
+		cmd.Long = `Change a pool. Only the flags given are sent (a JSON merge patch); the
+other fields keep their values. --host and --metadata replace the whole
+list or map.`
+		cmd.Example = `  singularity-edge pools update web --algorithm random --default=false`
+		cmd.ValidArgsFunction = poolNameCompletion(opts)
+	}
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		body, err := pf.body(cmd)
+		if err != nil {
+			return err
+		}
+		c, err := opts.client(cmd)
+		if err != nil {
+			return err
+		}
+		req := request{method: http.MethodPost, path: "/api/pools", body: body}
+		verb := "created"
+		if update {
+			if len(body) == 0 {
+				return withExitCode(exitUsage, fmt.Errorf("nothing to change: give at least one flag (see --help)"))
+			}
+			req = request{method: http.MethodPatch, path: poolPath(args[0]), body: body, ifMatch: quoteETag(pf.ifMatch)}
+			verb = "updated"
+		} else {
+			body["name"] = args[0]
+		}
+		resp, err := c.do(cmd.Context(), req)
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return printJSON(c.stdout, resp.Body)
+		}
+		var p poolJSON
+		if err := decodeAnswer(resp, &p); err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(c.stdout, "Pool %s %s (algorithm %s, ssl mode %s).\n", p.Name, verb, p.Algorithm, p.SSLMode)
+		return err
+	}
+	pf.register(cmd, update)
+	return cmd
+}
+
+// quoteETag accepts an ETag with or without its quotes.
+func quoteETag(tag string) string {
+	tag = strings.TrimSpace(tag)
+	if tag == "" || tag == "*" || strings.HasPrefix(tag, `"`) || strings.HasPrefix(tag, "W/") {
+		return tag
+	}
+	return `"` + tag + `"`
+}
+
+func newPoolsDeleteCommand(opts *apiOptions) *cobra.Command {
+	var cascade bool
+	cmd := &cobra.Command{
+		Use:               "delete NAME",
+		Short:             "Delete a pool",
+		Long:              "Delete a pool. A pool that still has backends is refused unless --cascade deletes them too.",
+		Args:              exactArgs(1, "NAME"),
+		ValidArgsFunction: poolNameCompletion(opts),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := opts.client(cmd)
+			if err != nil {
+				return err
+			}
+			q := url.Values{}
+			if cascade {
+				q.Set("cascade", "true")
+			}
+			if _, err := c.do(cmd.Context(), request{method: http.MethodDelete, path: poolPath(args[0]), query: q}); err != nil {
+				var ae *apiError
+				if !cascade && errors.As(err, &ae) && ae.Status == http.StatusConflict && ae.Code == "conflict" {
+					ae.hint = "To delete the pool with its backends, add --cascade."
+				}
+				return err
+			}
+			return printDeleted(c, "pool", args[0])
+		},
+	}
+	cmd.Flags().BoolVar(&cascade, "cascade", false, "also delete the pool's backends")
+	return cmd
+}
+
+// printDeleted confirms a deletion: a sentence for people, a small JSON
+// object for scripts (the API answers 204 without a body).
+func printDeleted(c *apiClient, kind, key string) error {
+	if c.json {
+		return printValue(c.stdout, map[string]any{"deleted": true, "kind": kind, "key": key})
+	}
+	_, err := fmt.Fprintf(c.stdout, "Deleted %s %s.\n", kind, key)
+	return err
+}
+
+// exactArgs is cobra.ExactArgs with a usage exit code and a message that
+// names the missing argument.
+func exactArgs(n int, names ...string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return withExitCode(exitUsage, fmt.Errorf("%s expects %d argument(s) (%s), got %d", cmd.CommandPath(), n, strings.Join(names, " "), len(args)))
+		}
+		return nil
+	}
+}
+
+// noArgs is cobra.NoArgs with a usage exit code; for a command group it
+// names the unknown subcommand.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	if cmd.HasSubCommands() {
+		return withExitCode(exitUsage, fmt.Errorf("unknown command %q for %q; see %s --help", args[0], cmd.CommandPath(), cmd.CommandPath()))
+	}
+	return withExitCode(exitUsage, fmt.Errorf("%s takes no arguments, got %q", cmd.CommandPath(), args))
+}

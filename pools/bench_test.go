@@ -1,0 +1,144 @@
+package pools
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+func BenchmarkLookup(b *testing.B) {
+	tbl := benchTable(10000)
+	for _, bc := range []struct{ name, host string }{
+		{"exact", "pool-4711.example.com"},
+		{"exact_port_upper", "Pool-4711.Example.com:443"},
+		{"wildcard", "api.wild-4711.example.com"},
+		{"default", "unknown.example.org"},
+	} {
+		b.Run(bc.name+"/pools=10000", func(b *testing.B) {
+			if tbl.Lookup(bc.host) == nil {
+				b.Fatal("no pool")
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				tbl.Lookup(bc.host)
+			}
+		})
+	}
+}
+
+func benchWeights(n int) []int {
+	w := make([]int, n)
+	for i := range w {
+		w[i] = 1 + i%5
+	}
+	return w
+}
+
+func BenchmarkPick(b *testing.B) {
+	for _, algo := range Algorithms() {
+		for _, n := range []int{10, 1000} {
+			b.Run(fmt.Sprintf("%s/backends=%d", algo, n), func(b *testing.B) {
+				p := testTableWith(storage.Pool{Name: "p", Algorithm: algo}, TableOptions{}, benchWeights(n)...).Pool("p")
+				req := PickRequest{ClientIP: netip.MustParseAddr("192.0.2.10")}
+				b.ReportAllocs()
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						bk, err := p.Pick(req)
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						bk.Begin().End(Result{Status: 200})
+					}
+				})
+			})
+		}
+	}
+}
+
+func BenchmarkPickSequential(b *testing.B) {
+	for _, algo := range Algorithms() {
+		b.Run(algo+"/backends=10", func(b *testing.B) {
+			p := testTableWith(storage.Pool{Name: "p", Algorithm: algo}, TableOptions{}, benchWeights(10)...).Pool("p")
+			req := PickRequest{ClientIP: netip.MustParseAddr("192.0.2.10")}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := p.Pick(req); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkPickHalfUnhealthy(b *testing.B) {
+	for _, algo := range Algorithms() {
+		b.Run(algo+"/backends=1000", func(b *testing.B) {
+			p := testTableWith(storage.Pool{Name: "p", Algorithm: algo}, TableOptions{}, benchWeights(1000)...).Pool("p")
+			for i, bk := range p.Backends() {
+				if i%2 == 0 {
+					bk.live.healthy.Store(false)
+				}
+			}
+			req := PickRequest{ClientIP: netip.MustParseAddr("192.0.2.10")}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := p.Pick(req); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkSticky(b *testing.B) {
+	p := testTableWith(storage.Pool{Name: "p", StickyCookie: "s"}, TableOptions{CookieKey: []byte("key")}, benchWeights(100)...).Pool("p")
+	value := p.StickyValue(p.Backends()[42])
+	b.ReportAllocs()
+	for b.Loop() {
+		id, ok := p.VerifySticky(value)
+		if !ok {
+			b.Fatal("not verified")
+		}
+		if _, err := p.Pick(PickRequest{StickyID: id}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkBeginEnd(b *testing.B) {
+	p := testPool(b, storage.Pool{HealthCheck: storage.HealthCheck{MaxFails: 3}}, 1)
+	bk := p.Backends()[0]
+	b.Run("sequential", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			bk.Begin().End(Result{Status: 200, BytesIn: 512, BytesOut: 128})
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				bk.Begin().End(Result{Status: 200, BytesIn: 512, BytesOut: 128})
+			}
+		})
+	})
+}
+
+func BenchmarkNewTable(b *testing.B) {
+	pools := make([]storage.Pool, 0, 1000)
+	backends := make([]storage.Backend, 0, 10000)
+	for i := range 1000 {
+		name := fmt.Sprintf("pool-%d", i)
+		pools = append(pools, storage.Pool{Name: name, SSLDomain: name + ".example.com"})
+		for j := range 10 {
+			backends = append(backends, storage.Backend{ID: fmt.Sprintf("b-%d-%d", i, j), PoolName: name, Host: "10.0.0.1", Port: 8000 + j})
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		NewTable(pools, backends, nil, TableOptions{CookieKey: []byte("k")})
+	}
+}

@@ -1,0 +1,321 @@
+package pools
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+// latencyShift sets the EWMA smoothing factor to 1/2^latencyShift: each new
+// sample moves the average an eighth of the way towards it.
+const latencyShift = 3
+
+// backendState is the live, per-node state of one backend: counters and
+// health. It is keyed by backend id and outlives Tables, so a configuration
+// change (which rebuilds the Table) keeps counters and health. Everything
+// read on the request path is an atomic.
+type backendState struct {
+	conns    atomic.Int64
+	requests atomic.Int64
+	failures atomic.Int64
+	bytesIn  atomic.Int64
+	bytesOut atomic.Int64
+	// latencyEWMA is an exponentially weighted moving average in
+	// nanoseconds; 0 until the first sample.
+	latencyEWMA atomic.Int64
+
+	// healthy is the active-check verdict.
+	healthy atomic.Bool
+	// ejectedUntil is the Unix time in nanoseconds until which passive
+	// checks keep the backend out of rotation; 0 when not ejected.
+	ejectedUntil atomic.Int64
+	consecFails  atomic.Int64
+	ejections    atomic.Int64
+
+	checksPassed atomic.Int64
+	checksFailed atomic.Int64
+
+	// mu guards the active-check bookkeeping below; only health checkers
+	// and readers of BackendState take it, never the request path.
+	mu        sync.Mutex
+	passes    int // consecutive passing checks
+	fails     int // consecutive failing checks
+	held      bool
+	lastCheck time.Time
+	lastError string
+	addr      string // address the health verdict was made for
+}
+
+func newBackendState(addr string, held bool) *backendState {
+	s := &backendState{addr: addr, held: held}
+	s.healthy.Store(!held)
+	return s
+}
+
+// seed restores what this node last observed of the backend (before a
+// restart): health and cumulative totals. Current connections are not
+// restored: they ended with the old process.
+func (s *backendState) seed(o storage.Observation) {
+	s.healthy.Store(o.Healthy)
+	s.requests.Store(o.TotalRequests)
+	s.failures.Store(o.TotalFailures)
+	s.bytesIn.Store(o.BytesIn)
+	s.bytesOut.Store(o.BytesOut)
+	s.latencyEWMA.Store(int64(o.LatencyAvg))
+	s.mu.Lock()
+	s.held = false
+	s.lastCheck = o.LastCheck
+	s.lastError = o.LastError
+	s.mu.Unlock()
+}
+
+// resetHealth forgets the health verdict, used when a backend's address
+// changes: the old verdict was about another server.
+func (s *backendState) resetHealth(addr string, held bool) {
+	s.mu.Lock()
+	s.addr = addr
+	s.passes, s.fails = 0, 0
+	s.held = held
+	s.lastError = ""
+	s.mu.Unlock()
+	s.healthy.Store(!held)
+	s.ejectedUntil.Store(0)
+	s.consecFails.Store(0)
+}
+
+// ejected reports whether passive checks currently keep the backend out.
+// It reads the clock only while an ejection is pending.
+func (s *backendState) ejected() bool {
+	until := s.ejectedUntil.Load()
+	if until == 0 {
+		return false
+	}
+	if time.Now().UnixNano() < until {
+		return true
+	}
+	// Cooldown over: clear it so later picks skip the clock read.
+	s.ejectedUntil.CompareAndSwap(until, 0)
+	return false
+}
+
+// available reports whether new requests may go to the backend on health
+// grounds (draining is configuration and checked by the caller).
+func (s *backendState) available() bool {
+	return s.healthy.Load() && !s.ejected()
+}
+
+func (s *backendState) observeLatency(d time.Duration) {
+	sample := int64(d)
+	for {
+		old := s.latencyEWMA.Load()
+		next := sample
+		if old != 0 {
+			next = old + (sample-old)>>latencyShift
+		}
+		if s.latencyEWMA.CompareAndSwap(old, next) {
+			return
+		}
+	}
+}
+
+// Backend is one upstream server in a Table. The configuration fields are
+// read-only; live counters and health are shared with every other Table
+// built by the same Manager for the same backend id.
+type Backend struct {
+	ID        string
+	PoolName  string
+	Host      string
+	Port      int
+	Addr      string // host:port, ready for net.Dial
+	Scheme    string // "http" or "https"
+	Region    string
+	Weight    int
+	SSLVerify bool
+	Draining  bool
+	Metadata  map[string]string
+
+	live        *backendState
+	maxFails    int64
+	cooldown    time.Duration
+	stickyValue string
+	hashSeed    uint64
+}
+
+// Result is the outcome of one request to a backend, reported by Attempt.End.
+type Result struct {
+	// Status is the HTTP status from the backend; 0 when there was none
+	// (connection error, or a non-HTTP passthrough connection).
+	Status int
+	// Err is a failure talking to the backend (dial, TLS, reset, timeout).
+	// Leave it nil when the client gave up: context.Canceled is not held
+	// against the backend.
+	Err      error
+	BytesIn  int64 // bytes received from the backend
+	BytesOut int64 // bytes sent to the backend
+	// Latency of the attempt; 0 = measured from Begin.
+	Latency time.Duration
+}
+
+// Attempt is one request in flight to a backend. End must be called exactly
+// once; further calls are ignored. An Attempt is used by one goroutine.
+type Attempt struct {
+	b     *Backend
+	start time.Time
+	ended bool
+}
+
+// Begin counts a request and a current connection to b. Call End on the
+// returned Attempt when the request is over.
+func (b *Backend) Begin() *Attempt {
+	// Kept small enough to inline, so that the Attempt can live on the
+	// caller's stack when it does not escape there.
+	return &Attempt{b: b, start: b.begin()}
+}
+
+func (b *Backend) begin() time.Time {
+	b.live.conns.Add(1)
+	b.live.requests.Add(1)
+	return time.Now()
+}
+
+// End records the outcome: it releases the current connection, adds bytes
+// and latency, and feeds passive health. MaxFails consecutive failures (a
+// connection error or a 5xx) eject the backend for the pool's cooldown; any
+// success resets the streak.
+func (a *Attempt) End(r Result) {
+	if a == nil || a.ended {
+		return
+	}
+	a.ended = true
+	b := a.b
+	s := b.live
+	s.conns.Add(-1)
+	if r.BytesIn != 0 {
+		s.bytesIn.Add(r.BytesIn)
+	}
+	if r.BytesOut != 0 {
+		s.bytesOut.Add(r.BytesOut)
+	}
+	lat := r.Latency
+	if lat <= 0 {
+		lat = time.Since(a.start)
+	}
+	s.observeLatency(lat)
+
+	switch outcomeOf(r) {
+	case outcomeFailure:
+		s.failures.Add(1)
+		if b.maxFails > 0 && s.consecFails.Add(1) >= b.maxFails {
+			s.consecFails.Store(0)
+			s.ejectedUntil.Store(time.Now().Add(b.cooldown).UnixNano())
+			s.ejections.Add(1)
+		}
+	case outcomeSuccess:
+		if s.consecFails.Load() != 0 {
+			s.consecFails.Store(0)
+		}
+	}
+}
+
+type outcome uint8
+
+const (
+	outcomeSuccess outcome = iota
+	outcomeFailure
+	// outcomeNeutral: the client gave up; says nothing about the backend.
+	outcomeNeutral
+)
+
+func outcomeOf(r Result) outcome {
+	switch {
+	case r.Status >= 500:
+		return outcomeFailure
+	case r.Err == nil:
+		return outcomeSuccess
+	case errors.Is(r.Err, context.Canceled):
+		return outcomeNeutral
+	default:
+		return outcomeFailure
+	}
+}
+
+// Healthy reports the active health-check verdict.
+func (b *Backend) Healthy() bool { return b.live.healthy.Load() }
+
+// Ejected reports whether passive checks currently keep b out of rotation.
+func (b *Backend) Ejected() bool { return b.live.ejected() }
+
+// Available reports whether Pick may choose b for a new request: healthy,
+// not ejected, not draining.
+func (b *Backend) Available() bool { return !b.Draining && b.live.available() }
+
+// CurrentConnections is the number of requests in flight to b.
+func (b *Backend) CurrentConnections() int64 { return b.live.conns.Load() }
+
+// StickyValue is b's signed sticky-cookie value for its pool.
+func (b *Backend) StickyValue() string { return b.stickyValue }
+
+// BackendState is a point-in-time view of one backend for the admin API and
+// the dashboard.
+type BackendState struct {
+	ID                 string        `json:"id"`
+	PoolName           string        `json:"pool_name"`
+	Addr               string        `json:"addr"`
+	Scheme             string        `json:"scheme"`
+	Region             string        `json:"region,omitempty"`
+	Weight             int           `json:"weight"`
+	Healthy            bool          `json:"healthy"` // active checks
+	Ejected            bool          `json:"ejected"` // passive checks
+	EjectedUntil       time.Time     `json:"ejected_until,omitzero"`
+	Draining           bool          `json:"draining"`
+	Available          bool          `json:"available"` // Pick may choose it
+	CurrentConnections int64         `json:"current_connections"`
+	TotalRequests      int64         `json:"total_requests"`
+	TotalFailures      int64         `json:"total_failures"`
+	BytesIn            int64         `json:"bytes_in"`
+	BytesOut           int64         `json:"bytes_out"`
+	LatencyAvg         time.Duration `json:"latency_avg"`
+	Ejections          int64         `json:"ejections"`
+	ChecksPassed       int64         `json:"checks_passed"`
+	ChecksFailed       int64         `json:"checks_failed"`
+	LastCheck          time.Time     `json:"last_check,omitzero"`
+	LastError          string        `json:"last_error,omitempty"`
+}
+
+// State returns a snapshot of b's configuration and live state.
+func (b *Backend) State() BackendState {
+	s := b.live
+	st := BackendState{
+		ID:                 b.ID,
+		PoolName:           b.PoolName,
+		Addr:               b.Addr,
+		Scheme:             b.Scheme,
+		Region:             b.Region,
+		Weight:             b.Weight,
+		Healthy:            s.healthy.Load(),
+		Ejected:            s.ejected(),
+		Draining:           b.Draining,
+		CurrentConnections: s.conns.Load(),
+		TotalRequests:      s.requests.Load(),
+		TotalFailures:      s.failures.Load(),
+		BytesIn:            s.bytesIn.Load(),
+		BytesOut:           s.bytesOut.Load(),
+		LatencyAvg:         time.Duration(s.latencyEWMA.Load()),
+		Ejections:          s.ejections.Load(),
+		ChecksPassed:       s.checksPassed.Load(),
+		ChecksFailed:       s.checksFailed.Load(),
+	}
+	if st.Ejected {
+		st.EjectedUntil = time.Unix(0, s.ejectedUntil.Load())
+	}
+	st.Available = st.Healthy && !st.Ejected && !st.Draining
+	s.mu.Lock()
+	st.LastCheck = s.lastCheck
+	st.LastError = s.lastError
+	s.mu.Unlock()
+	return st
+}

@@ -1,0 +1,28 @@
+// Package pools turns the pools and backends stored in the storage package
+// into an in-memory routing table for the proxy, and keeps that table
+// healthy.
+//
+// The pieces, from the request path outwards:
+//
+//   - Table: an immutable snapshot mapping host names to pools, built from
+//     the stored configuration. Lookup is a couple of map reads and does not
+//     allocate. The Manager swaps a new Table in atomically when the
+//     configuration changes.
+//   - Pool.Pick: chooses a backend with the pool's algorithm (round robin,
+//     least connections, smooth weighted round robin, random, consistent
+//     hashing, power of two choices), honouring sticky cookies, region
+//     preference, fail-open and retry exclusions.
+//   - Backend.Begin / Attempt.End: per-request accounting on atomics (current
+//     connections, totals, bytes, latency) that also drives passive health:
+//     consecutive failures eject a backend for a cooldown.
+//   - Active health checks (TCP connect or HTTP(S) GET) with rise/fall
+//     thresholds, one goroutine per backend.
+//   - Manager: loads the store, follows its change feed, rebuilds the table
+//     (coalescing bursts), runs health checkers, persists this node's
+//     observations at a bounded rate and exposes stats and Prometheus
+//     metrics.
+//
+// Live per-backend state (counters and health) is keyed by backend id and
+// owned by the Manager, not by a Table, so that rebuilding the table after a
+// configuration change keeps counters and health as they were.
+package pools

@@ -1,0 +1,187 @@
+package pools
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// maxHealthBody is how much of a health-check response body is read (and
+// discarded) so the server sees a complete exchange.
+const maxHealthBody = 4 << 10
+
+// checkerKey is everything a running checker depends on; a checker whose
+// key changed is replaced.
+type checkerKey struct {
+	addr      string
+	host      string
+	sslVerify bool
+	hc        healthConfig
+}
+
+func newCheckerKey(b *Backend, hc healthConfig) checkerKey {
+	return checkerKey{addr: b.Addr, host: b.Host, sslVerify: b.SSLVerify, hc: hc}
+}
+
+// checker actively checks one backend: a TCP connect or an HTTP(S) GET
+// every interval, with rise/fall thresholds. It writes the verdict into the
+// backend's live state, where Pick sees it at once.
+type checker struct {
+	pool   string
+	id     string
+	key    checkerKey
+	state  *backendState
+	log    *zap.Logger
+	dialer net.Dialer
+	client *http.Client // nil for tcp
+	url    string
+}
+
+func newChecker(pool string, b *Backend, hc healthConfig, log *zap.Logger) *checker {
+	c := &checker{
+		pool:   pool,
+		id:     b.ID,
+		key:    newCheckerKey(b, hc),
+		state:  b.live,
+		log:    log.With(zap.String("pool", pool), zap.String("backend", b.ID), zap.String("addr", b.Addr)),
+		dialer: net.Dialer{Timeout: hc.Timeout},
+	}
+	if hc.Type == HealthCheckHTTP || hc.Type == HealthCheckHTTPS {
+		c.url = hc.Type + "://" + b.Addr + hc.Path
+		transport := &http.Transport{
+			// Never through an environment proxy: the check is about this
+			// backend, from this node.
+			Proxy:       nil,
+			DialContext: c.dialer.DialContext,
+			// A fresh connection per check: a pooled connection could hide a
+			// listener that no longer accepts.
+			DisableKeepAlives:      true,
+			TLSHandshakeTimeout:    hc.Timeout,
+			ResponseHeaderTimeout:  hc.Timeout,
+			MaxResponseHeaderBytes: 64 << 10,
+		}
+		if hc.Type == HealthCheckHTTPS {
+			transport.TLSClientConfig = &tls.Config{
+				InsecureSkipVerify: !b.SSLVerify, //nolint:gosec // the backend's ssl_verify setting decides
+				MinVersion:         tls.VersionTLS12,
+			}
+		}
+		c.client = &http.Client{
+			Transport: transport,
+			Timeout:   hc.Timeout,
+			// A redirect is an answer: 3xx passes unless a status is expected.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
+	}
+	return c
+}
+
+// run checks after delay and then every interval until ctx ends.
+func (c *checker) run(ctx context.Context, delay time.Duration) {
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	if c.client != nil {
+		defer c.client.CloseIdleConnections()
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		start := time.Now()
+		err := c.check(ctx)
+		if ctx.Err() != nil {
+			// Stopped mid-check (config change or shutdown): the result says
+			// nothing about the backend.
+			return
+		}
+		c.record(err, start)
+		timer.Reset(max(c.key.hc.Interval-time.Since(start), 0))
+	}
+}
+
+// check performs one probe and returns nil when it passes.
+func (c *checker) check(ctx context.Context) error {
+	hc := c.key.hc
+	ctx, cancel := context.WithTimeout(ctx, hc.Timeout)
+	defer cancel()
+	if c.client == nil {
+		conn, err := c.dialer.DialContext(ctx, "tcp", c.key.addr)
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("User-Agent", "singularity-edge-health-check/1")
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxHealthBody))
+	_ = resp.Body.Close()
+	if hc.ExpectedStatus != 0 {
+		if resp.StatusCode != hc.ExpectedStatus {
+			return fmt.Errorf("status %d, expected %d", resp.StatusCode, hc.ExpectedStatus)
+		}
+		return nil
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 399 {
+		return fmt.Errorf("status %d, expected 2xx or 3xx", resp.StatusCode)
+	}
+	return nil
+}
+
+// record applies one result to the rise/fall counters and flips the
+// healthy flag on a threshold.
+func (c *checker) record(err error, at time.Time) {
+	hc := c.key.hc
+	s := c.state
+	s.mu.Lock()
+	if s.addr != c.key.addr {
+		// The backend moved while this check ran; the verdict is about the
+		// old address.
+		s.mu.Unlock()
+		return
+	}
+	s.lastCheck = at
+	var transition string
+	if err == nil {
+		s.checksPassed.Add(1)
+		s.passes++
+		s.fails = 0
+		s.lastError = ""
+		// A held-back new backend joins on its first pass.
+		if !s.healthy.Load() && (s.passes >= hc.Rise || s.held) {
+			s.healthy.Store(true)
+			s.held = false
+			transition = "up"
+		}
+	} else {
+		s.checksFailed.Add(1)
+		s.fails++
+		s.passes = 0
+		s.lastError = err.Error()
+		if s.healthy.Load() && s.fails >= hc.Fall {
+			s.healthy.Store(false)
+			transition = "down"
+		}
+	}
+	s.mu.Unlock()
+	switch transition {
+	case "up":
+		c.log.Info("backend healthy", zap.Int("rise", hc.Rise))
+	case "down":
+		c.log.Warn("backend unhealthy", zap.Int("fall", hc.Fall), zap.Error(err))
+	}
+}

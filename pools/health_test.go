@@ -1,0 +1,316 @@
+package pools
+
+import (
+	"context"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+// startCheckers runs the active checker of every backend of p until the
+// test ends.
+func startCheckers(t *testing.T, p *Pool) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, b := range p.Backends() {
+		c := newChecker(p.Name, b, p.health, zap.NewNop())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.run(ctx, 0)
+		}()
+	}
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+}
+
+func fastChecks(typ string) storage.Pool {
+	return storage.Pool{
+		Name:                "p",
+		HealthCheckInterval: 200 * time.Millisecond,
+		HealthCheck:         storage.HealthCheck{Type: typ, Timeout: 150 * time.Millisecond, Rise: 2, Fall: 2},
+	}
+}
+
+func TestActiveTCPCheckEjectsAndRecovers(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	other, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	go acceptAndClose(ln)
+	go acceptAndClose(other)
+
+	pool := fastChecks(HealthCheckTCP)
+	tbl := NewTable([]storage.Pool{pool}, []storage.Backend{
+		backendFor(t, "dies", "p", "http://"+addr),
+		backendFor(t, "stays", "p", "http://"+other.Addr().String()),
+	}, nil, TableOptions{})
+	p := tbl.Pool("p")
+	dies := p.Backend("dies")
+	startCheckers(t, p)
+	waitFor(t, 10*time.Second, "first passing checks", func() bool { return dies.State().ChecksPassed >= 2 })
+	if !dies.Healthy() {
+		t.Fatal("live backend unhealthy")
+	}
+
+	// The listener dies: within interval*fall + timeout (plus scheduling
+	// noise) the backend stops being picked.
+	died := time.Now()
+	ln.Close()
+	waitFor(t, 10*time.Second, "dead backend marked unhealthy", func() bool { return !dies.Healthy() })
+	t.Logf("dead backend out of rotation after %s (window interval*fall+timeout = %s)", time.Since(died).Round(time.Millisecond), 2*pool.HealthCheckInterval+pool.HealthCheck.Timeout)
+	for range 20 {
+		if b := mustPick(t, p, PickRequest{}); b == dies {
+			t.Fatal("dead backend picked")
+		}
+	}
+	st := dies.State()
+	if st.LastError == "" || st.ChecksFailed < 2 || st.LastCheck.IsZero() {
+		t.Fatalf("state after failures %+v", st)
+	}
+
+	// It comes back on the same address: healthy after rise passes.
+	back := time.Now()
+	ln2 := listenTCP(t, addr)
+	defer ln2.Close()
+	go acceptAndClose(ln2)
+	waitFor(t, 10*time.Second, "revived backend healthy", func() bool { return dies.Healthy() })
+	t.Logf("revived backend back after %s", time.Since(back).Round(time.Millisecond))
+	if dies.State().LastError != "" {
+		t.Fatal("last error kept after recovery")
+	}
+	seen := map[string]bool{}
+	for range 4 {
+		seen[mustPick(t, p, PickRequest{}).ID] = true
+	}
+	if !seen["dies"] {
+		t.Fatal("recovered backend not picked")
+	}
+}
+
+func TestActiveHTTPCheck(t *testing.T) {
+	var status atomic.Int64
+	status.Store(200)
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" {
+			http.NotFound(w, r)
+			return
+		}
+		if s := int(status.Load()); s == http.StatusFound {
+			http.Redirect(w, r, "/elsewhere", s)
+		} else {
+			w.WriteHeader(s)
+		}
+	})
+	srv := httptest.NewServer(handler)
+	addr := srv.Listener.Addr().String()
+
+	pool := fastChecks(HealthCheckHTTP)
+	pool.HealthCheck.Path = "/healthz"
+	p := NewTable([]storage.Pool{pool}, []storage.Backend{backendFor(t, "web", "p", srv.URL)}, nil, TableOptions{}).Pool("p")
+	b := p.Backend("web")
+	startCheckers(t, p)
+	waitFor(t, 10*time.Second, "passing checks", func() bool { return b.State().ChecksPassed >= 2 })
+
+	status.Store(503)
+	waitFor(t, 10*time.Second, "503 marks unhealthy", func() bool { return !b.Healthy() })
+	if msg := b.State().LastError; !strings.Contains(msg, "503") {
+		t.Fatalf("last error %q", msg)
+	}
+	if _, err := p.Pick(PickRequest{}); err == nil {
+		t.Fatal("unhealthy only backend picked")
+	}
+
+	status.Store(http.StatusFound) // a redirect is an answer, not followed
+	waitFor(t, 10*time.Second, "3xx marks healthy", func() bool { return b.Healthy() })
+
+	// The server dies and comes back.
+	srv.Close()
+	waitFor(t, 10*time.Second, "dead server unhealthy", func() bool { return !b.Healthy() })
+	status.Store(200)
+	srv2 := listenOn(t, addr, handler)
+	defer srv2.Close()
+	waitFor(t, 10*time.Second, "revived server healthy", func() bool { return b.Healthy() })
+}
+
+func TestActiveHTTPCheckExpectedStatus(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer srv.Close()
+	pool := fastChecks(HealthCheckHTTP)
+	pool.HealthCheck.ExpectedStatus = http.StatusNoContent
+	p := NewTable([]storage.Pool{pool}, []storage.Backend{backendFor(t, "web", "p", srv.URL)}, nil, TableOptions{}).Pool("p")
+	b := p.Backend("web")
+	startCheckers(t, p)
+	waitFor(t, 10*time.Second, "200 fails when 204 is expected", func() bool { return !b.Healthy() })
+	if msg := b.State().LastError; !strings.Contains(msg, "expected 204") {
+		t.Fatalf("last error %q", msg)
+	}
+}
+
+func TestActiveHTTPCheckTimeout(t *testing.T) {
+	// Accepts connections and never answers.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var mu sync.Mutex
+	var conns []net.Conn
+	defer func() {
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	p := NewTable([]storage.Pool{fastChecks(HealthCheckHTTP)}, []storage.Backend{backendFor(t, "mute", "p", "http://"+ln.Addr().String())}, nil, TableOptions{}).Pool("p")
+	b := p.Backend("mute")
+	startCheckers(t, p)
+	waitFor(t, 10*time.Second, "silent backend unhealthy", func() bool { return !b.Healthy() })
+	if msg := b.State().LastError; !strings.Contains(msg, "deadline") && !strings.Contains(msg, "timeout") {
+		t.Fatalf("last error %q", msg)
+	}
+}
+
+func TestActiveHTTPSCheckHonoursSSLVerify(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+	}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the failed handshakes are expected
+	srv.StartTLS()
+	defer srv.Close()
+	// TLS handshakes under the race detector on a busy machine are slow:
+	// generous timeouts keep a timeout from passing for a verdict.
+	pool := fastChecks(HealthCheckHTTPS)
+	pool.HealthCheckInterval = 500 * time.Millisecond
+	pool.HealthCheck.Timeout = 400 * time.Millisecond
+	lax := backendFor(t, "lax", "p", srv.URL)
+	strict := backendFor(t, "strict", "p", srv.URL)
+	strict.SSLVerify = true
+	p := NewTable([]storage.Pool{pool}, []storage.Backend{lax, strict}, nil, TableOptions{}).Pool("p")
+	startCheckers(t, p)
+	waitFor(t, 10*time.Second, "strict check fails on the self-signed certificate", func() bool {
+		s := p.Backend("strict").State()
+		return !s.Healthy && strings.Contains(s.LastError, "certificate")
+	})
+	waitFor(t, 10*time.Second, "lax check passes", func() bool { return p.Backend("lax").State().ChecksPassed >= 2 })
+	if !p.Backend("lax").Healthy() {
+		t.Fatal("ssl_verify=false backend unhealthy")
+	}
+}
+
+func TestHoldNewBackends(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go acceptAndClose(ln)
+	dead := closedAddr(t)
+
+	pool := fastChecks(HealthCheckTCP)
+	pool.HoldNewBackends = true
+	pool.HealthCheck.Rise = 5
+	p := NewTable([]storage.Pool{pool}, []storage.Backend{
+		backendFor(t, "live", "p", "http://"+ln.Addr().String()),
+		backendFor(t, "dead", "p", "http://"+dead),
+	}, nil, TableOptions{}).Pool("p")
+	if p.Backend("live").Healthy() || p.Backend("dead").Healthy() {
+		t.Fatal("held backends start healthy")
+	}
+	if _, err := p.Pick(PickRequest{}); err == nil {
+		t.Fatal("picked a held backend")
+	}
+	startCheckers(t, p)
+	// The first pass admits a held backend, whatever rise says.
+	waitFor(t, 10*time.Second, "held backend admitted", func() bool { return p.Backend("live").Healthy() })
+	if st := p.Backend("live").State(); st.ChecksPassed > 2 {
+		t.Logf("admitted after %d passes", st.ChecksPassed)
+	}
+	waitFor(t, 10*time.Second, "dead held backend checked", func() bool { return p.Backend("dead").State().ChecksFailed >= 3 })
+	if p.Backend("dead").Healthy() {
+		t.Fatal("dead held backend admitted")
+	}
+	for range 10 {
+		if b := mustPick(t, p, PickRequest{}); b.ID != "live" {
+			t.Fatalf("picked %s", b.ID)
+		}
+	}
+}
+
+func TestEffectiveHealthDefaults(t *testing.T) {
+	hc := effectiveHealth(&storage.Pool{HealthCheckInterval: time.Nanosecond, HealthCheck: storage.HealthCheck{Type: "HTTP", Path: "x", MaxFails: -1}})
+	want := healthConfig{Type: "http", Path: "/x", Interval: minRuntimeInterval, Timeout: minRuntimeInterval / 2, Rise: DefaultRise, Fall: DefaultFall, MaxFails: 0, Cooldown: DefaultCooldown}
+	if hc != want {
+		t.Fatalf("effectiveHealth\n got %+v\nwant %+v", hc, want)
+	}
+	if hc := effectiveHealth(&storage.Pool{}); hc.Interval != DefaultHealthCheckInterval || hc.Timeout != DefaultHealthCheckTimeout || hc.Type != HealthCheckTCP {
+		t.Fatalf("zero pool health %+v", hc)
+	}
+}
+
+func acceptAndClose(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.Close()
+	}
+}
+
+// closedAddr returns a loopback address nothing listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func listenTCP(t *testing.T, addr string) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	waitFor(t, 10*time.Second, "listen on "+addr, func() bool {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err == nil
+	})
+	return ln
+}

@@ -1,0 +1,445 @@
+package pools
+
+import (
+	"errors"
+	"maps"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+// ErrNoBackend means no backend can take the request: none configured, all
+// unhealthy, ejected, draining or excluded. The proxy answers 503.
+var ErrNoBackend = errors.New("pools: no available backend")
+
+// Runtime floors that keep bad stored data (which skipped NormalizePool,
+// e.g. written by a peer running an older version) from spinning a checker.
+const (
+	minRuntimeInterval = 50 * time.Millisecond
+	minRuntimeTimeout  = 5 * time.Millisecond
+)
+
+type algorithm uint8
+
+const (
+	algoRoundRobin algorithm = iota
+	algoLeastConnections
+	algoWeightedRoundRobin
+	algoRandom
+	algoConsistentHash
+	algoPowerOfTwo
+)
+
+func parseAlgorithm(s string) algorithm {
+	switch s {
+	case AlgorithmLeastConnections:
+		return algoLeastConnections
+	case AlgorithmWeightedRoundRobin:
+		return algoWeightedRoundRobin
+	case AlgorithmRandom:
+		return algoRandom
+	case AlgorithmConsistentHash:
+		return algoConsistentHash
+	case AlgorithmPowerOfTwoChoices:
+		return algoPowerOfTwo
+	default:
+		// Unknown algorithms (only possible in data that skipped
+		// validation) degrade to round robin rather than refuse traffic.
+		return algoRoundRobin
+	}
+}
+
+// healthConfig is a pool's health-check configuration with runtime
+// defaults applied.
+type healthConfig struct {
+	Type           string
+	Path           string
+	ExpectedStatus int
+	Interval       time.Duration
+	Timeout        time.Duration
+	Rise, Fall     int
+	MaxFails       int
+	Cooldown       time.Duration
+}
+
+func effectiveHealth(p *storage.Pool) healthConfig {
+	hc := p.HealthCheck
+	c := healthConfig{
+		Type:           strings.ToLower(hc.Type),
+		Path:           hc.Path,
+		ExpectedStatus: hc.ExpectedStatus,
+		Interval:       p.HealthCheckInterval,
+		Timeout:        hc.Timeout,
+		Rise:           hc.Rise,
+		Fall:           hc.Fall,
+		MaxFails:       hc.MaxFails,
+		Cooldown:       hc.Cooldown,
+	}
+	if c.Type != HealthCheckHTTP && c.Type != HealthCheckHTTPS {
+		c.Type = HealthCheckTCP
+	}
+	if c.Type != HealthCheckTCP && !strings.HasPrefix(c.Path, "/") {
+		c.Path = "/" + c.Path
+	}
+	if c.Interval <= 0 {
+		c.Interval = DefaultHealthCheckInterval
+	}
+	c.Interval = max(c.Interval, minRuntimeInterval)
+	if c.Timeout <= 0 {
+		c.Timeout = min(DefaultHealthCheckTimeout, c.Interval/2)
+	}
+	c.Timeout = max(min(c.Timeout, c.Interval), minRuntimeTimeout)
+	if c.Rise <= 0 {
+		c.Rise = DefaultRise
+	}
+	if c.Fall <= 0 {
+		c.Fall = DefaultFall
+	}
+	if c.MaxFails < 0 {
+		c.MaxFails = 0 // disabled
+	}
+	if c.Cooldown <= 0 {
+		c.Cooldown = DefaultCooldown
+	}
+	return c
+}
+
+// Pool is a pool in a Table. The exported fields are configuration and
+// read-only.
+type Pool struct {
+	Name                string
+	Algorithm           string
+	SSLMode             string
+	SSLDomain           string
+	SSLCertID           string
+	Hosts               []string
+	ValidateBackendCert bool
+	PreferRegion        bool
+	FailOpen            bool
+	HoldNewBackends     bool
+	Default             bool
+	Metadata            map[string]string
+
+	backends      []*Backend // sorted by id
+	byID          map[string]*Backend
+	algo          algorithm
+	health        healthConfig
+	hashHeader    string
+	stickyCookie  string
+	stickyByValue map[string]*Backend
+
+	all group
+	// local holds the backends in the agent's region when the pool prefers
+	// its region and has any there; nil otherwise.
+	local *group
+}
+
+// group is a set of backends a balancer chooses from, with the balancer
+// state that belongs to that set: a pool balances over its local-region
+// group first and over all its backends next, and each keeps its own
+// rotation so neither skews the other.
+type group struct {
+	backends []*Backend
+	// byWeight partitions backends by weight for weighted rendezvous
+	// hashing, which then takes one logarithm per distinct weight instead
+	// of one per backend.
+	byWeight [][]*Backend
+
+	rr atomic.Uint64 // round-robin position; rotation start for least connections
+
+	wrrMu  sync.Mutex
+	wrrCur []int64 // smooth weighted round robin current weights, by index
+}
+
+func (g *group) init(bs []*Backend) {
+	g.backends = bs
+	g.wrrCur = make([]int64, len(bs))
+	class := make(map[int]int)
+	for _, b := range bs {
+		i, ok := class[b.Weight]
+		if !ok {
+			i = len(g.byWeight)
+			class[b.Weight] = i
+			g.byWeight = append(g.byWeight, nil)
+		}
+		g.byWeight[i] = append(g.byWeight[i], b)
+	}
+}
+
+func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []byte, stateFor stateResolver) *Pool {
+	p := &Pool{
+		Name:                sp.Name,
+		Algorithm:           sp.Algorithm,
+		SSLMode:             sp.SSLMode,
+		SSLDomain:           sp.SSLDomain,
+		SSLCertID:           sp.SSLCertID,
+		Hosts:               append([]string(nil), sp.Hosts...),
+		ValidateBackendCert: sp.ValidateBackendCert,
+		PreferRegion:        sp.PreferRegion,
+		FailOpen:            sp.FailOpen,
+		HoldNewBackends:     sp.HoldNewBackends,
+		Default:             sp.Default,
+		Metadata:            maps.Clone(sp.Metadata),
+		algo:                parseAlgorithm(sp.Algorithm),
+		health:              effectiveHealth(sp),
+		stickyCookie:        sp.StickyCookie,
+		byID:                make(map[string]*Backend, len(bs)),
+	}
+	if name, ok := cutPrefixFold(sp.HashOn, hashOnHeaderPrefix); ok && p.algo == algoConsistentHash {
+		p.hashHeader = name
+	}
+	if p.stickyCookie != "" {
+		p.stickyByValue = make(map[string]*Backend, len(bs))
+	}
+	for i := range bs {
+		sb := &bs[i]
+		if sb.ID == "" || p.byID[sb.ID] != nil {
+			continue
+		}
+		b := &Backend{
+			ID:        sb.ID,
+			PoolName:  sb.PoolName,
+			Host:      sb.Host,
+			Port:      sb.Port,
+			Addr:      backendAddr(sb),
+			Scheme:    sb.Scheme,
+			Region:    sb.Region,
+			Weight:    max(sb.Weight, 1),
+			SSLVerify: sb.SSLVerify,
+			Draining:  sb.Draining,
+			Metadata:  maps.Clone(sb.Metadata),
+			live:      stateFor(sb, sp),
+			maxFails:  int64(p.health.MaxFails),
+			cooldown:  p.health.Cooldown,
+			hashSeed:  mix64(fnv64(sb.ID)),
+		}
+		if b.Scheme == "" {
+			b.Scheme = "http"
+		}
+		if p.stickyCookie != "" {
+			b.stickyValue = stickyValue(cookieKey, p.Name, b.ID)
+			p.stickyByValue[b.stickyValue] = b
+		}
+		p.byID[b.ID] = b
+		p.backends = append(p.backends, b)
+	}
+	p.all.init(p.backends)
+	if sp.PreferRegion && region != "" {
+		var local []*Backend
+		for _, b := range p.backends {
+			if b.Region == region {
+				local = append(local, b)
+			}
+		}
+		if len(local) > 0 && len(local) < len(p.backends) {
+			p.local = &group{}
+			p.local.init(local)
+		}
+	}
+	return p
+}
+
+func cutPrefixFold(s, prefix string) (string, bool) {
+	if len(s) > len(prefix) && strings.EqualFold(s[:len(prefix)], prefix) {
+		return s[len(prefix):], true
+	}
+	return "", false
+}
+
+func (p *Pool) servedHosts() []string {
+	hosts := make([]string, 0, len(p.Hosts)+1)
+	if p.SSLDomain != "" {
+		hosts = append(hosts, strings.ToLower(p.SSLDomain))
+	}
+	for _, h := range p.Hosts {
+		hosts = append(hosts, strings.ToLower(h))
+	}
+	return hosts
+}
+
+// Backends returns the pool's backends sorted by id. The slice is shared:
+// do not modify it.
+func (p *Pool) Backends() []*Backend { return p.backends }
+
+// Backend returns the pool's backend with id, or nil.
+func (p *Pool) Backend(id string) *Backend { return p.byID[id] }
+
+// HashHeader is the request header whose value keys consistent hashing
+// (hash_on "header:X"), or "" when the pool hashes on the client IP or does
+// not hash.
+func (p *Pool) HashHeader() string { return p.hashHeader }
+
+// StickyCookieName is the sticky-session cookie name, or "" when the pool
+// is not sticky.
+func (p *Pool) StickyCookieName() string { return p.stickyCookie }
+
+// StickyValue is the signed cookie value pinning a client to b ("" when the
+// pool is not sticky). It is stateless: every agent sharing the cookie key
+// honours it.
+func (p *Pool) StickyValue(b *Backend) string {
+	if p.stickyCookie == "" || b == nil {
+		return ""
+	}
+	if own := p.byID[b.ID]; own != nil {
+		return own.stickyValue
+	}
+	return ""
+}
+
+// VerifySticky checks a sticky-cookie value and returns the backend id it
+// names. A tampered value, one signed with another key or for another
+// pool, or one naming a backend this pool no longer has is not ok.
+func (p *Pool) VerifySticky(value string) (backendID string, ok bool) {
+	if p.stickyByValue == nil || value == "" {
+		return "", false
+	}
+	// The table holds the value of every backend: a map hit is exactly a
+	// valid signature, and the lookup does not allocate.
+	if b := p.stickyByValue[value]; b != nil {
+		return b.ID, true
+	}
+	return "", false
+}
+
+// Stats summarizes the pool's backends right now.
+func (p *Pool) Stats() PoolStats {
+	st := PoolStats{Name: p.Name, Algorithm: p.Algorithm, TotalBackends: len(p.backends)}
+	for _, b := range p.backends {
+		s := b.live
+		switch {
+		case b.Draining:
+			st.DrainingBackends++
+		case s.available():
+			st.HealthyBackends++
+		default:
+			st.UnhealthyBackends++
+		}
+		st.CurrentConnections += s.conns.Load()
+		st.TotalRequests += s.requests.Load()
+		st.TotalFailures += s.failures.Load()
+	}
+	return st
+}
+
+// PoolStats is the original system's per-pool summary.
+type PoolStats struct {
+	Name          string `json:"name"`
+	Algorithm     string `json:"algorithm"`
+	TotalBackends int    `json:"total_backends"`
+	// HealthyBackends can take new requests (passing active checks, not
+	// ejected, not draining); UnhealthyBackends fail active checks or are
+	// ejected; DrainingBackends are draining whatever their health.
+	HealthyBackends    int   `json:"healthy_backends"`
+	UnhealthyBackends  int   `json:"unhealthy_backends"`
+	DrainingBackends   int   `json:"draining_backends"`
+	CurrentConnections int64 `json:"current_connections"`
+	TotalRequests      int64 `json:"total_requests"`
+	TotalFailures      int64 `json:"total_failures"`
+}
+
+// PickRequest carries what a balancer may key on.
+type PickRequest struct {
+	// ClientIP keys consistent hashing on client_ip (and is the fallback
+	// when the hash header is absent).
+	ClientIP netip.Addr
+	// HashKey is the value of HashHeader() for hash_on "header:X"; empty =
+	// use ClientIP.
+	HashKey string
+	// StickyID is the backend id from VerifySticky: that backend is chosen
+	// while it is available and not excluded.
+	StickyID string
+	// Exclude lists backends already tried for this request (retries). A
+	// backend matches across table rebuilds.
+	Exclude []*Backend
+}
+
+// pickFilter decides which backends one pass of Pick may choose.
+type pickFilter struct {
+	exclude []*Backend
+	// anyHealth admits unhealthy and ejected backends (fail-open pass).
+	anyHealth bool
+	// rotation start, taken once per Pick and group so that a second pass
+	// (fail-open) does not advance the rotation twice.
+	rotGroup *group
+	rot      uint64
+}
+
+func (f *pickFilter) rotation(g *group) uint64 {
+	if f.rotGroup != g {
+		f.rotGroup = g
+		f.rot = g.rr.Add(1) - 1
+	}
+	return f.rot
+}
+
+func (f *pickFilter) ok(b *Backend) bool {
+	if b.Draining {
+		return false
+	}
+	if !f.anyHealth && !b.live.available() {
+		return false
+	}
+	for _, e := range f.exclude {
+		if e == b || (e != nil && e.live == b.live) {
+			return false
+		}
+	}
+	return true
+}
+
+// Pick chooses a backend for a request: the sticky backend if it is
+// available, else the pool's algorithm over available backends (those in
+// the agent's region first when PreferRegion), else, with FailOpen, over
+// every non-draining backend. errors.Is(err, ErrNoBackend) means 503.
+func (p *Pool) Pick(req PickRequest) (*Backend, error) {
+	if len(p.backends) == 0 {
+		return nil, ErrNoBackend
+	}
+	f := pickFilter{exclude: req.Exclude}
+	if req.StickyID != "" && p.stickyCookie != "" {
+		if b := p.byID[req.StickyID]; b != nil && f.ok(b) {
+			return b, nil
+		}
+	}
+	if p.local != nil {
+		if b := p.pick(p.local, &req, &f); b != nil {
+			return b, nil
+		}
+	}
+	if b := p.pick(&p.all, &req, &f); b != nil {
+		return b, nil
+	}
+	if p.FailOpen {
+		f.anyHealth = true
+		if b := p.pick(&p.all, &req, &f); b != nil {
+			return b, nil
+		}
+	}
+	return nil, ErrNoBackend
+}
+
+// pick dispatches on the algorithm with a switch rather than an interface
+// so that the filter stays on the stack.
+func (p *Pool) pick(g *group, req *PickRequest, f *pickFilter) *Backend {
+	if len(g.backends) == 0 {
+		return nil
+	}
+	switch p.algo {
+	case algoLeastConnections:
+		return g.pickLeastConnections(f)
+	case algoWeightedRoundRobin:
+		return g.pickWeighted(f)
+	case algoRandom:
+		return g.pickRandom(f)
+	case algoConsistentHash:
+		return g.pickHash(p.hashHeader != "", req, f)
+	case algoPowerOfTwo:
+		return g.pickTwoChoices(f)
+	default:
+		return g.pickRoundRobin(f)
+	}
+}

@@ -1,0 +1,247 @@
+package pools
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+// TableOptions are the node-local inputs of a Table.
+type TableOptions struct {
+	// Region is this agent's region; pools with PreferRegion send traffic
+	// to backends in it while any of them is available.
+	Region string
+	// CookieKey signs sticky-cookie values. Every agent with the same key
+	// honours the others' cookies. Empty: a random key for this table only
+	// (fine for tests; the Manager always passes a key).
+	CookieKey []byte
+}
+
+// Table is an immutable routing snapshot: host names to pools, pools to
+// backends. Lookups never allocate. Live counters and health hang off the
+// backends and keep changing; the configuration does not.
+type Table struct {
+	pools       []*Pool // sorted by name
+	byName      map[string]*Pool
+	exact       map[string]*Pool
+	wildcard    map[string]*Pool // key: the part after "*."
+	defaultPool *Pool
+	backends    map[string]*Backend
+	region      string
+	builtAt     time.Time
+}
+
+// stateResolver returns the live state for a backend of a pool.
+type stateResolver func(b *storage.Backend, p *storage.Pool) *backendState
+
+// NewTable builds a Table from configuration and this node's observations
+// (obs seeds health and totals of the backends it names; later rows for the
+// same backend win). Backends whose pool is missing are left out. When two
+// pools claim the same host name, the pool whose name sorts first wins; the
+// same for several Default pools.
+func NewTable(pools []storage.Pool, backends []storage.Backend, obs []storage.Observation, opts TableOptions) *Table {
+	seeds := make(map[string]storage.Observation, len(obs))
+	for _, o := range obs {
+		seeds[o.BackendID] = o
+	}
+	return buildTable(pools, backends, opts, func(b *storage.Backend, p *storage.Pool) *backendState {
+		s := newBackendState(backendAddr(b), p.HoldNewBackends)
+		if o, ok := seeds[b.ID]; ok {
+			s.seed(o)
+		}
+		return s
+	})
+}
+
+// EmptyTable returns a table with no pools.
+func EmptyTable() *Table {
+	return buildTable(nil, nil, TableOptions{}, nil)
+}
+
+func buildTable(pools []storage.Pool, backends []storage.Backend, opts TableOptions, stateFor stateResolver) *Table {
+	key := opts.CookieKey
+	if len(key) == 0 {
+		key = make([]byte, 32)
+		_, _ = rand.Read(key) // crypto/rand.Read never fails on supported platforms
+	}
+	t := &Table{
+		byName:   make(map[string]*Pool, len(pools)),
+		exact:    make(map[string]*Pool, len(pools)),
+		wildcard: make(map[string]*Pool),
+		backends: make(map[string]*Backend, len(backends)),
+		region:   opts.Region,
+		builtAt:  time.Now(),
+	}
+
+	sortedPools := make([]storage.Pool, len(pools))
+	copy(sortedPools, pools)
+	sort.Slice(sortedPools, func(i, j int) bool { return sortedPools[i].Name < sortedPools[j].Name })
+
+	byPool := make(map[string][]storage.Backend, len(sortedPools))
+	for _, b := range backends {
+		byPool[b.PoolName] = append(byPool[b.PoolName], b)
+	}
+
+	for i := range sortedPools {
+		sp := &sortedPools[i]
+		if sp.Name == "" || t.byName[sp.Name] != nil {
+			continue
+		}
+		// A backend id belongs to one pool: the store keys backends by id,
+		// so duplicates only come from hand-built input.
+		var bs []storage.Backend
+		for _, b := range byPool[sp.Name] {
+			if t.backends[b.ID] == nil {
+				bs = append(bs, b)
+			}
+		}
+		sort.Slice(bs, func(i, j int) bool { return bs[i].ID < bs[j].ID })
+		p := newPool(sp, bs, opts.Region, key, stateFor)
+		t.pools = append(t.pools, p)
+		t.byName[p.Name] = p
+		for _, b := range p.backends {
+			t.backends[b.ID] = b
+		}
+		for _, h := range p.servedHosts() {
+			if base, ok := strings.CutPrefix(h, "*."); ok {
+				if _, taken := t.wildcard[base]; !taken {
+					t.wildcard[base] = p
+				}
+				continue
+			}
+			if _, taken := t.exact[h]; !taken {
+				t.exact[h] = p
+			}
+		}
+		if sp.Default && t.defaultPool == nil {
+			t.defaultPool = p
+		}
+	}
+	return t
+}
+
+// Lookup returns the pool serving host (a Host header or SNI name; any port
+// and a trailing dot are ignored, case does not matter): an exact host
+// match first, then a one-label wildcard (*.example.com matches
+// a.example.com, not example.com nor a.b.example.com), then the default
+// pool. Nil when none serves it.
+func (t *Table) Lookup(host string) *Pool {
+	host = stripPort(host)
+	if n := len(host); n > 0 && host[n-1] == '.' {
+		host = host[:n-1]
+	}
+	if host == "" || len(host) > maxHostLength {
+		return t.defaultPool
+	}
+	if hasUpper(host) {
+		var buf [maxHostLength]byte
+		b := buf[:len(host)]
+		copy(b, host)
+		for i, c := range b {
+			if c >= 'A' && c <= 'Z' {
+				b[i] = c + ('a' - 'A')
+			}
+		}
+		// m[string(b)] does not allocate: the compiler uses b in place.
+		if p := t.exact[string(b)]; p != nil {
+			return p
+		}
+		if i := bytes.IndexByte(b, '.'); i > 0 {
+			if p := t.wildcard[string(b[i+1:])]; p != nil {
+				return p
+			}
+		}
+		return t.defaultPool
+	}
+	if p := t.exact[host]; p != nil {
+		return p
+	}
+	if i := strings.IndexByte(host, '.'); i > 0 {
+		if p := t.wildcard[host[i+1:]]; p != nil {
+			return p
+		}
+	}
+	return t.defaultPool
+}
+
+// Pool returns the pool named name (as in an X-Pool header), or nil.
+func (t *Table) Pool(name string) *Pool {
+	if p := t.byName[name]; p != nil || !hasUpper(name) || len(name) > maxNameLength {
+		return p
+	}
+	var buf [maxNameLength]byte
+	b := buf[:len(name)]
+	copy(b, name)
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			b[i] = c + ('a' - 'A')
+		}
+	}
+	return t.byName[string(b)]
+}
+
+// Pools returns every pool, sorted by name. The slice is shared: do not
+// modify it.
+func (t *Table) Pools() []*Pool { return t.pools }
+
+// Default returns the default pool, or nil.
+func (t *Table) Default() *Pool { return t.defaultPool }
+
+// Backend returns the backend with id, or nil.
+func (t *Table) Backend(id string) *Backend { return t.backends[id] }
+
+// Region is the agent region the table was built for.
+func (t *Table) Region() string { return t.region }
+
+// BuiltAt is when the table was built.
+func (t *Table) BuiltAt() time.Time { return t.builtAt }
+
+func stripPort(host string) string {
+	if host == "" {
+		return host
+	}
+	if host[0] == '[' {
+		if end := strings.IndexByte(host, ']'); end > 0 {
+			return host[1:end]
+		}
+		return host
+	}
+	if i := strings.IndexByte(host, ':'); i >= 0 && strings.LastIndexByte(host, ':') == i {
+		return host[:i]
+	}
+	return host
+}
+
+func hasUpper(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 'A' && c <= 'Z' {
+			return true
+		}
+	}
+	return false
+}
+
+func backendAddr(b *storage.Backend) string {
+	return net.JoinHostPort(b.Host, strconv.Itoa(b.Port))
+}
+
+// stickyValue is the signed sticky-cookie value naming backend id of pool:
+// base64url(id) "." base64url(first 16 bytes of HMAC-SHA256(key, pool 0 id)).
+// It carries no state, so any agent with the same key verifies it.
+func stickyValue(key []byte, pool, id string) string {
+	mac := hmac.New(sha256.New, key)
+	mac.Write([]byte(pool))
+	mac.Write([]byte{0})
+	mac.Write([]byte(id))
+	sum := mac.Sum(nil)
+	return base64.RawURLEncoding.EncodeToString([]byte(id)) + "." + base64.RawURLEncoding.EncodeToString(sum[:16])
+}

@@ -1,0 +1,640 @@
+package pools
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"net/textproto"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/singularity-ng/singularity-edge/internal/fielderr"
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+// Balancing algorithms.
+const (
+	AlgorithmRoundRobin         = "round_robin"
+	AlgorithmLeastConnections   = "least_connections"
+	AlgorithmWeightedRoundRobin = "weighted_round_robin"
+	AlgorithmRandom             = "random"
+	AlgorithmConsistentHash     = "consistent_hash"
+	AlgorithmPowerOfTwoChoices  = "power_of_two_choices"
+)
+
+// SSL modes.
+const (
+	SSLModeOff         = "off"
+	SSLModeFlexible    = "flexible"
+	SSLModeFull        = "full"
+	SSLModeFullStrict  = "full_strict"
+	SSLModePassthrough = "passthrough"
+	// sslModeTerminate is the seed system's spelling of flexible; accepted
+	// on input and stored as flexible.
+	sslModeTerminate = "terminate"
+)
+
+// Health check types.
+const (
+	HealthCheckTCP   = "tcp"
+	HealthCheckHTTP  = "http"
+	HealthCheckHTTPS = "https"
+)
+
+// HashOn values.
+const (
+	HashOnClientIP     = "client_ip"
+	hashOnHeaderPrefix = "header:"
+)
+
+// Defaults and bounds applied by NormalizePool and NormalizeBackend.
+const (
+	DefaultAlgorithm           = AlgorithmRoundRobin
+	DefaultSSLMode             = SSLModeOff
+	DefaultHealthCheckInterval = 10 * time.Second
+	MinHealthCheckInterval     = time.Second
+	MaxHealthCheckInterval     = time.Hour
+	DefaultHealthCheckTimeout  = 2 * time.Second
+	MinHealthCheckTimeout      = 10 * time.Millisecond
+	DefaultRise                = 2
+	DefaultFall                = 3
+	MaxRiseFall                = 10
+	DefaultMaxFails            = 3
+	MaxMaxFails                = 100
+	// PassiveDisabled as health_check.max_fails turns passive ejection off.
+	// Zero on input means "use the default".
+	PassiveDisabled  = -1
+	DefaultCooldown  = 30 * time.Second
+	MinCooldown      = time.Second
+	MaxCooldown      = time.Hour
+	DefaultWeight    = 1
+	MaxWeight        = 1000
+	MaxHosts         = 100
+	MaxMetadataPairs = 64
+	MaxMetadataKey   = 64
+	MaxMetadataValue = 1024
+	maxPathLength    = 1024
+	maxNameLength    = 63
+	maxIDLength      = 128
+	maxHostLength    = 253
+	maxCookieName    = 64
+	maxHeaderName    = 64
+)
+
+// Algorithms lists the balancing algorithms in documentation order.
+func Algorithms() []string {
+	return []string{
+		AlgorithmRoundRobin, AlgorithmLeastConnections, AlgorithmWeightedRoundRobin,
+		AlgorithmRandom, AlgorithmConsistentHash, AlgorithmPowerOfTwoChoices,
+	}
+}
+
+// SSLModes lists the SSL modes accepted by NormalizePool ("terminate" is
+// also accepted and stored as "flexible").
+func SSLModes() []string {
+	return []string{SSLModeOff, SSLModeFlexible, SSLModeFull, SSLModeFullStrict, SSLModePassthrough}
+}
+
+func algorithmKnown(a string) bool {
+	for _, v := range Algorithms() {
+		if v == a {
+			return true
+		}
+	}
+	return false
+}
+
+// NormalizePool lower-cases the names in p, fills defaults and validates
+// every field. On error p may be partially normalized and the error is a
+// *fielderr.Error listing every offending field (snake_case JSON names,
+// nested fields as "health_check.rise").
+func NormalizePool(p *storage.Pool) error {
+	var errs fielderr.List
+
+	p.Name = strings.ToLower(strings.TrimSpace(p.Name))
+	if msg := checkName(p.Name); msg != "" {
+		errs.Add("name", msg)
+	}
+
+	p.Algorithm = strings.ToLower(strings.TrimSpace(p.Algorithm))
+	if p.Algorithm == "" {
+		p.Algorithm = DefaultAlgorithm
+	}
+	if !algorithmKnown(p.Algorithm) {
+		errs.Add("algorithm", fmt.Sprintf("unknown algorithm %q; valid: %s", p.Algorithm, strings.Join(Algorithms(), ", ")))
+	}
+
+	p.SSLMode = strings.ToLower(strings.TrimSpace(p.SSLMode))
+	switch p.SSLMode {
+	case "":
+		p.SSLMode = DefaultSSLMode
+	case sslModeTerminate:
+		p.SSLMode = SSLModeFlexible
+	}
+	switch p.SSLMode {
+	case SSLModeOff, SSLModeFlexible, SSLModeFull, SSLModePassthrough:
+	case SSLModeFullStrict:
+		// Strict mode is defined as "TLS to backends, verified".
+		p.ValidateBackendCert = true
+	default:
+		errs.Add("ssl_mode", fmt.Sprintf("unknown ssl mode %q; valid: %s (terminate is accepted as flexible)", p.SSLMode, strings.Join(SSLModes(), ", ")))
+	}
+
+	p.SSLDomain = strings.ToLower(strings.TrimSpace(p.SSLDomain))
+	if p.SSLDomain != "" {
+		if msg := checkServedHost(p.SSLDomain); msg != "" {
+			errs.Add("ssl_domain", msg)
+		}
+	}
+	p.SSLCertID = strings.TrimSpace(p.SSLCertID)
+	if p.SSLCertID != "" {
+		if msg := checkID(p.SSLCertID); msg != "" {
+			errs.Add("ssl_cert_id", msg)
+		}
+	}
+
+	if len(p.Hosts) > MaxHosts {
+		errs.Add("hosts", fmt.Sprintf("at most %d host names, got %d", MaxHosts, len(p.Hosts)))
+	} else {
+		seen := make(map[string]bool, len(p.Hosts))
+		hosts := make([]string, 0, len(p.Hosts))
+		for i, h := range p.Hosts {
+			h = strings.ToLower(strings.TrimSpace(h))
+			if msg := checkServedHost(h); msg != "" {
+				errs.Add("hosts", fmt.Sprintf("hosts[%d] %q: %s", i, h, msg))
+				continue
+			}
+			if seen[h] || h == p.SSLDomain {
+				continue
+			}
+			seen[h] = true
+			hosts = append(hosts, h)
+		}
+		if len(hosts) == 0 {
+			hosts = nil
+		}
+		p.Hosts = hosts
+	}
+
+	if p.HealthCheckInterval == 0 {
+		p.HealthCheckInterval = DefaultHealthCheckInterval
+	}
+	if p.HealthCheckInterval < MinHealthCheckInterval || p.HealthCheckInterval > MaxHealthCheckInterval {
+		errs.Add("health_check_interval", fmt.Sprintf("must be between %s and %s (milliseconds in JSON), got %s", MinHealthCheckInterval, MaxHealthCheckInterval, p.HealthCheckInterval))
+	}
+	normalizeHealthCheck(&p.HealthCheck, p.HealthCheckInterval, &errs)
+
+	normalizeHashOn(p, &errs)
+
+	p.StickyCookie = strings.TrimSpace(p.StickyCookie)
+	if p.StickyCookie != "" {
+		switch {
+		case len(p.StickyCookie) > maxCookieName:
+			errs.Add("sticky_cookie", fmt.Sprintf("at most %d characters", maxCookieName))
+		case !isToken(p.StickyCookie):
+			errs.Add("sticky_cookie", "not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~ only)")
+		case p.SSLMode == SSLModePassthrough:
+			errs.Add("sticky_cookie", "sticky cookies need HTTP; a passthrough pool never sees cookies")
+		}
+	}
+
+	checkMetadata(p.Metadata, &errs)
+	return errs.Err()
+}
+
+func normalizeHealthCheck(hc *storage.HealthCheck, interval time.Duration, errs *fielderr.List) {
+	hc.Type = strings.ToLower(strings.TrimSpace(hc.Type))
+	if hc.Type == "" {
+		hc.Type = HealthCheckTCP
+	}
+	switch hc.Type {
+	case HealthCheckTCP:
+		if hc.Path != "" {
+			errs.Add("health_check.path", "only used by http and https checks")
+		}
+		if hc.ExpectedStatus != 0 {
+			errs.Add("health_check.expected_status", "only used by http and https checks")
+		}
+	case HealthCheckHTTP, HealthCheckHTTPS:
+		if hc.Path == "" {
+			hc.Path = "/"
+		}
+		switch {
+		case !strings.HasPrefix(hc.Path, "/"):
+			errs.Add("health_check.path", "must start with /")
+		case len(hc.Path) > maxPathLength:
+			errs.Add("health_check.path", fmt.Sprintf("at most %d characters", maxPathLength))
+		case strings.ContainsFunc(hc.Path, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '#' }):
+			errs.Add("health_check.path", "must not contain spaces, control characters or #")
+		}
+		if hc.ExpectedStatus != 0 && (hc.ExpectedStatus < 100 || hc.ExpectedStatus > 599) {
+			errs.Add("health_check.expected_status", fmt.Sprintf("must be between 100 and 599 (0 = any 2xx or 3xx), got %d", hc.ExpectedStatus))
+		}
+	default:
+		errs.Add("health_check.type", fmt.Sprintf("unknown type %q; valid: tcp, http, https", hc.Type))
+	}
+
+	if hc.Timeout == 0 {
+		hc.Timeout = DefaultHealthCheckTimeout
+		// A short interval gets a proportionally short default timeout so
+		// that the defaults always validate.
+		if interval > 0 && hc.Timeout >= interval {
+			hc.Timeout = interval / 2
+		}
+	}
+	switch {
+	case hc.Timeout < MinHealthCheckTimeout:
+		errs.Add("health_check.timeout", fmt.Sprintf("must be at least %s, got %s", MinHealthCheckTimeout, hc.Timeout))
+	case interval > 0 && hc.Timeout >= interval:
+		errs.Add("health_check.timeout", fmt.Sprintf("must be shorter than health_check_interval (%s), got %s", interval, hc.Timeout))
+	}
+
+	if hc.Rise == 0 {
+		hc.Rise = DefaultRise
+	}
+	if hc.Rise < 1 || hc.Rise > MaxRiseFall {
+		errs.Add("health_check.rise", fmt.Sprintf("must be between 1 and %d, got %d", MaxRiseFall, hc.Rise))
+	}
+	if hc.Fall == 0 {
+		hc.Fall = DefaultFall
+	}
+	if hc.Fall < 1 || hc.Fall > MaxRiseFall {
+		errs.Add("health_check.fall", fmt.Sprintf("must be between 1 and %d, got %d", MaxRiseFall, hc.Fall))
+	}
+
+	if hc.MaxFails == 0 {
+		hc.MaxFails = DefaultMaxFails
+	}
+	if hc.MaxFails != PassiveDisabled && (hc.MaxFails < 1 || hc.MaxFails > MaxMaxFails) {
+		errs.Add("health_check.max_fails", fmt.Sprintf("must be between 1 and %d, or %d to disable passive checks, got %d", MaxMaxFails, PassiveDisabled, hc.MaxFails))
+	}
+	if hc.Cooldown == 0 {
+		hc.Cooldown = DefaultCooldown
+	}
+	if hc.Cooldown < MinCooldown || hc.Cooldown > MaxCooldown {
+		errs.Add("health_check.cooldown", fmt.Sprintf("must be between %s and %s, got %s", MinCooldown, MaxCooldown, hc.Cooldown))
+	}
+}
+
+func normalizeHashOn(p *storage.Pool, errs *fielderr.List) {
+	p.HashOn = strings.TrimSpace(p.HashOn)
+	if p.HashOn == "" {
+		if p.Algorithm == AlgorithmConsistentHash {
+			p.HashOn = HashOnClientIP
+		}
+		return
+	}
+	if p.Algorithm != AlgorithmConsistentHash {
+		errs.Add("hash_on", "only used by the consistent_hash algorithm")
+		return
+	}
+	if strings.EqualFold(p.HashOn, HashOnClientIP) {
+		p.HashOn = HashOnClientIP
+		return
+	}
+	if len(p.HashOn) > len(hashOnHeaderPrefix) && strings.EqualFold(p.HashOn[:len(hashOnHeaderPrefix)], hashOnHeaderPrefix) {
+		name := strings.TrimSpace(p.HashOn[len(hashOnHeaderPrefix):])
+		switch {
+		case len(name) > maxHeaderName:
+			errs.Add("hash_on", fmt.Sprintf("header name longer than %d characters", maxHeaderName))
+		case !isToken(name):
+			errs.Add("hash_on", fmt.Sprintf("%q is not a valid header name", name))
+		case p.SSLMode == SSLModePassthrough:
+			errs.Add("hash_on", "a passthrough pool never sees HTTP headers; use client_ip")
+		default:
+			p.HashOn = hashOnHeaderPrefix + textproto.CanonicalMIMEHeaderKey(name)
+		}
+		return
+	}
+	errs.Add("hash_on", fmt.Sprintf("must be %q or \"header:<Header-Name>\", got %q", HashOnClientIP, p.HashOn))
+}
+
+// NormalizeBackend fills defaults (scheme http, port from the scheme, weight
+// 1), lower-cases host, scheme and region, and validates every field. The
+// error is a *fielderr.Error.
+func NormalizeBackend(b *storage.Backend) error {
+	var errs fielderr.List
+
+	b.ID = strings.TrimSpace(b.ID)
+	if b.ID != "" {
+		if msg := checkID(b.ID); msg != "" {
+			errs.Add("id", msg)
+		}
+	}
+	b.PoolName = strings.ToLower(strings.TrimSpace(b.PoolName))
+	if msg := checkName(b.PoolName); msg != "" {
+		errs.Add("pool_name", msg)
+	}
+
+	b.Scheme = strings.ToLower(strings.TrimSpace(b.Scheme))
+	if b.Scheme == "" {
+		b.Scheme = "http"
+	}
+	if b.Scheme != "http" && b.Scheme != "https" {
+		errs.Add("scheme", fmt.Sprintf("must be http or https, got %q", b.Scheme))
+	}
+
+	host, msg := normalizeBackendHost(b.Host)
+	b.Host = host
+	if msg != "" {
+		errs.Add("host", msg)
+	}
+
+	if b.Port == 0 {
+		switch b.Scheme {
+		case "http":
+			b.Port = 80
+		case "https":
+			b.Port = 443
+		}
+	}
+	if b.Port < 1 || b.Port > 65535 {
+		errs.Add("port", fmt.Sprintf("must be between 1 and 65535, got %d", b.Port))
+	}
+
+	if b.Weight == 0 {
+		b.Weight = DefaultWeight
+	}
+	if b.Weight < 1 || b.Weight > MaxWeight {
+		errs.Add("weight", fmt.Sprintf("must be between 1 and %d, got %d", MaxWeight, b.Weight))
+	}
+
+	b.Region = strings.ToLower(strings.TrimSpace(b.Region))
+	if b.Region != "" && !isRegion(b.Region) {
+		errs.Add("region", fmt.Sprintf("must be 2 to 10 lower-case letters or digits (a Fly region such as iad), got %q", b.Region))
+	}
+
+	checkMetadata(b.Metadata, &errs)
+	return errs.Err()
+}
+
+// ParseBackendURL splits a backend URL such as "http://10.0.1.10:8080" into
+// host, port and scheme. The scheme defaults to http and the port to the
+// scheme's (80 or 443). Paths, queries, fragments and user info are
+// rejected: a backend is an address, not a resource. IPv6 literals come in
+// brackets ("http://[::1]:8080") and are returned without them.
+func ParseBackendURL(raw string) (host string, port int, scheme string, err error) {
+	fail := func(msg string) (string, int, string, error) {
+		return "", 0, "", fielderr.New("url", msg)
+	}
+	s := strings.TrimSpace(raw)
+	if s == "" {
+		return fail("is required")
+	}
+	if len(s) > 2048 {
+		return fail("longer than 2048 characters")
+	}
+	scheme = "http"
+	if i := strings.Index(s, "://"); i >= 0 {
+		scheme = strings.ToLower(s[:i])
+		s = s[i+3:]
+		if scheme != "http" && scheme != "https" {
+			return fail(fmt.Sprintf("scheme must be http or https, got %q", scheme))
+		}
+	}
+	s = strings.TrimSuffix(s, "/")
+	if strings.ContainsAny(s, "/?#") {
+		return fail("must be scheme://host[:port] without a path, query or fragment")
+	}
+	if strings.Contains(s, "@") {
+		return fail("must not contain user info")
+	}
+	if s == "" {
+		return fail("host is missing")
+	}
+
+	hostPart, portPart := s, ""
+	switch {
+	case strings.HasPrefix(s, "["):
+		end := strings.IndexByte(s, ']')
+		if end < 0 {
+			return fail("unterminated IPv6 literal")
+		}
+		hostPart = s[1:end]
+		rest := s[end+1:]
+		if rest != "" {
+			if rest[0] != ':' {
+				return fail("unexpected characters after the IPv6 literal")
+			}
+			portPart = rest[1:]
+			if portPart == "" {
+				return fail("port is empty")
+			}
+		}
+		if _, perr := netip.ParseAddr(hostPart); perr != nil || strings.Contains(hostPart, "%") {
+			return fail(fmt.Sprintf("%q is not an IPv6 address", hostPart))
+		}
+	case strings.Count(s, ":") == 1:
+		var serr error
+		hostPart, portPart, serr = net.SplitHostPort(s)
+		if serr != nil {
+			return fail(serr.Error())
+		}
+		if portPart == "" {
+			return fail("port is empty")
+		}
+	case strings.Count(s, ":") > 1:
+		return fail("IPv6 addresses must be in brackets, e.g. http://[::1]:8080")
+	}
+
+	port = 80
+	if scheme == "https" {
+		port = 443
+	}
+	if portPart != "" {
+		n, perr := strconv.Atoi(portPart)
+		if perr != nil || n < 1 || n > 65535 || portPart[0] == '+' || portPart[0] == '-' {
+			return fail(fmt.Sprintf("port must be a number between 1 and 65535, got %q", portPart))
+		}
+		port = n
+	}
+	host, msg := normalizeBackendHost(hostPart)
+	if msg != "" {
+		return fail("host " + msg)
+	}
+	return host, port, scheme, nil
+}
+
+// normalizeBackendHost accepts an IP address (IPv6 with or without
+// brackets) or a DNS name, and returns it in canonical form.
+func normalizeBackendHost(h string) (string, string) {
+	h = strings.TrimSpace(h)
+	if h == "" {
+		return h, "is required"
+	}
+	if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
+		h = h[1 : len(h)-1]
+	}
+	if addr, err := netip.ParseAddr(h); err == nil {
+		if addr.Zone() != "" {
+			return h, "IPv6 zones are not supported"
+		}
+		return addr.String(), ""
+	}
+	h = strings.ToLower(strings.TrimSuffix(h, "."))
+	if msg := checkHostname(h); msg != "" {
+		return h, msg
+	}
+	return h, ""
+}
+
+// checkName validates a pool name: [a-z0-9][a-z0-9-_.]{0,62}.
+func checkName(s string) string {
+	if s == "" {
+		return "is required"
+	}
+	if len(s) > maxNameLength {
+		return fmt.Sprintf("at most %d characters", maxNameLength)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		alnum := c >= 'a' && c <= 'z' || c >= '0' && c <= '9'
+		if i == 0 && !alnum {
+			return "must start with a lower-case letter or digit"
+		}
+		if !alnum && c != '-' && c != '_' && c != '.' {
+			return fmt.Sprintf("may contain only a-z, 0-9, '-', '_' and '.', got %q", s)
+		}
+	}
+	return ""
+}
+
+// checkID validates a record id: [A-Za-z0-9][A-Za-z0-9_.-]{0,127}.
+func checkID(s string) string {
+	if len(s) > maxIDLength {
+		return fmt.Sprintf("at most %d characters", maxIDLength)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if i == 0 && !alnum {
+			return "must start with a letter or digit"
+		}
+		if !alnum && c != '-' && c != '_' && c != '.' {
+			return fmt.Sprintf("may contain only letters, digits, '-', '_' and '.', got %q", s)
+		}
+	}
+	return ""
+}
+
+// checkServedHost validates a host name a pool serves: a DNS name, or a
+// wildcard whose only "*" is a whole leading label ("*.example.com").
+func checkServedHost(h string) string {
+	if h == "" {
+		return "must not be empty"
+	}
+	if strings.HasPrefix(h, "*.") {
+		base := h[2:]
+		if msg := checkHostname(base); msg != "" {
+			return msg
+		}
+		if !strings.Contains(base, ".") {
+			return "a wildcard needs at least two labels after *. (e.g. *.example.com)"
+		}
+		return ""
+	}
+	if strings.Contains(h, "*") {
+		return "a wildcard is allowed only as the leading label (*.example.com)"
+	}
+	return checkHostname(h)
+}
+
+// checkHostname validates a lower-case DNS name of letter-digit-hyphen
+// labels.
+func checkHostname(h string) string {
+	if h == "" {
+		return "must not be empty"
+	}
+	if len(h) > maxHostLength {
+		return fmt.Sprintf("longer than %d characters", maxHostLength)
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" {
+			return fmt.Sprintf("%q has an empty label", h)
+		}
+		if len(label) > 63 {
+			return fmt.Sprintf("%q has a label longer than 63 characters", h)
+		}
+		if label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Sprintf("%q has a label starting or ending with '-'", h)
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+				return fmt.Sprintf("%q is not a valid host name (letters, digits, '-' and '.' only)", h)
+			}
+		}
+	}
+	return ""
+}
+
+func isRegion(s string) bool {
+	if len(s) < 2 || len(s) > 10 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// isToken reports whether s is an RFC 9110 token, the syntax of header and
+// cookie names.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func checkMetadata(md map[string]string, errs *fielderr.List) {
+	if len(md) > MaxMetadataPairs {
+		errs.Add("metadata", fmt.Sprintf("at most %d entries, got %d", MaxMetadataPairs, len(md)))
+		return
+	}
+	keys := make([]string, 0, len(md))
+	for k := range md {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v := md[k]
+		switch {
+		case k == "":
+			errs.Add("metadata", "keys must not be empty")
+		case len(k) > MaxMetadataKey:
+			errs.Add("metadata", fmt.Sprintf("key %.20q... longer than %d bytes", k, MaxMetadataKey))
+		case !isMetadataKey(k):
+			errs.Add("metadata", fmt.Sprintf("key %q may contain only letters, digits and _ . - / :", k))
+		case len(v) > MaxMetadataValue:
+			errs.Add("metadata", fmt.Sprintf("value of %q longer than %d bytes", k, MaxMetadataValue))
+		case !utf8.ValidString(v) || strings.ContainsFunc(v, func(r rune) bool { return r < ' ' || r == 0x7f }):
+			errs.Add("metadata", fmt.Sprintf("value of %q must be UTF-8 text without control characters", k))
+		}
+	}
+}
+
+func isMetadataKey(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("_.-/:", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}

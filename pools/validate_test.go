@@ -1,0 +1,378 @@
+package pools
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/singularity-ng/singularity-edge/internal/fielderr"
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+func TestNormalizePoolDefaults(t *testing.T) {
+	p := storage.Pool{Name: "  Web-1 ", SSLDomain: "Example.COM", Hosts: []string{"WWW.example.com", "www.example.com", "example.com", "*.Apps.Example.com"}}
+	if err := NormalizePool(&p); err != nil {
+		t.Fatalf("NormalizePool: %v", err)
+	}
+	want := storage.Pool{
+		Name:                "web-1",
+		Algorithm:           AlgorithmRoundRobin,
+		SSLMode:             SSLModeOff,
+		SSLDomain:           "example.com",
+		Hosts:               []string{"www.example.com", "*.apps.example.com"},
+		HealthCheckInterval: 10 * time.Second,
+		HealthCheck: storage.HealthCheck{
+			Type: HealthCheckTCP, Timeout: 2 * time.Second, Rise: 2, Fall: 3, MaxFails: 3, Cooldown: 30 * time.Second,
+		},
+	}
+	if fmt.Sprint(p) != fmt.Sprint(want) {
+		t.Fatalf("normalized pool\n got %+v\nwant %+v", p, want)
+	}
+
+	// Normalizing twice changes nothing.
+	again := p
+	again.Hosts = append([]string(nil), p.Hosts...)
+	if err := NormalizePool(&again); err != nil || fmt.Sprint(again) != fmt.Sprint(p) {
+		t.Fatalf("second normalization: err=%v\n got %+v\nwant %+v", err, again, p)
+	}
+}
+
+func TestNormalizePoolConversions(t *testing.T) {
+	tests := []struct {
+		name  string
+		in    storage.Pool
+		check func(t *testing.T, p storage.Pool)
+	}{
+		{"terminate is flexible", storage.Pool{Name: "a", SSLMode: "Terminate"}, func(t *testing.T, p storage.Pool) {
+			if p.SSLMode != SSLModeFlexible {
+				t.Errorf("ssl_mode = %q", p.SSLMode)
+			}
+		}},
+		{"full_strict validates", storage.Pool{Name: "a", SSLMode: "full_strict"}, func(t *testing.T, p storage.Pool) {
+			if !p.ValidateBackendCert {
+				t.Error("validate_backend_cert not set for full_strict")
+			}
+		}},
+		{"consistent hash defaults to client ip", storage.Pool{Name: "a", Algorithm: "CONSISTENT_HASH"}, func(t *testing.T, p storage.Pool) {
+			if p.Algorithm != AlgorithmConsistentHash || p.HashOn != HashOnClientIP {
+				t.Errorf("algorithm %q hash_on %q", p.Algorithm, p.HashOn)
+			}
+		}},
+		{"header hash canonicalized", storage.Pool{Name: "a", Algorithm: AlgorithmConsistentHash, HashOn: "Header:x-user-id"}, func(t *testing.T, p storage.Pool) {
+			if p.HashOn != "header:X-User-Id" {
+				t.Errorf("hash_on %q", p.HashOn)
+			}
+		}},
+		{"http check path default", storage.Pool{Name: "a", HealthCheck: storage.HealthCheck{Type: "HTTP"}}, func(t *testing.T, p storage.Pool) {
+			if p.HealthCheck.Type != "http" || p.HealthCheck.Path != "/" {
+				t.Errorf("health_check %+v", p.HealthCheck)
+			}
+		}},
+		{"short interval shortens default timeout", storage.Pool{Name: "a", HealthCheckInterval: time.Second}, func(t *testing.T, p storage.Pool) {
+			if p.HealthCheck.Timeout != 500*time.Millisecond {
+				t.Errorf("timeout %s", p.HealthCheck.Timeout)
+			}
+		}},
+		{"passive checks can be disabled", storage.Pool{Name: "a", HealthCheck: storage.HealthCheck{MaxFails: PassiveDisabled}}, func(t *testing.T, p storage.Pool) {
+			if p.HealthCheck.MaxFails != PassiveDisabled {
+				t.Errorf("max_fails %d", p.HealthCheck.MaxFails)
+			}
+		}},
+		{"every algorithm accepted", storage.Pool{Name: "a", Algorithm: AlgorithmPowerOfTwoChoices}, func(t *testing.T, p storage.Pool) {}},
+		{"sticky cookie", storage.Pool{Name: "a", StickyCookie: "edge_sticky"}, func(t *testing.T, p storage.Pool) {}},
+		{"metadata", storage.Pool{Name: "a", Metadata: map[string]string{"team": "web", "fly/app": "x"}}, func(t *testing.T, p storage.Pool) {}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := tt.in
+			if err := NormalizePool(&p); err != nil {
+				t.Fatalf("NormalizePool: %v", err)
+			}
+			tt.check(t, p)
+		})
+	}
+}
+
+func TestNormalizePoolRejects(t *testing.T) {
+	big := make(map[string]string)
+	for i := 0; i <= MaxMetadataPairs; i++ {
+		big[fmt.Sprintf("k%d", i)] = "v"
+	}
+	manyHosts := make([]string, MaxHosts+1)
+	for i := range manyHosts {
+		manyHosts[i] = fmt.Sprintf("h%d.example.com", i)
+	}
+	base := func(mod func(p *storage.Pool)) storage.Pool {
+		p := storage.Pool{Name: "web"}
+		mod(&p)
+		return p
+	}
+	tests := []struct {
+		name    string
+		pool    storage.Pool
+		field   string
+		message string // substring
+	}{
+		{"empty name", base(func(p *storage.Pool) { p.Name = "" }), "name", "required"},
+		{"name with slash", base(func(p *storage.Pool) { p.Name = "a/b" }), "name", "may contain only"},
+		{"name with space", base(func(p *storage.Pool) { p.Name = "a b" }), "name", "may contain only"},
+		{"name starting with dash", base(func(p *storage.Pool) { p.Name = "-a" }), "name", "must start"},
+		{"name too long", base(func(p *storage.Pool) { p.Name = strings.Repeat("a", 64) }), "name", "at most 63"},
+		{"unknown algorithm", base(func(p *storage.Pool) { p.Algorithm = "fastest" }), "algorithm", "valid: round_robin, least_connections, weighted_round_robin, random, consistent_hash, power_of_two_choices"},
+		{"unknown ssl mode", base(func(p *storage.Pool) { p.SSLMode = "tls" }), "ssl_mode", "unknown ssl mode"},
+		{"bad ssl domain", base(func(p *storage.Pool) { p.SSLDomain = "exa mple.com" }), "ssl_domain", "not a valid host name"},
+		{"ssl domain double dot", base(func(p *storage.Pool) { p.SSLDomain = "a..com" }), "ssl_domain", "empty label"},
+		{"ssl domain inner wildcard", base(func(p *storage.Pool) { p.SSLDomain = "a.*.example.com" }), "ssl_domain", "leading label"},
+		{"ssl domain partial wildcard", base(func(p *storage.Pool) { p.SSLDomain = "*foo.example.com" }), "ssl_domain", "leading label"},
+		{"ssl domain wildcard tld", base(func(p *storage.Pool) { p.SSLDomain = "*.com" }), "ssl_domain", "at least two labels"},
+		{"ssl domain label dash", base(func(p *storage.Pool) { p.SSLDomain = "-a.example.com" }), "ssl_domain", "starting or ending"},
+		{"ssl domain long label", base(func(p *storage.Pool) { p.SSLDomain = strings.Repeat("a", 64) + ".com" }), "ssl_domain", "longer than 63"},
+		{"ssl domain too long", base(func(p *storage.Pool) { p.SSLDomain = strings.Repeat("abcdefghi.", 26) + "com" }), "ssl_domain", "longer than 253"},
+		{"bad ssl cert id", base(func(p *storage.Pool) { p.SSLCertID = "a b" }), "ssl_cert_id", "may contain only"},
+		{"bad host", base(func(p *storage.Pool) { p.Hosts = []string{"ok.example.com", "bad_host.com"} }), "hosts", "hosts[1]"},
+		{"empty host", base(func(p *storage.Pool) { p.Hosts = []string{""} }), "hosts", "must not be empty"},
+		{"too many hosts", base(func(p *storage.Pool) { p.Hosts = manyHosts }), "hosts", "at most 100"},
+		{"interval too short", base(func(p *storage.Pool) { p.HealthCheckInterval = 500 * time.Millisecond }), "health_check_interval", "between 1s and 1h0m0s"},
+		{"interval too long", base(func(p *storage.Pool) { p.HealthCheckInterval = 2 * time.Hour }), "health_check_interval", "between"},
+		{"negative interval", base(func(p *storage.Pool) { p.HealthCheckInterval = -time.Second }), "health_check_interval", "between"},
+		{"unknown check type", base(func(p *storage.Pool) { p.HealthCheck.Type = "icmp" }), "health_check.type", "valid: tcp, http, https"},
+		{"path without slash", base(func(p *storage.Pool) { p.HealthCheck.Type = "http"; p.HealthCheck.Path = "health" }), "health_check.path", "start with /"},
+		{"path with space", base(func(p *storage.Pool) { p.HealthCheck.Type = "http"; p.HealthCheck.Path = "/a b" }), "health_check.path", "must not contain"},
+		{"path too long", base(func(p *storage.Pool) {
+			p.HealthCheck.Type = "https"
+			p.HealthCheck.Path = "/" + strings.Repeat("a", 1024)
+		}), "health_check.path", "at most"},
+		{"path on tcp", base(func(p *storage.Pool) { p.HealthCheck.Path = "/x" }), "health_check.path", "only used by http"},
+		{"status on tcp", base(func(p *storage.Pool) { p.HealthCheck.ExpectedStatus = 200 }), "health_check.expected_status", "only used by http"},
+		{"status too low", base(func(p *storage.Pool) { p.HealthCheck.Type = "http"; p.HealthCheck.ExpectedStatus = 99 }), "health_check.expected_status", "between 100 and 599"},
+		{"status too high", base(func(p *storage.Pool) { p.HealthCheck.Type = "http"; p.HealthCheck.ExpectedStatus = 600 }), "health_check.expected_status", "between 100 and 599"},
+		{"timeout not below interval", base(func(p *storage.Pool) { p.HealthCheck.Timeout = 10 * time.Second }), "health_check.timeout", "shorter than"},
+		{"timeout tiny", base(func(p *storage.Pool) { p.HealthCheck.Timeout = time.Millisecond }), "health_check.timeout", "at least"},
+		{"rise too high", base(func(p *storage.Pool) { p.HealthCheck.Rise = 11 }), "health_check.rise", "between 1 and 10"},
+		{"rise negative", base(func(p *storage.Pool) { p.HealthCheck.Rise = -1 }), "health_check.rise", "between 1 and 10"},
+		{"fall too high", base(func(p *storage.Pool) { p.HealthCheck.Fall = 11 }), "health_check.fall", "between 1 and 10"},
+		{"max fails too high", base(func(p *storage.Pool) { p.HealthCheck.MaxFails = 101 }), "health_check.max_fails", "between 1 and 100"},
+		{"max fails negative", base(func(p *storage.Pool) { p.HealthCheck.MaxFails = -2 }), "health_check.max_fails", "to disable"},
+		{"cooldown too short", base(func(p *storage.Pool) { p.HealthCheck.Cooldown = time.Millisecond }), "health_check.cooldown", "between"},
+		{"cooldown too long", base(func(p *storage.Pool) { p.HealthCheck.Cooldown = 2 * time.Hour }), "health_check.cooldown", "between"},
+		{"hash_on without consistent hash", base(func(p *storage.Pool) { p.HashOn = "client_ip" }), "hash_on", "only used by the consistent_hash"},
+		{"hash_on unknown", base(func(p *storage.Pool) { p.Algorithm = AlgorithmConsistentHash; p.HashOn = "cookie:x" }), "hash_on", "must be"},
+		{"hash_on bad header", base(func(p *storage.Pool) { p.Algorithm = AlgorithmConsistentHash; p.HashOn = "header:X User" }), "hash_on", "not a valid header name"},
+		{"hash_on empty header", base(func(p *storage.Pool) { p.Algorithm = AlgorithmConsistentHash; p.HashOn = "header:" }), "hash_on", "must be"},
+		{"hash_on header on passthrough", base(func(p *storage.Pool) {
+			p.Algorithm = AlgorithmConsistentHash
+			p.SSLMode = SSLModePassthrough
+			p.HashOn = "header:X-User"
+		}), "hash_on", "passthrough"},
+		{"bad sticky cookie", base(func(p *storage.Pool) { p.StickyCookie = "a;b" }), "sticky_cookie", "not a valid cookie name"},
+		{"long sticky cookie", base(func(p *storage.Pool) { p.StickyCookie = strings.Repeat("c", 65) }), "sticky_cookie", "at most 64"},
+		{"sticky on passthrough", base(func(p *storage.Pool) { p.StickyCookie = "s"; p.SSLMode = "passthrough" }), "sticky_cookie", "passthrough"},
+		{"too much metadata", base(func(p *storage.Pool) { p.Metadata = big }), "metadata", "at most 64 entries"},
+		{"empty metadata key", base(func(p *storage.Pool) { p.Metadata = map[string]string{"": "v"} }), "metadata", "must not be empty"},
+		{"bad metadata key", base(func(p *storage.Pool) { p.Metadata = map[string]string{"a b": "v"} }), "metadata", "may contain only"},
+		{"long metadata key", base(func(p *storage.Pool) { p.Metadata = map[string]string{strings.Repeat("k", 65): "v"} }), "metadata", "longer than 64"},
+		{"long metadata value", base(func(p *storage.Pool) { p.Metadata = map[string]string{"k": strings.Repeat("v", 1025)} }), "metadata", "longer than 1024"},
+		{"control char metadata value", base(func(p *storage.Pool) { p.Metadata = map[string]string{"k": "a\nb"} }), "metadata", "control characters"},
+		{"invalid utf8 metadata value", base(func(p *storage.Pool) { p.Metadata = map[string]string{"k": "\xff"} }), "metadata", "UTF-8"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := tt.pool
+			expectFieldError(t, NormalizePool(&p), tt.field, tt.message)
+		})
+	}
+}
+
+func TestNormalizePoolReportsEveryField(t *testing.T) {
+	p := storage.Pool{Name: "", Algorithm: "x", SSLMode: "y", HealthCheck: storage.HealthCheck{Rise: 50}}
+	list, ok := fielderr.From(NormalizePool(&p))
+	if !ok {
+		t.Fatal("not a field error")
+	}
+	fields := map[string]bool{}
+	for _, f := range list {
+		fields[f.Field] = true
+	}
+	for _, f := range []string{"name", "algorithm", "ssl_mode", "health_check.rise"} {
+		if !fields[f] {
+			t.Errorf("missing error for %s in %v", f, list)
+		}
+	}
+}
+
+func TestNormalizeBackend(t *testing.T) {
+	tests := []struct {
+		name string
+		in   storage.Backend
+		want storage.Backend
+	}{
+		{"defaults http", storage.Backend{PoolName: "Web", Host: "10.0.1.10"},
+			storage.Backend{PoolName: "web", Host: "10.0.1.10", Port: 80, Scheme: "http", Weight: 1}},
+		{"defaults https", storage.Backend{PoolName: "web", Host: "API.Internal.", Scheme: "HTTPS", Region: "IAD"},
+			storage.Backend{PoolName: "web", Host: "api.internal", Port: 443, Scheme: "https", Weight: 1, Region: "iad"}},
+		{"ipv6 brackets", storage.Backend{ID: "b-1_x.y", PoolName: "web", Host: "[2001:DB8::1]", Port: 8080, Weight: 1000},
+			storage.Backend{ID: "b-1_x.y", PoolName: "web", Host: "2001:db8::1", Port: 8080, Scheme: "http", Weight: 1000}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := tt.in
+			if err := NormalizeBackend(&b); err != nil {
+				t.Fatalf("NormalizeBackend: %v", err)
+			}
+			if fmt.Sprint(b) != fmt.Sprint(tt.want) {
+				t.Fatalf("got %+v\nwant %+v", b, tt.want)
+			}
+		})
+	}
+}
+
+func TestNormalizeBackendRejects(t *testing.T) {
+	base := func(mod func(b *storage.Backend)) storage.Backend {
+		b := storage.Backend{PoolName: "web", Host: "10.0.0.1"}
+		mod(&b)
+		return b
+	}
+	tests := []struct {
+		name    string
+		b       storage.Backend
+		field   string
+		message string
+	}{
+		{"missing host", base(func(b *storage.Backend) { b.Host = "" }), "host", "required"},
+		{"bad host", base(func(b *storage.Backend) { b.Host = "exa mple" }), "host", "not a valid host name"},
+		{"wildcard host", base(func(b *storage.Backend) { b.Host = "*.example.com" }), "host", "not a valid host name"},
+		{"host with port", base(func(b *storage.Backend) { b.Host = "example.com:80" }), "host", "not a valid host name"},
+		{"ipv6 zone", base(func(b *storage.Backend) { b.Host = "fe80::1%eth0" }), "host", "zones"},
+		{"port too high", base(func(b *storage.Backend) { b.Port = 65536 }), "port", "between 1 and 65535"},
+		{"port negative", base(func(b *storage.Backend) { b.Port = -1 }), "port", "between 1 and 65535"},
+		{"bad scheme", base(func(b *storage.Backend) { b.Scheme = "ftp" }), "scheme", "http or https"},
+		{"weight too high", base(func(b *storage.Backend) { b.Weight = 1001 }), "weight", "between 1 and 1000"},
+		{"weight negative", base(func(b *storage.Backend) { b.Weight = -5 }), "weight", "between 1 and 1000"},
+		{"region too short", base(func(b *storage.Backend) { b.Region = "a" }), "region", "2 to 10"},
+		{"region bad chars", base(func(b *storage.Backend) { b.Region = "us-east" }), "region", "2 to 10"},
+		{"region too long", base(func(b *storage.Backend) { b.Region = "abcdefghijk" }), "region", "2 to 10"},
+		{"bad id", base(func(b *storage.Backend) { b.ID = "a/b" }), "id", "may contain only"},
+		{"id starting with dot", base(func(b *storage.Backend) { b.ID = ".a" }), "id", "must start"},
+		{"id too long", base(func(b *storage.Backend) { b.ID = strings.Repeat("i", 129) }), "id", "at most 128"},
+		{"missing pool", base(func(b *storage.Backend) { b.PoolName = "" }), "pool_name", "required"},
+		{"bad pool", base(func(b *storage.Backend) { b.PoolName = "a b" }), "pool_name", "may contain only"},
+		{"bad metadata", base(func(b *storage.Backend) { b.Metadata = map[string]string{"k": "\x00"} }), "metadata", "control"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := tt.b
+			expectFieldError(t, NormalizeBackend(&b), tt.field, tt.message)
+		})
+	}
+}
+
+func TestParseBackendURL(t *testing.T) {
+	tests := []struct {
+		raw    string
+		host   string
+		port   int
+		scheme string
+	}{
+		{"http://10.0.1.10:8080", "10.0.1.10", 8080, "http"},
+		{"https://api.example.com", "api.example.com", 443, "https"},
+		{"HTTP://API.Example.com:81/", "api.example.com", 81, "http"},
+		{"10.0.0.1:9000", "10.0.0.1", 9000, "http"},
+		{"backend.internal", "backend.internal", 80, "http"},
+		{"http://[::1]:8080", "::1", 8080, "http"},
+		{"https://[2001:db8::1]", "2001:db8::1", 443, "https"},
+		{" http://a.b:1 ", "a.b", 1, "http"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.raw, func(t *testing.T) {
+			host, port, scheme, err := ParseBackendURL(tt.raw)
+			if err != nil {
+				t.Fatalf("ParseBackendURL: %v", err)
+			}
+			if host != tt.host || port != tt.port || scheme != tt.scheme {
+				t.Fatalf("got %q %d %q, want %q %d %q", host, port, scheme, tt.host, tt.port, tt.scheme)
+			}
+		})
+	}
+}
+
+func TestParseBackendURLRejects(t *testing.T) {
+	tests := []struct{ raw, message string }{
+		{"", "required"},
+		{"ftp://a.b", "http or https"},
+		{"http://", "host is missing"},
+		{"http://a.b/path", "without a path"},
+		{"http://a.b?x=1", "without a path"},
+		{"http://a.b#f", "without a path"},
+		{"http://user:pw@a.b", "user info"},
+		{"http://a.b:0", "between 1 and 65535"},
+		{"http://a.b:65536", "between 1 and 65535"},
+		{"http://a.b:x", "between 1 and 65535"},
+		{"http://a.b:+80", "between 1 and 65535"},
+		{"http://a.b:", "port is empty"},
+		{"http://::1", "brackets"},
+		{"http://[::1", "unterminated"},
+		{"http://[::1]x", "unexpected"},
+		{"http://[::1]:", "port is empty"},
+		{"http://[a.b]:80", "not an IPv6"},
+		{"http://[fe80::1%25eth0]:80", "not an IPv6"},
+		{"http://exa mple.com", "not a valid host name"},
+		{"http://*.example.com", "not a valid host name"},
+		{"http://" + strings.Repeat("a", 2100), "longer than 2048"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.raw, func(t *testing.T) {
+			_, _, _, err := ParseBackendURL(tt.raw)
+			expectFieldError(t, err, "url", tt.message)
+		})
+	}
+}
+
+// FuzzParseBackendURL checks that any accepted URL yields a backend that
+// NormalizeBackend accepts unchanged, and that errors are field errors.
+func FuzzParseBackendURL(f *testing.F) {
+	for _, s := range []string{
+		"http://10.0.1.10:8080", "https://api.example.com", "[::1]:80", "http://[::1]", "a:1", "http://a.b:65535/",
+		"http://user@a", "https://a.b:0", "http://[fe80::1%eth0]:1", "::1", "http://a..b", "HTTPS://X.Y",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		host, port, scheme, err := ParseBackendURL(raw)
+		if err != nil {
+			var fe *fielderr.Error
+			if !errors.As(err, &fe) {
+				t.Fatalf("error %v is not a *fielderr.Error", err)
+			}
+			return
+		}
+		b := storage.Backend{PoolName: "p", Host: host, Port: port, Scheme: scheme}
+		if err := NormalizeBackend(&b); err != nil {
+			t.Fatalf("ParseBackendURL(%q) = %q %d %q, which NormalizeBackend rejects: %v", raw, host, port, scheme, err)
+		}
+		if b.Host != host || b.Port != port || b.Scheme != scheme {
+			t.Fatalf("ParseBackendURL(%q) = %q %d %q, not normalized: %q %d %q", raw, host, port, scheme, b.Host, b.Port, b.Scheme)
+		}
+	})
+}
+
+func expectFieldError(t *testing.T, err error, field, message string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("accepted; want an error on %s", field)
+	}
+	list, ok := fielderr.From(err)
+	if !ok {
+		t.Fatalf("error %v is not a *fielderr.Error", err)
+	}
+	for _, fe := range list {
+		if fe.Field == field {
+			if !strings.Contains(fe.Message, message) {
+				t.Fatalf("%s: message %q does not contain %q", field, fe.Message, message)
+			}
+			return
+		}
+	}
+	t.Fatalf("no error on %s; got %v", field, list)
+}

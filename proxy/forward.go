@@ -1,0 +1,360 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/singularity-ng/singularity-edge/pools"
+)
+
+// outRequest is a request ready for a backend. The head does not depend on
+// the backend, so a retry resends the same bytes.
+type outRequest struct {
+	head   []byte // request head for the backend
+	inline []byte // body bytes sent in the same write as the head
+	// stream sends the rest of the body; nil when inline is all of it. It
+	// runs in its own goroutine while the response head is awaited (a
+	// backend may answer before it read the body, and Expect: 100-continue
+	// needs the interim response relayed while the body waits).
+	// stream sets readAll once the last body byte was read from the
+	// client (only the final write remains).
+	stream func(uc *upConn, readAll *atomic.Bool) (int64, error)
+	// abort unblocks stream (which may be waiting for the client).
+	abort      func()
+	idempotent bool
+	isHEAD     bool
+}
+
+func (r *outRequest) replayable() bool { return r.stream == nil }
+
+// exchange is a request whose response head has been read from a backend.
+type exchange struct {
+	backend  *pools.Backend
+	attempt  *pools.Attempt
+	uc       *upConn
+	resp     responseHead
+	bodyDone chan bodyResult // result of outRequest.stream; nil when there is none
+	bodyRead atomic.Bool
+	// respBytes counts bytes read from the backend in this attempt.
+	respBytes int64
+	bytesOut  int64
+	started   time.Time
+}
+
+// bodyResult is what the request body goroutine reports.
+type bodyResult struct {
+	n   int64
+	err error
+}
+
+// Errors of an attempt, mapped to statuses by statusForError.
+var (
+	errResponseHeadTooLarge = errors.New("backend response head too large")
+	errNoBackend            = errors.New("no backend available")
+)
+
+// statusForError maps a failed exchange to the status the client gets:
+// 503 when no backend could be picked, 504 when a backend did not connect
+// or answer in time, 502 otherwise.
+func statusForError(err error) int {
+	switch {
+	case errors.Is(err, pools.ErrNoBackend), errors.Is(err, errNoBackend):
+		return 503
+	case isTimeout(err):
+		return 504
+	default:
+		return 502
+	}
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// idempotentMethod reports RFC 9110 9.2.2 idempotent methods.
+func idempotentMethod(m []byte) bool {
+	switch string(m) {
+	case "GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE":
+		return true
+	}
+	return false
+}
+
+// upstreamCache remembers the connection pools of the last backends a
+// client connection used, so the request path skips the sync.Map lookup.
+type upstreamCache struct {
+	entries [4]struct {
+		b  *pools.Backend
+		up *upstream
+	}
+	next int
+}
+
+func (c *upstreamCache) get(u *upstreams, p *pools.Pool, b *pools.Backend) *upstream {
+	for i := range c.entries {
+		if c.entries[i].b == b {
+			return c.entries[i].up
+		}
+	}
+	up := u.forBackend(p, b)
+	e := &c.entries[c.next]
+	e.b, e.up = b, up
+	c.next = (c.next + 1) % len(c.entries)
+	return up
+}
+
+// roundTrip picks a backend and exchanges req with it, retrying on other
+// backends when the request is idempotent and replayable and the failure
+// happened before any response byte (connection refused, reset, closed).
+// On success ex holds the backend, the attempt (to be ended by the caller)
+// and the response head. On failure it returns the error; the attempts
+// are ended.
+func (s *Server) roundTrip(ex *exchange, cache *upstreamCache, pool *pools.Pool, pick pools.PickRequest, req *outRequest, interim func(*exchange) error) error {
+	var excludeBuf [4]*pools.Backend
+	excluded := excludeBuf[:0]
+	tries := 1
+	if req.idempotent && req.replayable() {
+		tries += s.cfg.MaxRetries
+	}
+	var lastErr error
+	for try := 0; try < tries; try++ {
+		pick.Exclude = excluded
+		b, err := pool.Pick(pick)
+		if err != nil {
+			if lastErr == nil {
+				return err
+			}
+			return lastErr
+		}
+		excluded = append(excluded, b)
+		ex.backend = b
+		up := cache.get(&s.upstreams, pool, b)
+		ex.attempt = b.Begin()
+		retry, err := s.attemptOn(ex, up, req, interim)
+		if err == nil {
+			return nil
+		}
+		ex.attempt.End(pools.Result{Err: err, BytesOut: ex.bytesOut, BytesIn: ex.respBytes})
+		ex.attempt = nil
+		lastErr = fmt.Errorf("backend %s: %w", b.Addr, err)
+		if !retry {
+			break
+		}
+	}
+	return lastErr
+}
+
+// attemptOn sends req on a connection of up and reads the response head.
+// retry says whether another backend may be tried.
+func (s *Server) attemptOn(ex *exchange, up *upstream, req *outRequest, interim func(*exchange) error) (retry bool, err error) {
+	now := time.Now()
+	ex.started = now
+	ex.respBytes, ex.bytesOut = 0, 0
+	uc := up.take(now, !req.replayable(), s.cfg.BackendIdleTimeout)
+	for {
+		if uc == nil {
+			uc, err = s.upstreams.dial(up)
+			if err != nil {
+				// Nothing was sent: another backend may take it. A dial
+				// timeout is a 504 like any timeout.
+				return true, err
+			}
+		}
+		ex.uc = uc
+		err = s.send(ex, uc, req)
+		if err == nil {
+			err = s.readResponseHead(ex, uc, req, interim)
+		}
+		if err == nil {
+			return false, nil
+		}
+		s.abandon(ex, req)
+		if ex.respBytes == 0 && req.replayable() && !isTimeout(err) {
+			if uc.reused {
+				// The backend closed the pooled connection as we reused
+				// it: try a fresh connection to the same backend.
+				uc = nil
+				ex.bytesOut = 0
+				continue
+			}
+			return true, err
+		}
+		return false, err
+	}
+}
+
+// abandon closes the connection of a failed exchange and stops the body
+// goroutine.
+func (s *Server) abandon(ex *exchange, req *outRequest) {
+	if ex.uc != nil {
+		ex.uc.close()
+		ex.uc = nil
+	}
+	if ex.bodyDone != nil {
+		if req.abort != nil {
+			req.abort()
+		}
+		r := <-ex.bodyDone
+		ex.bytesOut += r.n
+		ex.bodyDone = nil
+	}
+}
+
+// send writes the head and inline body, and starts the body goroutine.
+func (s *Server) send(ex *exchange, uc *upConn, req *outRequest) error {
+	uc.setWriteDeadline(s.cfg.WriteTimeout)
+	var err error
+	var n int
+	if len(req.inline) == 0 {
+		n, err = uc.c.Write(req.head)
+	} else {
+		// One write when the body is small (the common POST), so that the
+		// backend sees one segment.
+		if len(req.head)+len(req.inline) <= 16<<10 {
+			buf := append(req.head, req.inline...)
+			n, err = uc.c.Write(buf)
+		} else {
+			bufs := net.Buffers{req.head, req.inline}
+			var n64 int64
+			n64, err = bufs.WriteTo(uc.c)
+			n = int(n64)
+		}
+	}
+	ex.bytesOut += int64(n)
+	if err != nil {
+		return err
+	}
+	if req.stream != nil {
+		done := make(chan bodyResult, 1)
+		ex.bodyDone = done
+		ex.bodyRead.Store(false)
+		go func() {
+			n, err := req.stream(uc, &ex.bodyRead)
+			done <- bodyResult{n, err}
+		}()
+	}
+	return nil
+}
+
+// readResponseHead reads the final response head into ex.resp. Interim
+// 1xx responses (except 101) are passed to interim and skipped.
+func (s *Server) readResponseHead(ex *exchange, uc *upConn, req *outRequest, interim func(*exchange) error) error {
+	uc.setReadDeadline(s.cfg.ResponseHeaderTimeout)
+	for {
+		data := uc.buf[uc.r:uc.w]
+		if len(data) > 0 {
+			if end := findHeadEnd(data); end >= 0 {
+				if err := parseResponseHead(&ex.resp, data[:end], ex.resp.fields, req.isHEAD); err != nil {
+					return err
+				}
+				if ex.resp.status < 200 && ex.resp.status != 101 {
+					if interim != nil {
+						if err := interim(ex); err != nil {
+							return err
+						}
+					}
+					uc.r += end
+					continue
+				}
+				return nil
+			}
+			if len(data) >= s.cfg.MaxResponseHeaderBytes {
+				return errResponseHeadTooLarge
+			}
+		}
+		uc.compact()
+		if uc.w == len(uc.buf) {
+			grown := make([]byte, min(2*len(uc.buf), s.cfg.MaxResponseHeaderBytes+upBufSize))
+			copy(grown, uc.buf[:uc.w])
+			uc.releaseBuf()
+			uc.buf = grown
+		}
+		n, err := uc.c.Read(uc.buf[uc.w:])
+		uc.w += n
+		ex.respBytes += int64(n)
+		if err != nil && n == 0 {
+			if err == io.EOF {
+				return io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+}
+
+// compact moves unread bytes to the front of the buffer.
+func (uc *upConn) compact() {
+	if uc.r == 0 {
+		return
+	}
+	n := copy(uc.buf, uc.buf[uc.r:uc.w])
+	uc.r, uc.w = 0, n
+}
+
+func (uc *upConn) releaseBuf() {
+	if cap(uc.buf) == upBufSize {
+		b := uc.buf[:upBufSize]
+		uc.up.owner.bufs.Put(&b)
+	}
+	uc.buf = nil
+}
+
+// Deadlines are coarse: a deadline is only moved when it would otherwise
+// be early by more than an eighth of its timeout. Keep-alive traffic then
+// touches the runtime timer once every few seconds per connection instead
+// of several times per request.
+func needDeadline(cur, want time.Time, d time.Duration) bool {
+	return cur.After(want) || want.Sub(cur) > d/8
+}
+
+func (uc *upConn) setReadDeadline(d time.Duration) {
+	want := time.Now().Add(d)
+	if needDeadline(uc.rdl, want, d) {
+		_ = uc.c.SetReadDeadline(want)
+		uc.rdl = want
+	}
+}
+
+func (uc *upConn) setWriteDeadline(d time.Duration) {
+	want := time.Now().Add(d)
+	if needDeadline(uc.wdl, want, d) {
+		_ = uc.c.SetWriteDeadline(want)
+		uc.wdl = want
+	}
+}
+
+// finishBody waits for the request body goroutine after the response was
+// relayed. It reports whether the body was completely sent; when the
+// backend answered early the goroutine is stopped.
+func (ex *exchange) finishBody(req *outRequest) bool {
+	if ex.bodyDone == nil {
+		return true
+	}
+	if ex.bodyRead.Load() {
+		// The client sent the whole body; the last write to the backend
+		// is in progress or done (the backend answered after reading it).
+		r := <-ex.bodyDone
+		ex.bodyDone = nil
+		ex.bytesOut += r.n
+		return r.err == nil
+	}
+	if req.abort != nil {
+		req.abort()
+	}
+	if ex.uc != nil {
+		ex.uc.close()
+		ex.uc = nil
+	}
+	r := <-ex.bodyDone
+	ex.bytesOut += r.n
+	ex.bodyDone = nil
+	return false
+}

@@ -1,0 +1,845 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+)
+
+// The HTTP/1.1 parser reads only what routing and framing need. A head is
+// parsed in place in the connection's read buffer: each header line is
+// recorded as offsets with a kind, so that forwarding copies the lines it
+// keeps verbatim (runs of kept lines in one append) and writes the few it
+// rewrites. It is strict where leniency enables request smuggling: CRLF line
+// ends only, no whitespace before the colon, no obs-fold, one
+// Content-Length value, Transfer-Encoding only "chunked" (requests), and
+// both framing headers together are rejected.
+
+// Limits of a head. maxHeaderFields bounds the work per request and the
+// size of the per-connection field array.
+const (
+	maxHeaderFields = 128
+	maxChunkLine    = 4096
+	maxTrailerBytes = 16 << 10
+)
+
+// Header kinds: the names the proxy acts on. Everything else is hdrOther
+// and forwarded untouched.
+const (
+	hdrOther uint8 = iota
+	hdrHost
+	hdrContentLength
+	hdrTransferEncoding
+	hdrConnection
+	hdrKeepAlive
+	hdrUpgrade
+	hdrTE
+	hdrTrailer
+	hdrProxy // Proxy-Connection, Proxy-Authorization, Proxy-Authenticate...
+	hdrXForwardedFor
+	hdrXForwardedProto
+	hdrXForwardedHost
+	hdrXRequestID
+	hdrXPool
+	hdrExpect
+	hdrCookie
+)
+
+// field is one header line: buf[start:end] is the whole line with its CRLF,
+// buf[start:colon] the name and buf[vs:ve] the value without surrounding
+// whitespace.
+type field struct {
+	start, colon, vs, ve, end int32
+	kind                      uint8
+}
+
+// httpError is a parse failure with the status to answer it with.
+type httpError struct {
+	status int
+	msg    string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+var (
+	errBadRequest       = &httpError{400, "malformed request"}
+	errBadRequestLine   = &httpError{400, "malformed request line"}
+	errBadHeader        = &httpError{400, "malformed header line"}
+	errBadHost          = &httpError{400, "missing or invalid Host header"}
+	errBadContentLength = &httpError{400, "invalid Content-Length"}
+	errBadFraming       = &httpError{400, "both Transfer-Encoding and Content-Length"}
+	errUnsupportedTE    = &httpError{501, "unsupported Transfer-Encoding"}
+	errHeadTooLarge     = &httpError{431, "request header too large"}
+	errTooManyFields    = &httpError{431, "too many header fields"}
+	errVersion          = &httpError{505, "HTTP version not supported"}
+	errMethodConnect    = &httpError{405, "CONNECT is not supported"}
+)
+
+// Response parse failures are all reported to the client as 502.
+var errBadResponse = errors.New("malformed response from backend")
+
+type span struct{ s, e int32 }
+
+func (sp span) of(b []byte) []byte { return b[sp.s:sp.e] }
+func (sp span) empty() bool        { return sp.e <= sp.s }
+
+// framing of a message body.
+const (
+	bodyNone    = iota // no body
+	bodyLength         // Content-Length bytes
+	bodyChunked        // chunked transfer coding
+	bodyClose          // until the connection closes (responses only)
+)
+
+// requestHead is a parsed request head; spans point into the buffer it was
+// parsed from, which must not change while the head is in use.
+type requestHead struct {
+	headLen int // bytes of the head including the blank line
+	skip    int // empty lines before the request line (ignored, RFC 9112 2.2)
+
+	method      span
+	target      span // as sent
+	path        span // origin-form path+query (absolute-form stripped), or "*"
+	authority   span // host[:port] of an absolute-form target
+	minor       int  // HTTP/1.minor
+	host        span // Host header value
+	hostCount   int
+	framing     int
+	contentLen  int64
+	fields      []field
+	connClose   bool
+	connKeep    bool
+	connUpgrade bool
+	connOthers  bool // Connection lists other header names to strip
+	upgrade     span
+	expect100   bool
+	xffCount    int
+}
+
+// isTokenChar reports whether c may appear in a header name or method
+// (RFC 9110 tchar).
+var tokenTable = func() (t [256]bool) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+	}
+	for c := 'A'; c <= 'Z'; c++ {
+		t[c] = true
+	}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()
+
+// eqFoldLower compares b with lower, which must be lower-case letters,
+// digits and '-' only; b must be token characters.
+func eqFoldLower(b []byte, lower string) bool {
+	if len(b) != len(lower) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		if b[i]|0x20 != lower[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func hasPrefixFoldLower(b []byte, lower string) bool {
+	return len(b) >= len(lower) && eqFoldLower(b[:len(lower)], lower)
+}
+
+// classifyRequestHeader maps a header name to its kind. The switch on the
+// length keeps the common case (an uninteresting header) to one or two
+// comparisons.
+func classifyHeader(name []byte) uint8 {
+	switch len(name) {
+	case 2:
+		if eqFoldLower(name, "te") {
+			return hdrTE
+		}
+	case 4:
+		if eqFoldLower(name, "host") {
+			return hdrHost
+		}
+	case 6:
+		switch name[0] | 0x20 {
+		case 'c':
+			if eqFoldLower(name, "cookie") {
+				return hdrCookie
+			}
+		case 'e':
+			if eqFoldLower(name, "expect") {
+				return hdrExpect
+			}
+		case 'x':
+			if eqFoldLower(name, "x-pool") {
+				return hdrXPool
+			}
+		}
+	case 7:
+		if eqFoldLower(name, "upgrade") {
+			return hdrUpgrade
+		}
+		if eqFoldLower(name, "trailer") {
+			return hdrTrailer
+		}
+	case 10:
+		if eqFoldLower(name, "connection") {
+			return hdrConnection
+		}
+		if eqFoldLower(name, "keep-alive") {
+			return hdrKeepAlive
+		}
+	case 12:
+		if eqFoldLower(name, "x-request-id") {
+			return hdrXRequestID
+		}
+	case 14:
+		if eqFoldLower(name, "content-length") {
+			return hdrContentLength
+		}
+	case 15:
+		if eqFoldLower(name, "x-forwarded-for") {
+			return hdrXForwardedFor
+		}
+	case 16:
+		if eqFoldLower(name, "x-forwarded-host") {
+			return hdrXForwardedHost
+		}
+	case 17:
+		if eqFoldLower(name, "transfer-encoding") {
+			return hdrTransferEncoding
+		}
+		if eqFoldLower(name, "x-forwarded-proto") {
+			return hdrXForwardedProto
+		}
+	}
+	if len(name) > 6 && hasPrefixFoldLower(name, "proxy-") {
+		return hdrProxy
+	}
+	return hdrOther
+}
+
+// findHeadEnd returns the length of the head (through the blank line) in b,
+// or -1 when b does not hold a complete head yet.
+func findHeadEnd(b []byte) int {
+	i := bytes.Index(b, crlfcrlf)
+	if i < 0 {
+		return -1
+	}
+	return i + 4
+}
+
+var crlfcrlf = []byte("\r\n\r\n")
+
+// skipLeadingCRLF counts the empty lines before a request line.
+func skipLeadingCRLF(b []byte) int {
+	n := 0
+	for len(b) >= n+2 && b[n] == '\r' && b[n+1] == '\n' {
+		n += 2
+	}
+	return n
+}
+
+// parseHeaderLines parses header lines from b[pos:], stopping after the
+// blank line. It appends to fields and returns the new fields and the
+// offset after the blank line.
+func parseHeaderLines(b []byte, pos int, fields []field) ([]field, int, error) {
+	for {
+		if pos+1 >= len(b) {
+			return fields, 0, errBadHeader
+		}
+		if b[pos] == '\r' {
+			if b[pos+1] != '\n' {
+				return fields, 0, errBadHeader
+			}
+			return fields, pos + 2, nil
+		}
+		if len(fields) == maxHeaderFields {
+			return fields, 0, errTooManyFields
+		}
+		start := pos
+		// Name: token characters up to the colon. A space or tab here (a
+		// leading one is obs-fold) is rejected.
+		for pos < len(b) && tokenTable[b[pos]] {
+			pos++
+		}
+		if pos == start || pos >= len(b) || b[pos] != ':' {
+			return fields, 0, errBadHeader
+		}
+		colon := pos
+		pos++
+		for pos < len(b) && (b[pos] == ' ' || b[pos] == '\t') {
+			pos++
+		}
+		vs := pos
+		// Value: visible characters, obs-text, space and tab; CR only as
+		// part of the line's CRLF.
+		for pos < len(b) {
+			c := b[pos]
+			if c < 0x20 && c != '\t' || c == 0x7f {
+				break
+			}
+			pos++
+		}
+		if pos+1 >= len(b) || b[pos] != '\r' || b[pos+1] != '\n' {
+			return fields, 0, errBadHeader
+		}
+		ve := pos
+		for ve > vs && (b[ve-1] == ' ' || b[ve-1] == '\t') {
+			ve--
+		}
+		pos += 2
+		fields = append(fields, field{
+			start: int32(start), colon: int32(colon), vs: int32(vs), ve: int32(ve), end: int32(pos),
+			kind: classifyHeader(b[start:colon]),
+		})
+	}
+}
+
+// parseRequestHead parses a complete head at the start of b (b[:headEnd]
+// as found by findHeadEnd after skipping leading empty lines). fields is
+// reused storage.
+func parseRequestHead(h *requestHead, b []byte, fields []field) error {
+	*h = requestHead{fields: fields[:0], contentLen: -1}
+	pos := skipLeadingCRLF(b)
+	h.skip = pos
+	// Method.
+	ms := pos
+	for pos < len(b) && tokenTable[b[pos]] {
+		pos++
+	}
+	if pos == ms || pos >= len(b) || b[pos] != ' ' {
+		return errBadRequestLine
+	}
+	h.method = span{int32(ms), int32(pos)}
+	pos++
+	// Target: no controls, no spaces.
+	ts := pos
+	for pos < len(b) && b[pos] > ' ' && b[pos] != 0x7f {
+		pos++
+	}
+	if pos == ts || pos >= len(b) || b[pos] != ' ' {
+		return errBadRequestLine
+	}
+	h.target = span{int32(ts), int32(pos)}
+	pos++
+	// Version.
+	if len(b)-pos < 10 || string(b[pos:pos+7]) != "HTTP/1." || b[pos+8] != '\r' || b[pos+9] != '\n' {
+		if len(b)-pos >= 5 && string(b[pos:pos+5]) == "HTTP/" {
+			return errVersion
+		}
+		return errBadRequestLine
+	}
+	switch b[pos+7] {
+	case '0':
+		h.minor = 0
+	case '1':
+		h.minor = 1
+	default:
+		return errVersion
+	}
+	pos += 10
+
+	var err error
+	h.fields, pos, err = parseHeaderLines(b, pos, h.fields)
+	if err != nil {
+		return err
+	}
+	h.headLen = pos
+
+	method := h.method.of(b)
+	if string(method) == "CONNECT" {
+		return errMethodConnect
+	}
+	if err := h.parseTarget(b); err != nil {
+		return err
+	}
+	return h.interpretFields(b)
+}
+
+// parseTarget splits the request target into the path sent to the backend
+// and, for absolute-form, the authority that replaces Host (RFC 9112 3.2).
+func (h *requestHead) parseTarget(b []byte) error {
+	t := h.target.of(b)
+	switch {
+	case t[0] == '/':
+		h.path = h.target
+	case len(t) == 1 && t[0] == '*':
+		if string(h.method.of(b)) != "OPTIONS" {
+			return errBadRequestLine
+		}
+		h.path = h.target
+	default:
+		var schemeLen int
+		switch {
+		case hasPrefixFoldLower(t, "http://"):
+			schemeLen = 7
+		case hasPrefixFoldLower(t, "https://"):
+			schemeLen = 8
+		default:
+			return errBadRequestLine
+		}
+		rest := t[schemeLen:]
+		end := bytes.IndexAny(rest, "/?")
+		if end < 0 {
+			end = len(rest)
+		}
+		auth := span{h.target.s + int32(schemeLen), h.target.s + int32(schemeLen+end)}
+		if auth.empty() || bytes.IndexByte(auth.of(b), '@') >= 0 {
+			return errBadRequestLine
+		}
+		h.authority = auth
+		h.path = span{auth.e, h.target.e} // may be empty or start with '?'
+	}
+	return nil
+}
+
+func (h *requestHead) interpretFields(b []byte) error {
+	var haveTE bool
+	for i := range h.fields {
+		f := &h.fields[i]
+		v := b[f.vs:f.ve]
+		switch f.kind {
+		case hdrHost:
+			h.hostCount++
+			h.host = span{f.vs, f.ve}
+		case hdrContentLength:
+			n, ok := parseContentLength(v)
+			if !ok {
+				return errBadContentLength
+			}
+			if h.contentLen >= 0 && h.contentLen != n {
+				return errBadContentLength
+			}
+			h.contentLen = n
+		case hdrTransferEncoding:
+			if haveTE || !eqFoldLower(v, "chunked") {
+				return errUnsupportedTE
+			}
+			haveTE = true
+		case hdrConnection:
+			h.parseConnection(v)
+		case hdrUpgrade:
+			h.upgrade = span{f.vs, f.ve}
+		case hdrExpect:
+			if eqFoldLower(v, "100-continue") {
+				h.expect100 = true
+			}
+		case hdrXForwardedFor:
+			if len(v) > 0 {
+				h.xffCount++
+			}
+		}
+	}
+	if h.hostCount > 1 {
+		return errBadHost
+	}
+	if h.hostCount == 1 && !validHost(h.host.of(b)) {
+		return errBadHost
+	}
+	if h.minor == 1 && h.hostCount == 0 {
+		return errBadHost
+	}
+	if !h.authority.empty() && !validHost(h.authority.of(b)) {
+		return errBadRequestLine
+	}
+	switch {
+	case haveTE && h.contentLen >= 0:
+		return errBadFraming
+	case haveTE:
+		if h.minor == 0 {
+			return errUnsupportedTE // chunked did not exist in HTTP/1.0
+		}
+		h.framing = bodyChunked
+	case h.contentLen > 0:
+		h.framing = bodyLength
+	default:
+		h.framing = bodyNone
+	}
+	if h.minor == 0 && !h.connKeep {
+		h.connClose = true
+	}
+	return nil
+}
+
+// parseConnection records the Connection options (RFC 9110 7.6.1).
+func (h *requestHead) parseConnection(v []byte) {
+	forEachToken(v, func(tok []byte) {
+		switch {
+		case eqFoldLower(tok, "close"):
+			h.connClose = true
+		case eqFoldLower(tok, "keep-alive"):
+			h.connKeep = true
+		case eqFoldLower(tok, "upgrade"):
+			h.connUpgrade = true
+		default:
+			h.connOthers = true
+		}
+	})
+}
+
+// isUpgrade reports whether the request asks to switch protocols.
+func (h *requestHead) isUpgrade() bool {
+	return h.connUpgrade && !h.upgrade.empty() && h.minor == 1
+}
+
+// forEachToken calls fn for each non-empty element of a comma-separated
+// list, trimmed of whitespace.
+func forEachToken(v []byte, fn func([]byte)) {
+	for len(v) > 0 {
+		i := bytes.IndexByte(v, ',')
+		var tok []byte
+		if i < 0 {
+			tok, v = v, nil
+		} else {
+			tok, v = v[:i], v[i+1:]
+		}
+		tok = bytes.Trim(tok, " \t")
+		if len(tok) > 0 {
+			fn(tok)
+		}
+	}
+}
+
+// listedInConnection reports whether name appears in one of the Connection
+// header values of fields (such headers are hop-by-hop).
+func listedInConnection(b []byte, fields []field, name []byte) bool {
+	found := false
+	for i := range fields {
+		if fields[i].kind != hdrConnection {
+			continue
+		}
+		forEachToken(b[fields[i].vs:fields[i].ve], func(tok []byte) {
+			if len(tok) == len(name) && bytes.EqualFold(tok, name) {
+				found = true
+			}
+		})
+	}
+	return found
+}
+
+// parseContentLength accepts 1-18 decimal digits (RFC 9110 8.6; no sign,
+// no list).
+func parseContentLength(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+// validHost accepts reg-name, IPv4 and bracketed IPv6 hosts with an
+// optional port: the characters routing can ever match, so that nothing
+// odd reaches logs or backends.
+func validHost(h []byte) bool {
+	if len(h) == 0 || len(h) > 300 {
+		return false
+	}
+	for _, c := range h {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			c == '-' || c == '.' || c == '_' || c == ':' || c == '[' || c == ']') {
+			return false
+		}
+	}
+	return true
+}
+
+// routingHost turns a Host value into the form the routing table wants:
+// lower-case, without port and trailing dot. It writes into dst (reused)
+// and returns it.
+func routingHost(dst, host []byte) []byte {
+	dst = dst[:0]
+	if len(host) > 0 && host[0] == '[' {
+		// IPv6 literal: keep the brackets off, the table stores bare names.
+		if i := bytes.IndexByte(host, ']'); i > 0 {
+			host = host[1:i]
+		}
+	} else if i := bytes.LastIndexByte(host, ':'); i >= 0 {
+		host = host[:i]
+	}
+	for _, c := range host {
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst = append(dst, c)
+	}
+	if n := len(dst); n > 0 && dst[n-1] == '.' {
+		dst = dst[:n-1]
+	}
+	return dst
+}
+
+// responseHead is a parsed backend response head; spans point into the
+// upstream connection's buffer.
+type responseHead struct {
+	headLen    int
+	minor      int
+	status     int
+	statusRest span // "200 OK" (code and reason) as sent
+	fields     []field
+	framing    int
+	contentLen int64
+	connClose  bool
+	connKeep   bool
+	connOthers bool
+	upgrade    span
+	teValue    span // Transfer-Encoding value when chunked
+}
+
+// parseResponseHead parses the complete response head at the start of b.
+// reqMethodHead says the request was HEAD (no body follows whatever the
+// headers say).
+func parseResponseHead(r *responseHead, b []byte, fields []field, reqMethodHead bool) error {
+	*r = responseHead{fields: fields[:0], contentLen: -1}
+	if len(b) < 14 || string(b[:7]) != "HTTP/1." || b[8] != ' ' {
+		return errBadResponse
+	}
+	switch b[7] {
+	case '0':
+		r.minor = 0
+	case '1':
+		r.minor = 1
+	default:
+		return errBadResponse
+	}
+	c0, c1, c2 := b[9], b[10], b[11]
+	if c0 < '1' || c0 > '5' || c1 < '0' || c1 > '9' || c2 < '0' || c2 > '9' {
+		return errBadResponse
+	}
+	r.status = int(c0-'0')*100 + int(c1-'0')*10 + int(c2-'0')
+	pos := 12
+	if b[pos] != ' ' && b[pos] != '\r' {
+		return errBadResponse
+	}
+	for pos < len(b) && b[pos] != '\r' && b[pos] != '\n' {
+		c := b[pos]
+		if c < 0x20 && c != '\t' || c == 0x7f {
+			return errBadResponse
+		}
+		pos++
+	}
+	if pos+1 >= len(b) || b[pos] != '\r' || b[pos+1] != '\n' {
+		return errBadResponse
+	}
+	r.statusRest = span{9, int32(pos)}
+	pos += 2
+	var err error
+	r.fields, pos, err = parseHeaderLines(b, pos, r.fields)
+	if err != nil {
+		return errBadResponse
+	}
+	r.headLen = pos
+
+	var chunked, haveTE bool
+	for i := range r.fields {
+		f := &r.fields[i]
+		v := b[f.vs:f.ve]
+		switch f.kind {
+		case hdrContentLength:
+			n, ok := parseContentLength(v)
+			if !ok || (r.contentLen >= 0 && r.contentLen != n) {
+				return errBadResponse
+			}
+			r.contentLen = n
+		case hdrTransferEncoding:
+			if haveTE {
+				return errBadResponse
+			}
+			haveTE = true
+			r.teValue = span{f.vs, f.ve}
+			chunked = lastTokenIsChunked(v)
+		case hdrConnection:
+			forEachToken(v, func(tok []byte) {
+				switch {
+				case eqFoldLower(tok, "close"):
+					r.connClose = true
+				case eqFoldLower(tok, "keep-alive"):
+					r.connKeep = true
+				default:
+					r.connOthers = true
+				}
+			})
+		case hdrUpgrade:
+			r.upgrade = span{f.vs, f.ve}
+		}
+	}
+	if r.minor == 0 && !r.connKeep {
+		r.connClose = true
+	}
+	// Message body length, RFC 9112 6.3.
+	switch {
+	case reqMethodHead || r.status < 200 || r.status == 204 || r.status == 304:
+		r.framing = bodyNone
+	case haveTE && chunked:
+		r.framing = bodyChunked
+		r.contentLen = -1
+	case haveTE:
+		r.framing = bodyClose
+		r.contentLen = -1
+	case r.contentLen == 0:
+		r.framing = bodyNone
+	case r.contentLen > 0:
+		r.framing = bodyLength
+	default:
+		r.framing = bodyClose
+	}
+	return nil
+}
+
+func lastTokenIsChunked(v []byte) bool {
+	last := []byte(nil)
+	forEachToken(v, func(tok []byte) { last = tok })
+	return last != nil && eqFoldLower(last, "chunked")
+}
+
+// chunkScanner validates a chunked body incrementally and finds its end, so
+// that chunked bodies are forwarded as they arrive, byte for byte (or with
+// the framing removed when decoding).
+type chunkScanner struct {
+	state     int
+	size      int64 // remaining data bytes of the current chunk
+	digits    int
+	lineLen   int
+	trailer   int // trailer bytes so far
+	lastChunk bool
+}
+
+const (
+	csSize = iota
+	csExt
+	csSizeLF
+	csData
+	csDataCR
+	csDataLF
+	csTrailerStart
+	csTrailerLine
+	csTrailerLF
+	csEndLF
+	csDone
+)
+
+var errBadChunk = errors.New("malformed chunked encoding")
+
+// done reports whether the whole body (last chunk and trailers) was seen.
+func (c *chunkScanner) done() bool { return c.state == csDone }
+
+// scan consumes p up to the end of the body and returns the number of bytes
+// consumed. When data is not nil it receives the spans of p that are chunk
+// data (for decoding).
+func (c *chunkScanner) scan(p []byte, data *[]span) (int, error) {
+	i := 0
+	for i < len(p) && c.state != csDone {
+		b := p[i]
+		switch c.state {
+		case csSize:
+			var d byte
+			switch {
+			case b >= '0' && b <= '9':
+				d = b - '0'
+			case b >= 'a' && b <= 'f':
+				d = b - 'a' + 10
+			case b >= 'A' && b <= 'F':
+				d = b - 'A' + 10
+			default:
+				if c.digits == 0 {
+					return i, errBadChunk
+				}
+				c.state = csExt
+				continue // re-examine b in csExt
+			}
+			if c.digits == 15 {
+				return i, errBadChunk
+			}
+			c.digits++
+			c.size = c.size<<4 | int64(d)
+			c.lineLen++
+		case csExt:
+			// Chunk extensions (and whitespace before them) are passed
+			// through, never interpreted. Bare controls are rejected.
+			if b == '\r' {
+				c.state = csSizeLF
+			} else if b < 0x20 && b != '\t' || b == 0x7f {
+				return i, errBadChunk
+			}
+			c.lineLen++
+			if c.lineLen > maxChunkLine {
+				return i, errBadChunk
+			}
+		case csSizeLF:
+			if b != '\n' {
+				return i, errBadChunk
+			}
+			c.digits, c.lineLen = 0, 0
+			if c.size == 0 {
+				c.state = csTrailerStart
+			} else {
+				c.state = csData
+			}
+		case csData:
+			n := int64(len(p) - i)
+			if n > c.size {
+				n = c.size
+			}
+			if data != nil {
+				*data = append(*data, span{int32(i), int32(i) + int32(n)})
+			}
+			i += int(n)
+			c.size -= n
+			if c.size == 0 {
+				c.state = csDataCR
+			}
+			continue
+		case csDataCR:
+			if b != '\r' {
+				return i, errBadChunk
+			}
+			c.state = csDataLF
+		case csDataLF:
+			if b != '\n' {
+				return i, errBadChunk
+			}
+			c.state = csSize
+		case csTrailerStart:
+			if b == '\r' {
+				c.state = csEndLF
+			} else {
+				c.state = csTrailerLine
+				continue
+			}
+		case csTrailerLine:
+			if b == '\r' {
+				c.state = csTrailerLF
+			} else if b < 0x20 && b != '\t' || b == 0x7f {
+				return i, errBadChunk
+			}
+		case csTrailerLF:
+			if b != '\n' {
+				return i, errBadChunk
+			}
+			c.state = csTrailerStart
+		case csEndLF:
+			if b != '\n' {
+				return i, errBadChunk
+			}
+			c.state = csDone
+		}
+		if c.state >= csTrailerStart && c.state != csDone {
+			c.trailer++
+			if c.trailer > maxTrailerBytes {
+				return i, errBadChunk
+			}
+		}
+		i++
+	}
+	return i, nil
+}

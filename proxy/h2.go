@@ -1,0 +1,445 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/net/http2"
+
+	"github.com/singularity-ng/singularity-edge/pools"
+)
+
+// h2Server serves HTTP/2 connections (ALPN h2) with golang.org/x/net/http2
+// and forwards each stream as an HTTP/1.1 request over the same pooled
+// backend connections, with the same picking, retries and header rules as
+// the HTTP/1.1 engine.
+type h2Server struct {
+	s    *Server
+	srv  *http2.Server
+	base *http.Server // carries the graceful-shutdown hook (GOAWAY)
+}
+
+type h2ConnKey struct{}
+
+// h2Conn is what every stream of one connection shares.
+type h2Conn struct {
+	info     connInfo
+	sni      string
+	clientIP string
+}
+
+func newH2Server(s *Server) *h2Server {
+	h := &h2Server{s: s}
+	h.base = &http.Server{
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		ErrorLog:          zap.NewStdLog(s.log.WithOptions(zap.IncreaseLevel(zap.DebugLevel))),
+	}
+	h.srv = &http2.Server{
+		IdleTimeout:          s.cfg.IdleTimeout,
+		MaxConcurrentStreams: 250,
+	}
+	// ConfigureServer registers the GOAWAY-on-Shutdown hook for the
+	// connections served with BaseConfig h.base. Its error is about a
+	// TLSConfig we do not set.
+	_ = http2.ConfigureServer(h.base, h.srv)
+	return h
+}
+
+// serve runs one HTTP/2 connection until it ends.
+func (h *h2Server) serve(tc *trackedConn, conn *tls.Conn, info connInfo, sni string) {
+	hc := &h2Conn{info: info, sni: sni, clientIP: info.client.Addr().String()}
+	ctx := context.WithValue(context.Background(), h2ConnKey{}, hc)
+	h.srv.ServeConn(conn, &http2.ServeConnOpts{Context: ctx, BaseConfig: h.base, Handler: h})
+}
+
+// shutdown sends GOAWAY to every HTTP/2 connection; they close when their
+// streams are done.
+func (h *h2Server) shutdown() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // no listeners to wait for: the hooks run, Shutdown returns
+	_ = h.base.Shutdown(ctx)
+}
+
+// h2Hop lists request and response headers that never cross the proxy
+// from an HTTP/2 client (connection-specific in HTTP/1.1, or rewritten).
+func h2Skip(name string) bool {
+	switch name {
+	case "Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Host",
+		"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Request-Id", "Expect", "Content-Length":
+		return true
+	}
+	return strings.HasPrefix(name, "Proxy-")
+}
+
+func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s := h.s
+	start := time.Now()
+	hc, _ := r.Context().Value(h2ConnKey{}).(*h2Conn)
+	if hc == nil {
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	reqID := r.Header.Get("X-Request-Id")
+	if !validRequestID([]byte(reqID)) {
+		reqID = string(s.ids.appendNew(nil))
+	}
+	w.Header().Set("X-Request-Id", reqID)
+	lw := h2Log{s: s, r: r, hc: hc, reqID: reqID, start: start}
+
+	host := r.Host
+	if host == "" {
+		host = hc.sni
+	}
+	table := s.router.Table()
+	pool := table.Lookup(host)
+	if s.cfg.AllowPoolHeader {
+		if name := r.Header.Get("X-Pool"); name != "" {
+			pool = table.Pool(name)
+		}
+	}
+	if pool == nil {
+		lw.local(w, s.metrics.noPool, 404, "no pool serves this host")
+		return
+	}
+	pm := s.metrics.forPool(pool.Name)
+	if pool.SSLMode == pools.SSLModeOff || pool.SSLMode == pools.SSLModePassthrough {
+		lw.local(w, pm, 421, "misdirected request: this host is not served over TLS here")
+		return
+	}
+
+	pick := pools.PickRequest{ClientIP: hc.info.client.Addr()}
+	sticky := pool.StickyCookieName()
+	if sticky != "" {
+		if c, err := r.Cookie(sticky); err == nil {
+			if id, ok := pool.VerifySticky(c.Value); ok {
+				pick.StickyID = id
+			}
+		}
+	}
+	if name := pool.HashHeader(); name != "" {
+		pick.HashKey = r.Header.Get(name)
+	}
+
+	req := &outRequest{head: h.upstreamHead(r, hc, host, reqID), idempotent: idempotentMethod([]byte(r.Method)), isHEAD: r.Method == http.MethodHead}
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		body := r.Body
+		length := r.ContentLength
+		req.stream = func(uc *upConn, readAll *atomic.Bool) (int64, error) {
+			return h.streamBody(uc, body, length, readAll)
+		}
+		req.abort = func() { _ = body.Close() }
+	}
+
+	var ex exchange
+	var cache upstreamCache
+	ex.resp.fields = make([]field, 0, 32)
+	if err := s.roundTrip(&ex, &cache, pool, pick, req, nil); err != nil {
+		status := statusForError(err)
+		s.log.Debug("proxy: h2 request failed", zap.String("pool", pool.Name), zap.Int("status", status), zap.Error(err))
+		msg := "bad gateway: the backend failed"
+		switch status {
+		case 503:
+			msg = "service unavailable: no healthy backend"
+		case 504:
+			msg = "gateway timeout: the backend did not answer in time"
+		}
+		lw.local(w, pm, status, msg)
+		return
+	}
+	h.relay(w, r, &ex, req, pool, pm, pick.StickyID, &lw)
+}
+
+// upstreamHead writes the HTTP/1.1 request head for an HTTP/2 request.
+func (h *h2Server) upstreamHead(r *http.Request, hc *h2Conn, host, reqID string) []byte {
+	out := make([]byte, 0, 1024)
+	out = append(out, r.Method...)
+	out = append(out, ' ')
+	uri := r.RequestURI
+	if uri == "" || uri[0] != '/' && uri != "*" {
+		uri = r.URL.RequestURI()
+	}
+	out = append(out, uri...)
+	out = append(out, " HTTP/1.1\r\nHost: "...)
+	out = append(out, host...)
+	out = append(out, "\r\n"...)
+	for name, values := range r.Header {
+		if h2Skip(name) {
+			continue
+		}
+		for _, v := range values {
+			out = append(out, name...)
+			out = append(out, ": "...)
+			out = append(out, v...)
+			out = append(out, "\r\n"...)
+		}
+	}
+	out = append(out, "X-Forwarded-For: "...)
+	for _, v := range r.Header.Values("X-Forwarded-For") {
+		if v != "" {
+			out = append(out, v...)
+			out = append(out, ", "...)
+		}
+	}
+	out = append(out, hc.clientIP...)
+	out = append(out, "\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: "...)
+	out = append(out, host...)
+	out = append(out, "\r\nX-Request-Id: "...)
+	out = append(out, reqID...)
+	out = append(out, "\r\n"...)
+	switch {
+	case r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0:
+		if r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch {
+			out = append(out, "Content-Length: 0\r\n"...)
+		}
+	case r.ContentLength > 0:
+		out = append(out, "Content-Length: "...)
+		out = strconv.AppendInt(out, r.ContentLength, 10)
+		out = append(out, "\r\n"...)
+	default:
+		out = append(out, "Transfer-Encoding: chunked\r\n"...)
+	}
+	return append(out, "\r\n"...)
+}
+
+// streamBody copies an HTTP/2 request body to the backend: as is when its
+// length is known, chunk-encoded otherwise.
+func (h *h2Server) streamBody(uc *upConn, body io.Reader, length int64, readAll *atomic.Bool) (int64, error) {
+	s := h.s
+	bp := s.getBodyBuf()
+	defer s.putBodyBuf(bp)
+	buf := *bp
+	chunked := length < 0
+	var sent int64
+	for {
+		data := buf
+		if chunked {
+			data = buf[10 : len(buf)-2] // room for the size line and CRLF
+		}
+		m, err := body.Read(data)
+		if err == io.EOF && length > 0 && sent < length {
+			// Fewer bytes than announced: the backend must not take it.
+			err = io.ErrUnexpectedEOF
+		}
+		if m > 0 {
+			p := data[:m]
+			if chunked {
+				hdr := strconv.AppendInt(buf[:0], int64(m), 16)
+				hdr = append(hdr, "\r\n"...)
+				start := 10 - len(hdr)
+				copy(buf[start:], hdr)
+				buf[10+m], buf[11+m] = '\r', '\n'
+				p = buf[start : 12+m]
+			}
+			uc.setWriteDeadline(s.cfg.WriteTimeout)
+			n, werr := uc.c.Write(p)
+			sent += int64(n)
+			if werr != nil {
+				return sent, werr
+			}
+		}
+		if err == io.EOF {
+			readAll.Store(true)
+			if chunked {
+				n, werr := uc.c.Write([]byte("0\r\n\r\n"))
+				sent += int64(n)
+				return sent, werr
+			}
+			return sent, nil
+		}
+		if err != nil {
+			return sent, err
+		}
+	}
+}
+
+// relay writes the backend's response to the HTTP/2 stream.
+func (h *h2Server) relay(w http.ResponseWriter, r *http.Request, ex *exchange, req *outRequest, pool *pools.Pool, pm *poolMetrics, stickyID string, lw *h2Log) {
+	s := h.s
+	uc := ex.uc
+	resp := &ex.resp
+	rb := uc.buf[uc.r : uc.r+resp.headLen]
+	if resp.status == 101 {
+		ex.finishBody(req)
+		uc.close()
+		ex.attempt.End(pools.Result{Err: errors.New("backend switched protocols on an HTTP/2 request")})
+		lw.local(w, pm, 502, "bad gateway: the backend failed")
+		return
+	}
+	hdr := w.Header()
+	for i := range resp.fields {
+		f := &resp.fields[i]
+		switch f.kind {
+		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto:
+		case hdrContentLength:
+			if resp.framing != bodyLength && !req.isHEAD {
+				continue
+			}
+		default:
+			continue
+		}
+		name := rb[f.start:f.colon]
+		if resp.connOthers && listedInConnection(rb, resp.fields, name) {
+			continue
+		}
+		key := textproto.CanonicalMIMEHeaderKey(string(name))
+		hdr[key] = append(hdr[key], string(rb[f.vs:f.ve]))
+	}
+	if name := pool.StickyCookieName(); name != "" && ex.backend.ID != stickyID {
+		if v := pool.StickyValue(ex.backend); v != "" {
+			hdr.Add("Set-Cookie", stickyCookie(name, v, true))
+		}
+	}
+	w.WriteHeader(resp.status)
+	uc.r += resp.headLen
+
+	rc := http.NewResponseController(w)
+	var written int64
+	var clientErr, backendErr error
+	write := func(p []byte) bool {
+		n, err := w.Write(p)
+		written += int64(n)
+		if err == nil {
+			err = rc.Flush()
+		}
+		clientErr = err
+		return err == nil
+	}
+	read := func() bool {
+		uc.r, uc.w = 0, 0
+		uc.setReadDeadline(s.cfg.ReadTimeout)
+		m, err := uc.c.Read(uc.buf)
+		uc.w = m
+		ex.respBytes += int64(m)
+		if m == 0 && err != nil {
+			if err == io.EOF && resp.framing == bodyClose {
+				return false
+			}
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			backendErr = err
+			return false
+		}
+		return true
+	}
+	complete := false
+	switch resp.framing {
+	case bodyNone:
+		complete = true
+	case bodyLength:
+		n := resp.contentLen
+		for n > 0 {
+			if uc.r == uc.w && !read() {
+				break
+			}
+			take := min(int64(uc.w-uc.r), n)
+			if !write(uc.buf[uc.r : uc.r+int(take)]) {
+				break
+			}
+			uc.r += int(take)
+			n -= take
+		}
+		complete = n == 0
+	case bodyChunked:
+		var sc chunkScanner
+		var spans []span
+		for !sc.done() {
+			if uc.r == uc.w && !read() {
+				break
+			}
+			p := uc.buf[uc.r:uc.w]
+			spans = spans[:0]
+			n, err := sc.scan(p, &spans)
+			if err != nil {
+				backendErr = err
+				break
+			}
+			ok := true
+			for _, sp := range spans {
+				if ok = write(p[sp.s:sp.e]); !ok {
+					break
+				}
+			}
+			if !ok {
+				break
+			}
+			uc.r += n
+		}
+		complete = sc.done()
+	case bodyClose:
+		for {
+			if uc.r < uc.w {
+				if !write(uc.buf[uc.r:uc.w]) {
+					break
+				}
+				uc.r = uc.w
+			}
+			if !read() {
+				complete = backendErr == nil
+				break
+			}
+		}
+	}
+
+	bodySent := ex.finishBody(req)
+	if ex.uc != nil {
+		if complete && bodySent && clientErr == nil && !resp.connClose && resp.framing != bodyClose && uc.r == uc.w && !s.shuttingDown() {
+			uc.r, uc.w = 0, 0
+			uc.reused = false
+			uc.up.put(uc, time.Now(), s.cfg.MaxIdleConnsPerBackend)
+		} else {
+			uc.close()
+		}
+		ex.uc = nil
+	}
+	ex.attempt.End(pools.Result{Status: resp.status, Err: backendErr, BytesIn: ex.respBytes, BytesOut: ex.bytesOut, Latency: time.Since(ex.started)})
+	lw.done(pm, resp.status, written, ex.backend)
+	if backendErr != nil {
+		// The client must not take a truncated body for a complete one.
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// h2Log finishes metrics and the access log for an HTTP/2 stream.
+type h2Log struct {
+	s     *Server
+	r     *http.Request
+	hc    *h2Conn
+	reqID string
+	start time.Time
+}
+
+func (l *h2Log) local(w http.ResponseWriter, pm *poolMetrics, status int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Length", strconv.Itoa(len(msg)+1))
+	w.WriteHeader(status)
+	n := 0
+	if l.r.Method != http.MethodHead {
+		n, _ = io.WriteString(w, msg+"\n")
+	}
+	l.done(pm, status, int64(n), nil)
+}
+
+func (l *h2Log) done(pm *poolMetrics, status int, written int64, b *pools.Backend) {
+	d := time.Since(l.start)
+	pm.observe(status, d.Seconds())
+	if !l.s.sampled() {
+		return
+	}
+	path := l.r.URL.Path
+	l.s.logAccess(accessEntry{
+		pool: pm.name, method: l.r.Method, host: l.r.Host, path: path, proto: "HTTP/2",
+		status: status, bytes: written, duration: d, client: l.hc.clientIP, backend: b, requestID: l.reqID,
+	})
+}

@@ -1,0 +1,181 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+const (
+	listenerHTTP = iota
+	listenerHTTPS
+)
+
+// trackedConn is an accepted client connection as the Server tracks it
+// for shutdown.
+type trackedConn struct {
+	net.Conn // the accepted TCP connection
+	// idle is true while the connection waits for the next request with
+	// nothing buffered: Shutdown may close it right away.
+	idle atomic.Bool
+}
+
+// connInfo is what the listener knows about a client connection before
+// any HTTP is read.
+type connInfo struct {
+	listener int
+	client   netip.AddrPort // the PROXY header's source when present
+	accepted time.Time
+}
+
+func (s *Server) acceptLoop(l net.Listener, kind int) {
+	defer s.wg.Done()
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if s.shuttingDown() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off instead of
+			// spinning, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("proxy accept failed", zap.Error(err), zap.Duration("retry_in", backoff))
+			select {
+			case <-time.After(backoff):
+			case <-s.stop:
+				return
+			}
+			continue
+		}
+		backoff = 0
+		tc := &trackedConn{Conn: c}
+		if !s.track(tc) {
+			_ = c.Close()
+			continue
+		}
+		go s.serveConn(tc, kind)
+	}
+}
+
+// track registers a connection; false once shutdown began.
+func (s *Server) track(tc *trackedConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing.Load() {
+		return false
+	}
+	s.conns[tc] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(tc *trackedConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, tc)
+	if len(s.conns) == 0 && s.connsDone != nil {
+		select {
+		case <-s.connsDone:
+		default:
+			close(s.connsDone)
+		}
+	}
+}
+
+// pokeIdle wakes connections waiting for a next request so that they see
+// the shutdown and close.
+func (s *Server) pokeIdle() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	for tc := range s.conns {
+		if tc.idle.Load() {
+			_ = tc.SetReadDeadline(now)
+		}
+	}
+}
+
+// closeAll cuts every connection (shutdown deadline reached).
+func (s *Server) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for tc := range s.conns {
+		_ = tc.Close()
+	}
+}
+
+func (s *Server) serveConn(tc *trackedConn, kind int) {
+	defer s.untrack(tc)
+	defer tc.Close()
+	gauge := s.metrics.activeHTTP
+	proxyProto := s.cfg.HTTPProxyProtocol
+	if kind == listenerHTTPS {
+		gauge = s.metrics.activeHTTPS
+		proxyProto = s.cfg.HTTPSProxyProtocol
+	}
+	gauge.Inc()
+	defer gauge.Dec()
+
+	info := connInfo{listener: kind, accepted: time.Now()}
+	if ta, ok := tc.RemoteAddr().(*net.TCPAddr); ok {
+		info.client = netip.AddrPortFrom(ta.AddrPort().Addr().Unmap(), ta.AddrPort().Port())
+	}
+	buf := s.getBuf()
+	defer func() { s.putBuf(buf) }()
+	n := 0
+	deadline := info.accepted.Add(s.cfg.ReadHeaderTimeout)
+	if kind == listenerHTTPS {
+		deadline = info.accepted.Add(s.cfg.TLSHandshakeTimeout)
+	}
+	if err := tc.SetReadDeadline(deadline); err != nil {
+		return
+	}
+	if proxyProto {
+		hdr, used, got, err := readProxyHeader(tc, *buf)
+		if err != nil {
+			s.log.Debug("proxy protocol header rejected", zap.Stringer("peer", info.client), zap.Error(err))
+			return
+		}
+		if !hdr.Local {
+			info.client = hdr.Source
+		}
+		n = copy(*buf, (*buf)[used:got])
+	}
+	if kind == listenerHTTPS {
+		s.serveTLS(tc, info, buf, n)
+		return
+	}
+	cc := s.newClientConn(tc, tc.Conn, info, false, "")
+	cc.adoptPrefix((*buf)[:n])
+	cc.serve()
+	cc.release()
+}
+
+// readProxyHeader reads until buf holds a complete PROXY header. It returns
+// the header, its length and the number of bytes read into buf (bytes after
+// the header belong to the next protocol).
+func readProxyHeader(r io.Reader, buf []byte) (proxyHeader, int, int, error) {
+	got := 0
+	for {
+		hdr, used, err := parseProxyHeader(buf[:got])
+		if err == nil {
+			return hdr, used, got, nil
+		}
+		if !errors.Is(err, errNeedMore) {
+			return proxyHeader{}, 0, 0, err
+		}
+		if got == len(buf) {
+			return proxyHeader{}, 0, 0, proxyErrorf("header exceeds %d bytes", len(buf))
+		}
+		n, err := r.Read(buf[got:])
+		got += n
+		if err != nil && n == 0 {
+			return proxyHeader{}, 0, 0, err
+		}
+	}
+}

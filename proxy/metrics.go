@@ -1,0 +1,106 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics holds the proxy's collectors. Children are resolved once (per
+// listener, per handshake result, per pool on first use) so that the
+// request path increments a cached counter instead of hashing label values.
+type metrics struct {
+	requests   *prometheus.CounterVec
+	duration   *prometheus.HistogramVec
+	active     *prometheus.GaugeVec
+	handshakes *prometheus.CounterVec
+
+	activeHTTP, activeHTTPS              prometheus.Gauge
+	hsOK, hsFailed, hsRefused, hsACME    prometheus.Counter
+	passthroughBytes                     prometheus.Counter
+	pools                                sync.Map // pool name -> *poolMetrics
+	noPool                               *poolMetrics
+	codeClasses                          [6]string
+}
+
+// poolMetrics are the cached children of one pool.
+type poolMetrics struct {
+	name     string
+	codes    [6]prometheus.Counter // by status/100; [0] for anything outside 1xx-5xx
+	duration prometheus.Observer
+}
+
+// noPoolLabel is the pool label of requests no pool served (unknown host,
+// bad request).
+const noPoolLabel = "none"
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "singularity_edge_proxy_requests_total",
+			Help: "HTTP requests answered by the proxy, by pool and status class (1xx-5xx).",
+		}, []string{"pool", "code_class"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "singularity_edge_proxy_request_duration_seconds",
+			Help:    "Time from a request head being read to its response being written, by pool.",
+			Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30},
+		}, []string{"pool"}),
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "singularity_edge_proxy_active_connections",
+			Help: "Client connections currently open, by listener (http, https).",
+		}, []string{"listener"}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "singularity_edge_tls_handshakes_total",
+			Help: "Client TLS connections by outcome: ok (terminated), failed, refused (SNI not served over TLS here), acme (TLS-ALPN-01 challenge), passthrough.",
+		}, []string{"result"}),
+		passthroughBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "singularity_edge_passthrough_bytes_total",
+			Help: "Bytes relayed by SNI passthrough connections, both directions.",
+		}),
+		codeClasses: [6]string{"other", "1xx", "2xx", "3xx", "4xx", "5xx"},
+	}
+	m.activeHTTP = m.active.WithLabelValues("http")
+	m.activeHTTPS = m.active.WithLabelValues("https")
+	m.hsOK = m.handshakes.WithLabelValues("ok")
+	m.hsFailed = m.handshakes.WithLabelValues("failed")
+	m.hsRefused = m.handshakes.WithLabelValues("refused")
+	m.hsACME = m.handshakes.WithLabelValues("acme")
+	m.handshakes.WithLabelValues("passthrough")
+	m.noPool = m.forPool(noPoolLabel)
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.requests, m.duration, m.active, m.handshakes, m.passthroughBytes} {
+			if err := reg.Register(c); err != nil {
+				var are prometheus.AlreadyRegisteredError
+				if errors.As(err, &are) {
+					return nil, fmt.Errorf("proxy: metrics already registered (one Server per registry): %w", err)
+				}
+				return nil, fmt.Errorf("proxy: register metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+// forPool returns the cached children for a pool, creating them once.
+func (m *metrics) forPool(name string) *poolMetrics {
+	if v, ok := m.pools.Load(name); ok {
+		return v.(*poolMetrics)
+	}
+	pm := &poolMetrics{name: name, duration: m.duration.WithLabelValues(name)}
+	for i, class := range m.codeClasses {
+		pm.codes[i] = m.requests.WithLabelValues(name, class)
+	}
+	v, _ := m.pools.LoadOrStore(name, pm)
+	return v.(*poolMetrics)
+}
+
+func (pm *poolMetrics) observe(status int, seconds float64) {
+	class := status / 100
+	if class < 1 || class > 5 {
+		class = 0
+	}
+	pm.codes[class].Inc()
+	pm.duration.Observe(seconds)
+}

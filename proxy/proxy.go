@@ -1,0 +1,431 @@
+// Package proxy is the data plane of the edge: the public HTTP and HTTPS
+// listeners, routing of each request (by Host, or SNI for TLS) to a pool of
+// the routing table, TLS termination with per-SNI certificates, SNI
+// passthrough, the PROXY protocol, ACME challenge hooks and the forwarding
+// of requests to backends.
+//
+// # HTTP/1.1 engine
+//
+// HTTP/1.1, which is most of the traffic an edge sees, is served by a
+// hand-written forwarder instead of net/http's ReverseProxy or fasthttp. It
+// parses only what routing and framing need (request line, Host, framing and
+// hop-by-hop headers), copies the other header lines to the backend
+// verbatim, streams bodies as they arrive, keeps a goroutine per client
+// connection with its own buffers, and reuses pooled keep-alive connections
+// to backends. A 1 KiB response costs four syscalls: read request, write it
+// upstream, read response, write it to the client.
+//
+// Measured with the side-by-side harness (../shared/bench/proxy/run.sh,
+// scenario S1: wrk, 64 keep-alive connections, 1 KiB responses, proxy on
+// one core with GOMAXPROCS=1), CPU time of the proxy per request, same run
+// as the anchors:
+//
+//	nginx 1.22                                     ~16-17 µs/req
+//	this engine                                    see docs/ARCHITECTURE.md and the report
+//	fasthttp v1.78.0 Server + HostClient           ~19-20 µs/req (1.16x nginx in the brief's run)
+//	net/http + httputil.ReverseProxy               ~70 µs/req
+//
+// fasthttp parses every header into its own structures and serializes them
+// again on both hops; the forwarder here does neither, which is where the
+// difference comes from (pprof: header parsing and re-serialization were the
+// largest user-space items in fasthttp's profile). HTTP/2 (ALPN h2) goes
+// through golang.org/x/net/http2's server with a handler that uses the same
+// backend connections, picking, retries and header rules.
+//
+// # Routing and SSL modes
+//
+// Each pool has an SSL mode: off (plain HTTP only; a TLS handshake for its
+// names is refused), flexible (TLS here, HTTP to backends), full (TLS to
+// backends, not verified), full_strict (TLS to backends, verified) and
+// passthrough (the TLS connection is routed by the SNI of its ClientHello
+// and spliced to a backend untouched). Plain HTTP requests for pools that
+// use TLS are redirected to HTTPS, except ACME HTTP-01 challenges.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/pools"
+)
+
+// Config configures a Server. Zero durations mean "use the default" only
+// through DefaultConfig; New rejects non-positive timeouts.
+type Config struct {
+	// HTTPAddr and HTTPSAddr are the listen addresses; "" disables a
+	// listener (at least one is needed).
+	HTTPAddr  string
+	HTTPSAddr string
+	// HTTPProxyProtocol and HTTPSProxyProtocol make the listener require a
+	// PROXY protocol v1 or v2 header on every connection (Fly.io's
+	// proxy_proto handler). The source address in it becomes the client
+	// address. A connection without a valid header is closed.
+	HTTPProxyProtocol  bool
+	HTTPSProxyProtocol bool
+	// AllowPoolHeader honours an X-Pool request header naming the pool,
+	// overriding the Host lookup. For trusted networks only.
+	AllowPoolHeader bool
+	// RedirectToHTTPS answers plain HTTP requests for pools that use TLS
+	// (every mode but off) with a redirect to HTTPS (ACME HTTP-01 paths
+	// excepted). Off, such pools are also proxied over plain HTTP.
+	RedirectToHTTPS bool
+	// RedirectHTTPSPort is the port put into HTTP->HTTPS redirects; 0 or
+	// 443 leave it out (the public port is 443 even when the listener is
+	// on 8443 behind Fly's proxy).
+	RedirectHTTPSPort int
+
+	// ReadHeaderTimeout bounds reading a request head from the first byte
+	// (and the PROXY header and ClientHello); slow clients are cut.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout is how long a keep-alive client connection may wait for
+	// its next request.
+	IdleTimeout time.Duration
+	// ReadTimeout is the longest pause while reading a request body from a
+	// client or a response body from a backend.
+	ReadTimeout time.Duration
+	// WriteTimeout is the longest a write to a client or backend may block.
+	WriteTimeout time.Duration
+	// TLSHandshakeTimeout bounds the client TLS handshake.
+	TLSHandshakeTimeout time.Duration
+	// DialTimeout bounds connecting to a backend, TLS handshake included.
+	DialTimeout time.Duration
+	// ResponseHeaderTimeout bounds the wait for a backend's response head
+	// after the request was sent; exceeded = 504.
+	ResponseHeaderTimeout time.Duration
+	// BackendIdleTimeout closes pooled backend connections idle this long.
+	// Keep it below the backends' own keep-alive timeout.
+	BackendIdleTimeout time.Duration
+	// TunnelIdleTimeout closes upgraded (WebSocket) and passthrough
+	// connections idle in both directions this long.
+	TunnelIdleTimeout time.Duration
+
+	// MaxIdleConnsPerBackend bounds the pooled keep-alive connections kept
+	// per backend.
+	MaxIdleConnsPerBackend int
+	// MaxRetries is how many other backends an idempotent request may be
+	// retried on after a connection failure.
+	MaxRetries int
+	// MaxRequestHeaderBytes bounds a request head (431 beyond).
+	MaxRequestHeaderBytes int
+	// MaxResponseHeaderBytes bounds a backend response head (502 beyond).
+	MaxResponseHeaderBytes int
+
+	// BackendRootCAs verifies backend certificates in full_strict mode (and
+	// for backends with ssl_verify); nil = the system roots.
+	BackendRootCAs *x509.CertPool
+
+	// AccessLog is "off", "on" (every request) or "sample:N" (one request
+	// in N). Bodies, query strings and headers are never logged.
+	AccessLog string
+
+	Logger     *zap.Logger
+	Registerer prometheus.Registerer
+}
+
+// DefaultConfig returns production defaults: :8080 and :8443, timeouts in
+// the range of nginx's and HAProxy's defaults.
+func DefaultConfig() Config {
+	return Config{
+		HTTPAddr:               ":8080",
+		HTTPSAddr:              ":8443",
+		ReadHeaderTimeout:      10 * time.Second,
+		IdleTimeout:            75 * time.Second,
+		ReadTimeout:            60 * time.Second,
+		WriteTimeout:           60 * time.Second,
+		TLSHandshakeTimeout:    10 * time.Second,
+		DialTimeout:            5 * time.Second,
+		ResponseHeaderTimeout:  60 * time.Second,
+		BackendIdleTimeout:     30 * time.Second,
+		TunnelIdleTimeout:      time.Hour,
+		RedirectToHTTPS:        true,
+		MaxIdleConnsPerBackend: 128,
+		MaxRetries:             2,
+		MaxRequestHeaderBytes:  32 << 10,
+		MaxResponseHeaderBytes: 32 << 10,
+		AccessLog:              "off",
+		Logger:                 zap.NewNop(),
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.HTTPAddr == "" && c.HTTPSAddr == "" {
+		errs = append(errs, errors.New("proxy: at least one of HTTPAddr and HTTPSAddr is needed"))
+	}
+	for name, d := range map[string]time.Duration{
+		"ReadHeaderTimeout": c.ReadHeaderTimeout, "IdleTimeout": c.IdleTimeout,
+		"ReadTimeout": c.ReadTimeout, "WriteTimeout": c.WriteTimeout,
+		"TLSHandshakeTimeout": c.TLSHandshakeTimeout, "DialTimeout": c.DialTimeout,
+		"ResponseHeaderTimeout": c.ResponseHeaderTimeout, "BackendIdleTimeout": c.BackendIdleTimeout,
+		"TunnelIdleTimeout": c.TunnelIdleTimeout,
+	} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("proxy: %s must be positive, got %v", name, d))
+		}
+	}
+	if c.MaxIdleConnsPerBackend < 0 {
+		errs = append(errs, fmt.Errorf("proxy: MaxIdleConnsPerBackend must not be negative, got %d", c.MaxIdleConnsPerBackend))
+	}
+	if c.MaxRetries < 0 {
+		errs = append(errs, fmt.Errorf("proxy: MaxRetries must not be negative, got %d", c.MaxRetries))
+	}
+	if c.MaxRequestHeaderBytes < 1024 || c.MaxRequestHeaderBytes > 1<<20 {
+		errs = append(errs, fmt.Errorf("proxy: MaxRequestHeaderBytes must be between 1 KiB and 1 MiB, got %d", c.MaxRequestHeaderBytes))
+	}
+	if c.MaxResponseHeaderBytes < 1024 || c.MaxResponseHeaderBytes > 1<<20 {
+		errs = append(errs, fmt.Errorf("proxy: MaxResponseHeaderBytes must be between 1 KiB and 1 MiB, got %d", c.MaxResponseHeaderBytes))
+	}
+	if c.RedirectHTTPSPort < 0 || c.RedirectHTTPSPort > 65535 {
+		errs = append(errs, fmt.Errorf("proxy: RedirectHTTPSPort must be a port number, got %d", c.RedirectHTTPSPort))
+	}
+	if _, err := parseAccessLog(c.AccessLog); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// parseAccessLog returns the sampling interval: 0 = off, 1 = every request.
+func parseAccessLog(s string) (uint64, error) {
+	switch s {
+	case "", "off":
+		return 0, nil
+	case "on":
+		return 1, nil
+	}
+	if v, ok := strings.CutPrefix(s, "sample:"); ok {
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err == nil && n >= 1 {
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("proxy: AccessLog %q: want off, on or sample:N with N >= 1", s)
+}
+
+// CertificateSource returns the certificate for a TLS ClientHello
+// (certs.Cache implements it). An error fails the handshake.
+type CertificateSource interface {
+	GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error)
+}
+
+// ChallengeSource answers ACME challenges (filled by the certificate
+// manager).
+type ChallengeSource interface {
+	// HTTP01 returns the key authorization for a pending HTTP-01 token.
+	HTTP01(host, token string) (keyAuth string, ok bool)
+	// TLSALPN01 returns the acme-tls/1 challenge certificate for a name.
+	TLSALPN01(serverName string) (*tls.Certificate, bool)
+}
+
+// Router hands out the current routing table; *pools.Manager satisfies it.
+type Router interface {
+	Table() *pools.Table
+}
+
+// Server is the proxy: listeners plus everything they share.
+type Server struct {
+	cfg        Config
+	log        *zap.Logger
+	router     Router
+	certs      CertificateSource
+	challenges ChallengeSource
+	metrics    *metrics
+	logEvery   uint64
+	logCount   atomic.Uint64
+	ids        requestIDs
+	upstreams  upstreams
+	tlsConfig  *tls.Config // termination (GetCertificate from certs)
+	h2         *h2Server
+	peekBufs   sync.Pool // *[]byte of peekBufSize: PROXY header + ClientHello
+	clientBufs sync.Pool // *[]byte of clientBufSize: client read buffers
+	bodyBufs   sync.Pool // *[]byte of bodyBufSize: streamed request bodies
+
+	mu        sync.Mutex
+	started   bool
+	listeners []net.Listener
+	httpAddr  net.Addr
+	httpsAddr net.Addr
+	conns     map[*trackedConn]struct{}
+	connsDone chan struct{} // closed when conns becomes empty during shutdown
+	closing   atomic.Bool
+	wg        sync.WaitGroup // accept loops and janitor
+	stop      chan struct{}
+}
+
+// New validates cfg and returns a Server; Start binds the listeners. certs
+// may be nil when no TLS is terminated (passthrough still works); challenges
+// may be nil when ACME is off.
+func New(cfg Config, router Router, certs CertificateSource, challenges ChallengeSource) (*Server, error) {
+	if router == nil {
+		return nil, errors.New("proxy: router is required")
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	every, _ := parseAccessLog(cfg.AccessLog)
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:        cfg,
+		log:        cfg.Logger,
+		router:     router,
+		certs:      certs,
+		challenges: challenges,
+		metrics:    m,
+		logEvery:   every,
+		conns:      make(map[*trackedConn]struct{}),
+		stop:       make(chan struct{}),
+	}
+	s.ids.init()
+	s.upstreams.init(s)
+	s.tlsConfig = s.newTLSConfig()
+	s.h2 = newH2Server(s)
+	return s, nil
+}
+
+// Start binds the listeners and serves them in the background until
+// Shutdown. ctx bounds binding only.
+func (s *Server) Start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return errors.New("proxy: already started")
+	}
+	var lc net.ListenConfig
+	var opened []net.Listener
+	fail := func(err error) error {
+		for _, l := range opened {
+			_ = l.Close()
+		}
+		return err
+	}
+	if s.cfg.HTTPAddr != "" {
+		l, err := lc.Listen(ctx, "tcp", s.cfg.HTTPAddr)
+		if err != nil {
+			return fail(fmt.Errorf("proxy: listen http %s: %w", s.cfg.HTTPAddr, err))
+		}
+		opened = append(opened, l)
+		s.httpAddr = l.Addr()
+	}
+	if s.cfg.HTTPSAddr != "" {
+		l, err := lc.Listen(ctx, "tcp", s.cfg.HTTPSAddr)
+		if err != nil {
+			return fail(fmt.Errorf("proxy: listen https %s: %w", s.cfg.HTTPSAddr, err))
+		}
+		opened = append(opened, l)
+		s.httpsAddr = l.Addr()
+	}
+	s.started = true
+	s.listeners = opened
+	for _, l := range opened {
+		kind := listenerHTTP
+		if l.Addr() == s.httpsAddr {
+			kind = listenerHTTPS
+		}
+		s.wg.Add(1)
+		go s.acceptLoop(l, kind)
+	}
+	s.wg.Add(1)
+	go s.janitor()
+	s.log.Info("proxy listening", zap.Stringer("http", addrOrNone(s.httpAddr)), zap.Stringer("https", addrOrNone(s.httpsAddr)))
+	return nil
+}
+
+type noAddr struct{}
+
+func (noAddr) Network() string { return "" }
+func (noAddr) String() string  { return "off" }
+
+func addrOrNone(a net.Addr) net.Addr {
+	if a == nil {
+		return noAddr{}
+	}
+	return a
+}
+
+// Addrs returns the bound addresses (nil for a disabled listener).
+func (s *Server) Addrs() (http, https net.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.httpAddr, s.httpsAddr
+}
+
+// Shutdown stops accepting, closes idle keep-alive connections, lets
+// requests in flight finish until ctx is done and then closes every
+// remaining connection. It returns ctx.Err() when connections had to be
+// cut.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closing.Swap(true) {
+		s.mu.Unlock()
+		return errors.New("proxy: already shut down")
+	}
+	for _, l := range s.listeners {
+		_ = l.Close()
+	}
+	close(s.stop)
+	s.connsDone = make(chan struct{})
+	if len(s.conns) == 0 {
+		close(s.connsDone)
+	}
+	done := s.connsDone
+	s.mu.Unlock()
+
+	s.h2.shutdown()
+	// Idle connections are woken and closed at once; busy ones close after
+	// their current response. Repeat the poke: a connection can become
+	// idle at any moment.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+	for waiting := true; waiting; {
+		s.pokeIdle()
+		select {
+		case <-done:
+			waiting = false
+		case <-tick.C:
+		case <-ctx.Done():
+			err = ctx.Err()
+			s.closeAll()
+			<-done
+			waiting = false
+		}
+	}
+	s.wg.Wait()
+	s.upstreams.closeAll()
+	return err
+}
+
+func (s *Server) shuttingDown() bool { return s.closing.Load() }
+
+// janitor closes idle backend connections past their timeout.
+func (s *Server) janitor() {
+	defer s.wg.Done()
+	every := max(s.cfg.BackendIdleTimeout/4, 100*time.Millisecond)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case now := <-t.C:
+			s.upstreams.sweep(now)
+		}
+	}
+}

@@ -1,0 +1,213 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/pools"
+)
+
+// newTLSConfig is the termination configuration: certificate by SNI from
+// the CertificateSource, TLS 1.2 minimum, h2 preferred over http/1.1.
+func (s *Server) newTLSConfig() *tls.Config {
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{alpnProtocolHTTP2, alpnProtocolHTTP11},
+	}
+	if s.certs != nil {
+		cfg.GetCertificate = s.certs.GetCertificate
+	}
+	return cfg
+}
+
+// prefixConn replays bytes already read from a connection (the PROXY
+// remainder and the peeked ClientHello) before reading from it again.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		if len(c.prefix) == 0 {
+			c.prefix = nil
+		}
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// detachPrefix makes the connection independent of the buffer its prefix
+// came from (which goes back to a pool).
+func (c *prefixConn) detachPrefix() {
+	if len(c.prefix) > 0 {
+		c.prefix = append([]byte(nil), c.prefix...)
+	}
+}
+
+// readClientHello reads from r into buf (which holds n bytes already) until
+// a whole ClientHello is there.
+func readClientHello(r io.Reader, buf []byte, n int) (clientHelloInfo, int, error) {
+	for {
+		info, _, err := parseClientHello(buf[:n])
+		if err == nil {
+			return info, n, nil
+		}
+		if !errors.Is(err, errNeedMore) {
+			return clientHelloInfo{}, 0, err
+		}
+		if n == len(buf) {
+			return clientHelloInfo{}, 0, helloErrorf("ClientHello exceeds %d bytes", len(buf))
+		}
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil && m == 0 {
+			return clientHelloInfo{}, 0, err
+		}
+	}
+}
+
+// serveTLS handles a connection on the HTTPS listener: it reads the
+// ClientHello without consuming it, then answers an ACME TLS-ALPN-01
+// challenge, splices a passthrough pool's connection to its backend, refuses
+// names whose pool is plain HTTP only, or terminates TLS and serves HTTP/2
+// or HTTP/1.1. buf holds n bytes already read (after any PROXY header); it
+// is returned to the pool here.
+func (s *Server) serveTLS(tc *trackedConn, info connInfo, buf *[]byte, n int) {
+	hello, n, err := readClientHello(tc.Conn, *buf, n)
+	if err != nil {
+		s.putBuf(buf)
+		s.metrics.hsFailed.Inc()
+		s.log.Debug("tls: no valid ClientHello", zap.Stringer("client", info.client), zap.Error(err))
+		return
+	}
+	raw := (*buf)[:n]
+
+	if hello.offersALPN(alpnProtocolACME) {
+		s.serveTLSALPN01(tc, hello, raw)
+		s.putBuf(buf)
+		return
+	}
+
+	pool := s.router.Table().Lookup(hello.ServerName)
+	if pool != nil {
+		switch pool.SSLMode {
+		case pools.SSLModePassthrough:
+			s.metrics.handshakes.WithLabelValues("passthrough").Inc()
+			s.passthrough(tc, info, pool, raw)
+			s.putBuf(buf)
+			return
+		case pools.SSLModeOff, "":
+			s.putBuf(buf)
+			s.metrics.hsRefused.Inc()
+			s.log.Debug("tls: refused, pool serves plain HTTP only", zap.String("sni", hello.ServerName), zap.String("pool", pool.Name))
+			return
+		}
+	}
+	if s.certs == nil {
+		s.putBuf(buf)
+		s.metrics.hsRefused.Inc()
+		return
+	}
+
+	pc := &prefixConn{Conn: tc.Conn, prefix: raw}
+	conn := tls.Server(pc, s.tlsConfig)
+	err = conn.Handshake()
+	pc.detachPrefix()
+	s.putBuf(buf)
+	if err != nil {
+		s.metrics.hsFailed.Inc()
+		s.log.Debug("tls handshake failed", zap.String("sni", hello.ServerName), zap.Stringer("client", info.client), zap.Error(err))
+		return
+	}
+	s.metrics.hsOK.Inc()
+	if conn.ConnectionState().NegotiatedProtocol == alpnProtocolHTTP2 {
+		if err := tc.SetDeadline(time.Time{}); err != nil {
+			return
+		}
+		s.h2.serve(tc, conn, info, hello.ServerName)
+		return
+	}
+	cc := s.newClientConn(tc, conn, info, true, hello.ServerName)
+	cc.serve()
+	cc.release()
+}
+
+// serveTLSALPN01 completes a handshake with the acme-tls/1 challenge
+// certificate (RFC 8737) and closes: the validation is the handshake.
+func (s *Server) serveTLSALPN01(tc *trackedConn, hello clientHelloInfo, raw []byte) {
+	if s.challenges == nil {
+		s.metrics.hsRefused.Inc()
+		return
+	}
+	cert, ok := s.challenges.TLSALPN01(hello.ServerName)
+	if !ok || cert == nil {
+		s.metrics.hsRefused.Inc()
+		s.log.Debug("tls-alpn-01: no challenge pending", zap.String("sni", hello.ServerName))
+		return
+	}
+	conn := tls.Server(&prefixConn{Conn: tc.Conn, prefix: raw}, &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{*cert},
+		NextProtos:   []string{alpnProtocolACME},
+	})
+	if err := conn.Handshake(); err != nil {
+		s.metrics.hsFailed.Inc()
+		s.log.Debug("tls-alpn-01 handshake failed", zap.String("sni", hello.ServerName), zap.Error(err))
+		return
+	}
+	s.metrics.hsACME.Inc()
+	_ = conn.Close()
+}
+
+// passthrough relays a TLS connection it does not terminate: the peeked
+// bytes go to a backend chosen by the pool's algorithm, then both
+// directions are copied (splice(2) between the two TCP sockets). A backend
+// that cannot be reached is excluded and another one tried: nothing was
+// sent to the client yet.
+func (s *Server) passthrough(tc *trackedConn, info connInfo, pool *pools.Pool, raw []byte) {
+	var excludeBuf [4]*pools.Backend
+	exclude := excludeBuf[:0]
+	for try := 0; try <= s.cfg.MaxRetries; try++ {
+		b, err := pool.Pick(pools.PickRequest{ClientIP: info.client.Addr(), Exclude: exclude})
+		if err != nil {
+			s.log.Debug("passthrough: no backend", zap.String("pool", pool.Name), zap.Error(err))
+			return
+		}
+		attempt := b.Begin()
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DialTimeout)
+		bc, err := s.upstreams.dialer.DialContext(ctx, "tcp", b.Addr)
+		cancel()
+		if err == nil {
+			_ = bc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+			_, err = bc.Write(raw)
+			if err != nil {
+				_ = bc.Close()
+			}
+		}
+		if err != nil {
+			attempt.End(pools.Result{Err: err})
+			s.log.Debug("passthrough: backend unreachable", zap.String("pool", pool.Name), zap.String("backend", b.Addr), zap.Error(err))
+			exclude = append(exclude, b)
+			continue
+		}
+		if tc.SetDeadline(time.Time{}) != nil || bc.SetDeadline(time.Time{}) != nil {
+			_ = bc.Close()
+			attempt.End(pools.Result{})
+			return
+		}
+		toBackend, toClient := s.tunnel(tc.Conn, bc)
+		_ = bc.Close()
+		s.metrics.passthroughBytes.Add(float64(toBackend + toClient + int64(len(raw))))
+		attempt.End(pools.Result{BytesOut: toBackend + int64(len(raw)), BytesIn: toClient})
+		return
+	}
+}

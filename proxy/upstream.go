@@ -1,0 +1,257 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/singularity-ng/singularity-edge/pools"
+)
+
+// upstreamKey identifies a set of interchangeable backend connections.
+type upstreamKey struct {
+	addr       string
+	tls        bool
+	verify     bool
+	serverName string
+}
+
+// upstream is the connection pool of one backend address (and TLS mode):
+// a LIFO stack of idle keep-alive connections, so that the most recently
+// used (warmest, least likely closed by the backend) is reused first.
+type upstream struct {
+	key     upstreamKey
+	tlsConf *tls.Config
+	owner   *upstreams
+
+	mu       sync.Mutex
+	idle     []*upConn
+	lastUsed time.Time
+	removed  bool
+}
+
+// upConn is one connection to a backend with its read buffer.
+type upConn struct {
+	up        *upstream
+	c         net.Conn     // TCP or *tls.Conn
+	tcp       *net.TCPConn // the TCP connection underneath
+	buf       []byte
+	r, w      int // buf[r:w] is read but not consumed
+	idleSince time.Time
+	reused    bool
+	rdl, wdl  time.Time // deadlines last set (coarse, see setReadDeadline)
+}
+
+// upstreams is the Server's set of backend connection pools.
+type upstreams struct {
+	s        *Server
+	m        sync.Map // upstreamKey -> *upstream
+	dialer   net.Dialer
+	sessions tls.ClientSessionCache
+	bufs     sync.Pool // *[]byte of upBufSize
+}
+
+// upBufSize is the read buffer of a backend connection: response heads up
+// to MaxResponseHeaderBytes grow it, bodies stream through it.
+const upBufSize = 16 << 10
+
+func (u *upstreams) init(s *Server) {
+	u.s = s
+	u.dialer = net.Dialer{Timeout: s.cfg.DialTimeout, KeepAlive: 30 * time.Second}
+	u.sessions = tls.NewLRUClientSessionCache(256)
+	u.bufs.New = func() any { b := make([]byte, upBufSize); return &b }
+}
+
+// forBackend returns the pool of connections for b as used by pool p: TLS
+// when the pool's mode is full or full_strict or the backend's scheme is
+// https; verified in full_strict mode, or when the pool asks to validate
+// backend certificates, or the backend has ssl_verify.
+func (u *upstreams) forBackend(p *pools.Pool, b *pools.Backend) *upstream {
+	useTLS := p.SSLMode == pools.SSLModeFull || p.SSLMode == pools.SSLModeFullStrict || b.Scheme == "https"
+	key := upstreamKey{addr: b.Addr, tls: useTLS}
+	if useTLS {
+		key.verify = p.SSLMode == pools.SSLModeFullStrict || p.ValidateBackendCert || b.SSLVerify
+		key.serverName = b.Host
+	}
+	if v, ok := u.m.Load(key); ok {
+		return v.(*upstream)
+	}
+	up := &upstream{key: key, owner: u, lastUsed: time.Now()}
+	if useTLS {
+		up.tlsConf = &tls.Config{
+			MinVersion:         tls.VersionTLS12,
+			ServerName:         key.serverName,
+			InsecureSkipVerify: !key.verify, // full mode: encrypted, deliberately not authenticated
+			RootCAs:            u.s.cfg.BackendRootCAs,
+			NextProtos:         []string{alpnProtocolHTTP11},
+			ClientSessionCache: u.sessions,
+		}
+	}
+	v, _ := u.m.LoadOrStore(key, up)
+	return v.(*upstream)
+}
+
+// errStaleConn marks a pooled connection the backend had closed.
+var errStaleConn = errors.New("pooled backend connection was closed by the backend")
+
+// take returns an idle connection, or nil. Connections idle for longer than
+// a second, or any connection when the request cannot be replayed, are
+// first checked for a pending EOF (a non-blocking peek): a backend closing
+// an idle keep-alive connection is the usual cause of spurious 502s.
+func (up *upstream) take(now time.Time, mustBeAlive bool, idleTimeout time.Duration) *upConn {
+	for {
+		up.mu.Lock()
+		n := len(up.idle)
+		if n == 0 {
+			up.lastUsed = now
+			up.mu.Unlock()
+			return nil
+		}
+		uc := up.idle[n-1]
+		up.idle[n-1] = nil
+		up.idle = up.idle[:n-1]
+		up.lastUsed = now
+		up.mu.Unlock()
+		age := now.Sub(uc.idleSince)
+		if age >= idleTimeout || ((mustBeAlive || age > time.Second) && !uc.alive()) {
+			uc.close()
+			continue
+		}
+		uc.reused = true
+		return uc
+	}
+}
+
+// put returns a connection to the idle stack (or closes it when the stack
+// is full or the upstream was retired).
+func (up *upstream) put(uc *upConn, now time.Time, maxIdle int) {
+	uc.idleSince = now
+	up.mu.Lock()
+	if up.removed || len(up.idle) >= maxIdle {
+		up.mu.Unlock()
+		uc.close()
+		return
+	}
+	up.idle = append(up.idle, uc)
+	up.mu.Unlock()
+}
+
+// alive peeks at the socket without blocking: data or EOF on an idle HTTP
+// connection both mean it cannot carry a new request.
+func (uc *upConn) alive() bool {
+	if uc.r != uc.w {
+		return false
+	}
+	rc, err := uc.tcp.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok := false
+	var b [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		ok = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+		return true // never wait
+	})
+	return err == nil && ok
+}
+
+func (uc *upConn) close() {
+	_ = uc.c.Close()
+	if uc.buf != nil && cap(uc.buf) == upBufSize {
+		b := uc.buf[:upBufSize]
+		uc.up.owner.bufs.Put(&b)
+	}
+	uc.buf = nil
+}
+
+// dial opens a new connection (TLS handshake included) within DialTimeout.
+func (u *upstreams) dial(up *upstream) (*upConn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), u.s.cfg.DialTimeout)
+	defer cancel()
+	c, err := u.dialer.DialContext(ctx, "tcp", up.key.addr)
+	if err != nil {
+		return nil, err
+	}
+	tcp, _ := c.(*net.TCPConn)
+	if tcp == nil {
+		_ = c.Close()
+		return nil, errors.New("proxy: backend dial did not return a TCP connection")
+	}
+	uc := &upConn{up: up, c: c, tcp: tcp}
+	if up.tlsConf != nil {
+		tc := tls.Client(c, up.tlsConf)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			_ = c.Close()
+			return nil, &backendTLSError{err: err}
+		}
+		uc.c = tc
+	}
+	bp := u.bufs.Get().(*[]byte)
+	uc.buf = *bp
+	return uc, nil
+}
+
+// backendTLSError is a failed TLS handshake with a backend (in full_strict
+// mode typically an unverifiable certificate).
+type backendTLSError struct{ err error }
+
+func (e *backendTLSError) Error() string { return "backend TLS handshake: " + e.err.Error() }
+func (e *backendTLSError) Unwrap() error { return e.err }
+
+// sweep closes idle connections past BackendIdleTimeout and retires
+// upstreams unused for a long time (backends that left the table).
+func (u *upstreams) sweep(now time.Time) {
+	timeout := u.s.cfg.BackendIdleTimeout
+	retireAfter := max(10*time.Minute, 4*timeout)
+	u.m.Range(func(k, v any) bool {
+		up := v.(*upstream)
+		var stale []*upConn
+		up.mu.Lock()
+		keep := up.idle[:0]
+		for _, uc := range up.idle {
+			if now.Sub(uc.idleSince) >= timeout {
+				stale = append(stale, uc)
+			} else {
+				keep = append(keep, uc)
+			}
+		}
+		for i := len(keep); i < len(up.idle); i++ {
+			up.idle[i] = nil
+		}
+		up.idle = keep
+		retire := len(up.idle) == 0 && now.Sub(up.lastUsed) > retireAfter
+		if retire {
+			up.removed = true
+		}
+		up.mu.Unlock()
+		for _, uc := range stale {
+			uc.close()
+		}
+		if retire {
+			u.m.Delete(k)
+		}
+		return true
+	})
+}
+
+// closeAll closes every idle connection (shutdown).
+func (u *upstreams) closeAll() {
+	u.m.Range(func(k, v any) bool {
+		up := v.(*upstream)
+		up.mu.Lock()
+		idle := up.idle
+		up.idle = nil
+		up.removed = true
+		up.mu.Unlock()
+		for _, uc := range idle {
+			uc.close()
+		}
+		u.m.Delete(k)
+		return true
+	})
+}

@@ -1,0 +1,953 @@
+// Package bench measures the storage package against its anchor, plain
+// RocksDB (grocksdb) opened with the same options, in the same run and the
+// same process: transactional writes (rows, index entries, versions, change
+// log and feed) against raw puts of the same bytes, point reads, index reads
+// (the backends of one pool among 1,000 pools of 1,000 backends) and expiry
+// range scans (100,000 certificates with real PEM sizes); then RSS after
+// loading 1M backends (measured in a child process), on-disk size and the
+// time to reopen.
+//
+// Run it with `make bench-storage`. Each benchmark does a fixed amount of
+// work per iteration and reports rates with b.ReportMetric; -benchtime 1x
+// runs it once. The data sets are built once per process, lazily, in a
+// temporary directory under $TMPDIR that TestMain removes at the end, and a
+// summary table (store | raw RocksDB | ratio) is printed after the run.
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/linxGnu/grocksdb"
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+// shared holds the data sets of this process. It is package state because
+// building 1M backends and 100k certificates once, not once per benchmark,
+// is the point; TestMain owns its lifetime.
+var shared = &suite{}
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(childModeEnv); mode != "" {
+		os.Exit(childMain(mode))
+	}
+	code := m.Run()
+	shared.summary.print(os.Stdout)
+	if err := shared.cleanup(); err != nil {
+		fmt.Fprintln(os.Stderr, "storage bench cleanup:", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// suite is the data sets and open databases shared by the benchmarks.
+type suite struct {
+	summary summary
+
+	rootOnce sync.Once
+	root     string
+	key      []byte
+	base     time.Time // expiries are spread over certLifetime after it
+	rootErr  error
+
+	matOnce sync.Once
+	mat     *certMaterial
+	tmpl    *templates
+	matErr  error
+
+	beOnce      sync.Once
+	beErr       error
+	beDir       string
+	beRawDir    string
+	beClustDir  string
+	beLoad      childReport
+	beRawLoad   time.Duration
+	beStore     *storage.Store
+	beRaw       *rawDB
+	beClustered *rawDB
+
+	certOnce    sync.Once
+	certErr     error
+	certDir     string
+	certRawDir  string
+	certLoad    time.Duration
+	certRawLoad time.Duration
+	certStore   *storage.Store
+	certRaw     *rawDB
+}
+
+func (s *suite) init(b *testing.B) {
+	s.rootOnce.Do(func() {
+		s.root, s.rootErr = os.MkdirTemp("", "storage-bench-")
+		s.key = make([]byte, 32)
+		if _, err := rand.Read(s.key); err != nil && s.rootErr == nil {
+			s.rootErr = err
+		}
+		s.base = time.Now().UTC().Truncate(time.Second)
+	})
+	if s.rootErr != nil {
+		b.Fatal(s.rootErr)
+	}
+}
+
+// dir returns a new, not yet existing directory under the suite's root.
+func (s *suite) dir(b *testing.B, name string) string {
+	s.init(b)
+	d, err := os.MkdirTemp(s.root, name+"-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := os.Remove(d); err != nil {
+		b.Fatal(err)
+	}
+	return d
+}
+
+// templates returns the stored bytes of a template backend and certificate.
+func (s *suite) templates(b *testing.B) (*templates, *certMaterial) {
+	s.init(b)
+	s.matOnce.Do(func() {
+		if s.mat, s.matErr = newCertMaterial(); s.matErr != nil {
+			return
+		}
+		s.tmpl, s.matErr = storedTemplates(context.Background(), filepath.Join(s.root, "templates"), s.key, s.mat, s.base)
+		if s.matErr == nil {
+			s.matErr = s.tmpl.checkTokens()
+		}
+	})
+	if s.matErr != nil {
+		b.Fatal(s.matErr)
+	}
+	return s.tmpl, s.mat
+}
+
+// backends returns the 1M-backend store (open) and its anchors: raw rows
+// with the same index entries, and raw rows clustered by pool.
+func (s *suite) backends(b *testing.B) (*storage.Store, *rawDB, *rawDB) {
+	tmpl, _ := s.templates(b)
+	s.beOnce.Do(func() { s.beErr = s.buildBackends(tmpl) })
+	if s.beErr != nil {
+		b.Fatal(s.beErr)
+	}
+	var err error
+	if s.beStore == nil {
+		if s.beStore, err = openBenchStore(s.beDir, 64<<20); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if s.beRaw == nil {
+		if s.beRaw, err = openRaw(s.beRawDir, defaultRawConfig()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if s.beClustered == nil {
+		if s.beClustered, err = openRaw(s.beClustDir, defaultRawConfig()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return s.beStore, s.beRaw, s.beClustered
+}
+
+// closeBackends closes the parent's handles on the 1M data set, so that a
+// child process or a reopen measurement can open it.
+func (s *suite) closeBackends(b *testing.B) {
+	for _, err := range []error{s.closeStore(&s.beStore), closeRaw(&s.beRaw), closeRaw(&s.beClustered)} {
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func (s *suite) closeStore(st **storage.Store) error {
+	if *st == nil {
+		return nil
+	}
+	err := (*st).Close()
+	*st = nil
+	return err
+}
+
+func closeRaw(r **rawDB) error {
+	if *r == nil {
+		return nil
+	}
+	err := (*r).close()
+	*r = nil
+	return err
+}
+
+// buildBackends creates the 1M-backend store in a child process (which
+// reports the RSS after loading) and the anchor databases here.
+func (s *suite) buildBackends(tmpl *templates) error {
+	s.beDir = filepath.Join(s.root, "backends-1m")
+	s.beRawDir = filepath.Join(s.root, "raw-backends-1m")
+	s.beClustDir = filepath.Join(s.root, "raw-clustered-1m")
+	rep, err := runChild(context.Background(), modeLoadBackends, s.beDir, 64<<20)
+	if err != nil {
+		return err
+	}
+	s.beLoad = rep
+
+	raw, err := openRaw(s.beRawDir, defaultRawConfig())
+	if err != nil {
+		return err
+	}
+	wb := grocksdb.NewWriteBatch()
+	defer wb.Destroy()
+	start := time.Now()
+	for i := range numBackends {
+		id := backendID(i)
+		wb.PutCF(raw.cfs[rawRows], []byte(id), tmpl.backendBytes(i))
+		wb.PutCF(raw.cfs[rawIndex], rawPoolIndexKey(poolName(poolOf(i)), id), nil)
+		if wb.Count() >= 2*batchRows {
+			if err := raw.write(wb); err != nil {
+				raw.close()
+				return err
+			}
+			wb.Clear()
+		}
+	}
+	s.beRawLoad = time.Since(start)
+	if err := raw.close(); err != nil {
+		return err
+	}
+
+	clustered, err := openRaw(s.beClustDir, defaultRawConfig())
+	if err != nil {
+		return err
+	}
+	wb.Clear()
+	for i := range numBackends {
+		wb.PutCF(clustered.cfs[rawClustered], rawPoolIndexKey(poolName(poolOf(i)), backendID(i))[1:], tmpl.backendBytes(i))
+		if wb.Count() >= batchRows {
+			if err := clustered.write(wb); err != nil {
+				clustered.close()
+				return err
+			}
+			wb.Clear()
+		}
+	}
+	return clustered.close()
+}
+
+// certificates returns the 100k-certificate store and its anchor.
+func (s *suite) certificates(b *testing.B) (*storage.Store, *rawDB) {
+	tmpl, mat := s.templates(b)
+	s.certOnce.Do(func() { s.certErr = s.buildCertificates(tmpl, mat) })
+	if s.certErr != nil {
+		b.Fatal(s.certErr)
+	}
+	return s.certStore, s.certRaw
+}
+
+func (s *suite) buildCertificates(tmpl *templates, mat *certMaterial) error {
+	ctx := context.Background()
+	s.certDir = filepath.Join(s.root, "certificates-100k")
+	s.certRawDir = filepath.Join(s.root, "raw-certificates-100k")
+	cfg := storage.DefaultConfig()
+	cfg.Dir, cfg.EncryptionKey = s.certDir, s.key
+	st, err := storage.Open(cfg)
+	if err != nil {
+		return err
+	}
+	s.certStore = st
+	recs := make([]storage.Certificate, numCerts)
+	for i := range recs {
+		recs[i] = mat.certRecord(certNum(i), expiryOf(s.base, i))
+	}
+	start := time.Now()
+	for first := 0; first < numCerts; first += batchRows {
+		batch := recs[first : first+batchRows]
+		_, err := st.Update(ctx, func(tx *storage.Tx) error {
+			for j := range batch {
+				if err := tx.PutCertificate(&batch[j]); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	s.certLoad = time.Since(start)
+
+	raw, err := openRaw(s.certRawDir, defaultRawConfig())
+	if err != nil {
+		return err
+	}
+	s.certRaw = raw
+	wb := grocksdb.NewWriteBatch()
+	defer wb.Destroy()
+	start = time.Now()
+	for i := range numCerts {
+		id := certID(i)
+		wb.PutCF(raw.cfs[rawRows], []byte(id), tmpl.certBytes(i))
+		wb.PutCF(raw.cfs[rawIndex], rawExpiryKey(recs[i].ExpiresAt, id), nil)
+		for _, n := range recs[i].Names {
+			wb.PutCF(raw.cfs[rawIndex], rawCertDomainKey(n, id), nil)
+		}
+		if (i+1)%batchRows == 0 {
+			if err := raw.write(wb); err != nil {
+				return err
+			}
+			wb.Clear()
+		}
+	}
+	s.certRawLoad = time.Since(start)
+	return nil
+}
+
+func (s *suite) cleanup() error {
+	var first error
+	keep := func(err error) {
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	keep(s.closeStore(&s.beStore))
+	keep(s.closeStore(&s.certStore))
+	keep(closeRaw(&s.beRaw))
+	keep(closeRaw(&s.beClustered))
+	keep(closeRaw(&s.certRaw))
+	if s.root != "" {
+		keep(os.RemoveAll(s.root))
+	}
+	return first
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
+// reportPair reports both rates and their ratio on b.
+func reportPair(b *testing.B, unit string, store, raw float64) {
+	b.ReportMetric(store, "store_"+unit)
+	b.ReportMetric(raw, "raw_"+unit)
+	if raw > 0 {
+		b.ReportMetric(store/raw, "store/raw")
+	}
+}
+
+// BenchmarkWriteSingleRow: one Update per row (PutBackend: the row, its
+// index entry, a version, a change-log entry and a feed entry in one
+// RocksDB commit) against one raw Put of the same row bytes, with the WAL
+// fsynced on every commit (the store's default, storage.DefaultConfig) and
+// without.
+func BenchmarkWriteSingleRow(b *testing.B) {
+	for _, syncWAL := range []bool{true, false} {
+		rows := 5000
+		if !syncWAL {
+			rows = 30000
+		}
+		b.Run("sync_wal="+onOff(syncWAL), func(b *testing.B) {
+			tmpl, _ := shared.templates(b)
+			ctx := context.Background()
+			recs := make([]storage.Backend, rows)
+			vals := make([][]byte, rows)
+			for i := range rows {
+				recs[i], vals[i] = makeBackend(i), tmpl.backendBytes(i)
+			}
+			var storeDur, rawDur time.Duration
+			for range b.N {
+				cfg := storage.DefaultConfig()
+				cfg.Dir, cfg.SyncWAL = shared.dir(b, "single-store"), syncWAL
+				st, err := storage.Open(cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				start := time.Now()
+				for i := range recs {
+					if _, err := st.Update(ctx, func(tx *storage.Tx) error { return tx.PutBackend(&recs[i]) }); err != nil {
+						b.Fatal(err)
+					}
+				}
+				storeDur += time.Since(start)
+				if err := st.Close(); err != nil {
+					b.Fatal(err)
+				}
+
+				rcfg := defaultRawConfig()
+				rcfg.SyncWAL = syncWAL
+				raw, err := openRaw(shared.dir(b, "single-raw"), rcfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				start = time.Now()
+				for i := range vals {
+					if err := raw.put(rawRows, []byte(recs[i].ID), vals[i]); err != nil {
+						b.Fatal(err)
+					}
+				}
+				rawDur += time.Since(start)
+				if err := raw.close(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			storeRate, rawRate := perSecond(rows*b.N, storeDur), perSecond(rows*b.N, rawDur)
+			reportPair(b, "rows/s", storeRate, rawRate)
+			goal := "ratio >= 0.5"
+			shared.summary.rate("single-row commits, WAL sync "+onOff(syncWAL)+defaultMark(syncWAL), storeRate, rawRate, "rows/s", goal)
+		})
+	}
+}
+
+func defaultMark(syncWAL bool) string {
+	if syncWAL == storage.DefaultConfig().SyncWAL {
+		return " (store default)"
+	}
+	return ""
+}
+
+// BenchmarkWriteBatched: Updates of 1,000 PutBackend each against raw
+// WriteBatches of 1,000 puts of the same row bytes; also a second anchor
+// whose batches carry each row's index entry too (what the store writes
+// minus versions, change log, feed and conflict tracking).
+func BenchmarkWriteBatched(b *testing.B) {
+	const rows = 100_000
+	for _, syncWAL := range []bool{true, false} {
+		b.Run("sync_wal="+onOff(syncWAL), func(b *testing.B) {
+			tmpl, _ := shared.templates(b)
+			ctx := context.Background()
+			recs := make([]storage.Backend, rows)
+			vals := make([][]byte, rows)
+			for i := range rows {
+				recs[i], vals[i] = makeBackend(i), tmpl.backendBytes(i)
+			}
+			var storeDur, rawDur, rawIdxDur time.Duration
+			for range b.N {
+				cfg := storage.DefaultConfig()
+				cfg.Dir, cfg.SyncWAL = shared.dir(b, "batch-store"), syncWAL
+				st, err := storage.Open(cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				start := time.Now()
+				for first := 0; first < rows; first += batchRows {
+					batch := recs[first : first+batchRows]
+					_, err := st.Update(ctx, func(tx *storage.Tx) error {
+						for j := range batch {
+							if err := tx.PutBackend(&batch[j]); err != nil {
+								return err
+							}
+						}
+						return nil
+					})
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+				storeDur += time.Since(start)
+				if err := st.Close(); err != nil {
+					b.Fatal(err)
+				}
+
+				for _, withIndex := range []bool{false, true} {
+					rcfg := defaultRawConfig()
+					rcfg.SyncWAL = syncWAL
+					raw, err := openRaw(shared.dir(b, "batch-raw"), rcfg)
+					if err != nil {
+						b.Fatal(err)
+					}
+					wb := grocksdb.NewWriteBatch()
+					start = time.Now()
+					for i := range vals {
+						wb.PutCF(raw.cfs[rawRows], []byte(recs[i].ID), vals[i])
+						if withIndex {
+							wb.PutCF(raw.cfs[rawIndex], rawPoolIndexKey(recs[i].PoolName, recs[i].ID), nil)
+						}
+						if (i+1)%batchRows == 0 {
+							if err := raw.write(wb); err != nil {
+								b.Fatal(err)
+							}
+							wb.Clear()
+						}
+					}
+					if withIndex {
+						rawIdxDur += time.Since(start)
+					} else {
+						rawDur += time.Since(start)
+					}
+					wb.Destroy()
+					if err := raw.close(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			storeRate := perSecond(rows*b.N, storeDur)
+			rawRate, rawIdxRate := perSecond(rows*b.N, rawDur), perSecond(rows*b.N, rawIdxDur)
+			reportPair(b, "rows/s", storeRate, rawRate)
+			b.ReportMetric(rawIdxRate, "raw+index_rows/s")
+			label := fmt.Sprintf("batched commits (%d rows each), WAL sync %s%s", batchRows, onOff(syncWAL), defaultMark(syncWAL))
+			shared.summary.rate(label, storeRate, rawRate, "rows/s", "ratio >= 0.5")
+			shared.summary.rate(label+", anchor with index entries", storeRate, rawIdxRate, "rows/s", "")
+		})
+	}
+}
+
+// BenchmarkLoad reports how long building the data sets took: 1M backends
+// (in the child process that then measured RSS) and 100k certificates, in
+// commits of 1,000 rows with the WAL fsynced, against raw batches of the
+// same rows and index entries.
+func BenchmarkLoad(b *testing.B) {
+	b.Run("backends=1M", func(b *testing.B) {
+		shared.backends(b)
+		store := perSecond(numBackends, time.Duration(shared.beLoad.LoadSeconds*float64(time.Second)))
+		raw := perSecond(numBackends, shared.beRawLoad)
+		reportPair(b, "rows/s", store, raw)
+		shared.summary.rate("load 1M backends (1,000/commit; anchor: rows + index entries)", store, raw, "rows/s", "ratio >= 0.5")
+	})
+	b.Run("certificates=100k", func(b *testing.B) {
+		shared.certificates(b)
+		store, raw := perSecond(numCerts, shared.certLoad), perSecond(numCerts, shared.certRawLoad)
+		reportPair(b, "rows/s", store, raw)
+		shared.summary.rate("load 100k certificates (1,000/commit; anchor: rows + index entries)", store, raw, "rows/s", "ratio >= 0.5")
+	})
+}
+
+// BenchmarkPointRead: GetBackend on the 1M-backend store and GetCertificate
+// (private key decrypted) on the 100k-certificate store, at random ids,
+// against raw Gets of the same keys.
+func BenchmarkPointRead(b *testing.B) {
+	ctx := context.Background()
+	b.Run("backends", func(b *testing.B) {
+		st, raw, _ := shared.backends(b)
+		const reads = 100_000
+		ids := randomIDs(1, reads, numBackends, backendID)
+		warm := randomIDs(2, reads/5, numBackends, backendID)
+		storeRead := func(ids []string) error {
+			for _, id := range ids {
+				be, err := st.GetBackend(ctx, id)
+				if err != nil {
+					return err
+				}
+				if be.ID != id {
+					return fmt.Errorf("GetBackend(%q) returned %q", id, be.ID)
+				}
+			}
+			return nil
+		}
+		rawRead := func(ids []string) error {
+			for _, id := range ids {
+				if _, err := raw.get(rawRows, []byte(id)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		storeRate, rawRate := compareReads(b, ids, warm, storeRead, rawRead)
+		reportPair(b, "reads/s", storeRate, rawRate)
+		shared.summary.rate("point read GetBackend, 1M backends", storeRate, rawRate, "reads/s", "")
+	})
+	b.Run("certificates", func(b *testing.B) {
+		st, raw := shared.certificates(b)
+		const reads = 20_000
+		ids := randomIDs(3, reads, numCerts, certID)
+		warm := randomIDs(4, reads/5, numCerts, certID)
+		storeRead := func(ids []string) error {
+			for _, id := range ids {
+				c, err := st.GetCertificate(ctx, id)
+				if err != nil {
+					return err
+				}
+				if c.ID != id || c.PrivateKeyPEM == "" {
+					return fmt.Errorf("GetCertificate(%q) returned %q without its key", id, c.ID)
+				}
+			}
+			return nil
+		}
+		rawRead := func(ids []string) error {
+			for _, id := range ids {
+				if _, err := raw.get(rawRows, []byte(id)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		storeRate, rawRate := compareReads(b, ids, warm, storeRead, rawRead)
+		reportPair(b, "reads/s", storeRate, rawRate)
+		shared.summary.rate("point read GetCertificate (decrypts key), 100k certs", storeRate, rawRate, "reads/s", "")
+	})
+}
+
+func randomIDs(seed uint64, n, max int, id func(int) string) []string {
+	rng := mrand.New(mrand.NewPCG(seed, seed))
+	out := make([]string, n)
+	for i := range out {
+		out[i] = id(rng.IntN(max))
+	}
+	return out
+}
+
+// compareReads warms both sides with the warm-up ids, then times each
+// side over ids, and returns both rates.
+func compareReads(b *testing.B, ids, warm []string, storeRead, rawRead func([]string) error) (storeRate, rawRate float64) {
+	for _, f := range []func([]string) error{storeRead, rawRead} {
+		if err := f(warm); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var storeDur, rawDur time.Duration
+	for range b.N {
+		start := time.Now()
+		if err := storeRead(ids); err != nil {
+			b.Fatal(err)
+		}
+		storeDur += time.Since(start)
+		start = time.Now()
+		if err := rawRead(ids); err != nil {
+			b.Fatal(err)
+		}
+		rawDur += time.Since(start)
+	}
+	return perSecond(len(ids)*b.N, storeDur), perSecond(len(ids)*b.N, rawDur)
+}
+
+// BenchmarkIndexRead: ListBackendsByPool (all 1,000 backends of one pool
+// among 1,000 pools) against the same index prefix scan plus a Get per row
+// in raw RocksDB, and against the lower bound: rows stored clustered by
+// pool, one prefix scan.
+func BenchmarkIndexRead(b *testing.B) {
+	ctx := context.Background()
+	st, raw, clustered := shared.backends(b)
+	const queries = 200
+	rng := mrand.New(mrand.NewPCG(5, 5))
+	pools := make([]string, queries)
+	for i := range pools {
+		pools[i] = poolName(rng.IntN(numPools))
+	}
+	check := func(pool string, n int, err error) {
+		if err != nil {
+			b.Fatal(err)
+		}
+		if n != backendsPerPool {
+			b.Fatalf("pool %s: %d backends, want %d", pool, n, backendsPerPool)
+		}
+	}
+	// Warm-up: a few pools on every side.
+	for _, p := range pools[:10] {
+		bs, err := st.ListBackendsByPool(ctx, p, "", 0)
+		check(p, len(bs), err)
+		n, err := rawIndexRead(raw, p)
+		check(p, n, err)
+		n, err = rawClusteredRead(clustered, p)
+		check(p, n, err)
+	}
+	var storeDur, rawDur, clustDur time.Duration
+	for range b.N {
+		start := time.Now()
+		for _, p := range pools {
+			bs, err := st.ListBackendsByPool(ctx, p, "", 0)
+			check(p, len(bs), err)
+		}
+		storeDur += time.Since(start)
+		start = time.Now()
+		for _, p := range pools {
+			n, err := rawIndexRead(raw, p)
+			check(p, n, err)
+		}
+		rawDur += time.Since(start)
+		start = time.Now()
+		for _, p := range pools {
+			n, err := rawClusteredRead(clustered, p)
+			check(p, n, err)
+		}
+		clustDur += time.Since(start)
+	}
+	storeRate, rawRate := perSecond(queries*b.N, storeDur), perSecond(queries*b.N, rawDur)
+	clustRate := perSecond(queries*b.N, clustDur)
+	reportPair(b, "pools/s", storeRate, rawRate)
+	b.ReportMetric(clustRate, "raw_clustered_pools/s")
+	b.ReportMetric(storeRate*backendsPerPool, "store_rows/s")
+	shared.summary.rate("ListBackendsByPool (1,000 of 1M rows; anchor: index scan + Gets)", storeRate, rawRate, "pools/s", "")
+	shared.summary.rate("ListBackendsByPool (anchor: rows clustered by pool, one scan)", storeRate, clustRate, "pools/s", "")
+}
+
+// BenchmarkExpiryScan: CertificatesExpiringBefore on 100k certificates
+// (about 1.8 KB certificate, 1.7 KB key, 1.5 KB chain each; expiries spread
+// over 90 days): everything expiring within 30 days (a third of them), and
+// the first 100 (a renewal loop's page), against the same index range scan
+// plus a Get per row in raw RocksDB.
+func BenchmarkExpiryScan(b *testing.B) {
+	ctx := context.Background()
+	st, raw := shared.certificates(b)
+	cutoff := shared.base.Add(30 * 24 * time.Hour)
+	want := 0
+	for i := range numCerts {
+		if expiryOf(shared.base, i).Before(cutoff) {
+			want++
+		}
+	}
+	rawScan := func(limit int) (int, error) {
+		end := rawExpiryKey(cutoff, "")
+		it := raw.db.NewIteratorCF(raw.ro, raw.cfs[rawIndex])
+		defer it.Close()
+		n := 0
+		for it.Seek([]byte{2}); it.Valid(); it.Next() {
+			k := it.Key().Data()
+			if k[0] != 2 || string(k[:rawExpiryKeyLen]) >= string(end) {
+				break
+			}
+			if _, err := raw.get(rawRows, k[rawExpiryKeyLen:]); err != nil {
+				return n, err
+			}
+			if n++; limit > 0 && n >= limit {
+				break
+			}
+		}
+		return n, it.Err()
+	}
+	storeScan := func(limit int) (int, error) {
+		certs, err := st.CertificatesExpiringBefore(ctx, cutoff, limit)
+		for i := 1; err == nil && i < len(certs); i++ {
+			if certs[i].ExpiresAt.Before(certs[i-1].ExpiresAt) {
+				err = fmt.Errorf("CertificatesExpiringBefore: %s before %s", certs[i].ID, certs[i-1].ID)
+			}
+		}
+		return len(certs), err
+	}
+	for _, c := range []struct {
+		name    string
+		limit   int
+		queries int
+	}{
+		{"within_30d", 0, 2},
+		{"first_100", 100, 300},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			expect := want
+			if c.limit > 0 {
+				expect = min(want, c.limit)
+			}
+			check := func(n int, err error) {
+				if err != nil {
+					b.Fatal(err)
+				}
+				if n != expect {
+					b.Fatalf("%d certificates, want %d", n, expect)
+				}
+			}
+			check(storeScan(c.limit))
+			check(rawScan(c.limit))
+			var storeDur, rawDur time.Duration
+			for range b.N {
+				start := time.Now()
+				for range c.queries {
+					check(storeScan(c.limit))
+				}
+				storeDur += time.Since(start)
+				start = time.Now()
+				for range c.queries {
+					check(rawScan(c.limit))
+				}
+				rawDur += time.Since(start)
+			}
+			rows := expect * c.queries * b.N
+			storeRate, rawRate := perSecond(rows, storeDur), perSecond(rows, rawDur)
+			reportPair(b, "certs/s", storeRate, rawRate)
+			b.ReportMetric(perSecond(c.queries*b.N, storeDur), "store_scans/s")
+			b.ReportMetric(perSecond(c.queries*b.N, rawDur), "raw_scans/s")
+			shared.summary.rate(fmt.Sprintf("CertificatesExpiringBefore %s (%d certs/scan)", c.name, expect), storeRate, rawRate, "certs/s", "")
+		})
+	}
+}
+
+// BenchmarkRSS: the RSS of a child process that loaded the 1M backends
+// (block cache 64 MiB), and of children that open the finished data set
+// with block caches of 16, 64 and 256 MiB, scan every backend and then read
+// at random; the anchor child does the same on raw RocksDB.
+func BenchmarkRSS(b *testing.B) {
+	ctx := context.Background()
+	shared.backends(b)
+	shared.closeBackends(b)
+	load := shared.beLoad
+	afterLoad, afterFree, afterLoadScan := load.stage(stageAfterLoad), load.stage(stageAfterFreeOS), load.stage(stageAfterScan)
+	b.ReportMetric(mib(afterLoad.RSS), "load_rss_MiB")
+	b.ReportMetric(mib(afterFree.RSS), "load_freed_rss_MiB")
+	b.ReportMetric(mib(afterLoadScan.RSS), "load_scan_rss_MiB")
+	b.ReportMetric(mib(afterLoadScan.HWM), "load_peak_rss_MiB")
+	shared.summary.bytes("RSS after loading 1M backends (cache 64 MiB)", afterLoad.RSS, 0, "bounded by cache")
+	shared.summary.bytes("  same, Go heap returned to the OS", afterFree.RSS, 0, "")
+	shared.summary.bytes("  peak RSS while loading and scanning", afterLoadScan.HWM, 0, "")
+	b.Logf("load child: %s", stagesText(load))
+
+	rawRep, err := runChild(ctx, modeScanRaw, shared.beRawDir, 64<<20)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("raw child (cache 64 MiB): %s", stagesText(rawRep))
+	for _, cache := range []int64{16 << 20, 64 << 20, 256 << 20} {
+		rep, err := runChild(ctx, modeScanStore, shared.beDir, cache)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("store child (cache %d MiB): %s", cache>>20, stagesText(rep))
+		scan, random := rep.stage(stageAfterScan), rep.stage(stageAfterRandom)
+		tag := fmt.Sprintf("cache%dMiB", cache>>20)
+		b.ReportMetric(mib(scan.RSS), tag+"_scan_rss_MiB")
+		b.ReportMetric(mib(random.RSS), tag+"_random_rss_MiB")
+		b.ReportMetric(mib(random.GoResident), tag+"_go_resident_MiB")
+		var rawScan, rawRandom uint64
+		if cache == 64<<20 {
+			rawScan, rawRandom = rawRep.stage(stageAfterScan).RSS, rawRep.stage(stageAfterRandom).RSS
+			b.ReportMetric(mib(rawScan), "raw_scan_rss_MiB")
+			b.ReportMetric(mib(rawRandom), "raw_random_rss_MiB")
+		}
+		shared.summary.bytes(fmt.Sprintf("RSS after open + full scan of 1M backends, cache %d MiB", cache>>20), scan.RSS, rawScan, "bounded by cache")
+		shared.summary.bytes(fmt.Sprintf("  + 100k random Gets + 200 pool lists, cache %d MiB", cache>>20), random.RSS, rawRandom, "")
+		shared.summary.bytes(fmt.Sprintf("  of which Go runtime, cache %d MiB", cache>>20), random.GoResident, 0, "")
+	}
+}
+
+func stagesText(r childReport) string {
+	s := fmt.Sprintf("open %.2fs load %.1fs scan %.2fs;", r.OpenSeconds, r.LoadSeconds, r.ScanSeconds)
+	for _, st := range r.Stages {
+		s += fmt.Sprintf(" [%s: rss %.0f MiB, peak %.0f MiB, go %.0f MiB, block cache %.0f MiB, memtables %.0f MiB]",
+			st.Stage, mib(st.RSS), mib(st.HWM), mib(st.GoResident), mib(st.CacheUsage), mib(st.Memtables))
+	}
+	return s
+}
+
+// BenchmarkDiskSize: the on-disk size of each data set after a full
+// compaction of every column family, store against anchor (rows and index
+// entries, no versions or change log).
+func BenchmarkDiskSize(b *testing.B) {
+	ctx := context.Background()
+	for _, c := range []struct {
+		name string
+		open func(b *testing.B) (*storage.Store, *rawDB)
+		dirs func() (string, string)
+		stop func(b *testing.B)
+	}{
+		{
+			name: "backends=1M",
+			open: func(b *testing.B) (*storage.Store, *rawDB) { st, raw, _ := shared.backends(b); return st, raw },
+			dirs: func() (string, string) { return shared.beDir, shared.beRawDir },
+			stop: shared.closeBackends,
+		},
+		{
+			name: "certificates=100k",
+			open: func(b *testing.B) (*storage.Store, *rawDB) { return shared.certificates(b) },
+			dirs: func() (string, string) { return shared.certDir, shared.certRawDir },
+			stop: func(b *testing.B) {
+				if err := shared.closeStore(&shared.certStore); err != nil {
+					b.Fatal(err)
+				}
+				if err := closeRaw(&shared.certRaw); err != nil {
+					b.Fatal(err)
+				}
+			},
+		},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			st, raw := c.open(b)
+			start := time.Now()
+			for _, f := range append(storage.TableNames(), "index", "changelog", "feed") {
+				if err := st.Compact(ctx, f); err != nil {
+					b.Fatal(err)
+				}
+			}
+			compactStore := time.Since(start)
+			start = time.Now()
+			raw.compact()
+			compactRaw := time.Since(start)
+			stats, err := st.TableStats(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, t := range stats {
+				b.ReportMetric(mib(t.SSTBytes), t.Table+"_sst_MiB")
+			}
+			c.stop(b)
+			storeDir, rawDir := c.dirs()
+			storeSize, err := dirSize(storeDir)
+			if err != nil {
+				b.Fatal(err)
+			}
+			rawSize, err := dirSize(rawDir)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(mib(storeSize), "store_MiB")
+			b.ReportMetric(mib(rawSize), "raw_MiB")
+			b.ReportMetric(float64(storeSize)/float64(rawSize), "store/raw")
+			shared.summary.bytes("on-disk size after compaction, "+c.name, storeSize, rawSize, "")
+			var parts string
+			for _, t := range stats {
+				if t.SSTBytes > 0 {
+					parts += fmt.Sprintf(" %s=%.1f", t.Table, mib(t.SSTBytes))
+				}
+			}
+			shared.summary.add(summaryRow{metric: "  SST MiB by column family", store: parts[1:], raw: "-", ratio: "-"})
+			shared.summary.duration("full compaction, "+c.name, compactStore, compactRaw, "")
+		})
+	}
+}
+
+// BenchmarkReopen: Close then Open of the 1M-backend store (median of 3),
+// with the default checksum verification of every table at open and with
+// SkipVerifyOnOpen, against opening the anchor database.
+func BenchmarkReopen(b *testing.B) {
+	shared.backends(b)
+	shared.closeBackends(b)
+	const rounds = 3
+	timeOpen := func(skipVerify bool) (open, closeDur time.Duration) {
+		var opens, closes []time.Duration
+		for range rounds * b.N {
+			cfg := storage.DefaultConfig()
+			cfg.Dir, cfg.SkipVerifyOnOpen = shared.beDir, skipVerify
+			start := time.Now()
+			st, err := storage.Open(cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			opens = append(opens, time.Since(start))
+			if _, err := st.GetBackend(context.Background(), backendID(numBackends-1)); err != nil {
+				b.Fatal(err)
+			}
+			start = time.Now()
+			if err := st.Close(); err != nil {
+				b.Fatal(err)
+			}
+			closes = append(closes, time.Since(start))
+		}
+		return median(opens), median(closes)
+	}
+	verified, closeDur := timeOpen(false)
+	unverified, _ := timeOpen(true)
+	var rawOpens []time.Duration
+	for range rounds * b.N {
+		start := time.Now()
+		raw, err := openRaw(shared.beRawDir, defaultRawConfig())
+		if err != nil {
+			b.Fatal(err)
+		}
+		rawOpens = append(rawOpens, time.Since(start))
+		if _, err := raw.get(rawRows, []byte(backendID(numBackends-1))); err != nil {
+			b.Fatal(err)
+		}
+		if err := raw.close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	rawOpen := median(rawOpens)
+	b.ReportMetric(float64(verified.Milliseconds()), "store_open_ms")
+	b.ReportMetric(float64(unverified.Milliseconds()), "store_open_noverify_ms")
+	b.ReportMetric(float64(rawOpen.Milliseconds()), "raw_open_ms")
+	b.ReportMetric(float64(closeDur.Milliseconds()), "store_close_ms")
+	shared.summary.duration("reopen 1M backends (default: verify checksums)", verified, rawOpen, "< 1s")
+	shared.summary.duration("reopen 1M backends (SkipVerifyOnOpen)", unverified, rawOpen, "< 1s")
+	shared.summary.duration("close 1M-backend store", closeDur, 0, "")
+}

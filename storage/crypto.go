@@ -1,0 +1,114 @@
+package storage
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"strings"
+)
+
+// Private keys are sealed with AES-256-GCM inside the record encoding, so
+// they are encrypted in every place the encoded row goes: SST files, the
+// WAL, the change log, change sets sent to peers, backups and exports.
+// Sealed layout: one algorithm byte (1 = AES-256-GCM), a 12-byte random
+// nonce, then ciphertext and tag. The additional data binds the ciphertext
+// to its certificate id, so a sealed key cannot be moved to another row.
+const (
+	sealAESGCM       byte = 1
+	encryptionKeyLen      = 32
+	aadPrivateKey         = "singularity-edge/certificate-private-key/v1\x00"
+	aadKeyCheck           = "singularity-edge/key-check/v1"
+	keyCheckPlain         = "singularity-edge key check"
+)
+
+// keyring seals and opens private keys. A nil *keyring or one without an
+// AEAD has no key: sealing fails and opening reports ErrEncryptionKey.
+type keyring struct {
+	aead cipher.AEAD
+}
+
+func newKeyring(key []byte) (*keyring, error) {
+	if key == nil {
+		return &keyring{}, nil
+	}
+	if len(key) != encryptionKeyLen {
+		return nil, fmt.Errorf("%w: must be %d bytes, got %d", ErrEncryptionKey, encryptionKeyLen, len(key))
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrEncryptionKey, err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrEncryptionKey, err)
+	}
+	return &keyring{aead: aead}, nil
+}
+
+func (k *keyring) hasKey() bool { return k != nil && k.aead != nil }
+
+func (k *keyring) seal(aad string, plain []byte) ([]byte, error) {
+	if !k.hasKey() {
+		return nil, fmt.Errorf("%w: no encryption key configured (set EDGE_ENCRYPTION_KEY) to store a private key", ErrEncryptionKey)
+	}
+	out := make([]byte, 1+k.aead.NonceSize(), 1+k.aead.NonceSize()+len(plain)+k.aead.Overhead())
+	out[0] = sealAESGCM
+	if _, err := rand.Read(out[1:]); err != nil {
+		return nil, fmt.Errorf("storage: nonce: %w", err)
+	}
+	return k.aead.Seal(out, out[1:1+k.aead.NonceSize()], plain, []byte(aad)), nil
+}
+
+func (k *keyring) open(aad string, sealed []byte) ([]byte, error) {
+	if !k.hasKey() {
+		return nil, fmt.Errorf("%w: no encryption key configured to decrypt a stored private key", ErrEncryptionKey)
+	}
+	ns := k.aead.NonceSize()
+	if len(sealed) < 1+ns+k.aead.Overhead() || sealed[0] != sealAESGCM {
+		return nil, fmt.Errorf("%w: sealed private key is malformed", ErrCorrupt)
+	}
+	plain, err := k.aead.Open(nil, sealed[1:1+ns], sealed[1+ns:], []byte(aad))
+	if err != nil {
+		return nil, fmt.Errorf("%w: stored private key does not decrypt with the configured key", ErrEncryptionKey)
+	}
+	return plain, nil
+}
+
+func (k *keyring) sealPrivateKey(certID, pem string) ([]byte, error) {
+	return k.seal(aadPrivateKey+certID, []byte(pem))
+}
+
+func (k *keyring) openPrivateKey(certID string, sealed []byte) (string, error) {
+	plain, err := k.open(aadPrivateKey+certID, sealed)
+	if err != nil {
+		return "", fmt.Errorf("certificate %q: %w", certID, err)
+	}
+	return string(plain), nil
+}
+
+// ParseEncryptionKey parses EDGE_ENCRYPTION_KEY: 64 hex characters or the
+// standard or URL base64 encoding (padded or not) of 32 bytes. Errors never
+// repeat the input.
+func ParseEncryptionKey(s string) ([]byte, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return nil, fmt.Errorf("%w: empty", ErrEncryptionKey)
+	}
+	if len(s) == 2*encryptionKeyLen {
+		if b, err := hex.DecodeString(s); err == nil {
+			return b, nil
+		}
+	}
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if b, err := enc.DecodeString(s); err == nil {
+			if len(b) != encryptionKeyLen {
+				return nil, fmt.Errorf("%w: decodes to %d bytes, want %d", ErrEncryptionKey, len(b), encryptionKeyLen)
+			}
+			return b, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: want 64 hex characters or base64 of %d bytes", ErrEncryptionKey, encryptionKeyLen)
+}

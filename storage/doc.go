@@ -1,0 +1,75 @@
+// Package storage is the node's embedded database: RocksDB (through
+// grocksdb) with typed tables, secondary indexes, optimistic transactions,
+// hybrid-logical-clock versions, a change log and a change feed, and the
+// operations around them (stats, compaction, backup, restore, checkpoint,
+// export, import, verification).
+//
+// # Data layout
+//
+// One RocksDB database per node, one column family per table plus four
+// internal ones. Every write of a transaction (rows, index entries, the
+// change-log entry, the feed entry) goes into one RocksDB commit, so they
+// are all there after a crash or none is.
+//
+//	family        key                                   value
+//	certificates  certificate id                        row envelope
+//	pools         pool name                             row envelope
+//	backends      backend id                            row envelope
+//	observations  node id 0x00 backend id               row envelope
+//	index         see below                             empty
+//	changelog     origin node id 0x00 be64(seq)         encoded ChangeSet
+//	feed          be64(commit index)                    {origin, seq} reference to the change log,
+//	                                                    or an inline ChangeSet (partial Apply)
+//	meta          "node_id", "format", "key_check"      node id, format byte, sealed key-check value
+//
+// A row envelope (codec.go) is a format-version byte followed by protobuf
+// wire fields: the row's Version (HLC, origin, seq), a deleted flag and the
+// record. Deleted rows stay as tombstones (envelope without record) so that
+// last-write-wins can order a delete against an update that arrives later;
+// reads, lists and indexes skip them.
+//
+// Index keys (index.go) start with one byte naming the index; values and
+// primary keys may not contain 0x00, which separates them:
+//
+//	0x01 lower(name) 0x00 cert id         certificates by domain: Domain and every SAN
+//	0x02 be64(unix s ^ 1<<63) be32(ns) id certificates by expires_at (byte order = time order)
+//	0x03 lower(ssl_domain) 0x00 pool name pools by ssl_domain
+//	0x04 pool name 0x00 backend id        backends by pool
+//	0x05 node id 0x00 healthy byte id     observations by (node, healthy)
+//
+// # Versions, change log and feed
+//
+// Update buffers a transaction's writes; reads inside it use GetForUpdate,
+// so RocksDB's optimistic concurrency control detects a concurrent commit to
+// any row the transaction read or wrote, and Update retries (bounded, then
+// ErrConflict). At commit, under one mutex, the transaction gets its
+// Version (HLC from the node's Clock, origin = node id, seq = the next
+// per-origin sequence) and its commit index (the next feed position), and
+// RocksDB commits. Assigning these under the mutex that also covers the
+// commit means a later commit never carries a smaller HLC, seq or index.
+//
+// The commit index, the version vector and the clock's high-water mark are
+// not stored in a shared key (every transaction would conflict on it): Open
+// recovers them from the last feed key and the last change-log entry of
+// each origin, both written in every commit.
+//
+// Apply applies a peer's ChangeSet with last-write-wins per row by (HLC,
+// origin), records it in the change log under its origin and seq, and adds
+// a feed event with the rows that changed (none: no event). Subscribe reads
+// the feed from disk when behind and waits for commits when caught up, so a
+// subscriber sees every commit in order.
+//
+// # Encryption
+//
+// Certificate private keys are sealed with AES-256-GCM (Config.EncryptionKey)
+// inside the record encoding, so they are never in clear on disk, in the
+// change log, in change sets sent to peers, in backups or in exports. A
+// sealed key-check value in meta makes Open fail with ErrEncryptionKey when
+// the key is missing or is not the one the store was created with.
+//
+// # Memory
+//
+// One LRU block cache (Config.BlockCacheSize) is shared by every column
+// family and also holds index and filter blocks; memtables are bounded per
+// family and in total. Memory therefore does not grow with the data size.
+package storage

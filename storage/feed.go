@@ -1,0 +1,191 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/linxGnu/grocksdb"
+)
+
+// The feed column family maps every commit index (big-endian) to the
+// change set committed at it. Most entries are a reference {1: origin,
+// 2: seq} to the change-log entry holding the same set; an Apply that
+// changed only some rows of a change set stores {3: the applied subset}
+// inline.
+
+func feedRef(origin string, seq uint64) []byte {
+	var e encoder
+	e.str(1, origin)
+	e.uint(2, seq)
+	return e.b
+}
+
+func feedInline(cs ChangeSet) []byte {
+	var e encoder
+	e.msg(3, cs.Marshal(), true)
+	return e.b
+}
+
+// feedBatch is how many events a subscriber reads from disk at a time.
+const feedBatch = 256
+
+// readFeed returns up to max events after index `after`, in index order.
+func (s *Store) readFeed(after uint64, max int) ([]Event, error) {
+	if err := s.enter(); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	ro := grocksdb.NewDefaultReadOptions()
+	defer ro.Destroy()
+	it := s.base.NewIteratorCF(ro, s.cfs[cfFeed])
+	defer it.Close()
+	var out []Event
+	for it.Seek(feedKey(after + 1)); it.Valid() && len(out) < max; it.Next() {
+		k := it.Key().Data()
+		if len(k) != 8 {
+			return nil, corruptError(cfFeed, fmt.Errorf("malformed feed key"))
+		}
+		index := beUint64(k)
+		cs, err := s.decodeFeedValue(it.Value().Data())
+		if err != nil {
+			return nil, corruptError(cfFeed, fmt.Errorf("entry %d: %w", index, err))
+		}
+		out = append(out, Event{Index: index, Set: cs.withKeys(s.keys)})
+	}
+	if err := it.Err(); err != nil {
+		return nil, readError(cfFeed, err)
+	}
+	return out, nil
+}
+
+func (s *Store) decodeFeedValue(v []byte) (ChangeSet, error) {
+	var (
+		origin string
+		seq    uint64
+		inline []byte
+	)
+	err := decodeFields(v, func(f field) error {
+		switch f.num {
+		case 1:
+			return f.str(&origin)
+		case 2:
+			return f.uint64(&seq)
+		case 3:
+			return f.bytes(&inline)
+		}
+		return nil
+	})
+	if err != nil {
+		return ChangeSet{}, err
+	}
+	if inline != nil {
+		return UnmarshalChangeSet(inline)
+	}
+	b, err := s.getRaw(cfChangelog, changelogKey(origin, seq))
+	if err != nil {
+		return ChangeSet{}, err
+	}
+	if b == nil {
+		return ChangeSet{}, fmt.Errorf("change-log entry %s/%d is missing", origin, seq)
+	}
+	return UnmarshalChangeSet(b)
+}
+
+// Subscription delivers change-feed events in commit-index order.
+type Subscription struct {
+	ch   chan Event
+	mu   sync.Mutex
+	err  error
+	done chan struct{}
+}
+
+// Subscribe starts delivering every event with an index greater than
+// afterIndex, in order and without gaps: a subscriber that starts behind or
+// falls behind reads the persisted feed; one that has caught up waits for
+// the next commit. Events is closed when ctx ends or the store closes; Err
+// then says why (ErrFeedPruned when the events it needs were pruned).
+//
+// To follow a table without missing a change: read it in View, then
+// Subscribe(ctx, tx.LastIndex()) with the index the View reported. Events
+// already reflected in the view may be delivered again; applying them is
+// idempotent because each carries the row's full value and version.
+func (s *Store) Subscribe(ctx context.Context, afterIndex uint64) *Subscription {
+	sub := &Subscription{ch: make(chan Event, 64), done: make(chan struct{})}
+	s.stateMu.Lock()
+	if s.closed {
+		s.stateMu.Unlock()
+		sub.finish(ErrClosed)
+		return sub
+	}
+	s.subs.Add(1)
+	s.stateMu.Unlock()
+	go func() {
+		defer s.subs.Done()
+		sub.finish(s.runSubscription(ctx, sub, afterIndex))
+	}()
+	return sub
+}
+
+func (s *Store) runSubscription(ctx context.Context, sub *Subscription, cursor uint64) error {
+	for {
+		// Take the waiter before reading so a commit between the read and
+		// the wait still wakes us.
+		wait := s.commitWaiter()
+		events, err := s.readFeed(cursor, feedBatch)
+		if err != nil {
+			return err
+		}
+		for _, ev := range events {
+			if ev.Index != cursor+1 {
+				// Prune deletes from the front only, so a gap means the
+				// entries this subscriber needs are gone.
+				if first := s.firstIndex.Load(); cursor+1 < first {
+					return fmt.Errorf("%w: wanted index %d, oldest kept is %d", ErrFeedPruned, cursor+1, first)
+				}
+				return corruptError(cfFeed, fmt.Errorf("feed jumps from index %d to %d", cursor, ev.Index))
+			}
+			select {
+			case sub.ch <- ev:
+				cursor = ev.Index
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-s.closing:
+				return ErrClosed
+			}
+		}
+		if len(events) > 0 {
+			continue
+		}
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.closing:
+			return ErrClosed
+		}
+	}
+}
+
+func (sub *Subscription) finish(err error) {
+	sub.mu.Lock()
+	sub.err = err
+	sub.mu.Unlock()
+	close(sub.ch)
+	close(sub.done)
+}
+
+// Events returns the channel of events. It is closed when the context
+// passed to Subscribe ends or the store closes.
+func (sub *Subscription) Events() <-chan Event { return sub.ch }
+
+// Done is closed after Events is closed.
+func (sub *Subscription) Done() <-chan struct{} { return sub.done }
+
+// Err returns why Events was closed: the context's error, ErrClosed, or a
+// read error. nil while the subscription runs.
+func (sub *Subscription) Err() error {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	return sub.err
+}

@@ -1,0 +1,164 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"reflect"
+	"testing"
+	"time"
+)
+
+func testKey(t testing.TB) []byte {
+	t.Helper()
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func testConfig(t testing.TB, dir string) Config {
+	cfg := DefaultConfig()
+	cfg.Dir = dir
+	cfg.BlockCacheSize = 8 << 20
+	cfg.WriteBufferSize = 4 << 20
+	cfg.SyncWAL = false
+	return cfg
+}
+
+// openStore opens a store in a fresh temp dir (or dir, when given) and
+// closes it at the end of the test after checking its indexes.
+func openStore(t testing.TB, mutate ...func(*Config)) *Store {
+	t.Helper()
+	cfg := testConfig(t, t.TempDir())
+	for _, m := range mutate {
+		m(&cfg)
+	}
+	s, err := Open(cfg)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() {
+		if s.Info().Running {
+			checkIndexes(t, s)
+		}
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return s
+}
+
+// checkIndexes asserts that every index entry matches a live row that
+// produces it and every live row has all its index entries.
+func checkIndexes(t testing.TB, s *Store) {
+	t.Helper()
+	if err := s.Verify(context.Background()); err != nil {
+		t.Fatalf("index/row disagreement: %v", err)
+	}
+}
+
+func mustUpdate(t testing.TB, s *Store, fn func(tx *Tx) error) Commit {
+	t.Helper()
+	c, err := s.Update(context.Background(), fn)
+	if err != nil {
+		t.Fatalf("Update: %v", err)
+	}
+	return c
+}
+
+// rawTable returns every stored row of a table (tombstones included) as
+// key -> value bytes, read directly from RocksDB.
+func rawTable(t testing.TB, s *Store, table string) map[string][]byte {
+	t.Helper()
+	out := make(map[string][]byte)
+	err := s.View(context.Background(), func(tx *Tx) error {
+		it := tx.iterator(table)
+		defer it.Close()
+		for it.SeekToFirst(); it.Valid(); it.Next() {
+			out[string(it.Key().Data())] = append([]byte(nil), it.Value().Data()...)
+		}
+		return it.Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// assertSameRows compares two stores row by row: every table, every key,
+// version, tombstone flag and record (decoded, so that sealed private keys,
+// whose nonces differ, compare by their decrypted value).
+func assertSameRows(t testing.TB, a, b *Store) {
+	t.Helper()
+	for _, table := range TableNames() {
+		ra, rb := rawTable(t, a, table), rawTable(t, b, table)
+		if len(ra) != len(rb) {
+			t.Fatalf("table %s: %d rows vs %d rows", table, len(ra), len(rb))
+		}
+		for k, va := range ra {
+			vb, ok := rb[k]
+			if !ok {
+				t.Fatalf("table %s: row %q missing in second store", table, k)
+			}
+			if bytes.Equal(va, vb) {
+				continue
+			}
+			x, err1 := decodeRow(va)
+			y, err2 := decodeRow(vb)
+			if err1 != nil || err2 != nil {
+				t.Fatalf("decode: %v %v", err1, err2)
+			}
+			if x.version != y.version || x.deleted != y.deleted {
+				t.Fatalf("table %s row %q: %+v/%v vs %+v/%v", table, k, x.version, x.deleted, y.version, y.deleted)
+			}
+			if table != TableCertificates {
+				t.Fatalf("table %s row %q: records differ", table, k)
+			}
+			ca, err1 := a.decodeStoredCertificate(&x)
+			cb, err2 := b.decodeStoredCertificate(&y)
+			if err1 != nil || err2 != nil {
+				t.Fatalf("decode certificate: %v %v", err1, err2)
+			}
+			if !reflect.DeepEqual(ca, cb) {
+				t.Fatalf("certificate %q differs:\n%+v\n%+v", k, ca, cb)
+			}
+		}
+	}
+}
+
+// waitFor polls cond until it is true or fails the test after 10s.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func samplePool(name string) *Pool {
+	return &Pool{
+		Name: name, Algorithm: "round_robin", SSLMode: "full_strict", SSLDomain: name + ".example.com",
+		Hosts: []string{"www." + name + ".example.com"}, HealthCheckInterval: 5 * time.Second,
+		HealthCheck: HealthCheck{Type: "http", Path: "/healthz", Timeout: time.Second, Rise: 2, Fall: 3},
+		Metadata:    map[string]string{"team": "edge"},
+	}
+}
+
+func sampleBackend(id, pool string) *Backend {
+	return &Backend{ID: id, PoolName: pool, Host: "10.0.0.1", Port: 8080, Scheme: "http", Weight: 1, Region: "iad"}
+}
+
+const testKeyPEM = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIHx9bUxNfCL2sPrivateKeyMaterialForTests0123456789\n-----END PRIVATE KEY-----\n"
+
+func sampleCert(id, domain string, expires time.Time, names ...string) *Certificate {
+	return &Certificate{
+		ID: id, Domain: domain, Names: names, CertificatePEM: "-----BEGIN CERTIFICATE-----\nMIIB" + id + "\n-----END CERTIFICATE-----\n",
+		PrivateKeyPEM: testKeyPEM, Issuer: "Test CA", NotBefore: expires.Add(-90 * 24 * time.Hour), ExpiresAt: expires,
+		AutoRenew: true, Provider: "upload", Fingerprint: "fp-" + id,
+	}
+}

@@ -1,0 +1,217 @@
+package storage
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Secondary indexes live in the "index" column family. Every entry is a
+// key with an empty value; the first byte says which index it belongs to
+// and every entry ends with what is needed to find its row. Entries are
+// written and removed in the same transaction as the row, so an index
+// never disagrees with its rows, also after a crash.
+const (
+	idxCertDomain    byte = 1 // 1 | lower(name) | 0 | cert id  (Domain and every SAN)
+	idxCertExpiry    byte = 2 // 2 | be64(unix s ^ 1<<63) | be32(ns) | cert id
+	idxPoolSSLDomain byte = 3 // 3 | lower(ssl_domain) | 0 | pool name
+	idxBackendPool   byte = 4 // 4 | pool name | 0 | backend id
+	idxObsHealth     byte = 5 // 5 | node id | 0 | healthy (0/1) | backend id
+)
+
+func indexPrefix(id byte, value string) []byte {
+	k := make([]byte, 0, 2+len(value))
+	k = append(k, id)
+	k = append(k, value...)
+	return append(k, 0)
+}
+
+func indexKey(id byte, value, pk string) []byte {
+	return append(indexPrefix(id, value), pk...)
+}
+
+// normalizeDomain lower-cases a DNS name and drops a trailing dot.
+func normalizeDomain(d string) string {
+	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
+}
+
+// certificateNames returns the normalized, de-duplicated names a
+// certificate is indexed under: its Domain and every SAN.
+func certificateNames(c *Certificate) []string {
+	seen := make(map[string]bool, 1+len(c.Names))
+	var out []string
+	for _, n := range append([]string{c.Domain}, c.Names...) {
+		n = normalizeDomain(n)
+		if n == "" || seen[n] {
+			continue
+		}
+		seen[n] = true
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// expiryKey encodes t so that byte order is time order, negative Unix
+// times included (flipping the sign bit).
+func expiryKey(t time.Time) []byte {
+	k := make([]byte, 1, 13)
+	k[0] = idxCertExpiry
+	k = binary.BigEndian.AppendUint64(k, uint64(t.Unix())^(1<<63))
+	return binary.BigEndian.AppendUint32(k, uint32(t.Nanosecond()))
+}
+
+const expiryKeyLen = 13
+
+func certificateIndexKeys(c *Certificate) [][]byte {
+	var keys [][]byte
+	for _, n := range certificateNames(c) {
+		keys = append(keys, indexKey(idxCertDomain, n, c.ID))
+	}
+	if !c.ExpiresAt.IsZero() {
+		keys = append(keys, append(expiryKey(c.ExpiresAt), c.ID...))
+	}
+	return keys
+}
+
+func poolIndexKeys(p *Pool) [][]byte {
+	if d := normalizeDomain(p.SSLDomain); d != "" {
+		return [][]byte{indexKey(idxPoolSSLDomain, d, p.Name)}
+	}
+	return nil
+}
+
+func backendIndexKeys(b *Backend) [][]byte {
+	if b.PoolName == "" {
+		return nil
+	}
+	return [][]byte{indexKey(idxBackendPool, b.PoolName, b.ID)}
+}
+
+func obsHealthPrefix(nodeID string, healthy bool) []byte {
+	k := indexPrefix(idxObsHealth, nodeID)
+	if healthy {
+		return append(k, 1)
+	}
+	return append(k, 0)
+}
+
+func observationIndexKeys(o *Observation) [][]byte {
+	return [][]byte{append(obsHealthPrefix(o.NodeID, o.Healthy), o.BackendID...)}
+}
+
+// decodedRecord is a record decoded from its bytes without decrypting
+// anything: enough to know its key and its index entries.
+type decodedRecord struct {
+	key  string
+	idx  [][]byte
+	cert *Certificate
+	pool *Pool
+	be   *Backend
+	obs  *Observation
+}
+
+// decodeRecord decodes the record bytes of a row of table.
+func decodeRecord(table string, rec []byte) (decodedRecord, error) {
+	var d decodedRecord
+	switch table {
+	case TableCertificates:
+		c, _, err := decodeCertificate(rec)
+		if err != nil {
+			return d, err
+		}
+		d.key, d.idx, d.cert = c.ID, certificateIndexKeys(&c), &c
+	case TablePools:
+		p, err := decodePool(rec)
+		if err != nil {
+			return d, err
+		}
+		d.key, d.idx, d.pool = p.Name, poolIndexKeys(&p), &p
+	case TableBackends:
+		b, err := decodeBackend(rec)
+		if err != nil {
+			return d, err
+		}
+		d.key, d.idx, d.be = b.ID, backendIndexKeys(&b), &b
+	case TableObservations:
+		o, err := decodeObservation(rec)
+		if err != nil {
+			return d, err
+		}
+		d.key, d.idx, d.obs = ObservationKey(o.NodeID, o.BackendID), observationIndexKeys(&o), &o
+	default:
+		return d, fmt.Errorf("%w: %q", ErrUnknownTable, table)
+	}
+	return d, nil
+}
+
+// validateRecord checks what the store needs of a record it did not build
+// itself (Apply, Import): a valid key and valid indexed values.
+func validateRecord(table string, d decodedRecord) error {
+	switch table {
+	case TableCertificates:
+		if err := validateKey("certificate id", d.cert.ID); err != nil {
+			return err
+		}
+		for _, n := range certificateNames(d.cert) {
+			if err := validateKey("certificate name", n); err != nil {
+				return err
+			}
+		}
+	case TablePools:
+		if err := validateKey("pool name", d.pool.Name); err != nil {
+			return err
+		}
+		return validateIndexed("pool ssl_domain", normalizeDomain(d.pool.SSLDomain))
+	case TableBackends:
+		if err := validateKey("backend id", d.be.ID); err != nil {
+			return err
+		}
+		return validateIndexed("backend pool_name", d.be.PoolName)
+	case TableObservations:
+		if err := validateKey("observation node_id", d.obs.NodeID); err != nil {
+			return err
+		}
+		return validateKey("observation backend_id", d.obs.BackendID)
+	}
+	return nil
+}
+
+// rowIndexKeys returns the index entries of a stored row (none for an
+// absent row or a tombstone).
+func rowIndexKeys(table string, r *row) ([][]byte, error) {
+	if r == nil || r.deleted {
+		return nil, nil
+	}
+	d, err := decodeRecord(table, r.rec)
+	if err != nil {
+		return nil, err
+	}
+	return d.idx, nil
+}
+
+// diffKeys returns the keys of old not in new and of new not in old.
+func diffKeys(old, new [][]byte) (remove, add [][]byte) {
+	has := func(set [][]byte, k []byte) bool {
+		for _, s := range set {
+			if bytes.Equal(s, k) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, k := range old {
+		if !has(new, k) {
+			remove = append(remove, k)
+		}
+	}
+	for _, k := range new {
+		if !has(old, k) {
+			add = append(add, k)
+		}
+	}
+	return remove, add
+}

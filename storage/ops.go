@@ -1,0 +1,210 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/linxGnu/grocksdb"
+)
+
+// Info describes the open store.
+type Info struct {
+	NodeID          string            `json:"node_id"`
+	Dir             string            `json:"dir"`
+	Tables          []string          `json:"tables"`
+	Running         bool              `json:"running"`
+	LastIndex       uint64            `json:"last_index"`
+	FirstIndex      uint64            `json:"first_index"` // oldest change-feed entry kept
+	HLC             HLC               `json:"hlc"`
+	ClockSkewEvents uint64            `json:"clock_skew_events"`
+	VersionVector   map[string]uint64 `json:"version_vector"`
+}
+
+// Info returns the node id, data directory, tables, whether the store is
+// open, and the replication counters.
+func (s *Store) Info() Info {
+	s.stateMu.Lock()
+	running := !s.closed
+	s.stateMu.Unlock()
+	return Info{
+		NodeID:          s.nodeID,
+		Dir:             s.cfg.Dir,
+		Tables:          TableNames(),
+		Running:         running,
+		LastIndex:       s.lastIndex.Load(),
+		FirstIndex:      s.firstIndex.Load(),
+		HLC:             s.clock.Last(),
+		ClockSkewEvents: s.clock.Skew(),
+		VersionVector:   s.VersionVector(),
+	}
+}
+
+// TableStats are RocksDB's figures for one column family. Key counts and
+// live data size are RocksDB estimates (tombstones and overwritten versions
+// not yet compacted away are counted).
+type TableStats struct {
+	Table              string `json:"table"`
+	Internal           bool   `json:"internal"` // index, changelog, feed, meta
+	EstimatedKeys      uint64 `json:"estimated_keys"`
+	LiveDataBytes      uint64 `json:"live_data_bytes"`
+	SSTBytes           uint64 `json:"sst_bytes"`
+	MemtableBytes      uint64 `json:"memtable_bytes"`
+	BlockCacheUsage    uint64 `json:"block_cache_usage_bytes"`    // shared by all tables
+	BlockCacheCapacity uint64 `json:"block_cache_capacity_bytes"` // shared by all tables
+}
+
+// TableStats returns statistics for every table, then every internal
+// column family.
+func (s *Store) TableStats(ctx context.Context) ([]TableStats, error) {
+	if err := s.enter(); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	usage, capacity := s.opts.cache.GetUsage(), s.opts.cache.GetCapacity()
+	var out []TableStats
+	for _, n := range append(TableNames(), internalFamilies()...) {
+		cf := s.cfs[n]
+		prop := func(name string) uint64 {
+			v, _ := s.base.GetIntPropertyCF(name, cf)
+			return v
+		}
+		out = append(out, TableStats{
+			Table:              n,
+			Internal:           !isTable(n),
+			EstimatedKeys:      prop("rocksdb.estimate-num-keys"),
+			LiveDataBytes:      prop("rocksdb.estimate-live-data-size"),
+			SSTBytes:           prop("rocksdb.total-sst-files-size"),
+			MemtableBytes:      prop("rocksdb.cur-size-all-mem-tables"),
+			BlockCacheUsage:    usage,
+			BlockCacheCapacity: capacity,
+		})
+	}
+	return out, nil
+}
+
+func (s *Store) family(name string) (*grocksdb.ColumnFamilyHandle, error) {
+	if !isTable(name) && !containsString(internalFamilies(), name) {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownTable, name)
+	}
+	return s.cfs[name], nil
+}
+
+// RocksDBStats returns RocksDB's "rocksdb.stats" report for a table (or an
+// internal column family): compaction, level and stall statistics.
+func (s *Store) RocksDBStats(table string) (string, error) {
+	if err := s.enter(); err != nil {
+		return "", err
+	}
+	defer s.leave()
+	cf, err := s.family(table)
+	if err != nil {
+		return "", err
+	}
+	return s.base.GetPropertyCF("rocksdb.stats", cf), nil
+}
+
+// Compact compacts the full key range of a table, dropping overwritten
+// versions and deleted index entries. It blocks until done.
+func (s *Store) Compact(ctx context.Context, table string) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	cf, err := s.family(table)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.base.CompactRangeCF(cf, grocksdb.Range{})
+	return nil
+}
+
+// Verify reads every table with checksum verification and checks that the
+// secondary indexes and the rows agree both ways: every live row has all
+// its index entries and every index entry belongs to a live row that
+// produces it. It returns an error wrapping ErrCorrupt describing the first
+// few disagreements.
+func (s *Store) Verify(ctx context.Context) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	snap := s.base.NewSnapshot()
+	defer s.base.ReleaseSnapshot(snap)
+	ro := grocksdb.NewDefaultReadOptions()
+	defer ro.Destroy()
+	ro.SetSnapshot(snap)
+	ro.SetVerifyChecksums(true)
+	ro.SetFillCache(false)
+
+	want := make(map[string]string) // index key -> "table/key" of its row
+	for _, table := range TableNames() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		it := s.base.NewIteratorCF(ro, s.cfs[table])
+		for it.SeekToFirst(); it.Valid(); it.Next() {
+			key := string(it.Key().Data())
+			r, err := decodeRow(it.Value().Data())
+			if err != nil {
+				it.Close()
+				return corruptError(table, fmt.Errorf("row %q: %w", key, err))
+			}
+			if r.deleted {
+				continue
+			}
+			d, err := decodeRecord(table, r.rec)
+			if err != nil {
+				it.Close()
+				return corruptError(table, fmt.Errorf("row %q: %w", key, err))
+			}
+			if d.key != key {
+				it.Close()
+				return corruptError(table, fmt.Errorf("row %q holds a record keyed %q", key, d.key))
+			}
+			for _, k := range d.idx {
+				want[string(k)] = table + "/" + key
+			}
+		}
+		err := it.Err()
+		it.Close()
+		if err != nil {
+			return corruptError(table, err)
+		}
+	}
+	var problems []string
+	it := s.base.NewIteratorCF(ro, s.cfs[cfIndex])
+	defer it.Close()
+	for it.SeekToFirst(); it.Valid(); it.Next() {
+		k := string(it.Key().Data())
+		if _, ok := want[k]; !ok {
+			problems = append(problems, fmt.Sprintf("index entry %q has no row", k))
+			continue
+		}
+		if len(it.Value().Data()) != 0 {
+			problems = append(problems, fmt.Sprintf("index entry %q has a value", k))
+		}
+		delete(want, k)
+	}
+	if err := it.Err(); err != nil {
+		return corruptError(cfIndex, err)
+	}
+	for k, rowName := range want {
+		problems = append(problems, fmt.Sprintf("row %s lacks index entry %q", rowName, k))
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	sort.Strings(problems)
+	if len(problems) > 10 {
+		problems = append(problems[:10], fmt.Sprintf("and %d more", len(problems)-10))
+	}
+	return corruptError(cfIndex, fmt.Errorf("%s", strings.Join(problems, "; ")))
+}

@@ -1,0 +1,84 @@
+package storage
+
+import "github.com/linxGnu/grocksdb"
+
+// rocksOptions holds the RocksDB options of one open store. Memory is
+// bounded by design: one LRU block cache shared by every column family holds
+// data, index and filter blocks (SetCacheIndexAndFilterBlocks), so table
+// readers do not grow outside it with the data size; memtables are at most
+// two of WriteBufferSize per family, and db_write_buffer_size caps their sum.
+type rocksOptions struct {
+	db     *grocksdb.Options
+	cache  *grocksdb.Cache
+	bbto   *grocksdb.BlockBasedTableOptions
+	family map[string]*grocksdb.Options
+	wbs    uint64
+}
+
+func newRocksOptions(cfg Config) *rocksOptions {
+	o := &rocksOptions{
+		cache:  grocksdb.NewLRUCache(uint64(cfg.BlockCacheSize)),
+		bbto:   grocksdb.NewDefaultBlockBasedTableOptions(),
+		family: make(map[string]*grocksdb.Options),
+		wbs:    uint64(cfg.WriteBufferSize),
+	}
+	o.bbto.SetBlockCache(o.cache)
+	o.bbto.SetCacheIndexAndFilterBlocks(true)
+	o.bbto.SetCacheIndexAndFilterBlocksWithHighPriority(true)
+	o.bbto.SetPinL0FilterAndIndexBlocksInCache(true)
+	o.bbto.SetFilterPolicy(grocksdb.NewBloomFilterFull(10))
+	o.bbto.SetFormatVersion(5)
+
+	o.db = grocksdb.NewDefaultOptions()
+	o.db.SetCreateIfMissing(true)
+	o.db.SetCreateIfMissingColumnFamilies(true)
+	o.db.SetParanoidChecks(true)
+	// Rows, index entries and the change log of one commit are in different
+	// families; atomic flush keeps the flushed SST set consistent across
+	// them even where no WAL is replayed (checkpoints, flushed backups).
+	o.db.SetAtomicFlush(true)
+	// A bounded WAL keeps reopen fast: past it RocksDB flushes memtables.
+	o.db.SetMaxTotalWalSize(4 * o.wbs)
+	o.db.SetDbWriteBufferSize(4 * o.wbs)
+	// Table files are opened lazily (and verified by Open's checksum scan)
+	// so that a damaged table is reported by name, not as a failed open.
+	o.db.SetMaxOpenFiles(512)
+	o.db.SetKeepLogFileNum(3)
+	o.db.SetMaxLogFileSize(4 << 20)
+	o.db.SetMaxBackgroundJobs(2)
+	o.db.SetBytesPerSync(1 << 20)
+	o.db.SetInfoLogLevel(grocksdb.WarnInfoLogLevel)
+	o.db.SetLevelCompactionDynamicLevelBytes(true)
+	o.db.SetBlockBasedTableFactory(o.bbto)
+	o.db.SetWriteBufferSize(1 << 20)
+	o.db.SetMaxWriteBufferNumber(2)
+	return o
+}
+
+// forFamily returns the options of column family name.
+func (o *rocksOptions) forFamily(name string) *grocksdb.Options {
+	if f, ok := o.family[name]; ok {
+		return f
+	}
+	f := grocksdb.NewDefaultOptions()
+	f.SetBlockBasedTableFactory(o.bbto)
+	f.SetLevelCompactionDynamicLevelBytes(true)
+	f.SetMaxWriteBufferNumber(2)
+	switch name {
+	case cfDefault, cfMeta:
+		f.SetWriteBufferSize(1 << 20)
+	default:
+		f.SetWriteBufferSize(o.wbs)
+	}
+	o.family[name] = f
+	return f
+}
+
+func (o *rocksOptions) destroy() {
+	for _, f := range o.family {
+		f.Destroy()
+	}
+	o.db.Destroy()
+	o.bbto.Destroy()
+	o.cache.Destroy()
+}

@@ -1,0 +1,266 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Reads outside a transaction. Each runs on one consistent snapshot, so an
+// index and its rows agree within one call. List* are paginated: keys
+// strictly after `after`, at most limit rows (<= 0: no limit), in key order.
+
+// GetPool returns the pool called name.
+func (s *Store) GetPool(ctx context.Context, name string) (p Pool, err error) {
+	err = s.View(ctx, func(tx *Tx) error { p, err = tx.Pool(name); return err })
+	return p, err
+}
+
+// GetBackend returns the backend with id.
+func (s *Store) GetBackend(ctx context.Context, id string) (b Backend, err error) {
+	err = s.View(ctx, func(tx *Tx) error { b, err = tx.Backend(id); return err })
+	return b, err
+}
+
+// GetCertificate returns the certificate with id, private key decrypted.
+func (s *Store) GetCertificate(ctx context.Context, id string) (c Certificate, err error) {
+	err = s.View(ctx, func(tx *Tx) error { c, err = tx.Certificate(id); return err })
+	return c, err
+}
+
+// GetObservation returns node nodeID's observation of a backend.
+func (s *Store) GetObservation(ctx context.Context, nodeID, backendID string) (o Observation, err error) {
+	err = s.View(ctx, func(tx *Tx) error { o, err = tx.Observation(nodeID, backendID); return err })
+	return o, err
+}
+
+// ListPools lists pools by name.
+func (s *Store) ListPools(ctx context.Context, after string, limit int) ([]Pool, error) {
+	var out []Pool
+	err := s.View(ctx, func(tx *Tx) error {
+		return tx.scanRows(TablePools, "", after, limit, func(key string, r *row) error {
+			p, err := decodePool(r.rec)
+			if err != nil {
+				return corruptError(TablePools, err)
+			}
+			p.Version = r.version
+			out = append(out, p)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// ListBackends lists backends by id.
+func (s *Store) ListBackends(ctx context.Context, after string, limit int) ([]Backend, error) {
+	var out []Backend
+	err := s.View(ctx, func(tx *Tx) error {
+		return tx.scanRows(TableBackends, "", after, limit, func(key string, r *row) error {
+			b, err := decodeBackend(r.rec)
+			if err != nil {
+				return corruptError(TableBackends, err)
+			}
+			b.Version = r.version
+			out = append(out, b)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// ListBackendsByPool lists the backends of a pool by id.
+func (s *Store) ListBackendsByPool(ctx context.Context, pool, after string, limit int) ([]Backend, error) {
+	var out []Backend
+	err := s.View(ctx, func(tx *Tx) error {
+		keys, err := tx.indexLookup(indexPrefix(idxBackendPool, pool), TableBackends, after, limit)
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			b, err := tx.Backend(k)
+			if err != nil {
+				return indexRowError(TableBackends, k, err)
+			}
+			out = append(out, b)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// ListCertificates lists certificates by id, private keys decrypted.
+func (s *Store) ListCertificates(ctx context.Context, after string, limit int) ([]Certificate, error) {
+	var out []Certificate
+	err := s.View(ctx, func(tx *Tx) error {
+		return tx.scanRows(TableCertificates, "", after, limit, func(key string, r *row) error {
+			c, err := s.decodeStoredCertificate(r)
+			if err != nil {
+				return err
+			}
+			out = append(out, c)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// PoolsBySSLDomain returns the pools whose ssl_domain is domain.
+func (s *Store) PoolsBySSLDomain(ctx context.Context, domain string) (out []Pool, err error) {
+	err = s.View(ctx, func(tx *Tx) error { out, err = tx.PoolsBySSLDomain(domain); return err })
+	return out, err
+}
+
+// CertificatesByDomain returns the certificates covering domain exactly.
+func (s *Store) CertificatesByDomain(ctx context.Context, domain string) (out []Certificate, err error) {
+	err = s.View(ctx, func(tx *Tx) error { out, err = tx.CertificatesByDomain(domain); return err })
+	return out, err
+}
+
+// CertificateForServerName finds the certificate a TLS handshake for
+// serverName should use: one covering the exact name, else one covering
+// the wildcard one label up ("a.b.example.com" -> "*.b.example.com").
+// Among several, the latest expiry wins. ErrNotFound when none matches.
+func (s *Store) CertificateForServerName(ctx context.Context, serverName string) (Certificate, error) {
+	name := normalizeDomain(serverName)
+	if err := validateKey("server name", name); err != nil {
+		return Certificate{}, err
+	}
+	candidates := []string{name}
+	if _, parent, ok := strings.Cut(name, "."); ok && parent != "" && !strings.HasPrefix(name, "*.") {
+		candidates = append(candidates, "*."+parent)
+	}
+	var best Certificate
+	found := false
+	err := s.View(ctx, func(tx *Tx) error {
+		for _, cand := range candidates {
+			certs, err := tx.CertificatesByDomain(cand)
+			if err != nil {
+				return err
+			}
+			for _, c := range certs {
+				if !found || c.ExpiresAt.After(best.ExpiresAt) {
+					best, found = c, true
+				}
+			}
+			if found {
+				return nil
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return Certificate{}, err
+	}
+	if !found {
+		return Certificate{}, fmt.Errorf("certificate for %q: %w", name, ErrNotFound)
+	}
+	return best, nil
+}
+
+// CertificatesExpiringBefore returns certificates whose ExpiresAt is before
+// t, soonest first, at most limit (<= 0: all).
+func (s *Store) CertificatesExpiringBefore(ctx context.Context, t time.Time, limit int) ([]Certificate, error) {
+	var out []Certificate
+	err := s.View(ctx, func(tx *Tx) error {
+		it := tx.iterator(cfIndex)
+		defer it.Close()
+		end := expiryKey(t)
+		var ids []string
+		for it.Seek([]byte{idxCertExpiry}); it.Valid(); it.Next() {
+			k := it.Key().Data()
+			if k[0] != idxCertExpiry || len(k) < expiryKeyLen || string(k[:expiryKeyLen]) >= string(end) {
+				break
+			}
+			ids = append(ids, string(k[expiryKeyLen:]))
+			if limit > 0 && len(ids) >= limit {
+				break
+			}
+		}
+		if err := it.Err(); err != nil {
+			return readError(cfIndex, err)
+		}
+		for _, id := range ids {
+			c, err := tx.Certificate(id)
+			if err != nil {
+				return indexRowError(TableCertificates, id, err)
+			}
+			out = append(out, c)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Observations returns the observations of node nodeID ("" = all nodes),
+// ordered by node and backend id.
+func (s *Store) Observations(ctx context.Context, nodeID string) ([]Observation, error) {
+	prefix := ""
+	if nodeID != "" {
+		prefix = nodeID + "\x00"
+	}
+	var out []Observation
+	err := s.View(ctx, func(tx *Tx) error {
+		return tx.scanRows(TableObservations, prefix, "", 0, func(key string, r *row) error {
+			o, err := decodeObservation(r.rec)
+			if err != nil {
+				return corruptError(TableObservations, err)
+			}
+			o.Version = r.version
+			out = append(out, o)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// ObservationsByHealth returns node nodeID's observations ("" = every
+// node's) whose Healthy equals healthy, ordered by node and backend id.
+func (s *Store) ObservationsByHealth(ctx context.Context, nodeID string, healthy bool) ([]Observation, error) {
+	var out []Observation
+	err := s.View(ctx, func(tx *Tx) error {
+		var refs [][2]string
+		prefix := []byte{idxObsHealth}
+		if nodeID != "" {
+			prefix = obsHealthPrefix(nodeID, healthy)
+		}
+		it := tx.iterator(cfIndex)
+		defer it.Close()
+		for it.Seek(prefix); it.ValidForPrefix(prefix); it.Next() {
+			node, rest, ok := strings.Cut(string(it.Key().Data()[1:]), "\x00")
+			if !ok || len(rest) < 2 {
+				return corruptError(cfIndex, fmt.Errorf("malformed observation index key"))
+			}
+			if (rest[0] == 1) != healthy {
+				continue
+			}
+			refs = append(refs, [2]string{node, rest[1:]})
+		}
+		if err := it.Err(); err != nil {
+			return readError(cfIndex, err)
+		}
+		for _, ref := range refs {
+			o, err := tx.Observation(ref[0], ref[1])
+			if err != nil {
+				return indexRowError(TableObservations, ObservationKey(ref[0], ref[1]), err)
+			}
+			out = append(out, o)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// PutObservations stores observations of this node in one transaction.
+func (s *Store) PutObservations(ctx context.Context, obs []Observation) error {
+	_, err := s.Update(ctx, func(tx *Tx) error {
+		for i := range obs {
+			o := obs[i]
+			if err := tx.PutObservation(&o); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return err
+}

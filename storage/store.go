@@ -1,0 +1,505 @@
+package storage
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/linxGnu/grocksdb"
+	"go.uber.org/zap"
+)
+
+// Store is the node's embedded database. It is safe for concurrent use.
+type Store struct {
+	cfg    Config
+	log    *zap.Logger
+	nodeID string
+	keys   *keyring
+	clock  *Clock
+
+	db      *grocksdb.OptimisticTransactionDB
+	base    *grocksdb.DB // the DB under db: properties, flush, snapshots, backups
+	cfs     map[string]*grocksdb.ColumnFamilyHandle
+	handles []*grocksdb.ColumnFamilyHandle
+	opts    *rocksOptions
+	wo      *grocksdb.WriteOptions
+	txo     *grocksdb.OptimisticTransactionOptions
+
+	// commitMu orders commits: the HLC, seq and feed index of a commit are
+	// assigned and the RocksDB commit happens under it, so that a later
+	// commit never carries a smaller version or index.
+	commitMu   sync.Mutex
+	lastIndex  atomic.Uint64
+	firstIndex atomic.Uint64 // oldest feed entry kept (Prune deletes older ones)
+
+	vvMu sync.Mutex
+	vv   map[string]uint64 // highest change-set seq seen per origin
+
+	notifyMu sync.Mutex
+	notify   chan struct{} // closed and replaced after every commit
+
+	// Lifecycle: every operation enters (fails once closed) and leaves;
+	// Close waits for the active ones before closing RocksDB.
+	stateMu sync.Mutex
+	idle    *sync.Cond
+	active  int
+	closed  bool
+	closing chan struct{}
+	subs    sync.WaitGroup
+}
+
+// Open opens the store in cfg.Dir, creating the directory and every column
+// family on first open. A damaged table fails Open with an error wrapping
+// ErrCorrupt that names the table and the way out; a missing or wrong
+// encryption key fails it with ErrEncryptionKey.
+func Open(cfg Config) (*Store, error) {
+	if cfg.Dir == "" {
+		return nil, fmt.Errorf("%w: Config.Dir is empty", ErrInvalid)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.BlockCacheSize <= 0 {
+		cfg.BlockCacheSize = defaultBlockCacheSize
+	}
+	if cfg.WriteBufferSize <= 0 {
+		cfg.WriteBufferSize = defaultWriteBufferSize
+	}
+	if cfg.MaxClockOffset <= 0 {
+		cfg.MaxClockOffset = defaultMaxClockOffset
+	}
+	if cfg.NodeID != "" {
+		if err := validateKey("node id", cfg.NodeID); err != nil {
+			return nil, err
+		}
+	}
+	keys, err := newKeyring(cfg.EncryptionKey)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("storage: create data dir: %w", err)
+	}
+
+	s := &Store{
+		cfg:     cfg,
+		log:     cfg.Logger.Named("storage"),
+		keys:    keys,
+		clock:   NewClock(nil, cfg.MaxClockOffset),
+		cfs:     make(map[string]*grocksdb.ColumnFamilyHandle),
+		vv:      make(map[string]uint64),
+		notify:  make(chan struct{}),
+		closing: make(chan struct{}),
+	}
+	s.idle = sync.NewCond(&s.stateMu)
+	if err := s.openDB(); err != nil {
+		return nil, err
+	}
+	if err := s.init(); err != nil {
+		s.closeDB(false)
+		return nil, err
+	}
+	s.log.Info("store opened", zap.String("dir", cfg.Dir), zap.String("node_id", s.nodeID),
+		zap.Uint64("last_index", s.lastIndex.Load()))
+	return s, nil
+}
+
+func (s *Store) openDB() error {
+	s.opts = newRocksOptions(s.cfg)
+	names := []string{cfDefault}
+	names = append(names, TableNames()...)
+	names = append(names, internalFamilies()...)
+	// A newer agent may have added families; RocksDB wants all of them.
+	if existing, err := grocksdb.ListColumnFamilies(s.opts.db, s.cfg.Dir); err == nil {
+		for _, n := range existing {
+			if !containsString(names, n) {
+				names = append(names, n)
+			}
+		}
+	}
+	cfOpts := make([]*grocksdb.Options, len(names))
+	for i, n := range names {
+		cfOpts[i] = s.opts.forFamily(n)
+	}
+	db, handles, err := grocksdb.OpenOptimisticTransactionDbColumnFamilies(s.opts.db, s.cfg.Dir, names, cfOpts)
+	if err != nil {
+		s.opts.destroy()
+		return openError(s.cfg.Dir, err)
+	}
+	s.db = db
+	s.base = db.GetBaseDB()
+	s.handles = handles
+	for i, n := range names {
+		s.cfs[n] = handles[i]
+	}
+	s.wo = grocksdb.NewDefaultWriteOptions()
+	s.wo.SetSync(s.cfg.SyncWAL)
+	s.txo = grocksdb.NewDefaultOptimisticTransactionOptions()
+	s.txo.SetSetSnapshot(true)
+	return nil
+}
+
+// openError turns a RocksDB open failure into an error that says what is
+// damaged and what to do.
+func openError(dir string, err error) error {
+	msg := err.Error()
+	if strings.Contains(msg, "Corruption") {
+		table := tableFromMessage(msg)
+		return corruptError(table, err)
+	}
+	if strings.Contains(msg, "lock") {
+		return fmt.Errorf("storage: open %s: data directory is in use by another process: %w", dir, err)
+	}
+	return fmt.Errorf("storage: open %s: %w", dir, err)
+}
+
+// tableFromMessage finds a column family name in a RocksDB error message.
+func tableFromMessage(msg string) string {
+	for _, n := range append(TableNames(), internalFamilies()...) {
+		if strings.Contains(msg, "column family "+n) || strings.Contains(msg, "'"+n+"'") {
+			return n
+		}
+	}
+	return ""
+}
+
+// corruptError names the damaged table and the way out.
+func corruptError(table string, err error) error {
+	what := "the database"
+	if table != "" {
+		what = fmt.Sprintf("table %q", table)
+	}
+	return fmt.Errorf("%w: %s is damaged (%v): restore from a backup with `singularity-edge db restore`, or remove the table and let peers resync it",
+		ErrCorrupt, what, err)
+}
+
+// init loads or creates the node id, recovers the commit counters and the
+// clock's high-water mark, checks the encryption key and verifies tables.
+func (s *Store) init() error {
+	stored, err := s.getRaw(cfMeta, []byte(metaNodeID))
+	if err != nil {
+		return err
+	}
+	switch {
+	case stored == nil:
+		id := s.cfg.NodeID
+		if id == "" {
+			var b [8]byte
+			if _, err := rand.Read(b[:]); err != nil {
+				return fmt.Errorf("storage: generate node id: %w", err)
+			}
+			id = hex.EncodeToString(b[:])
+		}
+		if err := s.base.PutCF(s.wo, s.cfs[cfMeta], []byte(metaNodeID), []byte(id)); err != nil {
+			return fmt.Errorf("storage: write node id: %w", err)
+		}
+		if err := s.base.PutCF(s.wo, s.cfs[cfMeta], []byte(metaFormat), []byte{formatV1}); err != nil {
+			return fmt.Errorf("storage: write format: %w", err)
+		}
+		s.nodeID = id
+	case s.cfg.NodeID != "" && string(stored) != s.cfg.NodeID:
+		return fmt.Errorf("%w: data directory belongs to node %q, not %q (a node id never changes; use export/import to seed a new node)",
+			ErrInvalid, stored, s.cfg.NodeID)
+	default:
+		s.nodeID = string(stored)
+	}
+	if err := s.recoverCounters(); err != nil {
+		return err
+	}
+	if err := s.checkEncryptionKey(); err != nil {
+		return err
+	}
+	if !s.cfg.SkipVerifyOnOpen {
+		for _, t := range TableNames() {
+			if err := s.verifyChecksums(t); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// recoverCounters rebuilds the in-memory commit index, version vector and
+// HLC high-water mark from the feed and the change log, which are written
+// in every commit batch. Keeping them out of a shared meta key means
+// concurrent transactions do not all conflict on it.
+func (s *Store) recoverCounters() error {
+	ro := grocksdb.NewDefaultReadOptions()
+	defer ro.Destroy()
+
+	it := s.base.NewIteratorCF(ro, s.cfs[cfFeed])
+	it.SeekToLast()
+	if it.Valid() {
+		k := it.Key().Data()
+		if len(k) != 8 {
+			it.Close()
+			return corruptError(cfFeed, errors.New("malformed feed key"))
+		}
+		s.lastIndex.Store(beUint64(k))
+	}
+	if it.SeekToFirst(); it.Valid() && len(it.Key().Data()) == 8 {
+		s.firstIndex.Store(beUint64(it.Key().Data()))
+	} else {
+		s.firstIndex.Store(1)
+	}
+	err := it.Err()
+	it.Close()
+	if err != nil {
+		return corruptError(cfFeed, err)
+	}
+
+	// One seek per origin: jump to the last entry of each origin, then past it.
+	it = s.base.NewIteratorCF(ro, s.cfs[cfChangelog])
+	defer it.Close()
+	var hwm HLC
+	for it.SeekToFirst(); it.Valid(); {
+		origin, _, ok := parseChangelogKey(it.Key().Data())
+		if !ok {
+			return corruptError(cfChangelog, errors.New("malformed change-log key"))
+		}
+		next := prefixEnd([]byte(origin + "\x00"))
+		it.SeekForPrev(changelogKey(origin, ^uint64(0)))
+		if !it.Valid() {
+			break
+		}
+		_, seq, _ := parseChangelogKey(it.Key().Data())
+		s.vv[origin] = seq
+		cs, err := UnmarshalChangeSet(it.Value().Data())
+		if err != nil {
+			return corruptError(cfChangelog, err)
+		}
+		hwm = max(hwm, cs.HLC)
+		for _, c := range cs.Changes {
+			hwm = max(hwm, c.Version.HLC)
+		}
+		it.Seek(next)
+	}
+	if err := it.Err(); err != nil {
+		return corruptError(cfChangelog, err)
+	}
+	s.clock.Witness(hwm)
+	return nil
+}
+
+// checkEncryptionKey: the key-check value in meta is sealed with the key
+// the first time a key is configured. A later open must present the same
+// key; a store holding sealed private keys must present one at all.
+func (s *Store) checkEncryptionKey() error {
+	check, err := s.getRaw(cfMeta, []byte(metaKeyCheck))
+	if err != nil {
+		return err
+	}
+	if check != nil {
+		if !s.keys.hasKey() {
+			return fmt.Errorf("%w: this store holds encrypted private keys; set EDGE_ENCRYPTION_KEY to the key it was created with", ErrEncryptionKey)
+		}
+		if _, err := s.keys.open(aadKeyCheck, check); err != nil {
+			return fmt.Errorf("%w: EDGE_ENCRYPTION_KEY is not the key this store was created with", ErrEncryptionKey)
+		}
+		return nil
+	}
+	// No key check yet: a sealed private key may still have arrived by
+	// Apply or Import before a key was configured.
+	sealed, id, err := s.anySealedKey()
+	if err != nil {
+		return err
+	}
+	if !s.keys.hasKey() {
+		if sealed != nil {
+			return fmt.Errorf("%w: certificate %q has an encrypted private key; set EDGE_ENCRYPTION_KEY", ErrEncryptionKey, id)
+		}
+		return nil
+	}
+	if sealed != nil {
+		if _, err := s.keys.openPrivateKey(id, sealed); err != nil {
+			return fmt.Errorf("%w: EDGE_ENCRYPTION_KEY does not decrypt the stored private keys", ErrEncryptionKey)
+		}
+	}
+	check, err = s.keys.seal(aadKeyCheck, []byte(keyCheckPlain))
+	if err != nil {
+		return err
+	}
+	if err := s.base.PutCF(s.wo, s.cfs[cfMeta], []byte(metaKeyCheck), check); err != nil {
+		return fmt.Errorf("storage: write key check: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) anySealedKey() ([]byte, string, error) {
+	ro := grocksdb.NewDefaultReadOptions()
+	defer ro.Destroy()
+	it := s.base.NewIteratorCF(ro, s.cfs[TableCertificates])
+	defer it.Close()
+	for it.SeekToFirst(); it.Valid(); it.Next() {
+		r, err := decodeRow(it.Value().Data())
+		if err != nil {
+			return nil, "", corruptError(TableCertificates, err)
+		}
+		if r.deleted {
+			continue
+		}
+		c, sealed, err := decodeCertificate(r.rec)
+		if err != nil {
+			return nil, "", corruptError(TableCertificates, err)
+		}
+		if sealed != nil {
+			return sealed, c.ID, nil
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, "", corruptError(TableCertificates, err)
+	}
+	return nil, "", nil
+}
+
+// verifyChecksums reads every block of a table with checksum verification
+// and without filling the block cache.
+func (s *Store) verifyChecksums(table string) error {
+	ro := grocksdb.NewDefaultReadOptions()
+	defer ro.Destroy()
+	ro.SetVerifyChecksums(true)
+	ro.SetFillCache(false)
+	it := s.base.NewIteratorCF(ro, s.cfs[table])
+	defer it.Close()
+	for it.SeekToFirst(); it.Valid(); it.Next() {
+		if _, err := decodeRow(it.Value().Data()); err != nil {
+			return corruptError(table, fmt.Errorf("row %q: %w", it.Key().Data(), err))
+		}
+	}
+	if err := it.Err(); err != nil {
+		return corruptError(table, err)
+	}
+	return nil
+}
+
+// NodeID returns the id this node writes versions with.
+func (s *Store) NodeID() string { return s.nodeID }
+
+// Dir returns the data directory.
+func (s *Store) Dir() string { return s.cfg.Dir }
+
+// Close stops subscriptions, waits for running operations, flushes the
+// memtables (so the next open replays no WAL) and closes RocksDB.
+func (s *Store) Close() error {
+	s.stateMu.Lock()
+	if s.closed {
+		s.stateMu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.closing)
+	for s.active > 0 {
+		s.idle.Wait()
+	}
+	s.stateMu.Unlock()
+	s.subs.Wait()
+	return s.closeDB(true)
+}
+
+func (s *Store) closeDB(flush bool) error {
+	var err error
+	if flush {
+		fo := grocksdb.NewDefaultFlushOptions()
+		fo.SetWait(true)
+		for _, n := range append(TableNames(), internalFamilies()...) {
+			if ferr := s.base.FlushCF(s.cfs[n], fo); ferr != nil && err == nil {
+				err = fmt.Errorf("storage: flush %s: %w", n, ferr)
+			}
+		}
+		fo.Destroy()
+	}
+	for _, h := range s.handles {
+		h.Destroy()
+	}
+	s.db.CloseBaseDB(s.base)
+	s.db.Close()
+	s.wo.Destroy()
+	s.txo.Destroy()
+	s.opts.destroy()
+	s.log.Info("store closed", zap.String("dir", s.cfg.Dir))
+	return err
+}
+
+// enter registers a running operation; it fails once Close has begun.
+func (s *Store) enter() error {
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	s.active++
+	return nil
+}
+
+func (s *Store) leave() {
+	s.stateMu.Lock()
+	s.active--
+	if s.active == 0 {
+		s.idle.Broadcast()
+	}
+	s.stateMu.Unlock()
+}
+
+// committed publishes a new commit index to subscribers.
+func (s *Store) committed(index uint64) {
+	s.lastIndex.Store(index)
+	s.notifyMu.Lock()
+	close(s.notify)
+	s.notify = make(chan struct{})
+	s.notifyMu.Unlock()
+}
+
+func (s *Store) commitWaiter() <-chan struct{} {
+	s.notifyMu.Lock()
+	defer s.notifyMu.Unlock()
+	return s.notify
+}
+
+// LastIndex returns the commit index of the latest commit (0: none yet).
+func (s *Store) LastIndex() uint64 { return s.lastIndex.Load() }
+
+// Clock returns the store's hybrid logical clock.
+func (s *Store) Clock() *Clock { return s.clock }
+
+// getRaw reads the latest value of key in family cf (nil when absent).
+func (s *Store) getRaw(cf string, key []byte) ([]byte, error) {
+	ro := grocksdb.NewDefaultReadOptions()
+	defer ro.Destroy()
+	v, err := s.base.GetCF(ro, s.cfs[cf], key)
+	if err != nil {
+		return nil, readError(cf, err)
+	}
+	defer v.Free()
+	if !v.Exists() {
+		return nil, nil
+	}
+	return append([]byte(nil), v.Data()...), nil
+}
+
+// readError classifies a RocksDB read error.
+func readError(cf string, err error) error {
+	if strings.Contains(err.Error(), "Corruption") {
+		return corruptError(cf, err)
+	}
+	return fmt.Errorf("storage: read %s: %w", cf, err)
+}
+
+func containsString(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func beUint64(b []byte) uint64 {
+	_ = b[7]
+	return uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |
+		uint64(b[4])<<24 | uint64(b[5])<<16 | uint64(b[6])<<8 | uint64(b[7])
+}

@@ -1,0 +1,401 @@
+package storage
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/linxGnu/grocksdb"
+)
+
+// Typed reads and writes of a transaction. Reads see the transaction's own
+// buffered writes. Put* copy the record (later changes by the caller do not
+// affect the transaction), set InsertedAt (kept from the stored row) and
+// UpdatedAt, and write the committed Version back into the caller's record
+// once Update commits.
+
+// read returns the live row at ref: buffered (p) or stored (r).
+func (t *Tx) read(ref rowRef) (*pending, *row, error) {
+	p, r, live, err := t.current(ref)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !live {
+		return nil, nil, notFound(ref.table, ref.key)
+	}
+	return p, r, nil
+}
+
+// Pool returns the pool called name; ErrNotFound if absent or deleted.
+func (t *Tx) Pool(name string) (Pool, error) {
+	p, r, err := t.read(rowRef{TablePools, name})
+	if err != nil {
+		return Pool{}, err
+	}
+	if p != nil {
+		return clonePool(*p.value.(*Pool)), nil
+	}
+	pool, err := decodePool(r.rec)
+	if err != nil {
+		return Pool{}, corruptError(TablePools, err)
+	}
+	pool.Version = r.version
+	return pool, nil
+}
+
+// PutPool inserts or replaces the pool p.Name.
+func (t *Tx) PutPool(p *Pool) error {
+	if t.txn == nil {
+		return ErrReadOnly
+	}
+	if err := validateKey("pool name", p.Name); err != nil {
+		return err
+	}
+	if err := validateIndexed("pool ssl_domain", normalizeDomain(p.SSLDomain)); err != nil {
+		return err
+	}
+	ref := rowRef{TablePools, p.Name}
+	ins, err := t.insertedAt(ref)
+	if err != nil {
+		return err
+	}
+	cp := clonePool(*p)
+	cp.InsertedAt, cp.UpdatedAt, cp.Version = ins, t.now, Version{}
+	if err := t.put(ref, &pending{rec: encodePool(&cp), idx: poolIndexKeys(&cp), value: &cp,
+		setVer: func(v Version) { p.Version = v }}); err != nil {
+		return err
+	}
+	p.InsertedAt, p.UpdatedAt = cp.InsertedAt, cp.UpdatedAt
+	return nil
+}
+
+// DeletePool deletes the pool, leaving a tombstone; ErrNotFound if absent.
+func (t *Tx) DeletePool(name string) error { return t.remove(rowRef{TablePools, name}) }
+
+// Backend returns the backend with id.
+func (t *Tx) Backend(id string) (Backend, error) {
+	p, r, err := t.read(rowRef{TableBackends, id})
+	if err != nil {
+		return Backend{}, err
+	}
+	if p != nil {
+		return cloneBackend(*p.value.(*Backend)), nil
+	}
+	b, err := decodeBackend(r.rec)
+	if err != nil {
+		return Backend{}, corruptError(TableBackends, err)
+	}
+	b.Version = r.version
+	return b, nil
+}
+
+// PutBackend inserts or replaces the backend b.ID.
+func (t *Tx) PutBackend(b *Backend) error {
+	if t.txn == nil {
+		return ErrReadOnly
+	}
+	if err := validateKey("backend id", b.ID); err != nil {
+		return err
+	}
+	if err := validateIndexed("backend pool_name", b.PoolName); err != nil {
+		return err
+	}
+	ref := rowRef{TableBackends, b.ID}
+	ins, err := t.insertedAt(ref)
+	if err != nil {
+		return err
+	}
+	cp := cloneBackend(*b)
+	cp.InsertedAt, cp.UpdatedAt, cp.Version = ins, t.now, Version{}
+	if err := t.put(ref, &pending{rec: encodeBackend(&cp), idx: backendIndexKeys(&cp), value: &cp,
+		setVer: func(v Version) { b.Version = v }}); err != nil {
+		return err
+	}
+	b.InsertedAt, b.UpdatedAt = cp.InsertedAt, cp.UpdatedAt
+	return nil
+}
+
+// DeleteBackend deletes the backend, leaving a tombstone.
+func (t *Tx) DeleteBackend(id string) error { return t.remove(rowRef{TableBackends, id}) }
+
+// Certificate returns the certificate with id, private key decrypted.
+func (t *Tx) Certificate(id string) (Certificate, error) {
+	p, r, err := t.read(rowRef{TableCertificates, id})
+	if err != nil {
+		return Certificate{}, err
+	}
+	if p != nil {
+		return cloneCertificate(*p.value.(*Certificate)), nil
+	}
+	return t.s.decodeStoredCertificate(r)
+}
+
+func (s *Store) decodeStoredCertificate(r *row) (Certificate, error) {
+	c, sealed, err := decodeCertificate(r.rec)
+	if err != nil {
+		return Certificate{}, corruptError(TableCertificates, err)
+	}
+	c.Version = r.version
+	if sealed != nil {
+		if c.PrivateKeyPEM, err = s.keys.openPrivateKey(c.ID, sealed); err != nil {
+			return Certificate{}, err
+		}
+	}
+	return c, nil
+}
+
+// PutCertificate inserts or replaces the certificate c.ID. A private key is
+// sealed with the store's key; without a configured key it fails with
+// ErrEncryptionKey.
+func (t *Tx) PutCertificate(c *Certificate) error {
+	if t.txn == nil {
+		return ErrReadOnly
+	}
+	if err := validateKey("certificate id", c.ID); err != nil {
+		return err
+	}
+	cp := cloneCertificate(*c)
+	for _, n := range certificateNames(&cp) {
+		if err := validateKey("certificate name", n); err != nil {
+			return err
+		}
+	}
+	var sealed []byte
+	if cp.PrivateKeyPEM != "" {
+		var err error
+		if sealed, err = t.s.keys.sealPrivateKey(cp.ID, cp.PrivateKeyPEM); err != nil {
+			return err
+		}
+	}
+	ref := rowRef{TableCertificates, c.ID}
+	ins, err := t.insertedAt(ref)
+	if err != nil {
+		return err
+	}
+	cp.InsertedAt, cp.UpdatedAt, cp.Version = ins, t.now, Version{}
+	if err := t.put(ref, &pending{rec: encodeCertificate(&cp, sealed), idx: certificateIndexKeys(&cp), value: &cp,
+		setVer: func(v Version) { c.Version = v }}); err != nil {
+		return err
+	}
+	c.InsertedAt, c.UpdatedAt = cp.InsertedAt, cp.UpdatedAt
+	return nil
+}
+
+// DeleteCertificate deletes the certificate, leaving a tombstone.
+func (t *Tx) DeleteCertificate(id string) error { return t.remove(rowRef{TableCertificates, id}) }
+
+// Observation returns what node nodeID observed of backend backendID.
+func (t *Tx) Observation(nodeID, backendID string) (Observation, error) {
+	p, r, err := t.read(rowRef{TableObservations, ObservationKey(nodeID, backendID)})
+	if err != nil {
+		return Observation{}, err
+	}
+	if p != nil {
+		return cloneObservation(*p.value.(*Observation)), nil
+	}
+	o, err := decodeObservation(r.rec)
+	if err != nil {
+		return Observation{}, corruptError(TableObservations, err)
+	}
+	o.Version = r.version
+	return o, nil
+}
+
+// PutObservation stores this node's observation of a backend. o.NodeID
+// must be the store's node id ("" is taken as it): a node writes only its
+// own observations. UpdatedAt is set by the store.
+func (t *Tx) PutObservation(o *Observation) error {
+	if t.txn == nil {
+		return ErrReadOnly
+	}
+	if o.NodeID == "" {
+		o.NodeID = t.s.nodeID
+	}
+	if o.NodeID != t.s.nodeID {
+		return fmt.Errorf("%w: observation of node %q written on node %q", ErrInvalid, o.NodeID, t.s.nodeID)
+	}
+	if err := validateKey("observation backend_id", o.BackendID); err != nil {
+		return err
+	}
+	cp := cloneObservation(*o)
+	cp.UpdatedAt, cp.Version = t.now, Version{}
+	ref := rowRef{TableObservations, ObservationKey(cp.NodeID, cp.BackendID)}
+	if err := t.put(ref, &pending{rec: encodeObservation(&cp), idx: observationIndexKeys(&cp), value: &cp,
+		setVer: func(v Version) { o.Version = v }}); err != nil {
+		return err
+	}
+	o.UpdatedAt = cp.UpdatedAt
+	return nil
+}
+
+// DeleteObservation deletes this node's observation of a backend.
+func (t *Tx) DeleteObservation(backendID string) error {
+	return t.remove(rowRef{TableObservations, ObservationKey(t.s.nodeID, backendID)})
+}
+
+// BackendsByPool returns the backends of a pool, ordered by id.
+func (t *Tx) BackendsByPool(pool string) ([]Backend, error) {
+	keys, err := t.indexLookup(indexPrefix(idxBackendPool, pool), TableBackends, "", 0)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Backend, 0, len(keys))
+	for _, k := range keys {
+		b, err := t.Backend(k)
+		if err != nil {
+			return nil, indexRowError(TableBackends, k, err)
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// PoolsBySSLDomain returns the pools whose ssl_domain is domain
+// (case-insensitive), ordered by name.
+func (t *Tx) PoolsBySSLDomain(domain string) ([]Pool, error) {
+	keys, err := t.indexLookup(indexPrefix(idxPoolSSLDomain, normalizeDomain(domain)), TablePools, "", 0)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Pool, 0, len(keys))
+	for _, k := range keys {
+		p, err := t.Pool(k)
+		if err != nil {
+			return nil, indexRowError(TablePools, k, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// CertificatesByDomain returns the certificates whose Domain or SANs
+// include domain exactly (case-insensitive; "*.example.com" finds wildcard
+// certificates), ordered by id.
+func (t *Tx) CertificatesByDomain(domain string) ([]Certificate, error) {
+	keys, err := t.indexLookup(indexPrefix(idxCertDomain, normalizeDomain(domain)), TableCertificates, "", 0)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Certificate, 0, len(keys))
+	for _, k := range keys {
+		c, err := t.Certificate(k)
+		if err != nil {
+			return nil, indexRowError(TableCertificates, k, err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// indexRowError reports a row an index entry points at that cannot be read.
+func indexRowError(table, key string, err error) error {
+	if errors.Is(err, ErrNotFound) {
+		return corruptError(cfIndex, fmt.Errorf("index entry for missing %s %q", singular(table), key))
+	}
+	return err
+}
+
+// iterator returns an iterator over family cf in the transaction's snapshot.
+func (t *Tx) iterator(cf string) *grocksdb.Iterator {
+	if t.txn != nil {
+		return t.txn.NewIteratorCF(t.ro, t.s.cfs[cf])
+	}
+	return t.s.base.NewIteratorCF(t.ro, t.s.cfs[cf])
+}
+
+// indexLookup returns, in order, the row keys of index entries with prefix
+// whose remainder is the row key, strictly after `after`, at most limit
+// (<= 0: all). The transaction's buffered writes to table override the
+// stored entries.
+func (t *Tx) indexLookup(prefix []byte, table, after string, limit int) ([]string, error) {
+	hasWrites := false
+	for ref := range t.writes {
+		if ref.table == table {
+			hasWrites = true
+			break
+		}
+	}
+	var keys []string
+	it := t.iterator(cfIndex)
+	defer it.Close()
+	start := prefix
+	if after != "" {
+		start = append(append([]byte(nil), prefix...), after...)
+	}
+	for it.Seek(start); it.ValidForPrefix(prefix); it.Next() {
+		k := string(it.Key().Data()[len(prefix):])
+		if k == after {
+			continue
+		}
+		keys = append(keys, k)
+		if !hasWrites && limit > 0 && len(keys) >= limit {
+			break
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, readError(cfIndex, err)
+	}
+	if !hasWrites {
+		return keys, nil
+	}
+	set := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		set[k] = true
+	}
+	for ref, p := range t.writes {
+		if ref.table != table {
+			continue
+		}
+		delete(set, ref.key)
+		for _, ik := range p.idx {
+			if bytes.HasPrefix(ik, prefix) && string(ik[len(prefix):]) == ref.key && ref.key > after {
+				set[ref.key] = true
+			}
+		}
+	}
+	keys = keys[:0]
+	for k := range set {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	if limit > 0 && len(keys) > limit {
+		keys = keys[:limit]
+	}
+	return keys, nil
+}
+
+// scanRows calls fn for each live stored row of table whose key starts
+// with prefix and sorts strictly after `after`, at most limit (<= 0: all).
+func (t *Tx) scanRows(table, prefix, after string, limit int, fn func(key string, r *row) error) error {
+	it := t.iterator(table)
+	defer it.Close()
+	start := prefix
+	if after > prefix {
+		start = after
+	}
+	n := 0
+	for it.Seek([]byte(start)); it.ValidForPrefix([]byte(prefix)); it.Next() {
+		key := string(it.Key().Data())
+		if key == after {
+			continue
+		}
+		r, err := decodeRow(it.Value().Data())
+		if err != nil {
+			return corruptError(table, fmt.Errorf("row %q: %w", key, err))
+		}
+		if r.deleted {
+			continue
+		}
+		if err := fn(key, &r); err != nil {
+			return err
+		}
+		if n++; limit > 0 && n >= limit {
+			break
+		}
+	}
+	if err := it.Err(); err != nil {
+		return readError(table, err)
+	}
+	return nil
+}

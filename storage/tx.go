@@ -1,0 +1,369 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/linxGnu/grocksdb"
+)
+
+// Commit describes a committed transaction.
+type Commit struct {
+	Index   uint64  // node-local commit index: the change-feed position
+	Version Version // version of every row the transaction wrote
+}
+
+// maxAttempts bounds how often Update and Apply run a transaction that
+// keeps conflicting with concurrent writers before ErrConflict.
+const maxAttempts = 32
+
+type rowRef struct{ table, key string }
+
+// pending is a buffered write of a transaction.
+type pending struct {
+	deleted bool
+	rec     []byte   // encoded record; nil for a delete
+	idx     [][]byte // index entries of the new row
+	value   any      // typed copy for read-your-writes (Pool, Backend, ...)
+	setVer  func(Version)
+}
+
+// Tx is a transaction (Update) or a consistent read-only snapshot (View).
+// Writes are buffered and become visible to the transaction's own reads;
+// they reach RocksDB at commit, where versions are assigned in commit
+// order. A Tx must not be used after its function returns.
+type Tx struct {
+	s      *Store
+	txn    *grocksdb.Transaction // nil: read-only
+	ro     *grocksdb.ReadOptions
+	now    time.Time
+	old    map[rowRef]*row // rows as read from the snapshot (nil: absent)
+	writes map[rowRef]*pending
+	order  []rowRef
+	index  uint64 // last commit index when the transaction began
+}
+
+// LastIndex returns the commit index of the latest commit when the
+// transaction's snapshot was taken: every commit up to it is visible to the
+// transaction (later ones may be too). Subscribe from it after loading state
+// in a View to miss nothing.
+func (t *Tx) LastIndex() uint64 { return t.index }
+
+// Update runs fn in a transaction and commits its writes atomically: rows,
+// index entries, the change-log entry and the feed entry in one RocksDB
+// commit. Every row fn reads or writes is checked for conflicting commits
+// by other transactions; on a conflict fn runs again (so it must have no
+// side effects outside tx), at most a bounded number of times, then Update
+// fails with ErrConflict. An error from fn aborts the transaction and is
+// returned unchanged. A transaction without writes commits nothing and
+// returns a zero Commit.
+func (s *Store) Update(ctx context.Context, fn func(tx *Tx) error) (Commit, error) {
+	if err := s.enter(); err != nil {
+		return Commit{}, err
+	}
+	defer s.leave()
+	var lastErr error
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return Commit{}, err
+		}
+		c, err := s.tryUpdate(fn)
+		if err == nil || !isRetryable(err) {
+			return c, err
+		}
+		lastErr = err
+		backoff(attempt)
+	}
+	return Commit{}, fmt.Errorf("%w: gave up after %d attempts: %v", ErrConflict, maxAttempts, lastErr)
+}
+
+func (s *Store) tryUpdate(fn func(tx *Tx) error) (Commit, error) {
+	index := s.lastIndex.Load()
+	txn := s.db.TransactionBegin(s.wo, s.txo, nil)
+	defer txn.Destroy()
+	snap := txn.GetSnapshot()
+	defer snap.Destroy()
+	ro := grocksdb.NewDefaultReadOptions()
+	defer ro.Destroy()
+	ro.SetSnapshot(snap)
+
+	tx := &Tx{s: s, txn: txn, ro: ro, now: time.Now().UTC().Round(0), index: index,
+		old: make(map[rowRef]*row), writes: make(map[rowRef]*pending)}
+	if err := fn(tx); err != nil {
+		_ = txn.Rollback()
+		return Commit{}, err
+	}
+	if len(tx.writes) == 0 {
+		_ = txn.Rollback()
+		return Commit{}, nil
+	}
+	return tx.commit()
+}
+
+// View runs fn on a consistent snapshot. Writes fail with ErrReadOnly.
+func (s *Store) View(ctx context.Context, fn func(tx *Tx) error) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	// lastIndex is published after the RocksDB commit, so every commit up
+	// to it is in the snapshot taken next.
+	index := s.lastIndex.Load()
+	snap := s.base.NewSnapshot()
+	defer s.base.ReleaseSnapshot(snap)
+	ro := grocksdb.NewDefaultReadOptions()
+	defer ro.Destroy()
+	ro.SetSnapshot(snap)
+	return fn(&Tx{s: s, ro: ro, old: make(map[rowRef]*row), index: index})
+}
+
+// isRetryable reports a RocksDB optimistic-transaction conflict: Busy
+// (a tracked key was written after the snapshot) or TryAgain (the memtable
+// history no longer covers the snapshot).
+func isRetryable(err error) bool {
+	msg := err.Error()
+	return strings.HasPrefix(msg, "Resource busy") || strings.Contains(msg, "Try again")
+}
+
+func backoff(attempt int) {
+	d := time.Duration(attempt+1) * 200 * time.Microsecond
+	time.Sleep(d/2 + rand.N(d))
+}
+
+// commit writes the buffered rows with their index entries, assigns the
+// version under the commit mutex and commits.
+func (t *Tx) commit() (Commit, error) {
+	s := t.s
+	refs := t.sortedWrites()
+	for _, ref := range refs {
+		p := t.writes[ref]
+		oldIdx, err := rowIndexKeys(ref.table, t.old[ref])
+		if err != nil {
+			return Commit{}, corruptError(ref.table, err)
+		}
+		if err := t.writeIndex(oldIdx, p.idx); err != nil {
+			return Commit{}, err
+		}
+	}
+
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	s.vvMu.Lock()
+	seq := s.vv[s.nodeID] + 1
+	s.vvMu.Unlock()
+	index := s.lastIndex.Load() + 1
+	v := Version{HLC: s.clock.Now(), Origin: s.nodeID, Seq: seq}
+
+	cs := ChangeSet{Origin: v.Origin, Seq: v.Seq, HLC: v.HLC, Changes: make([]Change, 0, len(refs))}
+	for _, ref := range refs {
+		p := t.writes[ref]
+		if err := t.txn.PutCF(s.cfs[ref.table], []byte(ref.key), encodeRow(row{version: v, deleted: p.deleted, rec: p.rec})); err != nil {
+			return Commit{}, writeError(err)
+		}
+		cs.Changes = append(cs.Changes, Change{Table: ref.table, Key: ref.key, Deleted: p.deleted, Version: v, Value: p.rec})
+	}
+	if err := t.txn.PutCF(s.cfs[cfChangelog], changelogKey(v.Origin, v.Seq), cs.Marshal()); err != nil {
+		return Commit{}, writeError(err)
+	}
+	if err := t.txn.PutCF(s.cfs[cfFeed], feedKey(index), feedRef(v.Origin, v.Seq)); err != nil {
+		return Commit{}, writeError(err)
+	}
+	if err := t.txn.Commit(); err != nil {
+		return Commit{}, writeError(err)
+	}
+	s.vvMu.Lock()
+	s.vv[s.nodeID] = seq
+	s.vvMu.Unlock()
+	s.committed(index)
+	for _, ref := range refs {
+		if p := t.writes[ref]; p.setVer != nil {
+			p.setVer(v)
+		}
+	}
+	return Commit{Index: index, Version: v}, nil
+}
+
+func (t *Tx) writeIndex(oldIdx, newIdx [][]byte) error {
+	remove, add := diffKeys(oldIdx, newIdx)
+	for _, k := range remove {
+		if err := t.txn.DeleteCF(t.s.cfs[cfIndex], k); err != nil {
+			return writeError(err)
+		}
+	}
+	for _, k := range add {
+		if err := t.txn.PutCF(t.s.cfs[cfIndex], k, nil); err != nil {
+			return writeError(err)
+		}
+	}
+	return nil
+}
+
+func writeError(err error) error {
+	if isRetryable(err) {
+		return err // retried by the caller as is
+	}
+	if strings.Contains(err.Error(), "Corruption") {
+		return corruptError("", err)
+	}
+	return fmt.Errorf("storage: commit: %w", err)
+}
+
+func (t *Tx) sortedWrites() []rowRef {
+	refs := make([]rowRef, 0, len(t.writes))
+	for ref := range t.writes {
+		refs = append(refs, ref)
+	}
+	sort.Slice(refs, func(i, j int) bool {
+		if refs[i].table != refs[j].table {
+			return tableRank(refs[i].table) < tableRank(refs[j].table)
+		}
+		return refs[i].key < refs[j].key
+	})
+	return refs
+}
+
+// load returns the stored row as of the snapshot (nil when absent). In an
+// Update it reads with GetForUpdate so that a concurrent commit to the row
+// makes this transaction conflict.
+func (t *Tx) load(ref rowRef) (*row, error) {
+	if r, ok := t.old[ref]; ok {
+		return r, nil
+	}
+	var (
+		v   *grocksdb.Slice
+		err error
+	)
+	cf := t.s.cfs[ref.table]
+	if t.txn != nil {
+		v, err = t.txn.GetForUpdateWithCF(t.ro, cf, []byte(ref.key))
+	} else {
+		v, err = t.s.base.GetCF(t.ro, cf, []byte(ref.key))
+	}
+	if err != nil {
+		if isRetryable(err) {
+			return nil, err
+		}
+		return nil, readError(ref.table, err)
+	}
+	defer v.Free()
+	var r *row
+	if v.Exists() {
+		decoded, err := decodeRow(v.Data())
+		if err != nil {
+			return nil, corruptError(ref.table, fmt.Errorf("row %q: %w", ref.key, err))
+		}
+		r = &decoded
+	}
+	t.old[ref] = r
+	return r, nil
+}
+
+// current returns the transaction's view of a row: its own buffered write
+// or the stored row. live is false for an absent row or a tombstone.
+func (t *Tx) current(ref rowRef) (p *pending, r *row, live bool, err error) {
+	if p, ok := t.writes[ref]; ok {
+		return p, nil, !p.deleted, nil
+	}
+	r, err = t.load(ref)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	return nil, r, r != nil && !r.deleted, nil
+}
+
+func (t *Tx) put(ref rowRef, p *pending) error {
+	if t.txn == nil {
+		return ErrReadOnly
+	}
+	// Read (and track) the stored row: its index entries are removed at
+	// commit, and a concurrent writer of the same row must conflict.
+	if _, err := t.load(ref); err != nil {
+		return err
+	}
+	if _, ok := t.writes[ref]; !ok {
+		t.order = append(t.order, ref)
+	}
+	t.writes[ref] = p
+	return nil
+}
+
+func (t *Tx) remove(ref rowRef) error {
+	if t.txn == nil {
+		return ErrReadOnly
+	}
+	_, _, live, err := t.current(ref)
+	if err != nil {
+		return err
+	}
+	if !live {
+		return fmt.Errorf("%s %q: %w", singular(ref.table), ref.key, ErrNotFound)
+	}
+	return t.put(ref, &pending{deleted: true})
+}
+
+// insertedAt returns when the live row at ref was first inserted, or now.
+func (t *Tx) insertedAt(ref rowRef) (time.Time, error) {
+	p, r, live, err := t.current(ref)
+	if err != nil || !live {
+		return t.now, err
+	}
+	var ins time.Time
+	if p != nil {
+		switch v := p.value.(type) {
+		case *Certificate:
+			ins = v.InsertedAt
+		case *Pool:
+			ins = v.InsertedAt
+		case *Backend:
+			ins = v.InsertedAt
+		case *Observation:
+			return t.now, nil
+		}
+	} else {
+		d, err := decodeRecord(ref.table, r.rec)
+		if err != nil {
+			return t.now, corruptError(ref.table, err)
+		}
+		switch {
+		case d.cert != nil:
+			ins = d.cert.InsertedAt
+		case d.pool != nil:
+			ins = d.pool.InsertedAt
+		case d.be != nil:
+			ins = d.be.InsertedAt
+		}
+	}
+	if ins.IsZero() {
+		return t.now, nil
+	}
+	return ins, nil
+}
+
+func singular(table string) string {
+	switch table {
+	case TableCertificates:
+		return "certificate"
+	case TablePools:
+		return "pool"
+	case TableBackends:
+		return "backend"
+	case TableObservations:
+		return "observation"
+	}
+	return table
+}
+
+// notFound wraps ErrNotFound with the row it is about.
+func notFound(table, key string) error {
+	return fmt.Errorf("%s %q: %w", singular(table), key, ErrNotFound)
+}
+
+var errTypeMismatch = errors.New("storage: buffered row has an unexpected type")
