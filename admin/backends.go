@@ -243,7 +243,7 @@ func (s *Server) handleCreateBackend(w http.ResponseWriter, r *http.Request) {
 		addrField = "url"
 	}
 	var stored storage.Backend
-	commit, err := s.update(r.Context(), func(tx *storage.Tx) error {
+	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		if _, err := tx.Backend(b.ID); err == nil {
 			if chosenID {
 				return errConflict("id", fmt.Sprintf("a backend with id %q already exists", b.ID))
@@ -307,7 +307,7 @@ func (s *Server) handlePatchBackend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var stored storage.Backend
-	commit, err := s.update(r.Context(), func(tx *storage.Tx) error {
+	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := tx.Backend(id)
 		if err != nil || cur.PoolName != pool {
 			if err == nil || errors.Is(err, storage.ErrNotFound) {
@@ -351,7 +351,7 @@ func (s *Server) handleDeleteBackend(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	_, err = s.update(r.Context(), func(tx *storage.Tx) error {
+	_, err = s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := tx.Backend(id)
 		if err != nil || cur.PoolName != pool {
 			if err == nil || errors.Is(err, storage.ErrNotFound) {

@@ -1,7 +1,6 @@
 package admin
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -254,7 +253,7 @@ func (s *Server) storeUpload(w http.ResponseWriter, r *http.Request, in uploadIn
 		return
 	}
 	var stored storage.Certificate
-	commit, err := s.update(r.Context(), func(tx *storage.Tx) error {
+	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		if old, err := tx.Certificate(c.ID); err == nil {
 			return errConflict(certs.FieldCertificate, fmt.Sprintf("this certificate is already stored with id %q (domain %s)", old.ID, old.Domain))
 		} else if !errors.Is(err, storage.ErrNotFound) {
@@ -316,7 +315,7 @@ func (s *Server) handleDeleteCertificate(w http.ResponseWriter, r *http.Request)
 		s.writeError(w, r, err)
 		return
 	}
-	_, err = s.update(r.Context(), func(tx *storage.Tx) error {
+	_, err = s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := tx.Certificate(id)
 		if err != nil {
 			return notFoundAs(err, "id", fmt.Sprintf("no certificate with id %q", id))
@@ -324,12 +323,19 @@ func (s *Server) handleDeleteCertificate(w http.ResponseWriter, r *http.Request)
 		if err := match.check(cur.Version); err != nil {
 			return err
 		}
-		users, err := s.poolsUsingCertificate(r.Context(), cur.ID)
+		// The index scan is guarded: a pool that starts using the
+		// certificate concurrently makes one of the two transactions
+		// conflict and run again.
+		users, err := tx.PoolsByCertificate(cur.ID)
 		if err != nil {
 			return err
 		}
 		if len(users) > 0 {
-			return errConflict("id", fmt.Sprintf("certificate %q is used by pool(s) %s (ssl_cert_id); change them first", id, strings.Join(users, ", ")))
+			names := make([]string, len(users))
+			for i, p := range users {
+				names[i] = p.Name
+			}
+			return errConflict("id", fmt.Sprintf("certificate %q is used by pool(s) %s (ssl_cert_id); change them first", id, strings.Join(names, ", ")))
 		}
 		return tx.DeleteCertificate(id)
 	})
@@ -338,31 +344,6 @@ func (s *Server) handleDeleteCertificate(w http.ResponseWriter, r *http.Request)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// poolsUsingCertificate lists the pools whose ssl_cert_id is c's id. The
-// storage transaction offers no scan of the pools table, so this reads the
-// committed pools; it runs inside the delete's Update callback while the
-// admin write lock is held, so no admin write can add a reference between
-// the scan and the delete's commit.
-func (s *Server) poolsUsingCertificate(ctx context.Context, id string) ([]string, error) {
-	var users []string
-	after := ""
-	for {
-		page, err := s.store.ListPools(ctx, after, maxPageLimit)
-		if err != nil {
-			return nil, err
-		}
-		for _, p := range page {
-			if p.SSLCertID == id {
-				users = append(users, p.Name)
-			}
-		}
-		if len(page) < maxPageLimit {
-			return users, nil
-		}
-		after = page[len(page)-1].Name
-	}
 }
 
 // handleRenewCertificate answers honestly: uploaded certificates are

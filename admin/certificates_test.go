@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -316,5 +318,42 @@ func TestRenewCertificate(t *testing.T) {
 	h2.srv.Handler().ServeHTTP(rec, req)
 	if rec.Code != http.StatusInternalServerError || strings.Contains(rec.Body.String(), "rate limited") {
 		t.Fatalf("renewer failure answered %d %s", rec.Code, rec.Body)
+	}
+}
+
+// TestConcurrentDeleteCertificateAndUseIt races "delete the unused
+// certificate" against "create a pool naming it". Exactly one may win each
+// round: a pool never names a deleted certificate.
+func TestConcurrentDeleteCertificateAndUseIt(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	ca := newTestCA(t)
+	for round := 0; round < 10; round++ {
+		domain := fmt.Sprintf("r%d.example.test", round)
+		c := h.uploadCert(ca.leaf(t, time.Now().Add(90*24*time.Hour), domain))
+		pool := fmt.Sprintf("site%d", round)
+		var wg sync.WaitGroup
+		var del, use response
+		wg.Add(2)
+		go func() { defer wg.Done(); del = h.do("DELETE", "/api/certificates/"+c.ID, nil) }()
+		go func() {
+			defer wg.Done()
+			use = h.do("POST", "/api/pools", map[string]any{"name": pool, "ssl_mode": "flexible", "ssl_domain": domain, "ssl_cert_id": c.ID})
+		}()
+		wg.Wait()
+		_, certErr := h.store.GetCertificate(ctx, c.ID)
+		_, poolErr := h.store.GetPool(ctx, pool)
+		switch {
+		case del.Status == http.StatusNoContent && use.Status == http.StatusUnprocessableEntity:
+			if !errors.Is(certErr, storage.ErrNotFound) || !errors.Is(poolErr, storage.ErrNotFound) {
+				t.Fatalf("round %d: delete won, yet certificate err %v, pool err %v", round, certErr, poolErr)
+			}
+		case use.Status == http.StatusCreated && del.Status == http.StatusConflict:
+			if certErr != nil || poolErr != nil {
+				t.Fatalf("round %d: pool won, yet certificate err %v, pool err %v", round, certErr, poolErr)
+			}
+		default:
+			t.Fatalf("round %d: delete %d %s, create pool %d %s", round, del.Status, del.Body, use.Status, use.Body)
+		}
 	}
 }

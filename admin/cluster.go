@@ -57,7 +57,7 @@ func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
 		}
 		return members[i].ID < members[j].ID
 	})
-	resp := clusterResponse{NodeID: s.store.NodeID(), Members: members, Regions: []regionSummary{}}
+	resp := clusterResponse{NodeID: s.cfg.Node.ID, Members: members, Regions: []regionSummary{}}
 	for _, m := range members {
 		if n := len(resp.Regions); n == 0 || resp.Regions[n-1].Region != m.Region {
 			resp.Regions = append(resp.Regions, regionSummary{Region: m.Region})
@@ -82,7 +82,7 @@ func (s *Server) members() []Member {
 			if out[i].Addresses == nil {
 				out[i].Addresses = map[string]string{}
 			}
-			if out[i].ID == s.store.NodeID() {
+			if out[i].ID == s.cfg.Node.ID {
 				out[i].Self = true
 			}
 		}
@@ -93,7 +93,7 @@ func (s *Server) members() []Member {
 		addrs["admin"] = a.String()
 	}
 	return []Member{{
-		ID:        s.store.NodeID(),
+		ID:        s.cfg.Node.ID,
 		Name:      s.cfg.Node.Name,
 		Region:    s.cfg.Node.Region,
 		Addresses: addrs,

@@ -32,11 +32,12 @@ type Config struct {
 	IdleTimeout          time.Duration
 	LongOperationTimeout time.Duration
 
-	// Registerer receives the admin's collectors: request metrics and the
-	// storage table statistics read at scrape time. Gatherer is what
-	// /metrics serves. Both nil: the server keeps a private registry of its
-	// own collectors and serves that. Normally the agent passes one
-	// *prometheus.Registry as both, shared with the other packages.
+	// Registerer receives the admin's collectors (request metrics).
+	// Gatherer is what /metrics serves. Both nil: the server keeps a
+	// private registry of its own collectors and serves that. Normally the
+	// agent passes one *prometheus.Registry as both, shared with the other
+	// packages; the singularity_edge_storage_* figures come from the store
+	// registering on it (storage.Config.Registerer), not from admin.
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
 	// RegisterRuntimeCollectors adds the Go runtime and process collectors
@@ -54,7 +55,8 @@ type Config struct {
 	Logger *zap.Logger
 }
 
-// NodeInfo identifies the agent serving the API.
+// NodeInfo identifies the agent serving the API. ID defaults to the
+// store's node id.
 type NodeInfo struct {
 	ID      string `json:"id"`
 	Name    string `json:"name"`

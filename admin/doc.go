@@ -5,12 +5,86 @@
 // The API is not on the proxy's hot path, so it uses net/http and its
 // method-aware ServeMux. Every write is one store transaction that also
 // performs every check the write depends on (the pool exists, the name is
-// free, the certificate a pool names exists, the pool has no backends left),
-// so a rejected request changes nothing and two concurrent requests cannot
-// both pass a check that only one of them may pass.
+// free, the certificate a pool names exists and no pool still uses a
+// certificate being deleted, the pool has no backends left, no sibling
+// backend has the address), so a rejected request changes nothing. The
+// store detects conflicts on every row a transaction read or wrote and on
+// every index partition it scanned (storage.Tx.BackendsByPool,
+// PoolsByCertificate), and runs a conflicting transaction again: two
+// concurrent requests to this agent cannot both pass a check that only
+// one of them may pass, and a change set applied from a peer while a
+// request's transaction runs makes it run again too. No admin-side lock is
+// needed. Writes accepted at the same time by two different agents are
+// reconciled by replication (last write wins per row), not by these checks.
 //
 // Request and response bodies are explicit DTOs, never the storage records:
 // durations travel as integer milliseconds, observed state (health and
 // counters) sits beside the configuration, and a certificate's private key
 // is accepted on upload and never returned.
+//
+// # Routes
+//
+//	GET    /api/health                        200 ready, 503 starting (no token needed; says nothing else)
+//	GET    /api/pools                         200 list
+//	POST   /api/pools                         201 + Location, ETag; 400, 409 name taken, 422
+//	GET    /api/pools/{name}                  200 + ETag; 404
+//	PATCH  /api/pools/{name}                  200 + ETag; 400, 404, 412, 422 (name cannot change)
+//	DELETE /api/pools/{name}[?cascade=true]   204; 404, 409 backends left, 412
+//	GET    /api/pools/{name}/backends         200 list; 404 pool
+//	POST   /api/pools/{name}/backends         201 + Location, ETag; 400, 404 pool, 409 address/id taken, 422
+//	GET    /api/pools/{name}/backends/{id}    200 + ETag; 404
+//	PATCH  /api/pools/{name}/backends/{id}    200 + ETag; 400, 404, 409, 412, 422
+//	DELETE /api/pools/{name}/backends/{id}    204; 404, 412
+//	GET    /api/certificates                  200 list
+//	POST   /api/certificates                  201 (JSON upload); 400, 409 duplicate, 409 not_supported, 413, 415, 422
+//	POST   /api/certificates/upload           201 (JSON or multipart/form-data); as above
+//	GET    /api/certificates/{id}             200 + ETag; 404
+//	DELETE /api/certificates/{id}             204; 404, 409 used by a pool, 412
+//	POST   /api/certificates/{id}/renew       200 with a Renewer; 404; 409 not_supported (uploaded, or ACME not configured)
+//	GET    /api/cluster                       200 members by region
+//	GET    /api/db                            200 store info
+//	GET    /api/db/tables                     200 per-table size and memory, block cache
+//	GET    /api/db/stats/{table}              200 RocksDB stats text; 404 table
+//	POST   /api/db/compact/{table}            200; 404 table
+//	POST   /api/db/backup      {"dir": "/abs"} 200; 400, 415, 422 dir relative/empty/unusable
+//	POST   /api/db/checkpoint  {"dir": "/abs"} 201; 400, 409 dir exists, 415, 422
+//	GET    /metrics                           Prometheus text; token unless loopback or MetricsPublic
+//	GET    /admin/dashboard                   the dashboard page (carries no data; asks for the token)
+//
+// Every /api route but the health check answers 401 without the token, and
+// every route may answer 413 (body over the limit), 415 (a body that is not
+// JSON), 404 (unknown path) and 405 (known path, other method; Allow lists
+// the methods).
+//
+// # Conventions
+//
+// Errors have one shape:
+//
+//	{"error": {"code": "invalid", "message": "...", "fields": [{"field": "port", "message": "..."}]}}
+//
+// 400 means the body or a query parameter could not be read (malformed
+// JSON, with line and column; an unknown field; a value of the wrong JSON
+// type); 422 means it was read but a value is not acceptable. Both use the
+// code "invalid" and name the fields. The full list of codes and statuses
+// is at the Code constants.
+//
+// Lists take ?limit= (1 to 1000, default 100) and ?after=<key of the last
+// item> and answer {"items": [...], "next": "<cursor or empty>"}.
+//
+// ETag is the row version, "<hlc>-<origin node>". PATCH and DELETE honour
+// If-Match (a list of tags, or *); a stale tag answers 412
+// precondition_failed and changes nothing.
+//
+// PATCH changes only the fields present in the body and validates the
+// result as a whole. Nested objects (health_check) merge field by field;
+// arrays and maps (hosts, metadata) are replaced; null clears an array or
+// map and leaves a scalar as it is. A pool's name and a backend's id
+// cannot change.
+//
+// A backend is given as {"url": "http://10.0.1.10:8080"} or as host, port
+// and scheme, not both. Its response carries this node's view of it
+// (healthy, available, ejected, current_connections, total_requests,
+// last_check; local_source says whether it is live, stored or none yet) and
+// every node's replicated observation beside it ("observations", one per
+// node, with its region).
 package admin

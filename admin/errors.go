@@ -125,6 +125,10 @@ func toAPIError(err error) *apiError {
 			Message: fmt.Sprintf("request body exceeds %d bytes", mbe.Limit)}
 	case errors.Is(err, storage.ErrNotFound):
 		return &apiError{Status: http.StatusNotFound, Code: CodeNotFound, Message: "not found"}
+	case errors.Is(err, storage.ErrInvalid):
+		// The store's own checks (key and index sizes) back up the
+		// pools and certs validation; its messages carry no key material.
+		return &apiError{Status: http.StatusUnprocessableEntity, Code: CodeInvalid, Message: err.Error(), cause: err}
 	case errors.Is(err, storage.ErrConflict):
 		return &apiError{Status: http.StatusConflict, Code: CodeConflict,
 			Message: "a concurrent update changed the same rows; retry the request", cause: err}

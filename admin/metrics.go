@@ -1,7 +1,6 @@
 package admin
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -24,9 +23,10 @@ func (m *requestMetrics) observe(route, method string, status int, elapsed time.
 	m.duration.WithLabelValues(route).Observe(elapsed.Seconds())
 }
 
-// registerMetrics registers the request metrics and the storage collector
-// (and, when asked, the Go runtime and process collectors) on reg.
-func registerMetrics(reg prometheus.Registerer, store Store, runtime bool) (*requestMetrics, error) {
+// registerMetrics registers the request metrics and, when asked, the Go
+// runtime and process collectors on reg. The storage figures are not
+// admin's: the store exports them itself (storage.Config.Registerer).
+func registerMetrics(reg prometheus.Registerer, runtime bool) (*requestMetrics, error) {
 	m := &requestMetrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "singularity_edge_admin_requests_total",
@@ -38,78 +38,21 @@ func registerMetrics(reg prometheus.Registerer, store Store, runtime bool) (*req
 			Buckets: []float64{.001, .005, .01, .05, .1, .5, 1, 5, 30},
 		}, []string{"route"}),
 	}
-	cs := []prometheus.Collector{m.requests, m.duration, newStorageCollector(store)}
+	cs := []prometheus.Collector{m.requests, m.duration}
 	if runtime {
 		cs = append(cs, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
-	for _, c := range cs {
+	for i, c := range cs {
 		if err := reg.Register(c); err != nil {
+			// Leave the registry as it was, so that a corrected retry
+			// does not trip over this attempt's half.
+			for _, done := range cs[:i] {
+				reg.Unregister(done)
+			}
 			return nil, fmt.Errorf("admin: register metrics: %w", err)
 		}
 	}
 	return m, nil
-}
-
-// storageCollector reads the store's table statistics at scrape time, so
-// the figures are as fresh as the scrape and cost nothing in between.
-type storageCollector struct {
-	store         Store
-	estimatedKeys *prometheus.Desc
-	liveData      *prometheus.Desc
-	sst           *prometheus.Desc
-	memtable      *prometheus.Desc
-	cacheUsage    *prometheus.Desc
-	cacheCapacity *prometheus.Desc
-}
-
-// scrapeTimeout bounds the statistics read of one scrape.
-const scrapeTimeout = 5 * time.Second
-
-func newStorageCollector(store Store) *storageCollector {
-	table := []string{"table"}
-	return &storageCollector{
-		store: store,
-		estimatedKeys: prometheus.NewDesc("singularity_edge_storage_table_estimated_keys",
-			"RocksDB's estimate of the keys in a table (column family), tombstones included.", table, nil),
-		liveData: prometheus.NewDesc("singularity_edge_storage_table_live_data_bytes",
-			"RocksDB's estimate of the live data in a table.", table, nil),
-		sst: prometheus.NewDesc("singularity_edge_storage_table_sst_bytes",
-			"Size of a table's SST files on disk.", table, nil),
-		memtable: prometheus.NewDesc("singularity_edge_storage_table_memtable_bytes",
-			"Memory held by a table's memtables.", table, nil),
-		cacheUsage: prometheus.NewDesc("singularity_edge_storage_block_cache_usage_bytes",
-			"Memory in use by the block cache shared by all tables.", nil, nil),
-		cacheCapacity: prometheus.NewDesc("singularity_edge_storage_block_cache_capacity_bytes",
-			"Capacity of the block cache shared by all tables.", nil, nil),
-	}
-}
-
-func (c *storageCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.estimatedKeys, c.liveData, c.sst, c.memtable, c.cacheUsage, c.cacheCapacity} {
-		ch <- d
-	}
-}
-
-func (c *storageCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
-	defer cancel()
-	stats, err := c.store.TableStats(ctx)
-	if err != nil {
-		// The scrape reports the failure for these families and keeps the
-		// others (the handler continues on error).
-		ch <- prometheus.NewInvalidMetric(c.estimatedKeys, fmt.Errorf("storage table stats: %w", err))
-		return
-	}
-	for _, t := range stats {
-		ch <- prometheus.MustNewConstMetric(c.estimatedKeys, prometheus.GaugeValue, float64(t.EstimatedKeys), t.Table)
-		ch <- prometheus.MustNewConstMetric(c.liveData, prometheus.GaugeValue, float64(t.LiveDataBytes), t.Table)
-		ch <- prometheus.MustNewConstMetric(c.sst, prometheus.GaugeValue, float64(t.SSTBytes), t.Table)
-		ch <- prometheus.MustNewConstMetric(c.memtable, prometheus.GaugeValue, float64(t.MemtableBytes), t.Table)
-	}
-	if len(stats) > 0 {
-		ch <- prometheus.MustNewConstMetric(c.cacheUsage, prometheus.GaugeValue, float64(stats[0].BlockCacheUsage))
-		ch <- prometheus.MustNewConstMetric(c.cacheCapacity, prometheus.GaugeValue, float64(stats[0].BlockCacheCapacity))
-	}
 }
 
 // handleMetrics serves the Gatherer. It is open on connections to a

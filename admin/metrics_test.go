@@ -3,12 +3,16 @@ package admin
 import (
 	"bytes"
 	"net/http"
+	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/singularity-ng/singularity-edge/storage"
 )
 
 func scrape(t *testing.T, h *harness) map[string]*dto.MetricFamily {
@@ -23,8 +27,29 @@ func scrape(t *testing.T, h *harness) map[string]*dto.MetricFamily {
 	return families
 }
 
+// newHarnessWithStoreMetrics opens a store that registers its
+// singularity_edge_storage_* metrics on the registry admin serves, the way
+// the agent wires them.
+func newHarnessWithStoreMetrics(t *testing.T, opts ...harnessOption) (*harness, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	cfg := storage.DefaultConfig()
+	cfg.Dir = t.TempDir()
+	cfg.EncryptionKey = testEncryptionKey()
+	cfg.SyncWAL = false
+	cfg.BlockCacheSize = 8 << 20
+	cfg.Registerer = reg
+	st, err := storage.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	opts = append([]harnessOption{withConfig(func(c *Config) { c.Registerer, c.Gatherer = reg, reg })}, opts...)
+	return newHarnessOn(t, st, opts...), reg
+}
+
 func TestMetrics(t *testing.T) {
-	h := newHarness(t)
+	h, _ := newHarnessWithStoreMetrics(t)
 	h.createPool(map[string]any{"name": "web"})
 	h.do("GET", "/api/pools/nope", nil)
 
@@ -36,6 +61,10 @@ func TestMetrics(t *testing.T) {
 		"singularity_edge_storage_table_memtable_bytes",
 		"singularity_edge_storage_block_cache_usage_bytes",
 		"singularity_edge_storage_block_cache_capacity_bytes",
+		"singularity_edge_storage_commits_total",
+		"singularity_edge_storage_compactions_running",
+		"singularity_edge_storage_compaction_pending_bytes",
+		"singularity_edge_storage_flushes_running",
 		"singularity_edge_admin_requests_total",
 		"singularity_edge_admin_request_duration_seconds",
 	} {
@@ -47,6 +76,9 @@ func TestMetrics(t *testing.T) {
 	for _, m := range families["singularity_edge_storage_table_memtable_bytes"].GetMetric() {
 		for _, l := range m.GetLabel() {
 			if l.GetName() == "table" {
+				if tables[l.GetValue()] {
+					t.Errorf("table %s served twice", l.GetValue())
+				}
 				tables[l.GetValue()] = true
 			}
 		}
@@ -58,6 +90,9 @@ func TestMetrics(t *testing.T) {
 	}
 	if v := families["singularity_edge_storage_block_cache_capacity_bytes"].GetMetric()[0].GetGauge().GetValue(); v != 8<<20 {
 		t.Errorf("block cache capacity %v", v)
+	}
+	if v := families["singularity_edge_storage_commits_total"].GetMetric()[0].GetCounter().GetValue(); v != 1 {
+		t.Errorf("storage commits %v, want 1 (the pool)", v)
 	}
 
 	// Requests are counted by route pattern, not by raw path.
@@ -84,22 +119,44 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
-func TestMetricsPrivateRegistry(t *testing.T) {
-	h := newHarness(t, withConfig(func(c *Config) { c.Registerer, c.Gatherer = nil, nil }))
-	if scrape(t, h)["singularity_edge_storage_table_sst_bytes"] == nil {
-		t.Fatal("private registry lacks the storage collector")
+// Admin exports no storage figures of its own: a store that registers
+// nowhere leaves them out of /metrics, private registry or not.
+func TestMetricsAdminOnly(t *testing.T) {
+	for name, opt := range map[string]harnessOption{
+		"shared registry":  withConfig(func(*Config) {}),
+		"private registry": withConfig(func(c *Config) { c.Registerer, c.Gatherer = nil, nil }),
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, opt)
+			h.do("GET", "/api/cluster", nil).expect(t, http.StatusOK, "")
+			families := scrape(t, h)
+			if families["singularity_edge_admin_requests_total"] == nil {
+				t.Fatal("admin request metrics missing")
+			}
+			for fam := range families {
+				if strings.HasPrefix(fam, "singularity_edge_storage_") {
+					t.Errorf("admin serves storage family %s itself", fam)
+				}
+			}
+		})
 	}
 }
 
 func TestMetricsStoreClosed(t *testing.T) {
-	h := newHarness(t)
+	h, _ := newHarnessWithStoreMetrics(t)
 	h.do("GET", "/api/cluster", nil).expect(t, http.StatusOK, "")
+	if scrape(t, h)["singularity_edge_storage_commits_total"] == nil {
+		t.Fatal("storage metrics missing while the store is open")
+	}
 	if err := h.store.Close(); err != nil {
 		t.Fatal(err)
 	}
-	// Gathering the storage families fails; the rest is still served.
+	// Close unregisters the store's collector; the rest is still served.
 	families := scrape(t, h)
 	if families["singularity_edge_admin_requests_total"] == nil {
 		t.Fatal("metrics lost with the store closed")
+	}
+	if families["singularity_edge_storage_commits_total"] != nil {
+		t.Fatal("storage metrics served after the store closed")
 	}
 }

@@ -266,7 +266,7 @@ func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var stored storage.Pool
-	commit, err := s.update(r.Context(), func(tx *storage.Tx) error {
+	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		if _, err := tx.Pool(p.Name); err == nil {
 			return errConflict("name", fmt.Sprintf("a pool named %q already exists", p.Name))
 		} else if !errors.Is(err, storage.ErrNotFound) {
@@ -315,7 +315,7 @@ func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var stored storage.Pool
-	commit, err := s.update(r.Context(), func(tx *storage.Tx) error {
+	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := tx.Pool(name)
 		if err != nil {
 			return notFoundAs(err, "name", fmt.Sprintf("no pool named %q", name))
@@ -365,7 +365,7 @@ func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	_, err = s.update(r.Context(), func(tx *storage.Tx) error {
+	_, err = s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := tx.Pool(name)
 		if err != nil {
 			return notFoundAs(err, "name", fmt.Sprintf("no pool named %q", name))

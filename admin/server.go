@@ -12,8 +12,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-
-	"github.com/singularity-ng/singularity-edge/storage"
 )
 
 // Server is the admin HTTP server: API, dashboard and /metrics.
@@ -31,15 +29,6 @@ type Server struct {
 	// promHandler serves gather; built once, it is safe for concurrent use.
 	promHandler http.Handler
 	page        dashboardPage
-
-	// writeMu serializes the API's writes. Each write runs its checks in
-	// the same store transaction as the write, but RocksDB's optimistic
-	// transactions detect conflicts only on rows read or written, not on
-	// index scans: "the pool has no backends" (delete) and "add a backend"
-	// (which reads the pool row but does not write it) could both commit.
-	// Admin writes are rare, so one lock closes that gap for every writer
-	// that goes through the API.
-	writeMu sync.Mutex
 
 	httpServer *http.Server
 	mu         sync.Mutex
@@ -111,7 +100,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		gather: cfg.Gatherer,
 		page:   page,
 	}
-	if s.metrics, err = registerMetrics(cfg.Registerer, deps.Store, cfg.RegisterRuntimeCollectors); err != nil {
+	if s.metrics, err = registerMetrics(cfg.Registerer, cfg.RegisterRuntimeCollectors); err != nil {
 		return nil, err
 	}
 	s.promHandler = s.newMetricsHandler()
@@ -232,13 +221,6 @@ func (d *discardWriter) WriteHeader(status int) {
 	if d.status == 0 {
 		d.status = status
 	}
-}
-
-// update runs fn in a store transaction under the admin write lock.
-func (s *Server) update(ctx context.Context, fn func(tx *storage.Tx) error) (storage.Commit, error) {
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	return s.store.Update(ctx, fn)
 }
 
 // Start checks exposure, binds cfg.Addr and serves in the background until

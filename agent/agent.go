@@ -103,38 +103,40 @@ func New(cfg Config, logger *zap.Logger) (*Agent, error) {
 		logger.Warn("neither EDGE_COOKIE_KEY nor EDGE_ENCRYPTION_KEY is set: sticky-session cookies are signed with a key of this process only")
 	}
 
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
 	scfg := storage.DefaultConfig()
 	scfg.Dir = cfg.DataDir
 	scfg.EncryptionKey = encKey
 	scfg.BlockCacheSize = cfg.BlockCacheSize
-	scfg.Logger = logger.Named("storage")
+	scfg.Logger = logger
+	scfg.Registerer = registry
 	store, err := storage.Open(scfg)
 	if err != nil {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, logger: logger, store: store, errs: make(chan error, 4)}
-	if err := a.build(cookieKey); err != nil {
+	if err := a.build(registry, cookieKey); err != nil {
 		a.close()
 		return nil, err
 	}
 	return a, nil
 }
 
-func (a *Agent) build(cookieKey []byte) error {
+func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	cfg := a.cfg
-	registry := prometheus.NewRegistry()
-	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	pcfg := pools.DefaultConfig()
 	pcfg.NodeID = a.store.NodeID()
 	pcfg.Region = cfg.Region
 	pcfg.CookieKey = cookieKey
-	pcfg.Logger = a.logger.Named("pools")
+	pcfg.Logger = a.logger
 	pcfg.Registerer = registry
 	a.pools = pools.NewManager(pcfg, a.store)
 
 	ccfg := certs.DefaultCacheConfig()
-	ccfg.Logger = a.logger.Named("certs")
+	ccfg.Logger = a.logger
 	ccfg.Registerer = registry
 	a.certs = certs.NewCache(ccfg, a.store)
 
@@ -182,6 +184,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.cancel = cancel
 	a.runLoop(bg, "pools", a.pools.Run)
 	a.runLoop(bg, "certs", a.certs.Run)
+	a.runLoop(bg, "prune", a.pruneLoop)
 
 	if err := a.admin.Start(ctx); err != nil {
 		return fmt.Errorf("admin API on %s: %w", a.cfg.AdminAddr, err)

@@ -8,6 +8,7 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
@@ -89,7 +90,10 @@ func ParseUpload(certPEM, keyPEM, chainPEM string, now time.Time) (*storage.Cert
 		chain = append(chain, chainCert{cert: c, field: FieldChain})
 	}
 
-	if leaf.IsCA {
+	// A self-signed certificate made with `openssl req -x509` carries
+	// CA:TRUE by default; it is still the server's own certificate, so it is
+	// accepted as a leaf when it names DNS hosts and signed itself.
+	if leaf.IsCA && !(len(chain) == 0 && isSelfSignedServerCert(leaf)) {
 		if i := firstNonCA(chain); i >= 0 {
 			errs.Add(FieldCertificate, fmt.Sprintf("the first certificate must be the server (leaf) certificate, but it is the CA certificate %s; the leaf %s comes later in %s",
 				describe(leaf), describe(chain[i].cert), chain[i].field))
@@ -233,6 +237,9 @@ func decodePrivateKey(data string, errs *fielderr.List) crypto.Signer {
 		case "ENCRYPTED PRIVATE KEY":
 			errs.Add(FieldPrivateKey, "is encrypted with a passphrase; upload the decrypted key")
 			return nil
+		case "OPENSSH PRIVATE KEY":
+			errs.Add(FieldPrivateKey, "is an OpenSSH key; a TLS key is PEM (-----BEGIN PRIVATE KEY-----), e.g. from openssl or the CA's tooling")
+			return nil
 		case "PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY":
 		default:
 			if isPrivateKeyType(block.Type) {
@@ -299,7 +306,11 @@ func parsePrivateKey(block *pem.Block) (crypto.Signer, string) {
 		}
 		return k, ""
 	case *ecdsa.PrivateKey:
-		return k, ""
+		switch k.Curve {
+		case elliptic.P256(), elliptic.P384(), elliptic.P521():
+			return k, ""
+		}
+		return nil, fmt.Sprintf("is an ECDSA key on curve %s, which TLS does not use; use P-256, P-384 or P-521", k.Curve.Params().Name)
 	case ed25519.PrivateKey:
 		return k, ""
 	default:
@@ -571,4 +582,10 @@ func issuerName(leaf *x509.Certificate) string {
 		return leaf.Issuer.Organization[0]
 	}
 	return leaf.Issuer.String()
+}
+
+// isSelfSignedServerCert reports whether c is its own issuer and names at
+// least one DNS host, as self-signed server certificates do.
+func isSelfSignedServerCert(c *x509.Certificate) bool {
+	return len(c.DNSNames) > 0 && bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
 }

@@ -1,12 +1,17 @@
 package certs
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
+	"math/big"
 	"net"
 	"strings"
 	"testing"
@@ -47,6 +52,11 @@ func TestParseUpload(t *testing.T) {
 	ecPEM := certToPEM(ecLeaf)
 	chain := inter.pem() + root.pem()
 	encryptedKey := string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Headers: map[string]string{"Proc-Type": "4,ENCRYPTED", "DEK-Info": "AES-256-CBC,00112233445566778899AABBCCDDEEFF"}, Bytes: []byte("ciphertext")}))
+	p224, err := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p224Key := pkcs8PEM(t, p224)
 	ecParams := "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n"
 
 	type want struct {
@@ -100,6 +110,9 @@ func TestParseUpload(t *testing.T) {
 		{name: "encrypted pkcs8 key", cert: ecPEM, key: "-----BEGIN ENCRYPTED PRIVATE KEY-----\naGVsbG8=\n-----END ENCRYPTED PRIVATE KEY-----\n", errField: FieldPrivateKey, errContain: "is encrypted"},
 		{name: "two keys", cert: ecPEM, key: sec1PEM(t, ecKey) + sec1PEM(t, ecKey2), errField: FieldPrivateKey, errContain: "more than one private key"},
 		{name: "only EC parameters", cert: ecPEM, key: ecParams, errField: FieldPrivateKey, errContain: "contains no private key block"},
+		{name: "openssh key", cert: ecPEM, key: "-----BEGIN OPENSSH PRIVATE KEY-----\naGVsbG8=\n-----END OPENSSH PRIVATE KEY-----\n", errField: FieldPrivateKey, errContain: "is an OpenSSH key"},
+		{name: "dsa key", cert: ecPEM, key: "-----BEGIN DSA PRIVATE KEY-----\naGVsbG8=\n-----END DSA PRIVATE KEY-----\n", errField: FieldPrivateKey, errContain: `unsupported key type "DSA PRIVATE KEY"`},
+		{name: "P-224 key", cert: ecPEM, key: p224Key, errField: FieldPrivateKey, errContain: "is an ECDSA key on curve P-224, which TLS does not use"},
 		{name: "small rsa key", cert: certToPEM(smallRSALeaf), key: pkcs1PEM(rsaSmall), errField: FieldPrivateKey, errContain: "is a 1024-bit RSA key"},
 		{name: "mismatched key same type", cert: ecPEM, key: sec1PEM(t, ecKey2), errField: FieldPrivateKey, errContain: "does not match the certificate's public key"},
 		{name: "mismatched key type", cert: ecPEM, key: pkcs8PEM(t, edKey), errField: FieldPrivateKey, errContain: "is an Ed25519 key but the certificate has an ECDSA public key"},
@@ -288,4 +301,38 @@ func FuzzParseUpload(f *testing.F) {
 			t.Fatalf("accepted a pair tls cannot load: %v", err)
 		}
 	})
+}
+
+// `openssl req -x509` marks its self-signed certificates CA:TRUE; operators
+// upload those for internal names, and they must be accepted as leaves,
+// while a CA certificate issued by another CA still is not.
+func TestParseUploadAcceptsSelfSignedCertificateMarkedCA(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(9),
+		Subject:               pkix.Name{CommonName: "internal.example.com"},
+		DNSNames:              []string{"internal.example.com", "alt.example.com"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseUpload(certToPEM(leaf), pkcs8PEM(t, key), "", time.Now())
+	if err != nil {
+		t.Fatalf("self-signed CA:TRUE server certificate rejected: %v", err)
+	}
+	if got.Domain != "internal.example.com" || len(got.Names) != 2 {
+		t.Fatalf("domain %q names %v", got.Domain, got.Names)
+	}
 }

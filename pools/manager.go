@@ -28,6 +28,9 @@ type Source interface {
 	Observations(ctx context.Context, nodeID string) ([]storage.Observation, error)
 	// PutObservations writes this node's observations in one transaction.
 	PutObservations(ctx context.Context, obs []storage.Observation) error
+	// DeleteObservations deletes this node's observations of the backends
+	// backendIDs in one transaction, skipping those it has none of.
+	DeleteObservations(ctx context.Context, backendIDs []string) error
 	// LastIndex is the feed position of the latest commit.
 	LastIndex() uint64
 	// Subscribe delivers every commit after afterIndex, in order.
@@ -105,6 +108,10 @@ type Manager struct {
 
 	persistMu     sync.Mutex
 	lastPersisted map[string]persisted
+	// stored holds the ids of the backends this node has an observation
+	// row of in the store (loaded at start, then written by persist), so
+	// that persist deletes the rows of backends that left the table.
+	stored map[string]bool
 
 	collector *collector
 }
@@ -148,11 +155,12 @@ func NewManager(cfg Config, src Source) *Manager {
 	m := &Manager{
 		cfg:           cfg,
 		src:           src,
-		log:           cfg.Logger.Named("pools"),
+		log:           cfg.Logger,
 		ready:         make(chan struct{}),
 		states:        make(map[string]*backendState),
 		checkers:      make(map[string]*runningChecker),
 		lastPersisted: make(map[string]persisted),
+		stored:        make(map[string]bool),
 	}
 	m.table.Store(EmptyTable())
 	m.collector = newCollector(m.Table, m.rebuilds.Load)
@@ -228,6 +236,13 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 	}
 	m.mu.Unlock()
+	m.persistMu.Lock()
+	for _, o := range obs {
+		if o.NodeID == m.cfg.NodeID {
+			m.stored[o.BackendID] = true
+		}
+	}
+	m.persistMu.Unlock()
 
 	checkCtx, stopChecks := context.WithCancel(ctx)
 	defer func() {
@@ -492,7 +507,10 @@ func (m *Manager) persistLoop(ctx context.Context) {
 }
 
 // persist writes the observations that changed since the last successful
-// write.
+// write and deletes this node's observations of backends no longer in the
+// routing table (deleted, or their pool is gone), so that rows of removed
+// backends do not accumulate. A backend that comes back is observed and
+// written afresh.
 func (m *Manager) persist(ctx context.Context) error {
 	m.persistMu.Lock()
 	defer m.persistMu.Unlock()
@@ -529,8 +547,27 @@ func (m *Manager) persist(ctx context.Context) error {
 		}
 		for _, o := range changed[:n] {
 			m.lastPersisted[o.BackendID] = persisted{obs: o, at: now}
+			m.stored[o.BackendID] = true
 		}
 		changed = changed[n:]
+	}
+
+	var gone []string
+	for id := range m.stored {
+		if t.backends[id] == nil {
+			gone = append(gone, id)
+		}
+	}
+	sort.Strings(gone)
+	for len(gone) > 0 {
+		n := min(len(gone), observationBatch)
+		if err := m.src.DeleteObservations(ctx, gone[:n]); err != nil {
+			return fmt.Errorf("pools: delete %d observations of removed backends: %w", n, err)
+		}
+		for _, id := range gone[:n] {
+			delete(m.stored, id)
+		}
+		gone = gone[n:]
 	}
 	return nil
 }

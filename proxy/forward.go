@@ -28,6 +28,9 @@ type outRequest struct {
 	abort      func()
 	idempotent bool
 	isHEAD     bool
+	// track, when set, holds the backend connection in use so that a
+	// shutdown or a cancelled client can interrupt a blocked read.
+	track *atomic.Pointer[net.Conn]
 }
 
 func (r *outRequest) replayable() bool { return r.stream == nil }
@@ -170,6 +173,9 @@ func (s *Server) attemptOn(ex *exchange, up *upstream, req *outRequest, interim 
 			}
 		}
 		ex.uc = uc
+		if req.track != nil {
+			req.track.Store(&uc.c)
+		}
 		err = s.send(ex, uc, req)
 		if err == nil {
 			err = s.readResponseHead(ex, uc, req, interim)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 )
 
@@ -235,6 +236,21 @@ func findHeadEnd(b []byte) int {
 
 var crlfcrlf = []byte("\r\n\r\n")
 
+// hasBareLF reports whether b has a LF not preceded by CR.
+func hasBareLF(b []byte) bool {
+	off := 0
+	for {
+		i := bytes.IndexByte(b[off:], '\n')
+		if i < 0 {
+			return false
+		}
+		if off+i == 0 || b[off+i-1] != '\r' {
+			return true
+		}
+		off += i + 1
+	}
+}
+
 // skipLeadingCRLF counts the empty lines before a request line.
 func skipLeadingCRLF(b []byte) int {
 	n := 0
@@ -276,16 +292,15 @@ func parseHeaderLines(b []byte, pos int, fields []field) ([]field, int, error) {
 			pos++
 		}
 		vs := pos
-		// Value: visible characters, obs-text, space and tab; CR only as
-		// part of the line's CRLF.
-		for pos < len(b) {
-			c := b[pos]
-			if c < 0x20 && c != '\t' || c == 0x7f {
-				break
-			}
-			pos++
+		// Value: visible characters, obs-text, space and tab up to the
+		// line's CRLF. The CR is found with a vectorized search, then the
+		// value is checked for controls 8 bytes at a time.
+		cr := bytes.IndexByte(b[pos:], '\r')
+		if cr < 0 || !validFieldValue(b[pos:pos+cr]) {
+			return fields, 0, errBadHeader
 		}
-		if pos+1 >= len(b) || b[pos] != '\r' || b[pos+1] != '\n' {
+		pos += cr
+		if pos+1 >= len(b) || b[pos+1] != '\n' {
 			return fields, 0, errBadHeader
 		}
 		ve := pos
@@ -298,6 +313,36 @@ func parseHeaderLines(b []byte, pos int, fields []field) ([]field, int, error) {
 			kind: classifyHeader(b[start:colon]),
 		})
 	}
+}
+
+// validFieldValue reports whether v has no control characters other than
+// horizontal tab (RFC 9110 5.5: field-vchar, obs-text, SP, HTAB).
+func validFieldValue(v []byte) bool {
+	const (
+		ones  = 0x0101010101010101
+		highs = 0x8080808080808080
+	)
+	for len(v) >= 8 {
+		x := binary.LittleEndian.Uint64(v)
+		// A byte below 0x20 or equal to 0x7f sets its high bit here
+		// (the classic "has less than" and "has zero" bit tricks).
+		lt := (x - 0x20*ones) & ^x & highs
+		del := ((x ^ 0x7f*ones) - ones) & ^(x ^ 0x7f*ones) & highs
+		if lt|del != 0 {
+			for _, c := range v[:8] {
+				if c < 0x20 && c != '\t' || c == 0x7f {
+					return false
+				}
+			}
+		}
+		v = v[8:]
+	}
+	for _, c := range v {
+		if c < 0x20 && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // parseRequestHead parses a complete head at the start of b (b[:headEnd]

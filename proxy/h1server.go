@@ -41,8 +41,8 @@ type clientConn struct {
 
 	buf    []byte // read buffer; buf[r:w] is unread
 	r, w   int
-	headAt int // offset in buf of the current request head
-	out  []byte // write buffer for heads
+	headAt int    // offset in buf of the current request head
+	out    []byte // write buffer for heads
 
 	head    requestHead
 	fields  []field
@@ -165,7 +165,8 @@ func (cc *clientConn) serve() {
 			}
 			return
 		}
-		if !cc.handle() || cc.s.shuttingDown() {
+		if !cc.handle() || cc.s.shuttingDown() || cc.r <= cc.headAt {
+			// No progress past the head would re-read it forever.
 			return
 		}
 		cc.served++
@@ -205,6 +206,11 @@ func (cc *clientConn) readHead() error {
 			}
 			if len(data) >= s.cfg.MaxRequestHeaderBytes {
 				return errHeadTooLarge
+			}
+			if hasBareLF(data) {
+				// Lines must end in CRLF; a head with bare LFs would never
+				// complete and must not be read leniently either.
+				return errBadHeader
 			}
 			if !headerDeadline {
 				// The first bytes of a request arrived: from now on the
@@ -439,6 +445,12 @@ func (cc *clientConn) respondLocal(status int, msg string, extra []byte, pm *poo
 
 // forward proxies the request to a backend of pool and relays the answer.
 func (cc *clientConn) forward(pool *pools.Pool, pm *poolMetrics, host []byte, start time.Time) bool {
+	keep := cc.forwardRequest(pool, pm, host, start)
+	cc.tc.backend.Store(nil)
+	return keep
+}
+
+func (cc *clientConn) forwardRequest(pool *pools.Pool, pm *poolMetrics, host []byte, start time.Time) bool {
 	s := cc.s
 	h := &cc.head
 	b := cc.headBytes()
@@ -460,7 +472,7 @@ func (cc *clientConn) forward(pool *pools.Pool, pm *poolMetrics, host []byte, st
 	}
 
 	req := &cc.req
-	*req = outRequest{idempotent: idempotentMethod(h.method.of(b)), isHEAD: string(h.method.of(b)) == "HEAD"}
+	*req = outRequest{idempotent: idempotentMethod(h.method.of(b)), isHEAD: string(h.method.of(b)) == "HEAD", track: &cc.tc.backend}
 	consumed := 0
 	switch h.framing {
 	case bodyLength:
@@ -475,7 +487,8 @@ func (cc *clientConn) forward(pool *pools.Pool, pm *poolMetrics, host []byte, st
 		var sc chunkScanner
 		n, err := sc.scan(buffered, nil)
 		if err != nil {
-			return cc.respondLocal(400, "malformed chunked request body", nil, pm, start, false)
+			cc.respondLocal(400, "malformed chunked request body", nil, pm, start, false)
+			return false
 		}
 		req.inline = buffered[:n]
 		consumed = n

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/textproto"
 	"strconv"
@@ -140,6 +141,17 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		req.abort = func() { _ = body.Close() }
 	}
 
+	// A client that resets the stream or goes away interrupts the wait
+	// for the backend.
+	var current atomic.Pointer[net.Conn]
+	req.track = &current
+	stop := context.AfterFunc(r.Context(), func() {
+		if c := current.Load(); c != nil {
+			_ = (*c).SetDeadline(time.Now())
+		}
+	})
+	defer stop()
+
 	var ex exchange
 	var cache upstreamCache
 	ex.resp.fields = make([]field, 0, 32)
@@ -156,7 +168,7 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		lw.local(w, pm, status, msg)
 		return
 	}
-	h.relay(w, r, &ex, req, pool, pm, pick.StickyID, &lw)
+	h.relay(w, &ex, req, pool, pm, pick.StickyID, &lw, stop)
 }
 
 // upstreamHead writes the HTTP/1.1 request head for an HTTP/2 request.
@@ -263,7 +275,9 @@ func (h *h2Server) streamBody(uc *upConn, body io.Reader, length int64, readAll 
 }
 
 // relay writes the backend's response to the HTTP/2 stream.
-func (h *h2Server) relay(w http.ResponseWriter, r *http.Request, ex *exchange, req *outRequest, pool *pools.Pool, pm *poolMetrics, stickyID string, lw *h2Log) {
+// stop disarms the cancellation hook; when it already fired the backend
+// connection has a past deadline and is not reused.
+func (h *h2Server) relay(w http.ResponseWriter, ex *exchange, req *outRequest, pool *pools.Pool, pm *poolMetrics, stickyID string, lw *h2Log, stop func() bool) {
 	s := h.s
 	uc := ex.uc
 	resp := &ex.resp
@@ -393,7 +407,7 @@ func (h *h2Server) relay(w http.ResponseWriter, r *http.Request, ex *exchange, r
 
 	bodySent := ex.finishBody(req)
 	if ex.uc != nil {
-		if complete && bodySent && clientErr == nil && !resp.connClose && resp.framing != bodyClose && uc.r == uc.w && !s.shuttingDown() {
+		if complete && bodySent && clientErr == nil && !resp.connClose && resp.framing != bodyClose && uc.r == uc.w && !s.shuttingDown() && stop() {
 			uc.r, uc.w = 0, 0
 			uc.reused = false
 			uc.up.put(uc, time.Now(), s.cfg.MaxIdleConnsPerBackend)

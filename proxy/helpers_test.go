@@ -233,9 +233,9 @@ func client(addr string, roots *x509.CertPool, h2 bool) *http.Client {
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return d.DialContext(ctx, "tcp", addr)
 		},
-		TLSClientConfig:    &tls.Config{RootCAs: roots},
-		ForceAttemptHTTP2:  h2,
-		DisableCompression: true,
+		TLSClientConfig:     &tls.Config{RootCAs: roots},
+		ForceAttemptHTTP2:   h2,
+		DisableCompression:  true,
 		MaxIdleConnsPerHost: 8,
 	}
 	if !h2 {

@@ -23,6 +23,9 @@ type trackedConn struct {
 	// idle is true while the connection waits for the next request with
 	// nothing buffered: Shutdown may close it right away.
 	idle atomic.Bool
+	// backend is the backend connection a request on this connection is
+	// waiting for; Shutdown closes it when the drain deadline passes.
+	backend atomic.Pointer[net.Conn]
 }
 
 // connInfo is what the listener knows about a client connection before
@@ -106,6 +109,9 @@ func (s *Server) closeAll() {
 	defer s.mu.Unlock()
 	for tc := range s.conns {
 		_ = tc.Close()
+		if bc := tc.backend.Load(); bc != nil {
+			_ = (*bc).Close()
+		}
 	}
 }
 
@@ -125,19 +131,22 @@ func (s *Server) serveConn(tc *trackedConn, kind int) {
 	if ta, ok := tc.RemoteAddr().(*net.TCPAddr); ok {
 		info.client = netip.AddrPortFrom(ta.AddrPort().Addr().Unmap(), ta.AddrPort().Port())
 	}
+	// buf holds the PROXY header and the ClientHello; serveTLS takes it
+	// over, the HTTP path returns it once its bytes are copied.
 	buf := s.getBuf()
-	defer func() { s.putBuf(buf) }()
 	n := 0
 	deadline := info.accepted.Add(s.cfg.ReadHeaderTimeout)
 	if kind == listenerHTTPS {
 		deadline = info.accepted.Add(s.cfg.TLSHandshakeTimeout)
 	}
 	if err := tc.SetReadDeadline(deadline); err != nil {
+		s.putBuf(buf)
 		return
 	}
 	if proxyProto {
 		hdr, used, got, err := readProxyHeader(tc, *buf)
 		if err != nil {
+			s.putBuf(buf)
 			s.log.Debug("proxy protocol header rejected", zap.Stringer("peer", info.client), zap.Error(err))
 			return
 		}
@@ -152,6 +161,7 @@ func (s *Server) serveConn(tc *trackedConn, kind int) {
 	}
 	cc := s.newClientConn(tc, tc.Conn, info, false, "")
 	cc.adoptPrefix((*buf)[:n])
+	s.putBuf(buf)
 	cc.serve()
 	cc.release()
 }

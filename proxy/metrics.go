@@ -17,12 +17,13 @@ type metrics struct {
 	active     *prometheus.GaugeVec
 	handshakes *prometheus.CounterVec
 
-	activeHTTP, activeHTTPS              prometheus.Gauge
-	hsOK, hsFailed, hsRefused, hsACME    prometheus.Counter
-	passthroughBytes                     prometheus.Counter
-	pools                                sync.Map // pool name -> *poolMetrics
-	noPool                               *poolMetrics
-	codeClasses                          [6]string
+	activeHTTP, activeHTTPS           prometheus.Gauge
+	hsOK, hsFailed, hsRefused, hsACME prometheus.Counter
+	hsPassthrough                     prometheus.Counter
+	passthroughBytes                  prometheus.Counter
+	pools                             sync.Map // pool name -> *poolMetrics
+	noPool                            *poolMetrics
+	codeClasses                       [6]string
 }
 
 // poolMetrics are the cached children of one pool.
@@ -67,7 +68,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.hsFailed = m.handshakes.WithLabelValues("failed")
 	m.hsRefused = m.handshakes.WithLabelValues("refused")
 	m.hsACME = m.handshakes.WithLabelValues("acme")
-	m.handshakes.WithLabelValues("passthrough")
+	m.hsPassthrough = m.handshakes.WithLabelValues("passthrough")
 	m.noPool = m.forPool(noPoolLabel)
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.duration, m.active, m.handshakes, m.passthroughBytes} {

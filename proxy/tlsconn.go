@@ -101,7 +101,7 @@ func (s *Server) serveTLS(tc *trackedConn, info connInfo, buf *[]byte, n int) {
 	if pool != nil {
 		switch pool.SSLMode {
 		case pools.SSLModePassthrough:
-			s.metrics.handshakes.WithLabelValues("passthrough").Inc()
+			s.metrics.hsPassthrough.Inc()
 			s.passthrough(tc, info, pool, raw)
 			s.putBuf(buf)
 			return

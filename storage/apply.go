@@ -63,9 +63,11 @@ func (s *Store) Apply(ctx context.Context, cs ChangeSet) (ApplyResult, error) {
 		if err == nil || !isRetryable(err) {
 			return res, err
 		}
+		s.counts.conflictRetry.Add(1)
 		lastErr = err
 		backoff(attempt)
 	}
+	s.counts.conflictFailed.Add(1)
 	return ApplyResult{}, fmt.Errorf("%w: gave up after %d attempts: %v", ErrConflict, maxAttempts, lastErr)
 }
 
@@ -145,6 +147,8 @@ func (s *Store) tryApply(changes []preparedChange, record *ChangeSet) (ApplyResu
 		v.Free()
 		if seen {
 			_ = txn.Rollback()
+			s.counts.applyDuplicate.Add(1)
+			s.counts.applySkipped.Add(uint64(len(changes)))
 			return ApplyResult{Skipped: len(changes), Duplicate: true}, nil
 		}
 	}
@@ -179,6 +183,7 @@ func (s *Store) tryApply(changes []preparedChange, record *ChangeSet) (ApplyResu
 	}
 	if record == nil && len(winners) == 0 {
 		_ = txn.Rollback()
+		s.counts.applySkipped.Add(uint64(res.Skipped))
 		return res, nil
 	}
 
@@ -217,6 +222,8 @@ func (s *Store) tryApply(changes []preparedChange, record *ChangeSet) (ApplyResu
 		s.vv[logged.Origin] = logged.Seq
 	}
 	s.vvMu.Unlock()
+	s.counts.applyApplied.Add(uint64(res.Applied))
+	s.counts.applySkipped.Add(uint64(res.Skipped))
 	if len(winners) > 0 {
 		s.committed(index)
 		res.Index = index

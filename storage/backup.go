@@ -33,6 +33,8 @@ func (s *Store) Backup(ctx context.Context, backupDir string) (BackupInfo, error
 	if err := ctx.Err(); err != nil {
 		return BackupInfo{}, err
 	}
+	s.backupMu.Lock()
+	defer s.backupMu.Unlock()
 	if err := os.MkdirAll(backupDir, 0o700); err != nil {
 		return BackupInfo{}, fmt.Errorf("storage: backup dir: %w", err)
 	}

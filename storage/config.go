@@ -3,6 +3,7 @@ package storage
 import (
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
@@ -24,7 +25,9 @@ type Config struct {
 	// WriteBufferSize is the memtable size per column family (at most two
 	// per family). 0 means 16 MiB.
 	WriteBufferSize int64
-	// SyncWAL fsyncs the write-ahead log on every commit.
+	// SyncWAL fsyncs the write-ahead log on every commit (DefaultConfig:
+	// true). Without it a commit survives a process crash but not a power
+	// loss.
 	SyncWAL bool
 	// SkipVerifyOnOpen skips reading every table with checksum
 	// verification at Open. Verification turns a damaged table into a
@@ -34,6 +37,9 @@ type Config struct {
 	// may be before Apply counts it as clock skew. 0 means 500ms.
 	MaxClockOffset time.Duration
 	Logger         *zap.Logger
+	// Registerer receives the singularity_edge_storage_* metrics; nil
+	// registers none. Close unregisters them.
+	Registerer prometheus.Registerer
 }
 
 // Defaults used when a Config field is zero.

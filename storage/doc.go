@@ -20,7 +20,8 @@
 //	changelog     origin node id 0x00 be64(seq)         encoded ChangeSet
 //	feed          be64(commit index)                    {origin, seq} reference to the change log,
 //	                                                    or an inline ChangeSet (partial Apply)
-//	meta          "node_id", "format", "key_check"      node id, format byte, sealed key-check value
+//	meta          "node_id", "format", "key_check",     node id, format byte, sealed key-check value,
+//	              "index_version", "resync/<table>"     index set version, time RemoveTable emptied the table
 //
 // A row envelope (codec.go) is a format-version byte followed by protobuf
 // wire fields: the row's Version (HLC, origin, seq), a deleted flag and the
@@ -31,18 +32,35 @@
 // Index keys (index.go) start with one byte naming the index; values and
 // primary keys may not contain 0x00, which separates them:
 //
-//	0x01 lower(name) 0x00 cert id         certificates by domain: Domain and every SAN
+//	0x00 index id value                   partition guard of a guarded index (below); empty value
+//	0x01 lower(name) 0x00 cert id         certificates by domain: Domain and every SAN (guarded)
 //	0x02 be64(unix s ^ 1<<63) be32(ns) id certificates by expires_at (byte order = time order)
-//	0x03 lower(ssl_domain) 0x00 pool name pools by ssl_domain
-//	0x04 pool name 0x00 backend id        backends by pool
+//	0x03 lower(ssl_domain) 0x00 pool name pools by ssl_domain (guarded)
+//	0x04 pool name 0x00 backend id        backends by pool (guarded)
 //	0x05 node id 0x00 healthy byte id     observations by (node, healthy)
+//	0x06 ssl_cert_id 0x00 pool name       pools by certificate (guarded)
+//
+// A partition is the set of entries of one index with one value (the
+// backends of pool "web"). Its guard key, 0x00 index id value (for example
+// 0x00 0x04 "web"), makes index scans safe inside transactions: every
+// commit that adds or removes an entry of a guarded partition also writes
+// its guard, and every scan of one inside Update reads the guard with
+// GetForUpdate, so a scan and a concurrent insert into what it scanned
+// conflict like two writers of one row (no phantoms: "delete the pool if
+// it has no backends" and "add a backend to it" cannot both commit).
+// Guards belong to no row: Verify only checks their form, exports and
+// change sets never carry them, and they stay when their partition
+// empties. The expiry and observation indexes are not scanned inside
+// transactions and have none. Open adds the entries of indexes newer than
+// the store's "index_version" (index_version 2 added 0x06 and guards).
 //
 // # Versions, change log and feed
 //
 // Update buffers a transaction's writes; reads inside it use GetForUpdate,
 // so RocksDB's optimistic concurrency control detects a concurrent commit to
-// any row the transaction read or wrote, and Update retries (bounded, then
-// ErrConflict). At commit, under one mutex, the transaction gets its
+// any row the transaction read or wrote, or to any index partition it
+// scanned (through the partition's guard), and Update retries (bounded,
+// then ErrConflict). At commit, under one mutex, the transaction gets its
 // Version (HLC from the node's Clock, origin = node id, seq = the next
 // per-origin sequence) and its commit index (the next feed position), and
 // RocksDB commits. Assigning these under the mutex that also covers the
@@ -59,6 +77,21 @@
 // the feed from disk when behind and waits for commits when caught up, so a
 // subscriber sees every commit in order.
 //
+// The change log and the feed grow with every commit; Prune deletes old
+// entries (the newest change set of each origin and the newest feed entry
+// always stay, since Open recovers the counters from them). A subscriber
+// whose position was pruned gets ErrFeedPruned and reloads. Tombstones are
+// never purged by this package: when that is safe is replication's call.
+//
+// # Damage and recovery
+//
+// Open reads every table with checksum verification (Config.SkipVerifyOnOpen
+// turns it off) and fails on a damaged table with ErrCorrupt naming the
+// table and the way out: Restore from a backup, or RemoveTable, which
+// empties just that table and marks it for a full resync from peers
+// (TablesToResync). Verify checks checksums and that every index entry and
+// every row agree, both ways.
+//
 // # Encryption
 //
 // Certificate private keys are sealed with AES-256-GCM (Config.EncryptionKey)
@@ -72,4 +105,11 @@
 // One LRU block cache (Config.BlockCacheSize) is shared by every column
 // family and also holds index and filter blocks; memtables are bounded per
 // family and in total. Memory therefore does not grow with the data size.
+//
+// # Metrics
+//
+// With Config.Registerer set, the store exports singularity_edge_storage_*
+// metrics (commits, conflict retries, applied and skipped rows, clock skew,
+// feed position, per-table RocksDB sizes and pending compaction bytes,
+// running compactions and flushes, block cache usage), read at scrape time.
 package storage

@@ -259,6 +259,7 @@ func (s *Store) importBatch(ctx context.Context, changes []Change) (int, error) 
 		if !isRetryable(err) {
 			return 0, err
 		}
+		s.counts.conflictRetry.Add(1)
 		lastErr = err
 		backoff(attempt)
 	}

@@ -28,6 +28,9 @@ const (
 	metaNodeID   = "node_id"
 	metaKeyCheck = "key_check"
 	metaFormat   = "format"
+	// metaIndexVersion is the indexVersion the index entries were last
+	// brought up to (absent: 1, before the pools-by-certificate index).
+	metaIndexVersion = "index_version"
 )
 
 func isTable(name string) bool {

@@ -305,13 +305,44 @@ func TestCorruptTableNamedAtOpen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
 	_, err = s.ListPools(context.Background(), "", 0)
 	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), `table "pools"`) {
 		t.Fatalf("list: %v", err)
 	}
 	// Other tables still work.
-	if _, err := s.ListBackends(context.Background(), "", 0); err != nil {
+	backends, err := s.ListBackends(context.Background(), "", 0)
+	if err != nil {
 		t.Fatalf("backends: %v", err)
 	}
+	s.Close()
+
+	// The way out without a backup: remove the table, then resync it.
+	if err := RemoveTable(cfg, TablePools); err != nil {
+		t.Fatal(err)
+	}
+	cfg.SkipVerifyOnOpen = false
+	s, err = Open(cfg)
+	if err != nil {
+		t.Fatalf("open after RemoveTable: %v", err)
+	}
+	ctx := context.Background()
+	checkIndexes(t, s)
+	if pools, err := s.ListPools(ctx, "", 0); err != nil || len(pools) != 0 {
+		t.Fatalf("pools after removal: %d, %v", len(pools), err)
+	}
+	if after, err := s.ListBackends(ctx, "", 0); err != nil || len(after) != len(backends) {
+		t.Fatalf("backends after removal: %d of %d, %v", len(after), len(backends), err)
+	}
+	if tables, err := s.TablesToResync(); err != nil || len(tables) != 1 || tables[0] != TablePools {
+		t.Fatalf("TablesToResync = %v, %v", tables, err)
+	}
+	mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool("p-000")) })
+	checkIndexes(t, s)
+	if err := s.MarkResynced(TablePools); err != nil {
+		t.Fatal(err)
+	}
+	if tables, _ := s.TablesToResync(); len(tables) != 0 {
+		t.Fatalf("still marked: %v", tables)
+	}
+	s.Close()
 }

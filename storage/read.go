@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -108,6 +109,12 @@ func (s *Store) ListCertificates(ctx context.Context, after string, limit int) (
 // PoolsBySSLDomain returns the pools whose ssl_domain is domain.
 func (s *Store) PoolsBySSLDomain(ctx context.Context, domain string) (out []Pool, err error) {
 	err = s.View(ctx, func(tx *Tx) error { out, err = tx.PoolsBySSLDomain(domain); return err })
+	return out, err
+}
+
+// PoolsByCertificate returns the pools whose ssl_cert_id is certID.
+func (s *Store) PoolsByCertificate(ctx context.Context, certID string) (out []Pool, err error) {
+	err = s.View(ctx, func(tx *Tx) error { out, err = tx.PoolsByCertificate(certID); return err })
 	return out, err
 }
 
@@ -257,6 +264,22 @@ func (s *Store) PutObservations(ctx context.Context, obs []Observation) error {
 		for i := range obs {
 			o := obs[i]
 			if err := tx.PutObservation(&o); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return err
+}
+
+// DeleteObservations deletes this node's observations of the backends
+// backendIDs in one transaction, leaving tombstones (which replicate, so
+// peers drop the rows too). A backend without a live observation is
+// skipped.
+func (s *Store) DeleteObservations(ctx context.Context, backendIDs []string) error {
+	_, err := s.Update(ctx, func(tx *Tx) error {
+		for _, id := range backendIDs {
+			if err := tx.DeleteObservation(id); err != nil && !errors.Is(err, ErrNotFound) {
 				return err
 			}
 		}

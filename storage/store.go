@@ -33,9 +33,14 @@ type Store struct {
 	// commitMu orders commits: the HLC, seq and feed index of a commit are
 	// assigned and the RocksDB commit happens under it, so that a later
 	// commit never carries a smaller version or index.
+	backupMu sync.Mutex // one BackupEngine at a time
+
 	commitMu   sync.Mutex
 	lastIndex  atomic.Uint64
 	firstIndex atomic.Uint64 // oldest feed entry kept (Prune deletes older ones)
+
+	counts    counters
+	collector *collector
 
 	vvMu sync.Mutex
 	vv   map[string]uint64 // highest change-set seq seen per origin
@@ -88,7 +93,7 @@ func Open(cfg Config) (*Store, error) {
 
 	s := &Store{
 		cfg:     cfg,
-		log:     cfg.Logger.Named("storage"),
+		log:     cfg.Logger,
 		keys:    keys,
 		clock:   NewClock(nil, cfg.MaxClockOffset),
 		cfs:     make(map[string]*grocksdb.ColumnFamilyHandle),
@@ -103,6 +108,13 @@ func Open(cfg Config) (*Store, error) {
 	if err := s.init(); err != nil {
 		s.closeDB(false)
 		return nil, err
+	}
+	if cfg.Registerer != nil {
+		s.collector = newCollector(s)
+		if err := cfg.Registerer.Register(s.collector); err != nil {
+			s.closeDB(false)
+			return nil, fmt.Errorf("storage: register metrics: %w", err)
+		}
 	}
 	s.log.Info("store opened", zap.String("dir", cfg.Dir), zap.String("node_id", s.nodeID),
 		zap.Uint64("last_index", s.lastIndex.Load()))
@@ -201,6 +213,9 @@ func (s *Store) init() error {
 		if err := s.base.PutCF(s.wo, s.cfs[cfMeta], []byte(metaFormat), []byte{formatV1}); err != nil {
 			return fmt.Errorf("storage: write format: %w", err)
 		}
+		if err := s.base.PutCF(s.wo, s.cfs[cfMeta], []byte(metaIndexVersion), []byte{indexVersion}); err != nil {
+			return fmt.Errorf("storage: write index version: %w", err)
+		}
 		s.nodeID = id
 	case s.cfg.NodeID != "" && string(stored) != s.cfg.NodeID:
 		return fmt.Errorf("%w: data directory belongs to node %q, not %q (a node id never changes; use export/import to seed a new node)",
@@ -212,6 +227,9 @@ func (s *Store) init() error {
 		return err
 	}
 	if err := s.checkEncryptionKey(); err != nil {
+		return err
+	}
+	if err := s.upgradeIndexes(); err != nil {
 		return err
 	}
 	if !s.cfg.SkipVerifyOnOpen {
@@ -357,19 +375,17 @@ func (s *Store) anySealedKey() ([]byte, string, error) {
 	return nil, "", nil
 }
 
-// verifyChecksums reads every block of a table with checksum verification
-// and without filling the block cache.
+// verifyChecksums reads every block of a table with checksum verification,
+// sequentially and without filling the block cache.
 func (s *Store) verifyChecksums(table string) error {
 	ro := grocksdb.NewDefaultReadOptions()
 	defer ro.Destroy()
 	ro.SetVerifyChecksums(true)
 	ro.SetFillCache(false)
+	ro.SetReadaheadSize(2 << 20)
 	it := s.base.NewIteratorCF(ro, s.cfs[table])
 	defer it.Close()
 	for it.SeekToFirst(); it.Valid(); it.Next() {
-		if _, err := decodeRow(it.Value().Data()); err != nil {
-			return corruptError(table, fmt.Errorf("row %q: %w", it.Key().Data(), err))
-		}
 	}
 	if err := it.Err(); err != nil {
 		return corruptError(table, err)
@@ -398,6 +414,9 @@ func (s *Store) Close() error {
 	}
 	s.stateMu.Unlock()
 	s.subs.Wait()
+	if s.collector != nil {
+		s.cfg.Registerer.Unregister(s.collector)
+	}
 	return s.closeDB(true)
 }
 

@@ -349,6 +349,27 @@ func TestObservations(t *testing.T) {
 	if _, err := s.GetObservation(ctx, "node-a", "b3"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("deleted observation: %v", err)
 	}
+
+	// DeleteObservations: this node's rows only, absent ones skipped, one
+	// transaction; a malformed id fails it and deletes nothing.
+	before := s.LastIndex()
+	if err := s.DeleteObservations(ctx, []string{"b1", "b3", "never-observed"}); err != nil {
+		t.Fatal(err)
+	}
+	if s.LastIndex() != before+1 {
+		t.Fatalf("DeleteObservations took %d commits", s.LastIndex()-before)
+	}
+	if err := s.DeleteObservations(ctx, []string{"b2", "bad\x00id"}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("DeleteObservations with a NUL id: %v, want ErrInvalid", err)
+	}
+	all, err = s.Observations(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := key(all); !reflect.DeepEqual(got, []string{"node-a/b2", "node-b/b1", "node-b/b2"}) {
+		t.Fatalf("observations after DeleteObservations: %v", got)
+	}
+	checkIndexes(t, s)
 }
 
 func TestInvalidInputStoresNothing(t *testing.T) {

@@ -55,6 +55,9 @@ func (t *Tx) PutPool(p *Pool) error {
 	if err := validateIndexed("pool ssl_domain", normalizeDomain(p.SSLDomain)); err != nil {
 		return err
 	}
+	if err := validateIndexed("pool ssl_cert_id", p.SSLCertID); err != nil {
+		return err
+	}
 	ref := rowRef{TablePools, p.Name}
 	ins, err := t.insertedAt(ref)
 	if err != nil {
@@ -231,6 +234,9 @@ func (t *Tx) PutObservation(o *Observation) error {
 
 // DeleteObservation deletes this node's observation of a backend.
 func (t *Tx) DeleteObservation(backendID string) error {
+	if err := validateKey("observation backend_id", backendID); err != nil {
+		return err
+	}
 	return t.remove(rowRef{TableObservations, ObservationKey(t.s.nodeID, backendID)})
 }
 
@@ -255,6 +261,24 @@ func (t *Tx) BackendsByPool(pool string) ([]Backend, error) {
 // (case-insensitive), ordered by name.
 func (t *Tx) PoolsBySSLDomain(domain string) ([]Pool, error) {
 	keys, err := t.indexLookup(indexPrefix(idxPoolSSLDomain, normalizeDomain(domain)), TablePools, "", 0)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Pool, 0, len(keys))
+	for _, k := range keys {
+		p, err := t.Pool(k)
+		if err != nil {
+			return nil, indexRowError(TablePools, k, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// PoolsByCertificate returns the pools whose ssl_cert_id is certID,
+// ordered by name: the pools that still use the certificate.
+func (t *Tx) PoolsByCertificate(certID string) ([]Pool, error) {
+	keys, err := t.indexLookup(indexPrefix(idxPoolCert, certID), TablePools, "", 0)
 	if err != nil {
 		return nil, err
 	}
@@ -309,6 +333,12 @@ func (t *Tx) iterator(cf string) *grocksdb.Iterator {
 // (<= 0: all). The transaction's buffered writes to table override the
 // stored entries.
 func (t *Tx) indexLookup(prefix []byte, table, after string, limit int) ([]string, error) {
+	if t.done {
+		return nil, errTxDone
+	}
+	if err := t.readGuard(prefix); err != nil {
+		return nil, err
+	}
 	hasWrites := false
 	for ref := range t.writes {
 		if ref.table == table {
@@ -368,6 +398,9 @@ func (t *Tx) indexLookup(prefix []byte, table, after string, limit int) ([]strin
 // scanRows calls fn for each live stored row of table whose key starts
 // with prefix and sorts strictly after `after`, at most limit (<= 0: all).
 func (t *Tx) scanRows(table, prefix, after string, limit int, fn func(key string, r *row) error) error {
+	if t.done {
+		return errTxDone
+	}
 	it := t.iterator(table)
 	defer it.Close()
 	start := prefix

@@ -46,7 +46,21 @@ type Tx struct {
 	writes map[rowRef]*pending
 	order  []rowRef
 	index  uint64 // last commit index when the transaction began
+	done   bool   // fn returned: the RocksDB transaction and snapshot are gone
+	// guards records the partition guards (index.go) this transaction has
+	// read with GetForUpdate or written, so each is touched once.
+	guards map[string]guardUse
 }
+
+type guardUse uint8
+
+const (
+	guardRead guardUse = 1 << iota
+	guardWritten
+)
+
+// errTxDone: a Tx was used after its function returned.
+var errTxDone = errors.New("storage: transaction used after its function returned")
 
 // LastIndex returns the commit index of the latest commit when the
 // transaction's snapshot was taken: every commit up to it is visible to the
@@ -56,8 +70,10 @@ func (t *Tx) LastIndex() uint64 { return t.index }
 
 // Update runs fn in a transaction and commits its writes atomically: rows,
 // index entries, the change-log entry and the feed entry in one RocksDB
-// commit. Every row fn reads or writes is checked for conflicting commits
-// by other transactions; on a conflict fn runs again (so it must have no
+// commit. Every row fn reads or writes, and every index partition it scans
+// (BackendsByPool, PoolsBySSLDomain, PoolsByCertificate,
+// CertificatesByDomain), is checked for conflicting commits by other
+// transactions; on a conflict fn runs again (so it must have no
 // side effects outside tx), at most a bounded number of times, then Update
 // fails with ErrConflict. An error from fn aborts the transaction and is
 // returned unchanged. A transaction without writes commits nothing and
@@ -76,9 +92,11 @@ func (s *Store) Update(ctx context.Context, fn func(tx *Tx) error) (Commit, erro
 		if err == nil || !isRetryable(err) {
 			return c, err
 		}
+		s.counts.conflictRetry.Add(1)
 		lastErr = err
 		backoff(attempt)
 	}
+	s.counts.conflictFailed.Add(1)
 	return Commit{}, fmt.Errorf("%w: gave up after %d attempts: %v", ErrConflict, maxAttempts, lastErr)
 }
 
@@ -94,7 +112,9 @@ func (s *Store) tryUpdate(fn func(tx *Tx) error) (Commit, error) {
 
 	tx := &Tx{s: s, txn: txn, ro: ro, now: time.Now().UTC().Round(0), index: index,
 		old: make(map[rowRef]*row), writes: make(map[rowRef]*pending)}
-	if err := fn(tx); err != nil {
+	err := fn(tx)
+	tx.done = true
+	if err != nil {
 		_ = txn.Rollback()
 		return Commit{}, err
 	}
@@ -122,15 +142,33 @@ func (s *Store) View(ctx context.Context, fn func(tx *Tx) error) error {
 	ro := grocksdb.NewDefaultReadOptions()
 	defer ro.Destroy()
 	ro.SetSnapshot(snap)
-	return fn(&Tx{s: s, ro: ro, old: make(map[rowRef]*row), index: index})
+	tx := &Tx{s: s, ro: ro, old: make(map[rowRef]*row), index: index}
+	defer func() { tx.done = true }()
+	return fn(tx)
 }
 
-// isRetryable reports a RocksDB optimistic-transaction conflict: Busy
-// (a tracked key was written after the snapshot) or TryAgain (the memtable
-// history no longer covers the snapshot).
-func isRetryable(err error) bool {
+// conflictError is a RocksDB optimistic-transaction conflict: Busy (a
+// tracked key was written after the snapshot) or TryAgain (the memtable
+// history no longer covers the snapshot). Only errors from RocksDB are
+// classified, so an error returned by the caller's fn is never retried
+// because of its text.
+type conflictError struct{ err error }
+
+func (e *conflictError) Error() string { return e.err.Error() }
+func (e *conflictError) Unwrap() error { return e.err }
+
+// rocksConflict wraps err in a conflictError when RocksDB reports one.
+func rocksConflict(err error) (error, bool) {
 	msg := err.Error()
-	return strings.HasPrefix(msg, "Resource busy") || strings.Contains(msg, "Try again")
+	if strings.HasPrefix(msg, "Resource busy") || strings.HasPrefix(msg, "Operation failed. Try again") {
+		return &conflictError{err: err}, true
+	}
+	return err, false
+}
+
+func isRetryable(err error) bool {
+	var c *conflictError
+	return errors.As(err, &c)
 }
 
 func backoff(attempt int) {
@@ -182,6 +220,7 @@ func (t *Tx) commit() (Commit, error) {
 	s.vvMu.Lock()
 	s.vv[s.nodeID] = seq
 	s.vvMu.Unlock()
+	s.counts.commits.Add(1)
 	s.committed(index)
 	for _, ref := range refs {
 		if p := t.writes[ref]; p.setVer != nil {
@@ -191,6 +230,9 @@ func (t *Tx) commit() (Commit, error) {
 	return Commit{Index: index, Version: v}, nil
 }
 
+// writeIndex replaces a row's index entries oldIdx by newIdx and writes
+// the guard of every partition that gains or loses an entry, so that a
+// concurrent transaction that scanned one of them conflicts.
 func (t *Tx) writeIndex(oldIdx, newIdx [][]byte) error {
 	remove, add := diffKeys(oldIdx, newIdx)
 	for _, k := range remove {
@@ -203,12 +245,54 @@ func (t *Tx) writeIndex(oldIdx, newIdx [][]byte) error {
 			return writeError(err)
 		}
 	}
+	for _, changed := range [][][]byte{remove, add} {
+		for _, k := range changed {
+			g := guardOfEntry(k)
+			if g == nil || t.guards[string(g)]&guardWritten != 0 {
+				continue
+			}
+			if err := t.txn.PutCF(t.s.cfs[cfIndex], g, nil); err != nil {
+				return writeError(err)
+			}
+			t.markGuard(g, guardWritten)
+		}
+	}
+	return nil
+}
+
+func (t *Tx) markGuard(g []byte, use guardUse) {
+	if t.guards == nil {
+		t.guards = make(map[string]guardUse)
+	}
+	t.guards[string(g)] |= use
+}
+
+// readGuard reads the guard of the partition prefix scans with
+// GetForUpdate (Update only), so that a commit changing the partition
+// after this transaction's snapshot makes it conflict.
+func (t *Tx) readGuard(prefix []byte) error {
+	if t.txn == nil {
+		return nil
+	}
+	g := guardOfPrefix(prefix)
+	if g == nil || t.guards[string(g)]&guardRead != 0 {
+		return nil
+	}
+	v, err := t.txn.GetForUpdateWithCF(t.ro, t.s.cfs[cfIndex], g)
+	if err != nil {
+		if c, ok := rocksConflict(err); ok {
+			return c
+		}
+		return readError(cfIndex, err)
+	}
+	v.Free()
+	t.markGuard(g, guardRead)
 	return nil
 }
 
 func writeError(err error) error {
-	if isRetryable(err) {
-		return err // retried by the caller as is
+	if c, ok := rocksConflict(err); ok {
+		return c // retried by the caller
 	}
 	if strings.Contains(err.Error(), "Corruption") {
 		return corruptError("", err)
@@ -237,6 +321,9 @@ func (t *Tx) load(ref rowRef) (*row, error) {
 	if r, ok := t.old[ref]; ok {
 		return r, nil
 	}
+	if t.done {
+		return nil, errTxDone
+	}
 	var (
 		v   *grocksdb.Slice
 		err error
@@ -248,8 +335,8 @@ func (t *Tx) load(ref rowRef) (*row, error) {
 		v, err = t.s.base.GetCF(t.ro, cf, []byte(ref.key))
 	}
 	if err != nil {
-		if isRetryable(err) {
-			return nil, err
+		if c, ok := rocksConflict(err); ok {
+			return nil, c
 		}
 		return nil, readError(ref.table, err)
 	}
@@ -282,6 +369,9 @@ func (t *Tx) current(ref rowRef) (p *pending, r *row, live bool, err error) {
 func (t *Tx) put(ref rowRef, p *pending) error {
 	if t.txn == nil {
 		return ErrReadOnly
+	}
+	if t.done {
+		return errTxDone
 	}
 	// Read (and track) the stored row: its index entries are removed at
 	// commit, and a concurrent writer of the same row must conflict.
@@ -365,5 +455,3 @@ func singular(table string) string {
 func notFound(table, key string) error {
 	return fmt.Errorf("%s %q: %w", singular(table), key, ErrNotFound)
 }
-
-var errTypeMismatch = errors.New("storage: buffered row has an unexpected type")

@@ -175,3 +175,38 @@ func TestUpdateHonoursContext(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+func TestCallerErrorsAreNotRetried(t *testing.T) {
+	s := openStore(t)
+	calls := 0
+	_, err := s.Update(context.Background(), func(tx *Tx) error {
+		calls++
+		return errors.New("Resource busy: Operation failed. Try again. (the caller's words)")
+	})
+	if calls != 1 || err == nil || errors.Is(err, ErrConflict) {
+		t.Fatalf("calls %d, err %v", calls, err)
+	}
+	if _, ok := rocksConflict(errors.New("Resource busy: ")); !ok {
+		t.Fatal("RocksDB Busy not classified")
+	}
+	if _, ok := rocksConflict(errors.New("Operation failed. Try again.: history")); !ok {
+		t.Fatal("RocksDB TryAgain not classified")
+	}
+}
+
+func TestTxUnusableAfterItsFunction(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	var kept *Tx
+	mustUpdate(t, s, func(tx *Tx) error { kept = tx; return tx.PutPool(samplePool("p")) })
+	if err := kept.PutPool(samplePool("q")); !errors.Is(err, errTxDone) {
+		t.Fatalf("put after commit: %v", err)
+	}
+	if _, err := kept.BackendsByPool("p"); !errors.Is(err, errTxDone) {
+		t.Fatalf("index read after commit: %v", err)
+	}
+	_ = s.View(ctx, func(tx *Tx) error { kept = tx; return nil })
+	if _, err := kept.Pool("x"); !errors.Is(err, errTxDone) {
+		t.Fatalf("read after view: %v", err)
+	}
+}

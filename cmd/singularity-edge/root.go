@@ -45,5 +45,6 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(newBackendsCommand())
 	root.AddCommand(newCertsCommand())
 	root.AddCommand(newClusterCommand())
+	root.AddCommand(newDBCommand())
 	return root
 }

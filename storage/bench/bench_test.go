@@ -79,8 +79,8 @@ type suite struct {
 	certErr     error
 	certDir     string
 	certRawDir  string
-	certLoad    time.Duration
-	certRawLoad time.Duration
+	certLoad    meter
+	certRawLoad meter
 	certStore   *storage.Store
 	certRaw     *rawDB
 }
@@ -264,23 +264,6 @@ func (s *suite) buildCertificates(tmpl *templates, mat *certMaterial) error {
 	for i := range recs {
 		recs[i] = mat.certRecord(certNum(i), expiryOf(s.base, i))
 	}
-	start := time.Now()
-	for first := 0; first < numCerts; first += batchRows {
-		batch := recs[first : first+batchRows]
-		_, err := st.Update(ctx, func(tx *storage.Tx) error {
-			for j := range batch {
-				if err := tx.PutCertificate(&batch[j]); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-	}
-	s.certLoad = time.Since(start)
-
 	raw, err := openRaw(s.certRawDir, defaultRawConfig())
 	if err != nil {
 		return err
@@ -288,22 +271,35 @@ func (s *suite) buildCertificates(tmpl *templates, mat *certMaterial) error {
 	s.certRaw = raw
 	wb := grocksdb.NewWriteBatch()
 	defer wb.Destroy()
-	start = time.Now()
-	for i := range numCerts {
-		id := certID(i)
-		wb.PutCF(raw.cfs[rawRows], []byte(id), tmpl.certBytes(i))
-		wb.PutCF(raw.cfs[rawIndex], rawExpiryKey(recs[i].ExpiresAt, id), nil)
-		for _, n := range recs[i].Names {
-			wb.PutCF(raw.cfs[rawIndex], rawCertDomainKey(n, id), nil)
+	for first := 0; first < numCerts; first += batchRows {
+		batch := recs[first : first+batchRows]
+		storeBatch := func() error {
+			_, err := st.Update(ctx, func(tx *storage.Tx) error {
+				for j := range batch {
+					if err := tx.PutCertificate(&batch[j]); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			return err
 		}
-		if (i+1)%batchRows == 0 {
-			if err := raw.write(wb); err != nil {
-				return err
-			}
+		rawBatch := func() error {
 			wb.Clear()
+			for i := first; i < first+batchRows; i++ {
+				id := certID(i)
+				wb.PutCF(raw.cfs[rawRows], []byte(id), tmpl.certBytes(i))
+				wb.PutCF(raw.cfs[rawIndex], rawExpiryKey(recs[i].ExpiresAt, id), nil)
+				for _, n := range recs[i].Names {
+					wb.PutCF(raw.cfs[rawIndex], rawCertDomainKey(n, id), nil)
+				}
+			}
+			return raw.write(wb)
+		}
+		if err := rotate(first/batchRows, section{&s.certLoad, batchRows, storeBatch}, section{&s.certRawLoad, batchRows, rawBatch}); err != nil {
+			return err
 		}
 	}
-	s.certRawLoad = time.Since(start)
 	return nil
 }
 
@@ -332,8 +328,20 @@ func onOff(b bool) string {
 	return "off"
 }
 
-// reportPair reports both rates and their ratio on b.
-func reportPair(b *testing.B, unit string, store, raw float64) {
+// reportMeters reports both sides' rates, their ratio and their
+// foreground CPU per operation on b.
+func reportMeters(b *testing.B, unit string, store, raw *meter) {
+	b.ReportMetric(store.rate(), "store_"+unit)
+	b.ReportMetric(raw.rate(), "raw_"+unit)
+	if raw.rate() > 0 {
+		b.ReportMetric(store.rate()/raw.rate(), "store/raw")
+	}
+	b.ReportMetric(store.cpuPerOp(), "store_cpu_us/op")
+	b.ReportMetric(raw.cpuPerOp(), "raw_cpu_us/op")
+}
+
+// reportRates reports two plain rates (measured elsewhere) and their ratio.
+func reportRates(b *testing.B, unit string, store, raw float64) {
 	b.ReportMetric(store, "store_"+unit)
 	b.ReportMetric(raw, "raw_"+unit)
 	if raw > 0 {
@@ -341,12 +349,37 @@ func reportPair(b *testing.B, unit string, store, raw float64) {
 	}
 }
 
+// section is one timed piece of work for a meter.
+type section struct {
+	m   *meter
+	ops int
+	f   func() error
+}
+
+// rotate runs the sections one after the other, starting with section
+// round mod len, so that no side always runs first (after the other's
+// background work) or last.
+func rotate(round int, sections ...section) error {
+	for i := range sections {
+		s := sections[(round+i)%len(sections)]
+		if err := s.m.run(s.ops, s.f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // BenchmarkWriteSingleRow: one Update per row (PutBackend: the row, its
 // index entry, a version, a change-log entry and a feed entry in one
 // RocksDB commit) against one raw Put of the same row bytes, with the WAL
 // fsynced on every commit (the store's default, storage.DefaultConfig) and
-// without.
+// without. A second anchor writes, per row, the entries the store writes
+// (row, index entry, change-log entry, feed entry) in one WriteBatch: the
+// gap to it is the store's machinery (optimistic transaction, read of the
+// old row, encoding), not its write amplification. Store and anchors
+// alternate in sections of 250 rows.
 func BenchmarkWriteSingleRow(b *testing.B) {
+	const sectionRows = 250
 	for _, syncWAL := range []bool{true, false} {
 		rows := 5000
 		if !syncWAL {
@@ -360,47 +393,89 @@ func BenchmarkWriteSingleRow(b *testing.B) {
 			for i := range rows {
 				recs[i], vals[i] = makeBackend(i), tmpl.backendBytes(i)
 			}
-			var storeDur, rawDur time.Duration
+			var sm, rm, fm meter
 			for range b.N {
-				cfg := storage.DefaultConfig()
-				cfg.Dir, cfg.SyncWAL = shared.dir(b, "single-store"), syncWAL
-				st, err := storage.Open(cfg)
-				if err != nil {
-					b.Fatal(err)
-				}
-				start := time.Now()
-				for i := range recs {
-					if _, err := st.Update(ctx, func(tx *storage.Tx) error { return tx.PutBackend(&recs[i]) }); err != nil {
+				st, raw := openWritePair(b, syncWAL)
+				_, full := openWritePair(b, syncWAL)
+				wb := grocksdb.NewWriteBatch()
+				for first := 0; first < rows; first += sectionRows {
+					storeRows := func() error {
+						for i := first; i < first+sectionRows; i++ {
+							if _, err := st.Update(ctx, func(tx *storage.Tx) error { return tx.PutBackend(&recs[i]) }); err != nil {
+								return err
+							}
+						}
+						return nil
+					}
+					rawPuts := func() error {
+						for i := first; i < first+sectionRows; i++ {
+							if err := raw.put(rawRows, []byte(recs[i].ID), vals[i]); err != nil {
+								return err
+							}
+						}
+						return nil
+					}
+					fullCommits := func() error {
+						for i := first; i < first+sectionRows; i++ {
+							wb.Clear()
+							tmpl.addCommitEntries(wb, full, i, i+1, uint64(i+1))
+							if err := full.write(wb); err != nil {
+								return err
+							}
+						}
+						return nil
+					}
+					err := rotate(first/sectionRows, section{&sm, sectionRows, storeRows}, section{&rm, sectionRows, rawPuts},
+						section{&fm, sectionRows, fullCommits})
+					if err != nil {
 						b.Fatal(err)
 					}
 				}
-				storeDur += time.Since(start)
-				if err := st.Close(); err != nil {
-					b.Fatal(err)
-				}
-
-				rcfg := defaultRawConfig()
-				rcfg.SyncWAL = syncWAL
-				raw, err := openRaw(shared.dir(b, "single-raw"), rcfg)
-				if err != nil {
-					b.Fatal(err)
-				}
-				start = time.Now()
-				for i := range vals {
-					if err := raw.put(rawRows, []byte(recs[i].ID), vals[i]); err != nil {
-						b.Fatal(err)
-					}
-				}
-				rawDur += time.Since(start)
-				if err := raw.close(); err != nil {
-					b.Fatal(err)
-				}
+				wb.Destroy()
+				closeWritePair(b, st, raw, full)
 			}
-			storeRate, rawRate := perSecond(rows*b.N, storeDur), perSecond(rows*b.N, rawDur)
-			reportPair(b, "rows/s", storeRate, rawRate)
-			goal := "ratio >= 0.5"
-			shared.summary.rate("single-row commits, WAL sync "+onOff(syncWAL)+defaultMark(syncWAL), storeRate, rawRate, "rows/s", goal)
+			reportMeters(b, "rows/s", &sm, &rm)
+			b.ReportMetric(fm.rate(), "raw_same_entries_rows/s")
+			label := "single-row commits, WAL sync " + onOff(syncWAL) + defaultMark(syncWAL)
+			shared.summary.compare(label, &sm, &rm, "rows/s", "ratio >= 0.5")
+			shared.summary.compare(label+", anchor: the store's entries in one batch", &sm, &fm, "rows/s", "")
 		})
+	}
+}
+
+// openWritePair opens a fresh store and a fresh anchor with the given WAL
+// sync setting.
+func openWritePair(b *testing.B, syncWAL bool) (*storage.Store, *rawDB) {
+	cfg := storage.DefaultConfig()
+	cfg.Dir, cfg.SyncWAL = shared.dir(b, "write-store"), syncWAL
+	st, err := storage.Open(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rcfg := defaultRawConfig()
+	rcfg.SyncWAL = syncWAL
+	raw, err := openRaw(shared.dir(b, "write-raw"), rcfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return st, raw
+}
+
+func closeWritePair(b *testing.B, st *storage.Store, raws ...*rawDB) {
+	dirs := []string{st.Dir()}
+	if err := st.Close(); err != nil {
+		b.Fatal(err)
+	}
+	for _, r := range raws {
+		dirs = append(dirs, r.dir)
+		if err := r.close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, d := range dirs {
+		if err := os.RemoveAll(d); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 
@@ -413,8 +488,9 @@ func defaultMark(syncWAL bool) string {
 
 // BenchmarkWriteBatched: Updates of 1,000 PutBackend each against raw
 // WriteBatches of 1,000 puts of the same row bytes; also a second anchor
-// whose batches carry each row's index entry too (what the store writes
-// minus versions, change log, feed and conflict tracking).
+// whose batches carry what a store commit writes (rows, index entries, one
+// change-log entry with every record, one feed entry). The three alternate
+// batch by batch.
 func BenchmarkWriteBatched(b *testing.B) {
 	const rows = 100_000
 	for _, syncWAL := range []bool{true, false} {
@@ -426,159 +502,106 @@ func BenchmarkWriteBatched(b *testing.B) {
 			for i := range rows {
 				recs[i], vals[i] = makeBackend(i), tmpl.backendBytes(i)
 			}
-			var storeDur, rawDur, rawIdxDur time.Duration
+			var sm, rm, fm meter
 			for range b.N {
-				cfg := storage.DefaultConfig()
-				cfg.Dir, cfg.SyncWAL = shared.dir(b, "batch-store"), syncWAL
-				st, err := storage.Open(cfg)
-				if err != nil {
-					b.Fatal(err)
-				}
-				start := time.Now()
+				st, raw := openWritePair(b, syncWAL)
+				_, full := openWritePair(b, syncWAL)
+				wb := grocksdb.NewWriteBatch()
 				for first := 0; first < rows; first += batchRows {
 					batch := recs[first : first+batchRows]
-					_, err := st.Update(ctx, func(tx *storage.Tx) error {
-						for j := range batch {
-							if err := tx.PutBackend(&batch[j]); err != nil {
-								return err
+					storeBatch := func() error {
+						_, err := st.Update(ctx, func(tx *storage.Tx) error {
+							for j := range batch {
+								if err := tx.PutBackend(&batch[j]); err != nil {
+									return err
+								}
 							}
+							return nil
+						})
+						return err
+					}
+					rawBatch := func() error {
+						wb.Clear()
+						for i := first; i < first+batchRows; i++ {
+							wb.PutCF(raw.cfs[rawRows], []byte(recs[i].ID), vals[i])
 						}
-						return nil
-					})
+						return raw.write(wb)
+					}
+					fullBatch := func() error {
+						wb.Clear()
+						tmpl.addCommitEntries(wb, full, first, first+batchRows, uint64(first/batchRows+1))
+						return full.write(wb)
+					}
+					err := rotate(first/batchRows, section{&sm, batchRows, storeBatch}, section{&rm, batchRows, rawBatch},
+						section{&fm, batchRows, fullBatch})
 					if err != nil {
 						b.Fatal(err)
 					}
 				}
-				storeDur += time.Since(start)
-				if err := st.Close(); err != nil {
-					b.Fatal(err)
-				}
-
-				for _, withIndex := range []bool{false, true} {
-					rcfg := defaultRawConfig()
-					rcfg.SyncWAL = syncWAL
-					raw, err := openRaw(shared.dir(b, "batch-raw"), rcfg)
-					if err != nil {
-						b.Fatal(err)
-					}
-					wb := grocksdb.NewWriteBatch()
-					start = time.Now()
-					for i := range vals {
-						wb.PutCF(raw.cfs[rawRows], []byte(recs[i].ID), vals[i])
-						if withIndex {
-							wb.PutCF(raw.cfs[rawIndex], rawPoolIndexKey(recs[i].PoolName, recs[i].ID), nil)
-						}
-						if (i+1)%batchRows == 0 {
-							if err := raw.write(wb); err != nil {
-								b.Fatal(err)
-							}
-							wb.Clear()
-						}
-					}
-					if withIndex {
-						rawIdxDur += time.Since(start)
-					} else {
-						rawDur += time.Since(start)
-					}
-					wb.Destroy()
-					if err := raw.close(); err != nil {
-						b.Fatal(err)
-					}
-				}
+				wb.Destroy()
+				closeWritePair(b, st, raw, full)
 			}
-			storeRate := perSecond(rows*b.N, storeDur)
-			rawRate, rawIdxRate := perSecond(rows*b.N, rawDur), perSecond(rows*b.N, rawIdxDur)
-			reportPair(b, "rows/s", storeRate, rawRate)
-			b.ReportMetric(rawIdxRate, "raw+index_rows/s")
+			reportMeters(b, "rows/s", &sm, &rm)
+			b.ReportMetric(fm.rate(), "raw_same_entries_rows/s")
 			label := fmt.Sprintf("batched commits (%d rows each), WAL sync %s%s", batchRows, onOff(syncWAL), defaultMark(syncWAL))
-			shared.summary.rate(label, storeRate, rawRate, "rows/s", "ratio >= 0.5")
-			shared.summary.rate(label+", anchor with index entries", storeRate, rawIdxRate, "rows/s", "")
+			shared.summary.compare(label, &sm, &rm, "rows/s", "ratio >= 0.5")
+			shared.summary.compare(label+", anchor: the store's entries", &sm, &fm, "rows/s", "")
 		})
 	}
 }
 
 // BenchmarkLoad reports how long building the data sets took: 1M backends
-// (in the child process that then measured RSS) and 100k certificates, in
-// commits of 1,000 rows with the WAL fsynced, against raw batches of the
-// same rows and index entries.
+// (in the child process that then measured RSS, against raw batches of the
+// same rows and index entries written here afterwards) and 100k
+// certificates (store and anchor alternating batch by batch), in commits of
+// 1,000 rows with the WAL fsynced.
 func BenchmarkLoad(b *testing.B) {
 	b.Run("backends=1M", func(b *testing.B) {
 		shared.backends(b)
 		store := perSecond(numBackends, time.Duration(shared.beLoad.LoadSeconds*float64(time.Second)))
 		raw := perSecond(numBackends, shared.beRawLoad)
-		reportPair(b, "rows/s", store, raw)
-		shared.summary.rate("load 1M backends (1,000/commit; anchor: rows + index entries)", store, raw, "rows/s", "ratio >= 0.5")
+		reportRates(b, "rows/s", store, raw)
+		shared.summary.rate("load 1M backends (1,000/commit; anchor: rows + index entries, not interleaved)", store, raw, "rows/s", "ratio >= 0.5")
 	})
 	b.Run("certificates=100k", func(b *testing.B) {
 		shared.certificates(b)
-		store, raw := perSecond(numCerts, shared.certLoad), perSecond(numCerts, shared.certRawLoad)
-		reportPair(b, "rows/s", store, raw)
-		shared.summary.rate("load 100k certificates (1,000/commit; anchor: rows + index entries)", store, raw, "rows/s", "ratio >= 0.5")
+		reportMeters(b, "rows/s", &shared.certLoad, &shared.certRawLoad)
+		shared.summary.compare("load 100k certificates (1,000/commit; anchor: rows + index entries)", &shared.certLoad, &shared.certRawLoad, "rows/s", "ratio >= 0.5")
 	})
 }
 
 // BenchmarkPointRead: GetBackend on the 1M-backend store and GetCertificate
 // (private key decrypted) on the 100k-certificate store, at random ids,
-// against raw Gets of the same keys.
+// against raw Gets of the same keys, alternating in sections of 5,000.
 func BenchmarkPointRead(b *testing.B) {
 	ctx := context.Background()
 	b.Run("backends", func(b *testing.B) {
 		st, raw, _ := shared.backends(b)
-		const reads = 100_000
-		ids := randomIDs(1, reads, numBackends, backendID)
-		warm := randomIDs(2, reads/5, numBackends, backendID)
-		storeRead := func(ids []string) error {
-			for _, id := range ids {
-				be, err := st.GetBackend(ctx, id)
-				if err != nil {
-					return err
-				}
-				if be.ID != id {
-					return fmt.Errorf("GetBackend(%q) returned %q", id, be.ID)
-				}
+		storeRead := func(id string) error {
+			be, err := st.GetBackend(ctx, id)
+			if err == nil && be.ID != id {
+				err = fmt.Errorf("GetBackend(%q) returned %q", id, be.ID)
 			}
-			return nil
+			return err
 		}
-		rawRead := func(ids []string) error {
-			for _, id := range ids {
-				if _, err := raw.get(rawRows, []byte(id)); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		storeRate, rawRate := compareReads(b, ids, warm, storeRead, rawRead)
-		reportPair(b, "reads/s", storeRate, rawRate)
-		shared.summary.rate("point read GetBackend, 1M backends", storeRate, rawRate, "reads/s", "")
+		rawRead := func(id string) error { _, err := raw.get(rawRows, []byte(id)); return err }
+		sm, rm := compareReads(b, randomIDs(1, 100_000, numBackends, backendID), randomIDs(2, 20_000, numBackends, backendID), storeRead, rawRead)
+		reportMeters(b, "reads/s", sm, rm)
+		shared.summary.compare("point read GetBackend, 1M backends", sm, rm, "reads/s", "")
 	})
 	b.Run("certificates", func(b *testing.B) {
 		st, raw := shared.certificates(b)
-		const reads = 20_000
-		ids := randomIDs(3, reads, numCerts, certID)
-		warm := randomIDs(4, reads/5, numCerts, certID)
-		storeRead := func(ids []string) error {
-			for _, id := range ids {
-				c, err := st.GetCertificate(ctx, id)
-				if err != nil {
-					return err
-				}
-				if c.ID != id || c.PrivateKeyPEM == "" {
-					return fmt.Errorf("GetCertificate(%q) returned %q without its key", id, c.ID)
-				}
+		storeRead := func(id string) error {
+			c, err := st.GetCertificate(ctx, id)
+			if err == nil && (c.ID != id || c.PrivateKeyPEM == "") {
+				err = fmt.Errorf("GetCertificate(%q) returned %q without its key", id, c.ID)
 			}
-			return nil
+			return err
 		}
-		rawRead := func(ids []string) error {
-			for _, id := range ids {
-				if _, err := raw.get(rawRows, []byte(id)); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		storeRate, rawRate := compareReads(b, ids, warm, storeRead, rawRead)
-		reportPair(b, "reads/s", storeRate, rawRate)
-		shared.summary.rate("point read GetCertificate (decrypts key), 100k certs", storeRate, rawRate, "reads/s", "")
+		rawRead := func(id string) error { _, err := raw.get(rawRows, []byte(id)); return err }
+		sm, rm := compareReads(b, randomIDs(3, 20_000, numCerts, certID), randomIDs(4, 5_000, numCerts, certID), storeRead, rawRead)
+		reportMeters(b, "reads/s", sm, rm)
+		shared.summary.compare("point read GetCertificate (decrypts key), 100k certs", sm, rm, "reads/s", "")
 	})
 }
 
@@ -591,95 +614,104 @@ func randomIDs(seed uint64, n, max int, id func(int) string) []string {
 	return out
 }
 
-// compareReads warms both sides with the warm-up ids, then times each
-// side over ids, and returns both rates.
-func compareReads(b *testing.B, ids, warm []string, storeRead, rawRead func([]string) error) (storeRate, rawRate float64) {
-	for _, f := range []func([]string) error{storeRead, rawRead} {
-		if err := f(warm); err != nil {
-			b.Fatal(err)
+// compareReads warms both sides with the warm-up ids, then reads ids on
+// both, alternating in sections of 5,000.
+func compareReads(b *testing.B, ids, warm []string, storeRead, rawRead func(string) error) (store, raw *meter) {
+	const size = 5000
+	each := func(ids []string, f func(string) error) func() error {
+		return func() error {
+			for _, id := range ids {
+				if err := f(id); err != nil {
+					return err
+				}
+			}
+			return nil
 		}
 	}
-	var storeDur, rawDur time.Duration
+	var warmM meter
+	if err := rotate(0, section{&warmM, 0, each(warm, storeRead)}, section{&warmM, 0, each(warm, rawRead)}); err != nil {
+		b.Fatal(err)
+	}
+	store, raw = &meter{}, &meter{}
 	for range b.N {
-		start := time.Now()
-		if err := storeRead(ids); err != nil {
-			b.Fatal(err)
+		for first := 0; first < len(ids); first += size {
+			part := ids[first:min(first+size, len(ids))]
+			if err := rotate(first/size, section{store, len(part), each(part, storeRead)}, section{raw, len(part), each(part, rawRead)}); err != nil {
+				b.Fatal(err)
+			}
 		}
-		storeDur += time.Since(start)
-		start = time.Now()
-		if err := rawRead(ids); err != nil {
-			b.Fatal(err)
-		}
-		rawDur += time.Since(start)
 	}
-	return perSecond(len(ids)*b.N, storeDur), perSecond(len(ids)*b.N, rawDur)
+	return store, raw
 }
 
 // BenchmarkIndexRead: ListBackendsByPool (all 1,000 backends of one pool
 // among 1,000 pools) against the same index prefix scan plus a Get per row
 // in raw RocksDB, and against the lower bound: rows stored clustered by
-// pool, one prefix scan.
+// pool, one prefix scan. The three alternate in sections of 10 pools.
 func BenchmarkIndexRead(b *testing.B) {
 	ctx := context.Background()
 	st, raw, clustered := shared.backends(b)
-	const queries = 200
+	const queries, size = 200, 10
 	rng := mrand.New(mrand.NewPCG(5, 5))
 	pools := make([]string, queries)
 	for i := range pools {
 		pools[i] = poolName(rng.IntN(numPools))
 	}
-	check := func(pool string, n int, err error) {
-		if err != nil {
-			b.Fatal(err)
+	count := func(pool string, n int, err error) error {
+		if err == nil && n != backendsPerPool {
+			err = fmt.Errorf("pool %s: %d backends, want %d", pool, n, backendsPerPool)
 		}
-		if n != backendsPerPool {
-			b.Fatalf("pool %s: %d backends, want %d", pool, n, backendsPerPool)
+		return err
+	}
+	storeList := func(pools []string) func() error {
+		return func() error {
+			for _, p := range pools {
+				bs, err := st.ListBackendsByPool(ctx, p, "", 0)
+				if err := count(p, len(bs), err); err != nil {
+					return err
+				}
+			}
+			return nil
 		}
 	}
-	// Warm-up: a few pools on every side.
-	for _, p := range pools[:10] {
-		bs, err := st.ListBackendsByPool(ctx, p, "", 0)
-		check(p, len(bs), err)
-		n, err := rawIndexRead(raw, p)
-		check(p, n, err)
-		n, err = rawClusteredRead(clustered, p)
-		check(p, n, err)
+	rawList := func(db *rawDB, read func(*rawDB, string) (int, error), pools []string) func() error {
+		return func() error {
+			for _, p := range pools {
+				n, err := read(db, p)
+				if err := count(p, n, err); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
 	}
-	var storeDur, rawDur, clustDur time.Duration
+	var warm, sm, rm, cm meter
+	if err := rotate(0, section{&warm, 0, storeList(pools[:size])}, section{&warm, 0, rawList(raw, rawIndexRead, pools[:size])},
+		section{&warm, 0, rawList(clustered, rawClusteredRead, pools[:size])}); err != nil {
+		b.Fatal(err)
+	}
 	for range b.N {
-		start := time.Now()
-		for _, p := range pools {
-			bs, err := st.ListBackendsByPool(ctx, p, "", 0)
-			check(p, len(bs), err)
+		for first := 0; first < queries; first += size {
+			part := pools[first : first+size]
+			err := rotate(first/size, section{&sm, len(part), storeList(part)}, section{&rm, len(part), rawList(raw, rawIndexRead, part)},
+				section{&cm, len(part), rawList(clustered, rawClusteredRead, part)})
+			if err != nil {
+				b.Fatal(err)
+			}
 		}
-		storeDur += time.Since(start)
-		start = time.Now()
-		for _, p := range pools {
-			n, err := rawIndexRead(raw, p)
-			check(p, n, err)
-		}
-		rawDur += time.Since(start)
-		start = time.Now()
-		for _, p := range pools {
-			n, err := rawClusteredRead(clustered, p)
-			check(p, n, err)
-		}
-		clustDur += time.Since(start)
 	}
-	storeRate, rawRate := perSecond(queries*b.N, storeDur), perSecond(queries*b.N, rawDur)
-	clustRate := perSecond(queries*b.N, clustDur)
-	reportPair(b, "pools/s", storeRate, rawRate)
-	b.ReportMetric(clustRate, "raw_clustered_pools/s")
-	b.ReportMetric(storeRate*backendsPerPool, "store_rows/s")
-	shared.summary.rate("ListBackendsByPool (1,000 of 1M rows; anchor: index scan + Gets)", storeRate, rawRate, "pools/s", "")
-	shared.summary.rate("ListBackendsByPool (anchor: rows clustered by pool, one scan)", storeRate, clustRate, "pools/s", "")
+	reportMeters(b, "pools/s", &sm, &rm)
+	b.ReportMetric(cm.rate(), "raw_clustered_pools/s")
+	b.ReportMetric(sm.rate()*backendsPerPool, "store_rows/s")
+	shared.summary.compare("ListBackendsByPool (1,000 of 1M rows; anchor: index scan + Gets)", &sm, &rm, "pools/s", "")
+	shared.summary.compare("ListBackendsByPool (anchor: rows clustered by pool, one scan)", &sm, &cm, "pools/s", "")
 }
 
 // BenchmarkExpiryScan: CertificatesExpiringBefore on 100k certificates
 // (about 1.8 KB certificate, 1.7 KB key, 1.5 KB chain each; expiries spread
 // over 90 days): everything expiring within 30 days (a third of them), and
 // the first 100 (a renewal loop's page), against the same index range scan
-// plus a Get per row in raw RocksDB.
+// plus a Get per row in raw RocksDB, alternating query by query.
 func BenchmarkExpiryScan(b *testing.B) {
 	ctx := context.Background()
 	st, raw := shared.certificates(b)
@@ -723,43 +755,44 @@ func BenchmarkExpiryScan(b *testing.B) {
 		limit   int
 		queries int
 	}{
-		{"within_30d", 0, 2},
-		{"first_100", 100, 300},
+		{"within_30d", 0, 4},
+		{"first_100", 100, 400},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			expect := want
 			if c.limit > 0 {
 				expect = min(want, c.limit)
 			}
-			check := func(n int, err error) {
-				if err != nil {
-					b.Fatal(err)
-				}
-				if n != expect {
-					b.Fatalf("%d certificates, want %d", n, expect)
+			scans := func(scan func(int) (int, error), n int) func() error {
+				return func() error {
+					for range n {
+						got, err := scan(c.limit)
+						if err == nil && got != expect {
+							err = fmt.Errorf("%d certificates, want %d", got, expect)
+						}
+						if err != nil {
+							return err
+						}
+					}
+					return nil
 				}
 			}
-			check(storeScan(c.limit))
-			check(rawScan(c.limit))
-			var storeDur, rawDur time.Duration
+			per := max(1, c.queries/20) // queries per section
+			var warm, sm, rm meter
+			if err := rotate(0, section{&warm, 0, scans(storeScan, 1)}, section{&warm, 0, scans(rawScan, 1)}); err != nil {
+				b.Fatal(err)
+			}
 			for range b.N {
-				start := time.Now()
-				for range c.queries {
-					check(storeScan(c.limit))
+				for q := 0; q < c.queries; q += per {
+					if err := rotate(q/per, section{&sm, per * expect, scans(storeScan, per)}, section{&rm, per * expect, scans(rawScan, per)}); err != nil {
+						b.Fatal(err)
+					}
 				}
-				storeDur += time.Since(start)
-				start = time.Now()
-				for range c.queries {
-					check(rawScan(c.limit))
-				}
-				rawDur += time.Since(start)
 			}
-			rows := expect * c.queries * b.N
-			storeRate, rawRate := perSecond(rows, storeDur), perSecond(rows, rawDur)
-			reportPair(b, "certs/s", storeRate, rawRate)
-			b.ReportMetric(perSecond(c.queries*b.N, storeDur), "store_scans/s")
-			b.ReportMetric(perSecond(c.queries*b.N, rawDur), "raw_scans/s")
-			shared.summary.rate(fmt.Sprintf("CertificatesExpiringBefore %s (%d certs/scan)", c.name, expect), storeRate, rawRate, "certs/s", "")
+			reportMeters(b, "certs/s", &sm, &rm)
+			b.ReportMetric(sm.rate()/float64(expect), "store_scans/s")
+			b.ReportMetric(rm.rate()/float64(expect), "raw_scans/s")
+			shared.summary.compare(fmt.Sprintf("CertificatesExpiringBefore %s (%d certs/scan)", c.name, expect), &sm, &rm, "certs/s", "")
 		})
 	}
 }
@@ -781,7 +814,38 @@ func BenchmarkRSS(b *testing.B) {
 	shared.summary.bytes("RSS after loading 1M backends (cache 64 MiB)", afterLoad.RSS, 0, "bounded by cache")
 	shared.summary.bytes("  same, Go heap returned to the OS", afterFree.RSS, 0, "")
 	shared.summary.bytes("  peak RSS while loading and scanning", afterLoadScan.HWM, 0, "")
+	shared.summary.bytes("  left after Close (kept by the allocators)", load.stage(stageAfterClose).RSS, 0, "")
+	b.ReportMetric(mib(load.stage(stageAfterClose).RSS), "load_closed_rss_MiB")
 	b.Logf("load child: %s", stagesText(load))
+
+	// The same load with a fifth of the data: if memory followed the data
+	// size, this RSS would be much lower.
+	small, err := runChildRows(ctx, modeLoadBackends, shared.dir(b, "backends-200k"), 64<<20, numBackends/5)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("load child, 200k backends: %s", stagesText(small))
+	smallLoad, smallScan := small.stage(stageAfterLoad), small.stage(stageAfterScan)
+	b.ReportMetric(mib(smallLoad.RSS), "load200k_rss_MiB")
+	b.ReportMetric(mib(smallScan.RSS), "load200k_scan_rss_MiB")
+	shared.summary.bytes("RSS after loading 200k backends (cache 64 MiB), for comparison", smallLoad.RSS, 0, "")
+	shared.summary.bytes("RSS after loading 1M backends, then a full scan", afterLoadScan.RSS, 0, "")
+	shared.summary.bytes("RSS after loading 200k backends, then a full scan", smallScan.RSS, 0, "")
+
+	emptyStore, err := runChild(ctx, modeEmptyStore, shared.dir(b, "empty-store"), 64<<20)
+	if err != nil {
+		b.Fatal(err)
+	}
+	emptyRaw, err := runChild(ctx, modeEmptyRaw, shared.dir(b, "empty-raw"), 64<<20)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("empty store child: %s", stagesText(emptyStore))
+	b.Logf("empty raw child: %s", stagesText(emptyRaw))
+	es, er := emptyStore.stage(stageAfterOpen), emptyRaw.stage(stageAfterOpen)
+	b.ReportMetric(mib(es.RSS), "empty_store_rss_MiB")
+	b.ReportMetric(mib(er.RSS), "empty_raw_rss_MiB")
+	shared.summary.bytes("RSS of a new, empty store (fixed cost)", es.RSS, er.RSS, "")
 
 	rawRep, err := runChild(ctx, modeScanRaw, shared.beRawDir, 64<<20)
 	if err != nil {
@@ -805,9 +869,8 @@ func BenchmarkRSS(b *testing.B) {
 			b.ReportMetric(mib(rawScan), "raw_scan_rss_MiB")
 			b.ReportMetric(mib(rawRandom), "raw_random_rss_MiB")
 		}
-		shared.summary.bytes(fmt.Sprintf("RSS after open + full scan of 1M backends, cache %d MiB", cache>>20), scan.RSS, rawScan, "bounded by cache")
-		shared.summary.bytes(fmt.Sprintf("  + 100k random Gets + 200 pool lists, cache %d MiB", cache>>20), random.RSS, rawRandom, "")
-		shared.summary.bytes(fmt.Sprintf("  of which Go runtime, cache %d MiB", cache>>20), random.GoResident, 0, "")
+		shared.summary.bytes(fmt.Sprintf("RSS, 1M backends, cache %d MiB: open + full scan", cache>>20), scan.RSS, rawScan, "bounded by cache")
+		shared.summary.bytes(fmt.Sprintf("  then 100k random Gets + 200 pool lists, cache %d MiB", cache>>20), random.RSS, rawRandom, "")
 	}
 }
 
@@ -888,10 +951,12 @@ func BenchmarkDiskSize(b *testing.B) {
 			for _, t := range stats {
 				if t.SSTBytes > 0 {
 					parts += fmt.Sprintf(" %s=%.1f", t.Table, mib(t.SSTBytes))
+					if t.Table == "changelog" {
+						shared.summary.bytes("  of which the change log, "+c.name, t.SSTBytes, 0, "")
+					}
 				}
 			}
-			shared.summary.add(summaryRow{metric: "  SST MiB by column family", store: parts[1:], raw: "-", ratio: "-"})
-			shared.summary.duration("full compaction, "+c.name, compactStore, compactRaw, "")
+			b.Logf("SST MiB by column family:%s; compaction took %s (anchor %s)", parts, compactStore, compactRaw)
 		})
 	}
 }

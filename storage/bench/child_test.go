@@ -24,10 +24,13 @@ const (
 	childModeEnv  = "STORAGE_BENCH_CHILD"
 	childDirEnv   = "STORAGE_BENCH_DIR"
 	childCacheEnv = "STORAGE_BENCH_CACHE"
+	childRowsEnv  = "STORAGE_BENCH_ROWS" // backends to load (load mode)
 
 	modeLoadBackends = "load-backends" // create the 1M-backend store, then scan it
 	modeScanStore    = "scan-store"    // open the store, scan it, read at random
 	modeScanRaw      = "scan-raw"      // the same on the anchor database
+	modeEmptyStore   = "empty-store"   // open a new, empty store: the fixed cost
+	modeEmptyRaw     = "empty-raw"     // the same for the anchor
 )
 
 // memStage is the process's memory at one point of a child run.
@@ -69,14 +72,21 @@ const (
 	stageAfterOpen    = "after open"
 	stageAfterScan    = "after full scan"
 	stageAfterRandom  = "after random reads"
+	stageAfterClose   = "after Close"
 	randomReads       = 100_000
 	randomPoolQueries = 200
 )
 
 // runChild runs this binary in child mode and returns its report.
 func runChild(ctx context.Context, mode, dir string, cache int64) (childReport, error) {
+	return runChildRows(ctx, mode, dir, cache, numBackends)
+}
+
+// runChildRows is runChild with the number of backends the load mode writes.
+func runChildRows(ctx context.Context, mode, dir string, cache int64, rows int) (childReport, error) {
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childModeEnv+"="+mode, childDirEnv+"="+dir, childCacheEnv+"="+strconv.FormatInt(cache, 10))
+	cmd.Env = append(os.Environ(), childModeEnv+"="+mode, childDirEnv+"="+dir, childCacheEnv+"="+strconv.FormatInt(cache, 10),
+		childRowsEnv+"="+strconv.Itoa(rows))
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {
@@ -97,7 +107,12 @@ func childMain(mode string) int {
 		fmt.Fprintln(os.Stderr, "child: bad", childCacheEnv, err)
 		return 2
 	}
-	rep := childReport{Mode: mode, CacheBytes: cache}
+	rows, err := strconv.Atoi(os.Getenv(childRowsEnv))
+	if err != nil || rows <= 0 || rows%batchRows != 0 {
+		fmt.Fprintln(os.Stderr, "child: bad", childRowsEnv, os.Getenv(childRowsEnv))
+		return 2
+	}
+	rep := childReport{Mode: mode, CacheBytes: cache, Rows: rows}
 	dir := os.Getenv(childDirEnv)
 	ctx := context.Background()
 	switch mode {
@@ -107,6 +122,10 @@ func childMain(mode string) int {
 		err = childScanStore(ctx, dir, &rep)
 	case modeScanRaw:
 		err = childScanRaw(dir, &rep)
+	case modeEmptyStore:
+		err = childEmptyStore(ctx, dir, &rep)
+	case modeEmptyRaw:
+		err = childEmptyRaw(dir, &rep)
 	default:
 		err = fmt.Errorf("unknown mode %q", mode)
 	}
@@ -165,9 +184,9 @@ func openBenchStore(dir string, cache int64) (*storage.Store, error) {
 	return storage.Open(cfg)
 }
 
-// loadBackends writes the pools and 1M backends, batchRows per commit, and
-// returns how long the backends took.
-func loadBackends(ctx context.Context, st *storage.Store) (time.Duration, error) {
+// loadBackends writes the pools and backends 0..rows-1, batchRows per
+// commit, and returns how long the backends took.
+func loadBackends(ctx context.Context, st *storage.Store, rows int) (time.Duration, error) {
 	_, err := st.Update(ctx, func(tx *storage.Tx) error {
 		for p := range numPools {
 			pool := makePool(p)
@@ -182,7 +201,7 @@ func loadBackends(ctx context.Context, st *storage.Store) (time.Duration, error)
 	}
 	recs := make([]storage.Backend, batchRows)
 	start := time.Now()
-	for first := 0; first < numBackends; first += batchRows {
+	for first := 0; first < rows; first += batchRows {
 		for j := range recs {
 			recs[j] = makeBackend(first + j)
 		}
@@ -223,11 +242,11 @@ func childLoadBackends(ctx context.Context, dir string, rep *childReport) error 
 		return err
 	}
 	defer st.Close()
-	load, err := loadBackends(ctx, st)
+	load, err := loadBackends(ctx, st, rep.Rows)
 	if err != nil {
 		return err
 	}
-	rep.Rows, rep.LoadSeconds = numBackends, load.Seconds()
+	rep.LoadSeconds = load.Seconds()
 	if err := rep.measureStore(ctx, st, stageAfterLoad); err != nil {
 		return err
 	}
@@ -240,14 +259,25 @@ func childLoadBackends(ctx context.Context, dir string, rep *childReport) error 
 	if err != nil {
 		return err
 	}
-	if n != numBackends {
-		return fmt.Errorf("scan found %d backends, want %d", n, numBackends)
+	if n != rep.Rows {
+		return fmt.Errorf("scan found %d backends, want %d", n, rep.Rows)
 	}
 	rep.ScanSeconds = time.Since(start).Seconds()
 	if err := rep.measureStore(ctx, st, stageAfterScan); err != nil {
 		return err
 	}
-	return st.Close()
+	if err := st.Close(); err != nil {
+		return err
+	}
+	// With the store closed RocksDB holds nothing: what is left is what
+	// the allocators keep (glibc malloc's free lists and arenas, Go's heap).
+	debug.FreeOSMemory()
+	m, err := measure(stageAfterClose, 0, 0)
+	if err != nil {
+		return err
+	}
+	rep.Stages = append(rep.Stages, m)
+	return nil
 }
 
 func childScanStore(ctx context.Context, dir string, rep *childReport) error {
@@ -375,4 +405,39 @@ func rawClusteredRead(raw *rawDB, pool string) (int, error) {
 		n++
 	}
 	return n, it.Err()
+}
+
+// childEmptyStore measures what an open store costs before it holds any
+// data: RocksDB's fixed allocations (table readers, the optimistic
+// transaction lock table, arenas) and the Go runtime.
+func childEmptyStore(ctx context.Context, dir string, rep *childReport) error {
+	start := time.Now()
+	st, err := openBenchStore(dir, rep.CacheBytes)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	rep.OpenSeconds = time.Since(start).Seconds()
+	if err := rep.measureStore(ctx, st, stageAfterOpen); err != nil {
+		return err
+	}
+	return st.Close()
+}
+
+func childEmptyRaw(dir string, rep *childReport) error {
+	cfg := defaultRawConfig()
+	cfg.BlockCacheSize = rep.CacheBytes
+	start := time.Now()
+	raw, err := openRaw(dir, cfg)
+	if err != nil {
+		return err
+	}
+	defer raw.close()
+	rep.OpenSeconds = time.Since(start).Seconds()
+	m, err := measure(stageAfterOpen, raw.cacheUsage(), raw.memtableBytes())
+	if err != nil {
+		return err
+	}
+	rep.Stages = append(rep.Stages, m)
+	return raw.close()
 }

@@ -196,8 +196,9 @@ func (m *certMaterial) certRecord(num string, expires time.Time) storage.Certifi
 // templates holds the stored bytes (row envelope included) of one backend
 // and one certificate, as the store wrote them, with the tokens in place.
 type templates struct {
-	backend []byte
-	cert    []byte
+	backend    []byte
+	backendRec []byte // the record alone (Change.Value), as the change log holds it
+	cert       []byte
 }
 
 // storedTemplates writes a template backend and certificate through the
@@ -218,6 +219,21 @@ func storedTemplates(ctx context.Context, dir string, key []byte, m *certMateria
 		}
 		return tx.PutCertificate(&cert)
 	})
+	var backendRec []byte
+	if err == nil {
+		var sets []storage.ChangeSet
+		sets, err = st.ChangeSetsSince(ctx, st.NodeID(), 0, 0)
+		for _, cs := range sets {
+			for _, c := range cs.Changes {
+				if c.Table == storage.TableBackends {
+					backendRec = c.Value
+				}
+			}
+		}
+		if err == nil && backendRec == nil {
+			err = fmt.Errorf("template backend is not in the change log")
+		}
+	}
 	if cerr := st.Close(); err == nil {
 		err = cerr
 	}
@@ -264,7 +280,7 @@ func storedTemplates(ctx context.Context, dir string, key []byte, m *certMateria
 		}
 		return nil, fmt.Errorf("no column family %q", family)
 	}
-	t := &templates{}
+	t := &templates{backendRec: backendRec}
 	if t.backend, err = read(storage.TableBackends, be.ID); err != nil {
 		return nil, err
 	}
@@ -285,7 +301,9 @@ func (t *templates) checkTokens() error {
 	}{
 		{"backend", t.backend, backendToken, 3}, // id, host, metadata
 		{"backend", t.backend, poolToken, 2},    // pool_name, host
-		{"certificate", t.cert, certToken, 4},   // id, domain, both names
+		{"backend record", t.backendRec, backendToken, 3},
+		{"backend record", t.backendRec, poolToken, 2},
+		{"certificate", t.cert, certToken, 4}, // id, domain, both names
 	} {
 		if n := bytes.Count(c.b, []byte(c.token)); n != c.expected {
 			return fmt.Errorf("%s template holds token %q %d times, want %d", c.name, c.token, n, c.expected)
@@ -298,6 +316,33 @@ func (t *templates) checkTokens() error {
 func (t *templates) backendBytes(i int) []byte {
 	v := bytes.ReplaceAll(t.backend, []byte(backendToken), []byte(backendNum(i)))
 	return bytes.ReplaceAll(v, []byte(poolToken), []byte(poolNum(poolOf(i))))
+}
+
+// backendRecBytes returns the record of backend i, as a Change carries it.
+func (t *templates) backendRecBytes(i int) []byte {
+	v := bytes.ReplaceAll(t.backendRec, []byte(backendToken), []byte(backendNum(i)))
+	return bytes.ReplaceAll(v, []byte(poolToken), []byte(poolNum(poolOf(i))))
+}
+
+// rawOrigin stands for the store's node id (16 hex digits) in the anchor.
+const rawOrigin = "0123456789abcdef"
+
+// addCommitEntries adds to wb what one store commit of backends
+// first..last-1 writes: each row with its index entry, one change-log entry
+// (a ChangeSet holding every row's record, encoded by storage) and one
+// feed entry. It is the anchor with the store's own write amplification.
+func (t *templates) addCommitEntries(wb *grocksdb.WriteBatch, db *rawDB, first, last int, seq uint64) {
+	v := storage.Version{HLC: storage.NewHLC(time.Now().UnixMilli(), 0), Origin: rawOrigin, Seq: seq}
+	cs := storage.ChangeSet{Origin: rawOrigin, Seq: seq, HLC: v.HLC, Changes: make([]storage.Change, 0, last-first)}
+	for i := first; i < last; i++ {
+		id := backendID(i)
+		wb.PutCF(db.cfs[rawRows], []byte(id), t.backendBytes(i))
+		wb.PutCF(db.cfs[rawIndex], rawPoolIndexKey(poolName(poolOf(i)), id), nil)
+		cs.Changes = append(cs.Changes, storage.Change{Table: storage.TableBackends, Key: id, Version: v, Value: t.backendRecBytes(i)})
+	}
+	wb.PutCF(db.cfs[rawChangelog], appendBE64([]byte(rawOrigin+"\x00"), seq), cs.Marshal())
+	// The feed value is a reference {1: origin, 2: seq}: about 20 bytes.
+	wb.PutCF(db.cfs[rawFeed], appendBE64(nil, seq), appendBE64([]byte("\x0a\x10"+rawOrigin+"\x10"), seq))
 }
 
 // certBytes returns the stored bytes of certificate i.

@@ -11,6 +11,7 @@ import (
 // (storage/options.go, mirrored here because they are unexported), so the
 // difference between the two is what the store adds on top of RocksDB.
 type rawDB struct {
+	dir     string
 	db      *grocksdb.DB
 	cfs     map[string]*grocksdb.ColumnFamilyHandle
 	handles []*grocksdb.ColumnFamilyHandle
@@ -38,10 +39,12 @@ const (
 	rawRows      = "rows"      // primary key -> row bytes
 	rawIndex     = "index"     // secondary index entries, empty values
 	rawClustered = "clustered" // pool name NUL backend id -> row bytes
+	rawChangelog = "changelog" // origin NUL be64(seq) -> encoded ChangeSet
+	rawFeed      = "feed"      // be64(commit index) -> {origin, seq}
 )
 
 func openRaw(dir string, cfg rawConfig) (*rawDB, error) {
-	r := &rawDB{cfs: make(map[string]*grocksdb.ColumnFamilyHandle)}
+	r := &rawDB{dir: dir, cfs: make(map[string]*grocksdb.ColumnFamilyHandle)}
 	r.cache = grocksdb.NewLRUCache(uint64(cfg.BlockCacheSize))
 	r.bbto = grocksdb.NewDefaultBlockBasedTableOptions()
 	r.bbto.SetBlockCache(r.cache)
@@ -70,7 +73,7 @@ func openRaw(dir string, cfg rawConfig) (*rawDB, error) {
 	r.opts.SetWriteBufferSize(1 << 20)
 	r.opts.SetMaxWriteBufferNumber(2)
 
-	names := []string{"default", rawRows, rawIndex, rawClustered}
+	names := []string{"default", rawRows, rawIndex, rawClustered, rawChangelog, rawFeed}
 	for _, n := range names {
 		f := grocksdb.NewDefaultOptions()
 		f.SetBlockBasedTableFactory(r.bbto)
@@ -108,8 +111,11 @@ func (r *rawDB) destroyOptions() {
 }
 
 // close flushes the memtables (as storage's Close does, so the next open
-// replays no WAL) and closes the database.
+// replays no WAL) and closes the database. Closing twice is a no-op.
 func (r *rawDB) close() error {
+	if r.db == nil {
+		return nil
+	}
 	fo := grocksdb.NewDefaultFlushOptions()
 	fo.SetWait(true)
 	var err error
@@ -123,6 +129,7 @@ func (r *rawDB) close() error {
 		h.Destroy()
 	}
 	r.db.Close()
+	r.db = nil
 	r.wo.Destroy()
 	r.ro.Destroy()
 	r.destroyOptions()

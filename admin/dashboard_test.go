@@ -1,0 +1,245 @@
+package admin
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/singularity-ng/singularity-edge/pools"
+)
+
+const chromiumPath = "/usr/bin/chromium"
+
+func TestDashboardPage(t *testing.T) {
+	h := newHarness(t)
+	r := h.do("GET", "/admin/dashboard", nil, noAuth)
+	r.expect(t, http.StatusOK, "")
+	csp := r.Header.Get("Content-Security-Policy")
+	for _, want := range []string{"default-src 'none'", "script-src 'sha256-", "style-src 'sha256-", "connect-src 'self'", "frame-ancestors 'none'"} {
+		if !strings.Contains(csp, want) {
+			t.Errorf("CSP %q lacks %q", csp, want)
+		}
+	}
+	if strings.Contains(csp, "unsafe-inline") {
+		t.Error("CSP allows unsafe-inline")
+	}
+	body := string(r.Body)
+	for _, id := range []string{`id="pools"`, `id="certificates"`, `id="cluster"`, `id="db"`, `id="login"`, `id="token-input"`} {
+		if !strings.Contains(body, id) {
+			t.Errorf("page lacks %s", id)
+		}
+	}
+	// Self-contained: nothing loaded from elsewhere.
+	for _, ext := range []string{"http://", "https://", "src="} {
+		if strings.Contains(body, ext) {
+			t.Errorf("page references %q", ext)
+		}
+	}
+	r = h.do("GET", "/", nil, noAuth)
+	if r.Status != http.StatusOK || !strings.Contains(string(r.Body), "Singularity Edge") {
+		t.Fatalf("/ does not lead to the dashboard: %d", r.Status)
+	}
+}
+
+// TestDashboardBrowser drives the real page in headless Chromium against
+// a real store, a real pools.Manager health-checking real backend
+// listeners, and the API: the page shows a pool created through the API and
+// turns a backend unhealthy when its listener goes away.
+func TestDashboardBrowser(t *testing.T) {
+	if _, err := os.Stat(chromiumPath); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("chromium is required in CI: %v", err)
+		}
+		t.Skipf("no %s: %v", chromiumPath, err)
+	}
+
+	st := openStore(t, testEncryptionKey())
+	mgr := startManager(t, st)
+	h := newHarnessOn(t, st, withDeps(func(d *Deps) { d.Pools = mgr; d.Ready = mgr.Ready() }))
+
+	h.createPool(map[string]any{
+		"name": "web", "algorithm": "least_connections", "hosts": []string{"example.test", "www.example.test"},
+		"health_check_interval": 1000,
+		"health_check":          map[string]any{"type": "http", "path": "/", "timeout": 500, "rise": 1, "fall": 1},
+	})
+	h.createPool(map[string]any{"name": "static", "ssl_mode": "flexible", "ssl_domain": "static.example.test"})
+	stay, leave := newTestBackend(t), newTestBackend(t)
+	bStay := h.createBackend("web", map[string]any{"url": "http://" + stay.addr(), "region": "iad"})
+	bLeave := h.createBackend("web", map[string]any{"url": "http://" + leave.addr(), "region": "iad", "weight": 2})
+	ca := newTestCA(t)
+	soon := h.uploadCert(ca.leaf(t, time.Now().Add(10*24*time.Hour), "soon.example.test"))
+	later := h.uploadCert(ca.leaf(t, time.Now().Add(80*24*time.Hour), "static.example.test", "*.static.example.test"))
+
+	// Traffic through the pools API the proxy uses, so rates are not zero.
+	trafficCtx, stopTraffic := context.WithCancel(context.Background())
+	var trafficWG sync.WaitGroup
+	trafficWG.Add(1)
+	go func() {
+		defer trafficWG.Done()
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-trafficCtx.Done():
+				return
+			case <-tick.C:
+			}
+			if p := mgr.Table().Pool("web"); p != nil {
+				if b, err := p.Pick(pools.PickRequest{}); err == nil {
+					b.Begin().End(pools.Result{Status: 200})
+				}
+			}
+		}
+	}()
+	defer func() { stopTraffic(); trafficWG.Wait() }()
+
+	parent, cancelAll := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancelAll()
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(parent,
+		chromedp.ExecPath(chromiumPath),
+		chromedp.Flag("headless", true),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1440, 1000),
+	)
+	defer cancelAlloc()
+	ctx, cancelBrowser := chromedp.NewContext(allocCtx)
+	defer cancelBrowser()
+
+	// Console messages: exceptions and errors (a CSP refusal is one) fail
+	// the test.
+	var consoleMu sync.Mutex
+	var console []chromedp.ConsoleMessage
+	messages := chromedp.Console(ctx)
+	go func() {
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			consoleMu.Lock()
+			console = append(console, m)
+			consoleMu.Unlock()
+		}
+	}()
+
+	step := func(what string, timeout time.Duration, actions ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		sctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		if err := chromedp.Do(sctx, actions...); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	row := func(id, health string) chromedp.CSS {
+		return chromedp.CSS(`tr[data-backend-id="` + id + `"][data-health="` + health + `"]`)
+	}
+
+	step("open the page and sign in", 60*time.Second,
+		chromedp.Navigate(h.ts.URL+"/admin/dashboard"),
+		chromedp.WaitVisible(chromedp.ID("login")),
+		chromedp.SendKeys(chromedp.ID("token-input"), testToken),
+		chromedp.Click(chromedp.ID("login-submit")),
+		chromedp.WaitNotVisible(chromedp.ID("login")),
+	)
+	step("pool created through the API", 20*time.Second,
+		chromedp.WaitVisible(chromedp.CSS(`[data-pool="web"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`[data-pool="static"]`)),
+	)
+	step("both backends healthy", 20*time.Second,
+		chromedp.WaitVisible(row(bStay.ID, "healthy")),
+		chromedp.WaitVisible(row(bLeave.ID, "healthy")),
+		chromedp.WaitVisible(chromedp.CSS(`[data-pool="web"][data-healthy="2"][data-total="2"]`)),
+	)
+	step("per-node observations", 20*time.Second,
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-backend-id="`+bStay.ID+`"] [data-node="`+st.NodeID()+`"]`)),
+	)
+	step("certificates, cluster, storage", 20*time.Second,
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-cert-id="`+soon.ID+`"][data-expiring="true"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-cert-id="`+later.ID+`"][data-expiring="false"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-member-id="`+st.NodeID()+`"][data-state="alive"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-table="pools"]`)),
+	)
+	// Rates are computed from two readings of the totals.
+	step("request rate shown", 20*time.Second,
+		pollTrue(`(() => { const e = document.querySelector('[data-pool="web"] [data-field="rate"] b'); return !!e && parseFloat(e.textContent) > 0; })()`),
+	)
+
+	leave.close()
+	step("backend turns unhealthy", 30*time.Second,
+		chromedp.WaitVisible(row(bLeave.ID, "unhealthy")),
+		chromedp.WaitVisible(row(bStay.ID, "healthy")),
+		chromedp.WaitVisible(chromedp.CSS(`[data-pool="web"][data-healthy="1"]`)),
+	)
+	// Let the rates settle on one more poll before the picture.
+	step("status updated", 10*time.Second, chromedp.WaitVisible(chromedp.CSS(`#status[data-state="ok"]`)))
+
+	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatalf("screenshot: %v", err)
+	}
+	dir := os.Getenv("EDGE_TEST_ARTIFACTS")
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "dashboard.png")
+	if err := os.WriteFile(path, shot, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("dashboard screenshot: %s", path)
+	// EDGE_DASHBOARD_SCREENSHOT names a further copy (docs/dashboard.png
+	// when the picture in the docs is refreshed).
+	if extra := os.Getenv("EDGE_DASHBOARD_SCREENSHOT"); extra != "" {
+		if err := os.WriteFile(extra, shot, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	consoleMu.Lock()
+	for _, m := range console {
+		// Without a stored token the page first tries the API as is (an
+		// agent on loopback may run without a token); those 401s are
+		// expected. Anything else, a CSP refusal included, is a bug.
+		if m.Source == "network" && strings.Contains(m.Text, "status of 401") {
+			continue
+		}
+		if m.IsException() || m.Type == chromedp.ConsoleError {
+			t.Errorf("browser console: %s (%s:%d)", m, m.URL, m.Line)
+		}
+	}
+	consoleMu.Unlock()
+
+	// A wrong token brings the prompt back with a message.
+	step("wrong token is refused", 20*time.Second,
+		chromedp.Click(chromedp.ID("logout")),
+		chromedp.WaitVisible(chromedp.ID("login")),
+		chromedp.SendKeys(chromedp.ID("token-input"), "wrong-token"),
+		chromedp.Click(chromedp.ID("login-submit")),
+		chromedp.WaitVisible(chromedp.ID("login")),
+		pollTrue(`document.getElementById("login-error").textContent.includes("rejected")`),
+	)
+}
+
+// pollTrue waits until the JavaScript expression is truthy.
+func pollTrue(expr string) chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		_, err := chromedp.Poll[bool](expr)(ctx, t)
+		return err
+	})
+}

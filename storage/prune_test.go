@@ -1,0 +1,106 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+)
+
+func TestPrune(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	s, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	// An old change set from a peer: the newest (only) one of its origin.
+	if _, err := s.Apply(ctx, ChangeSet{Origin: "peer", Seq: 3, HLC: 10, Changes: []Change{poolChange(t, "peer-pool", "x", ver(10, "peer", 3))}}); err != nil {
+		t.Fatal(err)
+	}
+	var commits []Commit
+	for i := 0; i < 99; i++ {
+		commits = append(commits, mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool(fmt.Sprint("p", i))) }))
+	}
+	if s.LastIndex() != 100 {
+		t.Fatalf("last index %d", s.LastIndex())
+	}
+	res, err := s.Prune(ctx, PruneOptions{KeepFeed: 10, ChangeLogBefore: commits[49].Version.HLC})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Feed: 1..90 deleted. Change log: local seq 1..49 (HLC below the cut);
+	// the peer's only entry is the newest of its origin and stays.
+	if res.FeedEntries != 90 || res.ChangeSets != 49 {
+		t.Fatalf("pruned %+v", res)
+	}
+	if info := s.Info(); info.FirstIndex != 91 || info.LastIndex != 100 {
+		t.Fatalf("info %+v", info)
+	}
+	sets, err := s.ChangeSetsSince(ctx, s.NodeID(), 0, 0)
+	if err != nil || len(sets) != 50 || sets[0].Seq != 50 {
+		t.Fatalf("change log after prune: %d sets, %v", len(sets), err)
+	}
+	if peer, _ := s.ChangeSetsSince(ctx, "peer", 0, 0); len(peer) != 1 {
+		t.Fatalf("peer's newest change set pruned")
+	}
+	subCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	behind := s.Subscribe(subCtx, 0)
+	waitClosed(t, behind)
+	if !errors.Is(behind.Err(), ErrFeedPruned) {
+		t.Fatalf("subscriber behind the prune: %v", behind.Err())
+	}
+	evs := collect(t, s.Subscribe(subCtx, 90), 90, 10, false)
+	if evs[9].Set.Seq != 99 {
+		t.Fatalf("last event %+v", evs[9].Set)
+	}
+	// Rows are untouched.
+	if pools, _ := s.ListPools(ctx, "", 0); len(pools) != 100 {
+		t.Fatalf("%d pools", len(pools))
+	}
+	cancel()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if info := s.Info(); info.FirstIndex != 91 || info.LastIndex != 100 || info.VersionVector[s.NodeID()] != 99 || info.VersionVector["peer"] != 3 {
+		t.Fatalf("after reopen %+v", info)
+	}
+	if c := mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool("next")) }); c.Index != 101 || c.Version.Seq != 100 {
+		t.Fatalf("commit after prune %+v", c)
+	}
+}
+
+func TestViewLastIndexThenSubscribeMissesNothing(t *testing.T) {
+	s := openStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := 0; i < 5; i++ {
+		mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool(fmt.Sprint("p", i))) })
+	}
+	var index uint64
+	var n int
+	if err := s.View(ctx, func(tx *Tx) error {
+		index = tx.LastIndex()
+		pools, err := s.ListPools(ctx, "", 0)
+		n = len(pools)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if index != 5 || n != 5 {
+		t.Fatalf("view index %d, %d pools", index, n)
+	}
+	sub := s.Subscribe(ctx, index)
+	mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool("after")) })
+	ev := collect(t, sub, index, 1, false)[0]
+	if ev.Set.Changes[0].Key != "after" {
+		t.Fatalf("event %+v", ev.Set)
+	}
+}
