@@ -182,12 +182,12 @@ func lessLoaded(x, y *Backend) bool {
 	return x.live.conns.Load()*int64(y.Weight) < y.live.conns.Load()*int64(x.Weight)
 }
 
-// pickHash is weighted rendezvous (highest random weight) hashing: each
-// eligible backend scores hash(key, backend id) and the highest wins. A key
-// moves only when its backend leaves the eligible set (or one joins that
-// outscores it), so removing one backend moves only that backend's keys.
-// Hashes depend only on the key and backend ids, so every agent maps a key
-// to the same backend. Without a key it falls back to random.
+// pickHash maps a key to a backend: through the group's Maglev table
+// (maglev.go) when it has one, which is O(1) and moves only an unavailable
+// backend's keys, else (no table, or every probed slot unavailable) by
+// weighted rendezvous hashing over the available backends. Both depend
+// only on the key and the backends' ids and weights, so every agent maps
+// a key to the same backend. Without a key it falls back to random.
 func (g *group) pickHash(byHeader bool, req *PickRequest, f *pickFilter) *Backend {
 	var key uint64
 	switch {
@@ -202,7 +202,19 @@ func (g *group) pickHash(byHeader bool, req *PickRequest, f *pickFilter) *Backen
 		return g.pickRandom(f)
 	}
 	key = mix64(key)
+	if g.maglev != nil {
+		if b := g.pickMaglev(key, f); b != nil {
+			return b
+		}
+	}
+	return g.pickRendezvous(key, f)
+}
 
+// pickRendezvous is weighted rendezvous (highest random weight) hashing:
+// each eligible backend scores hash(key, backend id) and the highest wins.
+// A key moves only when its backend leaves the eligible set (or one joins
+// that outscores it). It scans the group: the fallback of pickHash.
+func (g *group) pickRendezvous(key uint64, f *pickFilter) *Backend {
 	// Weighted HRW: score = weight / -ln(u), u uniform in (0,1) from the
 	// hash, gives each backend a share of keys proportional to its weight.
 	// Within one weight the highest hash has the highest score, so only

@@ -375,7 +375,10 @@ func TestConsistentHashMinimalMovement(t *testing.T) {
 				before[k] = mustPick(t, full, PickRequest{ClientIP: k}).ID
 			}
 
-			// Removing b004 from the configuration moves only its keys.
+			// Removing b004 from the configuration moves its keys and, since
+			// Maglev's disruption is minimal rather than exact (the removed
+			// backend's turns shift some others' slots), a few more: fewer
+			// than b004 owned, so less than twice its share moves in all.
 			var backends []storage.Backend
 			for i, w := range weights {
 				if i != 4 {
@@ -394,11 +397,12 @@ func TestConsistentHashMinimalMovement(t *testing.T) {
 					moved++
 				}
 			}
-			if moved != 0 {
-				t.Fatalf("%d keys not on the removed backend moved", moved)
-			}
 			if owned == 0 {
 				t.Fatal("removed backend owned no keys")
+			}
+			t.Logf("removed backend owned %d of %d keys; %d others moved", owned, len(keys), moved)
+			if moved >= owned {
+				t.Fatalf("%d keys not on the removed backend moved, it owned %d", moved, owned)
 			}
 
 			// An unhealthy backend behaves like a removed one, and its keys come

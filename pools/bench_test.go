@@ -142,3 +142,17 @@ func BenchmarkNewTable(b *testing.B) {
 		NewTable(pools, backends, nil, TableOptions{CookieKey: []byte("k")})
 	}
 }
+
+// BenchmarkBuildMaglev is the cost a consistent_hash pool adds to a table
+// build when its backends changed (unchanged pools share the old table).
+func BenchmarkBuildMaglev(b *testing.B) {
+	for _, n := range []int{10, 100, 1000} {
+		b.Run(fmt.Sprintf("backends=%d", n), func(b *testing.B) {
+			p := testTableWith(storage.Pool{Name: "p", Algorithm: AlgorithmConsistentHash}, TableOptions{}, benchWeights(n)...).Pool("p")
+			b.ReportAllocs()
+			for b.Loop() {
+				buildMaglev(p.all.backends)
+			}
+		})
+	}
+}

@@ -11,7 +11,10 @@
 //   - Pool.Pick: chooses a backend with the pool's algorithm (round robin,
 //     least connections, smooth weighted round robin, random, consistent
 //     hashing, power of two choices), honouring sticky cookies, region
-//     preference, fail-open and retry exclusions.
+//     preference, fail-open and retry exclusions. Consistent hashing looks
+//     the key up in a weighted Maglev table built with the Table (O(1) per
+//     pick; see maglev.go); least connections and weighted round robin
+//     still scan the pool's backends on every pick.
 //   - Backend.Begin / Attempt.End: per-request accounting on atomics (current
 //     connections, totals, bytes, latency) that also drives passive health:
 //     consecutive failures eject a backend for a cooldown.
@@ -19,7 +22,8 @@
 //     thresholds, one goroutine per backend.
 //   - Manager: loads the store, follows its change feed, rebuilds the table
 //     (coalescing bursts), runs health checkers, persists this node's
-//     observations at a bounded rate and exposes stats and Prometheus
+//     observations at a bounded rate (and deletes its observations of
+//     backends that left the table) and exposes stats and Prometheus
 //     metrics.
 //
 // Live per-backend state (counters and health) is keyed by backend id and

@@ -398,7 +398,7 @@ func (m *Manager) rebuild(ctx context.Context, pools map[string]storage.Pool, ba
 		bs = append(bs, b)
 	}
 	fresh := make(map[string]bool)
-	t := buildTable(ps, bs, TableOptions{Region: m.cfg.Region, CookieKey: m.cfg.CookieKey},
+	t := buildTable(ps, bs, TableOptions{Region: m.cfg.Region, CookieKey: m.cfg.CookieKey}, m.table.Load(),
 		func(b *storage.Backend, p *storage.Pool) *backendState {
 			s, isNew := m.stateFor(b, p)
 			if isNew {

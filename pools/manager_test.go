@@ -494,3 +494,80 @@ func (g gathered) value(name string, labels ...string) (float64, bool) {
 	}
 	return 0, false
 }
+
+// A backend that leaves the configuration takes this node's observation row
+// with it at the next flush, while other nodes' rows and the rows of
+// remaining backends stay. Rows of backends deleted while the agent was
+// down go at the first flush after a restart.
+func TestManagerDeletesObservationsOfRemovedBackends(t *testing.T) {
+	dir := t.TempDir()
+	st := openStore(t, dir)
+	ctx := context.Background()
+	putPool(t, st, storage.Pool{Name: "p", HealthCheckInterval: time.Hour})
+	for _, id := range []string{"keep", "drop", "later"} {
+		putBackend(t, st, storage.Backend{ID: id, PoolName: "p", Host: "127.0.0.1", Port: portOf(t, closedAddr(t))})
+	}
+	// Another node's view of "drop" arrives by replication and must stay.
+	peerStore := openPeerStore(t, "node-b")
+	if err := peerStore.PutObservations(ctx, []storage.Observation{{BackendID: "drop", PoolName: "p", Healthy: true}}); err != nil {
+		t.Fatal(err)
+	}
+	sets, err := peerStore.ChangeSetsSince(ctx, "node-b", 0, 0)
+	if err != nil || len(sets) != 1 {
+		t.Fatalf("peer change sets: %d, %v", len(sets), err)
+	}
+	if _, err := st.Apply(ctx, sets[0]); err != nil {
+		t.Fatal(err)
+	}
+
+	stored := func(node string) []string {
+		obs, err := st.Observations(ctx, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, o := range obs {
+			ids = append(ids, o.BackendID)
+		}
+		return ids
+	}
+	m := NewManager(testManagerConfig(t, st, nil), st)
+	stop := runManager(t, m)
+	waitFor(t, 10*time.Second, "observations of all three backends", func() bool { return len(stored("node-a")) == 3 })
+
+	update(t, st, func(tx *storage.Tx) error { return tx.DeleteBackend("drop") })
+	waitFor(t, 10*time.Second, "observation of the deleted backend deleted", func() bool {
+		return strings.Join(stored("node-a"), ",") == "keep,later"
+	})
+	if got := stored("node-b"); strings.Join(got, ",") != "drop" {
+		t.Fatalf("peer's observations %v, want [drop]", got)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Deleted while no manager runs: the restarted one cleans up.
+	update(t, st, func(tx *storage.Tx) error { return tx.DeleteBackend("later") })
+	if got := stored("node-a"); strings.Join(got, ",") != "keep,later" {
+		t.Fatalf("observations before restart %v", got)
+	}
+	m2 := NewManager(testManagerConfig(t, st, nil), st)
+	runManager(t, m2)
+	waitFor(t, 10*time.Second, "stale observation deleted after restart", func() bool {
+		return strings.Join(stored("node-a"), ",") == "keep"
+	})
+}
+
+func openPeerStore(t *testing.T, node string) *storage.Store {
+	t.Helper()
+	cfg := storage.DefaultConfig()
+	cfg.Dir = t.TempDir()
+	cfg.NodeID = node
+	cfg.SyncWAL = false
+	st, err := storage.Open(cfg)
+	if err != nil {
+		t.Fatalf("open peer store: %v", err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	return st
+}

@@ -148,6 +148,10 @@ type group struct {
 	// hashing, which then takes one logarithm per distinct weight instead
 	// of one per backend.
 	byWeight [][]*Backend
+	// maglev is the consistent-hashing lookup table (maglev.go): slot ->
+	// index into backends. Built only for consistent_hash pools; shared,
+	// never modified, by the next table when the backends are the same.
+	maglev []uint16
 
 	rr atomic.Uint64 // round-robin position; rotation start for least connections
 
@@ -155,8 +159,18 @@ type group struct {
 	wrrCur []int64 // smooth weighted round robin current weights, by index
 }
 
-func (g *group) init(bs []*Backend) {
+// init sets the group's backends. With hash set it also gets the Maglev
+// table: prev's when prev has the same backends (ids and weights, in
+// order), so that a rebuild for an unrelated change does not rebuild it.
+func (g *group) init(bs []*Backend, hash bool, prev *group) {
 	g.backends = bs
+	if hash {
+		if prev != nil && prev.maglev != nil && sameMembers(prev.backends, bs) {
+			g.maglev = prev.maglev
+		} else {
+			g.maglev = buildMaglev(bs)
+		}
+	}
 	g.wrrCur = make([]int64, len(bs))
 	class := make(map[int]int)
 	for _, b := range bs {
@@ -170,7 +184,23 @@ func (g *group) init(bs []*Backend) {
 	}
 }
 
-func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []byte, stateFor stateResolver) *Pool {
+// sameMembers reports whether a and b list backends with the same ids and
+// weights in the same order: what a Maglev table depends on.
+func sameMembers(a, b []*Backend) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].ID != b[i].ID || a[i].Weight != b[i].Weight {
+			return false
+		}
+	}
+	return true
+}
+
+// newPool builds a pool; prev is the same pool in the previous table (nil
+// if none), whose lookup tables it may share.
+func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []byte, stateFor stateResolver, prev *Pool) *Pool {
 	p := &Pool{
 		Name:                sp.Name,
 		Algorithm:           sp.Algorithm,
@@ -227,7 +257,12 @@ func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []
 		p.byID[b.ID] = b
 		p.backends = append(p.backends, b)
 	}
-	p.all.init(p.backends)
+	hash := p.algo == algoConsistentHash
+	var prevAll, prevLocal *group
+	if prev != nil {
+		prevAll, prevLocal = &prev.all, prev.local
+	}
+	p.all.init(p.backends, hash, prevAll)
 	if sp.PreferRegion && region != "" {
 		var local []*Backend
 		for _, b := range p.backends {
@@ -237,7 +272,7 @@ func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []
 		}
 		if len(local) > 0 && len(local) < len(p.backends) {
 			p.local = &group{}
-			p.local.init(local)
+			p.local.init(local, hash, prevLocal)
 		}
 	}
 	return p

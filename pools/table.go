@@ -53,7 +53,7 @@ func NewTable(pools []storage.Pool, backends []storage.Backend, obs []storage.Ob
 	for _, o := range obs {
 		seeds[o.BackendID] = o
 	}
-	return buildTable(pools, backends, opts, func(b *storage.Backend, p *storage.Pool) *backendState {
+	return buildTable(pools, backends, opts, nil, func(b *storage.Backend, p *storage.Pool) *backendState {
 		s := newBackendState(backendAddr(b), p.HoldNewBackends)
 		if o, ok := seeds[b.ID]; ok {
 			s.seed(o)
@@ -64,10 +64,12 @@ func NewTable(pools []storage.Pool, backends []storage.Backend, obs []storage.Ob
 
 // EmptyTable returns a table with no pools.
 func EmptyTable() *Table {
-	return buildTable(nil, nil, TableOptions{}, nil)
+	return buildTable(nil, nil, TableOptions{}, nil, nil)
 }
 
-func buildTable(pools []storage.Pool, backends []storage.Backend, opts TableOptions, stateFor stateResolver) *Table {
+// buildTable builds a table. prev, the table it replaces (nil: none), lends
+// its lookup tables to pools whose backends did not change.
+func buildTable(pools []storage.Pool, backends []storage.Backend, opts TableOptions, prev *Table, stateFor stateResolver) *Table {
 	key := opts.CookieKey
 	if len(key) == 0 {
 		key = make([]byte, 32)
@@ -105,7 +107,11 @@ func buildTable(pools []storage.Pool, backends []storage.Backend, opts TableOpti
 			}
 		}
 		sort.Slice(bs, func(i, j int) bool { return bs[i].ID < bs[j].ID })
-		p := newPool(sp, bs, opts.Region, key, stateFor)
+		var prevPool *Pool
+		if prev != nil {
+			prevPool = prev.byName[sp.Name]
+		}
+		p := newPool(sp, bs, opts.Region, key, stateFor, prevPool)
 		t.pools = append(t.pools, p)
 		t.byName[p.Name] = p
 		for _, b := range p.backends {

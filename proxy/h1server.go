@@ -234,6 +234,9 @@ func (cc *clientConn) readHead() error {
 		}
 		idle := cc.w == cc.r
 		if idle {
+			if cc.served > 0 {
+				yieldBeforeRead() // the client is still reading our answer
+			}
 			cc.tc.idle.Store(true)
 			if s.shuttingDown() {
 				cc.tc.idle.Store(false)

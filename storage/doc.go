@@ -45,9 +45,10 @@
 // 0x00 0x04 "web"), makes index scans safe inside transactions: every
 // commit that adds or removes an entry of a guarded partition also writes
 // its guard, and every scan of one inside Update reads the guard with
-// GetForUpdate, so a scan and a concurrent insert into what it scanned
-// conflict like two writers of one row (no phantoms: "delete the pool if
-// it has no backends" and "add a backend to it" cannot both commit).
+// GetForUpdate, so a commit that changes a partition after a transaction's
+// snapshot makes that transaction conflict if it scanned the partition,
+// just as a commit to a row it read would (no phantoms: "delete the pool
+// if it has no backends" and "add a backend to it" cannot both commit).
 // Guards belong to no row: Verify only checks their form, exports and
 // change sets never carry them, and they stay when their partition
 // empties. The expiry and observation indexes are not scanned inside
