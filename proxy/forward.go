@@ -122,7 +122,7 @@ func (c *upstreamCache) get(u *upstreams, p *pools.Pool, b *pools.Backend) *upst
 // On success ex holds the backend, the attempt (to be ended by the caller)
 // and the response head. On failure it returns the error; the attempts
 // are ended.
-func (s *Server) roundTrip(ex *exchange, cache *upstreamCache, pool *pools.Pool, pick pools.PickRequest, req *outRequest, interim func(*exchange) error) error {
+func (s *Server) roundTrip(ex *exchange, cache *upstreamCache, pool *pools.Pool, pick pools.PickRequest, req *outRequest, interim func(*exchange) error, now time.Time) error {
 	var excludeBuf [4]*pools.Backend
 	excluded := excludeBuf[:0]
 	tries := 1
@@ -143,7 +143,10 @@ func (s *Server) roundTrip(ex *exchange, cache *upstreamCache, pool *pools.Pool,
 		ex.backend = b
 		up := cache.get(&s.upstreams, pool, b)
 		ex.attempt = b.Begin()
-		retry, err := s.attemptOn(ex, up, req, interim)
+		if try > 0 {
+			now = time.Now()
+		}
+		retry, err := s.attemptOn(ex, up, req, interim, now)
 		if err == nil {
 			return nil
 		}
@@ -159,8 +162,7 @@ func (s *Server) roundTrip(ex *exchange, cache *upstreamCache, pool *pools.Pool,
 
 // attemptOn sends req on a connection of up and reads the response head.
 // retry says whether another backend may be tried.
-func (s *Server) attemptOn(ex *exchange, up *upstream, req *outRequest, interim func(*exchange) error) (retry bool, err error) {
-	now := time.Now()
+func (s *Server) attemptOn(ex *exchange, up *upstream, req *outRequest, interim func(*exchange) error, now time.Time) (retry bool, err error) {
 	ex.started = now
 	ex.respBytes, ex.bytesOut = 0, 0
 	uc := up.take(now, !req.replayable(), s.cfg.BackendIdleTimeout)
@@ -218,7 +220,7 @@ func (s *Server) abandon(ex *exchange, req *outRequest) {
 
 // send writes the head and inline body, and starts the body goroutine.
 func (s *Server) send(ex *exchange, uc *upConn, req *outRequest) error {
-	uc.setWriteDeadline(s.cfg.WriteTimeout)
+	uc.setWriteDeadline(ex.started, s.cfg.WriteTimeout)
 	var err error
 	var n int
 	if len(req.inline) == 0 {
@@ -255,7 +257,7 @@ func (s *Server) send(ex *exchange, uc *upConn, req *outRequest) error {
 // readResponseHead reads the final response head into ex.resp. Interim
 // 1xx responses (except 101) are passed to interim and skipped.
 func (s *Server) readResponseHead(ex *exchange, uc *upConn, req *outRequest, interim func(*exchange) error) error {
-	uc.setReadDeadline(s.cfg.ResponseHeaderTimeout)
+	uc.setReadDeadline(ex.started, s.cfg.ResponseHeaderTimeout)
 	// The backend cannot have answered yet: let the other connections run
 	// first so that the read below finds the response instead of costing
 	// an EAGAIN read(2) before parking (see yieldBeforeRead).
@@ -337,16 +339,16 @@ func needDeadline(cur, want time.Time, d time.Duration) bool {
 	return cur.After(want) || want.Sub(cur) > d/8
 }
 
-func (uc *upConn) setReadDeadline(d time.Duration) {
-	want := time.Now().Add(d)
+func (uc *upConn) setReadDeadline(now time.Time, d time.Duration) {
+	want := now.Add(d)
 	if needDeadline(uc.rdl, want, d) {
 		_ = uc.c.SetReadDeadline(want)
 		uc.rdl = want
 	}
 }
 
-func (uc *upConn) setWriteDeadline(d time.Duration) {
-	want := time.Now().Add(d)
+func (uc *upConn) setWriteDeadline(now time.Time, d time.Duration) {
+	want := now.Add(d)
 	if needDeadline(uc.wdl, want, d) {
 		_ = uc.c.SetWriteDeadline(want)
 		uc.wdl = want

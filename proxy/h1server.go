@@ -56,6 +56,7 @@ type clientConn struct {
 	served  int
 	rdl     time.Time
 	wdl     time.Time
+	now     time.Time // current time as far as the request path knows
 	interim func(*exchange) error
 	// leftover holds client bytes read past a streamed chunked body (a
 	// pipelined request), moved back into buf when the body goroutine ends.
@@ -110,8 +111,9 @@ func (s *Server) newClientConn(tc *trackedConn, c net.Conn, info connInfo, https
 	cc.fields = make([]field, 0, 32)
 	cc.ex.resp.fields = make([]field, 0, 32)
 	cc.interim = cc.relayInterim
+	cc.now = time.Now()
 	if https {
-		cc.setReadDeadline(s.cfg.ReadHeaderTimeout)
+		cc.setReadDeadline(cc.now, s.cfg.ReadHeaderTimeout)
 	}
 	return cc
 }
@@ -132,24 +134,26 @@ func (cc *clientConn) release() {
 	cc.buf = nil
 }
 
-func (cc *clientConn) setReadDeadline(d time.Duration) {
-	want := time.Now().Add(d)
+func (cc *clientConn) setReadDeadline(now time.Time, d time.Duration) {
+	want := now.Add(d)
 	if needDeadline(cc.rdl, want, d) {
 		_ = cc.c.SetReadDeadline(want)
 		cc.rdl = want
 	}
 }
 
-func (cc *clientConn) setWriteDeadline(d time.Duration) {
-	want := time.Now().Add(d)
+func (cc *clientConn) setWriteDeadline(now time.Time, d time.Duration) {
+	want := now.Add(d)
 	if needDeadline(cc.wdl, want, d) {
 		_ = cc.c.SetWriteDeadline(want)
 		cc.wdl = want
 	}
 }
 
+// write sends p to the client. The write deadline is computed from
+// cc.now, which the request path keeps current (time.Now is not free).
 func (cc *clientConn) write(p []byte) error {
-	cc.setWriteDeadline(cc.s.cfg.WriteTimeout)
+	cc.setWriteDeadline(cc.now, cc.s.cfg.WriteTimeout)
 	_, err := cc.c.Write(p)
 	return err
 }
@@ -161,7 +165,8 @@ func (cc *clientConn) serve() {
 			var he *httpError
 			if errors.As(err, &he) {
 				cc.reqID = cc.s.ids.appendNew(cc.idBuf[:0])
-				cc.respondLocal(he.status, he.msg, nil, cc.s.metrics.noPool, time.Now(), false)
+				cc.now = time.Now()
+				cc.respondLocal(he.status, he.msg, nil, cc.s.metrics.noPool, cc.now, false)
 			}
 			return
 		}
@@ -185,7 +190,7 @@ func (cc *clientConn) readHead() error {
 		cc.r = 0
 	}
 	if cc.served > 0 && cc.w == 0 {
-		cc.setReadDeadline(s.cfg.IdleTimeout)
+		cc.setReadDeadline(cc.now, s.cfg.IdleTimeout)
 	}
 	headerDeadline := cc.served == 0
 	for {
@@ -261,6 +266,7 @@ func (cc *clientConn) handle() bool {
 	h := &cc.head
 	b := cc.headBytes()
 	start := time.Now()
+	cc.now = start
 
 	cc.reqID = nil
 	for i := range h.fields {
@@ -402,12 +408,37 @@ func (cc *clientConn) consumeBody() bool {
 	return false
 }
 
-var statusText = map[int]string{
-	200: "OK", 301: "Moved Permanently", 308: "Permanent Redirect",
-	400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-	421: "Misdirected Request", 431: "Request Header Fields Too Large",
-	500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
-	503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+// statusText is the reason phrase of the statuses the proxy answers itself.
+func statusText(code int) string {
+	switch code {
+	case 200:
+		return "OK"
+	case 301:
+		return "Moved Permanently"
+	case 308:
+		return "Permanent Redirect"
+	case 400:
+		return "Bad Request"
+	case 404:
+		return "Not Found"
+	case 405:
+		return "Method Not Allowed"
+	case 421:
+		return "Misdirected Request"
+	case 431:
+		return "Request Header Fields Too Large"
+	case 501:
+		return "Not Implemented"
+	case 502:
+		return "Bad Gateway"
+	case 503:
+		return "Service Unavailable"
+	case 504:
+		return "Gateway Timeout"
+	case 505:
+		return "HTTP Version Not Supported"
+	}
+	return "Error"
 }
 
 // respondLocal answers with a short text body. consume says whether the
@@ -422,7 +453,7 @@ func (cc *clientConn) respondLocal(status int, msg string, extra []byte, pm *poo
 	out = append(out, "HTTP/1.1 "...)
 	out = strconv.AppendInt(out, int64(status), 10)
 	out = append(out, ' ')
-	out = append(out, statusText[status]...)
+	out = append(out, statusText(status)...)
 	out = append(out, "\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\nContent-Length: "...)
 	out = strconv.AppendInt(out, int64(len(msg)+1), 10)
 	out = append(out, "\r\nX-Request-Id: "...)
@@ -442,6 +473,7 @@ func (cc *clientConn) respondLocal(status int, msg string, extra []byte, pm *poo
 	}
 	cc.out = out
 	err := cc.write(out)
+	cc.now = time.Now()
 	cc.finish(pm, status, start, nil, int64(len(out)))
 	return keep && err == nil
 }
@@ -507,7 +539,7 @@ func (cc *clientConn) forwardRequest(pool *pools.Pool, pm *poolMetrics, host []b
 	cc.r = cc.headAt + h.headLen + consumed
 
 	ex := &cc.ex
-	err := s.roundTrip(ex, &cc.ups, pool, pick, req, cc.interim)
+	err := s.roundTrip(ex, &cc.ups, pool, pick, req, cc.interim, start)
 	cc.restoreLeftover()
 	if err != nil {
 		status := statusForError(err)
@@ -776,18 +808,20 @@ func (cc *clientConn) relayResponse(pool *pools.Pool, pm *poolMetrics, stickyID 
 
 	bodySent := ex.finishBody(&cc.req)
 	cc.restoreLeftover()
+	end := time.Now()
 	if ex.uc != nil {
 		if complete && bodySent && !r.connClose && r.framing != bodyClose && uc.r == uc.w && !s.shuttingDown() {
 			uc.r, uc.w = 0, 0
 			uc.reused = false
-			uc.up.put(uc, time.Now(), s.cfg.MaxIdleConnsPerBackend)
+			uc.up.put(uc, end, s.cfg.MaxIdleConnsPerBackend)
 		} else {
 			uc.close()
 		}
 		ex.uc = nil
 	}
-	ex.attempt.End(pools.Result{Status: status, Err: backendErr, BytesIn: ex.respBytes, BytesOut: ex.bytesOut, Latency: time.Since(ex.started)})
+	ex.attempt.End(pools.Result{Status: status, Err: backendErr, BytesIn: ex.respBytes, BytesOut: ex.bytesOut, Latency: end.Sub(ex.started)})
 	ex.attempt = nil
+	cc.now = end
 	cc.finish(pm, status, start, ex.backend, written)
 	if backendErr != nil && s.log.Core().Enabled(zap.DebugLevel) {
 		s.log.Debug("proxy: backend failed mid-response", zap.String("pool", pool.Name), zap.Error(backendErr))
@@ -838,8 +872,9 @@ func (cc *clientConn) relayLength(out []byte, uc *upConn, n int64) (written int6
 	}
 	for n > 0 {
 		uc.r, uc.w = 0, 0
-		uc.setReadDeadline(cc.s.cfg.ReadTimeout)
+		uc.setReadDeadline(cc.now, cc.s.cfg.ReadTimeout)
 		m, err := uc.c.Read(uc.buf[:min(int64(len(uc.buf)), n)])
+		cc.now = time.Now()
 		cc.ex.respBytes += int64(m)
 		if m > 0 {
 			n -= int64(m)
@@ -909,8 +944,9 @@ func (cc *clientConn) relayChunked(out []byte, uc *upConn, decode bool) (written
 			out = out[:0]
 		}
 		uc.r, uc.w = 0, 0
-		uc.setReadDeadline(cc.s.cfg.ReadTimeout)
+		uc.setReadDeadline(cc.now, cc.s.cfg.ReadTimeout)
 		m, err := uc.c.Read(uc.buf)
+		cc.now = time.Now()
 		uc.w = m
 		cc.ex.respBytes += int64(m)
 		if err != nil && m == 0 {
@@ -931,8 +967,9 @@ func (cc *clientConn) relayUntilClose(out []byte, uc *upConn) (written int64, cl
 	}
 	written = int64(len(out))
 	for {
-		uc.setReadDeadline(cc.s.cfg.ReadTimeout)
+		uc.setReadDeadline(cc.now, cc.s.cfg.ReadTimeout)
 		m, err := uc.c.Read(uc.buf)
+		cc.now = time.Now()
 		cc.ex.respBytes += int64(m)
 		if m > 0 {
 			if clientErr = cc.write(uc.buf[:m]); clientErr != nil {
@@ -965,7 +1002,7 @@ func (cc *clientConn) relayUpgrade(pm *poolMetrics, start time.Time) bool {
 	err := cc.write(out)
 	cc.out = out[:0]
 	if err == nil && cc.w > cc.r {
-		uc.setWriteDeadline(s.cfg.WriteTimeout)
+		uc.setWriteDeadline(cc.now, s.cfg.WriteTimeout)
 		_, err = uc.c.Write(cc.buf[cc.r:cc.w])
 		cc.r = cc.w
 	}
@@ -976,7 +1013,8 @@ func (cc *clientConn) relayUpgrade(pm *poolMetrics, start time.Time) bool {
 	}
 	uc.close()
 	ex.uc = nil
-	ex.attempt.End(pools.Result{Status: status, BytesIn: ex.respBytes + down, BytesOut: ex.bytesOut + up, Latency: time.Since(ex.started)})
+	cc.now = time.Now()
+	ex.attempt.End(pools.Result{Status: status, BytesIn: ex.respBytes + down, BytesOut: ex.bytesOut + up, Latency: cc.now.Sub(ex.started)})
 	ex.attempt = nil
 	cc.finish(pm, status, start, ex.backend, int64(len(out))+down)
 	return false
@@ -992,14 +1030,15 @@ func (cc *clientConn) streamLength(n int64) func(*upConn, *atomic.Bool) (int64, 
 		buf := *bp
 		var sent int64
 		for n > 0 {
-			cc.setReadDeadline(s.cfg.ReadTimeout)
+			now := time.Now()
+			cc.setReadDeadline(now, s.cfg.ReadTimeout)
 			m, err := cc.c.Read(buf[:min(int64(len(buf)), n)])
 			n -= int64(m)
 			if n == 0 {
 				readAll.Store(true)
 			}
 			if m > 0 {
-				uc.setWriteDeadline(s.cfg.WriteTimeout)
+				uc.setWriteDeadline(now, s.cfg.WriteTimeout)
 				w, werr := uc.c.Write(buf[:m])
 				sent += int64(w)
 				if werr != nil {
@@ -1027,7 +1066,8 @@ func (cc *clientConn) streamChunked(sc chunkScanner) func(*upConn, *atomic.Bool)
 		buf := *bp
 		var sent int64
 		for !sc.done() {
-			cc.setReadDeadline(s.cfg.ReadTimeout)
+			now := time.Now()
+			cc.setReadDeadline(now, s.cfg.ReadTimeout)
 			m, err := cc.c.Read(buf)
 			if m > 0 {
 				n, serr := sc.scan(buf[:m], nil)
@@ -1040,7 +1080,7 @@ func (cc *clientConn) streamChunked(sc chunkScanner) func(*upConn, *atomic.Bool)
 						cc.leftover = append([]byte(nil), buf[n:m]...)
 					}
 				}
-				uc.setWriteDeadline(s.cfg.WriteTimeout)
+				uc.setWriteDeadline(now, s.cfg.WriteTimeout)
 				w, werr := uc.c.Write(buf[:n])
 				sent += int64(w)
 				if werr != nil {
@@ -1071,7 +1111,7 @@ func (s *Server) putBodyBuf(b *[]byte) { s.bodyBufs.Put(b) }
 // finish records metrics and the access log line of a request.
 func (cc *clientConn) finish(pm *poolMetrics, status int, start time.Time, b *pools.Backend, written int64) {
 	s := cc.s
-	d := time.Since(start)
+	d := cc.now.Sub(start)
 	pm.observe(status, d.Seconds())
 	if !s.sampled() {
 		return

@@ -155,7 +155,7 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var ex exchange
 	var cache upstreamCache
 	ex.resp.fields = make([]field, 0, 32)
-	if err := s.roundTrip(&ex, &cache, pool, pick, req, nil); err != nil {
+	if err := s.roundTrip(&ex, &cache, pool, pick, req, nil, time.Now()); err != nil {
 		status := statusForError(err)
 		s.log.Debug("proxy: h2 request failed", zap.String("pool", pool.Name), zap.Int("status", status), zap.Error(err))
 		msg := "bad gateway: the backend failed"
@@ -252,7 +252,7 @@ func (h *h2Server) streamBody(uc *upConn, body io.Reader, length int64, readAll 
 				buf[10+m], buf[11+m] = '\r', '\n'
 				p = buf[start : 12+m]
 			}
-			uc.setWriteDeadline(s.cfg.WriteTimeout)
+			uc.setWriteDeadline(time.Now(), s.cfg.WriteTimeout)
 			n, werr := uc.c.Write(p)
 			sent += int64(n)
 			if werr != nil {
@@ -330,7 +330,7 @@ func (h *h2Server) relay(w http.ResponseWriter, ex *exchange, req *outRequest, p
 	}
 	read := func() bool {
 		uc.r, uc.w = 0, 0
-		uc.setReadDeadline(s.cfg.ReadTimeout)
+		uc.setReadDeadline(time.Now(), s.cfg.ReadTimeout)
 		m, err := uc.c.Read(uc.buf)
 		uc.w = m
 		ex.respBytes += int64(m)

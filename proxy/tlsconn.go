@@ -98,19 +98,25 @@ func (s *Server) serveTLS(tc *trackedConn, info connInfo, buf *[]byte, n int) {
 	}
 
 	pool := s.router.Table().Lookup(hello.ServerName)
-	if pool != nil {
-		switch pool.SSLMode {
-		case pools.SSLModePassthrough:
-			s.metrics.hsPassthrough.Inc()
-			s.passthrough(tc, info, pool, raw)
-			s.putBuf(buf)
-			return
-		case pools.SSLModeOff, "":
-			s.putBuf(buf)
-			s.metrics.hsRefused.Inc()
-			s.log.Debug("tls: refused, pool serves plain HTTP only", zap.String("sni", hello.ServerName), zap.String("pool", pool.Name))
-			return
-		}
+	if pool == nil {
+		// No pool serves the name (and there is no default pool):
+		// nothing to terminate for, nothing to pass through.
+		s.putBuf(buf)
+		s.metrics.hsRefused.Inc()
+		s.log.Debug("tls: refused, no pool serves the name", zap.String("sni", hello.ServerName))
+		return
+	}
+	switch pool.SSLMode {
+	case pools.SSLModePassthrough:
+		s.metrics.hsPassthrough.Inc()
+		s.passthrough(tc, info, pool, raw)
+		s.putBuf(buf)
+		return
+	case pools.SSLModeOff, "":
+		s.putBuf(buf)
+		s.metrics.hsRefused.Inc()
+		s.log.Debug("tls: refused, pool serves plain HTTP only", zap.String("sni", hello.ServerName), zap.String("pool", pool.Name))
+		return
 	}
 	if s.certs == nil {
 		s.putBuf(buf)

@@ -31,8 +31,9 @@ type preparedChange struct {
 // version is a no-op. Index entries follow the rows. The change set is
 // recorded in the change log under its origin and seq (replicas can relay
 // it and VersionVector counts it) even when no row won; a feed event is
-// emitted only when at least one row changed, and it carries just the rows
-// that changed, so a feed consumer never sees a losing value. The local
+// emitted only when at least one row changed. Like every event it carries
+// only rows whose stored version is the change's, so a feed consumer never
+// sees a losing value. The local
 // clock witnesses cs.HLC. Invalid input fails with an error and stores
 // nothing.
 func (s *Store) Apply(ctx context.Context, cs ChangeSet) (ApplyResult, error) {
@@ -178,7 +179,7 @@ func (s *Store) tryApply(changes []preparedChange, record *ChangeSet) (ApplyResu
 			_ = txn.Rollback()
 			return ApplyResult{}, writeError(err)
 		}
-		winners = append(winners, Change{Table: c.Table, Key: c.Key, Deleted: c.Deleted, Version: c.Version, Value: c.Value})
+		winners = append(winners, Change{Table: c.Table, Key: c.Key, Deleted: c.Deleted, Version: c.Version})
 		res.Applied++
 	}
 	if record == nil && len(winners) == 0 {
@@ -198,18 +199,16 @@ func (s *Store) tryApply(changes []preparedChange, record *ChangeSet) (ApplyResu
 		s.vvMu.Unlock()
 		logged = ChangeSet{Origin: s.nodeID, Seq: seq, HLC: s.clock.Now(), Changes: winners}
 	}
-	if err := txn.PutCF(s.cfs[cfChangelog], changelogKey(logged.Origin, logged.Seq), logged.Marshal()); err != nil {
+	if err := txn.PutCF(s.cfs[cfChangelog], changelogKey(logged.Origin, logged.Seq), appendChangeRefs(nil, &logged)); err != nil {
 		_ = txn.Rollback()
 		return ApplyResult{}, writeError(err)
 	}
 	index := s.lastIndex.Load()
 	if len(winners) > 0 {
 		index++
-		ref := feedRef(logged.Origin, logged.Seq)
-		if len(winners) != len(logged.Changes) {
-			ref = feedInline(ChangeSet{Origin: logged.Origin, Seq: logged.Seq, HLC: logged.HLC, Changes: winners})
-		}
-		if err := txn.PutCF(s.cfs[cfFeed], feedKey(index), ref); err != nil {
+		// The event refers to the whole logged set: the changes that lost
+		// are not current, so materialize leaves them out of the event.
+		if err := txn.PutCF(s.cfs[cfFeed], feedKey(index), feedRef(logged.Origin, logged.Seq)); err != nil {
 			_ = txn.Rollback()
 			return ApplyResult{}, writeError(err)
 		}
@@ -245,7 +244,13 @@ func (s *Store) VersionVector() map[string]uint64 {
 }
 
 // ChangeSetsSince returns the recorded change sets of origin with seq
-// greater than afterSeq, in seq order, at most limit (<= 0: all).
+// greater than afterSeq, in seq order, at most limit (<= 0: all), read
+// from one consistent snapshot. Each set carries the current value of the
+// rows it wrote; a change whose row has since been overwritten by a newer
+// version is left out (that version is carried by its own change set, and
+// last-write-wins never needs the older one), so a set may have fewer
+// changes than it was committed with, or none: it is returned all the same,
+// so that a peer applying it records its seq.
 func (s *Store) ChangeSetsSince(ctx context.Context, origin string, afterSeq uint64, limit int) ([]ChangeSet, error) {
 	if err := validateKey("origin", origin); err != nil {
 		return nil, err
@@ -254,8 +259,11 @@ func (s *Store) ChangeSetsSince(ctx context.Context, origin string, afterSeq uin
 		return nil, err
 	}
 	defer s.leave()
+	snap := s.base.NewSnapshot()
+	defer s.base.ReleaseSnapshot(snap)
 	ro := grocksdb.NewDefaultReadOptions()
 	defer ro.Destroy()
+	ro.SetSnapshot(snap)
 	it := s.base.NewIteratorCF(ro, s.cfs[cfChangelog])
 	defer it.Close()
 	prefix := []byte(origin + "\x00")
@@ -264,11 +272,15 @@ func (s *Store) ChangeSetsSince(ctx context.Context, origin string, afterSeq uin
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		cs, err := UnmarshalChangeSet(it.Value().Data())
+		refs, err := decodeChangeRefs(it.Value().Data())
 		if err != nil {
 			return nil, corruptError(cfChangelog, err)
 		}
-		out = append(out, cs.withKeys(s.keys))
+		cs, err := s.materialize(ro, refs)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, cs)
 		if limit > 0 && len(out) >= limit {
 			break
 		}

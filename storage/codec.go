@@ -62,8 +62,13 @@ type row struct {
 }
 
 func encodeRow(r row) []byte {
-	e := encoder{b: make([]byte, 1, 32+len(r.rec)+len(r.version.Origin))}
-	e.b[0] = formatV1
+	return appendRow(make([]byte, 0, 32+len(r.rec)+len(r.version.Origin)), r)
+}
+
+// appendRow appends the envelope of r to dst: commits encode every row
+// into one reused buffer, since RocksDB copies what it is given.
+func appendRow(dst []byte, r row) []byte {
+	e := encoder{b: append(dst, formatV1)}
 	e.uint(1, uint64(r.version.HLC))
 	e.str(2, r.version.Origin)
 	e.uint(3, r.version.Seq)

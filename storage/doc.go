@@ -17,9 +17,10 @@
 //	backends      backend id                            row envelope
 //	observations  node id 0x00 backend id               row envelope
 //	index         see below                             empty
-//	changelog     origin node id 0x00 be64(seq)         encoded ChangeSet
-//	feed          be64(commit index)                    {origin, seq} reference to the change log,
-//	                                                    or an inline ChangeSet (partial Apply)
+//	changelog     origin node id 0x00 be64(seq)         change-set references: origin, seq, HLC and
+//	                                                    per change table, key, deleted, version
+//	                                                    (no row values; changelog.go)
+//	feed          be64(commit index)                    {origin, seq} reference to the change log
 //	meta          "node_id", "format", "key_check",     node id, format byte, sealed key-check value,
 //	              "index_version", "resync/<table>"     index set version, time RemoveTable emptied the table
 //
@@ -74,9 +75,27 @@
 //
 // Apply applies a peer's ChangeSet with last-write-wins per row by (HLC,
 // origin), records it in the change log under its origin and seq, and adds
-// a feed event with the rows that changed (none: no event). Subscribe reads
-// the feed from disk when behind and waits for commits when caught up, so a
-// subscriber sees every commit in order.
+// a feed event when at least one row changed. Subscribe reads the feed from
+// disk when behind and waits for commits when caught up, so a subscriber
+// sees every commit in order.
+//
+// The change log holds references, not rows: a commit's entry lists, per
+// change, its table, key, deleted flag and version, and the row itself is
+// only in its table (same RocksDB commit). This halves the bytes written per
+// commit, and loses nothing replication needs: under last-write-wins only
+// the current version of a row ever has to be shipped. A change set is
+// materialized (ChangeSetsSince, feed events) by reading the referenced rows
+// from one RocksDB snapshot: a row that still holds the referenced version
+// contributes its stored value (private keys still sealed); a row since
+// overwritten by a newer version is left out, because the newer version has
+// its own change-log entry and feed event that carry it. So a materialized
+// change set or event may have fewer changes than were committed, or none;
+// it is still returned (a peer applying an empty set records its seq) and
+// still delivered (Subscribe never skips an event), and a consumer that
+// applies events in order ends with the latest state. Apply's duplicate
+// detection reads only the change-log key, and Open's recovery reads only
+// versions, so neither needs the values. ChangeSet.Marshal, the format sent
+// to peers, still carries values.
 //
 // The change log and the feed grow with every commit; Prune deletes old
 // entries (the newest change set of each origin and the newest feed entry
@@ -87,8 +106,11 @@
 // # Damage and recovery
 //
 // Open reads every table with checksum verification (Config.SkipVerifyOnOpen
-// turns it off) and fails on a damaged table with ErrCorrupt naming the
-// table and the way out: Restore from a backup, or RemoveTable, which
+// turns it off; verify.go: the key space of each table is cut into ranges at
+// its SST file boundaries and inside big files, and the ranges are read
+// concurrently, one goroutine per CPU, so that every block is still read)
+// and fails on a damaged table with ErrCorrupt naming the table and the way
+// out: Restore from a backup, or RemoveTable, which
 // empties just that table and marks it for a full resync from peers
 // (TablesToResync). Verify checks checksums and that every index entry and
 // every row agree, both ways.

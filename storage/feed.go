@@ -9,21 +9,16 @@ import (
 )
 
 // The feed column family maps every commit index (big-endian) to the
-// change set committed at it. Most entries are a reference {1: origin,
-// 2: seq} to the change-log entry holding the same set; an Apply that
-// changed only some rows of a change set stores {3: the applied subset}
-// inline.
+// change set committed at it: a reference {1: origin, 2: seq} to its
+// change-log entry, itself a list of references to rows (changelog.go).
+// Stores written before that format may still hold entries {3: a
+// marshalled ChangeSet} (the applied subset of a partial Apply); they are
+// read as references too.
 
 func feedRef(origin string, seq uint64) []byte {
 	var e encoder
 	e.str(1, origin)
 	e.uint(2, seq)
-	return e.b
-}
-
-func feedInline(cs ChangeSet) []byte {
-	var e encoder
-	e.msg(3, cs.Marshal(), true)
 	return e.b
 }
 
@@ -36,8 +31,13 @@ func (s *Store) readFeed(after uint64, max int) ([]Event, error) {
 		return nil, err
 	}
 	defer s.leave()
+	// One snapshot for the feed, the change log and the rows, so that a
+	// row overwritten after the snapshot still shows in its own event.
+	snap := s.base.NewSnapshot()
+	defer s.base.ReleaseSnapshot(snap)
 	ro := grocksdb.NewDefaultReadOptions()
 	defer ro.Destroy()
+	ro.SetSnapshot(snap)
 	it := s.base.NewIteratorCF(ro, s.cfs[cfFeed])
 	defer it.Close()
 	var out []Event
@@ -47,11 +47,15 @@ func (s *Store) readFeed(after uint64, max int) ([]Event, error) {
 			return nil, corruptError(cfFeed, fmt.Errorf("malformed feed key"))
 		}
 		index := beUint64(k)
-		cs, err := s.decodeFeedValue(it.Value().Data())
+		refs, err := s.decodeFeedValue(ro, it.Value().Data())
 		if err != nil {
 			return nil, corruptError(cfFeed, fmt.Errorf("entry %d: %w", index, err))
 		}
-		out = append(out, Event{Index: index, Set: cs.withKeys(s.keys)})
+		cs, err := s.materialize(ro, refs)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Event{Index: index, Set: cs})
 	}
 	if err := it.Err(); err != nil {
 		return nil, readError(cfFeed, err)
@@ -59,7 +63,9 @@ func (s *Store) readFeed(after uint64, max int) ([]Event, error) {
 	return out, nil
 }
 
-func (s *Store) decodeFeedValue(v []byte) (ChangeSet, error) {
+// decodeFeedValue returns the change-log entry (references, no values) a
+// feed entry refers to, read with ro.
+func (s *Store) decodeFeedValue(ro *grocksdb.ReadOptions, v []byte) (ChangeSet, error) {
 	var (
 		origin string
 		seq    uint64
@@ -80,16 +86,17 @@ func (s *Store) decodeFeedValue(v []byte) (ChangeSet, error) {
 		return ChangeSet{}, err
 	}
 	if inline != nil {
-		return UnmarshalChangeSet(inline)
+		return decodeChangeRefs(inline)
 	}
-	b, err := s.getRaw(cfChangelog, changelogKey(origin, seq))
+	b, err := s.base.GetCF(ro, s.cfs[cfChangelog], changelogKey(origin, seq))
 	if err != nil {
 		return ChangeSet{}, err
 	}
-	if b == nil {
+	defer b.Free()
+	if !b.Exists() {
 		return ChangeSet{}, fmt.Errorf("change-log entry %s/%d is missing", origin, seq)
 	}
-	return UnmarshalChangeSet(b)
+	return decodeChangeRefs(b.Data())
 }
 
 // Subscription delivers change-feed events in commit-index order.
@@ -106,7 +113,12 @@ type Subscription struct {
 // the next commit. Events is closed when ctx ends or the store closes; Err
 // then says why (ErrFeedPruned when the events it needs were pruned).
 //
-// To follow a table without missing a change: read it in View, then
+// An event carries the rows of its change set as they are when the event
+// is read: a row that a later commit has overwritten is left out of the
+// event (the later commit's event carries the newer value), so an event can
+// have fewer changes than its commit wrote, or none; it is delivered all
+// the same, and applying the events in order still ends at the latest
+// state. To follow a table without missing a change: read it in View, then
 // Subscribe(ctx, tx.LastIndex()) with the index the View reported. Events
 // already reflected in the view may be delivered again; applying them is
 // idempotent because each carries the row's full value and version.

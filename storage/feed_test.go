@@ -106,9 +106,11 @@ func TestFeedCarriesDeletesAndAppliedSubsets(t *testing.T) {
 	s := openStore(t, func(c *Config) { c.EncryptionKey = testKey(t) })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	sub := s.Subscribe(ctx, 0)
 	mustUpdate(t, s, func(tx *Tx) error {
-		return tx.PutCertificate(sampleCert("c1", "a.example.com", time.Now().Add(time.Hour)))
+		if err := tx.PutCertificate(sampleCert("c1", "a.example.com", time.Now().Add(time.Hour))); err != nil {
+			return err
+		}
+		return tx.PutCertificate(sampleCert("c2", "b.example.com", time.Now().Add(time.Hour)))
 	})
 	mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool("keep")) })
 	mustUpdate(t, s, func(tx *Tx) error { return tx.DeleteCertificate("c1") })
@@ -126,10 +128,26 @@ func TestFeedCarriesDeletesAndAppliedSubsets(t *testing.T) {
 	}
 	mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool("last")) })
 
-	evs := collect(t, sub, 0, 5, false)
+	mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool("last")) })
+
+	// Subscribed after the commits: events are read as the rows are now.
+	evs := collect(t, s.Subscribe(ctx, 0), 0, 6, false)
+	// Event 1 wrote c1 and c2; c1 was deleted by event 3 since, so event 1
+	// carries only c2 (the delete carries c1's newest version).
+	if len(evs[0].Set.Changes) != 1 || evs[0].Set.Changes[0].Key != "c2" {
+		t.Fatalf("event 1 carries %+v", evs[0].Set.Changes)
+	}
 	cert, err := evs[0].Set.Changes[0].Certificate()
 	if err != nil || cert.PrivateKeyPEM != testKeyPEM {
 		t.Fatalf("certificate from feed: %v", err)
+	}
+	// Event 5 (pool "last") was overwritten by event 6: still delivered,
+	// with no changes.
+	if evs[4].Set.Seq == 0 || len(evs[4].Set.Changes) != 0 {
+		t.Fatalf("superseded event 5: %+v", evs[4].Set)
+	}
+	if p, err := evs[5].Set.Changes[0].Pool(); err != nil || p.Name != "last" || p.Version != evs[5].Set.Changes[0].Version {
+		t.Fatalf("event 6: %+v %v", p, err)
 	}
 	del := evs[2].Set.Changes[0]
 	if !del.Deleted || del.Value != nil || del.Key != "c1" {
@@ -141,9 +159,6 @@ func TestFeedCarriesDeletesAndAppliedSubsets(t *testing.T) {
 	applied := evs[3].Set
 	if applied.Origin != "peer" || len(applied.Changes) != 1 || applied.Changes[0].Key != "fresh" {
 		t.Fatalf("applied event carries %+v", applied)
-	}
-	if evs[4].Set.Changes[0].Key != "last" {
-		t.Fatalf("event 5: %+v", evs[4].Set)
 	}
 	// Over the wire the key is not available to decrypt.
 	wire, err := UnmarshalChangeSet(evs[0].Set.Marshal())

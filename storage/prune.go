@@ -89,7 +89,7 @@ func (s *Store) Prune(ctx context.Context, opts PruneOptions) (PruneResult, erro
 			if !ok {
 				return PruneResult{}, corruptError(cfChangelog, errors.New("malformed change-log key"))
 			}
-			hlc, err := changeSetHLC(it.Value().Data())
+			hlc, err := changeLogHLC(it.Value().Data())
 			if err != nil {
 				return PruneResult{}, corruptError(cfChangelog, err)
 			}
@@ -151,20 +151,4 @@ func (s *Store) feedRefs(ro *grocksdb.ReadOptions, from uint64) (map[changelogRe
 		return nil, readError(cfFeed, err)
 	}
 	return refs, nil
-}
-
-// changeSetHLC reads only the HLC of an encoded change set.
-func changeSetHLC(b []byte) (HLC, error) {
-	body, err := checkFormat(b)
-	if err != nil {
-		return 0, err
-	}
-	var h uint64
-	err = decodeFields(body, func(f field) error {
-		if f.num == 3 {
-			return f.uint64(&h)
-		}
-		return nil
-	})
-	return HLC(h), err
 }

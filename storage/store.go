@@ -233,11 +233,7 @@ func (s *Store) init() error {
 		return err
 	}
 	if !s.cfg.SkipVerifyOnOpen {
-		for _, t := range TableNames() {
-			if err := s.verifyChecksums(t); err != nil {
-				return err
-			}
-		}
+		return s.verifyTables(TableNames())
 	}
 	return nil
 }
@@ -287,7 +283,7 @@ func (s *Store) recoverCounters() error {
 		}
 		_, seq, _ := parseChangelogKey(it.Key().Data())
 		s.vv[origin] = seq
-		cs, err := UnmarshalChangeSet(it.Value().Data())
+		cs, err := decodeChangeRefs(it.Value().Data())
 		if err != nil {
 			return corruptError(cfChangelog, err)
 		}
@@ -373,24 +369,6 @@ func (s *Store) anySealedKey() ([]byte, string, error) {
 		return nil, "", corruptError(TableCertificates, err)
 	}
 	return nil, "", nil
-}
-
-// verifyChecksums reads every block of a table with checksum verification,
-// sequentially and without filling the block cache.
-func (s *Store) verifyChecksums(table string) error {
-	ro := grocksdb.NewDefaultReadOptions()
-	defer ro.Destroy()
-	ro.SetVerifyChecksums(true)
-	ro.SetFillCache(false)
-	ro.SetReadaheadSize(2 << 20)
-	it := s.base.NewIteratorCF(ro, s.cfs[table])
-	defer it.Close()
-	for it.SeekToFirst(); it.Valid(); it.Next() {
-	}
-	if err := it.Err(); err != nil {
-		return corruptError(table, err)
-	}
-	return nil
 }
 
 // NodeID returns the id this node writes versions with.

@@ -201,14 +201,19 @@ func (t *Tx) commit() (Commit, error) {
 	v := Version{HLC: s.clock.Now(), Origin: s.nodeID, Seq: seq}
 
 	cs := ChangeSet{Origin: v.Origin, Seq: v.Seq, HLC: v.HLC, Changes: make([]Change, 0, len(refs))}
+	// RocksDB copies keys and values into the transaction's batch, so one
+	// key and one value buffer serve every row.
+	var keyBuf, valBuf []byte
 	for _, ref := range refs {
 		p := t.writes[ref]
-		if err := t.txn.PutCF(s.cfs[ref.table], []byte(ref.key), encodeRow(row{version: v, deleted: p.deleted, rec: p.rec})); err != nil {
+		keyBuf = append(keyBuf[:0], ref.key...)
+		valBuf = appendRow(valBuf[:0], row{version: v, deleted: p.deleted, rec: p.rec})
+		if err := t.txn.PutCF(s.cfs[ref.table], keyBuf, valBuf); err != nil {
 			return Commit{}, writeError(err)
 		}
-		cs.Changes = append(cs.Changes, Change{Table: ref.table, Key: ref.key, Deleted: p.deleted, Version: v, Value: p.rec})
+		cs.Changes = append(cs.Changes, Change{Table: ref.table, Key: ref.key, Deleted: p.deleted, Version: v})
 	}
-	if err := t.txn.PutCF(s.cfs[cfChangelog], changelogKey(v.Origin, v.Seq), cs.Marshal()); err != nil {
+	if err := t.txn.PutCF(s.cfs[cfChangelog], changelogKey(v.Origin, v.Seq), appendChangeRefs(valBuf[:0], &cs)); err != nil {
 		return Commit{}, writeError(err)
 	}
 	if err := t.txn.PutCF(s.cfs[cfFeed], feedKey(index), feedRef(v.Origin, v.Seq)); err != nil {

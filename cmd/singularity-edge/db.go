@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -186,6 +187,7 @@ be opened; private keys stay sealed in backups, checkpoints and exports.`,
 			RunE:  func(cmd *cobra.Command, args []string) error { return o.checkpoint(cmd, args[0]) },
 		},
 		o.restoreCommand(),
+		o.removeTableCommand(),
 		o.exportCommand(),
 		o.importCommand(),
 	)
@@ -208,6 +210,52 @@ not empty is replaced only with --force; the agent must be stopped.`,
 	cmd.Flags().Uint32Var(&backupID, "backup-id", 0, "backup to restore (default: the latest)")
 	cmd.Flags().BoolVar(&force, "force", false, "replace a data directory that is not empty")
 	return cmd
+}
+
+func (o *dbOptions) removeTableCommand() *cobra.Command {
+	var yes bool
+	cmd := &cobra.Command{
+		Use:   "remove-table TABLE",
+		Short: "Empty one damaged table of a stopped agent so that peers resync it",
+		Long: `Empty TABLE in --data-dir without reading it: the way out of a damaged table
+when no backup is at hand. Its files and index entries are dropped and the
+table is marked for a full resync from the other agents of the cluster.
+Other tables are not touched. On a node without peers the table's rows are
+lost, so this asks for --yes.`,
+		Args:              exactArgs(1, "TABLE"),
+		ValidArgsFunction: fixedCompletion(storage.TableNames()...),
+		RunE:              func(cmd *cobra.Command, args []string) error { return o.removeTable(cmd, args[0], yes) },
+	}
+	cmd.Flags().BoolVar(&yes, "yes", false, "confirm that the table's rows may be dropped")
+	return cmd
+}
+
+func (o *dbOptions) removeTable(cmd *cobra.Command, table string, yes bool) error {
+	if err := o.localOnly(cmd); err != nil {
+		return err
+	}
+	if !slices.Contains(storage.TableNames(), table) {
+		return withExitCode(exitInvalid, fmt.Errorf("unknown table %q: the tables are %s", table, strings.Join(storage.TableNames(), ", ")))
+	}
+	if !yes {
+		return withExitCode(exitUsage, fmt.Errorf("remove-table drops every row of %q on this node; pass --yes to confirm", table))
+	}
+	dir, err := o.dir(cmd)
+	if err != nil {
+		return err
+	}
+	if !hasStore(dir) {
+		return withExitCode(exitNotFound, fmt.Errorf("no store in %s; set --data-dir (or EDGE_DATA_DIR) to the agent's data directory", dir))
+	}
+	cfg, err := storeConfig(dir)
+	if err != nil {
+		return err
+	}
+	if err := storage.RemoveTable(cfg, table); err != nil {
+		return localError(dir, err)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "table %s emptied in %s; it will be resynced from peers\n", table, dir)
+	return nil
 }
 
 func (o *dbOptions) exportCommand() *cobra.Command {

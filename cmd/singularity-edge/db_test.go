@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -599,4 +600,38 @@ func TestDBThroughAPI(t *testing.T) {
 	_, errOut, code = runCLI(t, "", "db", "info", "--api", ts.URL)
 	wantCode(t, "db info --api with a wrong token", code, exitAuth, errOut)
 	noSecret(t, errOut)
+}
+
+func TestDBRemoveTable(t *testing.T) {
+	dbEnv(t)
+	dir := filepath.Join(t.TempDir(), "data")
+	seedStore(t, dir, 6)
+
+	_, errOut, code := runCLI(t, "", "db", "remove-table", "backends", "--data-dir", dir)
+	wantCode(t, "remove-table without --yes", code, exitUsage, errOut)
+	_, errOut, code = runCLI(t, "", "db", "remove-table", "nope", "--yes", "--data-dir", dir)
+	wantCode(t, "remove-table of an unknown table", code, exitInvalid, errOut)
+	_, errOut, code = runCLI(t, "", "db", "remove-table", "backends", "--yes", "--data-dir", filepath.Join(t.TempDir(), "none"))
+	wantCode(t, "remove-table without a store", code, exitNotFound, errOut)
+
+	out, errOut, code := runCLI(t, "", "db", "remove-table", "backends", "--yes", "--data-dir", dir)
+	wantCode(t, "remove-table backends", code, 0, errOut)
+	if !strings.Contains(out, "backends emptied") {
+		t.Errorf("output %q", out)
+	}
+	st := openTestStore(t, dir)
+	defer st.Close()
+	ctx := context.Background()
+	if bs, err := st.ListBackends(ctx, "", 0); err != nil || len(bs) != 0 {
+		t.Fatalf("backends after remove-table: %d rows, %v", len(bs), err)
+	}
+	if _, err := st.GetPool(ctx, "web"); err != nil {
+		t.Fatalf("another table was touched: %v", err)
+	}
+	if err := st.Verify(ctx); err != nil {
+		t.Fatalf("indexes disagree after remove-table: %v", err)
+	}
+	if got, err := st.TablesToResync(); err != nil || !slices.Contains(got, storage.TableBackends) {
+		t.Fatalf("backends not marked for resync: %v %v", got, err)
+	}
 }

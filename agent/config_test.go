@@ -1,0 +1,96 @@
+package agent
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestApplyEnvironment(t *testing.T) {
+	env := map[string]string{
+		"EDGE_ADMIN_TOKEN":    "tok",
+		"EDGE_ENCRYPTION_KEY": "key",
+		"EDGE_COOKIE_KEY":     "cookie",
+		"FLY_MACHINE_ID":      "148e21ea7e3289",
+		"FLY_REGION":          "syd",
+		"FLY_PRIVATE_IP":      "fdaa:0:1:a7b:1::2",
+	}
+	cfg := DefaultConfig()
+	cfg.ApplyEnvironment(func(k string) string { return env[k] })
+	if cfg.AdminToken != "tok" || cfg.EncryptionKey != "key" || cfg.CookieKey != "cookie" {
+		t.Errorf("secrets not taken from the environment: %+v", cfg)
+	}
+	if cfg.NodeName != "148e21ea7e3289" || cfg.Region != "syd" {
+		t.Errorf("node %q region %q", cfg.NodeName, cfg.Region)
+	}
+	if cfg.AdminAddr != "[fdaa:0:1:a7b:1::2]:4000" {
+		t.Errorf("admin address on Fly = %q, want the 6PN address", cfg.AdminAddr)
+	}
+
+	local := DefaultConfig()
+	local.ApplyEnvironment(func(string) string { return "" })
+	if local.AdminAddr != "127.0.0.1:4000" || local.Region != "local" {
+		t.Errorf("defaults changed without FLY_* variables: %+v", local)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		mutate  func(*Config)
+		wantErr string
+	}{
+		{"defaults", func(*Config) {}, ""},
+		{"https only", func(c *Config) { c.HTTPAddr = "" }, ""},
+		{"empty data dir", func(c *Config) { c.DataDir = " " }, "--data-dir"},
+		{"no listener", func(c *Config) { c.HTTPAddr, c.HTTPSAddr = "", "" }, "at least one"},
+		{"bad http addr", func(c *Config) { c.HTTPAddr = "8080" }, "--http-addr"},
+		{"bad admin addr", func(c *Config) { c.AdminAddr = "localhost" }, "--admin-addr"},
+		{"empty admin addr", func(c *Config) { c.AdminAddr = "" }, "--admin-addr"},
+		{"tiny cache", func(c *Config) { c.BlockCacheSize = 1024 }, "--block-cache-size"},
+		{"zero drain", func(c *Config) { c.ShutdownTimeout = 0 }, "--shutdown-timeout"},
+		{"bad log level", func(c *Config) { c.LogLevel = "loud" }, "--log-level"},
+		{"no feed", func(c *Config) { c.FeedRetention = 0 }, "--feed-retention"},
+		{"short changelog", func(c *Config) { c.ChangeLogRetention = time.Minute }, "--changelog-retention"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			tc.mutate(&cfg)
+			err := cfg.Validate()
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("error %v, want one naming %s", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestDeriveCookieKey(t *testing.T) {
+	enc := bytes.Repeat([]byte{7}, 32)
+	a, err := deriveCookieKey("", enc)
+	if err != nil || len(a) != 32 {
+		t.Fatalf("derived key %x, %v", a, err)
+	}
+	b, _ := deriveCookieKey("", enc)
+	if !bytes.Equal(a, b) {
+		t.Fatal("two agents with the same encryption key derive different cookie keys")
+	}
+	if bytes.Equal(a, enc) {
+		t.Fatal("the cookie key is the encryption key itself")
+	}
+	if k, err := deriveCookieKey("0123456789abcdef", enc); err != nil || string(k) != "0123456789abcdef" {
+		t.Fatalf("explicit key ignored: %q %v", k, err)
+	}
+	if _, err := deriveCookieKey("short", nil); err == nil {
+		t.Fatal("a short EDGE_COOKIE_KEY was accepted")
+	}
+	r1, _ := deriveCookieKey("", nil)
+	r2, _ := deriveCookieKey("", nil)
+	if len(r1) != 32 || bytes.Equal(r1, r2) {
+		t.Fatal("random cookie keys are not random")
+	}
+}
