@@ -294,7 +294,7 @@ func TestCorruptTableNamedAtOpen(t *testing.T) {
 		t.Fatalf("open: %v", err)
 	}
 	t.Logf("open error: %v", err)
-	for _, want := range []string{`table "pools"`, "singularity-edge db restore", "let peers resync it"} {
+	for _, want := range []string{`table "pools"`, "singularity-edge db restore", "singularity-edge db remove-table pools --yes", "let peers resync it"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Fatalf("error %q lacks %q", err, want)
 		}

@@ -182,12 +182,13 @@ func tableFromMessage(msg string) string {
 
 // corruptError names the damaged table and the way out.
 func corruptError(table string, err error) error {
-	what := "the database"
-	if table != "" {
-		what = fmt.Sprintf("table %q", table)
+	if table == "" {
+		return fmt.Errorf("%w: the database is damaged (%v): restore from a backup with `singularity-edge db restore`",
+			ErrCorrupt, err)
 	}
-	return fmt.Errorf("%w: %s is damaged (%v): restore from a backup with `singularity-edge db restore`, or remove the table and let peers resync it",
-		ErrCorrupt, what, err)
+	return fmt.Errorf("%w: table %q is damaged (%v): restore from a backup with `singularity-edge db restore`, "+
+		"or empty it with `singularity-edge db remove-table %s --yes` and let peers resync it",
+		ErrCorrupt, table, err, table)
 }
 
 // init loads or creates the node id, recovers the commit counters and the
