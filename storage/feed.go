@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/linxGnu/grocksdb"
 )
@@ -101,10 +102,11 @@ func (s *Store) decodeFeedValue(ro *grocksdb.ReadOptions, v []byte) (ChangeSet, 
 
 // Subscription delivers change-feed events in commit-index order.
 type Subscription struct {
-	ch   chan Event
-	mu   sync.Mutex
-	err  error
-	done chan struct{}
+	ch     chan Event
+	cursor atomic.Uint64 // index of the last event delivered
+	mu     sync.Mutex
+	err    error
+	done   chan struct{}
 }
 
 // Subscribe starts delivering every event with an index greater than
@@ -131,9 +133,12 @@ func (s *Store) Subscribe(ctx context.Context, afterIndex uint64) *Subscription 
 		return sub
 	}
 	s.subs.Add(1)
+	sub.cursor.Store(afterIndex)
+	s.live.Store(sub, struct{}{})
 	s.stateMu.Unlock()
 	go func() {
 		defer s.subs.Done()
+		defer s.live.Delete(sub)
 		sub.finish(s.runSubscription(ctx, sub, afterIndex))
 	}()
 	return sub
@@ -160,6 +165,7 @@ func (s *Store) runSubscription(ctx context.Context, sub *Subscription, cursor u
 			select {
 			case sub.ch <- ev:
 				cursor = ev.Index
+				sub.cursor.Store(cursor)
 			case <-ctx.Done():
 				return ctx.Err()
 			case <-s.closing:
@@ -177,6 +183,21 @@ func (s *Store) runSubscription(ctx context.Context, sub *Subscription, cursor u
 			return ErrClosed
 		}
 	}
+}
+
+// slowestSubscriber returns the lowest index a running subscription has
+// delivered, and false when none runs.
+func (s *Store) slowestSubscriber() (uint64, bool) {
+	var lowest uint64
+	found := false
+	s.live.Range(func(k, _ any) bool {
+		c := k.(*Subscription).cursor.Load()
+		if !found || c < lowest {
+			lowest, found = c, true
+		}
+		return true
+	})
+	return lowest, found
 }
 
 func (sub *Subscription) finish(err error) {

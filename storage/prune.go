@@ -16,7 +16,8 @@ var ErrFeedPruned = errors.New("storage: change feed pruned past the requested i
 // PruneOptions says what Prune may delete. Zero values delete nothing.
 type PruneOptions struct {
 	// KeepFeed keeps the newest KeepFeed feed entries and deletes older
-	// ones (0: keep all). The newest entry is always kept.
+	// ones (0: keep all), except those a running subscription has not
+	// delivered yet. The newest entry is always kept.
 	KeepFeed uint64
 	// ChangeLogBefore deletes change-log entries whose change-set HLC is
 	// below it (0: keep all), except the newest entry of each origin (it
@@ -55,6 +56,11 @@ func (s *Store) Prune(ctx context.Context, opts PruneOptions) (PruneResult, erro
 	first := s.firstIndex.Load()
 	if opts.KeepFeed > 0 && last > opts.KeepFeed {
 		cut := last - opts.KeepFeed // delete indexes <= cut
+		// A running subscriber that is further behind keeps its entries:
+		// pruning them would end its subscription with ErrFeedPruned.
+		if slowest, ok := s.slowestSubscriber(); ok && slowest < cut {
+			cut = slowest
+		}
 		it := s.base.NewIteratorCF(ro, s.cfs[cfFeed])
 		for it.SeekToFirst(); it.Valid(); it.Next() {
 			k := it.Key().Data()

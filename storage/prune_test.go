@@ -104,3 +104,33 @@ func TestViewLastIndexThenSubscribeMissesNothing(t *testing.T) {
 		t.Fatalf("event %+v", ev.Set)
 	}
 }
+
+// Prune keeps the feed entries a running subscriber has not read yet, so a
+// slow consumer (the routing table, the certificate cache) is never cut off.
+func TestPruneKeepsWhatARunningSubscriberNeeds(t *testing.T) {
+	s := openStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	slow := s.Subscribe(ctx, 0) // nobody reads it yet: it stalls after its buffer
+	for i := 0; i < 300; i++ {
+		mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool(fmt.Sprint("p", i))) })
+	}
+	res, err := s.Prune(ctx, PruneOptions{KeepFeed: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.FeedEntries >= 290 {
+		t.Fatalf("pruned %d feed entries past a running subscriber", res.FeedEntries)
+	}
+	evs := collect(t, slow, 0, 300, false)
+	if evs[len(evs)-1].Index != 300 {
+		t.Fatalf("slow subscriber ended at %d", evs[len(evs)-1].Index)
+	}
+	// Once it has read everything, the entries behind it can go.
+	cancel()
+	waitClosed(t, slow)
+	res, err = s.Prune(context.Background(), PruneOptions{KeepFeed: 10})
+	if err != nil || s.Info().FirstIndex != 291 {
+		t.Fatalf("prune after the subscriber ended: %+v %v, first index %d", res, err, s.Info().FirstIndex)
+	}
+}

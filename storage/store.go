@@ -56,6 +56,9 @@ type Store struct {
 	closed  bool
 	closing chan struct{}
 	subs    sync.WaitGroup
+	// live holds the running subscriptions, so that Prune keeps the feed
+	// entries a subscriber has not read yet.
+	live sync.Map // *Subscription -> struct{}
 }
 
 // Open opens the store in cfg.Dir, creating the directory and every column
