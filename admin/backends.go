@@ -207,6 +207,18 @@ func (s *Server) handleGetBackend(w http.ResponseWriter, r *http.Request) {
 // backendOfPool reads a backend and answers 404 unless it belongs to pool.
 func (s *Server) backendOfPool(ctx context.Context, pool, id string) (storage.Backend, error) {
 	b, err := s.store.GetBackend(ctx, id)
+	return inPool(b, err, pool, id)
+}
+
+// txBackendOfPool is backendOfPool inside a write's transaction.
+func txBackendOfPool(tx *storage.Tx, pool, id string) (storage.Backend, error) {
+	b, err := tx.Backend(id)
+	return inPool(b, err, pool, id)
+}
+
+// inPool turns the read of backend id into a 404 when it is absent or
+// belongs to another pool than pool: backend routes are nested in a pool.
+func inPool(b storage.Backend, err error, pool, id string) (storage.Backend, error) {
 	if err != nil {
 		return b, notFoundAs(err, "id", fmt.Sprintf("no backend %q in pool %q", id, pool))
 	}
@@ -218,13 +230,8 @@ func (s *Server) backendOfPool(ctx context.Context, pool, id string) (storage.Ba
 
 func (s *Server) handleCreateBackend(w http.ResponseWriter, r *http.Request) {
 	pool := r.PathValue("name")
-	body, err := readJSONBody(w, r, s.cfg.MaxBodyBytes)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
 	var in backendInput
-	if err := decodeStrict(body, &in); err != nil {
+	if err := readStrict(w, r, s.cfg.MaxBodyBytes, &in); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -270,18 +277,9 @@ func (s *Server) handleCreateBackend(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handlePatchBackend(w http.ResponseWriter, r *http.Request) {
 	pool, id := r.PathValue("name"), r.PathValue("id")
-	body, err := readJSONBody(w, r, s.cfg.MaxBodyBytes)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	keys, err := topLevelKeys(body)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
 	var probe backendInput
-	if err := decodeStrict(body, &probe); err != nil {
+	body, keys, err := readPatch(w, r, s.cfg.MaxBodyBytes, &probe)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -308,11 +306,8 @@ func (s *Server) handlePatchBackend(w http.ResponseWriter, r *http.Request) {
 	}
 	var stored storage.Backend
 	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
-		cur, err := tx.Backend(id)
-		if err != nil || cur.PoolName != pool {
-			if err == nil || errors.Is(err, storage.ErrNotFound) {
-				return errNotFound("id", fmt.Sprintf("no backend %q in pool %q", id, pool))
-			}
+		cur, err := txBackendOfPool(tx, pool, id)
+		if err != nil {
 			return err
 		}
 		if err := match.check(cur.Version); err != nil {
@@ -352,11 +347,8 @@ func (s *Server) handleDeleteBackend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_, err = s.store.Update(r.Context(), func(tx *storage.Tx) error {
-		cur, err := tx.Backend(id)
-		if err != nil || cur.PoolName != pool {
-			if err == nil || errors.Is(err, storage.ErrNotFound) {
-				return errNotFound("id", fmt.Sprintf("no backend %q in pool %q", id, pool))
-			}
+		cur, err := txBackendOfPool(tx, pool, id)
+		if err != nil {
 			return err
 		}
 		if err := match.check(cur.Version); err != nil {

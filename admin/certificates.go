@@ -113,13 +113,8 @@ func (s *Server) handleGetCertificate(w http.ResponseWriter, r *http.Request) {
 // handleCreateCertificate is POST /api/certificates: a JSON upload (the
 // original API's create route).
 func (s *Server) handleCreateCertificate(w http.ResponseWriter, r *http.Request) {
-	body, err := readJSONBody(w, r, s.cfg.MaxUploadBytes)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
 	var in uploadInput
-	if err := decodeStrict(body, &in); err != nil {
+	if err := readStrict(w, r, s.cfg.MaxUploadBytes, &in); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

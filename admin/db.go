@@ -16,8 +16,9 @@ import (
 // The /api/db routes mirror the `db` CLI against the running agent's store:
 // info, tables, stats, compact, backup, checkpoint.
 
-// dbInfoResponse is GET /api/db.
-type dbInfoResponse struct {
+// DBInfoResponse is GET /api/db. The CLI's `db info` prints the same shape
+// for a stopped store, so scripts do not care which way was used.
+type DBInfoResponse struct {
 	NodeID          string            `json:"node_id"`
 	Dir             string            `json:"dir"`
 	Tables          []string          `json:"tables"`
@@ -28,8 +29,9 @@ type dbInfoResponse struct {
 	VersionVector   map[string]uint64 `json:"version_vector"`
 }
 
-// tableStatsJSON is one table's size and memory.
-type tableStatsJSON struct {
+// DBTableStats is one table's (or internal column family's) size and
+// memory, an item of DBTablesResponse.
+type DBTableStats struct {
 	Name          string `json:"name"`
 	Internal      bool   `json:"internal"`
 	EstimatedKeys uint64 `json:"estimated_keys"`
@@ -38,14 +40,15 @@ type tableStatsJSON struct {
 	MemtableBytes uint64 `json:"memtable_bytes"`
 }
 
-// dbTablesResponse is GET /api/db/tables. The block cache is shared by all
+// DBTablesResponse is GET /api/db/tables. The block cache is shared by all
 // tables, so it is reported once.
-type dbTablesResponse struct {
-	Tables     []tableStatsJSON `json:"tables"`
-	BlockCache blockCacheJSON   `json:"block_cache"`
+type DBTablesResponse struct {
+	Tables     []DBTableStats `json:"tables"`
+	BlockCache DBBlockCache   `json:"block_cache"`
 }
 
-type blockCacheJSON struct {
+// DBBlockCache is the shared block cache's usage.
+type DBBlockCache struct {
 	UsageBytes    uint64 `json:"usage_bytes"`
 	CapacityBytes uint64 `json:"capacity_bytes"`
 }
@@ -54,7 +57,8 @@ type dirInput struct {
 	Dir string `json:"dir"`
 }
 
-type backupResponse struct {
+// DBBackupResponse is POST /api/db/backup.
+type DBBackupResponse struct {
 	Dir        string    `json:"dir"`
 	ID         uint32    `json:"id"`
 	Timestamp  time.Time `json:"timestamp"`
@@ -63,17 +67,21 @@ type backupResponse struct {
 	DurationMS int64     `json:"duration_ms"`
 }
 
-type checkpointResponse struct {
+// DBCheckpointResponse is POST /api/db/checkpoint.
+type DBCheckpointResponse struct {
 	Dir        string `json:"dir"`
 	DurationMS int64  `json:"duration_ms"`
 }
 
-type compactResponse struct {
+// DBCompactResponse is POST /api/db/compact/{table}.
+type DBCompactResponse struct {
 	Table      string `json:"table"`
 	DurationMS int64  `json:"duration_ms"`
 }
 
-type statsResponse struct {
+// DBStatsResponse is GET /api/db/stats/{table}: RocksDB's own statistics
+// text for one column family.
+type DBStatsResponse struct {
 	Table string `json:"table"`
 	Stats string `json:"stats"`
 }
@@ -84,7 +92,7 @@ func (s *Server) handleDBInfo(w http.ResponseWriter, r *http.Request) {
 	if tables == nil {
 		tables = []string{}
 	}
-	writeJSON(w, http.StatusOK, dbInfoResponse{
+	writeJSON(w, http.StatusOK, DBInfoResponse{
 		NodeID:          info.NodeID,
 		Dir:             info.Dir,
 		Tables:          tables,
@@ -102,9 +110,9 @@ func (s *Server) handleDBTables(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	resp := dbTablesResponse{Tables: make([]tableStatsJSON, 0, len(stats))}
+	resp := DBTablesResponse{Tables: make([]DBTableStats, 0, len(stats))}
 	for _, t := range stats {
-		resp.Tables = append(resp.Tables, tableStatsJSON{
+		resp.Tables = append(resp.Tables, DBTableStats{
 			Name:          t.Table,
 			Internal:      t.Internal,
 			EstimatedKeys: t.EstimatedKeys,
@@ -112,7 +120,7 @@ func (s *Server) handleDBTables(w http.ResponseWriter, r *http.Request) {
 			SSTBytes:      t.SSTBytes,
 			MemtableBytes: t.MemtableBytes,
 		})
-		resp.BlockCache = blockCacheJSON{UsageBytes: t.BlockCacheUsage, CapacityBytes: t.BlockCacheCapacity}
+		resp.BlockCache = DBBlockCache{UsageBytes: t.BlockCacheUsage, CapacityBytes: t.BlockCacheCapacity}
 	}
 	writeJSON(w, http.StatusOK, resp)
 }
@@ -124,7 +132,7 @@ func (s *Server) handleDBStats(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, tableError(err, table))
 		return
 	}
-	writeJSON(w, http.StatusOK, statsResponse{Table: table, Stats: text})
+	writeJSON(w, http.StatusOK, DBStatsResponse{Table: table, Stats: text})
 }
 
 func (s *Server) handleDBCompact(w http.ResponseWriter, r *http.Request) {
@@ -135,7 +143,7 @@ func (s *Server) handleDBCompact(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, tableError(err, table))
 		return
 	}
-	writeJSON(w, http.StatusOK, compactResponse{Table: table, DurationMS: time.Since(start).Milliseconds()})
+	writeJSON(w, http.StatusOK, DBCompactResponse{Table: table, DurationMS: time.Since(start).Milliseconds()})
 }
 
 func (s *Server) handleDBBackup(w http.ResponseWriter, r *http.Request) {
@@ -151,7 +159,7 @@ func (s *Server) handleDBBackup(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, dirError(err))
 		return
 	}
-	writeJSON(w, http.StatusOK, backupResponse{
+	writeJSON(w, http.StatusOK, DBBackupResponse{
 		Dir: dir, ID: info.ID, Timestamp: info.Timestamp, SizeBytes: info.SizeBytes, NumFiles: info.NumFiles,
 		DurationMS: time.Since(start).Milliseconds(),
 	})
@@ -169,19 +177,15 @@ func (s *Server) handleDBCheckpoint(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, dirError(err))
 		return
 	}
-	writeJSON(w, http.StatusCreated, checkpointResponse{Dir: dir, DurationMS: time.Since(start).Milliseconds()})
+	writeJSON(w, http.StatusCreated, DBCheckpointResponse{Dir: dir, DurationMS: time.Since(start).Milliseconds()})
 }
 
 // readDir decodes {"dir": "..."} and requires an absolute, clean path: the
 // agent's working directory is not something an API client should have to
 // guess, and a relative path would land somewhere surprising.
 func (s *Server) readDir(w http.ResponseWriter, r *http.Request) (string, error) {
-	body, err := readJSONBody(w, r, s.cfg.MaxBodyBytes)
-	if err != nil {
-		return "", err
-	}
 	var in dirInput
-	if err := decodeStrict(body, &in); err != nil {
+	if err := readStrict(w, r, s.cfg.MaxBodyBytes, &in); err != nil {
 		return "", err
 	}
 	dir := strings.TrimSpace(in.Dir)

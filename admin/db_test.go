@@ -15,7 +15,7 @@ func TestDBInfoAndTables(t *testing.T) {
 	h := newHarness(t)
 	h.createPool(map[string]any{"name": "web"})
 
-	var info dbInfoResponse
+	var info DBInfoResponse
 	r := h.do("GET", "/api/db", nil)
 	r.expect(t, http.StatusOK, "")
 	r.json(t, &info)
@@ -23,7 +23,7 @@ func TestDBInfoAndTables(t *testing.T) {
 		t.Fatalf("info %+v", info)
 	}
 
-	var tables dbTablesResponse
+	var tables DBTablesResponse
 	h.do("GET", "/api/db/tables", nil).json(t, &tables)
 	seen := map[string]bool{}
 	for _, tb := range tables.Tables {
@@ -41,7 +41,7 @@ func TestDBInfoAndTables(t *testing.T) {
 
 func TestDBStatsAndCompact(t *testing.T) {
 	h := newHarness(t)
-	var st statsResponse
+	var st DBStatsResponse
 	r := h.do("GET", "/api/db/stats/pools", nil)
 	r.expect(t, http.StatusOK, "")
 	r.json(t, &st)
@@ -50,7 +50,7 @@ func TestDBStatsAndCompact(t *testing.T) {
 	}
 	h.do("GET", "/api/db/stats/nope", nil).expect(t, http.StatusNotFound, CodeNotFound, "table")
 
-	var c compactResponse
+	var c DBCompactResponse
 	r = h.do("POST", "/api/db/compact/backends", nil)
 	r.expect(t, http.StatusOK, "")
 	r.json(t, &c)
@@ -67,7 +67,7 @@ func TestDBBackupAndCheckpoint(t *testing.T) {
 	root := t.TempDir()
 
 	backupDir := filepath.Join(root, "backups")
-	var b backupResponse
+	var b DBBackupResponse
 	r := h.do("POST", "/api/db/backup", map[string]string{"dir": backupDir})
 	r.expect(t, http.StatusOK, "")
 	r.json(t, &b)
@@ -80,7 +80,7 @@ func TestDBBackupAndCheckpoint(t *testing.T) {
 	}
 
 	cpDir := filepath.Join(root, "checkpoint")
-	var cp checkpointResponse
+	var cp DBCheckpointResponse
 	r = h.do("POST", "/api/db/checkpoint", map[string]string{"dir": cpDir + "/"})
 	r.expect(t, http.StatusCreated, "")
 	r.json(t, &cp)

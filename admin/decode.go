@@ -162,6 +162,35 @@ func topLevelKeys(body []byte) (map[string]json.RawMessage, error) {
 	return m, nil
 }
 
+// readStrict reads a JSON request body of at most limit bytes and decodes
+// it strictly into dst.
+func readStrict(w http.ResponseWriter, r *http.Request, limit int64, dst any) error {
+	body, err := readJSONBody(w, r, limit)
+	if err != nil {
+		return err
+	}
+	return decodeStrict(body, dst)
+}
+
+// readPatch reads a PATCH body and decodes it strictly into probe, so that
+// syntax, type and unknown-field errors are 400s independent of the stored
+// state. It returns the body, to be decoded again onto the current row,
+// and the keys the client sent.
+func readPatch(w http.ResponseWriter, r *http.Request, limit int64, probe any) ([]byte, map[string]json.RawMessage, error) {
+	body, err := readJSONBody(w, r, limit)
+	if err != nil {
+		return nil, nil, err
+	}
+	keys, err := topLevelKeys(body)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := decodeStrict(body, probe); err != nil {
+		return nil, nil, err
+	}
+	return body, keys, nil
+}
+
 // page is a parsed ?limit=&after= pair.
 type page struct {
 	Limit int

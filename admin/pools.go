@@ -250,13 +250,8 @@ func (s *Server) handleGetPool(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
-	body, err := readJSONBody(w, r, s.cfg.MaxBodyBytes)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
 	var in poolInput
-	if err := decodeStrict(body, &in); err != nil {
+	if err := readStrict(w, r, s.cfg.MaxBodyBytes, &in); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -288,20 +283,9 @@ func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	body, err := readJSONBody(w, r, s.cfg.MaxBodyBytes)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	keys, err := topLevelKeys(body)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	// Decode once outside the transaction so that syntax, type and
-	// unknown-field errors are 400s independent of the stored state.
 	var probe poolInput
-	if err := decodeStrict(body, &probe); err != nil {
+	body, keys, err := readPatch(w, r, s.cfg.MaxBodyBytes, &probe)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}

@@ -10,7 +10,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/singularity-ng/singularity-edge/storage"
 )
@@ -37,7 +36,6 @@ type Table struct {
 	defaultPool *Pool
 	backends    map[string]*Backend
 	region      string
-	builtAt     time.Time
 }
 
 // stateResolver returns the live state for a backend of a pool.
@@ -81,7 +79,6 @@ func buildTable(pools []storage.Pool, backends []storage.Backend, opts TableOpti
 		wildcard: make(map[string]*Pool),
 		backends: make(map[string]*Backend, len(backends)),
 		region:   opts.Region,
-		builtAt:  time.Now(),
 	}
 
 	sortedPools := make([]storage.Pool, len(pools))
@@ -207,9 +204,6 @@ func (t *Table) Backend(id string) *Backend { return t.backends[id] }
 
 // Region is the agent region the table was built for.
 func (t *Table) Region() string { return t.region }
-
-// BuiltAt is when the table was built.
-func (t *Table) BuiltAt() time.Time { return t.builtAt }
 
 func stripPort(host string) string {
 	if host == "" {

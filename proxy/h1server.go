@@ -1009,7 +1009,7 @@ func (cc *clientConn) relayUpgrade(pm *poolMetrics, start time.Time) bool {
 	status := r.status
 	var up, down int64
 	if err == nil && cc.c.SetDeadline(time.Time{}) == nil && uc.c.SetDeadline(time.Time{}) == nil {
-		up, down = s.tunnel(cc.c, uc.c)
+		up, down = s.tunnel(cc.c, uc.c, nil)
 	}
 	uc.close()
 	ex.uc = nil

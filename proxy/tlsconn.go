@@ -210,9 +210,9 @@ func (s *Server) passthrough(tc *trackedConn, info connInfo, pool *pools.Pool, r
 			attempt.End(pools.Result{})
 			return
 		}
-		toBackend, toClient := s.tunnel(tc.Conn, bc)
+		s.metrics.passthroughBytes.Add(float64(len(raw)))
+		toBackend, toClient := s.tunnel(tc.Conn, bc, s.metrics.passthroughBytes)
 		_ = bc.Close()
-		s.metrics.passthroughBytes.Add(float64(toBackend + toClient + int64(len(raw))))
 		attempt.End(pools.Result{BytesOut: toBackend + int64(len(raw)), BytesIn: toClient})
 		return
 	}

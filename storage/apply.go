@@ -259,11 +259,8 @@ func (s *Store) ChangeSetsSince(ctx context.Context, origin string, afterSeq uin
 		return nil, err
 	}
 	defer s.leave()
-	snap := s.base.NewSnapshot()
-	defer s.base.ReleaseSnapshot(snap)
-	ro := grocksdb.NewDefaultReadOptions()
-	defer ro.Destroy()
-	ro.SetSnapshot(snap)
+	ro, release := s.snapshotReads()
+	defer release()
 	it := s.base.NewIteratorCF(ro, s.cfs[cfChangelog])
 	defer it.Close()
 	prefix := []byte(origin + "\x00")

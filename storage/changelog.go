@@ -90,24 +90,8 @@ func decodeChangeRefs(b []byte) (ChangeSet, error) {
 	}
 	var cs ChangeSet
 	var raw [][]byte
-	err := decodeFields(b[1:], func(f field) error {
-		switch f.num {
-		case 1:
-			return f.str(&cs.Origin)
-		case 2:
-			return f.uint64(&cs.Seq)
-		case 3:
-			var h uint64
-			if err := f.uint64(&h); err != nil {
-				return err
-			}
-			cs.HLC = HLC(h)
-		case 4:
-			if err := f.want(protowire.BytesType); err != nil {
-				return err
-			}
-			raw = append(raw, f.b)
-		}
+	err := decodeChangeSetFields(b[1:], &cs, func(m []byte) error {
+		raw = append(raw, m)
 		return nil
 	})
 	if err != nil {
@@ -116,28 +100,12 @@ func decodeChangeRefs(b []byte) (ChangeSet, error) {
 	own := Version{HLC: cs.HLC, Origin: cs.Origin, Seq: cs.Seq}
 	cs.Changes = make([]Change, 0, len(raw))
 	for _, m := range raw {
+		// A change without a version of its own has the set's.
 		c := Change{Version: own}
-		err := decodeFields(m, func(f field) error {
-			switch f.num {
-			case 1:
-				return f.str(&c.Table)
-			case 2:
-				return f.str(&c.Key)
-			case 3:
-				return f.bool(&c.Deleted)
-			case 4:
-				if err := f.want(protowire.BytesType); err != nil {
-					return err
-				}
-				v, err := decodeVersion(f.b)
-				c.Version = v
-				return err
-			}
-			return nil
-		})
-		if err != nil {
+		if err := unmarshalChange(m, &c); err != nil {
 			return ChangeSet{}, fmt.Errorf("change-log entry: %w", err)
 		}
+		c.Value = nil // references only: values are read from the rows
 		cs.Changes = append(cs.Changes, c)
 	}
 	return cs, nil

@@ -70,7 +70,24 @@ func UnmarshalChangeSet(b []byte) (ChangeSet, error) {
 	if err != nil {
 		return cs, err
 	}
-	err = decodeFields(body, func(f field) error {
+	err = decodeChangeSetFields(body, &cs, func(m []byte) error {
+		var c Change
+		if err := unmarshalChange(m, &c); err != nil {
+			return err
+		}
+		cs.Changes = append(cs.Changes, c)
+		return nil
+	})
+	if err != nil {
+		return ChangeSet{}, fmt.Errorf("change set: %w", err)
+	}
+	return cs, nil
+}
+
+// decodeChangeSetFields decodes the fields of a change set (of either
+// format) into cs, and hands each nested change message to change.
+func decodeChangeSetFields(body []byte, cs *ChangeSet, change func(m []byte) error) error {
+	return decodeFields(body, func(f field) error {
 		switch f.num {
 		case 1:
 			return f.str(&cs.Origin)
@@ -86,23 +103,16 @@ func UnmarshalChangeSet(b []byte) (ChangeSet, error) {
 			if err := f.want(protowire.BytesType); err != nil {
 				return err
 			}
-			c, err := unmarshalChange(f.b)
-			if err != nil {
-				return err
-			}
-			cs.Changes = append(cs.Changes, c)
+			return change(f.b)
 		}
 		return nil
 	})
-	if err != nil {
-		return ChangeSet{}, fmt.Errorf("change set: %w", err)
-	}
-	return cs, nil
 }
 
-func unmarshalChange(b []byte) (Change, error) {
-	var c Change
-	err := decodeFields(b, func(f field) error {
+// unmarshalChange decodes a change message onto c: the fields the message
+// leaves out keep c's values.
+func unmarshalChange(b []byte, c *Change) error {
+	return decodeFields(b, func(f field) error {
 		switch f.num {
 		case 1:
 			return f.str(&c.Table)
@@ -127,7 +137,6 @@ func unmarshalChange(b []byte) (Change, error) {
 		}
 		return nil
 	})
-	return c, err
 }
 
 func (c Change) check(table string) error {

@@ -34,11 +34,8 @@ func (s *Store) readFeed(after uint64, max int) ([]Event, error) {
 	defer s.leave()
 	// One snapshot for the feed, the change log and the rows, so that a
 	// row overwritten after the snapshot still shows in its own event.
-	snap := s.base.NewSnapshot()
-	defer s.base.ReleaseSnapshot(snap)
-	ro := grocksdb.NewDefaultReadOptions()
-	defer ro.Destroy()
-	ro.SetSnapshot(snap)
+	ro, release := s.snapshotReads()
+	defer release()
 	it := s.base.NewIteratorCF(ro, s.cfs[cfFeed])
 	defer it.Close()
 	var out []Event

@@ -93,12 +93,6 @@ func validateRowKey(table, key string) error {
 // its Change: node id, NUL, backend id.
 func ObservationKey(nodeID, backendID string) string { return nodeID + "\x00" + backendID }
 
-// SplitObservationKey reverses ObservationKey.
-func SplitObservationKey(key string) (nodeID, backendID string, ok bool) {
-	nodeID, backendID, ok = strings.Cut(key, "\x00")
-	return nodeID, backendID, ok && nodeID != "" && backendID != ""
-}
-
 // changelogKey: origin, NUL, big-endian seq (sorted by seq per origin).
 func changelogKey(origin string, seq uint64) []byte {
 	k := make([]byte, 0, len(origin)+9)

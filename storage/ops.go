@@ -137,11 +137,8 @@ func (s *Store) Verify(ctx context.Context) error {
 		return err
 	}
 	defer s.leave()
-	snap := s.base.NewSnapshot()
-	defer s.base.ReleaseSnapshot(snap)
-	ro := grocksdb.NewDefaultReadOptions()
-	defer ro.Destroy()
-	ro.SetSnapshot(snap)
+	ro, release := s.snapshotReads()
+	defer release()
 	ro.SetVerifyChecksums(true)
 	ro.SetFillCache(false)
 

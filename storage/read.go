@@ -38,72 +38,27 @@ func (s *Store) GetObservation(ctx context.Context, nodeID, backendID string) (o
 
 // ListPools lists pools by name.
 func (s *Store) ListPools(ctx context.Context, after string, limit int) ([]Pool, error) {
-	var out []Pool
-	err := s.View(ctx, func(tx *Tx) error {
-		return tx.scanRows(TablePools, "", after, limit, func(key string, r *row) error {
-			p, err := decodePool(r.rec)
-			if err != nil {
-				return corruptError(TablePools, err)
-			}
-			p.Version = r.version
-			out = append(out, p)
-			return nil
-		})
-	})
-	return out, err
+	return listRows(ctx, s, TablePools, "", after, limit, decodeStoredPool)
 }
 
 // ListBackends lists backends by id.
 func (s *Store) ListBackends(ctx context.Context, after string, limit int) ([]Backend, error) {
-	var out []Backend
-	err := s.View(ctx, func(tx *Tx) error {
-		return tx.scanRows(TableBackends, "", after, limit, func(key string, r *row) error {
-			b, err := decodeBackend(r.rec)
-			if err != nil {
-				return corruptError(TableBackends, err)
-			}
-			b.Version = r.version
-			out = append(out, b)
-			return nil
-		})
-	})
-	return out, err
+	return listRows(ctx, s, TableBackends, "", after, limit, decodeStoredBackend)
 }
 
 // ListBackendsByPool lists the backends of a pool by id.
 func (s *Store) ListBackendsByPool(ctx context.Context, pool, after string, limit int) ([]Backend, error) {
 	var out []Backend
-	err := s.View(ctx, func(tx *Tx) error {
-		keys, err := tx.indexLookup(indexPrefix(idxBackendPool, pool), TableBackends, after, limit)
-		if err != nil {
-			return err
-		}
-		for _, k := range keys {
-			b, err := tx.Backend(k)
-			if err != nil {
-				return indexRowError(TableBackends, k, err)
-			}
-			out = append(out, b)
-		}
-		return nil
+	err := s.View(ctx, func(tx *Tx) (err error) {
+		out, err = rowsByIndex(tx, indexPrefix(idxBackendPool, pool), TableBackends, after, limit, tx.Backend)
+		return err
 	})
 	return out, err
 }
 
 // ListCertificates lists certificates by id, private keys decrypted.
 func (s *Store) ListCertificates(ctx context.Context, after string, limit int) ([]Certificate, error) {
-	var out []Certificate
-	err := s.View(ctx, func(tx *Tx) error {
-		return tx.scanRows(TableCertificates, "", after, limit, func(key string, r *row) error {
-			c, err := s.decodeStoredCertificate(r)
-			if err != nil {
-				return err
-			}
-			out = append(out, c)
-			return nil
-		})
-	})
-	return out, err
+	return listRows(ctx, s, TableCertificates, "", after, limit, s.decodeStoredCertificate)
 }
 
 // PoolsBySSLDomain returns the pools whose ssl_domain is domain.
@@ -206,15 +161,20 @@ func (s *Store) Observations(ctx context.Context, nodeID string) ([]Observation,
 	if nodeID != "" {
 		prefix = nodeID + "\x00"
 	}
-	var out []Observation
+	return listRows(ctx, s, TableObservations, prefix, "", 0, decodeStoredObservation)
+}
+
+// listRows returns the live rows of table that scanRows finds, decoded
+// with decode, on one snapshot.
+func listRows[T any](ctx context.Context, s *Store, table, prefix, after string, limit int, decode func(*row) (T, error)) ([]T, error) {
+	var out []T
 	err := s.View(ctx, func(tx *Tx) error {
-		return tx.scanRows(TableObservations, prefix, "", 0, func(key string, r *row) error {
-			o, err := decodeObservation(r.rec)
+		return tx.scanRows(table, prefix, after, limit, func(_ string, r *row) error {
+			v, err := decode(r)
 			if err != nil {
-				return corruptError(TableObservations, err)
+				return err
 			}
-			o.Version = r.version
-			out = append(out, o)
+			out = append(out, v)
 			return nil
 		})
 	})

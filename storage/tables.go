@@ -27,21 +27,72 @@ func (t *Tx) read(ref rowRef) (*pending, *row, error) {
 	return p, r, nil
 }
 
-// Pool returns the pool called name; ErrNotFound if absent or deleted.
-func (t *Tx) Pool(name string) (Pool, error) {
-	p, r, err := t.read(rowRef{TablePools, name})
+// readRow returns the live row at ref: a copy of the transaction's
+// buffered write, or the stored row as decode makes it.
+func readRow[T any](t *Tx, ref rowRef, clone func(T) T, decode func(*row) (T, error)) (T, error) {
+	p, r, err := t.read(ref)
 	if err != nil {
-		return Pool{}, err
+		var zero T
+		return zero, err
 	}
 	if p != nil {
-		return clonePool(*p.value.(*Pool)), nil
+		return clone(*p.value.(*T)), nil
 	}
-	pool, err := decodePool(r.rec)
+	return decode(r)
+}
+
+// rowsByIndex returns, in key order, the rows of table that the index
+// entries with prefix point at, read with get; see indexLookup for after
+// and limit.
+func rowsByIndex[T any](t *Tx, prefix []byte, table, after string, limit int, get func(key string) (T, error)) ([]T, error) {
+	keys, err := t.indexLookup(prefix, table, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]T, 0, len(keys))
+	for _, k := range keys {
+		v, err := get(k)
+		if err != nil {
+			return nil, indexRowError(table, k, err)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// decodeStoredPool decodes a stored pool row, with its version.
+func decodeStoredPool(r *row) (Pool, error) {
+	p, err := decodePool(r.rec)
 	if err != nil {
 		return Pool{}, corruptError(TablePools, err)
 	}
-	pool.Version = r.version
-	return pool, nil
+	p.Version = r.version
+	return p, nil
+}
+
+// decodeStoredBackend decodes a stored backend row, with its version.
+func decodeStoredBackend(r *row) (Backend, error) {
+	b, err := decodeBackend(r.rec)
+	if err != nil {
+		return Backend{}, corruptError(TableBackends, err)
+	}
+	b.Version = r.version
+	return b, nil
+}
+
+// decodeStoredObservation decodes a stored observation row, with its version.
+func decodeStoredObservation(r *row) (Observation, error) {
+	o, err := decodeObservation(r.rec)
+	if err != nil {
+		return Observation{}, corruptError(TableObservations, err)
+	}
+	o.Version = r.version
+	return o, nil
+}
+
+// Pool returns the pool called name; ErrNotFound if absent or deleted.
+func (t *Tx) Pool(name string) (Pool, error) {
+	return readRow(t, rowRef{TablePools, name}, clonePool, decodeStoredPool)
 }
 
 // PutPool inserts or replaces the pool p.Name.
@@ -78,19 +129,7 @@ func (t *Tx) DeletePool(name string) error { return t.remove(rowRef{TablePools, 
 
 // Backend returns the backend with id.
 func (t *Tx) Backend(id string) (Backend, error) {
-	p, r, err := t.read(rowRef{TableBackends, id})
-	if err != nil {
-		return Backend{}, err
-	}
-	if p != nil {
-		return cloneBackend(*p.value.(*Backend)), nil
-	}
-	b, err := decodeBackend(r.rec)
-	if err != nil {
-		return Backend{}, corruptError(TableBackends, err)
-	}
-	b.Version = r.version
-	return b, nil
+	return readRow(t, rowRef{TableBackends, id}, cloneBackend, decodeStoredBackend)
 }
 
 // PutBackend inserts or replaces the backend b.ID.
@@ -124,14 +163,7 @@ func (t *Tx) DeleteBackend(id string) error { return t.remove(rowRef{TableBacken
 
 // Certificate returns the certificate with id, private key decrypted.
 func (t *Tx) Certificate(id string) (Certificate, error) {
-	p, r, err := t.read(rowRef{TableCertificates, id})
-	if err != nil {
-		return Certificate{}, err
-	}
-	if p != nil {
-		return cloneCertificate(*p.value.(*Certificate)), nil
-	}
-	return t.s.decodeStoredCertificate(r)
+	return readRow(t, rowRef{TableCertificates, id}, cloneCertificate, t.s.decodeStoredCertificate)
 }
 
 func (s *Store) decodeStoredCertificate(r *row) (Certificate, error) {
@@ -190,19 +222,7 @@ func (t *Tx) DeleteCertificate(id string) error { return t.remove(rowRef{TableCe
 
 // Observation returns what node nodeID observed of backend backendID.
 func (t *Tx) Observation(nodeID, backendID string) (Observation, error) {
-	p, r, err := t.read(rowRef{TableObservations, ObservationKey(nodeID, backendID)})
-	if err != nil {
-		return Observation{}, err
-	}
-	if p != nil {
-		return cloneObservation(*p.value.(*Observation)), nil
-	}
-	o, err := decodeObservation(r.rec)
-	if err != nil {
-		return Observation{}, corruptError(TableObservations, err)
-	}
-	o.Version = r.version
-	return o, nil
+	return readRow(t, rowRef{TableObservations, ObservationKey(nodeID, backendID)}, cloneObservation, decodeStoredObservation)
 }
 
 // PutObservation stores this node's observation of a backend. o.NodeID
@@ -242,74 +262,26 @@ func (t *Tx) DeleteObservation(backendID string) error {
 
 // BackendsByPool returns the backends of a pool, ordered by id.
 func (t *Tx) BackendsByPool(pool string) ([]Backend, error) {
-	keys, err := t.indexLookup(indexPrefix(idxBackendPool, pool), TableBackends, "", 0)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Backend, 0, len(keys))
-	for _, k := range keys {
-		b, err := t.Backend(k)
-		if err != nil {
-			return nil, indexRowError(TableBackends, k, err)
-		}
-		out = append(out, b)
-	}
-	return out, nil
+	return rowsByIndex(t, indexPrefix(idxBackendPool, pool), TableBackends, "", 0, t.Backend)
 }
 
 // PoolsBySSLDomain returns the pools whose ssl_domain is domain
 // (case-insensitive), ordered by name.
 func (t *Tx) PoolsBySSLDomain(domain string) ([]Pool, error) {
-	keys, err := t.indexLookup(indexPrefix(idxPoolSSLDomain, normalizeDomain(domain)), TablePools, "", 0)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Pool, 0, len(keys))
-	for _, k := range keys {
-		p, err := t.Pool(k)
-		if err != nil {
-			return nil, indexRowError(TablePools, k, err)
-		}
-		out = append(out, p)
-	}
-	return out, nil
+	return rowsByIndex(t, indexPrefix(idxPoolSSLDomain, normalizeDomain(domain)), TablePools, "", 0, t.Pool)
 }
 
 // PoolsByCertificate returns the pools whose ssl_cert_id is certID,
 // ordered by name: the pools that still use the certificate.
 func (t *Tx) PoolsByCertificate(certID string) ([]Pool, error) {
-	keys, err := t.indexLookup(indexPrefix(idxPoolCert, certID), TablePools, "", 0)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Pool, 0, len(keys))
-	for _, k := range keys {
-		p, err := t.Pool(k)
-		if err != nil {
-			return nil, indexRowError(TablePools, k, err)
-		}
-		out = append(out, p)
-	}
-	return out, nil
+	return rowsByIndex(t, indexPrefix(idxPoolCert, certID), TablePools, "", 0, t.Pool)
 }
 
 // CertificatesByDomain returns the certificates whose Domain or SANs
 // include domain exactly (case-insensitive; "*.example.com" finds wildcard
 // certificates), ordered by id.
 func (t *Tx) CertificatesByDomain(domain string) ([]Certificate, error) {
-	keys, err := t.indexLookup(indexPrefix(idxCertDomain, normalizeDomain(domain)), TableCertificates, "", 0)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Certificate, 0, len(keys))
-	for _, k := range keys {
-		c, err := t.Certificate(k)
-		if err != nil {
-			return nil, indexRowError(TableCertificates, k, err)
-		}
-		out = append(out, c)
-	}
-	return out, nil
+	return rowsByIndex(t, indexPrefix(idxCertDomain, normalizeDomain(domain)), TableCertificates, "", 0, t.Certificate)
 }
 
 // indexRowError reports a row an index entry points at that cannot be read.

@@ -137,14 +137,23 @@ func (s *Store) View(ctx context.Context, fn func(tx *Tx) error) error {
 	// lastIndex is published after the RocksDB commit, so every commit up
 	// to it is in the snapshot taken next.
 	index := s.lastIndex.Load()
-	snap := s.base.NewSnapshot()
-	defer s.base.ReleaseSnapshot(snap)
-	ro := grocksdb.NewDefaultReadOptions()
-	defer ro.Destroy()
-	ro.SetSnapshot(snap)
+	ro, release := s.snapshotReads()
+	defer release()
 	tx := &Tx{s: s, ro: ro, old: make(map[rowRef]*row), index: index}
 	defer func() { tx.done = true }()
 	return fn(tx)
+}
+
+// snapshotReads returns read options pinned to a new snapshot of the
+// database, and the function that releases both.
+func (s *Store) snapshotReads() (*grocksdb.ReadOptions, func()) {
+	snap := s.base.NewSnapshot()
+	ro := grocksdb.NewDefaultReadOptions()
+	ro.SetSnapshot(snap)
+	return ro, func() {
+		ro.Destroy()
+		s.base.ReleaseSnapshot(snap)
+	}
 }
 
 // conflictError is a RocksDB optimistic-transaction conflict: Busy (a

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -215,15 +214,10 @@ func newBackendsAddCommand(opts *apiOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if c.json {
-				return printJSON(c.stdout, resp.Body)
-			}
-			var b backendJSON
-			if err := decodeAnswer(resp, &b); err != nil {
+			return showAnswer(c, resp.Body, func(b *backendJSON) error {
+				_, err := fmt.Fprintf(c.stdout, "Backend %s (%s, weight %d) added to pool %s.\n", b.ID, b.address(), b.Weight, b.PoolName)
 				return err
-			}
-			_, err = fmt.Fprintf(c.stdout, "Backend %s (%s, weight %d) added to pool %s.\n", b.ID, b.address(), b.Weight, b.PoolName)
-			return err
+			})
 		},
 	}
 	f := cmd.Flags()
@@ -282,19 +276,15 @@ func newBackendsDrainCommand(opts *apiOptions, drain bool) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		if c.json {
-			return printJSON(c.stdout, resp.Body)
-		}
-		var b backendJSON
-		if err := json.Unmarshal(resp.Body, &b); err != nil {
-			return decodeAnswer(resp, &b)
-		}
-		if drain {
-			_, err = fmt.Fprintf(c.stdout, "Backend %s of pool %s is draining: no new requests, %d in flight.\n", b.ID, args[0], b.CurrentConnections)
-		} else {
-			_, err = fmt.Fprintf(c.stdout, "Backend %s of pool %s is back in rotation.\n", b.ID, args[0])
-		}
-		return err
+		return showAnswer(c, resp.Body, func(b *backendJSON) error {
+			var err error
+			if drain {
+				_, err = fmt.Fprintf(c.stdout, "Backend %s of pool %s is draining: no new requests, %d in flight.\n", b.ID, args[0], b.CurrentConnections)
+			} else {
+				_, err = fmt.Fprintf(c.stdout, "Backend %s of pool %s is back in rotation.\n", b.ID, args[0])
+			}
+			return err
+		})
 	}
 	return cmd
 }

@@ -121,18 +121,13 @@ func newCertsGetCommand(opts *apiOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if c.json {
-				return printJSON(c.stdout, withoutPrivateKey(resp.Body))
-			}
-			var ct certificateJSON
-			if err := decodeAnswer(resp, &ct); err != nil {
-				return err
-			}
-			if showPEM {
-				_, err := io.WriteString(c.stdout, ensureNewline(ct.CertificatePEM)+ensureNewline(ct.ChainPEM))
-				return err
-			}
-			return showCertificate(c, &ct)
+			return showAnswer(c, withoutPrivateKey(resp.Body), func(ct *certificateJSON) error {
+				if showPEM {
+					_, err := io.WriteString(c.stdout, ensureNewline(ct.CertificatePEM)+ensureNewline(ct.ChainPEM))
+					return err
+				}
+				return showCertificate(c, ct)
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&showPEM, "pem", false, "print the certificate and its chain as PEM (no key)")
@@ -237,16 +232,11 @@ order and the certificate is valid now. A file name of "-" reads stdin.`,
 			if err != nil {
 				return err
 			}
-			if c.json {
-				return printJSON(c.stdout, withoutPrivateKey(resp.Body))
-			}
-			var ct certificateJSON
-			if err := decodeAnswer(resp, &ct); err != nil {
+			return showAnswer(c, withoutPrivateKey(resp.Body), func(ct *certificateJSON) error {
+				_, err := fmt.Fprintf(c.stdout, "Certificate %s uploaded for %s (expires %s).\n",
+					ct.ID, joinOrDash(ct.Names), formatExpiry(ct.ExpiresAt, time.Now()))
 				return err
-			}
-			_, err = fmt.Fprintf(c.stdout, "Certificate %s uploaded for %s (expires %s).\n",
-				ct.ID, joinOrDash(ct.Names), formatExpiry(ct.ExpiresAt, time.Now()))
-			return err
+			})
 		},
 	}
 	f := cmd.Flags()

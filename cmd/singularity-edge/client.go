@@ -196,6 +196,29 @@ func (c *apiClient) getJSON(ctx context.Context, path string, out any) (*apiResp
 	return resp, nil
 }
 
+// postJSON posts body (none when nil) to path and decodes the JSON answer
+// into out.
+func (c *apiClient) postJSON(ctx context.Context, path string, body, out any) error {
+	resp, err := c.do(ctx, request{method: http.MethodPost, path: path, body: body})
+	if err != nil {
+		return err
+	}
+	return decodeAnswer(resp, out)
+}
+
+// showAnswer prints an answer body: as it is with --output json, else
+// decoded into a T and shown to people by human.
+func showAnswer[T any](c *apiClient, body []byte, human func(v *T) error) error {
+	if c.json {
+		return printJSON(c.stdout, body)
+	}
+	var v T
+	if err := decodeAnswer(&apiResponse{Body: body}, &v); err != nil {
+		return err
+	}
+	return human(&v)
+}
+
 // decodeAnswer decodes a successful answer, naming the failure when the
 // agent speaks a shape this CLI does not know (a version mismatch).
 func decodeAnswer(resp *apiResponse, out any) error {

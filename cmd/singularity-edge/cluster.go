@@ -61,14 +61,7 @@ token comes from EDGE_ADMIN_TOKEN or --token-file.`,
 			if err != nil {
 				return err
 			}
-			if c.json {
-				return printJSON(c.stdout, resp.Body)
-			}
-			var cl clusterJSON
-			if err := decodeAnswer(resp, &cl); err != nil {
-				return err
-			}
-			return showCluster(c, &cl)
+			return showAnswer(c, resp.Body, func(cl *clusterJSON) error { return showCluster(c, cl) })
 		},
 	})
 	return cmd

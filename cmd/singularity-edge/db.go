@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/singularity-ng/singularity-edge/admin"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
@@ -44,64 +44,6 @@ func internalFamilyNames() []string { return []string{"index", "changelog", "fee
 type dbOptions struct {
 	api     *apiOptions
 	dataDir string
-}
-
-// dbInfoJSON is GET /api/db, and storage.Info in local mode.
-type dbInfoJSON struct {
-	NodeID          string            `json:"node_id"`
-	Dir             string            `json:"dir"`
-	Tables          []string          `json:"tables"`
-	Running         bool              `json:"running"`
-	LastIndex       uint64            `json:"last_index"`
-	HLC             uint64            `json:"hlc"`
-	ClockSkewEvents uint64            `json:"clock_skew_events"`
-	VersionVector   map[string]uint64 `json:"version_vector"`
-}
-
-// dbTablesJSON is GET /api/db/tables.
-type dbTablesJSON struct {
-	Tables     []dbTableJSON `json:"tables"`
-	BlockCache struct {
-		UsageBytes    uint64 `json:"usage_bytes"`
-		CapacityBytes uint64 `json:"capacity_bytes"`
-	} `json:"block_cache"`
-}
-
-type dbTableJSON struct {
-	Name          string `json:"name"`
-	Internal      bool   `json:"internal"`
-	EstimatedKeys uint64 `json:"estimated_keys"`
-	LiveDataBytes uint64 `json:"live_data_bytes"`
-	SSTBytes      uint64 `json:"sst_bytes"`
-	MemtableBytes uint64 `json:"memtable_bytes"`
-}
-
-// dbStatsJSON is GET /api/db/stats/{table}.
-type dbStatsJSON struct {
-	Table string `json:"table"`
-	Stats string `json:"stats"`
-}
-
-// dbCompactJSON is POST /api/db/compact/{table}.
-type dbCompactJSON struct {
-	Table      string `json:"table"`
-	DurationMS int64  `json:"duration_ms"`
-}
-
-// dbBackupJSON is POST /api/db/backup.
-type dbBackupJSON struct {
-	Dir        string    `json:"dir"`
-	ID         uint32    `json:"id"`
-	Timestamp  time.Time `json:"timestamp"`
-	SizeBytes  uint64    `json:"size_bytes"`
-	NumFiles   uint32    `json:"num_files"`
-	DurationMS int64     `json:"duration_ms"`
-}
-
-// dbCheckpointJSON is POST /api/db/checkpoint.
-type dbCheckpointJSON struct {
-	Dir        string `json:"dir"`
-	DurationMS int64  `json:"duration_ms"`
 }
 
 // dbRestoreJSON is the answer of `db restore` (local only).
@@ -439,7 +381,7 @@ func localError(dir string, err error) error {
 
 // unknownTable is the error for a name that is neither a table nor an
 // internal column family; known lists what exists.
-func unknownTable(name string, known []dbTableJSON) error {
+func unknownTable(name string, known []admin.DBTableStats) error {
 	var tables, internal []string
 	for _, t := range known {
 		if t.Internal {
@@ -452,14 +394,14 @@ func unknownTable(name string, known []dbTableJSON) error {
 		name, strings.Join(tables, ", "), strings.Join(internal, ", ")))
 }
 
-func localTables(ctx context.Context, st *storage.Store) (dbTablesJSON, error) {
+func localTables(ctx context.Context, st *storage.Store) (admin.DBTablesResponse, error) {
 	stats, err := st.TableStats(ctx)
 	if err != nil {
-		return dbTablesJSON{}, err
+		return admin.DBTablesResponse{}, err
 	}
-	out := dbTablesJSON{Tables: make([]dbTableJSON, 0, len(stats))}
+	out := admin.DBTablesResponse{Tables: make([]admin.DBTableStats, 0, len(stats))}
 	for _, t := range stats {
-		out.Tables = append(out.Tables, dbTableJSON{Name: t.Table, Internal: t.Internal, EstimatedKeys: t.EstimatedKeys,
+		out.Tables = append(out.Tables, admin.DBTableStats{Name: t.Table, Internal: t.Internal, EstimatedKeys: t.EstimatedKeys,
 			LiveDataBytes: t.LiveDataBytes, SSTBytes: t.SSTBytes, MemtableBytes: t.MemtableBytes})
 		out.BlockCache.UsageBytes, out.BlockCache.CapacityBytes = t.BlockCacheUsage, t.BlockCacheCapacity
 	}
@@ -467,7 +409,7 @@ func localTables(ctx context.Context, st *storage.Store) (dbTablesJSON, error) {
 }
 
 // checkTable fails with exitInvalid when name is not among known.
-func checkTable(name string, known dbTablesJSON) error {
+func checkTable(name string, known admin.DBTablesResponse) error {
 	for _, t := range known.Tables {
 		if t.Name == name {
 			return nil
@@ -484,6 +426,33 @@ func emit(w io.Writer, asJSON bool, v any, human func() error) error {
 	return human()
 }
 
+// runEitherWay is the shape of the db commands that work both ways: remote
+// asks a running agent, local works on a stopped store's data directory;
+// the answer, the admin API's shape either way, is printed as JSON or, for
+// people, by human.
+func runEitherWay[T any](o *dbOptions, cmd *cobra.Command, remote func(c *apiClient) (T, error),
+	local func() (T, error), human func(w io.Writer, out T) error) error {
+	asJSON, err := o.jsonOutput()
+	if err != nil {
+		return err
+	}
+	c, err := o.remote(cmd)
+	if err != nil {
+		return err
+	}
+	var out T
+	if c != nil {
+		out, err = remote(c)
+	} else {
+		out, err = local()
+	}
+	if err != nil {
+		return err
+	}
+	w := cmd.OutOrStdout()
+	return emit(w, asJSON, out, func() error { return human(w, out) })
+}
+
 // --- info ---
 
 func (o *dbOptions) info(cmd *cobra.Command) error {
@@ -497,7 +466,7 @@ func (o *dbOptions) info(cmd *cobra.Command) error {
 		return err
 	}
 	if c != nil {
-		var info dbInfoJSON
+		var info admin.DBInfoResponse
 		resp, err := c.getJSON(cmd.Context(), "/api/db", &info)
 		if err != nil {
 			return err
@@ -509,13 +478,13 @@ func (o *dbOptions) info(cmd *cobra.Command) error {
 	}
 	return o.withStore(cmd, func(st *storage.Store) error {
 		i := st.Info()
-		info := dbInfoJSON{NodeID: i.NodeID, Dir: i.Dir, Tables: i.Tables, Running: i.Running, LastIndex: i.LastIndex,
+		info := admin.DBInfoResponse{NodeID: i.NodeID, Dir: i.Dir, Tables: i.Tables, Running: i.Running, LastIndex: i.LastIndex,
 			HLC: uint64(i.HLC), ClockSkewEvents: i.ClockSkewEvents, VersionVector: i.VersionVector}
 		return emit(w, asJSON, info, func() error { return showDBInfo(w, "data directory (agent stopped)", info) })
 	})
 }
 
-func showDBInfo(w io.Writer, source string, info dbInfoJSON) error {
+func showDBInfo(w io.Writer, source string, info admin.DBInfoResponse) error {
 	d := newDetails(w)
 	d.line("Source", source)
 	d.line("Node", info.NodeID)
@@ -567,7 +536,7 @@ func (o *dbOptions) tables(cmd *cobra.Command) error {
 		return err
 	}
 	if c != nil {
-		var tables dbTablesJSON
+		var tables admin.DBTablesResponse
 		resp, err := c.getJSON(cmd.Context(), "/api/db/tables", &tables)
 		if err != nil {
 			return err
@@ -586,7 +555,7 @@ func (o *dbOptions) tables(cmd *cobra.Command) error {
 	})
 }
 
-func showTables(w io.Writer, tables dbTablesJSON) error {
+func showTables(w io.Writer, tables admin.DBTablesResponse) error {
 	t := newTable(w, "NAME", "KIND", "KEYS (EST.)", "LIVE DATA", "SST FILES", "MEMTABLES")
 	for _, tb := range tables.Tables {
 		kind := "table"
@@ -621,49 +590,38 @@ func formatBytes(n uint64) string {
 // --- stats ---
 
 func (o *dbOptions) stats(cmd *cobra.Command, table string) error {
-	asJSON, err := o.jsonOutput()
-	if err != nil {
-		return err
-	}
-	w := cmd.OutOrStdout()
-	c, err := o.remote(cmd)
-	if err != nil {
-		return err
-	}
-	var out dbStatsJSON
-	if c != nil {
-		if err := remoteCheckTable(cmd.Context(), c, table); err != nil {
-			return err
-		}
-		if _, err := c.getJSON(cmd.Context(), "/api/db/stats/"+url.PathEscape(table), &out); err != nil {
-			return err
-		}
-	} else {
-		err := o.withStore(cmd, func(st *storage.Store) error {
-			if err := localCheckTable(cmd.Context(), st, table); err != nil {
-				return err
+	ctx := cmd.Context()
+	return runEitherWay(o, cmd,
+		func(c *apiClient) (out admin.DBStatsResponse, err error) {
+			if err = remoteCheckTable(ctx, c, table); err == nil {
+				_, err = c.getJSON(ctx, "/api/db/stats/"+url.PathEscape(table), &out)
 			}
-			text, err := st.RocksDBStats(table)
-			if err != nil {
-				return localError(st.Dir(), err)
-			}
-			out = dbStatsJSON{Table: table, Stats: text}
-			return nil
+			return out, err
+		},
+		func() (out admin.DBStatsResponse, err error) {
+			err = o.withStore(cmd, func(st *storage.Store) error {
+				if err := localCheckTable(ctx, st, table); err != nil {
+					return err
+				}
+				text, err := st.RocksDBStats(table)
+				if err != nil {
+					return localError(st.Dir(), err)
+				}
+				out = admin.DBStatsResponse{Table: table, Stats: text}
+				return nil
+			})
+			return out, err
+		},
+		func(w io.Writer, out admin.DBStatsResponse) error {
+			_, err := io.WriteString(w, strings.TrimRight(out.Stats, "\n")+"\n")
+			return err
 		})
-		if err != nil {
-			return err
-		}
-	}
-	return emit(w, asJSON, out, func() error {
-		_, err := io.WriteString(w, strings.TrimRight(out.Stats, "\n")+"\n")
-		return err
-	})
 }
 
 // remoteCheckTable asks the agent which tables exist, so that an unknown
 // name fails the same way (exitInvalid) as it does on a local store.
 func remoteCheckTable(ctx context.Context, c *apiClient, table string) error {
-	var tables dbTablesJSON
+	var tables admin.DBTablesResponse
 	if _, err := c.getJSON(ctx, "/api/db/tables", &tables); err != nil {
 		return err
 	}
@@ -681,47 +639,32 @@ func localCheckTable(ctx context.Context, st *storage.Store, table string) error
 // --- compact ---
 
 func (o *dbOptions) compact(cmd *cobra.Command, table string) error {
-	asJSON, err := o.jsonOutput()
-	if err != nil {
-		return err
-	}
-	w := cmd.OutOrStdout()
-	c, err := o.remote(cmd)
-	if err != nil {
-		return err
-	}
-	var out dbCompactJSON
-	if c != nil {
-		if err := remoteCheckTable(cmd.Context(), c, table); err != nil {
-			return err
-		}
-		resp, err := c.do(cmd.Context(), request{method: http.MethodPost, path: "/api/db/compact/" + url.PathEscape(table)})
-		if err != nil {
-			return err
-		}
-		if err := decodeAnswer(resp, &out); err != nil {
-			return err
-		}
-	} else {
-		err := o.withStore(cmd, func(st *storage.Store) error {
-			if err := localCheckTable(cmd.Context(), st, table); err != nil {
-				return err
+	ctx := cmd.Context()
+	return runEitherWay(o, cmd,
+		func(c *apiClient) (out admin.DBCompactResponse, err error) {
+			if err = remoteCheckTable(ctx, c, table); err == nil {
+				err = c.postJSON(ctx, "/api/db/compact/"+url.PathEscape(table), nil, &out)
 			}
-			start := time.Now()
-			if err := st.Compact(cmd.Context(), table); err != nil {
-				return localError(st.Dir(), err)
-			}
-			out = dbCompactJSON{Table: table, DurationMS: time.Since(start).Milliseconds()}
-			return nil
+			return out, err
+		},
+		func() (out admin.DBCompactResponse, err error) {
+			err = o.withStore(cmd, func(st *storage.Store) error {
+				if err := localCheckTable(ctx, st, table); err != nil {
+					return err
+				}
+				start := time.Now()
+				if err := st.Compact(ctx, table); err != nil {
+					return localError(st.Dir(), err)
+				}
+				out = admin.DBCompactResponse{Table: table, DurationMS: time.Since(start).Milliseconds()}
+				return nil
+			})
+			return out, err
+		},
+		func(w io.Writer, out admin.DBCompactResponse) error {
+			_, err := fmt.Fprintf(w, "Compacted %s in %s.\n", out.Table, formatMS(out.DurationMS))
+			return err
 		})
-		if err != nil {
-			return err
-		}
-	}
-	return emit(w, asJSON, out, func() error {
-		_, err := fmt.Fprintf(w, "Compacted %s in %s.\n", out.Table, formatMS(out.DurationMS))
-		return err
-	})
 }
 
 func formatMS(ms int64) string {
@@ -749,100 +692,73 @@ func localDir(dir string) (string, error) {
 	return abs, nil
 }
 
+// remoteDirCommand posts dir to the agent's endpoint at path, after
+// checking that dir can name a place on the agent's machine.
+func remoteDirCommand[T any](ctx context.Context, c *apiClient, path, dir string) (out T, err error) {
+	if err = remoteDir(dir); err == nil {
+		err = c.postJSON(ctx, path, map[string]string{"dir": dir}, &out)
+	}
+	return out, err
+}
+
 func (o *dbOptions) backup(cmd *cobra.Command, dir string) error {
-	asJSON, err := o.jsonOutput()
-	if err != nil {
-		return err
-	}
-	w := cmd.OutOrStdout()
-	c, err := o.remote(cmd)
-	if err != nil {
-		return err
-	}
-	var out dbBackupJSON
-	if c != nil {
-		if err := remoteDir(dir); err != nil {
-			return err
-		}
-		resp, err := c.do(cmd.Context(), request{method: http.MethodPost, path: "/api/db/backup", body: map[string]string{"dir": dir}})
-		if err != nil {
-			return err
-		}
-		if err := decodeAnswer(resp, &out); err != nil {
-			return err
-		}
-	} else {
-		abs, err := localDir(dir)
-		if err != nil {
-			return err
-		}
-		err = o.withStore(cmd, func(st *storage.Store) error {
-			start := time.Now()
-			info, err := st.Backup(cmd.Context(), abs)
+	ctx := cmd.Context()
+	return runEitherWay(o, cmd,
+		func(c *apiClient) (admin.DBBackupResponse, error) {
+			return remoteDirCommand[admin.DBBackupResponse](ctx, c, "/api/db/backup", dir)
+		},
+		func() (out admin.DBBackupResponse, err error) {
+			abs, err := localDir(dir)
 			if err != nil {
-				return localError(st.Dir(), err)
+				return out, err
 			}
-			out = dbBackupJSON{Dir: abs, ID: info.ID, Timestamp: info.Timestamp, SizeBytes: info.SizeBytes,
-				NumFiles: info.NumFiles, DurationMS: time.Since(start).Milliseconds()}
-			return nil
-		})
-		if err != nil {
+			err = o.withStore(cmd, func(st *storage.Store) error {
+				start := time.Now()
+				info, err := st.Backup(ctx, abs)
+				if err != nil {
+					return localError(st.Dir(), err)
+				}
+				out = admin.DBBackupResponse{Dir: abs, ID: info.ID, Timestamp: info.Timestamp, SizeBytes: info.SizeBytes,
+					NumFiles: info.NumFiles, DurationMS: time.Since(start).Milliseconds()}
+				return nil
+			})
+			return out, err
+		},
+		func(w io.Writer, out admin.DBBackupResponse) error {
+			_, err := fmt.Fprintf(w, "Backup %d written to %s in %s: %d files, %s (incremental: unchanged files are shared with earlier backups).\n",
+				out.ID, out.Dir, formatMS(out.DurationMS), out.NumFiles, formatBytes(out.SizeBytes))
 			return err
-		}
-	}
-	return emit(w, asJSON, out, func() error {
-		_, err := fmt.Fprintf(w, "Backup %d written to %s in %s: %d files, %s (incremental: unchanged files are shared with earlier backups).\n",
-			out.ID, out.Dir, formatMS(out.DurationMS), out.NumFiles, formatBytes(out.SizeBytes))
-		return err
-	})
+		})
 }
 
 func (o *dbOptions) checkpoint(cmd *cobra.Command, dir string) error {
-	asJSON, err := o.jsonOutput()
-	if err != nil {
-		return err
-	}
-	w := cmd.OutOrStdout()
-	c, err := o.remote(cmd)
-	if err != nil {
-		return err
-	}
-	var out dbCheckpointJSON
-	if c != nil {
-		if err := remoteDir(dir); err != nil {
-			return err
-		}
-		resp, err := c.do(cmd.Context(), request{method: http.MethodPost, path: "/api/db/checkpoint", body: map[string]string{"dir": dir}})
-		if err != nil {
-			return err
-		}
-		if err := decodeAnswer(resp, &out); err != nil {
-			return err
-		}
-	} else {
-		abs, err := localDir(dir)
-		if err != nil {
-			return err
-		}
-		if _, err := os.Stat(abs); err == nil {
-			return withExitCode(exitConflict, fmt.Errorf("%s already exists; a checkpoint goes into a new directory", abs))
-		}
-		err = o.withStore(cmd, func(st *storage.Store) error {
-			start := time.Now()
-			if err := st.Checkpoint(cmd.Context(), abs); err != nil {
-				return localError(st.Dir(), err)
+	ctx := cmd.Context()
+	return runEitherWay(o, cmd,
+		func(c *apiClient) (admin.DBCheckpointResponse, error) {
+			return remoteDirCommand[admin.DBCheckpointResponse](ctx, c, "/api/db/checkpoint", dir)
+		},
+		func() (out admin.DBCheckpointResponse, err error) {
+			abs, err := localDir(dir)
+			if err != nil {
+				return out, err
 			}
-			out = dbCheckpointJSON{Dir: abs, DurationMS: time.Since(start).Milliseconds()}
-			return nil
-		})
-		if err != nil {
+			if _, err := os.Stat(abs); err == nil {
+				return out, withExitCode(exitConflict, fmt.Errorf("%s already exists; a checkpoint goes into a new directory", abs))
+			}
+			err = o.withStore(cmd, func(st *storage.Store) error {
+				start := time.Now()
+				if err := st.Checkpoint(ctx, abs); err != nil {
+					return localError(st.Dir(), err)
+				}
+				out = admin.DBCheckpointResponse{Dir: abs, DurationMS: time.Since(start).Milliseconds()}
+				return nil
+			})
+			return out, err
+		},
+		func(w io.Writer, out admin.DBCheckpointResponse) error {
+			_, err := fmt.Fprintf(w, "Checkpoint written to %s in %s.\n", out.Dir, formatMS(out.DurationMS))
 			return err
-		}
-	}
-	return emit(w, asJSON, out, func() error {
-		_, err := fmt.Fprintf(w, "Checkpoint written to %s in %s.\n", out.Dir, formatMS(out.DurationMS))
-		return err
-	})
+		})
 }
 
 // --- restore ---

@@ -150,7 +150,7 @@ func TestDBInfoAndTables(t *testing.T) {
 	t.Setenv("EDGE_DATA_DIR", dir)
 	out, errOut, code = runCLI(t, "", "db", "info", "-o", "json")
 	wantCode(t, "db info -o json", code, 0, errOut)
-	var info dbInfoJSON
+	var info admin.DBInfoResponse
 	if err := json.Unmarshal([]byte(out), &info); err != nil {
 		t.Fatalf("db info -o json: %v\n%s", err, out)
 	}
@@ -167,11 +167,11 @@ func TestDBInfoAndTables(t *testing.T) {
 	}
 	out, errOut, code = runCLI(t, "", "db", "tables", "-o", "json")
 	wantCode(t, "db tables -o json", code, 0, errOut)
-	var tables dbTablesJSON
+	var tables admin.DBTablesResponse
 	if err := json.Unmarshal([]byte(out), &tables); err != nil {
 		t.Fatalf("db tables -o json: %v\n%s", err, out)
 	}
-	names := map[string]dbTableJSON{}
+	names := map[string]admin.DBTableStats{}
 	for _, tb := range tables.Tables {
 		names[tb.Name] = tb
 	}
@@ -215,7 +215,7 @@ func TestDBStatsAndCompact(t *testing.T) {
 	}
 	out, errOut, code = runCLI(t, "", "db", "stats", "feed", "--data-dir", dir, "-o", "json")
 	wantCode(t, "db stats feed -o json", code, 0, errOut)
-	var stats dbStatsJSON
+	var stats admin.DBStatsResponse
 	if err := json.Unmarshal([]byte(out), &stats); err != nil || stats.Table != "feed" || stats.Stats == "" {
 		t.Errorf("db stats feed -o json = %+v (%v)", stats, err)
 	}
@@ -385,7 +385,7 @@ func TestDBBackupRestore(t *testing.T) {
 	st.Close()
 	out, errOut, code = runCLI(t, "", "db", "backup", backups, "--data-dir", src, "-o", "json")
 	wantCode(t, "db backup -o json", code, 0, errOut)
-	var b dbBackupJSON
+	var b admin.DBBackupResponse
 	if err := json.Unmarshal([]byte(out), &b); err != nil || b.ID != 2 || b.Dir != backups || b.NumFiles == 0 {
 		t.Errorf("db backup -o json = %+v (%v)", b, err)
 	}
@@ -554,7 +554,7 @@ func TestDBThroughAPI(t *testing.T) {
 	t.Setenv("EDGE_API", ts.URL)
 	out, errOut, code = runCLI(t, "", "db", "tables", "-o", "json")
 	wantCode(t, "db tables (EDGE_API)", code, 0, errOut)
-	var tables dbTablesJSON
+	var tables admin.DBTablesResponse
 	if err := json.Unmarshal([]byte(out), &tables); err != nil || len(tables.Tables) != 8 {
 		t.Errorf("db tables -o json via the API = %+v (%v)", tables, err)
 	}
@@ -573,7 +573,7 @@ func TestDBThroughAPI(t *testing.T) {
 
 	out, errOut, code = runCLI(t, "", "db", "compact", "backends", "--api", ts.URL, "-o", "json")
 	wantCode(t, "db compact --api", code, 0, errOut)
-	var compacted dbCompactJSON
+	var compacted admin.DBCompactResponse
 	if err := json.Unmarshal([]byte(out), &compacted); err != nil || compacted.Table != "backends" {
 		t.Errorf("db compact --api -o json = %+v (%v)", compacted, err)
 	}

@@ -161,19 +161,12 @@ func newPoolsGetCommand(opts *apiOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return showPool(c, resp)
+			return showAnswer(c, resp.Body, func(p *poolJSON) error { return showPool(c, p, resp.Header.Get("ETag")) })
 		},
 	}
 }
 
-func showPool(c *apiClient, resp *apiResponse) error {
-	if c.json {
-		return printJSON(c.stdout, resp.Body)
-	}
-	var p poolJSON
-	if err := decodeAnswer(resp, &p); err != nil {
-		return err
-	}
+func showPool(c *apiClient, p *poolJSON, etag string) error {
 	d := newDetails(c.stdout)
 	d.line("Name", p.Name)
 	d.line("Algorithm", p.Algorithm)
@@ -201,7 +194,7 @@ func showPool(c *apiClient, resp *apiResponse) error {
 	}
 	d.line("Created", formatTime(p.InsertedAt))
 	d.line("Updated", formatTime(p.UpdatedAt))
-	d.line("ETag", resp.Header.Get("ETag"))
+	d.line("ETag", etag)
 	return d.flush()
 }
 
@@ -391,15 +384,10 @@ list or map.`
 		if err != nil {
 			return err
 		}
-		if c.json {
-			return printJSON(c.stdout, resp.Body)
-		}
-		var p poolJSON
-		if err := decodeAnswer(resp, &p); err != nil {
+		return showAnswer(c, resp.Body, func(p *poolJSON) error {
+			_, err := fmt.Fprintf(c.stdout, "Pool %s %s (algorithm %s, ssl mode %s).\n", p.Name, verb, p.Algorithm, p.SSLMode)
 			return err
-		}
-		_, err = fmt.Fprintf(c.stdout, "Pool %s %s (algorithm %s, ssl mode %s).\n", p.Name, verb, p.Algorithm, p.SSLMode)
-		return err
+		})
 	}
 	pf.register(cmd, update)
 	return cmd
