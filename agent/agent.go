@@ -146,6 +146,7 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	xcfg.HTTPProxyProtocol = cfg.ProxyProtocol
 	xcfg.HTTPSProxyProtocol = cfg.ProxyProtocol
 	xcfg.AllowPoolHeader = cfg.AllowPoolHeader
+	xcfg.RedirectToHTTPS = cfg.HTTPSRedirect
 	xcfg.AccessLog = cfg.AccessLog
 	xcfg.Logger = a.logger.Named("proxy")
 	xcfg.Registerer = registry

@@ -16,10 +16,12 @@ data=$(mktemp -d /tmp/edge-bench.XXXXXX)
 export EDGE_ADMIN_TOKEN=bench-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
 export EDGE_ENCRYPTION_KEY=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
 
+# S1 asks for bench.test over plain HTTP and S2 over HTTPS, so plain HTTP is
+# proxied instead of redirected (--https-redirect=false).
 # Termination and passthrough share one listener, as on :443 in production,
 # so scripts/bench-proxy.sh gives the harness the same port for S2 and S3.
 "$bin" agent --data-dir "$data" --http-addr "127.0.0.1:$CANDIDATE_HTTP_PORT" --https-addr "127.0.0.1:$CANDIDATE_TLS_PORT" \
-	--admin-addr "127.0.0.1:$admin_port" --access-log off --log-level warn &
+	--admin-addr "127.0.0.1:$admin_port" --access-log off --log-level warn --https-redirect=false &
 agent=$!
 trap 'kill -TERM $agent 2>/dev/null; wait $agent; rm -rf "$data"' EXIT
 trap 'exit 0' TERM INT
