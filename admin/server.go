@@ -113,7 +113,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		WriteTimeout:      cfg.WriteTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          zap.NewStdLog(cfg.Logger.Named("http")),
+		ErrorLog:          zap.NewStdLog(cfg.Logger),
 	}
 	return s, nil
 }

@@ -30,15 +30,14 @@ const (
 	clientHelloRandomAndVer   = 2 + 32
 	maxSessionIDLen           = 32
 	maxServerNameLen          = 255
-	minClientHelloBodyForSNI  = clientHelloRandomAndVer + 1
 	alpnProtocolACME          = "acme-tls/1"
 	alpnProtocolHTTP2         = "h2"
 	alpnProtocolHTTP11        = "http/1.1"
 	tlsRecordVersionMajorByte = 3
 )
 
-// ErrClientHello is wrapped by every ClientHello parse failure.
-var ErrClientHello = errors.New("malformed TLS ClientHello")
+// errClientHello is wrapped by every ClientHello parse failure.
+var errClientHello = errors.New("malformed TLS ClientHello")
 
 // clientHelloInfo is what routing needs from a ClientHello.
 type clientHelloInfo struct {
@@ -59,14 +58,14 @@ func (h *clientHelloInfo) offersALPN(proto string) bool {
 }
 
 func helloErrorf(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrClientHello, fmt.Sprintf(format, args...))
+	return fmt.Errorf("%w: %s", errClientHello, fmt.Sprintf(format, args...))
 }
 
 // parseClientHello parses the TLS records at the start of b up to the end
 // of the first handshake message, which must be a ClientHello (it may span
 // several records). It returns the parsed fields and the number of bytes of
 // b the records occupy, errNeedMore when b is a valid but incomplete prefix,
-// or an error wrapping ErrClientHello.
+// or an error wrapping errClientHello.
 func parseClientHello(b []byte) (clientHelloInfo, int, error) {
 	// Reassemble the handshake message from as many records as it takes.
 	var (

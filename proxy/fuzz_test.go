@@ -23,7 +23,7 @@ func FuzzParseClientHello(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		info, n, err := parseClientHello(b)
 		if err != nil {
-			if !errors.Is(err, errNeedMore) && !errors.Is(err, ErrClientHello) {
+			if !errors.Is(err, errNeedMore) && !errors.Is(err, errClientHello) {
 				t.Fatalf("unexpected error type %v", err)
 			}
 			return
@@ -54,7 +54,7 @@ func FuzzParseProxyHeader(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, n, err := parseProxyHeader(b)
 		if err != nil {
-			if !errors.Is(err, errNeedMore) && !errors.Is(err, ErrProxyHeader) {
+			if !errors.Is(err, errNeedMore) && !errors.Is(err, errProxyHeader) {
 				t.Fatalf("unexpected error type %v", err)
 			}
 			return

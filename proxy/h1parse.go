@@ -62,7 +62,6 @@ type httpError struct {
 func (e *httpError) Error() string { return e.msg }
 
 var (
-	errBadRequest       = &httpError{400, "malformed request"}
 	errBadRequestLine   = &httpError{400, "malformed request line"}
 	errBadHeader        = &httpError{400, "malformed header line"}
 	errBadHost          = &httpError{400, "missing or invalid Host header"}

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -571,9 +570,10 @@ func (cc *clientConn) restoreLeftover() {
 		return
 	}
 	if len(cc.buf)-cc.w < len(cc.leftover) {
+		// The old buffer is dropped, not pooled: slices of the current
+		// head may still point into it.
 		grown := make([]byte, cc.w+len(cc.leftover)+clientBufSize)
 		copy(grown, cc.buf[:cc.w])
-		cc.release()
 		cc.buf = grown
 	}
 	cc.w += copy(cc.buf[cc.w:], cc.leftover)
@@ -773,7 +773,7 @@ func (cc *clientConn) relayResponse(pool *pools.Pool, pm *poolMetrics, stickyID 
 			keep = false
 		}
 	}
-	if cc.req.stream != nil && !ex.bodyRead.Load() {
+	if cc.req.stream != nil && !ex.progress.read() {
 		// The backend answers before the request body was read: the
 		// connection cannot be reused unless the body completes.
 		keep = keep && ex.bodyDone == nil
@@ -1022,8 +1022,8 @@ func (cc *clientConn) relayUpgrade(pm *poolMetrics, start time.Time) bool {
 
 // streamLength returns the body sender for a Content-Length body of which
 // n bytes are still to be read from the client.
-func (cc *clientConn) streamLength(n int64) func(*upConn, *atomic.Bool) (int64, error) {
-	return func(uc *upConn, readAll *atomic.Bool) (int64, error) {
+func (cc *clientConn) streamLength(n int64) func(*upConn, *bodyProgress) (int64, error) {
+	return func(uc *upConn, progress *bodyProgress) (int64, error) {
 		s := cc.s
 		bp := s.getBodyBuf()
 		defer s.putBodyBuf(bp)
@@ -1035,7 +1035,7 @@ func (cc *clientConn) streamLength(n int64) func(*upConn, *atomic.Bool) (int64, 
 			m, err := cc.c.Read(buf[:min(int64(len(buf)), n)])
 			n -= int64(m)
 			if n == 0 {
-				readAll.Store(true)
+				progress.markRead()
 			}
 			if m > 0 {
 				uc.setWriteDeadline(now, s.cfg.WriteTimeout)
@@ -1058,8 +1058,8 @@ func (cc *clientConn) streamLength(n int64) func(*upConn, *atomic.Bool) (int64, 
 
 // streamChunked returns the body sender for a chunked body whose start
 // (scanned by sc) was already sent.
-func (cc *clientConn) streamChunked(sc chunkScanner) func(*upConn, *atomic.Bool) (int64, error) {
-	return func(uc *upConn, readAll *atomic.Bool) (int64, error) {
+func (cc *clientConn) streamChunked(sc chunkScanner) func(*upConn, *bodyProgress) (int64, error) {
+	return func(uc *upConn, progress *bodyProgress) (int64, error) {
 		s := cc.s
 		bp := s.getBodyBuf()
 		defer s.putBodyBuf(bp)
@@ -1075,7 +1075,7 @@ func (cc *clientConn) streamChunked(sc chunkScanner) func(*upConn, *atomic.Bool)
 					return sent, serr
 				}
 				if sc.done() {
-					readAll.Store(true)
+					progress.markRead()
 					if n < m {
 						cc.leftover = append([]byte(nil), buf[n:m]...)
 					}

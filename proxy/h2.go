@@ -40,10 +40,13 @@ type h2Conn struct {
 
 func newH2Server(s *Server) *h2Server {
 	h := &h2Server{s: s}
+	// What net/http logs here is caused by clients (bad frames, resets):
+	// debug lines, not warnings. NewStdLogAt fails only on an invalid level.
+	errLog, _ := zap.NewStdLogAt(s.log, zap.DebugLevel)
 	h.base = &http.Server{
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
 		IdleTimeout:       s.cfg.IdleTimeout,
-		ErrorLog:          zap.NewStdLog(s.log.WithOptions(zap.IncreaseLevel(zap.DebugLevel))),
+		ErrorLog:          errLog,
 	}
 	h.srv = &http2.Server{
 		IdleTimeout:          s.cfg.IdleTimeout,
@@ -131,12 +134,12 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		pick.HashKey = r.Header.Get(name)
 	}
 
-	req := &outRequest{head: h.upstreamHead(r, hc, host, reqID), idempotent: idempotentMethod([]byte(r.Method)), isHEAD: r.Method == http.MethodHead}
+	req := &outRequest{head: h.upstreamHead(r, hc, host, reqID), idempotent: idempotentMethod([]byte(r.Method)), isHEAD: r.Method == http.MethodHead, ctx: r.Context()}
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		body := r.Body
 		length := r.ContentLength
-		req.stream = func(uc *upConn, readAll *atomic.Bool) (int64, error) {
-			return h.streamBody(uc, body, length, readAll)
+		req.stream = func(uc *upConn, progress *bodyProgress) (int64, error) {
+			return h.streamBody(uc, body, length, progress)
 		}
 		req.abort = func() { _ = body.Close() }
 	}
@@ -225,7 +228,7 @@ func (h *h2Server) upstreamHead(r *http.Request, hc *h2Conn, host, reqID string)
 
 // streamBody copies an HTTP/2 request body to the backend: as is when its
 // length is known, chunk-encoded otherwise.
-func (h *h2Server) streamBody(uc *upConn, body io.Reader, length int64, readAll *atomic.Bool) (int64, error) {
+func (h *h2Server) streamBody(uc *upConn, body io.Reader, length int64, progress *bodyProgress) (int64, error) {
 	s := h.s
 	bp := s.getBodyBuf()
 	defer s.putBodyBuf(bp)
@@ -260,7 +263,7 @@ func (h *h2Server) streamBody(uc *upConn, body io.Reader, length int64, readAll 
 			}
 		}
 		if err == io.EOF {
-			readAll.Store(true)
+			progress.markRead()
 			if chunked {
 				n, werr := uc.c.Write([]byte("0\r\n\r\n"))
 				sent += int64(n)
@@ -406,6 +409,9 @@ func (h *h2Server) relay(w http.ResponseWriter, ex *exchange, req *outRequest, p
 	}
 
 	bodySent := ex.finishBody(req)
+	if req.clientGone() {
+		backendErr = nil // the deadline that ended the read was the client's reset
+	}
 	if ex.uc != nil {
 		if complete && bodySent && clientErr == nil && !resp.connClose && resp.framing != bodyClose && uc.r == uc.w && !s.shuttingDown() && stop() {
 			uc.r, uc.w = 0, 0

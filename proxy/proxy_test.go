@@ -520,7 +520,7 @@ func TestRetries(t *testing.T) {
 	}
 }
 
-// TestNoBackend503 and TestBackendDown502 check error answers.
+// TestErrorAnswers checks the 503, 502 and 404 answers and their bodies.
 func TestErrorAnswers(t *testing.T) {
 	table := newTable(t,
 		poolSpec{storage.Pool{Name: "empty", Hosts: []string{"empty.test"}}, nil},
@@ -887,12 +887,9 @@ func TestStickyCookie(t *testing.T) {
 // TestConsistentHashHeader: the same header value always reaches the same
 // backend.
 func TestConsistentHashHeader(t *testing.T) {
-	var names []string
 	var urls []string
 	for i := 0; i < 4; i++ {
-		n := fmt.Sprintf("b%d", i)
-		names = append(names, n)
-		urls = append(urls, newEcho(t, n).URL)
+		urls = append(urls, newEcho(t, fmt.Sprintf("b%d", i)).URL)
 	}
 	table := newTable(t, poolSpec{storage.Pool{Name: "ch", Algorithm: "consistent_hash", HashOn: "header:X-User", Hosts: []string{"ch.test"}}, urls})
 	p := startProxy(t, testConfig(), table, nil, nil)
@@ -920,7 +917,6 @@ func TestConsistentHashHeader(t *testing.T) {
 	if len(seen) < 2 {
 		t.Fatalf("6 users all hashed to %v", seen)
 	}
-	_ = names
 }
 
 // TestXPoolHeader: honoured only when enabled.
@@ -1170,5 +1166,65 @@ func TestNewValidates(t *testing.T) {
 	}
 	if _, err := New(testConfig(), nil, nil, nil); err == nil {
 		t.Error("nil router accepted")
+	}
+}
+
+// TestShutdownHTTP2: an idle HTTP/2 connection gets GOAWAY and closes, so
+// Shutdown drains without hitting its deadline.
+func TestShutdownHTTP2(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("h2.test", ca.issue(t, "h2.test"))
+	backend := newEcho(t, "h2")
+	table := newTable(t, poolSpec{storage.Pool{Name: "h2", SSLMode: "flexible", SSLDomain: "h2.test"}, []string{backend.URL}})
+	r := &testRouter{}
+	r.t.Store(table)
+	s, err := New(testConfig(), r, certs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, addr := s.Addrs()
+	c := client(addr.String(), ca.pool, true)
+	resp := get(t, c, "https://h2.test/")
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("proto %s", resp.Proto)
+	}
+	readAll(t, resp)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown with an idle HTTP/2 connection: %v", err)
+	}
+}
+
+// TestSlowUploadNotTimedOut: ResponseHeaderTimeout counts from the end of
+// the request body, so an upload slower than it still gets its answer.
+func TestSlowUploadNotTimedOut(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "got %d", n)
+	}))
+	t.Cleanup(backend.Close)
+	table := newTable(t, poolSpec{storage.Pool{Name: "up", Hosts: []string{"up.test"}}, []string{backend.URL}})
+	cfg := testConfig()
+	cfg.ResponseHeaderTimeout = 200 * time.Millisecond
+	p := startProxy(t, cfg, table, nil, nil)
+	pr, pw := io.Pipe()
+	go func() {
+		for i := 0; i < 5; i++ {
+			_, _ = pw.Write(bytes.Repeat([]byte("x"), 100))
+			time.Sleep(150 * time.Millisecond)
+		}
+		pw.Close()
+	}()
+	resp, err := client(p.http, nil, false).Post("http://up.test/", "application/octet-stream", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readAll(t, resp); resp.StatusCode != 200 || body != "got 500" {
+		t.Fatalf("slow upload: %d %q", resp.StatusCode, body)
 	}
 }

@@ -35,8 +35,8 @@ var (
 // errNeedMore means the buffer holds an incomplete but so far valid header.
 var errNeedMore = errors.New("incomplete header")
 
-// ErrProxyHeader is wrapped by every PROXY protocol parse failure.
-var ErrProxyHeader = errors.New("malformed PROXY protocol header")
+// errProxyHeader is wrapped by every PROXY protocol parse failure.
+var errProxyHeader = errors.New("malformed PROXY protocol header")
 
 // proxyHeader is what a PROXY header says about the connection. Local is
 // true for v2 LOCAL commands (health checks of the sender itself) and v1
@@ -49,12 +49,12 @@ type proxyHeader struct {
 }
 
 func proxyErrorf(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrProxyHeader, fmt.Sprintf(format, args...))
+	return fmt.Errorf("%w: %s", errProxyHeader, fmt.Sprintf(format, args...))
 }
 
 // parseProxyHeader parses a PROXY protocol header at the start of b. It
 // returns the header and its length in bytes, errNeedMore when b is a
-// valid but incomplete prefix, or an error wrapping ErrProxyHeader.
+// valid but incomplete prefix, or an error wrapping errProxyHeader.
 func parseProxyHeader(b []byte) (proxyHeader, int, error) {
 	if len(b) == 0 {
 		return proxyHeader{}, 0, errNeedMore

@@ -77,7 +77,7 @@ func readClientHello(r io.Reader, buf []byte, n int) (clientHelloInfo, int, erro
 
 // serveTLS handles a connection on the HTTPS listener: it reads the
 // ClientHello without consuming it, then answers an ACME TLS-ALPN-01
-// challenge, splices a passthrough pool's connection to its backend, refuses
+// challenge, relays a passthrough pool's connection to its backend, refuses
 // names whose pool is plain HTTP only, or terminates TLS and serves HTTP/2
 // or HTTP/1.1. buf holds n bytes already read (after any PROXY header); it
 // is returned to the pool here.
@@ -176,7 +176,7 @@ func (s *Server) serveTLSALPN01(tc *trackedConn, hello clientHelloInfo, raw []by
 
 // passthrough relays a TLS connection it does not terminate: the peeked
 // bytes go to a backend chosen by the pool's algorithm, then both
-// directions are copied (splice(2) between the two TCP sockets). A backend
+// directions are copied (see tunnel for why not splice(2)). A backend
 // that cannot be reached is excluded and another one tried: nothing was
 // sent to the client yet.
 func (s *Server) passthrough(tc *trackedConn, info connInfo, pool *pools.Pool, raw []byte) {

@@ -95,9 +95,6 @@ func (u *upstreams) forBackend(p *pools.Pool, b *pools.Backend) *upstream {
 	return v.(*upstream)
 }
 
-// errStaleConn marks a pooled connection the backend had closed.
-var errStaleConn = errors.New("pooled backend connection was closed by the backend")
-
 // take returns an idle connection, or nil. Connections idle for longer than
 // a second, or any connection when the request cannot be replayed, are
 // first checked for a pending EOF (a non-blocking peek): a backend closing
