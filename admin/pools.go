@@ -33,6 +33,7 @@ type poolInput struct {
 	StickyCookie        string            `json:"sticky_cookie"`
 	PreferRegion        bool              `json:"prefer_region"`
 	FailOpen            bool              `json:"fail_open"`
+	AllowHTTP           bool              `json:"allow_http"`
 	HoldNewBackends     bool              `json:"hold_new_backends"`
 	Default             bool              `json:"default"`
 	Metadata            map[string]string `json:"metadata"`
@@ -118,6 +119,7 @@ func poolInputFrom(p storage.Pool) poolInput {
 		StickyCookie:    p.StickyCookie,
 		PreferRegion:    p.PreferRegion,
 		FailOpen:        p.FailOpen,
+		AllowHTTP:       p.AllowHTTP,
 		HoldNewBackends: p.HoldNewBackends,
 		Default:         p.Default,
 		Metadata:        p.Metadata,
@@ -151,6 +153,7 @@ func (in poolInput) toPool() (storage.Pool, error) {
 		StickyCookie:    in.StickyCookie,
 		PreferRegion:    in.PreferRegion,
 		FailOpen:        in.FailOpen,
+		AllowHTTP:       in.AllowHTTP,
 		HoldNewBackends: in.HoldNewBackends,
 		Default:         in.Default,
 		Metadata:        in.Metadata,

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 
 	"github.com/singularity-ng/singularity-edge/admin"
@@ -64,8 +63,10 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	if err := a.Start(ctx); err != nil {
-		a.close()
-		return err
+		// Start may have opened some listeners already.
+		stopCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		defer cancel()
+		return errors.Join(err, a.Shutdown(stopCtx))
 	}
 	var runErr error
 	select {
@@ -104,7 +105,6 @@ func New(cfg Config, logger *zap.Logger) (*Agent, error) {
 	}
 
 	registry := prometheus.NewRegistry()
-	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	scfg := storage.DefaultConfig()
 	scfg.Dir = cfg.DataDir
@@ -146,7 +146,6 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	xcfg.HTTPProxyProtocol = cfg.ProxyProtocol
 	xcfg.HTTPSProxyProtocol = cfg.ProxyProtocol
 	xcfg.AllowPoolHeader = cfg.AllowPoolHeader
-	xcfg.RedirectToHTTPS = cfg.HTTPSRedirect
 	xcfg.AccessLog = cfg.AccessLog
 	xcfg.Logger = a.logger.Named("proxy")
 	xcfg.Registerer = registry
@@ -162,6 +161,7 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	acfg.Token = cfg.AdminToken
 	acfg.Registerer = registry
 	acfg.Gatherer = registry
+	acfg.RegisterRuntimeCollectors = true
 	acfg.MetricsPublic = cfg.MetricsPublic
 	acfg.Node = node
 	acfg.Logger = a.logger.Named("admin")

@@ -28,7 +28,6 @@ type Config struct {
 
 	ProxyProtocol   bool   // accept PROXY protocol v1/v2 on the public listeners
 	AllowPoolHeader bool   // honour the X-Pool request header
-	HTTPSRedirect   bool   // redirect plain HTTP for TLS pools to HTTPS
 	AccessLog       string // "on", "off" or "sample:N"
 	LogLevel        string // debug, info, warn, error
 	MetricsPublic   bool   // serve /metrics without the token on non-loopback admin addresses
@@ -54,7 +53,6 @@ func DefaultConfig() Config {
 		AdminAddr:       "127.0.0.1:4000",
 		NodeName:        host,
 		Region:          "local",
-		HTTPSRedirect:   true,
 		AccessLog:       "off",
 		LogLevel:        "info",
 		BlockCacheSize:  64 << 20,

@@ -120,6 +120,7 @@ type Pool struct {
 	ValidateBackendCert bool
 	PreferRegion        bool
 	FailOpen            bool
+	AllowHTTP           bool
 	HoldNewBackends     bool
 	Default             bool
 	Metadata            map[string]string
@@ -211,6 +212,7 @@ func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []
 		ValidateBackendCert: sp.ValidateBackendCert,
 		PreferRegion:        sp.PreferRegion,
 		FailOpen:            sp.FailOpen,
+		AllowHTTP:           sp.AllowHTTP,
 		HoldNewBackends:     sp.HoldNewBackends,
 		Default:             sp.Default,
 		Metadata:            maps.Clone(sp.Metadata),

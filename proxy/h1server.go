@@ -312,7 +312,7 @@ func (cc *clientConn) handle() bool {
 	}
 	pm := cc.poolMetrics(pool)
 	switch {
-	case !cc.https && pool.SSLMode != pools.SSLModeOff && s.cfg.RedirectToHTTPS && !acme:
+	case !cc.https && pool.SSLMode != pools.SSLModeOff && !pool.AllowHTTP && !acme:
 		return cc.redirectToHTTPS(host, path, pm, start)
 	case cc.https && (pool.SSLMode == pools.SSLModeOff || pool.SSLMode == pools.SSLModePassthrough):
 		return cc.respondLocal(421, "misdirected request: this host is not served over TLS here", nil, pm, start, true)

@@ -66,13 +66,12 @@ func TestMetrics(t *testing.T) {
 	ptBackend.StartTLS()
 	t.Cleanup(ptBackend.Close)
 	table := newTable(t,
-		poolSpec{storage.Pool{Name: "m", SSLMode: "flexible", SSLDomain: "m.test"}, []string{backend.URL}},
+		poolSpec{storage.Pool{Name: "m", SSLMode: "flexible", SSLDomain: "m.test", AllowHTTP: true}, []string{backend.URL}},
 		poolSpec{storage.Pool{Name: "pt", SSLMode: "passthrough", SSLDomain: "pt.test"}, []string{ptBackend.URL}},
 	)
 	reg := prometheus.NewRegistry()
 	cfg := testConfig()
 	cfg.Registerer = reg
-	cfg.RedirectToHTTPS = false
 	p := startProxy(t, cfg, table, certs, nil)
 
 	c := client(p.http, nil, false)

@@ -86,10 +86,6 @@ type Config struct {
 	// AllowPoolHeader honours an X-Pool request header naming the pool,
 	// overriding the Host lookup. For trusted networks only.
 	AllowPoolHeader bool
-	// RedirectToHTTPS answers plain HTTP requests for pools that use TLS
-	// (every mode but off) with a redirect to HTTPS (ACME HTTP-01 paths
-	// excepted). Off, such pools are also proxied over plain HTTP.
-	RedirectToHTTPS bool
 	// RedirectHTTPSPort is the port put into HTTP->HTTPS redirects; 0 or
 	// 443 leave it out (the public port is 443 even when the listener is
 	// on 8443 behind Fly's proxy).
@@ -158,7 +154,6 @@ func DefaultConfig() Config {
 		ResponseHeaderTimeout:  60 * time.Second,
 		BackendIdleTimeout:     30 * time.Second,
 		TunnelIdleTimeout:      time.Hour,
-		RedirectToHTTPS:        true,
 		MaxIdleConnsPerBackend: 128,
 		MaxRetries:             2,
 		MaxRequestHeaderBytes:  32 << 10,

@@ -779,15 +779,12 @@ func TestProxyProtocol(t *testing.T) {
 	certs := &testCerts{}
 	certs.add("pp.test", ca.issue(t, "pp.test"))
 	backend := newEcho(t, "pp")
-	table := newTable(t, poolSpec{storage.Pool{Name: "pp", SSLMode: "flexible", SSLDomain: "pp.test"}, []string{backend.URL}})
+	table := newTable(t, poolSpec{storage.Pool{Name: "pp", SSLMode: "flexible", SSLDomain: "pp.test", AllowHTTP: true}, []string{backend.URL}})
 	cfg := testConfig()
 	cfg.HTTPProxyProtocol = true
 	cfg.HTTPSProxyProtocol = true
-	cfg.RedirectToHTTPS = false
 	p := startProxy(t, cfg, table, certs, nil)
-	plainCfg := testConfig()
-	plainCfg.RedirectToHTTPS = false
-	plain := startProxy(t, plainCfg, table, certs, nil)
+	plain := startProxy(t, testConfig(), table, certs, nil)
 
 	v2 := func(src, dst [4]byte, sport, dport uint16) []byte {
 		b := append([]byte{}, proxyV2Signature...)
@@ -1226,5 +1223,31 @@ func TestSlowUploadNotTimedOut(t *testing.T) {
 	}
 	if body := readAll(t, resp); resp.StatusCode != 200 || body != "got 500" {
 		t.Fatalf("slow upload: %d %q", resp.StatusCode, body)
+	}
+}
+
+// A TLS pool with allow_http is proxied over plain HTTP too, while its
+// neighbour without it is redirected: the choice is per pool.
+func TestAllowHTTPIsPerPool(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("open.test", ca.issue(t, "open.test"))
+	certs.add("strict.test", ca.issue(t, "strict.test"))
+	open, strict := newEcho(t, "open"), newEcho(t, "strict")
+	table := newTable(t,
+		poolSpec{storage.Pool{Name: "open", SSLMode: "flexible", SSLDomain: "open.test", AllowHTTP: true}, []string{open.URL}},
+		poolSpec{storage.Pool{Name: "strict", SSLMode: "flexible", SSLDomain: "strict.test"}, []string{strict.URL}},
+	)
+	p := startProxy(t, testConfig(), table, certs, nil)
+	c := client(p.http, nil, false)
+	if resp := get(t, c, "http://open.test/x"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("allow_http pool over plain HTTP: %d", resp.StatusCode)
+	} else {
+		readAll(t, resp)
+	}
+	resp := get(t, c, "http://strict.test/x")
+	readAll(t, resp)
+	if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != "https://strict.test/x" {
+		t.Fatalf("TLS pool without allow_http: %d %q", resp.StatusCode, resp.Header.Get("Location"))
 	}
 }

@@ -32,7 +32,7 @@ setup=$!
 trap 'kill -TERM $setup 2>/dev/null; rm -rf "$data"' EXIT
 for _ in $(seq 1 100); do curl -sf "$api/api/health" >/dev/null && break; sleep 0.1; done
 call POST /api/certificates/upload "{\"certificate\": $(json_file "$TLS_CERT"), \"private_key\": $(json_file "$TLS_KEY")}"
-call POST /api/pools "{\"name\": \"bench\", \"algorithm\": \"round_robin\", \"ssl_mode\": \"flexible\", \"ssl_domain\": \"${TLS_SERVER_NAME:-bench.test}\"}"
+call POST /api/pools "{\"name\": \"bench\", \"algorithm\": \"round_robin\", \"ssl_mode\": \"flexible\", \"allow_http\": true, \"ssl_domain\": \"${TLS_SERVER_NAME:-bench.test}\"}"
 call POST /api/pools/bench/backends "{\"url\": \"http://$BACKEND1\"}"
 call POST /api/pools/bench/backends "{\"url\": \"http://$BACKEND2\"}"
 if [ -n "${TLS_BACKEND:-}" ]; then
@@ -42,12 +42,12 @@ fi
 kill -TERM $setup
 wait $setup
 
-# S1 asks for bench.test over plain HTTP and S2 over HTTPS, so plain HTTP is
-# proxied instead of redirected (--https-redirect=false). Termination and
+# S1 asks for bench.test over plain HTTP and S2 over HTTPS, so the pool has
+# allow_http (plain HTTP proxied, not redirected). Termination and
 # passthrough share one listener, as on :443 in production, so
 # scripts/bench-proxy.sh gives the harness the same port for S2 and S3.
 "$bin" agent --data-dir "$data" --http-addr "127.0.0.1:$CANDIDATE_HTTP_PORT" --https-addr "127.0.0.1:$CANDIDATE_TLS_PORT" \
-	--admin-addr "127.0.0.1:$admin_port" --access-log off --log-level warn --https-redirect=false &
+	--admin-addr "127.0.0.1:$admin_port" --access-log off --log-level warn &
 agent=$!
 trap 'kill -TERM $agent 2>/dev/null; wait $agent; rm -rf "$data"' EXIT
 trap 'exit 0' TERM INT

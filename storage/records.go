@@ -99,6 +99,9 @@ type Pool struct {
 	PreferRegion bool `json:"prefer_region"`
 	// FailOpen tries unhealthy backends when none is healthy instead of 503.
 	FailOpen bool `json:"fail_open"`
+	// AllowHTTP serves plain HTTP requests for a pool that uses TLS instead
+	// of redirecting them to HTTPS.
+	AllowHTTP bool `json:"allow_http"`
 	// HoldNewBackends keeps a new backend out of rotation until its first
 	// passing health check.
 	HoldNewBackends bool `json:"hold_new_backends"`

@@ -47,7 +47,6 @@ the defaults of --region, --node-name and --admin-addr.`,
 	f.StringVar(&cfg.Region, "region", cfg.Region, "region of this node; pools may prefer backends in it")
 	f.BoolVar(&cfg.ProxyProtocol, "proxy-protocol", cfg.ProxyProtocol, "expect a PROXY protocol v1/v2 header on public connections (Fly proxy_proto handler)")
 	f.BoolVar(&cfg.AllowPoolHeader, "allow-pool-header", cfg.AllowPoolHeader, "let clients pick a pool with the X-Pool header")
-	f.BoolVar(&cfg.HTTPSRedirect, "https-redirect", cfg.HTTPSRedirect, "redirect plain HTTP requests for pools that use TLS to HTTPS (ACME challenges excepted); false serves them over HTTP too")
 	f.StringVar(&cfg.AccessLog, "access-log", cfg.AccessLog, `access log: "on", "off" or "sample:N" (one request in N)`)
 	f.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	f.BoolVar(&cfg.MetricsPublic, "metrics-public", cfg.MetricsPublic, "serve /metrics without the admin token")

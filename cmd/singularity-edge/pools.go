@@ -38,6 +38,7 @@ type poolJSON struct {
 	StickyCookie        string            `json:"sticky_cookie"`
 	PreferRegion        bool              `json:"prefer_region"`
 	FailOpen            bool              `json:"fail_open"`
+	AllowHTTP           bool              `json:"allow_http"`
 	HoldNewBackends     bool              `json:"hold_new_backends"`
 	Default             bool              `json:"default"`
 	Metadata            map[string]string `json:"metadata"`
@@ -185,6 +186,7 @@ func showPool(c *apiClient, p *poolJSON, etag string) error {
 	d.line("Sticky cookie", p.StickyCookie)
 	d.line("Prefer region", yesNo(p.PreferRegion))
 	d.line("Fail open", yesNo(p.FailOpen))
+	d.line("Plain HTTP allowed", yesNo(p.AllowHTTP))
 	d.line("Hold new backends", yesNo(p.HoldNewBackends))
 	d.line("Metadata", formatMetadata(p.Metadata))
 	if s := p.Stats; s != nil {
@@ -219,6 +221,7 @@ type poolFlags struct {
 	hcTimeout, hcCooldown                    time.Duration
 	hashOn, stickyCookie                     string
 	preferRegion, failOpen, holdNewBackends  bool
+	allowHTTP                                bool
 	isDefault                                bool
 	metadata                                 []string
 	ifMatch                                  string
@@ -249,6 +252,7 @@ func (pf *poolFlags) register(cmd *cobra.Command, update bool) {
 	f.StringVar(&pf.stickyCookie, "sticky-cookie", "", "name of a signed cookie that pins clients to a backend")
 	f.BoolVar(&pf.preferRegion, "prefer-region", false, "prefer backends in the agent's own region")
 	f.BoolVar(&pf.failOpen, "fail-open", false, "try unhealthy backends when none is healthy instead of answering 503")
+	f.BoolVar(&pf.allowHTTP, "allow-http", false, "serve plain HTTP for a TLS pool instead of redirecting it to HTTPS")
 	f.BoolVar(&pf.holdNewBackends, "hold-new-backends", false, "keep a new backend out of rotation until its first passing check")
 	f.BoolVar(&pf.isDefault, "default", false, "serve host names no other pool claims")
 	metaHelp := "metadata entry KEY=VALUE (repeatable)"
@@ -310,6 +314,7 @@ func (pf *poolFlags) body(cmd *cobra.Command) (map[string]any, error) {
 	set("sticky-cookie", body, "sticky_cookie", pf.stickyCookie)
 	set("prefer-region", body, "prefer_region", pf.preferRegion)
 	set("fail-open", body, "fail_open", pf.failOpen)
+	set("allow-http", body, "allow_http", pf.allowHTTP)
 	set("hold-new-backends", body, "hold_new_backends", pf.holdNewBackends)
 	set("default", body, "default", pf.isDefault)
 	if f.Changed("metadata") {
