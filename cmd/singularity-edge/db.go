@@ -466,15 +466,13 @@ func (o *dbOptions) info(cmd *cobra.Command) error {
 		return err
 	}
 	if c != nil {
-		var info admin.DBInfoResponse
-		resp, err := c.getJSON(cmd.Context(), "/api/db", &info)
+		resp, err := c.getJSON(cmd.Context(), "/api/db", nil)
 		if err != nil {
 			return err
 		}
-		if asJSON {
-			return printJSON(w, resp.Body)
-		}
-		return showDBInfo(w, "agent at "+c.base.String(), info)
+		return showAnswer(c, resp.Body, func(info *admin.DBInfoResponse) error {
+			return showDBInfo(w, "agent at "+c.base.String(), *info)
+		})
 	}
 	return o.withStore(cmd, func(st *storage.Store) error {
 		i := st.Info()
@@ -536,15 +534,11 @@ func (o *dbOptions) tables(cmd *cobra.Command) error {
 		return err
 	}
 	if c != nil {
-		var tables admin.DBTablesResponse
-		resp, err := c.getJSON(cmd.Context(), "/api/db/tables", &tables)
+		resp, err := c.getJSON(cmd.Context(), "/api/db/tables", nil)
 		if err != nil {
 			return err
 		}
-		if asJSON {
-			return printJSON(w, resp.Body)
-		}
-		return showTables(w, tables)
+		return showAnswer(c, resp.Body, func(tables *admin.DBTablesResponse) error { return showTables(w, *tables) })
 	}
 	return o.withStore(cmd, func(st *storage.Store) error {
 		tables, err := localTables(cmd.Context(), st)
