@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -38,11 +39,12 @@ type Agent struct {
 	cfg    Config
 	logger *zap.Logger
 
-	store *storage.Store
-	pools *pools.Manager
-	certs *certs.Cache
-	proxy *proxy.Server
-	admin *admin.Server
+	store  *storage.Store
+	pools  *pools.Manager
+	certs  *certs.Cache
+	proxy  *proxy.Server
+	admin  *admin.Server
+	health *healthServer // nil when cfg.HealthAddr is empty
 
 	cancel context.CancelFunc // stops the background loops
 	wg     sync.WaitGroup
@@ -102,6 +104,21 @@ func New(cfg Config, logger *zap.Logger) (*Agent, error) {
 	}
 	if cfg.CookieKey == "" && encKey == nil {
 		logger.Warn("neither EDGE_COOKIE_KEY nor EDGE_ENCRYPTION_KEY is set: sticky-session cookies are signed with a key of this process only")
+	}
+
+	// Both checks run before RocksDB opens the directory, so that a root-owned
+	// volume or a moved Machine is reported in words, not as an open error.
+	if err := checkDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	if cfg.Fly.PrivateIP != "" {
+		if err := notePrivateAddress(cfg.DataDir, cfg.Fly.PrivateIP, logger); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Fly.OnFly() {
+		logger.Info("running on Fly.io", zap.String("app", cfg.Fly.AppName), zap.String("region", cfg.Fly.Region),
+			zap.String("machine_id", cfg.Fly.MachineID), zap.String("private_ip", cfg.Fly.PrivateIP))
 	}
 
 	registry := prometheus.NewRegistry()
@@ -174,6 +191,13 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 		return fmt.Errorf("admin: %w", err)
 	}
 	a.admin = srv
+
+	if cfg.HealthAddr != "" {
+		poolsReady, certsReady := a.pools.Ready(), a.certs.Ready()
+		a.health = newHealthServer(cfg.HealthAddr, func() bool {
+			return a.store.Info().Running && closed(poolsReady) && closed(certsReady)
+		})
+	}
 	return nil
 }
 
@@ -189,6 +213,13 @@ func (a *Agent) Start(ctx context.Context) error {
 
 	if err := a.admin.Start(ctx); err != nil {
 		return fmt.Errorf("admin API on %s: %w", a.cfg.AdminAddr, err)
+	}
+	// The health listener opens early and answers 503 until the routing
+	// table is loaded, so a platform check sees "starting", not "refused".
+	if a.health != nil {
+		if err := a.health.Start(ctx); err != nil {
+			return fmt.Errorf("health listener on %s: %w", a.cfg.HealthAddr, err)
+		}
 	}
 	timer := time.NewTimer(readyTimeout)
 	defer timer.Stop()
@@ -211,7 +242,8 @@ func (a *Agent) Start(ctx context.Context) error {
 		zap.String("node_id", a.store.NodeID()), zap.String("node_name", a.cfg.NodeName),
 		zap.String("region", a.cfg.Region), zap.String("data_dir", a.cfg.DataDir),
 		zap.Stringer("http", addrString{httpAddr}), zap.Stringer("https", addrString{httpsAddr}),
-		zap.Stringer("admin", addrString{a.admin.Addr()}), zap.String("version", Version))
+		zap.Stringer("admin", addrString{a.admin.Addr()}), zap.Stringer("health", addrString{a.healthAddr()}),
+		zap.String("version", Version))
 	return nil
 }
 
@@ -229,8 +261,16 @@ func (a *Agent) runLoop(ctx context.Context, name string, run func(context.Conte
 // ctx expires, stops the background loops and closes the store.
 func (a *Agent) Shutdown(ctx context.Context) error {
 	var errs []error
+	if a.health != nil {
+		a.health.Drain()
+	}
 	if err := a.proxy.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("proxy drain: %w", err))
+	}
+	if a.health != nil {
+		if err := a.health.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("health listener: %w", err))
+		}
 	}
 	if err := a.admin.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("admin: %w", err))
@@ -273,6 +313,15 @@ func deriveCookieKey(explicit string, encKey []byte) ([]byte, error) {
 		_, err := rand.Read(k)
 		return k, err
 	}
+}
+
+// healthAddr is the bound address of the health listener (nil when off or
+// not started).
+func (a *Agent) healthAddr() net.Addr {
+	if a.health == nil {
+		return nil
+	}
+	return a.health.Addr()
 }
 
 // addrString prints a possibly nil listener address.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -17,8 +18,18 @@ type Config struct {
 	HTTPSAddr string // public HTTPS listener ("" = off)
 	AdminAddr string // admin API, dashboard and /metrics
 
+	// HealthAddr serves an unauthenticated GET /healthz that says only
+	// "ready" or "not ready" ("" = off). Fly's health checker dials the
+	// Machine's private IPv4 address, which cannot reach an admin API bound
+	// to the 6PN address, so on Fly this listener answers the checks instead
+	// of opening the admin API.
+	HealthAddr string
+
 	NodeName string // human name of this node (FLY_MACHINE_ID on Fly)
 	Region   string // FLY_REGION on Fly
+
+	// Fly is what the Fly.io runtime told this process; all empty elsewhere.
+	Fly FlyEnvironment
 
 	// Secrets come from the environment only, never from flags, so they do
 	// not show up in `ps` or shell history.
@@ -69,16 +80,23 @@ func (c *Config) ApplyEnvironment(getenv func(string) string) {
 	c.AdminToken = getenv("EDGE_ADMIN_TOKEN")
 	c.EncryptionKey = getenv("EDGE_ENCRYPTION_KEY")
 	c.CookieKey = getenv("EDGE_COOKIE_KEY")
-	if v := getenv("FLY_MACHINE_ID"); v != "" {
+	c.Fly = flyEnvironment(getenv)
+	if v := c.Fly.MachineID; v != "" {
 		c.NodeName = v
 	}
-	if v := getenv("FLY_REGION"); v != "" {
+	if v := c.Fly.Region; v != "" {
 		c.Region = v
 	}
-	// On Fly the admin API listens on the private 6PN address, reachable by
-	// the other Machines of the app and `fly proxy`, never publicly.
-	if v := getenv("FLY_PRIVATE_IP"); v != "" {
-		c.AdminAddr = net.JoinHostPort(v, "4000")
+	if v := c.Fly.PrivateIP; v != "" {
+		// On Fly the admin API listens on the private 6PN address, reachable
+		// by the other Machines of the app and `fly proxy`, never publicly.
+		c.AdminAddr = net.JoinHostPort(v, strconv.Itoa(FlyAdminPort))
+	}
+	if c.Fly.OnFly() {
+		// The proxy keeps its all-interfaces defaults (:8080, :8443): Fly's
+		// proxy reaches services through the Machine's private IPv4 address.
+		c.DataDir = FlyDataDir
+		c.HealthAddr = net.JoinHostPort("0.0.0.0", strconv.Itoa(FlyHealthPort))
 	}
 }
 
@@ -97,6 +115,11 @@ func (c *Config) Validate() error {
 		}
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: %w", flag, addr, err))
+		}
+	}
+	if c.HealthAddr != "" {
+		if _, _, err := net.SplitHostPort(c.HealthAddr); err != nil {
+			errs = append(errs, fmt.Errorf("--health-addr %q: %w", c.HealthAddr, err))
 		}
 	}
 	if c.AdminAddr == "" {

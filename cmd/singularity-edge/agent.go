@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/signal"
@@ -13,9 +14,14 @@ import (
 	"github.com/singularity-ng/singularity-edge/agent"
 )
 
-func newAgentCommand() *cobra.Command {
+func newAgentCommand() *cobra.Command { return newAgentCommandEnv(os.Getenv, agent.Run) }
+
+// newAgentCommandEnv builds the agent command on an environment and a runner
+// of its own, so that a test can see the configuration the agent would
+// derive from, say, a Fly Machine's environment and fly.toml's [env].
+func newAgentCommandEnv(getenv func(string) string, run func(context.Context, agent.Config) error) *cobra.Command {
 	cfg := agent.DefaultConfig()
-	cfg.ApplyEnvironment(os.Getenv)
+	cfg.ApplyEnvironment(getenv)
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the edge agent: proxy, health checks, admin API",
@@ -23,11 +29,12 @@ func newAgentCommand() *cobra.Command {
 
 Every flag has an environment twin: --data-dir is EDGE_DATA_DIR, and so on.
 Secrets come only from the environment: EDGE_ADMIN_TOKEN, EDGE_ENCRYPTION_KEY,
-EDGE_COOKIE_KEY. On Fly.io, FLY_REGION, FLY_MACHINE_ID and FLY_PRIVATE_IP set
-the defaults of --region, --node-name and --admin-addr.`,
+EDGE_COOKIE_KEY. On Fly.io (FLY_APP_NAME set), FLY_REGION, FLY_MACHINE_ID and
+FLY_PRIVATE_IP set the defaults of --region, --node-name and --admin-addr (the
+6PN address), --data-dir is /data (the volume) and --health-addr 0.0.0.0:4001.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyEnvTwins(cmd.Flags(), os.Getenv); err != nil {
+			if err := applyEnvTwins(cmd.Flags(), getenv); err != nil {
 				return withExitCode(exitUsage, err)
 			}
 			if err := cfg.Validate(); err != nil {
@@ -35,7 +42,7 @@ the defaults of --region, --node-name and --admin-addr.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return agent.Run(ctx, cfg)
+			return run(ctx, cfg)
 		},
 	}
 	f := cmd.Flags()
@@ -43,6 +50,7 @@ the defaults of --region, --node-name and --admin-addr.`,
 	f.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "public HTTP listener, empty to disable")
 	f.StringVar(&cfg.HTTPSAddr, "https-addr", cfg.HTTPSAddr, "public HTTPS listener, empty to disable")
 	f.StringVar(&cfg.AdminAddr, "admin-addr", cfg.AdminAddr, "admin API, dashboard and /metrics listener")
+	f.StringVar(&cfg.HealthAddr, "health-addr", cfg.HealthAddr, "unauthenticated GET /healthz listener for platform checks, empty to disable")
 	f.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "name of this node in the cluster")
 	f.StringVar(&cfg.Region, "region", cfg.Region, "region of this node; pools may prefer backends in it")
 	f.BoolVar(&cfg.ProxyProtocol, "proxy-protocol", cfg.ProxyProtocol, "expect a PROXY protocol v1/v2 header on public connections (Fly proxy_proto handler)")

@@ -1,0 +1,102 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+)
+
+// HealthPath is the one route of the health listener.
+const HealthPath = "/healthz"
+
+// healthServer is the unauthenticated readiness endpoint for platform health
+// checks. It answers GET /healthz with 200 "ok" when the agent can serve and
+// 503 otherwise (starting, or draining on shutdown), and nothing else: no
+// version, no node id, no configuration, so it may listen on every
+// interface without a token.
+type healthServer struct {
+	addr     string
+	ready    func() bool
+	draining atomic.Bool
+
+	srv *http.Server
+	ln  net.Listener
+}
+
+func newHealthServer(addr string, ready func() bool) *healthServer {
+	h := &healthServer{addr: addr, ready: ready}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+HealthPath, h.handle)
+	h.srv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       5 * time.Second,
+		WriteTimeout:      5 * time.Second,
+		IdleTimeout:       30 * time.Second,
+		MaxHeaderBytes:    8 << 10,
+	}
+	return h
+}
+
+func (h *healthServer) handle(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	switch {
+	case h.draining.Load():
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "draining")
+	case !h.ready():
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "starting")
+	default:
+		fmt.Fprintln(w, "ok")
+	}
+}
+
+// Start binds the listener and serves in the background.
+func (h *healthServer) Start(ctx context.Context) error {
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", h.addr)
+	if err != nil {
+		return err
+	}
+	h.ln = ln
+	go func() { _ = h.srv.Serve(ln) }()
+	return nil
+}
+
+// Addr is the bound address (nil before Start).
+func (h *healthServer) Addr() net.Addr {
+	if h.ln == nil {
+		return nil
+	}
+	return h.ln.Addr()
+}
+
+// Drain makes every later check fail, so the platform stops routing new
+// connections here while in-flight requests finish.
+func (h *healthServer) Drain() { h.draining.Store(true) }
+
+// Shutdown closes the listener.
+func (h *healthServer) Shutdown(ctx context.Context) error {
+	if h.ln == nil {
+		return nil
+	}
+	if err := h.srv.Shutdown(ctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// closed reports whether ch is closed, without blocking.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
