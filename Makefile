@@ -4,18 +4,25 @@ SHELL := /bin/bash
 BIN := bin/singularity-edge
 GO ?= go
 export CGO_ENABLED := 1
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+# The Dockerfile builds with the same flags; test/integration/docker_test.go
+# compares them.
+GO_BUILD_FLAGS := -trimpath -ldflags "-X github.com/singularity-ng/singularity-edge/agent.Version=$(VERSION)"
+# Image name for `make docker`; FLY_APP for `make fly-deploy` (default: fly.toml's app).
+IMAGE ?= singularity-edge:$(VERSION)
+FLY_APP ?=
 
 # Packages `make test` needs on Debian/Ubuntu; chromium drives the dashboard test.
 TEST_DEBS := librocksdb-dev gcc pkg-config chromium
 # Packages the proxy comparison benchmark needs.
 BENCH_DEBS := nginx libnginx-mod-stream haproxy caddy wrk curl openssl libssl-dev
 
-.PHONY: all build run test test-short bench bench-storage bench-proxy-go bench-proxy deps deps-bench fuzz vet fmt clean
+.PHONY: all build run test test-short bench bench-storage bench-proxy-go bench-proxy deps deps-bench fuzz vet fmt clean docker fly-deploy
 
 all: build
 
 build: deps
-	$(GO) build -o $(BIN) ./cmd/singularity-edge
+	$(GO) build $(GO_BUILD_FLAGS) -o $(BIN) ./cmd/singularity-edge
 
 run: build
 	./$(BIN) agent --data-dir ./data
@@ -56,6 +63,15 @@ bench-proxy-go: deps
 # Side-by-side with nginx, HAProxy and Caddy (about 20 minutes; ROUNDS/DURATION/SCENARIOS pass through).
 bench-proxy: build deps-bench
 	scripts/bench-proxy.sh
+
+# The image Fly runs, built locally (needs a Docker engine with BuildKit).
+docker:
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+
+# Build on Fly's remote builder and roll the app's Machines one at a time
+# (docs/runbooks/first-deploy.md sets the app up first).
+fly-deploy:
+	flyctl deploy --build-arg VERSION=$(VERSION) $(if $(FLY_APP),--app $(FLY_APP))
 
 clean:
 	rm -rf bin
