@@ -48,6 +48,7 @@ token comes from EDGE_ADMIN_TOKEN or --token-file.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	opts := addAPIFlags(cmd)
+	cmd.AddCommand(newClusterMachinesCommand(opts)) // machines.go: Fly's Machines API, not the agent
 	cmd.AddCommand(&cobra.Command{
 		Use:   "status",
 		Short: "List the members of the cluster, their state and replication lag",
