@@ -79,7 +79,7 @@ for example at a proxy or a test fixture.`,
 			return listMachines(cmd, opts, app, api, os.Getenv("FLY_API_TOKEN"))
 		},
 	}
-	cmd.Flags().StringVar(&app, "app", "", "Fly app name (default: env FLY_APP_NAME)")
+	cmd.Flags().StringVarP(&app, "app", "a", "", "Fly app name (default: env FLY_APP_NAME)")
 	cmd.Flags().StringVar(&api, "machines-api", "", "Machines API base URL (default: env FLY_FLAPS_BASE_URL, else "+defaultMachinesAPI+")")
 	return cmd
 }
