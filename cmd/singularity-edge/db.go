@@ -130,6 +130,7 @@ be opened; private keys stay sealed in backups, checkpoints and exports.`,
 		},
 		o.restoreCommand(),
 		o.removeTableCommand(),
+		o.rekeyCommand(), // rekey.go
 		o.exportCommand(),
 		o.importCommand(),
 	)

@@ -3,9 +3,11 @@ package integration
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -245,4 +247,76 @@ func TestRunbookMovedMachineLogsNewAddress(t *testing.T) {
 	if !strings.Contains(log, "private address changed") || !strings.Contains(log, `"previous_private_ip":"fdaa:0:1:a7b:1::2"`) {
 		t.Errorf("the address change is not logged with the old address:\n%s", log)
 	}
+}
+
+// docs/runbooks/rotating-secrets.md, "Encryption key": with the agent
+// stopped, db rekey seals the stored private keys with the new key; the old
+// key no longer opens the store, the new one does and TLS still works.
+func TestRunbookRotateEncryptionKey(t *testing.T) {
+	dataDir := t.TempDir()
+	token, oldKey, newKey := newToken(t), newToken(t)+newToken(t), newToken(t)+newToken(t)
+	a := startAgent(t, agentOptions{dataDir: dataDir, token: token, encKey: oldKey})
+	certPEM, keyPEM, pool := selfSignedCert(t, "rotate.test")
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
+	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mustCLI(t, a, token, "certs", "upload", "--cert", certFile, "--key", keyFile)
+	b := startBackend(t, "after-rekey", nil)
+	mustCLI(t, a, token, "pools", "create", "secure", "--ssl-mode", "flexible", "--ssl-domain", "rotate.test")
+	mustCLI(t, a, token, "backends", "add", "secure", b.url())
+
+	// Rekey needs the agent stopped: a running store is refused.
+	rekey := func() (string, string, int) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, binary, "db", "rekey", "--data-dir", dataDir)
+		cmd.Env = append(os.Environ(), "EDGE_ENCRYPTION_KEY="+oldKey, "EDGE_NEW_ENCRYPTION_KEY="+newKey)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return stdout.String(), stderr.String(), ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return stdout.String(), stderr.String(), 0
+	}
+	if _, errOut, code := rekey(); code != 7 {
+		t.Errorf("rekey on a running agent's store: exit %d %s, want 7", code, errOut)
+	}
+	a.stop()
+	out, errOut, code := rekey()
+	if code != 0 || !strings.Contains(out, "Sealed 1 private keys") {
+		t.Fatalf("db rekey: exit %d\n%s%s", code, out, errOut)
+	}
+
+	// The old key is refused at start, naming the variable.
+	bad := exec.Command(binary, "agent", "--data-dir", dataDir, "--http-addr", freeAddr(t), "--https-addr", freeAddr(t), "--admin-addr", freeAddr(t))
+	bad.Env = append(os.Environ(), "EDGE_ADMIN_TOKEN="+token, "EDGE_ENCRYPTION_KEY="+oldKey)
+	if msg, err := bad.CombinedOutput(); err == nil || !strings.Contains(string(msg), "EDGE_ENCRYPTION_KEY") {
+		t.Fatalf("start with the old key after rekey: %v\n%s", err, msg)
+	}
+
+	// The new key opens it, and the re-sealed private key terminates TLS.
+	c := startAgent(t, agentOptions{dataDir: dataDir, token: token, encKey: newKey})
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "rotate.test"},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, c.https)
+		},
+	}}
+	waitFor(t, 10*time.Second, "HTTPS with the re-sealed key", func() bool {
+		resp, err := client.Get("https://rotate.test/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
 }
