@@ -23,8 +23,9 @@ fi
 
 if [ "$(id -u)" = 0 ]; then
   mkdir -p "$data_dir"
-  # Walk the volume only when something is not ours yet: after the first
-  # start this is one stat and one find that stops at the first match.
+  # chown only when something is not ours yet (a fresh volume, files left by
+  # `fly ssh console` as root): otherwise this is a stat and one walk of the
+  # names in the volume, which stops at the first stranger.
   if [ "$(stat -c %u:%g "$data_dir")" != "$uid:$gid" ] ||
      [ -n "$(find "$data_dir" \( \! -user "$uid" -o \! -group "$gid" \) -print -quit)" ]; then
     echo "entrypoint: giving $data_dir to uid $uid gid $gid" >&2
