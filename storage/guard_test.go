@@ -61,6 +61,32 @@ func partitionCases() []partitionCase {
 				return len(cs), err
 			},
 		},
+		{
+			name:   "pools by host",
+			insert: func(tx *Tx) error { return tx.PutPool(&Pool{Name: "blog", Hosts: []string{"*.Blog.example.com"}}) },
+			scan: func(tx *Tx) (int, error) {
+				ps, err := tx.PoolsByHost("*.blog.example.com")
+				return len(ps), err
+			},
+		},
+		{
+			name:   "default pools",
+			insert: func(tx *Tx) error { return tx.PutPool(&Pool{Name: "fallback", Default: true}) },
+			scan: func(tx *Tx) (int, error) {
+				ps, err := tx.DefaultPools()
+				return len(ps), err
+			},
+		},
+		{
+			name:   "backends by address",
+			setup:  func(tx *Tx) error { return tx.PutPool(&Pool{Name: "web"}) },
+			insert: func(tx *Tx) error { return tx.PutBackend(sampleBackend("b1", "web")) },
+			scan: func(tx *Tx) (int, error) {
+				b := sampleBackend("x", "web")
+				bs, err := tx.BackendsByAddress("web", BackendAddress(b.Scheme, b.Host, b.Port))
+				return len(bs), err
+			},
+		},
 	}
 }
 
