@@ -17,10 +17,10 @@ func TestNormalizePoolDefaults(t *testing.T) {
 		t.Fatalf("NormalizePool: %v", err)
 	}
 	want := storage.Pool{
-		Name:                "web-1",
-		Algorithm:           AlgorithmRoundRobin,
-		SSLMode:             SSLModeOff,
-		SSLDomain:           "example.com",
+		Name:      "web-1",
+		Algorithm: AlgorithmRoundRobin,
+		SSLMode:   SSLModeOff,
+		SSLDomain: "example.com",
 		// A host equal to ssl_domain stays: changing one field never
 		// edits another.
 		Hosts:               []string{"www.example.com", "example.com", "*.apps.example.com"},
