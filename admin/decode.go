@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/singularity-ng/singularity-edge/apitypes"
 	"io"
 	"mime"
 	"net/http"
@@ -210,17 +211,10 @@ func parsePage(r *http.Request) (page, error) {
 	return p, nil
 }
 
-// listResponse is the shape of every list: items, and the cursor to pass as
-// ?after= for the next page ("" on the last page).
-type listResponse[T any] struct {
-	Items []T    `json:"items"`
-	Next  string `json:"next"`
-}
-
 // pageOf trims a result fetched with limit+1 rows to the page and sets the
 // cursor when a further row exists.
-func pageOf[S, T any](rows []S, limit int, key func(S) string, conv func(S) (T, error)) (listResponse[T], error) {
-	resp := listResponse[T]{Items: make([]T, 0, min(len(rows), limit))}
+func pageOf[S, T any](rows []S, limit int, key func(S) string, conv func(S) (T, error)) (apitypes.List[T], error) {
+	resp := apitypes.List[T]{Items: make([]T, 0, min(len(rows), limit))}
 	if len(rows) > limit {
 		rows = rows[:limit]
 		resp.Next = key(rows[len(rows)-1])

@@ -106,3 +106,9 @@ func (t *Tx) Pools(after string, limit int) ([]Pool, error) {
 	})
 	return out, err
 }
+
+// BackendsByPoolPage returns at most limit backends of pool (<= 0: all)
+// with ids strictly after `after`, ordered by id: one page read by key.
+func (t *Tx) BackendsByPoolPage(pool, after string, limit int) ([]Backend, error) {
+	return rowsByIndex(t, indexPrefix(idxBackendPool, pool), TableBackends, after, limit, t.Backend)
+}
