@@ -102,7 +102,9 @@ func jsonError(body []byte, err error) error {
 			return errInvalid(fmt.Sprintf("the body must be a JSON object, not %s", typ.Value))
 		}
 		msg := fmt.Sprintf("must be %s, not %s", jsonKind(typ.Type.Kind().String()), typ.Value)
-		return errInvalid(fmt.Sprintf("%s %s (at %s)", typ.Field, msg, position(body, typ.Offset)),
+		// No position: inside an apitypes.Optional the offset counts from
+		// the value, not from the body.
+		return errInvalid(fmt.Sprintf("%s %s", typ.Field, msg),
 			fielderr.FieldError{Field: typ.Field, Message: msg})
 	}
 	// DisallowUnknownFields reports `json: unknown field "name"`; the

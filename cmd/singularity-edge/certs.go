@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/singularity-ng/singularity-edge/apitypes"
 )
 
 // maxPEMFileBytes bounds the files `certs upload` reads; a certificate
@@ -19,22 +21,7 @@ const maxPEMFileBytes = 1 << 20
 
 // certificateJSON is a certificate as the admin API shows it. The API
 // never sends the private key.
-type certificateJSON struct {
-	ID             string            `json:"id"`
-	Domain         string            `json:"domain"`
-	Names          []string          `json:"names"`
-	CertificatePEM string            `json:"certificate"`
-	ChainPEM       string            `json:"chain"`
-	Issuer         string            `json:"issuer"`
-	NotBefore      time.Time         `json:"not_before"`
-	ExpiresAt      time.Time         `json:"expires_at"`
-	AutoRenew      bool              `json:"auto_renew"`
-	Provider       string            `json:"provider"`
-	Fingerprint    string            `json:"fingerprint"`
-	Metadata       map[string]string `json:"metadata"`
-	InsertedAt     time.Time         `json:"inserted_at"`
-	UpdatedAt      time.Time         `json:"updated_at"`
-}
+type certificateJSON = apitypes.Certificate
 
 func newCertsCommand() *cobra.Command {
 	cmd := &cobra.Command{
@@ -123,7 +110,7 @@ func newCertsGetCommand(opts *apiOptions) *cobra.Command {
 			}
 			return showAnswer(c, withoutPrivateKey(resp.Body), func(ct *certificateJSON) error {
 				if showPEM {
-					_, err := io.WriteString(c.stdout, ensureNewline(ct.CertificatePEM)+ensureNewline(ct.ChainPEM))
+					_, err := io.WriteString(c.stdout, ensureNewline(ct.Certificate)+ensureNewline(ct.Chain))
 					return err
 				}
 				return showCertificate(c, ct)
@@ -152,7 +139,7 @@ func showCertificate(c *apiClient, ct *certificateJSON) error {
 	d.line("Expires", formatExpiry(ct.ExpiresAt, time.Now()))
 	d.line("Auto renew", yesNo(ct.AutoRenew))
 	d.line("Fingerprint", ct.Fingerprint)
-	d.line("Chain", fmt.Sprintf("%d certificate(s)", strings.Count(ct.ChainPEM, "-----BEGIN CERTIFICATE-----")))
+	d.line("Chain", fmt.Sprintf("%d certificate(s)", strings.Count(ct.Chain, "-----BEGIN CERTIFICATE-----")))
 	d.line("Metadata", formatMetadata(ct.Metadata))
 	d.line("Created", formatTime(ct.InsertedAt))
 	d.line("Updated", formatTime(ct.UpdatedAt))
