@@ -285,7 +285,7 @@ func (pf *poolFlags) body(cmd *cobra.Command) (map[string]any, error) {
 
 // metadataBody builds the metadata of a request from --metadata and
 // --remove-metadata: KEY=VALUE sets a key, a removed key is sent as null
-// (an update deletes it), and a lone --metadata '' sends null for the
+// (an update deletes it), and a lone --metadata ” sends null for the
 // whole map (every key removed). ok is false when neither flag was given.
 func metadataBody(cmd *cobra.Command, set, remove []string) (any, bool, error) {
 	f := cmd.Flags()

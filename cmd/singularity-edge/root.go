@@ -33,8 +33,8 @@ func withExitCode(code int, err error) error {
 
 func newRootCommand() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "singularity-edge",
-		Short:         "Edge load balancer for Fly.io: HTTP, TLS and SNI-passthrough proxy with health checks, managed through an admin API",
+		Use:   "singularity-edge",
+		Short: "Edge load balancer for Fly.io: HTTP, TLS and SNI-passthrough proxy with health checks, managed through an admin API",
 		Long: `Singularity Edge is one binary: ` + "`singularity-edge agent`" + ` runs the edge load balancer
 (HTTP and HTTPS listeners, TLS termination with uploaded certificates, SNI
 passthrough, pools of backends with active and passive health checks, state in
