@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -375,7 +376,7 @@ func hostsLeftWithoutCertificate(tx *storage.Tx, c storage.Certificate, now time
 			continue // pinned to another certificate
 		}
 		hosts := append([]string{}, p.Hosts...)
-		if p.SSLDomain != "" {
+		if p.SSLDomain != "" && !slices.Contains(hosts, p.SSLDomain) {
 			hosts = append([]string{p.SSLDomain}, hosts...)
 		}
 		for _, h := range hosts {

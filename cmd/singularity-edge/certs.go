@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -250,9 +251,14 @@ func readLimited(r io.Reader, flag, name string) (string, error) {
 }
 
 func newCertsDeleteCommand(opts *apiOptions) *cobra.Command {
-	return &cobra.Command{
-		Use:               "delete ID",
-		Short:             "Delete a certificate",
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "delete ID",
+		Short: "Delete a certificate",
+		Long: `Delete a certificate. The agent refuses while a pool pins it (ssl_cert_id),
+and while it is the only certificate serving a host name of a TLS pool by
+SNI (the next handshake for that name would fail); --force deletes it in
+the second case anyway.`,
 		Args:              exactArgs(1, "ID"),
 		ValidArgsFunction: certIDCompletion(opts),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -260,10 +266,20 @@ func newCertsDeleteCommand(opts *apiOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if _, err := c.do(cmd.Context(), request{method: http.MethodDelete, path: certPath(args[0])}); err != nil {
+			q := url.Values{}
+			if force {
+				q.Set("force", "true")
+			}
+			if _, err := c.do(cmd.Context(), request{method: http.MethodDelete, path: certPath(args[0]), query: q}); err != nil {
+				var ae *apiError
+				if !force && errors.As(err, &ae) && ae.Status == http.StatusConflict && strings.Contains(ae.Message, "by SNI") {
+					ae.Message = strings.Replace(ae.Message, "pass ?force=true", "add --force", 1)
+				}
 				return err
 			}
 			return printDeleted(c, "certificate", args[0])
 		},
 	}
+	cmd.Flags().BoolVar(&force, "force", false, "delete even when it is the only certificate of a host a pool serves")
+	return cmd
 }
