@@ -304,7 +304,7 @@ func storeConfig(dir string) (storage.Config, error) {
 	if raw := os.Getenv("EDGE_ENCRYPTION_KEY"); raw != "" {
 		key, err := storage.ParseEncryptionKey(raw)
 		if err != nil {
-			return cfg, withExitCode(exitUsage, fmt.Errorf("EDGE_ENCRYPTION_KEY: %w", err))
+			return cfg, withExitCode(exitUsage, keyError(err))
 		}
 		cfg.EncryptionKey = key
 	}
@@ -1005,4 +1005,11 @@ func createAndImport(ctx context.Context, dir string, path string, rows *int) er
 		os.RemoveAll(dir)
 	}
 	return err
+}
+
+// keyError says what is wrong with EDGE_ENCRYPTION_KEY once, without the
+// storage package's own "encryption key" prefix.
+func keyError(err error) error {
+	detail := strings.TrimPrefix(strings.TrimPrefix(err.Error(), "storage: "), "encryption key: ")
+	return fmt.Errorf("EDGE_ENCRYPTION_KEY %s", detail)
 }

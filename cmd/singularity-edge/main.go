@@ -32,7 +32,7 @@ func execute(root *cobra.Command, args []string, stderr io.Writer) int {
 	}
 	code := exitCodeOf(err)
 	if !wantsJSON(cmd, args) {
-		fmt.Fprintln(stderr, "error:", err)
+		fmt.Fprintln(stderr, "error:", humanMessage(err))
 		return code
 	}
 	out := struct {
@@ -48,7 +48,7 @@ func execute(root *cobra.Command, args []string, stderr io.Writer) int {
 			out.Error.Code = fmt.Sprintf("http_%d", ae.Status)
 		}
 	} else {
-		out.Error = apitypes.ErrorDetail{Code: cliErrorCode(code), Message: err.Error()}
+		out.Error = apitypes.ErrorDetail{Code: cliErrorCode(code), Message: humanMessage(err)}
 	}
 	b, _ := json.MarshalIndent(out, "", "  ")
 	fmt.Fprintln(stderr, string(b))
@@ -92,4 +92,27 @@ func wantsJSON(cmd *cobra.Command, args []string) bool {
 		}
 	}
 	return false
+}
+
+// packagePrefixes are the "pkg: " prefixes Go errors collect on their way
+// up; the log keeps them, a person at the CLI does not need them.
+var packagePrefixes = []string{"storage: ", "admin: ", "agent: ", "pools: ", "proxy: ", "certs: "}
+
+// humanMessage is err's text without package prefixes, at its start or
+// after a ": ", so that "storage: encryption key: ..." reads "encryption
+// key: ...".
+func humanMessage(err error) string {
+	msg := err.Error()
+	for changed := true; changed; {
+		changed = false
+		for _, p := range packagePrefixes {
+			if strings.HasPrefix(msg, p) {
+				msg, changed = msg[len(p):], true
+			}
+			if strings.Contains(msg, ": "+p) {
+				msg, changed = strings.ReplaceAll(msg, ": "+p, ": "), true
+			}
+		}
+	}
+	return msg
 }

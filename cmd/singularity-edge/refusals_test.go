@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http/httptest"
 	"reflect"
 	"strings"
@@ -161,6 +162,18 @@ func TestCLIErrorsAsJSONAndUsageExitCodes(t *testing.T) {
 	for _, args := range [][]string{{"bogus"}, {"pools", "bogus"}, {"pools", "list", "--no-such-flag"}, {"backends", "update", "web"}} {
 		if _, errOut, code := runCLI(t, "", args...); code != exitUsage {
 			t.Errorf("%v: exit %d, want %d (usage): %s", args, code, exitUsage, errOut)
+		}
+	}
+}
+
+func TestHumanMessageDropsPackagePrefixes(t *testing.T) {
+	for in, want := range map[string]string{
+		"storage: encryption key: this store holds keys":     "encryption key: this store holds keys",
+		"--admin-addr: admin: storage: refused":              "--admin-addr: refused",
+		"pool \"storage: x\" is fine: proxy: pools: nothing": "pool \"storage: x\" is fine: nothing",
+	} {
+		if got := humanMessage(errors.New(in)); got != want {
+			t.Errorf("humanMessage(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
