@@ -275,13 +275,15 @@ func TestPartitionGuardsStayInternal(t *testing.T) {
 		guardKey(idxBackendPool, []byte("web")),
 		guardKey(idxPoolSSLDomain, []byte("web.example.com")),
 		guardKey(idxPoolCert, []byte("c9")),
+		guardKey(idxPoolHost, []byte("web.example.com")),
+		guardKey(idxBackendAddr, []byte("web http://10.0.0.1:8080")),
 	} {
 		if !guards[string(want)] {
 			t.Errorf("guard %q missing; have %v", want, guards)
 		}
 	}
-	if len(guards) != 3 {
-		t.Errorf("guards %v, want 3 (unguarded indexes write none)", guards)
+	if len(guards) != 5 {
+		t.Errorf("guards %v, want 5 (unguarded indexes write none)", guards)
 	}
 	if err := s.Verify(ctx); err != nil {
 		t.Fatalf("Verify with guards: %v", err)
