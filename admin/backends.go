@@ -1,136 +1,98 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base32"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/apitypes"
 
 	"github.com/singularity-ng/singularity-edge/internal/fielderr"
 	"github.com/singularity-ng/singularity-edge/pools"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
-// backendInput is the writable part of a backend. The address is either
-// url ("http://10.0.1.10:8080") or host, port and scheme; giving url with
-// any of the three is rejected as ambiguous. id is optional on create (a
-// random id is generated) and cannot change.
-type backendInput struct {
-	ID        string            `json:"id"`
-	URL       string            `json:"url"`
-	Host      string            `json:"host"`
-	Port      int               `json:"port"`
-	Scheme    string            `json:"scheme"`
-	Weight    int               `json:"weight"`
-	SSLVerify bool              `json:"ssl_verify"`
-	Region    string            `json:"region"`
-	Draining  bool              `json:"draining"`
-	Metadata  map[string]string `json:"metadata"`
-}
-
-// backendResponse is a backend's configuration, this node's view of it
-// (the seed's healthy/current_connections/total_requests/last_check) and
-// every node's stored observation beside it.
-type backendResponse struct {
-	ID         string            `json:"id"`
-	PoolName   string            `json:"pool_name"`
-	URL        string            `json:"url"`
-	Host       string            `json:"host"`
-	Port       int               `json:"port"`
-	Scheme     string            `json:"scheme"`
-	Weight     int               `json:"weight"`
-	SSLVerify  bool              `json:"ssl_verify"`
-	Region     string            `json:"region"`
-	Draining   bool              `json:"draining"`
-	Metadata   map[string]string `json:"metadata"`
-	InsertedAt time.Time         `json:"inserted_at"`
-	UpdatedAt  time.Time         `json:"updated_at"`
-	Version    storage.Version   `json:"version"`
-
-	// Local view. Healthy is null while this node has not checked the
-	// backend yet.
-	Healthy            *bool      `json:"healthy"`
-	Available          *bool      `json:"available"` // healthy, not ejected, not draining
-	Ejected            bool       `json:"ejected"`   // passive checks hold it out
-	CurrentConnections int64      `json:"current_connections"`
-	TotalRequests      int64      `json:"total_requests"`
-	TotalFailures      int64      `json:"total_failures"`
-	LastCheck          *time.Time `json:"last_check"`
-	LastError          string     `json:"last_error,omitempty"`
-	// LocalSource is "live" (the running routing table), "stored" (this
-	// node's persisted observation) or "none" (not observed yet).
-	LocalSource string `json:"local_source"`
-
-	Observations []observationJSON `json:"observations"`
-}
-
-// observationJSON is one node's view of the backend, as replicated.
-type observationJSON struct {
-	NodeID             string     `json:"node_id"`
-	Region             string     `json:"region"`
-	Healthy            bool       `json:"healthy"`
-	CurrentConnections int64      `json:"current_connections"`
-	TotalRequests      int64      `json:"total_requests"`
-	TotalFailures      int64      `json:"total_failures"`
-	LatencyAvgMS       float64    `json:"latency_avg_ms"`
-	LastCheck          *time.Time `json:"last_check"`
-	LastError          string     `json:"last_error,omitempty"`
-	UpdatedAt          time.Time  `json:"updated_at"`
-}
-
-func backendInputFrom(b storage.Backend) backendInput {
-	return backendInput{
-		ID:        b.ID,
-		Host:      b.Host,
-		Port:      b.Port,
-		Scheme:    b.Scheme,
-		Weight:    b.Weight,
-		SSLVerify: b.SSLVerify,
-		Region:    b.Region,
-		Draining:  b.Draining,
-		Metadata:  b.Metadata,
+// backendSpecOnto applies the fields spec sent onto b: an empty backend
+// of pool for a create, the stored backend for an update. The address is
+// url or host/port/scheme, not both. Left out on create, scheme defaults
+// to what the pool speaks to its backends (pools.DefaultScheme) and port
+// to the scheme's.
+func backendSpecOnto(b *storage.Backend, spec apitypes.BackendSpec, pool storage.Pool, create bool) fielderr.List {
+	var errs fielderr.List
+	if spec.URL.Set && (spec.Host.Set || spec.Port.Set || spec.Scheme.Set) {
+		errs.Add("url", "give either url or host/port/scheme, not both")
+		return errs
 	}
-}
-
-// toBackend resolves url into host/port/scheme and validates with the
-// pools package. explicitAddr says whether the request named host, port or
-// scheme itself (for PATCH: in the body, not inherited from the record).
-func (in backendInput) toBackend(pool string, explicitAddr bool) (storage.Backend, error) {
-	b := storage.Backend{
-		ID:        in.ID,
-		PoolName:  pool,
-		Host:      in.Host,
-		Port:      in.Port,
-		Scheme:    in.Scheme,
-		Weight:    in.Weight,
-		SSLVerify: in.SSLVerify,
-		Region:    in.Region,
-		Draining:  in.Draining,
-		Metadata:  in.Metadata,
-	}
-	if in.URL != "" {
-		if explicitAddr {
-			return b, fielderr.New("url", "give either url or host/port/scheme, not both")
-		}
-		host, port, scheme, err := pools.ParseBackendURL(in.URL)
+	apply(&errs, "id", spec.ID, &b.ID)
+	portSet, schemeSet := spec.Port.Present(), spec.Scheme.Present()
+	switch {
+	case spec.URL.Null:
+		errs.Add("url", nullMessage)
+	case spec.URL.Set:
+		u, err := pools.SplitBackendURL(spec.URL.Value)
 		if err != nil {
-			if _, ok := fielderr.From(err); ok {
-				return b, err
-			}
-			return b, fielderr.New("url", err.Error())
+			fields, _ := fielderr.From(err)
+			return append(errs, fields...)
 		}
-		b.Host, b.Port, b.Scheme = host, port, scheme
+		b.Host, portSet, schemeSet = u.Host, u.Port != 0, u.Scheme != ""
+		b.Scheme = u.Scheme
+		if !schemeSet {
+			b.Scheme = pools.DefaultScheme(pool.SSLMode)
+		}
+		b.Port = u.Port
+		if !portSet {
+			b.Port = pools.DefaultPort(b.Scheme)
+		}
+	default:
+		apply(&errs, "host", spec.Host, &b.Host)
+		apply(&errs, "port", spec.Port, &b.Port)
+		apply(&errs, "scheme", spec.Scheme, &b.Scheme)
+		if create && !spec.Scheme.Set {
+			b.Scheme = pools.DefaultScheme(pool.SSLMode)
+		}
+		if create && !spec.Port.Set {
+			b.Port = pools.DefaultPort(strings.ToLower(strings.TrimSpace(b.Scheme)))
+		}
 	}
-	if err := pools.NormalizeBackend(&b); err != nil {
-		return b, err
+	apply(&errs, "weight", spec.Weight, &b.Weight)
+	apply(&errs, "ssl_verify", spec.SSLVerify, &b.SSLVerify)
+	apply(&errs, "region", spec.Region, &b.Region)
+	apply(&errs, "draining", spec.Draining, &b.Draining)
+	applyMetadata(&errs, spec.Metadata, &b.Metadata, !create)
+	return errs
+}
+
+// buildBackend turns a request onto base into a validated backend of pool.
+func buildBackend(base storage.Backend, spec apitypes.BackendSpec, pool storage.Pool, create bool) (storage.Backend, error) {
+	b := base
+	errs := backendSpecOnto(&b, spec, pool, create)
+	if len(errs) == 0 {
+		if err := pools.ValidateBackend(&b); err != nil {
+			fields, _ := fielderr.From(err)
+			errs = append(errs, fields...)
+		}
+	}
+	if len(errs) == 0 {
+		if _, msg := pools.BackendMismatch(&pool, &b); msg != "" {
+			field := "scheme"
+			if spec.URL.Set {
+				field = "url"
+			}
+			errs.Add(field, msg)
+		}
+	}
+	if len(errs) > 0 {
+		return b, errUnprocessable(errs)
 	}
 	return b, nil
 }
@@ -142,19 +104,17 @@ func newBackendID() string {
 	return "b-" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(raw[:]))
 }
 
-// checkBackendWrite runs, inside the transaction, the checks that depend on
-// other rows: the pool exists, and no other backend of the pool has the
-// same address.
-func checkBackendWrite(tx *storage.Tx, b *storage.Backend, addrField string) error {
-	if _, err := tx.Pool(b.PoolName); err != nil {
-		return notFoundAs(err, "pool_name", fmt.Sprintf("no pool named %q", b.PoolName))
-	}
-	siblings, err := tx.BackendsByPool(b.PoolName)
+// checkBackendAddress runs inside the transaction: no other backend of the
+// pool has b's address. It is one lookup in a guarded index partition, so
+// it costs the same however many backends the pool has, and two requests
+// adding the same address cannot both commit.
+func checkBackendAddress(tx *storage.Tx, b *storage.Backend, addrField string) error {
+	same, err := tx.BackendsByAddress(b.PoolName, backendURL(*b))
 	if err != nil {
 		return err
 	}
-	for _, o := range siblings {
-		if o.ID != b.ID && o.Host == b.Host && o.Port == b.Port && o.Scheme == b.Scheme {
+	for _, o := range same {
+		if o.ID != b.ID {
 			return errConflict(addrField, fmt.Sprintf("pool %q already has backend %q at %s", b.PoolName, o.ID, backendURL(o)))
 		}
 	}
@@ -162,7 +122,7 @@ func checkBackendWrite(tx *storage.Tx, b *storage.Backend, addrField string) err
 }
 
 func backendURL(b storage.Backend) string {
-	return b.Scheme + "://" + net.JoinHostPort(b.Host, strconv.Itoa(b.Port))
+	return storage.BackendAddress(b.Scheme, b.Host, b.Port)
 }
 
 func (s *Server) handleListBackends(w http.ResponseWriter, r *http.Request) {
@@ -172,22 +132,19 @@ func (s *Server) handleListBackends(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if _, err := s.store.GetPool(r.Context(), name); err != nil {
-		s.writeError(w, r, notFoundAs(err, "pool_name", fmt.Sprintf("no pool named %q", name)))
-		return
-	}
-	rows, err := s.store.ListBackendsByPool(r.Context(), name, pg.After, pg.Limit+1)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	view, err := s.loadBackendView(r.Context(), name)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	resp, err := pageOf(rows, pg.Limit, func(b storage.Backend) string { return b.ID },
-		func(b storage.Backend) (backendResponse, error) { return view.backend(b), nil })
+	var resp apitypes.List[apitypes.Backend]
+	err = s.store.View(r.Context(), func(tx *storage.Tx) error {
+		if _, err := tx.Pool(name); err != nil {
+			return notFoundAs(err, "pool_name", fmt.Sprintf("no pool named %q", name))
+		}
+		rows, err := tx.BackendsByPoolPage(name, pg.After, pg.Limit+1)
+		if err != nil {
+			return err
+		}
+		resp, err = pageOf(rows, pg.Limit, func(b storage.Backend) string { return b.ID },
+			func(b storage.Backend) (apitypes.Backend, error) { return s.backendResponse(tx, b) })
+		return err
+	})
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -228,83 +185,165 @@ func inPool(b storage.Backend, err error, pool, id string) (storage.Backend, err
 	return b, nil
 }
 
+// handleCreateBackend takes one backend (a JSON object) or many (a JSON
+// array of at most apitypes.MaxBulkBackends). An array is atomic: every
+// item is validated and checked in one transaction, and one refused item
+// refuses them all, its index leading the field names ("[3].host").
 func (s *Server) handleCreateBackend(w http.ResponseWriter, r *http.Request) {
 	pool := r.PathValue("name")
-	var in backendInput
-	if err := readStrict(w, r, s.cfg.MaxBodyBytes, &in); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	explicit := in.Host != "" || in.Port != 0 || in.Scheme != ""
-	chosenID := strings.TrimSpace(in.ID) != ""
-	if !chosenID {
-		in.ID = newBackendID()
-	}
-	b, err := in.toBackend(pool, explicit)
+	body, err := readJSONBody(w, r, s.cfg.MaxBodyBytes)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	addrField := "host"
-	if in.URL != "" {
-		addrField = "url"
+	bulk := len(bytes.TrimSpace(body)) > 0 && bytes.TrimSpace(body)[0] == '['
+	var specs []apitypes.BackendSpec
+	if bulk {
+		if err := decodeStrict(body, &specs); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		switch {
+		case len(specs) == 0:
+			s.writeError(w, r, errInvalid("the array is empty; send at least one backend"))
+			return
+		case len(specs) > apitypes.MaxBulkBackends:
+			s.writeError(w, r, errInvalid(fmt.Sprintf("at most %d backends per request, got %d", apitypes.MaxBulkBackends, len(specs))))
+			return
+		}
+	} else {
+		var one apitypes.BackendSpec
+		if err := decodeStrict(body, &one); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		specs = []apitypes.BackendSpec{one}
 	}
-	var stored storage.Backend
+	created := make([]storage.Backend, len(specs))
 	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
-		if _, err := tx.Backend(b.ID); err == nil {
-			if chosenID {
-				return errConflict("id", fmt.Sprintf("a backend with id %q already exists", b.ID))
+		p, err := tx.Pool(pool)
+		if err != nil {
+			return notFoundAs(err, "pool_name", fmt.Sprintf("no pool named %q", pool))
+		}
+		for i, spec := range specs {
+			b, err := s.createOne(tx, p, spec)
+			if err != nil {
+				if bulk {
+					return prefixFields(err, fmt.Sprintf("[%d].", i))
+				}
+				return err
 			}
-			// 80 random bits collided: vanishingly unlikely, but an
-			// overwrite would be silent, so refuse.
-			return errConflict("id", "generated id collided with an existing backend; retry")
-		} else if !errors.Is(err, storage.ErrNotFound) {
-			return err
+			created[i] = b
 		}
-		if err := checkBackendWrite(tx, &b, addrField); err != nil {
-			return err
-		}
-		stored = b
-		return tx.PutBackend(&stored)
+		return nil
 	})
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	stored.Version = rowVersion(stored.Version, commit)
-	s.respondBackend(w, r, http.StatusCreated, stored)
+	for i := range created {
+		created[i].Version = rowVersion(created[i].Version, commit)
+	}
+	if bulk {
+		s.audit(r, "create", "backends", pool, nil, nil, zap.Int("count", len(created)),
+			zap.String("first", created[0].ID), zap.String("last", created[len(created)-1].ID))
+		resp := apitypes.BulkBackends{Items: make([]apitypes.Backend, 0, len(created))}
+		err := s.store.View(r.Context(), func(tx *storage.Tx) error {
+			for _, b := range created {
+				v, err := s.backendResponse(tx, b)
+				if err != nil {
+					return err
+				}
+				resp.Items = append(resp.Items, v)
+			}
+			return nil
+		})
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, resp)
+		return
+	}
+	s.audit(r, "create", "backend", created[0].ID, nil, backendConfigView(created[0]))
+	s.respondBackend(w, r, http.StatusCreated, created[0])
+}
+
+// createOne validates and puts one new backend of pool p inside tx.
+func (s *Server) createOne(tx *storage.Tx, p storage.Pool, spec apitypes.BackendSpec) (storage.Backend, error) {
+	chosenID := spec.ID.Present() && strings.TrimSpace(spec.ID.Value) != ""
+	base := storage.Backend{PoolName: p.Name, Weight: pools.DefaultWeight}
+	if !chosenID && !spec.ID.Set {
+		base.ID = newBackendID()
+	}
+	b, err := buildBackend(base, spec, p, true)
+	if err != nil {
+		return b, err
+	}
+	if b.ID == "" {
+		return b, errUnprocessable(fielderr.List{{Field: "id", Message: "must not be empty; leave it out for a generated id"}})
+	}
+	if _, err := tx.Backend(b.ID); err == nil {
+		if chosenID {
+			return b, errConflict("id", fmt.Sprintf("a backend with id %q already exists", b.ID))
+		}
+		// 80 random bits collided: vanishingly unlikely, but an
+		// overwrite would be silent, so refuse.
+		return b, errConflict("id", "generated id collided with an existing backend; retry")
+	} else if !errors.Is(err, storage.ErrNotFound) {
+		return b, err
+	}
+	addrField := "host"
+	if spec.URL.Set {
+		addrField = "url"
+	}
+	if err := checkBackendAddress(tx, &b, addrField); err != nil {
+		return b, err
+	}
+	stored := b
+	if err := tx.PutBackend(&stored); err != nil {
+		return b, err
+	}
+	return stored, nil
+}
+
+// prefixFields puts prefix before every field name of an API error (the
+// item index of a bulk request).
+func prefixFields(err error, prefix string) error {
+	ae := toAPIError(err)
+	cp := *ae
+	cp.Fields = make(fielderr.List, len(ae.Fields))
+	for i, f := range ae.Fields {
+		cp.Fields[i] = fielderr.FieldError{Field: prefix + f.Field, Message: f.Message}
+	}
+	cp.Message = prefix + " " + ae.Message
+	if len(cp.Fields) == 1 {
+		cp.Message = cp.Fields[0].Field + ": " + cp.Fields[0].Message
+	}
+	return &cp
 }
 
 func (s *Server) handlePatchBackend(w http.ResponseWriter, r *http.Request) {
 	pool, id := r.PathValue("name"), r.PathValue("id")
-	var probe backendInput
-	body, keys, err := readPatch(w, r, s.cfg.MaxBodyBytes, &probe)
-	if err != nil {
+	var spec apitypes.BackendSpec
+	if err := readStrict(w, r, s.cfg.MaxBodyBytes, &spec); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	if _, ok := keys["id"]; ok && strings.TrimSpace(probe.ID) != id {
+	if spec.ID.Set && spec.ID.Value != id {
 		s.writeError(w, r, errUnprocessable(fielderr.List{{Field: "id", Message: "cannot be changed"}}))
 		return
-	}
-	_, hasHost := keys["host"]
-	_, hasPort := keys["port"]
-	_, hasScheme := keys["scheme"]
-	explicit := hasHost || hasPort || hasScheme
-	addrField := "host"
-	if _, ok := keys["url"]; ok {
-		addrField = "url"
-		if probe.URL == "" {
-			s.writeError(w, r, errUnprocessable(fielderr.List{{Field: "url", Message: "must not be empty"}}))
-			return
-		}
 	}
 	match, err := parseIfMatch(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	var stored storage.Backend
+	addrField := "host"
+	if spec.URL.Set {
+		addrField = "url"
+	}
+	var stored, before storage.Backend
 	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := txBackendOfPool(tx, pool, id)
 		if err != nil {
@@ -313,22 +352,18 @@ func (s *Server) handlePatchBackend(w http.ResponseWriter, r *http.Request) {
 		if err := match.check(cur.Version); err != nil {
 			return err
 		}
-		in := backendInputFrom(cur)
-		if _, ok := keys["metadata"]; ok {
-			in.Metadata = nil
+		p, err := tx.Pool(pool)
+		if err != nil {
+			return notFoundAs(err, "pool_name", fmt.Sprintf("no pool named %q", pool))
 		}
-		if err := decodeStrict(body, &in); err != nil {
-			return err
-		}
-		next, err := in.toBackend(pool, explicit)
+		next, err := buildBackend(cur, spec, p, false)
 		if err != nil {
 			return err
 		}
-		if err := checkBackendWrite(tx, &next, addrField); err != nil {
+		if err := checkBackendAddress(tx, &next, addrField); err != nil {
 			return err
 		}
-		next.InsertedAt = cur.InsertedAt
-		stored = next
+		before, stored = cur, next
 		return tx.PutBackend(&stored)
 	})
 	if err != nil {
@@ -336,6 +371,7 @@ func (s *Server) handlePatchBackend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	stored.Version = rowVersion(stored.Version, commit)
+	s.audit(r, "update", "backend", id, backendConfigView(before), backendConfigView(stored), zap.String("pool", pool))
 	s.respondBackend(w, r, http.StatusOK, stored)
 }
 
@@ -346,6 +382,7 @@ func (s *Server) handleDeleteBackend(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	var before storage.Backend
 	_, err = s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := txBackendOfPool(tx, pool, id)
 		if err != nil {
@@ -354,17 +391,23 @@ func (s *Server) handleDeleteBackend(w http.ResponseWriter, r *http.Request) {
 		if err := match.check(cur.Version); err != nil {
 			return err
 		}
+		before = cur
 		return tx.DeleteBackend(id)
 	})
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
+	s.audit(r, "delete", "backend", id, backendConfigView(before), nil, zap.String("pool", pool))
 	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *Server) respondBackend(w http.ResponseWriter, r *http.Request, status int, b storage.Backend) {
-	view, err := s.loadBackendView(r.Context(), b.PoolName)
+	var resp apitypes.Backend
+	err := s.store.View(r.Context(), func(tx *storage.Tx) (err error) {
+		resp, err = s.backendResponse(tx, b)
+		return err
+	})
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -373,64 +416,41 @@ func (s *Server) respondBackend(w http.ResponseWriter, r *http.Request, status i
 	if status == http.StatusCreated {
 		w.Header().Set("Location", "/api/pools/"+url.PathEscape(b.PoolName)+"/backends/"+url.PathEscape(b.ID))
 	}
-	writeJSON(w, status, view.backend(b))
+	writeJSON(w, status, resp)
 }
 
-// backendView holds what the responses of one pool's backends are built
-// from: the live states of the routing table and the stored observations.
-type backendView struct {
-	nodeID string
-	live   map[string]pools.BackendState
-	obs    map[string][]storage.Observation // by backend id
-}
-
-func (s *Server) loadBackendView(ctx context.Context, pool string) (*backendView, error) {
-	v := &backendView{nodeID: s.store.NodeID(), live: map[string]pools.BackendState{}, obs: map[string][]storage.Observation{}}
-	if s.deps.Pools != nil {
-		for _, st := range s.deps.Pools.BackendStates(pool) {
-			v.live[st.ID] = st
-		}
+// backendConfigView is the configuration part of a backend's view, for
+// audit lines.
+func backendConfigView(b storage.Backend) apitypes.Backend {
+	return apitypes.Backend{
+		ID: b.ID, PoolName: b.PoolName, Host: b.Host, Port: b.Port, Scheme: b.Scheme,
+		Weight: b.Weight, SSLVerify: b.SSLVerify, Region: b.Region, Draining: b.Draining, Metadata: b.Metadata,
 	}
-	all, err := s.store.Observations(ctx, "")
+}
+
+// backendResponse shows backend b: its configuration, this node's live
+// view from the routing table (looked up by id) and every node's stored
+// observation of it (one index partition of b's own). Its cost does not
+// depend on how many backends exist.
+func (s *Server) backendResponse(tx *storage.Tx, b storage.Backend) (apitypes.Backend, error) {
+	resp := backendConfigView(b)
+	resp.URL = backendURL(b)
+	resp.InsertedAt, resp.UpdatedAt, resp.Version = b.InsertedAt, b.UpdatedAt, versionView(b.Version)
+	resp.LocalSource = "none"
+	resp.Observations = []apitypes.Observation{}
+	obs, err := tx.ObservationsOf(b.ID)
 	if err != nil {
-		return nil, err
+		return resp, err
 	}
-	for _, o := range all {
-		if o.PoolName == pool {
-			v.obs[o.BackendID] = append(v.obs[o.BackendID], o)
-		}
-	}
-	return v, nil
-}
-
-func (v *backendView) backend(b storage.Backend) backendResponse {
-	resp := backendResponse{
-		ID:           b.ID,
-		PoolName:     b.PoolName,
-		URL:          backendURL(b),
-		Host:         b.Host,
-		Port:         b.Port,
-		Scheme:       b.Scheme,
-		Weight:       b.Weight,
-		SSLVerify:    b.SSLVerify,
-		Region:       b.Region,
-		Draining:     b.Draining,
-		Metadata:     b.Metadata,
-		InsertedAt:   b.InsertedAt,
-		UpdatedAt:    b.UpdatedAt,
-		Version:      b.Version,
-		LocalSource:  "none",
-		Observations: []observationJSON{},
-	}
-	obs := v.obs[b.ID]
 	sort.Slice(obs, func(i, j int) bool {
 		if obs[i].Region != obs[j].Region {
 			return obs[i].Region < obs[j].Region
 		}
 		return obs[i].NodeID < obs[j].NodeID
 	})
+	node := s.store.NodeID()
 	for _, o := range obs {
-		resp.Observations = append(resp.Observations, observationJSON{
+		resp.Observations = append(resp.Observations, apitypes.Observation{
 			NodeID:             o.NodeID,
 			Region:             o.Region,
 			Healthy:            o.Healthy,
@@ -442,30 +462,39 @@ func (v *backendView) backend(b storage.Backend) backendResponse {
 			LastError:          o.LastError,
 			UpdatedAt:          o.UpdatedAt,
 		})
-		if o.NodeID == v.nodeID && resp.LocalSource == "none" {
+		if o.NodeID == node && resp.LocalSource == "none" {
 			healthy := o.Healthy
 			available := o.Healthy && !b.Draining
 			resp.Healthy, resp.Available = &healthy, &available
 			resp.CurrentConnections = o.CurrentConnections
 			resp.TotalRequests = o.TotalRequests
 			resp.TotalFailures = o.TotalFailures
+			resp.LatencyAvgMS = float64(o.LatencyAvg) / float64(time.Millisecond)
 			resp.LastCheck = timePtr(o.LastCheck)
 			resp.LastError = o.LastError
 			resp.LocalSource = "stored"
 		}
 	}
-	if st, ok := v.live[b.ID]; ok {
-		healthy, available := st.Healthy, st.Available
-		resp.Healthy, resp.Available = &healthy, &available
-		resp.Ejected = st.Ejected
-		resp.CurrentConnections = st.CurrentConnections
-		resp.TotalRequests = st.TotalRequests
-		resp.TotalFailures = st.TotalFailures
-		resp.LastCheck = timePtr(st.LastCheck)
-		resp.LastError = st.LastError
-		resp.LocalSource = "live"
+	if lp := s.livePool(b.PoolName); lp != nil {
+		if lb := lp.Backend(b.ID); lb != nil {
+			st := lb.State()
+			healthy, available := st.Healthy, st.Available
+			resp.Healthy, resp.Available = &healthy, &available
+			resp.Ejected = st.Ejected
+			resp.EjectedUntil = timePtr(st.EjectedUntil)
+			resp.CurrentConnections = st.CurrentConnections
+			resp.TotalRequests = st.TotalRequests
+			resp.TotalFailures = st.TotalFailures
+			resp.Ejections = st.Ejections
+			resp.ChecksPassed = st.ChecksPassed
+			resp.ChecksFailed = st.ChecksFailed
+			resp.LatencyAvgMS = float64(st.LatencyAvg) / float64(time.Millisecond)
+			resp.LastCheck = timePtr(st.LastCheck)
+			resp.LastError = st.LastError
+			resp.LocalSource = "live"
+		}
 	}
-	return resp
+	return resp, nil
 }
 
 func timePtr(t time.Time) *time.Time {

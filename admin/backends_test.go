@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"fmt"
+	"github.com/singularity-ng/singularity-edge/apitypes"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -19,7 +20,7 @@ func TestCreateBackend(t *testing.T) {
 
 	r := h.do("POST", "/api/pools/web/backends", map[string]any{"url": "http://10.0.1.10:8080", "weight": 5, "region": "IAD"})
 	r.expect(t, http.StatusCreated, "")
-	var b backendResponse
+	var b apitypes.Backend
 	r.json(t, &b)
 	if b.Host != "10.0.1.10" || b.Port != 8080 || b.Scheme != "http" || b.Weight != 5 || b.Region != "iad" || b.PoolName != "web" {
 		t.Fatalf("backend %+v", b)
@@ -30,7 +31,7 @@ func TestCreateBackend(t *testing.T) {
 	if loc := r.Header.Get("Location"); loc != "/api/pools/web/backends/"+b.ID {
 		t.Fatalf("Location %q", loc)
 	}
-	if r.Header.Get("ETag") != etag(b.Version) || b.Version.IsZero() {
+	if r.Header.Get("ETag") != apiETag(b.Version) || b.Version == (apitypes.Version{}) {
 		t.Fatalf("ETag %q version %v", r.Header.Get("ETag"), b.Version)
 	}
 	if b.Healthy != nil || b.LocalSource != "none" || b.Observations == nil || len(b.Observations) != 0 {
@@ -48,7 +49,7 @@ func TestCreateBackend(t *testing.T) {
 	}
 
 	stored, err := h.store.GetBackend(context.Background(), b.ID)
-	if err != nil || stored.Version != b.Version {
+	if err != nil || versionView(stored.Version) != b.Version {
 		t.Fatalf("stored %+v %v", stored, err)
 	}
 }
@@ -119,7 +120,7 @@ func TestGetListDeleteBackend(t *testing.T) {
 	}
 	h.createBackend("other", map[string]any{"id": "o1", "url": "http://127.0.0.1:9100"})
 
-	var page listResponse[backendResponse]
+	var page apitypes.List[apitypes.Backend]
 	h.do("GET", "/api/pools/web/backends?limit=2", nil).json(t, &page)
 	if len(page.Items) != 2 || page.Items[0].ID != "w0" || page.Next != "w1" {
 		t.Fatalf("page %+v next %q", page.Items, page.Next)
@@ -160,9 +161,9 @@ func TestPatchBackend(t *testing.T) {
 	b := h.createBackend("web", map[string]any{"id": "w1", "url": "http://127.0.0.1:9001", "weight": 3, "metadata": map[string]string{"a": "1"}})
 	h.createBackend("web", map[string]any{"id": "w2", "url": "http://127.0.0.1:9002"})
 
-	r := h.do("PATCH", "/api/pools/web/backends/w1", `{"weight":7,"draining":true}`, withHeader("If-Match", etag(b.Version)))
+	r := h.do("PATCH", "/api/pools/web/backends/w1", `{"weight":7,"draining":true}`, withHeader("If-Match", apiETag(b.Version)))
 	r.expect(t, http.StatusOK, "")
-	var got backendResponse
+	var got apitypes.Backend
 	r.json(t, &got)
 	if got.Weight != 7 || !got.Draining || got.Host != "127.0.0.1" || got.Port != 9001 || got.Metadata["a"] != "1" {
 		t.Fatalf("patched %+v", got)
@@ -203,7 +204,7 @@ func TestPatchBackend(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var opts []reqOption
 			if tc.name == "stale If-Match" {
-				opts = append(opts, withHeader("If-Match", etag(b.Version)))
+				opts = append(opts, withHeader("If-Match", apiETag(b.Version)))
 			}
 			r := h.do("PATCH", "/api/pools/web/backends/"+tc.id, tc.body, opts...)
 			if tc.field != "" {
@@ -253,7 +254,7 @@ func TestBackendObservations(t *testing.T) {
 		}
 	}
 
-	var got backendResponse
+	var got apitypes.Backend
 	h.do("GET", "/api/pools/web/backends/"+b.ID, nil).json(t, &got)
 	if got.Healthy == nil || !*got.Healthy || got.CurrentConnections != 2 || got.TotalRequests != 40 || got.LocalSource != "stored" {
 		t.Fatalf("local view %+v", got)
@@ -272,7 +273,7 @@ func TestBackendObservations(t *testing.T) {
 		t.Fatalf("syd %+v", syd)
 	}
 
-	var page listResponse[backendResponse]
+	var page apitypes.List[apitypes.Backend]
 	h.do("GET", "/api/pools/web/backends", nil).json(t, &page)
 	if len(page.Items) != 1 || len(page.Items[0].Observations) != 2 {
 		t.Fatalf("list %+v", page.Items)
@@ -293,7 +294,7 @@ func TestLiveViewFromManager(t *testing.T) {
 	b := h.createBackend("live", map[string]any{"url": "http://" + backend.addr()})
 
 	backendHealth := func() (bool, string) {
-		var got backendResponse
+		var got apitypes.Backend
 		h.do("GET", "/api/pools/live/backends/"+b.ID, nil).json(t, &got)
 		return got.Healthy != nil && *got.Healthy, got.LocalSource
 	}
@@ -301,7 +302,7 @@ func TestLiveViewFromManager(t *testing.T) {
 		healthy, src := backendHealth()
 		return healthy && src == "live"
 	})
-	var p poolResponse
+	var p apitypes.Pool
 	h.do("GET", "/api/pools/live", nil).json(t, &p)
 	if p.Stats.Source != "live" || p.Stats.TotalBackends != 1 || p.Stats.HealthyBackends != 1 {
 		t.Fatalf("pool stats %+v", p.Stats)

@@ -8,11 +8,16 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
+	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/apitypes"
 	"github.com/singularity-ng/singularity-edge/certs"
 	"github.com/singularity-ng/singularity-edge/internal/fielderr"
+	"github.com/singularity-ng/singularity-edge/pools"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
@@ -21,35 +26,11 @@ import (
 // Domain alone (no certificate) asks for ACME issuance, which this agent
 // cannot do yet; it is answered 409 not_supported rather than "unknown
 // field", so a client of the original API learns why.
-type uploadInput struct {
-	Certificate string            `json:"certificate"`
-	PrivateKey  string            `json:"private_key"`
-	Chain       string            `json:"chain"`
-	Metadata    map[string]string `json:"metadata"`
-	Domain      string            `json:"domain"`
-}
+type uploadInput = apitypes.CertificateUpload
 
 // certificateResponse shows a certificate. It has no field for the private
 // key: the key goes in on upload and never comes out.
-type certificateResponse struct {
-	ID          string            `json:"id"`
-	Domain      string            `json:"domain"`
-	Names       []string          `json:"names"`
-	Issuer      string            `json:"issuer"`
-	NotBefore   time.Time         `json:"not_before"`
-	ExpiresAt   time.Time         `json:"expires_at"`
-	DaysLeft    int               `json:"days_left"` // whole days until expiry; negative once expired
-	Expired     bool              `json:"expired"`
-	Fingerprint string            `json:"fingerprint"` // SHA-256 of the leaf, hex
-	Provider    string            `json:"provider"`    // "acme" or "upload"
-	AutoRenew   bool              `json:"auto_renew"`
-	Certificate string            `json:"certificate"` // leaf PEM (public)
-	Chain       string            `json:"chain"`       // intermediates PEM (public)
-	Metadata    map[string]string `json:"metadata"`
-	InsertedAt  time.Time         `json:"inserted_at"`
-	UpdatedAt   time.Time         `json:"updated_at"`
-	Version     storage.Version   `json:"version"`
-}
+type certificateResponse = apitypes.Certificate
 
 func certificateView(c storage.Certificate, now time.Time) certificateResponse {
 	names := c.Names
@@ -74,7 +55,7 @@ func certificateView(c storage.Certificate, now time.Time) certificateResponse {
 		Metadata:    c.Metadata,
 		InsertedAt:  c.InsertedAt,
 		UpdatedAt:   c.UpdatedAt,
-		Version:     c.Version,
+		Version:     versionView(c.Version),
 	}
 }
 
@@ -267,6 +248,11 @@ func (s *Server) storeUpload(w http.ResponseWriter, r *http.Request, in uploadIn
 		return
 	}
 	stored.Version = rowVersion(stored.Version, commit)
+	view := certificateView(stored, s.now())
+	// The PEM texts are long and public; the audit line names the
+	// certificate by its fingerprint and names instead.
+	view.Certificate, view.Chain = "", ""
+	s.audit(r, "create", "certificate", stored.ID, nil, view)
 	w.Header().Set("ETag", etag(stored.Version))
 	w.Header().Set("Location", "/api/certificates/"+url.PathEscape(stored.ID))
 	writeJSON(w, http.StatusCreated, certificateView(stored, s.now()))
@@ -303,13 +289,25 @@ func checkCertificateMetadata(md map[string]string) error {
 
 // handleDeleteCertificate deletes a certificate unless a pool still names
 // it in ssl_cert_id (409); the check and the delete share a transaction.
+// handleDeleteCertificate refuses (409) to delete a certificate a pool
+// pins with ssl_cert_id, and one that a TLS-terminating pool serves by SNI
+// for one of its host names when no other certificate covers that name:
+// the next handshake for it would fail. ?force=true deletes it anyway
+// (the pinning check stays: change the pool first).
 func (s *Server) handleDeleteCertificate(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	force, err := boolQuery(r, "force")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	match, err := parseIfMatch(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
+	var before storage.Certificate
+	var orphaned []string
 	_, err = s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := tx.Certificate(id)
 		if err != nil {
@@ -332,13 +330,90 @@ func (s *Server) handleDeleteCertificate(w http.ResponseWriter, r *http.Request)
 			}
 			return errConflict("id", fmt.Sprintf("certificate %q is used by pool(s) %s (ssl_cert_id); change them first", id, strings.Join(names, ", ")))
 		}
+		orphaned, err = hostsLeftWithoutCertificate(tx, cur, s.now())
+		if err != nil {
+			return err
+		}
+		if len(orphaned) > 0 && !force {
+			return errConflict("id", fmt.Sprintf("certificate %q is the only one serving %s by SNI; upload a replacement first, or pass ?force=true to delete it anyway", id, strings.Join(orphaned, ", ")))
+		}
+		before = cur
 		return tx.DeleteCertificate(id)
 	})
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
+	extra := []zap.Field{zap.Bool("force", force)}
+	if len(orphaned) > 0 {
+		extra = append(extra, zap.Strings("hosts_without_certificate", orphaned))
+		s.logger.Warn("certificate deleted while pools still serve its hosts; TLS handshakes for them will fail",
+			zap.String("id", id), zap.Strings("hosts", orphaned))
+	}
+	view := certificateView(before, s.now())
+	view.Certificate, view.Chain = "", ""
+	s.audit(r, "delete", "certificate", id, view, nil, extra...)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// hostsLeftWithoutCertificate lists, as "host (pool p)", the host names
+// that TLS-terminating pools serve by SNI, that c covers and that no other
+// unexpired certificate covers. It reads the pools (a table of at most a
+// few thousand rows) and, per covered host, the certificate index.
+func hostsLeftWithoutCertificate(tx *storage.Tx, c storage.Certificate, now time.Time) ([]string, error) {
+	all, err := tx.Pools("", 0)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range all {
+		switch p.SSLMode {
+		case pools.SSLModeFlexible, pools.SSLModeFull, pools.SSLModeFullStrict:
+		default:
+			continue
+		}
+		if p.SSLCertID != "" {
+			continue // pinned to another certificate
+		}
+		hosts := append([]string{}, p.Hosts...)
+		if p.SSLDomain != "" && !slices.Contains(hosts, p.SSLDomain) {
+			hosts = append([]string{p.SSLDomain}, hosts...)
+		}
+		for _, h := range hosts {
+			if !certificateCovers(c, h) {
+				continue
+			}
+			covered, err := otherCertificateCovers(tx, c.ID, h, now)
+			if err != nil {
+				return nil, err
+			}
+			if !covered {
+				out = append(out, fmt.Sprintf("%s (pool %s)", h, p.Name))
+			}
+		}
+	}
+	return out, nil
+}
+
+// otherCertificateCovers reports whether an unexpired certificate other
+// than id covers host: by its exact name or by the wildcard of its parent.
+func otherCertificateCovers(tx *storage.Tx, id, host string, now time.Time) (bool, error) {
+	names := []string{host}
+	if _, parent, ok := strings.Cut(host, "."); ok && !strings.HasPrefix(host, "*.") {
+		names = append(names, "*."+parent)
+	}
+	for _, n := range names {
+		certs, err := tx.CertificatesByDomain(n)
+		if err != nil {
+			return false, err
+		}
+		for _, o := range certs {
+			if o.ID != id && now.Before(o.ExpiresAt) {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
 }
 
 // handleRenewCertificate answers honestly: uploaded certificates are

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/singularity-ng/singularity-edge/apitypes"
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
@@ -43,7 +44,7 @@ func TestUploadCertificateJSON(t *testing.T) {
 			if c.Metadata["owner"] != "ops" {
 				t.Fatalf("metadata %v", c.Metadata)
 			}
-			if r.Header.Get("Location") != "/api/certificates/"+c.ID || r.Header.Get("ETag") != etag(c.Version) {
+			if r.Header.Get("Location") != "/api/certificates/"+c.ID || r.Header.Get("ETag") != apiETag(c.Version) {
 				t.Fatalf("Location %q ETag %q", r.Header.Get("Location"), r.Header.Get("ETag"))
 			}
 			var raw map[string]any
@@ -193,7 +194,7 @@ func TestListGetDeleteCertificates(t *testing.T) {
 	for _, n := range []string{"a.example.test", "b.example.test", "c.example.test"} {
 		ids = append(ids, h.uploadCert(ca.leaf(t, time.Now().Add(20*24*time.Hour), n)).ID)
 	}
-	var page listResponse[certificateResponse]
+	var page apitypes.List[certificateResponse]
 	h.do("GET", "/api/certificates?limit=2", nil).json(t, &page)
 	if len(page.Items) != 2 || page.Next == "" {
 		t.Fatalf("page %+v next %q", page.Items, page.Next)
@@ -209,7 +210,7 @@ func TestListGetDeleteCertificates(t *testing.T) {
 	r.expect(t, http.StatusOK, "")
 	var c certificateResponse
 	r.json(t, &c)
-	if c.ID != ids[0] || c.DaysLeft != 19 || r.Header.Get("ETag") != etag(c.Version) {
+	if c.ID != ids[0] || c.DaysLeft != 19 || r.Header.Get("ETag") != apiETag(c.Version) {
 		t.Fatalf("certificate %+v", c)
 	}
 	h.do("GET", "/api/certificates/nope", nil).expect(t, http.StatusNotFound, CodeNotFound, "id")

@@ -3,15 +3,13 @@ package admin
 import (
 	"net/http"
 	"sort"
+
+	"github.com/singularity-ng/singularity-edge/apitypes"
 )
 
 // healthResponse is all GET /api/health tells an unauthenticated caller:
 // the process answers (live) and it can serve (ready).
-type healthResponse struct {
-	Status string `json:"status"` // "ok" or "starting"
-	Live   bool   `json:"live"`
-	Ready  bool   `json:"ready"`
-}
+type healthResponse = apitypes.Health
 
 // handleHealth answers 200 when ready and 503 while starting (the store is
 // closed or the routing table is not built yet), so that a load balancer's
@@ -34,17 +32,10 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 
 // clusterResponse is GET /api/cluster: this node's id, every member, and a
 // per-region summary.
-type clusterResponse struct {
-	NodeID  string          `json:"node_id"`
-	Members []Member        `json:"members"`
-	Regions []regionSummary `json:"regions"`
-}
-
-type regionSummary struct {
-	Region  string `json:"region"`
-	Members int    `json:"members"`
-	Alive   int    `json:"alive"`
-}
+type (
+	clusterResponse = apitypes.Cluster
+	regionSummary   = apitypes.RegionSummary
+)
 
 func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
 	members := s.members()

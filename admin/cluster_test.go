@@ -52,7 +52,7 @@ func TestClusterMembersByRegion(t *testing.T) {
 	if r := c.Members[2].Replication; r == nil || r.PendingChanges != 4 || c.Members[2].LastSeen == nil {
 		t.Fatalf("replication %+v", c.Members[2])
 	}
-	want := []regionSummary{{"iad", 2, 2}, {"syd", 1, 0}}
+	want := []regionSummary{{Region: "iad", Members: 2, Alive: 2}, {Region: "syd", Members: 1, Alive: 0}}
 	if len(c.Regions) != 2 || c.Regions[0] != want[0] || c.Regions[1] != want[1] {
 		t.Fatalf("regions %+v", c.Regions)
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/singularity-ng/singularity-edge/apitypes"
 	"github.com/singularity-ng/singularity-edge/pools"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
@@ -111,6 +112,7 @@ type Deps struct {
 type Store interface {
 	NodeID() string
 	Update(ctx context.Context, fn func(tx *storage.Tx) error) (storage.Commit, error)
+	View(ctx context.Context, fn func(tx *storage.Tx) error) error
 	GetPool(ctx context.Context, name string) (storage.Pool, error)
 	GetBackend(ctx context.Context, id string) (storage.Backend, error)
 	GetCertificate(ctx context.Context, id string) (storage.Certificate, error)
@@ -127,11 +129,13 @@ type Store interface {
 	Checkpoint(ctx context.Context, dir string) error
 }
 
-// PoolStatus is the live state of the routing table: what *pools.Manager
-// knows in memory, fresher than the observations it persists.
+// PoolStatus is the live routing table: what *pools.Manager knows in
+// memory, fresher than the observations it persists. The API looks pools
+// and backends up in it by name and id, so a response costs the same
+// however many pools and backends the table holds. Table may return nil
+// before the first table is built.
 type PoolStatus interface {
-	Stats() []pools.PoolStats
-	BackendStates(pool string) []pools.BackendState
+	Table() *pools.Table
 }
 
 // Cluster lists the members of the cluster as this node sees them.
@@ -139,30 +143,12 @@ type Cluster interface {
 	Members() []Member
 }
 
-// Member is one agent of the cluster. Replication is nil until the
-// replication layer reports on the member; the JSON then gains the object
-// without changing the rest of the shape.
-type Member struct {
-	ID     string `json:"id"`
-	Name   string `json:"name"`
-	Region string `json:"region"`
-	// Addresses by role: "admin", "gossip", "replication", "private_ip".
-	Addresses map[string]string `json:"addresses"`
-	// State is "alive", "suspect", "dead" or "left".
-	State       string             `json:"state"`
-	Version     string             `json:"version,omitempty"`
-	Self        bool               `json:"self"`
-	LastSeen    *time.Time         `json:"last_seen,omitempty"`
-	Replication *ReplicationStatus `json:"replication,omitempty"`
-}
-
-// ReplicationStatus is how far a member is behind this node.
-type ReplicationStatus struct {
-	Connected      bool       `json:"connected"`
-	PendingChanges uint64     `json:"pending_changes"`
-	LagSeconds     float64    `json:"lag_seconds"`
-	LastAppliedAt  *time.Time `json:"last_applied_at,omitempty"`
-}
+// Member and ReplicationStatus are the API's shapes (apitypes); the
+// aliases keep the names the agent and the cluster layer use.
+type (
+	Member            = apitypes.Member
+	ReplicationStatus = apitypes.ReplicationStatus
+)
 
 // Renewer renews an ACME certificate now and returns the stored result.
 type Renewer interface {

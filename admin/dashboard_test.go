@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"go.uber.org/zap"
 
 	"github.com/singularity-ng/singularity-edge/pools"
 )
@@ -184,6 +185,37 @@ func TestDashboardBrowser(t *testing.T) {
 		chromedp.WaitVisible(row(bStay.ID, "healthy")),
 		chromedp.WaitVisible(chromedp.CSS(`[data-pool="web"][data-healthy="1"]`)),
 	)
+	step("the failing backend is red with its reason", 20*time.Second,
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-backend-id="`+bLeave.ID+`"][data-failing="true"].failing [data-field="reason"]`)),
+		pollTrue(`document.querySelector('tr[data-backend-id="`+bLeave.ID+`"] [data-field="reason"]').textContent.includes("health check failing")`),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-backend-id="`+bStay.ID+`"][data-failing="false"] [data-field="checks"]`)),
+	)
+
+	// An action: drain the healthy backend from the page; the store has it.
+	step("drain from the dashboard", 20*time.Second,
+		chromedp.Click(chromedp.CSS(`tr[data-backend-id="`+bStay.ID+`"] button[data-action="drain"]`)),
+		chromedp.WaitVisible(row(bStay.ID, "draining")),
+		chromedp.WaitVisible(chromedp.CSS(`#action-status[data-state="ok"]`)),
+	)
+	if b, err := st.GetBackend(context.Background(), bStay.ID); err != nil || !b.Draining {
+		t.Fatalf("after the drain button the stored backend is %+v (%v), want draining", b, err)
+	}
+	waitFor(t, "the drain's audit line", 5*time.Second, func() bool {
+		return h.logs.FilterMessage("configuration changed").FilterField(zap.String("key", bStay.ID)).FilterField(zap.String("action", "update")).Len() == 1
+	})
+
+	// A second tab of the same browser session signs in without asking.
+	tab, cancelTab := chromedp.NewContext(ctx)
+	tctx, cancelT := context.WithTimeout(tab, 30*time.Second)
+	if err := chromedp.Do(tctx,
+		chromedp.Navigate(h.ts.URL+"/admin/dashboard"),
+		chromedp.WaitVisible(chromedp.CSS(`[data-pool="web"]`)),
+		pollTrue(`document.getElementById("login").hidden`),
+	); err != nil {
+		t.Fatalf("second tab: %v", err)
+	}
+	cancelT()
+	cancelTab()
 	// Let the rates settle on one more poll before the picture.
 	step("status updated", 10*time.Second, chromedp.WaitVisible(chromedp.CSS(`#status[data-state="ok"]`)))
 

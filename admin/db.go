@@ -3,6 +3,7 @@ package admin
 import (
 	"errors"
 	"fmt"
+	"github.com/singularity-ng/singularity-edge/apitypes"
 	"io/fs"
 	"net/http"
 	"path/filepath"
@@ -16,75 +17,20 @@ import (
 // The /api/db routes mirror the `db` CLI against the running agent's store:
 // info, tables, stats, compact, backup, checkpoint.
 
-// DBInfoResponse is GET /api/db. The CLI's `db info` prints the same shape
-// for a stopped store, so scripts do not care which way was used.
-type DBInfoResponse struct {
-	NodeID          string            `json:"node_id"`
-	Dir             string            `json:"dir"`
-	Tables          []string          `json:"tables"`
-	Running         bool              `json:"running"`
-	LastIndex       uint64            `json:"last_index"`
-	HLC             uint64            `json:"hlc"`
-	ClockSkewEvents uint64            `json:"clock_skew_events"`
-	VersionVector   map[string]uint64 `json:"version_vector"`
-}
+// The DB answers are apitypes' shapes; the aliases keep this package's
+// names for code that already uses them.
+type (
+	DBInfoResponse       = apitypes.DBInfoResponse
+	DBTableStats         = apitypes.DBTableStats
+	DBTablesResponse     = apitypes.DBTablesResponse
+	DBBlockCache         = apitypes.DBBlockCache
+	DBBackupResponse     = apitypes.DBBackupResponse
+	DBCheckpointResponse = apitypes.DBCheckpointResponse
+	DBCompactResponse    = apitypes.DBCompactResponse
+	DBStatsResponse      = apitypes.DBStatsResponse
+)
 
-// DBTableStats is one table's (or internal column family's) size and
-// memory, an item of DBTablesResponse.
-type DBTableStats struct {
-	Name          string `json:"name"`
-	Internal      bool   `json:"internal"`
-	EstimatedKeys uint64 `json:"estimated_keys"`
-	LiveDataBytes uint64 `json:"live_data_bytes"`
-	SSTBytes      uint64 `json:"sst_bytes"`
-	MemtableBytes uint64 `json:"memtable_bytes"`
-}
-
-// DBTablesResponse is GET /api/db/tables. The block cache is shared by all
-// tables, so it is reported once.
-type DBTablesResponse struct {
-	Tables     []DBTableStats `json:"tables"`
-	BlockCache DBBlockCache   `json:"block_cache"`
-}
-
-// DBBlockCache is the shared block cache's usage.
-type DBBlockCache struct {
-	UsageBytes    uint64 `json:"usage_bytes"`
-	CapacityBytes uint64 `json:"capacity_bytes"`
-}
-
-type dirInput struct {
-	Dir string `json:"dir"`
-}
-
-// DBBackupResponse is POST /api/db/backup.
-type DBBackupResponse struct {
-	Dir        string    `json:"dir"`
-	ID         uint32    `json:"id"`
-	Timestamp  time.Time `json:"timestamp"`
-	SizeBytes  uint64    `json:"size_bytes"`
-	NumFiles   uint32    `json:"num_files"`
-	DurationMS int64     `json:"duration_ms"`
-}
-
-// DBCheckpointResponse is POST /api/db/checkpoint.
-type DBCheckpointResponse struct {
-	Dir        string `json:"dir"`
-	DurationMS int64  `json:"duration_ms"`
-}
-
-// DBCompactResponse is POST /api/db/compact/{table}.
-type DBCompactResponse struct {
-	Table      string `json:"table"`
-	DurationMS int64  `json:"duration_ms"`
-}
-
-// DBStatsResponse is GET /api/db/stats/{table}: RocksDB's own statistics
-// text for one column family.
-type DBStatsResponse struct {
-	Table string `json:"table"`
-	Stats string `json:"stats"`
-}
+type dirInput = apitypes.DBDir
 
 func (s *Server) handleDBInfo(w http.ResponseWriter, r *http.Request) {
 	info := s.store.Info()

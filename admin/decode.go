@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/singularity-ng/singularity-edge/apitypes"
 	"io"
 	"mime"
 	"net/http"
@@ -101,7 +102,9 @@ func jsonError(body []byte, err error) error {
 			return errInvalid(fmt.Sprintf("the body must be a JSON object, not %s", typ.Value))
 		}
 		msg := fmt.Sprintf("must be %s, not %s", jsonKind(typ.Type.Kind().String()), typ.Value)
-		return errInvalid(fmt.Sprintf("%s %s (at %s)", typ.Field, msg, position(body, typ.Offset)),
+		// No position: inside an apitypes.Optional the offset counts from
+		// the value, not from the body.
+		return errInvalid(fmt.Sprintf("%s %s", typ.Field, msg),
 			fielderr.FieldError{Field: typ.Field, Message: msg})
 	}
 	// DisallowUnknownFields reports `json: unknown field "name"`; the
@@ -210,17 +213,10 @@ func parsePage(r *http.Request) (page, error) {
 	return p, nil
 }
 
-// listResponse is the shape of every list: items, and the cursor to pass as
-// ?after= for the next page ("" on the last page).
-type listResponse[T any] struct {
-	Items []T    `json:"items"`
-	Next  string `json:"next"`
-}
-
 // pageOf trims a result fetched with limit+1 rows to the page and sets the
 // cursor when a further row exists.
-func pageOf[S, T any](rows []S, limit int, key func(S) string, conv func(S) (T, error)) (listResponse[T], error) {
-	resp := listResponse[T]{Items: make([]T, 0, min(len(rows), limit))}
+func pageOf[S, T any](rows []S, limit int, key func(S) string, conv func(S) (T, error)) (apitypes.List[T], error) {
+	resp := apitypes.List[T]{Items: make([]T, 0, min(len(rows), limit))}
 	if len(rows) > limit {
 		rows = rows[:limit]
 		resp.Next = key(rows[len(rows)-1])

@@ -26,12 +26,13 @@
 //
 //	GET    /api/health                        200 ready, 503 starting (no token needed; says nothing else)
 //	GET    /api/pools                         200 list
-//	POST   /api/pools                         201 + Location, ETag; 400, 409 name taken, 422
+//	POST   /api/pools                         201 + Location, ETag; 400, 409 name/host taken or second default, 422
 //	GET    /api/pools/{name}                  200 + ETag; 404
-//	PATCH  /api/pools/{name}                  200 + ETag; 400, 404, 412, 422 (name cannot change)
+//	PATCH  /api/pools/{name}                  200 + ETag; 400, 404, 409 host/default/backends, 412, 422 (name cannot change)
 //	DELETE /api/pools/{name}[?cascade=true]   204; 404, 409 backends left, 412
 //	GET    /api/pools/{name}/backends         200 list; 404 pool
 //	POST   /api/pools/{name}/backends         201 + Location, ETag; 400, 404 pool, 409 address/id taken, 422
+//	                                          a JSON array (at most 1000): 201 {"items": [...]}, atomic, fields "[i].host"
 //	GET    /api/pools/{name}/backends/{id}    200 + ETag; 404
 //	PATCH  /api/pools/{name}/backends/{id}    200 + ETag; 400, 404, 409, 412, 422
 //	DELETE /api/pools/{name}/backends/{id}    204; 404, 412
@@ -39,7 +40,7 @@
 //	POST   /api/certificates                  201 (JSON upload); 400, 409 duplicate, 409 not_supported, 413, 415, 422
 //	POST   /api/certificates/upload           201 (JSON or multipart/form-data); as above
 //	GET    /api/certificates/{id}             200 + ETag; 404
-//	DELETE /api/certificates/{id}             204; 404, 409 used by a pool, 412
+//	DELETE /api/certificates/{id}[?force=true] 204; 404, 409 pinned by a pool or only certificate of a served host, 412
 //	POST   /api/certificates/{id}/renew       200 with a Renewer; 404; 409 not_supported (uploaded, or ACME not configured)
 //	GET    /api/cluster                       200 members by region
 //	GET    /api/db                            200 store info
@@ -75,11 +76,15 @@
 // If-Match (a list of tags, or *); a stale tag answers 412
 // precondition_failed and changes nothing.
 //
-// PATCH changes only the fields present in the body and validates the
-// result as a whole. Nested objects (health_check) merge field by field;
-// arrays and maps (hosts, metadata) are replaced; null clears an array or
-// map and leaves a scalar as it is. A pool's name and a backend's id
-// cannot change.
+// Request bodies are apitypes specs: a field left out takes its default
+// (create) or keeps its value (update); a field that was sent is validated
+// as sent and stored, or refused (weight 0, port 0, rise 0 are refused,
+// never replaced); null is refused for scalars. PATCH is a JSON merge
+// patch validated as a whole: health_check merges field by field, metadata
+// key by key (null deletes a key, "metadata": null every key), hosts is
+// replaced. A pool's name and a backend's id cannot change. Every checked
+// relation to other rows (host names, the default pool, backend addresses)
+// is an index lookup inside the write's transaction.
 //
 // A backend is given as {"url": "http://10.0.1.10:8080"} or as host, port
 // and scheme, not both. Its response carries this node's view of it

@@ -9,6 +9,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/singularity-ng/singularity-edge/apitypes"
+
 	"github.com/singularity-ng/singularity-edge/internal/fielderr"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
@@ -31,16 +33,16 @@ import (
 //	415 unsupported_media_type  the Content-Type is not one the route reads
 //	500 internal                anything else; the message never carries the cause's details
 const (
-	CodeInvalid              = "invalid"
-	CodeNotFound             = "not_found"
-	CodeConflict             = "conflict"
-	CodePreconditionFailed   = "precondition_failed"
-	CodeUnauthorized         = "unauthorized"
-	CodeTooLarge             = "too_large"
-	CodeUnsupportedMediaType = "unsupported_media_type"
-	CodeMethodNotAllowed     = "method_not_allowed"
-	CodeNotSupported         = "not_supported"
-	CodeInternal             = "internal"
+	CodeInvalid              = apitypes.CodeInvalid
+	CodeNotFound             = apitypes.CodeNotFound
+	CodeConflict             = apitypes.CodeConflict
+	CodePreconditionFailed   = apitypes.CodePreconditionFailed
+	CodeUnauthorized         = apitypes.CodeUnauthorized
+	CodeTooLarge             = apitypes.CodeTooLarge
+	CodeUnsupportedMediaType = apitypes.CodeUnsupportedMediaType
+	CodeMethodNotAllowed     = apitypes.CodeMethodNotAllowed
+	CodeNotSupported         = apitypes.CodeNotSupported
+	CodeInternal             = apitypes.CodeInternal
 )
 
 // apiError is a failed request on its way to the client. Handlers return it
@@ -64,17 +66,6 @@ func (e *apiError) Error() string {
 
 func (e *apiError) Unwrap() error { return e.cause }
 
-// errorBody is the JSON shape of every error response.
-type errorBody struct {
-	Error errorDetail `json:"error"`
-}
-
-type errorDetail struct {
-	Code    string                `json:"code"`
-	Message string                `json:"message"`
-	Fields  []fielderr.FieldError `json:"fields,omitempty"`
-}
-
 func errInvalid(message string, fields ...fielderr.FieldError) *apiError {
 	return &apiError{Status: http.StatusBadRequest, Code: CodeInvalid, Message: message, Fields: fields}
 }
@@ -94,6 +85,17 @@ func errField(status int, code, field, message string) *apiError {
 
 func errNotFound(field, message string) *apiError {
 	return errField(http.StatusNotFound, CodeNotFound, field, message)
+}
+
+// errConflictFields is a 409 naming every conflicting field.
+func errConflictFields(fields fielderr.List) *apiError {
+	msg := "conflict"
+	if len(fields) == 1 {
+		msg = fields[0].Field + ": " + fields[0].Message
+	} else if len(fields) > 1 {
+		msg = fmt.Sprintf("%d conflicts, see fields", len(fields))
+	}
+	return &apiError{Status: http.StatusConflict, Code: CodeConflict, Message: msg, Fields: fields}
 }
 
 func errConflict(field, message string) *apiError {
@@ -157,7 +159,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if ae.Status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="singularity-edge"`)
 	}
-	body := errorBody{Error: errorDetail{Code: ae.Code, Message: ae.Message, Fields: ae.Fields}}
+	body := apitypes.ErrorBody{Error: apitypes.ErrorDetail{Code: ae.Code, Message: ae.Message}}
+	for _, f := range ae.Fields {
+		body.Error.Fields = append(body.Error.Fields, apitypes.FieldError{Field: f.Field, Message: f.Message})
+	}
 	writeJSON(w, ae.Status, body)
 }
 

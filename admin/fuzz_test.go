@@ -3,6 +3,7 @@ package admin
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/singularity-ng/singularity-edge/apitypes"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -29,7 +30,7 @@ func fuzzBody(t *testing.T, h *harness, method, path string, body []byte) int {
 		if after := h.store.LastIndex(); after != before {
 			t.Fatalf("%s %s %q: rejected with %d but committed", method, path, body, rec.Code)
 		}
-		var e errorBody
+		var e apitypes.ErrorBody
 		if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Error.Code == "" {
 			t.Fatalf("%s %s %q: error without the shape: %s", method, path, body, rec.Body)
 		}

@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"github.com/singularity-ng/singularity-edge/apitypes"
 	"io"
 	"math/big"
 	"net/http"
@@ -259,7 +260,7 @@ func (h *harness) checkResponse(what string, r response) {
 	}
 	// /api/health answers 503 with its own shape while not ready.
 	if r.Status >= 400 && !strings.HasSuffix(what, "/api/health") {
-		var e errorBody
+		var e apitypes.ErrorBody
 		if err := json.Unmarshal(r.Body, &e); err != nil || e.Error.Code == "" || e.Error.Message == "" {
 			t.Errorf("%s: status %d without the JSON error shape: %s", what, r.Status, r.Body)
 		}
@@ -276,9 +277,9 @@ func (r response) json(t testing.TB, v any) {
 	}
 }
 
-func (r response) errDetail(t testing.TB) errorDetail {
+func (r response) errDetail(t testing.TB) apitypes.ErrorDetail {
 	t.Helper()
-	var e errorBody
+	var e apitypes.ErrorBody
 	r.json(t, &e)
 	return e.Error
 }
@@ -349,20 +350,20 @@ func (h *harness) assertUnchanged(before storeSnapshot, what string) {
 	}
 }
 
-func (h *harness) createPool(body map[string]any) poolResponse {
+func (h *harness) createPool(body map[string]any) apitypes.Pool {
 	h.t.Helper()
 	r := h.do("POST", "/api/pools", body)
 	r.expect(h.t, http.StatusCreated, "")
-	var p poolResponse
+	var p apitypes.Pool
 	r.json(h.t, &p)
 	return p
 }
 
-func (h *harness) createBackend(pool string, body map[string]any) backendResponse {
+func (h *harness) createBackend(pool string, body map[string]any) apitypes.Backend {
 	h.t.Helper()
 	r := h.do("POST", "/api/pools/"+pool+"/backends", body)
 	r.expect(h.t, http.StatusCreated, "")
-	var b backendResponse
+	var b apitypes.Backend
 	r.json(h.t, &b)
 	return b
 }
@@ -462,4 +463,9 @@ func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// apiETag is the ETag of a version as the API shows it.
+func apiETag(v apitypes.Version) string {
+	return etag(storage.Version{HLC: storage.HLC(v.HLC), Origin: v.Origin, Seq: v.Seq})
 }

@@ -119,10 +119,14 @@ func (s *Server) withAccessLog(next http.Handler) http.Handler {
 		}
 		s.metrics.observe(route, r.Method, status, elapsed)
 
+		// Reads that succeed are polls (the dashboard, probes, scrapes)
+		// arriving every few seconds: debug. Writes are audited and
+		// refusals matter, so they stay at info; server errors warn.
 		level := zapcore.InfoLevel
-		if route == "GET /api/health" || route == "GET /metrics" {
-			// Probes and scrapes arrive every few seconds; keep them out
-			// of the info log.
+		switch {
+		case status >= 500:
+			level = zapcore.WarnLevel
+		case status < 400 && (r.Method == http.MethodGet || r.Method == http.MethodHead):
 			level = zapcore.DebugLevel
 		}
 		if ce := s.logger.Check(level, "admin request"); ce != nil {

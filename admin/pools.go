@@ -4,108 +4,121 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"net/http"
 	"net/url"
 	"strings"
-	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/apitypes"
 
 	"github.com/singularity-ng/singularity-edge/internal/fielderr"
 	"github.com/singularity-ng/singularity-edge/pools"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
-// poolInput is the writable part of a pool in JSON. POST decodes it from
-// zero values; PATCH decodes the body onto the current pool's input, so the
-// fields the body leaves out keep their values (health_check merges field
-// by field; hosts and metadata are replaced as a whole).
-type poolInput struct {
-	Name                string            `json:"name"`
-	Algorithm           string            `json:"algorithm"`
-	SSLMode             string            `json:"ssl_mode"`
-	SSLDomain           string            `json:"ssl_domain"`
-	SSLCertID           string            `json:"ssl_cert_id"`
-	Hosts               []string          `json:"hosts"`
-	ValidateBackendCert bool              `json:"validate_backend_cert"`
-	HealthCheckInterval int64             `json:"health_check_interval"` // milliseconds
-	HealthCheck         healthCheckJSON   `json:"health_check"`
-	HashOn              string            `json:"hash_on"`
-	StickyCookie        string            `json:"sticky_cookie"`
-	PreferRegion        bool              `json:"prefer_region"`
-	FailOpen            bool              `json:"fail_open"`
-	AllowHTTP           bool              `json:"allow_http"`
-	HoldNewBackends     bool              `json:"hold_new_backends"`
-	Default             bool              `json:"default"`
-	Metadata            map[string]string `json:"metadata"`
-}
-
-// healthCheckJSON is storage.HealthCheck with durations in milliseconds.
-type healthCheckJSON struct {
-	Type           string `json:"type"`
-	Path           string `json:"path"`
-	ExpectedStatus int    `json:"expected_status"`
-	Timeout        int64  `json:"timeout"` // milliseconds
-	Rise           int    `json:"rise"`
-	Fall           int    `json:"fall"`
-	MaxFails       int    `json:"max_fails"` // -1 disables passive checks
-	Cooldown       int64  `json:"cooldown"`  // milliseconds
-}
-
-// poolResponse is a pool as the API shows it: configuration, row metadata
-// and the live statistics of its backends.
-type poolResponse struct {
-	poolInput
-	InsertedAt time.Time       `json:"inserted_at"`
-	UpdatedAt  time.Time       `json:"updated_at"`
-	Version    storage.Version `json:"version"`
-	Stats      poolStatsJSON   `json:"stats"`
-}
-
-// poolStatsJSON summarizes a pool's backends as this node sees them.
-// Source says where the figures come from: "live" (the running routing
-// table) or "stored" (this node's persisted observations, used before the
-// routing table has picked the pool up or when the agent runs without it).
-type poolStatsJSON struct {
-	TotalBackends int `json:"total_backends"`
-	// HealthyBackends can take new requests; UnhealthyBackends fail their
-	// checks; DrainingBackends are draining whatever their health. In the
-	// stored view a backend this node has not observed yet is in none of
-	// the three.
-	HealthyBackends    int    `json:"healthy_backends"`
-	UnhealthyBackends  int    `json:"unhealthy_backends"`
-	DrainingBackends   int    `json:"draining_backends"`
-	CurrentConnections int64  `json:"current_connections"`
-	TotalRequests      int64  `json:"total_requests"`
-	TotalFailures      int64  `json:"total_failures"`
-	Source             string `json:"source"`
-}
-
-// maxMillis is the largest millisecond count that fits a time.Duration.
-const maxMillis = math.MaxInt64 / int64(time.Millisecond)
-
-func millis(field string, ms int64, errs *fielderr.List) time.Duration {
-	switch {
-	case ms < 0:
-		errs.Add(field, fmt.Sprintf("must not be negative (milliseconds), got %d", ms))
-		return 0
-	case ms > maxMillis:
-		errs.Add(field, fmt.Sprintf("is too large (milliseconds), got %d", ms))
-		return 0
+// poolSpecOnto applies the fields spec sent onto p: the defaults
+// (pools.DefaultPool) for a create, the stored pool for an update. A few
+// defaults follow another field, and they are taken only when the request
+// leaves them out: the path and expected status of a check follow its
+// type, hash_on follows the algorithm, full_strict verifies backend
+// certificates, and a create's check timeout follows its interval.
+func poolSpecOnto(p *storage.Pool, spec apitypes.PoolSpec, create bool) fielderr.List {
+	var errs fielderr.List
+	apply(&errs, "name", spec.Name, &p.Name)
+	apply(&errs, "algorithm", spec.Algorithm, &p.Algorithm)
+	apply(&errs, "ssl_mode", spec.SSLMode, &p.SSLMode)
+	apply(&errs, "ssl_domain", spec.SSLDomain, &p.SSLDomain)
+	apply(&errs, "ssl_cert_id", spec.SSLCertID, &p.SSLCertID)
+	if spec.Hosts.Set {
+		// null and [] both leave the pool without further hosts.
+		p.Hosts = append([]string(nil), spec.Hosts.Value...)
 	}
-	return time.Duration(ms) * time.Millisecond
+	apply(&errs, "validate_backend_cert", spec.ValidateBackendCert, &p.ValidateBackendCert)
+	applyMillis(&errs, "health_check_interval", spec.HealthCheckInterval, &p.HealthCheckInterval)
+	if spec.HealthCheck.Null {
+		errs.Add("health_check", nullMessage)
+	}
+	hc := spec.HealthCheck.Value
+	hcType := hc.Type.Set && !hc.Type.Null
+	apply(&errs, "health_check.type", hc.Type, &p.HealthCheck.Type)
+	apply(&errs, "health_check.path", hc.Path, &p.HealthCheck.Path)
+	apply(&errs, "health_check.expected_status", hc.ExpectedStatus, &p.HealthCheck.ExpectedStatus)
+	applyMillis(&errs, "health_check.timeout", hc.Timeout, &p.HealthCheck.Timeout)
+	apply(&errs, "health_check.rise", hc.Rise, &p.HealthCheck.Rise)
+	apply(&errs, "health_check.fall", hc.Fall, &p.HealthCheck.Fall)
+	apply(&errs, "health_check.max_fails", hc.MaxFails, &p.HealthCheck.MaxFails)
+	applyMillis(&errs, "health_check.cooldown", hc.Cooldown, &p.HealthCheck.Cooldown)
+	apply(&errs, "hash_on", spec.HashOn, &p.HashOn)
+	apply(&errs, "sticky_cookie", spec.StickyCookie, &p.StickyCookie)
+	apply(&errs, "prefer_region", spec.PreferRegion, &p.PreferRegion)
+	apply(&errs, "fail_open", spec.FailOpen, &p.FailOpen)
+	apply(&errs, "allow_http", spec.AllowHTTP, &p.AllowHTTP)
+	apply(&errs, "hold_new_backends", spec.HoldNewBackends, &p.HoldNewBackends)
+	apply(&errs, "default", spec.Default, &p.Default)
+	applyMetadata(&errs, spec.Metadata, &p.Metadata, !create)
+
+	// Defaults that follow another field, for fields left out.
+	if hcType && !hc.Path.Set && !hc.ExpectedStatus.Set {
+		switch strings.ToLower(strings.TrimSpace(p.HealthCheck.Type)) {
+		case pools.HealthCheckHTTP, pools.HealthCheckHTTPS:
+			if p.HealthCheck.Path == "" {
+				p.HealthCheck.Path = "/"
+			}
+		default:
+			p.HealthCheck.Path, p.HealthCheck.ExpectedStatus = "", 0
+		}
+	}
+	if spec.Algorithm.Present() && !spec.HashOn.Set {
+		if strings.EqualFold(strings.TrimSpace(p.Algorithm), pools.AlgorithmConsistentHash) {
+			if p.HashOn == "" {
+				p.HashOn = pools.HashOnClientIP
+			}
+		} else {
+			p.HashOn = ""
+		}
+	}
+	if spec.SSLMode.Present() && !spec.ValidateBackendCert.Set {
+		if strings.EqualFold(strings.TrimSpace(p.SSLMode), pools.SSLModeFullStrict) {
+			p.ValidateBackendCert = true
+		}
+	}
+	if create && spec.HealthCheckInterval.Present() && !hc.Timeout.Set {
+		p.HealthCheck.Timeout = pools.DefaultTimeoutFor(p.HealthCheckInterval)
+	}
+	return errs
 }
 
-func poolInputFrom(p storage.Pool) poolInput {
-	return poolInput{
+// buildPool turns a request onto base into a validated pool.
+func buildPool(base storage.Pool, spec apitypes.PoolSpec, create bool) (storage.Pool, error) {
+	p := base
+	p.Hosts = append([]string(nil), base.Hosts...)
+	errs := poolSpecOnto(&p, spec, create)
+	if err := pools.ValidatePool(&p); err != nil {
+		fields, _ := fielderr.From(err)
+		errs = append(errs, fields...)
+	}
+	if len(errs) > 0 {
+		return p, errUnprocessable(errs)
+	}
+	return p, nil
+}
+
+func poolView(p storage.Pool) apitypes.Pool {
+	hosts := p.Hosts
+	if hosts == nil {
+		hosts = []string{}
+	}
+	return apitypes.Pool{
 		Name:                p.Name,
 		Algorithm:           p.Algorithm,
 		SSLMode:             p.SSLMode,
 		SSLDomain:           p.SSLDomain,
 		SSLCertID:           p.SSLCertID,
-		Hosts:               p.Hosts,
+		Hosts:               hosts,
 		ValidateBackendCert: p.ValidateBackendCert,
 		HealthCheckInterval: p.HealthCheckInterval.Milliseconds(),
-		HealthCheck: healthCheckJSON{
+		HealthCheck: apitypes.HealthCheck{
 			Type:           p.HealthCheck.Type,
 			Path:           p.HealthCheck.Path,
 			ExpectedStatus: p.HealthCheck.ExpectedStatus,
@@ -123,67 +136,93 @@ func poolInputFrom(p storage.Pool) poolInput {
 		HoldNewBackends: p.HoldNewBackends,
 		Default:         p.Default,
 		Metadata:        p.Metadata,
+		InsertedAt:      p.InsertedAt,
+		UpdatedAt:       p.UpdatedAt,
+		Version:         versionView(p.Version),
 	}
 }
 
-// toPool converts the input and runs the pools package's validation. The
-// error is a *fielderr.Error (422).
-func (in poolInput) toPool() (storage.Pool, error) {
-	var errs fielderr.List
-	p := storage.Pool{
-		Name:                in.Name,
-		Algorithm:           in.Algorithm,
-		SSLMode:             in.SSLMode,
-		SSLDomain:           in.SSLDomain,
-		SSLCertID:           in.SSLCertID,
-		Hosts:               in.Hosts,
-		ValidateBackendCert: in.ValidateBackendCert,
-		HealthCheckInterval: millis("health_check_interval", in.HealthCheckInterval, &errs),
-		HealthCheck: storage.HealthCheck{
-			Type:           in.HealthCheck.Type,
-			Path:           in.HealthCheck.Path,
-			ExpectedStatus: in.HealthCheck.ExpectedStatus,
-			Timeout:        millis("health_check.timeout", in.HealthCheck.Timeout, &errs),
-			Rise:           in.HealthCheck.Rise,
-			Fall:           in.HealthCheck.Fall,
-			MaxFails:       in.HealthCheck.MaxFails,
-			Cooldown:       millis("health_check.cooldown", in.HealthCheck.Cooldown, &errs),
-		},
-		HashOn:          in.HashOn,
-		StickyCookie:    in.StickyCookie,
-		PreferRegion:    in.PreferRegion,
-		FailOpen:        in.FailOpen,
-		AllowHTTP:       in.AllowHTTP,
-		HoldNewBackends: in.HoldNewBackends,
-		Default:         in.Default,
-		Metadata:        in.Metadata,
-	}
-	if len(errs) > 0 {
-		return p, errs.Err()
-	}
-	if err := pools.NormalizePool(&p); err != nil {
-		return p, err
-	}
-	return p, nil
+func versionView(v storage.Version) apitypes.Version {
+	return apitypes.Version{HLC: uint64(v.HLC), Origin: v.Origin, Seq: v.Seq}
 }
 
 // checkPoolRefs runs, inside the write's transaction, the checks that
-// depend on other rows: the named certificate exists and covers the pool's
-// SSL domain.
-func checkPoolRefs(tx *storage.Tx, p *storage.Pool) error {
-	if p.SSLCertID == "" {
+// depend on other rows, each an index lookup: the named certificate
+// exists and covers the pool's SSL domain; no other pool serves one of its
+// host names (exact or wildcard, as ssl_domain or in hosts); no other pool
+// is the default; and, when cur is the stored pool of an update whose TLS
+// mode or check type changes, no backend of the pool would fail every
+// request or check. The host and default lookups are guarded index
+// partitions, so two requests claiming the same host cannot both commit.
+func checkPoolRefs(tx *storage.Tx, p *storage.Pool, cur *storage.Pool) error {
+	if p.SSLCertID != "" {
+		c, err := tx.Certificate(p.SSLCertID)
+		if errors.Is(err, storage.ErrNotFound) {
+			return errUnprocessable(fielderr.List{{Field: "ssl_cert_id", Message: fmt.Sprintf("no certificate with id %q", p.SSLCertID)}})
+		}
+		if err != nil {
+			return err
+		}
+		if p.SSLDomain != "" && !certificateCovers(c, p.SSLDomain) {
+			return errUnprocessable(fielderr.List{{Field: "ssl_cert_id",
+				Message: fmt.Sprintf("certificate %q (%s) does not cover ssl_domain %q", c.ID, strings.Join(c.Names, ", "), p.SSLDomain)}})
+		}
+	}
+	var conflicts fielderr.List
+	claim := func(field, host string) error {
+		owners, err := tx.PoolsByHost(host)
+		if err != nil {
+			return err
+		}
+		for _, o := range owners {
+			if o.Name == p.Name {
+				continue
+			}
+			where := "hosts"
+			if strings.EqualFold(o.SSLDomain, host) {
+				where = "ssl_domain"
+			}
+			conflicts.Add(field, fmt.Sprintf("host %q is already served by pool %q (its %s); a host name belongs to one pool, remove it there first", host, o.Name, where))
+		}
 		return nil
 	}
-	c, err := tx.Certificate(p.SSLCertID)
-	if errors.Is(err, storage.ErrNotFound) {
-		return errUnprocessable(fielderr.List{{Field: "ssl_cert_id", Message: fmt.Sprintf("no certificate with id %q", p.SSLCertID)}})
+	if p.SSLDomain != "" {
+		if err := claim("ssl_domain", p.SSLDomain); err != nil {
+			return err
+		}
 	}
-	if err != nil {
-		return err
+	for _, h := range p.Hosts {
+		if h == p.SSLDomain {
+			continue
+		}
+		if err := claim("hosts", h); err != nil {
+			return err
+		}
 	}
-	if p.SSLDomain != "" && !certificateCovers(c, p.SSLDomain) {
-		return errUnprocessable(fielderr.List{{Field: "ssl_cert_id",
-			Message: fmt.Sprintf("certificate %q (%s) does not cover ssl_domain %q", c.ID, strings.Join(c.Names, ", "), p.SSLDomain)}})
+	if p.Default {
+		defs, err := tx.DefaultPools()
+		if err != nil {
+			return err
+		}
+		for _, o := range defs {
+			if o.Name != p.Name {
+				conflicts.Add("default", fmt.Sprintf("pool %q is already the default pool; only one pool can be, set default to false there first", o.Name))
+			}
+		}
+	}
+	if len(conflicts) > 0 {
+		return errConflictFields(conflicts)
+	}
+	if cur != nil && (cur.SSLMode != p.SSLMode || cur.HealthCheck.Type != p.HealthCheck.Type) {
+		backends, err := tx.BackendsByPool(p.Name)
+		if err != nil {
+			return err
+		}
+		for i := range backends {
+			if field, msg := pools.BackendMismatch(p, &backends[i]); field != "" {
+				return errConflictFields(fielderr.List{{Field: field, Message: msg + fmt.Sprintf(" (backend %q); change or remove the backend first", backends[i].ID)}})
+			}
+		}
 	}
 	return nil
 }
@@ -193,7 +232,7 @@ func checkPoolRefs(tx *storage.Tx, p *storage.Pool) error {
 // wildcard host ("*.example.com") is covered only by the same wildcard.
 func certificateCovers(c storage.Certificate, host string) bool {
 	host = strings.ToLower(host)
-	for _, n := range c.Names {
+	for _, n := range append([]string{c.Domain}, c.Names...) {
 		n = strings.ToLower(n)
 		if n == host {
 			return true
@@ -218,13 +257,8 @@ func (s *Server) handleListPools(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	view, err := s.loadPoolView(r.Context())
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
 	resp, err := pageOf(rows, pg.Limit, func(p storage.Pool) string { return p.Name },
-		func(p storage.Pool) (poolResponse, error) { return view.pool(r.Context(), p) })
+		func(p storage.Pool) (apitypes.Pool, error) { return s.poolResponse(r.Context(), p) })
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -238,12 +272,7 @@ func (s *Server) handleGetPool(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, notFoundAs(err, "name", fmt.Sprintf("no pool named %q", r.PathValue("name"))))
 		return
 	}
-	view, err := s.loadPoolView(r.Context())
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	resp, err := view.pool(r.Context(), p)
+	resp, err := s.poolResponse(r.Context(), p)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -253,12 +282,16 @@ func (s *Server) handleGetPool(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
-	var in poolInput
-	if err := readStrict(w, r, s.cfg.MaxBodyBytes, &in); err != nil {
+	var spec apitypes.PoolSpec
+	if err := readStrict(w, r, s.cfg.MaxBodyBytes, &spec); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	p, err := in.toPool()
+	if !spec.Name.Set {
+		s.writeError(w, r, errUnprocessable(fielderr.List{{Field: "name", Message: "is required"}}))
+		return
+	}
+	p, err := buildPool(pools.DefaultPool(), spec, true)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -270,7 +303,7 @@ func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
 		} else if !errors.Is(err, storage.ErrNotFound) {
 			return err
 		}
-		if err := checkPoolRefs(tx, &p); err != nil {
+		if err := checkPoolRefs(tx, &p, nil); err != nil {
 			return err
 		}
 		stored = p
@@ -281,18 +314,18 @@ func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	stored.Version = rowVersion(stored.Version, commit)
+	s.audit(r, "create", "pool", stored.Name, nil, poolView(stored))
 	s.respondPool(w, r, http.StatusCreated, stored)
 }
 
 func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	var probe poolInput
-	body, keys, err := readPatch(w, r, s.cfg.MaxBodyBytes, &probe)
-	if err != nil {
+	var spec apitypes.PoolSpec
+	if err := readStrict(w, r, s.cfg.MaxBodyBytes, &spec); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	if _, ok := keys["name"]; ok && strings.ToLower(strings.TrimSpace(probe.Name)) != name {
+	if spec.Name.Set && spec.Name.Value != name {
 		s.writeError(w, r, errUnprocessable(fielderr.List{{Field: "name", Message: "cannot be changed; create a new pool and move the backends"}}))
 		return
 	}
@@ -301,7 +334,7 @@ func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	var stored storage.Pool
+	var stored, before storage.Pool
 	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := tx.Pool(name)
 		if err != nil {
@@ -310,26 +343,14 @@ func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 		if err := match.check(cur.Version); err != nil {
 			return err
 		}
-		in := poolInputFrom(cur)
-		// Arrays and maps are replaced, not merged, when present.
-		if _, ok := keys["metadata"]; ok {
-			in.Metadata = nil
-		}
-		if _, ok := keys["hosts"]; ok {
-			in.Hosts = nil
-		}
-		if err := decodeStrict(body, &in); err != nil {
-			return err
-		}
-		next, err := in.toPool()
+		next, err := buildPool(cur, spec, false)
 		if err != nil {
 			return err
 		}
-		if err := checkPoolRefs(tx, &next); err != nil {
+		if err := checkPoolRefs(tx, &next, &cur); err != nil {
 			return err
 		}
-		next.InsertedAt = cur.InsertedAt
-		stored = next
+		before, stored = cur, next
 		return tx.PutPool(&stored)
 	})
 	if err != nil {
@@ -337,6 +358,7 @@ func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	stored.Version = rowVersion(stored.Version, commit)
+	s.audit(r, "update", "pool", name, poolView(before), poolView(stored))
 	s.respondPool(w, r, http.StatusOK, stored)
 }
 
@@ -352,6 +374,8 @@ func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	var before storage.Pool
+	var removed int
 	_, err = s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := tx.Pool(name)
 		if err != nil {
@@ -372,22 +396,19 @@ func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 				return err
 			}
 		}
+		before, removed = cur, len(backends)
 		return tx.DeletePool(name)
 	})
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
+	s.audit(r, "delete", "pool", name, poolView(before), nil, zap.Int("backends_deleted", removed))
 	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *Server) respondPool(w http.ResponseWriter, r *http.Request, status int, p storage.Pool) {
-	view, err := s.loadPoolView(r.Context())
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	resp, err := view.pool(r.Context(), p)
+	resp, err := s.poolResponse(r.Context(), p)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -399,44 +420,14 @@ func (s *Server) respondPool(w http.ResponseWriter, r *http.Request, status int,
 	writeJSON(w, status, resp)
 }
 
-// poolView computes pool statistics: from the live routing table when the
-// pool is in it, else from this node's stored observations.
-type poolView struct {
-	s    *Server
-	live map[string]pools.PoolStats
-	obs  map[string]storage.Observation // this node's, by backend id
-}
-
-func (s *Server) loadPoolView(ctx context.Context) (*poolView, error) {
-	v := &poolView{s: s, live: map[string]pools.PoolStats{}}
-	if s.deps.Pools != nil {
-		for _, st := range s.deps.Pools.Stats() {
-			v.live[st.Name] = st
-		}
-	}
-	obs, err := s.store.Observations(ctx, s.store.NodeID())
-	if err != nil {
-		return nil, err
-	}
-	v.obs = make(map[string]storage.Observation, len(obs))
-	for _, o := range obs {
-		v.obs[o.BackendID] = o
-	}
-	return v, nil
-}
-
-func (v *poolView) pool(ctx context.Context, p storage.Pool) (poolResponse, error) {
-	resp := poolResponse{
-		poolInput:  poolInputFrom(p),
-		InsertedAt: p.InsertedAt,
-		UpdatedAt:  p.UpdatedAt,
-		Version:    p.Version,
-	}
-	if resp.Hosts == nil {
-		resp.Hosts = []string{}
-	}
-	if st, ok := v.live[p.Name]; ok {
-		resp.Stats = poolStatsJSON{
+// poolResponse shows a pool with the statistics of its backends: from the
+// live routing table when it has the pool (memory only), else from this
+// node's stored observations of the pool's backends, each read by key.
+func (s *Server) poolResponse(ctx context.Context, p storage.Pool) (apitypes.Pool, error) {
+	resp := poolView(p)
+	if lp := s.livePool(p.Name); lp != nil {
+		st := lp.Stats()
+		resp.Stats = apitypes.PoolStats{
 			TotalBackends:      st.TotalBackends,
 			HealthyBackends:    st.HealthyBackends,
 			UnhealthyBackends:  st.UnhealthyBackends,
@@ -449,29 +440,50 @@ func (v *poolView) pool(ctx context.Context, p storage.Pool) (poolResponse, erro
 		return resp, nil
 	}
 	resp.Stats.Source = "stored"
-	backends, err := v.s.store.ListBackendsByPool(ctx, p.Name, "", 0)
-	if err != nil {
-		return resp, err
-	}
-	resp.Stats.TotalBackends = len(backends)
-	for _, b := range backends {
-		o, ok := v.obs[b.ID]
-		switch {
-		case b.Draining:
-			resp.Stats.DrainingBackends++
-		case !ok:
-		case o.Healthy:
-			resp.Stats.HealthyBackends++
-		default:
-			resp.Stats.UnhealthyBackends++
+	node := s.store.NodeID()
+	err := s.store.View(ctx, func(tx *storage.Tx) error {
+		backends, err := tx.BackendsByPool(p.Name)
+		if err != nil {
+			return err
 		}
-		if ok {
-			resp.Stats.CurrentConnections += o.CurrentConnections
-			resp.Stats.TotalRequests += o.TotalRequests
-			resp.Stats.TotalFailures += o.TotalFailures
+		resp.Stats.TotalBackends = len(backends)
+		for _, b := range backends {
+			o, err := tx.Observation(node, b.ID)
+			ok := err == nil
+			if err != nil && !errors.Is(err, storage.ErrNotFound) {
+				return err
+			}
+			switch {
+			case b.Draining:
+				resp.Stats.DrainingBackends++
+			case !ok:
+			case o.Healthy:
+				resp.Stats.HealthyBackends++
+			default:
+				resp.Stats.UnhealthyBackends++
+			}
+			if ok {
+				resp.Stats.CurrentConnections += o.CurrentConnections
+				resp.Stats.TotalRequests += o.TotalRequests
+				resp.Stats.TotalFailures += o.TotalFailures
+			}
 		}
+		return nil
+	})
+	return resp, err
+}
+
+// livePool returns the routing table's pool, or nil when the agent runs
+// without one or the table does not have the pool yet.
+func (s *Server) livePool(name string) *pools.Pool {
+	if s.deps.Pools == nil {
+		return nil
 	}
-	return resp, nil
+	t := s.deps.Pools.Table()
+	if t == nil {
+		return nil
+	}
+	return t.Pool(name)
 }
 
 // notFoundAs turns storage.ErrNotFound into a 404 naming field; other

@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"fmt"
+	"github.com/singularity-ng/singularity-edge/apitypes"
 	"net/http"
 	"strings"
 	"sync"
@@ -15,7 +16,7 @@ import (
 func TestCreatePool(t *testing.T) {
 	h := newHarness(t)
 	r := h.do("POST", "/api/pools", map[string]any{
-		"name":                  "Web",
+		"name":                  "web",
 		"algorithm":             "least_connections",
 		"ssl_mode":              "terminate",
 		"ssl_domain":            "Example.TEST",
@@ -28,7 +29,7 @@ func TestCreatePool(t *testing.T) {
 	if loc := r.Header.Get("Location"); loc != "/api/pools/web" {
 		t.Fatalf("Location %q", loc)
 	}
-	var p poolResponse
+	var p apitypes.Pool
 	r.json(t, &p)
 	if p.Name != "web" || p.SSLMode != "flexible" || p.SSLDomain != "example.test" || p.Algorithm != "least_connections" {
 		t.Fatalf("not normalized: %+v", p)
@@ -36,10 +37,10 @@ func TestCreatePool(t *testing.T) {
 	if p.HealthCheckInterval != 5000 || p.HealthCheck.Timeout != 1500 || p.HealthCheck.Cooldown != 20000 || p.HealthCheck.Rise != 2 {
 		t.Fatalf("durations or defaults wrong: %+v", p.HealthCheck)
 	}
-	if p.Version.IsZero() || p.InsertedAt.IsZero() {
+	if p.Version == (apitypes.Version{}) || p.InsertedAt.IsZero() {
 		t.Fatalf("no version or timestamps: %+v", p)
 	}
-	if et := r.Header.Get("ETag"); et != etag(p.Version) {
+	if et := r.Header.Get("ETag"); et != apiETag(p.Version) {
 		t.Fatalf("ETag %q, version %v", et, p.Version)
 	}
 	if p.Stats.TotalBackends != 0 || p.Stats.Source == "" {
@@ -52,7 +53,7 @@ func TestCreatePool(t *testing.T) {
 	if stored.HealthCheckInterval != 5*time.Second || stored.HealthCheck.Timeout != 1500*time.Millisecond {
 		t.Fatalf("stored durations %v %v", stored.HealthCheckInterval, stored.HealthCheck.Timeout)
 	}
-	if stored.Version != p.Version {
+	if versionView(stored.Version) != p.Version {
 		t.Fatalf("response version %v, stored %v", p.Version, stored.Version)
 	}
 
@@ -102,7 +103,7 @@ var badPoolInputs = []struct {
 	{"bad rise", `{"name":"web","health_check":{"rise":99}}`, 422, "health_check.rise"},
 	{"hash_on without hashing", `{"name":"web","hash_on":"client_ip"}`, 422, "hash_on"},
 	{"bad sticky cookie", `{"name":"web","sticky_cookie":"a b"}`, 422, "sticky_cookie"},
-	{"missing certificate", `{"name":"web","ssl_mode":"flexible","ssl_cert_id":"nope"}`, 422, "ssl_cert_id"},
+	{"missing certificate", `{"name":"web","ssl_mode":"flexible","ssl_domain":"web.test","ssl_cert_id":"nope"}`, 422, "ssl_cert_id"},
 	{"bad metadata", `{"name":"web","metadata":{"":"x"}}`, 422, "metadata"},
 }
 
@@ -123,8 +124,11 @@ func TestCreatePoolRejections(t *testing.T) {
 			}
 		})
 	}
-	r := h.do("POST", "/api/pools", map[string]any{"name": "EXISTING"})
+	r := h.do("POST", "/api/pools", map[string]any{"name": "existing"})
 	r.expect(t, http.StatusConflict, CodeConflict, "name")
+	// A name is a key: upper case is refused, never folded onto another pool.
+	r = h.do("POST", "/api/pools", map[string]any{"name": "EXISTING"})
+	r.expect(t, http.StatusUnprocessableEntity, CodeInvalid, "name")
 	h.assertUnchanged(before, "rejected pool creations")
 }
 
@@ -150,7 +154,7 @@ func TestListPoolsPagination(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		h.createPool(map[string]any{"name": fmt.Sprintf("p%d", i)})
 	}
-	var page listResponse[poolResponse]
+	var page apitypes.List[apitypes.Pool]
 	h.do("GET", "/api/pools?limit=2", nil).json(t, &page)
 	if len(page.Items) != 2 || page.Items[0].Name != "p0" || page.Next != "p1" {
 		t.Fatalf("first page %+v next %q", names(page.Items), page.Next)
@@ -180,7 +184,7 @@ func TestListPoolsPagination(t *testing.T) {
 	}
 }
 
-func names(ps []poolResponse) []string {
+func names(ps []apitypes.Pool) []string {
 	var out []string
 	for _, p := range ps {
 		out = append(out, p.Name)
@@ -193,7 +197,7 @@ func TestGetPool(t *testing.T) {
 	created := h.createPool(map[string]any{"name": "web"})
 	r := h.do("GET", "/api/pools/web", nil)
 	r.expect(t, http.StatusOK, "")
-	if r.Header.Get("ETag") != etag(created.Version) {
+	if r.Header.Get("ETag") != apiETag(created.Version) {
 		t.Fatalf("ETag %q", r.Header.Get("ETag"))
 	}
 	h.do("GET", "/api/pools/nope", nil).expect(t, http.StatusNotFound, CodeNotFound, "name")
@@ -207,33 +211,34 @@ func TestPatchPool(t *testing.T) {
 		"metadata":     map[string]string{"a": "1", "b": "2"},
 	})
 
-	// Only the fields present change; health_check merges field by field;
-	// hosts and metadata are replaced.
+	// Only the fields present change; health_check merges field by field,
+	// metadata key by key (null deletes a key); hosts is replaced.
 	r := h.do("PATCH", "/api/pools/web", map[string]any{
 		"algorithm":    "least_connections",
 		"health_check": map[string]any{"rise": 4},
 		"hosts":        []string{"c.test"},
-		"metadata":     map[string]string{"c": "3"},
+		"metadata":     map[string]any{"c": "3", "a": nil},
 	})
 	r.expect(t, http.StatusOK, "")
-	var p poolResponse
+	var p apitypes.Pool
 	r.json(t, &p)
 	if p.Algorithm != "least_connections" || p.HealthCheck.Rise != 4 || p.HealthCheck.Path != "/up" || p.HealthCheck.Type != "http" {
 		t.Fatalf("patched %+v", p)
 	}
-	if strings.Join(p.Hosts, ",") != "c.test" || len(p.Metadata) != 1 || p.Metadata["c"] != "3" {
+	if strings.Join(p.Hosts, ",") != "c.test" || len(p.Metadata) != 2 || p.Metadata["c"] != "3" || p.Metadata["b"] != "2" {
 		t.Fatalf("hosts %v metadata %v", p.Hosts, p.Metadata)
 	}
-	if !p.InsertedAt.Equal(created.InsertedAt) || !created.Version.Less(p.Version) {
+	if !p.InsertedAt.Equal(created.InsertedAt) || !(created.Version.HLC < p.Version.HLC) {
 		t.Fatalf("inserted_at %v -> %v, version %v -> %v", created.InsertedAt, p.InsertedAt, created.Version, p.Version)
 	}
-	if r.Header.Get("ETag") != etag(p.Version) {
+	if r.Header.Get("ETag") != apiETag(p.Version) {
 		t.Fatal("PATCH ETag is not the new version")
 	}
 
-	// Same name (case-insensitive) is allowed; empty body object changes
-	// nothing but is accepted.
-	h.do("PATCH", "/api/pools/web", map[string]any{"name": "WEB"}).expect(t, http.StatusOK, "")
+	// The same name is allowed; another spelling of it is not (names are
+	// keys, kept as sent).
+	h.do("PATCH", "/api/pools/web", map[string]any{"name": "web"}).expect(t, http.StatusOK, "")
+	h.do("PATCH", "/api/pools/web", map[string]any{"name": "WEB"}).expect(t, http.StatusUnprocessableEntity, CodeInvalid, "name")
 
 	// The patched pool is re-validated as a whole: a timeout that was
 	// fine becomes too long for a shorter interval.
@@ -274,7 +279,7 @@ func TestPatchPool(t *testing.T) {
 func TestPoolIfMatch(t *testing.T) {
 	h := newHarness(t)
 	created := h.createPool(map[string]any{"name": "web"})
-	stale := etag(created.Version)
+	stale := apiETag(created.Version)
 	r := h.do("PATCH", "/api/pools/web", `{"algorithm":"random"}`, withHeader("If-Match", stale))
 	r.expect(t, http.StatusOK, "")
 	current := r.Header.Get("ETag")
@@ -386,9 +391,9 @@ func TestPoolStatsFromStoredObservations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var p poolResponse
+	var p apitypes.Pool
 	h.do("GET", "/api/pools/web", nil).json(t, &p)
-	want := poolStatsJSON{TotalBackends: 4, HealthyBackends: 1, UnhealthyBackends: 1, DrainingBackends: 1,
+	want := apitypes.PoolStats{TotalBackends: 4, HealthyBackends: 1, UnhealthyBackends: 1, DrainingBackends: 1,
 		CurrentConnections: 3, TotalRequests: 107, TotalFailures: 7, Source: "stored"}
 	if p.Stats != want {
 		t.Fatalf("stats %+v, want %+v", p.Stats, want)

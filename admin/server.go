@@ -243,8 +243,18 @@ func (s *Server) Start(ctx context.Context) error {
 			s.logger.Error("admin server stopped", zap.Error(err))
 		}
 	}()
-	s.logger.Info("admin API listening", zap.String("addr", ln.Addr().String()), zap.Bool("token", s.token.enabled))
+	s.logListening(ln.Addr())
 	return nil
+}
+
+// logListening announces the listener, and warns when the API runs
+// without a token: every local process can then change the configuration.
+func (s *Server) logListening(addr net.Addr) {
+	s.logger.Info("admin API listening", zap.String("addr", addr.String()), zap.Bool("token", s.token.enabled))
+	if !s.token.enabled {
+		s.logger.Warn("admin API runs without a token: any process that can reach "+addr.String()+" can change the configuration; set EDGE_ADMIN_TOKEN",
+			zap.String("addr", addr.String()))
+	}
 }
 
 // Serve serves on ln until ctx ends, then shuts down gracefully within
@@ -269,7 +279,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		case <-stopped:
 		}
 	}()
-	s.logger.Info("admin API listening", zap.String("addr", ln.Addr().String()), zap.Bool("token", s.token.enabled))
+	s.logListening(ln.Addr())
 	if err := s.httpServer.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("admin: serve: %w", err)
 	}

@@ -88,7 +88,7 @@ func New(cfg Config, logger *zap.Logger) (*Agent, error) {
 		return nil, err
 	}
 	if err := admin.CheckExposure(cfg.AdminAddr, cfg.AdminToken); err != nil {
-		return nil, fmt.Errorf("--admin-addr %s: %w (set EDGE_ADMIN_TOKEN)", cfg.AdminAddr, err)
+		return nil, fmt.Errorf("--admin-addr: %w", err)
 	}
 	var encKey []byte
 	if cfg.EncryptionKey != "" {

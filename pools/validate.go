@@ -107,38 +107,106 @@ func algorithmKnown(a string) bool {
 	return false
 }
 
-// NormalizePool lower-cases the names in p, fills defaults and validates
-// every field. On error p may be partially normalized and the error is a
-// *fielderr.Error listing every offending field (snake_case JSON names,
-// nested fields as "health_check.rise").
+// DefaultPool returns a pool with every default filled: what a create
+// request starts from before the fields the client sent are applied.
+func DefaultPool() storage.Pool {
+	var p storage.Pool
+	FillPoolDefaults(&p)
+	return p
+}
+
+// DefaultTimeoutFor is the health check timeout used when none is given:
+// DefaultHealthCheckTimeout, or half the interval when that is shorter, so
+// that the defaults always validate.
+func DefaultTimeoutFor(interval time.Duration) time.Duration {
+	if interval > 0 && DefaultHealthCheckTimeout >= interval {
+		return interval / 2
+	}
+	return DefaultHealthCheckTimeout
+}
+
+// FillPoolDefaults sets every zero field of p that has a default. It is
+// for pools built in code; the admin API fills defaults only for the
+// fields a request left out (a field sent as 0 is validated as 0).
+func FillPoolDefaults(p *storage.Pool) {
+	if strings.TrimSpace(p.Algorithm) == "" {
+		p.Algorithm = DefaultAlgorithm
+	}
+	if strings.TrimSpace(p.SSLMode) == "" {
+		p.SSLMode = DefaultSSLMode
+	}
+	if strings.EqualFold(strings.TrimSpace(p.SSLMode), SSLModeFullStrict) {
+		p.ValidateBackendCert = true
+	}
+	if p.HealthCheckInterval == 0 {
+		p.HealthCheckInterval = DefaultHealthCheckInterval
+	}
+	hc := &p.HealthCheck
+	if strings.TrimSpace(hc.Type) == "" {
+		hc.Type = HealthCheckTCP
+	}
+	if t := strings.ToLower(strings.TrimSpace(hc.Type)); (t == HealthCheckHTTP || t == HealthCheckHTTPS) && hc.Path == "" {
+		hc.Path = "/"
+	}
+	if hc.Timeout == 0 {
+		hc.Timeout = DefaultTimeoutFor(p.HealthCheckInterval)
+	}
+	if hc.Rise == 0 {
+		hc.Rise = DefaultRise
+	}
+	if hc.Fall == 0 {
+		hc.Fall = DefaultFall
+	}
+	if hc.MaxFails == 0 {
+		hc.MaxFails = DefaultMaxFails
+	}
+	if hc.Cooldown == 0 {
+		hc.Cooldown = DefaultCooldown
+	}
+	if strings.TrimSpace(p.HashOn) == "" && strings.EqualFold(strings.TrimSpace(p.Algorithm), AlgorithmConsistentHash) {
+		p.HashOn = HashOnClientIP
+	}
+}
+
+// NormalizePool lower-cases p's name, fills the defaults of zero fields
+// (FillPoolDefaults) and validates (ValidatePool). It is for pools built
+// in code and tests; the admin API uses ValidatePool on what was sent.
 func NormalizePool(p *storage.Pool) error {
+	p.Name = strings.ToLower(strings.TrimSpace(p.Name))
+	FillPoolDefaults(p)
+	return ValidatePool(p)
+}
+
+// ValidatePool validates every field of p and the combinations of fields,
+// without filling any default: a zero value is checked as the value it
+// is. Values that are case-insensitive (algorithm, modes, host names) are
+// stored in lower case; the pool name is a key and must already be lower
+// case. The error is a *fielderr.Error listing every offending field
+// (snake_case JSON names, nested fields as "health_check.rise").
+func ValidatePool(p *storage.Pool) error {
 	var errs fielderr.List
 
-	p.Name = strings.ToLower(strings.TrimSpace(p.Name))
-	if msg := checkName(p.Name); msg != "" {
+	if p.Name != strings.ToLower(p.Name) {
+		errs.Add("name", fmt.Sprintf("must be lower case (pool names are keys); send %q", strings.ToLower(p.Name)))
+	} else if msg := checkName(p.Name); msg != "" {
 		errs.Add("name", msg)
 	}
 
 	p.Algorithm = strings.ToLower(strings.TrimSpace(p.Algorithm))
-	if p.Algorithm == "" {
-		p.Algorithm = DefaultAlgorithm
-	}
 	if !algorithmKnown(p.Algorithm) {
 		errs.Add("algorithm", fmt.Sprintf("unknown algorithm %q; valid: %s", p.Algorithm, strings.Join(Algorithms(), ", ")))
 	}
 
 	p.SSLMode = strings.ToLower(strings.TrimSpace(p.SSLMode))
-	switch p.SSLMode {
-	case "":
-		p.SSLMode = DefaultSSLMode
-	case sslModeTerminate:
+	if p.SSLMode == sslModeTerminate {
 		p.SSLMode = SSLModeFlexible
 	}
 	switch p.SSLMode {
 	case SSLModeOff, SSLModeFlexible, SSLModeFull, SSLModePassthrough:
 	case SSLModeFullStrict:
-		// Strict mode is defined as "TLS to backends, verified".
-		p.ValidateBackendCert = true
+		if !p.ValidateBackendCert {
+			errs.Add("validate_backend_cert", "full_strict always verifies backend certificates; leave validate_backend_cert out or set it to true (or use ssl_mode full)")
+		}
 	default:
 		errs.Add("ssl_mode", fmt.Sprintf("unknown ssl mode %q; valid: %s (terminate is accepted as flexible)", p.SSLMode, strings.Join(SSLModes(), ", ")))
 	}
@@ -154,40 +222,45 @@ func NormalizePool(p *storage.Pool) error {
 		if msg := checkID(p.SSLCertID); msg != "" {
 			errs.Add("ssl_cert_id", msg)
 		}
+		switch p.SSLMode {
+		case SSLModeOff:
+			errs.Add("ssl_cert_id", "a pool with ssl_mode off never presents a certificate; set ssl_mode or remove ssl_cert_id")
+		case SSLModePassthrough:
+			errs.Add("ssl_cert_id", "a passthrough pool never terminates TLS, so it presents no certificate; remove ssl_cert_id")
+		}
 	}
 
 	if len(p.Hosts) > MaxHosts {
 		errs.Add("hosts", fmt.Sprintf("at most %d host names, got %d", MaxHosts, len(p.Hosts)))
 	} else {
-		seen := make(map[string]bool, len(p.Hosts))
-		hosts := make([]string, 0, len(p.Hosts))
+		seen := make(map[string]int, len(p.Hosts))
 		for i, h := range p.Hosts {
 			h = strings.ToLower(strings.TrimSpace(h))
+			p.Hosts[i] = h
 			if msg := checkServedHost(h); msg != "" {
 				errs.Add("hosts", fmt.Sprintf("hosts[%d] %q: %s", i, h, msg))
 				continue
 			}
-			if seen[h] || h == p.SSLDomain {
+			if j, dup := seen[h]; dup {
+				errs.Add("hosts", fmt.Sprintf("hosts[%d] %q repeats hosts[%d]", i, h, j))
 				continue
 			}
-			seen[h] = true
-			hosts = append(hosts, h)
+			seen[h] = i
 		}
-		if len(hosts) == 0 {
-			hosts = nil
+		if len(p.Hosts) == 0 {
+			p.Hosts = nil
 		}
-		p.Hosts = hosts
+	}
+	if p.SSLMode != SSLModeOff && p.SSLDomain == "" && len(p.Hosts) == 0 && !(p.SSLMode == SSLModePassthrough && p.Default) {
+		errs.Add("ssl_domain", fmt.Sprintf("a pool with ssl_mode %s needs ssl_domain or hosts: TLS is routed by SNI host name", p.SSLMode))
 	}
 
-	if p.HealthCheckInterval == 0 {
-		p.HealthCheckInterval = DefaultHealthCheckInterval
-	}
 	if p.HealthCheckInterval < MinHealthCheckInterval || p.HealthCheckInterval > MaxHealthCheckInterval {
 		errs.Add("health_check_interval", fmt.Sprintf("must be between %s and %s (milliseconds in JSON), got %s", MinHealthCheckInterval, MaxHealthCheckInterval, p.HealthCheckInterval))
 	}
-	normalizeHealthCheck(&p.HealthCheck, p.HealthCheckInterval, &errs)
+	validateHealthCheck(&p.HealthCheck, p.HealthCheckInterval, &errs)
 
-	normalizeHashOn(p, &errs)
+	validateHashOn(p, &errs)
 
 	p.StickyCookie = strings.TrimSpace(p.StickyCookie)
 	if p.StickyCookie != "" {
@@ -205,23 +278,17 @@ func NormalizePool(p *storage.Pool) error {
 	return errs.Err()
 }
 
-func normalizeHealthCheck(hc *storage.HealthCheck, interval time.Duration, errs *fielderr.List) {
+func validateHealthCheck(hc *storage.HealthCheck, interval time.Duration, errs *fielderr.List) {
 	hc.Type = strings.ToLower(strings.TrimSpace(hc.Type))
-	if hc.Type == "" {
-		hc.Type = HealthCheckTCP
-	}
 	switch hc.Type {
 	case HealthCheckTCP:
 		if hc.Path != "" {
-			errs.Add("health_check.path", "only used by http and https checks")
+			errs.Add("health_check.path", `only used by http and https checks; send "path": "" with type tcp`)
 		}
 		if hc.ExpectedStatus != 0 {
-			errs.Add("health_check.expected_status", "only used by http and https checks")
+			errs.Add("health_check.expected_status", "only used by http and https checks; send 0 with type tcp")
 		}
 	case HealthCheckHTTP, HealthCheckHTTPS:
-		if hc.Path == "" {
-			hc.Path = "/"
-		}
 		switch {
 		case !strings.HasPrefix(hc.Path, "/"):
 			errs.Add("health_check.path", "must start with /")
@@ -237,58 +304,38 @@ func normalizeHealthCheck(hc *storage.HealthCheck, interval time.Duration, errs 
 		errs.Add("health_check.type", fmt.Sprintf("unknown type %q; valid: tcp, http, https", hc.Type))
 	}
 
-	if hc.Timeout == 0 {
-		hc.Timeout = DefaultHealthCheckTimeout
-		// A short interval gets a proportionally short default timeout so
-		// that the defaults always validate.
-		if interval > 0 && hc.Timeout >= interval {
-			hc.Timeout = interval / 2
-		}
-	}
 	switch {
 	case hc.Timeout < MinHealthCheckTimeout:
 		errs.Add("health_check.timeout", fmt.Sprintf("must be at least %s, got %s", MinHealthCheckTimeout, hc.Timeout))
 	case interval > 0 && hc.Timeout >= interval:
 		errs.Add("health_check.timeout", fmt.Sprintf("must be shorter than health_check_interval (%s), got %s", interval, hc.Timeout))
 	}
-
-	if hc.Rise == 0 {
-		hc.Rise = DefaultRise
-	}
 	if hc.Rise < 1 || hc.Rise > MaxRiseFall {
 		errs.Add("health_check.rise", fmt.Sprintf("must be between 1 and %d, got %d", MaxRiseFall, hc.Rise))
-	}
-	if hc.Fall == 0 {
-		hc.Fall = DefaultFall
 	}
 	if hc.Fall < 1 || hc.Fall > MaxRiseFall {
 		errs.Add("health_check.fall", fmt.Sprintf("must be between 1 and %d, got %d", MaxRiseFall, hc.Fall))
 	}
-
-	if hc.MaxFails == 0 {
-		hc.MaxFails = DefaultMaxFails
-	}
-	if hc.MaxFails != PassiveDisabled && (hc.MaxFails < 1 || hc.MaxFails > MaxMaxFails) {
-		errs.Add("health_check.max_fails", fmt.Sprintf("must be between 1 and %d, or %d to disable passive checks, got %d", MaxMaxFails, PassiveDisabled, hc.MaxFails))
-	}
-	if hc.Cooldown == 0 {
-		hc.Cooldown = DefaultCooldown
+	// 0 turns passive checks off as nginx's max_fails=0 does; -1 is the
+	// older spelling of the same and stays accepted.
+	if hc.MaxFails != PassiveDisabled && (hc.MaxFails < 0 || hc.MaxFails > MaxMaxFails) {
+		errs.Add("health_check.max_fails", fmt.Sprintf("must be between 1 and %d, or 0 (or -1) to turn passive checks off, got %d", MaxMaxFails, hc.MaxFails))
 	}
 	if hc.Cooldown < MinCooldown || hc.Cooldown > MaxCooldown {
 		errs.Add("health_check.cooldown", fmt.Sprintf("must be between %s and %s, got %s", MinCooldown, MaxCooldown, hc.Cooldown))
 	}
 }
 
-func normalizeHashOn(p *storage.Pool, errs *fielderr.List) {
+func validateHashOn(p *storage.Pool, errs *fielderr.List) {
 	p.HashOn = strings.TrimSpace(p.HashOn)
 	if p.HashOn == "" {
 		if p.Algorithm == AlgorithmConsistentHash {
-			p.HashOn = HashOnClientIP
+			errs.Add("hash_on", fmt.Sprintf("consistent_hash needs a key: %q or \"header:<Header-Name>\" (left out, it defaults to %q)", HashOnClientIP, HashOnClientIP))
 		}
 		return
 	}
 	if p.Algorithm != AlgorithmConsistentHash {
-		errs.Add("hash_on", "only used by the consistent_hash algorithm")
+		errs.Add("hash_on", `only used by the consistent_hash algorithm; send "hash_on": "" with another algorithm`)
 		return
 	}
 	if strings.EqualFold(p.HashOn, HashOnClientIP) {
@@ -312,10 +359,51 @@ func normalizeHashOn(p *storage.Pool, errs *fielderr.List) {
 	errs.Add("hash_on", fmt.Sprintf("must be %q or \"header:<Header-Name>\", got %q", HashOnClientIP, p.HashOn))
 }
 
-// NormalizeBackend fills defaults (scheme http, port from the scheme, weight
-// 1), lower-cases host, scheme and region, and validates every field. The
-// error is a *fielderr.Error.
+// DefaultScheme is the scheme of a backend whose request left it out:
+// https for pools that speak TLS to their backends (full, full_strict,
+// passthrough), http otherwise.
+func DefaultScheme(sslMode string) string {
+	switch sslMode {
+	case SSLModeFull, SSLModeFullStrict, SSLModePassthrough:
+		return "https"
+	}
+	return "http"
+}
+
+// DefaultPort is the port of a backend whose request left it out.
+func DefaultPort(scheme string) int {
+	if scheme == "https" {
+		return 443
+	}
+	return 80
+}
+
+// FillBackendDefaults sets the zero fields of b that have a default
+// (scheme http, the scheme's port, weight 1). It is for backends built in
+// code; the admin API fills only the fields a request left out.
+func FillBackendDefaults(b *storage.Backend) {
+	if strings.TrimSpace(b.Scheme) == "" {
+		b.Scheme = "http"
+	}
+	if b.Port == 0 {
+		b.Port = DefaultPort(strings.ToLower(strings.TrimSpace(b.Scheme)))
+	}
+	if b.Weight == 0 {
+		b.Weight = DefaultWeight
+	}
+}
+
+// NormalizeBackend fills defaults (FillBackendDefaults) and validates
+// (ValidateBackend).
 func NormalizeBackend(b *storage.Backend) error {
+	FillBackendDefaults(b)
+	return ValidateBackend(b)
+}
+
+// ValidateBackend validates every field of b without filling defaults;
+// host, scheme and region are stored in lower case. The error is a
+// *fielderr.Error.
+func ValidateBackend(b *storage.Backend) error {
 	var errs fielderr.List
 
 	b.ID = strings.TrimSpace(b.ID)
@@ -330,9 +418,6 @@ func NormalizeBackend(b *storage.Backend) error {
 	}
 
 	b.Scheme = strings.ToLower(strings.TrimSpace(b.Scheme))
-	if b.Scheme == "" {
-		b.Scheme = "http"
-	}
 	if b.Scheme != "http" && b.Scheme != "https" {
 		errs.Add("scheme", fmt.Sprintf("must be http or https, got %q", b.Scheme))
 	}
@@ -343,22 +428,14 @@ func NormalizeBackend(b *storage.Backend) error {
 		errs.Add("host", msg)
 	}
 
-	if b.Port == 0 {
-		switch b.Scheme {
-		case "http":
-			b.Port = 80
-		case "https":
-			b.Port = 443
-		}
-	}
 	if b.Port < 1 || b.Port > 65535 {
 		errs.Add("port", fmt.Sprintf("must be between 1 and 65535, got %d", b.Port))
 	}
 
-	if b.Weight == 0 {
-		b.Weight = DefaultWeight
-	}
-	if b.Weight < 1 || b.Weight > MaxWeight {
+	switch {
+	case b.Weight == 0:
+		errs.Add("weight", fmt.Sprintf("must be between 1 and %d; to stop new requests to a backend, set draining to true instead of weight 0", MaxWeight))
+	case b.Weight < 1 || b.Weight > MaxWeight:
 		errs.Add("weight", fmt.Sprintf("must be between 1 and %d, got %d", MaxWeight, b.Weight))
 	}
 
@@ -371,15 +448,57 @@ func NormalizeBackend(b *storage.Backend) error {
 	return errs.Err()
 }
 
+// BackendMismatch says why backend b cannot serve pool p, or "" when it
+// can: the combinations that would fail every request or every check.
+// field is the pool field that makes the combination wrong ("ssl_mode" or
+// "health_check.type"), so a caller can report it on either side.
+func BackendMismatch(p *storage.Pool, b *storage.Backend) (field, msg string) {
+	addr := b.Scheme + "://" + net.JoinHostPort(b.Host, strconv.Itoa(b.Port))
+	switch {
+	case p.SSLMode == SSLModePassthrough && b.Scheme == "http":
+		return "ssl_mode", fmt.Sprintf("pool %q uses ssl_mode passthrough, which forwards the client's TLS unchanged, but backend %s speaks plain http; use an https:// backend", p.Name, addr)
+	case (p.SSLMode == SSLModeFull || p.SSLMode == SSLModeFullStrict) && b.Scheme == "http":
+		return "ssl_mode", fmt.Sprintf("pool %q uses ssl_mode %s, which speaks TLS to its backends, but backend %s is http; use https:// (or ssl_mode flexible for plain-HTTP backends)", p.Name, p.SSLMode, addr)
+	case p.HealthCheck.Type == HealthCheckHTTP && b.Scheme == "https":
+		return "health_check.type", fmt.Sprintf("pool %q checks its backends with plain http, but backend %s speaks TLS; use health_check.type https (or tcp)", p.Name, addr)
+	}
+	return "", ""
+}
+
 // ParseBackendURL splits a backend URL such as "http://10.0.1.10:8080" into
 // host, port and scheme. The scheme defaults to http and the port to the
 // scheme's (80 or 443). Paths, queries, fragments and user info are
 // rejected: a backend is an address, not a resource. IPv6 literals come in
 // brackets ("http://[::1]:8080") and are returned without them.
 func ParseBackendURL(raw string) (host string, port int, scheme string, err error) {
-	fail := func(msg string) (string, int, string, error) {
-		return "", 0, "", fielderr.New("url", msg)
+	u, err := SplitBackendURL(raw)
+	if err != nil {
+		return "", 0, "", err
 	}
+	if u.Scheme == "" {
+		u.Scheme = "http"
+	}
+	if u.Port == 0 {
+		u.Port = DefaultPort(u.Scheme)
+	}
+	return u.Host, u.Port, u.Scheme, nil
+}
+
+// BackendURL is a backend URL taken apart. Scheme is "" and Port 0 when
+// the URL leaves them out, so a caller can tell a default from a value
+// that was written.
+type BackendURL struct {
+	Host   string
+	Port   int
+	Scheme string
+}
+
+// SplitBackendURL is ParseBackendURL without the defaults.
+func SplitBackendURL(raw string) (BackendURL, error) {
+	fail := func(msg string) (BackendURL, error) {
+		return BackendURL{}, fielderr.New("url", msg)
+	}
+	var scheme string
 	s := strings.TrimSpace(raw)
 	if s == "" {
 		return fail("is required")
@@ -387,7 +506,6 @@ func ParseBackendURL(raw string) (host string, port int, scheme string, err erro
 	if len(s) > 2048 {
 		return fail("longer than 2048 characters")
 	}
-	scheme = "http"
 	if i := strings.Index(s, "://"); i >= 0 {
 		scheme = strings.ToLower(s[:i])
 		s = s[i+3:]
@@ -440,10 +558,7 @@ func ParseBackendURL(raw string) (host string, port int, scheme string, err erro
 		return fail("IPv6 addresses must be in brackets, e.g. http://[::1]:8080")
 	}
 
-	port = 80
-	if scheme == "https" {
-		port = 443
-	}
+	port := 0
 	if portPart != "" {
 		n, perr := strconv.Atoi(portPart)
 		if perr != nil || n < 1 || n > 65535 || portPart[0] == '+' || portPart[0] == '-' {
@@ -455,7 +570,7 @@ func ParseBackendURL(raw string) (host string, port int, scheme string, err erro
 	if msg != "" {
 		return fail("host " + msg)
 	}
-	return host, port, scheme, nil
+	return BackendURL{Host: host, Port: port, Scheme: scheme}, nil
 }
 
 // normalizeBackendHost accepts an IP address (IPv6 with or without

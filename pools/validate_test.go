@@ -12,16 +12,18 @@ import (
 )
 
 func TestNormalizePoolDefaults(t *testing.T) {
-	p := storage.Pool{Name: "  Web-1 ", SSLDomain: "Example.COM", Hosts: []string{"WWW.example.com", "www.example.com", "example.com", "*.Apps.Example.com"}}
+	p := storage.Pool{Name: "  Web-1 ", SSLDomain: "Example.COM", Hosts: []string{"WWW.example.com", "example.com", "*.Apps.Example.com"}}
 	if err := NormalizePool(&p); err != nil {
 		t.Fatalf("NormalizePool: %v", err)
 	}
 	want := storage.Pool{
-		Name:                "web-1",
-		Algorithm:           AlgorithmRoundRobin,
-		SSLMode:             SSLModeOff,
-		SSLDomain:           "example.com",
-		Hosts:               []string{"www.example.com", "*.apps.example.com"},
+		Name:      "web-1",
+		Algorithm: AlgorithmRoundRobin,
+		SSLMode:   SSLModeOff,
+		SSLDomain: "example.com",
+		// A host equal to ssl_domain stays: changing one field never
+		// edits another.
+		Hosts:               []string{"www.example.com", "example.com", "*.apps.example.com"},
 		HealthCheckInterval: 10 * time.Second,
 		HealthCheck: storage.HealthCheck{
 			Type: HealthCheckTCP, Timeout: 2 * time.Second, Rise: 2, Fall: 3, MaxFails: 3, Cooldown: 30 * time.Second,
@@ -45,12 +47,12 @@ func TestNormalizePoolConversions(t *testing.T) {
 		in    storage.Pool
 		check func(t *testing.T, p storage.Pool)
 	}{
-		{"terminate is flexible", storage.Pool{Name: "a", SSLMode: "Terminate"}, func(t *testing.T, p storage.Pool) {
+		{"terminate is flexible", storage.Pool{Name: "a", SSLMode: "Terminate", SSLDomain: "a.example.com"}, func(t *testing.T, p storage.Pool) {
 			if p.SSLMode != SSLModeFlexible {
 				t.Errorf("ssl_mode = %q", p.SSLMode)
 			}
 		}},
-		{"full_strict validates", storage.Pool{Name: "a", SSLMode: "full_strict"}, func(t *testing.T, p storage.Pool) {
+		{"full_strict validates", storage.Pool{Name: "a", SSLMode: "full_strict", Hosts: []string{"a.example.com"}}, func(t *testing.T, p storage.Pool) {
 			if !p.ValidateBackendCert {
 				t.Error("validate_backend_cert not set for full_strict")
 			}
@@ -154,7 +156,7 @@ func TestNormalizePoolRejects(t *testing.T) {
 		{"rise negative", base(func(p *storage.Pool) { p.HealthCheck.Rise = -1 }), "health_check.rise", "between 1 and 10"},
 		{"fall too high", base(func(p *storage.Pool) { p.HealthCheck.Fall = 11 }), "health_check.fall", "between 1 and 10"},
 		{"max fails too high", base(func(p *storage.Pool) { p.HealthCheck.MaxFails = 101 }), "health_check.max_fails", "between 1 and 100"},
-		{"max fails negative", base(func(p *storage.Pool) { p.HealthCheck.MaxFails = -2 }), "health_check.max_fails", "to disable"},
+		{"max fails negative", base(func(p *storage.Pool) { p.HealthCheck.MaxFails = -2 }), "health_check.max_fails", "to turn passive checks off"},
 		{"cooldown too short", base(func(p *storage.Pool) { p.HealthCheck.Cooldown = time.Millisecond }), "health_check.cooldown", "between"},
 		{"cooldown too long", base(func(p *storage.Pool) { p.HealthCheck.Cooldown = 2 * time.Hour }), "health_check.cooldown", "between"},
 		{"hash_on without consistent hash", base(func(p *storage.Pool) { p.HashOn = "client_ip" }), "hash_on", "only used by the consistent_hash"},
@@ -375,4 +377,100 @@ func expectFieldError(t *testing.T, err error, field, message string) {
 		}
 	}
 	t.Fatalf("no error on %s; got %v", field, list)
+}
+
+// ValidatePool checks a zero value as the value it is: the admin API fills
+// defaults only for fields a request left out, so a zero that reaches
+// ValidatePool was sent and must be refused, never replaced.
+func TestValidatePoolRefusesInsteadOfReplacing(t *testing.T) {
+	base := func(mut func(p *storage.Pool)) storage.Pool {
+		p := DefaultPool()
+		p.Name = "web"
+		mut(&p)
+		return p
+	}
+	tests := []struct {
+		name, field, message string
+		pool                 storage.Pool
+	}{
+		{"upper-case name", "name", `send "p11"`, base(func(p *storage.Pool) { p.Name = "P11" })},
+		{"interval 0", "health_check_interval", "between", base(func(p *storage.Pool) { p.HealthCheckInterval = 0 })},
+		{"rise 0", "health_check.rise", "between 1 and 10", base(func(p *storage.Pool) { p.HealthCheck.Rise = 0 })},
+		{"fall 0", "health_check.fall", "between 1 and 10", base(func(p *storage.Pool) { p.HealthCheck.Fall = 0 })},
+		{"cooldown 0", "health_check.cooldown", "between", base(func(p *storage.Pool) { p.HealthCheck.Cooldown = 0 })},
+		{"timeout 0", "health_check.timeout", "at least", base(func(p *storage.Pool) { p.HealthCheck.Timeout = 0 })},
+		{"empty type", "health_check.type", "unknown type", base(func(p *storage.Pool) { p.HealthCheck.Type = "" })},
+		{"empty algorithm", "algorithm", "unknown algorithm", base(func(p *storage.Pool) { p.Algorithm = "" })},
+		{"consistent hash without key", "hash_on", "needs a key", base(func(p *storage.Pool) { p.Algorithm = AlgorithmConsistentHash })},
+		{"full_strict without verification", "validate_backend_cert", "always verifies", base(func(p *storage.Pool) {
+			p.SSLMode, p.SSLDomain, p.ValidateBackendCert = SSLModeFullStrict, "a.example.com", false
+		})},
+		{"cert on an off pool", "ssl_cert_id", "ssl_mode off", base(func(p *storage.Pool) { p.SSLCertID = "c1" })},
+		{"cert on a passthrough pool", "ssl_cert_id", "never terminates", base(func(p *storage.Pool) {
+			p.SSLMode, p.SSLDomain, p.SSLCertID = SSLModePassthrough, "a.example.com", "c1"
+		})},
+		{"TLS pool without host", "ssl_domain", "needs ssl_domain or hosts", base(func(p *storage.Pool) { p.SSLMode = SSLModeFlexible })},
+		{"repeated host", "hosts", "repeats hosts[0]", base(func(p *storage.Pool) { p.Hosts = []string{"a.example.com", "A.example.com"} })},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := tt.pool
+			expectFieldError(t, ValidatePool(&p), tt.field, tt.message)
+		})
+	}
+	ok := base(func(p *storage.Pool) { p.HealthCheck.MaxFails = 0 })
+	if err := ValidatePool(&ok); err != nil || ok.HealthCheck.MaxFails != 0 {
+		t.Errorf("max_fails 0 (passive checks off, as nginx) = %v, stored %d", err, ok.HealthCheck.MaxFails)
+	}
+	def := base(func(p *storage.Pool) { p.SSLMode, p.Default = SSLModePassthrough, true })
+	if err := ValidatePool(&def); err != nil {
+		t.Errorf("a default passthrough pool without hosts catches every SNI name: %v", err)
+	}
+}
+
+func TestValidateBackendRefusesZeros(t *testing.T) {
+	good := storage.Backend{PoolName: "web", Host: "10.0.0.1", Port: 8080, Scheme: "http", Weight: 1}
+	for _, tt := range []struct {
+		name, field, message string
+		mut                  func(b *storage.Backend)
+	}{
+		{"port 0", "port", "between 1 and 65535", func(b *storage.Backend) { b.Port = 0 }},
+		{"weight 0", "weight", "draining", func(b *storage.Backend) { b.Weight = 0 }},
+		{"empty scheme", "scheme", "http or https", func(b *storage.Backend) { b.Scheme = "" }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := good
+			tt.mut(&b)
+			expectFieldError(t, ValidateBackend(&b), tt.field, tt.message)
+		})
+	}
+}
+
+func TestBackendMismatch(t *testing.T) {
+	pool := func(mode, check string) *storage.Pool {
+		return &storage.Pool{Name: "p", SSLMode: mode, HealthCheck: storage.HealthCheck{Type: check}}
+	}
+	be := func(scheme string) *storage.Backend {
+		return &storage.Backend{Host: "10.0.0.1", Port: 8443, Scheme: scheme}
+	}
+	for _, tt := range []struct {
+		name  string
+		pool  *storage.Pool
+		be    *storage.Backend
+		field string
+	}{
+		{"http backend on passthrough", pool(SSLModePassthrough, "tcp"), be("http"), "ssl_mode"},
+		{"http backend in full", pool(SSLModeFull, "tcp"), be("http"), "ssl_mode"},
+		{"http backend in full_strict", pool(SSLModeFullStrict, "tcp"), be("http"), "ssl_mode"},
+		{"http check on https backend", pool(SSLModeOff, "http"), be("https"), "health_check.type"},
+		{"https check on https backend", pool(SSLModeFull, "https"), be("https"), ""},
+		{"http backend flexible", pool(SSLModeFlexible, "http"), be("http"), ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			field, msg := BackendMismatch(tt.pool, tt.be)
+			if field != tt.field {
+				t.Errorf("field %q (%s), want %q", field, msg, tt.field)
+			}
+		})
+	}
 }

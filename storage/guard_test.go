@@ -61,6 +61,32 @@ func partitionCases() []partitionCase {
 				return len(cs), err
 			},
 		},
+		{
+			name:   "pools by host",
+			insert: func(tx *Tx) error { return tx.PutPool(&Pool{Name: "blog", Hosts: []string{"*.Blog.example.com"}}) },
+			scan: func(tx *Tx) (int, error) {
+				ps, err := tx.PoolsByHost("*.blog.example.com")
+				return len(ps), err
+			},
+		},
+		{
+			name:   "default pools",
+			insert: func(tx *Tx) error { return tx.PutPool(&Pool{Name: "fallback", Default: true}) },
+			scan: func(tx *Tx) (int, error) {
+				ps, err := tx.DefaultPools()
+				return len(ps), err
+			},
+		},
+		{
+			name:   "backends by address",
+			setup:  func(tx *Tx) error { return tx.PutPool(&Pool{Name: "web"}) },
+			insert: func(tx *Tx) error { return tx.PutBackend(sampleBackend("b1", "web")) },
+			scan: func(tx *Tx) (int, error) {
+				b := sampleBackend("x", "web")
+				bs, err := tx.BackendsByAddress("web", BackendAddress(b.Scheme, b.Host, b.Port))
+				return len(bs), err
+			},
+		},
 	}
 }
 
@@ -249,13 +275,15 @@ func TestPartitionGuardsStayInternal(t *testing.T) {
 		guardKey(idxBackendPool, []byte("web")),
 		guardKey(idxPoolSSLDomain, []byte("web.example.com")),
 		guardKey(idxPoolCert, []byte("c9")),
+		guardKey(idxPoolHost, []byte("web.example.com")),
+		guardKey(idxBackendAddr, []byte("web http://10.0.0.1:8080")),
 	} {
 		if !guards[string(want)] {
 			t.Errorf("guard %q missing; have %v", want, guards)
 		}
 	}
-	if len(guards) != 3 {
-		t.Errorf("guards %v, want 3 (unguarded indexes write none)", guards)
+	if len(guards) != 5 {
+		t.Errorf("guards %v, want 5 (unguarded indexes write none)", guards)
 	}
 	if err := s.Verify(ctx); err != nil {
 		t.Fatalf("Verify with guards: %v", err)

@@ -22,6 +22,11 @@ const (
 	idxBackendPool   byte = 4 // 4 | pool name | 0 | backend id
 	idxObsHealth     byte = 5 // 5 | node id | 0 | healthy (0/1) | backend id
 	idxPoolCert      byte = 6 // 6 | ssl_cert_id | 0 | pool name
+	// 7 to 10 are the admin API's uniqueness and point lookups (lookup.go).
+	idxPoolHost    byte = 7  // 7 | lower(served host) | 0 | pool name  (ssl_domain and every host)
+	idxPoolDefault byte = 8  // 8 | "default" | 0 | pool name
+	idxBackendAddr byte = 9  // 9 | pool name " " scheme://host:port | 0 | backend id
+	idxObsBackend  byte = 10 // 10 | backend id | 0 | node id
 )
 
 // Partition guards. RocksDB's optimistic transactions detect a conflict
@@ -43,7 +48,8 @@ const (
 // nothing.
 func guardedIndex(id byte) bool {
 	switch id {
-	case idxCertDomain, idxPoolSSLDomain, idxBackendPool, idxPoolCert:
+	case idxCertDomain, idxPoolSSLDomain, idxBackendPool, idxPoolCert,
+		idxPoolHost, idxPoolDefault, idxBackendAddr:
 		return true
 	}
 	return false
@@ -141,14 +147,14 @@ func poolIndexKeys(p *Pool) [][]byte {
 	if p.SSLCertID != "" {
 		keys = append(keys, indexKey(idxPoolCert, p.SSLCertID, p.Name))
 	}
-	return keys
+	return append(keys, poolLookupKeys(p)...)
 }
 
 func backendIndexKeys(b *Backend) [][]byte {
 	if b.PoolName == "" {
 		return nil
 	}
-	return [][]byte{indexKey(idxBackendPool, b.PoolName, b.ID)}
+	return [][]byte{indexKey(idxBackendPool, b.PoolName, b.ID), backendAddrKey(b)}
 }
 
 func obsHealthPrefix(nodeID string, healthy bool) []byte {
@@ -160,7 +166,8 @@ func obsHealthPrefix(nodeID string, healthy bool) []byte {
 }
 
 func observationIndexKeys(o *Observation) [][]byte {
-	return [][]byte{append(obsHealthPrefix(o.NodeID, o.Healthy), o.BackendID...)}
+	return [][]byte{append(obsHealthPrefix(o.NodeID, o.Healthy), o.BackendID...),
+		indexKey(idxObsBackend, o.BackendID, o.NodeID)}
 }
 
 // decodedRecord is a record decoded from its bytes without decrypting
@@ -228,7 +235,14 @@ func validateRecord(table string, d decodedRecord) error {
 		if err := validateIndexed("pool ssl_domain", normalizeDomain(d.pool.SSLDomain)); err != nil {
 			return err
 		}
-		return validateIndexed("pool ssl_cert_id", d.pool.SSLCertID)
+		if err := validateIndexed("pool ssl_cert_id", d.pool.SSLCertID); err != nil {
+			return err
+		}
+		for _, h := range d.pool.Hosts {
+			if err := validateIndexed("pool host", normalizeDomain(h)); err != nil {
+				return err
+			}
+		}
 	case TableBackends:
 		if err := validateKey("backend id", d.be.ID); err != nil {
 			return err

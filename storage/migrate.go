@@ -14,7 +14,9 @@ import (
 //	1  certificates by domain and expiry, pools by ssl_domain, backends by
 //	   pool, observations by health
 //	2  pools by ssl_cert_id; partition guards
-const indexVersion byte = 2
+//	3  pools by served host and by default flag, backends by address,
+//	   observations by backend
+const indexVersion byte = 3
 
 // upgradeIndexes writes the index entries of every live row when the
 // store's index version is older than this agent's, then records the new

@@ -17,11 +17,11 @@ func tableIndexes(table string) []byte {
 	case TableCertificates:
 		return []byte{idxCertDomain, idxCertExpiry}
 	case TablePools:
-		return []byte{idxPoolSSLDomain, idxPoolCert}
+		return []byte{idxPoolSSLDomain, idxPoolCert, idxPoolHost, idxPoolDefault}
 	case TableBackends:
-		return []byte{idxBackendPool}
+		return []byte{idxBackendPool, idxBackendAddr}
 	case TableObservations:
-		return []byte{idxObsHealth}
+		return []byte{idxObsHealth, idxObsBackend}
 	}
 	return nil
 }

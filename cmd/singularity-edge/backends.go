@@ -4,32 +4,15 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/singularity-ng/singularity-edge/apitypes"
 )
 
 // backendJSON is a backend as the admin API shows it: configuration and
 // this node's view of it.
-type backendJSON struct {
-	ID                 string            `json:"id"`
-	PoolName           string            `json:"pool_name"`
-	URL                string            `json:"url"`
-	Host               string            `json:"host"`
-	Port               int               `json:"port"`
-	Scheme             string            `json:"scheme"`
-	Weight             int               `json:"weight"`
-	SSLVerify          bool              `json:"ssl_verify"`
-	Region             string            `json:"region"`
-	Draining           bool              `json:"draining"`
-	Metadata           map[string]string `json:"metadata"`
-	Healthy            *bool             `json:"healthy"`
-	Ejected            bool              `json:"ejected"`
-	CurrentConnections int64             `json:"current_connections"`
-	TotalRequests      int64             `json:"total_requests"`
-	LastCheck          *time.Time        `json:"last_check"`
-	LastError          string            `json:"last_error"`
-}
+type backendJSON apitypes.Backend
 
 // address renders the backend as a URL.
 func (b *backendJSON) address() string {
@@ -67,7 +50,7 @@ func newBackendsCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "backends",
 		Aliases: []string{"backend"},
-		Short:   "List, add, drain and remove the backends of a pool",
+		Short:   "List, add, change, drain and remove the backends of a pool",
 		Long: `Manage the backends of a pool through the admin API of a running agent.
 
 The agent is found at --api (env EDGE_API, default ` + defaultAPI + `); the admin
@@ -79,6 +62,7 @@ token comes from EDGE_ADMIN_TOKEN or --token-file.`,
 	cmd.AddCommand(
 		newBackendsListCommand(opts),
 		newBackendsAddCommand(opts),
+		newBackendsUpdateCommand(opts),
 		newBackendsRemoveCommand(opts),
 		newBackendsDrainCommand(opts, true),
 		newBackendsDrainCommand(opts, false),
@@ -144,19 +128,80 @@ func newBackendsListCommand(opts *apiOptions) *cobra.Command {
 	return cmd
 }
 
+// backendFlags binds the writable backend fields to flags; only the flags
+// given are sent.
+type backendFlags struct {
+	id, host, scheme, region string
+	port, weight             int
+	sslVerify, draining      bool
+	metadata, removeMetadata []string
+	ifMatch                  string
+}
+
+func (bf *backendFlags) register(cmd *cobra.Command, update bool) {
+	f := cmd.Flags()
+	if !update {
+		f.StringVar(&bf.id, "id", "", "backend id (default: generated)")
+	}
+	f.StringVar(&bf.host, "host", "", "backend host name or IP address")
+	f.IntVar(&bf.port, "port", 0, "backend port (default: 80 for http, 443 for https)")
+	f.StringVar(&bf.scheme, "scheme", "", "http or https (default: https for full, full_strict and passthrough pools, else http)")
+	f.IntVar(&bf.weight, "weight", 0, "relative weight for weighted algorithms, 1 to 1000 (default 1; drain instead of 0)")
+	f.StringVar(&bf.region, "region", "", "region of the backend, for --prefer-region pools")
+	f.BoolVar(&bf.sslVerify, "ssl-verify", false, "verify the backend's TLS certificate")
+	metaHelp := "metadata entry KEY=VALUE (repeatable)"
+	if update {
+		f.BoolVar(&bf.draining, "draining", false, "stop (true) or resume (false) new requests to the backend")
+		f.StringVar(&bf.ifMatch, "if-match", "", "apply only if the backend's ETag is still this one")
+		f.StringArrayVar(&bf.removeMetadata, "remove-metadata", nil, "metadata key to remove (repeatable)")
+		metaHelp += "; sets KEY and keeps the other keys, --metadata '' removes every key"
+	}
+	f.StringArrayVar(&bf.metadata, "metadata", nil, metaHelp)
+	_ = cmd.RegisterFlagCompletionFunc("scheme", fixedCompletion("http", "https"))
+}
+
+// body returns the fields of the flags the user set, with url when given.
+func (bf *backendFlags) body(cmd *cobra.Command, url string) (map[string]any, error) {
+	f := cmd.Flags()
+	body := map[string]any{}
+	addrFlags := f.Changed("host") || f.Changed("port") || f.Changed("scheme")
+	if url != "" && addrFlags {
+		return nil, withExitCode(exitUsage, fmt.Errorf("give either a URL or --host/--port/--scheme, not both"))
+	}
+	if url != "" {
+		body["url"] = url
+	}
+	set := func(flag, key string, v any) {
+		if f.Lookup(flag) != nil && f.Changed(flag) {
+			body[key] = v
+		}
+	}
+	set("host", "host", bf.host)
+	set("port", "port", bf.port)
+	set("scheme", "scheme", bf.scheme)
+	set("id", "id", bf.id)
+	set("weight", "weight", bf.weight)
+	set("region", "region", bf.region)
+	set("ssl-verify", "ssl_verify", bf.sslVerify)
+	set("draining", "draining", bf.draining)
+	if md, ok, err := metadataBody(cmd, bf.metadata, bf.removeMetadata); err != nil {
+		return nil, err
+	} else if ok {
+		body["metadata"] = md
+	}
+	return body, nil
+}
+
 func newBackendsAddCommand(opts *apiOptions) *cobra.Command {
-	var (
-		id, host, scheme, region string
-		port, weight             int
-		sslVerify                bool
-		metadata                 []string
-	)
+	bf := &backendFlags{}
 	cmd := &cobra.Command{
 		Use:   "add POOL [URL]",
 		Short: "Add a backend to a pool",
 		Long: `Add a backend to a pool, given as a URL (http://10.0.1.10:8080) or with
 --host, --port and --scheme. Flags left out take the agent's defaults
-(scheme http, the scheme's port, weight 1).`,
+(scheme https for pools that speak TLS to their backends, else http; the
+scheme's port; weight 1). A flag given is sent as given: --weight 0 or
+--port 0 are refused, not replaced.`,
 		Example: `  singularity-edge backends add web http://10.0.1.10:8080 --weight 3 --region iad
   singularity-edge backends add web --host app.internal --port 443 --scheme https --ssl-verify`,
 		ValidArgsFunction: poolNameCompletion(opts),
@@ -167,44 +212,15 @@ func newBackendsAddCommand(opts *apiOptions) *cobra.Command {
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			f := cmd.Flags()
-			body := map[string]any{}
-			addrFlags := f.Changed("host") || f.Changed("port") || f.Changed("scheme")
-			switch {
-			case len(args) == 2 && addrFlags:
-				return withExitCode(exitUsage, fmt.Errorf("give either a URL or --host/--port/--scheme, not both"))
-			case len(args) == 2:
-				body["url"] = args[1]
-			case !f.Changed("host"):
+			url := ""
+			if len(args) == 2 {
+				url = args[1]
+			} else if !cmd.Flags().Changed("host") {
 				return withExitCode(exitUsage, fmt.Errorf("give the backend as a URL (http://10.0.1.10:8080) or with --host"))
 			}
-			if f.Changed("host") {
-				body["host"] = host
-			}
-			if f.Changed("port") {
-				body["port"] = port
-			}
-			if f.Changed("scheme") {
-				body["scheme"] = scheme
-			}
-			if f.Changed("id") {
-				body["id"] = id
-			}
-			if f.Changed("weight") {
-				body["weight"] = weight
-			}
-			if f.Changed("region") {
-				body["region"] = region
-			}
-			if f.Changed("ssl-verify") {
-				body["ssl_verify"] = sslVerify
-			}
-			if f.Changed("metadata") {
-				m, err := parseMetadata(metadata)
-				if err != nil {
-					return err
-				}
-				body["metadata"] = m
+			body, err := bf.body(cmd, url)
+			if err != nil {
+				return err
 			}
 			c, err := opts.client(cmd)
 			if err != nil {
@@ -220,16 +236,50 @@ func newBackendsAddCommand(opts *apiOptions) *cobra.Command {
 			})
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&id, "id", "", "backend id (default: generated)")
-	f.StringVar(&host, "host", "", "backend host name or IP address")
-	f.IntVar(&port, "port", 0, "backend port (default: 80 for http, 443 for https)")
-	f.StringVar(&scheme, "scheme", "", "http or https")
-	f.IntVar(&weight, "weight", 0, "relative weight for weighted algorithms (default 1)")
-	f.StringVar(&region, "region", "", "region of the backend, for --prefer-region pools")
-	f.BoolVar(&sslVerify, "ssl-verify", false, "verify the backend's TLS certificate")
-	f.StringArrayVar(&metadata, "metadata", nil, "metadata entry KEY=VALUE (repeatable)")
-	_ = cmd.RegisterFlagCompletionFunc("scheme", fixedCompletion("http", "https"))
+	bf.register(cmd, false)
+	return cmd
+}
+
+func newBackendsUpdateCommand(opts *apiOptions) *cobra.Command {
+	bf := &backendFlags{}
+	var url string
+	cmd := &cobra.Command{
+		Use:   "update POOL ID",
+		Short: "Change a backend (only the flags given)",
+		Long: `Change a backend. Only the flags given are sent (a JSON merge patch); the
+other fields keep their values. The address changes with --url or with
+--host/--port/--scheme.`,
+		Example: `  singularity-edge backends update web b-abc123 --weight 5
+  singularity-edge backends update web b-abc123 --url https://10.0.1.11:8443`,
+		Args:              exactArgs(2, "POOL", "ID"),
+		ValidArgsFunction: poolThenBackendCompletion(opts),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.Flags().Changed("url") && url == "" {
+				return withExitCode(exitUsage, fmt.Errorf("--url must not be empty"))
+			}
+			body, err := bf.body(cmd, url)
+			if err != nil {
+				return err
+			}
+			if len(body) == 0 {
+				return withExitCode(exitUsage, fmt.Errorf("nothing to change: give at least one flag (see --help)"))
+			}
+			c, err := opts.client(cmd)
+			if err != nil {
+				return err
+			}
+			resp, err := c.do(cmd.Context(), request{method: http.MethodPatch, path: backendPath(args[0], args[1]), body: body, ifMatch: quoteETag(bf.ifMatch)})
+			if err != nil {
+				return err
+			}
+			return showAnswer(c, resp.Body, func(b *backendJSON) error {
+				_, err := fmt.Fprintf(c.stdout, "Backend %s of pool %s updated (%s, weight %d%s).\n", b.ID, b.PoolName, b.address(), b.Weight, map[bool]string{true: ", draining"}[b.Draining])
+				return err
+			})
+		},
+	}
+	cmd.Flags().StringVar(&url, "url", "", "new address as a URL (instead of --host/--port/--scheme)")
+	bf.register(cmd, true)
 	return cmd
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/singularity-ng/singularity-edge/apitypes"
 )
 
 // maxPEMFileBytes bounds the files `certs upload` reads; a certificate
@@ -19,22 +22,7 @@ const maxPEMFileBytes = 1 << 20
 
 // certificateJSON is a certificate as the admin API shows it. The API
 // never sends the private key.
-type certificateJSON struct {
-	ID             string            `json:"id"`
-	Domain         string            `json:"domain"`
-	Names          []string          `json:"names"`
-	CertificatePEM string            `json:"certificate"`
-	ChainPEM       string            `json:"chain"`
-	Issuer         string            `json:"issuer"`
-	NotBefore      time.Time         `json:"not_before"`
-	ExpiresAt      time.Time         `json:"expires_at"`
-	AutoRenew      bool              `json:"auto_renew"`
-	Provider       string            `json:"provider"`
-	Fingerprint    string            `json:"fingerprint"`
-	Metadata       map[string]string `json:"metadata"`
-	InsertedAt     time.Time         `json:"inserted_at"`
-	UpdatedAt      time.Time         `json:"updated_at"`
-}
+type certificateJSON = apitypes.Certificate
 
 func newCertsCommand() *cobra.Command {
 	cmd := &cobra.Command{
@@ -123,7 +111,7 @@ func newCertsGetCommand(opts *apiOptions) *cobra.Command {
 			}
 			return showAnswer(c, withoutPrivateKey(resp.Body), func(ct *certificateJSON) error {
 				if showPEM {
-					_, err := io.WriteString(c.stdout, ensureNewline(ct.CertificatePEM)+ensureNewline(ct.ChainPEM))
+					_, err := io.WriteString(c.stdout, ensureNewline(ct.Certificate)+ensureNewline(ct.Chain))
 					return err
 				}
 				return showCertificate(c, ct)
@@ -152,7 +140,7 @@ func showCertificate(c *apiClient, ct *certificateJSON) error {
 	d.line("Expires", formatExpiry(ct.ExpiresAt, time.Now()))
 	d.line("Auto renew", yesNo(ct.AutoRenew))
 	d.line("Fingerprint", ct.Fingerprint)
-	d.line("Chain", fmt.Sprintf("%d certificate(s)", strings.Count(ct.ChainPEM, "-----BEGIN CERTIFICATE-----")))
+	d.line("Chain", fmt.Sprintf("%d certificate(s)", strings.Count(ct.Chain, "-----BEGIN CERTIFICATE-----")))
 	d.line("Metadata", formatMetadata(ct.Metadata))
 	d.line("Created", formatTime(ct.InsertedAt))
 	d.line("Updated", formatTime(ct.UpdatedAt))
@@ -263,9 +251,14 @@ func readLimited(r io.Reader, flag, name string) (string, error) {
 }
 
 func newCertsDeleteCommand(opts *apiOptions) *cobra.Command {
-	return &cobra.Command{
-		Use:               "delete ID",
-		Short:             "Delete a certificate",
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "delete ID",
+		Short: "Delete a certificate",
+		Long: `Delete a certificate. The agent refuses while a pool pins it (ssl_cert_id),
+and while it is the only certificate serving a host name of a TLS pool by
+SNI (the next handshake for that name would fail); --force deletes it in
+the second case anyway.`,
 		Args:              exactArgs(1, "ID"),
 		ValidArgsFunction: certIDCompletion(opts),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -273,10 +266,20 @@ func newCertsDeleteCommand(opts *apiOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if _, err := c.do(cmd.Context(), request{method: http.MethodDelete, path: certPath(args[0])}); err != nil {
+			q := url.Values{}
+			if force {
+				q.Set("force", "true")
+			}
+			if _, err := c.do(cmd.Context(), request{method: http.MethodDelete, path: certPath(args[0]), query: q}); err != nil {
+				var ae *apiError
+				if !force && errors.As(err, &ae) && ae.Status == http.StatusConflict && strings.Contains(ae.Message, "by SNI") {
+					ae.Message = strings.Replace(ae.Message, "pass ?force=true", "add --force", 1)
+				}
 				return err
 			}
 			return printDeleted(c, "certificate", args[0])
 		},
 	}
+	cmd.Flags().BoolVar(&force, "force", false, "delete even when it is the only certificate of a host a pool serves")
+	return cmd
 }

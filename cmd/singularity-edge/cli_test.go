@@ -99,12 +99,8 @@ func runCLI(t *testing.T, stdin string, args ...string) (stdout, stderr string, 
 	root.SetOut(&out)
 	root.SetErr(&errb)
 	root.SetIn(strings.NewReader(stdin))
-	root.SetArgs(args)
-	err := root.Execute()
-	if err != nil {
-		fmt.Fprintln(&errb, "error:", err)
-	}
-	return out.String(), errb.String(), exitCodeOf(err)
+	code = execute(root, args, &errb)
+	return out.String(), errb.String(), code
 }
 
 const token = "s3cret-admin-token"
@@ -229,7 +225,7 @@ func TestCLI(t *testing.T) {
 			routes: map[string]reply{"GET /api/pools/web": {status: 200, body: poolWeb, header: map[string]string{"ETag": `"1234-n1"`}}},
 			calls:  []call{{Method: "GET", Path: "/api/pools/web"}},
 			stdout: []string{"Algorithm:", "least_connections", "Health check interval: 10s", "type=http path=/healthz expected_status=200 timeout=2s rise=2 fall=3",
-				"max_fails=5 cooldown=30s", "3 total, 2 healthy, 1 unhealthy (live)", "team=shop", `"1234-n1"`, "Default pool:", "yes"},
+				"max_fails=5 cooldown=30s", "3 total, 2 healthy, 1 unhealthy, 0 draining (live)", "team=shop", `"1234-n1"`, "Default pool:", "yes"},
 		},
 		{
 			name:   "pools get json is the API's JSON",

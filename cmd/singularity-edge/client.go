@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/singularity-ng/singularity-edge/apitypes"
 )
 
 // Defaults of the flags every management command shares.
@@ -286,24 +288,13 @@ type apiError struct {
 	Status  int
 	Code    string
 	Message string
-	Fields  []fieldError
+	Fields  []apitypes.FieldError
 	// hint is what the CLI adds for its own user (a flag to try).
 	hint string
 }
 
-type fieldError struct {
-	Field   string `json:"field"`
-	Message string `json:"message"`
-}
-
 func parseAPIError(status int, body []byte) *apiError {
-	var shape struct {
-		Error struct {
-			Code    string       `json:"code"`
-			Message string       `json:"message"`
-			Fields  []fieldError `json:"fields"`
-		} `json:"error"`
-	}
+	var shape apitypes.ErrorBody
 	ae := &apiError{Status: status}
 	if err := json.Unmarshal(body, &shape); err == nil && shape.Error.Message != "" {
 		ae.Code, ae.Message, ae.Fields = shape.Error.Code, shape.Error.Message, shape.Error.Fields

@@ -4,37 +4,17 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/singularity-ng/singularity-edge/apitypes"
 )
 
-// clusterJSON is GET /api/cluster.
-type clusterJSON struct {
-	NodeID  string       `json:"node_id"`
-	Members []memberJSON `json:"members"`
-	Regions []struct {
-		Region  string `json:"region"`
-		Members int    `json:"members"`
-		Alive   int    `json:"alive"`
-	} `json:"regions"`
-}
-
-type memberJSON struct {
-	ID          string            `json:"id"`
-	Name        string            `json:"name"`
-	Region      string            `json:"region"`
-	Addresses   map[string]string `json:"addresses"`
-	State       string            `json:"state"`
-	Version     string            `json:"version"`
-	Self        bool              `json:"self"`
-	LastSeen    *time.Time        `json:"last_seen"`
-	Replication *struct {
-		Connected      bool    `json:"connected"`
-		PendingChanges uint64  `json:"pending_changes"`
-		LagSeconds     float64 `json:"lag_seconds"`
-	} `json:"replication"`
-}
+// clusterJSON is GET /api/cluster; memberJSON one of its members.
+type (
+	clusterJSON = apitypes.Cluster
+	memberJSON  = apitypes.Member
+)
 
 func newClusterCommand() *cobra.Command {
 	cmd := &cobra.Command{

@@ -17,7 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
-	"github.com/singularity-ng/singularity-edge/admin"
+	"github.com/singularity-ng/singularity-edge/apitypes"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
@@ -305,7 +305,7 @@ func storeConfig(dir string) (storage.Config, error) {
 	if raw := os.Getenv("EDGE_ENCRYPTION_KEY"); raw != "" {
 		key, err := storage.ParseEncryptionKey(raw)
 		if err != nil {
-			return cfg, withExitCode(exitUsage, fmt.Errorf("EDGE_ENCRYPTION_KEY: %w", err))
+			return cfg, withExitCode(exitUsage, keyError(err))
 		}
 		cfg.EncryptionKey = key
 	}
@@ -382,7 +382,7 @@ func localError(dir string, err error) error {
 
 // unknownTable is the error for a name that is neither a table nor an
 // internal column family; known lists what exists.
-func unknownTable(name string, known []admin.DBTableStats) error {
+func unknownTable(name string, known []apitypes.DBTableStats) error {
 	var tables, internal []string
 	for _, t := range known {
 		if t.Internal {
@@ -395,14 +395,14 @@ func unknownTable(name string, known []admin.DBTableStats) error {
 		name, strings.Join(tables, ", "), strings.Join(internal, ", ")))
 }
 
-func localTables(ctx context.Context, st *storage.Store) (admin.DBTablesResponse, error) {
+func localTables(ctx context.Context, st *storage.Store) (apitypes.DBTablesResponse, error) {
 	stats, err := st.TableStats(ctx)
 	if err != nil {
-		return admin.DBTablesResponse{}, err
+		return apitypes.DBTablesResponse{}, err
 	}
-	out := admin.DBTablesResponse{Tables: make([]admin.DBTableStats, 0, len(stats))}
+	out := apitypes.DBTablesResponse{Tables: make([]apitypes.DBTableStats, 0, len(stats))}
 	for _, t := range stats {
-		out.Tables = append(out.Tables, admin.DBTableStats{Name: t.Table, Internal: t.Internal, EstimatedKeys: t.EstimatedKeys,
+		out.Tables = append(out.Tables, apitypes.DBTableStats{Name: t.Table, Internal: t.Internal, EstimatedKeys: t.EstimatedKeys,
 			LiveDataBytes: t.LiveDataBytes, SSTBytes: t.SSTBytes, MemtableBytes: t.MemtableBytes})
 		out.BlockCache.UsageBytes, out.BlockCache.CapacityBytes = t.BlockCacheUsage, t.BlockCacheCapacity
 	}
@@ -410,7 +410,7 @@ func localTables(ctx context.Context, st *storage.Store) (admin.DBTablesResponse
 }
 
 // checkTable fails with exitInvalid when name is not among known.
-func checkTable(name string, known admin.DBTablesResponse) error {
+func checkTable(name string, known apitypes.DBTablesResponse) error {
 	for _, t := range known.Tables {
 		if t.Name == name {
 			return nil
@@ -471,19 +471,19 @@ func (o *dbOptions) info(cmd *cobra.Command) error {
 		if err != nil {
 			return err
 		}
-		return showAnswer(c, resp.Body, func(info *admin.DBInfoResponse) error {
+		return showAnswer(c, resp.Body, func(info *apitypes.DBInfoResponse) error {
 			return showDBInfo(w, "agent at "+c.base.String(), *info)
 		})
 	}
 	return o.withStore(cmd, func(st *storage.Store) error {
 		i := st.Info()
-		info := admin.DBInfoResponse{NodeID: i.NodeID, Dir: i.Dir, Tables: i.Tables, Running: i.Running, LastIndex: i.LastIndex,
+		info := apitypes.DBInfoResponse{NodeID: i.NodeID, Dir: i.Dir, Tables: i.Tables, Running: i.Running, LastIndex: i.LastIndex,
 			HLC: uint64(i.HLC), ClockSkewEvents: i.ClockSkewEvents, VersionVector: i.VersionVector}
 		return emit(w, asJSON, info, func() error { return showDBInfo(w, "data directory (agent stopped)", info) })
 	})
 }
 
-func showDBInfo(w io.Writer, source string, info admin.DBInfoResponse) error {
+func showDBInfo(w io.Writer, source string, info apitypes.DBInfoResponse) error {
 	d := newDetails(w)
 	d.line("Source", source)
 	d.line("Node", info.NodeID)
@@ -539,7 +539,7 @@ func (o *dbOptions) tables(cmd *cobra.Command) error {
 		if err != nil {
 			return err
 		}
-		return showAnswer(c, resp.Body, func(tables *admin.DBTablesResponse) error { return showTables(w, *tables) })
+		return showAnswer(c, resp.Body, func(tables *apitypes.DBTablesResponse) error { return showTables(w, *tables) })
 	}
 	return o.withStore(cmd, func(st *storage.Store) error {
 		tables, err := localTables(cmd.Context(), st)
@@ -550,7 +550,7 @@ func (o *dbOptions) tables(cmd *cobra.Command) error {
 	})
 }
 
-func showTables(w io.Writer, tables admin.DBTablesResponse) error {
+func showTables(w io.Writer, tables apitypes.DBTablesResponse) error {
 	t := newTable(w, "NAME", "KIND", "KEYS (EST.)", "LIVE DATA", "SST FILES", "MEMTABLES")
 	for _, tb := range tables.Tables {
 		kind := "table"
@@ -587,13 +587,13 @@ func formatBytes(n uint64) string {
 func (o *dbOptions) stats(cmd *cobra.Command, table string) error {
 	ctx := cmd.Context()
 	return runEitherWay(o, cmd,
-		func(c *apiClient) (out admin.DBStatsResponse, err error) {
+		func(c *apiClient) (out apitypes.DBStatsResponse, err error) {
 			if err = remoteCheckTable(ctx, c, table); err == nil {
 				_, err = c.getJSON(ctx, "/api/db/stats/"+url.PathEscape(table), &out)
 			}
 			return out, err
 		},
-		func() (out admin.DBStatsResponse, err error) {
+		func() (out apitypes.DBStatsResponse, err error) {
 			err = o.withStore(cmd, func(st *storage.Store) error {
 				if err := localCheckTable(ctx, st, table); err != nil {
 					return err
@@ -602,12 +602,12 @@ func (o *dbOptions) stats(cmd *cobra.Command, table string) error {
 				if err != nil {
 					return localError(st.Dir(), err)
 				}
-				out = admin.DBStatsResponse{Table: table, Stats: text}
+				out = apitypes.DBStatsResponse{Table: table, Stats: text}
 				return nil
 			})
 			return out, err
 		},
-		func(w io.Writer, out admin.DBStatsResponse) error {
+		func(w io.Writer, out apitypes.DBStatsResponse) error {
 			_, err := io.WriteString(w, strings.TrimRight(out.Stats, "\n")+"\n")
 			return err
 		})
@@ -616,7 +616,7 @@ func (o *dbOptions) stats(cmd *cobra.Command, table string) error {
 // remoteCheckTable asks the agent which tables exist, so that an unknown
 // name fails the same way (exitInvalid) as it does on a local store.
 func remoteCheckTable(ctx context.Context, c *apiClient, table string) error {
-	var tables admin.DBTablesResponse
+	var tables apitypes.DBTablesResponse
 	if _, err := c.getJSON(ctx, "/api/db/tables", &tables); err != nil {
 		return err
 	}
@@ -636,13 +636,13 @@ func localCheckTable(ctx context.Context, st *storage.Store, table string) error
 func (o *dbOptions) compact(cmd *cobra.Command, table string) error {
 	ctx := cmd.Context()
 	return runEitherWay(o, cmd,
-		func(c *apiClient) (out admin.DBCompactResponse, err error) {
+		func(c *apiClient) (out apitypes.DBCompactResponse, err error) {
 			if err = remoteCheckTable(ctx, c, table); err == nil {
 				err = c.postJSON(ctx, "/api/db/compact/"+url.PathEscape(table), nil, &out)
 			}
 			return out, err
 		},
-		func() (out admin.DBCompactResponse, err error) {
+		func() (out apitypes.DBCompactResponse, err error) {
 			err = o.withStore(cmd, func(st *storage.Store) error {
 				if err := localCheckTable(ctx, st, table); err != nil {
 					return err
@@ -651,12 +651,12 @@ func (o *dbOptions) compact(cmd *cobra.Command, table string) error {
 				if err := st.Compact(ctx, table); err != nil {
 					return localError(st.Dir(), err)
 				}
-				out = admin.DBCompactResponse{Table: table, DurationMS: time.Since(start).Milliseconds()}
+				out = apitypes.DBCompactResponse{Table: table, DurationMS: time.Since(start).Milliseconds()}
 				return nil
 			})
 			return out, err
 		},
-		func(w io.Writer, out admin.DBCompactResponse) error {
+		func(w io.Writer, out apitypes.DBCompactResponse) error {
 			_, err := fmt.Fprintf(w, "Compacted %s in %s.\n", out.Table, formatMS(out.DurationMS))
 			return err
 		})
@@ -699,10 +699,10 @@ func remoteDirCommand[T any](ctx context.Context, c *apiClient, path, dir string
 func (o *dbOptions) backup(cmd *cobra.Command, dir string) error {
 	ctx := cmd.Context()
 	return runEitherWay(o, cmd,
-		func(c *apiClient) (admin.DBBackupResponse, error) {
-			return remoteDirCommand[admin.DBBackupResponse](ctx, c, "/api/db/backup", dir)
+		func(c *apiClient) (apitypes.DBBackupResponse, error) {
+			return remoteDirCommand[apitypes.DBBackupResponse](ctx, c, "/api/db/backup", dir)
 		},
-		func() (out admin.DBBackupResponse, err error) {
+		func() (out apitypes.DBBackupResponse, err error) {
 			abs, err := localDir(dir)
 			if err != nil {
 				return out, err
@@ -713,13 +713,13 @@ func (o *dbOptions) backup(cmd *cobra.Command, dir string) error {
 				if err != nil {
 					return localError(st.Dir(), err)
 				}
-				out = admin.DBBackupResponse{Dir: abs, ID: info.ID, Timestamp: info.Timestamp, SizeBytes: info.SizeBytes,
+				out = apitypes.DBBackupResponse{Dir: abs, ID: info.ID, Timestamp: info.Timestamp, SizeBytes: info.SizeBytes,
 					NumFiles: info.NumFiles, DurationMS: time.Since(start).Milliseconds()}
 				return nil
 			})
 			return out, err
 		},
-		func(w io.Writer, out admin.DBBackupResponse) error {
+		func(w io.Writer, out apitypes.DBBackupResponse) error {
 			_, err := fmt.Fprintf(w, "Backup %d written to %s in %s: %d files, %s (incremental: unchanged files are shared with earlier backups).\n",
 				out.ID, out.Dir, formatMS(out.DurationMS), out.NumFiles, formatBytes(out.SizeBytes))
 			return err
@@ -729,10 +729,10 @@ func (o *dbOptions) backup(cmd *cobra.Command, dir string) error {
 func (o *dbOptions) checkpoint(cmd *cobra.Command, dir string) error {
 	ctx := cmd.Context()
 	return runEitherWay(o, cmd,
-		func(c *apiClient) (admin.DBCheckpointResponse, error) {
-			return remoteDirCommand[admin.DBCheckpointResponse](ctx, c, "/api/db/checkpoint", dir)
+		func(c *apiClient) (apitypes.DBCheckpointResponse, error) {
+			return remoteDirCommand[apitypes.DBCheckpointResponse](ctx, c, "/api/db/checkpoint", dir)
 		},
-		func() (out admin.DBCheckpointResponse, err error) {
+		func() (out apitypes.DBCheckpointResponse, err error) {
 			abs, err := localDir(dir)
 			if err != nil {
 				return out, err
@@ -745,12 +745,12 @@ func (o *dbOptions) checkpoint(cmd *cobra.Command, dir string) error {
 				if err := st.Checkpoint(ctx, abs); err != nil {
 					return localError(st.Dir(), err)
 				}
-				out = admin.DBCheckpointResponse{Dir: abs, DurationMS: time.Since(start).Milliseconds()}
+				out = apitypes.DBCheckpointResponse{Dir: abs, DurationMS: time.Since(start).Milliseconds()}
 				return nil
 			})
 			return out, err
 		},
-		func(w io.Writer, out admin.DBCheckpointResponse) error {
+		func(w io.Writer, out apitypes.DBCheckpointResponse) error {
 			_, err := fmt.Fprintf(w, "Checkpoint written to %s in %s.\n", out.Dir, formatMS(out.DurationMS))
 			return err
 		})
@@ -1006,4 +1006,11 @@ func createAndImport(ctx context.Context, dir string, path string, rows *int) er
 		os.RemoveAll(dir)
 	}
 	return err
+}
+
+// keyError says what is wrong with EDGE_ENCRYPTION_KEY once, without the
+// storage package's own "encryption key" prefix.
+func keyError(err error) error {
+	detail := strings.TrimPrefix(strings.TrimPrefix(err.Error(), "storage: "), "encryption key: ")
+	return fmt.Errorf("EDGE_ENCRYPTION_KEY %s", detail)
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/singularity-ng/singularity-edge/apitypes"
 )
 
 // poolAlgorithms lists the balancing algorithms the agent accepts, for
@@ -24,48 +26,7 @@ func poolSSLModes() []string {
 }
 
 // poolJSON is a pool as the admin API shows it.
-type poolJSON struct {
-	Name                string            `json:"name"`
-	Algorithm           string            `json:"algorithm"`
-	SSLMode             string            `json:"ssl_mode"`
-	SSLDomain           string            `json:"ssl_domain"`
-	SSLCertID           string            `json:"ssl_cert_id"`
-	Hosts               []string          `json:"hosts"`
-	ValidateBackendCert bool              `json:"validate_backend_cert"`
-	HealthCheckInterval int64             `json:"health_check_interval"` // milliseconds
-	HealthCheck         healthCheckJSON   `json:"health_check"`
-	HashOn              string            `json:"hash_on"`
-	StickyCookie        string            `json:"sticky_cookie"`
-	PreferRegion        bool              `json:"prefer_region"`
-	FailOpen            bool              `json:"fail_open"`
-	AllowHTTP           bool              `json:"allow_http"`
-	HoldNewBackends     bool              `json:"hold_new_backends"`
-	Default             bool              `json:"default"`
-	Metadata            map[string]string `json:"metadata"`
-	InsertedAt          time.Time         `json:"inserted_at"`
-	UpdatedAt           time.Time         `json:"updated_at"`
-	Stats               *poolStatsJSON    `json:"stats"`
-}
-
-type healthCheckJSON struct {
-	Type           string `json:"type"`
-	Path           string `json:"path"`
-	ExpectedStatus int    `json:"expected_status"`
-	Timeout        int64  `json:"timeout"` // milliseconds
-	Rise           int    `json:"rise"`
-	Fall           int    `json:"fall"`
-	MaxFails       int    `json:"max_fails"`
-	Cooldown       int64  `json:"cooldown"` // milliseconds
-}
-
-type poolStatsJSON struct {
-	TotalBackends      int    `json:"total_backends"`
-	HealthyBackends    int    `json:"healthy_backends"`
-	UnhealthyBackends  int    `json:"unhealthy_backends"`
-	CurrentConnections int64  `json:"current_connections"`
-	TotalRequests      int64  `json:"total_requests"`
-	Source             string `json:"source"`
-}
+type poolJSON = apitypes.Pool
 
 func newPoolsCommand() *cobra.Command {
 	cmd := &cobra.Command{
@@ -120,12 +81,9 @@ func newPoolsListCommand(opts *apiOptions) *cobra.Command {
 				if err := json.Unmarshal(raw, &p); err != nil {
 					return decodeAnswer(&apiResponse{Body: raw}, &p)
 				}
-				backends, healthy, conns := "-", "-", "-"
-				if p.Stats != nil {
-					backends = fmt.Sprint(p.Stats.TotalBackends)
-					healthy = fmt.Sprint(p.Stats.HealthyBackends)
-					conns = fmt.Sprint(p.Stats.CurrentConnections)
-				}
+				backends := fmt.Sprint(p.Stats.TotalBackends)
+				healthy := fmt.Sprint(p.Stats.HealthyBackends)
+				conns := fmt.Sprint(p.Stats.CurrentConnections)
 				t.row(p.Name, p.Algorithm, p.SSLMode, p.SSLDomain, joinOrDash(p.Hosts), backends, healthy, conns, yesNo(p.Default))
 			}
 			if err := t.flush(); err != nil {
@@ -189,11 +147,10 @@ func showPool(c *apiClient, p *poolJSON, etag string) error {
 	d.line("Plain HTTP allowed", yesNo(p.AllowHTTP))
 	d.line("Hold new backends", yesNo(p.HoldNewBackends))
 	d.line("Metadata", formatMetadata(p.Metadata))
-	if s := p.Stats; s != nil {
-		d.line("Backends", fmt.Sprintf("%d total, %d healthy, %d unhealthy (%s)", s.TotalBackends, s.HealthyBackends, s.UnhealthyBackends, orDash(s.Source)))
-		d.line("Connections", fmt.Sprint(s.CurrentConnections))
-		d.line("Requests", fmt.Sprint(s.TotalRequests))
-	}
+	s := p.Stats
+	d.line("Backends", fmt.Sprintf("%d total, %d healthy, %d unhealthy, %d draining (%s)", s.TotalBackends, s.HealthyBackends, s.UnhealthyBackends, s.DrainingBackends, orDash(s.Source)))
+	d.line("Connections", fmt.Sprint(s.CurrentConnections))
+	d.line("Requests", fmt.Sprintf("%d (%d failed)", s.TotalRequests, s.TotalFailures))
 	d.line("Created", formatTime(p.InsertedAt))
 	d.line("Updated", formatTime(p.UpdatedAt))
 	d.line("ETag", etag)
@@ -223,7 +180,7 @@ type poolFlags struct {
 	preferRegion, failOpen, holdNewBackends  bool
 	allowHTTP                                bool
 	isDefault                                bool
-	metadata                                 []string
+	metadata, removeMetadata                 []string
 	ifMatch                                  string
 }
 
@@ -257,8 +214,9 @@ func (pf *poolFlags) register(cmd *cobra.Command, update bool) {
 	f.BoolVar(&pf.isDefault, "default", false, "serve host names no other pool claims")
 	metaHelp := "metadata entry KEY=VALUE (repeatable)"
 	if update {
-		metaHelp += "; replaces the map, --metadata '' clears it"
+		metaHelp += "; sets KEY and keeps the other keys, --metadata '' removes every key"
 		f.StringVar(&pf.ifMatch, "if-match", "", "apply only if the pool's ETag is still this one (from `pools get`)")
+		f.StringArrayVar(&pf.removeMetadata, "remove-metadata", nil, "metadata key to remove (repeatable)")
 	}
 	f.StringArrayVar(&pf.metadata, "metadata", nil, metaHelp)
 	_ = cmd.RegisterFlagCompletionFunc("algorithm", fixedCompletion(poolAlgorithms()...))
@@ -317,14 +275,41 @@ func (pf *poolFlags) body(cmd *cobra.Command) (map[string]any, error) {
 	set("allow-http", body, "allow_http", pf.allowHTTP)
 	set("hold-new-backends", body, "hold_new_backends", pf.holdNewBackends)
 	set("default", body, "default", pf.isDefault)
-	if f.Changed("metadata") {
-		m, err := parseMetadata(pf.metadata)
-		if err != nil {
-			return nil, err
-		}
-		body["metadata"] = m
+	if md, ok, err := metadataBody(cmd, pf.metadata, pf.removeMetadata); err != nil {
+		return nil, err
+	} else if ok {
+		body["metadata"] = md
 	}
 	return body, nil
+}
+
+// metadataBody builds the metadata of a request from --metadata and
+// --remove-metadata: KEY=VALUE sets a key, a removed key is sent as null
+// (an update deletes it), and a lone --metadata ” sends null for the
+// whole map (every key removed). ok is false when neither flag was given.
+func metadataBody(cmd *cobra.Command, set, remove []string) (any, bool, error) {
+	f := cmd.Flags()
+	if !f.Changed("metadata") && (f.Lookup("remove-metadata") == nil || !f.Changed("remove-metadata")) {
+		return nil, false, nil
+	}
+	if len(set) == 1 && set[0] == "" && len(remove) == 0 {
+		return nil, true, nil
+	}
+	m, err := parseMetadata(set)
+	if err != nil {
+		return nil, false, err
+	}
+	out := map[string]any{}
+	for k, v := range m {
+		out[k] = v
+	}
+	for _, k := range remove {
+		if _, dup := out[k]; dup {
+			return nil, false, withExitCode(exitUsage, fmt.Errorf("--metadata and --remove-metadata both name %q", k))
+		}
+		out[k] = nil
+	}
+	return out, true, nil
 }
 
 // parseMetadata turns KEY=VALUE flags into a map; an empty flag clears.
@@ -360,8 +345,9 @@ ssl_mode off, TCP health checks).`,
 		cmd.Use = "update NAME"
 		cmd.Short = "Change a pool (only the flags given)"
 		cmd.Long = `Change a pool. Only the flags given are sent (a JSON merge patch); the
-other fields keep their values. --host and --metadata replace the whole
-list or map.`
+other fields keep their values, and changing one never edits another
+(--ssl-domain leaves --host names alone). --host replaces the whole list;
+--metadata sets keys and --remove-metadata removes them.`
 		cmd.Example = `  singularity-edge pools update web --algorithm random --default=false`
 		cmd.ValidArgsFunction = poolNameCompletion(opts)
 	}

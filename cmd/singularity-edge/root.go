@@ -33,8 +33,18 @@ func withExitCode(code int, err error) error {
 
 func newRootCommand() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "singularity-edge",
-		Short:         "Edge load balancer for Fly.io: proxy, automatic HTTPS, replicated state",
+		Use:   "singularity-edge",
+		Short: "Edge load balancer for Fly.io: HTTP, TLS and SNI-passthrough proxy with health checks, managed through an admin API",
+		Long: `Singularity Edge is one binary: ` + "`singularity-edge agent`" + ` runs the edge load balancer
+(HTTP and HTTPS listeners, TLS termination with uploaded certificates, SNI
+passthrough, pools of backends with active and passive health checks, state in
+an embedded RocksDB store, an admin API, dashboard and Prometheus metrics), and
+every other command manages a running agent through its admin API (or, for
+` + "`db`" + `, a stopped agent's data directory).
+
+Not yet: certificates from Let's Encrypt (ACME) and replication between agents.`,
+		Args:          noArgs,
+		RunE:          func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

@@ -1,0 +1,303 @@
+package apitypes
+
+import "time"
+
+// Error codes of the error shape. Clients switch on the code, never on the
+// message.
+const (
+	CodeInvalid              = "invalid"                // 400 unreadable body or query; 422 unacceptable value
+	CodeNotFound             = "not_found"              // 404
+	CodeConflict             = "conflict"               // 409 taken name or host, object in use, concurrent update
+	CodePreconditionFailed   = "precondition_failed"    // 412 If-Match no longer current
+	CodeUnauthorized         = "unauthorized"           // 401
+	CodeTooLarge             = "too_large"              // 413
+	CodeUnsupportedMediaType = "unsupported_media_type" // 415
+	CodeMethodNotAllowed     = "method_not_allowed"     // 405
+	CodeNotSupported         = "not_supported"          // 409 understood, but this agent cannot do it
+	CodeInternal             = "internal"               // 500
+)
+
+// ErrorBody is the shape of every error response.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail says what failed; Fields name the offending inputs by their
+// JSON names ("health_check.rise", "[3].host" in a bulk request).
+type ErrorDetail struct {
+	Code    string       `json:"code"`
+	Message string       `json:"message"`
+	Fields  []FieldError `json:"fields,omitempty"`
+}
+
+// FieldError is what is wrong with one input field.
+type FieldError struct {
+	Field   string `json:"field"`
+	Message string `json:"message"`
+}
+
+// List is the shape of every list: a page of items and the cursor to pass
+// as ?after= for the next page ("" on the last page).
+type List[T any] struct {
+	Items []T    `json:"items"`
+	Next  string `json:"next"`
+}
+
+// Version is a row's version: hybrid logical clock, writer node, sequence.
+type Version struct {
+	HLC    uint64 `json:"hlc"`
+	Origin string `json:"origin"`
+	Seq    uint64 `json:"seq"`
+}
+
+// PoolSpec is the writable part of a pool (POST /api/pools, PATCH
+// /api/pools/{name}). PATCH is a JSON merge patch: health_check merges
+// field by field, metadata key by key (a null value deletes the key,
+// "metadata": null deletes every key), hosts is replaced as a whole.
+type PoolSpec struct {
+	Name                Optional[string]          `json:"name,omitzero"`
+	Algorithm           Optional[string]          `json:"algorithm,omitzero"`
+	SSLMode             Optional[string]          `json:"ssl_mode,omitzero"`
+	SSLDomain           Optional[string]          `json:"ssl_domain,omitzero"`
+	SSLCertID           Optional[string]          `json:"ssl_cert_id,omitzero"`
+	Hosts               Optional[[]string]        `json:"hosts,omitzero"`
+	ValidateBackendCert Optional[bool]            `json:"validate_backend_cert,omitzero"`
+	HealthCheckInterval Optional[int64]           `json:"health_check_interval,omitzero"` // milliseconds
+	HealthCheck         Optional[HealthCheckSpec] `json:"health_check,omitzero"`
+	HashOn              Optional[string]          `json:"hash_on,omitzero"`
+	StickyCookie        Optional[string]          `json:"sticky_cookie,omitzero"`
+	PreferRegion        Optional[bool]            `json:"prefer_region,omitzero"`
+	FailOpen            Optional[bool]            `json:"fail_open,omitzero"`
+	AllowHTTP           Optional[bool]            `json:"allow_http,omitzero"`
+	HoldNewBackends     Optional[bool]            `json:"hold_new_backends,omitzero"`
+	Default             Optional[bool]            `json:"default,omitzero"`
+	Metadata            Optional[Metadata]        `json:"metadata,omitzero"`
+}
+
+// Metadata is a request's metadata: a null value deletes the key in a
+// PATCH and is refused in a POST.
+type Metadata map[string]*string
+
+// HealthCheckSpec is the writable part of a pool's health checks.
+type HealthCheckSpec struct {
+	Type           Optional[string] `json:"type,omitzero"`
+	Path           Optional[string] `json:"path,omitzero"`
+	ExpectedStatus Optional[int]    `json:"expected_status,omitzero"` // 0: any 2xx or 3xx
+	Timeout        Optional[int64]  `json:"timeout,omitzero"`         // milliseconds
+	Rise           Optional[int]    `json:"rise,omitzero"`
+	Fall           Optional[int]    `json:"fall,omitzero"`
+	MaxFails       Optional[int]    `json:"max_fails,omitzero"` // -1 disables passive checks
+	Cooldown       Optional[int64]  `json:"cooldown,omitzero"`  // milliseconds
+}
+
+// Pool is a pool as the API shows it: configuration, row metadata and the
+// statistics of its backends as this node sees them.
+type Pool struct {
+	Name                string            `json:"name"`
+	Algorithm           string            `json:"algorithm"`
+	SSLMode             string            `json:"ssl_mode"`
+	SSLDomain           string            `json:"ssl_domain"`
+	SSLCertID           string            `json:"ssl_cert_id"`
+	Hosts               []string          `json:"hosts"`
+	ValidateBackendCert bool              `json:"validate_backend_cert"`
+	HealthCheckInterval int64             `json:"health_check_interval"` // milliseconds
+	HealthCheck         HealthCheck       `json:"health_check"`
+	HashOn              string            `json:"hash_on"`
+	StickyCookie        string            `json:"sticky_cookie"`
+	PreferRegion        bool              `json:"prefer_region"`
+	FailOpen            bool              `json:"fail_open"`
+	AllowHTTP           bool              `json:"allow_http"`
+	HoldNewBackends     bool              `json:"hold_new_backends"`
+	Default             bool              `json:"default"`
+	Metadata            map[string]string `json:"metadata"`
+	InsertedAt          time.Time         `json:"inserted_at"`
+	UpdatedAt           time.Time         `json:"updated_at"`
+	Version             Version           `json:"version"`
+	Stats               PoolStats         `json:"stats"`
+}
+
+// HealthCheck is a pool's health check configuration.
+type HealthCheck struct {
+	Type           string `json:"type"`
+	Path           string `json:"path"`
+	ExpectedStatus int    `json:"expected_status"`
+	Timeout        int64  `json:"timeout"` // milliseconds
+	Rise           int    `json:"rise"`
+	Fall           int    `json:"fall"`
+	MaxFails       int    `json:"max_fails"` // -1: passive checks off
+	Cooldown       int64  `json:"cooldown"`  // milliseconds
+}
+
+// PoolStats summarizes a pool's backends as this node sees them. Source is
+// "live" (the running routing table) or "stored" (this node's persisted
+// observations, before the routing table has the pool). Healthy backends
+// can take new requests, unhealthy ones fail their checks, draining ones
+// drain whatever their health; in the stored view a backend not observed
+// yet is in none of the three.
+type PoolStats struct {
+	TotalBackends      int    `json:"total_backends"`
+	HealthyBackends    int    `json:"healthy_backends"`
+	UnhealthyBackends  int    `json:"unhealthy_backends"`
+	DrainingBackends   int    `json:"draining_backends"`
+	CurrentConnections int64  `json:"current_connections"`
+	TotalRequests      int64  `json:"total_requests"`
+	TotalFailures      int64  `json:"total_failures"`
+	Source             string `json:"source"`
+}
+
+// BackendSpec is the writable part of a backend. The address is url
+// ("http://10.0.1.10:8080") or host, port and scheme, not both. id is
+// optional on create and cannot change. Weight 0 is refused: drain a
+// backend with draining: true.
+type BackendSpec struct {
+	ID        Optional[string]   `json:"id,omitzero"`
+	URL       Optional[string]   `json:"url,omitzero"`
+	Host      Optional[string]   `json:"host,omitzero"`
+	Port      Optional[int]      `json:"port,omitzero"`
+	Scheme    Optional[string]   `json:"scheme,omitzero"`
+	Weight    Optional[int]      `json:"weight,omitzero"`
+	SSLVerify Optional[bool]     `json:"ssl_verify,omitzero"`
+	Region    Optional[string]   `json:"region,omitzero"`
+	Draining  Optional[bool]     `json:"draining,omitzero"`
+	Metadata  Optional[Metadata] `json:"metadata,omitzero"`
+}
+
+// Backend is a backend's configuration, this node's view of it and every
+// node's stored observation.
+type Backend struct {
+	ID         string            `json:"id"`
+	PoolName   string            `json:"pool_name"`
+	URL        string            `json:"url"`
+	Host       string            `json:"host"`
+	Port       int               `json:"port"`
+	Scheme     string            `json:"scheme"`
+	Weight     int               `json:"weight"`
+	SSLVerify  bool              `json:"ssl_verify"`
+	Region     string            `json:"region"`
+	Draining   bool              `json:"draining"`
+	Metadata   map[string]string `json:"metadata"`
+	InsertedAt time.Time         `json:"inserted_at"`
+	UpdatedAt  time.Time         `json:"updated_at"`
+	Version    Version           `json:"version"`
+
+	// This node's view. Healthy is null until this node has checked it.
+	Healthy            *bool      `json:"healthy"`
+	Available          *bool      `json:"available"` // healthy, not ejected, not draining
+	Ejected            bool       `json:"ejected"`   // passive checks hold it out
+	EjectedUntil       *time.Time `json:"ejected_until,omitempty"`
+	CurrentConnections int64      `json:"current_connections"`
+	TotalRequests      int64      `json:"total_requests"`
+	TotalFailures      int64      `json:"total_failures"`
+	Ejections          int64      `json:"ejections"`
+	ChecksPassed       int64      `json:"checks_passed"`
+	ChecksFailed       int64      `json:"checks_failed"`
+	LatencyAvgMS       float64    `json:"latency_avg_ms"`
+	LastCheck          *time.Time `json:"last_check"`
+	LastError          string     `json:"last_error,omitempty"`
+	// LocalSource is "live", "stored" or "none" (not observed yet).
+	LocalSource string `json:"local_source"`
+
+	Observations []Observation `json:"observations"`
+}
+
+// Observation is one node's view of a backend, as replicated.
+type Observation struct {
+	NodeID             string     `json:"node_id"`
+	Region             string     `json:"region"`
+	Healthy            bool       `json:"healthy"`
+	CurrentConnections int64      `json:"current_connections"`
+	TotalRequests      int64      `json:"total_requests"`
+	TotalFailures      int64      `json:"total_failures"`
+	LatencyAvgMS       float64    `json:"latency_avg_ms"`
+	LastCheck          *time.Time `json:"last_check"`
+	LastError          string     `json:"last_error,omitempty"`
+	UpdatedAt          time.Time  `json:"updated_at"`
+}
+
+// BulkBackends is the answer of POST /api/pools/{name}/backends with a
+// JSON array: every backend created, in request order. The request is
+// atomic: one invalid or conflicting item refuses all of them, with the
+// item's index in the field names ("[3].host").
+type BulkBackends struct {
+	Items []Backend `json:"items"`
+}
+
+// MaxBulkBackends is the largest array POST /api/pools/{name}/backends
+// takes in one request.
+const MaxBulkBackends = 1000
+
+// CertificateUpload is POST /api/certificates/upload as JSON.
+type CertificateUpload struct {
+	Certificate string            `json:"certificate"`
+	PrivateKey  string            `json:"private_key"`
+	Chain       string            `json:"chain"`
+	Metadata    map[string]string `json:"metadata"`
+	Domain      string            `json:"domain"`
+}
+
+// Certificate shows a certificate. It has no field for the private key:
+// the key goes in on upload and never comes out.
+type Certificate struct {
+	ID          string            `json:"id"`
+	Domain      string            `json:"domain"`
+	Names       []string          `json:"names"`
+	Issuer      string            `json:"issuer"`
+	NotBefore   time.Time         `json:"not_before"`
+	ExpiresAt   time.Time         `json:"expires_at"`
+	DaysLeft    int               `json:"days_left"` // whole days until expiry; negative once expired
+	Expired     bool              `json:"expired"`
+	Fingerprint string            `json:"fingerprint"` // SHA-256 of the leaf, hex
+	Provider    string            `json:"provider"`    // "acme" or "upload"
+	AutoRenew   bool              `json:"auto_renew"`
+	Certificate string            `json:"certificate"` // leaf PEM (public)
+	Chain       string            `json:"chain"`       // intermediates PEM (public)
+	Metadata    map[string]string `json:"metadata"`
+	InsertedAt  time.Time         `json:"inserted_at"`
+	UpdatedAt   time.Time         `json:"updated_at"`
+	Version     Version           `json:"version"`
+}
+
+// Health is GET /api/health.
+type Health struct {
+	Status string `json:"status"` // "ok" or "starting"
+	Live   bool   `json:"live"`
+	Ready  bool   `json:"ready"`
+}
+
+// Cluster is GET /api/cluster.
+type Cluster struct {
+	NodeID  string          `json:"node_id"`
+	Members []Member        `json:"members"`
+	Regions []RegionSummary `json:"regions"`
+}
+
+// RegionSummary counts the members of one region.
+type RegionSummary struct {
+	Region  string `json:"region"`
+	Members int    `json:"members"`
+	Alive   int    `json:"alive"`
+}
+
+// Member is one agent of the cluster. Replication is nil until the
+// replication layer reports on the member.
+type Member struct {
+	ID     string `json:"id"`
+	Name   string `json:"name"`
+	Region string `json:"region"`
+	// Addresses by role: "admin", "gossip", "replication", "private_ip".
+	Addresses map[string]string `json:"addresses"`
+	// State is "alive", "suspect", "dead" or "left".
+	State       string             `json:"state"`
+	Version     string             `json:"version,omitempty"`
+	Self        bool               `json:"self"`
+	LastSeen    *time.Time         `json:"last_seen,omitempty"`
+	Replication *ReplicationStatus `json:"replication,omitempty"`
+}
+
+// ReplicationStatus is how far a member is behind this node.
+type ReplicationStatus struct {
+	Connected      bool       `json:"connected"`
+	PendingChanges uint64     `json:"pending_changes"`
+	LagSeconds     float64    `json:"lag_seconds"`
+	LastAppliedAt  *time.Time `json:"last_applied_at,omitempty"`
+}

@@ -1,0 +1,95 @@
+package layering
+
+import (
+	"go/parser"
+	"go/token"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/singularity-ng/singularity-edge/"
+
+// allowed is the table of docs/ARCHITECTURE.md: the module packages each
+// package may import (test files excepted).
+var allowed = map[string][]string{
+	"apitypes":             {},
+	"internal/fielderr":    {},
+	"internal/layering":    {},
+	"storage":              {},
+	"certs":                {"internal/fielderr", "storage"},
+	"pools":                {"internal/fielderr", "storage"},
+	"proxy":                {"pools"},
+	"admin":                {"apitypes", "certs", "internal/fielderr", "pools", "storage"},
+	"agent":                {"admin", "certs", "pools", "proxy", "storage"},
+	"cmd/singularity-edge": {"agent", "apitypes", "storage"},
+}
+
+func TestImportRules(t *testing.T) {
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	err = filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if name := d.Name(); strings.HasPrefix(name, ".") || name == "testdata" || name == "test" || name == "bench" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		rel, _ := filepath.Rel(root, filepath.Dir(path))
+		rel = filepath.ToSlash(rel)
+		f, err := parser.ParseFile(token.NewFileSet(), path, nil, parser.ImportsOnly)
+		if err != nil {
+			return err
+		}
+		rules, known := allowed[rel]
+		if !known {
+			t.Errorf("package %s is not in the import rules (docs/ARCHITECTURE.md and this table)", rel)
+			return nil
+		}
+		seen[rel] = true
+		for _, imp := range f.Imports {
+			p := strings.Trim(imp.Path.Value, `"`)
+			dep, ok := strings.CutPrefix(p, module)
+			if !ok {
+				continue
+			}
+			if !contains(rules, dep) {
+				t.Errorf("%s imports %s, which the import rules do not allow (%s)", rel, dep, filepath.Base(path))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var missing []string
+	for p := range allowed {
+		if !seen[p] {
+			missing = append(missing, p)
+		}
+	}
+	sort.Strings(missing)
+	if len(missing) > 0 {
+		t.Errorf("packages in the rules but not found: %v", missing)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}

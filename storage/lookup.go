@@ -1,0 +1,114 @@
+package storage
+
+import (
+	"fmt"
+	"net"
+	"sort"
+	"strconv"
+)
+
+// Point lookups the admin API needs so that a write or a single-object
+// read costs the same with ten rows or a million: who serves a host name,
+// which pool is the default, whether a pool already has a backend at an
+// address, and every node's observation of one backend. Each is one index
+// partition (guarded where a write checks it inside a transaction, so two
+// concurrent claims of the same host or address conflict and one retries).
+
+// poolServedNames returns the normalized, de-duplicated host names a pool
+// serves: its ssl_domain and every entry of hosts.
+func poolServedNames(p *Pool) []string {
+	seen := make(map[string]bool, 1+len(p.Hosts))
+	var out []string
+	for _, h := range append([]string{p.SSLDomain}, p.Hosts...) {
+		h = normalizeDomain(h)
+		if h == "" || seen[h] {
+			continue
+		}
+		seen[h] = true
+		out = append(out, h)
+	}
+	sort.Strings(out)
+	return out
+}
+
+const defaultPoolValue = "default"
+
+func poolLookupKeys(p *Pool) [][]byte {
+	var keys [][]byte
+	for _, h := range poolServedNames(p) {
+		keys = append(keys, indexKey(idxPoolHost, h, p.Name))
+	}
+	if p.Default {
+		keys = append(keys, indexKey(idxPoolDefault, defaultPoolValue, p.Name))
+	}
+	return keys
+}
+
+// BackendAddress is the form of a backend's address the address index
+// uses: scheme://host:port.
+func BackendAddress(scheme, host string, port int) string {
+	return scheme + "://" + net.JoinHostPort(host, strconv.Itoa(port))
+}
+
+func backendAddrValue(pool, addr string) string { return pool + " " + addr }
+
+func backendAddrKey(b *Backend) []byte {
+	return indexKey(idxBackendAddr, backendAddrValue(b.PoolName, BackendAddress(b.Scheme, b.Host, b.Port)), b.ID)
+}
+
+// PoolsByHost returns the pools whose ssl_domain or hosts include host
+// exactly (case-insensitive; a wildcard finds the same wildcard), ordered
+// by name.
+func (t *Tx) PoolsByHost(host string) ([]Pool, error) {
+	return rowsByIndex(t, indexPrefix(idxPoolHost, normalizeDomain(host)), TablePools, "", 0, t.Pool)
+}
+
+// DefaultPools returns the pools marked default, ordered by name.
+func (t *Tx) DefaultPools() ([]Pool, error) {
+	return rowsByIndex(t, indexPrefix(idxPoolDefault, defaultPoolValue), TablePools, "", 0, t.Pool)
+}
+
+// BackendsByAddress returns the backends of pool at scheme://host:port
+// (as BackendAddress renders it), ordered by id.
+func (t *Tx) BackendsByAddress(pool, addr string) ([]Backend, error) {
+	return rowsByIndex(t, indexPrefix(idxBackendAddr, backendAddrValue(pool, addr)), TableBackends, "", 0, t.Backend)
+}
+
+// ObservationsOf returns every node's observation of backend backendID,
+// ordered by node id.
+func (t *Tx) ObservationsOf(backendID string) ([]Observation, error) {
+	nodes, err := t.indexLookup(indexPrefix(idxObsBackend, backendID), TableObservations, "", 0)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Observation, 0, len(nodes))
+	for _, n := range nodes {
+		o, err := t.Observation(n, backendID)
+		if err != nil {
+			return nil, indexRowError(TableObservations, ObservationKey(n, backendID), err)
+		}
+		out = append(out, o)
+	}
+	return out, nil
+}
+
+// Pools lists pools by name inside the transaction: keys strictly after
+// `after`, at most limit (<= 0: all). Buffered writes are not included.
+func (t *Tx) Pools(after string, limit int) ([]Pool, error) {
+	var out []Pool
+	err := t.scanRows(TablePools, "", after, limit, func(key string, r *row) error {
+		p, err := decodeStoredPool(r)
+		if err != nil {
+			return fmt.Errorf("pool %q: %w", key, err)
+		}
+		out = append(out, p)
+		return nil
+	})
+	return out, err
+}
+
+// BackendsByPoolPage returns at most limit backends of pool (<= 0: all)
+// with ids strictly after `after`, ordered by id: one page read by key.
+func (t *Tx) BackendsByPoolPage(pool, after string, limit int) ([]Backend, error) {
+	return rowsByIndex(t, indexPrefix(idxBackendPool, pool), TableBackends, after, limit, t.Backend)
+}
