@@ -258,7 +258,7 @@ func FuzzUnmarshalChangeSet(f *testing.F) {
 			_, _ = c.Observation()
 			_, _ = c.Certificate()
 		}
-		_, _ = prepareChanges(cs.Changes)
+		_, _ = prepareSet(cs)
 	})
 }
 
@@ -275,7 +275,7 @@ func FuzzImportLine(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if _, err := prepareChanges([]Change{c}); err != nil {
+		if _, err := s.importBatchPrepare([]Change{c}); err != nil {
 			return
 		}
 		if !c.Deleted {

@@ -54,7 +54,7 @@ func (s *Store) Export(ctx context.Context, w io.Writer) (int, error) {
 	enc.SetEscapeHTML(false)
 	n := 0
 	err := s.View(ctx, func(tx *Tx) error {
-		if err := enc.Encode(exportHeader{Format: exportFormat, Version: exportVersion, NodeID: s.nodeID,
+		if err := enc.Encode(exportHeader{Format: exportFormat, Version: exportVersion, NodeID: s.NodeID(),
 			ExportedAt: time.Now().UTC(), LastIndex: s.lastIndex.Load()}); err != nil {
 			return err
 		}
@@ -151,13 +151,14 @@ func (s *Store) Import(ctx context.Context, r io.Reader) (int, error) {
 	}
 	applied := 0
 	var batch []Change
+	batchBytes := 0
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
 		n, err := s.importBatch(ctx, batch)
 		applied += n
-		batch = batch[:0]
+		batch, batchBytes = batch[:0], 0
 		return err
 	}
 	for lineNo := 2; sc.Scan(); lineNo++ {
@@ -168,7 +169,13 @@ func (s *Store) Import(ctx context.Context, r io.Reader) (int, error) {
 		if err != nil {
 			return applied, fmt.Errorf("storage: import line %d: %w", lineNo, err)
 		}
+		if len(batch) > 0 && batchBytes+len(c.Key)+len(c.Value) > MaxChangeSetBytes {
+			if err := flush(); err != nil {
+				return applied, err
+			}
+		}
 		batch = append(batch, c)
+		batchBytes += len(c.Key) + len(c.Value)
 		if len(batch) >= importBatch {
 			if err := flush(); err != nil {
 				return applied, err
@@ -235,33 +242,75 @@ func (s *Store) importLine(b []byte) (Change, error) {
 	return c, nil
 }
 
+// importBatch writes, as one local transaction, the changes whose export
+// version is newer than the stored row's (so a second import of the same
+// export writes nothing). The rows get new local versions, so that peers
+// receive them like any local write; the batch is kept within the
+// change-set bound by the caller.
 func (s *Store) importBatch(ctx context.Context, changes []Change) (int, error) {
-	prepared, err := prepareChanges(changes)
+	ps, err := s.importBatchPrepare(changes)
 	if err != nil {
-		return 0, fmt.Errorf("storage: import: %w", err)
-	}
-	if err := s.enter(); err != nil {
 		return 0, err
 	}
-	defer s.leave()
-	for _, c := range prepared {
-		s.witness(c.Version.HLC)
+	written := 0
+	_, err = s.Update(ctx, func(tx *Tx) error {
+		written = 0
+		for _, p := range ps {
+			ref := rowRef{p.c.Table, p.c.Key}
+			old, err := tx.load(ref)
+			if err != nil {
+				return err
+			}
+			if old != nil && !old.version.Less(p.c.Version) {
+				continue
+			}
+			if err := tx.put(ref, &pending{deleted: p.c.Deleted, rec: p.c.Value, idx: p.idx}); err != nil {
+				return err
+			}
+			written++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
 	}
-	var lastErr error
-	for attempt := 0; attempt < maxAttempts; attempt++ {
-		if err := ctx.Err(); err != nil {
-			return 0, err
+	s.counts.applyApplied.Add(uint64(written))
+	return written, nil
+}
+
+type importPrepared struct {
+	c   Change
+	idx [][]byte
+}
+
+// importBatchPrepare validates import changes and decodes their index
+// entries; nothing is written.
+func (s *Store) importBatchPrepare(changes []Change) ([]importPrepared, error) {
+	type prepared = importPrepared
+	ps := make([]prepared, 0, len(changes))
+	for i, c := range changes {
+		def := lookupTable(c.Table)
+		if def == nil {
+			return nil, fmt.Errorf("storage: import: change %d: %w: %q", i, ErrUnknownTable, c.Table)
 		}
-		res, err := s.tryApply(prepared, nil)
-		if err == nil {
-			return res.Applied, nil
+		if err := def.checkKey(c.Key); err != nil {
+			return nil, fmt.Errorf("storage: import: %w", err)
 		}
-		if !isRetryable(err) {
-			return 0, err
+		p := prepared{c: c}
+		if !c.Deleted {
+			d, err := def.decode(c.Value)
+			if err != nil {
+				return nil, fmt.Errorf("storage: import: %w: %v", ErrInvalid, err)
+			}
+			if err := def.validate(d); err != nil {
+				return nil, fmt.Errorf("storage: import: %w", err)
+			}
+			if d.key != c.Key {
+				return nil, fmt.Errorf("storage: import: %w: key %q does not match its record (%q)", ErrInvalid, c.Key, d.key)
+			}
+			p.idx = d.idx
 		}
-		s.counts.conflictRetry.Add(1)
-		lastErr = err
-		backoff(attempt)
+		ps = append(ps, p)
 	}
-	return 0, fmt.Errorf("%w: gave up after %d attempts: %v", ErrConflict, maxAttempts, lastErr)
+	return ps, nil
 }

@@ -119,11 +119,11 @@ func TestFeedCarriesDeletesAndAppliedSubsets(t *testing.T) {
 		poolChange(t, "keep", "old", ver(5, "peer", 1)),
 		poolChange(t, "fresh", "new", ver(5, "peer", 1)),
 	}}
-	if res, err := s.Apply(ctx, cs); err != nil || res.Applied != 1 || res.Index != 4 {
+	if res, err := applySet(s, cs); err != nil || res.Applied != 1 || res.Index != 4 {
 		t.Fatalf("apply %+v %v", res, err)
 	}
 	// A set where nothing wins: no event.
-	if res, err := s.Apply(ctx, ChangeSet{Origin: "peer", Seq: 2, HLC: 6, Changes: cs.Changes[:1]}); err != nil || res.Index != 0 {
+	if res, err := applySet(s, ChangeSet{Origin: "peer", Seq: 2, HLC: 6, Changes: []Change{poolChange(t, "keep", "old", ver(6, "peer", 2))}}); err != nil || res.Index != 0 {
 		t.Fatalf("losing apply %+v %v", res, err)
 	}
 	mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool("last")) })

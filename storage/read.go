@@ -208,6 +208,9 @@ func (s *Store) ObservationsByHealth(ctx context.Context, nodeID string, healthy
 		}
 		for _, ref := range refs {
 			o, err := tx.Observation(ref[0], ref[1])
+			if errors.Is(err, ErrNotFound) {
+				continue // expired, not yet removed by ExpireRows
+			}
 			if err != nil {
 				return indexRowError(TableObservations, ObservationKey(ref[0], ref[1]), err)
 			}

@@ -52,6 +52,12 @@ func rowsByIndex[T any](t *Tx, prefix []byte, table, after string, limit int, ge
 	out := make([]T, 0, len(keys))
 	for _, k := range keys {
 		v, err := get(k)
+		if errors.Is(err, ErrNotFound) {
+			// An expired row keeps its entries until ExpireRows removes it.
+			if r, lerr := t.load(rowRef{table, k}); lerr == nil && r != nil && r.expiredAt(t.now.UnixMilli()) {
+				continue
+			}
+		}
 		if err != nil {
 			return nil, indexRowError(table, k, err)
 		}
@@ -233,10 +239,10 @@ func (t *Tx) PutObservation(o *Observation) error {
 		return ErrReadOnly
 	}
 	if o.NodeID == "" {
-		o.NodeID = t.s.nodeID
+		o.NodeID = t.s.NodeID()
 	}
-	if o.NodeID != t.s.nodeID {
-		return fmt.Errorf("%w: observation of node %q written on node %q", ErrInvalid, o.NodeID, t.s.nodeID)
+	if o.NodeID != t.s.NodeID() {
+		return fmt.Errorf("%w: observation of node %q written on node %q", ErrInvalid, o.NodeID, t.s.NodeID())
 	}
 	if err := validateKey("observation backend_id", o.BackendID); err != nil {
 		return err
@@ -257,7 +263,7 @@ func (t *Tx) DeleteObservation(backendID string) error {
 	if err := validateKey("observation backend_id", backendID); err != nil {
 		return err
 	}
-	return t.remove(rowRef{TableObservations, ObservationKey(t.s.nodeID, backendID)})
+	return t.remove(rowRef{TableObservations, ObservationKey(t.s.NodeID(), backendID)})
 }
 
 // BackendsByPool returns the backends of a pool, ordered by id.
@@ -389,7 +395,7 @@ func (t *Tx) scanRows(table, prefix, after string, limit int, fn func(key string
 		if err != nil {
 			return corruptError(table, fmt.Errorf("row %q: %w", key, err))
 		}
-		if r.deleted {
+		if r.deleted || r.expiredAt(t.now.UnixMilli()) {
 			continue
 		}
 		if err := fn(key, &r); err != nil {

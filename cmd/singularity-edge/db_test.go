@@ -154,7 +154,7 @@ func TestDBInfoAndTables(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &info); err != nil {
 		t.Fatalf("db info -o json: %v\n%s", err, out)
 	}
-	if info.NodeID != node || info.Dir != dir || info.LastIndex != 2 || info.VersionVector[node] != 2 || info.HLC == 0 {
+	if info.NodeID != node || info.Dir != dir || info.LastIndex != 2 || info.Watermarks[node] != 2 || info.HLC == 0 {
 		t.Errorf("db info -o json = %+v, want node %s, dir %s, last index 2", info, node, dir)
 	}
 

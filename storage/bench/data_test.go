@@ -221,9 +221,9 @@ func storedTemplates(ctx context.Context, dir string, key []byte, m *certMateria
 	})
 	var backendRec []byte
 	if err == nil {
-		var sets []storage.ChangeSet
-		sets, err = st.ChangeSetsSince(ctx, st.NodeID(), 0, 0)
-		for _, cs := range sets {
+		var ans storage.Answer
+		ans, err = st.ChangeSets(ctx, st.NodeID(), st.Bookkeeping()[st.NodeID()], 0)
+		for _, cs := range ans.Sets {
 			for _, c := range cs.Changes {
 				if c.Table == storage.TableBackends {
 					backendRec = c.Value
