@@ -211,7 +211,7 @@ func (rs *Ranges) UnmarshalBinary(b []byte) error {
 // decodeRanges decodes one encoded set from the front of b.
 func decodeRanges(b []byte) (Ranges, []byte, error) {
 	n, k := binary.Uvarint(b)
-	if k <= 0 {
+	if k <= 0 || k != uvarintLen(n) {
 		return nil, nil, errWire("ranges: bad count")
 	}
 	b = b[k:]
@@ -226,7 +226,7 @@ func decodeRanges(b []byte) (Ranges, []byte, error) {
 			return nil, nil, errWire("ranges: bad range %d", i)
 		}
 		l, k2 := binary.Uvarint(b[k1:])
-		if k2 <= 0 {
+		if k2 <= 0 || k1 != uvarintLen(d) || k2 != uvarintLen(l) {
 			return nil, nil, errWire("ranges: bad range %d", i)
 		}
 		b = b[k1+k2:]
@@ -244,4 +244,15 @@ func decodeRanges(b []byte) (Ranges, []byte, error) {
 		prev = hi
 	}
 	return out, b, nil
+}
+
+// uvarintLen is the length of the shortest encoding of v: a longer one is
+// refused, so that every set has exactly one encoding.
+func uvarintLen(v uint64) int {
+	n := 1
+	for v >= 0x80 {
+		v >>= 7
+		n++
+	}
+	return n
 }
