@@ -64,7 +64,7 @@ func (s *Store) ApplyBatch(ctx context.Context, sets []ChangeSet) (BatchResult, 
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
-	return s.applyPrepared(prepared, nil)
+	return s.applyPrepared(prepared, nil, applyOptions{})
 }
 
 // ApplyAnswer applies a catch-up answer from a peer (its ChangeSets): the
@@ -97,7 +97,7 @@ func (s *Store) ApplyAnswer(ctx context.Context, ans Answer) (BatchResult, error
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
-	return s.applyPrepared(prepared, map[string]Ranges{ans.Origin: covered})
+	return s.applyPrepared(prepared, map[string]Ranges{ans.Origin: covered}, applyOptions{})
 }
 
 // prepareSet validates a change set and decodes its index entries.
@@ -161,7 +161,17 @@ func prepareSet(cs ChangeSet) (preparedSet, error) {
 // commit can come between the read and the write; a local transaction
 // that read a row this batch overwrites conflicts at its commit, as it
 // would with another transaction.
-func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges) (BatchResult, error) {
+// applyOptions adapts applyPrepared to imports and snapshot ingest.
+type applyOptions struct {
+	// partialSets: sets may arrive in parts (an import or snapshot cut
+	// between batches), so a seq already recorded is not a duplicate;
+	// last-write-wins per row skips what is already stored.
+	partialSets bool
+	sync        bool // fsync the commit
+	noFeed      bool // write no feed entries (snapshot ingest)
+}
+
+func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opts applyOptions) (BatchResult, error) {
 	var res BatchResult
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
@@ -237,7 +247,7 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges) (Ba
 	var recorded []seenSet
 	var valBuf []byte
 	for _, ps := range sets {
-		if staged[ps.Origin].Contains(ps.Seq) {
+		if !opts.partialSets && staged[ps.Origin].Contains(ps.Seq) {
 			res.Duplicates++
 			s.counts.applyDuplicate.Add(1)
 			res.Skipped += len(ps.Changes)
@@ -296,7 +306,7 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges) (Ba
 		ahead := time.Duration(ps.HLC.Millis()-nowMs)*time.Millisecond > s.cfg.MaxClockOffset
 		recorded = append(recorded, seenSet{ps.Origin, ahead})
 		res.Sets++
-		if winners > 0 {
+		if winners > 0 && !opts.noFeed {
 			index++
 			batch.PutCF(s.cfs[cfFeed], feedKey(index), feedRef(ps.Origin, ps.Seq))
 		}
@@ -311,7 +321,11 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges) (Ba
 	for origin, rs := range staged {
 		batch.PutCF(s.cfs[cfMeta], bkKey(origin), rs.AppendBinary(nil))
 	}
-	if err := s.base.Write(s.woAsync, batch); err != nil {
+	wo := s.woAsync
+	if opts.sync {
+		wo = s.wo
+	}
+	if err := s.base.Write(wo, batch); err != nil {
 		return BatchResult{}, s.noteWriteError(writeError(err))
 	}
 	s.noteWriteOK()

@@ -275,7 +275,11 @@ func FuzzImportLine(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if _, err := s.importBatchPrepare([]Change{c}); err != nil {
+		sets, err := groupIntoSets([]Change{c})
+		if err != nil {
+			return
+		}
+		if _, err := prepareSet(sets[0]); err != nil {
 			return
 		}
 		if !c.Deleted {

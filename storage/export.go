@@ -42,6 +42,7 @@ type exportLine struct {
 	Key              string          `json:"key"`
 	Version          Version         `json:"version"`
 	Deleted          bool            `json:"deleted,omitempty"`
+	Expires          int64           `json:"expires,omitempty"` // Unix ms
 	Row              json.RawMessage `json:"row,omitempty"`
 	PrivateKeySealed []byte          `json:"private_key_sealed,omitempty"`
 }
@@ -98,7 +99,7 @@ func exportRow(table, key string, value []byte) (exportLine, error) {
 	if err != nil {
 		return exportLine{}, corruptError(table, fmt.Errorf("row %q: %w", key, err))
 	}
-	line := exportLine{Table: table, Key: key, Version: r.version, Deleted: r.deleted}
+	line := exportLine{Table: table, Key: key, Version: r.version, Deleted: r.deleted, Expires: r.expires}
 	if r.deleted {
 		return line, nil
 	}
@@ -196,7 +197,7 @@ func (s *Store) importLine(b []byte) (Change, error) {
 	if !isTable(line.Table) {
 		return Change{}, fmt.Errorf("%w: %q", ErrUnknownTable, line.Table)
 	}
-	c := Change{Table: line.Table, Key: line.Key, Deleted: line.Deleted, Version: line.Version}
+	c := Change{Table: line.Table, Key: line.Key, Deleted: line.Deleted, Version: line.Version, Expires: line.Expires}
 	if line.Deleted {
 		return c, nil
 	}
@@ -242,75 +243,56 @@ func (s *Store) importLine(b []byte) (Change, error) {
 	return c, nil
 }
 
-// importBatch writes, as one local transaction, the changes whose export
-// version is newer than the stored row's (so a second import of the same
-// export writes nothing). The rows get new local versions, so that peers
-// receive them like any local write; the batch is kept within the
-// change-set bound by the caller.
+// importBatch writes the rows of an export with their original versions
+// and last-write-wins against the stored rows (so a second import of the
+// same export writes nothing), and records their seqs in the bookkeeping:
+// an export holds every current row of each set it contains, so the store
+// can serve those seqs to peers. Nothing is originated: importing one
+// export on two nodes makes no competing versions. The rows are grouped
+// into their change sets and applied like a catch-up, one batch, synced.
 func (s *Store) importBatch(ctx context.Context, changes []Change) (int, error) {
-	ps, err := s.importBatchPrepare(changes)
+	sets, err := groupIntoSets(changes)
 	if err != nil {
+		return 0, fmt.Errorf("storage: import: %w", err)
+	}
+	prepared := make([]preparedSet, 0, len(sets))
+	for _, cs := range sets {
+		p, err := prepareSet(cs)
+		if err != nil {
+			return 0, fmt.Errorf("storage: import: %w", err)
+		}
+		prepared = append(prepared, p)
+	}
+	if err := s.enter(); err != nil {
 		return 0, err
 	}
-	written := 0
-	_, err = s.Update(ctx, func(tx *Tx) error {
-		written = 0
-		for _, p := range ps {
-			ref := rowRef{p.c.Table, p.c.Key}
-			old, err := tx.load(ref)
-			if err != nil {
-				return err
-			}
-			if old != nil && !old.version.Less(p.c.Version) {
-				continue
-			}
-			if err := tx.put(ref, &pending{deleted: p.c.Deleted, rec: p.c.Value, idx: p.idx}); err != nil {
-				return err
-			}
-			written++
-		}
-		return nil
-	})
-	if err != nil {
+	defer s.leave()
+	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	s.counts.applyApplied.Add(uint64(written))
-	return written, nil
+	res, err := s.applyPrepared(prepared, nil, applyOptions{partialSets: true, sync: true})
+	return res.Applied, err
 }
 
-type importPrepared struct {
-	c   Change
-	idx [][]byte
-}
-
-// importBatchPrepare validates import changes and decodes their index
-// entries; nothing is written.
-func (s *Store) importBatchPrepare(changes []Change) ([]importPrepared, error) {
-	type prepared = importPrepared
-	ps := make([]prepared, 0, len(changes))
-	for i, c := range changes {
-		def := lookupTable(c.Table)
-		if def == nil {
-			return nil, fmt.Errorf("storage: import: change %d: %w: %q", i, ErrUnknownTable, c.Table)
-		}
-		if err := def.checkKey(c.Key); err != nil {
-			return nil, fmt.Errorf("storage: import: %w", err)
-		}
-		p := prepared{c: c}
-		if !c.Deleted {
-			d, err := def.decode(c.Value)
-			if err != nil {
-				return nil, fmt.Errorf("storage: import: %w: %v", ErrInvalid, err)
-			}
-			if err := def.validate(d); err != nil {
-				return nil, fmt.Errorf("storage: import: %w", err)
-			}
-			if d.key != c.Key {
-				return nil, fmt.Errorf("storage: import: %w: key %q does not match its record (%q)", ErrInvalid, c.Key, d.key)
-			}
-			p.idx = d.idx
-		}
-		ps = append(ps, p)
+// groupIntoSets groups rows by their version into change sets, in the
+// order their first row came.
+func groupIntoSets(changes []Change) ([]ChangeSet, error) {
+	type setKey struct {
+		origin string
+		seq    uint64
 	}
-	return ps, nil
+	idx := make(map[setKey]int)
+	var out []ChangeSet
+	for _, c := range changes {
+		k := setKey{c.Version.Origin, c.Version.Seq}
+		i, ok := idx[k]
+		if !ok {
+			i = len(out)
+			idx[k] = i
+			out = append(out, ChangeSet{Origin: k.origin, Seq: k.seq, HLC: c.Version.HLC})
+		}
+		out[i].Changes = append(out[i].Changes, c)
+	}
+	return out, nil
 }
+
