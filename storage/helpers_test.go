@@ -1,9 +1,11 @@
 package storage
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
+	"io"
 	"reflect"
 	"testing"
 	"time"
@@ -220,3 +222,7 @@ func catchUp(t testing.TB, dst, src *Store) BatchResult {
 	}
 	return total
 }
+
+func bufioWriter(w io.Writer) *bufio.Writer { return bufio.NewWriter(w) }
+
+func bufioReader(b []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReader(b)) }

@@ -137,18 +137,43 @@ func (s *Store) replaceFamily(name string) error {
 	return nil
 }
 
+// clearFamily empties a column family: by dropping and recreating it
+// (drop; its files are not read, so a damaged family goes too) or by one
+// range deletion over every key the store writes (keys are UTF-8 or start
+// with a byte below 0xff: UTF-8 never holds 0xff).
+func (s *Store) clearFamily(name string, drop bool) error {
+	if drop {
+		return s.replaceFamily(name)
+	}
+	wo := grocksdb.NewDefaultWriteOptions()
+	wo.SetSync(true)
+	defer wo.Destroy()
+	if err := s.base.DeleteRangeCF(wo, s.cfs[name], []byte{}, []byte{0xff}); err != nil {
+		return s.noteWriteError(fmt.Errorf("storage: clear %s: %w", name, err))
+	}
+	return nil
+}
+
 // rebuildDerived recreates the index family and/or the change log from
 // the tables: both are functions of the rows (every index entry, and one
 // change-log key per row at its version). It runs while nothing else
 // writes (Open, RebuildIndexes, Ingest) and returns how many rows it read.
 func (s *Store) rebuildDerived(index, changelog bool) (int, error) {
-	if index {
-		if err := s.replaceFamily(cfIndex); err != nil {
-			return 0, err
+	return s.rebuild(index, changelog, true)
+}
+
+// rebuild is rebuildDerived; with drop false the families are emptied by
+// a range deletion instead of being dropped, which keeps their handles
+// valid for concurrent readers (Ingest on an open store).
+func (s *Store) rebuild(index, changelog, drop bool) (int, error) {
+	for _, f := range []struct {
+		name string
+		do   bool
+	}{{cfIndex, index}, {cfChangelog, changelog}} {
+		if !f.do {
+			continue
 		}
-	}
-	if changelog {
-		if err := s.replaceFamily(cfChangelog); err != nil {
+		if err := s.clearFamily(f.name, drop); err != nil {
 			return 0, err
 		}
 	}
