@@ -295,4 +295,3 @@ func groupIntoSets(changes []Change) ([]ChangeSet, error) {
 	}
 	return out, nil
 }
-
