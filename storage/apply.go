@@ -246,6 +246,7 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 	}
 	var recorded []seenSet
 	var valBuf []byte
+	guards := make(map[string]bool) // partition guards written by this batch
 	for _, ps := range sets {
 		if !opts.partialSets && staged[ps.Origin].Contains(ps.Seq) {
 			res.Duplicates++
@@ -287,7 +288,8 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 			// batch changes must conflict.
 			for _, changed := range [][][]byte{remove, add} {
 				for _, k := range changed {
-					if g := guardOfEntry(k); g != nil {
+					if g := guardOfEntry(k); g != nil && !guards[string(g)] {
+						guards[string(g)] = true
 						batch.PutCF(s.cfs[cfIndex], g, nil)
 					}
 				}

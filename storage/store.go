@@ -214,17 +214,17 @@ func tableFromMessage(msg string) string {
 }
 
 // corruptError names the damaged table and the way out. Every remedy it
-// names works: restore, remove-table for a table, a restart (or
-// `db rebuild-indexes`) for the derived families, which Open rebuilds from
-// the tables by itself.
+// names works: restore, remove-table for a table, a restart for the
+// derived families, which Open rebuilds from the tables by itself
+// (RebuildIndexes does the same on a stopped store).
 func corruptError(table string, err error) error {
 	switch {
 	case table == "":
 		return fmt.Errorf("%w: the database is damaged (%v): restore from a backup with `singularity-edge db restore`",
 			ErrCorrupt, err)
 	case table == cfIndex || table == cfChangelog || table == cfFeed:
-		return fmt.Errorf("%w: internal family %q is damaged (%v): restart the agent (Open rebuilds it from the tables) "+
-			"or run `singularity-edge db rebuild-indexes` on the stopped store", ErrCorrupt, table, err)
+		return fmt.Errorf("%w: internal family %q is damaged (%v): restart the agent: Open verifies it and rebuilds it "+
+			"from the tables", ErrCorrupt, table, err)
 	case table == cfMeta:
 		return fmt.Errorf("%w: internal family %q is damaged (%v): restore from a backup with `singularity-edge db restore`, "+
 			"or bootstrap the node again from a peer's snapshot", ErrCorrupt, table, err)
