@@ -70,9 +70,9 @@ func TestDiskFullAnswersAndRecovers(t *testing.T) {
 // message that merely contains "lock" (a block checksum mismatch) does not.
 func TestOpenErrorLockClassification(t *testing.T) {
 	for msg, want := range map[string]bool{
-		"IO error: While lock file: /data/LOCK: Resource temporarily unavailable": true,
+		"IO error: While lock file: /data/LOCK: Resource temporarily unavailable":                                   true,
 		"IO error: lock hold by current process, acquire time 1 acquiring thread 2: /data/LOCK: No locks available": true,
-		"Corruption: block checksum mismatch: stored = 1, computed = 2 in /data/000012.sst offset 0 size 10": false,
+		"Corruption: block checksum mismatch: stored = 1, computed = 2 in /data/000012.sst offset 0 size 10":        false,
 		"Corruption: bad block type":       false,
 		"Invalid argument: unlocked state": false,
 	} {
