@@ -209,3 +209,40 @@ func (sub *Subscription) Err() error {
 	defer sub.mu.Unlock()
 	return sub.err
 }
+
+// FeedSource is what a consumer of the change feed needs: consumers
+// (pools, certs) declare it, or the subset they use, and take it instead
+// of *Store, so that their tests can hand them a fake built with
+// NewSubscription.
+type FeedSource interface {
+	Subscribe(ctx context.Context, afterIndex uint64) *Subscription
+}
+
+// NewSubscription returns a Subscription that delivers the events sent on
+// events, in the order sent: a feed for a consumer's tests. Events is
+// closed when events is closed (Err then nil) or ctx ends (Err ctx.Err()).
+func NewSubscription(ctx context.Context, events <-chan Event) *Subscription {
+	sub := &Subscription{ch: make(chan Event), done: make(chan struct{})}
+	go func() {
+		for {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					sub.finish(nil)
+					return
+				}
+				select {
+				case sub.ch <- ev:
+					sub.cursor.Store(ev.Index)
+				case <-ctx.Done():
+					sub.finish(ctx.Err())
+					return
+				}
+			case <-ctx.Done():
+				sub.finish(ctx.Err())
+				return
+			}
+		}
+	}()
+	return sub
+}

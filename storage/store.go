@@ -28,6 +28,10 @@ type Store struct {
 	opts    *rocksOptions
 	wo      *grocksdb.WriteOptions // local commits: Config.SyncWAL
 	woAsync *grocksdb.WriteOptions // remote applies: a lost apply is fetched again
+	// roLatest reads the latest committed state (point reads: one Get is
+	// atomic, no snapshot needed). Read options are immutable once built,
+	// so one serves every goroutine.
+	roLatest *grocksdb.ReadOptions
 
 	txo *grocksdb.OptimisticTransactionOptions
 
@@ -175,6 +179,7 @@ func (s *Store) openDB() error {
 	s.wo = grocksdb.NewDefaultWriteOptions()
 	s.wo.SetSync(s.cfg.SyncWAL)
 	s.woAsync = grocksdb.NewDefaultWriteOptions()
+	s.roLatest = grocksdb.NewDefaultReadOptions()
 	s.txo = grocksdb.NewDefaultOptimisticTransactionOptions()
 	s.txo.SetSetSnapshot(true)
 	return nil
@@ -401,6 +406,7 @@ func (s *Store) closeDB(flush bool) error {
 	s.db.Close()
 	s.wo.Destroy()
 	s.woAsync.Destroy()
+	s.roLatest.Destroy()
 	s.txo.Destroy()
 	s.opts.destroy()
 	s.log.Info("store closed", zap.String("dir", s.cfg.Dir))

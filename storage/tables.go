@@ -44,10 +44,15 @@ func readRow[T any](t *Tx, ref rowRef, clone func(T) T, decode func(*row) (T, er
 // rowsByIndex returns, in key order, the rows of table that the index
 // entries with prefix point at, read with get; see indexLookup for after
 // and limit.
-func rowsByIndex[T any](t *Tx, prefix []byte, table, after string, limit int, get func(key string) (T, error)) ([]T, error) {
+func rowsByIndex[T any](t *Tx, prefix []byte, table, after string, limit int, get func(key string) (T, error), decode func(*row) (T, error)) ([]T, error) {
 	keys, err := t.indexLookup(prefix, table, after, limit)
 	if err != nil {
 		return nil, err
+	}
+	if t.txn == nil {
+		// View: no buffered writes and no conflict tracking, so the rows
+		// come in one MultiGet from the snapshot.
+		return multiGetRows(t.s, t.ro, table, keys, t.now.UnixMilli(), decode)
 	}
 	out := make([]T, 0, len(keys))
 	for _, k := range keys {
@@ -268,26 +273,26 @@ func (t *Tx) DeleteObservation(backendID string) error {
 
 // BackendsByPool returns the backends of a pool, ordered by id.
 func (t *Tx) BackendsByPool(pool string) ([]Backend, error) {
-	return rowsByIndex(t, indexPrefix(idxBackendPool, pool), TableBackends, "", 0, t.Backend)
+	return rowsByIndex(t, indexPrefix(idxBackendPool, pool), TableBackends, "", 0, t.Backend, decodeStoredBackend)
 }
 
 // PoolsBySSLDomain returns the pools whose ssl_domain is domain
 // (case-insensitive), ordered by name.
 func (t *Tx) PoolsBySSLDomain(domain string) ([]Pool, error) {
-	return rowsByIndex(t, indexPrefix(idxPoolSSLDomain, normalizeDomain(domain)), TablePools, "", 0, t.Pool)
+	return rowsByIndex(t, indexPrefix(idxPoolSSLDomain, normalizeDomain(domain)), TablePools, "", 0, t.Pool, decodeStoredPool)
 }
 
 // PoolsByCertificate returns the pools whose ssl_cert_id is certID,
 // ordered by name: the pools that still use the certificate.
 func (t *Tx) PoolsByCertificate(certID string) ([]Pool, error) {
-	return rowsByIndex(t, indexPrefix(idxPoolCert, certID), TablePools, "", 0, t.Pool)
+	return rowsByIndex(t, indexPrefix(idxPoolCert, certID), TablePools, "", 0, t.Pool, decodeStoredPool)
 }
 
 // CertificatesByDomain returns the certificates whose Domain or SANs
 // include domain exactly (case-insensitive; "*.example.com" finds wildcard
 // certificates), ordered by id.
 func (t *Tx) CertificatesByDomain(domain string) ([]Certificate, error) {
-	return rowsByIndex(t, indexPrefix(idxCertDomain, normalizeDomain(domain)), TableCertificates, "", 0, t.Certificate)
+	return rowsByIndex(t, indexPrefix(idxCertDomain, normalizeDomain(domain)), TableCertificates, "", 0, t.Certificate, t.s.decodeStoredCertificate)
 }
 
 // indexRowError reports a row an index entry points at that cannot be read.
