@@ -277,7 +277,8 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 			if err != nil {
 				return BatchResult{}, corruptError(c.Table, err)
 			}
-			remove, add := diffKeys(oldIdx, entriesOf(def, c.Key, nr, ps.idx[i]))
+			newIdx := entriesOf(def, c.Key, nr, ps.idx[i])
+			remove, add := diffKeys(oldIdx, newIdx)
 			for _, k := range remove {
 				batch.DeleteCF(s.cfs[cfIndex], k)
 			}
@@ -296,6 +297,7 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 			}
 			valBuf = appendRow(valBuf[:0], *nr)
 			batch.PutCF(s.cfs[c.Table], []byte(c.Key), valBuf)
+			putCovering(func(k, v []byte) { batch.PutCF(s.cfs[cfIndex], k, v) }, newIdx, valBuf)
 			if old != nil {
 				batch.DeleteCF(s.cfs[cfChangelog], clogKeyOf(def, c.Key, old.version))
 			}

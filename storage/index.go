@@ -25,6 +25,22 @@ const (
 	idxExpiry        byte = 8 // 8 | be64(expires ms) | table id | key: rows by expiry (ExpireRows)
 )
 
+// coveringIndex reports whether an index's entries carry a copy of their
+// row's envelope as value, so that reading a partition is one range scan
+// instead of one random lookup per row. The backends of a pool are read
+// whole and often (the routing table, the API), so that index covers.
+func coveringIndex(k []byte) bool { return len(k) > 0 && k[0] == idxBackendPool }
+
+// putCovering writes the row envelope into every covering entry of
+// entries (whether new or kept: the envelope changed with the version).
+func putCovering(put func(k, v []byte), entries [][]byte, envelope []byte) {
+	for _, k := range entries {
+		if coveringIndex(k) {
+			put(k, envelope)
+		}
+	}
+}
+
 // tombstoneEntry is the index entry of a tombstone of a replicated table.
 func tombstoneEntry(h HLC, tableID byte, key string) []byte {
 	k := make([]byte, 0, 10+len(key))

@@ -23,7 +23,8 @@ const formatCurrent byte = 2
 //	1  certificates by domain and expiry, pools by ssl_domain, backends by
 //	   pool, observations by health
 //	2  pools by ssl_cert_id; partition guards
-//	3  tombstones by age, rows by expiry
+//	3  tombstones by age, rows by expiry; backends by pool covering (the
+//	   entry's value is the row)
 const indexVersion byte = 3
 
 // migrateChangelog brings a format-1 store to format 2: the bookkeeping of
@@ -211,6 +212,7 @@ func (s *Store) rebuild(index, changelog, drop bool) (int, error) {
 				for _, k := range entries {
 					batch.PutCF(s.cfs[cfIndex], k, nil)
 				}
+				putCovering(func(k, v []byte) { batch.PutCF(s.cfs[cfIndex], k, v) }, entries, it.Value().Data())
 			}
 			if changelog {
 				batch.PutCF(s.cfs[cfChangelog], clogKeyOf(def, key, r.version), nil)

@@ -155,8 +155,9 @@ func (s *Store) Verify(ctx context.Context) error {
 	ro.SetVerifyChecksums(true)
 	ro.SetFillCache(false)
 
-	want := make(map[string]string) // index key -> "table/key" of its row
-	clog := make(map[string]string) // change-log key -> "table/key" of its row
+	want := make(map[string]string)      // index key -> "table/key" of its row
+	clog := make(map[string]string)      // change-log key -> "table/key" of its row
+	wantValue := make(map[string]string) // covering index key -> its row's envelope
 	var problems []string
 	bk := s.Bookkeeping()
 	for _, def := range schema {
@@ -190,6 +191,9 @@ func (s *Store) Verify(ctx context.Context) error {
 			}
 			for _, k := range entries {
 				want[string(k)] = table + "/" + key
+				if coveringIndex(k) {
+					wantValue[string(k)] = string(it.Value().Data())
+				}
 			}
 			clog[string(clogKeyOf(def, key, r.version))] = table + "/" + key
 			// The bookkeeping must claim the seq of every stored row:
@@ -237,8 +241,8 @@ func (s *Store) Verify(ctx context.Context) error {
 			problems = append(problems, fmt.Sprintf("index entry %q has no row", k))
 			continue
 		}
-		if len(it.Value().Data()) != 0 {
-			problems = append(problems, fmt.Sprintf("index entry %q has a value", k))
+		if string(it.Value().Data()) != wantValue[k] {
+			problems = append(problems, fmt.Sprintf("index entry %q has a value that is not its row's", k))
 		}
 		delete(want, k)
 	}

@@ -113,12 +113,44 @@ func (s *Store) ListBackends(ctx context.Context, after string, limit int) ([]Ba
 	return listRows(ctx, s, TableBackends, "", after, limit, decodeStoredBackend)
 }
 
-// ListBackendsByPool lists the backends of a pool by id.
+// ListBackendsByPool lists the backends of a pool by id: one range scan
+// of the covering index, whose entries hold the rows.
 func (s *Store) ListBackendsByPool(ctx context.Context, pool, after string, limit int) ([]Backend, error) {
 	var out []Backend
-	err := s.View(ctx, func(tx *Tx) (err error) {
-		out, err = rowsByIndex(tx, indexPrefix(idxBackendPool, pool), TableBackends, after, limit, tx.Backend, decodeStoredBackend)
-		return err
+	err := s.View(ctx, func(tx *Tx) error {
+		prefix := indexPrefix(idxBackendPool, pool)
+		it := tx.iterator(cfIndex)
+		defer it.Close()
+		start := prefix
+		if after != "" {
+			start = append(append([]byte(nil), prefix...), after...)
+		}
+		nowMs := tx.now.UnixMilli()
+		for it.Seek(start); it.ValidForPrefix(prefix); it.Next() {
+			id := string(it.Key().Data()[len(prefix):])
+			if id == after {
+				continue
+			}
+			r, err := decodeRow(it.Value().Data())
+			if err != nil {
+				return corruptError(cfIndex, fmt.Errorf("backends of pool %q: entry of %q: %w", pool, id, err))
+			}
+			if r.deleted || r.expiredAt(nowMs) {
+				continue
+			}
+			b, err := decodeStoredBackend(&r)
+			if err != nil {
+				return err
+			}
+			out = append(out, b)
+			if limit > 0 && len(out) >= limit {
+				break
+			}
+		}
+		if err := it.Err(); err != nil {
+			return readError(cfIndex, err)
+		}
+		return nil
 	})
 	return out, err
 }

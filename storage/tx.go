@@ -47,8 +47,9 @@ type Tx struct {
 	old    map[rowRef]*row // rows as read from the snapshot (nil: absent)
 	writes map[rowRef]*pending
 	order  []rowRef
-	index  uint64 // last commit index when the transaction began
-	done   bool   // fn returned: the RocksDB transaction and snapshot are gone
+	index  uint64               // last commit index when the transaction began
+	wb     *grocksdb.WriteBatch // the commit's writes, built under the commit mutex
+	done   bool                 // fn returned: the RocksDB transaction and snapshot are gone
 	// guards records the partition guards (index.go) this transaction has
 	// read with GetForUpdate or written, so each is touched once.
 	guards map[string]guardUse
@@ -104,7 +105,9 @@ func (s *Store) Update(ctx context.Context, fn func(tx *Tx) error) (Commit, erro
 
 func (s *Store) tryUpdate(fn func(tx *Tx) error) (Commit, error) {
 	index := s.lastIndex.Load()
-	txn := s.db.TransactionBegin(s.wo, s.txo, nil)
+	// The transaction itself writes nothing (commit), so it needs no
+	// synced WAL write of its own.
+	txn := s.db.TransactionBegin(s.woAsync, s.txo, nil)
 	defer txn.Destroy()
 	snap := txn.GetSnapshot()
 	defer snap.Destroy()
@@ -219,6 +222,14 @@ func (t *Tx) commit() (Commit, error) {
 	}
 	v := Version{HLC: h, Origin: s.NodeID(), Seq: seq}
 	nowMs := t.now.UnixMilli()
+	// The writes go into a plain batch, not into the RocksDB transaction:
+	// the transaction only validates what was read (every written row was
+	// read first, and index scans read their partition's guard), and the
+	// batch is written under the commit mutex right after the validation,
+	// so no commit comes between them. Untracked writes skip the
+	// transaction's per-key locking and indexing, most of a commit's cost.
+	t.wb = grocksdb.NewWriteBatch()
+	defer func() { t.wb.Destroy(); t.wb = nil }()
 
 	// RocksDB copies keys and values into the transaction's batch, so one
 	// key and one value buffer serve every row.
@@ -239,33 +250,30 @@ func (t *Tx) commit() (Commit, error) {
 		if !p.deleted {
 			recIdx = p.idx
 		}
-		if err := t.writeIndex(oldIdx, entriesOf(def, ref.key, &nr, recIdx)); err != nil {
+		newIdx := entriesOf(def, ref.key, &nr, recIdx)
+		if err := t.writeIndex(oldIdx, newIdx); err != nil {
 			return Commit{}, err
 		}
 		keyBuf = append(keyBuf[:0], ref.key...)
 		valBuf = appendRow(valBuf[:0], nr)
-		if err := t.txn.PutCF(s.cfs[ref.table], keyBuf, valBuf); err != nil {
-			return Commit{}, t.s.noteWriteError(writeError(err))
-		}
+		t.wb.PutCF(s.cfs[ref.table], keyBuf, valBuf)
+		putCovering(func(k, v []byte) { t.wb.PutCF(s.cfs[cfIndex], k, v) }, newIdx, valBuf)
 		if old != nil {
-			if err := t.txn.DeleteCF(s.cfs[cfChangelog], clogKeyOf(def, ref.key, old.version)); err != nil {
-				return Commit{}, t.s.noteWriteError(writeError(err))
-			}
+			t.wb.DeleteCF(s.cfs[cfChangelog], clogKeyOf(def, ref.key, old.version))
 		}
-		if err := t.txn.PutCF(s.cfs[cfChangelog], clogKeyOf(def, ref.key, v), nil); err != nil {
-			return Commit{}, t.s.noteWriteError(writeError(err))
-		}
+		t.wb.PutCF(s.cfs[cfChangelog], clogKeyOf(def, ref.key, v), nil)
 	}
 	// The local seq has one key per commit (never written twice, so no
 	// two transactions conflict on it); the previous one is deleted after
 	// the commit.
-	if err := t.txn.PutCF(s.cfs[cfMeta], localSeqKey(seq), binary.BigEndian.AppendUint64(nil, uint64(reading))); err != nil {
-		return Commit{}, t.s.noteWriteError(writeError(err))
-	}
-	if err := t.txn.PutCF(s.cfs[cfFeed], feedKey(index), feedRef(v.Origin, v.Seq)); err != nil {
-		return Commit{}, t.s.noteWriteError(writeError(err))
-	}
+	t.wb.PutCF(s.cfs[cfMeta], localSeqKey(seq), binary.BigEndian.AppendUint64(nil, uint64(reading)))
+	t.wb.PutCF(s.cfs[cfFeed], feedKey(index), feedRef(v.Origin, v.Seq))
+	// Validation: fails (retried as a conflict) when a key read with
+	// GetForUpdate changed since the snapshot. It writes nothing.
 	if err := t.txn.Commit(); err != nil {
+		return Commit{}, t.s.noteWriteError(writeError(err))
+	}
+	if err := s.base.Write(s.wo, t.wb); err != nil {
 		return Commit{}, t.s.noteWriteError(writeError(err))
 	}
 	s.noteWriteOK()
@@ -294,14 +302,10 @@ func (t *Tx) commit() (Commit, error) {
 func (t *Tx) writeIndex(oldIdx, newIdx [][]byte) error {
 	remove, add := diffKeys(oldIdx, newIdx)
 	for _, k := range remove {
-		if err := t.txn.DeleteCF(t.s.cfs[cfIndex], k); err != nil {
-			return writeError(err)
-		}
+		t.wb.DeleteCF(t.s.cfs[cfIndex], k)
 	}
 	for _, k := range add {
-		if err := t.txn.PutCF(t.s.cfs[cfIndex], k, nil); err != nil {
-			return writeError(err)
-		}
+		t.wb.PutCF(t.s.cfs[cfIndex], k, nil)
 	}
 	for _, changed := range [][][]byte{remove, add} {
 		for _, k := range changed {
@@ -309,9 +313,7 @@ func (t *Tx) writeIndex(oldIdx, newIdx [][]byte) error {
 			if g == nil || t.guards[string(g)]&guardWritten != 0 {
 				continue
 			}
-			if err := t.txn.PutCF(t.s.cfs[cfIndex], g, nil); err != nil {
-				return writeError(err)
-			}
+			t.wb.PutCF(t.s.cfs[cfIndex], g, nil)
 			t.markGuard(g, guardWritten)
 		}
 	}
