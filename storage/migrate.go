@@ -160,13 +160,6 @@ func (s *Store) clearFamily(name string, drop bool) error {
 // change-log key per row at its version). It runs while nothing else
 // writes (Open, RebuildIndexes, Ingest) and returns how many rows it read.
 func (s *Store) rebuildDerived(index, changelog bool) (int, error) {
-	return s.rebuild(index, changelog, true)
-}
-
-// rebuild is rebuildDerived; with drop false the families are emptied by
-// a range deletion instead of being dropped, which keeps their handles
-// valid for concurrent readers (Ingest on an open store).
-func (s *Store) rebuild(index, changelog, drop bool) (int, error) {
 	for _, f := range []struct {
 		name string
 		do   bool
@@ -174,7 +167,7 @@ func (s *Store) rebuild(index, changelog, drop bool) (int, error) {
 		if !f.do {
 			continue
 		}
-		if err := s.clearFamily(f.name, drop); err != nil {
+		if err := s.clearFamily(f.name, true); err != nil {
 			return 0, err
 		}
 	}

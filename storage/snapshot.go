@@ -361,14 +361,15 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader) (SnapshotInfo, error) {
 	s.bkMu.Lock()
 	s.bk = make(map[string]Ranges)
 	s.bkMu.Unlock()
-	for _, def := range schema {
-		if err := s.clearFamily(def.name, false); err != nil {
+	for _, name := range append(TableNames(), cfIndex, cfChangelog) {
+		if err := s.clearFamily(name, false); err != nil {
 			return info, err
 		}
 	}
-	// Rows go in large unsynced batches without the WAL: the state key
-	// above makes a crash restart the ingest, and the memtables are
-	// flushed before the ingest is recorded as done.
+	// One pass: each row with its index entries and change-log key, in
+	// large batches without the WAL: the state key above makes a crash
+	// restart the ingest, and the memtables are flushed before the ingest
+	// is recorded as done.
 	wo := grocksdb.NewDefaultWriteOptions()
 	wo.DisableWAL(true)
 	defer wo.Destroy()
@@ -404,6 +405,15 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader) (SnapshotInfo, error) {
 						ErrInvalid, def.name, row.key, d.version.Origin, d.version.Seq)
 				}
 				batch.PutCF(s.cfs[def.name], row.key, row.value)
+				entries, err := rowEntries(def, string(row.key), &d)
+				if err != nil {
+					return info, fmt.Errorf("%w: snapshot row %s/%q: %v", ErrInvalid, def.name, row.key, err)
+				}
+				for _, k := range entries {
+					batch.PutCF(s.cfs[cfIndex], k, nil)
+				}
+				putCovering(func(k, v []byte) { batch.PutCF(s.cfs[cfIndex], k, v) }, entries, row.value)
+				batch.PutCF(s.cfs[cfChangelog], clogKeyOf(def, string(row.key), d.version), nil)
 			}
 			info.Rows += len(rows)
 			if err := s.base.Write(wo, batch); err != nil {
@@ -430,13 +440,10 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader) (SnapshotInfo, error) {
 	fo := grocksdb.NewDefaultFlushOptions()
 	fo.SetWait(true)
 	defer fo.Destroy()
-	for _, def := range schema {
-		if err := s.base.FlushCF(s.cfs[def.name], fo); err != nil {
-			return info, s.noteWriteError(fmt.Errorf("storage: ingest: flush %s: %w", def.name, err))
+	for _, name := range append(TableNames(), cfIndex, cfChangelog) {
+		if err := s.base.FlushCF(s.cfs[name], fo); err != nil {
+			return info, s.noteWriteError(fmt.Errorf("storage: ingest: flush %s: %w", name, err))
 		}
-	}
-	if _, err := s.rebuild(true, true, false); err != nil {
-		return info, err
 	}
 	// Adopt the bookkeeping, purge floor and cluster id in one batch, and
 	// move to "catching up".
