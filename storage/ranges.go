@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"sort"
 	"strings"
 )
 
@@ -255,4 +256,67 @@ func uvarintLen(v uint64) int {
 		n++
 	}
 	return n
+}
+
+// maxWireOrigins bounds the origins a decoded Bookkeeping may hold.
+const maxWireOrigins = 1 << 16
+
+// AppendBinary appends the compact encoding of b to dst, origins sorted:
+// a uvarint count, then per origin a uvarint length, the origin's bytes
+// and its Ranges (Ranges.AppendBinary). Replication sends it as the
+// "what I have" of a sync round.
+func (b Bookkeeping) AppendBinary(dst []byte) []byte {
+	origins := make([]string, 0, len(b))
+	for o := range b {
+		origins = append(origins, o)
+	}
+	sort.Strings(origins)
+	dst = binary.AppendUvarint(dst, uint64(len(origins)))
+	for _, o := range origins {
+		dst = binary.AppendUvarint(dst, uint64(len(o)))
+		dst = append(dst, o...)
+		dst = b[o].AppendBinary(dst)
+	}
+	return dst
+}
+
+// MarshalBinary encodes b (see AppendBinary).
+func (b Bookkeeping) MarshalBinary() ([]byte, error) { return b.AppendBinary(nil), nil }
+
+// UnmarshalBinary decodes what AppendBinary wrote: origins valid, sorted
+// and distinct, every Ranges canonical, the whole input consumed.
+func (b *Bookkeeping) UnmarshalBinary(data []byte) error {
+	n, k := binary.Uvarint(data)
+	if k <= 0 || k != uvarintLen(n) || n > maxWireOrigins || n > uint64(len(data)) {
+		return errWire("bookkeeping: bad origin count")
+	}
+	data = data[k:]
+	out := make(Bookkeeping, n)
+	prev := ""
+	for i := uint64(0); i < n; i++ {
+		l, k := binary.Uvarint(data)
+		if k <= 0 || k != uvarintLen(l) || l > uint64(len(data)-k) {
+			return errWire("bookkeeping: bad origin %d", i)
+		}
+		origin := string(data[k : k+int(l)])
+		data = data[k+int(l):]
+		if err := validateKey("origin", origin); err != nil {
+			return errWire("bookkeeping: origin %d: %v", i, err)
+		}
+		if i > 0 && origin <= prev {
+			return errWire("bookkeeping: origins not sorted")
+		}
+		prev = origin
+		rs, rest, err := decodeRanges(data)
+		if err != nil {
+			return err
+		}
+		data = rest
+		out[origin] = rs
+	}
+	if len(data) != 0 {
+		return errWire("bookkeeping: %d trailing bytes", len(data))
+	}
+	*b = out
+	return nil
 }

@@ -106,3 +106,20 @@ func FuzzRanges(f *testing.F) {
 		_ = rs.Minus(Span(1, rs.Max()/2+1))
 	})
 }
+
+// FuzzBookkeeping: any bytes either fail to decode or decode to a
+// bookkeeping that encodes back to the same bytes.
+func FuzzBookkeeping(f *testing.F) {
+	f.Add(Bookkeeping{"a": Span(1, 10), "b": Ranges{{1, 2}, {5, 5}}}.AppendBinary(nil))
+	f.Add(Bookkeeping{}.AppendBinary(nil))
+	f.Add([]byte{1, 1, 'a', 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var bk Bookkeeping
+		if err := bk.UnmarshalBinary(b); err != nil {
+			return
+		}
+		if got := bk.AppendBinary(nil); string(got) != string(b) {
+			t.Fatalf("re-encoding differs: %x vs %x", got, b)
+		}
+	})
+}
