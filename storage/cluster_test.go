@@ -358,3 +358,62 @@ func TestApplyBatchManySets(t *testing.T) {
 		t.Fatalf("change log %d keys for %d rows", n, r)
 	}
 }
+
+// A store of the previous layout (one change-log entry per set ever
+// committed, no bookkeeping) is migrated at Open: the bookkeeping is the
+// seqs that had entries, the local seq continues, the change log is
+// rebuilt from the rows.
+func TestMigrateFormat1ChangeLog(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	s, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		putPools(t, s, fmt.Sprint("mine-", i))
+	}
+	for _, seq := range []uint64{1, 2, 5} {
+		cs := ChangeSet{Origin: "peer", Seq: seq, HLC: HLC(100 + seq), Changes: []Change{
+			poolChange(t, fmt.Sprint("peer-", seq), "x", Version{HLC: HLC(100 + seq), Origin: "peer", Seq: seq})}}
+		if _, err := applySet(s, cs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := fmt.Sprint(s.Bookkeeping())
+	self := s.NodeID()
+	// Turn it into a format-1 store.
+	batch := grocksdb.NewWriteBatch()
+	batch.DeleteRangeCF(s.cfs[cfChangelog], []byte{}, []byte{0xff})
+	for origin, rs := range s.Bookkeeping() {
+		for _, r := range rs {
+			for seq := r.Lo; seq <= r.Hi; seq++ {
+				batch.PutCF(s.cfs[cfChangelog], clogSetPrefix(origin, seq), []byte{formatV1})
+			}
+		}
+	}
+	batch.DeleteRangeCF(s.cfs[cfMeta], []byte(metaBKPrefix), prefixEnd([]byte(metaBKPrefix)))
+	batch.DeleteRangeCF(s.cfs[cfMeta], []byte(metaLocalSeq), prefixEnd([]byte(metaLocalSeq)))
+	batch.PutCF(s.cfs[cfMeta], []byte(metaFormat), []byte{1})
+	if err := s.base.Write(s.wo, batch); err != nil {
+		t.Fatal(err)
+	}
+	batch.Destroy()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(cfg)
+	if err != nil {
+		t.Fatalf("open format 1: %v", err)
+	}
+	defer s.Close()
+	if got := fmt.Sprint(s.Bookkeeping()); got != want || s.NodeID() != self {
+		t.Fatalf("bookkeeping after migration %s, want %s", got, want)
+	}
+	if err := s.Verify(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if c := putPools(t, s, "after"); c.Version.Seq != 4 {
+		t.Fatalf("first commit after migration: seq %d", c.Version.Seq)
+	}
+}

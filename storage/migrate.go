@@ -40,6 +40,39 @@ func (s *Store) migrateChangelog() error {
 	if len(f) == 1 && f[0] >= formatCurrent {
 		return nil
 	}
+	// A migration cut short after the bookkeeping was derived must not
+	// read the half-rebuilt log as the old one.
+	done, err := s.getRaw(cfMeta, []byte(metaMigrated))
+	if err != nil {
+		return err
+	}
+	if done == nil {
+		if err := s.deriveOldBookkeeping(); err != nil {
+			return err
+		}
+	}
+	rows, err := s.rebuildDerived(true, true)
+	if err != nil {
+		return err
+	}
+	batch := grocksdb.NewWriteBatch()
+	defer batch.Destroy()
+	batch.PutCF(s.cfs[cfMeta], []byte(metaFormat), []byte{formatCurrent})
+	batch.PutCF(s.cfs[cfMeta], []byte(metaIndexVersion), []byte{indexVersion})
+	batch.DeleteCF(s.cfs[cfMeta], []byte(metaMigrated))
+	if err := s.base.Write(s.wo, batch); err != nil {
+		return fmt.Errorf("storage: write format: %w", err)
+	}
+	s.log.Info("store layout migrated: change log keeps current versions only, bookkeeping per origin", zap.Int("rows", rows))
+	return nil
+}
+
+// metaMigrated marks that deriveOldBookkeeping is done.
+const metaMigrated = "migrate_bookkeeping_done"
+
+// deriveOldBookkeeping writes, from a format-1 change log, the
+// bookkeeping of every origin and the local seq, with the marker.
+func (s *Store) deriveOldBookkeeping() error {
 	ro := grocksdb.NewDefaultReadOptions()
 	defer ro.Destroy()
 	seen := make(map[string]Ranges)
@@ -47,7 +80,7 @@ func (s *Store) migrateChangelog() error {
 	for it.SeekToFirst(); it.Valid(); it.Next() {
 		k := it.Key().Data()
 		if len(k) < 10 || k[len(k)-9] != 0 {
-			continue // already a format-2 key (a migration cut short)
+			continue // not a format-1 key
 		}
 		origin := string(k[:len(k)-9])
 		seq := binary.BigEndian.Uint64(k[len(k)-8:])
@@ -59,7 +92,7 @@ func (s *Store) migrateChangelog() error {
 		}
 		seen[origin] = rs
 	}
-	err = it.Err()
+	err := it.Err()
 	it.Close()
 	if err != nil {
 		return corruptError(cfChangelog, err)
@@ -74,21 +107,10 @@ func (s *Store) migrateChangelog() error {
 		}
 		batch.PutCF(s.cfs[cfMeta], bkKey(origin), rs.AppendBinary(nil))
 	}
+	batch.PutCF(s.cfs[cfMeta], []byte(metaMigrated), []byte{1})
 	if err := s.base.Write(s.wo, batch); err != nil {
 		return fmt.Errorf("storage: migrate bookkeeping: %w", err)
 	}
-	rows, err := s.rebuildDerived(true, true)
-	if err != nil {
-		return err
-	}
-	if err := s.base.PutCF(s.wo, s.cfs[cfMeta], []byte(metaFormat), []byte{formatCurrent}); err != nil {
-		return fmt.Errorf("storage: write format: %w", err)
-	}
-	if err := s.base.PutCF(s.wo, s.cfs[cfMeta], []byte(metaIndexVersion), []byte{indexVersion}); err != nil {
-		return fmt.Errorf("storage: write index version: %w", err)
-	}
-	s.log.Info("store layout migrated: change log keeps current versions only, bookkeeping per origin",
-		zap.Int("rows", rows), zap.Int("origins", len(seen)))
 	return nil
 }
 
