@@ -308,7 +308,7 @@ func TestObservations(t *testing.T) {
 	}
 	sets, err := changeSetsOf(peer, "node-b")
 	if err != nil || len(sets) != 1 {
-		t.Fatalf("ChangeSetsSince: %v %v", sets, err)
+		t.Fatalf("change sets of node-b: %v %v", sets, err)
 	}
 	if _, err := applySet(s, sets[0]); err != nil {
 		t.Fatal(err)
