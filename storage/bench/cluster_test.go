@@ -166,7 +166,7 @@ func BenchmarkSnapshotIngest(b *testing.B) {
 		shared.summary.duration(fmt.Sprintf("snapshot export, %d rows (%.0f MB)", info.Rows, mb), snapTime, 0, "")
 		shared.summary.duration("snapshot ingest (rows + rebuilt index and change log), anchor: raw WAL-less batches", ingestTime, batchTime, "store < 20 s")
 		shared.summary.duration("snapshot ingest, anchor: raw SstFileWriter + IngestExternalFile", ingestTime, sstTime, "")
-		shared.summary.bytes("snapshot / ingest peak RSS of the process", ingestRSS<<10, snapRSS<<10, "")
+		shared.summary.bytes("ingest peak RSS of the process (anchor: snapshot peak RSS)", ingestRSS, snapRSS, "")
 		for _, d := range []string{file, cfg.Dir} {
 			if err := os.RemoveAll(d); err != nil {
 				b.Fatal(err)
