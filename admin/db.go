@@ -46,7 +46,10 @@ func (s *Server) handleDBInfo(w http.ResponseWriter, r *http.Request) {
 		LastIndex:       info.LastIndex,
 		HLC:             uint64(info.HLC),
 		ClockSkewEvents: info.ClockSkewEvents,
-		VersionVector:   info.VersionVector,
+		ClusterID:       info.ClusterID,
+		Watermarks:      info.Watermarks,
+		Seen:            info.Seen,
+		Ready:           readiness(s.store.Ready()),
 	})
 }
 
@@ -175,4 +178,12 @@ func dirError(err error) error {
 			Fields: fielderr.List{{Field: "dir", Message: msg}}, cause: err}
 	}
 	return err
+}
+
+// readiness renders storage.Store.Ready for DBInfoResponse.
+func readiness(err error) string {
+	if err == nil {
+		return "yes"
+	}
+	return err.Error()
 }

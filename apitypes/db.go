@@ -14,7 +14,10 @@ type DBInfoResponse struct {
 	LastIndex       uint64            `json:"last_index"`
 	HLC             uint64            `json:"hlc"`
 	ClockSkewEvents uint64            `json:"clock_skew_events"`
-	VersionVector   map[string]uint64 `json:"version_vector"`
+	ClusterID       string            `json:"cluster_id"`
+	Watermarks      map[string]uint64 `json:"watermarks"` // contiguous watermark per origin
+	Seen            map[string]string `json:"seen"`       // seqs applied per origin, as ranges
+	Ready           string            `json:"ready"`      // "yes" or why not
 }
 
 // DBTableStats is one table's (or internal column family's) size and

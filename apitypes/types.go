@@ -15,6 +15,8 @@ const (
 	CodeMethodNotAllowed     = "method_not_allowed"     // 405
 	CodeNotSupported         = "not_supported"          // 409 understood, but this agent cannot do it
 	CodeInternal             = "internal"               // 500
+	CodeInsufficientStorage  = "insufficient_storage"   // 507 the node's disk is full
+	CodeUnavailable          = "unavailable"            // 503 the store cannot commit or is not ready
 )
 
 // ErrorBody is the shape of every error response.
@@ -259,9 +261,10 @@ type Certificate struct {
 
 // Health is GET /api/health.
 type Health struct {
-	Status string `json:"status"` // "ok" or "starting"
+	Status string `json:"status"` // "ok", "starting", "disk_full" or "store_not_ready"
 	Live   bool   `json:"live"`
 	Ready  bool   `json:"ready"`
+	Reason string `json:"reason,omitempty"` // why not ready, when the store says
 }
 
 // Cluster is GET /api/cluster.

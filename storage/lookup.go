@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"sort"
@@ -60,18 +61,18 @@ func backendAddrKey(b *Backend) []byte {
 // exactly (case-insensitive; a wildcard finds the same wildcard), ordered
 // by name.
 func (t *Tx) PoolsByHost(host string) ([]Pool, error) {
-	return rowsByIndex(t, indexPrefix(idxPoolHost, normalizeDomain(host)), TablePools, "", 0, t.Pool)
+	return rowsByIndex(t, indexPrefix(idxPoolHost, normalizeDomain(host)), TablePools, "", 0, t.Pool, decodeStoredPool)
 }
 
 // DefaultPools returns the pools marked default, ordered by name.
 func (t *Tx) DefaultPools() ([]Pool, error) {
-	return rowsByIndex(t, indexPrefix(idxPoolDefault, defaultPoolValue), TablePools, "", 0, t.Pool)
+	return rowsByIndex(t, indexPrefix(idxPoolDefault, defaultPoolValue), TablePools, "", 0, t.Pool, decodeStoredPool)
 }
 
 // BackendsByAddress returns the backends of pool at scheme://host:port
 // (as BackendAddress renders it), ordered by id.
 func (t *Tx) BackendsByAddress(pool, addr string) ([]Backend, error) {
-	return rowsByIndex(t, indexPrefix(idxBackendAddr, backendAddrValue(pool, addr)), TableBackends, "", 0, t.Backend)
+	return rowsByIndex(t, indexPrefix(idxBackendAddr, backendAddrValue(pool, addr)), TableBackends, "", 0, t.Backend, decodeStoredBackend)
 }
 
 // ObservationsOf returns every node's observation of backend backendID,
@@ -84,6 +85,9 @@ func (t *Tx) ObservationsOf(backendID string) ([]Observation, error) {
 	out := make([]Observation, 0, len(nodes))
 	for _, n := range nodes {
 		o, err := t.Observation(n, backendID)
+		if errors.Is(err, ErrNotFound) {
+			continue // expired: its entries stay until ExpireRows removes the row
+		}
 		if err != nil {
 			return nil, indexRowError(TableObservations, ObservationKey(n, backendID), err)
 		}
@@ -110,5 +114,5 @@ func (t *Tx) Pools(after string, limit int) ([]Pool, error) {
 // BackendsByPoolPage returns at most limit backends of pool (<= 0: all)
 // with ids strictly after `after`, ordered by id: one page read by key.
 func (t *Tx) BackendsByPoolPage(pool, after string, limit int) ([]Backend, error) {
-	return rowsByIndex(t, indexPrefix(idxBackendPool, pool), TableBackends, after, limit, t.Backend)
+	return rowsByIndex(t, indexPrefix(idxBackendPool, pool), TableBackends, after, limit, t.Backend, decodeStoredBackend)
 }

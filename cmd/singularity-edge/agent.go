@@ -61,7 +61,6 @@ FLY_PRIVATE_IP set the defaults of --region, --node-name and --admin-addr (the
 	f.Int64Var(&cfg.BlockCacheSize, "block-cache-size", cfg.BlockCacheSize, "RocksDB block cache in bytes (bounds the store's memory)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may take to finish on shutdown")
 	f.Uint64Var(&cfg.FeedRetention, "feed-retention", cfg.FeedRetention, "change-feed entries kept on disk")
-	f.DurationVar(&cfg.ChangeLogRetention, "changelog-retention", cfg.ChangeLogRetention, "how long change sets are kept for peers to catch up from")
 	return cmd
 }
 
