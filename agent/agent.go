@@ -186,6 +186,11 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.runLoop(bg, "pools", a.pools.Run)
 	a.runLoop(bg, "certs", a.certs.Run)
 	a.runLoop(bg, "prune", a.pruneLoop)
+	if a.cfg.PprofAddr != "" {
+		if err := a.startPprof(bg, a.cfg.PprofAddr); err != nil {
+			return err
+		}
+	}
 
 	if err := a.admin.Start(ctx); err != nil {
 		return fmt.Errorf("admin API on %s: %w", a.cfg.AdminAddr, err)

@@ -31,6 +31,9 @@ type Config struct {
 	AccessLog       string // "on", "off" or "sample:N"
 	LogLevel        string // debug, info, warn, error
 	MetricsPublic   bool   // serve /metrics without the token on non-loopback admin addresses
+	// PprofAddr serves net/http/pprof on a loopback address ("" = off), for
+	// profiling an agent under load without exposing it.
+	PprofAddr string
 
 	BlockCacheSize  int64         // RocksDB block cache, bytes
 	ShutdownTimeout time.Duration // how long in-flight requests may take to drain
@@ -101,6 +104,13 @@ func (c *Config) Validate() error {
 	}
 	if c.AdminAddr == "" {
 		errs = append(errs, errors.New("--admin-addr must not be empty"))
+	}
+	if c.PprofAddr != "" {
+		if host, _, err := net.SplitHostPort(c.PprofAddr); err != nil {
+			errs = append(errs, fmt.Errorf("--pprof-addr %q: %w", c.PprofAddr, err))
+		} else if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			errs = append(errs, fmt.Errorf("--pprof-addr %q: profiles are served on loopback only", c.PprofAddr))
+		}
 	}
 	if c.BlockCacheSize < 1<<20 {
 		errs = append(errs, fmt.Errorf("--block-cache-size %d is below 1 MiB", c.BlockCacheSize))

@@ -49,6 +49,7 @@ the defaults of --region, --node-name and --admin-addr.`,
 	f.BoolVar(&cfg.AllowPoolHeader, "allow-pool-header", cfg.AllowPoolHeader, "let clients pick a pool with the X-Pool header")
 	f.StringVar(&cfg.AccessLog, "access-log", cfg.AccessLog, `access log: "on", "off" or "sample:N" (one request in N)`)
 	f.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	f.StringVar(&cfg.PprofAddr, "pprof-addr", cfg.PprofAddr, "serve Go profiles (net/http/pprof) on this loopback address; empty = off")
 	f.BoolVar(&cfg.MetricsPublic, "metrics-public", cfg.MetricsPublic, "serve /metrics without the admin token")
 	f.Int64Var(&cfg.BlockCacheSize, "block-cache-size", cfg.BlockCacheSize, "RocksDB block cache in bytes (bounds the store's memory)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may take to finish on shutdown")
