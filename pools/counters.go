@@ -39,6 +39,13 @@ type backendState struct {
 	checksPassed atomic.Int64
 	checksFailed atomic.Int64
 
+	// pool is the live state of the backend's pool, whose totals the
+	// request path keeps beside the backend's; nil outside a Manager.
+	pool atomic.Pointer[poolState]
+	// hist is the backend's own latency histogram when its pool has
+	// per-backend metrics; nil otherwise.
+	hist atomic.Pointer[backendHist]
+
 	// mu guards the active-check bookkeeping below; only health checkers
 	// and readers of BackendState take it, never the request path.
 	mu        sync.Mutex
@@ -179,6 +186,10 @@ func (b *Backend) Begin() *Attempt {
 func (b *Backend) begin() time.Time {
 	b.live.conns.Add(1)
 	b.live.requests.Add(1)
+	if ps := b.live.pool.Load(); ps != nil {
+		ps.conns.Add(1)
+		ps.requests.Add(1)
+	}
 	return time.Now()
 }
 
@@ -193,6 +204,7 @@ func (a *Attempt) End(r Result) {
 	a.ended = true
 	b := a.b
 	s := b.live
+	ps := s.pool.Load()
 	s.conns.Add(-1)
 	if r.BytesIn != 0 {
 		s.bytesIn.Add(r.BytesIn)
@@ -205,14 +217,35 @@ func (a *Attempt) End(r Result) {
 		lat = time.Since(a.start)
 	}
 	s.observeLatency(lat)
+	if ps != nil {
+		ps.conns.Add(-1)
+		if r.BytesIn != 0 {
+			ps.bytesIn.Add(r.BytesIn)
+		}
+		if r.BytesOut != 0 {
+			ps.bytesOut.Add(r.BytesOut)
+		}
+		if ps.latency != nil {
+			ps.latency.Observe(lat.Seconds())
+		}
+	}
+	if h := s.hist.Load(); h != nil {
+		h.o.Observe(lat.Seconds())
+	}
 
 	switch outcomeOf(r) {
 	case outcomeFailure:
 		s.failures.Add(1)
+		if ps != nil {
+			ps.failures.Add(1)
+		}
 		if b.maxFails > 0 && s.consecFails.Add(1) >= b.maxFails {
 			s.consecFails.Store(0)
 			s.ejectedUntil.Store(time.Now().Add(b.cooldown).UnixNano())
 			s.ejections.Add(1)
+			if ps != nil {
+				ps.ejections.Add(1)
+			}
 		}
 	case outcomeSuccess:
 		if s.consecFails.Load() != 0 {

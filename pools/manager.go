@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -14,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/singularity-ng/singularity-edge/internal/ratelog"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
@@ -61,7 +61,14 @@ type Config struct {
 	// change of a burst.
 	RebuildDelay time.Duration
 	// PageSize is the page size of the initial scans.
-	PageSize   int
+	PageSize int
+	// Health bounds the active health checks (see HealthSchedule).
+	Health HealthSchedule
+	// HealthLog aggregates health transitions into one line per pool and
+	// burst (see internal/ratelog).
+	HealthLog ratelog.Config
+	// Metrics chooses which series the Manager exports (see MetricsConfig).
+	Metrics    MetricsConfig
 	Logger     *zap.Logger
 	Registerer prometheus.Registerer // nil = no metrics
 }
@@ -74,6 +81,9 @@ func DefaultConfig() Config {
 		ObservationRefresh:  time.Minute,
 		RebuildDelay:        50 * time.Millisecond,
 		PageSize:            1000,
+		Health:              DefaultHealthSchedule(),
+		HealthLog:           ratelog.DefaultConfig(),
+		Metrics:             DefaultMetricsConfig(),
 		Logger:              zap.NewNop(),
 	}
 }
@@ -97,14 +107,15 @@ type Manager struct {
 
 	rebuilds atomic.Int64
 
-	// mu guards states and seeds, which rebuilds (Run goroutine) write.
-	mu     sync.Mutex
-	states map[string]*backendState
-	seeds  map[string]storage.Observation
+	// mu guards states, poolStates and seeds, which rebuilds (Run
+	// goroutine) write.
+	mu         sync.Mutex
+	states     map[string]*backendState
+	poolStates map[string]*poolState
+	seeds      map[string]storage.Observation
 
-	// Owned by the Run goroutine.
-	checkers  map[string]*runningChecker
-	checkerWG sync.WaitGroup
+	health    *healthScheduler
+	healthLog *ratelog.Logger
 
 	persistMu     sync.Mutex
 	lastPersisted map[string]persisted
@@ -120,11 +131,6 @@ type Manager struct {
 type persisted struct {
 	obs storage.Observation
 	at  time.Time
-}
-
-type runningChecker struct {
-	key    checkerKey
-	cancel context.CancelFunc
 }
 
 // NewManager returns a Manager over src. Its Table is empty until Run has
@@ -158,12 +164,15 @@ func NewManager(cfg Config, src Source) *Manager {
 		log:           cfg.Logger,
 		ready:         make(chan struct{}),
 		states:        make(map[string]*backendState),
-		checkers:      make(map[string]*runningChecker),
+		poolStates:    make(map[string]*poolState),
 		lastPersisted: make(map[string]persisted),
 		stored:        make(map[string]bool),
 	}
 	m.table.Store(EmptyTable())
-	m.collector = newCollector(m.Table, m.rebuilds.Load)
+	m.healthLog = ratelog.New(cfg.HealthLog, cfg.Logger)
+	m.health = newHealthScheduler(cfg.Health, probeWith(cfg.Logger), m.logTransition)
+	m.collector = newCollector(m.Table, m.rebuilds.Load, cfg.Metrics)
+	m.collector.targets = m.health.targetCount
 	return m
 }
 
@@ -245,16 +254,26 @@ func (m *Manager) Run(ctx context.Context) error {
 	m.persistMu.Unlock()
 
 	checkCtx, stopChecks := context.WithCancel(ctx)
+	var checkWG sync.WaitGroup
 	defer func() {
 		stopChecks()
-		m.checkerWG.Wait()
+		checkWG.Wait()
 	}()
 
-	m.rebuild(checkCtx, pools, backends, true)
+	m.rebuild(pools, backends, true)
 	m.mu.Lock()
 	m.seeds = nil // only a restart seeds; later backends start fresh
 	m.mu.Unlock()
 	close(m.ready)
+	checkWG.Add(2)
+	go func() {
+		defer checkWG.Done()
+		m.health.run(checkCtx)
+	}()
+	go func() {
+		defer checkWG.Done()
+		m.healthLog.Run(checkCtx)
+	}()
 	m.log.Info("routing table loaded", zap.Int("pools", len(pools)), zap.Int("backends", len(backends)), zap.Uint64("index", index))
 
 	persistCtx, stopPersist := context.WithCancel(ctx)
@@ -313,7 +332,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 		case <-timerC:
 			timerC = nil
-			m.rebuild(checkCtx, pools, backends, false)
+			m.rebuild(pools, backends, false)
 		}
 	}
 }
@@ -387,8 +406,8 @@ func (m *Manager) apply(ev storage.Event, pools map[string]storage.Pool, backend
 }
 
 // rebuild builds a table from the configuration maps, swaps it in, forgets
-// the live state of removed backends and reconciles health checkers.
-func (m *Manager) rebuild(ctx context.Context, pools map[string]storage.Pool, backends map[string]storage.Backend, initial bool) {
+// the live state of removed backends and reconciles health checks.
+func (m *Manager) rebuild(pools map[string]storage.Pool, backends map[string]storage.Backend, initial bool) {
 	ps := make([]storage.Pool, 0, len(pools))
 	for _, p := range pools {
 		ps = append(ps, p)
@@ -398,7 +417,8 @@ func (m *Manager) rebuild(ctx context.Context, pools map[string]storage.Pool, ba
 		bs = append(bs, b)
 	}
 	fresh := make(map[string]bool)
-	t := buildTable(ps, bs, TableOptions{Region: m.cfg.Region, CookieKey: m.cfg.CookieKey}, m.table.Load(),
+	opts := TableOptions{Region: m.cfg.Region, CookieKey: m.cfg.CookieKey, poolState: m.poolStateFor}
+	t := buildTable(ps, bs, opts, m.table.Load(),
 		func(b *storage.Backend, p *storage.Pool) *backendState {
 			s, isNew := m.stateFor(b, p)
 			if isNew {
@@ -415,9 +435,15 @@ func (m *Manager) rebuild(ctx context.Context, pools map[string]storage.Pool, ba
 			delete(m.states, id)
 		}
 	}
+	for name := range m.poolStates {
+		if t.byName[name] == nil {
+			delete(m.poolStates, name)
+		}
+	}
 	m.mu.Unlock()
 
-	m.reconcileCheckers(ctx, t, fresh, initial)
+	m.health.reconcile(t, fresh, initial, time.Now())
+	m.collector.forget(t)
 	m.log.Debug("routing table rebuilt", zap.Int("pools", len(t.pools)), zap.Int("backends", len(t.backends)))
 }
 
@@ -432,6 +458,7 @@ func (m *Manager) stateFor(b *storage.Backend, p *storage.Pool) (s *backendState
 		s.mu.Lock()
 		moved := s.addr != addr
 		s.mu.Unlock()
+		s.pool.Store(m.poolStateLocked(p.Name))
 		if moved {
 			s.resetHealth(addr, p.HoldNewBackends)
 			return s, true
@@ -442,47 +469,26 @@ func (m *Manager) stateFor(b *storage.Backend, p *storage.Pool) (s *backendState
 	if o, ok := m.seeds[b.ID]; ok {
 		s.seed(o)
 	}
+	s.pool.Store(m.poolStateLocked(p.Name))
 	m.states[b.ID] = s
 	return s, true
 }
 
-// reconcileCheckers starts a checker per backend, replaces those whose
-// target or settings changed and stops those of removed backends. On the
-// initial load checks are spread over one interval; a backend added or
-// moved later is checked at once.
-func (m *Manager) reconcileCheckers(ctx context.Context, t *Table, fresh map[string]bool, initial bool) {
-	seen := make(map[string]bool, len(t.backends))
-	for _, p := range t.pools {
-		for _, b := range p.backends {
-			seen[b.ID] = true
-			key := newCheckerKey(b, p.health)
-			rc := m.checkers[b.ID]
-			if rc != nil && rc.key == key && !fresh[b.ID] {
-				continue
-			}
-			if rc != nil {
-				rc.cancel()
-			}
-			delay := time.Duration(0)
-			if initial && !isHeld(b.live) {
-				delay = time.Duration(mrand.Int64N(int64(p.health.Interval)))
-			}
-			cctx, cancel := context.WithCancel(ctx)
-			c := newChecker(p.Name, b, p.health, m.log)
-			m.checkers[b.ID] = &runningChecker{key: key, cancel: cancel}
-			m.checkerWG.Add(1)
-			go func() {
-				defer m.checkerWG.Done()
-				c.run(cctx, delay)
-			}()
-		}
+// poolStateFor returns the live state of pool name, creating it the first
+// time the pool is seen.
+func (m *Manager) poolStateFor(name string) *poolState {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.poolStateLocked(name)
+}
+
+func (m *Manager) poolStateLocked(name string) *poolState {
+	ps := m.poolStates[name]
+	if ps == nil {
+		ps = m.collector.newPoolState(name)
+		m.poolStates[name] = ps
 	}
-	for id, rc := range m.checkers {
-		if !seen[id] {
-			rc.cancel()
-			delete(m.checkers, id)
-		}
-	}
+	return ps
 }
 
 func isHeld(s *backendState) bool {
@@ -598,4 +604,16 @@ func (m *Manager) observation(b *Backend) storage.Observation {
 		LastCheck:          st.LastCheck.UTC(),
 		LastError:          st.LastError,
 	}
+}
+
+// logTransition reports a health verdict that flipped, aggregated per pool
+// and direction: a burst of failures is one line with a count.
+func (m *Manager) logTransition(b *Backend, up bool, hc *healthConfig, err error) {
+	if up {
+		m.healthLog.Event(zap.InfoLevel, "up\x00"+b.PoolName, "backend healthy", b.ID, nil,
+			zap.String("pool", b.PoolName), zap.Int("rise", hc.Rise))
+		return
+	}
+	m.healthLog.Event(zap.WarnLevel, "down\x00"+b.PoolName, "backend unhealthy", b.ID, err,
+		zap.String("pool", b.PoolName), zap.Int("fall", hc.Fall))
 }

@@ -127,7 +127,9 @@ func TestManagerFollowsStore(t *testing.T) {
 	putBackend(t, st, storage.Backend{ID: "b2", PoolName: "web", Host: "127.0.0.1", Port: ln2.Addr().(*net.TCPAddr).Port})
 
 	reg := prometheus.NewRegistry()
-	m := NewManager(testManagerConfig(t, st, reg), st)
+	cfg := testManagerConfig(t, st, reg)
+	cfg.Metrics.BackendPools = []string{"web"} // per-backend series for web only
+	m := NewManager(cfg, st)
 	if m.Table() == nil || m.Table().Lookup("web.example.com") != nil {
 		t.Fatal("table before Run is not empty")
 	}
@@ -215,7 +217,11 @@ func TestManagerFollowsStore(t *testing.T) {
 		value float64
 		label []string
 	}{
-		{"singularity_edge_backend_requests_total", 6, []string{"pool=web", "backend=b1"}},
+		{"singularity_edge_backend_requests_total", 6, []string{"pool=web", "backend=b1", "address=" + ln1.Addr().String()}},
+		{"singularity_edge_pool_requests_total", 6, []string{"pool=web"}},
+		{"singularity_edge_pool_active_connections", 0, []string{"pool=web"}},
+		{"singularity_edge_pool_received_bytes_total", 50, []string{"pool=web"}},
+		{"singularity_edge_pool_requests_total", 0, []string{"pool=api"}},
 		{"singularity_edge_backend_up", 1, []string{"pool=web", "backend=b1"}},
 		{"singularity_edge_backend_up", 0, []string{"pool=web", "backend=b2"}},
 		{"singularity_edge_backend_active_connections", 0, []string{"pool=web", "backend=b1"}},
@@ -231,6 +237,17 @@ func TestManagerFollowsStore(t *testing.T) {
 	}
 	if v, ok := metrics.value("singularity_edge_backend_health_checks_total", "pool=web", "backend=b2", "result=fail"); !ok || v < 1 {
 		t.Errorf("failed health checks of b2 = %v %v", v, ok)
+	}
+	// api did not opt in: no series of its backends.
+	if _, ok := metrics.value("singularity_edge_backend_up", "pool=api"); ok {
+		t.Error("per-backend series for a pool that did not opt in")
+	}
+	// Latency is a histogram per pool, with the six requests that ended.
+	if n := histogramCount(metrics, "singularity_edge_pool_request_duration_seconds", "pool=web"); n != 6 {
+		t.Errorf("web latency histogram count = %d, want 6", n)
+	}
+	if n := histogramCount(metrics, "singularity_edge_backend_request_duration_seconds", "pool=web", "backend=b1"); n != 6 {
+		t.Errorf("b1 latency histogram count = %d, want 6", n)
 	}
 
 	// Observations reach the store: b1's counters, b2's health.
@@ -270,9 +287,51 @@ func TestManagerFollowsStore(t *testing.T) {
 	waitFor(t, 10*time.Second, "deleted pool gone", func() bool {
 		return m.Table().Lookup("v1.api.example.com") == nil && m.Table().Pool("api") == nil
 	})
-	if _, ok := gather(t, reg).value("singularity_edge_backend_up", "pool=web", "backend=b2"); ok {
+	after := gather(t, reg)
+	if _, ok := after.value("singularity_edge_backend_up", "pool=web", "backend=b2"); ok {
 		t.Error("metrics still report the deleted backend")
 	}
+	if after.has("pool=api") {
+		t.Error("metrics still report the deleted pool api")
+	}
+	if after.has("backend=b2") {
+		t.Error("metrics still report the deleted backend b2")
+	}
+}
+
+// has reports whether any series carries the label pair.
+func (g gathered) has(label string) bool {
+	k, v, _ := strings.Cut(label, "=")
+	for _, ms := range g {
+		for _, m := range ms {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == k && l.GetValue() == v {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// histogramCount is the sample count of the histogram whose labels include
+// every pair; -1 when there is none.
+func histogramCount(g gathered, name string, labels ...string) int64 {
+	for _, m := range g[name] {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		match := true
+		for _, l := range labels {
+			k, v, _ := strings.Cut(l, "=")
+			match = match && have[k] == v
+		}
+		if match && m.GetHistogram() != nil {
+			return int64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	return -1
 }
 
 func TestManagerCoalescesBursts(t *testing.T) {

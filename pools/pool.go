@@ -127,6 +127,7 @@ type Pool struct {
 
 	backends      []*Backend // sorted by id
 	byID          map[string]*Backend
+	state         *poolState // nil outside a Manager
 	algo          algorithm
 	health        healthConfig
 	hashHeader    string

@@ -23,6 +23,10 @@ type TableOptions struct {
 	// honours the others' cookies. Empty: a random key for this table only
 	// (fine for tests; the Manager always passes a key).
 	CookieKey []byte
+
+	// poolState returns the live state of a pool (the Manager's, which
+	// outlives tables); nil: pools keep no totals of their own.
+	poolState func(name string) *poolState
 }
 
 // Table is an immutable routing snapshot: host names to pools, pools to
@@ -109,6 +113,9 @@ func buildTable(pools []storage.Pool, backends []storage.Backend, opts TableOpti
 			prevPool = prev.byName[sp.Name]
 		}
 		p := newPool(sp, bs, opts.Region, key, stateFor, prevPool)
+		if opts.poolState != nil {
+			p.state = opts.poolState(sp.Name)
+		}
 		t.pools = append(t.pools, p)
 		t.byName[p.Name] = p
 		for _, b := range p.backends {
