@@ -11,6 +11,8 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,9 +26,32 @@ import (
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
-// Version is the agent's version, set at build time with
-// -ldflags "-X github.com/singularity-ng/singularity-edge/agent.Version=...".
-var Version = "dev"
+// Version and Commit identify the build, set at build time with
+// -ldflags "-X github.com/singularity-ng/singularity-edge/agent.Version=...
+// -X github.com/singularity-ng/singularity-edge/agent.Commit=..." (the
+// Makefile does). They are the only package-level variables: the linker
+// writes them.
+var (
+	Version = "dev"
+	Commit  = "unknown"
+)
+
+// VersionString is "VERSION (commit COMMIT, GOVERSION)".
+func VersionString() string {
+	return fmt.Sprintf("%s (commit %s, %s)", Version, Commit, runtime.Version())
+}
+
+// newBuildInfo is the singularity_edge_build_info gauge: always 1, with the
+// build in its labels, so dashboards can join on version and commit.
+func newBuildInfo() prometheus.Collector {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "singularity_edge_build_info",
+		Help:        "Build of this agent: version and commit as stamped by -ldflags, and the Go version. Always 1.",
+		ConstLabels: prometheus.Labels{"version": Version, "commit": Commit, "goversion": runtime.Version()},
+	})
+	g.Set(1)
+	return g
+}
 
 // readyTimeout bounds the wait for the first routing table and certificate
 // index; both are built from the local store, so this only trips when the
@@ -105,6 +130,7 @@ func New(cfg Config, logger *zap.Logger) (*Agent, error) {
 	}
 
 	registry := prometheus.NewRegistry()
+	registry.MustRegister(newBuildInfo())
 
 	scfg := storage.DefaultConfig()
 	scfg.Dir = cfg.DataDir
@@ -133,6 +159,10 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	pcfg.CookieKey = cookieKey
 	pcfg.Logger = a.logger
 	pcfg.Registerer = registry
+	pcfg.Health.Budget = cfg.HealthCheckBudget
+	pcfg.Health.Concurrency = cfg.HealthCheckConcurrency
+	pcfg.Metrics.BackendPools = splitList(cfg.MetricsBackendPools)
+	pcfg.Metrics.MaxBackends = cfg.MetricsMaxBackends
 	a.pools = pools.NewManager(pcfg, a.store)
 
 	ccfg := certs.DefaultCacheConfig()
@@ -216,7 +246,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		zap.String("node_id", a.store.NodeID()), zap.String("node_name", a.cfg.NodeName),
 		zap.String("region", a.cfg.Region), zap.String("data_dir", a.cfg.DataDir),
 		zap.Stringer("http", addrString{httpAddr}), zap.Stringer("https", addrString{httpsAddr}),
-		zap.Stringer("admin", addrString{a.admin.Addr()}), zap.String("version", Version))
+		zap.Stringer("admin", addrString{a.admin.Addr()}), zap.String("version", Version), zap.String("commit", Commit))
 	return nil
 }
 
@@ -288,4 +318,15 @@ func (a addrString) String() string {
 		return "off"
 	}
 	return a.addr.String()
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }

@@ -35,6 +35,16 @@ type Config struct {
 	// profiling an agent under load without exposing it.
 	PprofAddr string
 
+	// HealthCheckBudget caps the active health checks this agent starts
+	// per second, all pools together; HealthCheckConcurrency the checks
+	// in flight.
+	HealthCheckBudget      float64
+	HealthCheckConcurrency int
+	// MetricsBackendPools lists (comma-separated) the pools whose backends
+	// get series of their own ("*": all); MetricsMaxBackends caps them.
+	MetricsBackendPools string
+	MetricsMaxBackends  int
+
 	BlockCacheSize  int64         // RocksDB block cache, bytes
 	ShutdownTimeout time.Duration // how long in-flight requests may take to drain
 
@@ -50,16 +60,20 @@ type Config struct {
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
-		DataDir:         "./data",
-		HTTPAddr:        ":8080",
-		HTTPSAddr:       ":8443",
-		AdminAddr:       "127.0.0.1:4000",
-		NodeName:        host,
-		Region:          "local",
-		AccessLog:       "off",
-		LogLevel:        "info",
-		BlockCacheSize:  64 << 20,
-		ShutdownTimeout: 15 * time.Second,
+		DataDir:        "./data",
+		HTTPAddr:       ":8080",
+		HTTPSAddr:      ":8443",
+		AdminAddr:      "127.0.0.1:4000",
+		NodeName:       host,
+		Region:         "local",
+		AccessLog:      "off",
+		LogLevel:       "info",
+		BlockCacheSize: 64 << 20,
+
+		HealthCheckBudget:      1000,
+		HealthCheckConcurrency: 256,
+		MetricsMaxBackends:     10_000,
+		ShutdownTimeout:        15 * time.Second,
 
 		FeedRetention:      100_000,
 		ChangeLogRetention: 7 * 24 * time.Hour,
@@ -114,6 +128,15 @@ func (c *Config) Validate() error {
 	}
 	if c.BlockCacheSize < 1<<20 {
 		errs = append(errs, fmt.Errorf("--block-cache-size %d is below 1 MiB", c.BlockCacheSize))
+	}
+	if c.HealthCheckBudget <= 0 {
+		errs = append(errs, fmt.Errorf("--health-check-budget %v must be positive (checks per second)", c.HealthCheckBudget))
+	}
+	if c.HealthCheckConcurrency < 1 {
+		errs = append(errs, fmt.Errorf("--health-check-concurrency %d must be at least 1", c.HealthCheckConcurrency))
+	}
+	if c.MetricsMaxBackends < 1 {
+		errs = append(errs, fmt.Errorf("--metrics-max-backends %d must be at least 1", c.MetricsMaxBackends))
 	}
 	if c.FeedRetention == 0 {
 		errs = append(errs, errors.New("--feed-retention must be at least 1"))

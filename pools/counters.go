@@ -46,6 +46,13 @@ type backendState struct {
 	// per-backend metrics; nil otherwise.
 	hist atomic.Pointer[backendHist]
 
+	// What the Manager last persisted of this backend, guarded by its
+	// persistMu: a hash of the observation without the check time, that
+	// time, and when it was written (Unix ns; 0 = never).
+	persistSum   uint64
+	persistCheck int64
+	persistAt    int64
+
 	// mu guards the active-check bookkeeping below; only health checkers
 	// and readers of BackendState take it, never the request path.
 	mu        sync.Mutex

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -24,6 +25,10 @@ type Source interface {
 	// `after`, at most limit.
 	ListPools(ctx context.Context, after string, limit int) ([]storage.Pool, error)
 	ListBackends(ctx context.Context, after string, limit int) ([]storage.Backend, error)
+	// ListBackendsByPool returns the backends of pool with ids strictly
+	// after `after`, at most limit (an index scan: a rebuild of one pool
+	// reads that pool's rows only).
+	ListBackendsByPool(ctx context.Context, pool, after string, limit int) ([]storage.Backend, error)
 	// Observations returns nodeID's observations.
 	Observations(ctx context.Context, nodeID string) ([]storage.Observation, error)
 	// PutObservations writes this node's observations in one transaction.
@@ -107,30 +112,33 @@ type Manager struct {
 
 	rebuilds atomic.Int64
 
-	// mu guards states, poolStates and seeds, which rebuilds (Run
-	// goroutine) write.
+	// mu guards poolStates and seeds, which rebuilds (Run goroutine)
+	// write.
 	mu         sync.Mutex
-	states     map[string]*backendState
 	poolStates map[string]*poolState
 	seeds      map[string]storage.Observation
+
+	// Owned by the Run goroutine: the pools' configuration, which pool
+	// each backend id belongs to (a deleted backend arrives as a bare
+	// key), and the pools whose backends changed since the last rebuild.
+	// Backend rows are not kept: the table holds what it needs, and a
+	// rebuild reads the rows of the changed pools from the store.
+	pools  map[string]storage.Pool
+	poolOf map[string]string
+	dirty  map[string]bool
 
 	health    *healthScheduler
 	healthLog *ratelog.Logger
 
-	persistMu     sync.Mutex
-	lastPersisted map[string]persisted
-	// stored holds the ids of the backends this node has an observation
-	// row of in the store (loaded at start, then written by persist), so
-	// that persist deletes the rows of backends that left the table.
-	stored map[string]bool
+	persistMu sync.Mutex
+	// gone holds the ids of backends that left the table while this node
+	// had (or may have had) an observation row of them in the store;
+	// persist deletes those rows.
+	gone     map[string]bool
+	obsSeed  maphash.Seed
+	lastTook time.Duration // duration of the last rebuild
 
 	collector *collector
-}
-
-// persisted is the last observation written for a backend and when.
-type persisted struct {
-	obs storage.Observation
-	at  time.Time
 }
 
 // NewManager returns a Manager over src. Its Table is empty until Run has
@@ -163,10 +171,12 @@ func NewManager(cfg Config, src Source) *Manager {
 		src:           src,
 		log:           cfg.Logger,
 		ready:         make(chan struct{}),
-		states:        make(map[string]*backendState),
-		poolStates:    make(map[string]*poolState),
-		lastPersisted: make(map[string]persisted),
-		stored:        make(map[string]bool),
+		poolStates: make(map[string]*poolState),
+		pools:      make(map[string]storage.Pool),
+		poolOf:     make(map[string]string),
+		dirty:      make(map[string]bool),
+		gone:       make(map[string]bool),
+		obsSeed:    maphash.MakeSeed(),
 	}
 	m.table.Store(EmptyTable())
 	m.healthLog = ratelog.New(cfg.HealthLog, cfg.Logger)
@@ -229,7 +239,8 @@ func (m *Manager) Run(ctx context.Context) error {
 	// The index is read before the scans: anything committed during them
 	// is delivered again by the feed, and applying a row twice is harmless.
 	index := m.src.LastIndex()
-	pools, backends, err := m.load(ctx)
+	start := time.Now()
+	byPool, nBackends, err := m.load(ctx)
 	if err != nil {
 		return err
 	}
@@ -245,13 +256,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 	}
 	m.mu.Unlock()
-	m.persistMu.Lock()
-	for _, o := range obs {
-		if o.NodeID == m.cfg.NodeID {
-			m.stored[o.BackendID] = true
-		}
-	}
-	m.persistMu.Unlock()
+	obs = nil
 
 	checkCtx, stopChecks := context.WithCancel(ctx)
 	var checkWG sync.WaitGroup
@@ -260,10 +265,20 @@ func (m *Manager) Run(ctx context.Context) error {
 		checkWG.Wait()
 	}()
 
-	m.rebuild(pools, backends, true)
+	m.rebuild(ctx, byPool, true)
+	byPool = nil
+	m.persistMu.Lock()
 	m.mu.Lock()
+	// Observation rows of backends that are no longer configured go at
+	// the first persist.
+	for id := range m.seeds {
+		if _, ok := m.poolOf[id]; !ok {
+			m.gone[id] = true
+		}
+	}
 	m.seeds = nil // only a restart seeds; later backends start fresh
 	m.mu.Unlock()
+	m.persistMu.Unlock()
 	close(m.ready)
 	checkWG.Add(2)
 	go func() {
@@ -274,7 +289,8 @@ func (m *Manager) Run(ctx context.Context) error {
 		defer checkWG.Done()
 		m.healthLog.Run(checkCtx)
 	}()
-	m.log.Info("routing table loaded", zap.Int("pools", len(pools)), zap.Int("backends", len(backends)), zap.Uint64("index", index))
+	m.log.Info("routing table loaded", zap.Int("pools", len(m.pools)), zap.Int("backends", nBackends),
+		zap.Uint64("index", index), zap.Duration("took", time.Since(start).Round(time.Millisecond)))
 
 	persistCtx, stopPersist := context.WithCancel(ctx)
 	var persistWG sync.WaitGroup
@@ -322,64 +338,92 @@ func (m *Manager) Run(ctx context.Context) error {
 				return fmt.Errorf("pools: change feed ended after index %d: %w", lastIdx, err)
 			}
 			lastIdx = ev.Index
-			if m.apply(ev, pools, backends) && timerC == nil {
+			if m.apply(ev) && timerC == nil {
+				// A rebuild costs in proportion to the changed pools plus
+				// a pass over the health targets; under a stream of
+				// writes at scale, waiting as long as the last one took
+				// keeps rebuilds to at most half of a core.
+				delay := max(m.cfg.RebuildDelay, m.lastTook)
 				if timer == nil {
-					timer = time.NewTimer(m.cfg.RebuildDelay)
+					timer = time.NewTimer(delay)
 				} else {
-					timer.Reset(m.cfg.RebuildDelay)
+					timer.Reset(delay)
 				}
 				timerC = timer.C
 			}
 		case <-timerC:
 			timerC = nil
-			m.rebuild(pools, backends, false)
+			m.rebuild(ctx, nil, false)
 		}
 	}
 }
 
-// load scans every pool and backend page by page.
-func (m *Manager) load(ctx context.Context) (map[string]storage.Pool, map[string]storage.Backend, error) {
-	pools := make(map[string]storage.Pool)
+// load scans every pool and backend page by page, once: the pools into
+// m.pools, the backends grouped by pool for the first table.
+func (m *Manager) load(ctx context.Context) (map[string][]storage.Backend, int, error) {
 	for after := ""; ; {
 		page, err := m.src.ListPools(ctx, after, m.cfg.PageSize)
 		if err != nil {
-			return nil, nil, fmt.Errorf("pools: list pools: %w", err)
+			return nil, 0, fmt.Errorf("pools: list pools: %w", err)
 		}
 		for _, p := range page {
-			pools[p.Name] = p
+			m.pools[p.Name] = p
 		}
 		if len(page) < m.cfg.PageSize {
 			break
 		}
 		after = page[len(page)-1].Name
 	}
-	backends := make(map[string]storage.Backend)
+	byPool := make(map[string][]storage.Backend, len(m.pools))
+	n := 0
 	for after := ""; ; {
 		page, err := m.src.ListBackends(ctx, after, m.cfg.PageSize)
 		if err != nil {
-			return nil, nil, fmt.Errorf("pools: list backends: %w", err)
+			return nil, 0, fmt.Errorf("pools: list backends: %w", err)
 		}
 		for _, b := range page {
-			backends[b.ID] = b
+			byPool[b.PoolName] = append(byPool[b.PoolName], b)
+			m.poolOf[b.ID] = b.PoolName
 		}
+		n += len(page)
 		if len(page) < m.cfg.PageSize {
 			break
 		}
 		after = page[len(page)-1].ID
 	}
-	return pools, backends, nil
+	for name := range m.pools {
+		m.dirty[name] = true
+	}
+	return byPool, n, nil
 }
 
-// apply folds one committed change set into the configuration maps and
-// reports whether pools or backends changed.
-func (m *Manager) apply(ev storage.Event, pools map[string]storage.Pool, backends map[string]storage.Backend) bool {
+// backendsOf reads the backends of pool from the store.
+func (m *Manager) backendsOf(ctx context.Context, pool string) ([]storage.Backend, error) {
+	var out []storage.Backend
+	for after := ""; ; {
+		page, err := m.src.ListBackendsByPool(ctx, pool, after, m.cfg.PageSize)
+		if err != nil {
+			return nil, fmt.Errorf("pools: list backends of pool %q: %w", pool, err)
+		}
+		out = append(out, page...)
+		if len(page) < m.cfg.PageSize {
+			return out, nil
+		}
+		after = page[len(page)-1].ID
+	}
+}
+
+// apply folds one committed change set into the pools' configuration and
+// the set of changed pools, and reports whether anything changed.
+func (m *Manager) apply(ev storage.Event) bool {
 	changed := false
 	for _, c := range ev.Set.Changes {
 		switch c.Table {
 		case storage.TablePools:
 			changed = true
+			m.dirty[c.Key] = true
 			if c.Deleted {
-				delete(pools, c.Key)
+				delete(m.pools, c.Key)
 				continue
 			}
 			p, err := c.Pool()
@@ -387,11 +431,14 @@ func (m *Manager) apply(ev storage.Event, pools map[string]storage.Pool, backend
 				m.log.Error("undecodable pool in change feed", zap.String("key", c.Key), zap.Uint64("index", ev.Index), zap.Error(err))
 				continue
 			}
-			pools[p.Name] = p
+			m.pools[p.Name] = p
 		case storage.TableBackends:
 			changed = true
+			if old, ok := m.poolOf[c.Key]; ok {
+				m.dirty[old] = true
+			}
 			if c.Deleted {
-				delete(backends, c.Key)
+				delete(m.poolOf, c.Key)
 				continue
 			}
 			b, err := c.Backend()
@@ -399,42 +446,63 @@ func (m *Manager) apply(ev storage.Event, pools map[string]storage.Pool, backend
 				m.log.Error("undecodable backend in change feed", zap.String("key", c.Key), zap.Uint64("index", ev.Index), zap.Error(err))
 				continue
 			}
-			backends[b.ID] = b
+			m.poolOf[b.ID] = b.PoolName
+			m.dirty[b.PoolName] = true
 		}
 	}
 	return changed
 }
 
-// rebuild builds a table from the configuration maps, swaps it in, forgets
-// the live state of removed backends and reconciles health checks.
-func (m *Manager) rebuild(pools map[string]storage.Pool, backends map[string]storage.Backend, initial bool) {
-	ps := make([]storage.Pool, 0, len(pools))
-	for _, p := range pools {
+// rebuild builds a table from the previous one: pools that did not change
+// are carried over as they are, changed ones are rebuilt from their rows
+// (from rows when given, else read from the store). It swaps the table
+// in, notes the backends that left it and reconciles the health checks.
+func (m *Manager) rebuild(ctx context.Context, rows map[string][]storage.Backend, initial bool) {
+	start := time.Now()
+	prev := m.table.Load()
+	ps := make([]storage.Pool, 0, len(m.pools))
+	for _, p := range m.pools {
 		ps = append(ps, p)
 	}
-	bs := make([]storage.Backend, 0, len(backends))
-	for _, b := range backends {
-		bs = append(bs, b)
+	changed := make(map[string][]storage.Backend, len(m.dirty))
+	for name := range m.dirty {
+		if _, ok := m.pools[name]; !ok {
+			continue
+		}
+		if rows != nil {
+			changed[name] = rows[name]
+			continue
+		}
+		bs, err := m.backendsOf(ctx, name)
+		if err != nil {
+			// Keep the pool as it was; the next change retries it.
+			m.log.Error("cannot read the backends of a changed pool; it keeps its previous backends", zap.String("pool", name), zap.Error(err))
+			continue
+		}
+		changed[name] = bs
 	}
 	fresh := make(map[string]bool)
 	opts := TableOptions{Region: m.cfg.Region, CookieKey: m.cfg.CookieKey, poolState: m.poolStateFor}
-	t := buildTable(ps, bs, opts, m.table.Load(),
-		func(b *storage.Backend, p *storage.Pool) *backendState {
-			s, isNew := m.stateFor(b, p)
-			if isNew {
-				fresh[b.ID] = true
-			}
-			return s
-		})
+	t := rebuildTable(ps, changed, opts, prev, func(b *storage.Backend, p *storage.Pool) *backendState {
+		s, isNew := m.stateFor(prev, b, p)
+		if isNew {
+			fresh[b.ID] = true
+		}
+		return s
+	})
 	m.table.Store(t)
 	m.rebuilds.Add(1)
-
-	m.mu.Lock()
-	for id := range m.states {
-		if t.backends[id] == nil {
-			delete(m.states, id)
+	for name := range changed {
+		delete(m.dirty, name)
+	}
+	for name := range m.dirty {
+		if _, ok := m.pools[name]; !ok {
+			delete(m.dirty, name)
 		}
 	}
+	m.noteRemoved(prev, t)
+
+	m.mu.Lock()
 	for name := range m.poolStates {
 		if t.byName[name] == nil {
 			delete(m.poolStates, name)
@@ -444,21 +512,57 @@ func (m *Manager) rebuild(pools map[string]storage.Pool, backends map[string]sto
 
 	m.health.reconcile(t, fresh, initial, time.Now())
 	m.collector.forget(t)
-	m.log.Debug("routing table rebuilt", zap.Int("pools", len(t.pools)), zap.Int("backends", len(t.backends)))
+	m.lastTook = time.Since(start)
+	m.log.Debug("routing table rebuilt", zap.Int("pools", len(t.pools)), zap.Int("changed", len(changed)),
+		zap.Duration("took", m.lastTook))
 }
 
-// stateFor returns the live state of a backend, creating it (seeded from
-// this node's last observation, if any) the first time the id is seen.
-// isNew also reports a state reset because the address changed.
-func (m *Manager) stateFor(b *storage.Backend, p *storage.Pool) (s *backendState, isNew bool) {
+// noteRemoved records, for persist, the backends of prev that are not in
+// t: their observation rows are deleted.
+func (m *Manager) noteRemoved(prev, t *Table) {
+	var gone []string
+	for _, pp := range prev.pools {
+		np := t.byName[pp.Name]
+		if np == pp {
+			continue
+		}
+		for _, b := range pp.backends {
+			if np == nil || np.byID[b.ID] == nil {
+				gone = append(gone, b.ID)
+			}
+		}
+	}
+	if len(gone) == 0 {
+		return
+	}
+	m.persistMu.Lock()
+	for _, id := range gone {
+		m.gone[id] = true
+	}
+	m.persistMu.Unlock()
+}
+
+// stateFor returns the live state of a backend: the one it had in prev
+// (in its pool, or in another pool it moved from), or a new one seeded
+// from this node's last observation, if any, the first time the id is
+// seen. isNew also reports a state reset because the address changed.
+func (m *Manager) stateFor(prev *Table, b *storage.Backend, p *storage.Pool) (s *backendState, isNew bool) {
 	addr := backendAddr(b)
+	var old *Backend
+	if pp := prev.byName[p.Name]; pp != nil {
+		old = pp.byID[b.ID]
+	}
+	if old == nil {
+		old = prev.Backend(b.ID) // moved from another pool
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if s = m.states[b.ID]; s != nil {
+	if old != nil {
+		s = old.live
+		s.pool.Store(m.poolStateLocked(p.Name))
 		s.mu.Lock()
 		moved := s.addr != addr
 		s.mu.Unlock()
-		s.pool.Store(m.poolStateLocked(p.Name))
 		if moved {
 			s.resetHealth(addr, p.HoldNewBackends)
 			return s, true
@@ -470,7 +574,6 @@ func (m *Manager) stateFor(b *storage.Backend, p *storage.Pool) (s *backendState
 		s.seed(o)
 	}
 	s.pool.Store(m.poolStateLocked(p.Name))
-	m.states[b.ID] = s
 	return s, true
 }
 
@@ -516,52 +619,55 @@ func (m *Manager) persistLoop(ctx context.Context) {
 // write and deletes this node's observations of backends no longer in the
 // routing table (deleted, or their pool is gone), so that rows of removed
 // backends do not accumulate. A backend that comes back is observed and
-// written afresh.
+// written afresh. What was last written is kept per backend as a hash in
+// its live state, not as a copy of the row.
 func (m *Manager) persist(ctx context.Context) error {
 	m.persistMu.Lock()
 	defer m.persistMu.Unlock()
 	t := m.table.Load()
 	now := time.Now().UTC()
-	ids := make([]string, 0, len(t.backends))
-	for id := range t.backends {
-		ids = append(ids, id)
+	type pending struct {
+		obs storage.Observation
+		s   *backendState
+		sum uint64
 	}
-	sort.Strings(ids)
-	var changed []storage.Observation
-	for _, id := range ids {
-		o := m.observation(t.backends[id])
-		if last, ok := m.lastPersisted[id]; ok && sameObservation(last.obs, o) &&
-			(last.obs.LastCheck.Equal(o.LastCheck) || now.Sub(last.at) < m.cfg.ObservationRefresh) {
-			continue
-		}
-		changed = append(changed, o)
-	}
-	for id := range m.lastPersisted {
-		if t.backends[id] == nil {
-			delete(m.lastPersisted, id)
+	var changed []pending
+	for _, p := range t.pools {
+		for _, b := range p.backends {
+			o := m.observation(b)
+			s := b.live
+			sum := m.observationSum(o)
+			if s.persistAt != 0 && s.persistSum == sum &&
+				(s.persistCheck == o.LastCheck.UnixNano() || now.UnixNano()-s.persistAt < int64(m.cfg.ObservationRefresh)) {
+				continue
+			}
+			changed = append(changed, pending{obs: o, s: s, sum: sum})
 		}
 	}
 	for len(changed) > 0 {
 		n := min(len(changed), observationBatch)
 		batch := make([]storage.Observation, n)
-		copy(batch, changed[:n])
 		for i := range batch {
+			batch[i] = changed[i].obs
 			batch[i].UpdatedAt = now
 		}
 		if err := m.src.PutObservations(ctx, batch); err != nil {
 			return fmt.Errorf("pools: put %d observations: %w", n, err)
 		}
-		for _, o := range changed[:n] {
-			m.lastPersisted[o.BackendID] = persisted{obs: o, at: now}
-			m.stored[o.BackendID] = true
+		for _, c := range changed[:n] {
+			c.s.persistSum, c.s.persistCheck, c.s.persistAt = c.sum, c.obs.LastCheck.UnixNano(), now.UnixNano()
+			delete(m.gone, c.obs.BackendID)
 		}
 		changed = changed[n:]
 	}
 
 	var gone []string
-	for id := range m.stored {
-		if t.backends[id] == nil {
+	for id := range m.gone {
+		if t.Backend(id) == nil {
 			gone = append(gone, id)
+		} else {
+			// It moved to another pool and is observed there.
+			delete(m.gone, id)
 		}
 	}
 	sort.Strings(gone)
@@ -571,18 +677,17 @@ func (m *Manager) persist(ctx context.Context) error {
 			return fmt.Errorf("pools: delete %d observations of removed backends: %w", n, err)
 		}
 		for _, id := range gone[:n] {
-			delete(m.stored, id)
+			delete(m.gone, id)
 		}
 		gone = gone[n:]
 	}
 	return nil
 }
 
-// sameObservation compares two views of a backend, ignoring the time of
-// the last check.
-func sameObservation(a, b storage.Observation) bool {
-	a.LastCheck, b.LastCheck = time.Time{}, time.Time{}
-	return a == b
+// observationSum hashes an observation without the time of the last check.
+func (m *Manager) observationSum(o storage.Observation) uint64 {
+	o.LastCheck = time.Time{}
+	return maphash.Comparable(m.obsSeed, o)
 }
 
 // observation is this node's view of b, without UpdatedAt and Version so

@@ -2,6 +2,7 @@ package pools
 
 import (
 	"context"
+	"fmt"
 	"errors"
 	"net"
 	"strings"
@@ -629,4 +630,47 @@ func openPeerStore(t *testing.T, node string) *storage.Store {
 	}
 	t.Cleanup(func() { _ = st.Close() })
 	return st
+}
+
+func TestManagerRebuildsOnlyChangedPools(t *testing.T) {
+	st := openStore(t, t.TempDir())
+	for _, name := range []string{"a", "b"} {
+		putPool(t, st, storage.Pool{Name: name, Hosts: []string{name + ".example.com"}})
+		for i := range 3 {
+			putBackend(t, st, storage.Backend{ID: fmt.Sprintf("%s%d", name, i), PoolName: name, Host: "127.0.0.1", Port: 1000 + i})
+		}
+	}
+	m := NewManager(testManagerConfig(t, st, nil), st)
+	runManager(t, m)
+	before := m.Table()
+	a, b := before.Pool("a"), before.Pool("b")
+	if a == nil || b == nil || len(a.Backends()) != 3 {
+		t.Fatalf("loaded table: %v %v", a, b)
+	}
+	a0 := a.Backend("a0")
+	a0.Begin().End(Result{Status: 200})
+
+	// A new backend in a: a is rebuilt, b is carried over as it was.
+	putBackend(t, st, storage.Backend{ID: "a9", PoolName: "a", Host: "127.0.0.1", Port: 1999})
+	waitFor(t, 10*time.Second, "a9 in the table", func() bool { return m.Table().Backend("a9") != nil })
+	after := m.Table()
+	if after.Pool("b") != b {
+		t.Error("pool b was rebuilt for a change to pool a")
+	}
+	if after.Pool("a") == a || len(after.Pool("a").Backends()) != 4 {
+		t.Errorf("pool a not rebuilt: %d backends", len(after.Pool("a").Backends()))
+	}
+	if got := after.Backend("a0").State().TotalRequests; got != 1 {
+		t.Errorf("a0 lost its counters in the rebuild: %d requests", got)
+	}
+
+	// A backend moving from a to b keeps its counters and leaves a.
+	putBackend(t, st, storage.Backend{ID: "a0", PoolName: "b", Host: "127.0.0.1", Port: 1000})
+	waitFor(t, 10*time.Second, "a0 in b", func() bool { return m.Table().Pool("b").Backend("a0") != nil })
+	if m.Table().Pool("a").Backend("a0") != nil {
+		t.Error("a0 is in both pools")
+	}
+	if got := m.Table().Backend("a0").State().TotalRequests; got != 1 {
+		t.Errorf("a0 lost its counters moving pools: %d requests", got)
+	}
 }

@@ -149,7 +149,14 @@ func run(o options) error {
 	time.Sleep(5 * time.Second)
 	rss0 := a.rss()
 	add("RSS at rest (5 s after ready)", mib(rss0), "≤ 1 GiB")
+	if o.pprofAddr != "" {
+		// Profiles of the agent at rest, for `go tool pprof`.
+		go fetch("http://"+o.pprofAddr+"/debug/pprof/profile?seconds="+strconv.Itoa(int(o.cpuWindow.Seconds())), filepath.Join(o.work, "cpu-rest.pb.gz"))
+	}
 	cpu := a.cpu(o.cpuWindow)
+	if o.pprofAddr != "" {
+		fetch("http://"+o.pprofAddr+"/debug/pprof/heap", filepath.Join(o.work, "heap-rest.pb.gz"))
+	}
 	add(fmt.Sprintf("CPU at rest (%s window)", o.cpuWindow), fmt.Sprintf("%.1f %% of a core", cpu*100), "the check budget; idle otherwise")
 
 	pool := poolName(0)
@@ -707,4 +714,21 @@ func proxyLatency(addr, pool string, conc int, d time.Duration) (loadResult, err
 		return loadResult{}, fmt.Errorf("%d of %d requests failed", f, f+int64(len(all)))
 	}
 	return loadResult{p50: percentile(all, 0.5), p99: percentile(all, 0.99), rps: float64(len(all)) / d.Seconds()}, nil
+}
+
+// fetch saves url's body to path, best effort (profiles are a by-product).
+func fetch(url, path string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		return
+	}
+	defer f.Close()
+	_, _ = io.Copy(f, resp.Body)
 }
