@@ -167,10 +167,10 @@ func NewManager(cfg Config, src Source) *Manager {
 		cfg.CookieKey = append([]byte(nil), cfg.CookieKey...)
 	}
 	m := &Manager{
-		cfg:           cfg,
-		src:           src,
-		log:           cfg.Logger,
-		ready:         make(chan struct{}),
+		cfg:        cfg,
+		src:        src,
+		log:        cfg.Logger,
+		ready:      make(chan struct{}),
 		poolStates: make(map[string]*poolState),
 		pools:      make(map[string]storage.Pool),
 		poolOf:     make(map[string]string),

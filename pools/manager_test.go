@@ -2,8 +2,8 @@ package pools
 
 import (
 	"context"
-	"fmt"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
