@@ -572,6 +572,12 @@ func (m *Manager) stateFor(prev *Table, b *storage.Backend, p *storage.Pool) (s 
 	s = newBackendState(addr, p.HoldNewBackends)
 	if o, ok := m.seeds[b.ID]; ok {
 		s.seed(o)
+		// What was persisted is what the store holds: a restart does not
+		// rewrite every row. (persistMu is not needed: persist starts
+		// after the first table.)
+		at := max(o.UpdatedAt.UnixNano(), 1)
+		o.CurrentConnections, o.UpdatedAt, o.Version = 0, time.Time{}, storage.Version{}
+		s.persistSum, s.persistCheck, s.persistAt = m.observationSum(o), o.LastCheck.UnixNano(), at
 	}
 	s.pool.Store(m.poolStateLocked(p.Name))
 	return s, true
@@ -684,9 +690,12 @@ func (m *Manager) persist(ctx context.Context) error {
 	return nil
 }
 
-// observationSum hashes an observation without the time of the last check.
+// observationSum hashes an observation without the time and the error of
+// the last check: a row whose only news is the latest check (a backend
+// that is still down says "connection refused" again) is rewritten every
+// ObservationRefresh, not every ObservationInterval.
 func (m *Manager) observationSum(o storage.Observation) uint64 {
-	o.LastCheck = time.Time{}
+	o.LastCheck, o.LastError = time.Time{}, ""
 	return maphash.Comparable(m.obsSeed, o)
 }
 
