@@ -42,20 +42,21 @@ import (
 )
 
 type options struct {
-	bin        string
-	work       string
-	pools      int
-	backends   int
-	certs      int
-	settle     time.Duration
-	cpuWindow  time.Duration
-	loadFor    time.Duration
-	conc       int
-	samples    int
-	keep       bool
-	reuse      bool
-	pprofAddr  string
-	checkBurst int
+	bin          string
+	work         string
+	pools        int
+	backends     int
+	certs        int
+	settle       time.Duration
+	cpuWindow    time.Duration
+	loadFor      time.Duration
+	conc         int
+	samples      int
+	keep         bool
+	reuse        bool
+	pprofAddr    string
+	prepareOnly  bool
+	upstreamPort int
 }
 
 func main() {
@@ -73,6 +74,8 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
 	flag.BoolVar(&o.reuse, "reuse", false, "reuse the data directory in -work if it is already imported")
 	flag.StringVar(&o.pprofAddr, "pprof-addr", "", "pass --pprof-addr to the loaded agent (loopback)")
+	flag.IntVar(&o.upstreamPort, "upstream-port", 18099, "port of the measured pool's upstreams (fixed, so that -reuse finds them)")
+	flag.BoolVar(&o.prepareOnly, "prepare-only", false, "generate and import into -work, then stop (run again with -reuse)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "benchscale:", err)
@@ -109,7 +112,7 @@ func run(o options) error {
 	// Upstreams for the measured pool: one plain HTTP listener per backend,
 	// each on its own loopback address (a pool refuses two backends at one
 	// address).
-	ups, stopUps, err := startUpstreams(o.backends)
+	ups, stopUps, err := startUpstreams(o.backends, o.upstreamPort)
 	if err != nil {
 		return err
 	}
@@ -138,6 +141,9 @@ func run(o options) error {
 		}
 		add("db import", time.Since(start).Round(time.Millisecond).String(), "")
 		_ = os.Remove(export)
+	}
+	if o.prepareOnly {
+		return nil
 	}
 
 	a, err := startAgent(o, env, data, token, o.pprofAddr)
@@ -440,18 +446,13 @@ func makeCert(i int, ca *x509.Certificate, caKey *ecdsa.PrivateKey, chainPEM str
 
 // --- upstreams ---
 
-func startUpstreams(n int) ([]string, func(), error) {
+func startUpstreams(n, port int) ([]string, func(), error) {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
 	}), ReadHeaderTimeout: 5 * time.Second}
-	first, err := net.Listen("tcp", "127.200.0.1:0")
-	if err != nil {
-		return nil, nil, err
-	}
-	_, port, _ := net.SplitHostPort(first.Addr().String())
-	lns := []net.Listener{first}
-	for i := 1; i < n; i++ {
-		ln, err := net.Listen("tcp", net.JoinHostPort(fmt.Sprintf("127.200.%d.%d", (i+1)>>8, (i+1)&0xff), port))
+	var lns []net.Listener
+	for i := range n {
+		ln, err := net.Listen("tcp", net.JoinHostPort(fmt.Sprintf("127.200.%d.%d", (i+1)>>8, (i+1)&0xff), strconv.Itoa(port)))
 		if err != nil {
 			for _, l := range lns {
 				_ = l.Close()
