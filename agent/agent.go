@@ -72,6 +72,10 @@ type Agent struct {
 	cancel context.CancelFunc // stops the background loops
 	wg     sync.WaitGroup
 	errs   chan error // a background loop that failed
+	// ready is closed once the proxy serves: routing table and
+	// certificate index loaded, listeners open. /api/health says ready
+	// from then on, so a load balancer sends no traffic before.
+	ready chan struct{}
 }
 
 // Run starts an agent and blocks until ctx is cancelled or a part fails,
@@ -142,7 +146,7 @@ func New(cfg Config, logger *zap.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, logger: logger, store: store, errs: make(chan error, 4)}
+	a := &Agent{cfg: cfg, logger: logger, store: store, errs: make(chan error, 4), ready: make(chan struct{})}
 	if err := a.build(registry, cookieKey); err != nil {
 		a.close()
 		return nil, err
@@ -199,7 +203,7 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 		ID: node.ID, Name: node.Name, Region: node.Region, Version: Version, Self: true, State: "alive",
 		Addresses: map[string]string{"admin": cfg.AdminAddr},
 	}
-	srv, err := admin.New(acfg, admin.Deps{Store: a.store, Pools: a.pools, Cluster: self, Ready: a.pools.Ready()})
+	srv, err := admin.New(acfg, admin.Deps{Store: a.store, Pools: a.pools, Cluster: self, Ready: a.ready})
 	if err != nil {
 		return fmt.Errorf("admin: %w", err)
 	}
@@ -241,6 +245,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	if err := a.proxy.Start(ctx); err != nil {
 		return fmt.Errorf("proxy listeners: %w", err)
 	}
+	close(a.ready)
 	httpAddr, httpsAddr := a.proxy.Addrs()
 	a.logger.Info("agent started",
 		zap.String("node_id", a.store.NodeID()), zap.String("node_name", a.cfg.NodeName),

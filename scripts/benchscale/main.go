@@ -100,11 +100,19 @@ func run(o options) error {
 			defer os.RemoveAll(o.work)
 		}
 	}
+	// The store's key is kept beside it, so that -reuse can open it again.
+	keyFile := filepath.Join(o.work, "encryption-key")
 	keyHex := os.Getenv("EDGE_ENCRYPTION_KEY")
+	if b, err := os.ReadFile(keyFile); err == nil && keyHex == "" {
+		keyHex = strings.TrimSpace(string(b))
+	}
 	if keyHex == "" {
 		k := make([]byte, 32)
 		_, _ = rand.Read(k)
 		keyHex = hex.EncodeToString(k)
+	}
+	if err := os.WriteFile(keyFile, []byte(keyHex+"\n"), 0o600); err != nil {
+		return err
 	}
 	token := "bench-scale-token"
 	env := append(os.Environ(), "EDGE_ENCRYPTION_KEY="+keyHex, "EDGE_ADMIN_TOKEN="+token)
