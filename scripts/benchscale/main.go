@@ -490,6 +490,8 @@ type agentProc struct {
 	logMu     *sync.Mutex
 	stopOnce  sync.Once
 	clockTick float64
+	exited    chan struct{} // closed when the process has exited
+	logFile   *os.File
 }
 
 type lockedWriter struct {
@@ -529,9 +531,16 @@ func startAgent(o options, env []string, data, token, pprofAddr string) (*agentP
 	mw := io.MultiWriter(lw, logFile)
 	a.cmd.Stdout, a.cmd.Stderr = mw, mw
 	start := time.Now()
+	a.logFile = logFile
 	if err := a.cmd.Start(); err != nil {
 		return nil, err
 	}
+	a.exited = make(chan struct{})
+	go func() {
+		_ = a.cmd.Wait()
+		_ = a.logFile.Close()
+		close(a.exited)
+	}()
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		resp, err := http.Get("http://" + a.admin + "/api/health")
@@ -545,8 +554,10 @@ func startAgent(o options, env []string, data, token, pprofAddr string) (*agentP
 			a.stop()
 			return nil, fmt.Errorf("agent not ready after 3 minutes; log:\n%s", a.tail())
 		}
-		if a.cmd.ProcessState != nil {
+		select {
+		case <-a.exited:
 			return nil, fmt.Errorf("agent exited; log:\n%s", a.tail())
+		default:
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -577,13 +588,11 @@ func (a *agentProc) logLines(substr string) int {
 func (a *agentProc) stop() {
 	a.stopOnce.Do(func() {
 		_ = a.cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = a.cmd.Wait(); close(done) }()
 		select {
-		case <-done:
+		case <-a.exited:
 		case <-time.After(30 * time.Second):
 			_ = a.cmd.Process.Kill()
-			<-done
+			<-a.exited
 		}
 	})
 }
