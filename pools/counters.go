@@ -52,6 +52,7 @@ type backendState struct {
 	persistSum   uint64
 	persistCheck int64
 	persistAt    int64
+	persistMark  activity
 
 	// mu guards the active-check bookkeeping below; only health checkers
 	// and readers of BackendState take it, never the request path.
@@ -68,6 +69,16 @@ func newBackendState(addr string, held bool) *backendState {
 	s := &backendState{addr: addr, held: held}
 	s.healthy.Store(!held)
 	return s
+}
+
+// activity is a cheap fingerprint of what can change a backend's
+// observation: equal fingerprints mean nothing happened (no request began
+// or ended, no check ran), so persist skips the backend without building
+// its observation.
+type activity struct{ requests, conns, passed, failed, ejections int64 }
+
+func (s *backendState) activity() activity {
+	return activity{s.requests.Load(), s.conns.Load(), s.checksPassed.Load(), s.checksFailed.Load(), s.ejections.Load()}
 }
 
 // seed restores what this node last observed of the backend (before a

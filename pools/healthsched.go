@@ -102,7 +102,6 @@ type target struct {
 	due      time.Time
 	streak   int // consecutive failed probes
 	idx      int // position in the due queue; -1 when not queued
-	gen      uint64
 	running  bool
 	removed  bool
 }
@@ -147,9 +146,10 @@ type healthScheduler struct {
 
 	mu       sync.Mutex
 	targets  map[targetKey]*target
+	byPool   map[*Pool][]*target // the targets each pool's backends watch
+	last     *Table              // the table reconciled last
 	queue    dueQueue
 	inflight int
-	gen      uint64
 	wake     chan struct{}
 
 	wg sync.WaitGroup
@@ -164,62 +164,105 @@ func newHealthScheduler(cfg HealthSchedule, probe probeFunc, onFlip transitionFu
 		limiter: rate.NewLimiter(rate.Limit(cfg.Budget), cfg.Burst),
 		rnd:     rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		targets: make(map[targetKey]*target),
+		byPool:  make(map[*Pool][]*target),
 		wake:    make(chan struct{}, 1),
 	}
 }
 
-// reconcile makes the targets match table t. Backends in fresh (new, or
-// moved to another address) are checked at once unless initial, where
-// every target's first check is spread at random over its interval so
-// that a restart does not probe everything in the same second.
+// reconcile makes the targets match table t. Only pools that are not the
+// same object as in the table reconciled last are looked at: a rebuild
+// carries unchanged pools over, so a change to one pool costs that pool.
+// Backends in fresh (new, or moved to another address) are checked at
+// once unless initial, where every target's first check is spread at
+// random over its interval so that a restart does not probe everything in
+// the same second.
 func (s *healthScheduler) reconcile(t *Table, fresh map[string]bool, initial bool, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.gen++
-	gen := s.gen
-	for _, p := range t.pools {
-		hc := &p.health
-		for _, b := range p.backends {
-			k := targetKeyOf(b, hc)
-			tg := s.targets[k]
-			if tg == nil {
-				tg = &target{key: k, idx: -1, due: now}
-				if initial && !isHeld(b.live) {
-					tg.due = now.Add(time.Duration(s.rnd.Int64N(int64(hc.Interval))))
-				}
-				s.targets[k] = tg
-			}
-			if tg.gen != gen {
-				tg.gen = gen
-				tg.subs = tg.subs[:0]
-				tg.interval, tg.fall = hc.Interval, hc.Fall
-			}
-			tg.subs = append(tg.subs, healthSub{b: b, hc: hc})
-			tg.interval = min(tg.interval, hc.Interval)
-			tg.fall = max(tg.fall, hc.Fall)
-			if fresh[b.ID] && !initial && tg.due.After(now) {
-				tg.due = now
-				if tg.idx >= 0 {
-					heap.Fix(&s.queue, tg.idx)
-				}
-			}
-			if tg.idx < 0 && !tg.running {
-				heap.Push(&s.queue, tg)
+	if s.last != nil {
+		for _, pp := range s.last.pools {
+			if t.Pool(pp.Name) != pp {
+				s.detach(pp)
 			}
 		}
 	}
-	for k, tg := range s.targets {
-		if tg.gen == gen {
+	for _, p := range t.pools {
+		if s.last == nil || s.last.Pool(p.Name) != p {
+			s.attach(p, fresh, initial, now)
+		}
+	}
+	s.last = t
+	s.signal()
+}
+
+// detach removes the subscriptions of pool p's backends; targets left
+// without subscribers are dropped.
+func (s *healthScheduler) detach(p *Pool) {
+	for _, tg := range s.byPool[p] {
+		subs := tg.subs[:0]
+		for _, sub := range tg.subs {
+			if sub.hc != &p.health {
+				subs = append(subs, sub)
+			}
+		}
+		clear(tg.subs[len(subs):])
+		tg.subs = subs
+		if len(subs) == 0 {
+			tg.removed = true
+			if tg.idx >= 0 {
+				heap.Remove(&s.queue, tg.idx)
+			}
+			delete(s.targets, tg.key)
 			continue
 		}
-		tg.removed = true
-		tg.subs = nil
-		if tg.idx >= 0 {
-			heap.Remove(&s.queue, tg.idx)
-		}
-		delete(s.targets, k)
+		tg.settle()
 	}
-	s.signal()
+	delete(s.byPool, p)
+}
+
+// attach subscribes pool p's backends to their targets, creating those
+// that do not exist yet.
+func (s *healthScheduler) attach(p *Pool, fresh map[string]bool, initial bool, now time.Time) {
+	hc := &p.health
+	mine := make([]*target, 0, len(p.backends))
+	for _, b := range p.backends {
+		k := targetKeyOf(b, hc)
+		tg := s.targets[k]
+		if tg == nil {
+			tg = &target{key: k, idx: -1, due: now}
+			if initial && !isHeld(b.live) {
+				tg.due = now.Add(time.Duration(s.rnd.Int64N(int64(hc.Interval))))
+			}
+			s.targets[k] = tg
+		}
+		tg.subs = append(tg.subs, healthSub{b: b, hc: hc})
+		tg.settle()
+		if len(mine) == 0 || mine[len(mine)-1] != tg {
+			mine = append(mine, tg)
+		}
+		if fresh[b.ID] && !initial && tg.due.After(now) {
+			tg.due = now
+			if tg.idx >= 0 {
+				heap.Fix(&s.queue, tg.idx)
+			}
+		}
+		if tg.idx < 0 && !tg.running {
+			heap.Push(&s.queue, tg)
+		}
+	}
+	s.byPool[p] = mine
+}
+
+// settle recomputes the target's interval (the shortest of its
+// subscribers') and fall threshold (the largest).
+func (tg *target) settle() {
+	tg.interval, tg.fall = 0, 0
+	for _, sub := range tg.subs {
+		if tg.interval == 0 || sub.hc.Interval < tg.interval {
+			tg.interval = sub.hc.Interval
+		}
+		tg.fall = max(tg.fall, sub.hc.Fall)
+	}
 }
 
 func (s *healthScheduler) signal() {

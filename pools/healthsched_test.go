@@ -207,3 +207,41 @@ func TestBackendSeriesCapped(t *testing.T) {
 		t.Errorf("%d backend histogram children left", len(c.backendKids))
 	}
 }
+
+func TestHealthReconcileTouchesOnlyChangedPools(t *testing.T) {
+	pools := []storage.Pool{
+		{Name: "a", HealthCheckInterval: time.Second, HealthCheck: storage.HealthCheck{Fall: 2, Timeout: 500 * time.Millisecond}},
+		{Name: "b", HealthCheckInterval: 3 * time.Second, HealthCheck: storage.HealthCheck{Fall: 5, Timeout: 500 * time.Millisecond}},
+	}
+	shared := func(id, pool string) storage.Backend {
+		return storage.Backend{ID: id, PoolName: pool, Host: "10.0.0.1", Port: 80}
+	}
+	states := func(*storage.Backend, *storage.Pool) *backendState { return newBackendState("10.0.0.1:80", false) }
+	first := buildTable(pools, []storage.Backend{shared("a1", "a"), shared("b1", "b")}, TableOptions{}, nil, states)
+	s := newHealthScheduler(HealthSchedule{}, nil, nil)
+	now := time.Unix(1_700_000_000, 0)
+	s.reconcile(first, nil, false, now)
+	if n := s.targetCount(); n != 1 {
+		t.Fatalf("%d targets for one shared address", n)
+	}
+	tg := s.targets[targetKeyOf(first.Pool("a").Backends()[0], &first.Pool("a").health)]
+	if tg.interval != time.Second || tg.fall != 5 || len(tg.subs) != 2 {
+		t.Fatalf("shared target: interval %s, fall %d, %d subscribers", tg.interval, tg.fall, len(tg.subs))
+	}
+	// Pool a rebuilt (its backend left), b carried over.
+	second := rebuildTable(pools[1:], map[string][]storage.Backend{}, TableOptions{}, first, states)
+	if second.Pool("b") != first.Pool("b") {
+		t.Fatal("pool b not carried over")
+	}
+	s.reconcile(second, nil, false, now)
+	if n := s.targetCount(); n != 1 || len(tg.subs) != 1 || tg.subs[0].b.ID != "b1" {
+		t.Fatalf("after removing pool a: %d targets, subscribers %v", n, tg.subs)
+	}
+	if tg.interval != 3*time.Second || tg.fall != 5 {
+		t.Errorf("target keeps pool a's settings: interval %s, fall %d", tg.interval, tg.fall)
+	}
+	s.reconcile(EmptyTable(), nil, false, now)
+	if n := s.targetCount(); n != 0 || len(s.queue) != 0 || len(s.byPool) != 0 {
+		t.Errorf("empty table leaves %d targets, %d queued, %d pools", n, len(s.queue), len(s.byPool))
+	}
+}

@@ -633,21 +633,34 @@ func (m *Manager) persist(ctx context.Context) error {
 	t := m.table.Load()
 	now := time.Now().UTC()
 	type pending struct {
-		obs storage.Observation
-		s   *backendState
-		sum uint64
+		obs  storage.Observation
+		s    *backendState
+		sum  uint64
+		mark activity
 	}
 	var changed []pending
 	for _, p := range t.pools {
 		for _, b := range p.backends {
-			o := m.observation(b)
 			s := b.live
-			sum := m.observationSum(o)
-			if s.persistAt != 0 && s.persistSum == sum &&
-				(s.persistCheck == o.LastCheck.UnixNano() || now.UnixNano()-s.persistAt < int64(m.cfg.ObservationRefresh)) {
+			mark := s.activity()
+			if s.persistAt != 0 && mark == s.persistMark {
 				continue
 			}
-			changed = append(changed, pending{obs: o, s: s, sum: sum})
+			o := m.observation(b)
+			sum := m.observationSum(o)
+			if s.persistAt != 0 && s.persistSum == sum {
+				if s.persistCheck == o.LastCheck.UnixNano() {
+					// The store has all of it: skip cheaply until the
+					// next activity.
+					s.persistMark = mark
+					continue
+				}
+				if now.UnixNano()-s.persistAt < int64(m.cfg.ObservationRefresh) {
+					// Only the check time is new: written at the refresh.
+					continue
+				}
+			}
+			changed = append(changed, pending{obs: o, s: s, sum: sum, mark: mark})
 		}
 	}
 	for len(changed) > 0 {
@@ -662,6 +675,7 @@ func (m *Manager) persist(ctx context.Context) error {
 		}
 		for _, c := range changed[:n] {
 			c.s.persistSum, c.s.persistCheck, c.s.persistAt = c.sum, c.obs.LastCheck.UnixNano(), now.UnixNano()
+			c.s.persistMark = c.mark
 			delete(m.gone, c.obs.BackendID)
 		}
 		changed = changed[n:]

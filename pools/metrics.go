@@ -81,6 +81,7 @@ type collector struct {
 	mu           sync.Mutex
 	poolChildren map[string]bool
 	backendKids  map[[3]string]bool
+	opted        map[string]bool // pools whose backends had histograms at the last forget
 	omitted      atomic.Int64
 
 	poolRequests    *prometheus.Desc
@@ -125,6 +126,7 @@ func newCollector(table func() *Table, rebuilds func() int64, cfg MetricsConfig)
 		}, bl),
 		poolChildren: make(map[string]bool),
 		backendKids:  make(map[[3]string]bool),
+		opted:        make(map[string]bool),
 		poolRequests: prometheus.NewDesc("singularity_edge_pool_requests_total",
 			"Requests sent to the pool's backends (retries count once per attempt).", pl, nil),
 		poolFailures: prometheus.NewDesc("singularity_edge_pool_failures_total",
@@ -190,6 +192,11 @@ func (c *collector) forget(t *Table) {
 	n, omitted := 0, 0
 	for _, p := range t.pools {
 		want := c.cfg.perBackend(p.Name)
+		if !want && !c.opted[p.Name] {
+			// Never had histograms: nothing to clear (and no pass over
+			// its backends on every rebuild).
+			continue
+		}
 		for _, b := range p.backends {
 			if !want {
 				b.live.hist.Store(nil)
@@ -215,6 +222,12 @@ func (c *collector) forget(t *Table) {
 	}
 	c.backendKids = keep
 	c.omitted.Store(int64(omitted))
+	clear(c.opted)
+	for _, p := range t.pools {
+		if c.cfg.perBackend(p.Name) {
+			c.opted[p.Name] = true
+		}
+	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
