@@ -53,6 +53,12 @@ func TestConfigValidate(t *testing.T) {
 		{"bad log level", func(c *Config) { c.LogLevel = "loud" }, "--log-level"},
 		{"no feed", func(c *Config) { c.FeedRetention = 0 }, "--feed-retention"},
 		{"short changelog", func(c *Config) { c.ChangeLogRetention = time.Minute }, "--changelog-retention"},
+		{"pprof on loopback", func(c *Config) { c.PprofAddr = "127.0.0.1:6060" }, ""},
+		{"pprof on a public address", func(c *Config) { c.PprofAddr = "0.0.0.0:6060" }, "--pprof-addr"},
+		{"pprof without port", func(c *Config) { c.PprofAddr = "127.0.0.1" }, "--pprof-addr"},
+		{"zero check budget", func(c *Config) { c.HealthCheckBudget = 0 }, "--health-check-budget"},
+		{"zero check concurrency", func(c *Config) { c.HealthCheckConcurrency = 0 }, "--health-check-concurrency"},
+		{"zero backend series", func(c *Config) { c.MetricsMaxBackends = 0 }, "--metrics-max-backends"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -92,5 +98,11 @@ func TestDeriveCookieKey(t *testing.T) {
 	r2, _ := deriveCookieKey("", nil)
 	if len(r1) != 32 || bytes.Equal(r1, r2) {
 		t.Fatal("random cookie keys are not random")
+	}
+}
+
+func TestVersionString(t *testing.T) {
+	if v := VersionString(); !strings.HasPrefix(v, Version+" (commit "+Commit+", go") {
+		t.Errorf("VersionString() = %q", v)
 	}
 }
