@@ -179,6 +179,15 @@ func newHealthScheduler(cfg HealthSchedule, probe probeFunc, onFlip transitionFu
 func (s *healthScheduler) reconcile(t *Table, fresh map[string]bool, initial bool, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if len(s.targets) == 0 {
+		// First table: size the map once instead of growing it through
+		// a million inserts.
+		n := 0
+		for _, p := range t.pools {
+			n += len(p.backends)
+		}
+		s.targets = make(map[targetKey]*target, n)
+	}
 	if s.last != nil {
 		for _, pp := range s.last.pools {
 			if t.Pool(pp.Name) != pp {
