@@ -72,18 +72,30 @@ func (h HealthSchedule) withDefaults() HealthSchedule {
 // targetKey is what a probe depends on. Backends with the same key (the
 // same address checked the same way, possibly in several pools) share one
 // target and one probe; each applies the result with its own pool's
-// rise/fall thresholds.
+// rise/fall thresholds. The way of checking is interned to a small number
+// (probeKind) so that a million keys stay small.
 type targetKey struct {
-	addr, host string
+	addr string
+	kind uint32
+}
+
+// probeKind is how an address is checked.
+type probeKind struct {
 	sslVerify  bool
 	kind, path string
 	expected   int
 	timeout    time.Duration
 }
 
-func targetKeyOf(b *Backend, hc *healthConfig) targetKey {
-	return targetKey{addr: b.Addr, host: b.Host, sslVerify: b.SSLVerify, kind: hc.Type, path: hc.Path,
-		expected: hc.ExpectedStatus, timeout: hc.Timeout}
+// keyOf returns b's target key under hc; the caller holds s.mu.
+func (s *healthScheduler) keyOf(b *Backend, hc *healthConfig) targetKey {
+	pk := probeKind{sslVerify: b.SSLVerify, kind: hc.Type, path: hc.Path, expected: hc.ExpectedStatus, timeout: hc.Timeout}
+	id, ok := s.kinds[pk]
+	if !ok {
+		id = uint32(len(s.kinds))
+		s.kinds[pk] = id
+	}
+	return targetKey{addr: b.Addr, kind: id}
 }
 
 // healthSub is one backend watching a target, with its pool's thresholds.
@@ -146,6 +158,7 @@ type healthScheduler struct {
 
 	mu       sync.Mutex
 	targets  map[targetKey]*target
+	kinds    map[probeKind]uint32
 	byPool   map[*Pool][]*target // the targets each pool's backends watch
 	last     *Table              // the table reconciled last
 	queue    dueQueue
@@ -164,6 +177,7 @@ func newHealthScheduler(cfg HealthSchedule, probe probeFunc, onFlip transitionFu
 		limiter: rate.NewLimiter(rate.Limit(cfg.Budget), cfg.Burst),
 		rnd:     rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		targets: make(map[targetKey]*target),
+		kinds:   make(map[probeKind]uint32),
 		byPool:  make(map[*Pool][]*target),
 		wake:    make(chan struct{}, 1),
 	}
@@ -235,7 +249,7 @@ func (s *healthScheduler) attach(p *Pool, fresh map[string]bool, initial bool, n
 	hc := &p.health
 	mine := make([]*target, 0, len(p.backends))
 	for _, b := range p.backends {
-		k := targetKeyOf(b, hc)
+		k := s.keyOf(b, hc)
 		tg := s.targets[k]
 		if tg == nil {
 			tg = &target{key: k, idx: -1, due: now}

@@ -224,7 +224,7 @@ func TestHealthReconcileTouchesOnlyChangedPools(t *testing.T) {
 	if n := s.targetCount(); n != 1 {
 		t.Fatalf("%d targets for one shared address", n)
 	}
-	tg := s.targets[targetKeyOf(first.Pool("a").Backends()[0], &first.Pool("a").health)]
+	tg := s.targets[s.keyOf(first.Pool("a").Backends()[0], &first.Pool("a").health)]
 	if tg.interval != time.Second || tg.fall != 5 || len(tg.subs) != 2 {
 		t.Fatalf("shared target: interval %s, fall %d, %d subscribers", tg.interval, tg.fall, len(tg.subs))
 	}
