@@ -647,6 +647,14 @@ func (m *Manager) persist(ctx context.Context) error {
 				continue
 			}
 			o := m.observation(b)
+			if s.persistAt == 0 && o.LastCheck.IsZero() && o.TotalRequests == 0 {
+				// Never checked nor used here: this node has no view of
+				// it yet. (After an import of a million backends, writing
+				// a million empty rows at once would be the agent's
+				// largest job.)
+				s.persistMark = mark
+				continue
+			}
 			sum := m.observationSum(o)
 			if s.persistAt != 0 && s.persistSum == sum {
 				if s.persistCheck == o.LastCheck.UnixNano() {

@@ -600,6 +600,10 @@ func TestManagerDeletesObservationsOfRemovedBackends(t *testing.T) {
 	}
 	m := NewManager(testManagerConfig(t, st, nil), st)
 	stop := runManager(t, m)
+	// Checks run hourly: traffic gives this node a view of each backend.
+	for _, id := range []string{"keep", "drop", "later"} {
+		m.Table().Backend(id).Begin().End(Result{Status: 200})
+	}
 	waitFor(t, 10*time.Second, "observations of all three backends", func() bool { return len(stored("node-a")) == 3 })
 
 	update(t, st, func(tx *storage.Tx) error { return tx.DeleteBackend("drop") })
@@ -680,4 +684,27 @@ func TestManagerRebuildsOnlyChangedPools(t *testing.T) {
 	if got := m.Table().Backend("a0").State().TotalRequests; got != 1 {
 		t.Errorf("a0 lost its counters moving pools: %d requests", got)
 	}
+}
+
+func TestManagerWritesNoObservationBeforeItObserves(t *testing.T) {
+	st := openStore(t, t.TempDir())
+	putPool(t, st, storage.Pool{Name: "p", HealthCheckInterval: time.Hour})
+	for i := range 3 {
+		putBackend(t, st, storage.Backend{ID: fmt.Sprintf("b%d", i), PoolName: "p", Host: "127.0.0.1", Port: 2000 + i})
+	}
+	m := NewManager(testManagerConfig(t, st, nil), st)
+	runManager(t, m)
+	count := func() int {
+		obs, err := st.Observations(context.Background(), st.NodeID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(obs)
+	}
+	time.Sleep(5 * m.cfg.ObservationInterval)
+	if n := count(); n != 0 {
+		t.Fatalf("%d observations written for backends this node never checked nor used", n)
+	}
+	m.Table().Backend("b1").Begin().End(Result{Status: 200})
+	waitFor(t, 10*time.Second, "the used backend's observation", func() bool { return count() == 1 })
 }
