@@ -438,7 +438,7 @@ func (s *backendState) recordCheck(addr string, hc *healthConfig, err error, at 
 		s.fails = 0
 		s.lastError = ""
 		// A held-back new backend joins on its first pass.
-		if !s.healthy.Load() && (s.passes >= hc.Rise || s.held) {
+		if !s.healthy.Load() && (int(s.passes) >= hc.Rise || s.held) {
 			s.healthy.Store(true)
 			s.held = false
 			return true, true
@@ -449,7 +449,7 @@ func (s *backendState) recordCheck(addr string, hc *healthConfig, err error, at 
 	s.fails++
 	s.passes = 0
 	s.lastError = err.Error()
-	if s.healthy.Load() && s.fails >= hc.Fall {
+	if s.healthy.Load() && int(s.fails) >= hc.Fall {
 		s.healthy.Store(false)
 		return false, true
 	}

@@ -118,14 +118,12 @@ type Manager struct {
 	poolStates map[string]*poolState
 	seeds      map[string]storage.Observation
 
-	// Owned by the Run goroutine: the pools' configuration, which pool
-	// each backend id belongs to (a deleted backend arrives as a bare
-	// key), and the pools whose backends changed since the last rebuild.
-	// Backend rows are not kept: the table holds what it needs, and a
-	// rebuild reads the rows of the changed pools from the store.
-	pools  map[string]storage.Pool
-	poolOf map[string]string
-	dirty  map[string]bool
+	// Owned by the Run goroutine: the pools' configuration and the pools
+	// whose backends changed since the last rebuild. Backend rows are not
+	// kept: the table holds what it needs, and a rebuild reads the rows of
+	// the changed pools from the store.
+	pools map[string]storage.Pool
+	dirty map[string]bool
 
 	health    *healthScheduler
 	healthLog *ratelog.Logger
@@ -173,7 +171,6 @@ func NewManager(cfg Config, src Source) *Manager {
 		ready:      make(chan struct{}),
 		poolStates: make(map[string]*poolState),
 		pools:      make(map[string]storage.Pool),
-		poolOf:     make(map[string]string),
 		dirty:      make(map[string]bool),
 		gone:       make(map[string]bool),
 		obsSeed:    maphash.MakeSeed(),
@@ -270,11 +267,15 @@ func (m *Manager) Run(ctx context.Context) error {
 	m.persistMu.Lock()
 	m.mu.Lock()
 	// Observation rows of backends that are no longer configured go at
-	// the first persist.
-	for id := range m.seeds {
-		if _, ok := m.poolOf[id]; !ok {
-			m.gone[id] = true
+	// the first persist: the seeds left once the table's backends are
+	// crossed out.
+	for _, p := range m.table.Load().pools {
+		for _, b := range p.backends {
+			delete(m.seeds, b.ID)
 		}
+	}
+	for id := range m.seeds {
+		m.gone[id] = true
 	}
 	m.seeds = nil // only a restart seeds; later backends start fresh
 	m.mu.Unlock()
@@ -383,7 +384,6 @@ func (m *Manager) load(ctx context.Context) (map[string][]storage.Backend, int, 
 		}
 		for _, b := range page {
 			byPool[b.PoolName] = append(byPool[b.PoolName], b)
-			m.poolOf[b.ID] = b.PoolName
 		}
 		n += len(page)
 		if len(page) < m.cfg.PageSize {
@@ -434,11 +434,14 @@ func (m *Manager) apply(ev storage.Event) bool {
 			m.pools[p.Name] = p
 		case storage.TableBackends:
 			changed = true
-			if old, ok := m.poolOf[c.Key]; ok {
-				m.dirty[old] = true
+			// The pool the backend was in: the table's (a bare key is
+			// all a delete carries). A backend added since the last
+			// rebuild is not in the table, but its pool is dirty already
+			// and will be read afresh from the store.
+			if old := m.table.Load().Backend(c.Key); old != nil {
+				m.dirty[old.PoolName] = true
 			}
 			if c.Deleted {
-				delete(m.poolOf, c.Key)
 				continue
 			}
 			b, err := c.Backend()
@@ -446,7 +449,6 @@ func (m *Manager) apply(ev storage.Event) bool {
 				m.log.Error("undecodable backend in change feed", zap.String("key", c.Key), zap.Uint64("index", ev.Index), zap.Error(err))
 				continue
 			}
-			m.poolOf[b.ID] = b.PoolName
 			m.dirty[b.PoolName] = true
 		}
 	}
@@ -636,7 +638,7 @@ func (m *Manager) persist(ctx context.Context) error {
 		obs  storage.Observation
 		s    *backendState
 		sum  uint64
-		mark activity
+		mark uint64
 	}
 	var changed []pending
 	for _, p := range t.pools {

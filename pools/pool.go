@@ -250,6 +250,10 @@ func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []
 			cooldown:  p.health.Cooldown,
 			hashSeed:  mix64(fnv64(sb.ID)),
 		}
+		if b.live.addr == b.Addr {
+			// One copy of the address string per backend, not two.
+			b.Addr = b.live.addr
+		}
 		if b.Scheme == "" {
 			b.Scheme = "http"
 		}
