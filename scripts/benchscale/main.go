@@ -57,6 +57,7 @@ type options struct {
 	pprofAddr    string
 	prepareOnly  bool
 	upstreamPort int
+	agentArgs    string
 }
 
 func main() {
@@ -75,6 +76,7 @@ func main() {
 	flag.BoolVar(&o.reuse, "reuse", false, "reuse the data directory in -work if it is already imported")
 	flag.StringVar(&o.pprofAddr, "pprof-addr", "", "pass --pprof-addr to the loaded agent (loopback)")
 	flag.IntVar(&o.upstreamPort, "upstream-port", 18099, "port of the measured pool's upstreams (fixed, so that -reuse finds them)")
+	flag.StringVar(&o.agentArgs, "agent-args", "", "extra flags for the loaded agent, space-separated (e.g. --health-check-budget 5000)")
 	flag.BoolVar(&o.prepareOnly, "prepare-only", false, "generate and import into -work, then stop (run again with -reuse)")
 	flag.Parse()
 	if err := run(o); err != nil {
@@ -154,7 +156,7 @@ func run(o options) error {
 		return nil
 	}
 
-	a, err := startAgent(o, env, data, token, o.pprofAddr)
+	a, err := startAgent(o, env, data, token, o.pprofAddr, strings.Fields(o.agentArgs)...)
 	if err != nil {
 		return err
 	}
@@ -525,13 +527,14 @@ func freePort() string {
 	return ln.Addr().String()
 }
 
-func startAgent(o options, env []string, data, token, pprofAddr string) (*agentProc, error) {
+func startAgent(o options, env []string, data, token, pprofAddr string, extra ...string) (*agentProc, error) {
 	a := &agentProc{token: token, admin: freePort(), httpAddr: freePort(), log: &bytes.Buffer{}, logMu: &sync.Mutex{}, clockTick: 100}
 	args := []string{"agent", "--data-dir", data, "--http-addr", a.httpAddr, "--https-addr", "",
 		"--admin-addr", a.admin}
 	if pprofAddr != "" {
 		args = append(args, "--pprof-addr", pprofAddr)
 	}
+	args = append(args, extra...)
 	a.cmd = exec.Command(o.bin, args...)
 	a.cmd.Env = env
 	lw := lockedWriter{a.logMu, a.log}
