@@ -134,6 +134,9 @@ func New(cfg Config, logger *zap.Logger) (*Agent, error) {
 		logger.Warn("neither EDGE_COOKIE_KEY nor EDGE_ENCRYPTION_KEY is set: sticky-session cookies are signed with a key of this process only")
 	}
 
+	if cfg.MemoryLimit > 0 {
+		debug.SetMemoryLimit(cfg.MemoryLimit)
+	}
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(newBuildInfo())
 

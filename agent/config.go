@@ -45,6 +45,12 @@ type Config struct {
 	MetricsBackendPools string
 	MetricsMaxBackends  int
 
+	// MemoryLimit is a soft limit on the Go heap and runtime, in bytes
+	// (runtime/debug.SetMemoryLimit; 0 = none, GOMEMLIMIT still applies):
+	// near it the collector runs more often instead of letting the heap
+	// grow to twice its live size. RocksDB's block cache is outside it.
+	MemoryLimit int64
+
 	BlockCacheSize  int64         // RocksDB block cache, bytes
 	ShutdownTimeout time.Duration // how long in-flight requests may take to drain
 
@@ -134,6 +140,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HealthCheckConcurrency < 1 {
 		errs = append(errs, fmt.Errorf("--health-check-concurrency %d must be at least 1", c.HealthCheckConcurrency))
+	}
+	if c.MemoryLimit < 0 || (c.MemoryLimit > 0 && c.MemoryLimit < 64<<20) {
+		errs = append(errs, fmt.Errorf("--memory-limit %d: want 0 (none) or at least 64 MiB", c.MemoryLimit))
 	}
 	if c.MetricsMaxBackends < 1 {
 		errs = append(errs, fmt.Errorf("--metrics-max-backends %d must be at least 1", c.MetricsMaxBackends))

@@ -59,6 +59,8 @@ func TestConfigValidate(t *testing.T) {
 		{"zero check budget", func(c *Config) { c.HealthCheckBudget = 0 }, "--health-check-budget"},
 		{"zero check concurrency", func(c *Config) { c.HealthCheckConcurrency = 0 }, "--health-check-concurrency"},
 		{"zero backend series", func(c *Config) { c.MetricsMaxBackends = 0 }, "--metrics-max-backends"},
+		{"memory limit", func(c *Config) { c.MemoryLimit = 1 << 30 }, ""},
+		{"tiny memory limit", func(c *Config) { c.MemoryLimit = 1 << 20 }, "--memory-limit"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -53,6 +53,7 @@ the defaults of --region, --node-name and --admin-addr.`,
 	f.IntVar(&cfg.HealthCheckConcurrency, "health-check-concurrency", cfg.HealthCheckConcurrency, "most active health checks in flight")
 	f.StringVar(&cfg.MetricsBackendPools, "metrics-backend-pools", cfg.MetricsBackendPools, `comma-separated pools whose backends get their own /metrics series ("*": all); others get pool-level series only`)
 	f.IntVar(&cfg.MetricsMaxBackends, "metrics-max-backends", cfg.MetricsMaxBackends, "most backends with series of their own, all pools together")
+	f.Int64Var(&cfg.MemoryLimit, "memory-limit", cfg.MemoryLimit, "soft limit in bytes on the agent's Go memory (the collector works harder near it); 0 = none")
 	f.StringVar(&cfg.PprofAddr, "pprof-addr", cfg.PprofAddr, "serve Go profiles (net/http/pprof) on this loopback address; empty = off")
 	f.BoolVar(&cfg.MetricsPublic, "metrics-public", cfg.MetricsPublic, "serve /metrics without the admin token")
 	f.Int64Var(&cfg.BlockCacheSize, "block-cache-size", cfg.BlockCacheSize, "RocksDB block cache in bytes (bounds the store's memory)")
