@@ -23,10 +23,11 @@ RUN --mount=type=cache,target=/root/go/pkg/mod go mod download
 COPY . .
 # The Makefile's GO_BUILD_FLAGS, with the version passed in by `make docker`.
 ARG VERSION=dev
+ARG COMMIT=unknown
 ENV CGO_ENABLED=1
 RUN --mount=type=cache,target=/root/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
-    go build -trimpath -ldflags "-X github.com/singularity-ng/singularity-edge/agent.Version=${VERSION}" \
+    go build -trimpath -ldflags "-X github.com/singularity-ng/singularity-edge/agent.Version=${VERSION} -X github.com/singularity-ng/singularity-edge/agent.Commit=${COMMIT}" \
       -o /out/singularity-edge ./cmd/singularity-edge \
  && /out/singularity-edge --help >/dev/null
 

@@ -14,6 +14,7 @@ require (
 	github.com/superfly/fly-go v0.9.3
 	go.uber.org/zap v1.28.0
 	golang.org/x/net v0.62.0
+	golang.org/x/time v0.14.0
 	google.golang.org/protobuf v1.36.12
 )
 

@@ -12,6 +12,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
+	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,9 +28,32 @@ import (
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
-// Version is the agent's version, set at build time with
-// -ldflags "-X github.com/singularity-ng/singularity-edge/agent.Version=...".
-var Version = "dev"
+// Version and Commit identify the build, set at build time with
+// -ldflags "-X github.com/singularity-ng/singularity-edge/agent.Version=...
+// -X github.com/singularity-ng/singularity-edge/agent.Commit=..." (the
+// Makefile does). They are the only package-level variables: the linker
+// writes them.
+var (
+	Version = "dev"
+	Commit  = "unknown"
+)
+
+// VersionString is "VERSION (commit COMMIT, GOVERSION)".
+func VersionString() string {
+	return fmt.Sprintf("%s (commit %s, %s)", Version, Commit, runtime.Version())
+}
+
+// newBuildInfo is the singularity_edge_build_info gauge: always 1, with the
+// build in its labels, so dashboards can join on version and commit.
+func newBuildInfo() prometheus.Collector {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "singularity_edge_build_info",
+		Help:        "Build of this agent: version and commit as stamped by -ldflags, and the Go version. Always 1.",
+		ConstLabels: prometheus.Labels{"version": Version, "commit": Commit, "goversion": runtime.Version()},
+	})
+	g.Set(1)
+	return g
+}
 
 // readyTimeout bounds the wait for the first routing table and certificate
 // index; both are built from the local store, so this only trips when the
@@ -49,6 +75,10 @@ type Agent struct {
 	cancel context.CancelFunc // stops the background loops
 	wg     sync.WaitGroup
 	errs   chan error // a background loop that failed
+	// ready is closed once the proxy serves: routing table and
+	// certificate index loaded, listeners open. /api/health says ready
+	// from then on, so a load balancer sends no traffic before.
+	ready chan struct{}
 }
 
 // Run starts an agent and blocks until ctx is cancelled or a part fails,
@@ -121,7 +151,11 @@ func New(cfg Config, logger *zap.Logger) (*Agent, error) {
 			zap.String("machine_id", cfg.Fly.MachineID), zap.String("private_ip", cfg.Fly.PrivateIP))
 	}
 
+	if cfg.MemoryLimit > 0 {
+		debug.SetMemoryLimit(cfg.MemoryLimit)
+	}
 	registry := prometheus.NewRegistry()
+	registry.MustRegister(newBuildInfo())
 
 	scfg := storage.DefaultConfig()
 	scfg.Dir = cfg.DataDir
@@ -133,7 +167,7 @@ func New(cfg Config, logger *zap.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, logger: logger, store: store, errs: make(chan error, 4)}
+	a := &Agent{cfg: cfg, logger: logger, store: store, errs: make(chan error, 4), ready: make(chan struct{})}
 	if err := a.build(registry, cookieKey); err != nil {
 		a.close()
 		return nil, err
@@ -150,6 +184,10 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	pcfg.CookieKey = cookieKey
 	pcfg.Logger = a.logger
 	pcfg.Registerer = registry
+	pcfg.Health.Budget = cfg.HealthCheckBudget
+	pcfg.Health.Concurrency = cfg.HealthCheckConcurrency
+	pcfg.Metrics.BackendPools = splitList(cfg.MetricsBackendPools)
+	pcfg.Metrics.MaxBackends = cfg.MetricsMaxBackends
 	a.pools = pools.NewManager(pcfg, a.store)
 
 	ccfg := certs.DefaultCacheConfig()
@@ -186,7 +224,7 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 		ID: node.ID, Name: node.Name, Region: node.Region, Version: Version, Self: true, State: "alive",
 		Addresses: map[string]string{"admin": cfg.AdminAddr},
 	}
-	srv, err := admin.New(acfg, admin.Deps{Store: a.store, Pools: a.pools, Cluster: self, Ready: a.pools.Ready()})
+	srv, err := admin.New(acfg, admin.Deps{Store: a.store, Pools: a.pools, Cluster: self, Ready: a.ready})
 	if err != nil {
 		return fmt.Errorf("admin: %w", err)
 	}
@@ -210,6 +248,11 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.runLoop(bg, "pools", a.pools.Run)
 	a.runLoop(bg, "certs", a.certs.Run)
 	a.runLoop(bg, "prune", a.pruneLoop)
+	if a.cfg.PprofAddr != "" {
+		if err := a.startPprof(bg, a.cfg.PprofAddr); err != nil {
+			return err
+		}
+	}
 
 	if err := a.admin.Start(ctx); err != nil {
 		return fmt.Errorf("admin API on %s: %w", a.cfg.AdminAddr, err)
@@ -237,13 +280,20 @@ func (a *Agent) Start(ctx context.Context) error {
 	if err := a.proxy.Start(ctx); err != nil {
 		return fmt.Errorf("proxy listeners: %w", err)
 	}
+	close(a.ready)
+	// The first scans of the store leave garbage the size of every row
+	// (hundreds of MiB at a million backends), and the collector's pacing
+	// would let the heap grow to twice that peak before collecting again.
+	// Collect it now and hand the pages back, so the agent rests at its
+	// live size.
+	debug.FreeOSMemory()
 	httpAddr, httpsAddr := a.proxy.Addrs()
 	a.logger.Info("agent started",
 		zap.String("node_id", a.store.NodeID()), zap.String("node_name", a.cfg.NodeName),
 		zap.String("region", a.cfg.Region), zap.String("data_dir", a.cfg.DataDir),
 		zap.Stringer("http", addrString{httpAddr}), zap.Stringer("https", addrString{httpsAddr}),
 		zap.Stringer("admin", addrString{a.admin.Addr()}), zap.Stringer("health", addrString{a.healthAddr()}),
-		zap.String("version", Version))
+		zap.String("version", Version), zap.String("commit", Commit))
 	return nil
 }
 
@@ -332,4 +382,15 @@ func (a addrString) String() string {
 		return "off"
 	}
 	return a.addr.String()
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }

@@ -42,6 +42,25 @@ type Config struct {
 	AccessLog       string // "on", "off" or "sample:N"
 	LogLevel        string // debug, info, warn, error
 	MetricsPublic   bool   // serve /metrics without the token on non-loopback admin addresses
+	// PprofAddr serves net/http/pprof on a loopback address ("" = off), for
+	// profiling an agent under load without exposing it.
+	PprofAddr string
+
+	// HealthCheckBudget caps the active health checks this agent starts
+	// per second, all pools together; HealthCheckConcurrency the checks
+	// in flight.
+	HealthCheckBudget      float64
+	HealthCheckConcurrency int
+	// MetricsBackendPools lists (comma-separated) the pools whose backends
+	// get series of their own ("*": all); MetricsMaxBackends caps them.
+	MetricsBackendPools string
+	MetricsMaxBackends  int
+
+	// MemoryLimit is a soft limit on the Go heap and runtime, in bytes
+	// (runtime/debug.SetMemoryLimit; 0 = none, GOMEMLIMIT still applies):
+	// near it the collector runs more often instead of letting the heap
+	// grow to twice its live size. RocksDB's block cache is outside it.
+	MemoryLimit int64
 
 	BlockCacheSize  int64         // RocksDB block cache, bytes
 	ShutdownTimeout time.Duration // how long in-flight requests may take to drain
@@ -55,16 +74,20 @@ type Config struct {
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
-		DataDir:         "./data",
-		HTTPAddr:        ":8080",
-		HTTPSAddr:       ":8443",
-		AdminAddr:       "127.0.0.1:4000",
-		NodeName:        host,
-		Region:          "local",
-		AccessLog:       "off",
-		LogLevel:        "info",
-		BlockCacheSize:  64 << 20,
-		ShutdownTimeout: 15 * time.Second,
+		DataDir:        "./data",
+		HTTPAddr:       ":8080",
+		HTTPSAddr:      ":8443",
+		AdminAddr:      "127.0.0.1:4000",
+		NodeName:       host,
+		Region:         "local",
+		AccessLog:      "off",
+		LogLevel:       "info",
+		BlockCacheSize: 64 << 20,
+
+		HealthCheckBudget:      1000,
+		HealthCheckConcurrency: 256,
+		MetricsMaxBackends:     10_000,
+		ShutdownTimeout:        15 * time.Second,
 
 		FeedRetention: 100_000,
 	}
@@ -121,8 +144,27 @@ func (c *Config) Validate() error {
 	if c.AdminAddr == "" {
 		errs = append(errs, errors.New("--admin-addr must not be empty"))
 	}
+	if c.PprofAddr != "" {
+		if host, _, err := net.SplitHostPort(c.PprofAddr); err != nil {
+			errs = append(errs, fmt.Errorf("--pprof-addr %q: %w", c.PprofAddr, err))
+		} else if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			errs = append(errs, fmt.Errorf("--pprof-addr %q: profiles are served on loopback only", c.PprofAddr))
+		}
+	}
 	if c.BlockCacheSize < 1<<20 {
 		errs = append(errs, fmt.Errorf("--block-cache-size %d is below 1 MiB", c.BlockCacheSize))
+	}
+	if c.HealthCheckBudget <= 0 {
+		errs = append(errs, fmt.Errorf("--health-check-budget %v must be positive (checks per second)", c.HealthCheckBudget))
+	}
+	if c.HealthCheckConcurrency < 1 {
+		errs = append(errs, fmt.Errorf("--health-check-concurrency %d must be at least 1", c.HealthCheckConcurrency))
+	}
+	if c.MemoryLimit < 0 || (c.MemoryLimit > 0 && c.MemoryLimit < 64<<20) {
+		errs = append(errs, fmt.Errorf("--memory-limit %d: want 0 (none) or at least 64 MiB", c.MemoryLimit))
+	}
+	if c.MetricsMaxBackends < 1 {
+		errs = append(errs, fmt.Errorf("--metrics-max-backends %d must be at least 1", c.MetricsMaxBackends))
 	}
 	if c.FeedRetention == 0 {
 		errs = append(errs, errors.New("--feed-retention must be at least 1"))

@@ -51,6 +51,14 @@ func TestConfigValidate(t *testing.T) {
 		{"zero drain", func(c *Config) { c.ShutdownTimeout = 0 }, "--shutdown-timeout"},
 		{"bad log level", func(c *Config) { c.LogLevel = "loud" }, "--log-level"},
 		{"no feed", func(c *Config) { c.FeedRetention = 0 }, "--feed-retention"},
+		{"pprof on loopback", func(c *Config) { c.PprofAddr = "127.0.0.1:6060" }, ""},
+		{"pprof on a public address", func(c *Config) { c.PprofAddr = "0.0.0.0:6060" }, "--pprof-addr"},
+		{"pprof without port", func(c *Config) { c.PprofAddr = "127.0.0.1" }, "--pprof-addr"},
+		{"zero check budget", func(c *Config) { c.HealthCheckBudget = 0 }, "--health-check-budget"},
+		{"zero check concurrency", func(c *Config) { c.HealthCheckConcurrency = 0 }, "--health-check-concurrency"},
+		{"zero backend series", func(c *Config) { c.MetricsMaxBackends = 0 }, "--metrics-max-backends"},
+		{"memory limit", func(c *Config) { c.MemoryLimit = 1 << 30 }, ""},
+		{"tiny memory limit", func(c *Config) { c.MemoryLimit = 1 << 20 }, "--memory-limit"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -90,5 +98,11 @@ func TestDeriveCookieKey(t *testing.T) {
 	r2, _ := deriveCookieKey("", nil)
 	if len(r1) != 32 || bytes.Equal(r1, r2) {
 		t.Fatal("random cookie keys are not random")
+	}
+}
+
+func TestVersionString(t *testing.T) {
+	if v := VersionString(); !strings.HasPrefix(v, Version+" (commit "+Commit+", go") {
+		t.Errorf("VersionString() = %q", v)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -45,18 +46,32 @@ type CacheConfig struct {
 	// Now is the clock used to decide whether a certificate is currently
 	// valid; nil means time.Now.
 	Now func() time.Time
+	// Parsed bounds the certificates held parsed (private key and all)
+	// for handshakes; the others are held as DER and parsed on their next
+	// handshake. 0 = 10,000.
+	Parsed int
+	// ExpirySeries bounds the per-certificate expiry series: the ones
+	// that expire soonest. 0 = 100.
+	ExpirySeries int
 }
 
 // DefaultCacheConfig returns the configuration used when a field is left zero.
 func DefaultCacheConfig() CacheConfig {
-	return CacheConfig{Logger: zap.NewNop(), PageSize: 1000, Now: time.Now}
+	return CacheConfig{Logger: zap.NewNop(), PageSize: 1000, Now: time.Now, Parsed: 10_000, ExpirySeries: 100}
 }
 
 // shardCount splits the name index so that a change copies only a small
 // part of it: with 100,000 certificates a shard holds a few hundred names.
 const shardCount = 256
 
-// entry is one loaded certificate. It is immutable once published.
+// entry is one loaded certificate. Its fields are immutable once
+// published; parsed and broken are set by the first handshake that needs
+// the key.
+//
+// An entry holds the chain as DER and the private key as the DER of its
+// PEM block, not parsed: most of 100,000 certificates are idle at any
+// moment, and a parsed key and leaf cost more than the DER. The cache
+// keeps the last Parsed certificates used parsed (see certificate).
 type entry struct {
 	id          string
 	domain      string
@@ -66,7 +81,12 @@ type entry struct {
 	names       []string // lower-cased DNS names from the leaf
 	notBefore   time.Time
 	notAfter    time.Time
-	cert        *tls.Certificate
+	chain       [][]byte // leaf DER, then the chain's (interned)
+	keyType     string   // PEM block type of the key
+	keyDER      []byte
+
+	parsed atomic.Pointer[tls.Certificate]
+	broken atomic.Bool // the key does not parse or match: never served
 }
 
 // nameSet holds the certificates for one name: those issued for the name
@@ -99,6 +119,12 @@ type Cache struct {
 	// share one or two intermediates, so 100,000 entries keep one copy.
 	chains map[string]*internedDER
 
+	// ring holds the entries kept parsed, oldest replaced first; ringMu
+	// guards it (taken only when a handshake parses an entry).
+	ringMu  sync.Mutex
+	ring    []*entry
+	ringPos int
+
 	index      atomic.Uint64 // last change-feed index applied
 	loadErrors atomic.Uint64
 	running    atomic.Bool
@@ -118,6 +144,12 @@ func NewCache(cfg CacheConfig, src CacheSource) *Cache {
 	if cfg.Now == nil {
 		cfg.Now = def.Now
 	}
+	if cfg.Parsed <= 0 {
+		cfg.Parsed = def.Parsed
+	}
+	if cfg.ExpirySeries <= 0 {
+		cfg.ExpirySeries = def.ExpirySeries
+	}
 	c := &Cache{
 		cfg:    cfg,
 		src:    src,
@@ -125,6 +157,7 @@ func NewCache(cfg CacheConfig, src CacheSource) *Cache {
 		seed:   maphash.MakeSeed(),
 		byID:   make(map[string]*entry),
 		chains: make(map[string]*internedDER),
+		ring:   make([]*entry, cfg.Parsed),
 		ready:  make(chan struct{}),
 	}
 	empty := shardMap{}
@@ -250,21 +283,39 @@ func newEntry(row *storage.Certificate) (*entry, error) {
 	if row.PrivateKeyPEM == "" {
 		return nil, errors.New("no private key")
 	}
-	certPEM := row.CertificatePEM
-	if !strings.HasSuffix(certPEM, "\n") {
-		certPEM += "\n"
-	}
-	pair, err := tls.X509KeyPair([]byte(certPEM+row.ChainPEM), []byte(row.PrivateKeyPEM))
-	if err != nil {
-		// tls errors name the failing step, never key bytes.
-		return nil, fmt.Errorf("certificate and key do not form a TLS pair: %w", err)
-	}
-	leaf := pair.Leaf
-	if leaf == nil {
-		if leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
-			return nil, fmt.Errorf("leaf certificate: %w", err)
+	var chain [][]byte
+	for rest := []byte(row.CertificatePEM + "\n" + row.ChainPEM); ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
 		}
-		pair.Leaf = leaf
+		if block.Type == "CERTIFICATE" {
+			chain = append(chain, block.Bytes)
+		}
+	}
+	if len(chain) == 0 {
+		return nil, errors.New("no certificate in the certificate PEM")
+	}
+	keyType, keyDER := "", []byte(nil)
+	for rest := []byte(row.PrivateKeyPEM); ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type == "PRIVATE KEY" || strings.HasSuffix(block.Type, " PRIVATE KEY") {
+			keyType, keyDER = internKeyType(block.Type), block.Bytes
+			break
+		}
+	}
+	if keyDER == nil {
+		// The error never quotes key material.
+		return nil, errors.New("no private key block in the key PEM")
+	}
+	leaf, err := x509.ParseCertificate(chain[0])
+	if err != nil {
+		return nil, fmt.Errorf("leaf certificate: %w", err)
 	}
 	// Index the names the leaf really covers: a client verifies those, not
 	// what the row claims.
@@ -278,12 +329,14 @@ func newEntry(row *storage.Certificate) (*entry, error) {
 	e := &entry{
 		id:          row.ID,
 		domain:      row.Domain,
-		provider:    row.Provider,
+		provider:    internString(row.Provider),
 		issuer:      row.Issuer,
 		fingerprint: row.Fingerprint,
 		notBefore:   leaf.NotBefore,
 		notAfter:    leaf.NotAfter,
-		cert:        &pair,
+		chain:       chain,
+		keyType:     keyType,
+		keyDER:      keyDER,
 	}
 	for _, n := range names {
 		if n = normalizeName(n); n != "" && !slices.Contains(e.names, n) {
@@ -296,11 +349,66 @@ func newEntry(row *storage.Certificate) (*entry, error) {
 	if e.domain == "" {
 		e.domain = e.names[0]
 	}
-	// The handshake needs the DER chain and the key, not the parsed leaf,
-	// which is two thirds of an entry's memory (about 2.4 KiB): at 100,000
-	// certificates dropping it saves some 240 MiB.
-	pair.Leaf = nil
 	return e, nil
+}
+
+// internKeyType returns the usual PEM key types as constants, so that
+// 100,000 entries do not each hold a copy.
+func internKeyType(t string) string {
+	for _, k := range []string{"PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"} {
+		if t == k {
+			return k
+		}
+	}
+	return t
+}
+
+func internString(s string) string {
+	switch s {
+	case ProviderUpload:
+		return ProviderUpload
+	case "acme":
+		return "acme"
+	}
+	return s
+}
+
+// certificate returns e ready for a handshake, parsing its key the first
+// time (and again after the ring let it go). A key that does not parse or
+// does not match the leaf marks e broken: it is logged and counted once,
+// and never served.
+func (c *Cache) certificate(e *entry) (*tls.Certificate, bool) {
+	if cert := e.parsed.Load(); cert != nil {
+		return cert, true
+	}
+	if e.broken.Load() {
+		return nil, false
+	}
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: e.keyType, Bytes: e.keyDER})
+	leafPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: e.chain[0]})
+	pair, err := tls.X509KeyPair(leafPEM, keyPEM)
+	clear(keyPEM)
+	if err != nil {
+		if e.broken.CompareAndSwap(false, true) {
+			c.loadErrors.Add(1)
+			// tls errors name the failing step, never key bytes.
+			c.log.Error("cannot load certificate: certificate and key do not form a TLS pair",
+				zap.String("id", e.id), zap.String("domain", e.domain), zap.Error(err))
+		}
+		return nil, false
+	}
+	// The handshake needs the DER chain and the key, not the parsed leaf.
+	pair.Leaf = nil
+	pair.Certificate = e.chain
+	e.parsed.Store(&pair)
+	c.ringMu.Lock()
+	if old := c.ring[c.ringPos]; old != nil && old != e {
+		old.parsed.Store(nil)
+	}
+	c.ring[c.ringPos] = e
+	c.ringPos = (c.ringPos + 1) % len(c.ring)
+	c.ringMu.Unlock()
+	return &pair, true
 }
 
 // applyEvent applies the certificate changes of one committed transaction
@@ -373,7 +481,7 @@ type internedDER struct {
 // internChain makes e share the DER of its chain certificates with the
 // entries already loaded. It runs before e is published.
 func (c *Cache) internChain(e *entry) {
-	chain := e.cert.Certificate
+	chain := e.chain
 	for i := 1; i < len(chain); i++ {
 		if in, ok := c.chains[string(chain[i])]; ok {
 			in.refs++
@@ -386,7 +494,7 @@ func (c *Cache) internChain(e *entry) {
 
 // releaseChain drops e's references to interned chain certificates.
 func (c *Cache) releaseChain(e *entry) {
-	chain := e.cert.Certificate
+	chain := e.chain
 	for i := 1; i < len(chain); i++ {
 		if in, ok := c.chains[string(chain[i])]; ok {
 			if in.refs--; in.refs == 0 {
@@ -476,31 +584,36 @@ func (c *Cache) Lookup(serverName string) (*tls.Certificate, bool) {
 	var exact, wild []*entry
 	if ns := c.nameSet(name); ns != nil {
 		exact = ns.exact
-		if e := currentlyValid(exact, now); e != nil {
-			return e.cert, true
+		if cert := c.firstUsable(exact, now, true); cert != nil {
+			return cert, true
 		}
 	}
 	if i := strings.IndexByte(name, '.'); i > 0 && i < len(name)-1 {
 		if ns := c.nameSet(name[i+1:]); ns != nil {
 			wild = ns.wild
-			if e := currentlyValid(wild, now); e != nil {
-				return e.cert, true
+			if cert := c.firstUsable(wild, now, true); cert != nil {
+				return cert, true
 			}
 		}
 	}
-	if len(exact) > 0 {
-		return exact[0].cert, true
+	if cert := c.firstUsable(exact, now, false); cert != nil {
+		return cert, true
 	}
-	if len(wild) > 0 {
-		return wild[0].cert, true
+	if cert := c.firstUsable(wild, now, false); cert != nil {
+		return cert, true
 	}
 	return nil, false
 }
 
-func currentlyValid(list []*entry, now time.Time) *entry {
+// firstUsable returns the first entry of list (latest expiry first) that
+// can serve a handshake; with valid set, only a currently valid one.
+func (c *Cache) firstUsable(list []*entry, now time.Time, valid bool) *tls.Certificate {
 	for _, e := range list {
-		if !now.Before(e.notBefore) && now.Before(e.notAfter) {
-			return e
+		if valid && (now.Before(e.notBefore) || !now.Before(e.notAfter)) {
+			continue
+		}
+		if cert, ok := c.certificate(e); ok {
+			return cert
 		}
 	}
 	return nil
@@ -594,7 +707,7 @@ func newCacheCollector(c *Cache) *cacheCollector {
 	return &cacheCollector{
 		c: c,
 		expiry: prometheus.NewDesc("singularity_edge_certificate_expiry_timestamp_seconds",
-			"Time the certificate expires (NotAfter), in seconds since the Unix epoch.", []string{"domain", "id"}, nil),
+			"Time the certificate expires (NotAfter), in seconds since the Unix epoch; for the soonest-expiring certificates only (CacheConfig.ExpirySeries).", []string{"domain", "id"}, nil),
 		count: prometheus.NewDesc("singularity_edge_certificates",
 			"Certificates loaded in the SNI cache, by provider.", []string{"provider"}, nil),
 		loadErrors: prometheus.NewDesc("singularity_edge_certificate_load_errors_total",
@@ -610,8 +723,21 @@ func (cc *cacheCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (cc *cacheCollector) Collect(ch chan<- prometheus.Metric) {
 	byProvider := map[string]int{}
-	for _, e := range cc.c.entries() {
+	entries := cc.c.entries()
+	for _, e := range entries {
 		byProvider[e.provider]++
+	}
+	// Per-certificate series for the soonest to expire only: they are
+	// what an expiry alert needs, and 100,000 series would make every
+	// scrape megabytes long.
+	n := min(cc.c.cfg.ExpirySeries, len(entries))
+	slices.SortFunc(entries, func(a, b *entry) int {
+		if c := a.notAfter.Compare(b.notAfter); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.id, b.id)
+	})
+	for _, e := range entries[:n] {
 		ch <- prometheus.MustNewConstMetric(cc.expiry, prometheus.GaugeValue, float64(e.notAfter.Unix()), e.domain, e.id)
 	}
 	for provider, n := range byProvider {

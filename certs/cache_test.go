@@ -298,11 +298,12 @@ func TestCacheReplaysChangesDuringLoad(t *testing.T) {
 	putCerts(t, s, rows...)
 	late := record(t, ca, key, "late", leafSpec{dns: []string{"late.example.com"}})
 	// onPage runs on Run's goroutine: report with t.Error, never t.Fatal.
+	committed := make(chan storage.Commit, 1)
 	src := &slowSource{Store: s, onPage: func(page int) {
 		if page != 1 {
 			return
 		}
-		_, err := s.Update(context.Background(), func(tx *storage.Tx) error {
+		commit, err := s.Update(context.Background(), func(tx *storage.Tx) error {
 			if err := tx.PutCertificate(late); err != nil {
 				return err
 			}
@@ -311,6 +312,7 @@ func TestCacheReplaysChangesDuringLoad(t *testing.T) {
 		if err != nil {
 			t.Error(err)
 		}
+		committed <- commit
 	}}
 	c := NewCache(CacheConfig{PageSize: 10}, src)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -320,7 +322,14 @@ func TestCacheReplaysChangesDuringLoad(t *testing.T) {
 		cancel()
 		<-done
 	}()
-	waitIndex(t, c, storage.Commit{Index: s.LastIndex()})
+	// Wait for the commit made during the load, not for the index at
+	// this moment: the load may not have reached that page yet.
+	select {
+	case commit := <-committed:
+		waitIndex(t, c, commit)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the load never reached its second page")
+	}
 	if _, ok := c.Lookup("late.example.com"); !ok {
 		t.Error("certificate added during the load is missing")
 	}

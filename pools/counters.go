@@ -39,11 +39,26 @@ type backendState struct {
 	checksPassed atomic.Int64
 	checksFailed atomic.Int64
 
+	// pool is the live state of the backend's pool, whose totals the
+	// request path keeps beside the backend's; nil outside a Manager.
+	pool atomic.Pointer[poolState]
+	// hist is the backend's own latency histogram when its pool has
+	// per-backend metrics; nil otherwise.
+	hist atomic.Pointer[backendHist]
+
+	// What the Manager last persisted of this backend, guarded by its
+	// persistMu: a hash of the observation without the check time, that
+	// time, and when it was written (Unix ns; 0 = never).
+	persistSum   uint64
+	persistCheck int64
+	persistAt    int64
+	persistMark  uint64 // activity fingerprint at the last persist
+
 	// mu guards the active-check bookkeeping below; only health checkers
 	// and readers of BackendState take it, never the request path.
 	mu        sync.Mutex
-	passes    int // consecutive passing checks
-	fails     int // consecutive failing checks
+	passes    int32 // consecutive passing checks
+	fails     int32 // consecutive failing checks
 	held      bool
 	lastCheck time.Time
 	lastError string
@@ -54,6 +69,19 @@ func newBackendState(addr string, held bool) *backendState {
 	s := &backendState{addr: addr, held: held}
 	s.healthy.Store(!held)
 	return s
+}
+
+// activity is a cheap fingerprint of what can change a backend's
+// observation: equal fingerprints mean nothing happened (no request began
+// or ended, no check ran), so persist skips the backend without building
+// its observation. It is a hash, so that a million backends keep 8 bytes
+// each, not 40.
+func (s *backendState) activity() uint64 {
+	h := mix64(uint64(s.ejections.Load()))
+	h = mix64(h ^ uint64(s.checksFailed.Load()))
+	h = mix64(h ^ uint64(s.checksPassed.Load()))
+	h = mix64(h ^ uint64(s.conns.Load()))
+	return mix64(h ^ uint64(s.requests.Load()))
 }
 
 // seed restores what this node last observed of the backend (before a
@@ -179,6 +207,10 @@ func (b *Backend) Begin() *Attempt {
 func (b *Backend) begin() time.Time {
 	b.live.conns.Add(1)
 	b.live.requests.Add(1)
+	if ps := b.live.pool.Load(); ps != nil {
+		ps.conns.Add(1)
+		ps.requests.Add(1)
+	}
 	return time.Now()
 }
 
@@ -193,6 +225,7 @@ func (a *Attempt) End(r Result) {
 	a.ended = true
 	b := a.b
 	s := b.live
+	ps := s.pool.Load()
 	s.conns.Add(-1)
 	if r.BytesIn != 0 {
 		s.bytesIn.Add(r.BytesIn)
@@ -205,14 +238,35 @@ func (a *Attempt) End(r Result) {
 		lat = time.Since(a.start)
 	}
 	s.observeLatency(lat)
+	if ps != nil {
+		ps.conns.Add(-1)
+		if r.BytesIn != 0 {
+			ps.bytesIn.Add(r.BytesIn)
+		}
+		if r.BytesOut != 0 {
+			ps.bytesOut.Add(r.BytesOut)
+		}
+		if ps.latency != nil {
+			ps.latency.Observe(lat.Seconds())
+		}
+	}
+	if h := s.hist.Load(); h != nil {
+		h.o.Observe(lat.Seconds())
+	}
 
 	switch outcomeOf(r) {
 	case outcomeFailure:
 		s.failures.Add(1)
+		if ps != nil {
+			ps.failures.Add(1)
+		}
 		if b.maxFails > 0 && s.consecFails.Add(1) >= b.maxFails {
 			s.consecFails.Store(0)
 			s.ejectedUntil.Store(time.Now().Add(b.cooldown).UnixNano())
 			s.ejections.Add(1)
+			if ps != nil {
+				ps.ejections.Add(1)
+			}
 		}
 	case outcomeSuccess:
 		if s.consecFails.Load() != 0 {

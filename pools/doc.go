@@ -19,14 +19,19 @@
 //     connections, totals, bytes, latency) that also drives passive health:
 //     consecutive failures eject a backend for a cooldown.
 //   - Active health checks (TCP connect or HTTP(S) GET) with rise/fall
-//     thresholds, one goroutine per backend.
+//     thresholds, run by one scheduler per agent under a budget of checks
+//     per second (healthsched.go): backends sharing an address and check
+//     share one probe, backends that stay down are checked less and less
+//     often, and transitions are logged once per pool and burst.
 //   - Manager: loads the store, follows its change feed, rebuilds the table
 //     (coalescing bursts), runs health checkers, persists this node's
 //     observations at a bounded rate (and deletes its observations of
 //     backends that left the table) and exposes stats and Prometheus
 //     metrics.
 //
-// Live per-backend state (counters and health) is keyed by backend id and
-// owned by the Manager, not by a Table, so that rebuilding the table after a
-// configuration change keeps counters and health as they were.
+// Live per-backend state (counters and health) hangs off the backends and
+// is carried from table to table by backend id, so that rebuilding the
+// table after a configuration change keeps counters and health as they
+// were. A rebuild rebuilds only the pools that changed; the others are
+// carried over as they are.
 package pools

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"time"
 
 	"go.uber.org/zap"
 )
@@ -82,31 +81,6 @@ func newChecker(pool string, b *Backend, hc healthConfig, log *zap.Logger) *chec
 	return c
 }
 
-// run checks after delay and then every interval until ctx ends.
-func (c *checker) run(ctx context.Context, delay time.Duration) {
-	timer := time.NewTimer(delay)
-	defer timer.Stop()
-	if c.client != nil {
-		defer c.client.CloseIdleConnections()
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-timer.C:
-		}
-		start := time.Now()
-		err := c.check(ctx)
-		if ctx.Err() != nil {
-			// Stopped mid-check (config change or shutdown): the result says
-			// nothing about the backend.
-			return
-		}
-		c.record(err, start)
-		timer.Reset(max(c.key.hc.Interval-time.Since(start), 0))
-	}
-}
-
 // check performs one probe and returns nil when it passes.
 func (c *checker) check(ctx context.Context) error {
 	hc := c.key.hc
@@ -140,48 +114,4 @@ func (c *checker) check(ctx context.Context) error {
 		return fmt.Errorf("status %d, expected 2xx or 3xx", resp.StatusCode)
 	}
 	return nil
-}
-
-// record applies one result to the rise/fall counters and flips the
-// healthy flag on a threshold.
-func (c *checker) record(err error, at time.Time) {
-	hc := c.key.hc
-	s := c.state
-	s.mu.Lock()
-	if s.addr != c.key.addr {
-		// The backend moved while this check ran; the verdict is about the
-		// old address.
-		s.mu.Unlock()
-		return
-	}
-	s.lastCheck = at
-	var transition string
-	if err == nil {
-		s.checksPassed.Add(1)
-		s.passes++
-		s.fails = 0
-		s.lastError = ""
-		// A held-back new backend joins on its first pass.
-		if !s.healthy.Load() && (s.passes >= hc.Rise || s.held) {
-			s.healthy.Store(true)
-			s.held = false
-			transition = "up"
-		}
-	} else {
-		s.checksFailed.Add(1)
-		s.fails++
-		s.passes = 0
-		s.lastError = err.Error()
-		if s.healthy.Load() && s.fails >= hc.Fall {
-			s.healthy.Store(false)
-			transition = "down"
-		}
-	}
-	s.mu.Unlock()
-	switch transition {
-	case "up":
-		c.log.Info("backend healthy", zap.Int("rise", hc.Rise))
-	case "down":
-		c.log.Warn("backend unhealthy", zap.Int("fall", hc.Fall), zap.Error(err))
-	}
 }

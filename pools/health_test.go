@@ -18,20 +18,19 @@ import (
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
-// startCheckers runs the active checker of every backend of p until the
-// test ends.
+// startCheckers runs the active checks of every backend of p (through
+// the scheduler the Manager uses) until the test ends.
 func startCheckers(t *testing.T, p *Pool) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
+	s := newHealthScheduler(HealthSchedule{Jitter: 0.01}, probeWith(zap.NewNop()), nil)
+	s.reconcile(&Table{pools: []*Pool{p}}, nil, false, time.Now())
 	var wg sync.WaitGroup
-	for _, b := range p.Backends() {
-		c := newChecker(p.Name, b, p.health, zap.NewNop())
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.run(ctx, 0)
-		}()
-	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.run(ctx)
+	}()
 	t.Cleanup(func() {
 		cancel()
 		wg.Wait()

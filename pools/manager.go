@@ -5,7 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
+	"hash/maphash"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/singularity-ng/singularity-edge/internal/ratelog"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
@@ -24,6 +25,10 @@ type Source interface {
 	// `after`, at most limit.
 	ListPools(ctx context.Context, after string, limit int) ([]storage.Pool, error)
 	ListBackends(ctx context.Context, after string, limit int) ([]storage.Backend, error)
+	// ListBackendsByPool returns the backends of pool with ids strictly
+	// after `after`, at most limit (an index scan: a rebuild of one pool
+	// reads that pool's rows only).
+	ListBackendsByPool(ctx context.Context, pool, after string, limit int) ([]storage.Backend, error)
 	// Observations returns nodeID's observations.
 	Observations(ctx context.Context, nodeID string) ([]storage.Observation, error)
 	// PutObservations writes this node's observations in one transaction.
@@ -61,7 +66,14 @@ type Config struct {
 	// change of a burst.
 	RebuildDelay time.Duration
 	// PageSize is the page size of the initial scans.
-	PageSize   int
+	PageSize int
+	// Health bounds the active health checks (see HealthSchedule).
+	Health HealthSchedule
+	// HealthLog aggregates health transitions into one line per pool and
+	// burst (see internal/ratelog).
+	HealthLog ratelog.Config
+	// Metrics chooses which series the Manager exports (see MetricsConfig).
+	Metrics    MetricsConfig
 	Logger     *zap.Logger
 	Registerer prometheus.Registerer // nil = no metrics
 }
@@ -74,6 +86,9 @@ func DefaultConfig() Config {
 		ObservationRefresh:  time.Minute,
 		RebuildDelay:        50 * time.Millisecond,
 		PageSize:            1000,
+		Health:              DefaultHealthSchedule(),
+		HealthLog:           ratelog.DefaultConfig(),
+		Metrics:             DefaultMetricsConfig(),
 		Logger:              zap.NewNop(),
 	}
 }
@@ -97,34 +112,31 @@ type Manager struct {
 
 	rebuilds atomic.Int64
 
-	// mu guards states and seeds, which rebuilds (Run goroutine) write.
-	mu     sync.Mutex
-	states map[string]*backendState
-	seeds  map[string]storage.Observation
+	// mu guards poolStates and seeds, which rebuilds (Run goroutine)
+	// write.
+	mu         sync.Mutex
+	poolStates map[string]*poolState
+	seeds      map[string]storage.Observation
 
-	// Owned by the Run goroutine.
-	checkers  map[string]*runningChecker
-	checkerWG sync.WaitGroup
+	// Owned by the Run goroutine: the pools' configuration and the pools
+	// whose backends changed since the last rebuild. Backend rows are not
+	// kept: the table holds what it needs, and a rebuild reads the rows of
+	// the changed pools from the store.
+	pools map[string]storage.Pool
+	dirty map[string]bool
 
-	persistMu     sync.Mutex
-	lastPersisted map[string]persisted
-	// stored holds the ids of the backends this node has an observation
-	// row of in the store (loaded at start, then written by persist), so
-	// that persist deletes the rows of backends that left the table.
-	stored map[string]bool
+	health    *healthScheduler
+	healthLog *ratelog.Logger
+
+	persistMu sync.Mutex
+	// gone holds the ids of backends that left the table while this node
+	// had (or may have had) an observation row of them in the store;
+	// persist deletes those rows.
+	gone     map[string]bool
+	obsSeed  maphash.Seed
+	lastTook time.Duration // duration of the last rebuild
 
 	collector *collector
-}
-
-// persisted is the last observation written for a backend and when.
-type persisted struct {
-	obs storage.Observation
-	at  time.Time
-}
-
-type runningChecker struct {
-	key    checkerKey
-	cancel context.CancelFunc
 }
 
 // NewManager returns a Manager over src. Its Table is empty until Run has
@@ -153,17 +165,21 @@ func NewManager(cfg Config, src Source) *Manager {
 		cfg.CookieKey = append([]byte(nil), cfg.CookieKey...)
 	}
 	m := &Manager{
-		cfg:           cfg,
-		src:           src,
-		log:           cfg.Logger,
-		ready:         make(chan struct{}),
-		states:        make(map[string]*backendState),
-		checkers:      make(map[string]*runningChecker),
-		lastPersisted: make(map[string]persisted),
-		stored:        make(map[string]bool),
+		cfg:        cfg,
+		src:        src,
+		log:        cfg.Logger,
+		ready:      make(chan struct{}),
+		poolStates: make(map[string]*poolState),
+		pools:      make(map[string]storage.Pool),
+		dirty:      make(map[string]bool),
+		gone:       make(map[string]bool),
+		obsSeed:    maphash.MakeSeed(),
 	}
 	m.table.Store(EmptyTable())
-	m.collector = newCollector(m.Table, m.rebuilds.Load)
+	m.healthLog = ratelog.New(cfg.HealthLog, cfg.Logger)
+	m.health = newHealthScheduler(cfg.Health, probeWith(cfg.Logger), m.logTransition)
+	m.collector = newCollector(m.Table, m.rebuilds.Load, cfg.Metrics)
+	m.collector.targets = m.health.targetCount
 	return m
 }
 
@@ -220,7 +236,8 @@ func (m *Manager) Run(ctx context.Context) error {
 	// The index is read before the scans: anything committed during them
 	// is delivered again by the feed, and applying a row twice is harmless.
 	index := m.src.LastIndex()
-	pools, backends, err := m.load(ctx)
+	start := time.Now()
+	byPool, nBackends, err := m.load(ctx)
 	if err != nil {
 		return err
 	}
@@ -236,26 +253,45 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 	}
 	m.mu.Unlock()
-	m.persistMu.Lock()
-	for _, o := range obs {
-		if o.NodeID == m.cfg.NodeID {
-			m.stored[o.BackendID] = true
-		}
-	}
-	m.persistMu.Unlock()
+	obs = nil
 
 	checkCtx, stopChecks := context.WithCancel(ctx)
+	var checkWG sync.WaitGroup
 	defer func() {
 		stopChecks()
-		m.checkerWG.Wait()
+		checkWG.Wait()
 	}()
 
-	m.rebuild(checkCtx, pools, backends, true)
+	m.rebuild(ctx, byPool, true)
+	byPool = nil
+	m.persistMu.Lock()
 	m.mu.Lock()
+	// Observation rows of backends that are no longer configured go at
+	// the first persist: the seeds left once the table's backends are
+	// crossed out.
+	for _, p := range m.table.Load().pools {
+		for _, b := range p.backends {
+			delete(m.seeds, b.ID)
+		}
+	}
+	for id := range m.seeds {
+		m.gone[id] = true
+	}
 	m.seeds = nil // only a restart seeds; later backends start fresh
 	m.mu.Unlock()
+	m.persistMu.Unlock()
 	close(m.ready)
-	m.log.Info("routing table loaded", zap.Int("pools", len(pools)), zap.Int("backends", len(backends)), zap.Uint64("index", index))
+	checkWG.Add(2)
+	go func() {
+		defer checkWG.Done()
+		m.health.run(checkCtx)
+	}()
+	go func() {
+		defer checkWG.Done()
+		m.healthLog.Run(checkCtx)
+	}()
+	m.log.Info("routing table loaded", zap.Int("pools", len(m.pools)), zap.Int("backends", nBackends),
+		zap.Uint64("index", index), zap.Duration("took", time.Since(start).Round(time.Millisecond)))
 
 	persistCtx, stopPersist := context.WithCancel(ctx)
 	var persistWG sync.WaitGroup
@@ -303,64 +339,91 @@ func (m *Manager) Run(ctx context.Context) error {
 				return fmt.Errorf("pools: change feed ended after index %d: %w", lastIdx, err)
 			}
 			lastIdx = ev.Index
-			if m.apply(ev, pools, backends) && timerC == nil {
+			if m.apply(ev) && timerC == nil {
+				// A rebuild costs in proportion to the changed pools plus
+				// a pass over the health targets; under a stream of
+				// writes at scale, waiting as long as the last one took
+				// keeps rebuilds to at most half of a core.
+				delay := max(m.cfg.RebuildDelay, m.lastTook)
 				if timer == nil {
-					timer = time.NewTimer(m.cfg.RebuildDelay)
+					timer = time.NewTimer(delay)
 				} else {
-					timer.Reset(m.cfg.RebuildDelay)
+					timer.Reset(delay)
 				}
 				timerC = timer.C
 			}
 		case <-timerC:
 			timerC = nil
-			m.rebuild(checkCtx, pools, backends, false)
+			m.rebuild(ctx, nil, false)
 		}
 	}
 }
 
-// load scans every pool and backend page by page.
-func (m *Manager) load(ctx context.Context) (map[string]storage.Pool, map[string]storage.Backend, error) {
-	pools := make(map[string]storage.Pool)
+// load scans every pool and backend page by page, once: the pools into
+// m.pools, the backends grouped by pool for the first table.
+func (m *Manager) load(ctx context.Context) (map[string][]storage.Backend, int, error) {
 	for after := ""; ; {
 		page, err := m.src.ListPools(ctx, after, m.cfg.PageSize)
 		if err != nil {
-			return nil, nil, fmt.Errorf("pools: list pools: %w", err)
+			return nil, 0, fmt.Errorf("pools: list pools: %w", err)
 		}
 		for _, p := range page {
-			pools[p.Name] = p
+			m.pools[p.Name] = p
 		}
 		if len(page) < m.cfg.PageSize {
 			break
 		}
 		after = page[len(page)-1].Name
 	}
-	backends := make(map[string]storage.Backend)
+	byPool := make(map[string][]storage.Backend, len(m.pools))
+	n := 0
 	for after := ""; ; {
 		page, err := m.src.ListBackends(ctx, after, m.cfg.PageSize)
 		if err != nil {
-			return nil, nil, fmt.Errorf("pools: list backends: %w", err)
+			return nil, 0, fmt.Errorf("pools: list backends: %w", err)
 		}
 		for _, b := range page {
-			backends[b.ID] = b
+			byPool[b.PoolName] = append(byPool[b.PoolName], b)
 		}
+		n += len(page)
 		if len(page) < m.cfg.PageSize {
 			break
 		}
 		after = page[len(page)-1].ID
 	}
-	return pools, backends, nil
+	for name := range m.pools {
+		m.dirty[name] = true
+	}
+	return byPool, n, nil
 }
 
-// apply folds one committed change set into the configuration maps and
-// reports whether pools or backends changed.
-func (m *Manager) apply(ev storage.Event, pools map[string]storage.Pool, backends map[string]storage.Backend) bool {
+// backendsOf reads the backends of pool from the store.
+func (m *Manager) backendsOf(ctx context.Context, pool string) ([]storage.Backend, error) {
+	var out []storage.Backend
+	for after := ""; ; {
+		page, err := m.src.ListBackendsByPool(ctx, pool, after, m.cfg.PageSize)
+		if err != nil {
+			return nil, fmt.Errorf("pools: list backends of pool %q: %w", pool, err)
+		}
+		out = append(out, page...)
+		if len(page) < m.cfg.PageSize {
+			return out, nil
+		}
+		after = page[len(page)-1].ID
+	}
+}
+
+// apply folds one committed change set into the pools' configuration and
+// the set of changed pools, and reports whether anything changed.
+func (m *Manager) apply(ev storage.Event) bool {
 	changed := false
 	for _, c := range ev.Set.Changes {
 		switch c.Table {
 		case storage.TablePools:
 			changed = true
+			m.dirty[c.Key] = true
 			if c.Deleted {
-				delete(pools, c.Key)
+				delete(m.pools, c.Key)
 				continue
 			}
 			p, err := c.Pool()
@@ -368,11 +431,17 @@ func (m *Manager) apply(ev storage.Event, pools map[string]storage.Pool, backend
 				m.log.Error("undecodable pool in change feed", zap.String("key", c.Key), zap.Uint64("index", ev.Index), zap.Error(err))
 				continue
 			}
-			pools[p.Name] = p
+			m.pools[p.Name] = p
 		case storage.TableBackends:
 			changed = true
+			// The pool the backend was in: the table's (a bare key is
+			// all a delete carries). A backend added since the last
+			// rebuild is not in the table, but its pool is dirty already
+			// and will be read afresh from the store.
+			if old := m.table.Load().Backend(c.Key); old != nil {
+				m.dirty[old.PoolName] = true
+			}
 			if c.Deleted {
-				delete(backends, c.Key)
 				continue
 			}
 			b, err := c.Backend()
@@ -380,55 +449,119 @@ func (m *Manager) apply(ev storage.Event, pools map[string]storage.Pool, backend
 				m.log.Error("undecodable backend in change feed", zap.String("key", c.Key), zap.Uint64("index", ev.Index), zap.Error(err))
 				continue
 			}
-			backends[b.ID] = b
+			m.dirty[b.PoolName] = true
 		}
 	}
 	return changed
 }
 
-// rebuild builds a table from the configuration maps, swaps it in, forgets
-// the live state of removed backends and reconciles health checkers.
-func (m *Manager) rebuild(ctx context.Context, pools map[string]storage.Pool, backends map[string]storage.Backend, initial bool) {
-	ps := make([]storage.Pool, 0, len(pools))
-	for _, p := range pools {
+// rebuild builds a table from the previous one: pools that did not change
+// are carried over as they are, changed ones are rebuilt from their rows
+// (from rows when given, else read from the store). It swaps the table
+// in, notes the backends that left it and reconciles the health checks.
+func (m *Manager) rebuild(ctx context.Context, rows map[string][]storage.Backend, initial bool) {
+	start := time.Now()
+	prev := m.table.Load()
+	ps := make([]storage.Pool, 0, len(m.pools))
+	for _, p := range m.pools {
 		ps = append(ps, p)
 	}
-	bs := make([]storage.Backend, 0, len(backends))
-	for _, b := range backends {
-		bs = append(bs, b)
+	changed := make(map[string][]storage.Backend, len(m.dirty))
+	for name := range m.dirty {
+		if _, ok := m.pools[name]; !ok {
+			continue
+		}
+		if rows != nil {
+			changed[name] = rows[name]
+			continue
+		}
+		bs, err := m.backendsOf(ctx, name)
+		if err != nil {
+			// Keep the pool as it was; the next change retries it.
+			m.log.Error("cannot read the backends of a changed pool; it keeps its previous backends", zap.String("pool", name), zap.Error(err))
+			continue
+		}
+		changed[name] = bs
 	}
 	fresh := make(map[string]bool)
-	t := buildTable(ps, bs, TableOptions{Region: m.cfg.Region, CookieKey: m.cfg.CookieKey}, m.table.Load(),
-		func(b *storage.Backend, p *storage.Pool) *backendState {
-			s, isNew := m.stateFor(b, p)
-			if isNew {
-				fresh[b.ID] = true
-			}
-			return s
-		})
+	opts := TableOptions{Region: m.cfg.Region, CookieKey: m.cfg.CookieKey, poolState: m.poolStateFor}
+	t := rebuildTable(ps, changed, opts, prev, func(b *storage.Backend, p *storage.Pool) *backendState {
+		s, isNew := m.stateFor(prev, b, p)
+		if isNew {
+			fresh[b.ID] = true
+		}
+		return s
+	})
 	m.table.Store(t)
 	m.rebuilds.Add(1)
+	for name := range changed {
+		delete(m.dirty, name)
+	}
+	for name := range m.dirty {
+		if _, ok := m.pools[name]; !ok {
+			delete(m.dirty, name)
+		}
+	}
+	m.noteRemoved(prev, t)
 
 	m.mu.Lock()
-	for id := range m.states {
-		if t.backends[id] == nil {
-			delete(m.states, id)
+	for name := range m.poolStates {
+		if t.byName[name] == nil {
+			delete(m.poolStates, name)
 		}
 	}
 	m.mu.Unlock()
 
-	m.reconcileCheckers(ctx, t, fresh, initial)
-	m.log.Debug("routing table rebuilt", zap.Int("pools", len(t.pools)), zap.Int("backends", len(t.backends)))
+	m.health.reconcile(t, fresh, initial, time.Now())
+	m.collector.forget(t)
+	m.lastTook = time.Since(start)
+	m.log.Debug("routing table rebuilt", zap.Int("pools", len(t.pools)), zap.Int("changed", len(changed)),
+		zap.Duration("took", m.lastTook))
 }
 
-// stateFor returns the live state of a backend, creating it (seeded from
-// this node's last observation, if any) the first time the id is seen.
-// isNew also reports a state reset because the address changed.
-func (m *Manager) stateFor(b *storage.Backend, p *storage.Pool) (s *backendState, isNew bool) {
+// noteRemoved records, for persist, the backends of prev that are not in
+// t: their observation rows are deleted.
+func (m *Manager) noteRemoved(prev, t *Table) {
+	var gone []string
+	for _, pp := range prev.pools {
+		np := t.byName[pp.Name]
+		if np == pp {
+			continue
+		}
+		for _, b := range pp.backends {
+			if np == nil || np.byID[b.ID] == nil {
+				gone = append(gone, b.ID)
+			}
+		}
+	}
+	if len(gone) == 0 {
+		return
+	}
+	m.persistMu.Lock()
+	for _, id := range gone {
+		m.gone[id] = true
+	}
+	m.persistMu.Unlock()
+}
+
+// stateFor returns the live state of a backend: the one it had in prev
+// (in its pool, or in another pool it moved from), or a new one seeded
+// from this node's last observation, if any, the first time the id is
+// seen. isNew also reports a state reset because the address changed.
+func (m *Manager) stateFor(prev *Table, b *storage.Backend, p *storage.Pool) (s *backendState, isNew bool) {
 	addr := backendAddr(b)
+	var old *Backend
+	if pp := prev.byName[p.Name]; pp != nil {
+		old = pp.byID[b.ID]
+	}
+	if old == nil {
+		old = prev.Backend(b.ID) // moved from another pool
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if s = m.states[b.ID]; s != nil {
+	if old != nil {
+		s = old.live
+		s.pool.Store(m.poolStateLocked(p.Name))
 		s.mu.Lock()
 		moved := s.addr != addr
 		s.mu.Unlock()
@@ -441,48 +574,32 @@ func (m *Manager) stateFor(b *storage.Backend, p *storage.Pool) (s *backendState
 	s = newBackendState(addr, p.HoldNewBackends)
 	if o, ok := m.seeds[b.ID]; ok {
 		s.seed(o)
+		// What was persisted is what the store holds: a restart does not
+		// rewrite every row. (persistMu is not needed: persist starts
+		// after the first table.)
+		at := max(o.UpdatedAt.UnixNano(), 1)
+		o.CurrentConnections, o.UpdatedAt, o.Version = 0, time.Time{}, storage.Version{}
+		s.persistSum, s.persistCheck, s.persistAt = m.observationSum(o), o.LastCheck.UnixNano(), at
 	}
-	m.states[b.ID] = s
+	s.pool.Store(m.poolStateLocked(p.Name))
 	return s, true
 }
 
-// reconcileCheckers starts a checker per backend, replaces those whose
-// target or settings changed and stops those of removed backends. On the
-// initial load checks are spread over one interval; a backend added or
-// moved later is checked at once.
-func (m *Manager) reconcileCheckers(ctx context.Context, t *Table, fresh map[string]bool, initial bool) {
-	seen := make(map[string]bool, len(t.backends))
-	for _, p := range t.pools {
-		for _, b := range p.backends {
-			seen[b.ID] = true
-			key := newCheckerKey(b, p.health)
-			rc := m.checkers[b.ID]
-			if rc != nil && rc.key == key && !fresh[b.ID] {
-				continue
-			}
-			if rc != nil {
-				rc.cancel()
-			}
-			delay := time.Duration(0)
-			if initial && !isHeld(b.live) {
-				delay = time.Duration(mrand.Int64N(int64(p.health.Interval)))
-			}
-			cctx, cancel := context.WithCancel(ctx)
-			c := newChecker(p.Name, b, p.health, m.log)
-			m.checkers[b.ID] = &runningChecker{key: key, cancel: cancel}
-			m.checkerWG.Add(1)
-			go func() {
-				defer m.checkerWG.Done()
-				c.run(cctx, delay)
-			}()
-		}
+// poolStateFor returns the live state of pool name, creating it the first
+// time the pool is seen.
+func (m *Manager) poolStateFor(name string) *poolState {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.poolStateLocked(name)
+}
+
+func (m *Manager) poolStateLocked(name string) *poolState {
+	ps := m.poolStates[name]
+	if ps == nil {
+		ps = m.collector.newPoolState(name)
+		m.poolStates[name] = ps
 	}
-	for id, rc := range m.checkers {
-		if !seen[id] {
-			rc.cancel()
-			delete(m.checkers, id)
-		}
-	}
+	return ps
 }
 
 func isHeld(s *backendState) bool {
@@ -510,52 +627,77 @@ func (m *Manager) persistLoop(ctx context.Context) {
 // write and deletes this node's observations of backends no longer in the
 // routing table (deleted, or their pool is gone), so that rows of removed
 // backends do not accumulate. A backend that comes back is observed and
-// written afresh.
+// written afresh. What was last written is kept per backend as a hash in
+// its live state, not as a copy of the row.
 func (m *Manager) persist(ctx context.Context) error {
 	m.persistMu.Lock()
 	defer m.persistMu.Unlock()
 	t := m.table.Load()
 	now := time.Now().UTC()
-	ids := make([]string, 0, len(t.backends))
-	for id := range t.backends {
-		ids = append(ids, id)
+	type pending struct {
+		obs  storage.Observation
+		s    *backendState
+		sum  uint64
+		mark uint64
 	}
-	sort.Strings(ids)
-	var changed []storage.Observation
-	for _, id := range ids {
-		o := m.observation(t.backends[id])
-		if last, ok := m.lastPersisted[id]; ok && sameObservation(last.obs, o) &&
-			(last.obs.LastCheck.Equal(o.LastCheck) || now.Sub(last.at) < m.cfg.ObservationRefresh) {
-			continue
-		}
-		changed = append(changed, o)
-	}
-	for id := range m.lastPersisted {
-		if t.backends[id] == nil {
-			delete(m.lastPersisted, id)
+	var changed []pending
+	for _, p := range t.pools {
+		for _, b := range p.backends {
+			s := b.live
+			mark := s.activity()
+			if s.persistAt != 0 && mark == s.persistMark {
+				continue
+			}
+			o := m.observation(b)
+			if s.persistAt == 0 && o.LastCheck.IsZero() && o.TotalRequests == 0 {
+				// Never checked nor used here: this node has no view of
+				// it yet. (After an import of a million backends, writing
+				// a million empty rows at once would be the agent's
+				// largest job.)
+				s.persistMark = mark
+				continue
+			}
+			sum := m.observationSum(o)
+			if s.persistAt != 0 && s.persistSum == sum {
+				if s.persistCheck == o.LastCheck.UnixNano() {
+					// The store has all of it: skip cheaply until the
+					// next activity.
+					s.persistMark = mark
+					continue
+				}
+				if now.UnixNano()-s.persistAt < int64(m.cfg.ObservationRefresh) {
+					// Only the check time is new: written at the refresh.
+					continue
+				}
+			}
+			changed = append(changed, pending{obs: o, s: s, sum: sum, mark: mark})
 		}
 	}
 	for len(changed) > 0 {
 		n := min(len(changed), observationBatch)
 		batch := make([]storage.Observation, n)
-		copy(batch, changed[:n])
 		for i := range batch {
+			batch[i] = changed[i].obs
 			batch[i].UpdatedAt = now
 		}
 		if err := m.src.PutObservations(ctx, batch); err != nil {
 			return fmt.Errorf("pools: put %d observations: %w", n, err)
 		}
-		for _, o := range changed[:n] {
-			m.lastPersisted[o.BackendID] = persisted{obs: o, at: now}
-			m.stored[o.BackendID] = true
+		for _, c := range changed[:n] {
+			c.s.persistSum, c.s.persistCheck, c.s.persistAt = c.sum, c.obs.LastCheck.UnixNano(), now.UnixNano()
+			c.s.persistMark = c.mark
+			delete(m.gone, c.obs.BackendID)
 		}
 		changed = changed[n:]
 	}
 
 	var gone []string
-	for id := range m.stored {
-		if t.backends[id] == nil {
+	for id := range m.gone {
+		if t.Backend(id) == nil {
 			gone = append(gone, id)
+		} else {
+			// It moved to another pool and is observed there.
+			delete(m.gone, id)
 		}
 	}
 	sort.Strings(gone)
@@ -565,18 +707,20 @@ func (m *Manager) persist(ctx context.Context) error {
 			return fmt.Errorf("pools: delete %d observations of removed backends: %w", n, err)
 		}
 		for _, id := range gone[:n] {
-			delete(m.stored, id)
+			delete(m.gone, id)
 		}
 		gone = gone[n:]
 	}
 	return nil
 }
 
-// sameObservation compares two views of a backend, ignoring the time of
-// the last check.
-func sameObservation(a, b storage.Observation) bool {
-	a.LastCheck, b.LastCheck = time.Time{}, time.Time{}
-	return a == b
+// observationSum hashes an observation without the time and the error of
+// the last check: a row whose only news is the latest check (a backend
+// that is still down says "connection refused" again) is rewritten every
+// ObservationRefresh, not every ObservationInterval.
+func (m *Manager) observationSum(o storage.Observation) uint64 {
+	o.LastCheck, o.LastError = time.Time{}, ""
+	return maphash.Comparable(m.obsSeed, o)
 }
 
 // observation is this node's view of b, without UpdatedAt and Version so
@@ -598,4 +742,16 @@ func (m *Manager) observation(b *Backend) storage.Observation {
 		LastCheck:          st.LastCheck.UTC(),
 		LastError:          st.LastError,
 	}
+}
+
+// logTransition reports a health verdict that flipped, aggregated per pool
+// and direction: a burst of failures is one line with a count.
+func (m *Manager) logTransition(b *Backend, up bool, hc *healthConfig, err error) {
+	if up {
+		m.healthLog.Event(zap.InfoLevel, "up\x00"+b.PoolName, "backend healthy", b.ID, nil,
+			zap.String("pool", b.PoolName), zap.Int("rise", hc.Rise))
+		return
+	}
+	m.healthLog.Event(zap.WarnLevel, "down\x00"+b.PoolName, "backend unhealthy", b.ID, err,
+		zap.String("pool", b.PoolName), zap.Int("fall", hc.Fall))
 }

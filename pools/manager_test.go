@@ -3,6 +3,7 @@ package pools
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -127,7 +128,9 @@ func TestManagerFollowsStore(t *testing.T) {
 	putBackend(t, st, storage.Backend{ID: "b2", PoolName: "web", Host: "127.0.0.1", Port: ln2.Addr().(*net.TCPAddr).Port})
 
 	reg := prometheus.NewRegistry()
-	m := NewManager(testManagerConfig(t, st, reg), st)
+	cfg := testManagerConfig(t, st, reg)
+	cfg.Metrics.BackendPools = []string{"web"} // per-backend series for web only
+	m := NewManager(cfg, st)
 	if m.Table() == nil || m.Table().Lookup("web.example.com") != nil {
 		t.Fatal("table before Run is not empty")
 	}
@@ -215,7 +218,11 @@ func TestManagerFollowsStore(t *testing.T) {
 		value float64
 		label []string
 	}{
-		{"singularity_edge_backend_requests_total", 6, []string{"pool=web", "backend=b1"}},
+		{"singularity_edge_backend_requests_total", 6, []string{"pool=web", "backend=b1", "address=" + ln1.Addr().String()}},
+		{"singularity_edge_pool_requests_total", 6, []string{"pool=web"}},
+		{"singularity_edge_pool_active_connections", 0, []string{"pool=web"}},
+		{"singularity_edge_pool_received_bytes_total", 50, []string{"pool=web"}},
+		{"singularity_edge_pool_requests_total", 0, []string{"pool=api"}},
 		{"singularity_edge_backend_up", 1, []string{"pool=web", "backend=b1"}},
 		{"singularity_edge_backend_up", 0, []string{"pool=web", "backend=b2"}},
 		{"singularity_edge_backend_active_connections", 0, []string{"pool=web", "backend=b1"}},
@@ -231,6 +238,17 @@ func TestManagerFollowsStore(t *testing.T) {
 	}
 	if v, ok := metrics.value("singularity_edge_backend_health_checks_total", "pool=web", "backend=b2", "result=fail"); !ok || v < 1 {
 		t.Errorf("failed health checks of b2 = %v %v", v, ok)
+	}
+	// api did not opt in: no series of its backends.
+	if _, ok := metrics.value("singularity_edge_backend_up", "pool=api"); ok {
+		t.Error("per-backend series for a pool that did not opt in")
+	}
+	// Latency is a histogram per pool, with the six requests that ended.
+	if n := histogramCount(metrics, "singularity_edge_pool_request_duration_seconds", "pool=web"); n != 6 {
+		t.Errorf("web latency histogram count = %d, want 6", n)
+	}
+	if n := histogramCount(metrics, "singularity_edge_backend_request_duration_seconds", "pool=web", "backend=b1"); n != 6 {
+		t.Errorf("b1 latency histogram count = %d, want 6", n)
 	}
 
 	// Observations reach the store: b1's counters, b2's health.
@@ -270,9 +288,51 @@ func TestManagerFollowsStore(t *testing.T) {
 	waitFor(t, 10*time.Second, "deleted pool gone", func() bool {
 		return m.Table().Lookup("v1.api.example.com") == nil && m.Table().Pool("api") == nil
 	})
-	if _, ok := gather(t, reg).value("singularity_edge_backend_up", "pool=web", "backend=b2"); ok {
+	after := gather(t, reg)
+	if _, ok := after.value("singularity_edge_backend_up", "pool=web", "backend=b2"); ok {
 		t.Error("metrics still report the deleted backend")
 	}
+	if after.has("pool=api") {
+		t.Error("metrics still report the deleted pool api")
+	}
+	if after.has("backend=b2") {
+		t.Error("metrics still report the deleted backend b2")
+	}
+}
+
+// has reports whether any series carries the label pair.
+func (g gathered) has(label string) bool {
+	k, v, _ := strings.Cut(label, "=")
+	for _, ms := range g {
+		for _, m := range ms {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == k && l.GetValue() == v {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// histogramCount is the sample count of the histogram whose labels include
+// every pair; -1 when there is none.
+func histogramCount(g gathered, name string, labels ...string) int64 {
+	for _, m := range g[name] {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		match := true
+		for _, l := range labels {
+			k, v, _ := strings.Cut(l, "=")
+			match = match && have[k] == v
+		}
+		if match && m.GetHistogram() != nil {
+			return int64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	return -1
 }
 
 func TestManagerCoalescesBursts(t *testing.T) {
@@ -377,6 +437,13 @@ func TestManagerRestartSeedsFromObservations(t *testing.T) {
 		if b := mustPick(t, tbl.Pool("p"), PickRequest{}); b.ID != "up" {
 			t.Fatalf("picked %s", b.ID)
 		}
+	}
+	// What was seeded is what the store holds: the restarted manager
+	// rewrites nothing while nothing changes.
+	idx := st.LastIndex()
+	time.Sleep(5 * m2.cfg.ObservationInterval)
+	if got := st.LastIndex(); got != idx {
+		t.Errorf("restart rewrote unchanged observations: commit index %d -> %d", idx, got)
 	}
 }
 
@@ -533,6 +600,10 @@ func TestManagerDeletesObservationsOfRemovedBackends(t *testing.T) {
 	}
 	m := NewManager(testManagerConfig(t, st, nil), st)
 	stop := runManager(t, m)
+	// Checks run hourly: traffic gives this node a view of each backend.
+	for _, id := range []string{"keep", "drop", "later"} {
+		m.Table().Backend(id).Begin().End(Result{Status: 200})
+	}
 	waitFor(t, 10*time.Second, "observations of all three backends", func() bool { return len(stored("node-a")) == 3 })
 
 	update(t, st, func(tx *storage.Tx) error { return tx.DeleteBackend("drop") })
@@ -570,4 +641,70 @@ func openPeerStore(t *testing.T, node string) *storage.Store {
 	}
 	t.Cleanup(func() { _ = st.Close() })
 	return st
+}
+
+func TestManagerRebuildsOnlyChangedPools(t *testing.T) {
+	st := openStore(t, t.TempDir())
+	for _, name := range []string{"a", "b"} {
+		putPool(t, st, storage.Pool{Name: name, Hosts: []string{name + ".example.com"}})
+		for i := range 3 {
+			putBackend(t, st, storage.Backend{ID: fmt.Sprintf("%s%d", name, i), PoolName: name, Host: "127.0.0.1", Port: 1000 + i})
+		}
+	}
+	m := NewManager(testManagerConfig(t, st, nil), st)
+	runManager(t, m)
+	before := m.Table()
+	a, b := before.Pool("a"), before.Pool("b")
+	if a == nil || b == nil || len(a.Backends()) != 3 {
+		t.Fatalf("loaded table: %v %v", a, b)
+	}
+	a0 := a.Backend("a0")
+	a0.Begin().End(Result{Status: 200})
+
+	// A new backend in a: a is rebuilt, b is carried over as it was.
+	putBackend(t, st, storage.Backend{ID: "a9", PoolName: "a", Host: "127.0.0.1", Port: 1999})
+	waitFor(t, 10*time.Second, "a9 in the table", func() bool { return m.Table().Backend("a9") != nil })
+	after := m.Table()
+	if after.Pool("b") != b {
+		t.Error("pool b was rebuilt for a change to pool a")
+	}
+	if after.Pool("a") == a || len(after.Pool("a").Backends()) != 4 {
+		t.Errorf("pool a not rebuilt: %d backends", len(after.Pool("a").Backends()))
+	}
+	if got := after.Backend("a0").State().TotalRequests; got != 1 {
+		t.Errorf("a0 lost its counters in the rebuild: %d requests", got)
+	}
+
+	// A backend moving from a to b keeps its counters and leaves a.
+	putBackend(t, st, storage.Backend{ID: "a0", PoolName: "b", Host: "127.0.0.1", Port: 1000})
+	waitFor(t, 10*time.Second, "a0 in b", func() bool { return m.Table().Pool("b").Backend("a0") != nil })
+	if m.Table().Pool("a").Backend("a0") != nil {
+		t.Error("a0 is in both pools")
+	}
+	if got := m.Table().Backend("a0").State().TotalRequests; got != 1 {
+		t.Errorf("a0 lost its counters moving pools: %d requests", got)
+	}
+}
+
+func TestManagerWritesNoObservationBeforeItObserves(t *testing.T) {
+	st := openStore(t, t.TempDir())
+	putPool(t, st, storage.Pool{Name: "p", HealthCheckInterval: time.Hour})
+	for i := range 3 {
+		putBackend(t, st, storage.Backend{ID: fmt.Sprintf("b%d", i), PoolName: "p", Host: "127.0.0.1", Port: 2000 + i})
+	}
+	m := NewManager(testManagerConfig(t, st, nil), st)
+	runManager(t, m)
+	count := func() int {
+		obs, err := st.Observations(context.Background(), st.NodeID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(obs)
+	}
+	time.Sleep(5 * m.cfg.ObservationInterval)
+	if n := count(); n != 0 {
+		t.Fatalf("%d observations written for backends this node never checked nor used", n)
+	}
+	m.Table().Backend("b1").Begin().End(Result{Status: 200})
+	waitFor(t, 10*time.Second, "the used backend's observation", func() bool { return count() == 1 })
 }

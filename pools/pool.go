@@ -127,6 +127,7 @@ type Pool struct {
 
 	backends      []*Backend // sorted by id
 	byID          map[string]*Backend
+	state         *poolState // nil outside a Manager
 	algo          algorithm
 	health        healthConfig
 	hashHeader    string
@@ -227,6 +228,9 @@ func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []
 	if p.stickyCookie != "" {
 		p.stickyByValue = make(map[string]*Backend, len(bs))
 	}
+	// Scheme and region repeat across a pool's backends; each row decoded
+	// its own copy.
+	names := make(map[string]string)
 	for i := range bs {
 		sb := &bs[i]
 		if sb.ID == "" || p.byID[sb.ID] != nil {
@@ -234,12 +238,12 @@ func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []
 		}
 		b := &Backend{
 			ID:        sb.ID,
-			PoolName:  sb.PoolName,
+			PoolName:  p.Name, // one string per pool, not per backend row
 			Host:      sb.Host,
 			Port:      sb.Port,
 			Addr:      backendAddr(sb),
-			Scheme:    sb.Scheme,
-			Region:    sb.Region,
+			Scheme:    intern(names, sb.Scheme),
+			Region:    intern(names, sb.Region),
 			Weight:    max(sb.Weight, 1),
 			SSLVerify: sb.SSLVerify,
 			Draining:  sb.Draining,
@@ -248,6 +252,10 @@ func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []
 			maxFails:  int64(p.health.MaxFails),
 			cooldown:  p.health.Cooldown,
 			hashSeed:  mix64(fnv64(sb.ID)),
+		}
+		if b.live.addr == b.Addr {
+			// One copy of the address string per backend, not two.
+			b.Addr = b.live.addr
 		}
 		if b.Scheme == "" {
 			b.Scheme = "http"
@@ -278,6 +286,15 @@ func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []
 		}
 	}
 	return p
+}
+
+// intern returns the copy of s in names, adding it the first time.
+func intern(names map[string]string, s string) string {
+	if v, ok := names[s]; ok {
+		return v
+	}
+	names[s] = s
+	return s
 }
 
 func cutPrefixFold(s, prefix string) (string, bool) {

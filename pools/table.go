@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,6 +24,10 @@ type TableOptions struct {
 	// honours the others' cookies. Empty: a random key for this table only
 	// (fine for tests; the Manager always passes a key).
 	CookieKey []byte
+
+	// poolState returns the live state of a pool (the Manager's, which
+	// outlives tables); nil: pools keep no totals of their own.
+	poolState func(name string) *poolState
 }
 
 // Table is an immutable routing snapshot: host names to pools, pools to
@@ -34,7 +39,6 @@ type Table struct {
 	exact       map[string]*Pool
 	wildcard    map[string]*Pool // key: the part after "*."
 	defaultPool *Pool
-	backends    map[string]*Backend
 	region      string
 }
 
@@ -65,9 +69,49 @@ func EmptyTable() *Table {
 	return buildTable(nil, nil, TableOptions{}, nil, nil)
 }
 
-// buildTable builds a table. prev, the table it replaces (nil: none), lends
-// its lookup tables to pools whose backends did not change.
+// buildTable builds a table from every pool and backend. prev, the table
+// it replaces (nil: none), lends its lookup tables to pools whose
+// backends did not change. A backend id listed under several pools goes to
+// the first pool by name.
 func buildTable(pools []storage.Pool, backends []storage.Backend, opts TableOptions, prev *Table, stateFor stateResolver) *Table {
+	names := make([]string, 0, len(pools))
+	for _, p := range pools {
+		names = append(names, p.Name)
+	}
+	sort.Strings(names)
+	rank := make(map[string]int, len(names))
+	for i, n := range names {
+		if _, ok := rank[n]; !ok {
+			rank[n] = i
+		}
+	}
+	owner := make(map[string]string, len(backends))
+	for _, b := range backends {
+		r, ok := rank[b.PoolName]
+		if !ok {
+			continue
+		}
+		if cur, taken := owner[b.ID]; !taken || r < rank[cur] {
+			owner[b.ID] = b.PoolName
+		}
+	}
+	rows := make(map[string][]storage.Backend, len(pools))
+	for _, p := range pools {
+		rows[p.Name] = nil
+	}
+	for _, b := range backends {
+		if owner[b.ID] == b.PoolName {
+			rows[b.PoolName] = append(rows[b.PoolName], b)
+		}
+	}
+	return rebuildTable(pools, rows, opts, prev, stateFor)
+}
+
+// rebuildTable builds a table from prev: the pools in changed are built
+// from their backend rows, every other pool is carried over from prev
+// unchanged (same *Pool, same backends), so a change to one pool costs
+// that pool, not the whole table.
+func rebuildTable(pools []storage.Pool, changed map[string][]storage.Backend, opts TableOptions, prev *Table, stateFor stateResolver) *Table {
 	key := opts.CookieKey
 	if len(key) == 0 {
 		key = make([]byte, 32)
@@ -77,7 +121,6 @@ func buildTable(pools []storage.Pool, backends []storage.Backend, opts TableOpti
 		byName:   make(map[string]*Pool, len(pools)),
 		exact:    make(map[string]*Pool, len(pools)),
 		wildcard: make(map[string]*Pool),
-		backends: make(map[string]*Backend, len(backends)),
 		region:   opts.Region,
 	}
 
@@ -85,35 +128,28 @@ func buildTable(pools []storage.Pool, backends []storage.Backend, opts TableOpti
 	copy(sortedPools, pools)
 	sort.Slice(sortedPools, func(i, j int) bool { return sortedPools[i].Name < sortedPools[j].Name })
 
-	byPool := make(map[string][]storage.Backend, len(sortedPools))
-	for _, b := range backends {
-		byPool[b.PoolName] = append(byPool[b.PoolName], b)
-	}
-
 	for i := range sortedPools {
 		sp := &sortedPools[i]
 		if sp.Name == "" || t.byName[sp.Name] != nil {
 			continue
 		}
-		// A backend id belongs to one pool: the store keys backends by id,
-		// so duplicates only come from hand-built input.
-		var bs []storage.Backend
-		for _, b := range byPool[sp.Name] {
-			if t.backends[b.ID] == nil {
-				bs = append(bs, b)
-			}
-		}
-		sort.Slice(bs, func(i, j int) bool { return bs[i].ID < bs[j].ID })
 		var prevPool *Pool
 		if prev != nil {
 			prevPool = prev.byName[sp.Name]
 		}
-		p := newPool(sp, bs, opts.Region, key, stateFor, prevPool)
+		var p *Pool
+		if bs, ok := changed[sp.Name]; ok || prevPool == nil {
+			bs = slices.Clone(bs)
+			sort.Slice(bs, func(i, j int) bool { return bs[i].ID < bs[j].ID })
+			p = newPool(sp, bs, opts.Region, key, stateFor, prevPool)
+			if opts.poolState != nil {
+				p.state = opts.poolState(sp.Name)
+			}
+		} else {
+			p = prevPool
+		}
 		t.pools = append(t.pools, p)
 		t.byName[p.Name] = p
-		for _, b := range p.backends {
-			t.backends[b.ID] = b
-		}
 		for _, h := range p.servedHosts() {
 			if base, ok := strings.CutPrefix(h, "*."); ok {
 				if _, taken := t.wildcard[base]; !taken {
@@ -199,8 +235,16 @@ func (t *Table) Pools() []*Pool { return t.pools }
 // Default returns the default pool, or nil.
 func (t *Table) Default() *Pool { return t.defaultPool }
 
-// Backend returns the backend with id, or nil.
-func (t *Table) Backend(id string) *Backend { return t.backends[id] }
+// Backend returns the backend with id, or nil. It looks in every pool (a
+// map lookup per pool): for the admin API and tests, not the request path.
+func (t *Table) Backend(id string) *Backend {
+	for _, p := range t.pools {
+		if b := p.byID[id]; b != nil {
+			return b
+		}
+	}
+	return nil
+}
 
 // Region is the agent region the table was built for.
 func (t *Table) Region() string { return t.region }

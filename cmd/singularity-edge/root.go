@@ -2,6 +2,8 @@ package main
 
 import (
 	"github.com/spf13/cobra"
+
+	"github.com/singularity-ng/singularity-edge/agent"
 )
 
 // Exit codes of the CLI. Scripts can rely on them.
@@ -47,7 +49,10 @@ Not yet: certificates from Let's Encrypt (ACME) and replication between agents.`
 		RunE:          func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// --version prints what -ldflags stamped into the binary.
+		Version: agent.VersionString(),
 	}
+	root.SetVersionTemplate("singularity-edge {{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return withExitCode(exitUsage, err) })
 	// Each command lives in its own file (agent.go, db.go, pools.go, ...).
 	root.AddCommand(newAgentCommand())

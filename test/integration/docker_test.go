@@ -127,7 +127,7 @@ func TestDockerfileMatchesMakefileAndLinkedLibraries(t *testing.T) {
 	if !ok {
 		t.Fatalf("no `go build ... -o` in the build stage: %q", goBuild)
 	}
-	flags = strings.Join(strings.Fields(strings.ReplaceAll(flags, "${VERSION}", "$(VERSION)")), " ")
+	flags = strings.Join(strings.Fields(strings.NewReplacer("${VERSION}", "$(VERSION)", "${COMMIT}", "$(COMMIT)").Replace(flags)), " ")
 	want := makefileBuildFlags(t)
 	if flags != want {
 		t.Errorf("Dockerfile builds with\n  %s\nthe Makefile with\n  %s", flags, want)

@@ -14,7 +14,8 @@ import (
 func TestAgentMetricsParse(t *testing.T) {
 	t.Parallel()
 	token := newToken(t)
-	a := startAgent(t, agentOptions{token: token})
+	// Per-backend series are opt-in per pool: pool m opts in.
+	a := startAgent(t, agentOptions{token: token, args: []string{"--metrics-backend-pools", "m"}})
 	b := startBackend(t, "m1", nil)
 	if code := a.api(token, "POST", "/api/pools", map[string]any{"name": "m", "hosts": []string{"m.test"}}, nil); code != http.StatusCreated {
 		t.Fatalf("create pool: %d", code)
@@ -43,7 +44,11 @@ func TestAgentMetricsParse(t *testing.T) {
 		"singularity_edge_proxy_request_duration_seconds",
 		"singularity_edge_backend_up",
 		"singularity_edge_backend_requests_total",
+		"singularity_edge_backend_request_duration_seconds",
 		"singularity_edge_pool_backends",
+		"singularity_edge_pool_requests_total",
+		"singularity_edge_pool_request_duration_seconds",
+		"singularity_edge_build_info",
 		"singularity_edge_storage_commits_total",
 		"singularity_edge_storage_table_sst_bytes",
 		"singularity_edge_admin_requests_total",
@@ -52,6 +57,24 @@ func TestAgentMetricsParse(t *testing.T) {
 	} {
 		if families[name] == nil {
 			t.Errorf("metric family %s missing", name)
+		}
+	}
+	if f := families["singularity_edge_backend_up"]; f != nil {
+		labels := map[string]string{}
+		for _, l := range f.GetMetric()[0].GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		if labels["pool"] != "m" || labels["backend"] == "" || labels["address"] == "" {
+			t.Errorf("backend_up labels %v: want pool, backend id and address", labels)
+		}
+	}
+	if f := families["singularity_edge_build_info"]; f != nil {
+		labels := map[string]string{}
+		for _, l := range f.GetMetric()[0].GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		if labels["version"] == "" || labels["commit"] == "" {
+			t.Errorf("build_info labels %v: want version and commit", labels)
 		}
 	}
 }

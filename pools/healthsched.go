@@ -1,0 +1,469 @@
+package pools
+
+import (
+	"container/heap"
+	"context"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+)
+
+// HealthSchedule bounds the active health checks of one agent. Checks are
+// not run by a goroutine per backend: one scheduler keeps the backends'
+// check targets in a queue ordered by when each is due, and starts them no
+// faster than Budget per second and no more than Concurrency at a time.
+//
+// When the backends' intervals ask for more checks per second than the
+// budget allows, every target is still checked in turn (the queue is
+// ordered by due time, so none starves), but less often than its
+// interval: with 1,000,000 targets, a 10 s interval and a budget of 1,000
+// checks per second, each is checked about every 1,000 s. Passive health
+// (failed requests eject a backend at once) then carries the signal for
+// backends under traffic; the active checks find the idle ones and bring
+// ejected ones back.
+type HealthSchedule struct {
+	// Budget is the most checks the agent starts per second, all pools
+	// together.
+	Budget float64
+	// Burst is how many checks may start at once after an idle spell; 0 =
+	// a tenth of a second's budget.
+	Burst int
+	// Concurrency bounds the checks in flight (each holds a socket until
+	// it answers or times out).
+	Concurrency int
+	// Jitter spreads checks: each next check is due after the interval
+	// scaled by a random factor in [1-Jitter, 1+Jitter].
+	Jitter float64
+	// MaxDownInterval caps the back-off of a target that keeps failing:
+	// after its pool's fall threshold each further failure doubles its
+	// interval, up to this, so dead backends cost little and are still
+	// noticed when they come back within MaxDownInterval.
+	MaxDownInterval time.Duration
+}
+
+// DefaultHealthSchedule is the schedule used for zero fields.
+func DefaultHealthSchedule() HealthSchedule {
+	return HealthSchedule{Budget: 1000, Concurrency: 256, Jitter: 0.1, MaxDownInterval: 2 * time.Minute}
+}
+
+func (h HealthSchedule) withDefaults() HealthSchedule {
+	def := DefaultHealthSchedule()
+	if h.Budget <= 0 {
+		h.Budget = def.Budget
+	}
+	if h.Burst <= 0 {
+		h.Burst = max(1, int(h.Budget/10))
+	}
+	if h.Concurrency <= 0 {
+		h.Concurrency = def.Concurrency
+	}
+	if h.Jitter < 0 || h.Jitter >= 1 {
+		h.Jitter = def.Jitter
+	}
+	if h.MaxDownInterval <= 0 {
+		h.MaxDownInterval = def.MaxDownInterval
+	}
+	return h
+}
+
+// targetKey is what a probe depends on. Backends with the same key (the
+// same address checked the same way, possibly in several pools) share one
+// target and one probe; each applies the result with its own pool's
+// rise/fall thresholds. The way of checking is interned to a small number
+// (probeKind) so that a million keys stay small.
+type targetKey struct {
+	addr string
+	kind uint32
+}
+
+// probeKind is how an address is checked.
+type probeKind struct {
+	sslVerify  bool
+	kind, path string
+	expected   int
+	timeout    time.Duration
+}
+
+// keyOf returns b's target key under hc; the caller holds s.mu.
+func (s *healthScheduler) keyOf(b *Backend, hc *healthConfig) targetKey {
+	pk := probeKind{sslVerify: b.SSLVerify, kind: hc.Type, path: hc.Path, expected: hc.ExpectedStatus, timeout: hc.Timeout}
+	id, ok := s.kinds[pk]
+	if !ok {
+		id = uint32(len(s.kinds))
+		s.kinds[pk] = id
+	}
+	return targetKey{addr: b.Addr, kind: id}
+}
+
+// healthSub is one backend watching a target, with its pool's thresholds.
+type healthSub struct {
+	b  *Backend
+	hc *healthConfig
+}
+
+// target is one probe destination. Fields are guarded by the scheduler's
+// mutex.
+type target struct {
+	key      targetKey
+	subs     []healthSub
+	interval time.Duration // the shortest interval of its subscribers
+	fall     int           // the largest fall threshold of its subscribers
+	due      time.Time
+	streak   int // consecutive failed probes
+	idx      int // position in the due queue; -1 when not queued
+	running  bool
+	removed  bool
+}
+
+// dueQueue is a min-heap of targets by due time.
+type dueQueue []*target
+
+func (q dueQueue) Len() int           { return len(q) }
+func (q dueQueue) Less(i, j int) bool { return q[i].due.Before(q[j].due) }
+func (q dueQueue) Swap(i, j int) {
+	q[i], q[j] = q[j], q[i]
+	q[i].idx, q[j].idx = i, j
+}
+func (q *dueQueue) Push(x any) {
+	t := x.(*target)
+	t.idx = len(*q)
+	*q = append(*q, t)
+}
+func (q *dueQueue) Pop() any {
+	old := *q
+	t := old[len(old)-1]
+	old[len(old)-1] = nil
+	t.idx = -1
+	*q = old[:len(old)-1]
+	return t
+}
+
+// probeFunc performs one check of a target's first subscriber and
+// returns nil when it passes.
+type probeFunc func(ctx context.Context, sub healthSub) error
+
+// transitionFunc reports a backend whose health verdict flipped.
+type transitionFunc func(b *Backend, up bool, hc *healthConfig, err error)
+
+// healthScheduler runs every active check of a Manager (see HealthSchedule).
+type healthScheduler struct {
+	cfg     HealthSchedule
+	probe   probeFunc
+	onFlip  transitionFunc
+	limiter *rate.Limiter
+	rnd     *rand.Rand
+
+	mu       sync.Mutex
+	targets  map[targetKey]*target
+	kinds    map[probeKind]uint32
+	byPool   map[*Pool][]*target // the targets each pool's backends watch
+	last     *Table              // the table reconciled last
+	queue    dueQueue
+	inflight int
+	wake     chan struct{}
+
+	wg sync.WaitGroup
+}
+
+func newHealthScheduler(cfg HealthSchedule, probe probeFunc, onFlip transitionFunc) *healthScheduler {
+	cfg = cfg.withDefaults()
+	return &healthScheduler{
+		cfg:     cfg,
+		probe:   probe,
+		onFlip:  onFlip,
+		limiter: rate.NewLimiter(rate.Limit(cfg.Budget), cfg.Burst),
+		rnd:     rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		targets: make(map[targetKey]*target),
+		kinds:   make(map[probeKind]uint32),
+		byPool:  make(map[*Pool][]*target),
+		wake:    make(chan struct{}, 1),
+	}
+}
+
+// reconcile makes the targets match table t. Only pools that are not the
+// same object as in the table reconciled last are looked at: a rebuild
+// carries unchanged pools over, so a change to one pool costs that pool.
+// Backends in fresh (new, or moved to another address) are checked at
+// once unless initial, where every target's first check is spread at
+// random over its interval so that a restart does not probe everything in
+// the same second.
+func (s *healthScheduler) reconcile(t *Table, fresh map[string]bool, initial bool, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.targets) == 0 {
+		// First table: size the map once instead of growing it through
+		// a million inserts.
+		n := 0
+		for _, p := range t.pools {
+			n += len(p.backends)
+		}
+		s.targets = make(map[targetKey]*target, n)
+	}
+	if s.last != nil {
+		for _, pp := range s.last.pools {
+			if t.Pool(pp.Name) != pp {
+				s.detach(pp)
+			}
+		}
+	}
+	for _, p := range t.pools {
+		if s.last == nil || s.last.Pool(p.Name) != p {
+			s.attach(p, fresh, initial, now)
+		}
+	}
+	s.last = t
+	s.signal()
+}
+
+// detach removes the subscriptions of pool p's backends; targets left
+// without subscribers are dropped.
+func (s *healthScheduler) detach(p *Pool) {
+	for _, tg := range s.byPool[p] {
+		subs := tg.subs[:0]
+		for _, sub := range tg.subs {
+			if sub.hc != &p.health {
+				subs = append(subs, sub)
+			}
+		}
+		clear(tg.subs[len(subs):])
+		tg.subs = subs
+		if len(subs) == 0 {
+			tg.removed = true
+			if tg.idx >= 0 {
+				heap.Remove(&s.queue, tg.idx)
+			}
+			delete(s.targets, tg.key)
+			continue
+		}
+		tg.settle()
+	}
+	delete(s.byPool, p)
+}
+
+// attach subscribes pool p's backends to their targets, creating those
+// that do not exist yet.
+func (s *healthScheduler) attach(p *Pool, fresh map[string]bool, initial bool, now time.Time) {
+	hc := &p.health
+	mine := make([]*target, 0, len(p.backends))
+	for _, b := range p.backends {
+		k := s.keyOf(b, hc)
+		tg := s.targets[k]
+		if tg == nil {
+			tg = &target{key: k, idx: -1, due: now}
+			if initial && !isHeld(b.live) {
+				tg.due = now.Add(time.Duration(s.rnd.Int64N(int64(hc.Interval))))
+			}
+			s.targets[k] = tg
+		}
+		tg.subs = append(tg.subs, healthSub{b: b, hc: hc})
+		tg.settle()
+		if len(mine) == 0 || mine[len(mine)-1] != tg {
+			mine = append(mine, tg)
+		}
+		if fresh[b.ID] && !initial && tg.due.After(now) {
+			tg.due = now
+			if tg.idx >= 0 {
+				heap.Fix(&s.queue, tg.idx)
+			}
+		}
+		if tg.idx < 0 && !tg.running {
+			heap.Push(&s.queue, tg)
+		}
+	}
+	s.byPool[p] = mine
+}
+
+// settle recomputes the target's interval (the shortest of its
+// subscribers') and fall threshold (the largest).
+func (tg *target) settle() {
+	tg.interval, tg.fall = 0, 0
+	for _, sub := range tg.subs {
+		if tg.interval == 0 || sub.hc.Interval < tg.interval {
+			tg.interval = sub.hc.Interval
+		}
+		tg.fall = max(tg.fall, sub.hc.Fall)
+	}
+}
+
+func (s *healthScheduler) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// next takes the targets whose checks may start at now: due, within the
+// budget and the concurrency bound. wait is how long until more may start
+// (0 with nothing queued: wait for a wake-up).
+func (s *healthScheduler) next(now time.Time) (start []*target, wait time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.queue) > 0 && s.inflight < s.cfg.Concurrency {
+		tg := s.queue[0]
+		if tg.due.After(now) {
+			return start, tg.due.Sub(now)
+		}
+		r := s.limiter.ReserveN(now, 1)
+		if d := r.DelayFrom(now); d > 0 {
+			r.CancelAt(now)
+			return start, d
+		}
+		heap.Pop(&s.queue)
+		tg.running = true
+		s.inflight++
+		start = append(start, tg)
+	}
+	return start, 0
+}
+
+// done records a finished probe of tg and queues its next check.
+func (s *healthScheduler) done(tg *target, err error, now time.Time) []healthSub {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inflight--
+	tg.running = false
+	s.signal()
+	if tg.removed {
+		return nil
+	}
+	if err == nil {
+		tg.streak = 0
+	} else {
+		tg.streak++
+	}
+	tg.due = now.Add(s.nextInterval(tg))
+	heap.Push(&s.queue, tg)
+	return append([]healthSub(nil), tg.subs...)
+}
+
+// nextInterval is tg's interval, backed off while it stays down, with
+// jitter.
+func (s *healthScheduler) nextInterval(tg *target) time.Duration {
+	iv := tg.interval
+	if extra := tg.streak - tg.fall; extra > 0 && iv < s.cfg.MaxDownInterval {
+		iv <<= min(extra, 16)
+		iv = min(iv, max(s.cfg.MaxDownInterval, tg.interval))
+	}
+	if j := s.cfg.Jitter; j > 0 {
+		iv = time.Duration(float64(iv) * (1 - j + 2*j*s.rnd.Float64()))
+	}
+	return max(iv, minRuntimeInterval)
+}
+
+// run starts checks as they come due until ctx ends, then waits for the
+// checks in flight.
+func (s *healthScheduler) run(ctx context.Context) {
+	defer s.wg.Wait()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		start, wait := s.next(time.Now())
+		for _, tg := range start {
+			s.wg.Add(1)
+			go s.check(ctx, tg)
+		}
+		if len(start) > 0 && wait == 0 {
+			continue
+		}
+		var timerC <-chan time.Time
+		if wait > 0 {
+			timer.Reset(wait)
+			timerC = timer.C
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wake:
+		case <-timerC:
+		}
+		timer.Stop()
+	}
+}
+
+// check probes tg once and applies the result to its subscribers.
+func (s *healthScheduler) check(ctx context.Context, tg *target) {
+	defer s.wg.Done()
+	s.mu.Lock()
+	var sub healthSub
+	if len(tg.subs) > 0 {
+		sub = tg.subs[0]
+	}
+	s.mu.Unlock()
+	if sub.b == nil {
+		s.done(tg, nil, time.Now())
+		return
+	}
+	start := time.Now()
+	err := s.probe(ctx, sub)
+	if ctx.Err() != nil {
+		// Stopped mid-check: the result says nothing about the backend.
+		return
+	}
+	s.apply(s.done(tg, err, time.Now()), tg.key.addr, err, start)
+}
+
+// apply applies one probe result to every backend watching the target.
+func (s *healthScheduler) apply(subs []healthSub, addr string, err error, at time.Time) {
+	for _, sub := range subs {
+		if up, flipped := sub.b.live.recordCheck(addr, sub.hc, err, at); flipped && s.onFlip != nil {
+			s.onFlip(sub.b, up, sub.hc, err)
+		}
+	}
+}
+
+// targetCount is the number of distinct probe targets.
+func (s *healthScheduler) targetCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.targets)
+}
+
+// recordCheck applies one check result to the rise/fall counters and flips
+// the healthy flag on a threshold. flipped reports a transition, up its
+// direction. A result for an address the backend no longer has is
+// ignored.
+func (s *backendState) recordCheck(addr string, hc *healthConfig, err error, at time.Time) (up, flipped bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.addr != addr {
+		return false, false
+	}
+	s.lastCheck = at
+	if err == nil {
+		s.checksPassed.Add(1)
+		s.passes++
+		s.fails = 0
+		s.lastError = ""
+		// A held-back new backend joins on its first pass.
+		if !s.healthy.Load() && (int(s.passes) >= hc.Rise || s.held) {
+			s.healthy.Store(true)
+			s.held = false
+			return true, true
+		}
+		return false, false
+	}
+	s.checksFailed.Add(1)
+	s.fails++
+	s.passes = 0
+	s.lastError = err.Error()
+	if s.healthy.Load() && int(s.fails) >= hc.Fall {
+		s.healthy.Store(false)
+		return false, true
+	}
+	return false, false
+}
+
+// probeWith returns the probe the Manager uses: the check of health.go,
+// built per probe so that idle targets hold no client or logger.
+func probeWith(log *zap.Logger) probeFunc {
+	return func(ctx context.Context, sub healthSub) error {
+		c := newChecker(sub.b.PoolName, sub.b, *sub.hc, log)
+		if c.client != nil {
+			defer c.client.CloseIdleConnections()
+		}
+		return c.check(ctx)
+	}
+}
