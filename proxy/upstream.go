@@ -95,11 +95,14 @@ func (u *upstreams) forBackend(p *pools.Pool, b *pools.Backend) *upstream {
 	return v.(*upstream)
 }
 
-// take returns an idle connection, or nil. Connections idle for longer than
-// a second, or any connection when the request cannot be replayed, are
-// first checked for a pending EOF (a non-blocking peek): a backend closing
-// an idle keep-alive connection is the usual cause of spurious 502s.
-func (up *upstream) take(now time.Time, mustBeAlive bool, idleTimeout time.Duration) *upConn {
+// take returns an idle connection, or nil. Every pooled connection is
+// checked with a non-blocking peek before it is handed out: anything
+// readable on an idle HTTP/1.1 connection is either an EOF (the backend
+// closed it) or bytes no request asked for (a body after a HEAD, 204 or
+// 304 answer, a second unsolicited response). Parsing those as the next
+// response would give one client another's answer, so such a connection
+// is discarded, never read. The peek costs one recvfrom(2) per reuse.
+func (up *upstream) take(now time.Time, idleTimeout time.Duration) *upConn {
 	for {
 		up.mu.Lock()
 		n := len(up.idle)
@@ -114,7 +117,7 @@ func (up *upstream) take(now time.Time, mustBeAlive bool, idleTimeout time.Durat
 		up.lastUsed = now
 		up.mu.Unlock()
 		age := now.Sub(uc.idleSince)
-		if age >= idleTimeout || ((mustBeAlive || age > time.Second) && !uc.alive()) {
+		if age >= idleTimeout || !uc.alive() {
 			uc.close()
 			continue
 		}
@@ -124,8 +127,16 @@ func (up *upstream) take(now time.Time, mustBeAlive bool, idleTimeout time.Durat
 }
 
 // put returns a connection to the idle stack (or closes it when the stack
-// is full or the upstream was retired).
+// is full or the upstream was retired). Only a connection whose last
+// response was framed completely and that has no unread byte buffered may
+// come back; callers check framing, put checks the buffer.
 func (up *upstream) put(uc *upConn, now time.Time, maxIdle int) {
+	if uc.r != uc.w {
+		uc.close()
+		return
+	}
+	uc.r, uc.w = 0, 0
+	uc.reused = false
 	uc.idleSince = now
 	up.mu.Lock()
 	if up.removed || len(up.idle) >= maxIdle {

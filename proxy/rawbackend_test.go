@@ -1,0 +1,348 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// This file holds the test tools the safety tests share: a strict RFC 9112
+// request reader written for the tests (net/http's reader is not strict
+// enough to be the reference: it accepts bare LF line ends, chunk
+// extensions without ';' checks and trailers it never validates), and a raw
+// backend that records the exact bytes it received and answers through a
+// function that may misbehave on purpose.
+
+// strictRequest is one request as the strict reader read it.
+type strictRequest struct {
+	Method  string
+	Target  string
+	Header  [][2]string // in order, names as sent
+	Body    []byte
+	Chunked bool
+	Raw     []byte // the exact bytes of the message
+}
+
+func (r *strictRequest) values(name string) []string {
+	var vs []string
+	for _, h := range r.Header {
+		if strings.EqualFold(h[0], name) {
+			vs = append(vs, h[1])
+		}
+	}
+	return vs
+}
+
+func (r *strictRequest) get(name string) string {
+	if vs := r.values(name); len(vs) > 0 {
+		return vs[0]
+	}
+	return ""
+}
+
+var errStrict = errors.New("strict reader: not a valid HTTP/1.1 message")
+
+func strictErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errStrict, fmt.Sprintf(format, args...))
+}
+
+// recorder keeps every byte read through it.
+type recorder struct {
+	r   io.Reader
+	buf bytes.Buffer
+}
+
+func (rc *recorder) Read(p []byte) (int, error) {
+	n, err := rc.r.Read(p)
+	rc.buf.Write(p[:n])
+	return n, err
+}
+
+// strictLine reads one line that must end in CRLF and contain no other CR
+// or LF.
+func strictLine(br *bufio.Reader, max int) (string, error) {
+	var sb strings.Builder
+	for {
+		c, err := br.ReadByte()
+		if err != nil {
+			return "", err
+		}
+		switch c {
+		case '\n':
+			return "", strictErr("bare LF")
+		case '\r':
+			c2, err := br.ReadByte()
+			if err != nil {
+				return "", err
+			}
+			if c2 != '\n' {
+				return "", strictErr("bare CR")
+			}
+			return sb.String(), nil
+		}
+		if sb.Len() >= max {
+			return "", strictErr("line too long")
+		}
+		sb.WriteByte(c)
+	}
+}
+
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !tokenTable[s[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+func isFieldValue(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// strictFields reads header lines up to the blank line.
+func strictFields(br *bufio.Reader) ([][2]string, error) {
+	var hs [][2]string
+	for {
+		line, err := strictLine(br, 64<<10)
+		if err != nil {
+			return nil, err
+		}
+		if line == "" {
+			return hs, nil
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			return nil, strictErr("obs-fold")
+		}
+		name, value, ok := strings.Cut(line, ":")
+		if !ok || !isToken(name) {
+			return nil, strictErr("bad field line %q", line)
+		}
+		value = strings.Trim(value, " \t")
+		if !isFieldValue(value) {
+			return nil, strictErr("bad field value %q", value)
+		}
+		hs = append(hs, [2]string{name, value})
+		if len(hs) > 200 {
+			return nil, strictErr("too many fields")
+		}
+	}
+}
+
+// readStrictChunked reads a chunked body: chunk-size [ ";" ext ] CRLF, data,
+// CRLF, then the last chunk and trailer fields.
+func readStrictChunked(br *bufio.Reader) ([]byte, error) {
+	var body []byte
+	for {
+		line, err := strictLine(br, 4096)
+		if err != nil {
+			return nil, err
+		}
+		size, ext, hasExt := strings.Cut(line, ";")
+		size = strings.TrimRight(size, " \t")
+		if hasExt && !isFieldValue(ext) {
+			return nil, strictErr("bad chunk extension %q", ext)
+		}
+		if size == "" || len(size) > 15 {
+			return nil, strictErr("bad chunk size %q", line)
+		}
+		n, err := strconv.ParseUint(size, 16, 64)
+		if err != nil {
+			return nil, strictErr("bad chunk size %q", line)
+		}
+		if n == 0 {
+			if _, err := strictFields(br); err != nil {
+				return nil, err
+			}
+			return body, nil
+		}
+		chunk := make([]byte, n)
+		if _, err := io.ReadFull(br, chunk); err != nil {
+			return nil, err
+		}
+		body = append(body, chunk...)
+		if crlf, err := strictLine(br, 0); err != nil || crlf != "" {
+			return nil, strictErr("chunk data not followed by CRLF")
+		}
+	}
+}
+
+// readStrictRequest reads exactly one request with RFC 9112 framing and
+// nothing lenient: CRLF only, tokens, one Host, one Content-Length value,
+// Transfer-Encoding exactly "chunked" and never with Content-Length.
+func readStrictRequest(r io.Reader) (*strictRequest, error) {
+	rec := &recorder{r: r}
+	br := bufio.NewReaderSize(rec, 1)
+	line, err := strictLine(br, 16<<10)
+	if err != nil {
+		return nil, err
+	}
+	parts := strings.Split(line, " ")
+	if len(parts) != 3 || !isToken(parts[0]) || parts[2] != "HTTP/1.1" || parts[1] == "" {
+		return nil, strictErr("bad request line %q", line)
+	}
+	for i := 0; i < len(parts[1]); i++ {
+		if c := parts[1][i]; c <= ' ' || c == 0x7f {
+			return nil, strictErr("bad target %q", parts[1])
+		}
+	}
+	req := &strictRequest{Method: parts[0], Target: parts[1]}
+	if req.Header, err = strictFields(br); err != nil {
+		return nil, err
+	}
+	if len(req.values("Host")) != 1 {
+		return nil, strictErr("want exactly one Host, got %d", len(req.values("Host")))
+	}
+	cls, tes := req.values("Content-Length"), req.values("Transfer-Encoding")
+	switch {
+	case len(tes) > 0 && len(cls) > 0:
+		return nil, strictErr("both Content-Length and Transfer-Encoding")
+	case len(tes) > 1 || len(tes) == 1 && tes[0] != "chunked":
+		return nil, strictErr("Transfer-Encoding %q", tes)
+	case len(tes) == 1:
+		req.Chunked = true
+		if req.Body, err = readStrictChunked(br); err != nil {
+			return nil, err
+		}
+	case len(cls) > 1:
+		return nil, strictErr("several Content-Length fields")
+	case len(cls) == 1:
+		n, err := strconv.ParseUint(cls[0], 10, 40)
+		if err != nil || cls[0][0] == '+' {
+			return nil, strictErr("Content-Length %q", cls[0])
+		}
+		req.Body = make([]byte, n)
+		if _, err := io.ReadFull(br, req.Body); err != nil {
+			return nil, err
+		}
+	}
+	req.Raw = rec.buf.Bytes()
+	return req, nil
+}
+
+// recBackend is an HTTP/1.1 backend on a raw socket: it reads each request
+// with the strict reader, records it, and lets answer write whatever it
+// wants on the connection (answer returns false to close it).
+type recBackend struct {
+	t      testing.TB
+	ln     net.Listener
+	addr   string
+	answer func(c net.Conn, req *strictRequest, nth int) bool
+
+	conns    atomic.Int64
+	requests atomic.Int64
+	mu       sync.Mutex
+	reqs     []*strictRequest
+	errs     []error
+}
+
+func newRecBackend(t testing.TB, answer func(c net.Conn, req *strictRequest, nth int) bool) *recBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if answer == nil {
+		answer = answerEcho
+	}
+	rb := &recBackend{t: t, ln: ln, addr: ln.Addr().String(), answer: answer}
+	var wg sync.WaitGroup
+	var live sync.Map
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			rb.conns.Add(1)
+			live.Store(c, true)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer live.Delete(c)
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for nth := 0; ; nth++ {
+					req, err := readStrictRequest(br)
+					if err != nil {
+						if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !isReset(err) {
+							rb.mu.Lock()
+							rb.errs = append(rb.errs, err)
+							rb.mu.Unlock()
+						}
+						return
+					}
+					rb.requests.Add(1)
+					rb.mu.Lock()
+					rb.reqs = append(rb.reqs, req)
+					rb.mu.Unlock()
+					if !rb.answer(c, req, nth) {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		live.Range(func(k, _ any) bool { _ = k.(net.Conn).Close(); return true })
+		wg.Wait()
+	})
+	return rb
+}
+
+func isReset(err error) bool {
+	return err != nil && (strings.Contains(err.Error(), "connection reset") || errors.Is(err, io.ErrUnexpectedEOF))
+}
+
+func (rb *recBackend) url() string { return "http://" + rb.addr }
+
+func (rb *recBackend) received() ([]*strictRequest, []error) {
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	return append([]*strictRequest(nil), rb.reqs...), append([]error(nil), rb.errs...)
+}
+
+// answerEcho answers "METHOD TARGET" plus the body length.
+func answerEcho(c net.Conn, req *strictRequest, _ int) bool {
+	body := fmt.Sprintf("%s %s %d", req.Method, req.Target, len(req.Body))
+	_, err := fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	return err == nil
+}
+
+// rawRoundTrip sends req on a new connection to addr and reads one
+// response (method for the framing of its body).
+func rawRoundTrip(t testing.TB, addr, req, method string) (status int, body string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	resp, b := readResponse(t, bufio.NewReader(c), method)
+	return resp.StatusCode, b
+}

@@ -1,0 +1,117 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+// TestPooledConnectionWithLateBytesIsNotReused: a backend writes bytes
+// after a response ended, after the connection went back to the pool. The
+// next request, from another client, must get its own response, never those
+// bytes.
+func TestPooledConnectionWithLateBytesIsNotReused(t *testing.T) {
+	late := map[string]struct {
+		method string
+		first  string // the answer to the first request
+		extra  string // written 150 ms later on the same connection
+	}{
+		"second response": {"GET", "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nanswer to a!", "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nSTOLEN!"},
+		"body after HEAD": {"HEAD", "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nSTOLEN!"},
+		"body after 204":  {"GET", "HTTP/1.1 204 No Content\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nSTOLEN!"},
+		"body after 304":  {"GET", "HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n", "STOLEN!"},
+	}
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("late.test", ca.issue(t, "late.test"))
+	for name, tc := range late {
+		for _, proto := range []string{"HTTP/1.1", "HTTP/2"} {
+			t.Run(name+" "+proto, func(t *testing.T) {
+				rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+					if req.Target == "/a" {
+						_, _ = io.WriteString(c, tc.first)
+						time.Sleep(150 * time.Millisecond)
+						_, _ = io.WriteString(c, tc.extra)
+						return true
+					}
+					return answerEcho(c, req, nth)
+				})
+				table := newTable(t, poolSpec{storage.Pool{Name: "late", SSLMode: "flexible", AllowHTTP: true, SSLDomain: "late.test"}, []string{rb.url()}})
+				p := startProxy(t, testConfig(), table, certs, nil)
+				var c1, c2 *http.Client
+				base := "http://late.test"
+				if proto == "HTTP/2" {
+					c1, c2 = client(p.https, ca.pool, true), client(p.https, ca.pool, true)
+					base = "https://late.test"
+				} else {
+					c1, c2 = client(p.http, nil, false), client(p.http, nil, false)
+				}
+				req, _ := http.NewRequest(tc.method, base+"/a", nil)
+				resp, err := c1.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				readAll(t, resp)
+				time.Sleep(300 * time.Millisecond)
+				resp = get(t, c2, base+"/b")
+				if body := readAll(t, resp); resp.StatusCode != 200 || body != "GET /b 0" {
+					t.Fatalf("second client got %d %q, want its own answer", resp.StatusCode, body)
+				}
+			})
+		}
+	}
+}
+
+// TestPostNotRetried: a backend that reads a POST on a reused connection and
+// closes without answering must see it once; the client gets 502.
+func TestPostNotRetried(t *testing.T) {
+	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+		if req.Method == "POST" {
+			return false // read it, then close without a word
+		}
+		return answerEcho(c, req, nth)
+	})
+	table := newTable(t, poolSpec{storage.Pool{Name: "post", Hosts: []string{"post.test"}}, []string{rb.url()}})
+	p := startProxy(t, testConfig(), table, nil, nil)
+	c := client(p.http, nil, false)
+	readAll(t, get(t, c, "http://post.test/warm")) // one pooled connection
+	resp, err := c.Post("http://post.test/pay", "text/plain", strings.NewReader("100 EUR"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	if resp.StatusCode != 502 {
+		t.Fatalf("status %d, want 502", resp.StatusCode)
+	}
+	reqs, _ := rb.received()
+	posts := 0
+	for _, r := range reqs {
+		if r.Method == "POST" {
+			posts++
+		}
+	}
+	if posts != 1 {
+		t.Fatalf("backend received the POST %d times", posts)
+	}
+	// An idempotent request is still retried on a fresh connection.
+	rb2 := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+		if nth == 1 {
+			return false
+		}
+		return answerEcho(c, req, nth)
+	})
+	p.router.t.Store(newTable(t, poolSpec{storage.Pool{Name: "post", Hosts: []string{"post.test"}}, []string{rb2.url()}}))
+	readAll(t, get(t, c, "http://post.test/1"))
+	resp = get(t, c, "http://post.test/2")
+	if body := readAll(t, resp); resp.StatusCode != 200 || body != "GET /2 0" {
+		t.Fatalf("idempotent retry: %d %q", resp.StatusCode, body)
+	}
+	if n := rb2.conns.Load(); n != 2 {
+		t.Fatalf("backend connections %d, want 2", n)
+	}
+}
