@@ -100,6 +100,13 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Request-Id", reqID)
 	lw := h2Log{s: s, r: r, hc: hc, reqID: reqID, start: start}
 
+	if err := validH2Request(r); err != nil {
+		// RFC 9113 8.1.1: a malformed request may be answered before the
+		// stream closes; it never reaches a backend.
+		s.log.Debug("proxy: malformed HTTP/2 request", zap.String("client", hc.clientIP), zap.Error(err))
+		lw.local(w, s.metrics.noPool, 400, "malformed request: "+err.Error())
+		return
+	}
 	host := r.Host
 	if host == "" {
 		host = hc.sni
@@ -174,6 +181,58 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.relay(w, &ex, req, pool, pm, pick.StickyID, &lw, stop)
 }
 
+// validH2Request checks what becomes the HTTP/1.1 request line and header
+// lines before any of it is forwarded (RFC 9113 8.2 and 8.3): :method a
+// token, :path an origin-form target (or "*" for OPTIONS) without spaces
+// or controls, :authority a host the routing table can match, field names
+// tokens and values free of CR, LF and NUL. golang.org/x/net/http2 checks
+// field syntax but not all of the pseudo-headers' contents.
+func validH2Request(r *http.Request) error {
+	if !isTokenString(r.Method) || r.Method == http.MethodConnect {
+		return errors.New("invalid :method")
+	}
+	uri := r.RequestURI
+	switch {
+	case uri == "*":
+		if r.Method != http.MethodOptions {
+			return errors.New("invalid :path")
+		}
+	case uri == "" || uri[0] != '/':
+		return errors.New("invalid :path")
+	}
+	for i := 0; i < len(uri); i++ {
+		if c := uri[i]; c <= ' ' || c == 0x7f {
+			return errors.New("invalid :path")
+		}
+	}
+	if r.Host != "" && !validHost([]byte(r.Host)) {
+		return errors.New("invalid :authority")
+	}
+	for name, values := range r.Header {
+		if !isTokenString(name) {
+			return errors.New("invalid header field name")
+		}
+		for _, v := range values {
+			if !validFieldValue([]byte(v)) {
+				return errors.New("invalid header field value")
+			}
+		}
+	}
+	return nil
+}
+
+func isTokenString(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !tokenTable[s[i]] {
+			return false
+		}
+	}
+	return true
+}
+
 // upstreamHead writes the HTTP/1.1 request head for an HTTP/2 request.
 func (h *h2Server) upstreamHead(r *http.Request, hc *h2Conn, host, reqID string) []byte {
 	out := make([]byte, 0, 1024)
@@ -189,6 +248,19 @@ func (h *h2Server) upstreamHead(r *http.Request, hc *h2Conn, host, reqID string)
 	out = append(out, "\r\n"...)
 	for name, values := range r.Header {
 		if h2Skip(name) {
+			continue
+		}
+		if name == "Cookie" && len(values) > 1 {
+			// HTTP/2 splits cookies into fields; HTTP/1.1 wants one line
+			// (RFC 9113 8.2.3).
+			out = append(out, "Cookie: "...)
+			for i, v := range values {
+				if i > 0 {
+					out = append(out, "; "...)
+				}
+				out = append(out, v...)
+			}
+			out = append(out, "\r\n"...)
 			continue
 		}
 		for _, v := range values {

@@ -3,6 +3,8 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +15,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // This file holds the test tools the safety tests share: a strict RFC 9112
@@ -345,4 +350,94 @@ func rawRoundTrip(t testing.TB, addr, req, method string) (status int, body stri
 	}
 	resp, b := readResponse(t, bufio.NewReader(c), method)
 	return resp.StatusCode, b
+}
+
+// h2Raw is a hand-driven HTTP/2 client connection: it sends header blocks
+// the standard client refuses to build (invalid pseudo-headers, floods of
+// resets).
+type h2Raw struct {
+	t    testing.TB
+	conn *tls.Conn
+	fr   *http2.Framer
+	enc  *hpack.Encoder
+	hbuf bytes.Buffer
+	dec  *hpack.Decoder
+}
+
+func dialH2Raw(t testing.TB, addr, sni string, roots *x509.CertPool) *h2Raw {
+	t.Helper()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, &tls.Config{ServerName: sni, RootCAs: roots, NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	if conn.ConnectionState().NegotiatedProtocol != "h2" {
+		t.Fatalf("ALPN %q", conn.ConnectionState().NegotiatedProtocol)
+	}
+	h := &h2Raw{t: t, conn: conn, fr: http2.NewFramer(conn, conn)}
+	h.enc = hpack.NewEncoder(&h.hbuf)
+	h.dec = hpack.NewDecoder(4096, nil)
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// headers sends a complete header block (pairs of name, value) on stream id.
+func (h *h2Raw) headers(id uint32, endStream bool, kv ...string) error {
+	h.hbuf.Reset()
+	for i := 0; i+1 < len(kv); i += 2 {
+		_ = h.enc.WriteField(hpack.HeaderField{Name: kv[i], Value: kv[i+1]})
+	}
+	return h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: h.hbuf.Bytes(), EndStream: endStream, EndHeaders: true})
+}
+
+// response reads frames until stream id ends; it returns the :status (0
+// when the stream was reset) and the RST_STREAM code if any.
+func (h *h2Raw) response(id uint32) (status string, rst http2.ErrCode, err error) {
+	_ = h.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		f, err := h.fr.ReadFrame()
+		if err != nil {
+			return status, rst, err
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				_ = h.fr.WriteSettingsAck()
+			}
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				_ = h.fr.WritePing(true, f.Data)
+			}
+		case *http2.GoAwayFrame:
+			return status, rst, fmt.Errorf("GOAWAY %v", f.ErrCode)
+		case *http2.HeadersFrame:
+			fields, derr := h.dec.DecodeFull(f.HeaderBlockFragment())
+			if derr != nil {
+				return status, rst, derr
+			}
+			if f.StreamID == id {
+				for _, hf := range fields {
+					if hf.Name == ":status" {
+						status = hf.Value
+					}
+				}
+				if f.StreamEnded() {
+					return status, rst, nil
+				}
+			}
+		case *http2.DataFrame:
+			if f.StreamID == id && f.StreamEnded() {
+				return status, rst, nil
+			}
+		case *http2.RSTStreamFrame:
+			if f.StreamID == id {
+				return status, f.ErrCode, nil
+			}
+		}
+	}
 }

@@ -115,3 +115,59 @@ func TestPostNotRetried(t *testing.T) {
 		t.Fatalf("backend connections %d, want 2", n)
 	}
 }
+
+// TestHTTP2PseudoHeadersValidated: pseudo-headers and fields that would
+// forge another HTTP/1.1 request line or header never reach the backend.
+func TestHTTP2PseudoHeadersValidated(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("v.test", ca.issue(t, "v.test"))
+	rb := newRecBackend(t, nil)
+	table := newTable(t, poolSpec{storage.Pool{Name: "v", SSLMode: "flexible", SSLDomain: "v.test"}, []string{rb.url()}})
+	p := startProxy(t, testConfig(), table, certs, nil)
+	h := dialH2Raw(t, p.https, "v.test", ca.pool)
+	base := func(method, path, authority string) []string {
+		return []string{":method", method, ":scheme", "https", ":path", path, ":authority", authority}
+	}
+	cases := []struct {
+		name string
+		kv   []string
+	}{
+		{"method with spaces", base("GET /admin HTTP/1.1", "/pub", "v.test")},
+		{"method with CRLF", base("GET\r\nX: y", "/pub", "v.test")},
+		{"path with space", base("GET", "/pub HTTP/1.1\r\nHost: evil", "v.test")},
+		{"path with space only", base("GET", "/a b", "v.test")},
+		{"path not origin-form", base("GET", "http://evil/", "v.test")},
+		{"asterisk for GET", base("GET", "*", "v.test")},
+		{"authority with slash", base("GET", "/", "v.test/x")},
+		{"authority with space", base("GET", "/", "v.test x")},
+		{"CONNECT", []string{":method", "CONNECT", ":authority", "v.test:443"}},
+	}
+	id := uint32(1)
+	for _, tc := range cases {
+		if err := h.headers(id, true, tc.kv...); err != nil {
+			t.Fatal(err)
+		}
+		status, rst, err := h.response(id)
+		if err != nil {
+			// The server may also end the connection over a protocol error.
+			h = dialH2Raw(t, p.https, "v.test", ca.pool)
+			id = 1
+			continue
+		}
+		if status == "200" || status == "" && rst == 0 {
+			t.Errorf("%s: status %q rst %v: not refused", tc.name, status, rst)
+		}
+		id += 2
+	}
+	if err := h.headers(id, true, base("GET", "/ok", "v.test")...); err != nil {
+		t.Fatal(err)
+	}
+	if status, _, err := h.response(id); err != nil || status != "200" {
+		t.Fatalf("valid request: %q %v", status, err)
+	}
+	reqs, errs := rb.received()
+	if len(reqs) != 1 || reqs[0].Target != "/ok" || len(errs) > 0 {
+		t.Fatalf("backend received %d requests (%v), errors %v", len(reqs), reqs, errs)
+	}
+}
