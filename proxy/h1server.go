@@ -60,6 +60,10 @@ type clientConn struct {
 	// leftover holds client bytes read past a streamed chunked body (a
 	// pipelined request), moved back into buf when the body goroutine ends.
 	leftover []byte
+	// reframed and spans are reused storage for re-framing the buffered
+	// part of a chunked request body.
+	reframed []byte
+	spans    []span
 }
 
 // routeCache remembers the last Host -> pool lookup of a connection;
@@ -518,13 +522,25 @@ func (cc *clientConn) forwardRequest(pool *pools.Pool, pm *poolMetrics, host []b
 		}
 		consumed = len(req.inline)
 	case bodyChunked:
+		// The backend gets the data framed by the proxy, never the
+		// client's size lines, extensions or trailers.
 		var sc chunkScanner
-		n, err := sc.scan(buffered, nil)
+		spans := cc.spans[:0]
+		n, err := sc.scan(buffered, &spans)
+		cc.spans = spans[:0]
 		if err != nil {
 			cc.respondLocal(400, "malformed chunked request body", nil, pm, start, false)
 			return false
 		}
-		req.inline = buffered[:n]
+		framed := cc.reframed[:0]
+		for _, sp := range spans {
+			framed = appendChunk(framed, sp.of(buffered))
+		}
+		if sc.done() {
+			framed = append(framed, lastChunk...)
+		}
+		cc.reframed = framed
+		req.inline = framed
 		consumed = n
 		if !sc.done() {
 			req.stream = cc.streamChunked(sc)
@@ -894,7 +910,8 @@ func (cc *clientConn) relayLength(out []byte, uc *upConn, n int64) (written int6
 }
 
 // relayChunked forwards a chunked body as it arrives, validating its
-// framing; decode strips the framing for HTTP/1.0 clients.
+// framing and framing the data again; decode sends the bare data for
+// HTTP/1.0 clients. Backend trailers are dropped.
 func (cc *clientConn) relayChunked(out []byte, uc *upConn, decode bool) (written int64, complete bool, clientErr, backendErr error) {
 	var sc chunkScanner
 	var spans []span
@@ -904,24 +921,25 @@ func (cc *clientConn) relayChunked(out []byte, uc *upConn, decode bool) (written
 			p := uc.buf[uc.r:uc.w]
 			var n int
 			var err error
-			if decode {
-				spans = spans[:0]
-				n, err = sc.scan(p, &spans)
-			} else {
-				n, err = sc.scan(p, nil)
-			}
+			spans = spans[:0]
+			n, err = sc.scan(p, &spans)
 			if err != nil {
 				return written, false, nil, err
 			}
 			if !first {
 				out = out[:0]
 			}
-			if decode {
-				for _, sp := range spans {
+			// The client gets the data in the proxy's own framing (or
+			// none for HTTP/1.0), never the backend's raw chunk lines.
+			for _, sp := range spans {
+				if decode {
 					out = append(out, p[sp.s:sp.e]...)
+				} else {
+					out = appendChunk(out, p[sp.s:sp.e])
 				}
-			} else {
-				out = append(out, p[:n]...)
+			}
+			if sc.done() && !decode {
+				out = append(out, lastChunk...)
 			}
 			uc.r += n
 			if len(out) > 0 {
@@ -1065,26 +1083,36 @@ func (cc *clientConn) streamChunked(sc chunkScanner) func(*upConn, *bodyProgress
 		defer s.putBodyBuf(bp)
 		buf := *bp
 		var sent int64
+		var spans []span
+		framed := make([]byte, 0, len(buf)+64)
 		for !sc.done() {
 			now := time.Now()
 			cc.setReadDeadline(now, s.cfg.ReadTimeout)
 			m, err := cc.c.Read(buf)
 			if m > 0 {
-				n, serr := sc.scan(buf[:m], nil)
+				spans = spans[:0]
+				n, serr := sc.scan(buf[:m], &spans)
 				if serr != nil {
 					return sent, serr
 				}
+				framed = framed[:0]
+				for _, sp := range spans {
+					framed = appendChunk(framed, sp.of(buf))
+				}
 				if sc.done() {
 					progress.markRead()
+					framed = append(framed, lastChunk...)
 					if n < m {
 						cc.leftover = append([]byte(nil), buf[n:m]...)
 					}
 				}
-				uc.setWriteDeadline(now, s.cfg.WriteTimeout)
-				w, werr := uc.c.Write(buf[:n])
-				sent += int64(w)
-				if werr != nil {
-					return sent, werr
+				if len(framed) > 0 {
+					uc.setWriteDeadline(now, s.cfg.WriteTimeout)
+					w, werr := uc.c.Write(framed)
+					sent += int64(w)
+					if werr != nil {
+						return sent, werr
+					}
 				}
 			}
 			if err != nil && !sc.done() {

@@ -171,3 +171,61 @@ func TestHTTP2PseudoHeadersValidated(t *testing.T) {
 		t.Fatalf("backend received %d requests (%v), errors %v", len(reqs), reqs, errs)
 	}
 }
+
+// TestChunkedStrictAndReframed: invalid chunk lines and trailers are
+// refused by the proxy (the backend, which counts requests, sees none), and
+// valid chunked bodies reach the backend in the proxy's own framing, without
+// the client's extensions and trailers; responses likewise.
+func TestChunkedStrictAndReframed(t *testing.T) {
+	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+		if req.Target == "/chunked-response" {
+			_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"+
+				"3;ext=\"v\"\r\nabc\r\n2 ; e\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n")
+			return err == nil
+		}
+		return answerEcho(c, req, nth)
+	})
+	table := newTable(t, poolSpec{storage.Pool{Name: "ch", Hosts: []string{"ch.test"}}, []string{rb.url()}})
+	p := startProxy(t, testConfig(), table, nil, nil)
+	head := "POST /up HTTP/1.1\r\nHost: ch.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+	for name, body := range map[string]string{
+		"0x prefix":             "0x5\r\nhello\r\n0\r\n\r\n",
+		"junk after size":       "5xyz\r\nhello\r\n0\r\n\r\n",
+		"two sizes":             "2 2\r\nab\r\n0\r\n\r\n",
+		"missing CR after data": "5\r\nhello\n0\r\n\r\n",
+		"request in trailers":   "0\r\nGET /smuggled HTTP/1.1\r\nHost: ch.test\r\n\r\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			status, _ := rawRoundTrip(t, p.http, head+body, "POST")
+			if status != 400 {
+				t.Fatalf("status %d, want 400", status)
+			}
+		})
+	}
+	if n := rb.requests.Load(); n != 0 {
+		reqs, _ := rb.received()
+		t.Fatalf("backend received %d requests: %q", n, reqs[0].Raw)
+	}
+
+	// Valid: extensions and trailers stay at the edge.
+	status, body := rawRoundTrip(t, p.http, head+"5;name=\"v\"\r\nhello\r\n1 ;x\r\n!\r\n0\r\nX-Trailer: t\r\n\r\n", "POST")
+	if status != 200 || body != "POST /up 6" {
+		t.Fatalf("valid chunked: %d %q", status, body)
+	}
+	reqs, errs := rb.received()
+	if len(reqs) != 1 || len(errs) != 0 {
+		t.Fatalf("backend: %d requests, errors %v", len(reqs), errs)
+	}
+	raw := string(reqs[0].Raw)
+	_, framed, _ := strings.Cut(raw, "\r\n\r\n")
+	if framed != "5\r\nhello\r\n1\r\n!\r\n0\r\n\r\n" {
+		t.Fatalf("backend got body framing %q", framed)
+	}
+
+	// Responses: the client gets the proxy's framing too.
+	got := rawExchange(t, p.http, "GET /chunked-response HTTP/1.1\r\nHost: ch.test\r\nConnection: close\r\n\r\n", 2*time.Second)
+	_, respBody, _ := strings.Cut(got, "\r\n\r\n")
+	if respBody != "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n" {
+		t.Fatalf("client got %q", got)
+	}
+}
