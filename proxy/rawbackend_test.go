@@ -60,21 +60,35 @@ func strictErr(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", errStrict, fmt.Sprintf(format, args...))
 }
 
-// recorder keeps every byte read through it.
+// recorder reads one byte at a time from r (never past a message) and
+// keeps every byte read through it.
 type recorder struct {
-	r   io.Reader
+	r   io.ByteReader
 	buf bytes.Buffer
 }
 
+func (rc *recorder) ReadByte() (byte, error) {
+	c, err := rc.r.ReadByte()
+	if err == nil {
+		rc.buf.WriteByte(c)
+	}
+	return c, err
+}
+
 func (rc *recorder) Read(p []byte) (int, error) {
-	n, err := rc.r.Read(p)
-	rc.buf.Write(p[:n])
-	return n, err
+	for i := range p {
+		c, err := rc.ReadByte()
+		if err != nil {
+			return i, err
+		}
+		p[i] = c
+	}
+	return len(p), nil
 }
 
 // strictLine reads one line that must end in CRLF and contain no other CR
 // or LF.
-func strictLine(br *bufio.Reader, max int) (string, error) {
+func strictLine(br *recorder, max int) (string, error) {
 	var sb strings.Builder
 	for {
 		c, err := br.ReadByte()
@@ -124,7 +138,7 @@ func isFieldValue(s string) bool {
 }
 
 // strictFields reads header lines up to the blank line.
-func strictFields(br *bufio.Reader) ([][2]string, error) {
+func strictFields(br *recorder) ([][2]string, error) {
 	var hs [][2]string
 	for {
 		line, err := strictLine(br, 64<<10)
@@ -154,7 +168,7 @@ func strictFields(br *bufio.Reader) ([][2]string, error) {
 
 // readStrictChunked reads a chunked body: chunk-size [ ";" ext ] CRLF, data,
 // CRLF, then the last chunk and trailer fields.
-func readStrictChunked(br *bufio.Reader) ([]byte, error) {
+func readStrictChunked(br *recorder) ([]byte, error) {
 	var body []byte
 	for {
 		line, err := strictLine(br, 4096)
@@ -193,15 +207,27 @@ func readStrictChunked(br *bufio.Reader) ([]byte, error) {
 // readStrictRequest reads exactly one request with RFC 9112 framing and
 // nothing lenient: CRLF only, tokens, one Host, one Content-Length value,
 // Transfer-Encoding exactly "chunked" and never with Content-Length.
-func readStrictRequest(r io.Reader) (*strictRequest, error) {
-	rec := &recorder{r: r}
-	br := bufio.NewReaderSize(rec, 1)
+func readStrictRequest(r io.ByteReader) (*strictRequest, error) {
+	return readStrictRequestVersion(r, false)
+}
+
+// readStrictRequestVersion is readStrictRequest that also takes what RFC
+// 9112 lets a server accept from a client when client is set: HTTP/1.0
+// (without Host) and repeated identical Content-Length values. The proxy's
+// output must pass without it.
+func readStrictRequestVersion(r io.ByteReader, client bool) (*strictRequest, error) {
+	http10 := client
+	br := &recorder{r: r}
 	line, err := strictLine(br, 16<<10)
 	if err != nil {
 		return nil, err
 	}
 	parts := strings.Split(line, " ")
-	if len(parts) != 3 || !isToken(parts[0]) || parts[2] != "HTTP/1.1" || parts[1] == "" {
+	if len(parts) != 3 || !isToken(parts[0]) || parts[1] == "" || parts[1][0] != '/' && parts[1] != "*" {
+		return nil, strictErr("bad request line %q", line)
+	}
+	is10 := http10 && parts[2] == "HTTP/1.0"
+	if parts[2] != "HTTP/1.1" && !is10 {
 		return nil, strictErr("bad request line %q", line)
 	}
 	for i := 0; i < len(parts[1]); i++ {
@@ -213,7 +239,7 @@ func readStrictRequest(r io.Reader) (*strictRequest, error) {
 	if req.Header, err = strictFields(br); err != nil {
 		return nil, err
 	}
-	if len(req.values("Host")) != 1 {
+	if n := len(req.values("Host")); n > 1 || n == 0 && !is10 {
 		return nil, strictErr("want exactly one Host, got %d", len(req.values("Host")))
 	}
 	cls, tes := req.values("Content-Length"), req.values("Transfer-Encoding")
@@ -222,14 +248,16 @@ func readStrictRequest(r io.Reader) (*strictRequest, error) {
 		return nil, strictErr("both Content-Length and Transfer-Encoding")
 	case len(tes) > 1 || len(tes) == 1 && tes[0] != "chunked":
 		return nil, strictErr("Transfer-Encoding %q", tes)
+	case len(tes) == 1 && is10:
+		return nil, strictErr("chunked in HTTP/1.0")
 	case len(tes) == 1:
 		req.Chunked = true
 		if req.Body, err = readStrictChunked(br); err != nil {
 			return nil, err
 		}
-	case len(cls) > 1:
+	case len(cls) > 1 && (!client || !allEqual(cls)):
 		return nil, strictErr("several Content-Length fields")
-	case len(cls) == 1:
+	case len(cls) >= 1:
 		n, err := strconv.ParseUint(cls[0], 10, 40)
 		if err != nil || cls[0][0] == '+' {
 			return nil, strictErr("Content-Length %q", cls[0])
@@ -239,7 +267,7 @@ func readStrictRequest(r io.Reader) (*strictRequest, error) {
 			return nil, err
 		}
 	}
-	req.Raw = rec.buf.Bytes()
+	req.Raw = br.buf.Bytes()
 	return req, nil
 }
 
@@ -314,6 +342,15 @@ func newRecBackend(t testing.TB, answer func(c net.Conn, req *strictRequest, nth
 		wg.Wait()
 	})
 	return rb
+}
+
+func allEqual(vs []string) bool {
+	for _, v := range vs {
+		if v != vs[0] {
+			return false
+		}
+	}
+	return true
 }
 
 func isReset(err error) bool {
