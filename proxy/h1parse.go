@@ -44,6 +44,7 @@ const (
 	hdrXPool
 	hdrExpect
 	hdrCookie
+	hdrForwarded
 )
 
 // field is one header line: buf[start:end] is the whole line with its CRLF,
@@ -186,6 +187,10 @@ func classifyHeader(name []byte) uint8 {
 		}
 		if eqFoldLower(name, "trailer") {
 			return hdrTrailer
+		}
+	case 9:
+		if eqFoldLower(name, "forwarded") {
+			return hdrForwarded
 		}
 	case 10:
 		if eqFoldLower(name, "connection") {
@@ -474,7 +479,7 @@ func (h *requestHead) interpretFields(b []byte) error {
 			if eqFoldLower(v, "100-continue") {
 				h.expect100 = true
 			}
-		case hdrXForwardedFor:
+		case hdrXForwardedFor, hdrForwarded:
 			if len(v) > 0 {
 				h.xffCount++
 			}

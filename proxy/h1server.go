@@ -647,8 +647,11 @@ func (cc *clientConn) appendUpstreamHead(out, b, host []byte) []byte {
 		out = append(out, host...)
 		out = append(out, "\r\n"...)
 	}
+	// X-Forwarded-For and Forwarded: a trusted proxy's list is extended
+	// with its address, anyone else's is replaced (a client must not be
+	// able to choose the address a backend believes it came from).
 	out = append(out, "X-Forwarded-For: "...)
-	if h.xffCount > 0 {
+	if cc.info.trusted && h.xffCount > 0 {
 		for i := range h.fields {
 			if f := &h.fields[i]; f.kind == hdrXForwardedFor && f.ve > f.vs {
 				out = append(out, b[f.vs:f.ve]...)
@@ -657,6 +660,16 @@ func (cc *clientConn) appendUpstreamHead(out, b, host []byte) []byte {
 		}
 	}
 	out = append(out, cc.clientIP...)
+	out = append(out, "\r\nForwarded: "...)
+	if cc.info.trusted && h.xffCount > 0 {
+		for i := range h.fields {
+			if f := &h.fields[i]; f.kind == hdrForwarded && f.ve > f.vs {
+				out = append(out, b[f.vs:f.ve]...)
+				out = append(out, ", "...)
+			}
+		}
+	}
+	out = appendForwardedElement(out, cc.info.client.Addr(), cc.https)
 	if cc.https {
 		out = append(out, "\r\nX-Forwarded-Proto: https\r\n"...)
 	} else {
@@ -708,7 +721,7 @@ func (cc *clientConn) appendResponseHead(out, rb []byte, r *responseHead, setCoo
 		f := &r.fields[i]
 		keepLine := false
 		switch f.kind {
-		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto:
+		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto, hdrForwarded:
 			keepLine = !r.connOthers || !listedInConnection(rb, r.fields, rb[f.start:f.colon])
 		case hdrContentLength:
 			keepLine = !seenCL && r.framing != bodyChunked && !decode

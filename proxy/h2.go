@@ -79,7 +79,7 @@ func (h *h2Server) shutdown() {
 func h2Skip(name string) bool {
 	switch name {
 	case "Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Host",
-		"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Request-Id", "Expect", "Content-Length":
+		"X-Forwarded-For", "Forwarded", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Request-Id", "Expect", "Content-Length":
 		return true
 	}
 	return strings.HasPrefix(name, "Proxy-")
@@ -270,14 +270,28 @@ func (h *h2Server) upstreamHead(r *http.Request, hc *h2Conn, host, reqID string)
 			out = append(out, "\r\n"...)
 		}
 	}
+	// As for HTTP/1.1: a trusted proxy's lists are extended, anyone
+	// else's replaced.
 	out = append(out, "X-Forwarded-For: "...)
-	for _, v := range r.Header.Values("X-Forwarded-For") {
-		if v != "" {
-			out = append(out, v...)
-			out = append(out, ", "...)
+	if hc.info.trusted {
+		for _, v := range r.Header.Values("X-Forwarded-For") {
+			if v != "" {
+				out = append(out, v...)
+				out = append(out, ", "...)
+			}
 		}
 	}
 	out = append(out, hc.clientIP...)
+	out = append(out, "\r\nForwarded: "...)
+	if hc.info.trusted {
+		for _, v := range r.Header.Values("Forwarded") {
+			if v != "" {
+				out = append(out, v...)
+				out = append(out, ", "...)
+			}
+		}
+	}
+	out = appendForwardedElement(out, hc.info.client.Addr(), true)
 	out = append(out, "\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: "...)
 	out = append(out, host...)
 	out = append(out, "\r\nX-Request-Id: "...)
@@ -368,7 +382,7 @@ func (h *h2Server) relay(w http.ResponseWriter, ex *exchange, req *outRequest, p
 	for i := range resp.fields {
 		f := &resp.fields[i]
 		switch f.kind {
-		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto:
+		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto, hdrForwarded:
 		case hdrContentLength:
 			if resp.framing != bodyLength && !req.isHEAD {
 				continue

@@ -34,6 +34,9 @@ type connInfo struct {
 	listener int
 	client   netip.AddrPort // the PROXY header's source when present
 	accepted time.Time
+	// trusted: the client is a proxy whose X-Forwarded-For and
+	// Forwarded headers are kept (Config.TrustedProxies).
+	trusted bool
 }
 
 func (s *Server) acceptLoop(l net.Listener, kind int) {
@@ -155,6 +158,7 @@ func (s *Server) serveConn(tc *trackedConn, kind int) {
 		}
 		n = copy(*buf, (*buf)[used:got])
 	}
+	info.trusted = s.trusts(info.client.Addr(), proxyProto)
 	if kind == listenerHTTPS {
 		s.serveTLS(tc, info, buf, n)
 		return

@@ -58,6 +58,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -126,6 +127,13 @@ type Config struct {
 	MaxRequestHeaderBytes int
 	// MaxResponseHeaderBytes bounds a backend response head (502 beyond).
 	MaxResponseHeaderBytes int
+
+	// TrustedProxies are the client addresses (after the PROXY protocol)
+	// whose X-Forwarded-For and Forwarded headers are extended; from any
+	// other client they are replaced by its own address. nil = the
+	// default: FlyProxyPrefixes on a listener without the PROXY protocol,
+	// nobody on one with it. An empty non-nil list trusts nobody.
+	TrustedProxies []netip.Prefix
 
 	// BackendRootCAs verifies backend certificates in full_strict mode (and
 	// for backends with ssl_verify); nil = the system roots.

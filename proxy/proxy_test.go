@@ -669,7 +669,8 @@ func TestHopByHopAndForwardedHeaders(t *testing.T) {
 	}
 	want := map[string]string{
 		"host":              "h.test:8080",
-		"x-forwarded-for":   "203.0.113.7, 127.0.0.1",
+		"x-forwarded-for":   "127.0.0.1", // the client is not a trusted proxy: replaced
+		"forwarded":         "for=127.0.0.1;proto=http",
 		"x-forwarded-proto": "http",
 		"x-forwarded-host":  "h.test:8080",
 		"x-request-id":      "client-id-42",

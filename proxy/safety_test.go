@@ -1,9 +1,13 @@
 package proxy
 
 import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -227,5 +231,104 @@ func TestChunkedStrictAndReframed(t *testing.T) {
 	_, respBody, _ := strings.Cut(got, "\r\n\r\n")
 	if respBody != "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n" {
 		t.Fatalf("client got %q", got)
+	}
+}
+
+// TestHeaderHygieneBothProtocols: the same request over HTTP/1.1 and over
+// HTTP/2, from a trusted and an untrusted client, reaches the backend with
+// no Proxy-* or hop-by-hop field, the client's address in X-Forwarded-For
+// and Forwarded (appended for a trusted proxy, replacing otherwise), and
+// the proxy's X-Forwarded-Proto and X-Forwarded-Host.
+func TestHeaderHygieneBothProtocols(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("hy.test", ca.issue(t, "hy.test"))
+	for _, trusted := range []bool{false, true} {
+		for _, proto := range []string{"HTTP/1.1", "HTTP/2"} {
+			t.Run(fmt.Sprintf("%s trusted=%v", proto, trusted), func(t *testing.T) {
+				rb := newRecBackend(t, nil)
+				table := newTable(t, poolSpec{storage.Pool{Name: "hy", SSLMode: "flexible", SSLDomain: "hy.test"}, []string{rb.url()}})
+				cfg := testConfig()
+				cfg.TrustedProxies = []netip.Prefix{}
+				if trusted {
+					cfg.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+				}
+				p := startProxy(t, cfg, table, certs, nil)
+				fields := []string{
+					"proxy-authorization", "Basic Zm9vOmJhcg==", "proxy-foo", "1",
+					"x-forwarded-for", "203.0.113.7", "forwarded", "for=203.0.113.7",
+					"x-forwarded-proto", "gopher", "x-forwarded-host", "evil.test",
+					"te", "trailers", "x-kept", "yes",
+				}
+				if proto == "HTTP/2" {
+					h := dialH2Raw(t, p.https, "hy.test", ca.pool)
+					kv := append([]string{":method", "GET", ":scheme", "https", ":path", "/hy", ":authority", "hy.test"}, fields...)
+					if err := h.headers(1, true, kv...); err != nil {
+						t.Fatal(err)
+					}
+					if status, _, err := h.response(1); err != nil || status != "200" {
+						t.Fatalf("status %q, %v", status, err)
+					}
+				} else {
+					conn, err := tls.Dial("tcp", p.https, &tls.Config{ServerName: "hy.test", RootCAs: ca.pool})
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer conn.Close()
+					req := "GET /hy HTTP/1.1\r\nHost: hy.test\r\nConnection: X-Hop\r\nX-Hop: 1\r\nProxy-Connection: keep-alive\r\n"
+					for i := 0; i < len(fields); i += 2 {
+						req += fields[i] + ": " + fields[i+1] + "\r\n"
+					}
+					_, _ = io.WriteString(conn, req+"\r\n")
+					if resp, _ := readResponse(t, bufio.NewReader(conn), "GET"); resp.StatusCode != 200 {
+						t.Fatalf("status %d", resp.StatusCode)
+					}
+				}
+				reqs, errs := rb.received()
+				if len(reqs) != 1 || len(errs) > 0 {
+					t.Fatalf("backend: %d requests, errors %v", len(reqs), errs)
+				}
+				r := reqs[0]
+				for _, h := range r.Header {
+					name := strings.ToLower(h[0])
+					if strings.HasPrefix(name, "proxy-") || name == "te" || name == "x-hop" || name == "connection" {
+						t.Errorf("backend got %s: %s", h[0], h[1])
+					}
+				}
+				wantXFF, wantFwd := "127.0.0.1", "for=127.0.0.1;proto=https"
+				if trusted {
+					wantXFF, wantFwd = "203.0.113.7, 127.0.0.1", "for=203.0.113.7, for=127.0.0.1;proto=https"
+				}
+				for name, want := range map[string]string{
+					"X-Forwarded-For": wantXFF, "Forwarded": wantFwd, "X-Forwarded-Proto": "https",
+					"X-Forwarded-Host": "hy.test", "X-Kept": "yes", "Host": "hy.test",
+				} {
+					if got := r.values(name); len(got) != 1 || got[0] != want {
+						t.Errorf("backend %s = %q, want %q", name, got, want)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestDuplicateHostRejectedByProxy: the proxy itself refuses two Host
+// fields; the backend counts requests, so a backend that would refuse them
+// too cannot hide the proxy's part.
+func TestDuplicateHostRejectedByProxy(t *testing.T) {
+	rb := newRecBackend(t, nil)
+	table := newTable(t, poolSpec{storage.Pool{Name: "dh", Hosts: []string{"dh.test", "other.test"}}, []string{rb.url()}})
+	p := startProxy(t, testConfig(), table, nil, nil)
+	for _, req := range []string{
+		"GET / HTTP/1.1\r\nHost: dh.test\r\nHost: other.test\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: dh.test\r\nHost: dh.test\r\n\r\n",
+		"GET http://dh.test/ HTTP/1.1\r\nHost: dh.test\r\nhost: other.test\r\n\r\n",
+	} {
+		if status, _ := rawRoundTrip(t, p.http, req, "GET"); status != 400 {
+			t.Errorf("%q: status %d, want 400", req, status)
+		}
+	}
+	if n := rb.requests.Load(); n != 0 {
+		t.Fatalf("backend received %d requests", n)
 	}
 }
