@@ -368,7 +368,7 @@ func (cc *clientConn) redirectToHTTPS(host, path []byte, pm *poolMetrics, start 
 		h = h[:i]
 	}
 	loc = append(loc, h...)
-	if p := cc.s.cfg.RedirectHTTPSPort; p != 0 && p != 443 {
+	if p := cc.s.redirectPort; p != 0 && p != 443 {
 		loc = append(loc, ':')
 		loc = strconv.AppendInt(loc, int64(p), 10)
 	}
@@ -475,8 +475,11 @@ func (cc *clientConn) respondLocal(status int, msg string, extra []byte, pm *poo
 		out = append(out, '\n')
 	}
 	cc.out = out
-	err := cc.write(out)
+	// The write deadline is computed from cc.now, which may be as old as
+	// the request's start (a 504 comes ResponseHeaderTimeout later): an
+	// old time would make the deadline pass and the client get nothing.
 	cc.now = time.Now()
+	err := cc.write(out)
 	cc.finish(pm, status, start, nil, int64(len(out)))
 	return keep && err == nil
 }

@@ -87,9 +87,10 @@ type Config struct {
 	// AllowPoolHeader honours an X-Pool request header naming the pool,
 	// overriding the Host lookup. For trusted networks only.
 	AllowPoolHeader bool
-	// RedirectHTTPSPort is the port put into HTTP->HTTPS redirects; 0 or
-	// 443 leave it out (the public port is 443 even when the listener is
-	// on 8443 behind Fly's proxy).
+	// RedirectHTTPSPort is the public HTTPS port put into HTTP->HTTPS
+	// redirects (left out when 443). 0 = the HTTPS listener's own port,
+	// right when clients reach the listener directly; behind Fly's proxy,
+	// which maps 443 to the listener's 8443, set 443.
 	RedirectHTTPSPort int
 
 	// ReadHeaderTimeout bounds reading a request head from the first byte
@@ -268,6 +269,9 @@ type Server struct {
 	listeners []net.Listener
 	httpAddr  net.Addr
 	httpsAddr net.Addr
+	// redirectPort is the port of HTTP->HTTPS redirects, set by Start
+	// (before any connection is served).
+	redirectPort int
 	conns     map[*trackedConn]struct{}
 	connsDone chan struct{} // closed when conns becomes empty during shutdown
 	closing   atomic.Bool
@@ -345,6 +349,14 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.started = true
 	s.listeners = opened
+	s.redirectPort = s.cfg.RedirectHTTPSPort
+	if s.redirectPort == 0 {
+		if ta, ok := s.httpsAddr.(*net.TCPAddr); ok {
+			s.redirectPort = ta.Port
+		} else {
+			s.redirectPort = 443
+		}
+	}
 	for _, l := range opened {
 		kind := listenerHTTP
 		if l.Addr() == s.httpsAddr {

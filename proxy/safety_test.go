@@ -332,3 +332,88 @@ func TestDuplicateHostRejectedByProxy(t *testing.T) {
 		t.Fatalf("backend received %d requests", n)
 	}
 }
+
+// TestGatewayTimeoutAnsweredToEveryClient: a backend slower than the
+// response-head timeout gets every client the 504 the log records, also
+// when the timeout is longer than the write timeout, plain and TLS.
+func TestGatewayTimeoutAnsweredToEveryClient(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("slow.test", ca.issue(t, "slow.test"))
+	hang := make(chan struct{})
+	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+		select {
+		case <-hang:
+		case <-time.After(10 * time.Second):
+		}
+		return false
+	})
+	t.Cleanup(func() { close(hang) })
+	table := newTable(t, poolSpec{storage.Pool{Name: "slow", SSLMode: "flexible", AllowHTTP: true, SSLDomain: "slow.test"}, []string{rb.url()}})
+	cfg := testConfig()
+	cfg.WriteTimeout = 100 * time.Millisecond
+	cfg.ResponseHeaderTimeout = 400 * time.Millisecond
+	p := startProxy(t, cfg, table, certs, nil)
+	for _, c := range []struct {
+		name string
+		cl   *http.Client
+		url  string
+	}{
+		{"plain HTTP/1.1", client(p.http, nil, false), "http://slow.test/"},
+		{"TLS HTTP/1.1", client(p.https, ca.pool, false), "https://slow.test/"},
+		{"HTTP/2", client(p.https, ca.pool, true), "https://slow.test/"},
+	} {
+		resp, err := c.cl.Get(c.url)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if body := readAll(t, resp); resp.StatusCode != 504 || !strings.Contains(body, "gateway timeout") {
+			t.Fatalf("%s: %d %q", c.name, resp.StatusCode, body)
+		}
+	}
+}
+
+// TestRefusalsAreAnswered: refused TLS handshakes get an alert naming the
+// reason, plain HTTP on the TLS port gets a 400, and the HTTPS redirect
+// keeps the listener's port by default.
+func TestRefusalsAreAnswered(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("tls.test", ca.issue(t, "tls.test"))
+	table := newTable(t,
+		poolSpec{storage.Pool{Name: "tls", SSLMode: "flexible", SSLDomain: "tls.test"}, []string{newEcho(t, "tls").URL}},
+		poolSpec{storage.Pool{Name: "plain", Hosts: []string{"plain.test"}}, []string{newEcho(t, "plain").URL}},
+	)
+	p := startProxy(t, testConfig(), table, certs, nil)
+	for _, tc := range []struct {
+		sni, alert string
+	}{
+		{"unknown.test", "unrecognized name"},
+		{"plain.test", "unrecognized name"},
+		{"", "handshake failure"},
+	} {
+		conn, err := net.Dial("tcp", p.https)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tcn := tls.Client(conn, &tls.Config{ServerName: tc.sni, InsecureSkipVerify: tc.sni == ""})
+		_ = tcn.SetDeadline(time.Now().Add(5 * time.Second))
+		err = tcn.Handshake()
+		conn.Close()
+		if err == nil || !strings.Contains(err.Error(), tc.alert) {
+			t.Errorf("SNI %q: handshake error %v, want alert %q", tc.sni, err, tc.alert)
+		}
+	}
+
+	status, body := rawRoundTrip(t, p.https, "GET / HTTP/1.1\r\nHost: tls.test\r\n\r\n", "GET")
+	if status != 400 || !strings.Contains(body, "plain HTTP request was sent to HTTPS port") {
+		t.Fatalf("plain HTTP on the TLS port: %d %q", status, body)
+	}
+
+	_, port, _ := net.SplitHostPort(p.https)
+	resp := get(t, client(p.http, nil, false), "http://tls.test/x?y=1")
+	readAll(t, resp)
+	if want := "https://tls.test:" + port + "/x?y=1"; resp.StatusCode != 301 || resp.Header.Get("Location") != want {
+		t.Fatalf("redirect %d to %q, want %q", resp.StatusCode, resp.Header.Get("Location"), want)
+	}
+}
