@@ -272,11 +272,11 @@ type Server struct {
 	// redirectPort is the port of HTTP->HTTPS redirects, set by Start
 	// (before any connection is served).
 	redirectPort int
-	conns     map[*trackedConn]struct{}
-	connsDone chan struct{} // closed when conns becomes empty during shutdown
-	closing   atomic.Bool
-	wg        sync.WaitGroup // accept loops and janitor
-	stop      chan struct{}
+	conns        map[*trackedConn]struct{}
+	connsDone    chan struct{} // closed when conns becomes empty during shutdown
+	closing      atomic.Bool
+	wg           sync.WaitGroup // accept loops and janitor
+	stop         chan struct{}
 }
 
 // New validates cfg and returns a Server; Start binds the listeners. certs
