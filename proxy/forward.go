@@ -160,6 +160,13 @@ func (s *Server) roundTrip(ex *exchange, cache *upstreamCache, pool *pools.Pool,
 	tries := 1 + s.cfg.MaxRetries
 	var lastErr error
 	for try := 0; try < tries; try++ {
+		if req.clientGone() {
+			// Nothing to send a request for (an HTTP/2 stream reset).
+			if lastErr == nil {
+				lastErr = fmt.Errorf("client went away: %w", context.Canceled)
+			}
+			return lastErr
+		}
 		pick.Exclude = excluded
 		b, err := pool.Pick(pick)
 		if err != nil {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/netip"
+	"sync"
 )
 
 // FlyProxyPrefixes are the addresses Fly.io's proxy connects to a Machine
@@ -43,4 +44,42 @@ func appendForwardedElement(out []byte, client netip.Addr, https bool) []byte {
 		return append(out, ";proto=https"...)
 	}
 	return append(out, ";proto=http"...)
+}
+
+// upgradeLimits counts upgraded (tunnelled) connections, in all and per
+// client address: each holds a backend connection for as long as the
+// client likes.
+type upgradeLimits struct {
+	mu       sync.Mutex
+	total    int
+	byClient map[netip.Addr]int
+}
+
+// acquireUpgrade takes an upgrade slot for client; false when a limit is
+// reached.
+func (s *Server) acquireUpgrade(client netip.Addr) bool {
+	u := &s.upgrades
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.total >= s.cfg.MaxUpgrades || u.byClient[client] >= s.cfg.MaxUpgradesPerClient {
+		return false
+	}
+	if u.byClient == nil {
+		u.byClient = make(map[netip.Addr]int)
+	}
+	u.total++
+	u.byClient[client]++
+	return true
+}
+
+func (s *Server) releaseUpgrade(client netip.Addr) {
+	u := &s.upgrades
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.total--
+	if u.byClient[client] <= 1 {
+		delete(u.byClient, client)
+	} else {
+		u.byClient[client]--
+	}
 }

@@ -495,6 +495,14 @@ func (cc *clientConn) forwardRequest(pool *pools.Pool, pm *poolMetrics, host []b
 	s := cc.s
 	h := &cc.head
 	b := cc.headBytes()
+	if h.isUpgrade() {
+		client := cc.info.client.Addr()
+		if !s.acquireUpgrade(client) {
+			s.metrics.upgradesRefused.Inc()
+			return cc.respondLocal(503, "service unavailable: too many upgraded connections", nil, pm, start, true)
+		}
+		defer s.releaseUpgrade(client)
+	}
 	buffered := cc.buf[cc.headAt+h.headLen : cc.w]
 
 	pick := pools.PickRequest{ClientIP: cc.info.client.Addr()}

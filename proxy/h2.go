@@ -10,6 +10,7 @@ import (
 	"net/textproto"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,6 +37,51 @@ type h2Conn struct {
 	info     connInfo
 	sni      string
 	clientIP string
+	conn     net.Conn // the client's TCP connection, closed on abuse
+	// backends bounds the backend exchanges of this client connection in
+	// flight: streams beyond it wait (or are cancelled) without taking a
+	// backend connection.
+	backends chan struct{}
+	resets   resetBudget
+}
+
+// resetBudget is a token bucket of client-cancelled streams: HTTP/2 rapid
+// reset (open a stream, cancel it, repeat) costs the client nothing and the
+// proxy a backend request, so a connection that cancels more than its
+// budget is closed.
+type resetBudget struct {
+	mu     sync.Mutex
+	tokens float64
+	last   time.Time
+}
+
+// spend takes one token; false when the budget is exhausted.
+func (b *resetBudget) spend(now time.Time, perSecond float64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	burst := 2 * perSecond
+	if b.last.IsZero() {
+		b.tokens = burst
+	} else {
+		b.tokens = min(burst, b.tokens+now.Sub(b.last).Seconds()*perSecond)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// noteReset counts a stream the client cancelled before its response was
+// complete and closes the connection when the budget is spent.
+func (h *h2Server) noteReset(hc *h2Conn) {
+	if hc.resets.spend(time.Now(), float64(h.s.cfg.H2MaxResetsPerSecond)) {
+		return
+	}
+	h.s.metrics.h2ResetFloods.Inc()
+	h.s.log.Info("proxy: HTTP/2 connection closed: too many cancelled streams", zap.String("client", hc.clientIP))
+	_ = hc.conn.Close()
 }
 
 func newH2Server(s *Server) *h2Server {
@@ -50,7 +96,7 @@ func newH2Server(s *Server) *h2Server {
 	}
 	h.srv = &http2.Server{
 		IdleTimeout:          s.cfg.IdleTimeout,
-		MaxConcurrentStreams: 250,
+		MaxConcurrentStreams: uint32(s.cfg.H2MaxConcurrentStreams),
 	}
 	// ConfigureServer registers the GOAWAY-on-Shutdown hook for the
 	// connections served with BaseConfig h.base. Its error is about a
@@ -61,7 +107,8 @@ func newH2Server(s *Server) *h2Server {
 
 // serve runs one HTTP/2 connection until it ends.
 func (h *h2Server) serve(tc *trackedConn, conn *tls.Conn, info connInfo, sni string) {
-	hc := &h2Conn{info: info, sni: sni, clientIP: info.client.Addr().String()}
+	hc := &h2Conn{info: info, sni: sni, clientIP: info.client.Addr().String(), conn: tc.Conn,
+		backends: make(chan struct{}, h.s.cfg.MaxBackendConnsPerClient)}
 	ctx := context.WithValue(context.Background(), h2ConnKey{}, hc)
 	h.srv.ServeConn(conn, &http2.ServeConnOpts{Context: ctx, BaseConfig: h.base, Handler: h})
 }
@@ -128,6 +175,22 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	// A stream cancelled before it got here costs no backend request; the
+	// others wait for one of the client's backend slots.
+	select {
+	case <-r.Context().Done():
+		h.noteReset(hc)
+		return
+	default:
+	}
+	select {
+	case hc.backends <- struct{}{}:
+		defer func() { <-hc.backends }()
+	case <-r.Context().Done():
+		h.noteReset(hc)
+		return
+	}
+
 	pick := pools.PickRequest{ClientIP: hc.info.client.Addr()}
 	sticky := pool.StickyCookieName()
 	if sticky != "" {
@@ -166,6 +229,9 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var cache upstreamCache
 	ex.resp.fields = make([]field, 0, 32)
 	if err := s.roundTrip(&ex, &cache, pool, pick, req, nil, time.Now()); err != nil {
+		if req.clientGone() {
+			h.noteReset(hc)
+		}
 		status := statusForError(err)
 		s.log.Debug("proxy: h2 request failed", zap.String("pool", pool.Name), zap.Int("status", status), zap.Error(err))
 		msg := "bad gateway: the backend failed"
@@ -497,6 +563,7 @@ func (h *h2Server) relay(w http.ResponseWriter, ex *exchange, req *outRequest, p
 	bodySent := ex.finishBody(req)
 	if req.clientGone() {
 		backendErr = nil // the deadline that ended the read was the client's reset
+		h.noteReset(lw.hc)
 	}
 	if ex.uc != nil {
 		if complete && bodySent && clientErr == nil && !resp.connClose && resp.framing != bodyClose && uc.r == uc.w && !s.shuttingDown() && stop() {

@@ -124,6 +124,20 @@ type Config struct {
 	// MaxRetries is how many other backends an idempotent request may be
 	// retried on after a connection failure.
 	MaxRetries int
+	// H2MaxConcurrentStreams is the SETTINGS_MAX_CONCURRENT_STREAMS of
+	// client HTTP/2 connections.
+	H2MaxConcurrentStreams int
+	// H2MaxResetsPerSecond is how many streams an HTTP/2 client may cancel
+	// per second (twice that in a burst) before its connection is closed.
+	H2MaxResetsPerSecond int
+	// MaxBackendConnsPerClient bounds the backend exchanges in flight for
+	// one client connection (HTTP/2 multiplexes many streams on one).
+	MaxBackendConnsPerClient int
+	// MaxUpgradesPerClient bounds the concurrent upgraded (WebSocket)
+	// connections per client address, MaxUpgrades those of the server
+	// (503 beyond).
+	MaxUpgradesPerClient int
+	MaxUpgrades          int
 	// MaxRequestHeaderBytes bounds a request head (431 beyond).
 	MaxRequestHeaderBytes int
 	// MaxResponseHeaderBytes bounds a backend response head (502 beyond).
@@ -165,10 +179,17 @@ func DefaultConfig() Config {
 		TunnelIdleTimeout:      time.Hour,
 		MaxIdleConnsPerBackend: 128,
 		MaxRetries:             2,
-		MaxRequestHeaderBytes:  32 << 10,
-		MaxResponseHeaderBytes: 32 << 10,
-		AccessLog:              "off",
-		Logger:                 zap.NewNop(),
+		// nginx's http2_max_concurrent_streams is 128; a browser opens
+		// far fewer at once.
+		H2MaxConcurrentStreams:   100,
+		H2MaxResetsPerSecond:     100,
+		MaxBackendConnsPerClient: 32,
+		MaxUpgradesPerClient:     256,
+		MaxUpgrades:              100_000,
+		MaxRequestHeaderBytes:    32 << 10,
+		MaxResponseHeaderBytes:   32 << 10,
+		AccessLog:                "off",
+		Logger:                   zap.NewNop(),
 	}
 }
 
@@ -190,6 +211,15 @@ func (c *Config) validate() error {
 	}
 	if c.MaxIdleConnsPerBackend < 0 {
 		errs = append(errs, fmt.Errorf("proxy: MaxIdleConnsPerBackend must not be negative, got %d", c.MaxIdleConnsPerBackend))
+	}
+	for name, v := range map[string]int{
+		"H2MaxConcurrentStreams": c.H2MaxConcurrentStreams, "H2MaxResetsPerSecond": c.H2MaxResetsPerSecond,
+		"MaxBackendConnsPerClient": c.MaxBackendConnsPerClient, "MaxUpgradesPerClient": c.MaxUpgradesPerClient,
+		"MaxUpgrades": c.MaxUpgrades,
+	} {
+		if v < 1 {
+			errs = append(errs, fmt.Errorf("proxy: %s must be at least 1, got %d", name, v))
+		}
 	}
 	if c.MaxRetries < 0 {
 		errs = append(errs, fmt.Errorf("proxy: MaxRetries must not be negative, got %d", c.MaxRetries))
@@ -263,6 +293,7 @@ type Server struct {
 	peekBufs   sync.Pool // *[]byte of peekBufSize: PROXY header + ClientHello
 	clientBufs sync.Pool // *[]byte of clientBufSize: client read buffers
 	bodyBufs   sync.Pool // *[]byte of bodyBufSize: streamed request bodies
+	upgrades   upgradeLimits
 
 	mu        sync.Mutex
 	started   bool

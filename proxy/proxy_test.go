@@ -1239,7 +1239,9 @@ func TestAllowHTTPIsPerPool(t *testing.T) {
 		poolSpec{storage.Pool{Name: "open", SSLMode: "flexible", SSLDomain: "open.test", AllowHTTP: true}, []string{open.URL}},
 		poolSpec{storage.Pool{Name: "strict", SSLMode: "flexible", SSLDomain: "strict.test"}, []string{strict.URL}},
 	)
-	p := startProxy(t, testConfig(), table, certs, nil)
+	cfg := testConfig()
+	cfg.RedirectHTTPSPort = 443 // the public port (behind a port-mapping proxy): left out
+	p := startProxy(t, cfg, table, certs, nil)
 	c := client(p.http, nil, false)
 	if resp := get(t, c, "http://open.test/x"); resp.StatusCode != http.StatusOK {
 		t.Fatalf("allow_http pool over plain HTTP: %d", resp.StatusCode)

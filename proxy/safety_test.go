@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
 
 	"github.com/singularity-ng/singularity-edge/storage"
 )
@@ -415,5 +418,120 @@ func TestRefusalsAreAnswered(t *testing.T) {
 	readAll(t, resp)
 	if want := "https://tls.test:" + port + "/x?y=1"; resp.StatusCode != 301 || resp.Header.Get("Location") != want {
 		t.Fatalf("redirect %d to %q, want %q", resp.StatusCode, resp.Header.Get("Location"), want)
+	}
+}
+
+// TestShortProxyHeaderDroppedAtOnce: a PROXY v2 header that stops short is
+// closed right away, not held until ReadHeaderTimeout.
+func TestShortProxyHeaderDroppedAtOnce(t *testing.T) {
+	table := newTable(t, poolSpec{storage.Pool{Name: "pp", Hosts: []string{"pp.test"}}, []string{newEcho(t, "pp").URL}})
+	cfg := testConfig()
+	cfg.HTTPProxyProtocol = true
+	cfg.ReadHeaderTimeout = time.Hour // a held connection would hang the test until its own deadline
+	p := startProxy(t, cfg, table, nil, nil)
+	for name, partial := range map[string][]byte{
+		"v2 signature and part of the addresses": append(append([]byte{}, proxyV2Signature...), 0x21, 0x11, 0, 12, 10, 1, 2),
+		"v2 signature only":                      proxyV2Signature[:12],
+		"v1 without CRLF":                        []byte("PROXY TCP4 192.0.2.1 192.0.2.2 5"),
+	} {
+		conn, err := net.Dial("tcp", p.http)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Write(partial); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		var b [1]byte
+		_, err = conn.Read(b[:])
+		conn.Close()
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Errorf("%s: connection held open", name)
+		}
+	}
+}
+
+// TestHTTP2RapidResetBounded: a client opening and cancelling streams in a
+// loop is cut off, and the backend (request and connection counts as the
+// oracle) sees a bounded share of the flood.
+func TestHTTP2RapidResetBounded(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("rr.test", ca.issue(t, "rr.test"))
+	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+		time.Sleep(20 * time.Millisecond) // in flight when the reset comes
+		return answerEcho(c, req, nth)
+	})
+	table := newTable(t, poolSpec{storage.Pool{Name: "rr", SSLMode: "flexible", SSLDomain: "rr.test"}, []string{rb.url()}})
+	cfg := testConfig()
+	cfg.H2MaxResetsPerSecond = 50
+	cfg.MaxBackendConnsPerClient = 8
+	p := startProxy(t, cfg, table, certs, nil)
+	h := dialH2Raw(t, p.https, "rr.test", ca.pool)
+	const flood = 5000
+	sent := 0
+	for id := uint32(1); sent < flood; id += 2 {
+		if err := h.headers(id, true, ":method", "GET", ":scheme", "https", ":path", "/rr", ":authority", "rr.test"); err != nil {
+			break
+		}
+		if err := h.fr.WriteRSTStream(id, http2.ErrCodeCancel); err != nil {
+			break
+		}
+		sent++
+	}
+	// The proxy must end the connection (GOAWAY or close) on its own.
+	_ = h.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var ended error
+	for ended == nil {
+		f, err := h.fr.ReadFrame()
+		if err != nil {
+			ended = err
+			break
+		}
+		if ga, ok := f.(*http2.GoAwayFrame); ok {
+			ended = fmt.Errorf("GOAWAY %v", ga.ErrCode)
+		}
+	}
+	var ne net.Error
+	if errors.As(ended, &ne) && ne.Timeout() {
+		t.Fatalf("connection still open after %d cancelled streams", sent)
+	}
+	time.Sleep(100 * time.Millisecond) // let handlers already past the checks finish
+	reqs, conns := rb.requests.Load(), rb.conns.Load()
+	t.Logf("%d streams sent and cancelled; connection ended with %v; backend: %d requests over %d connections", sent, ended, reqs, conns)
+	// Budget: a burst of 100 cancellations plus 50/s, plus 8 slots in flight.
+	if reqs > 1000 || conns > 1000 {
+		t.Fatalf("backend received %d requests over %d connections from one flooding client", reqs, conns)
+	}
+}
+
+// TestUpgradesPerClientBounded: upgrades beyond the per-client limit are
+// refused with 503 while the first ones stay open.
+func TestUpgradesPerClientBounded(t *testing.T) {
+	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+		_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n")
+		_, _ = io.Copy(io.Discard, c) // a tunnel that stays open
+		return false
+	})
+	table := newTable(t, poolSpec{storage.Pool{Name: "up", Hosts: []string{"up.test"}}, []string{rb.url()}})
+	cfg := testConfig()
+	cfg.MaxUpgradesPerClient = 2
+	p := startProxy(t, cfg, table, nil, nil)
+	req := "GET /ws HTTP/1.1\r\nHost: up.test\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n"
+	for i := 0; i < 2; i++ {
+		c, err := net.Dial("tcp", p.http)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_, _ = io.WriteString(c, req)
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if resp, _ := readResponse(t, bufio.NewReader(c), "GET"); resp.StatusCode != 101 {
+			t.Fatalf("upgrade %d: %d", i, resp.StatusCode)
+		}
+	}
+	if status, body := rawRoundTrip(t, p.http, req, "GET"); status != 503 || !strings.Contains(body, "too many upgraded") {
+		t.Fatalf("third upgrade: %d %q", status, body)
 	}
 }
