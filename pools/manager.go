@@ -3,6 +3,7 @@ package pools
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
@@ -61,9 +62,14 @@ type Config struct {
 	// change of a burst.
 	RebuildDelay time.Duration
 	// PageSize is the page size of the initial scans.
-	PageSize   int
-	Logger     *zap.Logger
-	Registerer prometheus.Registerer // nil = no metrics
+	PageSize int
+	// BackendRootCAs verify backend certificates (pools without their own
+	// CA bundle); nil = the system roots. ClientCertificates finds the
+	// client certificates pools present to their backends.
+	BackendRootCAs     *x509.CertPool
+	ClientCertificates ClientCertificateSource
+	Logger             *zap.Logger
+	Registerer         prometheus.Registerer // nil = no metrics
 }
 
 // DefaultConfig returns a Config with the defaults filled in; NodeID must
@@ -398,7 +404,7 @@ func (m *Manager) rebuild(ctx context.Context, pools map[string]storage.Pool, ba
 		bs = append(bs, b)
 	}
 	fresh := make(map[string]bool)
-	t := buildTable(ps, bs, TableOptions{Region: m.cfg.Region, CookieKey: m.cfg.CookieKey}, m.table.Load(),
+	t := buildTable(ps, bs, TableOptions{Region: m.cfg.Region, CookieKey: m.cfg.CookieKey, BackendRootCAs: m.cfg.BackendRootCAs, ClientCertificates: m.cfg.ClientCertificates}, m.table.Load(),
 		func(b *storage.Backend, p *storage.Pool) *backendState {
 			s, isNew := m.stateFor(b, p)
 			if isNew {

@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"net"
 	"sort"
@@ -23,6 +24,11 @@ type TableOptions struct {
 	// honours the others' cookies. Empty: a random key for this table only
 	// (fine for tests; the Manager always passes a key).
 	CookieKey []byte
+	// BackendRootCAs verify backend certificates of pools without their
+	// own CA bundle; nil = the system roots.
+	BackendRootCAs *x509.CertPool
+	// ClientCertificates finds the client certificates pools name.
+	ClientCertificates ClientCertificateSource
 }
 
 // Table is an immutable routing snapshot: host names to pools, pools to
@@ -109,6 +115,7 @@ func buildTable(pools []storage.Pool, backends []storage.Backend, opts TableOpti
 			prevPool = prev.byName[sp.Name]
 		}
 		p := newPool(sp, bs, opts.Region, key, stateFor, prevPool)
+		p.setBackendTLS(sp, opts)
 		t.pools = append(t.pools, p)
 		t.byName[p.Name] = p
 		for _, b := range p.backends {

@@ -54,7 +54,6 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -149,10 +148,6 @@ type Config struct {
 	// default: FlyProxyPrefixes on a listener without the PROXY protocol,
 	// nobody on one with it. An empty non-nil list trusts nobody.
 	TrustedProxies []netip.Prefix
-
-	// BackendRootCAs verifies backend certificates in full_strict mode (and
-	// for backends with ssl_verify); nil = the system roots.
-	BackendRootCAs *x509.CertPool
 
 	// AccessLog is "off", "on" (every request) or "sample:N" (one request
 	// in N). Bodies, query strings and headers are never logged.

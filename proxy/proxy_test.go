@@ -53,13 +53,11 @@ func TestSSLModes(t *testing.T) {
 		poolSpec{storage.Pool{Name: "plain", SSLMode: "off", Hosts: []string{"plain.example.test"}}, []string{plain.URL}},
 		poolSpec{storage.Pool{Name: "flex", SSLMode: "flexible", SSLDomain: "flex.example.test"}, []string{flex.URL}},
 		poolSpec{storage.Pool{Name: "full", SSLMode: "full", SSLDomain: "full.example.test"}, []string{full.URL}},
-		poolSpec{storage.Pool{Name: "strict", SSLMode: "full_strict", SSLDomain: "strict.example.test"}, []string{strict.URL}},
+		poolSpec{storage.Pool{Name: "strict", SSLMode: "full_strict", SSLDomain: "strict.example.test", BackendCA: ca.pem()}, []string{strict.URL}},
 		poolSpec{storage.Pool{Name: "strictbad", SSLMode: "full_strict", SSLDomain: "strictbad.example.test"}, []string{strictBad.URL}},
 		poolSpec{storage.Pool{Name: "pt", SSLMode: "passthrough", SSLDomain: "pt.example.test"}, []string{pt.URL}},
 	)
-	cfg := testConfig()
-	cfg.BackendRootCAs = ca.pool
-	p := startProxy(t, cfg, table, certs, nil)
+	p := startProxy(t, testConfig(), table, certs, nil)
 	httpc := client(p.http, nil, false)
 	tlsc := client(p.https, ca.pool, false)
 

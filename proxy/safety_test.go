@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
@@ -15,6 +16,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/singularity-ng/singularity-edge/pools"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
@@ -533,5 +535,50 @@ func TestUpgradesPerClientBounded(t *testing.T) {
 	}
 	if status, body := rawRoundTrip(t, p.http, req, "GET"); status != 503 || !strings.Contains(body, "too many upgraded") {
 		t.Fatalf("third upgrade: %d %q", status, body)
+	}
+}
+
+// TestBackendTLSSettings: a pool's CA bundle, backend server name and
+// client certificate are what requests use; without them the same
+// backends are refused (502).
+func TestBackendTLSSettings(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("*.tls.test", ca.issue(t, "*.tls.test"))
+	// A backend on 127.0.0.1 whose certificate names backend.internal
+	// only, and that requires a client certificate from ca.
+	backend := httptest.NewUnstartedServer(echoHandler("mtls"))
+	backend.TLS = &tls.Config{
+		Certificates: []tls.Certificate{ca.issue(t, "backend.internal")},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    ca.pool,
+	}
+	backend.StartTLS()
+	t.Cleanup(backend.Close)
+	clientCert := ca.issue(t, "edge-client")
+	opts := pools.TableOptions{ClientCertificates: func(id string) (*tls.Certificate, bool) {
+		if id == "edge-client" {
+			return &clientCert, true
+		}
+		return nil, false
+	}}
+	strict := func(name, sni, certID string) poolSpec {
+		return poolSpec{storage.Pool{Name: name, SSLMode: "full_strict", SSLDomain: name + ".tls.test", BackendCA: ca.pem(), BackendServerName: sni, BackendClientCertID: certID}, []string{backend.URL}}
+	}
+	table := newTableWith(t, opts,
+		strict("ok", "backend.internal", "edge-client"),
+		strict("nosni", "", "edge-client"),
+		strict("nocert", "backend.internal", ""),
+		strict("unknowncert", "backend.internal", "missing"),
+		poolSpec{storage.Pool{Name: "noca", SSLMode: "full_strict", SSLDomain: "noca.tls.test", BackendServerName: "backend.internal", BackendClientCertID: "edge-client"}, []string{backend.URL}},
+	)
+	p := startProxy(t, testConfig(), table, certs, nil)
+	c := client(p.https, ca.pool, false)
+	for host, want := range map[string]int{"ok": 200, "nosni": 502, "nocert": 502, "unknowncert": 502, "noca": 502} {
+		resp := get(t, c, "https://"+host+".tls.test/")
+		readAll(t, resp)
+		if resp.StatusCode != want {
+			t.Errorf("%s: status %d, want %d", host, resp.StatusCode, want)
+		}
 	}
 }

@@ -14,10 +14,8 @@ import (
 
 // upstreamKey identifies a set of interchangeable backend connections.
 type upstreamKey struct {
-	addr       string
-	tls        bool
-	verify     bool
-	serverName string
+	addr   string
+	tlsKey string // pools.BackendTLS.Key; "" for plain HTTP
 }
 
 // upstream is the connection pool of one backend address (and TLS mode):
@@ -66,30 +64,24 @@ func (u *upstreams) init(s *Server) {
 	u.bufs.New = func() any { b := make([]byte, upBufSize); return &b }
 }
 
-// forBackend returns the pool of connections for b as used by pool p: TLS
-// when the pool's mode is full or full_strict or the backend's scheme is
-// https; verified in full_strict mode, or when the pool asks to validate
-// backend certificates, or the backend has ssl_verify.
-func (u *upstreams) forBackend(p *pools.Pool, b *pools.Backend) *upstream {
-	useTLS := p.SSLMode == pools.SSLModeFull || p.SSLMode == pools.SSLModeFullStrict || b.Scheme == "https"
-	key := upstreamKey{addr: b.Addr, tls: useTLS}
-	if useTLS {
-		key.verify = p.SSLMode == pools.SSLModeFullStrict || p.ValidateBackendCert || b.SSLVerify
-		key.serverName = b.Host
+// forBackend returns the pool of connections for b. Its TLS settings
+// (pools.BackendTLS: whether, verified against which roots, server name,
+// client certificate) are the ones the health checks use too.
+func (u *upstreams) forBackend(_ *pools.Pool, b *pools.Backend) *upstream {
+	bt := b.TLS()
+	key := upstreamKey{addr: b.Addr}
+	if bt.Enabled {
+		key.tlsKey = bt.Key()
 	}
 	if v, ok := u.m.Load(key); ok {
 		return v.(*upstream)
 	}
 	up := &upstream{key: key, owner: u, lastUsed: time.Now()}
-	if useTLS {
-		up.tlsConf = &tls.Config{
-			MinVersion:         tls.VersionTLS12,
-			ServerName:         key.serverName,
-			InsecureSkipVerify: !key.verify, // full mode: encrypted, deliberately not authenticated
-			RootCAs:            u.s.cfg.BackendRootCAs,
-			NextProtos:         []string{alpnProtocolHTTP11},
-			ClientSessionCache: u.sessions,
-		}
+	if bt.Enabled {
+		// Sessions are kept apart per TLS settings: a session resumed
+		// under other settings would carry another pool's client
+		// certificate identity, or skip a verification this pool wants.
+		up.tlsConf = bt.Config([]string{alpnProtocolHTTP11}, scopedSessions{prefix: key.tlsKey + "|", c: u.sessions})
 	}
 	v, _ := u.m.LoadOrStore(key, up)
 	return v.(*upstream)
@@ -203,6 +195,19 @@ func (u *upstreams) dial(up *upstream) (*upConn, error) {
 	uc.buf = *bp
 	return uc, nil
 }
+
+// scopedSessions is a view of the shared client session cache in which
+// every key carries a prefix.
+type scopedSessions struct {
+	prefix string
+	c      tls.ClientSessionCache
+}
+
+func (s scopedSessions) Get(key string) (*tls.ClientSessionState, bool) {
+	return s.c.Get(s.prefix + key)
+}
+
+func (s scopedSessions) Put(key string, cs *tls.ClientSessionState) { s.c.Put(s.prefix+key, cs) }
 
 // backendTLSError is a failed TLS handshake with a backend (in full_strict
 // mode typically an unverifiable certificate).
