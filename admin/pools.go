@@ -36,6 +36,9 @@ type poolInput struct {
 	AllowHTTP           bool              `json:"allow_http"`
 	HoldNewBackends     bool              `json:"hold_new_backends"`
 	Default             bool              `json:"default"`
+	BackendCA           string            `json:"backend_ca"`
+	BackendServerName   string            `json:"backend_server_name"`
+	BackendClientCertID string            `json:"backend_client_cert_id"`
 	Metadata            map[string]string `json:"metadata"`
 }
 
@@ -123,6 +126,10 @@ func poolInputFrom(p storage.Pool) poolInput {
 		HoldNewBackends: p.HoldNewBackends,
 		Default:         p.Default,
 		Metadata:        p.Metadata,
+
+		BackendCA:           p.BackendCA,
+		BackendServerName:   p.BackendServerName,
+		BackendClientCertID: p.BackendClientCertID,
 	}
 }
 
@@ -157,6 +164,10 @@ func (in poolInput) toPool() (storage.Pool, error) {
 		HoldNewBackends: in.HoldNewBackends,
 		Default:         in.Default,
 		Metadata:        in.Metadata,
+
+		BackendCA:           in.BackendCA,
+		BackendServerName:   in.BackendServerName,
+		BackendClientCertID: in.BackendClientCertID,
 	}
 	if len(errs) > 0 {
 		return p, errs.Err()
@@ -168,9 +179,18 @@ func (in poolInput) toPool() (storage.Pool, error) {
 }
 
 // checkPoolRefs runs, inside the write's transaction, the checks that
-// depend on other rows: the named certificate exists and covers the pool's
-// SSL domain.
+// depend on other rows: the named certificates exist, and the one served
+// covers the pool's SSL domain.
 func checkPoolRefs(tx *storage.Tx, p *storage.Pool) error {
+	if id := p.BackendClientCertID; id != "" {
+		_, err := tx.Certificate(id)
+		if errors.Is(err, storage.ErrNotFound) {
+			return errUnprocessable(fielderr.List{{Field: "backend_client_cert_id", Message: fmt.Sprintf("no certificate with id %q", id)}})
+		}
+		if err != nil {
+			return err
+		}
+	}
 	if p.SSLCertID == "" {
 		return nil
 	}

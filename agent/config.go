@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -26,11 +27,21 @@ type Config struct {
 	EncryptionKey string // EDGE_ENCRYPTION_KEY: 64 hex chars or base64 of 32 bytes
 	CookieKey     string // EDGE_COOKIE_KEY: signs sticky-session cookies
 
-	ProxyProtocol   bool   // accept PROXY protocol v1/v2 on the public listeners
-	AllowPoolHeader bool   // honour the X-Pool request header
-	AccessLog       string // "on", "off" or "sample:N"
-	LogLevel        string // debug, info, warn, error
-	MetricsPublic   bool   // serve /metrics without the token on non-loopback admin addresses
+	ProxyProtocol   bool // accept PROXY protocol v1/v2 on the public listeners
+	AllowPoolHeader bool // honour the X-Pool request header
+	// PublicHTTPSPort goes into HTTP->HTTPS redirects: 0 = the HTTPS
+	// listener's port; 443 on Fly.io, whose proxy maps 443 to 8443.
+	PublicHTTPSPort int
+	// TrustedProxies are CIDRs whose X-Forwarded-For/Forwarded are kept;
+	// "default" = Fly's proxy range without --proxy-protocol, none with
+	// it; "none" trusts nobody.
+	TrustedProxies string
+	// BackendCAFile is a PEM bundle added to the system roots to verify
+	// backend certificates (pools may carry their own bundle instead).
+	BackendCAFile string
+	AccessLog     string // "on", "off" or "sample:N"
+	LogLevel      string // debug, info, warn, error
+	MetricsPublic bool   // serve /metrics without the token on non-loopback admin addresses
 
 	BlockCacheSize  int64         // RocksDB block cache, bytes
 	ShutdownTimeout time.Duration // how long in-flight requests may take to drain
@@ -75,6 +86,10 @@ func (c *Config) ApplyEnvironment(getenv func(string) string) {
 	if v := getenv("FLY_REGION"); v != "" {
 		c.Region = v
 	}
+	// Behind Fly's proxy clients reach :443 whatever the listener's port.
+	if getenv("FLY_APP_NAME") != "" {
+		c.PublicHTTPSPort = 443
+	}
 	// On Fly the admin API listens on the private 6PN address, reachable by
 	// the other Machines of the app and `fly proxy`, never publicly.
 	if v := getenv("FLY_PRIVATE_IP"); v != "" {
@@ -111,6 +126,12 @@ func (c *Config) Validate() error {
 	if c.ChangeLogRetention < time.Hour {
 		errs = append(errs, fmt.Errorf("--changelog-retention %s is below one hour", c.ChangeLogRetention))
 	}
+	if c.PublicHTTPSPort < 0 || c.PublicHTTPSPort > 65535 {
+		errs = append(errs, fmt.Errorf("--public-https-port %d is not a port number", c.PublicHTTPSPort))
+	}
+	if _, err := ParseTrustedProxies(c.TrustedProxies); err != nil {
+		errs = append(errs, fmt.Errorf("--trusted-proxies: %w", err))
+	}
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("--shutdown-timeout must be positive"))
 	}
@@ -120,4 +141,30 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("--log-level %q: want debug, info, warn or error", c.LogLevel))
 	}
 	return errors.Join(errs...)
+}
+
+// ParseTrustedProxies turns the --trusted-proxies value into prefixes: nil
+// for "" or "default" (the proxy's default), empty for "none", else a
+// comma-separated list of CIDRs or addresses.
+func ParseTrustedProxies(v string) ([]netip.Prefix, error) {
+	switch strings.TrimSpace(v) {
+	case "", "default":
+		return nil, nil
+	case "none":
+		return []netip.Prefix{}, nil
+	}
+	var out []netip.Prefix
+	for _, s := range strings.Split(v, ",") {
+		s = strings.TrimSpace(s)
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither a CIDR nor an address", s)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }

@@ -506,6 +506,17 @@ func currentlyValid(list []*entry, now time.Time) *entry {
 	return nil
 }
 
+// ByID returns the certificate with the given id (with its private key),
+// for pools that present it to their backends as a client certificate.
+func (c *Cache) ByID(id string) (*tls.Certificate, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.byID[id]; e != nil && e.cert != nil {
+		return e.cert, true
+	}
+	return nil, false
+}
+
 // GetCertificate is a tls.Config.GetCertificate callback backed by Lookup.
 func (c *Cache) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	if cert, ok := c.Lookup(hello.ServerName); ok {
