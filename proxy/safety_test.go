@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -580,5 +581,81 @@ func TestBackendTLSSettings(t *testing.T) {
 		if resp.StatusCode != want {
 			t.Errorf("%s: status %d, want %d", host, resp.StatusCode, want)
 		}
+	}
+}
+
+// TestPassthroughTunnel: the spliced passthrough carries a large stream
+// byte for byte both ways, keeps a connection that trickles data, and
+// closes one idle in both directions after TunnelIdleTimeout.
+func TestPassthroughTunnel(t *testing.T) {
+	ca := newTestCA(t)
+	backendCert := ca.issue(t, "tun.test")
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{backendCert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }() // TLS echo
+		}
+	}()
+	table := newTable(t, poolSpec{storage.Pool{Name: "tun", SSLMode: "passthrough", SSLDomain: "tun.test"}, []string{"https://" + ln.Addr().String()}})
+	cfg := testConfig()
+	cfg.TunnelIdleTimeout = 1500 * time.Millisecond
+	p := startProxy(t, cfg, table, nil, nil)
+	dial := func() *tls.Conn {
+		c, err := tls.Dial("tcp", p.https, &tls.Config{ServerName: "tun.test", RootCAs: ca.pool})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		return c
+	}
+
+	// 8 MiB each way, compared byte for byte.
+	c := dial()
+	payload := make([]byte, 8<<20)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	go func() { _, _ = c.Write(payload) }()
+	got := make([]byte, len(payload))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("echo through the tunnel differs (err %v)", err)
+	}
+
+	// Trickling traffic, one byte every 300 ms for 3 s (twice the idle
+	// timeout), keeps the tunnel open.
+	for i := 0; i < 10; i++ {
+		if _, err := c.Write([]byte{byte(i)}); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		var b [1]byte
+		if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != byte(i) {
+			t.Fatalf("trickle %d: %v", i, err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+
+	// Idle both ways: closed by the proxy (the client sees EOF, not its
+	// own deadline).
+	idle := dial()
+	if _, err := idle.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(idle, b[:]); err != nil {
+		t.Fatal(err)
+	}
+	_, err = idle.Read(b[:])
+	var ne net.Error
+	if err == nil || errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("idle tunnel not closed by the proxy: %v", err)
 	}
 }
