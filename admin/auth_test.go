@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -352,5 +353,46 @@ func TestNewValidatesConfig(t *testing.T) {
 	cfg.Gatherer = h.reg
 	if _, err := New(cfg, Deps{Store: st}); err == nil {
 		t.Fatal("second server on the same registry succeeded")
+	}
+}
+
+// TestTokenCheckRefusesEveryWrongToken: thousands of wrong tokens,
+// including the real one with each single character changed, truncated or
+// extended, are all refused; only the exact token passes. A comparison on
+// part of the hash (or of the token) lets some of them through.
+func TestTokenCheckRefusesEveryWrongToken(t *testing.T) {
+	const token = "s3cr3t-Token_with.several-parts-0123456789abcdef"
+	tc := newTokenChecker(token)
+	try := func(cred string) error {
+		r := httptest.NewRequest(http.MethodGet, "/api/pools", nil)
+		r.Header.Set("Authorization", "Bearer "+cred)
+		return tc.check(r)
+	}
+	if err := try(token); err != nil {
+		t.Fatalf("the real token was refused: %v", err)
+	}
+	var wrong []string
+	for i := 0; i < len(token); i++ {
+		for _, c := range []byte("aZ09-_.~x") {
+			if c != token[i] {
+				wrong = append(wrong, token[:i]+string(c)+token[i+1:])
+			}
+		}
+		wrong = append(wrong, token[:i], token[:i]+token[i+1:])
+	}
+	wrong = append(wrong, token+"x", strings.ToUpper(token), " "+token+"x")
+	for i := 0; i < 2000; i++ {
+		wrong = append(wrong, fmt.Sprintf("token-%d-%x", i, i*7919))
+	}
+	if len(wrong) < 2000 {
+		t.Fatalf("only %d wrong tokens", len(wrong))
+	}
+	for _, w := range wrong {
+		if w == token {
+			continue
+		}
+		if err := try(w); err == nil {
+			t.Fatalf("wrong token %q accepted", w)
+		}
 	}
 }

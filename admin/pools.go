@@ -56,6 +56,9 @@ func poolSpecOnto(p *storage.Pool, spec apitypes.PoolSpec, create bool) fielderr
 	apply(&errs, "allow_http", spec.AllowHTTP, &p.AllowHTTP)
 	apply(&errs, "hold_new_backends", spec.HoldNewBackends, &p.HoldNewBackends)
 	apply(&errs, "default", spec.Default, &p.Default)
+	apply(&errs, "backend_ca", spec.BackendCA, &p.BackendCA)
+	apply(&errs, "backend_server_name", spec.BackendServerName, &p.BackendServerName)
+	apply(&errs, "backend_client_cert_id", spec.BackendClientCertID, &p.BackendClientCertID)
 	applyMetadata(&errs, spec.Metadata, &p.Metadata, !create)
 
 	// Defaults that follow another field, for fields left out.
@@ -136,9 +139,13 @@ func poolView(p storage.Pool) apitypes.Pool {
 		HoldNewBackends: p.HoldNewBackends,
 		Default:         p.Default,
 		Metadata:        p.Metadata,
-		InsertedAt:      p.InsertedAt,
-		UpdatedAt:       p.UpdatedAt,
-		Version:         versionView(p.Version),
+
+		BackendCA:           p.BackendCA,
+		BackendServerName:   p.BackendServerName,
+		BackendClientCertID: p.BackendClientCertID,
+		InsertedAt:          p.InsertedAt,
+		UpdatedAt:           p.UpdatedAt,
+		Version:             versionView(p.Version),
 	}
 }
 
@@ -155,6 +162,15 @@ func versionView(v storage.Version) apitypes.Version {
 // request or check. The host and default lookups are guarded index
 // partitions, so two requests claiming the same host cannot both commit.
 func checkPoolRefs(tx *storage.Tx, p *storage.Pool, cur *storage.Pool) error {
+	if id := p.BackendClientCertID; id != "" {
+		_, err := tx.Certificate(id)
+		if errors.Is(err, storage.ErrNotFound) {
+			return errUnprocessable(fielderr.List{{Field: "backend_client_cert_id", Message: fmt.Sprintf("no certificate with id %q", id)}})
+		}
+		if err != nil {
+			return err
+		}
+	}
 	if p.SSLCertID != "" {
 		c, err := tx.Certificate(p.SSLCertID)
 		if errors.Is(err, storage.ErrNotFound) {

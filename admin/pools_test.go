@@ -399,3 +399,29 @@ func TestPoolStatsFromStoredObservations(t *testing.T) {
 		t.Fatalf("stats %+v, want %+v", p.Stats, want)
 	}
 }
+
+// TestPoolBackendTLSSettings: the backend TLS settings are stored as sent,
+// shown back, and refused field by field when invalid (nothing stored).
+func TestPoolBackendTLSSettings(t *testing.T) {
+	h := newHarness(t)
+	ca := newTestCA(t)
+	c := h.uploadCert(ca.leaf(t, time.Now().Add(90*24*time.Hour), "client.example.test"))
+	caPEM := ca.pem
+	p := h.createPool(map[string]any{"name": "m", "ssl_mode": "full_strict", "backend_ca": caPEM,
+		"backend_server_name": "backend.internal", "backend_client_cert_id": c.ID})
+	if p.BackendCA != caPEM || p.BackendServerName != "backend.internal" || p.BackendClientCertID != c.ID {
+		t.Fatalf("pool %+v", p)
+	}
+	before := h.snapshot()
+	for _, tc := range []struct {
+		body  map[string]any
+		field string
+	}{
+		{map[string]any{"name": "x", "ssl_mode": "full_strict", "backend_ca": "not PEM"}, "backend_ca"},
+		{map[string]any{"name": "x", "ssl_mode": "full", "backend_server_name": "bad name"}, "backend_server_name"},
+		{map[string]any{"name": "x", "ssl_mode": "full", "backend_client_cert_id": "missing"}, "backend_client_cert_id"},
+	} {
+		h.do("POST", "/api/pools", tc.body).expect(t, http.StatusUnprocessableEntity, CodeInvalid, tc.field)
+	}
+	h.assertUnchanged(before, "rejected backend TLS settings")
+}

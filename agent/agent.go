@@ -9,9 +9,12 @@ import (
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -179,6 +182,16 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	cfg := a.cfg
 
 	pcfg := pools.DefaultConfig()
+	if cfg.BackendCAFile != "" {
+		roots, err := backendRoots(cfg.BackendCAFile)
+		if err != nil {
+			return err
+		}
+		pcfg.BackendRootCAs = roots
+	}
+	// Pools name client certificates by id; the certificate cache (built
+	// below, before anything starts) holds them with their keys.
+	pcfg.ClientCertificates = func(id string) (*tls.Certificate, bool) { return a.certs.ByID(id) }
 	pcfg.NodeID = a.store.NodeID()
 	pcfg.Region = cfg.Region
 	pcfg.CookieKey = cookieKey
@@ -201,6 +214,12 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	xcfg.HTTPProxyProtocol = cfg.ProxyProtocol
 	xcfg.HTTPSProxyProtocol = cfg.ProxyProtocol
 	xcfg.AllowPoolHeader = cfg.AllowPoolHeader
+	xcfg.RedirectHTTPSPort = cfg.PublicHTTPSPort
+	trusted, err := ParseTrustedProxies(cfg.TrustedProxies)
+	if err != nil {
+		return fmt.Errorf("--trusted-proxies: %w", err)
+	}
+	xcfg.TrustedProxies = trusted
 	xcfg.AccessLog = cfg.AccessLog
 	xcfg.Logger = a.logger.Named("proxy")
 	xcfg.Registerer = registry
@@ -393,4 +412,21 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// backendRoots is the system roots plus the PEM bundle in file.
+func backendRoots(file string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("--backend-ca-file: %w", err)
+	}
+	if _, err := pools.ParseCABundle(string(b)); err != nil {
+		return nil, fmt.Errorf("--backend-ca-file %s: %w", file, err)
+	}
+	roots, err := x509.SystemCertPool()
+	if err != nil || roots == nil {
+		roots = x509.NewCertPool()
+	}
+	roots.AppendCertsFromPEM(b)
+	return roots, nil
 }

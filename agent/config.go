@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -61,6 +62,16 @@ type Config struct {
 	// near it the collector runs more often instead of letting the heap
 	// grow to twice its live size. RocksDB's block cache is outside it.
 	MemoryLimit int64
+	// PublicHTTPSPort goes into HTTP->HTTPS redirects: 0 = the HTTPS
+	// listener's port; 443 on Fly.io, whose proxy maps 443 to 8443.
+	PublicHTTPSPort int
+	// TrustedProxies are CIDRs whose X-Forwarded-For/Forwarded are kept;
+	// "default" = Fly's proxy range without --proxy-protocol, none with
+	// it; "none" trusts nobody.
+	TrustedProxies string
+	// BackendCAFile is a PEM bundle added to the system roots to verify
+	// backend certificates (pools may carry their own bundle instead).
+	BackendCAFile string
 
 	BlockCacheSize  int64         // RocksDB block cache, bytes
 	ShutdownTimeout time.Duration // how long in-flight requests may take to drain
@@ -116,6 +127,8 @@ func (c *Config) ApplyEnvironment(getenv func(string) string) {
 		// proxy reaches services through the Machine's private IPv4 address.
 		c.DataDir = FlyDataDir
 		c.HealthAddr = net.JoinHostPort("0.0.0.0", strconv.Itoa(FlyHealthPort))
+		// Behind Fly's proxy clients reach :443 whatever the listener's port.
+		c.PublicHTTPSPort = 443
 	}
 }
 
@@ -169,6 +182,12 @@ func (c *Config) Validate() error {
 	if c.FeedRetention == 0 {
 		errs = append(errs, errors.New("--feed-retention must be at least 1"))
 	}
+	if c.PublicHTTPSPort < 0 || c.PublicHTTPSPort > 65535 {
+		errs = append(errs, fmt.Errorf("--public-https-port %d is not a port number", c.PublicHTTPSPort))
+	}
+	if _, err := ParseTrustedProxies(c.TrustedProxies); err != nil {
+		errs = append(errs, fmt.Errorf("--trusted-proxies: %w", err))
+	}
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("--shutdown-timeout must be positive"))
 	}
@@ -178,4 +197,30 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("--log-level %q: want debug, info, warn or error", c.LogLevel))
 	}
 	return errors.Join(errs...)
+}
+
+// ParseTrustedProxies turns the --trusted-proxies value into prefixes: nil
+// for "" or "default" (the proxy's default), empty for "none", else a
+// comma-separated list of CIDRs or addresses.
+func ParseTrustedProxies(v string) ([]netip.Prefix, error) {
+	switch strings.TrimSpace(v) {
+	case "", "default":
+		return nil, nil
+	case "none":
+		return []netip.Prefix{}, nil
+	}
+	var out []netip.Prefix
+	for _, s := range strings.Split(v, ",") {
+		s = strings.TrimSpace(s)
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither a CIDR nor an address", s)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }

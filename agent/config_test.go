@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -104,5 +105,34 @@ func TestDeriveCookieKey(t *testing.T) {
 func TestVersionString(t *testing.T) {
 	if v := VersionString(); !strings.HasPrefix(v, Version+" (commit "+Commit+", go") {
 		t.Errorf("VersionString() = %q", v)
+	}
+}
+
+func TestParseTrustedProxies(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want string
+		nilv bool
+		bad  bool
+	}{
+		{"", "", true, false},
+		{"default", "", true, false},
+		{"none", "[]", false, false},
+		{"10.0.0.0/8, 192.0.2.7", "[10.0.0.0/8 192.0.2.7/32]", false, false},
+		{"fdaa::/16", "[fdaa::/16]", false, false},
+		{"10.0.0.0/33", "", false, true},
+		{"proxy.example", "", false, true},
+	} {
+		got, err := ParseTrustedProxies(tc.in)
+		if (err != nil) != tc.bad {
+			t.Errorf("%q: err %v", tc.in, err)
+			continue
+		}
+		if tc.bad {
+			continue
+		}
+		if (got == nil) != tc.nilv || (!tc.nilv && fmt.Sprint(got) != tc.want) {
+			t.Errorf("%q: got %v (nil=%v)", tc.in, got, got == nil)
+		}
 	}
 }

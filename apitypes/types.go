@@ -73,6 +73,9 @@ type PoolSpec struct {
 	AllowHTTP           Optional[bool]            `json:"allow_http,omitzero"`
 	HoldNewBackends     Optional[bool]            `json:"hold_new_backends,omitzero"`
 	Default             Optional[bool]            `json:"default,omitzero"`
+	BackendCA           Optional[string]          `json:"backend_ca,omitzero"`             // PEM bundle verifying backend certificates
+	BackendServerName   Optional[string]          `json:"backend_server_name,omitzero"`    // SNI sent to backends and verified
+	BackendClientCertID Optional[string]          `json:"backend_client_cert_id,omitzero"` // certificate presented to backends
 	Metadata            Optional[Metadata]        `json:"metadata,omitzero"`
 }
 
@@ -111,6 +114,9 @@ type Pool struct {
 	AllowHTTP           bool              `json:"allow_http"`
 	HoldNewBackends     bool              `json:"hold_new_backends"`
 	Default             bool              `json:"default"`
+	BackendCA           string            `json:"backend_ca"`
+	BackendServerName   string            `json:"backend_server_name"`
+	BackendClientCertID string            `json:"backend_client_cert_id"`
 	Metadata            map[string]string `json:"metadata"`
 	InsertedAt          time.Time         `json:"inserted_at"`
 	UpdatedAt           time.Time         `json:"updated_at"`

@@ -619,6 +619,18 @@ func (c *Cache) firstUsable(list []*entry, now time.Time, valid bool) *tls.Certi
 	return nil
 }
 
+// ByID returns the certificate with the given id (with its private key),
+// for pools that present it to their backends as a client certificate.
+func (c *Cache) ByID(id string) (*tls.Certificate, bool) {
+	c.mu.Lock()
+	e := c.byID[id]
+	c.mu.Unlock()
+	if e == nil {
+		return nil, false
+	}
+	return c.certificate(e)
+}
+
 // GetCertificate is a tls.Config.GetCertificate callback backed by Lookup.
 func (c *Cache) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	if cert, ok := c.Lookup(hello.ServerName); ok {

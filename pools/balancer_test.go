@@ -730,3 +730,47 @@ func TestPickConcurrentWithHealthChanges(t *testing.T) {
 		})
 	}
 }
+
+// TestConsistentHashWeightedFallback: when the Maglev probes find no
+// available backend, the rendezvous fallback must still share keys in
+// proportion to the weights. Driven both directly and through Pick with
+// most of the pool down (so that most picks take the fallback).
+func TestConsistentHashWeightedFallback(t *testing.T) {
+	weights := []int{1, 2, 3, 4}
+	exp := []float64{2000, 4000, 6000, 8000}
+	keys := hashKeys(20000)
+
+	p := testPool(t, storage.Pool{Algorithm: AlgorithmConsistentHash}, weights...)
+	counts := map[string]int{}
+	for _, k := range keys {
+		ip := k.As16()
+		counts[p.all.pickRendezvous(mix64(fnv64Bytes(ip[:])), &pickFilter{}).ID]++
+	}
+	// 3 degrees of freedom, p = 1e-6.
+	if x := chiSquare(counts, ids(p.Backends()), exp); x > 30.7 {
+		t.Fatalf("rendezvous shares not proportional to weight: chi-square %.1f, counts %v", x, counts)
+	}
+
+	// Through Pick: 4 weighted backends up and 400 down.
+	all := append(append([]int(nil), weights...), uniform(400)...)
+	p = testPool(t, storage.Pool{Algorithm: AlgorithmConsistentHash}, all...)
+	for _, b := range p.Backends()[len(weights):] {
+		b.live.healthy.Store(false)
+	}
+	fallbacks := 0
+	counts = map[string]int{}
+	for _, k := range keys {
+		b := mustPick(t, p, PickRequest{ClientIP: k})
+		counts[b.ID]++
+		ip := k.As16()
+		if p.all.pickMaglev(mix64(fnv64Bytes(ip[:])), &pickFilter{}) == nil {
+			fallbacks++
+		}
+	}
+	if fallbacks < len(keys)/4 {
+		t.Fatalf("only %d of %d picks took the fallback: the test does not exercise it", fallbacks, len(keys))
+	}
+	if x := chiSquare(counts, ids(p.Backends()[:len(weights)]), exp); x > 30.7 {
+		t.Fatalf("shares with the fallback not proportional to weight: chi-square %.1f, counts %v", x, counts)
+	}
+}

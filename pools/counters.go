@@ -171,6 +171,7 @@ type Backend struct {
 	cooldown    time.Duration
 	stickyValue string
 	hashSeed    uint64
+	tls         *BackendTLS
 }
 
 // Result is the outcome of one request to a backend, reported by Attempt.End.

@@ -21,11 +21,12 @@ type checkerKey struct {
 	addr      string
 	host      string
 	sslVerify bool
+	tlsKey    string // BackendTLS.Key: the same TLS settings as requests
 	hc        healthConfig
 }
 
 func newCheckerKey(b *Backend, hc healthConfig) checkerKey {
-	return checkerKey{addr: b.Addr, host: b.Host, sslVerify: b.SSLVerify, hc: hc}
+	return checkerKey{addr: b.Addr, host: b.Host, sslVerify: b.SSLVerify, tlsKey: b.TLS().Key(), hc: hc}
 }
 
 // checker actively checks one backend: a TCP connect or an HTTP(S) GET
@@ -40,6 +41,11 @@ type checker struct {
 	dialer net.Dialer
 	client *http.Client // nil for tcp
 	url    string
+	// tls is the configuration requests use for this backend, nil when
+	// its leg is plain: a TCP check then completes a TLS handshake too,
+	// and HTTP checks go over TLS, so what requests would reject (an
+	// unverifiable certificate in full_strict mode) fails the check.
+	tls *tls.Config
 }
 
 func newChecker(pool string, b *Backend, hc healthConfig, log *zap.Logger) *checker {
@@ -51,8 +57,16 @@ func newChecker(pool string, b *Backend, hc healthConfig, log *zap.Logger) *chec
 		log:    log.With(zap.String("pool", pool), zap.String("backend", b.ID), zap.String("addr", b.Addr)),
 		dialer: net.Dialer{Timeout: hc.Timeout},
 	}
+	bt := b.TLS()
+	if bt.Enabled {
+		c.tls = bt.Config([]string{"http/1.1"}, nil)
+	}
 	if hc.Type == HealthCheckHTTP || hc.Type == HealthCheckHTTPS {
-		c.url = hc.Type + "://" + b.Addr + hc.Path
+		scheme := hc.Type
+		if c.tls != nil {
+			scheme = HealthCheckHTTPS
+		}
+		c.url = scheme + "://" + b.Addr + hc.Path
 		transport := &http.Transport{
 			// Never through an environment proxy: the check is about this
 			// backend, from this node.
@@ -65,10 +79,10 @@ func newChecker(pool string, b *Backend, hc healthConfig, log *zap.Logger) *chec
 			ResponseHeaderTimeout:  hc.Timeout,
 			MaxResponseHeaderBytes: 64 << 10,
 		}
-		if hc.Type == HealthCheckHTTPS {
-			transport.TLSClientConfig = &tls.Config{
-				InsecureSkipVerify: !b.SSLVerify, //nolint:gosec // the backend's ssl_verify setting decides
-				MinVersion:         tls.VersionTLS12,
+		if scheme == HealthCheckHTTPS {
+			transport.TLSClientConfig = c.tls
+			if transport.TLSClientConfig == nil {
+				transport.TLSClientConfig = bt.Config([]string{"http/1.1"}, nil)
 			}
 		}
 		c.client = &http.Client{
@@ -90,6 +104,15 @@ func (c *checker) check(ctx context.Context) error {
 		conn, err := c.dialer.DialContext(ctx, "tcp", c.key.addr)
 		if err != nil {
 			return err
+		}
+		if c.tls != nil {
+			tc := tls.Client(conn, c.tls)
+			err := tc.HandshakeContext(ctx)
+			_ = tc.Close()
+			if err != nil {
+				return fmt.Errorf("TLS handshake as requests do it: %w", err)
+			}
+			return nil
 		}
 		return conn.Close()
 	}

@@ -313,3 +313,47 @@ func listenTCP(t *testing.T, addr string) net.Listener {
 	})
 	return ln
 }
+
+// TestHealthThresholdsExact drives the checker one check at a time (no
+// timer, no "eventually"): with fall 2 and rise 3 the verdict flips on
+// exactly the 2nd consecutive failure and the 3rd consecutive pass.
+func TestHealthThresholdsExact(t *testing.T) {
+	var status atomic.Int64
+	status.Store(200)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(int(status.Load()))
+	}))
+	t.Cleanup(srv.Close)
+	pool := storage.Pool{
+		Name:                "p",
+		HealthCheckInterval: time.Hour, // never by timer: this test drives each check
+		HealthCheck:         storage.HealthCheck{Type: HealthCheckHTTP, Path: "/", Timeout: 2 * time.Second, Rise: 3, Fall: 2},
+	}
+	tbl := NewTable([]storage.Pool{pool}, []storage.Backend{backendFor(t, "b", "p", srv.URL)}, nil, TableOptions{})
+	p := tbl.Pool("p")
+	b := p.Backend("b")
+	c := newChecker(p.Name, b, p.health, zap.NewNop())
+	step := func(code int, wantHealthy bool, what string) {
+		t.Helper()
+		status.Store(int64(code))
+		b.live.recordCheck(b.Addr, &p.health, c.check(context.Background()), time.Now())
+		if b.Healthy() != wantHealthy {
+			t.Fatalf("%s: healthy = %v, want %v (state %+v)", what, b.Healthy(), wantHealthy, b.State())
+		}
+	}
+	step(200, true, "first pass")
+	step(500, true, "1st failure of 2")
+	step(200, true, "a pass resets the failure count")
+	step(500, true, "1st failure again")
+	step(500, false, "2nd consecutive failure")
+	step(200, false, "1st pass of 3")
+	step(200, false, "2nd pass of 3")
+	step(500, false, "a failure resets the pass count")
+	step(200, false, "1st pass again")
+	step(200, false, "2nd pass again")
+	step(200, true, "3rd consecutive pass")
+	st := b.State()
+	if st.ChecksPassed != 7 || st.ChecksFailed != 4 {
+		t.Fatalf("counted %d passes and %d failures, want 7 and 4", st.ChecksPassed, st.ChecksFailed)
+	}
+}

@@ -81,7 +81,11 @@ type targetKey struct {
 
 // probeKind is how an address is checked.
 type probeKind struct {
-	sslVerify  bool
+	sslVerify bool
+	// tls is the backend's TLS settings (BackendTLS.Key): backends at one
+	// address behind pools with different CA bundles, server names or
+	// client certificates must not share a probe.
+	tls        string
 	kind, path string
 	expected   int
 	timeout    time.Duration
@@ -89,7 +93,7 @@ type probeKind struct {
 
 // keyOf returns b's target key under hc; the caller holds s.mu.
 func (s *healthScheduler) keyOf(b *Backend, hc *healthConfig) targetKey {
-	pk := probeKind{sslVerify: b.SSLVerify, kind: hc.Type, path: hc.Path, expected: hc.ExpectedStatus, timeout: hc.Timeout}
+	pk := probeKind{sslVerify: b.SSLVerify, tls: b.TLS().Key(), kind: hc.Type, path: hc.Path, expected: hc.ExpectedStatus, timeout: hc.Timeout}
 	id, ok := s.kinds[pk]
 	if !ok {
 		id = uint32(len(s.kinds))

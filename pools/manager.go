@@ -3,6 +3,7 @@ package pools
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -73,9 +74,14 @@ type Config struct {
 	// burst (see internal/ratelog).
 	HealthLog ratelog.Config
 	// Metrics chooses which series the Manager exports (see MetricsConfig).
-	Metrics    MetricsConfig
-	Logger     *zap.Logger
-	Registerer prometheus.Registerer // nil = no metrics
+	Metrics MetricsConfig
+	// BackendRootCAs verify backend certificates (pools without their own
+	// CA bundle); nil = the system roots. ClientCertificates finds the
+	// client certificates pools present to their backends.
+	BackendRootCAs     *x509.CertPool
+	ClientCertificates ClientCertificateSource
+	Logger             *zap.Logger
+	Registerer         prometheus.Registerer // nil = no metrics
 }
 
 // DefaultConfig returns a Config with the defaults filled in; NodeID must
@@ -484,7 +490,8 @@ func (m *Manager) rebuild(ctx context.Context, rows map[string][]storage.Backend
 		changed[name] = bs
 	}
 	fresh := make(map[string]bool)
-	opts := TableOptions{Region: m.cfg.Region, CookieKey: m.cfg.CookieKey, poolState: m.poolStateFor}
+	opts := TableOptions{Region: m.cfg.Region, CookieKey: m.cfg.CookieKey, poolState: m.poolStateFor,
+		BackendRootCAs: m.cfg.BackendRootCAs, ClientCertificates: m.cfg.ClientCertificates}
 	t := rebuildTable(ps, changed, opts, prev, func(b *storage.Backend, p *storage.Pool) *backendState {
 		s, isNew := m.stateFor(prev, b, p)
 		if isNew {

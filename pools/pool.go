@@ -124,6 +124,8 @@ type Pool struct {
 	HoldNewBackends     bool
 	Default             bool
 	Metadata            map[string]string
+	BackendServerName   string
+	BackendClientCertID string
 
 	backends      []*Backend // sorted by id
 	byID          map[string]*Backend

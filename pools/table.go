@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"net"
 	"slices"
@@ -24,6 +25,11 @@ type TableOptions struct {
 	// honours the others' cookies. Empty: a random key for this table only
 	// (fine for tests; the Manager always passes a key).
 	CookieKey []byte
+	// BackendRootCAs verify backend certificates of pools without their
+	// own CA bundle; nil = the system roots.
+	BackendRootCAs *x509.CertPool
+	// ClientCertificates finds the client certificates pools name.
+	ClientCertificates ClientCertificateSource
 
 	// poolState returns the live state of a pool (the Manager's, which
 	// outlives tables); nil: pools keep no totals of their own.
@@ -142,6 +148,7 @@ func rebuildTable(pools []storage.Pool, changed map[string][]storage.Backend, op
 			bs = slices.Clone(bs)
 			sort.Slice(bs, func(i, j int) bool { return bs[i].ID < bs[j].ID })
 			p = newPool(sp, bs, opts.Region, key, stateFor, prevPool)
+			p.setBackendTLS(sp, opts)
 			if opts.poolState != nil {
 				p.state = opts.poolState(sp.Name)
 			}

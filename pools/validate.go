@@ -274,8 +274,39 @@ func ValidatePool(p *storage.Pool) error {
 		}
 	}
 
+	normalizeBackendTLS(p, &errs)
 	checkMetadata(p.Metadata, &errs)
 	return errs.Err()
+}
+
+// maxCABundle bounds a pool's backend CA bundle (a few dozen certificates).
+const maxCABundle = 256 << 10
+
+// normalizeBackendTLS checks the pool's backend TLS settings: a CA bundle
+// that parses, a host name to send as SNI, a certificate id.
+func normalizeBackendTLS(p *storage.Pool, errs *fielderr.List) {
+	if p.BackendCA != "" {
+		if len(p.BackendCA) > maxCABundle {
+			errs.Add("backend_ca", fmt.Sprintf("at most %d bytes of PEM", maxCABundle))
+		} else if _, err := ParseCABundle(p.BackendCA); err != nil {
+			errs.Add("backend_ca", err.Error())
+		}
+	}
+	p.BackendServerName = strings.ToLower(strings.TrimSpace(p.BackendServerName))
+	if p.BackendServerName != "" {
+		if msg := checkHostname(p.BackendServerName); msg != "" {
+			errs.Add("backend_server_name", msg)
+		}
+	}
+	p.BackendClientCertID = strings.TrimSpace(p.BackendClientCertID)
+	if p.BackendClientCertID != "" {
+		if msg := checkID(p.BackendClientCertID); msg != "" {
+			errs.Add("backend_client_cert_id", msg)
+		}
+	}
+	if p.SSLMode == SSLModePassthrough && (p.BackendCA != "" || p.BackendServerName != "" || p.BackendClientCertID != "") {
+		errs.Add("ssl_mode", "backend TLS settings (backend_ca, backend_server_name, backend_client_cert_id) need a pool that opens TLS to its backends; passthrough relays the client's TLS")
+	}
 }
 
 func validateHealthCheck(hc *storage.HealthCheck, interval time.Duration, errs *fielderr.List) {

@@ -145,20 +145,28 @@ func (c *upstreamCache) get(u *upstreams, p *pools.Pool, b *pools.Backend) *upst
 }
 
 // roundTrip picks a backend and exchanges req with it, retrying on other
-// backends when the request is idempotent and replayable and the failure
-// happened before any response byte (connection refused, reset, closed).
+// backends when no connection could be opened, or when the request is
+// idempotent and replayable and the failure happened before any response
+// byte (reset, closed).
 // On success ex holds the backend, the attempt (to be ended by the caller)
 // and the response head. On failure it returns the error; the attempts
 // are ended.
 func (s *Server) roundTrip(ex *exchange, cache *upstreamCache, pool *pools.Pool, pick pools.PickRequest, req *outRequest, interim func(*exchange) error, now time.Time) error {
 	var excludeBuf [4]*pools.Backend
 	excluded := excludeBuf[:0]
-	tries := 1
-	if req.idempotent && req.replayable() {
-		tries += s.cfg.MaxRetries
-	}
+	// Any request may go to another backend when the connection could not
+	// be opened (nothing was sent); after bytes were sent only idempotent,
+	// replayable ones may (attemptOn decides).
+	tries := 1 + s.cfg.MaxRetries
 	var lastErr error
 	for try := 0; try < tries; try++ {
+		if req.clientGone() {
+			// Nothing to send a request for (an HTTP/2 stream reset).
+			if lastErr == nil {
+				lastErr = fmt.Errorf("client went away: %w", context.Canceled)
+			}
+			return lastErr
+		}
 		pick.Exclude = excluded
 		b, err := pool.Pick(pick)
 		if err != nil {
@@ -198,7 +206,7 @@ func (s *Server) roundTrip(ex *exchange, cache *upstreamCache, pool *pools.Pool,
 func (s *Server) attemptOn(ex *exchange, up *upstream, req *outRequest, interim func(*exchange) error, now time.Time) (retry bool, err error) {
 	ex.started = now
 	ex.respBytes, ex.bytesOut = 0, 0
-	uc := up.take(now, !req.replayable(), s.cfg.BackendIdleTimeout)
+	uc := up.take(now, s.cfg.BackendIdleTimeout)
 	for {
 		if uc == nil {
 			uc, err = s.upstreams.dial(up)
@@ -220,7 +228,10 @@ func (s *Server) attemptOn(ex *exchange, up *upstream, req *outRequest, interim 
 			return false, nil
 		}
 		s.abandon(ex, req)
-		if ex.respBytes == 0 && req.replayable() && !isTimeout(err) {
+		// The request was (at least partly) written: the backend may have
+		// read and acted on it even though it closed without answering.
+		// RFC 9112 9.3.1.1: only idempotent requests are sent again.
+		if ex.respBytes == 0 && req.idempotent && req.replayable() && !isTimeout(err) {
 			if uc.reused {
 				// The backend closed the pooled connection as we reused
 				// it: try a fresh connection to the same backend.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"strconv"
 )
 
 // The HTTP/1.1 parser reads only what routing and framing need. A head is
@@ -43,6 +44,7 @@ const (
 	hdrXPool
 	hdrExpect
 	hdrCookie
+	hdrForwarded
 )
 
 // field is one header line: buf[start:end] is the whole line with its CRLF,
@@ -185,6 +187,10 @@ func classifyHeader(name []byte) uint8 {
 		}
 		if eqFoldLower(name, "trailer") {
 			return hdrTrailer
+		}
+	case 9:
+		if eqFoldLower(name, "forwarded") {
+			return hdrForwarded
 		}
 	case 10:
 		if eqFoldLower(name, "connection") {
@@ -473,7 +479,7 @@ func (h *requestHead) interpretFields(b []byte) error {
 			if eqFoldLower(v, "100-continue") {
 				h.expect100 = true
 			}
-		case hdrXForwardedFor:
+		case hdrXForwardedFor, hdrForwarded:
 			if len(v) > 0 {
 				h.xffCount++
 			}
@@ -746,27 +752,34 @@ func lastTokenIsChunked(v []byte) bool {
 	return last != nil && eqFoldLower(last, "chunked")
 }
 
-// chunkScanner validates a chunked body incrementally and finds its end, so
-// that chunked bodies are forwarded as they arrive, byte for byte (or with
-// the framing removed when decoding).
+// chunkScanner validates a chunked body incrementally and finds its end
+// (RFC 9112 7.1), strictly: a size line is hex digits, optional
+// whitespace only before a ';' that starts extensions, then CRLF; chunk
+// data must be followed by CRLF; trailer lines must be header fields
+// (token, ':', a value without controls). The proxy never forwards the
+// client's or backend's framing bytes: callers collect the data spans and
+// frame them again themselves (appendChunk, lastChunk), dropping chunk
+// extensions and trailers, so nothing a lenient parser downstream might
+// read differently passes through (nginx re-frames too).
 type chunkScanner struct {
-	state     int
-	size      int64 // remaining data bytes of the current chunk
-	digits    int
-	lineLen   int
-	trailer   int // trailer bytes so far
-	lastChunk bool
+	state   int
+	size    int64 // remaining data bytes of the current chunk
+	digits  int
+	lineLen int
+	trailer int // trailer bytes so far
 }
 
 const (
 	csSize = iota
+	csSizeBWS
 	csExt
 	csSizeLF
 	csData
 	csDataCR
 	csDataLF
 	csTrailerStart
-	csTrailerLine
+	csTrailerName
+	csTrailerValue
 	csTrailerLF
 	csEndLF
 	csDone
@@ -774,12 +787,27 @@ const (
 
 var errBadChunk = errors.New("malformed chunked encoding")
 
+// lastChunk ends a chunked body the proxy frames (no trailers).
+const lastChunk = "0\r\n\r\n"
+
+// appendChunk appends data framed as one chunk; empty data appends nothing
+// (a zero-size chunk would end the body).
+func appendChunk(out, data []byte) []byte {
+	if len(data) == 0 {
+		return out
+	}
+	out = strconv.AppendInt(out, int64(len(data)), 16)
+	out = append(out, "\r\n"...)
+	out = append(out, data...)
+	return append(out, "\r\n"...)
+}
+
 // done reports whether the whole body (last chunk and trailers) was seen.
 func (c *chunkScanner) done() bool { return c.state == csDone }
 
 // scan consumes p up to the end of the body and returns the number of bytes
 // consumed. When data is not nil it receives the spans of p that are chunk
-// data (for decoding).
+// data.
 func (c *chunkScanner) scan(p []byte, data *[]span) (int, error) {
 	i := 0
 	for i < len(p) && c.state != csDone {
@@ -794,12 +822,24 @@ func (c *chunkScanner) scan(p []byte, data *[]span) (int, error) {
 				d = b - 'a' + 10
 			case b >= 'A' && b <= 'F':
 				d = b - 'A' + 10
-			default:
-				if c.digits == 0 {
-					return i, errBadChunk
-				}
+			case c.digits == 0:
+				return i, errBadChunk
+			case b == '\r':
+				c.state = csSizeLF
+				i++
+				continue
+			case b == ';':
 				c.state = csExt
-				continue // re-examine b in csExt
+				c.lineLen++
+				i++
+				continue
+			case b == ' ' || b == '\t':
+				c.state = csSizeBWS
+				c.lineLen++
+				i++
+				continue
+			default:
+				return i, errBadChunk
 			}
 			if c.digits == 15 {
 				return i, errBadChunk
@@ -807,9 +847,22 @@ func (c *chunkScanner) scan(p []byte, data *[]span) (int, error) {
 			c.digits++
 			c.size = c.size<<4 | int64(d)
 			c.lineLen++
+		case csSizeBWS:
+			// Whitespace after the size is only allowed before ';'
+			// (chunk-ext's BWS): "2 2" is not a size.
+			switch b {
+			case ' ', '\t':
+			case ';':
+				c.state = csExt
+			default:
+				return i, errBadChunk
+			}
+			c.lineLen++
+			if c.lineLen > maxChunkLine {
+				return i, errBadChunk
+			}
 		case csExt:
-			// Chunk extensions (and whitespace before them) are passed
-			// through, never interpreted. Bare controls are rejected.
+			// Extensions are checked for controls and dropped.
 			if b == '\r' {
 				c.state = csSizeLF
 			} else if b < 0x20 && b != '\t' || b == 0x7f {
@@ -854,13 +907,22 @@ func (c *chunkScanner) scan(p []byte, data *[]span) (int, error) {
 			}
 			c.state = csSize
 		case csTrailerStart:
-			if b == '\r' {
+			switch {
+			case b == '\r':
 				c.state = csEndLF
-			} else {
-				c.state = csTrailerLine
-				continue
+			case tokenTable[b]:
+				c.state = csTrailerName
+			default:
+				return i, errBadChunk
 			}
-		case csTrailerLine:
+		case csTrailerName:
+			switch {
+			case b == ':':
+				c.state = csTrailerValue
+			case !tokenTable[b]:
+				return i, errBadChunk
+			}
+		case csTrailerValue:
 			if b == '\r' {
 				c.state = csTrailerLF
 			} else if b < 0x20 && b != '\t' || b == 0x7f {

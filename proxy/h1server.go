@@ -60,6 +60,10 @@ type clientConn struct {
 	// leftover holds client bytes read past a streamed chunked body (a
 	// pipelined request), moved back into buf when the body goroutine ends.
 	leftover []byte
+	// reframed and spans are reused storage for re-framing the buffered
+	// part of a chunked request body.
+	reframed []byte
+	spans    []span
 }
 
 // routeCache remembers the last Host -> pool lookup of a connection;
@@ -364,7 +368,7 @@ func (cc *clientConn) redirectToHTTPS(host, path []byte, pm *poolMetrics, start 
 		h = h[:i]
 	}
 	loc = append(loc, h...)
-	if p := cc.s.cfg.RedirectHTTPSPort; p != 0 && p != 443 {
+	if p := cc.s.redirectPort; p != 0 && p != 443 {
 		loc = append(loc, ':')
 		loc = strconv.AppendInt(loc, int64(p), 10)
 	}
@@ -471,8 +475,11 @@ func (cc *clientConn) respondLocal(status int, msg string, extra []byte, pm *poo
 		out = append(out, '\n')
 	}
 	cc.out = out
-	err := cc.write(out)
+	// The write deadline is computed from cc.now, which may be as old as
+	// the request's start (a 504 comes ResponseHeaderTimeout later): an
+	// old time would make the deadline pass and the client get nothing.
 	cc.now = time.Now()
+	err := cc.write(out)
 	cc.finish(pm, status, start, nil, int64(len(out)))
 	return keep && err == nil
 }
@@ -488,6 +495,14 @@ func (cc *clientConn) forwardRequest(pool *pools.Pool, pm *poolMetrics, host []b
 	s := cc.s
 	h := &cc.head
 	b := cc.headBytes()
+	if h.isUpgrade() {
+		client := cc.info.client.Addr()
+		if !s.acquireUpgrade(client) {
+			s.metrics.upgradesRefused.Inc()
+			return cc.respondLocal(503, "service unavailable: too many upgraded connections", nil, pm, start, true)
+		}
+		defer s.releaseUpgrade(client)
+	}
 	buffered := cc.buf[cc.headAt+h.headLen : cc.w]
 
 	pick := pools.PickRequest{ClientIP: cc.info.client.Addr()}
@@ -518,13 +533,25 @@ func (cc *clientConn) forwardRequest(pool *pools.Pool, pm *poolMetrics, host []b
 		}
 		consumed = len(req.inline)
 	case bodyChunked:
+		// The backend gets the data framed by the proxy, never the
+		// client's size lines, extensions or trailers.
 		var sc chunkScanner
-		n, err := sc.scan(buffered, nil)
+		spans := cc.spans[:0]
+		n, err := sc.scan(buffered, &spans)
+		cc.spans = spans[:0]
 		if err != nil {
 			cc.respondLocal(400, "malformed chunked request body", nil, pm, start, false)
 			return false
 		}
-		req.inline = buffered[:n]
+		framed := cc.reframed[:0]
+		for _, sp := range spans {
+			framed = appendChunk(framed, sp.of(buffered))
+		}
+		if sc.done() {
+			framed = append(framed, lastChunk...)
+		}
+		cc.reframed = framed
+		req.inline = framed
 		consumed = n
 		if !sc.done() {
 			req.stream = cc.streamChunked(sc)
@@ -631,8 +658,11 @@ func (cc *clientConn) appendUpstreamHead(out, b, host []byte) []byte {
 		out = append(out, host...)
 		out = append(out, "\r\n"...)
 	}
+	// X-Forwarded-For and Forwarded: a trusted proxy's list is extended
+	// with its address, anyone else's is replaced (a client must not be
+	// able to choose the address a backend believes it came from).
 	out = append(out, "X-Forwarded-For: "...)
-	if h.xffCount > 0 {
+	if cc.info.trusted && h.xffCount > 0 {
 		for i := range h.fields {
 			if f := &h.fields[i]; f.kind == hdrXForwardedFor && f.ve > f.vs {
 				out = append(out, b[f.vs:f.ve]...)
@@ -641,6 +671,16 @@ func (cc *clientConn) appendUpstreamHead(out, b, host []byte) []byte {
 		}
 	}
 	out = append(out, cc.clientIP...)
+	out = append(out, "\r\nForwarded: "...)
+	if cc.info.trusted && h.xffCount > 0 {
+		for i := range h.fields {
+			if f := &h.fields[i]; f.kind == hdrForwarded && f.ve > f.vs {
+				out = append(out, b[f.vs:f.ve]...)
+				out = append(out, ", "...)
+			}
+		}
+	}
+	out = appendForwardedElement(out, cc.info.client.Addr(), cc.https)
 	if cc.https {
 		out = append(out, "\r\nX-Forwarded-Proto: https\r\n"...)
 	} else {
@@ -692,7 +732,7 @@ func (cc *clientConn) appendResponseHead(out, rb []byte, r *responseHead, setCoo
 		f := &r.fields[i]
 		keepLine := false
 		switch f.kind {
-		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto:
+		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto, hdrForwarded:
 			keepLine = !r.connOthers || !listedInConnection(rb, r.fields, rb[f.start:f.colon])
 		case hdrContentLength:
 			keepLine = !seenCL && r.framing != bodyChunked && !decode
@@ -894,7 +934,8 @@ func (cc *clientConn) relayLength(out []byte, uc *upConn, n int64) (written int6
 }
 
 // relayChunked forwards a chunked body as it arrives, validating its
-// framing; decode strips the framing for HTTP/1.0 clients.
+// framing and framing the data again; decode sends the bare data for
+// HTTP/1.0 clients. Backend trailers are dropped.
 func (cc *clientConn) relayChunked(out []byte, uc *upConn, decode bool) (written int64, complete bool, clientErr, backendErr error) {
 	var sc chunkScanner
 	var spans []span
@@ -904,24 +945,25 @@ func (cc *clientConn) relayChunked(out []byte, uc *upConn, decode bool) (written
 			p := uc.buf[uc.r:uc.w]
 			var n int
 			var err error
-			if decode {
-				spans = spans[:0]
-				n, err = sc.scan(p, &spans)
-			} else {
-				n, err = sc.scan(p, nil)
-			}
+			spans = spans[:0]
+			n, err = sc.scan(p, &spans)
 			if err != nil {
 				return written, false, nil, err
 			}
 			if !first {
 				out = out[:0]
 			}
-			if decode {
-				for _, sp := range spans {
+			// The client gets the data in the proxy's own framing (or
+			// none for HTTP/1.0), never the backend's raw chunk lines.
+			for _, sp := range spans {
+				if decode {
 					out = append(out, p[sp.s:sp.e]...)
+				} else {
+					out = appendChunk(out, p[sp.s:sp.e])
 				}
-			} else {
-				out = append(out, p[:n]...)
+			}
+			if sc.done() && !decode {
+				out = append(out, lastChunk...)
 			}
 			uc.r += n
 			if len(out) > 0 {
@@ -1065,26 +1107,36 @@ func (cc *clientConn) streamChunked(sc chunkScanner) func(*upConn, *bodyProgress
 		defer s.putBodyBuf(bp)
 		buf := *bp
 		var sent int64
+		var spans []span
+		framed := make([]byte, 0, len(buf)+64)
 		for !sc.done() {
 			now := time.Now()
 			cc.setReadDeadline(now, s.cfg.ReadTimeout)
 			m, err := cc.c.Read(buf)
 			if m > 0 {
-				n, serr := sc.scan(buf[:m], nil)
+				spans = spans[:0]
+				n, serr := sc.scan(buf[:m], &spans)
 				if serr != nil {
 					return sent, serr
 				}
+				framed = framed[:0]
+				for _, sp := range spans {
+					framed = appendChunk(framed, sp.of(buf))
+				}
 				if sc.done() {
 					progress.markRead()
+					framed = append(framed, lastChunk...)
 					if n < m {
 						cc.leftover = append([]byte(nil), buf[n:m]...)
 					}
 				}
-				uc.setWriteDeadline(now, s.cfg.WriteTimeout)
-				w, werr := uc.c.Write(buf[:n])
-				sent += int64(w)
-				if werr != nil {
-					return sent, werr
+				if len(framed) > 0 {
+					uc.setWriteDeadline(now, s.cfg.WriteTimeout)
+					w, werr := uc.c.Write(framed)
+					sent += int64(w)
+					if werr != nil {
+						return sent, werr
+					}
 				}
 			}
 			if err != nil && !sc.done() {

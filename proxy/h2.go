@@ -10,6 +10,7 @@ import (
 	"net/textproto"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,6 +37,51 @@ type h2Conn struct {
 	info     connInfo
 	sni      string
 	clientIP string
+	conn     net.Conn // the client's TCP connection, closed on abuse
+	// backends bounds the backend exchanges of this client connection in
+	// flight: streams beyond it wait (or are cancelled) without taking a
+	// backend connection.
+	backends chan struct{}
+	resets   resetBudget
+}
+
+// resetBudget is a token bucket of client-cancelled streams: HTTP/2 rapid
+// reset (open a stream, cancel it, repeat) costs the client nothing and the
+// proxy a backend request, so a connection that cancels more than its
+// budget is closed.
+type resetBudget struct {
+	mu     sync.Mutex
+	tokens float64
+	last   time.Time
+}
+
+// spend takes one token; false when the budget is exhausted.
+func (b *resetBudget) spend(now time.Time, perSecond float64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	burst := 2 * perSecond
+	if b.last.IsZero() {
+		b.tokens = burst
+	} else {
+		b.tokens = min(burst, b.tokens+now.Sub(b.last).Seconds()*perSecond)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// noteReset counts a stream the client cancelled before its response was
+// complete and closes the connection when the budget is spent.
+func (h *h2Server) noteReset(hc *h2Conn) {
+	if hc.resets.spend(time.Now(), float64(h.s.cfg.H2MaxResetsPerSecond)) {
+		return
+	}
+	h.s.metrics.h2ResetFloods.Inc()
+	h.s.log.Info("proxy: HTTP/2 connection closed: too many cancelled streams", zap.String("client", hc.clientIP))
+	_ = hc.conn.Close()
 }
 
 func newH2Server(s *Server) *h2Server {
@@ -50,7 +96,7 @@ func newH2Server(s *Server) *h2Server {
 	}
 	h.srv = &http2.Server{
 		IdleTimeout:          s.cfg.IdleTimeout,
-		MaxConcurrentStreams: 250,
+		MaxConcurrentStreams: uint32(s.cfg.H2MaxConcurrentStreams),
 	}
 	// ConfigureServer registers the GOAWAY-on-Shutdown hook for the
 	// connections served with BaseConfig h.base. Its error is about a
@@ -61,7 +107,8 @@ func newH2Server(s *Server) *h2Server {
 
 // serve runs one HTTP/2 connection until it ends.
 func (h *h2Server) serve(tc *trackedConn, conn *tls.Conn, info connInfo, sni string) {
-	hc := &h2Conn{info: info, sni: sni, clientIP: info.client.Addr().String()}
+	hc := &h2Conn{info: info, sni: sni, clientIP: info.client.Addr().String(), conn: tc.Conn,
+		backends: make(chan struct{}, h.s.cfg.MaxBackendConnsPerClient)}
 	ctx := context.WithValue(context.Background(), h2ConnKey{}, hc)
 	h.srv.ServeConn(conn, &http2.ServeConnOpts{Context: ctx, BaseConfig: h.base, Handler: h})
 }
@@ -79,7 +126,7 @@ func (h *h2Server) shutdown() {
 func h2Skip(name string) bool {
 	switch name {
 	case "Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Host",
-		"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Request-Id", "Expect", "Content-Length":
+		"X-Forwarded-For", "Forwarded", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Request-Id", "Expect", "Content-Length":
 		return true
 	}
 	return strings.HasPrefix(name, "Proxy-")
@@ -100,6 +147,13 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Request-Id", reqID)
 	lw := h2Log{s: s, r: r, hc: hc, reqID: reqID, start: start}
 
+	if err := validH2Request(r); err != nil {
+		// RFC 9113 8.1.1: a malformed request may be answered before the
+		// stream closes; it never reaches a backend.
+		s.log.Debug("proxy: malformed HTTP/2 request", zap.String("client", hc.clientIP), zap.Error(err))
+		lw.local(w, s.metrics.noPool, 400, "malformed request: "+err.Error())
+		return
+	}
 	host := r.Host
 	if host == "" {
 		host = hc.sni
@@ -118,6 +172,22 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	pm := s.metrics.forPool(pool.Name)
 	if pool.SSLMode == pools.SSLModeOff || pool.SSLMode == pools.SSLModePassthrough {
 		lw.local(w, pm, 421, "misdirected request: this host is not served over TLS here")
+		return
+	}
+
+	// A stream cancelled before it got here costs no backend request; the
+	// others wait for one of the client's backend slots.
+	select {
+	case <-r.Context().Done():
+		h.noteReset(hc)
+		return
+	default:
+	}
+	select {
+	case hc.backends <- struct{}{}:
+		defer func() { <-hc.backends }()
+	case <-r.Context().Done():
+		h.noteReset(hc)
 		return
 	}
 
@@ -159,6 +229,9 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var cache upstreamCache
 	ex.resp.fields = make([]field, 0, 32)
 	if err := s.roundTrip(&ex, &cache, pool, pick, req, nil, time.Now()); err != nil {
+		if req.clientGone() {
+			h.noteReset(hc)
+		}
 		status := statusForError(err)
 		s.log.Debug("proxy: h2 request failed", zap.String("pool", pool.Name), zap.Int("status", status), zap.Error(err))
 		msg := "bad gateway: the backend failed"
@@ -172,6 +245,58 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.relay(w, &ex, req, pool, pm, pick.StickyID, &lw, stop)
+}
+
+// validH2Request checks what becomes the HTTP/1.1 request line and header
+// lines before any of it is forwarded (RFC 9113 8.2 and 8.3): :method a
+// token, :path an origin-form target (or "*" for OPTIONS) without spaces
+// or controls, :authority a host the routing table can match, field names
+// tokens and values free of CR, LF and NUL. golang.org/x/net/http2 checks
+// field syntax but not all of the pseudo-headers' contents.
+func validH2Request(r *http.Request) error {
+	if !isTokenString(r.Method) || r.Method == http.MethodConnect {
+		return errors.New("invalid :method")
+	}
+	uri := r.RequestURI
+	switch {
+	case uri == "*":
+		if r.Method != http.MethodOptions {
+			return errors.New("invalid :path")
+		}
+	case uri == "" || uri[0] != '/':
+		return errors.New("invalid :path")
+	}
+	for i := 0; i < len(uri); i++ {
+		if c := uri[i]; c <= ' ' || c == 0x7f {
+			return errors.New("invalid :path")
+		}
+	}
+	if r.Host != "" && !validHost([]byte(r.Host)) {
+		return errors.New("invalid :authority")
+	}
+	for name, values := range r.Header {
+		if !isTokenString(name) {
+			return errors.New("invalid header field name")
+		}
+		for _, v := range values {
+			if !validFieldValue([]byte(v)) {
+				return errors.New("invalid header field value")
+			}
+		}
+	}
+	return nil
+}
+
+func isTokenString(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !tokenTable[s[i]] {
+			return false
+		}
+	}
+	return true
 }
 
 // upstreamHead writes the HTTP/1.1 request head for an HTTP/2 request.
@@ -191,6 +316,19 @@ func (h *h2Server) upstreamHead(r *http.Request, hc *h2Conn, host, reqID string)
 		if h2Skip(name) {
 			continue
 		}
+		if name == "Cookie" && len(values) > 1 {
+			// HTTP/2 splits cookies into fields; HTTP/1.1 wants one line
+			// (RFC 9113 8.2.3).
+			out = append(out, "Cookie: "...)
+			for i, v := range values {
+				if i > 0 {
+					out = append(out, "; "...)
+				}
+				out = append(out, v...)
+			}
+			out = append(out, "\r\n"...)
+			continue
+		}
 		for _, v := range values {
 			out = append(out, name...)
 			out = append(out, ": "...)
@@ -198,14 +336,28 @@ func (h *h2Server) upstreamHead(r *http.Request, hc *h2Conn, host, reqID string)
 			out = append(out, "\r\n"...)
 		}
 	}
+	// As for HTTP/1.1: a trusted proxy's lists are extended, anyone
+	// else's replaced.
 	out = append(out, "X-Forwarded-For: "...)
-	for _, v := range r.Header.Values("X-Forwarded-For") {
-		if v != "" {
-			out = append(out, v...)
-			out = append(out, ", "...)
+	if hc.info.trusted {
+		for _, v := range r.Header.Values("X-Forwarded-For") {
+			if v != "" {
+				out = append(out, v...)
+				out = append(out, ", "...)
+			}
 		}
 	}
 	out = append(out, hc.clientIP...)
+	out = append(out, "\r\nForwarded: "...)
+	if hc.info.trusted {
+		for _, v := range r.Header.Values("Forwarded") {
+			if v != "" {
+				out = append(out, v...)
+				out = append(out, ", "...)
+			}
+		}
+	}
+	out = appendForwardedElement(out, hc.info.client.Addr(), true)
 	out = append(out, "\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: "...)
 	out = append(out, host...)
 	out = append(out, "\r\nX-Request-Id: "...)
@@ -296,7 +448,7 @@ func (h *h2Server) relay(w http.ResponseWriter, ex *exchange, req *outRequest, p
 	for i := range resp.fields {
 		f := &resp.fields[i]
 		switch f.kind {
-		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto:
+		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto, hdrForwarded:
 		case hdrContentLength:
 			if resp.framing != bodyLength && !req.isHEAD {
 				continue
@@ -411,6 +563,7 @@ func (h *h2Server) relay(w http.ResponseWriter, ex *exchange, req *outRequest, p
 	bodySent := ex.finishBody(req)
 	if req.clientGone() {
 		backendErr = nil // the deadline that ended the read was the client's reset
+		h.noteReset(lw.hc)
 	}
 	if ex.uc != nil {
 		if complete && bodySent && clientErr == nil && !resp.connClose && resp.framing != bodyClose && uc.r == uc.w && !s.shuttingDown() && stop() {

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"math/big"
@@ -63,6 +64,11 @@ func newTestCA(t testing.TB) *testCA {
 	return &testCA{cert: cert, key: key, pool: pool}
 }
 
+// pem returns the CA certificate as a PEM bundle (a pool's backend_ca).
+func (ca *testCA) pem() string {
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw}))
+}
+
 var serialCounter atomic.Int64
 
 // issue returns a leaf certificate for names (DNS names or IP addresses).
@@ -78,7 +84,7 @@ func (ca *testCA) issue(t testing.TB, names ...string) tls.Certificate {
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
 	for _, n := range names {
 		if ip := net.ParseIP(n); ip != nil {
@@ -151,6 +157,12 @@ type poolSpec struct {
 
 func newTable(t testing.TB, specs ...poolSpec) *pools.Table {
 	t.Helper()
+	return newTableWith(t, pools.TableOptions{}, specs...)
+}
+
+// newTableWith is newTable with table options (client certificates).
+func newTableWith(t testing.TB, opts pools.TableOptions, specs ...poolSpec) *pools.Table {
+	t.Helper()
 	var sp []storage.Pool
 	var bs []storage.Backend
 	for _, s := range specs {
@@ -177,7 +189,8 @@ func newTable(t testing.TB, specs ...poolSpec) *pools.Table {
 			bs = append(bs, b)
 		}
 	}
-	return pools.NewTable(sp, bs, nil, pools.TableOptions{CookieKey: []byte("0123456789abcdef0123456789abcdef")})
+	opts.CookieKey = []byte("0123456789abcdef0123456789abcdef")
+	return pools.NewTable(sp, bs, nil, opts)
 }
 
 // testProxy is a started Server with its addresses.

@@ -34,6 +34,9 @@ type connInfo struct {
 	listener int
 	client   netip.AddrPort // the PROXY header's source when present
 	accepted time.Time
+	// trusted: the client is a proxy whose X-Forwarded-For and
+	// Forwarded headers are kept (Config.TrustedProxies).
+	trusted bool
 }
 
 func (s *Server) acceptLoop(l net.Listener, kind int) {
@@ -155,6 +158,7 @@ func (s *Server) serveConn(tc *trackedConn, kind int) {
 		}
 		n = copy(*buf, (*buf)[used:got])
 	}
+	info.trusted = s.trusts(info.client.Addr(), proxyProto)
 	if kind == listenerHTTPS {
 		s.serveTLS(tc, info, buf, n)
 		return
@@ -166,26 +170,28 @@ func (s *Server) serveConn(tc *trackedConn, kind int) {
 	cc.release()
 }
 
-// readProxyHeader reads until buf holds a complete PROXY header. It returns
-// the header, its length and the number of bytes read into buf (bytes after
-// the header belong to the next protocol).
+// readProxyHeader reads a PROXY header into buf. It returns the header,
+// its length and the number of bytes read into buf (bytes after the header
+// belong to the next protocol). The header must be complete in the first
+// read that returns data: senders (Fly's proxy, HAProxy, nginx) write it in
+// one piece before any client byte, so a header that stops short is an
+// attack or a broken peer, dropped at once instead of holding a
+// connection until the timeout (nginx and HAProxy do the same).
 func readProxyHeader(r io.Reader, buf []byte) (proxyHeader, int, int, error) {
 	got := 0
-	for {
-		hdr, used, err := parseProxyHeader(buf[:got])
-		if err == nil {
-			return hdr, used, got, nil
-		}
-		if !errors.Is(err, errNeedMore) {
-			return proxyHeader{}, 0, 0, err
-		}
-		if got == len(buf) {
-			return proxyHeader{}, 0, 0, proxyErrorf("header exceeds %d bytes", len(buf))
-		}
-		n, err := r.Read(buf[got:])
-		got += n
+	for got == 0 {
+		n, err := r.Read(buf)
+		got = n
 		if err != nil && n == 0 {
 			return proxyHeader{}, 0, 0, err
 		}
 	}
+	hdr, used, err := parseProxyHeader(buf[:got])
+	if errors.Is(err, errNeedMore) {
+		return proxyHeader{}, 0, 0, proxyErrorf("header incomplete in its first %d bytes", got)
+	}
+	if err != nil {
+		return proxyHeader{}, 0, 0, err
+	}
+	return hdr, used, got, nil
 }

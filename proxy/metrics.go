@@ -21,9 +21,12 @@ type metrics struct {
 	hsOK, hsFailed, hsRefused, hsACME prometheus.Counter
 	hsPassthrough                     prometheus.Counter
 	passthroughBytes                  prometheus.Counter
-	pools                             sync.Map // pool name -> *poolMetrics
-	noPool                            *poolMetrics
-	codeClasses                       [6]string
+	// limited counts clients cut or refused by a limit, by limit.
+	limited                        *prometheus.CounterVec
+	h2ResetFloods, upgradesRefused prometheus.Counter
+	pools                          sync.Map // pool name -> *poolMetrics
+	noPool                         *poolMetrics
+	codeClasses                    [6]string
 }
 
 // poolMetrics are the cached children of one pool.
@@ -60,8 +63,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "singularity_edge_passthrough_bytes_total",
 			Help: "Bytes relayed by SNI passthrough connections, both directions.",
 		}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "singularity_edge_proxy_limited_total",
+			Help: "Clients cut or refused by a limit: h2_resets (HTTP/2 connection closed for cancelling too many streams), upgrades (upgrade refused, too many at once).",
+		}, []string{"limit"}),
 		codeClasses: [6]string{"other", "1xx", "2xx", "3xx", "4xx", "5xx"},
 	}
+	m.h2ResetFloods = m.limited.WithLabelValues("h2_resets")
+	m.upgradesRefused = m.limited.WithLabelValues("upgrades")
 	m.activeHTTP = m.active.WithLabelValues("http")
 	m.activeHTTPS = m.active.WithLabelValues("https")
 	m.hsOK = m.handshakes.WithLabelValues("ok")
@@ -71,7 +80,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.hsPassthrough = m.handshakes.WithLabelValues("passthrough")
 	m.noPool = m.forPool(noPoolLabel)
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.duration, m.active, m.handshakes, m.passthroughBytes} {
+		for _, c := range []prometheus.Collector{m.requests, m.duration, m.active, m.handshakes, m.passthroughBytes, m.limited} {
 			if err := reg.Register(c); err != nil {
 				var are prometheus.AlreadyRegisteredError
 				if errors.As(err, &are) {

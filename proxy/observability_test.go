@@ -146,6 +146,9 @@ func TestAccessLog(t *testing.T) {
 				}
 				readAll(t, resp)
 			}
+			// The entry is written after the response, so the client can
+			// be faster than the last log line.
+			waitFor(t, "access entries", func() bool { return len(logs.FilterMessage("access").All()) >= tc.want })
 			entries := logs.FilterMessage("access").All()
 			if len(entries) != tc.want {
 				t.Fatalf("%d access entries, want %d", len(entries), tc.want)

@@ -309,6 +309,19 @@ func TestChunkScanner(t *testing.T) {
 		{"bare LF", "1\na\r\n0\r\n\r\n", "", 0, false, true},
 		{"overflow", "1000000000000000\r\n", "", 0, false, true},
 		{"control in ext", "1;\x01\r\n", "", 0, false, true},
+		{"BWS before extension", "3 ;a=b\r\nabc\r\n0\r\n\r\n", "abc", 18, true, false},
+		{"0x prefix", "0x5\r\nhello\r\n0\r\n\r\n", "", 0, false, true},
+		{"junk after size", "5xyz\r\nhello\r\n0\r\n\r\n", "", 0, false, true},
+		{"two sizes", "2 2\r\nab\r\n0\r\n\r\n", "", 0, false, true},
+		{"missing CR after data", "1\r\na\n0\r\n\r\n", "", 0, false, true},
+		{"missing CRLF after data", "1\r\nab0\r\n\r\n", "", 0, false, true},
+		{"bare CR after size", "1\ra\r\n0\r\n\r\n", "", 0, false, true},
+		{"request in trailers", "0\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", "", 0, false, true},
+		{"trailer without colon", "0\r\nX-T\r\n\r\n", "", 0, false, true},
+		{"trailer obs-fold", "0\r\nX-T: 1\r\n 2\r\n\r\n", "", 0, false, true},
+		{"trailer space before colon", "0\r\nX-T : 1\r\n\r\n", "", 0, false, true},
+		{"trailer control", "0\r\nX-T: \x00\r\n\r\n", "", 0, false, true},
+		{"negative size", "-1\r\n", "", 0, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var sc chunkScanner

@@ -54,10 +54,10 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -86,9 +86,10 @@ type Config struct {
 	// AllowPoolHeader honours an X-Pool request header naming the pool,
 	// overriding the Host lookup. For trusted networks only.
 	AllowPoolHeader bool
-	// RedirectHTTPSPort is the port put into HTTP->HTTPS redirects; 0 or
-	// 443 leave it out (the public port is 443 even when the listener is
-	// on 8443 behind Fly's proxy).
+	// RedirectHTTPSPort is the public HTTPS port put into HTTP->HTTPS
+	// redirects (left out when 443). 0 = the HTTPS listener's own port,
+	// right when clients reach the listener directly; behind Fly's proxy,
+	// which maps 443 to the listener's 8443, set 443.
 	RedirectHTTPSPort int
 
 	// ReadHeaderTimeout bounds reading a request head from the first byte
@@ -122,14 +123,31 @@ type Config struct {
 	// MaxRetries is how many other backends an idempotent request may be
 	// retried on after a connection failure.
 	MaxRetries int
+	// H2MaxConcurrentStreams is the SETTINGS_MAX_CONCURRENT_STREAMS of
+	// client HTTP/2 connections.
+	H2MaxConcurrentStreams int
+	// H2MaxResetsPerSecond is how many streams an HTTP/2 client may cancel
+	// per second (twice that in a burst) before its connection is closed.
+	H2MaxResetsPerSecond int
+	// MaxBackendConnsPerClient bounds the backend exchanges in flight for
+	// one client connection (HTTP/2 multiplexes many streams on one).
+	MaxBackendConnsPerClient int
+	// MaxUpgradesPerClient bounds the concurrent upgraded (WebSocket)
+	// connections per client address, MaxUpgrades those of the server
+	// (503 beyond).
+	MaxUpgradesPerClient int
+	MaxUpgrades          int
 	// MaxRequestHeaderBytes bounds a request head (431 beyond).
 	MaxRequestHeaderBytes int
 	// MaxResponseHeaderBytes bounds a backend response head (502 beyond).
 	MaxResponseHeaderBytes int
 
-	// BackendRootCAs verifies backend certificates in full_strict mode (and
-	// for backends with ssl_verify); nil = the system roots.
-	BackendRootCAs *x509.CertPool
+	// TrustedProxies are the client addresses (after the PROXY protocol)
+	// whose X-Forwarded-For and Forwarded headers are extended; from any
+	// other client they are replaced by its own address. nil = the
+	// default: FlyProxyPrefixes on a listener without the PROXY protocol,
+	// nobody on one with it. An empty non-nil list trusts nobody.
+	TrustedProxies []netip.Prefix
 
 	// AccessLog is "off", "on" (every request) or "sample:N" (one request
 	// in N). Bodies, query strings and headers are never logged.
@@ -156,10 +174,17 @@ func DefaultConfig() Config {
 		TunnelIdleTimeout:      time.Hour,
 		MaxIdleConnsPerBackend: 128,
 		MaxRetries:             2,
-		MaxRequestHeaderBytes:  32 << 10,
-		MaxResponseHeaderBytes: 32 << 10,
-		AccessLog:              "off",
-		Logger:                 zap.NewNop(),
+		// nginx's http2_max_concurrent_streams is 128; a browser opens
+		// far fewer at once.
+		H2MaxConcurrentStreams:   100,
+		H2MaxResetsPerSecond:     100,
+		MaxBackendConnsPerClient: 32,
+		MaxUpgradesPerClient:     256,
+		MaxUpgrades:              100_000,
+		MaxRequestHeaderBytes:    32 << 10,
+		MaxResponseHeaderBytes:   32 << 10,
+		AccessLog:                "off",
+		Logger:                   zap.NewNop(),
 	}
 }
 
@@ -181,6 +206,15 @@ func (c *Config) validate() error {
 	}
 	if c.MaxIdleConnsPerBackend < 0 {
 		errs = append(errs, fmt.Errorf("proxy: MaxIdleConnsPerBackend must not be negative, got %d", c.MaxIdleConnsPerBackend))
+	}
+	for name, v := range map[string]int{
+		"H2MaxConcurrentStreams": c.H2MaxConcurrentStreams, "H2MaxResetsPerSecond": c.H2MaxResetsPerSecond,
+		"MaxBackendConnsPerClient": c.MaxBackendConnsPerClient, "MaxUpgradesPerClient": c.MaxUpgradesPerClient,
+		"MaxUpgrades": c.MaxUpgrades,
+	} {
+		if v < 1 {
+			errs = append(errs, fmt.Errorf("proxy: %s must be at least 1, got %d", name, v))
+		}
 	}
 	if c.MaxRetries < 0 {
 		errs = append(errs, fmt.Errorf("proxy: MaxRetries must not be negative, got %d", c.MaxRetries))
@@ -254,17 +288,21 @@ type Server struct {
 	peekBufs   sync.Pool // *[]byte of peekBufSize: PROXY header + ClientHello
 	clientBufs sync.Pool // *[]byte of clientBufSize: client read buffers
 	bodyBufs   sync.Pool // *[]byte of bodyBufSize: streamed request bodies
+	upgrades   upgradeLimits
 
 	mu        sync.Mutex
 	started   bool
 	listeners []net.Listener
 	httpAddr  net.Addr
 	httpsAddr net.Addr
-	conns     map[*trackedConn]struct{}
-	connsDone chan struct{} // closed when conns becomes empty during shutdown
-	closing   atomic.Bool
-	wg        sync.WaitGroup // accept loops and janitor
-	stop      chan struct{}
+	// redirectPort is the port of HTTP->HTTPS redirects, set by Start
+	// (before any connection is served).
+	redirectPort int
+	conns        map[*trackedConn]struct{}
+	connsDone    chan struct{} // closed when conns becomes empty during shutdown
+	closing      atomic.Bool
+	wg           sync.WaitGroup // accept loops and janitor
+	stop         chan struct{}
 }
 
 // New validates cfg and returns a Server; Start binds the listeners. certs
@@ -337,6 +375,14 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.started = true
 	s.listeners = opened
+	s.redirectPort = s.cfg.RedirectHTTPSPort
+	if s.redirectPort == 0 {
+		if ta, ok := s.httpsAddr.(*net.TCPAddr); ok {
+			s.redirectPort = ta.Port
+		} else {
+			s.redirectPort = 443
+		}
+	}
 	for _, l := range opened {
 		kind := listenerHTTP
 		if l.Addr() == s.httpsAddr {

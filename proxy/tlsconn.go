@@ -54,7 +54,8 @@ func (c *prefixConn) detachPrefix() {
 }
 
 // readClientHello reads from r into buf (which holds n bytes already) until
-// a whole ClientHello is there.
+// a whole ClientHello is there. On error it still returns how many bytes
+// buf holds (to recognize plain HTTP).
 func readClientHello(r io.Reader, buf []byte, n int) (clientHelloInfo, int, error) {
 	for {
 		info, _, err := parseClientHello(buf[:n])
@@ -62,17 +63,47 @@ func readClientHello(r io.Reader, buf []byte, n int) (clientHelloInfo, int, erro
 			return info, n, nil
 		}
 		if !errors.Is(err, errNeedMore) {
-			return clientHelloInfo{}, 0, err
+			return clientHelloInfo{}, n, err
 		}
 		if n == len(buf) {
-			return clientHelloInfo{}, 0, helloErrorf("ClientHello exceeds %d bytes", len(buf))
+			return clientHelloInfo{}, n, helloErrorf("ClientHello exceeds %d bytes", len(buf))
 		}
 		m, err := r.Read(buf[n:])
 		n += m
 		if err != nil && m == 0 {
-			return clientHelloInfo{}, 0, err
+			return clientHelloInfo{}, n, err
 		}
 	}
+}
+
+// TLS alert descriptions sent when a handshake is refused before
+// crypto/tls takes over (RFC 8446 6.2, RFC 6066 3).
+const (
+	alertHandshakeFailure = 40
+	alertUnrecognizedName = 112
+)
+
+// sendAlert writes a fatal TLS alert record, so that a refused client sees
+// why instead of a bare close.
+func sendAlert(c net.Conn, desc byte, timeout time.Duration) {
+	_ = c.SetWriteDeadline(time.Now().Add(timeout))
+	_, _ = c.Write([]byte{21, 3, 3, 0, 2, 2, desc})
+}
+
+// plainHTTPOnTLSPort is the answer to a request line on the TLS port, as
+// nginx answers it ("The plain HTTP request was sent to HTTPS port").
+const plainHTTPOnTLSPort = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n" +
+	"Cache-Control: no-store\r\nContent-Length: 43\r\nConnection: close\r\n\r\n" +
+	"a plain HTTP request was sent to HTTPS port\n"
+
+// looksLikeHTTP reports whether b starts like an HTTP/1 request line
+// (upper-case method letters then a space) rather than a TLS record.
+func looksLikeHTTP(b []byte) bool {
+	i := 0
+	for i < len(b) && i < 16 && b[i] >= 'A' && b[i] <= 'Z' {
+		i++
+	}
+	return i > 0 && (i == len(b) || b[i] == ' ')
 }
 
 // serveTLS handles a connection on the HTTPS listener: it reads the
@@ -84,8 +115,15 @@ func readClientHello(r io.Reader, buf []byte, n int) (clientHelloInfo, int, erro
 func (s *Server) serveTLS(tc *trackedConn, info connInfo, buf *[]byte, n int) {
 	hello, n, err := readClientHello(tc.Conn, *buf, n)
 	if err != nil {
+		plainHTTP := n > 0 && looksLikeHTTP((*buf)[:min(n, 17)])
 		s.putBuf(buf)
 		s.metrics.hsFailed.Inc()
+		if plainHTTP {
+			_ = tc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+			_, _ = io.WriteString(tc.Conn, plainHTTPOnTLSPort)
+			s.log.Debug("tls: plain HTTP on the TLS port", zap.Stringer("client", info.client))
+			return
+		}
 		s.log.Debug("tls: no valid ClientHello", zap.Stringer("client", info.client), zap.Error(err))
 		return
 	}
@@ -103,6 +141,11 @@ func (s *Server) serveTLS(tc *trackedConn, info connInfo, buf *[]byte, n int) {
 		// nothing to terminate for, nothing to pass through.
 		s.putBuf(buf)
 		s.metrics.hsRefused.Inc()
+		desc := byte(alertUnrecognizedName)
+		if hello.ServerName == "" {
+			desc = alertHandshakeFailure // no name to not recognize
+		}
+		sendAlert(tc.Conn, desc, s.cfg.WriteTimeout)
 		s.log.Debug("tls: refused, no pool serves the name", zap.String("sni", hello.ServerName))
 		return
 	}
@@ -115,12 +158,14 @@ func (s *Server) serveTLS(tc *trackedConn, info connInfo, buf *[]byte, n int) {
 	case pools.SSLModeOff, "":
 		s.putBuf(buf)
 		s.metrics.hsRefused.Inc()
+		sendAlert(tc.Conn, alertUnrecognizedName, s.cfg.WriteTimeout)
 		s.log.Debug("tls: refused, pool serves plain HTTP only", zap.String("sni", hello.ServerName), zap.String("pool", pool.Name))
 		return
 	}
 	if s.certs == nil {
 		s.putBuf(buf)
 		s.metrics.hsRefused.Inc()
+		sendAlert(tc.Conn, alertHandshakeFailure, s.cfg.WriteTimeout)
 		return
 	}
 
@@ -152,11 +197,13 @@ func (s *Server) serveTLS(tc *trackedConn, info connInfo, buf *[]byte, n int) {
 func (s *Server) serveTLSALPN01(tc *trackedConn, hello clientHelloInfo, raw []byte) {
 	if s.challenges == nil {
 		s.metrics.hsRefused.Inc()
+		sendAlert(tc.Conn, alertHandshakeFailure, s.cfg.WriteTimeout)
 		return
 	}
 	cert, ok := s.challenges.TLSALPN01(hello.ServerName)
 	if !ok || cert == nil {
 		s.metrics.hsRefused.Inc()
+		sendAlert(tc.Conn, alertUnrecognizedName, s.cfg.WriteTimeout)
 		s.log.Debug("tls-alpn-01: no challenge pending", zap.String("sni", hello.ServerName))
 		return
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 )
 
 // tunnel copies client->backend and backend->client until both directions
@@ -16,19 +17,27 @@ import (
 // returns the bytes copied each way; counter, when set, also counts them as
 // they move (passthrough connections live long).
 //
-// The copy is read(2)/write(2) through a pooled 32 KiB buffer, not
-// io.Copy's splice(2): measured with the harness on this loopback setup,
-// splice cost more CPU per request for small TLS records (S3a: 19.5-20.5
-// vs 18.5-18.8 µs/req, nginx 12.4-13.5 in the same runs) and no less per
-// byte in bulk (S3b: 0.74-0.84 vs 0.78-0.86 CPU-s/GB, with 480-534 vs
-// 586-591 MB/s): on loopback the pages are copied either way and splice
-// adds a pipe hop per transfer.
+// Between two TCP connections (passthrough, plain-HTTP upgrades) the copy
+// is splice(2) through (*net.TCPConn).ReadFrom: the bytes never enter user
+// space and the goroutine wakes once per MiB or per idle window, not per
+// TLS record. Idleness is then read from the kernel (TCP_INFO's time since
+// data last arrived on each socket) when a window's deadline passes, so no
+// per-read deadline is needed. Other pairs (TLS upgrades) copy through a
+// pooled buffer with a deadline renewed as bytes move.
 func (s *Server) tunnel(client, backend net.Conn, counter prometheus.Counter) (toBackend, toClient int64) {
 	var active [2]atomic.Int64 // last time each direction moved bytes
 	now := time.Now().UnixNano()
 	active[0].Store(now)
 	active[1].Store(now)
 	done := make(chan int64, 1)
+	ctcp, cok := client.(*net.TCPConn)
+	btcp, bok := backend.(*net.TCPConn)
+	if cok && bok {
+		go func() { done <- s.splicePipe(btcp, ctcp, btcp, counter) }()
+		toClient = s.splicePipe(ctcp, btcp, ctcp, counter)
+		toBackend = <-done
+		return toBackend, toClient
+	}
 	go func() { done <- s.pipe(backend, client, &active[0], &active[1], counter) }()
 	toClient = s.pipe(client, backend, &active[1], &active[0], counter)
 	toBackend = <-done
@@ -91,6 +100,72 @@ func (s *Server) pipe(dst, src net.Conn, mine, other *atomic.Int64, counter prom
 		closeBoth(dst, src)
 		return total
 	}
+}
+
+// spliceChunk is how many bytes one ReadFrom moves before the counter is
+// updated; it bounds nothing else.
+const spliceChunk = 1 << 20
+
+// splicePipe copies src to dst with splice(2). other is the socket the
+// opposite direction reads from: the tunnel is idle only when neither
+// received data for TunnelIdleTimeout.
+func (s *Server) splicePipe(dst, src, other *net.TCPConn, counter prometheus.Counter) int64 {
+	idle := s.cfg.TunnelIdleTimeout
+	var total int64
+	wait := idle
+	lr := io.LimitedReader{R: src}
+	for {
+		if src.SetReadDeadline(time.Now().Add(wait)) != nil {
+			closeBoth(dst, src)
+			return total
+		}
+		lr.N = spliceChunk
+		n, err := dst.ReadFrom(&lr)
+		total += n
+		if counter != nil && n > 0 {
+			counter.Add(float64(n))
+		}
+		switch {
+		case err == nil && lr.N > 0:
+			// The limit was not reached: src ended.
+			closeWrite(dst)
+			return total
+		case err == nil:
+			wait = idle
+			continue
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			q1, ok1 := sinceDataReceived(src)
+			q2, ok2 := sinceDataReceived(other)
+			if ok1 && ok2 {
+				if quiet := min(q1, q2); quiet < idle {
+					wait = max(idle-quiet, time.Second)
+					continue
+				}
+			} else if n > 0 {
+				wait = idle
+				continue
+			}
+		}
+		closeBoth(dst, src)
+		return total
+	}
+}
+
+// sinceDataReceived is how long ago c's socket last received data
+// (TCP_INFO, millisecond resolution).
+func sinceDataReceived(c *net.TCPConn) (time.Duration, bool) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var info *unix.TCPInfo
+	var ierr error
+	if err := rc.Control(func(fd uintptr) {
+		info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); err != nil || ierr != nil {
+		return 0, false
+	}
+	return time.Duration(info.Last_data_recv) * time.Millisecond, true
 }
 
 func closeWrite(c net.Conn) {

@@ -14,10 +14,8 @@ import (
 
 // upstreamKey identifies a set of interchangeable backend connections.
 type upstreamKey struct {
-	addr       string
-	tls        bool
-	verify     bool
-	serverName string
+	addr   string
+	tlsKey string // pools.BackendTLS.Key; "" for plain HTTP
 }
 
 // upstream is the connection pool of one backend address (and TLS mode):
@@ -66,40 +64,37 @@ func (u *upstreams) init(s *Server) {
 	u.bufs.New = func() any { b := make([]byte, upBufSize); return &b }
 }
 
-// forBackend returns the pool of connections for b as used by pool p: TLS
-// when the pool's mode is full or full_strict or the backend's scheme is
-// https; verified in full_strict mode, or when the pool asks to validate
-// backend certificates, or the backend has ssl_verify.
-func (u *upstreams) forBackend(p *pools.Pool, b *pools.Backend) *upstream {
-	useTLS := p.SSLMode == pools.SSLModeFull || p.SSLMode == pools.SSLModeFullStrict || b.Scheme == "https"
-	key := upstreamKey{addr: b.Addr, tls: useTLS}
-	if useTLS {
-		key.verify = p.SSLMode == pools.SSLModeFullStrict || p.ValidateBackendCert || b.SSLVerify
-		key.serverName = b.Host
+// forBackend returns the pool of connections for b. Its TLS settings
+// (pools.BackendTLS: whether, verified against which roots, server name,
+// client certificate) are the ones the health checks use too.
+func (u *upstreams) forBackend(_ *pools.Pool, b *pools.Backend) *upstream {
+	bt := b.TLS()
+	key := upstreamKey{addr: b.Addr}
+	if bt.Enabled {
+		key.tlsKey = bt.Key()
 	}
 	if v, ok := u.m.Load(key); ok {
 		return v.(*upstream)
 	}
 	up := &upstream{key: key, owner: u, lastUsed: time.Now()}
-	if useTLS {
-		up.tlsConf = &tls.Config{
-			MinVersion:         tls.VersionTLS12,
-			ServerName:         key.serverName,
-			InsecureSkipVerify: !key.verify, // full mode: encrypted, deliberately not authenticated
-			RootCAs:            u.s.cfg.BackendRootCAs,
-			NextProtos:         []string{alpnProtocolHTTP11},
-			ClientSessionCache: u.sessions,
-		}
+	if bt.Enabled {
+		// Sessions are kept apart per TLS settings: a session resumed
+		// under other settings would carry another pool's client
+		// certificate identity, or skip a verification this pool wants.
+		up.tlsConf = bt.Config([]string{alpnProtocolHTTP11}, scopedSessions{prefix: key.tlsKey + "|", c: u.sessions})
 	}
 	v, _ := u.m.LoadOrStore(key, up)
 	return v.(*upstream)
 }
 
-// take returns an idle connection, or nil. Connections idle for longer than
-// a second, or any connection when the request cannot be replayed, are
-// first checked for a pending EOF (a non-blocking peek): a backend closing
-// an idle keep-alive connection is the usual cause of spurious 502s.
-func (up *upstream) take(now time.Time, mustBeAlive bool, idleTimeout time.Duration) *upConn {
+// take returns an idle connection, or nil. Every pooled connection is
+// checked with a non-blocking peek before it is handed out: anything
+// readable on an idle HTTP/1.1 connection is either an EOF (the backend
+// closed it) or bytes no request asked for (a body after a HEAD, 204 or
+// 304 answer, a second unsolicited response). Parsing those as the next
+// response would give one client another's answer, so such a connection
+// is discarded, never read. The peek costs one recvfrom(2) per reuse.
+func (up *upstream) take(now time.Time, idleTimeout time.Duration) *upConn {
 	for {
 		up.mu.Lock()
 		n := len(up.idle)
@@ -114,7 +109,7 @@ func (up *upstream) take(now time.Time, mustBeAlive bool, idleTimeout time.Durat
 		up.lastUsed = now
 		up.mu.Unlock()
 		age := now.Sub(uc.idleSince)
-		if age >= idleTimeout || ((mustBeAlive || age > time.Second) && !uc.alive()) {
+		if age >= idleTimeout || !uc.alive() {
 			uc.close()
 			continue
 		}
@@ -124,8 +119,16 @@ func (up *upstream) take(now time.Time, mustBeAlive bool, idleTimeout time.Durat
 }
 
 // put returns a connection to the idle stack (or closes it when the stack
-// is full or the upstream was retired).
+// is full or the upstream was retired). Only a connection whose last
+// response was framed completely and that has no unread byte buffered may
+// come back; callers check framing, put checks the buffer.
 func (up *upstream) put(uc *upConn, now time.Time, maxIdle int) {
+	if uc.r != uc.w {
+		uc.close()
+		return
+	}
+	uc.r, uc.w = 0, 0
+	uc.reused = false
 	uc.idleSince = now
 	up.mu.Lock()
 	if up.removed || len(up.idle) >= maxIdle {
@@ -192,6 +195,19 @@ func (u *upstreams) dial(up *upstream) (*upConn, error) {
 	uc.buf = *bp
 	return uc, nil
 }
+
+// scopedSessions is a view of the shared client session cache in which
+// every key carries a prefix.
+type scopedSessions struct {
+	prefix string
+	c      tls.ClientSessionCache
+}
+
+func (s scopedSessions) Get(key string) (*tls.ClientSessionState, bool) {
+	return s.c.Get(s.prefix + key)
+}
+
+func (s scopedSessions) Put(key string, cs *tls.ClientSessionState) { s.c.Put(s.prefix+key, cs) }
 
 // backendTLSError is a failed TLS handshake with a backend (in full_strict
 // mode typically an unverifiable certificate).

@@ -39,7 +39,8 @@ import (
 //	  6 hosts (repeated), 7 validate_backend_cert, 8 health_check_interval,
 //	  9 health_check (HealthCheck), 10 hash_on, 11 sticky_cookie,
 //	  12 prefer_region, 13 fail_open, 14 hold_new_backends, 15 default,
-//	  16 metadata, 17 inserted_at, 18 updated_at, 19 allow_http
+//	  16 metadata, 17 inserted_at, 18 updated_at, 19 allow_http,
+//	  20 backend_ca, 21 backend_server_name, 22 backend_client_cert_id
 //	HealthCheck: 1 type, 2 path, 3 expected_status, 4 timeout, 5 rise,
 //	  6 fall, 7 max_fails, 8 cooldown
 //	Backend: 1 id, 2 pool_name, 3 host, 4 port, 5 scheme, 6 weight,
@@ -292,6 +293,9 @@ func encodePool(p *Pool) []byte {
 	e.time(17, p.InsertedAt)
 	e.time(18, p.UpdatedAt)
 	e.bool(19, p.AllowHTTP)
+	e.str(20, p.BackendCA)
+	e.str(21, p.BackendServerName)
+	e.str(22, p.BackendClientCertID)
 	return e.b
 }
 
@@ -340,6 +344,12 @@ func decodePool(b []byte) (Pool, error) {
 			return f.time(&p.UpdatedAt)
 		case 19:
 			return f.bool(&p.AllowHTTP)
+		case 20:
+			return f.str(&p.BackendCA)
+		case 21:
+			return f.str(&p.BackendServerName)
+		case 22:
+			return f.str(&p.BackendClientCertID)
 		}
 		return nil
 	})

@@ -301,3 +301,25 @@ func FuzzParseEncryptionKey(f *testing.F) {
 		}
 	})
 }
+
+// TestPoolBackendTLSFieldsRoundTrip: the backend TLS settings (fields 20-22)
+// survive encoding, and a record without them (an older agent's) decodes
+// with them empty.
+func TestPoolBackendTLSFieldsRoundTrip(t *testing.T) {
+	p := goldenPool()
+	p.BackendCA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+	p.BackendServerName = "backend.internal"
+	p.BackendClientCertID = "client-cert-1"
+	got, err := decodePool(encodePool(&p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.BackendCA != p.BackendCA || got.BackendServerName != p.BackendServerName || got.BackendClientCertID != p.BackendClientCertID {
+		t.Fatalf("round trip lost backend TLS settings: %+v", got)
+	}
+	old := goldenPool()
+	got, err = decodePool(encodePool(&old))
+	if err != nil || got.BackendCA != "" || got.BackendServerName != "" || got.BackendClientCertID != "" {
+		t.Fatalf("older record: %+v, %v", got, err)
+	}
+}

@@ -101,11 +101,19 @@ type Pool struct {
 	// passing health check.
 	HoldNewBackends bool `json:"hold_new_backends"`
 	// Default marks the pool that serves hosts no other pool claims.
-	Default    bool              `json:"default"`
-	Metadata   map[string]string `json:"metadata,omitempty"`
-	InsertedAt time.Time         `json:"inserted_at"`
-	UpdatedAt  time.Time         `json:"updated_at"`
-	Version    Version           `json:"version"`
+	Default bool `json:"default"`
+	// BackendCA is a PEM bundle of the CAs that verify this pool's backend
+	// certificates (instead of the agent's roots); BackendServerName the
+	// name sent as SNI and verified (instead of each backend's host);
+	// BackendClientCertID the certificate (by id, from the certificates
+	// table) presented to backends that ask for one.
+	BackendCA           string            `json:"backend_ca,omitempty"`
+	BackendServerName   string            `json:"backend_server_name,omitempty"`
+	BackendClientCertID string            `json:"backend_client_cert_id,omitempty"`
+	Metadata            map[string]string `json:"metadata,omitempty"`
+	InsertedAt          time.Time         `json:"inserted_at"`
+	UpdatedAt           time.Time         `json:"updated_at"`
+	Version             Version           `json:"version"`
 }
 
 // Backend is one upstream server of a pool: configuration only. What an

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -146,6 +147,9 @@ func showPool(c *apiClient, p *poolJSON, etag string) error {
 	d.line("Fail open", yesNo(p.FailOpen))
 	d.line("Plain HTTP allowed", yesNo(p.AllowHTTP))
 	d.line("Hold new backends", yesNo(p.HoldNewBackends))
+	d.line("Backend CA bundle", caSummary(p.BackendCA))
+	d.line("Backend server name", p.BackendServerName)
+	d.line("Backend client cert", p.BackendClientCertID)
 	d.line("Metadata", formatMetadata(p.Metadata))
 	s := p.Stats
 	d.line("Backends", fmt.Sprintf("%d total, %d healthy, %d unhealthy, %d draining (%s)", s.TotalBackends, s.HealthyBackends, s.UnhealthyBackends, s.DrainingBackends, orDash(s.Source)))
@@ -180,6 +184,8 @@ type poolFlags struct {
 	preferRegion, failOpen, holdNewBackends  bool
 	allowHTTP                                bool
 	isDefault                                bool
+	backendCAFile, backendServerName         string
+	backendClientCertID                      string
 	metadata, removeMetadata                 []string
 	ifMatch                                  string
 }
@@ -212,6 +218,9 @@ func (pf *poolFlags) register(cmd *cobra.Command, update bool) {
 	f.BoolVar(&pf.allowHTTP, "allow-http", false, "serve plain HTTP for a TLS pool instead of redirecting it to HTTPS")
 	f.BoolVar(&pf.holdNewBackends, "hold-new-backends", false, "keep a new backend out of rotation until its first passing check")
 	f.BoolVar(&pf.isDefault, "default", false, "serve host names no other pool claims")
+	f.StringVar(&pf.backendCAFile, "backend-ca-file", "", "PEM file of the CAs that verify this pool's backend certificates ('' clears)")
+	f.StringVar(&pf.backendServerName, "backend-server-name", "", "name sent as SNI to backends and verified (default: each backend's host)")
+	f.StringVar(&pf.backendClientCertID, "backend-client-cert-id", "", "id of an uploaded certificate presented to backends that ask for one")
 	metaHelp := "metadata entry KEY=VALUE (repeatable)"
 	if update {
 		metaHelp += "; sets KEY and keeps the other keys, --metadata '' removes every key"
@@ -275,6 +284,19 @@ func (pf *poolFlags) body(cmd *cobra.Command) (map[string]any, error) {
 	set("allow-http", body, "allow_http", pf.allowHTTP)
 	set("hold-new-backends", body, "hold_new_backends", pf.holdNewBackends)
 	set("default", body, "default", pf.isDefault)
+	if f.Changed("backend-ca-file") {
+		ca := ""
+		if pf.backendCAFile != "" {
+			b, err := os.ReadFile(pf.backendCAFile)
+			if err != nil {
+				return nil, withExitCode(exitUsage, fmt.Errorf("--backend-ca-file: %w", err))
+			}
+			ca = string(b)
+		}
+		body["backend_ca"] = ca
+	}
+	set("backend-server-name", body, "backend_server_name", pf.backendServerName)
+	set("backend-client-cert-id", body, "backend_client_cert_id", pf.backendClientCertID)
 	if md, ok, err := metadataBody(cmd, pf.metadata, pf.removeMetadata); err != nil {
 		return nil, err
 	} else if ok {
@@ -455,4 +477,16 @@ func noArgs(cmd *cobra.Command, args []string) error {
 		return withExitCode(exitUsage, fmt.Errorf("unknown command %q for %q; see %s --help", args[0], cmd.CommandPath(), cmd.CommandPath()))
 	}
 	return withExitCode(exitUsage, fmt.Errorf("%s takes no arguments, got %q", cmd.CommandPath(), args))
+}
+
+// caSummary shows a CA bundle by its certificate count, not its PEM.
+func caSummary(pemBundle string) string {
+	if pemBundle == "" {
+		return ""
+	}
+	n := strings.Count(pemBundle, "-----BEGIN CERTIFICATE-----")
+	if n == 1 {
+		return "1 certificate"
+	}
+	return fmt.Sprintf("%d certificates", n)
 }

@@ -1,0 +1,85 @@
+package proxy
+
+import (
+	"net/netip"
+	"sync"
+)
+
+// FlyProxyPrefixes are the addresses Fly.io's proxy connects to a Machine
+// from (its private IPv4 range inside the Machine's network). They are the
+// default trusted proxies of a listener without the PROXY protocol: there
+// the TCP peer is Fly's proxy, not the client.
+var FlyProxyPrefixes = []netip.Prefix{netip.MustParsePrefix("172.16.0.0/12")}
+
+// trusts reports whether client's forwarding headers are kept. With
+// Config.TrustedProxies nil, a listener without the PROXY protocol trusts
+// FlyProxyPrefixes and one with it trusts no one (the PROXY header already
+// named the client).
+func (s *Server) trusts(client netip.Addr, proxyProto bool) bool {
+	prefixes := s.cfg.TrustedProxies
+	if prefixes == nil && !proxyProto {
+		prefixes = FlyProxyPrefixes
+	}
+	client = client.Unmap()
+	for _, p := range prefixes {
+		if p.Contains(client) {
+			return true
+		}
+	}
+	return false
+}
+
+// appendForwardedElement appends an RFC 7239 forwarded-element for the
+// client: for= (IPv6 quoted and bracketed) and proto=.
+func appendForwardedElement(out []byte, client netip.Addr, https bool) []byte {
+	out = append(out, "for="...)
+	if client.Is6() && !client.Is4In6() {
+		out = append(out, `"[`...)
+		out = client.AppendTo(out)
+		out = append(out, `]"`...)
+	} else {
+		out = client.Unmap().AppendTo(out)
+	}
+	if https {
+		return append(out, ";proto=https"...)
+	}
+	return append(out, ";proto=http"...)
+}
+
+// upgradeLimits counts upgraded (tunnelled) connections, in all and per
+// client address: each holds a backend connection for as long as the
+// client likes.
+type upgradeLimits struct {
+	mu       sync.Mutex
+	total    int
+	byClient map[netip.Addr]int
+}
+
+// acquireUpgrade takes an upgrade slot for client; false when a limit is
+// reached.
+func (s *Server) acquireUpgrade(client netip.Addr) bool {
+	u := &s.upgrades
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.total >= s.cfg.MaxUpgrades || u.byClient[client] >= s.cfg.MaxUpgradesPerClient {
+		return false
+	}
+	if u.byClient == nil {
+		u.byClient = make(map[netip.Addr]int)
+	}
+	u.total++
+	u.byClient[client]++
+	return true
+}
+
+func (s *Server) releaseUpgrade(client netip.Addr) {
+	u := &s.upgrades
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.total--
+	if u.byClient[client] <= 1 {
+		delete(u.byClient, client)
+	} else {
+		u.byClient[client]--
+	}
+}

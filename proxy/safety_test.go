@@ -1,0 +1,661 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/singularity-ng/singularity-edge/pools"
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+// TestPooledConnectionWithLateBytesIsNotReused: a backend writes bytes
+// after a response ended, after the connection went back to the pool. The
+// next request, from another client, must get its own response, never those
+// bytes.
+func TestPooledConnectionWithLateBytesIsNotReused(t *testing.T) {
+	late := map[string]struct {
+		method string
+		first  string // the answer to the first request
+		extra  string // written 150 ms later on the same connection
+	}{
+		"second response": {"GET", "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nanswer to a!", "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nSTOLEN!"},
+		"body after HEAD": {"HEAD", "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nSTOLEN!"},
+		"body after 204":  {"GET", "HTTP/1.1 204 No Content\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nSTOLEN!"},
+		"body after 304":  {"GET", "HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n", "STOLEN!"},
+	}
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("late.test", ca.issue(t, "late.test"))
+	for name, tc := range late {
+		for _, proto := range []string{"HTTP/1.1", "HTTP/2"} {
+			t.Run(name+" "+proto, func(t *testing.T) {
+				rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+					if req.Target == "/a" {
+						_, _ = io.WriteString(c, tc.first)
+						time.Sleep(150 * time.Millisecond)
+						_, _ = io.WriteString(c, tc.extra)
+						return true
+					}
+					return answerEcho(c, req, nth)
+				})
+				table := newTable(t, poolSpec{storage.Pool{Name: "late", SSLMode: "flexible", AllowHTTP: true, SSLDomain: "late.test"}, []string{rb.url()}})
+				p := startProxy(t, testConfig(), table, certs, nil)
+				var c1, c2 *http.Client
+				base := "http://late.test"
+				if proto == "HTTP/2" {
+					c1, c2 = client(p.https, ca.pool, true), client(p.https, ca.pool, true)
+					base = "https://late.test"
+				} else {
+					c1, c2 = client(p.http, nil, false), client(p.http, nil, false)
+				}
+				req, _ := http.NewRequest(tc.method, base+"/a", nil)
+				resp, err := c1.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				readAll(t, resp)
+				time.Sleep(300 * time.Millisecond)
+				resp = get(t, c2, base+"/b")
+				if body := readAll(t, resp); resp.StatusCode != 200 || body != "GET /b 0" {
+					t.Fatalf("second client got %d %q, want its own answer", resp.StatusCode, body)
+				}
+			})
+		}
+	}
+}
+
+// TestPostNotRetried: a backend that reads a POST on a reused connection and
+// closes without answering must see it once; the client gets 502.
+func TestPostNotRetried(t *testing.T) {
+	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+		if req.Method == "POST" {
+			return false // read it, then close without a word
+		}
+		return answerEcho(c, req, nth)
+	})
+	table := newTable(t, poolSpec{storage.Pool{Name: "post", Hosts: []string{"post.test"}}, []string{rb.url()}})
+	p := startProxy(t, testConfig(), table, nil, nil)
+	c := client(p.http, nil, false)
+	readAll(t, get(t, c, "http://post.test/warm")) // one pooled connection
+	resp, err := c.Post("http://post.test/pay", "text/plain", strings.NewReader("100 EUR"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	if resp.StatusCode != 502 {
+		t.Fatalf("status %d, want 502", resp.StatusCode)
+	}
+	reqs, _ := rb.received()
+	posts := 0
+	for _, r := range reqs {
+		if r.Method == "POST" {
+			posts++
+		}
+	}
+	if posts != 1 {
+		t.Fatalf("backend received the POST %d times", posts)
+	}
+	// An idempotent request is still retried on a fresh connection.
+	rb2 := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+		if nth == 1 {
+			return false
+		}
+		return answerEcho(c, req, nth)
+	})
+	p.router.t.Store(newTable(t, poolSpec{storage.Pool{Name: "post", Hosts: []string{"post.test"}}, []string{rb2.url()}}))
+	readAll(t, get(t, c, "http://post.test/1"))
+	resp = get(t, c, "http://post.test/2")
+	if body := readAll(t, resp); resp.StatusCode != 200 || body != "GET /2 0" {
+		t.Fatalf("idempotent retry: %d %q", resp.StatusCode, body)
+	}
+	if n := rb2.conns.Load(); n != 2 {
+		t.Fatalf("backend connections %d, want 2", n)
+	}
+}
+
+// TestHTTP2PseudoHeadersValidated: pseudo-headers and fields that would
+// forge another HTTP/1.1 request line or header never reach the backend.
+func TestHTTP2PseudoHeadersValidated(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("v.test", ca.issue(t, "v.test"))
+	rb := newRecBackend(t, nil)
+	table := newTable(t, poolSpec{storage.Pool{Name: "v", SSLMode: "flexible", SSLDomain: "v.test"}, []string{rb.url()}})
+	p := startProxy(t, testConfig(), table, certs, nil)
+	h := dialH2Raw(t, p.https, "v.test", ca.pool)
+	base := func(method, path, authority string) []string {
+		return []string{":method", method, ":scheme", "https", ":path", path, ":authority", authority}
+	}
+	cases := []struct {
+		name string
+		kv   []string
+	}{
+		{"method with spaces", base("GET /admin HTTP/1.1", "/pub", "v.test")},
+		{"method with CRLF", base("GET\r\nX: y", "/pub", "v.test")},
+		{"path with space", base("GET", "/pub HTTP/1.1\r\nHost: evil", "v.test")},
+		{"path with space only", base("GET", "/a b", "v.test")},
+		{"path not origin-form", base("GET", "http://evil/", "v.test")},
+		{"asterisk for GET", base("GET", "*", "v.test")},
+		{"authority with slash", base("GET", "/", "v.test/x")},
+		{"authority with space", base("GET", "/", "v.test x")},
+		{"CONNECT", []string{":method", "CONNECT", ":authority", "v.test:443"}},
+	}
+	id := uint32(1)
+	for _, tc := range cases {
+		if err := h.headers(id, true, tc.kv...); err != nil {
+			t.Fatal(err)
+		}
+		status, rst, err := h.response(id)
+		if err != nil {
+			// The server may also end the connection over a protocol error.
+			h = dialH2Raw(t, p.https, "v.test", ca.pool)
+			id = 1
+			continue
+		}
+		if status == "200" || status == "" && rst == 0 {
+			t.Errorf("%s: status %q rst %v: not refused", tc.name, status, rst)
+		}
+		id += 2
+	}
+	if err := h.headers(id, true, base("GET", "/ok", "v.test")...); err != nil {
+		t.Fatal(err)
+	}
+	if status, _, err := h.response(id); err != nil || status != "200" {
+		t.Fatalf("valid request: %q %v", status, err)
+	}
+	reqs, errs := rb.received()
+	if len(reqs) != 1 || reqs[0].Target != "/ok" || len(errs) > 0 {
+		t.Fatalf("backend received %d requests (%v), errors %v", len(reqs), reqs, errs)
+	}
+}
+
+// TestChunkedStrictAndReframed: invalid chunk lines and trailers are
+// refused by the proxy (the backend, which counts requests, sees none), and
+// valid chunked bodies reach the backend in the proxy's own framing, without
+// the client's extensions and trailers; responses likewise.
+func TestChunkedStrictAndReframed(t *testing.T) {
+	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+		if req.Target == "/chunked-response" {
+			_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"+
+				"3;ext=\"v\"\r\nabc\r\n2 ; e\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n")
+			return err == nil
+		}
+		return answerEcho(c, req, nth)
+	})
+	table := newTable(t, poolSpec{storage.Pool{Name: "ch", Hosts: []string{"ch.test"}}, []string{rb.url()}})
+	p := startProxy(t, testConfig(), table, nil, nil)
+	head := "POST /up HTTP/1.1\r\nHost: ch.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+	for name, body := range map[string]string{
+		"0x prefix":             "0x5\r\nhello\r\n0\r\n\r\n",
+		"junk after size":       "5xyz\r\nhello\r\n0\r\n\r\n",
+		"two sizes":             "2 2\r\nab\r\n0\r\n\r\n",
+		"missing CR after data": "5\r\nhello\n0\r\n\r\n",
+		"request in trailers":   "0\r\nGET /smuggled HTTP/1.1\r\nHost: ch.test\r\n\r\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			status, _ := rawRoundTrip(t, p.http, head+body, "POST")
+			if status != 400 {
+				t.Fatalf("status %d, want 400", status)
+			}
+		})
+	}
+	if n := rb.requests.Load(); n != 0 {
+		reqs, _ := rb.received()
+		t.Fatalf("backend received %d requests: %q", n, reqs[0].Raw)
+	}
+
+	// Valid: extensions and trailers stay at the edge.
+	status, body := rawRoundTrip(t, p.http, head+"5;name=\"v\"\r\nhello\r\n1 ;x\r\n!\r\n0\r\nX-Trailer: t\r\n\r\n", "POST")
+	if status != 200 || body != "POST /up 6" {
+		t.Fatalf("valid chunked: %d %q", status, body)
+	}
+	reqs, errs := rb.received()
+	if len(reqs) != 1 || len(errs) != 0 {
+		t.Fatalf("backend: %d requests, errors %v", len(reqs), errs)
+	}
+	raw := string(reqs[0].Raw)
+	_, framed, _ := strings.Cut(raw, "\r\n\r\n")
+	if framed != "5\r\nhello\r\n1\r\n!\r\n0\r\n\r\n" {
+		t.Fatalf("backend got body framing %q", framed)
+	}
+
+	// Responses: the client gets the proxy's framing too.
+	got := rawExchange(t, p.http, "GET /chunked-response HTTP/1.1\r\nHost: ch.test\r\nConnection: close\r\n\r\n", 2*time.Second)
+	_, respBody, _ := strings.Cut(got, "\r\n\r\n")
+	if respBody != "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n" {
+		t.Fatalf("client got %q", got)
+	}
+}
+
+// TestHeaderHygieneBothProtocols: the same request over HTTP/1.1 and over
+// HTTP/2, from a trusted and an untrusted client, reaches the backend with
+// no Proxy-* or hop-by-hop field, the client's address in X-Forwarded-For
+// and Forwarded (appended for a trusted proxy, replacing otherwise), and
+// the proxy's X-Forwarded-Proto and X-Forwarded-Host.
+func TestHeaderHygieneBothProtocols(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("hy.test", ca.issue(t, "hy.test"))
+	for _, trusted := range []bool{false, true} {
+		for _, proto := range []string{"HTTP/1.1", "HTTP/2"} {
+			t.Run(fmt.Sprintf("%s trusted=%v", proto, trusted), func(t *testing.T) {
+				rb := newRecBackend(t, nil)
+				table := newTable(t, poolSpec{storage.Pool{Name: "hy", SSLMode: "flexible", SSLDomain: "hy.test"}, []string{rb.url()}})
+				cfg := testConfig()
+				cfg.TrustedProxies = []netip.Prefix{}
+				if trusted {
+					cfg.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+				}
+				p := startProxy(t, cfg, table, certs, nil)
+				fields := []string{
+					"proxy-authorization", "Basic Zm9vOmJhcg==", "proxy-foo", "1",
+					"x-forwarded-for", "203.0.113.7", "forwarded", "for=203.0.113.7",
+					"x-forwarded-proto", "gopher", "x-forwarded-host", "evil.test",
+					"te", "trailers", "x-kept", "yes",
+				}
+				if proto == "HTTP/2" {
+					h := dialH2Raw(t, p.https, "hy.test", ca.pool)
+					kv := append([]string{":method", "GET", ":scheme", "https", ":path", "/hy", ":authority", "hy.test"}, fields...)
+					if err := h.headers(1, true, kv...); err != nil {
+						t.Fatal(err)
+					}
+					if status, _, err := h.response(1); err != nil || status != "200" {
+						t.Fatalf("status %q, %v", status, err)
+					}
+				} else {
+					conn, err := tls.Dial("tcp", p.https, &tls.Config{ServerName: "hy.test", RootCAs: ca.pool})
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer conn.Close()
+					req := "GET /hy HTTP/1.1\r\nHost: hy.test\r\nConnection: X-Hop\r\nX-Hop: 1\r\nProxy-Connection: keep-alive\r\n"
+					for i := 0; i < len(fields); i += 2 {
+						req += fields[i] + ": " + fields[i+1] + "\r\n"
+					}
+					_, _ = io.WriteString(conn, req+"\r\n")
+					if resp, _ := readResponse(t, bufio.NewReader(conn), "GET"); resp.StatusCode != 200 {
+						t.Fatalf("status %d", resp.StatusCode)
+					}
+				}
+				reqs, errs := rb.received()
+				if len(reqs) != 1 || len(errs) > 0 {
+					t.Fatalf("backend: %d requests, errors %v", len(reqs), errs)
+				}
+				r := reqs[0]
+				for _, h := range r.Header {
+					name := strings.ToLower(h[0])
+					if strings.HasPrefix(name, "proxy-") || name == "te" || name == "x-hop" || name == "connection" {
+						t.Errorf("backend got %s: %s", h[0], h[1])
+					}
+				}
+				wantXFF, wantFwd := "127.0.0.1", "for=127.0.0.1;proto=https"
+				if trusted {
+					wantXFF, wantFwd = "203.0.113.7, 127.0.0.1", "for=203.0.113.7, for=127.0.0.1;proto=https"
+				}
+				for name, want := range map[string]string{
+					"X-Forwarded-For": wantXFF, "Forwarded": wantFwd, "X-Forwarded-Proto": "https",
+					"X-Forwarded-Host": "hy.test", "X-Kept": "yes", "Host": "hy.test",
+				} {
+					if got := r.values(name); len(got) != 1 || got[0] != want {
+						t.Errorf("backend %s = %q, want %q", name, got, want)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestDuplicateHostRejectedByProxy: the proxy itself refuses two Host
+// fields; the backend counts requests, so a backend that would refuse them
+// too cannot hide the proxy's part.
+func TestDuplicateHostRejectedByProxy(t *testing.T) {
+	rb := newRecBackend(t, nil)
+	table := newTable(t, poolSpec{storage.Pool{Name: "dh", Hosts: []string{"dh.test", "other.test"}}, []string{rb.url()}})
+	p := startProxy(t, testConfig(), table, nil, nil)
+	for _, req := range []string{
+		"GET / HTTP/1.1\r\nHost: dh.test\r\nHost: other.test\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: dh.test\r\nHost: dh.test\r\n\r\n",
+		"GET http://dh.test/ HTTP/1.1\r\nHost: dh.test\r\nhost: other.test\r\n\r\n",
+	} {
+		if status, _ := rawRoundTrip(t, p.http, req, "GET"); status != 400 {
+			t.Errorf("%q: status %d, want 400", req, status)
+		}
+	}
+	if n := rb.requests.Load(); n != 0 {
+		t.Fatalf("backend received %d requests", n)
+	}
+}
+
+// TestGatewayTimeoutAnsweredToEveryClient: a backend slower than the
+// response-head timeout gets every client the 504 the log records, also
+// when the timeout is longer than the write timeout, plain and TLS.
+func TestGatewayTimeoutAnsweredToEveryClient(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("slow.test", ca.issue(t, "slow.test"))
+	hang := make(chan struct{})
+	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+		select {
+		case <-hang:
+		case <-time.After(10 * time.Second):
+		}
+		return false
+	})
+	t.Cleanup(func() { close(hang) })
+	table := newTable(t, poolSpec{storage.Pool{Name: "slow", SSLMode: "flexible", AllowHTTP: true, SSLDomain: "slow.test"}, []string{rb.url()}})
+	cfg := testConfig()
+	cfg.WriteTimeout = 100 * time.Millisecond
+	cfg.ResponseHeaderTimeout = 400 * time.Millisecond
+	p := startProxy(t, cfg, table, certs, nil)
+	for _, c := range []struct {
+		name string
+		cl   *http.Client
+		url  string
+	}{
+		{"plain HTTP/1.1", client(p.http, nil, false), "http://slow.test/"},
+		{"TLS HTTP/1.1", client(p.https, ca.pool, false), "https://slow.test/"},
+		{"HTTP/2", client(p.https, ca.pool, true), "https://slow.test/"},
+	} {
+		resp, err := c.cl.Get(c.url)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if body := readAll(t, resp); resp.StatusCode != 504 || !strings.Contains(body, "gateway timeout") {
+			t.Fatalf("%s: %d %q", c.name, resp.StatusCode, body)
+		}
+	}
+}
+
+// TestRefusalsAreAnswered: refused TLS handshakes get an alert naming the
+// reason, plain HTTP on the TLS port gets a 400, and the HTTPS redirect
+// keeps the listener's port by default.
+func TestRefusalsAreAnswered(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("tls.test", ca.issue(t, "tls.test"))
+	table := newTable(t,
+		poolSpec{storage.Pool{Name: "tls", SSLMode: "flexible", SSLDomain: "tls.test"}, []string{newEcho(t, "tls").URL}},
+		poolSpec{storage.Pool{Name: "plain", Hosts: []string{"plain.test"}}, []string{newEcho(t, "plain").URL}},
+	)
+	p := startProxy(t, testConfig(), table, certs, nil)
+	for _, tc := range []struct {
+		sni, alert string
+	}{
+		{"unknown.test", "unrecognized name"},
+		{"plain.test", "unrecognized name"},
+		{"", "handshake failure"},
+	} {
+		conn, err := net.Dial("tcp", p.https)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tcn := tls.Client(conn, &tls.Config{ServerName: tc.sni, InsecureSkipVerify: tc.sni == ""})
+		_ = tcn.SetDeadline(time.Now().Add(5 * time.Second))
+		err = tcn.Handshake()
+		conn.Close()
+		if err == nil || !strings.Contains(err.Error(), tc.alert) {
+			t.Errorf("SNI %q: handshake error %v, want alert %q", tc.sni, err, tc.alert)
+		}
+	}
+
+	status, body := rawRoundTrip(t, p.https, "GET / HTTP/1.1\r\nHost: tls.test\r\n\r\n", "GET")
+	if status != 400 || !strings.Contains(body, "plain HTTP request was sent to HTTPS port") {
+		t.Fatalf("plain HTTP on the TLS port: %d %q", status, body)
+	}
+
+	_, port, _ := net.SplitHostPort(p.https)
+	resp := get(t, client(p.http, nil, false), "http://tls.test/x?y=1")
+	readAll(t, resp)
+	if want := "https://tls.test:" + port + "/x?y=1"; resp.StatusCode != 301 || resp.Header.Get("Location") != want {
+		t.Fatalf("redirect %d to %q, want %q", resp.StatusCode, resp.Header.Get("Location"), want)
+	}
+}
+
+// TestShortProxyHeaderDroppedAtOnce: a PROXY v2 header that stops short is
+// closed right away, not held until ReadHeaderTimeout.
+func TestShortProxyHeaderDroppedAtOnce(t *testing.T) {
+	table := newTable(t, poolSpec{storage.Pool{Name: "pp", Hosts: []string{"pp.test"}}, []string{newEcho(t, "pp").URL}})
+	cfg := testConfig()
+	cfg.HTTPProxyProtocol = true
+	cfg.ReadHeaderTimeout = time.Hour // a held connection would hang the test until its own deadline
+	p := startProxy(t, cfg, table, nil, nil)
+	for name, partial := range map[string][]byte{
+		"v2 signature and part of the addresses": append(append([]byte{}, proxyV2Signature...), 0x21, 0x11, 0, 12, 10, 1, 2),
+		"v2 signature only":                      proxyV2Signature[:12],
+		"v1 without CRLF":                        []byte("PROXY TCP4 192.0.2.1 192.0.2.2 5"),
+	} {
+		conn, err := net.Dial("tcp", p.http)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Write(partial); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		var b [1]byte
+		_, err = conn.Read(b[:])
+		conn.Close()
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Errorf("%s: connection held open", name)
+		}
+	}
+}
+
+// TestHTTP2RapidResetBounded: a client opening and cancelling streams in a
+// loop is cut off, and the backend (request and connection counts as the
+// oracle) sees a bounded share of the flood.
+func TestHTTP2RapidResetBounded(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("rr.test", ca.issue(t, "rr.test"))
+	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+		time.Sleep(20 * time.Millisecond) // in flight when the reset comes
+		return answerEcho(c, req, nth)
+	})
+	table := newTable(t, poolSpec{storage.Pool{Name: "rr", SSLMode: "flexible", SSLDomain: "rr.test"}, []string{rb.url()}})
+	cfg := testConfig()
+	cfg.H2MaxResetsPerSecond = 50
+	cfg.MaxBackendConnsPerClient = 8
+	p := startProxy(t, cfg, table, certs, nil)
+	h := dialH2Raw(t, p.https, "rr.test", ca.pool)
+	const flood = 5000
+	sent := 0
+	for id := uint32(1); sent < flood; id += 2 {
+		if err := h.headers(id, true, ":method", "GET", ":scheme", "https", ":path", "/rr", ":authority", "rr.test"); err != nil {
+			break
+		}
+		if err := h.fr.WriteRSTStream(id, http2.ErrCodeCancel); err != nil {
+			break
+		}
+		sent++
+	}
+	// The proxy must end the connection (GOAWAY or close) on its own.
+	_ = h.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var ended error
+	for ended == nil {
+		f, err := h.fr.ReadFrame()
+		if err != nil {
+			ended = err
+			break
+		}
+		if ga, ok := f.(*http2.GoAwayFrame); ok {
+			ended = fmt.Errorf("GOAWAY %v", ga.ErrCode)
+		}
+	}
+	var ne net.Error
+	if errors.As(ended, &ne) && ne.Timeout() {
+		t.Fatalf("connection still open after %d cancelled streams", sent)
+	}
+	time.Sleep(100 * time.Millisecond) // let handlers already past the checks finish
+	reqs, conns := rb.requests.Load(), rb.conns.Load()
+	t.Logf("%d streams sent and cancelled; connection ended with %v; backend: %d requests over %d connections", sent, ended, reqs, conns)
+	// Budget: a burst of 100 cancellations plus 50/s, plus 8 slots in flight.
+	if reqs > 1000 || conns > 1000 {
+		t.Fatalf("backend received %d requests over %d connections from one flooding client", reqs, conns)
+	}
+}
+
+// TestUpgradesPerClientBounded: upgrades beyond the per-client limit are
+// refused with 503 while the first ones stay open.
+func TestUpgradesPerClientBounded(t *testing.T) {
+	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+		_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n")
+		_, _ = io.Copy(io.Discard, c) // a tunnel that stays open
+		return false
+	})
+	table := newTable(t, poolSpec{storage.Pool{Name: "up", Hosts: []string{"up.test"}}, []string{rb.url()}})
+	cfg := testConfig()
+	cfg.MaxUpgradesPerClient = 2
+	p := startProxy(t, cfg, table, nil, nil)
+	req := "GET /ws HTTP/1.1\r\nHost: up.test\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n"
+	for i := 0; i < 2; i++ {
+		c, err := net.Dial("tcp", p.http)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_, _ = io.WriteString(c, req)
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if resp, _ := readResponse(t, bufio.NewReader(c), "GET"); resp.StatusCode != 101 {
+			t.Fatalf("upgrade %d: %d", i, resp.StatusCode)
+		}
+	}
+	if status, body := rawRoundTrip(t, p.http, req, "GET"); status != 503 || !strings.Contains(body, "too many upgraded") {
+		t.Fatalf("third upgrade: %d %q", status, body)
+	}
+}
+
+// TestBackendTLSSettings: a pool's CA bundle, backend server name and
+// client certificate are what requests use; without them the same
+// backends are refused (502).
+func TestBackendTLSSettings(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("*.tls.test", ca.issue(t, "*.tls.test"))
+	// A backend on 127.0.0.1 whose certificate names backend.internal
+	// only, and that requires a client certificate from ca.
+	backend := httptest.NewUnstartedServer(echoHandler("mtls"))
+	backend.TLS = &tls.Config{
+		Certificates: []tls.Certificate{ca.issue(t, "backend.internal")},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    ca.pool,
+	}
+	backend.StartTLS()
+	t.Cleanup(backend.Close)
+	clientCert := ca.issue(t, "edge-client")
+	opts := pools.TableOptions{ClientCertificates: func(id string) (*tls.Certificate, bool) {
+		if id == "edge-client" {
+			return &clientCert, true
+		}
+		return nil, false
+	}}
+	strict := func(name, sni, certID string) poolSpec {
+		return poolSpec{storage.Pool{Name: name, SSLMode: "full_strict", SSLDomain: name + ".tls.test", BackendCA: ca.pem(), BackendServerName: sni, BackendClientCertID: certID}, []string{backend.URL}}
+	}
+	table := newTableWith(t, opts,
+		strict("ok", "backend.internal", "edge-client"),
+		strict("nosni", "", "edge-client"),
+		strict("nocert", "backend.internal", ""),
+		strict("unknowncert", "backend.internal", "missing"),
+		poolSpec{storage.Pool{Name: "noca", SSLMode: "full_strict", SSLDomain: "noca.tls.test", BackendServerName: "backend.internal", BackendClientCertID: "edge-client"}, []string{backend.URL}},
+	)
+	p := startProxy(t, testConfig(), table, certs, nil)
+	c := client(p.https, ca.pool, false)
+	for host, want := range map[string]int{"ok": 200, "nosni": 502, "nocert": 502, "unknowncert": 502, "noca": 502} {
+		resp := get(t, c, "https://"+host+".tls.test/")
+		readAll(t, resp)
+		if resp.StatusCode != want {
+			t.Errorf("%s: status %d, want %d", host, resp.StatusCode, want)
+		}
+	}
+}
+
+// TestPassthroughTunnel: the spliced passthrough carries a large stream
+// byte for byte both ways, keeps a connection that trickles data, and
+// closes one idle in both directions after TunnelIdleTimeout.
+func TestPassthroughTunnel(t *testing.T) {
+	ca := newTestCA(t)
+	backendCert := ca.issue(t, "tun.test")
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{backendCert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }() // TLS echo
+		}
+	}()
+	table := newTable(t, poolSpec{storage.Pool{Name: "tun", SSLMode: "passthrough", SSLDomain: "tun.test"}, []string{"https://" + ln.Addr().String()}})
+	cfg := testConfig()
+	cfg.TunnelIdleTimeout = 1500 * time.Millisecond
+	p := startProxy(t, cfg, table, nil, nil)
+	dial := func() *tls.Conn {
+		c, err := tls.Dial("tcp", p.https, &tls.Config{ServerName: "tun.test", RootCAs: ca.pool})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		return c
+	}
+
+	// 8 MiB each way, compared byte for byte.
+	c := dial()
+	payload := make([]byte, 8<<20)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	go func() { _, _ = c.Write(payload) }()
+	got := make([]byte, len(payload))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("echo through the tunnel differs (err %v)", err)
+	}
+
+	// Trickling traffic, one byte every 300 ms for 3 s (twice the idle
+	// timeout), keeps the tunnel open.
+	for i := 0; i < 10; i++ {
+		if _, err := c.Write([]byte{byte(i)}); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		var b [1]byte
+		if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != byte(i) {
+			t.Fatalf("trickle %d: %v", i, err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+
+	// Idle both ways: closed by the proxy (the client sees EOF, not its
+	// own deadline).
+	idle := dial()
+	if _, err := idle.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(idle, b[:]); err != nil {
+		t.Fatal(err)
+	}
+	_, err = idle.Read(b[:])
+	var ne net.Error
+	if err == nil || errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("idle tunnel not closed by the proxy: %v", err)
+	}
+}
