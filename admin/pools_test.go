@@ -407,7 +407,7 @@ func TestPoolBackendTLSSettings(t *testing.T) {
 	ca := newTestCA(t)
 	c := h.uploadCert(ca.leaf(t, time.Now().Add(90*24*time.Hour), "client.example.test"))
 	caPEM := ca.pem
-	p := h.createPool(map[string]any{"name": "m", "ssl_mode": "full_strict", "backend_ca": caPEM,
+	p := h.createPool(map[string]any{"name": "m", "ssl_mode": "full_strict", "hosts": []string{"m.example.test"}, "backend_ca": caPEM,
 		"backend_server_name": "backend.internal", "backend_client_cert_id": c.ID})
 	if p.BackendCA != caPEM || p.BackendServerName != "backend.internal" || p.BackendClientCertID != c.ID {
 		t.Fatalf("pool %+v", p)
@@ -417,9 +417,9 @@ func TestPoolBackendTLSSettings(t *testing.T) {
 		body  map[string]any
 		field string
 	}{
-		{map[string]any{"name": "x", "ssl_mode": "full_strict", "backend_ca": "not PEM"}, "backend_ca"},
-		{map[string]any{"name": "x", "ssl_mode": "full", "backend_server_name": "bad name"}, "backend_server_name"},
-		{map[string]any{"name": "x", "ssl_mode": "full", "backend_client_cert_id": "missing"}, "backend_client_cert_id"},
+		{map[string]any{"name": "x", "hosts": []string{"x.example.test"}, "ssl_mode": "full_strict", "backend_ca": "not PEM"}, "backend_ca"},
+		{map[string]any{"name": "x", "hosts": []string{"x.example.test"}, "ssl_mode": "full", "backend_server_name": "bad name"}, "backend_server_name"},
+		{map[string]any{"name": "x", "hosts": []string{"x.example.test"}, "ssl_mode": "full", "backend_client_cert_id": "missing"}, "backend_client_cert_id"},
 	} {
 		h.do("POST", "/api/pools", tc.body).expect(t, http.StatusUnprocessableEntity, CodeInvalid, tc.field)
 	}
