@@ -444,7 +444,8 @@ func (a *ACMEIssuer) setChallenges(ctx context.Context, c *lego.Client) error {
 			// CA; the resolvers it asks are lego-wide (see DNS01Resolvers).
 			err = c.Challenge.SetDNS01Provider(a.cfg.DNS01Provider,
 				dns01.CondOption(len(a.cfg.DNS01Resolvers) > 0, dns01.AddRecursiveNameservers(a.cfg.DNS01Resolvers)),
-				dns01.CondOption(a.cfg.DNS01RecursiveOnly, dns01.DisableAuthoritativeNssPropagationRequirement()))
+				dns01.CondOption(a.cfg.DNS01RecursiveOnly, dns01.DisableAuthoritativeNssPropagationRequirement()),
+				dns01.CondOption(a.cfg.DNS01RecursiveOnly, dns01.RecursiveNSsPropagationRequirement()))
 		}
 		if err != nil {
 			return fmt.Errorf("certs: acme %s: %w", ch, err)
