@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -12,11 +13,13 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-acme/lego/v4/acme"
@@ -213,19 +216,47 @@ func NewACMEIssuer(cfg ACMEConfig, accounts AccountStore, challenges ChallengeSt
 // Key is the directory URL.
 func (a *ACMEIssuer) Key() string { return a.cfg.DirectoryURL }
 
-// ctxTransport attaches the caller's context to every request lego makes,
-// so cancelling an issuance stops it at the next request.
-type ctxTransport struct {
-	ctx  context.Context
-	base http.RoundTripper
+// callTransport is the HTTP transport of one call into lego. It attaches
+// the caller's context to every request (lego's API takes none), so
+// cancelling an issuance stops it at the next request.
+//
+// It also stops lego's silent fallback on "alreadyReplaced": lego answers
+// that problem by placing the same order again without "replaces", but in
+// this cluster the answer means another agent already renewed the
+// certificate, and a second order would only spend the rate limits. The
+// transport notes the problem and refuses the immediate retry to the same
+// URL; Issue then reports ErrAlreadyReplaced.
+type callTransport struct {
+	ctx      context.Context
+	base     http.RoundTripper
+	replaced atomic.Pointer[string] // URL that answered alreadyReplaced
 }
 
-func (t ctxTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	return t.base.RoundTrip(r.WithContext(t.ctx))
+func (t *callTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if u := t.replaced.Load(); u != nil && r.Method == http.MethodPost && r.URL.String() == *u {
+		return nil, ErrAlreadyReplaced
+	}
+	resp, err := t.base.RoundTrip(r.WithContext(t.ctx))
+	if err != nil || resp.StatusCode != http.StatusConflict {
+		return resp, err
+	}
+	body, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	if rerr != nil {
+		return resp, nil
+	}
+	var pd acme.ProblemDetails
+	if json.Unmarshal(body, &pd) == nil && pd.Type == acme.AlreadyReplacedErr {
+		u := r.URL.String()
+		t.replaced.Store(&u)
+	}
+	return resp, nil
 }
 
-func (a *ACMEIssuer) httpClient(ctx context.Context) *http.Client {
-	return &http.Client{Timeout: 2 * a.cfg.HTTPTimeout, Transport: ctxTransport{ctx: ctx, base: a.transport}}
+func (a *ACMEIssuer) httpClient(ctx context.Context) (*http.Client, *callTransport) {
+	tr := &callTransport{ctx: ctx, base: a.transport}
+	return &http.Client{Timeout: 2 * a.cfg.HTTPTimeout, Transport: tr}, tr
 }
 
 // legoUser adapts an Account to lego's registration.User.
@@ -241,33 +272,34 @@ func (u *legoUser) GetPrivateKey() crypto.PrivateKey        { return u.key }
 
 // client returns a lego client for one call, with the account registered
 // (once per directory for the whole cluster, through the account store).
-func (a *ACMEIssuer) client(ctx context.Context) (*lego.Client, error) {
+func (a *ACMEIssuer) client(ctx context.Context) (*lego.Client, *callTransport, error) {
 	acct, key, err := a.ensureAccount(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var body acme.Account
 	if len(acct.Body) > 0 {
 		if err := json.Unmarshal(acct.Body, &body); err != nil {
-			return nil, fmt.Errorf("certs: stored acme account: %w", err)
+			return nil, nil, fmt.Errorf("certs: stored acme account: %w", err)
 		}
 	}
 	return a.newClient(ctx, &legoUser{email: acct.Email, key: key,
 		reg: &registration.Resource{URI: acct.URI, Body: body}})
 }
 
-func (a *ACMEIssuer) newClient(ctx context.Context, user *legoUser) (*lego.Client, error) {
+func (a *ACMEIssuer) newClient(ctx context.Context, user *legoUser) (*lego.Client, *callTransport, error) {
 	lc := lego.NewConfig(user)
 	lc.CADirURL = a.cfg.DirectoryURL
-	lc.HTTPClient = a.httpClient(ctx)
+	var tr *callTransport
+	lc.HTTPClient, tr = a.httpClient(ctx)
 	lc.UserAgent = "singularity-edge"
 	lc.Certificate.KeyType = a.keyType
 	lc.Certificate.Timeout = a.cfg.HTTPTimeout
 	c, err := lego.NewClient(lc)
 	if err != nil {
-		return nil, fmt.Errorf("certs: acme directory %s: %w", a.cfg.DirectoryURL, err)
+		return nil, nil, fmt.Errorf("certs: acme directory %s: %w", a.cfg.DirectoryURL, err)
 	}
-	return c, nil
+	return c, tr, nil
 }
 
 func (a *ACMEIssuer) ensureAccount(ctx context.Context) (Account, crypto.Signer, error) {
@@ -299,7 +331,7 @@ func (a *ACMEIssuer) register(ctx context.Context) (Account, error) {
 		return Account{}, err
 	}
 	user := &legoUser{email: a.cfg.Email, key: key}
-	c, err := a.newClient(ctx, user)
+	c, _, err := a.newClient(ctx, user)
 	if err != nil {
 		return Account{}, err
 	}
@@ -349,9 +381,9 @@ func parseSigner(keyPEM string) (crypto.Signer, error) {
 
 // Issue obtains a certificate for req.Names with a fresh key.
 func (a *ACMEIssuer) Issue(ctx context.Context, req IssueRequest) (*IssuedCertificate, error) {
-	c, err := a.client(ctx)
+	c, tr, err := a.client(ctx)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrNotOrdered, err)
 	}
 	profile := req.Profile
 	if profile == "" {
@@ -363,7 +395,7 @@ func (a *ACMEIssuer) Issue(ctx context.Context, req IssueRequest) (*IssuedCertif
 			return nil, err
 		}
 		if _, ok := offered[profile]; !ok {
-			return nil, fmt.Errorf("certs: profile %q is not offered by %s (offered: %s)", profile, a.cfg.DirectoryURL, strings.Join(slices.Sorted(mapKeys(offered)), ", "))
+			return nil, fmt.Errorf("%w: profile %q is not offered by %s (offered: %s)", ErrNotOrdered, profile, a.cfg.DirectoryURL, strings.Join(slices.Sorted(mapKeys(offered)), ", "))
 		}
 	}
 	if err := a.setChallenges(ctx, c); err != nil {
@@ -376,8 +408,8 @@ func (a *ACMEIssuer) Issue(ctx context.Context, req IssueRequest) (*IssuedCertif
 		ReplacesCertID: req.ReplacesID,
 	})
 	if err != nil {
-		if isAlreadyReplaced(err) {
-			return nil, fmt.Errorf("%w: %w", ErrAlreadyReplaced, err)
+		if tr.replaced.Load() != nil || isAlreadyReplaced(err) {
+			return nil, fmt.Errorf("%w: %s", ErrAlreadyReplaced, req.ReplacesID)
 		}
 		return nil, fmt.Errorf("certs: acme order for %s at %s: %w", strings.Join(req.Names, ","), a.cfg.DirectoryURL, err)
 	}
@@ -419,7 +451,8 @@ func (a *ACMEIssuer) profiles(ctx context.Context) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := a.httpClient(ctx).Do(req)
+	hc, _ := a.httpClient(ctx)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("certs: acme directory: %w", err)
 	}
@@ -456,7 +489,7 @@ func (a *ACMEIssuer) setChallenges(ctx context.Context, c *lego.Client) error {
 
 // RenewalInfo asks the CA for leaf's suggested renewal window (ARI).
 func (a *ACMEIssuer) RenewalInfo(ctx context.Context, leaf *x509.Certificate) (RenewalWindow, error) {
-	c, err := a.client(ctx)
+	c, _, err := a.client(ctx)
 	if err != nil {
 		return RenewalWindow{}, err
 	}

@@ -57,6 +57,11 @@ type ChallengeStore interface {
 // ErrNoChallenge: no live challenge by that name.
 var ErrNoChallenge = errors.New("certs: no pending challenge")
 
+// ErrNotPresented: a challenge could not be made answerable on every
+// agent, so the CA was not asked to validate it (and no validation
+// failed there).
+var ErrNotPresented = errors.New("certs: challenge not present on every agent")
+
 // presenter is the lego challenge.Provider for HTTP-01 and TLS-ALPN-01
 // of one issuance: Present writes through the store (and its wait for
 // every member), so lego tells the CA only once all agents can answer.
@@ -75,7 +80,7 @@ func (p *presenter) token(domain, token, keyAuth string) ChallengeToken {
 
 func (p *presenter) Present(domain, token, keyAuth string) error {
 	if err := p.store.PresentChallenge(p.ctx, p.token(domain, token, keyAuth)); err != nil {
-		return fmt.Errorf("certs: %s challenge for %s not present on every agent: %w", p.typ, domain, err)
+		return fmt.Errorf("%w: %s for %s: %w", ErrNotPresented, p.typ, domain, err)
 	}
 	return nil
 }

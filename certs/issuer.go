@@ -37,6 +37,10 @@ var ErrNoRenewalInfo = errors.New("certs: the CA offers no renewal information")
 // agent renewed it.
 var ErrAlreadyReplaced = errors.New("certs: certificate already replaced")
 
+// ErrNotOrdered: the issuer refused the request before placing an order
+// (a profile the CA does not offer, no account).
+var ErrNotOrdered = errors.New("certs: no order placed")
+
 // IssueRequest is one order.
 type IssueRequest struct {
 	// Names are the DNS names, normalized (lower case, sorted, unique).

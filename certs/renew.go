@@ -448,6 +448,9 @@ func (m *Manager) order(ctx context.Context, iss Issuer, req IssueRequest, now t
 	case err == nil:
 		m.metrics.orders.WithLabelValues("issued").Inc()
 	case errors.Is(err, ErrAlreadyReplaced):
+	case errors.Is(err, ErrNotOrdered), errors.Is(err, ErrNotPresented):
+		// Nothing failed at the CA: no failed validation to count.
+		m.metrics.orders.WithLabelValues("failed").Inc()
 	default:
 		m.metrics.orders.WithLabelValues("failed").Inc()
 		if rerr := m.budget.RecordResult(ctx, req.Names, CertificateID(req.Names), false, now); rerr != nil {
