@@ -46,6 +46,8 @@ func (g *legoLogger) Printf(format string, args ...any) { g.write(fmt.Sprintf(fo
 // Fatal* are used only by lego's own command, never by the library; an
 // agent must not exit from inside a certificate order, so they log at
 // error level and return.
-func (g *legoLogger) Fatal(args ...any)                 { g.log.Error(fmt.Sprint(args...)) }
-func (g *legoLogger) Fatalln(args ...any)               { g.log.Error(strings.TrimRight(fmt.Sprintln(args...), "\n")) }
+func (g *legoLogger) Fatal(args ...any) { g.log.Error(fmt.Sprint(args...)) }
+func (g *legoLogger) Fatalln(args ...any) {
+	g.log.Error(strings.TrimRight(fmt.Sprintln(args...), "\n"))
+}
 func (g *legoLogger) Fatalf(format string, args ...any) { g.log.Error(fmt.Sprintf(format, args...)) }
