@@ -140,7 +140,7 @@ func (r *ChallengeResponder) lookup(typ, name string) (ChallengeToken, bool) {
 // host.
 func (r *ChallengeResponder) HTTP01(host, token string) (string, bool) {
 	c, ok := r.lookup(ChallengeHTTP01, token)
-	if !ok || c.Domain != normalizeName(host) {
+	if !ok || normalizeName(c.Domain) != normalizeName(host) {
 		return "", false
 	}
 	return c.KeyAuth, true
