@@ -533,7 +533,19 @@ func (m *Manager) RunOnce(ctx context.Context) (PassReport, error) {
 		}
 	}
 	m.metrics.passes.Inc()
+	m.metrics.heldBack.Set(float64(rep.HeldBack))
+	if p, ok := m.store.(expiredPurger); ok {
+		if _, err := p.PurgeExpired(ctx); err != nil && ctx.Err() == nil {
+			m.log.Warn("purging expired acme rows", zap.Error(err))
+		}
+	}
 	return rep, nil
+}
+
+// expiredPurger is a RenewalStore with TTL rows (challenge tokens, budget
+// events) that the scheduler purges after each pass; StoreBackend is one.
+type expiredPurger interface {
+	PurgeExpired(ctx context.Context) (int, error)
 }
 
 var errNotDue = errors.New("certs: renewal not due")
@@ -558,6 +570,9 @@ func (m *Manager) maybeRenew(ctx context.Context, c *storage.Certificate) error 
 		}
 	}
 	if !m.cfg.Policy.Decide(leaf.NotBefore, leaf.NotAfter, st).Due(now) {
+		if st.HeldBack != "" && now.Before(st.HeldBackUntil) {
+			return fmt.Errorf("%w: %s", ErrHeldBack, st.HeldBack)
+		}
 		return errNotDue
 	}
 	lease, err := m.store.AcquireLease(ctx, leaseKey(c.ID), m.members.Self(), m.cfg.LeaseTTL)
@@ -646,8 +661,9 @@ func (m *Manager) Run(ctx context.Context) error {
 }
 
 type managerMetrics struct {
-	orders *prometheus.CounterVec
-	passes prometheus.Counter
+	orders   *prometheus.CounterVec
+	passes   prometheus.Counter
+	heldBack prometheus.Gauge
 }
 
 func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
@@ -660,12 +676,16 @@ func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 			Namespace: "edge", Subsystem: "acme", Name: "renewal_passes_total",
 			Help: "Renewal scheduler passes completed.",
 		}),
+		heldBack: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "edge", Subsystem: "acme", Name: "held_back_certificates",
+			Help: "Certificates this agent owns whose renewal the rate-limit budget holds back, as of the last scheduler pass (the reason is in each certificate's held_back).",
+		}),
 	}
 	for _, r := range []string{"issued", "failed", "already_replaced", "held_back"} {
 		m.orders.WithLabelValues(r)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.orders, m.passes} {
+		for _, c := range []prometheus.Collector{m.orders, m.passes, m.heldBack} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("certs: registering acme metrics: %w", err)
 			}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/singularity-ng/singularity-edge/certs"
@@ -303,12 +304,19 @@ func TestACMEBudgetHoldsBackOrders(t *testing.T) {
 	ed := newEdge(t, e, nil)
 	limits := certs.DefaultBudgetLimits()
 	limits.OrdersPerAccount = 1
-	m := ed.manager(t, "a", []certs.Issuer{ed.issuer(t, e, nil)}, func(c *certs.ManagerConfig) { c.Limits = limits })
-	if _, err := m.Obtain(acmeCtx(t), []string{"first.example.com"}, ""); err != nil {
+	var offset atomic.Int64
+	reg := prometheus.NewRegistry()
+	m := ed.manager(t, "a", []certs.Issuer{ed.issuer(t, e, nil)}, func(c *certs.ManagerConfig) {
+		c.Limits = limits
+		c.Registerer = reg
+		c.Now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	})
+	first, err := m.Obtain(acmeCtx(t), []string{"first.example.com"}, "shortlived")
+	if err != nil {
 		t.Fatal(err)
 	}
 	before := e.orders()
-	_, err := m.Obtain(acmeCtx(t), []string{"second.example.com"}, "")
+	_, err = m.Obtain(acmeCtx(t), []string{"second.example.com"}, "")
 	var hb *certs.HeldBackError
 	if !errors.As(err, &hb) || !errors.Is(err, certs.ErrHeldBack) || hb.Limit != "orders_per_account" || hb.Until.Before(time.Now().Add(2*time.Hour)) {
 		t.Fatalf("second order: %v", err)
@@ -320,6 +328,53 @@ func TestACMEBudgetHoldsBackOrders(t *testing.T) {
 	if err != nil || !strings.Contains(st.HeldBack, "orders_per_account") || st.Failures != 0 || st.HeldBackUntil.IsZero() {
 		t.Fatalf("held-back state: %+v, %v", st, err)
 	}
+
+	// The first certificate's renewal falls due within the 3 h window
+	// (emergency zone of a 6-day certificate is 14 h): the scheduler
+	// holds it back too, keeps the certificate, and says so in the state
+	// and the metrics.
+	offset.Store(int64(time.Until(first.ExpiresAt) - 10*time.Hour))
+	limitsNow := limits
+	limitsNow.OrdersWindow = 400 * 24 * time.Hour // the first order still counts at the shifted time
+	reg2 := prometheus.NewRegistry()
+	m2 := ed.manager(t, "a", []certs.Issuer{ed.issuer(t, e, nil)}, func(c *certs.ManagerConfig) {
+		c.Limits = limitsNow
+		c.Registerer = reg2
+		c.Now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	})
+	rep, err := m2.RunOnce(acmeCtx(t))
+	if err != nil || rep.HeldBack != 1 || rep.Renewed != 0 || e.orders() != before {
+		t.Fatalf("pass over a due certificate with no budget: %+v, %v", rep, err)
+	}
+	st, _, err = m2.State(context.Background(), first.ID)
+	if err != nil || !strings.Contains(st.HeldBack, "orders_per_account") {
+		t.Fatalf("state of the held-back renewal: %+v %v", st, err)
+	}
+	if cur, err := ed.store.GetCertificate(context.Background(), first.ID); err != nil || cur.Fingerprint != first.Fingerprint {
+		t.Fatalf("held-back renewal changed the certificate: %v", err)
+	}
+	// A second pass while held back counts it again without an order.
+	if rep, err := m2.RunOnce(acmeCtx(t)); err != nil || rep.HeldBack != 1 || e.orders() != before {
+		t.Fatalf("second pass: %+v, %v", rep, err)
+	}
+	if v := gaugeValue(t, reg2, "edge_acme_held_back_certificates"); v != 1 {
+		t.Fatalf("edge_acme_held_back_certificates = %v, want 1", v)
+	}
+}
+
+func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0
 }
 
 // Three agents over one (replicated) store, one due certificate: only its
