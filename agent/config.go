@@ -7,6 +7,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/singularity-ng/singularity-edge/certs"
 )
 
 // Config is everything the agent needs to start. Flags fill it, each with an
@@ -40,6 +42,17 @@ type Config struct {
 	// up from.
 	FeedRetention      uint64
 	ChangeLogRetention time.Duration
+
+	// ACME (see acme.go): directory ("" turns ACME off), the CA bundle
+	// trusted for its TLS, the contact email, a lego DNS provider for
+	// dns-01 configured from its own environment variables, and External
+	// Account Binding from EDGE_ACME_EAB_KID and EDGE_ACME_EAB_HMAC.
+	ACMEDirectory   string
+	ACMECABundle    string
+	ACMEEmail       string
+	ACMEDNSProvider string
+	ACMEEABKeyID    string
+	ACMEEABHMACKey  string
 }
 
 // DefaultConfig returns the configuration of `make run`: data in ./data,
@@ -60,6 +73,8 @@ func DefaultConfig() Config {
 
 		FeedRetention:      100_000,
 		ChangeLogRetention: 7 * 24 * time.Hour,
+
+		ACMEDirectory: certs.LetsEncryptProduction,
 	}
 }
 
@@ -69,6 +84,7 @@ func (c *Config) ApplyEnvironment(getenv func(string) string) {
 	c.AdminToken = getenv("EDGE_ADMIN_TOKEN")
 	c.EncryptionKey = getenv("EDGE_ENCRYPTION_KEY")
 	c.CookieKey = getenv("EDGE_COOKIE_KEY")
+	c.ACMEEABKeyID, c.ACMEEABHMACKey = getenv("EDGE_ACME_EAB_KID"), getenv("EDGE_ACME_EAB_HMAC")
 	if v := getenv("FLY_MACHINE_ID"); v != "" {
 		c.NodeName = v
 	}
@@ -113,6 +129,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("--shutdown-timeout must be positive"))
+	}
+	if err := c.validateACME(); err != nil {
+		errs = append(errs, err)
 	}
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":
