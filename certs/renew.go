@@ -124,7 +124,9 @@ type ManagerConfig struct {
 	Interval time.Duration
 	Jitter   float64
 	// LeaseTTL bounds one attempt: an agent that dies mid-order frees
-	// the certificate after it.
+	// the certificate after it. An attempt that outlives it cannot store
+	// its result (DNS-01 propagation can take minutes: keep it well
+	// above the DNS provider's propagation timeout).
 	LeaseTTL time.Duration
 	// Horizon: a pass looks at certificates expiring within it (their
 	// renewal state, ARI included, is checked). 0: 400 days, every
@@ -141,7 +143,7 @@ func DefaultManagerConfig() ManagerConfig {
 		Limits:   DefaultBudgetLimits(),
 		Interval: 5 * time.Minute,
 		Jitter:   0.2,
-		LeaseTTL: 10 * time.Minute,
+		LeaseTTL: 30 * time.Minute,
 		Horizon:  400 * 24 * time.Hour,
 	}
 }
@@ -261,6 +263,7 @@ func (m *Manager) Obtain(ctx context.Context, names []string, profile string) (s
 	if err != nil {
 		return storage.Certificate{}, err
 	}
+	sameProfile := profile == "" || profile == st.Profile
 	if profile != "" {
 		st.Profile = profile
 	}
@@ -268,7 +271,9 @@ func (m *Manager) Obtain(ctx context.Context, names []string, profile string) (s
 	old, err := m.store.Certificate(ctx, id)
 	switch {
 	case err == nil:
-		if leaf, perr := leafOf(&old); perr == nil && !m.cfg.Policy.Decide(leaf.NotBefore, leaf.NotAfter, st).Due(m.cfg.Now()) && profile == st.Profile {
+		// Already there and not due: the same answer on every agent, no
+		// order. A different profile asks for a new certificate.
+		if leaf, perr := leafOf(&old); perr == nil && sameProfile && !m.cfg.Policy.Decide(leaf.NotBefore, leaf.NotAfter, st).Due(m.cfg.Now()) {
 			return old, nil
 		}
 		return m.attempt(ctx, lease, st, &old)
