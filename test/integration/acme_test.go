@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -426,4 +427,59 @@ func TestACMEOneOrderPerDueCertificateAcrossAgents(t *testing.T) {
 	if st.Owner != owner || st.LeaseEpoch == 0 {
 		t.Fatalf("state owner %q epoch %d, want %q", st.Owner, st.LeaseEpoch, owner)
 	}
+}
+
+// TestACMERenewalRate measures renewals per minute against Pebble and the
+// time from an order to the proxy serving its certificate. It is a
+// measurement, not a check: run it with EDGE_ACME_BENCH=1.
+func TestACMERenewalRate(t *testing.T) {
+	if os.Getenv("EDGE_ACME_BENCH") == "" {
+		t.Skip("set EDGE_ACME_BENCH=1 to measure")
+	}
+	e := startPebble(t)
+	ed := newEdge(t, e, nil)
+	roots := e.roots(t)
+	limits := certs.DefaultBudgetLimits()
+	limits.DuplicateCerts = 0
+	m := ed.manager(t, "a", []certs.Issuer{ed.issuer(t, e, func(c *certs.ACMEConfig) { c.Challenges = []string{certs.ChallengeHTTP01} })},
+		func(c *certs.ManagerConfig) { c.Limits = limits })
+	const n = 16
+	var ids []string
+	var serve []time.Duration
+	for i := range n {
+		name := fmt.Sprintf("rate%02d.example.com", i)
+		start := time.Now()
+		c, err := m.Obtain(acmeCtx(t), []string{name}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ed.waitServed(t, e, name, c.Fingerprint, roots)
+		serve = append(serve, time.Since(start))
+		ids = append(ids, c.ID)
+	}
+	slices.Sort(serve)
+	for _, workers := range []int{1, 4} {
+		start := time.Now()
+		var wg sync.WaitGroup
+		next := atomic.Int32{}
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					i := int(next.Add(1)) - 1
+					if i >= n {
+						return
+					}
+					if _, err := m.Renew(acmeCtx(t), ids[i]); err != nil {
+						t.Error(err)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		el := time.Since(start)
+		t.Logf("renewals: %d in %s with %d workers = %.0f per minute", n, el.Round(time.Millisecond), workers, float64(n)/el.Minutes())
+	}
+	t.Logf("order to served by the proxy: median %s, max %s (n=%d)", serve[n/2].Round(time.Millisecond), serve[n-1].Round(time.Millisecond), n)
 }
