@@ -406,11 +406,13 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 		st.LastSuccess = now
 		st.LastError, st.Failures, st.NextAttempt, st.HeldBack, st.HeldBackUntil = "", 0, time.Time{}, "", time.Time{}
 		st.ARI = nil // the new certificate's window is fetched on the next pass
-		if err := m.store.StoreCertificate(ctx, cert, st, lease); err != nil {
-			return storage.Certificate{}, fmt.Errorf("certs: storing certificate %s: %w", id, err)
-		}
+		// Counted before it is stored: the CA issued it even if the
+		// lease turns out lost.
 		if err := m.budget.RecordResult(ctx, st.Names, id, true, now); err != nil {
 			log.Warn("recording budget events", zap.Error(err))
+		}
+		if err := m.store.StoreCertificate(ctx, cert, st, lease); err != nil {
+			return storage.Certificate{}, fmt.Errorf("certs: storing certificate %s: %w", id, err)
 		}
 		log.Info("certificate issued", zap.String("issuer", res.IssuerKey), zap.Time("expires_at", cert.ExpiresAt),
 			zap.String("fingerprint", cert.Fingerprint), zap.Bool("replaces", req.ReplacesID != ""))
