@@ -167,7 +167,8 @@ func TestACMERenewsOnARIWindowWithReplaces(t *testing.T) {
 	iss := ed.issuer(t, e, nil)
 	m := ed.manager(t, "a", []certs.Issuer{iss}, nil)
 	names := []string{"ari.example.com"}
-	old, err := m.Obtain(acmeCtx(t), names, "")
+	// An explicit profile: Pebble picks one at random when asked for none.
+	old, err := m.Obtain(acmeCtx(t), names, "default")
 	if err != nil {
 		t.Fatal(err)
 	}
