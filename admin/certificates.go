@@ -437,7 +437,7 @@ func (s *Server) handleRenewCertificate(w http.ResponseWriter, r *http.Request) 
 	}
 	renewed, err := s.deps.Renewer.Renew(r.Context(), id)
 	if err != nil {
-		s.writeError(w, r, err)
+		s.writeError(w, r, acmeError(err))
 		return
 	}
 	w.Header().Set("ETag", etag(renewed.Version))

@@ -42,6 +42,7 @@ type Agent struct {
 	store  *storage.Store
 	pools  *pools.Manager
 	certs  *certs.Cache
+	acme   *certs.Manager // nil: ACME off
 	proxy  *proxy.Server
 	admin  *admin.Server
 	health *healthServer // nil when cfg.HealthAddr is empty
@@ -166,7 +167,11 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	xcfg.AccessLog = cfg.AccessLog
 	xcfg.Logger = a.logger.Named("proxy")
 	xcfg.Registerer = registry
-	px, err := proxy.New(xcfg, a.pools, a.certs, nil)
+	challenges, err := a.buildACME(registry)
+	if err != nil {
+		return fmt.Errorf("acme: %w", err)
+	}
+	px, err := proxy.New(xcfg, a.pools, a.certs, challenges)
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
@@ -186,7 +191,11 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 		ID: node.ID, Name: node.Name, Region: node.Region, Version: Version, Self: true, State: "alive",
 		Addresses: map[string]string{"admin": cfg.AdminAddr},
 	}
-	srv, err := admin.New(acfg, admin.Deps{Store: a.store, Pools: a.pools, Cluster: self, Ready: a.pools.Ready()})
+	deps := admin.Deps{Store: a.store, Pools: a.pools, Cluster: self, Ready: a.pools.Ready()}
+	if a.acme != nil {
+		deps.Renewer = a.acme
+	}
+	srv, err := admin.New(acfg, deps)
 	if err != nil {
 		return fmt.Errorf("admin: %w", err)
 	}
@@ -210,6 +219,9 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.runLoop(bg, "pools", a.pools.Run)
 	a.runLoop(bg, "certs", a.certs.Run)
 	a.runLoop(bg, "prune", a.pruneLoop)
+	if a.acme != nil {
+		a.runLoop(bg, "acme", a.acme.Run)
+	}
 
 	if err := a.admin.Start(ctx); err != nil {
 		return fmt.Errorf("admin API on %s: %w", a.cfg.AdminAddr, err)

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/singularity-ng/singularity-edge/certs"
 )
 
 // Config is everything the agent needs to start. Flags fill it, each with an
@@ -51,6 +53,17 @@ type Config struct {
 	// up from.
 	FeedRetention      uint64
 	ChangeLogRetention time.Duration
+
+	// ACME (see acme.go): directory ("" turns ACME off), the CA bundle
+	// trusted for its TLS, the contact email, a lego DNS provider for
+	// dns-01 configured from its own environment variables, and External
+	// Account Binding from EDGE_ACME_EAB_KID and EDGE_ACME_EAB_HMAC.
+	ACMEDirectory   string
+	ACMECABundle    string
+	ACMEEmail       string
+	ACMEDNSProvider string
+	ACMEEABKeyID    string
+	ACMEEABHMACKey  string
 }
 
 // DefaultConfig returns the configuration of `make run`: data in ./data,
@@ -71,6 +84,8 @@ func DefaultConfig() Config {
 
 		FeedRetention:      100_000,
 		ChangeLogRetention: 7 * 24 * time.Hour,
+
+		ACMEDirectory: certs.LetsEncryptProduction,
 	}
 }
 
@@ -80,6 +95,7 @@ func (c *Config) ApplyEnvironment(getenv func(string) string) {
 	c.AdminToken = getenv("EDGE_ADMIN_TOKEN")
 	c.EncryptionKey = getenv("EDGE_ENCRYPTION_KEY")
 	c.CookieKey = getenv("EDGE_COOKIE_KEY")
+	c.ACMEEABKeyID, c.ACMEEABHMACKey = getenv("EDGE_ACME_EAB_KID"), getenv("EDGE_ACME_EAB_HMAC")
 	c.Fly = flyEnvironment(getenv)
 	if v := c.Fly.MachineID; v != "" {
 		c.NodeName = v
@@ -136,6 +152,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("--shutdown-timeout must be positive"))
+	}
+	if err := c.validateACME(); err != nil {
+		errs = append(errs, err)
 	}
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":

@@ -179,6 +179,7 @@ type decodedRecord struct {
 	pool *Pool
 	be   *Backend
 	obs  *Observation
+	acme *ACMERecord
 }
 
 // decodeRecord decodes the record bytes of a row of table.
@@ -209,6 +210,12 @@ func decodeRecord(table string, rec []byte) (decodedRecord, error) {
 			return d, err
 		}
 		d.key, d.idx, d.obs = ObservationKey(o.NodeID, o.BackendID), observationIndexKeys(&o), &o
+	case TableACME:
+		a, _, err := decodeACMERecord(rec)
+		if err != nil {
+			return d, err
+		}
+		d.key, d.acme = a.Key, &a
 	default:
 		return d, fmt.Errorf("%w: %q", ErrUnknownTable, table)
 	}
@@ -253,6 +260,8 @@ func validateRecord(table string, d decodedRecord) error {
 			return err
 		}
 		return validateKey("observation backend_id", d.obs.BackendID)
+	case TableACME:
+		return validateKey("acme key", d.acme.Key)
 	}
 	return nil
 }

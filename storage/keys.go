@@ -35,7 +35,7 @@ const (
 
 func isTable(name string) bool {
 	switch name {
-	case TableCertificates, TablePools, TableBackends, TableObservations:
+	case TableCertificates, TablePools, TableBackends, TableObservations, TableACME:
 		return true
 	}
 	return false

@@ -9,11 +9,12 @@ const (
 	TablePools        = "pools"
 	TableBackends     = "backends"
 	TableObservations = "observations"
+	TableACME         = "acme"
 )
 
 // TableNames lists the replicated tables in a stable order.
 func TableNames() []string {
-	return []string{TableCertificates, TablePools, TableBackends, TableObservations}
+	return []string{TableCertificates, TablePools, TableBackends, TableObservations, TableACME}
 }
 
 // HLC is a hybrid logical clock timestamp: milliseconds since the Unix epoch

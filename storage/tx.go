@@ -428,6 +428,8 @@ func (t *Tx) insertedAt(ref rowRef) (time.Time, error) {
 			ins = v.InsertedAt
 		case *Backend:
 			ins = v.InsertedAt
+		case *ACMERecord:
+			ins = v.InsertedAt
 		case *Observation:
 			return t.now, nil
 		}
@@ -443,6 +445,8 @@ func (t *Tx) insertedAt(ref rowRef) (time.Time, error) {
 			ins = d.pool.InsertedAt
 		case d.be != nil:
 			ins = d.be.InsertedAt
+		case d.acme != nil:
+			ins = d.acme.InsertedAt
 		}
 	}
 	if ins.IsZero() {
@@ -461,6 +465,8 @@ func singular(table string) string {
 		return "backend"
 	case TableObservations:
 		return "observation"
+	case TableACME:
+		return "acme record"
 	}
 	return table
 }
