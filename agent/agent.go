@@ -194,6 +194,7 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	deps := admin.Deps{Store: a.store, Pools: a.pools, Cluster: self, Ready: a.pools.Ready()}
 	if a.acme != nil {
 		deps.Renewer = a.acme
+		deps.ACME = a.acme
 	}
 	srv, err := admin.New(acfg, deps)
 	if err != nil {

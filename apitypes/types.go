@@ -28,6 +28,19 @@ type ErrorDetail struct {
 	Code    string       `json:"code"`
 	Message string       `json:"message"`
 	Fields  []FieldError `json:"fields,omitempty"`
+	// HeldBack is set with code "held_back" (HTTP 429).
+	HeldBack *HeldBack `json:"held_back,omitempty"`
+}
+
+// HeldBack says which rate limit held an ACME order back and when it
+// clears.
+type HeldBack struct {
+	Limit         string    `json:"limit"` // orders_per_account, certs_per_registered_domain, duplicate_certs, failed_validations, paused
+	Scope         string    `json:"scope"`
+	Count         int       `json:"count"`
+	Max           int       `json:"max"`
+	WindowSeconds int64     `json:"window_seconds"`
+	Until         time.Time `json:"until"`
 }
 
 // FieldError is what is wrong with one input field.
@@ -255,6 +268,71 @@ type Certificate struct {
 	InsertedAt  time.Time         `json:"inserted_at"`
 	UpdatedAt   time.Time         `json:"updated_at"`
 	Version     Version           `json:"version"`
+	// Renewal is the ACME renewal state; nil for uploaded certificates
+	// and when this agent has ACME off.
+	Renewal *CertificateRenewal `json:"renewal,omitempty"`
+}
+
+// CertificateRequest asks for an ACME certificate: POST /api/certificates
+// with "domain" (the original API's shape) or "domains" (several names,
+// the first one primary), never both.
+type CertificateRequest struct {
+	Domain  string   `json:"domain,omitempty"`
+	Domains []string `json:"domains,omitempty"`
+	// Profile is the CA's certificate profile ("classic", "tlsserver",
+	// "shortlived") where the directory offers them; empty: the CA's
+	// default.
+	Profile string `json:"profile,omitempty"`
+}
+
+// CertificateOrder is the 202 answer of POST /api/certificates when the
+// order outlasts the request's wait: the certificate will appear at
+// Location (/api/certificates/{id}), whose renewal state shows progress.
+type CertificateOrder struct {
+	ID      string   `json:"id"`
+	Names   []string `json:"names"`
+	Status  string   `json:"status"` // "pending"
+	Message string   `json:"message"`
+}
+
+// CertificateRenewal is an ACME certificate's renewal state. It holds no
+// key material.
+type CertificateRenewal struct {
+	// Phase: "scheduled", "due", "retrying", "held_back" or "pending" (no
+	// certificate issued yet).
+	Phase string `json:"phase"`
+	// RenewAt is when renewal starts and RenewReason why then: "ari" (the
+	// CA's window), "lifetime" (a third of it left) or "emergency".
+	RenewAt     time.Time  `json:"renew_at"`
+	RenewReason string     `json:"renew_reason"`
+	WindowStart *time.Time `json:"window_start,omitempty"` // the CA's ARI window, when offered
+	WindowEnd   *time.Time `json:"window_end,omitempty"`
+	// NextAttempt is the earliest the next order may start (backoff or
+	// held back); nil when nothing holds it.
+	NextAttempt *time.Time `json:"next_attempt,omitempty"`
+	LastAttempt *time.Time `json:"last_attempt,omitempty"`
+	LastSuccess *time.Time `json:"last_success,omitempty"`
+	LastError   string     `json:"last_error,omitempty"`
+	Failures    int        `json:"failures"` // consecutive
+	// HeldBack is the rate-limit budget's reason, until HeldBackUntil.
+	HeldBack      string     `json:"held_back,omitempty"`
+	HeldBackUntil *time.Time `json:"held_back_until,omitempty"`
+	Issuer        string     `json:"issuer,omitempty"` // the issuer (directory and account) of the current certificate
+	Profile       string     `json:"profile,omitempty"`
+	// Owner is the member that renews it now; LastOwner made the last
+	// attempt.
+	Owner     string `json:"owner"`
+	LastOwner string `json:"last_owner,omitempty"`
+	Lease     *Lease `json:"lease,omitempty"`
+}
+
+// Lease is the renewal lease of a certificate: one agent works on it at
+// a time; Epoch grows at each take-over.
+type Lease struct {
+	Holder  string    `json:"holder"`
+	Epoch   uint64    `json:"epoch"`
+	Expires time.Time `json:"expires"`
+	Held    bool      `json:"held"` // not yet expired
 }
 
 // Health is GET /api/health.
