@@ -81,7 +81,16 @@ func acmeRequestNames(in createCertificateInput) ([]string, error) {
 	case in.Domain != "" && len(in.Domains) > 0:
 		return nil, fielderr.New("domains", "give domain or domains, not both")
 	case in.Domain != "":
-		return certs.NormalizeNames("domain", []string{in.Domain})
+		names, err := certs.NormalizeNames("domain", []string{in.Domain})
+		if fields, ok := fielderr.From(err); ok {
+			// One name, one field: "domain", not "domain[0]".
+			var out fielderr.List
+			for _, f := range fields {
+				out.Add("domain", f.Message)
+			}
+			return nil, out.Err()
+		}
+		return names, err
 	case in.Domains != nil:
 		return certs.NormalizeNames("domains", in.Domains)
 	}
