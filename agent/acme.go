@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -87,11 +88,14 @@ func (a *Agent) buildACME(registry prometheus.Registerer) (proxy.ChallengeSource
 	mcfg := certs.DefaultManagerConfig()
 	mcfg.Logger = log
 	mcfg.Registerer = registry
-	m, err := certs.NewManager(mcfg, []certs.Issuer{iss}, backend, backend, soloMembers{id: a.store.NodeID()})
+	members := soloMembers{id: a.store.NodeID()}
+	m, err := certs.NewManager(mcfg, []certs.Issuer{iss}, backend, backend, members)
 	if err != nil {
 		return nil, err
 	}
 	a.acme = m
+	a.auto = &autoCert{store: a.store, cache: a.certs, acme: m, members: members, wildcard: cfg.ACMEDNSProvider != "",
+		log: a.logger.Named("autocert"), now: time.Now, ready: a.certs.Ready()}
 	log.Info("acme enabled", zap.String("directory", cfg.ACMEDirectory))
 	return certs.NewChallengeResponder(backend, log), nil
 }

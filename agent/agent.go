@@ -43,6 +43,7 @@ type Agent struct {
 	pools  *pools.Manager
 	certs  *certs.Cache
 	acme   *certs.Manager // nil: ACME off
+	auto   *autoCert      // nil: ACME off
 	proxy  *proxy.Server
 	admin  *admin.Server
 	health *healthServer // nil when cfg.HealthAddr is empty
@@ -222,6 +223,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.runLoop(bg, "prune", a.pruneLoop)
 	if a.acme != nil {
 		a.runLoop(bg, "acme", a.acme.Run)
+		a.runLoop(bg, "autocert", a.auto.run)
 	}
 
 	if err := a.admin.Start(ctx); err != nil {

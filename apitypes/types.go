@@ -82,9 +82,12 @@ type PoolSpec struct {
 	PreferRegion        Optional[bool]            `json:"prefer_region,omitzero"`
 	FailOpen            Optional[bool]            `json:"fail_open,omitzero"`
 	AllowHTTP           Optional[bool]            `json:"allow_http,omitzero"`
-	HoldNewBackends     Optional[bool]            `json:"hold_new_backends,omitzero"`
-	Default             Optional[bool]            `json:"default,omitzero"`
-	Metadata            Optional[Metadata]        `json:"metadata,omitzero"`
+	// AutoCert (default true): a TLS-terminating pool whose ssl_domain no
+	// certificate covers gets one from the agent's ACME CA.
+	AutoCert        Optional[bool]     `json:"auto_cert,omitzero"`
+	HoldNewBackends Optional[bool]     `json:"hold_new_backends,omitzero"`
+	Default         Optional[bool]     `json:"default,omitzero"`
+	Metadata        Optional[Metadata] `json:"metadata,omitzero"`
 }
 
 // Metadata is a request's metadata: a null value deletes the key in a
@@ -120,6 +123,7 @@ type Pool struct {
 	PreferRegion        bool              `json:"prefer_region"`
 	FailOpen            bool              `json:"fail_open"`
 	AllowHTTP           bool              `json:"allow_http"`
+	AutoCert            bool              `json:"auto_cert"`
 	HoldNewBackends     bool              `json:"hold_new_backends"`
 	Default             bool              `json:"default"`
 	Metadata            map[string]string `json:"metadata"`

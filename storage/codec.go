@@ -38,7 +38,7 @@ import (
 //	  6 hosts (repeated), 7 validate_backend_cert, 8 health_check_interval,
 //	  9 health_check (HealthCheck), 10 hash_on, 11 sticky_cookie,
 //	  12 prefer_region, 13 fail_open, 14 hold_new_backends, 15 default,
-//	  16 metadata, 17 inserted_at, 18 updated_at, 19 allow_http
+//	  16 metadata, 17 inserted_at, 18 updated_at, 19 allow_http, 20 no_auto_cert
 //	HealthCheck: 1 type, 2 path, 3 expected_status, 4 timeout, 5 rise,
 //	  6 fall, 7 max_fails, 8 cooldown
 //	Backend: 1 id, 2 pool_name, 3 host, 4 port, 5 scheme, 6 weight,
@@ -278,6 +278,7 @@ func encodePool(p *Pool) []byte {
 	e.time(17, p.InsertedAt)
 	e.time(18, p.UpdatedAt)
 	e.bool(19, p.AllowHTTP)
+	e.bool(20, p.NoAutoCert)
 	return e.b
 }
 
@@ -326,6 +327,8 @@ func decodePool(b []byte) (Pool, error) {
 			return f.time(&p.UpdatedAt)
 		case 19:
 			return f.bool(&p.AllowHTTP)
+		case 20:
+			return f.bool(&p.NoAutoCert)
 		}
 		return nil
 	})

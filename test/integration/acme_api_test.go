@@ -89,9 +89,10 @@ func TestACMEIssueThroughAPIAndCLI(t *testing.T) {
 		t.Fatalf("refused requests placed %d orders", n)
 	}
 
-	// A TLS pool for the name, then the certificate: time to served.
+	// A TLS pool for the name (opted out of automatic certificates, so
+	// the POST is what orders), then the certificate: time to served.
 	be := startBackend(t, "acme-backend", nil)
-	if out, errOut, code := a.cli(token, "pools", "create", "shop", "--ssl-mode", "flexible", "--ssl-domain", "shop.acme.test"); code != 0 {
+	if out, errOut, code := a.cli(token, "pools", "create", "shop", "--ssl-mode", "flexible", "--ssl-domain", "shop.acme.test", "--auto-cert=false"); code != 0 {
 		t.Fatalf("pools create: exit %d: %s%s", code, out, errOut)
 	}
 	if out, errOut, code := a.cli(token, "backends", "add", "shop", be.url()); code != 0 {
@@ -220,5 +221,55 @@ func TestACMEIssueThroughAPIAndCLI(t *testing.T) {
 		if strings.Contains(o, "PRIVATE KEY") || strings.Contains(o, `"private_key"`) || strings.Contains(o, "secret") {
 			t.Fatalf("key material in an answer or output: %.300s", o)
 		}
+	}
+}
+
+// TestACMEPoolGetsCertificateOnItsOwn: a TLS pool whose ssl_domain no
+// certificate covers gets one without a request; a pool that opts out
+// (auto_cert: false) does not.
+func TestACMEPoolGetsCertificateOnItsOwn(t *testing.T) {
+	e := startPebble(t)
+	token := newToken(t)
+	a := startACMEAgent(t, e, token)
+	be := startBackend(t, "auto-backend", nil)
+	// The opted-out pool is created first: the pass that orders for the
+	// second pool has seen it.
+	if out, errOut, code := a.cli(token, "pools", "create", "manual", "--ssl-mode", "flexible", "--ssl-domain", "manual.acme.test", "--auto-cert=false"); code != 0 {
+		t.Fatalf("pools create manual: exit %d: %s%s", code, out, errOut)
+	}
+	var p apitypes.Pool
+	if code := a.api(token, "GET", "/api/pools/manual", nil, &p); code != 200 || p.AutoCert {
+		t.Fatalf("opted-out pool: %d auto_cert=%v", code, p.AutoCert)
+	}
+	start := time.Now()
+	if out, errOut, code := a.cli(token, "pools", "create", "auto", "--ssl-mode", "flexible", "--ssl-domain", "auto.acme.test"); code != 0 {
+		t.Fatalf("pools create auto: exit %d: %s%s", code, out, errOut)
+	}
+	if out, errOut, code := a.cli(token, "backends", "add", "auto", be.url()); code != 0 {
+		t.Fatalf("backends add: exit %d: %s%s", code, out, errOut)
+	}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: e.roots(t), ServerName: "auto.acme.test"},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, a.https)
+		},
+		DisableKeepAlives: true,
+	}}
+	waitFor(t, 90*time.Second, "HTTPS for the pool with an automatic certificate", func() bool {
+		resp, err := client.Get("https://auto.acme.test/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	t.Logf("pool created -> served with its own certificate after %s", time.Since(start).Round(time.Millisecond))
+	var list apitypes.List[apitypes.Certificate]
+	if code := a.api(token, "GET", "/api/certificates", nil, &list); code != 200 || len(list.Items) != 1 ||
+		list.Items[0].Domain != "auto.acme.test" || list.Items[0].Renewal == nil {
+		t.Fatalf("certificates after the automatic order: %d %+v", code, list.Items)
+	}
+	if n := e.orders(); n != 1 {
+		t.Fatalf("Pebble saw %d orders, want 1 (none for the opted-out pool)", n)
 	}
 }
