@@ -242,6 +242,11 @@ func multipartError(err error) error {
 // derived from the leaf's fingerprint, so the same certificate uploaded
 // twice is a 409 naming the existing id.
 func (s *Server) storeUpload(w http.ResponseWriter, r *http.Request, in uploadInput) {
+	if in.Domain != "" && in.Certificate == "" && in.PrivateKey == "" {
+		s.writeError(w, r, errUnprocessable(fielderr.List{{Field: "domain",
+			Message: "an upload takes certificate and private_key; POST /api/certificates with domain obtains a certificate from ACME"}}))
+		return
+	}
 	if in.Domain != "" {
 		s.writeError(w, r, errUnprocessable(fielderr.List{{Field: "domain", Message: "is taken from the certificate; leave it out of an upload"}}))
 		return
