@@ -541,6 +541,7 @@ func (m *Manager) RunOnce(ctx context.Context) (PassReport, error) {
 	}
 	m.metrics.passes.Inc()
 	m.metrics.heldBack.Set(float64(rep.HeldBack))
+	m.recordPhases(ctx, list)
 	if p, ok := m.store.(expiredPurger); ok {
 		if _, err := p.PurgeExpired(ctx); err != nil && ctx.Err() == nil {
 			m.log.Warn("purging expired acme rows", zap.Error(err))
@@ -671,6 +672,43 @@ type managerMetrics struct {
 	orders   *prometheus.CounterVec
 	passes   prometheus.Counter
 	heldBack prometheus.Gauge
+	phases   *prometheus.GaugeVec
+	earliest prometheus.Gauge
+}
+
+// recordPhases counts the stored ACME certificates by renewal phase and
+// notes the earliest expiry: a bounded set of series however many
+// certificates there are (the per-certificate detail is in the API).
+func (m *Manager) recordPhases(ctx context.Context, list []storage.Certificate) {
+	now := m.cfg.Now()
+	counts := map[string]int{PhaseScheduled: 0, PhaseDue: 0, PhaseRetrying: 0, PhaseHeldBack: 0}
+	var earliest time.Time
+	for i := range list {
+		c := &list[i]
+		if c.Provider != ProviderACME {
+			continue
+		}
+		if earliest.IsZero() || c.ExpiresAt.Before(earliest) {
+			earliest = c.ExpiresAt
+		}
+		st, err := m.store.RenewalState(ctx, c.ID)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			m.log.Warn("reading renewal state for metrics", zap.String("certificate", c.ID), zap.Error(err))
+			continue
+		}
+		counts[phaseOf(st, m.cfg.Policy.Decide(c.NotBefore, c.ExpiresAt, st), now)]++
+	}
+	for phase, n := range counts {
+		m.metrics.phases.WithLabelValues(phase).Set(float64(n))
+	}
+	if earliest.IsZero() {
+		m.metrics.earliest.Set(0)
+	} else {
+		m.metrics.earliest.Set(float64(earliest.Unix()))
+	}
 }
 
 func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
@@ -688,11 +726,19 @@ func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 			Help: "Certificates this agent owns whose renewal the rate-limit budget holds back, as of the last scheduler pass (the reason is in each certificate's held_back).",
 		}),
 	}
+	m.phases = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "edge", Subsystem: "acme", Name: "certificates",
+		Help: "Stored ACME certificates by renewal phase (scheduled, due, retrying, held_back) as of this agent's last scheduler pass; every agent reports the whole cluster's.",
+	}, []string{"phase"})
+	m.earliest = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "edge", Subsystem: "acme", Name: "earliest_expiry_timestamp_seconds",
+		Help: "Expiry (Unix time) of the stored ACME certificate that expires first, as of the last scheduler pass; 0 when there is none.",
+	})
 	for _, r := range []string{"issued", "failed", "already_replaced", "held_back"} {
 		m.orders.WithLabelValues(r)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.orders, m.passes, m.heldBack} {
+		for _, c := range []prometheus.Collector{m.orders, m.passes, m.heldBack, m.phases, m.earliest} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("certs: registering acme metrics: %w", err)
 			}
