@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -95,6 +96,8 @@ func (a *Agent) buildACME(registry prometheus.Registerer) (proxy.ChallengeSource
 	}
 	a.acme = m
 	a.auto = &autoCert{store: a.store, cache: a.certs, acme: m, members: members, wildcard: cfg.ACMEDNSProvider != "",
+		publicOnly: strings.HasPrefix(cfg.ACMEDirectory, "https://acme-v02.api.letsencrypt.org/") ||
+			strings.HasPrefix(cfg.ACMEDirectory, "https://acme-staging-v02.api.letsencrypt.org/"),
 		log: a.logger.Named("autocert"), now: time.Now, ready: a.certs.Ready()}
 	log.Info("acme enabled", zap.String("directory", cfg.ACMEDirectory))
 	return certs.NewChallengeResponder(backend, log), nil

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/net/publicsuffix"
 
 	"github.com/singularity-ng/singularity-edge/certs"
 	"github.com/singularity-ng/singularity-edge/pools"
@@ -30,8 +31,12 @@ type autoCert struct {
 	// wildcard: a DNS-01 provider is configured (a wildcard name can
 	// only be validated over DNS).
 	wildcard bool
-	log      *zap.Logger
-	now      func() time.Time
+	// publicOnly skips names outside the ICANN public suffixes (.test,
+	// .internal, .localhost): Let's Encrypt refuses them by policy, and
+	// each refused order would count against the account's limits.
+	publicOnly bool
+	log        *zap.Logger
+	now        func() time.Time
 	// ready is closed when the SNI index is loaded: before that every
 	// name looks uncovered.
 	ready <-chan struct{}
@@ -58,6 +63,11 @@ func (a *autoCert) wantedNames(ctx context.Context) ([]string, error) {
 			}
 			if strings.HasPrefix(p.SSLDomain, "*.") && !a.wildcard {
 				continue
+			}
+			if a.publicOnly {
+				if _, icann := publicsuffix.PublicSuffix(strings.TrimPrefix(p.SSLDomain, "*.")); !icann {
+					continue
+				}
 			}
 			out = append(out, p.SSLDomain)
 		}
