@@ -79,7 +79,7 @@ func newCertsListCommand(opts *apiOptions) *cobra.Command {
 				return printValue(c.stdout, page)
 			}
 			now := time.Now()
-			t := newTable(c.stdout, "ID", "DOMAIN", "NAMES", "PROVIDER", "EXPIRES", "RENEWAL", "NEXT ATTEMPT", "LAST ERROR")
+			t := newTable(c.stdout, "ID", "DOMAIN", "NAMES", "PROVIDER", "ISSUER", "EXPIRES", "RENEWAL", "NEXT ATTEMPT", "LAST ERROR")
 			for _, raw := range page.Items {
 				var ct certificateJSON
 				if err := decodeAnswer(&apiResponse{Body: raw}, &ct); err != nil {
@@ -96,7 +96,7 @@ func newCertsListCommand(opts *apiOptions) *cobra.Command {
 				} else if ct.Provider == "upload" {
 					phase = "manual"
 				}
-				t.row(ct.ID, ct.Domain, joinOrDash(ct.Names), ct.Provider, formatExpiry(ct.ExpiresAt, now), phase, next, lastErr)
+				t.row(ct.ID, ct.Domain, joinOrDash(ct.Names), ct.Provider, ct.Issuer, formatExpiry(ct.ExpiresAt, now), phase, next, lastErr)
 			}
 			if err := t.flush(); err != nil {
 				return err
