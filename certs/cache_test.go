@@ -298,6 +298,9 @@ func TestCacheReplaysChangesDuringLoad(t *testing.T) {
 	putCerts(t, s, rows...)
 	late := record(t, ca, key, "late", leafSpec{dns: []string{"late.example.com"}})
 	// onPage runs on Run's goroutine: report with t.Error, never t.Fatal.
+	// updated closes after the mid-load commit: the index to wait for is
+	// only known then.
+	updated := make(chan struct{})
 	src := &slowSource{Store: s, onPage: func(page int) {
 		if page != 1 {
 			return
@@ -311,6 +314,7 @@ func TestCacheReplaysChangesDuringLoad(t *testing.T) {
 		if err != nil {
 			t.Error(err)
 		}
+		close(updated)
 	}}
 	c := NewCache(CacheConfig{PageSize: 10}, src)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -320,6 +324,11 @@ func TestCacheReplaysChangesDuringLoad(t *testing.T) {
 		cancel()
 		<-done
 	}()
+	select {
+	case <-updated:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the load never reached its second page")
+	}
 	waitIndex(t, c, storage.Commit{Index: s.LastIndex()})
 	if _, ok := c.Lookup("late.example.com"); !ok {
 		t.Error("certificate added during the load is missing")
