@@ -15,9 +15,10 @@ import (
 )
 
 // autoCertInterval is how often the agent looks for TLS pools whose
-// ssl_domain no certificate covers. A pass reads the pools table (at most
-// a few thousand rows) and looks names up in the in-memory SNI index.
-const autoCertInterval = 15 * time.Second
+// ssl_domain no certificate covers, besides a pass after each change to
+// the pools table. A pass reads the pools table (at most a few thousand
+// rows) and looks names up in the in-memory SNI index.
+const autoCertInterval = time.Minute
 
 // autoCert obtains ACME certificates for TLS-terminating pools whose
 // ssl_domain has none (unless the pool opts out with auto_cert: false).
@@ -122,13 +123,17 @@ func (a *autoCert) runOnce(ctx context.Context) (int, error) {
 	return ordered, nil
 }
 
-// run makes a pass every autoCertInterval until ctx ends.
+// run makes a pass when the pools table changes and every
+// autoCertInterval (which also retries names whose next attempt came)
+// until ctx ends.
 func (a *autoCert) run(ctx context.Context) error {
 	select {
 	case <-a.ready:
 	case <-ctx.Done():
 		return nil
 	}
+	wake := make(chan struct{}, 1)
+	go a.watchPools(ctx, wake)
 	t := time.NewTicker(autoCertInterval)
 	defer t.Stop()
 	for {
@@ -139,6 +144,37 @@ func (a *autoCert) run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-wake:
+		}
+	}
+}
+
+// watchPools signals wake after each commit that changes a pool. A
+// subscription that ends early (the feed pruned past it) is started again
+// from the newest commit; the ticker covers what it missed.
+func (a *autoCert) watchPools(ctx context.Context, wake chan<- struct{}) {
+	for ctx.Err() == nil {
+		sub := a.store.Subscribe(ctx, a.store.LastIndex())
+		for ev := range sub.Events() {
+			for _, c := range ev.Set.Changes {
+				if c.Table == storage.TablePools {
+					select {
+					case wake <- struct{}{}:
+					default:
+					}
+					break
+				}
+			}
+		}
+		if err := sub.Err(); err != nil && ctx.Err() == nil {
+			if errors.Is(err, storage.ErrClosed) {
+				return
+			}
+			a.log.Info("pool watch restarted", zap.Error(err))
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
 		}
 	}
 }
