@@ -23,10 +23,20 @@ import (
 
 // uploadInput is a certificate upload: PEM text of the leaf (optionally
 // followed by its chain), the private key and further chain certificates.
-// Domain alone (no certificate) asks for ACME issuance, which this agent
-// cannot do yet; it is answered 409 not_supported rather than "unknown
-// field", so a client of the original API learns why.
 type uploadInput = apitypes.CertificateUpload
+
+// createCertificateInput is POST /api/certificates: an upload
+// (certificate and private_key) or an ACME request (domain or domains,
+// apitypes.CertificateRequest), told apart by which fields are set.
+type createCertificateInput struct {
+	apitypes.CertificateUpload
+	Domains []string `json:"domains"`
+	Profile string   `json:"profile"`
+}
+
+func (in createCertificateInput) isUpload() bool {
+	return in.Certificate != "" || in.PrivateKey != "" || in.Chain != ""
+}
 
 // certificateResponse shows a certificate. It has no field for the private
 // key: the key goes in on upload and never comes out.
@@ -72,7 +82,11 @@ func (s *Server) handleListCertificates(w http.ResponseWriter, r *http.Request) 
 	}
 	now := s.now()
 	resp, err := pageOf(rows, pg.Limit, func(c storage.Certificate) string { return c.ID },
-		func(c storage.Certificate) (certificateResponse, error) { return certificateView(c, now), nil })
+		func(c storage.Certificate) (certificateResponse, error) {
+			v := certificateView(c, now)
+			v.Renewal = s.renewalView(r.Context(), c)
+			return v, nil
+		})
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -83,23 +97,43 @@ func (s *Server) handleListCertificates(w http.ResponseWriter, r *http.Request) 
 func (s *Server) handleGetCertificate(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	c, err := s.store.GetCertificate(r.Context(), id)
+	if errors.Is(err, storage.ErrNotFound) {
+		s.writeError(w, r, s.pendingCertificate(r.Context(), id, err))
+		return
+	}
 	if err != nil {
-		s.writeError(w, r, notFoundAs(err, "id", fmt.Sprintf("no certificate with id %q", id)))
+		s.writeError(w, r, err)
 		return
 	}
 	w.Header().Set("ETag", etag(c.Version))
-	writeJSON(w, http.StatusOK, certificateView(c, s.now()))
+	writeJSON(w, http.StatusOK, s.certificateViewWithRenewal(r.Context(), c))
 }
 
-// handleCreateCertificate is POST /api/certificates: a JSON upload (the
-// original API's create route).
+// handleCreateCertificate is POST /api/certificates: an ACME request
+// ({"domain": ...} or {"domains": [...]}, the original API's create
+// route) or a JSON upload.
 func (s *Server) handleCreateCertificate(w http.ResponseWriter, r *http.Request) {
-	var in uploadInput
+	var in createCertificateInput
 	if err := readStrict(w, r, s.cfg.MaxUploadBytes, &in); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	s.storeUpload(w, r, in)
+	if !in.isUpload() {
+		s.issueCertificate(w, r, in)
+		return
+	}
+	var errs fielderr.List
+	if in.Domains != nil {
+		errs.Add("domains", "is for ACME requests; an upload takes its names from the certificate")
+	}
+	if in.Profile != "" {
+		errs.Add("profile", "is for ACME requests")
+	}
+	if len(errs) > 0 {
+		s.writeError(w, r, errUnprocessable(errs))
+		return
+	}
+	s.storeUpload(w, r, in.CertificateUpload)
 }
 
 // handleUploadCertificate is POST /api/certificates/upload: JSON, or a
@@ -209,9 +243,8 @@ func multipartError(err error) error {
 // twice is a 409 naming the existing id.
 func (s *Server) storeUpload(w http.ResponseWriter, r *http.Request, in uploadInput) {
 	if in.Domain != "" && in.Certificate == "" && in.PrivateKey == "" {
-		s.writeError(w, r, &apiError{Status: http.StatusConflict, Code: CodeNotSupported,
-			Message: "ACME issuance is not configured on this agent; upload a certificate with certificate and private_key instead",
-			Fields:  fielderr.List{{Field: "domain", Message: "ACME issuance is not configured"}}})
+		s.writeError(w, r, errUnprocessable(fielderr.List{{Field: "domain",
+			Message: "an upload takes certificate and private_key; POST /api/certificates with domain obtains a certificate from ACME"}}))
 		return
 	}
 	if in.Domain != "" {
@@ -437,9 +470,9 @@ func (s *Server) handleRenewCertificate(w http.ResponseWriter, r *http.Request) 
 	}
 	renewed, err := s.deps.Renewer.Renew(r.Context(), id)
 	if err != nil {
-		s.writeError(w, r, err)
+		s.writeError(w, r, acmeError(err))
 		return
 	}
 	w.Header().Set("ETag", etag(renewed.Version))
-	writeJSON(w, http.StatusOK, certificateView(renewed, s.now()))
+	writeJSON(w, http.StatusOK, s.certificateViewWithRenewal(r.Context(), renewed))
 }

@@ -157,7 +157,7 @@ func TestUploadCertificateRejections(t *testing.T) {
 		{"expired", map[string]string{"certificate": expired.CertPEM, "private_key": expired.KeyPEM}, 422, CodeInvalid, "certificate"},
 		{"unknown field", map[string]string{"certificate": other.CertPEM, "private_key": other.KeyPEM, "key": "x"}, 400, CodeInvalid, "key"},
 		{"wrong type", `{"certificate": 5}`, 400, CodeInvalid, "certificate"},
-		{"acme request", map[string]string{"domain": "new.example.test"}, 409, CodeNotSupported, "domain"},
+		{"acme request on the upload route", map[string]string{"domain": "new.example.test"}, 422, CodeInvalid, "domain"},
 		{"domain with upload", map[string]string{"certificate": other.CertPEM, "private_key": other.KeyPEM, "domain": "x.test"}, 422, CodeInvalid, "domain"},
 		{"bad metadata", map[string]any{"certificate": other.CertPEM, "private_key": other.KeyPEM, "metadata": map[string]string{"": "x"}}, 422, CodeInvalid, "metadata"},
 	} {
@@ -311,13 +311,14 @@ func TestRenewCertificate(t *testing.T) {
 	if c.ID != "acme-1" || len(renewer.calls) != 1 {
 		t.Fatalf("renewed %+v calls %v", c, renewer.calls)
 	}
-	// A failing renewer is an internal error whose cause stays in the log.
+	// A failing order is the CA's answer passed on: 502 acme_failed with
+	// its problem (the renewal state keeps it too).
 	renewer.fail = errors.New("acme: rate limited")
 	req := httptest.NewRequest("POST", "/api/certificates/acme-1/renew", nil)
 	req.Header.Set("Authorization", "Bearer "+testToken)
 	rec := httptest.NewRecorder()
 	h2.srv.Handler().ServeHTTP(rec, req)
-	if rec.Code != http.StatusInternalServerError || strings.Contains(rec.Body.String(), "rate limited") {
+	if rec.Code != http.StatusBadGateway || !strings.Contains(rec.Body.String(), "rate limited") || !strings.Contains(rec.Body.String(), CodeACMEFailed) {
 		t.Fatalf("renewer failure answered %d %s", rec.Code, rec.Body)
 	}
 }

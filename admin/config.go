@@ -50,6 +50,12 @@ type Config struct {
 	// Otherwise /metrics is open only on connections to a loopback address.
 	MetricsPublic bool
 
+	// IssueWait is how long POST /api/certificates waits for an ACME
+	// order before answering 202 (the order goes on); ?wait= overrides it
+	// up to WriteTimeout less 5 s. OrderTimeout bounds the order itself.
+	IssueWait    time.Duration
+	OrderTimeout time.Duration
+
 	// Node describes this agent in /api/health and the dashboard.
 	Node NodeInfo
 
@@ -83,6 +89,8 @@ func DefaultConfig() Config {
 		WriteTimeout:         60 * time.Second,
 		IdleTimeout:          120 * time.Second,
 		LongOperationTimeout: 30 * time.Minute,
+		IssueWait:            45 * time.Second,
+		OrderTimeout:         10 * time.Minute,
 		Logger:               zap.NewNop(),
 	}
 }
@@ -103,6 +111,10 @@ type Deps struct {
 	// Renewer renews ACME certificates. nil: renewal answers 409
 	// not_supported ("ACME is not configured").
 	Renewer Renewer
+	// ACME obtains certificates (POST /api/certificates with domain)
+	// and reports renewal state in certificate views. nil: ACME is off,
+	// issuance answers 409 not_supported.
+	ACME ACME
 	// Now is the clock for certificate validity; nil means time.Now.
 	Now func() time.Time
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"go.uber.org/zap"
 
+	"github.com/singularity-ng/singularity-edge/certs"
 	"github.com/singularity-ng/singularity-edge/pools"
 )
 
@@ -63,7 +64,8 @@ func TestDashboardBrowser(t *testing.T) {
 
 	st := openStore(t, testEncryptionKey())
 	mgr := startManager(t, st)
-	h := newHarnessOn(t, st, withDeps(func(d *Deps) { d.Pools = mgr; d.Ready = mgr.Ready() }))
+	acme, acmeStore := acmeManager(t, st)
+	h := newHarnessOn(t, st, withDeps(func(d *Deps) { d.Pools = mgr; d.Ready = mgr.Ready(); d.ACME = acme }))
 
 	h.createPool(map[string]any{
 		"name": "web", "algorithm": "least_connections", "hosts": []string{"example.test", "www.example.test"},
@@ -77,6 +79,9 @@ func TestDashboardBrowser(t *testing.T) {
 	ca := newTestCA(t)
 	soon := h.uploadCert(ca.leaf(t, time.Now().Add(10*24*time.Hour), "soon.example.test"))
 	later := h.uploadCert(ca.leaf(t, time.Now().Add(80*24*time.Hour), "static.example.test", "*.static.example.test"))
+	failing := putACMECert(t, h, acmeStore, ca.leaf(t, time.Now().Add(60*24*time.Hour), "acme.example.test"), certs.RenewalState{
+		LastAttempt: time.Now().Add(-time.Minute), LastError: "urn:ietf:params:acme:error:connection: refused", Failures: 2,
+		NextAttempt: time.Now().Add(10 * time.Minute)})
 
 	// Traffic through the pools API the proxy uses, so rates are not zero.
 	trafficCtx, stopTraffic := context.WithCancel(context.Background())
@@ -171,6 +176,8 @@ func TestDashboardBrowser(t *testing.T) {
 	step("certificates, cluster, storage", 20*time.Second,
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-cert-id="`+soon.ID+`"][data-expiring="true"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-cert-id="`+later.ID+`"][data-expiring="false"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-cert-id="`+later.ID+`"] [data-phase="manual"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-cert-id="`+failing.ID+`"] [data-phase="retrying"] [data-field="last-error"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-member-id="`+st.NodeID()+`"][data-state="alive"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-table="pools"]`)),
 	)

@@ -37,11 +37,14 @@
 //	PATCH  /api/pools/{name}/backends/{id}    200 + ETag; 400, 404, 409, 412, 422
 //	DELETE /api/pools/{name}/backends/{id}    204; 404, 412
 //	GET    /api/certificates                  200 list
-//	POST   /api/certificates                  201 (JSON upload); 400, 409 duplicate, 409 not_supported, 413, 415, 422
+//	POST   /api/certificates                  {"domain"} or {"domains": [...]} [?wait=45s]: ACME; 201 issued, 200 already valid,
+//	                                          202 + Location still ordering after wait; 409 lease held or ACME off,
+//	                                          422 names, 429 held_back (+ Retry-After, error.held_back), 502 acme_failed
+//	                                          {"certificate", "private_key"}: JSON upload, 201; 400, 409 duplicate, 413, 415, 422
 //	POST   /api/certificates/upload           201 (JSON or multipart/form-data); as above
-//	GET    /api/certificates/{id}             200 + ETag; 404
+//	GET    /api/certificates/{id}             200 + ETag (ACME: renewal state); 404 (says why when an order is pending)
 //	DELETE /api/certificates/{id}[?force=true] 204; 404, 409 pinned by a pool or only certificate of a served host, 412
-//	POST   /api/certificates/{id}/renew       200 with a Renewer; 404; 409 not_supported (uploaded, or ACME not configured)
+//	POST   /api/certificates/{id}/renew       200; 404; 409 lease held, 409 not_supported (uploaded, or ACME off), 429, 502
 //	GET    /api/cluster                       200 members by region
 //	GET    /api/db                            200 store info
 //	GET    /api/db/tables                     200 per-table size and memory, block cache

@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
+	"strconv"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -55,6 +58,8 @@ type apiError struct {
 	Code    string
 	Message string
 	Fields  fielderr.List
+	// heldBack details a 429 held_back answer.
+	heldBack *apitypes.HeldBack
 	// cause is logged, never sent: it may carry internal details.
 	cause error
 }
@@ -170,7 +175,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if ae.Status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="singularity-edge"`)
 	}
-	body := apitypes.ErrorBody{Error: apitypes.ErrorDetail{Code: ae.Code, Message: ae.Message}}
+	body := apitypes.ErrorBody{Error: apitypes.ErrorDetail{Code: ae.Code, Message: ae.Message, HeldBack: ae.heldBack}}
+	if hb := ae.heldBack; hb != nil {
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(time.Until(hb.Until).Seconds())))))
+	}
 	for _, f := range ae.Fields {
 		body.Error.Fields = append(body.Error.Fields, apitypes.FieldError{Field: f.Field, Message: f.Message})
 	}

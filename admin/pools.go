@@ -54,6 +54,11 @@ func poolSpecOnto(p *storage.Pool, spec apitypes.PoolSpec, create bool) fielderr
 	apply(&errs, "prefer_region", spec.PreferRegion, &p.PreferRegion)
 	apply(&errs, "fail_open", spec.FailOpen, &p.FailOpen)
 	apply(&errs, "allow_http", spec.AllowHTTP, &p.AllowHTTP)
+	if o := spec.AutoCert; o.Set && o.Null {
+		errs.Add("auto_cert", nullMessage)
+	} else if o.Set {
+		p.NoAutoCert = !o.Value
+	}
 	apply(&errs, "hold_new_backends", spec.HoldNewBackends, &p.HoldNewBackends)
 	apply(&errs, "default", spec.Default, &p.Default)
 	apply(&errs, "backend_ca", spec.BackendCA, &p.BackendCA)
@@ -136,6 +141,7 @@ func poolView(p storage.Pool) apitypes.Pool {
 		PreferRegion:    p.PreferRegion,
 		FailOpen:        p.FailOpen,
 		AllowHTTP:       p.AllowHTTP,
+		AutoCert:        !p.NoAutoCert,
 		HoldNewBackends: p.HoldNewBackends,
 		Default:         p.Default,
 		Metadata:        p.Metadata,

@@ -52,6 +52,12 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if cfg.MaxUploadBytes <= 0 {
 		cfg.MaxUploadBytes = def.MaxUploadBytes
 	}
+	if cfg.IssueWait < 0 {
+		return nil, fmt.Errorf("admin: IssueWait %s is negative", cfg.IssueWait)
+	}
+	if cfg.OrderTimeout <= 0 {
+		cfg.OrderTimeout = def.OrderTimeout
+	}
 	if cfg.ReadHeaderTimeout <= 0 {
 		cfg.ReadHeaderTimeout = def.ReadHeaderTimeout
 	}

@@ -71,6 +71,8 @@ type Agent struct {
 	store  *storage.Store
 	pools  *pools.Manager
 	certs  *certs.Cache
+	acme   *certs.Manager // nil: ACME off
+	auto   *autoCert      // nil: ACME off
 	proxy  *proxy.Server
 	admin  *admin.Server
 	health *healthServer // nil when cfg.HealthAddr is empty
@@ -223,7 +225,11 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	xcfg.AccessLog = cfg.AccessLog
 	xcfg.Logger = a.logger.Named("proxy")
 	xcfg.Registerer = registry
-	px, err := proxy.New(xcfg, a.pools, a.certs, nil)
+	challenges, err := a.buildACME(registry)
+	if err != nil {
+		return fmt.Errorf("acme: %w", err)
+	}
+	px, err := proxy.New(xcfg, a.pools, a.certs, challenges)
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
@@ -243,7 +249,12 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 		ID: node.ID, Name: node.Name, Region: node.Region, Version: Version, Self: true, State: "alive",
 		Addresses: map[string]string{"admin": cfg.AdminAddr},
 	}
-	srv, err := admin.New(acfg, admin.Deps{Store: a.store, Pools: a.pools, Cluster: self, Ready: a.ready})
+	deps := admin.Deps{Store: a.store, Pools: a.pools, Cluster: self, Ready: a.ready}
+	if a.acme != nil {
+		deps.Renewer = a.acme
+		deps.ACME = a.acme
+	}
+	srv, err := admin.New(acfg, deps)
 	if err != nil {
 		return fmt.Errorf("admin: %w", err)
 	}
@@ -271,6 +282,10 @@ func (a *Agent) Start(ctx context.Context) error {
 		if err := a.startPprof(bg, a.cfg.PprofAddr); err != nil {
 			return err
 		}
+	}
+	if a.acme != nil {
+		a.runLoop(bg, "acme", a.acme.Run)
+		a.runLoop(bg, "autocert", a.auto.run)
 	}
 
 	if err := a.admin.Start(ctx); err != nil {

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/singularity-ng/singularity-edge/certs"
 )
 
 // Config is everything the agent needs to start. Flags fill it, each with an
@@ -78,6 +80,17 @@ type Config struct {
 
 	// FeedRetention is how many change-feed entries are kept.
 	FeedRetention uint64
+
+	// ACME (see acme.go): directory ("" turns ACME off), the CA bundle
+	// trusted for its TLS, the contact email, a lego DNS provider for
+	// dns-01 configured from its own environment variables, and External
+	// Account Binding from EDGE_ACME_EAB_KID and EDGE_ACME_EAB_HMAC.
+	ACMEDirectory   string
+	ACMECABundle    string
+	ACMEEmail       string
+	ACMEDNSProvider string
+	ACMEEABKeyID    string
+	ACMEEABHMACKey  string
 }
 
 // DefaultConfig returns the configuration of `make run`: data in ./data,
@@ -101,6 +114,8 @@ func DefaultConfig() Config {
 		ShutdownTimeout:        15 * time.Second,
 
 		FeedRetention: 100_000,
+
+		ACMEDirectory: certs.LetsEncryptProduction,
 	}
 }
 
@@ -110,6 +125,7 @@ func (c *Config) ApplyEnvironment(getenv func(string) string) {
 	c.AdminToken = getenv("EDGE_ADMIN_TOKEN")
 	c.EncryptionKey = getenv("EDGE_ENCRYPTION_KEY")
 	c.CookieKey = getenv("EDGE_COOKIE_KEY")
+	c.ACMEEABKeyID, c.ACMEEABHMACKey = getenv("EDGE_ACME_EAB_KID"), getenv("EDGE_ACME_EAB_HMAC")
 	c.Fly = flyEnvironment(getenv)
 	if v := c.Fly.MachineID; v != "" {
 		c.NodeName = v
@@ -190,6 +206,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("--shutdown-timeout must be positive"))
+	}
+	if err := c.validateACME(); err != nil {
+		errs = append(errs, err)
 	}
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":

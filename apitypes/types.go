@@ -30,6 +30,19 @@ type ErrorDetail struct {
 	Code    string       `json:"code"`
 	Message string       `json:"message"`
 	Fields  []FieldError `json:"fields,omitempty"`
+	// HeldBack is set with code "held_back" (HTTP 429).
+	HeldBack *HeldBack `json:"held_back,omitempty"`
+}
+
+// HeldBack says which rate limit held an ACME order back and when it
+// clears.
+type HeldBack struct {
+	Limit         string    `json:"limit"` // orders_per_account, certs_per_registered_domain, duplicate_certs, failed_validations, paused
+	Scope         string    `json:"scope"`
+	Count         int       `json:"count"`
+	Max           int       `json:"max"`
+	WindowSeconds int64     `json:"window_seconds"`
+	Until         time.Time `json:"until"`
 }
 
 // FieldError is what is wrong with one input field.
@@ -71,12 +84,15 @@ type PoolSpec struct {
 	PreferRegion        Optional[bool]            `json:"prefer_region,omitzero"`
 	FailOpen            Optional[bool]            `json:"fail_open,omitzero"`
 	AllowHTTP           Optional[bool]            `json:"allow_http,omitzero"`
-	HoldNewBackends     Optional[bool]            `json:"hold_new_backends,omitzero"`
-	Default             Optional[bool]            `json:"default,omitzero"`
-	BackendCA           Optional[string]          `json:"backend_ca,omitzero"`             // PEM bundle verifying backend certificates
-	BackendServerName   Optional[string]          `json:"backend_server_name,omitzero"`    // SNI sent to backends and verified
-	BackendClientCertID Optional[string]          `json:"backend_client_cert_id,omitzero"` // certificate presented to backends
-	Metadata            Optional[Metadata]        `json:"metadata,omitzero"`
+	// AutoCert (default true): a TLS-terminating pool whose ssl_domain no
+	// certificate covers gets one from the agent's ACME CA.
+	AutoCert            Optional[bool]     `json:"auto_cert,omitzero"`
+	HoldNewBackends     Optional[bool]     `json:"hold_new_backends,omitzero"`
+	Default             Optional[bool]     `json:"default,omitzero"`
+	BackendCA           Optional[string]   `json:"backend_ca,omitzero"`             // PEM bundle verifying backend certificates
+	BackendServerName   Optional[string]   `json:"backend_server_name,omitzero"`    // SNI sent to backends and verified
+	BackendClientCertID Optional[string]   `json:"backend_client_cert_id,omitzero"` // certificate presented to backends
+	Metadata            Optional[Metadata] `json:"metadata,omitzero"`
 }
 
 // Metadata is a request's metadata: a null value deletes the key in a
@@ -112,6 +128,7 @@ type Pool struct {
 	PreferRegion        bool              `json:"prefer_region"`
 	FailOpen            bool              `json:"fail_open"`
 	AllowHTTP           bool              `json:"allow_http"`
+	AutoCert            bool              `json:"auto_cert"`
 	HoldNewBackends     bool              `json:"hold_new_backends"`
 	Default             bool              `json:"default"`
 	BackendCA           string            `json:"backend_ca"`
@@ -263,6 +280,71 @@ type Certificate struct {
 	InsertedAt  time.Time         `json:"inserted_at"`
 	UpdatedAt   time.Time         `json:"updated_at"`
 	Version     Version           `json:"version"`
+	// Renewal is the ACME renewal state; nil for uploaded certificates
+	// and when this agent has ACME off.
+	Renewal *CertificateRenewal `json:"renewal,omitempty"`
+}
+
+// CertificateRequest asks for an ACME certificate: POST /api/certificates
+// with "domain" (the original API's shape) or "domains" (several names,
+// the first one primary), never both.
+type CertificateRequest struct {
+	Domain  string   `json:"domain,omitempty"`
+	Domains []string `json:"domains,omitempty"`
+	// Profile is the CA's certificate profile ("classic", "tlsserver",
+	// "shortlived") where the directory offers them; empty: the CA's
+	// default.
+	Profile string `json:"profile,omitempty"`
+}
+
+// CertificateOrder is the 202 answer of POST /api/certificates when the
+// order outlasts the request's wait: the certificate will appear at
+// Location (/api/certificates/{id}), whose renewal state shows progress.
+type CertificateOrder struct {
+	ID      string   `json:"id"`
+	Names   []string `json:"names"`
+	Status  string   `json:"status"` // "pending"
+	Message string   `json:"message"`
+}
+
+// CertificateRenewal is an ACME certificate's renewal state. It holds no
+// key material.
+type CertificateRenewal struct {
+	// Phase: "scheduled", "due", "retrying", "held_back" or "pending" (no
+	// certificate issued yet).
+	Phase string `json:"phase"`
+	// RenewAt is when renewal starts and RenewReason why then: "ari" (the
+	// CA's window), "lifetime" (a third of it left) or "emergency".
+	RenewAt     time.Time  `json:"renew_at"`
+	RenewReason string     `json:"renew_reason"`
+	WindowStart *time.Time `json:"window_start,omitempty"` // the CA's ARI window, when offered
+	WindowEnd   *time.Time `json:"window_end,omitempty"`
+	// NextAttempt is the earliest the next order may start (backoff or
+	// held back); nil when nothing holds it.
+	NextAttempt *time.Time `json:"next_attempt,omitempty"`
+	LastAttempt *time.Time `json:"last_attempt,omitempty"`
+	LastSuccess *time.Time `json:"last_success,omitempty"`
+	LastError   string     `json:"last_error,omitempty"`
+	Failures    int        `json:"failures"` // consecutive
+	// HeldBack is the rate-limit budget's reason, until HeldBackUntil.
+	HeldBack      string     `json:"held_back,omitempty"`
+	HeldBackUntil *time.Time `json:"held_back_until,omitempty"`
+	Issuer        string     `json:"issuer,omitempty"` // the issuer (directory and account) of the current certificate
+	Profile       string     `json:"profile,omitempty"`
+	// Owner is the member that renews it now; LastOwner made the last
+	// attempt.
+	Owner     string `json:"owner"`
+	LastOwner string `json:"last_owner,omitempty"`
+	Lease     *Lease `json:"lease,omitempty"`
+}
+
+// Lease is the renewal lease of a certificate: one agent works on it at
+// a time; Epoch grows at each take-over.
+type Lease struct {
+	Holder  string    `json:"holder"`
+	Epoch   uint64    `json:"epoch"`
+	Expires time.Time `json:"expires"`
+	Held    bool      `json:"held"` // not yet expired
 }
 
 // Health is GET /api/health.

@@ -40,7 +40,8 @@ import (
 //	  9 health_check (HealthCheck), 10 hash_on, 11 sticky_cookie,
 //	  12 prefer_region, 13 fail_open, 14 hold_new_backends, 15 default,
 //	  16 metadata, 17 inserted_at, 18 updated_at, 19 allow_http,
-//	  20 backend_ca, 21 backend_server_name, 22 backend_client_cert_id
+//	  20 backend_ca, 21 backend_server_name, 22 backend_client_cert_id,
+//	  23 no_auto_cert
 //	HealthCheck: 1 type, 2 path, 3 expected_status, 4 timeout, 5 rise,
 //	  6 fall, 7 max_fails, 8 cooldown
 //	Backend: 1 id, 2 pool_name, 3 host, 4 port, 5 scheme, 6 weight,
@@ -296,6 +297,7 @@ func encodePool(p *Pool) []byte {
 	e.str(20, p.BackendCA)
 	e.str(21, p.BackendServerName)
 	e.str(22, p.BackendClientCertID)
+	e.bool(23, p.NoAutoCert)
 	return e.b
 }
 
@@ -350,6 +352,8 @@ func decodePool(b []byte) (Pool, error) {
 			return f.str(&p.BackendServerName)
 		case 22:
 			return f.str(&p.BackendClientCertID)
+		case 23:
+			return f.bool(&p.NoAutoCert)
 		}
 		return nil
 	})

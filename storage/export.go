@@ -117,6 +117,12 @@ func exportRow(table, key string, value []byte) (exportLine, error) {
 		rec, err = decodeBackend(r.rec)
 	case TableObservations:
 		rec, err = decodeObservation(r.rec)
+	case TableACME:
+		a, sealed, err := decodeACMERecord(r.rec)
+		if err != nil {
+			return exportLine{}, corruptError(table, err)
+		}
+		rec, line.PrivateKeySealed = a, sealed
 	}
 	if err != nil {
 		return exportLine{}, corruptError(table, err)
@@ -235,6 +241,17 @@ func (s *Store) importLine(b []byte) (Change, error) {
 		if err = json.Unmarshal(line.Row, &o); err == nil {
 			o = cloneObservation(o)
 			c.Value = encodeObservation(&o)
+		}
+	case TableACME:
+		var a ACMERecord
+		if err = json.Unmarshal(line.Row, &a); err == nil {
+			a = cloneACMERecord(a)
+			if line.PrivateKeySealed != nil {
+				if _, err := s.keys.open(aadACMESecret+a.Key, line.PrivateKeySealed); err != nil {
+					return Change{}, err
+				}
+			}
+			c.Value = encodeACMERecord(&a, line.PrivateKeySealed)
 		}
 	}
 	if err != nil {

@@ -9,6 +9,7 @@ const (
 	TablePools        = "pools"
 	TableBackends     = "backends"
 	TableObservations = "observations"
+	TableACME         = "acme"
 )
 
 // HLC is a hybrid logical clock timestamp: milliseconds since the Unix epoch
@@ -97,6 +98,11 @@ type Pool struct {
 	// AllowHTTP serves plain HTTP requests for a pool that uses TLS instead
 	// of redirecting them to HTTPS.
 	AllowHTTP bool `json:"allow_http"`
+	// NoAutoCert stops the agent from obtaining an ACME certificate for
+	// SSLDomain when none covers it (the API's auto_cert: false). Stored
+	// inverted so that rows written before the field existed keep the
+	// default, on.
+	NoAutoCert bool `json:"no_auto_cert"`
 	// HoldNewBackends keeps a new backend out of rotation until its first
 	// passing health check.
 	HoldNewBackends bool `json:"hold_new_backends"`

@@ -156,6 +156,22 @@ var schema = []*tableDef{
 			return validateKey("observation backend_id", d.obs.BackendID)
 		},
 	},
+	{
+		// ACME state (accounts, challenge tokens, leases, renewal state,
+		// budget events) keyed by kind: one table, replicated like
+		// configuration; rows carry their own ExpiresAt, which readers honour
+		// and PurgeExpiredACME deletes (a delete replicates as a tombstone).
+		name: TableACME, id: 5, singular: "acme record", class: ClassReplicated,
+		checkKey: func(k string) error { return validateKey("acme key", k) },
+		decode: func(rec []byte) (decodedRecord, error) {
+			a, _, err := decodeACMERecord(rec)
+			if err != nil {
+				return decodedRecord{}, err
+			}
+			return decodedRecord{key: a.Key, insertedAt: a.InsertedAt, acme: &a}, nil
+		},
+		validate: func(d decodedRecord) error { return validateKey("acme key", d.acme.Key) },
+	},
 }
 
 // TableInfo describes a table for the CLI and the admin API.
@@ -239,6 +255,7 @@ type decodedRecord struct {
 	pool       *Pool
 	be         *Backend
 	obs        *Observation
+	acme       *ACMERecord
 }
 
 // decodeRecord decodes the record bytes of a row of table.

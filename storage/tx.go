@@ -477,6 +477,8 @@ func (t *Tx) insertedAt(ref rowRef) (time.Time, error) {
 			ins = v.InsertedAt
 		case *Backend:
 			ins = v.InsertedAt
+		case *ACMERecord:
+			ins = v.InsertedAt
 		}
 	} else {
 		d, err := decodeRecord(ref.table, r.rec)

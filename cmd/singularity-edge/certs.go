@@ -28,8 +28,10 @@ func newCertsCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "certs",
 		Aliases: []string{"certificates", "cert"},
-		Short:   "List, upload and delete TLS certificates",
-		Long: `Manage TLS certificates through the admin API of a running agent.
+		Short:   "Issue, renew, list, upload and delete TLS certificates",
+		Long: `Manage TLS certificates through the admin API of a running agent: obtain
+them from the agent's ACME CA (Let's Encrypt by default) with issue, or
+upload your own. list and show include each ACME certificate's renewal state.
 
 The agent is found at --api (env EDGE_API, default ` + defaultAPI + `); the admin
 token comes from EDGE_ADMIN_TOKEN or --token-file. Private keys are sent on
@@ -41,6 +43,8 @@ upload only and never printed.`,
 	cmd.AddCommand(
 		newCertsListCommand(opts),
 		newCertsGetCommand(opts),
+		newCertsIssueCommand(opts),
+		newCertsRenewCommand(opts),
 		newCertsUploadCommand(opts),
 		newCertsDeleteCommand(opts),
 	)
@@ -75,13 +79,24 @@ func newCertsListCommand(opts *apiOptions) *cobra.Command {
 				return printValue(c.stdout, page)
 			}
 			now := time.Now()
-			t := newTable(c.stdout, "ID", "DOMAIN", "NAMES", "PROVIDER", "ISSUER", "EXPIRES", "AUTO RENEW")
+			t := newTable(c.stdout, "ID", "DOMAIN", "NAMES", "PROVIDER", "ISSUER", "EXPIRES", "RENEWAL", "NEXT ATTEMPT", "LAST ERROR")
 			for _, raw := range page.Items {
 				var ct certificateJSON
 				if err := decodeAnswer(&apiResponse{Body: raw}, &ct); err != nil {
 					return err
 				}
-				t.row(ct.ID, ct.Domain, joinOrDash(ct.Names), ct.Provider, ct.Issuer, formatExpiry(ct.ExpiresAt, now), yesNo(ct.AutoRenew))
+				phase, next, lastErr := "-", "-", "-"
+				if rn := ct.Renewal; rn != nil {
+					phase = rn.Phase
+					if rn.HeldBack != "" {
+						phase += " (" + heldBackLimit(rn.HeldBack) + ")"
+					}
+					next = formatOptionalTime(nextAttempt(rn))
+					lastErr = truncate(rn.LastError, 60)
+				} else if ct.Provider == "upload" {
+					phase = "manual"
+				}
+				t.row(ct.ID, ct.Domain, joinOrDash(ct.Names), ct.Provider, ct.Issuer, formatExpiry(ct.ExpiresAt, now), phase, next, lastErr)
 			}
 			if err := t.flush(); err != nil {
 				return err
@@ -96,8 +111,9 @@ func newCertsListCommand(opts *apiOptions) *cobra.Command {
 func newCertsGetCommand(opts *apiOptions) *cobra.Command {
 	var showPEM bool
 	cmd := &cobra.Command{
-		Use:               "get ID",
-		Short:             "Show one certificate (never its private key)",
+		Use:               "show ID",
+		Aliases:           []string{"get"},
+		Short:             "Show one certificate and its renewal state (never its private key)",
 		Args:              exactArgs(1, "ID"),
 		ValidArgsFunction: certIDCompletion(opts),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -144,6 +160,9 @@ func showCertificate(c *apiClient, ct *certificateJSON) error {
 	d.line("Metadata", formatMetadata(ct.Metadata))
 	d.line("Created", formatTime(ct.InsertedAt))
 	d.line("Updated", formatTime(ct.UpdatedAt))
+	if rn := ct.Renewal; rn != nil {
+		renewalLines(d, rn)
+	}
 	return d.flush()
 }
 

@@ -361,7 +361,14 @@ func (e *apiError) exitCode() int {
 		return exitConflict
 	case http.StatusUnauthorized, http.StatusForbidden:
 		return exitAuth
-	case http.StatusServiceUnavailable, http.StatusBadGateway, http.StatusGatewayTimeout:
+	case http.StatusTooManyRequests:
+		return exitHeldBack
+	case http.StatusBadGateway:
+		if e.Code == "acme_failed" {
+			return exitFailure // the CA said no; the agent answered
+		}
+		return exitUnavailable
+	case http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 		return exitUnavailable
 	}
 	return exitFailure

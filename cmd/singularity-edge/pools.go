@@ -146,6 +146,7 @@ func showPool(c *apiClient, p *poolJSON, etag string) error {
 	d.line("Prefer region", yesNo(p.PreferRegion))
 	d.line("Fail open", yesNo(p.FailOpen))
 	d.line("Plain HTTP allowed", yesNo(p.AllowHTTP))
+	d.line("Automatic certificate", yesNo(p.AutoCert))
 	d.line("Hold new backends", yesNo(p.HoldNewBackends))
 	d.line("Backend CA bundle", caSummary(p.BackendCA))
 	d.line("Backend server name", p.BackendServerName)
@@ -182,7 +183,7 @@ type poolFlags struct {
 	hcTimeout, hcCooldown                    time.Duration
 	hashOn, stickyCookie                     string
 	preferRegion, failOpen, holdNewBackends  bool
-	allowHTTP                                bool
+	allowHTTP, autoCert                      bool
 	isDefault                                bool
 	backendCAFile, backendServerName         string
 	backendClientCertID                      string
@@ -216,6 +217,7 @@ func (pf *poolFlags) register(cmd *cobra.Command, update bool) {
 	f.BoolVar(&pf.preferRegion, "prefer-region", false, "prefer backends in the agent's own region")
 	f.BoolVar(&pf.failOpen, "fail-open", false, "try unhealthy backends when none is healthy instead of answering 503")
 	f.BoolVar(&pf.allowHTTP, "allow-http", false, "serve plain HTTP for a TLS pool instead of redirecting it to HTTPS")
+	f.BoolVar(&pf.autoCert, "auto-cert", true, "obtain a certificate for --ssl-domain from the agent's ACME CA when none covers it (--auto-cert=false to opt out)")
 	f.BoolVar(&pf.holdNewBackends, "hold-new-backends", false, "keep a new backend out of rotation until its first passing check")
 	f.BoolVar(&pf.isDefault, "default", false, "serve host names no other pool claims")
 	f.StringVar(&pf.backendCAFile, "backend-ca-file", "", "PEM file of the CAs that verify this pool's backend certificates ('' clears)")
@@ -282,6 +284,7 @@ func (pf *poolFlags) body(cmd *cobra.Command) (map[string]any, error) {
 	set("prefer-region", body, "prefer_region", pf.preferRegion)
 	set("fail-open", body, "fail_open", pf.failOpen)
 	set("allow-http", body, "allow_http", pf.allowHTTP)
+	set("auto-cert", body, "auto_cert", pf.autoCert)
 	set("hold-new-backends", body, "hold_new_backends", pf.holdNewBackends)
 	set("default", body, "default", pf.isDefault)
 	if f.Changed("backend-ca-file") {

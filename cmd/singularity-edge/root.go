@@ -15,6 +15,7 @@ const (
 	exitConflict    = 5 // duplicate or concurrent edit (HTTP 409/412)
 	exitAuth        = 6 // missing or wrong admin token (HTTP 401/403)
 	exitUnavailable = 7 // the agent or store cannot be reached
+	exitHeldBack    = 8 // the ACME rate-limit budget held the order back (HTTP 429)
 )
 
 // exitCodeError carries a specific process exit code up to main.
@@ -44,7 +45,8 @@ an embedded RocksDB store, an admin API, dashboard and Prometheus metrics), and
 every other command manages a running agent through its admin API (or, for
 ` + "`db`" + `, a stopped agent's data directory).
 
-Not yet: certificates from Let's Encrypt (ACME) and replication between agents.`,
+Certificates come from Let's Encrypt (or any ACME CA) or are uploaded.
+Not yet: replication between agents.`,
 		Args:          noArgs,
 		RunE:          func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 		SilenceUsage:  true,

@@ -1,0 +1,510 @@
+package certs
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-acme/lego/v4/acme"
+	"github.com/go-acme/lego/v4/acme/api"
+	"github.com/go-acme/lego/v4/certcrypto"
+	"github.com/go-acme/lego/v4/certificate"
+	"github.com/go-acme/lego/v4/challenge"
+	"github.com/go-acme/lego/v4/challenge/dns01"
+	"github.com/go-acme/lego/v4/lego"
+	"github.com/go-acme/lego/v4/registration"
+	"go.uber.org/zap"
+)
+
+// ProviderACME marks certificates obtained by the ACME manager.
+const ProviderACME = "acme"
+
+// Challenge types an ACMEIssuer can answer.
+const (
+	ChallengeHTTP01    = "http-01"
+	ChallengeTLSALPN01 = "tls-alpn-01"
+	ChallengeDNS01     = "dns-01"
+)
+
+// LetsEncryptProduction is the default directory.
+const LetsEncryptProduction = lego.LEDirectoryProduction
+
+// ACMEConfig configures one ACME issuer: one directory, one account.
+type ACMEConfig struct {
+	// DirectoryURL is the CA's ACME directory.
+	DirectoryURL string
+	// CABundlePEM, when set, is the only set of roots trusted for the
+	// ACME server's own TLS (a private CA, Pebble). Empty: system roots.
+	CABundlePEM []byte
+	// Email is the account's contact address; empty registers without.
+	Email string
+	// EABKeyID and EABHMACKey bind the account to an existing one at CAs
+	// that require External Account Binding. The HMAC key is base64url.
+	EABKeyID   string
+	EABHMACKey string
+	// KeyType of each certificate's fresh key: "ec256" (default),
+	// "ec384", "rsa2048", "rsa3072", "rsa4096".
+	KeyType string
+	// Challenges lists the challenge types to offer, in no particular
+	// order (lego prefers tls-alpn-01, then http-01, then dns-01 among
+	// those the CA offers). Default: http-01 and tls-alpn-01, plus dns-01
+	// when DNS01Provider is set.
+	Challenges []string
+	// DNS01Provider answers dns-01 challenges (see DNSProviderFromEnv).
+	DNS01Provider challenge.Provider
+	// DNS01Resolvers are the recursive resolvers lego asks to check that
+	// a dns-01 record is visible before the CA is told ("host:port").
+	// lego keeps them process-wide: every issuer of the process must agree.
+	DNS01Resolvers []string
+	// DNS01RecursiveOnly checks propagation on DNS01Resolvers only, not
+	// on the zone's authoritative servers.
+	DNS01RecursiveOnly bool
+	// Profile is asked for when a request names none and the directory
+	// offers it.
+	Profile string
+	// HTTPTimeout bounds each request to the CA.
+	HTTPTimeout time.Duration
+	// ChallengeTTL is how long a presented token stays answerable.
+	ChallengeTTL time.Duration
+	Logger       *zap.Logger
+	Now          func() time.Time
+}
+
+// DefaultACMEConfig returns Let's Encrypt production with ECDSA P-256.
+func DefaultACMEConfig() ACMEConfig {
+	return ACMEConfig{
+		DirectoryURL: LetsEncryptProduction,
+		KeyType:      "ec256",
+		HTTPTimeout:  30 * time.Second,
+		ChallengeTTL: 15 * time.Minute,
+		Logger:       zap.NewNop(),
+		Now:          time.Now,
+	}
+}
+
+var keyTypes = map[string]certcrypto.KeyType{
+	"ec256": certcrypto.EC256, "ec384": certcrypto.EC384,
+	"rsa2048": certcrypto.RSA2048, "rsa3072": certcrypto.RSA3072, "rsa4096": certcrypto.RSA4096,
+}
+
+// Account is the ACME account of one directory, shared by the cluster.
+type Account struct {
+	Directory string `json:"directory"`
+	Email     string `json:"email,omitempty"`
+	// URI is the account URL (the "kid" of every request).
+	URI string `json:"uri"`
+	// Body is the account object the CA returned.
+	Body json.RawMessage `json:"body,omitempty"`
+	// KeyPEM is the account's private key: sealed at rest, never logged
+	// or returned by the API.
+	KeyPEM string `json:"-"`
+}
+
+// AccountStore keeps the one account per directory.
+type AccountStore interface {
+	// LoadAccount returns the directory's account or an error wrapping
+	// ErrNoAccount.
+	LoadAccount(ctx context.Context, directory string) (Account, error)
+	// SaveAccount stores a newly registered account unless one exists
+	// already, and returns the one that is stored: when two agents
+	// register at once, both end up using the same account.
+	SaveAccount(ctx context.Context, a Account) (Account, error)
+}
+
+// ErrNoAccount: no account is stored for the directory.
+var ErrNoAccount = errors.New("certs: no ACME account for this directory")
+
+// ACMEIssuer is an Issuer backed by lego. Each Issue builds a lego client
+// bound to the call's context (lego's API takes none: the HTTP transport
+// carries it), with challenge providers that write through challenges.
+type ACMEIssuer struct {
+	cfg        ACMEConfig
+	keyType    certcrypto.KeyType
+	accounts   AccountStore
+	challenges ChallengeStore
+	log        *zap.Logger
+	transport  http.RoundTripper
+
+	mu      sync.Mutex // serializes account set-up
+	account *Account
+	key     crypto.Signer
+}
+
+// NewACMEIssuer validates cfg and returns an issuer; nothing is sent to
+// the CA until the first Issue.
+func NewACMEIssuer(cfg ACMEConfig, accounts AccountStore, challenges ChallengeStore) (*ACMEIssuer, error) {
+	def := DefaultACMEConfig()
+	if cfg.DirectoryURL == "" {
+		cfg.DirectoryURL = def.DirectoryURL
+	}
+	if cfg.KeyType == "" {
+		cfg.KeyType = def.KeyType
+	}
+	if cfg.HTTPTimeout <= 0 {
+		cfg.HTTPTimeout = def.HTTPTimeout
+	}
+	if cfg.ChallengeTTL <= 0 {
+		cfg.ChallengeTTL = def.ChallengeTTL
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = def.Logger
+	}
+	if cfg.Now == nil {
+		cfg.Now = def.Now
+	}
+	kt, ok := keyTypes[strings.ToLower(cfg.KeyType)]
+	if !ok {
+		return nil, fmt.Errorf("certs: acme key type %q: want one of ec256, ec384, rsa2048, rsa3072, rsa4096", cfg.KeyType)
+	}
+	if len(cfg.Challenges) == 0 {
+		cfg.Challenges = []string{ChallengeHTTP01, ChallengeTLSALPN01}
+		if cfg.DNS01Provider != nil {
+			cfg.Challenges = append(cfg.Challenges, ChallengeDNS01)
+		}
+	}
+	for _, c := range cfg.Challenges {
+		switch c {
+		case ChallengeHTTP01, ChallengeTLSALPN01:
+			if challenges == nil {
+				return nil, fmt.Errorf("certs: acme challenge %s needs a challenge store", c)
+			}
+		case ChallengeDNS01:
+			if cfg.DNS01Provider == nil {
+				return nil, errors.New("certs: acme challenge dns-01 needs a DNS provider")
+			}
+		default:
+			return nil, fmt.Errorf("certs: acme challenge %q: want http-01, tls-alpn-01 or dns-01", c)
+		}
+	}
+	if (cfg.EABKeyID == "") != (cfg.EABHMACKey == "") {
+		return nil, errors.New("certs: acme external account binding needs both the key id and the HMAC key")
+	}
+	if accounts == nil {
+		return nil, errors.New("certs: acme issuer needs an account store")
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	tr.ResponseHeaderTimeout = cfg.HTTPTimeout
+	if len(cfg.CABundlePEM) > 0 {
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(cfg.CABundlePEM) {
+			return nil, errors.New("certs: acme CA bundle holds no PEM certificate")
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return &ACMEIssuer{cfg: cfg, keyType: kt, accounts: accounts, challenges: challenges,
+		log: cfg.Logger.With(zap.String("directory", cfg.DirectoryURL)), transport: tr}, nil
+}
+
+// Key is the directory URL.
+func (a *ACMEIssuer) Key() string { return a.cfg.DirectoryURL }
+
+// callTransport is the HTTP transport of one call into lego. It attaches
+// the caller's context to every request (lego's API takes none), so
+// cancelling an issuance stops it at the next request.
+//
+// It also stops lego's silent fallback on "alreadyReplaced": lego answers
+// that problem by placing the same order again without "replaces", but in
+// this cluster the answer means another agent already renewed the
+// certificate, and a second order would only spend the rate limits. The
+// transport notes the problem and refuses the immediate retry to the same
+// URL; Issue then reports ErrAlreadyReplaced.
+type callTransport struct {
+	ctx      context.Context
+	base     http.RoundTripper
+	replaced atomic.Pointer[string] // URL that answered alreadyReplaced
+}
+
+func (t *callTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if u := t.replaced.Load(); u != nil && r.Method == http.MethodPost && r.URL.String() == *u {
+		return nil, ErrAlreadyReplaced
+	}
+	resp, err := t.base.RoundTrip(r.WithContext(t.ctx))
+	if err != nil || resp.StatusCode != http.StatusConflict {
+		return resp, err
+	}
+	body, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	if rerr != nil {
+		return resp, nil
+	}
+	var pd acme.ProblemDetails
+	if json.Unmarshal(body, &pd) == nil && pd.Type == acme.AlreadyReplacedErr {
+		u := r.URL.String()
+		t.replaced.Store(&u)
+	}
+	return resp, nil
+}
+
+func (a *ACMEIssuer) httpClient(ctx context.Context) (*http.Client, *callTransport) {
+	tr := &callTransport{ctx: ctx, base: a.transport}
+	return &http.Client{Timeout: 2 * a.cfg.HTTPTimeout, Transport: tr}, tr
+}
+
+// legoUser adapts an Account to lego's registration.User.
+type legoUser struct {
+	email string
+	reg   *registration.Resource
+	key   crypto.PrivateKey
+}
+
+func (u *legoUser) GetEmail() string                        { return u.email }
+func (u *legoUser) GetRegistration() *registration.Resource { return u.reg }
+func (u *legoUser) GetPrivateKey() crypto.PrivateKey        { return u.key }
+
+// client returns a lego client for one call, with the account registered
+// (once per directory for the whole cluster, through the account store).
+func (a *ACMEIssuer) client(ctx context.Context) (*lego.Client, *callTransport, error) {
+	acct, key, err := a.ensureAccount(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	var body acme.Account
+	if len(acct.Body) > 0 {
+		if err := json.Unmarshal(acct.Body, &body); err != nil {
+			return nil, nil, fmt.Errorf("certs: stored acme account: %w", err)
+		}
+	}
+	return a.newClient(ctx, &legoUser{email: acct.Email, key: key,
+		reg: &registration.Resource{URI: acct.URI, Body: body}})
+}
+
+func (a *ACMEIssuer) newClient(ctx context.Context, user *legoUser) (*lego.Client, *callTransport, error) {
+	lc := lego.NewConfig(user)
+	lc.CADirURL = a.cfg.DirectoryURL
+	var tr *callTransport
+	lc.HTTPClient, tr = a.httpClient(ctx)
+	lc.UserAgent = "singularity-edge"
+	lc.Certificate.KeyType = a.keyType
+	lc.Certificate.Timeout = a.cfg.HTTPTimeout
+	c, err := lego.NewClient(lc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("certs: acme directory %s: %w", a.cfg.DirectoryURL, err)
+	}
+	return c, tr, nil
+}
+
+func (a *ACMEIssuer) ensureAccount(ctx context.Context) (Account, crypto.Signer, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.account != nil {
+		return *a.account, a.key, nil
+	}
+	acct, err := a.accounts.LoadAccount(ctx, a.cfg.DirectoryURL)
+	if err != nil && !errors.Is(err, ErrNoAccount) {
+		return Account{}, nil, err
+	}
+	if errors.Is(err, ErrNoAccount) {
+		if acct, err = a.register(ctx); err != nil {
+			return Account{}, nil, err
+		}
+	}
+	key, err := parseSigner(acct.KeyPEM)
+	if err != nil {
+		return Account{}, nil, fmt.Errorf("certs: stored acme account key: %w", err)
+	}
+	a.account, a.key = &acct, key
+	return acct, key, nil
+}
+
+func (a *ACMEIssuer) register(ctx context.Context) (Account, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return Account{}, err
+	}
+	user := &legoUser{email: a.cfg.Email, key: key}
+	c, _, err := a.newClient(ctx, user)
+	if err != nil {
+		return Account{}, err
+	}
+	var reg *registration.Resource
+	if a.cfg.EABKeyID != "" {
+		reg, err = c.Registration.RegisterWithExternalAccountBinding(registration.RegisterEABOptions{
+			TermsOfServiceAgreed: true, Kid: a.cfg.EABKeyID, HmacEncoded: a.cfg.EABHMACKey})
+	} else {
+		reg, err = c.Registration.Register(registration.RegisterOptions{TermsOfServiceAgreed: true})
+	}
+	if err != nil {
+		return Account{}, fmt.Errorf("certs: acme account registration at %s: %w", a.cfg.DirectoryURL, err)
+	}
+	body, err := json.Marshal(reg.Body)
+	if err != nil {
+		return Account{}, err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return Account{}, err
+	}
+	acct := Account{Directory: a.cfg.DirectoryURL, Email: a.cfg.Email, URI: reg.URI, Body: body,
+		KeyPEM: string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))}
+	stored, err := a.accounts.SaveAccount(ctx, acct)
+	if err != nil {
+		return Account{}, fmt.Errorf("certs: saving acme account: %w", err)
+	}
+	if stored.URI != acct.URI {
+		a.log.Info("another agent registered the acme account first; using it", zap.String("account", stored.URI))
+	} else {
+		a.log.Info("acme account registered", zap.String("account", stored.URI))
+	}
+	return stored, nil
+}
+
+func parseSigner(keyPEM string) (crypto.Signer, error) {
+	block, _ := pem.Decode([]byte(keyPEM))
+	if block == nil {
+		return nil, errors.New("no PEM block")
+	}
+	k, _ := parsePrivateKey(block)
+	if k == nil {
+		return nil, errors.New("unsupported private key")
+	}
+	return k, nil
+}
+
+// Issue obtains a certificate for req.Names with a fresh key.
+func (a *ACMEIssuer) Issue(ctx context.Context, req IssueRequest) (*IssuedCertificate, error) {
+	c, tr, err := a.client(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotOrdered, err)
+	}
+	profile := req.Profile
+	if profile == "" {
+		profile = a.cfg.Profile
+	}
+	if profile != "" {
+		offered, err := a.profiles(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if _, ok := offered[profile]; !ok {
+			return nil, fmt.Errorf("%w: profile %q is not offered by %s (offered: %s)", ErrNotOrdered, profile, a.cfg.DirectoryURL, strings.Join(slices.Sorted(mapKeys(offered)), ", "))
+		}
+	}
+	if err := a.setChallenges(ctx, c); err != nil {
+		return nil, err
+	}
+	res, err := c.Certificate.Obtain(certificate.ObtainRequest{
+		Domains:        req.Names,
+		Bundle:         false,
+		Profile:        profile,
+		ReplacesCertID: req.ReplacesID,
+	})
+	if err != nil {
+		if tr.replaced.Load() != nil || isAlreadyReplaced(err) {
+			return nil, fmt.Errorf("%w: %s", ErrAlreadyReplaced, req.ReplacesID)
+		}
+		return nil, fmt.Errorf("certs: acme order for %s at %s: %w", strings.Join(req.Names, ","), a.cfg.DirectoryURL, err)
+	}
+	block, _ := pem.Decode(res.Certificate)
+	if block == nil {
+		return nil, errors.New("certs: acme: the CA returned no certificate")
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("certs: acme: certificate from the CA: %w", err)
+	}
+	return &IssuedCertificate{
+		CertificatePEM: string(pem.EncodeToMemory(block)),
+		ChainPEM:       string(res.IssuerCertificate),
+		PrivateKeyPEM:  string(res.PrivateKey),
+		Leaf:           leaf,
+		IssuerKey:      a.Key(),
+	}, nil
+}
+
+func mapKeys(m map[string]string) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+func isAlreadyReplaced(err error) bool {
+	var pd *acme.ProblemDetails
+	return errors.As(err, &pd) && pd.Type == acme.AlreadyReplacedErr
+}
+
+// profiles reads the directory's offered profiles (draft-ietf-acme-profiles).
+func (a *ACMEIssuer) profiles(ctx context.Context) (map[string]string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.cfg.DirectoryURL, nil)
+	if err != nil {
+		return nil, err
+	}
+	hc, _ := a.httpClient(ctx)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("certs: acme directory: %w", err)
+	}
+	defer resp.Body.Close()
+	var dir acme.Directory
+	if err := json.NewDecoder(resp.Body).Decode(&dir); err != nil {
+		return nil, fmt.Errorf("certs: acme directory: %w", err)
+	}
+	return dir.Meta.Profiles, nil
+}
+
+func (a *ACMEIssuer) setChallenges(ctx context.Context, c *lego.Client) error {
+	for _, ch := range a.cfg.Challenges {
+		var err error
+		switch ch {
+		case ChallengeHTTP01:
+			err = c.Challenge.SetHTTP01Provider(&presenter{ctx: ctx, store: a.challenges, typ: ChallengeHTTP01, ttl: a.cfg.ChallengeTTL, now: a.cfg.Now})
+		case ChallengeTLSALPN01:
+			err = c.Challenge.SetTLSALPN01Provider(&presenter{ctx: ctx, store: a.challenges, typ: ChallengeTLSALPN01, ttl: a.cfg.ChallengeTTL, now: a.cfg.Now})
+		case ChallengeDNS01:
+			// lego checks that the record is visible before telling the
+			// CA; the resolvers it asks are lego-wide (see DNS01Resolvers).
+			err = c.Challenge.SetDNS01Provider(a.cfg.DNS01Provider,
+				dns01.CondOption(len(a.cfg.DNS01Resolvers) > 0, dns01.AddRecursiveNameservers(a.cfg.DNS01Resolvers)),
+				dns01.CondOption(a.cfg.DNS01RecursiveOnly, dns01.DisableAuthoritativeNssPropagationRequirement()),
+				dns01.CondOption(a.cfg.DNS01RecursiveOnly, dns01.RecursiveNSsPropagationRequirement()))
+		}
+		if err != nil {
+			return fmt.Errorf("certs: acme %s: %w", ch, err)
+		}
+	}
+	return nil
+}
+
+// RenewalInfo asks the CA for leaf's suggested renewal window (ARI).
+func (a *ACMEIssuer) RenewalInfo(ctx context.Context, leaf *x509.Certificate) (RenewalWindow, error) {
+	c, _, err := a.client(ctx)
+	if err != nil {
+		return RenewalWindow{}, err
+	}
+	info, err := c.Certificate.GetRenewalInfo(certificate.RenewalInfoRequest{Cert: leaf})
+	if err != nil {
+		if errors.Is(err, api.ErrNoARI) {
+			return RenewalWindow{}, fmt.Errorf("%w: %w", ErrNoRenewalInfo, err)
+		}
+		return RenewalWindow{}, fmt.Errorf("certs: acme renewal info: %w", err)
+	}
+	return RenewalWindow{Start: info.SuggestedWindow.Start.UTC(), End: info.SuggestedWindow.End.UTC(),
+		RetryAfter: info.RetryAfter, ExplanationURL: info.ExplanationURL}, nil
+}
+
+// ReplacesID is RFC 9773's certificate identifier.
+func (a *ACMEIssuer) ReplacesID(leaf *x509.Certificate) (string, error) {
+	return certificate.MakeARICertID(leaf)
+}

@@ -1,0 +1,342 @@
+package certs
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/asn1"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	legolog "github.com/go-acme/lego/v4/log"
+
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+func TestBudget(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	limits := BudgetLimits{
+		OrdersPerAccount: 3, OrdersWindow: 3 * time.Hour,
+		CertsPerRegisteredDomain: 2, CertsWindow: 7 * 24 * time.Hour,
+		DuplicateCerts: 1, DuplicateWindow: 7 * 24 * time.Hour,
+		FailedValidations: 2, FailedWindow: time.Hour,
+		PauseAfterFailures: 4, PauseWindow: 7 * 24 * time.Hour,
+	}
+	type step struct {
+		at    time.Duration // after now
+		names []string
+		ok    bool
+	}
+	cases := []struct {
+		name      string
+		history   []step
+		check     []string
+		at        time.Duration
+		wantLimit string // "" = allowed
+	}{
+		{"empty budget", nil, []string{"a.example.com"}, 0, ""},
+		{"orders per account", []step{{0, []string{"a.example.com"}, true}, {1, []string{"b.example.org"}, true}, {2, []string{"c.example.net"}, false}},
+			[]string{"d.example.io"}, 3 * time.Minute, "orders_per_account"},
+		{"orders leave the window", []step{{0, []string{"a.example.com"}, true}, {1, []string{"b.example.org"}, true}, {2, []string{"c.example.net"}, false}},
+			[]string{"d.example.io"}, 3*time.Hour + time.Minute, ""},
+		{"registered domain through the public suffix list", []step{{0, []string{"a.example.co.uk"}, true}, {0, []string{"b.example.co.uk"}, true}},
+			[]string{"c.example.co.uk"}, time.Minute, "certs_per_registered_domain"},
+		{"different registered domains under one suffix", []step{{0, []string{"alice.github.io"}, true}, {0, []string{"bob.github.io"}, true}},
+			[]string{"carol.github.io"}, time.Minute, ""},
+		{"wildcard counts for its registered domain", []step{{0, []string{"*.example.com"}, true}, {0, []string{"x.example.com"}, true}},
+			[]string{"y.example.com"}, time.Minute, "certs_per_registered_domain"},
+		{"duplicate name set", []step{{0, []string{"dup.example.com", "www.dup.example.com"}, true}},
+			[]string{"www.dup.example.com", "dup.example.com"}, time.Minute, "duplicate_certs"},
+		{"failed validations per hour", []step{{0, []string{"f.example.com"}, false}, {1, []string{"f.example.com"}, false}},
+			[]string{"f.example.com"}, 2 * time.Minute, "failed_validations"},
+		{"failures leave the hour", []step{{0, []string{"f.example.com"}, false}, {1, []string{"f.example.com"}, false}},
+			[]string{"f.example.com"}, 61 * time.Minute, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			b := NewStoreBackend(openStore(t), nil)
+			l := limits
+			if tc.name != "orders per account" && tc.name != "orders leave the window" {
+				l.OrdersPerAccount = 0
+			}
+			bud := NewBudget(l, b, "n1")
+			for _, s := range tc.history {
+				at := now.Add(s.at * time.Minute)
+				if err := bud.RecordOrder(ctx, "https://ca/dir", at); err != nil {
+					t.Fatal(err)
+				}
+				if err := bud.RecordResult(ctx, s.names, CertificateID(s.names), s.ok, at); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err := bud.Check(ctx, "https://ca/dir", tc.check, CertificateID(tc.check), now.Add(tc.at))
+			if tc.wantLimit == "" {
+				if err != nil {
+					t.Fatalf("held back: %v", err)
+				}
+				return
+			}
+			var hb *HeldBackError
+			if !errors.As(err, &hb) || hb.Limit != tc.wantLimit || !errors.Is(err, ErrHeldBack) {
+				t.Fatalf("Check = %v, want %s", err, tc.wantLimit)
+			}
+			if !hb.Until.After(now.Add(tc.at)) || !strings.Contains(hb.Error(), tc.wantLimit) {
+				t.Fatalf("held back until %v: %v", hb.Until, hb)
+			}
+		})
+	}
+
+	t.Run("pause counts failures since the last success", func(t *testing.T) {
+		b := NewStoreBackend(openStore(t), nil)
+		l := limits
+		l.FailedValidations, l.DuplicateCerts, l.CertsPerRegisteredDomain = 0, 0, 0
+		bud := NewBudget(l, b, "n1")
+		names := []string{"p.example.com"}
+		rec := func(hours int, ok bool) {
+			if err := bud.RecordResult(ctx, names, CertificateID(names), ok, now.Add(time.Duration(hours)*time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		rec(0, false)
+		rec(1, false)
+		rec(2, false)
+		rec(3, true)
+		rec(4, false)
+		rec(5, false)
+		rec(6, false)
+		if err := bud.Check(ctx, "ca", names, CertificateID(names), now.Add(7*time.Hour)); err != nil {
+			t.Fatalf("3 failures after a success paused the name: %v", err)
+		}
+		rec(7, false)
+		var hb *HeldBackError
+		if err := bud.Check(ctx, "ca", names, CertificateID(names), now.Add(8*time.Hour)); !errors.As(err, &hb) || hb.Limit != "paused" {
+			t.Fatalf("4 failures in a row: %v", err)
+		}
+	})
+}
+
+// Budget events and challenge tokens are TTL rows: purged once expired.
+func TestStoreBackendPurgesExpiredRows(t *testing.T) {
+	ctx := context.Background()
+	b := NewStoreBackend(openStore(t), nil)
+	now := time.Now()
+	if err := b.AddBudgetEvents(ctx, []BudgetEvent{{Kind: EventOrder, Scope: "ca", At: now.Add(-2 * time.Hour), Expires: now.Add(-time.Hour)},
+		{Kind: EventOrder, Scope: "ca", At: now, Expires: now.Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.PresentChallenge(ctx, ChallengeToken{Type: ChallengeHTTP01, Domain: "a.example.com", Token: "old", KeyAuth: "old.k", ExpiresAt: now.Add(-time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.LookupChallenge(ctx, ChallengeHTTP01, "old"); !errors.Is(err, ErrNoChallenge) {
+		t.Fatalf("expired challenge answered: %v", err)
+	}
+	n, err := b.PurgeExpired(ctx)
+	if err != nil || n != 2 {
+		t.Fatalf("PurgeExpired = %d, %v; want 2", n, err)
+	}
+	times, err := b.BudgetEvents(ctx, EventOrder, "ca", now.Add(-24*time.Hour))
+	if err != nil || len(times) != 1 {
+		t.Fatalf("events after purge: %v, %v", times, err)
+	}
+}
+
+func TestLeases(t *testing.T) {
+	ctx := context.Background()
+	b := NewStoreBackend(openStore(t), nil)
+	clock := time.Now()
+	b.now = func() time.Time { return clock }
+
+	la, err := b.AcquireLease(ctx, "cert/x", "a", time.Minute)
+	if err != nil || la.Epoch != 1 {
+		t.Fatalf("first acquire: %+v, %v", la, err)
+	}
+	if _, err := b.AcquireLease(ctx, "cert/x", "b", time.Minute); !errors.Is(err, ErrLeaseHeld) {
+		t.Fatalf("second holder while held: %v", err)
+	}
+	if again, err := b.AcquireLease(ctx, "cert/x", "a", time.Minute); err != nil || again.Epoch != 1 {
+		t.Fatalf("holder extends: %+v, %v", again, err)
+	}
+	// a stalls past its lease; b takes over with a higher epoch.
+	clock = clock.Add(2 * time.Minute)
+	lb, err := b.AcquireLease(ctx, "cert/x", "b", time.Minute)
+	if err != nil || lb.Epoch != 2 {
+		t.Fatalf("take-over: %+v, %v", lb, err)
+	}
+	cert := &storage.Certificate{ID: "x", Domain: "x.example.com", Provider: ProviderACME}
+	if err := b.StoreCertificate(ctx, cert, RenewalState{CertificateID: "x"}, la); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("a stored with a lost lease: %v", err)
+	}
+	if _, err := b.Certificate(ctx, "x"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatal("a's certificate reached the store")
+	}
+	if err := b.StoreCertificate(ctx, cert, RenewalState{CertificateID: "x", Owner: "b"}, lb); err != nil {
+		t.Fatalf("b stores: %v", err)
+	}
+	if st, err := b.RenewalState(ctx, "x"); err != nil || st.Owner != "b" {
+		t.Fatalf("state stored with the certificate: %+v, %v", st, err)
+	}
+	if err := b.ReleaseLease(ctx, la); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("a released b's lease: %v", err)
+	}
+	if err := b.ReleaseLease(ctx, lb); err != nil {
+		t.Fatal(err)
+	}
+	lc, err := b.AcquireLease(ctx, "cert/x", "a", time.Minute)
+	if err != nil || lc.Epoch != 3 {
+		t.Fatalf("after release: %+v, %v", lc, err)
+	}
+}
+
+func TestAccountsFirstWins(t *testing.T) {
+	ctx := context.Background()
+	b := NewStoreBackend(openStore(t), nil)
+	if _, err := b.LoadAccount(ctx, "https://ca/dir"); !errors.Is(err, ErrNoAccount) {
+		t.Fatalf("LoadAccount on empty store: %v", err)
+	}
+	first := Account{Directory: "https://ca/dir", URI: "https://ca/acct/1", KeyPEM: "k1"}
+	if got, err := b.SaveAccount(ctx, first); err != nil || got.URI != first.URI {
+		t.Fatalf("SaveAccount: %+v, %v", got, err)
+	}
+	got, err := b.SaveAccount(ctx, Account{Directory: "https://ca/dir", URI: "https://ca/acct/2", KeyPEM: "k2"})
+	if err != nil || got.URI != first.URI || got.KeyPEM != "k1" {
+		t.Fatalf("second registration replaced the first: %+v, %v", got, err)
+	}
+}
+
+type waiterFunc func(context.Context, storage.Commit) error
+
+func (f waiterFunc) WaitReplicated(ctx context.Context, c storage.Commit) error { return f(ctx, c) }
+
+func TestChallengeResponder(t *testing.T) {
+	ctx := context.Background()
+	var waited storage.Commit
+	b := NewStoreBackend(openStore(t), waiterFunc(func(_ context.Context, c storage.Commit) error { waited = c; return nil }))
+	exp := time.Now().Add(time.Minute)
+	if err := b.PresentChallenge(ctx, ChallengeToken{Type: ChallengeHTTP01, Domain: "Web.Example.com", Token: "tok", KeyAuth: "tok.thumb", ExpiresAt: exp}); err != nil {
+		t.Fatal(err)
+	}
+	if waited.Index == 0 {
+		t.Fatal("PresentChallenge did not wait for the token's commit")
+	}
+	if err := b.PresentChallenge(ctx, ChallengeToken{Type: ChallengeTLSALPN01, Domain: "alpn.example.com", Token: "t2", KeyAuth: "t2.thumb", ExpiresAt: exp}); err != nil {
+		t.Fatal(err)
+	}
+	r := NewChallengeResponder(b, zap.NewNop())
+	for _, tc := range []struct {
+		host, token string
+		ok          bool
+	}{
+		{"web.example.com", "tok", true},
+		{"WEB.example.com", "tok", true},
+		{"other.example.com", "tok", false},
+		{"web.example.com", "nope", false},
+	} {
+		if ka, ok := r.HTTP01(tc.host, tc.token); ok != tc.ok || ok && ka != "tok.thumb" {
+			t.Errorf("HTTP01(%q, %q) = %q, %v", tc.host, tc.token, ka, ok)
+		}
+	}
+	cert, ok := r.TLSALPN01("ALPN.example.com")
+	if !ok {
+		t.Fatal("TLSALPN01: no certificate")
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil || len(leaf.DNSNames) != 1 || leaf.DNSNames[0] != "alpn.example.com" {
+		t.Fatalf("challenge certificate: %v %v", leaf.DNSNames, err)
+	}
+	sum := sha256.Sum256([]byte("t2.thumb"))
+	var found bool
+	for _, ext := range leaf.Extensions {
+		if ext.Id.Equal(idPeACMEIdentifier) {
+			var v []byte
+			_, err := asn1.Unmarshal(ext.Value, &v)
+			found = err == nil && ext.Critical && string(v) == string(sum[:])
+		}
+	}
+	if !found {
+		t.Fatal("acmeIdentifier extension missing, not critical, or wrong")
+	}
+	if again, _ := r.TLSALPN01("alpn.example.com"); again != cert {
+		t.Fatal("challenge certificate not reused")
+	}
+	if _, ok := r.TLSALPN01("web.example.com"); ok {
+		t.Fatal("TLS-ALPN-01 answered for a name with only an HTTP-01 token")
+	}
+	if err := b.RemoveChallenge(ctx, ChallengeToken{Type: ChallengeHTTP01, Token: "tok"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.HTTP01("web.example.com", "tok"); ok {
+		t.Fatal("removed token still answered")
+	}
+
+	failing := NewStoreBackend(openStore(t), waiterFunc(func(context.Context, storage.Commit) error { return errors.New("member b missing") }))
+	p := &presenter{ctx: ctx, store: failing, typ: ChallengeHTTP01, ttl: time.Minute, now: time.Now}
+	if err := p.Present("x.example.com", "t", "t.k"); !errors.Is(err, ErrNotPresented) {
+		t.Fatalf("Present with a failing wait: %v", err)
+	}
+}
+
+// lego re-sends a new-order without "replaces" when the CA answers
+// alreadyReplaced; the call transport stops that second order.
+func TestCallTransportStopsReorderAfterAlreadyReplaced(t *testing.T) {
+	posts := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		posts++
+		w.Header().Set("Content-Type", "application/problem+json")
+		w.WriteHeader(http.StatusConflict)
+		_, _ = io.WriteString(w, `{"type":"urn:ietf:params:acme:error:alreadyReplaced","detail":"already has a replacement order","status":409}`)
+	}))
+	defer srv.Close()
+	tr := &callTransport{ctx: context.Background(), base: http.DefaultTransport}
+	c := &http.Client{Transport: tr}
+	resp, err := c.Post(srv.URL+"/new-order", "application/jose+json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(string(body), "alreadyReplaced") {
+		t.Fatalf("the problem did not reach lego intact: %d %s", resp.StatusCode, body)
+	}
+	if _, err := c.Post(srv.URL+"/new-order", "application/jose+json", strings.NewReader("{}")); !errors.Is(err, ErrAlreadyReplaced) {
+		t.Fatalf("re-order after alreadyReplaced: %v", err)
+	}
+	if posts != 1 {
+		t.Fatalf("the CA saw %d new-order requests, want 1", posts)
+	}
+}
+
+func TestLegoLogRoutedToZap(t *testing.T) {
+	prev := legolog.Logger
+	t.Cleanup(func() { legolog.Logger = prev })
+	core, logs := observer.New(zap.DebugLevel)
+	RouteLegoLog(zap.New(core))
+	legolog.Infof("[%s] acme: Obtaining SAN certificate", "a.example.com")
+	legolog.Warnf("[%s] acme: cleaning up failed: %v", "a.example.com", "boom")
+	legolog.Fatalf("fatal %d", 1) // must not exit
+	got := logs.All()
+	if len(got) != 3 {
+		t.Fatalf("%d entries", len(got))
+	}
+	want := []struct {
+		level zap.AtomicLevel
+		msg   string
+	}{
+		{zap.NewAtomicLevelAt(zap.InfoLevel), "[a.example.com] acme: Obtaining SAN certificate"},
+		{zap.NewAtomicLevelAt(zap.WarnLevel), "[a.example.com] acme: cleaning up failed: boom"},
+		{zap.NewAtomicLevelAt(zap.ErrorLevel), "fatal 1"},
+	}
+	for i, e := range got {
+		if e.Level != want[i].level.Level() || e.Message != want[i].msg || e.LoggerName != "lego" {
+			t.Errorf("entry %d: %s %q (%s)", i, e.Level, e.Message, e.LoggerName)
+		}
+	}
+}

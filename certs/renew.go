@@ -1,0 +1,748 @@
+package certs
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/internal/fielderr"
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+// RenewalState is what the cluster knows about an ACME certificate's
+// renewal, kept beside the certificate (which changes only when a new
+// one is complete).
+type RenewalState struct {
+	CertificateID string   `json:"certificate_id"`
+	Names         []string `json:"names"`
+	Profile       string   `json:"profile,omitempty"`
+	// Issuer is the Key of the issuer of the current certificate.
+	Issuer string    `json:"issuer,omitempty"`
+	ARI    *ARIState `json:"ari,omitempty"`
+	// LastAttempt, LastSuccess, LastError, Failures (consecutive) and
+	// NextAttempt (backoff) describe the attempts.
+	LastAttempt time.Time `json:"last_attempt,omitzero"`
+	LastSuccess time.Time `json:"last_success,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
+	Failures    int       `json:"failures,omitempty"`
+	NextAttempt time.Time `json:"next_attempt,omitzero"`
+	// HeldBack is the budget's reason for not ordering, until
+	// HeldBackUntil; empty when the last decision was not held back.
+	HeldBack      string    `json:"held_back,omitempty"`
+	HeldBackUntil time.Time `json:"held_back_until,omitzero"`
+	// Owner is the agent that made the last attempt, under lease epoch
+	// LeaseEpoch.
+	Owner      string `json:"owner,omitempty"`
+	LeaseEpoch uint64 `json:"lease_epoch,omitempty"`
+}
+
+// ARIState is the CA's renewal window as last fetched.
+type ARIState struct {
+	Start          time.Time `json:"start"`
+	End            time.Time `json:"end"`
+	Chosen         time.Time `json:"chosen"`
+	ExplanationURL string    `json:"explanation_url,omitempty"`
+	NextCheck      time.Time `json:"next_check"`
+}
+
+func (a *ARIState) valid() bool {
+	return a != nil && !a.Start.IsZero() && !a.End.Before(a.Start)
+}
+
+// Lease is the right to work on one certificate, for a time. Epoch grows
+// each time another holder takes the lease over, so a holder that lost it
+// (a partition, a pause) cannot store over the new holder's work.
+type Lease struct {
+	Key     string    `json:"key"`
+	Holder  string    `json:"holder"`
+	Epoch   uint64    `json:"epoch"`
+	Expires time.Time `json:"expires"`
+}
+
+// ErrLeaseHeld: another agent holds the lease.
+var ErrLeaseHeld = errors.New("certs: another agent holds the lease")
+
+// ErrLeaseLost: the lease expired or was taken over before the result
+// could be stored.
+var ErrLeaseLost = errors.New("certs: lease lost")
+
+// ErrNotACME: the certificate was not obtained by ACME (uploaded).
+var ErrNotACME = errors.New("certs: not an ACME certificate")
+
+// RenewalStore is what the manager needs of the shared store.
+type RenewalStore interface {
+	// Certificate returns the stored certificate (private key included)
+	// or an error wrapping storage.ErrNotFound.
+	Certificate(ctx context.Context, id string) (storage.Certificate, error)
+	// CertificatesExpiringBefore returns certificates expiring before t,
+	// soonest first.
+	CertificatesExpiringBefore(ctx context.Context, t time.Time, limit int) ([]storage.Certificate, error)
+	// RenewalState returns the certificate's state, the zero state
+	// (with CertificateID set) when there is none.
+	RenewalState(ctx context.Context, id string) (RenewalState, error)
+	SaveRenewalState(ctx context.Context, st RenewalState) error
+	// StoreCertificate writes cert and st together, in one transaction
+	// that first checks that lease is still held (ErrLeaseLost if not).
+	StoreCertificate(ctx context.Context, cert *storage.Certificate, st RenewalState, lease Lease) error
+	// AcquireLease takes or extends the lease key for holder until
+	// now+ttl; an error wrapping ErrLeaseHeld when another holder's
+	// lease is still valid.
+	AcquireLease(ctx context.Context, key, holder string, ttl time.Duration) (Lease, error)
+	// ReleaseLease ends l if it is still held as l.
+	ReleaseLease(ctx context.Context, l Lease) error
+}
+
+// Members is the cluster as the manager needs it.
+type Members interface {
+	// Self is this agent's member id.
+	Self() string
+	// Alive lists the alive members' ids, this agent's included.
+	Alive() []string
+}
+
+// ManagerConfig configures a Manager.
+type ManagerConfig struct {
+	Logger     *zap.Logger
+	Registerer prometheus.Registerer
+	Now        func() time.Time
+	Policy     RenewalPolicy
+	Limits     BudgetLimits
+	// Interval between scheduler passes, each shifted by up to Jitter of
+	// it so that agents do not scan in step.
+	Interval time.Duration
+	Jitter   float64
+	// LeaseTTL bounds one attempt: an agent that dies mid-order frees
+	// the certificate after it. An attempt that outlives it cannot store
+	// its result (DNS-01 propagation can take minutes: keep it well
+	// above the DNS provider's propagation timeout).
+	LeaseTTL time.Duration
+	// Horizon: a pass looks at certificates expiring within it (their
+	// renewal state, ARI included, is checked). 0: 400 days, every
+	// certificate a public CA issues.
+	Horizon time.Duration
+}
+
+// DefaultManagerConfig returns the defaults.
+func DefaultManagerConfig() ManagerConfig {
+	return ManagerConfig{
+		Logger:   zap.NewNop(),
+		Now:      time.Now,
+		Policy:   DefaultRenewalPolicy(),
+		Limits:   DefaultBudgetLimits(),
+		Interval: 5 * time.Minute,
+		Jitter:   0.2,
+		LeaseTTL: 30 * time.Minute,
+		Horizon:  400 * 24 * time.Hour,
+	}
+}
+
+// Manager obtains and renews ACME certificates for the cluster: one owner
+// per certificate (rendezvous over the alive members, guarded by a
+// lease), issuers tried in order, the budget consulted before each order.
+type Manager struct {
+	cfg     ManagerConfig
+	issuers []Issuer
+	store   RenewalStore
+	members Members
+	budget  *Budget
+	log     *zap.Logger
+	metrics *managerMetrics
+
+	rndMu sync.Mutex
+	rnd   *rand.Rand
+}
+
+// NewManager returns a manager; Run starts its scheduler.
+func NewManager(cfg ManagerConfig, issuers []Issuer, store RenewalStore, counters Counters, members Members) (*Manager, error) {
+	def := DefaultManagerConfig()
+	if cfg.Logger == nil {
+		cfg.Logger = def.Logger
+	}
+	if cfg.Now == nil {
+		cfg.Now = def.Now
+	}
+	if cfg.Policy == (RenewalPolicy{}) {
+		cfg.Policy = def.Policy
+	}
+	if cfg.Limits == (BudgetLimits{}) {
+		cfg.Limits = def.Limits
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = def.Interval
+	}
+	if cfg.Jitter < 0 || cfg.Jitter >= 1 {
+		return nil, fmt.Errorf("certs: manager jitter %v: want [0, 1)", cfg.Jitter)
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = def.LeaseTTL
+	}
+	if cfg.Horizon <= 0 {
+		cfg.Horizon = def.Horizon
+	}
+	if len(issuers) == 0 {
+		return nil, errors.New("certs: manager needs at least one issuer")
+	}
+	if store == nil || counters == nil || members == nil {
+		return nil, errors.New("certs: manager needs a store, counters and members")
+	}
+	m := &Manager{cfg: cfg, issuers: issuers, store: store, members: members,
+		budget: NewBudget(cfg.Limits, counters, members.Self()),
+		log:    cfg.Logger, rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}
+	var err error
+	if m.metrics, err = newManagerMetrics(cfg.Registerer); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// CertificateID is the stable id of the ACME certificate for a set of
+// names: the same on every agent and across renewals, so a pool's
+// ssl_cert_id keeps pointing at the current certificate.
+func CertificateID(names []string) string {
+	sorted := slices.Clone(names)
+	for i, n := range sorted {
+		sorted[i] = normalizeName(n)
+	}
+	slices.Sort(sorted)
+	sorted = slices.Compact(sorted)
+	sum := sha256.Sum256([]byte(strings.Join(sorted, "\n")))
+	return "acme-" + hex.EncodeToString(sum[:])[:IDLength]
+}
+
+// NormalizeNames lower-cases, validates and de-duplicates names, keeping
+// the first as the primary one. Bad names yield a *fielderr.Error on
+// field.
+func NormalizeNames(field string, names []string) ([]string, error) {
+	var out []string
+	var errs fielderr.List
+	for i, n := range names {
+		n = normalizeName(n)
+		if msg := checkDNSName(n); msg != "" {
+			errs.Add(fmt.Sprintf("%s[%d]", field, i), msg)
+			continue
+		}
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errs.Err()
+	}
+	if len(out) == 0 {
+		return nil, fielderr.New(field, "names at least one domain")
+	}
+	return out, nil
+}
+
+// Obtain returns the ACME certificate for names, ordering it when none is
+// stored or the stored one is due. profile may be empty.
+func (m *Manager) Obtain(ctx context.Context, names []string, profile string) (storage.Certificate, error) {
+	names, err := NormalizeNames("domains", names)
+	if err != nil {
+		return storage.Certificate{}, err
+	}
+	id := CertificateID(names)
+	lease, err := m.store.AcquireLease(ctx, leaseKey(id), m.members.Self(), m.cfg.LeaseTTL)
+	if err != nil {
+		return storage.Certificate{}, err
+	}
+	defer m.release(lease)
+	st, err := m.store.RenewalState(ctx, id)
+	if err != nil {
+		return storage.Certificate{}, err
+	}
+	sameProfile := profile == "" || profile == st.Profile
+	if profile != "" {
+		st.Profile = profile
+	}
+	st.Names = names
+	old, err := m.store.Certificate(ctx, id)
+	switch {
+	case err == nil:
+		// Already there and not due: the same answer on every agent, no
+		// order. A different profile asks for a new certificate.
+		if leaf, perr := leafOf(&old); perr == nil && sameProfile && !m.cfg.Policy.Decide(leaf.NotBefore, leaf.NotAfter, st).Due(m.cfg.Now()) {
+			return old, nil
+		}
+		return m.attempt(ctx, lease, st, &old)
+	case errors.Is(err, storage.ErrNotFound):
+		return m.attempt(ctx, lease, st, nil)
+	default:
+		return storage.Certificate{}, err
+	}
+}
+
+// Renew orders a new certificate for id now, whatever its renewal time.
+// It implements the admin API's Renewer.
+func (m *Manager) Renew(ctx context.Context, id string) (storage.Certificate, error) {
+	old, err := m.store.Certificate(ctx, id)
+	if err != nil {
+		return storage.Certificate{}, err
+	}
+	if old.Provider != ProviderACME {
+		return storage.Certificate{}, fmt.Errorf("%w: certificate %s is %q", ErrNotACME, id, old.Provider)
+	}
+	lease, err := m.store.AcquireLease(ctx, leaseKey(id), m.members.Self(), m.cfg.LeaseTTL)
+	if err != nil {
+		return storage.Certificate{}, err
+	}
+	defer m.release(lease)
+	st, err := m.store.RenewalState(ctx, id)
+	if err != nil {
+		return storage.Certificate{}, err
+	}
+	if len(st.Names) == 0 {
+		st.Names = old.Names
+	}
+	return m.attempt(ctx, lease, st, &old)
+}
+
+// State returns a certificate's renewal state and the current decision.
+func (m *Manager) State(ctx context.Context, id string) (RenewalState, Decision, error) {
+	c, err := m.store.Certificate(ctx, id)
+	if err != nil {
+		return RenewalState{}, Decision{}, err
+	}
+	st, err := m.store.RenewalState(ctx, id)
+	if err != nil {
+		return RenewalState{}, Decision{}, err
+	}
+	return st, m.cfg.Policy.Decide(c.NotBefore, c.ExpiresAt, st), nil
+}
+
+func leaseKey(id string) string { return "cert/" + id }
+
+func (m *Manager) release(l Lease) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := m.store.ReleaseLease(ctx, l); err != nil && !errors.Is(err, ErrLeaseLost) {
+		m.log.Warn("releasing renewal lease", zap.String("lease", l.Key), zap.Error(err))
+	}
+}
+
+func leafOf(c *storage.Certificate) (*x509.Certificate, error) {
+	block, _ := pem.Decode([]byte(c.CertificatePEM))
+	if block == nil {
+		return nil, errors.New("no PEM certificate")
+	}
+	return x509.ParseCertificate(block.Bytes)
+}
+
+// attempt orders a certificate for st.Names under lease, trying each
+// issuer in order. old is the certificate being replaced (nil for a first
+// issuance); it stays stored and served whatever happens here.
+func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old *storage.Certificate) (storage.Certificate, error) {
+	now := m.cfg.Now().UTC()
+	id := st.CertificateID
+	st.LastAttempt, st.Owner, st.LeaseEpoch = now, m.members.Self(), lease.Epoch
+	log := m.log.With(zap.String("certificate", id), zap.Strings("names", st.Names))
+
+	var oldLeaf *x509.Certificate
+	if old != nil {
+		oldLeaf, _ = leafOf(old)
+	}
+	var errs []error
+	var heldBack *HeldBackError
+	for _, iss := range m.issuers {
+		if err := m.budget.Check(ctx, iss.Key(), st.Names, id, now); err != nil {
+			var hb *HeldBackError
+			if !errors.As(err, &hb) {
+				errs = append(errs, err)
+				continue
+			}
+			log.Warn("acme order held back", zap.String("issuer", iss.Key()), zap.String("reason", hb.Error()))
+			m.metrics.orders.WithLabelValues("held_back").Inc()
+			if heldBack == nil || hb.Until.Before(heldBack.Until) {
+				heldBack = hb
+			}
+			errs = append(errs, err)
+			continue
+		}
+		req := IssueRequest{Names: st.Names, Profile: st.Profile}
+		ri, canReplace := iss.(RenewalInformer)
+		if oldLeaf != nil && canReplace && st.Issuer == iss.Key() {
+			if rid, err := ri.ReplacesID(oldLeaf); err == nil {
+				req.ReplacesID = rid
+			}
+		}
+		res, err := m.order(ctx, iss, req, now)
+		if errors.Is(err, ErrAlreadyReplaced) {
+			// Another agent (a partition's other side, or an owner that
+			// lost its lease) renewed it. If its certificate is stored,
+			// that is the result; otherwise the replacing order failed
+			// after creation, and a plain order follows.
+			m.metrics.orders.WithLabelValues("already_replaced").Inc()
+			if cur, cerr := m.store.Certificate(ctx, id); cerr == nil && old != nil && cur.Fingerprint != old.Fingerprint {
+				log.Info("certificate already renewed by another agent", zap.String("fingerprint", cur.Fingerprint))
+				st.LastError, st.Failures, st.NextAttempt, st.HeldBack, st.HeldBackUntil = "", 0, time.Time{}, "", time.Time{}
+				st.LastSuccess = now
+				if err := m.store.SaveRenewalState(ctx, st); err != nil {
+					return storage.Certificate{}, err
+				}
+				return cur, nil
+			}
+			req.ReplacesID = ""
+			res, err = m.order(ctx, iss, req, now)
+		}
+		if err != nil {
+			log.Warn("acme order failed", zap.String("issuer", iss.Key()), zap.Error(err))
+			errs = append(errs, err)
+			continue
+		}
+		cert := m.record(id, st.Names, res, old, now)
+		st.Issuer = res.IssuerKey
+		st.LastSuccess = now
+		st.LastError, st.Failures, st.NextAttempt, st.HeldBack, st.HeldBackUntil = "", 0, time.Time{}, "", time.Time{}
+		st.ARI = nil // the new certificate's window is fetched on the next pass
+		// Counted before it is stored: the CA issued it even if the
+		// lease turns out lost.
+		if err := m.budget.RecordResult(ctx, st.Names, id, true, now); err != nil {
+			log.Warn("recording budget events", zap.Error(err))
+		}
+		if err := m.store.StoreCertificate(ctx, cert, st, lease); err != nil {
+			return storage.Certificate{}, fmt.Errorf("certs: storing certificate %s: %w", id, err)
+		}
+		log.Info("certificate issued", zap.String("issuer", res.IssuerKey), zap.Time("expires_at", cert.ExpiresAt),
+			zap.String("fingerprint", cert.Fingerprint), zap.Bool("replaces", req.ReplacesID != ""))
+		return *cert, nil
+	}
+
+	err := errors.Join(errs...)
+	if heldBack != nil && len(errs) == len(m.issuers) && allHeldBack(errs) {
+		// Not a failure: nothing was ordered. Try again when the budget
+		// allows it.
+		st.HeldBack, st.HeldBackUntil, st.NextAttempt = heldBack.Error(), heldBack.Until, heldBack.Until
+	} else {
+		st.HeldBack, st.HeldBackUntil = "", time.Time{}
+		st.Failures++
+		st.LastError = err.Error()
+		st.NextAttempt = now.Add(m.backoff(st.Failures))
+	}
+	if serr := m.store.SaveRenewalState(ctx, st); serr != nil {
+		log.Warn("saving renewal state", zap.Error(serr))
+	}
+	return storage.Certificate{}, err
+}
+
+func allHeldBack(errs []error) bool {
+	for _, e := range errs {
+		if !errors.Is(e, ErrHeldBack) {
+			return false
+		}
+	}
+	return true
+}
+
+// order places one order, counting it and its outcome in the budget.
+func (m *Manager) order(ctx context.Context, iss Issuer, req IssueRequest, now time.Time) (*IssuedCertificate, error) {
+	if err := m.budget.RecordOrder(ctx, iss.Key(), now); err != nil {
+		return nil, fmt.Errorf("certs: budget: %w", err)
+	}
+	res, err := iss.Issue(ctx, req)
+	switch {
+	case err == nil:
+		m.metrics.orders.WithLabelValues("issued").Inc()
+	case errors.Is(err, ErrAlreadyReplaced):
+	case errors.Is(err, ErrNotOrdered), errors.Is(err, ErrNotPresented):
+		// Nothing failed at the CA: no failed validation to count.
+		m.metrics.orders.WithLabelValues("failed").Inc()
+	default:
+		m.metrics.orders.WithLabelValues("failed").Inc()
+		if rerr := m.budget.RecordResult(ctx, req.Names, CertificateID(req.Names), false, now); rerr != nil {
+			m.log.Warn("recording budget events", zap.Error(rerr))
+		}
+	}
+	return res, err
+}
+
+func (m *Manager) backoff(n int) time.Duration {
+	m.rndMu.Lock()
+	defer m.rndMu.Unlock()
+	return m.cfg.Policy.Backoff(n, m.rnd)
+}
+
+// record builds the row of a newly issued certificate.
+func (m *Manager) record(id string, names []string, res *IssuedCertificate, old *storage.Certificate, now time.Time) *storage.Certificate {
+	sum := sha256.Sum256(res.Leaf.Raw)
+	c := &storage.Certificate{
+		ID:             id,
+		Domain:         names[0],
+		Names:          slices.Clone(names),
+		CertificatePEM: res.CertificatePEM,
+		PrivateKeyPEM:  res.PrivateKeyPEM,
+		ChainPEM:       res.ChainPEM,
+		Issuer:         issuerName(res.Leaf),
+		NotBefore:      res.Leaf.NotBefore.UTC(),
+		ExpiresAt:      res.Leaf.NotAfter.UTC(),
+		AutoRenew:      true,
+		Provider:       ProviderACME,
+		Fingerprint:    hex.EncodeToString(sum[:]),
+	}
+	if old != nil {
+		c.AutoRenew = old.AutoRenew
+		c.Metadata = old.Metadata
+	}
+	return c
+}
+
+// PassReport says what one scheduler pass did.
+type PassReport struct {
+	Checked, Owned, Renewed, Failed, HeldBack int
+}
+
+// RunOnce makes one scheduler pass: for each ACME certificate this agent
+// owns, refresh the CA's window when due and renew when due.
+func (m *Manager) RunOnce(ctx context.Context) (PassReport, error) {
+	var rep PassReport
+	now := m.cfg.Now()
+	list, err := m.store.CertificatesExpiringBefore(ctx, now.Add(m.cfg.Horizon), 0)
+	if err != nil {
+		return rep, err
+	}
+	alive := m.members.Alive()
+	self := m.members.Self()
+	for i := range list {
+		c := &list[i]
+		if c.Provider != ProviderACME || !c.AutoRenew {
+			continue
+		}
+		rep.Checked++
+		if Owner(c.ID, alive) != self {
+			continue
+		}
+		rep.Owned++
+		if ctx.Err() != nil {
+			return rep, ctx.Err()
+		}
+		switch err := m.maybeRenew(ctx, c); {
+		case err == nil:
+			rep.Renewed++
+		case errors.Is(err, errNotDue), errors.Is(err, ErrLeaseHeld):
+		case errors.Is(err, ErrHeldBack):
+			rep.HeldBack++
+		default:
+			rep.Failed++
+		}
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
+	}
+	m.metrics.passes.Inc()
+	m.metrics.heldBack.Set(float64(rep.HeldBack))
+	m.recordPhases(ctx, list)
+	if p, ok := m.store.(expiredPurger); ok {
+		if _, err := p.PurgeExpired(ctx); err != nil && ctx.Err() == nil {
+			m.log.Warn("purging expired acme rows", zap.Error(err))
+		}
+	}
+	return rep, nil
+}
+
+// expiredPurger is a RenewalStore with TTL rows (challenge tokens, budget
+// events) that the scheduler purges after each pass; StoreBackend is one.
+type expiredPurger interface {
+	PurgeExpired(ctx context.Context) (int, error)
+}
+
+var errNotDue = errors.New("certs: renewal not due")
+
+func (m *Manager) maybeRenew(ctx context.Context, c *storage.Certificate) error {
+	leaf, err := leafOf(c)
+	if err != nil {
+		m.log.Warn("stored acme certificate does not parse", zap.String("certificate", c.ID), zap.Error(err))
+		return err
+	}
+	st, err := m.store.RenewalState(ctx, c.ID)
+	if err != nil {
+		return err
+	}
+	if len(st.Names) == 0 {
+		st.Names = c.Names
+	}
+	now := m.cfg.Now()
+	if m.refreshARI(ctx, c.ID, leaf, &st, now) {
+		if err := m.store.SaveRenewalState(ctx, st); err != nil {
+			return err
+		}
+	}
+	if !m.cfg.Policy.Decide(leaf.NotBefore, leaf.NotAfter, st).Due(now) {
+		if st.HeldBack != "" && now.Before(st.HeldBackUntil) {
+			return fmt.Errorf("%w: %s", ErrHeldBack, st.HeldBack)
+		}
+		return errNotDue
+	}
+	lease, err := m.store.AcquireLease(ctx, leaseKey(c.ID), m.members.Self(), m.cfg.LeaseTTL)
+	if err != nil {
+		return err
+	}
+	defer m.release(lease)
+	// Re-read under the lease: another agent may have renewed it while
+	// this one decided.
+	cur, err := m.store.Certificate(ctx, c.ID)
+	if err != nil {
+		return err
+	}
+	if cur.Fingerprint != c.Fingerprint {
+		return errNotDue
+	}
+	if st, err = m.store.RenewalState(ctx, c.ID); err != nil {
+		return err
+	}
+	if len(st.Names) == 0 {
+		st.Names = c.Names
+	}
+	_, err = m.attempt(ctx, lease, st, &cur)
+	return err
+}
+
+// refreshARI fetches the CA's window when it is time to; it reports
+// whether st changed.
+func (m *Manager) refreshARI(ctx context.Context, id string, leaf *x509.Certificate, st *RenewalState, now time.Time) bool {
+	if st.ARI != nil && now.Before(st.ARI.NextCheck) {
+		return false
+	}
+	var ri RenewalInformer
+	for _, iss := range m.issuers {
+		if r, ok := iss.(RenewalInformer); ok && (st.Issuer == "" || st.Issuer == iss.Key()) {
+			ri = r
+			break
+		}
+	}
+	if ri == nil {
+		return false
+	}
+	w, err := ri.RenewalInfo(ctx, leaf)
+	if err != nil {
+		// No window (or none now): the lifetime rule applies; ask again
+		// later.
+		if !errors.Is(err, ErrNoRenewalInfo) {
+			m.log.Info("acme renewal info unavailable", zap.String("certificate", id), zap.Error(err))
+		}
+		st.ARI = &ARIState{NextCheck: now.Add(m.cfg.Policy.ARIRetry(0))}
+		return true
+	}
+	chosen := chooseInWindow(id, w.Start, w.End)
+	if st.ARI.valid() && st.ARI.Start.Equal(w.Start) && st.ARI.End.Equal(w.End) {
+		chosen = st.ARI.Chosen
+	}
+	st.ARI = &ARIState{Start: w.Start, End: w.End, Chosen: chosen, ExplanationURL: w.ExplanationURL,
+		NextCheck: now.Add(m.cfg.Policy.ARIRetry(w.RetryAfter))}
+	return true
+}
+
+// Run makes a pass every Interval (with jitter) until ctx ends.
+func (m *Manager) Run(ctx context.Context) error {
+	for {
+		rep, err := m.RunOnce(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			m.log.Warn("certificate renewal pass failed", zap.Error(err))
+		} else if rep.Renewed+rep.Failed+rep.HeldBack > 0 {
+			m.log.Info("certificate renewal pass", zap.Int("checked", rep.Checked), zap.Int("owned", rep.Owned),
+				zap.Int("failed", rep.Failed), zap.Int("held_back", rep.HeldBack))
+		}
+		m.rndMu.Lock()
+		wait := m.cfg.Interval + time.Duration((m.rnd.Float64()*2-1)*m.cfg.Jitter*float64(m.cfg.Interval))
+		m.rndMu.Unlock()
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+type managerMetrics struct {
+	orders   *prometheus.CounterVec
+	passes   prometheus.Counter
+	heldBack prometheus.Gauge
+	phases   *prometheus.GaugeVec
+	earliest prometheus.Gauge
+}
+
+// recordPhases counts the stored ACME certificates by renewal phase and
+// notes the earliest expiry: a bounded set of series however many
+// certificates there are (the per-certificate detail is in the API).
+func (m *Manager) recordPhases(ctx context.Context, list []storage.Certificate) {
+	now := m.cfg.Now()
+	counts := map[string]int{PhaseScheduled: 0, PhaseDue: 0, PhaseRetrying: 0, PhaseHeldBack: 0}
+	var earliest time.Time
+	for i := range list {
+		c := &list[i]
+		if c.Provider != ProviderACME {
+			continue
+		}
+		if earliest.IsZero() || c.ExpiresAt.Before(earliest) {
+			earliest = c.ExpiresAt
+		}
+		st, err := m.store.RenewalState(ctx, c.ID)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			m.log.Warn("reading renewal state for metrics", zap.String("certificate", c.ID), zap.Error(err))
+			continue
+		}
+		counts[phaseOf(st, m.cfg.Policy.Decide(c.NotBefore, c.ExpiresAt, st), now)]++
+	}
+	for phase, n := range counts {
+		m.metrics.phases.WithLabelValues(phase).Set(float64(n))
+	}
+	if earliest.IsZero() {
+		m.metrics.earliest.Set(0)
+	} else {
+		m.metrics.earliest.Set(float64(earliest.Unix()))
+	}
+}
+
+func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
+	m := &managerMetrics{
+		orders: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "edge", Subsystem: "acme", Name: "orders_total",
+			Help: "ACME orders by result: issued, failed, already_replaced (another agent renewed), held_back (the rate-limit budget refused to order).",
+		}, []string{"result"}),
+		passes: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "edge", Subsystem: "acme", Name: "renewal_passes_total",
+			Help: "Renewal scheduler passes completed.",
+		}),
+		heldBack: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "edge", Subsystem: "acme", Name: "held_back_certificates",
+			Help: "Certificates this agent owns whose renewal the rate-limit budget holds back, as of the last scheduler pass (the reason is in each certificate's held_back).",
+		}),
+	}
+	m.phases = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "edge", Subsystem: "acme", Name: "certificates",
+		Help: "Stored ACME certificates by renewal phase (scheduled, due, retrying, held_back) as of this agent's last scheduler pass; every agent reports the whole cluster's.",
+	}, []string{"phase"})
+	m.earliest = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "edge", Subsystem: "acme", Name: "earliest_expiry_timestamp_seconds",
+		Help: "Expiry (Unix time) of the stored ACME certificate that expires first, as of the last scheduler pass; 0 when there is none.",
+	})
+	for _, r := range []string{"issued", "failed", "already_replaced", "held_back"} {
+		m.orders.WithLabelValues(r)
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.orders, m.passes, m.heldBack, m.phases, m.earliest} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("certs: registering acme metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
