@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"github.com/singularity-ng/singularity-edge/cluster"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -139,30 +140,12 @@ type Cluster interface {
 	Members() []Member
 }
 
-// Member is one agent of the cluster. Replication is nil until the
-// replication layer reports on the member; the JSON then gains the object
-// without changing the rest of the shape.
-type Member struct {
-	ID     string `json:"id"`
-	Name   string `json:"name"`
-	Region string `json:"region"`
-	// Addresses by role: "admin", "gossip", "replication", "private_ip".
-	Addresses map[string]string `json:"addresses"`
-	// State is "alive", "suspect", "dead" or "left".
-	State       string             `json:"state"`
-	Version     string             `json:"version,omitempty"`
-	Self        bool               `json:"self"`
-	LastSeen    *time.Time         `json:"last_seen,omitempty"`
-	Replication *ReplicationStatus `json:"replication,omitempty"`
-}
-
-// ReplicationStatus is how far a member is behind this node.
-type ReplicationStatus struct {
-	Connected      bool       `json:"connected"`
-	PendingChanges uint64     `json:"pending_changes"`
-	LagSeconds     float64    `json:"lag_seconds"`
-	LastAppliedAt  *time.Time `json:"last_applied_at,omitempty"`
-}
+// Member and ReplicationStatus live in package cluster, which discovery
+// and replication fill in without importing admin.
+type (
+	Member            = cluster.Member
+	ReplicationStatus = cluster.ReplicationStatus
+)
 
 // Renewer renews an ACME certificate now and returns the stored result.
 type Renewer interface {
