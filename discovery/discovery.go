@@ -264,6 +264,12 @@ func (d *Discovery) Leave(timeout time.Duration) error {
 		return nil
 	}
 	d.saveKnown()
+	d.mu.Lock()
+	d.meta.Leaving = true
+	d.mu.Unlock()
+	if err := d.ml.UpdateNode(timeout); err != nil {
+		d.log.Warn("could not announce leaving", zap.Error(err))
+	}
 	err := d.ml.Leave(timeout)
 	return errors.Join(err, d.ml.Shutdown())
 }
@@ -463,8 +469,11 @@ func (d *Discovery) check(n *memberlist.Node) error {
 func (g *delegate) NotifyJoin(n *memberlist.Node)   { g.d().upsert(n, cluster.StateAlive) }
 func (g *delegate) NotifyUpdate(n *memberlist.Node) { g.d().upsert(n, cluster.StateAlive) }
 func (g *delegate) NotifyLeave(n *memberlist.Node) {
+	// memberlist's Node.State is not updated on this path (nodeState
+	// shadows it), so a graceful leave is told by the Leaving flag the
+	// node gossiped just before it left.
 	state := cluster.StateDead
-	if n.State == memberlist.StateLeft {
+	if m, err := DecodeMeta(n.Meta); err == nil && m.Leaving {
 		state = cluster.StateLeft
 	}
 	g.d().upsert(n, state)

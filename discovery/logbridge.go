@@ -41,22 +41,23 @@ func (b *logBridge) Write(p []byte) (int, error) {
 // dropReason classifies the log lines that mean "an inbound packet or
 // stream was discarded".
 func dropReason(msg string) string {
+	msg = strings.ToLower(msg)
 	switch {
-	case strings.Contains(msg, "Decrypt packet failed"),
-		strings.Contains(msg, "No installed keys could decrypt"),
-		strings.Contains(msg, "Encryption is configured but remote state is not encrypted"):
+	case strings.Contains(msg, "decrypt packet failed"),
+		strings.Contains(msg, "no installed keys could decrypt"),
+		strings.Contains(msg, "encryption is configured but remote state is not encrypted"):
 		return "decrypt"
 	case strings.Contains(msg, "unacceptable label"),
 		strings.Contains(msg, "label header"):
 		return "label"
 	case strings.Contains(msg, "invalid checksum"),
-		strings.Contains(msg, "Failed to decode"),
+		strings.Contains(msg, "failed to decode"),
 		strings.Contains(msg, "missing message type byte"),
 		strings.Contains(msg, "not supported"),
-		strings.Contains(msg, "Received invalid msgType"),
-		strings.Contains(msg, "Failed to receive"),
+		strings.Contains(msg, "received invalid msgtype"),
 		strings.Contains(msg, "failed to receive"),
-		strings.Contains(msg, "Failed to read remote state"):
+		strings.Contains(msg, "failed to receive"),
+		strings.Contains(msg, "failed to read remote state"):
 		return "malformed"
 	}
 	return ""

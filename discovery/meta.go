@@ -27,9 +27,15 @@ type Meta struct {
 	AdminAddr       string // host:port of the admin API
 	AgentVersion    string
 	Ready           bool // holds the cluster's state and serves traffic
+	// Leaving is set just before a graceful leave, so the others report
+	// the member "left", not "dead".
+	Leaving bool
 }
 
-const metaFlagReady = 1 << 0
+const (
+	metaFlagReady   = 1 << 0
+	metaFlagLeaving = 1 << 1
+)
 
 // Encode returns the compact encoding: a format byte, a flags byte, then
 // each string as a uvarint length and its bytes, in a fixed order.
@@ -39,6 +45,9 @@ func (m Meta) Encode() ([]byte, error) {
 	var flags byte
 	if m.Ready {
 		flags |= metaFlagReady
+	}
+	if m.Leaving {
+		flags |= metaFlagLeaving
 	}
 	b = append(b, flags)
 	for _, s := range m.strings() {
@@ -73,6 +82,7 @@ func DecodeMeta(b []byte) (Meta, error) {
 		return m, fmt.Errorf("%w: %d bytes, limit %d", ErrMeta, len(b), maxMetaSize)
 	}
 	m.Ready = b[1]&metaFlagReady != 0
+	m.Leaving = b[1]&metaFlagLeaving != 0
 	rest := b[2:]
 	for i, f := range m.fields() {
 		n, k := binary.Uvarint(rest)
