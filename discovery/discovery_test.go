@@ -23,7 +23,9 @@ import (
 	"github.com/singularity-ng/singularity-edge/test/fakefly"
 )
 
-func key(b byte) string { return base64.StdEncoding.EncodeToString([]byte(strings.Repeat(string(b), 32))) }
+func key(b byte) string {
+	return base64.StdEncoding.EncodeToString([]byte(strings.Repeat(string(b), 32)))
+}
 
 // freePort finds a port free for TCP and UDP on every ip.
 func freePort(t *testing.T, ips ...string) int {
