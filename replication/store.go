@@ -1,0 +1,143 @@
+package replication
+
+import (
+	"context"
+	"errors"
+)
+
+// Errors a Store returns that the engine acts on.
+var (
+	// ErrNotReady: the store cannot serve the ranges asked for (it holds
+	// them only partly: a gap, a table under resync, a bootstrap in
+	// progress). The asking peer fetches them elsewhere.
+	ErrNotReady = errors.New("store not ready to serve")
+	// ErrTooStale: the asking peer is behind a tombstone purge for some
+	// origin; catching up incrementally could resurrect deleted rows, so it
+	// must rebuild from a snapshot.
+	ErrTooStale = errors.New("peer too stale: purged past its watermark")
+)
+
+// EncodedSet is one change set (one committed transaction) as the store
+// encodes it. The engine reads only the header fields; Data is opaque.
+type EncodedSet struct {
+	Origin string
+	Seq    uint64
+	HLC    uint64 // commit timestamp (48-bit Unix ms << 16 | logical)
+	Data   []byte
+}
+
+// ChangeSetBatch answers Store.ChangeSets: Sets in seq order, and Covered,
+// the part of the request the answer covers completely: the seqs of Sets
+// plus the seqs that were cleared (every row of them overwritten since),
+// which the asker marks held without data.
+type ChangeSetBatch struct {
+	Sets    []EncodedSet
+	Covered RangeSet
+}
+
+// ApplyBatch is what the engine hands to Store.ApplyBatch: change sets from
+// one or more origins, and per origin the ranges to mark held once they are
+// applied (a superset of the sets' seqs: it includes cleared seqs).
+type ApplyBatch struct {
+	Sets    []EncodedSet
+	Covered map[string]RangeSet
+}
+
+// ApplyResult reports the outcome of ApplyBatch.
+type ApplyResult struct {
+	Applied int // change sets that changed at least one row
+}
+
+// Feed delivers this node's own commits in seq order.
+type Feed interface {
+	// C yields each local commit once, in seq order.
+	C() <-chan EncodedSet
+	// Done is closed when the feed ends; Err says why.
+	Done() <-chan struct{}
+	Err() error
+}
+
+// SnapshotHeader travels first in a snapshot: the bookkeeping read from the
+// same consistent view as the rows, and the store's own description of the
+// snapshot (format, row estimate, purge floor), opaque to the engine.
+type SnapshotHeader struct {
+	Books Books
+	Meta  []byte
+}
+
+// SnapshotSource streams a consistent snapshot.
+type SnapshotSource interface {
+	Header() SnapshotHeader
+	// Next returns the next chunk, or io.EOF after the last one.
+	Next(ctx context.Context) ([]byte, error)
+	// Trailer returns the store's end marker (row count, checksum),
+	// valid after Next returned io.EOF.
+	Trailer() []byte
+	Close() error
+}
+
+// SnapshotSink ingests a snapshot into an empty store: rows keep their
+// original versions, nothing is originated locally.
+type SnapshotSink interface {
+	Write(ctx context.Context, chunk []byte) error
+	// Finish checks the trailer, adopts the header's bookkeeping, and
+	// commits; the store is still not ready until MarkReady.
+	Finish(ctx context.Context, trailer []byte) error
+	// Abort discards what was written.
+	Abort() error
+}
+
+// PurgeResult reports a tombstone purge.
+type PurgeResult struct {
+	Purged int
+}
+
+// Store is what the replication engine needs of the local store.
+type Store interface {
+	// NodeID is this node's origin id; ClusterID keeps clusters apart.
+	NodeID() string
+	ClusterID() string
+
+	// Books returns the bookkeeping of every origin this store has heard
+	// of (its own included).
+	Books(ctx context.Context) (Books, error)
+
+	// ChangeSets returns origin's change sets within want, in seq order,
+	// stopping after about maxBytes. Covered may be less than want (the
+	// next call continues); it is never more than the store holds. A store
+	// that holds part of want only partly returns ErrNotReady; a purge past
+	// the asker's watermark, ErrTooStale.
+	ChangeSets(ctx context.Context, origin string, want RangeSet, maxBytes int) (ChangeSetBatch, error)
+
+	// ApplyBatch applies remote change sets last-write-wins in one commit,
+	// with the bookkeeping of Covered in the same commit. Idempotent; sets
+	// of its own origin are accepted (a rebuilt node's history comes back).
+	// A store that is bootstrapping returns ErrNotReady.
+	ApplyBatch(ctx context.Context, b ApplyBatch) (ApplyResult, error)
+
+	// LocalCommits subscribes to this node's own commits after seq.
+	LocalCommits(ctx context.Context, afterSeq uint64) (Feed, error)
+
+	// NeedsBootstrap reports an empty store that must be filled from a
+	// peer before it is ready (a new node, or a table removed after
+	// corruption). MarkReady records that it now holds the cluster's state.
+	NeedsBootstrap(ctx context.Context) (bool, error)
+	MarkReady(ctx context.Context) error
+
+	// Snapshot opens a consistent snapshot for a peer; Ingest starts
+	// filling this (empty) store from one.
+	Snapshot(ctx context.Context) (SnapshotSource, error)
+	Ingest(ctx context.Context, h SnapshotHeader) (SnapshotSink, error)
+
+	// Purge removes tombstones every listed member has seen: watermarks
+	// maps member node id → origin → contiguous watermark. Members absent
+	// from the map are not active (evicted); the store applies its grace
+	// period and re-checks each tombstone inside the purge commit.
+	Purge(ctx context.Context, watermarks map[string]map[string]uint64) (PurgeResult, error)
+
+	// ObserveOwnOrigin tells the store that a peer holds seqs of this
+	// node's origin up to maxSeq. If that is above what the store ever
+	// issued, the store came back from the past (a restored backup) and
+	// must take a new node id before its next write.
+	ObserveOwnOrigin(ctx context.Context, maxSeq uint64) error
+}
