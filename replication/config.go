@@ -42,8 +42,8 @@ type Config struct {
 	PeerQueueBytes int
 	// SyncInterval is the period of anti-entropy with each peer (jittered
 	// ±25 %); a sync also runs on every (re)connection and on a gap.
-	SyncInterval   time.Duration
-	SyncChunkBytes int
+	SyncInterval     time.Duration
+	SyncChunkBytes   int
 	HandshakeTimeout time.Duration
 	WriteTimeout     time.Duration
 	DialBackoffMax   time.Duration

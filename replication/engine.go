@@ -185,9 +185,6 @@ func (e *Engine) peerFor(id, name string) *peer {
 		p = newPeer(id, name)
 		e.peers[id] = p
 	}
-	if name != "" {
-		p.name = name
-	}
 	return p
 }
 
