@@ -19,6 +19,7 @@ import (
 
 	"github.com/singularity-ng/singularity-edge/admin"
 	"github.com/singularity-ng/singularity-edge/certs"
+	"github.com/singularity-ng/singularity-edge/discovery"
 	"github.com/singularity-ng/singularity-edge/pools"
 	"github.com/singularity-ng/singularity-edge/proxy"
 	"github.com/singularity-ng/singularity-edge/storage"
@@ -43,6 +44,7 @@ type Agent struct {
 	certs *certs.Cache
 	proxy *proxy.Server
 	admin *admin.Server
+	disc  *discovery.Discovery // nil: a cluster of one
 
 	cancel context.CancelFunc // stops the background loops
 	wg     sync.WaitGroup
@@ -165,11 +167,19 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	acfg.MetricsPublic = cfg.MetricsPublic
 	acfg.Node = node
 	acfg.Logger = a.logger.Named("admin")
-	self := admin.SingleMember{
+	var members admin.Cluster = admin.SingleMember{
 		ID: node.ID, Name: node.Name, Region: node.Region, Version: Version, Self: true, State: "alive",
 		Addresses: map[string]string{"admin": cfg.AdminAddr},
 	}
-	srv, err := admin.New(acfg, admin.Deps{Store: a.store, Pools: a.pools, Cluster: self, Ready: a.pools.Ready()})
+	disc, err := newDiscovery(context.Background(), cfg, a.store.NodeID(), a.logger, registry)
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	if disc != nil {
+		a.disc = disc
+		members = disc
+	}
+	srv, err := admin.New(acfg, admin.Deps{Store: a.store, Pools: a.pools, Cluster: members, Ready: a.pools.Ready()})
 	if err != nil {
 		return fmt.Errorf("admin: %w", err)
 	}
@@ -203,6 +213,17 @@ func (a *Agent) Start(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+	if a.disc != nil {
+		// Membership starts once this node can serve, so it never
+		// advertises itself ready before it is.
+		if err := a.disc.Start(ctx); err != nil {
+			return fmt.Errorf("cluster: %w", err)
+		}
+		a.runLoop(bg, "discovery", a.disc.Run)
+		if err := a.disc.SetReady(true); err != nil {
+			a.logger.Warn("could not gossip readiness", zap.Error(err))
+		}
+	}
 	if err := a.proxy.Start(ctx); err != nil {
 		return fmt.Errorf("proxy listeners: %w", err)
 	}
@@ -229,6 +250,13 @@ func (a *Agent) runLoop(ctx context.Context, name string, run func(context.Conte
 // ctx expires, stops the background loops and closes the store.
 func (a *Agent) Shutdown(ctx context.Context) error {
 	var errs []error
+	if a.disc != nil {
+		// Leave first, so peers mark this node left rather than
+		// suspecting it while it drains.
+		if err := a.disc.Leave(2 * time.Second); err != nil {
+			errs = append(errs, fmt.Errorf("leaving the cluster: %w", err))
+		}
+	}
 	if err := a.proxy.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("proxy drain: %w", err))
 	}

@@ -23,7 +23,8 @@ func newAgentCommand() *cobra.Command {
 
 Every flag has an environment twin: --data-dir is EDGE_DATA_DIR, and so on.
 Secrets come only from the environment: EDGE_ADMIN_TOKEN, EDGE_ENCRYPTION_KEY,
-EDGE_COOKIE_KEY. On Fly.io, FLY_REGION, FLY_MACHINE_ID and FLY_PRIVATE_IP set
+EDGE_COOKIE_KEY, EDGE_GOSSIP_KEY and EDGE_GOSSIP_KEYS (extra accepted gossip
+keys during a rotation), FLY_API_TOKEN. On Fly.io, FLY_REGION, FLY_MACHINE_ID and FLY_PRIVATE_IP set
 the defaults of --region, --node-name and --admin-addr.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -54,6 +55,13 @@ the defaults of --region, --node-name and --admin-addr.`,
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may take to finish on shutdown")
 	f.Uint64Var(&cfg.FeedRetention, "feed-retention", cfg.FeedRetention, "change-feed entries kept on disk")
 	f.DurationVar(&cfg.ChangeLogRetention, "changelog-retention", cfg.ChangeLogRetention, "how long change sets are kept for peers to catch up from")
+	f.StringVar(&cfg.App, "app", cfg.App, "app name: the gossip label and the Fly DNS zone <app>.internal (FLY_APP_NAME on Fly)")
+	f.StringVar(&cfg.GossipAddr, "gossip-addr", cfg.GossipAddr, "memberlist bind host:port, empty for a cluster of one (FLY_PRIVATE_IP:7946 on Fly)")
+	f.StringVar(&cfg.ReplicationAddr, "replication-addr", cfg.ReplicationAddr, "replication listener host:port (default: gossip host, gossip port + 1)")
+	f.StringSliceVar(&cfg.Join, "join", cfg.Join, "static seeds to join, comma-separated IP or IP:port")
+	f.StringVar(&cfg.GossipPreset, "gossip-preset", cfg.GossipPreset, `failure-detector timings: "fly" (between regions) or "local"`)
+	f.StringVar(&cfg.DNSServer, "dns-server", cfg.DNSServer, "Fly internal DNS server host:port for peer discovery ([fdaa::3]:53 on Fly, empty: off)")
+	f.StringVar(&cfg.MachinesAPIURL, "machines-api-url", cfg.MachinesAPIURL, "Machines API base URL, used when FLY_API_TOKEN is set (default https://api.machines.dev)")
 	return cmd
 }
 
