@@ -66,8 +66,8 @@ func New(cfg Config) (*Discovery, error) {
 	return d, nil
 }
 
-// Start binds the gossip sockets and joins the first candidates it finds
-// (a node alone is fine: it is the first of its cluster).
+// Start binds the gossip sockets; Run then resolves and joins. A node alone
+// is fine: it is the first of its cluster.
 func (d *Discovery) Start(ctx context.Context) error {
 	keyring, err := d.cfg.Keys.Keyring()
 	if err != nil {
@@ -122,13 +122,16 @@ func (d *Discovery) Start(ctx context.Context) error {
 	d.log.Info("gossip started", zap.String("name", d.cfg.Name), zap.Stringer("bind", d.addrs.bind),
 		zap.Stringer("advertise", d.addrs.advertise), zap.String("label", d.cfg.label()),
 		zap.Int("keys", len(d.cfg.Keys.All())))
-	d.resolveAndJoin(ctx)
 	return nil
 }
 
 // Run re-resolves the sources and joins whatever is not alive until ctx
 // ends.
 func (d *Discovery) Run(ctx context.Context) error {
+	// The first round runs at once; it is not in Start, because joining
+	// unreachable candidates can take a TCP timeout.
+	d.resolveAndJoin(ctx)
+	d.saveKnown()
 	for {
 		interval := d.cfg.ResolveInterval
 		if d.aliveOthers() == 0 {
