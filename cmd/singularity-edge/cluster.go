@@ -49,8 +49,9 @@ token comes from EDGE_ADMIN_TOKEN or --token-file.`,
 	}
 	opts := addAPIFlags(cmd)
 	cmd.AddCommand(&cobra.Command{
-		Use:   "status",
-		Short: "List the members of the cluster, their state and replication lag",
+		Use:     "status",
+		Aliases: []string{"members"},
+		Short:   "List the members of the cluster, their state and replication lag",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := opts.client(cmd)
