@@ -52,7 +52,7 @@ token comes from EDGE_ADMIN_TOKEN or --token-file.`,
 		Use:     "status",
 		Aliases: []string{"members"},
 		Short:   "List the members of the cluster, their state and replication lag",
-		Args:  noArgs,
+		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := opts.client(cmd)
 			if err != nil {
