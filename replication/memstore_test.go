@@ -51,6 +51,7 @@ type memStore struct {
 	ready     bool
 	subs      []chan EncodedSet
 	observed  uint64
+	written   []snapRow // every local write ever, for oracles
 	purges    []map[string]map[string]uint64
 	// applyGate, when set, is called before every ApplyBatch (tests
 	// block or fail applies with it).
@@ -97,6 +98,7 @@ func (s *memStore) write(kv map[string]*string) uint64 {
 			r.Val, c.Val = *v, *v
 		}
 		s.putLocked(k, r)
+		s.written = append(s.written, snapRow{k, r})
 		changes = append(changes, c)
 	}
 	s.held[s.id] = s.held[s.id].Union(RangeSet{{s.seq, s.seq}})
