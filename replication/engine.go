@@ -41,6 +41,15 @@ type Engine struct {
 
 	wg     sync.WaitGroup
 	cancel context.CancelFunc
+	fatal  chan error // ends Run (a rebuild)
+}
+
+// fail ends Run with err.
+func (e *Engine) fail(err error) {
+	select {
+	case e.fatal <- err:
+	default:
+	}
 }
 
 // New builds an engine; Start listens, Run replicates.
@@ -56,7 +65,7 @@ func New(cfg Config, store Store, members Membership) (*Engine, error) {
 		cfg: cfg, store: store, members: members, creds: creds, log: cfg.Logger,
 		nodeID: store.NodeID(), clusterID: store.ClusterID(),
 		ready: make(chan struct{}), peers: map[string]*peer{}, progress: make(chan struct{}),
-		ownTimes: map[uint64]time.Time{},
+		ownTimes: map[uint64]time.Time{}, fatal: make(chan error, 1),
 	}
 	e.metrics = newMetrics(cfg.Registerer, e)
 	return e, nil
@@ -97,6 +106,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.wg.Add(1)
 	go func() { defer e.wg.Done(); e.accept(ctx) }()
 	defer func() {
+		cancel() // before waiting: the loops end on it
 		_ = e.ln.Close()
 		e.wg.Wait()
 	}()
@@ -128,6 +138,8 @@ func (e *Engine) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case err := <-e.fatal:
+			return err
 		case <-feed.Done():
 			if ctx.Err() != nil {
 				return nil
@@ -366,6 +378,9 @@ func (e *Engine) session(ctx context.Context, p *peer, c *conn) error {
 		}
 		for {
 			if err := e.catchUp(ctx, p, c, next); err != nil {
+				if errors.Is(err, ErrRebuilt) {
+					e.fail(err)
+				}
 				cancel(fmt.Errorf("sync: %w", err))
 				return
 			}
@@ -451,6 +466,9 @@ func (e *Engine) catchUp(ctx context.Context, p *peer, c *conn, next func() (fra
 				req = req[:64]
 			}
 			got, err := e.fetch(ctx, c, next, o, req)
+			if errors.Is(err, ErrTooStale) {
+				return e.rebuild(ctx, p, c, mine, theirs, err)
+			}
 			if err != nil {
 				return err
 			}
@@ -500,8 +518,7 @@ func (e *Engine) fetch(ctx context.Context, c *conn, next func() (frame, error),
 			case 0, rejectNotReady:
 			case rejectTooStale:
 				e.metrics.tooStale.Inc()
-				e.log.Error("this node is behind a tombstone purge for origin " + origin +
-					": it must rebuild from a snapshot (remove its data directory and restart)")
+				return covered, fmt.Errorf("origin %s: %w", origin, ErrTooStale)
 			default:
 				e.log.Warn("peer could not serve a sync request", zap.String("origin", origin), zap.Uint64("code", d.Code))
 			}

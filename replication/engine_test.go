@@ -590,3 +590,57 @@ func FuzzFrameDecoder(f *testing.F) {
 		}
 	})
 }
+
+// A node behind a tombstone purge hands its own unreplicated writes to the
+// peer, then discards its state and ends Run with ErrRebuilt.
+func TestTooStaleRebuilds(t *testing.T) {
+	tc := newTestCluster()
+	as := newMemStore("a", false)
+	// a holds origin c's seqs 1-10 and purged its tombstones up to 8.
+	as.held["c"] = RangeSet{{1, 10}}
+	as.floor = map[string]uint64{"c": 8}
+	a := startEngine(t, tc, "a", as, [][]byte{testSecret('k')})
+	waitReady(t, a)
+
+	bs := newMemStore("b", false)
+	bs.held["c"] = RangeSet{{1, 2}}
+	bs.ready = true
+	for i := range 3 {
+		bs.write(map[string]*string{fmt.Sprintf("b-own-%d", i): str("unreplicated")})
+	}
+	cfg := DefaultConfig()
+	cfg.Addr = "127.0.0.1:0"
+	cfg.Name = "b"
+	cfg.Secrets = [][]byte{testSecret('k')}
+	cfg.SyncInterval = 200 * time.Millisecond
+	cfg.Logger = quietLogger(t).Named("b")
+	e, err := New(cfg, bs, tc.view("b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tc.add("b", "r", e.Addr().String())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrRebuilt) {
+			t.Fatalf("Run = %v, want ErrRebuilt", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("b never found out it was too stale")
+	}
+	if got := as.heldOf("b"); got.String() != "[1-3]" {
+		t.Fatalf("a holds %v of b's own writes, want all of them", got)
+	}
+	if !strings.Contains(as.dump(), "b-own-2") {
+		t.Fatal("b's unreplicated rows did not reach a")
+	}
+	if need, _ := bs.NeedsBootstrap(ctx); !need || bs.NodeID() == "b" {
+		t.Fatalf("b must need a bootstrap under a new id: need=%v id=%s", need, bs.NodeID())
+	}
+}

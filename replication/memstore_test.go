@@ -52,6 +52,7 @@ type memStore struct {
 	subs      []chan EncodedSet
 	observed  uint64
 	written   []snapRow // every local write ever, for oracles
+	floor     map[string]uint64 // purged up to, per origin
 	purges    []map[string]map[string]uint64
 	// applyGate, when set, is called before every ApplyBatch (tests
 	// block or fail applies with it).
@@ -150,6 +151,9 @@ func (s *memStore) ChangeSets(_ context.Context, origin string, want RangeSet, m
 	defer s.mu.Unlock()
 	if !s.ready {
 		return ChangeSetBatch{}, ErrNotReady
+	}
+	if f := s.floor[origin]; f > 0 && len(want.Intersect(RangeSet{{1, f}})) > 0 {
+		return ChangeSetBatch{}, ErrTooStale
 	}
 	avail := want.Intersect(s.held[origin])
 	var b ChangeSetBatch
@@ -351,6 +355,16 @@ func (s *memStore) Purge(_ context.Context, wm map[string]map[string]uint64) (Pu
 	defer s.mu.Unlock()
 	s.purges = append(s.purges, wm)
 	return PurgeResult{}, nil
+}
+
+func (s *memStore) Rebuild(context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rows, s.clog, s.held = map[string]memRow{}, map[string]map[uint64][]string{}, map[string]RangeSet{}
+	s.id += "-rebuilt"
+	s.seq = 0
+	s.needsBoot, s.ready = true, false
+	return nil
 }
 
 func (s *memStore) ObserveOwnOrigin(_ context.Context, max uint64) error {

@@ -135,6 +135,12 @@ type Store interface {
 	// period and re-checks each tombstone inside the purge commit.
 	Purge(ctx context.Context, watermarks map[string]map[string]uint64) (PurgeResult, error)
 
+	// Rebuild discards the local state and takes a new node id, so that
+	// the store needs a bootstrap (NeedsBootstrap true). The engine calls
+	// it when this node is behind a tombstone purge (ErrTooStale), after a
+	// peer acknowledged every change set of this node's origin.
+	Rebuild(ctx context.Context) error
+
 	// ObserveOwnOrigin tells the store that a peer holds seqs of this
 	// node's origin up to maxSeq. If that is above what the store ever
 	// issued, the store came back from the past (a restored backup) and
