@@ -51,7 +51,7 @@ type memStore struct {
 	ready     bool
 	subs      []chan EncodedSet
 	observed  uint64
-	written   []snapRow // every local write ever, for oracles
+	written   []snapRow         // every local write ever, for oracles
 	floor     map[string]uint64 // purged up to, per origin
 	purges    []map[string]map[string]uint64
 	// applyGate, when set, is called before every ApplyBatch (tests
