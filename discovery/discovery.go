@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -29,7 +30,8 @@ type Discovery struct {
 	log     *zap.Logger
 	metrics *metrics
 
-	ml *memberlist.Memberlist
+	// ml is set by Start; the admin API may ask for Members before that.
+	ml atomic.Pointer[memberlist.Memberlist]
 
 	mu      sync.Mutex
 	meta    Meta
@@ -109,7 +111,7 @@ func (d *Discovery) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("gossip on %s: %w", d.cfg.BindAddr, err)
 	}
-	d.ml = ml
+	d.ml.Store(ml)
 	if d.cfg.PeersFile != "" {
 		if peers, err := loadPeers(d.cfg.PeersFile); err != nil {
 			d.log.Warn("last known members unreadable; starting without them", zap.Error(err))
@@ -215,7 +217,7 @@ func (d *Discovery) join(ctx context.Context, targets []string) int {
 		go func(addr string) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			n, err := d.ml.Join([]string{addr})
+			n, err := d.ml.Load().Join([]string{addr})
 			if err != nil || n == 0 {
 				d.metrics.joins.WithLabelValues("failed").Inc()
 				d.log.Debug("join failed", zap.String("addr", addr), zap.Error(err))
@@ -255,26 +257,28 @@ func (d *Discovery) SetReady(ready bool) error {
 	changed := d.meta.Ready != ready
 	d.meta.Ready = ready
 	d.mu.Unlock()
-	if !changed || d.ml == nil {
+	ml := d.ml.Load()
+	if !changed || ml == nil {
 		return nil
 	}
-	return d.ml.UpdateNode(d.cfg.Timings.TCPTimeout)
+	return ml.UpdateNode(d.cfg.Timings.TCPTimeout)
 }
 
 // Leave tells the others this node is going, then stops gossip.
 func (d *Discovery) Leave(timeout time.Duration) error {
-	if d.ml == nil {
+	ml := d.ml.Load()
+	if ml == nil {
 		return nil
 	}
 	d.saveKnown()
 	d.mu.Lock()
 	d.meta.Leaving = true
 	d.mu.Unlock()
-	if err := d.ml.UpdateNode(timeout); err != nil {
+	if err := ml.UpdateNode(timeout); err != nil {
 		d.log.Warn("could not announce leaving", zap.Error(err))
 	}
-	err := d.ml.Leave(timeout)
-	return errors.Join(err, d.ml.Shutdown())
+	err := ml.Leave(timeout)
+	return errors.Join(err, ml.Shutdown())
 }
 
 // Self returns this node's metadata.
@@ -299,8 +303,8 @@ func (d *Discovery) notifyLocked() {
 // Members returns every member this node knows, itself first.
 func (d *Discovery) Members() []cluster.Member {
 	suspect := map[string]bool{}
-	if d.ml != nil {
-		for _, n := range d.ml.Members() {
+	if ml := d.ml.Load(); ml != nil {
+		for _, n := range ml.Members() {
 			if n.State == memberlist.StateSuspect {
 				suspect[n.Name] = true
 			}

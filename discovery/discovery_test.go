@@ -112,7 +112,7 @@ func startNode(t *testing.T, o nodeOpts) (*Discovery, *prometheus.Registry, cont
 	return d, reg, stop
 }
 
-func shutdown(d *Discovery) { _ = d.ml.Shutdown() }
+func shutdown(d *Discovery) { _ = d.ml.Load().Shutdown() }
 
 // waitFor polls cond until it holds or the (generous) deadline passes.
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -413,3 +413,45 @@ func testLogger(t *testing.T) *zap.Logger {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// The admin API asks for members while the agent is still starting
+// gossip; that must be safe (run with -race).
+func TestMembersWhileStarting(t *testing.T) {
+	port := freePort(t, "127.0.0.1")
+	keys, _ := ParseKeys(key('k'), "")
+	cfg := LocalConfig()
+	cfg.Name, cfg.BindAddr, cfg.App, cfg.Keys = "a", fmt.Sprintf("127.0.0.1:%d", port), "edge-test", keys
+	cfg.Meta = Meta{ClusterID: "c1", NodeID: "id-a"}
+	d, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				if ms := d.Members(); len(ms) != 1 || !ms[0].Self {
+					t.Errorf("members = %+v", ms)
+					return
+				}
+			}
+		}
+	}()
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("reader did not stop")
+	}
+	if err := d.Leave(time.Second); err != nil {
+		t.Fatal(err)
+	}
+}

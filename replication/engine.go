@@ -101,7 +101,9 @@ func (e *Engine) Run(ctx context.Context) error {
 		return errors.New("replication: Run before Start")
 	}
 	ctx, cancel := context.WithCancel(ctx)
+	e.mu.Lock()
 	e.cancel = cancel
+	e.mu.Unlock()
 	defer cancel()
 	e.wg.Add(1)
 	go func() { defer e.wg.Done(); e.accept(ctx) }()
@@ -719,8 +721,11 @@ func (e *Engine) serveSnapshot(ctx context.Context, c *conn) error {
 
 // Close stops Run's loops (Run returns) and closes the listener.
 func (e *Engine) Close() {
-	if e.cancel != nil {
-		e.cancel()
+	e.mu.Lock()
+	cancel := e.cancel
+	e.mu.Unlock()
+	if cancel != nil {
+		cancel()
 	}
 	if e.ln != nil {
 		_ = e.ln.Close()
