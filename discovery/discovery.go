@@ -162,7 +162,7 @@ func jitter(d time.Duration) time.Duration {
 // alive members.
 func (d *Discovery) resolveAndJoin(ctx context.Context) {
 	var lists [][]Candidate
-	found := 0
+	found, failed := 0, false
 	for _, s := range d.cfg.Sources {
 		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		cands, err := s.Candidates(qctx)
@@ -170,15 +170,16 @@ func (d *Discovery) resolveAndJoin(ctx context.Context) {
 		if err != nil {
 			d.metrics.resolveErrors.WithLabelValues(s.Name()).Inc()
 			d.log.Warn("discovery source failed", zap.String("source", s.Name()), zap.Error(err))
+			failed = true
 			continue
 		}
 		found += len(cands)
 		lists = append(lists, cands)
 	}
-	if found == 0 {
-		// Every source failed or found nothing (a DNS outage, or
-		// Machines not started yet): fall back to the last members we
-		// saw, so a cluster survives its resolver.
+	if found == 0 || failed {
+		// A source failed (a DNS outage) or none found anything:
+		// add the last members we saw, so a cluster survives its
+		// resolver.
 		d.mu.Lock()
 		known := peersAsCandidates(d.known, d.cfg.Now(), d.cfg.PeersMaxAge)
 		d.mu.Unlock()
