@@ -43,13 +43,23 @@ type DNS struct {
 // StartDNS serves on addr (UDP and TCP, e.g. "127.0.0.1:0").
 func StartDNS(app, addr string) (*DNS, error) {
 	d := &DNS{app: app, txtChunk: 20, machines: map[string]Machine{}, qtypes: map[uint16]int{}}
-	pc, err := net.ListenPacket("udp", addr)
-	if err != nil {
-		return nil, err
-	}
-	l, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
+	// UDP and TCP share the port; with port 0 the UDP port picked may be
+	// taken for TCP by another process, so try a few.
+	var pc net.PacketConn
+	var l net.Listener
+	var err error
+	for range 20 {
+		pc, err = net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, err
+		}
+		l, err = net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			break
+		}
 		pc.Close()
+	}
+	if err != nil {
 		return nil, err
 	}
 	d.udp = &dns.Server{PacketConn: pc, Handler: d}
