@@ -149,7 +149,9 @@ func (d *DNS) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	}
 	zone := d.app + ".internal."
 	name := strings.ToLower(q.Name)
-	hdr := func(t uint16) dns.RR_Header { return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: 5} }
+	hdr := func(t uint16) dns.RR_Header {
+		return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: 5}
+	}
 	switch {
 	case name == zone && q.Qtype == dns.TypeAAAA:
 		for _, mc := range d.sorted() {
