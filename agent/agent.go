@@ -220,6 +220,7 @@ func (a *Agent) Start(ctx context.Context) error {
 			return fmt.Errorf("cluster: %w", err)
 		}
 		a.runLoop(bg, "discovery", a.disc.Run)
+		a.logger.Warn("cluster membership is on, but change sets are not replicated yet: the replication engine is wired once the store offers its replication API")
 		if err := a.disc.SetReady(true); err != nil {
 			a.logger.Warn("could not gossip readiness", zap.Error(err))
 		}
