@@ -243,14 +243,12 @@ func TestBackendObservations(t *testing.T) {
 	}}); err != nil {
 		t.Fatal(err)
 	}
-	sets, err := remote.ChangeSetsSince(ctx, remote.NodeID(), 0, 0)
-	if err != nil || len(sets) == 0 {
-		t.Fatalf("remote change sets: %v %d", err, len(sets))
+	ans, err := remote.ChangeSets(ctx, remote.NodeID(), remote.Bookkeeping()[remote.NodeID()], 0)
+	if err != nil || len(ans.Sets) == 0 {
+		t.Fatalf("remote change sets: %v %d", err, len(ans.Sets))
 	}
-	for _, cs := range sets {
-		if _, err := h.store.Apply(ctx, cs); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := h.store.ApplyAnswer(ctx, ans); err != nil {
+		t.Fatal(err)
 	}
 
 	var got backendResponse

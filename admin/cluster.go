@@ -1,16 +1,21 @@
 package admin
 
 import (
+	"errors"
 	"net/http"
 	"sort"
+	"strings"
+
+	"github.com/singularity-ng/singularity-edge/storage"
 )
 
 // healthResponse is all GET /api/health tells an unauthenticated caller:
 // the process answers (live) and it can serve (ready).
 type healthResponse struct {
-	Status string `json:"status"` // "ok" or "starting"
+	Status string `json:"status"` // "ok", "starting", "disk_full" or "store_not_ready"
 	Live   bool   `json:"live"`
 	Ready  bool   `json:"ready"`
+	Reason string `json:"reason,omitempty"` // why not ready, when the store says
 }
 
 // handleHealth answers 200 when ready and 503 while starting (the store is
@@ -27,6 +32,29 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	}
 	if !ready {
 		writeJSON(w, http.StatusServiceUnavailable, healthResponse{Status: "starting", Live: true})
+		return
+	}
+	// Ready only while the store can commit: a full disk or a store that
+	// is bootstrapping or resyncing a table is not ready. A failed commit
+	// is probed again here, so the node comes back without waiting for
+	// the next write.
+	err := s.store.Ready()
+	if err != nil && (errors.Is(err, storage.ErrDiskFull) || !errors.Is(err, storage.ErrNotReady)) {
+		if s.store.CheckWritable() == nil {
+			err = s.store.Ready()
+		}
+	}
+	if err != nil {
+		status, reason := "store_not_ready", "the store is not ready"
+		if errors.Is(err, storage.ErrDiskFull) {
+			status, reason = "disk_full", "the node's disk is full; writes resume once space is freed"
+		} else if errors.Is(err, storage.ErrNotReady) && !errors.Is(err, storage.ErrCommitFailed) {
+			// Bootstrap or resync: no paths or key material in these.
+			reason = strings.TrimPrefix(err.Error(), storage.ErrNotReady.Error()+": ")
+		} else {
+			reason = "the store cannot commit; see the agent log"
+		}
+		writeJSON(w, http.StatusServiceUnavailable, healthResponse{Status: status, Live: true, Reason: reason})
 		return
 	}
 	writeJSON(w, http.StatusOK, healthResponse{Status: "ok", Live: true, Ready: true})

@@ -121,6 +121,11 @@ type Store interface {
 	Observations(ctx context.Context, nodeID string) ([]storage.Observation, error)
 
 	Info() storage.Info
+	// Ready says whether the store can commit and serve (nil) or why not;
+	// CheckWritable probes a write, so that health recovers by itself
+	// once space is back.
+	Ready() error
+	CheckWritable() error
 	TableStats(ctx context.Context) ([]storage.TableStats, error)
 	RocksDBStats(table string) (string, error)
 	Compact(ctx context.Context, table string) error

@@ -26,7 +26,10 @@ type DBInfoResponse struct {
 	LastIndex       uint64            `json:"last_index"`
 	HLC             uint64            `json:"hlc"`
 	ClockSkewEvents uint64            `json:"clock_skew_events"`
-	VersionVector   map[string]uint64 `json:"version_vector"`
+	ClusterID       string            `json:"cluster_id"`
+	Watermarks      map[string]uint64 `json:"watermarks"` // contiguous watermark per origin
+	Seen            map[string]string `json:"seen"`       // seqs applied per origin, as ranges
+	Ready           string            `json:"ready"`      // "yes" or why not
 }
 
 // DBTableStats is one table's (or internal column family's) size and
@@ -100,7 +103,10 @@ func (s *Server) handleDBInfo(w http.ResponseWriter, r *http.Request) {
 		LastIndex:       info.LastIndex,
 		HLC:             uint64(info.HLC),
 		ClockSkewEvents: info.ClockSkewEvents,
-		VersionVector:   info.VersionVector,
+		ClusterID:       info.ClusterID,
+		Watermarks:      info.Watermarks,
+		Seen:            info.Seen,
+		Ready:           readiness(s.store.Ready()),
 	})
 }
 
@@ -229,4 +235,12 @@ func dirError(err error) error {
 			Fields: fielderr.List{{Field: "dir", Message: msg}}, cause: err}
 	}
 	return err
+}
+
+// readiness renders storage.Store.Ready for DBInfoResponse.
+func readiness(err error) string {
+	if err == nil {
+		return "yes"
+	}
+	return err.Error()
 }

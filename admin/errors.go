@@ -41,6 +41,8 @@ const (
 	CodeMethodNotAllowed     = "method_not_allowed"
 	CodeNotSupported         = "not_supported"
 	CodeInternal             = "internal"
+	CodeInsufficientStorage  = "insufficient_storage"
+	CodeUnavailable          = "unavailable"
 )
 
 // apiError is a failed request on its way to the client. Handlers return it
@@ -132,6 +134,15 @@ func toAPIError(err error) *apiError {
 	case errors.Is(err, storage.ErrConflict):
 		return &apiError{Status: http.StatusConflict, Code: CodeConflict,
 			Message: "a concurrent update changed the same rows; retry the request", cause: err}
+	case errors.Is(err, storage.ErrDiskFull):
+		// The cause is the condition, not a bug: say it, and that it
+		// heals by itself once space is freed.
+		return &apiError{Status: http.StatusInsufficientStorage, Code: CodeInsufficientStorage,
+			Message: "the node's disk is full: nothing was stored; writes resume by themselves once space is freed", cause: err}
+	case errors.Is(err, storage.ErrTooLarge):
+		return &apiError{Status: http.StatusRequestEntityTooLarge, Code: CodeTooLarge, Message: err.Error(), cause: err}
+	case errors.Is(err, storage.ErrNotReady):
+		return &apiError{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: err.Error(), cause: err}
 	case errors.Is(err, storage.ErrClosed):
 		return &apiError{Status: http.StatusServiceUnavailable, Code: CodeInternal,
 			Message: "the store is closed; the agent is shutting down", cause: err}

@@ -36,11 +36,8 @@ type Config struct {
 	BlockCacheSize  int64         // RocksDB block cache, bytes
 	ShutdownTimeout time.Duration // how long in-flight requests may take to drain
 
-	// FeedRetention is how many change-feed entries are kept;
-	// ChangeLogRetention how long change sets are kept for peers to catch
-	// up from.
-	FeedRetention      uint64
-	ChangeLogRetention time.Duration
+	// FeedRetention is how many change-feed entries are kept.
+	FeedRetention uint64
 
 	// Cluster membership (discovery). Gossip is off when GossipAddr is
 	// empty: the agent is then a cluster of one.
@@ -73,8 +70,7 @@ func DefaultConfig() Config {
 		BlockCacheSize:  64 << 20,
 		ShutdownTimeout: 15 * time.Second,
 
-		FeedRetention:      100_000,
-		ChangeLogRetention: 7 * 24 * time.Hour,
+		FeedRetention: 100_000,
 
 		App:          "singularity-edge",
 		GossipPreset: "local",
@@ -187,9 +183,6 @@ func (c *Config) Validate() error {
 	}
 	if c.FeedRetention == 0 {
 		errs = append(errs, errors.New("--feed-retention must be at least 1"))
-	}
-	if c.ChangeLogRetention < time.Hour {
-		errs = append(errs, fmt.Errorf("--changelog-retention %s is below one hour", c.ChangeLogRetention))
 	}
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("--shutdown-timeout must be positive"))

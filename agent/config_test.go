@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"strings"
 	"testing"
-	"time"
 )
 
 func TestApplyEnvironment(t *testing.T) {
@@ -52,7 +51,6 @@ func TestConfigValidate(t *testing.T) {
 		{"zero drain", func(c *Config) { c.ShutdownTimeout = 0 }, "--shutdown-timeout"},
 		{"bad log level", func(c *Config) { c.LogLevel = "loud" }, "--log-level"},
 		{"no feed", func(c *Config) { c.FeedRetention = 0 }, "--feed-retention"},
-		{"short changelog", func(c *Config) { c.ChangeLogRetention = time.Minute }, "--changelog-retention"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

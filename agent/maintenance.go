@@ -12,11 +12,11 @@ import (
 // pruneInterval is how often the change feed and change log are trimmed.
 const pruneInterval = 10 * time.Minute
 
-// pruneLoop trims the change feed and the change log, which otherwise grow
-// with every commit (observations alone add one every few seconds). The
-// feed only serves in-process subscribers, which keep up, so a bounded tail
-// suffices; the change log is what peers catch up from, so it keeps
-// ChangeLogRetention of history.
+// pruneLoop trims the change feed, which grows with every commit
+// (observations alone add one every few seconds) and only serves in-process
+// subscribers, which keep up, so a bounded tail suffices; and it removes
+// expired rows (observations of nodes that left). The change log needs no
+// pruning: it keeps only current row versions.
 func (a *Agent) pruneLoop(ctx context.Context) error {
 	ticker := time.NewTicker(pruneInterval)
 	defer ticker.Stop()
@@ -26,20 +26,24 @@ func (a *Agent) pruneLoop(ctx context.Context) error {
 			return nil
 		case <-ticker.C:
 		}
-		cutoff := time.Now().Add(-a.cfg.ChangeLogRetention)
-		res, err := a.store.Prune(ctx, storage.PruneOptions{
-			KeepFeed:        a.cfg.FeedRetention,
-			ChangeLogBefore: storage.NewHLC(cutoff.UnixMilli(), 0),
-		})
+		res, err := a.store.Prune(ctx, storage.PruneOptions{KeepFeed: a.cfg.FeedRetention})
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			a.logger.Warn("pruning the change log failed", zap.Error(err))
+			a.logger.Warn("pruning the change feed failed", zap.Error(err))
 			continue
 		}
-		if res.FeedEntries+res.ChangeSets > 0 {
-			a.logger.Info("pruned change history", zap.Int("feed_entries", res.FeedEntries), zap.Int("change_sets", res.ChangeSets))
+		expired, err := a.store.ExpireRows(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			a.logger.Warn("removing expired rows failed", zap.Error(err))
+			continue
+		}
+		if res.FeedEntries+expired.Removed > 0 {
+			a.logger.Info("pruned", zap.Int("feed_entries", res.FeedEntries), zap.Int("expired_rows", expired.Removed))
 		}
 	}
 }

@@ -512,11 +512,11 @@ func TestManagerDeletesObservationsOfRemovedBackends(t *testing.T) {
 	if err := peerStore.PutObservations(ctx, []storage.Observation{{BackendID: "drop", PoolName: "p", Healthy: true}}); err != nil {
 		t.Fatal(err)
 	}
-	sets, err := peerStore.ChangeSetsSince(ctx, "node-b", 0, 0)
-	if err != nil || len(sets) != 1 {
-		t.Fatalf("peer change sets: %d, %v", len(sets), err)
+	ans, err := peerStore.ChangeSets(ctx, "node-b", peerStore.Bookkeeping()["node-b"], 0)
+	if err != nil || len(ans.Sets) != 1 {
+		t.Fatalf("peer change sets: %d, %v", len(ans.Sets), err)
 	}
-	if _, err := st.Apply(ctx, sets[0]); err != nil {
+	if _, err := st.ApplyAnswer(ctx, ans); err != nil {
 		t.Fatal(err)
 	}
 

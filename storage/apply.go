@@ -3,287 +3,432 @@ package storage
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/linxGnu/grocksdb"
 	"go.uber.org/zap"
 )
 
-// ApplyResult says what Apply did with a change set.
-type ApplyResult struct {
-	Applied int    // rows written (their version was newer than the stored one)
-	Skipped int    // rows left alone (stored version newer or equal)
-	Index   uint64 // feed index of the event; 0 when nothing changed
-	// Duplicate: the change set was already in the change log, so it had
-	// been applied before; nothing was done.
-	Duplicate bool
+// BatchResult says what ApplyBatch did.
+type BatchResult struct {
+	Sets       int    // change sets recorded (now in the bookkeeping)
+	Duplicates int    // change sets already recorded before: nothing done
+	Applied    int    // rows written (their version won)
+	Skipped    int    // rows left alone (the stored version is newer or equal)
+	Refused    int    // rows refused: older than the purge floor for an absent key, or already expired
+	Index      uint64 // feed index of the last event; 0 when no row changed
+	// FarAhead counts the sets whose HLC was more than the maximum clock
+	// offset ahead of the local wall clock: stored, but the local clock
+	// did not follow them (see ClockSkew).
+	FarAhead int
 }
 
-// preparedChange is a validated change with the index entries of its row.
-type preparedChange struct {
-	Change
-	idx [][]byte
+// preparedSet is a validated change set with the index entries of its rows.
+type preparedSet struct {
+	ChangeSet
+	idx [][][]byte // per change: its record's index entries
 }
 
-// Apply applies a change set from another node: atomically, idempotently,
-// last-write-wins per row by (HLC, origin). A row is written only when the
-// change's version is newer than the stored one (tombstones included), so a
-// delete beats an older update and loses to a newer one, and an equal
-// version is a no-op. Index entries follow the rows. The change set is
-// recorded in the change log under its origin and seq (replicas can relay
-// it and VersionVector counts it) even when no row won; a feed event is
-// emitted only when at least one row changed. Like every event it carries
-// only rows whose stored version is the change's, so a feed consumer never
-// sees a losing value. The local
-// clock witnesses cs.HLC. Invalid input fails with an error and stores
-// nothing.
-func (s *Store) Apply(ctx context.Context, cs ChangeSet) (ApplyResult, error) {
-	if err := validateKey("change set origin", cs.Origin); err != nil {
-		return ApplyResult{}, err
-	}
-	if cs.Seq == 0 {
-		return ApplyResult{}, fmt.Errorf("%w: change set seq is 0", ErrInvalid)
-	}
-	prepared, err := prepareChanges(cs.Changes)
-	if err != nil {
-		return ApplyResult{}, fmt.Errorf("change set %s/%d: %w", cs.Origin, cs.Seq, err)
-	}
-	if err := s.enter(); err != nil {
-		return ApplyResult{}, err
-	}
-	defer s.leave()
-	s.witness(cs.HLC)
-	for _, c := range prepared {
-		s.witness(c.Version.HLC)
-	}
-	var lastErr error
-	for attempt := 0; attempt < maxAttempts; attempt++ {
-		if err := ctx.Err(); err != nil {
-			return ApplyResult{}, err
-		}
-		res, err := s.tryApply(prepared, &cs)
-		if err == nil || !isRetryable(err) {
+// ApplyBatch applies change sets from peers (one or more origins, in any
+// order, duplicates allowed) in one RocksDB commit, together with the
+// bookkeeping that records them as seen: a set is seen exactly when its
+// rows are stored, also across a crash. Rows follow last-write-wins by
+// (HLC, origin): a change is written only when its version is newer than
+// the stored one (tombstones included). A change for a key that is absent
+// here and older than the purge floor is refused (it would resurrect a
+// purged delete), as is an expired observation or TTL row; the set is
+// still recorded. The commit is not fsynced: a set lost to a power cut is
+// missing from the bookkeeping too and is fetched again.
+//
+// A set of this node's own id with a seq above the last one it issued
+// means the store went back in time (see ObserveOwnSeq): the store takes a
+// new id first, then applies the set as any other origin's.
+//
+// Invalid input (unknown table, bad key, a change whose version is not its
+// set's, more than MaxChangeSetRows rows) fails the whole batch with an
+// error wrapping ErrInvalid or ErrTooLarge, and nothing is stored.
+func (s *Store) ApplyBatch(ctx context.Context, sets []ChangeSet) (BatchResult, error) {
+	var res BatchResult
+	prepared := make([]preparedSet, 0, len(sets))
+	for _, cs := range sets {
+		p, err := prepareSet(cs)
+		if err != nil {
 			return res, err
 		}
-		s.counts.conflictRetry.Add(1)
-		lastErr = err
-		backoff(attempt)
+		prepared = append(prepared, p)
 	}
-	s.counts.conflictFailed.Add(1)
-	return ApplyResult{}, fmt.Errorf("%w: gave up after %d attempts: %v", ErrConflict, maxAttempts, lastErr)
+	if err := s.enter(); err != nil {
+		return res, err
+	}
+	defer s.leave()
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	return s.applyPrepared(prepared, nil, applyOptions{})
 }
 
-func (s *Store) witness(h HLC) {
-	if h == 0 {
-		return
+// ApplyAnswer applies a catch-up answer from a peer (its ChangeSets): the
+// sets, and every seq of ans.Covered as seen, cleared seqs included, in one
+// commit. Sets must be of ans.Origin with seqs inside ans.Covered.
+func (s *Store) ApplyAnswer(ctx context.Context, ans Answer) (BatchResult, error) {
+	var res BatchResult
+	if err := validateKey("answer origin", ans.Origin); err != nil {
+		return res, err
 	}
-	if _, err := s.clock.Update(h); err != nil {
-		s.log.Warn("peer clock ahead of ours", zap.Error(err))
+	covered, err := RangesOf(ans.Covered...)
+	if err != nil {
+		return res, err
 	}
+	prepared := make([]preparedSet, 0, len(ans.Sets))
+	for _, cs := range ans.Sets {
+		if cs.Origin != ans.Origin || !covered.Contains(cs.Seq) {
+			return res, fmt.Errorf("%w: answer for %s covering %s holds set %s/%d", ErrInvalid, ans.Origin, covered, cs.Origin, cs.Seq)
+		}
+		p, err := prepareSet(cs)
+		if err != nil {
+			return res, err
+		}
+		prepared = append(prepared, p)
+	}
+	if err := s.enter(); err != nil {
+		return res, err
+	}
+	defer s.leave()
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	return s.applyPrepared(prepared, map[string]Ranges{ans.Origin: covered}, applyOptions{})
 }
 
-// prepareChanges validates changes and decodes their index entries.
-func prepareChanges(changes []Change) ([]preparedChange, error) {
-	seen := make(map[rowRef]bool, len(changes))
-	out := make([]preparedChange, 0, len(changes))
-	for i, c := range changes {
-		if !isTable(c.Table) {
-			return nil, fmt.Errorf("change %d: %w: %q", i, ErrUnknownTable, c.Table)
+// prepareSet validates a change set and decodes its index entries.
+func prepareSet(cs ChangeSet) (preparedSet, error) {
+	wrap := func(err error) error { return fmt.Errorf("change set %s/%d: %w", cs.Origin, cs.Seq, err) }
+	if err := validateKey("change set origin", cs.Origin); err != nil {
+		return preparedSet{}, wrap(err)
+	}
+	if cs.Seq == 0 {
+		return preparedSet{}, wrap(fmt.Errorf("%w: seq is 0", ErrInvalid))
+	}
+	if len(cs.Changes) > MaxChangeSetRows {
+		return preparedSet{}, wrap(fmt.Errorf("%w: %d rows (at most %d)", ErrTooLarge, len(cs.Changes), MaxChangeSetRows))
+	}
+	own := Version{HLC: cs.HLC, Origin: cs.Origin, Seq: cs.Seq}
+	seen := make(map[rowRef]bool, len(cs.Changes))
+	p := preparedSet{ChangeSet: cs, idx: make([][][]byte, len(cs.Changes))}
+	for i, c := range cs.Changes {
+		def := lookupTable(c.Table)
+		if def == nil {
+			return preparedSet{}, wrap(fmt.Errorf("change %d: %w: %q", i, ErrUnknownTable, c.Table))
 		}
-		if err := validateRowKey(c.Table, c.Key); err != nil {
-			return nil, fmt.Errorf("change %d: %w", i, err)
+		if err := def.checkKey(c.Key); err != nil {
+			return preparedSet{}, wrap(fmt.Errorf("change %d: %w", i, err))
 		}
-		if c.Version.HLC == 0 || c.Version.Origin == "" {
-			return nil, fmt.Errorf("change %d: %w: %s %q has no version", i, ErrInvalid, c.Table, c.Key)
+		if c.Version != own || cs.HLC == 0 {
+			return preparedSet{}, wrap(fmt.Errorf("change %d: %w: %s %q has version %s/%d/%d, not its set's", i, ErrInvalid,
+				c.Table, c.Key, c.Version.Origin, c.Version.Seq, c.Version.HLC))
 		}
 		ref := rowRef{c.Table, c.Key}
 		if seen[ref] {
-			return nil, fmt.Errorf("change %d: %w: %s %q appears twice", i, ErrInvalid, c.Table, c.Key)
+			return preparedSet{}, wrap(fmt.Errorf("change %d: %w: %s %q appears twice", i, ErrInvalid, c.Table, c.Key))
 		}
 		seen[ref] = true
-		p := preparedChange{Change: c}
+		if c.Expires < 0 {
+			return preparedSet{}, wrap(fmt.Errorf("change %d: %w: negative expiry", i, ErrInvalid))
+		}
 		if c.Deleted {
-			if c.Value != nil {
-				return nil, fmt.Errorf("change %d: %w: delete of %s %q carries a value", i, ErrInvalid, c.Table, c.Key)
+			if len(c.Value) != 0 {
+				return preparedSet{}, wrap(fmt.Errorf("change %d: %w: delete of %s %q carries a value", i, ErrInvalid, c.Table, c.Key))
 			}
-		} else {
-			d, err := decodeRecord(c.Table, c.Value)
-			if err != nil {
-				return nil, fmt.Errorf("change %d: %w", i, err)
-			}
-			if err := validateRecord(c.Table, d); err != nil {
-				return nil, fmt.Errorf("change %d: %w", i, err)
-			}
-			if d.key != c.Key {
-				return nil, fmt.Errorf("change %d: %w: key %q does not match its record (%q)", i, ErrInvalid, c.Key, d.key)
-			}
-			p.idx = d.idx
-		}
-		p.keys = nil
-		out = append(out, p)
-	}
-	return out, nil
-}
-
-// tryApply runs one attempt. With record set, the change set is recorded
-// under its own origin/seq; without, the winning rows are recorded as a new
-// local change set (Import).
-func (s *Store) tryApply(changes []preparedChange, record *ChangeSet) (ApplyResult, error) {
-	txn := s.db.TransactionBegin(s.wo, s.txo, nil)
-	defer txn.Destroy()
-	snap := txn.GetSnapshot()
-	defer snap.Destroy()
-	ro := grocksdb.NewDefaultReadOptions()
-	defer ro.Destroy()
-	ro.SetSnapshot(snap)
-	tx := &Tx{s: s, txn: txn, ro: ro, old: make(map[rowRef]*row)}
-
-	var res ApplyResult
-	if record != nil {
-		v, err := txn.GetForUpdateWithCF(ro, s.cfs[cfChangelog], changelogKey(record.Origin, record.Seq))
-		if err != nil {
-			_ = txn.Rollback()
-			return res, writeError(err)
-		}
-		seen := v.Exists()
-		v.Free()
-		if seen {
-			_ = txn.Rollback()
-			s.counts.applyDuplicate.Add(1)
-			s.counts.applySkipped.Add(uint64(len(changes)))
-			return ApplyResult{Skipped: len(changes), Duplicate: true}, nil
-		}
-	}
-
-	var winners []Change
-	for _, c := range changes {
-		ref := rowRef{c.Table, c.Key}
-		old, err := tx.load(ref)
-		if err != nil {
-			_ = txn.Rollback()
-			return ApplyResult{}, err
-		}
-		if old != nil && !old.version.Less(c.Version) {
-			res.Skipped++
 			continue
 		}
-		oldIdx, err := rowIndexKeys(c.Table, old)
+		d, err := def.decode(c.Value)
 		if err != nil {
-			_ = txn.Rollback()
-			return ApplyResult{}, corruptError(c.Table, err)
+			return preparedSet{}, wrap(fmt.Errorf("change %d: %w: %v", i, ErrInvalid, err))
 		}
-		if err := tx.writeIndex(oldIdx, c.idx); err != nil {
-			_ = txn.Rollback()
-			return ApplyResult{}, err
+		if err := def.validate(d); err != nil {
+			return preparedSet{}, wrap(fmt.Errorf("change %d: %w", i, err))
 		}
-		if err := txn.PutCF(s.cfs[c.Table], []byte(c.Key), encodeRow(row{version: c.Version, deleted: c.Deleted, rec: c.Value})); err != nil {
-			_ = txn.Rollback()
-			return ApplyResult{}, writeError(err)
+		if d.key != c.Key {
+			return preparedSet{}, wrap(fmt.Errorf("change %d: %w: key %q does not match its record (%q)", i, ErrInvalid, c.Key, d.key))
 		}
-		winners = append(winners, Change{Table: c.Table, Key: c.Key, Deleted: c.Deleted, Version: c.Version})
-		res.Applied++
+		p.idx[i] = d.idx
 	}
-	if record == nil && len(winners) == 0 {
-		_ = txn.Rollback()
+	return p, nil
+}
+
+// applyPrepared applies validated sets in one batch under the commit
+// mutex. Holding the mutex while reading the stored rows means no other
+// commit can come between the read and the write; a local transaction
+// that read a row this batch overwrites conflicts at its commit, as it
+// would with another transaction.
+// applyOptions adapts applyPrepared to imports and snapshot ingest.
+type applyOptions struct {
+	// partialSets: sets may arrive in parts (an import or snapshot cut
+	// between batches), so a seq already recorded is not a duplicate;
+	// last-write-wins per row skips what is already stored.
+	partialSets bool
+	sync        bool // fsync the commit
+	noFeed      bool // write no feed entries (snapshot ingest)
+}
+
+func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opts applyOptions) (BatchResult, error) {
+	var res BatchResult
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+
+	for _, ps := range sets {
+		if ps.Origin == s.NodeID() {
+			if _, err := s.rotateIfBehindLocked(ps.Seq); err != nil {
+				return res, err
+			}
+		}
+	}
+	for origin, rs := range covered {
+		if origin == s.NodeID() {
+			if _, err := s.rotateIfBehindLocked(rs.Max()); err != nil {
+				return res, err
+			}
+		}
+	}
+
+	ro := grocksdb.NewDefaultReadOptions()
+	defer ro.Destroy()
+	batch := grocksdb.NewWriteBatch()
+	defer batch.Destroy()
+
+	s.bkMu.RLock()
+	staged := make(map[string]Ranges)
+	for _, ps := range sets {
+		if _, ok := staged[ps.Origin]; !ok {
+			staged[ps.Origin] = s.bk[ps.Origin]
+		}
+	}
+	clearedNew := false
+	for origin, rs := range covered {
+		before := s.bk[origin]
+		if _, ok := staged[origin]; !ok {
+			staged[origin] = before
+		}
+		clearedNew = clearedNew || !before.ContainsAll(rs)
+	}
+	s.bkMu.RUnlock()
+
+	// current is the batch's view of rows it read or wrote, so that two
+	// sets of one batch touching the same row are ordered correctly.
+	current := make(map[rowRef]*row)
+	load := func(def *tableDef, key string) (*row, error) {
+		ref := rowRef{def.name, key}
+		if r, ok := current[ref]; ok {
+			return r, nil
+		}
+		v, err := s.base.GetCF(ro, s.cfs[def.name], []byte(key))
+		if err != nil {
+			return nil, readError(def.name, err)
+		}
+		defer v.Free()
+		var r *row
+		if v.Exists() {
+			d, err := decodeRow(v.Data())
+			if err != nil {
+				return nil, corruptError(def.name, fmt.Errorf("row %q: %w", key, err))
+			}
+			r = &d
+		}
+		current[ref] = r
+		return r, nil
+	}
+
+	nowMs := s.cfg.Now().UnixMilli()
+	index := s.lastIndex.Load()
+	type seenSet struct {
+		origin string
+		ahead  bool
+	}
+	var recorded []seenSet
+	var valBuf []byte
+	guards := make(map[string]bool) // partition guards written by this batch
+	for _, ps := range sets {
+		if !opts.partialSets && staged[ps.Origin].Contains(ps.Seq) {
+			res.Duplicates++
+			s.counts.applyDuplicate.Add(1)
+			res.Skipped += len(ps.Changes)
+			continue
+		}
+		winners := 0
+		for i, c := range ps.Changes {
+			def := lookupTable(c.Table)
+			old, err := load(def, c.Key)
+			if err != nil {
+				return BatchResult{}, err
+			}
+			switch {
+			case old != nil && !old.version.Less(c.Version):
+				res.Skipped++
+				continue
+			case old == nil && c.Version.HLC <= s.purgeFloor && def.class == ClassReplicated:
+				res.Refused++
+				continue
+			case c.Expires > 0 && c.Expires <= nowMs:
+				res.Refused++
+				continue
+			}
+			nr := &row{version: c.Version, deleted: c.Deleted, rec: c.Value, expires: c.Expires}
+			oldIdx, err := rowEntries(def, c.Key, old)
+			if err != nil {
+				return BatchResult{}, corruptError(c.Table, err)
+			}
+			newIdx := entriesOf(def, c.Key, nr, ps.idx[i])
+			remove, add := diffKeys(oldIdx, newIdx)
+			for _, k := range remove {
+				batch.DeleteCF(s.cfs[cfIndex], k)
+			}
+			for _, k := range add {
+				batch.PutCF(s.cfs[cfIndex], k, nil)
+			}
+			// Guards: a local transaction that scanned a partition this
+			// batch changes must conflict.
+			for _, changed := range [][][]byte{remove, add} {
+				for _, k := range changed {
+					if g := guardOfEntry(k); g != nil && !guards[string(g)] {
+						guards[string(g)] = true
+						batch.PutCF(s.cfs[cfIndex], g, nil)
+					}
+				}
+			}
+			valBuf = appendRow(valBuf[:0], *nr)
+			batch.PutCF(s.cfs[c.Table], []byte(c.Key), valBuf)
+			putCovering(func(k, v []byte) { batch.PutCF(s.cfs[cfIndex], k, v) }, newIdx, valBuf)
+			if old != nil {
+				batch.DeleteCF(s.cfs[cfChangelog], clogKeyOf(def, c.Key, old.version))
+			}
+			batch.PutCF(s.cfs[cfChangelog], clogKeyOf(def, c.Key, c.Version), nil)
+			current[rowRef{c.Table, c.Key}] = nr
+			winners++
+			res.Applied++
+		}
+		staged[ps.Origin] = staged[ps.Origin].Add(ps.Seq)
+		ahead := time.Duration(ps.HLC.Millis()-nowMs)*time.Millisecond > s.cfg.MaxClockOffset
+		recorded = append(recorded, seenSet{ps.Origin, ahead})
+		res.Sets++
+		if winners > 0 && !opts.noFeed {
+			index++
+			batch.PutCF(s.cfs[cfFeed], feedKey(index), feedRef(ps.Origin, ps.Seq))
+		}
+	}
+	if res.Sets == 0 && !clearedNew {
 		s.counts.applySkipped.Add(uint64(res.Skipped))
 		return res, nil
 	}
+	for origin, rs := range covered {
+		staged[origin] = staged[origin].Union(rs)
+	}
+	for origin, rs := range staged {
+		batch.PutCF(s.cfs[cfMeta], bkKey(origin), rs.AppendBinary(nil))
+	}
+	wo := s.woAsync
+	if opts.sync {
+		wo = s.wo
+	}
+	if err := s.base.Write(wo, batch); err != nil {
+		return BatchResult{}, s.noteWriteError(writeError(err))
+	}
+	s.noteWriteOK()
 
-	s.commitMu.Lock()
-	defer s.commitMu.Unlock()
-	var logged ChangeSet
-	if record != nil {
-		logged = ChangeSet{Origin: record.Origin, Seq: record.Seq, HLC: record.HLC, Changes: record.Changes}
-	} else {
-		s.vvMu.Lock()
-		seq := s.vv[s.nodeID] + 1
-		s.vvMu.Unlock()
-		logged = ChangeSet{Origin: s.nodeID, Seq: seq, HLC: s.clock.Now(), Changes: winners}
+	// Only now, after the commit, does anything count as seen.
+	s.bkMu.Lock()
+	for origin, rs := range staged {
+		s.bk[origin] = rs
 	}
-	if err := txn.PutCF(s.cfs[cfChangelog], changelogKey(logged.Origin, logged.Seq), appendChangeRefs(nil, &logged)); err != nil {
-		_ = txn.Rollback()
-		return ApplyResult{}, writeError(err)
-	}
-	index := s.lastIndex.Load()
-	if len(winners) > 0 {
-		index++
-		// The event refers to the whole logged set: the changes that lost
-		// are not current, so materialize leaves them out of the event.
-		if err := txn.PutCF(s.cfs[cfFeed], feedKey(index), feedRef(logged.Origin, logged.Seq)); err != nil {
-			_ = txn.Rollback()
-			return ApplyResult{}, writeError(err)
+	for _, r := range recorded {
+		if r.ahead {
+			s.skewOrigins[r.origin]++
+			res.FarAhead++
 		}
 	}
-	if err := txn.Commit(); err != nil {
-		return ApplyResult{}, writeError(err)
+	s.bkMu.Unlock()
+	for _, ps := range sets {
+		if _, err := s.clock.Update(ps.HLC); err != nil && res.FarAhead > 0 {
+			s.log.Warn("change set from a clock far ahead: stored, local clock not moved past the bound",
+				zap.String("origin", ps.Origin), zap.Uint64("seq", ps.Seq), zap.Error(err))
+		}
 	}
-	s.vvMu.Lock()
-	if logged.Seq > s.vv[logged.Origin] {
-		s.vv[logged.Origin] = logged.Seq
-	}
-	s.vvMu.Unlock()
+	s.counts.applySets.Add(uint64(res.Sets))
 	s.counts.applyApplied.Add(uint64(res.Applied))
 	s.counts.applySkipped.Add(uint64(res.Skipped))
-	if len(winners) > 0 {
+	s.counts.applyRefused.Add(uint64(res.Refused))
+	if index > s.lastIndex.Load() {
 		s.committed(index)
 		res.Index = index
 	}
 	return res, nil
 }
 
-// VersionVector returns, per origin node, the highest change-set seq this
-// store has recorded (its own commits and applied change sets). Change sets
-// applied out of order can leave gaps below it; ChangeSetsSince shows them.
-func (s *Store) VersionVector() map[string]uint64 {
-	s.vvMu.Lock()
-	defer s.vvMu.Unlock()
-	out := make(map[string]uint64, len(s.vv))
-	for k, v := range s.vv {
-		out[k] = v
+// ClockSkew returns, per origin, how many change sets arrived with an HLC
+// more than the maximum clock offset ahead of the local wall clock.
+func (s *Store) ClockSkew() map[string]uint64 {
+	s.bkMu.RLock()
+	defer s.bkMu.RUnlock()
+	out := make(map[string]uint64, len(s.skewOrigins))
+	for o, n := range s.skewOrigins {
+		out[o] = n
 	}
 	return out
 }
 
-// ChangeSetsSince returns the recorded change sets of origin with seq
-// greater than afterSeq, in seq order, at most limit (<= 0: all), read
-// from one consistent snapshot. Each set carries the current value of the
-// rows it wrote; a change whose row has since been overwritten by a newer
-// version is left out (that version is carried by its own change set, and
-// last-write-wins never needs the older one), so a set may have fewer
-// changes than it was committed with, or none: it is returned all the same,
-// so that a peer applying it records its seq.
-func (s *Store) ChangeSetsSince(ctx context.Context, origin string, afterSeq uint64, limit int) ([]ChangeSet, error) {
+// Answer is what ChangeSets returns: the change sets of one origin that
+// still have rows, in seq order, and the seqs the answer covers
+// completely. Every seq in Covered without a set in Sets is cleared (all
+// its rows were overwritten by versions the requester gets from their own
+// sets). A requester marks exactly Covered as seen after applying Sets.
+type Answer struct {
+	Origin  string
+	Sets    []ChangeSet
+	Covered Ranges
+}
+
+// ChangeSets answers a catch-up request for the seqs want of origin: the
+// seqs it covers are want ∩ this store's bookkeeping for origin (a seq
+// this store has not seen is never covered, so a requester cannot mark a
+// gap as seen), cut after maxBytes of sets (<= 0: no limit; the requester
+// asks again for the rest). All of it is read from one consistent
+// snapshot taken together with the bookkeeping. A store that holds ranges
+// only partly (a table under resync, an unfinished bootstrap) answers
+// ErrNotReady.
+func (s *Store) ChangeSets(ctx context.Context, origin string, want Ranges, maxBytes int) (Answer, error) {
 	if err := validateKey("origin", origin); err != nil {
-		return nil, err
+		return Answer{}, err
 	}
 	if err := s.enter(); err != nil {
-		return nil, err
+		return Answer{}, err
 	}
 	defer s.leave()
-	ro, release := s.snapshotReads()
-	defer release()
-	it := s.base.NewIteratorCF(ro, s.cfs[cfChangelog])
-	defer it.Close()
-	prefix := []byte(origin + "\x00")
-	var out []ChangeSet
-	for it.Seek(changelogKey(origin, afterSeq+1)); it.ValidForPrefix(prefix); it.Next() {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		refs, err := decodeChangeRefs(it.Value().Data())
-		if err != nil {
-			return nil, corruptError(cfChangelog, err)
-		}
-		cs, err := s.materialize(ro, refs)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, cs)
-		if limit > 0 && len(out) >= limit {
-			break
-		}
+	if err := s.serving(); err != nil {
+		return Answer{}, err
 	}
-	if err := it.Err(); err != nil {
-		return nil, readError(cfChangelog, err)
+	// The snapshot and the bookkeeping copy are taken under the commit
+	// mutex: nothing commits between them, so they describe the same
+	// state.
+	s.commitMu.Lock()
+	snap := s.base.NewSnapshot()
+	s.bkMu.RLock()
+	have := s.bk[origin]
+	s.bkMu.RUnlock()
+	s.commitMu.Unlock()
+	defer s.base.ReleaseSnapshot(snap)
+	ro := grocksdb.NewDefaultReadOptions()
+	defer ro.Destroy()
+	ro.SetSnapshot(snap)
+
+	covered := want.Intersect(have)
+	if err := ctx.Err(); err != nil {
+		return Answer{}, err
 	}
-	return out, nil
+	sets, upTo, err := s.readChangeSets(ro, origin, covered, maxBytes)
+	if err != nil {
+		return Answer{}, err
+	}
+	for i := range sets {
+		sets[i] = sets[i].withKeys(s.keys)
+	}
+	return Answer{Origin: origin, Sets: sets, Covered: covered.Intersect(Span(1, upTo))}, nil
 }

@@ -126,6 +126,11 @@ func Restore(ctx context.Context, backupDir, dataDir string, backupID uint32) er
 	if err := be.RestoreDBFromBackup(dataDir, dataDir, ro, backupID); err != nil {
 		return fmt.Errorf("storage: restore backup %d into %s: %w", backupID, dataDir, err)
 	}
+	// Without its identity file the restored store takes a new node id at
+	// its next Open: its old seqs are already held by peers.
+	if err := os.Remove(filepath.Join(dataDir, identityFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("storage: restore: remove %s: %w", identityFile, err)
+	}
 	return nil
 }
 

@@ -1,175 +1,188 @@
 package storage
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
 
 	"github.com/linxGnu/grocksdb"
-	"google.golang.org/protobuf/encoding/protowire"
 )
 
-// Change-log entries hold references, not rows.
+// The change log holds one key per current row version, and nothing else:
 //
-// A commit writes its rows to their tables and, in the same RocksDB
-// commit, one change-log entry that names them: per change its table, key,
-// deleted flag and version. The row value is not copied a second time, which
-// halves the bytes written per commit; under last-write-wins replication only
-// ever needs the current version of a row, which is the one in its table.
+//	origin 0x00 be64(seq) table-id key   (empty value)
 //
-//	byte 0   formatChangeRefs (2)
-//	field 1  origin   bytes
-//	field 2  seq      varint
-//	field 3  hlc      varint
-//	field 4  change   bytes, repeated:
-//	           1 table, 2 key, 3 deleted,
-//	           4 version {1 hlc, 2 origin, 3 seq}: absent when it equals the
-//	             entry's own (hlc, origin, seq), as it does for every change
-//	             of a local commit
-//
-// Fields 1-3 are numbered as in the ChangeSet wire format, so Prune and Open
-// read the HLC of either format the same way. Entries written before this
-// format (format byte 1: a marshalled ChangeSet with values) are still read;
-// their values are ignored and their changes taken as references.
-//
-// materialize turns an entry back into a ChangeSet by reading each
-// referenced row from one RocksDB snapshot: a row whose stored version is
-// the reference's contributes its stored (sealed) value; a row that has since
-// been overwritten (or removed) is left out. The newer version has a change-log
-// entry and a feed event of its own, which carry it.
-const formatChangeRefs byte = 2
+// A commit (local or applied) that writes a row deletes the key of the
+// version it replaces and puts the key of the new one, in the same batch.
+// So the log is complete by construction: every change set of origin O
+// that this store has seen (its bookkeeping says so) is exactly the rows
+// found under O's prefix at that seq, and a seen seq with no key left is
+// *cleared*: all of its rows were overwritten by newer versions, which are
+// under their own seqs. Its size is bounded by the rows and tombstones,
+// not by history, and it needs no pruning. The key sorts a change set's
+// rows together and sets in seq order, so serving a range of seqs is one
+// iterator pass.
 
-// appendChangeRefs appends the change-log entry of a change set (values are
-// not written) to dst and returns it.
-func appendChangeRefs(dst []byte, cs *ChangeSet) []byte {
-	e := encoder{b: append(dst, formatChangeRefs)}
-	e.str(1, cs.Origin)
-	e.uint(2, cs.Seq)
-	e.uint(3, uint64(cs.HLC))
-	own := Version{HLC: cs.HLC, Origin: cs.Origin, Seq: cs.Seq}
-	for i := range cs.Changes {
-		c := &cs.Changes[i]
-		n := protowire.SizeTag(1) + protowire.SizeBytes(len(c.Table)) +
-			protowire.SizeTag(2) + protowire.SizeBytes(len(c.Key))
-		if c.Deleted {
-			n += protowire.SizeTag(3) + 1
-		}
-		var ver []byte
-		if c.Version != own {
-			ver = encodeVersion(c.Version)
-			n += protowire.SizeTag(4) + protowire.SizeBytes(len(ver))
-		}
-		// The nested message is written in place: its length is known.
-		e.b = protowire.AppendTag(e.b, 4, protowire.BytesType)
-		e.b = protowire.AppendVarint(e.b, uint64(n))
-		e.str(1, c.Table)
-		e.str(2, c.Key)
-		e.bool(3, c.Deleted)
-		if ver != nil {
-			e.msg(4, ver, true)
-		}
-	}
-	return e.b
+// clogSetPrefix is the prefix of every key of change set origin/seq.
+func clogSetPrefix(origin string, seq uint64) []byte {
+	k := make([]byte, 0, len(origin)+9)
+	k = append(k, origin...)
+	k = append(k, 0)
+	return binary.BigEndian.AppendUint64(k, seq)
 }
 
-// decodeChangeRefs decodes a change-log entry of either format into a
-// ChangeSet without values.
-func decodeChangeRefs(b []byte) (ChangeSet, error) {
-	if len(b) == 0 {
-		return ChangeSet{}, errWire("empty change-log entry")
+// clogKey is the change-log key of row key of the table with id tableID,
+// written by change set origin/seq.
+func clogKey(origin string, seq uint64, tableID byte, key string) []byte {
+	k := make([]byte, 0, len(origin)+10+len(key))
+	k = append(k, origin...)
+	k = append(k, 0)
+	k = binary.BigEndian.AppendUint64(k, seq)
+	k = append(k, tableID)
+	return append(k, key...)
+}
+
+// clogKeyOf is the change-log key of a stored row version.
+func clogKeyOf(def *tableDef, key string, v Version) []byte {
+	return clogKey(v.Origin, v.Seq, def.id, key)
+}
+
+// parseClogKey splits a change-log key.
+func parseClogKey(k []byte) (origin string, seq uint64, def *tableDef, key string, ok bool) {
+	i := bytes.IndexByte(k, 0)
+	if i <= 0 || len(k) < i+10 {
+		return "", 0, nil, "", false
 	}
-	switch b[0] {
-	case formatV1:
-		cs, err := UnmarshalChangeSet(b)
-		for i := range cs.Changes {
-			cs.Changes[i].Value = nil
+	def = tableByID(k[i+9])
+	if def == nil {
+		return "", 0, nil, "", false
+	}
+	return string(k[:i]), binary.BigEndian.Uint64(k[i+1 : i+9]), def, string(k[i+10:]), true
+}
+
+// readChangeSets reads, from ro's snapshot, the change sets of origin with
+// seqs in want (the caller has checked that the store has seen all of
+// them), in seq order, stopping after the set that brings the encoded
+// size past maxBytes (<= 0: no limit). It returns the sets that have rows
+// (cleared seqs have none) and the highest seq it went through.
+func (s *Store) readChangeSets(ro *grocksdb.ReadOptions, origin string, want Ranges, maxBytes int) ([]ChangeSet, uint64, error) {
+	it := s.base.NewIteratorCF(ro, s.cfs[cfChangelog])
+	defer it.Close()
+	var (
+		out   []ChangeSet
+		size  int
+		upTo  uint64
+		cur   *ChangeSet
+		batch []rowRefAt
+	)
+	flush := func() error {
+		if cur == nil {
+			return nil
 		}
-		return cs, err
-	case formatChangeRefs:
-	default:
-		return ChangeSet{}, fmt.Errorf("%w: change-log entry format %d (this agent reads %d and %d)",
-			ErrFormatVersion, b[0], formatV1, formatChangeRefs)
-	}
-	var cs ChangeSet
-	var raw [][]byte
-	err := decodeChangeSetFields(b[1:], &cs, func(m []byte) error {
-		raw = append(raw, m)
+		if err := s.fillChanges(ro, cur, batch); err != nil {
+			return err
+		}
+		if len(cur.Changes) > 0 {
+			out = append(out, *cur)
+			size += cur.size()
+		}
+		upTo = cur.Seq
+		cur, batch = nil, batch[:0]
 		return nil
-	})
-	if err != nil {
-		return ChangeSet{}, fmt.Errorf("change-log entry: %w", err)
 	}
-	own := Version{HLC: cs.HLC, Origin: cs.Origin, Seq: cs.Seq}
-	cs.Changes = make([]Change, 0, len(raw))
-	for _, m := range raw {
-		// A change without a version of its own has the set's.
-		c := Change{Version: own}
-		if err := unmarshalChange(m, &c); err != nil {
-			return ChangeSet{}, fmt.Errorf("change-log entry: %w", err)
+	prefix := []byte(origin + "\x00")
+	for _, r := range want {
+		it.Seek(clogSetPrefix(origin, r.Lo))
+		for ; it.ValidForPrefix(prefix); it.Next() {
+			o, seq, def, key, ok := parseClogKey(it.Key().Data())
+			if !ok || o != origin {
+				return nil, 0, corruptError(cfChangelog, fmt.Errorf("malformed change-log key %q", it.Key().Data()))
+			}
+			if seq > r.Hi {
+				break
+			}
+			if cur == nil || cur.Seq != seq {
+				if err := flush(); err != nil {
+					return nil, 0, err
+				}
+				if maxBytes > 0 && size >= maxBytes {
+					return out, upTo, nil
+				}
+				cur = &ChangeSet{Origin: origin, Seq: seq}
+			}
+			batch = append(batch, rowRefAt{def: def, key: key})
 		}
-		c.Value = nil // references only: values are read from the rows
-		cs.Changes = append(cs.Changes, c)
+		if err := it.Err(); err != nil {
+			return nil, 0, readError(cfChangelog, err)
+		}
+		if err := flush(); err != nil {
+			return nil, 0, err
+		}
+		if maxBytes > 0 && size >= maxBytes {
+			// Everything up to the end of this range was read.
+			return out, r.Hi, nil
+		}
+		upTo = r.Hi
 	}
-	return cs, nil
+	return out, upTo, nil
 }
 
-// changeLogHLC reads only the HLC of a change-log entry (either format).
-func changeLogHLC(b []byte) (HLC, error) {
-	if len(b) == 0 {
-		return 0, errWire("empty change-log entry")
-	}
-	if b[0] != formatV1 && b[0] != formatChangeRefs {
-		return 0, fmt.Errorf("%w: change-log entry format %d", ErrFormatVersion, b[0])
-	}
-	var h uint64
-	err := decodeFields(b[1:], func(f field) error {
-		if f.num == 3 {
-			return f.uint64(&h)
-		}
+type rowRefAt struct {
+	def *tableDef
+	key string
+}
+
+// fillChanges reads the rows refs of change set cs and appends those that
+// still hold cs's version (all of them, by construction of the log, unless
+// the snapshot caught a row mid-way, which it cannot: keys and rows share
+// a batch).
+func (s *Store) fillChanges(ro *grocksdb.ReadOptions, cs *ChangeSet, refs []rowRefAt) error {
+	if len(refs) == 0 {
 		return nil
-	})
-	return HLC(h), err
-}
-
-// materialize fills in the values of a decoded change-log entry from the
-// rows as of ro's snapshot. A change whose row no longer holds the
-// referenced version has been superseded and is left out; the set itself
-// (origin, seq, HLC) is kept even when no change remains, so that a peer
-// applying it still records the seq. The changes can open sealed keys.
-func (s *Store) materialize(ro *grocksdb.ReadOptions, refs ChangeSet) (ChangeSet, error) {
-	out := ChangeSet{Origin: refs.Origin, Seq: refs.Seq, HLC: refs.HLC}
-	if len(refs.Changes) == 0 {
-		return out, nil
 	}
-	cfs := make(grocksdb.ColumnFamilyHandles, len(refs.Changes))
-	keys := make([][]byte, len(refs.Changes))
-	for i, c := range refs.Changes {
-		if !isTable(c.Table) {
-			return ChangeSet{}, corruptError(cfChangelog, fmt.Errorf("entry %s/%d refers to unknown table %q", refs.Origin, refs.Seq, c.Table))
-		}
-		cfs[i] = s.cfs[c.Table]
-		keys[i] = []byte(c.Key)
+	cfs := make(grocksdb.ColumnFamilyHandles, len(refs))
+	keys := make([][]byte, len(refs))
+	for i, r := range refs {
+		cfs[i] = s.cfs[r.def.name]
+		keys[i] = []byte(r.key)
 	}
 	vals, err := s.base.MultiGetCFMultiCF(ro, cfs, keys)
 	if err != nil {
-		return ChangeSet{}, readError(cfChangelog, err)
+		return readError(cfChangelog, err)
 	}
 	defer vals.Destroy()
-	out.Changes = make([]Change, 0, len(refs.Changes))
-	for i, c := range refs.Changes {
+	for i, ref := range refs {
 		if !vals[i].Exists() {
-			continue // removed since (RemoveTable): superseded
+			return corruptError(cfChangelog, fmt.Errorf("entry %s/%d refers to missing %s %q", cs.Origin, cs.Seq, ref.def.singular, ref.key))
 		}
 		r, err := decodeRow(vals[i].Data())
 		if err != nil {
-			return ChangeSet{}, corruptError(c.Table, fmt.Errorf("row %q: %w", c.Key, err))
+			return corruptError(ref.def.name, fmt.Errorf("row %q: %w", ref.key, err))
 		}
-		if r.version != c.Version {
-			continue // overwritten by a newer version, which has its own entry
+		if r.version.Origin != cs.Origin || r.version.Seq != cs.Seq {
+			return corruptError(cfChangelog, fmt.Errorf("entry %s/%d refers to %s %q at version %s/%d",
+				cs.Origin, cs.Seq, ref.def.singular, ref.key, r.version.Origin, r.version.Seq))
 		}
-		ch := Change{Table: c.Table, Key: c.Key, Deleted: r.deleted, Version: r.version, keys: s.keys}
+		cs.HLC = r.version.HLC
+		ch := Change{Table: ref.def.name, Key: ref.key, Deleted: r.deleted, Version: r.version, Expires: r.expires, keys: s.keys}
 		if !r.deleted {
 			ch.Value = r.rec
 		}
-		out.Changes = append(out.Changes, ch)
+		cs.Changes = append(cs.Changes, ch)
 	}
-	return out, nil
+	return nil
+}
+
+// materialize reads change set origin/seq as of ro's snapshot: the rows
+// that still hold its version. A set whose rows were all overwritten since
+// has no changes (its seq is cleared).
+func (s *Store) materialize(ro *grocksdb.ReadOptions, origin string, seq uint64) (ChangeSet, error) {
+	sets, _, err := s.readChangeSets(ro, origin, Span(seq, seq), 0)
+	if err != nil {
+		return ChangeSet{}, err
+	}
+	if len(sets) == 0 {
+		return ChangeSet{Origin: origin, Seq: seq}, nil
+	}
+	return sets[0], nil
 }

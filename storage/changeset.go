@@ -13,6 +13,9 @@ type Change struct {
 	Deleted bool
 	Version Version
 	Value   []byte // the encoded record (private keys sealed); nil for a delete
+	// Expires is when the row stops counting (Unix ms; observation and TTL
+	// tables), 0 for never.
+	Expires int64
 
 	// keys opens sealed private keys in Certificate. Set on changes handed
 	// out by the store (feed, change log); nil after UnmarshalChangeSet.
@@ -21,7 +24,11 @@ type Change struct {
 
 // ChangeSet is one committed transaction: every row it wrote, under the
 // origin node's id and per-origin sequence number. It is the unit of the
-// change log, the change feed and replication.
+// change log, the change feed and replication. Every change of a set
+// carries the set's version {HLC, Origin, Seq}. A set read back from the
+// store holds the rows that still have that version (the others were
+// overwritten and travel with their newer set); a set with none left is
+// not returned at all, its seq is "cleared" (see ChangeSets).
 type ChangeSet struct {
 	Origin  string
 	Seq     uint64
@@ -40,7 +47,8 @@ type Event struct {
 //
 //	byte 0  format version (1)
 //	1 origin, 2 seq, 3 hlc, 4 change (repeated):
-//	  1 table, 2 key, 3 deleted, 4 version {1 hlc, 2 origin, 3 seq}, 5 value
+//	  1 table, 2 key, 3 deleted, 4 version {1 hlc, 2 origin, 3 seq}, 5 value,
+//	  6 expires (Unix ms)
 
 // Marshal encodes cs for the change log and the wire.
 func (cs ChangeSet) Marshal() []byte {
@@ -56,6 +64,9 @@ func (cs ChangeSet) Marshal() []byte {
 		m.msg(4, encodeVersion(c.Version), false)
 		if c.Value != nil {
 			m.msg(5, c.Value, true)
+		}
+		if c.Expires > 0 {
+			m.uint(6, uint64(c.Expires))
 		}
 		e.msg(4, m.b, true)
 	}
@@ -134,9 +145,25 @@ func unmarshalChange(b []byte, c *Change) error {
 			if c.Value == nil {
 				c.Value = []byte{}
 			}
+		case 6:
+			var ms uint64
+			if err := f.uint64(&ms); err != nil {
+				return err
+			}
+			c.Expires = int64(ms)
 		}
 		return nil
 	})
+}
+
+// size is roughly the encoded size of cs, for answer budgets.
+func (cs *ChangeSet) size() int {
+	n := 24 + len(cs.Origin)
+	for i := range cs.Changes {
+		c := &cs.Changes[i]
+		n += 32 + len(c.Table) + len(c.Key) + len(c.Value) + len(c.Version.Origin)
+	}
+	return n
 }
 
 func (c Change) check(table string) error {

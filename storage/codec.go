@@ -27,6 +27,7 @@ import (
 //	field 3  version.seq     varint
 //	field 4  deleted         varint (1 = tombstone, record absent)
 //	field 5  record          bytes (the record message, below)
+//	field 6  expires         varint (Unix ms; observation and TTL rows)
 //
 // Record messages (Change.Value holds exactly these bytes):
 //
@@ -59,7 +60,11 @@ type row struct {
 	version Version
 	deleted bool
 	rec     []byte
+	expires int64 // Unix ms after which the row counts as absent; 0: never
 }
+
+// expiredAt reports whether the row has an expiry at or before ms.
+func (r *row) expiredAt(ms int64) bool { return r.expires > 0 && r.expires <= ms }
 
 func encodeRow(r row) []byte {
 	return appendRow(make([]byte, 0, 32+len(r.rec)+len(r.version.Origin)), r)
@@ -75,6 +80,9 @@ func appendRow(dst []byte, r row) []byte {
 	e.bool(4, r.deleted)
 	if !r.deleted {
 		e.msg(5, r.rec, true)
+	}
+	if r.expires > 0 {
+		e.uint(6, uint64(r.expires))
 	}
 	return e.b
 }
@@ -113,6 +121,12 @@ func decodeRow(b []byte) (row, error) {
 		case 5:
 			hasRec = true
 			return f.bytes(&r.rec)
+		case 6:
+			var ms uint64
+			if err := f.uint64(&ms); err != nil {
+				return err
+			}
+			r.expires = int64(ms)
 		}
 		return nil
 	})

@@ -258,7 +258,7 @@ func FuzzUnmarshalChangeSet(f *testing.F) {
 			_, _ = c.Observation()
 			_, _ = c.Certificate()
 		}
-		_, _ = prepareChanges(cs.Changes)
+		_, _ = prepareSet(cs)
 	})
 }
 
@@ -275,7 +275,11 @@ func FuzzImportLine(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if _, err := prepareChanges([]Change{c}); err != nil {
+		sets, err := groupIntoSets([]Change{c})
+		if err != nil {
+			return
+		}
+		if _, err := prepareSet(sets[0]); err != nil {
 			return
 		}
 		if !c.Deleted {

@@ -13,8 +13,19 @@ type Config struct {
 	Dir string
 	// NodeID names this node in versions and change sets. "" generates a
 	// random id on first open and persists it; a non-empty id must match
-	// the one stored in Dir.
+	// the one stored in Dir (unless the store has since taken a new id,
+	// see ObserveOwnSeq).
 	NodeID string
+	// ClusterID is the cluster this store belongs to. "" takes the stored
+	// one, or a random one on first open (the first node of a cluster);
+	// a node joining a cluster adopts the cluster's id through Ingest. A
+	// non-empty id must match the stored one.
+	ClusterID string
+	// Now is the wall clock (time.Now when nil); tests pass a fake.
+	Now func() time.Time
+	// ObservationTTL is how long an observation row counts after it was
+	// written (0: 10 minutes). Writers refresh well within it.
+	ObservationTTL time.Duration
 	// EncryptionKey is the 32-byte AES-256-GCM key for private keys at
 	// rest (see ParseEncryptionKey). nil means none: then no certificate
 	// with a private key can be stored.
@@ -33,8 +44,10 @@ type Config struct {
 	// verification at Open. Verification turns a damaged table into a
 	// clear error at start instead of a read error later.
 	SkipVerifyOnOpen bool
-	// MaxClockOffset is how far ahead of the local wall clock a peer's HLC
-	// may be before Apply counts it as clock skew. 0 means 500ms.
+	// MaxClockOffset bounds the local clock: it never runs further ahead
+	// of the wall clock than this, whatever peers send; a change set
+	// further ahead is stored but counted per origin as clock skew. 0
+	// means 500ms.
 	MaxClockOffset time.Duration
 	Logger         *zap.Logger
 	// Registerer receives the singularity_edge_storage_* metrics; nil
@@ -47,6 +60,17 @@ const (
 	defaultBlockCacheSize  = 64 << 20
 	defaultWriteBufferSize = 16 << 20
 	defaultMaxClockOffset  = 500 * time.Millisecond
+	defaultObservationTTL  = 10 * time.Minute
+)
+
+// The change-set size bound: a transaction (and so a change set) holds at
+// most MaxChangeSetRows rows and MaxChangeSetBytes bytes of keys and
+// values, so that every change set fits one replication frame and the
+// replication protocol never deals with partial sets. Update refuses a
+// larger transaction with ErrTooLarge; Import splits into sets within it.
+const (
+	MaxChangeSetRows  = 1000
+	MaxChangeSetBytes = 4 << 20
 )
 
 // DefaultConfig returns the configuration the agent starts from.
@@ -57,6 +81,8 @@ func DefaultConfig() Config {
 		WriteBufferSize: defaultWriteBufferSize,
 		SyncWAL:         true,
 		MaxClockOffset:  defaultMaxClockOffset,
+		ObservationTTL:  defaultObservationTTL,
+		Now:             time.Now,
 		Logger:          zap.NewNop(),
 	}
 }

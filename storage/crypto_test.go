@@ -154,7 +154,7 @@ func TestSealedKeyFromPeerRequiresKey(t *testing.T) {
 	mustUpdate(t, peer, func(tx *Tx) error {
 		return tx.PutCertificate(sampleCert("c1", "example.com", time.Now().Add(time.Hour)))
 	})
-	sets, err := peer.ChangeSetsSince(ctx, peer.NodeID(), 0, 0)
+	sets, err := changeSetsOf(peer, peer.NodeID())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +164,7 @@ func TestSealedKeyFromPeerRequiresKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Apply(ctx, sets[0]); err != nil {
+	if _, err := applySet(s, sets[0]); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.GetCertificate(ctx, "c1"); !errors.Is(err, ErrEncryptionKey) {

@@ -1,28 +1,31 @@
 // Package storage is the node's embedded database: RocksDB (through
 // grocksdb) with typed tables, secondary indexes, optimistic transactions,
-// hybrid-logical-clock versions, a change log and a change feed, and the
-// operations around them (stats, compaction, backup, restore, checkpoint,
-// export, import, verification).
+// bounded hybrid-logical-clock versions, gap-aware bookkeeping per origin,
+// a change log of current row versions, batch apply, snapshot streaming
+// and ingest, tombstone purge, a change feed, and the operations around
+// them (stats, compaction, backup, restore, checkpoint, export, import,
+// verification).
 //
 // # Data layout
 //
-// One RocksDB database per node, one column family per table plus four
-// internal ones. Every write of a transaction (rows, index entries, the
-// change-log entry, the feed entry) goes into one RocksDB commit, so they
-// are all there after a crash or none is.
+// One RocksDB database per node, one column family per table (declared
+// once in schema.go) plus four internal ones. Every write of a commit
+// (rows, index entries, change-log keys, bookkeeping, feed entry) goes into
+// one RocksDB batch, so they are all there after a crash or none is.
 //
 //	family        key                                   value
 //	certificates  certificate id                        row envelope
 //	pools         pool name                             row envelope
 //	backends      backend id                            row envelope
-//	observations  node id 0x00 backend id               row envelope
+//	observations  node id 0x00 backend id               row envelope (with expiry)
 //	index         see below                             empty
-//	changelog     origin node id 0x00 be64(seq)         change-set references: origin, seq, HLC and
-//	                                                    per change table, key, deleted, version
-//	                                                    (no row values; changelog.go)
-//	feed          be64(commit index)                    {origin, seq} reference to the change log
-//	meta          "node_id", "format", "key_check",     node id, format byte, sealed key-check value,
-//	              "index_version", "resync/<table>"     index set version, time RemoveTable emptied the table
+//	changelog     origin 0x00 be64(seq) table-id key    empty: one key per current row version
+//	feed          be64(commit index)                    {origin, seq}
+//	meta          node_id, incarnation, cluster_id,     identity (identity.go), bookkeeping
+//	              bk/<origin>, lseq/<be64 seq>,         Ranges per origin, the local seq and the
+//	              purge_floor, state, format,           clock reading of the last commit, purge
+//	              key_check, index_version,             floor, readiness, layout, key check,
+//	              resync/<table>, probe                 index set, tables under resync
 //
 // A row envelope (codec.go) is a format-version byte followed by protobuf
 // wire fields: the row's Version (HLC, origin, seq), a deleted flag and the
@@ -40,6 +43,8 @@
 //	0x04 pool name 0x00 backend id        backends by pool (guarded)
 //	0x05 node id 0x00 healthy byte id     observations by (node, healthy)
 //	0x06 ssl_cert_id 0x00 pool name       pools by certificate (guarded)
+//	0x07 be64(hlc) table-id key           tombstones of replicated tables by age (PurgeTombstones)
+//	0x08 be64(expires ms) table-id key    rows with an expiry (ExpireRows)
 //
 // A partition is the set of entries of one index with one value (the
 // backends of pool "web"). Its guard key, 0x00 index id value (for example
@@ -56,64 +61,80 @@
 // transactions and have none. Open adds the entries of indexes newer than
 // the store's "index_version" (index_version 2 added 0x06 and guards).
 //
-// # Versions, change log and feed
+// # Versions, bookkeeping and the change log
 //
 // Update buffers a transaction's writes; reads inside it use GetForUpdate,
 // so RocksDB's optimistic concurrency control detects a concurrent commit to
 // any row the transaction read or wrote, or to any index partition it
 // scanned (through the partition's guard), and Update retries (bounded,
 // then ErrConflict). At commit, under one mutex, the transaction gets its
-// Version (HLC from the node's Clock, origin = node id, seq = the next
-// per-origin sequence) and its commit index (the next feed position), and
-// RocksDB commits. Assigning these under the mutex that also covers the
-// commit means a later commit never carries a smaller HLC, seq or index.
+// Version: HLC = max(clock, every replaced row's HLC + 1) (a local edit
+// always beats the row it replaces, even one from a clock far ahead),
+// origin = node id, seq = the next local seq (one per transaction, kept in
+// meta under a key of its own so that concurrent transactions do not
+// conflict on it). A transaction holds at most MaxChangeSetRows rows and
+// MaxChangeSetBytes bytes (ErrTooLarge), so its change set fits one
+// replication frame.
 //
-// The commit index, the version vector and the clock's high-water mark are
-// not stored in a shared key (every transaction would conflict on it): Open
-// recovers them from the last feed key and the last change-log entry of
-// each origin, both written in every commit.
+// The clock (hlc.go) never runs more than Config.MaxClockOffset ahead of
+// Config.Now: a peer's far-ahead HLC is stored with its rows but does not
+// drag the clock, and the origin is counted (ClockSkew).
 //
-// Apply applies a peer's ChangeSet with last-write-wins per row by (HLC,
-// origin), records it in the change log under its origin and seq, and adds
-// a feed event when at least one row changed. Subscribe reads the feed from
-// disk when behind and waits for commits when caught up, so a subscriber
-// sees every commit in order.
+// Bookkeeping (identity.go) is, per origin, the Ranges of seqs applied
+// here, persisted under meta bk/<origin> in the same batch as the rows, and
+// the only source of "seen": Watermark (contiguous), Gaps and Max derive
+// from it. ApplyBatch applies many change sets of any origins in one
+// unsynced batch (a lost apply is lost with its bookkeeping and fetched
+// again); the in-memory copy changes only after the commit.
 //
-// The change log holds references, not rows: a commit's entry lists, per
-// change, its table, key, deleted flag and version, and the row itself is
-// only in its table (same RocksDB commit). This halves the bytes written per
-// commit, and loses nothing replication needs: under last-write-wins only
-// the current version of a row ever has to be shipped. A change set is
-// materialized (ChangeSetsSince, feed events) by reading the referenced rows
-// from one RocksDB snapshot: a row that still holds the referenced version
-// contributes its stored value (private keys still sealed); a row since
-// overwritten by a newer version is left out, because the newer version has
-// its own change-log entry and feed event that carry it. So a materialized
-// change set or event may have fewer changes than were committed, or none;
-// it is still returned (a peer applying an empty set records its seq) and
-// still delivered (Subscribe never skips an event), and a consumer that
-// applies events in order ends with the latest state. Apply's duplicate
-// detection reads only the change-log key, and Open's recovery reads only
-// versions, so neither needs the values. ChangeSet.Marshal, the format sent
-// to peers, still carries values.
+// The change log (changelog.go) keeps one key per current row version: a
+// commit deletes the key of the version it replaces. It is therefore
+// complete by construction and bounded by the rows: the change set origin/
+// seq is exactly the rows under that prefix, and a seen seq with no keys is
+// cleared (overwritten by newer sets). ChangeSets answers a range with the
+// sets that have rows and the ranges it covers completely (want ∩ seen);
+// ApplyAnswer records the covered seqs, cleared ones included. A store
+// with a table under resync or an unfinished bootstrap answers ErrNotReady
+// and Ready reports it.
 //
-// The change log and the feed grow with every commit; Prune deletes old
-// entries (the newest change set of each origin and the newest feed entry
-// always stay, since Open recovers the counters from them). A subscriber
-// whose position was pruned gets ErrFeedPruned and reloads. Tombstones are
-// never purged by this package: when that is safe is replication's call.
+// Snapshot streams every table (tombstones included) with the bookkeeping,
+// purge floor and cluster id read under the same RocksDB snapshot; Ingest
+// writes the rows with their original versions, rebuilds the index and the
+// change log from them, adopts the bookkeeping and originates nothing. The
+// store is not ready until MarkCaughtUp after one catch-up round.
+//
+// Identity: a restored backup or copied checkpoint takes a new node id at
+// its next Open (the IDENTITY file beside RocksDB must match
+// meta/incarnation); ObserveOwnSeq or an applied set of our id above our
+// seq takes a new id before the next write. Tombstones go by the rule in
+// PurgeTombstones; expired observation and TTL rows by ExpireRows.
+//
+// The feed maps commit indexes to {origin, seq}; a subscriber reads the
+// set's current rows from one snapshot, so an event carries rows as they
+// are when read (an overwritten row travels with the newer event). Prune
+// deletes old feed entries with one range deletion, without the commit
+// lock. Consumers take the feed through an interface of their own (pools,
+// certs: Subscribe(ctx, afterIndex) *Subscription).
 //
 // # Damage and recovery
 //
-// Open reads every table with checksum verification (Config.SkipVerifyOnOpen
-// turns it off; verify.go: the key space of each table is cut into ranges at
-// its SST file boundaries and inside big files, and the ranges are read
-// concurrently, one goroutine per CPU, so that every block is still read)
-// and fails on a damaged table with ErrCorrupt naming the table and the way
-// out: Restore from a backup, or RemoveTable, which
-// empties just that table and marks it for a full resync from peers
-// (TablesToResync). Verify checks checksums and that every index entry and
-// every row agree, both ways.
+// Open reads every column family with checksum verification
+// (Config.SkipVerifyOnOpen turns it off; verify.go: the key space of each
+// family is cut into ranges at its SST file boundaries and inside big
+// files, and the ranges are read concurrently, one goroutine per CPU, so
+// that every block is still read). A damaged table or meta fails Open with
+// ErrCorrupt naming it and the way out: Restore from a backup, or
+// RemoveTable, which empties just that table, resets the bookkeeping, takes
+// a new node id and marks the table for resync (not ready until
+// MarkResynced after a catch-up). A damaged index, change log or feed is a
+// function of the tables: Open rebuilds it and goes on. Verify checks
+// checksums and that rows, index entries, change-log keys and bookkeeping
+// agree, both ways.
+//
+// A commit that fails for lack of space returns ErrDiskFull and makes Ready
+// report it; RocksDB runs without paranoid checks so that the failure does
+// not stop writes for good, and the next commit (or CheckWritable, which
+// the health check calls) succeeds once space is back.
 //
 // # Encryption
 //

@@ -25,4 +25,20 @@ var (
 	ErrUnknownTable = errors.New("storage: unknown table")
 	// ErrFormatVersion: bytes written by a newer, incompatible format.
 	ErrFormatVersion = errors.New("storage: unsupported format version")
+	// ErrNotReady: the store cannot serve (or the node should not take
+	// traffic) yet: a table is under resync, a snapshot ingest or the first
+	// catch-up after it is not finished, or a commit failed for lack of
+	// space. Ready says which.
+	ErrNotReady = errors.New("storage: not ready")
+	// ErrTooLarge: a transaction or change set exceeds the change-set size
+	// bound (MaxChangeSetRows rows or MaxChangeSetBytes bytes).
+	ErrTooLarge = errors.New("storage: change set too large")
+	// ErrDiskFull: RocksDB could not write for lack of space. Writes
+	// resume by themselves once space is freed.
+	ErrDiskFull = errors.New("storage: disk full")
+	// ErrCommitFailed: Ready's answer while the last commit failed (it
+	// wraps that commit's error too).
+	ErrCommitFailed = errors.New("storage: last commit failed")
+	// ErrClusterMismatch: a snapshot or store belongs to another cluster.
+	ErrClusterMismatch = errors.New("storage: cluster id mismatch")
 )

@@ -42,6 +42,7 @@ type exportLine struct {
 	Key              string          `json:"key"`
 	Version          Version         `json:"version"`
 	Deleted          bool            `json:"deleted,omitempty"`
+	Expires          int64           `json:"expires,omitempty"` // Unix ms
 	Row              json.RawMessage `json:"row,omitempty"`
 	PrivateKeySealed []byte          `json:"private_key_sealed,omitempty"`
 }
@@ -54,7 +55,7 @@ func (s *Store) Export(ctx context.Context, w io.Writer) (int, error) {
 	enc.SetEscapeHTML(false)
 	n := 0
 	err := s.View(ctx, func(tx *Tx) error {
-		if err := enc.Encode(exportHeader{Format: exportFormat, Version: exportVersion, NodeID: s.nodeID,
+		if err := enc.Encode(exportHeader{Format: exportFormat, Version: exportVersion, NodeID: s.NodeID(),
 			ExportedAt: time.Now().UTC(), LastIndex: s.lastIndex.Load()}); err != nil {
 			return err
 		}
@@ -98,7 +99,7 @@ func exportRow(table, key string, value []byte) (exportLine, error) {
 	if err != nil {
 		return exportLine{}, corruptError(table, fmt.Errorf("row %q: %w", key, err))
 	}
-	line := exportLine{Table: table, Key: key, Version: r.version, Deleted: r.deleted}
+	line := exportLine{Table: table, Key: key, Version: r.version, Deleted: r.deleted, Expires: r.expires}
 	if r.deleted {
 		return line, nil
 	}
@@ -151,13 +152,14 @@ func (s *Store) Import(ctx context.Context, r io.Reader) (int, error) {
 	}
 	applied := 0
 	var batch []Change
+	batchBytes := 0
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
 		n, err := s.importBatch(ctx, batch)
 		applied += n
-		batch = batch[:0]
+		batch, batchBytes = batch[:0], 0
 		return err
 	}
 	for lineNo := 2; sc.Scan(); lineNo++ {
@@ -168,7 +170,13 @@ func (s *Store) Import(ctx context.Context, r io.Reader) (int, error) {
 		if err != nil {
 			return applied, fmt.Errorf("storage: import line %d: %w", lineNo, err)
 		}
+		if len(batch) > 0 && batchBytes+len(c.Key)+len(c.Value) > MaxChangeSetBytes {
+			if err := flush(); err != nil {
+				return applied, err
+			}
+		}
 		batch = append(batch, c)
+		batchBytes += len(c.Key) + len(c.Value)
 		if len(batch) >= importBatch {
 			if err := flush(); err != nil {
 				return applied, err
@@ -189,7 +197,7 @@ func (s *Store) importLine(b []byte) (Change, error) {
 	if !isTable(line.Table) {
 		return Change{}, fmt.Errorf("%w: %q", ErrUnknownTable, line.Table)
 	}
-	c := Change{Table: line.Table, Key: line.Key, Deleted: line.Deleted, Version: line.Version}
+	c := Change{Table: line.Table, Key: line.Key, Deleted: line.Deleted, Version: line.Version, Expires: line.Expires}
 	if line.Deleted {
 		return c, nil
 	}
@@ -235,33 +243,55 @@ func (s *Store) importLine(b []byte) (Change, error) {
 	return c, nil
 }
 
+// importBatch writes the rows of an export with their original versions
+// and last-write-wins against the stored rows (so a second import of the
+// same export writes nothing), and records their seqs in the bookkeeping:
+// an export holds every current row of each set it contains, so the store
+// can serve those seqs to peers. Nothing is originated: importing one
+// export on two nodes makes no competing versions. The rows are grouped
+// into their change sets and applied like a catch-up, one batch, synced.
 func (s *Store) importBatch(ctx context.Context, changes []Change) (int, error) {
-	prepared, err := prepareChanges(changes)
+	sets, err := groupIntoSets(changes)
 	if err != nil {
 		return 0, fmt.Errorf("storage: import: %w", err)
+	}
+	prepared := make([]preparedSet, 0, len(sets))
+	for _, cs := range sets {
+		p, err := prepareSet(cs)
+		if err != nil {
+			return 0, fmt.Errorf("storage: import: %w", err)
+		}
+		prepared = append(prepared, p)
 	}
 	if err := s.enter(); err != nil {
 		return 0, err
 	}
 	defer s.leave()
-	for _, c := range prepared {
-		s.witness(c.Version.HLC)
+	if err := ctx.Err(); err != nil {
+		return 0, err
 	}
-	var lastErr error
-	for attempt := 0; attempt < maxAttempts; attempt++ {
-		if err := ctx.Err(); err != nil {
-			return 0, err
-		}
-		res, err := s.tryApply(prepared, nil)
-		if err == nil {
-			return res.Applied, nil
-		}
-		if !isRetryable(err) {
-			return 0, err
-		}
-		s.counts.conflictRetry.Add(1)
-		lastErr = err
-		backoff(attempt)
+	res, err := s.applyPrepared(prepared, nil, applyOptions{partialSets: true, sync: true})
+	return res.Applied, err
+}
+
+// groupIntoSets groups rows by their version into change sets, in the
+// order their first row came.
+func groupIntoSets(changes []Change) ([]ChangeSet, error) {
+	type setKey struct {
+		origin string
+		seq    uint64
 	}
-	return 0, fmt.Errorf("%w: gave up after %d attempts: %v", ErrConflict, maxAttempts, lastErr)
+	idx := make(map[setKey]int)
+	var out []ChangeSet
+	for _, c := range changes {
+		k := setKey{c.Version.Origin, c.Version.Seq}
+		i, ok := idx[k]
+		if !ok {
+			i = len(out)
+			idx[k] = i
+			out = append(out, ChangeSet{Origin: k.origin, Seq: k.seq, HLC: c.Version.HLC})
+		}
+		out[i].Changes = append(out[i].Changes, c)
+	}
+	return out, nil
 }

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-
-	"github.com/linxGnu/grocksdb"
 )
 
 // The feed column family maps every commit index (big-endian) to the
@@ -45,15 +43,15 @@ func (s *Store) readFeed(after uint64, max int) ([]Event, error) {
 			return nil, corruptError(cfFeed, fmt.Errorf("malformed feed key"))
 		}
 		index := beUint64(k)
-		refs, err := s.decodeFeedValue(ro, it.Value().Data())
-		if err != nil {
-			return nil, corruptError(cfFeed, fmt.Errorf("entry %d: %w", index, err))
+		origin, seq, err := decodeFeedValue(it.Value().Data())
+		if err != nil || len(it.Value().Data()) == 0 {
+			return nil, corruptError(cfFeed, fmt.Errorf("entry %d: %v", index, err))
 		}
-		cs, err := s.materialize(ro, refs)
+		cs, err := s.materialize(ro, origin, seq)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, Event{Index: index, Set: cs})
+		out = append(out, Event{Index: index, Set: cs.withKeys(s.keys)})
 	}
 	if err := it.Err(); err != nil {
 		return nil, readError(cfFeed, err)
@@ -61,15 +59,10 @@ func (s *Store) readFeed(after uint64, max int) ([]Event, error) {
 	return out, nil
 }
 
-// decodeFeedValue returns the change-log entry (references, no values) a
-// feed entry refers to, read with ro.
-func (s *Store) decodeFeedValue(ro *grocksdb.ReadOptions, v []byte) (ChangeSet, error) {
-	var (
-		origin string
-		seq    uint64
-		inline []byte
-	)
-	err := decodeFields(v, func(f field) error {
+// decodeFeedValue returns the change set a feed entry refers to.
+func decodeFeedValue(v []byte) (origin string, seq uint64, err error) {
+	var inline []byte
+	err = decodeFields(v, func(f field) error {
 		switch f.num {
 		case 1:
 			return f.str(&origin)
@@ -81,20 +74,17 @@ func (s *Store) decodeFeedValue(ro *grocksdb.ReadOptions, v []byte) (ChangeSet, 
 		return nil
 	})
 	if err != nil {
-		return ChangeSet{}, err
+		return "", 0, err
 	}
 	if inline != nil {
-		return decodeChangeRefs(inline)
+		// An entry of an older layout: the change set itself.
+		var cs ChangeSet
+		if err := decodeChangeSetFields(inline[1:], &cs, func([]byte) error { return nil }); err != nil {
+			return "", 0, err
+		}
+		return cs.Origin, cs.Seq, nil
 	}
-	b, err := s.base.GetCF(ro, s.cfs[cfChangelog], changelogKey(origin, seq))
-	if err != nil {
-		return ChangeSet{}, err
-	}
-	defer b.Free()
-	if !b.Exists() {
-		return ChangeSet{}, fmt.Errorf("change-log entry %s/%d is missing", origin, seq)
-	}
-	return decodeChangeRefs(b.Data())
+	return origin, seq, nil
 }
 
 // Subscription delivers change-feed events in commit-index order.
@@ -218,4 +208,41 @@ func (sub *Subscription) Err() error {
 	sub.mu.Lock()
 	defer sub.mu.Unlock()
 	return sub.err
+}
+
+// FeedSource is what a consumer of the change feed needs: consumers
+// (pools, certs) declare it, or the subset they use, and take it instead
+// of *Store, so that their tests can hand them a fake built with
+// NewSubscription.
+type FeedSource interface {
+	Subscribe(ctx context.Context, afterIndex uint64) *Subscription
+}
+
+// NewSubscription returns a Subscription that delivers the events sent on
+// events, in the order sent: a feed for a consumer's tests. Events is
+// closed when events is closed (Err then nil) or ctx ends (Err ctx.Err()).
+func NewSubscription(ctx context.Context, events <-chan Event) *Subscription {
+	sub := &Subscription{ch: make(chan Event), done: make(chan struct{})}
+	go func() {
+		for {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					sub.finish(nil)
+					return
+				}
+				select {
+				case sub.ch <- ev:
+					sub.cursor.Store(ev.Index)
+				case <-ctx.Done():
+					sub.finish(ctx.Err())
+					return
+				}
+			case <-ctx.Done():
+				sub.finish(ctx.Err())
+				return
+			}
+		}
+	}()
+	return sub
 }

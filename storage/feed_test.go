@@ -119,11 +119,11 @@ func TestFeedCarriesDeletesAndAppliedSubsets(t *testing.T) {
 		poolChange(t, "keep", "old", ver(5, "peer", 1)),
 		poolChange(t, "fresh", "new", ver(5, "peer", 1)),
 	}}
-	if res, err := s.Apply(ctx, cs); err != nil || res.Applied != 1 || res.Index != 4 {
+	if res, err := applySet(s, cs); err != nil || res.Applied != 1 || res.Index != 4 {
 		t.Fatalf("apply %+v %v", res, err)
 	}
 	// A set where nothing wins: no event.
-	if res, err := s.Apply(ctx, ChangeSet{Origin: "peer", Seq: 2, HLC: 6, Changes: cs.Changes[:1]}); err != nil || res.Index != 0 {
+	if res, err := applySet(s, ChangeSet{Origin: "peer", Seq: 2, HLC: 6, Changes: []Change{poolChange(t, "keep", "old", ver(6, "peer", 2))}}); err != nil || res.Index != 0 {
 		t.Fatalf("losing apply %+v %v", res, err)
 	}
 	mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool("last")) })
@@ -211,3 +211,39 @@ func waitClosed(t *testing.T, sub *Subscription) {
 	for range sub.Events() {
 	}
 }
+
+// A fake feed delivers what it is sent, in order, and ends like a real one.
+func TestNewSubscription(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events := make(chan Event, 2)
+	events <- Event{Index: 1}
+	events <- Event{Index: 2}
+	close(events)
+	var src FeedSource = fakeFeed{sub: NewSubscription(ctx, events)}
+	sub := src.Subscribe(ctx, 0)
+	for want := uint64(1); want <= 2; want++ {
+		select {
+		case ev := <-sub.Events():
+			if ev.Index != want {
+				t.Fatalf("event %d, want %d", ev.Index, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("no event")
+		}
+	}
+	waitClosed(t, sub)
+	if sub.Err() != nil {
+		t.Fatalf("err %v", sub.Err())
+	}
+	other := NewSubscription(ctx, make(chan Event))
+	cancel()
+	waitClosed(t, other)
+	if other.Err() == nil {
+		t.Fatal("cancelled subscription without an error")
+	}
+}
+
+type fakeFeed struct{ sub *Subscription }
+
+func (f fakeFeed) Subscribe(context.Context, uint64) *Subscription { return f.sub }

@@ -197,7 +197,7 @@ func TestApplyWritesPartitionGuard(t *testing.T) {
 	mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(&Pool{Name: "web"}) })
 	peer := openStore(t, func(c *Config) { c.NodeID = "peer" })
 	mustUpdate(t, peer, func(tx *Tx) error { return tx.PutBackend(sampleBackend("b1", "web")) })
-	sets, err := peer.ChangeSetsSince(ctx, "peer", 0, 0)
+	sets, err := changeSetsOf(peer, "peer")
 	if err != nil || len(sets) != 1 {
 		t.Fatalf("peer change sets %d, %v", len(sets), err)
 	}
@@ -209,7 +209,7 @@ func TestApplyWritesPartitionGuard(t *testing.T) {
 		}
 		seen = append(seen, len(bs))
 		if len(seen) == 1 {
-			if _, err := s.Apply(ctx, sets[0]); err != nil {
+			if _, err := applySet(s, sets[0]); err != nil {
 				return err
 			}
 		}

@@ -88,21 +88,26 @@ func (c *Clock) next(last, wall HLC) HLC {
 	return last + 1
 }
 
-// Update witnesses a remote timestamp so that every later Now is greater
-// than it, and returns the new local timestamp. We always advance, even
-// past a remote clock far ahead of ours: refusing would let a local write
-// that causally follows the remote one lose last-write-wins against it. A
-// remote timestamp more than the maximum offset ahead is reported with a
-// *ClockSkewError (and counted, see Skew) so that the operator can fix the
-// peer's clock; the returned timestamp is valid in either case.
+// Update witnesses a remote timestamp so that later local timestamps
+// follow it, but never past the bound: the clock stays within the maximum
+// offset of the local wall clock, so one peer with a wrong date cannot drag
+// every version in the cluster forward. A remote timestamp beyond the bound
+// is reported with a *ClockSkewError and counted (Skew); the caller still
+// stores the data (convergence matters more), and a local write to a row
+// that carries it still wins, because commits version a row above the
+// version they replace rather than by the clock alone.
 func (c *Clock) Update(remote HLC) (HLC, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	wallNow := c.wall()
 	var err error
+	bound := c.bound(wallNow)
 	if ahead := time.Duration(remote.Millis()-wallNow.UnixMilli()) * time.Millisecond; c.maxOffset > 0 && ahead > c.maxOffset {
 		c.skew++
 		err = &ClockSkewError{Remote: remote, Ahead: ahead, Max: c.maxOffset}
+	}
+	if remote > bound {
+		remote = bound
 	}
 	if remote > c.last {
 		c.last = remote
@@ -111,11 +116,22 @@ func (c *Clock) Update(remote HLC) (HLC, error) {
 	return c.last, err
 }
 
-// Witness raises the clock to at least h without counting skew. Open uses
-// it with the high-water mark recovered from disk.
+// bound is the highest timestamp the clock may reach at wall time now.
+func (c *Clock) bound(now time.Time) HLC {
+	if c.maxOffset <= 0 {
+		return HLC(^uint64(0))
+	}
+	return NewHLC(now.Add(c.maxOffset).UnixMilli(), 0)
+}
+
+// Witness raises the clock to at least h, within the bound and without
+// counting skew. Open uses it with the reading stored by the last commit.
 func (c *Clock) Witness(h HLC) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if b := c.bound(c.wall()); h > b {
+		h = b
+	}
 	if h > c.last {
 		c.last = h
 	}

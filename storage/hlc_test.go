@@ -45,6 +45,7 @@ func TestClockMonotonic(t *testing.T) {
 		t.Fatalf("did not follow the wall clock: %s", e)
 	}
 	// Logical overflow moves into the next millisecond.
+	wall.set(time.UnixMilli(2_000_000))
 	c.Witness(NewHLC(2_000_000, 0xffff))
 	if f := c.Now(); f != NewHLC(2_000_001, 0) {
 		t.Fatalf("overflow: %s", f)
@@ -59,10 +60,11 @@ func TestClockUpdate(t *testing.T) {
 	if err != nil || got != NewHLC(1_000_300, 5) {
 		t.Fatalf("within offset: %s %v", got, err)
 	}
-	// Remote beyond the offset: still adopted, reported and counted.
+	// Remote beyond the offset: reported and counted, and followed only
+	// up to the bound (wall + max offset).
 	got, err = c.Update(NewHLC(1_010_000, 0))
 	var skew *ClockSkewError
-	if !errors.As(err, &skew) || skew.Ahead != 10*time.Second || got != NewHLC(1_010_000, 1) || c.Skew() != 1 {
+	if !errors.As(err, &skew) || skew.Ahead != 10*time.Second || got != NewHLC(1_000_500, 1) || c.Skew() != 1 {
 		t.Fatalf("beyond offset: %s %v skew=%d", got, err, c.Skew())
 	}
 	if n := c.Now(); n <= got {
@@ -102,26 +104,45 @@ func TestClockConcurrentUnique(t *testing.T) {
 	}
 }
 
-// A restart never issues an HLC at or below one already stored, even when
-// the wall clock is behind (here: a peer's version far in the future).
-func TestClockHighWaterMarkSurvivesRestart(t *testing.T) {
+// A peer's version far ahead is stored but does not drag the clock: the
+// clock stays within the bound, the origin is counted, and a later local
+// write to the same row still wins (the causal-overwrite rule). A restart
+// never issues an HLC at or below one the store issued before.
+func TestClockBoundedAndCausalOverwrite(t *testing.T) {
 	dir := t.TempDir()
 	cfg := testConfig(t, dir)
 	s, err := Open(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	future := NewHLC(time.Now().Add(time.Hour).UnixMilli(), 0)
-	ctx := t.Context()
-	if _, err := s.Apply(ctx, ChangeSet{Origin: "peer", Seq: 1, HLC: future, Changes: []Change{poolChange(t, "p", "x", Version{HLC: future, Origin: "peer", Seq: 1})}}); err != nil {
-		t.Fatal(err)
+	future := NewHLC(time.Now().Add(24*time.Hour).UnixMilli(), 0)
+	res, err := applySet(s, ChangeSet{Origin: "peer", Seq: 1, HLC: future, Changes: []Change{poolChange(t, "p", "x", Version{HLC: future, Origin: "peer", Seq: 1})}})
+	if err != nil || res.Applied != 1 || res.FarAhead != 1 {
+		t.Fatalf("apply from the future: %+v, %v", res, err)
 	}
-	if s.Info().ClockSkewEvents == 0 {
-		t.Fatal("skew not counted")
+	if s.Info().ClockSkewEvents == 0 || s.ClockSkew()["peer"] != 1 {
+		t.Fatalf("skew not counted: %v", s.ClockSkew())
 	}
-	c := mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool("q")) })
+	bound := NewHLC(time.Now().Add(cfg.MaxClockOffset+time.Second).UnixMilli(), 0)
+	if s.Clock().Last() > bound {
+		t.Fatalf("clock %s dragged past the bound %s", s.Clock().Last(), bound)
+	}
+	p, err := s.GetPool(t.Context(), "p")
+	if err != nil || p.Algorithm != "x" {
+		t.Fatalf("far-ahead row not stored: %+v %v", p, err)
+	}
+	// A later local write to the same row wins over the future version.
+	c := mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool("p")) })
 	if c.Version.HLC <= future {
-		t.Fatalf("local HLC %s not after witnessed %s", c.Version.HLC, future)
+		t.Fatalf("local HLC %s not after the row's %s", c.Version.HLC, future)
+	}
+	if p, _ := s.GetPool(t.Context(), "p"); p.Algorithm == "x" {
+		t.Fatal("the local write lost to the far-ahead version")
+	}
+	// A write to another row is versioned by the bounded clock.
+	q := mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool("q")) })
+	if q.Version.HLC > bound {
+		t.Fatalf("unrelated write %s carries the far-ahead time", q.Version.HLC)
 	}
 	s.Close()
 	s, err = Open(cfg)
@@ -129,11 +150,11 @@ func TestClockHighWaterMarkSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if s.Clock().Last() < c.Version.HLC {
-		t.Fatalf("high-water mark %s below used %s", s.Clock().Last(), c.Version.HLC)
+	if s.Clock().Last() < q.Version.HLC {
+		t.Fatalf("high-water mark %s below used %s", s.Clock().Last(), q.Version.HLC)
 	}
-	c2 := mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool("r")) })
-	if c2.Version.HLC <= c.Version.HLC {
-		t.Fatalf("after restart %s <= %s", c2.Version.HLC, c.Version.HLC)
+	r := mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool("r")) })
+	if r.Version.HLC <= q.Version.HLC {
+		t.Fatalf("after restart %s <= %s", r.Version.HLC, q.Version.HLC)
 	}
 }

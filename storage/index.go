@@ -3,7 +3,6 @@ package storage
 import (
 	"bytes"
 	"encoding/binary"
-	"fmt"
 	"sort"
 	"strings"
 	"time"
@@ -22,7 +21,55 @@ const (
 	idxBackendPool   byte = 4 // 4 | pool name | 0 | backend id
 	idxObsHealth     byte = 5 // 5 | node id | 0 | healthy (0/1) | backend id
 	idxPoolCert      byte = 6 // 6 | ssl_cert_id | 0 | pool name
+	idxTombstone     byte = 7 // 7 | be64(hlc) | table id | key: tombstones by age (PurgeTombstones)
+	idxExpiry        byte = 8 // 8 | be64(expires ms) | table id | key: rows by expiry (ExpireRows)
 )
+
+// coveringIndex reports whether an index's entries carry a copy of their
+// row's envelope as value, so that reading a partition is one range scan
+// instead of one random lookup per row. The backends of a pool are read
+// whole and often (the routing table, the API), so that index covers.
+func coveringIndex(k []byte) bool { return len(k) > 0 && k[0] == idxBackendPool }
+
+// putCovering writes the row envelope into every covering entry of
+// entries (whether new or kept: the envelope changed with the version).
+func putCovering(put func(k, v []byte), entries [][]byte, envelope []byte) {
+	for _, k := range entries {
+		if coveringIndex(k) {
+			put(k, envelope)
+		}
+	}
+}
+
+// tombstoneEntry is the index entry of a tombstone of a replicated table.
+func tombstoneEntry(h HLC, tableID byte, key string) []byte {
+	k := make([]byte, 0, 10+len(key))
+	k = append(k, idxTombstone)
+	k = binary.BigEndian.AppendUint64(k, uint64(h))
+	k = append(k, tableID)
+	return append(k, key...)
+}
+
+// expiryEntry is the index entry of a row with an expiry.
+func expiryEntry(ms int64, tableID byte, key string) []byte {
+	k := make([]byte, 0, 10+len(key))
+	k = append(k, idxExpiry)
+	k = binary.BigEndian.AppendUint64(k, uint64(ms))
+	k = append(k, tableID)
+	return append(k, key...)
+}
+
+// parseTimedEntry splits a tombstone or expiry entry.
+func parseTimedEntry(k []byte) (at uint64, def *tableDef, key string, ok bool) {
+	if len(k) < 11 || (k[0] != idxTombstone && k[0] != idxExpiry) {
+		return 0, nil, "", false
+	}
+	def = tableByID(k[9])
+	if def == nil {
+		return 0, nil, "", false
+	}
+	return binary.BigEndian.Uint64(k[1:9]), def, string(k[10:]), true
+}
 
 // Partition guards. RocksDB's optimistic transactions detect a conflict
 // only on keys a transaction read with GetForUpdate or wrote; an index scan
@@ -163,97 +210,35 @@ func observationIndexKeys(o *Observation) [][]byte {
 	return [][]byte{append(obsHealthPrefix(o.NodeID, o.Healthy), o.BackendID...)}
 }
 
-// decodedRecord is a record decoded from its bytes without decrypting
-// anything: enough to know its key and its index entries.
-type decodedRecord struct {
-	key  string
-	idx  [][]byte
-	cert *Certificate
-	pool *Pool
-	be   *Backend
-	obs  *Observation
-}
-
-// decodeRecord decodes the record bytes of a row of table.
-func decodeRecord(table string, rec []byte) (decodedRecord, error) {
-	var d decodedRecord
-	switch table {
-	case TableCertificates:
-		c, _, err := decodeCertificate(rec)
-		if err != nil {
-			return d, err
-		}
-		d.key, d.idx, d.cert = c.ID, certificateIndexKeys(&c), &c
-	case TablePools:
-		p, err := decodePool(rec)
-		if err != nil {
-			return d, err
-		}
-		d.key, d.idx, d.pool = p.Name, poolIndexKeys(&p), &p
-	case TableBackends:
-		b, err := decodeBackend(rec)
-		if err != nil {
-			return d, err
-		}
-		d.key, d.idx, d.be = b.ID, backendIndexKeys(&b), &b
-	case TableObservations:
-		o, err := decodeObservation(rec)
-		if err != nil {
-			return d, err
-		}
-		d.key, d.idx, d.obs = ObservationKey(o.NodeID, o.BackendID), observationIndexKeys(&o), &o
-	default:
-		return d, fmt.Errorf("%w: %q", ErrUnknownTable, table)
-	}
-	return d, nil
-}
-
-// validateRecord checks what the store needs of a record it did not build
-// itself (Apply, Import): a valid key and valid indexed values.
-func validateRecord(table string, d decodedRecord) error {
-	switch table {
-	case TableCertificates:
-		if err := validateKey("certificate id", d.cert.ID); err != nil {
-			return err
-		}
-		for _, n := range certificateNames(d.cert) {
-			if err := validateKey("certificate name", n); err != nil {
-				return err
-			}
-		}
-	case TablePools:
-		if err := validateKey("pool name", d.pool.Name); err != nil {
-			return err
-		}
-		if err := validateIndexed("pool ssl_domain", normalizeDomain(d.pool.SSLDomain)); err != nil {
-			return err
-		}
-		return validateIndexed("pool ssl_cert_id", d.pool.SSLCertID)
-	case TableBackends:
-		if err := validateKey("backend id", d.be.ID); err != nil {
-			return err
-		}
-		return validateIndexed("backend pool_name", d.be.PoolName)
-	case TableObservations:
-		if err := validateKey("observation node_id", d.obs.NodeID); err != nil {
-			return err
-		}
-		return validateKey("observation backend_id", d.obs.BackendID)
-	}
-	return nil
-}
-
-// rowIndexKeys returns the index entries of a stored row (none for an
-// absent row or a tombstone).
-func rowIndexKeys(table string, r *row) ([][]byte, error) {
-	if r == nil || r.deleted {
+// rowEntries returns the index entries of a stored row: its record's
+// entries when live, its tombstone entry when it is a tombstone of a
+// replicated table, and its expiry entry when it expires. None for an
+// absent row.
+func rowEntries(def *tableDef, key string, r *row) ([][]byte, error) {
+	if r == nil {
 		return nil, nil
 	}
-	d, err := decodeRecord(table, r.rec)
-	if err != nil {
-		return nil, err
+	var recIdx [][]byte
+	if !r.deleted {
+		d, err := def.decode(r.rec)
+		if err != nil {
+			return nil, err
+		}
+		recIdx = d.idx
 	}
-	return d.idx, nil
+	return entriesOf(def, key, r, recIdx), nil
+}
+
+// entriesOf is rowEntries with the record's entries already known.
+func entriesOf(def *tableDef, key string, r *row, recIdx [][]byte) [][]byte {
+	out := recIdx
+	if r.deleted && def.class == ClassReplicated {
+		out = append(out[:len(out):len(out)], tombstoneEntry(r.version.HLC, def.id, key))
+	}
+	if r.expires > 0 {
+		out = append(out[:len(out):len(out)], expiryEntry(r.expires, def.id, key))
+	}
+	return out
 }
 
 // diffKeys returns the keys of old not in new and of new not in old.

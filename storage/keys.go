@@ -33,23 +33,6 @@ const (
 	metaIndexVersion = "index_version"
 )
 
-func isTable(name string) bool {
-	switch name {
-	case TableCertificates, TablePools, TableBackends, TableObservations:
-		return true
-	}
-	return false
-}
-
-func tableRank(name string) int {
-	for i, t := range TableNames() {
-		if t == name {
-			return i
-		}
-	}
-	return len(TableNames())
-}
-
 // validateKey checks a primary key or an indexed value: index keys use NUL
 // as the separator, so it must not occur inside one.
 func validateKey(what, k string) error {
@@ -72,21 +55,6 @@ func validateIndexed(what, v string) error {
 		return nil
 	}
 	return validateKey(what, v)
-}
-
-// validateRowKey checks the primary key of a row of table.
-func validateRowKey(table, key string) error {
-	if table != TableObservations {
-		return validateKey(singular(table)+" key", key)
-	}
-	node, backend, ok := strings.Cut(key, "\x00")
-	if !ok {
-		return fmt.Errorf("%w: observation key %q is not node id, NUL, backend id", ErrInvalid, key)
-	}
-	if err := validateKey("observation node id", node); err != nil {
-		return err
-	}
-	return validateKey("observation backend id", backend)
 }
 
 // ObservationKey is the primary key of an observation row and the Key of

@@ -14,9 +14,9 @@ func TestBlockCacheBoundsReads(t *testing.T) {
 	const capacity = 512 << 10
 	s := openStore(t, func(c *Config) { c.BlockCacheSize = capacity; c.WriteBufferSize = 1 << 20 })
 	ctx := context.Background()
-	for batch := 0; batch < 5; batch++ {
+	for batch := 0; batch < 25; batch++ {
 		mustUpdate(t, s, func(tx *Tx) error {
-			for i := 0; i < 5000; i++ {
+			for i := 0; i < 1000; i++ {
 				b := sampleBackend(fmt.Sprintf("be-%d-%05d", batch, i), fmt.Sprintf("pool-%d", i%50))
 				note := make([]byte, 64)
 				_, _ = rand.Read(note)

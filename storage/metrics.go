@@ -8,12 +8,18 @@ import (
 
 // counters are the store's event counts, read by the metrics collector.
 type counters struct {
-	commits        atomic.Uint64 // local transactions committed
-	conflictRetry  atomic.Uint64 // transaction attempts that conflicted and were retried
-	conflictFailed atomic.Uint64 // transactions that gave up with ErrConflict
-	applyApplied   atomic.Uint64 // rows written by Apply and Import
-	applySkipped   atomic.Uint64 // rows Apply and Import left alone (older or equal)
-	applyDuplicate atomic.Uint64 // change sets Apply had already recorded
+	commits           atomic.Uint64 // local transactions committed
+	conflictRetry     atomic.Uint64 // transaction attempts that conflicted and were retried
+	conflictFailed    atomic.Uint64 // transactions that gave up with ErrConflict
+	applyApplied      atomic.Uint64 // rows written by Apply and Import
+	applySkipped      atomic.Uint64 // rows Apply and Import left alone (older or equal)
+	applyDuplicate    atomic.Uint64 // change sets ApplyBatch had already recorded
+	applyRefused      atomic.Uint64 // rows refused by the purge floor or already expired
+	applySets         atomic.Uint64 // change sets ApplyBatch recorded
+	identityRotations atomic.Uint64 // new node ids taken after going back in time
+	tombstonesPurged  atomic.Uint64
+	rowsExpired       atomic.Uint64
+	commitFailures    atomic.Uint64 // commits that failed for a storage reason (space, I/O)
 }
 
 // collector exposes the store's counters and RocksDB figures. It reads

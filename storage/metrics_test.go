@@ -47,7 +47,7 @@ func TestMetrics(t *testing.T) {
 	}
 	cs := ChangeSet{Origin: "peer", Seq: 1, HLC: 5, Changes: []Change{poolChange(t, "p", "old", ver(5, "peer", 1)), poolChange(t, "q", "new", ver(5, "peer", 1))}}
 	for i := 0; i < 2; i++ {
-		if _, err := s.Apply(ctx, cs); err != nil {
+		if _, err := applySet(s, cs); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -11,15 +11,19 @@ import (
 
 // Info describes the open store.
 type Info struct {
-	NodeID          string            `json:"node_id"`
-	Dir             string            `json:"dir"`
-	Tables          []string          `json:"tables"`
-	Running         bool              `json:"running"`
-	LastIndex       uint64            `json:"last_index"`
-	FirstIndex      uint64            `json:"first_index"` // oldest change-feed entry kept
-	HLC             HLC               `json:"hlc"`
-	ClockSkewEvents uint64            `json:"clock_skew_events"`
-	VersionVector   map[string]uint64 `json:"version_vector"`
+	NodeID          string   `json:"node_id"`
+	Dir             string   `json:"dir"`
+	Tables          []string `json:"tables"`
+	Running         bool     `json:"running"`
+	LastIndex       uint64   `json:"last_index"`
+	FirstIndex      uint64   `json:"first_index"` // oldest change-feed entry kept
+	HLC             HLC      `json:"hlc"`
+	ClockSkewEvents uint64   `json:"clock_skew_events"`
+	ClusterID       string   `json:"cluster_id"`
+	// Watermarks is the contiguous watermark per origin; Seen the seqs
+	// applied per origin as ranges ("1-120,125"), gaps visible.
+	Watermarks map[string]uint64 `json:"watermarks"`
+	Seen       map[string]string `json:"seen"`
 }
 
 // Info returns the node id, data directory, tables, whether the store is
@@ -28,8 +32,15 @@ func (s *Store) Info() Info {
 	s.stateMu.Lock()
 	running := !s.closed
 	s.stateMu.Unlock()
+	bk := s.Bookkeeping()
+	watermarks := make(map[string]uint64, len(bk))
+	seen := make(map[string]string, len(bk))
+	for o, rs := range bk {
+		watermarks[o] = rs.Watermark()
+		seen[o] = rs.String()
+	}
 	return Info{
-		NodeID:          s.nodeID,
+		NodeID:          s.NodeID(),
 		Dir:             s.cfg.Dir,
 		Tables:          TableNames(),
 		Running:         running,
@@ -37,7 +48,9 @@ func (s *Store) Info() Info {
 		FirstIndex:      s.firstIndex.Load(),
 		HLC:             s.clock.Last(),
 		ClockSkewEvents: s.clock.Skew(),
-		VersionVector:   s.VersionVector(),
+		ClusterID:       s.ClusterID(),
+		Watermarks:      watermarks,
+		Seen:            seen,
 	}
 }
 
@@ -142,8 +155,16 @@ func (s *Store) Verify(ctx context.Context) error {
 	ro.SetVerifyChecksums(true)
 	ro.SetFillCache(false)
 
-	want := make(map[string]string) // index key -> "table/key" of its row
-	for _, table := range TableNames() {
+	want := make(map[string]string)      // index key -> "table/key" of its row
+	clog := make(map[string]string)      // change-log key -> "table/key" of its row
+	wantValue := make(map[string]string) // covering index key -> its row's envelope
+	var problems []string
+	bk := s.Bookkeeping()
+	// While a table is under resync or a bootstrap is unfinished the
+	// bookkeeping legitimately lags the rows.
+	checkClaims := s.serving() == nil
+	for _, def := range schema {
+		table := def.name
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -155,20 +176,33 @@ func (s *Store) Verify(ctx context.Context) error {
 				it.Close()
 				return corruptError(table, fmt.Errorf("row %q: %w", key, err))
 			}
-			if r.deleted {
-				continue
+			if !r.deleted {
+				d, err := decodeRecord(table, r.rec)
+				if err != nil {
+					it.Close()
+					return corruptError(table, fmt.Errorf("row %q: %w", key, err))
+				}
+				if d.key != key {
+					it.Close()
+					return corruptError(table, fmt.Errorf("row %q holds a record keyed %q", key, d.key))
+				}
 			}
-			d, err := decodeRecord(table, r.rec)
+			entries, err := rowEntries(def, key, &r)
 			if err != nil {
 				it.Close()
 				return corruptError(table, fmt.Errorf("row %q: %w", key, err))
 			}
-			if d.key != key {
-				it.Close()
-				return corruptError(table, fmt.Errorf("row %q holds a record keyed %q", key, d.key))
-			}
-			for _, k := range d.idx {
+			for _, k := range entries {
 				want[string(k)] = table + "/" + key
+				if coveringIndex(k) {
+					wantValue[string(k)] = string(it.Value().Data())
+				}
+			}
+			clog[string(clogKeyOf(def, key, r.version))] = table + "/" + key
+			// The bookkeeping must claim the seq of every stored row:
+			// a row whose set is not "seen" would be served by nobody.
+			if checkClaims && !bk[r.version.Origin].Contains(r.version.Seq) {
+				problems = append(problems, fmt.Sprintf("row %s/%s at %s/%d not in the bookkeeping", table, key, r.version.Origin, r.version.Seq))
 			}
 		}
 		err := it.Err()
@@ -177,7 +211,23 @@ func (s *Store) Verify(ctx context.Context) error {
 			return corruptError(table, err)
 		}
 	}
-	var problems []string
+	cit := s.base.NewIteratorCF(ro, s.cfs[cfChangelog])
+	for cit.SeekToFirst(); cit.Valid(); cit.Next() {
+		k := string(cit.Key().Data())
+		if _, ok := clog[k]; !ok {
+			problems = append(problems, fmt.Sprintf("change-log key %q has no row at its version", k))
+			continue
+		}
+		delete(clog, k)
+	}
+	err := cit.Err()
+	cit.Close()
+	if err != nil {
+		return corruptError(cfChangelog, err)
+	}
+	for k, rowName := range clog {
+		problems = append(problems, fmt.Sprintf("row %s lacks change-log key %q", rowName, k))
+	}
 	it := s.base.NewIteratorCF(ro, s.cfs[cfIndex])
 	defer it.Close()
 	for it.SeekToFirst(); it.Valid(); it.Next() {
@@ -194,8 +244,8 @@ func (s *Store) Verify(ctx context.Context) error {
 			problems = append(problems, fmt.Sprintf("index entry %q has no row", k))
 			continue
 		}
-		if len(it.Value().Data()) != 0 {
-			problems = append(problems, fmt.Sprintf("index entry %q has a value", k))
+		if string(it.Value().Data()) != wantValue[k] {
+			problems = append(problems, fmt.Sprintf("index entry %q has a value that is not its row's", k))
 		}
 		delete(want, k)
 	}

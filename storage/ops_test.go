@@ -16,8 +16,16 @@ import (
 // updates and deletes, so that every table has live rows and tombstones.
 func fill(t *testing.T, s *Store, prefix string, n int) {
 	t.Helper()
+	const per = MaxChangeSetRows / 4 // up to four rows per i
+	for lo := 0; lo < n; lo += per {
+		fillRange(t, s, prefix, lo, min(n, lo+per))
+	}
+}
+
+func fillRange(t *testing.T, s *Store, prefix string, lo, hi int) {
+	t.Helper()
 	mustUpdate(t, s, func(tx *Tx) error {
-		for i := 0; i < n; i++ {
+		for i := lo; i < hi; i++ {
 			name := fmt.Sprintf("%s-%03d", prefix, i)
 			if err := tx.PutPool(samplePool(name)); err != nil {
 				return err
@@ -37,7 +45,10 @@ func fill(t *testing.T, s *Store, prefix string, n int) {
 		return nil
 	})
 	mustUpdate(t, s, func(tx *Tx) error {
-		for i := 0; i < n; i += 5 {
+		for i := lo; i < hi; i++ {
+			if i%5 != 0 {
+				continue
+			}
 			name := fmt.Sprintf("%s-%03d", prefix, i)
 			if err := tx.DeleteBackend(name); err != nil {
 				return err
@@ -138,7 +149,9 @@ func TestBackupRestoreRoundTrip(t *testing.T) {
 	r1 := openStore(t, func(c *Config) { c.Dir = restored1; c.EncryptionKey = key })
 	cp := openStore(t, func(c *Config) { c.Dir = snap1; c.EncryptionKey = key })
 	assertSameRows(t, r1, cp)
-	if r1.NodeID() != src.NodeID() || r1.LastIndex() != cp.LastIndex() {
+	// A restored backup and a copied checkpoint both take a new node id:
+	// the source's seqs are already held by its peers.
+	if r1.NodeID() == src.NodeID() || cp.NodeID() == src.NodeID() || r1.NodeID() == cp.NodeID() || r1.LastIndex() != cp.LastIndex() {
 		t.Fatalf("restored node %q index %d", r1.NodeID(), r1.LastIndex())
 	}
 	if c, err := r1.GetCertificate(ctx, "a-001"); err != nil || c.PrivateKeyPEM != testKeyPEM {
@@ -192,7 +205,9 @@ func TestExportImport(t *testing.T) {
 	}
 	export := buf.Bytes()
 
-	// Into an empty store: equal row by row, versions included.
+	// Into an empty store: equal row by row, versions included; the seqs
+	// are recorded, so this store serves them to peers; nothing is
+	// originated.
 	dst := openStore(t, func(c *Config) { c.EncryptionKey = key; c.NodeID = "dst" })
 	ctxSub, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -203,8 +218,11 @@ func TestExportImport(t *testing.T) {
 	}
 	assertSameRows(t, src, dst)
 	checkIndexes(t, dst)
-	if ev := <-sub.Events(); ev.Set.Origin != "dst" || len(ev.Set.Changes) != n {
+	if ev := <-sub.Events(); ev.Set.Origin != "src" || len(ev.Set.Changes) == 0 {
 		t.Fatalf("import feed event: origin %s, %d changes", ev.Set.Origin, len(ev.Set.Changes))
+	}
+	if dst.Bookkeeping().Max("dst") != 0 || fmt.Sprint(dst.Bookkeeping()["src"]) != fmt.Sprint(src.Bookkeeping()["src"].Intersect(dst.Bookkeeping()["src"])) {
+		t.Fatalf("import originated or claimed wrongly: %v", dst.Bookkeeping())
 	}
 	// Idempotent.
 	applied, err = dst.Import(ctx, bytes.NewReader(export))
@@ -345,4 +363,71 @@ func TestCorruptTableNamedAtOpen(t *testing.T) {
 		t.Fatalf("still marked: %v", tables)
 	}
 	s.Close()
+}
+
+// A damaged index (or change-log) family no longer lets the store start
+// "ready" while every write fails: Open verifies it, rebuilds it from the
+// tables, and the store reads, writes and verifies clean afterwards.
+func TestDamagedIndexFamilyRebuiltAtOpen(t *testing.T) {
+	for _, family := range []string{cfIndex, cfChangelog} {
+		t.Run(family, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := testConfig(t, dir)
+			s, err := Open(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fill(t, s, "p", 2000)
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			cfg.SkipVerifyOnOpen = true
+			s, err = Open(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var sst string
+			var size int64
+			for _, f := range s.base.GetLiveFilesMetaData() {
+				if f.ColumnFamilyName == family && f.Size > size {
+					sst, size = filepath.Join(dir, f.Name), f.Size
+				}
+			}
+			s.Close()
+			if sst == "" || size < 8192 {
+				t.Fatalf("no %s SST file big enough (%q, %d bytes)", family, sst, size)
+			}
+			fh, err := os.OpenFile(sst, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := fh.WriteAt(bytes.Repeat([]byte{0x5a}, 256), size/2); err != nil {
+				t.Fatal(err)
+			}
+			fh.Close()
+
+			cfg.SkipVerifyOnOpen = false
+			s, err = Open(cfg)
+			if err != nil {
+				t.Fatalf("open with a damaged %s family: %v", family, err)
+			}
+			defer s.Close()
+			ctx := context.Background()
+			if err := s.Verify(ctx); err != nil {
+				t.Fatalf("after rebuild: %v", err)
+			}
+			if err := s.Ready(); err != nil {
+				t.Fatalf("not ready after rebuild: %v", err)
+			}
+			if bs, err := s.ListBackendsByPool(ctx, "p-003", "", 0); err != nil || len(bs) == 0 {
+				t.Fatalf("index read after rebuild: %d, %v", len(bs), err)
+			}
+			if _, err := s.Update(ctx, func(tx *Tx) error { return tx.PutBackend(sampleBackend("new", "p-003")) }); err != nil {
+				t.Fatalf("write after rebuild: %v", err)
+			}
+			if sets, err := changeSetsOf(s, s.NodeID()); err != nil || len(sets) == 0 {
+				t.Fatalf("change log after rebuild: %d, %v", len(sets), err)
+			}
+		})
+	}
 }

@@ -15,35 +15,32 @@ func TestPrune(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	// An old change set from a peer: the newest (only) one of its origin.
-	if _, err := s.Apply(ctx, ChangeSet{Origin: "peer", Seq: 3, HLC: 10, Changes: []Change{poolChange(t, "peer-pool", "x", ver(10, "peer", 3))}}); err != nil {
+	if _, err := applySet(s, ChangeSet{Origin: "peer", Seq: 3, HLC: 10, Changes: []Change{poolChange(t, "peer-pool", "x", ver(10, "peer", 3))}}); err != nil {
 		t.Fatal(err)
 	}
-	var commits []Commit
 	for i := 0; i < 99; i++ {
-		commits = append(commits, mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool(fmt.Sprint("p", i))) }))
+		mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool(fmt.Sprint("p", i))) })
 	}
 	if s.LastIndex() != 100 {
 		t.Fatalf("last index %d", s.LastIndex())
 	}
-	res, err := s.Prune(ctx, PruneOptions{KeepFeed: 10, ChangeLogBefore: commits[49].Version.HLC})
+	res, err := s.Prune(ctx, PruneOptions{KeepFeed: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Feed: 1..90 deleted. Change log: local seq 1..49 (HLC below the cut);
-	// the peer's only entry is the newest of its origin and stays.
-	if res.FeedEntries != 90 || res.ChangeSets != 49 {
+	if res.FeedEntries != 90 {
 		t.Fatalf("pruned %+v", res)
 	}
 	if info := s.Info(); info.FirstIndex != 91 || info.LastIndex != 100 {
 		t.Fatalf("info %+v", info)
 	}
-	sets, err := s.ChangeSetsSince(ctx, s.NodeID(), 0, 0)
-	if err != nil || len(sets) != 50 || sets[0].Seq != 50 {
+	// The change log is not touched: every change set is still served.
+	sets, err := changeSetsOf(s, s.NodeID())
+	if err != nil || len(sets) != 99 || sets[0].Seq != 1 {
 		t.Fatalf("change log after prune: %d sets, %v", len(sets), err)
 	}
-	if peer, _ := s.ChangeSetsSince(ctx, "peer", 0, 0); len(peer) != 1 {
-		t.Fatalf("peer's newest change set pruned")
+	if peer, _ := changeSetsOf(s, "peer"); len(peer) != 1 {
+		t.Fatalf("peer's change set gone")
 	}
 	subCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -56,7 +53,6 @@ func TestPrune(t *testing.T) {
 	if evs[9].Set.Seq != 99 {
 		t.Fatalf("last event %+v", evs[9].Set)
 	}
-	// Rows are untouched.
 	if pools, _ := s.ListPools(ctx, "", 0); len(pools) != 100 {
 		t.Fatalf("%d pools", len(pools))
 	}
@@ -69,7 +65,7 @@ func TestPrune(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if info := s.Info(); info.FirstIndex != 91 || info.LastIndex != 100 || info.VersionVector[s.NodeID()] != 99 || info.VersionVector["peer"] != 3 {
+	if info := s.Info(); info.FirstIndex != 91 || info.LastIndex != 100 || info.Watermarks[s.NodeID()] != 99 || info.Seen["peer"] != "3" {
 		t.Fatalf("after reopen %+v", info)
 	}
 	if c := mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool("next")) }); c.Index != 101 || c.Version.Seq != 100 {

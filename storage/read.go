@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/linxGnu/grocksdb"
 )
 
 // Reads outside a transaction. Each runs on one consistent snapshot, so an
@@ -13,27 +15,92 @@ import (
 // strictly after `after`, at most limit rows (<= 0: no limit), in key order.
 
 // GetPool returns the pool called name.
-func (s *Store) GetPool(ctx context.Context, name string) (p Pool, err error) {
-	err = s.View(ctx, func(tx *Tx) error { p, err = tx.Pool(name); return err })
-	return p, err
+func (s *Store) GetPool(ctx context.Context, name string) (Pool, error) {
+	return getLive(ctx, s, TablePools, name, decodeStoredPool)
 }
 
 // GetBackend returns the backend with id.
-func (s *Store) GetBackend(ctx context.Context, id string) (b Backend, err error) {
-	err = s.View(ctx, func(tx *Tx) error { b, err = tx.Backend(id); return err })
-	return b, err
+func (s *Store) GetBackend(ctx context.Context, id string) (Backend, error) {
+	return getLive(ctx, s, TableBackends, id, decodeStoredBackend)
 }
 
 // GetCertificate returns the certificate with id, private key decrypted.
-func (s *Store) GetCertificate(ctx context.Context, id string) (c Certificate, err error) {
-	err = s.View(ctx, func(tx *Tx) error { c, err = tx.Certificate(id); return err })
-	return c, err
+func (s *Store) GetCertificate(ctx context.Context, id string) (Certificate, error) {
+	return getLive(ctx, s, TableCertificates, id, s.decodeStoredCertificate)
 }
 
 // GetObservation returns node nodeID's observation of a backend.
-func (s *Store) GetObservation(ctx context.Context, nodeID, backendID string) (o Observation, err error) {
-	err = s.View(ctx, func(tx *Tx) error { o, err = tx.Observation(nodeID, backendID); return err })
-	return o, err
+func (s *Store) GetObservation(ctx context.Context, nodeID, backendID string) (Observation, error) {
+	return getLive(ctx, s, TableObservations, ObservationKey(nodeID, backendID), decodeStoredObservation)
+}
+
+// getLive reads one row without a snapshot (a single Get is atomic) into
+// a pinned slice, so that the only copies are the decoded record's.
+func getLive[T any](ctx context.Context, s *Store, table, key string, decode func(*row) (T, error)) (T, error) {
+	var zero T
+	if err := s.enter(); err != nil {
+		return zero, err
+	}
+	defer s.leave()
+	if err := ctx.Err(); err != nil {
+		return zero, err
+	}
+	h, err := s.base.GetPinnedCF(s.roLatest, s.cfs[table], []byte(key))
+	if err != nil {
+		return zero, readError(table, err)
+	}
+	defer h.Destroy()
+	if !h.Exists() {
+		return zero, notFound(table, key)
+	}
+	r, err := decodeRow(h.Data())
+	if err != nil {
+		return zero, corruptError(table, fmt.Errorf("row %q: %w", key, err))
+	}
+	if r.deleted || r.expiredAt(s.cfg.Now().UnixMilli()) {
+		return zero, notFound(table, key)
+	}
+	return decode(&r)
+}
+
+// multiGetRows reads the rows of table at keys (found through an index)
+// in one MultiGet from ro's snapshot and decodes the live ones; an index
+// entry without its row is damage, an expired row is skipped.
+func multiGetRows[T any](s *Store, ro *grocksdb.ReadOptions, table string, keys []string, nowMs int64, decode func(*row) (T, error)) ([]T, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	bkeys := make([][]byte, len(keys))
+	for i, k := range keys {
+		bkeys[i] = []byte(k)
+	}
+	vals, err := s.base.MultiGetCF(ro, s.cfs[table], bkeys...)
+	if err != nil {
+		return nil, readError(table, err)
+	}
+	defer vals.Destroy()
+	out := make([]T, 0, len(keys))
+	for i, v := range vals {
+		if !v.Exists() {
+			return nil, indexRowError(table, keys[i], notFound(table, keys[i]))
+		}
+		r, err := decodeRow(v.Data())
+		if err != nil {
+			return nil, corruptError(table, fmt.Errorf("row %q: %w", keys[i], err))
+		}
+		if r.expiredAt(nowMs) {
+			continue
+		}
+		if r.deleted {
+			return nil, indexRowError(table, keys[i], notFound(table, keys[i]))
+		}
+		d, err := decode(&r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, nil
 }
 
 // ListPools lists pools by name.
@@ -46,12 +113,44 @@ func (s *Store) ListBackends(ctx context.Context, after string, limit int) ([]Ba
 	return listRows(ctx, s, TableBackends, "", after, limit, decodeStoredBackend)
 }
 
-// ListBackendsByPool lists the backends of a pool by id.
+// ListBackendsByPool lists the backends of a pool by id: one range scan
+// of the covering index, whose entries hold the rows.
 func (s *Store) ListBackendsByPool(ctx context.Context, pool, after string, limit int) ([]Backend, error) {
 	var out []Backend
-	err := s.View(ctx, func(tx *Tx) (err error) {
-		out, err = rowsByIndex(tx, indexPrefix(idxBackendPool, pool), TableBackends, after, limit, tx.Backend)
-		return err
+	err := s.View(ctx, func(tx *Tx) error {
+		prefix := indexPrefix(idxBackendPool, pool)
+		it := tx.iterator(cfIndex)
+		defer it.Close()
+		start := prefix
+		if after != "" {
+			start = append(append([]byte(nil), prefix...), after...)
+		}
+		nowMs := tx.now.UnixMilli()
+		for it.Seek(start); it.ValidForPrefix(prefix); it.Next() {
+			id := string(it.Key().Data()[len(prefix):])
+			if id == after {
+				continue
+			}
+			r, err := decodeRow(it.Value().Data())
+			if err != nil {
+				return corruptError(cfIndex, fmt.Errorf("backends of pool %q: entry of %q: %w", pool, id, err))
+			}
+			if r.deleted || r.expiredAt(nowMs) {
+				continue
+			}
+			b, err := decodeStoredBackend(&r)
+			if err != nil {
+				return err
+			}
+			out = append(out, b)
+			if limit > 0 && len(out) >= limit {
+				break
+			}
+		}
+		if err := it.Err(); err != nil {
+			return readError(cfIndex, err)
+		}
+		return nil
 	})
 	return out, err
 }
@@ -142,14 +241,9 @@ func (s *Store) CertificatesExpiringBefore(ctx context.Context, t time.Time, lim
 		if err := it.Err(); err != nil {
 			return readError(cfIndex, err)
 		}
-		for _, id := range ids {
-			c, err := tx.Certificate(id)
-			if err != nil {
-				return indexRowError(TableCertificates, id, err)
-			}
-			out = append(out, c)
-		}
-		return nil
+		var err error
+		out, err = multiGetRows(s, tx.ro, TableCertificates, ids, tx.now.UnixMilli(), s.decodeStoredCertificate)
+		return err
 	})
 	return out, err
 }
@@ -208,6 +302,9 @@ func (s *Store) ObservationsByHealth(ctx context.Context, nodeID string, healthy
 		}
 		for _, ref := range refs {
 			o, err := tx.Observation(ref[0], ref[1])
+			if errors.Is(err, ErrNotFound) {
+				continue // expired, not yet removed by ExpireRows
+			}
 			if err != nil {
 				return indexRowError(TableObservations, ObservationKey(ref[0], ref[1]), err)
 			}

@@ -11,11 +11,6 @@ const (
 	TableObservations = "observations"
 )
 
-// TableNames lists the replicated tables in a stable order.
-func TableNames() []string {
-	return []string{TableCertificates, TablePools, TableBackends, TableObservations}
-}
-
 // HLC is a hybrid logical clock timestamp: milliseconds since the Unix epoch
 // in the upper 48 bits and a logical counter in the lower 16. It stays close
 // to wall time yet orders causally related events even when clocks drift.

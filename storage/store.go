@@ -1,14 +1,13 @@
 package storage
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/linxGnu/grocksdb"
 	"go.uber.org/zap"
@@ -18,7 +17,7 @@ import (
 type Store struct {
 	cfg    Config
 	log    *zap.Logger
-	nodeID string
+	nodeID atomic.Pointer[string]
 	keys   *keyring
 	clock  *Clock
 
@@ -27,23 +26,39 @@ type Store struct {
 	cfs     map[string]*grocksdb.ColumnFamilyHandle
 	handles []*grocksdb.ColumnFamilyHandle
 	opts    *rocksOptions
-	wo      *grocksdb.WriteOptions
-	txo     *grocksdb.OptimisticTransactionOptions
+	wo      *grocksdb.WriteOptions // local commits: Config.SyncWAL
+	woAsync *grocksdb.WriteOptions // remote applies: a lost apply is fetched again
+	// roLatest reads the latest committed state (point reads: one Get is
+	// atomic, no snapshot needed). Read options are immutable once built,
+	// so one serves every goroutine.
+	roLatest *grocksdb.ReadOptions
+
+	txo *grocksdb.OptimisticTransactionOptions
+
+	backupMu sync.Mutex // one BackupEngine at a time
 
 	// commitMu orders commits: the HLC, seq and feed index of a commit are
 	// assigned and the RocksDB commit happens under it, so that a later
-	// commit never carries a smaller version or index.
-	backupMu sync.Mutex // one BackupEngine at a time
-
+	// commit never carries a smaller seq or index. localSeq and
+	// purgeFloor change only under it.
 	commitMu   sync.Mutex
+	localSeq   uint64
+	purgeFloor HLC
 	lastIndex  atomic.Uint64
 	firstIndex atomic.Uint64 // oldest feed entry kept (Prune deletes older ones)
 
+	// bkMu guards the in-memory copy of the bookkeeping, which changes
+	// only after the batch that persists it has committed.
+	bkMu        sync.RWMutex
+	bk          map[string]Ranges
+	clusterID   string
+	skewOrigins map[string]uint64 // change sets received far ahead of our clock, per origin
+
+	state    atomic.Value // string: meta/state (ready, ingesting, catching_up)
+	writeErr atomic.Pointer[writeFailure]
+
 	counts    counters
 	collector *collector
-
-	vvMu sync.Mutex
-	vv   map[string]uint64 // highest change-set seq seen per origin
 
 	notifyMu sync.Mutex
 	notify   chan struct{} // closed and replaced after every commit
@@ -81,6 +96,12 @@ func Open(cfg Config) (*Store, error) {
 	if cfg.MaxClockOffset <= 0 {
 		cfg.MaxClockOffset = defaultMaxClockOffset
 	}
+	if cfg.ObservationTTL <= 0 {
+		cfg.ObservationTTL = defaultObservationTTL
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	if cfg.NodeID != "" {
 		if err := validateKey("node id", cfg.NodeID); err != nil {
 			return nil, err
@@ -95,14 +116,16 @@ func Open(cfg Config) (*Store, error) {
 	}
 
 	s := &Store{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		keys:    keys,
-		clock:   NewClock(nil, cfg.MaxClockOffset),
-		cfs:     make(map[string]*grocksdb.ColumnFamilyHandle),
-		vv:      make(map[string]uint64),
-		notify:  make(chan struct{}),
-		closing: make(chan struct{}),
+		cfg:   cfg,
+		log:   cfg.Logger,
+		keys:  keys,
+		clock: NewClock(cfg.Now, cfg.MaxClockOffset),
+		cfs:   make(map[string]*grocksdb.ColumnFamilyHandle),
+		bk:    make(map[string]Ranges),
+
+		skewOrigins: make(map[string]uint64),
+		notify:      make(chan struct{}),
+		closing:     make(chan struct{}),
 	}
 	s.idle = sync.NewCond(&s.stateMu)
 	if err := s.openDB(); err != nil {
@@ -119,7 +142,8 @@ func Open(cfg Config) (*Store, error) {
 			return nil, fmt.Errorf("storage: register metrics: %w", err)
 		}
 	}
-	s.log.Info("store opened", zap.String("dir", cfg.Dir), zap.String("node_id", s.nodeID),
+	s.log.Info("store opened", zap.String("dir", cfg.Dir), zap.String("node_id", s.NodeID()),
+		zap.String("cluster_id", s.ClusterID()),
 		zap.Uint64("last_index", s.lastIndex.Load()))
 	return s, nil
 }
@@ -154,6 +178,8 @@ func (s *Store) openDB() error {
 	}
 	s.wo = grocksdb.NewDefaultWriteOptions()
 	s.wo.SetSync(s.cfg.SyncWAL)
+	s.woAsync = grocksdb.NewDefaultWriteOptions()
+	s.roLatest = grocksdb.NewDefaultReadOptions()
 	s.txo = grocksdb.NewDefaultOptimisticTransactionOptions()
 	s.txo.SetSetSnapshot(true)
 	return nil
@@ -167,10 +193,19 @@ func openError(dir string, err error) error {
 		table := tableFromMessage(msg)
 		return corruptError(table, err)
 	}
-	if strings.Contains(msg, "lock") {
+	if isLockHeld(msg) {
 		return fmt.Errorf("storage: open %s: data directory is in use by another process: %w", dir, err)
 	}
 	return fmt.Errorf("storage: open %s: %w", dir, err)
+}
+
+// isLockHeld recognizes RocksDB's "the LOCK file is held" open error
+// (IO error: lock <dir>/LOCK: Resource temporarily unavailable, or "lock
+// hold by current process"), and nothing else that merely contains
+// "lock" (a block checksum mismatch, for one).
+func isLockHeld(msg string) bool {
+	return strings.Contains(msg, "/LOCK:") || strings.Contains(msg, "lock hold by current process") ||
+		strings.Contains(msg, "LOCK: Resource temporarily unavailable")
 }
 
 // tableFromMessage finds a column family name in a RocksDB error message.
@@ -183,51 +218,41 @@ func tableFromMessage(msg string) string {
 	return ""
 }
 
-// corruptError names the damaged table and the way out.
+// corruptError names the damaged table and the way out. Every remedy it
+// names works: restore, remove-table for a table, a restart for the
+// derived families, which Open rebuilds from the tables by itself
+// (RebuildIndexes does the same on a stopped store).
 func corruptError(table string, err error) error {
-	if table == "" {
+	switch {
+	case table == "":
 		return fmt.Errorf("%w: the database is damaged (%v): restore from a backup with `singularity-edge db restore`",
 			ErrCorrupt, err)
+	case table == cfIndex || table == cfChangelog || table == cfFeed:
+		return fmt.Errorf("%w: internal family %q is damaged (%v): restart the agent: Open verifies it and rebuilds it "+
+			"from the tables", ErrCorrupt, table, err)
+	case table == cfMeta:
+		return fmt.Errorf("%w: internal family %q is damaged (%v): restore from a backup with `singularity-edge db restore`, "+
+			"or bootstrap the node again from a peer's snapshot", ErrCorrupt, table, err)
 	}
 	return fmt.Errorf("%w: table %q is damaged (%v): restore from a backup with `singularity-edge db restore`, "+
 		"or empty it with `singularity-edge db remove-table %s --yes` and let peers resync it",
 		ErrCorrupt, table, err, table)
 }
 
-// init loads or creates the node id, recovers the commit counters and the
-// clock's high-water mark, checks the encryption key and verifies tables.
+// init loads or creates the identity, brings an older layout up to date,
+// loads the bookkeeping and the commit counters, checks the encryption key
+// and verifies every column family.
 func (s *Store) init() error {
-	stored, err := s.getRaw(cfMeta, []byte(metaNodeID))
-	if err != nil {
+	if err := s.loadIdentity(); err != nil {
 		return err
 	}
-	switch {
-	case stored == nil:
-		id := s.cfg.NodeID
-		if id == "" {
-			var b [8]byte
-			if _, err := rand.Read(b[:]); err != nil {
-				return fmt.Errorf("storage: generate node id: %w", err)
-			}
-			id = hex.EncodeToString(b[:])
-		}
-		if err := s.base.PutCF(s.wo, s.cfs[cfMeta], []byte(metaNodeID), []byte(id)); err != nil {
-			return fmt.Errorf("storage: write node id: %w", err)
-		}
-		if err := s.base.PutCF(s.wo, s.cfs[cfMeta], []byte(metaFormat), []byte{formatV1}); err != nil {
-			return fmt.Errorf("storage: write format: %w", err)
-		}
-		if err := s.base.PutCF(s.wo, s.cfs[cfMeta], []byte(metaIndexVersion), []byte{indexVersion}); err != nil {
-			return fmt.Errorf("storage: write index version: %w", err)
-		}
-		s.nodeID = id
-	case s.cfg.NodeID != "" && string(stored) != s.cfg.NodeID:
-		return fmt.Errorf("%w: data directory belongs to node %q, not %q (a node id never changes; use export/import to seed a new node)",
-			ErrInvalid, stored, s.cfg.NodeID)
-	default:
-		s.nodeID = string(stored)
+	if err := s.migrateChangelog(); err != nil {
+		return err
 	}
-	if err := s.recoverCounters(); err != nil {
+	if err := s.loadBookkeeping(); err != nil {
+		return err
+	}
+	if err := s.recoverFeed(); err != nil {
 		return err
 	}
 	if err := s.checkEncryptionKey(); err != nil {
@@ -237,25 +262,21 @@ func (s *Store) init() error {
 		return err
 	}
 	if !s.cfg.SkipVerifyOnOpen {
-		return s.verifyTables(TableNames())
+		return s.verifyFamilies()
 	}
 	return nil
 }
 
-// recoverCounters rebuilds the in-memory commit index, version vector and
-// HLC high-water mark from the feed and the change log, which are written
-// in every commit batch. Keeping them out of a shared meta key means
-// concurrent transactions do not all conflict on it.
-func (s *Store) recoverCounters() error {
+// recoverFeed recovers the commit index from the first and last feed keys.
+func (s *Store) recoverFeed() error {
 	ro := grocksdb.NewDefaultReadOptions()
 	defer ro.Destroy()
-
 	it := s.base.NewIteratorCF(ro, s.cfs[cfFeed])
+	defer it.Close()
 	it.SeekToLast()
 	if it.Valid() {
 		k := it.Key().Data()
 		if len(k) != 8 {
-			it.Close()
 			return corruptError(cfFeed, errors.New("malformed feed key"))
 		}
 		s.lastIndex.Store(beUint64(k))
@@ -265,42 +286,9 @@ func (s *Store) recoverCounters() error {
 	} else {
 		s.firstIndex.Store(1)
 	}
-	err := it.Err()
-	it.Close()
-	if err != nil {
+	if err := it.Err(); err != nil {
 		return corruptError(cfFeed, err)
 	}
-
-	// One seek per origin: jump to the last entry of each origin, then past it.
-	it = s.base.NewIteratorCF(ro, s.cfs[cfChangelog])
-	defer it.Close()
-	var hwm HLC
-	for it.SeekToFirst(); it.Valid(); {
-		origin, _, ok := parseChangelogKey(it.Key().Data())
-		if !ok {
-			return corruptError(cfChangelog, errors.New("malformed change-log key"))
-		}
-		next := prefixEnd([]byte(origin + "\x00"))
-		it.SeekForPrev(changelogKey(origin, ^uint64(0)))
-		if !it.Valid() {
-			break
-		}
-		_, seq, _ := parseChangelogKey(it.Key().Data())
-		s.vv[origin] = seq
-		cs, err := decodeChangeRefs(it.Value().Data())
-		if err != nil {
-			return corruptError(cfChangelog, err)
-		}
-		hwm = max(hwm, cs.HLC)
-		for _, c := range cs.Changes {
-			hwm = max(hwm, c.Version.HLC)
-		}
-		it.Seek(next)
-	}
-	if err := it.Err(); err != nil {
-		return corruptError(cfChangelog, err)
-	}
-	s.clock.Witness(hwm)
 	return nil
 }
 
@@ -375,9 +363,6 @@ func (s *Store) anySealedKey() ([]byte, string, error) {
 	return nil, "", nil
 }
 
-// NodeID returns the id this node writes versions with.
-func (s *Store) NodeID() string { return s.nodeID }
-
 // Dir returns the data directory.
 func (s *Store) Dir() string { return s.cfg.Dir }
 
@@ -420,6 +405,8 @@ func (s *Store) closeDB(flush bool) error {
 	s.db.CloseBaseDB(s.base)
 	s.db.Close()
 	s.wo.Destroy()
+	s.woAsync.Destroy()
+	s.roLatest.Destroy()
 	s.txo.Destroy()
 	s.opts.destroy()
 	s.log.Info("store closed", zap.String("dir", s.cfg.Dir))

@@ -306,11 +306,11 @@ func TestObservations(t *testing.T) {
 	if err := peer.PutObservations(ctx, []Observation{{BackendID: "b1", Healthy: false}, {BackendID: "b2", Healthy: true}}); err != nil {
 		t.Fatal(err)
 	}
-	sets, err := peer.ChangeSetsSince(ctx, "node-b", 0, 0)
+	sets, err := changeSetsOf(peer, "node-b")
 	if err != nil || len(sets) != 1 {
-		t.Fatalf("ChangeSetsSince: %v %v", sets, err)
+		t.Fatalf("change sets of node-b: %v %v", sets, err)
 	}
-	if _, err := s.Apply(ctx, sets[0]); err != nil {
+	if _, err := applySet(s, sets[0]); err != nil {
 		t.Fatal(err)
 	}
 	key := func(os []Observation) []string {
@@ -461,8 +461,8 @@ func TestReopenKeepsStateAndNodeID(t *testing.T) {
 	if s.NodeID() != id || len(id) != 16 {
 		t.Fatalf("node id %q, was %q", s.NodeID(), id)
 	}
-	if s.LastIndex() != last.Index || s.VersionVector()[id] != last.Version.Seq {
-		t.Fatalf("counters after reopen: index %d vv %v", s.LastIndex(), s.VersionVector())
+	if s.LastIndex() != last.Index || s.Bookkeeping().Max(id) != last.Version.Seq {
+		t.Fatalf("counters after reopen: index %d vv %v", s.LastIndex(), s.Bookkeeping())
 	}
 	c := mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool("after")) })
 	if c.Index != last.Index+1 || c.Version.Seq != last.Version.Seq+1 || !last.Version.Less(c.Version) {

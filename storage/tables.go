@@ -44,14 +44,25 @@ func readRow[T any](t *Tx, ref rowRef, clone func(T) T, decode func(*row) (T, er
 // rowsByIndex returns, in key order, the rows of table that the index
 // entries with prefix point at, read with get; see indexLookup for after
 // and limit.
-func rowsByIndex[T any](t *Tx, prefix []byte, table, after string, limit int, get func(key string) (T, error)) ([]T, error) {
+func rowsByIndex[T any](t *Tx, prefix []byte, table, after string, limit int, get func(key string) (T, error), decode func(*row) (T, error)) ([]T, error) {
 	keys, err := t.indexLookup(prefix, table, after, limit)
 	if err != nil {
 		return nil, err
 	}
+	if t.txn == nil {
+		// View: no buffered writes and no conflict tracking, so the rows
+		// come in one MultiGet from the snapshot.
+		return multiGetRows(t.s, t.ro, table, keys, t.now.UnixMilli(), decode)
+	}
 	out := make([]T, 0, len(keys))
 	for _, k := range keys {
 		v, err := get(k)
+		if errors.Is(err, ErrNotFound) {
+			// An expired row keeps its entries until ExpireRows removes it.
+			if r, lerr := t.load(rowRef{table, k}); lerr == nil && r != nil && r.expiredAt(t.now.UnixMilli()) {
+				continue
+			}
+		}
 		if err != nil {
 			return nil, indexRowError(table, k, err)
 		}
@@ -233,10 +244,10 @@ func (t *Tx) PutObservation(o *Observation) error {
 		return ErrReadOnly
 	}
 	if o.NodeID == "" {
-		o.NodeID = t.s.nodeID
+		o.NodeID = t.s.NodeID()
 	}
-	if o.NodeID != t.s.nodeID {
-		return fmt.Errorf("%w: observation of node %q written on node %q", ErrInvalid, o.NodeID, t.s.nodeID)
+	if o.NodeID != t.s.NodeID() {
+		return fmt.Errorf("%w: observation of node %q written on node %q", ErrInvalid, o.NodeID, t.s.NodeID())
 	}
 	if err := validateKey("observation backend_id", o.BackendID); err != nil {
 		return err
@@ -257,31 +268,31 @@ func (t *Tx) DeleteObservation(backendID string) error {
 	if err := validateKey("observation backend_id", backendID); err != nil {
 		return err
 	}
-	return t.remove(rowRef{TableObservations, ObservationKey(t.s.nodeID, backendID)})
+	return t.remove(rowRef{TableObservations, ObservationKey(t.s.NodeID(), backendID)})
 }
 
 // BackendsByPool returns the backends of a pool, ordered by id.
 func (t *Tx) BackendsByPool(pool string) ([]Backend, error) {
-	return rowsByIndex(t, indexPrefix(idxBackendPool, pool), TableBackends, "", 0, t.Backend)
+	return rowsByIndex(t, indexPrefix(idxBackendPool, pool), TableBackends, "", 0, t.Backend, decodeStoredBackend)
 }
 
 // PoolsBySSLDomain returns the pools whose ssl_domain is domain
 // (case-insensitive), ordered by name.
 func (t *Tx) PoolsBySSLDomain(domain string) ([]Pool, error) {
-	return rowsByIndex(t, indexPrefix(idxPoolSSLDomain, normalizeDomain(domain)), TablePools, "", 0, t.Pool)
+	return rowsByIndex(t, indexPrefix(idxPoolSSLDomain, normalizeDomain(domain)), TablePools, "", 0, t.Pool, decodeStoredPool)
 }
 
 // PoolsByCertificate returns the pools whose ssl_cert_id is certID,
 // ordered by name: the pools that still use the certificate.
 func (t *Tx) PoolsByCertificate(certID string) ([]Pool, error) {
-	return rowsByIndex(t, indexPrefix(idxPoolCert, certID), TablePools, "", 0, t.Pool)
+	return rowsByIndex(t, indexPrefix(idxPoolCert, certID), TablePools, "", 0, t.Pool, decodeStoredPool)
 }
 
 // CertificatesByDomain returns the certificates whose Domain or SANs
 // include domain exactly (case-insensitive; "*.example.com" finds wildcard
 // certificates), ordered by id.
 func (t *Tx) CertificatesByDomain(domain string) ([]Certificate, error) {
-	return rowsByIndex(t, indexPrefix(idxCertDomain, normalizeDomain(domain)), TableCertificates, "", 0, t.Certificate)
+	return rowsByIndex(t, indexPrefix(idxCertDomain, normalizeDomain(domain)), TableCertificates, "", 0, t.Certificate, t.s.decodeStoredCertificate)
 }
 
 // indexRowError reports a row an index entry points at that cannot be read.
@@ -389,7 +400,7 @@ func (t *Tx) scanRows(table, prefix, after string, limit int, fn func(key string
 		if err != nil {
 			return corruptError(table, fmt.Errorf("row %q: %w", key, err))
 		}
-		if r.deleted {
+		if r.deleted || r.expiredAt(t.now.UnixMilli()) {
 			continue
 		}
 		if err := fn(key, &r); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -54,10 +55,10 @@ func TestConcurrentIncrementsLoseNothing(t *testing.T) {
 		t.Fatalf("counter = %s, want %d", p.Metadata["n"], workers*perWorker)
 	}
 	// Every commit got the next index and seq; versions grow with them.
-	if s.LastIndex() != 1+workers*perWorker || s.VersionVector()[s.NodeID()] != 1+workers*perWorker {
-		t.Fatalf("last index %d, vv %v", s.LastIndex(), s.VersionVector())
+	if s.LastIndex() != 1+workers*perWorker || s.Bookkeeping().Max(s.NodeID()) != 1+workers*perWorker {
+		t.Fatalf("last index %d, vv %v", s.LastIndex(), s.Bookkeeping())
 	}
-	sets, err := s.ChangeSetsSince(ctx, s.NodeID(), 0, 0)
+	sets, err := changeSetsOf(s, s.NodeID())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,32 +125,35 @@ func TestConflictGivesUpWithErrConflict(t *testing.T) {
 	}
 }
 
+// A transaction is bounded so that its change set fits one replication
+// frame: MaxChangeSetRows rows commit, one more is refused whole.
 func TestLargeTransaction(t *testing.T) {
 	s := openStore(t)
 	ctx := context.Background()
-	const n = 10000
-	c := mustUpdate(t, s, func(tx *Tx) error {
-		for i := 0; i < n; i++ {
-			if err := tx.PutBackend(sampleBackend(fmt.Sprintf("be-%05d", i), fmt.Sprintf("pool-%d", i%10))); err != nil {
-				return err
+	put := func(n int) (Commit, error) {
+		return s.Update(ctx, func(tx *Tx) error {
+			for i := 0; i < n; i++ {
+				if err := tx.PutBackend(sampleBackend(fmt.Sprintf("be-%05d", i), fmt.Sprintf("pool-%d", i%10))); err != nil {
+					return err
+				}
 			}
-		}
-		return nil
-	})
-	if c.Index != 1 {
-		t.Fatalf("commit %+v", c)
+			return nil
+		})
 	}
-	all, err := s.ListBackends(ctx, "", 0)
-	if err != nil || len(all) != n {
-		t.Fatalf("ListBackends: %d, %v", len(all), err)
+	if _, err := put(MaxChangeSetRows + 1); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("over the bound: %v", err)
 	}
-	inPool, err := s.ListBackendsByPool(ctx, "pool-3", "", 0)
-	if err != nil || len(inPool) != n/10 {
-		t.Fatalf("pool-3: %d, %v", len(inPool), err)
+	if s.LastIndex() != 0 {
+		t.Fatal("a refused transaction committed")
 	}
-	sets, err := s.ChangeSetsSince(ctx, s.NodeID(), 0, 0)
-	if err != nil || len(sets) != 1 || len(sets[0].Changes) != n {
-		t.Fatalf("change set: %v", err)
+	c, err := put(MaxChangeSetRows)
+	if err != nil || c.Index != 1 {
+		t.Fatalf("commit %+v %v", c, err)
+	}
+	big := sampleBackend("big", "p")
+	big.Metadata = map[string]string{"blob": strings.Repeat("x", MaxChangeSetBytes)}
+	if _, err := s.Update(ctx, func(tx *Tx) error { return tx.PutBackend(big) }); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("over the byte bound: %v", err)
 	}
 }
 

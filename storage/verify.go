@@ -2,6 +2,7 @@ package storage
 
 import (
 	"bytes"
+	"fmt"
 	"math/big"
 	"runtime"
 	"sort"
@@ -9,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/linxGnu/grocksdb"
+	"go.uber.org/zap"
 )
 
 // verifySplitBytes is about how much SST data one verification range
@@ -150,4 +152,63 @@ func interpolateKeys(lo, hi []byte, parts int) [][]byte {
 		out = append(out, bytes.TrimRight(k.FillBytes(make([]byte, width)), "\x00"))
 	}
 	return out
+}
+
+// verifyFamilies verifies every column family at Open. The tables and
+// meta hold what cannot be derived, so damage there fails Open with the
+// way out (restore, or remove-table and resync). The index family and the
+// change log are functions of the tables and the feed is node-local, so
+// damage there is repaired here: the family is recreated and rebuilt from
+// the tables (the feed restarts empty), and Open goes on.
+func (s *Store) verifyFamilies() error {
+	if err := s.verifyTables(append(TableNames(), cfMeta)); err != nil {
+		return err
+	}
+	for _, cf := range []string{cfIndex, cfChangelog, cfFeed} {
+		err := s.verifyTables([]string{cf})
+		if err == nil {
+			continue
+		}
+		s.log.Error("damaged internal column family: rebuilding it from the tables", zap.String("family", cf), zap.Error(err))
+		if err := s.repairFamily(cf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// repairFamily recreates a derived family (index, changelog, feed).
+func (s *Store) repairFamily(cf string) error {
+	switch cf {
+	case cfIndex:
+		_, err := s.rebuildDerived(true, false)
+		return err
+	case cfChangelog:
+		_, err := s.rebuildDerived(false, true)
+		return err
+	case cfFeed:
+		if err := s.replaceFamily(cfFeed); err != nil {
+			return err
+		}
+		s.lastIndex.Store(0)
+		s.firstIndex.Store(1)
+		return nil
+	}
+	return fmt.Errorf("%w: %q is not a derived family", ErrInvalid, cf)
+}
+
+// RebuildIndexes recreates the index family and the change log from the
+// tables in the stopped store in cfg.Dir: the remedy for a damaged index
+// or change-log family named in ErrCorrupt messages (Open also does it by
+// itself when its verification finds the damage).
+func RebuildIndexes(cfg Config) error {
+	s, err := openOffline(cfg)
+	if err != nil {
+		return err
+	}
+	_, err = s.rebuildDerived(true, true)
+	if cerr := s.closeDB(true); err == nil {
+		err = cerr
+	}
+	return err
 }

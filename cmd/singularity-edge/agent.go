@@ -54,7 +54,6 @@ the defaults of --region, --node-name and --admin-addr.`,
 	f.Int64Var(&cfg.BlockCacheSize, "block-cache-size", cfg.BlockCacheSize, "RocksDB block cache in bytes (bounds the store's memory)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may take to finish on shutdown")
 	f.Uint64Var(&cfg.FeedRetention, "feed-retention", cfg.FeedRetention, "change-feed entries kept on disk")
-	f.DurationVar(&cfg.ChangeLogRetention, "changelog-retention", cfg.ChangeLogRetention, "how long change sets are kept for peers to catch up from")
 	f.StringVar(&cfg.App, "app", cfg.App, "app name: the gossip label and the Fly DNS zone <app>.internal (FLY_APP_NAME on Fly)")
 	f.StringVar(&cfg.GossipAddr, "gossip-addr", cfg.GossipAddr, "memberlist bind host:port, empty for a cluster of one (FLY_PRIVATE_IP:7946 on Fly)")
 	f.StringVar(&cfg.ReplicationAddr, "replication-addr", cfg.ReplicationAddr, "replication listener host:port (default: gossip host, gossip port + 1)")

@@ -477,7 +477,8 @@ func (o *dbOptions) info(cmd *cobra.Command) error {
 	return o.withStore(cmd, func(st *storage.Store) error {
 		i := st.Info()
 		info := admin.DBInfoResponse{NodeID: i.NodeID, Dir: i.Dir, Tables: i.Tables, Running: i.Running, LastIndex: i.LastIndex,
-			HLC: uint64(i.HLC), ClockSkewEvents: i.ClockSkewEvents, VersionVector: i.VersionVector}
+			HLC: uint64(i.HLC), ClockSkewEvents: i.ClockSkewEvents, ClusterID: i.ClusterID, Watermarks: i.Watermarks, Seen: i.Seen,
+			Ready: readiness(st.Ready())}
 		return emit(w, asJSON, info, func() error { return showDBInfo(w, "data directory (agent stopped)", info) })
 	})
 }
@@ -491,7 +492,9 @@ func showDBInfo(w io.Writer, source string, info admin.DBInfoResponse) error {
 	d.line("Last commit index", strconv.FormatUint(info.LastIndex, 10))
 	d.line("Clock (HLC)", formatHLC(info.HLC))
 	d.line("Clock skew events", strconv.FormatUint(info.ClockSkewEvents, 10))
-	d.line("Version vector", formatVector(info.VersionVector))
+	d.line("Cluster", info.ClusterID)
+	d.line("Ready", info.Ready)
+	d.line("Watermarks", formatVector(info.Watermarks))
 	return d.flush()
 }
 
@@ -1005,4 +1008,12 @@ func createAndImport(ctx context.Context, dir string, path string, rows *int) er
 		os.RemoveAll(dir)
 	}
 	return err
+}
+
+// readiness renders storage.Store.Ready for the info answer.
+func readiness(err error) string {
+	if err == nil {
+		return "yes"
+	}
+	return err.Error()
 }

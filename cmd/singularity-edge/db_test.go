@@ -72,13 +72,27 @@ func seedStore(t *testing.T, dir string, backends int) string {
 				return err
 			}
 		}
-		for i := range backends {
-			b := storage.Backend{ID: fmt.Sprintf("be-%04d", i), PoolName: []string{"web", "api"}[i%2],
-				Host: fmt.Sprintf("10.0.0.%d", i%250+1), Port: 8080, Scheme: "http", Weight: 1}
-			if err := tx.PutBackend(&b); err != nil {
-				return err
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Backends in transactions within the change-set bound.
+	for lo := 0; lo < backends; lo += storage.MaxChangeSetRows {
+		if _, err := st.Update(ctx, func(tx *storage.Tx) error {
+			for i := lo; i < min(backends, lo+storage.MaxChangeSetRows); i++ {
+				b := storage.Backend{ID: fmt.Sprintf("be-%04d", i), PoolName: []string{"web", "api"}[i%2],
+					Host: fmt.Sprintf("10.0.0.%d", i%250+1), Port: 8080, Scheme: "http", Weight: 1}
+				if err := tx.PutBackend(&b); err != nil {
+					return err
+				}
 			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
 		}
+	}
+	_, err = st.Update(ctx, func(tx *storage.Tx) error {
 		c := storage.Certificate{ID: "cert-1", Domain: "www.example.com", Names: []string{"www.example.com"},
 			CertificatePEM: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", PrivateKeyPEM: secretKeyPEM,
 			ExpiresAt: time.Now().Add(60 * 24 * time.Hour).UTC().Truncate(time.Second), Provider: "upload"}
@@ -154,8 +168,8 @@ func TestDBInfoAndTables(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &info); err != nil {
 		t.Fatalf("db info -o json: %v\n%s", err, out)
 	}
-	if info.NodeID != node || info.Dir != dir || info.LastIndex != 2 || info.VersionVector[node] != 2 || info.HLC == 0 {
-		t.Errorf("db info -o json = %+v, want node %s, dir %s, last index 2", info, node, dir)
+	if info.NodeID != node || info.Dir != dir || info.LastIndex != 4 || info.Watermarks[node] != 4 || info.Ready != "yes" || info.HLC == 0 {
+		t.Errorf("db info -o json = %+v, want node %s, dir %s, last index 4 (seedStore commits 4 times)", info, node, dir)
 	}
 
 	out, errOut, code = runCLI(t, "", "db", "tables")

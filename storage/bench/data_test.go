@@ -221,9 +221,9 @@ func storedTemplates(ctx context.Context, dir string, key []byte, m *certMateria
 	})
 	var backendRec []byte
 	if err == nil {
-		var sets []storage.ChangeSet
-		sets, err = st.ChangeSetsSince(ctx, st.NodeID(), 0, 0)
-		for _, cs := range sets {
+		var ans storage.Answer
+		ans, err = st.ChangeSets(ctx, st.NodeID(), st.Bookkeeping()[st.NodeID()], 0)
+		for _, cs := range ans.Sets {
 			for _, c := range cs.Changes {
 				if c.Table == storage.TableBackends {
 					backendRec = c.Value
@@ -332,15 +332,13 @@ const rawOrigin = "0123456789abcdef"
 // (a ChangeSet holding every row's record, encoded by storage) and one
 // feed entry. It is the anchor with the store's own write amplification.
 func (t *templates) addCommitEntries(wb *grocksdb.WriteBatch, db *rawDB, first, last int, seq uint64) {
-	v := storage.Version{HLC: storage.NewHLC(time.Now().UnixMilli(), 0), Origin: rawOrigin, Seq: seq}
-	cs := storage.ChangeSet{Origin: rawOrigin, Seq: seq, HLC: v.HLC, Changes: make([]storage.Change, 0, last-first)}
 	for i := first; i < last; i++ {
 		id := backendID(i)
 		wb.PutCF(db.cfs[rawRows], []byte(id), t.backendBytes(i))
 		wb.PutCF(db.cfs[rawIndex], rawPoolIndexKey(poolName(poolOf(i)), id), nil)
-		cs.Changes = append(cs.Changes, storage.Change{Table: storage.TableBackends, Key: id, Version: v, Value: t.backendRecBytes(i)})
+		// One change-log key per current row version (storage/changelog.go).
+		wb.PutCF(db.cfs[rawChangelog], append(appendBE64([]byte(rawOrigin+"\x00"), seq), append([]byte{3}, id...)...), nil)
 	}
-	wb.PutCF(db.cfs[rawChangelog], appendBE64([]byte(rawOrigin+"\x00"), seq), cs.Marshal())
 	// The feed value is a reference {1: origin, 2: seq}: about 20 bytes.
 	wb.PutCF(db.cfs[rawFeed], appendBE64(nil, seq), appendBE64([]byte("\x0a\x10"+rawOrigin+"\x10"), seq))
 }

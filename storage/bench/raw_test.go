@@ -39,7 +39,7 @@ const (
 	rawRows      = "rows"      // primary key -> row bytes
 	rawIndex     = "index"     // secondary index entries, empty values
 	rawClustered = "clustered" // pool name NUL backend id -> row bytes
-	rawChangelog = "changelog" // origin NUL be64(seq) -> encoded ChangeSet
+	rawChangelog = "changelog" // origin NUL be64(seq) table-id key -> empty (one per current row version)
 	rawFeed      = "feed"      // be64(commit index) -> {origin, seq}
 )
 

@@ -1,0 +1,137 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// writeFailure is the last commit that failed for a storage reason.
+type writeFailure struct {
+	err error
+	at  time.Time
+}
+
+// isDiskFull recognizes RocksDB's out-of-space errors (ENOSPC from the
+// WAL, a flush or a compaction: RocksDB then stops writes until space is
+// back and a retry succeeds).
+func isDiskFull(msg string) bool {
+	m := strings.ToLower(msg)
+	return strings.Contains(m, "no space left") || strings.Contains(m, "enospc") ||
+		strings.Contains(m, "space limit") || strings.Contains(m, "nospace")
+}
+
+// noteWriteError classifies a failed write, remembers it for Ready, and
+// returns the error to hand the caller: ErrDiskFull (wrapped) for lack of
+// space.
+func (s *Store) noteWriteError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var c *conflictError
+	if errors.As(err, &c) {
+		return err
+	}
+	if isDiskFull(err.Error()) {
+		err = fmt.Errorf("%w: %v", ErrDiskFull, err)
+	}
+	s.counts.commitFailures.Add(1)
+	if prev := s.writeErr.Swap(&writeFailure{err: err, at: s.cfg.Now()}); prev == nil {
+		s.log.Error("store cannot commit", zap.Error(err))
+	}
+	return err
+}
+
+// noteWriteOK clears a remembered write failure after a commit succeeded.
+func (s *Store) noteWriteOK() {
+	if s.writeErr.Load() != nil {
+		if prev := s.writeErr.Swap(nil); prev != nil {
+			s.log.Info("store commits again", zap.NamedError("after", prev.err))
+		}
+	}
+}
+
+// Ready returns nil when the store can commit and serve, or an error
+// wrapping ErrNotReady that says why not: the last commit failed (and
+// wraps ErrDiskFull when for lack of space), a table is under resync, or a
+// snapshot ingest or the catch-up after it is not finished. Health checks
+// and replication's "may I serve ranges" both ask it.
+func (s *Store) Ready() error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	if f := s.writeErr.Load(); f != nil {
+		return fmt.Errorf("%w: %w at %s: %w", ErrNotReady, ErrCommitFailed, f.at.UTC().Format(time.RFC3339), f.err)
+	}
+	switch st, _ := s.state.Load().(string); st {
+	case stateIngesting:
+		return fmt.Errorf("%w: snapshot ingest not finished", ErrNotReady)
+	case stateCatchingUp:
+		return fmt.Errorf("%w: first catch-up after the snapshot not finished", ErrNotReady)
+	}
+	tables, err := s.TablesToResync()
+	if err != nil {
+		return err
+	}
+	if len(tables) > 0 {
+		return fmt.Errorf("%w: tables under resync: %s", ErrNotReady, strings.Join(tables, ", "))
+	}
+	return nil
+}
+
+// CheckWritable tries a small synced write and reports whether the store
+// can commit now. A health check calls it when Ready reports a failed
+// commit, so that the node becomes ready again as soon as space is back
+// even while nothing else writes.
+func (s *Store) CheckWritable() error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	if err := s.base.PutCF(s.wo, s.cfs[cfMeta], []byte(metaProbe), []byte(s.cfg.Now().UTC().Format(time.RFC3339Nano))); err != nil {
+		return s.noteWriteError(fmt.Errorf("storage: probe write: %w", err))
+	}
+	s.noteWriteOK()
+	return nil
+}
+
+const metaProbe = "probe"
+
+// serving fails with ErrNotReady when the store must not answer for
+// ranges: a table under resync or an unfinished bootstrap means that some
+// seqs the bookkeeping claims have rows missing here.
+func (s *Store) serving() error {
+	switch st, _ := s.state.Load().(string); st {
+	case stateIngesting, stateCatchingUp:
+		return fmt.Errorf("%w: bootstrap not finished (%s)", ErrNotReady, st)
+	}
+	tables, err := s.TablesToResync()
+	if err != nil {
+		return err
+	}
+	if len(tables) > 0 {
+		return fmt.Errorf("%w: tables under resync: %s", ErrNotReady, strings.Join(tables, ", "))
+	}
+	return nil
+}
+
+// MarkCaughtUp records that the first catch-up round after a snapshot
+// ingest (or a table resync) completed: the store is ready again.
+func (s *Store) MarkCaughtUp() error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	if st, _ := s.state.Load().(string); st == stateIngesting {
+		return fmt.Errorf("%w: snapshot ingest not finished", ErrNotReady)
+	}
+	if err := s.base.DeleteCF(s.wo, s.cfs[cfMeta], []byte(metaState)); err != nil {
+		return s.noteWriteError(fmt.Errorf("storage: mark caught up: %w", err))
+	}
+	s.state.Store(stateReady)
+	return nil
+}
