@@ -111,7 +111,7 @@ func startEngineB(b *testing.B, tc *testCluster, id string) *node {
 	cfg.Addr = "127.0.0.1:0"
 	cfg.Name = id
 	cfg.Secrets = [][]byte{testSecret('k')}
-	store := newMemStore(id, false)
+	store := newTestStore(b, id)
 	e, err := New(cfg, store, tc.view(id))
 	if err != nil {
 		b.Fatal(err)
@@ -123,7 +123,7 @@ func startEngineB(b *testing.B, tc *testCluster, id string) *node {
 	tc.add(id, "r", e.Addr().String())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = e.Run(ctx) }()
-	return &node{id: id, store: store, eng: e, stop: func() { cancel(); <-done }}
+	return &node{id: id, store: store, eng: e, stop: func() { cancel(); <-done }, exited: done}
 }
 
 func contextWithCancel() (context.Context, context.CancelFunc) {

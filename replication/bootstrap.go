@@ -2,8 +2,8 @@ package replication
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"time"
 
@@ -22,12 +22,21 @@ func (e *Engine) bootstrap(ctx context.Context) error {
 	if !need {
 		return e.markReady(ctx)
 	}
+	e.setClusterID("")
 	e.log.Info("store is empty: bootstrapping from a peer before serving")
 	start := e.cfg.Now()
 	for {
 		var ready, notReady []cluster.Member
+		unreachable := 0 // members known but suspect or dead: they may hold the cluster's state
 		for _, m := range e.members.Members() {
-			if m.Self || m.ID == e.nodeID || m.State != cluster.StateAlive || m.Addresses[cluster.AddrReplication] == "" {
+			if m.Self || m.ID == e.nodeID {
+				continue
+			}
+			if m.State == cluster.StateSuspect || m.State == cluster.StateDead {
+				unreachable++
+				continue
+			}
+			if m.State != cluster.StateAlive || m.Addresses[cluster.AddrReplication] == "" {
 				continue
 			}
 			if m.Ready {
@@ -56,7 +65,10 @@ func (e *Engine) bootstrap(ctx context.Context) error {
 			e.metrics.bootstrapFailures.Inc()
 			e.log.Warn("bootstrap from peer failed", zap.String("peer", m.Name), zap.Error(err))
 		}
-		if len(ready) == 0 && e.cfg.Now().Sub(start) >= e.cfg.BootstrapAloneAfter {
+		// Only a node that sees no other member that could hold state
+		// starts the cluster's state: an empty node cut off from an
+		// existing cluster must not become ready with nothing.
+		if len(ready) == 0 && unreachable == 0 && e.cfg.Now().Sub(start) >= e.cfg.BootstrapAloneAfter {
 			first := true
 			for _, m := range notReady {
 				if m.ID < e.nodeID {
@@ -78,6 +90,7 @@ func (e *Engine) bootstrap(ctx context.Context) error {
 }
 
 func (e *Engine) markReady(ctx context.Context) error {
+	e.setClusterID(e.store.ClusterID())
 	if err := e.store.MarkReady(ctx); err != nil {
 		return fmt.Errorf("replication: marking the store ready: %w", err)
 	}
@@ -91,7 +104,7 @@ func (e *Engine) markReady(ctx context.Context) error {
 
 // snapshotFrom streams a snapshot from m into the store, then runs one
 // catch-up round over the same stream for what was written meanwhile.
-func (e *Engine) snapshotFrom(ctx context.Context, m cluster.Member) (err error) {
+func (e *Engine) snapshotFrom(ctx context.Context, m cluster.Member) error {
 	p := e.peerFor(m.ID, m.Name)
 	c, err := e.dial(ctx, m.Addresses[cluster.AddrReplication], p)
 	if err != nil {
@@ -114,39 +127,15 @@ func (e *Engine) snapshotFrom(ctx context.Context, m cluster.Member) (err error)
 	default:
 		return fmt.Errorf("%w: %s instead of a snapshot header", ErrBadFrame, f.typ)
 	}
-	h, err := decodeSnapshotHeader(f.payload)
-	if err != nil {
-		return err
+	r := &chunkReader{c: c, idle: idle, m: e.metrics}
+	if err := e.store.Ingest(ctx, r); err != nil {
+		return fmt.Errorf("ingesting the snapshot of %s: %w", m.Name, err)
 	}
-	sink, err := e.store.Ingest(ctx, h)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, sink.Abort())
-		}
-	}()
-	for {
-		f, err := c.recv(idle)
-		if err != nil {
-			return err
-		}
-		switch f.typ {
-		case msgSnapshotChunk:
-			e.metrics.snapshotBytes.WithLabelValues("in").Add(float64(len(f.payload)))
-			if err := sink.Write(ctx, f.payload); err != nil {
-				return err
-			}
-			continue
-		case msgSnapshotEnd:
-			if err := sink.Finish(ctx, f.payload); err != nil {
-				return err
-			}
-		default:
-			return fmt.Errorf("%w: %s inside a snapshot", ErrBadFrame, f.typ)
-		}
-		break
+	e.setClusterID(e.store.ClusterID())
+	// The store stops at its own end marker; the engine's end frame
+	// follows it.
+	if n, err := io.Copy(io.Discard, r); err != nil || n != 0 {
+		return fmt.Errorf("%w: snapshot of %s: %d bytes after the store's end, %v", ErrBadFrame, m.Name, n, err)
 	}
 	next := func() (frame, error) { return c.recv(idle) }
 	return e.catchUp(ctx, p, c, next)

@@ -27,7 +27,10 @@ type Engine struct {
 	log     *zap.Logger
 	metrics *metrics
 
-	nodeID, clusterID string
+	nodeID string
+	// clusterID is empty while the store awaits a bootstrap: a new node
+	// learns the cluster id from the snapshot it ingests.
+	clusterID string // guarded by mu
 
 	ln        net.Listener
 	ready     chan struct{}
@@ -121,15 +124,17 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.ownMax = books[e.nodeID].Max
 	e.mu.Unlock()
 
-	e.wg.Add(1)
-	go func() { defer e.wg.Done(); e.watchMembers(ctx) }()
-
 	if err := e.bootstrap(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
+	// Streams to peers start after the bootstrap: a catch-up round from
+	// an empty store would ask for everything from seq 1 and find itself
+	// behind every purge.
+	e.wg.Add(1)
+	go func() { defer e.wg.Done(); e.watchMembers(ctx) }()
 	feed, err := e.store.LocalCommits(ctx, books[e.nodeID].Max)
 	if err != nil {
 		return fmt.Errorf("replication: subscribing to local commits: %w", err)
@@ -185,6 +190,12 @@ func (e *Engine) local(set EncodedSet) {
 	for _, p := range peers {
 		p.enqueue(set, e.cfg.PeerQueueBytes, e.metrics)
 	}
+}
+
+func (e *Engine) setClusterID(id string) {
+	e.mu.Lock()
+	e.clusterID = id
+	e.mu.Unlock()
 }
 
 // hlcTime is the wall time of a 48/16-bit HLC.
@@ -288,7 +299,10 @@ func (e *Engine) hello() hello {
 		ready = true
 	default:
 	}
-	return hello{Proto: protoVersion, ClusterID: e.clusterID, NodeID: e.nodeID, Name: e.cfg.Name, Ready: ready}
+	e.mu.Lock()
+	clusterID := e.clusterID
+	e.mu.Unlock()
+	return hello{Proto: protoVersion, ClusterID: clusterID, NodeID: e.nodeID, Name: e.cfg.Name, Ready: ready}
 }
 
 // runPeer keeps a stream to one peer up, reconnecting with backoff.
@@ -538,8 +552,14 @@ func (e *Engine) recordBooks(ctx context.Context, p *peer, theirs, mine Books) {
 	p.setBooks(theirs, e.cfg.Now())
 	e.acked(p, theirs[e.nodeID].Held())
 	if t := theirs[e.nodeID].Max; t > mine[e.nodeID].Max {
-		if err := e.store.ObserveOwnOrigin(ctx, t); err != nil {
+		rotated, err := e.store.ObserveOwnOrigin(ctx, t)
+		if err != nil {
 			e.log.Error("peer holds newer writes of this node's origin", zap.String("peer", p.name), zap.Uint64("their_max", t), zap.Error(err))
+		}
+		if rotated {
+			e.log.Error("a peer holds newer writes of this node's origin: the store took a new node id; restarting replication under it",
+				zap.String("peer", p.name), zap.Uint64("their_max", t), zap.Uint64("our_max", mine[e.nodeID].Max))
+			e.fail(ErrNewIdentity)
 		}
 	}
 }
@@ -694,29 +714,68 @@ func (e *Engine) serveSnapshot(ctx context.Context, c *conn) error {
 	default:
 		return c.send(msgReject, reject{Code: rejectNotReady, Reason: "not ready"}.encode())
 	}
-	src, err := e.store.Snapshot(ctx)
-	if err != nil {
-		_ = c.send(msgReject, reject{Code: rejectInternal, Reason: "snapshot failed"}.encode())
+	// The header frame says a snapshot follows; the store's stream (its
+	// own framing and checksums) travels in chunk frames.
+	if err := c.send(msgSnapshotHeader, nil); err != nil {
 		return err
 	}
-	defer src.Close()
-	if err := c.send(msgSnapshotHeader, encodeSnapshotHeader(src.Header())); err != nil {
-		return err
+	w := &chunkWriter{c: c, m: e.metrics}
+	if err := e.store.Snapshot(ctx, w); err != nil {
+		// Closing the stream without an end frame fails the ingest.
+		return fmt.Errorf("snapshot: %w", err)
 	}
-	for {
-		chunk, err := src.Next(ctx)
-		if errors.Is(err, io.EOF) {
-			break
+	return c.send(msgSnapshotEnd, nil)
+}
+
+// chunkWriter sends what the store writes as snapshot-chunk frames. The
+// store writes through a buffer, so each Write is a sizeable chunk.
+type chunkWriter struct {
+	c *conn
+	m *metrics
+}
+
+func (w *chunkWriter) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if err := w.c.send(msgSnapshotChunk, p); err != nil {
+		return 0, err
+	}
+	w.m.snapshotBytes.WithLabelValues("out").Add(float64(len(p)))
+	return len(p), nil
+}
+
+// chunkReader reads snapshot-chunk frames until the end frame (io.EOF).
+type chunkReader struct {
+	c    *conn
+	idle time.Duration
+	m    *metrics
+	buf  []byte
+	end  bool
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		if r.end {
+			return 0, io.EOF
 		}
+		f, err := r.c.recv(r.idle)
 		if err != nil {
-			return err
+			return 0, err
 		}
-		if err := c.send(msgSnapshotChunk, chunk); err != nil {
-			return err
+		switch f.typ {
+		case msgSnapshotChunk:
+			r.m.snapshotBytes.WithLabelValues("in").Add(float64(len(f.payload)))
+			r.buf = f.payload
+		case msgSnapshotEnd:
+			r.end = true
+		default:
+			return 0, fmt.Errorf("%w: %s inside a snapshot", ErrBadFrame, f.typ)
 		}
-		e.metrics.snapshotBytes.WithLabelValues("out").Add(float64(len(chunk)))
 	}
-	return c.send(msgSnapshotEnd, src.Trailer())
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
 }
 
 // Close stops Run's loops (Run returns) and closes the listener.

@@ -1,11 +1,7 @@
 package replication
 
-// Engine tests over real TCP and TLS on loopback, with memStore standing in
-// for the store of issue 8 (see memstore_test.go). Re-point at the storage
-// adapter after the merge: TestConvergeConcurrentWrites,
-// TestDroppedPushesFilledByCatchUp, TestPartitionHeal,
-// TestBootstrapEmptyNode, TestWaitApplied, TestPurgeWatermarks,
-// TestOwnOriginAhead.
+// Engine tests over real TCP and TLS on loopback and real RocksDB stores
+// (teststore_test.go), several in one process.
 
 import (
 	"context"
@@ -31,12 +27,12 @@ import (
 type testCluster struct {
 	mu      sync.Mutex
 	members map[string]*cluster.Member // by node id
-	cutOff  map[[2]string]bool
+	group   map[string]int // partition group by node id (0 when unplaced)
 	changed chan struct{}
 }
 
 func newTestCluster() *testCluster {
-	return &testCluster{members: map[string]*cluster.Member{}, cutOff: map[[2]string]bool{}, changed: make(chan struct{})}
+	return &testCluster{members: map[string]*cluster.Member{}, group: map[string]int{}, changed: make(chan struct{})}
 }
 
 func (tc *testCluster) notifyLocked() {
@@ -59,22 +55,15 @@ func (tc *testCluster) setState(id string, st cluster.State) {
 	tc.notifyLocked()
 }
 
-// partition splits the members into groups that see each other dead.
+// partition splits the members into groups that see each other dead; an
+// id may be placed before it joins (a new node that starts cut off).
 func (tc *testCluster) partition(groups ...[]string) {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
-	group := map[string]int{}
+	tc.group = map[string]int{}
 	for i, g := range groups {
 		for _, id := range g {
-			group[id] = i
-		}
-	}
-	tc.cutOff = map[[2]string]bool{}
-	for a := range tc.members {
-		for b := range tc.members {
-			if group[a] != group[b] {
-				tc.cutOff[[2]string{a, b}] = true
-			}
+			tc.group[id] = i
 		}
 	}
 	tc.notifyLocked()
@@ -94,7 +83,7 @@ func (v *memberView) Members() []cluster.Member {
 	for id, m := range v.tc.members {
 		c := *m
 		c.Self = id == v.self
-		if v.tc.cutOff[[2]string{v.self, id}] {
+		if v.tc.group[v.self] != v.tc.group[id] {
 			c.State = cluster.StateDead
 		}
 		out = append(out, c)
@@ -119,11 +108,26 @@ func (v *memberView) SetReady(r bool) error {
 }
 
 type node struct {
-	id    string
-	store *memStore
-	eng   *Engine
-	reg   *prometheus.Registry
-	stop  func()
+	id      string
+	store   *testStore
+	eng     *Engine
+	reg     *prometheus.Registry
+	stop    func()
+	exited  chan struct{} // closed when Run returned
+	runErr  error         // Run's result, set before exited is closed
+	wantErr error         // an error Run is expected to end with
+}
+
+// ended waits for Run to end by itself and returns its error.
+func (n *node) ended(t *testing.T) error {
+	t.Helper()
+	select {
+	case <-n.exited:
+		return n.runErr
+	case <-time.After(60 * time.Second):
+		t.Fatalf("%s: Run did not end", n.id)
+		return nil
+	}
 }
 
 func testSecret(b byte) []byte { return []byte(strings.Repeat(string(b), 32)) }
@@ -149,7 +153,7 @@ func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 type nodeOpt func(*Config)
 
-func startEngine(t *testing.T, tc *testCluster, id string, store *memStore, secrets [][]byte, opts ...nodeOpt) *node {
+func startEngine(t *testing.T, tc *testCluster, id string, store *testStore, secrets [][]byte, opts ...nodeOpt) *node {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Addr = "127.0.0.1:0"
@@ -157,7 +161,7 @@ func startEngine(t *testing.T, tc *testCluster, id string, store *memStore, secr
 	cfg.Region = "r"
 	cfg.Secrets = secrets
 	cfg.SyncInterval = 300 * time.Millisecond
-	cfg.BootstrapAloneAfter = 300 * time.Millisecond
+	cfg.BootstrapAloneAfter = cfgBootstrapAloneAfter
 	cfg.DialBackoffMax = 300 * time.Millisecond
 	cfg.Logger = quietLogger(t).Named(id)
 	reg := prometheus.NewRegistry()
@@ -174,17 +178,16 @@ func startEngine(t *testing.T, tc *testCluster, id string, store *memStore, secr
 		t.Fatal(err)
 	}
 	tc.add(id, "r", e.Addr().String())
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
-	n := &node{id: id, store: store, eng: e, reg: reg}
+	n := &node{id: id, store: store, eng: e, reg: reg, exited: make(chan struct{})}
+	go func() { n.runErr = e.Run(ctx); close(n.exited) }()
 	var once sync.Once
 	n.stop = func() {
 		once.Do(func() {
 			cancel()
 			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("%s: Run: %v", id, err)
+			case <-n.exited:
+				if n.runErr != nil && (n.wantErr == nil || !errors.Is(n.runErr, n.wantErr)) {
+					t.Errorf("%s: Run: %v", id, n.runErr)
 				}
 			case <-time.After(20 * time.Second):
 				t.Errorf("%s: Run did not return", id)
@@ -194,6 +197,8 @@ func startEngine(t *testing.T, tc *testCluster, id string, store *memStore, secr
 	t.Cleanup(n.stop)
 	return n
 }
+
+const cfgBootstrapAloneAfter = 300 * time.Millisecond
 
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -238,7 +243,8 @@ func waitConverged(t *testing.T, nodes ...*node) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	for _, n := range nodes {
-		t.Logf("%s:\n%s", n.id, n.store.dump())
+		lines := strings.Split(n.store.dump(), "\n")
+		t.Logf("%s: %d rows, holds %v", n.id, len(lines)-1, n.store.db.Bookkeeping())
 	}
 	t.Fatal("nodes did not converge")
 }
@@ -247,7 +253,7 @@ func threeNodes(t *testing.T, opts ...nodeOpt) (*testCluster, []*node) {
 	tc := newTestCluster()
 	var nodes []*node
 	for _, id := range []string{"a", "b", "c"} {
-		n := startEngine(t, tc, id, newMemStore(id, false), [][]byte{testSecret('k')}, opts...)
+		n := startEngine(t, tc, id, newTestStore(t, id), [][]byte{testSecret('k')}, opts...)
 		nodes = append(nodes, n)
 	}
 	for _, n := range nodes {
@@ -316,8 +322,8 @@ func TestDroppedPushesFilledByCatchUp(t *testing.T) {
 	if d := testutil.ToFloat64(nodes[0].eng.metrics.pushDropped); d == 0 {
 		t.Fatal("no push was dropped: the test did not exercise catch-up")
 	}
-	if got := nodes[1].store.heldOf("a"); got.String() != "[1-300]" {
-		t.Fatalf("b holds %v of a", got)
+	if got, own := nodes[1].store.heldOf("a"), nodes[0].store.heldOf("a"); got.String() != own.String() || own.Max() < 300 {
+		t.Fatalf("b holds %v of a, which issued %v", got, own)
 	}
 }
 
@@ -349,7 +355,7 @@ func TestPartitionHeal(t *testing.T) {
 	waitConverged(t, nodes...)
 	// The later write wins everywhere (b wrote after a, per HLC).
 	dump := a.store.dump()
-	for _, want := range []string{`pool="from-b"`, `gone="updated" del=false`, `new="b"`, `kept="c"`} {
+	for _, want := range []string{`"key":"pool"`, `"algorithm":"from-b"`, `"key":"gone","version"`, `"algorithm":"updated"`, `"algorithm":"b"`, `"algorithm":"c"`} {
 		if !strings.Contains(dump, want) {
 			t.Fatalf("after heal, want %s in\n%s", want, dump)
 		}
@@ -376,10 +382,24 @@ func TestBootstrapEmptyNode(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	}()
-	d := startEngine(t, tc, "d", newMemStore("d", true), [][]byte{testSecret('k')})
-	if d.store.isReady() {
-		t.Fatal("an empty store must not start ready")
+	// d starts cut off from the cluster: it knows members exist but
+	// reaches none, so it must neither serve nor start a cluster of its
+	// own.
+	tc.partition([]string{"a", "b", "c"}, []string{"d"})
+	d := startEngine(t, tc, "d", newTestStore(t, "d"), [][]byte{testSecret('k')})
+	select {
+	case <-d.eng.Ready():
+		t.Fatal("an empty node that reaches no peer turned ready")
+	case <-time.After(5 * cfgBootstrapAloneAfter):
 	}
+	if st := d.eng.Status(); len(st) != 0 {
+		for _, s := range st {
+			if s.Connected {
+				t.Fatalf("d connected across the partition: %+v", st)
+			}
+		}
+	}
+	tc.partition([]string{"a", "b", "c", "d"})
 	waitReady(t, d)
 	close(stopWrites)
 	select {
@@ -388,8 +408,11 @@ func TestBootstrapEmptyNode(t *testing.T) {
 		t.Fatal("writer did not stop")
 	}
 	waitConverged(t, append(nodes, d)...)
-	if h := d.store.heldOf("d"); len(h) != 0 {
+	if h := d.store.heldOf(d.store.NodeID()); len(h) != 0 {
 		t.Fatalf("the new node originated %v", h)
+	}
+	if !d.store.isReady() || d.store.ClusterID() != nodes[0].store.ClusterID() {
+		t.Fatalf("d: ready=%v cluster %q, want %q", d.store.isReady(), d.store.ClusterID(), nodes[0].store.ClusterID())
 	}
 	if testutil.ToFloat64(d.eng.metrics.snapshotBytes.WithLabelValues("in")) == 0 {
 		t.Fatal("no snapshot was streamed")
@@ -398,7 +421,7 @@ func TestBootstrapEmptyNode(t *testing.T) {
 
 func TestFirstNodeOfClusterBecomesReady(t *testing.T) {
 	tc := newTestCluster()
-	n := startEngine(t, tc, "solo", newMemStore("solo", true), [][]byte{testSecret('k')})
+	n := startEngine(t, tc, "solo", newTestStore(t, "solo"), [][]byte{testSecret('k')})
 	waitReady(t, n)
 	if !n.store.isReady() {
 		t.Fatal("store not marked ready")
@@ -463,35 +486,82 @@ func TestPurgeWatermarks(t *testing.T) {
 	}
 }
 
-func TestOwnOriginAhead(t *testing.T) {
-	tc := newTestCluster()
-	a := startEngine(t, tc, "a", newMemStore("a", false), [][]byte{testSecret('k')})
-	// b holds seqs 1-5 of a's origin that a (restored from an old backup)
-	// no longer has.
-	bs := newMemStore("b", false)
-	for i := 1; i <= 5; i++ {
-		bs.held["a"] = bs.held["a"].Union(RangeSet{{uint64(i), uint64(i)}})
+// copySets hands origin's sets in want from one store to another as a
+// catch-up would.
+func copySets(t *testing.T, from, to *testStore, origin string, want RangeSet) {
+	t.Helper()
+	ctx := context.Background()
+	b, err := from.RocksStore.ChangeSets(ctx, origin, want, 0)
+	if err != nil {
+		t.Fatal(err)
 	}
+	if _, err := to.RocksStore.ApplyBatch(ctx, ApplyBatch{Sets: b.Sets, Covered: map[string]RangeSet{origin: b.Covered}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A node whose volume went back in time (a copied directory: the store
+// cannot tell) learns from a peer that its origin has seqs it never
+// issued: the store takes a new id, the engine ends, and a new engine
+// under the new id replicates its next writes.
+func TestOwnOriginAhead(t *testing.T) {
+	as := newClusterStore(t, "a", "c1")
+	as.write(map[string]*string{"a-1": str("v")})
+	if err := as.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	oldDir := copyDir(t, as.cfg.Dir)
+	as = openTestStore(t, as.cfg)
+	for i := 2; i <= 5; i++ {
+		as.write(map[string]*string{fmt.Sprintf("a-%d", i): str("v")})
+	}
+	bs := newClusterStore(t, "b", "c1")
+	bs.write(map[string]*string{"b-1": str("v")})
+	copySets(t, as, bs, "a", RangeSet{{1, 5}})
+	if err := as.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	backCfg := as.cfg
+	backCfg.Dir = oldDir
+	back := openTestStore(t, backCfg)
+	if got := back.heldOf("a"); got.String() != "[1]" {
+		t.Fatalf("the copy holds %v of its own origin", got)
+	}
+
+	tc := newTestCluster()
+	a := startEngine(t, tc, "a", back, [][]byte{testSecret('k')})
+	a.wantErr = ErrNewIdentity
 	startEngine(t, tc, "b", bs, [][]byte{testSecret('k')})
-	waitUntil(t, "a told its origin is ahead", func() bool {
-		a.store.mu.Lock()
-		defer a.store.mu.Unlock()
-		return a.store.observed == 5
-	})
+	if err := a.ended(t); !errors.Is(err, ErrNewIdentity) {
+		t.Fatalf("Run = %v, want ErrNewIdentity", err)
+	}
+	fresh := back.NodeID()
+	if fresh == "a" {
+		t.Fatal("the store kept its id")
+	}
+	tc.setState("a", cluster.StateLeft)
+	startEngine(t, tc, fresh, back, [][]byte{testSecret('k')})
+	seq := back.write(map[string]*string{"after-restore": str("v")})
+	waitUntil(t, "the new write reached b", func() bool { return bs.heldOf(fresh).Contains(seq) })
+	if !strings.Contains(bs.dump(), `"after-restore"`) {
+		t.Fatal("b holds the seq but not the row")
+	}
 }
 
 func TestStreamAuthentication(t *testing.T) {
 	tc := newTestCluster()
-	a := startEngine(t, tc, "a", newMemStore("a", false), [][]byte{testSecret('o'), testSecret('n')})
+	a := startEngine(t, tc, "a", newTestStore(t, "a"), [][]byte{testSecret('o'), testSecret('n')})
 	waitReady(t, a)
+	c1 := a.store.ClusterID()
 	addr := a.eng.Addr().String()
 	dialAs := func(secrets [][]byte, clusterID string) error {
-		s := newMemStore("x", false)
-		s.cluster = clusterID
-		cfg := DefaultConfig()
-		cfg.Addr = "127.0.0.1:0"
-		cfg.Secrets = secrets
-		e, err := New(cfg, s, newTestCluster().view("x"))
+		cfg := testStorageConfig(t.TempDir(), "x")
+		cfg.ClusterID = clusterID
+		s := openTestStore(t, cfg)
+		ecfg := DefaultConfig()
+		ecfg.Addr = "127.0.0.1:0"
+		ecfg.Secrets = secrets
+		e, err := New(ecfg, s, newTestCluster().view("x"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -507,11 +577,11 @@ func TestStreamAuthentication(t *testing.T) {
 
 	// Rotation: a is on the first deploy (old primary, new accepted); a
 	// node on the second deploy (new primary, old accepted) gets in.
-	if err := dialAs([][]byte{testSecret('n'), testSecret('o')}, "c1"); err != nil {
+	if err := dialAs([][]byte{testSecret('n'), testSecret('o')}, c1); err != nil {
 		t.Fatalf("mixed keyrings: %v", err)
 	}
 	before := tlsRejects()
-	if err := dialAs([][]byte{testSecret('z')}, "c1"); err == nil {
+	if err := dialAs([][]byte{testSecret('z')}, c1); err == nil {
 		t.Fatal("a node without the secret got in")
 	}
 	waitUntil(t, "the wrong key counted", func() bool { return tlsRejects() > before })
@@ -570,7 +640,7 @@ func FuzzFrameDecoder(f *testing.F) {
 	f.Add(appendFrame(nil, msgSyncState, encodeBooks(Books{"a": BookOf(RangeSet{{1, 3}, {5, 9}})})))
 	f.Add(appendFrame(nil, msgSyncRows, syncRows{Origin: "a", Covered: RangeSet{{1, 2}}, Sets: []EncodedSet{{Origin: "a", Seq: 2}}}.encode()))
 	f.Add(appendFrame(nil, msgAck, encodeAck(map[string]RangeSet{"a": {{1, 1}}})))
-	f.Add(appendFrame(nil, msgSnapshotHeader, encodeSnapshotHeader(SnapshotHeader{Books: Books{}, Meta: []byte("m")})))
+	f.Add(appendFrame(nil, msgSnapshotChunk, []byte("chunk")))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fr, err := readFrame(strings.NewReader(string(b)), 1<<16)
 		if err != nil {
@@ -592,47 +662,34 @@ func FuzzFrameDecoder(f *testing.F) {
 }
 
 // A node behind a tombstone purge hands its own unreplicated writes to the
-// peer, then discards its state and ends Run with ErrRebuilt.
+// peer, then ends Run with ErrRebuilt; at its next start the store is
+// emptied under a new id and bootstraps from the peer.
 func TestTooStaleRebuilds(t *testing.T) {
-	tc := newTestCluster()
-	as := newMemStore("a", false)
-	// a holds origin c's seqs 1-10 and purged its tombstones up to 8.
-	as.held["c"] = RangeSet{{1, 10}}
-	as.floor = map[string]uint64{"c": 8}
-	a := startEngine(t, tc, "a", as, [][]byte{testSecret('k')})
-	waitReady(t, a)
-
-	bs := newMemStore("b", false)
-	bs.held["c"] = RangeSet{{1, 2}}
-	bs.ready = true
+	ctx := context.Background()
+	cs := newClusterStore(t, "c", "c1")
+	for i := range 10 {
+		cs.write(map[string]*string{fmt.Sprintf("c-%d", i): str("v")})
+	}
+	as := newClusterStore(t, "a", "c1")
+	as.write(map[string]*string{"a-own": str("v")})
+	copySets(t, cs, as, "c", RangeSet{{1, 10}})
+	// Every member a knows of had seen c up to 8 when a purged.
+	if _, err := as.Purge(ctx, map[string]map[string]uint64{"x": {"c": 8, "a": 1}}); err != nil {
+		t.Fatal(err)
+	}
+	bs := newClusterStore(t, "b", "c1")
+	copySets(t, cs, bs, "c", RangeSet{{1, 2}})
 	for i := range 3 {
 		bs.write(map[string]*string{fmt.Sprintf("b-own-%d", i): str("unreplicated")})
 	}
-	cfg := DefaultConfig()
-	cfg.Addr = "127.0.0.1:0"
-	cfg.Name = "b"
-	cfg.Secrets = [][]byte{testSecret('k')}
-	cfg.SyncInterval = 200 * time.Millisecond
-	cfg.Logger = quietLogger(t).Named("b")
-	e, err := New(cfg, bs, tc.view("b"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := e.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	tc.add("b", "r", e.Addr().String())
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
-	select {
-	case err := <-done:
-		if !errors.Is(err, ErrRebuilt) {
-			t.Fatalf("Run = %v, want ErrRebuilt", err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("b never found out it was too stale")
+
+	tc := newTestCluster()
+	a := startEngine(t, tc, "a", as, [][]byte{testSecret('k')})
+	waitReady(t, a)
+	b := startEngine(t, tc, "b", bs, [][]byte{testSecret('k')}, func(c *Config) { c.SyncInterval = 200 * time.Millisecond })
+	b.wantErr = ErrRebuilt
+	if err := b.ended(t); !errors.Is(err, ErrRebuilt) {
+		t.Fatalf("Run = %v, want ErrRebuilt", err)
 	}
 	if got := as.heldOf("b"); got.String() != "[1-3]" {
 		t.Fatalf("a holds %v of b's own writes, want all of them", got)
@@ -640,7 +697,22 @@ func TestTooStaleRebuilds(t *testing.T) {
 	if !strings.Contains(as.dump(), "b-own-2") {
 		t.Fatal("b's unreplicated rows did not reach a")
 	}
-	if need, _ := bs.NeedsBootstrap(ctx); !need || bs.NodeID() == "b" {
-		t.Fatalf("b must need a bootstrap under a new id: need=%v id=%s", need, bs.NodeID())
+	b.stop()
+
+	// The restart: the store is emptied before it opens.
+	if err := bs.db.Close(); err != nil {
+		t.Fatal(err)
 	}
+	done, err := CompleteRebuild(bs.cfg)
+	if err != nil || !done {
+		t.Fatalf("CompleteRebuild = %v %v", done, err)
+	}
+	bs = openTestStore(t, bs.cfg)
+	if need, err := bs.NeedsBootstrap(ctx); err != nil || !need || bs.NodeID() == "b" {
+		t.Fatalf("b must need a bootstrap under a new id: need=%v id=%s err=%v", need, bs.NodeID(), err)
+	}
+	tc.setState("b", cluster.StateLeft)
+	b2 := startEngine(t, tc, bs.NodeID(), bs, [][]byte{testSecret('k')})
+	waitReady(t, b2)
+	waitConverged(t, a, b2)
 }

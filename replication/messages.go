@@ -375,19 +375,6 @@ func decodeSyncDone(p []byte) (syncDone, error) {
 	return s, d.done()
 }
 
-func encodeSnapshotHeader(h SnapshotHeader) []byte {
-	var e enc
-	e.books(h.Books)
-	e.bytes(h.Meta)
-	return e.b
-}
-
-func decodeSnapshotHeader(p []byte) (SnapshotHeader, error) {
-	d := dec{b: p}
-	h := SnapshotHeader{Books: d.books(), Meta: d.bytes()}
-	return h, d.done()
-}
-
 // decodePayload decodes any frame's payload (used by the fuzzer: every
 // decoder must refuse garbage without panicking or over-allocating).
 func decodePayload(f frame) error {
@@ -409,9 +396,7 @@ func decodePayload(f frame) error {
 		_, err = decodeSyncRows(f.payload)
 	case msgSyncDone:
 		_, err = decodeSyncDone(f.payload)
-	case msgSnapshotHeader:
-		_, err = decodeSnapshotHeader(f.payload)
-	case msgSnapshotRequest, msgSnapshotChunk, msgSnapshotEnd:
+	case msgSnapshotRequest, msgSnapshotHeader, msgSnapshotChunk, msgSnapshotEnd:
 	}
 	return err
 }

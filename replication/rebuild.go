@@ -15,6 +15,12 @@ import (
 // needs a bootstrap and fills itself from a peer.
 var ErrRebuilt = errors.New("replication: this node was too stale to catch up and discarded its state; restart to bootstrap from a peer")
 
+// ErrNewIdentity ends Run after the store took a new node id because a
+// peer holds newer writes of the old one (this node came back from the
+// past: a restored backup, a copied volume). Peers know this node by its
+// id, so the caller starts a new Engine on the same store.
+var ErrNewIdentity = errors.New("replication: the store took a new node id; start a new engine")
+
 // rebuild pushes this node's own change sets the peer lacks, waits until
 // the peer acknowledged them, then has the store discard its state.
 func (e *Engine) rebuild(ctx context.Context, p *peer, c *conn, mine, theirs Books, cause error) error {

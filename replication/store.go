@@ -3,6 +3,7 @@ package replication
 import (
 	"context"
 	"errors"
+	"io"
 )
 
 // Errors a Store returns that the engine acts on.
@@ -57,36 +58,6 @@ type Feed interface {
 	Err() error
 }
 
-// SnapshotHeader travels first in a snapshot: the bookkeeping read from the
-// same consistent view as the rows, and the store's own description of the
-// snapshot (format, row estimate, purge floor), opaque to the engine.
-type SnapshotHeader struct {
-	Books Books
-	Meta  []byte
-}
-
-// SnapshotSource streams a consistent snapshot.
-type SnapshotSource interface {
-	Header() SnapshotHeader
-	// Next returns the next chunk, or io.EOF after the last one.
-	Next(ctx context.Context) ([]byte, error)
-	// Trailer returns the store's end marker (row count, checksum),
-	// valid after Next returned io.EOF.
-	Trailer() []byte
-	Close() error
-}
-
-// SnapshotSink ingests a snapshot into an empty store: rows keep their
-// original versions, nothing is originated locally.
-type SnapshotSink interface {
-	Write(ctx context.Context, chunk []byte) error
-	// Finish checks the trailer, adopts the header's bookkeeping, and
-	// commits; the store is still not ready until MarkReady.
-	Finish(ctx context.Context, trailer []byte) error
-	// Abort discards what was written.
-	Abort() error
-}
-
 // PurgeResult reports a tombstone purge.
 type PurgeResult struct {
 	Purged int
@@ -124,10 +95,14 @@ type Store interface {
 	NeedsBootstrap(ctx context.Context) (bool, error)
 	MarkReady(ctx context.Context) error
 
-	// Snapshot opens a consistent snapshot for a peer; Ingest starts
-	// filling this (empty) store from one.
-	Snapshot(ctx context.Context) (SnapshotSource, error)
-	Ingest(ctx context.Context, h SnapshotHeader) (SnapshotSink, error)
+	// Snapshot writes a consistent snapshot (rows with their versions,
+	// tombstones, and the bookkeeping read from the same view) to w; the
+	// stream is the store's own format, opaque to the engine. Ingest fills
+	// this store from one (rows keep their original versions, the
+	// bookkeeping is adopted, nothing is originated); the store is still
+	// not ready until MarkReady, after one catch-up round.
+	Snapshot(ctx context.Context, w io.Writer) error
+	Ingest(ctx context.Context, r io.Reader) error
 
 	// Purge removes tombstones every listed member has seen: watermarks
 	// maps member node id → origin → contiguous watermark. Members absent
@@ -144,6 +119,8 @@ type Store interface {
 	// ObserveOwnOrigin tells the store that a peer holds seqs of this
 	// node's origin up to maxSeq. If that is above what the store ever
 	// issued, the store came back from the past (a restored backup) and
-	// must take a new node id before its next write.
-	ObserveOwnOrigin(ctx context.Context, maxSeq uint64) error
+	// must take a new node id before its next write, and reports true:
+	// the engine then ends (ErrNewIdentity), since peers know it by the
+	// old id.
+	ObserveOwnOrigin(ctx context.Context, maxSeq uint64) (bool, error)
 }

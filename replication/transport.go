@@ -223,7 +223,10 @@ func handshake(ctx context.Context, tc *tls.Conn, c *conn, me hello, timeout tim
 	switch {
 	case peer.Proto != protoVersion:
 		rej = &reject{rejectProto, fmt.Sprintf("protocol %d, this node speaks %d", peer.Proto, protoVersion)}
-	case peer.ClusterID != me.ClusterID:
+	case peer.ClusterID != me.ClusterID && peer.ClusterID != "" && me.ClusterID != "":
+		// An empty id is a new node that has not ingested a snapshot
+		// yet: it learns the cluster's id from it. Both sides proved
+		// the cluster secret in the TLS handshake already.
 		rej = &reject{rejectDifferentCluster, fmt.Sprintf("cluster %q, this node is in %q", peer.ClusterID, me.ClusterID)}
 	case peer.NodeID == me.NodeID:
 		rej = &reject{rejectSelf, "connected to itself"}
