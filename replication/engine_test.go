@@ -27,7 +27,7 @@ import (
 type testCluster struct {
 	mu      sync.Mutex
 	members map[string]*cluster.Member // by node id
-	group   map[string]int // partition group by node id (0 when unplaced)
+	group   map[string]int             // partition group by node id (0 when unplaced)
 	changed chan struct{}
 }
 
