@@ -22,6 +22,7 @@ import (
 	"github.com/singularity-ng/singularity-edge/discovery"
 	"github.com/singularity-ng/singularity-edge/pools"
 	"github.com/singularity-ng/singularity-edge/proxy"
+	"github.com/singularity-ng/singularity-edge/replication"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
@@ -45,6 +46,8 @@ type Agent struct {
 	proxy *proxy.Server
 	admin *admin.Server
 	disc  *discovery.Discovery // nil: a cluster of one
+	repl  *replication.Engine  // nil with disc
+	ready chan struct{}        // closed once the node holds the cluster's state and its views are loaded
 
 	cancel context.CancelFunc // stops the background loops
 	wg     sync.WaitGroup
@@ -114,11 +117,22 @@ func New(cfg Config, logger *zap.Logger) (*Agent, error) {
 	scfg.BlockCacheSize = cfg.BlockCacheSize
 	scfg.Logger = logger
 	scfg.Registerer = registry
+	if cfg.GossipAddr != "" {
+		// A node that found itself behind a tombstone purge handed its
+		// own writes to a peer and asked to be emptied at this start.
+		done, err := replication.CompleteRebuild(scfg)
+		if err != nil {
+			return nil, err
+		}
+		if done {
+			logger.Warn("the store was emptied as the replication engine asked (this node was behind a tombstone purge); it bootstraps from a peer")
+		}
+	}
 	store, err := storage.Open(scfg)
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, logger: logger, store: store, errs: make(chan error, 4)}
+	a := &Agent{cfg: cfg, logger: logger, store: store, errs: make(chan error, 4), ready: make(chan struct{})}
 	if err := a.build(registry, cookieKey); err != nil {
 		a.close()
 		return nil, err
@@ -177,9 +191,14 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	}
 	if disc != nil {
 		a.disc = disc
-		members = disc
+		eng, err := newReplication(cfg, a.store, disc, a.logger, registry)
+		if err != nil {
+			return fmt.Errorf("replication: %w", err)
+		}
+		a.repl = eng
+		members = eng
 	}
-	srv, err := admin.New(acfg, admin.Deps{Store: a.store, Pools: a.pools, Cluster: members, Ready: a.pools.Ready()})
+	srv, err := admin.New(acfg, admin.Deps{Store: a.store, Pools: a.pools, Cluster: members, Ready: a.ready})
 	if err != nil {
 		return fmt.Errorf("admin: %w", err)
 	}
@@ -193,13 +212,34 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 func (a *Agent) Start(ctx context.Context) error {
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.cancel = cancel
-	a.runLoop(bg, "pools", a.pools.Run)
-	a.runLoop(bg, "certs", a.certs.Run)
-	a.runLoop(bg, "prune", a.pruneLoop)
-
 	if err := a.admin.Start(ctx); err != nil {
 		return fmt.Errorf("admin API on %s: %w", a.cfg.AdminAddr, err)
 	}
+	if a.disc != nil {
+		// Membership and replication start first: an empty node fills
+		// its store from a peer before anything reads it. The engine
+		// gossips this node ready once it holds the cluster's state.
+		if err := a.disc.Start(ctx); err != nil {
+			return fmt.Errorf("cluster: %w", err)
+		}
+		a.runLoop(bg, "discovery", a.disc.Run)
+		if err := a.repl.Start(ctx); err != nil {
+			return fmt.Errorf("replication: %w", err)
+		}
+		a.runLoop(bg, "replication", a.repl.Run)
+		select {
+		case <-a.repl.Ready():
+		case err := <-a.errs:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	// The views subscribe to the change feed after the bootstrap: an
+	// ingested snapshot writes no feed events, they load it as state.
+	a.runLoop(bg, "pools", a.pools.Run)
+	a.runLoop(bg, "certs", a.certs.Run)
+	a.runLoop(bg, "prune", a.pruneLoop)
 	timer := time.NewTimer(readyTimeout)
 	defer timer.Stop()
 	for _, ready := range []<-chan struct{}{a.pools.Ready(), a.certs.Ready()} {
@@ -213,18 +253,7 @@ func (a *Agent) Start(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
-	if a.disc != nil {
-		// Membership starts once this node can serve, so it never
-		// advertises itself ready before it is.
-		if err := a.disc.Start(ctx); err != nil {
-			return fmt.Errorf("cluster: %w", err)
-		}
-		a.runLoop(bg, "discovery", a.disc.Run)
-		a.logger.Warn("cluster membership is on, but change sets are not replicated yet: the replication engine is wired once the store offers its replication API")
-		if err := a.disc.SetReady(true); err != nil {
-			a.logger.Warn("could not gossip readiness", zap.Error(err))
-		}
-	}
+	close(a.ready)
 	if err := a.proxy.Start(ctx); err != nil {
 		return fmt.Errorf("proxy listeners: %w", err)
 	}

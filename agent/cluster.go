@@ -9,6 +9,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/singularity-ng/singularity-edge/discovery"
+	"github.com/singularity-ng/singularity-edge/replication"
+	"github.com/singularity-ng/singularity-edge/storage"
 )
 
 // peersFileName keeps the last known members beside the store, for a DNS
@@ -73,4 +75,29 @@ func newDiscovery(ctx context.Context, cfg Config, nodeID string, logger *zap.Lo
 		dcfg.Sources = append(dcfg.Sources, s)
 	}
 	return discovery.New(dcfg)
+}
+
+// newReplication builds the replication engine over the store, with the
+// stream identities derived from the gossip keys.
+func newReplication(cfg Config, store *storage.Store, members replication.Membership, logger *zap.Logger, reg prometheus.Registerer) (*replication.Engine, error) {
+	keys, err := discovery.ParseKeys(cfg.GossipKey, cfg.GossipKeys)
+	if err != nil {
+		return nil, err
+	}
+	addr, err := cfg.replicationAddr()
+	if err != nil {
+		return nil, err
+	}
+	rs, err := replication.NewRocksStore(store, replication.DefaultRocksConfig())
+	if err != nil {
+		return nil, err
+	}
+	rcfg := replication.DefaultConfig()
+	rcfg.Addr = addr
+	rcfg.Name = cfg.NodeName
+	rcfg.Region = cfg.Region
+	rcfg.Secrets = append([][]byte{keys.Primary}, keys.Extra...)
+	rcfg.Logger = logger.Named("replication")
+	rcfg.Registerer = reg
+	return replication.New(rcfg, rs, members)
 }
