@@ -161,6 +161,26 @@ func (a *agent) addr(port int) string { return net.JoinHostPort(a.ip, strconv.It
 
 func (a *agent) start() {
 	a.t.Helper()
+	a.startNoWait()
+	exited := a.exited
+	waitFor(a.t, "agent "+a.name+" to answer", func() bool {
+		select {
+		case <-exited:
+			a.t.Fatalf("agent %s exited early:\n%s", a.name, a.log.String())
+		default:
+		}
+		resp, err := http.Get("http://" + a.addr(a.ports.admin()) + "/api/health")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+}
+
+// startNoWait starts the process without waiting for it to be ready.
+func (a *agent) startNoWait() {
+	a.t.Helper()
 	args := append([]string{"agent",
 		"--data-dir", a.dataDir, "--node-name", a.name, "--region", "r-" + a.name,
 		"--http-addr", a.addr(a.ports.http()), "--https-addr", "", "--admin-addr", a.addr(a.ports.admin()),
@@ -180,19 +200,6 @@ func (a *agent) start() {
 	a.exited = make(chan struct{})
 	cmd, exited := a.cmd, a.exited
 	go func() { _ = cmd.Wait(); close(exited) }()
-	waitFor(a.t, "agent "+a.name+" to answer", func() bool {
-		select {
-		case <-exited:
-			a.t.Fatalf("agent %s exited early:\n%s", a.name, a.log.String())
-		default:
-		}
-		resp, err := http.Get("http://" + a.addr(a.ports.admin()) + "/api/health")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
 }
 
 // kill stops the agent with SIGKILL, as a crash would.
