@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/singularity-ng/singularity-edge/cluster"
+	"github.com/singularity-ng/singularity-edge/storage"
 )
 
 // testCluster is a membership shared by in-process engines; cut() makes
@@ -715,4 +716,37 @@ func TestTooStaleRebuilds(t *testing.T) {
 	b2 := startEngine(t, tc, bs.NodeID(), bs, [][]byte{testSecret('k')})
 	waitReady(t, b2)
 	waitConverged(t, a, b2)
+}
+
+// The runbook for a damaged table: remove it (db remove-table) and
+// restart; the node resyncs from its peers and is not ready until then.
+func TestRemovedTableResyncs(t *testing.T) {
+	tc, nodes := threeNodes(t)
+	for j := range 50 {
+		nodes[j%3].store.write(map[string]*string{fmt.Sprintf("k%d", j): str("v"), fmt.Sprintf("k%d", j/2): nil})
+	}
+	waitConverged(t, nodes...)
+	c := nodes[2]
+	c.stop()
+	if err := c.store.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := storage.RemoveTable(c.store.cfg, storage.TablePools); err != nil {
+		t.Fatal(err)
+	}
+	cs := openTestStore(t, c.store.cfg)
+	if cs.isReady() {
+		t.Fatal("a store with a table under resync reports ready")
+	}
+	if need, err := cs.NeedsBootstrap(context.Background()); err != nil || !need {
+		t.Fatalf("NeedsBootstrap = %v %v", need, err)
+	}
+	tc.setState("c", cluster.StateLeft)
+	c2 := startEngine(t, tc, cs.NodeID(), cs, [][]byte{testSecret('k')})
+	waitReady(t, c2)
+	nodes[0].store.write(map[string]*string{"after": str("v")})
+	waitConverged(t, nodes[0], nodes[1], c2)
+	if !cs.isReady() {
+		t.Fatalf("resynced store not ready: %v", cs.db.Ready())
+	}
 }
