@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sort"
+	"strconv"
 	"testing"
 	"time"
 
@@ -141,9 +143,17 @@ func contextWithCancel() (context.Context, context.CancelFunc) {
 // from a peer that holds rows backends (in sets of 1,000, the store's
 // change-set bound) until it is ready (snapshot, ingest, one catch-up),
 // next to the anchor of writing the same rows as local commits on the
-// peer in the same run.
+// peer in the same run. EDGE_BENCH_BOOTSTRAP_ROWS overrides the 100,000
+// rows (a multiple of 1,000; the figure is 1,000,000).
 func BenchmarkBootstrap(b *testing.B) {
-	const rows = 100_000
+	rows := 100_000
+	if v := os.Getenv("EDGE_BENCH_BOOTSTRAP_ROWS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 || n%1000 != 0 {
+			b.Fatalf("EDGE_BENCH_BOOTSTRAP_ROWS=%q: want a positive multiple of 1000", v)
+		}
+		rows = n
+	}
 	for range b.N {
 		tc := newTestCluster()
 		src := startEngineB(b, tc, "src")
@@ -182,10 +192,11 @@ func BenchmarkBootstrap(b *testing.B) {
 			b.Fatalf("dst holds %v of src, src %v", got, src.store.heldOf("src"))
 		}
 		mb := testutil.ToFloat64(dst.eng.metrics.snapshotBytes.WithLabelValues("in")) / (1 << 20)
-		b.ReportMetric(rows/took.Seconds(), "bootstrap-rows/s")
+		b.ReportMetric(float64(rows)/took.Seconds(), "bootstrap-rows/s")
+		b.ReportMetric(took.Seconds(), "bootstrap-s")
 		b.ReportMetric(mb/took.Seconds(), "bootstrap-MB/s")
 		b.ReportMetric(mb, "snapshot-MB")
-		b.ReportMetric(rows/local.Seconds(), "anchor-local-commit-rows/s")
+		b.ReportMetric(float64(rows)/local.Seconds(), "anchor-local-commit-rows/s")
 		dst.stop()
 		src.stop()
 	}
