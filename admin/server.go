@@ -179,6 +179,14 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead && strings.HasPrefix(r.URL.Path, "/api/") && !s.ready() {
+		// A node still filling its store from a peer takes no writes: a
+		// local write would make it originate data before it holds the
+		// cluster's state.
+		s.writeError(w, r, &apiError{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
+			Message: "this node is not ready (it is still taking the cluster's state from a peer); retry, or write to a ready node"})
+		return
+	}
 	_, pattern := s.mux.Handler(r)
 	if info := infoFrom(r.Context()); info != nil {
 		info.route = pattern
@@ -197,6 +205,19 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
 	}
 	s.writeError(w, r, &apiError{Status: http.StatusNotFound, Code: CodeNotFound,
 		Message: fmt.Sprintf("no route %s %s", r.Method, r.URL.Path)})
+}
+
+// ready reports whether Deps.Ready is closed (nil: always).
+func (s *Server) ready() bool {
+	if s.deps.Ready == nil {
+		return true
+	}
+	select {
+	case <-s.deps.Ready:
+		return true
+	default:
+		return false
+	}
 }
 
 // needsToken: every /api route but the health check. /metrics decides for

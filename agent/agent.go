@@ -26,8 +26,10 @@ import (
 
 	"github.com/singularity-ng/singularity-edge/admin"
 	"github.com/singularity-ng/singularity-edge/certs"
+	"github.com/singularity-ng/singularity-edge/discovery"
 	"github.com/singularity-ng/singularity-edge/pools"
 	"github.com/singularity-ng/singularity-edge/proxy"
+	"github.com/singularity-ng/singularity-edge/replication"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
@@ -75,7 +77,9 @@ type Agent struct {
 	auto   *autoCert      // nil: ACME off
 	proxy  *proxy.Server
 	admin  *admin.Server
-	health *healthServer // nil when cfg.HealthAddr is empty
+	health *healthServer        // nil when cfg.HealthAddr is empty
+	disc   *discovery.Discovery // nil: a cluster of one
+	repl   *replication.Engine  // nil with disc
 
 	cancel context.CancelFunc // stops the background loops
 	wg     sync.WaitGroup
@@ -168,6 +172,17 @@ func New(cfg Config, logger *zap.Logger) (*Agent, error) {
 	scfg.BlockCacheSize = cfg.BlockCacheSize
 	scfg.Logger = logger
 	scfg.Registerer = registry
+	if cfg.GossipAddr != "" {
+		// A node that found itself behind a tombstone purge handed its
+		// own writes to a peer and asked to be emptied at this start.
+		done, err := replication.CompleteRebuild(scfg)
+		if err != nil {
+			return nil, err
+		}
+		if done {
+			logger.Warn("the store was emptied as the replication engine asked (this node was behind a tombstone purge); it bootstraps from a peer")
+		}
+	}
 	store, err := storage.Open(scfg)
 	if err != nil {
 		return nil, err
@@ -245,11 +260,24 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	acfg.MetricsPublic = cfg.MetricsPublic
 	acfg.Node = node
 	acfg.Logger = a.logger.Named("admin")
-	self := admin.SingleMember{
+	var members admin.Cluster = admin.SingleMember{
 		ID: node.ID, Name: node.Name, Region: node.Region, Version: Version, Self: true, State: "alive",
 		Addresses: map[string]string{"admin": cfg.AdminAddr},
 	}
-	deps := admin.Deps{Store: a.store, Pools: a.pools, Cluster: self, Ready: a.ready}
+	disc, err := newDiscovery(context.Background(), cfg, a.store.NodeID(), a.logger, registry)
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	if disc != nil {
+		a.disc = disc
+		eng, err := newReplication(cfg, a.store, disc, a.logger, registry)
+		if err != nil {
+			return fmt.Errorf("replication: %w", err)
+		}
+		a.repl = eng
+		members = eng
+	}
+	deps := admin.Deps{Store: a.store, Pools: a.pools, Cluster: members, Ready: a.ready}
 	if a.acme != nil {
 		deps.Renewer = a.acme
 		deps.ACME = a.acme
@@ -275,6 +303,38 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 func (a *Agent) Start(ctx context.Context) error {
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.cancel = cancel
+	if err := a.admin.Start(ctx); err != nil {
+		return fmt.Errorf("admin API on %s: %w", a.cfg.AdminAddr, err)
+	}
+	// The health listener opens early and answers 503 until the routing
+	// table is loaded, so a platform check sees "starting", not "refused".
+	if a.health != nil {
+		if err := a.health.Start(ctx); err != nil {
+			return fmt.Errorf("health listener on %s: %w", a.cfg.HealthAddr, err)
+		}
+	}
+	if a.disc != nil {
+		// Membership and replication start first: an empty node fills
+		// its store from a peer before anything reads it. The engine
+		// gossips this node ready once it holds the cluster's state.
+		if err := a.disc.Start(ctx); err != nil {
+			return fmt.Errorf("cluster: %w", err)
+		}
+		a.runLoop(bg, "discovery", a.disc.Run)
+		if err := a.repl.Start(ctx); err != nil {
+			return fmt.Errorf("replication: %w", err)
+		}
+		a.runLoop(bg, "replication", a.repl.Run)
+		select {
+		case <-a.repl.Ready():
+		case err := <-a.errs:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	// The views subscribe to the change feed after the bootstrap: an
+	// ingested snapshot writes no feed events, they load it as state.
 	a.runLoop(bg, "pools", a.pools.Run)
 	a.runLoop(bg, "certs", a.certs.Run)
 	a.runLoop(bg, "prune", a.pruneLoop)
@@ -286,17 +346,6 @@ func (a *Agent) Start(ctx context.Context) error {
 	if a.acme != nil {
 		a.runLoop(bg, "acme", a.acme.Run)
 		a.runLoop(bg, "autocert", a.auto.run)
-	}
-
-	if err := a.admin.Start(ctx); err != nil {
-		return fmt.Errorf("admin API on %s: %w", a.cfg.AdminAddr, err)
-	}
-	// The health listener opens early and answers 503 until the routing
-	// table is loaded, so a platform check sees "starting", not "refused".
-	if a.health != nil {
-		if err := a.health.Start(ctx); err != nil {
-			return fmt.Errorf("health listener on %s: %w", a.cfg.HealthAddr, err)
-		}
 	}
 	timer := time.NewTimer(readyTimeout)
 	defer timer.Stop()
@@ -311,6 +360,7 @@ func (a *Agent) Start(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+	close(a.ready)
 	if err := a.proxy.Start(ctx); err != nil {
 		return fmt.Errorf("proxy listeners: %w", err)
 	}
@@ -345,6 +395,13 @@ func (a *Agent) runLoop(ctx context.Context, name string, run func(context.Conte
 // ctx expires, stops the background loops and closes the store.
 func (a *Agent) Shutdown(ctx context.Context) error {
 	var errs []error
+	if a.disc != nil {
+		// Leave first, so peers mark this node left rather than
+		// suspecting it while it drains.
+		if err := a.disc.Leave(2 * time.Second); err != nil {
+			errs = append(errs, fmt.Errorf("leaving the cluster: %w", err))
+		}
+	}
 	if a.health != nil {
 		a.health.Drain()
 	}

@@ -91,6 +91,20 @@ type Config struct {
 	ACMEDNSProvider string
 	ACMEEABKeyID    string
 	ACMEEABHMACKey  string
+
+	// Cluster membership (discovery). Gossip is off when GossipAddr is
+	// empty: the agent is then a cluster of one.
+	App             string   // FLY_APP_NAME: names the gossip label and the DNS zone
+	GossipAddr      string   // memberlist bind host:port (FLY_PRIVATE_IP:7946 on Fly)
+	ReplicationAddr string   // replication streams; "" = gossip port + 1
+	Join            []string // static seeds, IP or IP:port
+	GossipPreset    string   // "fly" or "local" timings
+	DNSServer       string   // Fly internal DNS ([fdaa::3]:53 on Fly; "" = no DNS source)
+	MachinesAPIURL  string   // Machines API base URL (tests point it at a fixture)
+	GossipKey       string   // EDGE_GOSSIP_KEY
+	GossipKeys      string   // EDGE_GOSSIP_KEYS: extra accepted keys, comma-separated
+	FlyAPIToken     string   // FLY_API_TOKEN: enables the Machines API source
+	MachineID       string   // FLY_MACHINE_ID
 }
 
 // DefaultConfig returns the configuration of `make run`: data in ./data,
@@ -116,6 +130,8 @@ func DefaultConfig() Config {
 		FeedRetention: 100_000,
 
 		ACMEDirectory: certs.LetsEncryptProduction,
+		App:           "singularity-edge",
+		GossipPreset:  "local",
 	}
 }
 
@@ -146,6 +162,68 @@ func (c *Config) ApplyEnvironment(getenv func(string) string) {
 		// Behind Fly's proxy clients reach :443 whatever the listener's port.
 		c.PublicHTTPSPort = 443
 	}
+	c.applyClusterEnvironment(getenv)
+}
+
+// applyClusterEnvironment fills the cluster settings from the environment:
+// the gossip secrets, and on Fly the gossip address on the 6PN address, the
+// app's DNS zone and the WAN timings.
+func (c *Config) applyClusterEnvironment(getenv func(string) string) {
+	c.GossipKey = getenv("EDGE_GOSSIP_KEY")
+	c.GossipKeys = getenv("EDGE_GOSSIP_KEYS")
+	c.FlyAPIToken = getenv("FLY_API_TOKEN")
+	c.MachineID = getenv("FLY_MACHINE_ID")
+	if v := getenv("FLY_APP_NAME"); v != "" {
+		c.App = v
+		c.GossipPreset = "fly"
+		c.DNSServer = "[fdaa::3]:53"
+	}
+	if v := getenv("FLY_PRIVATE_IP"); v != "" {
+		c.GossipAddr = net.JoinHostPort(v, "7946")
+	}
+}
+
+// replicationAddr is --replication-addr, or the gossip host at the gossip
+// port + 1.
+func (c *Config) replicationAddr() (string, error) {
+	if c.ReplicationAddr != "" {
+		return c.ReplicationAddr, nil
+	}
+	host, port, err := net.SplitHostPort(c.GossipAddr)
+	if err != nil {
+		return "", err
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p <= 0 || p >= 65535 {
+		return "", fmt.Errorf("--gossip-addr port %q", port)
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p+1)), nil
+}
+
+func (c *Config) validateCluster() []error {
+	if c.GossipAddr == "" {
+		if len(c.Join) > 0 {
+			return []error{errors.New("--join needs --gossip-addr")}
+		}
+		return nil
+	}
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.GossipAddr); err != nil {
+		errs = append(errs, fmt.Errorf("--gossip-addr %q: %w", c.GossipAddr, err))
+	}
+	if _, err := c.replicationAddr(); err != nil {
+		errs = append(errs, fmt.Errorf("--replication-addr: %w", err))
+	}
+	if c.GossipPreset != "fly" && c.GossipPreset != "local" {
+		errs = append(errs, fmt.Errorf("--gossip-preset %q: want fly or local", c.GossipPreset))
+	}
+	if strings.TrimSpace(c.App) == "" {
+		errs = append(errs, errors.New("--app must not be empty with gossip on"))
+	}
+	if c.GossipKey == "" {
+		errs = append(errs, errors.New("EDGE_GOSSIP_KEY is required with --gossip-addr: gossip is always encrypted (generate one with `openssl rand -base64 32`)"))
+	}
+	return errs
 }
 
 // Validate reports configuration errors with the flag they come from.
@@ -210,6 +288,7 @@ func (c *Config) Validate() error {
 	if err := c.validateACME(); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, c.validateCluster()...)
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":
 	default:

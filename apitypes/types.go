@@ -1,6 +1,10 @@
 package apitypes
 
-import "time"
+import (
+	"time"
+
+	"github.com/singularity-ng/singularity-edge/cluster"
+)
 
 // Error codes of the error shape. Clients switch on the code, never on the
 // message.
@@ -369,26 +373,9 @@ type RegionSummary struct {
 	Alive   int    `json:"alive"`
 }
 
-// Member is one agent of the cluster. Replication is nil until the
-// replication layer reports on the member.
-type Member struct {
-	ID     string `json:"id"`
-	Name   string `json:"name"`
-	Region string `json:"region"`
-	// Addresses by role: "admin", "gossip", "replication", "private_ip".
-	Addresses map[string]string `json:"addresses"`
-	// State is "alive", "suspect", "dead" or "left".
-	State       string             `json:"state"`
-	Version     string             `json:"version,omitempty"`
-	Self        bool               `json:"self"`
-	LastSeen    *time.Time         `json:"last_seen,omitempty"`
-	Replication *ReplicationStatus `json:"replication,omitempty"`
-}
-
-// ReplicationStatus is how far a member is behind this node.
-type ReplicationStatus struct {
-	Connected      bool       `json:"connected"`
-	PendingChanges uint64     `json:"pending_changes"`
-	LagSeconds     float64    `json:"lag_seconds"`
-	LastAppliedAt  *time.Time `json:"last_applied_at,omitempty"`
-}
+// Member and ReplicationStatus are package cluster's types: discovery and
+// replication fill them in, the API serves them as they are.
+type (
+	Member            = cluster.Member
+	ReplicationStatus = cluster.ReplicationStatus
+)

@@ -29,9 +29,11 @@ func newAgentCommandEnv(getenv func(string) string, run func(context.Context, ag
 
 Every flag has an environment twin: --data-dir is EDGE_DATA_DIR, and so on.
 Secrets come only from the environment: EDGE_ADMIN_TOKEN, EDGE_ENCRYPTION_KEY,
-EDGE_COOKIE_KEY. On Fly.io (FLY_APP_NAME set), FLY_REGION, FLY_MACHINE_ID and
-FLY_PRIVATE_IP set the defaults of --region, --node-name and --admin-addr (the
-6PN address), --data-dir is /data (the volume) and --health-addr 0.0.0.0:4001.`,
+EDGE_COOKIE_KEY, EDGE_GOSSIP_KEY and EDGE_GOSSIP_KEYS (extra accepted gossip
+keys during a rotation), FLY_API_TOKEN. On Fly.io (FLY_APP_NAME set), FLY_REGION,
+FLY_MACHINE_ID and FLY_PRIVATE_IP set the defaults of --region, --node-name and
+--admin-addr (the 6PN address), --data-dir is /data (the volume) and
+--health-addr 0.0.0.0:4001.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := applyEnvTwins(cmd.Flags(), getenv); err != nil {
@@ -74,6 +76,13 @@ FLY_PRIVATE_IP set the defaults of --region, --node-name and --admin-addr (the
 	f.StringVar(&cfg.ACMECABundle, "acme-ca-bundle", cfg.ACMECABundle, "PEM file of the CAs trusted for the ACME server's own TLS (a private CA, Pebble); empty: system roots")
 	f.StringVar(&cfg.ACMEEmail, "acme-email", cfg.ACMEEmail, "contact email of the ACME account")
 	f.StringVar(&cfg.ACMEDNSProvider, "acme-dns-provider", cfg.ACMEDNSProvider, "lego DNS provider for dns-01 (cloudflare, exec, httpreq), configured from its own environment variables")
+	f.StringVar(&cfg.App, "app", cfg.App, "app name: the gossip label and the Fly DNS zone <app>.internal (FLY_APP_NAME on Fly)")
+	f.StringVar(&cfg.GossipAddr, "gossip-addr", cfg.GossipAddr, "memberlist bind host:port, empty for a cluster of one (FLY_PRIVATE_IP:7946 on Fly)")
+	f.StringVar(&cfg.ReplicationAddr, "replication-addr", cfg.ReplicationAddr, "replication listener host:port (default: gossip host, gossip port + 1)")
+	f.StringSliceVar(&cfg.Join, "join", cfg.Join, "static seeds to join, comma-separated IP or IP:port")
+	f.StringVar(&cfg.GossipPreset, "gossip-preset", cfg.GossipPreset, `failure-detector timings: "fly" (between regions) or "local"`)
+	f.StringVar(&cfg.DNSServer, "dns-server", cfg.DNSServer, "Fly internal DNS server host:port for peer discovery ([fdaa::3]:53 on Fly, empty: off)")
+	f.StringVar(&cfg.MachinesAPIURL, "machines-api-url", cfg.MachinesAPIURL, "Machines API base URL, used when FLY_API_TOKEN is set (default https://api.machines.dev)")
 	return cmd
 }
 

@@ -30,9 +30,10 @@ token comes from EDGE_ADMIN_TOKEN or --token-file.`,
 	opts := addAPIFlags(cmd)
 	cmd.AddCommand(newClusterMachinesCommand(opts)) // machines.go: Fly's Machines API, not the agent
 	cmd.AddCommand(&cobra.Command{
-		Use:   "status",
-		Short: "List the members of the cluster, their state and replication lag",
-		Args:  noArgs,
+		Use:     "status",
+		Aliases: []string{"members"},
+		Short:   "List the members of the cluster, their state and replication lag",
+		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := opts.client(cmd)
 			if err != nil {
@@ -89,7 +90,7 @@ func showCluster(c *apiClient, cl *clusterJSON) error {
 		if m.LastSeen != nil {
 			lastSeen = formatTime(*m.LastSeen)
 		}
-		t.row(name, m.ID, m.Region, m.State, formatAddresses(m.Addresses), m.Version, repl, lastSeen)
+		t.row(name, m.ID, m.Region, string(m.State), formatAddresses(m.Addresses), m.Version, repl, lastSeen)
 	}
 	return t.flush()
 }

@@ -1,0 +1,544 @@
+package discovery
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/cluster"
+)
+
+// ErrDifferentCluster is returned (and the member refused) when a node
+// advertises another cluster id.
+var ErrDifferentCluster = errors.New("member of a different cluster")
+
+// Discovery is this node's membership: memberlist plus the sources it is
+// fed from.
+type Discovery struct {
+	cfg     Config
+	addrs   resolved
+	log     *zap.Logger
+	metrics *metrics
+
+	// ml is set by Start; the admin API may ask for Members before that.
+	ml atomic.Pointer[memberlist.Memberlist]
+
+	mu      sync.Mutex
+	meta    Meta
+	members map[string]*memberRecord // by member name, self excluded
+	changed chan struct{}            // closed and replaced on every change
+	known   []knownPeer              // last saved
+}
+
+type memberRecord struct {
+	name     string
+	addr     netip.AddrPort
+	meta     Meta
+	state    cluster.State
+	lastSeen time.Time
+	rtt      time.Duration
+	offsets  []time.Duration // recent clock-offset samples
+}
+
+// New validates cfg and prepares Discovery; Start binds the sockets.
+func New(cfg Config) (*Discovery, error) {
+	addrs, err := cfg.validate()
+	if err != nil {
+		return nil, fmt.Errorf("discovery: %w", err)
+	}
+	d := &Discovery{
+		cfg:     cfg,
+		addrs:   addrs,
+		log:     cfg.Logger,
+		meta:    cfg.Meta,
+		members: map[string]*memberRecord{},
+		changed: make(chan struct{}),
+	}
+	d.metrics = newMetrics(cfg.Registerer, d)
+	return d, nil
+}
+
+// Start binds the gossip sockets; Run then resolves and joins. A node alone
+// is fine: it is the first of its cluster.
+func (d *Discovery) Start(ctx context.Context) error {
+	keyring, err := d.cfg.Keys.Keyring()
+	if err != nil {
+		return err
+	}
+	mc := memberlist.DefaultWANConfig()
+	t := d.cfg.Timings
+	mc.Name = d.cfg.Name
+	mc.BindAddr = d.addrs.bind.Addr().String()
+	mc.BindPort = int(d.addrs.bind.Port())
+	mc.AdvertiseAddr = d.addrs.advertise.Addr().String()
+	mc.AdvertisePort = int(d.addrs.advertise.Port())
+	mc.Label = d.cfg.label()
+	mc.Keyring = keyring
+	mc.SecretKey = nil
+	mc.GossipVerifyIncoming = true
+	mc.GossipVerifyOutgoing = true
+	mc.ProbeInterval, mc.ProbeTimeout = t.ProbeInterval, t.ProbeTimeout
+	mc.SuspicionMult, mc.SuspicionMaxTimeoutMult = t.SuspicionMult, t.SuspicionMaxMult
+	mc.GossipInterval, mc.GossipNodes = t.GossipInterval, t.GossipNodes
+	mc.GossipToTheDeadTime = t.GossipToTheDeadTime
+	mc.PushPullInterval = t.PushPullInterval
+	mc.TCPTimeout = t.TCPTimeout
+	mc.IndirectChecks = t.IndirectChecks
+	mc.RetransmitMult = t.RetransmitMult
+	mc.UDPBufferSize = t.UDPBufferSize
+	mc.DeadNodeReclaimTime = t.DeadNodeReclaimTime
+	mc.Delegate = (*delegate)(d)
+	mc.Events = (*delegate)(d)
+	mc.Alive = (*delegate)(d)
+	mc.Merge = (*delegate)(d)
+	mc.Ping = (*delegate)(d)
+	mc.LogOutput = nil
+	mc.Logger = log.New(&logBridge{log: d.log.Named("memberlist"), dropped: d.metrics.dropped}, "", 0)
+	// Names are resolved by us, never by memberlist's DNS fallback.
+	mc.DNSConfigPath = "/nonexistent"
+
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return fmt.Errorf("gossip on %s: %w", d.cfg.BindAddr, err)
+	}
+	d.ml.Store(ml)
+	if d.cfg.PeersFile != "" {
+		if peers, err := loadPeers(d.cfg.PeersFile); err != nil {
+			d.log.Warn("last known members unreadable; starting without them", zap.Error(err))
+		} else {
+			d.mu.Lock()
+			d.known = peers
+			d.mu.Unlock()
+		}
+	}
+	d.log.Info("gossip started", zap.String("name", d.cfg.Name), zap.Stringer("bind", d.addrs.bind),
+		zap.Stringer("advertise", d.addrs.advertise), zap.String("label", d.cfg.label()),
+		zap.Int("keys", len(d.cfg.Keys.All())))
+	return nil
+}
+
+// Run re-resolves the sources and joins whatever is not alive until ctx
+// ends.
+func (d *Discovery) Run(ctx context.Context) error {
+	// The first round runs at once; it is not in Start, because joining
+	// unreachable candidates can take a TCP timeout.
+	d.resolveAndJoin(ctx)
+	d.saveKnown()
+	for {
+		interval := d.cfg.ResolveInterval
+		if d.aliveOthers() == 0 {
+			interval = d.cfg.StartupResolveInterval
+		}
+		t := time.NewTimer(jitter(interval))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		d.resolveAndJoin(ctx)
+		d.saveKnown()
+	}
+}
+
+// jitter spreads d by ±10 % so agents started together do not resolve in
+// lockstep.
+func jitter(d time.Duration) time.Duration {
+	n := time.Now().UnixNano()
+	return d - d/10 + time.Duration(n%int64(d/5+1))
+}
+
+// resolveAndJoin asks every source and joins the candidates that are not
+// alive members.
+func (d *Discovery) resolveAndJoin(ctx context.Context) {
+	var lists [][]Candidate
+	found, failed := 0, false
+	for _, s := range d.cfg.Sources {
+		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		cands, err := s.Candidates(qctx)
+		cancel()
+		if err != nil {
+			d.metrics.resolveErrors.WithLabelValues(s.Name()).Inc()
+			d.log.Warn("discovery source failed", zap.String("source", s.Name()), zap.Error(err))
+			failed = true
+			continue
+		}
+		found += len(cands)
+		lists = append(lists, cands)
+	}
+	if found == 0 || failed {
+		// A source failed (a DNS outage) or none found anything:
+		// add the last members we saw, so a cluster survives its
+		// resolver.
+		d.mu.Lock()
+		known := peersAsCandidates(d.known, d.cfg.Now(), d.cfg.PeersMaxAge)
+		d.mu.Unlock()
+		lists = append(lists, known)
+	}
+	port := d.addrs.advertise.Port()
+	var targets []string
+	alive := d.aliveAddrs()
+	self := d.addrs.advertise.String()
+	for _, c := range mergeCandidates(port, lists...) {
+		addr := c.JoinAddr(port)
+		if addr == self || alive[addr] {
+			continue
+		}
+		targets = append(targets, addr)
+	}
+	if len(targets) > 0 {
+		d.join(ctx, targets)
+	}
+}
+
+// join joins every target concurrently: memberlist's Join tries
+// addresses one after another, and one unreachable address would hold up
+// the rest for a whole TCP timeout.
+func (d *Discovery) join(ctx context.Context, targets []string) int {
+	sem := make(chan struct{}, d.cfg.JoinParallel)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	joined := 0
+	for _, t := range targets {
+		if ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(addr string) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			n, err := d.ml.Load().Join([]string{addr})
+			if err != nil || n == 0 {
+				d.metrics.joins.WithLabelValues("failed").Inc()
+				d.log.Debug("join failed", zap.String("addr", addr), zap.Error(err))
+				return
+			}
+			d.metrics.joins.WithLabelValues("ok").Inc()
+			mu.Lock()
+			joined += n
+			mu.Unlock()
+		}(t)
+	}
+	wg.Wait()
+	return joined
+}
+
+// Join joins the given host:port addresses (IP literals) now, for the
+// `cluster join` command. It returns how many nodes answered.
+func (d *Discovery) Join(ctx context.Context, addrs []string) (int, error) {
+	var targets []string
+	for _, a := range addrs {
+		c, err := parseSeed(a)
+		if err != nil {
+			return 0, fmt.Errorf("%q: %w", a, err)
+		}
+		targets = append(targets, c.JoinAddr(d.addrs.advertise.Port()))
+	}
+	n := d.join(ctx, targets)
+	if n == 0 {
+		return 0, fmt.Errorf("no node answered at %v", targets)
+	}
+	return n, nil
+}
+
+// SetReady changes this node's advertised readiness and gossips it.
+func (d *Discovery) SetReady(ready bool) error {
+	d.mu.Lock()
+	changed := d.meta.Ready != ready
+	d.meta.Ready = ready
+	d.mu.Unlock()
+	ml := d.ml.Load()
+	if !changed || ml == nil {
+		return nil
+	}
+	return ml.UpdateNode(d.cfg.Timings.TCPTimeout)
+}
+
+// Leave tells the others this node is going, then stops gossip.
+func (d *Discovery) Leave(timeout time.Duration) error {
+	ml := d.ml.Load()
+	if ml == nil {
+		return nil
+	}
+	d.saveKnown()
+	d.mu.Lock()
+	d.meta.Leaving = true
+	d.mu.Unlock()
+	if err := ml.UpdateNode(timeout); err != nil {
+		d.log.Warn("could not announce leaving", zap.Error(err))
+	}
+	err := ml.Leave(timeout)
+	return errors.Join(err, ml.Shutdown())
+}
+
+// Self returns this node's metadata.
+func (d *Discovery) Self() Meta {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.meta
+}
+
+// Changed returns a channel closed at the next membership change.
+func (d *Discovery) Changed() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.changed
+}
+
+func (d *Discovery) notifyLocked() {
+	close(d.changed)
+	d.changed = make(chan struct{})
+}
+
+// Members returns every member this node knows, itself first.
+func (d *Discovery) Members() []cluster.Member {
+	suspect := map[string]bool{}
+	if ml := d.ml.Load(); ml != nil {
+		for _, n := range ml.Members() {
+			if n.State == memberlist.StateSuspect {
+				suspect[n.Name] = true
+			}
+		}
+	}
+	now := d.cfg.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]cluster.Member, 0, 1+len(d.members))
+	self := d.meta
+	out = append(out, cluster.Member{
+		ID: self.NodeID, Name: d.cfg.Name, Region: self.Region, MachineID: self.MachineID,
+		Addresses: addresses(self, d.addrs.advertise.String()),
+		State:     cluster.StateAlive, Version: self.AgentVersion, Ready: self.Ready, Self: true, LastSeen: &now,
+	})
+	for _, r := range d.members {
+		m := cluster.Member{
+			ID: r.meta.NodeID, Name: r.name, Region: r.meta.Region, MachineID: r.meta.MachineID,
+			Addresses: addresses(r.meta, r.addr.String()),
+			State:     r.state, Version: r.meta.AgentVersion, Ready: r.meta.Ready,
+			RTTMS: float64(r.rtt) / float64(time.Millisecond), ClockOffsetMS: float64(median(r.offsets)) / float64(time.Millisecond),
+		}
+		if m.State == cluster.StateAlive && suspect[r.name] {
+			m.State = cluster.StateSuspect
+		}
+		if !r.lastSeen.IsZero() {
+			ls := r.lastSeen
+			m.LastSeen = &ls
+		}
+		out = append(out, m)
+	}
+	sort.SliceStable(out[1:], func(i, j int) bool { return out[1+i].Name < out[1+j].Name })
+	return out
+}
+
+func addresses(m Meta, gossip string) map[string]string {
+	a := map[string]string{cluster.AddrGossip: gossip}
+	if m.ReplicationAddr != "" {
+		a[cluster.AddrReplication] = m.ReplicationAddr
+	}
+	if m.AdminAddr != "" {
+		a[cluster.AddrAdmin] = m.AdminAddr
+	}
+	return a
+}
+
+func (d *Discovery) aliveOthers() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, r := range d.members {
+		if r.state == cluster.StateAlive {
+			n++
+		}
+	}
+	return n
+}
+
+func (d *Discovery) aliveAddrs() map[string]bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := map[string]bool{}
+	for _, r := range d.members {
+		if r.state == cluster.StateAlive {
+			out[r.addr.String()] = true
+		}
+	}
+	return out
+}
+
+// saveKnown writes the alive members (and those remembered, not seen too
+// long ago) to PeersFile.
+func (d *Discovery) saveKnown() {
+	if d.cfg.PeersFile == "" {
+		return
+	}
+	now := d.cfg.Now()
+	d.mu.Lock()
+	byName := map[string]knownPeer{}
+	for _, p := range d.known {
+		if d.cfg.PeersMaxAge <= 0 || now.Sub(p.LastSeen) <= d.cfg.PeersMaxAge {
+			byName[p.Name] = p
+		}
+	}
+	for _, r := range d.members {
+		if r.state != cluster.StateAlive {
+			continue
+		}
+		byName[r.name] = knownPeer{Name: r.name, Addr: r.addr.String(), MachineID: r.meta.MachineID, Region: r.meta.Region, LastSeen: now}
+	}
+	peers := make([]knownPeer, 0, len(byName))
+	for _, p := range byName {
+		peers = append(peers, p)
+	}
+	d.known = peers
+	d.mu.Unlock()
+	if err := savePeers(d.cfg.PeersFile, append([]knownPeer(nil), peers...)); err != nil {
+		d.log.Warn("cannot save last known members", zap.String("file", d.cfg.PeersFile), zap.Error(err))
+	}
+}
+
+func median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+// delegate implements memberlist's delegate interfaces on Discovery.
+type delegate Discovery
+
+func (g *delegate) d() *Discovery { return (*Discovery)(g) }
+
+// NodeMeta returns this node's encoded metadata.
+func (g *delegate) NodeMeta(limit int) []byte {
+	d := g.d()
+	d.mu.Lock()
+	b, err := d.meta.Encode()
+	d.mu.Unlock()
+	if err != nil || len(b) > limit {
+		d.log.Error("node metadata does not fit", zap.Error(err), zap.Int("limit", limit))
+		return nil
+	}
+	return b
+}
+
+// NotifyMsg, GetBroadcasts, LocalState and MergeRemoteState are unused:
+// gossip carries membership only.
+func (g *delegate) NotifyMsg([]byte)                           {}
+func (g *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (g *delegate) LocalState(join bool) []byte                { return nil }
+func (g *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// NotifyAlive refuses a node of another cluster or with unreadable
+// metadata before memberlist adds it.
+func (g *delegate) NotifyAlive(n *memberlist.Node) error {
+	return g.d().check(n)
+}
+
+// NotifyMerge refuses a push/pull merge that would bring in a node of
+// another cluster.
+func (g *delegate) NotifyMerge(peers []*memberlist.Node) error {
+	for _, n := range peers {
+		if err := g.d().check(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *Discovery) check(n *memberlist.Node) error {
+	if n.Name == d.cfg.Name {
+		return nil
+	}
+	m, err := DecodeMeta(n.Meta)
+	if err != nil {
+		d.metrics.rejected.WithLabelValues("meta").Inc()
+		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	if m.ClusterID != d.cfg.Meta.ClusterID {
+		d.metrics.rejected.WithLabelValues("cluster_id").Inc()
+		return fmt.Errorf("node %s (cluster %q, ours %q): %w", n.Name, m.ClusterID, d.cfg.Meta.ClusterID, ErrDifferentCluster)
+	}
+	return nil
+}
+
+func (g *delegate) NotifyJoin(n *memberlist.Node)   { g.d().upsert(n, cluster.StateAlive) }
+func (g *delegate) NotifyUpdate(n *memberlist.Node) { g.d().upsert(n, cluster.StateAlive) }
+func (g *delegate) NotifyLeave(n *memberlist.Node) {
+	// memberlist's Node.State is not updated on this path (nodeState
+	// shadows it), so a graceful leave is told by the Leaving flag the
+	// node gossiped just before it left.
+	state := cluster.StateDead
+	if m, err := DecodeMeta(n.Meta); err == nil && m.Leaving {
+		state = cluster.StateLeft
+	}
+	g.d().upsert(n, state)
+}
+
+func (d *Discovery) upsert(n *memberlist.Node, state cluster.State) {
+	if n.Name == d.cfg.Name {
+		return
+	}
+	meta, _ := DecodeMeta(n.Meta) // checked in NotifyAlive
+	addr, _ := netip.AddrFromSlice(n.Addr)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	r := d.members[n.Name]
+	if r == nil {
+		r = &memberRecord{name: n.Name}
+		d.members[n.Name] = r
+	}
+	old := r.state
+	r.addr = netip.AddrPortFrom(addr.Unmap(), n.Port)
+	r.meta = meta
+	r.state = state
+	if state == cluster.StateAlive {
+		r.lastSeen = d.cfg.Now()
+	}
+	if old != state {
+		d.log.Info("member "+string(state), zap.String("name", n.Name), zap.Stringer("addr", r.addr),
+			zap.String("region", meta.Region), zap.String("node_id", meta.NodeID))
+	}
+	d.notifyLocked()
+}
+
+// AckPayload carries our wall clock on every probe ack, so the prober can
+// estimate the clock offset between us.
+func (g *delegate) AckPayload() []byte {
+	return binary.BigEndian.AppendUint64(nil, uint64(g.d().cfg.Now().UnixNano()))
+}
+
+// NotifyPingComplete records the round trip and the clock offset:
+// remote - (now - rtt/2).
+func (g *delegate) NotifyPingComplete(n *memberlist.Node, rtt time.Duration, payload []byte) {
+	d := g.d()
+	now := d.cfg.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	r := d.members[n.Name]
+	if r == nil {
+		return
+	}
+	r.lastSeen = now
+	r.rtt = rtt
+	if len(payload) == 8 {
+		remote := time.Unix(0, int64(binary.BigEndian.Uint64(payload)))
+		off := remote.Sub(now.Add(-rtt / 2))
+		r.offsets = append(r.offsets, off)
+		if len(r.offsets) > 9 {
+			r.offsets = r.offsets[len(r.offsets)-9:]
+		}
+	}
+}

@@ -1,0 +1,240 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/cluster"
+)
+
+// Members returns the membership with this node's replication view of
+// every other member; it serves /api/cluster.
+func (e *Engine) Members() []cluster.Member {
+	ms := e.members.Members()
+	now := e.cfg.Now()
+	for i := range ms {
+		if ms[i].Self || ms[i].ID == e.nodeID {
+			continue
+		}
+		st, ok := e.status(ms[i].ID, now)
+		if ok {
+			ms[i].Replication = &st
+		}
+	}
+	return ms
+}
+
+// Status returns the replication status of every peer by node id.
+func (e *Engine) Status() map[string]cluster.ReplicationStatus {
+	now := e.cfg.Now()
+	e.mu.Lock()
+	ids := make([]string, 0, len(e.peers))
+	for id := range e.peers {
+		ids = append(ids, id)
+	}
+	e.mu.Unlock()
+	out := make(map[string]cluster.ReplicationStatus, len(ids))
+	for _, id := range ids {
+		if st, ok := e.status(id, now); ok {
+			out[id] = st
+		}
+	}
+	return out
+}
+
+func (e *Engine) status(id string, now time.Time) (cluster.ReplicationStatus, bool) {
+	e.mu.Lock()
+	p := e.peers[id]
+	ownMax := e.ownMax
+	if p == nil {
+		e.mu.Unlock()
+		return cluster.ReplicationStatus{}, false
+	}
+	p.mu.Lock()
+	missing := NewRangeSet(Range{1, ownMax}).Minus(p.theirOwn)
+	var oldest time.Time
+	if len(missing) > 0 {
+		// The oldest commit time we still know among the missing seqs.
+		for _, r := range missing {
+			for s := r.Lo; s <= r.Hi && s-r.Lo < 1000; s++ {
+				if t, ok := e.ownTimes[s]; ok {
+					oldest = t
+					break
+				}
+			}
+			if !oldest.IsZero() {
+				break
+			}
+		}
+	}
+	st := cluster.ReplicationStatus{
+		Connected:      p.session.Load(),
+		PendingChanges: missing.Count(),
+		BytesIn:        p.bytesIn.Load(),
+		BytesOut:       p.bytesOut.Load(),
+		LastError:      p.lastErr,
+	}
+	if !oldest.IsZero() && now.After(oldest) {
+		st.LagSeconds = now.Sub(oldest).Seconds()
+	}
+	if !p.lastApplied.IsZero() {
+		t := p.lastApplied
+		st.LastAppliedAt = &t
+	}
+	if !p.lastContact.IsZero() {
+		t := p.lastContact
+		st.LastContact = &t
+	}
+	p.mu.Unlock()
+	e.mu.Unlock()
+	return st, true
+}
+
+// ErrWaitTimeout is returned by WaitApplied when some member did not apply
+// the write in time; the result still names who did.
+var ErrWaitTimeout = errors.New("not every alive member applied the write in time")
+
+// WaitResult says who holds a local write.
+type WaitResult struct {
+	Seq     uint64
+	Applied []string // member names
+	Missing []MissingMember
+}
+
+// MissingMember is a member that does not (yet) hold the write.
+type MissingMember struct {
+	Name   string `json:"name"`
+	NodeID string `json:"node_id"`
+	State  string `json:"state"`
+	// Reason: "pending" (waited for, did not apply in time), "not
+	// connected" (alive, no stream: not waited for), or the member's
+	// state ("suspect", "dead", "left": reported, not waited for).
+	Reason string `json:"reason"`
+}
+
+// WaitApplied waits until every alive member with an up stream holds this
+// node's change set seq, or ctx ends (then ErrWaitTimeout with the
+// partial result). Suspect, dead and unconnected members are reported,
+// never waited for.
+func (e *Engine) WaitApplied(ctx context.Context, seq uint64) (WaitResult, error) {
+	res := WaitResult{Seq: seq}
+	type target struct {
+		m cluster.Member
+		p *peer
+	}
+	var targets []target
+	for _, m := range e.members.Members() {
+		if m.Self || m.ID == e.nodeID {
+			continue
+		}
+		if m.State != cluster.StateAlive {
+			res.Missing = append(res.Missing, MissingMember{Name: m.Name, NodeID: m.ID, State: string(m.State), Reason: string(m.State)})
+			continue
+		}
+		e.mu.Lock()
+		p := e.peers[m.ID]
+		e.mu.Unlock()
+		if p == nil || !p.session.Load() {
+			res.Missing = append(res.Missing, MissingMember{Name: m.Name, NodeID: m.ID, State: string(m.State), Reason: "not connected"})
+			continue
+		}
+		targets = append(targets, target{m, p})
+	}
+	for {
+		e.mu.Lock()
+		progress := e.progress
+		e.mu.Unlock()
+		var pending []target
+		for _, t := range targets {
+			if !t.p.holds(seq) {
+				pending = append(pending, t)
+			}
+		}
+		if len(pending) == 0 {
+			for _, t := range targets {
+				res.Applied = append(res.Applied, t.m.Name)
+			}
+			sort.Strings(res.Applied)
+			return res, nil
+		}
+		select {
+		case <-progress:
+		case <-ctx.Done():
+			held := map[*peer]bool{}
+			for _, t := range pending {
+				held[t.p] = true
+				res.Missing = append(res.Missing, MissingMember{Name: t.m.Name, NodeID: t.m.ID, State: string(t.m.State), Reason: "pending"})
+			}
+			for _, t := range targets {
+				if !held[t.p] {
+					res.Applied = append(res.Applied, t.m.Name)
+				}
+			}
+			sort.Strings(res.Applied)
+			return res, fmt.Errorf("%w: %d of %d applied seq %d", ErrWaitTimeout, len(res.Applied), len(targets), seq)
+		}
+	}
+}
+
+// purgeLoop feeds the store the watermarks of every active member.
+func (e *Engine) purgeLoop(ctx context.Context) {
+	t := time.NewTicker(e.cfg.PurgeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		wm, ok := e.purgeWatermarks()
+		if !ok {
+			continue
+		}
+		res, err := e.store.Purge(ctx, wm)
+		if err != nil {
+			e.log.Warn("tombstone purge failed", zap.Error(err))
+			continue
+		}
+		e.metrics.purged.Add(float64(res.Purged))
+	}
+}
+
+// purgeWatermarks returns member → origin → contiguous watermark for every
+// member heard from within EvictAfter, or false when an alive member has
+// not reported yet (a purge then could remove what it still needs).
+func (e *Engine) purgeWatermarks() (map[string]map[string]uint64, bool) {
+	now := e.cfg.Now()
+	out := map[string]map[string]uint64{}
+	for _, m := range e.members.Members() {
+		if m.Self || m.ID == e.nodeID {
+			continue
+		}
+		e.mu.Lock()
+		p := e.peers[m.ID]
+		e.mu.Unlock()
+		var books Books
+		var at time.Time
+		if p != nil {
+			p.mu.Lock()
+			books, at = p.books, p.booksAt
+			p.mu.Unlock()
+		}
+		if books == nil || now.Sub(at) > e.cfg.EvictAfter {
+			if m.State == cluster.StateAlive {
+				return nil, false
+			}
+			continue // evicted: it must rebuild if it returns
+		}
+		wm := make(map[string]uint64, len(books))
+		for o, b := range books {
+			wm[o] = b.Watermark
+		}
+		out[m.ID] = wm
+	}
+	return out, true
+}
