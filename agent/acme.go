@@ -41,13 +41,6 @@ func (c *Config) validateACME() error {
 	return errors.Join(errs...)
 }
 
-// soloMembers is the cluster as one agent sees it until discovery runs:
-// itself. Every certificate is then its own to renew.
-type soloMembers struct{ id string }
-
-func (m soloMembers) Self() string    { return m.id }
-func (m soloMembers) Alive() []string { return []string{m.id} }
-
 // buildACME builds the ACME manager and the challenge responder the proxy
 // answers with; both nil when ACME is off.
 func (a *Agent) buildACME(registry prometheus.Registerer) (proxy.ChallengeSource, error) {
@@ -59,9 +52,9 @@ func (a *Agent) buildACME(registry prometheus.Registerer) (proxy.ChallengeSource
 	// process, set here once, before any issuer runs.
 	certs.RouteLegoLog(a.logger)
 	log := a.logger.Named("acme")
-	// The store is the whole cluster until replication provides the
-	// cluster's wait-for-all.
-	backend := certs.NewStoreBackend(a.store, nil)
+	// A challenge token reaches every alive member before the CA is told.
+	members := acmeCluster{a: a}
+	backend := certs.NewStoreBackend(a.store, members)
 
 	icfg := certs.DefaultACMEConfig()
 	icfg.DirectoryURL = cfg.ACMEDirectory
@@ -89,7 +82,6 @@ func (a *Agent) buildACME(registry prometheus.Registerer) (proxy.ChallengeSource
 	mcfg := certs.DefaultManagerConfig()
 	mcfg.Logger = log
 	mcfg.Registerer = registry
-	members := soloMembers{id: a.store.NodeID()}
 	m, err := certs.NewManager(mcfg, []certs.Issuer{iss}, backend, backend, members)
 	if err != nil {
 		return nil, err
