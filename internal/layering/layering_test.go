@@ -15,16 +15,21 @@ const module = "github.com/singularity-ng/singularity-edge/"
 // allowed is the table of docs/ARCHITECTURE.md: the module packages each
 // package may import (test files excepted).
 var allowed = map[string][]string{
-	"apitypes":             {},
+	"cluster":              {},
 	"internal/fielderr":    {},
 	"internal/layering":    {},
+	"internal/ratelog":     {},
 	"storage":              {},
+	"apitypes":             {"cluster"},
+	"discovery":            {"cluster"},
+	"replication":          {"cluster", "storage"},
 	"certs":                {"internal/fielderr", "storage"},
-	"pools":                {"internal/fielderr", "storage"},
+	"pools":                {"internal/fielderr", "internal/ratelog", "storage"},
 	"proxy":                {"pools"},
 	"admin":                {"apitypes", "certs", "internal/fielderr", "pools", "storage"},
-	"agent":                {"admin", "certs", "pools", "proxy", "storage"},
+	"agent":                {"admin", "certs", "cluster", "discovery", "pools", "proxy", "replication", "storage"},
 	"cmd/singularity-edge": {"agent", "apitypes", "storage"},
+	"scripts/benchscale":   {"storage"},
 }
 
 func TestImportRules(t *testing.T) {
