@@ -333,6 +333,11 @@ func (a *Agent) Start(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+	if a.disc == nil {
+		if err := a.standaloneResync(); err != nil {
+			return err
+		}
+	}
 	// The views subscribe to the change feed after the bootstrap: an
 	// ingested snapshot writes no feed events, they load it as state.
 	a.runLoop(bg, "pools", a.pools.Run)
@@ -360,7 +365,6 @@ func (a *Agent) Start(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
-	close(a.ready)
 	if err := a.proxy.Start(ctx); err != nil {
 		return fmt.Errorf("proxy listeners: %w", err)
 	}
@@ -501,4 +505,31 @@ func backendRoots(file string) (*x509.CertPool, error) {
 	}
 	roots.AppendCertsFromPEM(b)
 	return roots, nil
+}
+
+// standaloneResync clears what a cluster of one can never get from peers:
+// a table emptied by `db remove-table` (or an unfinished ingest) waits for
+// a catch-up round from a peer before the store is ready, and without
+// gossip there is none. The operator removed the table knowing its rows
+// are gone; say so loudly and serve what is left.
+func (a *Agent) standaloneResync() error {
+	tables, err := a.store.TablesToResync()
+	if err != nil {
+		return fmt.Errorf("tables to resync: %w", err)
+	}
+	for _, t := range tables {
+		a.logger.Warn("table was removed and no peers are configured to resync it from: it starts empty",
+			zap.String("table", t))
+		if err := a.store.MarkResynced(t); err != nil {
+			return fmt.Errorf("mark %s resynced: %w", t, err)
+		}
+	}
+	if err := a.store.Ready(); errors.Is(err, storage.ErrNotReady) && !errors.Is(err, storage.ErrCommitFailed) {
+		a.logger.Warn("store was waiting for a catch-up from peers and no peers are configured: serving what it holds",
+			zap.String("reason", err.Error()))
+		if err := a.store.MarkCaughtUp(); err != nil {
+			return fmt.Errorf("mark caught up: %w", err)
+		}
+	}
+	return nil
 }

@@ -224,7 +224,9 @@ func TestRunbookMovedMachineLogsNewAddress(t *testing.T) {
 			env: append(os.Environ(), "EDGE_ADMIN_TOKEN="+token, "EDGE_ENCRYPTION_KEY="+encKey, "FLY_PRIVATE_IP="+privateIP),
 		}
 		health := freeAddr(t)
-		a.start("--health-addr", health)
+		// A cluster of one: this test is about the address, not gossip
+		// (which FLY_PRIVATE_IP would otherwise turn on).
+		a.start("--health-addr", health, "--gossip-addr=")
 		t.Cleanup(a.stop)
 		resp, err := http.Get("http://" + health + "/healthz")
 		if err != nil {
