@@ -26,6 +26,7 @@ func flyEnv() map[string]string {
 		"FLY_MACHINE_ID":   "148e21ea7e3289",
 		"FLY_PRIVATE_IP":   "fdaa:0:1:a7b:1::2",
 		"EDGE_ADMIN_TOKEN": "tok",
+		"EDGE_GOSSIP_KEY":  "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
 	}
 }
 
@@ -44,6 +45,8 @@ func TestApplyEnvironmentFlyDefaults(t *testing.T) {
 		"https addr":  {cfg.HTTPSAddr, ":8443"},
 		"app":         {cfg.Fly.AppName, "edge-test"},
 		"private ip":  {cfg.Fly.PrivateIP, "fdaa:0:1:a7b:1::2"},
+		"gossip addr": {cfg.GossipAddr, "[fdaa:0:1:a7b:1::2]:7946"},
+		"cluster app": {cfg.App, "edge-test"},
 	}
 	for what, got := range want {
 		if got[0] != got[1] {
@@ -211,6 +214,7 @@ func TestAgentOnFlyEnvironment(t *testing.T) {
 	cfg.DataDir = t.TempDir()
 	cfg.HTTPAddr, cfg.HTTPSAddr = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.AdminAddr, cfg.HealthAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.GossipAddr = "" // a cluster of one: this test is about the platform's checks
 
 	core, logs := observer.New(zapcore.InfoLevel)
 	a, err := New(cfg, zap.New(core))

@@ -61,6 +61,7 @@ func flyMachineEnv(app string) map[string]string {
 		"FLY_PRIVATE_IP":      "fdaa:2:5a5c:a7b:18c:4c0e:2d1f:2",
 		"EDGE_ADMIN_TOKEN":    "0123456789abcdef0123456789abcdef",
 		"EDGE_ENCRYPTION_KEY": strings.Repeat("ab", 32),
+		"EDGE_GOSSIP_KEY":     "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
 	}
 }
 
