@@ -498,8 +498,7 @@ const ingestBatchEntries = 32 << 10
 
 // bulkLoadOptions relaxes, for the families an ingest writes, the limits
 // that make RocksDB slow down or stop writes while compaction catches up:
-// auto compaction off, L0 and pending-bytes triggers out of reach, more
-// memtables per family. An ingest writes the whole data set in WAL-less
+// auto compaction off, L0 and pending-bytes triggers out of reach. An ingest writes the whole data set in WAL-less
 // batches as fast as it can; with the normal limits most of its time went
 // into write stalls (L0 slowdown at 20 files, a 16 MB/s delayed write
 // rate) behind compactions of data that is still arriving. restore puts
@@ -513,10 +512,9 @@ func (s *Store) bulkLoadOptions(names []string) (restore func() error, err error
 			f := s.opts.forFamily(name)
 			err := s.base.SetOptionsCF(s.cfs[name],
 				[]string{"level0_slowdown_writes_trigger", "level0_stop_writes_trigger", "soft_pending_compaction_bytes_limit",
-					"hard_pending_compaction_bytes_limit", "max_write_buffer_number", "disable_auto_compactions"},
+					"hard_pending_compaction_bytes_limit", "disable_auto_compactions"},
 				[]string{strconv.Itoa(f.GetLevel0SlowdownWritesTrigger()), strconv.Itoa(f.GetLevel0StopWritesTrigger()),
-					strconv.FormatUint(f.GetSoftPendingCompactionBytesLimit(), 10), strconv.FormatUint(f.GetHardPendingCompactionBytesLimit(), 10),
-					strconv.Itoa(f.GetMaxWriteBufferNumber()), "false"})
+					strconv.FormatUint(f.GetSoftPendingCompactionBytesLimit(), 10), strconv.FormatUint(f.GetHardPendingCompactionBytesLimit(), 10), "false"})
 			if err != nil && first == nil {
 				first = fmt.Errorf("storage: restore options of %s: %w", name, err)
 			}
@@ -525,9 +523,9 @@ func (s *Store) bulkLoadOptions(names []string) (restore func() error, err error
 	}
 	for _, name := range names {
 		err := s.base.SetOptionsCF(s.cfs[name],
-			[]string{"disable_auto_compactions", "max_write_buffer_number", "level0_slowdown_writes_trigger", "level0_stop_writes_trigger",
+			[]string{"disable_auto_compactions", "level0_slowdown_writes_trigger", "level0_stop_writes_trigger",
 				"soft_pending_compaction_bytes_limit", "hard_pending_compaction_bytes_limit"},
-			[]string{"true", "6", "100000", "100000", "0", "0"})
+			[]string{"true", "100000", "100000", "0", "0"})
 		if err != nil {
 			rerr := restore()
 			return nil, errors.Join(fmt.Errorf("storage: bulk-load options of %s: %w", name, err), rerr)
