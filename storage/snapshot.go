@@ -10,6 +10,7 @@ import (
 	"io"
 	"sort"
 	"strconv"
+	"sync"
 
 	"github.com/linxGnu/grocksdb"
 	"go.uber.org/zap"
@@ -384,8 +385,9 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader) (SnapshotInfo, error) {
 			s.log.Error("ingest: restoring the families' write options", zap.Error(rerr))
 		}
 	}()
-	batch := grocksdb.NewWriteBatch()
-	defer batch.Destroy()
+	pw := newParallelWriter(s.base, wo, ingestWriters)
+	defer pw.close()
+	batch := pw.batch()
 	var rows []snapshotRow
 	ended := false
 	for !ended {
@@ -430,16 +432,19 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader) (SnapshotInfo, error) {
 			}
 			info.Rows += len(rows)
 			if batch.Count() >= ingestBatchEntries {
-				if err := s.base.Write(wo, batch); err != nil {
+				if err := pw.write(batch); err != nil {
 					return info, s.noteWriteError(fmt.Errorf("storage: ingest: %w", err))
 				}
-				batch.Clear()
+				batch = pw.batch()
 			}
 		case frameEnd:
-			if err := s.base.Write(wo, batch); err != nil {
-				return info, s.noteWriteError(fmt.Errorf("storage: ingest: %w", err))
+			werr := pw.write(batch)
+			if cerr := pw.close(); werr == nil {
+				werr = cerr
 			}
-			batch.Clear()
+			if werr != nil {
+				return info, s.noteWriteError(fmt.Errorf("storage: ingest: %w", werr))
+			}
 			var want uint64
 			err := decodeFields(payload, func(f field) error {
 				if f.num == 1 {
@@ -490,6 +495,90 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader) (SnapshotInfo, error) {
 	s.log.Info("snapshot ingested; catching up before ready", zap.String("source", h.source),
 		zap.String("cluster_id", h.cluster), zap.Int("rows", info.Rows), zap.Int64("bytes", info.Bytes))
 	return info, nil
+}
+
+// ingestWriters is how many batches an ingest writes at once while it
+// decodes the next: RocksDB inserts concurrent writers' batches into the
+// memtables in parallel, and the memtable inserts are most of an ingest's
+// CPU.
+const ingestWriters = 2
+
+// parallelWriter writes batches from n goroutines. The keys of an ingest
+// are all distinct, so the order in which batches land does not matter.
+type parallelWriter struct {
+	db      *grocksdb.DB
+	wo      *grocksdb.WriteOptions
+	full    chan *grocksdb.WriteBatch
+	free    chan *grocksdb.WriteBatch
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	err     error
+	closed  bool
+	batches []*grocksdb.WriteBatch
+}
+
+func newParallelWriter(db *grocksdb.DB, wo *grocksdb.WriteOptions, n int) *parallelWriter {
+	w := &parallelWriter{db: db, wo: wo, full: make(chan *grocksdb.WriteBatch), free: make(chan *grocksdb.WriteBatch, n+1)}
+	// n being written and one being filled.
+	for range n + 1 {
+		b := grocksdb.NewWriteBatch()
+		w.batches = append(w.batches, b)
+		w.free <- b
+	}
+	for range n {
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			for b := range w.full {
+				if err := w.firstErr(); err == nil {
+					if err := w.db.Write(w.wo, b); err != nil {
+						w.mu.Lock()
+						if w.err == nil {
+							w.err = err
+						}
+						w.mu.Unlock()
+					}
+				}
+				b.Clear()
+				w.free <- b
+			}
+		}()
+	}
+	return w
+}
+
+func (w *parallelWriter) firstErr() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// batch returns an empty batch to fill.
+func (w *parallelWriter) batch() *grocksdb.WriteBatch { return <-w.free }
+
+// write hands a filled batch (from batch) to a writer; it returns the
+// first error of an earlier write, if any.
+func (w *parallelWriter) write(b *grocksdb.WriteBatch) error {
+	if err := w.firstErr(); err != nil {
+		w.free <- b
+		return err
+	}
+	w.full <- b
+	return nil
+}
+
+// close waits for every batch handed over to be written, frees the
+// batches and returns the first write error. It may be called twice.
+func (w *parallelWriter) close() error {
+	if !w.closed {
+		w.closed = true
+		close(w.full)
+		w.wg.Wait()
+		for _, b := range w.batches {
+			b.Destroy()
+		}
+	}
+	return w.firstErr()
 }
 
 // ingestBatchEntries is how many entries (rows, index entries, change-log
