@@ -54,7 +54,9 @@ func getLive[T any](ctx context.Context, s *Store, table, key string, decode fun
 	if !h.Exists() {
 		return zero, notFound(table, key)
 	}
-	r, err := decodeRow(h.Data())
+	// The record is decoded before the handle is destroyed, so it need
+	// not be copied out of RocksDB's memory first.
+	r, err := decodeRowBorrowed(h.Data())
 	if err != nil {
 		return zero, corruptError(table, fmt.Errorf("row %q: %w", key, err))
 	}
@@ -85,7 +87,7 @@ func multiGetRows[T any](s *Store, ro *grocksdb.ReadOptions, table string, keys 
 		if !v.Exists() {
 			return nil, indexRowError(table, keys[i], notFound(table, keys[i]))
 		}
-		r, err := decodeRow(v.Data())
+		r, err := decodeRowBorrowed(v.Data()) // decoded before vals is destroyed
 		if err != nil {
 			return nil, corruptError(table, fmt.Errorf("row %q: %w", keys[i], err))
 		}
