@@ -99,7 +99,14 @@ func checkFormat(b []byte) ([]byte, error) {
 	return b[1:], nil
 }
 
-func decodeRow(b []byte) (row, error) {
+func decodeRow(b []byte) (row, error) { return decodeRowFrom(b, false) }
+
+// decodeRowBorrowed decodes like decodeRow, but the record aliases b: for
+// a reader that decodes the record before b goes away (an iterator's
+// value), it saves a copy per row.
+func decodeRowBorrowed(b []byte) (row, error) { return decodeRowFrom(b, true) }
+
+func decodeRowFrom(b []byte, borrow bool) (row, error) {
 	var r row
 	body, err := checkFormat(b)
 	if err != nil {
@@ -122,6 +129,13 @@ func decodeRow(b []byte) (row, error) {
 			return f.bool(&r.deleted)
 		case 5:
 			hasRec = true
+			if borrow {
+				if err := f.want(protowire.BytesType); err != nil {
+					return err
+				}
+				r.rec = f.b
+				return nil
+			}
 			return f.bytes(&r.rec)
 		case 6:
 			var ms uint64

@@ -101,7 +101,16 @@
 // purge floor and cluster id read under the same RocksDB snapshot; Ingest
 // writes the rows with their original versions, rebuilds the index and the
 // change log from them, adopts the bookkeeping and originates nothing. The
-// store is not ready until MarkCaughtUp after one catch-up round.
+// store is not ready until MarkCaughtUp after one catch-up round. Ingest
+// writes WAL-less 32k-entry batches from two goroutines with compaction
+// and write-stall triggers off for its families (restored afterwards), and
+// flushes before it records the bookkeeping.
+//
+// Read paths that matter for speed: GetBackend is one pinned Get;
+// ListBackendsByPool is one bounded range scan of the covering index
+// outside a transaction; CertificateExpiries reads ids and expiries from
+// the expiry index alone (what a renewal loop needs), where
+// CertificatesExpiringBefore reads and decrypts every certificate.
 //
 // Identity: a restored backup or copied checkpoint takes a new node id at
 // its next Open (the IDENTITY file beside RocksDB must match

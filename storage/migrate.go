@@ -227,7 +227,9 @@ func (s *Store) rebuildDerived(index, changelog bool) (int, error) {
 					return rows, corruptError(def.name, fmt.Errorf("row %q: %w", key, err))
 				}
 				for _, k := range entries {
-					batch.PutCF(s.cfs[cfIndex], k, nil)
+					if !coveringIndex(k) { // written once, with its envelope, below
+						batch.PutCF(s.cfs[cfIndex], k, nil)
+					}
 				}
 				putCovering(func(k, v []byte) { batch.PutCF(s.cfs[cfIndex], k, v) }, entries, it.Value().Data())
 			}

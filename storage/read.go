@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -53,7 +54,9 @@ func getLive[T any](ctx context.Context, s *Store, table, key string, decode fun
 	if !h.Exists() {
 		return zero, notFound(table, key)
 	}
-	r, err := decodeRow(h.Data())
+	// The record is decoded before the handle is destroyed, so it need
+	// not be copied out of RocksDB's memory first.
+	r, err := decodeRowBorrowed(h.Data())
 	if err != nil {
 		return zero, corruptError(table, fmt.Errorf("row %q: %w", key, err))
 	}
@@ -84,7 +87,7 @@ func multiGetRows[T any](s *Store, ro *grocksdb.ReadOptions, table string, keys 
 		if !v.Exists() {
 			return nil, indexRowError(table, keys[i], notFound(table, keys[i]))
 		}
-		r, err := decodeRow(v.Data())
+		r, err := decodeRowBorrowed(v.Data()) // decoded before vals is destroyed
 		if err != nil {
 			return nil, corruptError(table, fmt.Errorf("row %q: %w", keys[i], err))
 		}
@@ -114,45 +117,57 @@ func (s *Store) ListBackends(ctx context.Context, after string, limit int) ([]Ba
 }
 
 // ListBackendsByPool lists the backends of a pool by id: one range scan
-// of the covering index, whose entries hold the rows.
+// of the covering index, whose entries hold the rows. It reads outside a
+// transaction (one iterator is one consistent snapshot), with the
+// partition's end as the iterator's bound, so a row costs three calls
+// into RocksDB (valid, value, next) and one decode.
 func (s *Store) ListBackendsByPool(ctx context.Context, pool, after string, limit int) ([]Backend, error) {
+	if err := s.enter(); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	prefix := indexPrefix(idxBackendPool, pool)
+	ro := grocksdb.NewDefaultReadOptions()
+	defer ro.Destroy()
+	ro.SetIterateUpperBound(prefixEnd(prefix))
+	it := s.base.NewIteratorCF(ro, s.cfs[cfIndex])
+	defer it.Close()
+	if after != "" {
+		start := append(append([]byte(nil), prefix...), after...)
+		it.Seek(start)
+		if it.Valid() && string(it.Key().Data()) == string(start) {
+			it.Next()
+		}
+	} else {
+		it.Seek(prefix)
+	}
+	nowMs := s.cfg.Now().UnixMilli()
 	var out []Backend
-	err := s.View(ctx, func(tx *Tx) error {
-		prefix := indexPrefix(idxBackendPool, pool)
-		it := tx.iterator(cfIndex)
-		defer it.Close()
-		start := prefix
-		if after != "" {
-			start = append(append([]byte(nil), prefix...), after...)
-		}
-		nowMs := tx.now.UnixMilli()
-		for it.Seek(start); it.ValidForPrefix(prefix); it.Next() {
+	for ; it.Valid(); it.Next() {
+		r, err := decodeRowBorrowed(it.Value().Data())
+		if err != nil {
 			id := string(it.Key().Data()[len(prefix):])
-			if id == after {
-				continue
-			}
-			r, err := decodeRow(it.Value().Data())
-			if err != nil {
-				return corruptError(cfIndex, fmt.Errorf("backends of pool %q: entry of %q: %w", pool, id, err))
-			}
-			if r.deleted || r.expiredAt(nowMs) {
-				continue
-			}
-			b, err := decodeStoredBackend(&r)
-			if err != nil {
-				return err
-			}
-			out = append(out, b)
-			if limit > 0 && len(out) >= limit {
-				break
-			}
+			return nil, corruptError(cfIndex, fmt.Errorf("backends of pool %q: entry of %q: %w", pool, id, err))
 		}
-		if err := it.Err(); err != nil {
-			return readError(cfIndex, err)
+		if r.deleted || r.expiredAt(nowMs) {
+			continue
 		}
-		return nil
-	})
-	return out, err
+		b, err := decodeStoredBackend(&r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+		if limit > 0 && len(out) >= limit {
+			break
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, readError(cfIndex, err)
+	}
+	return out, nil
 }
 
 // ListCertificates lists certificates by id, private keys decrypted.
@@ -246,6 +261,53 @@ func (s *Store) CertificatesExpiringBefore(ctx context.Context, t time.Time, lim
 		return err
 	})
 	return out, err
+}
+
+// CertificateExpiry is a certificate's id and expiry, as the expiry index
+// holds them.
+type CertificateExpiry struct {
+	ID        string
+	ExpiresAt time.Time
+}
+
+// CertificateExpiries returns the id and expiry of every certificate whose
+// ExpiresAt is before t, soonest first, at most limit (<= 0: all), read
+// from the expiry index alone. A renewal loop needs no more to decide what
+// is due; reading and decrypting every certificate of a 30-day window
+// (CertificatesExpiringBefore) costs a thousand times more. It then reads
+// the ones it renews with GetCertificate.
+func (s *Store) CertificateExpiries(ctx context.Context, t time.Time, limit int) ([]CertificateExpiry, error) {
+	if err := s.enter(); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// One iterator reads one implicit snapshot, so no explicit one is
+	// needed; the upper bound lets RocksDB stop at t by itself.
+	ro := grocksdb.NewDefaultReadOptions()
+	defer ro.Destroy()
+	ro.SetIterateUpperBound(expiryKey(t))
+	it := s.base.NewIteratorCF(ro, s.cfs[cfIndex])
+	defer it.Close()
+	var out []CertificateExpiry
+	for it.Seek([]byte{idxCertExpiry}); it.Valid(); it.Next() {
+		k := it.Key().Data()
+		if len(k) <= expiryKeyLen || k[0] != idxCertExpiry {
+			return nil, corruptError(cfIndex, fmt.Errorf("malformed certificate expiry entry %x", k))
+		}
+		sec := int64(binary.BigEndian.Uint64(k[1:9]) ^ (1 << 63))
+		nsec := int64(binary.BigEndian.Uint32(k[9:13]))
+		out = append(out, CertificateExpiry{ID: string(k[expiryKeyLen:]), ExpiresAt: time.Unix(sec, nsec).UTC()})
+		if limit > 0 && len(out) >= limit {
+			break
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, readError(cfIndex, err)
+	}
+	return out, nil
 }
 
 // Observations returns the observations of node nodeID ("" = all nodes),

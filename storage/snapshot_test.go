@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -80,6 +83,14 @@ func TestSnapshotIngestCatchUp(t *testing.T) {
 	}
 	if err := dst.Ready(); !errors.Is(err, ErrNotReady) {
 		t.Fatalf("ready before catch-up: %v", err)
+	}
+	// Ingest turned compaction and the write-stall triggers off for its
+	// families; they are back as the store opened them.
+	for family, opts := range persistedFamilyOptions(t, dst.Dir()) {
+		if opts["disable_auto_compactions"] != "false" || opts["level0_slowdown_writes_trigger"] != "20" ||
+			opts["level0_stop_writes_trigger"] != "36" || opts["hard_pending_compaction_bytes_limit"] == "0" {
+			t.Fatalf("family %s after ingest: %v", family, opts)
+		}
 	}
 	if _, err := dst.ChangeSets(ctx, "src", Span(1, 1), 0); !errors.Is(err, ErrNotReady) {
 		t.Fatalf("served before catch-up: %v", err)
@@ -198,4 +209,49 @@ func FuzzSnapshotFrames(f *testing.F) {
 			}
 		}
 	})
+}
+
+// persistedFamilyOptions reads the newest OPTIONS file RocksDB wrote in
+// dir (it writes one on every option change): per column family, the
+// options that an ingest relaxes.
+func persistedFamilyOptions(t *testing.T, dir string) map[string]map[string]string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "OPTIONS-*"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no OPTIONS file in %s: %v", dir, err)
+	}
+	newest := files[0]
+	for _, f := range files[1:] {
+		if len(f) > len(newest) || (len(f) == len(newest) && f > newest) {
+			newest = f
+		}
+	}
+	data, err := os.ReadFile(newest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(map[string]map[string]string)
+	var cur map[string]string
+	for _, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if name, ok := strings.CutPrefix(line, "[CFOptions \""); ok {
+			cur = make(map[string]string)
+			out[strings.TrimSuffix(name, "\"]")] = cur
+			continue
+		}
+		if strings.HasPrefix(line, "[") {
+			cur = nil
+			continue
+		}
+		if k, v, ok := strings.Cut(line, "="); ok && cur != nil {
+			switch k {
+			case "disable_auto_compactions", "level0_slowdown_writes_trigger", "level0_stop_writes_trigger", "hard_pending_compaction_bytes_limit":
+				cur[k] = v
+			}
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("no column families in %s", newest)
+	}
+	return out
 }

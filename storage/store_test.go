@@ -245,6 +245,20 @@ func TestCertificatesIndexes(t *testing.T) {
 		for _, c := range certs {
 			out = append(out, c.ID)
 		}
+		// The index-only listing agrees with the full one, expiries
+		// included.
+		exp, err := s.CertificateExpiries(ctx, before, limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(exp) != len(certs) {
+			t.Fatalf("CertificateExpiries(%v, %d): %d entries, CertificatesExpiringBefore %d", before, limit, len(exp), len(certs))
+		}
+		for i, e := range exp {
+			if e.ID != certs[i].ID || !e.ExpiresAt.Equal(certs[i].ExpiresAt) {
+				t.Fatalf("CertificateExpiries[%d] = %s %v, want %s %v", i, e.ID, e.ExpiresAt, certs[i].ID, certs[i].ExpiresAt)
+			}
+		}
 		return out
 	}
 	if got := expiryIDs(now, 0); !reflect.DeepEqual(got, []string{"c-old"}) {

@@ -305,7 +305,9 @@ func (t *Tx) writeIndex(oldIdx, newIdx [][]byte) error {
 		t.wb.DeleteCF(t.s.cfs[cfIndex], k)
 	}
 	for _, k := range add {
-		t.wb.PutCF(t.s.cfs[cfIndex], k, nil)
+		if !coveringIndex(k) { // written once, with its envelope, by putCovering
+			t.wb.PutCF(t.s.cfs[cfIndex], k, nil)
+		}
 	}
 	for _, changed := range [][][]byte{remove, add} {
 		for _, k := range changed {
