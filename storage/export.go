@@ -117,6 +117,8 @@ func exportRow(table, key string, value []byte) (exportLine, error) {
 		rec, err = decodeBackend(r.rec)
 	case TableObservations:
 		rec, err = decodeObservation(r.rec)
+	case TableAudit:
+		rec, err = decodeAudit(r.rec)
 	}
 	if err != nil {
 		return exportLine{}, corruptError(table, err)
@@ -235,6 +237,12 @@ func (s *Store) importLine(b []byte) (Change, error) {
 		if err = json.Unmarshal(line.Row, &o); err == nil {
 			o = cloneObservation(o)
 			c.Value = encodeObservation(&o)
+		}
+	case TableAudit:
+		var a AuditEntry
+		if err = json.Unmarshal(line.Row, &a); err == nil {
+			a = cloneAudit(a)
+			c.Value = encodeAudit(&a)
 		}
 	}
 	if err != nil {

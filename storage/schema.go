@@ -156,6 +156,18 @@ var schema = []*tableDef{
 			return validateKey("observation backend_id", d.obs.BackendID)
 		},
 	},
+	{
+		name: TableAudit, id: 5, singular: "audit entry", class: ClassReplicated,
+		checkKey: checkAuditKey,
+		decode: func(rec []byte) (decodedRecord, error) {
+			a, err := decodeAudit(rec)
+			if err != nil {
+				return decodedRecord{}, err
+			}
+			return decodedRecord{key: a.ID, insertedAt: a.Time, audit: &a}, nil
+		},
+		validate: func(d decodedRecord) error { return checkAuditKey(d.audit.ID) },
+	},
 }
 
 // TableInfo describes a table for the CLI and the admin API.
@@ -239,6 +251,7 @@ type decodedRecord struct {
 	pool       *Pool
 	be         *Backend
 	obs        *Observation
+	audit      *AuditEntry
 }
 
 // decodeRecord decodes the record bytes of a row of table.
