@@ -103,7 +103,7 @@ func TestTableStatsCompactAndRocksDBStats(t *testing.T) {
 		t.Fatalf("unknown table: %v", err)
 	}
 	info := s.Info()
-	if !info.Running || info.NodeID != s.NodeID() || info.LastIndex != 2 || len(info.Tables) != 4 {
+	if !info.Running || info.NodeID != s.NodeID() || info.LastIndex != 2 || len(info.Tables) != len(schema) {
 		t.Fatalf("info %+v", info)
 	}
 }
