@@ -310,3 +310,20 @@ type ReplicationStatus struct {
 	LagSeconds     float64    `json:"lag_seconds"`
 	LastAppliedAt  *time.Time `json:"last_applied_at,omitempty"`
 }
+
+// AuditEntry is one configuration change (GET /api/audit, newest first):
+// who asked, what changed as "field: old -> new", and when. Certificate
+// PEM and key material never appear in Changes.
+type AuditEntry struct {
+	ID        string    `json:"id"`
+	Time      time.Time `json:"time"`
+	NodeID    string    `json:"node_id"`
+	Action    string    `json:"action"`
+	Kind      string    `json:"kind"`
+	Object    string    `json:"object"`
+	Changes   []string  `json:"changes"`
+	Remote    string    `json:"remote"`
+	UserAgent string    `json:"user_agent"`
+	RequestID string    `json:"request_id"`
+	Token     bool      `json:"token"`
+}

@@ -198,8 +198,11 @@ const auditPruneBatch = 512
 // PruneAudit deletes the oldest audit rows beyond the newest keep, in
 // small transactions (a maintenance pass: it runs beside writers and
 // never holds the commit lock for long). It returns how many it deleted.
-// keep <= 0 means DefaultAuditKeep.
+// keep <= 0 means Config.AuditKeep.
 func (s *Store) PruneAudit(ctx context.Context, keep int) (int, error) {
+	if keep <= 0 {
+		keep = s.cfg.AuditKeep
+	}
 	if keep <= 0 {
 		keep = DefaultAuditKeep
 	}

@@ -86,3 +86,19 @@ func objects(es []AuditEntry) []string {
 	}
 	return out
 }
+
+func TestPruneAuditUsesConfiguredBound(t *testing.T) {
+	s := openStore(t, func(c *Config) { c.AuditKeep = 3 })
+	ctx := context.Background()
+	for i := range 5 {
+		mustUpdate(t, s, func(tx *Tx) error {
+			return tx.PutAudit(&AuditEntry{Action: "update", Kind: "pool", Object: fmt.Sprintf("p%d", i)})
+		})
+	}
+	if n, err := s.PruneAudit(ctx, 0); err != nil || n != 2 {
+		t.Fatalf("PruneAudit = %d, %v; want 2 deleted", n, err)
+	}
+	if all, err := s.ListAudit(ctx, "", 0); err != nil || len(all) != 3 {
+		t.Fatalf("after prune: %v, %v; want 3 rows", objects(all), err)
+	}
+}
