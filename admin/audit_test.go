@@ -49,7 +49,9 @@ func TestAuditRowPerChangeInItsTransaction(t *testing.T) {
 	if top.Action != "update" || top.Kind != "pool" || top.Object != "api" || !top.Token || top.Remote == "" || top.NodeID != h.store.NodeID() {
 		t.Fatalf("update row: %+v", top)
 	}
-	if !slices.ContainsFunc(top.Changes, func(c string) bool { return strings.HasPrefix(c, "algorithm: ") && strings.HasSuffix(c, `-> "least_connections"`) }) {
+	if !slices.ContainsFunc(top.Changes, func(c string) bool {
+		return strings.HasPrefix(c, "algorithm: ") && strings.HasSuffix(c, `-> "least_connections"`)
+	}) {
 		t.Fatalf("update row changes %q lack algorithm: old -> new", top.Changes)
 	}
 	// The log line and the row describe the same change.

@@ -61,5 +61,6 @@ Not yet: certificates from Let's Encrypt (ACME) and replication between agents.`
 	root.AddCommand(newCertsCommand())
 	root.AddCommand(newClusterCommand())
 	root.AddCommand(newDBCommand())
+	root.AddCommand(newAuditCommand())
 	return root
 }
