@@ -3,10 +3,15 @@ package pools
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/singularity-ng/singularity-edge/internal/ratelog"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
@@ -267,6 +272,9 @@ func (a *Attempt) End(r Result) {
 			s.ejections.Add(1)
 			if ps != nil {
 				ps.ejections.Add(1)
+				if ps.events != nil {
+					b.logEjection(ps.events, r)
+				}
 			}
 		}
 	case outcomeSuccess:
@@ -274,6 +282,18 @@ func (a *Attempt) End(r Result) {
 			s.consecFails.Store(0)
 		}
 	}
+}
+
+// logEjection reports a passive ejection at warn level, aggregated per
+// pool: a flood of ejections is one line per burst with a count, naming a
+// few backends as "id@address" and the last failure.
+func (b *Backend) logEjection(events *ratelog.Logger, r Result) {
+	err := r.Err
+	if err == nil {
+		err = fmt.Errorf("HTTP status %d", r.Status)
+	}
+	events.Event(zapcore.WarnLevel, "eject\x00"+b.PoolName, "backend ejected by passive checks", b.ID+"@"+b.Addr, err,
+		zap.String("pool", b.PoolName), zap.Int64("consecutive_failures", b.maxFails), zap.Duration("cooldown", b.cooldown))
 }
 
 type outcome uint8
