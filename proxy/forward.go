@@ -193,7 +193,7 @@ func (s *Server) roundTrip(ex *exchange, cache *upstreamCache, pool *pools.Pool,
 		}
 		ex.attempt.End(pools.Result{Err: err, BytesOut: ex.bytesOut, BytesIn: ex.respBytes})
 		ex.attempt = nil
-		lastErr = fmt.Errorf("backend %s: %w", b.Addr, err)
+		lastErr = &backendError{addr: b.Addr, err: err}
 		if !retry {
 			break
 		}

@@ -569,9 +569,7 @@ func (cc *clientConn) forwardRequest(pool *pools.Pool, pm *poolMetrics, host []b
 	cc.restoreLeftover()
 	if err != nil {
 		status := statusForError(err)
-		if s.log.Core().Enabled(zap.DebugLevel) {
-			s.log.Debug("proxy: request failed", zap.String("pool", pool.Name), zap.Int("status", status), zap.Error(err))
-		}
+		s.logUpstreamFailure(pool.Name, status, err)
 		msg := "bad gateway: the backend failed"
 		switch status {
 		case 503:

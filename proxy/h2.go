@@ -233,7 +233,9 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.noteReset(hc)
 		}
 		status := statusForError(err)
-		s.log.Debug("proxy: h2 request failed", zap.String("pool", pool.Name), zap.Int("status", status), zap.Error(err))
+		if !req.clientGone() {
+			s.logUpstreamFailure(pool.Name, status, err)
+		}
 		msg := "bad gateway: the backend failed"
 		switch status {
 		case 503:
