@@ -291,14 +291,14 @@ type Server struct {
 	// stopFailLog ends the failure log's flusher, which writes what is
 	// pending; set by Start.
 	stopFailLog context.CancelFunc
-	ids        requestIDs
-	upstreams  upstreams
-	tlsConfig  *tls.Config // termination (GetCertificate from certs)
-	h2         *h2Server
-	peekBufs   sync.Pool // *[]byte of peekBufSize: PROXY header + ClientHello
-	clientBufs sync.Pool // *[]byte of clientBufSize: client read buffers
-	bodyBufs   sync.Pool // *[]byte of bodyBufSize: streamed request bodies
-	upgrades   upgradeLimits
+	ids         requestIDs
+	upstreams   upstreams
+	tlsConfig   *tls.Config // termination (GetCertificate from certs)
+	h2          *h2Server
+	peekBufs    sync.Pool // *[]byte of peekBufSize: PROXY header + ClientHello
+	clientBufs  sync.Pool // *[]byte of clientBufSize: client read buffers
+	bodyBufs    sync.Pool // *[]byte of bodyBufSize: streamed request bodies
+	upgrades    upgradeLimits
 
 	mu        sync.Mutex
 	started   bool
