@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -106,5 +107,45 @@ func TestUnknownSNILoggedAggregated(t *testing.T) {
 	}
 	if ex, _ := f["examples"].([]any); !slices.Contains(ex, any("nobody.test")) {
 		t.Fatalf("TLS failure line does not name the SNI: %v", f)
+	}
+}
+
+// With the access log on, a proxied request's line carries the backend
+// and the upstream timing; a failed one's the reason and the backend
+// address it failed on.
+func TestAccessLogUpstreamTimingAndError(t *testing.T) {
+	backend := newEcho(t, "a")
+	dead := deadAddr(t)
+	core, logs := observer.New(zapcore.InfoLevel)
+	cfg := testConfig()
+	cfg.Logger = zap.New(core)
+	cfg.AccessLog = "on"
+	p := startProxy(t, cfg, newTable(t,
+		poolSpec{storage.Pool{Name: "a", Hosts: []string{"a.test"}}, []string{backend.URL}},
+		poolSpec{storage.Pool{Name: "dead", Hosts: []string{"dead.test"}}, []string{"http://" + dead}},
+	), nil, nil)
+	c := client(p.http, nil, false)
+	readAll(t, get(t, c, "http://a.test/ok"))
+	if resp := get(t, c, "http://dead.test/x"); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("dead backend: status %d", resp.StatusCode)
+	} else {
+		readAll(t, resp)
+	}
+	waitFor(t, "two access lines", func() bool { return logs.FilterMessage("access").Len() >= 2 })
+	byPool := map[string]map[string]any{}
+	for _, l := range logs.FilterMessage("access").All() {
+		f := l.ContextMap()
+		byPool[f["pool"].(string)] = f
+	}
+	ok := byPool["a"]
+	connect, _ := ok["upstream_connect"].(time.Duration)
+	first, _ := ok["upstream_first_byte"].(time.Duration)
+	total, _ := ok["upstream_total"].(time.Duration)
+	if ok["backend"] != strings.TrimPrefix(backend.URL, "http://") || connect <= 0 || first <= 0 || total < first || ok["error"] != nil {
+		t.Fatalf("proxied request's access line: %v", ok)
+	}
+	bad := byPool["dead"]
+	if bad["status"] != int64(502) || bad["error"] != "connect_failed" || bad["backend"] != dead || bad["error_detail"] == "" {
+		t.Fatalf("failed request's access line: %v", bad)
 	}
 }
