@@ -501,6 +501,8 @@ func (s *Server) backendResponse(tx *storage.Tx, b storage.Backend) (apitypes.Ba
 			resp.CurrentConnections = st.CurrentConnections
 			resp.TotalRequests = st.TotalRequests
 			resp.TotalFailures = st.TotalFailures
+			resp.Status5xx, resp.Retries = st.Status5xx, st.Retries
+			resp.DownSince = timePtr(st.DownSince)
 			resp.Ejections = st.Ejections
 			resp.ChecksPassed = st.ChecksPassed
 			resp.ChecksFailed = st.ChecksFailed

@@ -62,3 +62,32 @@ func TestPassiveEjectionsLoggedAggregated(t *testing.T) {
 		}
 	}
 }
+
+// The per-backend counters the dashboard shows: 5xx answers (within the
+// failures), retries taken over from another backend, and since when the
+// active checks hold the backend down.
+func TestBackendFailureCounters(t *testing.T) {
+	st := openStore(t, t.TempDir())
+	live := liveListener(t)
+	putPool(t, st, storage.Pool{Name: "p", HealthCheckInterval: time.Second,
+		HealthCheck: storage.HealthCheck{Rise: 1, Fall: 1, Timeout: 200 * time.Millisecond}})
+	putBackend(t, st, storage.Backend{ID: "down", PoolName: "p", Host: "127.0.0.1", Port: portOf(t, closedAddr(t))})
+	putBackend(t, st, storage.Backend{ID: "up", PoolName: "p", Host: "127.0.0.1", Port: portOf(t, live.Addr().String())})
+	m := NewManager(testManagerConfig(t, st, nil), st)
+	runManager(t, m)
+	waitFor(t, 10*time.Second, "backend on a dead port down", func() bool { return !m.Table().Backend("down").State().DownSince.IsZero() })
+	if ds := m.Table().Backend("down").State().DownSince; time.Since(ds) < 0 || time.Since(ds) > time.Minute {
+		t.Fatalf("down since %v", ds)
+	}
+
+	up := m.Table().Backend("up")
+	up.Begin().End(Result{Status: 502})
+	up.Begin().End(Result{Status: 200})
+	up.Begin().End(Result{Err: errors.New("reset")})
+	up.NoteRetry()
+	waitFor(t, 10*time.Second, "live backend healthy", func() bool { return m.Table().Backend("up").Healthy() })
+	got := m.Table().Backend("up").State()
+	if got.Status5xx != 1 || got.TotalFailures != 2 || got.Retries != 1 || !got.DownSince.IsZero() {
+		t.Fatalf("counters: 5xx %d failures %d retries %d down since %v", got.Status5xx, got.TotalFailures, got.Retries, got.DownSince)
+	}
+}

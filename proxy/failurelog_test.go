@@ -149,3 +149,25 @@ func TestAccessLogUpstreamTimingAndError(t *testing.T) {
 		t.Fatalf("failed request's access line: %v", bad)
 	}
 }
+
+// A request retried on another backend counts on the backend that took it.
+func TestRetryCountedOnBackend(t *testing.T) {
+	live := newEcho(t, "live")
+	dead := deadAddr(t)
+	table := newTable(t, poolSpec{storage.Pool{Name: "r", Hosts: []string{"r.test"}}, []string{"http://" + dead, live.URL}})
+	p := startProxy(t, testConfig(), table, nil, nil)
+	c := client(p.http, nil, false)
+	for range 4 {
+		resp := get(t, c, "http://r.test/")
+		readAll(t, resp)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d, want the retry to answer 200", resp.StatusCode)
+		}
+	}
+	if n := table.Backend("r-2").State().Retries; n < 1 {
+		t.Fatalf("live backend retries = %d, want at least 1", n)
+	}
+	if n := table.Backend("r-1").State().Retries; n != 0 {
+		t.Fatalf("dead backend retries = %d, want 0", n)
+	}
+}

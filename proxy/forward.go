@@ -188,6 +188,9 @@ func (s *Server) roundTrip(ex *exchange, cache *upstreamCache, pool *pools.Pool,
 			return lastErr
 		}
 		excluded = append(excluded, b)
+		if try > 0 {
+			b.NoteRetry()
+		}
 		ex.backend = b
 		up := cache.get(&s.upstreams, pool, b)
 		ex.attempt = b.Begin()
