@@ -102,3 +102,29 @@ func TestPruneAuditUsesConfiguredBound(t *testing.T) {
 		t.Fatalf("after prune: %v, %v; want 3 rows", objects(all), err)
 	}
 }
+
+// Audit rows replicate like any replicated table: a change set carries
+// the row with its change, and the peer lists it.
+func TestAuditReplicates(t *testing.T) {
+	ctx := context.Background()
+	a := openStore(t, func(c *Config) { c.NodeID = "a" })
+	b := openStore(t, func(c *Config) { c.NodeID = "b" })
+	mustUpdate(t, a, func(tx *Tx) error {
+		if err := tx.PutPool(&Pool{Name: "web", Algorithm: "round_robin", SSLMode: "off"}); err != nil {
+			return err
+		}
+		return tx.PutAudit(&AuditEntry{Action: "create", Kind: "pool", Object: "web"})
+	})
+	sets, err := changeSetsOf(a, "a")
+	if err != nil || len(sets) != 1 {
+		t.Fatalf("%d sets, %v", len(sets), err)
+	}
+	if _, err := b.ApplyBatch(ctx, sets); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.ListAudit(ctx, "", 0)
+	if err != nil || len(got) != 1 || got[0].Object != "web" || got[0].NodeID != "a" {
+		t.Fatalf("peer's audit rows: %+v, %v", got, err)
+	}
+	assertSameRows(t, a, b)
+}
