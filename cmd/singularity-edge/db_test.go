@@ -189,7 +189,7 @@ func TestDBInfoAndTables(t *testing.T) {
 	for _, tb := range tables.Tables {
 		names[tb.Name] = tb
 	}
-	if len(names) != 8 || names["backends"].Internal || !names["index"].Internal || names["backends"].EstimatedKeys == 0 {
+	if len(names) != len(storage.TableNames())+4 || names["backends"].Internal || !names["index"].Internal || names["backends"].EstimatedKeys == 0 {
 		t.Errorf("db tables -o json = %+v", tables)
 	}
 	if tables.BlockCache.CapacityBytes != 64<<20 {
