@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -127,4 +128,25 @@ func TestAuditReplicates(t *testing.T) {
 		t.Fatalf("peer's audit rows: %+v, %v", got, err)
 	}
 	assertSameRows(t, a, b)
+}
+
+func TestAuditExportImport(t *testing.T) {
+	ctx := context.Background()
+	src := openStore(t)
+	mustUpdate(t, src, func(tx *Tx) error {
+		return tx.PutAudit(&AuditEntry{Action: "delete", Kind: "pool", Object: "old", Changes: []string{"name: \"old\" -> -"}})
+	})
+	var buf bytes.Buffer
+	if _, err := src.Export(ctx, &buf); err != nil {
+		t.Fatal(err)
+	}
+	dst := openStore(t)
+	if _, err := dst.Import(ctx, &buf); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := src.ListAudit(ctx, "", 0)
+	got, err := dst.ListAudit(ctx, "", 0)
+	if err != nil || len(got) != 1 || got[0].ID != want[0].ID || got[0].Changes[0] != want[0].Changes[0] {
+		t.Fatalf("imported audit rows %+v (%v), want %+v", got, err, want)
+	}
 }
