@@ -18,13 +18,15 @@ var allowed = map[string][]string{
 	"apitypes":             {},
 	"internal/fielderr":    {},
 	"internal/layering":    {},
+	"internal/ratelog":     {},
 	"storage":              {},
 	"certs":                {"internal/fielderr", "storage"},
-	"pools":                {"internal/fielderr", "storage"},
-	"proxy":                {"pools"},
+	"pools":                {"internal/fielderr", "internal/ratelog", "storage"},
+	"proxy":                {"internal/ratelog", "pools"},
 	"admin":                {"apitypes", "certs", "internal/fielderr", "pools", "storage"},
 	"agent":                {"admin", "certs", "pools", "proxy", "storage"},
 	"cmd/singularity-edge": {"agent", "apitypes", "storage"},
+	"scripts/benchscale":   {"storage"},
 }
 
 func TestImportRules(t *testing.T) {
