@@ -187,7 +187,18 @@ func (s *Server) issueCertificate(w http.ResponseWriter, r *http.Request, in cre
 		if status == http.StatusCreated {
 			audit := view
 			audit.Certificate, audit.Chain, audit.Renewal = "", "", nil
-			s.audit(r, "issue", "certificate", id, nil, audit, zap.Duration("took", time.Since(start)))
+			// The manager stored the certificate in its own transaction
+			// (under its lease); the audit row follows in one of its own.
+			var ae storage.AuditEntry
+			if _, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
+				var err error
+				ae, err = s.recordAudit(tx, r, "issue", "certificate", id, nil, audit)
+				return err
+			}); err != nil {
+				s.logger.Warn("audit row of an issued certificate not written", zap.String("id", id), zap.Error(err))
+			} else {
+				s.logAudit(ae, zap.Duration("took", time.Since(start)))
+			}
 		}
 		w.Header().Set("ETag", etag(res.c.Version))
 		w.Header().Set("Location", location)

@@ -8,23 +8,46 @@ import (
 	"strings"
 
 	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/apitypes"
+	"github.com/singularity-ng/singularity-edge/storage"
 )
 
-// audit logs a configuration change at info level, the default: the
+// recordAudit writes the audit row of a change inside the transaction
+// that makes it, so the row commits or rolls back with the change: the
 // action, the object, every changed field as "field: old -> new", and who
-// asked (address, user agent, request id, and whether the request carried
-// the admin token). before is nil for a create and after for a delete;
-// both are API views, which never hold a private key.
-func (s *Server) audit(r *http.Request, action, kind, key string, before, after any, extra ...zap.Field) {
+// asked (address, user agent, request id, and whether the admin token
+// was required). before is nil for a create and after for a delete; both
+// are API views, and flatten drops PEM and key fields whatever the view.
+func (s *Server) recordAudit(tx *storage.Tx, r *http.Request, action, kind, key string, before, after any) (storage.AuditEntry, error) {
+	e := storage.AuditEntry{
+		Action:    action,
+		Kind:      kind,
+		Object:    key,
+		Changes:   changedFields(before, after),
+		Remote:    r.RemoteAddr,
+		UserAgent: r.UserAgent(),
+		RequestID: requestID(r.Context()),
+		Token:     s.token.enabled,
+	}
+	if err := tx.PutAudit(&e); err != nil {
+		return storage.AuditEntry{}, fmt.Errorf("audit row: %w", err)
+	}
+	return e, nil
+}
+
+// logAudit logs a committed change at info level, the default.
+func (s *Server) logAudit(e storage.AuditEntry, extra ...zap.Field) {
 	fields := []zap.Field{
-		zap.String("action", action),
-		zap.String("kind", kind),
-		zap.String("key", key),
-		zap.Strings("changes", changedFields(before, after)),
-		zap.String("request_id", requestID(r.Context())),
-		zap.String("remote", r.RemoteAddr),
-		zap.String("user_agent", r.UserAgent()),
-		zap.Bool("token", s.token.enabled),
+		zap.String("action", e.Action),
+		zap.String("kind", e.Kind),
+		zap.String("key", e.Object),
+		zap.Strings("changes", e.Changes),
+		zap.String("audit_id", e.ID),
+		zap.String("request_id", e.RequestID),
+		zap.String("remote", e.Remote),
+		zap.String("user_agent", e.UserAgent),
+		zap.Bool("token", e.Token),
 	}
 	s.logger.Info("configuration changed", append(fields, extra...)...)
 }
@@ -33,6 +56,9 @@ func (s *Server) audit(r *http.Request, action, kind, key string, before, after 
 var auditSkip = map[string]bool{
 	"inserted_at": true, "updated_at": true, "version": true, "stats": true,
 	"observations": true, "url": true,
+	// Certificate material never enters the audit trail, even when a
+	// view carries it.
+	"certificate": true, "chain": true, "private_key": true,
 }
 
 // changedFields compares two API views field by field (nested objects by
@@ -99,4 +125,45 @@ func flatten(v any) map[string]string {
 	}
 	walk("", m)
 	return out
+}
+
+// bulkAuditView summarises a bulk backend create for its one audit row:
+// the count and the first and last ids (the ids are generated in order).
+func bulkAuditView(created []storage.Backend) map[string]any {
+	return map[string]any{
+		"count": len(created),
+		"first": created[0].ID,
+		"last":  created[len(created)-1].ID,
+	}
+}
+
+// handleListAudit lists the audit rows newest first; ?after= takes the
+// "next" cursor of the previous page.
+func (s *Server) handleListAudit(w http.ResponseWriter, r *http.Request) {
+	pg, err := parsePage(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	rows, err := s.store.ListAudit(r.Context(), pg.After, pg.Limit+1)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	resp, err := pageOf(rows, pg.Limit, func(e storage.AuditEntry) string { return e.ID },
+		func(e storage.AuditEntry) (apitypes.AuditEntry, error) {
+			changes := e.Changes
+			if changes == nil {
+				changes = []string{}
+			}
+			return apitypes.AuditEntry{
+				ID: e.ID, Time: e.Time, NodeID: e.NodeID, Action: e.Action, Kind: e.Kind, Object: e.Object,
+				Changes: changes, Remote: e.Remote, UserAgent: e.UserAgent, RequestID: e.RequestID, Token: e.Token,
+			}, nil
+		})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
 }

@@ -220,6 +220,7 @@ func (s *Server) handleCreateBackend(w http.ResponseWriter, r *http.Request) {
 		specs = []apitypes.BackendSpec{one}
 	}
 	created := make([]storage.Backend, len(specs))
+	var ae storage.AuditEntry
 	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		p, err := tx.Pool(pool)
 		if err != nil {
@@ -235,7 +236,12 @@ func (s *Server) handleCreateBackend(w http.ResponseWriter, r *http.Request) {
 			}
 			created[i] = b
 		}
-		return nil
+		if bulk {
+			ae, err = s.recordAudit(tx, r, "create", "backends", pool, nil, bulkAuditView(created))
+		} else {
+			ae, err = s.recordAudit(tx, r, "create", "backend", created[0].ID, nil, backendConfigView(created[0]))
+		}
+		return err
 	})
 	if err != nil {
 		s.writeError(w, r, err)
@@ -245,7 +251,7 @@ func (s *Server) handleCreateBackend(w http.ResponseWriter, r *http.Request) {
 		created[i].Version = rowVersion(created[i].Version, commit)
 	}
 	if bulk {
-		s.audit(r, "create", "backends", pool, nil, nil, zap.Int("count", len(created)),
+		s.logAudit(ae, zap.Int("count", len(created)),
 			zap.String("first", created[0].ID), zap.String("last", created[len(created)-1].ID))
 		resp := apitypes.BulkBackends{Items: make([]apitypes.Backend, 0, len(created))}
 		err := s.store.View(r.Context(), func(tx *storage.Tx) error {
@@ -265,7 +271,7 @@ func (s *Server) handleCreateBackend(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusCreated, resp)
 		return
 	}
-	s.audit(r, "create", "backend", created[0].ID, nil, backendConfigView(created[0]))
+	s.logAudit(ae)
 	s.respondBackend(w, r, http.StatusCreated, created[0])
 }
 
@@ -344,6 +350,7 @@ func (s *Server) handlePatchBackend(w http.ResponseWriter, r *http.Request) {
 		addrField = "url"
 	}
 	var stored, before storage.Backend
+	var ae storage.AuditEntry
 	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := txBackendOfPool(tx, pool, id)
 		if err != nil {
@@ -364,14 +371,18 @@ func (s *Server) handlePatchBackend(w http.ResponseWriter, r *http.Request) {
 			return err
 		}
 		before, stored = cur, next
-		return tx.PutBackend(&stored)
+		if err := tx.PutBackend(&stored); err != nil {
+			return err
+		}
+		ae, err = s.recordAudit(tx, r, "update", "backend", id, backendConfigView(before), backendConfigView(stored))
+		return err
 	})
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
 	stored.Version = rowVersion(stored.Version, commit)
-	s.audit(r, "update", "backend", id, backendConfigView(before), backendConfigView(stored), zap.String("pool", pool))
+	s.logAudit(ae, zap.String("pool", pool))
 	s.respondBackend(w, r, http.StatusOK, stored)
 }
 
@@ -383,6 +394,7 @@ func (s *Server) handleDeleteBackend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var before storage.Backend
+	var ae storage.AuditEntry
 	_, err = s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := txBackendOfPool(tx, pool, id)
 		if err != nil {
@@ -392,13 +404,17 @@ func (s *Server) handleDeleteBackend(w http.ResponseWriter, r *http.Request) {
 			return err
 		}
 		before = cur
-		return tx.DeleteBackend(id)
+		if err := tx.DeleteBackend(id); err != nil {
+			return err
+		}
+		ae, err = s.recordAudit(tx, r, "delete", "backend", id, backendConfigView(before), nil)
+		return err
 	})
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	s.audit(r, "delete", "backend", id, backendConfigView(before), nil, zap.String("pool", pool))
+	s.logAudit(ae, zap.String("pool", pool))
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -485,6 +501,8 @@ func (s *Server) backendResponse(tx *storage.Tx, b storage.Backend) (apitypes.Ba
 			resp.CurrentConnections = st.CurrentConnections
 			resp.TotalRequests = st.TotalRequests
 			resp.TotalFailures = st.TotalFailures
+			resp.Status5xx, resp.Retries = st.Status5xx, st.Retries
+			resp.DownSince = timePtr(st.DownSince)
 			resp.Ejections = st.Ejections
 			resp.ChecksPassed = st.ChecksPassed
 			resp.ChecksFailed = st.ChecksFailed

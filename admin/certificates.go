@@ -262,6 +262,7 @@ func (s *Server) storeUpload(w http.ResponseWriter, r *http.Request, in uploadIn
 		return
 	}
 	var stored storage.Certificate
+	var ae storage.AuditEntry
 	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		if old, err := tx.Certificate(c.ID); err == nil {
 			return errConflict(certs.FieldCertificate, fmt.Sprintf("this certificate is already stored with id %q (domain %s)", old.ID, old.Domain))
@@ -269,7 +270,11 @@ func (s *Server) storeUpload(w http.ResponseWriter, r *http.Request, in uploadIn
 			return err
 		}
 		stored = *c
-		return tx.PutCertificate(&stored)
+		if err := tx.PutCertificate(&stored); err != nil {
+			return err
+		}
+		ae, err = s.recordAudit(tx, r, "create", "certificate", stored.ID, nil, certificateView(stored, s.now()))
+		return err
 	})
 	if errors.Is(err, storage.ErrEncryptionKey) {
 		s.writeError(w, r, &apiError{Status: http.StatusConflict, Code: CodeNotSupported,
@@ -281,11 +286,7 @@ func (s *Server) storeUpload(w http.ResponseWriter, r *http.Request, in uploadIn
 		return
 	}
 	stored.Version = rowVersion(stored.Version, commit)
-	view := certificateView(stored, s.now())
-	// The PEM texts are long and public; the audit line names the
-	// certificate by its fingerprint and names instead.
-	view.Certificate, view.Chain = "", ""
-	s.audit(r, "create", "certificate", stored.ID, nil, view)
+	s.logAudit(ae)
 	w.Header().Set("ETag", etag(stored.Version))
 	w.Header().Set("Location", "/api/certificates/"+url.PathEscape(stored.ID))
 	writeJSON(w, http.StatusCreated, certificateView(stored, s.now()))
@@ -341,6 +342,7 @@ func (s *Server) handleDeleteCertificate(w http.ResponseWriter, r *http.Request)
 	}
 	var before storage.Certificate
 	var orphaned []string
+	var ae storage.AuditEntry
 	_, err = s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := tx.Certificate(id)
 		if err != nil {
@@ -371,7 +373,11 @@ func (s *Server) handleDeleteCertificate(w http.ResponseWriter, r *http.Request)
 			return errConflict("id", fmt.Sprintf("certificate %q is the only one serving %s by SNI; upload a replacement first, or pass ?force=true to delete it anyway", id, strings.Join(orphaned, ", ")))
 		}
 		before = cur
-		return tx.DeleteCertificate(id)
+		if err := tx.DeleteCertificate(id); err != nil {
+			return err
+		}
+		ae, err = s.recordAudit(tx, r, "delete", "certificate", id, certificateView(before, s.now()), nil)
+		return err
 	})
 	if err != nil {
 		s.writeError(w, r, err)
@@ -383,9 +389,7 @@ func (s *Server) handleDeleteCertificate(w http.ResponseWriter, r *http.Request)
 		s.logger.Warn("certificate deleted while pools still serve its hosts; TLS handshakes for them will fail",
 			zap.String("id", id), zap.Strings("hosts", orphaned))
 	}
-	view := certificateView(before, s.now())
-	view.Certificate, view.Chain = "", ""
-	s.audit(r, "delete", "certificate", id, view, nil, extra...)
+	s.logAudit(ae, extra...)
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -132,6 +132,7 @@ type Store interface {
 	ListBackendsByPool(ctx context.Context, pool, after string, limit int) ([]storage.Backend, error)
 	ListCertificates(ctx context.Context, after string, limit int) ([]storage.Certificate, error)
 	Observations(ctx context.Context, nodeID string) ([]storage.Observation, error)
+	ListAudit(ctx context.Context, after string, limit int) ([]storage.AuditEntry, error)
 
 	Info() storage.Info
 	// Ready says whether the store can commit and serve (nil) or why not;

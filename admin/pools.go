@@ -319,6 +319,7 @@ func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var stored storage.Pool
+	var ae storage.AuditEntry
 	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		if _, err := tx.Pool(p.Name); err == nil {
 			return errConflict("name", fmt.Sprintf("a pool named %q already exists", p.Name))
@@ -329,14 +330,18 @@ func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
 			return err
 		}
 		stored = p
-		return tx.PutPool(&stored)
+		if err := tx.PutPool(&stored); err != nil {
+			return err
+		}
+		ae, err = s.recordAudit(tx, r, "create", "pool", stored.Name, nil, poolView(stored))
+		return err
 	})
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
 	stored.Version = rowVersion(stored.Version, commit)
-	s.audit(r, "create", "pool", stored.Name, nil, poolView(stored))
+	s.logAudit(ae)
 	s.respondPool(w, r, http.StatusCreated, stored)
 }
 
@@ -357,6 +362,7 @@ func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var stored, before storage.Pool
+	var ae storage.AuditEntry
 	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := tx.Pool(name)
 		if err != nil {
@@ -373,14 +379,18 @@ func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 			return err
 		}
 		before, stored = cur, next
-		return tx.PutPool(&stored)
+		if err := tx.PutPool(&stored); err != nil {
+			return err
+		}
+		ae, err = s.recordAudit(tx, r, "update", "pool", name, poolView(before), poolView(stored))
+		return err
 	})
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
 	stored.Version = rowVersion(stored.Version, commit)
-	s.audit(r, "update", "pool", name, poolView(before), poolView(stored))
+	s.logAudit(ae)
 	s.respondPool(w, r, http.StatusOK, stored)
 }
 
@@ -398,6 +408,7 @@ func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 	}
 	var before storage.Pool
 	var removed int
+	var ae storage.AuditEntry
 	_, err = s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := tx.Pool(name)
 		if err != nil {
@@ -419,13 +430,17 @@ func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		before, removed = cur, len(backends)
-		return tx.DeletePool(name)
+		if err := tx.DeletePool(name); err != nil {
+			return err
+		}
+		ae, err = s.recordAudit(tx, r, "delete", "pool", name, poolView(before), nil)
+		return err
 	})
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	s.audit(r, "delete", "pool", name, poolView(before), nil, zap.Int("backends_deleted", removed))
+	s.logAudit(ae, zap.Int("backends_deleted", removed))
 	w.WriteHeader(http.StatusNoContent)
 }
 

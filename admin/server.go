@@ -149,6 +149,8 @@ func (s *Server) routes() {
 	m.HandleFunc("DELETE /api/certificates/{id}", s.handleDeleteCertificate)
 	m.HandleFunc("POST /api/certificates/{id}/renew", s.handleRenewCertificate)
 
+	m.HandleFunc("GET /api/audit", s.handleListAudit)
+
 	m.HandleFunc("GET /api/cluster", s.handleCluster)
 
 	m.HandleFunc("GET /api/db", s.handleDBInfo)

@@ -16,7 +16,8 @@ const pruneInterval = 10 * time.Minute
 // (observations alone add one every few seconds) and only serves in-process
 // subscribers, which keep up, so a bounded tail suffices; and it removes
 // expired rows (observations of nodes that left). The change log needs no
-// pruning: it keeps only current row versions.
+// pruning: it keeps only current row versions. The audit table keeps its
+// newest Config.AuditKeep rows.
 func (a *Agent) pruneLoop(ctx context.Context) error {
 	ticker := time.NewTicker(pruneInterval)
 	defer ticker.Stop()
@@ -42,8 +43,17 @@ func (a *Agent) pruneLoop(ctx context.Context) error {
 			a.logger.Warn("removing expired rows failed", zap.Error(err))
 			continue
 		}
-		if res.FeedEntries+expired.Removed > 0 {
-			a.logger.Info("pruned", zap.Int("feed_entries", res.FeedEntries), zap.Int("expired_rows", expired.Removed))
+		audit, err := a.store.PruneAudit(ctx, 0)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			a.logger.Warn("trimming the audit table failed", zap.Error(err))
+			continue
+		}
+		if res.FeedEntries+expired.Removed+audit > 0 {
+			a.logger.Info("pruned", zap.Int("feed_entries", res.FeedEntries), zap.Int("expired_rows", expired.Removed),
+				zap.Int("audit_rows", audit))
 		}
 	}
 }

@@ -217,12 +217,17 @@ type Backend struct {
 	CurrentConnections int64      `json:"current_connections"`
 	TotalRequests      int64      `json:"total_requests"`
 	TotalFailures      int64      `json:"total_failures"`
-	Ejections          int64      `json:"ejections"`
-	ChecksPassed       int64      `json:"checks_passed"`
-	ChecksFailed       int64      `json:"checks_failed"`
-	LatencyAvgMS       float64    `json:"latency_avg_ms"`
-	LastCheck          *time.Time `json:"last_check"`
-	LastError          string     `json:"last_error,omitempty"`
+	Status5xx          int64      `json:"status_5xx"` // within total_failures
+	Retries            int64      `json:"retries"`    // requests retried here after another backend failed
+	// DownSince is when this node's checks marked it unhealthy; null
+	// while healthy or when this node did not see the transition.
+	DownSince    *time.Time `json:"down_since,omitempty"`
+	Ejections    int64      `json:"ejections"`
+	ChecksPassed int64      `json:"checks_passed"`
+	ChecksFailed int64      `json:"checks_failed"`
+	LatencyAvgMS float64    `json:"latency_avg_ms"`
+	LastCheck    *time.Time `json:"last_check"`
+	LastError    string     `json:"last_error,omitempty"`
 	// LocalSource is "live", "stored" or "none" (not observed yet).
 	LocalSource string `json:"local_source"`
 
@@ -379,3 +384,20 @@ type (
 	Member            = cluster.Member
 	ReplicationStatus = cluster.ReplicationStatus
 )
+
+// AuditEntry is one configuration change (GET /api/audit, newest first):
+// who asked, what changed as "field: old -> new", and when. Certificate
+// PEM and key material never appear in Changes.
+type AuditEntry struct {
+	ID        string    `json:"id"`
+	Time      time.Time `json:"time"`
+	NodeID    string    `json:"node_id"`
+	Action    string    `json:"action"`
+	Kind      string    `json:"kind"`
+	Object    string    `json:"object"`
+	Changes   []string  `json:"changes"`
+	Remote    string    `json:"remote"`
+	UserAgent string    `json:"user_agent"`
+	RequestID string    `json:"request_id"`
+	Token     bool      `json:"token"`
+}

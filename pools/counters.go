@@ -3,10 +3,15 @@ package pools
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/singularity-ng/singularity-edge/internal/ratelog"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
@@ -35,6 +40,15 @@ type backendState struct {
 	ejectedUntil atomic.Int64
 	consecFails  atomic.Int64
 	ejections    atomic.Int64
+	// status5xx counts 5xx answers (within failures, which also counts
+	// connection errors); retries counts requests sent to this backend
+	// after another backend failed them.
+	status5xx atomic.Int64
+	retries   atomic.Int64
+	// downSince is the Unix time in nanoseconds when active checks last
+	// marked the backend unhealthy; 0 while healthy or when unknown (a
+	// verdict seeded from a stored observation).
+	downSince atomic.Int64
 
 	checksPassed atomic.Int64
 	checksFailed atomic.Int64
@@ -255,6 +269,9 @@ func (a *Attempt) End(r Result) {
 		h.o.Observe(lat.Seconds())
 	}
 
+	if r.Status >= 500 {
+		s.status5xx.Add(1)
+	}
 	switch outcomeOf(r) {
 	case outcomeFailure:
 		s.failures.Add(1)
@@ -267,6 +284,9 @@ func (a *Attempt) End(r Result) {
 			s.ejections.Add(1)
 			if ps != nil {
 				ps.ejections.Add(1)
+				if ps.events != nil {
+					b.logEjection(ps.events, r)
+				}
 			}
 		}
 	case outcomeSuccess:
@@ -274,6 +294,18 @@ func (a *Attempt) End(r Result) {
 			s.consecFails.Store(0)
 		}
 	}
+}
+
+// logEjection reports a passive ejection at warn level, aggregated per
+// pool: a flood of ejections is one line per burst with a count, naming a
+// few backends as "id@address" and the last failure.
+func (b *Backend) logEjection(events *ratelog.Logger, r Result) {
+	err := r.Err
+	if err == nil {
+		err = fmt.Errorf("HTTP status %d", r.Status)
+	}
+	events.Event(zapcore.WarnLevel, "eject\x00"+b.PoolName, "backend ejected by passive checks", b.ID+"@"+b.Addr, err,
+		zap.String("pool", b.PoolName), zap.Int64("consecutive_failures", b.maxFails), zap.Duration("cooldown", b.cooldown))
 }
 
 type outcome uint8
@@ -298,6 +330,9 @@ func outcomeOf(r Result) outcome {
 	}
 }
 
+// NoteRetry counts a request sent to b after another backend failed it.
+func (b *Backend) NoteRetry() { b.live.retries.Add(1) }
+
 // Healthy reports the active health-check verdict.
 func (b *Backend) Healthy() bool { return b.live.healthy.Load() }
 
@@ -317,28 +352,33 @@ func (b *Backend) StickyValue() string { return b.stickyValue }
 // BackendState is a point-in-time view of one backend for the admin API and
 // the dashboard.
 type BackendState struct {
-	ID                 string        `json:"id"`
-	PoolName           string        `json:"pool_name"`
-	Addr               string        `json:"addr"`
-	Scheme             string        `json:"scheme"`
-	Region             string        `json:"region,omitempty"`
-	Weight             int           `json:"weight"`
-	Healthy            bool          `json:"healthy"` // active checks
-	Ejected            bool          `json:"ejected"` // passive checks
-	EjectedUntil       time.Time     `json:"ejected_until,omitzero"`
-	Draining           bool          `json:"draining"`
-	Available          bool          `json:"available"` // Pick may choose it
-	CurrentConnections int64         `json:"current_connections"`
-	TotalRequests      int64         `json:"total_requests"`
-	TotalFailures      int64         `json:"total_failures"`
-	BytesIn            int64         `json:"bytes_in"`
-	BytesOut           int64         `json:"bytes_out"`
-	LatencyAvg         time.Duration `json:"latency_avg"`
-	Ejections          int64         `json:"ejections"`
-	ChecksPassed       int64         `json:"checks_passed"`
-	ChecksFailed       int64         `json:"checks_failed"`
-	LastCheck          time.Time     `json:"last_check,omitzero"`
-	LastError          string        `json:"last_error,omitempty"`
+	ID                 string    `json:"id"`
+	PoolName           string    `json:"pool_name"`
+	Addr               string    `json:"addr"`
+	Scheme             string    `json:"scheme"`
+	Region             string    `json:"region,omitempty"`
+	Weight             int       `json:"weight"`
+	Healthy            bool      `json:"healthy"` // active checks
+	Ejected            bool      `json:"ejected"` // passive checks
+	EjectedUntil       time.Time `json:"ejected_until,omitzero"`
+	Draining           bool      `json:"draining"`
+	Available          bool      `json:"available"` // Pick may choose it
+	CurrentConnections int64     `json:"current_connections"`
+	TotalRequests      int64     `json:"total_requests"`
+	TotalFailures      int64     `json:"total_failures"`
+	Status5xx          int64     `json:"status_5xx"`
+	Retries            int64     `json:"retries"`
+	// DownSince is when active checks marked the backend unhealthy (zero
+	// while healthy, or when this node has not seen the transition).
+	DownSince    time.Time     `json:"down_since,omitzero"`
+	BytesIn      int64         `json:"bytes_in"`
+	BytesOut     int64         `json:"bytes_out"`
+	LatencyAvg   time.Duration `json:"latency_avg"`
+	Ejections    int64         `json:"ejections"`
+	ChecksPassed int64         `json:"checks_passed"`
+	ChecksFailed int64         `json:"checks_failed"`
+	LastCheck    time.Time     `json:"last_check,omitzero"`
+	LastError    string        `json:"last_error,omitempty"`
 }
 
 // State returns a snapshot of b's configuration and live state.
@@ -357,12 +397,17 @@ func (b *Backend) State() BackendState {
 		CurrentConnections: s.conns.Load(),
 		TotalRequests:      s.requests.Load(),
 		TotalFailures:      s.failures.Load(),
+		Status5xx:          s.status5xx.Load(),
+		Retries:            s.retries.Load(),
 		BytesIn:            s.bytesIn.Load(),
 		BytesOut:           s.bytesOut.Load(),
 		LatencyAvg:         time.Duration(s.latencyEWMA.Load()),
 		Ejections:          s.ejections.Load(),
 		ChecksPassed:       s.checksPassed.Load(),
 		ChecksFailed:       s.checksFailed.Load(),
+	}
+	if ds := s.downSince.Load(); ds != 0 && !st.Healthy {
+		st.DownSince = time.Unix(0, ds)
 	}
 	if st.Ejected {
 		st.EjectedUntil = time.Unix(0, s.ejectedUntil.Load())

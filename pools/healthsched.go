@@ -444,6 +444,7 @@ func (s *backendState) recordCheck(addr string, hc *healthConfig, err error, at 
 		// A held-back new backend joins on its first pass.
 		if !s.healthy.Load() && (int(s.passes) >= hc.Rise || s.held) {
 			s.healthy.Store(true)
+			s.downSince.Store(0)
 			s.held = false
 			return true, true
 		}
@@ -455,6 +456,7 @@ func (s *backendState) recordCheck(addr string, hc *healthConfig, err error, at 
 	s.lastError = err.Error()
 	if s.healthy.Load() && int(s.fails) >= hc.Fall {
 		s.healthy.Store(false)
+		s.downSince.Store(time.Now().UnixNano())
 		return false, true
 	}
 	return false, false

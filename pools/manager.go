@@ -604,6 +604,7 @@ func (m *Manager) poolStateLocked(name string) *poolState {
 	ps := m.poolStates[name]
 	if ps == nil {
 		ps = m.collector.newPoolState(name)
+		ps.events = m.healthLog
 		m.poolStates[name] = ps
 	}
 	return ps

@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/singularity-ng/singularity-edge/internal/ratelog"
 )
 
 // MetricsConfig chooses the series a Manager exports. By default every
@@ -61,6 +63,9 @@ type poolState struct {
 	bytesOut  atomic.Int64
 	ejections atomic.Int64
 	latency   prometheus.Observer // nil without metrics
+	// events aggregates the pool's passive ejections into log lines (the
+	// Manager's health logger); nil outside a Manager.
+	events *ratelog.Logger
 }
 
 // backendHist is a backend's own latency histogram (opt-in pools only).

@@ -18,14 +18,21 @@ type accessEntry struct {
 	client                          string
 	backend                         *pools.Backend
 	requestID                       string
+	// failure is why the proxy answered instead of a backend (502, 503,
+	// 504); timing is the backend exchange's, when there was one.
+	failure error
+	timing  upstreamTiming
 }
 
 func (s *Server) logAccess(e accessEntry) {
 	backend := ""
 	if e.backend != nil {
 		backend = e.backend.Addr
+	} else if e.failure != nil {
+		backend = backendAddrOf(e.failure)
 	}
-	s.log.Info("access",
+	fields := make([]zap.Field, 0, 16)
+	fields = append(fields,
 		zap.String("request_id", e.requestID),
 		zap.String("client", e.client),
 		zap.String("proto", e.proto),
@@ -37,7 +44,14 @@ func (s *Server) logAccess(e accessEntry) {
 		zap.Int("status", e.status),
 		zap.Int64("bytes", e.bytes),
 		zap.Duration("duration", e.duration),
+		zap.Duration("upstream_connect", e.timing.connect),
+		zap.Duration("upstream_first_byte", e.timing.firstByte),
+		zap.Duration("upstream_total", e.timing.total),
 	)
+	if e.failure != nil {
+		fields = append(fields, zap.String("error", failureReason(e.failure)), zap.String("error_detail", e.failure.Error()))
+	}
+	s.log.Info("access", fields...)
 }
 
 // sampled reports whether this request gets an access log line.

@@ -55,6 +55,16 @@ type exchange struct {
 	respBytes int64
 	bytesOut  int64
 	started   time.Time
+	// timing of the last attempt, for the access log (measured only
+	// when it is on): connect is 0 on a reused connection.
+	timing upstreamTiming
+}
+
+// upstreamTiming is how long the last attempt took to connect to the
+// backend, to receive the first byte of its response head, and in all
+// (until the response was relayed or the attempt failed).
+type upstreamTiming struct {
+	connect, firstByte, total time.Duration
 }
 
 // bodyProgress tells the response side how far a streamed request body
@@ -154,6 +164,8 @@ func (c *upstreamCache) get(u *upstreams, p *pools.Pool, b *pools.Backend) *upst
 func (s *Server) roundTrip(ex *exchange, cache *upstreamCache, pool *pools.Pool, pick pools.PickRequest, req *outRequest, interim func(*exchange) error, now time.Time) error {
 	var excludeBuf [4]*pools.Backend
 	excluded := excludeBuf[:0]
+	// No attempt yet: the access log must not show a previous request's.
+	ex.timing, ex.started = upstreamTiming{}, time.Time{}
 	// Any request may go to another backend when the connection could not
 	// be opened (nothing was sent); after bytes were sent only idempotent,
 	// replayable ones may (attemptOn decides).
@@ -176,6 +188,9 @@ func (s *Server) roundTrip(ex *exchange, cache *upstreamCache, pool *pools.Pool,
 			return lastErr
 		}
 		excluded = append(excluded, b)
+		if try > 0 {
+			b.NoteRetry()
+		}
 		ex.backend = b
 		up := cache.get(&s.upstreams, pool, b)
 		ex.attempt = b.Begin()
@@ -193,7 +208,7 @@ func (s *Server) roundTrip(ex *exchange, cache *upstreamCache, pool *pools.Pool,
 		}
 		ex.attempt.End(pools.Result{Err: err, BytesOut: ex.bytesOut, BytesIn: ex.respBytes})
 		ex.attempt = nil
-		lastErr = fmt.Errorf("backend %s: %w", b.Addr, err)
+		lastErr = &backendError{addr: b.Addr, err: err}
 		if !retry {
 			break
 		}
@@ -206,10 +221,19 @@ func (s *Server) roundTrip(ex *exchange, cache *upstreamCache, pool *pools.Pool,
 func (s *Server) attemptOn(ex *exchange, up *upstream, req *outRequest, interim func(*exchange) error, now time.Time) (retry bool, err error) {
 	ex.started = now
 	ex.respBytes, ex.bytesOut = 0, 0
+	timed := s.logEvery != 0
+	ex.timing = upstreamTiming{}
 	uc := up.take(now, s.cfg.BackendIdleTimeout)
 	for {
 		if uc == nil {
+			var dialStart time.Time
+			if timed {
+				dialStart = time.Now()
+			}
 			uc, err = s.upstreams.dial(up)
+			if timed {
+				ex.timing.connect = time.Since(dialStart)
+			}
 			if err != nil {
 				// Nothing was sent: another backend may take it. A dial
 				// timeout is a 504 like any timeout.
@@ -225,6 +249,9 @@ func (s *Server) attemptOn(ex *exchange, up *upstream, req *outRequest, interim 
 			err = s.readResponseHead(ex, uc, req, interim)
 		}
 		if err == nil {
+			if timed {
+				ex.timing.firstByte = time.Since(ex.started)
+			}
 			return false, nil
 		}
 		s.abandon(ex, req)

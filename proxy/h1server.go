@@ -30,6 +30,9 @@ const acmeChallengePrefix = "/.well-known/acme-challenge/"
 // its state is owned by the connection's goroutine, except while a request
 // body streams to a backend from a second goroutine (see outRequest).
 type clientConn struct {
+	// failure is why the current request got a local 502/503/504, for
+	// its access log line; nil otherwise.
+	failure  error
 	s        *Server
 	tc       *trackedConn
 	c        net.Conn // *net.TCPConn or *tls.Conn
@@ -272,6 +275,7 @@ func (cc *clientConn) handle() bool {
 	cc.now = start
 
 	cc.reqID = nil
+	cc.failure = nil
 	for i := range h.fields {
 		if f := &h.fields[i]; f.kind == hdrXRequestID {
 			if v := b[f.vs:f.ve]; validRequestID(v) {
@@ -569,9 +573,8 @@ func (cc *clientConn) forwardRequest(pool *pools.Pool, pm *poolMetrics, host []b
 	cc.restoreLeftover()
 	if err != nil {
 		status := statusForError(err)
-		if s.log.Core().Enabled(zap.DebugLevel) {
-			s.log.Debug("proxy: request failed", zap.String("pool", pool.Name), zap.Int("status", status), zap.Error(err))
-		}
+		s.logUpstreamFailure(pool.Name, status, err)
+		cc.failure = err
 		msg := "bad gateway: the backend failed"
 		switch status {
 		case 503:
@@ -1184,10 +1187,18 @@ func (cc *clientConn) finish(pm *poolMetrics, status int, start time.Time, b *po
 			host = string(h.host.of(hb))
 		}
 	}
-	s.logAccess(accessEntry{
+	e := accessEntry{
 		pool: pm.name, method: method, host: host, path: path, proto: protoName(h.minor, cc.https),
 		status: status, bytes: written, duration: d, client: string(cc.clientIP), backend: b, requestID: string(cc.reqID),
-	})
+		failure: cc.failure,
+	}
+	if b != nil || cc.failure != nil {
+		e.timing = cc.ex.timing
+		if !cc.ex.started.IsZero() {
+			e.timing.total = cc.now.Sub(cc.ex.started)
+		}
+	}
+	s.logAccess(e)
 }
 
 // headBytes returns the current request head; its spans are relative to

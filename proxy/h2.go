@@ -233,7 +233,13 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.noteReset(hc)
 		}
 		status := statusForError(err)
-		s.log.Debug("proxy: h2 request failed", zap.String("pool", pool.Name), zap.Int("status", status), zap.Error(err))
+		if !req.clientGone() {
+			s.logUpstreamFailure(pool.Name, status, err)
+		}
+		lw.failure, lw.timing = err, ex.timing
+		if !ex.started.IsZero() {
+			lw.timing.total = time.Since(ex.started)
+		}
 		msg := "bad gateway: the backend failed"
 		switch status {
 		case 503:
@@ -576,6 +582,8 @@ func (h *h2Server) relay(w http.ResponseWriter, ex *exchange, req *outRequest, p
 		ex.uc = nil
 	}
 	ex.attempt.End(pools.Result{Status: resp.status, Err: backendErr, BytesIn: ex.respBytes, BytesOut: ex.bytesOut, Latency: time.Since(ex.started)})
+	lw.timing = ex.timing
+	lw.timing.total = time.Since(ex.started)
 	lw.done(pm, resp.status, written, ex.backend)
 	if backendErr != nil {
 		// The client must not take a truncated body for a complete one.
@@ -590,6 +598,9 @@ type h2Log struct {
 	hc    *h2Conn
 	reqID string
 	start time.Time
+	// failure and timing are the backend exchange's (see accessEntry).
+	failure error
+	timing  upstreamTiming
 }
 
 func (l *h2Log) local(w http.ResponseWriter, pm *poolMetrics, status int, msg string) {
@@ -614,5 +625,6 @@ func (l *h2Log) done(pm *poolMetrics, status int, written int64, b *pools.Backen
 	l.s.logAccess(accessEntry{
 		pool: pm.name, method: l.r.Method, host: l.r.Host, path: path, proto: "HTTP/2",
 		status: status, bytes: written, duration: d, client: l.hc.clientIP, backend: b, requestID: l.reqID,
+		failure: l.failure, timing: l.timing,
 	})
 }

@@ -67,6 +67,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/singularity-ng/singularity-edge/internal/ratelog"
 	"github.com/singularity-ng/singularity-edge/pools"
 )
 
@@ -152,6 +153,10 @@ type Config struct {
 	// AccessLog is "off", "on" (every request) or "sample:N" (one request
 	// in N). Bodies, query strings and headers are never logged.
 	AccessLog string
+	// FailureLog aggregates the warn lines of failed requests (502, 503,
+	// 504) and failed TLS handshakes: one line per pool and reason per
+	// burst, with a count, so a flood cannot fill the log.
+	FailureLog ratelog.Config
 
 	Logger     *zap.Logger
 	Registerer prometheus.Registerer
@@ -184,6 +189,7 @@ func DefaultConfig() Config {
 		MaxRequestHeaderBytes:    32 << 10,
 		MaxResponseHeaderBytes:   32 << 10,
 		AccessLog:                "off",
+		FailureLog:               ratelog.DefaultConfig(),
 		Logger:                   zap.NewNop(),
 	}
 }
@@ -281,14 +287,18 @@ type Server struct {
 	metrics    *metrics
 	logEvery   uint64
 	logCount   atomic.Uint64
-	ids        requestIDs
-	upstreams  upstreams
-	tlsConfig  *tls.Config // termination (GetCertificate from certs)
-	h2         *h2Server
-	peekBufs   sync.Pool // *[]byte of peekBufSize: PROXY header + ClientHello
-	clientBufs sync.Pool // *[]byte of clientBufSize: client read buffers
-	bodyBufs   sync.Pool // *[]byte of bodyBufSize: streamed request bodies
-	upgrades   upgradeLimits
+	failLog    *ratelog.Logger
+	// stopFailLog ends the failure log's flusher, which writes what is
+	// pending; set by Start.
+	stopFailLog context.CancelFunc
+	ids         requestIDs
+	upstreams   upstreams
+	tlsConfig   *tls.Config // termination (GetCertificate from certs)
+	h2          *h2Server
+	peekBufs    sync.Pool // *[]byte of peekBufSize: PROXY header + ClientHello
+	clientBufs  sync.Pool // *[]byte of clientBufSize: client read buffers
+	bodyBufs    sync.Pool // *[]byte of bodyBufSize: streamed request bodies
+	upgrades    upgradeLimits
 
 	mu        sync.Mutex
 	started   bool
@@ -331,6 +341,7 @@ func New(cfg Config, router Router, certs CertificateSource, challenges Challeng
 		challenges: challenges,
 		metrics:    m,
 		logEvery:   every,
+		failLog:    ratelog.New(cfg.FailureLog, cfg.Logger),
 		conns:      make(map[*trackedConn]struct{}),
 		stop:       make(chan struct{}),
 	}
@@ -393,6 +404,13 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.wg.Add(1)
 	go s.janitor()
+	var flushCtx context.Context
+	flushCtx, s.stopFailLog = context.WithCancel(context.Background())
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.failLog.Run(flushCtx)
+	}()
 	s.log.Info("proxy listening", zap.Stringer("http", addrOrNone(s.httpAddr)), zap.Stringer("https", addrOrNone(s.httpsAddr)))
 	return nil
 }
@@ -456,6 +474,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			<-done
 			waiting = false
 		}
+	}
+	if s.stopFailLog != nil {
+		s.stopFailLog()
 	}
 	s.wg.Wait()
 	s.upstreams.closeAll()

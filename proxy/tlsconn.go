@@ -124,7 +124,7 @@ func (s *Server) serveTLS(tc *trackedConn, info connInfo, buf *[]byte, n int) {
 			s.log.Debug("tls: plain HTTP on the TLS port", zap.Stringer("client", info.client))
 			return
 		}
-		s.log.Debug("tls: no valid ClientHello", zap.Stringer("client", info.client), zap.Error(err))
+		s.logTLSFailure("invalid_client_hello", "", "", err)
 		return
 	}
 	raw := (*buf)[:n]
@@ -146,7 +146,7 @@ func (s *Server) serveTLS(tc *trackedConn, info connInfo, buf *[]byte, n int) {
 			desc = alertHandshakeFailure // no name to not recognize
 		}
 		sendAlert(tc.Conn, desc, s.cfg.WriteTimeout)
-		s.log.Debug("tls: refused, no pool serves the name", zap.String("sni", hello.ServerName))
+		s.logTLSFailure("unknown_sni", "", hello.ServerName, nil)
 		return
 	}
 	switch pool.SSLMode {
@@ -176,7 +176,7 @@ func (s *Server) serveTLS(tc *trackedConn, info connInfo, buf *[]byte, n int) {
 	s.putBuf(buf)
 	if err != nil {
 		s.metrics.hsFailed.Inc()
-		s.log.Debug("tls handshake failed", zap.String("sni", hello.ServerName), zap.Stringer("client", info.client), zap.Error(err))
+		s.logTLSFailure("handshake_failed", pool.Name, hello.ServerName, err)
 		return
 	}
 	s.metrics.hsOK.Inc()
@@ -232,7 +232,7 @@ func (s *Server) passthrough(tc *trackedConn, info connInfo, pool *pools.Pool, r
 	for try := 0; try <= s.cfg.MaxRetries; try++ {
 		b, err := pool.Pick(pools.PickRequest{ClientIP: info.client.Addr(), Exclude: exclude})
 		if err != nil {
-			s.log.Debug("passthrough: no backend", zap.String("pool", pool.Name), zap.Error(err))
+			s.logUpstreamFailure(pool.Name, 503, err)
 			return
 		}
 		attempt := b.Begin()
@@ -248,7 +248,7 @@ func (s *Server) passthrough(tc *trackedConn, info connInfo, pool *pools.Pool, r
 		}
 		if err != nil {
 			attempt.End(pools.Result{Err: err})
-			s.log.Debug("passthrough: backend unreachable", zap.String("pool", pool.Name), zap.String("backend", b.Addr), zap.Error(err))
+			s.logUpstreamFailure(pool.Name, 0, &backendError{addr: b.Addr, err: err})
 			exclude = append(exclude, b)
 			continue
 		}

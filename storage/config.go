@@ -26,6 +26,8 @@ type Config struct {
 	// ObservationTTL is how long an observation row counts after it was
 	// written (0: 10 minutes). Writers refresh well within it.
 	ObservationTTL time.Duration
+	// AuditKeep is how many audit rows PruneAudit keeps (0: 10,000).
+	AuditKeep int
 	// EncryptionKey is the 32-byte AES-256-GCM key for private keys at
 	// rest (see ParseEncryptionKey). nil means none: then no certificate
 	// with a private key can be stored.
@@ -82,6 +84,7 @@ func DefaultConfig() Config {
 		SyncWAL:         true,
 		MaxClockOffset:  defaultMaxClockOffset,
 		ObservationTTL:  defaultObservationTTL,
+		AuditKeep:       DefaultAuditKeep,
 		Now:             time.Now,
 		Logger:          zap.NewNop(),
 	}

@@ -123,6 +123,8 @@ func exportRow(table, key string, value []byte) (exportLine, error) {
 			return exportLine{}, corruptError(table, err)
 		}
 		rec, line.PrivateKeySealed = a, sealed
+	case TableAudit:
+		rec, err = decodeAudit(r.rec)
 	}
 	if err != nil {
 		return exportLine{}, corruptError(table, err)
@@ -252,6 +254,12 @@ func (s *Store) importLine(b []byte) (Change, error) {
 				}
 			}
 			c.Value = encodeACMERecord(&a, line.PrivateKeySealed)
+		}
+	case TableAudit:
+		var a AuditEntry
+		if err = json.Unmarshal(line.Row, &a); err == nil {
+			a = cloneAudit(a)
+			c.Value = encodeAudit(&a)
 		}
 	}
 	if err != nil {

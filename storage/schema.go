@@ -172,6 +172,18 @@ var schema = []*tableDef{
 		},
 		validate: func(d decodedRecord) error { return validateKey("acme key", d.acme.Key) },
 	},
+	{
+		name: TableAudit, id: 6, singular: "audit entry", class: ClassReplicated,
+		checkKey: checkAuditKey,
+		decode: func(rec []byte) (decodedRecord, error) {
+			a, err := decodeAudit(rec)
+			if err != nil {
+				return decodedRecord{}, err
+			}
+			return decodedRecord{key: a.ID, insertedAt: a.Time, audit: &a}, nil
+		},
+		validate: func(d decodedRecord) error { return checkAuditKey(d.audit.ID) },
+	},
 }
 
 // TableInfo describes a table for the CLI and the admin API.
@@ -256,6 +268,7 @@ type decodedRecord struct {
 	be         *Backend
 	obs        *Observation
 	acme       *ACMERecord
+	audit      *AuditEntry
 }
 
 // decodeRecord decodes the record bytes of a row of table.

@@ -45,6 +45,9 @@ type Store struct {
 	localSeq   uint64
 	purgeFloor HLC
 	lastIndex  atomic.Uint64
+	// auditSeq orders the audit rows one node writes in the same
+	// nanosecond (storage/audit.go).
+	auditSeq   atomic.Uint64
 	firstIndex atomic.Uint64 // oldest feed entry kept (Prune deletes older ones)
 
 	// bkMu guards the in-memory copy of the bookkeeping, which changes

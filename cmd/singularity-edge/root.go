@@ -63,5 +63,6 @@ Not yet: replication between agents.`,
 	root.AddCommand(newCertsCommand())
 	root.AddCommand(newClusterCommand())
 	root.AddCommand(newDBCommand())
+	root.AddCommand(newAuditCommand())
 	return root
 }

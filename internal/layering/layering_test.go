@@ -25,7 +25,7 @@ var allowed = map[string][]string{
 	"replication":          {"cluster", "storage"},
 	"certs":                {"internal/fielderr", "storage"},
 	"pools":                {"internal/fielderr", "internal/ratelog", "storage"},
-	"proxy":                {"pools"},
+	"proxy":                {"internal/ratelog", "pools"},
 	"admin":                {"apitypes", "certs", "internal/fielderr", "pools", "storage"},
 	"agent":                {"admin", "certs", "cluster", "discovery", "pools", "proxy", "replication", "storage"},
 	"cmd/singularity-edge": {"agent", "apitypes", "storage"},

@@ -12,6 +12,7 @@ package ratelog
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -78,7 +79,8 @@ func New(cfg Config, log *zap.Logger) *Logger {
 
 // Event records one event. key groups events into bursts; msg, level and
 // fields are those of the burst's first event and are written on each of
-// its lines; subject (a backend id, say) is named among the examples; err,
+// its lines; subject (a backend id, say) is named among the examples
+// (each once); err,
 // when not nil, is reported as the burst's last error.
 func (l *Logger) Event(level zapcore.Level, key, msg, subject string, err error, fields ...zap.Field) {
 	now := l.cfg.Now()
@@ -94,7 +96,9 @@ func (l *Logger) Event(level zapcore.Level, key, msg, subject string, err error,
 	}
 	b.count++
 	b.total++
-	if len(b.examples) < l.cfg.Examples {
+	// One backend failing a thousand times is one example, not five
+	// copies of it.
+	if len(b.examples) < l.cfg.Examples && !slices.Contains(b.examples, subject) {
 		b.examples = append(b.examples, subject)
 	}
 	if err != nil {

@@ -99,3 +99,19 @@ func TestFlushAllWritesPending(t *testing.T) {
 		t.Fatalf("lines = %v", logs.All())
 	}
 }
+
+func TestExamplesNameEachSubjectOnce(t *testing.T) {
+	l, _, logs := newTest()
+	for range 10 {
+		l.Event(zapcore.WarnLevel, "k", "requests failed", "10.0.0.1:80", nil)
+	}
+	l.Event(zapcore.WarnLevel, "k", "requests failed", "10.0.0.2:80", nil)
+	l.Flush(true)
+	entries := logs.TakeAll()
+	if len(entries) != 1 || countOf(t, entries[0]) != 11 {
+		t.Fatalf("lines %v", entries)
+	}
+	if ex := entries[0].ContextMap()["examples"].([]any); len(ex) != 2 {
+		t.Fatalf("examples = %v, want each address once", ex)
+	}
+}

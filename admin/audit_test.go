@@ -1,0 +1,107 @@
+package admin
+
+import (
+	"context"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/apitypes"
+)
+
+// auditRows lists every stored audit row through the API, newest first.
+func (h *harness) auditRows() []apitypes.AuditEntry {
+	h.t.Helper()
+	var page apitypes.List[apitypes.AuditEntry]
+	h.do("GET", "/api/audit?limit=1000", nil).json(h.t, &page)
+	return page.Items
+}
+
+func TestAuditRowPerChangeInItsTransaction(t *testing.T) {
+	h := newHarness(t)
+	h.createPool(map[string]any{"name": "web", "hosts": []string{"a.example.test"}})
+	h.createPool(map[string]any{"name": "api", "hosts": []string{"b.example.test"}})
+	rows := h.auditRows()
+	if len(rows) != 2 || rows[0].Object != "api" || rows[1].Object != "web" || rows[0].Action != "create" {
+		t.Fatalf("after two creates: %+v", rows)
+	}
+
+	// Refused changes write nothing: a host takeover (409) and a bad value (422).
+	h.do("PATCH", "/api/pools/api", map[string]any{"hosts": []string{"a.example.test"}}).
+		expect(t, http.StatusConflict, CodeConflict, "hosts")
+	h.do("PATCH", "/api/pools/api", map[string]any{"algorithm": "nope"}).
+		expect(t, http.StatusUnprocessableEntity, CodeInvalid, "algorithm")
+	if got := h.auditRows(); len(got) != 2 {
+		t.Fatalf("refused changes wrote audit rows: %+v", got)
+	}
+
+	h.do("PATCH", "/api/pools/api", map[string]any{"algorithm": "least_connections"}, withHeader("X-Request-Id", "req-audit-1")).
+		expect(t, http.StatusOK, "")
+	rows = h.auditRows()
+	if len(rows) != 3 {
+		t.Fatalf("after one update: %d rows, want 3", len(rows))
+	}
+	top := rows[0]
+	if top.Action != "update" || top.Kind != "pool" || top.Object != "api" || !top.Token || top.Remote == "" || top.NodeID != h.store.NodeID() {
+		t.Fatalf("update row: %+v", top)
+	}
+	if !slices.ContainsFunc(top.Changes, func(c string) bool {
+		return strings.HasPrefix(c, "algorithm: ") && strings.HasSuffix(c, `-> "least_connections"`)
+	}) {
+		t.Fatalf("update row changes %q lack algorithm: old -> new", top.Changes)
+	}
+	// The log line and the row describe the same change.
+	lines := h.logs.FilterMessage("configuration changed").FilterField(zap.String("audit_id", top.ID)).All()
+	if len(lines) != 1 {
+		t.Fatalf("%d log lines carry audit id %s, want 1", len(lines), top.ID)
+	}
+
+	// A bulk create is one change: one row.
+	h.do("POST", "/api/pools/web/backends", []map[string]any{
+		{"host": "127.0.0.1", "port": 8081}, {"host": "127.0.0.1", "port": 8082},
+	}).expect(t, http.StatusCreated, "")
+	if rows = h.auditRows(); len(rows) != 4 || rows[0].Kind != "backends" || rows[0].Object != "web" {
+		t.Fatalf("after a bulk create: %+v", rows[0])
+	}
+
+	// Paging: newest first, ?after= takes the cursor.
+	var page apitypes.List[apitypes.AuditEntry]
+	h.do("GET", "/api/audit?limit=3", nil).json(t, &page)
+	if len(page.Items) != 3 || page.Next != page.Items[2].ID {
+		t.Fatalf("first page: %d items, next %q", len(page.Items), page.Next)
+	}
+	var rest apitypes.List[apitypes.AuditEntry]
+	h.do("GET", "/api/audit?limit=3&after="+page.Next, nil).json(t, &rest)
+	if len(rest.Items) != 1 || rest.Items[0].Object != "web" || rest.Next != "" {
+		t.Fatalf("second page: %+v", rest)
+	}
+	h.do("GET", "/api/audit?limit=0", nil).expect(t, http.StatusBadRequest, CodeInvalid, "limit")
+}
+
+func TestAuditNeverHoldsCertificateMaterial(t *testing.T) {
+	h := newHarness(t)
+	ca := newTestCA(t)
+	leaf := ca.leaf(t, time.Now().Add(30*24*time.Hour), "audit.example.test")
+	c := h.uploadCert(leaf)
+	h.do("DELETE", "/api/certificates/"+c.ID, nil).expect(t, http.StatusNoContent, "")
+	rows, err := h.store.ListAudit(context.Background(), "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 2 || rows[0].Action != "delete" || rows[1].Action != "create" || rows[1].Kind != "certificate" {
+		t.Fatalf("certificate audit rows: %+v", rows)
+	}
+	for _, r := range rows {
+		text := strings.Join(r.Changes, "\n")
+		if strings.Contains(text, "BEGIN") || strings.Contains(text, "PRIVATE") || strings.Contains(text, "certificate:") || strings.Contains(text, "chain:") {
+			t.Fatalf("audit row %s carries PEM material: %s", r.ID, text)
+		}
+		if !strings.Contains(text, "fingerprint: ") {
+			t.Fatalf("audit row %s does not name the certificate by fingerprint: %s", r.ID, text)
+		}
+	}
+}
