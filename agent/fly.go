@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"github.com/singularity-ng/singularity-edge/internal/atomicfile"
 	"net"
 	"os"
 	"path/filepath"
@@ -110,27 +111,5 @@ func notePrivateAddress(dir, current string, logger *zap.Logger) error {
 	default:
 		return nil
 	}
-	return writeFileAtomic(path, []byte(current+"\n"))
-}
-
-// writeFileAtomic replaces path with data so that a crash leaves either the
-// old or the new content, never a torn file.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return atomicfile.WriteFile(path, []byte(current+"\n"))
 }
