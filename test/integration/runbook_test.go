@@ -143,10 +143,10 @@ func TestRunbookBackupAndRestore(t *testing.T) {
 		t.Errorf("backend lost in restore:\n%s", out)
 	}
 	b.stop()
-	// The store issue gives a restored store a new node id; until it lands
-	// the restored node keeps the old one, which the runbook says.
+	// A restored store must not come back as the node it was copied from:
+	// peers would take its old seqs for ones they hold already.
 	if after := nodeID(t, encKey, dataDir); after == before {
-		t.Logf("restored node kept node id %s (new identity on restore comes with the store issue)", after)
+		t.Errorf("restored node kept node id %s; a restore must take a new identity", after)
 	}
 }
 
