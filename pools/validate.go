@@ -274,7 +274,7 @@ func ValidatePool(p *storage.Pool) error {
 		}
 	}
 
-	normalizeBackendTLS(p, &errs)
+	validateBackendTLS(p, &errs)
 	checkMetadata(p.Metadata, &errs)
 	return errs.Err()
 }
@@ -282,9 +282,11 @@ func ValidatePool(p *storage.Pool) error {
 // maxCABundle bounds a pool's backend CA bundle (a few dozen certificates).
 const maxCABundle = 256 << 10
 
-// normalizeBackendTLS checks the pool's backend TLS settings: a CA bundle
-// that parses, a host name to send as SNI, a certificate id.
-func normalizeBackendTLS(p *storage.Pool, errs *fielderr.List) {
+// validateBackendTLS checks the pool's backend TLS settings as sent: a CA
+// bundle that parses, a lower-case host name to send as SNI, a
+// certificate id. Nothing is rewritten: a value that would need it is
+// refused with the spelling to send instead.
+func validateBackendTLS(p *storage.Pool, errs *fielderr.List) {
 	if p.BackendCA != "" {
 		if len(p.BackendCA) > maxCABundle {
 			errs.Add("backend_ca", fmt.Sprintf("at most %d bytes of PEM", maxCABundle))
@@ -292,15 +294,17 @@ func normalizeBackendTLS(p *storage.Pool, errs *fielderr.List) {
 			errs.Add("backend_ca", err.Error())
 		}
 	}
-	p.BackendServerName = strings.ToLower(strings.TrimSpace(p.BackendServerName))
-	if p.BackendServerName != "" {
-		if msg := checkHostname(p.BackendServerName); msg != "" {
+	if n := p.BackendServerName; n != "" {
+		if want := strings.ToLower(strings.TrimSpace(n)); want != n {
+			errs.Add("backend_server_name", fmt.Sprintf("send it as %q (lower case, no spaces)", want))
+		} else if msg := checkHostname(n); msg != "" {
 			errs.Add("backend_server_name", msg)
 		}
 	}
-	p.BackendClientCertID = strings.TrimSpace(p.BackendClientCertID)
-	if p.BackendClientCertID != "" {
-		if msg := checkID(p.BackendClientCertID); msg != "" {
+	if id := p.BackendClientCertID; id != "" {
+		if strings.TrimSpace(id) != id {
+			errs.Add("backend_client_cert_id", fmt.Sprintf("send it as %q (no surrounding spaces)", strings.TrimSpace(id)))
+		} else if msg := checkID(id); msg != "" {
 			errs.Add("backend_client_cert_id", msg)
 		}
 	}

@@ -127,6 +127,7 @@ func TestNormalizePoolRejects(t *testing.T) {
 		{"backend CA not PEM", base(func(p *storage.Pool) { p.SSLMode = "full_strict"; p.BackendCA = "not a certificate" }), "backend_ca", "no PEM certificate"},
 		{"backend server name invalid", base(func(p *storage.Pool) { p.SSLMode = "full_strict"; p.BackendServerName = "a b" }), "backend_server_name", "not a valid host name"},
 		{"backend client cert id invalid", base(func(p *storage.Pool) { p.SSLMode = "full"; p.BackendClientCertID = "a/b" }), "backend_client_cert_id", "may contain only"},
+		{"backend server name not lower case", base(func(p *storage.Pool) { p.SSLMode = "full_strict"; p.BackendServerName = "B.Internal" }), "backend_server_name", `send it as "b.internal"`},
 		{"backend TLS on passthrough", base(func(p *storage.Pool) { p.SSLMode = "passthrough"; p.BackendServerName = "b.internal" }), "ssl_mode", "need a pool that opens TLS"},
 		{"bad ssl domain", base(func(p *storage.Pool) { p.SSLDomain = "exa mple.com" }), "ssl_domain", "not a valid host name"},
 		{"ssl domain double dot", base(func(p *storage.Pool) { p.SSLDomain = "a..com" }), "ssl_domain", "empty label"},
