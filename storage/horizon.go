@@ -39,8 +39,8 @@ func horizonKey(origin string) []byte { return []byte(metaHorizonPrefix + origin
 // PurgeHorizon returns, per origin, the seq up to which this store may
 // have purged tombstones (origins without a purge are absent).
 func (s *Store) PurgeHorizon() map[string]uint64 {
-	s.commitMu.Lock()
-	defer s.commitMu.Unlock()
+	s.bkMu.RLock()
+	defer s.bkMu.RUnlock()
 	out := make(map[string]uint64, len(s.horizon))
 	for o, seq := range s.horizon {
 		out[o] = seq
@@ -70,7 +70,9 @@ func (s *Store) loadHorizon() error {
 }
 
 // raiseHorizonLocked adds to batch the horizon entries that low raises and
-// returns the horizon after the batch commits. The caller holds commitMu.
+// returns the horizon after the batch commits. The caller holds commitMu
+// (or is Open), the only writer of the horizon; it installs the result
+// under bkMu, which readers take.
 func (s *Store) raiseHorizonLocked(batch *grocksdb.WriteBatch, low map[string]uint64) map[string]uint64 {
 	var next map[string]uint64
 	for o, seq := range low {
@@ -105,7 +107,9 @@ func (s *Store) raiseHorizon(low map[string]uint64) error {
 	if err := s.base.Write(s.wo, batch); err != nil {
 		return s.noteWriteError(writeError(err))
 	}
+	s.bkMu.Lock()
 	s.horizon = next
+	s.bkMu.Unlock()
 	return nil
 }
 
@@ -140,7 +144,9 @@ func (s *Store) migrateHorizonFile() error {
 			return s.noteWriteError(fmt.Errorf("storage: migrate %s: %w", legacyHorizonFile, err))
 		}
 	}
+	s.bkMu.Lock()
 	s.horizon = next
+	s.bkMu.Unlock()
 	if err := os.Remove(path); err != nil {
 		return fmt.Errorf("storage: remove %s after moving it into the store: %w", legacyHorizonFile, err)
 	}

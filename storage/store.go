@@ -45,15 +45,18 @@ type Store struct {
 	commitMu   sync.Mutex
 	localSeq   uint64
 	purgeFloor HLC
-	horizon    map[string]uint64 // purge horizon per origin (horizon.go)
-	lastIndex  atomic.Uint64
+	// horizon is the purge horizon per origin (horizon.go): written
+	// under commitMu, installed and read under bkMu.
+	horizon   map[string]uint64
+	lastIndex atomic.Uint64
 	// auditSeq orders the audit rows one node writes in the same
 	// nanosecond (storage/audit.go).
 	auditSeq   atomic.Uint64
 	firstIndex atomic.Uint64 // oldest feed entry kept (Prune deletes older ones)
 
-	// bkMu guards the in-memory copy of the bookkeeping, which changes
-	// only after the batch that persists it has committed.
+	// bkMu guards the in-memory copy of the bookkeeping (and the purge
+	// horizon), which changes only after the batch that persists it has
+	// committed.
 	bkMu        sync.RWMutex
 	bk          map[string]Ranges
 	clusterID   string

@@ -51,8 +51,8 @@ func rowsByIndex[T any](t *Tx, prefix []byte, table, after string, limit int, ge
 		return nil, err
 	}
 	if !t.writable {
-		// View: no buffered writes and no conflict tracking, so the rows
-		// come in one MultiGet from the snapshot.
+		// View: no buffered writes, so the rows come in one MultiGet
+		// from the snapshot.
 		return multiGetRows(t.s, t.ro, table, keys, t.now.UnixMilli(), decode)
 	}
 	out := make([]T, 0, len(keys))
