@@ -196,9 +196,13 @@ func (t *Tx) commitLocked() (Commit, error) {
 		}
 		t.wb.PutCF(s.cfs[cfChangelog], clogKeyOf(def, ref.key, v), nil)
 	}
-	// The local seq has one key per commit; the previous one is deleted
-	// after the commit.
+	// The local seq has one key per commit, replacing the previous one in
+	// the same batch (Open takes the highest key, so a leftover of an
+	// older agent, which deleted it after the commit, is harmless).
 	t.wb.PutCF(s.cfs[cfMeta], localSeqKey(seq), binary.BigEndian.AppendUint64(nil, uint64(reading)))
+	if seq > 1 {
+		t.wb.DeleteCF(s.cfs[cfMeta], localSeqKey(seq-1))
+	}
 	t.wb.PutCF(s.cfs[cfFeed], feedKey(index), feedRef(v.Origin, v.Seq))
 	if err := s.base.Write(s.wo, t.wb); err != nil {
 		return Commit{}, t.s.noteWriteError(writeError(err))
@@ -208,11 +212,6 @@ func (t *Tx) commitLocked() (Commit, error) {
 	s.bkMu.Lock()
 	s.bk[v.Origin] = s.bk[v.Origin].Add(seq)
 	s.bkMu.Unlock()
-	if seq > 1 {
-		// Not synced, not checked: a leftover older key is harmless
-		// (Open takes the highest) and the next commit retries nothing.
-		_ = s.base.DeleteCF(s.woAsync, s.cfs[cfMeta], localSeqKey(seq-1))
-	}
 	s.counts.commits.Add(1)
 	s.committed(index)
 	for _, ref := range refs {
