@@ -17,7 +17,8 @@ const pruneInterval = 10 * time.Minute
 // subscribers, which keep up, so a bounded tail suffices; and it removes
 // expired rows (observations of nodes that left). The change log needs no
 // pruning: it keeps only current row versions. The audit table keeps its
-// newest Config.AuditKeep rows.
+// newest Config.AuditKeep rows. A node without replication also purges
+// its tombstones older than storage.DefaultTombstoneGrace.
 func (a *Agent) pruneLoop(ctx context.Context) error {
 	ticker := time.NewTicker(pruneInterval)
 	defer ticker.Stop()
@@ -27,7 +28,10 @@ func (a *Agent) pruneLoop(ctx context.Context) error {
 			return nil
 		case <-ticker.C:
 		}
-		res, err := a.store.Prune(ctx, storage.PruneOptions{KeepFeed: a.cfg.FeedRetention})
+		// Without a replication engine this node is a cluster of one:
+		// nothing else purges its tombstones, and no member holds its
+		// origin, so the store purges them after the grace period.
+		res, err := a.store.Prune(ctx, storage.PruneOptions{KeepFeed: a.cfg.FeedRetention, Standalone: a.repl == nil})
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -51,9 +55,9 @@ func (a *Agent) pruneLoop(ctx context.Context) error {
 			a.logger.Warn("trimming the audit table failed", zap.Error(err))
 			continue
 		}
-		if res.FeedEntries+expired.Removed+audit > 0 {
-			a.logger.Info("pruned", zap.Int("feed_entries", res.FeedEntries), zap.Int("expired_rows", expired.Removed),
-				zap.Int("audit_rows", audit))
+		if res.FeedEntries+res.Tombstones+expired.Removed+audit > 0 {
+			a.logger.Info("pruned", zap.Int("feed_entries", res.FeedEntries), zap.Int("tombstones", res.Tombstones),
+				zap.Int("expired_rows", expired.Removed), zap.Int("audit_rows", audit))
 		}
 	}
 }

@@ -2,29 +2,22 @@ package replication
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
-// Files the adapter keeps beside the store's RocksDB directory.
-const (
-	// horizonFile records, per origin, the seq up to which this node may
-	// have purged tombstones: a peer asking for anything at or below it
-	// is behind the purge (ErrTooStale).
-	horizonFile = "REPLICATION_PURGED"
-	// rebuildFile marks a store that must discard its state at the next
-	// start (CompleteRebuild), after it handed its own writes to a peer.
-	rebuildFile = "REBUILD_REQUIRED"
-)
+// rebuildFile, beside the store's RocksDB directory, marks a store that
+// must discard its state at the next start (CompleteRebuild), after it
+// handed its own writes to a peer. (The purge horizon, once a file here
+// too, lives in the store's meta: storage.Store.PurgeHorizon.)
+const rebuildFile = "REBUILD_REQUIRED"
 
 // RocksConfig configures the adapter over the real store.
 type RocksConfig struct {
@@ -49,25 +42,11 @@ type RocksStore struct {
 	// ingested one: applying pushes then would fill the bookkeeping of an
 	// empty store, which would look bootstrapped after a restart.
 	awaiting atomic.Bool
-
-	mu      sync.Mutex
-	horizon map[string]uint64
 }
 
 // NewRocksStore wraps an open store.
 func NewRocksStore(s *storage.Store, cfg RocksConfig) (*RocksStore, error) {
-	r := &RocksStore{s: s, cfg: cfg, horizon: map[string]uint64{}}
-	b, err := os.ReadFile(filepath.Join(s.Dir(), horizonFile))
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-	case err != nil:
-		return nil, fmt.Errorf("replication: reading the purge horizon: %w", err)
-	default:
-		if err := json.Unmarshal(b, &r.horizon); err != nil {
-			return nil, fmt.Errorf("replication: %s: %w", horizonFile, err)
-		}
-	}
-	return r, nil
+	return &RocksStore{s: s, cfg: cfg}, nil
 }
 
 // NodeID implements Store.
@@ -91,10 +70,9 @@ func (r *RocksStore) Books(ctx context.Context) (Books, error) {
 
 // ChangeSets implements Store.
 func (r *RocksStore) ChangeSets(ctx context.Context, origin string, want RangeSet, maxBytes int) (ChangeSetBatch, error) {
-	r.mu.Lock()
-	h := r.horizon[origin]
-	r.mu.Unlock()
-	if h > 0 && len(want.Intersect(RangeSet{{1, h}})) > 0 {
+	// Tombstones up to the purge horizon may be gone: an answer there
+	// could lack deletes.
+	if h := r.s.PurgeHorizon()[origin]; h > 0 && len(want.Intersect(RangeSet{{1, h}})) > 0 {
 		return ChangeSetBatch{}, fmt.Errorf("%w: %s seqs %v asked, tombstones purged up to %d", ErrTooStale, origin, want, h)
 	}
 	ans, err := r.s.ChangeSets(ctx, origin, toRanges(want), maxBytes)
@@ -265,45 +243,14 @@ func (r *RocksStore) Ingest(ctx context.Context, rd io.Reader) error {
 	return nil
 }
 
-// Purge implements Store. Before the store removes anything, the lowest
-// watermark per origin over the members and this node is recorded as the
-// purge horizon: every tombstone the purge may remove is at or below it,
-// so a peer asking for seqs at or below it was not among the members and
-// must rebuild.
+// Purge implements Store. The store raises its purge horizon (the lowest
+// watermark per origin over the members and this node) in the same batch
+// as the tombstones it removes: every removed tombstone is at or below
+// it, so a peer asking for seqs at or below it was not among the members
+// and must rebuild.
 func (r *RocksStore) Purge(ctx context.Context, watermarks map[string]map[string]uint64) (PurgeResult, error) {
-	bk := r.s.Bookkeeping()
-	low := make(map[string]uint64, len(bk))
-	for o, rs := range bk {
-		low[o] = rs.Watermark()
-		for _, wm := range watermarks {
-			low[o] = min(low[o], wm[o])
-		}
-	}
-	if err := r.raiseHorizon(low); err != nil {
-		return PurgeResult{}, err
-	}
 	res, err := r.s.PurgeTombstones(ctx, watermarks, r.cfg.TombstoneGrace)
 	return PurgeResult{Purged: res.Removed}, mapErr(err)
-}
-
-func (r *RocksStore) raiseHorizon(low map[string]uint64) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	changed := false
-	for o, w := range low {
-		if w > r.horizon[o] {
-			r.horizon[o] = w
-			changed = true
-		}
-	}
-	if !changed {
-		return nil
-	}
-	b, err := json.Marshal(r.horizon)
-	if err != nil {
-		return err
-	}
-	return writeFileSync(filepath.Join(r.s.Dir(), horizonFile), b)
 }
 
 // Rebuild implements Store: it marks the store to be discarded at the
@@ -332,9 +279,6 @@ func CompleteRebuild(cfg storage.Config) (bool, error) {
 		if err := storage.RemoveTable(cfg, t); err != nil {
 			return false, fmt.Errorf("replication: rebuild: removing %s: %w", t, err)
 		}
-	}
-	if err := os.Remove(filepath.Join(cfg.Dir, horizonFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return false, err
 	}
 	if err := os.Remove(marker); err != nil {
 		return false, err

@@ -123,7 +123,7 @@ func (t *Tx) ACMERecord(key string) (ACMERecord, error) {
 // PutACMERecord inserts or replaces the row r.Key. A secret is sealed with
 // the store's key; without a configured key it fails with ErrEncryptionKey.
 func (t *Tx) PutACMERecord(r *ACMERecord) error {
-	if t.txn == nil {
+	if !t.writable {
 		return ErrReadOnly
 	}
 	if err := validateKey("acme key", r.Key); err != nil {

@@ -157,10 +157,8 @@ func prepareSet(cs ChangeSet) (preparedSet, error) {
 }
 
 // applyPrepared applies validated sets in one batch under the commit
-// mutex. Holding the mutex while reading the stored rows means no other
-// commit can come between the read and the write; a local transaction
-// that read a row this batch overwrites conflicts at its commit, as it
-// would with another transaction.
+// mutex, so no other commit (a local Update included) comes between
+// reading the stored rows and writing the batch.
 // applyOptions adapts applyPrepared to imports and snapshot ingest.
 type applyOptions struct {
 	// partialSets: sets may arrive in parts (an import or snapshot cut
@@ -195,6 +193,8 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 	defer ro.Destroy()
 	batch := grocksdb.NewWriteBatch()
 	defer batch.Destroy()
+	put := func(name string, k, v []byte) { batch.PutCF(s.cfs[name], k, v) }
+	del := func(name string, k []byte) { batch.DeleteCF(s.cfs[name], k) }
 
 	s.bkMu.RLock()
 	staged := make(map[string]Ranges)
@@ -252,7 +252,6 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 	}
 	var recorded []seenSet
 	var valBuf []byte
-	guards := make(map[string]bool) // partition guards written by this batch
 	for _, ps := range sets {
 		if !opts.partialSets && staged[ps.Origin].Contains(ps.Seq) {
 			res.Duplicates++
@@ -286,30 +285,20 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 			newIdx := entriesOf(def, c.Key, nr, ps.idx[i])
 			remove, add := diffKeys(oldIdx, newIdx)
 			for _, k := range remove {
-				batch.DeleteCF(s.cfs[cfIndex], k)
+				del(cfIndex, k)
 			}
 			for _, k := range add {
 				if !coveringIndex(k) { // written once, with its envelope, below
-					batch.PutCF(s.cfs[cfIndex], k, nil)
-				}
-			}
-			// Guards: a local transaction that scanned a partition this
-			// batch changes must conflict.
-			for _, changed := range [][][]byte{remove, add} {
-				for _, k := range changed {
-					if g := guardOfEntry(k); g != nil && !guards[string(g)] {
-						guards[string(g)] = true
-						batch.PutCF(s.cfs[cfIndex], g, nil)
-					}
+					put(cfIndex, k, nil)
 				}
 			}
 			valBuf = appendRow(valBuf[:0], *nr)
-			batch.PutCF(s.cfs[c.Table], []byte(c.Key), valBuf)
-			putCovering(func(k, v []byte) { batch.PutCF(s.cfs[cfIndex], k, v) }, newIdx, valBuf)
+			put(c.Table, []byte(c.Key), valBuf)
+			putCovering(func(k, v []byte) { put(cfIndex, k, v) }, newIdx, valBuf)
 			if old != nil {
-				batch.DeleteCF(s.cfs[cfChangelog], clogKeyOf(def, c.Key, old.version))
+				del(cfChangelog, clogKeyOf(def, c.Key, old.version))
 			}
-			batch.PutCF(s.cfs[cfChangelog], clogKeyOf(def, c.Key, c.Version), nil)
+			put(cfChangelog, clogKeyOf(def, c.Key, c.Version), nil)
 			current[rowRef{c.Table, c.Key}] = nr
 			winners++
 			res.Applied++
@@ -320,7 +309,7 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 		res.Sets++
 		if winners > 0 && !opts.noFeed {
 			index++
-			batch.PutCF(s.cfs[cfFeed], feedKey(index), feedRef(ps.Origin, ps.Seq))
+			put(cfFeed, feedKey(index), feedRef(ps.Origin, ps.Seq))
 		}
 	}
 	if res.Sets == 0 && !clearedNew {
@@ -331,7 +320,7 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 		staged[origin] = staged[origin].Union(rs)
 	}
 	for origin, rs := range staged {
-		batch.PutCF(s.cfs[cfMeta], bkKey(origin), rs.AppendBinary(nil))
+		put(cfMeta, bkKey(origin), rs.AppendBinary(nil))
 	}
 	wo := s.woAsync
 	if opts.sync {

@@ -120,7 +120,7 @@ func cloneAudit(a AuditEntry) AuditEntry {
 // rolls back with the change it describes. The store sets ID, Time and
 // NodeID; the caller's values for them are ignored.
 func (t *Tx) PutAudit(a *AuditEntry) error {
-	if t.txn == nil {
+	if !t.writable {
 		return ErrReadOnly
 	}
 	cp := cloneAudit(*a)

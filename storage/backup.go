@@ -180,7 +180,7 @@ func (s *Store) Checkpoint(ctx context.Context, dir string) error {
 	if _, err := os.Stat(dir); err == nil {
 		return fmt.Errorf("%w: checkpoint directory %s already exists", ErrInvalid, dir)
 	}
-	cp, err := s.db.NewCheckpoint()
+	cp, err := s.base.NewCheckpoint()
 	if err != nil {
 		return fmt.Errorf("storage: checkpoint: %w", err)
 	}

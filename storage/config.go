@@ -26,6 +26,12 @@ type Config struct {
 	// ObservationTTL is how long an observation row counts after it was
 	// written (0: 10 minutes). Writers refresh well within it.
 	ObservationTTL time.Duration
+	// ObservationMinInterval bounds this node's observation write rate:
+	// a row is rewritten at most once per interval unless its health
+	// changes (a transition is always written at once). A faster write
+	// is refused with ErrRateLimited (PutObservations skips such rows
+	// and commits the rest). 0 means 1s; negative turns the bound off.
+	ObservationMinInterval time.Duration
 	// AuditKeep is how many audit rows PruneAudit keeps (0: 10,000).
 	AuditKeep int
 	// EncryptionKey is the 32-byte AES-256-GCM key for private keys at
@@ -63,6 +69,14 @@ const (
 	defaultWriteBufferSize = 16 << 20
 	defaultMaxClockOffset  = 500 * time.Millisecond
 	defaultObservationTTL  = 10 * time.Minute
+	// One write per second per observation row: with 1M backends and
+	// every one of them changing all the time a node writes at most 1M
+	// rows/s, which no node does; the pools manager writes every 5s
+	// (ObservationInterval) and only rows that changed, well inside it.
+	defaultObservationMinInterval = time.Second
+	// DefaultTombstoneGrace is how old a tombstone must be before a node
+	// that is a cluster of one purges it (PruneOptions.Standalone).
+	DefaultTombstoneGrace = 24 * time.Hour
 )
 
 // The change-set size bound: a transaction (and so a change set) holds at
@@ -78,14 +92,15 @@ const (
 // DefaultConfig returns the configuration the agent starts from.
 func DefaultConfig() Config {
 	return Config{
-		Dir:             "data",
-		BlockCacheSize:  defaultBlockCacheSize,
-		WriteBufferSize: defaultWriteBufferSize,
-		SyncWAL:         true,
-		MaxClockOffset:  defaultMaxClockOffset,
-		ObservationTTL:  defaultObservationTTL,
-		AuditKeep:       DefaultAuditKeep,
-		Now:             time.Now,
-		Logger:          zap.NewNop(),
+		Dir:                    "data",
+		BlockCacheSize:         defaultBlockCacheSize,
+		WriteBufferSize:        defaultWriteBufferSize,
+		SyncWAL:                true,
+		MaxClockOffset:         defaultMaxClockOffset,
+		ObservationTTL:         defaultObservationTTL,
+		ObservationMinInterval: defaultObservationMinInterval,
+		AuditKeep:              DefaultAuditKeep,
+		Now:                    time.Now,
+		Logger:                 zap.NewNop(),
 	}
 }

@@ -1,5 +1,5 @@
 // Package storage is the node's embedded database: RocksDB (through
-// grocksdb) with typed tables, secondary indexes, optimistic transactions,
+// grocksdb) with typed tables, secondary indexes, serialized transactions,
 // bounded hybrid-logical-clock versions, gap-aware bookkeeping per origin,
 // a change log of current row versions, batch apply, snapshot streaming
 // and ingest, tombstone purge, a change feed, and the operations around
@@ -36,43 +36,34 @@
 // Index keys (index.go) start with one byte naming the index; values and
 // primary keys may not contain 0x00, which separates them:
 //
-//	0x00 index id value                   partition guard of a guarded index (below); empty value
-//	0x01 lower(name) 0x00 cert id         certificates by domain: Domain and every SAN (guarded)
+//	0x00 index id value                   partition guards of index versions <= 4 (deleted at Open)
+//	0x01 lower(name) 0x00 cert id         certificates by domain: Domain and every SAN
 //	0x02 be64(unix s ^ 1<<63) be32(ns) id certificates by expires_at (byte order = time order)
-//	0x03 lower(ssl_domain) 0x00 pool name pools by ssl_domain (guarded)
-//	0x04 pool name 0x00 backend id        backends by pool (guarded)
+//	0x03 lower(ssl_domain) 0x00 pool name pools by ssl_domain
+//	0x04 pool name 0x00 backend id        backends by pool (value: the row, covering)
 //	0x05 node id 0x00 healthy byte id     observations by (node, healthy)
-//	0x06 ssl_cert_id 0x00 pool name       pools by certificate (guarded)
+//	0x06 ssl_cert_id 0x00 pool name       pools by certificate
 //	0x07 be64(hlc) table-id key           tombstones of replicated tables by age (PurgeTombstones)
 //	0x08 be64(expires ms) table-id key    rows with an expiry (ExpireRows)
 //
-// A partition is the set of entries of one index with one value (the
-// backends of pool "web"). Its guard key, 0x00 index id value (for example
-// 0x00 0x04 "web"), makes index scans safe inside transactions: every
-// commit that adds or removes an entry of a guarded partition also writes
-// its guard, and every scan of one inside Update reads the guard with
-// GetForUpdate, so a commit that changes a partition after a transaction's
-// snapshot makes that transaction conflict if it scanned the partition,
-// just as a commit to a row it read would (no phantoms: "delete the pool
-// if it has no backends" and "add a backend to it" cannot both commit).
-// Guards belong to no row: Verify only checks their form, exports and
-// change sets never carry them, and they stay when their partition
-// empties. The expiry and observation indexes are not scanned inside
-// transactions and have none. Open adds the entries of indexes newer than
-// the store's "index_version" (index_version 2 added 0x06 and guards).
+// Open adds the entries of indexes newer than the store's "index_version"
+// (migrate.go); version 5 dropped the partition guards that optimistic
+// transactions needed against phantoms.
 //
 // # Versions, bookkeeping and the change log
 //
-// Update buffers a transaction's writes; reads inside it use GetForUpdate,
-// so RocksDB's optimistic concurrency control detects a concurrent commit to
-// any row the transaction read or wrote, or to any index partition it
-// scanned (through the partition's guard), and Update retries (bounded,
-// then ErrConflict). At commit, under one mutex, the transaction gets its
-// Version: HLC = max(clock, every replaced row's HLC + 1) (a local edit
+// Transactions are serialized: Update runs its function under the commit
+// mutex, which every write of rows, indexes, change log, feed and
+// bookkeeping takes (local commits, ApplyBatch, purge, expiry, ingest), and
+// reads the latest state. What a transaction read, index scans included,
+// cannot change before it commits: no conflict detection, no retries, no
+// phantoms ("delete the pool if it has no backends" and "add a backend to
+// it" cannot both commit). The database is a plain RocksDB DB; writes are
+// one WriteBatch per commit. Update buffers the writes; at commit the
+// transaction gets its Version: HLC = max(clock, every replaced row's HLC + 1) (a local edit
 // always beats the row it replaces, even one from a clock far ahead),
 // origin = node id, seq = the next local seq (one per transaction, kept in
-// meta under a key of its own so that concurrent transactions do not
-// conflict on it). A transaction holds at most MaxChangeSetRows rows and
+// meta under a key of its own per commit). A transaction holds at most MaxChangeSetRows rows and
 // MaxChangeSetBytes bytes (ErrTooLarge), so its change set fits one
 // replication frame.
 //
@@ -162,7 +153,7 @@
 // # Metrics
 //
 // With Config.Registerer set, the store exports singularity_edge_storage_*
-// metrics (commits, conflict retries, applied and skipped rows, clock skew,
+// metrics (commits, applied and skipped rows, clock skew,
 // feed position, per-table RocksDB sizes and pending compaction bytes,
 // running compactions and flushes, block cache usage), read at scrape time.
 package storage

@@ -7,8 +7,11 @@ import "errors"
 var (
 	// ErrNotFound: the row does not exist or is a tombstone.
 	ErrNotFound = errors.New("storage: not found")
-	// ErrConflict: a transaction kept conflicting with concurrent writers
-	// and gave up after a bounded number of retries.
+	// ErrConflict: a transaction kept conflicting with concurrent writers.
+	//
+	// Deprecated: transactions are serialized (Store.Update) and never
+	// conflict; the store no longer returns it. Kept so that callers that
+	// still match it build.
 	ErrConflict = errors.New("storage: transaction conflict")
 	// ErrReadOnly: a write was attempted inside View.
 	ErrReadOnly = errors.New("storage: read-only transaction")
@@ -33,6 +36,9 @@ var (
 	// ErrTooLarge: a transaction or change set exceeds the change-set size
 	// bound (MaxChangeSetRows rows or MaxChangeSetBytes bytes).
 	ErrTooLarge = errors.New("storage: change set too large")
+	// ErrRateLimited: an observation was written again sooner than
+	// Config.ObservationMinInterval allows without a health change.
+	ErrRateLimited = errors.New("storage: observation written too often")
 	// ErrDiskFull: RocksDB could not write for lack of space. Writes
 	// resume by themselves once space is freed.
 	ErrDiskFull = errors.New("storage: disk full")

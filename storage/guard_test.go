@@ -91,12 +91,11 @@ func partitionCases() []partitionCase {
 }
 
 // A transaction that scanned an index partition must not commit after
-// another transaction added an entry to that partition since its snapshot:
-// the scan's answer is stale. The scanner writes only a row the inserter
-// never touches, so the partition guard is the only thing that can make
-// them conflict. The inserter commits between the scanner's scan and its
-// commit; the scanner must run again and see the entry.
-func TestIndexScanConflictsWithInsertIntoPartition(t *testing.T) {
+// another transaction added an entry to that partition since the scan:
+// the scan's answer would be stale. Commits are serialized, so the
+// inserter, started while the scanner is inside its function, runs only
+// after the scanner committed, and sees the scanner's write.
+func TestIndexScanIsNotInterleavedWithInsertIntoPartition(t *testing.T) {
 	for _, tc := range partitionCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			s := openStore(t, func(c *Config) { c.EncryptionKey = testKey(t) })
@@ -104,49 +103,77 @@ func TestIndexScanConflictsWithInsertIntoPartition(t *testing.T) {
 			if tc.setup != nil {
 				mustUpdate(t, s, tc.setup)
 			}
-			scanned := make(chan struct{})
-			inserted := make(chan struct{})
-			var attempts atomic.Int32
-			var seen []int
-			done := make(chan error, 1)
-			go func() {
-				_, err := s.Update(ctx, func(tx *Tx) error {
-					n, err := tc.scan(tx)
-					if err != nil {
-						return err
-					}
-					seen = append(seen, n)
-					if attempts.Add(1) == 1 {
-						close(scanned)
-						<-inserted
-					}
-					return tx.PutPool(&Pool{Name: "marker", Metadata: map[string]string{"entries": fmt.Sprint(n)}})
-				})
-				done <- err
-			}()
-			<-scanned
-			mustUpdate(t, s, tc.insert)
-			close(inserted)
-			if err := <-done; err != nil {
+			var scanning atomic.Bool
+			inserting := make(chan struct{})
+			insertDone := make(chan error, 1)
+			scanCommit, err := s.Update(ctx, func(tx *Tx) error {
+				scanning.Store(true)
+				defer scanning.Store(false)
+				n, err := tc.scan(tx)
+				if err != nil {
+					return err
+				}
+				go func() {
+					close(inserting)
+					var insertErr error
+					_, insertErr = s.Update(ctx, func(tx *Tx) error {
+						if scanning.Load() {
+							return errors.New("inserter ran while the scanner's transaction was open")
+						}
+						if _, err := tx.Pool("marker"); err != nil {
+							return fmt.Errorf("inserter does not see the scanner's commit: %w", err)
+						}
+						return tc.insert(tx)
+					})
+					insertDone <- insertErr
+				}()
+				waitChan(t, inserting)
+				// Give the inserter every chance to slip in.
+				time.Sleep(20 * time.Millisecond)
+				return tx.PutPool(&Pool{Name: "marker", Metadata: map[string]string{"entries": fmt.Sprint(n)}})
+			})
+			if err != nil {
 				t.Fatalf("scanner: %v", err)
 			}
-			if len(seen) != 2 || seen[0] != 0 || seen[1] != 1 {
-				t.Fatalf("scanner saw %v entries over its attempts, want [0 1] (a stale scan committed)", seen)
+			select {
+			case err := <-insertDone:
+				if err != nil {
+					t.Fatalf("inserter: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("inserter did not finish")
 			}
 			marker, err := s.GetPool(ctx, "marker")
 			if err != nil {
 				t.Fatal(err)
 			}
-			if marker.Metadata["entries"] != "1" {
-				t.Fatalf("scanner committed with %s entries, want 1", marker.Metadata["entries"])
+			if marker.Metadata["entries"] != "0" || scanCommit.Index+1 != s.LastIndex() {
+				t.Fatalf("scanner committed with %s entries at index %d (last %d), want 0 entries and the insert next",
+					marker.Metadata["entries"], scanCommit.Index, s.LastIndex())
+			}
+			n := 0
+			if err := s.View(ctx, func(tx *Tx) error {
+				var err error
+				n, err = tc.scan(tx)
+				return err
+			}); err != nil || n != 1 {
+				t.Fatalf("partition after both commits: %d entries, %v", n, err)
 			}
 		})
 	}
 }
 
+func waitChan(t *testing.T, ch <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatal("timed out")
+	}
+}
+
 // "Delete the pool if it has no backends" against "add a backend to the
-// pool": both read before either commits (a barrier), then both try to
-// commit. Exactly one may win; a backend never outlives its pool.
+// pool", concurrently: exactly one wins; a backend never outlives its pool.
 func TestDeleteEmptyPoolRacesAddBackend(t *testing.T) {
 	s := openStore(t)
 	ctx := context.Background()
@@ -154,26 +181,18 @@ func TestDeleteEmptyPoolRacesAddBackend(t *testing.T) {
 	for round := 0; round < 20; round++ {
 		pool := fmt.Sprintf("p%d", round)
 		mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(&Pool{Name: pool}) })
-		var barrier sync.WaitGroup
-		barrier.Add(2)
-		arrive := func(attempt *atomic.Int32) {
-			if attempt.Add(1) == 1 {
-				barrier.Done()
-				barrier.Wait()
-			}
-		}
-		var delAttempts, addAttempts atomic.Int32
+		start := make(chan struct{})
 		var delErr, addErr error
 		var wg sync.WaitGroup
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
+			<-start
 			_, delErr = s.Update(ctx, func(tx *Tx) error {
 				bs, err := tx.BackendsByPool(pool)
 				if err != nil {
 					return err
 				}
-				arrive(&delAttempts)
 				if len(bs) > 0 {
 					return errNotEmpty
 				}
@@ -182,15 +201,15 @@ func TestDeleteEmptyPoolRacesAddBackend(t *testing.T) {
 		}()
 		go func() {
 			defer wg.Done()
+			<-start
 			_, addErr = s.Update(ctx, func(tx *Tx) error {
 				if _, err := tx.Pool(pool); err != nil {
-					arrive(&addAttempts)
 					return err
 				}
-				arrive(&addAttempts)
 				return tx.PutBackend(sampleBackend(pool+"-b", pool))
 			})
 		}()
+		close(start)
 		wg.Wait()
 		_, poolErr := s.GetPool(ctx, pool)
 		backends, err := s.ListBackendsByPool(ctx, pool, "", 0)
@@ -209,15 +228,12 @@ func TestDeleteEmptyPoolRacesAddBackend(t *testing.T) {
 		default:
 			t.Fatalf("round %d: delete %v, add %v (pool err %v, %d backends)", round, delErr, addErr, poolErr, len(backends))
 		}
-		if delAttempts.Load()+addAttempts.Load() < 3 {
-			t.Fatalf("round %d: %d+%d attempts: both committed on their first attempt", round, delAttempts.Load(), addAttempts.Load())
-		}
 	}
 }
 
-// Guards are written by Apply too: a change set from a peer that adds an
-// entry conflicts with a local scan of the partition.
-func TestApplyWritesPartitionGuard(t *testing.T) {
+// A change set from a peer that adds an entry to a partition a local
+// transaction is scanning waits until that transaction has committed.
+func TestApplyWaitsForRunningTransaction(t *testing.T) {
 	s := openStore(t)
 	ctx := context.Background()
 	mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(&Pool{Name: "web"}) })
@@ -227,87 +243,92 @@ func TestApplyWritesPartitionGuard(t *testing.T) {
 	if err != nil || len(sets) != 1 {
 		t.Fatalf("peer change sets %d, %v", len(sets), err)
 	}
-	var seen []int
+	applied := make(chan error, 1)
 	_, err = s.Update(ctx, func(tx *Tx) error {
 		bs, err := tx.BackendsByPool("web")
 		if err != nil {
 			return err
 		}
-		seen = append(seen, len(bs))
-		if len(seen) == 1 {
-			if _, err := applySet(s, sets[0]); err != nil {
-				return err
-			}
+		go func() {
+			_, err := applySet(s, sets[0])
+			applied <- err
+		}()
+		time.Sleep(20 * time.Millisecond)
+		select {
+		case err := <-applied:
+			return fmt.Errorf("a change set was applied inside a running transaction (%v)", err)
+		default:
 		}
-		return tx.PutPool(&Pool{Name: "marker"})
+		return tx.PutPool(&Pool{Name: "marker", Metadata: map[string]string{"entries": fmt.Sprint(len(bs))}})
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(seen) != 2 || seen[1] != 1 {
-		t.Fatalf("scanner saw %v over its attempts, want [0 1]", seen)
+	select {
+	case err := <-applied:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("apply did not finish")
+	}
+	bs, err := s.ListBackendsByPool(ctx, "web", "", 0)
+	if err != nil || len(bs) != 1 {
+		t.Fatalf("backends after apply: %d, %v", len(bs), err)
 	}
 }
 
-// Guards are index-family keys that belong to no row: Verify accepts them
-// (openStore's cleanup verifies every store), Export leaves them out, and
-// a malformed one is reported.
-func TestPartitionGuardsStayInternal(t *testing.T) {
-	s := openStore(t)
-	ctx := context.Background()
+// A store of index version 4 holds partition guards, which serialized
+// commits no longer read: Open deletes them and records version 5;
+// Verify reports a leftover as an entry without a row.
+func TestOpenDropsPartitionGuards(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(testConfig(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
 	mustUpdate(t, s, func(tx *Tx) error {
-		if err := tx.PutPool(&Pool{Name: "web", SSLDomain: "web.example.com", SSLCertID: "c9"}); err != nil {
+		if err := tx.PutPool(&Pool{Name: "web", SSLDomain: "web.example.com"}); err != nil {
 			return err
 		}
 		return tx.PutBackend(sampleBackend("b1", "web"))
 	})
-	mustUpdate(t, s, func(tx *Tx) error { return tx.DeleteBackend("b1") })
-
-	guards := map[string]bool{}
-	ro := grocksdb.NewDefaultReadOptions()
-	defer ro.Destroy()
-	it := s.base.NewIteratorCF(ro, s.cfs[cfIndex])
-	for it.Seek([]byte{idxGuard}); it.ValidForPrefix([]byte{idxGuard}); it.Next() {
-		guards[string(it.Key().Data())] = true
+	guards := [][]byte{
+		{idxGuard, idxBackendPool, 'w', 'e', 'b'},
+		append([]byte{idxGuard, idxPoolSSLDomain}, "web.example.com"...),
+		append([]byte{idxGuard, idxBackendAddr}, "web http://10.0.0.1:8080"...),
 	}
-	it.Close()
-	for _, want := range [][]byte{
-		guardKey(idxBackendPool, []byte("web")),
-		guardKey(idxPoolSSLDomain, []byte("web.example.com")),
-		guardKey(idxPoolCert, []byte("c9")),
-		guardKey(idxPoolHost, []byte("web.example.com")),
-		guardKey(idxBackendAddr, []byte("web http://10.0.0.1:8080")),
-	} {
-		if !guards[string(want)] {
-			t.Errorf("guard %q missing; have %v", want, guards)
+	batch := grocksdb.NewWriteBatch()
+	for _, g := range guards {
+		batch.PutCF(s.cfs[cfIndex], g, nil)
+	}
+	batch.PutCF(s.cfs[cfMeta], []byte(metaIndexVersion), []byte{4})
+	if err := s.base.Write(s.wo, batch); err != nil {
+		t.Fatal(err)
+	}
+	batch.Destroy()
+	if err := s.Verify(context.Background()); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Verify with guards left: %v, want ErrCorrupt", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = openStore(t, func(c *Config) { c.Dir = dir })
+	for _, g := range guards {
+		if v, err := s.getRaw(cfIndex, g); err != nil || v != nil {
+			t.Fatalf("guard %q after upgrade: %v, %v", g, v, err)
 		}
 	}
-	if len(guards) != 5 {
-		t.Errorf("guards %v, want 5 (unguarded indexes write none)", guards)
+	v, err := s.getRaw(cfMeta, []byte(metaIndexVersion))
+	if err != nil || !bytes.Equal(v, []byte{indexVersion}) {
+		t.Fatalf("index_version after upgrade: %v, %v", v, err)
 	}
-	if err := s.Verify(ctx); err != nil {
-		t.Fatalf("Verify with guards: %v", err)
+	bs, err := s.ListBackendsByPool(context.Background(), "web", "", 0)
+	if err != nil || len(bs) != 1 {
+		t.Fatalf("backends after upgrade: %d, %v", len(bs), err)
 	}
-
-	var buf bytes.Buffer
-	n, err := s.Export(ctx, &buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n != 2 { // the pool and the backend's tombstone
-		t.Fatalf("exported %d rows, want 2", n)
-	}
-	if bytes.Contains(buf.Bytes(), []byte(`"index"`)) {
-		t.Fatalf("export mentions the index family:\n%s", buf.String())
-	}
-
-	if err := s.base.PutCF(s.wo, s.cfs[cfIndex], []byte{idxGuard, idxCertExpiry, 'x'}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Verify(ctx); !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("Verify with a guard of an unguarded index: %v, want ErrCorrupt", err)
-	}
-	if err := s.base.DeleteCF(s.wo, s.cfs[cfIndex], []byte{idxGuard, idxCertExpiry, 'x'}); err != nil {
+	if err := s.Verify(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -1,7 +1,6 @@
 package storage
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -30,10 +29,6 @@ func isDiskFull(msg string) bool {
 func (s *Store) noteWriteError(err error) error {
 	if err == nil {
 		return nil
-	}
-	var c *conflictError
-	if errors.As(err, &c) {
-		return err
 	}
 	if isDiskFull(err.Error()) {
 		err = fmt.Errorf("%w: %v", ErrDiskFull, err)

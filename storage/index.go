@@ -14,7 +14,7 @@ import (
 // written and removed in the same transaction as the row, so an index
 // never disagrees with its rows, also after a crash.
 const (
-	idxGuard         byte = 0 // 0 | index id | value: partition guards, see below
+	idxGuard         byte = 0 // 0 | index id | value: partition guards, index version <= 4 only (migrate.go)
 	idxCertDomain    byte = 1 // 1 | lower(name) | 0 | cert id  (Domain and every SAN)
 	idxCertExpiry    byte = 2 // 2 | be64(unix s ^ 1<<63) | be32(ns) | cert id
 	idxPoolSSLDomain byte = 3 // 3 | lower(ssl_domain) | 0 | pool name
@@ -76,60 +76,8 @@ func parseTimedEntry(k []byte) (at uint64, def *tableDef, key string, ok bool) {
 	return binary.BigEndian.Uint64(k[1:9]), def, string(k[10:]), true
 }
 
-// Partition guards. RocksDB's optimistic transactions detect a conflict
-// only on keys a transaction read with GetForUpdate or wrote; an index scan
-// reads a range, so a concurrent commit that adds an entry to the scanned
-// range (a phantom) would go unnoticed, and "the pool has no backends, so
-// delete it" and "add a backend to the pool" could both commit. Each
-// partition of a guarded index (all entries with one indexed value) has a
-// guard key, idxGuard | index id | value, with an empty value. Every write
-// that adds or removes an entry of the partition also writes its guard in
-// the same commit, and every scan of the partition inside Update reads the
-// guard with GetForUpdate, so the scan and the change conflict and one of
-// the transactions runs again. Guards stay when their partition empties:
-// one small key per indexed value ever used.
-//
-// The guarded indexes are those Tx scans by value. The expiry index is
-// only range-read outside transactions, and the observation-health index
-// only in View, so their writers (observation flushes are frequent) pay
-// nothing.
-func guardedIndex(id byte) bool {
-	switch id {
-	case idxCertDomain, idxPoolSSLDomain, idxBackendPool, idxPoolCert,
-		idxPoolHost, idxPoolDefault, idxBackendAddr:
-		return true
-	}
-	return false
-}
-
-// guardKey returns the guard of the partition (id, value).
-func guardKey(id byte, value []byte) []byte {
-	k := make([]byte, 0, 2+len(value))
-	k = append(k, idxGuard, id)
-	return append(k, value...)
-}
-
-// guardOfPrefix returns the guard of the partition an indexPrefix scans,
-// or nil when the index is not guarded.
-func guardOfPrefix(prefix []byte) []byte {
-	if len(prefix) < 2 || !guardedIndex(prefix[0]) || prefix[len(prefix)-1] != 0 {
-		return nil
-	}
-	return guardKey(prefix[0], prefix[1:len(prefix)-1])
-}
-
-// guardOfEntry returns the guard of the partition an index entry belongs
-// to, or nil when its index is not guarded.
-func guardOfEntry(k []byte) []byte {
-	if len(k) < 2 || !guardedIndex(k[0]) {
-		return nil
-	}
-	end := bytes.IndexByte(k[1:], 0)
-	if end < 0 {
-		return nil
-	}
-	return guardKey(k[0], k[1:1+end])
-}
+// Index scans inside Update need no guarding against phantoms: Update runs
+// under the commit mutex (tx.go), so no entry changes while it scans.
 
 func indexPrefix(id byte, value string) []byte {
 	k := make([]byte, 0, 2+len(value))

@@ -12,8 +12,8 @@ import (
 // read costs the same with ten rows or a million: who serves a host name,
 // which pool is the default, whether a pool already has a backend at an
 // address, and every node's observation of one backend. Each is one index
-// partition (guarded where a write checks it inside a transaction, so two
-// concurrent claims of the same host or address conflict and one retries).
+// partition; a write that checks one inside Update cannot race another
+// claim of the same host or address, because transactions are serialized.
 
 // poolServedNames returns the normalized, de-duplicated host names a pool
 // serves: its ssl_domain and every entry of hosts.

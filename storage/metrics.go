@@ -9,8 +9,6 @@ import (
 // counters are the store's event counts, read by the metrics collector.
 type counters struct {
 	commits           atomic.Uint64 // local transactions committed
-	conflictRetry     atomic.Uint64 // transaction attempts that conflicted and were retried
-	conflictFailed    atomic.Uint64 // transactions that gave up with ErrConflict
 	applyApplied      atomic.Uint64 // rows written by Apply and Import
 	applySkipped      atomic.Uint64 // rows Apply and Import left alone (older or equal)
 	applyDuplicate    atomic.Uint64 // change sets ApplyBatch had already recorded
@@ -27,9 +25,9 @@ type counters struct {
 type collector struct {
 	s *Store
 
-	commits, conflictRetry, conflictFailed, applyRows, applyDuplicate, clockSkew *prometheus.Desc
-	lastIndex, keys, liveBytes, sstBytes, memBytes, cacheUsage, cacheCapacity    *prometheus.Desc
-	compactionsRunning, compactionPending, flushesRunning                        *prometheus.Desc
+	commits, applyRows, applyDuplicate, clockSkew                             *prometheus.Desc
+	lastIndex, keys, liveBytes, sstBytes, memBytes, cacheUsage, cacheCapacity *prometheus.Desc
+	compactionsRunning, compactionPending, flushesRunning                     *prometheus.Desc
 }
 
 func newCollector(s *Store) *collector {
@@ -39,8 +37,6 @@ func newCollector(s *Store) *collector {
 	return &collector{
 		s:                  s,
 		commits:            d("commits_total", "Local transactions committed."),
-		conflictRetry:      d("conflict_retries_total", "Transaction attempts that conflicted with a concurrent commit and were retried."),
-		conflictFailed:     d("conflicts_total", "Transactions that gave up with ErrConflict after the retry limit."),
 		applyRows:          d("apply_rows_total", "Rows of change sets applied from peers or imports, by result (applied: newer version written; skipped: stored version newer or equal).", "result"),
 		applyDuplicate:     d("apply_duplicate_change_sets_total", "Change sets received again after they had been applied."),
 		clockSkew:          d("clock_skew_events_total", "Peer HLC timestamps further ahead of the local wall clock than the maximum offset."),
@@ -59,7 +55,7 @@ func newCollector(s *Store) *collector {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.commits, c.conflictRetry, c.conflictFailed, c.applyRows, c.applyDuplicate,
+	for _, d := range []*prometheus.Desc{c.commits, c.applyRows, c.applyDuplicate,
 		c.clockSkew, c.lastIndex, c.keys, c.liveBytes, c.sstBytes, c.memBytes, c.cacheUsage, c.cacheCapacity,
 		c.compactionsRunning, c.compactionPending, c.flushesRunning} {
 		ch <- d
@@ -75,8 +71,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), labels...)
 	}
 	counter(c.commits, s.counts.commits.Load())
-	counter(c.conflictRetry, s.counts.conflictRetry.Load())
-	counter(c.conflictFailed, s.counts.conflictFailed.Load())
 	counter(c.applyRows, s.counts.applyApplied.Load(), "applied")
 	counter(c.applyRows, s.counts.applySkipped.Load(), "skipped")
 	counter(c.applyDuplicate, s.counts.applyDuplicate.Load())

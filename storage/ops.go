@@ -142,9 +142,8 @@ func (s *Store) Compact(ctx context.Context, table string) error {
 // Verify reads every table with checksum verification and checks that the
 // secondary indexes and the rows agree both ways: every live row has all
 // its index entries and every index entry belongs to a live row that
-// produces it. Partition guards (index.go) belong to no row and are only
-// checked to be well formed. It returns an error wrapping ErrCorrupt describing the first
-// few disagreements.
+// produces it. It returns an error wrapping ErrCorrupt describing the
+// first few disagreements.
 func (s *Store) Verify(ctx context.Context) error {
 	if err := s.enter(); err != nil {
 		return err
@@ -232,14 +231,6 @@ func (s *Store) Verify(ctx context.Context) error {
 	defer it.Close()
 	for it.SeekToFirst(); it.Valid(); it.Next() {
 		k := string(it.Key().Data())
-		if k[0] == idxGuard {
-			// Partition guards belong to no row (index.go); they only
-			// have to be well formed.
-			if len(k) < 2 || !guardedIndex(k[1]) || len(it.Value().Data()) != 0 {
-				problems = append(problems, fmt.Sprintf("malformed partition guard %q", k))
-			}
-			continue
-		}
 		if _, ok := want[k]; !ok {
 			problems = append(problems, fmt.Sprintf("index entry %q has no row", k))
 			continue

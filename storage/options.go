@@ -77,8 +77,7 @@ func (o *rocksOptions) forFamily(name string) *grocksdb.Options {
 		f.SetWriteBufferSize(o.wbs)
 	}
 	if isTable(name) || name == cfIndex {
-		// A whole-key bloom filter on the memtables: a commit checks every
-		// key it tracked for conflicts against the memtables, and reads the
+		// A whole-key bloom filter on the memtables: a commit reads the
 		// old row of every key it writes; for new keys (most of a bulk
 		// insert) the filter answers without a skiplist search. It costs
 		// 2% of the write buffer per memtable.

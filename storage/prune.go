@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // ErrFeedPruned: a subscription asked for feed entries that Prune already
@@ -17,18 +18,31 @@ type PruneOptions struct {
 	// ones (0: keep all), except those a running subscription has not
 	// delivered yet. The newest entry is always kept.
 	KeepFeed uint64
+	// Standalone says this node is a cluster of one (no replication
+	// engine, which otherwise runs PurgeTombstones with the members'
+	// watermarks): Prune then also purges tombstones older than
+	// TombstoneGrace, which is safe because no other member holds any
+	// origin. A node that later joins a cluster is bootstrapped from a
+	// snapshot by its peers, or hands them its current rows.
+	Standalone bool
+	// TombstoneGrace is how old a tombstone must be for a standalone
+	// purge (0: DefaultTombstoneGrace).
+	TombstoneGrace time.Duration
 }
 
 // PruneResult counts what Prune deleted.
 type PruneResult struct {
 	FeedEntries int `json:"feed_entries"`
+	// Tombstones purged (Standalone only).
+	Tombstones int `json:"tombstones"`
 }
 
 // Prune deletes old change-feed entries, which otherwise grow with every
 // commit. The change log needs no pruning: it holds one key per current
 // row version (changelog.go). Prune does not take the commit lock: new
 // commits only append feed entries above the ones it deletes, so it is one
-// range deletion whatever the number of entries.
+// range deletion whatever the number of entries. A standalone node's
+// tombstones are purged first (PruneOptions.Standalone).
 func (s *Store) Prune(ctx context.Context, opts PruneOptions) (PruneResult, error) {
 	var res PruneResult
 	if err := s.enter(); err != nil {
@@ -37,6 +51,17 @@ func (s *Store) Prune(ctx context.Context, opts PruneOptions) (PruneResult, erro
 	defer s.leave()
 	if err := ctx.Err(); err != nil {
 		return res, err
+	}
+	if opts.Standalone {
+		grace := opts.TombstoneGrace
+		if grace <= 0 {
+			grace = DefaultTombstoneGrace
+		}
+		purged, err := s.PurgeTombstones(ctx, nil, grace)
+		res.Tombstones = purged.Removed
+		if err != nil {
+			return res, err
+		}
 	}
 	last := s.lastIndex.Load()
 	first := s.firstIndex.Load()

@@ -36,8 +36,15 @@ type PurgeResult struct {
 //
 // A purged tombstone raises the purge floor: ApplyBatch then refuses a
 // change older than the floor for a key that is absent here, which is
-// what a late, older write to a purged key looks like. Work is done in
-// slices of a few hundred rows, each its own batch under the commit lock.
+// what a late, older write to a purged key looks like. Before the first
+// removal the purge horizon (horizon.go) rises to the lowest watermark per
+// origin over the members and this node, in meta under the commit lock:
+// every state of the store that lacks a purged tombstone (a checkpoint, a
+// backup, a snapshot) records the horizon too. Work is done in slices of a
+// few hundred rows, each its own batch under the commit lock.
+//
+// A node that is a cluster of one passes no members: then its own
+// watermarks alone decide (Prune does it with PruneOptions.Standalone).
 func (s *Store) PurgeTombstones(ctx context.Context, members map[string]map[string]uint64, grace time.Duration) (PurgeResult, error) {
 	var res PurgeResult
 	if err := s.enter(); err != nil {
@@ -45,6 +52,18 @@ func (s *Store) PurgeTombstones(ctx context.Context, members map[string]map[stri
 	}
 	defer s.leave()
 	cutoff := NewHLC(s.cfg.Now().Add(-grace).UnixMilli(), 0)
+	s.bkMu.RLock()
+	low := make(map[string]uint64, len(s.bk))
+	for o, rs := range s.bk {
+		low[o] = rs.Watermark()
+		for _, wm := range members {
+			low[o] = min(low[o], wm[o])
+		}
+	}
+	s.bkMu.RUnlock()
+	if err := s.raiseHorizon(low); err != nil {
+		return res, err
+	}
 	covered := func(v Version) bool {
 		s.bkMu.RLock()
 		ok := s.bk[v.Origin].Watermark() >= v.Seq

@@ -378,16 +378,31 @@ func (s *Store) ObservationsByHealth(ctx context.Context, nodeID string, healthy
 }
 
 // PutObservations stores observations of this node in one transaction.
+// Rows refused by the write-rate bound (Tx.PutObservation) are skipped and
+// the rest committed; the error then wraps ErrRateLimited and says how
+// many were skipped.
 func (s *Store) PutObservations(ctx context.Context, obs []Observation) error {
+	var limited int
+	var first error
 	_, err := s.Update(ctx, func(tx *Tx) error {
+		limited, first = 0, nil
 		for i := range obs {
 			o := obs[i]
 			if err := tx.PutObservation(&o); err != nil {
+				if errors.Is(err, ErrRateLimited) {
+					if limited++; first == nil {
+						first = err
+					}
+					continue
+				}
 				return err
 			}
 		}
 		return nil
 	})
+	if err == nil && limited > 0 {
+		return fmt.Errorf("%d of %d observations skipped (first: %w)", limited, len(obs), first)
+	}
 	return err
 }
 

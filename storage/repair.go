@@ -87,8 +87,7 @@ func (s *Store) removeTable(table string) error {
 		batch.PutCF(s.cfs[cfMeta], []byte(metaRotated), stored)
 	}
 	batch.PutCF(s.cfs[cfMeta], []byte(metaResyncPrefix+table), []byte(time.Now().UTC().Format(time.RFC3339)))
-	// The base DB: OptimisticTransactionDB.Write does not take range
-	// deletions. Nothing else writes, the store is not open.
+	// Nothing else writes, the store is not open.
 	wo := grocksdb.NewDefaultWriteOptions()
 	wo.SetSync(true)
 	defer wo.Destroy()

@@ -21,8 +21,9 @@ type Store struct {
 	keys   *keyring
 	clock  *Clock
 
-	db      *grocksdb.OptimisticTransactionDB
-	base    *grocksdb.DB // the DB under db: properties, flush, snapshots, backups
+	// base is a plain RocksDB: the store serializes its own commits
+	// (commitMu), so it needs no RocksDB transactions (tx.go).
+	base    *grocksdb.DB
 	cfs     map[string]*grocksdb.ColumnFamilyHandle
 	handles []*grocksdb.ColumnFamilyHandle
 	opts    *rocksOptions
@@ -33,25 +34,29 @@ type Store struct {
 	// so one serves every goroutine.
 	roLatest *grocksdb.ReadOptions
 
-	txo *grocksdb.OptimisticTransactionOptions
-
 	backupMu sync.Mutex // one BackupEngine at a time
 
-	// commitMu orders commits: the HLC, seq and feed index of a commit are
-	// assigned and the RocksDB commit happens under it, so that a later
-	// commit never carries a smaller seq or index. localSeq and
-	// purgeFloor change only under it.
+	// commitMu serializes every commit: an Update runs its function, gets
+	// its HLC, seq and feed index and writes its batch under it, so that
+	// transactions are serializable and a later commit never carries a
+	// smaller seq or index. Every write of rows, index, change log, feed
+	// and bookkeeping happens under it. localSeq, purgeFloor and horizon
+	// change only under it.
 	commitMu   sync.Mutex
 	localSeq   uint64
 	purgeFloor HLC
-	lastIndex  atomic.Uint64
+	// horizon is the purge horizon per origin (horizon.go): written
+	// under commitMu, installed and read under bkMu.
+	horizon   map[string]uint64
+	lastIndex atomic.Uint64
 	// auditSeq orders the audit rows one node writes in the same
 	// nanosecond (storage/audit.go).
 	auditSeq   atomic.Uint64
 	firstIndex atomic.Uint64 // oldest feed entry kept (Prune deletes older ones)
 
-	// bkMu guards the in-memory copy of the bookkeeping, which changes
-	// only after the batch that persists it has committed.
+	// bkMu guards the in-memory copy of the bookkeeping (and the purge
+	// horizon), which changes only after the batch that persists it has
+	// committed.
 	bkMu        sync.RWMutex
 	bk          map[string]Ranges
 	clusterID   string
@@ -101,6 +106,9 @@ func Open(cfg Config) (*Store, error) {
 	}
 	if cfg.ObservationTTL <= 0 {
 		cfg.ObservationTTL = defaultObservationTTL
+	}
+	if cfg.ObservationMinInterval == 0 {
+		cfg.ObservationMinInterval = defaultObservationMinInterval
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -168,13 +176,14 @@ func (s *Store) openDB() error {
 	for i, n := range names {
 		cfOpts[i] = s.opts.forFamily(n)
 	}
-	db, handles, err := grocksdb.OpenOptimisticTransactionDbColumnFamilies(s.opts.db, s.cfg.Dir, names, cfOpts)
+	// Stores written by agents that opened an optimistic-transaction
+	// database are plain RocksDB on disk: nothing to convert.
+	db, handles, err := grocksdb.OpenDbColumnFamilies(s.opts.db, s.cfg.Dir, names, cfOpts)
 	if err != nil {
 		s.opts.destroy()
 		return openError(s.cfg.Dir, err)
 	}
-	s.db = db
-	s.base = db.GetBaseDB()
+	s.base = db
 	s.handles = handles
 	for i, n := range names {
 		s.cfs[n] = handles[i]
@@ -183,8 +192,6 @@ func (s *Store) openDB() error {
 	s.wo.SetSync(s.cfg.SyncWAL)
 	s.woAsync = grocksdb.NewDefaultWriteOptions()
 	s.roLatest = grocksdb.NewDefaultReadOptions()
-	s.txo = grocksdb.NewDefaultOptimisticTransactionOptions()
-	s.txo.SetSetSnapshot(true)
 	return nil
 }
 
@@ -253,6 +260,12 @@ func (s *Store) init() error {
 		return err
 	}
 	if err := s.loadBookkeeping(); err != nil {
+		return err
+	}
+	if err := s.loadHorizon(); err != nil {
+		return err
+	}
+	if err := s.migrateHorizonFile(); err != nil {
 		return err
 	}
 	if err := s.recoverFeed(); err != nil {
@@ -405,12 +418,10 @@ func (s *Store) closeDB(flush bool) error {
 	for _, h := range s.handles {
 		h.Destroy()
 	}
-	s.db.CloseBaseDB(s.base)
-	s.db.Close()
+	s.base.Close()
 	s.wo.Destroy()
 	s.woAsync.Destroy()
 	s.roLatest.Destroy()
-	s.txo.Destroy()
 	s.opts.destroy()
 	s.log.Info("store closed", zap.String("dir", s.cfg.Dir))
 	return err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/linxGnu/grocksdb"
 )
@@ -49,9 +50,9 @@ func rowsByIndex[T any](t *Tx, prefix []byte, table, after string, limit int, ge
 	if err != nil {
 		return nil, err
 	}
-	if t.txn == nil {
-		// View: no buffered writes and no conflict tracking, so the rows
-		// come in one MultiGet from the snapshot.
+	if !t.writable {
+		// View: no buffered writes, so the rows come in one MultiGet
+		// from the snapshot.
 		return multiGetRows(t.s, t.ro, table, keys, t.now.UnixMilli(), decode)
 	}
 	out := make([]T, 0, len(keys))
@@ -108,7 +109,7 @@ func (t *Tx) Pool(name string) (Pool, error) {
 
 // PutPool inserts or replaces the pool p.Name.
 func (t *Tx) PutPool(p *Pool) error {
-	if t.txn == nil {
+	if !t.writable {
 		return ErrReadOnly
 	}
 	if err := validateKey("pool name", p.Name); err != nil {
@@ -145,7 +146,7 @@ func (t *Tx) Backend(id string) (Backend, error) {
 
 // PutBackend inserts or replaces the backend b.ID.
 func (t *Tx) PutBackend(b *Backend) error {
-	if t.txn == nil {
+	if !t.writable {
 		return ErrReadOnly
 	}
 	if err := validateKey("backend id", b.ID); err != nil {
@@ -195,7 +196,7 @@ func (s *Store) decodeStoredCertificate(r *row) (Certificate, error) {
 // sealed with the store's key; without a configured key it fails with
 // ErrEncryptionKey.
 func (t *Tx) PutCertificate(c *Certificate) error {
-	if t.txn == nil {
+	if !t.writable {
 		return ErrReadOnly
 	}
 	if err := validateKey("certificate id", c.ID); err != nil {
@@ -239,8 +240,14 @@ func (t *Tx) Observation(nodeID, backendID string) (Observation, error) {
 // PutObservation stores this node's observation of a backend. o.NodeID
 // must be the store's node id ("" is taken as it): a node writes only its
 // own observations. UpdatedAt is set by the store.
+//
+// The store bounds the write rate: a row whose stored copy was written
+// less than Config.ObservationMinInterval ago is refused with an error
+// wrapping ErrRateLimited, and nothing is buffered, unless its health
+// changes (a transition is written at once). A second write of the same
+// row in one transaction replaces the first.
 func (t *Tx) PutObservation(o *Observation) error {
-	if t.txn == nil {
+	if !t.writable {
 		return ErrReadOnly
 	}
 	if o.NodeID == "" {
@@ -255,11 +262,39 @@ func (t *Tx) PutObservation(o *Observation) error {
 	cp := cloneObservation(*o)
 	cp.UpdatedAt, cp.Version = t.now, Version{}
 	ref := rowRef{TableObservations, ObservationKey(cp.NodeID, cp.BackendID)}
+	if err := t.observationRate(ref, &cp); err != nil {
+		return err
+	}
 	if err := t.put(ref, &pending{rec: encodeObservation(&cp), idx: observationIndexKeys(&cp), value: &cp,
 		setVer: func(v Version) { o.Version = v }}); err != nil {
 		return err
 	}
 	o.UpdatedAt = cp.UpdatedAt
+	return nil
+}
+
+// observationRate enforces Config.ObservationMinInterval for a write of
+// o at ref.
+func (t *Tx) observationRate(ref rowRef, o *Observation) error {
+	bound := t.s.cfg.ObservationMinInterval
+	if bound <= 0 {
+		return nil
+	}
+	p, r, live, err := t.current(ref)
+	if err != nil || p != nil || !live {
+		return err // buffered in this transaction: coalesced; absent: first write
+	}
+	stored, err := decodeObservation(r.rec)
+	if err != nil {
+		return corruptError(TableObservations, fmt.Errorf("row %q: %w", ref.key, err))
+	}
+	if stored.Healthy != o.Healthy {
+		return nil
+	}
+	if age := t.now.Sub(stored.UpdatedAt); age >= 0 && age < bound {
+		return fmt.Errorf("%w: observation of backend %q by node %q was written %s ago; at most one write per %s "+
+			"unless its health changes", ErrRateLimited, o.BackendID, o.NodeID, age.Round(time.Millisecond), bound)
+	}
 	return nil
 }
 
@@ -305,9 +340,6 @@ func indexRowError(table, key string, err error) error {
 
 // iterator returns an iterator over family cf in the transaction's snapshot.
 func (t *Tx) iterator(cf string) *grocksdb.Iterator {
-	if t.txn != nil {
-		return t.txn.NewIteratorCF(t.ro, t.s.cfs[cf])
-	}
 	return t.s.base.NewIteratorCF(t.ro, t.s.cfs[cf])
 }
 
@@ -318,9 +350,6 @@ func (t *Tx) iterator(cf string) *grocksdb.Iterator {
 func (t *Tx) indexLookup(prefix []byte, table, after string, limit int) ([]string, error) {
 	if t.done {
 		return nil, errTxDone
-	}
-	if err := t.readGuard(prefix); err != nil {
-		return nil, err
 	}
 	hasWrites := false
 	for ref := range t.writes {

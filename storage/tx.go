@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sort"
 	"strings"
 	"time"
@@ -18,10 +17,6 @@ type Commit struct {
 	Index   uint64  // node-local commit index: the change-feed position
 	Version Version // version of every row the transaction wrote
 }
-
-// maxAttempts bounds how often Update and Apply run a transaction that
-// keeps conflicting with concurrent writers before ErrConflict.
-const maxAttempts = 32
 
 type rowRef struct{ table, key string }
 
@@ -40,27 +35,17 @@ type pending struct {
 // they reach RocksDB at commit, where versions are assigned in commit
 // order. A Tx must not be used after its function returns.
 type Tx struct {
-	s      *Store
-	txn    *grocksdb.Transaction // nil: read-only
-	ro     *grocksdb.ReadOptions
-	now    time.Time
-	old    map[rowRef]*row // rows as read from the snapshot (nil: absent)
-	writes map[rowRef]*pending
-	order  []rowRef
-	index  uint64               // last commit index when the transaction began
-	wb     *grocksdb.WriteBatch // the commit's writes, built under the commit mutex
-	done   bool                 // fn returned: the RocksDB transaction and snapshot are gone
-	// guards records the partition guards (index.go) this transaction has
-	// read with GetForUpdate or written, so each is touched once.
-	guards map[string]guardUse
+	s        *Store
+	writable bool // Update (under the commit mutex); false: View
+	ro       *grocksdb.ReadOptions
+	now      time.Time
+	old      map[rowRef]*row // rows as read from the snapshot (nil: absent)
+	writes   map[rowRef]*pending
+	order    []rowRef
+	index    uint64               // last commit index when the transaction began
+	wb       *grocksdb.WriteBatch // the commit's writes, built under the commit mutex
+	done     bool                 // fn returned: the snapshot is gone
 }
-
-type guardUse uint8
-
-const (
-	guardRead guardUse = 1 << iota
-	guardWritten
-)
 
 // errTxDone: a Tx was used after its function returned.
 var errTxDone = errors.New("storage: transaction used after its function returned")
@@ -73,61 +58,46 @@ func (t *Tx) LastIndex() uint64 { return t.index }
 
 // Update runs fn in a transaction and commits its writes atomically: rows,
 // index entries, the change-log entry and the feed entry in one RocksDB
-// commit. Every row fn reads or writes, and every index partition it scans
-// (BackendsByPool, PoolsBySSLDomain, PoolsByCertificate,
-// CertificatesByDomain), is checked for conflicting commits by other
-// transactions; on a conflict fn runs again (so it must have no
-// side effects outside tx), at most a bounded number of times, then Update
-// fails with ErrConflict. An error from fn aborts the transaction and is
-// returned unchanged. A transaction without writes commits nothing and
-// returns a zero Commit.
+// commit.
+//
+// Transactions are serialized: fn runs under the store's commit mutex
+// and reads the latest committed state, and nothing else commits until
+// its writes are in RocksDB. Every transaction is therefore serializable
+// against every other commit (local, applied from peers, purges) without
+// conflict detection or retries: what fn read, index scans included, is
+// what its writes are based on, and fn runs exactly once. Keep fn short
+// (it holds off every other writer) and free of calls back into the
+// store's writing methods (Update, ApplyBatch, ...), which would wait for
+// the mutex fn's own Update holds. An error from fn aborts the
+// transaction and is returned unchanged. A transaction without writes
+// commits nothing and returns a zero Commit.
 func (s *Store) Update(ctx context.Context, fn func(tx *Tx) error) (Commit, error) {
 	if err := s.enter(); err != nil {
 		return Commit{}, err
 	}
 	defer s.leave()
-	var lastErr error
-	for attempt := 0; attempt < maxAttempts; attempt++ {
-		if err := ctx.Err(); err != nil {
-			return Commit{}, err
-		}
-		c, err := s.tryUpdate(fn)
-		if err == nil || !isRetryable(err) {
-			return c, err
-		}
-		s.counts.conflictRetry.Add(1)
-		lastErr = err
-		backoff(attempt)
+	if err := ctx.Err(); err != nil {
+		return Commit{}, err
 	}
-	s.counts.conflictFailed.Add(1)
-	return Commit{}, fmt.Errorf("%w: gave up after %d attempts: %v", ErrConflict, maxAttempts, lastErr)
-}
-
-func (s *Store) tryUpdate(fn func(tx *Tx) error) (Commit, error) {
-	index := s.lastIndex.Load()
-	// The transaction itself writes nothing (commit), so it needs no
-	// synced WAL write of its own.
-	txn := s.db.TransactionBegin(s.woAsync, s.txo, nil)
-	defer txn.Destroy()
-	snap := txn.GetSnapshot()
-	defer snap.Destroy()
-	ro := grocksdb.NewDefaultReadOptions()
-	defer ro.Destroy()
-	ro.SetSnapshot(snap)
-
-	tx := &Tx{s: s, txn: txn, ro: ro, now: s.cfg.Now().UTC().Round(0), index: index,
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return Commit{}, err
+	}
+	// Under the mutex nothing commits, so the latest state is a
+	// consistent one: point reads need no snapshot, and an iterator pins
+	// its own implicit one.
+	tx := &Tx{s: s, writable: true, ro: s.roLatest, now: s.cfg.Now().UTC().Round(0), index: s.lastIndex.Load(),
 		old: make(map[rowRef]*row), writes: make(map[rowRef]*pending)}
 	err := fn(tx)
 	tx.done = true
 	if err != nil {
-		_ = txn.Rollback()
 		return Commit{}, err
 	}
 	if len(tx.writes) == 0 {
-		_ = txn.Rollback()
 		return Commit{}, nil
 	}
-	return tx.commit()
+	return tx.commitLocked()
 }
 
 // View runs fn on a consistent snapshot. Writes fail with ErrReadOnly.
@@ -161,41 +131,12 @@ func (s *Store) snapshotReads() (*grocksdb.ReadOptions, func()) {
 	}
 }
 
-// conflictError is a RocksDB optimistic-transaction conflict: Busy (a
-// tracked key was written after the snapshot) or TryAgain (the memtable
-// history no longer covers the snapshot). Only errors from RocksDB are
-// classified, so an error returned by the caller's fn is never retried
-// because of its text.
-type conflictError struct{ err error }
-
-func (e *conflictError) Error() string { return e.err.Error() }
-func (e *conflictError) Unwrap() error { return e.err }
-
-// rocksConflict wraps err in a conflictError when RocksDB reports one.
-func rocksConflict(err error) (error, bool) {
-	msg := err.Error()
-	if strings.HasPrefix(msg, "Resource busy") || strings.HasPrefix(msg, "Operation failed. Try again") {
-		return &conflictError{err: err}, true
-	}
-	return err, false
-}
-
-func isRetryable(err error) bool {
-	var c *conflictError
-	return errors.As(err, &c)
-}
-
-func backoff(attempt int) {
-	d := time.Duration(attempt+1) * 200 * time.Microsecond
-	time.Sleep(d/2 + rand.N(d))
-}
-
-// commit writes the buffered rows, assigns the version under the commit
-// mutex and commits. The version's HLC is above the version of every row
+// commitLocked writes the buffered rows with the next version and commits
+// them; the caller (Update) holds the commit mutex. The version's HLC is above the version of every row
 // the transaction replaces (the causal-overwrite rule), even when that row
 // came from a clock far ahead: a local edit made after seeing a row always
 // wins over it.
-func (t *Tx) commit() (Commit, error) {
+func (t *Tx) commitLocked() (Commit, error) {
 	s := t.s
 	refs := t.sortedWrites()
 	if len(refs) > MaxChangeSetRows {
@@ -209,8 +150,6 @@ func (t *Tx) commit() (Commit, error) {
 		return Commit{}, fmt.Errorf("%w: %d bytes (at most %d per transaction)", ErrTooLarge, size, MaxChangeSetBytes)
 	}
 
-	s.commitMu.Lock()
-	defer s.commitMu.Unlock()
 	seq := s.localSeq + 1
 	index := s.lastIndex.Load() + 1
 	reading := s.clock.Now()
@@ -222,17 +161,11 @@ func (t *Tx) commit() (Commit, error) {
 	}
 	v := Version{HLC: h, Origin: s.NodeID(), Seq: seq}
 	nowMs := t.now.UnixMilli()
-	// The writes go into a plain batch, not into the RocksDB transaction:
-	// the transaction only validates what was read (every written row was
-	// read first, and index scans read their partition's guard), and the
-	// batch is written under the commit mutex right after the validation,
-	// so no commit comes between them. Untracked writes skip the
-	// transaction's per-key locking and indexing, most of a commit's cost.
 	t.wb = grocksdb.NewWriteBatch()
 	defer func() { t.wb.Destroy(); t.wb = nil }()
 
-	// RocksDB copies keys and values into the transaction's batch, so one
-	// key and one value buffer serve every row.
+	// RocksDB copies keys and values into the batch, so one key and one
+	// value buffer serve every row.
 	var keyBuf, valBuf []byte
 	for _, ref := range refs {
 		p := t.writes[ref]
@@ -263,16 +196,14 @@ func (t *Tx) commit() (Commit, error) {
 		}
 		t.wb.PutCF(s.cfs[cfChangelog], clogKeyOf(def, ref.key, v), nil)
 	}
-	// The local seq has one key per commit (never written twice, so no
-	// two transactions conflict on it); the previous one is deleted after
-	// the commit.
+	// The local seq has one key per commit, replacing the previous one in
+	// the same batch (Open takes the highest key, so a leftover of an
+	// older agent, which deleted it after the commit, is harmless).
 	t.wb.PutCF(s.cfs[cfMeta], localSeqKey(seq), binary.BigEndian.AppendUint64(nil, uint64(reading)))
-	t.wb.PutCF(s.cfs[cfFeed], feedKey(index), feedRef(v.Origin, v.Seq))
-	// Validation: fails (retried as a conflict) when a key read with
-	// GetForUpdate changed since the snapshot. It writes nothing.
-	if err := t.txn.Commit(); err != nil {
-		return Commit{}, t.s.noteWriteError(writeError(err))
+	if seq > 1 {
+		t.wb.DeleteCF(s.cfs[cfMeta], localSeqKey(seq-1))
 	}
+	t.wb.PutCF(s.cfs[cfFeed], feedKey(index), feedRef(v.Origin, v.Seq))
 	if err := s.base.Write(s.wo, t.wb); err != nil {
 		return Commit{}, t.s.noteWriteError(writeError(err))
 	}
@@ -281,11 +212,6 @@ func (t *Tx) commit() (Commit, error) {
 	s.bkMu.Lock()
 	s.bk[v.Origin] = s.bk[v.Origin].Add(seq)
 	s.bkMu.Unlock()
-	if seq > 1 {
-		// Not synced, not checked: a leftover older key is harmless
-		// (Open takes the highest) and the next commit retries nothing.
-		_ = s.base.DeleteCF(s.woAsync, s.cfs[cfMeta], localSeqKey(seq-1))
-	}
 	s.counts.commits.Add(1)
 	s.committed(index)
 	for _, ref := range refs {
@@ -296,9 +222,7 @@ func (t *Tx) commit() (Commit, error) {
 	return Commit{Index: index, Version: v}, nil
 }
 
-// writeIndex replaces a row's index entries oldIdx by newIdx and writes
-// the guard of every partition that gains or loses an entry, so that a
-// concurrent transaction that scanned one of them conflicts.
+// writeIndex replaces a row's index entries oldIdx by newIdx.
 func (t *Tx) writeIndex(oldIdx, newIdx [][]byte) error {
 	remove, add := diffKeys(oldIdx, newIdx)
 	for _, k := range remove {
@@ -309,53 +233,10 @@ func (t *Tx) writeIndex(oldIdx, newIdx [][]byte) error {
 			t.wb.PutCF(t.s.cfs[cfIndex], k, nil)
 		}
 	}
-	for _, changed := range [][][]byte{remove, add} {
-		for _, k := range changed {
-			g := guardOfEntry(k)
-			if g == nil || t.guards[string(g)]&guardWritten != 0 {
-				continue
-			}
-			t.wb.PutCF(t.s.cfs[cfIndex], g, nil)
-			t.markGuard(g, guardWritten)
-		}
-	}
-	return nil
-}
-
-func (t *Tx) markGuard(g []byte, use guardUse) {
-	if t.guards == nil {
-		t.guards = make(map[string]guardUse)
-	}
-	t.guards[string(g)] |= use
-}
-
-// readGuard reads the guard of the partition prefix scans with
-// GetForUpdate (Update only), so that a commit changing the partition
-// after this transaction's snapshot makes it conflict.
-func (t *Tx) readGuard(prefix []byte) error {
-	if t.txn == nil {
-		return nil
-	}
-	g := guardOfPrefix(prefix)
-	if g == nil || t.guards[string(g)]&guardRead != 0 {
-		return nil
-	}
-	v, err := t.txn.GetForUpdateWithCF(t.ro, t.s.cfs[cfIndex], g)
-	if err != nil {
-		if c, ok := rocksConflict(err); ok {
-			return c
-		}
-		return readError(cfIndex, err)
-	}
-	v.Free()
-	t.markGuard(g, guardRead)
 	return nil
 }
 
 func writeError(err error) error {
-	if c, ok := rocksConflict(err); ok {
-		return c // retried by the caller
-	}
 	if strings.Contains(err.Error(), "Corruption") {
 		return corruptError("", err)
 	}
@@ -379,9 +260,7 @@ func (t *Tx) sortedWrites() []rowRef {
 	return refs
 }
 
-// load returns the stored row as of the snapshot (nil when absent). In an
-// Update it reads with GetForUpdate so that a concurrent commit to the row
-// makes this transaction conflict.
+// load returns the stored row as the transaction sees it (nil when absent).
 func (t *Tx) load(ref rowRef) (*row, error) {
 	if r, ok := t.old[ref]; ok {
 		return r, nil
@@ -389,20 +268,8 @@ func (t *Tx) load(ref rowRef) (*row, error) {
 	if t.done {
 		return nil, errTxDone
 	}
-	var (
-		v   *grocksdb.Slice
-		err error
-	)
-	cf := t.s.cfs[ref.table]
-	if t.txn != nil {
-		v, err = t.txn.GetForUpdateWithCF(t.ro, cf, []byte(ref.key))
-	} else {
-		v, err = t.s.base.GetCF(t.ro, cf, []byte(ref.key))
-	}
+	v, err := t.s.base.GetCF(t.ro, t.s.cfs[ref.table], []byte(ref.key))
 	if err != nil {
-		if c, ok := rocksConflict(err); ok {
-			return nil, c
-		}
 		return nil, readError(ref.table, err)
 	}
 	defer v.Free()
@@ -432,14 +299,13 @@ func (t *Tx) current(ref rowRef) (p *pending, r *row, live bool, err error) {
 }
 
 func (t *Tx) put(ref rowRef, p *pending) error {
-	if t.txn == nil {
+	if !t.writable {
 		return ErrReadOnly
 	}
 	if t.done {
 		return errTxDone
 	}
-	// Read (and track) the stored row: its index entries are removed at
-	// commit, and a concurrent writer of the same row must conflict.
+	// Read the stored row: its index entries are removed at commit.
 	if _, err := t.load(ref); err != nil {
 		return err
 	}
@@ -451,7 +317,7 @@ func (t *Tx) put(ref rowRef, p *pending) error {
 }
 
 func (t *Tx) remove(ref rowRef) error {
-	if t.txn == nil {
+	if !t.writable {
 		return ErrReadOnly
 	}
 	_, _, live, err := t.current(ref)

@@ -100,31 +100,6 @@ func TestConcurrentIndexedWritesKeepIndexesConsistent(t *testing.T) {
 	checkIndexes(t, s)
 }
 
-func TestConflictGivesUpWithErrConflict(t *testing.T) {
-	s := openStore(t)
-	ctx := context.Background()
-	mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool("p")) })
-	attempts := 0
-	_, err := s.Update(ctx, func(tx *Tx) error {
-		attempts++
-		if _, err := tx.Pool("p"); err != nil {
-			return err
-		}
-		// Another writer commits to the row this transaction read, every time.
-		mustUpdate(t, s, func(tx2 *Tx) error { return tx2.PutPool(samplePool("p")) })
-		return tx.PutPool(samplePool("q"))
-	})
-	if !errors.Is(err, ErrConflict) {
-		t.Fatalf("err = %v, want ErrConflict", err)
-	}
-	if attempts != maxAttempts {
-		t.Fatalf("attempts = %d, want %d", attempts, maxAttempts)
-	}
-	if _, err := s.GetPool(ctx, "q"); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("aborted write visible: %v", err)
-	}
-}
-
 // A transaction is bounded so that its change set fits one replication
 // frame: MaxChangeSetRows rows commit, one more is refused whole.
 func TestLargeTransaction(t *testing.T) {
@@ -189,12 +164,6 @@ func TestCallerErrorsAreNotRetried(t *testing.T) {
 	})
 	if calls != 1 || err == nil || errors.Is(err, ErrConflict) {
 		t.Fatalf("calls %d, err %v", calls, err)
-	}
-	if _, ok := rocksConflict(errors.New("Resource busy: ")); !ok {
-		t.Fatal("RocksDB Busy not classified")
-	}
-	if _, ok := rocksConflict(errors.New("Operation failed. Try again.: history")); !ok {
-		t.Fatal("RocksDB TryAgain not classified")
 	}
 }
 
