@@ -241,6 +241,25 @@ func (b *StoreBackend) AcquireLease(ctx context.Context, key, holder string, ttl
 	return out, err
 }
 
+// ExtendLease implements RenewalStore.
+func (b *StoreBackend) ExtendLease(ctx context.Context, l Lease, ttl time.Duration) (Lease, error) {
+	var out Lease
+	_, err := b.store.Update(ctx, func(tx *storage.Tx) error {
+		now := b.now()
+		cur, ok, err := readLease(tx, l.Key)
+		if err != nil {
+			return err
+		}
+		if !ok || cur.Holder != l.Holder || cur.Epoch != l.Epoch || !now.Before(cur.Expires) {
+			return fmt.Errorf("%w: %s (held by %q epoch %d until %s)", ErrLeaseLost, l.Key, cur.Holder, cur.Epoch, cur.Expires.Format(time.RFC3339))
+		}
+		out = cur
+		out.Expires = now.Add(ttl).UTC()
+		return putJSON(tx, keyLease+l.Key, out, "", time.Time{})
+	})
+	return out, err
+}
+
 // ReleaseLease implements RenewalStore: the row stays, expired, so the
 // next holder's epoch is higher.
 func (b *StoreBackend) ReleaseLease(ctx context.Context, l Lease) error {

@@ -100,6 +100,10 @@ type RenewalStore interface {
 	// now+ttl; an error wrapping ErrLeaseHeld when another holder's
 	// lease is still valid.
 	AcquireLease(ctx context.Context, key, holder string, ttl time.Duration) (Lease, error)
+	// ExtendLease moves l's expiry to now+ttl if l is still held as l
+	// (same holder and epoch, not expired); an error wrapping
+	// ErrLeaseLost otherwise.
+	ExtendLease(ctx context.Context, l Lease, ttl time.Duration) (Lease, error)
 	// ReleaseLease ends l if it is still held as l.
 	ReleaseLease(ctx context.Context, l Lease) error
 }
@@ -123,10 +127,11 @@ type ManagerConfig struct {
 	// it so that agents do not scan in step.
 	Interval time.Duration
 	Jitter   float64
-	// LeaseTTL bounds one attempt: an agent that dies mid-order frees
-	// the certificate after it. An attempt that outlives it cannot store
-	// its result (DNS-01 propagation can take minutes: keep it well
-	// above the DNS provider's propagation timeout).
+	// LeaseTTL is the lease's term: an agent that dies mid-order frees
+	// the certificate after it. The holder extends the lease every third
+	// of it while an order runs (DNS-01 propagation can take minutes);
+	// when an extension finds the lease lost, the order is abandoned and
+	// nothing of it is stored.
 	LeaseTTL time.Duration
 	// Horizon: a pass looks at certificates expiring within it (their
 	// renewal state, ARI included, is checked). 0: 400 days, every
@@ -176,8 +181,10 @@ func NewManager(cfg ManagerConfig, issuers []Issuer, store RenewalStore, counter
 	if cfg.Policy == (RenewalPolicy{}) {
 		cfg.Policy = def.Policy
 	}
-	if cfg.Limits == (BudgetLimits{}) {
-		cfg.Limits = def.Limits
+	// The limits are used as given (DefaultManagerConfig carries Let's
+	// Encrypt's): a zero count turns a limit off, it is not a default.
+	if err := cfg.Limits.Validate(); err != nil {
+		return nil, fmt.Errorf("certs: %w", err)
 	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = def.Interval
@@ -187,6 +194,9 @@ func NewManager(cfg ManagerConfig, issuers []Issuer, store RenewalStore, counter
 	}
 	if cfg.LeaseTTL <= 0 {
 		cfg.LeaseTTL = def.LeaseTTL
+	}
+	if cfg.LeaseTTL < 3*time.Millisecond {
+		return nil, fmt.Errorf("certs: manager lease TTL %s is too short to be extended", cfg.LeaseTTL)
 	}
 	if cfg.Horizon <= 0 {
 		cfg.Horizon = def.Horizon
@@ -259,6 +269,8 @@ func (m *Manager) Obtain(ctx context.Context, names []string, profile string) (s
 		return storage.Certificate{}, err
 	}
 	defer m.release(lease)
+	ctx, stop := m.holdLease(ctx, lease)
+	defer stop()
 	st, err := m.store.RenewalState(ctx, id)
 	if err != nil {
 		return storage.Certificate{}, err
@@ -299,6 +311,8 @@ func (m *Manager) Renew(ctx context.Context, id string) (storage.Certificate, er
 		return storage.Certificate{}, err
 	}
 	defer m.release(lease)
+	ctx, stop := m.holdLease(ctx, lease)
+	defer stop()
 	st, err := m.store.RenewalState(ctx, id)
 	if err != nil {
 		return storage.Certificate{}, err
@@ -323,6 +337,64 @@ func (m *Manager) State(ctx context.Context, id string) (RenewalState, Decision,
 }
 
 func leaseKey(id string) string { return "cert/" + id }
+
+// holdLease extends l every third of the lease's term until the returned
+// stop is called. When an extension finds the lease lost (it expired, or
+// another agent took it over: a pause, a partition), the returned context
+// is cancelled with a cause wrapping ErrLeaseLost: lego's next request to
+// the CA fails, and the attempt stores nothing. A store that cannot be
+// reached is retried until the lease would have run out.
+func (m *Manager) holdLease(ctx context.Context, l Lease) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	done, stopped := make(chan struct{}), make(chan struct{})
+	every := m.cfg.LeaseTTL / 3
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			rctx, rcancel := context.WithTimeout(ctx, every)
+			nl, err := m.store.ExtendLease(rctx, l, m.cfg.LeaseTTL)
+			rcancel()
+			switch {
+			case err == nil:
+				l = nl
+			case errors.Is(err, ErrLeaseLost) || !m.cfg.Now().Before(l.Expires):
+				m.log.Warn("renewal lease lost during an order; abandoning it", zap.String("lease", l.Key),
+					zap.Uint64("epoch", l.Epoch), zap.Error(err))
+				m.metrics.leaseLost.Inc()
+				if !errors.Is(err, ErrLeaseLost) {
+					err = fmt.Errorf("%w: %w", ErrLeaseLost, err)
+				}
+				cancel(err)
+				return
+			case ctx.Err() == nil:
+				m.log.Info("extending renewal lease failed; retrying", zap.String("lease", l.Key), zap.Error(err))
+			}
+		}
+	}()
+	return ctx, func() {
+		close(done)
+		<-stopped
+		cancel(nil)
+	}
+}
+
+// leaseLost is the cause when ctx was cancelled because the lease was
+// lost, nil otherwise.
+func leaseLost(ctx context.Context) error {
+	if cause := context.Cause(ctx); errors.Is(cause, ErrLeaseLost) {
+		return cause
+	}
+	return nil
+}
 
 func (m *Manager) release(l Lease) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -399,6 +471,9 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 		if err != nil {
 			log.Warn("acme order failed", zap.String("issuer", iss.Key()), zap.Error(err))
 			errs = append(errs, err)
+			if leaseLost(ctx) != nil {
+				break
+			}
 			continue
 		}
 		cert := m.record(id, st.Names, res, old, now)
@@ -420,6 +495,11 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 	}
 
 	err := errors.Join(errs...)
+	if lost := leaseLost(ctx); lost != nil {
+		// Another agent holds the certificate now: its state is not
+		// this attempt's to write.
+		return storage.Certificate{}, fmt.Errorf("certs: order for %s abandoned: %w (%w)", id, lost, err)
+	}
 	if heldBack != nil && len(errs) == len(m.issuers) && allHeldBack(errs) {
 		// Not a failure: nothing was ordered. Try again when the budget
 		// allows it.
@@ -588,6 +668,8 @@ func (m *Manager) maybeRenew(ctx context.Context, c *storage.Certificate) error 
 		return err
 	}
 	defer m.release(lease)
+	ctx, stop := m.holdLease(ctx, lease)
+	defer stop()
 	// Re-read under the lease: another agent may have renewed it while
 	// this one decided.
 	cur, err := m.store.Certificate(ctx, c.ID)
@@ -669,11 +751,12 @@ func (m *Manager) Run(ctx context.Context) error {
 }
 
 type managerMetrics struct {
-	orders   *prometheus.CounterVec
-	passes   prometheus.Counter
-	heldBack prometheus.Gauge
-	phases   *prometheus.GaugeVec
-	earliest prometheus.Gauge
+	leaseLost prometheus.Counter
+	orders    *prometheus.CounterVec
+	passes    prometheus.Counter
+	heldBack  prometheus.Gauge
+	phases    *prometheus.GaugeVec
+	earliest  prometheus.Gauge
 }
 
 // recordPhases counts the stored ACME certificates by renewal phase and
@@ -717,6 +800,10 @@ func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 			Namespace: "edge", Subsystem: "acme", Name: "orders_total",
 			Help: "ACME orders by result: issued, failed, already_replaced (another agent renewed), held_back (the rate-limit budget refused to order).",
 		}, []string{"result"}),
+		leaseLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "edge", Subsystem: "acme", Name: "lease_lost_total",
+			Help: "Orders abandoned because this agent's renewal lease was lost while they ran (expired or taken over by another agent).",
+		}),
 		passes: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "edge", Subsystem: "acme", Name: "renewal_passes_total",
 			Help: "Renewal scheduler passes completed.",
@@ -738,7 +825,7 @@ func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 		m.orders.WithLabelValues(r)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.orders, m.passes, m.heldBack, m.phases, m.earliest} {
+		for _, c := range []prometheus.Collector{m.orders, m.leaseLost, m.passes, m.heldBack, m.phases, m.earliest} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("certs: registering acme metrics: %w", err)
 			}
