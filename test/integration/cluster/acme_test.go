@@ -422,3 +422,76 @@ func TestACMEThreeAgents(t *testing.T) {
 		t.Logf("%d handshakes, none failed", done.Load())
 	})
 }
+
+// An agent cut off from the others (network namespaces, blackhole routes
+// both ways) before the failure detector notices: the token m1 writes
+// cannot reach m3, so Present fails after --acme-present-timeout and lego
+// never submits the challenge: Pebble validates nothing and finalizes
+// nothing (the order itself is created before the challenge exists, as
+// ACME requires). The failure is the POST's answer and the certificate's
+// state on every agent.
+func TestACMEPartitionedAgentFailsPresent(t *testing.T) {
+	lab := newNetLab(t, 3)
+	ips := []string{lab.ip(0), lab.ip(1), lab.ip(2)}
+	p := ports{base: 18946}
+	bridge := fmt.Sprintf("10.77.%d.1", lab.subnet)
+	pb := startPebble(t, bridge, ips[0], p.http(), p.https())
+	// Fly's timings: suspicion takes seconds, so the order below starts
+	// while m3 is still alive to the others, as a fresh partition is.
+	agents := startACMECluster(t, pb, ips, lab.ns, p, "--gossip-preset", "fly", "--acme-present-timeout", "5s")
+	for _, name := range []string{"base.acme.test", "cut.acme.test"} {
+		agents[0].mustDo(http.MethodPost, "/api/pools", map[string]any{"name": strings.Split(name, ".")[0], "algorithm": "round_robin",
+			"ssl_mode": "flexible", "ssl_domain": name, "auto_cert": false}, http.StatusCreated)
+	}
+	// With every agent reachable an order goes through (and registers
+	// the account, so the order below reaches Present at once).
+	if code, body := agents[0].acme(http.MethodPost, "/api/certificates", map[string]any{"domain": "base.acme.test"}); code != http.StatusCreated {
+		t.Fatalf("POST before the partition: %d %s", code, body)
+	}
+
+	before := pb.proc.out.String()
+	lab.cut(2, 0)
+	lab.cut(2, 1)
+	code, body := agents[0].acme(http.MethodPost, "/api/certificates", map[string]any{"domain": "cut.acme.test"})
+	var eb struct {
+		Error struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	_ = json.Unmarshal(body, &eb)
+	if code != http.StatusBadGateway || eb.Error.Code != "acme_failed" ||
+		!strings.Contains(eb.Error.Message, "not present on every agent") || !strings.Contains(eb.Error.Message, "m3") {
+		t.Fatalf("POST with m3 cut off: %d %s, want 502 acme_failed naming m3", code, body)
+	}
+	out := strings.TrimPrefix(pb.proc.out.String(), before)
+	if !strings.Contains(out, "Added order") {
+		t.Fatalf("no order reached Pebble:\n%s", out)
+	}
+	for _, line := range []string{"POST /chalZ/", "Pulled a task", "Processing finalization"} {
+		if strings.Contains(out, line) {
+			t.Fatalf("Pebble was told about the challenge (%q):\n%s", line, out)
+		}
+	}
+	t.Logf("answer: %s", eb.Error.Message)
+
+	// The failed attempt is the certificate's state, on the agents that
+	// can read it now and on m3 once the partition heals.
+	id := "acme-" + certID("cut.acme.test")
+	shows := func(a *agent) bool {
+		code, b := a.do(http.MethodGet, "/api/certificates/"+id, nil)
+		return code == http.StatusNotFound && strings.Contains(string(b), "the last attempt at") && strings.Contains(string(b), "not present on every agent")
+	}
+	for _, a := range agents[:2] {
+		waitFor(t, a.name+" shows the failed attempt", func() bool { return shows(a) })
+	}
+	lab.heal(2, 0)
+	lab.heal(2, 1)
+	waitFor(t, "m3 shows the failed attempt after the heal", func() bool { return shows(agents[2]) })
+}
+
+// certID is the hex part of certs.CertificateID for one name.
+func certID(name string) string {
+	sum := sha256.Sum256([]byte(name))
+	return hex.EncodeToString(sum[:])[:16]
+}
