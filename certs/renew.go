@@ -46,6 +46,20 @@ type RenewalState struct {
 	// LeaseEpoch.
 	Owner      string `json:"owner,omitempty"`
 	LeaseEpoch uint64 `json:"lease_epoch,omitempty"`
+	// RenewAt is the renewal time as last decided, and Due when the
+	// scheduler next looks at the certificate (the renewal time, the end
+	// of a backoff, or the next check of the CA's window, whichever comes
+	// first). The store keeps a due row per Due, in time order, so that
+	// a pass reads only the certificates it has something to do for.
+	RenewAt time.Time `json:"renew_at,omitzero"`
+	Due     time.Time `json:"due,omitzero"`
+}
+
+// DueCertificate is one row of the due schedule: certificate ID is to be
+// looked at from At on.
+type DueCertificate struct {
+	ID string
+	At time.Time
 }
 
 // ARIState is the CA's renewal window as last fetched.
@@ -86,15 +100,27 @@ type RenewalStore interface {
 	// Certificate returns the stored certificate (private key included)
 	// or an error wrapping storage.ErrNotFound.
 	Certificate(ctx context.Context, id string) (storage.Certificate, error)
-	// CertificatesExpiringBefore returns certificates expiring before t,
-	// soonest first.
-	CertificatesExpiringBefore(ctx context.Context, t time.Time, limit int) ([]storage.Certificate, error)
+	// CertificateExpiries returns the ids and expiries of the
+	// certificates expiring before t, soonest first, from the expiry
+	// index alone.
+	CertificateExpiries(ctx context.Context, t time.Time, limit int) ([]storage.CertificateExpiry, error)
+	// DueCertificates returns the due rows at or before until, soonest
+	// first, at most limit (<= 0: all), reading no row past them.
+	DueCertificates(ctx context.Context, until time.Time, limit int) ([]DueCertificate, error)
+	// AddDue writes a due row without touching the state (a certificate
+	// found without one); DropDue deletes one that is not its state's.
+	AddDue(ctx context.Context, d DueCertificate) error
+	DropDue(ctx context.Context, d DueCertificate) error
 	// RenewalState returns the certificate's state, the zero state
 	// (with CertificateID set) when there is none.
 	RenewalState(ctx context.Context, id string) (RenewalState, error)
+	// SaveRenewalState writes st and moves its due row: the previous
+	// state's row is deleted and one is written for st.Due (none when
+	// st.Due is zero), in the same transaction.
 	SaveRenewalState(ctx context.Context, st RenewalState) error
-	// StoreCertificate writes cert and st together, in one transaction
-	// that first checks that lease is still held (ErrLeaseLost if not).
+	// StoreCertificate writes cert and st (and st's due row) together, in
+	// one transaction that first checks that lease is still held
+	// (ErrLeaseLost if not).
 	StoreCertificate(ctx context.Context, cert *storage.Certificate, st RenewalState, lease Lease) error
 	// AcquireLease takes or extends the lease key for holder until
 	// now+ttl; an error wrapping ErrLeaseHeld when another holder's
@@ -133,10 +159,14 @@ type ManagerConfig struct {
 	// when an extension finds the lease lost, the order is abandoned and
 	// nothing of it is stored.
 	LeaseTTL time.Duration
-	// Horizon: a pass looks at certificates expiring within it (their
-	// renewal state, ARI included, is checked). 0: 400 days, every
-	// certificate a public CA issues.
+	// Horizon: the reconciliation looks at certificates expiring within
+	// it. 0: 400 days, every certificate a public CA issues.
 	Horizon time.Duration
+	// ReconcileInterval: every so often (and at the first pass) a pass
+	// also walks the expiry index for ACME certificates without a due row
+	// (stored by an agent of an older version) and refreshes the phase
+	// metrics; the other passes read the due rows alone.
+	ReconcileInterval time.Duration
 }
 
 // DefaultManagerConfig returns the defaults.
@@ -150,6 +180,8 @@ func DefaultManagerConfig() ManagerConfig {
 		Jitter:   0.2,
 		LeaseTTL: 30 * time.Minute,
 		Horizon:  400 * 24 * time.Hour,
+
+		ReconcileInterval: time.Hour,
 	}
 }
 
@@ -167,6 +199,9 @@ type Manager struct {
 
 	rndMu sync.Mutex
 	rnd   *rand.Rand
+
+	reconcileMu   sync.Mutex
+	lastReconcile time.Time
 }
 
 // NewManager returns a manager; Run starts its scheduler.
@@ -200,6 +235,9 @@ func NewManager(cfg ManagerConfig, issuers []Issuer, store RenewalStore, counter
 	}
 	if cfg.Horizon <= 0 {
 		cfg.Horizon = def.Horizon
+	}
+	if cfg.ReconcileInterval <= 0 {
+		cfg.ReconcileInterval = def.ReconcileInterval
 	}
 	if len(issuers) == 0 {
 		return nil, errors.New("certs: manager needs at least one issuer")
@@ -460,6 +498,9 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 				log.Info("certificate already renewed by another agent", zap.String("fingerprint", cur.Fingerprint))
 				st.LastError, st.Failures, st.NextAttempt, st.HeldBack, st.HeldBackUntil = "", 0, time.Time{}, "", time.Time{}
 				st.LastSuccess = now
+				if leaf, lerr := leafOf(&cur); lerr == nil {
+					m.schedule(&st, leaf.NotBefore, leaf.NotAfter)
+				}
 				if err := m.store.SaveRenewalState(ctx, st); err != nil {
 					return storage.Certificate{}, err
 				}
@@ -481,6 +522,7 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 		st.LastSuccess = now
 		st.LastError, st.Failures, st.NextAttempt, st.HeldBack, st.HeldBackUntil = "", 0, time.Time{}, "", time.Time{}
 		st.ARI = nil // the new certificate's window is fetched on the next pass
+		m.schedule(&st, res.Leaf.NotBefore, res.Leaf.NotAfter)
 		// Counted before it is stored: the CA issued it even if the
 		// lease turns out lost.
 		if err := m.budget.RecordResult(ctx, st.Names, id, true, now); err != nil {
@@ -509,6 +551,14 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 		st.Failures++
 		st.LastError = err.Error()
 		st.NextAttempt = now.Add(m.backoff(st.Failures))
+	}
+	if oldLeaf != nil {
+		m.schedule(&st, oldLeaf.NotBefore, oldLeaf.NotAfter)
+	} else {
+		// No certificate yet: nothing for the scheduler; a first issuance
+		// is asked for again (by the API or the pool's automatic
+		// certificate).
+		st.Due = time.Time{}
 	}
 	if serr := m.store.SaveRenewalState(ctx, st); serr != nil {
 		log.Warn("saving renewal state", zap.Error(serr))
@@ -579,34 +629,48 @@ func (m *Manager) record(id string, names []string, res *IssuedCertificate, old 
 
 // PassReport says what one scheduler pass did.
 type PassReport struct {
+	// Checked counts the due rows read, Owned those this agent owns.
 	Checked, Owned, Renewed, Failed, HeldBack int
+	// Reconciled: this pass also walked the expiry index (and added
+	// Added due rows for certificates that had none).
+	Reconciled bool
+	Added      int
 }
 
-// RunOnce makes one scheduler pass: for each ACME certificate this agent
-// owns, refresh the CA's window when due and renew when due.
+// RunOnce makes one scheduler pass: it reads the due rows up to now
+// (soonest first, nothing past them) and, for each certificate this agent
+// owns, refreshes the CA's window when due and renews when due. Every
+// ReconcileInterval the pass also reconciles (see ManagerConfig).
 func (m *Manager) RunOnce(ctx context.Context) (PassReport, error) {
 	var rep PassReport
 	now := m.cfg.Now()
-	list, err := m.store.CertificatesExpiringBefore(ctx, now.Add(m.cfg.Horizon), 0)
+	m.reconcileMu.Lock()
+	reconcile := m.lastReconcile.IsZero() || now.Sub(m.lastReconcile) >= m.cfg.ReconcileInterval
+	if reconcile {
+		m.lastReconcile = now
+	}
+	m.reconcileMu.Unlock()
+	alive := m.members.Alive()
+	self := m.members.Self()
+	var expiries []storage.CertificateExpiry
+	if reconcile {
+		n, exp, err := m.addMissingDue(ctx, now, alive, self)
+		if err != nil {
+			return rep, err
+		}
+		rep.Reconciled, rep.Added, expiries = true, n, exp
+	}
+	due, err := m.store.DueCertificates(ctx, now, 0)
 	if err != nil {
 		return rep, err
 	}
-	alive := m.members.Alive()
-	self := m.members.Self()
-	for i := range list {
-		c := &list[i]
-		if c.Provider != ProviderACME || !c.AutoRenew {
-			continue
-		}
+	for _, d := range due {
 		rep.Checked++
-		if Owner(c.ID, alive) != self {
+		if Owner(d.ID, alive) != self {
 			continue
 		}
 		rep.Owned++
-		if ctx.Err() != nil {
-			return rep, ctx.Err()
-		}
-		switch err := m.maybeRenew(ctx, c); {
+		switch err := m.maybeRenew(ctx, d); {
 		case err == nil:
 			rep.Renewed++
 		case errors.Is(err, errNotDue), errors.Is(err, ErrLeaseHeld):
@@ -621,8 +685,12 @@ func (m *Manager) RunOnce(ctx context.Context) (PassReport, error) {
 	}
 	m.metrics.passes.Inc()
 	m.metrics.heldBack.Set(float64(rep.HeldBack))
-	m.recordPhases(ctx, list)
-	if p, ok := m.store.(expiredPurger); ok {
+	if reconcile {
+		m.recordPhases(ctx, now, expiries)
+	}
+	// The purge scans the whole acme table: with the reconciliation, not
+	// every pass (expired rows are ignored on read meanwhile).
+	if p, ok := m.store.(expiredPurger); ok && reconcile {
 		if _, err := p.PurgeExpired(ctx); err != nil && ctx.Err() == nil {
 			m.log.Warn("purging expired acme rows", zap.Error(err))
 		}
@@ -630,38 +698,151 @@ func (m *Manager) RunOnce(ctx context.Context) (PassReport, error) {
 	return rep, nil
 }
 
+// farFuture bounds "every due row".
+var farFuture = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// addMissingDue walks the expiry index (ids and expiries, no certificate
+// read) and gives each ACME certificate this agent owns that has no due
+// row one at now: the next pass decides its real schedule. Only the due
+// row is written, never the state, so that it races with no attempt.
+func (m *Manager) addMissingDue(ctx context.Context, now time.Time, alive []string, self string) (int, []storage.CertificateExpiry, error) {
+	rows, err := m.store.DueCertificates(ctx, farFuture, 0)
+	if err != nil {
+		return 0, nil, err
+	}
+	scheduled := make(map[string]struct{}, len(rows))
+	for _, d := range rows {
+		scheduled[d.ID] = struct{}{}
+	}
+	exp, err := m.store.CertificateExpiries(ctx, now.Add(m.cfg.Horizon), 0)
+	if err != nil {
+		return 0, nil, err
+	}
+	added := 0
+	for _, e := range exp {
+		if _, ok := scheduled[e.ID]; ok || Owner(e.ID, alive) != self {
+			continue
+		}
+		c, err := m.store.Certificate(ctx, e.ID)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return added, nil, err
+		}
+		if c.Provider != ProviderACME || !c.AutoRenew {
+			continue
+		}
+		if err := m.store.AddDue(ctx, DueCertificate{ID: c.ID, At: now}); err != nil {
+			return added, nil, err
+		}
+		added++
+	}
+	if added > 0 {
+		m.log.Info("acme certificates without a renewal schedule found", zap.Int("count", added))
+	}
+	return added, exp, nil
+}
+
 // expiredPurger is a RenewalStore with TTL rows (challenge tokens, budget
-// events) that the scheduler purges after each pass; StoreBackend is one.
+// events) that the scheduler purges after each reconciling pass;
+// StoreBackend is one.
 type expiredPurger interface {
 	PurgeExpired(ctx context.Context) (int, error)
 }
 
 var errNotDue = errors.New("certs: renewal not due")
 
-func (m *Manager) maybeRenew(ctx context.Context, c *storage.Certificate) error {
-	leaf, err := leafOf(c)
+// schedule sets st's renewal time and due time for the certificate valid
+// from notBefore to notAfter, and reports whether they changed.
+func (m *Manager) schedule(st *RenewalState, notBefore, notAfter time.Time) bool {
+	d := m.cfg.Policy.Decide(notBefore, notAfter, *st)
+	due := d.At
+	if d.NotBefore.After(due) {
+		due = d.NotBefore
+	}
+	if m.ariIssuer(st) != nil {
+		check := m.cfg.Now()
+		if st.ARI != nil {
+			check = st.ARI.NextCheck
+		}
+		if check.Before(due) {
+			due = check
+		}
+	}
+	due = due.UTC()
+	changed := !st.Due.Equal(due) || !st.RenewAt.Equal(d.At)
+	st.RenewAt, st.Due = d.At.UTC(), due
+	return changed
+}
+
+// ariIssuer is the issuer asked for st's renewal window, nil when none
+// can answer.
+func (m *Manager) ariIssuer(st *RenewalState) RenewalInformer {
+	for _, iss := range m.issuers {
+		if r, ok := iss.(RenewalInformer); ok && (st.Issuer == "" || st.Issuer == iss.Key()) {
+			return r
+		}
+	}
+	return nil
+}
+
+// maybeRenew handles one due row of a certificate this agent owns.
+func (m *Manager) maybeRenew(ctx context.Context, d DueCertificate) error {
+	c, err := m.store.Certificate(ctx, d.ID)
+	if errors.Is(err, storage.ErrNotFound) {
+		// Deleted since: its schedule goes with it.
+		return errors.Join(errNotDue, m.store.DropDue(ctx, d))
+	}
 	if err != nil {
-		m.log.Warn("stored acme certificate does not parse", zap.String("certificate", c.ID), zap.Error(err))
 		return err
 	}
 	st, err := m.store.RenewalState(ctx, c.ID)
 	if err != nil {
 		return err
 	}
+	if !st.Due.Equal(d.At) {
+		// Not the state's own row: a row added by the reconciliation, or
+		// one left by a concurrent write on another agent. The state is
+		// rescheduled below.
+		if err := m.store.DropDue(ctx, d); err != nil {
+			return err
+		}
+	}
+	if c.Provider != ProviderACME || !c.AutoRenew {
+		// Uploaded over, or auto-renewal turned off: nothing to schedule.
+		if !st.Due.IsZero() {
+			st.Due = time.Time{}
+			return errors.Join(errNotDue, m.store.SaveRenewalState(ctx, st))
+		}
+		return errNotDue
+	}
+	leaf, err := leafOf(&c)
+	if err != nil {
+		m.log.Warn("stored acme certificate does not parse", zap.String("certificate", c.ID), zap.Error(err))
+		return err
+	}
 	if len(st.Names) == 0 {
 		st.Names = c.Names
 	}
 	now := m.cfg.Now()
-	if m.refreshARI(ctx, c.ID, leaf, &st, now) {
-		if err := m.store.SaveRenewalState(ctx, st); err != nil {
-			return err
-		}
-	}
+	changed := m.refreshARI(ctx, c.ID, leaf, &st, now)
 	if !m.cfg.Policy.Decide(leaf.NotBefore, leaf.NotAfter, st).Due(now) {
+		if m.schedule(&st, leaf.NotBefore, leaf.NotAfter) || changed || !st.Due.Equal(d.At) {
+			if err := m.store.SaveRenewalState(ctx, st); err != nil {
+				return err
+			}
+		}
 		if st.HeldBack != "" && now.Before(st.HeldBackUntil) {
 			return fmt.Errorf("%w: %s", ErrHeldBack, st.HeldBack)
 		}
 		return errNotDue
+	}
+	if changed {
+		m.schedule(&st, leaf.NotBefore, leaf.NotAfter)
+		if err := m.store.SaveRenewalState(ctx, st); err != nil {
+			return err
+		}
 	}
 	lease, err := m.store.AcquireLease(ctx, leaseKey(c.ID), m.members.Self(), m.cfg.LeaseTTL)
 	if err != nil {
@@ -695,13 +876,7 @@ func (m *Manager) refreshARI(ctx context.Context, id string, leaf *x509.Certific
 	if st.ARI != nil && now.Before(st.ARI.NextCheck) {
 		return false
 	}
-	var ri RenewalInformer
-	for _, iss := range m.issuers {
-		if r, ok := iss.(RenewalInformer); ok && (st.Issuer == "" || st.Issuer == iss.Key()) {
-			ri = r
-			break
-		}
-	}
+	ri := m.ariIssuer(st)
 	if ri == nil {
 		return false
 	}
@@ -759,38 +934,49 @@ type managerMetrics struct {
 	earliest  prometheus.Gauge
 }
 
-// recordPhases counts the stored ACME certificates by renewal phase and
-// notes the earliest expiry: a bounded set of series however many
-// certificates there are (the per-certificate detail is in the API).
-func (m *Manager) recordPhases(ctx context.Context, list []storage.Certificate) {
-	now := m.cfg.Now()
+// recordPhases counts the scheduled ACME certificates by renewal phase
+// and notes the earliest expiry: a bounded set of series however many
+// certificates there are (the per-certificate detail is in the API). It
+// reads the due rows and the states, no certificate, and runs with the
+// reconciliation (exp is the expiry index it read).
+func (m *Manager) recordPhases(ctx context.Context, now time.Time, exp []storage.CertificateExpiry) {
+	rows, err := m.store.DueCertificates(ctx, farFuture, 0)
+	if err != nil {
+		if ctx.Err() == nil {
+			m.log.Warn("reading the renewal schedule for metrics", zap.Error(err))
+		}
+		return
+	}
 	counts := map[string]int{PhaseScheduled: 0, PhaseDue: 0, PhaseRetrying: 0, PhaseHeldBack: 0}
-	var earliest time.Time
-	for i := range list {
-		c := &list[i]
-		if c.Provider != ProviderACME {
+	seen := make(map[string]struct{}, len(rows))
+	for _, d := range rows {
+		if _, dup := seen[d.ID]; dup {
 			continue
 		}
-		if earliest.IsZero() || c.ExpiresAt.Before(earliest) {
-			earliest = c.ExpiresAt
-		}
-		st, err := m.store.RenewalState(ctx, c.ID)
+		seen[d.ID] = struct{}{}
+		st, err := m.store.RenewalState(ctx, d.ID)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			m.log.Warn("reading renewal state for metrics", zap.String("certificate", c.ID), zap.Error(err))
+			m.log.Warn("reading renewal state for metrics", zap.String("certificate", d.ID), zap.Error(err))
 			continue
 		}
-		counts[phaseOf(st, m.cfg.Policy.Decide(c.NotBefore, c.ExpiresAt, st), now)]++
+		renewAt := st.RenewAt
+		if renewAt.IsZero() {
+			renewAt = d.At
+		}
+		counts[phaseOf(st, Decision{At: renewAt}, now)]++
 	}
 	for phase, n := range counts {
 		m.metrics.phases.WithLabelValues(phase).Set(float64(n))
 	}
-	if earliest.IsZero() {
-		m.metrics.earliest.Set(0)
-	} else {
-		m.metrics.earliest.Set(float64(earliest.Unix()))
+	m.metrics.earliest.Set(0)
+	for _, e := range exp {
+		if _, ok := seen[e.ID]; ok {
+			m.metrics.earliest.Set(float64(e.ExpiresAt.Unix()))
+			break
+		}
 	}
 }
 

@@ -185,9 +185,10 @@ func TestACMERenewsOnARIWindowWithReplaces(t *testing.T) {
 	}
 
 	// The CA moves the window into the past (as for a revocation); the
-	// next check picks it up.
+	// next check picks it up ...
 	e.setARI(t, old.CertificatePEM, time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour))
-	st.ARI.NextCheck = time.Time{}
+	// ... and the certificate is looked at now.
+	st.ARI.NextCheck, st.Due = time.Time{}, time.Now()
 	if err := ed.backend.SaveRenewalState(context.Background(), st); err != nil {
 		t.Fatal(err)
 	}
