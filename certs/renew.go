@@ -202,6 +202,38 @@ type Manager struct {
 
 	reconcileMu   sync.Mutex
 	lastReconcile time.Time
+
+	// held: the certificates this agent owns whose renewal the budget
+	// holds back, until when. A pass reads a held-back certificate only
+	// when its hold ends (its due row), so the gauge comes from here.
+	heldMu sync.Mutex
+	held   map[string]time.Time
+}
+
+// noteHeld records id as held back until until (zero: not held back).
+func (m *Manager) noteHeld(id string, until time.Time) {
+	m.heldMu.Lock()
+	defer m.heldMu.Unlock()
+	if until.IsZero() {
+		delete(m.held, id)
+		return
+	}
+	if m.held == nil {
+		m.held = map[string]time.Time{}
+	}
+	m.held[id] = until
+}
+
+// heldNow counts the holds still running at now, forgetting the others.
+func (m *Manager) heldNow(now time.Time) int {
+	m.heldMu.Lock()
+	defer m.heldMu.Unlock()
+	for id, until := range m.held {
+		if !now.Before(until) {
+			delete(m.held, id)
+		}
+	}
+	return len(m.held)
 }
 
 // NewManager returns a manager; Run starts its scheduler.
@@ -531,6 +563,7 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 		if err := m.store.StoreCertificate(ctx, cert, st, lease); err != nil {
 			return storage.Certificate{}, fmt.Errorf("certs: storing certificate %s: %w", id, err)
 		}
+		m.noteHeld(id, time.Time{})
 		log.Info("certificate issued", zap.String("issuer", res.IssuerKey), zap.Time("expires_at", cert.ExpiresAt),
 			zap.String("fingerprint", cert.Fingerprint), zap.Bool("replaces", req.ReplacesID != ""))
 		return *cert, nil
@@ -546,8 +579,10 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 		// Not a failure: nothing was ordered. Try again when the budget
 		// allows it.
 		st.HeldBack, st.HeldBackUntil, st.NextAttempt = heldBack.Error(), heldBack.Until, heldBack.Until
+		m.noteHeld(id, heldBack.Until)
 	} else {
 		st.HeldBack, st.HeldBackUntil = "", time.Time{}
+		m.noteHeld(id, time.Time{})
 		st.Failures++
 		st.LastError = err.Error()
 		st.NextAttempt = now.Add(m.backoff(st.Failures))
@@ -684,7 +719,7 @@ func (m *Manager) RunOnce(ctx context.Context) (PassReport, error) {
 		}
 	}
 	m.metrics.passes.Inc()
-	m.metrics.heldBack.Set(float64(rep.HeldBack))
+	m.metrics.heldBack.Set(float64(m.heldNow(now)))
 	if reconcile {
 		m.recordPhases(ctx, now, expiries)
 	}
@@ -834,8 +869,10 @@ func (m *Manager) maybeRenew(ctx context.Context, d DueCertificate) error {
 			}
 		}
 		if st.HeldBack != "" && now.Before(st.HeldBackUntil) {
+			m.noteHeld(c.ID, st.HeldBackUntil)
 			return fmt.Errorf("%w: %s", ErrHeldBack, st.HeldBack)
 		}
+		m.noteHeld(c.ID, time.Time{})
 		return errNotDue
 	}
 	if changed {
@@ -996,7 +1033,7 @@ func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 		}),
 		heldBack: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "edge", Subsystem: "acme", Name: "held_back_certificates",
-			Help: "Certificates this agent owns whose renewal the rate-limit budget holds back, as of the last scheduler pass (the reason is in each certificate's held_back).",
+			Help: "Certificates whose order or renewal this agent holds back under the rate-limit budget, each until its hold ends (the reason is in each certificate's held_back).",
 		}),
 	}
 	m.phases = prometheus.NewGaugeVec(prometheus.GaugeOpts{
