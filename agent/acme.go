@@ -38,7 +38,51 @@ func (c *Config) validateACME() error {
 			errs = append(errs, fmt.Errorf("--acme-dns-provider: %w", err))
 		}
 	}
+	l := c.ACMELimits
+	for _, f := range []struct {
+		count, window string
+		n             int
+		d             time.Duration
+	}{
+		{"--acme-orders-per-account", "--acme-orders-window", l.OrdersPerAccount, l.OrdersWindow},
+		{"--acme-certs-per-domain", "--acme-certs-window", l.CertsPerRegisteredDomain, l.CertsWindow},
+		{"--acme-duplicate-certs", "--acme-duplicate-window", l.DuplicateCerts, l.DuplicateWindow},
+		{"--acme-failed-validations", "--acme-failed-window", l.FailedValidations, l.FailedWindow},
+		{"--acme-pause-after-failures", "--acme-pause-window", l.PauseAfterFailures, l.PauseWindow},
+	} {
+		if f.n < 0 {
+			errs = append(errs, fmt.Errorf("%s %d: want 0 (limit off) or more", f.count, f.n))
+		}
+		if f.d <= 0 {
+			errs = append(errs, fmt.Errorf("%s %s: want a positive duration", f.window, f.d))
+		}
+	}
+	if c.ACMELeaseTTL < minACMELeaseTTL {
+		errs = append(errs, fmt.Errorf("--acme-lease-ttl %s: want at least %s (the lease is extended every third of it)", c.ACMELeaseTTL, minACMELeaseTTL))
+	}
+	if c.ACMEPresentTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--acme-present-timeout %s: want a positive duration", c.ACMEPresentTimeout))
+	}
+	if c.ACMERenewInterval < time.Second {
+		errs = append(errs, fmt.Errorf("--acme-renew-interval %s: want at least 1s", c.ACMERenewInterval))
+	}
 	return errors.Join(errs...)
+}
+
+// minACMELeaseTTL keeps lease extensions (every third of the term) well
+// apart from the store's and the network's delays.
+const minACMELeaseTTL = 3 * time.Second
+
+// managerConfig is the ACME manager's configuration from the flags, the
+// limits and durations as given.
+func (c *Config) managerConfig(log *zap.Logger, registry prometheus.Registerer) certs.ManagerConfig {
+	mcfg := certs.DefaultManagerConfig()
+	mcfg.Logger = log
+	mcfg.Registerer = registry
+	mcfg.Limits = c.ACMELimits
+	mcfg.LeaseTTL = c.ACMELeaseTTL
+	mcfg.Interval = c.ACMERenewInterval
+	return mcfg
 }
 
 // buildACME builds the ACME manager and the challenge responder the proxy
@@ -61,6 +105,7 @@ func (a *Agent) buildACME(registry prometheus.Registerer) (proxy.ChallengeSource
 	icfg.Email = cfg.ACMEEmail
 	icfg.EABKeyID, icfg.EABHMACKey = cfg.ACMEEABKeyID, cfg.ACMEEABHMACKey
 	icfg.Logger = log
+	icfg.PresentTimeout = cfg.ACMEPresentTimeout
 	if cfg.ACMECABundle != "" {
 		pem, err := os.ReadFile(cfg.ACMECABundle)
 		if err != nil {
@@ -79,10 +124,7 @@ func (a *Agent) buildACME(registry prometheus.Registerer) (proxy.ChallengeSource
 	if err != nil {
 		return nil, err
 	}
-	mcfg := certs.DefaultManagerConfig()
-	mcfg.Logger = log
-	mcfg.Registerer = registry
-	m, err := certs.NewManager(mcfg, []certs.Issuer{iss}, backend, backend, members)
+	m, err := certs.NewManager(cfg.managerConfig(log, registry), []certs.Issuer{iss}, backend, backend, members)
 	if err != nil {
 		return nil, err
 	}

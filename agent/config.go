@@ -91,6 +91,18 @@ type Config struct {
 	ACMEDNSProvider string
 	ACMEEABKeyID    string
 	ACMEEABHMACKey  string
+	// ACMELimits is the cluster-wide rate-limit budget (--acme-orders-*,
+	// --acme-certs-*, --acme-duplicate-*, --acme-failed-*, --acme-pause-*),
+	// used as given: a count of 0 turns that limit off.
+	ACMELimits certs.BudgetLimits
+	// ACMELeaseTTL is the renewal lease's term; the owner extends it
+	// every third of it while an order runs.
+	ACMELeaseTTL time.Duration
+	// ACMEPresentTimeout bounds the wait for every alive member to hold
+	// a challenge token before the CA is told.
+	ACMEPresentTimeout time.Duration
+	// ACMERenewInterval is the time between renewal scheduler passes.
+	ACMERenewInterval time.Duration
 
 	// Cluster membership (discovery). Gossip is off when GossipAddr is
 	// empty: the agent is then a cluster of one.
@@ -129,9 +141,13 @@ func DefaultConfig() Config {
 
 		FeedRetention: 100_000,
 
-		ACMEDirectory: certs.LetsEncryptProduction,
-		App:           "singularity-edge",
-		GossipPreset:  "local",
+		ACMEDirectory:      certs.LetsEncryptProduction,
+		ACMELimits:         certs.DefaultBudgetLimits(),
+		ACMELeaseTTL:       certs.DefaultManagerConfig().LeaseTTL,
+		ACMEPresentTimeout: certs.DefaultACMEConfig().PresentTimeout,
+		ACMERenewInterval:  certs.DefaultManagerConfig().Interval,
+		App:                "singularity-edge",
+		GossipPreset:       "local",
 	}
 }
 

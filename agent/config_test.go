@@ -5,6 +5,11 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/certs"
 )
 
 func TestApplyEnvironment(t *testing.T) {
@@ -60,6 +65,21 @@ func TestConfigValidate(t *testing.T) {
 		{"zero backend series", func(c *Config) { c.MetricsMaxBackends = 0 }, "--metrics-max-backends"},
 		{"memory limit", func(c *Config) { c.MemoryLimit = 1 << 30 }, ""},
 		{"tiny memory limit", func(c *Config) { c.MemoryLimit = 1 << 20 }, "--memory-limit"},
+		{"acme limit off", func(c *Config) { c.ACMELimits.OrdersPerAccount = 0 }, ""},
+		{"acme negative orders", func(c *Config) { c.ACMELimits.OrdersPerAccount = -1 }, "--acme-orders-per-account"},
+		{"acme negative certs", func(c *Config) { c.ACMELimits.CertsPerRegisteredDomain = -5 }, "--acme-certs-per-domain"},
+		{"acme negative duplicates", func(c *Config) { c.ACMELimits.DuplicateCerts = -1 }, "--acme-duplicate-certs"},
+		{"acme negative failures", func(c *Config) { c.ACMELimits.FailedValidations = -1 }, "--acme-failed-validations"},
+		{"acme negative pause", func(c *Config) { c.ACMELimits.PauseAfterFailures = -1 }, "--acme-pause-after-failures"},
+		{"acme zero orders window", func(c *Config) { c.ACMELimits.OrdersWindow = 0 }, "--acme-orders-window"},
+		{"acme negative certs window", func(c *Config) { c.ACMELimits.CertsWindow = -time.Hour }, "--acme-certs-window"},
+		{"acme zero duplicate window", func(c *Config) { c.ACMELimits.DuplicateWindow = 0 }, "--acme-duplicate-window"},
+		{"acme zero failed window", func(c *Config) { c.ACMELimits.FailedWindow = 0 }, "--acme-failed-window"},
+		{"acme zero pause window", func(c *Config) { c.ACMELimits.PauseWindow = 0 }, "--acme-pause-window"},
+		{"acme short lease", func(c *Config) { c.ACMELeaseTTL = time.Second }, "--acme-lease-ttl"},
+		{"acme zero present timeout", func(c *Config) { c.ACMEPresentTimeout = 0 }, "--acme-present-timeout"},
+		{"acme fast renew passes", func(c *Config) { c.ACMERenewInterval = time.Millisecond }, "--acme-renew-interval"},
+		{"acme off ignores its limits", func(c *Config) { c.ACMEDirectory = ""; c.ACMELimits.OrdersPerAccount = -1 }, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -134,5 +154,29 @@ func TestParseTrustedProxies(t *testing.T) {
 		if (got == nil) != tc.nilv || (!tc.nilv && fmt.Sprint(got) != tc.want) {
 			t.Errorf("%q: got %v (nil=%v)", tc.in, got, got == nil)
 		}
+	}
+}
+
+// The budget limits and ACME durations reach the manager exactly as
+// configured: a 0 count stays 0 (the limit off), never the default.
+func TestACMEManagerConfigAsGiven(t *testing.T) {
+	cfg := DefaultConfig()
+	if cfg.ACMELimits != certs.DefaultBudgetLimits() {
+		t.Fatalf("default limits %+v, want the budget's defaults", cfg.ACMELimits)
+	}
+	cfg.ACMELimits = certs.BudgetLimits{
+		OrdersPerAccount: 0, OrdersWindow: 2 * time.Hour,
+		CertsPerRegisteredDomain: 7, CertsWindow: 48 * time.Hour,
+		DuplicateCerts: 1, DuplicateWindow: time.Hour,
+		FailedValidations: 2, FailedWindow: 10 * time.Minute,
+		PauseAfterFailures: 3, PauseWindow: 24 * time.Hour,
+	}
+	cfg.ACMELeaseTTL, cfg.ACMERenewInterval = 90*time.Second, 42*time.Second
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	m := cfg.managerConfig(zap.NewNop(), nil)
+	if m.Limits != cfg.ACMELimits || m.LeaseTTL != 90*time.Second || m.Interval != 42*time.Second {
+		t.Fatalf("manager config %+v, want the flags as given", m)
 	}
 }

@@ -83,19 +83,25 @@ type ACMEConfig struct {
 	HTTPTimeout time.Duration
 	// ChallengeTTL is how long a presented token stays answerable.
 	ChallengeTTL time.Duration
-	Logger       *zap.Logger
-	Now          func() time.Time
+	// PresentTimeout bounds Present's wait for every alive member to
+	// hold a token. A member that is alive to the failure detector but
+	// cut off from replication would otherwise hold the order until the
+	// caller gives up; past it, Present fails and the CA is never told.
+	PresentTimeout time.Duration
+	Logger         *zap.Logger
+	Now            func() time.Time
 }
 
 // DefaultACMEConfig returns Let's Encrypt production with ECDSA P-256.
 func DefaultACMEConfig() ACMEConfig {
 	return ACMEConfig{
-		DirectoryURL: LetsEncryptProduction,
-		KeyType:      "ec256",
-		HTTPTimeout:  30 * time.Second,
-		ChallengeTTL: 15 * time.Minute,
-		Logger:       zap.NewNop(),
-		Now:          time.Now,
+		DirectoryURL:   LetsEncryptProduction,
+		KeyType:        "ec256",
+		HTTPTimeout:    30 * time.Second,
+		ChallengeTTL:   15 * time.Minute,
+		PresentTimeout: 30 * time.Second,
+		Logger:         zap.NewNop(),
+		Now:            time.Now,
 	}
 }
 
@@ -162,6 +168,9 @@ func NewACMEIssuer(cfg ACMEConfig, accounts AccountStore, challenges ChallengeSt
 	}
 	if cfg.ChallengeTTL <= 0 {
 		cfg.ChallengeTTL = def.ChallengeTTL
+	}
+	if cfg.PresentTimeout <= 0 {
+		cfg.PresentTimeout = def.PresentTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = def.Logger
@@ -469,9 +478,9 @@ func (a *ACMEIssuer) setChallenges(ctx context.Context, c *lego.Client) error {
 		var err error
 		switch ch {
 		case ChallengeHTTP01:
-			err = c.Challenge.SetHTTP01Provider(&presenter{ctx: ctx, store: a.challenges, typ: ChallengeHTTP01, ttl: a.cfg.ChallengeTTL, now: a.cfg.Now})
+			err = c.Challenge.SetHTTP01Provider(&presenter{ctx: ctx, store: a.challenges, typ: ChallengeHTTP01, ttl: a.cfg.ChallengeTTL, wait: a.cfg.PresentTimeout, now: a.cfg.Now})
 		case ChallengeTLSALPN01:
-			err = c.Challenge.SetTLSALPN01Provider(&presenter{ctx: ctx, store: a.challenges, typ: ChallengeTLSALPN01, ttl: a.cfg.ChallengeTTL, now: a.cfg.Now})
+			err = c.Challenge.SetTLSALPN01Provider(&presenter{ctx: ctx, store: a.challenges, typ: ChallengeTLSALPN01, ttl: a.cfg.ChallengeTTL, wait: a.cfg.PresentTimeout, now: a.cfg.Now})
 		case ChallengeDNS01:
 			// lego checks that the record is visible before telling the
 			// CA; the resolvers it asks are lego-wide (see DNS01Resolvers).

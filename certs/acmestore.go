@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/singularity-ng/singularity-edge/storage"
@@ -44,7 +46,34 @@ const (
 	keyLease     = "lease/"
 	keyState     = "state/"
 	keyEvent     = "event/"
+	keyDue       = "due/"
 )
+
+// dueKey orders due rows by time: 20 digits of Unix nanoseconds, then the
+// certificate id.
+func dueKey(d DueCertificate) string {
+	return fmt.Sprintf("%s%020d/%s", keyDue, d.At.UnixNano(), d.ID)
+}
+
+// dueEnd is the first key after every due row at or before t.
+func dueEnd(t time.Time) string {
+	if t.After(maxNanoTime) {
+		return keyDue + "~"
+	}
+	return fmt.Sprintf("%s%020d/~", keyDue, t.UnixNano())
+}
+
+var maxNanoTime = time.Unix(0, 1<<63-1)
+
+func parseDueKey(key string) (DueCertificate, error) {
+	rest := strings.TrimPrefix(key, keyDue)
+	ts, id, ok := strings.Cut(rest, "/")
+	n, err := strconv.ParseInt(ts, 10, 64)
+	if !ok || err != nil || id == "" {
+		return DueCertificate{}, fmt.Errorf("certs: malformed due row %q", key)
+	}
+	return DueCertificate{ID: id, At: time.Unix(0, n).UTC()}, nil
+}
 
 func putJSON(tx *storage.Tx, key string, v any, secret string, expires time.Time) error {
 	data, err := json.Marshal(v)
@@ -144,9 +173,74 @@ func (b *StoreBackend) Certificate(ctx context.Context, id string) (storage.Cert
 	return b.store.GetCertificate(ctx, id)
 }
 
-// CertificatesExpiringBefore implements RenewalStore.
+// CertificatesExpiringBefore reads and decrypts every certificate
+// expiring before t (what the scheduler read on each pass before it had
+// due rows; kept for comparison in the benchmark).
 func (b *StoreBackend) CertificatesExpiringBefore(ctx context.Context, t time.Time, limit int) ([]storage.Certificate, error) {
 	return b.store.CertificatesExpiringBefore(ctx, t, limit)
+}
+
+// CertificateExpiries implements RenewalStore.
+func (b *StoreBackend) CertificateExpiries(ctx context.Context, t time.Time, limit int) ([]storage.CertificateExpiry, error) {
+	return b.store.CertificateExpiries(ctx, t, limit)
+}
+
+// DueCertificates implements RenewalStore: one range read of the due
+// rows in key (time) order, ending before the first row after until.
+func (b *StoreBackend) DueCertificates(ctx context.Context, until time.Time, limit int) ([]DueCertificate, error) {
+	recs, err := b.store.ListACMERecordsBefore(ctx, keyDue, "", dueEnd(until), limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]DueCertificate, 0, len(recs))
+	for _, r := range recs {
+		d, err := parseDueKey(r.Key)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// AddDue implements RenewalStore.
+func (b *StoreBackend) AddDue(ctx context.Context, d DueCertificate) error {
+	_, err := b.store.Update(ctx, func(tx *storage.Tx) error {
+		return putJSON(tx, dueKey(d), d.ID, "", time.Time{})
+	})
+	return err
+}
+
+// DropDue implements RenewalStore.
+func (b *StoreBackend) DropDue(ctx context.Context, d DueCertificate) error {
+	_, err := b.store.Update(ctx, func(tx *storage.Tx) error {
+		if err := tx.DeleteACMERecord(dueKey(d)); err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return err
+		}
+		return nil
+	})
+	return err
+}
+
+// writeState writes st and moves its due row, in tx.
+func writeState(tx *storage.Tx, st RenewalState) error {
+	old, err := readState(tx, st.CertificateID)
+	if err != nil {
+		return err
+	}
+	if !old.Due.IsZero() && !old.Due.Equal(st.Due) {
+		err := tx.DeleteACMERecord(dueKey(DueCertificate{ID: st.CertificateID, At: old.Due}))
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return err
+		}
+	}
+	if !st.Due.IsZero() {
+		d := DueCertificate{ID: st.CertificateID, At: st.Due}
+		if err := putJSON(tx, dueKey(d), d.ID, "", time.Time{}); err != nil {
+			return err
+		}
+	}
+	return putJSON(tx, keyState+st.CertificateID, st, "", time.Time{})
 }
 
 func readState(tx *storage.Tx, id string) (RenewalState, error) {
@@ -173,9 +267,7 @@ func (b *StoreBackend) RenewalState(ctx context.Context, id string) (st RenewalS
 
 // SaveRenewalState implements RenewalStore.
 func (b *StoreBackend) SaveRenewalState(ctx context.Context, st RenewalState) error {
-	_, err := b.store.Update(ctx, func(tx *storage.Tx) error {
-		return putJSON(tx, keyState+st.CertificateID, st, "", time.Time{})
-	})
+	_, err := b.store.Update(ctx, func(tx *storage.Tx) error { return writeState(tx, st) })
 	return err
 }
 
@@ -209,7 +301,7 @@ func (b *StoreBackend) StoreCertificate(ctx context.Context, cert *storage.Certi
 		if err := tx.PutCertificate(cert); err != nil {
 			return err
 		}
-		return putJSON(tx, keyState+st.CertificateID, st, "", time.Time{})
+		return writeState(tx, st)
 	})
 	return err
 }
@@ -237,6 +329,25 @@ func (b *StoreBackend) AcquireLease(ctx context.Context, key, holder string, ttl
 			}
 		}
 		return putJSON(tx, keyLease+key, out, "", time.Time{})
+	})
+	return out, err
+}
+
+// ExtendLease implements RenewalStore.
+func (b *StoreBackend) ExtendLease(ctx context.Context, l Lease, ttl time.Duration) (Lease, error) {
+	var out Lease
+	_, err := b.store.Update(ctx, func(tx *storage.Tx) error {
+		now := b.now()
+		cur, ok, err := readLease(tx, l.Key)
+		if err != nil {
+			return err
+		}
+		if !ok || cur.Holder != l.Holder || cur.Epoch != l.Epoch || !now.Before(cur.Expires) {
+			return fmt.Errorf("%w: %s (held by %q epoch %d until %s)", ErrLeaseLost, l.Key, cur.Holder, cur.Epoch, cur.Expires.Format(time.RFC3339))
+		}
+		out = cur
+		out.Expires = now.Add(ttl).UTC()
+		return putJSON(tx, keyLease+l.Key, out, "", time.Time{})
 	})
 	return out, err
 }

@@ -65,6 +65,32 @@ func DefaultBudgetLimits() BudgetLimits {
 	}
 }
 
+// Validate checks the limits as given: no count below 0 (0 turns a limit
+// off) and every window positive (it also bounds how long events are
+// kept).
+func (l BudgetLimits) Validate() error {
+	var errs []error
+	for _, f := range []struct {
+		name   string
+		count  int
+		window time.Duration
+	}{
+		{"orders per account", l.OrdersPerAccount, l.OrdersWindow},
+		{"certificates per registered domain", l.CertsPerRegisteredDomain, l.CertsWindow},
+		{"duplicate certificates", l.DuplicateCerts, l.DuplicateWindow},
+		{"failed validations", l.FailedValidations, l.FailedWindow},
+		{"pause after failures", l.PauseAfterFailures, l.PauseWindow},
+	} {
+		if f.count < 0 {
+			errs = append(errs, fmt.Errorf("budget %s: count %d is negative (0 turns the limit off)", f.name, f.count))
+		}
+		if f.window <= 0 {
+			errs = append(errs, fmt.Errorf("budget %s: window %s must be positive", f.name, f.window))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // window is how long an event of kind counts (and is kept).
 func (l BudgetLimits) window(kind string) time.Duration {
 	switch kind {

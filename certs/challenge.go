@@ -70,6 +70,7 @@ type presenter struct {
 	store ChallengeStore
 	typ   string
 	ttl   time.Duration
+	wait  time.Duration // bounds PresentChallenge; 0: the issuance's context alone
 	now   func() time.Time
 }
 
@@ -79,7 +80,13 @@ func (p *presenter) token(domain, token, keyAuth string) ChallengeToken {
 }
 
 func (p *presenter) Present(domain, token, keyAuth string) error {
-	if err := p.store.PresentChallenge(p.ctx, p.token(domain, token, keyAuth)); err != nil {
+	ctx := p.ctx
+	if p.wait > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.wait)
+		defer cancel()
+	}
+	if err := p.store.PresentChallenge(ctx, p.token(domain, token, keyAuth)); err != nil {
 		return fmt.Errorf("%w: %s for %s: %w", ErrNotPresented, p.typ, domain, err)
 	}
 	return nil

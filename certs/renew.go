@@ -46,6 +46,20 @@ type RenewalState struct {
 	// LeaseEpoch.
 	Owner      string `json:"owner,omitempty"`
 	LeaseEpoch uint64 `json:"lease_epoch,omitempty"`
+	// RenewAt is the renewal time as last decided, and Due when the
+	// scheduler next looks at the certificate (the renewal time, the end
+	// of a backoff, or the next check of the CA's window, whichever comes
+	// first). The store keeps a due row per Due, in time order, so that
+	// a pass reads only the certificates it has something to do for.
+	RenewAt time.Time `json:"renew_at,omitzero"`
+	Due     time.Time `json:"due,omitzero"`
+}
+
+// DueCertificate is one row of the due schedule: certificate ID is to be
+// looked at from At on.
+type DueCertificate struct {
+	ID string
+	At time.Time
 }
 
 // ARIState is the CA's renewal window as last fetched.
@@ -86,20 +100,36 @@ type RenewalStore interface {
 	// Certificate returns the stored certificate (private key included)
 	// or an error wrapping storage.ErrNotFound.
 	Certificate(ctx context.Context, id string) (storage.Certificate, error)
-	// CertificatesExpiringBefore returns certificates expiring before t,
-	// soonest first.
-	CertificatesExpiringBefore(ctx context.Context, t time.Time, limit int) ([]storage.Certificate, error)
+	// CertificateExpiries returns the ids and expiries of the
+	// certificates expiring before t, soonest first, from the expiry
+	// index alone.
+	CertificateExpiries(ctx context.Context, t time.Time, limit int) ([]storage.CertificateExpiry, error)
+	// DueCertificates returns the due rows at or before until, soonest
+	// first, at most limit (<= 0: all), reading no row past them.
+	DueCertificates(ctx context.Context, until time.Time, limit int) ([]DueCertificate, error)
+	// AddDue writes a due row without touching the state (a certificate
+	// found without one); DropDue deletes one that is not its state's.
+	AddDue(ctx context.Context, d DueCertificate) error
+	DropDue(ctx context.Context, d DueCertificate) error
 	// RenewalState returns the certificate's state, the zero state
 	// (with CertificateID set) when there is none.
 	RenewalState(ctx context.Context, id string) (RenewalState, error)
+	// SaveRenewalState writes st and moves its due row: the previous
+	// state's row is deleted and one is written for st.Due (none when
+	// st.Due is zero), in the same transaction.
 	SaveRenewalState(ctx context.Context, st RenewalState) error
-	// StoreCertificate writes cert and st together, in one transaction
-	// that first checks that lease is still held (ErrLeaseLost if not).
+	// StoreCertificate writes cert and st (and st's due row) together, in
+	// one transaction that first checks that lease is still held
+	// (ErrLeaseLost if not).
 	StoreCertificate(ctx context.Context, cert *storage.Certificate, st RenewalState, lease Lease) error
 	// AcquireLease takes or extends the lease key for holder until
 	// now+ttl; an error wrapping ErrLeaseHeld when another holder's
 	// lease is still valid.
 	AcquireLease(ctx context.Context, key, holder string, ttl time.Duration) (Lease, error)
+	// ExtendLease moves l's expiry to now+ttl if l is still held as l
+	// (same holder and epoch, not expired); an error wrapping
+	// ErrLeaseLost otherwise.
+	ExtendLease(ctx context.Context, l Lease, ttl time.Duration) (Lease, error)
 	// ReleaseLease ends l if it is still held as l.
 	ReleaseLease(ctx context.Context, l Lease) error
 }
@@ -123,15 +153,20 @@ type ManagerConfig struct {
 	// it so that agents do not scan in step.
 	Interval time.Duration
 	Jitter   float64
-	// LeaseTTL bounds one attempt: an agent that dies mid-order frees
-	// the certificate after it. An attempt that outlives it cannot store
-	// its result (DNS-01 propagation can take minutes: keep it well
-	// above the DNS provider's propagation timeout).
+	// LeaseTTL is the lease's term: an agent that dies mid-order frees
+	// the certificate after it. The holder extends the lease every third
+	// of it while an order runs (DNS-01 propagation can take minutes);
+	// when an extension finds the lease lost, the order is abandoned and
+	// nothing of it is stored.
 	LeaseTTL time.Duration
-	// Horizon: a pass looks at certificates expiring within it (their
-	// renewal state, ARI included, is checked). 0: 400 days, every
-	// certificate a public CA issues.
+	// Horizon: the reconciliation looks at certificates expiring within
+	// it. 0: 400 days, every certificate a public CA issues.
 	Horizon time.Duration
+	// ReconcileInterval: every so often (and at the first pass) a pass
+	// also walks the expiry index for ACME certificates without a due row
+	// (stored by an agent of an older version) and refreshes the phase
+	// metrics; the other passes read the due rows alone.
+	ReconcileInterval time.Duration
 }
 
 // DefaultManagerConfig returns the defaults.
@@ -145,6 +180,8 @@ func DefaultManagerConfig() ManagerConfig {
 		Jitter:   0.2,
 		LeaseTTL: 30 * time.Minute,
 		Horizon:  400 * 24 * time.Hour,
+
+		ReconcileInterval: time.Hour,
 	}
 }
 
@@ -162,6 +199,41 @@ type Manager struct {
 
 	rndMu sync.Mutex
 	rnd   *rand.Rand
+
+	reconcileMu   sync.Mutex
+	lastReconcile time.Time
+
+	// held: the certificates this agent owns whose renewal the budget
+	// holds back, until when. A pass reads a held-back certificate only
+	// when its hold ends (its due row), so the gauge comes from here.
+	heldMu sync.Mutex
+	held   map[string]time.Time
+}
+
+// noteHeld records id as held back until until (zero: not held back).
+func (m *Manager) noteHeld(id string, until time.Time) {
+	m.heldMu.Lock()
+	defer m.heldMu.Unlock()
+	if until.IsZero() {
+		delete(m.held, id)
+		return
+	}
+	if m.held == nil {
+		m.held = map[string]time.Time{}
+	}
+	m.held[id] = until
+}
+
+// heldNow counts the holds still running at now, forgetting the others.
+func (m *Manager) heldNow(now time.Time) int {
+	m.heldMu.Lock()
+	defer m.heldMu.Unlock()
+	for id, until := range m.held {
+		if !now.Before(until) {
+			delete(m.held, id)
+		}
+	}
+	return len(m.held)
 }
 
 // NewManager returns a manager; Run starts its scheduler.
@@ -176,8 +248,10 @@ func NewManager(cfg ManagerConfig, issuers []Issuer, store RenewalStore, counter
 	if cfg.Policy == (RenewalPolicy{}) {
 		cfg.Policy = def.Policy
 	}
-	if cfg.Limits == (BudgetLimits{}) {
-		cfg.Limits = def.Limits
+	// The limits are used as given (DefaultManagerConfig carries Let's
+	// Encrypt's): a zero count turns a limit off, it is not a default.
+	if err := cfg.Limits.Validate(); err != nil {
+		return nil, fmt.Errorf("certs: %w", err)
 	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = def.Interval
@@ -188,8 +262,14 @@ func NewManager(cfg ManagerConfig, issuers []Issuer, store RenewalStore, counter
 	if cfg.LeaseTTL <= 0 {
 		cfg.LeaseTTL = def.LeaseTTL
 	}
+	if cfg.LeaseTTL < 3*time.Millisecond {
+		return nil, fmt.Errorf("certs: manager lease TTL %s is too short to be extended", cfg.LeaseTTL)
+	}
 	if cfg.Horizon <= 0 {
 		cfg.Horizon = def.Horizon
+	}
+	if cfg.ReconcileInterval <= 0 {
+		cfg.ReconcileInterval = def.ReconcileInterval
 	}
 	if len(issuers) == 0 {
 		return nil, errors.New("certs: manager needs at least one issuer")
@@ -259,6 +339,8 @@ func (m *Manager) Obtain(ctx context.Context, names []string, profile string) (s
 		return storage.Certificate{}, err
 	}
 	defer m.release(lease)
+	ctx, stop := m.holdLease(ctx, lease)
+	defer stop()
 	st, err := m.store.RenewalState(ctx, id)
 	if err != nil {
 		return storage.Certificate{}, err
@@ -299,6 +381,8 @@ func (m *Manager) Renew(ctx context.Context, id string) (storage.Certificate, er
 		return storage.Certificate{}, err
 	}
 	defer m.release(lease)
+	ctx, stop := m.holdLease(ctx, lease)
+	defer stop()
 	st, err := m.store.RenewalState(ctx, id)
 	if err != nil {
 		return storage.Certificate{}, err
@@ -323,6 +407,64 @@ func (m *Manager) State(ctx context.Context, id string) (RenewalState, Decision,
 }
 
 func leaseKey(id string) string { return "cert/" + id }
+
+// holdLease extends l every third of the lease's term until the returned
+// stop is called. When an extension finds the lease lost (it expired, or
+// another agent took it over: a pause, a partition), the returned context
+// is cancelled with a cause wrapping ErrLeaseLost: lego's next request to
+// the CA fails, and the attempt stores nothing. A store that cannot be
+// reached is retried until the lease would have run out.
+func (m *Manager) holdLease(ctx context.Context, l Lease) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	done, stopped := make(chan struct{}), make(chan struct{})
+	every := m.cfg.LeaseTTL / 3
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			rctx, rcancel := context.WithTimeout(ctx, every)
+			nl, err := m.store.ExtendLease(rctx, l, m.cfg.LeaseTTL)
+			rcancel()
+			switch {
+			case err == nil:
+				l = nl
+			case errors.Is(err, ErrLeaseLost) || !m.cfg.Now().Before(l.Expires):
+				m.log.Warn("renewal lease lost during an order; abandoning it", zap.String("lease", l.Key),
+					zap.Uint64("epoch", l.Epoch), zap.Error(err))
+				m.metrics.leaseLost.Inc()
+				if !errors.Is(err, ErrLeaseLost) {
+					err = fmt.Errorf("%w: %w", ErrLeaseLost, err)
+				}
+				cancel(err)
+				return
+			case ctx.Err() == nil:
+				m.log.Info("extending renewal lease failed; retrying", zap.String("lease", l.Key), zap.Error(err))
+			}
+		}
+	}()
+	return ctx, func() {
+		close(done)
+		<-stopped
+		cancel(nil)
+	}
+}
+
+// leaseLost is the cause when ctx was cancelled because the lease was
+// lost, nil otherwise.
+func leaseLost(ctx context.Context) error {
+	if cause := context.Cause(ctx); errors.Is(cause, ErrLeaseLost) {
+		return cause
+	}
+	return nil
+}
 
 func (m *Manager) release(l Lease) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -388,6 +530,9 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 				log.Info("certificate already renewed by another agent", zap.String("fingerprint", cur.Fingerprint))
 				st.LastError, st.Failures, st.NextAttempt, st.HeldBack, st.HeldBackUntil = "", 0, time.Time{}, "", time.Time{}
 				st.LastSuccess = now
+				if leaf, lerr := leafOf(&cur); lerr == nil {
+					m.schedule(&st, leaf.NotBefore, leaf.NotAfter)
+				}
 				if err := m.store.SaveRenewalState(ctx, st); err != nil {
 					return storage.Certificate{}, err
 				}
@@ -399,6 +544,9 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 		if err != nil {
 			log.Warn("acme order failed", zap.String("issuer", iss.Key()), zap.Error(err))
 			errs = append(errs, err)
+			if leaseLost(ctx) != nil {
+				break
+			}
 			continue
 		}
 		cert := m.record(id, st.Names, res, old, now)
@@ -406,6 +554,7 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 		st.LastSuccess = now
 		st.LastError, st.Failures, st.NextAttempt, st.HeldBack, st.HeldBackUntil = "", 0, time.Time{}, "", time.Time{}
 		st.ARI = nil // the new certificate's window is fetched on the next pass
+		m.schedule(&st, res.Leaf.NotBefore, res.Leaf.NotAfter)
 		// Counted before it is stored: the CA issued it even if the
 		// lease turns out lost.
 		if err := m.budget.RecordResult(ctx, st.Names, id, true, now); err != nil {
@@ -414,21 +563,37 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 		if err := m.store.StoreCertificate(ctx, cert, st, lease); err != nil {
 			return storage.Certificate{}, fmt.Errorf("certs: storing certificate %s: %w", id, err)
 		}
+		m.noteHeld(id, time.Time{})
 		log.Info("certificate issued", zap.String("issuer", res.IssuerKey), zap.Time("expires_at", cert.ExpiresAt),
 			zap.String("fingerprint", cert.Fingerprint), zap.Bool("replaces", req.ReplacesID != ""))
 		return *cert, nil
 	}
 
 	err := errors.Join(errs...)
+	if lost := leaseLost(ctx); lost != nil {
+		// Another agent holds the certificate now: its state is not
+		// this attempt's to write.
+		return storage.Certificate{}, fmt.Errorf("certs: order for %s abandoned: %w (%w)", id, lost, err)
+	}
 	if heldBack != nil && len(errs) == len(m.issuers) && allHeldBack(errs) {
 		// Not a failure: nothing was ordered. Try again when the budget
 		// allows it.
 		st.HeldBack, st.HeldBackUntil, st.NextAttempt = heldBack.Error(), heldBack.Until, heldBack.Until
+		m.noteHeld(id, heldBack.Until)
 	} else {
 		st.HeldBack, st.HeldBackUntil = "", time.Time{}
+		m.noteHeld(id, time.Time{})
 		st.Failures++
 		st.LastError = err.Error()
 		st.NextAttempt = now.Add(m.backoff(st.Failures))
+	}
+	if oldLeaf != nil {
+		m.schedule(&st, oldLeaf.NotBefore, oldLeaf.NotAfter)
+	} else {
+		// No certificate yet: nothing for the scheduler; a first issuance
+		// is asked for again (by the API or the pool's automatic
+		// certificate).
+		st.Due = time.Time{}
 	}
 	if serr := m.store.SaveRenewalState(ctx, st); serr != nil {
 		log.Warn("saving renewal state", zap.Error(serr))
@@ -499,34 +664,48 @@ func (m *Manager) record(id string, names []string, res *IssuedCertificate, old 
 
 // PassReport says what one scheduler pass did.
 type PassReport struct {
+	// Checked counts the due rows read, Owned those this agent owns.
 	Checked, Owned, Renewed, Failed, HeldBack int
+	// Reconciled: this pass also walked the expiry index (and added
+	// Added due rows for certificates that had none).
+	Reconciled bool
+	Added      int
 }
 
-// RunOnce makes one scheduler pass: for each ACME certificate this agent
-// owns, refresh the CA's window when due and renew when due.
+// RunOnce makes one scheduler pass: it reads the due rows up to now
+// (soonest first, nothing past them) and, for each certificate this agent
+// owns, refreshes the CA's window when due and renews when due. Every
+// ReconcileInterval the pass also reconciles (see ManagerConfig).
 func (m *Manager) RunOnce(ctx context.Context) (PassReport, error) {
 	var rep PassReport
 	now := m.cfg.Now()
-	list, err := m.store.CertificatesExpiringBefore(ctx, now.Add(m.cfg.Horizon), 0)
+	m.reconcileMu.Lock()
+	reconcile := m.lastReconcile.IsZero() || now.Sub(m.lastReconcile) >= m.cfg.ReconcileInterval
+	if reconcile {
+		m.lastReconcile = now
+	}
+	m.reconcileMu.Unlock()
+	alive := m.members.Alive()
+	self := m.members.Self()
+	var expiries []storage.CertificateExpiry
+	if reconcile {
+		n, exp, err := m.addMissingDue(ctx, now, alive, self)
+		if err != nil {
+			return rep, err
+		}
+		rep.Reconciled, rep.Added, expiries = true, n, exp
+	}
+	due, err := m.store.DueCertificates(ctx, now, 0)
 	if err != nil {
 		return rep, err
 	}
-	alive := m.members.Alive()
-	self := m.members.Self()
-	for i := range list {
-		c := &list[i]
-		if c.Provider != ProviderACME || !c.AutoRenew {
-			continue
-		}
+	for _, d := range due {
 		rep.Checked++
-		if Owner(c.ID, alive) != self {
+		if Owner(d.ID, alive) != self {
 			continue
 		}
 		rep.Owned++
-		if ctx.Err() != nil {
-			return rep, ctx.Err()
-		}
-		switch err := m.maybeRenew(ctx, c); {
+		switch err := m.maybeRenew(ctx, d); {
 		case err == nil:
 			rep.Renewed++
 		case errors.Is(err, errNotDue), errors.Is(err, ErrLeaseHeld):
@@ -540,9 +719,13 @@ func (m *Manager) RunOnce(ctx context.Context) (PassReport, error) {
 		}
 	}
 	m.metrics.passes.Inc()
-	m.metrics.heldBack.Set(float64(rep.HeldBack))
-	m.recordPhases(ctx, list)
-	if p, ok := m.store.(expiredPurger); ok {
+	m.metrics.heldBack.Set(float64(m.heldNow(now)))
+	if reconcile {
+		m.recordPhases(ctx, now, expiries)
+	}
+	// The purge scans the whole acme table: with the reconciliation, not
+	// every pass (expired rows are ignored on read meanwhile).
+	if p, ok := m.store.(expiredPurger); ok && reconcile {
 		if _, err := p.PurgeExpired(ctx); err != nil && ctx.Err() == nil {
 			m.log.Warn("purging expired acme rows", zap.Error(err))
 		}
@@ -550,44 +733,161 @@ func (m *Manager) RunOnce(ctx context.Context) (PassReport, error) {
 	return rep, nil
 }
 
+// farFuture bounds "every due row".
+var farFuture = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// addMissingDue walks the expiry index (ids and expiries, no certificate
+// read) and gives each ACME certificate this agent owns that has no due
+// row one at now: the next pass decides its real schedule. Only the due
+// row is written, never the state, so that it races with no attempt.
+func (m *Manager) addMissingDue(ctx context.Context, now time.Time, alive []string, self string) (int, []storage.CertificateExpiry, error) {
+	rows, err := m.store.DueCertificates(ctx, farFuture, 0)
+	if err != nil {
+		return 0, nil, err
+	}
+	scheduled := make(map[string]struct{}, len(rows))
+	for _, d := range rows {
+		scheduled[d.ID] = struct{}{}
+	}
+	exp, err := m.store.CertificateExpiries(ctx, now.Add(m.cfg.Horizon), 0)
+	if err != nil {
+		return 0, nil, err
+	}
+	added := 0
+	for _, e := range exp {
+		if _, ok := scheduled[e.ID]; ok || Owner(e.ID, alive) != self {
+			continue
+		}
+		c, err := m.store.Certificate(ctx, e.ID)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return added, nil, err
+		}
+		if c.Provider != ProviderACME || !c.AutoRenew {
+			continue
+		}
+		if err := m.store.AddDue(ctx, DueCertificate{ID: c.ID, At: now}); err != nil {
+			return added, nil, err
+		}
+		added++
+	}
+	if added > 0 {
+		m.log.Info("acme certificates without a renewal schedule found", zap.Int("count", added))
+	}
+	return added, exp, nil
+}
+
 // expiredPurger is a RenewalStore with TTL rows (challenge tokens, budget
-// events) that the scheduler purges after each pass; StoreBackend is one.
+// events) that the scheduler purges after each reconciling pass;
+// StoreBackend is one.
 type expiredPurger interface {
 	PurgeExpired(ctx context.Context) (int, error)
 }
 
 var errNotDue = errors.New("certs: renewal not due")
 
-func (m *Manager) maybeRenew(ctx context.Context, c *storage.Certificate) error {
-	leaf, err := leafOf(c)
+// schedule sets st's renewal time and due time for the certificate valid
+// from notBefore to notAfter, and reports whether they changed.
+func (m *Manager) schedule(st *RenewalState, notBefore, notAfter time.Time) bool {
+	d := m.cfg.Policy.Decide(notBefore, notAfter, *st)
+	due := d.At
+	if d.NotBefore.After(due) {
+		due = d.NotBefore
+	}
+	if m.ariIssuer(st) != nil {
+		check := m.cfg.Now()
+		if st.ARI != nil {
+			check = st.ARI.NextCheck
+		}
+		if check.Before(due) {
+			due = check
+		}
+	}
+	due = due.UTC()
+	changed := !st.Due.Equal(due) || !st.RenewAt.Equal(d.At)
+	st.RenewAt, st.Due = d.At.UTC(), due
+	return changed
+}
+
+// ariIssuer is the issuer asked for st's renewal window, nil when none
+// can answer.
+func (m *Manager) ariIssuer(st *RenewalState) RenewalInformer {
+	for _, iss := range m.issuers {
+		if r, ok := iss.(RenewalInformer); ok && (st.Issuer == "" || st.Issuer == iss.Key()) {
+			return r
+		}
+	}
+	return nil
+}
+
+// maybeRenew handles one due row of a certificate this agent owns.
+func (m *Manager) maybeRenew(ctx context.Context, d DueCertificate) error {
+	c, err := m.store.Certificate(ctx, d.ID)
+	if errors.Is(err, storage.ErrNotFound) {
+		// Deleted since: its schedule goes with it.
+		return errors.Join(errNotDue, m.store.DropDue(ctx, d))
+	}
 	if err != nil {
-		m.log.Warn("stored acme certificate does not parse", zap.String("certificate", c.ID), zap.Error(err))
 		return err
 	}
 	st, err := m.store.RenewalState(ctx, c.ID)
 	if err != nil {
 		return err
 	}
+	if !st.Due.Equal(d.At) {
+		// Not the state's own row: a row added by the reconciliation, or
+		// one left by a concurrent write on another agent. The state is
+		// rescheduled below.
+		if err := m.store.DropDue(ctx, d); err != nil {
+			return err
+		}
+	}
+	if c.Provider != ProviderACME || !c.AutoRenew {
+		// Uploaded over, or auto-renewal turned off: nothing to schedule.
+		if !st.Due.IsZero() {
+			st.Due = time.Time{}
+			return errors.Join(errNotDue, m.store.SaveRenewalState(ctx, st))
+		}
+		return errNotDue
+	}
+	leaf, err := leafOf(&c)
+	if err != nil {
+		m.log.Warn("stored acme certificate does not parse", zap.String("certificate", c.ID), zap.Error(err))
+		return err
+	}
 	if len(st.Names) == 0 {
 		st.Names = c.Names
 	}
 	now := m.cfg.Now()
-	if m.refreshARI(ctx, c.ID, leaf, &st, now) {
+	changed := m.refreshARI(ctx, c.ID, leaf, &st, now)
+	if !m.cfg.Policy.Decide(leaf.NotBefore, leaf.NotAfter, st).Due(now) {
+		if m.schedule(&st, leaf.NotBefore, leaf.NotAfter) || changed || !st.Due.Equal(d.At) {
+			if err := m.store.SaveRenewalState(ctx, st); err != nil {
+				return err
+			}
+		}
+		if st.HeldBack != "" && now.Before(st.HeldBackUntil) {
+			m.noteHeld(c.ID, st.HeldBackUntil)
+			return fmt.Errorf("%w: %s", ErrHeldBack, st.HeldBack)
+		}
+		m.noteHeld(c.ID, time.Time{})
+		return errNotDue
+	}
+	if changed {
+		m.schedule(&st, leaf.NotBefore, leaf.NotAfter)
 		if err := m.store.SaveRenewalState(ctx, st); err != nil {
 			return err
 		}
-	}
-	if !m.cfg.Policy.Decide(leaf.NotBefore, leaf.NotAfter, st).Due(now) {
-		if st.HeldBack != "" && now.Before(st.HeldBackUntil) {
-			return fmt.Errorf("%w: %s", ErrHeldBack, st.HeldBack)
-		}
-		return errNotDue
 	}
 	lease, err := m.store.AcquireLease(ctx, leaseKey(c.ID), m.members.Self(), m.cfg.LeaseTTL)
 	if err != nil {
 		return err
 	}
 	defer m.release(lease)
+	ctx, stop := m.holdLease(ctx, lease)
+	defer stop()
 	// Re-read under the lease: another agent may have renewed it while
 	// this one decided.
 	cur, err := m.store.Certificate(ctx, c.ID)
@@ -613,13 +913,7 @@ func (m *Manager) refreshARI(ctx context.Context, id string, leaf *x509.Certific
 	if st.ARI != nil && now.Before(st.ARI.NextCheck) {
 		return false
 	}
-	var ri RenewalInformer
-	for _, iss := range m.issuers {
-		if r, ok := iss.(RenewalInformer); ok && (st.Issuer == "" || st.Issuer == iss.Key()) {
-			ri = r
-			break
-		}
-	}
+	ri := m.ariIssuer(st)
 	if ri == nil {
 		return false
 	}
@@ -669,45 +963,57 @@ func (m *Manager) Run(ctx context.Context) error {
 }
 
 type managerMetrics struct {
-	orders   *prometheus.CounterVec
-	passes   prometheus.Counter
-	heldBack prometheus.Gauge
-	phases   *prometheus.GaugeVec
-	earliest prometheus.Gauge
+	leaseLost prometheus.Counter
+	orders    *prometheus.CounterVec
+	passes    prometheus.Counter
+	heldBack  prometheus.Gauge
+	phases    *prometheus.GaugeVec
+	earliest  prometheus.Gauge
 }
 
-// recordPhases counts the stored ACME certificates by renewal phase and
-// notes the earliest expiry: a bounded set of series however many
-// certificates there are (the per-certificate detail is in the API).
-func (m *Manager) recordPhases(ctx context.Context, list []storage.Certificate) {
-	now := m.cfg.Now()
+// recordPhases counts the scheduled ACME certificates by renewal phase
+// and notes the earliest expiry: a bounded set of series however many
+// certificates there are (the per-certificate detail is in the API). It
+// reads the due rows and the states, no certificate, and runs with the
+// reconciliation (exp is the expiry index it read).
+func (m *Manager) recordPhases(ctx context.Context, now time.Time, exp []storage.CertificateExpiry) {
+	rows, err := m.store.DueCertificates(ctx, farFuture, 0)
+	if err != nil {
+		if ctx.Err() == nil {
+			m.log.Warn("reading the renewal schedule for metrics", zap.Error(err))
+		}
+		return
+	}
 	counts := map[string]int{PhaseScheduled: 0, PhaseDue: 0, PhaseRetrying: 0, PhaseHeldBack: 0}
-	var earliest time.Time
-	for i := range list {
-		c := &list[i]
-		if c.Provider != ProviderACME {
+	seen := make(map[string]struct{}, len(rows))
+	for _, d := range rows {
+		if _, dup := seen[d.ID]; dup {
 			continue
 		}
-		if earliest.IsZero() || c.ExpiresAt.Before(earliest) {
-			earliest = c.ExpiresAt
-		}
-		st, err := m.store.RenewalState(ctx, c.ID)
+		seen[d.ID] = struct{}{}
+		st, err := m.store.RenewalState(ctx, d.ID)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			m.log.Warn("reading renewal state for metrics", zap.String("certificate", c.ID), zap.Error(err))
+			m.log.Warn("reading renewal state for metrics", zap.String("certificate", d.ID), zap.Error(err))
 			continue
 		}
-		counts[phaseOf(st, m.cfg.Policy.Decide(c.NotBefore, c.ExpiresAt, st), now)]++
+		renewAt := st.RenewAt
+		if renewAt.IsZero() {
+			renewAt = d.At
+		}
+		counts[phaseOf(st, Decision{At: renewAt}, now)]++
 	}
 	for phase, n := range counts {
 		m.metrics.phases.WithLabelValues(phase).Set(float64(n))
 	}
-	if earliest.IsZero() {
-		m.metrics.earliest.Set(0)
-	} else {
-		m.metrics.earliest.Set(float64(earliest.Unix()))
+	m.metrics.earliest.Set(0)
+	for _, e := range exp {
+		if _, ok := seen[e.ID]; ok {
+			m.metrics.earliest.Set(float64(e.ExpiresAt.Unix()))
+			break
+		}
 	}
 }
 
@@ -717,13 +1023,17 @@ func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 			Namespace: "edge", Subsystem: "acme", Name: "orders_total",
 			Help: "ACME orders by result: issued, failed, already_replaced (another agent renewed), held_back (the rate-limit budget refused to order).",
 		}, []string{"result"}),
+		leaseLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "edge", Subsystem: "acme", Name: "lease_lost_total",
+			Help: "Orders abandoned because this agent's renewal lease was lost while they ran (expired or taken over by another agent).",
+		}),
 		passes: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "edge", Subsystem: "acme", Name: "renewal_passes_total",
 			Help: "Renewal scheduler passes completed.",
 		}),
 		heldBack: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "edge", Subsystem: "acme", Name: "held_back_certificates",
-			Help: "Certificates this agent owns whose renewal the rate-limit budget holds back, as of the last scheduler pass (the reason is in each certificate's held_back).",
+			Help: "Certificates whose order or renewal this agent holds back under the rate-limit budget, each until its hold ends (the reason is in each certificate's held_back).",
 		}),
 	}
 	m.phases = prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -738,7 +1048,7 @@ func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 		m.orders.WithLabelValues(r)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.orders, m.passes, m.heldBack, m.phases, m.earliest} {
+		for _, c := range []prometheus.Collector{m.orders, m.leaseLost, m.passes, m.heldBack, m.phases, m.earliest} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("certs: registering acme metrics: %w", err)
 			}

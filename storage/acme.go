@@ -187,6 +187,32 @@ func (s *Store) ListACMERecords(ctx context.Context, prefix, after string, limit
 	return out, err
 }
 
+// ListACMERecordsBefore is ListACMERecords stopping at the first key at
+// or after end: a range read (due rows up to a time) that reads no row
+// past it.
+func (s *Store) ListACMERecordsBefore(ctx context.Context, prefix, after, end string, limit int) (out []ACMERecord, err error) {
+	err = s.View(ctx, func(tx *Tx) error {
+		err := tx.scanRows(TableACME, prefix, after, limit, func(key string, r *row) error {
+			if key >= end {
+				return errStopScan
+			}
+			a, err := tx.s.decodeStoredACME(r)
+			if err != nil {
+				return err
+			}
+			out = append(out, a)
+			return nil
+		})
+		if errors.Is(err, errStopScan) {
+			return nil
+		}
+		return err
+	})
+	return out, err
+}
+
+var errStopScan = errors.New("storage: scan stopped")
+
 // PurgeExpiredACME deletes the acme rows whose ExpiresAt is at or before
 // now, at most limit per call (<= 0: 1000) so the transaction stays small,
 // and returns how many it deleted. Every node may purge: two tombstones

@@ -1,0 +1,497 @@
+package cluster
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// These tests run three agent processes against Pebble: Pebble resolves
+// every name through pebble-challtestsrv's DNS, which the test points at
+// one agent or another; every agent listens on the same HTTP and HTTPS
+// ports (Pebble's httpPort and tlsPort) on an address of its own.
+
+// tool is a running Pebble or challtestsrv.
+type tool struct {
+	cmd    *exec.Cmd
+	out    *syncBuffer
+	exited chan struct{}
+}
+
+func startTool(t *testing.T, env []string, name string, args ...string) *tool {
+	t.Helper()
+	path, err := exec.Command("go", "tool", "-n", name).Output()
+	if err != nil {
+		t.Fatalf("go tool -n %s: %v", name, err)
+	}
+	p := &tool{cmd: exec.Command(strings.TrimSpace(string(path)), args...), out: &syncBuffer{}, exited: make(chan struct{})}
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		select {
+		case <-p.exited:
+		case <-time.After(10 * time.Second):
+			t.Errorf("%s did not exit", name)
+		}
+		if t.Failed() {
+			t.Logf("%s output (tail):\n%s", name, tail(p.out.String(), 80))
+		}
+	})
+	return p
+}
+
+// pebble is Pebble with challtestsrv as its DNS.
+type pebble struct {
+	dir       string // directory URL
+	mgmt      string // management address (roots)
+	challMgmt string // challtestsrv management address
+	caPEM     []byte // trusts Pebble's own listener
+	bundle    string // caPEM's file, for --acme-ca-bundle
+	proc      *tool
+	client    *http.Client
+}
+
+func listenAddr(t *testing.T, ip string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startPebble listens on listenIP (where the agents reach it), validates
+// on httpPort and tlsPort of whatever address challtestsrv gives a name
+// (defaultIP unless set with resolve), and validates every order afresh.
+func startPebble(t *testing.T, listenIP, defaultIP string, httpPort, tlsPort int) *pebble {
+	t.Helper()
+	p := &pebble{mgmt: listenAddr(t, "127.0.0.1"), challMgmt: listenAddr(t, "127.0.0.1")}
+	dns := listenAddr(t, "127.0.0.1")
+	startTool(t, nil, "pebble-challtestsrv", "-http01", "", "-https01", "", "-doh", "", "-tlsalpn01", "",
+		"-dnsserver", dns, "-management", p.challMgmt, "-defaultIPv4", defaultIP, "-defaultIPv6", "")
+
+	dir := t.TempDir()
+	var certPEM, keyPEM []byte
+	p.caPEM, certPEM, keyPEM = listenerCert(t, listenIP)
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	p.bundle = filepath.Join(dir, "ca.pem")
+	for f, b := range map[string][]byte{certFile: certPEM, keyFile: keyPEM, p.bundle: p.caPEM} {
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	listen := listenAddr(t, listenIP)
+	cfg, _ := json.Marshal(map[string]any{"pebble": map[string]any{
+		"listenAddress": listen, "managementListenAddress": p.mgmt,
+		"certificate": certFile, "privateKey": keyFile,
+		"httpPort": httpPort, "tlsPort": tlsPort, "ocspResponderURL": "",
+		"externalAccountBindingRequired": false,
+		"retryAfter":                     map[string]int{"authz": 1, "order": 1},
+		"keyAlgorithm":                   "ecdsa",
+	}})
+	cfgFile := filepath.Join(dir, "pebble.json")
+	if err := os.WriteFile(cfgFile, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.proc = startTool(t, []string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_AUTHZREUSE=0", "PEBBLE_WFE_NONCEREJECT=0"},
+		"pebble", "-config", cfgFile, "-dnsserver", dns)
+	p.dir = "https://" + listen + "/dir"
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(p.caPEM)
+	p.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	waitFor(t, "pebble's directory", func() bool {
+		resp, err := p.client.Get(p.dir)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	waitFor(t, "challtestsrv", func() bool {
+		resp, err := http.Post("http://"+p.challMgmt+"/clear-request-history", "application/json", strings.NewReader(`{"host":"x","type":"http"}`))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return true
+	})
+	return p
+}
+
+// resolve points name at ip in challtestsrv's DNS, the only DNS Pebble
+// asks.
+func (p *pebble) resolve(t *testing.T, name, ip string) {
+	t.Helper()
+	b, _ := json.Marshal(map[string]any{"host": name, "addresses": []string{ip}})
+	resp, err := http.Post("http://"+p.challMgmt+"/add-a", "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("challtestsrv add-a: %s", resp.Status)
+	}
+}
+
+// roots are Pebble's issuing roots (new at every start).
+func (p *pebble) roots(t *testing.T) *x509.CertPool {
+	t.Helper()
+	resp, err := p.client.Get("https://" + p.mgmt + "/roots/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		t.Fatalf("pebble roots: %s", b)
+	}
+	return pool
+}
+
+// listenerCert is a CA and a certificate for ip signed by it.
+func listenerCert(t *testing.T, ip string) (caPEM, certPEM, keyPEM []byte) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test ACME server CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: ip},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.ParseIP(ip)},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalPKCS8PrivateKey(key)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
+}
+
+// acmePorts is ports with base+4 (HTTPS) free too on every address.
+func acmePorts(t *testing.T, ips ...string) ports {
+	t.Helper()
+	for range 50 {
+		p := freePorts(t, ips...)
+		ok := true
+		for _, ip := range ips {
+			l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(p.https())))
+			if err != nil {
+				ok = false
+				break
+			}
+			l.Close()
+		}
+		if ok {
+			return p
+		}
+	}
+	t.Fatal("no free ports")
+	return ports{}
+}
+
+func (p ports) https() int { return p.base + 4 }
+
+// startACMECluster starts three agents on ips (in namespaces ns when
+// given) with ACME at pebble; extra flags go to every agent.
+func startACMECluster(t *testing.T, pb *pebble, ips, ns []string, p ports, extra ...string) []*agent {
+	t.Helper()
+	key := gossipKey(t)
+	// Private keys travel sealed in change sets: every agent of a cluster
+	// has the same store key.
+	storeKey := "EDGE_ENCRYPTION_KEY=" + randHex(t, 32)
+	seed := net.JoinHostPort(ips[0], strconv.Itoa(p.gossip()))
+	var agents []*agent
+	for i, ip := range ips {
+		c := agentConfig{name: fmt.Sprintf("m%d", i+1), ip: ip, ports: p, key: key, env: []string{storeKey},
+			args: append([]string{"--https-addr", net.JoinHostPort(ip, strconv.Itoa(p.https())),
+				"--acme-directory", pb.dir, "--acme-ca-bundle", pb.bundle, "--acme-email", "ops@acme.test"}, extra...)}
+		if i > 0 {
+			c.join = []string{seed}
+		}
+		if ns != nil {
+			c.netns = ns[i]
+		}
+		agents = append(agents, startAgent(t, c))
+	}
+	for _, a := range agents {
+		waitFor(t, a.name+" sees three", func() bool { return a.alive() == names(3) })
+	}
+	return agents
+}
+
+// acme sends an admin request that may wait for an order.
+func (a *agent) acme(method, path string, body any) (int, []byte) {
+	a.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, "http://"+a.addr(a.ports.admin())+path, rd)
+	req.Header.Set("Authorization", "Bearer "+a.token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := (&http.Client{Timeout: 90 * time.Second}).Do(req)
+	if err != nil {
+		a.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+// handshake does one TLS handshake with a's HTTPS listener for name and
+// returns the verified leaf's SHA-256 fingerprint.
+func (a *agent) handshake(name string, roots *x509.CertPool) (string, error) {
+	d := &net.Dialer{Timeout: 3 * time.Second}
+	conn, err := tls.DialWithDialer(d, "tcp", a.addr(a.ports.https()), &tls.Config{ServerName: name, RootCAs: roots})
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	sum := sha256.Sum256(conn.ConnectionState().PeerCertificates[0].Raw)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+type certView struct {
+	ID          string `json:"id"`
+	Fingerprint string `json:"fingerprint"`
+	Provider    string `json:"provider"`
+}
+
+// Agent m1 orders a certificate while Pebble can reach only m2 (the name
+// resolves to m2's address): m2 answers the challenge from the token m1
+// wrote, so the token replicated and any agent answers. Then, with a
+// client handshaking every 200 ms with each agent, the certificate is
+// renewed: no handshake fails, and every agent serves the new certificate
+// within seconds.
+func TestACMEThreeAgents(t *testing.T) {
+	ips := []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}
+	p := acmePorts(t, ips...)
+	pb := startPebble(t, "127.0.0.1", ips[0], p.http(), p.https())
+	agents := startACMECluster(t, pb, ips, nil, p)
+	roots := pb.roots(t)
+	const name = "other.acme.test"
+	pb.resolve(t, name, ips[1])
+	// The proxy terminates TLS only for names a pool serves; this pool
+	// leaves ordering to the POST below.
+	agents[0].mustDo(http.MethodPost, "/api/pools", map[string]any{"name": "shop", "algorithm": "round_robin",
+		"ssl_mode": "flexible", "ssl_domain": name, "auto_cert": false}, http.StatusCreated)
+
+	start := time.Now()
+	code, body := agents[0].acme(http.MethodPost, "/api/certificates", map[string]any{"domain": name})
+	if code != http.StatusCreated {
+		t.Fatalf("POST /api/certificates on m1: %d %s", code, body)
+	}
+	var cert certView
+	if err := json.Unmarshal(body, &cert); err != nil || cert.Fingerprint == "" {
+		t.Fatalf("certificate view %s: %v", body, err)
+	}
+	issued := time.Since(start)
+	for _, a := range agents {
+		var last error
+		waitFor(t, a.name+" serves the certificate", func() bool {
+			fp, err := a.handshake(name, roots)
+			if err == nil && fp != cert.Fingerprint {
+				err = fmt.Errorf("served %s", fp)
+			}
+			if err != nil && (last == nil || err.Error() != last.Error()) {
+				t.Logf("%s: %v", a.name, err)
+			}
+			last = err
+			return err == nil
+		})
+	}
+	t.Logf("POST to 201: %s; POST to served by all three agents: %s", issued.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+	// Pebble validated against m2 only: the name resolves nowhere else.
+	if !strings.Contains(pb.proc.out.String(), "Pulled a task") {
+		t.Fatal("Pebble validated nothing")
+	}
+
+	t.Run("renewal under handshakes", func(t *testing.T) {
+		var failed, done atomic.Int64
+		var mu sync.Mutex
+		var firstErr error
+		// seen[i] is when agent i first served a fingerprint other than
+		// the old one.
+		seen := make([]time.Time, len(agents))
+		newFP := make([]string, len(agents))
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for i, a := range agents {
+			wg.Go(func() {
+				tick := time.NewTicker(200 * time.Millisecond)
+				defer tick.Stop()
+				for {
+					select {
+					case <-stop:
+						return
+					case <-tick.C:
+					}
+					fp, err := a.handshake(name, roots)
+					done.Add(1)
+					mu.Lock()
+					switch {
+					case err != nil:
+						failed.Add(1)
+						if firstErr == nil {
+							firstErr = fmt.Errorf("%s: %w", a.name, err)
+						}
+					case fp != cert.Fingerprint && seen[i].IsZero():
+						seen[i], newFP[i] = time.Now(), fp
+					}
+					mu.Unlock()
+				}
+			})
+		}
+		time.Sleep(time.Second)
+		code, body := agents[0].acme(http.MethodPost, "/api/certificates/"+cert.ID+"/renew", nil)
+		renewed := time.Now()
+		if code != http.StatusOK && code != http.StatusCreated {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("renew: %d %s", code, body)
+		}
+		var after certView
+		if err := json.Unmarshal(body, &after); err != nil || after.Fingerprint == "" || after.Fingerprint == cert.Fingerprint {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("renew answered %s", body)
+		}
+		waitFor(t, "every agent serves the renewed certificate", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			for i := range agents {
+				if seen[i].IsZero() {
+					return false
+				}
+			}
+			return true
+		})
+		time.Sleep(time.Second)
+		close(stop)
+		wg.Wait()
+		if failed.Load() > 0 {
+			t.Fatalf("%d of %d handshakes failed during the renewal; first: %v", failed.Load(), done.Load(), firstErr)
+		}
+		for i, a := range agents {
+			if newFP[i] != after.Fingerprint {
+				t.Errorf("%s served %s after the renewal, want the renewed %s", a.name, newFP[i], after.Fingerprint)
+			}
+			// A handshake that began before the renew call returned may
+			// already see the new certificate: the stored row changes
+			// before the API answers.
+			t.Logf("%s serves the renewed certificate %s after the renew call returned", a.name, seen[i].Sub(renewed).Round(time.Millisecond))
+		}
+		t.Logf("%d handshakes, none failed", done.Load())
+	})
+}
+
+// An agent cut off from the others (network namespaces, blackhole routes
+// both ways) before the failure detector notices: the token m1 writes
+// cannot reach m3, so Present fails after --acme-present-timeout and lego
+// never submits the challenge: Pebble validates nothing and finalizes
+// nothing (the order itself is created before the challenge exists, as
+// ACME requires). The failure is the POST's answer and the certificate's
+// state on every agent.
+func TestACMEPartitionedAgentFailsPresent(t *testing.T) {
+	lab := newNetLab(t, 3)
+	ips := []string{lab.ip(0), lab.ip(1), lab.ip(2)}
+	p := ports{base: 18946}
+	bridge := fmt.Sprintf("10.77.%d.1", lab.subnet)
+	pb := startPebble(t, bridge, ips[0], p.http(), p.https())
+	// Fly's timings: suspicion takes seconds, so the order below starts
+	// while m3 is still alive to the others, as a fresh partition is.
+	agents := startACMECluster(t, pb, ips, lab.ns, p, "--gossip-preset", "fly", "--acme-present-timeout", "5s")
+	for _, name := range []string{"base.acme.test", "cut.acme.test"} {
+		agents[0].mustDo(http.MethodPost, "/api/pools", map[string]any{"name": strings.Split(name, ".")[0], "algorithm": "round_robin",
+			"ssl_mode": "flexible", "ssl_domain": name, "auto_cert": false}, http.StatusCreated)
+	}
+	// With every agent reachable an order goes through (and registers
+	// the account, so the order below reaches Present at once).
+	if code, body := agents[0].acme(http.MethodPost, "/api/certificates", map[string]any{"domain": "base.acme.test"}); code != http.StatusCreated {
+		t.Fatalf("POST before the partition: %d %s", code, body)
+	}
+
+	before := pb.proc.out.String()
+	lab.cut(2, 0)
+	lab.cut(2, 1)
+	code, body := agents[0].acme(http.MethodPost, "/api/certificates", map[string]any{"domain": "cut.acme.test"})
+	var eb struct {
+		Error struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	_ = json.Unmarshal(body, &eb)
+	if code != http.StatusBadGateway || eb.Error.Code != "acme_failed" ||
+		!strings.Contains(eb.Error.Message, "not present on every agent") || !strings.Contains(eb.Error.Message, "m3") {
+		t.Fatalf("POST with m3 cut off: %d %s, want 502 acme_failed naming m3", code, body)
+	}
+	out := strings.TrimPrefix(pb.proc.out.String(), before)
+	if !strings.Contains(out, "Added order") {
+		t.Fatalf("no order reached Pebble:\n%s", out)
+	}
+	for _, line := range []string{"POST /chalZ/", "Pulled a task", "Processing finalization"} {
+		if strings.Contains(out, line) {
+			t.Fatalf("Pebble was told about the challenge (%q):\n%s", line, out)
+		}
+	}
+	t.Logf("answer: %s", eb.Error.Message)
+
+	// The failed attempt is the certificate's state, on the agents that
+	// can read it now and on m3 once the partition heals.
+	id := "acme-" + certID("cut.acme.test")
+	shows := func(a *agent) bool {
+		code, b := a.do(http.MethodGet, "/api/certificates/"+id, nil)
+		return code == http.StatusNotFound && strings.Contains(string(b), "the last attempt at") && strings.Contains(string(b), "not present on every agent")
+	}
+	for _, a := range agents[:2] {
+		waitFor(t, a.name+" shows the failed attempt", func() bool { return shows(a) })
+	}
+	lab.heal(2, 0)
+	lab.heal(2, 1)
+	waitFor(t, "m3 shows the failed attempt after the heal", func() bool { return shows(agents[2]) })
+}
+
+// certID is the hex part of certs.CertificateID for one name.
+func certID(name string) string {
+	sum := sha256.Sum256([]byte(name))
+	return hex.EncodeToString(sum[:])[:16]
+}
