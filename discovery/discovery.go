@@ -38,6 +38,10 @@ type Discovery struct {
 	members map[string]*memberRecord // by member name, self excluded
 	changed chan struct{}            // closed and replaced on every change
 	known   []knownPeer              // last saved
+	// rounds counts finished resolution rounds; othersNamed says whether
+	// the last one failed somewhere or named any node but this one.
+	rounds      int
+	othersNamed bool
 }
 
 type memberRecord struct {
@@ -189,16 +193,52 @@ func (d *Discovery) resolveAndJoin(ctx context.Context) {
 	var targets []string
 	alive := d.aliveAddrs()
 	self := d.addrs.advertise.String()
+	others := failed
 	for _, c := range mergeCandidates(port, lists...) {
 		addr := c.JoinAddr(port)
-		if addr == self || alive[addr] {
+		if addr == self {
+			continue
+		}
+		others = true
+		if alive[addr] {
 			continue
 		}
 		targets = append(targets, addr)
 	}
+	d.mu.Lock()
+	if !others {
+		// Remembered members count even when a source answered: a node
+		// that was part of a cluster is not the first of a new one.
+		for _, c := range peersAsCandidates(d.known, d.cfg.Now(), d.cfg.PeersMaxAge) {
+			if c.JoinAddr(port) != self {
+				others = true
+			}
+		}
+	}
+	first := d.rounds == 0
+	d.rounds++
+	d.othersNamed = others
+	if first {
+		// Wake whoever waits on Alone (an empty store deciding whether
+		// to start the cluster's state).
+		d.notifyLocked()
+	}
+	d.mu.Unlock()
 	if len(targets) > 0 {
 		d.join(ctx, targets)
 	}
+}
+
+// Alone reports whether this node knows of no other node at all: the last
+// resolution round finished with every source answering and naming no node
+// but this one, no member is remembered from an earlier run, and no other
+// node ever joined. It is false before the first round. An empty store that
+// is alone is the first node of a new cluster and need not wait for peers
+// that nothing says exist.
+func (d *Discovery) Alone() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.rounds > 0 && !d.othersNamed && len(d.members) == 0
 }
 
 // join joins every target concurrently: memberlist's Join tries

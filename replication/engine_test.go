@@ -30,6 +30,9 @@ type testCluster struct {
 	members map[string]*cluster.Member // by node id
 	group   map[string]int             // partition group by node id (0 when unplaced)
 	changed chan struct{}
+	// alone is what discovery says when no source names another node;
+	// it holds only while the view has no other member.
+	alone bool
 }
 
 func newTestCluster() *testCluster {
@@ -96,6 +99,17 @@ func (v *memberView) Changed() <-chan struct{} {
 	v.tc.mu.Lock()
 	defer v.tc.mu.Unlock()
 	return v.tc.changed
+}
+
+func (v *memberView) Alone() bool {
+	v.tc.mu.Lock()
+	defer v.tc.mu.Unlock()
+	for id := range v.tc.members {
+		if id != v.self {
+			return false
+		}
+	}
+	return v.tc.alone
 }
 
 func (v *memberView) SetReady(r bool) error {
@@ -748,5 +762,47 @@ func TestRemovedTableResyncs(t *testing.T) {
 	waitConverged(t, nodes[0], nodes[1], c2)
 	if !cs.isReady() {
 		t.Fatalf("resynced store not ready: %v", cs.db.Ready())
+	}
+}
+
+// A first node that nothing says has company starts the cluster's state at
+// once; BootstrapAloneAfter (an hour here) would otherwise hold it back.
+func TestBootstrapAloneIsReadyAtOnce(t *testing.T) {
+	tc := newTestCluster()
+	tc.alone = true
+	n := startEngine(t, tc, "a", newTestStore(t, "a"), [][]byte{testSecret('k')},
+		func(c *Config) { c.BootstrapAloneAfter = time.Hour })
+	waitReady(t, n)
+	if !n.store.isReady() {
+		t.Fatal("engine ready but the store is not")
+	}
+}
+
+// When discovery knows of other nodes (a seed, a DNS answer, a remembered
+// member), an empty node keeps waiting for them rather than starting a
+// cluster of its own.
+func TestBootstrapWaitsWhenOthersAreKnown(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		alone bool
+		other bool // a member that is alive but not ready yet
+	}{
+		{name: "discovery names others", alone: false},
+		{name: "a new member is alive", alone: true, other: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tc := newTestCluster()
+			tc.alone = tt.alone
+			if tt.other {
+				tc.add("b", "r", "127.0.0.1:1")
+			}
+			n := startEngine(t, tc, "a", newTestStore(t, "a"), [][]byte{testSecret('k')},
+				func(c *Config) { c.BootstrapAloneAfter = time.Hour })
+			select {
+			case <-n.eng.Ready():
+				t.Fatal("an empty node turned ready by itself while other nodes are known")
+			case <-time.After(2 * time.Second):
+			}
+		})
 	}
 }
