@@ -80,6 +80,7 @@ type Agent struct {
 	health *healthServer        // nil when cfg.HealthAddr is empty
 	disc   *discovery.Discovery // nil: a cluster of one
 	repl   *replication.Engine  // nil with disc
+	member *membership          // nil with disc: cluster join and leave
 
 	cancel context.CancelFunc // stops the background loops
 	wg     sync.WaitGroup
@@ -276,8 +277,12 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 		}
 		a.repl = eng
 		members = eng
+		a.member = &membership{disc: disc, repl: eng, log: a.logger.Named("cluster")}
 	}
 	deps := admin.Deps{Store: a.store, Pools: a.pools, Cluster: members, Ready: a.ready}
+	if a.member != nil {
+		deps.Membership = a.member
+	}
 	if a.acme != nil {
 		deps.Renewer = a.acme
 		deps.ACME = a.acme
@@ -291,6 +296,9 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	if cfg.HealthAddr != "" {
 		poolsReady, certsReady := a.pools.Ready(), a.certs.Ready()
 		a.health = newHealthServer(cfg.HealthAddr, func() bool {
+			if a.member != nil && a.member.State() != "" {
+				return false // leaving or left: traffic goes elsewhere
+			}
 			return a.store.Info().Running && closed(poolsReady) && closed(certsReady)
 		})
 	}

@@ -8,6 +8,7 @@ import (
 	"log"
 	"net/netip"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,13 @@ import (
 // advertises another cluster id.
 var ErrDifferentCluster = errors.New("member of a different cluster")
 
+// ErrLeft is returned by Join after this node left the cluster: memberlist
+// cannot rejoin once it has left; the agent must be restarted.
+var ErrLeft = errors.New("this node left the cluster; restart the agent to join again")
+
+// ErrNoAnswer is returned by Join when no node answered at any address.
+var ErrNoAnswer = errors.New("no node answered")
+
 // Discovery is this node's membership: memberlist plus the sources it is
 // fed from.
 type Discovery struct {
@@ -32,6 +40,8 @@ type Discovery struct {
 
 	// ml is set by Start; the admin API may ask for Members before that.
 	ml atomic.Pointer[memberlist.Memberlist]
+	// left is set by Leave: memberlist is shut down and must not be used.
+	left atomic.Bool
 
 	mu      sync.Mutex
 	meta    Meta
@@ -165,6 +175,9 @@ func jitter(d time.Duration) time.Duration {
 // resolveAndJoin asks every source and joins the candidates that are not
 // alive members.
 func (d *Discovery) resolveAndJoin(ctx context.Context) {
+	if d.left.Load() {
+		return
+	}
 	var lists [][]Candidate
 	found, failed := 0, false
 	for _, s := range d.cfg.Sources {
@@ -277,6 +290,12 @@ func (d *Discovery) join(ctx context.Context, targets []string) int {
 // Join joins the given host:port addresses (IP literals) now, for the
 // `cluster join` command. It returns how many nodes answered.
 func (d *Discovery) Join(ctx context.Context, addrs []string) (int, error) {
+	if d.left.Load() {
+		return 0, ErrLeft
+	}
+	if d.ml.Load() == nil {
+		return 0, errors.New("gossip is not started yet")
+	}
 	var targets []string
 	for _, a := range addrs {
 		c, err := parseSeed(a)
@@ -287,13 +306,17 @@ func (d *Discovery) Join(ctx context.Context, addrs []string) (int, error) {
 	}
 	n := d.join(ctx, targets)
 	if n == 0 {
-		return 0, fmt.Errorf("no node answered at %v", targets)
+		return 0, fmt.Errorf("%w at %s", ErrNoAnswer, strings.Join(targets, ", "))
 	}
+	d.log.Info("joined on request", zap.Strings("addresses", targets), zap.Int("contacted", n))
 	return n, nil
 }
 
 // SetReady changes this node's advertised readiness and gossips it.
 func (d *Discovery) SetReady(ready bool) error {
+	if d.left.Load() {
+		return nil
+	}
 	d.mu.Lock()
 	changed := d.meta.Ready != ready
 	d.meta.Ready = ready
@@ -305,10 +328,12 @@ func (d *Discovery) SetReady(ready bool) error {
 	return ml.UpdateNode(d.cfg.Timings.TCPTimeout)
 }
 
-// Leave tells the others this node is going, then stops gossip.
+// Leave tells the others this node is going, then stops gossip. It may be
+// called again (the agent leaves on request, then again at shutdown); only
+// the first call does anything.
 func (d *Discovery) Leave(timeout time.Duration) error {
 	ml := d.ml.Load()
-	if ml == nil {
+	if ml == nil || d.left.Swap(true) {
 		return nil
 	}
 	d.saveKnown()
@@ -356,10 +381,14 @@ func (d *Discovery) Members() []cluster.Member {
 	defer d.mu.Unlock()
 	out := make([]cluster.Member, 0, 1+len(d.members))
 	self := d.meta
+	selfState := cluster.StateAlive
+	if d.left.Load() {
+		selfState = cluster.StateLeft
+	}
 	out = append(out, cluster.Member{
 		ID: self.NodeID, Name: d.cfg.Name, Region: self.Region, MachineID: self.MachineID,
 		Addresses: addresses(self, d.addrs.advertise.String()),
-		State:     cluster.StateAlive, Version: self.AgentVersion, Ready: self.Ready, Self: true, LastSeen: &now,
+		State:     selfState, Version: self.AgentVersion, Ready: self.Ready && selfState == cluster.StateAlive, Self: true, LastSeen: &now,
 	})
 	for _, r := range d.members {
 		m := cluster.Member{
