@@ -1,0 +1,161 @@
+package cluster
+
+// Operator-facing cluster features through real agent processes: the
+// first agent's start, `cluster join`, `cluster leave`.
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// cli runs the CLI against a's admin API and returns stdout, stderr and
+// the exit code.
+func (a *agent) cli(args ...string) (string, string, int) {
+	a.t.Helper()
+	cmd := exec.Command(binary, append(args, "--api", "http://"+a.addr(a.ports.admin()))...)
+	cmd.Env = append(os.Environ(), "EDGE_ADMIN_TOKEN="+a.token)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		a.t.Fatalf("running the CLI: %v", err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// health returns the status of a's /api/health ("" when unreachable).
+func (a *agent) health() (int, string) {
+	code, b := a.do(http.MethodGet, "/api/health", nil)
+	return code, string(b)
+}
+
+// The first agent of a cluster, with nothing naming another node, is ready
+// without waiting for peers; an empty agent that was told of a seed waits
+// for it (and, when nobody ever answers, starts alone after the bootstrap
+// wait, as before).
+func TestFirstAgentReadyAtOnce(t *testing.T) {
+	addrs := ips(2)
+	p := freePorts(t, addrs...)
+	key := gossipKey(t)
+	a := startAgent(t, agentConfig{name: "m1", ip: addrs[0], ports: p, key: key})
+	if !strings.Contains(a.log.String(), "no other node is known") {
+		t.Fatalf("m1 did not start the cluster as the only known node:\n%s", tail(a.log.String(), 30))
+	}
+
+	// m2 is told of a seed where nobody answers: it must not serve at
+	// once, nor start a cluster of its own before the bootstrap wait.
+	nobody := net.JoinHostPort(addrs[0], strconv.Itoa(p.http()+100))
+	b := &agent{t: t, name: "m2", ip: addrs[1], ports: p, dataDir: t.TempDir(), token: randHex(t, 16)}
+	b.env = append(os.Environ(), "EDGE_ADMIN_TOKEN="+b.token, "EDGE_ENCRYPTION_KEY="+storeKey(b.dataDir), "EDGE_GOSSIP_KEY="+key)
+	b.args = []string{"--app", "edge-it", "--gossip-preset", "local", "--join", nobody}
+	b.startNoWait()
+	t.Cleanup(b.stop)
+	waitFor(t, "m2 answering", func() bool { code, _ := b.health(); return code != 0 })
+	if code, body := b.health(); code != http.StatusServiceUnavailable {
+		t.Fatalf("m2 with an unanswered seed: health %d %s, want 503 while it waits", code, body)
+	}
+	waitFor(t, "m2 starting alone after the bootstrap wait", func() bool { code, _ := b.health(); return code == http.StatusOK })
+	if !strings.Contains(b.log.String(), "no ready peer: this node starts the cluster's state") {
+		t.Fatalf("m2 became ready another way:\n%s", tail(b.log.String(), 30))
+	}
+	if strings.Contains(b.log.String(), "no other node is known") {
+		t.Fatal("m2 took itself for the only node although it was given a seed")
+	}
+}
+
+// `cluster join` brings a node whose seeds are gone back into its
+// cluster; `cluster leave` hands its writes over, says goodbye and turns
+// it not ready; garbage and unreachable addresses get their exit codes.
+func TestClusterJoinAndLeave(t *testing.T) {
+	addrs := ips(2)
+	p := freePorts(t, addrs...)
+	key := gossipKey(t)
+	enc := "EDGE_ENCRYPTION_KEY=" + storeKey(t.Name())
+	a := startAgent(t, agentConfig{name: "m1", ip: addrs[0], ports: p, key: key, env: []string{enc}})
+	seed := net.JoinHostPort(addrs[0], strconv.Itoa(p.gossip()))
+	b := startAgent(t, agentConfig{name: "m2", ip: addrs[1], ports: p, key: key, env: []string{enc}, join: []string{seed}})
+	waitFor(t, "two members", func() bool { return a.alive() == "m1,m2" && b.alive() == "m1,m2" })
+	a.mustDo(http.MethodPost, "/api/pools", pool("before", "1"), http.StatusCreated)
+	waitFor(t, "replicated", func() bool { return settled([]*agent{a, b}) })
+
+	// m2 restarts knowing no seed and no remembered member (its peers
+	// file removed): with its data it serves, but alone.
+	b.stop()
+	if err := os.Remove(b.dataDir + "/cluster-peers.json"); err != nil {
+		t.Fatal(err)
+	}
+	b.args = []string{"--app", "edge-it", "--gossip-preset", "local"}
+	b.start()
+	a.mustDo(http.MethodPost, "/api/pools", pool("while-apart", "2"), http.StatusCreated)
+	time.Sleep(time.Second)
+	if strings.Contains(b.poolList(), "while-apart") {
+		t.Fatal("m2 got a write without being a member")
+	}
+
+	// Garbage and nobody: exit codes and sentences, nothing joined.
+	if out, errOut, code := b.cli("cluster", "join", "not-an-address"); code != 3 || !strings.Contains(errOut, "addresses[0]") {
+		t.Fatalf("join garbage: exit %d, stdout %q stderr %q", code, out, errOut)
+	}
+	nobody := net.JoinHostPort(addrs[0], strconv.Itoa(p.http()+100))
+	if out, errOut, code := b.cli("cluster", "join", nobody); code != 7 || !strings.Contains(errOut, "no node answered") {
+		t.Fatalf("join nobody: exit %d, stdout %q stderr %q", code, out, errOut)
+	}
+	if _, _, code := b.cli("cluster", "join"); code != 2 {
+		t.Fatalf("join without addresses: exit %d, want 2", code)
+	}
+
+	out, errOut, code := b.cli("cluster", "join", seed)
+	if code != 0 || !strings.Contains(out, "Joined: 1 node(s) answered at "+seed) {
+		t.Fatalf("join: exit %d, stdout %q stderr %q", code, out, errOut)
+	}
+	waitFor(t, "m2 back in the cluster with the write it missed", func() bool {
+		return a.alive() == "m1,m2" && settled([]*agent{a, b}) && strings.Contains(b.poolList(), "while-apart=2")
+	})
+
+	// Leave: m2's last write reaches m1 before it goes.
+	b.mustDo(http.MethodPost, "/api/pools", pool("from-leaver", "3"), http.StatusCreated)
+	out, errOut, code = b.cli("cluster", "leave", "--wait", "20s")
+	if code != 0 || !strings.Contains(out, "Left the cluster: every alive member holds this node's writes") {
+		t.Fatalf("leave: exit %d, stdout %q stderr %q", code, out, errOut)
+	}
+	if !strings.Contains(a.poolList(), "from-leaver=3") {
+		t.Fatalf("m1 does not hold m2's last write after the leave:\n%s", a.poolList())
+	}
+	waitFor(t, "m1 sees m2 left", func() bool { return a.members()["m2"].State == "left" })
+	if code, body := b.health(); code != http.StatusServiceUnavailable || !strings.Contains(body, `"status":"left"`) {
+		t.Fatalf("m2 health after leave: %d %s", code, body)
+	}
+	if code, body := b.do(http.MethodPost, "/api/pools", pool("after-leave", "4")); code != http.StatusServiceUnavailable {
+		t.Fatalf("m2 took a write after leaving: %d %s", code, body)
+	}
+	if _, errOut, code := b.cli("cluster", "join", seed); code != 5 || !strings.Contains(errOut, "restart") {
+		t.Fatalf("join after leave: exit %d, stderr %q", code, errOut)
+	}
+	if _, errOut, code := b.cli("cluster", "leave"); code != 5 {
+		t.Fatalf("second leave: exit %d, stderr %q", code, errOut)
+	}
+	// m1 goes on alone, and m2 stops cleanly.
+	a.mustDo(http.MethodPost, "/api/pools", pool("after", "5"), http.StatusCreated)
+	b.stop()
+	if err := b.cmd.ProcessState; err == nil || !err.Success() {
+		t.Fatalf("m2 did not stop cleanly after leaving: %v\n%s", err, tail(b.log.String(), 30))
+	}
+
+	// Started again, it joins again (its remembered members include m1).
+	b.start()
+	waitFor(t, "m2 rejoined after a restart", func() bool {
+		return a.alive() == "m1,m2" && strings.Contains(b.poolList(), "after=5")
+	})
+}
