@@ -236,6 +236,20 @@ type Backend struct {
 	LocalSource string `json:"local_source"`
 
 	Observations []Observation `json:"observations"`
+	// Regions sums up, per region, the health every node of it reports
+	// (this node's live view in place of its stored one). A region no
+	// node has reported on yet is absent.
+	Regions []RegionHealth `json:"regions"`
+}
+
+// RegionHealth is a backend's health as the nodes of one region see it.
+type RegionHealth struct {
+	Region string `json:"region"`
+	// State is "healthy" (every reporting node of the region reaches
+	// it), "unhealthy" (none does) or "mixed".
+	State   string `json:"state"`
+	Nodes   int    `json:"nodes"`
+	Healthy int    `json:"healthy"`
 }
 
 // Observation is one node's view of a backend, as replicated.

@@ -174,7 +174,7 @@ func showCluster(c *apiClient, cl *clusterJSON) error {
 		return err
 	}
 	fmt.Fprintln(c.stdout)
-	t := newTable(c.stdout, "NAME", "ID", "REGION", "STATE", "ADDRESSES", "VERSION", "REPLICATION", "LAST SEEN")
+	t := newTable(c.stdout, "NAME", "ID", "REGION", "MACHINE", "STATE", "READY", "ADDRESSES", "VERSION", "REPLICATION", "CLOCK OFFSET", "LAST SEEN")
 	for _, m := range cl.Members {
 		name := m.Name
 		if m.Self {
@@ -192,7 +192,15 @@ func showCluster(c *apiClient, cl *clusterJSON) error {
 		if m.LastSeen != nil {
 			lastSeen = formatTime(*m.LastSeen)
 		}
-		t.row(name, m.ID, m.Region, string(m.State), formatAddresses(m.Addresses), m.Version, repl, lastSeen)
+		ready := "no"
+		if m.Ready {
+			ready = "yes"
+		}
+		offset := ""
+		if !m.Self {
+			offset = fmt.Sprintf("%+.0fms", m.ClockOffsetMS)
+		}
+		t.row(name, m.ID, m.Region, m.MachineID, string(m.State), ready, formatAddresses(m.Addresses), m.Version, repl, offset, lastSeen)
 	}
 	return t.flush()
 }

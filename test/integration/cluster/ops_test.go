@@ -5,11 +5,16 @@ package cluster
 
 import (
 	"bytes"
+	"encoding/json"
+	"encoding/pem"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -158,4 +163,91 @@ func TestClusterJoinAndLeave(t *testing.T) {
 	waitFor(t, "m2 rejoined after a restart", func() bool {
 		return a.alive() == "m1,m2" && strings.Contains(b.poolList(), "after=5")
 	})
+}
+
+// Each region's view of a backend replicates with its observer: m1 trusts
+// the backend's CA, m2 does not, so m1 sees it up and m2 down, and both
+// agents' APIs and CLIs show both regions' views.
+func TestObservationsPerRegion(t *testing.T) {
+	backend := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer backend.Close()
+	caFile := filepath.Join(t.TempDir(), "backend-ca.pem")
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: backend.Certificate().Raw})
+	if err := os.WriteFile(caFile, caPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	addrs := ips(2)
+	p := freePorts(t, addrs...)
+	key := gossipKey(t)
+	enc := "EDGE_ENCRYPTION_KEY=" + storeKey(t.Name())
+	a := startAgent(t, agentConfig{name: "m1", ip: addrs[0], ports: p, key: key, env: []string{enc},
+		args: []string{"--backend-ca-file", caFile}})
+	seed := net.JoinHostPort(addrs[0], strconv.Itoa(p.gossip()))
+	b := startAgent(t, agentConfig{name: "m2", ip: addrs[1], ports: p, key: key, env: []string{enc}, join: []string{seed}})
+	waitFor(t, "two members", func() bool { return a.alive() == "m1,m2" && b.alive() == "m1,m2" })
+
+	mustCreate(t, a, "/api/pools", map[string]any{"name": "web", "health_check_interval": 1000,
+		"health_check": map[string]any{"type": "https", "path": "/", "timeout": 500, "rise": 1, "fall": 1}})
+	mustCreate(t, a, "/api/pools/web/backends", map[string]any{"id": "tls-1", "url": backend.URL, "ssl_verify": true})
+
+	type regionHealth struct {
+		Region  string `json:"region"`
+		State   string `json:"state"`
+		Nodes   int    `json:"nodes"`
+		Healthy int    `json:"healthy"`
+	}
+	want := "[{r-m1 healthy 1 1} {r-m2 unhealthy 1 0}]"
+	regionsOf := func(ag *agent, path string, list bool) string {
+		code, body := ag.do(http.MethodGet, path, nil)
+		if code != http.StatusOK {
+			return fmt.Sprintf("%d %s", code, body)
+		}
+		var one struct {
+			Regions      []regionHealth `json:"regions"`
+			Observations []struct {
+				Region string `json:"region"`
+			} `json:"observations"`
+		}
+		if list {
+			var page struct {
+				Items []json.RawMessage `json:"items"`
+			}
+			if err := json.Unmarshal(body, &page); err != nil || len(page.Items) != 1 {
+				return fmt.Sprintf("list %s", body)
+			}
+			body = page.Items[0]
+		}
+		if err := json.Unmarshal(body, &one); err != nil {
+			return err.Error()
+		}
+		if len(one.Observations) != 2 {
+			return fmt.Sprintf("%d observations", len(one.Observations))
+		}
+		return fmt.Sprint(one.Regions)
+	}
+	for _, ag := range []*agent{a, b} {
+		waitFor(t, ag.name+" shows both regions' views", func() bool {
+			return regionsOf(ag, "/api/pools/web/backends/tls-1", false) == want &&
+				regionsOf(ag, "/api/pools/web/backends", true) == want
+		})
+	}
+	out, errOut, code := b.cli("backends", "show", "web", "tls-1")
+	if code != 0 || !strings.Contains(out, "r-m1 up, r-m2 down") || !strings.Contains(out, "certificate") {
+		t.Fatalf("backends show on m2: exit %d\n%s%s", code, out, errOut)
+	}
+	out, _, code = a.cli("backends", "list", "web")
+	if code != 0 || !strings.Contains(out, "r-m1 up, r-m2 down") {
+		t.Fatalf("backends list on m1: exit %d\n%s", code, out)
+	}
+}
+
+// mustCreate posts body and stops the test unless it answers 201.
+func mustCreate(t *testing.T, a *agent, path string, body any) {
+	t.Helper()
+	if code, b := a.do(http.MethodPost, path, body); code != http.StatusCreated {
+		t.Fatalf("%s: POST %s = %d %s", a.name, path, code, b)
+	}
 }
