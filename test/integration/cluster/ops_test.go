@@ -251,3 +251,86 @@ func mustCreate(t *testing.T, a *agent, path string, body any) {
 		t.Fatalf("%s: POST %s = %d %s", a.name, path, code, b)
 	}
 }
+
+// nodeID is the node id an agent reports for itself.
+func (a *agent) nodeID() string {
+	b, err := a.get("/api/cluster")
+	if err != nil {
+		return ""
+	}
+	var c struct {
+		NodeID string `json:"node_id"`
+	}
+	_ = json.Unmarshal(b, &c)
+	return c.NodeID
+}
+
+// copyDir copies a stopped agent's data directory, as a volume snapshot
+// would.
+func copyDir(t *testing.T, from, to string) {
+	t.Helper()
+	if out, err := exec.Command("cp", "-a", from, to).CombinedOutput(); err != nil {
+		t.Fatalf("cp -a %s %s: %v %s", from, to, err, out)
+	}
+}
+
+// An agent started on an old copy of its own volume (IDENTITY file and
+// all, so the store cannot tell at open) learns from a peer that it is
+// behind its own writes: the store takes a new node id and the agent
+// restarts in-process under it, without exiting, and replicates again.
+func TestInProcessRestartOnNewIdentity(t *testing.T) {
+	addrs := ips(2)
+	p := freePorts(t, addrs...)
+	key := gossipKey(t)
+	enc := "EDGE_ENCRYPTION_KEY=" + storeKey(t.Name())
+	a := startAgent(t, agentConfig{name: "m1", ip: addrs[0], ports: p, key: key, env: []string{enc}})
+	seed := net.JoinHostPort(addrs[0], strconv.Itoa(p.gossip()))
+	b := startAgent(t, agentConfig{name: "m2", ip: addrs[1], ports: p, key: key, env: []string{enc}, join: []string{seed}})
+	waitFor(t, "two members", func() bool { return a.alive() == "m1,m2" && b.alive() == "m1,m2" })
+	b.mustDo(http.MethodPost, "/api/pools", pool("old", "1"), http.StatusCreated)
+	waitFor(t, "replicated", func() bool { return settled([]*agent{a, b}) })
+
+	b.stop()
+	old := filepath.Join(t.TempDir(), "old-volume")
+	copyDir(t, b.dataDir, old)
+	b.start()
+	for i := range 5 {
+		b.mustDo(http.MethodPost, "/api/pools", pool(fmt.Sprintf("newer-%d", i), "2"), http.StatusCreated)
+	}
+	waitFor(t, "newer writes replicated", func() bool { return settled([]*agent{a, b}) })
+	oldID := b.nodeID()
+	b.stop()
+
+	// The volume goes back to the old copy.
+	if err := os.RemoveAll(b.dataDir); err != nil {
+		t.Fatal(err)
+	}
+	copyDir(t, old, b.dataDir)
+	b.startNoWait()
+	exited := b.exited
+	waitFor(t, "m2 restarted in-process under a new node id", func() bool {
+		select {
+		case <-exited:
+			t.Fatalf("m2 exited instead of restarting in-process:\n%s", tail(b.log.String(), 40))
+		default:
+		}
+		code, _ := b.health()
+		return strings.Contains(b.log.String(), "restarting the agent in-process") && code == http.StatusOK
+	})
+	newID := b.nodeID()
+	if newID == "" || newID == oldID {
+		t.Fatalf("node id after the restart %q, before %q", newID, oldID)
+	}
+	// It holds its own newer writes again (from m1), and its new writes
+	// replicate under the new id.
+	waitFor(t, "m2 caught up with its own newer writes", func() bool { return strings.Contains(b.poolList(), "newer-4=2") })
+	b.mustDo(http.MethodPost, "/api/pools", pool("after-restart", "3"), http.StatusCreated)
+	waitFor(t, "m1 holds m2's write under its new id", func() bool {
+		return strings.Contains(a.poolList(), "after-restart=3") && a.members()["m2"].ID == newID
+	})
+	select {
+	case <-exited:
+		t.Fatal("m2 exited")
+	default:
+	}
+}
