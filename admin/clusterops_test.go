@@ -253,3 +253,16 @@ func TestWriteGateWaitsForWritesInFlight(t *testing.T) {
 	}
 	g.exit()
 }
+
+// A node still waiting for its first peer takes no writes, but can be
+// joined: that is how an operator points it at its cluster.
+func TestClusterJoinWhileNotReady(t *testing.T) {
+	fm := &fakeMembership{contacts: 1}
+	never := make(chan struct{})
+	h := newHarness(t, withDeps(func(d *Deps) { d.Membership = fm; d.Ready = never }))
+	h.do("POST", "/api/pools", map[string]any{"name": "early"}).expect(t, http.StatusServiceUnavailable, CodeUnavailable)
+	h.do("POST", "/api/cluster/join", map[string]any{"addresses": []string{"10.0.0.2"}}).expect(t, http.StatusOK, "")
+	if len(fm.joined) != 1 {
+		t.Fatalf("joined %v", fm.joined)
+	}
+}

@@ -806,3 +806,53 @@ func TestBootstrapWaitsWhenOthersAreKnown(t *testing.T) {
 		})
 	}
 }
+
+// Flush (a graceful leave) returns once every alive member holds every own
+// change set; dead members are reported, not waited for; an alive member
+// without a stream is waited for and named when time runs out.
+func TestFlush(t *testing.T) {
+	tc, nodes := threeNodes(t)
+	a, b := nodes[0], nodes[1]
+	for j := range 50 {
+		a.store.write(map[string]*string{fmt.Sprintf("k%d", j): str("v")})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := a.eng.Flush(ctx)
+	if err != nil || strings.Join(res.Applied, ",") != "b,c" || len(res.Missing) != 0 {
+		t.Fatalf("flush: %+v %v", res, err)
+	}
+	for _, n := range nodes[1:] {
+		if got, own := n.store.heldOf("a"), a.store.heldOf("a"); got.String() != own.String() {
+			t.Fatalf("%s holds %v of a after the flush, a issued %v", n.id, got, own)
+		}
+	}
+
+	// c is cut off (dead to a): reported, not waited for.
+	tc.partition([]string{"a", "b"}, []string{"c"})
+	a.store.write(map[string]*string{"after-cut": str("v")})
+	res, err = a.eng.Flush(ctx)
+	if err != nil || strings.Join(res.Applied, ",") != "b" || len(res.Missing) != 1 || res.Missing[0].Reason != "dead" {
+		t.Fatalf("flush with c dead: %+v %v", res, err)
+	}
+
+	// b stops but stays alive in the membership: waited for, then named.
+	b.stop()
+	a.store.write(map[string]*string{"after-stop": str("v")})
+	short, cancelShort := context.WithTimeout(context.Background(), time.Second)
+	defer cancelShort()
+	res, err = a.eng.Flush(short)
+	if !errors.Is(err, ErrWaitTimeout) || len(res.Applied) != 0 {
+		t.Fatalf("flush with b gone: %+v %v", res, err)
+	}
+	reasons := map[string]string{}
+	for _, m := range res.Missing {
+		reasons[m.Name] = m.Reason
+	}
+	if r := reasons["b"]; r != "not connected" && r != "pending" {
+		t.Fatalf("b missing as %q: %+v", r, res.Missing)
+	}
+	if reasons["c"] != "dead" {
+		t.Fatalf("c missing as %q: %+v", reasons["c"], res.Missing)
+	}
+}

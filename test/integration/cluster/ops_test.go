@@ -23,7 +23,7 @@ import (
 
 // cli runs the CLI against a's admin API and returns stdout, stderr and
 // the exit code.
-func (a *agent) cli(args ...string) (string, string, int) {
+func (a *agent) operatorCLI(args ...string) (string, string, int) {
 	a.t.Helper()
 	cmd := exec.Command(binary, append(args, "--api", "http://"+a.addr(a.ports.admin()))...)
 	cmd.Env = append(os.Environ(), "EDGE_ADMIN_TOKEN="+a.token)
@@ -41,7 +41,7 @@ func (a *agent) cli(args ...string) (string, string, int) {
 }
 
 // health returns the status of a's /api/health ("" when unreachable).
-func (a *agent) health() (int, string) {
+func (a *agent) healthStatus() (int, string) {
 	code, b := a.do(http.MethodGet, "/api/health", nil)
 	return code, string(b)
 }
@@ -67,11 +67,11 @@ func TestFirstAgentReadyAtOnce(t *testing.T) {
 	b.args = []string{"--app", "edge-it", "--gossip-preset", "local", "--join", nobody}
 	b.startNoWait()
 	t.Cleanup(b.stop)
-	waitFor(t, "m2 answering", func() bool { code, _ := b.health(); return code != 0 })
-	if code, body := b.health(); code != http.StatusServiceUnavailable {
+	waitFor(t, "m2 answering", func() bool { code, _ := b.healthStatus(); return code != 0 })
+	if code, body := b.healthStatus(); code != http.StatusServiceUnavailable {
 		t.Fatalf("m2 with an unanswered seed: health %d %s, want 503 while it waits", code, body)
 	}
-	waitFor(t, "m2 starting alone after the bootstrap wait", func() bool { code, _ := b.health(); return code == http.StatusOK })
+	waitFor(t, "m2 starting alone after the bootstrap wait", func() bool { code, _ := b.healthStatus(); return code == http.StatusOK })
 	if !strings.Contains(b.log.String(), "no ready peer: this node starts the cluster's state") {
 		t.Fatalf("m2 became ready another way:\n%s", tail(b.log.String(), 30))
 	}
@@ -110,18 +110,18 @@ func TestClusterJoinAndLeave(t *testing.T) {
 	}
 
 	// Garbage and nobody: exit codes and sentences, nothing joined.
-	if out, errOut, code := b.cli("cluster", "join", "not-an-address"); code != 3 || !strings.Contains(errOut, "addresses[0]") {
+	if out, errOut, code := b.operatorCLI("cluster", "join", "not-an-address"); code != 3 || !strings.Contains(errOut, "addresses[0]") {
 		t.Fatalf("join garbage: exit %d, stdout %q stderr %q", code, out, errOut)
 	}
 	nobody := net.JoinHostPort(addrs[0], strconv.Itoa(p.http()+100))
-	if out, errOut, code := b.cli("cluster", "join", nobody); code != 7 || !strings.Contains(errOut, "no node answered") {
+	if out, errOut, code := b.operatorCLI("cluster", "join", nobody); code != 7 || !strings.Contains(errOut, "no node answered") {
 		t.Fatalf("join nobody: exit %d, stdout %q stderr %q", code, out, errOut)
 	}
-	if _, _, code := b.cli("cluster", "join"); code != 2 {
+	if _, _, code := b.operatorCLI("cluster", "join"); code != 2 {
 		t.Fatalf("join without addresses: exit %d, want 2", code)
 	}
 
-	out, errOut, code := b.cli("cluster", "join", seed)
+	out, errOut, code := b.operatorCLI("cluster", "join", seed)
 	if code != 0 || !strings.Contains(out, "Joined: 1 node(s) answered at "+seed) {
 		t.Fatalf("join: exit %d, stdout %q stderr %q", code, out, errOut)
 	}
@@ -131,7 +131,7 @@ func TestClusterJoinAndLeave(t *testing.T) {
 
 	// Leave: m2's last write reaches m1 before it goes.
 	b.mustDo(http.MethodPost, "/api/pools", pool("from-leaver", "3"), http.StatusCreated)
-	out, errOut, code = b.cli("cluster", "leave", "--wait", "20s")
+	out, errOut, code = b.operatorCLI("cluster", "leave", "--wait", "20s")
 	if code != 0 || !strings.Contains(out, "Left the cluster: every alive member holds this node's writes") {
 		t.Fatalf("leave: exit %d, stdout %q stderr %q", code, out, errOut)
 	}
@@ -139,16 +139,16 @@ func TestClusterJoinAndLeave(t *testing.T) {
 		t.Fatalf("m1 does not hold m2's last write after the leave:\n%s", a.poolList())
 	}
 	waitFor(t, "m1 sees m2 left", func() bool { return a.members()["m2"].State == "left" })
-	if code, body := b.health(); code != http.StatusServiceUnavailable || !strings.Contains(body, `"status":"left"`) {
+	if code, body := b.healthStatus(); code != http.StatusServiceUnavailable || !strings.Contains(body, `"status":"left"`) {
 		t.Fatalf("m2 health after leave: %d %s", code, body)
 	}
 	if code, body := b.do(http.MethodPost, "/api/pools", pool("after-leave", "4")); code != http.StatusServiceUnavailable {
 		t.Fatalf("m2 took a write after leaving: %d %s", code, body)
 	}
-	if _, errOut, code := b.cli("cluster", "join", seed); code != 5 || !strings.Contains(errOut, "restart") {
+	if _, errOut, code := b.operatorCLI("cluster", "join", seed); code != 5 || !strings.Contains(errOut, "restart") {
 		t.Fatalf("join after leave: exit %d, stderr %q", code, errOut)
 	}
-	if _, errOut, code := b.cli("cluster", "leave"); code != 5 {
+	if _, errOut, code := b.operatorCLI("cluster", "leave"); code != 5 {
 		t.Fatalf("second leave: exit %d, stderr %q", code, errOut)
 	}
 	// m1 goes on alone, and m2 stops cleanly.
@@ -189,9 +189,9 @@ func TestObservationsPerRegion(t *testing.T) {
 	b := startAgent(t, agentConfig{name: "m2", ip: addrs[1], ports: p, key: key, env: []string{enc}, join: []string{seed}})
 	waitFor(t, "two members", func() bool { return a.alive() == "m1,m2" && b.alive() == "m1,m2" })
 
-	mustCreate(t, a, "/api/pools", map[string]any{"name": "web", "health_check_interval": 1000,
+	createOrFail(t, a, "/api/pools", map[string]any{"name": "web", "health_check_interval": 1000,
 		"health_check": map[string]any{"type": "https", "path": "/", "timeout": 500, "rise": 1, "fall": 1}})
-	mustCreate(t, a, "/api/pools/web/backends", map[string]any{"id": "tls-1", "url": backend.URL, "ssl_verify": true})
+	createOrFail(t, a, "/api/pools/web/backends", map[string]any{"id": "tls-1", "url": backend.URL, "ssl_verify": true})
 
 	type regionHealth struct {
 		Region  string `json:"region"`
@@ -234,18 +234,18 @@ func TestObservationsPerRegion(t *testing.T) {
 				regionsOf(ag, "/api/pools/web/backends", true) == want
 		})
 	}
-	out, errOut, code := b.cli("backends", "show", "web", "tls-1")
+	out, errOut, code := b.operatorCLI("backends", "show", "web", "tls-1")
 	if code != 0 || !strings.Contains(out, "r-m1 up, r-m2 down") || !strings.Contains(out, "certificate") {
 		t.Fatalf("backends show on m2: exit %d\n%s%s", code, out, errOut)
 	}
-	out, _, code = a.cli("backends", "list", "web")
+	out, _, code = a.operatorCLI("backends", "list", "web")
 	if code != 0 || !strings.Contains(out, "r-m1 up, r-m2 down") {
 		t.Fatalf("backends list on m1: exit %d\n%s", code, out)
 	}
 }
 
 // mustCreate posts body and stops the test unless it answers 201.
-func mustCreate(t *testing.T, a *agent, path string, body any) {
+func createOrFail(t *testing.T, a *agent, path string, body any) {
 	t.Helper()
 	if code, b := a.do(http.MethodPost, path, body); code != http.StatusCreated {
 		t.Fatalf("%s: POST %s = %d %s", a.name, path, code, b)
@@ -253,7 +253,7 @@ func mustCreate(t *testing.T, a *agent, path string, body any) {
 }
 
 // nodeID is the node id an agent reports for itself.
-func (a *agent) nodeID() string {
+func (a *agent) selfNodeID() string {
 	b, err := a.get("/api/cluster")
 	if err != nil {
 		return ""
@@ -267,7 +267,7 @@ func (a *agent) nodeID() string {
 
 // copyDir copies a stopped agent's data directory, as a volume snapshot
 // would.
-func copyDir(t *testing.T, from, to string) {
+func copyDataDir(t *testing.T, from, to string) {
 	t.Helper()
 	if out, err := exec.Command("cp", "-a", from, to).CombinedOutput(); err != nil {
 		t.Fatalf("cp -a %s %s: %v %s", from, to, err, out)
@@ -292,20 +292,20 @@ func TestInProcessRestartOnNewIdentity(t *testing.T) {
 
 	b.stop()
 	old := filepath.Join(t.TempDir(), "old-volume")
-	copyDir(t, b.dataDir, old)
+	copyDataDir(t, b.dataDir, old)
 	b.start()
 	for i := range 5 {
 		b.mustDo(http.MethodPost, "/api/pools", pool(fmt.Sprintf("newer-%d", i), "2"), http.StatusCreated)
 	}
 	waitFor(t, "newer writes replicated", func() bool { return settled([]*agent{a, b}) })
-	oldID := b.nodeID()
+	oldID := b.selfNodeID()
 	b.stop()
 
 	// The volume goes back to the old copy.
 	if err := os.RemoveAll(b.dataDir); err != nil {
 		t.Fatal(err)
 	}
-	copyDir(t, old, b.dataDir)
+	copyDataDir(t, old, b.dataDir)
 	b.startNoWait()
 	exited := b.exited
 	waitFor(t, "m2 restarted in-process under a new node id", func() bool {
@@ -314,10 +314,10 @@ func TestInProcessRestartOnNewIdentity(t *testing.T) {
 			t.Fatalf("m2 exited instead of restarting in-process:\n%s", tail(b.log.String(), 40))
 		default:
 		}
-		code, _ := b.health()
+		code, _ := b.healthStatus()
 		return strings.Contains(b.log.String(), "restarting the agent in-process") && code == http.StatusOK
 	})
-	newID := b.nodeID()
+	newID := b.selfNodeID()
 	if newID == "" || newID == oldID {
 		t.Fatalf("node id after the restart %q, before %q", newID, oldID)
 	}
