@@ -96,8 +96,13 @@ func (m *membership) Leave(ctx context.Context, force bool) (apitypes.ClusterLef
 		m.log.Warn("leaving the cluster although some members do not hold every write of this node (force)",
 			zap.Error(err), zap.Any("missing", res.Missing))
 	}
-	// Replication stops first: nothing is left to push, and a node that
-	// said goodbye must not keep streams open that peers would redial.
+	// Gossip not-ready first, so no peer picks this node to bootstrap
+	// from while it goes; then replication stops (nothing is left to
+	// push, and a node that said goodbye must not keep streams open that
+	// peers would redial), then the goodbye.
+	if err := m.disc.SetReady(false); err != nil {
+		m.log.Warn("could not gossip not-ready before leaving", zap.Error(err))
+	}
 	m.repl.Close()
 	if err := m.disc.Leave(leaveGossipTimeout); err != nil {
 		m.log.Warn("leaving gossip", zap.Error(err))

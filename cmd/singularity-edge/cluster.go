@@ -22,8 +22,9 @@ type (
 func newClusterCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cluster",
-		Short: "Show the cluster as the agent sees it",
-		Long: `Show the members of the cluster through the admin API of a running agent.
+		Short: "Show the cluster as the agent sees it; join or leave it",
+		Long: `Show the members of the cluster through the admin API of a running agent,
+make the agent join members at given addresses, or take it out gracefully.
 
 The agent is found at --api (env EDGE_API, default ` + defaultAPI + `); the admin
 token comes from EDGE_ADMIN_TOKEN or --token-file.`,
