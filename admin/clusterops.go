@@ -51,6 +51,9 @@ func (s *Server) handleClusterJoin(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, ErrLeft):
 		s.writeError(w, r, errConflict("", ErrLeft.Error()))
 		return
+	case errors.Is(err, ErrStarting):
+		s.writeError(w, r, &apiError{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: ErrStarting.Error()})
+		return
 	case err != nil:
 		s.writeError(w, r, err)
 		return

@@ -125,6 +125,8 @@ func TestClusterJoin(t *testing.T) {
 	h.do("POST", "/api/cluster/join", map[string]any{"addresses": []string{"10.0.0.9"}}).expect(t, http.StatusBadGateway, CodeJoinFailed)
 	fm.joinErr = ErrLeft
 	h.do("POST", "/api/cluster/join", map[string]any{"addresses": []string{"10.0.0.9"}}).expect(t, http.StatusConflict, CodeConflict)
+	fm.joinErr = ErrStarting
+	h.do("POST", "/api/cluster/join", map[string]any{"addresses": []string{"10.0.0.9"}}).expect(t, http.StatusServiceUnavailable, CodeUnavailable)
 }
 
 func TestClusterJoinLeaveWithoutGossip(t *testing.T) {

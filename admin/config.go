@@ -191,6 +191,7 @@ var (
 	ErrLeft           = errors.New("this node left the cluster; restart the agent to join again")
 	ErrLeaving        = errors.New("this node is already leaving the cluster")
 	ErrNotFlushed     = errors.New("some alive members do not hold every write of this node yet")
+	ErrStarting       = errors.New("gossip is still starting; retry in a moment")
 )
 
 // Member and ReplicationStatus are the API's shapes (apitypes); the

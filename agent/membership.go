@@ -55,6 +55,8 @@ func (m *membership) Join(ctx context.Context, addrs []string) (int, error) {
 		return 0, fmt.Errorf("%w: %w", admin.ErrLeft, err)
 	case errors.Is(err, discovery.ErrNoAnswer):
 		return 0, fmt.Errorf("%w: %w", admin.ErrNoNodeAnswered, err)
+	case errors.Is(err, discovery.ErrNotStarted):
+		return 0, fmt.Errorf("%w: %w", admin.ErrStarting, err)
 	}
 	return n, err
 }

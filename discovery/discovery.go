@@ -27,6 +27,9 @@ var ErrDifferentCluster = errors.New("member of a different cluster")
 // cannot rejoin once it has left; the agent must be restarted.
 var ErrLeft = errors.New("this node left the cluster; restart the agent to join again")
 
+// ErrNotStarted is returned by Join before Start.
+var ErrNotStarted = errors.New("gossip is not started yet")
+
 // ErrNoAnswer is returned by Join when no node answered at any address.
 var ErrNoAnswer = errors.New("no node answered")
 
@@ -294,7 +297,7 @@ func (d *Discovery) Join(ctx context.Context, addrs []string) (int, error) {
 		return 0, ErrLeft
 	}
 	if d.ml.Load() == nil {
-		return 0, errors.New("gossip is not started yet")
+		return 0, ErrNotStarted
 	}
 	var targets []string
 	for _, a := range addrs {
