@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/singularity-ng/singularity-edge/cluster"
 	"github.com/singularity-ng/singularity-edge/test/fakefly"
 )
 
@@ -94,4 +95,35 @@ func TestAloneUntilJoined(t *testing.T) {
 	if a.Alone() || b.Alone() {
 		t.Fatalf("alone after a join: a=%v b=%v", a.Alone(), b.Alone())
 	}
+}
+
+// The agent leaves on request and again at shutdown: the second Leave is a
+// no-op (memberlist panics on a leave after shutdown), and a left node
+// refuses joins and reports itself left.
+func TestLeaveTwiceAndJoinAfter(t *testing.T) {
+	port := freePort(t, "127.0.0.1", "127.0.0.2")
+	a, _, sa := startNode(t, nodeOpts{name: "a", ip: "127.0.0.1", port: port, primary: key('k')})
+	defer sa()
+	b, _, sb := startNode(t, nodeOpts{name: "b", ip: "127.0.0.2", port: port, primary: key('k'),
+		sources: seeds(t, fmt.Sprintf("127.0.0.1:%d", port))})
+	defer func() { sb(); shutdown(b) }()
+	waitFor(t, "joined", func() bool { return aliveNames(a) == "a,b" })
+	if _, err := a.Join(context.Background(), []string{"127.0.0.9"}); err == nil {
+		t.Fatal("join of nobody succeeded")
+	} else if !errors.Is(err, ErrNoAnswer) {
+		t.Fatalf("join of nobody: %v", err)
+	}
+	if err := a.Leave(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Leave(time.Second); err != nil {
+		t.Fatalf("second leave: %v", err)
+	}
+	if _, err := a.Join(context.Background(), []string{fmt.Sprintf("127.0.0.2:%d", port)}); !errors.Is(err, ErrLeft) {
+		t.Fatalf("join after leave: %v", err)
+	}
+	if st := a.Members()[0]; !st.Self || st.State != cluster.StateLeft || st.Ready {
+		t.Fatalf("self after leave: %+v", st)
+	}
+	waitFor(t, "b sees a left", func() bool { return states(b)["a"] == cluster.StateLeft })
 }
