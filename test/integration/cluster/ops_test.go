@@ -95,18 +95,22 @@ func TestClusterJoinAndLeave(t *testing.T) {
 	a.mustDo(http.MethodPost, "/api/pools", pool("before", "1"), http.StatusCreated)
 	waitFor(t, "replicated", func() bool { return settled([]*agent{a, b}) })
 
-	// m2 restarts knowing no seed and no remembered member (its peers
-	// file removed): with its data it serves, but alone.
+	// Both restart knowing no seed and no remembered member (their peers
+	// files removed): with their data they serve, but apart.
+	a.stop()
 	b.stop()
-	if err := os.Remove(b.dataDir + "/cluster-peers.json"); err != nil {
-		t.Fatal(err)
+	for _, ag := range []*agent{a, b} {
+		if err := os.Remove(filepath.Join(ag.dataDir, "cluster-peers.json")); err != nil {
+			t.Fatal(err)
+		}
 	}
 	b.args = []string{"--app", "edge-it", "--gossip-preset", "local"}
+	a.start()
 	b.start()
 	a.mustDo(http.MethodPost, "/api/pools", pool("while-apart", "2"), http.StatusCreated)
 	time.Sleep(time.Second)
-	if strings.Contains(b.poolList(), "while-apart") {
-		t.Fatal("m2 got a write without being a member")
+	if strings.Contains(b.poolList(), "while-apart") || b.alive() != "m2" {
+		t.Fatalf("m2 is a member without a join: sees %q", b.alive())
 	}
 
 	// Garbage and nobody: exit codes and sentences, nothing joined.
