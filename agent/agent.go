@@ -111,16 +111,44 @@ func Run(ctx context.Context, cfg Config) error {
 // other than a restart. started, when set, is called with each incarnation
 // once it serves (tests).
 func runRestarting(ctx context.Context, cfg Config, logger *zap.Logger, started func(*Agent)) error {
+	quick := 0 // restarts in a row of incarnations that lived less than restartQuiet
 	for restarts := 0; ; restarts++ {
+		began := time.Now()
 		err := runOnce(ctx, cfg, logger, started)
 		reason := restartReason(err)
 		if reason == "" || ctx.Err() != nil {
 			return err
 		}
+		// Each cause is cured by the restart itself (a new id, an
+		// emptied store); should one come back at once, back off rather
+		// than spin.
+		wait := time.Duration(0)
+		if time.Since(began) < restartQuiet {
+			wait = min(time.Second<<quick, restartBackoffMax)
+			quick++
+		} else {
+			quick = 0
+		}
 		logger.Warn("restarting the agent in-process: every part is stopped and built again on the reopened store",
-			zap.String("reason", reason), zap.Int("restart", restarts+1), zap.Error(err))
+			zap.String("reason", reason), zap.Int("restart", restarts+1), zap.Duration("after", wait), zap.Error(err))
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return err
+			case <-t.C:
+			}
+		}
 	}
 }
+
+// An incarnation that ends for a restart within restartQuiet of its start
+// delays the next one, doubling up to restartBackoffMax.
+const (
+	restartQuiet      = time.Minute
+	restartBackoffMax = 30 * time.Second
+)
 
 // restartReason says why err asks for an in-process restart ("" when it
 // does not).
