@@ -512,7 +512,50 @@ func (s *Server) backendResponse(tx *storage.Tx, b storage.Backend) (apitypes.Ba
 			resp.LocalSource = "live"
 		}
 	}
+	resp.Regions = regionHealth(resp, node, s.cfg.Node.Region)
 	return resp, nil
+}
+
+// regionHealth sums up the observations of b by the observer's region.
+// This node's live view, when it has one, stands in for its stored
+// observation, which may be up to a flush interval old.
+func regionHealth(b apitypes.Backend, self, selfRegion string) []apitypes.RegionHealth {
+	type tally struct{ nodes, healthy int }
+	by := map[string]*tally{}
+	add := func(region string, healthy bool) {
+		t := by[region]
+		if t == nil {
+			t = &tally{}
+			by[region] = t
+		}
+		t.nodes++
+		if healthy {
+			t.healthy++
+		}
+	}
+	live := b.LocalSource == "live" && b.Healthy != nil
+	for _, o := range b.Observations {
+		if o.NodeID == self && live {
+			continue
+		}
+		add(o.Region, o.Healthy)
+	}
+	if live {
+		add(selfRegion, *b.Healthy)
+	}
+	out := make([]apitypes.RegionHealth, 0, len(by))
+	for region, t := range by {
+		state := "mixed"
+		switch t.healthy {
+		case t.nodes:
+			state = "healthy"
+		case 0:
+			state = "unhealthy"
+		}
+		out = append(out, apitypes.RegionHealth{Region: region, State: state, Nodes: t.nodes, Healthy: t.healthy})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Region < out[j].Region })
+	return out
 }
 
 func timePtr(t time.Time) *time.Time {

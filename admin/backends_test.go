@@ -271,10 +271,62 @@ func TestBackendObservations(t *testing.T) {
 		t.Fatalf("syd %+v", syd)
 	}
 
+	wantRegions := []apitypes.RegionHealth{{Region: "iad", State: "healthy", Nodes: 1, Healthy: 1}, {Region: "syd", State: "unhealthy", Nodes: 1}}
+	if fmt.Sprint(got.Regions) != fmt.Sprint(wantRegions) {
+		t.Fatalf("regions %+v, want %+v", got.Regions, wantRegions)
+	}
+
+	// A second node in syd reaches it: syd is mixed, in the list too.
+	remote2 := openStore(t, testEncryptionKey())
+	if err := remote2.PutObservations(ctx, []storage.Observation{{
+		NodeID: remote2.NodeID(), BackendID: b.ID, PoolName: "web", Region: "syd", Healthy: true, LastCheck: now,
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	ans, err = remote2.ChangeSets(ctx, remote2.NodeID(), remote2.Bookkeeping()[remote2.NodeID()], 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.store.ApplyAnswer(ctx, ans); err != nil {
+		t.Fatal(err)
+	}
 	var page apitypes.List[apitypes.Backend]
 	h.do("GET", "/api/pools/web/backends", nil).json(t, &page)
-	if len(page.Items) != 1 || len(page.Items[0].Observations) != 2 {
+	if len(page.Items) != 1 || len(page.Items[0].Observations) != 3 {
 		t.Fatalf("list %+v", page.Items)
+	}
+	wantRegions = []apitypes.RegionHealth{{Region: "iad", State: "healthy", Nodes: 1, Healthy: 1}, {Region: "syd", State: "mixed", Nodes: 2, Healthy: 1}}
+	if fmt.Sprint(page.Items[0].Regions) != fmt.Sprint(wantRegions) {
+		t.Fatalf("list regions %+v, want %+v", page.Items[0].Regions, wantRegions)
+	}
+}
+
+// The live view of this node replaces its stored observation in the
+// region summary; a node with no observation and no live view adds
+// nothing.
+func TestRegionHealth(t *testing.T) {
+	yes, no := true, false
+	obs := func(node, region string, healthy bool) apitypes.Observation {
+		return apitypes.Observation{NodeID: node, Region: region, Healthy: healthy}
+	}
+	for _, tt := range []struct {
+		name string
+		b    apitypes.Backend
+		want string
+	}{
+		{"none", apitypes.Backend{LocalSource: "none"}, "[]"},
+		{"stored only", apitypes.Backend{LocalSource: "stored", Healthy: &yes, Observations: []apitypes.Observation{obs("me", "iad", true)}},
+			"[{iad healthy 1 1}]"},
+		{"live replaces stored", apitypes.Backend{LocalSource: "live", Healthy: &no,
+			Observations: []apitypes.Observation{obs("me", "iad", true), obs("other", "iad", true)}}, "[{iad mixed 2 1}]"},
+		{"live without a stored row", apitypes.Backend{LocalSource: "live", Healthy: &yes,
+			Observations: []apitypes.Observation{obs("x", "syd", false), obs("y", "ams", false)}}, "[{ams unhealthy 1 0} {iad healthy 1 1} {syd unhealthy 1 0}]"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := fmt.Sprint(regionHealth(tt.b, "me", "iad")); got != tt.want {
+				t.Fatalf("got %s, want %s", got, tt.want)
+			}
+		})
 	}
 }
 

@@ -18,6 +18,16 @@ type healthResponse = apitypes.Health
 // closed or the routing table is not built yet), so that a load balancer's
 // check keeps traffic away until the agent can serve it.
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	switch st := s.membershipState(); st {
+	case "leaving":
+		writeJSON(w, http.StatusServiceUnavailable, healthResponse{Status: st, Live: true,
+			Reason: "this node is leaving the cluster: its writes are reaching the other members"})
+		return
+	case "left":
+		writeJSON(w, http.StatusServiceUnavailable, healthResponse{Status: st, Live: true,
+			Reason: "this node left the cluster; stop it, or restart it to join again"})
+		return
+	}
 	ready := s.store.Info().Running
 	if ready && s.deps.Ready != nil {
 		select {

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -104,6 +105,10 @@ type Deps struct {
 	Pools PoolStatus
 	// Cluster lists the members. nil: this node alone, from Config.Node.
 	Cluster Cluster
+	// Membership joins and leaves the cluster on request (POST
+	// /api/cluster/join, /api/cluster/leave). nil: the agent runs
+	// without gossip, and both answer 409 not_supported.
+	Membership Membership
 	// Ready is closed once the agent can serve traffic (normally
 	// pools.Manager.Ready()); until then /api/health answers 503. nil:
 	// ready as soon as the store is open.
@@ -160,6 +165,34 @@ type PoolStatus interface {
 type Cluster interface {
 	Members() []Member
 }
+
+// Membership changes this node's membership on an operator's request; the
+// agent implements it over discovery and replication.
+type Membership interface {
+	// Join joins the members at addrs (validated host:port or IP
+	// literals) and returns how many nodes answered. ErrNoNodeAnswered
+	// and ErrLeft say why it did not.
+	Join(ctx context.Context, addrs []string) (int, error)
+	// Leave stops this node's writes, waits (until ctx ends) for every
+	// alive member to hold this node's writes, and then leaves: it says
+	// goodbye to the others, stops gossip and replication and reports
+	// itself not ready. Unless force is set, a member still missing
+	// writes when ctx ends makes it return ErrNotFlushed and stay in the
+	// cluster (writes resume). The result names who holds what.
+	Leave(ctx context.Context, force bool) (apitypes.ClusterLeft, error)
+	// State is "" while this node is a member, "leaving" while Leave
+	// flushes, "left" after.
+	State() string
+}
+
+// Errors a Membership returns, which the API answers with their own status.
+var (
+	ErrNoNodeAnswered = errors.New("no node answered at the addresses given")
+	ErrLeft           = errors.New("this node left the cluster; restart the agent to join again")
+	ErrLeaving        = errors.New("this node is already leaving the cluster")
+	ErrNotFlushed     = errors.New("some alive members do not hold every write of this node yet")
+	ErrStarting       = errors.New("gossip is still starting; retry in a moment")
+)
 
 // Member and ReplicationStatus are the API's shapes (apitypes); the
 // aliases keep the names the agent and the cluster layer use.

@@ -65,7 +65,24 @@ func TestDashboardBrowser(t *testing.T) {
 	st := openStore(t, testEncryptionKey())
 	mgr := startManager(t, st)
 	acme, acmeStore := acmeManager(t, st)
-	h := newHarnessOn(t, st, withDeps(func(d *Deps) { d.Pools = mgr; d.Ready = mgr.Ready(); d.ACME = acme }))
+	// The cluster as replication reports it: this node, a ready peer with
+	// a stream, and a suspect one still bootstrapping.
+	seen := time.Now().Add(-3 * time.Second)
+	members := staticCluster{
+		{ID: st.NodeID(), Name: "edge-test", Region: "iad", MachineID: "m-iad-1", State: "alive", Ready: true,
+			Addresses: map[string]string{"gossip": "10.0.0.1:7946"}},
+		{ID: "n-syd", Name: "edge-syd", Region: "syd", MachineID: "m-syd-1", State: "alive", Ready: true, LastSeen: &seen,
+			ClockOffsetMS: 42, Addresses: map[string]string{"gossip": "10.0.0.2:7946", "replication": "10.0.0.2:7947"},
+			Replication: &ReplicationStatus{Connected: true, PendingChanges: 12, LagSeconds: 3.5, BytesIn: 2048, BytesOut: 4096}},
+		{ID: "n-ams", Name: "edge-ams", Region: "ams", State: "suspect", LastSeen: &seen, ClockOffsetMS: -7,
+			Replication: &ReplicationStatus{LastError: "dial tcp 10.0.0.3:7947: connect: connection refused"}},
+	}
+	h := newHarnessOn(t, st, withDeps(func(d *Deps) {
+		d.Pools = mgr
+		d.Ready = mgr.Ready()
+		d.ACME = acme
+		d.Cluster = members
+	}))
 
 	h.createPool(map[string]any{
 		"name": "web", "algorithm": "least_connections", "hosts": []string{"example.test", "www.example.test"},
@@ -170,16 +187,34 @@ func TestDashboardBrowser(t *testing.T) {
 		chromedp.WaitVisible(row(bLeave.ID, "healthy")),
 		chromedp.WaitVisible(chromedp.CSS(`[data-pool="web"][data-healthy="2"][data-total="2"]`)),
 	)
-	step("per-node observations", 20*time.Second,
-		chromedp.WaitVisible(chromedp.CSS(`tr[data-backend-id="`+bStay.ID+`"] [data-node="`+st.NodeID()+`"]`)),
+	step("health by region", 20*time.Second,
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-backend-id="`+bStay.ID+`"] [data-region="iad"][data-region-state="healthy"]`)),
+		// Once this node's observation is stored, the badge names it.
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-backend-id="`+bStay.ID+`"] [data-region="iad"][data-nodes="`+st.NodeID()+`"]`)),
 	)
 	step("certificates, cluster, storage", 20*time.Second,
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-cert-id="`+soon.ID+`"][data-expiring="true"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-cert-id="`+later.ID+`"][data-expiring="false"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-cert-id="`+later.ID+`"] [data-phase="manual"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-cert-id="`+failing.ID+`"] [data-phase="retrying"] [data-field="last-error"]`)),
-		chromedp.WaitVisible(chromedp.CSS(`tr[data-member-id="`+st.NodeID()+`"][data-state="alive"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-table="pools"]`)),
+	)
+	step("cluster panel", 20*time.Second,
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-member-id="`+st.NodeID()+`"][data-state="alive"][data-ready="true"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-member-id="n-syd"][data-region="syd"][data-ready="true"] [data-field="stream"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-member-id="n-ams"][data-state="suspect"][data-ready="false"] [data-field="repl-error"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#cluster-regions [data-region-summary="ams"]`)),
+		pollTrue(`(() => {
+			const syd = document.querySelector('tr[data-member-id="n-syd"]');
+			const ams = document.querySelector('tr[data-member-id="n-ams"]');
+			const self = document.querySelector('tr[data-member-id="`+st.NodeID()+`"]');
+			const f = (row, name) => row.querySelector('[data-field="' + name + '"]').textContent;
+			return f(syd, "pending") === "12" && f(syd, "lag") === "3.5 s" && f(syd, "clock") === "+42 ms" &&
+				f(syd, "machine") === "machine m-syd-1" && f(syd, "stream") === "connected" &&
+				f(ams, "clock") === "-7 ms" && f(ams, "ready") === "not ready" && f(ams, "repl-error").includes("connection refused") &&
+				f(self, "machine") === "machine m-iad-1" && f(self, "replication") === "this node" &&
+				document.getElementById("node-label").textContent === "edge-test · iad";
+		})()`),
 	)
 	// Rates are computed from two readings of the totals.
 	step("request rate shown", 20*time.Second,

@@ -34,6 +34,7 @@ import (
 //	412 precondition_failed     If-Match names a version that is no longer current
 //	413 too_large               the body exceeds the configured limit
 //	415 unsupported_media_type  the Content-Type is not one the route reads
+//	502 join_failed             no node answered at the addresses of a cluster join
 //	500 internal                anything else; the message never carries the cause's details
 const (
 	CodeInvalid              = apitypes.CodeInvalid
@@ -48,6 +49,7 @@ const (
 	CodeInternal             = apitypes.CodeInternal
 	CodeInsufficientStorage  = apitypes.CodeInsufficientStorage
 	CodeUnavailable          = apitypes.CodeUnavailable
+	CodeJoinFailed           = apitypes.CodeJoinFailed
 )
 
 // apiError is a failed request on its way to the client. Handlers return it
@@ -60,6 +62,8 @@ type apiError struct {
 	Fields  fielderr.List
 	// heldBack details a 429 held_back answer.
 	heldBack *apitypes.HeldBack
+	// missing details a refused cluster leave (409).
+	missing []apitypes.ClusterMissing
 	// cause is logged, never sent: it may carry internal details.
 	cause error
 }
@@ -175,7 +179,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if ae.Status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="singularity-edge"`)
 	}
-	body := apitypes.ErrorBody{Error: apitypes.ErrorDetail{Code: ae.Code, Message: ae.Message, HeldBack: ae.heldBack}}
+	body := apitypes.ErrorBody{Error: apitypes.ErrorDetail{Code: ae.Code, Message: ae.Message, HeldBack: ae.heldBack, Missing: ae.missing}}
 	if hb := ae.heldBack; hb != nil {
 		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(time.Until(hb.Until).Seconds())))))
 	}

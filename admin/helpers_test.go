@@ -264,9 +264,10 @@ func (h *harness) checkResponse(what string, r response) {
 		if err := json.Unmarshal(r.Body, &e); err != nil || e.Error.Code == "" || e.Error.Message == "" {
 			t.Errorf("%s: status %d without the JSON error shape: %s", what, r.Status, r.Body)
 		}
-		// 502 acme_failed is the CA's refusal passed on, not a fault
-		// of this server.
-		if r.Status >= 500 && e.Error.Code != CodeACMEFailed {
+		// 502 acme_failed is the CA's refusal passed on, 502
+		// join_failed a peer that did not answer, 503 unavailable a node
+		// that is not taking writes: answers, not faults of this server.
+		if r.Status >= 500 && e.Error.Code != CodeACMEFailed && e.Error.Code != CodeJoinFailed && e.Error.Code != CodeUnavailable {
 			t.Errorf("%s: server error %d: %s", what, r.Status, r.Body)
 		}
 	}

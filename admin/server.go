@@ -33,6 +33,10 @@ type Server struct {
 	httpServer *http.Server
 	mu         sync.Mutex
 	listener   net.Listener
+
+	// writes lets a cluster leave close the API to writes and wait for
+	// those in flight, so its flush sees every write this node took.
+	writes writeGate
 }
 
 // New builds a server. It registers the admin's collectors on
@@ -152,6 +156,8 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /api/audit", s.handleListAudit)
 
 	m.HandleFunc("GET /api/cluster", s.handleCluster)
+	m.HandleFunc("POST /api/cluster/join", s.handleClusterJoin)
+	m.HandleFunc("POST /api/cluster/leave", s.handleClusterLeave)
 
 	m.HandleFunc("GET /api/db", s.handleDBInfo)
 	m.HandleFunc("GET /api/db/tables", s.handleDBTables)
@@ -181,13 +187,26 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if r.Method != http.MethodGet && r.Method != http.MethodHead && strings.HasPrefix(r.URL.Path, "/api/") && !s.ready() {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead && strings.HasPrefix(r.URL.Path, "/api/") &&
+		!strings.HasPrefix(r.URL.Path, "/api/cluster/") && !s.ready() {
+		if s.membershipState() != "" {
+			s.writeError(w, r, errLeavingNoWrites())
+			return
+		}
 		// A node still filling its store from a peer takes no writes: a
 		// local write would make it originate data before it holds the
 		// cluster's state.
 		s.writeError(w, r, &apiError{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
 			Message: "this node is not ready (it is still taking the cluster's state from a peer); retry, or write to a ready node"})
 		return
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead && strings.HasPrefix(r.URL.Path, "/api/") &&
+		!strings.HasPrefix(r.URL.Path, "/api/cluster/") {
+		if !s.writes.enter() {
+			s.writeError(w, r, errLeavingNoWrites())
+			return
+		}
+		defer s.writes.exit()
 	}
 	_, pattern := s.mux.Handler(r)
 	if info := infoFrom(r.Context()); info != nil {
@@ -211,6 +230,10 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
 
 // ready reports whether Deps.Ready is closed (nil: always).
 func (s *Server) ready() bool {
+	if s.membershipState() != "" {
+		// Leaving: no write may start that the flush would not see.
+		return false
+	}
 	if s.deps.Ready == nil {
 		return true
 	}
@@ -220,6 +243,14 @@ func (s *Server) ready() bool {
 	default:
 		return false
 	}
+}
+
+// membershipState is "" for a member, "leaving" or "left".
+func (s *Server) membershipState() string {
+	if s.deps.Membership == nil {
+		return ""
+	}
+	return s.deps.Membership.State()
 }
 
 // needsToken: every /api route but the health check. /metrics decides for

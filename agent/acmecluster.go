@@ -28,6 +28,11 @@ func (c acmeCluster) Alive() []string {
 		return []string{self}
 	}
 	ids := []string{self}
+	if c.a.member != nil && c.a.member.State() != "" {
+		// Leaving or left: this node renews nothing any more (what it
+		// stored would reach nobody); the others share its certificates.
+		ids = nil
+	}
 	for _, m := range c.a.repl.Members() {
 		if m.Self || m.ID == self || m.State != cluster.StateAlive {
 			continue

@@ -80,6 +80,7 @@ type Agent struct {
 	health *healthServer        // nil when cfg.HealthAddr is empty
 	disc   *discovery.Discovery // nil: a cluster of one
 	repl   *replication.Engine  // nil with disc
+	member *membership          // nil with disc: cluster join and leave
 
 	cancel context.CancelFunc // stops the background loops
 	wg     sync.WaitGroup
@@ -91,14 +92,78 @@ type Agent struct {
 }
 
 // Run starts an agent and blocks until ctx is cancelled or a part fails,
-// then shuts it down within cfg.ShutdownTimeout.
+// then shuts it down within cfg.ShutdownTimeout. When replication ends with
+// a change of this node's identity (ErrNewIdentity) or a rebuilt store
+// (ErrRebuilt), Run restarts the agent in-process: everything is keyed by
+// the node id or reads the store, so every part is shut down in order and
+// built again on the reopened store, which then bootstraps or rejoins; the
+// node is not ready until the new incarnation is.
 func Run(ctx context.Context, cfg Config) error {
 	logger, err := NewLogger(cfg.LogLevel)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = logger.Sync() }()
+	return runRestarting(ctx, cfg, logger, nil)
+}
 
+// runRestarting runs incarnations of the agent until one ends for a reason
+// other than a restart. started, when set, is called with each incarnation
+// once it serves (tests).
+func runRestarting(ctx context.Context, cfg Config, logger *zap.Logger, started func(*Agent)) error {
+	quick := 0 // restarts in a row of incarnations that lived less than restartQuiet
+	for restarts := 0; ; restarts++ {
+		began := time.Now()
+		err := runOnce(ctx, cfg, logger, started)
+		reason := restartReason(err)
+		if reason == "" || ctx.Err() != nil {
+			return err
+		}
+		// Each cause is cured by the restart itself (a new id, an
+		// emptied store); should one come back at once, back off rather
+		// than spin.
+		wait := time.Duration(0)
+		if time.Since(began) < restartQuiet {
+			wait = min(time.Second<<quick, restartBackoffMax)
+			quick++
+		} else {
+			quick = 0
+		}
+		logger.Warn("restarting the agent in-process: every part is stopped and built again on the reopened store",
+			zap.String("reason", reason), zap.Int("restart", restarts+1), zap.Duration("after", wait), zap.Error(err))
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return err
+			case <-t.C:
+			}
+		}
+	}
+}
+
+// An incarnation that ends for a restart within restartQuiet of its start
+// delays the next one, doubling up to restartBackoffMax.
+const (
+	restartQuiet      = time.Minute
+	restartBackoffMax = 30 * time.Second
+)
+
+// restartReason says why err asks for an in-process restart ("" when it
+// does not).
+func restartReason(err error) string {
+	switch {
+	case errors.Is(err, replication.ErrNewIdentity):
+		return "the store took a new node id (a peer holds newer writes of the old one: a restored or copied volume)"
+	case errors.Is(err, replication.ErrRebuilt):
+		return "the store was found behind a tombstone purge and is emptied to bootstrap from a peer"
+	}
+	return ""
+}
+
+// runOnce runs one incarnation: New, Start, wait, Shutdown.
+func runOnce(ctx context.Context, cfg Config, logger *zap.Logger, started func(*Agent)) error {
 	a, err := New(cfg, logger)
 	if err != nil {
 		return err
@@ -109,12 +174,19 @@ func Run(ctx context.Context, cfg Config) error {
 		defer cancel()
 		return errors.Join(err, a.Shutdown(stopCtx))
 	}
+	if started != nil {
+		started(a)
+	}
 	var runErr error
 	select {
 	case <-ctx.Done():
 		logger.Info("shutting down", zap.Duration("drain_timeout", cfg.ShutdownTimeout))
 	case runErr = <-a.errs:
-		logger.Error("a component failed; shutting down", zap.Error(runErr))
+		if restartReason(runErr) != "" {
+			logger.Warn("stopping this incarnation of the agent for an in-process restart", zap.Error(runErr))
+		} else {
+			logger.Error("a component failed; shutting down", zap.Error(runErr))
+		}
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
@@ -276,8 +348,12 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 		}
 		a.repl = eng
 		members = eng
+		a.member = &membership{disc: disc, repl: eng, log: a.logger.Named("cluster")}
 	}
 	deps := admin.Deps{Store: a.store, Pools: a.pools, Cluster: members, Ready: a.ready}
+	if a.member != nil {
+		deps.Membership = a.member
+	}
 	if a.acme != nil {
 		deps.Renewer = a.acme
 		deps.ACME = a.acme
@@ -291,6 +367,9 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	if cfg.HealthAddr != "" {
 		poolsReady, certsReady := a.pools.Ready(), a.certs.Ready()
 		a.health = newHealthServer(cfg.HealthAddr, func() bool {
+			if a.member != nil && a.member.State() != "" {
+				return false // leaving or left: traffic goes elsewhere
+			}
 			return a.store.Info().Running && closed(poolsReady) && closed(certsReady)
 		})
 	}

@@ -21,6 +21,7 @@ const (
 	CodeInternal             = "internal"               // 500
 	CodeInsufficientStorage  = "insufficient_storage"   // 507 the node's disk is full
 	CodeUnavailable          = "unavailable"            // 503 the store cannot commit or is not ready
+	CodeJoinFailed           = "join_failed"            // 502 no node answered at the addresses given
 )
 
 // ErrorBody is the shape of every error response.
@@ -36,6 +37,9 @@ type ErrorDetail struct {
 	Fields  []FieldError `json:"fields,omitempty"`
 	// HeldBack is set with code "held_back" (HTTP 429).
 	HeldBack *HeldBack `json:"held_back,omitempty"`
+	// Missing is set when a cluster leave is refused (HTTP 409): the
+	// members that do not hold every write of this node yet.
+	Missing []ClusterMissing `json:"missing,omitempty"`
 }
 
 // HeldBack says which rate limit held an ACME order back and when it
@@ -232,6 +236,20 @@ type Backend struct {
 	LocalSource string `json:"local_source"`
 
 	Observations []Observation `json:"observations"`
+	// Regions sums up, per region, the health every node of it reports
+	// (this node's live view in place of its stored one). A region no
+	// node has reported on yet is absent.
+	Regions []RegionHealth `json:"regions"`
+}
+
+// RegionHealth is a backend's health as the nodes of one region see it.
+type RegionHealth struct {
+	Region string `json:"region"`
+	// State is "healthy" (every reporting node of the region reaches
+	// it), "unhealthy" (none does) or "mixed".
+	State   string `json:"state"`
+	Nodes   int    `json:"nodes"`
+	Healthy int    `json:"healthy"`
 }
 
 // Observation is one node's view of a backend, as replicated.
@@ -358,7 +376,7 @@ type Lease struct {
 
 // Health is GET /api/health.
 type Health struct {
-	Status string `json:"status"` // "ok", "starting", "disk_full" or "store_not_ready"
+	Status string `json:"status"` // "ok", "starting", "disk_full", "store_not_ready", "leaving" or "left"
 	Live   bool   `json:"live"`
 	Ready  bool   `json:"ready"`
 	Reason string `json:"reason,omitempty"` // why not ready, when the store says
@@ -369,6 +387,47 @@ type Cluster struct {
 	NodeID  string          `json:"node_id"`
 	Members []Member        `json:"members"`
 	Regions []RegionSummary `json:"regions"`
+}
+
+// ClusterJoin is the body of POST /api/cluster/join: gossip addresses of
+// members to join, each an IP literal or IP:port (the cluster's gossip
+// port when left out).
+type ClusterJoin struct {
+	Addresses []string `json:"addresses"`
+}
+
+// ClusterJoined answers POST /api/cluster/join.
+type ClusterJoined struct {
+	// Addresses are the host:port addresses contacted.
+	Addresses []string `json:"addresses"`
+	// Contacted counts the nodes that answered (a node joins the whole
+	// cluster through any one member).
+	Contacted int `json:"contacted"`
+}
+
+// ClusterLeft answers POST /api/cluster/leave.
+type ClusterLeft struct {
+	// State is "left": the node said goodbye, stopped gossip and
+	// replication, and reports itself not ready.
+	State string `json:"state"`
+	// Flushed is true when every alive member held every write of this
+	// node before it left; with ?force=true it may be false, and Missing
+	// names the members that did not.
+	Flushed bool             `json:"flushed"`
+	Applied []string         `json:"applied"`
+	Missing []ClusterMissing `json:"missing"`
+}
+
+// ClusterMissing is a member that did not hold every write of the node
+// when it left.
+type ClusterMissing struct {
+	Name   string `json:"name"`
+	NodeID string `json:"node_id"`
+	State  string `json:"state"`
+	// Reason: "pending" (connected, not acknowledged yet), "not
+	// connected" (alive, no replication stream), or the member's state
+	// ("suspect", "dead", "left"; not waited for).
+	Reason string `json:"reason"`
 }
 
 // RegionSummary counts the members of one region.

@@ -8,6 +8,7 @@ import (
 	"log"
 	"net/netip"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,16 @@ import (
 // advertises another cluster id.
 var ErrDifferentCluster = errors.New("member of a different cluster")
 
+// ErrLeft is returned by Join after this node left the cluster: memberlist
+// cannot rejoin once it has left; the agent must be restarted.
+var ErrLeft = errors.New("this node left the cluster; restart the agent to join again")
+
+// ErrNotStarted is returned by Join before Start.
+var ErrNotStarted = errors.New("gossip is not started yet")
+
+// ErrNoAnswer is returned by Join when no node answered at any address.
+var ErrNoAnswer = errors.New("no node answered")
+
 // Discovery is this node's membership: memberlist plus the sources it is
 // fed from.
 type Discovery struct {
@@ -32,12 +43,18 @@ type Discovery struct {
 
 	// ml is set by Start; the admin API may ask for Members before that.
 	ml atomic.Pointer[memberlist.Memberlist]
+	// left is set by Leave: memberlist is shut down and must not be used.
+	left atomic.Bool
 
 	mu      sync.Mutex
 	meta    Meta
 	members map[string]*memberRecord // by member name, self excluded
 	changed chan struct{}            // closed and replaced on every change
 	known   []knownPeer              // last saved
+	// rounds counts finished resolution rounds; othersNamed says whether
+	// the last one failed somewhere or named any node but this one.
+	rounds      int
+	othersNamed bool
 }
 
 type memberRecord struct {
@@ -161,6 +178,9 @@ func jitter(d time.Duration) time.Duration {
 // resolveAndJoin asks every source and joins the candidates that are not
 // alive members.
 func (d *Discovery) resolveAndJoin(ctx context.Context) {
+	if d.left.Load() {
+		return
+	}
 	var lists [][]Candidate
 	found, failed := 0, false
 	for _, s := range d.cfg.Sources {
@@ -189,16 +209,52 @@ func (d *Discovery) resolveAndJoin(ctx context.Context) {
 	var targets []string
 	alive := d.aliveAddrs()
 	self := d.addrs.advertise.String()
+	others := failed
 	for _, c := range mergeCandidates(port, lists...) {
 		addr := c.JoinAddr(port)
-		if addr == self || alive[addr] {
+		if addr == self {
+			continue
+		}
+		others = true
+		if alive[addr] {
 			continue
 		}
 		targets = append(targets, addr)
 	}
+	d.mu.Lock()
+	if !others {
+		// Remembered members count even when a source answered: a node
+		// that was part of a cluster is not the first of a new one.
+		for _, c := range peersAsCandidates(d.known, d.cfg.Now(), d.cfg.PeersMaxAge) {
+			if c.JoinAddr(port) != self {
+				others = true
+			}
+		}
+	}
+	first := d.rounds == 0
+	d.rounds++
+	d.othersNamed = others
+	if first {
+		// Wake whoever waits on Alone (an empty store deciding whether
+		// to start the cluster's state).
+		d.notifyLocked()
+	}
+	d.mu.Unlock()
 	if len(targets) > 0 {
 		d.join(ctx, targets)
 	}
+}
+
+// Alone reports whether this node knows of no other node at all: the last
+// resolution round finished with every source answering and naming no node
+// but this one, no member is remembered from an earlier run, and no other
+// node ever joined. It is false before the first round. An empty store that
+// is alone is the first node of a new cluster and need not wait for peers
+// that nothing says exist.
+func (d *Discovery) Alone() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.rounds > 0 && !d.othersNamed && len(d.members) == 0
 }
 
 // join joins every target concurrently: memberlist's Join tries
@@ -237,6 +293,12 @@ func (d *Discovery) join(ctx context.Context, targets []string) int {
 // Join joins the given host:port addresses (IP literals) now, for the
 // `cluster join` command. It returns how many nodes answered.
 func (d *Discovery) Join(ctx context.Context, addrs []string) (int, error) {
+	if d.left.Load() {
+		return 0, ErrLeft
+	}
+	if d.ml.Load() == nil {
+		return 0, ErrNotStarted
+	}
 	var targets []string
 	for _, a := range addrs {
 		c, err := parseSeed(a)
@@ -247,13 +309,17 @@ func (d *Discovery) Join(ctx context.Context, addrs []string) (int, error) {
 	}
 	n := d.join(ctx, targets)
 	if n == 0 {
-		return 0, fmt.Errorf("no node answered at %v", targets)
+		return 0, fmt.Errorf("%w at %s", ErrNoAnswer, strings.Join(targets, ", "))
 	}
+	d.log.Info("joined on request", zap.Strings("addresses", targets), zap.Int("contacted", n))
 	return n, nil
 }
 
 // SetReady changes this node's advertised readiness and gossips it.
 func (d *Discovery) SetReady(ready bool) error {
+	if d.left.Load() {
+		return nil
+	}
 	d.mu.Lock()
 	changed := d.meta.Ready != ready
 	d.meta.Ready = ready
@@ -265,10 +331,12 @@ func (d *Discovery) SetReady(ready bool) error {
 	return ml.UpdateNode(d.cfg.Timings.TCPTimeout)
 }
 
-// Leave tells the others this node is going, then stops gossip.
+// Leave tells the others this node is going, then stops gossip. It may be
+// called again (the agent leaves on request, then again at shutdown); only
+// the first call does anything.
 func (d *Discovery) Leave(timeout time.Duration) error {
 	ml := d.ml.Load()
-	if ml == nil {
+	if ml == nil || d.left.Swap(true) {
 		return nil
 	}
 	d.saveKnown()
@@ -316,10 +384,14 @@ func (d *Discovery) Members() []cluster.Member {
 	defer d.mu.Unlock()
 	out := make([]cluster.Member, 0, 1+len(d.members))
 	self := d.meta
+	selfState := cluster.StateAlive
+	if d.left.Load() {
+		selfState = cluster.StateLeft
+	}
 	out = append(out, cluster.Member{
 		ID: self.NodeID, Name: d.cfg.Name, Region: self.Region, MachineID: self.MachineID,
 		Addresses: addresses(self, d.addrs.advertise.String()),
-		State:     cluster.StateAlive, Version: self.AgentVersion, Ready: self.Ready, Self: true, LastSeen: &now,
+		State:     selfState, Version: self.AgentVersion, Ready: self.Ready && selfState == cluster.StateAlive, Self: true, LastSeen: &now,
 	})
 	for _, r := range d.members {
 		m := cluster.Member{

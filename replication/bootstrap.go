@@ -68,6 +68,10 @@ func (e *Engine) bootstrap(ctx context.Context) error {
 		// Only a node that sees no other member that could hold state
 		// starts the cluster's state: an empty node cut off from an
 		// existing cluster must not become ready with nothing.
+		if len(ready) == 0 && unreachable == 0 && len(notReady) == 0 && e.members.Alone() {
+			e.log.Info("no other node is known (no seed, no DNS answer but this node, none remembered): this node starts the cluster's state")
+			return e.markReady(ctx)
+		}
 		if len(ready) == 0 && unreachable == 0 && e.cfg.Now().Sub(start) >= e.cfg.BootstrapAloneAfter {
 			first := true
 			for _, m := range notReady {

@@ -19,6 +19,11 @@ type Membership interface {
 	Changed() <-chan struct{}
 	// SetReady advertises this node's readiness.
 	SetReady(ready bool) error
+	// Alone is true when nothing names any other node (no seed, no DNS
+	// answer but this node, none remembered, none ever joined): an empty
+	// store then starts the cluster's state at once instead of waiting
+	// BootstrapAloneAfter for peers nothing says exist.
+	Alone() bool
 }
 
 // Config configures the Engine.
@@ -49,7 +54,9 @@ type Config struct {
 	DialBackoffMax   time.Duration
 	// BootstrapAloneAfter: an empty node that sees no ready peer for this
 	// long becomes ready by itself (the first node of a cluster; among
-	// several new nodes, the one with the lowest node id).
+	// several new nodes, the one with the lowest node id). It applies
+	// only when other nodes are known; a node that is Alone is ready at
+	// once.
 	BootstrapAloneAfter time.Duration
 	// PurgeInterval runs the tombstone purge; EvictAfter forgets a member
 	// whose bookkeeping was not heard for that long.

@@ -30,6 +30,9 @@ type testCluster struct {
 	members map[string]*cluster.Member // by node id
 	group   map[string]int             // partition group by node id (0 when unplaced)
 	changed chan struct{}
+	// alone is what discovery says when no source names another node;
+	// it holds only while the view has no other member.
+	alone bool
 }
 
 func newTestCluster() *testCluster {
@@ -96,6 +99,17 @@ func (v *memberView) Changed() <-chan struct{} {
 	v.tc.mu.Lock()
 	defer v.tc.mu.Unlock()
 	return v.tc.changed
+}
+
+func (v *memberView) Alone() bool {
+	v.tc.mu.Lock()
+	defer v.tc.mu.Unlock()
+	for id := range v.tc.members {
+		if id != v.self {
+			return false
+		}
+	}
+	return v.tc.alone
 }
 
 func (v *memberView) SetReady(r bool) error {
@@ -748,5 +762,97 @@ func TestRemovedTableResyncs(t *testing.T) {
 	waitConverged(t, nodes[0], nodes[1], c2)
 	if !cs.isReady() {
 		t.Fatalf("resynced store not ready: %v", cs.db.Ready())
+	}
+}
+
+// A first node that nothing says has company starts the cluster's state at
+// once; BootstrapAloneAfter (an hour here) would otherwise hold it back.
+func TestBootstrapAloneIsReadyAtOnce(t *testing.T) {
+	tc := newTestCluster()
+	tc.alone = true
+	n := startEngine(t, tc, "a", newTestStore(t, "a"), [][]byte{testSecret('k')},
+		func(c *Config) { c.BootstrapAloneAfter = time.Hour })
+	waitReady(t, n)
+	if !n.store.isReady() {
+		t.Fatal("engine ready but the store is not")
+	}
+}
+
+// When discovery knows of other nodes (a seed, a DNS answer, a remembered
+// member), an empty node keeps waiting for them rather than starting a
+// cluster of its own.
+func TestBootstrapWaitsWhenOthersAreKnown(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		alone bool
+		other bool // a member that is alive but not ready yet
+	}{
+		{name: "discovery names others", alone: false},
+		{name: "a new member is alive", alone: true, other: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tc := newTestCluster()
+			tc.alone = tt.alone
+			if tt.other {
+				tc.add("b", "r", "127.0.0.1:1")
+			}
+			n := startEngine(t, tc, "a", newTestStore(t, "a"), [][]byte{testSecret('k')},
+				func(c *Config) { c.BootstrapAloneAfter = time.Hour })
+			select {
+			case <-n.eng.Ready():
+				t.Fatal("an empty node turned ready by itself while other nodes are known")
+			case <-time.After(2 * time.Second):
+			}
+		})
+	}
+}
+
+// Flush (a graceful leave) returns once every alive member holds every own
+// change set; dead members are reported, not waited for; an alive member
+// without a stream is waited for and named when time runs out.
+func TestFlush(t *testing.T) {
+	tc, nodes := threeNodes(t)
+	a, b := nodes[0], nodes[1]
+	for j := range 50 {
+		a.store.write(map[string]*string{fmt.Sprintf("k%d", j): str("v")})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := a.eng.Flush(ctx)
+	if err != nil || strings.Join(res.Applied, ",") != "b,c" || len(res.Missing) != 0 {
+		t.Fatalf("flush: %+v %v", res, err)
+	}
+	for _, n := range nodes[1:] {
+		if got, own := n.store.heldOf("a"), a.store.heldOf("a"); got.String() != own.String() {
+			t.Fatalf("%s holds %v of a after the flush, a issued %v", n.id, got, own)
+		}
+	}
+
+	// c is cut off (dead to a): reported, not waited for.
+	tc.partition([]string{"a", "b"}, []string{"c"})
+	a.store.write(map[string]*string{"after-cut": str("v")})
+	res, err = a.eng.Flush(ctx)
+	if err != nil || strings.Join(res.Applied, ",") != "b" || len(res.Missing) != 1 || res.Missing[0].Reason != "dead" {
+		t.Fatalf("flush with c dead: %+v %v", res, err)
+	}
+
+	// b stops but stays alive in the membership: waited for, then named.
+	b.stop()
+	a.store.write(map[string]*string{"after-stop": str("v")})
+	short, cancelShort := context.WithTimeout(context.Background(), time.Second)
+	defer cancelShort()
+	res, err = a.eng.Flush(short)
+	if !errors.Is(err, ErrWaitTimeout) || len(res.Applied) != 0 {
+		t.Fatalf("flush with b gone: %+v %v", res, err)
+	}
+	reasons := map[string]string{}
+	for _, m := range res.Missing {
+		reasons[m.Name] = m.Reason
+	}
+	if r := reasons["b"]; r != "not connected" && r != "pending" {
+		t.Fatalf("b missing as %q: %+v", r, res.Missing)
+	}
+	if reasons["c"] != "dead" {
+		t.Fatalf("c missing as %q: %+v", reasons["c"], res.Missing)
 	}
 }

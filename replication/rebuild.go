@@ -11,8 +11,9 @@ import (
 
 // ErrRebuilt ends Run after this node found itself behind a tombstone purge:
 // its own unreplicated writes were handed to a peer and the store discarded
-// its state under a new node id. The agent exits; on restart the store
-// needs a bootstrap and fills itself from a peer.
+// its state under a new node id. The agent restarts in-process: it closes
+// the store, CompleteRebuild empties it, and the reopened store needs a
+// bootstrap and fills itself from a peer.
 var ErrRebuilt = errors.New("replication: this node was too stale to catch up and discarded its state; restart to bootstrap from a peer")
 
 // ErrNewIdentity ends Run after the store took a new node id because a

@@ -256,7 +256,7 @@ func (r *RocksStore) Purge(ctx context.Context, watermarks map[string]map[string
 // Rebuild implements Store: it marks the store to be discarded at the
 // next start (CompleteRebuild, before storage.Open), because a live
 // RocksDB cannot drop its tables under its readers. The engine ends with
-// ErrRebuilt; the agent exits and restarts.
+// ErrRebuilt; the agent then restarts in-process, closing the store first.
 func (r *RocksStore) Rebuild(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err

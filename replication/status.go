@@ -238,3 +238,79 @@ func (e *Engine) purgeWatermarks() (map[string]map[string]uint64, bool) {
 	}
 	return out, true
 }
+
+// Flush waits until every alive member holds every change set this node
+// has committed, for a graceful leave: a node that stops taking writes and
+// then flushes leaves nothing behind that only it holds. Alive members
+// without a stream are waited for (they may reconnect); suspect, dead and
+// departed members are reported, never waited for. On ctx's end it
+// returns ErrWaitTimeout with who holds everything and who does not.
+func (e *Engine) Flush(ctx context.Context) (WaitResult, error) {
+	for {
+		e.mu.Lock()
+		progress := e.progress
+		e.mu.Unlock()
+		changed := e.members.Changed()
+		res, waiting := e.flushState()
+		if len(waiting) == 0 {
+			return res, nil
+		}
+		for _, p := range waiting {
+			if p != nil {
+				// Acknowledgements also arrive with a sync round's
+				// books; ask for one now, not at the next period.
+				p.triggerSync()
+			}
+		}
+		t := time.NewTimer(250 * time.Millisecond)
+		select {
+		case <-progress:
+		case <-changed:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return res, fmt.Errorf("%w: %d member(s) do not hold every write of this node", ErrWaitTimeout, len(waiting))
+		}
+		t.Stop()
+	}
+}
+
+// flushState says which members hold every own change set (Applied) and
+// which do not (Missing); waiting are the peers Flush waits for (nil for
+// an alive member this node never had a stream with).
+func (e *Engine) flushState() (WaitResult, []*peer) {
+	e.mu.Lock()
+	ownMax := e.ownMax
+	e.mu.Unlock()
+	res := WaitResult{Seq: ownMax}
+	var waiting []*peer
+	all := NewRangeSet(Range{1, ownMax}) // empty before the first own commit
+	for _, m := range e.members.Members() {
+		if m.Self || m.ID == e.nodeID {
+			continue
+		}
+		if m.State != cluster.StateAlive {
+			res.Missing = append(res.Missing, MissingMember{Name: m.Name, NodeID: m.ID, State: string(m.State), Reason: string(m.State)})
+			continue
+		}
+		e.mu.Lock()
+		p := e.peers[m.ID]
+		e.mu.Unlock()
+		if p == nil || !p.session.Load() {
+			res.Missing = append(res.Missing, MissingMember{Name: m.Name, NodeID: m.ID, State: string(m.State), Reason: "not connected"})
+			waiting = append(waiting, p)
+			continue
+		}
+		p.mu.Lock()
+		missing := all.Minus(p.theirOwn)
+		p.mu.Unlock()
+		if len(missing) > 0 {
+			res.Missing = append(res.Missing, MissingMember{Name: m.Name, NodeID: m.ID, State: string(m.State), Reason: "pending"})
+			waiting = append(waiting, p)
+			continue
+		}
+		res.Applied = append(res.Applied, m.Name)
+	}
+	sort.Strings(res.Applied)
+	return res, waiting
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -46,6 +47,27 @@ func (b *backendJSON) state() string {
 	return s
 }
 
+// regions summarises health by the observer's region: "iad up, syd down,
+// ams 1/2 up" ("" before any node reported).
+func (b *backendJSON) regions() string {
+	parts := make([]string, 0, len(b.Regions))
+	for _, r := range b.Regions {
+		name := r.Region
+		if name == "" {
+			name = "(no region)"
+		}
+		switch r.State {
+		case "healthy":
+			parts = append(parts, name+" up")
+		case "unhealthy":
+			parts = append(parts, name+" down")
+		default:
+			parts = append(parts, fmt.Sprintf("%s %d/%d up", name, r.Healthy, r.Nodes))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
 func newBackendsCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "backends",
@@ -61,6 +83,7 @@ token comes from EDGE_ADMIN_TOKEN or --token-file.`,
 	opts := addAPIFlags(cmd)
 	cmd.AddCommand(
 		newBackendsListCommand(opts),
+		newBackendsShowCommand(opts),
 		newBackendsAddCommand(opts),
 		newBackendsUpdateCommand(opts),
 		newBackendsRemoveCommand(opts),
@@ -105,7 +128,7 @@ func newBackendsListCommand(opts *apiOptions) *cobra.Command {
 			if c.json {
 				return printValue(c.stdout, page)
 			}
-			t := newTable(c.stdout, "ID", "ADDRESS", "WEIGHT", "REGION", "STATE", "CONNECTIONS", "REQUESTS", "LAST CHECK", "LAST ERROR")
+			t := newTable(c.stdout, "ID", "ADDRESS", "WEIGHT", "REGION", "STATE", "BY REGION", "CONNECTIONS", "REQUESTS", "LAST CHECK", "LAST ERROR")
 			for _, raw := range page.Items {
 				var b backendJSON
 				if err := decodeAnswer(&apiResponse{Body: raw}, &b); err != nil {
@@ -115,7 +138,7 @@ func newBackendsListCommand(opts *apiOptions) *cobra.Command {
 				if b.LastCheck != nil {
 					lastCheck = formatTime(*b.LastCheck)
 				}
-				t.row(b.ID, b.address(), fmt.Sprint(b.Weight), b.Region, b.state(),
+				t.row(b.ID, b.address(), fmt.Sprint(b.Weight), b.Region, b.state(), b.regions(),
 					fmt.Sprint(b.CurrentConnections), fmt.Sprint(b.TotalRequests), lastCheck, b.LastError)
 			}
 			if err := t.flush(); err != nil {
@@ -126,6 +149,71 @@ func newBackendsListCommand(opts *apiOptions) *cobra.Command {
 	}
 	lo = addListFlags(cmd)
 	return cmd
+}
+
+func newBackendsShowCommand(opts *apiOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:               "show POOL ID",
+		Aliases:           []string{"get"},
+		Short:             "Show one backend: its configuration, this agent's view and every region's",
+		Args:              exactArgs(2, "POOL", "ID"),
+		ValidArgsFunction: poolThenBackendCompletion(opts),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := opts.client(cmd)
+			if err != nil {
+				return err
+			}
+			resp, err := c.getJSON(cmd.Context(), backendPath(args[0], args[1]), nil)
+			if err != nil {
+				return err
+			}
+			return showAnswer(c, resp.Body, func(b *backendJSON) error { return showBackend(c, b) })
+		},
+	}
+}
+
+func showBackend(c *apiClient, b *backendJSON) error {
+	d := newDetails(c.stdout)
+	d.line("ID", b.ID)
+	d.line("Pool", b.PoolName)
+	d.line("Address", b.address())
+	d.line("Weight", fmt.Sprint(b.Weight))
+	d.line("Region", b.Region)
+	d.line("State here", b.state()+" ("+b.LocalSource+")")
+	if b.LastCheck != nil {
+		d.line("Last check", formatTime(*b.LastCheck))
+	}
+	if b.LastError != "" {
+		d.line("Last error", b.LastError)
+	}
+	d.line("Requests", fmt.Sprintf("%d (%d failed, %d 5xx, %d retries), %d connections now",
+		b.TotalRequests, b.TotalFailures, b.Status5xx, b.Retries, b.CurrentConnections))
+	by := b.regions()
+	if by == "" {
+		by = "no node has reported yet"
+	}
+	d.line("By region", by)
+	if err := d.flush(); err != nil {
+		return err
+	}
+	if len(b.Observations) == 0 {
+		return nil
+	}
+	fmt.Fprintln(c.stdout)
+	t := newTable(c.stdout, "REGION", "NODE", "HEALTH", "CONNECTIONS", "REQUESTS", "FAILURES", "LAST CHECK", "REPORTED", "LAST ERROR")
+	for _, o := range b.Observations {
+		health := "down"
+		if o.Healthy {
+			health = "up"
+		}
+		lastCheck := ""
+		if o.LastCheck != nil {
+			lastCheck = formatTime(*o.LastCheck)
+		}
+		t.row(o.Region, o.NodeID, health, fmt.Sprint(o.CurrentConnections), fmt.Sprint(o.TotalRequests),
+			fmt.Sprint(o.TotalFailures), lastCheck, formatTime(o.UpdatedAt), o.LastError)
+	}
+	return t.flush()
 }
 
 // backendFlags binds the writable backend fields to flags; only the flags

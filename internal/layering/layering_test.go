@@ -28,7 +28,7 @@ var allowed = map[string][]string{
 	"pools":                {"internal/fielderr", "internal/ratelog", "storage"},
 	"proxy":                {"internal/ratelog", "pools"},
 	"admin":                {"apitypes", "certs", "internal/fielderr", "pools", "storage"},
-	"agent":                {"admin", "certs", "cluster", "discovery", "internal/atomicfile", "pools", "proxy", "replication", "storage"},
+	"agent":                {"admin", "apitypes", "certs", "cluster", "discovery", "internal/atomicfile", "pools", "proxy", "replication", "storage"},
 	"cmd/singularity-edge": {"agent", "apitypes", "storage"},
 	"scripts/benchscale":   {"storage"},
 }
