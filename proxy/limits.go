@@ -1,0 +1,108 @@
+package proxy
+
+import (
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// addrLimits counts the backend exchanges in flight per client address,
+// over all of its connections. It is sharded so that unrelated clients do
+// not contend on one lock in the request path.
+type addrLimits struct {
+	shards [32]addrShard
+}
+
+type addrShard struct {
+	mu sync.Mutex
+	n  map[netip.Addr]int
+}
+
+func (l *addrLimits) shard(a netip.Addr) *addrShard {
+	b := a.As16()
+	h := uint32(2166136261)
+	for _, c := range b[8:] { // the host part of v6, all of v4 (mapped)
+		h = (h ^ uint32(c)) * 16777619
+	}
+	return &l.shards[h%uint32(len(l.shards))]
+}
+
+// acquire takes one of max slots of a; false when all are taken.
+func (l *addrLimits) acquire(a netip.Addr, max int) bool {
+	sh := l.shard(a)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.n[a] >= max {
+		return false
+	}
+	if sh.n == nil {
+		sh.n = make(map[netip.Addr]int)
+	}
+	sh.n[a]++
+	return true
+}
+
+func (l *addrLimits) release(a netip.Addr) {
+	sh := l.shard(a)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.n[a] <= 1 {
+		delete(sh.n, a)
+	} else {
+		sh.n[a]--
+	}
+}
+
+// acquireExchange takes a backend exchange slot for a client; trusted
+// proxies are not counted (their address carries many clients). release
+// says whether releaseExchange must be called.
+func (s *Server) acquireExchange(info *connInfo) (ok, release bool) {
+	if info.trusted {
+		return true, false
+	}
+	a := info.client.Addr().Unmap()
+	if !s.exchanges.acquire(a, s.cfg.MaxBackendConnsPerClientAddr) {
+		s.metrics.exchangesRefused.Inc()
+		return false, false
+	}
+	return true, true
+}
+
+func (s *Server) releaseExchange(info *connInfo) {
+	s.exchanges.release(info.client.Addr().Unmap())
+}
+
+// rateClock tracks one body transfer for the MinBodyRate bound: by time
+// t the client must have moved MinBodyRate*(t - start - BodyRateGrace)
+// bytes. The bound becomes a deadline for the next read or write, so it
+// costs no timer of its own.
+type rateClock struct {
+	start time.Time
+	n     int64 // bytes moved so far
+}
+
+// rateDeadline is when a transfer that has moved n bytes (counting the
+// write in progress) must have made progress: the earlier of the pause
+// bound (now + idle) and the moment its average rate would fall below
+// MinBodyRate. slack is how much earlier than that a deadline already set
+// may stay (deadlines are moved coarsely, see needDeadline); it is kept
+// small against the rate bound so that a client at the minimum rate is
+// not cut early by more than an eighth of the grace period.
+func (s *Server) rateDeadline(rc *rateClock, n int64, now time.Time, idle time.Duration) (time.Time, time.Duration) {
+	d, slack := now.Add(idle), idle/8
+	if rate := s.cfg.MinBodyRate; rate > 0 {
+		secs := float64(n) / float64(rate)
+		if secs < idle.Seconds()+now.Sub(rc.start).Seconds() {
+			at := rc.start.Add(s.cfg.BodyRateGrace + time.Duration(secs*float64(time.Second)))
+			if at.Before(d) {
+				d, slack = at, min(slack, s.cfg.BodyRateGrace/8)
+			}
+		}
+	}
+	return d, slack
+}
+
+// moveDeadline reports whether a deadline set at cur must move to want.
+func moveDeadline(cur, want time.Time, slack time.Duration) bool {
+	return cur.After(want) || want.Sub(cur) > slack
+}
