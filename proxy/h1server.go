@@ -588,8 +588,12 @@ func (cc *clientConn) forwardRequest(pool *pools.Pool, pm *poolMetrics, host []b
 		status := statusForError(err)
 		s.logUpstreamFailure(pool.Name, status, err)
 		cc.failure = err
-		keep := cc.respondLocal(status, failureMessage(status), nil, pm, start, false)
-		return keep && req.replayable()
+		if !req.replayable() {
+			// Where the streamed body ended is unknown: say that the
+			// connection closes.
+			h.connClose = true
+		}
+		return cc.respondLocal(status, failureMessage(status), nil, pm, start, false)
 	}
 	return cc.relayResponse(pool, pm, pick.StickyID, start)
 }
