@@ -60,6 +60,10 @@ func TestConfigValidate(t *testing.T) {
 		{"zero backend series", func(c *Config) { c.MetricsMaxBackends = 0 }, "--metrics-max-backends"},
 		{"memory limit", func(c *Config) { c.MemoryLimit = 1 << 30 }, ""},
 		{"tiny memory limit", func(c *Config) { c.MemoryLimit = 1 << 20 }, "--memory-limit"},
+		{"body rate off", func(c *Config) { c.MinBodyRate = 0 }, ""},
+		{"negative body rate", func(c *Config) { c.MinBodyRate = -1 }, "--min-body-rate"},
+		{"zero body grace", func(c *Config) { c.BodyRateGrace = 0 }, "--body-rate-grace"},
+		{"zero exchanges per client", func(c *Config) { c.MaxBackendConnsPerClient = 0 }, "--max-backend-conns-per-client"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
