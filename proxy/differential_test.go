@@ -346,6 +346,11 @@ func checkH1Stream(t *testing.T, p *testProxy, rb *recBackend, in []byte) {
 	var want []*strictRequest
 	br := bufio.NewReader(bytes.NewReader(in))
 	for {
+		// RFC 9112 2.2: a server may ignore empty lines before a
+		// request line (the proxy does).
+		for b, _ := br.Peek(2); string(b) == "\r\n"; b, _ = br.Peek(2) {
+			_, _ = br.Discard(2)
+		}
 		r, err := readStrictRequestVersion(br, true)
 		if err != nil {
 			break
