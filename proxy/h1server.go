@@ -513,7 +513,7 @@ func (cc *clientConn) forwardRequest(pool *pools.Pool, pm *poolMetrics, host []b
 		// against the client address, whatever connection it came on.
 		ok, release := s.acquireExchange(&cc.info)
 		if !ok {
-			return cc.respondLocal(503, "service unavailable: too many requests in flight from this client address", retryAfter, pm, start, true)
+			return cc.respondLocal(503, "service unavailable: too many requests in flight from this client address", []byte(retryAfter), pm, start, true)
 		}
 		if release {
 			defer s.releaseExchange(&cc.info)
@@ -599,7 +599,7 @@ func (cc *clientConn) forwardRequest(pool *pools.Pool, pm *poolMetrics, host []b
 }
 
 // retryAfter goes with a 503 for a limit the client hit.
-var retryAfter = []byte("Retry-After: 1\r\n")
+const retryAfter = "Retry-After: 1\r\n"
 
 // failureMessage is the body of a failed exchange's answer.
 func failureMessage(status int) string {
@@ -951,7 +951,7 @@ func (cc *clientConn) relayLength(out []byte, uc *upConn, n int64) (written int6
 	if clientErr != nil {
 		return written, false, clientErr, nil
 	}
-	clock := rateClock{start: cc.now, n: written}
+	clock := rateClock{n: written}
 	for n > 0 {
 		uc.r, uc.w = 0, 0
 		uc.setReadDeadline(cc.now, cc.s.cfg.ReadTimeout)
@@ -1014,7 +1014,7 @@ func (cc *clientConn) relayChunked(out []byte, uc *upConn, decode bool) (written
 			if len(out) > 0 {
 				if first {
 					clientErr = cc.write(out)
-					clock = rateClock{start: cc.now, n: int64(len(out))}
+					clock = rateClock{n: int64(len(out))}
 				} else {
 					clientErr = cc.writeBody(out, &clock)
 				}
@@ -1032,7 +1032,7 @@ func (cc *clientConn) relayChunked(out []byte, uc *upConn, decode bool) (written
 			if clientErr = cc.write(out); clientErr != nil {
 				return written, false, clientErr, nil
 			}
-			clock = rateClock{start: cc.now, n: int64(len(out))}
+			clock = rateClock{n: int64(len(out))}
 			written += int64(len(out))
 			first = false
 			out = out[:0]
@@ -1060,7 +1060,7 @@ func (cc *clientConn) relayUntilClose(out []byte, uc *upConn) (written int64, cl
 		return 0, clientErr, nil
 	}
 	written = int64(len(out))
-	clock := rateClock{start: cc.now, n: written}
+	clock := rateClock{n: written}
 	for {
 		uc.setReadDeadline(cc.now, cc.s.cfg.ReadTimeout)
 		m, err := uc.c.Read(uc.buf)
@@ -1124,11 +1124,12 @@ func (cc *clientConn) streamLength(n int64) func(*upConn, *bodyProgress) (int64,
 		defer s.putBodyBuf(bp)
 		buf := *bp
 		var sent int64
-		clock := rateClock{start: time.Now(), n: int64(len(cc.req.inline))}
+		clock := rateClock{n: int64(len(cc.req.inline))}
 		for n > 0 {
 			now := time.Now()
 			cc.setBodyReadDeadline(&clock, now)
 			m, err := cc.c.Read(buf[:min(int64(len(buf)), n)])
+			now = clock.waited(now)
 			clock.n += int64(m)
 			n -= int64(m)
 			if n == 0 {
@@ -1182,6 +1183,7 @@ func (cc *clientConn) writeBody(p []byte, clock *rateClock) error {
 		cc.wdl = want
 	}
 	n, err := cc.c.Write(p)
+	cc.now = clock.waited(cc.now)
 	clock.n += int64(n)
 	if err != nil && isTimeout(err) {
 		s.metrics.slowBodies.Inc()
@@ -1200,11 +1202,12 @@ func (cc *clientConn) streamChunked(sc chunkScanner) func(*upConn, *bodyProgress
 		var sent int64
 		var spans []span
 		framed := make([]byte, 0, len(buf)+64)
-		clock := rateClock{start: time.Now(), n: int64(len(cc.req.inline))}
+		clock := rateClock{n: int64(len(cc.req.inline))}
 		for !sc.done() {
 			now := time.Now()
 			cc.setBodyReadDeadline(&clock, now)
 			m, err := cc.c.Read(buf)
+			now = clock.waited(now)
 			clock.n += int64(m)
 			if m > 0 {
 				spans = spans[:0]

@@ -442,19 +442,22 @@ func (h *h2Server) streamBody(uc *upConn, r *http.Request, progress *bodyProgres
 	body, length := r.Body, r.ContentLength
 	chunked := length < 0
 	var sent int64
-	clock := rateClock{start: time.Now()}
-	var rdl time.Time
+	var clock rateClock
 	for {
 		data := buf
 		if chunked {
 			data = buf[10 : len(buf)-2] // room for the size line and CRLF
 		}
-		want, slack := s.rateDeadline(&clock, clock.n, time.Now(), s.cfg.ReadTimeout)
-		if moveDeadline(rdl, want, slack) {
-			_ = rc.SetReadDeadline(want)
-			rdl = want
-		}
+		// An HTTP/2 stream's deadline is a timer that fires whether or
+		// not a read is pending: it is armed for the read and disarmed
+		// after it, so the time spent writing to the backend is not
+		// held against the client.
+		now := time.Now()
+		want, _ := s.rateDeadline(&clock, clock.n, now, s.cfg.ReadTimeout)
+		_ = rc.SetReadDeadline(want)
 		m, err := body.Read(data)
+		clock.waited(now)
+		_ = rc.SetReadDeadline(time.Time{})
 		clock.n += int64(m)
 		if err == io.EOF && length > 0 && clock.n < length {
 			// Fewer bytes than announced: the backend must not take it.
@@ -571,8 +574,7 @@ func (h *h2Server) relay(w http.ResponseWriter, rc *http.ResponseController, ex 
 		_ = uc.c.SetReadDeadline(until)
 		uc.rdl = until
 	}
-	clock := rateClock{start: time.Now()}
-	var wdl time.Time
+	var clock rateClock
 	write := func(p []byte) bool {
 		if !draining && req.clientGone() {
 			startDrain()
@@ -583,17 +585,21 @@ func (h *h2Server) relay(w http.ResponseWriter, rc *http.ResponseController, ex 
 		}
 		// A client that reads slower than MinBodyRate (after the grace
 		// period) or not at all for WriteTimeout gets its stream reset.
-		want, slack := s.rateDeadline(&clock, clock.n+int64(len(p)), time.Now(), s.cfg.WriteTimeout)
-		if moveDeadline(wdl, want, slack) {
-			_ = rc.SetWriteDeadline(want)
-			wdl = want
-		}
+		// Armed for the write, disarmed after it (see streamBody): a
+		// backend slow to send the rest is not the client's doing.
+		now := time.Now()
+		want, _ := s.rateDeadline(&clock, clock.n+int64(len(p)), now, s.cfg.WriteTimeout)
+		_ = rc.SetWriteDeadline(want)
 		n, err := w.Write(p)
-		written += int64(n)
-		clock.n += int64(n)
 		if err == nil {
 			err = rc.Flush()
 		}
+		clock.waited(now)
+		if err == nil {
+			_ = rc.SetWriteDeadline(time.Time{})
+		}
+		written += int64(n)
+		clock.n += int64(n)
 		if err != nil {
 			if isTimeout(err) || errors.Is(err, os.ErrDeadlineExceeded) {
 				s.metrics.slowBodies.Inc()

@@ -72,31 +72,40 @@ func (s *Server) releaseExchange(info *connInfo) {
 	s.exchanges.release(info.client.Addr().Unmap())
 }
 
-// rateClock tracks one body transfer for the MinBodyRate bound: by time
-// t the client must have moved MinBodyRate*(t - start - BodyRateGrace)
-// bytes. The bound becomes a deadline for the next read or write, so it
-// costs no timer of its own.
+// rateClock tracks one body transfer for the MinBodyRate bound. Only the
+// time spent waiting on the client counts (blocked in a read of its body
+// or a write of its response): a backend that produces a response slowly,
+// or reads a request body slowly, is not the client's doing (Kestrel's
+// MinResponseDataRate counts the same way). The client must keep
+// blocked <= BodyRateGrace + n/MinBodyRate; the bound becomes the
+// deadline of each read or write, so it costs no timer of its own.
 type rateClock struct {
-	start time.Time
-	n     int64 // bytes moved so far
+	n       int64         // bytes moved so far
+	blocked time.Duration // time spent waiting on the client
 }
 
-// rateDeadline is when a transfer that has moved n bytes (counting the
-// write in progress) must have made progress: the earlier of the pause
-// bound (now + idle) and the moment its average rate would fall below
-// MinBodyRate. slack is how much earlier than that a deadline already set
-// may stay (deadlines are moved coarsely, see needDeadline); it is kept
-// small against the rate bound so that a client at the minimum rate is
-// not cut early by more than an eighth of the grace period.
+// waited adds the time an operation started at start waited on the
+// client, and returns now.
+func (rc *rateClock) waited(start time.Time) time.Time {
+	now := time.Now()
+	rc.blocked += now.Sub(start)
+	return now
+}
+
+// rateDeadline is the deadline of a read or write starting at now, when
+// n bytes will have moved once it completes: the earlier of the pause
+// bound (now + idle) and the moment the time blocked on the client would
+// exceed what MinBodyRate allows for n bytes. slack is how much earlier
+// than that a deadline already set may stay (deadlines are moved
+// coarsely, see needDeadline); it is kept small against the rate bound so
+// that a client at the minimum rate is not cut early by more than an
+// eighth of the grace period.
 func (s *Server) rateDeadline(rc *rateClock, n int64, now time.Time, idle time.Duration) (time.Time, time.Duration) {
 	d, slack := now.Add(idle), idle/8
 	if rate := s.cfg.MinBodyRate; rate > 0 {
-		secs := float64(n) / float64(rate)
-		if secs < idle.Seconds()+now.Sub(rc.start).Seconds() {
-			at := rc.start.Add(s.cfg.BodyRateGrace + time.Duration(secs*float64(time.Second)))
-			if at.Before(d) {
-				d, slack = at, min(slack, s.cfg.BodyRateGrace/8)
-			}
+		allowed := s.cfg.BodyRateGrace.Seconds() + float64(n)/float64(rate) - rc.blocked.Seconds()
+		if allowed < idle.Seconds() {
+			d, slack = now.Add(time.Duration(allowed*float64(time.Second))), min(slack, s.cfg.BodyRateGrace/8)
 		}
 	}
 	return d, slack
