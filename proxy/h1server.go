@@ -583,7 +583,11 @@ func (cc *clientConn) forwardRequest(pool *pools.Pool, pm *poolMetrics, host []b
 
 	ex := &cc.ex
 	err := s.roundTrip(ex, &cc.ups, pool, pick, req, cc.interim, start)
-	cc.restoreLeftover()
+	if ex.bodyDone == nil {
+		// The body goroutine has ended (or there was none); otherwise
+		// relayResponse waits for it first.
+		cc.bodyEnded()
+	}
 	if err != nil {
 		status := statusForError(err)
 		s.logUpstreamFailure(pool.Name, status, err)
@@ -616,10 +620,22 @@ func failureMessage(status int) string {
 	return "bad gateway: the backend failed"
 }
 
-// abortBodyRead unblocks a body goroutine waiting for the client.
+// abortBodyRead unblocks a body goroutine waiting for the client. It runs
+// while that goroutine may still use cc.rdl: bodyEnded, called once the
+// goroutine has ended, forgets the deadline.
 func (cc *clientConn) abortBodyRead() {
 	_ = cc.c.SetReadDeadline(time.Now())
-	cc.rdl = time.Time{}
+}
+
+// bodyEnded runs once the request body goroutine (if any) has ended: it
+// moves bytes read past the body back into buf and forgets the read
+// deadline the goroutine or abortBodyRead left (the next read sets its
+// own).
+func (cc *clientConn) bodyEnded() {
+	if cc.req.stream != nil {
+		cc.rdl = time.Time{}
+	}
+	cc.restoreLeftover()
 }
 
 // restoreLeftover moves bytes read past a streamed body back into buf.
@@ -888,7 +904,7 @@ func (cc *clientConn) relayResponse(pool *pools.Pool, pm *poolMetrics, stickyID 
 		// read it interrupted is not the backend's failure.
 		backendErr = nil
 	}
-	cc.restoreLeftover()
+	cc.bodyEnded()
 	end := time.Now()
 	if ex.uc != nil {
 		if complete && bodySent && !r.connClose && r.framing != bodyClose && uc.r == uc.w && !s.shuttingDown() {
