@@ -538,6 +538,8 @@ func (ex *exchange) pollBody() error {
 // client's side (then a failed backend read is not the backend's fault:
 // the body goroutine cut it).
 func (ex *exchange) clientBodyFailed() bool {
-	var be *clientBodyError
-	return errors.As(ex.bodyErr, &be)
+	// The body senders return *clientBodyError unwrapped; a type check
+	// keeps errors.As (and its allocation) off the request path.
+	_, ok := ex.bodyErr.(*clientBodyError)
+	return ok
 }
