@@ -33,6 +33,9 @@ type outRequest struct {
 	// track, when set, holds the backend connection in use so that a
 	// shutdown or a cancelled client can interrupt a blocked read.
 	track *atomic.Pointer[net.Conn]
+	// cancel, when set, is the HTTP/2 stream's cancellation hook: each
+	// backend connection is attached to it before a byte is sent.
+	cancel *cancelHook
 	// ctx, when set, is the client's request context: failures after it
 	// ended are the client's doing and not held against the backend.
 	ctx context.Context
@@ -262,13 +265,13 @@ func (s *Server) attemptOn(ex *exchange, up *upstream, req *outRequest, interim 
 		ex.uc = uc
 		if req.track != nil {
 			req.track.Store(&uc.c)
-			if req.clientGone() {
-				// Cancelled before the hook could see this connection:
-				// nothing was sent, and nothing will be.
-				uc.close()
-				ex.uc = nil
-				return false, fmt.Errorf("client went away: %w", context.Canceled)
-			}
+		}
+		if req.cancel != nil && !req.cancel.attach(uc.c) {
+			// The stream was cancelled before anything was sent: the
+			// connection is as good as it was (the hook never saw it).
+			ex.uc = nil
+			uc.up.put(uc, time.Now(), s.cfg.MaxIdleConnsPerBackend)
+			return false, fmt.Errorf("client went away: %w", context.Canceled)
 		}
 		err = s.send(ex, uc, req)
 		if err == nil {

@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -226,9 +225,8 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	// A client that resets the stream or goes away gives the backend
 	// exchange cancelDrainTime to finish, then interrupts it.
-	var current atomic.Pointer[net.Conn]
-	req.track = &current
-	hook := &cancelHook{track: &current}
+	hook := &cancelHook{}
+	req.cancel = hook
 	stop := context.AfterFunc(r.Context(), hook.fire)
 	defer stop()
 
@@ -269,9 +267,8 @@ const (
 // gone): the backend connection in use gets cancelDrainTime to finish the
 // exchange, then its reads and writes fail.
 type cancelHook struct {
-	track *atomic.Pointer[net.Conn]
-
 	mu       sync.Mutex
+	conn     net.Conn // the backend connection in use, nil between attempts
 	detached bool
 	until    time.Time // end of the drain once fired
 }
@@ -283,9 +280,22 @@ func (c *cancelHook) fire() {
 		return
 	}
 	c.until = time.Now().Add(cancelDrainTime)
-	if conn := c.track.Load(); conn != nil {
-		_ = (*conn).SetDeadline(c.until)
+	if c.conn != nil {
+		_ = c.conn.SetDeadline(c.until)
 	}
+}
+
+// attach makes conn the connection the hook interrupts; false when the
+// hook already fired (the stream is gone and nothing should be sent; the
+// hook never touched conn).
+func (c *cancelHook) attach(conn net.Conn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.until.IsZero() {
+		return false
+	}
+	c.conn = conn
+	return true
 }
 
 // detach ends the hook's hold on the backend connection: once it returns
@@ -295,6 +305,7 @@ func (c *cancelHook) detach() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.detached = true
+	c.conn = nil
 	return !c.until.IsZero()
 }
 

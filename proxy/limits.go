@@ -1,56 +1,64 @@
 package proxy
 
 import (
+	"math"
 	"net/netip"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // addrLimits counts the backend exchanges in flight per client address,
-// over all of its connections. It is sharded so that unrelated clients do
-// not contend on one lock in the request path.
+// over all of its connections. Each address has an atomic counter, so the
+// request path costs a lock-free map read and two atomic adds even when
+// every connection comes from one address (a load test, a NAT gateway);
+// the janitor removes the counters of addresses with nothing in flight.
 type addrLimits struct {
-	shards [32]addrShard
+	m sync.Map // netip.Addr -> *atomic.Int64
 }
 
-type addrShard struct {
-	mu sync.Mutex
-	n  map[netip.Addr]int
-}
-
-func (l *addrLimits) shard(a netip.Addr) *addrShard {
-	b := a.As16()
-	h := uint32(2166136261)
-	for _, c := range b[8:] { // the host part of v6, all of v4 (mapped)
-		h = (h ^ uint32(c)) * 16777619
-	}
-	return &l.shards[h%uint32(len(l.shards))]
-}
+// swept marks a counter the janitor is removing: an acquire that lands on
+// it starts over with a fresh one.
+const swept = math.MinInt64 / 2
 
 // acquire takes one of max slots of a; false when all are taken.
 func (l *addrLimits) acquire(a netip.Addr, max int) bool {
-	sh := l.shard(a)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if sh.n[a] >= max {
-		return false
+	for {
+		v, ok := l.m.Load(a)
+		if !ok {
+			v, _ = l.m.LoadOrStore(a, new(atomic.Int64))
+		}
+		c := v.(*atomic.Int64)
+		n := c.Add(1)
+		if n < 0 {
+			runtime.Gosched() // the janitor is deleting it
+			continue
+		}
+		if n > int64(max) {
+			c.Add(-1)
+			return false
+		}
+		return true
 	}
-	if sh.n == nil {
-		sh.n = make(map[netip.Addr]int)
-	}
-	sh.n[a]++
-	return true
 }
 
+// release gives back a slot taken by acquire. A counter above zero is
+// never swept, so this is the one acquire incremented.
 func (l *addrLimits) release(a netip.Addr) {
-	sh := l.shard(a)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if sh.n[a] <= 1 {
-		delete(sh.n, a)
-	} else {
-		sh.n[a]--
+	if v, ok := l.m.Load(a); ok {
+		v.(*atomic.Int64).Add(-1)
 	}
+}
+
+// sweep removes the counters of addresses with no exchange in flight.
+func (l *addrLimits) sweep() {
+	l.m.Range(func(k, v any) bool {
+		if v.(*atomic.Int64).CompareAndSwap(0, swept) {
+			l.m.Delete(k)
+		}
+		return true
+	})
 }
 
 // acquireExchange takes a backend exchange slot for a client; trusted

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -477,4 +478,19 @@ func TestSlowBackendIsNotTheClientsFault(t *testing.T) {
 			}
 		})
 	}
+}
+
+// BenchmarkExchangeSlot is what the per-address bound adds to every
+// proxied request: one acquire and one release.
+func BenchmarkExchangeSlot(b *testing.B) {
+	s := &Server{cfg: DefaultConfig()}
+	info := connInfo{client: netip.MustParseAddrPort("203.0.113.7:40000")}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if ok, release := s.acquireExchange(&info); ok && release {
+				s.releaseExchange(&info)
+			}
+		}
+	})
 }

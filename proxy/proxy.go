@@ -514,7 +514,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 func (s *Server) shuttingDown() bool { return s.closing.Load() }
 
-// janitor closes idle backend connections past their timeout.
+// janitor closes idle backend connections past their timeout and forgets
+// the exchange counters of clients with nothing in flight.
 func (s *Server) janitor() {
 	defer s.wg.Done()
 	every := max(s.cfg.BackendIdleTimeout/4, 100*time.Millisecond)
@@ -526,6 +527,7 @@ func (s *Server) janitor() {
 			return
 		case now := <-t.C:
 			s.upstreams.sweep(now)
+			s.exchanges.sweep()
 		}
 	}
 }
