@@ -63,6 +63,9 @@ type clientConn struct {
 	// leftover holds client bytes read past a streamed chunked body (a
 	// pipelined request), moved back into buf when the body goroutine ends.
 	leftover []byte
+	// isHEAD: the current request's method is HEAD (its answers carry no
+	// body, even a refusal of a head that failed to parse after it).
+	isHEAD bool
 	// reframed and spans are reused storage for re-framing the buffered
 	// part of a chunked request body.
 	reframed []byte
@@ -189,6 +192,7 @@ var errShuttingDown = errors.New("server shutting down")
 // readHead reads until buf holds a complete request head and parses it.
 func (cc *clientConn) readHead() error {
 	s := cc.s
+	cc.isHEAD = false
 	if cc.r == cc.w {
 		cc.r, cc.w = 0, 0
 	} else if cc.r > 0 {
@@ -210,6 +214,9 @@ func (cc *clientConn) readHead() error {
 				cc.headAt = cc.r
 				err := parseRequestHead(&cc.head, data[:end], cc.fields)
 				cc.fields = cc.head.fields[:0]
+				// Known even when the rest of the head is refused: the
+				// answer to a HEAD request never has a body.
+				cc.isHEAD = string(cc.head.method.of(data)) == "HEAD"
 				if err != nil {
 					cc.head.headLen = 0 // nothing of it may be used
 				}
@@ -475,8 +482,7 @@ func (cc *clientConn) respondLocal(status int, msg string, extra []byte, pm *poo
 		out = append(out, "Connection: keep-alive\r\n"...)
 	}
 	out = append(out, "\r\n"...)
-	isHead := cc.head.headLen > 0 && string(cc.head.method.of(cc.headBytes())) == "HEAD"
-	if !isHead {
+	if !cc.isHEAD {
 		out = append(out, msg...)
 		out = append(out, '\n')
 	}
