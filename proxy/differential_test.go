@@ -364,15 +364,24 @@ func checkDifferential(t *testing.T, in []byte, mode uint8) {
 // checkH1Stream sends in on one HTTP/1.1 client connection.
 func checkH1Stream(t *testing.T, p *testProxy, rb *recBackend, in []byte) {
 	var want []*strictRequest
-	br := bufio.NewReader(bytes.NewReader(in))
+	// refusedMethod is the method of the first request the strict reader
+	// refuses, when its request line is well formed: the proxy's refusal
+	// of a HEAD request has no body.
+	refusedMethod := "GET"
+	src := bytes.NewReader(in)
+	br := bufio.NewReader(src)
 	for {
 		// RFC 9112 2.2: a server may ignore empty lines before a
 		// request line (the proxy does).
 		for b, _ := br.Peek(2); string(b) == "\r\n"; b, _ = br.Peek(2) {
 			_, _ = br.Discard(2)
 		}
+		at := len(in) - src.Len() - br.Buffered()
 		r, err := readStrictRequestVersion(br, true)
 		if err != nil {
+			if m, ok := requestLineMethod(in[at:]); ok {
+				refusedMethod = m
+			}
 			break
 		}
 		want = append(want, r)
@@ -395,7 +404,7 @@ func checkH1Stream(t *testing.T, p *testProxy, rb *recBackend, in []byte) {
 	cr := bufio.NewReader(c)
 	var answers []clientAnswer
 	for {
-		method := "GET"
+		method := refusedMethod
 		if len(answers) < len(want) {
 			method = want[len(answers)].Method
 		}
@@ -437,6 +446,26 @@ func checkH1Stream(t *testing.T, p *testProxy, rb *recBackend, in []byte) {
 		j++
 	}
 	checkAnswers(t, answers, got)
+}
+
+// requestLineMethod returns the method of b's first line when it is a
+// well-formed request line (token SP target SP HTTP/1.0 or 1.1 CRLF; any
+// target without spaces or controls), whatever follows.
+func requestLineMethod(b []byte) (string, bool) {
+	line, _, ok := bytes.Cut(b, []byte("\r\n"))
+	if !ok {
+		return "", false
+	}
+	parts := strings.Split(string(line), " ")
+	if len(parts) != 3 || !isToken(parts[0]) || parts[1] == "" || parts[2] != "HTTP/1.0" && parts[2] != "HTTP/1.1" {
+		return "", false
+	}
+	for i := 0; i < len(parts[1]); i++ {
+		if c := parts[1][i]; c <= ' ' || c == 0x7f {
+			return "", false
+		}
+	}
+	return parts[0], true
 }
 
 // checkAnswers: the backend's answers reach the client in order, between

@@ -103,6 +103,7 @@ type requestHead struct {
 	path        span // origin-form path+query (absolute-form stripped), or "*"
 	authority   span // host[:port] of an absolute-form target
 	minor       int  // HTTP/1.minor
+	lineOK      bool // the request line parsed (method, target, version)
 	host        span // Host header value
 	hostCount   int
 	framing     int
@@ -393,6 +394,7 @@ func parseRequestHead(h *requestHead, b []byte, fields []field) error {
 		return errVersion
 	}
 	pos += 10
+	h.lineOK = true
 
 	var err error
 	h.fields, pos, err = parseHeaderLines(b, pos, h.fields)

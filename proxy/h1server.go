@@ -64,7 +64,7 @@ type clientConn struct {
 	// pipelined request), moved back into buf when the body goroutine ends.
 	leftover []byte
 	// isHEAD: the current request's method is HEAD (its answers carry no
-	// body, even a refusal of a head that failed to parse after it).
+	// body, even a refusal of a head whose request line parsed).
 	isHEAD bool
 	// reframed and spans are reused storage for re-framing the buffered
 	// part of a chunked request body.
@@ -214,9 +214,10 @@ func (cc *clientConn) readHead() error {
 				cc.headAt = cc.r
 				err := parseRequestHead(&cc.head, data[:end], cc.fields)
 				cc.fields = cc.head.fields[:0]
-				// Known even when the rest of the head is refused: the
-				// answer to a HEAD request never has a body.
-				cc.isHEAD = string(cc.head.method.of(data)) == "HEAD"
+				// Known even when the rest of the head is refused (once
+				// its request line parsed): the answer to a HEAD request
+				// never has a body.
+				cc.isHEAD = cc.head.lineOK && string(cc.head.method.of(data)) == "HEAD"
 				if err != nil {
 					cc.head.headLen = 0 // nothing of it may be used
 				}
