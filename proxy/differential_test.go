@@ -450,10 +450,11 @@ func checkH1Stream(t *testing.T, p *testProxy, rb *recBackend, in []byte) {
 
 // requestLineMethod returns the method of b's first line when it is a
 // well-formed request line (token SP target SP HTTP/1.0 or 1.1 CRLF; any
-// target without spaces or controls), whatever follows.
+// target without spaces or controls) of a head that ends (CRLF CRLF), the
+// point where the proxy parses it, whatever the fields hold.
 func requestLineMethod(b []byte) (string, bool) {
 	line, _, ok := bytes.Cut(b, []byte("\r\n"))
-	if !ok {
+	if !ok || !bytes.Contains(b, []byte("\r\n\r\n")) {
 		return "", false
 	}
 	parts := strings.Split(string(line), " ")
