@@ -304,6 +304,9 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	xcfg.HTTPSProxyProtocol = cfg.ProxyProtocol
 	xcfg.AllowPoolHeader = cfg.AllowPoolHeader
 	xcfg.RedirectHTTPSPort = cfg.PublicHTTPSPort
+	xcfg.MinBodyRate = cfg.MinBodyRate
+	xcfg.BodyRateGrace = cfg.BodyRateGrace
+	xcfg.MaxBackendConnsPerClientAddr = cfg.MaxBackendConnsPerClient
 	trusted, err := ParseTrustedProxies(cfg.TrustedProxies)
 	if err != nil {
 		return fmt.Errorf("--trusted-proxies: %w", err)

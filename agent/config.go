@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/singularity-ng/singularity-edge/certs"
+	"github.com/singularity-ng/singularity-edge/proxy"
 )
 
 // Config is everything the agent needs to start. Flags fill it, each with an
@@ -74,6 +75,13 @@ type Config struct {
 	// BackendCAFile is a PEM bundle added to the system roots to verify
 	// backend certificates (pools may carry their own bundle instead).
 	BackendCAFile string
+	// MinBodyRate (bytes/s, 0 = off) and BodyRateGrace bound how slowly a
+	// client may send a request body or read a response body;
+	// MaxBackendConnsPerClient bounds the backend exchanges in flight per
+	// client address (see proxy.Config).
+	MinBodyRate              int
+	BodyRateGrace            time.Duration
+	MaxBackendConnsPerClient int
 
 	BlockCacheSize  int64         // RocksDB block cache, bytes
 	ShutdownTimeout time.Duration // how long in-flight requests may take to drain
@@ -123,6 +131,7 @@ type Config struct {
 // proxy on :8080 and :8443, admin API on loopback.
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
+	pdef := proxy.DefaultConfig()
 	return Config{
 		DataDir:        "./data",
 		HTTPAddr:       ":8080",
@@ -140,6 +149,10 @@ func DefaultConfig() Config {
 		ShutdownTimeout:        15 * time.Second,
 
 		FeedRetention: 100_000,
+
+		MinBodyRate:              pdef.MinBodyRate,
+		BodyRateGrace:            pdef.BodyRateGrace,
+		MaxBackendConnsPerClient: pdef.MaxBackendConnsPerClientAddr,
 
 		ACMEDirectory:      certs.LetsEncryptProduction,
 		ACMELimits:         certs.DefaultBudgetLimits(),
@@ -297,6 +310,15 @@ func (c *Config) Validate() error {
 	}
 	if _, err := ParseTrustedProxies(c.TrustedProxies); err != nil {
 		errs = append(errs, fmt.Errorf("--trusted-proxies: %w", err))
+	}
+	if c.MinBodyRate < 0 {
+		errs = append(errs, fmt.Errorf("--min-body-rate %d must not be negative (0 turns the bound off)", c.MinBodyRate))
+	}
+	if c.BodyRateGrace <= 0 {
+		errs = append(errs, fmt.Errorf("--body-rate-grace %v must be positive", c.BodyRateGrace))
+	}
+	if c.MaxBackendConnsPerClient < 1 {
+		errs = append(errs, fmt.Errorf("--max-backend-conns-per-client %d must be at least 1", c.MaxBackendConnsPerClient))
 	}
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("--shutdown-timeout must be positive"))

@@ -80,6 +80,10 @@ func TestConfigValidate(t *testing.T) {
 		{"acme zero present timeout", func(c *Config) { c.ACMEPresentTimeout = 0 }, "--acme-present-timeout"},
 		{"acme fast renew passes", func(c *Config) { c.ACMERenewInterval = time.Millisecond }, "--acme-renew-interval"},
 		{"acme off ignores its limits", func(c *Config) { c.ACMEDirectory = ""; c.ACMELimits.OrdersPerAccount = -1 }, ""},
+		{"body rate off", func(c *Config) { c.MinBodyRate = 0 }, ""},
+		{"negative body rate", func(c *Config) { c.MinBodyRate = -1 }, "--min-body-rate"},
+		{"zero body grace", func(c *Config) { c.BodyRateGrace = 0 }, "--body-rate-grace"},
+		{"zero exchanges per client", func(c *Config) { c.MaxBackendConnsPerClient = 0 }, "--max-backend-conns-per-client"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -33,6 +33,9 @@ type outRequest struct {
 	// track, when set, holds the backend connection in use so that a
 	// shutdown or a cancelled client can interrupt a blocked read.
 	track *atomic.Pointer[net.Conn]
+	// cancel, when set, is the HTTP/2 stream's cancellation hook: each
+	// backend connection is attached to it before a byte is sent.
+	cancel *cancelHook
 	// ctx, when set, is the client's request context: failures after it
 	// ended are the client's doing and not held against the backend.
 	ctx context.Context
@@ -50,6 +53,8 @@ type exchange struct {
 	uc       *upConn
 	resp     responseHead
 	bodyDone chan bodyResult // result of outRequest.stream; nil when there is none
+	// bodyErr is the request body's failure once bodyDone was received.
+	bodyErr  error
 	progress bodyProgress
 	// respBytes counts bytes read from the backend in this attempt.
 	respBytes int64
@@ -100,11 +105,28 @@ var (
 	errResponseHeadTooLarge = errors.New("backend response head too large")
 )
 
+// clientBodyError is a request body the client failed to deliver: too
+// slowly (MinBodyRate, ReadTimeout), malformed, or cut short. It is the
+// client's doing: it matches context.Canceled, so the attempt is not held
+// against the backend and no upstream failure is logged.
+type clientBodyError struct{ err error }
+
+func (e *clientBodyError) Error() string        { return "request body: " + e.err.Error() }
+func (e *clientBodyError) Unwrap() error        { return e.err }
+func (e *clientBodyError) Is(target error) bool { return target == context.Canceled }
+
 // statusForError maps a failed exchange to the status the client gets:
-// 503 when no backend could be picked, 504 when a backend did not connect
-// or answer in time, 502 otherwise.
+// 408 when the client sent its request body too slowly, 400 when the body
+// was malformed or cut short, 503 when no backend could be picked, 504
+// when a backend did not connect or answer in time, 502 otherwise.
 func statusForError(err error) int {
+	var be *clientBodyError
 	switch {
+	case errors.As(err, &be):
+		if isTimeout(be.err) {
+			return 408
+		}
+		return 400
 	case errors.Is(err, pools.ErrNoBackend):
 		return 503
 	case isTimeout(err):
@@ -244,6 +266,13 @@ func (s *Server) attemptOn(ex *exchange, up *upstream, req *outRequest, interim 
 		if req.track != nil {
 			req.track.Store(&uc.c)
 		}
+		if req.cancel != nil && !req.cancel.attach(uc.c) {
+			// The stream was cancelled before anything was sent: the
+			// connection is as good as it was (the hook never saw it).
+			ex.uc = nil
+			uc.up.put(uc, time.Now(), s.cfg.MaxIdleConnsPerBackend)
+			return false, fmt.Errorf("client went away: %w", context.Canceled)
+		}
 		err = s.send(ex, uc, req)
 		if err == nil {
 			err = s.readResponseHead(ex, uc, req, interim)
@@ -285,6 +314,7 @@ func (s *Server) abandon(ex *exchange, req *outRequest) {
 		}
 		r := <-ex.bodyDone
 		ex.bytesOut += r.n
+		ex.bodyErr = r.err
 		ex.bodyDone = nil
 	}
 }
@@ -316,10 +346,20 @@ func (s *Server) send(ex *exchange, uc *upConn, req *outRequest) error {
 	if req.stream != nil {
 		done := make(chan bodyResult, 1)
 		ex.bodyDone = done
+		ex.bodyErr = nil
 		ex.progress.readAt.Store(0)
 		go func() {
 			n, err := req.stream(uc, &ex.progress)
+			c := uc.c
 			done <- bodyResult{n, err}
+			var be *clientBodyError
+			if errors.As(err, &be) {
+				// The response head may be awaited with the backend
+				// still waiting for the rest of the body: wake the
+				// reader so the client is answered (408, 400) now. The
+				// connection is never reused after a failed body.
+				_ = c.SetReadDeadline(time.Now())
+			}
 		}()
 	}
 	return nil
@@ -362,11 +402,24 @@ func (s *Server) readResponseHead(ex *exchange, uc *upConn, req *outRequest, int
 			uc.releaseBuf()
 			uc.buf = grown
 		}
+		if ex.bodyDone != nil {
+			// A body that already failed on the client's side may have
+			// woken this reader before the deadline above replaced its
+			// wake-up.
+			if berr := ex.pollBody(); berr != nil {
+				return berr
+			}
+		}
 		n, err := uc.c.Read(uc.buf[uc.w:])
 		uc.w += n
 		ex.respBytes += int64(n)
 		if err != nil && n == 0 {
-			if ex.bodyDone != nil && isTimeout(err) {
+			if req.stream != nil && isTimeout(err) && !req.clientGone() {
+				if ex.bodyDone != nil {
+					if berr := ex.pollBody(); berr != nil {
+						return berr
+					}
+				}
 				if next, ok := ex.responseDeadline(time.Now(), s.cfg.ResponseHeaderTimeout); ok {
 					_ = uc.c.SetReadDeadline(next)
 					uc.rdl = next
@@ -446,6 +499,7 @@ func (ex *exchange) finishBody(req *outRequest) bool {
 		r := <-ex.bodyDone
 		ex.bodyDone = nil
 		ex.bytesOut += r.n
+		ex.bodyErr = r.err
 		return r.err == nil
 	}
 	if req.abort != nil {
@@ -457,6 +511,38 @@ func (ex *exchange) finishBody(req *outRequest) bool {
 	}
 	r := <-ex.bodyDone
 	ex.bytesOut += r.n
+	ex.bodyErr = r.err
 	ex.bodyDone = nil
 	return false
+}
+
+// pollBody collects the body goroutine's result if it has ended; it
+// returns its error, if any.
+func (ex *exchange) pollBody() error {
+	select {
+	case r := <-ex.bodyDone:
+		ex.bodyDone = nil
+		ex.bytesOut += r.n
+		ex.bodyErr = r.err
+		if r.err == nil {
+			return nil
+		}
+		var be *clientBodyError
+		if errors.As(r.err, &be) {
+			return r.err
+		}
+		return fmt.Errorf("sending the request body: %w", r.err)
+	default:
+		return nil
+	}
+}
+
+// clientBodyFailed reports whether the request body failed on the
+// client's side (then a failed backend read is not the backend's fault:
+// the body goroutine cut it).
+func (ex *exchange) clientBodyFailed() bool {
+	// The body senders return *clientBodyError unwrapped; a type check
+	// keeps errors.As (and its allocation) off the request path.
+	_, ok := ex.bodyErr.(*clientBodyError)
+	return ok
 }

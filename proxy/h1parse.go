@@ -103,6 +103,7 @@ type requestHead struct {
 	path        span // origin-form path+query (absolute-form stripped), or "*"
 	authority   span // host[:port] of an absolute-form target
 	minor       int  // HTTP/1.minor
+	lineOK      bool // the request line parsed (method, target, version)
 	host        span // Host header value
 	hostCount   int
 	framing     int
@@ -393,6 +394,7 @@ func parseRequestHead(h *requestHead, b []byte, fields []field) error {
 		return errVersion
 	}
 	pos += 10
+	h.lineOK = true
 
 	var err error
 	h.fields, pos, err = parseHeaderLines(b, pos, h.fields)
@@ -758,15 +760,21 @@ func lastTokenIsChunked(v []byte) bool {
 // data must be followed by CRLF; trailer lines must be header fields
 // (token, ':', a value without controls). The proxy never forwards the
 // client's or backend's framing bytes: callers collect the data spans and
-// frame them again themselves (appendChunk, lastChunk), dropping chunk
-// extensions and trailers, so nothing a lenient parser downstream might
-// read differently passes through (nginx re-frames too).
+// frame them again themselves (appendChunk, appendLastChunk), dropping
+// chunk extensions, so nothing a lenient parser downstream might read
+// differently passes through (nginx re-frames too). Trailer fields that
+// passed the checks are collected when keepTrailers is set and written
+// again by appendLastChunk, minus those that must not cross the proxy.
 type chunkScanner struct {
 	state   int
 	size    int64 // remaining data bytes of the current chunk
 	digits  int
 	lineLen int
 	trailer int // trailer bytes so far
+	// keepTrailers makes scan collect the trailer section's field lines
+	// (each with its CRLF) in trailers.
+	keepTrailers bool
+	trailers     []byte
 }
 
 const (
@@ -789,6 +797,80 @@ var errBadChunk = errors.New("malformed chunked encoding")
 
 // lastChunk ends a chunked body the proxy frames (no trailers).
 const lastChunk = "0\r\n\r\n"
+
+// keep collects a trailer byte when trailers are wanted; the section is
+// bounded by maxTrailerBytes.
+func (c *chunkScanner) keep(b byte) {
+	if c.keepTrailers {
+		c.trailers = append(c.trailers, b)
+	}
+}
+
+// appendLastChunk ends a chunked body the proxy frames: the last chunk,
+// the trailer fields (as collected by a chunkScanner: field lines that
+// passed its checks) that may cross the proxy, and the empty line.
+func appendLastChunk(out, trailers []byte) []byte {
+	out = append(out, "0\r\n"...)
+	forEachTrailer(trailers, func(line, name, _ []byte) {
+		out = append(out, line...)
+	})
+	return append(out, "\r\n"...)
+}
+
+// forEachTrailer calls fn with each field of trailers (lines collected by
+// a chunkScanner) that may be forwarded, with its name and trimmed value.
+func forEachTrailer(trailers []byte, fn func(line, name, value []byte)) {
+	for len(trailers) > 0 {
+		end := bytes.IndexByte(trailers, '\n') + 1
+		if end == 0 {
+			return // not from a chunkScanner: nothing half-checked goes out
+		}
+		line := trailers[:end]
+		trailers = trailers[end:]
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 || !allowedTrailer(line[:colon]) {
+			continue
+		}
+		fn(line, line[:colon], bytes.Trim(line[colon+1:len(line)-2], " \t"))
+	}
+}
+
+// allowedTrailer reports whether a trailer field may be forwarded. RFC
+// 9110 6.5.1: fields that frame the message, route it, authenticate,
+// carry request modifiers or response control data, or describe the
+// content must be in the header section, where the recipient acts on
+// them; in a trailer they would arrive after that decision, or be merged
+// into the header section by a recipient that does so (letting a client
+// add, say, an Authorization or a Host the proxy never saw). Those are
+// dropped, not refused: the message itself is well formed, and dropping
+// what may not be in a trailer is what the RFC allows a recipient. Field
+// lines that are not valid header fields were refused earlier (the
+// chunkScanner fails the body).
+func allowedTrailer(name []byte) bool {
+	if classifyHeader(name) != hdrOther {
+		return false // framing, routing, hop-by-hop, forwarding, cookies
+	}
+	if hasPrefixFoldLower(name, "if-") || hasPrefixFoldLower(name, "content-") || hasPrefixFoldLower(name, "access-control-") {
+		return false // conditionals, content metadata, CORS decisions
+	}
+	for _, f := range forbiddenTrailers {
+		if eqFoldLower(name, f) {
+			return false
+		}
+	}
+	return true
+}
+
+// forbiddenTrailers are the names (besides those classifyHeader knows and
+// the prefixes in allowedTrailer) that RFC 9110 6.5.1 keeps out of
+// trailers: authentication, request modifiers and response control data.
+var forbiddenTrailers = []string{
+	"authorization", "www-authenticate", "authentication-info",
+	"set-cookie", "range", "max-forwards", "cache-control", "pragma",
+	"expires", "age", "vary", "date", "location", "retry-after",
+	"alt-svc", "strict-transport-security", "accept-ranges", "etag",
+	"last-modified", "refresh",
+}
 
 // appendChunk appends data framed as one chunk; empty data appends nothing
 // (a zero-size chunk would end the body).
@@ -912,6 +994,7 @@ func (c *chunkScanner) scan(p []byte, data *[]span) (int, error) {
 				c.state = csEndLF
 			case tokenTable[b]:
 				c.state = csTrailerName
+				c.keep(b)
 			default:
 				return i, errBadChunk
 			}
@@ -922,17 +1005,20 @@ func (c *chunkScanner) scan(p []byte, data *[]span) (int, error) {
 			case !tokenTable[b]:
 				return i, errBadChunk
 			}
+			c.keep(b)
 		case csTrailerValue:
 			if b == '\r' {
 				c.state = csTrailerLF
 			} else if b < 0x20 && b != '\t' || b == 0x7f {
 				return i, errBadChunk
 			}
+			c.keep(b)
 		case csTrailerLF:
 			if b != '\n' {
 				return i, errBadChunk
 			}
 			c.state = csTrailerStart
+			c.keep(b)
 		case csEndLF:
 			if b != '\n' {
 				return i, errBadChunk

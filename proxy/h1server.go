@@ -63,6 +63,9 @@ type clientConn struct {
 	// leftover holds client bytes read past a streamed chunked body (a
 	// pipelined request), moved back into buf when the body goroutine ends.
 	leftover []byte
+	// isHEAD: the current request's method is HEAD (its answers carry no
+	// body, even a refusal of a head whose request line parsed).
+	isHEAD bool
 	// reframed and spans are reused storage for re-framing the buffered
 	// part of a chunked request body.
 	reframed []byte
@@ -189,6 +192,7 @@ var errShuttingDown = errors.New("server shutting down")
 // readHead reads until buf holds a complete request head and parses it.
 func (cc *clientConn) readHead() error {
 	s := cc.s
+	cc.isHEAD = false
 	if cc.r == cc.w {
 		cc.r, cc.w = 0, 0
 	} else if cc.r > 0 {
@@ -210,6 +214,10 @@ func (cc *clientConn) readHead() error {
 				cc.headAt = cc.r
 				err := parseRequestHead(&cc.head, data[:end], cc.fields)
 				cc.fields = cc.head.fields[:0]
+				// Known even when the rest of the head is refused (once
+				// its request line parsed): the answer to a HEAD request
+				// never has a body.
+				cc.isHEAD = cc.head.lineOK && string(cc.head.method.of(data)) == "HEAD"
 				if err != nil {
 					cc.head.headLen = 0 // nothing of it may be used
 				}
@@ -430,6 +438,8 @@ func statusText(code int) string {
 		return "Not Found"
 	case 405:
 		return "Method Not Allowed"
+	case 408:
+		return "Request Timeout"
 	case 421:
 		return "Misdirected Request"
 	case 431:
@@ -473,8 +483,7 @@ func (cc *clientConn) respondLocal(status int, msg string, extra []byte, pm *poo
 		out = append(out, "Connection: keep-alive\r\n"...)
 	}
 	out = append(out, "\r\n"...)
-	isHead := cc.head.headLen > 0 && string(cc.head.method.of(cc.headBytes())) == "HEAD"
-	if !isHead {
+	if !cc.isHEAD {
 		out = append(out, msg...)
 		out = append(out, '\n')
 	}
@@ -506,6 +515,16 @@ func (cc *clientConn) forwardRequest(pool *pools.Pool, pm *poolMetrics, host []b
 			return cc.respondLocal(503, "service unavailable: too many upgraded connections", nil, pm, start, true)
 		}
 		defer s.releaseUpgrade(client)
+	} else {
+		// Upgrades have their own bound; every other exchange counts
+		// against the client address, whatever connection it came on.
+		ok, release := s.acquireExchange(&cc.info)
+		if !ok {
+			return cc.respondLocal(503, "service unavailable: too many requests in flight from this client address", []byte(retryAfter), pm, start, true)
+		}
+		if release {
+			defer s.releaseExchange(&cc.info)
+		}
 	}
 	buffered := cc.buf[cc.headAt+h.headLen : cc.w]
 
@@ -538,8 +557,9 @@ func (cc *clientConn) forwardRequest(pool *pools.Pool, pm *poolMetrics, host []b
 		consumed = len(req.inline)
 	case bodyChunked:
 		// The backend gets the data framed by the proxy, never the
-		// client's size lines, extensions or trailers.
-		var sc chunkScanner
+		// client's size lines or extensions; trailer fields that may
+		// cross the proxy follow its last chunk.
+		sc := chunkScanner{keepTrailers: true}
 		spans := cc.spans[:0]
 		n, err := sc.scan(buffered, &spans)
 		cc.spans = spans[:0]
@@ -552,7 +572,7 @@ func (cc *clientConn) forwardRequest(pool *pools.Pool, pm *poolMetrics, host []b
 			framed = appendChunk(framed, sp.of(buffered))
 		}
 		if sc.done() {
-			framed = append(framed, lastChunk...)
+			framed = appendLastChunk(framed, sc.trailers)
 		}
 		cc.reframed = framed
 		req.inline = framed
@@ -570,28 +590,59 @@ func (cc *clientConn) forwardRequest(pool *pools.Pool, pm *poolMetrics, host []b
 
 	ex := &cc.ex
 	err := s.roundTrip(ex, &cc.ups, pool, pick, req, cc.interim, start)
-	cc.restoreLeftover()
+	if ex.bodyDone == nil {
+		// The body goroutine has ended (or there was none); otherwise
+		// relayResponse waits for it first.
+		cc.bodyEnded()
+	}
 	if err != nil {
 		status := statusForError(err)
 		s.logUpstreamFailure(pool.Name, status, err)
 		cc.failure = err
-		msg := "bad gateway: the backend failed"
-		switch status {
-		case 503:
-			msg = "service unavailable: no healthy backend"
-		case 504:
-			msg = "gateway timeout: the backend did not answer in time"
+		if !req.replayable() {
+			// Where the streamed body ended is unknown: say that the
+			// connection closes.
+			h.connClose = true
 		}
-		keep := cc.respondLocal(status, msg, nil, pm, start, false)
-		return keep && req.replayable()
+		return cc.respondLocal(status, failureMessage(status), nil, pm, start, false)
 	}
 	return cc.relayResponse(pool, pm, pick.StickyID, start)
 }
 
-// abortBodyRead unblocks a body goroutine waiting for the client.
+// retryAfter goes with a 503 for a limit the client hit.
+const retryAfter = "Retry-After: 1\r\n"
+
+// failureMessage is the body of a failed exchange's answer.
+func failureMessage(status int) string {
+	switch status {
+	case 400:
+		return "bad request: malformed or incomplete request body"
+	case 408:
+		return "request timeout: the request body was sent too slowly"
+	case 503:
+		return "service unavailable: no healthy backend"
+	case 504:
+		return "gateway timeout: the backend did not answer in time"
+	}
+	return "bad gateway: the backend failed"
+}
+
+// abortBodyRead unblocks a body goroutine waiting for the client. It runs
+// while that goroutine may still use cc.rdl: bodyEnded, called once the
+// goroutine has ended, forgets the deadline.
 func (cc *clientConn) abortBodyRead() {
 	_ = cc.c.SetReadDeadline(time.Now())
-	cc.rdl = time.Time{}
+}
+
+// bodyEnded runs once the request body goroutine (if any) has ended: it
+// moves bytes read past the body back into buf and forgets the read
+// deadline the goroutine or abortBodyRead left (the next read sets its
+// own).
+func (cc *clientConn) bodyEnded() {
+	if cc.req.stream != nil {
+		cc.rdl = time.Time{}
+	}
+	cc.restoreLeftover()
 }
 
 // restoreLeftover moves bytes read past a streamed body back into buf.
@@ -636,6 +687,9 @@ func (cc *clientConn) appendUpstreamHead(out, b, host []byte) []byte {
 			keep = !h.connOthers || !listedInConnection(b, h.fields, b[f.start:f.colon])
 		case hdrHost:
 			keep = h.authority.empty()
+		case hdrTrailer:
+			// A hint of the trailer fields to come, where they can come.
+			keep = h.framing == bodyChunked
 		case hdrContentLength:
 			keep = !seenCL
 			seenCL = true
@@ -740,6 +794,8 @@ func (cc *clientConn) appendResponseHead(out, rb []byte, r *responseHead, setCoo
 		case hdrContentLength:
 			keepLine = !seenCL && r.framing != bodyChunked && !decode
 			seenCL = true
+		case hdrTrailer:
+			keepLine = r.framing == bodyChunked && !decode
 		}
 		if keepLine {
 			if run < 0 {
@@ -850,7 +906,12 @@ func (cc *clientConn) relayResponse(pool *pools.Pool, pm *poolMetrics, stickyID 
 	cc.out = out[:0]
 
 	bodySent := ex.finishBody(&cc.req)
-	cc.restoreLeftover()
+	if ex.clientBodyFailed() {
+		// The client's body failed while the response was relayed; the
+		// read it interrupted is not the backend's failure.
+		backendErr = nil
+	}
+	cc.bodyEnded()
 	end := time.Now()
 	if ex.uc != nil {
 		if complete && bodySent && !r.connClose && r.framing != bodyClose && uc.r == uc.w && !s.shuttingDown() {
@@ -913,6 +974,7 @@ func (cc *clientConn) relayLength(out []byte, uc *upConn, n int64) (written int6
 	if clientErr != nil {
 		return written, false, clientErr, nil
 	}
+	clock := rateClock{n: written}
 	for n > 0 {
 		uc.r, uc.w = 0, 0
 		uc.setReadDeadline(cc.now, cc.s.cfg.ReadTimeout)
@@ -921,7 +983,7 @@ func (cc *clientConn) relayLength(out []byte, uc *upConn, n int64) (written int6
 		cc.ex.respBytes += int64(m)
 		if m > 0 {
 			n -= int64(m)
-			if werr := cc.write(uc.buf[:m]); werr != nil {
+			if werr := cc.writeBody(uc.buf[:m], &clock); werr != nil {
 				return written, false, werr, nil
 			}
 			written += int64(m)
@@ -938,11 +1000,14 @@ func (cc *clientConn) relayLength(out []byte, uc *upConn, n int64) (written int6
 
 // relayChunked forwards a chunked body as it arrives, validating its
 // framing and framing the data again; decode sends the bare data for
-// HTTP/1.0 clients. Backend trailers are dropped.
+// HTTP/1.0 clients, which cannot receive trailers (dropped then). Otherwise
+// the backend's trailer fields that may cross the proxy follow the last
+// chunk.
 func (cc *clientConn) relayChunked(out []byte, uc *upConn, decode bool) (written int64, complete bool, clientErr, backendErr error) {
-	var sc chunkScanner
+	sc := chunkScanner{keepTrailers: !decode}
 	var spans []span
 	first := true
+	var clock rateClock
 	for {
 		if uc.r < uc.w {
 			p := uc.buf[uc.r:uc.w]
@@ -966,11 +1031,17 @@ func (cc *clientConn) relayChunked(out []byte, uc *upConn, decode bool) (written
 				}
 			}
 			if sc.done() && !decode {
-				out = append(out, lastChunk...)
+				out = appendLastChunk(out, sc.trailers)
 			}
 			uc.r += n
 			if len(out) > 0 {
-				if clientErr = cc.write(out); clientErr != nil {
+				if first {
+					clientErr = cc.write(out)
+					clock = rateClock{n: int64(len(out))}
+				} else {
+					clientErr = cc.writeBody(out, &clock)
+				}
+				if clientErr != nil {
 					return written, false, clientErr, nil
 				}
 				written += int64(len(out))
@@ -984,6 +1055,7 @@ func (cc *clientConn) relayChunked(out []byte, uc *upConn, decode bool) (written
 			if clientErr = cc.write(out); clientErr != nil {
 				return written, false, clientErr, nil
 			}
+			clock = rateClock{n: int64(len(out))}
 			written += int64(len(out))
 			first = false
 			out = out[:0]
@@ -1011,13 +1083,14 @@ func (cc *clientConn) relayUntilClose(out []byte, uc *upConn) (written int64, cl
 		return 0, clientErr, nil
 	}
 	written = int64(len(out))
+	clock := rateClock{n: written}
 	for {
 		uc.setReadDeadline(cc.now, cc.s.cfg.ReadTimeout)
 		m, err := uc.c.Read(uc.buf)
 		cc.now = time.Now()
 		cc.ex.respBytes += int64(m)
 		if m > 0 {
-			if clientErr = cc.write(uc.buf[:m]); clientErr != nil {
+			if clientErr = cc.writeBody(uc.buf[:m], &clock); clientErr != nil {
 				return written, clientErr, nil
 			}
 			written += int64(m)
@@ -1074,10 +1147,13 @@ func (cc *clientConn) streamLength(n int64) func(*upConn, *bodyProgress) (int64,
 		defer s.putBodyBuf(bp)
 		buf := *bp
 		var sent int64
+		clock := rateClock{n: int64(len(cc.req.inline))}
 		for n > 0 {
 			now := time.Now()
-			cc.setReadDeadline(now, s.cfg.ReadTimeout)
+			cc.setBodyReadDeadline(&clock, now)
 			m, err := cc.c.Read(buf[:min(int64(len(buf)), n)])
+			now = clock.waited(now)
+			clock.n += int64(m)
 			n -= int64(m)
 			if n == 0 {
 				progress.markRead()
@@ -1091,14 +1167,51 @@ func (cc *clientConn) streamLength(n int64) func(*upConn, *bodyProgress) (int64,
 				}
 			}
 			if err != nil && n > 0 {
-				if err == io.EOF {
-					err = io.ErrUnexpectedEOF
-				}
-				return sent, err
+				return sent, cc.bodyReadError(err)
 			}
 		}
 		return sent, nil
 	}
+}
+
+// setBodyReadDeadline bounds the next read of a request body: ReadTimeout
+// of silence, or MinBodyRate on average after BodyRateGrace.
+func (cc *clientConn) setBodyReadDeadline(clock *rateClock, now time.Time) {
+	want, slack := cc.s.rateDeadline(clock, clock.n, now, cc.s.cfg.ReadTimeout)
+	if moveDeadline(cc.rdl, want, slack) {
+		_ = cc.c.SetReadDeadline(want)
+		cc.rdl = want
+	}
+}
+
+// bodyReadError marks a failed read of the request body as the client's.
+func (cc *clientConn) bodyReadError(err error) error {
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	if isTimeout(err) {
+		cc.s.metrics.slowBodies.Inc()
+	}
+	return &clientBodyError{err: err}
+}
+
+// writeBody writes part of a response body after its head: a client that
+// reads it slower than MinBodyRate (after BodyRateGrace) is cut off, as
+// is one that stops reading for WriteTimeout.
+func (cc *clientConn) writeBody(p []byte, clock *rateClock) error {
+	s := cc.s
+	want, slack := s.rateDeadline(clock, clock.n+int64(len(p)), cc.now, s.cfg.WriteTimeout)
+	if moveDeadline(cc.wdl, want, slack) {
+		_ = cc.c.SetWriteDeadline(want)
+		cc.wdl = want
+	}
+	n, err := cc.c.Write(p)
+	cc.now = clock.waited(cc.now)
+	clock.n += int64(n)
+	if err != nil && isTimeout(err) {
+		s.metrics.slowBodies.Inc()
+	}
+	return err
 }
 
 // streamChunked returns the body sender for a chunked body whose start
@@ -1112,15 +1225,18 @@ func (cc *clientConn) streamChunked(sc chunkScanner) func(*upConn, *bodyProgress
 		var sent int64
 		var spans []span
 		framed := make([]byte, 0, len(buf)+64)
+		clock := rateClock{n: int64(len(cc.req.inline))}
 		for !sc.done() {
 			now := time.Now()
-			cc.setReadDeadline(now, s.cfg.ReadTimeout)
+			cc.setBodyReadDeadline(&clock, now)
 			m, err := cc.c.Read(buf)
+			now = clock.waited(now)
+			clock.n += int64(m)
 			if m > 0 {
 				spans = spans[:0]
 				n, serr := sc.scan(buf[:m], &spans)
 				if serr != nil {
-					return sent, serr
+					return sent, &clientBodyError{err: serr}
 				}
 				framed = framed[:0]
 				for _, sp := range spans {
@@ -1128,7 +1244,7 @@ func (cc *clientConn) streamChunked(sc chunkScanner) func(*upConn, *bodyProgress
 				}
 				if sc.done() {
 					progress.markRead()
-					framed = append(framed, lastChunk...)
+					framed = appendLastChunk(framed, sc.trailers)
 					if n < m {
 						cc.leftover = append([]byte(nil), buf[n:m]...)
 					}
@@ -1143,10 +1259,7 @@ func (cc *clientConn) streamChunked(sc chunkScanner) func(*upConn, *bodyProgress
 				}
 			}
 			if err != nil && !sc.done() {
-				if err == io.EOF {
-					err = io.ErrUnexpectedEOF
-				}
-				return sent, err
+				return sent, cc.bodyReadError(err)
 			}
 		}
 		return sent, nil

@@ -8,10 +8,10 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -190,6 +190,16 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.noteReset(hc)
 		return
 	}
+	ok, release := s.acquireExchange(&hc.info)
+	if !ok {
+		w.Header().Set("Retry-After", "1")
+		lw.local(w, pm, 503, "service unavailable: too many requests in flight from this client address")
+		return
+	}
+	if release {
+		defer s.releaseExchange(&hc.info)
+	}
+	rc := http.NewResponseController(w)
 
 	pick := pools.PickRequest{ClientIP: hc.info.client.Addr()}
 	sticky := pool.StickyCookieName()
@@ -207,22 +217,17 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	req := &outRequest{head: h.upstreamHead(r, hc, host, reqID), idempotent: idempotentMethod([]byte(r.Method)), isHEAD: r.Method == http.MethodHead, ctx: r.Context()}
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		body := r.Body
-		length := r.ContentLength
 		req.stream = func(uc *upConn, progress *bodyProgress) (int64, error) {
-			return h.streamBody(uc, body, length, progress)
+			return h.streamBody(uc, r, progress, rc)
 		}
 		req.abort = func() { _ = body.Close() }
 	}
 
-	// A client that resets the stream or goes away interrupts the wait
-	// for the backend.
-	var current atomic.Pointer[net.Conn]
-	req.track = &current
-	stop := context.AfterFunc(r.Context(), func() {
-		if c := current.Load(); c != nil {
-			_ = (*c).SetDeadline(time.Now())
-		}
-	})
+	// A client that resets the stream or goes away gives the backend
+	// exchange cancelDrainTime to finish, then interrupts it.
+	hook := &cancelHook{}
+	req.cancel = hook
+	stop := context.AfterFunc(r.Context(), hook.fire)
 	defer stop()
 
 	var ex exchange
@@ -240,17 +245,68 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !ex.started.IsZero() {
 			lw.timing.total = time.Since(ex.started)
 		}
-		msg := "bad gateway: the backend failed"
-		switch status {
-		case 503:
-			msg = "service unavailable: no healthy backend"
-		case 504:
-			msg = "gateway timeout: the backend did not answer in time"
-		}
-		lw.local(w, pm, status, msg)
+		lw.local(w, pm, status, failureMessage(status))
 		return
 	}
-	h.relay(w, &ex, req, pool, pm, pick.StickyID, &lw, stop)
+	h.relay(w, rc, &ex, req, pool, pm, pick.StickyID, &lw, hook)
+}
+
+// Bounds of the work done for a stream the client cancelled, so that its
+// backend connection can be reused rather than closed (a closed
+// connection costs the backend a new handshake per cancelled stream, the
+// amplification of HTTP/2 rapid reset): like net/http's server, which
+// reads up to 256 KiB of an unread request body so the connection
+// survives, the rest of the response is read and discarded when it ends
+// within these, and the connection is closed otherwise.
+const (
+	cancelDrainBytes = 256 << 10
+	cancelDrainTime  = 500 * time.Millisecond
+)
+
+// cancelHook runs when a stream's context ends (client reset, connection
+// gone): the backend connection in use gets cancelDrainTime to finish the
+// exchange, then its reads and writes fail.
+type cancelHook struct {
+	mu       sync.Mutex
+	conn     net.Conn // the backend connection in use, nil between attempts
+	detached bool
+	until    time.Time // end of the drain once fired
+}
+
+func (c *cancelHook) fire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.detached {
+		return
+	}
+	c.until = time.Now().Add(cancelDrainTime)
+	if c.conn != nil {
+		_ = c.conn.SetDeadline(c.until)
+	}
+}
+
+// attach makes conn the connection the hook interrupts; false when the
+// hook already fired (the stream is gone and nothing should be sent; the
+// hook never touched conn).
+func (c *cancelHook) attach(conn net.Conn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.until.IsZero() {
+		return false
+	}
+	c.conn = conn
+	return true
+}
+
+// detach ends the hook's hold on the backend connection: once it returns
+// the hook never touches it again, so it may go back to the pool. It
+// reports whether the hook fired (the connection's deadline moved).
+func (c *cancelHook) detach() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.detached = true
+	c.conn = nil
+	return !c.until.IsZero()
 }
 
 // validH2Request checks what becomes the HTTP/1.1 request line and header
@@ -385,21 +441,36 @@ func (h *h2Server) upstreamHead(r *http.Request, hc *h2Conn, host, reqID string)
 }
 
 // streamBody copies an HTTP/2 request body to the backend: as is when its
-// length is known, chunk-encoded otherwise.
-func (h *h2Server) streamBody(uc *upConn, body io.Reader, length int64, progress *bodyProgress) (int64, error) {
+// length is known, chunk-encoded otherwise (then with the client's
+// trailer fields that may cross the proxy). Reads are bounded like
+// HTTP/1.1 bodies: ReadTimeout of silence, MinBodyRate after
+// BodyRateGrace.
+func (h *h2Server) streamBody(uc *upConn, r *http.Request, progress *bodyProgress, rc *http.ResponseController) (int64, error) {
 	s := h.s
 	bp := s.getBodyBuf()
 	defer s.putBodyBuf(bp)
 	buf := *bp
+	body, length := r.Body, r.ContentLength
 	chunked := length < 0
 	var sent int64
+	var clock rateClock
 	for {
 		data := buf
 		if chunked {
 			data = buf[10 : len(buf)-2] // room for the size line and CRLF
 		}
+		// An HTTP/2 stream's deadline is a timer that fires whether or
+		// not a read is pending: it is armed for the read and disarmed
+		// after it, so the time spent writing to the backend is not
+		// held against the client.
+		now := time.Now()
+		want, _ := s.rateDeadline(&clock, clock.n, now, s.cfg.ReadTimeout)
+		_ = rc.SetReadDeadline(want)
 		m, err := body.Read(data)
-		if err == io.EOF && length > 0 && sent < length {
+		clock.waited(now)
+		_ = rc.SetReadDeadline(time.Time{})
+		clock.n += int64(m)
+		if err == io.EOF && length > 0 && clock.n < length {
 			// Fewer bytes than announced: the backend must not take it.
 			err = io.ErrUnexpectedEOF
 		}
@@ -423,22 +494,48 @@ func (h *h2Server) streamBody(uc *upConn, body io.Reader, length int64, progress
 		if err == io.EOF {
 			progress.markRead()
 			if chunked {
-				n, werr := uc.c.Write([]byte("0\r\n\r\n"))
+				n, werr := uc.c.Write(appendLastChunk(buf[:0], appendH2Trailers(nil, r.Trailer)))
 				sent += int64(n)
 				return sent, werr
 			}
 			return sent, nil
 		}
 		if err != nil {
-			return sent, err
+			if isTimeout(err) {
+				s.metrics.slowBodies.Inc()
+			}
+			return sent, &clientBodyError{err: err}
 		}
 	}
 }
 
-// relay writes the backend's response to the HTTP/2 stream.
-// stop disarms the cancellation hook; when it already fired the backend
-// connection has a past deadline and is not reused.
-func (h *h2Server) relay(w http.ResponseWriter, ex *exchange, req *outRequest, pool *pools.Pool, pm *poolMetrics, stickyID string, lw *h2Log, stop func() bool) {
+// appendH2Trailers writes an HTTP/2 request's trailer fields as field
+// lines for appendLastChunk (which filters them like HTTP/1.1 trailers).
+// golang.org/x/net/http2 has already refused invalid ones and keeps only
+// those the request declared in its Trailer field.
+func appendH2Trailers(out []byte, t http.Header) []byte {
+	for name, values := range t {
+		if !isTokenString(name) {
+			continue
+		}
+		for _, v := range values {
+			if !validFieldValue([]byte(v)) {
+				continue
+			}
+			out = append(out, name...)
+			out = append(out, ": "...)
+			out = append(out, v...)
+			out = append(out, "\r\n"...)
+		}
+	}
+	return out
+}
+
+// relay writes the backend's response to the HTTP/2 stream. When the
+// client cancels the stream (or stops reading) the rest of the response
+// is read and discarded within cancelDrainBytes and the hook's
+// cancelDrainTime, so that the backend connection can be reused.
+func (h *h2Server) relay(w http.ResponseWriter, rc *http.ResponseController, ex *exchange, req *outRequest, pool *pools.Pool, pm *poolMetrics, stickyID string, lw *h2Log, hook *cancelHook) {
 	s := h.s
 	uc := ex.uc
 	resp := &ex.resp
@@ -477,21 +574,62 @@ func (h *h2Server) relay(w http.ResponseWriter, ex *exchange, req *outRequest, p
 	w.WriteHeader(resp.status)
 	uc.r += resp.headLen
 
-	rc := http.NewResponseController(w)
-	var written int64
+	var written, drained int64
 	var clientErr, backendErr error
+	// draining: the client is gone; what the backend still sends is
+	// read and dropped, within cancelDrainBytes.
+	draining := false
+	startDrain := func() {
+		draining = true
+		until := time.Now().Add(cancelDrainTime)
+		_ = uc.c.SetReadDeadline(until)
+		uc.rdl = until
+	}
+	var clock rateClock
 	write := func(p []byte) bool {
+		if !draining && req.clientGone() {
+			startDrain()
+		}
+		if draining {
+			drained += int64(len(p))
+			return drained <= cancelDrainBytes
+		}
+		// A client that reads slower than MinBodyRate (after the grace
+		// period) or not at all for WriteTimeout gets its stream reset.
+		// Armed for the write, disarmed after it (see streamBody): a
+		// backend slow to send the rest is not the client's doing.
+		now := time.Now()
+		want, _ := s.rateDeadline(&clock, clock.n+int64(len(p)), now, s.cfg.WriteTimeout)
+		_ = rc.SetWriteDeadline(want)
 		n, err := w.Write(p)
-		written += int64(n)
 		if err == nil {
 			err = rc.Flush()
 		}
-		clientErr = err
-		return err == nil
+		clock.waited(now)
+		if err == nil {
+			_ = rc.SetWriteDeadline(time.Time{})
+		}
+		written += int64(n)
+		clock.n += int64(n)
+		if err != nil {
+			if isTimeout(err) || errors.Is(err, os.ErrDeadlineExceeded) {
+				s.metrics.slowBodies.Inc()
+			}
+			if req.clientGone() {
+				startDrain()
+				drained += int64(len(p) - n)
+				return drained <= cancelDrainBytes
+			}
+			clientErr = err
+			return false
+		}
+		return true
 	}
 	read := func() bool {
 		uc.r, uc.w = 0, 0
-		uc.setReadDeadline(time.Now(), s.cfg.ReadTimeout)
+		if !draining {
+			uc.setReadDeadline(time.Now(), s.cfg.ReadTimeout)
+		}
 		m, err := uc.c.Read(uc.buf)
 		uc.w = m
 		ex.respBytes += int64(m)
@@ -508,12 +646,16 @@ func (h *h2Server) relay(w http.ResponseWriter, ex *exchange, req *outRequest, p
 		return true
 	}
 	complete := false
+	var trailers []byte
 	switch resp.framing {
 	case bodyNone:
 		complete = true
 	case bodyLength:
 		n := resp.contentLen
 		for n > 0 {
+			if (draining || req.clientGone()) && drained+n > cancelDrainBytes {
+				break // too much left to read for a connection
+			}
 			if uc.r == uc.w && !read() {
 				break
 			}
@@ -526,7 +668,7 @@ func (h *h2Server) relay(w http.ResponseWriter, ex *exchange, req *outRequest, p
 		}
 		complete = n == 0
 	case bodyChunked:
-		var sc chunkScanner
+		sc := chunkScanner{keepTrailers: true}
 		var spans []span
 		for !sc.done() {
 			if uc.r == uc.w && !read() {
@@ -551,6 +693,7 @@ func (h *h2Server) relay(w http.ResponseWriter, ex *exchange, req *outRequest, p
 			uc.r += n
 		}
 		complete = sc.done()
+		trailers = sc.trailers
 	case bodyClose:
 		for {
 			if uc.r < uc.w {
@@ -559,20 +702,36 @@ func (h *h2Server) relay(w http.ResponseWriter, ex *exchange, req *outRequest, p
 				}
 				uc.r = uc.w
 			}
-			if !read() {
-				complete = backendErr == nil
+			if draining || !read() {
+				complete = backendErr == nil && !draining
 				break
 			}
 		}
 	}
+	if complete && !draining && len(trailers) > 0 {
+		// Sent by the server as a trailing HEADERS frame after the
+		// handler returns (http.TrailerPrefix: undeclared trailers).
+		forEachTrailer(trailers, func(_, name, value []byte) {
+			key := http.TrailerPrefix + textproto.CanonicalMIMEHeaderKey(string(name))
+			hdr[key] = append(hdr[key], string(value))
+		})
+	}
 
 	bodySent := ex.finishBody(req)
-	if req.clientGone() {
+	gone := req.clientGone()
+	if gone {
 		backendErr = nil // the deadline that ended the read was the client's reset
 		h.noteReset(lw.hc)
 	}
+	fired := hook.detach() // from here on the hook never touches uc
 	if ex.uc != nil {
-		if complete && bodySent && clientErr == nil && !resp.connClose && resp.framing != bodyClose && uc.r == uc.w && !s.shuttingDown() && stop() {
+		if complete && bodySent && (clientErr == nil || draining) && !resp.connClose && resp.framing != bodyClose && uc.r == uc.w && !s.shuttingDown() {
+			if fired || draining {
+				// The drain's deadlines must not follow the
+				// connection into its next exchange.
+				_ = uc.c.SetDeadline(time.Time{})
+				uc.rdl, uc.wdl = time.Time{}, time.Time{}
+			}
 			uc.r, uc.w = 0, 0
 			uc.reused = false
 			uc.up.put(uc, time.Now(), s.cfg.MaxIdleConnsPerBackend)
@@ -581,7 +740,12 @@ func (h *h2Server) relay(w http.ResponseWriter, ex *exchange, req *outRequest, p
 		}
 		ex.uc = nil
 	}
-	ex.attempt.End(pools.Result{Status: resp.status, Err: backendErr, BytesIn: ex.respBytes, BytesOut: ex.bytesOut, Latency: time.Since(ex.started)})
+	attemptErr := backendErr
+	if attemptErr != nil && ex.clientBodyFailed() {
+		// The client's failed body cut the read, not the backend.
+		attemptErr = ex.bodyErr
+	}
+	ex.attempt.End(pools.Result{Status: resp.status, Err: attemptErr, BytesIn: ex.respBytes, BytesOut: ex.bytesOut, Latency: time.Since(ex.started)})
 	lw.timing = ex.timing
 	lw.timing.total = time.Since(ex.started)
 	lw.done(pm, resp.status, written, ex.backend)

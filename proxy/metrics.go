@@ -24,6 +24,7 @@ type metrics struct {
 	// limited counts clients cut or refused by a limit, by limit.
 	limited                        *prometheus.CounterVec
 	h2ResetFloods, upgradesRefused prometheus.Counter
+	exchangesRefused, slowBodies   prometheus.Counter
 	pools                          sync.Map // pool name -> *poolMetrics
 	noPool                         *poolMetrics
 	codeClasses                    [6]string
@@ -65,12 +66,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "singularity_edge_proxy_limited_total",
-			Help: "Clients cut or refused by a limit: h2_resets (HTTP/2 connection closed for cancelling too many streams), upgrades (upgrade refused, too many at once).",
+			Help: "Clients cut or refused by a limit: h2_resets (HTTP/2 connection closed for cancelling too many streams), upgrades (upgrade refused, too many at once), client_exchanges (503: too many requests in flight from one client address), slow_body (a body sent or read below the minimum rate).",
 		}, []string{"limit"}),
 		codeClasses: [6]string{"other", "1xx", "2xx", "3xx", "4xx", "5xx"},
 	}
 	m.h2ResetFloods = m.limited.WithLabelValues("h2_resets")
 	m.upgradesRefused = m.limited.WithLabelValues("upgrades")
+	m.exchangesRefused = m.limited.WithLabelValues("client_exchanges")
+	m.slowBodies = m.limited.WithLabelValues("slow_body")
 	m.activeHTTP = m.active.WithLabelValues("http")
 	m.activeHTTPS = m.active.WithLabelValues("https")
 	m.hsOK = m.handshakes.WithLabelValues("ok")

@@ -133,6 +133,22 @@ type Config struct {
 	// MaxBackendConnsPerClient bounds the backend exchanges in flight for
 	// one client connection (HTTP/2 multiplexes many streams on one).
 	MaxBackendConnsPerClient int
+	// MaxBackendConnsPerClientAddr bounds the backend exchanges in flight
+	// for one client address over all its connections, HTTP/1.1 and
+	// HTTP/2 together; requests beyond it are answered 503 at once (like
+	// nginx's limit_conn). Trusted proxies (TrustedProxies) are exempt:
+	// their address carries many clients.
+	MaxBackendConnsPerClientAddr int
+	// MinBodyRate is the slowest average rate, in bytes per second, at
+	// which a client may send a request body or read a response body once
+	// BodyRateGrace has passed since the transfer began; a slower client
+	// is cut off (408 while its request body is still being read). It
+	// bounds slow-loris bodies, which ReadTimeout and WriteTimeout (pauses
+	// between single reads and writes) do not. 0 turns the bound off.
+	MinBodyRate int
+	// BodyRateGrace is how long a body transfer may run before
+	// MinBodyRate applies.
+	BodyRateGrace time.Duration
 	// MaxUpgradesPerClient bounds the concurrent upgraded (WebSocket)
 	// connections per client address, MaxUpgrades those of the server
 	// (503 beyond).
@@ -184,13 +200,21 @@ func DefaultConfig() Config {
 		H2MaxConcurrentStreams:   100,
 		H2MaxResetsPerSecond:     100,
 		MaxBackendConnsPerClient: 32,
-		MaxUpgradesPerClient:     256,
-		MaxUpgrades:              100_000,
-		MaxRequestHeaderBytes:    32 << 10,
-		MaxResponseHeaderBytes:   32 << 10,
-		AccessLog:                "off",
-		FailureLog:               ratelog.DefaultConfig(),
-		Logger:                   zap.NewNop(),
+		// A NAT gateway carries many users on one address: far more
+		// than a browser's 6 connections per host, far less than a flood.
+		MaxBackendConnsPerClientAddr: 256,
+		// Kestrel's MinRequestBodyDataRate and MinResponseDataRate:
+		// 240 bytes/s after a 5 s grace period. nginx and HAProxy bound
+		// only the pause between two reads or writes.
+		MinBodyRate:            240,
+		BodyRateGrace:          5 * time.Second,
+		MaxUpgradesPerClient:   256,
+		MaxUpgrades:            100_000,
+		MaxRequestHeaderBytes:  32 << 10,
+		MaxResponseHeaderBytes: 32 << 10,
+		AccessLog:              "off",
+		FailureLog:             ratelog.DefaultConfig(),
+		Logger:                 zap.NewNop(),
 	}
 }
 
@@ -204,7 +228,7 @@ func (c *Config) validate() error {
 		"ReadTimeout": c.ReadTimeout, "WriteTimeout": c.WriteTimeout,
 		"TLSHandshakeTimeout": c.TLSHandshakeTimeout, "DialTimeout": c.DialTimeout,
 		"ResponseHeaderTimeout": c.ResponseHeaderTimeout, "BackendIdleTimeout": c.BackendIdleTimeout,
-		"TunnelIdleTimeout": c.TunnelIdleTimeout,
+		"TunnelIdleTimeout": c.TunnelIdleTimeout, "BodyRateGrace": c.BodyRateGrace,
 	} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("proxy: %s must be positive, got %v", name, d))
@@ -216,11 +240,15 @@ func (c *Config) validate() error {
 	for name, v := range map[string]int{
 		"H2MaxConcurrentStreams": c.H2MaxConcurrentStreams, "H2MaxResetsPerSecond": c.H2MaxResetsPerSecond,
 		"MaxBackendConnsPerClient": c.MaxBackendConnsPerClient, "MaxUpgradesPerClient": c.MaxUpgradesPerClient,
-		"MaxUpgrades": c.MaxUpgrades,
+		"MaxBackendConnsPerClientAddr": c.MaxBackendConnsPerClientAddr,
+		"MaxUpgrades":                  c.MaxUpgrades,
 	} {
 		if v < 1 {
 			errs = append(errs, fmt.Errorf("proxy: %s must be at least 1, got %d", name, v))
 		}
+	}
+	if c.MinBodyRate < 0 {
+		errs = append(errs, fmt.Errorf("proxy: MinBodyRate must not be negative (0 turns it off), got %d", c.MinBodyRate))
 	}
 	if c.MaxRetries < 0 {
 		errs = append(errs, fmt.Errorf("proxy: MaxRetries must not be negative, got %d", c.MaxRetries))
@@ -299,6 +327,7 @@ type Server struct {
 	clientBufs  sync.Pool // *[]byte of clientBufSize: client read buffers
 	bodyBufs    sync.Pool // *[]byte of bodyBufSize: streamed request bodies
 	upgrades    upgradeLimits
+	exchanges   addrLimits // backend exchanges in flight per client address
 
 	mu        sync.Mutex
 	started   bool
@@ -485,7 +514,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 func (s *Server) shuttingDown() bool { return s.closing.Load() }
 
-// janitor closes idle backend connections past their timeout.
+// janitor closes idle backend connections past their timeout and forgets
+// the exchange counters of clients with nothing in flight.
 func (s *Server) janitor() {
 	defer s.wg.Done()
 	every := max(s.cfg.BackendIdleTimeout/4, 100*time.Millisecond)
@@ -497,6 +527,7 @@ func (s *Server) janitor() {
 			return
 		case now := <-t.C:
 			s.upstreams.sweep(now)
+			s.exchanges.sweep()
 		}
 	}
 }

@@ -282,6 +282,7 @@ type recBackend struct {
 
 	conns    atomic.Int64
 	requests atomic.Int64
+	bytesIn  atomic.Int64 // every byte read from the proxy, complete requests or not
 	mu       sync.Mutex
 	reqs     []*strictRequest
 	errs     []error
@@ -314,7 +315,7 @@ func newRecBackend(t testing.TB, answer func(c net.Conn, req *strictRequest, nth
 				defer wg.Done()
 				defer live.Delete(c)
 				defer c.Close()
-				br := bufio.NewReader(c)
+				br := bufio.NewReader(countingReader{c, &rb.bytesIn})
 				for nth := 0; ; nth++ {
 					req, err := readStrictRequest(br)
 					if err != nil {
@@ -342,6 +343,18 @@ func newRecBackend(t testing.TB, answer func(c net.Conn, req *strictRequest, nth
 		wg.Wait()
 	})
 	return rb
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 func allEqual(vs []string) bool {

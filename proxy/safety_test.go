@@ -217,7 +217,8 @@ func TestChunkedStrictAndReframed(t *testing.T) {
 		t.Fatalf("backend received %d requests: %q", n, reqs[0].Raw)
 	}
 
-	// Valid: extensions and trailers stay at the edge.
+	// Valid: extensions stay at the edge, valid trailer fields follow
+	// the proxy's own last chunk (TestTrailersForwarded has the rules).
 	status, body := rawRoundTrip(t, p.http, head+"5;name=\"v\"\r\nhello\r\n1 ;x\r\n!\r\n0\r\nX-Trailer: t\r\n\r\n", "POST")
 	if status != 200 || body != "POST /up 6" {
 		t.Fatalf("valid chunked: %d %q", status, body)
@@ -228,14 +229,14 @@ func TestChunkedStrictAndReframed(t *testing.T) {
 	}
 	raw := string(reqs[0].Raw)
 	_, framed, _ := strings.Cut(raw, "\r\n\r\n")
-	if framed != "5\r\nhello\r\n1\r\n!\r\n0\r\n\r\n" {
+	if framed != "5\r\nhello\r\n1\r\n!\r\n0\r\nX-Trailer: t\r\n\r\n" {
 		t.Fatalf("backend got body framing %q", framed)
 	}
 
 	// Responses: the client gets the proxy's framing too.
 	got := rawExchange(t, p.http, "GET /chunked-response HTTP/1.1\r\nHost: ch.test\r\nConnection: close\r\n\r\n", 2*time.Second)
 	_, respBody, _ := strings.Cut(got, "\r\n\r\n")
-	if respBody != "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n" {
+	if respBody != "3\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n" {
 		t.Fatalf("client got %q", got)
 	}
 }
