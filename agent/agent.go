@@ -70,16 +70,18 @@ type Agent struct {
 	cfg    Config
 	logger *zap.Logger
 
-	store  *storage.Store
-	pools  *pools.Manager
-	certs  *certs.Cache
-	acme   *certs.Manager // nil: ACME off
-	auto   *autoCert      // nil: ACME off
-	proxy  *proxy.Server
-	admin  *admin.Server
-	health *healthServer        // nil when cfg.HealthAddr is empty
-	disc   *discovery.Discovery // nil: a cluster of one
-	repl   *replication.Engine  // nil with disc
+	store *storage.Store
+	pools *pools.Manager
+	certs *certs.Cache
+	acme  *certs.Manager // nil: ACME off
+	auto  *autoCert      // nil: ACME off
+	// onDemand is the TLS listener's certificate source when ACME is on.
+	onDemand *certs.OnDemand
+	proxy    *proxy.Server
+	admin    *admin.Server
+	health   *healthServer        // nil when cfg.HealthAddr is empty
+	disc     *discovery.Discovery // nil: a cluster of one
+	repl     *replication.Engine  // nil with disc
 
 	cancel context.CancelFunc // stops the background loops
 	wg     sync.WaitGroup
@@ -244,7 +246,15 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	if err != nil {
 		return fmt.Errorf("acme: %w", err)
 	}
-	px, err := proxy.New(xcfg, a.pools, a.certs, challenges)
+	var certSource proxy.CertificateSource = a.certs
+	if a.acme != nil {
+		od, err := a.buildOnDemand(registry)
+		if err != nil {
+			return fmt.Errorf("on-demand tls: %w", err)
+		}
+		a.onDemand, certSource = od, od
+	}
+	px, err := proxy.New(xcfg, a.pools, certSource, challenges)
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
@@ -351,6 +361,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	if a.acme != nil {
 		a.runLoop(bg, "acme", a.acme.Run)
 		a.runLoop(bg, "autocert", a.auto.run)
+		a.runLoop(bg, "ondemand", a.onDemand.Run)
 	}
 	timer := time.NewTimer(readyTimeout)
 	defer timer.Stop()

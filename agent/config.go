@@ -92,6 +92,13 @@ type Config struct {
 	ACMEEABKeyID    string
 	ACMEEABHMACKey  string
 
+	// On-demand TLS (see ondemand.go): how long a handshake waits for a
+	// certificate obtained for it, how long a refused name stays refused,
+	// and the time limit of one call to a pool's ask URL.
+	OnDemandWait       time.Duration
+	OnDemandRefusalTTL time.Duration
+	OnDemandAskTimeout time.Duration
+
 	// Cluster membership (discovery). Gossip is off when GossipAddr is
 	// empty: the agent is then a cluster of one.
 	App             string   // FLY_APP_NAME: names the gossip label and the DNS zone
@@ -130,8 +137,12 @@ func DefaultConfig() Config {
 		FeedRetention: 100_000,
 
 		ACMEDirectory: certs.LetsEncryptProduction,
-		App:           "singularity-edge",
-		GossipPreset:  "local",
+
+		OnDemandWait:       certs.DefaultOnDemandConfig().Wait,
+		OnDemandRefusalTTL: certs.DefaultOnDemandConfig().RefusalTTL,
+		OnDemandAskTimeout: certs.DefaultOnDemandConfig().AskTimeout,
+		App:                "singularity-edge",
+		GossipPreset:       "local",
 	}
 }
 
@@ -288,6 +299,7 @@ func (c *Config) Validate() error {
 	if err := c.validateACME(); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, c.validateOnDemand()...)
 	errs = append(errs, c.validateCluster()...)
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":
