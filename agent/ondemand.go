@@ -3,18 +3,22 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/singularity-ng/singularity-edge/certs"
 	"github.com/singularity-ng/singularity-edge/pools"
+	"github.com/singularity-ng/singularity-edge/proxy"
 )
 
 // validateOnDemand checks the on-demand TLS flags.
 func (c *Config) validateOnDemand() []error {
 	var errs []error
-	if c.OnDemandWait <= 0 {
-		errs = append(errs, fmt.Errorf("--on-demand-wait %s must be positive", c.OnDemandWait))
+	// The listener's handshake deadline runs from accept: the wait must
+	// leave room for the rest of the handshake.
+	if hs := proxy.DefaultConfig().TLSHandshakeTimeout; c.OnDemandWait <= 0 || c.OnDemandWait > hs-time.Second {
+		errs = append(errs, fmt.Errorf("--on-demand-wait %s: want a positive duration of at most %s (the TLS handshake timeout is %s)", c.OnDemandWait, hs-time.Second, hs))
 	}
 	if c.OnDemandRefusalTTL <= 0 {
 		errs = append(errs, fmt.Errorf("--on-demand-refusal-ttl %s must be positive", c.OnDemandRefusalTTL))

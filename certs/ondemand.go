@@ -83,7 +83,9 @@ type OnDemandStore interface {
 // OnDemandConfig configures on-demand TLS.
 type OnDemandConfig struct {
 	// Wait bounds how long a handshake waits for its certificate. On
-	// timeout the handshake fails; the order continues.
+	// timeout the handshake fails; the order continues. It must leave
+	// the rest of the handshake time within the listener's handshake
+	// timeout (the proxy's is 10 s).
 	Wait time.Duration
 	// AskTimeout bounds one call to a pool's ask URL; a timeout is a
 	// refusal (remembered for ErrorTTL).
@@ -119,7 +121,7 @@ type OnDemandConfig struct {
 // DefaultOnDemandConfig returns the defaults.
 func DefaultOnDemandConfig() OnDemandConfig {
 	return OnDemandConfig{
-		Wait:           10 * time.Second,
+		Wait:           7 * time.Second,
 		AskTimeout:     5 * time.Second,
 		RefusalTTL:     5 * time.Minute,
 		ErrorTTL:       10 * time.Second,
