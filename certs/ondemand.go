@@ -205,7 +205,7 @@ type OnDemand struct {
 	calls    map[string]*onDemandCall
 	refused  map[string]remembered
 	approved map[string]time.Time
-	owning   map[string]bool // names this agent orders for another agent
+	owning   map[string]bool // names this agent is ordering now
 
 	rateMu sync.Mutex // serializes the rate limit's count and record
 }
@@ -420,9 +420,16 @@ func (o *OnDemand) obtain(ctx context.Context, name string, pol OnDemandPolicy) 
 
 	owner := Owner(id, o.members.Alive())
 	if owner == o.members.Self() {
-		o.log.Info("on-demand certificate: ordering", zap.String("name", name), zap.String("pool", pol.Pool), zap.String("certificate", id))
-		if err := o.order(ctx, name, pol.Pool); err != nil {
-			return nil, err
+		// The lease keeps other agents out, not this one (its holder
+		// may extend it): the claim keeps a handshake's order and an
+		// order for another agent's request from running side by side.
+		if o.claimOrder(name) {
+			o.log.Info("on-demand certificate: ordering", zap.String("name", name), zap.String("pool", pol.Pool), zap.String("certificate", id))
+			err := o.order(ctx, name, pol.Pool)
+			o.releaseOrder(name)
+			if err != nil {
+				return nil, err
+			}
 		}
 	} else {
 		req := OnDemandRequest{Name: name, Pool: pol.Pool, RequestedBy: o.members.Self(), At: o.cfg.Now().UTC()}
@@ -630,27 +637,37 @@ func (o *OnDemand) serveRequests(ctx context.Context) error {
 		if pol, ok := o.route(r.Name); !ok || pol.Pool != r.Pool {
 			continue
 		}
-		o.mu.Lock()
-		busy := o.owning[r.Name] || o.calls[r.Name] != nil
-		if !busy {
-			o.owning[r.Name] = true
-		}
-		o.mu.Unlock()
-		if busy {
+		if !o.claimOrder(r.Name) {
 			continue
 		}
 		go func(r OnDemandRequest) {
+			defer o.releaseOrder(r.Name)
 			octx, cancel := context.WithTimeout(ctx, o.cfg.OrderTimeout)
 			defer cancel()
 			o.log.Info("on-demand certificate: ordering for another agent", zap.String("name", r.Name),
 				zap.String("pool", r.Pool), zap.String("requested_by", r.RequestedBy))
 			_ = o.order(octx, r.Name, r.Pool)
-			o.mu.Lock()
-			delete(o.owning, r.Name)
-			o.mu.Unlock()
 		}(r)
 	}
 	return nil
+}
+
+// claimOrder marks name as being ordered by this agent; false when it
+// already is.
+func (o *OnDemand) claimOrder(name string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.owning[name] {
+		return false
+	}
+	o.owning[name] = true
+	return true
+}
+
+func (o *OnDemand) releaseOrder(name string) {
+	o.mu.Lock()
+	delete(o.owning, name)
+	o.mu.Unlock()
 }
 
 type onDemandMetrics struct {
