@@ -405,3 +405,45 @@ func TestOnDemandOwnerOrdersForAnotherAgent(t *testing.T) {
 		t.Fatalf("requests %+v %v, want one from %s for pool saas", reqs, err, other)
 	}
 }
+
+// On the owner, a handshake for a name another agent already asked it to
+// order waits for that order instead of placing a second one (the lease
+// does not keep its own holder out).
+func TestOnDemandOwnerHandshakeJoinsRequestedOrder(t *testing.T) {
+	e := startPebble(t)
+	ask := newAskServer(t)
+	alive := []string{"a", "b"}
+	const name = "both.shops.example.com"
+	owner := certs.Owner(certs.CertificateID([]string{name}), alive)
+	other := "a"
+	if owner == "a" {
+		other = "b"
+	}
+	ed, ods := newOnDemandEdge(t, e, pools.NewTable(onDemandPools(ask.URL), nil, nil, pools.TableOptions{}), 60*time.Second,
+		agentSetup{self: other, alive: alive}, agentSetup{self: owner, alive: alive})
+	roots := e.roots(t)
+	before := e.orders()
+	viaOther := make(chan error, 1)
+	go func() { _, err := ed.handshake(e, name, roots); viaOther <- err }()
+	waitFor(t, 30*time.Second, "the request row", func() bool {
+		reqs, _ := ed.backend.OnDemandRequests(context.Background())
+		return len(reqs) == 1
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cert, err := ods[1].Certificate(ctx, name, certs.OnDemandPolicy{Pool: "saas", Allowed: true, RatePerMinute: 100})
+	if err != nil || cert == nil {
+		t.Fatalf("owner's own handshake: %v", err)
+	}
+	select {
+	case err := <-viaOther:
+		if err != nil {
+			t.Fatalf("handshake through the other agent: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("handshake through the other agent did not finish")
+	}
+	if e.orders() != before+1 {
+		t.Fatalf("orders %d -> %d, want one", before, e.orders())
+	}
+}
