@@ -181,10 +181,13 @@ type onDemandCall struct {
 	err  error
 }
 
+// remembered is a refusal of a name under a policy: a changed policy
+// (a pattern added, another ask URL) decides afresh.
 type remembered struct {
 	until  time.Time
 	reason string
 	detail string
+	policy OnDemandPolicy
 }
 
 // OnDemand is the certificate source of the TLS listener: the cache
@@ -208,6 +211,12 @@ type OnDemand struct {
 	owning   map[string]bool // names this agent is ordering now
 
 	rateMu sync.Mutex // serializes the rate limit's count and record
+
+	// detached work (decisions, orders) outlives handshakes but not Run:
+	// Run's end cancels it and waits for it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 // NewOnDemand returns the hook. Every dependency is required.
@@ -247,10 +256,12 @@ func NewOnDemand(cfg OnDemandConfig, cache CertificateLookup, route OnDemandRout
 	if err != nil {
 		return nil, err
 	}
-	return &OnDemand{cfg: cfg, cache: cache, route: route, issuer: issuer, store: store, members: members,
+	o := &OnDemand{cfg: cfg, cache: cache, route: route, issuer: issuer, store: store, members: members,
 		http: hc, log: cfg.Logger, metrics: m,
 		calls: make(map[string]*onDemandCall), refused: make(map[string]remembered),
-		approved: make(map[string]time.Time), owning: make(map[string]bool)}, nil
+		approved: make(map[string]time.Time), owning: make(map[string]bool)}
+	o.ctx, o.cancel = context.WithCancel(context.Background())
+	return o, nil
 }
 
 // GetCertificate is a tls.Config.GetCertificate callback. A refused name
@@ -294,18 +305,23 @@ func (o *OnDemand) Certificate(ctx context.Context, name string, pol OnDemandPol
 	now := o.cfg.Now()
 	o.mu.Lock()
 	if r, ok := o.refused[name]; ok {
-		if now.Before(r.until) {
+		if now.Before(r.until) && r.policy == pol {
 			o.mu.Unlock()
 			o.metrics.cachedRefusals.Inc()
 			return nil, &OnDemandRefusal{Name: name, Reason: r.reason, Detail: r.detail, Until: r.until}
 		}
 		delete(o.refused, name)
 	}
+	if o.ctx.Err() != nil {
+		o.mu.Unlock()
+		return nil, fmt.Errorf("certs: on-demand certificate for %q: %w", name, o.ctx.Err())
+	}
 	call, joined := o.calls[name]
 	if !joined {
 		call = &onDemandCall{done: make(chan struct{})}
 		o.calls[name] = call
 		o.metrics.inflight.Inc()
+		o.wg.Add(1)
 		go o.run(call, name, pol)
 	}
 	o.mu.Unlock()
@@ -337,13 +353,14 @@ func onDemandNameProblem(name string) string {
 
 // run decides and obtains name, then releases every waiter.
 func (o *OnDemand) run(call *onDemandCall, name string, pol OnDemandPolicy) {
-	ctx, cancel := context.WithTimeout(context.Background(), o.cfg.OrderTimeout)
+	defer o.wg.Done()
+	ctx, cancel := context.WithTimeout(o.ctx, o.cfg.OrderTimeout)
 	defer cancel()
 	cert, err := o.obtain(ctx, name, pol)
 	var ref *OnDemandRefusal
 	o.mu.Lock()
 	if errors.As(err, &ref) && !ref.Until.IsZero() {
-		o.rememberLocked(o.refused, name, remembered{until: ref.Until, reason: ref.Reason, detail: ref.Detail})
+		o.rememberLocked(o.refused, name, remembered{until: ref.Until, reason: ref.Reason, detail: ref.Detail, policy: pol})
 	}
 	delete(o.calls, name)
 	o.mu.Unlock()
@@ -390,7 +407,7 @@ func (o *OnDemand) obtain(ctx context.Context, name string, pol OnDemandPolicy) 
 	if !pol.Allowed {
 		return nil, o.refuse(name, pol.Pool, OnDemandNotAllowed, "the name matches none of the pool's on_demand_allow patterns", o.cfg.RefusalTTL)
 	}
-	if pol.AskURL != "" && !o.wasApproved(name) {
+	if pol.AskURL != "" && !o.wasApproved(pol.AskURL, name) {
 		if err := o.ask(ctx, pol.AskURL, name); err != nil {
 			var ref *OnDemandRefusal
 			if errors.As(err, &ref) {
@@ -402,7 +419,7 @@ func (o *OnDemand) obtain(ctx context.Context, name string, pol OnDemandPolicy) 
 		if len(o.approved) >= o.cfg.MaxRemembered {
 			clear(o.approved)
 		}
-		o.approved[name] = o.cfg.Now().Add(o.cfg.ApprovalTTL)
+		o.approved[approvalKey(pol.AskURL, name)] = o.cfg.Now().Add(o.cfg.ApprovalTTL)
 		o.mu.Unlock()
 	}
 	// Another agent may have finished it while we asked.
@@ -450,12 +467,16 @@ func (o *OnDemand) ttlFor(reason string) time.Duration {
 	return o.cfg.RefusalTTL
 }
 
-func (o *OnDemand) wasApproved(name string) bool {
+// approvalKey: an ask URL's yes holds for that URL only.
+func approvalKey(askURL, name string) string { return askURL + "\x00" + name }
+
+func (o *OnDemand) wasApproved(askURL, name string) bool {
+	k := approvalKey(askURL, name)
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	until, ok := o.approved[name]
+	until, ok := o.approved[k]
 	if ok && !o.cfg.Now().Before(until) {
-		delete(o.approved, name)
+		delete(o.approved, k)
 		return false
 	}
 	return ok
@@ -601,6 +622,13 @@ func (o *OnDemand) await(ctx context.Context, name, id string) (*tls.Certificate
 // Run orders, as the owner, the names other agents asked for, on each
 // new request row and every RescanInterval, until ctx ends.
 func (o *OnDemand) Run(ctx context.Context) error {
+	defer func() {
+		// Under mu: no call starts after the cancel (see Certificate).
+		o.mu.Lock()
+		o.cancel()
+		o.mu.Unlock()
+		o.wg.Wait()
+	}()
 	wake := make(chan struct{}, 1)
 	go o.store.WatchOnDemandRequests(ctx, wake)
 	t := time.NewTicker(o.cfg.RescanInterval)
@@ -640,9 +668,11 @@ func (o *OnDemand) serveRequests(ctx context.Context) error {
 		if !o.claimOrder(r.Name) {
 			continue
 		}
+		o.wg.Add(1)
 		go func(r OnDemandRequest) {
+			defer o.wg.Done()
 			defer o.releaseOrder(r.Name)
-			octx, cancel := context.WithTimeout(ctx, o.cfg.OrderTimeout)
+			octx, cancel := context.WithTimeout(o.ctx, o.cfg.OrderTimeout)
 			defer cancel()
 			o.log.Info("on-demand certificate: ordering for another agent", zap.String("name", r.Name),
 				zap.String("pool", r.Pool), zap.String("requested_by", r.RequestedBy))
