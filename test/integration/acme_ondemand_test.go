@@ -447,3 +447,71 @@ func TestOnDemandOwnerHandshakeJoinsRequestedOrder(t *testing.T) {
 		t.Fatalf("orders %d -> %d, want one", before, e.orders())
 	}
 }
+
+// Through a real agent: a pool opted in with the CLI's flags gets
+// certificates for allowed names on their handshakes, a refused name
+// fails with unrecognized_name after one call to the ask URL, bad flags
+// exit 3 naming the field, and /metrics counts the decisions.
+func TestOnDemandThroughAgent(t *testing.T) {
+	e := startPebble(t)
+	ask := newAskServer(t)
+	token := newToken(t)
+	a := startACMEAgent(t, e, token)
+
+	if out, errOut, code := a.cli(token, "pools", "create", "bad", "--ssl-mode", "flexible", "--ssl-domain", "bad.acme.test", "--on-demand-tls"); code != 3 || !strings.Contains(out+errOut, "on_demand_tls") {
+		t.Fatalf("on-demand without allow-list or ask URL: exit %d: %s%s", code, out, errOut)
+	}
+	if out, errOut, code := a.cli(token, "pools", "create", "saas", "--ssl-mode", "flexible", "--ssl-domain", "app.acme.test",
+		"--auto-cert=false", "--on-demand-tls", "--on-demand-allow", "*.shops.acme.test", "--on-demand-ask", ask.URL+"/check", "--on-demand-rate", "5"); code != 0 {
+		t.Fatalf("pools create: exit %d: %s%s", code, out, errOut)
+	}
+	out, errOut, code := a.cli(token, "pools", "get", "saas")
+	if code != 0 || !strings.Contains(out, "yes allow=*.shops.acme.test ask="+ask.URL+"/check rate=5/min") {
+		t.Fatalf("pools get: exit %d: %s%s", code, out, errOut)
+	}
+	be := startBackend(t, "ondemand-backend", nil)
+	if out, errOut, code := a.cli(token, "backends", "add", "saas", be.url()); code != 0 {
+		t.Fatalf("backends add: exit %d: %s%s", code, out, errOut)
+	}
+	roots := e.roots(t)
+	get := func(name string) (*http.Response, error) {
+		client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: name},
+			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, network, a.https)
+			},
+			DisableKeepAlives: true,
+		}}
+		return client.Get("https://" + name + "/")
+	}
+	before := e.orders()
+	// The pool routes the name by its allow-list; the first handshakes
+	// may give up after --on-demand-wait on a slow machine, the order
+	// goes on and a later one is served.
+	waitFor(t, 90*time.Second, "HTTPS for a new allowed name", func() bool {
+		resp, err := get("yes.shops.acme.test")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	if e.orders() != before+1 || ask.count("yes.shops.acme.test") != 1 {
+		t.Fatalf("orders %d -> %d, ask calls %d; want one each", before, e.orders(), ask.count("yes.shops.acme.test"))
+	}
+	for range 2 {
+		if _, err := get("no.shops.acme.test"); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+			t.Fatalf("refused name: %v, want unrecognized_name", err)
+		}
+	}
+	if ask.count("no.shops.acme.test") != 1 || e.orders() != before+1 {
+		t.Fatalf("refused name: ask calls %d, orders %d -> %d", ask.count("no.shops.acme.test"), before, e.orders())
+	}
+	_, _, metrics := a.apiRaw(token, "GET", "/metrics", nil)
+	for _, want := range []string{`edge_ondemand_decisions_total{result="issued"} 1`, `edge_ondemand_decisions_total{result="ask_refused"} 1`,
+		`edge_ondemand_cached_refusals_total 1`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
