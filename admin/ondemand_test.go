@@ -67,3 +67,26 @@ func TestPoolOnDemandRefusals(t *testing.T) {
 		})
 	}
 }
+
+// An allow pattern belongs to one on-demand pool: a second claim is 409
+// naming the field and the other pool, and stores nothing. Patterns of a
+// pool that is not on-demand claim nothing.
+func TestPoolOnDemandPatternConflicts(t *testing.T) {
+	h := newHarness(t)
+	h.createPool(map[string]any{"name": "a", "ssl_mode": "flexible", "ssl_domain": "a.example.com",
+		"on_demand_tls": true, "on_demand_allow": []string{"*.shops.example.com"}})
+	h.createPool(map[string]any{"name": "idle", "ssl_mode": "flexible", "ssl_domain": "i.example.com",
+		"on_demand_allow": []string{"*.shops.example.com"}})
+
+	before := h.snapshot()
+	h.do("POST", "/api/pools", map[string]any{"name": "b", "ssl_mode": "flexible", "ssl_domain": "b.example.com",
+		"on_demand_tls": true, "on_demand_allow": []string{"x.example.net", "*.shops.example.com"}}).
+		expect(t, http.StatusConflict, CodeConflict, "on_demand_allow[1]")
+	h.do("PATCH", "/api/pools/idle", map[string]any{"on_demand_tls": true}).
+		expect(t, http.StatusConflict, CodeConflict, "on_demand_allow[0]")
+	h.assertUnchanged(before, "a second claim of a pattern")
+
+	// Once a gives it up, it can be claimed.
+	h.do("PATCH", "/api/pools/a", map[string]any{"on_demand_tls": false}).expect(t, http.StatusOK, "")
+	h.do("PATCH", "/api/pools/idle", map[string]any{"on_demand_tls": true}).expect(t, http.StatusOK, "")
+}

@@ -242,6 +242,9 @@ func checkPoolRefs(tx *storage.Tx, p *storage.Pool, cur *storage.Pool) error {
 			return err
 		}
 	}
+	if err := claimOnDemandPatterns(tx, p, &conflicts); err != nil {
+		return err
+	}
 	if p.Default {
 		defs, err := tx.DefaultPools()
 		if err != nil {

@@ -27,7 +27,8 @@ const formatCurrent byte = 2
 //	   entry's value is the row)
 //	4  pools by served host and by default flag, backends by address,
 //	   observations by backend
-const indexVersion byte = 4
+//	5  pools by on-demand allow pattern
+const indexVersion byte = 5
 
 // migrateChangelog brings a format-1 store to format 2: the bookkeeping of
 // each origin is the set of seqs that still have an entry in the old log
