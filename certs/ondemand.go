@@ -101,6 +101,10 @@ type OnDemandConfig struct {
 	ApprovalTTL time.Duration
 	// MaxRemembered bounds the refusal and approval caches (entries each).
 	MaxRemembered int
+	// MaxInFlight bounds the names decided or ordered at once on this
+	// agent: a flood of new names past it is refused (not remembered)
+	// instead of fanning out to the ask URLs.
+	MaxInFlight int
 	// OrderTimeout bounds the detached work for one name (ask, order,
 	// waiting for another agent's certificate to replicate).
 	OrderTimeout time.Duration
@@ -127,6 +131,7 @@ func DefaultOnDemandConfig() OnDemandConfig {
 		ErrorTTL:       10 * time.Second,
 		ApprovalTTL:    5 * time.Minute,
 		MaxRemembered:  100_000,
+		MaxInFlight:    1000,
 		OrderTimeout:   5 * time.Minute,
 		RequestTTL:     10 * time.Minute,
 		Poll:           25 * time.Millisecond,
@@ -145,6 +150,7 @@ const (
 	OnDemandRateLimited = "rate_limited"
 	OnDemandHeldBack    = "held_back"
 	OnDemandOrderFailed = "order_failed"
+	OnDemandBusy        = "busy"
 )
 
 // ErrOnDemandRefused: the name may not get a certificate now. It wraps
@@ -238,6 +244,9 @@ func NewOnDemand(cfg OnDemandConfig, cache CertificateLookup, route OnDemandRout
 	if cfg.MaxRemembered <= 0 {
 		cfg.MaxRemembered = def.MaxRemembered
 	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = def.MaxInFlight
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = def.Logger
 	}
@@ -317,6 +326,10 @@ func (o *OnDemand) Certificate(ctx context.Context, name string, pol OnDemandPol
 		return nil, fmt.Errorf("certs: on-demand certificate for %q: %w", name, o.ctx.Err())
 	}
 	call, joined := o.calls[name]
+	if !joined && len(o.calls) >= o.cfg.MaxInFlight {
+		o.mu.Unlock()
+		return nil, o.refuse(name, pol.Pool, OnDemandBusy, fmt.Sprintf("%d names are being decided or ordered on this agent", o.cfg.MaxInFlight), 0)
+	}
 	if !joined {
 		call = &onDemandCall{done: make(chan struct{})}
 		o.calls[name] = call
@@ -726,7 +739,7 @@ func newOnDemandMetrics(reg prometheus.Registerer) (*onDemandMetrics, error) {
 			Help: "Names with an on-demand decision or order in progress on this agent."}),
 	}
 	for _, r := range []string{"allowed", "issued", OnDemandInvalidName, OnDemandNotAllowed, OnDemandAskRefused,
-		OnDemandAskFailed, OnDemandRateLimited, OnDemandHeldBack, OnDemandOrderFailed} {
+		OnDemandAskFailed, OnDemandRateLimited, OnDemandHeldBack, OnDemandOrderFailed, OnDemandBusy} {
 		m.decisions.WithLabelValues(r)
 	}
 	if reg != nil {

@@ -53,7 +53,7 @@ func (a *countingAsk) count(name string) int {
 // newTestOnDemand builds the hook over a real store and a manager whose
 // CA cannot be reached: these tests stop before an order, or count one
 // that fails.
-func newTestOnDemand(t *testing.T, st *storage.Store, self string, alive []string, now func() time.Time) *OnDemand {
+func newTestOnDemand(t *testing.T, st *storage.Store, self string, alive []string, now func() time.Time, mutate ...func(*OnDemandConfig)) *OnDemand {
 	t.Helper()
 	backend := NewStoreBackend(st, nil)
 	icfg := DefaultACMEConfig()
@@ -70,6 +70,9 @@ func newTestOnDemand(t *testing.T, st *storage.Store, self string, alive []strin
 	}
 	cfg := DefaultOnDemandConfig()
 	cfg.Now = now
+	for _, m := range mutate {
+		m(&cfg)
+	}
 	cache := NewCache(DefaultCacheConfig(), st)
 	od, err := NewOnDemand(cfg, cache, func(string) (OnDemandPolicy, bool) { return OnDemandPolicy{}, false }, m, backend, ms)
 	if err != nil {
@@ -199,5 +202,41 @@ func TestOnDemandRateLimitIsClusterWide(t *testing.T) {
 	var r *OnDemandRefusal
 	if errors.As(err, &r) && r.Reason == OnDemandRateLimited {
 		t.Fatalf("another pool's limit was spent: %v", err)
+	}
+}
+
+// Past MaxInFlight names in progress, a new name is refused at once
+// (not remembered) instead of calling its ask URL.
+func TestOnDemandBoundsNamesInFlight(t *testing.T) {
+	st := openStore(t)
+	od := newTestOnDemand(t, st, "a", []string{"a"}, time.Now, func(c *OnDemandConfig) { c.MaxInFlight = 1 })
+	release := make(chan struct{})
+	var asked atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		w.WriteHeader(http.StatusForbidden)
+	}))
+	defer srv.Close()
+	defer close(release)
+	pol := OnDemandPolicy{Pool: "p", Allowed: true, AskURL: srv.URL, RatePerMinute: 10}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := od.Certificate(ctx, "first.example.com", pol); !errors.Is(err, ErrOnDemandTimeout) {
+		t.Fatalf("first name: %v, want a timeout while its ask is pending", err)
+	}
+	_, err := od.Certificate(context.Background(), "second.example.com", pol)
+	if got := refusalReason(t, err); got != OnDemandBusy {
+		t.Fatalf("second name: %s, want %s", got, OnDemandBusy)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for asked.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := asked.Load(); got != 1 {
+		t.Fatalf("ask URL called %d times, want 1 (the first name only)", got)
 	}
 }
