@@ -42,6 +42,9 @@ func (a *Agent) buildOnDemand(registry prometheus.Registerer) (*certs.OnDemand, 
 	cfg.AskTimeout = a.cfg.OnDemandAskTimeout
 	cfg.Logger = a.logger.Named("ondemand")
 	cfg.Registerer = registry
+	// Like automatic certificates: Let's Encrypt refuses names outside
+	// the ICANN suffixes, and each refusal costs budget.
+	cfg.ICANNOnly = a.auto != nil && a.auto.publicOnly
 	return certs.NewOnDemand(cfg, a.certs, onDemandRoute(a.pools), a.acme, certs.NewStoreBackend(a.store, members), members)
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"golang.org/x/net/publicsuffix"
 
 	"github.com/singularity-ng/singularity-edge/storage"
 )
@@ -101,6 +102,10 @@ type OnDemandConfig struct {
 	ApprovalTTL time.Duration
 	// MaxRemembered bounds the refusal and approval caches (entries each).
 	MaxRemembered int
+	// ICANNOnly refuses names outside the ICANN public suffixes (.test,
+	// .internal, .local): Let's Encrypt refuses them by policy, and each
+	// refused order would count as a failed validation.
+	ICANNOnly bool
 	// MaxInFlight bounds the names decided or ordered at once on this
 	// agent: a flood of new names past it is refused (not remembered)
 	// instead of fanning out to the ask URLs.
@@ -307,7 +312,7 @@ func (o *OnDemand) Certificate(ctx context.Context, name string, pol OnDemandPol
 	if cert, ok := o.cache.Lookup(name); ok {
 		return cert, nil
 	}
-	if msg := onDemandNameProblem(name); msg != "" {
+	if msg := o.nameProblem(name); msg != "" {
 		o.metrics.decisions.WithLabelValues(OnDemandInvalidName).Inc()
 		return nil, &OnDemandRefusal{Name: name, Reason: OnDemandInvalidName, Detail: msg}
 	}
@@ -350,9 +355,9 @@ func (o *OnDemand) Certificate(ctx context.Context, name string, pol OnDemandPol
 	}
 }
 
-// onDemandNameProblem says why name can never get an on-demand
-// certificate, or "".
-func onDemandNameProblem(name string) string {
+// nameProblem says why name can never get an on-demand certificate, or
+// "".
+func (o *OnDemand) nameProblem(name string) string {
 	switch {
 	case strings.Contains(name, "*"):
 		return "a wildcard is never ordered on demand"
@@ -360,6 +365,11 @@ func onDemandNameProblem(name string) string {
 		return "an IP address is not a host name"
 	case !strings.Contains(name, "."):
 		return "a single-label name cannot get a public certificate"
+	}
+	if o.cfg.ICANNOnly {
+		if _, icann := publicsuffix.PublicSuffix(name); !icann {
+			return "not under a public suffix the CA issues for"
+		}
 	}
 	return checkDNSName(name)
 }

@@ -100,6 +100,13 @@ func TestOnDemandRefusesInvalidNames(t *testing.T) {
 			t.Errorf("%q: reason %s, want %s", name, got, OnDemandInvalidName)
 		}
 	}
+	icann := newTestOnDemand(t, st, "a", []string{"a"}, time.Now, func(c *OnDemandConfig) { c.ICANNOnly = true })
+	for _, name := range []string{"shop.test", "a.internal", "x.local"} {
+		_, err := icann.Certificate(context.Background(), name, pol)
+		if got := refusalReason(t, err); got != OnDemandInvalidName {
+			t.Errorf("%q with ICANNOnly: reason %s, want %s", name, got, OnDemandInvalidName)
+		}
+	}
 	if ev, _ := od.store.BudgetEvents(context.Background(), onDemandEventKind, "p", time.Time{}); len(ev) != 0 {
 		t.Fatalf("invalid names took %d rate events", len(ev))
 	}
