@@ -70,18 +70,19 @@ type Agent struct {
 	cfg    Config
 	logger *zap.Logger
 
-	store *storage.Store
-	pools *pools.Manager
-	certs *certs.Cache
-	acme  *certs.Manager // nil: ACME off
-	auto  *autoCert      // nil: ACME off
-	// onDemand is the TLS listener's certificate source when ACME is on.
+	store  *storage.Store
+	pools  *pools.Manager
+	certs  *certs.Cache
+	acme   *certs.Manager // nil: ACME off
+	auto   *autoCert      // nil: ACME off
+	proxy  *proxy.Server
+	admin  *admin.Server
+	health *healthServer        // nil when cfg.HealthAddr is empty
+	disc   *discovery.Discovery // nil: a cluster of one
+	repl   *replication.Engine  // nil with disc
+
+	// onDemand is the TLS listener's certificate source; nil: ACME off.
 	onDemand *certs.OnDemand
-	proxy    *proxy.Server
-	admin    *admin.Server
-	health   *healthServer        // nil when cfg.HealthAddr is empty
-	disc     *discovery.Discovery // nil: a cluster of one
-	repl     *replication.Engine  // nil with disc
 
 	cancel context.CancelFunc // stops the background loops
 	wg     sync.WaitGroup

@@ -90,12 +90,14 @@ type PoolSpec struct {
 	AllowHTTP           Optional[bool]            `json:"allow_http,omitzero"`
 	// AutoCert (default true): a TLS-terminating pool whose ssl_domain no
 	// certificate covers gets one from the agent's ACME CA.
-	AutoCert            Optional[bool]   `json:"auto_cert,omitzero"`
-	HoldNewBackends     Optional[bool]   `json:"hold_new_backends,omitzero"`
-	Default             Optional[bool]   `json:"default,omitzero"`
-	BackendCA           Optional[string] `json:"backend_ca,omitzero"`             // PEM bundle verifying backend certificates
-	BackendServerName   Optional[string] `json:"backend_server_name,omitzero"`    // SNI sent to backends and verified
-	BackendClientCertID Optional[string] `json:"backend_client_cert_id,omitzero"` // certificate presented to backends
+	AutoCert            Optional[bool]     `json:"auto_cert,omitzero"`
+	HoldNewBackends     Optional[bool]     `json:"hold_new_backends,omitzero"`
+	Default             Optional[bool]     `json:"default,omitzero"`
+	BackendCA           Optional[string]   `json:"backend_ca,omitzero"`             // PEM bundle verifying backend certificates
+	BackendServerName   Optional[string]   `json:"backend_server_name,omitzero"`    // SNI sent to backends and verified
+	BackendClientCertID Optional[string]   `json:"backend_client_cert_id,omitzero"` // certificate presented to backends
+	Metadata            Optional[Metadata] `json:"metadata,omitzero"`
+
 	// On-demand TLS: a name routed to the pool that no certificate covers
 	// gets one during its first handshake when it matches on_demand_allow
 	// (exact or *.wildcard patterns, which also route names here) and the
@@ -106,7 +108,6 @@ type PoolSpec struct {
 	OnDemandAllow Optional[[]string] `json:"on_demand_allow,omitzero"`
 	OnDemandAsk   Optional[string]   `json:"on_demand_ask,omitzero"`
 	OnDemandRate  Optional[int]      `json:"on_demand_rate,omitzero"`
-	Metadata      Optional[Metadata] `json:"metadata,omitzero"`
 }
 
 // Metadata is a request's metadata: a null value deletes the key in a
