@@ -64,6 +64,16 @@ func poolSpecOnto(p *storage.Pool, spec apitypes.PoolSpec, create bool) fielderr
 	apply(&errs, "backend_ca", spec.BackendCA, &p.BackendCA)
 	apply(&errs, "backend_server_name", spec.BackendServerName, &p.BackendServerName)
 	apply(&errs, "backend_client_cert_id", spec.BackendClientCertID, &p.BackendClientCertID)
+	apply(&errs, "on_demand_tls", spec.OnDemandTLS, &p.OnDemandTLS)
+	if spec.OnDemandAllow.Set {
+		// null and [] both leave the pool without an allow-list.
+		p.OnDemandAllow = append([]string(nil), spec.OnDemandAllow.Value...)
+		if len(p.OnDemandAllow) == 0 {
+			p.OnDemandAllow = nil
+		}
+	}
+	apply(&errs, "on_demand_ask", spec.OnDemandAsk, &p.OnDemandAsk)
+	apply(&errs, "on_demand_rate", spec.OnDemandRate, &p.OnDemandRate)
 	applyMetadata(&errs, spec.Metadata, &p.Metadata, !create)
 
 	// Defaults that follow another field, for fields left out.
@@ -91,6 +101,9 @@ func poolSpecOnto(p *storage.Pool, spec apitypes.PoolSpec, create bool) fielderr
 			p.ValidateBackendCert = true
 		}
 	}
+	if spec.OnDemandTLS.Present() && p.OnDemandTLS && !spec.OnDemandRate.Set && p.OnDemandRate == 0 {
+		p.OnDemandRate = pools.DefaultOnDemandRate
+	}
 	if create && spec.HealthCheckInterval.Present() && !hc.Timeout.Set {
 		p.HealthCheck.Timeout = pools.DefaultTimeoutFor(p.HealthCheckInterval)
 	}
@@ -116,6 +129,10 @@ func poolView(p storage.Pool) apitypes.Pool {
 	hosts := p.Hosts
 	if hosts == nil {
 		hosts = []string{}
+	}
+	allow := p.OnDemandAllow
+	if allow == nil {
+		allow = []string{}
 	}
 	return apitypes.Pool{
 		Name:                p.Name,
@@ -149,6 +166,10 @@ func poolView(p storage.Pool) apitypes.Pool {
 		BackendCA:           p.BackendCA,
 		BackendServerName:   p.BackendServerName,
 		BackendClientCertID: p.BackendClientCertID,
+		OnDemandTLS:         p.OnDemandTLS,
+		OnDemandAllow:       allow,
+		OnDemandAsk:         p.OnDemandAsk,
+		OnDemandRate:        p.OnDemandRate,
 		InsertedAt:          p.InsertedAt,
 		UpdatedAt:           p.UpdatedAt,
 		Version:             versionView(p.Version),
@@ -220,6 +241,9 @@ func checkPoolRefs(tx *storage.Tx, p *storage.Pool, cur *storage.Pool) error {
 		if err := claim("hosts", h); err != nil {
 			return err
 		}
+	}
+	if err := claimOnDemandPatterns(tx, p, &conflicts); err != nil {
+		return err
 	}
 	if p.Default {
 		defs, err := tx.DefaultPools()

@@ -82,6 +82,9 @@ type Agent struct {
 	repl   *replication.Engine  // nil with disc
 	member *membership          // nil with disc: cluster join and leave
 
+	// onDemand is the TLS listener's certificate source; nil: ACME off.
+	onDemand *certs.OnDemand
+
 	cancel context.CancelFunc // stops the background loops
 	wg     sync.WaitGroup
 	errs   chan error // a background loop that failed
@@ -319,7 +322,15 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	if err != nil {
 		return fmt.Errorf("acme: %w", err)
 	}
-	px, err := proxy.New(xcfg, a.pools, a.certs, challenges)
+	var certSource proxy.CertificateSource = a.certs
+	if a.acme != nil {
+		od, err := a.buildOnDemand(registry)
+		if err != nil {
+			return fmt.Errorf("on-demand tls: %w", err)
+		}
+		a.onDemand, certSource = od, od
+	}
+	px, err := proxy.New(xcfg, a.pools, certSource, challenges)
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
@@ -433,6 +444,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	if a.acme != nil {
 		a.runLoop(bg, "acme", a.acme.Run)
 		a.runLoop(bg, "autocert", a.auto.run)
+		a.runLoop(bg, "ondemand", a.onDemand.Run)
 	}
 	timer := time.NewTimer(readyTimeout)
 	defer timer.Stop()

@@ -112,6 +112,13 @@ type Config struct {
 	// ACMERenewInterval is the time between renewal scheduler passes.
 	ACMERenewInterval time.Duration
 
+	// On-demand TLS (see ondemand.go): how long a handshake waits for a
+	// certificate obtained for it, how long a refused name stays refused,
+	// and the time limit of one call to a pool's ask URL.
+	OnDemandWait       time.Duration
+	OnDemandRefusalTTL time.Duration
+	OnDemandAskTimeout time.Duration
+
 	// Cluster membership (discovery). Gossip is off when GossipAddr is
 	// empty: the agent is then a cluster of one.
 	App             string   // FLY_APP_NAME: names the gossip label and the DNS zone
@@ -159,6 +166,10 @@ func DefaultConfig() Config {
 		ACMELeaseTTL:       certs.DefaultManagerConfig().LeaseTTL,
 		ACMEPresentTimeout: certs.DefaultACMEConfig().PresentTimeout,
 		ACMERenewInterval:  certs.DefaultManagerConfig().Interval,
+
+		OnDemandWait:       certs.DefaultOnDemandConfig().Wait,
+		OnDemandRefusalTTL: certs.DefaultOnDemandConfig().RefusalTTL,
+		OnDemandAskTimeout: certs.DefaultOnDemandConfig().AskTimeout,
 		App:                "singularity-edge",
 		GossipPreset:       "local",
 	}
@@ -326,6 +337,7 @@ func (c *Config) Validate() error {
 	if err := c.validateACME(); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, c.validateOnDemand()...)
 	errs = append(errs, c.validateCluster()...)
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":

@@ -101,6 +101,17 @@ type PoolSpec struct {
 	BackendServerName   Optional[string]   `json:"backend_server_name,omitzero"`    // SNI sent to backends and verified
 	BackendClientCertID Optional[string]   `json:"backend_client_cert_id,omitzero"` // certificate presented to backends
 	Metadata            Optional[Metadata] `json:"metadata,omitzero"`
+
+	// On-demand TLS: a name routed to the pool that no certificate covers
+	// gets one during its first handshake when it matches on_demand_allow
+	// (exact or *.wildcard patterns, which also route names here) and the
+	// on_demand_ask URL, when set, answers 2xx to GET ?domain=<name>.
+	// on_demand_rate: orders per minute for the pool across the cluster
+	// (default 10 when on_demand_tls is turned on).
+	OnDemandTLS   Optional[bool]     `json:"on_demand_tls,omitzero"`
+	OnDemandAllow Optional[[]string] `json:"on_demand_allow,omitzero"`
+	OnDemandAsk   Optional[string]   `json:"on_demand_ask,omitzero"`
+	OnDemandRate  Optional[int]      `json:"on_demand_rate,omitzero"`
 }
 
 // Metadata is a request's metadata: a null value deletes the key in a
@@ -142,6 +153,10 @@ type Pool struct {
 	BackendCA           string            `json:"backend_ca"`
 	BackendServerName   string            `json:"backend_server_name"`
 	BackendClientCertID string            `json:"backend_client_cert_id"`
+	OnDemandTLS         bool              `json:"on_demand_tls"`
+	OnDemandAllow       []string          `json:"on_demand_allow"`
+	OnDemandAsk         string            `json:"on_demand_ask"`
+	OnDemandRate        int               `json:"on_demand_rate"`
 	Metadata            map[string]string `json:"metadata"`
 	InsertedAt          time.Time         `json:"inserted_at"`
 	UpdatedAt           time.Time         `json:"updated_at"`

@@ -126,6 +126,12 @@ type Pool struct {
 	Metadata            map[string]string
 	BackendServerName   string
 	BackendClientCertID string
+	// On-demand TLS (see storage.Pool): read by the certificate hook
+	// during handshakes for names no certificate covers.
+	OnDemandTLS   bool
+	OnDemandAllow []string
+	OnDemandAsk   string
+	OnDemandRate  int
 
 	backends      []*Backend // sorted by id
 	byID          map[string]*Backend
@@ -219,6 +225,10 @@ func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []
 		HoldNewBackends:     sp.HoldNewBackends,
 		Default:             sp.Default,
 		Metadata:            maps.Clone(sp.Metadata),
+		OnDemandTLS:         sp.OnDemandTLS,
+		OnDemandAllow:       append([]string(nil), sp.OnDemandAllow...),
+		OnDemandAsk:         sp.OnDemandAsk,
+		OnDemandRate:        sp.OnDemandRate,
 		algo:                parseAlgorithm(sp.Algorithm),
 		health:              effectiveHealth(sp),
 		stickyCookie:        sp.StickyCookie,

@@ -40,12 +40,16 @@ type TableOptions struct {
 // backends. Lookups never allocate. Live counters and health hang off the
 // backends and keep changing; the configuration does not.
 type Table struct {
-	pools       []*Pool // sorted by name
-	byName      map[string]*Pool
-	exact       map[string]*Pool
-	wildcard    map[string]*Pool // key: the part after "*."
-	defaultPool *Pool
-	region      string
+	pools    []*Pool // sorted by name
+	byName   map[string]*Pool
+	exact    map[string]*Pool
+	wildcard map[string]*Pool // key: the part after "*."
+	// on-demand TLS allow-list patterns, consulted after hosts and
+	// before the default pool
+	onDemandExact map[string]*Pool
+	onDemandWild  map[string]*Pool
+	defaultPool   *Pool
+	region        string
 }
 
 // stateResolver returns the live state for a backend of a pool.
@@ -128,6 +132,9 @@ func rebuildTable(pools []storage.Pool, changed map[string][]storage.Backend, op
 		exact:    make(map[string]*Pool, len(pools)),
 		wildcard: make(map[string]*Pool),
 		region:   opts.Region,
+
+		onDemandExact: make(map[string]*Pool),
+		onDemandWild:  make(map[string]*Pool),
 	}
 
 	sortedPools := make([]storage.Pool, len(pools))
@@ -168,6 +175,7 @@ func rebuildTable(pools []storage.Pool, changed map[string][]storage.Backend, op
 				t.exact[h] = p
 			}
 		}
+		t.addOnDemandRoutes(p)
 		if sp.Default && t.defaultPool == nil {
 			t.defaultPool = p
 		}
@@ -178,8 +186,9 @@ func rebuildTable(pools []storage.Pool, changed map[string][]storage.Backend, op
 // Lookup returns the pool serving host (a Host header or SNI name; any port
 // and a trailing dot are ignored, case does not matter): an exact host
 // match first, then a one-label wildcard (*.example.com matches
-// a.example.com, not example.com nor a.b.example.com), then the default
-// pool. Nil when none serves it.
+// a.example.com, not example.com nor a.b.example.com), then the
+// on_demand_allow patterns of on-demand TLS pools (exact, then wildcard),
+// then the default pool. Nil when none serves it.
 func (t *Table) Lookup(host string) *Pool {
 	host = stripPort(host)
 	if n := len(host); n > 0 && host[n-1] == '.' {
@@ -206,6 +215,9 @@ func (t *Table) Lookup(host string) *Pool {
 				return p
 			}
 		}
+		if p := t.lookupOnDemand(string(b)); p != nil {
+			return p
+		}
 		return t.defaultPool
 	}
 	if p := t.exact[host]; p != nil {
@@ -215,6 +227,9 @@ func (t *Table) Lookup(host string) *Pool {
 		if p := t.wildcard[host[i+1:]]; p != nil {
 			return p
 		}
+	}
+	if p := t.lookupOnDemand(host); p != nil {
+		return p
 	}
 	return t.defaultPool
 }

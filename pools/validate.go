@@ -166,6 +166,9 @@ func FillPoolDefaults(p *storage.Pool) {
 	if strings.TrimSpace(p.HashOn) == "" && strings.EqualFold(strings.TrimSpace(p.Algorithm), AlgorithmConsistentHash) {
 		p.HashOn = HashOnClientIP
 	}
+	if p.OnDemandTLS && p.OnDemandRate == 0 {
+		p.OnDemandRate = DefaultOnDemandRate
+	}
 }
 
 // NormalizePool lower-cases p's name, fills the defaults of zero fields
@@ -275,6 +278,7 @@ func ValidatePool(p *storage.Pool) error {
 	}
 
 	validateBackendTLS(p, &errs)
+	validateOnDemand(p, &errs)
 	checkMetadata(p.Metadata, &errs)
 	return errs.Err()
 }

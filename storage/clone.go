@@ -45,6 +45,7 @@ func cloneCertificate(c Certificate) Certificate {
 
 func clonePool(p Pool) Pool {
 	p.Hosts = cloneStrings(p.Hosts)
+	p.OnDemandAllow = cloneStrings(p.OnDemandAllow)
 	p.Metadata = cloneMeta(p.Metadata)
 	p.InsertedAt = normTime(p.InsertedAt)
 	p.UpdatedAt = normTime(p.UpdatedAt)

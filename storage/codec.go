@@ -41,7 +41,8 @@ import (
 //	  12 prefer_region, 13 fail_open, 14 hold_new_backends, 15 default,
 //	  16 metadata, 17 inserted_at, 18 updated_at, 19 allow_http,
 //	  20 backend_ca, 21 backend_server_name, 22 backend_client_cert_id,
-//	  23 no_auto_cert
+//	  23 no_auto_cert, 24 on_demand_tls, 25 on_demand_allow (repeated),
+//	  26 on_demand_ask, 27 on_demand_rate
 //	HealthCheck: 1 type, 2 path, 3 expected_status, 4 timeout, 5 rise,
 //	  6 fall, 7 max_fails, 8 cooldown
 //	Backend: 1 id, 2 pool_name, 3 host, 4 port, 5 scheme, 6 weight,
@@ -312,6 +313,10 @@ func encodePool(p *Pool) []byte {
 	e.str(21, p.BackendServerName)
 	e.str(22, p.BackendClientCertID)
 	e.bool(23, p.NoAutoCert)
+	e.bool(24, p.OnDemandTLS)
+	e.strs(25, p.OnDemandAllow)
+	e.str(26, p.OnDemandAsk)
+	e.sint(27, int64(p.OnDemandRate))
 	return e.b
 }
 
@@ -368,6 +373,14 @@ func decodePool(b []byte) (Pool, error) {
 			return f.str(&p.BackendClientCertID)
 		case 23:
 			return f.bool(&p.NoAutoCert)
+		case 24:
+			return f.bool(&p.OnDemandTLS)
+		case 25:
+			return f.appendStr(&p.OnDemandAllow)
+		case 26:
+			return f.str(&p.OnDemandAsk)
+		case 27:
+			return f.int(&p.OnDemandRate)
 		}
 		return nil
 	})

@@ -28,6 +28,9 @@ const (
 	idxPoolDefault byte = 10 // 10 | "default" | 0 | pool name
 	idxBackendAddr byte = 11 // 11 | pool name " " scheme://host:port | 0 | backend id
 	idxObsBackend  byte = 12 // 12 | backend id | 0 | node id
+	// 13 | lower(on_demand_allow pattern) | 0 | pool name, for pools
+	// with on_demand_tls only (ondemand.go)
+	idxPoolOnDemand byte = 13
 )
 
 // coveringIndex reports whether an index's entries carry a copy of their

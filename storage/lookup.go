@@ -42,7 +42,7 @@ func poolLookupKeys(p *Pool) [][]byte {
 	if p.Default {
 		keys = append(keys, indexKey(idxPoolDefault, defaultPoolValue, p.Name))
 	}
-	return keys
+	return append(keys, poolOnDemandKeys(p)...)
 }
 
 // BackendAddress is the form of a backend's address the address index

@@ -28,8 +28,9 @@ const formatCurrent byte = 2
 //	4  pools by served host and by default flag, backends by address,
 //	   observations by backend
 //	5  no partition guards: commits are serialized (tx.go), so nothing
-//	   reads them; a version-4 store has them deleted at Open
-const indexVersion byte = 5
+//	   reads them (the rebuild clears the family, guards included)
+//	6  pools by on-demand allow pattern
+const indexVersion byte = 6
 
 // migrateChangelog brings a format-1 store to format 2: the bookkeeping of
 // each origin is the set of seqs that still have an entry in the old log
@@ -132,9 +133,6 @@ func (s *Store) upgradeIndexes() error {
 	if have >= indexVersion {
 		return nil
 	}
-	if have == 4 {
-		return s.dropPartitionGuards()
-	}
 	rows, err := s.rebuildDerived(true, false)
 	if err != nil {
 		return err
@@ -143,22 +141,6 @@ func (s *Store) upgradeIndexes() error {
 		return fmt.Errorf("storage: write index version: %w", err)
 	}
 	s.log.Info("secondary indexes upgraded", zap.Int("from", int(have)), zap.Int("to", int(indexVersion)), zap.Int("rows", rows))
-	return nil
-}
-
-// dropPartitionGuards brings a version-4 index to version 5: its entries
-// are the same, only the partition guards (keys 0x00 index id value, which
-// optimistic transactions read to detect phantoms) go, in one synced
-// batch with the new version.
-func (s *Store) dropPartitionGuards() error {
-	batch := grocksdb.NewWriteBatch()
-	defer batch.Destroy()
-	batch.DeleteRangeCF(s.cfs[cfIndex], []byte{idxGuard}, []byte{idxGuard + 1})
-	batch.PutCF(s.cfs[cfMeta], []byte(metaIndexVersion), []byte{indexVersion})
-	if err := s.base.Write(s.wo, batch); err != nil {
-		return s.noteWriteError(fmt.Errorf("storage: drop partition guards: %w", err))
-	}
-	s.log.Info("secondary indexes upgraded: partition guards dropped", zap.Int("from", 4), zap.Int("to", int(indexVersion)))
 	return nil
 }
 

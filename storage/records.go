@@ -120,6 +120,17 @@ type Pool struct {
 	InsertedAt          time.Time         `json:"inserted_at"`
 	UpdatedAt           time.Time         `json:"updated_at"`
 	Version             Version           `json:"version"`
+
+	// On-demand TLS: a name routed to this pool that no certificate
+	// covers gets one during its first handshake, when it matches
+	// OnDemandAllow (exact or one-label *.wildcard patterns; they also
+	// route matching names here) and, when OnDemandAsk is set, that URL
+	// answers 2xx to GET ?domain=<name>. OnDemandRate bounds the pool's
+	// on-demand orders per minute across the cluster.
+	OnDemandTLS   bool     `json:"on_demand_tls,omitempty"`
+	OnDemandAllow []string `json:"on_demand_allow,omitempty"`
+	OnDemandAsk   string   `json:"on_demand_ask,omitempty"`
+	OnDemandRate  int      `json:"on_demand_rate,omitempty"`
 }
 
 // Backend is one upstream server of a pool: configuration only. What an

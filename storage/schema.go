@@ -84,7 +84,7 @@ var schema = []*tableDef{
 	},
 	{
 		name: TablePools, id: 2, singular: "pool", class: ClassReplicated,
-		indexes:  []byte{idxPoolSSLDomain, idxPoolCert, idxPoolHost, idxPoolDefault},
+		indexes:  []byte{idxPoolSSLDomain, idxPoolCert, idxPoolHost, idxPoolDefault, idxPoolOnDemand},
 		checkKey: func(k string) error { return validateKey("pool key", k) },
 		decode: func(rec []byte) (decodedRecord, error) {
 			p, err := decodePool(rec)
@@ -105,6 +105,11 @@ var schema = []*tableDef{
 			}
 			for _, h := range d.pool.Hosts {
 				if err := validateIndexed("pool host", normalizeDomain(h)); err != nil {
+					return err
+				}
+			}
+			for _, h := range d.pool.OnDemandAllow {
+				if err := validateIndexed("pool on_demand_allow", normalizeDomain(h)); err != nil {
 					return err
 				}
 			}

@@ -151,6 +151,7 @@ func showPool(c *apiClient, p *poolJSON, etag string) error {
 	d.line("Backend CA bundle", caSummary(p.BackendCA))
 	d.line("Backend server name", p.BackendServerName)
 	d.line("Backend client cert", p.BackendClientCertID)
+	d.line("On-demand TLS", onDemandSummary(p))
 	d.line("Metadata", formatMetadata(p.Metadata))
 	s := p.Stats
 	d.line("Backends", fmt.Sprintf("%d total, %d healthy, %d unhealthy, %d draining (%s)", s.TotalBackends, s.HealthyBackends, s.UnhealthyBackends, s.DrainingBackends, orDash(s.Source)))
@@ -160,6 +161,14 @@ func showPool(c *apiClient, p *poolJSON, etag string) error {
 	d.line("Updated", formatTime(p.UpdatedAt))
 	d.line("ETag", etag)
 	return d.flush()
+}
+
+// onDemandSummary is one line: off, or the allow-list, ask URL and rate.
+func onDemandSummary(p *poolJSON) string {
+	if !p.OnDemandTLS {
+		return "no"
+	}
+	return fmt.Sprintf("yes allow=%s ask=%s rate=%d/min", joinOrDash(p.OnDemandAllow), orDash(p.OnDemandAsk), p.OnDemandRate)
 }
 
 func orDash(s string) string {
@@ -187,6 +196,10 @@ type poolFlags struct {
 	isDefault                                bool
 	backendCAFile, backendServerName         string
 	backendClientCertID                      string
+	onDemandTLS                              bool
+	onDemandAllow                            []string
+	onDemandAsk                              string
+	onDemandRate                             int
 	metadata, removeMetadata                 []string
 	ifMatch                                  string
 }
@@ -223,6 +236,14 @@ func (pf *poolFlags) register(cmd *cobra.Command, update bool) {
 	f.StringVar(&pf.backendCAFile, "backend-ca-file", "", "PEM file of the CAs that verify this pool's backend certificates ('' clears)")
 	f.StringVar(&pf.backendServerName, "backend-server-name", "", "name sent as SNI to backends and verified (default: each backend's host)")
 	f.StringVar(&pf.backendClientCertID, "backend-client-cert-id", "", "id of an uploaded certificate presented to backends that ask for one")
+	f.BoolVar(&pf.onDemandTLS, "on-demand-tls", false, "give names routed here that no certificate covers one during their first handshake (needs --on-demand-allow or --on-demand-ask)")
+	allowHelp := "on-demand TLS: host pattern allowed a certificate, exact or *.wildcard; also routes matching names here (repeatable)"
+	if update {
+		allowHelp += "; replaces the list, --on-demand-allow '' clears it"
+	}
+	f.StringArrayVar(&pf.onDemandAllow, "on-demand-allow", nil, allowHelp)
+	f.StringVar(&pf.onDemandAsk, "on-demand-ask", "", "on-demand TLS: URL asked GET ?domain=<name> before each new name; a 2xx answer allows it ('' clears)")
+	f.IntVar(&pf.onDemandRate, "on-demand-rate", 0, "on-demand TLS: orders per minute for this pool across the cluster (default 10)")
 	metaHelp := "metadata entry KEY=VALUE (repeatable)"
 	if update {
 		metaHelp += "; sets KEY and keeps the other keys, --metadata '' removes every key"
@@ -287,6 +308,18 @@ func (pf *poolFlags) body(cmd *cobra.Command) (map[string]any, error) {
 	set("auto-cert", body, "auto_cert", pf.autoCert)
 	set("hold-new-backends", body, "hold_new_backends", pf.holdNewBackends)
 	set("default", body, "default", pf.isDefault)
+	set("on-demand-tls", body, "on_demand_tls", pf.onDemandTLS)
+	if f.Changed("on-demand-allow") {
+		allow := []string{}
+		for _, h := range pf.onDemandAllow {
+			if h != "" {
+				allow = append(allow, h)
+			}
+		}
+		body["on_demand_allow"] = allow
+	}
+	set("on-demand-ask", body, "on_demand_ask", pf.onDemandAsk)
+	set("on-demand-rate", body, "on_demand_rate", pf.onDemandRate)
 	if f.Changed("backend-ca-file") {
 		ca := ""
 		if pf.backendCAFile != "" {
