@@ -110,7 +110,7 @@ bench-cluster: build
 WAN_DURATION ?= 3m
 WAN_DELAYS ?= 80ms,150ms
 bench-wan: deps
-	EDGE_WAN_DURATION=$(WAN_DURATION) EDGE_WAN_DELAYS=$(WAN_DELAYS) $(GO) test -count=1 -timeout 60m -v -run 'PresetAcrossRegions' ./test/integration/wan/
+	EDGE_WAN_DURATION=$(WAN_DURATION) EDGE_WAN_DELAYS=$(WAN_DELAYS) $(GO) test -count=1 -timeout 60m -run '^$$' -bench PresetsAcrossRegions -benchtime 1x -v ./test/integration/wan/
 
 clean:
 	rm -rf bin

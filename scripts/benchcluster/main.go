@@ -44,6 +44,7 @@ type options struct {
 	conc     int
 	sampleEv int
 	keep     bool
+	pprof    bool
 }
 
 func main() {
@@ -57,6 +58,7 @@ func main() {
 	flag.IntVar(&o.conc, "conc", 64, "concurrent requests at most")
 	flag.IntVar(&o.sampleEv, "sample-every", 50, "measure the replication lag of one write in this many")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
+	flag.BoolVar(&o.pprof, "pprof", false, "serve pprof on each agent's address at the base port + 4 (profiling a run)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "benchcluster:", err)
@@ -132,6 +134,10 @@ func phase(o options, n int, clustered bool) (*result, error) {
 			if i > 0 {
 				args = append(args, "--join", net.JoinHostPort("127.0.0.41", strconv.Itoa(base)))
 			}
+		}
+		if o.pprof {
+			args = append(args, "--pprof-addr", net.JoinHostPort(ip, strconv.Itoa(base+4)))
+			fmt.Printf("m%d pprof: http://%s/debug/pprof/\n", i+1, net.JoinHostPort(ip, strconv.Itoa(base+4)))
 		}
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, err
@@ -358,7 +364,7 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// freeBase is a port base with base..base+3 free on every agent address.
+// freeBase is a port base with base..base+4 free on every agent address.
 func freeBase(n int) (int, error) {
 	for range 200 {
 		r, _ := rand.Int(rand.Reader, big.NewInt(20000))
@@ -366,7 +372,7 @@ func freeBase(n int) (int, error) {
 		ok := true
 		var closers []io.Closer
 		for i := range n {
-			for p := base; p < base+4 && ok; p++ {
+			for p := base; p < base+5 && ok; p++ {
 				addr := net.JoinHostPort(fmt.Sprintf("127.0.0.%d", 41+i), strconv.Itoa(p))
 				l, err := net.Listen("tcp", addr)
 				if err != nil {

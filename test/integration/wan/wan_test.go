@@ -53,7 +53,7 @@ type node struct {
 // lab is the nodes of one case and the address → region map the delay
 // reads.
 type lab struct {
-	t       *testing.T
+	t       testing.TB
 	preset  string
 	delay   time.Duration
 	key     string
@@ -78,7 +78,7 @@ func (l *lab) delayFrom(region string) delayFunc {
 	}
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	for range 100 {
 		n, _ := rand.Int(rand.Reader, big.NewInt(20000))
@@ -196,7 +196,7 @@ func (n *node) stop() {
 	_ = n.store.Close()
 }
 
-func waitReady(t *testing.T, n *node, limit time.Duration) {
+func waitReady(t testing.TB, n *node, limit time.Duration) {
 	t.Helper()
 	select {
 	case <-n.eng.Ready():
@@ -205,15 +205,22 @@ func waitReady(t *testing.T, n *node, limit time.Duration) {
 	}
 }
 
-func waitUntil(t *testing.T, what string, limit time.Duration, cond func() bool) {
+// waitUntil waits for cond; past limit it fails the test when strict, or
+// logs and returns false (a comparison case reports what it saw).
+func waitUntil(t testing.TB, strict bool, what string, limit time.Duration, cond func() bool) bool {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", limit, what)
+			if strict {
+				t.Fatalf("timed out after %s waiting for %s", limit, what)
+			}
+			t.Logf("not reached within %s: %s", limit, what)
+			return false
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	return true
 }
 
 // allAlive reports whether n sees every other node alive.
@@ -227,7 +234,7 @@ func allAlive(n *node, total int) bool {
 	return alive == total
 }
 
-func writePool(t *testing.T, n *node, name string) uint64 {
+func writePool(t testing.TB, n *node, name string) uint64 {
 	t.Helper()
 	now := time.Now().UTC()
 	c, err := n.store.Update(context.Background(), func(tx *storage.Tx) error {
@@ -266,19 +273,24 @@ type result struct {
 	crossRTT            []float64 // probe round trips between regions, ms (one sample per poll)
 	p50, p99, max       time.Duration
 	writes              int
+	lost                int // comparison cases: writes not on every node within 30 s
 }
 
 func (r result) String() string {
 	return fmt.Sprintf("writes %d, propagation to all p50 %s p99 %s max %s (goal p99 <= 2s); cross-region probe RTT p50 %.0f ms max %.0f ms; "+
-		"suspect seen %d polls, dead seen %d polls, suspicion/failure log lines %d",
+		"suspect seen %d polls, dead seen %d polls, suspicion/failure log lines %d, writes not everywhere within 30 s %d",
 		r.writes, r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.max.Round(time.Millisecond),
-		pctF(r.crossRTT, 0.5), pctF(r.crossRTT, 1), r.suspectObs, r.deadObs, r.suspectLogs)
+		pctF(r.crossRTT, 0.5), pctF(r.crossRTT, 1), r.suspectObs, r.deadObs, r.suspectLogs, r.lost)
 }
 
 // runCase starts 2 nodes per region in two regions, waits for them to be
 // one cluster, then for watch writes 10 pools a second on random nodes
 // while sampling every node's view of the others every 50 ms.
-func runCase(t *testing.T, preset string, delay, watch time.Duration) result {
+//
+// A strict case fails on anything short of a stable cluster; a comparison
+// case (strict false) logs it instead, and counts writes that did not reach
+// every node within 30 s as lost rather than failing.
+func runCase(t testing.TB, preset string, delay, watch time.Duration, strict bool) result {
 	l := &lab{t: t, preset: preset, delay: delay, regions: map[string]string{}}
 	k := make([]byte, 32)
 	_, _ = rand.Read(k)
@@ -291,10 +303,10 @@ func runCase(t *testing.T, preset string, delay, watch time.Duration) result {
 	const total = 4
 	for _, n := range l.nodes {
 		waitReady(t, n, 60*time.Second)
-		waitUntil(t, n.name+" sees every member alive", 60*time.Second, func() bool { return allAlive(n, total) })
+		waitUntil(t, strict, n.name+" sees every member alive", 60*time.Second, func() bool { return allAlive(n, total) })
 	}
 	// The streams are up once every node lists the others connected.
-	waitUntil(t, "every replication stream up", 60*time.Second, func() bool {
+	waitUntil(t, strict, "every replication stream up", 60*time.Second, func() bool {
 		for _, n := range l.nodes {
 			up := 0
 			for _, s := range n.eng.Status() {
@@ -353,18 +365,26 @@ func runCase(t *testing.T, preset string, delay, watch time.Duration) result {
 		start := time.Now()
 		seq := writePool(t, origin, fmt.Sprintf("w-%d", i))
 		id := origin.store.NodeID()
+		reached := true
 		for _, n := range l.nodes {
-			if n == origin {
+			if n == origin || !reached {
 				continue
 			}
 			for !n.store.Bookkeeping()[id].Contains(seq) {
-				if time.Since(start) > time.Minute {
+				if strict && time.Since(start) > time.Minute {
 					t.Fatalf("write %d of %s not on %s after a minute", seq, origin.name, n.name)
+				}
+				if !strict && time.Since(start) > 30*time.Second {
+					res.lost++
+					reached = false
+					break
 				}
 				time.Sleep(time.Millisecond)
 			}
 		}
-		lat = append(lat, time.Since(start))
+		if reached {
+			lat = append(lat, time.Since(start))
+		}
 		time.Sleep(max(0, 100*time.Millisecond-time.Since(start)))
 	}
 	close(stop)
@@ -376,9 +396,12 @@ func runCase(t *testing.T, preset string, delay, watch time.Duration) result {
 			}
 		}
 	}
-	res.writes = len(lat)
+	res.writes = len(lat) + res.lost
 	res.p50, res.p99, res.max = percentile(lat, 0.5), percentile(lat, 0.99), percentile(lat, 1)
 
+	if !strict {
+		return res
+	}
 	// The delay was really there, on gossip and on the streams.
 	if rtt := pctF(res.crossRTT, 0.5); rtt < float64(2*delay/time.Millisecond) {
 		t.Errorf("cross-region probe RTT p50 %.0f ms, below the injected %s each way", rtt, delay)
@@ -399,7 +422,7 @@ func runCase(t *testing.T, preset string, delay, watch time.Duration) result {
 	return res
 }
 
-func settings(t *testing.T) (time.Duration, []time.Duration) {
+func settings(t testing.TB) (time.Duration, []time.Duration) {
 	watch := 15 * time.Second
 	if v := os.Getenv(durationEnv); v != "" {
 		d, err := time.ParseDuration(v)
@@ -432,7 +455,7 @@ func TestFlyPresetAcrossRegions(t *testing.T) {
 	watch, delays := settings(t)
 	for _, d := range delays {
 		t.Run(d.String(), func(t *testing.T) {
-			res := runCase(t, "fly", d, watch)
+			res := runCase(t, "fly", d, watch, true)
 			t.Logf("fly preset, %s one-way between 2 regions of 2 nodes, %s: %s", d, watch, res)
 			if res.suspectObs+res.deadObs+res.suspectLogs > 0 {
 				t.Errorf("the fly preset suspected a member across %s: %s", d, res)
@@ -441,19 +464,27 @@ func TestFlyPresetAcrossRegions(t *testing.T) {
 	}
 }
 
-// The local (LAN) preset under the same delay, for comparison: its probe
-// timeout (200 ms) is close to the 160 ms round trip, so a loaded machine
-// or a longer link makes it suspect far regions. Reported, not asserted
-// beyond convergence: how often it happens depends on the machine's load.
-func TestLocalPresetAcrossRegions(t *testing.T) {
-	if testing.Short() {
-		t.Skip("measures for 15 s or more")
-	}
-	watch, delays := settings(t)
+// BenchmarkPresetsAcrossRegions is the comparison `make bench-wan` runs:
+// the fly preset beside the local (LAN) one under each delay. The local
+// probe timeout (200 ms) is close to an 80 ms link's 160 ms round trip and
+// below a 150 ms link's, so it declares far regions dead; how often depends
+// on the load. Reported per case: propagation p50/p99 (ms), polls that saw
+// a member suspect or dead, writes not everywhere within 30 s.
+func BenchmarkPresetsAcrossRegions(b *testing.B) {
+	watch, delays := settings(b)
 	for _, d := range delays {
-		t.Run(d.String(), func(t *testing.T) {
-			res := runCase(t, "local", d, watch)
-			t.Logf("local preset, %s one-way between 2 regions of 2 nodes, %s: %s", d, watch, res)
-		})
+		for _, preset := range []string{"fly", "local"} {
+			b.Run(preset+"/"+d.String(), func(b *testing.B) {
+				for range b.N {
+					res := runCase(b, preset, d, watch, false)
+					b.Logf("%s preset, %s one-way between 2 regions of 2 nodes, %s: %s", preset, d, watch, res)
+					b.ReportMetric(float64(res.p50.Milliseconds()), "p50-ms")
+					b.ReportMetric(float64(res.p99.Milliseconds()), "p99-ms")
+					b.ReportMetric(float64(res.suspectObs), "suspect-polls")
+					b.ReportMetric(float64(res.deadObs), "dead-polls")
+					b.ReportMetric(float64(res.lost), "lost-30s")
+				}
+			})
+		}
 	}
 }
