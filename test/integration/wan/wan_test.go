@@ -114,7 +114,9 @@ func (l *lab) start(name, region string, seeds []string) *node {
 		t.Fatal(err)
 	}
 	n.store = st
-	core, logs := observer.New(zapcore.InfoLevel)
+	// Debug: memberlist's "Suspect ... has failed" and "Marking ... as
+	// failed" lines are INFO in memberlist, debug through the log bridge.
+	core, logs := observer.New(zapcore.DebugLevel)
 	n.logs = logs
 	log := zap.New(core)
 
