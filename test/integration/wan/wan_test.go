@@ -276,13 +276,14 @@ type result struct {
 	p50, p99, max       time.Duration
 	writes              int
 	lost                int // comparison cases: writes not on every node within 30 s
+	fallbacks           int // probes whose UDP ack missed the timeout but the TCP fallback ping answered
 }
 
 func (r result) String() string {
 	return fmt.Sprintf("writes %d, propagation to all p50 %s p99 %s max %s (goal p99 <= 2s); cross-region probe RTT p50 %.0f ms max %.0f ms; "+
-		"suspect seen %d polls, dead seen %d polls, suspicion/failure log lines %d, writes not everywhere within 30 s %d",
+		"suspect seen %d polls, dead seen %d polls, suspicion/failure log lines %d, writes not everywhere within 30 s %d, probes saved by the TCP fallback %d",
 		r.writes, r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.max.Round(time.Millisecond),
-		pctF(r.crossRTT, 0.5), pctF(r.crossRTT, 1), r.suspectObs, r.deadObs, r.suspectLogs, r.lost)
+		pctF(r.crossRTT, 0.5), pctF(r.crossRTT, 1), r.suspectObs, r.deadObs, r.suspectLogs, r.lost, r.fallbacks)
 }
 
 // runCase starts 2 nodes per region in two regions, waits for them to be
@@ -396,6 +397,9 @@ func runCase(t testing.TB, preset string, delay, watch time.Duration, strict boo
 			if strings.Contains(e.Message, "Suspect") || strings.Contains(e.Message, "as failed") {
 				res.suspectLogs++
 			}
+			if strings.Contains(e.Message, "UDP probes failed") {
+				res.fallbacks++
+			}
 		}
 	}
 	res.writes = len(lat) + res.lost
@@ -485,6 +489,7 @@ func BenchmarkPresetsAcrossRegions(b *testing.B) {
 					b.ReportMetric(float64(res.suspectObs), "suspect-polls")
 					b.ReportMetric(float64(res.deadObs), "dead-polls")
 					b.ReportMetric(float64(res.lost), "lost-30s")
+					b.ReportMetric(float64(res.fallbacks), "tcp-fallback-probes")
 				}
 			})
 		}
