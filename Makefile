@@ -19,7 +19,7 @@ TEST_DEBS := librocksdb-dev gcc pkg-config chromium iproute2
 # Packages the proxy comparison benchmark needs.
 BENCH_DEBS := nginx libnginx-mod-stream haproxy caddy wrk curl openssl libssl-dev
 
-.PHONY: all build run test test-short bench bench-storage bench-proxy-go bench-api bench-proxy bench-scale deps deps-bench fuzz vet fmt clean docker fly-deploy
+.PHONY: all build run test test-short bench bench-storage bench-proxy-go bench-api bench-proxy bench-scale bench-cluster bench-wan deps deps-bench fuzz vet fmt clean docker fly-deploy
 
 all: build
 
@@ -94,6 +94,23 @@ fly-deploy:
 SCALE_FLAGS ?=
 bench-scale: build
 	$(GO) run ./scripts/benchscale -bin $(BIN) $(SCALE_FLAGS)
+
+# Three agent processes on loopback take CLUSTER_RATE writes/s (default
+# 1,000) for CLUSTER_DURATION through their admin APIs; prints replication
+# lag p50/p99, CPU and RSS per agent beside the anchor (the same writes on
+# one agent without peers, run first) and the goals (about 3 minutes).
+CLUSTER_RATE ?= 1000
+CLUSTER_DURATION ?= 1m
+bench-cluster: build
+	$(GO) run ./scripts/benchcluster -bin $(BIN) -rate $(CLUSTER_RATE) -duration $(CLUSTER_DURATION)
+
+# Membership and replication across injected one-way delays between two
+# regions of two nodes, the fly preset beside the local one: suspicions,
+# deaths and propagation p50/p99 (WAN_DURATION per case and delay).
+WAN_DURATION ?= 3m
+WAN_DELAYS ?= 80ms,150ms
+bench-wan: deps
+	EDGE_WAN_DURATION=$(WAN_DURATION) EDGE_WAN_DELAYS=$(WAN_DELAYS) $(GO) test -count=1 -timeout 60m -run '^$$' -bench PresetsAcrossRegions -benchtime 1x -v ./test/integration/wan/
 
 clean:
 	rm -rf bin

@@ -247,6 +247,9 @@ func New(cfg Config, logger *zap.Logger) (*Agent, error) {
 	scfg.BlockCacheSize = cfg.BlockCacheSize
 	scfg.Logger = logger
 	scfg.Registerer = registry
+	if scfg.Now, err = storeClock(os.Getenv, logger); err != nil {
+		return nil, err
+	}
 	if cfg.GossipAddr != "" {
 		// A node that found itself behind a tombstone purge handed its
 		// own writes to a peer and asked to be emptied at this start.

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
@@ -70,6 +71,12 @@ type Config struct {
 	PeersMaxAge time.Duration
 	// JoinParallel bounds concurrent join attempts.
 	JoinParallel int
+
+	// WrapTransport, when set, wraps memberlist's UDP/TCP transport
+	// before memberlist starts: latency or loss injection in tests
+	// (this kernel-independent path stands in where tc netem is
+	// missing). nil uses the transport as is.
+	WrapTransport func(memberlist.Transport) memberlist.Transport
 
 	Logger     *zap.Logger
 	Registerer prometheus.Registerer

@@ -124,6 +124,14 @@ func (d *Discovery) Start(ctx context.Context) error {
 	// Names are resolved by us, never by memberlist's DNS fallback.
 	mc.DNSConfigPath = "/nonexistent"
 
+	if d.cfg.WrapTransport != nil {
+		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+			BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger})
+		if err != nil {
+			return fmt.Errorf("gossip on %s: %w", d.cfg.BindAddr, err)
+		}
+		mc.Transport = d.cfg.WrapTransport(nt)
+	}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return fmt.Errorf("gossip on %s: %w", d.cfg.BindAddr, err)

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
@@ -66,6 +67,7 @@ type nodeOpts struct {
 	clusterID      string
 	sources        []Source
 	peersFile      string
+	wrap           func(memberlist.Transport) memberlist.Transport
 }
 
 func startNode(t *testing.T, o nodeOpts) (*Discovery, *prometheus.Registry, context.CancelFunc) {
@@ -85,6 +87,7 @@ func startNode(t *testing.T, o nodeOpts) (*Discovery, *prometheus.Registry, cont
 	}
 	cfg.Sources = o.sources
 	cfg.PeersFile = o.peersFile
+	cfg.WrapTransport = o.wrap
 	cfg.ResolveInterval = 500 * time.Millisecond
 	cfg.StartupResolveInterval = 300 * time.Millisecond
 	cfg.Logger = testLogger(t).Named(o.name)
@@ -459,5 +462,44 @@ func TestMembersWhileStarting(t *testing.T) {
 	}
 	if err := d.Leave(time.Second); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// countingTransport counts what memberlist sends through it.
+type countingTransport struct {
+	memberlist.Transport
+	packets, dials atomic.Int64
+}
+
+func (c *countingTransport) WriteTo(b []byte, addr string) (time.Time, error) {
+	c.packets.Add(1)
+	return c.Transport.WriteTo(b, addr)
+}
+
+func (c *countingTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
+	c.dials.Add(1)
+	return c.Transport.DialTimeout(addr, timeout)
+}
+
+// WrapTransport puts the wrapper between memberlist and the sockets: the
+// join (a TCP push/pull) and the probes (UDP) go through it.
+func TestWrapTransport(t *testing.T) {
+	port := freePort(t, "127.0.0.1", "127.0.0.2")
+	var ct *countingTransport
+	a, _, stopA := startNode(t, nodeOpts{name: "a", ip: "127.0.0.1", port: port, primary: key(1)})
+	defer stopA()
+	defer shutdown(a)
+	b, _, stopB := startNode(t, nodeOpts{name: "b", ip: "127.0.0.2", port: port, primary: key(1),
+		sources: seeds(t, net.JoinHostPort("127.0.0.1", fmt.Sprint(port))),
+		wrap: func(tr memberlist.Transport) memberlist.Transport {
+			ct = &countingTransport{Transport: tr}
+			return ct
+		}})
+	defer stopB()
+	defer shutdown(b)
+	waitFor(t, "a and b see each other", func() bool { return aliveNames(a) == "a,b" && aliveNames(b) == "a,b" })
+	waitFor(t, "b probes a through the wrapper", func() bool { return ct.packets.Load() > 0 })
+	if ct.dials.Load() == 0 {
+		t.Fatal("b joined a without dialling through the wrapper")
 	}
 }

@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"context"
 	"errors"
 	"net"
 	"time"
@@ -62,6 +63,11 @@ type Config struct {
 	// whose bookkeeping was not heard for that long.
 	PurgeInterval time.Duration
 	EvictAfter    time.Duration
+
+	// Dial opens the TCP connection of an outbound stream (TLS runs over
+	// it); nil uses a net.Dialer with HandshakeTimeout. Tests wrap the
+	// connection to add latency between regions.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	Logger     *zap.Logger
 	Registerer prometheus.Registerer

@@ -269,8 +269,12 @@ func (e *Engine) watchMembers(ctx context.Context) {
 
 // dial opens an authenticated stream to addr.
 func (e *Engine) dial(ctx context.Context, addr string, p *peer) (*conn, error) {
-	d := net.Dialer{Timeout: e.cfg.HandshakeTimeout, KeepAlive: 15 * time.Second}
-	raw, err := d.DialContext(ctx, "tcp", addr)
+	dial := e.cfg.Dial
+	if dial == nil {
+		d := net.Dialer{Timeout: e.cfg.HandshakeTimeout, KeepAlive: 15 * time.Second}
+		dial = d.DialContext
+	}
+	raw, err := dial(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}

@@ -856,3 +856,21 @@ func TestFlush(t *testing.T) {
 		t.Fatalf("c missing as %q: %+v", reasons["c"], res.Missing)
 	}
 }
+
+// Config.Dial carries every outbound stream: with a dialer that counts,
+// the nodes converge and every dial went through it.
+func TestDialHook(t *testing.T) {
+	var dials atomic.Int64
+	_, nodes := threeNodes(t, func(c *Config) {
+		c.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dials.Add(1)
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		}
+	})
+	nodes[0].store.write(map[string]*string{"k": str("v")})
+	waitConverged(t, nodes...)
+	if dials.Load() == 0 {
+		t.Fatal("the streams were not dialled through Config.Dial")
+	}
+}

@@ -31,6 +31,7 @@ var allowed = map[string][]string{
 	"agent":                {"admin", "apitypes", "certs", "cluster", "discovery", "internal/atomicfile", "pools", "proxy", "replication", "storage"},
 	"cmd/singularity-edge": {"agent", "apitypes", "storage"},
 	"scripts/benchscale":   {"storage"},
+	"scripts/benchcluster": nil,
 }
 
 func TestImportRules(t *testing.T) {

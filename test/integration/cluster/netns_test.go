@@ -131,7 +131,10 @@ func TestPartitionHealsMembership(t *testing.T) {
 }
 
 // With the Fly preset and 80 ms each way between "regions", nobody is ever
-// suspected: LAN timings would declare far regions dead.
+// suspected: LAN timings would declare far regions dead. This is the
+// kernel path (tc netem on the namespaces' links); where the kernel has no
+// netem it skips, and test/integration/wan measures the same with the
+// delay injected in-process (memberlist transport and replication dialer).
 func TestFlyPresetUnderLatency(t *testing.T) {
 	lab := newNetLab(t, 3)
 	for i := range 3 {

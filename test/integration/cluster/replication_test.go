@@ -170,6 +170,13 @@ func sameDumps(t *testing.T, agents []*agent) string {
 // the cluster's state, the others join it and bootstrap from it.
 func startCluster(t *testing.T, n int, addrs []string, netns []string) []*agent {
 	t.Helper()
+	return startClusterWith(t, n, addrs, netns, nil)
+}
+
+// startClusterWith is startCluster with configure called on each agent's
+// configuration before it starts (extra environment, a pre-filled volume).
+func startClusterWith(t *testing.T, n int, addrs []string, netns []string, configure func(i int, c *agentConfig)) []*agent {
+	t.Helper()
 	key := gossipKey(t)
 	enc := "EDGE_ENCRYPTION_KEY=" + storeKey(t.Name())
 	p := ports{base: 17946}
@@ -185,6 +192,9 @@ func startCluster(t *testing.T, n int, addrs []string, netns []string) []*agent 
 		}
 		if netns != nil {
 			c.netns = netns[i]
+		}
+		if configure != nil {
+			configure(i, &c)
 		}
 		agents = append(agents, startAgent(t, c))
 	}
