@@ -53,11 +53,14 @@ type CacheConfig struct {
 	// ExpirySeries bounds the per-certificate expiry series: the ones
 	// that expire soonest. 0 = 100.
 	ExpirySeries int
+	// ReadyWait bounds how long ByID waits for the first load (handshakes
+	// through GetCertificate wait as long as their own deadline). 0 = 10 s.
+	ReadyWait time.Duration
 }
 
 // DefaultCacheConfig returns the configuration used when a field is left zero.
 func DefaultCacheConfig() CacheConfig {
-	return CacheConfig{Logger: zap.NewNop(), PageSize: 1000, Now: time.Now, Parsed: 10_000, ExpirySeries: 100}
+	return CacheConfig{Logger: zap.NewNop(), PageSize: 1000, Now: time.Now, Parsed: 10_000, ExpirySeries: 100, ReadyWait: 10 * time.Second}
 }
 
 // shardCount splits the name index so that a change copies only a small
@@ -150,6 +153,9 @@ func NewCache(cfg CacheConfig, src CacheSource) *Cache {
 	if cfg.ExpirySeries <= 0 {
 		cfg.ExpirySeries = def.ExpirySeries
 	}
+	if cfg.ReadyWait <= 0 {
+		cfg.ReadyWait = def.ReadyWait
+	}
 	c := &Cache{
 		cfg:    cfg,
 		src:    src,
@@ -174,6 +180,15 @@ func NewCache(cfg CacheConfig, src CacheSource) *Cache {
 
 // Ready is closed once the whole table has been loaded.
 func (c *Cache) Ready() <-chan struct{} { return c.ready }
+
+func (c *Cache) loaded() bool {
+	select {
+	case <-c.ready:
+		return true
+	default:
+		return false
+	}
+}
 
 // Index returns the change-feed index the cache has applied up to.
 func (c *Cache) Index() uint64 { return c.index.Load() }
@@ -621,7 +636,19 @@ func (c *Cache) firstUsable(list []*entry, now time.Time, valid bool) *tls.Certi
 
 // ByID returns the certificate with the given id (with its private key),
 // for pools that present it to their backends as a client certificate.
+// While the cache is still loading it waits, at most ReadyWait, for the
+// load to finish: a backend handshake in the agent's first seconds would
+// otherwise go without its client certificate.
 func (c *Cache) ByID(id string) (*tls.Certificate, bool) {
+	if !c.loaded() {
+		t := time.NewTimer(c.cfg.ReadyWait)
+		select {
+		case <-c.ready:
+			t.Stop()
+		case <-t.C:
+			return nil, false
+		}
+	}
 	c.mu.Lock()
 	e := c.byID[id]
 	c.mu.Unlock()
@@ -632,7 +659,22 @@ func (c *Cache) ByID(id string) (*tls.Certificate, bool) {
 }
 
 // GetCertificate is a tls.Config.GetCertificate callback backed by Lookup.
+// The agent serves before the cache has loaded (the routing table is what
+// readiness waits for): a handshake that arrives during the load waits
+// for it, as long as the handshake's own deadline allows, rather than
+// being refused for a certificate the store holds.
 func (c *Cache) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if !c.loaded() {
+		ctx := hello.Context()
+		if ctx == nil {
+			ctx = context.Background()
+		}
+		select {
+		case <-c.ready:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("certs: certificate index still loading: %w", ctx.Err())
+		}
+	}
 	if cert, ok := c.Lookup(hello.ServerName); ok {
 		return cert, nil
 	}
