@@ -216,7 +216,7 @@ func TestHealthReconcileTouchesOnlyChangedPools(t *testing.T) {
 	shared := func(id, pool string) storage.Backend {
 		return storage.Backend{ID: id, PoolName: pool, Host: "10.0.0.1", Port: 80}
 	}
-	states := func(*storage.Backend, string, *storage.Pool) *backendState { return newBackendState("10.0.0.1:80", false) }
+	states := func(string, string, *storage.Pool) *backendState { return newBackendState("10.0.0.1:80", false) }
 	first := buildTable(pools, []storage.Backend{shared("a1", "a"), shared("b1", "b")}, TableOptions{}, nil, states)
 	s := newHealthScheduler(HealthSchedule{}, nil, nil)
 	now := time.Unix(1_700_000_000, 0)

@@ -31,6 +31,10 @@ type Source interface {
 	// after `after`, at most limit (an index scan: a rebuild of one pool
 	// reads that pool's rows only).
 	ListBackendsByPool(ctx context.Context, pool, after string, limit int) ([]storage.Backend, error)
+	// ScanBackendsOfPool calls fn with each backend of pool in id order,
+	// decoded in place (see storage.BackendRef): the first table is built
+	// from it without a copy of every row.
+	ScanBackendsOfPool(ctx context.Context, pool string, fn func(r *storage.BackendRef) error) error
 	// ScanObservations calls fn with each of nodeID's observations.
 	ScanObservations(ctx context.Context, nodeID string, fn func(o *storage.Observation) error) error
 	// PutObservations writes this node's observations in one transaction.
@@ -445,27 +449,55 @@ func (m *Manager) initialTable(ctx context.Context, seeds map[string]*seed) (int
 	)
 	for range min(runtime.GOMAXPROCS(0), max(len(names), 1)) {
 		wg.Go(func() {
+			// Reused from pool to pool: what a row leaves behind is its
+			// id and address strings, which the table keeps.
+			var rows []backendRow
+			var buf []byte
+			interned := make(map[string]string)
 			for {
 				i := int(next.Add(1)) - 1
 				if i >= len(names) {
 					return
 				}
 				sp := m.pools[names[i]]
-				rows, err := m.backendsOf(ctx, sp.Name)
+				rows = rows[:0]
+				err := m.src.ScanBackendsOfPool(ctx, sp.Name, func(r *storage.BackendRef) error {
+					row := backendRow{port: r.Port, scheme: internBytes(interned, r.Scheme), region: internBytes(interned, r.Region),
+						weight: r.Weight, sslVerify: r.SSLVerify, draining: r.Draining}
+					buf = appendHostPort(buf[:0], r.Host, r.Port)
+					row.addr = string(buf)
+					row.host = hostOf(row.addr, string(r.Host))
+					row.id = string(r.ID)
+					if r.HasMetadata {
+						full, err := r.Backend()
+						if err != nil {
+							return err
+						}
+						row.metadata = full.Metadata
+					}
+					rows = append(rows, row)
+					return nil
+				})
 				if err != nil {
-					errOnce.Do(func() { firstErr = err })
+					errOnce.Do(func() { firstErr = fmt.Errorf("pools: list backends of pool %q: %w", sp.Name, err) })
 					next.Store(int64(len(names))) // stop the other workers
 					return
 				}
 				ps := states[i]
-				p := buildPool(&sp, rows, opts, m.cfg.CookieKey, func(b *storage.Backend, addr string, sp *storage.Pool) *backendState {
+				pb := startPool(&sp, len(rows), func(id, addr string, sp *storage.Pool) *backendState {
 					s := newBackendState(addr, sp.HoldNewBackends)
-					if sd := seeds[b.ID]; sd != nil {
+					if sd := seeds[id]; sd != nil {
 						s.restore(sd)
 					}
 					s.pool.Store(ps)
 					return s
-				}, nil)
+				})
+				for _, r := range rows {
+					pb.add(r)
+				}
+				clear(rows) // the strings now belong to the pool
+				p := pb.finish(m.cfg.Region, m.cfg.CookieKey, nil)
+				p.setBackendTLS(&sp, opts)
 				p.state = ps
 				built[i] = p
 				total.Add(int64(len(p.backends)))
@@ -577,10 +609,10 @@ func (m *Manager) rebuild(ctx context.Context) {
 	fresh := make(map[string]bool)
 	opts := TableOptions{Region: m.cfg.Region, CookieKey: m.cfg.CookieKey, poolState: m.poolStateFor,
 		BackendRootCAs: m.cfg.BackendRootCAs, ClientCertificates: m.cfg.ClientCertificates}
-	t := rebuildTable(ps, changed, opts, prev, func(b *storage.Backend, addr string, p *storage.Pool) *backendState {
-		s, isNew := m.stateFor(prev, b, addr, p)
+	t := rebuildTable(ps, changed, opts, prev, func(id, addr string, p *storage.Pool) *backendState {
+		s, isNew := m.stateFor(prev, id, addr, p)
 		if isNew {
-			fresh[b.ID] = true
+			fresh[id] = true
 		}
 		return s
 	})
@@ -640,13 +672,13 @@ func (m *Manager) noteRemoved(prev, t *Table) {
 // (in its pool, or in another pool it moved from), or a new one. isNew
 // also reports a state reset because the address changed. (Only the first
 // table seeds states from stored observations: see initialTable.)
-func (m *Manager) stateFor(prev *Table, b *storage.Backend, addr string, p *storage.Pool) (s *backendState, isNew bool) {
+func (m *Manager) stateFor(prev *Table, id, addr string, p *storage.Pool) (s *backendState, isNew bool) {
 	var old *Backend
 	if pp := prev.byName[p.Name]; pp != nil {
-		old = pp.Backend(b.ID)
+		old = pp.Backend(id)
 	}
 	if old == nil {
-		old = prev.Backend(b.ID) // moved from another pool
+		old = prev.Backend(id) // moved from another pool
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

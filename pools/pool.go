@@ -231,11 +231,43 @@ func sameMembers(a, b []*Backend) bool {
 // newPool builds a pool from its backend rows, which must be sorted by
 // id; prev is the same pool in the previous table (nil if none), whose
 // lookup tables it may share.
+func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []byte, stateFor stateResolver, prev *Pool) *Pool {
+	pb := startPool(sp, len(bs), stateFor)
+	for i := range bs {
+		sb := &bs[i]
+		pb.add(backendRow{id: sb.ID, host: sb.Host, addr: backendAddr(sb), port: sb.Port, scheme: sb.Scheme,
+			region: sb.Region, weight: sb.Weight, sslVerify: sb.SSLVerify, draining: sb.Draining, metadata: sb.Metadata})
+	}
+	return pb.finish(region, cookieKey, prev)
+}
+
+// backendRow is what a pool keeps of a backend row.
+type backendRow struct {
+	id, host, addr   string
+	port             int
+	scheme, region   string
+	weight           int
+	sslVerify        bool
+	draining         bool
+	metadata         map[string]string // cloned by add
+}
+
+// poolBuilder builds a pool from backend rows added in id order.
 //
 // The backends live in one slice per pool (one allocation, not one per
 // backend) and are found by id with a binary search, not a map: at a
 // million backends every word per backend is 8 MB.
-func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []byte, stateFor stateResolver, prev *Pool) *Pool {
+type poolBuilder struct {
+	p        *Pool
+	sp       *storage.Pool
+	stateFor stateResolver
+	slab     []Backend
+	// Scheme and region repeat across a pool's backends; each row decoded
+	// its own copy.
+	names map[string]string
+}
+
+func startPool(sp *storage.Pool, n int, stateFor stateResolver) *poolBuilder {
 	p := &Pool{
 		Name:                sp.Name,
 		Algorithm:           sp.Algorithm,
@@ -257,47 +289,53 @@ func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []
 	if name, ok := cutPrefixFold(sp.HashOn, hashOnHeaderPrefix); ok && p.algo == algoConsistentHash {
 		p.hashHeader = name
 	}
-	if p.stickyCookie != "" {
-		p.stickyByValue = make(map[string]*Backend, len(bs))
+	return &poolBuilder{p: p, sp: sp, stateFor: stateFor, slab: make([]Backend, 0, n), names: make(map[string]string)}
+}
+
+// add adds a backend; rows must come in id order (a repeated id is
+// skipped, as is an empty one).
+func (pb *poolBuilder) add(r backendRow) {
+	if r.id == "" || (len(pb.slab) > 0 && pb.slab[len(pb.slab)-1].ID == r.id) {
+		return
 	}
-	// Scheme and region repeat across a pool's backends; each row decoded
-	// its own copy.
-	names := make(map[string]string)
-	slab := make([]Backend, 0, len(bs))
-	for i := range bs {
-		sb := &bs[i]
-		if sb.ID == "" || (len(slab) > 0 && slab[len(slab)-1].ID == sb.ID) {
-			continue
-		}
-		addr := backendAddr(sb)
-		b := Backend{
-			ID:        sb.ID,
-			PoolName:  p.Name, // one string per pool, not per backend row
-			Host:      hostOf(addr, sb.Host),
-			Port:      sb.Port,
-			Addr:      addr,
-			Scheme:    intern(names, sb.Scheme),
-			Region:    intern(names, sb.Region),
-			Weight:    max(sb.Weight, 1),
-			SSLVerify: sb.SSLVerify,
-			Draining:  sb.Draining,
-			Metadata:  maps.Clone(sb.Metadata),
-			live:      stateFor(sb, addr, sp),
-			hc:        &p.health,
-		}
-		if p.algo == algoConsistentHash {
-			b.hashSeed = mix64(fnv64(sb.ID))
-		}
-		if b.live.addr == b.Addr {
-			// One copy of the address string per backend, not two (a
-			// state carried over from the previous table has its own).
-			b.Addr = b.live.addr
-			b.Host = hostOf(b.Addr, sb.Host)
-		}
-		if b.Scheme == "" {
-			b.Scheme = "http"
-		}
-		slab = append(slab, b)
+	p := pb.p
+	b := Backend{
+		ID:        r.id,
+		PoolName:  p.Name, // one string per pool, not per backend row
+		Host:      hostOf(r.addr, r.host),
+		Port:      r.port,
+		Addr:      r.addr,
+		Scheme:    intern(pb.names, r.scheme),
+		Region:    intern(pb.names, r.region),
+		Weight:    max(r.weight, 1),
+		SSLVerify: r.sslVerify,
+		Draining:  r.draining,
+		Metadata:  maps.Clone(r.metadata),
+		live:      pb.stateFor(r.id, r.addr, pb.sp),
+		hc:        &p.health,
+	}
+	if p.algo == algoConsistentHash {
+		b.hashSeed = mix64(fnv64(r.id))
+	}
+	if b.live.addr == b.Addr {
+		// One copy of the address string per backend, not two (a state
+		// carried over from the previous table has its own).
+		b.Addr = b.live.addr
+		b.Host = hostOf(b.Addr, r.host)
+	}
+	if b.Scheme == "" {
+		b.Scheme = "http"
+	}
+	pb.slab = append(pb.slab, b)
+}
+
+// finish returns the pool, sharing prev's lookup tables where they still
+// apply.
+func (pb *poolBuilder) finish(region string, cookieKey []byte, prev *Pool) *Pool {
+	p := pb.p
+	slab := slices.Clip(pb.slab)
+	if p.stickyCookie != "" {
+		p.stickyByValue = make(map[string]*Backend, len(slab))
 	}
 	p.backends = make([]*Backend, len(slab))
 	for i := range slab {
@@ -313,7 +351,7 @@ func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []
 		prevAll, prevLocal = &prev.all, prev.local
 	}
 	p.all.init(p.backends, p.algo, prevAll)
-	if sp.PreferRegion && region != "" {
+	if pb.sp.PreferRegion && region != "" {
 		var local []*Backend
 		for _, b := range p.backends {
 			if b.Region == region {
@@ -345,6 +383,17 @@ func intern(names map[string]string, s string) string {
 	if v, ok := names[s]; ok {
 		return v
 	}
+	names[s] = s
+	return s
+}
+
+// internBytes is intern for a string held as bytes: a hit does not
+// allocate.
+func internBytes(names map[string]string, b []byte) string {
+	if v, ok := names[string(b)]; ok {
+		return v
+	}
+	s := string(b)
 	names[s] = s
 	return s
 }

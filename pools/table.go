@@ -50,7 +50,7 @@ type Table struct {
 
 // stateResolver returns the live state for a backend of a pool.
 // addr is the backend's address as backendAddr gives it.
-type stateResolver func(b *storage.Backend, addr string, p *storage.Pool) *backendState
+type stateResolver func(id, addr string, p *storage.Pool) *backendState
 
 // NewTable builds a Table from configuration and this node's observations
 // (obs seeds health and totals of the backends it names; later rows for the
@@ -62,9 +62,9 @@ func NewTable(pools []storage.Pool, backends []storage.Backend, obs []storage.Ob
 	for _, o := range obs {
 		seeds[o.BackendID] = o
 	}
-	return buildTable(pools, backends, opts, nil, func(b *storage.Backend, addr string, p *storage.Pool) *backendState {
+	return buildTable(pools, backends, opts, nil, func(id, addr string, p *storage.Pool) *backendState {
 		s := newBackendState(addr, p.HoldNewBackends)
-		if o, ok := seeds[b.ID]; ok {
+		if o, ok := seeds[id]; ok {
 			s.seed(o)
 		}
 		return s
@@ -308,6 +308,20 @@ func hasUpper(s string) bool {
 
 func backendAddr(b *storage.Backend) string {
 	return net.JoinHostPort(b.Host, strconv.Itoa(b.Port))
+}
+
+// appendHostPort appends host:port to dst as net.JoinHostPort writes it
+// (brackets around a host with a colon), from bytes.
+func appendHostPort(dst, host []byte, port int) []byte {
+	if bytes.IndexByte(host, ':') >= 0 {
+		dst = append(dst, '[')
+		dst = append(dst, host...)
+		dst = append(dst, ']')
+	} else {
+		dst = append(dst, host...)
+	}
+	dst = append(dst, ':')
+	return strconv.AppendInt(dst, int64(port), 10)
 }
 
 // stickyValue is the signed sticky-cookie value naming backend id of pool:
