@@ -366,6 +366,13 @@ func (a *Agent) Start(ctx context.Context) error {
 		return fmt.Errorf("proxy listeners: %w", err)
 	}
 	close(a.ready)
+	if a.cfg.GCHeadroom > 0 {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			tuneGC(bg, uint64(a.cfg.GCHeadroom), a.logger)
+		}()
+	}
 	a.runLoop(bg, "certs", a.certs.Run)
 	a.wg.Add(1)
 	go func() {
@@ -382,13 +389,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		// so the agent rests at its live size.
 		debug.FreeOSMemory()
 		a.logger.Info("certificate index loaded; start-up garbage returned to the OS")
-		if a.cfg.GCHeadroom > 0 {
-			a.wg.Add(1)
-			go func() {
-				defer a.wg.Done()
-				tuneGC(bg, uint64(a.cfg.GCHeadroom), a.logger)
-			}()
-		}
+
 		if a.acme != nil {
 			a.runLoop(bg, "acme", a.acme.Run)
 			a.runLoop(bg, "autocert", a.auto.run)

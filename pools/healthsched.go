@@ -3,7 +3,9 @@ package pools
 import (
 	"container/heap"
 	"context"
+	"errors"
 	"math/rand/v2"
+	"net"
 	"slices"
 	"sync"
 	"time"
@@ -175,6 +177,9 @@ type healthScheduler struct {
 	inflight int
 	wake     chan struct{}
 
+	textMu sync.Mutex
+	texts  map[string]string // shared check error texts (errorText)
+
 	wg sync.WaitGroup
 }
 
@@ -190,6 +195,7 @@ func newHealthScheduler(cfg HealthSchedule, probe probeFunc, onFlip transitionFu
 		kinds:   make(map[probeKind]uint32),
 		byPool:  make(map[*Pool][]*target),
 		wake:    make(chan struct{}, 1),
+		texts:   make(map[string]string),
 	}
 }
 
@@ -432,11 +438,41 @@ func (s *healthScheduler) check(ctx context.Context, tg *target) {
 
 // apply applies one probe result to every backend watching the target.
 func (s *healthScheduler) apply(subs []healthSub, addr string, err error, at time.Time) {
+	text := ""
+	if err != nil {
+		text = s.errorText(err)
+	}
 	for _, sub := range subs {
-		if up, flipped := sub.b.live.recordCheck(addr, sub.hc(), err, at); flipped && s.onFlip != nil {
+		if up, flipped := sub.b.live.recordCheckText(addr, sub.hc(), err, text, at); flipped && s.onFlip != nil {
 			s.onFlip(sub.b, up, sub.hc(), err)
 		}
 	}
+}
+
+// maxErrorTexts bounds the distinct check error texts kept for sharing.
+const maxErrorTexts = 1024
+
+// errorText is what backends keep of a failed check. A dial error's text
+// names the address ("dial tcp 10.0.0.1:80: connect: connection
+// refused"), which makes it unique per backend: a million backends down
+// would hold a million copies of one sentence. The address is the
+// backend's own and shown beside it, so it is left out, and the few
+// distinct texts that remain are shared.
+func (s *healthScheduler) errorText(err error) string {
+	msg := err.Error()
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" && op.Err != nil {
+		msg = "dial " + op.Net + ": " + op.Err.Error()
+	}
+	s.textMu.Lock()
+	defer s.textMu.Unlock()
+	if v, ok := s.texts[msg]; ok {
+		return v
+	}
+	if len(s.texts) < maxErrorTexts {
+		s.texts[msg] = msg
+	}
+	return msg
 }
 
 // targetCount is the number of distinct probe targets.
@@ -451,6 +487,16 @@ func (s *healthScheduler) targetCount() int {
 // direction. A result for an address the backend no longer has is
 // ignored.
 func (s *backendState) recordCheck(addr string, hc *healthConfig, err error, at time.Time) (up, flipped bool) {
+	text := ""
+	if err != nil {
+		text = err.Error()
+	}
+	return s.recordCheckText(addr, hc, err, text, at)
+}
+
+// recordCheckText is recordCheck with the error's text given (shared
+// between backends: see healthScheduler.errorText).
+func (s *backendState) recordCheckText(addr string, hc *healthConfig, err error, text string, at time.Time) (up, flipped bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.addr != addr {
@@ -474,7 +520,7 @@ func (s *backendState) recordCheck(addr string, hc *healthConfig, err error, at 
 	s.checksFailed.Add(1)
 	s.fails++
 	s.passes = 0
-	s.lastError = err.Error()
+	s.lastError = text
 	if s.healthy.Load() && int(s.fails) >= hc.Fall {
 		s.healthy.Store(false)
 		s.downSince.Store(time.Now().UnixNano())
