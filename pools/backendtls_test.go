@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 

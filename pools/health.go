@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-
 )
 
 // maxHealthBody is how much of a health-check response body is read (and

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 

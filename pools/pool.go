@@ -243,13 +243,13 @@ func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []
 
 // backendRow is what a pool keeps of a backend row.
 type backendRow struct {
-	id, host, addr   string
-	port             int
-	scheme, region   string
-	weight           int
-	sslVerify        bool
-	draining         bool
-	metadata         map[string]string // cloned by add
+	id, host, addr string
+	port           int
+	scheme, region string
+	weight         int
+	sslVerify      bool
+	draining       bool
+	metadata       map[string]string // cloned by add
 }
 
 // poolBuilder builds a pool from backend rows added in id order.
