@@ -103,3 +103,45 @@ func TestScanObservations(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// ScanCertificatesExpiringBefore sees what CertificatesExpiringBefore
+// returns, in the same order, across batch boundaries.
+func TestScanCertificatesExpiringBefore(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, func(c *Config) { c.EncryptionKey = testKey(t) })
+	base := time.Now().Add(24 * time.Hour).Truncate(time.Second)
+	const n = scanCertBatch + 10
+	for start := 0; start < n; start += 100 {
+		mustUpdate(t, s, func(tx *Tx) error {
+			for i := start; i < min(start+100, n); i++ {
+				if err := tx.PutCertificate(sampleCert(fmt.Sprintf("c%04d", i), fmt.Sprintf("c%04d.example.com", i), base.Add(time.Duration(n-i)*time.Minute))); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	before := base.Add(time.Duration(n-5) * time.Minute) // leaves out the 5 latest
+	want, err := s.CertificatesExpiringBefore(ctx, before, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	if err := s.ScanCertificatesExpiringBefore(ctx, before, func(c *Certificate) error {
+		if c.PrivateKeyPEM == "" {
+			t.Fatalf("%s without its key", c.ID)
+		}
+		got = append(got, c.ID)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) || len(got) <= scanCertBatch {
+		t.Fatalf("scan found %d, list %d", len(got), len(want))
+	}
+	for i := range want {
+		if got[i] != want[i].ID {
+			t.Fatalf("position %d: scan %s, list %s", i, got[i], want[i].ID)
+		}
+	}
+}
