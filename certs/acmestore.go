@@ -144,9 +144,9 @@ func (b *StoreBackend) Certificate(ctx context.Context, id string) (storage.Cert
 	return b.store.GetCertificate(ctx, id)
 }
 
-// ScanCertificatesExpiringBefore implements RenewalStore.
-func (b *StoreBackend) ScanCertificatesExpiringBefore(ctx context.Context, t time.Time, fn func(c *storage.Certificate) error) error {
-	return b.store.ScanCertificatesExpiringBefore(ctx, t, fn)
+// CertificatesExpiringBefore implements RenewalStore.
+func (b *StoreBackend) CertificatesExpiringBefore(ctx context.Context, t time.Time, limit int) ([]storage.Certificate, error) {
+	return b.store.CertificatesExpiringBefore(ctx, t, limit)
 }
 
 func readState(tx *storage.Tx, id string) (RenewalState, error) {

@@ -86,11 +86,9 @@ type RenewalStore interface {
 	// Certificate returns the stored certificate (private key included)
 	// or an error wrapping storage.ErrNotFound.
 	Certificate(ctx context.Context, id string) (storage.Certificate, error)
-	// ScanCertificatesExpiringBefore calls fn with each certificate
-	// expiring before t, soonest first, private key included, holding a
-	// batch of them at a time (a fleet of 100,000 uploads is not read
-	// into memory at once to find the ACME ones).
-	ScanCertificatesExpiringBefore(ctx context.Context, t time.Time, fn func(c *storage.Certificate) error) error
+	// CertificatesExpiringBefore returns certificates expiring before t,
+	// soonest first.
+	CertificatesExpiringBefore(ctx context.Context, t time.Time, limit int) ([]storage.Certificate, error)
 	// RenewalState returns the certificate's state, the zero state
 	// (with CertificateID set) when there is none.
 	RenewalState(ctx context.Context, id string) (RenewalState, error)
@@ -509,15 +507,7 @@ type PassReport struct {
 func (m *Manager) RunOnce(ctx context.Context) (PassReport, error) {
 	var rep PassReport
 	now := m.cfg.Now()
-	// Only ACME certificates are renewed and counted: the others (most of
-	// a large fleet may be uploads) are not kept.
-	var list []storage.Certificate
-	err := m.store.ScanCertificatesExpiringBefore(ctx, now.Add(m.cfg.Horizon), func(c *storage.Certificate) error {
-		if c.Provider == ProviderACME {
-			list = append(list, *c)
-		}
-		return nil
-	})
+	list, err := m.store.CertificatesExpiringBefore(ctx, now.Add(m.cfg.Horizon), 0)
 	if err != nil {
 		return rep, err
 	}
