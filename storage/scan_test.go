@@ -103,4 +103,3 @@ func TestScanObservations(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
