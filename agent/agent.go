@@ -60,9 +60,8 @@ func newBuildInfo() prometheus.Collector {
 	return g
 }
 
-// readyTimeout bounds the wait for the first routing table and certificate
-// index; both are built from the local store, so this only trips when the
-// store is unusable.
+// readyTimeout bounds the wait for the first routing table; it is built
+// from the local store, so this only trips when the store is unusable.
 const readyTimeout = 2 * time.Minute
 
 // Agent is one running node.
@@ -382,12 +381,11 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	a.admin = srv
 
 	if cfg.HealthAddr != "" {
-		poolsReady, certsReady := a.pools.Ready(), a.certs.Ready()
 		a.health = newHealthServer(cfg.HealthAddr, func() bool {
 			if a.member != nil && a.member.State() != "" {
 				return false // leaving or left: traffic goes elsewhere
 			}
-			return a.store.Info().Running && closed(poolsReady) && closed(certsReady)
+			return a.store.Info().Running && closed(a.ready)
 		})
 	}
 	return nil
@@ -437,41 +435,63 @@ func (a *Agent) Start(ctx context.Context) error {
 	// The views subscribe to the change feed after the bootstrap: an
 	// ingested snapshot writes no feed events, they load it as state.
 	a.runLoop(bg, "pools", a.pools.Run)
-	a.runLoop(bg, "certs", a.certs.Run)
 	a.runLoop(bg, "prune", a.pruneLoop)
 	if a.cfg.PprofAddr != "" {
 		if err := a.startPprof(bg, a.cfg.PprofAddr); err != nil {
 			return err
 		}
 	}
-	if a.acme != nil {
-		a.runLoop(bg, "acme", a.acme.Run)
-		a.runLoop(bg, "autocert", a.auto.run)
-		a.runLoop(bg, "ondemand", a.onDemand.Run)
-	}
+	// Readiness waits for the routing table only: every request needs it.
+	// The certificate index (100,000 certificates take seconds to parse)
+	// loads after it, so that the two do not share the CPU, and a TLS
+	// handshake that arrives before it is complete waits for it
+	// (certs.Cache.GetCertificate). The ACME loops start after the index:
+	// the renewal pass reads every certificate too.
 	timer := time.NewTimer(readyTimeout)
 	defer timer.Stop()
-	for _, ready := range []<-chan struct{}{a.pools.Ready(), a.certs.Ready()} {
-		select {
-		case <-ready:
-		case err := <-a.errs:
-			return err
-		case <-timer.C:
-			return errors.New("routing table and certificate index not loaded after 2 minutes")
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	select {
+	case <-a.pools.Ready():
+	case err := <-a.errs:
+		return err
+	case <-timer.C:
+		return errors.New("routing table not loaded after 2 minutes")
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 	if err := a.proxy.Start(ctx); err != nil {
 		return fmt.Errorf("proxy listeners: %w", err)
 	}
 	close(a.ready)
-	// The first scans of the store leave garbage the size of every row
-	// (hundreds of MiB at a million backends), and the collector's pacing
-	// would let the heap grow to twice that peak before collecting again.
-	// Collect it now and hand the pages back, so the agent rests at its
-	// live size.
-	debug.FreeOSMemory()
+	if a.cfg.GCHeadroom > 0 {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			tuneGC(bg, uint64(a.cfg.GCHeadroom), a.logger)
+		}()
+	}
+	a.runLoop(bg, "certs", a.certs.Run)
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		select {
+		case <-a.certs.Ready():
+		case <-bg.Done():
+			return
+		}
+		// The first scans of the store leave garbage the size of every
+		// row (hundreds of MiB at a million backends), and the
+		// collector's pacing would let the heap grow to twice that peak
+		// before collecting again. Collect it and hand the pages back,
+		// so the agent rests at its live size.
+		debug.FreeOSMemory()
+		a.logger.Info("certificate index loaded; start-up garbage returned to the OS")
+
+		if a.acme != nil {
+			a.runLoop(bg, "acme", a.acme.Run)
+			a.runLoop(bg, "autocert", a.auto.run)
+			a.runLoop(bg, "ondemand", a.onDemand.Run)
+		}
+	}()
 	httpAddr, httpsAddr := a.proxy.Addrs()
 	a.logger.Info("agent started",
 		zap.String("node_id", a.store.NodeID()), zap.String("node_name", a.cfg.NodeName),

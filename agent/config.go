@@ -65,6 +65,12 @@ type Config struct {
 	// near it the collector runs more often instead of letting the heap
 	// grow to twice its live size. RocksDB's block cache is outside it.
 	MemoryLimit int64
+	// GCHeadroom bounds, in bytes, how far the Go heap may grow past its
+	// live size before the next collection (the runtime's GOGC pacing
+	// lets it double): large heaps, such as a million backends, rest near
+	// their live size. 0 = the runtime's pacing; GOGC in the environment
+	// also leaves the pacing alone.
+	GCHeadroom int64
 	// PublicHTTPSPort goes into HTTP->HTTPS redirects: 0 = the HTTPS
 	// listener's port; 443 on Fly.io, whose proxy maps 443 to 8443.
 	PublicHTTPSPort int
@@ -151,6 +157,7 @@ func DefaultConfig() Config {
 		BlockCacheSize: 64 << 20,
 
 		HealthCheckBudget:      1000,
+		GCHeadroom:             256 << 20,
 		HealthCheckConcurrency: 256,
 		MetricsMaxBackends:     10_000,
 		ShutdownTimeout:        15 * time.Second,
@@ -306,6 +313,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HealthCheckConcurrency < 1 {
 		errs = append(errs, fmt.Errorf("--health-check-concurrency %d must be at least 1", c.HealthCheckConcurrency))
+	}
+	if c.GCHeadroom < 0 {
+		errs = append(errs, fmt.Errorf("--gc-headroom %d: want 0 (the runtime's pacing) or a number of bytes", c.GCHeadroom))
 	}
 	if c.MemoryLimit < 0 || (c.MemoryLimit > 0 && c.MemoryLimit < 64<<20) {
 		errs = append(errs, fmt.Errorf("--memory-limit %d: want 0 (none) or at least 64 MiB", c.MemoryLimit))

@@ -31,6 +31,9 @@ var ErrNoCertificate = errors.New("certs: no certificate for server name")
 // satisfies it.
 type CacheSource interface {
 	ListCertificates(ctx context.Context, after string, limit int) ([]storage.Certificate, error)
+	// GetCertificate reads one certificate with its private key: a
+	// handshake for a certificate not held parsed reads it again.
+	GetCertificate(ctx context.Context, id string) (storage.Certificate, error)
 	Subscribe(ctx context.Context, afterIndex uint64) *storage.Subscription
 	LastIndex() uint64
 }
@@ -53,11 +56,14 @@ type CacheConfig struct {
 	// ExpirySeries bounds the per-certificate expiry series: the ones
 	// that expire soonest. 0 = 100.
 	ExpirySeries int
+	// ReadyWait bounds how long ByID waits for the first load (handshakes
+	// through GetCertificate wait as long as their own deadline). 0 = 10 s.
+	ReadyWait time.Duration
 }
 
 // DefaultCacheConfig returns the configuration used when a field is left zero.
 func DefaultCacheConfig() CacheConfig {
-	return CacheConfig{Logger: zap.NewNop(), PageSize: 1000, Now: time.Now, Parsed: 10_000, ExpirySeries: 100}
+	return CacheConfig{Logger: zap.NewNop(), PageSize: 1000, Now: time.Now, Parsed: 10_000, ExpirySeries: 100, ReadyWait: 10 * time.Second}
 }
 
 // shardCount splits the name index so that a change copies only a small
@@ -68,22 +74,21 @@ const shardCount = 256
 // published; parsed and broken are set by the first handshake that needs
 // the key.
 //
-// An entry holds the chain as DER and the private key as the DER of its
-// PEM block, not parsed: most of 100,000 certificates are idle at any
-// moment, and a parsed key and leaf cost more than the DER. The cache
-// keeps the last Parsed certificates used parsed (see certificate).
+// An entry holds what the SNI index needs (names, validity, identity),
+// not the certificate: most of 100,000 certificates are idle at any
+// moment, and their DER and keys would cost several times the index. A
+// handshake reads the row again (one RocksDB read and the key's
+// decryption) and the cache keeps the last Parsed certificates used
+// parsed (see certificate).
 type entry struct {
 	id          string
 	domain      string
 	provider    string
 	issuer      string
-	fingerprint string
+	fingerprint string   // the stored row's: the row read back must be this one
 	names       []string // lower-cased DNS names from the leaf
 	notBefore   time.Time
 	notAfter    time.Time
-	chain       [][]byte // leaf DER, then the chain's (interned)
-	keyType     string   // PEM block type of the key
-	keyDER      []byte
 
 	parsed atomic.Pointer[tls.Certificate]
 	broken atomic.Bool // the key does not parse or match: never served
@@ -111,19 +116,19 @@ type Cache struct {
 
 	shards [shardCount]atomic.Pointer[shardMap]
 
-	// mu guards byID, the writer's view of the loaded certificates, and
-	// chains; the read path never touches them.
+	// mu guards byID, the writer's view of the loaded certificates; the
+	// read path never touches it.
 	mu   sync.Mutex
 	byID map[string]*entry
-	// chains interns the DER of chain certificates: most certificates
-	// share one or two intermediates, so 100,000 entries keep one copy.
-	chains map[string]*internedDER
 
 	// ring holds the entries kept parsed, oldest replaced first; ringMu
-	// guards it (taken only when a handshake parses an entry).
+	// guards it and chains (taken only when a handshake parses an entry).
 	ringMu  sync.Mutex
 	ring    []*entry
 	ringPos int
+	// chains interns the DER of chain certificates of parsed entries:
+	// most certificates share one or two intermediates.
+	chains map[string][]byte
 
 	index      atomic.Uint64 // last change-feed index applied
 	loadErrors atomic.Uint64
@@ -150,13 +155,16 @@ func NewCache(cfg CacheConfig, src CacheSource) *Cache {
 	if cfg.ExpirySeries <= 0 {
 		cfg.ExpirySeries = def.ExpirySeries
 	}
+	if cfg.ReadyWait <= 0 {
+		cfg.ReadyWait = def.ReadyWait
+	}
 	c := &Cache{
 		cfg:    cfg,
 		src:    src,
 		log:    cfg.Logger,
 		seed:   maphash.MakeSeed(),
 		byID:   make(map[string]*entry),
-		chains: make(map[string]*internedDER),
+		chains: make(map[string][]byte),
 		ring:   make([]*entry, cfg.Parsed),
 		ready:  make(chan struct{}),
 	}
@@ -174,6 +182,15 @@ func NewCache(cfg CacheConfig, src CacheSource) *Cache {
 
 // Ready is closed once the whole table has been loaded.
 func (c *Cache) Ready() <-chan struct{} { return c.ready }
+
+func (c *Cache) loaded() bool {
+	select {
+	case <-c.ready:
+		return true
+	default:
+		return false
+	}
+}
 
 // Index returns the change-feed index the cache has applied up to.
 func (c *Cache) Index() uint64 { return c.index.Load() }
@@ -283,37 +300,26 @@ func newEntry(row *storage.Certificate) (*entry, error) {
 	if row.PrivateKeyPEM == "" {
 		return nil, errors.New("no private key")
 	}
-	var chain [][]byte
-	for rest := []byte(row.CertificatePEM + "\n" + row.ChainPEM); ; {
+	var leafDER []byte
+	for rest := []byte(row.CertificatePEM); ; {
 		var block *pem.Block
 		block, rest = pem.Decode(rest)
 		if block == nil {
 			break
 		}
 		if block.Type == "CERTIFICATE" {
-			chain = append(chain, block.Bytes)
+			leafDER = block.Bytes
+			break
 		}
 	}
-	if len(chain) == 0 {
+	if leafDER == nil {
 		return nil, errors.New("no certificate in the certificate PEM")
 	}
-	keyType, keyDER := "", []byte(nil)
-	for rest := []byte(row.PrivateKeyPEM); ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		if block.Type == "PRIVATE KEY" || strings.HasSuffix(block.Type, " PRIVATE KEY") {
-			keyType, keyDER = internKeyType(block.Type), block.Bytes
-			break
-		}
-	}
-	if keyDER == nil {
+	if !hasKeyBlock(row.PrivateKeyPEM) {
 		// The error never quotes key material.
 		return nil, errors.New("no private key block in the key PEM")
 	}
-	leaf, err := x509.ParseCertificate(chain[0])
+	leaf, err := x509.ParseCertificate(leafDER)
 	if err != nil {
 		return nil, fmt.Errorf("leaf certificate: %w", err)
 	}
@@ -334,9 +340,6 @@ func newEntry(row *storage.Certificate) (*entry, error) {
 		fingerprint: row.Fingerprint,
 		notBefore:   leaf.NotBefore,
 		notAfter:    leaf.NotAfter,
-		chain:       chain,
-		keyType:     keyType,
-		keyDER:      keyDER,
 	}
 	for _, n := range names {
 		if n = normalizeName(n); n != "" && !slices.Contains(e.names, n) {
@@ -346,21 +349,26 @@ func newEntry(row *storage.Certificate) (*entry, error) {
 	if len(e.names) == 0 {
 		return nil, errors.New("certificate covers no DNS name")
 	}
+	e.names = slices.Clip(e.names)
 	if e.domain == "" {
 		e.domain = e.names[0]
 	}
 	return e, nil
 }
 
-// internKeyType returns the usual PEM key types as constants, so that
-// 100,000 entries do not each hold a copy.
-func internKeyType(t string) string {
-	for _, k := range []string{"PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"} {
-		if t == k {
-			return k
+// hasKeyBlock reports whether keyPEM holds a private key PEM block.
+func hasKeyBlock(keyPEM string) bool {
+	for rest := []byte(keyPEM); ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			return false
+		}
+		if block.Type == "PRIVATE KEY" || strings.HasSuffix(block.Type, " PRIVATE KEY") {
+			clear(block.Bytes)
+			return true
 		}
 	}
-	return t
 }
 
 func internString(s string) string {
@@ -373,10 +381,18 @@ func internString(s string) string {
 	return s
 }
 
-// certificate returns e ready for a handshake, parsing its key the first
-// time (and again after the ring let it go). A key that does not parse or
-// does not match the leaf marks e broken: it is logged and counted once,
-// and never served.
+// readTimeout bounds the read of a certificate row by a handshake.
+const readTimeout = 5 * time.Second
+
+// maxInternedChains bounds the distinct chain certificates interned.
+const maxInternedChains = 256
+
+// certificate returns e ready for a handshake, reading its row and parsing
+// its key the first time (and again after the ring let it go). A key that
+// does not parse or does not match the leaf marks e broken: it is logged
+// and counted once, and never served. A row that cannot be read, or was
+// replaced since it was indexed (the change feed brings the new one), is
+// not served this time.
 func (c *Cache) certificate(e *entry) (*tls.Certificate, bool) {
 	if cert := e.parsed.Load(); cert != nil {
 		return cert, true
@@ -384,10 +400,17 @@ func (c *Cache) certificate(e *entry) (*tls.Certificate, bool) {
 	if e.broken.Load() {
 		return nil, false
 	}
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: e.keyType, Bytes: e.keyDER})
-	leafPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: e.chain[0]})
-	pair, err := tls.X509KeyPair(leafPEM, keyPEM)
-	clear(keyPEM)
+	ctx, cancel := context.WithTimeout(context.Background(), readTimeout)
+	row, err := c.src.GetCertificate(ctx, e.id)
+	cancel()
+	if err != nil {
+		c.log.Warn("cannot read certificate for a handshake", zap.String("id", e.id), zap.String("domain", e.domain), zap.Error(err))
+		return nil, false
+	}
+	if row.Fingerprint != e.fingerprint {
+		return nil, false
+	}
+	pair, err := tls.X509KeyPair([]byte(row.CertificatePEM+"\n"+row.ChainPEM), []byte(row.PrivateKeyPEM))
 	if err != nil {
 		if e.broken.CompareAndSwap(false, true) {
 			c.loadErrors.Add(1)
@@ -399,9 +422,15 @@ func (c *Cache) certificate(e *entry) (*tls.Certificate, bool) {
 	}
 	// The handshake needs the DER chain and the key, not the parsed leaf.
 	pair.Leaf = nil
-	pair.Certificate = e.chain
-	e.parsed.Store(&pair)
 	c.ringMu.Lock()
+	for i := 1; i < len(pair.Certificate); i++ {
+		if der, ok := c.chains[string(pair.Certificate[i])]; ok {
+			pair.Certificate[i] = der
+		} else if len(c.chains) < maxInternedChains {
+			c.chains[string(pair.Certificate[i])] = pair.Certificate[i]
+		}
+	}
+	e.parsed.Store(&pair)
 	if old := c.ring[c.ringPos]; old != nil && old != e {
 		old.parsed.Store(nil)
 	}
@@ -455,11 +484,9 @@ func (c *Cache) apply(updates []update) {
 			for _, n := range old.names {
 				w.edit(n, old, false)
 			}
-			c.releaseChain(old)
 			delete(c.byID, u.id)
 		}
 		if u.entry != nil {
-			c.internChain(u.entry)
 			for _, n := range u.entry.names {
 				w.edit(n, u.entry, true)
 			}
@@ -468,39 +495,6 @@ func (c *Cache) apply(updates []update) {
 	}
 	for i, m := range w.work {
 		c.shards[i].Store(&m)
-	}
-}
-
-// internedDER is one shared chain certificate and the number of entries
-// that use it.
-type internedDER struct {
-	der  []byte
-	refs int
-}
-
-// internChain makes e share the DER of its chain certificates with the
-// entries already loaded. It runs before e is published.
-func (c *Cache) internChain(e *entry) {
-	chain := e.chain
-	for i := 1; i < len(chain); i++ {
-		if in, ok := c.chains[string(chain[i])]; ok {
-			in.refs++
-			chain[i] = in.der
-			continue
-		}
-		c.chains[string(chain[i])] = &internedDER{der: chain[i], refs: 1}
-	}
-}
-
-// releaseChain drops e's references to interned chain certificates.
-func (c *Cache) releaseChain(e *entry) {
-	chain := e.chain
-	for i := 1; i < len(chain); i++ {
-		if in, ok := c.chains[string(chain[i])]; ok {
-			if in.refs--; in.refs == 0 {
-				delete(c.chains, string(chain[i]))
-			}
-		}
 	}
 }
 
@@ -621,7 +615,19 @@ func (c *Cache) firstUsable(list []*entry, now time.Time, valid bool) *tls.Certi
 
 // ByID returns the certificate with the given id (with its private key),
 // for pools that present it to their backends as a client certificate.
+// While the cache is still loading it waits, at most ReadyWait, for the
+// load to finish: a backend handshake in the agent's first seconds would
+// otherwise go without its client certificate.
 func (c *Cache) ByID(id string) (*tls.Certificate, bool) {
+	if !c.loaded() {
+		t := time.NewTimer(c.cfg.ReadyWait)
+		select {
+		case <-c.ready:
+			t.Stop()
+		case <-t.C:
+			return nil, false
+		}
+	}
 	c.mu.Lock()
 	e := c.byID[id]
 	c.mu.Unlock()
@@ -632,7 +638,22 @@ func (c *Cache) ByID(id string) (*tls.Certificate, bool) {
 }
 
 // GetCertificate is a tls.Config.GetCertificate callback backed by Lookup.
+// The agent serves before the cache has loaded (the routing table is what
+// readiness waits for): a handshake that arrives during the load waits
+// for it, as long as the handshake's own deadline allows, rather than
+// being refused for a certificate the store holds.
 func (c *Cache) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if !c.loaded() {
+		ctx := hello.Context()
+		if ctx == nil {
+			ctx = context.Background()
+		}
+		select {
+		case <-c.ready:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("certs: certificate index still loading: %w", ctx.Err())
+		}
+	}
 	if cert, ok := c.Lookup(hello.ServerName); ok {
 		return cert, nil
 	}

@@ -27,7 +27,8 @@ type BackendTLS struct {
 	// the pool's validate_backend_cert or the backend's ssl_verify).
 	Verify bool
 	// ServerName is sent as SNI and verified: the pool's
-	// backend_server_name, else the backend's host.
+	// backend_server_name, else the backend's host. Empty for a plain
+	// leg whose checks speak no TLS either (nothing sends it).
 	ServerName string
 	// ClientCertID names the certificate presented when a backend asks
 	// for one; empty for none.
@@ -89,10 +90,33 @@ func (p *Pool) setBackendTLS(sp *storage.Pool, opts TableOptions) {
 	}
 	p.BackendServerName = sp.BackendServerName
 	p.BackendClientCertID = sp.BackendClientCertID
+	// A plain leg whose health checks speak no TLS either never uses its
+	// settings: the pool's plain backends share one value (two: by
+	// ssl_verify), where a value per backend would cost a million
+	// allocations and a million distinct probe keys.
+	var plain [2]*BackendTLS
 	for _, b := range p.backends {
-		b.tls = newBackendTLS(p, b, roots, rootsID, opts.ClientCertificates)
+		if tlsLeg(p, b) || p.health.Type == HealthCheckHTTPS {
+			b.tls = newBackendTLS(p, b, roots, rootsID, opts.ClientCertificates)
+			continue
+		}
+		i := 0
+		if verifies(p, b) {
+			i = 1
+		}
+		if plain[i] == nil {
+			t := newBackendTLS(p, b, roots, rootsID, opts.ClientCertificates)
+			t.ServerName, t.key = "", plainTLSKey
+			plain[i] = t
+		}
+		b.tls = plain[i]
 	}
 }
+
+// plainTLSKey is the Key of the settings of a plain leg that is checked
+// without TLS: backends at one address share a probe whatever their
+// pools' TLS settings, since none of them is used.
+const plainTLSKey = "plain"
 
 // TLS returns how the agent speaks TLS to b.
 func (b *Backend) TLS() *BackendTLS {
@@ -106,8 +130,8 @@ func (b *Backend) TLS() *BackendTLS {
 // the pool's CA bundle when it has one, else the agent-wide roots.
 func newBackendTLS(p *Pool, b *Backend, roots *x509.CertPool, rootsID string, clientCerts ClientCertificateSource) *BackendTLS {
 	t := &BackendTLS{
-		Enabled:      p.SSLMode == SSLModeFull || p.SSLMode == SSLModeFullStrict || b.Scheme == "https",
-		Verify:       p.SSLMode == SSLModeFullStrict || p.ValidateBackendCert || b.SSLVerify,
+		Enabled:      tlsLeg(p, b),
+		Verify:       verifies(p, b),
 		ServerName:   b.Host,
 		ClientCertID: p.BackendClientCertID,
 		roots:        roots,
@@ -118,6 +142,16 @@ func newBackendTLS(p *Pool, b *Backend, roots *x509.CertPool, rootsID string, cl
 	}
 	t.key = strconv.FormatBool(t.Enabled) + "|" + strconv.FormatBool(t.Verify) + "|" + t.ServerName + "|" + t.ClientCertID + "|" + rootsID
 	return t
+}
+
+// tlsLeg reports whether the agent speaks TLS to b.
+func tlsLeg(p *Pool, b *Backend) bool {
+	return p.SSLMode == SSLModeFull || p.SSLMode == SSLModeFullStrict || b.Scheme == "https"
+}
+
+// verifies reports whether b's certificate is verified.
+func verifies(p *Pool, b *Backend) bool {
+	return p.SSLMode == SSLModeFullStrict || p.ValidateBackendCert || b.SSLVerify
 }
 
 // ParseCABundle parses a PEM bundle of CA certificates; it fails when the

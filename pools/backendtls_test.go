@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
@@ -46,7 +44,7 @@ func TestHealthCheckUsesRequestTLS(t *testing.T) {
 				if !be.TLS().Enabled || !be.TLS().Verify {
 					t.Fatalf("full_strict backend TLS %+v", be.TLS())
 				}
-				c := newChecker(p.Name, be, p.health, zap.NewNop())
+				c := newChecker(p.Name, be, p.health)
 				err := c.check(context.Background())
 				be.live.recordCheck(be.Addr, &p.health, err, time.Now())
 				if tc.pass != (err == nil) {

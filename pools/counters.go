@@ -34,11 +34,11 @@ type backendState struct {
 	latencyEWMA atomic.Int64
 
 	// healthy is the active-check verdict.
-	healthy atomic.Bool
+	healthy     atomic.Bool
+	consecFails atomic.Int32
 	// ejectedUntil is the Unix time in nanoseconds until which passive
 	// checks keep the backend out of rotation; 0 when not ejected.
 	ejectedUntil atomic.Int64
-	consecFails  atomic.Int64
 	ejections    atomic.Int64
 	// status5xx counts 5xx answers (within failures, which also counts
 	// connection errors); retries counts requests sent to this backend
@@ -74,7 +74,7 @@ type backendState struct {
 	passes    int32 // consecutive passing checks
 	fails     int32 // consecutive failing checks
 	held      bool
-	lastCheck time.Time
+	lastCheck int64 // Unix ns of the last check; 0 = none
 	lastError string
 	addr      string // address the health verdict was made for
 }
@@ -110,9 +110,23 @@ func (s *backendState) seed(o storage.Observation) {
 	s.latencyEWMA.Store(int64(o.LatencyAvg))
 	s.mu.Lock()
 	s.held = false
-	s.lastCheck = o.LastCheck
+	s.lastCheck = unixNano(o.LastCheck)
 	s.lastError = o.LastError
 	s.mu.Unlock()
+}
+
+// restore is seed for the first table's compact seeds.
+func (s *backendState) restore(sd *seed) {
+	s.healthy.Store(sd.healthy)
+	s.requests.Store(sd.requests)
+	s.failures.Store(sd.failures)
+	s.bytesIn.Store(sd.bytesIn)
+	s.bytesOut.Store(sd.bytesOut)
+	s.latencyEWMA.Store(int64(sd.latency))
+	s.held = false
+	s.lastCheck = sd.lastCheck
+	s.lastError = sd.lastError
+	s.persistSum, s.persistCheck, s.persistAt = sd.sum, sd.lastCheck, sd.at
 }
 
 // resetHealth forgets the health verdict, used when a backend's address
@@ -181,10 +195,9 @@ type Backend struct {
 	Metadata  map[string]string
 
 	live        *backendState
-	maxFails    int64
-	cooldown    time.Duration
+	hc          *healthConfig // the pool's: passive-check thresholds
 	stickyValue string
-	hashSeed    uint64
+	hashSeed    uint64 // consistent-hash pools only
 	tls         *BackendTLS
 }
 
@@ -278,9 +291,9 @@ func (a *Attempt) End(r Result) {
 		if ps != nil {
 			ps.failures.Add(1)
 		}
-		if b.maxFails > 0 && s.consecFails.Add(1) >= b.maxFails {
+		if mf := b.hc.MaxFails; mf > 0 && s.consecFails.Add(1) >= int32(mf) {
 			s.consecFails.Store(0)
-			s.ejectedUntil.Store(time.Now().Add(b.cooldown).UnixNano())
+			s.ejectedUntil.Store(time.Now().Add(b.hc.Cooldown).UnixNano())
 			s.ejections.Add(1)
 			if ps != nil {
 				ps.ejections.Add(1)
@@ -305,7 +318,7 @@ func (b *Backend) logEjection(events *ratelog.Logger, r Result) {
 		err = fmt.Errorf("HTTP status %d", r.Status)
 	}
 	events.Event(zapcore.WarnLevel, "eject\x00"+b.PoolName, "backend ejected by passive checks", b.ID+"@"+b.Addr, err,
-		zap.String("pool", b.PoolName), zap.Int64("consecutive_failures", b.maxFails), zap.Duration("cooldown", b.cooldown))
+		zap.String("pool", b.PoolName), zap.Int("consecutive_failures", b.hc.MaxFails), zap.Duration("cooldown", b.hc.Cooldown))
 }
 
 type outcome uint8
@@ -414,8 +427,18 @@ func (b *Backend) State() BackendState {
 	}
 	st.Available = st.Healthy && !st.Ejected && !st.Draining
 	s.mu.Lock()
-	st.LastCheck = s.lastCheck
+	if s.lastCheck != 0 {
+		st.LastCheck = time.Unix(0, s.lastCheck)
+	}
 	st.LastError = s.lastError
 	s.mu.Unlock()
 	return st
+}
+
+// unixNano is t in Unix nanoseconds, 0 for the zero time.
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
 }

@@ -7,8 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-
-	"go.uber.org/zap"
 )
 
 // maxHealthBody is how much of a health-check response body is read (and
@@ -37,7 +35,6 @@ type checker struct {
 	id     string
 	key    checkerKey
 	state  *backendState
-	log    *zap.Logger
 	dialer net.Dialer
 	client *http.Client // nil for tcp
 	url    string
@@ -48,13 +45,12 @@ type checker struct {
 	tls *tls.Config
 }
 
-func newChecker(pool string, b *Backend, hc healthConfig, log *zap.Logger) *checker {
+func newChecker(pool string, b *Backend, hc healthConfig) *checker {
 	c := &checker{
 		pool:   pool,
 		id:     b.ID,
 		key:    newCheckerKey(b, hc),
 		state:  b.live,
-		log:    log.With(zap.String("pool", pool), zap.String("backend", b.ID), zap.String("addr", b.Addr)),
 		dialer: net.Dialer{Timeout: hc.Timeout},
 	}
 	bt := b.TLS()

@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
@@ -23,7 +21,7 @@ import (
 func startCheckers(t *testing.T, p *Pool) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	s := newHealthScheduler(HealthSchedule{Jitter: 0.01}, probeWith(zap.NewNop()), nil)
+	s := newHealthScheduler(HealthSchedule{Jitter: 0.01}, probeWith(), nil)
 	s.reconcile(&Table{pools: []*Pool{p}}, nil, false, time.Now())
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -332,7 +330,7 @@ func TestHealthThresholdsExact(t *testing.T) {
 	tbl := NewTable([]storage.Pool{pool}, []storage.Backend{backendFor(t, "b", "p", srv.URL)}, nil, TableOptions{})
 	p := tbl.Pool("p")
 	b := p.Backend("b")
-	c := newChecker(p.Name, b, p.health, zap.NewNop())
+	c := newChecker(p.Name, b, p.health)
 	step := func(code int, wantHealthy bool, what string) {
 		t.Helper()
 		status.Store(int64(code))

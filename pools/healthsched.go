@@ -3,11 +3,13 @@ package pools
 import (
 	"container/heap"
 	"context"
+	"errors"
 	"math/rand/v2"
+	"net"
+	"slices"
 	"sync"
 	"time"
 
-	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 )
 
@@ -102,38 +104,44 @@ func (s *healthScheduler) keyOf(b *Backend, hc *healthConfig) targetKey {
 	return targetKey{addr: b.Addr, kind: id}
 }
 
-// healthSub is one backend watching a target, with its pool's thresholds.
+// healthSub is one backend watching a target; its pool's thresholds are
+// the backend's hc.
 type healthSub struct {
-	b  *Backend
-	hc *healthConfig
+	b *Backend
 }
 
+func (s healthSub) hc() *healthConfig { return s.b.hc }
+
 // target is one probe destination. Fields are guarded by the scheduler's
-// mutex.
+// mutex. There is one per distinct address (a million at full size), so
+// it is kept small: times as Unix nanoseconds, counters as int32.
 type target struct {
 	key      targetKey
 	subs     []healthSub
 	interval time.Duration // the shortest interval of its subscribers
-	fall     int           // the largest fall threshold of its subscribers
-	due      time.Time
-	streak   int // consecutive failed probes
-	idx      int // position in the due queue; -1 when not queued
+	due      int64         // Unix ns
+	fall     int32         // the largest fall threshold of its subscribers
+	streak   int32         // consecutive failed probes
+	idx      int32         // position in the due queue; -1 when not queued
 	running  bool
 	removed  bool
 }
+
+// dueTime is when the target is due.
+func (tg *target) dueTime() time.Time { return time.Unix(0, tg.due) }
 
 // dueQueue is a min-heap of targets by due time.
 type dueQueue []*target
 
 func (q dueQueue) Len() int           { return len(q) }
-func (q dueQueue) Less(i, j int) bool { return q[i].due.Before(q[j].due) }
+func (q dueQueue) Less(i, j int) bool { return q[i].due < q[j].due }
 func (q dueQueue) Swap(i, j int) {
 	q[i], q[j] = q[j], q[i]
-	q[i].idx, q[j].idx = i, j
+	q[i].idx, q[j].idx = int32(i), int32(j)
 }
 func (q *dueQueue) Push(x any) {
 	t := x.(*target)
-	t.idx = len(*q)
+	t.idx = int32(len(*q))
 	*q = append(*q, t)
 }
 func (q *dueQueue) Pop() any {
@@ -169,6 +177,9 @@ type healthScheduler struct {
 	inflight int
 	wake     chan struct{}
 
+	textMu sync.Mutex
+	texts  map[string]string // shared check error texts (errorText)
+
 	wg sync.WaitGroup
 }
 
@@ -184,6 +195,7 @@ func newHealthScheduler(cfg HealthSchedule, probe probeFunc, onFlip transitionFu
 		kinds:   make(map[probeKind]uint32),
 		byPool:  make(map[*Pool][]*target),
 		wake:    make(chan struct{}, 1),
+		texts:   make(map[string]string),
 	}
 }
 
@@ -205,6 +217,9 @@ func (s *healthScheduler) reconcile(t *Table, fresh map[string]bool, initial boo
 			n += len(p.backends)
 		}
 		s.targets = make(map[targetKey]*target, n)
+		if initial {
+			s.queue = slices.Grow(s.queue, n)
+		}
 	}
 	if s.last != nil {
 		for _, pp := range s.last.pools {
@@ -218,6 +233,9 @@ func (s *healthScheduler) reconcile(t *Table, fresh map[string]bool, initial boo
 			s.attach(p, fresh, initial, now)
 		}
 	}
+	if initial {
+		heap.Init(&s.queue)
+	}
 	s.last = t
 	s.signal()
 }
@@ -228,7 +246,7 @@ func (s *healthScheduler) detach(p *Pool) {
 	for _, tg := range s.byPool[p] {
 		subs := tg.subs[:0]
 		for _, sub := range tg.subs {
-			if sub.hc != &p.health {
+			if sub.hc() != &p.health {
 				subs = append(subs, sub)
 			}
 		}
@@ -237,7 +255,7 @@ func (s *healthScheduler) detach(p *Pool) {
 		if len(subs) == 0 {
 			tg.removed = true
 			if tg.idx >= 0 {
-				heap.Remove(&s.queue, tg.idx)
+				heap.Remove(&s.queue, int(tg.idx))
 			}
 			delete(s.targets, tg.key)
 			continue
@@ -248,36 +266,44 @@ func (s *healthScheduler) detach(p *Pool) {
 }
 
 // attach subscribes pool p's backends to their targets, creating those
-// that do not exist yet.
+// that do not exist yet. With initial set the new targets are appended to
+// the queue unordered: reconcile orders it once (heap.Init, linear) rather
+// than a million heap.Push calls.
 func (s *healthScheduler) attach(p *Pool, fresh map[string]bool, initial bool, now time.Time) {
 	hc := &p.health
+	nowNs := now.UnixNano()
 	mine := make([]*target, 0, len(p.backends))
 	for _, b := range p.backends {
 		k := s.keyOf(b, hc)
 		tg := s.targets[k]
 		if tg == nil {
-			tg = &target{key: k, idx: -1, due: now}
+			tg = &target{key: k, idx: -1, due: nowNs}
 			if initial && !isHeld(b.live) {
-				tg.due = now.Add(time.Duration(s.rnd.Int64N(int64(hc.Interval))))
+				tg.due = nowNs + s.rnd.Int64N(int64(hc.Interval))
 			}
 			s.targets[k] = tg
 		}
-		tg.subs = append(tg.subs, healthSub{b: b, hc: hc})
+		tg.subs = append(tg.subs, healthSub{b: b})
 		tg.settle()
 		if len(mine) == 0 || mine[len(mine)-1] != tg {
 			mine = append(mine, tg)
 		}
-		if fresh[b.ID] && !initial && tg.due.After(now) {
-			tg.due = now
+		if !initial && fresh[b.ID] && tg.due > nowNs {
+			tg.due = nowNs
 			if tg.idx >= 0 {
-				heap.Fix(&s.queue, tg.idx)
+				heap.Fix(&s.queue, int(tg.idx))
 			}
 		}
 		if tg.idx < 0 && !tg.running {
-			heap.Push(&s.queue, tg)
+			if initial {
+				tg.idx = int32(len(s.queue))
+				s.queue = append(s.queue, tg)
+			} else {
+				heap.Push(&s.queue, tg)
+			}
 		}
 	}
-	s.byPool[p] = mine
+	s.byPool[p] = slices.Clip(mine)
 }
 
 // settle recomputes the target's interval (the shortest of its
@@ -285,10 +311,11 @@ func (s *healthScheduler) attach(p *Pool, fresh map[string]bool, initial bool, n
 func (tg *target) settle() {
 	tg.interval, tg.fall = 0, 0
 	for _, sub := range tg.subs {
-		if tg.interval == 0 || sub.hc.Interval < tg.interval {
-			tg.interval = sub.hc.Interval
+		hc := sub.hc()
+		if tg.interval == 0 || hc.Interval < tg.interval {
+			tg.interval = hc.Interval
 		}
-		tg.fall = max(tg.fall, sub.hc.Fall)
+		tg.fall = max(tg.fall, int32(hc.Fall))
 	}
 }
 
@@ -307,8 +334,8 @@ func (s *healthScheduler) next(now time.Time) (start []*target, wait time.Durati
 	defer s.mu.Unlock()
 	for len(s.queue) > 0 && s.inflight < s.cfg.Concurrency {
 		tg := s.queue[0]
-		if tg.due.After(now) {
-			return start, tg.due.Sub(now)
+		if d := tg.due - now.UnixNano(); d > 0 {
+			return start, time.Duration(d)
 		}
 		r := s.limiter.ReserveN(now, 1)
 		if d := r.DelayFrom(now); d > 0 {
@@ -338,7 +365,7 @@ func (s *healthScheduler) done(tg *target, err error, now time.Time) []healthSub
 	} else {
 		tg.streak++
 	}
-	tg.due = now.Add(s.nextInterval(tg))
+	tg.due = now.Add(s.nextInterval(tg)).UnixNano()
 	heap.Push(&s.queue, tg)
 	return append([]healthSub(nil), tg.subs...)
 }
@@ -411,11 +438,41 @@ func (s *healthScheduler) check(ctx context.Context, tg *target) {
 
 // apply applies one probe result to every backend watching the target.
 func (s *healthScheduler) apply(subs []healthSub, addr string, err error, at time.Time) {
+	text := ""
+	if err != nil {
+		text = s.errorText(err)
+	}
 	for _, sub := range subs {
-		if up, flipped := sub.b.live.recordCheck(addr, sub.hc, err, at); flipped && s.onFlip != nil {
-			s.onFlip(sub.b, up, sub.hc, err)
+		if up, flipped := sub.b.live.recordCheckText(addr, sub.hc(), err, text, at); flipped && s.onFlip != nil {
+			s.onFlip(sub.b, up, sub.hc(), err)
 		}
 	}
+}
+
+// maxErrorTexts bounds the distinct check error texts kept for sharing.
+const maxErrorTexts = 1024
+
+// errorText is what backends keep of a failed check. A dial error's text
+// names the address ("dial tcp 10.0.0.1:80: connect: connection
+// refused"), which makes it unique per backend: a million backends down
+// would hold a million copies of one sentence. The address is the
+// backend's own and shown beside it, so it is left out, and the few
+// distinct texts that remain are shared.
+func (s *healthScheduler) errorText(err error) string {
+	msg := err.Error()
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" && op.Err != nil {
+		msg = "dial " + op.Net + ": " + op.Err.Error()
+	}
+	s.textMu.Lock()
+	defer s.textMu.Unlock()
+	if v, ok := s.texts[msg]; ok {
+		return v
+	}
+	if len(s.texts) < maxErrorTexts {
+		s.texts[msg] = msg
+	}
+	return msg
 }
 
 // targetCount is the number of distinct probe targets.
@@ -430,12 +487,22 @@ func (s *healthScheduler) targetCount() int {
 // direction. A result for an address the backend no longer has is
 // ignored.
 func (s *backendState) recordCheck(addr string, hc *healthConfig, err error, at time.Time) (up, flipped bool) {
+	text := ""
+	if err != nil {
+		text = err.Error()
+	}
+	return s.recordCheckText(addr, hc, err, text, at)
+}
+
+// recordCheckText is recordCheck with the error's text given (shared
+// between backends: see healthScheduler.errorText).
+func (s *backendState) recordCheckText(addr string, hc *healthConfig, err error, text string, at time.Time) (up, flipped bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.addr != addr {
 		return false, false
 	}
-	s.lastCheck = at
+	s.lastCheck = unixNano(at)
 	if err == nil {
 		s.checksPassed.Add(1)
 		s.passes++
@@ -453,7 +520,7 @@ func (s *backendState) recordCheck(addr string, hc *healthConfig, err error, at 
 	s.checksFailed.Add(1)
 	s.fails++
 	s.passes = 0
-	s.lastError = err.Error()
+	s.lastError = text
 	if s.healthy.Load() && int(s.fails) >= hc.Fall {
 		s.healthy.Store(false)
 		s.downSince.Store(time.Now().UnixNano())
@@ -464,9 +531,9 @@ func (s *backendState) recordCheck(addr string, hc *healthConfig, err error, at 
 
 // probeWith returns the probe the Manager uses: the check of health.go,
 // built per probe so that idle targets hold no client or logger.
-func probeWith(log *zap.Logger) probeFunc {
+func probeWith() probeFunc {
 	return func(ctx context.Context, sub healthSub) error {
-		c := newChecker(sub.b.PoolName, sub.b, *sub.hc, log)
+		c := newChecker(sub.b.PoolName, sub.b, *sub.hc())
 		if c.client != nil {
 			defer c.client.CloseIdleConnections()
 		}

@@ -129,7 +129,7 @@ func TestHealthBacksOffWhileDown(t *testing.T) {
 			t.Fatalf("no check due at %s", now)
 		}
 		s.done(started[0], res, now)
-		gaps = append(gaps, started[0].due.Sub(now).Round(time.Second))
+		gaps = append(gaps, started[0].dueTime().Sub(now).Round(time.Second))
 	}
 	// fall 2: two failures at the interval, then doubling up to the cap;
 	// a pass goes back to the interval.
@@ -147,7 +147,7 @@ func TestHealthInitialChecksSpread(t *testing.T) {
 	s.reconcile(schedTable(1, 1000, 10*time.Second, false), nil, true, now)
 	seconds := map[int64]int{}
 	for _, tg := range s.queue {
-		off := tg.due.Sub(now)
+		off := tg.dueTime().Sub(now)
 		if off < 0 || off >= 10*time.Second {
 			t.Fatalf("first check due %s after start, interval 10s", off)
 		}
@@ -216,7 +216,7 @@ func TestHealthReconcileTouchesOnlyChangedPools(t *testing.T) {
 	shared := func(id, pool string) storage.Backend {
 		return storage.Backend{ID: id, PoolName: pool, Host: "10.0.0.1", Port: 80}
 	}
-	states := func(*storage.Backend, *storage.Pool) *backendState { return newBackendState("10.0.0.1:80", false) }
+	states := func(string, string, *storage.Pool) *backendState { return newBackendState("10.0.0.1:80", false) }
 	first := buildTable(pools, []storage.Backend{shared("a1", "a"), shared("b1", "b")}, TableOptions{}, nil, states)
 	s := newHealthScheduler(HealthSchedule{}, nil, nil)
 	now := time.Unix(1_700_000_000, 0)

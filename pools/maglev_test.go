@@ -161,7 +161,7 @@ func TestMaglevTableReusedAcrossRebuilds(t *testing.T) {
 		return out
 	}
 	opts := TableOptions{Region: "iad", CookieKey: []byte("k")}
-	states := func(b *storage.Backend, p *storage.Pool) *backendState { return newBackendState(backendAddr(b), false) }
+	states := func(_, addr string, _ *storage.Pool) *backendState { return newBackendState(addr, false) }
 	first := buildTable([]storage.Pool{pool}, backends(1, 2, 3, 4), opts, nil, states)
 	same := buildTable([]storage.Pool{pool, {Name: "other"}}, backends(1, 2, 3, 4), opts, first, states)
 	p0, p1 := first.Pool("p"), same.Pool("p")

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -30,8 +31,12 @@ type Source interface {
 	// after `after`, at most limit (an index scan: a rebuild of one pool
 	// reads that pool's rows only).
 	ListBackendsByPool(ctx context.Context, pool, after string, limit int) ([]storage.Backend, error)
-	// Observations returns nodeID's observations.
-	Observations(ctx context.Context, nodeID string) ([]storage.Observation, error)
+	// ScanBackendsOfPool calls fn with each backend of pool in id order,
+	// decoded in place (see storage.BackendRef): the first table is built
+	// from it without a copy of every row.
+	ScanBackendsOfPool(ctx context.Context, pool string, fn func(r *storage.BackendRef) error) error
+	// ScanObservations calls fn with each of nodeID's observations.
+	ScanObservations(ctx context.Context, nodeID string, fn func(o *storage.Observation) error) error
 	// PutObservations writes this node's observations in one transaction.
 	PutObservations(ctx context.Context, obs []storage.Observation) error
 	// DeleteObservations deletes this node's observations of the backends
@@ -118,11 +123,9 @@ type Manager struct {
 
 	rebuilds atomic.Int64
 
-	// mu guards poolStates and seeds, which rebuilds (Run goroutine)
-	// write.
+	// mu guards poolStates, which rebuilds (Run goroutine) write.
 	mu         sync.Mutex
 	poolStates map[string]*poolState
-	seeds      map[string]storage.Observation
 
 	// Owned by the Run goroutine: the pools' configuration and the pools
 	// whose backends changed since the last rebuild. Backend rows are not
@@ -183,7 +186,7 @@ func NewManager(cfg Config, src Source) *Manager {
 	}
 	m.table.Store(EmptyTable())
 	m.healthLog = ratelog.New(cfg.HealthLog, cfg.Logger)
-	m.health = newHealthScheduler(cfg.Health, probeWith(cfg.Logger), m.logTransition)
+	m.health = newHealthScheduler(cfg.Health, probeWith(), m.logTransition)
 	m.collector = newCollector(m.Table, m.rebuilds.Load, cfg.Metrics)
 	m.collector.targets = m.health.targetCount
 	return m
@@ -243,23 +246,13 @@ func (m *Manager) Run(ctx context.Context) error {
 	// is delivered again by the feed, and applying a row twice is harmless.
 	index := m.src.LastIndex()
 	start := time.Now()
-	byPool, nBackends, err := m.load(ctx)
+	if err := m.loadPools(ctx); err != nil {
+		return err
+	}
+	seeds, err := m.loadSeeds(ctx)
 	if err != nil {
 		return err
 	}
-	obs, err := m.src.Observations(ctx, m.cfg.NodeID)
-	if err != nil {
-		return fmt.Errorf("pools: load observations: %w", err)
-	}
-	m.mu.Lock()
-	m.seeds = make(map[string]storage.Observation, len(obs))
-	for _, o := range obs {
-		if o.NodeID == m.cfg.NodeID {
-			m.seeds[o.BackendID] = o
-		}
-	}
-	m.mu.Unlock()
-	obs = nil
 
 	checkCtx, stopChecks := context.WithCancel(ctx)
 	var checkWG sync.WaitGroup
@@ -268,24 +261,24 @@ func (m *Manager) Run(ctx context.Context) error {
 		checkWG.Wait()
 	}()
 
-	m.rebuild(ctx, byPool, true)
-	byPool = nil
-	m.persistMu.Lock()
-	m.mu.Lock()
+	nBackends, err := m.initialTable(ctx, seeds)
+	if err != nil {
+		return err
+	}
 	// Observation rows of backends that are no longer configured go at
 	// the first persist: the seeds left once the table's backends are
 	// crossed out.
 	for _, p := range m.table.Load().pools {
 		for _, b := range p.backends {
-			delete(m.seeds, b.ID)
+			delete(seeds, b.ID)
 		}
 	}
-	for id := range m.seeds {
+	m.persistMu.Lock()
+	for id := range seeds {
 		m.gone[id] = true
 	}
-	m.seeds = nil // only a restart seeds; later backends start fresh
-	m.mu.Unlock()
 	m.persistMu.Unlock()
+	seeds = nil // only a restart seeds; later backends start fresh
 	close(m.ready)
 	checkWG.Add(2)
 	go func() {
@@ -360,18 +353,17 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 		case <-timerC:
 			timerC = nil
-			m.rebuild(ctx, nil, false)
+			m.rebuild(ctx)
 		}
 	}
 }
 
-// load scans every pool and backend page by page, once: the pools into
-// m.pools, the backends grouped by pool for the first table.
-func (m *Manager) load(ctx context.Context) (map[string][]storage.Backend, int, error) {
+// loadPools reads every pool into m.pools and marks them dirty.
+func (m *Manager) loadPools(ctx context.Context) error {
 	for after := ""; ; {
 		page, err := m.src.ListPools(ctx, after, m.cfg.PageSize)
 		if err != nil {
-			return nil, 0, fmt.Errorf("pools: list pools: %w", err)
+			return fmt.Errorf("pools: list pools: %w", err)
 		}
 		for _, p := range page {
 			m.pools[p.Name] = p
@@ -381,26 +373,155 @@ func (m *Manager) load(ctx context.Context) (map[string][]storage.Backend, int, 
 		}
 		after = page[len(page)-1].Name
 	}
-	byPool := make(map[string][]storage.Backend, len(m.pools))
-	n := 0
-	for after := ""; ; {
-		page, err := m.src.ListBackends(ctx, after, m.cfg.PageSize)
-		if err != nil {
-			return nil, 0, fmt.Errorf("pools: list backends: %w", err)
-		}
-		for _, b := range page {
-			byPool[b.PoolName] = append(byPool[b.PoolName], b)
-		}
-		n += len(page)
-		if len(page) < m.cfg.PageSize {
-			break
-		}
-		after = page[len(page)-1].ID
-	}
 	for name := range m.pools {
 		m.dirty[name] = true
 	}
-	return byPool, n, nil
+	return nil
+}
+
+// seed is what a restart restores of a backend from this node's last
+// observation of it: the part of the row the live state holds, and what
+// persist needs to know the store already has it.
+type seed struct {
+	healthy   bool
+	requests  int64
+	failures  int64
+	bytesIn   int64
+	bytesOut  int64
+	latency   time.Duration
+	lastCheck int64 // Unix ns
+	lastError string
+	sum       uint64 // observationSum of the stored row
+	at        int64  // when it was written, Unix ns
+}
+
+// loadSeeds reads this node's observations, one row at a time, into the
+// seeds of the first table.
+func (m *Manager) loadSeeds(ctx context.Context) (map[string]*seed, error) {
+	seeds := make(map[string]*seed)
+	err := m.src.ScanObservations(ctx, m.cfg.NodeID, func(o *storage.Observation) error {
+		if o.NodeID != m.cfg.NodeID {
+			return nil
+		}
+		sd := &seed{
+			healthy: o.Healthy, requests: o.TotalRequests, failures: o.TotalFailures,
+			bytesIn: o.BytesIn, bytesOut: o.BytesOut, latency: o.LatencyAvg,
+			lastCheck: unixNano(o.LastCheck), lastError: o.LastError,
+			at: max(o.UpdatedAt.UnixNano(), 1),
+		}
+		// What was persisted is what the store holds: a restart does not
+		// rewrite every row.
+		o.CurrentConnections, o.UpdatedAt, o.Version = 0, time.Time{}, storage.Version{}
+		sd.sum = m.observationSum(*o)
+		seeds[o.BackendID] = sd
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pools: load observations: %w", err)
+	}
+	return seeds, nil
+}
+
+// initialTable builds the first table: each pool from its own index
+// partition (so the rows in memory at once are one pool's per worker),
+// GOMAXPROCS pools at a time, each backend's live state seeded from
+// seeds. It returns the number of backends.
+func (m *Manager) initialTable(ctx context.Context, seeds map[string]*seed) (int, error) {
+	start := time.Now()
+	names := make([]string, 0, len(m.pools))
+	for name := range m.pools {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	states := make([]*poolState, len(names))
+	for i, name := range names {
+		states[i] = m.poolStateFor(name)
+	}
+	opts := TableOptions{Region: m.cfg.Region, CookieKey: m.cfg.CookieKey,
+		BackendRootCAs: m.cfg.BackendRootCAs, ClientCertificates: m.cfg.ClientCertificates}
+	built := make([]*Pool, len(names))
+	var (
+		next     atomic.Int64
+		total    atomic.Int64
+		errOnce  sync.Once
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	for range min(runtime.GOMAXPROCS(0), max(len(names), 1)) {
+		wg.Go(func() {
+			// Reused from pool to pool: what a row leaves behind is its
+			// id and address strings, which the table keeps.
+			var rows []backendRow
+			var buf []byte
+			interned := make(map[string]string)
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(names) {
+					return
+				}
+				sp := m.pools[names[i]]
+				rows = rows[:0]
+				err := m.src.ScanBackendsOfPool(ctx, sp.Name, func(r *storage.BackendRef) error {
+					row := backendRow{port: r.Port, scheme: internBytes(interned, r.Scheme), region: internBytes(interned, r.Region),
+						weight: r.Weight, sslVerify: r.SSLVerify, draining: r.Draining}
+					buf = appendHostPort(buf[:0], r.Host, r.Port)
+					row.addr = string(buf)
+					row.host = hostOf(row.addr, string(r.Host))
+					row.id = string(r.ID)
+					if r.HasMetadata {
+						full, err := r.Backend()
+						if err != nil {
+							return err
+						}
+						row.metadata = full.Metadata
+					}
+					rows = append(rows, row)
+					return nil
+				})
+				if err != nil {
+					errOnce.Do(func() { firstErr = fmt.Errorf("pools: list backends of pool %q: %w", sp.Name, err) })
+					next.Store(int64(len(names))) // stop the other workers
+					return
+				}
+				ps := states[i]
+				pb := startPool(&sp, len(rows), func(id, addr string, sp *storage.Pool) *backendState {
+					s := newBackendState(addr, sp.HoldNewBackends)
+					if sd := seeds[id]; sd != nil {
+						s.restore(sd)
+					}
+					s.pool.Store(ps)
+					return s
+				})
+				for _, r := range rows {
+					pb.add(r)
+				}
+				clear(rows) // the strings now belong to the pool
+				p := pb.finish(m.cfg.Region, m.cfg.CookieKey, nil)
+				p.setBackendTLS(&sp, opts)
+				p.state = ps
+				built[i] = p
+				total.Add(int64(len(p.backends)))
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return 0, firstErr
+	}
+	byName := make(map[string]*Pool, len(built))
+	ps := make([]storage.Pool, 0, len(names))
+	for i, p := range built {
+		byName[p.Name] = p
+		ps = append(ps, m.pools[names[i]])
+	}
+	t := assembleTable(ps, m.cfg.Region, nil, func(sp *storage.Pool, _ *Pool) *Pool { return byName[sp.Name] })
+	m.table.Store(t)
+	m.rebuilds.Add(1)
+	clear(m.dirty)
+	m.health.reconcile(t, nil, true, time.Now())
+	m.collector.forget(t)
+	m.lastTook = time.Since(start)
+	return int(total.Load()), nil
 }
 
 // backendsOf reads the backends of pool from the store.
@@ -463,9 +584,9 @@ func (m *Manager) apply(ev storage.Event) bool {
 
 // rebuild builds a table from the previous one: pools that did not change
 // are carried over as they are, changed ones are rebuilt from their rows
-// (from rows when given, else read from the store). It swaps the table
+// read from the store. It swaps the table
 // in, notes the backends that left it and reconciles the health checks.
-func (m *Manager) rebuild(ctx context.Context, rows map[string][]storage.Backend, initial bool) {
+func (m *Manager) rebuild(ctx context.Context) {
 	start := time.Now()
 	prev := m.table.Load()
 	ps := make([]storage.Pool, 0, len(m.pools))
@@ -475,10 +596,6 @@ func (m *Manager) rebuild(ctx context.Context, rows map[string][]storage.Backend
 	changed := make(map[string][]storage.Backend, len(m.dirty))
 	for name := range m.dirty {
 		if _, ok := m.pools[name]; !ok {
-			continue
-		}
-		if rows != nil {
-			changed[name] = rows[name]
 			continue
 		}
 		bs, err := m.backendsOf(ctx, name)
@@ -492,10 +609,10 @@ func (m *Manager) rebuild(ctx context.Context, rows map[string][]storage.Backend
 	fresh := make(map[string]bool)
 	opts := TableOptions{Region: m.cfg.Region, CookieKey: m.cfg.CookieKey, poolState: m.poolStateFor,
 		BackendRootCAs: m.cfg.BackendRootCAs, ClientCertificates: m.cfg.ClientCertificates}
-	t := rebuildTable(ps, changed, opts, prev, func(b *storage.Backend, p *storage.Pool) *backendState {
-		s, isNew := m.stateFor(prev, b, p)
+	t := rebuildTable(ps, changed, opts, prev, func(id, addr string, p *storage.Pool) *backendState {
+		s, isNew := m.stateFor(prev, id, addr, p)
 		if isNew {
-			fresh[b.ID] = true
+			fresh[id] = true
 		}
 		return s
 	})
@@ -519,7 +636,7 @@ func (m *Manager) rebuild(ctx context.Context, rows map[string][]storage.Backend
 	}
 	m.mu.Unlock()
 
-	m.health.reconcile(t, fresh, initial, time.Now())
+	m.health.reconcile(t, fresh, false, time.Now())
 	m.collector.forget(t)
 	m.lastTook = time.Since(start)
 	m.log.Debug("routing table rebuilt", zap.Int("pools", len(t.pools)), zap.Int("changed", len(changed)),
@@ -536,7 +653,7 @@ func (m *Manager) noteRemoved(prev, t *Table) {
 			continue
 		}
 		for _, b := range pp.backends {
-			if np == nil || np.byID[b.ID] == nil {
+			if np == nil || np.Backend(b.ID) == nil {
 				gone = append(gone, b.ID)
 			}
 		}
@@ -552,17 +669,16 @@ func (m *Manager) noteRemoved(prev, t *Table) {
 }
 
 // stateFor returns the live state of a backend: the one it had in prev
-// (in its pool, or in another pool it moved from), or a new one seeded
-// from this node's last observation, if any, the first time the id is
-// seen. isNew also reports a state reset because the address changed.
-func (m *Manager) stateFor(prev *Table, b *storage.Backend, p *storage.Pool) (s *backendState, isNew bool) {
-	addr := backendAddr(b)
+// (in its pool, or in another pool it moved from), or a new one. isNew
+// also reports a state reset because the address changed. (Only the first
+// table seeds states from stored observations: see initialTable.)
+func (m *Manager) stateFor(prev *Table, id, addr string, p *storage.Pool) (s *backendState, isNew bool) {
 	var old *Backend
 	if pp := prev.byName[p.Name]; pp != nil {
-		old = pp.byID[b.ID]
+		old = pp.Backend(id)
 	}
 	if old == nil {
-		old = prev.Backend(b.ID) // moved from another pool
+		old = prev.Backend(id) // moved from another pool
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -579,15 +695,6 @@ func (m *Manager) stateFor(prev *Table, b *storage.Backend, p *storage.Pool) (s 
 		return s, false
 	}
 	s = newBackendState(addr, p.HoldNewBackends)
-	if o, ok := m.seeds[b.ID]; ok {
-		s.seed(o)
-		// What was persisted is what the store holds: a restart does not
-		// rewrite every row. (persistMu is not needed: persist starts
-		// after the first table.)
-		at := max(o.UpdatedAt.UnixNano(), 1)
-		o.CurrentConnections, o.UpdatedAt, o.Version = 0, time.Time{}, storage.Version{}
-		s.persistSum, s.persistCheck, s.persistAt = m.observationSum(o), o.LastCheck.UnixNano(), at
-	}
 	s.pool.Store(m.poolStateLocked(p.Name))
 	return s, true
 }
@@ -667,7 +774,7 @@ func (m *Manager) persist(ctx context.Context) error {
 			}
 			sum := m.observationSum(o)
 			if s.persistAt != 0 && s.persistSum == sum {
-				if s.persistCheck == o.LastCheck.UnixNano() {
+				if s.persistCheck == unixNano(o.LastCheck) {
 					// The store has all of it: skip cheaply until the
 					// next activity.
 					s.persistMark = mark
@@ -692,7 +799,7 @@ func (m *Manager) persist(ctx context.Context) error {
 			return fmt.Errorf("pools: put %d observations: %w", n, err)
 		}
 		for _, c := range changed[:n] {
-			c.s.persistSum, c.s.persistCheck, c.s.persistAt = c.sum, c.obs.LastCheck.UnixNano(), now.UnixNano()
+			c.s.persistSum, c.s.persistCheck, c.s.persistAt = c.sum, unixNano(c.obs.LastCheck), now.UnixNano()
 			c.s.persistMark = c.mark
 			delete(m.gone, c.obs.BackendID)
 		}

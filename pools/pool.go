@@ -4,6 +4,7 @@ import (
 	"errors"
 	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -134,7 +135,6 @@ type Pool struct {
 	OnDemandRate  int
 
 	backends      []*Backend // sorted by id
-	byID          map[string]*Backend
 	state         *poolState // nil outside a Manager
 	algo          algorithm
 	health        healthConfig
@@ -169,29 +169,55 @@ type group struct {
 	wrrCur []int64 // smooth weighted round robin current weights, by index
 }
 
-// init sets the group's backends. With hash set it also gets the Maglev
-// table: prev's when prev has the same backends (ids and weights, in
-// order), so that a rebuild for an unrelated change does not rebuild it.
-func (g *group) init(bs []*Backend, hash bool, prev *group) {
+// init sets the group's backends and the balancer state algo needs (and
+// only that: a million backends in round-robin pools carry no weight
+// classes or weight counters). For consistent hashing it also gets the
+// Maglev table: prev's when prev has the same backends (ids and weights,
+// in order), so that a rebuild for an unrelated change does not rebuild
+// it.
+func (g *group) init(bs []*Backend, algo algorithm, prev *group) {
 	g.backends = bs
-	if hash {
+	switch algo {
+	case algoWeightedRoundRobin:
+		g.wrrCur = make([]int64, len(bs))
+	case algoConsistentHash:
 		if prev != nil && prev.maglev != nil && sameMembers(prev.backends, bs) {
 			g.maglev = prev.maglev
 		} else {
 			g.maglev = buildMaglev(bs)
 		}
+		g.byWeight = weightClasses(bs)
 	}
-	g.wrrCur = make([]int64, len(bs))
+}
+
+// weightClasses partitions bs by weight, in order of first appearance;
+// when every backend has the same weight the one class is bs itself.
+func weightClasses(bs []*Backend) [][]*Backend {
+	uniform := true
+	for _, b := range bs {
+		if b.Weight != bs[0].Weight {
+			uniform = false
+			break
+		}
+	}
+	if uniform {
+		if len(bs) == 0 {
+			return nil
+		}
+		return [][]*Backend{bs}
+	}
+	var out [][]*Backend
 	class := make(map[int]int)
 	for _, b := range bs {
 		i, ok := class[b.Weight]
 		if !ok {
-			i = len(g.byWeight)
+			i = len(out)
 			class[b.Weight] = i
-			g.byWeight = append(g.byWeight, nil)
+			out = append(out, nil)
 		}
-		g.byWeight[i] = append(g.byWeight[i], b)
+		out[i] = append(out[i], b)
 	}
+	return out
 }
 
 // sameMembers reports whether a and b list backends with the same ids and
@@ -208,9 +234,46 @@ func sameMembers(a, b []*Backend) bool {
 	return true
 }
 
-// newPool builds a pool; prev is the same pool in the previous table (nil
-// if none), whose lookup tables it may share.
+// newPool builds a pool from its backend rows, which must be sorted by
+// id; prev is the same pool in the previous table (nil if none), whose
+// lookup tables it may share.
 func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []byte, stateFor stateResolver, prev *Pool) *Pool {
+	pb := startPool(sp, len(bs), stateFor)
+	for i := range bs {
+		sb := &bs[i]
+		pb.add(backendRow{id: sb.ID, host: sb.Host, addr: backendAddr(sb), port: sb.Port, scheme: sb.Scheme,
+			region: sb.Region, weight: sb.Weight, sslVerify: sb.SSLVerify, draining: sb.Draining, metadata: sb.Metadata})
+	}
+	return pb.finish(region, cookieKey, prev)
+}
+
+// backendRow is what a pool keeps of a backend row.
+type backendRow struct {
+	id, host, addr string
+	port           int
+	scheme, region string
+	weight         int
+	sslVerify      bool
+	draining       bool
+	metadata       map[string]string // cloned by add
+}
+
+// poolBuilder builds a pool from backend rows added in id order.
+//
+// The backends live in one slice per pool (one allocation, not one per
+// backend) and are found by id with a binary search, not a map: at a
+// million backends every word per backend is 8 MB.
+type poolBuilder struct {
+	p        *Pool
+	sp       *storage.Pool
+	stateFor stateResolver
+	slab     []Backend
+	// Scheme and region repeat across a pool's backends; each row decoded
+	// its own copy.
+	names map[string]string
+}
+
+func startPool(sp *storage.Pool, n int, stateFor stateResolver) *poolBuilder {
 	p := &Pool{
 		Name:                sp.Name,
 		Algorithm:           sp.Algorithm,
@@ -232,60 +295,73 @@ func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []
 		algo:                parseAlgorithm(sp.Algorithm),
 		health:              effectiveHealth(sp),
 		stickyCookie:        sp.StickyCookie,
-		byID:                make(map[string]*Backend, len(bs)),
 	}
 	if name, ok := cutPrefixFold(sp.HashOn, hashOnHeaderPrefix); ok && p.algo == algoConsistentHash {
 		p.hashHeader = name
 	}
-	if p.stickyCookie != "" {
-		p.stickyByValue = make(map[string]*Backend, len(bs))
+	return &poolBuilder{p: p, sp: sp, stateFor: stateFor, slab: make([]Backend, 0, n), names: make(map[string]string)}
+}
+
+// add adds a backend; rows must come in id order (a repeated id is
+// skipped, as is an empty one).
+func (pb *poolBuilder) add(r backendRow) {
+	if r.id == "" || (len(pb.slab) > 0 && pb.slab[len(pb.slab)-1].ID == r.id) {
+		return
 	}
-	// Scheme and region repeat across a pool's backends; each row decoded
-	// its own copy.
-	names := make(map[string]string)
-	for i := range bs {
-		sb := &bs[i]
-		if sb.ID == "" || p.byID[sb.ID] != nil {
-			continue
-		}
-		b := &Backend{
-			ID:        sb.ID,
-			PoolName:  p.Name, // one string per pool, not per backend row
-			Host:      sb.Host,
-			Port:      sb.Port,
-			Addr:      backendAddr(sb),
-			Scheme:    intern(names, sb.Scheme),
-			Region:    intern(names, sb.Region),
-			Weight:    max(sb.Weight, 1),
-			SSLVerify: sb.SSLVerify,
-			Draining:  sb.Draining,
-			Metadata:  maps.Clone(sb.Metadata),
-			live:      stateFor(sb, sp),
-			maxFails:  int64(p.health.MaxFails),
-			cooldown:  p.health.Cooldown,
-			hashSeed:  mix64(fnv64(sb.ID)),
-		}
-		if b.live.addr == b.Addr {
-			// One copy of the address string per backend, not two.
-			b.Addr = b.live.addr
-		}
-		if b.Scheme == "" {
-			b.Scheme = "http"
-		}
+	p := pb.p
+	b := Backend{
+		ID:        r.id,
+		PoolName:  p.Name, // one string per pool, not per backend row
+		Host:      hostOf(r.addr, r.host),
+		Port:      r.port,
+		Addr:      r.addr,
+		Scheme:    intern(pb.names, r.scheme),
+		Region:    intern(pb.names, r.region),
+		Weight:    max(r.weight, 1),
+		SSLVerify: r.sslVerify,
+		Draining:  r.draining,
+		Metadata:  maps.Clone(r.metadata),
+		live:      pb.stateFor(r.id, r.addr, pb.sp),
+		hc:        &p.health,
+	}
+	if p.algo == algoConsistentHash {
+		b.hashSeed = mix64(fnv64(r.id))
+	}
+	if b.live.addr == b.Addr {
+		// One copy of the address string per backend, not two (a state
+		// carried over from the previous table has its own).
+		b.Addr = b.live.addr
+		b.Host = hostOf(b.Addr, r.host)
+	}
+	if b.Scheme == "" {
+		b.Scheme = "http"
+	}
+	pb.slab = append(pb.slab, b)
+}
+
+// finish returns the pool, sharing prev's lookup tables where they still
+// apply.
+func (pb *poolBuilder) finish(region string, cookieKey []byte, prev *Pool) *Pool {
+	p := pb.p
+	slab := slices.Clip(pb.slab)
+	if p.stickyCookie != "" {
+		p.stickyByValue = make(map[string]*Backend, len(slab))
+	}
+	p.backends = make([]*Backend, len(slab))
+	for i := range slab {
+		b := &slab[i]
 		if p.stickyCookie != "" {
 			b.stickyValue = stickyValue(cookieKey, p.Name, b.ID)
 			p.stickyByValue[b.stickyValue] = b
 		}
-		p.byID[b.ID] = b
-		p.backends = append(p.backends, b)
+		p.backends[i] = b
 	}
-	hash := p.algo == algoConsistentHash
 	var prevAll, prevLocal *group
 	if prev != nil {
 		prevAll, prevLocal = &prev.all, prev.local
 	}
-	p.all.init(p.backends, hash, prevAll)
-	if sp.PreferRegion && region != "" {
+	p.all.init(p.backends, p.algo, prevAll)
+	if pb.sp.PreferRegion && region != "" {
 		var local []*Backend
 		for _, b := range p.backends {
 			if b.Region == region {
@@ -294,10 +370,22 @@ func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []
 		}
 		if len(local) > 0 && len(local) < len(p.backends) {
 			p.local = &group{}
-			p.local.init(local, hash, prevLocal)
+			p.local.init(local, p.algo, prevLocal)
 		}
 	}
 	return p
+}
+
+// hostOf returns host as the substring of addr (its JoinHostPort form),
+// so that a backend keeps one string for both.
+func hostOf(addr, host string) string {
+	if strings.HasPrefix(addr, host) {
+		return addr[:len(host)]
+	}
+	if strings.HasPrefix(addr, "[") && strings.HasPrefix(addr[1:], host) {
+		return addr[1 : 1+len(host)]
+	}
+	return host
 }
 
 // intern returns the copy of s in names, adding it the first time.
@@ -305,6 +393,17 @@ func intern(names map[string]string, s string) string {
 	if v, ok := names[s]; ok {
 		return v
 	}
+	names[s] = s
+	return s
+}
+
+// internBytes is intern for a string held as bytes: a hit does not
+// allocate.
+func internBytes(names map[string]string, b []byte) string {
+	if v, ok := names[string(b)]; ok {
+		return v
+	}
+	s := string(b)
 	names[s] = s
 	return s
 }
@@ -332,7 +431,13 @@ func (p *Pool) servedHosts() []string {
 func (p *Pool) Backends() []*Backend { return p.backends }
 
 // Backend returns the pool's backend with id, or nil.
-func (p *Pool) Backend(id string) *Backend { return p.byID[id] }
+func (p *Pool) Backend(id string) *Backend {
+	i, ok := slices.BinarySearchFunc(p.backends, id, func(b *Backend, id string) int { return strings.Compare(b.ID, id) })
+	if !ok {
+		return nil
+	}
+	return p.backends[i]
+}
 
 // HashHeader is the request header whose value keys consistent hashing
 // (hash_on "header:X"), or "" when the pool hashes on the client IP or does
@@ -350,7 +455,7 @@ func (p *Pool) StickyValue(b *Backend) string {
 	if p.stickyCookie == "" || b == nil {
 		return ""
 	}
-	if own := p.byID[b.ID]; own != nil {
+	if own := p.Backend(b.ID); own != nil {
 		return own.stickyValue
 	}
 	return ""
@@ -467,7 +572,7 @@ func (p *Pool) Pick(req PickRequest) (*Backend, error) {
 	}
 	f := pickFilter{exclude: req.Exclude}
 	if req.StickyID != "" && p.stickyCookie != "" {
-		if b := p.byID[req.StickyID]; b != nil && f.ok(b) {
+		if b := p.Backend(req.StickyID); b != nil && f.ok(b) {
 			return b, nil
 		}
 	}

@@ -53,7 +53,8 @@ type Table struct {
 }
 
 // stateResolver returns the live state for a backend of a pool.
-type stateResolver func(b *storage.Backend, p *storage.Pool) *backendState
+// addr is the backend's address as backendAddr gives it.
+type stateResolver func(id, addr string, p *storage.Pool) *backendState
 
 // NewTable builds a Table from configuration and this node's observations
 // (obs seeds health and totals of the backends it names; later rows for the
@@ -65,9 +66,9 @@ func NewTable(pools []storage.Pool, backends []storage.Backend, obs []storage.Ob
 	for _, o := range obs {
 		seeds[o.BackendID] = o
 	}
-	return buildTable(pools, backends, opts, nil, func(b *storage.Backend, p *storage.Pool) *backendState {
-		s := newBackendState(backendAddr(b), p.HoldNewBackends)
-		if o, ok := seeds[b.ID]; ok {
+	return buildTable(pools, backends, opts, nil, func(id, addr string, p *storage.Pool) *backendState {
+		s := newBackendState(addr, p.HoldNewBackends)
+		if o, ok := seeds[id]; ok {
 			s.seed(o)
 		}
 		return s
@@ -122,16 +123,51 @@ func buildTable(pools []storage.Pool, backends []storage.Backend, opts TableOpti
 // unchanged (same *Pool, same backends), so a change to one pool costs
 // that pool, not the whole table.
 func rebuildTable(pools []storage.Pool, changed map[string][]storage.Backend, opts TableOptions, prev *Table, stateFor stateResolver) *Table {
-	key := opts.CookieKey
-	if len(key) == 0 {
-		key = make([]byte, 32)
-		_, _ = rand.Read(key) // crypto/rand.Read never fails on supported platforms
+	key := cookieKey(opts)
+	return assembleTable(pools, opts.Region, prev, func(sp *storage.Pool, prevPool *Pool) *Pool {
+		bs, ok := changed[sp.Name]
+		if !ok && prevPool != nil {
+			return prevPool
+		}
+		return buildPool(sp, bs, opts, key, stateFor, prevPool)
+	})
+}
+
+// cookieKey is opts' cookie key, or a random one when it has none.
+func cookieKey(opts TableOptions) []byte {
+	if len(opts.CookieKey) > 0 {
+		return opts.CookieKey
 	}
+	key := make([]byte, 32)
+	_, _ = rand.Read(key) // crypto/rand.Read never fails on supported platforms
+	return key
+}
+
+// buildPool builds pool sp from its backend rows (in any order; bs is not
+// modified) with its backend TLS settings and live pool state.
+func buildPool(sp *storage.Pool, bs []storage.Backend, opts TableOptions, key []byte, stateFor stateResolver, prevPool *Pool) *Pool {
+	byID := func(a, b storage.Backend) int { return strings.Compare(a.ID, b.ID) }
+	if !slices.IsSortedFunc(bs, byID) {
+		bs = slices.Clone(bs)
+		slices.SortStableFunc(bs, byID)
+	}
+	p := newPool(sp, bs, opts.Region, key, stateFor, prevPool)
+	p.setBackendTLS(sp, opts)
+	if opts.poolState != nil {
+		p.state = opts.poolState(sp.Name)
+	}
+	return p
+}
+
+// assembleTable builds a table of pools (sorted by name; the first of a
+// name wins), each pool from build: a new one, or prevPool (the pool of
+// that name in prev, nil if none) carried over.
+func assembleTable(pools []storage.Pool, region string, prev *Table, build func(sp *storage.Pool, prevPool *Pool) *Pool) *Table {
 	t := &Table{
 		byName:   make(map[string]*Pool, len(pools)),
 		exact:    make(map[string]*Pool, len(pools)),
 		wildcard: make(map[string]*Pool),
-		region:   opts.Region,
+		region:   region,
 
 		onDemandExact: make(map[string]*Pool),
 		onDemandWild:  make(map[string]*Pool),
@@ -150,18 +186,7 @@ func rebuildTable(pools []storage.Pool, changed map[string][]storage.Backend, op
 		if prev != nil {
 			prevPool = prev.byName[sp.Name]
 		}
-		var p *Pool
-		if bs, ok := changed[sp.Name]; ok || prevPool == nil {
-			bs = slices.Clone(bs)
-			sort.Slice(bs, func(i, j int) bool { return bs[i].ID < bs[j].ID })
-			p = newPool(sp, bs, opts.Region, key, stateFor, prevPool)
-			p.setBackendTLS(sp, opts)
-			if opts.poolState != nil {
-				p.state = opts.poolState(sp.Name)
-			}
-		} else {
-			p = prevPool
-		}
+		p := build(sp, prevPool)
 		t.pools = append(t.pools, p)
 		t.byName[p.Name] = p
 		for _, h := range p.servedHosts() {
@@ -261,7 +286,7 @@ func (t *Table) Default() *Pool { return t.defaultPool }
 // map lookup per pool): for the admin API and tests, not the request path.
 func (t *Table) Backend(id string) *Backend {
 	for _, p := range t.pools {
-		if b := p.byID[id]; b != nil {
+		if b := p.Backend(id); b != nil {
 			return b
 		}
 	}
@@ -298,6 +323,20 @@ func hasUpper(s string) bool {
 
 func backendAddr(b *storage.Backend) string {
 	return net.JoinHostPort(b.Host, strconv.Itoa(b.Port))
+}
+
+// appendHostPort appends host:port to dst as net.JoinHostPort writes it
+// (brackets around a host with a colon), from bytes.
+func appendHostPort(dst, host []byte, port int) []byte {
+	if bytes.IndexByte(host, ':') >= 0 {
+		dst = append(dst, '[')
+		dst = append(dst, host...)
+		dst = append(dst, ']')
+	} else {
+		dst = append(dst, host...)
+	}
+	dst = append(dst, ':')
+	return strconv.AppendInt(dst, int64(port), 10)
 }
 
 // stickyValue is the signed sticky-cookie value naming backend id of pool:
