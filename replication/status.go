@@ -246,12 +246,20 @@ func (e *Engine) purgeWatermarks() (map[string]map[string]uint64, bool) {
 // departed members are reported, never waited for. On ctx's end it
 // returns ErrWaitTimeout with who holds everything and who does not.
 func (e *Engine) Flush(ctx context.Context) (WaitResult, error) {
+	// The target is what the store holds of this node, not what the
+	// engine has read from the feed so far: a commit acknowledged just
+	// before the flush may not have reached the push loop yet.
+	books, err := e.store.Books(ctx)
+	if err != nil {
+		return WaitResult{}, fmt.Errorf("replication: flush: %w", err)
+	}
+	target := books[e.nodeID].Max
 	for {
 		e.mu.Lock()
 		progress := e.progress
 		e.mu.Unlock()
 		changed := e.members.Changed()
-		res, waiting := e.flushState()
+		res, waiting := e.flushState(target)
 		if len(waiting) == 0 {
 			return res, nil
 		}
@@ -276,12 +284,9 @@ func (e *Engine) Flush(ctx context.Context) (WaitResult, error) {
 }
 
 // flushState says which members hold every own change set (Applied) and
-// which do not (Missing); waiting are the peers Flush waits for (nil for
+// which do not (Missing) of this node's seqs 1..ownMax; waiting are the peers Flush waits for (nil for
 // an alive member this node never had a stream with).
-func (e *Engine) flushState() (WaitResult, []*peer) {
-	e.mu.Lock()
-	ownMax := e.ownMax
-	e.mu.Unlock()
+func (e *Engine) flushState(ownMax uint64) (WaitResult, []*peer) {
 	res := WaitResult{Seq: ownMax}
 	var waiting []*peer
 	all := NewRangeSet(Range{1, ownMax}) // empty before the first own commit
