@@ -306,7 +306,19 @@ func (m *Manager) Run(ctx context.Context) error {
 		// resumes from it.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownPersistTimeout)
 		defer cancel()
-		if err := m.persist(fctx); err != nil {
+		err := m.persist(fctx)
+		var limited *storage.SkippedObservationsError
+		if errors.As(err, &limited) {
+			// A periodic write less than the store's write-rate bound
+			// ago: these are the node's last words, so wait the bound
+			// out once rather than lose them.
+			select {
+			case <-time.After(limited.RetryAfter):
+				err = m.persist(fctx)
+			case <-fctx.Done():
+			}
+		}
+		if err != nil {
 			m.log.Warn("final observation write failed", zap.Error(err))
 		}
 	}()
@@ -788,6 +800,7 @@ func (m *Manager) persist(ctx context.Context) error {
 			changed = append(changed, pending{obs: o, s: s, sum: sum, mark: mark})
 		}
 	}
+	var skippedErr *storage.SkippedObservationsError
 	for len(changed) > 0 {
 		n := min(len(changed), observationBatch)
 		batch := make([]storage.Observation, n)
@@ -795,10 +808,26 @@ func (m *Manager) persist(ctx context.Context) error {
 			batch[i] = changed[i].obs
 			batch[i].UpdatedAt = now
 		}
+		var skipped map[string]bool
 		if err := m.src.PutObservations(ctx, batch); err != nil {
-			return fmt.Errorf("pools: put %d observations: %w", n, err)
+			// Rows refused by the store's write-rate bound stay pending
+			// for the next write; the rest of the batch is committed.
+			var limited *storage.SkippedObservationsError
+			if !errors.As(err, &limited) {
+				return fmt.Errorf("pools: put %d observations: %w", n, err)
+			}
+			if skippedErr == nil {
+				skippedErr = limited
+			}
+			skipped = make(map[string]bool, len(limited.BackendIDs))
+			for _, id := range limited.BackendIDs {
+				skipped[id] = true
+			}
 		}
 		for _, c := range changed[:n] {
+			if skipped[c.obs.BackendID] {
+				continue
+			}
 			c.s.persistSum, c.s.persistCheck, c.s.persistAt = c.sum, unixNano(c.obs.LastCheck), now.UnixNano()
 			c.s.persistMark = c.mark
 			delete(m.gone, c.obs.BackendID)
@@ -825,6 +854,9 @@ func (m *Manager) persist(ctx context.Context) error {
 			delete(m.gone, id)
 		}
 		gone = gone[n:]
+	}
+	if skippedErr != nil {
+		return skippedErr
 	}
 	return nil
 }

@@ -176,6 +176,13 @@ func TestObservationWriteRateBound(t *testing.T) {
 	if !errors.Is(err, ErrRateLimited) || !strings.Contains(err.Error(), "1 of 2") {
 		t.Fatalf("batch with one row too soon: %v", err)
 	}
+	// The writer learns which rows wait and for how long (b2 was written
+	// 2 s ago under a 10 s bound), so it can keep them pending.
+	var skipped *SkippedObservationsError
+	if !errors.As(err, &skipped) || len(skipped.BackendIDs) != 1 || skipped.BackendIDs[0] != "b2" ||
+		skipped.RetryAfter != 8*time.Second {
+		t.Fatalf("skipped rows %+v, want b2 retrying after 8s", skipped)
+	}
 	got := map[string]int64{}
 	for _, o := range mustObservations(t, s) {
 		got[o.BackendID] = o.TotalRequests

@@ -379,32 +379,51 @@ func (s *Store) ObservationsByHealth(ctx context.Context, nodeID string, healthy
 
 // PutObservations stores observations of this node in one transaction.
 // Rows refused by the write-rate bound (Tx.PutObservation) are skipped and
-// the rest committed; the error then wraps ErrRateLimited and says how
-// many were skipped.
+// the rest committed; the error is then a *SkippedObservationsError (it
+// matches ErrRateLimited) naming the skipped rows.
 func (s *Store) PutObservations(ctx context.Context, obs []Observation) error {
-	var limited int
-	var first error
+	var skipped *SkippedObservationsError
 	_, err := s.Update(ctx, func(tx *Tx) error {
-		limited, first = 0, nil
+		skipped = nil
 		for i := range obs {
 			o := obs[i]
-			if err := tx.PutObservation(&o); err != nil {
-				if errors.Is(err, ErrRateLimited) {
-					if limited++; first == nil {
-						first = err
-					}
-					continue
+			err := tx.PutObservation(&o)
+			var limited *RateLimitError
+			if errors.As(err, &limited) {
+				if skipped == nil {
+					skipped = &SkippedObservationsError{Of: len(obs), First: limited}
 				}
+				skipped.BackendIDs = append(skipped.BackendIDs, o.BackendID)
+				skipped.RetryAfter = max(skipped.RetryAfter, limited.RetryAfter())
+				continue
+			}
+			if err != nil {
 				return err
 			}
 		}
 		return nil
 	})
-	if err == nil && limited > 0 {
-		return fmt.Errorf("%d of %d observations skipped (first: %w)", limited, len(obs), first)
+	if err == nil && skipped != nil {
+		return skipped
 	}
 	return err
 }
+
+// SkippedObservationsError says which rows PutObservations skipped under
+// the write-rate bound (the others were committed) and when all of them
+// may be written again.
+type SkippedObservationsError struct {
+	BackendIDs []string
+	Of         int
+	RetryAfter time.Duration
+	First      *RateLimitError
+}
+
+func (e *SkippedObservationsError) Error() string {
+	return fmt.Sprintf("%d of %d observations skipped (first: %v)", len(e.BackendIDs), e.Of, e.First)
+}
+
+func (e *SkippedObservationsError) Unwrap() error { return e.First }
 
 // DeleteObservations deletes this node's observations of the backends
 // backendIDs in one transaction, leaving tombstones (which replicate, so

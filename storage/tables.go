@@ -292,11 +292,29 @@ func (t *Tx) observationRate(ref rowRef, o *Observation) error {
 		return nil
 	}
 	if age := t.now.Sub(stored.UpdatedAt); age >= 0 && age < bound {
-		return fmt.Errorf("%w: observation of backend %q by node %q was written %s ago; at most one write per %s "+
-			"unless its health changes", ErrRateLimited, o.BackendID, o.NodeID, age.Round(time.Millisecond), bound)
+		return &RateLimitError{BackendID: o.BackendID, NodeID: o.NodeID, Age: age, Bound: bound}
 	}
 	return nil
 }
+
+// RateLimitError is the error of an observation refused by the write-rate
+// bound. It matches ErrRateLimited; RetryAfter says when the row may be
+// written again, so a writer that must not lose it (a final flush at
+// shutdown) can wait that long and write it.
+type RateLimitError struct {
+	BackendID, NodeID string
+	Age, Bound        time.Duration
+}
+
+func (e *RateLimitError) Error() string {
+	return fmt.Sprintf("%v: observation of backend %q by node %q was written %s ago; at most one write per %s "+
+		"unless its health changes", ErrRateLimited, e.BackendID, e.NodeID, e.Age.Round(time.Millisecond), e.Bound)
+}
+
+func (e *RateLimitError) Unwrap() error { return ErrRateLimited }
+
+// RetryAfter is the time left until the row may be written again.
+func (e *RateLimitError) RetryAfter() time.Duration { return e.Bound - e.Age }
 
 // DeleteObservation deletes this node's observation of a backend.
 func (t *Tx) DeleteObservation(backendID string) error {
