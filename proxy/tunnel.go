@@ -33,8 +33,8 @@ func (s *Server) tunnel(client, backend net.Conn, counter prometheus.Counter) (t
 	active[0].Store(now)
 	active[1].Store(now)
 	done := make(chan int64, 1)
-	ctcp, cok := client.(*net.TCPConn)
-	btcp, bok := backend.(*net.TCPConn)
+	ctcp, cok := unwrapTCP(client)
+	btcp, bok := unwrapTCP(backend)
 	if cok && bok {
 		if spliced, ok := s.spliceTunnel(ctcp, btcp, counter); ok {
 			return spliced[0], spliced[1]

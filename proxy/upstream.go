@@ -182,6 +182,7 @@ func (u *upstreams) dial(up *upstream) (*upConn, error) {
 		_ = c.Close()
 		return nil, errors.New("proxy: backend dial did not return a TCP connection")
 	}
+	c = newRawTCPConn(tcp) // see rawTCPConn
 	uc := &upConn{up: up, c: c, tcp: tcp}
 	if up.tlsConf != nil {
 		tc := tls.Client(c, up.tlsConf)
