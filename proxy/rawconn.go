@@ -158,3 +158,13 @@ func unwrapRawError(err error) error {
 func (c *rawTCPConn) opError(op string, err error) error {
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
+
+// socketEmpty peeks at a non-blocking socket: true when it has neither
+// data nor end of stream to read (recv would return EAGAIN). A raw
+// syscall for the reason given on rawTCPConn: pooled backend connections
+// are checked this way before every reuse.
+func socketEmpty(fd uintptr) bool {
+	var b [1]byte
+	_, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	return e == unix.EAGAIN
+}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/singularity-ng/singularity-edge/pools"
@@ -151,11 +150,9 @@ func (uc *upConn) alive() bool {
 		return false
 	}
 	ok := false
-	var b [1]byte
 	err = rc.Read(func(fd uintptr) bool {
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		ok = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
-		return true // never wait
+		ok = socketEmpty(fd) // raw syscall: see rawTCPConn
+		return true          // never wait
 	})
 	return err == nil && ok
 }
