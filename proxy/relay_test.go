@@ -172,9 +172,41 @@ func TestRelayBothWaysHalfClose(t *testing.T) {
 	}
 }
 
+// TestRelayDataThenFIN: a few bytes and the FIN sent back to back (they
+// usually arrive in one wake-up). The relay must deliver both: a relay
+// that parked after the short recv never saw the FIN and hung.
+func TestRelayDataThenFIN(t *testing.T) {
+	s := &Server{cfg: testConfig()}
+	for i := 0; i < 20; i++ {
+		client, clientProxy := tcpPair(t)
+		proxyBackend, backend := tcpPair(t)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			s.tunnel(clientProxy, proxyBackend, nil)
+		}()
+		if _, err := client.Write([]byte("last words")); err != nil {
+			t.Fatal(err)
+		}
+		if err := client.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		_ = backend.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(backend)
+		if err != nil || string(got) != "last words" {
+			t.Fatalf("round %d: backend got %q, %v; want the bytes then EOF", i, got, err)
+		}
+		_ = backend.Close()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: tunnel did not end", i)
+		}
+	}
+}
+
 // TestPassthroughPingPong: hundreds of small request/response records
-// through a passthrough, each waiting for the previous answer. The relay
-// parks after a short read without asking the socket again; a lost
+// through a passthrough, each waiting for the previous answer; a lost
 // wake-up would stall an exchange here until the deadline. The close at
 // the end goes through TLS (close_notify); TestRelayBothWaysHalfClose
 // covers the TCP half-close itself.

@@ -138,11 +138,10 @@ const counterFlush = 1 << 20
 // proxy on one core:
 //
 //   - Request/response traffic (records of a few KiB): recv(2) into a
-//     pooled buffer and send(2) it on. A recv that returns less than the
-//     buffer emptied the socket (TCP copies until the queue is empty), so
-//     the direction parks right away instead of paying a third syscall
-//     for EAGAIN; the netpoller is edge-triggered and wakes it on the
-//     next arrival. nginx relies on the same property.
+//     pooled buffer and send(2) it on, until recv says EAGAIN. (Parking
+//     after a short recv would save that syscall, as nginx does, but
+//     nginx also sees EPOLLRDHUP; through the netpoller a FIN that came
+//     with the last data would be missed.)
 //   - Bulk (a recv filled the buffer): splice(2) through a pipe, so the
 //     bytes never enter user space, until a splice moves less than a
 //     buffer's worth.
@@ -157,9 +156,8 @@ const counterFlush = 1 << 20
 // and the fds cannot be closed (and reused) while a callback runs.
 //
 // The whole direction runs inside one RawConn.Read call on src, with the
-// write to dst nested in it: readiness is reset only when that call
-// starts, so an arrival between a short recv and the next wait is never
-// lost.
+// write to dst nested in it, so a wake-up costs one RawConn call, not one
+// per syscall.
 type relay struct {
 	s           *Server
 	src, dst    syscall.RawConn
@@ -293,12 +291,13 @@ func (r *relay) readable(fd uintptr) bool {
 		if !r.deliver(r.sendOut) {
 			return true
 		}
-		if n < len(buf) {
-			// The socket is empty: wait without asking again.
-			r.releaseBuf()
-			return false
+		// A short recv does not prove the socket drained: a FIN (or
+		// RST) that arrived with the data is reported only by the next
+		// recv, and its edge-triggered event is already consumed, so
+		// parking here could wait forever. Ask again until EAGAIN.
+		if n == len(buf) {
+			r.startBulk()
 		}
-		r.startBulk()
 	}
 }
 
