@@ -60,7 +60,7 @@ func (s *Server) acceptLoop(l net.Listener, kind int) {
 			continue
 		}
 		backoff = 0
-		tc := &trackedConn{Conn: c}
+		tc := &trackedConn{Conn: newRawTCPConn(c)}
 		if !s.track(tc) {
 			_ = c.Close()
 			continue

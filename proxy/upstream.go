@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/singularity-ng/singularity-edge/pools"
@@ -151,11 +150,9 @@ func (uc *upConn) alive() bool {
 		return false
 	}
 	ok := false
-	var b [1]byte
 	err = rc.Read(func(fd uintptr) bool {
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		ok = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
-		return true // never wait
+		ok = socketEmpty(fd) // raw syscall: see rawTCPConn
+		return true          // never wait
 	})
 	return err == nil && ok
 }
@@ -182,6 +179,7 @@ func (u *upstreams) dial(up *upstream) (*upConn, error) {
 		_ = c.Close()
 		return nil, errors.New("proxy: backend dial did not return a TCP connection")
 	}
+	c = newRawTCPConn(tcp) // see rawTCPConn
 	uc := &upConn{up: up, c: c, tcp: tcp}
 	if up.tlsConf != nil {
 		tc := tls.Client(c, up.tlsConf)

@@ -1,0 +1,348 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() { c, err := ln.Accept(); ch <- res{c, err} }()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r res
+	select {
+	case r = <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatal("accept timed out")
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	t.Cleanup(func() { a.Close(); r.c.Close() })
+	return a.(*net.TCPConn), r.c.(*net.TCPConn)
+}
+
+// pattern is n bytes that differ from any shifted copy of themselves.
+func pattern(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// TestRelayBothWaysHalfClose drives the TCP-to-TCP relay directly: writes
+// of every size from 1 byte to 300 KiB each way at once (small records
+// take the recv/send path, full buffers switch to splice and back), with
+// every byte compared; then a half-close each way in turn: the FIN reaches
+// the other end while the opposite direction keeps flowing, and the byte
+// counts and the counter match what was sent.
+func TestRelayBothWaysHalfClose(t *testing.T) {
+	s := &Server{cfg: testConfig()}
+	client, clientProxy := tcpPair(t)
+	proxyBackend, backend := tcpPair(t)
+	counter := prometheus.NewCounter(prometheus.CounterOpts{Name: "relayed_bytes"})
+	type moved struct{ up, down int64 }
+	done := make(chan moved, 1)
+	go func() {
+		up, down := s.tunnel(newRawTCPConn(clientProxy), proxyBackend, counter)
+		done <- moved{up, down}
+	}()
+
+	sizes := []int{1, 5, 100, 1500, 16 << 10, bodyBufSize - 1, bodyBufSize, bodyBufSize + 1, 300 << 10, 3, 64 << 10, 7}
+	var up, down bytes.Buffer
+	for i, n := range sizes {
+		up.Write(pattern(uint64(i), n))
+		down.Write(pattern(uint64(100+i), n))
+	}
+	// Each side writes its stream in the listed sizes while the other
+	// side reads it; both directions at the same time.
+	send := func(c *net.TCPConn, data []byte) <-chan error {
+		errc := make(chan error, 1)
+		go func() {
+			for _, n := range sizes {
+				if _, err := c.Write(data[:n]); err != nil {
+					errc <- err
+					return
+				}
+				data = data[n:]
+			}
+			errc <- nil
+		}()
+		return errc
+	}
+	recv := func(c *net.TCPConn, n int) ([]byte, error) {
+		_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		got := make([]byte, n)
+		_, err := io.ReadFull(c, got)
+		return got, err
+	}
+	upErr, downErr := send(client, up.Bytes()), send(backend, down.Bytes())
+	var wg sync.WaitGroup
+	var gotUp, gotDown []byte
+	var errUp, errDown error
+	wg.Add(2)
+	go func() { defer wg.Done(); gotUp, errUp = recv(backend, up.Len()) }()
+	go func() { defer wg.Done(); gotDown, errDown = recv(client, down.Len()) }()
+	wg.Wait()
+	if errUp != nil || !bytes.Equal(gotUp, up.Bytes()) {
+		t.Fatalf("client->backend differs (%d of %d bytes, err %v)", len(gotUp), up.Len(), errUp)
+	}
+	if errDown != nil || !bytes.Equal(gotDown, down.Bytes()) {
+		t.Fatalf("backend->client differs (%d of %d bytes, err %v)", len(gotDown), down.Len(), errDown)
+	}
+	for _, errc := range []<-chan error{upErr, downErr} {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Half-close client->backend: the backend sees EOF, and can still
+	// answer.
+	if err := client.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	_ = backend.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := backend.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("backend after the client's half-close: %d bytes, %v; want EOF", n, err)
+	}
+	tail := pattern(7, 200<<10)
+	if _, err := backend.Write(tail); err != nil {
+		t.Fatalf("backend answer after half-close: %v", err)
+	}
+	if err := backend.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	rest, err := io.ReadAll(client)
+	if err != nil || !bytes.Equal(rest, tail) {
+		t.Fatalf("answer after half-close: %d of %d bytes, err %v", len(rest), len(tail), err)
+	}
+
+	var m moved
+	select {
+	case m = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("tunnel did not end after both half-closes")
+	}
+	wantDown := int64(down.Len() + len(tail))
+	if m.up != int64(up.Len()) || m.down != wantDown {
+		t.Fatalf("tunnel counted %d up, %d down; want %d, %d", m.up, m.down, up.Len(), wantDown)
+	}
+	if got := counterValue(t, counter); got != float64(int64(up.Len())+wantDown) {
+		t.Fatalf("counter %v, want %d", got, int64(up.Len())+wantDown)
+	}
+}
+
+// TestRelayDataThenFIN: a few bytes and the FIN sent back to back (they
+// usually arrive in one wake-up). The relay must deliver both: a relay
+// that parked after the short recv never saw the FIN and hung.
+func TestRelayDataThenFIN(t *testing.T) {
+	s := &Server{cfg: testConfig()}
+	for i := 0; i < 20; i++ {
+		client, clientProxy := tcpPair(t)
+		proxyBackend, backend := tcpPair(t)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			s.tunnel(clientProxy, proxyBackend, nil)
+		}()
+		if _, err := client.Write([]byte("last words")); err != nil {
+			t.Fatal(err)
+		}
+		if err := client.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		_ = backend.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(backend)
+		if err != nil || string(got) != "last words" {
+			t.Fatalf("round %d: backend got %q, %v; want the bytes then EOF", i, got, err)
+		}
+		_ = backend.Close()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: tunnel did not end", i)
+		}
+	}
+}
+
+// TestPassthroughPingPong: hundreds of small request/response records
+// through a passthrough, each waiting for the previous answer; a lost
+// wake-up would stall an exchange here until the deadline. The close at
+// the end goes through TLS (close_notify); TestRelayBothWaysHalfClose
+// covers the TCP half-close itself.
+func TestPassthroughPingPong(t *testing.T) {
+	ca := newTestCA(t)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{ca.issue(t, "pp.test")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				// Echo until the client's close_notify, then send a
+				// trailer the client must still receive.
+				_, _ = io.Copy(c, c)
+				_, _ = c.Write([]byte("bye"))
+			}()
+		}
+	}()
+	table := newTable(t, poolSpec{storage.Pool{Name: "pp", SSLMode: "passthrough", SSLDomain: "pp.test"}, []string{"https://" + ln.Addr().String()}})
+	p := startProxy(t, testConfig(), table, nil, nil)
+	c, err := tls.Dial("tcp", p.https, &tls.Config{ServerName: "pp.test", RootCAs: ca.pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	buf := make([]byte, 2048)
+	for i := 0; i < 500; i++ {
+		msg := pattern(uint64(i), 1+i*4%2000)
+		if _, err := c.Write(msg); err != nil {
+			t.Fatalf("exchange %d: %v", i, err)
+		}
+		if _, err := io.ReadFull(c, buf[:len(msg)]); err != nil || !bytes.Equal(buf[:len(msg)], msg) {
+			t.Fatalf("exchange %d: echo differs (%v)", i, err)
+		}
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := io.ReadAll(c)
+	if err != nil || string(rest) != "bye" {
+		t.Fatalf("after the client's half-close: %q, %v; want \"bye\"", rest, err)
+	}
+}
+
+// TestRawTCPConnSemantics: the raw-syscall connection reads and writes
+// like *net.TCPConn: a write larger than the socket buffers completes,
+// end of stream is io.EOF itself, a deadline is os.ErrDeadlineExceeded
+// and a net.Error timeout, a closed connection is net.ErrClosed, and a
+// reset peer is the syscall's error.
+func TestRawTCPConnSemantics(t *testing.T) {
+	a, peer := tcpPair(t)
+	c := newRawTCPConn(a)
+	if tcp, ok := unwrapTCP(c); !ok || tcp != a {
+		t.Fatalf("unwrapTCP = %v, %v", tcp, ok)
+	}
+
+	big := pattern(1, 8<<20)
+	errc := make(chan error, 1)
+	go func() {
+		n, err := c.Write(big)
+		if err == nil && n != len(big) {
+			err = errors.New("short write")
+		}
+		errc <- err
+	}()
+	_ = peer.SetReadDeadline(time.Now().Add(20 * time.Second))
+	got := make([]byte, len(big))
+	for off := 0; off < len(got); {
+		n, err := peer.Read(got[off:min(off+4096, len(got))]) // slow reader: the writer hits EAGAIN
+		if err != nil {
+			t.Fatal(err)
+		}
+		off += n
+	}
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("write did not return")
+	}
+	if !bytes.Equal(got, big) {
+		t.Fatal("8 MiB write arrived altered")
+	}
+
+	if _, err := peer.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	rb := make([]byte, 16)
+	if n, err := io.ReadAtLeast(c, rb, 5); err != nil || string(rb[:n]) != "hello" {
+		t.Fatalf("read %q, %v", rb[:n], err)
+	}
+
+	_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	_, err := c.Read(rb)
+	var ne net.Error
+	if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("read past the deadline: %v", err)
+	}
+
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if err := peer.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.Read(rb); n != 0 || err != io.EOF {
+		t.Fatalf("read at end of stream: %d, %v; want io.EOF", n, err)
+	}
+
+	// The peer resets: writing fails with the kernel's error.
+	_ = peer.SetLinger(0)
+	_ = peer.Close()
+	var werr error
+	deadline := time.Now().Add(10 * time.Second)
+	for werr == nil && time.Now().Before(deadline) {
+		_, werr = c.Write([]byte("x"))
+		time.Sleep(time.Millisecond)
+	}
+	if !errors.Is(werr, syscall.ECONNRESET) && !errors.Is(werr, syscall.EPIPE) {
+		t.Fatalf("write to a reset peer: %v", werr)
+	}
+
+	_ = c.Close()
+	if _, err := c.Read(rb); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read after Close: %v", err)
+	}
+	if _, err := c.Write(rb); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write after Close: %v", err)
+	}
+}
