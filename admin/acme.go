@@ -63,7 +63,7 @@ func acmeError(err error) error {
 	}
 	var ae *apiError
 	if _, ok := fielderr.From(err); ok || errors.As(err, &ae) ||
-		errors.Is(err, storage.ErrNotFound) || errors.Is(err, storage.ErrClosed) || errors.Is(err, storage.ErrConflict) {
+		errors.Is(err, storage.ErrNotFound) || errors.Is(err, storage.ErrClosed) {
 		return err
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {

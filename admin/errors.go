@@ -142,9 +142,6 @@ func toAPIError(err error) *apiError {
 		// The store's own checks (key and index sizes) back up the
 		// pools and certs validation; its messages carry no key material.
 		return &apiError{Status: http.StatusUnprocessableEntity, Code: CodeInvalid, Message: err.Error(), cause: err}
-	case errors.Is(err, storage.ErrConflict):
-		return &apiError{Status: http.StatusConflict, Code: CodeConflict,
-			Message: "a concurrent update changed the same rows; retry the request", cause: err}
 	case errors.Is(err, storage.ErrDiskFull):
 		// The cause is the condition, not a bug: say it, and that it
 		// heals by itself once space is freed.

@@ -7,12 +7,6 @@ import "errors"
 var (
 	// ErrNotFound: the row does not exist or is a tombstone.
 	ErrNotFound = errors.New("storage: not found")
-	// ErrConflict: a transaction kept conflicting with concurrent writers.
-	//
-	// Deprecated: transactions are serialized (Store.Update) and never
-	// conflict; the store no longer returns it. Kept so that callers that
-	// still match it build.
-	ErrConflict = errors.New("storage: transaction conflict")
 	// ErrReadOnly: a write was attempted inside View.
 	ErrReadOnly = errors.New("storage: read-only transaction")
 	// ErrEncryptionKey: the encryption key is missing, malformed or not the
