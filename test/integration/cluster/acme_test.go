@@ -312,14 +312,18 @@ type certView struct {
 // token m1 wrote, so the token replicated and any agent answers. Then,
 // with a client handshaking every 200 ms with each agent, the certificate
 // is renewed: no handshake fails, and every agent serves the new
-// certificate within seconds. Last, a 30-second certificate falls due on
-// all three agents at once (their schedulers pass every second) and
-// Pebble sees exactly one order for it.
+// certificate within seconds. A third certificate for the name passes the
+// lowered duplicate budget: the forced renewal is held back, Pebble sees
+// no order, and every agent shows the reason. Last, a 30-second
+// certificate falls due on all three agents at once (their schedulers
+// pass every second) and Pebble sees exactly one order for it.
 func TestACMEThreeAgents(t *testing.T) {
 	ips := []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}
 	p := acmePorts(t, ips...)
 	pb := startPebble(t, "127.0.0.1", ips[0], p.http(), p.https(), map[string]int{"default": 7776000, "tiny": 30})
-	agents := startACMECluster(t, pb, ips, nil, p, "--acme-renew-interval", "1s")
+	// Two certificates per name set: the issuance and one renewal each,
+	// then the budget holds the next order back.
+	agents := startACMECluster(t, pb, ips, nil, p, "--acme-renew-interval", "1s", "--acme-duplicate-certs", "2")
 	roots := pb.roots(t)
 	const name = "other.acme.test"
 	pb.resolve(t, name, ips[1])
@@ -450,6 +454,45 @@ func TestACMEThreeAgents(t *testing.T) {
 			t.Logf("%s serves the renewed certificate %s after the renew call returned", a.name, seen[i].Sub(renewed).Round(time.Millisecond))
 		}
 		t.Logf("%d handshakes, none failed", done.Load())
+	})
+
+	t.Run("lowered budget holds back", func(t *testing.T) {
+		before := strings.Count(pb.proc.out.String(), "Added order")
+		code, body := agents[2].acme(http.MethodPost, "/api/certificates/"+cert.ID+"/renew", nil)
+		var eb struct {
+			Error struct {
+				Code     string `json:"code"`
+				HeldBack *struct {
+					Limit string `json:"limit"`
+				} `json:"held_back"`
+			} `json:"error"`
+		}
+		_ = json.Unmarshal(body, &eb)
+		if code != http.StatusTooManyRequests || eb.Error.Code != "held_back" || eb.Error.HeldBack == nil || eb.Error.HeldBack.Limit != "duplicate_certs" {
+			t.Fatalf("renew on m3 past the duplicate budget: %d %s, want 429 held_back duplicate_certs", code, body)
+		}
+		for _, a := range agents {
+			waitFor(t, a.name+" shows the held-back renewal", func() bool {
+				code, body := a.do(http.MethodGet, "/api/certificates/"+cert.ID, nil)
+				var v struct {
+					Renewal struct {
+						Phase    string `json:"phase"`
+						HeldBack string `json:"held_back"`
+					} `json:"renewal"`
+				}
+				return code == http.StatusOK && json.Unmarshal(body, &v) == nil &&
+					v.Renewal.Phase == "held_back" && strings.Contains(v.Renewal.HeldBack, "duplicate_certs")
+			})
+		}
+		if n := strings.Count(pb.proc.out.String(), "Added order"); n != before {
+			t.Fatalf("a held-back renewal placed %d orders", n-before)
+		}
+		// The held-back certificate keeps serving on every agent.
+		for _, a := range agents {
+			if fp, err := a.handshake(name, roots); err != nil || fp == cert.Fingerprint {
+				t.Errorf("%s after the held-back renewal: %v (serves the first certificate again: %v)", a.name, err, fp == cert.Fingerprint)
+			}
+		}
 	})
 
 	t.Run("one order for a due certificate", func(t *testing.T) {
