@@ -18,12 +18,26 @@ import (
 // validateACME checks the ACME flags; an empty directory turns ACME off.
 func (c *Config) validateACME() error {
 	if c.ACMEDirectory == "" {
+		if len(c.ACMEFallbackDirectories) > 0 {
+			return errors.New("--acme-fallback-directory needs --acme-directory (an empty --acme-directory turns ACME off)")
+		}
 		return nil
 	}
 	var errs []error
-	u, err := url.Parse(c.ACMEDirectory)
-	if err != nil || u.Scheme != "https" || u.Host == "" {
+	if !httpsURL(c.ACMEDirectory) {
 		errs = append(errs, fmt.Errorf("--acme-directory %q: want an https:// URL", c.ACMEDirectory))
+	}
+	seen := map[string]bool{c.ACMEDirectory: true}
+	for _, d := range c.ACMEFallbackDirectories {
+		switch {
+		case !httpsURL(d):
+			errs = append(errs, fmt.Errorf("--acme-fallback-directory %q: want an https:// URL", d))
+		case d == c.ACMEDirectory:
+			errs = append(errs, fmt.Errorf("--acme-fallback-directory %q: the same as --acme-directory", d))
+		case seen[d]:
+			errs = append(errs, fmt.Errorf("--acme-fallback-directory %q: given twice", d))
+		}
+		seen[d] = true
 	}
 	if c.ACMECABundle != "" {
 		if _, err := os.Stat(c.ACMECABundle); err != nil {
@@ -67,6 +81,14 @@ func (c *Config) validateACME() error {
 		errs = append(errs, fmt.Errorf("--acme-renew-interval %s: want at least 1s", c.ACMERenewInterval))
 	}
 	return errors.Join(errs...)
+}
+
+// httpsURL reports whether s is an absolute https URL with a host. ACME
+// directories are https only: the account key signs every request, but
+// the directory itself and the certificates come back over that channel.
+func httpsURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && u.Scheme == "https" && u.Host != ""
 }
 
 // minACMELeaseTTL keeps lease extensions (every third of the term) well
@@ -124,7 +146,20 @@ func (a *Agent) buildACME(registry prometheus.Registerer) (proxy.ChallengeSource
 	if err != nil {
 		return nil, err
 	}
-	m, err := certs.NewManager(cfg.managerConfig(log, registry), []certs.Issuer{iss}, backend, backend, members)
+	issuers := []certs.Issuer{iss}
+	for _, dir := range cfg.ACMEFallbackDirectories {
+		// EAB credentials belong to one CA's account: a fallback
+		// directory registers without them.
+		fcfg := icfg
+		fcfg.DirectoryURL = dir
+		fcfg.EABKeyID, fcfg.EABHMACKey = "", ""
+		fiss, err := certs.NewACMEIssuer(fcfg, backend, backend)
+		if err != nil {
+			return nil, fmt.Errorf("--acme-fallback-directory %q: %w", dir, err)
+		}
+		issuers = append(issuers, fiss)
+	}
+	m, err := certs.NewManager(cfg.managerConfig(log, registry), issuers, backend, backend, members)
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +168,6 @@ func (a *Agent) buildACME(registry prometheus.Registerer) (proxy.ChallengeSource
 		publicOnly: strings.HasPrefix(cfg.ACMEDirectory, "https://acme-v02.api.letsencrypt.org/") ||
 			strings.HasPrefix(cfg.ACMEDirectory, "https://acme-staging-v02.api.letsencrypt.org/"),
 		log: a.logger.Named("autocert"), now: time.Now, ready: a.certs.Ready()}
-	log.Info("acme enabled", zap.String("directory", cfg.ACMEDirectory))
+	log.Info("acme enabled", zap.String("directory", cfg.ACMEDirectory), zap.Strings("fallback_directories", cfg.ACMEFallbackDirectories))
 	return certs.NewChallengeResponder(backend, log), nil
 }

@@ -105,6 +105,10 @@ type Config struct {
 	ACMEDNSProvider string
 	ACMEEABKeyID    string
 	ACMEEABHMACKey  string
+	// ACMEFallbackDirectories are further ACME directories
+	// (--acme-fallback-directory, EDGE_ACME_FALLBACK_DIRECTORIES), tried
+	// in order when the ones before fail; same email and CA bundle, no EAB.
+	ACMEFallbackDirectories []string
 	// ACMELimits is the cluster-wide rate-limit budget (--acme-orders-*,
 	// --acme-certs-*, --acme-duplicate-*, --acme-failed-*, --acme-pause-*),
 	// used as given: a count of 0 turns that limit off.
@@ -189,6 +193,12 @@ func (c *Config) ApplyEnvironment(getenv func(string) string) {
 	c.EncryptionKey = getenv("EDGE_ENCRYPTION_KEY")
 	c.CookieKey = getenv("EDGE_COOKIE_KEY")
 	c.ACMEEABKeyID, c.ACMEEABHMACKey = getenv("EDGE_ACME_EAB_KID"), getenv("EDGE_ACME_EAB_HMAC")
+	if v := getenv("EDGE_ACME_FALLBACK_DIRECTORIES"); v != "" {
+		c.ACMEFallbackDirectories = nil
+		for _, d := range strings.Split(v, ",") {
+			c.ACMEFallbackDirectories = append(c.ACMEFallbackDirectories, strings.TrimSpace(d))
+		}
+	}
 	c.Fly = flyEnvironment(getenv)
 	if v := c.Fly.MachineID; v != "" {
 		c.NodeName = v

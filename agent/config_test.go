@@ -20,6 +20,8 @@ func TestApplyEnvironment(t *testing.T) {
 		"FLY_MACHINE_ID":      "148e21ea7e3289",
 		"FLY_REGION":          "syd",
 		"FLY_PRIVATE_IP":      "fdaa:0:1:a7b:1::2",
+
+		"EDGE_ACME_FALLBACK_DIRECTORIES": "https://a.example/dir, https://b.example/dir",
 	}
 	cfg := DefaultConfig()
 	cfg.ApplyEnvironment(func(k string) string { return env[k] })
@@ -31,6 +33,9 @@ func TestApplyEnvironment(t *testing.T) {
 	}
 	if cfg.AdminAddr != "[fdaa:0:1:a7b:1::2]:4000" {
 		t.Errorf("admin address on Fly = %q, want the 6PN address", cfg.AdminAddr)
+	}
+	if got := strings.Join(cfg.ACMEFallbackDirectories, " "); got != "https://a.example/dir https://b.example/dir" {
+		t.Errorf("fallback directories %q, want both in order", got)
 	}
 
 	local := DefaultConfig()
@@ -79,6 +84,20 @@ func TestConfigValidate(t *testing.T) {
 		{"acme short lease", func(c *Config) { c.ACMELeaseTTL = time.Second }, "--acme-lease-ttl"},
 		{"acme zero present timeout", func(c *Config) { c.ACMEPresentTimeout = 0 }, "--acme-present-timeout"},
 		{"acme fast renew passes", func(c *Config) { c.ACMERenewInterval = time.Millisecond }, "--acme-renew-interval"},
+		{"acme fallback directories", func(c *Config) {
+			c.ACMEFallbackDirectories = []string{"https://acme.zerossl.example/directory", "https://ca.example/dir"}
+		}, ""},
+		{"acme fallback http", func(c *Config) { c.ACMEFallbackDirectories = []string{"http://ca.example/dir"} }, "--acme-fallback-directory"},
+		{"acme fallback no host", func(c *Config) { c.ACMEFallbackDirectories = []string{"https:///dir"} }, "--acme-fallback-directory"},
+		{"acme fallback empty", func(c *Config) { c.ACMEFallbackDirectories = []string{""} }, "--acme-fallback-directory"},
+		{"acme fallback is the primary", func(c *Config) { c.ACMEFallbackDirectories = []string{c.ACMEDirectory} }, "the same as --acme-directory"},
+		{"acme fallback twice", func(c *Config) {
+			c.ACMEFallbackDirectories = []string{"https://ca.example/dir", "https://ca.example/dir"}
+		}, "given twice"},
+		{"acme fallback without primary", func(c *Config) {
+			c.ACMEDirectory = ""
+			c.ACMEFallbackDirectories = []string{"https://ca.example/dir"}
+		}, "--acme-fallback-directory needs --acme-directory"},
 		{"acme off ignores its limits", func(c *Config) { c.ACMEDirectory = ""; c.ACMELimits.OrdersPerAccount = -1 }, ""},
 		{"body rate off", func(c *Config) { c.MinBodyRate = 0 }, ""},
 		{"negative body rate", func(c *Config) { c.MinBodyRate = -1 }, "--min-body-rate"},

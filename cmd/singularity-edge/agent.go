@@ -77,6 +77,7 @@ FLY_MACHINE_ID and FLY_PRIVATE_IP set the defaults of --region, --node-name and
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may take to finish on shutdown")
 	f.Uint64Var(&cfg.FeedRetention, "feed-retention", cfg.FeedRetention, "change-feed entries kept on disk")
 	f.StringVar(&cfg.ACMEDirectory, "acme-directory", cfg.ACMEDirectory, "ACME directory URL (Let's Encrypt production by default; staging or any CA), empty to turn ACME off")
+	f.StringSliceVar(&cfg.ACMEFallbackDirectories, "acme-fallback-directory", cfg.ACMEFallbackDirectories, "further ACME directory URL tried, in the order given, when the ones before it fail (repeatable or comma-separated; EDGE_ACME_FALLBACK_DIRECTORIES); same --acme-email and --acme-ca-bundle, without External Account Binding (EAB is for --acme-directory only)")
 	f.StringVar(&cfg.ACMECABundle, "acme-ca-bundle", cfg.ACMECABundle, "PEM file of the CAs trusted for the ACME server's own TLS (a private CA, Pebble); empty: system roots")
 	f.StringVar(&cfg.ACMEEmail, "acme-email", cfg.ACMEEmail, "contact email of the ACME account")
 	f.StringVar(&cfg.ACMEDNSProvider, "acme-dns-provider", cfg.ACMEDNSProvider, "lego DNS provider for dns-01 (cloudflare, exec, httpreq), configured from its own environment variables")

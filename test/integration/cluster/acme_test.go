@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,7 +92,10 @@ func listenAddr(t *testing.T, ip string) string {
 // startPebble listens on listenIP (where the agents reach it), validates
 // on httpPort and tlsPort of whatever address challtestsrv gives a name
 // (defaultIP unless set with resolve), and validates every order afresh.
-func startPebble(t *testing.T, listenIP, defaultIP string, httpPort, tlsPort int) *pebble {
+// profiles maps profile names to their validity in seconds (nil: Pebble's
+// single default profile); an order that names no profile gets a random
+// one, so orders name theirs when there are several.
+func startPebble(t *testing.T, listenIP, defaultIP string, httpPort, tlsPort int, profiles map[string]int) *pebble {
 	t.Helper()
 	p := &pebble{mgmt: listenAddr(t, "127.0.0.1"), challMgmt: listenAddr(t, "127.0.0.1")}
 	dns := listenAddr(t, "127.0.0.1")
@@ -109,14 +113,22 @@ func startPebble(t *testing.T, listenIP, defaultIP string, httpPort, tlsPort int
 		}
 	}
 	listen := listenAddr(t, listenIP)
-	cfg, _ := json.Marshal(map[string]any{"pebble": map[string]any{
+	pcfg := map[string]any{
 		"listenAddress": listen, "managementListenAddress": p.mgmt,
 		"certificate": certFile, "privateKey": keyFile,
 		"httpPort": httpPort, "tlsPort": tlsPort, "ocspResponderURL": "",
 		"externalAccountBindingRequired": false,
 		"retryAfter":                     map[string]int{"authz": 1, "order": 1},
 		"keyAlgorithm":                   "ecdsa",
-	}})
+	}
+	if profiles != nil {
+		ps := map[string]any{}
+		for name, secs := range profiles {
+			ps[name] = map[string]any{"description": name, "validityPeriod": secs}
+		}
+		pcfg["profiles"] = ps
+	}
+	cfg, _ := json.Marshal(map[string]any{"pebble": pcfg})
 	cfgFile := filepath.Join(dir, "pebble.json")
 	if err := os.WriteFile(cfgFile, cfg, 0o600); err != nil {
 		t.Fatal(err)
@@ -296,16 +308,22 @@ type certView struct {
 }
 
 // Agent m1 orders a certificate while Pebble can reach only m2 (the name
-// resolves to m2's address): m2 answers the challenge from the token m1
-// wrote, so the token replicated and any agent answers. Then, with a
-// client handshaking every 200 ms with each agent, the certificate is
-// renewed: no handshake fails, and every agent serves the new certificate
-// within seconds.
+// resolves to m2's address): m2 answers the TLS-ALPN-01 challenge from the
+// token m1 wrote, so the token replicated and any agent answers. Then,
+// with a client handshaking every 200 ms with each agent, the certificate
+// is renewed: no handshake fails, and every agent serves the new
+// certificate within seconds. A third certificate for the name passes the
+// lowered duplicate budget: the forced renewal is held back, Pebble sees
+// no order, and every agent shows the reason. Last, a 30-second
+// certificate falls due on all three agents at once (their schedulers
+// pass every second) and Pebble sees exactly one order for it.
 func TestACMEThreeAgents(t *testing.T) {
 	ips := []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}
 	p := acmePorts(t, ips...)
-	pb := startPebble(t, "127.0.0.1", ips[0], p.http(), p.https())
-	agents := startACMECluster(t, pb, ips, nil, p)
+	pb := startPebble(t, "127.0.0.1", ips[0], p.http(), p.https(), map[string]int{"default": 7776000, "tiny": 30})
+	// Two certificates per name set: the issuance and one renewal each,
+	// then the budget holds the next order back.
+	agents := startACMECluster(t, pb, ips, nil, p, "--acme-renew-interval", "1s", "--acme-duplicate-certs", "2")
 	roots := pb.roots(t)
 	const name = "other.acme.test"
 	pb.resolve(t, name, ips[1])
@@ -315,7 +333,7 @@ func TestACMEThreeAgents(t *testing.T) {
 		"ssl_mode": "flexible", "ssl_domain": name, "auto_cert": false}, http.StatusCreated)
 
 	start := time.Now()
-	code, body := agents[0].acme(http.MethodPost, "/api/certificates", map[string]any{"domain": name})
+	code, body := agents[0].acme(http.MethodPost, "/api/certificates", map[string]any{"domain": name, "profile": "default"})
 	if code != http.StatusCreated {
 		t.Fatalf("POST /api/certificates on m1: %d %s", code, body)
 	}
@@ -342,6 +360,22 @@ func TestACMEThreeAgents(t *testing.T) {
 	// Pebble validated against m2 only: the name resolves nowhere else.
 	if !strings.Contains(pb.proc.out.String(), "Pulled a task") {
 		t.Fatal("Pebble validated nothing")
+	}
+	// lego prefers tls-alpn-01 over http-01 when the CA offers both (it
+	// sorts the offered types), and Pebble logs every HTTP-01 validation:
+	// none here. m2 answered it: the acme handshakes are counted there
+	// only.
+	if strings.Contains(pb.proc.out.String(), "Attempting to validate w/ HTTP") {
+		t.Fatal("Pebble validated with HTTP-01, want TLS-ALPN-01")
+	}
+	if !strings.Contains(agents[0].log.String(), "use tls-alpn-01 solver") {
+		t.Fatal("m1's lego did not choose the tls-alpn-01 solver")
+	}
+	for i, a := range agents {
+		n := a.metric("singularity_edge_tls_handshakes_total", `result="acme"`)
+		if (i == 1) != (n > 0) {
+			t.Errorf("%s answered %v acme-tls/1 handshakes; want some on m2 only", a.name, n)
+		}
 	}
 
 	t.Run("renewal under handshakes", func(t *testing.T) {
@@ -421,6 +455,105 @@ func TestACMEThreeAgents(t *testing.T) {
 		}
 		t.Logf("%d handshakes, none failed", done.Load())
 	})
+
+	t.Run("lowered budget holds back", func(t *testing.T) {
+		before := strings.Count(pb.proc.out.String(), "Added order")
+		code, body := agents[2].acme(http.MethodPost, "/api/certificates/"+cert.ID+"/renew", nil)
+		var eb struct {
+			Error struct {
+				Code     string `json:"code"`
+				HeldBack *struct {
+					Limit string `json:"limit"`
+				} `json:"held_back"`
+			} `json:"error"`
+		}
+		_ = json.Unmarshal(body, &eb)
+		if code != http.StatusTooManyRequests || eb.Error.Code != "held_back" || eb.Error.HeldBack == nil || eb.Error.HeldBack.Limit != "duplicate_certs" {
+			t.Fatalf("renew on m3 past the duplicate budget: %d %s, want 429 held_back duplicate_certs", code, body)
+		}
+		for _, a := range agents {
+			waitFor(t, a.name+" shows the held-back renewal", func() bool {
+				code, body := a.do(http.MethodGet, "/api/certificates/"+cert.ID, nil)
+				var v struct {
+					Renewal struct {
+						Phase    string `json:"phase"`
+						HeldBack string `json:"held_back"`
+					} `json:"renewal"`
+				}
+				return code == http.StatusOK && json.Unmarshal(body, &v) == nil &&
+					v.Renewal.Phase == "held_back" && strings.Contains(v.Renewal.HeldBack, "duplicate_certs")
+			})
+		}
+		if n := strings.Count(pb.proc.out.String(), "Added order"); n != before {
+			t.Fatalf("a held-back renewal placed %d orders", n-before)
+		}
+		// The held-back certificate keeps serving on every agent.
+		for _, a := range agents {
+			if fp, err := a.handshake(name, roots); err != nil || fp == cert.Fingerprint {
+				t.Errorf("%s after the held-back renewal: %v (serves the first certificate again: %v)", a.name, err, fp == cert.Fingerprint)
+			}
+		}
+	})
+
+	t.Run("one order for a due certificate", func(t *testing.T) {
+		const due = "due.acme.test"
+		pb.resolve(t, due, ips[2])
+		agents[0].mustDo(http.MethodPost, "/api/pools", map[string]any{"name": "due", "algorithm": "round_robin",
+			"ssl_mode": "flexible", "ssl_domain": due, "auto_cert": false}, http.StatusCreated)
+		offset := len(pb.proc.out.String())
+		code, body := agents[1].acme(http.MethodPost, "/api/certificates", map[string]any{"domain": due, "profile": "tiny"})
+		if code != http.StatusCreated {
+			t.Fatalf("POST on m2: %d %s", code, body)
+		}
+		var first certView
+		if err := json.Unmarshal(body, &first); err != nil || first.Fingerprint == "" {
+			t.Fatalf("certificate view %s: %v", body, err)
+		}
+		// Pebble's renewal window for a 30-second certificate is its
+		// whole lifetime: it falls due within 30 s, on every agent at
+		// once (they share its state and pass every second).
+		for _, a := range agents {
+			waitFor(t, a.name+" serves the renewed certificate", func() bool {
+				fp, err := a.handshake(due, roots)
+				return err == nil && fp != first.Fingerprint
+			})
+		}
+		log := pb.proc.out.String()[offset:]
+		issued := regexp.MustCompile(`Issued certificate serial \S+ for order (\S+)`).FindStringSubmatch(log)
+		if issued == nil {
+			t.Fatalf("Pebble issued nothing:\n%s", log)
+		}
+		original := issued[1]
+		replaces := map[string]string{}
+		for _, m := range regexp.MustCompile(`ARI: order "([^"]+)" is a replacement of "([^"]+)"`).FindAllStringSubmatch(log, -1) {
+			replaces[m[1]] = m[2]
+		}
+		// Every order after the POST's replaces a certificate (ARI):
+		// the due one exactly once. Orders replacing the renewed
+		// certificate are its own turn, 30 s later.
+		var fresh, renewals []string
+		for _, m := range regexp.MustCompile(`Added order "([^"]+)" to the db`).FindAllStringSubmatch(log, -1) {
+			switch replaces[m[1]] {
+			case "":
+				fresh = append(fresh, m[1])
+			case original:
+				renewals = append(renewals, m[1])
+			}
+		}
+		if len(fresh) != 1 || fresh[0] != original || len(renewals) != 1 {
+			t.Fatalf("orders: %v without replaces (want only the POST's %s), %v replacing it (want one)", fresh, original, renewals)
+		}
+		code, body = agents[2].do(http.MethodGet, "/api/certificates/"+first.ID, nil)
+		var view struct {
+			Renewal struct {
+				LastOwner string `json:"last_owner"`
+			} `json:"renewal"`
+		}
+		if code != http.StatusOK || json.Unmarshal(body, &view) != nil || view.Renewal.LastOwner == "" {
+			t.Fatalf("GET on m3: %d %s", code, body)
+		}
+		t.Logf("one order (%s) renewed the due certificate, by %s", renewals[0], view.Renewal.LastOwner)
+	})
 }
 
 // An agent cut off from the others (network namespaces, blackhole routes
@@ -435,7 +568,7 @@ func TestACMEPartitionedAgentFailsPresent(t *testing.T) {
 	ips := []string{lab.ip(0), lab.ip(1), lab.ip(2)}
 	p := ports{base: 18946}
 	bridge := fmt.Sprintf("10.77.%d.1", lab.subnet)
-	pb := startPebble(t, bridge, ips[0], p.http(), p.https())
+	pb := startPebble(t, bridge, ips[0], p.http(), p.https(), nil)
 	// Fly's timings: suspicion takes seconds, so the order below starts
 	// while m3 is still alive to the others, as a fresh partition is.
 	agents := startACMECluster(t, pb, ips, lab.ns, p, "--gossip-preset", "fly", "--acme-present-timeout", "5s")
