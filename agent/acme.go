@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -52,6 +53,7 @@ func (c *Config) validateACME() error {
 			errs = append(errs, fmt.Errorf("--acme-dns-provider: %w", err))
 		}
 	}
+	errs = append(errs, c.validateACMEChallenges()...)
 	l := c.ACMELimits
 	for _, f := range []struct {
 		count, window string
@@ -81,6 +83,44 @@ func (c *Config) validateACME() error {
 		errs = append(errs, fmt.Errorf("--acme-renew-interval %s: want at least 1s", c.ACMERenewInterval))
 	}
 	return errors.Join(errs...)
+}
+
+// validateACMEChallenges checks --acme-challenges when it was given: a
+// non-empty list of known types, each once, dns-01 only with a provider.
+func (c *Config) validateACMEChallenges() []error {
+	if c.ACMEChallenges == nil {
+		return nil
+	}
+	if len(c.ACMEChallenges) == 0 {
+		return []error{errors.New("--acme-challenges: want at least one of http-01, tls-alpn-01, dns-01")}
+	}
+	var errs []error
+	seen := map[string]bool{}
+	for _, ch := range c.ACMEChallenges {
+		switch {
+		case ch != certs.ChallengeHTTP01 && ch != certs.ChallengeTLSALPN01 && ch != certs.ChallengeDNS01:
+			errs = append(errs, fmt.Errorf("--acme-challenges %q: want http-01, tls-alpn-01 or dns-01", ch))
+		case seen[ch]:
+			errs = append(errs, fmt.Errorf("--acme-challenges %q: given twice", ch))
+		case ch == certs.ChallengeDNS01 && c.ACMEDNSProvider == "":
+			errs = append(errs, errors.New("--acme-challenges dns-01 needs --acme-dns-provider"))
+		}
+		seen[ch] = true
+	}
+	return errs
+}
+
+// acmeChallenges is the challenge types the issuers offer: --acme-challenges
+// as given, or http-01 and tls-alpn-01 plus dns-01 with a DNS provider.
+func (c *Config) acmeChallenges() []string {
+	if c.ACMEChallenges != nil {
+		return c.ACMEChallenges
+	}
+	chs := []string{certs.ChallengeHTTP01, certs.ChallengeTLSALPN01}
+	if c.ACMEDNSProvider != "" {
+		chs = append(chs, certs.ChallengeDNS01)
+	}
+	return chs
 }
 
 // httpsURL reports whether s is an absolute https URL with a host. ACME
@@ -135,13 +175,16 @@ func (a *Agent) buildACME(registry prometheus.Registerer) (proxy.ChallengeSource
 		}
 		icfg.CABundlePEM = pem
 	}
-	if cfg.ACMEDNSProvider != "" {
+	// A provider with dns-01 left out of --acme-challenges is not built:
+	// the issuer would never ask it.
+	if slices.Contains(cfg.acmeChallenges(), certs.ChallengeDNS01) {
 		p, err := certs.DNSProviderFromEnv(cfg.ACMEDNSProvider)
 		if err != nil {
 			return nil, err
 		}
 		icfg.DNS01Provider = p
 	}
+	icfg.Challenges = cfg.acmeChallenges()
 	iss, err := certs.NewACMEIssuer(icfg, backend, backend)
 	if err != nil {
 		return nil, err
@@ -164,10 +207,10 @@ func (a *Agent) buildACME(registry prometheus.Registerer) (proxy.ChallengeSource
 		return nil, err
 	}
 	a.acme = m
-	a.auto = &autoCert{store: a.store, cache: a.certs, acme: m, members: members, wildcard: cfg.ACMEDNSProvider != "",
+	a.auto = &autoCert{store: a.store, cache: a.certs, acme: m, members: members, wildcard: slices.Contains(cfg.acmeChallenges(), certs.ChallengeDNS01),
 		publicOnly: strings.HasPrefix(cfg.ACMEDirectory, "https://acme-v02.api.letsencrypt.org/") ||
 			strings.HasPrefix(cfg.ACMEDirectory, "https://acme-staging-v02.api.letsencrypt.org/"),
 		log: a.logger.Named("autocert"), now: time.Now, ready: a.certs.Ready()}
-	log.Info("acme enabled", zap.String("directory", cfg.ACMEDirectory), zap.Strings("fallback_directories", cfg.ACMEFallbackDirectories))
+	log.Info("acme enabled", zap.String("directory", cfg.ACMEDirectory), zap.Strings("fallback_directories", cfg.ACMEFallbackDirectories), zap.Strings("challenges", icfg.Challenges))
 	return certs.NewChallengeResponder(backend, log), nil
 }

@@ -109,6 +109,12 @@ type Config struct {
 	// (--acme-fallback-directory, EDGE_ACME_FALLBACK_DIRECTORIES), tried
 	// in order when the ones before fail; same email and CA bundle, no EAB.
 	ACMEFallbackDirectories []string
+	// ACMEChallenges are the challenge types offered to the CA
+	// (--acme-challenges, EDGE_ACME_CHALLENGES), used as given; nil means
+	// http-01 and tls-alpn-01, plus dns-01 with ACMEDNSProvider. Fewer
+	// types fit a :443 that is passthrough-only or behind another TLS
+	// terminator (no tls-alpn-01 there).
+	ACMEChallenges []string
 	// ACMELimits is the cluster-wide rate-limit budget (--acme-orders-*,
 	// --acme-certs-*, --acme-duplicate-*, --acme-failed-*, --acme-pause-*),
 	// used as given: a count of 0 turns that limit off.

@@ -46,6 +46,8 @@ func TestApplyEnvironment(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
+	// The exec DNS provider builds from this variable alone.
+	t.Setenv("EXEC_PATH", "/bin/true")
 	tests := []struct {
 		name    string
 		mutate  func(*Config)
@@ -98,6 +100,16 @@ func TestConfigValidate(t *testing.T) {
 			c.ACMEDirectory = ""
 			c.ACMEFallbackDirectories = []string{"https://ca.example/dir"}
 		}, "--acme-fallback-directory needs --acme-directory"},
+		{"acme http-01 only", func(c *Config) { c.ACMEChallenges = []string{"http-01"} }, ""},
+		{"acme tls-alpn-01 and http-01", func(c *Config) { c.ACMEChallenges = []string{"tls-alpn-01", "http-01"} }, ""},
+		{"acme no challenges", func(c *Config) { c.ACMEChallenges = []string{} }, "--acme-challenges: want at least one"},
+		{"acme unknown challenge", func(c *Config) { c.ACMEChallenges = []string{"http-01", "tls-sni-01"} }, `--acme-challenges "tls-sni-01"`},
+		{"acme challenge with a space", func(c *Config) { c.ACMEChallenges = []string{"http-01", " tls-alpn-01"} }, `--acme-challenges " tls-alpn-01"`},
+		{"acme challenge twice", func(c *Config) { c.ACMEChallenges = []string{"http-01", "http-01"} }, `--acme-challenges "http-01": given twice`},
+		{"acme dns-01 without provider", func(c *Config) { c.ACMEChallenges = []string{"dns-01"} }, "--acme-challenges dns-01 needs --acme-dns-provider"},
+		{"acme dns-01 with provider", func(c *Config) {
+			c.ACMEDNSProvider, c.ACMEChallenges = "exec", []string{"dns-01", "http-01"}
+		}, ""},
 		{"acme off ignores its limits", func(c *Config) { c.ACMEDirectory = ""; c.ACMELimits.OrdersPerAccount = -1 }, ""},
 		{"body rate off", func(c *Config) { c.MinBodyRate = 0 }, ""},
 		{"negative body rate", func(c *Config) { c.MinBodyRate = -1 }, "--min-body-rate"},
@@ -114,6 +126,32 @@ func TestConfigValidate(t *testing.T) {
 				t.Fatalf("unexpected error: %v", err)
 			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
 				t.Fatalf("error %v, want one naming %s", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// The issuers offer --acme-challenges as given; without it, today's pair
+// plus dns-01 when a DNS provider is configured.
+func TestACMEChallengesAsGiven(t *testing.T) {
+	tests := []struct {
+		name     string
+		provider string
+		given    []string
+		want     string
+	}{
+		{"default", "", nil, "http-01,tls-alpn-01"},
+		{"default with a DNS provider", "exec", nil, "http-01,tls-alpn-01,dns-01"},
+		{"http-01 only", "", []string{"http-01"}, "http-01"},
+		{"http-01 only with a DNS provider", "exec", []string{"http-01"}, "http-01"},
+		{"order kept", "exec", []string{"dns-01", "tls-alpn-01"}, "dns-01,tls-alpn-01"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.ACMEDNSProvider, cfg.ACMEChallenges = tc.provider, tc.given
+			if got := strings.Join(cfg.acmeChallenges(), ","); got != tc.want {
+				t.Fatalf("challenges %s, want %s", got, tc.want)
 			}
 		})
 	}

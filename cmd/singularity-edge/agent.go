@@ -81,6 +81,7 @@ FLY_MACHINE_ID and FLY_PRIVATE_IP set the defaults of --region, --node-name and
 	f.StringVar(&cfg.ACMECABundle, "acme-ca-bundle", cfg.ACMECABundle, "PEM file of the CAs trusted for the ACME server's own TLS (a private CA, Pebble); empty: system roots")
 	f.StringVar(&cfg.ACMEEmail, "acme-email", cfg.ACMEEmail, "contact email of the ACME account")
 	f.StringVar(&cfg.ACMEDNSProvider, "acme-dns-provider", cfg.ACMEDNSProvider, "lego DNS provider for dns-01 (cloudflare, exec, httpreq), configured from its own environment variables")
+	f.StringSliceVar(&cfg.ACMEChallenges, "acme-challenges", cfg.ACMEChallenges, "ACME challenge types offered to the CA, comma-separated from http-01, tls-alpn-01, dns-01 (default: http-01,tls-alpn-01, plus dns-01 with --acme-dns-provider); http-01 alone when :443 is passthrough-only or behind another TLS terminator")
 	l := &cfg.ACMELimits
 	f.IntVar(&l.OrdersPerAccount, "acme-orders-per-account", l.OrdersPerAccount, "ACME orders the cluster places per account (directory) per --acme-orders-window (Let's Encrypt: 300 per 3h); 0 = no limit")
 	f.DurationVar(&l.OrdersWindow, "acme-orders-window", l.OrdersWindow, "window of --acme-orders-per-account")

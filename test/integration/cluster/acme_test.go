@@ -240,7 +240,7 @@ func acmePorts(t *testing.T, ips ...string) ports {
 
 func (p ports) https() int { return p.base + 4 }
 
-// startACMECluster starts three agents on ips (in namespaces ns when
+// startACMECluster starts one agent per address of ips (in namespaces ns when
 // given) with ACME at pebble; extra flags go to every agent.
 func startACMECluster(t *testing.T, pb *pebble, ips, ns []string, p ports, extra ...string) []*agent {
 	t.Helper()
@@ -263,7 +263,7 @@ func startACMECluster(t *testing.T, pb *pebble, ips, ns []string, p ports, extra
 		agents = append(agents, startAgent(t, c))
 	}
 	for _, a := range agents {
-		waitFor(t, a.name+" sees three", func() bool { return a.alive() == names(3) })
+		waitFor(t, a.name+" sees every agent", func() bool { return a.alive() == names(len(ips)) })
 	}
 	return agents
 }
@@ -621,6 +621,63 @@ func TestACMEPartitionedAgentFailsPresent(t *testing.T) {
 	lab.heal(2, 0)
 	lab.heal(2, 1)
 	waitFor(t, "m3 shows the failed attempt after the heal", func() bool { return shows(agents[2]) })
+}
+
+// With --acme-challenges http-01 (a :443 that is passthrough-only or
+// behind another TLS terminator), m1 orders a certificate for a name
+// that resolves to m2 only: Pebble validates over HTTP-01 against m2,
+// which answers from the token m1 wrote, and both agents serve the
+// certificate.
+func TestACMEHTTP01OtherAgent(t *testing.T) {
+	ips := []string{"127.0.0.2", "127.0.0.3"}
+	p := acmePorts(t, ips...)
+	pb := startPebble(t, "127.0.0.1", ips[0], p.http(), p.https(), nil)
+	agents := startACMECluster(t, pb, ips, nil, p, "--acme-challenges", "http-01")
+	roots := pb.roots(t)
+	const name = "plain.acme.test"
+	pb.resolve(t, name, ips[1])
+	agents[0].mustDo(http.MethodPost, "/api/pools", map[string]any{"name": "shop", "algorithm": "round_robin",
+		"ssl_mode": "flexible", "ssl_domain": name, "auto_cert": false}, http.StatusCreated)
+
+	start := time.Now()
+	code, body := agents[0].acme(http.MethodPost, "/api/certificates", map[string]any{"domain": name})
+	if code != http.StatusCreated {
+		t.Fatalf("POST /api/certificates on m1: %d %s", code, body)
+	}
+	var cert certView
+	if err := json.Unmarshal(body, &cert); err != nil || cert.Fingerprint == "" {
+		t.Fatalf("certificate view %s: %v", body, err)
+	}
+	issued := time.Since(start)
+	for _, a := range agents {
+		waitFor(t, a.name+" serves the certificate", func() bool {
+			fp, err := a.handshake(name, roots)
+			return err == nil && fp == cert.Fingerprint
+		})
+	}
+	t.Logf("POST to 201: %s; POST to served by both agents: %s", issued.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+
+	// Pebble logs the URL it fetches by name, not by address; the name
+	// resolves to m2 alone, and only m2 answered a challenge request.
+	out := pb.proc.out.String()
+	if want := "Attempting to validate w/ HTTP: http://" + net.JoinHostPort(name, strconv.Itoa(p.http())) + "/.well-known/acme-challenge/"; !strings.Contains(out, want) {
+		t.Fatalf("Pebble did not validate %s with HTTP-01 (%q):\n%s", name, want, tail(out, 40))
+	}
+	if strings.Contains(out, "Attempting to validate w/ TLS-ALPN-01") || strings.Contains(agents[0].log.String(), "use tls-alpn-01 solver") {
+		t.Fatal("TLS-ALPN-01 was used with --acme-challenges http-01")
+	}
+	if !strings.Contains(agents[0].log.String(), "use http-01 solver") {
+		t.Fatal("m1's lego did not choose the http-01 solver")
+	}
+	for i, a := range agents {
+		n := a.metric("singularity_edge_proxy_requests_total", `pool="acme"`, `code_class="2xx"`)
+		if (i == 1) != (n > 0) {
+			t.Errorf("%s answered %v HTTP-01 challenge requests; want some on m2 only", a.name, n)
+		}
+		if n := a.metric("singularity_edge_tls_handshakes_total", `result="acme"`); n > 0 {
+			t.Errorf("%s answered %v acme-tls/1 handshakes; want none", a.name, n)
+		}
+	}
 }
 
 // certID is the hex part of certs.CertificateID for one name.
