@@ -64,6 +64,7 @@ type Store struct {
 
 	state    atomic.Value // string: meta/state (ready, ingesting, catching_up)
 	writeErr atomic.Pointer[writeFailure]
+	gc       groupCommit // WAL syncs of local commits (groupcommit.go)
 
 	counts    counters
 	collector *collector
@@ -191,6 +192,7 @@ func (s *Store) openDB() error {
 	s.wo = grocksdb.NewDefaultWriteOptions()
 	s.wo.SetSync(s.cfg.SyncWAL)
 	s.woAsync = grocksdb.NewDefaultWriteOptions()
+	s.gc.init(func() error { return db.FlushWAL(true) })
 	s.roLatest = grocksdb.NewDefaultReadOptions()
 	return nil
 }
