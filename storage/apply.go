@@ -457,8 +457,13 @@ func (s *Store) ChangeSets(ctx context.Context, origin string, want Ranges, maxB
 	s.bkMu.RLock()
 	have := s.bk[origin]
 	s.bkMu.RUnlock()
+	ticket := s.writtenTicketLocked()
 	s.commitMu.Unlock()
 	defer s.base.ReleaseSnapshot(snap)
+	// The answer may hold local change sets: only synced ones leave.
+	if err := s.awaitSync(ticket); err != nil {
+		return Answer{}, err
+	}
 	ro := grocksdb.NewDefaultReadOptions()
 	defer ro.Destroy()
 	ro.SetSnapshot(snap)

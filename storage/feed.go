@@ -37,9 +37,7 @@ func (s *Store) readFeed(after uint64, max int) ([]Event, error) {
 	// row a later commit overwrote) a commit a crash could still lose.
 	s.commitMu.Lock()
 	ro, release := s.snapshotReads()
-	s.gc.mu.Lock()
-	ticket := s.gc.written
-	s.gc.mu.Unlock()
+	ticket := s.writtenTicketLocked()
 	s.commitMu.Unlock()
 	defer release()
 	if err := s.awaitSync(ticket); err != nil {

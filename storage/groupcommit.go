@@ -150,6 +150,18 @@ func (s *Store) awaitSync(ticket uint64) error {
 	return nil
 }
 
+// writtenTicketLocked returns the ticket of the latest local write; the
+// caller holds commitMu, so a RocksDB snapshot taken under the same lock
+// holds no local commit above it. Whatever hands such a snapshot's local
+// change sets to a peer (the feed, ChangeSets, Snapshot) first waits with
+// awaitSync for this ticket: a peer must never learn a local seq that a
+// crash could still lose, since this node would then reuse it.
+func (s *Store) writtenTicketLocked() uint64 {
+	s.gc.mu.Lock()
+	defer s.gc.mu.Unlock()
+	return s.gc.written
+}
+
 // refuseAfterSyncFailure refuses a write after a failed WAL sync.
 func (s *Store) refuseAfterSyncFailure() error {
 	if err := s.gc.failed(); err != nil {

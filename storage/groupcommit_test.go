@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"testing"
 	"time"
@@ -31,6 +32,9 @@ func gateSyncs(t *testing.T, s *Store, fail error) *syncGate {
 		return real()
 	}
 	s.gc.mu.Unlock()
+	// A failing test must not leave a commit blocked in its sync: the
+	// store's Close (an earlier cleanup, so run after this) waits for it.
+	t.Cleanup(func() { close(g.release) })
 	return g
 }
 
@@ -267,5 +271,33 @@ func TestGroupCommitWithoutSync(t *testing.T) {
 	defer s.gc.mu.Unlock()
 	if s.gc.syncs != 0 || s.gc.written != 0 {
 		t.Fatalf("SyncWAL off: %d syncs, %d tickets", s.gc.syncs, s.gc.written)
+	}
+}
+
+// TestGroupCommitUnsyncedNeverLeaves: a local change set whose WAL sync
+// failed is in RocksDB (the memtable), yet neither ChangeSets nor a
+// Snapshot hands it to a peer, nor does the feed deliver it.
+func TestGroupCommitUnsyncedNeverLeaves(t *testing.T) {
+	s := syncedStore(t)
+	gate := gateSyncs(t, s, errors.New("IO error: fsync failed"))
+	done := make(chan commitResult, 1)
+	go func() {
+		c, err := putBackendUpdate(s, "unsynced")
+		done <- commitResult{c, err}
+	}()
+	recv(t, gate.entered, "the WAL sync")
+	gate.release <- struct{}{}
+	if r := recv(t, done, "the Update"); r.err == nil {
+		t.Fatal("Update acknowledged after a failed sync")
+	}
+	ctx := context.Background()
+	if ans, err := s.ChangeSets(ctx, s.NodeID(), Span(1, 1), 1<<20); !errors.Is(err, errSyncFailed) {
+		t.Fatalf("ChangeSets of an unsynced local seq: %+v, %v", ans, err)
+	}
+	if _, err := s.Snapshot(ctx, io.Discard); !errors.Is(err, errSyncFailed) {
+		t.Fatalf("Snapshot holding an unsynced local seq: %v", err)
+	}
+	if events, err := s.readFeed(0, 10); len(events) != 0 {
+		t.Fatalf("feed delivered %d events of an unsynced commit (%v)", len(events), err)
 	}
 }

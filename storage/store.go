@@ -41,7 +41,8 @@ type Store struct {
 	// transactions are serializable and a later commit never carries a
 	// smaller seq or index. Every write of rows, index, change log, feed
 	// and bookkeeping happens under it. localSeq, purgeFloor and horizon
-	// change only under it.
+	// change only under it. The WAL sync of a local commit happens after
+	// it is released (group commit, groupcommit.go).
 	commitMu   sync.Mutex
 	localSeq   uint64
 	purgeFloor HLC

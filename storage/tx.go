@@ -70,7 +70,10 @@ func (t *Tx) LastIndex() uint64 { return t.index }
 // store's writing methods (Update, ApplyBatch, ...), which would wait for
 // the mutex fn's own Update holds. An error from fn aborts the
 // transaction and is returned unchanged. A transaction without writes
-// commits nothing and returns a zero Commit.
+// commits nothing and returns a zero Commit. With Config.SyncWAL, Update
+// returns only once a WAL sync covers the commit; the sync runs after the
+// mutex is released and is shared with concurrent commits
+// (groupcommit.go), and the commit's feed index is published after it.
 func (s *Store) Update(ctx context.Context, fn func(tx *Tx) error) (Commit, error) {
 	if err := s.enter(); err != nil {
 		return Commit{}, err
