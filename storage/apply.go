@@ -173,6 +173,9 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 	var res BatchResult
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
+	if err := s.refuseAfterSyncFailure(); err != nil {
+		return res, err
+	}
 
 	for _, ps := range sets {
 		if ps.Origin == s.NodeID() {
@@ -245,7 +248,10 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 	}
 
 	nowMs := s.cfg.Now().UnixMilli()
-	index := s.lastIndex.Load()
+	// Indexes continue from the last one written, which may be ahead of
+	// the published one while local commits wait for their WAL sync.
+	first := s.nextIndexLocked()
+	index := first - 1
 	type seenSet struct {
 		origin string
 		ahead  bool
@@ -353,8 +359,10 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 	s.counts.applyApplied.Add(uint64(res.Applied))
 	s.counts.applySkipped.Add(uint64(res.Skipped))
 	s.counts.applyRefused.Add(uint64(res.Refused))
-	if index > s.lastIndex.Load() {
-		s.committed(index)
+	// Published at once, unless a local commit written before it still
+	// waits for its WAL sync: then with that sync (groupcommit.go).
+	if index >= first {
+		s.writtenLocked(index, false)
 		res.Index = index
 	}
 	return res, nil
@@ -449,8 +457,13 @@ func (s *Store) ChangeSets(ctx context.Context, origin string, want Ranges, maxB
 	s.bkMu.RLock()
 	have := s.bk[origin]
 	s.bkMu.RUnlock()
+	ticket := s.writtenTicketLocked()
 	s.commitMu.Unlock()
 	defer s.base.ReleaseSnapshot(snap)
+	// The answer may hold local change sets: only synced ones leave.
+	if err := s.awaitSync(ticket); err != nil {
+		return Answer{}, err
+	}
 	ro := grocksdb.NewDefaultReadOptions()
 	defer ro.Destroy()
 	ro.SetSnapshot(snap)

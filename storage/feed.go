@@ -32,8 +32,18 @@ func (s *Store) readFeed(after uint64, max int) ([]Event, error) {
 	defer s.leave()
 	// One snapshot for the feed, the change log and the rows, so that a
 	// row overwritten after the snapshot still shows in its own event.
+	// It is taken under the commit mutex, and every local commit in it is
+	// synced before it is read: an event never reflects (by leaving out a
+	// row a later commit overwrote) a commit a crash could still lose.
+	s.commitMu.Lock()
 	ro, release := s.snapshotReads()
+	ticket := s.writtenTicketLocked()
+	s.commitMu.Unlock()
 	defer release()
+	if err := s.awaitSync(ticket); err != nil {
+		return nil, err
+	}
+	last := s.lastIndex.Load()
 	it := s.base.NewIteratorCF(ro, s.cfs[cfFeed])
 	defer it.Close()
 	var out []Event
@@ -43,6 +53,9 @@ func (s *Store) readFeed(after uint64, max int) ([]Event, error) {
 			return nil, corruptError(cfFeed, fmt.Errorf("malformed feed key"))
 		}
 		index := beUint64(k)
+		if index > last {
+			break // not published yet
+		}
 		origin, seq, err := decodeFeedValue(it.Value().Data())
 		if err != nil || len(it.Value().Data()) == 0 {
 			return nil, corruptError(cfFeed, fmt.Errorf("entry %d: %v", index, err))

@@ -59,6 +59,9 @@ func (s *Store) Ready() error {
 		return err
 	}
 	defer s.leave()
+	if err := s.refuseAfterSyncFailure(); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotReady, err)
+	}
 	if f := s.writeErr.Load(); f != nil {
 		return fmt.Errorf("%w: %w at %s: %w", ErrNotReady, ErrCommitFailed, f.at.UTC().Format(time.RFC3339), f.err)
 	}

@@ -246,8 +246,12 @@ func (s *Store) Snapshot(ctx context.Context, w io.Writer) (SnapshotInfo, error)
 	snap := s.base.NewSnapshot()
 	h := snapshotHeader{format: snapshotFormat, source: s.NodeID(), purgeFloor: s.purgeFloor, bk: s.Bookkeeping()}
 	h.cluster = s.ClusterID()
+	ticket := s.writtenTicketLocked()
 	s.commitMu.Unlock()
 	defer s.base.ReleaseSnapshot(snap)
+	if err := s.awaitSync(ticket); err != nil {
+		return SnapshotInfo{}, err
+	}
 	ro := grocksdb.NewDefaultReadOptions()
 	defer ro.Destroy()
 	ro.SetSnapshot(snap)

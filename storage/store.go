@@ -41,7 +41,8 @@ type Store struct {
 	// transactions are serializable and a later commit never carries a
 	// smaller seq or index. Every write of rows, index, change log, feed
 	// and bookkeeping happens under it. localSeq, purgeFloor and horizon
-	// change only under it.
+	// change only under it. The WAL sync of a local commit happens after
+	// it is released (group commit, groupcommit.go).
 	commitMu   sync.Mutex
 	localSeq   uint64
 	purgeFloor HLC
@@ -64,6 +65,7 @@ type Store struct {
 
 	state    atomic.Value // string: meta/state (ready, ingesting, catching_up)
 	writeErr atomic.Pointer[writeFailure]
+	gc       groupCommit // WAL syncs of local commits (groupcommit.go)
 
 	counts    counters
 	collector *collector
@@ -191,6 +193,7 @@ func (s *Store) openDB() error {
 	s.wo = grocksdb.NewDefaultWriteOptions()
 	s.wo.SetSync(s.cfg.SyncWAL)
 	s.woAsync = grocksdb.NewDefaultWriteOptions()
+	s.gc.init(func() error { return db.FlushWAL(true) })
 	s.roLatest = grocksdb.NewDefaultReadOptions()
 	return nil
 }

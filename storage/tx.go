@@ -70,7 +70,10 @@ func (t *Tx) LastIndex() uint64 { return t.index }
 // store's writing methods (Update, ApplyBatch, ...), which would wait for
 // the mutex fn's own Update holds. An error from fn aborts the
 // transaction and is returned unchanged. A transaction without writes
-// commits nothing and returns a zero Commit.
+// commits nothing and returns a zero Commit. With Config.SyncWAL, Update
+// returns only once a WAL sync covers the commit; the sync runs after the
+// mutex is released and is shared with concurrent commits
+// (groupcommit.go), and the commit's feed index is published after it.
 func (s *Store) Update(ctx context.Context, fn func(tx *Tx) error) (Commit, error) {
 	if err := s.enter(); err != nil {
 		return Commit{}, err
@@ -79,10 +82,27 @@ func (s *Store) Update(ctx context.Context, fn func(tx *Tx) error) (Commit, erro
 	if err := ctx.Err(); err != nil {
 		return Commit{}, err
 	}
+	c, ticket, err := s.updateLocked(ctx, fn)
+	if err != nil || ticket == 0 {
+		return c, err
+	}
+	// Acknowledge only once the WAL sync covers the commit (groupcommit.go).
+	if err := s.awaitSync(ticket); err != nil {
+		return Commit{}, err
+	}
+	return c, nil
+}
+
+// updateLocked runs fn and writes its commit under the commit mutex. The
+// ticket, when not 0, is the WAL sync the commit waits for.
+func (s *Store) updateLocked(ctx context.Context, fn func(tx *Tx) error) (Commit, uint64, error) {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	if err := ctx.Err(); err != nil {
-		return Commit{}, err
+		return Commit{}, 0, err
+	}
+	if err := s.refuseAfterSyncFailure(); err != nil {
+		return Commit{}, 0, err
 	}
 	// Under the mutex nothing commits, so the latest state is a
 	// consistent one: point reads need no snapshot, and an iterator pins
@@ -92,10 +112,10 @@ func (s *Store) Update(ctx context.Context, fn func(tx *Tx) error) (Commit, erro
 	err := fn(tx)
 	tx.done = true
 	if err != nil {
-		return Commit{}, err
+		return Commit{}, 0, err
 	}
 	if len(tx.writes) == 0 {
-		return Commit{}, nil
+		return Commit{}, 0, nil
 	}
 	return tx.commitLocked()
 }
@@ -109,8 +129,8 @@ func (s *Store) View(ctx context.Context, fn func(tx *Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	// lastIndex is published after the RocksDB commit, so every commit up
-	// to it is in the snapshot taken next.
+	// lastIndex is published after the RocksDB commit (and its WAL sync),
+	// so every commit up to it is in the snapshot taken next.
 	index := s.lastIndex.Load()
 	ro, release := s.snapshotReads()
 	defer release()
@@ -136,22 +156,22 @@ func (s *Store) snapshotReads() (*grocksdb.ReadOptions, func()) {
 // the transaction replaces (the causal-overwrite rule), even when that row
 // came from a clock far ahead: a local edit made after seeing a row always
 // wins over it.
-func (t *Tx) commitLocked() (Commit, error) {
+func (t *Tx) commitLocked() (Commit, uint64, error) {
 	s := t.s
 	refs := t.sortedWrites()
 	if len(refs) > MaxChangeSetRows {
-		return Commit{}, fmt.Errorf("%w: %d rows (at most %d per transaction)", ErrTooLarge, len(refs), MaxChangeSetRows)
+		return Commit{}, 0, fmt.Errorf("%w: %d rows (at most %d per transaction)", ErrTooLarge, len(refs), MaxChangeSetRows)
 	}
 	size := 0
 	for _, ref := range refs {
 		size += len(ref.key) + len(t.writes[ref].rec)
 	}
 	if size > MaxChangeSetBytes {
-		return Commit{}, fmt.Errorf("%w: %d bytes (at most %d per transaction)", ErrTooLarge, size, MaxChangeSetBytes)
+		return Commit{}, 0, fmt.Errorf("%w: %d bytes (at most %d per transaction)", ErrTooLarge, size, MaxChangeSetBytes)
 	}
 
 	seq := s.localSeq + 1
-	index := s.lastIndex.Load() + 1
+	index := s.nextIndexLocked()
 	reading := s.clock.Now()
 	h := reading
 	for _, ref := range refs {
@@ -177,7 +197,7 @@ func (t *Tx) commitLocked() (Commit, error) {
 		}
 		oldIdx, err := rowEntries(def, ref.key, old)
 		if err != nil {
-			return Commit{}, corruptError(ref.table, err)
+			return Commit{}, 0, corruptError(ref.table, err)
 		}
 		var recIdx [][]byte
 		if !p.deleted {
@@ -185,7 +205,7 @@ func (t *Tx) commitLocked() (Commit, error) {
 		}
 		newIdx := entriesOf(def, ref.key, &nr, recIdx)
 		if err := t.writeIndex(oldIdx, newIdx); err != nil {
-			return Commit{}, err
+			return Commit{}, 0, err
 		}
 		keyBuf = append(keyBuf[:0], ref.key...)
 		valBuf = appendRow(valBuf[:0], nr)
@@ -204,8 +224,10 @@ func (t *Tx) commitLocked() (Commit, error) {
 		t.wb.DeleteCF(s.cfs[cfMeta], localSeqKey(seq-1))
 	}
 	t.wb.PutCF(s.cfs[cfFeed], feedKey(index), feedRef(v.Origin, v.Seq))
-	if err := s.base.Write(s.wo, t.wb); err != nil {
-		return Commit{}, t.s.noteWriteError(writeError(err))
+	// With SyncWAL the batch is written without sync and the commit waits
+	// for a coalesced WAL sync after the mutex is released (groupcommit.go).
+	if err := s.base.Write(s.woAsync, t.wb); err != nil {
+		return Commit{}, 0, t.s.noteWriteError(writeError(err))
 	}
 	s.noteWriteOK()
 	s.localSeq = seq
@@ -213,13 +235,13 @@ func (t *Tx) commitLocked() (Commit, error) {
 	s.bk[v.Origin] = s.bk[v.Origin].Add(seq)
 	s.bkMu.Unlock()
 	s.counts.commits.Add(1)
-	s.committed(index)
+	ticket := s.writtenLocked(index, s.cfg.SyncWAL)
 	for _, ref := range refs {
 		if p := t.writes[ref]; p.setVer != nil {
 			p.setVer(v)
 		}
 	}
-	return Commit{Index: index, Version: v}, nil
+	return Commit{Index: index, Version: v}, ticket, nil
 }
 
 // writeIndex replaces a row's index entries oldIdx by newIdx.
