@@ -281,6 +281,20 @@ func (o *dbOptions) localOnly(cmd *cobra.Command) error {
 	return nil
 }
 
+// localCommand is the start of every command that works on a stopped
+// agent's data directory: it refuses --api, checks --output and resolves
+// the directory.
+func (o *dbOptions) localCommand(cmd *cobra.Command) (dir string, asJSON bool, err error) {
+	if err := o.localOnly(cmd); err != nil {
+		return "", false, err
+	}
+	if asJSON, err = o.jsonOutput(); err != nil {
+		return "", false, err
+	}
+	dir, err = o.dir(cmd)
+	return dir, asJSON, err
+}
+
 func (o *dbOptions) dir(cmd *cobra.Command) (string, error) {
 	dir := o.dataDir
 	if !cmd.Flags().Changed("data-dir") {
@@ -762,14 +776,7 @@ func (o *dbOptions) checkpoint(cmd *cobra.Command, dir string) error {
 // --- restore ---
 
 func (o *dbOptions) restore(cmd *cobra.Command, backupDir string, backupID uint32, force bool) error {
-	if err := o.localOnly(cmd); err != nil {
-		return err
-	}
-	asJSON, err := o.jsonOutput()
-	if err != nil {
-		return err
-	}
-	dataDir, err := o.dir(cmd)
+	dataDir, asJSON, err := o.localCommand(cmd)
 	if err != nil {
 		return err
 	}
@@ -825,14 +832,7 @@ func (o *dbOptions) restore(cmd *cobra.Command, backupDir string, backupID uint3
 // --- export and import ---
 
 func (o *dbOptions) export(cmd *cobra.Command, file string, force bool) error {
-	if err := o.localOnly(cmd); err != nil {
-		return err
-	}
-	asJSON, err := o.jsonOutput()
-	if err != nil {
-		return err
-	}
-	dir, err := o.dir(cmd)
+	dir, asJSON, err := o.localCommand(cmd)
 	if err != nil {
 		return err
 	}
@@ -893,14 +893,7 @@ func (o *dbOptions) export(cmd *cobra.Command, file string, force bool) error {
 }
 
 func (o *dbOptions) importRows(cmd *cobra.Command, file string) error {
-	if err := o.localOnly(cmd); err != nil {
-		return err
-	}
-	asJSON, err := o.jsonOutput()
-	if err != nil {
-		return err
-	}
-	dir, err := o.dir(cmd)
+	dir, asJSON, err := o.localCommand(cmd)
 	if err != nil {
 		return err
 	}

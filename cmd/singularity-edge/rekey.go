@@ -33,14 +33,7 @@ while all are stopped and all start with the new key
 (docs/runbooks/rotating-secrets.md). Backups taken before keep the old key.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.localOnly(cmd); err != nil {
-				return err
-			}
-			asJSON, err := o.jsonOutput()
-			if err != nil {
-				return err
-			}
-			dir, err := o.dir(cmd)
+			dir, asJSON, err := o.localCommand(cmd)
 			if err != nil {
 				return err
 			}
