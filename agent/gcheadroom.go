@@ -21,7 +21,7 @@ const gcHeadroomInterval = 30 * time.Second
 // The default pacing lets a heap grow to twice its live size. An agent
 // holding a million backends has a live heap of hundreds of MiB that
 // hardly changes at rest and little garbage (health checks, admin reads):
-// doubling it would double the resident memory and buy no speed. Sizing
+// doubling it doubles the resident memory and buys no speed. Sizing
 // the headroom in bytes keeps the collections as rare as the garbage rate
 // allows, at a cost in CPU proportional to that rate, not to the live size.
 func gcPercentFor(live, headroom uint64) int {

@@ -264,7 +264,9 @@ type edge struct {
 	log     *zap.Logger
 }
 
-func newEdge(t *testing.T, e *acmeEnv, wait certs.ReplicationWaiter) *edge {
+// newEdgeStore opens an edge's store (a fresh encryption key), its
+// logger into a buffer and the ACME store backend.
+func newEdgeStore(t *testing.T, wait certs.ReplicationWaiter) *edge {
 	t.Helper()
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
@@ -283,6 +285,13 @@ func newEdge(t *testing.T, e *acmeEnv, wait certs.ReplicationWaiter) *edge {
 	// it, so the secret scan below covers lego's lines too.
 	certs.RouteLegoLog(ed.log)
 	ed.backend = certs.NewStoreBackend(st, wait)
+	return ed
+}
+
+func newEdge(t *testing.T, e *acmeEnv, wait certs.ReplicationWaiter) *edge {
+	t.Helper()
+	ed := newEdgeStore(t, wait)
+	st := ed.store
 
 	ccfg := certs.DefaultCacheConfig()
 	ccfg.Logger = ed.log
@@ -294,6 +303,7 @@ func newEdge(t *testing.T, e *acmeEnv, wait certs.ReplicationWaiter) *edge {
 	table := pools.NewTable([]storage.Pool{{Name: "web", SSLMode: pools.SSLModeFlexible, Default: true}}, nil, nil, pools.TableOptions{})
 	pcfg := proxy.DefaultConfig()
 	pcfg.HTTPAddr, pcfg.HTTPSAddr, pcfg.Logger = e.httpAddr, e.tlsAddr, ed.log
+	var err error
 	ed.proxy, err = proxy.New(pcfg, staticRouter{table}, ed.cache, certs.NewChallengeResponder(ed.backend, ed.log))
 	if err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"net"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/singularity-ng/singularity-edge/certs"
 	"github.com/singularity-ng/singularity-edge/pools"
@@ -85,21 +83,8 @@ type agentSetup struct {
 
 func newOnDemandEdge(t *testing.T, e *acmeEnv, table *pools.Table, wait time.Duration, agents ...agentSetup) (*onDemandEdge, []*certs.OnDemand) {
 	t.Helper()
-	key := make([]byte, 32)
-	_, _ = rand.Read(key)
-	scfg := storage.DefaultConfig()
-	scfg.Dir = t.TempDir()
-	scfg.EncryptionKey = key
-	scfg.SyncWAL = false
-	scfg.BlockCacheSize = 8 << 20
-	st, err := storage.Open(scfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ed := &edge{store: st, logs: &syncBuffer{}}
-	ed.log = zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(ed.logs), zapcore.DebugLevel))
-	certs.RouteLegoLog(ed.log)
-	ed.backend = certs.NewStoreBackend(st, nil)
+	ed := newEdgeStore(t, nil)
+	st := ed.store
 	ccfg := certs.DefaultCacheConfig()
 	ccfg.Logger = ed.log
 	ed.cache = certs.NewCache(ccfg, st)
@@ -151,6 +136,7 @@ func newOnDemandEdge(t *testing.T, e *acmeEnv, table *pools.Table, wait time.Dur
 	// The handshake deadline must outlast the on-demand wait, or a slow
 	// order on a loaded machine fails the handshake at the listener.
 	pcfg.TLSHandshakeTimeout = wait + 30*time.Second
+	var err error
 	ed.proxy, err = proxy.New(pcfg, router, ods[0], certs.NewChallengeResponder(ed.backend, ed.log))
 	if err != nil {
 		t.Fatal(err)
