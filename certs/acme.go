@@ -225,6 +225,11 @@ func NewACMEIssuer(cfg ACMEConfig, accounts AccountStore, challenges ChallengeSt
 // Key is the directory URL.
 func (a *ACMEIssuer) Key() string { return a.cfg.DirectoryURL }
 
+// OffersChallenge implements ChallengeOfferer.
+func (a *ACMEIssuer) OffersChallenge(typ string) bool {
+	return slices.Contains(a.cfg.Challenges, typ)
+}
+
 // callTransport is the HTTP transport of one call into lego. It attaches
 // the caller's context to every request (lego's API takes none), so
 // cancelling an issuance stops it at the next request.

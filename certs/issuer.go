@@ -29,6 +29,17 @@ type RenewalInformer interface {
 	ReplacesID(leaf *x509.Certificate) (string, error)
 }
 
+// ChallengeOfferer is an Issuer that validates names with ACME
+// challenges and can say which it offers. The manager asks before an
+// order that cannot succeed: a CA validates a wildcard name with dns-01
+// only (RFC 8555 §8.4), so without it the order would fail at the CA
+// after spending an order against the rate limits.
+type ChallengeOfferer interface {
+	// OffersChallenge reports whether the issuer answers challenge type
+	// typ ("http-01", "tls-alpn-01", "dns-01").
+	OffersChallenge(typ string) bool
+}
+
 // ErrNoRenewalInfo: the CA does not offer renewal information.
 var ErrNoRenewalInfo = errors.New("certs: the CA offers no renewal information")
 

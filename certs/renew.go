@@ -333,6 +333,9 @@ func (m *Manager) Obtain(ctx context.Context, names []string, profile string) (s
 	if err != nil {
 		return storage.Certificate{}, err
 	}
+	if err := m.checkWildcards(names); err != nil {
+		return storage.Certificate{}, err
+	}
 	id := CertificateID(names)
 	lease, err := m.store.AcquireLease(ctx, leaseKey(id), m.members.Self(), m.cfg.LeaseTTL)
 	if err != nil {
@@ -364,6 +367,25 @@ func (m *Manager) Obtain(ctx context.Context, names []string, profile string) (s
 	default:
 		return storage.Certificate{}, err
 	}
+}
+
+// checkWildcards refuses wildcard names when no issuer offers dns-01, the
+// only challenge a CA accepts for them: the order would fail at the CA.
+// An issuer that does not say what it offers is trusted to try.
+func (m *Manager) checkWildcards(names []string) error {
+	for _, iss := range m.issuers {
+		co, ok := iss.(ChallengeOfferer)
+		if !ok || co.OffersChallenge(ChallengeDNS01) {
+			return nil
+		}
+	}
+	var errs fielderr.List
+	for _, n := range names {
+		if strings.HasPrefix(n, "*.") {
+			errs.Add("domains", n+" is a wildcard, which a CA validates with dns-01 only, and this agent does not offer dns-01 (set --acme-dns-provider)")
+		}
+	}
+	return errs.Err()
 }
 
 // Renew orders a new certificate for id now, whatever its renewal time.
