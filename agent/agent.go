@@ -331,6 +331,7 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 			return fmt.Errorf("on-demand tls: %w", err)
 		}
 		a.onDemand, certSource = od, od
+		a.acme.SetOnDemandGate(od)
 	}
 	px, err := proxy.New(xcfg, a.pools, certSource, challenges)
 	if err != nil {

@@ -271,6 +271,37 @@ func (b *StoreBackend) SaveRenewalState(ctx context.Context, st RenewalState) er
 	return err
 }
 
+// RemoveCertificate implements RenewalStore.
+func (b *StoreBackend) RemoveCertificate(ctx context.Context, id, fingerprint string) error {
+	_, err := b.store.Update(ctx, func(tx *storage.Tx) error {
+		c, err := tx.Certificate(id)
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if c.Fingerprint != fingerprint {
+			return nil // renewed or replaced since the decision
+		}
+		st, err := readState(tx, id)
+		if err != nil {
+			return err
+		}
+		if !st.Due.IsZero() {
+			err := tx.DeleteACMERecord(dueKey(DueCertificate{ID: id, At: st.Due}))
+			if err != nil && !errors.Is(err, storage.ErrNotFound) {
+				return err
+			}
+		}
+		if err := tx.DeleteACMERecord(keyState + id); err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return err
+		}
+		return tx.DeleteCertificate(id)
+	})
+	return err
+}
+
 func readLease(tx *storage.Tx, key string) (Lease, bool, error) {
 	r, err := tx.ACMERecord(keyLease + key)
 	if errors.Is(err, storage.ErrNotFound) {

@@ -56,7 +56,7 @@ type CertificateLookup interface {
 
 // OnDemandIssuer orders certificates for the cluster (*Manager).
 type OnDemandIssuer interface {
-	Obtain(ctx context.Context, names []string, profile string) (storage.Certificate, error)
+	ObtainOnDemand(ctx context.Context, name string) (storage.Certificate, error)
 	Status(ctx context.Context, id string) (Status, error)
 }
 
@@ -505,6 +505,29 @@ func (o *OnDemand) wasApproved(askURL, name string) bool {
 	return ok
 }
 
+// StillWanted implements OnDemandGate: the policy of the pool the name
+// routes to now, asked afresh (no remembered approval or refusal: a
+// renewal is rare and should follow the current answer).
+func (o *OnDemand) StillWanted(ctx context.Context, name string) error {
+	pol, ok := o.route(name)
+	switch {
+	case !ok:
+		return &OnDemandRefusal{Name: name, Reason: OnDemandNotAllowed, Detail: "no pool with on_demand_tls serves the name"}
+	case !pol.Allowed:
+		return &OnDemandRefusal{Name: name, Reason: OnDemandNotAllowed, Detail: "not admitted by on_demand_allow of pool " + pol.Pool}
+	case pol.AskURL != "":
+		err := o.ask(ctx, pol.AskURL, name)
+		var r *OnDemandRefusal
+		if errors.As(err, &r) && r.Reason == OnDemandAskFailed {
+			// No answer is not a no: the certificate stays until the
+			// ask URL answers.
+			return fmt.Errorf("certs: ask URL of pool %s: %s", pol.Pool, r.Detail)
+		}
+		return err
+	}
+	return nil
+}
+
 // ask calls the pool's ask URL with ?domain=name: 2xx allows the name,
 // any other status refuses it, and a failure to get an answer refuses it
 // for ErrorTTL only.
@@ -587,7 +610,7 @@ func (o *OnDemand) order(ctx context.Context, name, pool string) error {
 	if err := o.checkBackoff(ctx, name, pool, id); err != nil {
 		return err
 	}
-	_, err := o.issuer.Obtain(ctx, []string{name}, "")
+	_, err := o.issuer.ObtainOnDemand(ctx, name)
 	var hb *HeldBackError
 	switch {
 	case err == nil:

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -53,6 +54,10 @@ type RenewalState struct {
 	// a pass reads only the certificates it has something to do for.
 	RenewAt time.Time `json:"renew_at,omitzero"`
 	Due     time.Time `json:"due,omitzero"`
+	// OnDemand: the certificate was ordered during a handshake (on-demand
+	// TLS), not through the API. Before it is renewed, the pool's
+	// on-demand policy decides again (see OnDemandGate).
+	OnDemand bool `json:"on_demand,omitempty"`
 }
 
 // DueCertificate is one row of the due schedule: certificate ID is to be
@@ -132,6 +137,9 @@ type RenewalStore interface {
 	ExtendLease(ctx context.Context, l Lease, ttl time.Duration) (Lease, error)
 	// ReleaseLease ends l if it is still held as l.
 	ReleaseLease(ctx context.Context, l Lease) error
+	// RemoveCertificate deletes the certificate id with its state and due
+	// row, if its fingerprint is still fingerprint (not renewed since).
+	RemoveCertificate(ctx context.Context, id, fingerprint string) error
 }
 
 // Members is the cluster as the manager needs it.
@@ -167,6 +175,10 @@ type ManagerConfig struct {
 	// (stored by an agent of an older version) and refreshes the phase
 	// metrics; the other passes read the due rows alone.
 	ReconcileInterval time.Duration
+	// OnDemandRecheck: an on-demand certificate whose name its pool no
+	// longer admits is not renewed; the policy is asked again after this
+	// long, until the certificate expires and is removed.
+	OnDemandRecheck time.Duration
 }
 
 // DefaultManagerConfig returns the defaults.
@@ -182,7 +194,20 @@ func DefaultManagerConfig() ManagerConfig {
 		Horizon:  400 * 24 * time.Hour,
 
 		ReconcileInterval: time.Hour,
+		OnDemandRecheck:   time.Hour,
 	}
+}
+
+// OnDemandGate decides again whether an on-demand certificate's name
+// should keep its certificate (*OnDemand): without it, a name that left
+// the cluster (its DNS moved, its pool dropped on_demand_tls, the ask URL
+// now says no) would be renewed forever, each renewal a failed validation
+// against the CA's limits.
+type OnDemandGate interface {
+	// StillWanted returns nil when the name may keep its certificate, an
+	// error wrapping ErrOnDemandRefused when its policy refuses it now,
+	// any other error when the policy could not be asked.
+	StillWanted(ctx context.Context, name string) error
 }
 
 // Manager obtains and renews ACME certificates for the cluster: one owner
@@ -202,6 +227,9 @@ type Manager struct {
 
 	reconcileMu   sync.Mutex
 	lastReconcile time.Time
+
+	// gate is set once by SetOnDemandGate; the scheduler reads it.
+	gate atomic.Pointer[OnDemandGate]
 
 	// held: the certificates this agent owns whose renewal the budget
 	// holds back, until when. A pass reads a held-back certificate only
@@ -329,6 +357,21 @@ func NormalizeNames(field string, names []string) ([]string, error) {
 // Obtain returns the ACME certificate for names, ordering it when none is
 // stored or the stored one is due. profile may be empty.
 func (m *Manager) Obtain(ctx context.Context, names []string, profile string) (storage.Certificate, error) {
+	return m.obtain(ctx, names, profile, false)
+}
+
+// ObtainOnDemand is Obtain for on-demand TLS: the certificate for name,
+// marked so that its renewals ask the on-demand policy first.
+func (m *Manager) ObtainOnDemand(ctx context.Context, name string) (storage.Certificate, error) {
+	return m.obtain(ctx, []string{name}, "", true)
+}
+
+// SetOnDemandGate makes the scheduler ask g before renewing an on-demand
+// certificate. The gate and the manager need each other (the gate orders
+// through the manager), hence a setter; it is safe to call while Run runs.
+func (m *Manager) SetOnDemandGate(g OnDemandGate) { m.gate.Store(&g) }
+
+func (m *Manager) obtain(ctx context.Context, names []string, profile string, onDemand bool) (storage.Certificate, error) {
 	names, err := NormalizeNames("domains", names)
 	if err != nil {
 		return storage.Certificate{}, err
@@ -353,6 +396,9 @@ func (m *Manager) Obtain(ctx context.Context, names []string, profile string) (s
 		st.Profile = profile
 	}
 	st.Names = names
+	// A name asked for through the API is the operator's: it renews
+	// unconditionally from then on.
+	st.OnDemand = onDemand
 	old, err := m.store.Certificate(ctx, id)
 	switch {
 	case err == nil:
@@ -903,6 +949,11 @@ func (m *Manager) maybeRenew(ctx context.Context, d DueCertificate) error {
 			return err
 		}
 	}
+	if g := m.gate.Load(); st.OnDemand && g != nil {
+		if err := (*g).StillWanted(ctx, st.Names[0]); err != nil {
+			return m.notWanted(ctx, &c, st, leaf.NotAfter, now, err)
+		}
+	}
 	lease, err := m.store.AcquireLease(ctx, leaseKey(c.ID), m.members.Self(), m.cfg.LeaseTTL)
 	if err != nil {
 		return err
@@ -927,6 +978,31 @@ func (m *Manager) maybeRenew(ctx context.Context, d DueCertificate) error {
 	}
 	_, err = m.attempt(ctx, lease, st, &cur)
 	return err
+}
+
+// notWanted handles a due on-demand certificate whose policy did not say
+// yes: no order; asked again after OnDemandRecheck while the certificate
+// is valid; removed once it has expired and the policy refuses it (not
+// when the policy could not be asked), so that the name has no stale
+// certificate to serve and orders afresh if it is wanted again.
+func (m *Manager) notWanted(ctx context.Context, c *storage.Certificate, st RenewalState, notAfter, now time.Time, why error) error {
+	m.metrics.orders.WithLabelValues("not_wanted").Inc()
+	refused := errors.Is(why, ErrOnDemandRefused)
+	log := m.log.With(zap.String("certificate", c.ID), zap.Strings("names", st.Names), zap.Error(why))
+	if refused && !now.Before(notAfter) {
+		if err := m.store.RemoveCertificate(ctx, c.ID, c.Fingerprint); err != nil {
+			return err
+		}
+		log.Info("expired on-demand certificate removed: its pool no longer admits the name")
+		return errNotDue
+	}
+	log.Warn("on-demand certificate not renewed: its pool's policy did not admit the name")
+	st.LastError = "not renewed: " + why.Error()
+	st.Due = now.Add(m.cfg.OnDemandRecheck)
+	if refused && st.Due.After(notAfter) {
+		st.Due = notAfter
+	}
+	return errors.Join(errNotDue, m.store.SaveRenewalState(ctx, st))
 }
 
 // refreshARI fetches the CA's window when it is time to; it reports
@@ -1043,7 +1119,7 @@ func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 	m := &managerMetrics{
 		orders: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "edge", Subsystem: "acme", Name: "orders_total",
-			Help: "ACME orders by result: issued, failed, already_replaced (another agent renewed), held_back (the rate-limit budget refused to order).",
+			Help: "ACME orders by result: issued, failed, already_replaced (another agent renewed), held_back (the rate-limit budget refused to order), not_wanted (an on-demand certificate's renewal skipped because its pool no longer admits the name).",
 		}, []string{"result"}),
 		leaseLost: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "edge", Subsystem: "acme", Name: "lease_lost_total",
