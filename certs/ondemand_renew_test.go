@@ -152,7 +152,9 @@ func TestOnDemandStillWanted(t *testing.T) {
 		})
 	}
 	// A renewal asks afresh: two checks, two calls, no remembered answer.
-	od.route = func(string) (OnDemandPolicy, bool) { return OnDemandPolicy{Pool: "p", Allowed: true, AskURL: yes.URL}, true }
+	od.route = func(string) (OnDemandPolicy, bool) {
+		return OnDemandPolicy{Pool: "p", Allowed: true, AskURL: yes.URL}, true
+	}
 	_ = od.StillWanted(context.Background(), name)
 	if got := yes.count(name); got != 2 {
 		t.Errorf("ask URL called %d times over two checks with it, want 2", got)
