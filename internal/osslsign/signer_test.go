@@ -327,3 +327,28 @@ func TestDecryptUsesGoKey(t *testing.T) {
 		t.Fatal("an ECDSA signer decrypted")
 	}
 }
+
+// After a failed import the Go key signs, and the import is not retried
+// on every signature.
+func TestFailedImportFallsBackToGo(t *testing.T) {
+	key := testRSAKey(t)
+	var c Counters
+	s := newSigner(t, key, &c)
+	s.mu.Lock()
+	s.err = errors.New("import refused")
+	s.failed.Store(true)
+	s.mu.Unlock()
+	digest := digestOf(crypto.SHA256, "x")
+	for range 2 {
+		sig, err := s.Sign(rand.Reader, digest, crypto.SHA256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rsa.VerifyPKCS1v15(&key.PublicKey, crypto.SHA256, digest, sig); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.Native() || c.Go.Load() != 2 || c.OpenSSL.Load() != 0 {
+		t.Fatalf("native %v, OpenSSL %d, Go %d: want the Go key only", s.Native(), c.OpenSSL.Load(), c.Go.Load())
+	}
+}
