@@ -429,7 +429,7 @@ func (c *Cache) certificate(e *entry) (*tls.Certificate, bool) {
 	}
 	// The handshake needs the DER chain and the key, not the parsed leaf.
 	pair.Leaf = nil
-	pair.PrivateKey = c.wrapKey(pair.PrivateKey)
+	pair.PrivateKey = c.wrapKey(e, pair.PrivateKey)
 	c.ringMu.Lock()
 	for i := 1; i < len(pair.Certificate); i++ {
 		if der, ok := c.chains[string(pair.Certificate[i])]; ok {
@@ -456,12 +456,18 @@ func (c *Cache) certificate(e *entry) (*tls.Certificate, bool) {
 // most Parsed) can hold one. ECDSA keys stay with Go: its P-256 signature
 // is within a few microseconds of OpenSSL's, less than the cgo call and
 // thread hand-off cost back (docs/ARCHITECTURE.md).
-func (c *Cache) wrapKey(key crypto.PrivateKey) crypto.PrivateKey {
+func (c *Cache) wrapKey(e *entry, key crypto.PrivateKey) crypto.PrivateKey {
 	rk, ok := key.(*rsa.PrivateKey)
 	if !ok {
 		return key
 	}
-	s, err := osslsign.New(rk, osslsign.Config{Counters: &c.signs})
+	s, err := osslsign.New(rk, osslsign.Config{
+		Counters: &c.signs,
+		ImportFailed: func(err error) {
+			c.log.Error("OpenSSL cannot take the certificate's key; Go's crypto signs its handshakes",
+				zap.String("id", e.id), zap.String("domain", e.domain), zap.Error(err))
+		},
+	})
 	if err != nil {
 		// A key OpenSSL is not given (a small RSA key) signs with Go.
 		return key

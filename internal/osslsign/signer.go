@@ -43,6 +43,10 @@ type Counters struct {
 type Config struct {
 	// Counters, when set, counts every signature by engine.
 	Counters *Counters
+	// ImportFailed, when set, is called once if OpenSSL cannot take the
+	// key (the Go key signs from then on). The error names the failing
+	// step, never key material.
+	ImportFailed func(error)
 }
 
 // DefaultConfig returns the zero configuration: nothing counted.
@@ -58,9 +62,10 @@ const (
 // Signer is a crypto.Signer (and, for RSA keys, a crypto.Decrypter) that
 // signs with OpenSSL. It is safe for concurrent use.
 type Signer struct {
-	key      crypto.Signer
-	kind     keyKind
-	counters *Counters
+	key          crypto.Signer
+	kind         keyKind
+	counters     *Counters
+	importFailed func(error)
 
 	native atomic.Pointer[nativeKey]
 	failed atomic.Bool // the import failed: the Go key signs from now on
@@ -72,13 +77,17 @@ type Signer struct {
 // on a NIST curve; other keys give ErrUnsupported. Nothing is handed to
 // OpenSSL until the first signature.
 func New(key crypto.Signer, cfg Config) (*Signer, error) {
-	s := &Signer{key: key, counters: cfg.Counters}
+	s := &Signer{key: key, counters: cfg.Counters, importFailed: cfg.ImportFailed}
 	switch k := key.(type) {
 	case *rsa.PrivateKey:
-		// Go refuses to sign with keys under 1024 bits; so do we,
-		// through the Go key.
+		// Go refuses to sign with keys under 1024 bits; such a key stays
+		// with Go, which says so.
 		if k.N == nil || k.N.BitLen() < 1024 {
-			return nil, fmt.Errorf("%w: RSA key of %d bits", ErrUnsupported, k.Size()*8)
+			bits := 0
+			if k.N != nil {
+				bits = k.N.BitLen()
+			}
+			return nil, fmt.Errorf("%w: RSA key of %d bits", ErrUnsupported, bits)
 		}
 		s.kind = kindRSA
 	case *ecdsa.PrivateKey:
@@ -156,7 +165,7 @@ func (s *Signer) load() *nativeKey {
 	if nk := s.native.Load(); nk != nil {
 		return nk
 	}
-	if s.failed.Load() {
+	if !Available() || s.failed.Load() {
 		return nil
 	}
 	s.mu.Lock()
@@ -171,6 +180,9 @@ func (s *Signer) load() *nativeKey {
 	if err != nil {
 		s.err = err
 		s.failed.Store(true)
+		if s.importFailed != nil {
+			s.importFailed(err)
+		}
 		return nil
 	}
 	s.native.Store(nk)

@@ -331,13 +331,16 @@ func TestDecryptUsesGoKey(t *testing.T) {
 // After a failed import the Go key signs, and the import is not retried
 // on every signature.
 func TestFailedImportFallsBackToGo(t *testing.T) {
+	if !Available() {
+		t.Skip("built without OpenSSL: nothing is imported")
+	}
 	key := testRSAKey(t)
 	var c Counters
-	s := newSigner(t, key, &c)
-	s.mu.Lock()
-	s.err = errors.New("import refused")
-	s.failed.Store(true)
-	s.mu.Unlock()
+	var reported []error
+	// A key of a type importKey does not know, wrapped as RSA: the
+	// import fails the way an OpenSSL refusal would.
+	s := &Signer{key: mismatched{key, &key.PublicKey}, kind: kindRSA, counters: &c,
+		importFailed: func(err error) { reported = append(reported, err) }}
 	digest := digestOf(crypto.SHA256, "x")
 	for range 2 {
 		sig, err := s.Sign(rand.Reader, digest, crypto.SHA256)
@@ -351,4 +354,15 @@ func TestFailedImportFallsBackToGo(t *testing.T) {
 	if s.Native() || c.Go.Load() != 2 || c.OpenSSL.Load() != 0 {
 		t.Fatalf("native %v, OpenSSL %d, Go %d: want the Go key only", s.Native(), c.OpenSSL.Load(), c.Go.Load())
 	}
+	if len(reported) != 1 || s.ImportError() == nil {
+		t.Fatalf("import failure reported %d times (%v), ImportError %v; want once", len(reported), reported, s.ImportError())
+	}
 }
+
+// mismatched is an RSA key under another type, which importKey refuses.
+type mismatched struct {
+	*rsa.PrivateKey
+	pub *rsa.PublicKey
+}
+
+func (m mismatched) Public() crypto.PublicKey { return m.pub }
