@@ -51,6 +51,8 @@ static EVP_PKEY *osslsign_import(int type, const unsigned char *der, long derlen
 		return NULL;
 	}
 	OPENSSL_free(pub);
+	// The decoders may queue errors for the formats they tried first.
+	ERR_clear_error();
 	return k;
 }
 
