@@ -3,7 +3,8 @@
 # Singularity Edge image: `make docker` builds it locally, `fly deploy` on
 # Fly's builders. Two stages on Debian bookworm, because grocksdb v1.7.14
 # links against RocksDB 7.x and bookworm ships exactly RocksDB 7.8.3
-# (librocksdb-dev to build, librocksdb7.8 to run). test/integration/
+# (librocksdb-dev to build, librocksdb7.8 to run), and OpenSSL 3.0's
+# libcrypto signs TLS handshakes (libssl-dev to build, libssl3 to run). test/integration/
 # docker_test.go checks that the runtime packages below are the ones the
 # binary links and that the build flags are the Makefile's.
 
@@ -11,7 +12,7 @@
 FROM golang:1.26-bookworm AS build
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends librocksdb-dev pkg-config \
+ && apt-get install -y --no-install-recommends librocksdb-dev libssl-dev pkg-config \
  && rm -rf /var/lib/apt/lists/* \
  && test "$(pkg-config --modversion rocksdb)" = "7.8.3"
 
@@ -35,11 +36,12 @@ RUN --mount=type=cache,target=/root/go/pkg/mod \
 FROM debian:bookworm-slim AS runtime
 
 # librocksdb7.8 brings the compression libraries RocksDB links (snappy, lz4,
-# zstd, bz2, zlib) and gflags; ca-certificates lets the agent verify ACME
-# servers and backends with full_strict. setpriv (util-linux) is already in
-# the base image and drops root in the entrypoint.
+# zstd, bz2, zlib) and gflags; libssl3 is libcrypto (internal/osslsign);
+# ca-certificates lets the agent verify ACME servers and backends with
+# full_strict. setpriv (util-linux) is already in the base image and drops
+# root in the entrypoint.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends librocksdb7.8 ca-certificates \
+ && apt-get install -y --no-install-recommends librocksdb7.8 libssl3 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
 # A fixed uid/gid, so the ownership of a volume means the same thing in every

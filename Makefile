@@ -13,9 +13,11 @@ GO_BUILD_FLAGS := -trimpath -ldflags "-X github.com/singularity-ng/singularity-e
 IMAGE ?= singularity-edge:$(VERSION)
 FLY_APP ?=
 
-# Packages `make test` needs on Debian/Ubuntu; chromium drives the dashboard test,
-# iproute2 the cluster tests' network namespaces.
-TEST_DEBS := librocksdb-dev gcc pkg-config chromium iproute2
+# Packages `make test` needs on Debian/Ubuntu; libssl-dev is OpenSSL's libcrypto,
+# which signs TLS handshakes (internal/osslsign; `go build -tags noopenssl`
+# builds without it), chromium drives the dashboard test, iproute2 the cluster tests'
+# network namespaces.
+TEST_DEBS := librocksdb-dev libssl-dev gcc pkg-config chromium iproute2
 # Packages the proxy comparison benchmark needs.
 BENCH_DEBS := nginx libnginx-mod-stream haproxy caddy wrk curl openssl libssl-dev
 

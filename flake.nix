@@ -32,8 +32,9 @@
         {
           default = pkgs.mkShell {
             # Linked by cgo: grocksdb's LDFLAGS are -lrocksdb -lstdc++ -lm
-            # -lzstd -llz4 -lz -lsnappy.
-            buildInputs = [ rocksdb ] ++ (with pkgs; [ zstd lz4 zlib snappy bzip2 ]);
+            # -lzstd -llz4 -lz -lsnappy; internal/osslsign's -lcrypto
+            # (OpenSSL 3).
+            buildInputs = [ rocksdb ] ++ (with pkgs; [ zstd lz4 zlib snappy bzip2 openssl ]);
             nativeBuildInputs = [ go ] ++ (with pkgs; [
               pkg-config
               gnumake

@@ -3,6 +3,8 @@ package certs
 import (
 	"cmp"
 	"context"
+	"crypto"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -20,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/singularity-ng/singularity-edge/internal/osslsign"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
@@ -129,6 +132,10 @@ type Cache struct {
 	// chains interns the DER of chain certificates of parsed entries:
 	// most certificates share one or two intermediates.
 	chains map[string][]byte
+
+	// signs counts the handshake signatures of the keys wrapped for
+	// OpenSSL (see wrapKey).
+	signs osslsign.Counters
 
 	index      atomic.Uint64 // last change-feed index applied
 	loadErrors atomic.Uint64
@@ -422,6 +429,7 @@ func (c *Cache) certificate(e *entry) (*tls.Certificate, bool) {
 	}
 	// The handshake needs the DER chain and the key, not the parsed leaf.
 	pair.Leaf = nil
+	pair.PrivateKey = c.wrapKey(e, pair.PrivateKey)
 	c.ringMu.Lock()
 	for i := 1; i < len(pair.Certificate); i++ {
 		if der, ok := c.chains[string(pair.Certificate[i])]; ok {
@@ -438,6 +446,33 @@ func (c *Cache) certificate(e *entry) (*tls.Certificate, bool) {
 	c.ringPos = (c.ringPos + 1) % len(c.ring)
 	c.ringMu.Unlock()
 	return &pair, true
+}
+
+// wrapKey hands RSA keys to OpenSSL for their signatures: a full
+// handshake with an RSA-2048 certificate spends most of its CPU in the
+// server's signature, which OpenSSL makes about three times faster than
+// Go. The native key is made on the first handshake that signs and freed
+// with the parsed certificate, so only the certificates in the ring (at
+// most Parsed) can hold one. ECDSA keys stay with Go: its P-256 signature
+// is within a few microseconds of OpenSSL's, less than the cgo call and
+// thread hand-off cost back (docs/ARCHITECTURE.md).
+func (c *Cache) wrapKey(e *entry, key crypto.PrivateKey) crypto.PrivateKey {
+	rk, ok := key.(*rsa.PrivateKey)
+	if !ok {
+		return key
+	}
+	s, err := osslsign.New(rk, osslsign.Config{
+		Counters: &c.signs,
+		ImportFailed: func(err error) {
+			c.log.Error("OpenSSL cannot take the certificate's key; Go's crypto signs its handshakes",
+				zap.String("id", e.id), zap.String("domain", e.domain), zap.Error(err))
+		},
+	})
+	if err != nil {
+		// A key OpenSSL is not given (a small RSA key) signs with Go.
+		return key
+	}
+	return s
 }
 
 // applyEvent applies the certificate changes of one committed transaction
@@ -734,6 +769,7 @@ type cacheCollector struct {
 	expiry     *prometheus.Desc
 	count      *prometheus.Desc
 	loadErrors *prometheus.Desc
+	signatures *prometheus.Desc
 }
 
 func newCacheCollector(c *Cache) *cacheCollector {
@@ -745,6 +781,8 @@ func newCacheCollector(c *Cache) *cacheCollector {
 			"Certificates loaded in the SNI cache, by provider.", []string{"provider"}, nil),
 		loadErrors: prometheus.NewDesc("singularity_edge_certificate_load_errors_total",
 			"Certificate rows the SNI cache could not load (bad PEM, key mismatch, unreadable key).", nil, nil),
+		signatures: prometheus.NewDesc("singularity_edge_tls_signatures_total",
+			"Handshake signatures made with RSA certificate keys, by engine: openssl (libcrypto through cgo) or go (a build without OpenSSL, a key it could not import, or options it is not given).", []string{"engine"}, nil),
 	}
 }
 
@@ -752,6 +790,7 @@ func (cc *cacheCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- cc.expiry
 	ch <- cc.count
 	ch <- cc.loadErrors
+	ch <- cc.signatures
 }
 
 func (cc *cacheCollector) Collect(ch chan<- prometheus.Metric) {
@@ -777,4 +816,6 @@ func (cc *cacheCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(cc.count, prometheus.GaugeValue, float64(n), provider)
 	}
 	ch <- prometheus.MustNewConstMetric(cc.loadErrors, prometheus.CounterValue, float64(cc.c.loadErrors.Load()))
+	ch <- prometheus.MustNewConstMetric(cc.signatures, prometheus.CounterValue, float64(cc.c.signs.OpenSSL.Load()), "openssl")
+	ch <- prometheus.MustNewConstMetric(cc.signatures, prometheus.CounterValue, float64(cc.c.signs.Go.Load()), "go")
 }
