@@ -199,23 +199,26 @@ func entriesOf(def *tableDef, key string, r *row, recIdx [][]byte) [][]byte {
 	return out
 }
 
+// containsKey reports whether set holds k (index entry sets are a few
+// keys: a linear scan beats a map).
+func containsKey(set [][]byte, k []byte) bool {
+	for _, s := range set {
+		if bytes.Equal(s, k) {
+			return true
+		}
+	}
+	return false
+}
+
 // diffKeys returns the keys of old not in new and of new not in old.
 func diffKeys(old, new [][]byte) (remove, add [][]byte) {
-	has := func(set [][]byte, k []byte) bool {
-		for _, s := range set {
-			if bytes.Equal(s, k) {
-				return true
-			}
-		}
-		return false
-	}
 	for _, k := range old {
-		if !has(new, k) {
+		if !containsKey(new, k) {
 			remove = append(remove, k)
 		}
 	}
 	for _, k := range new {
-		if !has(old, k) {
+		if !containsKey(old, k) {
 			add = append(add, k)
 		}
 	}

@@ -13,6 +13,8 @@ type rocksOptions struct {
 	bbto   *grocksdb.BlockBasedTableOptions
 	family map[string]*grocksdb.Options
 	wbs    uint64
+	// indexHint: the index family has its insert hint (memhint.go).
+	indexHint bool
 }
 
 func newRocksOptions(cfg Config) *rocksOptions {
@@ -83,6 +85,10 @@ func (o *rocksOptions) forFamily(name string) *grocksdb.Options {
 		// 2% of the write buffer per memtable.
 		f.SetMemtableWholeKeyFiltering(true)
 		f.SetMemTablePrefixBloomSizeRatio(0.02)
+	}
+	if name == cfIndex {
+		// Without it the store still works, with slower index inserts.
+		o.indexHint = setIndexInsertHint(f)
 	}
 	o.family[name] = f
 	return f
