@@ -42,9 +42,9 @@ type Tx struct {
 	old      map[rowRef]*row // rows as read from the snapshot (nil: absent)
 	writes   map[rowRef]*pending
 	order    []rowRef
-	index    uint64               // last commit index when the transaction began
+	index    uint64        // last commit index when the transaction began
 	wb       *batchBuilder // the commit's writes, built under the commit mutex
-	done     bool                 // fn returned: the snapshot is gone
+	done     bool          // fn returned: the snapshot is gone
 }
 
 // errTxDone: a Tx was used after its function returned.
