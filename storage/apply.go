@@ -365,7 +365,10 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 // prefetchRows loads into current the stored row (nil when absent) of
 // every key that sets change, in one MultiGet per table.
 func (s *Store) prefetchRows(ro *grocksdb.ReadOptions, sets []preparedSet, current map[rowRef]*row) error {
-	keys := make(map[string][]string)
+	// Keys per table, in the order of the schema; the byte keys share
+	// one buffer.
+	keys := make([][]string, len(schema))
+	size := 0
 	for _, ps := range sets {
 		for _, c := range ps.Changes {
 			ref := rowRef{c.Table, c.Key}
@@ -373,13 +376,21 @@ func (s *Store) prefetchRows(ro *grocksdb.ReadOptions, sets []preparedSet, curre
 				continue
 			}
 			current[ref] = nil
-			keys[c.Table] = append(keys[c.Table], c.Key)
+			r := tableRank(c.Table)
+			keys[r] = append(keys[r], c.Key)
+			size += len(c.Key)
 		}
 	}
-	for table, ks := range keys {
+	buf := make([]byte, 0, size)
+	for r, ks := range keys {
+		if len(ks) == 0 {
+			continue
+		}
+		table := schema[r].name
 		bkeys := make([][]byte, len(ks))
 		for i, k := range ks {
-			bkeys[i] = []byte(k)
+			buf = append(buf, k...)
+			bkeys[i] = buf[len(buf)-len(k) : len(buf) : len(buf)]
 		}
 		vals, err := s.base.MultiGetCF(ro, s.cfs[table], bkeys...)
 		if err != nil {

@@ -34,8 +34,8 @@ const (
 	wbCFDeletion       = 0x4
 	wbCFValue          = 0x5
 	wbHeaderLen        = 12
-	wbInitialCapacity  = 64 << 10
-	wbRetainedCapacity = 4 << 20 // a larger buffer is dropped after its commit
+	wbInitialCapacity  = 1 << 20 // a 1,000-row commit of backends
+	wbRetainedCapacity = 8 << 20 // a larger buffer is dropped after its commit
 )
 
 // reset empties the batch, keeping its buffer unless it grew past

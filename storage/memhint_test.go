@@ -63,3 +63,28 @@ func TestIndexPartition(t *testing.T) {
 		})
 	}
 }
+
+// TestBackendIndexKeysMatchLookup: the entries built in one allocation
+// are the ones the lookups (lookup.go) and the by-pool scans search for.
+func TestBackendIndexKeysMatchLookup(t *testing.T) {
+	for _, b := range []*Backend{
+		{ID: "be-1", PoolName: "web", Scheme: "http", Host: "10.0.0.1", Port: 80},
+		{ID: "be-2", PoolName: "web", Scheme: "https", Host: "2001:db8::1", Port: 8443},
+		{ID: "be-3", PoolName: "api-eu", Scheme: "http", Host: "app.internal", Port: 0},
+		{ID: "x", PoolName: "p", Scheme: "", Host: "", Port: 65535},
+	} {
+		got := backendIndexKeys(b)
+		want := [][]byte{indexKey(idxBackendPool, b.PoolName, b.ID), backendAddrKey(b)}
+		if len(got) != 2 || string(got[0]) != string(want[0]) || string(got[1]) != string(want[1]) {
+			t.Fatalf("backend %s: entries %q, want %q", b.ID, got, want)
+		}
+		// The first entry must not share spare capacity with the second.
+		got[0] = append(got[0], 'x')
+		if string(got[1]) != string(want[1]) {
+			t.Fatalf("backend %s: appending to one entry changed the other", b.ID)
+		}
+	}
+	if backendIndexKeys(&Backend{ID: "be-1"}) != nil {
+		t.Fatal("a backend without a pool has index entries")
+	}
+}

@@ -1,11 +1,12 @@
 package storage
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -276,17 +277,27 @@ func writeError(err error) error {
 	return fmt.Errorf("storage: commit: %w", err)
 }
 
+// sortedWrites returns the written rows by table (schema order) and key,
+// so that each family's entries reach the memtable in key order.
 func (t *Tx) sortedWrites() []rowRef {
-	refs := make([]rowRef, 0, len(t.writes))
-	for ref := range t.writes {
-		refs = append(refs, ref)
+	type ranked struct {
+		rank int
+		ref  rowRef
 	}
-	sort.Slice(refs, func(i, j int) bool {
-		if refs[i].table != refs[j].table {
-			return tableRank(refs[i].table) < tableRank(refs[j].table)
+	rs := make([]ranked, 0, len(t.writes))
+	for ref := range t.writes {
+		rs = append(rs, ranked{tableRank(ref.table), ref})
+	}
+	slices.SortFunc(rs, func(a, b ranked) int {
+		if a.rank != b.rank {
+			return cmp.Compare(a.rank, b.rank)
 		}
-		return refs[i].key < refs[j].key
+		return strings.Compare(a.ref.key, b.ref.key)
 	})
+	refs := make([]rowRef, len(rs))
+	for i, r := range rs {
+		refs[i] = r.ref
+	}
 	return refs
 }
 
