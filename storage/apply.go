@@ -194,10 +194,10 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 
 	ro := grocksdb.NewDefaultReadOptions()
 	defer ro.Destroy()
-	batch := grocksdb.NewWriteBatch()
-	defer batch.Destroy()
-	put := func(name string, k, v []byte) { batch.PutCF(s.cfs[name], k, v) }
-	del := func(name string, k []byte) { batch.DeleteCF(s.cfs[name], k) }
+	wb := &s.batch
+	wb.reset()
+	ids := s.cfID
+	put := func(name string, k, v []byte) { wb.put(ids[name], k, v) }
 
 	s.bkMu.RLock()
 	staged := make(map[string]Ranges)
@@ -257,7 +257,6 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 		ahead  bool
 	}
 	var recorded []seenSet
-	var valBuf []byte
 	for _, ps := range sets {
 		if !opts.partialSets && staged[ps.Origin].Contains(ps.Seq) {
 			res.Duplicates++
@@ -289,22 +288,17 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 				return BatchResult{}, corruptError(c.Table, err)
 			}
 			newIdx := entriesOf(def, c.Key, nr, ps.idx[i])
-			remove, add := diffKeys(oldIdx, newIdx)
-			for _, k := range remove {
-				del(cfIndex, k)
-			}
-			for _, k := range add {
-				if !coveringIndex(k) { // written once, with its envelope, below
-					put(cfIndex, k, nil)
-				}
-			}
-			valBuf = appendRow(valBuf[:0], *nr)
-			put(c.Table, []byte(c.Key), valBuf)
-			putCovering(func(k, v []byte) { put(cfIndex, k, v) }, newIdx, valBuf)
+			writeIndexDiff(wb, ids[cfIndex], oldIdx, newIdx)
+			wb.key = append(wb.key[:0], c.Key...)
+			wb.val = appendRow(wb.val[:0], *nr)
+			wb.put(ids[c.Table], wb.key, wb.val)
+			putCovering(func(k, v []byte) { wb.put(ids[cfIndex], k, v) }, newIdx, wb.val)
 			if old != nil {
-				del(cfChangelog, clogKeyOf(def, c.Key, old.version))
+				wb.key = appendClogKey(wb.key[:0], old.version.Origin, old.version.Seq, def.id, c.Key)
+				wb.del(ids[cfChangelog], wb.key)
 			}
-			put(cfChangelog, clogKeyOf(def, c.Key, c.Version), nil)
+			wb.key = appendClogKey(wb.key[:0], c.Version.Origin, c.Version.Seq, def.id, c.Key)
+			wb.put(ids[cfChangelog], wb.key, nil)
 			current[rowRef{c.Table, c.Key}] = nr
 			winners++
 			res.Applied++
@@ -332,7 +326,7 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 	if opts.sync {
 		wo = s.wo
 	}
-	if err := s.base.Write(wo, batch); err != nil {
+	if err := wb.write(s.base, wo); err != nil {
 		return BatchResult{}, s.noteWriteError(writeError(err))
 	}
 	s.noteWriteOK()
@@ -371,7 +365,10 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 // prefetchRows loads into current the stored row (nil when absent) of
 // every key that sets change, in one MultiGet per table.
 func (s *Store) prefetchRows(ro *grocksdb.ReadOptions, sets []preparedSet, current map[rowRef]*row) error {
-	keys := make(map[string][]string)
+	// Keys per table, in the order of the schema; the byte keys share
+	// one buffer.
+	keys := make([][]string, len(schema))
+	size := 0
 	for _, ps := range sets {
 		for _, c := range ps.Changes {
 			ref := rowRef{c.Table, c.Key}
@@ -379,13 +376,21 @@ func (s *Store) prefetchRows(ro *grocksdb.ReadOptions, sets []preparedSet, curre
 				continue
 			}
 			current[ref] = nil
-			keys[c.Table] = append(keys[c.Table], c.Key)
+			r := tableRank(c.Table)
+			keys[r] = append(keys[r], c.Key)
+			size += len(c.Key)
 		}
 	}
-	for table, ks := range keys {
+	buf := make([]byte, 0, size)
+	for r, ks := range keys {
+		if len(ks) == 0 {
+			continue
+		}
+		table := schema[r].name
 		bkeys := make([][]byte, len(ks))
 		for i, k := range ks {
-			bkeys[i] = []byte(k)
+			buf = append(buf, k...)
+			bkeys[i] = buf[len(buf)-len(k) : len(buf) : len(buf)]
 		}
 		vals, err := s.base.MultiGetCF(ro, s.cfs[table], bkeys...)
 		if err != nil {

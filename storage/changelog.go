@@ -34,12 +34,16 @@ func clogSetPrefix(origin string, seq uint64) []byte {
 // clogKey is the change-log key of row key of the table with id tableID,
 // written by change set origin/seq.
 func clogKey(origin string, seq uint64, tableID byte, key string) []byte {
-	k := make([]byte, 0, len(origin)+10+len(key))
-	k = append(k, origin...)
-	k = append(k, 0)
-	k = binary.BigEndian.AppendUint64(k, seq)
-	k = append(k, tableID)
-	return append(k, key...)
+	return appendClogKey(make([]byte, 0, len(origin)+10+len(key)), origin, seq, tableID, key)
+}
+
+// appendClogKey appends clogKey(origin, seq, tableID, key) to dst.
+func appendClogKey(dst []byte, origin string, seq uint64, tableID byte, key string) []byte {
+	dst = append(dst, origin...)
+	dst = append(dst, 0)
+	dst = binary.BigEndian.AppendUint64(dst, seq)
+	dst = append(dst, tableID)
+	return append(dst, key...)
 }
 
 // clogKeyOf is the change-log key of a stored row version.

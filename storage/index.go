@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -148,11 +149,44 @@ func poolIndexKeys(p *Pool) [][]byte {
 	return append(keys, poolLookupKeys(p)...)
 }
 
+// backendIndexKeys returns a backend's two entries, built in one
+// allocation (apply and bulk commits derive them for every row).
 func backendIndexKeys(b *Backend) [][]byte {
 	if b.PoolName == "" {
 		return nil
 	}
-	return [][]byte{indexKey(idxBackendPool, b.PoolName, b.ID), backendAddrKey(b)}
+	n := 2*(len(b.PoolName)+len(b.ID)+3) + len(b.Scheme) + len(b.Host) + 3 + 2 + 20
+	buf := make([]byte, 0, n)
+	buf = append(buf, idxBackendPool)
+	buf = append(buf, b.PoolName...)
+	buf = append(buf, 0)
+	buf = append(buf, b.ID...)
+	pool := buf[:len(buf):len(buf)]
+	buf = appendBackendAddrKey(buf[len(buf):], b)
+	return [][]byte{pool, buf}
+}
+
+// appendBackendAddrKey appends backendAddrKey(b) (lookup.go) to dst
+// without the intermediate strings:
+// 11 | pool " " scheme "://" host-and-port | 0 | backend id.
+func appendBackendAddrKey(dst []byte, b *Backend) []byte {
+	dst = append(dst, idxBackendAddr)
+	dst = append(dst, b.PoolName...)
+	dst = append(dst, ' ')
+	dst = append(dst, b.Scheme...)
+	dst = append(dst, "://"...)
+	// net.JoinHostPort: brackets around a host with a colon (IPv6).
+	if strings.IndexByte(b.Host, ':') >= 0 {
+		dst = append(dst, '[')
+		dst = append(dst, b.Host...)
+		dst = append(dst, ']')
+	} else {
+		dst = append(dst, b.Host...)
+	}
+	dst = append(dst, ':')
+	dst = strconv.AppendInt(dst, int64(b.Port), 10)
+	dst = append(dst, 0)
+	return append(dst, b.ID...)
 }
 
 func obsHealthPrefix(nodeID string, healthy bool) []byte {
@@ -199,23 +233,26 @@ func entriesOf(def *tableDef, key string, r *row, recIdx [][]byte) [][]byte {
 	return out
 }
 
+// containsKey reports whether set holds k (index entry sets are a few
+// keys: a linear scan beats a map).
+func containsKey(set [][]byte, k []byte) bool {
+	for _, s := range set {
+		if bytes.Equal(s, k) {
+			return true
+		}
+	}
+	return false
+}
+
 // diffKeys returns the keys of old not in new and of new not in old.
 func diffKeys(old, new [][]byte) (remove, add [][]byte) {
-	has := func(set [][]byte, k []byte) bool {
-		for _, s := range set {
-			if bytes.Equal(s, k) {
-				return true
-			}
-		}
-		return false
-	}
 	for _, k := range old {
-		if !has(new, k) {
+		if !containsKey(new, k) {
 			remove = append(remove, k)
 		}
 	}
 	for _, k := range new {
-		if !has(old, k) {
+		if !containsKey(old, k) {
 			add = append(add, k)
 		}
 	}

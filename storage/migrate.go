@@ -162,6 +162,7 @@ func (s *Store) replaceFamily(name string) error {
 	}
 	old.Destroy()
 	s.cfs[name] = fresh
+	s.cfID[name] = fresh.ID()
 	return nil
 }
 

@@ -25,6 +25,7 @@ type Store struct {
 	// (commitMu), so it needs no RocksDB transactions (tx.go).
 	base    *grocksdb.DB
 	cfs     map[string]*grocksdb.ColumnFamilyHandle
+	cfID    map[string]uint32 // column family ids, for batches built in Go (batch.go)
 	handles []*grocksdb.ColumnFamilyHandle
 	opts    *rocksOptions
 	wo      *grocksdb.WriteOptions // local commits: Config.SyncWAL
@@ -44,6 +45,7 @@ type Store struct {
 	// change only under it. The WAL sync of a local commit happens after
 	// it is released (group commit, groupcommit.go).
 	commitMu   sync.Mutex
+	batch      batchBuilder // the commit's WriteBatch, under commitMu
 	localSeq   uint64
 	purgeFloor HLC
 	// horizon is the purge horizon per origin (horizon.go): written
@@ -187,8 +189,10 @@ func (s *Store) openDB() error {
 	}
 	s.base = db
 	s.handles = handles
+	s.cfID = make(map[string]uint32, len(names))
 	for i, n := range names {
 		s.cfs[n] = handles[i]
+		s.cfID[n] = handles[i].ID()
 	}
 	s.wo = grocksdb.NewDefaultWriteOptions()
 	s.wo.SetSync(s.cfg.SyncWAL)

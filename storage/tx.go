@@ -1,11 +1,12 @@
 package storage
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -42,9 +43,9 @@ type Tx struct {
 	old      map[rowRef]*row // rows as read from the snapshot (nil: absent)
 	writes   map[rowRef]*pending
 	order    []rowRef
-	index    uint64               // last commit index when the transaction began
-	wb       *grocksdb.WriteBatch // the commit's writes, built under the commit mutex
-	done     bool                 // fn returned: the snapshot is gone
+	index    uint64        // last commit index when the transaction began
+	wb       *batchBuilder // the commit's writes, built under the commit mutex
+	done     bool          // fn returned: the snapshot is gone
 }
 
 // errTxDone: a Tx was used after its function returned.
@@ -181,12 +182,12 @@ func (t *Tx) commitLocked() (Commit, uint64, error) {
 	}
 	v := Version{HLC: h, Origin: s.NodeID(), Seq: seq}
 	nowMs := t.now.UnixMilli()
-	t.wb = grocksdb.NewWriteBatch()
-	defer func() { t.wb.Destroy(); t.wb = nil }()
+	wb := &s.batch
+	wb.reset()
+	t.wb = wb
+	defer func() { t.wb = nil }()
+	ids := s.cfID
 
-	// RocksDB copies keys and values into the batch, so one key and one
-	// value buffer serve every row.
-	var keyBuf, valBuf []byte
 	for _, ref := range refs {
 		p := t.writes[ref]
 		def := lookupTable(ref.table)
@@ -204,29 +205,29 @@ func (t *Tx) commitLocked() (Commit, uint64, error) {
 			recIdx = p.idx
 		}
 		newIdx := entriesOf(def, ref.key, &nr, recIdx)
-		if err := t.writeIndex(oldIdx, newIdx); err != nil {
-			return Commit{}, 0, err
-		}
-		keyBuf = append(keyBuf[:0], ref.key...)
-		valBuf = appendRow(valBuf[:0], nr)
-		t.wb.PutCF(s.cfs[ref.table], keyBuf, valBuf)
-		putCovering(func(k, v []byte) { t.wb.PutCF(s.cfs[cfIndex], k, v) }, newIdx, valBuf)
+		t.writeIndex(oldIdx, newIdx)
+		wb.key = append(wb.key[:0], ref.key...)
+		wb.val = appendRow(wb.val[:0], nr)
+		wb.put(ids[ref.table], wb.key, wb.val)
+		putCovering(func(k, v []byte) { wb.put(ids[cfIndex], k, v) }, newIdx, wb.val)
 		if old != nil {
-			t.wb.DeleteCF(s.cfs[cfChangelog], clogKeyOf(def, ref.key, old.version))
+			wb.key = appendClogKey(wb.key[:0], old.version.Origin, old.version.Seq, def.id, ref.key)
+			wb.del(ids[cfChangelog], wb.key)
 		}
-		t.wb.PutCF(s.cfs[cfChangelog], clogKeyOf(def, ref.key, v), nil)
+		wb.key = appendClogKey(wb.key[:0], v.Origin, v.Seq, def.id, ref.key)
+		wb.put(ids[cfChangelog], wb.key, nil)
 	}
 	// The local seq has one key per commit, replacing the previous one in
 	// the same batch (Open takes the highest key, so a leftover of an
 	// older agent, which deleted it after the commit, is harmless).
-	t.wb.PutCF(s.cfs[cfMeta], localSeqKey(seq), binary.BigEndian.AppendUint64(nil, uint64(reading)))
+	wb.put(ids[cfMeta], localSeqKey(seq), binary.BigEndian.AppendUint64(nil, uint64(reading)))
 	if seq > 1 {
-		t.wb.DeleteCF(s.cfs[cfMeta], localSeqKey(seq-1))
+		wb.del(ids[cfMeta], localSeqKey(seq-1))
 	}
-	t.wb.PutCF(s.cfs[cfFeed], feedKey(index), feedRef(v.Origin, v.Seq))
+	wb.put(ids[cfFeed], feedKey(index), feedRef(v.Origin, v.Seq))
 	// With SyncWAL the batch is written without sync and the commit waits
 	// for a coalesced WAL sync after the mutex is released (groupcommit.go).
-	if err := s.base.Write(s.woAsync, t.wb); err != nil {
+	if err := wb.write(s.base, s.woAsync); err != nil {
 		return Commit{}, 0, t.s.noteWriteError(writeError(err))
 	}
 	s.noteWriteOK()
@@ -244,18 +245,26 @@ func (t *Tx) commitLocked() (Commit, uint64, error) {
 	return Commit{Index: index, Version: v}, ticket, nil
 }
 
-// writeIndex replaces a row's index entries oldIdx by newIdx.
-func (t *Tx) writeIndex(oldIdx, newIdx [][]byte) error {
-	remove, add := diffKeys(oldIdx, newIdx)
-	for _, k := range remove {
-		t.wb.DeleteCF(t.s.cfs[cfIndex], k)
-	}
-	for _, k := range add {
-		if !coveringIndex(k) { // written once, with its envelope, by putCovering
-			t.wb.PutCF(t.s.cfs[cfIndex], k, nil)
+// writeIndex replaces a row's index entries oldIdx by newIdx; an entry
+// in both is left alone (its key, and its empty value, did not change).
+func (t *Tx) writeIndex(oldIdx, newIdx [][]byte) {
+	writeIndexDiff(t.wb, t.s.cfID[cfIndex], oldIdx, newIdx)
+}
+
+// writeIndexDiff adds to wb the index changes from oldIdx to newIdx:
+// deletes for entries that went, puts for entries that came, except
+// covering entries, which putCovering writes with their envelope.
+func writeIndexDiff(wb *batchBuilder, cf uint32, oldIdx, newIdx [][]byte) {
+	for _, k := range oldIdx {
+		if !containsKey(newIdx, k) {
+			wb.del(cf, k)
 		}
 	}
-	return nil
+	for _, k := range newIdx {
+		if !coveringIndex(k) && !containsKey(oldIdx, k) {
+			wb.put(cf, k, nil)
+		}
+	}
 }
 
 func writeError(err error) error {
@@ -268,17 +277,27 @@ func writeError(err error) error {
 	return fmt.Errorf("storage: commit: %w", err)
 }
 
+// sortedWrites returns the written rows by table (schema order) and key,
+// so that each family's entries reach the memtable in key order.
 func (t *Tx) sortedWrites() []rowRef {
-	refs := make([]rowRef, 0, len(t.writes))
-	for ref := range t.writes {
-		refs = append(refs, ref)
+	type ranked struct {
+		rank int
+		ref  rowRef
 	}
-	sort.Slice(refs, func(i, j int) bool {
-		if refs[i].table != refs[j].table {
-			return tableRank(refs[i].table) < tableRank(refs[j].table)
+	rs := make([]ranked, 0, len(t.writes))
+	for ref := range t.writes {
+		rs = append(rs, ranked{tableRank(ref.table), ref})
+	}
+	slices.SortFunc(rs, func(a, b ranked) int {
+		if a.rank != b.rank {
+			return cmp.Compare(a.rank, b.rank)
 		}
-		return refs[i].key < refs[j].key
+		return strings.Compare(a.ref.key, b.ref.key)
 	})
+	refs := make([]rowRef, len(rs))
+	for i, r := range rs {
+		refs[i] = r.ref
+	}
 	return refs
 }
 

@@ -1,0 +1,90 @@
+package storage
+
+import (
+	"testing"
+	"time"
+
+	"github.com/linxGnu/grocksdb"
+)
+
+func TestIndexInsertHintInstalled(t *testing.T) {
+	ro := newRocksOptions(DefaultConfig())
+	defer ro.destroy()
+	idx := ro.forFamily(cfIndex)
+	if !ro.indexHint {
+		t.Fatal("the index family's insert hint was not installed (grocksdb's Options layout check failed)")
+	}
+	if got := insertHintName(idx); got != "singularity-edge.IndexPartition" {
+		t.Fatalf("index family insert hint %q", got)
+	}
+	if got, want := idx.GetWriteBufferSize(), uint64(DefaultConfig().WriteBufferSize); got != want {
+		t.Fatalf("write buffer size %d after the layout probe, want %d", got, want)
+	}
+	for _, name := range []string{cfChangelog, TableBackends} {
+		if got := insertHintName(ro.forFamily(name)); got != "" {
+			t.Fatalf("family %s has insert hint %q", name, got)
+		}
+	}
+}
+
+func TestInsertHintLayoutProbe(t *testing.T) {
+	o := grocksdb.NewDefaultOptions()
+	defer o.Destroy()
+	for _, v := range []uint64{1 << 20, 12345678} {
+		o.SetWriteBufferSize(v)
+		if got := handleWriteBufferSize(o); got != v {
+			t.Fatalf("read %d through the C++ options, grocksdb set %d", got, v)
+		}
+	}
+}
+
+func TestIndexPartition(t *testing.T) {
+	b := &Backend{ID: "be-1", PoolName: "web", Scheme: "http", Host: "10.0.0.1", Port: 80}
+	o := &Observation{NodeID: "node-a", BackendID: "be-1", Healthy: true}
+	for _, tc := range []struct {
+		name string
+		key  []byte
+		want string
+	}{
+		{"backends by pool", indexKey(idxBackendPool, "web", "be-1"), "\x04web"},
+		{"backends by address", backendAddrKey(b), "\x0bweb"},
+		{"observations by health", observationIndexKeys(o)[0], "\x05node-a"},
+		{"tombstones", tombstoneEntry(42, 3, "be-1"), "\x07"},
+		{"expiry", expiryEntry(42, 3, "be-1"), "\x08"},
+		{"certificate expiry", expiryKey(time.Unix(1700000000, 0)), "\x02"},
+		{"certificate domain: unique, no hint", indexKey(idxCertDomain, "example.com", "c1"), ""},
+		{"observations by backend: unique, no hint", indexKey(idxObsBackend, "be-1", "node-a"), ""},
+		{"one byte", []byte{idxBackendPool}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := string(tc.key[:indexPartition(tc.key)]); got != tc.want {
+				t.Fatalf("partition of %q is %q, want %q", tc.key, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestBackendIndexKeysMatchLookup: the entries built in one allocation
+// are the ones the lookups (lookup.go) and the by-pool scans search for.
+func TestBackendIndexKeysMatchLookup(t *testing.T) {
+	for _, b := range []*Backend{
+		{ID: "be-1", PoolName: "web", Scheme: "http", Host: "10.0.0.1", Port: 80},
+		{ID: "be-2", PoolName: "web", Scheme: "https", Host: "2001:db8::1", Port: 8443},
+		{ID: "be-3", PoolName: "api-eu", Scheme: "http", Host: "app.internal", Port: 0},
+		{ID: "x", PoolName: "p", Scheme: "", Host: "", Port: 65535},
+	} {
+		got := backendIndexKeys(b)
+		want := [][]byte{indexKey(idxBackendPool, b.PoolName, b.ID), backendAddrKey(b)}
+		if len(got) != 2 || string(got[0]) != string(want[0]) || string(got[1]) != string(want[1]) {
+			t.Fatalf("backend %s: entries %q, want %q", b.ID, got, want)
+		}
+		// The first entry must not share spare capacity with the second.
+		got[0] = append(got[0], 'x')
+		if string(got[1]) != string(want[1]) {
+			t.Fatalf("backend %s: appending to one entry changed the other", b.ID)
+		}
+	}
+	if backendIndexKeys(&Backend{ID: "be-1"}) != nil {
+		t.Fatal("a backend without a pool has index entries")
+	}
+}
