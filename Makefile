@@ -17,7 +17,7 @@ FLY_APP ?=
 # which signs TLS handshakes (internal/osslsign; `go build -tags noopenssl`
 # builds without it), chromium drives the dashboard test, iproute2 the cluster tests'
 # network namespaces.
-TEST_DEBS := librocksdb-dev libssl-dev gcc pkg-config chromium iproute2
+TEST_DEBS := librocksdb-dev libssl-dev gcc g++ pkg-config chromium iproute2
 # Packages the proxy comparison benchmark needs.
 BENCH_DEBS := nginx libnginx-mod-stream haproxy caddy wrk curl openssl libssl-dev
 
