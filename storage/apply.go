@@ -332,7 +332,7 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 	if opts.sync {
 		wo = s.wo
 	}
-	if err := s.base.Write(wo, batch); err != nil {
+	if err := s.write(wo, batch); err != nil {
 		return BatchResult{}, s.noteWriteError(writeError(err))
 	}
 	s.noteWriteOK()

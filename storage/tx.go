@@ -226,7 +226,7 @@ func (t *Tx) commitLocked() (Commit, uint64, error) {
 	t.wb.PutCF(s.cfs[cfFeed], feedKey(index), feedRef(v.Origin, v.Seq))
 	// With SyncWAL the batch is written without sync and the commit waits
 	// for a coalesced WAL sync after the mutex is released (groupcommit.go).
-	if err := s.base.Write(s.woAsync, t.wb); err != nil {
+	if err := s.write(s.woAsync, t.wb); err != nil {
 		return Commit{}, 0, t.s.noteWriteError(writeError(err))
 	}
 	s.noteWriteOK()
