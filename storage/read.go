@@ -53,17 +53,18 @@ func (s *Store) GetObservation(ctx context.Context, nodeID, backendID string) (O
 func getCached[T any](ctx context.Context, s *Store, table byte, name, key string, decode func(*row) (T, error),
 	clone func(T) T, size func(*T) int64) (T, error) {
 	var zero T
+	if err := ctx.Err(); err != nil {
+		return zero, err
+	}
+	// A hit does not touch RocksDB, so it need not hold off Close.
+	k := cacheKey{table, kindRow, key}
+	if v, ok := s.cachedValue(k); ok {
+		return clone(v.(T)), nil
+	}
 	if err := s.enter(); err != nil {
 		return zero, err
 	}
 	defer s.leave()
-	if err := ctx.Err(); err != nil {
-		return zero, err
-	}
-	k := cacheKey{table, kindRow, key}
-	if v, ok := s.cache.get(k); ok {
-		return clone(v.(T)), nil
-	}
 	tok, fill := s.cache.gates[table].token()
 	d, expires, err := getLive(s, name, key, decode)
 	if err != nil {
@@ -157,17 +158,17 @@ func (s *Store) ListBackends(ctx context.Context, after string, limit int) ([]Ba
 // a transaction (one iterator is one consistent snapshot), with the
 // partition's end as the iterator's bound.
 func (s *Store) ListBackendsByPool(ctx context.Context, pool, after string, limit int) ([]Backend, error) {
-	if err := s.enter(); err != nil {
-		return nil, err
-	}
-	defer s.leave()
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	k := cacheKey{cacheBackends, kindPoolBackends, pool}
-	if v, ok := s.cache.get(k); ok {
+	if v, ok := s.cachedValue(k); ok {
 		return pageOf(v.([]Backend), after, limit), nil
 	}
+	if err := s.enter(); err != nil {
+		return nil, err
+	}
+	defer s.leave()
 	tok, fill := s.cache.gates[cacheBackends].token()
 	if !fill || after != "" || !s.cache.enabled() {
 		out, _, err := s.scanPoolBackends(pool, after, limit)

@@ -378,6 +378,17 @@ func (s *Store) beginBatch(batch *grocksdb.WriteBatch) *cacheWrite {
 	return w
 }
 
+// cachedValue returns the cached value of k; a closed store has none
+// (ErrClosed comes from the RocksDB read that follows a miss).
+func (s *Store) cachedValue(k cacheKey) (any, bool) {
+	select {
+	case <-s.closing:
+		return nil, false
+	default:
+	}
+	return s.cache.get(k)
+}
+
 // write commits batch to RocksDB with the cache entries it replaces
 // invalidated (see the top of this file). Every batch that writes rows or
 // index entries goes through it.

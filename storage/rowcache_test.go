@@ -532,3 +532,63 @@ func TestRowCacheBounded(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkRowCacheHits measures the cached read paths alone (every
+// read a hit): a backend, a pool's 1,000 backends with one metadata
+// entry each, a certificate, and the 30-day window of 3,000 expiries.
+func BenchmarkRowCacheHits(b *testing.B) {
+	ctx := context.Background()
+	s := openStore(b, func(c *Config) { c.EncryptionKey = testKey(b) })
+	now := time.Now().UTC().Truncate(time.Second)
+	for first := 0; first < 1000; first += 500 {
+		mustUpdate(b, s, func(tx *Tx) error {
+			if first == 0 {
+				if err := tx.PutPool(samplePool("p")); err != nil {
+					return err
+				}
+			}
+			for i := first; i < first+500; i++ {
+				be := sampleBackend(fmt.Sprintf("be-%05d", i), "p")
+				be.Metadata = map[string]string{"fly_machine_id": fmt.Sprint(i)}
+				if err := tx.PutBackend(be); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	for first := 0; first < 9000; first += 500 {
+		mustUpdate(b, s, func(tx *Tx) error {
+			for i := first; i < first+500; i++ {
+				d := fmt.Sprintf("c%05d.example.com", i)
+				if err := tx.PutCertificate(sampleCert(fmt.Sprintf("c%05d", i), d, now.Add(time.Duration(i)*15*time.Minute), d)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	window := now.Add(30 * 24 * time.Hour)
+	for _, bc := range []struct {
+		name string
+		read func() error
+	}{
+		{"GetBackend", func() error { _, err := s.GetBackend(ctx, "be-00042"); return err }},
+		{"GetCertificate", func() error { _, err := s.GetCertificate(ctx, "c00042"); return err }},
+		{"CertificatesByDomain", func() error { _, err := s.CertificatesByDomain(ctx, "c00042.example.com"); return err }},
+		{"ListBackendsByPool_1000", func() error { _, err := s.ListBackendsByPool(ctx, "p", "", 0); return err }},
+		{"CertificateExpiries_30d_2880", func() error { _, err := s.CertificateExpiries(ctx, window, 0); return err }},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			if err := bc.read(); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := bc.read(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
