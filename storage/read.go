@@ -70,7 +70,7 @@ func getCached[T any](ctx context.Context, s *Store, table byte, name, key strin
 	if err != nil {
 		return zero, err
 	}
-	if fill && expires == 0 && s.cache.put(tok, k, d, size(&d)) {
+	if fill && expires == 0 && s.cache.admit(k) && s.cache.put(tok, k, d, size(&d)) {
 		return clone(d), nil
 	}
 	return d, nil
@@ -334,6 +334,9 @@ func (s *Store) certificatesByID(tok uint64, ids []string) ([]Certificate, error
 		miss = append(miss, id)
 		missAt = append(missAt, i)
 	}
+	// A large window is read, not cached: it would evict the rows
+	// read one by one (a TLS front end's), and would not fit anyway.
+	fill := len(miss) <= maxFillPerRead
 	if len(miss) > 0 {
 		bkeys := make([][]byte, len(miss))
 		for i, k := range miss {
@@ -365,7 +368,8 @@ func (s *Store) certificatesByID(tok uint64, ids []string) ([]Certificate, error
 				return nil, err
 			}
 			i := missAt[j]
-			if r.expires == 0 && s.cache.put(tok, cacheKey{cacheCerts, kindRow, id}, c, certificateSize(&c)) {
+			k := cacheKey{cacheCerts, kindRow, id}
+			if fill && r.expires == 0 && s.cache.admit(k) && s.cache.put(tok, k, c, certificateSize(&c)) {
 				c = cloneCertificate(c)
 			}
 			out[i], have[i] = c, true
@@ -380,6 +384,9 @@ func (s *Store) certificatesByID(tok uint64, ids []string) ([]Certificate, error
 	}
 	return out[:n], nil
 }
+
+// maxFillPerRead bounds the rows one multi-row read may add to the cache.
+const maxFillPerRead = 256
 
 // CertificateForServerName finds the certificate a TLS handshake for
 // serverName should use: one covering the exact name, else one covering

@@ -121,6 +121,13 @@ type rowCache struct {
 	// readers scan the range they need until a write changes it.
 	expiryOverflow atomic.Bool
 
+	// seen is the admission filter of rows: a row is cached on its
+	// second miss within about len(seen) misses of others, so one pass
+	// over many rows (a random read of 1M backends, a large expiry
+	// window) does not evict what is read often. Pointer-free, so the
+	// collector does not scan it.
+	seen [1 << 16]atomic.Uint64
+
 	hits, misses atomic.Uint64
 }
 
@@ -191,6 +198,18 @@ func (c *rowCache) put(tok uint64, k cacheKey, value any, size int64) bool {
 		sh.bytes -= old.size
 	}
 	return true
+}
+
+// admit reports whether a row missed just now should be cached: when it
+// missed recently too.
+func (c *rowCache) admit(k cacheKey) bool {
+	h := maphash.String(c.seed, k.key) ^ uint64(k.table)<<56 | 1
+	slot := &c.seen[h%uint64(len(c.seen))]
+	if slot.Load() == h {
+		return true
+	}
+	slot.Store(h)
+	return false
 }
 
 func (c *rowCache) drop(k cacheKey) {

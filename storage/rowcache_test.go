@@ -25,12 +25,13 @@ type cachedReads struct {
 }
 
 // readCached reads every named row, list and window through the cache
-// (twice, so that the second read is a hit whenever the first filled).
+// three times: a row is cached on its second miss, so the third read is
+// a hit.
 func readCached(t *testing.T, s *Store, backends, pools, certs, domains []string, until time.Time) cachedReads {
 	t.Helper()
 	ctx := context.Background()
 	var r cachedReads
-	for range 2 {
+	for range 3 {
 		r = cachedReads{backends: map[string]*Backend{}, pools: map[string]*Pool{}, certs: map[string]*Certificate{},
 			lists: map[string][]Backend{}, domains: map[string][]Certificate{}}
 		for _, id := range backends {
@@ -445,7 +446,7 @@ func TestRowCacheValuesAreCopies(t *testing.T) {
 		c.Metadata = map[string]string{"k": "v"}
 		return tx.PutCertificate(c)
 	})
-	for range 2 { // the first read fills, the second hits
+	for range 3 { // a row is cached on its second miss, then hits
 		be, err := s.GetBackend(ctx, "be")
 		if err != nil || be.Metadata["k"] != "v" || be.Host != "10.0.0.1" {
 			t.Fatalf("backend %+v %v", be, err)
@@ -590,5 +591,42 @@ func BenchmarkRowCacheHits(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestRowCacheAdmission: a row is cached on its second miss, so one pass
+// over many rows does not evict the rows read often; a multi-row read of
+// more than maxFillPerRead rows fills nothing.
+func TestRowCacheAdmission(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, func(c *Config) { c.EncryptionKey = testKey(t) })
+	exp := time.Now().UTC().Truncate(time.Second).Add(time.Hour)
+	mustUpdate(t, s, func(tx *Tx) error {
+		if err := tx.PutPool(samplePool("p")); err != nil {
+			return err
+		}
+		for i := range maxFillPerRead + 1 {
+			if err := tx.PutCertificate(sampleCert(fmt.Sprintf("c%04d", i), "x.example.com", exp)); err != nil {
+				return err
+			}
+		}
+		return tx.PutBackend(sampleBackend("be", "p"))
+	})
+	for i, wantEntries := range []int{0, 1, 1} {
+		if _, err := s.GetBackend(ctx, "be"); err != nil {
+			t.Fatal(err)
+		}
+		if st := s.CacheStats(); st.Entries != wantEntries {
+			t.Fatalf("after read %d: %d entries, want %d", i+1, st.Entries, wantEntries)
+		}
+	}
+	for range 3 {
+		cs, err := s.CertificatesExpiringBefore(ctx, exp.Add(time.Second), 0)
+		if err != nil || len(cs) != maxFillPerRead+1 {
+			t.Fatalf("window: %d %v", len(cs), err)
+		}
+	}
+	if st := s.CacheStats(); st.Entries != 1 || st.Expiries != maxFillPerRead+1 {
+		t.Fatalf("a large window filled the cache: %+v", st)
 	}
 }
