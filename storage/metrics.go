@@ -51,7 +51,7 @@ func newCollector(s *Store) *collector {
 		compactionsRunning: d("compactions_running", "Compactions RocksDB is running now (all tables and internal families)."),
 		compactionPending: d("compaction_pending_bytes",
 			"RocksDB's estimate of the bytes compaction has to rewrite to bring a table's levels within their target sizes.", "table"),
-		flushesRunning: d("flushes_running", "Memtable flushes RocksDB is running now (all tables and internal families)."),
+		flushesRunning:   d("flushes_running", "Memtable flushes RocksDB is running now (all tables and internal families)."),
 		rowCacheBytes:    d("row_cache_bytes", "Estimated bytes of decoded rows, lists and the expiry index in the row cache."),
 		rowCacheCapacity: d("row_cache_capacity_bytes", "Budget of the row cache (Config.RowCacheSize)."),
 		rowCacheLookups:  d("row_cache_lookups_total", "Row cache lookups by result (hit, miss).", "result"),
