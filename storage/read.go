@@ -295,18 +295,29 @@ func (s *Store) certificatesByDomainCached(domain string) (out []Certificate, ok
 	if !quiet {
 		return nil, false, nil
 	}
-	prefix := indexPrefix(idxCertDomain, domain)
-	ro := grocksdb.NewDefaultReadOptions()
-	defer ro.Destroy()
-	ro.SetIterateUpperBound(prefixEnd(prefix))
-	it := s.base.NewIteratorCF(ro, s.cfs[cfIndex])
-	defer it.Close()
+	// The ids come from the cache too (an empty list as well: a TLS
+	// front end asks for names no certificate covers all the time).
 	var ids []string
-	for it.Seek(prefix); it.Valid(); it.Next() {
-		ids = append(ids, string(it.Key().Data()[len(prefix):]))
-	}
-	if err := it.Err(); err != nil {
-		return nil, false, readError(cfIndex, err)
+	k := cacheKey{cacheCerts, kindDomainIDs, domain}
+	if v, hit := s.cache.get(k); hit {
+		ids = v.([]string)
+	} else {
+		prefix := indexPrefix(idxCertDomain, domain)
+		ro := grocksdb.NewDefaultReadOptions()
+		defer ro.Destroy()
+		ro.SetIterateUpperBound(prefixEnd(prefix))
+		it := s.base.NewIteratorCF(ro, s.cfs[cfIndex])
+		defer it.Close()
+		for it.Seek(prefix); it.Valid(); it.Next() {
+			ids = append(ids, string(it.Key().Data()[len(prefix):]))
+		}
+		if err := it.Err(); err != nil {
+			return nil, false, readError(cfIndex, err)
+		}
+		if s.cache.admit(k) {
+			// ids is never modified once cached: certificatesByID only reads it.
+			s.cache.put(tok, k, ids, stringsSize(ids)+24)
+		}
 	}
 	out, err = s.certificatesByID(tok, ids)
 	if gate.v.Load() != tok {

@@ -80,6 +80,7 @@ func cachedTable(name string) (byte, bool) {
 const (
 	kindRow          byte = iota // a row by primary key
 	kindPoolBackends             // the live backends of a pool, by id
+	kindDomainIDs                // the ids of the certificates covering a name
 )
 
 type cacheKey struct {
@@ -203,7 +204,7 @@ func (c *rowCache) put(tok uint64, k cacheKey, value any, size int64) bool {
 // admit reports whether a row missed just now should be cached: when it
 // missed recently too.
 func (c *rowCache) admit(k cacheKey) bool {
-	h := maphash.String(c.seed, k.key) ^ uint64(k.table)<<56 | 1
+	h := maphash.String(c.seed, k.key) ^ uint64(k.table)<<56 ^ uint64(k.kind)<<48 | 1
 	slot := &c.seen[h%uint64(len(c.seen))]
 	if slot.Load() == h {
 		return true
@@ -366,11 +367,14 @@ func (s *Store) beginBatch(batch *grocksdb.WriteBatch) *cacheWrite {
 				if pool, ok := indexValue(k); ok {
 					c.drop(cacheKey{cacheBackends, kindPoolBackends, pool})
 				}
-			case len(k) > 0 && (k[0] == idxCertExpiry || k[0] == idxCertDomain):
+			case len(k) > 0 && k[0] == idxCertDomain:
 				w.open(cacheCerts)
-				if k[0] == idxCertExpiry {
-					c.dropExpiries()
+				if name, ok := indexValue(k); ok {
+					c.drop(cacheKey{cacheCerts, kindDomainIDs, name})
 				}
+			case len(k) > 0 && k[0] == idxCertExpiry:
+				w.open(cacheCerts)
+				c.dropExpiries()
 			}
 			continue
 		}
