@@ -630,3 +630,39 @@ func TestRowCacheAdmission(t *testing.T) {
 		t.Fatalf("a large window filled the cache: %+v", st)
 	}
 }
+
+// TestRowCacheClosedStore: a closed store answers ErrClosed, cached row
+// or not.
+func TestRowCacheClosedStore(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(testConfig(t, t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustUpdate(t, s, func(tx *Tx) error {
+		if err := tx.PutPool(samplePool("p")); err != nil {
+			return err
+		}
+		return tx.PutBackend(sampleBackend("be", "p"))
+	})
+	for range 3 {
+		if _, err := s.GetBackend(ctx, "be"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.ListBackendsByPool(ctx, "p", "", 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := s.CacheStats(); st.Entries != 2 {
+		t.Fatalf("not cached: %+v", st)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetBackend(ctx, "be"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("GetBackend after Close: %v", err)
+	}
+	if _, err := s.ListBackendsByPool(ctx, "p", "", 0); !errors.Is(err, ErrClosed) {
+		t.Fatalf("ListBackendsByPool after Close: %v", err)
+	}
+}
