@@ -201,7 +201,7 @@ func (s *Store) ListBackendsByPool(ctx context.Context, pool, after string, limi
 }
 
 // listCacheRows is how many backends ListBackendsByPool reads ahead of a
-// page to cache a pool's whole list: about 600 KB of rows.
+// page to cache a pool's whole list: about what one cached list may hold.
 const listCacheRows = 2048
 
 // scanPoolBackends reads the live backends of pool with ids after

@@ -99,9 +99,10 @@ type cacheShard struct {
 	bytes int64
 }
 
-// cacheShards spreads the lock; a pool's list (about 300 KB at 1,000
-// backends) must fit well inside one shard's share.
-const cacheShards = 16
+// cacheShards spreads the lock; a pool's list (about 700 KB at 1,000
+// backends with one metadata entry each) must fit a quarter of one
+// shard's share (1.5 MiB of the default 64 MiB: about 2,000 backends).
+const cacheShards = 8
 
 // entryOverhead approximates what an entry costs beyond its value: the
 // key, the LRU list element and the map slot.

@@ -666,3 +666,32 @@ func TestRowCacheClosedStore(t *testing.T) {
 		t.Fatalf("ListBackendsByPool after Close: %v", err)
 	}
 }
+
+// TestRowCacheHoldsAThousandBackendPool: under the default budget, the
+// list of a pool of 1,000 backends (each with metadata) is cached whole.
+func TestRowCacheHoldsAThousandBackendPool(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t)
+	mustUpdate(t, s, func(tx *Tx) error {
+		return tx.PutPool(samplePool("p"))
+	})
+	mustUpdate(t, s, func(tx *Tx) error {
+		for i := range 999 {
+			be := sampleBackend(fmt.Sprintf("be-%07d", i), "p")
+			be.Metadata = map[string]string{"fly_machine_id": fmt.Sprintf("%014d", i)}
+			if err := tx.PutBackend(be); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	for range 2 {
+		list, err := s.ListBackendsByPool(ctx, "p", "", 0)
+		if err != nil || len(list) != 999 {
+			t.Fatalf("list: %d %v", len(list), err)
+		}
+	}
+	if st := s.CacheStats(); st.Hits != 1 || st.Entries != 1 {
+		t.Fatalf("the pool's list is not cached: %+v", st)
+	}
+}
