@@ -326,7 +326,7 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 	if opts.sync {
 		wo = s.wo
 	}
-	if err := wb.write(s.base, wo); err != nil {
+	if err := wb.write(s, wo); err != nil {
 		return BatchResult{}, s.noteWriteError(writeError(err))
 	}
 	s.noteWriteOK()

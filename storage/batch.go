@@ -83,13 +83,14 @@ func (w *batchBuilder) del(cf uint32, key []byte) {
 // len is the number of operations in the batch.
 func (w *batchBuilder) len() int { return int(w.count) }
 
-// write commits the batch to db with wo.
-func (w *batchBuilder) write(db *grocksdb.DB, wo *grocksdb.WriteOptions) error {
+// write commits the batch to s with wo, through Store.write so that the
+// row cache drops what the batch replaces.
+func (w *batchBuilder) write(s *Store, wo *grocksdb.WriteOptions) error {
 	if w.buf == nil {
 		w.reset()
 	}
 	binary.LittleEndian.PutUint32(w.buf[8:12], w.count)
 	wb := grocksdb.WriteBatchFrom(w.buf)
 	defer wb.Destroy()
-	return db.Write(wo, wb)
+	return s.write(wo, wb)
 }

@@ -44,7 +44,7 @@ func TestBatchBuilderMatchesRocksDB(t *testing.T) {
 	if got.len() != want.Count() {
 		t.Fatalf("count %d, want %d", got.len(), want.Count())
 	}
-	if err := got.write(s.base, s.woAsync); err != nil {
+	if err := got.write(s, s.woAsync); err != nil {
 		t.Fatal(err)
 	}
 	// write fills in the count; the sequence stays 0 in our buffer.

@@ -41,6 +41,12 @@ type Config struct {
 	// BlockCacheSize bounds the shared RocksDB block cache (data, index
 	// and filter blocks of every table). 0 means 64 MiB.
 	BlockCacheSize int64
+	// RowCacheSize bounds the cache of decoded rows above RocksDB
+	// (rowcache.go): certificates, pools and backends by key, the
+	// backends of a pool, the certificate expiry index. It is Go heap:
+	// a full 64 MiB cache measured 88 MiB of RSS under the default GOGC
+	// (docs/ARCHITECTURE.md). 0 means 64 MiB; negative turns it off.
+	RowCacheSize int64
 	// WriteBufferSize is the memtable size per column family (at most two
 	// per family). 0 means 16 MiB.
 	WriteBufferSize int64
@@ -66,6 +72,7 @@ type Config struct {
 // Defaults used when a Config field is zero.
 const (
 	defaultBlockCacheSize  = 64 << 20
+	defaultRowCacheSize    = 64 << 20
 	defaultWriteBufferSize = 16 << 20
 	defaultMaxClockOffset  = 500 * time.Millisecond
 	defaultObservationTTL  = 10 * time.Minute
@@ -94,6 +101,7 @@ func DefaultConfig() Config {
 	return Config{
 		Dir:                    "data",
 		BlockCacheSize:         defaultBlockCacheSize,
+		RowCacheSize:           defaultRowCacheSize,
 		WriteBufferSize:        defaultWriteBufferSize,
 		SyncWAL:                true,
 		MaxClockOffset:         defaultMaxClockOffset,

@@ -97,11 +97,14 @@
 // and write-stall triggers off for its families (restored afterwards), and
 // flushes before it records the bookkeeping.
 //
-// Read paths that matter for speed: GetBackend is one pinned Get;
-// ListBackendsByPool is one bounded range scan of the covering index
-// outside a transaction; CertificateExpiries reads ids and expiries from
-// the expiry index alone (what a renewal loop needs), where
-// CertificatesExpiringBefore reads and decrypts every certificate.
+// Read paths that matter for speed go through the row cache of decoded
+// rows (rowcache.go, Config.RowCacheSize), which every write batch
+// invalidates through Store.write before it reaches RocksDB: GetBackend,
+// GetPool and GetCertificate are a cache hit or one pinned Get;
+// ListBackendsByPool is a cached list or one bounded range scan of the
+// covering index outside a transaction; CertificateExpiries answers from
+// the cached expiry index (what a renewal loop needs), where
+// CertificatesExpiringBefore also reads and decrypts every certificate.
 //
 // Identity: a restored backup or copied checkpoint takes a new node id at
 // its next Open (the IDENTITY file beside RocksDB must match

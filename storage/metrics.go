@@ -28,6 +28,7 @@ type collector struct {
 	commits, applyRows, applyDuplicate, clockSkew                             *prometheus.Desc
 	lastIndex, keys, liveBytes, sstBytes, memBytes, cacheUsage, cacheCapacity *prometheus.Desc
 	compactionsRunning, compactionPending, flushesRunning                     *prometheus.Desc
+	rowCacheBytes, rowCacheCapacity, rowCacheLookups                          *prometheus.Desc
 }
 
 func newCollector(s *Store) *collector {
@@ -50,14 +51,17 @@ func newCollector(s *Store) *collector {
 		compactionsRunning: d("compactions_running", "Compactions RocksDB is running now (all tables and internal families)."),
 		compactionPending: d("compaction_pending_bytes",
 			"RocksDB's estimate of the bytes compaction has to rewrite to bring a table's levels within their target sizes.", "table"),
-		flushesRunning: d("flushes_running", "Memtable flushes RocksDB is running now (all tables and internal families)."),
+		flushesRunning:   d("flushes_running", "Memtable flushes RocksDB is running now (all tables and internal families)."),
+		rowCacheBytes:    d("row_cache_bytes", "Estimated bytes of decoded rows, lists and the expiry index in the row cache."),
+		rowCacheCapacity: d("row_cache_capacity_bytes", "Budget of the row cache (Config.RowCacheSize)."),
+		rowCacheLookups:  d("row_cache_lookups_total", "Row cache lookups by result (hit, miss).", "result"),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.commits, c.applyRows, c.applyDuplicate,
 		c.clockSkew, c.lastIndex, c.keys, c.liveBytes, c.sstBytes, c.memBytes, c.cacheUsage, c.cacheCapacity,
-		c.compactionsRunning, c.compactionPending, c.flushesRunning} {
+		c.compactionsRunning, c.compactionPending, c.flushesRunning, c.rowCacheBytes, c.rowCacheCapacity, c.rowCacheLookups} {
 		ch <- d
 	}
 }
@@ -76,6 +80,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.applyDuplicate, s.counts.applyDuplicate.Load())
 	counter(c.clockSkew, s.clock.Skew())
 	gauge(c.lastIndex, s.lastIndex.Load())
+	rc := s.cache.stats()
+	gauge(c.rowCacheBytes, uint64(rc.Bytes))
+	gauge(c.rowCacheCapacity, uint64(rc.Budget))
+	counter(c.rowCacheLookups, rc.Hits, "hit")
+	counter(c.rowCacheLookups, rc.Misses, "miss")
 	if err := s.enter(); err != nil {
 		return // closed: no RocksDB figures
 	}

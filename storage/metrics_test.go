@@ -54,6 +54,11 @@ func TestMetrics(t *testing.T) {
 	if err := s.Compact(ctx, TablePools); err != nil {
 		t.Fatal(err)
 	}
+	for range 3 { // a miss, a miss that fills (admission), a hit
+		if _, err := s.GetPool(ctx, "p"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, tc := range []struct {
 		name   string
 		labels map[string]string
@@ -65,6 +70,9 @@ func TestMetrics(t *testing.T) {
 		{"singularity_edge_storage_apply_duplicate_change_sets_total", nil, 1},
 		{"singularity_edge_storage_feed_last_index", nil, 4},
 		{"singularity_edge_storage_block_cache_capacity_bytes", nil, 8 << 20},
+		{"singularity_edge_storage_row_cache_capacity_bytes", nil, defaultRowCacheSize},
+		{"singularity_edge_storage_row_cache_lookups_total", map[string]string{"result": "hit"}, 1},
+		{"singularity_edge_storage_row_cache_lookups_total", map[string]string{"result": "miss"}, 2},
 	} {
 		got, ok := metricValue(t, reg, tc.name, tc.labels)
 		if !ok || got != tc.want {

@@ -147,6 +147,7 @@ func (s *Store) upgradeIndexes() error {
 // replaceFamily drops column family name and creates it empty: the files
 // are not read, so a damaged family goes too.
 func (s *Store) replaceFamily(name string) error {
+	defer s.cache.beginTables(name).end()
 	old := s.cfs[name]
 	if err := s.base.DropColumnFamily(old); err != nil {
 		return fmt.Errorf("storage: drop %s: %w", name, err)
@@ -174,6 +175,7 @@ func (s *Store) clearFamily(name string, drop bool) error {
 	if drop {
 		return s.replaceFamily(name)
 	}
+	defer s.cache.beginTables(name).end()
 	wo := grocksdb.NewDefaultWriteOptions()
 	wo.SetSync(true)
 	defer wo.Destroy()
@@ -208,7 +210,7 @@ func (s *Store) rebuildDerived(index, changelog bool) (int, error) {
 		if batch.Count() == 0 {
 			return nil
 		}
-		if err := s.base.Write(wo, batch); err != nil {
+		if err := s.write(wo, batch); err != nil {
 			return s.noteWriteError(fmt.Errorf("storage: rebuild: %w", err))
 		}
 		batch.Clear()

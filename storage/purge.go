@@ -229,7 +229,7 @@ func (s *Store) removeRows(cands []timedCandidate, ok func(def *tableDef, r *row
 	if newFloor > s.purgeFloor {
 		batch.PutCF(s.cfs[cfMeta], []byte(metaPurgeFloor), binary.BigEndian.AppendUint64(nil, uint64(newFloor)))
 	}
-	if err := s.base.Write(s.wo, batch); err != nil {
+	if err := s.write(s.wo, batch); err != nil {
 		return 0, 0, s.noteWriteError(writeError(err))
 	}
 	s.noteWriteOK()

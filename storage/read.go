@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
+	"sort"
 	"strings"
 	"time"
 
@@ -17,53 +19,87 @@ import (
 
 // GetPool returns the pool called name.
 func (s *Store) GetPool(ctx context.Context, name string) (Pool, error) {
-	return getLive(ctx, s, TablePools, name, decodeStoredPool)
+	return getCached(ctx, s, cachePools, TablePools, name, decodeStoredPool, clonePool, poolSize)
 }
 
 // GetBackend returns the backend with id.
 func (s *Store) GetBackend(ctx context.Context, id string) (Backend, error) {
-	return getLive(ctx, s, TableBackends, id, decodeStoredBackend)
+	return getCached(ctx, s, cacheBackends, TableBackends, id, decodeStoredBackend, cloneBackend, backendSize)
 }
 
 // GetCertificate returns the certificate with id, private key decrypted.
 func (s *Store) GetCertificate(ctx context.Context, id string) (Certificate, error) {
-	return getLive(ctx, s, TableCertificates, id, s.decodeStoredCertificate)
+	return getCached(ctx, s, cacheCerts, TableCertificates, id, s.decodeStoredCertificate, cloneCertificate, certificateSize)
 }
 
 // GetObservation returns node nodeID's observation of a backend.
+// Observations are rewritten all the time and carry an expiry: they are
+// not cached.
 func (s *Store) GetObservation(ctx context.Context, nodeID, backendID string) (Observation, error) {
-	return getLive(ctx, s, TableObservations, ObservationKey(nodeID, backendID), decodeStoredObservation)
+	if err := s.enter(); err != nil {
+		return Observation{}, err
+	}
+	defer s.leave()
+	if err := ctx.Err(); err != nil {
+		return Observation{}, err
+	}
+	o, _, err := getLive(s, TableObservations, ObservationKey(nodeID, backendID), decodeStoredObservation)
+	return o, err
 }
 
-// getLive reads one row without a snapshot (a single Get is atomic) into
-// a pinned slice, so that the only copies are the decoded record's.
-func getLive[T any](ctx context.Context, s *Store, table, key string, decode func(*row) (T, error)) (T, error) {
+// getCached reads one row through the row cache (rowcache.go): a hit is
+// a copy of the cached value; a miss reads RocksDB and fills the cache
+// unless a write of the table began or ended meanwhile.
+func getCached[T any](ctx context.Context, s *Store, table byte, name, key string, decode func(*row) (T, error),
+	clone func(T) T, size func(*T) int64) (T, error) {
 	var zero T
+	if err := ctx.Err(); err != nil {
+		return zero, err
+	}
+	// A hit does not touch RocksDB, so it need not hold off Close.
+	k := cacheKey{table, kindRow, key}
+	if v, ok := s.cachedValue(k); ok {
+		return clone(v.(T)), nil
+	}
 	if err := s.enter(); err != nil {
 		return zero, err
 	}
 	defer s.leave()
-	if err := ctx.Err(); err != nil {
+	tok, fill := s.cache.gates[table].token()
+	d, expires, err := getLive(s, name, key, decode)
+	if err != nil {
 		return zero, err
 	}
+	if fill && expires == 0 && s.cache.admit(k) && s.cache.put(tok, k, d, size(&d)) {
+		return clone(d), nil
+	}
+	return d, nil
+}
+
+// getLive reads one row without a snapshot (a single Get is atomic) into
+// a pinned slice, so that the only copies are the decoded record's. It
+// returns the row's expiry too (0: none).
+func getLive[T any](s *Store, table, key string, decode func(*row) (T, error)) (T, int64, error) {
+	var zero T
 	h, err := s.base.GetPinnedCF(s.roLatest, s.cfs[table], []byte(key))
 	if err != nil {
-		return zero, readError(table, err)
+		return zero, 0, readError(table, err)
 	}
 	defer h.Destroy()
 	if !h.Exists() {
-		return zero, notFound(table, key)
+		return zero, 0, notFound(table, key)
 	}
 	// The record is decoded before the handle is destroyed, so it need
 	// not be copied out of RocksDB's memory first.
 	r, err := decodeRowBorrowed(h.Data())
 	if err != nil {
-		return zero, corruptError(table, fmt.Errorf("row %q: %w", key, err))
+		return zero, 0, corruptError(table, fmt.Errorf("row %q: %w", key, err))
 	}
 	if r.deleted || r.expiredAt(s.cfg.Now().UnixMilli()) {
-		return zero, notFound(table, key)
+		return zero, 0, notFound(table, key)
 	}
-	return decode(&r)
+	d, err := decode(&r)
+	return d, r.expires, err
 }
 
 // multiGetRows reads the rows of table at keys (found through an index)
@@ -116,19 +152,62 @@ func (s *Store) ListBackends(ctx context.Context, after string, limit int) ([]Ba
 	return listRows(ctx, s, TableBackends, "", after, limit, decodeStoredBackend)
 }
 
-// ListBackendsByPool lists the backends of a pool by id: one range scan
-// of the covering index, whose entries hold the rows. It reads outside a
-// transaction (one iterator is one consistent snapshot), with the
-// partition's end as the iterator's bound, so a row costs three calls
-// into RocksDB (valid, value, next) and one decode.
+// ListBackendsByPool lists the backends of a pool by id. The whole list
+// of a pool is cached (rowcache.go) when it fits; otherwise it is one
+// range scan of the covering index, whose entries hold the rows, outside
+// a transaction (one iterator is one consistent snapshot), with the
+// partition's end as the iterator's bound.
 func (s *Store) ListBackendsByPool(ctx context.Context, pool, after string, limit int) ([]Backend, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	k := cacheKey{cacheBackends, kindPoolBackends, pool}
+	if v, ok := s.cachedValue(k); ok {
+		return pageOf(v.([]Backend), after, limit), nil
+	}
 	if err := s.enter(); err != nil {
 		return nil, err
 	}
 	defer s.leave()
-	if err := ctx.Err(); err != nil {
+	tok, fill := s.cache.gates[cacheBackends].token()
+	if !fill || after != "" || !s.cache.enabled() {
+		out, _, err := s.scanPoolBackends(pool, after, limit)
+		return out, err
+	}
+	// From the start: read up to what a cached list may hold, so that a
+	// pool that fits is cached whole and a larger one costs a bounded
+	// overshoot of the page asked for.
+	max := listCacheRows
+	if limit > max || limit <= 0 {
+		max = limit
+	}
+	out, complete, err := s.scanPoolBackends(pool, "", max)
+	if err != nil {
 		return nil, err
 	}
+	if complete {
+		size := int64(24)
+		for i := range out {
+			size += backendSize(&out[i])
+		}
+		if s.cache.put(tok, k, out, size) {
+			return pageOf(out, "", limit), nil
+		}
+	}
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+// listCacheRows is how many backends ListBackendsByPool reads ahead of a
+// page to cache a pool's whole list: about what one cached list may hold.
+const listCacheRows = 2048
+
+// scanPoolBackends reads the live backends of pool with ids after
+// `after`, at most limit (<= 0: all); complete says the scan reached the
+// end of the pool.
+func (s *Store) scanPoolBackends(pool, after string, limit int) (out []Backend, complete bool, err error) {
 	prefix := indexPrefix(idxBackendPool, pool)
 	ro := grocksdb.NewDefaultReadOptions()
 	defer ro.Destroy()
@@ -145,29 +224,30 @@ func (s *Store) ListBackendsByPool(ctx context.Context, pool, after string, limi
 		it.Seek(prefix)
 	}
 	nowMs := s.cfg.Now().UnixMilli()
-	var out []Backend
+	complete = true
 	for ; it.Valid(); it.Next() {
+		if limit > 0 && len(out) >= limit {
+			complete = false
+			break
+		}
 		r, err := decodeRowBorrowed(it.Value().Data())
 		if err != nil {
 			id := string(it.Key().Data()[len(prefix):])
-			return nil, corruptError(cfIndex, fmt.Errorf("backends of pool %q: entry of %q: %w", pool, id, err))
+			return nil, false, corruptError(cfIndex, fmt.Errorf("backends of pool %q: entry of %q: %w", pool, id, err))
 		}
 		if r.deleted || r.expiredAt(nowMs) {
 			continue
 		}
 		b, err := decodeStoredBackend(&r)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		out = append(out, b)
-		if limit > 0 && len(out) >= limit {
-			break
-		}
 	}
 	if err := it.Err(); err != nil {
-		return nil, readError(cfIndex, err)
+		return nil, false, readError(cfIndex, err)
 	}
-	return out, nil
+	return out, complete, nil
 }
 
 // ListCertificates lists certificates by id, private keys decrypted.
@@ -187,11 +267,137 @@ func (s *Store) PoolsByCertificate(ctx context.Context, certID string) (out []Po
 	return out, err
 }
 
-// CertificatesByDomain returns the certificates covering domain exactly.
-func (s *Store) CertificatesByDomain(ctx context.Context, domain string) (out []Certificate, err error) {
-	err = s.View(ctx, func(tx *Tx) error { out, err = tx.CertificatesByDomain(domain); return err })
+// CertificatesByDomain returns the certificates covering domain exactly,
+// ordered by id.
+func (s *Store) CertificatesByDomain(ctx context.Context, domain string) ([]Certificate, error) {
+	if err := s.enter(); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if out, ok, err := s.certificatesByDomainCached(normalizeDomain(domain)); ok || err != nil {
+		return out, err
+	}
+	var out []Certificate
+	err := s.View(ctx, func(tx *Tx) (err error) { out, err = tx.CertificatesByDomain(domain); return err })
 	return out, err
 }
+
+// certificatesByDomainCached reads the domain's index partition without
+// a snapshot and its rows through the cache; ok is false when a write of
+// certificates began or ended meanwhile (the caller then reads a
+// snapshot), so the answer is always one state of the table.
+func (s *Store) certificatesByDomainCached(domain string) (out []Certificate, ok bool, err error) {
+	gate := &s.cache.gates[cacheCerts]
+	tok, quiet := gate.token()
+	if !quiet {
+		return nil, false, nil
+	}
+	// The ids come from the cache too (an empty list as well: a TLS
+	// front end asks for names no certificate covers all the time).
+	var ids []string
+	k := cacheKey{cacheCerts, kindDomainIDs, domain}
+	if v, hit := s.cache.get(k); hit {
+		ids = v.([]string)
+	} else {
+		prefix := indexPrefix(idxCertDomain, domain)
+		ro := grocksdb.NewDefaultReadOptions()
+		defer ro.Destroy()
+		ro.SetIterateUpperBound(prefixEnd(prefix))
+		it := s.base.NewIteratorCF(ro, s.cfs[cfIndex])
+		defer it.Close()
+		for it.Seek(prefix); it.Valid(); it.Next() {
+			ids = append(ids, string(it.Key().Data()[len(prefix):]))
+		}
+		if err := it.Err(); err != nil {
+			return nil, false, readError(cfIndex, err)
+		}
+		if s.cache.admit(k) {
+			// ids is never modified once cached: certificatesByID only reads it.
+			s.cache.put(tok, k, ids, stringsSize(ids)+24)
+		}
+	}
+	out, err = s.certificatesByID(tok, ids)
+	if gate.v.Load() != tok {
+		return nil, false, nil
+	}
+	return out, err == nil, err
+}
+
+// certificatesByID returns the live certificates ids, in order: cached
+// ones copied, the others in one MultiGet (filling the cache under tok).
+// An id without its row is index damage; an expired row is skipped.
+func (s *Store) certificatesByID(tok uint64, ids []string) ([]Certificate, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	out := make([]Certificate, len(ids))
+	have := make([]bool, len(ids))
+	var miss []string
+	var missAt []int
+	for i, id := range ids {
+		if v, ok := s.cache.get(cacheKey{cacheCerts, kindRow, id}); ok {
+			out[i], have[i] = cloneCertificate(v.(Certificate)), true
+			continue
+		}
+		miss = append(miss, id)
+		missAt = append(missAt, i)
+	}
+	// A large window is read, not cached: it would evict the rows
+	// read one by one (a TLS front end's), and would not fit anyway.
+	fill := len(miss) <= maxFillPerRead
+	if len(miss) > 0 {
+		bkeys := make([][]byte, len(miss))
+		for i, k := range miss {
+			bkeys[i] = []byte(k)
+		}
+		vals, err := s.base.MultiGetCF(s.roLatest, s.cfs[TableCertificates], bkeys...)
+		if err != nil {
+			return nil, readError(TableCertificates, err)
+		}
+		defer vals.Destroy()
+		nowMs := s.cfg.Now().UnixMilli()
+		for j, v := range vals {
+			id := miss[j]
+			if !v.Exists() {
+				return nil, indexRowError(TableCertificates, id, notFound(TableCertificates, id))
+			}
+			r, err := decodeRowBorrowed(v.Data()) // decoded before vals is destroyed
+			if err != nil {
+				return nil, corruptError(TableCertificates, fmt.Errorf("row %q: %w", id, err))
+			}
+			if r.expiredAt(nowMs) {
+				continue
+			}
+			if r.deleted {
+				return nil, indexRowError(TableCertificates, id, notFound(TableCertificates, id))
+			}
+			c, err := s.decodeStoredCertificate(&r)
+			if err != nil {
+				return nil, err
+			}
+			i := missAt[j]
+			k := cacheKey{cacheCerts, kindRow, id}
+			if fill && r.expires == 0 && s.cache.admit(k) && s.cache.put(tok, k, c, certificateSize(&c)) {
+				c = cloneCertificate(c)
+			}
+			out[i], have[i] = c, true
+		}
+	}
+	n := 0
+	for i := range out {
+		if have[i] {
+			out[n] = out[i]
+			n++
+		}
+	}
+	return out[:n], nil
+}
+
+// maxFillPerRead bounds the rows one multi-row read may add to the cache.
+const maxFillPerRead = 256
 
 // CertificateForServerName finds the certificate a TLS handshake for
 // serverName should use: one covering the exact name, else one covering
@@ -206,37 +412,54 @@ func (s *Store) CertificateForServerName(ctx context.Context, serverName string)
 	if _, parent, ok := strings.Cut(name, "."); ok && parent != "" && !strings.HasPrefix(name, "*.") {
 		candidates = append(candidates, "*."+parent)
 	}
-	var best Certificate
-	found := false
-	err := s.View(ctx, func(tx *Tx) error {
-		for _, cand := range candidates {
-			certs, err := tx.CertificatesByDomain(cand)
-			if err != nil {
-				return err
-			}
-			for _, c := range certs {
-				if !found || c.ExpiresAt.After(best.ExpiresAt) {
-					best, found = c, true
-				}
-			}
-			if found {
-				return nil
+	for _, cand := range candidates {
+		certs, err := s.CertificatesByDomain(ctx, cand)
+		if err != nil {
+			return Certificate{}, err
+		}
+		if len(certs) == 0 {
+			continue
+		}
+		best := certs[0]
+		for _, c := range certs[1:] {
+			if c.ExpiresAt.After(best.ExpiresAt) {
+				best = c
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		return Certificate{}, err
+		return best, nil
 	}
-	if !found {
-		return Certificate{}, fmt.Errorf("certificate for %q: %w", name, ErrNotFound)
-	}
-	return best, nil
+	return Certificate{}, fmt.Errorf("certificate for %q: %w", name, ErrNotFound)
 }
 
 // CertificatesExpiringBefore returns certificates whose ExpiresAt is before
-// t, soonest first, at most limit (<= 0: all).
+// t, soonest first, at most limit (<= 0: all). The window comes from the
+// cached expiry index and the rows through the row cache; when a write
+// of certificates runs meanwhile, from one snapshot instead.
 func (s *Store) CertificatesExpiringBefore(ctx context.Context, t time.Time, limit int) ([]Certificate, error) {
+	if err := s.enter(); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	gate := &s.cache.gates[cacheCerts]
+	if tok, quiet := gate.token(); quiet {
+		// The window is read after tok, cached or not, so an unmoved
+		// gate means window and rows are one state of the table.
+		exp, _, err := s.expiriesBefore(t, limit)
+		if err != nil {
+			return nil, err
+		}
+		ids := make([]string, len(exp))
+		for i, e := range exp {
+			ids[i] = e.ID
+		}
+		out, err := s.certificatesByID(tok, ids)
+		if gate.v.Load() == tok {
+			return out, err
+		}
+	}
 	var out []Certificate
 	err := s.View(ctx, func(tx *Tx) error {
 		it := tx.iterator(cfIndex)
@@ -272,10 +495,11 @@ type CertificateExpiry struct {
 
 // CertificateExpiries returns the id and expiry of every certificate whose
 // ExpiresAt is before t, soonest first, at most limit (<= 0: all), read
-// from the expiry index alone. A renewal loop needs no more to decide what
-// is due; reading and decrypting every certificate of a 30-day window
-// (CertificatesExpiringBefore) costs a thousand times more. It then reads
-// the ones it renews with GetCertificate.
+// from the expiry index alone, which the row cache holds whole (a
+// binary search and a copy of the window). A renewal loop needs no more
+// to decide what is due; reading and decrypting every certificate of a
+// 30-day window (CertificatesExpiringBefore) costs far more. It then
+// reads the ones it renews with GetCertificate.
 func (s *Store) CertificateExpiries(ctx context.Context, t time.Time, limit int) ([]CertificateExpiry, error) {
 	if err := s.enter(); err != nil {
 		return nil, err
@@ -284,11 +508,53 @@ func (s *Store) CertificateExpiries(ctx context.Context, t time.Time, limit int)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	// One iterator reads one implicit snapshot, so no explicit one is
-	// needed; the upper bound lets RocksDB stop at t by itself.
+	out, _, err := s.expiriesBefore(t, limit)
+	return out, err
+}
+
+// expiriesBefore answers CertificateExpiries from the cached expiry index,
+// loading it first when it is not (cached false: it could not be kept,
+// and the answer was read from the index family's range alone).
+func (s *Store) expiriesBefore(t time.Time, limit int) (out []CertificateExpiry, cached bool, err error) {
+	list := s.cache.expiryList()
+	if list == nil && s.cache.expiryBudget > 0 && !s.cache.expiryOverflow.Load() {
+		tok, fill := s.cache.gates[cacheCerts].token()
+		full, err := s.scanExpiries(time.Time{}, 0)
+		if err != nil {
+			return nil, false, err
+		}
+		if full == nil {
+			full = []CertificateExpiry{} // loaded, empty
+		}
+		if fill && s.cache.putExpiries(tok, full) {
+			list = full
+		}
+	}
+	if list == nil {
+		out, err := s.scanExpiries(t, limit)
+		return out, false, err
+	}
+	n := sort.Search(len(list), func(i int) bool { return !list[i].ExpiresAt.Before(t) })
+	if limit > 0 && n > limit {
+		n = limit
+	}
+	if n == 0 {
+		return nil, true, nil
+	}
+	return slices.Clone(list[:n]), true, nil
+}
+
+// scanExpiries reads the expiry index up to t (zero: all of it), at most
+// limit entries (<= 0: all). One iterator reads one implicit snapshot;
+// the upper bound lets RocksDB stop at t by itself.
+func (s *Store) scanExpiries(t time.Time, limit int) ([]CertificateExpiry, error) {
 	ro := grocksdb.NewDefaultReadOptions()
 	defer ro.Destroy()
-	ro.SetIterateUpperBound(expiryKey(t))
+	if t.IsZero() {
+		ro.SetIterateUpperBound([]byte{idxCertExpiry + 1})
+	} else {
+		ro.SetIterateUpperBound(expiryKey(t))
+	}
 	it := s.base.NewIteratorCF(ro, s.cfs[cfIndex])
 	defer it.Close()
 	var out []CertificateExpiry

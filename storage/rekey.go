@@ -121,7 +121,7 @@ func (s *Store) rekey(next *keyring, res *RekeyResult) error {
 	wo := grocksdb.NewDefaultWriteOptions()
 	defer wo.Destroy()
 	wo.SetSync(true)
-	if err := s.base.Write(wo, batch); err != nil {
+	if err := s.write(wo, batch); err != nil {
 		return fmt.Errorf("storage: rekey write: %w", err)
 	}
 	s.keys = next

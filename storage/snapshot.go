@@ -331,6 +331,8 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader) (SnapshotInfo, error) {
 	defer s.leave()
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
+	// No decoded row is cached from before the ingest or filled during it.
+	defer s.cache.beginTables(TableNames()...).end()
 	if s.localSeq > 0 {
 		return SnapshotInfo{}, fmt.Errorf("%w: this store has committed %d local change sets; ingest only into a new store", ErrInvalid, s.localSeq)
 	}

@@ -34,6 +34,9 @@ type Store struct {
 	// atomic, no snapshot needed). Read options are immutable once built,
 	// so one serves every goroutine.
 	roLatest *grocksdb.ReadOptions
+	// cache holds decoded rows; every write of rows invalidates what it
+	// replaces (rowcache.go).
+	cache *rowCache
 
 	backupMu sync.Mutex // one BackupEngine at a time
 
@@ -199,6 +202,11 @@ func (s *Store) openDB() error {
 	s.woAsync = grocksdb.NewDefaultWriteOptions()
 	s.gc.init(func() error { return db.FlushWAL(true) })
 	s.roLatest = grocksdb.NewDefaultReadOptions()
+	rowCache := s.cfg.RowCacheSize
+	if rowCache == 0 {
+		rowCache = defaultRowCacheSize
+	}
+	s.cache = newRowCache(rowCache)
 	return nil
 }
 

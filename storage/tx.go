@@ -227,7 +227,7 @@ func (t *Tx) commitLocked() (Commit, uint64, error) {
 	wb.put(ids[cfFeed], feedKey(index), feedRef(v.Origin, v.Seq))
 	// With SyncWAL the batch is written without sync and the commit waits
 	// for a coalesced WAL sync after the mutex is released (groupcommit.go).
-	if err := wb.write(s.base, s.woAsync); err != nil {
+	if err := wb.write(s, s.woAsync); err != nil {
 		return Commit{}, 0, t.s.noteWriteError(writeError(err))
 	}
 	s.noteWriteOK()
