@@ -246,6 +246,10 @@ func New(cfg Config, logger *zap.Logger) (*Agent, error) {
 	scfg.BlockCacheSize = cfg.BlockCacheSize
 	scfg.Logger = logger
 	scfg.Registerer = registry
+	// Open leaves the checksum verification of every family to
+	// VerifyDeferred, run once the agent serves (Start): it costs seconds
+	// of CPU at a million rows, and reads verify the blocks they read.
+	scfg.VerifyInBackground = true
 	if scfg.Now, err = storeClock(os.Getenv, logger); err != nil {
 		return nil, err
 	}
@@ -462,6 +466,12 @@ func (a *Agent) Start(ctx context.Context) error {
 		return fmt.Errorf("proxy listeners: %w", err)
 	}
 	close(a.ready)
+	// The verification Open deferred reads every family while the agent
+	// serves; damage stops the agent (a restart then verifies at Open,
+	// which rebuilds a derived family or fails with the way out). Until
+	// then every read verifies the blocks it reads, so nothing is served
+	// from a damaged block.
+	a.runLoop(bg, "store verification", a.store.VerifyDeferred)
 	if a.cfg.GCHeadroom > 0 {
 		a.wg.Add(1)
 		go func() {
