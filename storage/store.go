@@ -63,12 +63,12 @@ type Store struct {
 	clusterID   string
 	skewOrigins map[string]uint64 // change sets received far ahead of our clock, per origin
 
-	state    atomic.Value // string: meta/state (ready, ingesting, catching_up)
+	state atomic.Value // string: meta/state (ready, ingesting, catching_up)
 	// verifyOwed: Open deferred the verification of every family to
 	// VerifyDeferred (Config.VerifyInBackground).
 	verifyOwed atomic.Bool
-	writeErr atomic.Pointer[writeFailure]
-	gc       groupCommit // WAL syncs of local commits (groupcommit.go)
+	writeErr   atomic.Pointer[writeFailure]
+	gc         groupCommit // WAL syncs of local commits (groupcommit.go)
 
 	counts    counters
 	collector *collector
