@@ -473,11 +473,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	// from a damaged block.
 	a.runLoop(bg, "store verification", a.store.VerifyDeferred)
 	if a.cfg.GCHeadroom > 0 {
-		a.wg.Add(1)
-		go func() {
-			defer a.wg.Done()
-			tuneGC(bg, uint64(a.cfg.GCHeadroom), a.logger)
-		}()
+		tuneGC(bg, uint64(a.cfg.GCHeadroom), a.logger)
 	}
 	a.runLoop(bg, "certs", a.certs.Run)
 	a.wg.Add(1)

@@ -80,9 +80,16 @@ type backendState struct {
 }
 
 func newBackendState(addr string, held bool) *backendState {
-	s := &backendState{addr: addr, held: held}
-	s.healthy.Store(!held)
+	s := &backendState{}
+	s.init(addr, held)
 	return s
+}
+
+// init sets up a zero state, for one allocated in a slab (initialTable:
+// one allocation per pool instead of one per backend).
+func (s *backendState) init(addr string, held bool) {
+	s.addr, s.held = addr, held
+	s.healthy.Store(!held)
 }
 
 // activity is a cheap fingerprint of what can change a backend's
