@@ -152,6 +152,10 @@ const (
 	restartBackoffMax = 30 * time.Second
 )
 
+// errDamageFound: the verification Open deferred found a damaged family.
+// The next Open finds the mark it left and verifies before returning.
+var errDamageFound = errors.New("damaged column family found after start")
+
 // restartReason says why err asks for an in-process restart ("" when it
 // does not).
 func restartReason(err error) string {
@@ -160,6 +164,9 @@ func restartReason(err error) string {
 		return "the store took a new node id (a peer holds newer writes of the old one: a restored or copied volume)"
 	case errors.Is(err, replication.ErrRebuilt):
 		return "the store was found behind a tombstone purge and is emptied to bootstrap from a peer"
+	case errors.Is(err, errDamageFound):
+		return "the background verification found a damaged column family: the store is reopened and verified before anything is served " +
+			"(a derived family is rebuilt from the tables; a damaged table stops the agent with the way out)"
 	}
 	return ""
 }
@@ -471,7 +478,14 @@ func (a *Agent) Start(ctx context.Context) error {
 	// which rebuilds a derived family or fails with the way out). Until
 	// then every read verifies the blocks it reads, so nothing is served
 	// from a damaged block.
-	a.runLoop(bg, "store verification", a.store.VerifyDeferred)
+	a.runLoop(bg, "store verification", func(ctx context.Context) error {
+		if err := a.store.VerifyDeferred(ctx); errors.Is(err, storage.ErrCorrupt) {
+			return fmt.Errorf("%w: %w", errDamageFound, err)
+		} else if err != nil {
+			return err
+		}
+		return nil
+	})
 	if a.cfg.GCHeadroom > 0 {
 		tuneGC(bg, uint64(a.cfg.GCHeadroom), a.logger)
 	}
