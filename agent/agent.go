@@ -484,6 +484,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		} else if err != nil {
 			return err
 		}
+		releaseCMemory() // its read buffers
 		return nil
 	})
 	if a.cfg.GCHeadroom > 0 {
@@ -504,7 +505,8 @@ func (a *Agent) Start(ctx context.Context) error {
 		// before collecting again. Collect it and hand the pages back,
 		// so the agent rests at its live size.
 		debug.FreeOSMemory()
-		a.logger.Info("certificate index loaded; start-up garbage returned to the OS")
+		released := releaseCMemory()
+		a.logger.Info("certificate index loaded; start-up garbage returned to the OS", zap.Bool("c_heap_trimmed", released))
 
 		if a.acme != nil {
 			a.runLoop(bg, "acme", a.acme.Run)
