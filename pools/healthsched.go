@@ -361,7 +361,10 @@ func (s *healthScheduler) attach(p *Pool, fresh map[string]bool, initial bool, n
 			s.targets.add(tg)
 		}
 		tg.subs = append(tg.subs, healthSub{b: b})
-		tg.settle()
+		// A new subscriber can only raise the largest fall threshold: no
+		// pass over the others (settle), which made a target shared by
+		// n backends cost n² here.
+		tg.fall = max(tg.fall, int32(hc.Fall))
 		if len(mine) == 0 || mine[len(mine)-1] != tg {
 			mine = append(mine, tg)
 		}

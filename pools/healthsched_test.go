@@ -286,3 +286,34 @@ func TestTargetIndexCollisions(t *testing.T) {
 		}
 	}
 }
+
+// Backends imported without the admin API's address check can all sit at
+// one address: their target is shared by every one of them, and
+// subscribing them costs one step each, not a pass over the others (that
+// was n² steps: a 100,000-backend pool kept the manager busy for minutes
+// and its shutdown waiting).
+func TestHealthReconcileOneAddressManyBackends(t *testing.T) {
+	const n = 100_000
+	pools := []storage.Pool{{Name: "big", HealthCheckInterval: time.Hour, HealthCheck: storage.HealthCheck{Fall: 3, Timeout: time.Second}}}
+	bs := make([]storage.Backend, n)
+	for i := range bs {
+		bs[i] = storage.Backend{ID: fmt.Sprintf("b%06d", i), PoolName: "big", Host: "127.0.0.1", Port: 9}
+	}
+	states := func(_, addr string, _ *storage.Pool) *backendState { return newBackendState(addr, false) }
+	tbl := buildTable(pools, bs, TableOptions{}, nil, states)
+	s := newHealthScheduler(HealthSchedule{}, nil, nil)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.reconcile(tbl, nil, true, time.Now())
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("reconcile of one shared address did not finish in a minute")
+	}
+	tg := s.targets.get(s.keyOf(tbl.Pool("big").Backends()[0], &tbl.Pool("big").health))
+	if s.targetCount() != 1 || len(tg.subs) != n || tg.fall != 3 {
+		t.Fatalf("%d targets; shared target: %d subscribers, fall %d", s.targetCount(), len(tg.subs), tg.fall)
+	}
+}
