@@ -152,6 +152,10 @@ const (
 	restartBackoffMax = 30 * time.Second
 )
 
+// errDamageFound: the verification Open deferred found a damaged family.
+// The next Open finds the mark it left and verifies before returning.
+var errDamageFound = errors.New("damaged column family found after start")
+
 // restartReason says why err asks for an in-process restart ("" when it
 // does not).
 func restartReason(err error) string {
@@ -160,6 +164,9 @@ func restartReason(err error) string {
 		return "the store took a new node id (a peer holds newer writes of the old one: a restored or copied volume)"
 	case errors.Is(err, replication.ErrRebuilt):
 		return "the store was found behind a tombstone purge and is emptied to bootstrap from a peer"
+	case errors.Is(err, errDamageFound):
+		return "the background verification found a damaged column family: the store is reopened and verified before anything is served " +
+			"(a derived family is rebuilt from the tables; a damaged table stops the agent with the way out)"
 	}
 	return ""
 }
@@ -246,6 +253,10 @@ func New(cfg Config, logger *zap.Logger) (*Agent, error) {
 	scfg.BlockCacheSize = cfg.BlockCacheSize
 	scfg.Logger = logger
 	scfg.Registerer = registry
+	// Open leaves the checksum verification of every family to
+	// VerifyDeferred, run once the agent serves (Start): it costs seconds
+	// of CPU at a million rows, and reads verify the blocks they read.
+	scfg.VerifyInBackground = true
 	if scfg.Now, err = storeClock(os.Getenv, logger); err != nil {
 		return nil, err
 	}
@@ -463,12 +474,22 @@ func (a *Agent) Start(ctx context.Context) error {
 		return fmt.Errorf("proxy listeners: %w", err)
 	}
 	close(a.ready)
+	// The verification Open deferred reads every family while the agent
+	// serves; damage stops the agent (a restart then verifies at Open,
+	// which rebuilds a derived family or fails with the way out). Until
+	// then every read verifies the blocks it reads, so nothing is served
+	// from a damaged block.
+	a.runLoop(bg, "store verification", func(ctx context.Context) error {
+		if err := a.store.VerifyDeferred(ctx); errors.Is(err, storage.ErrCorrupt) {
+			return fmt.Errorf("%w: %w", errDamageFound, err)
+		} else if err != nil {
+			return err
+		}
+		releaseCMemory() // its read buffers
+		return nil
+	})
 	if a.cfg.GCHeadroom > 0 {
-		a.wg.Add(1)
-		go func() {
-			defer a.wg.Done()
-			tuneGC(bg, uint64(a.cfg.GCHeadroom), a.logger)
-		}()
+		tuneGC(bg, uint64(a.cfg.GCHeadroom), a.logger)
 	}
 	a.runLoop(bg, "certs", a.certs.Run)
 	a.wg.Add(1)
@@ -485,7 +506,8 @@ func (a *Agent) Start(ctx context.Context) error {
 		// before collecting again. Collect it and hand the pages back,
 		// so the agent rests at its live size.
 		debug.FreeOSMemory()
-		a.logger.Info("certificate index loaded; start-up garbage returned to the OS")
+		released := releaseCMemory()
+		a.logger.Info("certificate index loaded; start-up garbage returned to the OS", zap.Bool("c_heap_trimmed", released))
 
 		if a.acme != nil {
 			a.runLoop(bg, "acme", a.acme.Run)

@@ -167,7 +167,7 @@ func DefaultConfig() Config {
 		BlockCacheSize: 64 << 20,
 
 		HealthCheckBudget:      1000,
-		GCHeadroom:             256 << 20,
+		GCHeadroom:             128 << 20,
 		HealthCheckConcurrency: 256,
 		MetricsMaxBackends:     10_000,
 		ShutdownTimeout:        15 * time.Second,

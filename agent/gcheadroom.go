@@ -3,16 +3,13 @@ package agent
 import (
 	"context"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
-	"time"
+	"sync"
 
 	"go.uber.org/zap"
 )
-
-// gcHeadroomInterval is how often the collector's target is recomputed
-// from the live heap.
-const gcHeadroomInterval = 30 * time.Second
 
 // gcPercentFor returns the GOGC value that lets the heap grow by about
 // headroom bytes past live before the next collection: 100 (the runtime's
@@ -31,18 +28,25 @@ func gcPercentFor(live, headroom uint64) int {
 	return int(max(10, min(100, headroom*100/live)))
 }
 
-// tuneGC sets the collector's target from the live heap now and every
-// gcHeadroomInterval until ctx ends. It does nothing when headroom is 0 or
-// GOGC is set in the environment (the operator's choice wins).
+// tuneGC sets the collector's target from the live heap after every
+// collection until ctx ends: the target follows the live heap as it grows
+// at start (the routing table, then the certificate index) instead of
+// lagging it, which let the heap reach half again its live size. It does
+// nothing when headroom is 0 or GOGC is set in the environment (the
+// operator's choice wins).
 func tuneGC(ctx context.Context, headroom uint64, log *zap.Logger) {
 	if headroom == 0 || os.Getenv("GOGC") != "" {
 		return
 	}
 	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	var mu sync.Mutex // the first call and the finalizer goroutine
 	last := 0
-	t := time.NewTicker(gcHeadroomInterval)
-	defer t.Stop()
-	for {
+	retune := func() bool {
+		if ctx.Err() != nil {
+			return false
+		}
+		mu.Lock()
+		defer mu.Unlock()
 		metrics.Read(sample)
 		if sample[0].Value.Kind() == metrics.KindUint64 {
 			live := sample[0].Value.Uint64()
@@ -52,10 +56,22 @@ func tuneGC(ctx context.Context, headroom uint64, log *zap.Logger) {
 				last = pct
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+		return true
 	}
+	retune()
+	afterEachGC(retune)
+}
+
+// gcSentinel is an object nothing references: its finalizer runs after
+// the collection that finds it. It holds a pointer so that it is not a
+// tiny allocation (whose finalizers may never run).
+type gcSentinel struct{ _ *byte }
+
+// afterEachGC calls f after every collection until f returns false.
+func afterEachGC(f func() bool) {
+	runtime.SetFinalizer(&gcSentinel{}, func(*gcSentinel) {
+		if f() {
+			afterEachGC(f)
+		}
+	})
 }

@@ -1,6 +1,10 @@
 package agent
 
-import "testing"
+import (
+	"runtime"
+	"testing"
+	"time"
+)
 
 func TestGCPercentFor(t *testing.T) {
 	const mib = 1 << 20
@@ -18,5 +22,37 @@ func TestGCPercentFor(t *testing.T) {
 		if got := gcPercentFor(c.live, c.headroom); got != c.want {
 			t.Errorf("gcPercentFor(%d MiB, %d MiB) = %d, want %d", c.live/mib, c.headroom/mib, got, c.want)
 		}
+	}
+}
+
+// The collector's target is retuned after every collection, not on a
+// timer: a heap that grows between two ticks would otherwise outrun it.
+func TestAfterEachGC(t *testing.T) {
+	calls := make(chan int, 16)
+	n := 0
+	afterEachGC(func() bool {
+		n++
+		calls <- n
+		return n < 3
+	})
+	for want := 1; want <= 3; want++ {
+		deadline := time.After(10 * time.Second)
+		for got := 0; got < want; {
+			runtime.GC()
+			select {
+			case got = <-calls:
+			case <-time.After(50 * time.Millisecond):
+			case <-deadline:
+				t.Fatalf("call %d did not come after collections", want)
+			}
+		}
+	}
+	// After f returned false it is not called again.
+	runtime.GC()
+	runtime.GC()
+	select {
+	case got := <-calls:
+		t.Fatalf("called again (%d) after returning false", got)
+	case <-time.After(200 * time.Millisecond):
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/singularity-ng/singularity-edge/replication"
+	"github.com/singularity-ng/singularity-edge/storage"
 )
 
 // freeLoopbackPort returns a port free for TCP and UDP on 127.0.0.1, and
@@ -163,6 +164,8 @@ func TestRestartReason(t *testing.T) {
 		{fmt.Errorf("replication: %w", replication.ErrNewIdentity), true},
 		{fmt.Errorf("replication: %w", replication.ErrRebuilt), true},
 		{fmt.Errorf("pools: %w", fmt.Errorf("disk")), false},
+		{fmt.Errorf("store verification: %w: %w", errDamageFound, storage.ErrCorrupt), true},
+		{fmt.Errorf("pools: %w", storage.ErrCorrupt), false}, // a read error: the agent stops with the way out
 	} {
 		if got := restartReason(tt.err) != ""; got != tt.want {
 			t.Errorf("restartReason(%v) = %v, want %v", tt.err, got, tt.want)

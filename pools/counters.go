@@ -33,13 +33,9 @@ type backendState struct {
 	// nanoseconds; 0 until the first sample.
 	latencyEWMA atomic.Int64
 
-	// healthy is the active-check verdict.
-	healthy     atomic.Bool
-	consecFails atomic.Int32
 	// ejectedUntil is the Unix time in nanoseconds until which passive
 	// checks keep the backend out of rotation; 0 when not ejected.
 	ejectedUntil atomic.Int64
-	ejections    atomic.Int64
 	// status5xx counts 5xx answers (within failures, which also counts
 	// connection errors); retries counts requests sent to this backend
 	// after another backend failed them.
@@ -50,8 +46,23 @@ type backendState struct {
 	// verdict seeded from a stored observation).
 	downSince atomic.Int64
 
-	checksPassed atomic.Int64
-	checksFailed atomic.Int64
+	// The 4-byte fields together, so that they pack into 32 bytes (a
+	// million states: every 8 bytes is 8 MB). Ejections and checks are
+	// 32-bit: one per check interval at most, they would take a century
+	// to wrap.
+	//
+	// healthy is the active-check verdict.
+	healthy      atomic.Bool
+	consecFails  atomic.Int32
+	ejections    atomic.Uint32
+	checksPassed atomic.Uint32
+	checksFailed atomic.Uint32
+	// Guarded by mu (below), like the rest of the active-check
+	// bookkeeping: consecutive passing and failing checks, and whether a
+	// new backend is held back until its first passing check.
+	passes int32
+	fails  int32
+	held   bool
 
 	// pool is the live state of the backend's pool, whose totals the
 	// request path keeps beside the backend's; nil outside a Manager.
@@ -68,21 +79,26 @@ type backendState struct {
 	persistAt    int64
 	persistMark  uint64 // activity fingerprint at the last persist
 
-	// mu guards the active-check bookkeeping below; only health checkers
-	// and readers of BackendState take it, never the request path.
+	// mu guards passes, fails, held and the fields below; only health
+	// checkers and readers of BackendState take it, never the request
+	// path.
 	mu        sync.Mutex
-	passes    int32 // consecutive passing checks
-	fails     int32 // consecutive failing checks
-	held      bool
 	lastCheck int64 // Unix ns of the last check; 0 = none
 	lastError string
 	addr      string // address the health verdict was made for
 }
 
 func newBackendState(addr string, held bool) *backendState {
-	s := &backendState{addr: addr, held: held}
-	s.healthy.Store(!held)
+	s := &backendState{}
+	s.init(addr, held)
 	return s
+}
+
+// init sets up a zero state, for one allocated in a slab (initialTable:
+// one allocation per pool instead of one per backend).
+func (s *backendState) init(addr string, held bool) {
+	s.addr, s.held = addr, held
+	s.healthy.Store(!held)
 }
 
 // activity is a cheap fingerprint of what can change a backend's
@@ -415,9 +431,9 @@ func (b *Backend) State() BackendState {
 		BytesIn:            s.bytesIn.Load(),
 		BytesOut:           s.bytesOut.Load(),
 		LatencyAvg:         time.Duration(s.latencyEWMA.Load()),
-		Ejections:          s.ejections.Load(),
-		ChecksPassed:       s.checksPassed.Load(),
-		ChecksFailed:       s.checksFailed.Load(),
+		Ejections:          int64(s.ejections.Load()),
+		ChecksPassed:       int64(s.checksPassed.Load()),
+		ChecksFailed:       int64(s.checksFailed.Load()),
 	}
 	if ds := s.downSince.Load(); ds != 0 && !st.Healthy {
 		st.DownSince = time.Unix(0, ds)

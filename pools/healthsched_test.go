@@ -224,9 +224,9 @@ func TestHealthReconcileTouchesOnlyChangedPools(t *testing.T) {
 	if n := s.targetCount(); n != 1 {
 		t.Fatalf("%d targets for one shared address", n)
 	}
-	tg := s.targets[s.keyOf(first.Pool("a").Backends()[0], &first.Pool("a").health)]
-	if tg.interval != time.Second || tg.fall != 5 || len(tg.subs) != 2 {
-		t.Fatalf("shared target: interval %s, fall %d, %d subscribers", tg.interval, tg.fall, len(tg.subs))
+	tg := s.targets.get(s.keyOf(first.Pool("a").Backends()[0], &first.Pool("a").health))
+	if tg.interval() != time.Second || tg.fall != 5 || len(tg.subs) != 2 {
+		t.Fatalf("shared target: interval %s, fall %d, %d subscribers", tg.interval(), tg.fall, len(tg.subs))
 	}
 	// Pool a rebuilt (its backend left), b carried over.
 	second := rebuildTable(pools[1:], map[string][]storage.Backend{}, TableOptions{}, first, states)
@@ -237,11 +237,83 @@ func TestHealthReconcileTouchesOnlyChangedPools(t *testing.T) {
 	if n := s.targetCount(); n != 1 || len(tg.subs) != 1 || tg.subs[0].b.ID != "b1" {
 		t.Fatalf("after removing pool a: %d targets, subscribers %v", n, tg.subs)
 	}
-	if tg.interval != 3*time.Second || tg.fall != 5 {
-		t.Errorf("target keeps pool a's settings: interval %s, fall %d", tg.interval, tg.fall)
+	if tg.interval() != 3*time.Second || tg.fall != 5 {
+		t.Errorf("target keeps pool a's settings: interval %s, fall %d", tg.interval(), tg.fall)
 	}
 	s.reconcile(EmptyTable(), nil, false, now)
 	if n := s.targetCount(); n != 0 || len(s.queue) != 0 || len(s.byPool) != 0 {
 		t.Errorf("empty table leaves %d targets, %d queued, %d pools", n, len(s.queue), len(s.byPool))
+	}
+}
+
+// Targets whose keys share a hash are told apart by their keys, and each
+// can be removed without losing the others.
+func TestTargetIndexCollisions(t *testing.T) {
+	x := newTargetIndex(0)
+	keys := []targetKey{{addr: "10.0.0.1:80"}, {addr: "10.0.0.2:80"}, {addr: "10.0.0.1:80", kind: 1}, {addr: "10.0.0.3:80"}}
+	const h = 42 // one hash for all: a chain of four
+	tgs := make([]*target, len(keys))
+	for i, k := range keys {
+		tgs[i] = &target{key: k}
+		x.addHashed(h, tgs[i])
+	}
+	for i, k := range keys {
+		if got := x.getHashed(h, k); got != tgs[i] {
+			t.Fatalf("get %v: %p, want %p", k, got, tgs[i])
+		}
+	}
+	for _, i := range []int{1, 3, 0} { // middle, head, tail of the chain
+		x.removeHashed(h, tgs[i])
+		if x.getHashed(h, keys[i]) != nil {
+			t.Fatalf("%v still found after remove", keys[i])
+		}
+		x.removeHashed(h, tgs[i]) // twice: a no-op
+	}
+	if got := x.getHashed(h, keys[2]); got != tgs[2] || x.len() != 1 {
+		t.Fatalf("survivor: %p (want %p), len %d", got, tgs[2], x.len())
+	}
+	x.removeHashed(h, tgs[2])
+	if x.len() != 0 || len(x.m) != 0 {
+		t.Fatalf("empty index: len %d, %d map entries", x.len(), len(x.m))
+	}
+	// Through the real hash.
+	for i := range tgs {
+		x.add(tgs[i])
+	}
+	for i, k := range keys {
+		if x.get(k) != tgs[i] {
+			t.Fatalf("get %v after add", k)
+		}
+	}
+}
+
+// Backends imported without the admin API's address check can all sit at
+// one address: their target is shared by every one of them, and
+// subscribing them costs one step each, not a pass over the others (that
+// was n² steps: a 100,000-backend pool kept the manager busy for minutes
+// and its shutdown waiting).
+func TestHealthReconcileOneAddressManyBackends(t *testing.T) {
+	const n = 100_000
+	pools := []storage.Pool{{Name: "big", HealthCheckInterval: time.Hour, HealthCheck: storage.HealthCheck{Fall: 3, Timeout: time.Second}}}
+	bs := make([]storage.Backend, n)
+	for i := range bs {
+		bs[i] = storage.Backend{ID: fmt.Sprintf("b%06d", i), PoolName: "big", Host: "127.0.0.1", Port: 9}
+	}
+	states := func(_, addr string, _ *storage.Pool) *backendState { return newBackendState(addr, false) }
+	tbl := buildTable(pools, bs, TableOptions{}, nil, states)
+	s := newHealthScheduler(HealthSchedule{}, nil, nil)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.reconcile(tbl, nil, true, time.Now())
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("reconcile of one shared address did not finish in a minute")
+	}
+	tg := s.targets.get(s.keyOf(tbl.Pool("big").Backends()[0], &tbl.Pool("big").health))
+	if s.targetCount() != 1 || len(tg.subs) != n || tg.fall != 3 {
+		t.Fatalf("%d targets; shared target: %d subscribers, fall %d", s.targetCount(), len(tg.subs), tg.fall)
 	}
 }

@@ -104,8 +104,12 @@ func DefaultConfig() Config {
 	}
 }
 
-// observationBatch bounds the rows per PutObservations transaction.
-const observationBatch = 500
+// observationBatch bounds the rows per PutObservations transaction. Each
+// holds the store's commit lock while it writes: at 500 rows that was
+// tens of milliseconds on a busy machine, which an admin write arriving
+// meanwhile waited out; 100 rows keep the wait short, and the WAL syncs
+// of consecutive batches are coalesced by the store's group commit.
+const observationBatch = 100
 
 // shutdownPersistTimeout bounds the final observation write on shutdown.
 const shutdownPersistTimeout = 5 * time.Second
@@ -265,10 +269,17 @@ func (m *Manager) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Ready once the table routes: what follows costs a pass over every
+	// backend (a million map entries for the health targets), and the
+	// checks it schedules are spread over an interval anyway.
+	close(m.ready)
+	readyAfter := time.Since(start)
+	t := m.table.Load()
+	m.health.reconcile(t, nil, true, time.Now())
 	// Observation rows of backends that are no longer configured go at
 	// the first persist: the seeds left once the table's backends are
 	// crossed out.
-	for _, p := range m.table.Load().pools {
+	for _, p := range t.pools {
 		for _, b := range p.backends {
 			delete(seeds, b.ID)
 		}
@@ -279,7 +290,6 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	m.persistMu.Unlock()
 	seeds = nil // only a restart seeds; later backends start fresh
-	close(m.ready)
 	checkWG.Add(2)
 	go func() {
 		defer checkWG.Done()
@@ -290,7 +300,8 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.healthLog.Run(checkCtx)
 	}()
 	m.log.Info("routing table loaded", zap.Int("pools", len(m.pools)), zap.Int("backends", nBackends),
-		zap.Uint64("index", index), zap.Duration("took", time.Since(start).Round(time.Millisecond)))
+		zap.Uint64("index", index), zap.Duration("ready_after", readyAfter.Round(time.Millisecond)),
+		zap.Duration("took", time.Since(start).Round(time.Millisecond)))
 
 	persistCtx, stopPersist := context.WithCancel(ctx)
 	var persistWG sync.WaitGroup
@@ -496,8 +507,15 @@ func (m *Manager) initialTable(ctx context.Context, seeds map[string]*seed) (int
 					return
 				}
 				ps := states[i]
+				// The pool's states in one allocation (a million small
+				// objects cost a second of start-up). A later rebuild
+				// carries a state over by pointer, so the slab lives
+				// while any of its states does: never more than this.
+				slab := make([]backendState, len(rows))
 				pb := startPool(&sp, len(rows), func(id, addr string, sp *storage.Pool) *backendState {
-					s := newBackendState(addr, sp.HoldNewBackends)
+					s := &slab[0]
+					slab = slab[1:]
+					s.init(addr, sp.HoldNewBackends)
 					if sd := seeds[id]; sd != nil {
 						s.restore(sd)
 					}
@@ -530,7 +548,6 @@ func (m *Manager) initialTable(ctx context.Context, seeds map[string]*seed) (int
 	m.table.Store(t)
 	m.rebuilds.Add(1)
 	clear(m.dirty)
-	m.health.reconcile(t, nil, true, time.Now())
 	m.collector.forget(t)
 	m.lastTook = time.Since(start)
 	return int(total.Load()), nil

@@ -58,6 +58,12 @@ type Config struct {
 	// verification at Open. Verification turns a damaged table into a
 	// clear error at start instead of a read error later.
 	SkipVerifyOnOpen bool
+	// VerifyInBackground leaves that verification to VerifyDeferred,
+	// which the caller runs once it serves (and stops serving when it
+	// fails). Reads verify the checksums of the blocks they read in any
+	// case. A mark file records that it is owed: an Open that finds the
+	// mark of one that did not complete clean verifies before returning.
+	VerifyInBackground bool
 	// MaxClockOffset bounds the local clock: it never runs further ahead
 	// of the wall clock than this, whatever peers send; a change set
 	// further ahead is stored but counted per origin as clock skew. 0

@@ -125,7 +125,10 @@
 // (Config.SkipVerifyOnOpen turns it off; verify.go: the key space of each
 // family is cut into ranges at its SST file boundaries and inside big
 // files, and the ranges are read concurrently, one goroutine per CPU, so
-// that every block is still read). A damaged table or meta fails Open with
+// that every block is still read). With Config.VerifyInBackground Open
+// leaves that to VerifyDeferred, which the caller runs once it serves; a
+// VERIFY_PENDING file makes the next Open verify synchronously when the
+// deferred verification did not complete clean. A damaged table or meta fails Open with
 // ErrCorrupt naming it and the way out: Restore from a backup, or
 // RemoveTable, which empties just that table, resets the bookkeeping, takes
 // a new node id and marks the table for resync (not ready until

@@ -38,8 +38,8 @@ func newRocksOptions(cfg Config) *rocksOptions {
 	// puts RocksDB into a background-error state that only a reopen
 	// clears, so a full disk would stop writes for good. Without them the
 	// failed commit returns its error (ErrDiskFull) and the next one, once
-	// space is back, succeeds. Damage is still caught: Open verifies every
-	// family's checksums and reads verify their blocks.
+	// space is back, succeeds. Damage is still caught: every family's checksums
+	// are verified at each start (verify.go) and reads verify their blocks.
 	o.db.SetParanoidChecks(false)
 	// Rows, index entries and the change log of one commit are in different
 	// families; atomic flush keeps the flushed SST set consistent across
@@ -48,7 +48,7 @@ func newRocksOptions(cfg Config) *rocksOptions {
 	// A bounded WAL keeps reopen fast: past it RocksDB flushes memtables.
 	o.db.SetMaxTotalWalSize(4 * o.wbs)
 	o.db.SetDbWriteBufferSize(4 * o.wbs)
-	// Table files are opened lazily (and verified by Open's checksum scan)
+	// Table files are opened lazily (and verified by the checksum scan)
 	// so that a damaged table is reported by name, not as a failed open.
 	o.db.SetMaxOpenFiles(512)
 	o.db.SetKeepLogFileNum(3)

@@ -68,9 +68,12 @@ type Store struct {
 	clusterID   string
 	skewOrigins map[string]uint64 // change sets received far ahead of our clock, per origin
 
-	state    atomic.Value // string: meta/state (ready, ingesting, catching_up)
-	writeErr atomic.Pointer[writeFailure]
-	gc       groupCommit // WAL syncs of local commits (groupcommit.go)
+	state atomic.Value // string: meta/state (ready, ingesting, catching_up)
+	// verifyOwed: Open deferred the verification of every family to
+	// VerifyDeferred (Config.VerifyInBackground).
+	verifyOwed atomic.Bool
+	writeErr   atomic.Pointer[writeFailure]
+	gc         groupCommit // WAL syncs of local commits (groupcommit.go)
 
 	counts    counters
 	collector *collector
@@ -292,10 +295,23 @@ func (s *Store) init() error {
 	if err := s.upgradeIndexes(); err != nil {
 		return err
 	}
-	if !s.cfg.SkipVerifyOnOpen {
-		return s.verifyFamilies()
+	if s.cfg.SkipVerifyOnOpen {
+		return nil
 	}
-	return nil
+	pending, err := s.verificationPending()
+	if err != nil {
+		return err
+	}
+	if s.cfg.VerifyInBackground && !pending {
+		return s.deferVerification()
+	}
+	if pending {
+		s.log.Warn("the last deferred verification did not complete clean: verifying every column family before opening")
+	}
+	if err := s.verifyFamilies(); err != nil {
+		return err
+	}
+	return s.clearVerificationMark()
 }
 
 // recoverFeed recovers the commit index from the first and last feed keys.

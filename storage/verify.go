@@ -2,12 +2,17 @@ package storage
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"math/big"
+	"os"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/linxGnu/grocksdb"
 	"go.uber.org/zap"
@@ -32,7 +37,7 @@ type verifyRange struct {
 // the ranges are read concurrently, one goroutine per CPU: together they
 // cover every key, so every data block of every file is read, as a single
 // scan would, in a fraction of the time.
-func (s *Store) verifyTables(tables []string) error {
+func (s *Store) verifyTables(ctx context.Context, tables []string) error {
 	var ranges []verifyRange
 	files := s.base.GetLiveFilesMetaData()
 	for _, table := range tables {
@@ -55,7 +60,7 @@ func (s *Store) verifyTables(tables []string) error {
 				if i >= len(ranges) {
 					return
 				}
-				if err := s.verifyRange(ranges[i], &failed); err != nil {
+				if err := s.verifyRange(ctx, ranges[i], &failed); err != nil {
 					mu.Lock()
 					if firstErr == nil {
 						firstErr = err
@@ -72,8 +77,8 @@ func (s *Store) verifyTables(tables []string) error {
 }
 
 // verifyRange reads every entry of one range; stop ends it early when
-// another range already failed.
-func (s *Store) verifyRange(r verifyRange, stop *atomic.Bool) error {
+// another range already failed, ctx with its error.
+func (s *Store) verifyRange(ctx context.Context, r verifyRange, stop *atomic.Bool) error {
 	ro := grocksdb.NewDefaultReadOptions()
 	defer ro.Destroy()
 	ro.SetVerifyChecksums(true)
@@ -90,8 +95,13 @@ func (s *Store) verifyRange(r verifyRange, stop *atomic.Bool) error {
 		it.SeekToFirst()
 	}
 	for n := 0; it.Valid(); n++ {
-		if n%4096 == 0 && stop.Load() {
-			return nil
+		if n%4096 == 0 {
+			if stop.Load() {
+				return nil
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 		}
 		it.Next()
 	}
@@ -161,11 +171,12 @@ func interpolateKeys(lo, hi []byte, parts int) [][]byte {
 // damage there is repaired here: the family is recreated and rebuilt from
 // the tables (the feed restarts empty), and Open goes on.
 func (s *Store) verifyFamilies() error {
-	if err := s.verifyTables(append(TableNames(), cfMeta)); err != nil {
+	ctx := context.Background()
+	if err := s.verifyTables(ctx, append(TableNames(), cfMeta)); err != nil {
 		return err
 	}
 	for _, cf := range []string{cfIndex, cfChangelog, cfFeed} {
-		err := s.verifyTables([]string{cf})
+		err := s.verifyTables(ctx, []string{cf})
 		if err == nil {
 			continue
 		}
@@ -208,6 +219,123 @@ func RebuildIndexes(cfg Config) error {
 	}
 	_, err = s.rebuildDerived(true, true)
 	if cerr := s.closeDB(true); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// verifyPendingFile, in the data directory, records that a verification
+// Open deferred (Config.VerifyInBackground) has not completed clean: it
+// was interrupted, or it found damage. An Open that finds it verifies
+// before it returns, as without the option, and so repairs a damaged
+// derived family or fails with the way out for a damaged table.
+const verifyPendingFile = "VERIFY_PENDING"
+
+// deferVerification writes the mark that a verification is owed, synced,
+// so that a crash before it completes makes the next Open verify.
+func (s *Store) deferVerification() error {
+	path := filepath.Join(s.cfg.Dir, verifyPendingFile)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("storage: mark the deferred verification: %w", err)
+	}
+	_, err = f.WriteString("a verification deferred at Open has not completed; the next Open verifies every family\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = syncDir(s.cfg.Dir)
+	}
+	if err != nil {
+		return fmt.Errorf("storage: mark the deferred verification: %w", err)
+	}
+	s.verifyOwed.Store(true)
+	return nil
+}
+
+// verificationPending reports whether an earlier deferred verification
+// did not complete clean.
+func (s *Store) verificationPending() (bool, error) {
+	_, err := os.Stat(filepath.Join(s.cfg.Dir, verifyPendingFile))
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, os.ErrNotExist):
+		return false, nil
+	}
+	return false, fmt.Errorf("storage: look for a deferred verification: %w", err)
+}
+
+// clearVerificationMark removes the mark once every family verified clean.
+func (s *Store) clearVerificationMark() error {
+	err := os.Remove(filepath.Join(s.cfg.Dir, verifyPendingFile))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("storage: clear the deferred verification mark: %w", err)
+	}
+	return nil
+}
+
+// VerifyDeferred runs the checksum verification that Open left to the
+// caller (Config.VerifyInBackground), while the store serves: every
+// column family is read as Open would. When all are sound it removes the
+// mark that makes the next Open verify. A damaged family fails it with
+// ErrCorrupt naming the family and the way out, and the mark stays, so
+// that a restart verifies at Open: that rebuilds a derived family from the
+// tables, or fails with the way out for a table, exactly as a
+// verification at Open would have. The caller must stop serving on that
+// error. Until it returns, reads are still safe: each verifies the
+// checksums of the blocks it reads, so a damaged block fails the read
+// rather than serving wrong data.
+//
+// It returns nil at once when no verification is owed (Open verified, or
+// SkipVerifyOnOpen), and ctx.Err() or ErrClosed when stopped early.
+func (s *Store) VerifyDeferred(ctx context.Context) error {
+	if !s.verifyOwed.Load() {
+		return nil
+	}
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		// Close waits for running operations: end this one early.
+		select {
+		case <-s.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	start := time.Now()
+	if err := s.verifyTables(ctx, append(append(TableNames(), cfMeta), cfIndex, cfChangelog, cfFeed)); err != nil {
+		if errors.Is(err, ErrCorrupt) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
+	}
+	if err := s.clearVerificationMark(); err != nil {
+		return err
+	}
+	s.verifyOwed.Store(false)
+	s.log.Info("every column family verified", zap.Duration("took", time.Since(start).Round(time.Millisecond)))
+	return nil
+}
+
+// syncDir makes a file created or removed in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
 		err = cerr
 	}
 	return err
