@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -231,6 +232,17 @@ type Manager struct {
 	// gate is set once by SetOnDemandGate; the scheduler reads it.
 	gate atomic.Pointer[OnDemandGate]
 
+	// unmanaged remembers, from one reconciliation to the next, the
+	// certificates found not to be ACME-managed (uploads), by a hash of
+	// their id and their expiry: the next reconciliation reads one again
+	// only when its expiry changed (another certificate under the id).
+	// Uploads can be most of a large store, and reading and decrypting
+	// 100,000 of them every hour was most of an idle agent's CPU. About
+	// 40 bytes per upload.
+	unmanagedMu   sync.Mutex
+	unmanaged     map[uint64]int64
+	unmanagedSeed maphash.Seed
+
 	// held: the certificates this agent owns whose renewal the budget
 	// holds back, until when. A pass reads a held-back certificate only
 	// when its hold ends (its due row), so the gauge comes from here.
@@ -307,7 +319,8 @@ func NewManager(cfg ManagerConfig, issuers []Issuer, store RenewalStore, counter
 	}
 	m := &Manager{cfg: cfg, issuers: issuers, store: store, members: members,
 		budget: NewBudget(cfg.Limits, counters, members.Self()),
-		log:    cfg.Logger, rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}
+		log:    cfg.Logger, rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		unmanagedSeed: maphash.MakeSeed()}
 	var err error
 	if m.metrics, err = newManagerMetrics(cfg.Registerer); err != nil {
 		return nil, err
@@ -821,9 +834,17 @@ func (m *Manager) addMissingDue(ctx context.Context, now time.Time, alive []stri
 	if err != nil {
 		return 0, nil, err
 	}
+	m.unmanagedMu.Lock()
+	defer m.unmanagedMu.Unlock()
+	known, unmanaged := m.unmanaged, make(map[uint64]int64, len(m.unmanaged))
 	added := 0
 	for _, e := range exp {
 		if _, ok := scheduled[e.ID]; ok || Owner(e.ID, alive) != self {
+			continue
+		}
+		h, expires := maphash.String(m.unmanagedSeed, e.ID), e.ExpiresAt.UnixNano()
+		if at, ok := known[h]; ok && at == expires {
+			unmanaged[h] = expires
 			continue
 		}
 		c, err := m.store.Certificate(ctx, e.ID)
@@ -834,6 +855,7 @@ func (m *Manager) addMissingDue(ctx context.Context, now time.Time, alive []stri
 			return added, nil, err
 		}
 		if c.Provider != ProviderACME || !c.AutoRenew {
+			unmanaged[h] = expires
 			continue
 		}
 		if err := m.store.AddDue(ctx, DueCertificate{ID: c.ID, At: now}); err != nil {
@@ -841,6 +863,7 @@ func (m *Manager) addMissingDue(ctx context.Context, now time.Time, alive []stri
 		}
 		added++
 	}
+	m.unmanaged = unmanaged
 	if added > 0 {
 		m.log.Info("acme certificates without a renewal schedule found", zap.Int("count", added))
 	}

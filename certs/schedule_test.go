@@ -263,3 +263,60 @@ func BenchmarkSchedulerPass(b *testing.B) {
 		b.ReportMetric(due, "certs-read/op")
 	})
 }
+
+// Uploaded certificates are read once by the reconciliation, not every
+// hour: the next one skips those whose expiry did not change, and reads a
+// certificate again when its id holds a new one.
+func TestReconcileReadsUploadsOnce(t *testing.T) {
+	s := openStore(t)
+	b := NewStoreBackend(s, nil)
+	cs := &countingStore{StoreBackend: b}
+	var offset atomic.Int64
+	start := time.Now()
+	now := func() time.Time { return start.Add(time.Duration(offset.Load())) }
+	mcfg := DefaultManagerConfig()
+	mcfg.Now = now
+	mcfg.ReconcileInterval = time.Hour
+	m, err := NewManager(mcfg, []Issuer{unreachableIssuer(t, b)}, cs, b, oneMember("self"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ca := newRoot(t, "Upload Root")
+	key := newECKey(t)
+	const n = 50
+	for i := range n {
+		name := fmt.Sprintf("u%03d.example.com", i)
+		putCerts(t, s, record(t, ca, key, "upload-"+strconv.Itoa(i), leafSpec{dns: []string{name},
+			notBefore: start.Add(-time.Hour), notAfter: start.Add(90 * 24 * time.Hour)}))
+	}
+	reconcile := func() int64 {
+		t.Helper()
+		offset.Add(int64(time.Hour + time.Second))
+		rep, err := m.RunOnce(ctx)
+		if err != nil || !rep.Reconciled || rep.Added != 0 {
+			t.Fatalf("reconciling pass %+v, %v", rep, err)
+		}
+		return cs.reads()[0]
+	}
+	if got := reconcile(); got != n {
+		t.Fatalf("first reconciliation read %d certificates, want all %d uploads", got, n)
+	}
+	if got := reconcile(); got != 0 {
+		t.Fatalf("second reconciliation read %d certificates, want none (all known uploads)", got)
+	}
+	// A new certificate under an id (another expiry) is read again; an
+	// ACME one found that way gets its schedule.
+	c := record(t, ca, key, "upload-7", leafSpec{dns: []string{"u007.example.com"},
+		notBefore: start.Add(-time.Hour), notAfter: start.Add(60 * 24 * time.Hour)})
+	c.Provider, c.AutoRenew = ProviderACME, true
+	putCerts(t, s, c)
+	offset.Add(int64(time.Hour + time.Second))
+	rep, err := m.RunOnce(ctx)
+	if err != nil || rep.Added != 1 {
+		t.Fatalf("pass after the replacement %+v, %v; want it scheduled", rep, err)
+	}
+	if got := cs.reads()[0]; got < 1 || got > 2 {
+		t.Fatalf("pass after the replacement read %d certificates, want the replaced one (and its due handling)", got)
+	}
+}
