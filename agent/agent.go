@@ -251,6 +251,10 @@ func New(cfg Config, logger *zap.Logger) (*Agent, error) {
 	scfg.Dir = cfg.DataDir
 	scfg.EncryptionKey = encKey
 	scfg.BlockCacheSize = cfg.BlockCacheSize
+	scfg.RowCacheSize = cfg.RowCacheSize
+	if cfg.RowCacheSize == 0 {
+		scfg.RowCacheSize = -1 // the store's "off"
+	}
 	scfg.Logger = logger
 	scfg.Registerer = registry
 	// Open leaves the checksum verification of every family to

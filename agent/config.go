@@ -12,6 +12,7 @@ import (
 
 	"github.com/singularity-ng/singularity-edge/certs"
 	"github.com/singularity-ng/singularity-edge/proxy"
+	"github.com/singularity-ng/singularity-edge/storage"
 )
 
 // Config is everything the agent needs to start. Flags fill it, each with an
@@ -90,6 +91,7 @@ type Config struct {
 	MaxBackendConnsPerClient int
 
 	BlockCacheSize  int64         // RocksDB block cache, bytes
+	RowCacheSize    int64         // decoded rows above RocksDB, bytes; 0 turns it off
 	ShutdownTimeout time.Duration // how long in-flight requests may take to drain
 
 	// FeedRetention is how many change-feed entries are kept.
@@ -165,6 +167,7 @@ func DefaultConfig() Config {
 		AccessLog:      "off",
 		LogLevel:       "info",
 		BlockCacheSize: 64 << 20,
+		RowCacheSize:   storage.DefaultConfig().RowCacheSize,
 
 		HealthCheckBudget:      1000,
 		GCHeadroom:             128 << 20,
@@ -323,6 +326,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BlockCacheSize < 1<<20 {
 		errs = append(errs, fmt.Errorf("--block-cache-size %d is below 1 MiB", c.BlockCacheSize))
+	}
+	if c.RowCacheSize < 0 {
+		errs = append(errs, fmt.Errorf("--row-cache-size %d: want 0 (off) or a size in bytes", c.RowCacheSize))
 	}
 	if c.HealthCheckBudget <= 0 {
 		errs = append(errs, fmt.Errorf("--health-check-budget %v must be positive (checks per second)", c.HealthCheckBudget))

@@ -61,6 +61,7 @@ func TestConfigValidate(t *testing.T) {
 		{"bad admin addr", func(c *Config) { c.AdminAddr = "localhost" }, "--admin-addr"},
 		{"empty admin addr", func(c *Config) { c.AdminAddr = "" }, "--admin-addr"},
 		{"tiny cache", func(c *Config) { c.BlockCacheSize = 1024 }, "--block-cache-size"},
+		{"negative row cache", func(c *Config) { c.RowCacheSize = -1 }, "--row-cache-size"},
 		{"zero drain", func(c *Config) { c.ShutdownTimeout = 0 }, "--shutdown-timeout"},
 		{"bad log level", func(c *Config) { c.LogLevel = "loud" }, "--log-level"},
 		{"no feed", func(c *Config) { c.FeedRetention = 0 }, "--feed-retention"},

@@ -74,6 +74,7 @@ FLY_MACHINE_ID and FLY_PRIVATE_IP set the defaults of --region, --node-name and
 	f.StringVar(&cfg.PprofAddr, "pprof-addr", cfg.PprofAddr, "serve Go profiles (net/http/pprof) on this loopback address; empty = off")
 	f.BoolVar(&cfg.MetricsPublic, "metrics-public", cfg.MetricsPublic, "serve /metrics without the admin token")
 	f.Int64Var(&cfg.BlockCacheSize, "block-cache-size", cfg.BlockCacheSize, "RocksDB block cache in bytes (bounds the store's memory)")
+	f.Int64Var(&cfg.RowCacheSize, "row-cache-size", cfg.RowCacheSize, "cache of decoded rows (pools, backends, certificates) above RocksDB, in bytes; 0 turns it off")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may take to finish on shutdown")
 	f.Uint64Var(&cfg.FeedRetention, "feed-retention", cfg.FeedRetention, "change-feed entries kept on disk")
 	f.StringVar(&cfg.ACMEDirectory, "acme-directory", cfg.ACMEDirectory, "ACME directory URL (Let's Encrypt production by default; staging or any CA), empty to turn ACME off")
