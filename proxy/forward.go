@@ -324,6 +324,13 @@ func (s *Server) send(ex *exchange, uc *upConn, req *outRequest) error {
 	uc.setWriteDeadline(ex.started, s.cfg.WriteTimeout)
 	var err error
 	var n int
+	if _, raw := uc.c.(*rawTCPConn); raw && req.stream == nil && len(req.head)+len(req.inline) <= 16<<10 {
+		// A request that fits one write: readResponseHead sends it and
+		// waits for the answer in one go (writeThenRead), without the
+		// recv that would find the socket still empty.
+		uc.pending = append(req.head, req.inline...)
+		return nil
+	}
 	if len(req.inline) == 0 {
 		n, err = uc.c.Write(req.head)
 	} else {
@@ -369,10 +376,14 @@ func (s *Server) send(ex *exchange, uc *upConn, req *outRequest) error {
 // 1xx responses (except 101) are passed to interim and skipped.
 func (s *Server) readResponseHead(ex *exchange, uc *upConn, req *outRequest, interim func(*exchange) error) error {
 	uc.setReadDeadline(ex.started, s.cfg.ResponseHeaderTimeout)
-	// The backend cannot have answered yet: let the other connections run
-	// first so that the read below finds the response instead of costing
-	// an EAGAIN read(2) before parking (see yieldBeforeRead).
-	yieldBeforeRead()
+	if uc.pending == nil {
+		// The backend cannot have answered yet: let the other
+		// connections run first so that the read below finds the
+		// response instead of costing an EAGAIN read(2) before parking
+		// (see yieldBeforeRead). A pending request needs no yield: it
+		// is sent and answered by one writeThenRead.
+		yieldBeforeRead()
+	}
 	for {
 		data := uc.buf[uc.r:uc.w]
 		if len(data) > 0 {
@@ -410,7 +421,13 @@ func (s *Server) readResponseHead(ex *exchange, uc *upConn, req *outRequest, int
 				return berr
 			}
 		}
-		n, err := uc.c.Read(uc.buf[uc.w:])
+		var n int
+		var err error
+		if uc.pending != nil {
+			n, err = s.sendPending(ex, uc)
+		} else {
+			n, err = uc.c.Read(uc.buf[uc.w:])
+		}
 		uc.w += n
 		ex.respBytes += int64(n)
 		if err != nil && n == 0 {
@@ -432,6 +449,27 @@ func (s *Server) readResponseHead(ex *exchange, uc *upConn, req *outRequest, int
 			return err
 		}
 	}
+}
+
+// sendPending writes the request send left pending and reads the first
+// bytes of the answer (see rawTCPConn.writeThenRead).
+func (s *Server) sendPending(ex *exchange, uc *upConn) (int, error) {
+	p := uc.pending
+	uc.pending = nil
+	rc := uc.c.(*rawTCPConn)
+	wn, n, full, err := rc.writeThenRead(p, uc.buf[uc.w:])
+	ex.bytesOut += int64(wn)
+	if !full {
+		return n, err
+	}
+	// The socket took only part of it: the rest under the write deadline
+	// send set, then an ordinary read.
+	m, err := uc.c.Write(p[wn:])
+	ex.bytesOut += int64(m)
+	if err != nil {
+		return 0, err
+	}
+	return uc.c.Read(uc.buf[uc.w:])
 }
 
 // yieldBeforeRead gives the processor to other goroutines before a read

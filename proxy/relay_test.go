@@ -441,3 +441,75 @@ func TestRelayDataThenResetFound(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteThenRead: the request goes out, the answer that comes later is
+// read with a single recv (a Write then Read would first pay a recv that
+// finds the socket empty); a request larger than the socket takes is
+// reported as partly sent with nothing read; the read deadline, the
+// peer's FIN and a closed connection give Read's errors.
+func TestWriteThenRead(t *testing.T) {
+	a, peer := tcpPair(t)
+	c := newRawTCPConn(a).(*rawTCPConn)
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_ = peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	rb := make([]byte, 64)
+	for i := range 20 {
+		go func() {
+			req := make([]byte, 7)
+			if _, err := io.ReadFull(peer, req); err != nil {
+				return
+			}
+			time.Sleep(5 * time.Millisecond) // the answer comes after the proxy waits
+			_, _ = peer.Write(append([]byte("re:"), req...))
+		}()
+		before := c.recvs
+		wn, rn, full, err := c.writeThenRead([]byte("request"), rb)
+		if err != nil || full || wn != 7 || string(rb[:rn]) != "re:request" {
+			t.Fatalf("exchange %d: wrote %d, read %q, full %v, %v", i, wn, rb[:rn], full, err)
+		}
+		if recvs := c.recvs - before; recvs != 1 {
+			t.Fatalf("exchange %d: %d recv calls, want 1 (no recv before the answer)", i, recvs)
+		}
+	}
+
+	// More than the socket buffers hold, with the peer not reading.
+	big := pattern(3, 16<<20)
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_ = peer.SetReadDeadline(time.Now().Add(20 * time.Second))
+	wn, rn, full, err := c.writeThenRead(big, rb)
+	if err != nil || !full || wn <= 0 || wn >= len(big) || rn != 0 {
+		t.Fatalf("oversized request: wrote %d of %d, read %d, full %v, %v", wn, len(big), rn, full, err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := c.Write(big[wn:]); done <- err }()
+	got := make([]byte, len(big))
+	if _, err := io.ReadFull(peer, got); err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("oversized request arrived altered: %v", err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("rest of the oversized request not written")
+	}
+
+	// Sent, then no answer before the read deadline.
+	_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	_, _, _, err = c.writeThenRead([]byte("x"), rb)
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("no answer: %v, want the read deadline", err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if err := peer.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, rn, _, err := c.writeThenRead([]byte("y"), rb); rn != 0 || err != io.EOF {
+		t.Fatalf("answer is a FIN: %d bytes, %v; want io.EOF", rn, err)
+	}
+	_ = c.Close()
+	if _, _, _, err := c.writeThenRead([]byte("z"), rb); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("closed connection: %v, want net.ErrClosed", err)
+	}
+}
