@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -42,6 +43,12 @@ type rawTCPConn struct {
 	wn      int
 	werr    syscall.Errno
 	writeFn func(uintptr) bool
+
+	// writeThenRead's state: it runs under Read's lock only.
+	sending     bool
+	wfull       bool
+	writeReadFn func(uintptr) bool
+	recvs       int // recv calls made by Read and writeThenRead; read by tests
 }
 
 // newRawTCPConn wraps c; any other net.Conn, or a TCP connection without
@@ -58,6 +65,7 @@ func newRawTCPConn(c net.Conn) net.Conn {
 	rc2 := &rawTCPConn{TCPConn: tcp, rc: rc}
 	rc2.readFn = rc2.doRead
 	rc2.writeFn = rc2.doWrite
+	rc2.writeReadFn = rc2.doWriteRead
 	return rc2
 }
 
@@ -74,6 +82,7 @@ func unwrapTCP(c net.Conn) (*net.TCPConn, bool) {
 
 func (c *rawTCPConn) doRead(fd uintptr) bool {
 	for {
+		c.recvs++
 		n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.rp[0])), uintptr(len(c.rp)), 0, 0, 0)
 		switch e {
 		case unix.EINTR:
@@ -143,6 +152,58 @@ func (c *rawTCPConn) Write(p []byte) (int, error) {
 		return n, c.opError("write", os.NewSyscallError("sendto", errno))
 	}
 	return n, nil
+}
+
+func (c *rawTCPConn) doWriteRead(fd uintptr) bool {
+	if c.sending {
+		if !c.doWrite(fd) {
+			c.wfull = true // the send buffer is full: finish with Write
+			return true
+		}
+		c.sending = false
+		// Sent (or failed): wait for the answer before the first recv.
+		return c.werr != 0
+	}
+	return c.doRead(fd)
+}
+
+// writeThenRead sends w, then waits for the peer's answer and reads it
+// into r, like Write followed by Read but inside one RawConn.Read: the
+// netpoller's read readiness is reset before the send, so the answer
+// cannot arrive unnoticed, and no recv runs before it. A plain Read right
+// after a Write finds the socket empty, pays a recv that returns EAGAIN,
+// then parks; request/response exchanges paid that once per request.
+//
+// When the socket cannot take all of w without waiting, wn bytes went
+// out, nothing was read, and full is true: the caller finishes with
+// Write (and its write deadline) and Read. Only the read deadline
+// applies here; the send never waits. Errors are shaped like Write's and
+// Read's, io.EOF included.
+func (c *rawTCPConn) writeThenRead(w, r []byte) (wn, rn int, full bool, err error) {
+	if len(w) == 0 || len(r) == 0 {
+		return 0, 0, false, errors.New("proxy: writeThenRead needs bytes to send and room to read")
+	}
+	c.wp, c.wn, c.werr, c.wfull, c.sending = w, 0, 0, false, true
+	c.rp, c.rn, c.rerr = r, 0, 0
+	rerr := c.rc.Read(c.writeReadFn)
+	wn, rn, full = c.wn, c.rn, c.wfull
+	sending, werr, rerrno := c.sending, c.werr, c.rerr
+	c.wp, c.rp = nil, nil
+	switch {
+	case werr != 0:
+		return wn, 0, false, c.opError("write", os.NewSyscallError("sendto", werr))
+	case full:
+		return wn, 0, true, nil
+	case rerr != nil && sending:
+		return wn, 0, false, c.opError("write", unwrapRawError(rerr))
+	case rerr != nil:
+		return wn, 0, false, c.opError("read", unwrapRawError(rerr))
+	case rerrno != 0:
+		return wn, 0, false, c.opError("read", os.NewSyscallError("recvfrom", rerrno))
+	case rn == 0:
+		return wn, 0, false, io.EOF
+	}
+	return wn, rn, false, nil
 }
 
 // unwrapRawError takes the cause out of the *net.OpError that

@@ -346,3 +346,170 @@ func TestRawTCPConnSemantics(t *testing.T) {
 		t.Fatalf("write after Close: %v", err)
 	}
 }
+
+// TestRelayParksAfterShortRecv: with TCP_INQ a direction parks as soon as
+// a recv leaves the socket empty, instead of paying a recv that only says
+// EAGAIN: one recv per record in a ping-pong (plus the one that reads the
+// FIN), where reading until EAGAIN takes two.
+func TestRelayParksAfterShortRecv(t *testing.T) {
+	s := &Server{cfg: testConfig()}
+	client, clientProxy := tcpPair(t)
+	proxyBackend, backend := tcpPair(t)
+	r, err := s.newRelay(proxyBackend, clientProxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.inq {
+		t.Skip("kernel without TCP_INQ")
+	}
+	done := make(chan int64, 1)
+	go func() { done <- r.run(proxyBackend, clientProxy, proxyBackend) }()
+	const records = 200
+	got := make([]byte, 100)
+	_ = backend.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for i := range records {
+		want := pattern(uint64(i), len(got))
+		if _, err := client.Write(want); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(backend, got); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("record %d: %v, or the bytes differ", i, err)
+		}
+	}
+	if err := client.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := backend.Read(got); n != 0 || err != io.EOF {
+		t.Fatalf("after the client's FIN: %d bytes, %v; want EOF", n, err)
+	}
+	select {
+	case moved := <-done:
+		if moved != records*100 {
+			t.Fatalf("relay moved %d bytes, want %d", moved, records*100)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("relay did not end after the FIN")
+	}
+	// A wake-up may find data that raised one more event than it needed;
+	// reading until EAGAIN would make this 2*records+1.
+	if limit := records + records/4 + 1; r.recvs > limit {
+		t.Fatalf("%d recv calls for %d records, want at most %d", r.recvs, records, limit)
+	}
+}
+
+// TestRelayDataThenResetFound: a reset that arrives with the last data,
+// in one readiness event, is not reported by TCP_INQ; the direction parks
+// after that data and finds the reset at its next recheck instead of
+// waiting for the idle timeout.
+func TestRelayDataThenResetFound(t *testing.T) {
+	s := &Server{cfg: testConfig()}
+	for i := range 5 {
+		client, clientProxy := tcpPair(t)
+		proxyBackend, backend := tcpPair(t)
+		r, err := s.newRelay(proxyBackend, clientProxy)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !r.inq {
+			t.Skip("kernel without TCP_INQ")
+		}
+		r.recheck = 100 * time.Millisecond
+		if _, err := client.Write([]byte("last words")); err != nil {
+			t.Fatal(err)
+		}
+		if err := client.SetLinger(0); err != nil {
+			t.Fatal(err)
+		}
+		_ = client.Close() // RST
+		// Let the netpoller take the event (data and reset together)
+		// before the relay first reads.
+		time.Sleep(50 * time.Millisecond)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			r.run(proxyBackend, clientProxy, proxyBackend)
+		}()
+		_ = backend.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(backend)
+		if err != nil || string(got) != "last words" {
+			t.Fatalf("round %d: backend got %q, %v; want the bytes, then the close", i, got, err)
+		}
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: relay did not end after the reset", i)
+		}
+	}
+}
+
+// TestWriteThenRead: the request goes out, the answer that comes later is
+// read with a single recv (a Write then Read would first pay a recv that
+// finds the socket empty); a request larger than the socket takes is
+// reported as partly sent with nothing read; the read deadline, the
+// peer's FIN and a closed connection give Read's errors.
+func TestWriteThenRead(t *testing.T) {
+	a, peer := tcpPair(t)
+	c := newRawTCPConn(a).(*rawTCPConn)
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_ = peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	rb := make([]byte, 64)
+	for i := range 20 {
+		go func() {
+			req := make([]byte, 7)
+			if _, err := io.ReadFull(peer, req); err != nil {
+				return
+			}
+			time.Sleep(5 * time.Millisecond) // the answer comes after the proxy waits
+			_, _ = peer.Write(append([]byte("re:"), req...))
+		}()
+		before := c.recvs
+		wn, rn, full, err := c.writeThenRead([]byte("request"), rb)
+		if err != nil || full || wn != 7 || string(rb[:rn]) != "re:request" {
+			t.Fatalf("exchange %d: wrote %d, read %q, full %v, %v", i, wn, rb[:rn], full, err)
+		}
+		if recvs := c.recvs - before; recvs != 1 {
+			t.Fatalf("exchange %d: %d recv calls, want 1 (no recv before the answer)", i, recvs)
+		}
+	}
+
+	// More than the socket buffers hold, with the peer not reading.
+	big := pattern(3, 16<<20)
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_ = peer.SetReadDeadline(time.Now().Add(20 * time.Second))
+	wn, rn, full, err := c.writeThenRead(big, rb)
+	if err != nil || !full || wn <= 0 || wn >= len(big) || rn != 0 {
+		t.Fatalf("oversized request: wrote %d of %d, read %d, full %v, %v", wn, len(big), rn, full, err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := c.Write(big[wn:]); done <- err }()
+	got := make([]byte, len(big))
+	if _, err := io.ReadFull(peer, got); err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("oversized request arrived altered: %v", err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("rest of the oversized request not written")
+	}
+
+	// Sent, then no answer before the read deadline.
+	_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	_, _, _, err = c.writeThenRead([]byte("x"), rb)
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("no answer: %v, want the read deadline", err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if err := peer.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, rn, _, err := c.writeThenRead([]byte("y"), rb); rn != 0 || err != io.EOF {
+		t.Fatalf("answer is a FIN: %d bytes, %v; want io.EOF", rn, err)
+	}
+	_ = c.Close()
+	if _, _, _, err := c.writeThenRead([]byte("z"), rb); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("closed connection: %v, want net.ErrClosed", err)
+	}
+}

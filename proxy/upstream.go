@@ -41,6 +41,9 @@ type upConn struct {
 	idleSince time.Time
 	reused    bool
 	rdl, wdl  time.Time // deadlines last set (coarse, see setReadDeadline)
+	// pending is a request that send left for the first read of the
+	// response head to write (see rawTCPConn.writeThenRead).
+	pending []byte
 }
 
 // upstreams is the Server's set of backend connection pools.
