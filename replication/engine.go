@@ -724,11 +724,19 @@ func (e *Engine) serveSnapshot(ctx context.Context, c *conn) error {
 		return err
 	}
 	w := &chunkWriter{c: c, m: e.metrics}
-	if err := e.store.Snapshot(ctx, w); err != nil {
+	start := e.cfg.Now()
+	st, err := e.store.Snapshot(ctx, w)
+	if err != nil {
 		// Closing the stream without an end frame fails the ingest.
 		return fmt.Errorf("snapshot: %w", err)
 	}
-	return c.send(msgSnapshotEnd, nil)
+	if err := c.send(msgSnapshotEnd, nil); err != nil {
+		return err
+	}
+	took := e.cfg.Now().Sub(start)
+	e.log.Info("served a snapshot", zap.String("peer", c.peer.Name), zap.Int("rows", st.Rows), zap.Int64("bytes", st.Bytes),
+		zap.Duration("took", took), zap.Float64("mb_per_second", perSecond(float64(st.Bytes)/1e6, took)))
+	return nil
 }
 
 // chunkWriter sends what the store writes as snapshot-chunk frames. The
