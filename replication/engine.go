@@ -424,16 +424,32 @@ func jitter(d time.Duration) time.Duration {
 }
 
 // pushLoop sends queued local commits, coalescing what accumulated.
+//
+// A frame per commit costs the peer a store commit per set: in
+// BenchmarkApplyFrames a set applied alone costs about twice the CPU of
+// one applied among sixteen. So after a frame the next waits until
+// PushInterval has passed: an idle stream pushes a commit at once, a busy
+// one pushes what accumulated in one frame (and gets one ack for it).
 func (e *Engine) pushLoop(ctx context.Context, p *peer, c *conn) error {
+	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-p.queued:
 		}
-		if e.cfg.PushDelay > 0 {
-			// Under load, let a few more commits join the frame.
-			time.Sleep(e.cfg.PushDelay)
+		wait := e.cfg.PushDelay
+		if since := time.Since(last); since < e.cfg.PushInterval {
+			wait = max(wait, e.cfg.PushInterval-since)
+		}
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
 		}
 		for {
 			sets := p.take(e.cfg.PushBatchBytes)
@@ -443,7 +459,9 @@ func (e *Engine) pushLoop(ctx context.Context, p *peer, c *conn) error {
 			if err := c.send(msgPush, encodeSets(sets)); err != nil {
 				return err
 			}
+			last = time.Now()
 			e.metrics.pushed.Add(float64(len(sets)))
+			e.metrics.pushFrames.Inc()
 		}
 	}
 }

@@ -874,3 +874,36 @@ func TestDialHook(t *testing.T) {
 		t.Fatal("the streams were not dialled through Config.Dial")
 	}
 }
+
+// A busy stream sends what accumulated in one Push frame per
+// PushInterval rather than a frame per commit, and every commit still
+// arrives.
+func TestPushCoalescesUnderLoad(t *testing.T) {
+	_, nodes := threeNodes(t, func(c *Config) { c.PushInterval = time.Second })
+	a := nodes[0]
+	waitUntil(t, "a's streams up", func() bool {
+		up := 0
+		for _, s := range a.eng.Status() {
+			if s.Connected {
+				up++
+			}
+		}
+		return up == 2
+	})
+	frames0, sets0 := testutil.ToFloat64(a.eng.metrics.pushFrames), testutil.ToFloat64(a.eng.metrics.pushed)
+	const commits = 20
+	for i := range commits {
+		a.store.write(map[string]*string{fmt.Sprintf("busy-%d", i): str("round_robin")})
+		// Slower than PushDelay, so without the interval each commit
+		// would go in a frame of its own.
+		time.Sleep(3 * time.Millisecond)
+	}
+	waitConverged(t, nodes...)
+	waitUntil(t, "every commit pushed to both peers", func() bool {
+		return testutil.ToFloat64(a.eng.metrics.pushed)-sets0 >= 2*commits
+	})
+	frames := testutil.ToFloat64(a.eng.metrics.pushFrames) - frames0
+	if frames > 2*commits/4 {
+		t.Fatalf("%d commits went to 2 peers in %.0f push frames; want them coalesced (at most %d)", commits, frames, 2*commits/4)
+	}
+}

@@ -122,6 +122,9 @@ type agent struct {
 	env     []string
 	args    []string
 	netns   string // run inside this network namespace ("" = the test's)
+	// startLimit bounds how long start waits for an answer (default a
+	// minute; a store of a million rows takes longer to open).
+	startLimit time.Duration
 
 	cmd    *exec.Cmd
 	log    *syncBuffer
@@ -137,6 +140,8 @@ type agentConfig struct {
 	args      []string
 	env       []string
 	netns     string
+	// startLimit: see agent.startLimit.
+	startLimit time.Duration
 }
 
 func startAgent(t *testing.T, c agentConfig) *agent {
@@ -152,6 +157,7 @@ func startAgent(t *testing.T, c agentConfig) *agent {
 	if len(c.join) > 0 {
 		a.args = append(a.args, "--join", strings.Join(c.join, ","))
 	}
+	a.startLimit = c.startLimit
 	a.start()
 	t.Cleanup(a.stop)
 	return a
@@ -163,7 +169,11 @@ func (a *agent) start() {
 	a.t.Helper()
 	a.startNoWait()
 	exited := a.exited
-	waitFor(a.t, "agent "+a.name+" to answer", func() bool {
+	limit := a.startLimit
+	if limit == 0 {
+		limit = time.Minute
+	}
+	waitForWithin(a.t, "agent "+a.name+" to answer", limit, func() bool {
 		select {
 		case <-exited:
 			a.t.Fatalf("agent %s exited early:\n%s", a.name, a.log.String())
@@ -338,7 +348,12 @@ func (a *agent) metric(name string, labels ...string) float64 {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	waitForWithin(t, what, time.Minute, cond)
+}
+
+func waitForWithin(t *testing.T, what string, limit time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
 		if cond() {
 			return

@@ -226,6 +226,9 @@ func loadState(t *testing.T, dataDir string, env []string, pools, perPool int) {
 func startLoadedCluster(t *testing.T, n int, addrs []string, pools, perPool int) []*agent {
 	t.Helper()
 	return startClusterWith(t, n, addrs, nil, func(i int, c *agentConfig) {
+		// A million rows take minutes to open on m1 and to bootstrap on
+		// the others.
+		c.startLimit = 15 * time.Minute
 		if i == 0 {
 			c.dataDir = t.TempDir()
 			start := time.Now()
