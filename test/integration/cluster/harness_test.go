@@ -158,8 +158,9 @@ func startAgent(t *testing.T, c agentConfig) *agent {
 		a.args = append(a.args, "--join", strings.Join(c.join, ","))
 	}
 	a.startLimit = c.startLimit
-	a.start()
+	// Before start: an agent that does not answer in time is stopped too.
 	t.Cleanup(a.stop)
+	a.start()
 	return a
 }
 
