@@ -164,6 +164,9 @@ func startAgent(t *testing.T, c agentConfig) *agent {
 	return a
 }
 
+// logDirEnv names a directory that receives a copy of every agent's log.
+const logDirEnv = "EDGE_IT_LOG_DIR"
+
 func (a *agent) addr(port int) string { return net.JoinHostPort(a.ip, strconv.Itoa(port)) }
 
 func (a *agent) start() {
@@ -205,6 +208,17 @@ func (a *agent) startNoWait() {
 	a.cmd.Env = a.env
 	a.log = &syncBuffer{}
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
+	if dir := os.Getenv(logDirEnv); dir != "" {
+		// A copy of the log to read while the test runs (a long scenario).
+		f, err := os.OpenFile(filepath.Join(dir, strings.ReplaceAll(a.t.Name(), "/", "_")+"-"+a.name+".log"),
+			os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			a.t.Fatal(err)
+		}
+		a.t.Cleanup(func() { f.Close() })
+		w := io.MultiWriter(a.log, f)
+		a.cmd.Stdout, a.cmd.Stderr = w, w
+	}
 	if err := a.cmd.Start(); err != nil {
 		a.t.Fatal(err)
 	}
