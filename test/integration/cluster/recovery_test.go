@@ -206,7 +206,14 @@ func loadState(t *testing.T, dataDir string, env []string, pools, perPool int) {
 			InsertedAt:          now, UpdatedAt: now})
 		for b := range perPool {
 			id := fmt.Sprintf("p%04d-b%05d", p, b)
-			line(storage.TableBackends, id, storage.Backend{ID: id, PoolName: name, Host: "127.0.0.1", Port: 9,
+			// One address per backend, as the API requires within a pool
+			// (and as a real fleet has): loopback, so a check is refused
+			// at once. All of them on one address made the health
+			// scheduler's start quadratic (one target, a million
+			// subscribers), which no real configuration is.
+			n := p*perPool + b
+			host := fmt.Sprintf("127.%d.%d.%d", 1+n>>16&0xff, n>>8&0xff, n&0xff)
+			line(storage.TableBackends, id, storage.Backend{ID: id, PoolName: name, Host: host, Port: 9,
 				Scheme: "http", Weight: 1, Region: "local", InsertedAt: now, UpdatedAt: now})
 		}
 	}
