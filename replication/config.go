@@ -46,10 +46,12 @@ type Config struct {
 	PushBatchBytes int
 	PushDelay      time.Duration
 	PeerQueueBytes int
-	// PushInterval is the least time between two Push frames to one peer:
-	// an idle stream sends a commit at once (after PushDelay), a busy one
-	// sends what accumulated meanwhile in one frame, which the peer
-	// applies in one commit. 0 sends a frame per wake-up.
+	// PushInterval bounds how long commits wait for the ack of the
+	// previous Push frame to one peer: a stream with no frame
+	// unacknowledged sends a commit at once (after PushDelay); while one
+	// is, commits accumulate until its ack or PushInterval after it was
+	// sent, and go in one frame, which the peer applies in one commit.
+	// 0 sends a frame per wake-up.
 	PushInterval time.Duration
 	// SyncInterval is the period of anti-entropy with each peer (jittered
 	// ±25 %); a sync also runs on every (re)connection and on a gap.
