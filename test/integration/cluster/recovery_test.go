@@ -280,7 +280,14 @@ func (a *agent) dumpFile() string {
 }
 
 // sameLargeDumps stops every agent and compares their dumps line by line
-// through files; it returns the number of rows.
+// through files; it returns the number of rows compared.
+//
+// Observation rows are left out: with a million backends, each on its own
+// address, every agent checks about 280 of them a second (a one-hour
+// interval) and persists its view every 5 s and once more as it stops, so
+// the last views of an agent written while the others stop differ between
+// stopped stores. Their replication is what TestObservationsPerRegion
+// checks; every configuration table is compared here.
 func sameLargeDumps(t *testing.T, agents []*agent) int {
 	t.Helper()
 	for _, a := range agents {
@@ -312,7 +319,7 @@ func compareFiles(a, b string) (int, string) {
 		return 0, err.Error()
 	}
 	defer fb.Close()
-	sa, sb := bufio.NewScanner(fa), bufio.NewScanner(fb)
+	sa, sb := &skipScanner{bufio.NewScanner(fa)}, &skipScanner{bufio.NewScanner(fb)}
 	sa.Buffer(make([]byte, 1<<16), 64<<20)
 	sb.Buffer(make([]byte, 1<<16), 64<<20)
 	for n := 1; ; n++ {
@@ -326,6 +333,20 @@ func compareFiles(a, b string) (int, string) {
 			return n, fmt.Sprintf("line %d:\n%s\n%s", n, sa.Text(), sb.Text())
 		}
 	}
+}
+
+// skipScanner scans a dump's lines, leaving out observation rows.
+type skipScanner struct{ *bufio.Scanner }
+
+var observationLine = []byte(`{"table":"observations",`)
+
+func (s *skipScanner) Scan() bool {
+	for s.Scanner.Scan() {
+		if !bytes.HasPrefix(s.Bytes(), observationLine) {
+			return true
+		}
+	}
+	return false
 }
 
 // dumpRow is one line of a dump.
