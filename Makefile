@@ -107,10 +107,11 @@ bench-cluster: build
 	$(GO) run ./scripts/benchcluster -bin $(BIN) -rate $(CLUSTER_RATE) -duration $(CLUSTER_DURATION)
 
 # Membership and replication across injected one-way delays between two
-# regions of two nodes, the fly preset beside the local one: suspicions,
-# deaths and propagation p50/p99 (WAN_DURATION per case and delay).
+# regions (3 and 2 nodes), the fly preset beside the local one: suspicions,
+# deaths, propagation p50/p99 to the last of 5 nodes and replication bytes per
+# write (WAN_DURATION per case and delay; 0s: no added delay).
 WAN_DURATION ?= 3m
-WAN_DELAYS ?= 80ms,150ms
+WAN_DELAYS ?= 0s,80ms,150ms
 bench-wan: deps
 	EDGE_WAN_DURATION=$(WAN_DURATION) EDGE_WAN_DELAYS=$(WAN_DELAYS) $(GO) test -count=1 -timeout 60m -run '^$$' -bench PresetsAcrossRegions -benchtime 1x -v ./test/integration/wan/
 

@@ -54,9 +54,13 @@ func (e *Engine) bootstrap(ctx context.Context) error {
 			return ready[i].RTTMS < ready[j].RTTMS
 		})
 		for _, m := range ready {
-			err := e.snapshotFrom(ctx, m)
+			st, err := e.snapshotFrom(ctx, m)
 			if err == nil {
-				e.log.Info("bootstrapped from peer", zap.String("peer", m.Name), zap.Duration("took", e.cfg.Now().Sub(start)))
+				e.log.Info("bootstrapped from peer", zap.String("peer", m.Name), zap.Duration("took", e.cfg.Now().Sub(start)),
+					zap.Int("rows", st.Rows), zap.Int64("bytes", st.Bytes),
+					zap.Duration("ingest", st.ingest), zap.Duration("catch_up", st.catchUp),
+					zap.Float64("rows_per_second", perSecond(float64(st.Rows), st.ingest)),
+					zap.Float64("mb_per_second", perSecond(float64(st.Bytes)/1e6, st.ingest)))
 				return e.markReady(ctx)
 			}
 			if ctx.Err() != nil {
@@ -106,41 +110,61 @@ func (e *Engine) markReady(ctx context.Context) error {
 	return nil
 }
 
+// bootstrapStats is one bootstrap's figures for its log line.
+type bootstrapStats struct {
+	SnapshotStats
+	ingest, catchUp time.Duration
+}
+
+func perSecond(n float64, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return n / d.Seconds()
+}
+
 // snapshotFrom streams a snapshot from m into the store, then runs one
 // catch-up round over the same stream for what was written meanwhile.
-func (e *Engine) snapshotFrom(ctx context.Context, m cluster.Member) error {
+func (e *Engine) snapshotFrom(ctx context.Context, m cluster.Member) (bootstrapStats, error) {
+	var st bootstrapStats
 	p := e.peerFor(m.ID, m.Name)
 	c, err := e.dial(ctx, m.Addresses[cluster.AddrReplication], p)
 	if err != nil {
-		return err
+		return st, err
 	}
 	defer c.close()
 	if err := c.send(msgSnapshotRequest, nil); err != nil {
-		return err
+		return st, err
 	}
 	idle := 2 * e.cfg.HandshakeTimeout
+	t0 := e.cfg.Now()
 	f, err := c.recv(idle)
 	if err != nil {
-		return err
+		return st, err
 	}
 	switch f.typ {
 	case msgReject:
 		r, _ := decodeReject(f.payload)
-		return &RejectError{Code: r.Code, Reason: r.Reason}
+		return st, &RejectError{Code: r.Code, Reason: r.Reason}
 	case msgSnapshotHeader:
 	default:
-		return fmt.Errorf("%w: %s instead of a snapshot header", ErrBadFrame, f.typ)
+		return st, fmt.Errorf("%w: %s instead of a snapshot header", ErrBadFrame, f.typ)
 	}
 	r := &chunkReader{c: c, idle: idle, m: e.metrics}
-	if err := e.store.Ingest(ctx, r); err != nil {
-		return fmt.Errorf("ingesting the snapshot of %s: %w", m.Name, err)
+	st.SnapshotStats, err = e.store.Ingest(ctx, r)
+	if err != nil {
+		return st, fmt.Errorf("ingesting the snapshot of %s: %w", m.Name, err)
 	}
 	e.setClusterID(e.store.ClusterID())
 	// The store stops at its own end marker; the engine's end frame
 	// follows it.
 	if n, err := io.Copy(io.Discard, r); err != nil || n != 0 {
-		return fmt.Errorf("%w: snapshot of %s: %d bytes after the store's end, %v", ErrBadFrame, m.Name, n, err)
+		return st, fmt.Errorf("%w: snapshot of %s: %d bytes after the store's end, %v", ErrBadFrame, m.Name, n, err)
 	}
+	t1 := e.cfg.Now()
+	st.ingest = t1.Sub(t0)
 	next := func() (frame, error) { return c.recv(idle) }
-	return e.catchUp(ctx, p, c, next)
+	err = e.catchUp(ctx, p, c, next)
+	st.catchUp = e.cfg.Now().Sub(t1)
+	return st, err
 }

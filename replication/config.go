@@ -46,6 +46,13 @@ type Config struct {
 	PushBatchBytes int
 	PushDelay      time.Duration
 	PeerQueueBytes int
+	// PushInterval bounds how long commits wait for the ack of the
+	// previous Push frame to one peer: a stream with no frame
+	// unacknowledged sends a commit at once (after PushDelay); while one
+	// is, commits accumulate until its ack or PushInterval after it was
+	// sent, and go in one frame, which the peer applies in one commit.
+	// 0 sends a frame per wake-up.
+	PushInterval time.Duration
 	// SyncInterval is the period of anti-entropy with each peer (jittered
 	// ±25 %); a sync also runs on every (re)connection and on a gap.
 	SyncInterval     time.Duration
@@ -80,6 +87,7 @@ func DefaultConfig() Config {
 		MaxFrameSize:        DefaultMaxFrameSize,
 		PushBatchBytes:      64 << 10,
 		PushDelay:           2 * time.Millisecond,
+		PushInterval:        10 * time.Millisecond,
 		PeerQueueBytes:      4 << 20,
 		SyncInterval:        2 * time.Second,
 		SyncChunkBytes:      256 << 10,
@@ -105,6 +113,9 @@ func (c *Config) validate() error {
 	if c.MaxFrameSize < 1<<16 || c.PushBatchBytes <= 0 || c.PushBatchBytes > c.MaxFrameSize/2 ||
 		c.SyncChunkBytes <= 0 || c.SyncChunkBytes > c.MaxFrameSize/2 || c.PeerQueueBytes < c.PushBatchBytes {
 		errs = append(errs, errors.New("frame, batch, chunk and queue sizes are inconsistent"))
+	}
+	if c.PushDelay < 0 || c.PushInterval < 0 {
+		errs = append(errs, errors.New("push delay and interval must not be negative"))
 	}
 	if c.SyncInterval <= 0 || c.HandshakeTimeout <= 0 || c.WriteTimeout <= 0 || c.DialBackoffMax <= 0 ||
 		c.PurgeInterval <= 0 || c.EvictAfter <= 0 || c.BootstrapAloneAfter <= 0 {

@@ -874,3 +874,41 @@ func TestDialHook(t *testing.T) {
 		t.Fatal("the streams were not dialled through Config.Dial")
 	}
 }
+
+// A stream to a busy peer (its applies are slow, so acks come late) sends
+// what accumulated while a frame was unacknowledged in one Push frame,
+// rather than a frame per commit, and every commit still arrives.
+func TestPushCoalescesUnderLoad(t *testing.T) {
+	_, nodes := threeNodes(t, func(c *Config) { c.PushInterval = time.Second })
+	a := nodes[0]
+	waitUntil(t, "a's streams up", func() bool {
+		up := 0
+		for _, s := range a.eng.Status() {
+			if s.Connected {
+				up++
+			}
+		}
+		return up == 2
+	})
+	for _, n := range nodes[1:] {
+		n.store.mu.Lock()
+		n.store.applyGate = func() error { time.Sleep(50 * time.Millisecond); return nil }
+		n.store.mu.Unlock()
+	}
+	frames0, sets0 := testutil.ToFloat64(a.eng.metrics.pushFrames), testutil.ToFloat64(a.eng.metrics.pushed)
+	const commits = 20
+	for i := range commits {
+		a.store.write(map[string]*string{fmt.Sprintf("busy-%d", i): str("round_robin")})
+		// Slower than PushDelay, so without the window each commit
+		// would go in a frame of its own.
+		time.Sleep(3 * time.Millisecond)
+	}
+	waitConverged(t, nodes...)
+	waitUntil(t, "every commit pushed to both peers", func() bool {
+		return testutil.ToFloat64(a.eng.metrics.pushed)-sets0 >= 2*commits
+	})
+	frames := testutil.ToFloat64(a.eng.metrics.pushFrames) - frames0
+	if frames > 2*commits/4 {
+		t.Fatalf("%d commits went to 2 busy peers in %.0f push frames; want them coalesced (at most %d)", commits, frames, 2*commits/4)
+	}
+}

@@ -9,6 +9,7 @@ import (
 type metrics struct {
 	handshakes        *prometheus.CounterVec
 	pushed            prometheus.Counter
+	pushFrames        prometheus.Counter
 	pushDropped       prometheus.Counter
 	applied           *prometheus.CounterVec
 	syncRounds        prometheus.Counter
@@ -25,6 +26,9 @@ func newMetrics(reg prometheus.Registerer, e *Engine) *metrics {
 			Name: "edge_replication_rejected_streams_total",
 			Help: "Replication streams refused, by reason: tls (no valid key: the frames are never read), cluster_id, protocol, other.",
 		}, []string{"reason"}),
+		pushFrames: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edge_replication_push_frames_total", Help: "Push frames sent to peers; pushed sets ÷ frames is the coalescing under load.",
+		}),
 		pushed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "edge_replication_pushed_sets_total", Help: "Local change sets sent to peers (one per peer).",
 		}),
@@ -57,7 +61,7 @@ func newMetrics(reg prometheus.Registerer, e *Engine) *metrics {
 		m.handshakes.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.handshakes, m.pushed, m.pushDropped, m.applied, m.syncRounds, m.tooStale,
+		reg.MustRegister(m.handshakes, m.pushed, m.pushFrames, m.pushDropped, m.applied, m.syncRounds, m.tooStale,
 			m.snapshotBytes, m.bootstrapFailures, m.purged, m.ready, &peerCollector{e: e})
 	}
 	return m

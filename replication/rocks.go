@@ -228,19 +228,20 @@ func (r *RocksStore) MarkReady(ctx context.Context) error {
 }
 
 // Snapshot implements Store.
-func (r *RocksStore) Snapshot(ctx context.Context, w io.Writer) error {
-	_, err := r.s.Snapshot(ctx, w)
-	return mapErr(err)
+func (r *RocksStore) Snapshot(ctx context.Context, w io.Writer) (SnapshotStats, error) {
+	info, err := r.s.Snapshot(ctx, w)
+	return SnapshotStats{Rows: info.Rows, Bytes: info.Bytes}, mapErr(err)
 }
 
 // Ingest implements Store. Once the rows are in, catch-up applies are
 // accepted (the store stays not ready until MarkReady).
-func (r *RocksStore) Ingest(ctx context.Context, rd io.Reader) error {
-	if _, err := r.s.Ingest(ctx, rd); err != nil {
-		return mapErr(err)
+func (r *RocksStore) Ingest(ctx context.Context, rd io.Reader) (SnapshotStats, error) {
+	info, err := r.s.Ingest(ctx, rd)
+	if err != nil {
+		return SnapshotStats{}, mapErr(err)
 	}
 	r.awaiting.Store(false)
-	return nil
+	return SnapshotStats{Rows: info.Rows, Bytes: info.Bytes}, nil
 }
 
 // Purge implements Store. The store raises its purge horizon (the lowest

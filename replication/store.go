@@ -58,6 +58,13 @@ type Feed interface {
 	Err() error
 }
 
+// SnapshotStats is what a snapshot carried: rows (tombstones included)
+// and the bytes of the store's stream.
+type SnapshotStats struct {
+	Rows  int
+	Bytes int64
+}
+
 // PurgeResult reports a tombstone purge.
 type PurgeResult struct {
 	Purged int
@@ -101,8 +108,10 @@ type Store interface {
 	// this store from one (rows keep their original versions, the
 	// bookkeeping is adopted, nothing is originated); the store is still
 	// not ready until MarkReady, after one catch-up round.
-	Snapshot(ctx context.Context, w io.Writer) error
-	Ingest(ctx context.Context, r io.Reader) error
+	// Both report what went through, for the bootstrap's log line and
+	// figures.
+	Snapshot(ctx context.Context, w io.Writer) (SnapshotStats, error)
+	Ingest(ctx context.Context, r io.Reader) (SnapshotStats, error)
 
 	// Purge removes tombstones every listed member has seen: watermarks
 	// maps member node id → origin → contiguous watermark. Members absent

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+
+	"github.com/linxGnu/grocksdb"
 )
 
 // The feed column family maps every commit index (big-endian) to the
@@ -60,16 +62,91 @@ func (s *Store) readFeed(after uint64, max int) ([]Event, error) {
 		if err != nil || len(it.Value().Data()) == 0 {
 			return nil, corruptError(cfFeed, fmt.Errorf("entry %d: %v", index, err))
 		}
-		cs, err := s.materialize(ro, origin, seq)
+		ev, err := s.feedEvent(ro, index, origin, seq)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, Event{Index: index, Set: cs.withKeys(s.keys)})
+		out = append(out, ev)
 	}
 	if err := it.Err(); err != nil {
 		return nil, readError(cfFeed, err)
 	}
 	return out, nil
+}
+
+// Every subscriber (routing table, certificate cache, replication, ...)
+// reads every event, and materializing one (a change-log seek and a
+// MultiGet of its rows) was most of the feed's CPU: with five subscribers
+// each commit was read five times. feedCache keeps the events read last,
+// so a commit is materialized once and the others share it. Events are
+// read-only for subscribers. An event materialized from an earlier
+// snapshot may hold a row a later commit has overwritten since; that is
+// what a subscriber reading at that moment would have got, and the later
+// commit's event follows it, so applying events in order still ends at
+// the latest state.
+const (
+	feedCacheSlots    = 512
+	feedCacheMaxBytes = 32 << 10 // larger sets are shared only while being read
+)
+
+type feedCache struct {
+	mu    sync.Mutex
+	slots [feedCacheSlots]*feedSlot
+	// materialized counts change-log reads, for tests.
+	materialized atomic.Uint64
+}
+
+// feedSlot is one event, filled by the subscriber that claimed it; the
+// others wait for it rather than read it again.
+type feedSlot struct {
+	index  uint64
+	origin string // with seq: a feed rebuilt under the same indexes (repair) never matches an old slot
+	seq    uint64
+	done   chan struct{} // closed once ev or err is set
+	ev     Event
+	err    error
+}
+
+// feedEvent returns the event at index, materializing it from ro unless
+// another subscriber has (or is).
+func (s *Store) feedEvent(ro *grocksdb.ReadOptions, index uint64, origin string, seq uint64) (Event, error) {
+	c := &s.feedCache
+	c.mu.Lock()
+	i := index % feedCacheSlots
+	slot := c.slots[i]
+	owner := slot == nil || slot.index != index || slot.origin != origin || slot.seq != seq
+	if owner {
+		slot = &feedSlot{index: index, origin: origin, seq: seq, done: make(chan struct{})}
+		c.slots[i] = slot
+	}
+	c.mu.Unlock()
+	if !owner {
+		<-slot.done
+		if slot.err == nil {
+			return slot.ev, nil
+		}
+		// The reader that claimed it failed: read it ourselves.
+		return s.materializeEvent(ro, index, origin, seq)
+	}
+	slot.ev, slot.err = s.materializeEvent(ro, index, origin, seq)
+	close(slot.done)
+	if slot.err != nil || slot.ev.Set.size() > feedCacheMaxBytes {
+		c.mu.Lock()
+		if c.slots[i] == slot {
+			c.slots[i] = nil
+		}
+		c.mu.Unlock()
+	}
+	return slot.ev, slot.err
+}
+
+func (s *Store) materializeEvent(ro *grocksdb.ReadOptions, index uint64, origin string, seq uint64) (Event, error) {
+	s.feedCache.materialized.Add(1)
+	cs, err := s.materialize(ro, origin, seq)
+	if err != nil {
+		return Event{}, err
+	}
+	return Event{Index: index, Set: cs.withKeys(s.keys)}, nil
 }
 
 // decodeFeedValue returns the change set a feed entry refers to.

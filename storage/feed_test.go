@@ -247,3 +247,40 @@ func TestNewSubscription(t *testing.T) {
 type fakeFeed struct{ sub *Subscription }
 
 func (f fakeFeed) Subscribe(context.Context, uint64) *Subscription { return f.sub }
+
+// Subscribers of the same commits share one read of each: five
+// subscribers (the agent runs as many) over 200 commits materialize 200
+// events, not 1,000, and every subscriber still gets every event with its
+// rows.
+func TestFeedSubscribersShareReads(t *testing.T) {
+	s := openStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const subscribers, commits = 5, 200
+	start := s.LastIndex()
+	var subs []*Subscription
+	for range subscribers {
+		subs = append(subs, s.Subscribe(ctx, start))
+	}
+	before := s.feedCache.materialized.Load()
+	for i := range commits {
+		mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool(fmt.Sprint("shared", i))) })
+	}
+	var wg sync.WaitGroup
+	for i, sub := range subs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j, ev := range collect(t, sub, start, commits, i == 0) {
+				if len(ev.Set.Changes) != 1 || ev.Set.Changes[0].Key != fmt.Sprint("shared", j) {
+					t.Errorf("subscriber %d, event %d: %+v", i, ev.Index, ev.Set.Changes)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if got := s.feedCache.materialized.Load() - before; got != commits {
+		t.Fatalf("%d subscribers read %d commits with %d change-log reads, want %d", subscribers, commits, got, commits)
+	}
+}

@@ -122,6 +122,9 @@ type agent struct {
 	env     []string
 	args    []string
 	netns   string // run inside this network namespace ("" = the test's)
+	// startLimit bounds how long start waits for an answer (default a
+	// minute; a store of a million rows takes longer to open).
+	startLimit time.Duration
 
 	cmd    *exec.Cmd
 	log    *syncBuffer
@@ -137,6 +140,8 @@ type agentConfig struct {
 	args      []string
 	env       []string
 	netns     string
+	// startLimit: see agent.startLimit.
+	startLimit time.Duration
 }
 
 func startAgent(t *testing.T, c agentConfig) *agent {
@@ -152,10 +157,15 @@ func startAgent(t *testing.T, c agentConfig) *agent {
 	if len(c.join) > 0 {
 		a.args = append(a.args, "--join", strings.Join(c.join, ","))
 	}
-	a.start()
+	a.startLimit = c.startLimit
+	// Before start: an agent that does not answer in time is stopped too.
 	t.Cleanup(a.stop)
+	a.start()
 	return a
 }
+
+// logDirEnv names a directory that receives a copy of every agent's log.
+const logDirEnv = "EDGE_IT_LOG_DIR"
 
 func (a *agent) addr(port int) string { return net.JoinHostPort(a.ip, strconv.Itoa(port)) }
 
@@ -163,7 +173,11 @@ func (a *agent) start() {
 	a.t.Helper()
 	a.startNoWait()
 	exited := a.exited
-	waitFor(a.t, "agent "+a.name+" to answer", func() bool {
+	limit := a.startLimit
+	if limit == 0 {
+		limit = time.Minute
+	}
+	waitForWithin(a.t, "agent "+a.name+" to answer", limit, func() bool {
 		select {
 		case <-exited:
 			a.t.Fatalf("agent %s exited early:\n%s", a.name, a.log.String())
@@ -194,6 +208,17 @@ func (a *agent) startNoWait() {
 	a.cmd.Env = a.env
 	a.log = &syncBuffer{}
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
+	if dir := os.Getenv(logDirEnv); dir != "" {
+		// A copy of the log to read while the test runs (a long scenario).
+		f, err := os.OpenFile(filepath.Join(dir, strings.ReplaceAll(a.t.Name(), "/", "_")+"-"+a.name+".log"),
+			os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			a.t.Fatal(err)
+		}
+		a.t.Cleanup(func() { f.Close() })
+		w := io.MultiWriter(a.log, f)
+		a.cmd.Stdout, a.cmd.Stderr = w, w
+	}
 	if err := a.cmd.Start(); err != nil {
 		a.t.Fatal(err)
 	}
@@ -338,7 +363,12 @@ func (a *agent) metric(name string, labels ...string) float64 {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	waitForWithin(t, what, time.Minute, cond)
+}
+
+func waitForWithin(t *testing.T, what string, limit time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
 		if cond() {
 			return

@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -60,6 +61,9 @@ type lab struct {
 	mu      sync.Mutex
 	regions map[string]string // host:port (gossip and replication) → region
 	nodes   []*node
+	// wire counts the TCP payload bytes (TLS records included) of every
+	// replication stream, both ways: every stream is some node's dial.
+	wire atomic.Int64
 }
 
 func (l *lab) regionOf(addr string) string {
@@ -156,10 +160,11 @@ func (l *lab) start(name, region string, seeds []string) *node {
 	rcfg.Logger = log.Named("replication")
 	rcfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var d net.Dialer
-		c, err := d.DialContext(ctx, network, addr)
+		raw, err := d.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
+		c := net.Conn(&countingConn{Conn: raw, n: &l.wire})
 		if dl := delay(addr); dl > 0 {
 			return newDelayConn(c, dl), nil
 		}
@@ -268,6 +273,24 @@ func pctF(fs []float64, q float64) float64 {
 	return s[min(len(s)-1, int(float64(len(s))*q))]
 }
 
+// countingConn adds the bytes read and written to n.
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	k, err := c.Conn.Read(p)
+	c.n.Add(int64(k))
+	return k, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	k, err := c.Conn.Write(p)
+	c.n.Add(int64(k))
+	return k, err
+}
+
 // result is what one case measured.
 type result struct {
 	suspectObs, deadObs int       // polls that saw a member suspect / dead
@@ -277,18 +300,32 @@ type result struct {
 	writes              int
 	lost                int // comparison cases: writes not on every node within 30 s
 	fallbacks           int // probes whose UDP ack missed the timeout but the TCP fallback ping answered
+	nodes               int
+	wireBytes           int64 // replication TCP bytes during the writes, all streams, both ways
+}
+
+// wirePerWrite is the replication bytes per write (pushes, acks and the
+// periodic bookkeeping exchange of every pair, TLS records included).
+func (r result) wirePerWrite() float64 {
+	if r.writes == 0 {
+		return 0
+	}
+	return float64(r.wireBytes) / float64(r.writes)
 }
 
 func (r result) String() string {
-	return fmt.Sprintf("writes %d, propagation to all p50 %s p99 %s max %s (goal p99 <= 2s); cross-region probe RTT p50 %.0f ms max %.0f ms; "+
+	return fmt.Sprintf("writes %d, propagation to the last of %d nodes p50 %s p99 %s max %s; replication wire bytes per write %.0f (%.0f per peer); cross-region probe RTT p50 %.0f ms max %.0f ms; "+
 		"suspect seen %d polls, dead seen %d polls, suspicion/failure log lines %d, writes not everywhere within 30 s %d, probes saved by the TCP fallback %d",
-		r.writes, r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.max.Round(time.Millisecond),
+		r.writes, r.nodes, r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.max.Round(time.Millisecond),
+		r.wirePerWrite(), r.wirePerWrite()/float64(max(1, r.nodes-1)),
 		pctF(r.crossRTT, 0.5), pctF(r.crossRTT, 1), r.suspectObs, r.deadObs, r.suspectLogs, r.lost, r.fallbacks)
 }
 
-// runCase starts 2 nodes per region in two regions, waits for them to be
+// runCase starts 5 nodes in two regions (3 and 2), waits for them to be
 // one cluster, then for watch writes 10 pools a second on random nodes
-// while sampling every node's view of the others every 50 ms.
+// while sampling every node's view of the others every 50 ms. A write's
+// propagation is the time from its commit to its apply on the last of the
+// other 4 nodes.
 //
 // A strict case fails on anything short of a stable cluster; a comparison
 // case (strict false) logs it instead, and counts writes that did not reach
@@ -301,9 +338,10 @@ func runCase(t testing.TB, preset string, delay, watch time.Duration, strict boo
 	seed := l.start("a1", "ams", nil)
 	waitReady(t, seed, 30*time.Second)
 	l.start("a2", "ams", []string{seed.gossip})
+	l.start("a3", "ams", []string{seed.gossip})
 	l.start("b1", "syd", []string{seed.gossip})
 	l.start("b2", "syd", []string{seed.gossip})
-	const total = 4
+	const total = 5
 	for _, n := range l.nodes {
 		waitReady(t, n, 60*time.Second)
 		waitUntil(t, strict, n.name+" sees every member alive", 60*time.Second, func() bool { return allAlive(n, total) })
@@ -361,6 +399,7 @@ func runCase(t testing.TB, preset string, delay, watch time.Duration, strict boo
 	}()
 
 	var lat []time.Duration
+	wire0 := l.wire.Load()
 	end := time.Now().Add(watch)
 	for i := 0; time.Now().Before(end); i++ {
 		j, _ := rand.Int(rand.Reader, big.NewInt(total))
@@ -390,6 +429,8 @@ func runCase(t testing.TB, preset string, delay, watch time.Duration, strict boo
 		}
 		time.Sleep(max(0, 100*time.Millisecond-time.Since(start)))
 	}
+	res.wireBytes = l.wire.Load() - wire0
+	res.nodes = total
 	close(stop)
 	wg.Wait()
 	for _, n := range l.nodes {
@@ -409,7 +450,7 @@ func runCase(t testing.TB, preset string, delay, watch time.Duration, strict boo
 		return res
 	}
 	// The delay was really there, on gossip and on the streams.
-	if rtt := pctF(res.crossRTT, 0.5); rtt < float64(2*delay/time.Millisecond) {
+	if rtt := pctF(res.crossRTT, 0.5); delay > 0 && rtt < float64(2*delay/time.Millisecond) {
 		t.Errorf("cross-region probe RTT p50 %.0f ms, below the injected %s each way", rtt, delay)
 	}
 	if res.p50 < delay {
@@ -442,8 +483,8 @@ func settings(t testing.TB) (time.Duration, []time.Duration) {
 		delays = nil
 		for _, s := range strings.Split(v, ",") {
 			d, err := time.ParseDuration(strings.TrimSpace(s))
-			if err != nil || d <= 0 {
-				t.Fatalf("%s=%q: want durations such as 80ms,150ms", delaysEnv, v)
+			if err != nil || d < 0 {
+				t.Fatalf("%s=%q: want durations such as 0s,80ms,150ms (0s: no added delay)", delaysEnv, v)
 			}
 			delays = append(delays, d)
 		}
@@ -462,7 +503,7 @@ func TestFlyPresetAcrossRegions(t *testing.T) {
 	for _, d := range delays {
 		t.Run(d.String(), func(t *testing.T) {
 			res := runCase(t, "fly", d, watch, true)
-			t.Logf("fly preset, %s one-way between 2 regions of 2 nodes, %s: %s", d, watch, res)
+			t.Logf("fly preset, %s one-way between 2 regions (3 and 2 nodes), %s: %s", d, watch, res)
 			if res.suspectObs+res.deadObs+res.suspectLogs > 0 {
 				t.Errorf("the fly preset suspected a member across %s: %s", d, res)
 			}
@@ -483,13 +524,14 @@ func BenchmarkPresetsAcrossRegions(b *testing.B) {
 			b.Run(preset+"/"+d.String(), func(b *testing.B) {
 				for range b.N {
 					res := runCase(b, preset, d, watch, false)
-					b.Logf("%s preset, %s one-way between 2 regions of 2 nodes, %s: %s", preset, d, watch, res)
+					b.Logf("%s preset, %s one-way between 2 regions (3 and 2 nodes), %s: %s", preset, d, watch, res)
 					b.ReportMetric(float64(res.p50.Milliseconds()), "p50-ms")
 					b.ReportMetric(float64(res.p99.Milliseconds()), "p99-ms")
 					b.ReportMetric(float64(res.suspectObs), "suspect-polls")
 					b.ReportMetric(float64(res.deadObs), "dead-polls")
 					b.ReportMetric(float64(res.lost), "lost-30s")
 					b.ReportMetric(float64(res.fallbacks), "tcp-fallback-probes")
+					b.ReportMetric(res.wirePerWrite(), "wire-B/write")
 				}
 			})
 		}
