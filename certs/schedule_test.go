@@ -64,24 +64,43 @@ func unreachableIssuer(t testing.TB, b *StoreBackend) *ACMEIssuer {
 	return iss
 }
 
-// A pass reads the due rows up to now and the certificates and states of
-// those alone, however many certificates are stored; only the
-// reconciliation walks the expiry index, and it gives a certificate
-// without a due row one.
-func TestSchedulerReadsOnlyDueCertificates(t *testing.T) {
+// countedScheduler is a manager over a real store that counts its reads,
+// with a clock the test moves (offset from start) and hourly
+// reconciliations.
+type countedScheduler struct {
+	s      *storage.Store
+	b      *StoreBackend
+	cs     *countingStore
+	m      *Manager
+	start  time.Time
+	offset *atomic.Int64
+}
+
+func newCountedScheduler(t *testing.T) countedScheduler {
+	t.Helper()
 	s := openStore(t)
 	b := NewStoreBackend(s, nil)
 	cs := &countingStore{StoreBackend: b}
-	var offset atomic.Int64
+	offset := new(atomic.Int64)
 	start := time.Now()
-	now := func() time.Time { return start.Add(time.Duration(offset.Load())) }
 	mcfg := DefaultManagerConfig()
-	mcfg.Now = now
+	mcfg.Now = func() time.Time { return start.Add(time.Duration(offset.Load())) }
 	mcfg.ReconcileInterval = time.Hour
 	m, err := NewManager(mcfg, []Issuer{unreachableIssuer(t, b)}, cs, b, oneMember("self"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return countedScheduler{s: s, b: b, cs: cs, m: m, start: start, offset: offset}
+}
+
+// A pass reads the due rows up to now and the certificates and states of
+// those alone, however many certificates are stored; only the
+// reconciliation walks the expiry index, and it gives a certificate
+// without a due row one.
+func TestSchedulerReadsOnlyDueCertificates(t *testing.T) {
+	sc := newCountedScheduler(t)
+	s, b, cs, m, start, offset := sc.s, sc.b, sc.cs, sc.m, sc.start, sc.offset
+	now := func() time.Time { return start.Add(time.Duration(offset.Load())) }
 	ctx := context.Background()
 	ca := newRoot(t, "Schedule Root")
 	key := newECKey(t)
@@ -268,19 +287,8 @@ func BenchmarkSchedulerPass(b *testing.B) {
 // hour: the next one skips those whose expiry did not change, and reads a
 // certificate again when its id holds a new one.
 func TestReconcileReadsUploadsOnce(t *testing.T) {
-	s := openStore(t)
-	b := NewStoreBackend(s, nil)
-	cs := &countingStore{StoreBackend: b}
-	var offset atomic.Int64
-	start := time.Now()
-	now := func() time.Time { return start.Add(time.Duration(offset.Load())) }
-	mcfg := DefaultManagerConfig()
-	mcfg.Now = now
-	mcfg.ReconcileInterval = time.Hour
-	m, err := NewManager(mcfg, []Issuer{unreachableIssuer(t, b)}, cs, b, oneMember("self"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	sc := newCountedScheduler(t)
+	s, cs, m, start, offset := sc.s, sc.cs, sc.m, sc.start, sc.offset
 	ctx := context.Background()
 	ca := newRoot(t, "Upload Root")
 	key := newECKey(t)
