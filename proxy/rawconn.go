@@ -174,6 +174,11 @@ func (c *rawTCPConn) doWriteRead(fd uintptr) bool {
 // after a Write finds the socket empty, pays a recv that returns EAGAIN,
 // then parks; request/response exchanges paid that once per request.
 //
+// The reset also forgets readiness signalled before the call: data or a
+// FIN that arrived earlier is noticed only with the next event on the
+// socket (the answer, a reset, the read deadline). Callers check first:
+// a pooled connection is peeked with socketEmpty just before its reuse.
+//
 // When the socket cannot take all of w without waiting, wn bytes went
 // out, nothing was read, and full is true: the caller finishes with
 // Write (and its write deadline) and Read. Only the read deadline
