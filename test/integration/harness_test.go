@@ -219,12 +219,40 @@ func (a *agentProc) api(token, method, path string, body any, out any) int {
 // freeAddr returns a loopback address with a port that was free a moment ago.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return handedOut.freeAddr(t)
+}
+
+// handedOut remembers every port freeAddr gave out in this test binary.
+// The kernel may hand a port that was just closed to the next bind(0), so
+// without it two listeners of one agent (or of two parallel tests) could
+// get the same port: the agent then failed to start with "address
+// already in use". Test-binary state, shared on purpose.
+var handedOut = &portSet{ports: map[string]bool{}}
+
+type portSet struct {
+	mu    sync.Mutex
+	ports map[string]bool
+}
+
+func (p *portSet) freeAddr(t *testing.T) string {
+	t.Helper()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		_ = ln.Close()
+		p.mu.Lock()
+		fresh := !p.ports[addr]
+		p.ports[addr] = true
+		p.mu.Unlock()
+		if fresh {
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no loopback port left that was not handed out before")
+	return ""
 }
 
 // waitFor polls cond until it holds or the timeout passes.
