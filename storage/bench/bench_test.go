@@ -708,34 +708,7 @@ func BenchmarkIndexRead(b *testing.B) {
 	for i := range pools {
 		pools[i] = poolName(rng.IntN(numPools))
 	}
-	count := func(pool string, n int, err error) error {
-		if err == nil && n != backendsPerPool {
-			err = fmt.Errorf("pool %s: %d backends, want %d", pool, n, backendsPerPool)
-		}
-		return err
-	}
-	storeList := func(pools []string) func() error {
-		return func() error {
-			for _, p := range pools {
-				bs, err := st.ListBackendsByPool(ctx, p, "", 0)
-				if err := count(p, len(bs), err); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-	}
-	rawList := func(db *rawDB, read func(*rawDB, string) (int, error), pools []string) func() error {
-		return func() error {
-			for _, p := range pools {
-				n, err := read(db, p)
-				if err := count(p, n, err); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-	}
+	storeList := func(pools []string) func() error { return storePoolLists(ctx, st, pools) }
 	var warm, sm, rm, cm meter
 	if err := rotate(0, section{&warm, 0, storeList(pools[:size])}, section{&warm, 0, rawList(raw, rawIndexRead, pools[:size])},
 		section{&warm, 0, rawList(clustered, rawClusteredRead, pools[:size])}); err != nil {
@@ -758,6 +731,40 @@ func BenchmarkIndexRead(b *testing.B) {
 	shared.summary.compare("ListBackendsByPool (anchor: rows clustered by pool, one scan)", &sm, &cm, "pools/s", "")
 }
 
+// countBackends checks that a pool listing returned the whole pool.
+func countBackends(pool string, n int, err error) error {
+	if err == nil && n != backendsPerPool {
+		err = fmt.Errorf("pool %s: %d backends, want %d", pool, n, backendsPerPool)
+	}
+	return err
+}
+
+// storePoolLists lists the backends of each pool through the store.
+func storePoolLists(ctx context.Context, st *storage.Store, pools []string) func() error {
+	return func() error {
+		for _, p := range pools {
+			bs, err := st.ListBackendsByPool(ctx, p, "", 0)
+			if err := countBackends(p, len(bs), err); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// rawList lists the backends of each pool in raw RocksDB with read.
+func rawList(db *rawDB, read func(*rawDB, string) (int, error), pools []string) func() error {
+	return func() error {
+		for _, p := range pools {
+			n, err := read(db, p)
+			if err := countBackends(p, n, err); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
 // BenchmarkIndexReadHot: ListBackendsByPool over a hot set of 20 pools
 // (20,000 backends), each read once before measuring, against the same
 // index scan plus a Get per row and the clustered scan in raw RocksDB:
@@ -776,34 +783,7 @@ func BenchmarkIndexReadHot(b *testing.B) {
 	for i := range pools {
 		pools[i] = set[rng.IntN(hot)]
 	}
-	count := func(pool string, n int, err error) error {
-		if err == nil && n != backendsPerPool {
-			err = fmt.Errorf("pool %s: %d backends, want %d", pool, n, backendsPerPool)
-		}
-		return err
-	}
-	storeList := func(pools []string) func() error {
-		return func() error {
-			for _, p := range pools {
-				bs, err := st.ListBackendsByPool(ctx, p, "", 0)
-				if err := count(p, len(bs), err); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-	}
-	rawList := func(db *rawDB, read func(*rawDB, string) (int, error), pools []string) func() error {
-		return func() error {
-			for _, p := range pools {
-				n, err := read(db, p)
-				if err := count(p, n, err); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-	}
+	storeList := func(pools []string) func() error { return storePoolLists(ctx, st, pools) }
 	var warm, sm, rm, cm meter
 	if err := rotate(0, section{&warm, 0, storeList(set)}, section{&warm, 0, rawList(raw, rawIndexRead, set)},
 		section{&warm, 0, rawList(clustered, rawClusteredRead, set)}); err != nil {
