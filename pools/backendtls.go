@@ -80,37 +80,53 @@ func (t *BackendTLS) Config(nextProtos []string, sessions tls.ClientSessionCache
 // bundle replaces the agent-wide roots for its backends; one that does not
 // parse (validation refuses it, so only hand-built input) verifies nothing.
 func (p *Pool) setBackendTLS(sp *storage.Pool, opts TableOptions) {
-	roots, rootsID := opts.BackendRootCAs, "agent"
+	pt := &poolTLS{roots: opts.BackendRootCAs, rootsID: "agent", clientCerts: opts.ClientCertificates}
 	if sp.BackendCA != "" {
-		rootsID = caBundleID(sp.BackendCA)
+		pt.rootsID = caBundleID(sp.BackendCA)
 		var err error
-		if roots, err = ParseCABundle(sp.BackendCA); err != nil {
-			roots = x509.NewCertPool()
+		if pt.roots, err = ParseCABundle(sp.BackendCA); err != nil {
+			pt.roots = x509.NewCertPool()
 		}
 	}
 	p.BackendServerName = sp.BackendServerName
 	p.BackendClientCertID = sp.BackendClientCertID
+	p.tlsBase = pt
+	for _, b := range p.backends {
+		p.assignTLS(b)
+	}
+}
+
+// poolTLS is what a pool's backends derive their TLS settings from, kept
+// with the pool so that a patch (patchPool) gives new backends the same
+// settings without parsing the CA bundle again.
+type poolTLS struct {
+	roots       *x509.CertPool
+	rootsID     string
+	clientCerts ClientCertificateSource
 	// A plain leg whose health checks speak no TLS either never uses its
 	// settings: the pool's plain backends share one value (two: by
 	// ssl_verify), where a value per backend would cost a million
 	// allocations and a million distinct probe keys.
-	var plain [2]*BackendTLS
-	for _, b := range p.backends {
-		if tlsLeg(p, b) || p.health.Type == HealthCheckHTTPS {
-			b.tls = newBackendTLS(p, b, roots, rootsID, opts.ClientCertificates)
-			continue
-		}
-		i := 0
-		if verifies(p, b) {
-			i = 1
-		}
-		if plain[i] == nil {
-			t := newBackendTLS(p, b, roots, rootsID, opts.ClientCertificates)
-			t.ServerName, t.key = "", plainTLSKey
-			plain[i] = t
-		}
-		b.tls = plain[i]
+	plain [2]*BackendTLS
+}
+
+// assignTLS gives b, a backend being built into p, its TLS settings.
+func (p *Pool) assignTLS(b *Backend) {
+	pt := p.tlsBase
+	if tlsLeg(p, b) || p.health.Type == HealthCheckHTTPS {
+		b.tls = newBackendTLS(p, b, pt.roots, pt.rootsID, pt.clientCerts)
+		return
 	}
+	i := 0
+	if verifies(p, b) {
+		i = 1
+	}
+	if pt.plain[i] == nil {
+		t := newBackendTLS(p, b, pt.roots, pt.rootsID, pt.clientCerts)
+		t.ServerName, t.key = "", plainTLSKey
+		pt.plain[i] = t
+	}
+	b.tls = pt.plain[i]
 }
 
 // plainTLSKey is the Key of the settings of a plain leg that is checked

@@ -44,9 +44,9 @@ func TestHealthCheckUsesRequestTLS(t *testing.T) {
 				if !be.TLS().Enabled || !be.TLS().Verify {
 					t.Fatalf("full_strict backend TLS %+v", be.TLS())
 				}
-				c := newChecker(p.Name, be, p.health)
+				c := newChecker(p.Name, be, *p.health)
 				err := c.check(context.Background())
-				be.live.recordCheck(be.Addr, &p.health, err, time.Now())
+				be.live.recordCheck(be.Addr, p.health, err, time.Now())
 				if tc.pass != (err == nil) {
 					t.Fatalf("check error %v, want pass=%v", err, tc.pass)
 				}

@@ -22,7 +22,7 @@ func startCheckers(t *testing.T, p *Pool) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	s := newHealthScheduler(HealthSchedule{Jitter: 0.01}, probeWith(), nil)
-	s.reconcile(&Table{pools: []*Pool{p}}, nil, false, time.Now())
+	s.reconcile(&Table{pools: []*Pool{p}}, nil, nil, false, time.Now())
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -330,11 +330,11 @@ func TestHealthThresholdsExact(t *testing.T) {
 	tbl := NewTable([]storage.Pool{pool}, []storage.Backend{backendFor(t, "b", "p", srv.URL)}, nil, TableOptions{})
 	p := tbl.Pool("p")
 	b := p.Backend("b")
-	c := newChecker(p.Name, b, p.health)
+	c := newChecker(p.Name, b, *p.health)
 	step := func(code int, wantHealthy bool, what string) {
 		t.Helper()
 		status.Store(int64(code))
-		b.live.recordCheck(b.Addr, &p.health, c.check(context.Background()), time.Now())
+		b.live.recordCheck(b.Addr, p.health, c.check(context.Background()), time.Now())
 		if b.Healthy() != wantHealthy {
 			t.Fatalf("%s: healthy = %v, want %v (state %+v)", what, b.Healthy(), wantHealthy, b.State())
 		}

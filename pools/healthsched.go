@@ -283,7 +283,10 @@ func newHealthScheduler(cfg HealthSchedule, probe probeFunc, onFlip transitionFu
 // once unless initial, where every target's first check is spread at
 // random over its interval so that a restart does not probe everything in
 // the same second.
-func (s *healthScheduler) reconcile(t *Table, fresh map[string]bool, initial bool, now time.Time) {
+//
+// A pool in patches that replaces its patch's prev (patchPool) moves only
+// the subscriptions of the backends the patch added and dropped.
+func (s *healthScheduler) reconcile(t *Table, fresh map[string]bool, patches map[*Pool]*poolPatch, initial bool, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.targets.len() == 0 {
@@ -298,17 +301,28 @@ func (s *healthScheduler) reconcile(t *Table, fresh map[string]bool, initial boo
 			s.queue = slices.Grow(s.queue, n)
 		}
 	}
+	patched := func(p *Pool) *poolPatch {
+		if pt := patches[p]; pt != nil && s.last != nil && s.last.Pool(p.Name) == pt.prev {
+			return pt
+		}
+		return nil
+	}
 	if s.last != nil {
 		for _, pp := range s.last.pools {
-			if t.Pool(pp.Name) != pp {
+			if np := t.Pool(pp.Name); np != pp && (np == nil || patched(np) == nil) {
 				s.detach(pp)
 			}
 		}
 	}
 	for _, p := range t.pools {
-		if s.last == nil || s.last.Pool(p.Name) != p {
-			s.attach(p, fresh, initial, now)
+		if s.last != nil && s.last.Pool(p.Name) == p {
+			continue
 		}
+		if pt := patched(p); pt != nil {
+			s.applyPatch(p, pt, fresh, now)
+			continue
+		}
+		s.attach(p, fresh, initial, now)
 	}
 	if initial {
 		heap.Init(&s.queue)
@@ -323,7 +337,7 @@ func (s *healthScheduler) detach(p *Pool) {
 	for _, tg := range s.byPool[p] {
 		subs := tg.subs[:0]
 		for _, sub := range tg.subs {
-			if sub.hc() != &p.health {
+			if sub.hc() != p.health {
 				subs = append(subs, sub)
 			}
 		}
@@ -347,43 +361,101 @@ func (s *healthScheduler) detach(p *Pool) {
 // the queue unordered: reconcile orders it once (heap.Init, linear) rather
 // than a million heap.Push calls.
 func (s *healthScheduler) attach(p *Pool, fresh map[string]bool, initial bool, now time.Time) {
-	hc := &p.health
 	nowNs := now.UnixNano()
 	mine := make([]*target, 0, len(p.backends))
 	for _, b := range p.backends {
-		k := s.keyOf(b, hc)
-		tg := s.targets.get(k)
-		if tg == nil {
-			tg = &target{key: k, idx: -1, due: nowNs}
-			if initial && !isHeld(b.live) {
-				tg.due = nowNs + s.rnd.Int64N(int64(hc.Interval))
-			}
-			s.targets.add(tg)
-		}
-		tg.subs = append(tg.subs, healthSub{b: b})
-		// A new subscriber can only raise the largest fall threshold: no
-		// pass over the others (settle), which made a target shared by
-		// n backends cost n² here.
-		tg.fall = max(tg.fall, int32(hc.Fall))
+		tg := s.subscribe(b, p.health, fresh, initial, nowNs)
 		if len(mine) == 0 || mine[len(mine)-1] != tg {
 			mine = append(mine, tg)
 		}
-		if !initial && fresh[b.ID] && tg.due > nowNs {
-			tg.due = nowNs
-			if tg.idx >= 0 {
-				heap.Fix(&s.queue, int(tg.idx))
-			}
-		}
-		if tg.idx < 0 && !tg.running {
-			if initial {
-				tg.idx = int32(len(s.queue))
-				s.queue = append(s.queue, tg)
-			} else {
-				heap.Push(&s.queue, tg)
-			}
-		}
 	}
 	s.byPool[p] = slices.Clip(mine)
+}
+
+// subscribe subscribes backend b, whose pool's health settings are hc, to
+// its target, creating the target if it does not exist yet, and returns it.
+func (s *healthScheduler) subscribe(b *Backend, hc *healthConfig, fresh map[string]bool, initial bool, nowNs int64) *target {
+	k := s.keyOf(b, hc)
+	tg := s.targets.get(k)
+	if tg == nil {
+		tg = &target{key: k, idx: -1, due: nowNs}
+		if initial && !isHeld(b.live) {
+			tg.due = nowNs + s.rnd.Int64N(int64(hc.Interval))
+		}
+		s.targets.add(tg)
+	}
+	tg.subs = append(tg.subs, healthSub{b: b})
+	// A new subscriber can only raise the largest fall threshold: no
+	// pass over the others (settle), which made a target shared by
+	// n backends cost n² here.
+	tg.fall = max(tg.fall, int32(hc.Fall))
+	if !initial && fresh[b.ID] && tg.due > nowNs {
+		tg.due = nowNs
+		if tg.idx >= 0 {
+			heap.Fix(&s.queue, int(tg.idx))
+		}
+	}
+	if tg.idx < 0 && !tg.running {
+		if initial {
+			tg.idx = int32(len(s.queue))
+			s.queue = append(s.queue, tg)
+		} else {
+			heap.Push(&s.queue, tg)
+		}
+	}
+	return tg
+}
+
+// applyPatch moves the subscriptions of pool patch.prev to p, its patched
+// successor (same health settings): only the dropped and added backends
+// are looked at, not every backend of the pool.
+func (s *healthScheduler) applyPatch(p *Pool, patch *poolPatch, fresh map[string]bool, now time.Time) {
+	mine := s.byPool[patch.prev]
+	delete(s.byPool, patch.prev)
+	removed := false
+	for _, b := range patch.dropped {
+		tg := s.targets.get(s.keyOf(b, p.health))
+		if tg == nil {
+			continue
+		}
+		subs := tg.subs[:0]
+		for _, sub := range tg.subs {
+			if sub.b != b {
+				subs = append(subs, sub)
+			}
+		}
+		clear(tg.subs[len(subs):])
+		tg.subs = subs
+		if len(subs) > 0 {
+			tg.settle()
+			continue
+		}
+		tg.removed, removed = true, true
+		if tg.idx >= 0 {
+			heap.Remove(&s.queue, int(tg.idx))
+		}
+		s.targets.remove(tg)
+	}
+	if removed {
+		// A target may stay listed while other pools' backends keep it
+		// (detach then finds none of this pool's subscribers on it);
+		// removed ones go.
+		mine = slices.DeleteFunc(mine, func(tg *target) bool { return tg.removed })
+	}
+	nowNs := now.UnixNano()
+	for _, b := range patch.added {
+		tg := s.subscribe(b, p.health, fresh, false, nowNs)
+		n := 0
+		for _, sub := range tg.subs {
+			if sub.hc() == p.health {
+				n++
+			}
+		}
+		if n == 1 { // b is the pool's first subscriber
+			mine = append(mine, tg)
+		}
+	}
+	s.byPool[p] = mine
 }
 
 // settle recomputes the target's fall threshold (the largest of its

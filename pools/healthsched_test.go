@@ -45,7 +45,7 @@ func TestHealthBudgetNeverExceeded(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newHealthScheduler(HealthSchedule{Budget: budget, Burst: burst, Concurrency: 1000}, nil, nil)
 			now := time.Unix(1_700_000_000, 0)
-			s.reconcile(schedTable(10, tc.targets/10, time.Second, false), nil, true, now)
+			s.reconcile(schedTable(10, tc.targets/10, time.Second, false), nil, nil, true, now)
 			var starts []time.Time
 			// 20 s in 5 ms ticks; every probe fails at once.
 			for range 4000 {
@@ -75,7 +75,7 @@ func TestHealthBudgetNeverExceeded(t *testing.T) {
 func TestHealthConcurrencyBound(t *testing.T) {
 	s := newHealthScheduler(HealthSchedule{Budget: 1e6, Burst: 1e6, Concurrency: 7}, nil, nil)
 	now := time.Unix(1_700_000_000, 0)
-	s.reconcile(schedTable(1, 100, time.Second, false), nil, false, now)
+	s.reconcile(schedTable(1, 100, time.Second, false), nil, nil, false, now)
 	started, _ := s.next(now)
 	if len(started) != 7 {
 		t.Fatalf("%d checks started, concurrency 7", len(started))
@@ -93,7 +93,7 @@ func TestHealthSharedAddressCheckedOnce(t *testing.T) {
 	tbl := schedTable(3, 4, time.Second, true) // 12 backends, one address
 	s := newHealthScheduler(HealthSchedule{Budget: 1e6, Burst: 1e6}, nil, nil)
 	now := time.Unix(1_700_000_000, 0)
-	s.reconcile(tbl, nil, false, now)
+	s.reconcile(tbl, nil, nil, false, now)
 	if n := s.targetCount(); n != 1 {
 		t.Fatalf("%d targets for 12 backends at one address", n)
 	}
@@ -116,7 +116,7 @@ func TestHealthSharedAddressCheckedOnce(t *testing.T) {
 func TestHealthBacksOffWhileDown(t *testing.T) {
 	s := newHealthScheduler(HealthSchedule{Budget: 1e6, Burst: 1e6, MaxDownInterval: 8 * time.Second, Jitter: 1e-9}, nil, nil)
 	now := time.Unix(1_700_000_000, 0)
-	s.reconcile(schedTable(1, 1, time.Second, false), nil, false, now)
+	s.reconcile(schedTable(1, 1, time.Second, false), nil, nil, false, now)
 	var gaps []time.Duration
 	results := []error{errRefused, errRefused, errRefused, errRefused, errRefused, errRefused, errRefused, nil, nil}
 	for _, res := range results {
@@ -144,7 +144,7 @@ func TestHealthBacksOffWhileDown(t *testing.T) {
 func TestHealthInitialChecksSpread(t *testing.T) {
 	s := newHealthScheduler(HealthSchedule{}, nil, nil)
 	now := time.Unix(1_700_000_000, 0)
-	s.reconcile(schedTable(1, 1000, 10*time.Second, false), nil, true, now)
+	s.reconcile(schedTable(1, 1000, 10*time.Second, false), nil, nil, true, now)
 	seconds := map[int64]int{}
 	for _, tg := range s.queue {
 		off := tg.dueTime().Sub(now)
@@ -161,9 +161,9 @@ func TestHealthInitialChecksSpread(t *testing.T) {
 func TestHealthRemovedTargetsStop(t *testing.T) {
 	s := newHealthScheduler(HealthSchedule{Budget: 1e6, Burst: 1e6}, nil, nil)
 	now := time.Unix(1_700_000_000, 0)
-	s.reconcile(schedTable(2, 10, time.Second, false), nil, false, now)
+	s.reconcile(schedTable(2, 10, time.Second, false), nil, nil, false, now)
 	started, _ := s.next(now)
-	s.reconcile(schedTable(1, 10, time.Second, false), nil, false, now) // p1 deleted
+	s.reconcile(schedTable(1, 10, time.Second, false), nil, nil, false, now) // p1 deleted
 	if n := s.targetCount(); n != 10 {
 		t.Fatalf("%d targets after deleting a pool, want 10", n)
 	}
@@ -220,11 +220,11 @@ func TestHealthReconcileTouchesOnlyChangedPools(t *testing.T) {
 	first := buildTable(pools, []storage.Backend{shared("a1", "a"), shared("b1", "b")}, TableOptions{}, nil, states)
 	s := newHealthScheduler(HealthSchedule{}, nil, nil)
 	now := time.Unix(1_700_000_000, 0)
-	s.reconcile(first, nil, false, now)
+	s.reconcile(first, nil, nil, false, now)
 	if n := s.targetCount(); n != 1 {
 		t.Fatalf("%d targets for one shared address", n)
 	}
-	tg := s.targets.get(s.keyOf(first.Pool("a").Backends()[0], &first.Pool("a").health))
+	tg := s.targets.get(s.keyOf(first.Pool("a").Backends()[0], first.Pool("a").health))
 	if tg.interval() != time.Second || tg.fall != 5 || len(tg.subs) != 2 {
 		t.Fatalf("shared target: interval %s, fall %d, %d subscribers", tg.interval(), tg.fall, len(tg.subs))
 	}
@@ -233,14 +233,14 @@ func TestHealthReconcileTouchesOnlyChangedPools(t *testing.T) {
 	if second.Pool("b") != first.Pool("b") {
 		t.Fatal("pool b not carried over")
 	}
-	s.reconcile(second, nil, false, now)
+	s.reconcile(second, nil, nil, false, now)
 	if n := s.targetCount(); n != 1 || len(tg.subs) != 1 || tg.subs[0].b.ID != "b1" {
 		t.Fatalf("after removing pool a: %d targets, subscribers %v", n, tg.subs)
 	}
 	if tg.interval() != 3*time.Second || tg.fall != 5 {
 		t.Errorf("target keeps pool a's settings: interval %s, fall %d", tg.interval(), tg.fall)
 	}
-	s.reconcile(EmptyTable(), nil, false, now)
+	s.reconcile(EmptyTable(), nil, nil, false, now)
 	if n := s.targetCount(); n != 0 || len(s.queue) != 0 || len(s.byPool) != 0 {
 		t.Errorf("empty table leaves %d targets, %d queued, %d pools", n, len(s.queue), len(s.byPool))
 	}
@@ -305,14 +305,14 @@ func TestHealthReconcileOneAddressManyBackends(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		s.reconcile(tbl, nil, true, time.Now())
+		s.reconcile(tbl, nil, nil, true, time.Now())
 	}()
 	select {
 	case <-done:
 	case <-time.After(time.Minute):
 		t.Fatal("reconcile of one shared address did not finish in a minute")
 	}
-	tg := s.targets.get(s.keyOf(tbl.Pool("big").Backends()[0], &tbl.Pool("big").health))
+	tg := s.targets.get(s.keyOf(tbl.Pool("big").Backends()[0], tbl.Pool("big").health))
 	if s.targetCount() != 1 || len(tg.subs) != n || tg.fall != 3 {
 		t.Fatalf("%d targets; shared target: %d subscribers, fall %d", s.targetCount(), len(tg.subs), tg.fall)
 	}

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"hash/maphash"
 	"runtime"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -131,12 +133,18 @@ type Manager struct {
 	mu         sync.Mutex
 	poolStates map[string]*poolState
 
-	// Owned by the Run goroutine: the pools' configuration and the pools
-	// whose backends changed since the last rebuild. Backend rows are not
-	// kept: the table holds what it needs, and a rebuild reads the rows of
-	// the changed pools from the store.
-	pools map[string]storage.Pool
-	dirty map[string]bool
+	// Owned by the Run goroutine: the pools' configuration, the pools to
+	// rebuild from their rows in the store (dirty: their configuration
+	// changed, or too many of their backends did), and the backend rows
+	// that changed since the last rebuild in other pools (pending, by
+	// pool and id; nil: the backend left the pool), which the rebuild
+	// patches into the pools of the previous table. pendingAt is the pool
+	// each pending row puts its backend in. Backend rows are not kept
+	// beyond a rebuild: the table holds what it needs.
+	pools     map[string]storage.Pool
+	dirty     map[string]bool
+	pending   map[string]map[string]*storage.Backend
+	pendingAt map[string]string
 
 	health    *healthScheduler
 	healthLog *ratelog.Logger
@@ -185,6 +193,8 @@ func NewManager(cfg Config, src Source) *Manager {
 		poolStates: make(map[string]*poolState),
 		pools:      make(map[string]storage.Pool),
 		dirty:      make(map[string]bool),
+		pending:    make(map[string]map[string]*storage.Backend),
+		pendingAt:  make(map[string]string),
 		gone:       make(map[string]bool),
 		obsSeed:    maphash.MakeSeed(),
 	}
@@ -275,7 +285,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	close(m.ready)
 	readyAfter := time.Since(start)
 	t := m.table.Load()
-	m.health.reconcile(t, nil, true, time.Now())
+	m.health.reconcile(t, nil, nil, true, time.Now())
 	// Observation rows of backends that are no longer configured go at
 	// the first persist: the seeds left once the table's backends are
 	// crossed out.
@@ -570,14 +580,15 @@ func (m *Manager) backendsOf(ctx context.Context, pool string) ([]storage.Backen
 }
 
 // apply folds one committed change set into the pools' configuration and
-// the set of changed pools, and reports whether anything changed.
+// the changes the next rebuild makes, and reports whether anything
+// changed.
 func (m *Manager) apply(ev storage.Event) bool {
 	changed := false
 	for _, c := range ev.Set.Changes {
 		switch c.Table {
 		case storage.TablePools:
 			changed = true
-			m.dirty[c.Key] = true
+			m.markDirty(c.Key)
 			if c.Deleted {
 				delete(m.pools, c.Key)
 				continue
@@ -590,12 +601,15 @@ func (m *Manager) apply(ev storage.Event) bool {
 			m.pools[p.Name] = p
 		case storage.TableBackends:
 			changed = true
-			// The pool the backend was in: the table's (a bare key is
-			// all a delete carries). A backend added since the last
-			// rebuild is not in the table, but its pool is dirty already
-			// and will be read afresh from the store.
+			// The backend leaves the pool it is in: the table's (a bare
+			// key is all a delete carries), and the one a change since
+			// the last rebuild put it in.
 			if old := m.table.Load().Backend(c.Key); old != nil {
-				m.dirty[old.PoolName] = true
+				m.stage(old.PoolName, c.Key, nil)
+			}
+			if at, ok := m.pendingAt[c.Key]; ok {
+				m.stage(at, c.Key, nil)
+				delete(m.pendingAt, c.Key)
 			}
 			if c.Deleted {
 				continue
@@ -605,16 +619,47 @@ func (m *Manager) apply(ev storage.Event) bool {
 				m.log.Error("undecodable backend in change feed", zap.String("key", c.Key), zap.Uint64("index", ev.Index), zap.Error(err))
 				continue
 			}
-			m.dirty[b.PoolName] = true
+			m.stage(b.PoolName, c.Key, &b)
+			m.pendingAt[c.Key] = b.PoolName
 		}
 	}
 	return changed
 }
 
+// maxPending bounds the backend rows staged for one pool: a pool with
+// more changes than that (a bulk load, a replication catch-up) is read
+// afresh from the store instead of holding every row in memory until the
+// rebuild.
+const maxPending = 4096
+
+// stage records that backend id of pool now has row (nil: it left the
+// pool), for the next rebuild to patch in.
+func (m *Manager) stage(pool, id string, row *storage.Backend) {
+	if m.dirty[pool] {
+		return // read afresh at the rebuild
+	}
+	rows := m.pending[pool]
+	if rows == nil {
+		rows = make(map[string]*storage.Backend)
+		m.pending[pool] = rows
+	}
+	rows[id] = row
+	if len(rows) > maxPending {
+		m.markDirty(pool)
+	}
+}
+
+// markDirty makes the next rebuild read pool afresh from the store.
+func (m *Manager) markDirty(pool string) {
+	m.dirty[pool] = true
+	delete(m.pending, pool)
+}
+
 // rebuild builds a table from the previous one: pools that did not change
-// are carried over as they are, changed ones are rebuilt from their rows
-// read from the store. It swaps the table
-// in, notes the backends that left it and reconciles the health checks.
+// are carried over as they are, pools with staged backend changes are
+// patched, and dirty ones are rebuilt from their rows read from the
+// store. It swaps the table in, notes the backends that left it and
+// reconciles the health checks.
 func (m *Manager) rebuild(ctx context.Context) {
 	start := time.Now()
 	prev := m.table.Load()
@@ -622,6 +667,24 @@ func (m *Manager) rebuild(ctx context.Context) {
 	for _, p := range m.pools {
 		ps = append(ps, p)
 	}
+	staged := make(map[string][]backendChange, len(m.pending))
+	for name, rows := range m.pending {
+		if _, ok := m.pools[name]; !ok {
+			continue // not a pool (yet): read whole when it comes
+		}
+		if prev.byName[name] == nil {
+			m.dirty[name] = true // new to the table: read whole
+			continue
+		}
+		cs := make([]backendChange, 0, len(rows))
+		for id, row := range rows {
+			cs = append(cs, backendChange{id: id, row: row})
+		}
+		slices.SortFunc(cs, func(a, b backendChange) int { return strings.Compare(a.id, b.id) })
+		staged[name] = cs
+	}
+	clear(m.pending)
+	clear(m.pendingAt)
 	changed := make(map[string][]storage.Backend, len(m.dirty))
 	for name := range m.dirty {
 		if _, ok := m.pools[name]; !ok {
@@ -636,14 +699,26 @@ func (m *Manager) rebuild(ctx context.Context) {
 		changed[name] = bs
 	}
 	fresh := make(map[string]bool)
-	opts := TableOptions{Region: m.cfg.Region, CookieKey: m.cfg.CookieKey, poolState: m.poolStateFor,
-		BackendRootCAs: m.cfg.BackendRootCAs, ClientCertificates: m.cfg.ClientCertificates}
-	t := rebuildTable(ps, changed, opts, prev, func(id, addr string, p *storage.Pool) *backendState {
+	stateFor := func(id, addr string, p *storage.Pool) *backendState {
 		s, isNew := m.stateFor(prev, id, addr, p)
 		if isNew {
 			fresh[id] = true
 		}
 		return s
+	}
+	opts := TableOptions{Region: m.cfg.Region, CookieKey: m.cfg.CookieKey, poolState: m.poolStateFor,
+		BackendRootCAs: m.cfg.BackendRootCAs, ClientCertificates: m.cfg.ClientCertificates}
+	patches := make(map[*Pool]*poolPatch, len(staged))
+	t := assembleTable(ps, m.cfg.Region, prev, func(sp *storage.Pool, prevPool *Pool) *Pool {
+		if bs, ok := changed[sp.Name]; ok || prevPool == nil {
+			return buildPool(sp, bs, opts, m.cfg.CookieKey, stateFor, prevPool)
+		}
+		if cs, ok := staged[sp.Name]; ok {
+			p, patch := patchPool(prevPool, sp, cs, m.cfg.Region, m.cfg.CookieKey, stateFor)
+			patches[p] = patch
+			return p
+		}
+		return prevPool
 	})
 	m.table.Store(t)
 	m.rebuilds.Add(1)
@@ -655,7 +730,7 @@ func (m *Manager) rebuild(ctx context.Context) {
 			delete(m.dirty, name)
 		}
 	}
-	m.noteRemoved(prev, t)
+	m.noteRemoved(prev, t, patches)
 
 	m.mu.Lock()
 	for name := range m.poolStates {
@@ -665,23 +740,28 @@ func (m *Manager) rebuild(ctx context.Context) {
 	}
 	m.mu.Unlock()
 
-	m.health.reconcile(t, fresh, false, time.Now())
+	m.health.reconcile(t, fresh, patches, false, time.Now())
 	m.collector.forget(t)
 	m.lastTook = time.Since(start)
-	m.log.Debug("routing table rebuilt", zap.Int("pools", len(t.pools)), zap.Int("changed", len(changed)),
-		zap.Duration("took", m.lastTook))
+	m.log.Debug("routing table rebuilt", zap.Int("pools", len(t.pools)), zap.Int("rebuilt", len(changed)),
+		zap.Int("patched", len(patches)), zap.Duration("took", m.lastTook))
 }
 
 // noteRemoved records, for persist, the backends of prev that are not in
-// t: their observation rows are deleted.
-func (m *Manager) noteRemoved(prev, t *Table) {
+// t: their observation rows are deleted. A patched pool's are among those
+// its patch dropped.
+func (m *Manager) noteRemoved(prev, t *Table, patches map[*Pool]*poolPatch) {
 	var gone []string
 	for _, pp := range prev.pools {
 		np := t.byName[pp.Name]
 		if np == pp {
 			continue
 		}
-		for _, b := range pp.backends {
+		bs := pp.backends
+		if patch := patches[np]; patch != nil {
+			bs = patch.dropped
+		}
+		for _, b := range bs {
 			if np == nil || np.Backend(b.ID) == nil {
 				gone = append(gone, b.ID)
 			}

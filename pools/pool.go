@@ -137,7 +137,8 @@ type Pool struct {
 	backends      []*Backend // sorted by id
 	state         *poolState // nil outside a Manager
 	algo          algorithm
-	health        healthConfig
+	health        *healthConfig // shared by the pool's patches (patchPool)
+	tlsBase       *poolTLS
 	hashHeader    string
 	stickyCookie  string
 	stickyByValue map[string]*Backend
@@ -240,11 +241,15 @@ func sameMembers(a, b []*Backend) bool {
 func newPool(sp *storage.Pool, bs []storage.Backend, region string, cookieKey []byte, stateFor stateResolver, prev *Pool) *Pool {
 	pb := startPool(sp, len(bs), stateFor)
 	for i := range bs {
-		sb := &bs[i]
-		pb.add(backendRow{id: sb.ID, host: sb.Host, addr: backendAddr(sb), port: sb.Port, scheme: sb.Scheme,
-			region: sb.Region, weight: sb.Weight, sslVerify: sb.SSLVerify, draining: sb.Draining, metadata: sb.Metadata})
+		pb.add(rowOf(&bs[i]))
 	}
 	return pb.finish(region, cookieKey, prev)
+}
+
+// rowOf is what a pool keeps of backend row sb.
+func rowOf(sb *storage.Backend) backendRow {
+	return backendRow{id: sb.ID, host: sb.Host, addr: backendAddr(sb), port: sb.Port, scheme: sb.Scheme,
+		region: sb.Region, weight: sb.Weight, sslVerify: sb.SSLVerify, draining: sb.Draining, metadata: sb.Metadata}
 }
 
 // backendRow is what a pool keeps of a backend row.
@@ -274,6 +279,7 @@ type poolBuilder struct {
 }
 
 func startPool(sp *storage.Pool, n int, stateFor stateResolver) *poolBuilder {
+	health := effectiveHealth(sp)
 	p := &Pool{
 		Name:                sp.Name,
 		Algorithm:           sp.Algorithm,
@@ -293,7 +299,7 @@ func startPool(sp *storage.Pool, n int, stateFor stateResolver) *poolBuilder {
 		OnDemandAsk:         sp.OnDemandAsk,
 		OnDemandRate:        sp.OnDemandRate,
 		algo:                parseAlgorithm(sp.Algorithm),
-		health:              effectiveHealth(sp),
+		health:              &health,
 		stickyCookie:        sp.StickyCookie,
 	}
 	if name, ok := cutPrefixFold(sp.HashOn, hashOnHeaderPrefix); ok && p.algo == algoConsistentHash {
@@ -322,7 +328,7 @@ func (pb *poolBuilder) add(r backendRow) {
 		Draining:  r.draining,
 		Metadata:  maps.Clone(r.metadata),
 		live:      pb.stateFor(r.id, r.addr, pb.sp),
-		hc:        &p.health,
+		hc:        p.health,
 	}
 	if p.algo == algoConsistentHash {
 		b.hashSeed = mix64(fnv64(r.id))
@@ -342,38 +348,115 @@ func (pb *poolBuilder) add(r backendRow) {
 // finish returns the pool, sharing prev's lookup tables where they still
 // apply.
 func (pb *poolBuilder) finish(region string, cookieKey []byte, prev *Pool) *Pool {
-	p := pb.p
 	slab := slices.Clip(pb.slab)
-	if p.stickyCookie != "" {
-		p.stickyByValue = make(map[string]*Backend, len(slab))
-	}
-	p.backends = make([]*Backend, len(slab))
+	bs := make([]*Backend, len(slab))
 	for i := range slab {
-		b := &slab[i]
-		if p.stickyCookie != "" {
-			b.stickyValue = stickyValue(cookieKey, p.Name, b.ID)
+		bs[i] = &slab[i]
+	}
+	pb.p.setBackends(bs, region, cookieKey, prev)
+	return pb.p
+}
+
+// setBackends makes bs (sorted by id) the pool's backends and builds the
+// lookup tables over them: the sticky values of backends that have none
+// yet, and the balancer groups, which share prev's where they still apply.
+func (p *Pool) setBackends(bs []*Backend, region string, cookieKey []byte, prev *Pool) {
+	p.backends = bs
+	if p.stickyCookie != "" {
+		p.stickyByValue = make(map[string]*Backend, len(bs))
+		for _, b := range bs {
+			if b.stickyValue == "" {
+				b.stickyValue = stickyValue(cookieKey, p.Name, b.ID)
+			}
 			p.stickyByValue[b.stickyValue] = b
 		}
-		p.backends[i] = b
 	}
 	var prevAll, prevLocal *group
 	if prev != nil {
 		prevAll, prevLocal = &prev.all, prev.local
 	}
-	p.all.init(p.backends, p.algo, prevAll)
-	if pb.sp.PreferRegion && region != "" {
+	p.all.init(bs, p.algo, prevAll)
+	if p.PreferRegion && region != "" {
 		var local []*Backend
-		for _, b := range p.backends {
+		for _, b := range bs {
 			if b.Region == region {
 				local = append(local, b)
 			}
 		}
-		if len(local) > 0 && len(local) < len(p.backends) {
+		if len(local) > 0 && len(local) < len(bs) {
 			p.local = &group{}
 			p.local.init(local, p.algo, prevLocal)
 		}
 	}
-	return p
+}
+
+// backendChange is a backend row to put into a pool or, with row nil, the
+// id of one to take out of it.
+type backendChange struct {
+	id  string
+	row *storage.Backend
+}
+
+// poolPatch is what patchPool changed: the backends it added (new ids and
+// the new values of changed rows) and those of prev it dropped (removed
+// ids and the old values of changed rows).
+type poolPatch struct {
+	prev           *Pool
+	added, dropped []*Backend
+}
+
+// patchPool returns prev with changes (sorted by id, at most one per id)
+// applied. The new pool shares prev's configuration, health settings and
+// every backend the changes do not name, so a change to a few backends of
+// a large pool costs a copy of its backend pointers, not a rebuild of each
+// backend (which at a thousand new backends a second into pools of
+// thousands was most of a rebuild). sp must be the configuration prev was
+// built from, and cookieKey the key it was built with.
+func patchPool(prev *Pool, sp *storage.Pool, changes []backendChange, region string, cookieKey []byte, stateFor stateResolver) (*Pool, *poolPatch) {
+	n := 0
+	for _, c := range changes {
+		if c.row != nil {
+			n++
+		}
+	}
+	pb := startPool(sp, n, stateFor)
+	p := pb.p
+	p.health = prev.health
+	p.BackendServerName, p.BackendClientCertID = prev.BackendServerName, prev.BackendClientCertID
+	tb := *prev.tlsBase
+	p.tlsBase = &tb
+	p.state = prev.state
+	for _, c := range changes {
+		if sb := c.row; sb != nil {
+			pb.add(rowOf(sb))
+		}
+	}
+	for i := range pb.slab {
+		p.assignTLS(&pb.slab[i])
+	}
+
+	patch := &poolPatch{prev: prev}
+	bs := make([]*Backend, 0, len(prev.backends)+len(pb.slab))
+	old, fresh := prev.backends, pb.slab
+	for _, c := range changes {
+		for len(old) > 0 && old[0].ID < c.id {
+			bs = append(bs, old[0])
+			old = old[1:]
+		}
+		if len(old) > 0 && old[0].ID == c.id {
+			patch.dropped = append(patch.dropped, old[0])
+			old = old[1:]
+		}
+		if c.row != nil && len(fresh) > 0 && fresh[0].ID == c.id {
+			b := &fresh[0]
+			fresh = fresh[1:]
+			bs = append(bs, b)
+			patch.added = append(patch.added, b)
+		}
+	}
+	bs = append(bs, old...)
+	p.setBackends(bs, region, cookieKey, prev)
+	return p, patch
 }
 
 // hostOf returns host as the substring of addr (its JoinHostPort form),

@@ -44,7 +44,7 @@ func liveBytesPerBackend(pools, perPool int) float64 {
 		return newBackendState(addr, sp.HoldNewBackends)
 	})
 	h := newHealthScheduler(HealthSchedule{}, nil, nil)
-	h.reconcile(t, nil, true, time.Now())
+	h.reconcile(t, nil, nil, true, time.Now())
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	runtime.KeepAlive(t)
@@ -78,7 +78,7 @@ func BenchmarkTableBuild(b *testing.B) {
 			return newBackendState(addr, sp.HoldNewBackends)
 		})
 		h := newHealthScheduler(HealthSchedule{}, nil, nil)
-		h.reconcile(t, nil, true, time.Now())
+		h.reconcile(t, nil, nil, true, time.Now())
 	}
 	b.StopTimer()
 	b.ReportMetric(liveBytesPerBackend(100, 1000), "bytes/backend")
