@@ -145,6 +145,10 @@ type Manager struct {
 	dirty     map[string]bool
 	pending   map[string]map[string]*storage.Backend
 	pendingAt map[string]string
+	// origin is the pool each backend changed since the last rebuild is
+	// in in the table ("": none), found once per rebuild: finding a
+	// backend by id alone costs a search of every pool.
+	origin map[string]string
 
 	health    *healthScheduler
 	healthLog *ratelog.Logger
@@ -195,6 +199,7 @@ func NewManager(cfg Config, src Source) *Manager {
 		dirty:      make(map[string]bool),
 		pending:    make(map[string]map[string]*storage.Backend),
 		pendingAt:  make(map[string]string),
+		origin:     make(map[string]string),
 		gone:       make(map[string]bool),
 		obsSeed:    maphash.MakeSeed(),
 	}
@@ -604,8 +609,15 @@ func (m *Manager) apply(ev storage.Event) bool {
 			// The backend leaves the pool it is in: the table's (a bare
 			// key is all a delete carries), and the one a change since
 			// the last rebuild put it in.
-			if old := m.table.Load().Backend(c.Key); old != nil {
-				m.stage(old.PoolName, c.Key, nil)
+			from, seen := m.origin[c.Key]
+			if !seen {
+				if old := m.table.Load().Backend(c.Key); old != nil {
+					from = old.PoolName
+				}
+				m.origin[c.Key] = from
+			}
+			if from != "" {
+				m.stage(from, c.Key, nil)
 			}
 			if at, ok := m.pendingAt[c.Key]; ok {
 				m.stage(at, c.Key, nil)
@@ -683,6 +695,8 @@ func (m *Manager) rebuild(ctx context.Context) {
 		slices.SortFunc(cs, func(a, b backendChange) int { return strings.Compare(a.id, b.id) })
 		staged[name] = cs
 	}
+	origin := m.origin
+	m.origin = make(map[string]string)
 	clear(m.pending)
 	clear(m.pendingAt)
 	changed := make(map[string][]storage.Backend, len(m.dirty))
@@ -700,7 +714,20 @@ func (m *Manager) rebuild(ctx context.Context) {
 	}
 	fresh := make(map[string]bool)
 	stateFor := func(id, addr string, p *storage.Pool) *backendState {
-		s, isNew := m.stateFor(prev, id, addr, p)
+		var old *Backend
+		if from, ok := origin[id]; ok {
+			if pp := prev.byName[from]; pp != nil {
+				old = pp.Backend(id)
+			}
+		} else {
+			if pp := prev.byName[p.Name]; pp != nil {
+				old = pp.Backend(id)
+			}
+			if old == nil {
+				old = prev.Backend(id) // moved from another pool
+			}
+		}
+		s, isNew := m.stateFor(old, addr, p)
 		if isNew {
 			fresh[id] = true
 		}
@@ -777,18 +804,12 @@ func (m *Manager) noteRemoved(prev, t *Table, patches map[*Pool]*poolPatch) {
 	m.persistMu.Unlock()
 }
 
-// stateFor returns the live state of a backend: the one it had in prev
-// (in its pool, or in another pool it moved from), or a new one. isNew
-// also reports a state reset because the address changed. (Only the first
-// table seeds states from stored observations: see initialTable.)
-func (m *Manager) stateFor(prev *Table, id, addr string, p *storage.Pool) (s *backendState, isNew bool) {
-	var old *Backend
-	if pp := prev.byName[p.Name]; pp != nil {
-		old = pp.Backend(id)
-	}
-	if old == nil {
-		old = prev.Backend(id) // moved from another pool
-	}
+// stateFor returns the live state of a backend: old's, the backend of
+// that id in the previous table (in its pool, or in another pool it moved
+// from; nil if none), or a new one. isNew also reports a state reset
+// because the address changed. (Only the first table seeds states from
+// stored observations: see initialTable.)
+func (m *Manager) stateFor(old *Backend, addr string, p *storage.Pool) (s *backendState, isNew bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if old != nil {
