@@ -51,7 +51,9 @@ func newChecker(pool string, b *Backend, hc healthConfig) *checker {
 		id:     b.ID,
 		key:    newCheckerKey(b, hc),
 		state:  b.live,
-		dialer: net.Dialer{Timeout: hc.Timeout},
+		// A probe's connection lives for one check: TCP keep-alive
+		// would only cost four setsockopt calls per check.
+		dialer: net.Dialer{Timeout: hc.Timeout, KeepAlive: -1},
 	}
 	bt := b.TLS()
 	if bt.Enabled {

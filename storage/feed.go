@@ -32,6 +32,7 @@ func (s *Store) readFeed(after uint64, max int) ([]Event, error) {
 		return nil, err
 	}
 	defer s.leave()
+	s.feedCache.reads.Add(1)
 	// One snapshot for the feed, the change log and the rows, so that a
 	// row overwritten after the snapshot still shows in its own event.
 	// It is taken under the commit mutex, and every local commit in it is
@@ -92,8 +93,9 @@ const (
 type feedCache struct {
 	mu    sync.Mutex
 	slots [feedCacheSlots]*feedSlot
-	// materialized counts change-log reads, for tests.
-	materialized atomic.Uint64
+	// materialized counts change-log reads, reads the feed reads, for
+	// tests.
+	materialized, reads atomic.Uint64
 }
 
 // feedSlot is one event, filled by the subscriber that claimed it; the
@@ -223,9 +225,22 @@ func (s *Store) Subscribe(ctx context.Context, afterIndex uint64) *Subscription 
 
 func (s *Store) runSubscription(ctx context.Context, sub *Subscription, cursor uint64) error {
 	for {
-		// Take the waiter before reading so a commit between the read and
+		// Take the waiter before looking so a commit between the look and
 		// the wait still wakes us.
 		wait := s.commitWaiter()
+		if cursor >= s.lastIndex.Load() {
+			// Caught up: a read now would find nothing, and costs the
+			// commit mutex, a snapshot and an iterator (at a thousand
+			// commits a second, once per commit and subscriber).
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-s.closing:
+				return ErrClosed
+			}
+		}
 		events, err := s.readFeed(cursor, feedBatch)
 		if err != nil {
 			return err

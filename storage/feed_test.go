@@ -284,3 +284,31 @@ func TestFeedSubscribersShareReads(t *testing.T) {
 		t.Fatalf("%d subscribers read %d commits with %d change-log reads, want %d", subscribers, commits, got, commits)
 	}
 }
+
+// TestFeedCaughtUpSubscribersDoNotRead: a subscriber that has delivered
+// everything published waits for the next commit instead of reading the
+// feed again to find nothing, so one commit costs each subscriber one
+// read.
+func TestFeedCaughtUpSubscribersDoNotRead(t *testing.T) {
+	s := openStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const subscribers, commits = 3, 50
+	start := s.LastIndex()
+	var subs []*Subscription
+	for range subscribers {
+		subs = append(subs, s.Subscribe(ctx, start))
+	}
+	before := s.feedCache.reads.Load()
+	for i := range commits {
+		mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool(fmt.Sprint("caught-up", i))) })
+		for _, sub := range subs {
+			collect(t, sub, start+uint64(i), 1, false)
+		}
+	}
+	// A subscriber reads only when something is published after its
+	// cursor, so each read delivers at least one event.
+	if got, most := s.feedCache.reads.Load()-before, uint64(subscribers*commits); got > most {
+		t.Fatalf("%d subscribers read the feed %d times for %d commits, want at most %d", subscribers, got, commits, most)
+	}
+}
