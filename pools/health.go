@@ -47,10 +47,10 @@ type checker struct {
 
 func newChecker(pool string, b *Backend, hc healthConfig) *checker {
 	c := &checker{
-		pool:   pool,
-		id:     b.ID,
-		key:    newCheckerKey(b, hc),
-		state:  b.live,
+		pool:  pool,
+		id:    b.ID,
+		key:   newCheckerKey(b, hc),
+		state: b.live,
 		// A probe's connection lives for one check: TCP keep-alive
 		// would only cost four setsockopt calls per check.
 		dialer: net.Dialer{Timeout: hc.Timeout, KeepAlive: -1},
