@@ -255,7 +255,11 @@ func (s *Server) handleCreateBackend(w http.ResponseWriter, r *http.Request) {
 			zap.String("first", created[0].ID), zap.String("last", created[len(created)-1].ID))
 		resp := apitypes.BulkBackends{Items: make([]apitypes.Backend, 0, len(created))}
 		err := s.store.View(r.Context(), func(tx *storage.Tx) error {
-			for _, b := range created {
+			for i, b := range created {
+				if !specs[i].ID.Set { // see the single create below
+					resp.Items = append(resp.Items, s.backendView(b, nil))
+					continue
+				}
 				v, err := s.backendResponse(tx, b)
 				if err != nil {
 					return err
@@ -272,6 +276,13 @@ func (s *Server) handleCreateBackend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.logAudit(ae)
+	if !specs[0].ID.Set {
+		// A generated id is new to every node: nothing can have
+		// observed the backend yet, so there are no observations to
+		// read.
+		s.writeBackend(w, http.StatusCreated, created[0], s.backendView(created[0], nil))
+		return
+	}
 	s.respondBackend(w, r, http.StatusCreated, created[0])
 }
 
@@ -428,6 +439,11 @@ func (s *Server) respondBackend(w http.ResponseWriter, r *http.Request, status i
 		s.writeError(w, r, err)
 		return
 	}
+	s.writeBackend(w, status, b, resp)
+}
+
+// writeBackend writes resp, the view of b.
+func (s *Server) writeBackend(w http.ResponseWriter, status int, b storage.Backend, resp apitypes.Backend) {
 	w.Header().Set("ETag", etag(b.Version))
 	if status == http.StatusCreated {
 		w.Header().Set("Location", "/api/pools/"+url.PathEscape(b.PoolName)+"/backends/"+url.PathEscape(b.ID))
@@ -449,15 +465,20 @@ func backendConfigView(b storage.Backend) apitypes.Backend {
 // observation of it (one index partition of b's own). Its cost does not
 // depend on how many backends exist.
 func (s *Server) backendResponse(tx *storage.Tx, b storage.Backend) (apitypes.Backend, error) {
+	obs, err := tx.ObservationsOf(b.ID)
+	if err != nil {
+		return apitypes.Backend{}, err
+	}
+	return s.backendView(b, obs), nil
+}
+
+// backendView shows backend b with the observations obs of it.
+func (s *Server) backendView(b storage.Backend, obs []storage.Observation) apitypes.Backend {
 	resp := backendConfigView(b)
 	resp.URL = backendURL(b)
 	resp.InsertedAt, resp.UpdatedAt, resp.Version = b.InsertedAt, b.UpdatedAt, versionView(b.Version)
 	resp.LocalSource = "none"
 	resp.Observations = []apitypes.Observation{}
-	obs, err := tx.ObservationsOf(b.ID)
-	if err != nil {
-		return resp, err
-	}
 	sort.Slice(obs, func(i, j int) bool {
 		if obs[i].Region != obs[j].Region {
 			return obs[i].Region < obs[j].Region
@@ -513,7 +534,7 @@ func (s *Server) backendResponse(tx *storage.Tx, b storage.Backend) (apitypes.Ba
 		}
 	}
 	resp.Regions = regionHealth(resp, node, s.cfg.Node.Region)
-	return resp, nil
+	return resp
 }
 
 // regionHealth sums up the observations of b by the observer's region.
