@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
-	"strings"
 
 	"go.uber.org/zap"
 
@@ -104,26 +103,27 @@ func flatten(v any) map[string]string {
 	if err != nil {
 		return out
 	}
-	var m map[string]any
-	if json.Unmarshal(b, &m) != nil {
-		return out
-	}
-	var walk func(prefix string, m map[string]any)
-	walk = func(prefix string, m map[string]any) {
+	// Each value is shown as the view's own JSON encoding of it: kept raw,
+	// not decoded and encoded again.
+	var walk func(prefix string, raw []byte) bool
+	walk = func(prefix string, raw []byte) bool {
+		var m map[string]json.RawMessage
+		if json.Unmarshal(raw, &m) != nil {
+			return false
+		}
 		for k, v := range m {
 			if prefix == "" && auditSkip[k] {
 				continue
 			}
 			name := prefix + k
-			if sub, ok := v.(map[string]any); ok && k != "metadata" {
-				walk(name+".", sub)
+			if len(v) > 0 && v[0] == '{' && k != "metadata" && walk(name+".", v) {
 				continue
 			}
-			b, _ := json.Marshal(v)
-			out[name] = strings.TrimSpace(string(b))
+			out[name] = string(v)
 		}
+		return true
 	}
-	walk("", m)
+	walk("", b)
 	return out
 }
 

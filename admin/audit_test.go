@@ -105,3 +105,66 @@ func TestAuditNeverHoldsCertificateMaterial(t *testing.T) {
 		}
 	}
 }
+
+func TestChangedFields(t *testing.T) {
+	type check struct {
+		Type     string `json:"type"`
+		Interval int    `json:"interval_ms"`
+	}
+	type view struct {
+		Name      string            `json:"name"`
+		Port      int               `json:"port"`
+		Big       int64             `json:"big"`
+		Hosts     []string          `json:"hosts"`
+		Check     check             `json:"health_check"`
+		Metadata  map[string]string `json:"metadata,omitempty"`
+		Note      *string           `json:"note"`
+		UpdatedAt string            `json:"updated_at"` // not configuration
+	}
+	base := view{Name: "web<1>", Port: 80, Big: 1 << 60, Hosts: []string{"a.example", "b.example"},
+		Check: check{Type: "tcp", Interval: 5000}, Metadata: map[string]string{"team": "edge", "a": "1"}, UpdatedAt: "t1"}
+	changed := base
+	changed.Port, changed.Check.Interval, changed.Hosts, changed.UpdatedAt = 8080, 1000, []string{"a.example"}, "t2"
+	changed.Metadata = map[string]string{"team": "core"}
+	tests := []struct {
+		name          string
+		before, after any
+		want          []string
+	}{
+		{"create", nil, base, []string{
+			`big: - -> 1152921504606846976`,
+			`health_check.interval_ms: - -> 5000`,
+			`health_check.type: - -> "tcp"`,
+			`hosts: - -> ["a.example","b.example"]`,
+			`metadata: - -> {"a":"1","team":"edge"}`,
+			`name: - -> "web\u003c1\u003e"`,
+			`note: - -> null`,
+			`port: - -> 80`,
+		}},
+		{"update", base, changed, []string{
+			`health_check.interval_ms: 5000 -> 1000`,
+			`hosts: ["a.example","b.example"] -> ["a.example"]`,
+			`metadata: {"a":"1","team":"edge"} -> {"team":"core"}`,
+			`port: 80 -> 8080`,
+		}},
+		{"only a skipped field", base, view{Name: base.Name, Port: base.Port, Big: base.Big, Hosts: base.Hosts,
+			Check: base.Check, Metadata: base.Metadata, UpdatedAt: "t3"}, []string{}},
+		{"delete", base, nil, []string{
+			`big: 1152921504606846976 -> -`,
+			`health_check.interval_ms: 5000 -> -`,
+			`health_check.type: "tcp" -> -`,
+			`hosts: ["a.example","b.example"] -> -`,
+			`metadata: {"a":"1","team":"edge"} -> -`,
+			`name: "web\u003c1\u003e" -> -`,
+			`note: null -> -`,
+			`port: 80 -> -`,
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := changedFields(tc.before, tc.after); !slices.Equal(got, tc.want) {
+				t.Errorf("changedFields:\n got %q\nwant %q", got, tc.want)
+			}
+		})
+	}
+}
