@@ -145,6 +145,7 @@ type Manager struct {
 	dirty     map[string]bool
 	pending   map[string]map[string]*storage.Backend
 	pendingAt map[string]string
+	staged    int // rows in pending
 	// origin is the pool each backend changed since the last rebuild is
 	// in in the table ("": none), found once per rebuild: finding a
 	// backend by id alone costs a search of every pool.
@@ -638,11 +639,14 @@ func (m *Manager) apply(ev storage.Event) bool {
 	return changed
 }
 
-// maxPending bounds the backend rows staged for one pool: a pool with
-// more changes than that (a bulk load, a replication catch-up) is read
-// afresh from the store instead of holding every row in memory until the
-// rebuild.
-const maxPending = 4096
+// maxPending bounds the backend rows staged for one pool, and maxStaged
+// those staged for every pool together: a pool with more changes than
+// that (a bulk load, a replication catch-up) is read afresh from the
+// store instead of holding every row in memory until the rebuild.
+const (
+	maxPending = 4096
+	maxStaged  = 65536
+)
 
 // stage records that backend id of pool now has row (nil: it left the
 // pool), for the next rebuild to patch in.
@@ -655,8 +659,11 @@ func (m *Manager) stage(pool, id string, row *storage.Backend) {
 		rows = make(map[string]*storage.Backend)
 		m.pending[pool] = rows
 	}
+	if _, ok := rows[id]; !ok {
+		m.staged++
+	}
 	rows[id] = row
-	if len(rows) > maxPending {
+	if len(rows) > maxPending || m.staged > maxStaged {
 		m.markDirty(pool)
 	}
 }
@@ -664,6 +671,7 @@ func (m *Manager) stage(pool, id string, row *storage.Backend) {
 // markDirty makes the next rebuild read pool afresh from the store.
 func (m *Manager) markDirty(pool string) {
 	m.dirty[pool] = true
+	m.staged -= len(m.pending[pool])
 	delete(m.pending, pool)
 }
 
@@ -699,6 +707,7 @@ func (m *Manager) rebuild(ctx context.Context) {
 	m.origin = make(map[string]string)
 	clear(m.pending)
 	clear(m.pendingAt)
+	m.staged = 0
 	changed := make(map[string][]storage.Backend, len(m.dirty))
 	for name := range m.dirty {
 		if _, ok := m.pools[name]; !ok {
