@@ -329,6 +329,13 @@ func report(o options, anchor, clus *result) {
 	if asum > 0 {
 		fmt.Printf("| CPU, all agents ÷ anchor | %.2f | 1 | |\n", sum/asum)
 	}
+	perWrite := func(cores float64, r *result) string {
+		if r.ok == 0 {
+			return "n/a"
+		}
+		return fmt.Sprintf("%.0f µs", cores*r.elapsed.Seconds()/float64(r.ok)*1e6)
+	}
+	fmt.Printf("| CPU per acknowledged write, all agents | %s | %s | |\n", perWrite(sum, clus), perWrite(asum, anchor))
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) }
