@@ -248,20 +248,27 @@ type fakeFeed struct{ sub *Subscription }
 
 func (f fakeFeed) Subscribe(context.Context, uint64) *Subscription { return f.sub }
 
+// subscribeN starts n subscriptions after index start, ended with the
+// test.
+func subscribeN(t *testing.T, s *Store, start uint64, n int) []*Subscription {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	subs := make([]*Subscription, n)
+	for i := range subs {
+		subs[i] = s.Subscribe(ctx, start)
+	}
+	return subs
+}
+
 // Subscribers of the same commits share one read of each: five
 // subscribers (the agent runs as many) over 200 commits materialize 200
 // events, not 1,000, and every subscriber still gets every event with its
 // rows.
 func TestFeedSubscribersShareReads(t *testing.T) {
 	s := openStore(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	const subscribers, commits = 5, 200
 	start := s.LastIndex()
-	var subs []*Subscription
-	for range subscribers {
-		subs = append(subs, s.Subscribe(ctx, start))
-	}
+	subs := subscribeN(t, s, start, subscribers)
 	before := s.feedCache.materialized.Load()
 	for i := range commits {
 		mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool(fmt.Sprint("shared", i))) })
@@ -291,14 +298,9 @@ func TestFeedSubscribersShareReads(t *testing.T) {
 // read.
 func TestFeedCaughtUpSubscribersDoNotRead(t *testing.T) {
 	s := openStore(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	const subscribers, commits = 3, 50
 	start := s.LastIndex()
-	var subs []*Subscription
-	for range subscribers {
-		subs = append(subs, s.Subscribe(ctx, start))
-	}
+	subs := subscribeN(t, s, start, subscribers)
 	before := s.feedCache.reads.Load()
 	for i := range commits {
 		mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool(fmt.Sprint("caught-up", i))) })
