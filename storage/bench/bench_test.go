@@ -514,12 +514,7 @@ func BenchmarkWriteBatched(b *testing.B) {
 					batch := recs[first : first+batchRows]
 					storeBatch := func() error {
 						_, err := st.Update(ctx, func(tx *storage.Tx) error {
-							for j := range batch {
-								if err := tx.PutBackend(&batch[j]); err != nil {
-									return err
-								}
-							}
-							return nil
+							return tx.PutBackends(batch)
 						})
 						return err
 					}
