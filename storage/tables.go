@@ -194,6 +194,13 @@ func (t *Tx) PutBackends(bs []Backend) error {
 		}
 		keys = append(keys, bs[i].ID)
 	}
+	// A transaction that starts with a bulk write gets its maps sized
+	// once rather than grown (and rehashed) row by row.
+	if len(t.writes) == 0 && len(t.old) == 0 && len(bs) > 8 {
+		t.old = make(map[rowRef]*row, len(bs))
+		t.writes = make(map[rowRef]*pending, len(bs))
+		t.order = make([]rowRef, 0, len(bs))
+	}
 	if err := t.prefetch(TableBackends, keys); err != nil {
 		return err
 	}
