@@ -37,6 +37,10 @@ func multiGet(db *grocksdb.DB, ro *grocksdb.ReadOptions, cf *grocksdb.ColumnFami
 	if len(keys) == 0 {
 		return nil
 	}
+	hdb, hro, hcf := cHandle(db), cHandle(ro), cHandle(cf)
+	if hdb == nil || hro == nil || hcf == nil {
+		return errors.New("storage: multiget: closed database, read options or column family")
+	}
 	size := 0
 	for _, k := range keys {
 		size += len(k)
@@ -50,7 +54,7 @@ func multiGet(db *grocksdb.DB, ro *grocksdb.ReadOptions, cf *grocksdb.ColumnFami
 	}
 	buf = append(buf, 0)
 	var out *C.char
-	cerr := C.edge_multi_get(cHandle(db), cHandle(ro), cHandle(cf), C.size_t(len(keys)),
+	cerr := C.edge_multi_get(hdb, hro, hcf, C.size_t(len(keys)),
 		(*C.char)(unsafe.Pointer(&buf[0])), &keyLens[0], &valLens[0], &out)
 	if out != nil {
 		defer C.free(unsafe.Pointer(out))
