@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -365,10 +366,8 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 // prefetchRows loads into current the stored row (nil when absent) of
 // every key that sets change, in one MultiGet per table.
 func (s *Store) prefetchRows(ro *grocksdb.ReadOptions, sets []preparedSet, current map[rowRef]*row) error {
-	// Keys per table, in the order of the schema; the byte keys share
-	// one buffer.
+	// Keys per table, in the order of the schema.
 	keys := make([][]string, len(schema))
-	size := 0
 	for _, ps := range sets {
 		for _, c := range ps.Changes {
 			ref := rowRef{c.Table, c.Key}
@@ -378,36 +377,24 @@ func (s *Store) prefetchRows(ro *grocksdb.ReadOptions, sets []preparedSet, curre
 			current[ref] = nil
 			r := tableRank(c.Table)
 			keys[r] = append(keys[r], c.Key)
-			size += len(c.Key)
 		}
 	}
-	buf := make([]byte, 0, size)
 	for r, ks := range keys {
-		if len(ks) == 0 {
-			continue
-		}
 		table := schema[r].name
-		bkeys := make([][]byte, len(ks))
-		for i, k := range ks {
-			buf = append(buf, k...)
-			bkeys[i] = buf[len(buf)-len(k) : len(buf) : len(buf)]
-		}
-		vals, err := s.base.MultiGetCF(ro, s.cfs[table], bkeys...)
-		if err != nil {
-			return readError(table, err)
-		}
-		for i, v := range vals {
-			if !v.Exists() {
-				continue
-			}
-			d, err := decodeRow(v.Data())
+		err := multiGet(s.base, ro, s.cfs[table], ks, func(i int, v []byte) error {
+			d, err := decodeRow(v)
 			if err != nil {
-				vals.Destroy()
 				return corruptError(table, fmt.Errorf("row %q: %w", ks[i], err))
 			}
 			current[rowRef{table, ks[i]}] = &d
+			return nil
+		})
+		if errors.Is(err, ErrCorrupt) {
+			return err
 		}
-		vals.Destroy()
+		if err != nil {
+			return readError(table, err)
+		}
 	}
 	return nil
 }

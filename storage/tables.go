@@ -37,7 +37,12 @@ func readRow[T any](t *Tx, ref rowRef, clone func(T) T, decode func(*row) (T, er
 		return zero, err
 	}
 	if p != nil {
-		return clone(*p.value.(*T)), nil
+		if v, ok := p.value.(*T); ok {
+			return clone(*v), nil
+		}
+		// Written without a typed copy (PutBackend): decode what it
+		// encoded, as a fresh value the caller owns.
+		return decode(&row{rec: p.rec})
 	}
 	return decode(r)
 }
@@ -160,13 +165,50 @@ func (t *Tx) PutBackend(b *Backend) error {
 	if err != nil {
 		return err
 	}
-	cp := cloneBackend(*b)
-	cp.InsertedAt, cp.UpdatedAt, cp.Version = ins, t.now, Version{}
-	if err := t.put(ref, &pending{rec: encodeBackend(&cp), idx: backendIndexKeys(&cp), value: &cp,
+	// A shallow copy is enough: the record is encoded here, and the
+	// transaction's own reads decode it rather than keep a typed copy
+	// (bulk writes would otherwise copy every row's metadata map once
+	// more for reads that seldom come).
+	cp := *b
+	cp.InsertedAt, cp.UpdatedAt, cp.Version = normTime(ins), t.now, Version{}
+	if err := t.put(ref, &pending{rec: encodeBackend(&cp), idx: backendIndexKeys(&cp),
 		setVer: func(v Version) { b.Version = v }}); err != nil {
 		return err
 	}
 	b.InsertedAt, b.UpdatedAt = cp.InsertedAt, cp.UpdatedAt
+	return nil
+}
+
+// PutBackends puts every backend of bs, as PutBackend does one by one,
+// reading the stored versions they replace in one MultiGet first: the
+// path for bulk writes (imports, 1,000-row batches). Versions are written
+// back into bs at commit.
+func (t *Tx) PutBackends(bs []Backend) error {
+	if !t.writable {
+		return ErrReadOnly
+	}
+	keys := make([]string, 0, len(bs))
+	for i := range bs {
+		if err := validateKey("backend id", bs[i].ID); err != nil {
+			return err
+		}
+		keys = append(keys, bs[i].ID)
+	}
+	// A transaction that starts with a bulk write gets its maps sized
+	// once rather than grown (and rehashed) row by row.
+	if len(t.writes) == 0 && len(t.old) == 0 && len(bs) > 8 {
+		t.old = make(map[rowRef]*row, len(bs))
+		t.writes = make(map[rowRef]*pending, len(bs))
+		t.order = make([]rowRef, 0, len(bs))
+	}
+	if err := t.prefetch(TableBackends, keys); err != nil {
+		return err
+	}
+	for i := range bs {
+		if err := t.PutBackend(&bs[i]); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -326,6 +326,46 @@ func (t *Tx) load(ref rowRef) (*row, error) {
 	return r, nil
 }
 
+// prefetch loads, in one MultiGet, the stored rows of the keys of table
+// that the transaction has not read yet, so that writing many rows costs
+// one crossing into RocksDB instead of one Get per row. The rows land where
+// load would put them; a key read here is never read again.
+func (t *Tx) prefetch(table string, keys []string) error {
+	if t.done {
+		return errTxDone
+	}
+	want := make([]string, 0, len(keys))
+	for _, k := range keys {
+		ref := rowRef{table, k}
+		if _, ok := t.old[ref]; ok {
+			continue
+		}
+		if _, ok := t.writes[ref]; ok {
+			continue
+		}
+		t.old[ref] = nil // absent unless multiGet finds it
+		want = append(want, k)
+	}
+	err := multiGet(t.s.base, t.ro, t.s.cfs[table], want, func(i int, v []byte) error {
+		r, err := decodeRow(v)
+		if err != nil {
+			return corruptError(table, fmt.Errorf("row %q: %w", want[i], err))
+		}
+		t.old[rowRef{table, want[i]}] = &r
+		return nil
+	})
+	if err != nil {
+		for _, k := range want {
+			delete(t.old, rowRef{table, k}) // read again by load, not trusted as absent
+		}
+		if errors.Is(err, ErrCorrupt) {
+			return err
+		}
+		return readError(table, err)
+	}
+	return nil
+}
+
 // current returns the transaction's view of a row: its own buffered write
 // or the stored row. live is false for an absent row or a tombstone.
 func (t *Tx) current(ref rowRef) (p *pending, r *row, live bool, err error) {
@@ -388,6 +428,12 @@ func (t *Tx) insertedAt(ref rowRef) (time.Time, error) {
 			ins = v.InsertedAt
 		case *ACMERecord:
 			ins = v.InsertedAt
+		case nil: // written without a typed copy (PutBackend)
+			d, err := decodeRecord(ref.table, p.rec)
+			if err != nil {
+				return t.now, corruptError(ref.table, err)
+			}
+			ins = d.insertedAt
 		}
 	} else {
 		d, err := decodeRecord(ref.table, r.rec)

@@ -489,11 +489,13 @@ func defaultMark(syncWAL bool) string {
 	return ""
 }
 
-// BenchmarkWriteBatched: Updates of 1,000 PutBackend each against raw
-// WriteBatches of 1,000 puts of the same row bytes; also a second anchor
-// whose batches carry what a store commit writes (rows, index entries, one
-// change-log entry with every record, one feed entry). The three alternate
-// batch by batch.
+// BenchmarkWriteBatched: Updates of 1,000 backends each (PutBackends, the
+// bulk path: one MultiGet of the stored versions) against raw WriteBatches
+// of 1,000 puts of the same row bytes; also a second anchor whose batches
+// carry what a store commit writes (rows, index entries, one change-log
+// entry with every record, one feed entry), and the store again with 1,000
+// PutBackend calls per Update (store_putbackend_rows/s). The four
+// alternate batch by batch.
 func BenchmarkWriteBatched(b *testing.B) {
 	const rows = 100_000
 	for _, syncWAL := range []bool{true, false} {
@@ -505,15 +507,22 @@ func BenchmarkWriteBatched(b *testing.B) {
 			for i := range rows {
 				recs[i], vals[i] = makeBackend(i), tmpl.backendBytes(i)
 			}
-			var sm, rm, fm meter
+			var sm, rm, fm, lm, xm meter
 			for range b.N {
 				st, raw := openWritePair(b, syncWAL)
 				_, full := openWritePair(b, syncWAL)
+				loop, exact := openWritePair(b, syncWAL)
 				wb := grocksdb.NewWriteBatch()
 				for first := 0; first < rows; first += batchRows {
 					batch := recs[first : first+batchRows]
 					storeBatch := func() error {
 						_, err := st.Update(ctx, func(tx *storage.Tx) error {
+							return tx.PutBackends(batch)
+						})
+						return err
+					}
+					loopBatch := func() error {
+						_, err := loop.Update(ctx, func(tx *storage.Tx) error {
 							for j := range batch {
 								if err := tx.PutBackend(&batch[j]); err != nil {
 									return err
@@ -535,20 +544,30 @@ func BenchmarkWriteBatched(b *testing.B) {
 						tmpl.addCommitEntries(wb, full, first, first+batchRows, uint64(first/batchRows+1))
 						return full.write(wb)
 					}
+					exactBatch := func() error {
+						wb.Clear()
+						tmpl.addExactCommitEntries(wb, exact, first, first+batchRows, uint64(first/batchRows+1))
+						return exact.write(wb)
+					}
 					err := rotate(first/batchRows, section{&sm, batchRows, storeBatch}, section{&rm, batchRows, rawBatch},
-						section{&fm, batchRows, fullBatch})
+						section{&fm, batchRows, fullBatch}, section{&lm, batchRows, loopBatch}, section{&xm, batchRows, exactBatch})
 					if err != nil {
 						b.Fatal(err)
 					}
 				}
 				wb.Destroy()
 				closeWritePair(b, st, raw, full)
+				closeWritePair(b, loop, exact)
 			}
 			reportMeters(b, "rows/s", &sm, &rm)
 			b.ReportMetric(fm.rate(), "raw_same_entries_rows/s")
+			b.ReportMetric(lm.rate(), "store_putbackend_rows/s")
+			b.ReportMetric(xm.rate(), "raw_exact_entries_rows/s")
 			label := fmt.Sprintf("batched commits (%d rows each), WAL sync %s%s", batchRows, onOff(syncWAL), defaultMark(syncWAL))
 			shared.summary.compare(label, &sm, &rm, "rows/s", "ratio >= 0.5")
 			shared.summary.compare(label+", anchor: the store's entries", &sm, &fm, "rows/s", "")
+			shared.summary.compare(label+", store with PutBackend per row", &lm, &rm, "rows/s", "")
+			shared.summary.compare(label+", anchor: exactly the store's keys and values", &sm, &xm, "rows/s", "")
 		})
 	}
 }

@@ -343,6 +343,26 @@ func (t *templates) addCommitEntries(wb *grocksdb.WriteBatch, db *rawDB, first, 
 	wb.PutCF(db.cfs[rawFeed], appendBE64(nil, seq), appendBE64([]byte("\x0a\x10"+rawOrigin+"\x10"), seq))
 }
 
+// addExactCommitEntries adds to wb every key a store commit of backends
+// first..last-1 writes to the families the anchor has (storage/tx.go):
+// the row, its by-pool index entry carrying a copy of the row (the
+// covering index), its by-address entry, its change-log key, and the
+// commit's feed entry (the local-seq key in meta is left out). The anchor
+// with exactly the store's entries per row, without its insert hints.
+func (t *templates) addExactCommitEntries(wb *grocksdb.WriteBatch, db *rawDB, first, last int, seq uint64) {
+	for i := first; i < last; i++ {
+		id, pool := backendID(i), poolName(poolOf(i))
+		row := t.backendBytes(i)
+		wb.PutCF(db.cfs[rawRows], []byte(id), row)
+		wb.PutCF(db.cfs[rawIndex], rawPoolIndexKey(pool, id), row)
+		b := makeBackend(i)
+		addr := fmt.Sprintf("\x0b%s %s://%s:%d\x00%s", pool, b.Scheme, b.Host, b.Port, id)
+		wb.PutCF(db.cfs[rawIndex], []byte(addr), nil)
+		wb.PutCF(db.cfs[rawChangelog], append(appendBE64([]byte(rawOrigin+"\x00"), seq), append([]byte{3}, id...)...), nil)
+	}
+	wb.PutCF(db.cfs[rawFeed], appendBE64(nil, seq), appendBE64([]byte("\x0a\x10"+rawOrigin+"\x10"), seq))
+}
+
 // certBytes returns the stored bytes of certificate i.
 func (t *templates) certBytes(i int) []byte {
 	return bytes.ReplaceAll(t.cert, []byte(certToken), []byte(certNum(i)))
