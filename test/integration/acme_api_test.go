@@ -21,14 +21,14 @@ import (
 func startACMEAgent(t *testing.T, e *acmeEnv, token string) *agentProc {
 	t.Helper()
 	bundle := filepath.Join(t.TempDir(), "pebble-ca.pem")
-	if err := os.WriteFile(bundle, e.caPEM, 0o600); err != nil {
+	if err := os.WriteFile(bundle, e.CAPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	a := &agentProc{
 		t: t, dataDir: t.TempDir(), http: e.httpAddr, https: e.tlsAddr, admin: freeAddr(t),
 		env: append(os.Environ(), "EDGE_ADMIN_TOKEN="+token, "EDGE_ENCRYPTION_KEY="+newToken(t)+newToken(t)),
 	}
-	a.start("--acme-directory", e.dir, "--acme-ca-bundle", bundle, "--acme-email", "ops@acme.test")
+	a.start("--acme-directory", e.Dir, "--acme-ca-bundle", bundle, "--acme-email", "ops@acme.test")
 	t.Cleanup(a.stop)
 	return a
 }
@@ -85,7 +85,7 @@ func TestACMEIssueThroughAPIAndCLI(t *testing.T) {
 			t.Errorf("POST %v: %d %s, want 422 on %s", tc.body, code, body, tc.field)
 		}
 	}
-	if n := e.orders(); n != 0 {
+	if n := e.Orders(); n != 0 {
 		t.Fatalf("refused requests placed %d orders", n)
 	}
 
@@ -98,7 +98,7 @@ func TestACMEIssueThroughAPIAndCLI(t *testing.T) {
 	if out, errOut, code := a.cli(token, "backends", "add", "shop", be.url()); code != 0 {
 		t.Fatalf("backends add: exit %d: %s%s", code, out, errOut)
 	}
-	roots := e.roots(t)
+	roots := e.Roots(t)
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "shop.acme.test"},
 		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
@@ -132,11 +132,11 @@ func TestACMEIssueThroughAPIAndCLI(t *testing.T) {
 	t.Logf("POST /api/certificates answered 201 after %s; served after %s", issued.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 
 	// The same names again: the valid certificate, no new order.
-	before := e.orders()
+	before := e.Orders()
 	code, _, body = a.apiRaw(token, "POST", "/api/certificates", map[string]any{"domains": []string{"shop.acme.test"}})
 	keep(body)
-	if code != http.StatusOK || e.orders() != before {
-		t.Fatalf("repeated POST: %d (orders %d -> %d) %s", code, before, e.orders(), body)
+	if code != http.StatusOK || e.Orders() != before {
+		t.Fatalf("repeated POST: %d (orders %d -> %d) %s", code, before, e.Orders(), body)
 	}
 
 	// No wait: 202 with the certificate's location, which appears there.
@@ -174,15 +174,15 @@ func TestACMEIssueThroughAPIAndCLI(t *testing.T) {
 			t.Fatalf("renew %d: %d %s", i+1, code, body)
 		}
 	}
-	before = e.orders()
+	before = e.Orders()
 	code, hdr, body = a.apiRaw(token, "POST", "/api/certificates/"+ct.ID+"/renew", nil)
 	keep(body)
 	var eb apitypes.ErrorBody
 	_ = json.Unmarshal([]byte(body), &eb)
 	if code != http.StatusTooManyRequests || eb.Error.Code != "held_back" || eb.Error.HeldBack == nil ||
 		eb.Error.HeldBack.Limit != "duplicate_certs" || eb.Error.HeldBack.Until.Before(time.Now().Add(24*time.Hour)) ||
-		hdr.Get("Retry-After") == "" || e.orders() != before {
-		t.Fatalf("fifth order: %d %s (Retry-After %q, orders %d -> %d)", code, body, hdr.Get("Retry-After"), before, e.orders())
+		hdr.Get("Retry-After") == "" || e.Orders() != before {
+		t.Fatalf("fifth order: %d %s (Retry-After %q, orders %d -> %d)", code, body, hdr.Get("Retry-After"), before, e.Orders())
 	}
 	out, errOut, code = a.cli(token, "certs", "renew", ct.ID)
 	keep(out, errOut)
@@ -249,7 +249,7 @@ func TestACMEPoolGetsCertificateOnItsOwn(t *testing.T) {
 		t.Fatalf("backends add: exit %d: %s%s", code, out, errOut)
 	}
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: e.roots(t), ServerName: "auto.acme.test"},
+		TLSClientConfig: &tls.Config{RootCAs: e.Roots(t), ServerName: "auto.acme.test"},
 		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, network, a.https)
 		},
@@ -269,7 +269,7 @@ func TestACMEPoolGetsCertificateOnItsOwn(t *testing.T) {
 		list.Items[0].Domain != "auto.acme.test" || list.Items[0].Renewal == nil {
 		t.Fatalf("certificates after the automatic order: %d %+v", code, list.Items)
 	}
-	if n := e.orders(); n != 1 {
+	if n := e.Orders(); n != 1 {
 		t.Fatalf("Pebble saw %d orders, want 1 (none for the opted-out pool)", n)
 	}
 }

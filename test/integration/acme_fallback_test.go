@@ -19,7 +19,7 @@ func TestACMEFallbackDirectory(t *testing.T) {
 	e := startPebble(t)
 	token := newToken(t)
 	bundle := filepath.Join(t.TempDir(), "pebble-ca.pem")
-	if err := os.WriteFile(bundle, e.caPEM, 0o600); err != nil {
+	if err := os.WriteFile(bundle, e.CAPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	primary := "https://" + freeAddr(t) + "/dir" // nothing listens there
@@ -27,7 +27,7 @@ func TestACMEFallbackDirectory(t *testing.T) {
 		t: t, dataDir: t.TempDir(), http: e.httpAddr, https: e.tlsAddr, admin: freeAddr(t),
 		env: append(os.Environ(), "EDGE_ADMIN_TOKEN="+token, "EDGE_ENCRYPTION_KEY="+newToken(t)+newToken(t)),
 	}
-	a.start("--acme-directory", primary, "--acme-fallback-directory", e.dir,
+	a.start("--acme-directory", primary, "--acme-fallback-directory", e.Dir,
 		"--acme-ca-bundle", bundle, "--acme-email", "ops@acme.test")
 	t.Cleanup(a.stop)
 
@@ -39,10 +39,10 @@ func TestACMEFallbackDirectory(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &ct); err != nil {
 		t.Fatal(err)
 	}
-	if ct.Renewal == nil || ct.Renewal.Issuer != e.dir || ct.Renewal.LastSuccess == nil {
-		t.Fatalf("renewal state %s: want issuer %s (the fallback)", body, e.dir)
+	if ct.Renewal == nil || ct.Renewal.Issuer != e.Dir || ct.Renewal.LastSuccess == nil {
+		t.Fatalf("renewal state %s: want issuer %s (the fallback)", body, e.Dir)
 	}
-	if n := e.orders(); n != 1 {
+	if n := e.Orders(); n != 1 {
 		t.Fatalf("pebble saw %d orders, want 1", n)
 	}
 }

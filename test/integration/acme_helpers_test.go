@@ -1,28 +1,15 @@
 package integration
 
 import (
-	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
-	"encoding/json"
-	"encoding/pem"
-	"io"
-	"math/big"
 	"net"
-	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -33,70 +20,15 @@ import (
 	"github.com/singularity-ng/singularity-edge/pools"
 	"github.com/singularity-ng/singularity-edge/proxy"
 	"github.com/singularity-ng/singularity-edge/storage"
+	"github.com/singularity-ng/singularity-edge/test/itest"
 )
 
-// Pebble and pebble-challtestsrv are go tools of this module (go.mod's
-// tool directives); goTool builds one (once, cached by the go command)
-// and returns the binary's path, so the test signals the tool itself.
-var toolPaths sync.Map
-
-func goTool(t *testing.T, name string) string {
-	t.Helper()
-	if p, ok := toolPaths.Load(name); ok {
-		return p.(string)
-	}
-	out, err := exec.Command("go", "tool", "-n", name).Output()
-	if err != nil {
-		t.Fatalf("go tool -n %s: %v", name, err)
-	}
-	p := strings.TrimSpace(string(out))
-	toolPaths.Store(name, p)
-	return p
-}
-
-// proc is a running tool process with its output.
-type proc struct {
-	cmd    *exec.Cmd
-	out    *syncBuffer
-	exited chan struct{}
-}
-
-func startProc(t *testing.T, env []string, path string, args ...string) *proc {
-	t.Helper()
-	p := &proc{cmd: exec.Command(path, args...), out: &syncBuffer{}, exited: make(chan struct{})}
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = p.cmd.Wait(); close(p.exited) }()
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Kill()
-		select {
-		case <-p.exited:
-		case <-time.After(10 * time.Second):
-			t.Errorf("%s did not exit", filepath.Base(path))
-		}
-		if t.Failed() {
-			t.Logf("%s output:\n%s", filepath.Base(path), p.out.String())
-		}
-	})
-	return p
-}
-
-// acmeEnv is Pebble, challtestsrv as its DNS, and the ports Pebble
-// validates on.
+// acmeEnv is Pebble, with challtestsrv as its DNS resolving every name to
+// 127.0.0.1, and the ports Pebble validates on.
 type acmeEnv struct {
-	dir       string // Pebble's directory URL
-	mgmt      string // Pebble's management address
-	challMgmt string // challtestsrv's management address
-	dns       string // challtestsrv's DNS address
-	caPEM     []byte // trusts Pebble's ACME listener
-	httpAddr  string // where Pebble's VA sends HTTP-01 (our proxy)
-	tlsAddr   string // where Pebble's VA sends TLS-ALPN-01 (our proxy)
-	pebble    *proc
-	chall     *proc
-	client    *http.Client
+	*itest.Pebble
+	httpAddr string // where Pebble's VA sends HTTP-01 (our proxy)
+	tlsAddr  string // where Pebble's VA sends TLS-ALPN-01 (our proxy)
 }
 
 func port(addr string) int {
@@ -105,151 +37,18 @@ func port(addr string) int {
 	return n
 }
 
-// startPebble starts challtestsrv (DNS only: every name resolves to
-// 127.0.0.1) and Pebble validating against httpAddr's and tlsAddr's ports,
-// with every order validated afresh.
+// startPebble starts Pebble validating against httpAddr's and tlsAddr's
+// ports, with a 90-day default profile and a 6-day "shortlived" one.
 func startPebble(t *testing.T) *acmeEnv {
 	t.Helper()
-	e := &acmeEnv{httpAddr: freeAddr(t), tlsAddr: freeAddr(t), mgmt: freeAddr(t), challMgmt: freeAddr(t), dns: freeAddr(t)}
-	e.chall = startProc(t, nil, goTool(t, "pebble-challtestsrv"),
-		"-http01", "", "-https01", "", "-doh", "", "-tlsalpn01", "",
-		"-dnsserver", e.dns, "-management", e.challMgmt, "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "")
-
-	dir := t.TempDir()
-	caPEM, certPEM, keyPEM := pebbleListenerCert(t)
-	e.caPEM = caPEM
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	listen := freeAddr(t)
-	cfg := map[string]any{"pebble": map[string]any{
-		"listenAddress":                  listen,
-		"managementListenAddress":        e.mgmt,
-		"certificate":                    certFile,
-		"privateKey":                     keyFile,
-		"httpPort":                       port(e.httpAddr),
-		"tlsPort":                        port(e.tlsAddr),
-		"ocspResponderURL":               "",
-		"externalAccountBindingRequired": false,
-		"retryAfter":                     map[string]int{"authz": 1, "order": 1},
-		"keyAlgorithm":                   "ecdsa",
-		"profiles": map[string]any{
-			"default":    map[string]any{"description": "90 days", "validityPeriod": 7776000},
-			"shortlived": map[string]any{"description": "6 days", "validityPeriod": 518400},
-		},
-	}}
-	b, _ := json.Marshal(cfg)
-	cfgFile := filepath.Join(dir, "pebble.json")
-	if err := os.WriteFile(cfgFile, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	e.pebble = startProc(t, []string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_AUTHZREUSE=0", "PEBBLE_WFE_NONCEREJECT=0"},
-		goTool(t, "pebble"), "-config", cfgFile, "-dnsserver", e.dns)
-	e.dir = "https://" + listen + "/dir"
-
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	e.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	waitFor(t, 30*time.Second, "pebble's directory", func() bool {
-		resp, err := e.client.Get(e.dir)
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
-	waitFor(t, 30*time.Second, "challtestsrv", func() bool {
-		resp, err := http.Post("http://"+e.challMgmt+"/clear-request-history", "application/json", strings.NewReader(`{"host":"x","type":"http"}`))
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return true
+	e := &acmeEnv{httpAddr: freeAddr(t), tlsAddr: freeAddr(t)}
+	e.Pebble = itest.StartPebble(t, itest.PebbleConfig{
+		ListenIP: "127.0.0.1", DefaultIP: "127.0.0.1",
+		HTTPPort: port(e.httpAddr), TLSPort: port(e.tlsAddr),
+		Profiles: map[string]int{"default": 7776000, "shortlived": 518400},
+		FreeAddr: func(testing.TB, string) string { return freeAddr(t) },
 	})
 	return e
-}
-
-// pebbleListenerCert makes a CA and a certificate for 127.0.0.1 signed by
-// it: the CA is what --acme-ca-bundle would point at.
-func pebbleListenerCert(t *testing.T) (caPEM, certPEM, keyPEM []byte) {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test ACME server CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalPKCS8PrivateKey(key)
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
-}
-
-// roots returns Pebble's issuing roots (they change at every start).
-func (e *acmeEnv) roots(t *testing.T) *x509.CertPool {
-	t.Helper()
-	resp, err := e.client.Get("https://" + e.mgmt + "/roots/0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
-		t.Fatalf("pebble roots: %s", b)
-	}
-	return pool
-}
-
-// orders counts the orders Pebble accepted.
-func (e *acmeEnv) orders() int { return strings.Count(e.pebble.out.String(), "Added order") }
-
-// challtest posts to challtestsrv's management API.
-func (e *acmeEnv) challtest(t *testing.T, path string, body any) {
-	t.Helper()
-	b, _ := json.Marshal(body)
-	resp, err := http.Post("http://"+e.challMgmt+path, "application/json", bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("challtestsrv %s: %s", path, resp.Status)
-	}
-}
-
-// setARI makes Pebble answer renewal info for cert with window.
-func (e *acmeEnv) setARI(t *testing.T, certPEM string, start, end time.Time) {
-	t.Helper()
-	ari, _ := json.Marshal(map[string]any{"suggestedWindow": map[string]string{
-		"start": start.UTC().Format(time.RFC3339), "end": end.UTC().Format(time.RFC3339)}})
-	b, _ := json.Marshal(map[string]string{"Certificate": certPEM, "ARIResponse": string(ari)})
-	u := "https://" + e.mgmt + "/set-renewal-info/"
-	resp, err := e.client.Post(u, "application/json", bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("set-renewal-info: %s %s", resp.Status, body)
-	}
 }
 
 // edge is the ACME part of one agent, in this process: a real store, the
@@ -260,7 +59,7 @@ type edge struct {
 	backend *certs.StoreBackend
 	cache   *certs.Cache
 	proxy   *proxy.Server
-	logs    *syncBuffer
+	logs    *itest.SyncBuffer
 	log     *zap.Logger
 }
 
@@ -279,7 +78,7 @@ func newEdgeStore(t *testing.T, wait certs.ReplicationWaiter) *edge {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ed := &edge{store: st, logs: &syncBuffer{}}
+	ed := &edge{store: st, logs: &itest.SyncBuffer{}}
 	ed.log = zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(ed.logs), zapcore.DebugLevel))
 	// lego logs through a process-wide logger: this edge's buffer gets
 	// it, so the secret scan below covers lego's lines too.
@@ -335,8 +134,8 @@ func (r staticRouter) Table() *pools.Table { return r.t }
 func (ed *edge) issuer(t *testing.T, e *acmeEnv, mutate func(*certs.ACMEConfig)) *certs.ACMEIssuer {
 	t.Helper()
 	cfg := certs.DefaultACMEConfig()
-	cfg.DirectoryURL = e.dir
-	cfg.CABundlePEM = e.caPEM
+	cfg.DirectoryURL = e.Dir
+	cfg.CABundlePEM = e.CAPEM
 	cfg.Email = "ops@example.com"
 	cfg.Logger = ed.log
 	if mutate != nil {

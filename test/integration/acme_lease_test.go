@@ -104,7 +104,7 @@ func TestACMELeaseExtendedDuringLongOrder(t *testing.T) {
 		}
 		reg := prometheus.NewRegistry()
 		m := ed.manager(t, "a", []certs.Issuer{iss}, func(c *certs.ManagerConfig) { c.LeaseTTL = ttl; c.Registerer = reg })
-		pebbleBefore := e.pebble.out.String()
+		pebbleBefore := e.Proc.Out.String()
 		_, err = m.Obtain(acmeCtx(t), names, "")
 		if !errors.Is(err, certs.ErrLeaseLost) {
 			t.Fatalf("Obtain with its lease taken over: %v, want ErrLeaseLost", err)
@@ -120,7 +120,7 @@ func TestACMELeaseExtendedDuringLongOrder(t *testing.T) {
 			t.Fatalf("lease %+v, want the taker's %+v untouched", l, taken)
 		}
 		// The CA never validated or finalized anything for this order.
-		out := strings.TrimPrefix(e.pebble.out.String(), pebbleBefore)
+		out := strings.TrimPrefix(e.Proc.Out.String(), pebbleBefore)
 		if strings.Contains(out, "Pulled a task") || strings.Contains(out, "Processing finalization") {
 			t.Fatalf("the CA was told about the abandoned order:\n%s", out)
 		}
@@ -132,8 +132,8 @@ func TestACMELeaseExtendedDuringLongOrder(t *testing.T) {
 
 func issuerConfig(e *acmeEnv, ed *edge, challenges ...string) certs.ACMEConfig {
 	cfg := certs.DefaultACMEConfig()
-	cfg.DirectoryURL = e.dir
-	cfg.CABundlePEM = e.caPEM
+	cfg.DirectoryURL = e.Dir
+	cfg.CABundlePEM = e.CAPEM
 	cfg.Email = "ops@example.com"
 	cfg.Logger = ed.log
 	cfg.Challenges = challenges

@@ -203,10 +203,10 @@ func TestOnDemandIssuesOnFirstHandshake(t *testing.T) {
 	e := startPebble(t)
 	ask := newAskServer(t)
 	ed, _ := newOnDemandEdge(t, e, pools.NewTable(onDemandPools(ask.URL), nil, nil, pools.TableOptions{}), 60*time.Second)
-	roots := e.roots(t)
+	roots := e.Roots(t)
 
 	for _, name := range []string{"shoe.shops.example.com", "yes.tenants.example.com"} {
-		before := e.orders()
+		before := e.Orders()
 		start := time.Now()
 		leaf, err := ed.handshake(e, name, roots)
 		if err != nil {
@@ -222,9 +222,9 @@ func TestOnDemandIssuesOnFirstHandshake(t *testing.T) {
 			t.Fatalf("second handshake for %s: %v", name, err)
 		}
 		t.Logf("%s: first handshake (order included) %s, second %s", name, first.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
-		if fingerprintOf(again) != fingerprintOf(leaf) || e.orders() != before+1 {
+		if fingerprintOf(again) != fingerprintOf(leaf) || e.Orders() != before+1 {
 			t.Fatalf("%s: second handshake served %s (first %s), orders %d -> %d; want the cached certificate and one order",
-				name, fingerprintOf(again), fingerprintOf(leaf), before, e.orders())
+				name, fingerprintOf(again), fingerprintOf(leaf), before, e.Orders())
 		}
 	}
 	if got := ask.count("yes.tenants.example.com"); got != 1 {
@@ -245,8 +245,8 @@ func TestOnDemandRefusalsAreCached(t *testing.T) {
 	e := startPebble(t)
 	ask := newAskServer(t)
 	ed, _ := newOnDemandEdge(t, e, pools.NewTable(onDemandPools(ask.URL), nil, nil, pools.TableOptions{}), 60*time.Second)
-	roots := e.roots(t)
-	before := e.orders()
+	roots := e.Roots(t)
+	before := e.Orders()
 	for _, name := range []string{"evil.example.org", "no.tenants.example.com"} {
 		for i := 0; i < 3; i++ {
 			_, err := ed.handshake(e, name, roots)
@@ -261,8 +261,8 @@ func TestOnDemandRefusalsAreCached(t *testing.T) {
 	if got := ask.count("evil.example.org"); got != 0 {
 		t.Fatalf("ask URL called for a name the allow-list refused")
 	}
-	if e.orders() != before {
-		t.Fatalf("orders %d -> %d for refused names", before, e.orders())
+	if e.Orders() != before {
+		t.Fatalf("orders %d -> %d for refused names", before, e.Orders())
 	}
 	if ed.decisions(certs.OnDemandNotAllowed) != 1 || ed.decisions(certs.OnDemandAskRefused) != 1 {
 		t.Fatalf("decisions not_allowed %v ask_refused %v, want 1 each (the rest from the cache)",
@@ -279,8 +279,8 @@ func TestOnDemandRateLimitHolds(t *testing.T) {
 	e := startPebble(t)
 	ask := newAskServer(t)
 	ed, _ := newOnDemandEdge(t, e, pools.NewTable(onDemandPools(ask.URL), nil, nil, pools.TableOptions{}), 60*time.Second)
-	roots := e.roots(t)
-	before := e.orders()
+	roots := e.Roots(t)
+	before := e.Orders()
 	if _, err := ed.handshake(e, "one.limited.example.com", roots); err != nil {
 		t.Fatal(err)
 	}
@@ -288,8 +288,8 @@ func TestOnDemandRateLimitHolds(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "unrecognized name") {
 		t.Fatalf("second name within the minute: %v, want refused", err)
 	}
-	if e.orders() != before+1 || ed.decisions(certs.OnDemandRateLimited) != 1 {
-		t.Fatalf("orders %d -> %d, rate_limited %v; want one order and one refusal", before, e.orders(), ed.decisions(certs.OnDemandRateLimited))
+	if e.Orders() != before+1 || ed.decisions(certs.OnDemandRateLimited) != 1 {
+		t.Fatalf("orders %d -> %d, rate_limited %v; want one order and one refusal", before, e.Orders(), ed.decisions(certs.OnDemandRateLimited))
 	}
 	// Another pool's budget is its own.
 	if _, err := ed.handshake(e, "other.shops.example.com", roots); err != nil {
@@ -303,8 +303,8 @@ func TestOnDemandConcurrentHandshakesOneOrder(t *testing.T) {
 	e := startPebble(t)
 	ask := newAskServer(t)
 	ed, _ := newOnDemandEdge(t, e, pools.NewTable(onDemandPools(ask.URL), nil, nil, pools.TableOptions{}), 60*time.Second)
-	roots := e.roots(t)
-	before := e.orders()
+	roots := e.Roots(t)
+	before := e.Orders()
 	const n = 8
 	var wg sync.WaitGroup
 	fps := make([]string, n)
@@ -326,8 +326,8 @@ func TestOnDemandConcurrentHandshakesOneOrder(t *testing.T) {
 			t.Fatalf("handshake %d: %v (fingerprint %s, first %s)", i, errs[i], fps[i], fps[0])
 		}
 	}
-	if e.orders() != before+1 || ask.count("yes-burst.tenants.example.com") != 1 {
-		t.Fatalf("orders %d -> %d, ask calls %d; want one of each", before, e.orders(), ask.count("yes-burst.tenants.example.com"))
+	if e.Orders() != before+1 || ask.count("yes-burst.tenants.example.com") != 1 {
+		t.Fatalf("orders %d -> %d, ask calls %d; want one of each", before, e.Orders(), ask.count("yes-burst.tenants.example.com"))
 	}
 }
 
@@ -338,8 +338,8 @@ func TestOnDemandBoundedWaitOrderContinues(t *testing.T) {
 	e := startPebble(t)
 	ask := newAskServer(t)
 	ed, _ := newOnDemandEdge(t, e, pools.NewTable(onDemandPools(ask.URL), nil, nil, pools.TableOptions{}), 100*time.Millisecond)
-	roots := e.roots(t)
-	before := e.orders()
+	roots := e.Roots(t)
+	before := e.Orders()
 	_, err := ed.handshake(e, "slow.shops.example.com", roots)
 	if err == nil || !strings.Contains(err.Error(), "internal error") {
 		t.Fatalf("first handshake: %v, want an internal_error alert after the wait", err)
@@ -351,8 +351,8 @@ func TestOnDemandBoundedWaitOrderContinues(t *testing.T) {
 	if _, err := ed.handshake(e, "slow.shops.example.com", roots); err != nil {
 		t.Fatal(err)
 	}
-	if e.orders() != before+1 {
-		t.Fatalf("orders %d -> %d, want one", before, e.orders())
+	if e.Orders() != before+1 {
+		t.Fatalf("orders %d -> %d, want one", before, e.Orders())
 	}
 	if got := metricValue(ed.registry, "edge_ondemand_wait_timeouts_total", "", ""); got < 1 {
 		t.Fatalf("wait timeouts %v, want at least 1", got)
@@ -374,8 +374,8 @@ func TestOnDemandOwnerOrdersForAnotherAgent(t *testing.T) {
 	}
 	ed, _ := newOnDemandEdge(t, e, pools.NewTable(onDemandPools(ask.URL), nil, nil, pools.TableOptions{}), 60*time.Second,
 		agentSetup{self: other, alive: alive}, agentSetup{self: owner, alive: alive})
-	roots := e.roots(t)
-	before := e.orders()
+	roots := e.Roots(t)
+	before := e.Orders()
 	leaf, err := ed.handshake(e, name, roots)
 	if err != nil {
 		t.Fatal(err)
@@ -383,8 +383,8 @@ func TestOnDemandOwnerOrdersForAnotherAgent(t *testing.T) {
 	if err := leaf.VerifyHostname(name); err != nil {
 		t.Fatal(err)
 	}
-	if e.orders() != before+1 {
-		t.Fatalf("orders %d -> %d, want one", before, e.orders())
+	if e.Orders() != before+1 {
+		t.Fatalf("orders %d -> %d, want one", before, e.Orders())
 	}
 	st, err := ed.backend.RenewalState(context.Background(), certs.CertificateID([]string{name}))
 	if err != nil {
@@ -414,8 +414,8 @@ func TestOnDemandOwnerHandshakeJoinsRequestedOrder(t *testing.T) {
 	}
 	ed, ods := newOnDemandEdge(t, e, pools.NewTable(onDemandPools(ask.URL), nil, nil, pools.TableOptions{}), 60*time.Second,
 		agentSetup{self: other, alive: alive}, agentSetup{self: owner, alive: alive})
-	roots := e.roots(t)
-	before := e.orders()
+	roots := e.Roots(t)
+	before := e.Orders()
 	viaOther := make(chan error, 1)
 	go func() { _, err := ed.handshake(e, name, roots); viaOther <- err }()
 	waitFor(t, 30*time.Second, "the request row", func() bool {
@@ -436,8 +436,8 @@ func TestOnDemandOwnerHandshakeJoinsRequestedOrder(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("handshake through the other agent did not finish")
 	}
-	if e.orders() != before+1 {
-		t.Fatalf("orders %d -> %d, want one", before, e.orders())
+	if e.Orders() != before+1 {
+		t.Fatalf("orders %d -> %d, want one", before, e.Orders())
 	}
 }
 
@@ -466,7 +466,7 @@ func TestOnDemandThroughAgent(t *testing.T) {
 	if out, errOut, code := a.cli(token, "backends", "add", "saas", be.url()); code != 0 {
 		t.Fatalf("backends add: exit %d: %s%s", code, out, errOut)
 	}
-	roots := e.roots(t)
+	roots := e.Roots(t)
 	get := func(name string) (*http.Response, error) {
 		client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 			TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: name},
@@ -477,7 +477,7 @@ func TestOnDemandThroughAgent(t *testing.T) {
 		}}
 		return client.Get("https://" + name + "/")
 	}
-	before := e.orders()
+	before := e.Orders()
 	// The pool routes the name by its allow-list; the first handshakes
 	// may give up after --on-demand-wait on a slow machine, the order
 	// goes on and a later one is served.
@@ -489,16 +489,16 @@ func TestOnDemandThroughAgent(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
-	if e.orders() != before+1 || ask.count("yes.shops.acme.test") != 1 {
-		t.Fatalf("orders %d -> %d, ask calls %d; want one each", before, e.orders(), ask.count("yes.shops.acme.test"))
+	if e.Orders() != before+1 || ask.count("yes.shops.acme.test") != 1 {
+		t.Fatalf("orders %d -> %d, ask calls %d; want one each", before, e.Orders(), ask.count("yes.shops.acme.test"))
 	}
 	for range 2 {
 		if _, err := get("no.shops.acme.test"); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
 			t.Fatalf("refused name: %v, want unrecognized_name", err)
 		}
 	}
-	if ask.count("no.shops.acme.test") != 1 || e.orders() != before+1 {
-		t.Fatalf("refused name: ask calls %d, orders %d -> %d", ask.count("no.shops.acme.test"), before, e.orders())
+	if ask.count("no.shops.acme.test") != 1 || e.Orders() != before+1 {
+		t.Fatalf("refused name: ask calls %d, orders %d -> %d", ask.count("no.shops.acme.test"), before, e.Orders())
 	}
 	_, _, metrics := a.apiRaw(token, "GET", "/metrics", nil)
 	for _, want := range []string{`edge_ondemand_decisions_total{result="issued"} 1`, `edge_ondemand_decisions_total{result="ask_refused"} 1`,

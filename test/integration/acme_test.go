@@ -33,7 +33,7 @@ func acmeCtx(t *testing.T) context.Context {
 func TestACMEIssuesWithEachChallenge(t *testing.T) {
 	e := startPebble(t)
 	ed := newEdge(t, e, nil)
-	roots := e.roots(t)
+	roots := e.Roots(t)
 
 	script := filepath.Join(t.TempDir(), "dns.sh")
 	if err := os.WriteFile(script, []byte(fmt.Sprintf(`#!/bin/sh
@@ -42,7 +42,7 @@ case "$1" in
 present) curl -sf -X POST -d "{\"host\":\"$2\",\"value\":\"$3\"}" http://%[1]s/set-txt ;;
 cleanup) curl -sf -X POST -d "{\"host\":\"$2\"}" http://%[1]s/clear-txt ;;
 esac
-`, e.challMgmt)), 0o755); err != nil {
+`, e.ChallMgmt)), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("EXEC_PATH", script)
@@ -70,7 +70,7 @@ esac
 				c.Challenges = []string{tc.challenge}
 				if tc.challenge == certs.ChallengeDNS01 {
 					c.DNS01Provider = dnsProvider
-					c.DNS01Resolvers = []string{e.dns}
+					c.DNS01Resolvers = []string{e.DNS}
 					c.DNS01RecursiveOnly = true
 				}
 			})
@@ -95,10 +95,10 @@ esac
 			}
 			// A second Obtain for the same names returns the stored
 			// certificate without a new order.
-			before := e.orders()
+			before := e.Orders()
 			again, err := m.Obtain(acmeCtx(t), tc.names, tc.profile)
-			if err != nil || again.Fingerprint != cert.Fingerprint || e.orders() != before {
-				t.Fatalf("second Obtain: %v, fingerprint changed %v, orders %d -> %d", err, again.Fingerprint != cert.Fingerprint, before, e.orders())
+			if err != nil || again.Fingerprint != cert.Fingerprint || e.Orders() != before {
+				t.Fatalf("second Obtain: %v, fingerprint changed %v, orders %d -> %d", err, again.Fingerprint != cert.Fingerprint, before, e.Orders())
 			}
 		})
 	}
@@ -112,11 +112,11 @@ esac
 
 	t.Run("profile not offered", func(t *testing.T) {
 		m := ed.manager(t, "a", []certs.Issuer{ed.issuer(t, e, nil)}, nil)
-		before := e.orders()
+		before := e.Orders()
 		if _, err := m.Obtain(acmeCtx(t), []string{"profile.example.com"}, "tlsserver"); !errors.Is(err, certs.ErrNotOrdered) || !strings.Contains(err.Error(), `profile "tlsserver" is not offered`) {
 			t.Fatalf("Obtain with an unknown profile: %v", err)
 		}
-		if e.orders() != before {
+		if e.Orders() != before {
 			t.Fatal("an order was placed for a profile the directory does not offer")
 		}
 	})
@@ -146,7 +146,7 @@ func TestACMEPresentFailsBeforeTheCAIsTold(t *testing.T) {
 		t.Fatal("Present did not wait for the cluster")
 	}
 	// Pebble logs each validation it starts; none may have happened.
-	if out := e.pebble.out.String(); !strings.Contains(out, "Added order") || strings.Contains(out, "Pulled a task") {
+	if out := e.Proc.Out.String(); !strings.Contains(out, "Added order") || strings.Contains(out, "Pulled a task") {
 		t.Fatalf("the CA was told about the challenge (or no order was placed):\n%s", out)
 	}
 	st, _, err := m.State(context.Background(), certs.CertificateID([]string{"partitioned.example.com"}))
@@ -163,7 +163,7 @@ func TestACMEPresentFailsBeforeTheCAIsTold(t *testing.T) {
 func TestACMERenewsOnARIWindowWithReplaces(t *testing.T) {
 	e := startPebble(t)
 	ed := newEdge(t, e, nil)
-	roots := e.roots(t)
+	roots := e.Roots(t)
 	iss := ed.issuer(t, e, nil)
 	m := ed.manager(t, "a", []certs.Issuer{iss}, nil)
 	names := []string{"ari.example.com"}
@@ -186,19 +186,19 @@ func TestACMERenewsOnARIWindowWithReplaces(t *testing.T) {
 
 	// The CA moves the window into the past (as for a revocation); the
 	// next check picks it up ...
-	e.setARI(t, old.CertificatePEM, time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour))
+	e.SetARI(t, old.CertificatePEM, time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour))
 	// ... and the certificate is looked at now.
 	st.ARI.NextCheck, st.Due = time.Time{}, time.Now()
 	if err := ed.backend.SaveRenewalState(context.Background(), st); err != nil {
 		t.Fatal(err)
 	}
-	before := e.orders()
+	before := e.Orders()
 	rep, err = m.RunOnce(acmeCtx(t))
 	if err != nil || rep.Renewed != 1 {
 		t.Fatalf("second pass %+v, %v", rep, err)
 	}
-	if e.orders() != before+1 || !strings.Contains(e.pebble.out.String(), "is a replacement of") {
-		t.Fatalf("renewal was not one order with replaces (orders %d -> %d)", before, e.orders())
+	if e.Orders() != before+1 || !strings.Contains(e.Proc.Out.String(), "is a replacement of") {
+		t.Fatalf("renewal was not one order with replaces (orders %d -> %d)", before, e.Orders())
 	}
 	cur, err := ed.store.GetCertificate(context.Background(), old.ID)
 	if err != nil || cur.Fingerprint == old.Fingerprint || !cur.ExpiresAt.After(old.ExpiresAt.Add(-time.Minute)) {
@@ -214,13 +214,13 @@ func TestACMERenewsOnARIWindowWithReplaces(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before = e.orders()
+	before = e.Orders()
 	got, err := mb.Renew(acmeCtx(t), old.ID)
 	if err != nil {
 		t.Fatalf("renew with a stale view: %v", err)
 	}
-	if got.Fingerprint != cur.Fingerprint || e.orders() != before {
-		t.Fatalf("alreadyReplaced was not taken as renewed by another (orders %d -> %d)", before, e.orders())
+	if got.Fingerprint != cur.Fingerprint || e.Orders() != before {
+		t.Fatalf("alreadyReplaced was not taken as renewed by another (orders %d -> %d)", before, e.Orders())
 	}
 }
 
@@ -246,7 +246,7 @@ func (l *laggingStore) Certificate(ctx context.Context, id string) (storage.Cert
 func TestACMEFailedRenewalKeepsOldCertificateAndRetries(t *testing.T) {
 	e := startPebble(t)
 	ed := newEdge(t, e, nil)
-	roots := e.roots(t)
+	roots := e.Roots(t)
 	var offset atomic.Int64
 	now := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
 	m := ed.manager(t, "a", []certs.Issuer{ed.issuer(t, e, func(c *certs.ACMEConfig) { c.Challenges = []string{certs.ChallengeHTTP01} })},
@@ -261,10 +261,10 @@ func TestACMEFailedRenewalKeepsOldCertificateAndRetries(t *testing.T) {
 	// Twelve hours before expiry the certificate is due whatever the
 	// CA's window says; the CA's lookups of the name fail.
 	offset.Store(int64(time.Until(old.ExpiresAt) - 12*time.Hour))
-	e.challtest(t, "/set-servfail", map[string]string{"host": names[0]})
-	before := e.orders()
+	e.Challtest(t, "/set-servfail", map[string]string{"host": names[0]})
+	before := e.Orders()
 	rep, err := m.RunOnce(acmeCtx(t))
-	if err != nil || rep.Failed != 1 || e.orders() != before+1 {
+	if err != nil || rep.Failed != 1 || e.Orders() != before+1 {
 		t.Fatalf("due renewal with failing DNS: %+v %v", rep, err)
 	}
 	st, _, err := m.State(context.Background(), old.ID)
@@ -280,10 +280,10 @@ func TestACMEFailedRenewalKeepsOldCertificateAndRetries(t *testing.T) {
 	}
 
 	// Still due, but inside the backoff: no order.
-	e.challtest(t, "/clear-servfail", map[string]string{"host": names[0]})
-	before = e.orders()
+	e.Challtest(t, "/clear-servfail", map[string]string{"host": names[0]})
+	before = e.Orders()
 	rep, err = m.RunOnce(acmeCtx(t))
-	if err != nil || rep.Renewed != 0 || rep.Failed != 0 || e.orders() != before {
+	if err != nil || rep.Renewed != 0 || rep.Failed != 0 || e.Orders() != before {
 		t.Fatalf("retried inside the backoff: %+v %v", rep, err)
 	}
 	// After the backoff the scheduler retries and succeeds.
@@ -318,13 +318,13 @@ func TestACMEBudgetHoldsBackOrders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := e.orders()
+	before := e.Orders()
 	_, err = m.Obtain(acmeCtx(t), []string{"second.example.com"}, "")
 	var hb *certs.HeldBackError
 	if !errors.As(err, &hb) || !errors.Is(err, certs.ErrHeldBack) || hb.Limit != "orders_per_account" || hb.Until.Before(time.Now().Add(2*time.Hour)) {
 		t.Fatalf("second order: %v", err)
 	}
-	if e.orders() != before {
+	if e.Orders() != before {
 		t.Fatal("a held-back order reached the CA")
 	}
 	st, err := ed.backend.RenewalState(context.Background(), certs.CertificateID([]string{"second.example.com"}))
@@ -346,7 +346,7 @@ func TestACMEBudgetHoldsBackOrders(t *testing.T) {
 		c.Now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
 	})
 	rep, err := m2.RunOnce(acmeCtx(t))
-	if err != nil || rep.HeldBack != 1 || rep.Renewed != 0 || e.orders() != before {
+	if err != nil || rep.HeldBack != 1 || rep.Renewed != 0 || e.Orders() != before {
 		t.Fatalf("pass over a due certificate with no budget: %+v, %v", rep, err)
 	}
 	st, _, err = m2.State(context.Background(), first.ID)
@@ -358,7 +358,7 @@ func TestACMEBudgetHoldsBackOrders(t *testing.T) {
 	}
 	// A second pass while held back does not read it (its due row is at
 	// the end of the hold) and orders nothing; the gauge still counts it.
-	if rep, err := m2.RunOnce(acmeCtx(t)); err != nil || rep.Checked != 0 || e.orders() != before {
+	if rep, err := m2.RunOnce(acmeCtx(t)); err != nil || rep.Checked != 0 || e.Orders() != before {
 		t.Fatalf("second pass: %+v, %v", rep, err)
 	}
 	if v := gaugeValue(t, reg2, "edge_acme_held_back_certificates"); v != 1 {
@@ -405,7 +405,7 @@ func TestACMEOneOrderPerDueCertificateAcrossAgents(t *testing.T) {
 		t.Fatal(err)
 	}
 	offset.Store(int64(old.ExpiresAt.Sub(time.Now()) - time.Hour)) // deep in the emergency zone
-	before := e.orders()
+	before := e.Orders()
 	var wg sync.WaitGroup
 	reps := make([]certs.PassReport, len(ms))
 	errs := make([]error, len(ms))
@@ -422,8 +422,8 @@ func TestACMEOneOrderPerDueCertificateAcrossAgents(t *testing.T) {
 		owned += reps[i].Owned
 		renewed += reps[i].Renewed
 	}
-	if owned != 1 || renewed != 1 || e.orders() != before+1 {
-		t.Fatalf("owned %d renewed %d orders %d -> %d; want one owner and one order", owned, renewed, before, e.orders())
+	if owned != 1 || renewed != 1 || e.Orders() != before+1 {
+		t.Fatalf("owned %d renewed %d orders %d -> %d; want one owner and one order", owned, renewed, before, e.Orders())
 	}
 	owner := certs.Owner(old.ID, alive)
 	st, _, _ := ms[0].State(context.Background(), old.ID)
@@ -441,7 +441,7 @@ func TestACMERenewalRate(t *testing.T) {
 	}
 	e := startPebble(t)
 	ed := newEdge(t, e, nil)
-	roots := e.roots(t)
+	roots := e.Roots(t)
 	limits := certs.DefaultBudgetLimits()
 	limits.DuplicateCerts = 0
 	m := ed.manager(t, "a", []certs.Issuer{ed.issuer(t, e, func(c *certs.ACMEConfig) { c.Challenges = []string{certs.ChallengeHTTP01} })},

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/singularity-ng/singularity-edge/test/itest"
 )
 
 // There is no container engine on the test machines, so the image is checked
@@ -285,7 +287,7 @@ func TestEntrypointHandsTheVolumeToTheEdgeUser(t *testing.T) {
 	agentCmd := exec.Command(entrypoint, binary, "agent", "--http-addr", freeAddr(t), "--https-addr", "",
 		"--admin-addr", freeAddr(t), "--health-addr", health)
 	agentCmd.Env = env
-	var agentLog syncBuffer
+	var agentLog itest.SyncBuffer
 	agentCmd.Stdout, agentCmd.Stderr = &agentLog, &agentLog
 	if err := agentCmd.Start(); err != nil {
 		t.Fatal(err)
@@ -324,7 +326,7 @@ func TestEntrypointHandsTheVolumeToTheEdgeUser(t *testing.T) {
 	}
 	cmd := exec.Command(entrypoint, "sh", "-c", "echo agent-started")
 	cmd.Env = env
-	var buf syncBuffer
+	var buf itest.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -22,28 +22,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/singularity-ng/singularity-edge/test/itest"
 )
 
 // binary is the path of the singularity-edge binary built by TestMain.
 var binary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "edge-integration-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binary = filepath.Join(dir, "singularity-edge")
-	build := exec.Command("go", "build", "-o", binary, "github.com/singularity-ng/singularity-edge/cmd/singularity-edge")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building the agent:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(itest.RunWithAgent(m, "edge-integration-", &binary)) }
 
 // agentProc is one running agent process.
 type agentProc struct {
@@ -54,7 +40,7 @@ type agentProc struct {
 	https   string // proxy HTTPS address
 	admin   string // admin address
 	cmd     *exec.Cmd
-	log     *syncBuffer
+	log     *itest.SyncBuffer
 	exited  chan struct{}
 	waitErr error
 }
@@ -110,7 +96,7 @@ func (a *agentProc) start(extra ...string) {
 	}, extra...)
 	a.cmd = exec.Command(binary, args...)
 	a.cmd.Env = a.env
-	a.log = &syncBuffer{}
+	a.log = &itest.SyncBuffer{}
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	if err := a.cmd.Start(); err != nil {
 		a.t.Fatal(err)
@@ -265,25 +251,6 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of a child's
-// stdout and stderr.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // backend is a plain HTTP server that answers with its name.

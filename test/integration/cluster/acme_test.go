@@ -2,24 +2,15 @@ package cluster
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -27,6 +18,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/singularity-ng/singularity-edge/test/itest"
 )
 
 // These tests run three agent processes against Pebble: Pebble resolves
@@ -34,186 +27,15 @@ import (
 // one agent or another; every agent listens on the same HTTP and HTTPS
 // ports (Pebble's httpPort and tlsPort) on an address of its own.
 
-// tool is a running Pebble or challtestsrv.
-type tool struct {
-	cmd    *exec.Cmd
-	out    *syncBuffer
-	exited chan struct{}
-}
-
-func startTool(t *testing.T, env []string, name string, args ...string) *tool {
-	t.Helper()
-	path, err := exec.Command("go", "tool", "-n", name).Output()
-	if err != nil {
-		t.Fatalf("go tool -n %s: %v", name, err)
-	}
-	p := &tool{cmd: exec.Command(strings.TrimSpace(string(path)), args...), out: &syncBuffer{}, exited: make(chan struct{})}
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = p.cmd.Wait(); close(p.exited) }()
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Kill()
-		select {
-		case <-p.exited:
-		case <-time.After(10 * time.Second):
-			t.Errorf("%s did not exit", name)
-		}
-		if t.Failed() {
-			t.Logf("%s output (tail):\n%s", name, tail(p.out.String(), 80))
-		}
-	})
-	return p
-}
-
-// pebble is Pebble with challtestsrv as its DNS.
-type pebble struct {
-	dir       string // directory URL
-	mgmt      string // management address (roots)
-	challMgmt string // challtestsrv management address
-	caPEM     []byte // trusts Pebble's own listener
-	bundle    string // caPEM's file, for --acme-ca-bundle
-	proc      *tool
-	client    *http.Client
-}
-
-func listenAddr(t *testing.T, ip string) string {
-	t.Helper()
-	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // startPebble listens on listenIP (where the agents reach it), validates
 // on httpPort and tlsPort of whatever address challtestsrv gives a name
-// (defaultIP unless set with resolve), and validates every order afresh.
+// (defaultIP unless set with Resolve), and validates every order afresh.
 // profiles maps profile names to their validity in seconds (nil: Pebble's
-// single default profile); an order that names no profile gets a random
-// one, so orders name theirs when there are several.
-func startPebble(t *testing.T, listenIP, defaultIP string, httpPort, tlsPort int, profiles map[string]int) *pebble {
+// single default profile).
+func startPebble(t *testing.T, listenIP, defaultIP string, httpPort, tlsPort int, profiles map[string]int) *itest.Pebble {
 	t.Helper()
-	p := &pebble{mgmt: listenAddr(t, "127.0.0.1"), challMgmt: listenAddr(t, "127.0.0.1")}
-	dns := listenAddr(t, "127.0.0.1")
-	startTool(t, nil, "pebble-challtestsrv", "-http01", "", "-https01", "", "-doh", "", "-tlsalpn01", "",
-		"-dnsserver", dns, "-management", p.challMgmt, "-defaultIPv4", defaultIP, "-defaultIPv6", "")
-
-	dir := t.TempDir()
-	var certPEM, keyPEM []byte
-	p.caPEM, certPEM, keyPEM = listenerCert(t, listenIP)
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	p.bundle = filepath.Join(dir, "ca.pem")
-	for f, b := range map[string][]byte{certFile: certPEM, keyFile: keyPEM, p.bundle: p.caPEM} {
-		if err := os.WriteFile(f, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	listen := listenAddr(t, listenIP)
-	pcfg := map[string]any{
-		"listenAddress": listen, "managementListenAddress": p.mgmt,
-		"certificate": certFile, "privateKey": keyFile,
-		"httpPort": httpPort, "tlsPort": tlsPort, "ocspResponderURL": "",
-		"externalAccountBindingRequired": false,
-		"retryAfter":                     map[string]int{"authz": 1, "order": 1},
-		"keyAlgorithm":                   "ecdsa",
-	}
-	if profiles != nil {
-		ps := map[string]any{}
-		for name, secs := range profiles {
-			ps[name] = map[string]any{"description": name, "validityPeriod": secs}
-		}
-		pcfg["profiles"] = ps
-	}
-	cfg, _ := json.Marshal(map[string]any{"pebble": pcfg})
-	cfgFile := filepath.Join(dir, "pebble.json")
-	if err := os.WriteFile(cfgFile, cfg, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p.proc = startTool(t, []string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_AUTHZREUSE=0", "PEBBLE_WFE_NONCEREJECT=0"},
-		"pebble", "-config", cfgFile, "-dnsserver", dns)
-	p.dir = "https://" + listen + "/dir"
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(p.caPEM)
-	p.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	waitFor(t, "pebble's directory", func() bool {
-		resp, err := p.client.Get(p.dir)
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	waitFor(t, "challtestsrv", func() bool {
-		resp, err := http.Post("http://"+p.challMgmt+"/clear-request-history", "application/json", strings.NewReader(`{"host":"x","type":"http"}`))
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return true
-	})
-	return p
-}
-
-// resolve points name at ip in challtestsrv's DNS, the only DNS Pebble
-// asks.
-func (p *pebble) resolve(t *testing.T, name, ip string) {
-	t.Helper()
-	b, _ := json.Marshal(map[string]any{"host": name, "addresses": []string{ip}})
-	resp, err := http.Post("http://"+p.challMgmt+"/add-a", "application/json", bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("challtestsrv add-a: %s", resp.Status)
-	}
-}
-
-// roots are Pebble's issuing roots (new at every start).
-func (p *pebble) roots(t *testing.T) *x509.CertPool {
-	t.Helper()
-	resp, err := p.client.Get("https://" + p.mgmt + "/roots/0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
-		t.Fatalf("pebble roots: %s", b)
-	}
-	return pool
-}
-
-// listenerCert is a CA and a certificate for ip signed by it.
-func listenerCert(t *testing.T, ip string) (caPEM, certPEM, keyPEM []byte) {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test ACME server CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: ip},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.ParseIP(ip)},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalPKCS8PrivateKey(key)
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
+	return itest.StartPebble(t, itest.PebbleConfig{ListenIP: listenIP, DefaultIP: defaultIP,
+		HTTPPort: httpPort, TLSPort: tlsPort, Profiles: profiles})
 }
 
 // acmePorts is ports with base+4 (HTTPS) free too on every address.
@@ -242,7 +64,7 @@ func (p ports) https() int { return p.base + 4 }
 
 // startACMECluster starts one agent per address of ips (in namespaces ns when
 // given) with ACME at pebble; extra flags go to every agent.
-func startACMECluster(t *testing.T, pb *pebble, ips, ns []string, p ports, extra ...string) []*agent {
+func startACMECluster(t *testing.T, pb *itest.Pebble, ips, ns []string, p ports, extra ...string) []*agent {
 	t.Helper()
 	key := gossipKey(t)
 	// Private keys travel sealed in change sets: every agent of a cluster
@@ -253,7 +75,7 @@ func startACMECluster(t *testing.T, pb *pebble, ips, ns []string, p ports, extra
 	for i, ip := range ips {
 		c := agentConfig{name: fmt.Sprintf("m%d", i+1), ip: ip, ports: p, key: key, env: []string{storeKey},
 			args: append([]string{"--https-addr", net.JoinHostPort(ip, strconv.Itoa(p.https())),
-				"--acme-directory", pb.dir, "--acme-ca-bundle", pb.bundle, "--acme-email", "ops@acme.test"}, extra...)}
+				"--acme-directory", pb.Dir, "--acme-ca-bundle", pb.Bundle, "--acme-email", "ops@acme.test"}, extra...)}
 		if i > 0 {
 			c.join = []string{seed}
 		}
@@ -324,9 +146,9 @@ func TestACMEThreeAgents(t *testing.T) {
 	// Two certificates per name set: the issuance and one renewal each,
 	// then the budget holds the next order back.
 	agents := startACMECluster(t, pb, ips, nil, p, "--acme-renew-interval", "1s", "--acme-duplicate-certs", "2")
-	roots := pb.roots(t)
+	roots := pb.Roots(t)
 	const name = "other.acme.test"
-	pb.resolve(t, name, ips[1])
+	pb.Resolve(t, name, ips[1])
 	// The proxy terminates TLS only for names a pool serves; this pool
 	// leaves ordering to the POST below.
 	agents[0].mustDo(http.MethodPost, "/api/pools", map[string]any{"name": "shop", "algorithm": "round_robin",
@@ -358,14 +180,14 @@ func TestACMEThreeAgents(t *testing.T) {
 	}
 	t.Logf("POST to 201: %s; POST to served by all three agents: %s", issued.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 	// Pebble validated against m2 only: the name resolves nowhere else.
-	if !strings.Contains(pb.proc.out.String(), "Pulled a task") {
+	if !strings.Contains(pb.Proc.Out.String(), "Pulled a task") {
 		t.Fatal("Pebble validated nothing")
 	}
 	// lego prefers tls-alpn-01 over http-01 when the CA offers both (it
 	// sorts the offered types), and Pebble logs every HTTP-01 validation:
 	// none here. m2 answered it: the acme handshakes are counted there
 	// only.
-	if strings.Contains(pb.proc.out.String(), "Attempting to validate w/ HTTP") {
+	if strings.Contains(pb.Proc.Out.String(), "Attempting to validate w/ HTTP") {
 		t.Fatal("Pebble validated with HTTP-01, want TLS-ALPN-01")
 	}
 	if !strings.Contains(agents[0].log.String(), "use tls-alpn-01 solver") {
@@ -457,7 +279,7 @@ func TestACMEThreeAgents(t *testing.T) {
 	})
 
 	t.Run("lowered budget holds back", func(t *testing.T) {
-		before := strings.Count(pb.proc.out.String(), "Added order")
+		before := strings.Count(pb.Proc.Out.String(), "Added order")
 		code, body := agents[2].acme(http.MethodPost, "/api/certificates/"+cert.ID+"/renew", nil)
 		var eb struct {
 			Error struct {
@@ -484,7 +306,7 @@ func TestACMEThreeAgents(t *testing.T) {
 					v.Renewal.Phase == "held_back" && strings.Contains(v.Renewal.HeldBack, "duplicate_certs")
 			})
 		}
-		if n := strings.Count(pb.proc.out.String(), "Added order"); n != before {
+		if n := strings.Count(pb.Proc.Out.String(), "Added order"); n != before {
 			t.Fatalf("a held-back renewal placed %d orders", n-before)
 		}
 		// The held-back certificate keeps serving on every agent.
@@ -497,10 +319,10 @@ func TestACMEThreeAgents(t *testing.T) {
 
 	t.Run("one order for a due certificate", func(t *testing.T) {
 		const due = "due.acme.test"
-		pb.resolve(t, due, ips[2])
+		pb.Resolve(t, due, ips[2])
 		agents[0].mustDo(http.MethodPost, "/api/pools", map[string]any{"name": "due", "algorithm": "round_robin",
 			"ssl_mode": "flexible", "ssl_domain": due, "auto_cert": false}, http.StatusCreated)
-		offset := len(pb.proc.out.String())
+		offset := len(pb.Proc.Out.String())
 		code, body := agents[1].acme(http.MethodPost, "/api/certificates", map[string]any{"domain": due, "profile": "tiny"})
 		if code != http.StatusCreated {
 			t.Fatalf("POST on m2: %d %s", code, body)
@@ -518,7 +340,7 @@ func TestACMEThreeAgents(t *testing.T) {
 				return err == nil && fp != first.Fingerprint
 			})
 		}
-		log := pb.proc.out.String()[offset:]
+		log := pb.Proc.Out.String()[offset:]
 		issued := regexp.MustCompile(`Issued certificate serial \S+ for order (\S+)`).FindStringSubmatch(log)
 		if issued == nil {
 			t.Fatalf("Pebble issued nothing:\n%s", log)
@@ -582,7 +404,7 @@ func TestACMEPartitionedAgentFailsPresent(t *testing.T) {
 		t.Fatalf("POST before the partition: %d %s", code, body)
 	}
 
-	before := pb.proc.out.String()
+	before := pb.Proc.Out.String()
 	lab.cut(2, 0)
 	lab.cut(2, 1)
 	code, body := agents[0].acme(http.MethodPost, "/api/certificates", map[string]any{"domain": "cut.acme.test"})
@@ -597,7 +419,7 @@ func TestACMEPartitionedAgentFailsPresent(t *testing.T) {
 		!strings.Contains(eb.Error.Message, "not present on every agent") || !strings.Contains(eb.Error.Message, "m3") {
 		t.Fatalf("POST with m3 cut off: %d %s, want 502 acme_failed naming m3", code, body)
 	}
-	out := strings.TrimPrefix(pb.proc.out.String(), before)
+	out := strings.TrimPrefix(pb.Proc.Out.String(), before)
 	if !strings.Contains(out, "Added order") {
 		t.Fatalf("no order reached Pebble:\n%s", out)
 	}
@@ -633,9 +455,9 @@ func TestACMEHTTP01OtherAgent(t *testing.T) {
 	p := acmePorts(t, ips...)
 	pb := startPebble(t, "127.0.0.1", ips[0], p.http(), p.https(), nil)
 	agents := startACMECluster(t, pb, ips, nil, p, "--acme-challenges", "http-01")
-	roots := pb.roots(t)
+	roots := pb.Roots(t)
 	const name = "plain.acme.test"
-	pb.resolve(t, name, ips[1])
+	pb.Resolve(t, name, ips[1])
 	agents[0].mustDo(http.MethodPost, "/api/pools", map[string]any{"name": "shop", "algorithm": "round_robin",
 		"ssl_mode": "flexible", "ssl_domain": name, "auto_cert": false}, http.StatusCreated)
 
@@ -659,9 +481,9 @@ func TestACMEHTTP01OtherAgent(t *testing.T) {
 
 	// Pebble logs the URL it fetches by name, not by address; the name
 	// resolves to m2 alone, and only m2 answered a challenge request.
-	out := pb.proc.out.String()
+	out := pb.Proc.Out.String()
 	if want := "Attempting to validate w/ HTTP: http://" + net.JoinHostPort(name, strconv.Itoa(p.http())) + "/.well-known/acme-challenge/"; !strings.Contains(out, want) {
-		t.Fatalf("Pebble did not validate %s with HTTP-01 (%q):\n%s", name, want, tail(out, 40))
+		t.Fatalf("Pebble did not validate %s with HTTP-01 (%q):\n%s", name, want, itest.Tail(out, 40))
 	}
 	if strings.Contains(out, "Attempting to validate w/ TLS-ALPN-01") || strings.Contains(agents[0].log.String(), "use tls-alpn-01 solver") {
 		t.Fatal("TLS-ALPN-01 was used with --acme-challenges http-01")

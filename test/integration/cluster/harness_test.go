@@ -5,7 +5,6 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -23,31 +22,16 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/singularity-ng/singularity-edge/test/itest"
 )
 
 var binary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "edge-cluster-it-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binary = filepath.Join(dir, "singularity-edge")
-	build := exec.Command("go", "build", "-o", binary, "github.com/singularity-ng/singularity-edge/cmd/singularity-edge")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building the agent:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(itest.RunWithAgent(m, "edge-cluster-it-", &binary)) }
 
 func randHex(t *testing.T, n int) string {
 	b := make([]byte, n)
@@ -127,7 +111,7 @@ type agent struct {
 	startLimit time.Duration
 
 	cmd    *exec.Cmd
-	log    *syncBuffer
+	log    *itest.SyncBuffer
 	exited chan struct{}
 }
 
@@ -206,7 +190,7 @@ func (a *agent) startNoWait() {
 		a.cmd = exec.Command(binary, args...)
 	}
 	a.cmd.Env = a.env
-	a.log = &syncBuffer{}
+	a.log = &itest.SyncBuffer{}
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	if dir := os.Getenv(logDirEnv); dir != "" {
 		// A copy of the log to read while the test runs (a long scenario).
@@ -251,16 +235,8 @@ func (a *agent) stop() {
 		a.kill()
 	}
 	if a.t.Failed() {
-		a.t.Logf("agent %s log (tail):\n%s", a.name, tail(a.log.String(), 60))
+		a.t.Logf("agent %s log (tail):\n%s", a.name, itest.Tail(a.log.String(), 60))
 	}
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(s, "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // storeKey is the store's encryption key, derived from its directory so a
@@ -376,21 +352,4 @@ func waitForWithin(t *testing.T, what string, limit time.Duration, cond func() b
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("timed out waiting for %s", what)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -19,6 +19,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/singularity-ng/singularity-edge/test/itest"
 )
 
 // cli runs the CLI against a's admin API and returns stdout, stderr and
@@ -56,7 +58,7 @@ func TestFirstAgentReadyAtOnce(t *testing.T) {
 	key := gossipKey(t)
 	a := startAgent(t, agentConfig{name: "m1", ip: addrs[0], ports: p, key: key})
 	if !strings.Contains(a.log.String(), "no other node is known") {
-		t.Fatalf("m1 did not start the cluster as the only known node:\n%s", tail(a.log.String(), 30))
+		t.Fatalf("m1 did not start the cluster as the only known node:\n%s", itest.Tail(a.log.String(), 30))
 	}
 
 	// m2 is told of a seed where nobody answers: it must not serve at
@@ -73,7 +75,7 @@ func TestFirstAgentReadyAtOnce(t *testing.T) {
 	}
 	waitFor(t, "m2 starting alone after the bootstrap wait", func() bool { code, _ := b.healthStatus(); return code == http.StatusOK })
 	if !strings.Contains(b.log.String(), "no ready peer: this node starts the cluster's state") {
-		t.Fatalf("m2 became ready another way:\n%s", tail(b.log.String(), 30))
+		t.Fatalf("m2 became ready another way:\n%s", itest.Tail(b.log.String(), 30))
 	}
 	if strings.Contains(b.log.String(), "no other node is known") {
 		t.Fatal("m2 took itself for the only node although it was given a seed")
@@ -159,7 +161,7 @@ func TestClusterJoinAndLeave(t *testing.T) {
 	a.mustDo(http.MethodPost, "/api/pools", pool("after", "5"), http.StatusCreated)
 	b.stop()
 	if err := b.cmd.ProcessState; err == nil || !err.Success() {
-		t.Fatalf("m2 did not stop cleanly after leaving: %v\n%s", err, tail(b.log.String(), 30))
+		t.Fatalf("m2 did not stop cleanly after leaving: %v\n%s", err, itest.Tail(b.log.String(), 30))
 	}
 
 	// Started again, it joins again (its remembered members include m1).
@@ -315,7 +317,7 @@ func TestInProcessRestartOnNewIdentity(t *testing.T) {
 	waitFor(t, "m2 restarted in-process under a new node id", func() bool {
 		select {
 		case <-exited:
-			t.Fatalf("m2 exited instead of restarting in-process:\n%s", tail(b.log.String(), 40))
+			t.Fatalf("m2 exited instead of restarting in-process:\n%s", itest.Tail(b.log.String(), 40))
 		default:
 		}
 		code, _ := b.healthStatus()

@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/singularity-ng/singularity-edge/storage"
+
+	"github.com/singularity-ng/singularity-edge/test/itest"
 )
 
 // largeBackendsEnv sets the size of the large-state join (default 100,000
@@ -109,7 +111,7 @@ func (a *agent) awaitReady(limit time.Duration) (sawNotReady bool) {
 	for time.Now().Before(deadline) {
 		select {
 		case <-exited:
-			a.t.Fatalf("agent %s exited before it was ready:\n%s", a.name, tail(a.log.String(), 60))
+			a.t.Fatalf("agent %s exited before it was ready:\n%s", a.name, itest.Tail(a.log.String(), 60))
 		default:
 		}
 		switch a.health() {
@@ -120,7 +122,7 @@ func (a *agent) awaitReady(limit time.Duration) (sawNotReady bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	a.t.Fatalf("%s not ready after %s:\n%s", a.name, limit, tail(a.log.String(), 60))
+	a.t.Fatalf("%s not ready after %s:\n%s", a.name, limit, itest.Tail(a.log.String(), 60))
 	return false
 }
 
@@ -415,7 +417,7 @@ func TestKillDuringBootstrap(t *testing.T) {
 		t.Fatalf("m3 said ready without the cluster's state: %s", miss)
 	}
 	if !strings.Contains(m3.log.String(), "bootstrapped from peer") {
-		t.Fatalf("restarted m3 did not finish a bootstrap:\n%s", tail(m3.log.String(), 40))
+		t.Fatalf("restarted m3 did not finish a bootstrap:\n%s", itest.Tail(m3.log.String(), 40))
 	}
 	w.halt(t)
 	all := append(agents, m3)
