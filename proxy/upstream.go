@@ -48,15 +48,15 @@ type upConn struct {
 
 // upstreams is the Server's set of backend connection pools.
 type upstreams struct {
-	s        *Server
-	m        sync.Map // upstreamKey -> *upstream
-	dialer   net.Dialer
+	s      *Server
+	m      sync.Map // upstreamKey -> *upstream
+	dialer net.Dialer
 	// tunnelDialer dials passthrough backends: no TCP keep-alive probes
 	// (three setsockopt calls fewer per connection, as nginx's and
 	// HAProxy's defaults); the tunnel's idle timeout ends dead ones.
 	tunnelDialer net.Dialer
 	sessions     tls.ClientSessionCache
-	bufs     sync.Pool // *[]byte of upBufSize
+	bufs         sync.Pool // *[]byte of upBufSize
 }
 
 // upBufSize is the read buffer of a backend connection: response heads up
