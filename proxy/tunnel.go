@@ -19,6 +19,8 @@ import (
 // returns the bytes copied each way; counter, when set, also counts them as
 // they move (passthrough connections live long).
 //
+// Passthrough connections come here only when no event loop takes them
+// (Config.TunnelEventLoops, loopTunnel); upgraded connections always do.
 // Between two TCP connections (passthrough, plain-HTTP upgrades) the copy
 // is splice(2) through a pipe per direction (splicer): the bytes never
 // enter user space, no buffer is held while a direction waits, and each
