@@ -441,11 +441,11 @@ func (s *Server) Start(ctx context.Context) error {
 		tcfg.IdleTimeout = s.cfg.TunnelIdleTimeout
 		tcfg.BufferSize = bodyBufSize
 		tcfg.PipeSize = splicePipeSize
-		tcfg.ProgressBytes = counterFlush
 		g, err := tunnelloop.New(tcfg)
 		switch {
 		case err == nil:
 			s.loops = g
+			s.metrics.passthroughBytes.loops.Store(g)
 		case errors.Is(err, tunnelloop.ErrUnsupported):
 		default:
 			return fail(fmt.Errorf("proxy: tunnel event loops: %w", err))

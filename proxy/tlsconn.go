@@ -282,8 +282,7 @@ func (s *Server) loopTunnel(tc *trackedConn, bc net.Conn) (toBackend, toClient i
 	if !cok || !bok {
 		return 0, 0, false
 	}
-	counter := s.metrics.passthroughBytes
-	t, err := s.loops.Add(client, backend, func(n int64) { counter.Add(float64(n)) })
+	t, err := s.loops.Add(client, backend)
 	if err != nil {
 		return 0, 0, false
 	}

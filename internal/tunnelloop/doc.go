@@ -22,7 +22,9 @@
 // reading the other side (backpressure); a FIN is passed on with
 // shutdown(SHUT_WR) while the other direction keeps flowing; a reset or
 // failed send resets the other side too; a tunnel that received nothing
-// either way for IdleTimeout is closed.
+// either way for IdleTimeout is closed. Bytes are counted per tunnel
+// (its Result) and per loop (Group.Moved, read at any time): nothing
+// wakes Go while a tunnel runs.
 //
 // Limits: Linux with cgo only (New returns ErrUnsupported elsewhere; the
 // caller keeps its goroutine relay). The sockets are plain TCP: nothing
@@ -44,9 +46,6 @@ type Config struct {
 	// IdleTimeout closes a tunnel that received nothing either way for
 	// this long.
 	IdleTimeout time.Duration
-	// ProgressBytes is how many bytes a tunnel moves between two calls of
-	// its progress function (the remainder is reported when it ends).
-	ProgressBytes int64
 	// BufferSize is a direction's read buffer; a read that fills it
 	// switches the direction to splice(2).
 	BufferSize int
@@ -54,15 +53,14 @@ type Config struct {
 	PipeSize int
 }
 
-// DefaultConfig returns one loop, the proxy's hour of idleness, progress
-// every MiB, 32 KiB buffers and 256 KiB pipes.
+// DefaultConfig returns one loop, the proxy's hour of idleness, 32 KiB
+// buffers and 256 KiB pipes.
 func DefaultConfig() Config {
 	return Config{
-		Loops:         1,
-		IdleTimeout:   time.Hour,
-		ProgressBytes: 1 << 20,
-		BufferSize:    32 << 10,
-		PipeSize:      256 << 10,
+		Loops:       1,
+		IdleTimeout: time.Hour,
+		BufferSize:  32 << 10,
+		PipeSize:    256 << 10,
 	}
 }
 
@@ -73,9 +71,6 @@ func (c Config) validate() error {
 	}
 	if c.IdleTimeout < time.Millisecond {
 		errs = append(errs, fmt.Errorf("tunnelloop: IdleTimeout must be at least 1ms, got %v", c.IdleTimeout))
-	}
-	if c.ProgressBytes < 1 {
-		errs = append(errs, fmt.Errorf("tunnelloop: ProgressBytes must be positive, got %d", c.ProgressBytes))
 	}
 	if c.BufferSize < 1024 || c.BufferSize > 16<<20 {
 		errs = append(errs, fmt.Errorf("tunnelloop: BufferSize must be between 1 KiB and 16 MiB, got %d", c.BufferSize))

@@ -51,7 +51,6 @@ struct tl_tunnel {
 	int active;  // ADD processed: the loop pumps it
 	int ended;   // fds closed, TL_REC_DONE pushed
 	int64_t last; // ms (monotonic) data was last received either way
-	uint64_t owed; // bytes moved since the last progress record
 	uint64_t cookie;
 	tl_tunnel *prev, *next;   // LRU of active tunnels, least recently active first
 	tl_tunnel *aprev, *anext; // every tunnel not yet released (under mu)
@@ -72,8 +71,8 @@ struct tl_loop {
 	int wfd; // eventfd: commands wait (data.ptr NULL in ep)
 	int nfd; // eventfd: records wait (read by Go)
 	int64_t idle_ms;
-	uint64_t flush;
 	uint32_t bufsz, pipesz;
+	uint64_t moved; // written by the loop thread only, read atomically by others
 	pthread_t thread;
 	int started;
 	int64_t now;
@@ -114,26 +113,17 @@ static void push_record(tl_loop *l, int kind, tl_tunnel *t, int reason, int err)
 	r.err = err;
 	if (t != NULL) {
 		r.cookie = t->cookie;
-		if (kind == TL_REC_PROGRESS) {
-			r.a[0] = t->owed;
-		} else {
-			r.a[0] = t->dir[0].moved;
-			r.a[1] = t->dir[1].moved;
-		}
-		t->owed = 0;
+		r.a[0] = t->dir[0].moved;
+		r.a[1] = t->dir[1].moved;
 	}
 	pthread_mutex_lock(&l->rmu);
 	if (l->nrecs == l->caprecs) {
 		int cap = l->caprecs ? 2 * l->caprecs : 64;
 		tl_record *n = realloc(l->recs, (size_t)cap * sizeof *n);
 		if (n == NULL) {
-			// Out of memory: a progress record may be dropped (Go adds
-			// the remainder from the done record); a done record must
-			// not be, so wait for memory.
+			// Out of memory: a record must not be lost (its caller
+			// waits for it), so wait for memory.
 			pthread_mutex_unlock(&l->rmu);
-			if (kind == TL_REC_PROGRESS) {
-				return;
-			}
 			usleep(1000);
 			push_record(l, kind, t, reason, err);
 			return;
@@ -256,13 +246,13 @@ static void end(tl_loop *l, tl_tunnel *t, int reason, int err) {
 	push_record(l, TL_REC_DONE, t, reason, err);
 }
 
-static void moved(tl_loop *l, tl_tunnel *t, tl_dir *d, size_t n) {
+static void moved(tl_loop *l, tl_dir *d, size_t n) {
 	d->moved += n;
-	t->owed += n;
-	if (t->owed >= l->flush) {
-		push_record(l, TL_REC_PROGRESS, t, 0, 0);
-	}
+	// A plain store (no locked add): this thread is the only writer.
+	__atomic_store_n(&l->moved, l->moved + n, __ATOMIC_RELAXED);
 }
+
+uint64_t tl_loop_moved(tl_loop *l) { return __atomic_load_n(&l->moved, __ATOMIC_RELAXED); }
 
 static int make_pipe(tl_loop *l, tl_dir *d) {
 	int p[2];
@@ -292,7 +282,7 @@ static void pump(tl_loop *l, tl_tunnel *t, int i) {
 				return;
 			}
 			d->piped -= (uint32_t)n;
-			moved(l, t, d, (size_t)n);
+			moved(l, d, (size_t)n);
 			continue;
 		}
 		if (d->off < d->len) {
@@ -305,7 +295,7 @@ static void pump(tl_loop *l, tl_tunnel *t, int i) {
 				return;
 			}
 			d->off += (uint32_t)n;
-			moved(l, t, d, (size_t)n);
+			moved(l, d, (size_t)n);
 			continue;
 		}
 		put_buf(l, d); // nothing pending: an idle direction holds no buffer
@@ -496,13 +486,12 @@ static void *run(void *arg) {
 	return NULL;
 }
 
-tl_loop *tl_loop_new(int64_t idle_ms, uint64_t flush, uint32_t buf, uint32_t pipe) {
+tl_loop *tl_loop_new(int64_t idle_ms, uint32_t buf, uint32_t pipe) {
 	tl_loop *l = calloc(1, sizeof *l);
 	if (l == NULL) {
 		return NULL;
 	}
 	l->idle_ms = idle_ms;
-	l->flush = flush;
 	l->bufsz = buf;
 	l->pipesz = pipe;
 	l->ep = epoll_create1(EPOLL_CLOEXEC);

@@ -17,9 +17,8 @@ enum {
 
 // Records the loop hands to Go (tl_take).
 enum {
-	TL_REC_PROGRESS = 1, // bytes moved since the last record (a[0] + a[1])
-	TL_REC_DONE = 2,     // the tunnel ended; a = bytes moved per direction
-	TL_REC_STOPPED = 3,  // the loop thread is gone; no record follows
+	TL_REC_DONE = 2,    // the tunnel ended; a = bytes moved per direction
+	TL_REC_STOPPED = 3, // the loop thread is gone; no record follows
 };
 
 typedef struct {
@@ -31,10 +30,12 @@ typedef struct {
 	uint64_t a[2];  // [0]: fd0 -> fd1, [1]: fd1 -> fd0
 } tl_record;
 
-// tl_loop_new starts a loop thread. idle_ms: idle timeout; flush: bytes
-// moved before a progress record; buf: read buffer size; pipe: splice
-// pipe size. NULL with errno set on failure.
-tl_loop *tl_loop_new(int64_t idle_ms, uint64_t flush, uint32_t buf, uint32_t pipe);
+// tl_loop_new starts a loop thread. idle_ms: idle timeout; buf: read
+// buffer size; pipe: splice pipe size. NULL with errno set on failure.
+tl_loop *tl_loop_new(int64_t idle_ms, uint32_t buf, uint32_t pipe);
+// tl_loop_moved is the bytes the loop delivered so far, every tunnel and
+// direction together (read from any thread).
+uint64_t tl_loop_moved(tl_loop *l);
 // tl_loop_notify_fd is the eventfd that becomes readable when records wait.
 int tl_loop_notify_fd(tl_loop *l);
 // tl_loop_stop asks the thread to end every tunnel and exit; TL_REC_STOPPED

@@ -27,6 +27,11 @@ type Group struct {
 	ids    atomic.Uint64
 	closed atomic.Bool
 	once   sync.Once
+	// freeMu orders Moved's reads of the C loops before their release
+	// by Close; final holds their last count afterwards.
+	freeMu sync.RWMutex
+	freed  bool
+	final  uint64
 }
 
 // loop is one C loop thread and the goroutine that reads its records.
@@ -47,12 +52,10 @@ var errLost = errors.New("tunnelloop: loop stopped without reporting the tunnel"
 
 // Tunnel is one relayed pair of sockets.
 type Tunnel struct {
-	l        *loop
-	h        *C.tl_tunnel // nil once ended (under l.mu)
-	progress func(int64)
-	reported int64 // bytes passed to progress (dispatch goroutine only)
-	res      Result
-	done     chan struct{}
+	l    *loop
+	h    *C.tl_tunnel // nil once ended (under l.mu)
+	res  Result
+	done chan struct{}
 }
 
 // New starts cfg.Loops loop threads.
@@ -73,8 +76,7 @@ func New(cfg Config) (*Group, error) {
 }
 
 func newLoop(cfg Config) (*loop, error) {
-	c, err := C.tl_loop_new(C.int64_t(cfg.IdleTimeout.Milliseconds()), C.uint64_t(cfg.ProgressBytes),
-		C.uint32_t(cfg.BufferSize), C.uint32_t(cfg.PipeSize))
+	c, err := C.tl_loop_new(C.int64_t(cfg.IdleTimeout.Milliseconds()), C.uint32_t(cfg.BufferSize), C.uint32_t(cfg.PipeSize))
 	if c == nil {
 		return nil, fmt.Errorf("tunnelloop: start loop: %w", err)
 	}
@@ -98,11 +100,8 @@ func newLoop(cfg Config) (*loop, error) {
 // Add hands a and b to a loop, which relays them until both directions
 // end, one fails, the tunnel is idle, or Kill. On success a and b are
 // closed on the Go side (the loop holds its own descriptors) and must not
-// be used. progress, if not nil, is called from one goroutine of the
-// Group with the bytes moved (both directions together), about every
-// Config.ProgressBytes and once at the end. On failure a and b are
-// untouched.
-func (g *Group) Add(a, b *net.TCPConn, progress func(int64)) (*Tunnel, error) {
+// be used. On failure a and b are untouched.
+func (g *Group) Add(a, b *net.TCPConn) (*Tunnel, error) {
 	if g.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -117,7 +116,7 @@ func (g *Group) Add(a, b *net.TCPConn, progress func(int64)) (*Tunnel, error) {
 	}
 	l := g.loops[int(g.next.Add(1))%len(g.loops)]
 	id := g.ids.Add(1)
-	t := &Tunnel{l: l, progress: progress, done: make(chan struct{})}
+	t := &Tunnel{l: l, done: make(chan struct{})}
 
 	// Under l.mu until the Go descriptors are closed: the loop's records
 	// for t are dispatched only after t is registered, and t is released
@@ -143,6 +142,26 @@ func (g *Group) Add(a, b *net.TCPConn, progress func(int64)) (*Tunnel, error) {
 	_ = a.Close()
 	_ = b.Close()
 	return t, nil
+}
+
+// Moved is the number of bytes the loops delivered so far, every tunnel
+// and direction together, those of running tunnels included (for a byte
+// counter; each tunnel's own totals are in its Result).
+func (g *Group) Moved() uint64 {
+	g.freeMu.RLock()
+	defer g.freeMu.RUnlock()
+	if g.freed {
+		return g.final
+	}
+	return g.moved()
+}
+
+func (g *Group) moved() uint64 {
+	var n uint64
+	for _, l := range g.loops {
+		n += uint64(C.tl_loop_moved(l.c))
+	}
+	return n
 }
 
 // dupConn duplicates c's descriptor (close-on-exec, and non-blocking like
@@ -176,6 +195,12 @@ func (g *Group) Close() error {
 		}
 		for _, l := range g.loops {
 			<-l.done
+		}
+		g.freeMu.Lock()
+		defer g.freeMu.Unlock()
+		g.final = g.moved() // the threads are gone: final
+		g.freed = true
+		for _, l := range g.loops {
 			C.tl_loop_free(l.c) // joins the thread
 			_ = l.notify.Close()
 		}
@@ -212,15 +237,6 @@ func (l *loop) dispatch() {
 // handle applies one record; true when the loop stopped.
 func (l *loop) handle(r *C.tl_record) bool {
 	switch r.kind {
-	case C.TL_REC_PROGRESS:
-		l.mu.Lock()
-		t := l.tunnels[uint64(r.cookie)]
-		l.mu.Unlock()
-		if t != nil && t.progress != nil {
-			n := int64(r.a[0])
-			t.reported += n
-			t.progress(n)
-		}
 	case C.TL_REC_DONE:
 		l.mu.Lock()
 		t := l.tunnels[uint64(r.cookie)]
@@ -237,9 +253,6 @@ func (l *loop) handle(r *C.tl_record) bool {
 		t.res = Result{AToB: int64(r.a[0]), BToA: int64(r.a[1]), Reason: Reason(r.reason)}
 		if r.err != 0 {
 			t.res.Err = os.NewSyscallError("tunnel", syscall.Errno(r.err))
-		}
-		if rest := t.res.AToB + t.res.BToA - t.reported; rest > 0 && t.progress != nil {
-			t.progress(rest)
 		}
 		close(t.done)
 	case C.TL_REC_STOPPED:

@@ -19,9 +19,12 @@ func New(cfg Config) (*Group, error) {
 }
 
 // Add returns ErrUnsupported.
-func (g *Group) Add(a, b *net.TCPConn, progress func(int64)) (*Tunnel, error) {
+func (g *Group) Add(a, b *net.TCPConn) (*Tunnel, error) {
 	return nil, ErrUnsupported
 }
+
+// Moved is 0.
+func (g *Group) Moved() uint64 { return 0 }
 
 // Close does nothing.
 func (g *Group) Close() error { return nil }

@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -52,25 +51,22 @@ func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 type rig struct {
 	client, server *net.TCPConn
 	tun            *Tunnel
-	progress       *atomic.Int64
 }
 
 func newRig(t *testing.T, g *Group) rig {
 	t.Helper()
 	client, a := tcpPair(t)
 	b, server := tcpPair(t)
-	var progress atomic.Int64
-	tun, err := g.Add(a, b, func(n int64) { progress.Add(n) })
+	tun, err := g.Add(a, b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return rig{client: client, server: server, tun: tun, progress: &progress}
+	return rig{client: client, server: server, tun: tun}
 }
 
 func newGroup(t *testing.T, mod func(*Config)) *Group {
 	t.Helper()
 	cfg := DefaultConfig()
-	cfg.ProgressBytes = 64 << 10
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -151,11 +147,12 @@ func recvErr(t *testing.T, errc <-chan error) {
 // once (short reads take recv/send, full buffers switch to splice and
 // back), every byte compared; then each side half-closes in turn: the
 // FIN reaches the other end while the opposite direction still flows.
-// The result counts and the progress calls add up to what was sent.
+// The result counts and the Group's byte count add up to what was sent.
 func TestBothWaysThenHalfClose(t *testing.T) {
 	g := newGroup(t, func(c *Config) { c.BufferSize = 16 << 10; c.PipeSize = 64 << 10 })
 	for _, closer := range []string{"client", "server"} {
 		t.Run(closer+" closes first", func(t *testing.T) {
+			movedBefore := g.Moved()
 			r := newRig(t, g)
 			sizes := []int{1, 5, 100, 1500, 16<<10 - 1, 16 << 10, 16<<10 + 1, 300 << 10, 3, 64 << 10, 7}
 			up, down := pattern(1, 2<<20), pattern(2, 2<<20)
@@ -208,8 +205,8 @@ func TestBothWaysThenHalfClose(t *testing.T) {
 			if res.AToB != wantAB || res.BToA != wantBA {
 				t.Fatalf("moved %d/%d, want %d/%d", res.AToB, res.BToA, wantAB, wantBA)
 			}
-			if p := r.progress.Load(); p != wantAB+wantBA {
-				t.Fatalf("progress reported %d bytes, want %d", p, wantAB+wantBA)
+			if moved := g.Moved() - movedBefore; moved != uint64(wantAB+wantBA) {
+				t.Fatalf("Group.Moved grew by %d bytes, want %d", moved, wantAB+wantBA)
 			}
 		})
 	}
@@ -229,7 +226,7 @@ func TestDataThenFINTogether(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(20 * time.Millisecond) // let both reach a's queue (correct either way)
-	tun, err := g.Add(a, b, nil)
+	tun, err := g.Add(a, b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,8 +354,18 @@ func TestKillAndClose(t *testing.T) {
 	expectEOF(t, rigs[0].server, "killed server")
 	rigs[0].tun.Kill() // after the end: nothing happens
 
+	if _, err := rigs[1].client.Write([]byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readN(rigs[1].server, 3); err != nil {
+		t.Fatal(err)
+	}
 	if err := g.Close(); err != nil {
 		t.Fatal(err)
+	}
+	// The count survives the loops (read from Go's copy, not freed memory).
+	if moved := g.Moved(); moved != 3 {
+		t.Fatalf("Moved after Close = %d, want 3", moved)
 	}
 	for i, r := range rigs[1:] {
 		select {
@@ -372,7 +379,7 @@ func TestKillAndClose(t *testing.T) {
 		expectEOF(t, r.client, "client")
 	}
 	a, b := tcpPair(t)
-	if _, err := g.Add(a, b, nil); !errors.Is(err, ErrClosed) {
+	if _, err := g.Add(a, b); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Add after Close: %v, want ErrClosed", err)
 	}
 	// Refused: the connections are still the caller's.
@@ -414,7 +421,7 @@ func TestManyTunnelsNoLeak(t *testing.T) {
 		client, a := tcpPair(t)
 		b, server := tcpPair(t)
 		pairs[i] = pair{client, server}
-		if tuns[i], err = g.Add(a, b, nil); err != nil {
+		if tuns[i], err = g.Add(a, b); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -486,7 +493,6 @@ func TestConfigValidate(t *testing.T) {
 	}{
 		{"no loops", func(c *Config) { c.Loops = 0 }},
 		{"idle zero", func(c *Config) { c.IdleTimeout = 0 }},
-		{"progress zero", func(c *Config) { c.ProgressBytes = 0 }},
 		{"tiny buffer", func(c *Config) { c.BufferSize = 10 }},
 		{"tiny pipe", func(c *Config) { c.PipeSize = 10 }},
 	} {
