@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/internal/tunnelloop"
 )
 
 const (
@@ -26,6 +28,11 @@ type trackedConn struct {
 	// backend is the backend connection a request on this connection is
 	// waiting for; Shutdown closes it when the drain deadline passes.
 	backend atomic.Pointer[net.Conn]
+	// tunnel is the event-loop tunnel a passthrough connection became;
+	// Shutdown kills it when the drain deadline passes. cut is set
+	// before that, so that a tunnel registered concurrently sees it.
+	tunnel atomic.Pointer[tunnelloop.Tunnel]
+	cut    atomic.Bool
 }
 
 // connInfo is what the listener knows about a client connection before
@@ -111,6 +118,10 @@ func (s *Server) closeAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for tc := range s.conns {
+		tc.cut.Store(true)
+		if t := tc.tunnel.Load(); t != nil {
+			t.Kill()
+		}
 		_ = tc.Close()
 		if bc := tc.backend.Load(); bc != nil {
 			_ = (*bc).Close()

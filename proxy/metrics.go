@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/singularity-ng/singularity-edge/internal/tunnelloop"
 )
 
 // metrics holds the proxy's collectors. Children are resolved once (per
@@ -20,7 +23,7 @@ type metrics struct {
 	activeHTTP, activeHTTPS           prometheus.Gauge
 	hsOK, hsFailed, hsRefused, hsACME prometheus.Counter
 	hsPassthrough                     prometheus.Counter
-	passthroughBytes                  prometheus.Counter
+	passthroughBytes                  *passthroughCounter
 	// limited counts clients cut or refused by a limit, by limit.
 	limited                        *prometheus.CounterVec
 	h2ResetFloods, upgradesRefused prometheus.Counter
@@ -60,10 +63,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "singularity_edge_tls_handshakes_total",
 			Help: "Client TLS connections by outcome: ok (terminated), failed, refused (SNI not served over TLS here), acme (TLS-ALPN-01 challenge), passthrough.",
 		}, []string{"result"}),
-		passthroughBytes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "singularity_edge_passthrough_bytes_total",
-			Help: "Bytes relayed by SNI passthrough connections, both directions.",
-		}),
+		passthroughBytes: &passthroughCounter{desc: prometheus.NewDesc("singularity_edge_passthrough_bytes_total",
+			"Bytes relayed by SNI passthrough connections, both directions.", nil, nil)},
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "singularity_edge_proxy_limited_total",
 			Help: "Clients cut or refused by a limit: h2_resets (HTTP/2 connection closed for cancelling too many streams), upgrades (upgrade refused, too many at once), client_exchanges (503: too many requests in flight from one client address), slow_body (a body sent or read below the minimum rate).",
@@ -116,4 +117,33 @@ func (pm *poolMetrics) observe(status int, seconds float64) {
 	}
 	pm.codes[class].Inc()
 	pm.duration.Observe(seconds)
+}
+
+// byteCounter is what the goroutine relay counts moved bytes with.
+type byteCounter interface{ Add(float64) }
+
+// passthroughCounter is singularity_edge_passthrough_bytes_total: the
+// bytes Go code moved (peeked ClientHellos, the goroutine relay) plus those
+// the event loops delivered, read from the loops at collection, so that a
+// running tunnel wakes nothing in Go to be counted.
+type passthroughCounter struct {
+	desc  *prometheus.Desc
+	bytes atomic.Uint64
+	loops atomic.Pointer[tunnelloop.Group]
+}
+
+func (c *passthroughCounter) Add(v float64) { c.bytes.Add(uint64(v)) }
+
+func (c *passthroughCounter) value() float64 {
+	n := c.bytes.Load()
+	if g := c.loops.Load(); g != nil {
+		n += g.Moved()
+	}
+	return float64(n)
+}
+
+func (c *passthroughCounter) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *passthroughCounter) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, c.value())
 }

@@ -58,6 +58,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,6 +69,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/singularity-ng/singularity-edge/internal/ratelog"
+	"github.com/singularity-ng/singularity-edge/internal/tunnelloop"
 	"github.com/singularity-ng/singularity-edge/pools"
 )
 
@@ -117,6 +119,12 @@ type Config struct {
 	// TunnelIdleTimeout closes upgraded (WebSocket) and passthrough
 	// connections idle in both directions this long.
 	TunnelIdleTimeout time.Duration
+	// TunnelEventLoops is the number of event-loop threads that relay
+	// established passthrough connections (Linux with cgo; see
+	// internal/tunnelloop). 0 = GOMAXPROCS at Start; -1 = none: every
+	// passthrough connection is relayed by a goroutine per direction, as
+	// upgraded connections always are, and as on other platforms.
+	TunnelEventLoops int
 
 	// MaxIdleConnsPerBackend bounds the pooled keep-alive connections kept
 	// per backend.
@@ -247,6 +255,9 @@ func (c *Config) validate() error {
 			errs = append(errs, fmt.Errorf("proxy: %s must be at least 1, got %d", name, v))
 		}
 	}
+	if c.TunnelEventLoops < -1 || c.TunnelEventLoops > 1024 {
+		errs = append(errs, fmt.Errorf("proxy: TunnelEventLoops must be between -1 (none) and 1024, got %d", c.TunnelEventLoops))
+	}
 	if c.MinBodyRate < 0 {
 		errs = append(errs, fmt.Errorf("proxy: MinBodyRate must not be negative (0 turns it off), got %d", c.MinBodyRate))
 	}
@@ -328,6 +339,10 @@ type Server struct {
 	bodyBufs    sync.Pool // *[]byte of bodyBufSize: streamed request bodies
 	upgrades    upgradeLimits
 	exchanges   addrLimits // backend exchanges in flight per client address
+	// loops relays established passthrough connections; nil = a
+	// goroutine per direction (see Config.TunnelEventLoops). Set by
+	// Start, closed by Shutdown once every connection is gone.
+	loops *tunnelloop.Group
 
 	mu        sync.Mutex
 	started   bool
@@ -389,7 +404,11 @@ func (s *Server) Start(ctx context.Context) error {
 	if s.started {
 		return errors.New("proxy: already started")
 	}
-	var lc net.ListenConfig
+	// No TCP keep-alive probes on client connections (Go's default turns
+	// them on with three more setsockopt calls per connection): every
+	// client connection has an idle or read timeout, and neither nginx
+	// nor HAProxy probes clients by default.
+	lc := net.ListenConfig{KeepAlive: -1}
 	var opened []net.Listener
 	fail := func(err error) error {
 		for _, l := range opened {
@@ -412,6 +431,25 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 		opened = append(opened, l)
 		s.httpsAddr = l.Addr()
+	}
+	if s.cfg.TunnelEventLoops >= 0 {
+		tcfg := tunnelloop.DefaultConfig()
+		tcfg.Loops = s.cfg.TunnelEventLoops
+		if tcfg.Loops == 0 {
+			tcfg.Loops = runtime.GOMAXPROCS(0)
+		}
+		tcfg.IdleTimeout = s.cfg.TunnelIdleTimeout
+		tcfg.BufferSize = bodyBufSize
+		tcfg.PipeSize = splicePipeSize
+		g, err := tunnelloop.New(tcfg)
+		switch {
+		case err == nil:
+			s.loops = g
+			s.metrics.passthroughBytes.loops.Store(g)
+		case errors.Is(err, tunnelloop.ErrUnsupported):
+		default:
+			return fail(fmt.Errorf("proxy: tunnel event loops: %w", err))
+		}
 	}
 	s.started = true
 	s.listeners = opened
@@ -503,6 +541,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			<-done
 			waiting = false
 		}
+	}
+	if s.loops != nil {
+		_ = s.loops.Close() // every tunnel ended with its connection
 	}
 	if s.stopFailLog != nil {
 		s.stopFailLog()

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -205,11 +206,11 @@ func TestRelayDataThenFIN(t *testing.T) {
 	}
 }
 
-// TestPassthroughPingPong: hundreds of small request/response records
-// through a passthrough, each waiting for the previous answer; a lost
-// wake-up would stall an exchange here until the deadline. The close at
-// the end goes through TLS (close_notify); TestRelayBothWaysHalfClose
-// covers the TCP half-close itself.
+// TestPassthroughPingPong: 500 request/response exchanges of 1 byte to
+// 2 KB through a passthrough tunnel, then the client's half-close: the
+// backend's last bytes after it still arrive. Run with the event loop
+// (asserted to carry the tunnel) and with the goroutine relay it falls
+// back to; the byte counter matches the traffic in both.
 func TestPassthroughPingPong(t *testing.T) {
 	ca := newTestCA(t)
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{ca.issue(t, "pp.test")}})
@@ -233,29 +234,144 @@ func TestPassthroughPingPong(t *testing.T) {
 		}
 	}()
 	table := newTable(t, poolSpec{storage.Pool{Name: "pp", SSLMode: "passthrough", SSLDomain: "pp.test"}, []string{"https://" + ln.Addr().String()}})
-	p := startProxy(t, testConfig(), table, nil, nil)
-	c, err := tls.Dial("tcp", p.https, &tls.Config{ServerName: "pp.test", RootCAs: ca.pool})
+	for _, tc := range []struct {
+		name  string
+		loops int
+	}{
+		{"event loop", 0},
+		{"goroutine relay", -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.TunnelEventLoops = tc.loops
+			cfg.Registerer = prometheus.NewRegistry()
+			p := startProxy(t, cfg, table, nil, nil)
+			if (p.loops != nil) != (tc.loops >= 0) {
+				t.Fatalf("event loops running: %v", p.loops != nil)
+			}
+			c, err := tls.Dial("tcp", p.https, &tls.Config{ServerName: "pp.test", RootCAs: ca.pool})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+			buf := make([]byte, 2048)
+			for i := 0; i < 500; i++ {
+				msg := pattern(uint64(i), 1+i*4%2000)
+				if _, err := c.Write(msg); err != nil {
+					t.Fatalf("exchange %d: %v", i, err)
+				}
+				if _, err := io.ReadFull(c, buf[:len(msg)]); err != nil || !bytes.Equal(buf[:len(msg)], msg) {
+					t.Fatalf("exchange %d: echo differs (%v)", i, err)
+				}
+			}
+			if got := tunnelsInLoops(p.Server); got != (tc.loops >= 0) {
+				t.Fatalf("tunnel on an event loop: %v", got)
+			}
+			if err := c.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			rest, err := io.ReadAll(c)
+			if err != nil || string(rest) != "bye" {
+				t.Fatalf("after the client's half-close: %q, %v; want \"bye\"", rest, err)
+			}
+			// TLS's CloseWrite sends close_notify, not a FIN: the
+			// client's close ends the tunnel. Then the counter holds
+			// every byte of both directions (TLS records included, so
+			// at least the payloads).
+			c.Close()
+			waitFor(t, "passthrough connection to end", func() bool { return activeConns(p.Server) == 0 })
+			var payload float64
+			for i := 0; i < 500; i++ {
+				payload += 2 * float64(1+i*4%2000)
+			}
+			if got := p.metrics.passthroughBytes.value(); got < payload {
+				t.Fatalf("passthrough bytes counted %v, want at least %v", got, payload)
+			}
+		})
+	}
+}
+
+// tunnelsInLoops reports whether some connection of s is relayed by an
+// event loop right now.
+func tunnelsInLoops(s *Server) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for tc := range s.conns {
+		if tc.tunnel.Load() != nil {
+			return true
+		}
+	}
+	return false
+}
+
+func activeConns(s *Server) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// TestShutdownCutsPassthroughTunnels: Shutdown waits for tunnels on the
+// event loops like any busy connection, and when its deadline passes it
+// closes them (the client sees the end) and reports the cut; the loops
+// are stopped and a second connection is refused.
+func TestShutdownCutsPassthroughTunnels(t *testing.T) {
+	backend, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { backend.Close() })
+	go func() {
+		for {
+			c, err := backend.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }() // raw echo: the ClientHello comes back
+		}
+	}()
+	table := newTable(t, poolSpec{storage.Pool{Name: "sc", SSLMode: "passthrough", SSLDomain: "sc.test"}, []string{"https://" + backend.Addr().String()}})
+	r := &testRouter{}
+	r.t.Store(table)
+	cfg := testConfig()
+	cfg.HTTPAddr = ""
+	s, err := New(cfg, r, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s.loops == nil {
+		t.Skip("no event loops in this build")
+	}
+	_, addr := s.Addrs()
+	c, err := net.Dial("tcp", addr.String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-	buf := make([]byte, 2048)
-	for i := 0; i < 500; i++ {
-		msg := pattern(uint64(i), 1+i*4%2000)
-		if _, err := c.Write(msg); err != nil {
-			t.Fatalf("exchange %d: %v", i, err)
-		}
-		if _, err := io.ReadFull(c, buf[:len(msg)]); err != nil || !bytes.Equal(buf[:len(msg)], msg) {
-			t.Fatalf("exchange %d: echo differs (%v)", i, err)
-		}
-	}
-	if err := c.CloseWrite(); err != nil {
+	hello := captureClientHello(t, &tls.Config{ServerName: "sc.test", InsecureSkipVerify: true})
+	if _, err := c.Write(hello); err != nil {
 		t.Fatal(err)
 	}
-	rest, err := io.ReadAll(c)
-	if err != nil || string(rest) != "bye" {
-		t.Fatalf("after the client's half-close: %q, %v; want \"bye\"", rest, err)
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.ReadFull(c, make([]byte, len(hello))); err != nil {
+		t.Fatalf("echo of the ClientHello: %v", err)
+	}
+	waitFor(t, "tunnel on the event loop", func() bool { return tunnelsInLoops(s) })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := s.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown with a tunnel open: %v, want the deadline", err)
+	}
+	if n, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("client after Shutdown: %d bytes, %v; want EOF", n, err)
+	}
+	if c2, err := net.DialTimeout("tcp", addr.String(), time.Second); err == nil {
+		c2.Close()
+		t.Fatal("listener still accepting after Shutdown")
 	}
 }
 

@@ -223,7 +223,8 @@ func (s *Server) serveTLSALPN01(tc *trackedConn, hello clientHelloInfo, raw []by
 
 // passthrough relays a TLS connection it does not terminate: the peeked
 // bytes go to a backend chosen by the pool's algorithm, then both
-// directions are copied (see tunnel for why not splice(2)). A backend
+// directions are relayed by an event loop (loopTunnel) or, without one,
+// by tunnel's goroutines. A backend
 // that cannot be reached is excluded and another one tried: nothing was
 // sent to the client yet.
 func (s *Server) passthrough(tc *trackedConn, info connInfo, pool *pools.Pool, raw []byte) {
@@ -237,7 +238,7 @@ func (s *Server) passthrough(tc *trackedConn, info connInfo, pool *pools.Pool, r
 		}
 		attempt := b.Begin()
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DialTimeout)
-		bc, err := s.upstreams.dialer.DialContext(ctx, "tcp", b.Addr)
+		bc, err := s.upstreams.tunnelDialer.DialContext(ctx, "tcp", b.Addr)
 		cancel()
 		if err == nil {
 			_ = bc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
@@ -258,9 +259,39 @@ func (s *Server) passthrough(tc *trackedConn, info connInfo, pool *pools.Pool, r
 			return
 		}
 		s.metrics.passthroughBytes.Add(float64(len(raw)))
-		toBackend, toClient := s.tunnel(tc.Conn, bc, s.metrics.passthroughBytes)
+		toBackend, toClient, ok := s.loopTunnel(tc, bc)
+		if !ok {
+			toBackend, toClient = s.tunnel(tc.Conn, bc, s.metrics.passthroughBytes)
+		}
 		_ = bc.Close()
 		attempt.End(pools.Result{BytesOut: toBackend + int64(len(raw)), BytesIn: toClient})
 		return
 	}
+}
+
+// loopTunnel hands an established passthrough connection to the event
+// loops and waits for its end; ok is false, with both connections
+// untouched, when there are no loops or they refuse it (the caller then
+// relays with goroutines).
+func (s *Server) loopTunnel(tc *trackedConn, bc net.Conn) (toBackend, toClient int64, ok bool) {
+	if s.loops == nil {
+		return 0, 0, false
+	}
+	client, cok := unwrapTCP(tc.Conn)
+	backend, bok := unwrapTCP(bc)
+	if !cok || !bok {
+		return 0, 0, false
+	}
+	t, err := s.loops.Add(client, backend)
+	if err != nil {
+		return 0, 0, false
+	}
+	tc.tunnel.Store(t)
+	if tc.cut.Load() {
+		t.Kill() // Shutdown's deadline passed while the tunnel was set up
+	}
+	<-t.Done()
+	tc.tunnel.Store(nil)
+	r := t.Result()
+	return r.AToB, r.BToA, true
 }

@@ -10,7 +10,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,6 +18,8 @@ import (
 // returns the bytes copied each way; counter, when set, also counts them as
 // they move (passthrough connections live long).
 //
+// Passthrough connections come here only when no event loop takes them
+// (Config.TunnelEventLoops, loopTunnel); upgraded connections always do.
 // Between two TCP connections (passthrough, plain-HTTP upgrades) the copy
 // is splice(2) through a pipe per direction (splicer): the bytes never
 // enter user space, no buffer is held while a direction waits, and each
@@ -27,7 +28,7 @@ import (
 // arrived on each socket) when a window's deadline passes, so no per-read
 // deadline is needed. Other pairs (TLS upgrades) copy through a pooled
 // buffer with a deadline renewed as bytes move.
-func (s *Server) tunnel(client, backend net.Conn, counter prometheus.Counter) (toBackend, toClient int64) {
+func (s *Server) tunnel(client, backend net.Conn, counter byteCounter) (toBackend, toClient int64) {
 	var active [2]atomic.Int64 // last time each direction moved bytes
 	now := time.Now().UnixNano()
 	active[0].Store(now)
@@ -50,7 +51,7 @@ func (s *Server) tunnel(client, backend net.Conn, counter prometheus.Counter) (t
 // relay). ok is false, with nothing read from either side, when the
 // connections expose no file descriptor; the caller then copies through
 // buffers.
-func (s *Server) spliceTunnel(client, backend *net.TCPConn, counter prometheus.Counter) (moved [2]int64, ok bool) {
+func (s *Server) spliceTunnel(client, backend *net.TCPConn, counter byteCounter) (moved [2]int64, ok bool) {
 	up, err := s.newRelay(backend, client)
 	if err != nil {
 		return moved, false
@@ -72,7 +73,7 @@ func (s *Server) spliceTunnel(client, backend *net.TCPConn, counter prometheus.C
 // idle and both connections are closed. On EOF the write side of dst is
 // closed so that the peer sees the half-close, and the other direction
 // goes on.
-func (s *Server) pipe(dst, src net.Conn, mine, other *atomic.Int64, counter prometheus.Counter) int64 {
+func (s *Server) pipe(dst, src net.Conn, mine, other *atomic.Int64, counter byteCounter) int64 {
 	idle := s.cfg.TunnelIdleTimeout
 	bp := s.getBodyBuf()
 	defer s.putBodyBuf(bp)
@@ -179,7 +180,7 @@ type relay struct {
 	sendOut     func(uintptr) bool
 	drainPipe   func(uintptr) bool
 	moved, owed int64 // bytes delivered to dst; not yet counted
-	counter     prometheus.Counter
+	counter     byteCounter
 
 	// recvmsg(2)'s arguments, bound once. With TCP_INQ on src the kernel
 	// appends how many bytes are still queued after each recv, and counts
