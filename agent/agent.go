@@ -327,6 +327,7 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	xcfg.MinBodyRate = cfg.MinBodyRate
 	xcfg.BodyRateGrace = cfg.BodyRateGrace
 	xcfg.MaxBackendConnsPerClientAddr = cfg.MaxBackendConnsPerClient
+	xcfg.TunnelEventLoops = cfg.TunnelEventLoops
 	trusted, err := ParseTrustedProxies(cfg.TrustedProxies)
 	if err != nil {
 		return fmt.Errorf("--trusted-proxies: %w", err)

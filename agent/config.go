@@ -72,6 +72,11 @@ type Config struct {
 	// their live size. 0 = the runtime's pacing; GOGC in the environment
 	// also leaves the pacing alone.
 	GCHeadroom int64
+	// TunnelEventLoops is the number of event-loop threads relaying
+	// established passthrough connections (proxy.Config.TunnelEventLoops):
+	// 0 = one per GOMAXPROCS, -1 = none (a goroutine per direction, the
+	// relay of builds without cgo).
+	TunnelEventLoops int
 	// PublicHTTPSPort goes into HTTP->HTTPS redirects: 0 = the HTTPS
 	// listener's port; 443 on Fly.io, whose proxy maps 443 to 8443.
 	PublicHTTPSPort int
@@ -335,6 +340,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HealthCheckConcurrency < 1 {
 		errs = append(errs, fmt.Errorf("--health-check-concurrency %d must be at least 1", c.HealthCheckConcurrency))
+	}
+	if c.TunnelEventLoops < -1 || c.TunnelEventLoops > 1024 {
+		errs = append(errs, fmt.Errorf("--tunnel-event-loops %d: want -1 (none), 0 (one per GOMAXPROCS) or up to 1024", c.TunnelEventLoops))
 	}
 	if c.GCHeadroom < 0 {
 		errs = append(errs, fmt.Errorf("--gc-headroom %d: want 0 (the runtime's pacing) or a number of bytes", c.GCHeadroom))

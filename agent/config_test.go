@@ -62,6 +62,8 @@ func TestConfigValidate(t *testing.T) {
 		{"empty admin addr", func(c *Config) { c.AdminAddr = "" }, "--admin-addr"},
 		{"tiny cache", func(c *Config) { c.BlockCacheSize = 1024 }, "--block-cache-size"},
 		{"negative row cache", func(c *Config) { c.RowCacheSize = -1 }, "--row-cache-size"},
+		{"tunnel event loops below -1", func(c *Config) { c.TunnelEventLoops = -2 }, "--tunnel-event-loops"},
+		{"too many tunnel event loops", func(c *Config) { c.TunnelEventLoops = 1025 }, "--tunnel-event-loops"},
 		{"zero drain", func(c *Config) { c.ShutdownTimeout = 0 }, "--shutdown-timeout"},
 		{"bad log level", func(c *Config) { c.LogLevel = "loud" }, "--log-level"},
 		{"no feed", func(c *Config) { c.FeedRetention = 0 }, "--feed-retention"},

@@ -71,6 +71,7 @@ FLY_MACHINE_ID and FLY_PRIVATE_IP set the defaults of --region, --node-name and
 	f.IntVar(&cfg.MetricsMaxBackends, "metrics-max-backends", cfg.MetricsMaxBackends, "most backends with series of their own, all pools together")
 	f.Int64Var(&cfg.MemoryLimit, "memory-limit", cfg.MemoryLimit, "soft limit in bytes on the agent's Go memory (the collector works harder near it); 0 = none")
 	f.Int64Var(&cfg.GCHeadroom, "gc-headroom", cfg.GCHeadroom, "bytes the Go heap may grow past its live size before the next collection (large heaps rest near their live size); 0 = the runtime's pacing (GOGC)")
+	f.IntVar(&cfg.TunnelEventLoops, "tunnel-event-loops", cfg.TunnelEventLoops, "event-loop threads relaying established passthrough connections (Linux with cgo): 0 = one per GOMAXPROCS, -1 = none (a goroutine per direction)")
 	f.StringVar(&cfg.PprofAddr, "pprof-addr", cfg.PprofAddr, "serve Go profiles (net/http/pprof) on this loopback address; empty = off")
 	f.BoolVar(&cfg.MetricsPublic, "metrics-public", cfg.MetricsPublic, "serve /metrics without the admin token")
 	f.Int64Var(&cfg.BlockCacheSize, "block-cache-size", cfg.BlockCacheSize, "RocksDB block cache in bytes (bounds the store's memory)")

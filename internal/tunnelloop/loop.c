@@ -436,6 +436,9 @@ static void run_cmds(tl_loop *l, int *stopping) {
 
 static void *run(void *arg) {
 	tl_loop *l = arg;
+	// Named so that an operator's top -H (and the tests) can tell the
+	// loops from the Go runtime's threads.
+	pthread_setname_np(pthread_self(), "edge-tunnel");
 	struct epoll_event evs[TL_MAX_EVENTS];
 	for (;;) {
 		int timeout = -1;

@@ -287,7 +287,12 @@ func phase(o options, n int, clustered bool) (*result, error) {
 }
 
 // visibleEverywhere polls every agent but the origin until path answers
-// 200 and returns the time from acked to the last one.
+// 200 and returns the time from acked to the last one. It polls every
+// 5 ms for the first 100 ms after the acknowledgement and every 25 ms
+// after that: at a thousand writes a second the sampled writes' polls
+// were a load of their own on the agents (with 5 ms throughout, about
+// 300 GETs a second per agent at a lag of 150 ms), and 25 ms is a
+// resolution of 1.25 % of the 2 s goal.
 func visibleEverywhere(procs []*proc, origin int, path string, acked time.Time, limit time.Duration) (time.Duration, bool) {
 	var last time.Time
 	for i, p := range procs {
@@ -295,10 +300,15 @@ func visibleEverywhere(procs []*proc, origin int, path string, acked time.Time, 
 			continue
 		}
 		for p.status(path) != http.StatusOK {
-			if time.Since(acked) > limit {
+			since := time.Since(acked)
+			if since > limit {
 				return 0, false
 			}
-			time.Sleep(5 * time.Millisecond)
+			if since < 100*time.Millisecond {
+				time.Sleep(5 * time.Millisecond)
+			} else {
+				time.Sleep(25 * time.Millisecond)
+			}
 		}
 		last = time.Now()
 	}

@@ -8,10 +8,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -47,12 +51,50 @@ func selfSigned(t *testing.T, name string) (tls.Certificate, *x509.CertPool) {
 }
 
 // TestPassthroughThroughAgent: the agent binary relays an SNI passthrough
-// pool's TLS connections end to end (on its event loops, the default on
-// Linux): request/response exchanges and a bulk stream both ways arrive
-// byte for byte, the client's half-close reaches the backend, which can
-// still answer, and /metrics counts the relayed bytes.
+// pool's TLS connections end to end, on its event loops (the default on
+// Linux) and on the goroutine relay (--tunnel-event-loops -1):
+// request/response exchanges and a bulk stream both ways arrive byte for
+// byte, the client's half-close reaches the backend, which can still
+// answer, and /metrics counts the relayed bytes. The loops' threads are
+// there only when they are asked for.
 func TestPassthroughThroughAgent(t *testing.T) {
 	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		loops bool
+	}{
+		{"event loops", nil, true},
+		{"goroutine relay", []string{"--tunnel-event-loops", "-1"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			a := passthroughThroughAgent(t, tc.args)
+			if got := tunnelThreads(t, a.cmd.Process.Pid); (got > 0) != tc.loops {
+				t.Errorf("%d edge-tunnel threads in the agent, want them: %v", got, tc.loops)
+			}
+		})
+	}
+}
+
+// tunnelThreads counts the threads of process pid named as the tunnel
+// event loops name theirs.
+func tunnelThreads(t *testing.T, pid int) int {
+	t.Helper()
+	comms, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/comm", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, f := range comms {
+		if b, err := os.ReadFile(f); err == nil && strings.TrimSpace(string(b)) == "edge-tunnel" {
+			n++
+		}
+	}
+	return n
+}
+
+func passthroughThroughAgent(t *testing.T, args []string) *agentProc {
 	cert, roots := selfSigned(t, "pt.test")
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
 	if err != nil {
@@ -74,7 +116,7 @@ func TestPassthroughThroughAgent(t *testing.T) {
 	}()
 
 	token := newToken(t)
-	a := startAgent(t, agentOptions{token: token})
+	a := startAgent(t, agentOptions{token: token, args: args})
 	if code := a.api(token, "POST", "/api/pools", map[string]any{"name": "pt", "ssl_mode": "passthrough", "ssl_domain": "pt.test"}, nil); code != http.StatusCreated {
 		t.Fatalf("create pool: %d", code)
 	}
@@ -137,4 +179,5 @@ func TestPassthroughThroughAgent(t *testing.T) {
 		f := families["singularity_edge_passthrough_bytes_total"]
 		return f != nil && len(f.Metric) == 1 && f.Metric[0].GetCounter().GetValue() >= float64(2*sent)
 	})
+	return a
 }
