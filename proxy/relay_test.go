@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"sync"
@@ -18,48 +17,9 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/singularity-ng/singularity-edge/storage"
+
+	"github.com/singularity-ng/singularity-edge/internal/nettest"
 )
-
-// tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	type res struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() { c, err := ln.Accept(); ch <- res{c, err} }()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r res
-	select {
-	case r = <-ch:
-	case <-time.After(10 * time.Second):
-		t.Fatal("accept timed out")
-	}
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	t.Cleanup(func() { a.Close(); r.c.Close() })
-	return a.(*net.TCPConn), r.c.(*net.TCPConn)
-}
-
-// pattern is n bytes that differ from any shifted copy of themselves.
-func pattern(seed uint64, n int) []byte {
-	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
 
 func counterValue(t *testing.T, c prometheus.Counter) float64 {
 	t.Helper()
@@ -78,8 +38,8 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 // counts and the counter match what was sent.
 func TestRelayBothWaysHalfClose(t *testing.T) {
 	s := &Server{cfg: testConfig()}
-	client, clientProxy := tcpPair(t)
-	proxyBackend, backend := tcpPair(t)
+	client, clientProxy := nettest.TCPPair(t)
+	proxyBackend, backend := nettest.TCPPair(t)
 	counter := prometheus.NewCounter(prometheus.CounterOpts{Name: "relayed_bytes"})
 	type moved struct{ up, down int64 }
 	done := make(chan moved, 1)
@@ -91,8 +51,8 @@ func TestRelayBothWaysHalfClose(t *testing.T) {
 	sizes := []int{1, 5, 100, 1500, 16 << 10, bodyBufSize - 1, bodyBufSize, bodyBufSize + 1, 300 << 10, 3, 64 << 10, 7}
 	var up, down bytes.Buffer
 	for i, n := range sizes {
-		up.Write(pattern(uint64(i), n))
-		down.Write(pattern(uint64(100+i), n))
+		up.Write(nettest.Pattern(uint64(i), n))
+		down.Write(nettest.Pattern(uint64(100+i), n))
 	}
 	// Each side writes its stream in the listed sizes while the other
 	// side reads it; both directions at the same time.
@@ -145,7 +105,7 @@ func TestRelayBothWaysHalfClose(t *testing.T) {
 	if n, err := backend.Read(make([]byte, 1)); n != 0 || err != io.EOF {
 		t.Fatalf("backend after the client's half-close: %d bytes, %v; want EOF", n, err)
 	}
-	tail := pattern(7, 200<<10)
+	tail := nettest.Pattern(7, 200<<10)
 	if _, err := backend.Write(tail); err != nil {
 		t.Fatalf("backend answer after half-close: %v", err)
 	}
@@ -179,8 +139,8 @@ func TestRelayBothWaysHalfClose(t *testing.T) {
 func TestRelayDataThenFIN(t *testing.T) {
 	s := &Server{cfg: testConfig()}
 	for i := 0; i < 20; i++ {
-		client, clientProxy := tcpPair(t)
-		proxyBackend, backend := tcpPair(t)
+		client, clientProxy := nettest.TCPPair(t)
+		proxyBackend, backend := nettest.TCPPair(t)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
@@ -257,7 +217,7 @@ func TestPassthroughPingPong(t *testing.T) {
 			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
 			buf := make([]byte, 2048)
 			for i := 0; i < 500; i++ {
-				msg := pattern(uint64(i), 1+i*4%2000)
+				msg := nettest.Pattern(uint64(i), 1+i*4%2000)
 				if _, err := c.Write(msg); err != nil {
 					t.Fatalf("exchange %d: %v", i, err)
 				}
@@ -381,13 +341,13 @@ func TestShutdownCutsPassthroughTunnels(t *testing.T) {
 // and a net.Error timeout, a closed connection is net.ErrClosed, and a
 // reset peer is the syscall's error.
 func TestRawTCPConnSemantics(t *testing.T) {
-	a, peer := tcpPair(t)
+	a, peer := nettest.TCPPair(t)
 	c := newRawTCPConn(a)
 	if tcp, ok := unwrapTCP(c); !ok || tcp != a {
 		t.Fatalf("unwrapTCP = %v, %v", tcp, ok)
 	}
 
-	big := pattern(1, 8<<20)
+	big := nettest.Pattern(1, 8<<20)
 	errc := make(chan error, 1)
 	go func() {
 		n, err := c.Write(big)
@@ -469,8 +429,8 @@ func TestRawTCPConnSemantics(t *testing.T) {
 // FIN), where reading until EAGAIN takes two.
 func TestRelayParksAfterShortRecv(t *testing.T) {
 	s := &Server{cfg: testConfig()}
-	client, clientProxy := tcpPair(t)
-	proxyBackend, backend := tcpPair(t)
+	client, clientProxy := nettest.TCPPair(t)
+	proxyBackend, backend := nettest.TCPPair(t)
 	r, err := s.newRelay(proxyBackend, clientProxy)
 	if err != nil {
 		t.Fatal(err)
@@ -484,7 +444,7 @@ func TestRelayParksAfterShortRecv(t *testing.T) {
 	got := make([]byte, 100)
 	_ = backend.SetReadDeadline(time.Now().Add(20 * time.Second))
 	for i := range records {
-		want := pattern(uint64(i), len(got))
+		want := nettest.Pattern(uint64(i), len(got))
 		if _, err := client.Write(want); err != nil {
 			t.Fatal(err)
 		}
@@ -520,8 +480,8 @@ func TestRelayParksAfterShortRecv(t *testing.T) {
 func TestRelayDataThenResetFound(t *testing.T) {
 	s := &Server{cfg: testConfig()}
 	for i := range 5 {
-		client, clientProxy := tcpPair(t)
-		proxyBackend, backend := tcpPair(t)
+		client, clientProxy := nettest.TCPPair(t)
+		proxyBackend, backend := nettest.TCPPair(t)
 		r, err := s.newRelay(proxyBackend, clientProxy)
 		if err != nil {
 			t.Fatal(err)
@@ -564,7 +524,7 @@ func TestRelayDataThenResetFound(t *testing.T) {
 // reported as partly sent with nothing read; the read deadline, the
 // peer's FIN and a closed connection give Read's errors.
 func TestWriteThenRead(t *testing.T) {
-	a, peer := tcpPair(t)
+	a, peer := nettest.TCPPair(t)
 	c := newRawTCPConn(a).(*rawTCPConn)
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	_ = peer.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -589,7 +549,7 @@ func TestWriteThenRead(t *testing.T) {
 	}
 
 	// More than the socket buffers hold, with the peer not reading.
-	big := pattern(3, 16<<20)
+	big := nettest.Pattern(3, 16<<20)
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	_ = peer.SetReadDeadline(time.Now().Add(20 * time.Second))
 	wn, rn, full, err := c.writeThenRead(big, rb)

@@ -22,6 +22,7 @@ var allowed = map[string][]string{
 	"internal/atomicfile":  {},
 	"internal/osslsign":    {},
 	"internal/tunnelloop":  {},
+	"internal/nettest":     {},
 	"storage":              {},
 	"apitypes":             {"cluster"},
 	"discovery":            {"cluster", "internal/atomicfile"},

@@ -7,45 +7,15 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
-)
 
-// tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	type res struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() { c, err := ln.Accept(); ch <- res{c, err} }()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r res
-	select {
-	case r = <-ch:
-	case <-time.After(10 * time.Second):
-		t.Fatal("accept timed out")
-	}
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	t.Cleanup(func() { a.Close(); r.c.Close() })
-	return a.(*net.TCPConn), r.c.(*net.TCPConn)
-}
+	"github.com/singularity-ng/singularity-edge/internal/nettest"
+)
 
 // rig is a tunnel between a client and a server: client <-> [a | loop | b] <-> server.
 type rig struct {
@@ -55,8 +25,8 @@ type rig struct {
 
 func newRig(t *testing.T, g *Group) rig {
 	t.Helper()
-	client, a := tcpPair(t)
-	b, server := tcpPair(t)
+	client, a := nettest.TCPPair(t)
+	b, server := nettest.TCPPair(t)
 	tun, err := g.Add(a, b)
 	if err != nil {
 		t.Fatal(err)
@@ -87,15 +57,6 @@ func wait(t *testing.T, tun *Tunnel) Result {
 		t.Fatal("tunnel did not end")
 	}
 	return Result{}
-}
-
-func pattern(seed uint64, n int) []byte {
-	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
 }
 
 // sendSized writes data in pieces of the given sizes, cycling.
@@ -155,7 +116,7 @@ func TestBothWaysThenHalfClose(t *testing.T) {
 			movedBefore := g.Moved()
 			r := newRig(t, g)
 			sizes := []int{1, 5, 100, 1500, 16<<10 - 1, 16 << 10, 16<<10 + 1, 300 << 10, 3, 64 << 10, 7}
-			up, down := pattern(1, 2<<20), pattern(2, 2<<20)
+			up, down := nettest.Pattern(1, 2<<20), nettest.Pattern(2, 2<<20)
 			upErr, downErr := sendSized(r.client, up, sizes), sendSized(r.server, down, sizes)
 			var wg sync.WaitGroup
 			var gotUp, gotDown []byte
@@ -217,8 +178,8 @@ func TestBothWaysThenHalfClose(t *testing.T) {
 // event is not lost by the short-read rule).
 func TestDataThenFINTogether(t *testing.T) {
 	g := newGroup(t, nil)
-	client, a := tcpPair(t)
-	b, server := tcpPair(t)
+	client, a := nettest.TCPPair(t)
+	b, server := nettest.TCPPair(t)
 	if _, err := client.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
@@ -378,7 +339,7 @@ func TestKillAndClose(t *testing.T) {
 		}
 		expectEOF(t, r.client, "client")
 	}
-	a, b := tcpPair(t)
+	a, b := nettest.TCPPair(t)
 	if _, err := g.Add(a, b); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Add after Close: %v, want ErrClosed", err)
 	}
@@ -403,7 +364,7 @@ func openFDs(t *testing.T) int {
 func TestManyTunnelsNoLeak(t *testing.T) {
 	// The runtime's netpoller opens its descriptors with the first
 	// connection of the process.
-	w1, w2 := tcpPair(t)
+	w1, w2 := nettest.TCPPair(t)
 	w1.Close()
 	w2.Close()
 	before := openFDs(t)
@@ -418,8 +379,8 @@ func TestManyTunnelsNoLeak(t *testing.T) {
 	pairs := make([]pair, n)
 	tuns := make([]*Tunnel, n)
 	for i := range pairs {
-		client, a := tcpPair(t)
-		b, server := tcpPair(t)
+		client, a := nettest.TCPPair(t)
+		b, server := nettest.TCPPair(t)
 		pairs[i] = pair{client, server}
 		if tuns[i], err = g.Add(a, b); err != nil {
 			t.Fatal(err)
@@ -431,7 +392,7 @@ func TestManyTunnelsNoLeak(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			msg := pattern(uint64(i), 1+i*97%70000)
+			msg := nettest.Pattern(uint64(i), 1+i*97%70000)
 			for range 3 {
 				if _, err := p.client.Write(msg); err != nil {
 					errs <- err

@@ -1,0 +1,55 @@
+// Package nettest holds socket helpers for the tests of packages that
+// relay bytes between connections: connected loopback TCP pairs, and byte
+// patterns in which a lost, repeated or reordered chunk shows.
+package nettest
+
+import (
+	"math/rand/v2"
+	"net"
+	"testing"
+	"time"
+)
+
+// TCPPair returns the two ends of a loopback TCP connection, closed when
+// the test ends.
+func TCPPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() { c, err := ln.Accept(); ch <- res{c, err} }()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r res
+	select {
+	case r = <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatal("accept timed out")
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	t.Cleanup(func() { a.Close(); r.c.Close() })
+	return a.(*net.TCPConn), r.c.(*net.TCPConn)
+}
+
+// Pattern is n pseudo-random bytes from seed: they differ from any
+// shifted copy of themselves, so a lost, repeated or reordered chunk
+// shows in a comparison.
+func Pattern(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
