@@ -56,33 +56,13 @@ func TestRelayBothWaysHalfClose(t *testing.T) {
 	}
 	// Each side writes its stream in the listed sizes while the other
 	// side reads it; both directions at the same time.
-	send := func(c *net.TCPConn, data []byte) <-chan error {
-		errc := make(chan error, 1)
-		go func() {
-			for _, n := range sizes {
-				if _, err := c.Write(data[:n]); err != nil {
-					errc <- err
-					return
-				}
-				data = data[n:]
-			}
-			errc <- nil
-		}()
-		return errc
-	}
-	recv := func(c *net.TCPConn, n int) ([]byte, error) {
-		_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
-		got := make([]byte, n)
-		_, err := io.ReadFull(c, got)
-		return got, err
-	}
-	upErr, downErr := send(client, up.Bytes()), send(backend, down.Bytes())
+	upErr, downErr := nettest.SendSized(client, up.Bytes(), sizes), nettest.SendSized(backend, down.Bytes(), sizes)
 	var wg sync.WaitGroup
 	var gotUp, gotDown []byte
 	var errUp, errDown error
 	wg.Add(2)
-	go func() { defer wg.Done(); gotUp, errUp = recv(backend, up.Len()) }()
-	go func() { defer wg.Done(); gotDown, errDown = recv(client, down.Len()) }()
+	go func() { defer wg.Done(); gotUp, errUp = nettest.ReadN(backend, up.Len()) }()
+	go func() { defer wg.Done(); gotDown, errDown = nettest.ReadN(client, down.Len()) }()
 	wg.Wait()
 	if errUp != nil || !bytes.Equal(gotUp, up.Bytes()) {
 		t.Fatalf("client->backend differs (%d of %d bytes, err %v)", len(gotUp), up.Len(), errUp)

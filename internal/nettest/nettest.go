@@ -4,6 +4,7 @@
 package nettest
 
 import (
+	"io"
 	"math/rand/v2"
 	"net"
 	"testing"
@@ -52,4 +53,31 @@ func Pattern(seed uint64, n int) []byte {
 		b[i] = byte(r.Uint32())
 	}
 	return b
+}
+
+// SendSized writes data to c in pieces of the given sizes, cycling
+// through them, from a goroutine, and reports the first write error (nil
+// once everything is written).
+func SendSized(c net.Conn, data []byte, sizes []int) <-chan error {
+	errc := make(chan error, 1)
+	go func() {
+		for i := 0; len(data) > 0; i++ {
+			n := min(sizes[i%len(sizes)], len(data))
+			if _, err := c.Write(data[:n]); err != nil {
+				errc <- err
+				return
+			}
+			data = data[n:]
+		}
+		errc <- nil
+	}()
+	return errc
+}
+
+// ReadN reads exactly n bytes from c, giving up after 20 s.
+func ReadN(c net.Conn, n int) ([]byte, error) {
+	_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	got := make([]byte, n)
+	_, err := io.ReadFull(c, got)
+	return got, err
 }

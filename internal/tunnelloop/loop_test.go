@@ -59,30 +59,6 @@ func wait(t *testing.T, tun *Tunnel) Result {
 	return Result{}
 }
 
-// sendSized writes data in pieces of the given sizes, cycling.
-func sendSized(c *net.TCPConn, data []byte, sizes []int) <-chan error {
-	errc := make(chan error, 1)
-	go func() {
-		for i := 0; len(data) > 0; i++ {
-			n := min(sizes[i%len(sizes)], len(data))
-			if _, err := c.Write(data[:n]); err != nil {
-				errc <- err
-				return
-			}
-			data = data[n:]
-		}
-		errc <- nil
-	}()
-	return errc
-}
-
-func readN(c *net.TCPConn, n int) ([]byte, error) {
-	_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
-	got := make([]byte, n)
-	_, err := io.ReadFull(c, got)
-	return got, err
-}
-
 func expectEOF(t *testing.T, c *net.TCPConn, who string) {
 	t.Helper()
 	_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
@@ -117,13 +93,13 @@ func TestBothWaysThenHalfClose(t *testing.T) {
 			r := newRig(t, g)
 			sizes := []int{1, 5, 100, 1500, 16<<10 - 1, 16 << 10, 16<<10 + 1, 300 << 10, 3, 64 << 10, 7}
 			up, down := nettest.Pattern(1, 2<<20), nettest.Pattern(2, 2<<20)
-			upErr, downErr := sendSized(r.client, up, sizes), sendSized(r.server, down, sizes)
+			upErr, downErr := nettest.SendSized(r.client, up, sizes), nettest.SendSized(r.server, down, sizes)
 			var wg sync.WaitGroup
 			var gotUp, gotDown []byte
 			var errUp, errDown error
 			wg.Add(2)
-			go func() { defer wg.Done(); gotUp, errUp = readN(r.server, len(up)) }()
-			go func() { defer wg.Done(); gotDown, errDown = readN(r.client, len(down)) }()
+			go func() { defer wg.Done(); gotUp, errUp = nettest.ReadN(r.server, len(up)) }()
+			go func() { defer wg.Done(); gotDown, errDown = nettest.ReadN(r.client, len(down)) }()
 			wg.Wait()
 			if errUp != nil || !bytes.Equal(gotUp, up) {
 				t.Fatalf("client->server differs (err %v)", errUp)
@@ -146,7 +122,7 @@ func TestBothWaysThenHalfClose(t *testing.T) {
 			if _, err := other.Write([]byte("after")); err != nil {
 				t.Fatal(err)
 			}
-			if got, err := readN(first, 5); err != nil || string(got) != "after" {
+			if got, err := nettest.ReadN(first, 5); err != nil || string(got) != "after" {
 				t.Fatalf("after half-close: %q, %v", got, err)
 			}
 			if err := other.CloseWrite(); err != nil {
@@ -191,7 +167,7 @@ func TestDataThenFINTogether(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := readN(server, 5)
+	got, err := nettest.ReadN(server, 5)
 	if err != nil || string(got) != "hello" {
 		t.Fatalf("got %q, %v", got, err)
 	}
@@ -214,7 +190,7 @@ func TestResetPropagates(t *testing.T) {
 			if _, err := r.client.Write([]byte("ping")); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := readN(r.server, 4); err != nil {
+			if _, err := nettest.ReadN(r.server, 4); err != nil {
 				t.Fatal(err)
 			}
 			resetter, other := r.server, r.client
@@ -272,8 +248,8 @@ func TestBackpressure(t *testing.T) {
 		t.Fatalf("all %d bytes were accepted with nobody reading", written)
 	}
 	_ = r.client.SetWriteDeadline(time.Time{})
-	errc := sendSized(r.client, data[written:], []int{1 << 20})
-	got, err := readN(r.server, len(data))
+	errc := nettest.SendSized(r.client, data[written:], []int{1 << 20})
+	got, err := nettest.ReadN(r.server, len(data))
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("server got %d bytes (err %v), or they differ", len(got), err)
 	}
@@ -288,7 +264,7 @@ func TestIdleTimeout(t *testing.T) {
 	if _, err := r.client.Write([]byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := readN(r.server, 1); err != nil {
+	if _, err := nettest.ReadN(r.server, 1); err != nil {
 		t.Fatal(err)
 	}
 	res := wait(t, r.tun)
@@ -318,7 +294,7 @@ func TestKillAndClose(t *testing.T) {
 	if _, err := rigs[1].client.Write([]byte("abc")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := readN(rigs[1].server, 3); err != nil {
+	if _, err := nettest.ReadN(rigs[1].server, 3); err != nil {
 		t.Fatal(err)
 	}
 	if err := g.Close(); err != nil {
@@ -398,7 +374,7 @@ func TestManyTunnelsNoLeak(t *testing.T) {
 					errs <- err
 					return
 				}
-				got, err := readN(p.server, len(msg))
+				got, err := nettest.ReadN(p.server, len(msg))
 				if err != nil || !bytes.Equal(got, msg) {
 					errs <- errors.New("request differs")
 					return
@@ -407,7 +383,7 @@ func TestManyTunnelsNoLeak(t *testing.T) {
 					errs <- err
 					return
 				}
-				if back, err := readN(p.client, len(msg)); err != nil || !bytes.Equal(back, msg) {
+				if back, err := nettest.ReadN(p.client, len(msg)); err != nil || !bytes.Equal(back, msg) {
 					errs <- errors.New("response differs")
 					return
 				}
