@@ -403,14 +403,13 @@ func TestRawTCPConnSemantics(t *testing.T) {
 	}
 }
 
-// TestRelayParksAfterShortRecv: with TCP_INQ a direction parks as soon as
-// a recv leaves the socket empty, instead of paying a recv that only says
-// EAGAIN: one recv per record in a ping-pong (plus the one that reads the
-// FIN), where reading until EAGAIN takes two.
-func TestRelayParksAfterShortRecv(t *testing.T) {
-	s := &Server{cfg: testConfig()}
-	client, clientProxy := nettest.TCPPair(t)
-	proxyBackend, backend := nettest.TCPPair(t)
+// inqRelay returns a relay from clientProxy to proxyBackend, the proxy's
+// ends of two loopback connections (client and backend are the others),
+// and skips the test on kernels without TCP_INQ.
+func inqRelay(t *testing.T, s *Server) (r *relay, client, clientProxy, proxyBackend, backend *net.TCPConn) {
+	t.Helper()
+	client, clientProxy = nettest.TCPPair(t)
+	proxyBackend, backend = nettest.TCPPair(t)
 	r, err := s.newRelay(proxyBackend, clientProxy)
 	if err != nil {
 		t.Fatal(err)
@@ -418,6 +417,16 @@ func TestRelayParksAfterShortRecv(t *testing.T) {
 	if !r.inq {
 		t.Skip("kernel without TCP_INQ")
 	}
+	return r, client, clientProxy, proxyBackend, backend
+}
+
+// TestRelayParksAfterShortRecv: with TCP_INQ a direction parks as soon as
+// a recv leaves the socket empty, instead of paying a recv that only says
+// EAGAIN: one recv per record in a ping-pong (plus the one that reads the
+// FIN), where reading until EAGAIN takes two.
+func TestRelayParksAfterShortRecv(t *testing.T) {
+	s := &Server{cfg: testConfig()}
+	r, client, clientProxy, proxyBackend, backend := inqRelay(t, s)
 	done := make(chan int64, 1)
 	go func() { done <- r.run(proxyBackend, clientProxy, proxyBackend) }()
 	const records = 200
@@ -460,15 +469,7 @@ func TestRelayParksAfterShortRecv(t *testing.T) {
 func TestRelayDataThenResetFound(t *testing.T) {
 	s := &Server{cfg: testConfig()}
 	for i := range 5 {
-		client, clientProxy := nettest.TCPPair(t)
-		proxyBackend, backend := nettest.TCPPair(t)
-		r, err := s.newRelay(proxyBackend, clientProxy)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !r.inq {
-			t.Skip("kernel without TCP_INQ")
-		}
+		r, client, clientProxy, proxyBackend, backend := inqRelay(t, s)
 		r.recheck = 100 * time.Millisecond
 		if _, err := client.Write([]byte("last words")); err != nil {
 			t.Fatal(err)
