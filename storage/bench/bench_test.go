@@ -492,10 +492,9 @@ func defaultMark(syncWAL bool) string {
 // BenchmarkWriteBatched: Updates of 1,000 backends each (PutBackends, the
 // bulk path: one MultiGet of the stored versions) against raw WriteBatches
 // of 1,000 puts of the same row bytes; also a second anchor whose batches
-// carry what a store commit writes (rows, index entries, one change-log
-// entry with every record, one feed entry), and the store again with 1,000
-// PutBackend calls per Update (store_putbackend_rows/s). The four
-// alternate batch by batch.
+// carry exactly the keys and values a store commit writes
+// (addCommitEntries), and the store again with 1,000 PutBackend calls per
+// Update (store_putbackend_rows/s). The four alternate batch by batch.
 func BenchmarkWriteBatched(b *testing.B) {
 	const rows = 100_000
 	for _, syncWAL := range []bool{true, false} {
@@ -507,11 +506,11 @@ func BenchmarkWriteBatched(b *testing.B) {
 			for i := range rows {
 				recs[i], vals[i] = makeBackend(i), tmpl.backendBytes(i)
 			}
-			var sm, rm, fm, lm, xm meter
+			var sm, rm, fm, lm meter
 			for range b.N {
 				st, raw := openWritePair(b, syncWAL)
 				_, full := openWritePair(b, syncWAL)
-				loop, exact := openWritePair(b, syncWAL)
+				loop, loopRaw := openWritePair(b, syncWAL) // loopRaw stays empty
 				wb := grocksdb.NewWriteBatch()
 				for first := 0; first < rows; first += batchRows {
 					batch := recs[first : first+batchRows]
@@ -544,30 +543,23 @@ func BenchmarkWriteBatched(b *testing.B) {
 						tmpl.addCommitEntries(wb, full, first, first+batchRows, uint64(first/batchRows+1))
 						return full.write(wb)
 					}
-					exactBatch := func() error {
-						wb.Clear()
-						tmpl.addExactCommitEntries(wb, exact, first, first+batchRows, uint64(first/batchRows+1))
-						return exact.write(wb)
-					}
 					err := rotate(first/batchRows, section{&sm, batchRows, storeBatch}, section{&rm, batchRows, rawBatch},
-						section{&fm, batchRows, fullBatch}, section{&lm, batchRows, loopBatch}, section{&xm, batchRows, exactBatch})
+						section{&fm, batchRows, fullBatch}, section{&lm, batchRows, loopBatch})
 					if err != nil {
 						b.Fatal(err)
 					}
 				}
 				wb.Destroy()
 				closeWritePair(b, st, raw, full)
-				closeWritePair(b, loop, exact)
+				closeWritePair(b, loop, loopRaw)
 			}
 			reportMeters(b, "rows/s", &sm, &rm)
 			b.ReportMetric(fm.rate(), "raw_same_entries_rows/s")
 			b.ReportMetric(lm.rate(), "store_putbackend_rows/s")
-			b.ReportMetric(xm.rate(), "raw_exact_entries_rows/s")
 			label := fmt.Sprintf("batched commits (%d rows each), WAL sync %s%s", batchRows, onOff(syncWAL), defaultMark(syncWAL))
 			shared.summary.compare(label, &sm, &rm, "rows/s", "ratio >= 0.5")
 			shared.summary.compare(label+", anchor: the store's entries", &sm, &fm, "rows/s", "")
 			shared.summary.compare(label+", store with PutBackend per row", &lm, &rm, "rows/s", "")
-			shared.summary.compare(label+", anchor: exactly the store's keys and values", &sm, &xm, "rows/s", "")
 		})
 	}
 }
@@ -593,82 +585,63 @@ func BenchmarkLoad(b *testing.B) {
 }
 
 // BenchmarkPointRead: GetBackend on the 1M-backend store and GetCertificate
-// (private key decrypted) on the 100k-certificate store, at random ids,
-// against raw Gets of the same keys, alternating in sections of 5,000.
+// (private key decrypted) on the 100k-certificate store, against raw Gets
+// of the same keys, alternating in sections of 5,000: at random ids over
+// every row, and confined to a hot set (20,000 backends, 2,000
+// certificates, the ones a front end serves most) that fits the block
+// cache, every one read before measuring: the per-read cost when the block
+// is cached, which random reads over 1M rows and a 64 MiB cache seldom are.
 func BenchmarkPointRead(b *testing.B) {
 	ctx := context.Background()
-	b.Run("backends", func(b *testing.B) {
+	backends := func(b *testing.B) (func(string) error, *rawDB) {
 		st, raw, _ := shared.backends(b)
-		storeRead := func(id string) error {
+		return func(id string) error {
 			be, err := st.GetBackend(ctx, id)
 			if err == nil && be.ID != id {
 				err = fmt.Errorf("GetBackend(%q) returned %q", id, be.ID)
 			}
 			return err
-		}
-		rawRead := func(id string) error { _, err := raw.get(rawRows, []byte(id)); return err }
-		sm, rm := compareReads(b, randomIDs(1, 100_000, numBackends, backendID), randomIDs(2, 20_000, numBackends, backendID), storeRead, rawRead)
-		reportMeters(b, "reads/s", sm, rm)
-		shared.summary.compare("point read GetBackend, 1M backends", sm, rm, "reads/s", "")
-	})
-	// The same reads confined to a hot set of 20,000 backends that fits
-	// the block cache, every one read once before measuring: the per-read
-	// cost of the store (and of RocksDB) when the block is cached, which
-	// random reads over 1M rows and a 64 MiB cache seldom are.
-	b.Run("backends_cached", func(b *testing.B) {
-		st, raw, _ := shared.backends(b)
-		storeRead := func(id string) error {
-			be, err := st.GetBackend(ctx, id)
-			if err == nil && be.ID != id {
-				err = fmt.Errorf("GetBackend(%q) returned %q", id, be.ID)
-			}
-			return err
-		}
-		rawRead := func(id string) error { _, err := raw.get(rawRows, []byte(id)); return err }
-		const hot = 20_000
-		warm := make([]string, hot)
-		for i := range warm {
-			warm[i] = backendID(i)
-		}
-		sm, rm := compareReads(b, randomIDs(11, 200_000, hot, backendID), warm, storeRead, rawRead)
-		reportMeters(b, "reads/s", sm, rm)
-		shared.summary.compare("point read GetBackend, hot set of 20k backends (cached blocks)", sm, rm, "reads/s", "store >= 250k reads/s")
-	})
-	// A hot set of 2,000 certificates (the ones a TLS front end serves
-	// most), each read once before measuring.
-	b.Run("certificates_cached", func(b *testing.B) {
+		}, raw
+	}
+	certificates := func(b *testing.B) (func(string) error, *rawDB) {
 		st, raw := shared.certificates(b)
-		storeRead := func(id string) error {
+		return func(id string) error {
 			c, err := st.GetCertificate(ctx, id)
 			if err == nil && (c.ID != id || c.PrivateKeyPEM == "") {
 				err = fmt.Errorf("GetCertificate(%q) returned %q without its key", id, c.ID)
 			}
 			return err
+		}, raw
+	}
+	firstIDs := func(n int, id func(int) string) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = id(i)
 		}
-		rawRead := func(id string) error { _, err := raw.get(rawRows, []byte(id)); return err }
-		const hot = 2000
-		warm := make([]string, hot)
-		for i := range warm {
-			warm[i] = certID(i)
-		}
-		sm, rm := compareReads(b, randomIDs(13, 100_000, hot, certID), warm, storeRead, rawRead)
-		reportMeters(b, "reads/s", sm, rm)
-		shared.summary.compare("point read GetCertificate, hot set of 2k certs", sm, rm, "reads/s", "store >= 250k reads/s")
-	})
-	b.Run("certificates", func(b *testing.B) {
-		st, raw := shared.certificates(b)
-		storeRead := func(id string) error {
-			c, err := st.GetCertificate(ctx, id)
-			if err == nil && (c.ID != id || c.PrivateKeyPEM == "") {
-				err = fmt.Errorf("GetCertificate(%q) returned %q without its key", id, c.ID)
-			}
-			return err
-		}
-		rawRead := func(id string) error { _, err := raw.get(rawRows, []byte(id)); return err }
-		sm, rm := compareReads(b, randomIDs(3, 20_000, numCerts, certID), randomIDs(4, 5_000, numCerts, certID), storeRead, rawRead)
-		reportMeters(b, "reads/s", sm, rm)
-		shared.summary.compare("point read GetCertificate (decrypts key), 100k certs", sm, rm, "reads/s", "")
-	})
+		return out
+	}
+	for _, tc := range []struct {
+		name, summary, goal string
+		open                func(*testing.B) (func(string) error, *rawDB)
+		ids, warm           []string
+	}{
+		{"backends", "point read GetBackend, 1M backends", "", backends,
+			randomIDs(1, 100_000, numBackends, backendID), randomIDs(2, 20_000, numBackends, backendID)},
+		{"backends_cached", "point read GetBackend, hot set of 20k backends (cached blocks)", "store >= 250k reads/s", backends,
+			randomIDs(11, 200_000, 20_000, backendID), firstIDs(20_000, backendID)},
+		{"certificates_cached", "point read GetCertificate, hot set of 2k certs", "store >= 250k reads/s", certificates,
+			randomIDs(13, 100_000, 2000, certID), firstIDs(2000, certID)},
+		{"certificates", "point read GetCertificate (decrypts key), 100k certs", "", certificates,
+			randomIDs(3, 20_000, numCerts, certID), randomIDs(4, 5_000, numCerts, certID)},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			storeRead, raw := tc.open(b)
+			rawRead := func(id string) error { _, err := raw.get(rawRows, []byte(id)); return err }
+			sm, rm := compareReads(b, tc.ids, tc.warm, storeRead, rawRead)
+			reportMeters(b, "reads/s", sm, rm)
+			shared.summary.compare(tc.summary, sm, rm, "reads/s", tc.goal)
+		})
+	}
 }
 
 func randomIDs(seed uint64, n, max int, id func(int) string) []string {

@@ -327,29 +327,13 @@ func (t *templates) backendRecBytes(i int) []byte {
 // rawOrigin stands for the store's node id (16 hex digits) in the anchor.
 const rawOrigin = "0123456789abcdef"
 
-// addCommitEntries adds to wb what one store commit of backends
-// first..last-1 writes: each row with its index entry, one change-log entry
-// (a ChangeSet holding every row's record, encoded by storage) and one
-// feed entry. It is the anchor with the store's own write amplification.
-func (t *templates) addCommitEntries(wb *grocksdb.WriteBatch, db *rawDB, first, last int, seq uint64) {
-	for i := first; i < last; i++ {
-		id := backendID(i)
-		wb.PutCF(db.cfs[rawRows], []byte(id), t.backendBytes(i))
-		wb.PutCF(db.cfs[rawIndex], rawPoolIndexKey(poolName(poolOf(i)), id), nil)
-		// One change-log key per current row version (storage/changelog.go).
-		wb.PutCF(db.cfs[rawChangelog], append(appendBE64([]byte(rawOrigin+"\x00"), seq), append([]byte{3}, id...)...), nil)
-	}
-	// The feed value is a reference {1: origin, 2: seq}: about 20 bytes.
-	wb.PutCF(db.cfs[rawFeed], appendBE64(nil, seq), appendBE64([]byte("\x0a\x10"+rawOrigin+"\x10"), seq))
-}
-
-// addExactCommitEntries adds to wb every key a store commit of backends
+// addCommitEntries adds to wb every key a store commit of backends
 // first..last-1 writes to the families the anchor has (storage/tx.go):
 // the row, its by-pool index entry carrying a copy of the row (the
 // covering index), its by-address entry, its change-log key, and the
-// commit's feed entry (the local-seq key in meta is left out). The anchor
+// commit's feed entry (the local-seq key in meta is left out): the anchor
 // with exactly the store's entries per row, without its insert hints.
-func (t *templates) addExactCommitEntries(wb *grocksdb.WriteBatch, db *rawDB, first, last int, seq uint64) {
+func (t *templates) addCommitEntries(wb *grocksdb.WriteBatch, db *rawDB, first, last int, seq uint64) {
 	for i := first; i < last; i++ {
 		id, pool := backendID(i), poolName(poolOf(i))
 		row := t.backendBytes(i)
