@@ -39,6 +39,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -113,6 +114,7 @@ type result struct {
 	visible            histogram     // the agents' lag histograms over the write window and drain, summed
 	drain              time.Duration // after the last write, until every agent holds every write
 	cpu                []float64     // fraction of one core, over the write window
+	genCPU             float64       // this process (the load generator), likewise
 	rssEnd, rssMax     []int64
 }
 
@@ -187,6 +189,7 @@ func phase(o options, n int, clustered bool) (*result, error) {
 	for i, p := range procs {
 		cpu0[i] = p.cpuSeconds()
 	}
+	gen0 := selfCPUSeconds()
 	res.rssMax = make([]int64, n)
 	stopRSS := make(chan struct{})
 	var rssWG sync.WaitGroup
@@ -280,6 +283,7 @@ func phase(o options, n int, clustered bool) (*result, error) {
 	for i, p := range procs {
 		res.cpu = append(res.cpu, (p.cpuSeconds()-cpu0[i])/res.elapsed.Seconds())
 	}
+	res.genCPU = (selfCPUSeconds() - gen0) / res.elapsed.Seconds()
 	if n > 1 {
 		// Drain: every agent's last acknowledged write readable everywhere.
 		deadline := writesDone.Add(2 * time.Minute)
@@ -354,6 +358,7 @@ func report(o options, anchor, clus *result) {
 	}
 	fmt.Printf("| drain after the last write | %s | n/a | bounded |\n", ms(clus.drain))
 	fmt.Printf("| CPU per agent (cores) | %s | %s | |\n", floats(clus.cpu), floats(anchor.cpu))
+	fmt.Printf("| load generator CPU (cores, same machine) | %.2f | %.2f | |\n", clus.genCPU, anchor.genCPU)
 	fmt.Printf("| RSS per agent at end / max | %s / %s | %s / %s | |\n", mibs(clus.rssEnd), mibs(clus.rssMax), mibs(anchor.rssEnd), mibs(anchor.rssMax))
 	var sum, asum float64
 	for _, c := range clus.cpu {
@@ -668,6 +673,15 @@ func (p *proc) cpuSeconds() float64 {
 	u, _ := strconv.ParseFloat(f[11], 64)
 	k, _ := strconv.ParseFloat(f[12], 64)
 	return (u + k) / 100
+}
+
+// selfCPUSeconds is this process's user and system CPU time.
+func selfCPUSeconds() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 func (p *proc) rss() int64 {
