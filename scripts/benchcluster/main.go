@@ -418,7 +418,7 @@ func visibleLag(procs []*proc) (histogram, error) {
 			h.bounds, h.counts = append(h.bounds, bound), append(h.counts, n)
 		}
 		if len(h.bounds) == 0 {
-			return sum, fmt.Errorf("%s/metrics has no %s", p.api, visibleLagMetric)
+			return histogram{}, nil // an agent from before the metric: only the polled samples
 		}
 		if sum.bounds == nil {
 			sum = histogram{bounds: h.bounds, counts: make([]float64, len(h.counts))}
