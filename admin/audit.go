@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -94,6 +95,9 @@ func changedFields(before, after any) []string {
 	return out
 }
 
+// flatten returns the fields of v's JSON encoding, nested objects by
+// dotted name (metadata whole), each as its raw JSON: a value is shown as
+// the view's own encoding of it, not decoded and encoded again.
 func flatten(v any) map[string]string {
 	out := map[string]string{}
 	if v == nil {
@@ -103,28 +107,88 @@ func flatten(v any) map[string]string {
 	if err != nil {
 		return out
 	}
-	// Each value is shown as the view's own JSON encoding of it: kept raw,
-	// not decoded and encoded again.
-	var walk func(prefix string, raw []byte) bool
-	walk = func(prefix string, raw []byte) bool {
-		var m map[string]json.RawMessage
-		if json.Unmarshal(raw, &m) != nil {
+	if !flattenObject(out, "", b) {
+		clear(out)
+	}
+	return out
+}
+
+// flattenObject adds the fields of the JSON object b to out. It scans
+// rather than decodes (every write through the API is audited, and
+// decoding each view into a map of raw values cost more than the rest
+// of the audit row): b comes from encoding/json, so it is valid and
+// compact, and a false return (not an object) is the only failure.
+func flattenObject(out map[string]string, prefix string, b []byte) bool {
+	if len(b) < 2 || b[0] != '{' || b[len(b)-1] != '}' {
+		return false
+	}
+	for i := 1; i < len(b)-1; {
+		keyEnd := jsonValueEnd(b, i)
+		if b[i] != '"' || keyEnd < 0 || keyEnd >= len(b) || b[keyEnd] != ':' {
 			return false
 		}
-		for k, v := range m {
-			if prefix == "" && auditSkip[k] {
-				continue
-			}
-			name := prefix + k
-			if len(v) > 0 && v[0] == '{' && k != "metadata" && walk(name+".", v) {
-				continue
-			}
-			out[name] = string(v)
+		key := string(b[i+1 : keyEnd-1])
+		if bytes.IndexByte(b[i:keyEnd], '\\') >= 0 && json.Unmarshal(b[i:keyEnd], &key) != nil {
+			return false
 		}
-		return true
+		i = keyEnd + 1
+		end := jsonValueEnd(b, i)
+		if end < 0 || end > len(b)-1 {
+			return false
+		}
+		if val := b[i:end]; prefix != "" || !auditSkip[key] {
+			name := prefix + key
+			if val[0] != '{' || key == "metadata" || !flattenObject(out, name+".", val) {
+				out[name] = string(val)
+			}
+		}
+		i = end
+		if b[i] == ',' {
+			i++
+		}
 	}
-	walk("", b)
-	return out
+	return true
+}
+
+// jsonValueEnd returns the index just past the compact JSON value that
+// starts at b[i], or -1 when b ends inside it.
+func jsonValueEnd(b []byte, i int) int {
+	if i >= len(b) {
+		return -1
+	}
+	depth := 0
+	for j := i; j < len(b); j++ {
+		switch b[j] {
+		case '"':
+			for j++; j < len(b) && b[j] != '"'; j++ {
+				if b[j] == '\\' {
+					j++
+				}
+			}
+			if j >= len(b) {
+				return -1
+			}
+		case '{', '[':
+			depth++
+			continue
+		case '}', ']':
+			if depth == 0 {
+				return j // the end of a scalar inside an object or array
+			}
+			depth--
+		case ',':
+			if depth == 0 {
+				return j
+			}
+			continue
+		default:
+			continue
+		}
+		if depth == 0 {
+			return j + 1
+		}
+	}
+	return -1
 }
 
 // bulkAuditView summarises a bulk backend create for its one audit row:

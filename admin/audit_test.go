@@ -1,7 +1,10 @@
 package admin
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -166,5 +169,98 @@ func TestChangedFields(t *testing.T) {
 				t.Errorf("changedFields:\n got %q\nwant %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// flattenByDecoding is flatten's reference: the JSON object decoded into a
+// map of raw values, level by level.
+func flattenByDecoding(b []byte) map[string]string {
+	out := map[string]string{}
+	var walk func(prefix string, raw []byte) bool
+	walk = func(prefix string, raw []byte) bool {
+		var m map[string]json.RawMessage
+		if json.Unmarshal(raw, &m) != nil || m == nil {
+			return false
+		}
+		for k, v := range m {
+			if prefix == "" && auditSkip[k] {
+				continue
+			}
+			name := prefix + k
+			if len(v) > 0 && v[0] == '{' && k != "metadata" && walk(name+".", v) {
+				continue
+			}
+			out[name] = string(v)
+		}
+		return true
+	}
+	if !walk("", b) {
+		clear(out)
+	}
+	return out
+}
+
+// FuzzFlattenMatchesDecoding: the scanner finds the same fields and raw
+// values as decoding, for any JSON object in encoding/json's compact form
+// (keys with escapes, nested objects and arrays, strings holding braces
+// and quotes), and finds nothing in anything else.
+func FuzzFlattenMatchesDecoding(f *testing.F) {
+	for _, s := range []string{
+		`{}`, `{"a":1}`, `{"a":{"b":{"c":[1,{"d":"}"}]}},"e":"x\"y\\"}`,
+		`{"metadata":{"k":"v"},"version":3,"name":"web\u003c1\u003e"}`,
+		`{"we\"ird":{"x\\y":null,"":true},"list":[[],{}],"n":-1.5e3}`,
+		`{"a":1,"a":2}`, `[1,2]`, `"s"`, `7`, `{"a":{}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		// Through encoding/json and back: what flatten is given is its
+		// output (compact, valid UTF-8, no repeated keys).
+		d := json.NewDecoder(bytes.NewReader(in))
+		d.UseNumber()
+		var v any
+		if d.Decode(&v) != nil {
+			return
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			return
+		}
+		got := map[string]string{}
+		if !flattenObject(got, "", b) {
+			clear(got)
+		}
+		if want := flattenByDecoding(b); !maps.Equal(got, want) {
+			t.Fatalf("flatten %s:\n got %q\nwant %q", b, got, want)
+		}
+	})
+}
+
+// BenchmarkFlatten: the audit diff's flatten of a backend view, scanned
+// (flatten) against decoded (flattenByDecoding, the anchor), on the same
+// encoding.
+func BenchmarkFlatten(b *testing.B) {
+	v := apitypes.Backend{ID: "be-0123456789abcdef", PoolName: "web", URL: "http://10.0.0.1:8080", Host: "10.0.0.1",
+		Port: 8080, Scheme: "http", Weight: 100, Region: "ams", Metadata: map[string]string{"team": "edge", "tier": "1"},
+		InsertedAt: time.Now(), UpdatedAt: time.Now()}
+	raw, err := json.Marshal(v)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("scan", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			flatten(v)
+		}
+	})
+	b.Run("decode", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			m, _ := json.Marshal(v)
+			flattenByDecoding(m)
+		}
+	})
+	if got, want := flatten(v), flattenByDecoding(raw); !maps.Equal(got, want) {
+		b.Fatalf("flatten differs from decoding:\n got %q\nwant %q", got, want)
 	}
 }

@@ -88,7 +88,9 @@ func newReplication(cfg Config, store *storage.Store, members replication.Member
 	if err != nil {
 		return nil, err
 	}
-	rs, err := replication.NewRocksStore(store, replication.DefaultRocksConfig())
+	rocksCfg := replication.DefaultRocksConfig()
+	rocksCfg.Registerer = reg
+	rs, err := replication.NewRocksStore(store, rocksCfg)
 	if err != nil {
 		return nil, err
 	}

@@ -164,7 +164,7 @@ func (e *Engine) snapshotFrom(ctx context.Context, m cluster.Member) (bootstrapS
 	t1 := e.cfg.Now()
 	st.ingest = t1.Sub(t0)
 	next := func() (frame, error) { return c.recv(idle) }
-	err = e.catchUp(ctx, p, c, next)
+	_, err = e.catchUp(ctx, p, c, next, nil)
 	st.catchUp = e.cfg.Now().Sub(t1)
 	return st, err
 }

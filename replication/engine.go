@@ -398,14 +398,20 @@ func (e *Engine) session(ctx context.Context, p *peer, c *conn) error {
 				return frame{}, context.Cause(ctx)
 			}
 		}
+		// The first round on a stream, and a round asked for because a
+		// push went missing, fetch everything; a periodic one what the
+		// peer held at the round before.
+		var settled Books
 		for {
-			if err := e.catchUp(ctx, p, c, next); err != nil {
+			theirs, err := e.catchUp(ctx, p, c, next, settled)
+			if err != nil {
 				if errors.Is(err, ErrRebuilt) {
 					e.fail(err)
 				}
 				cancel(fmt.Errorf("sync: %w", err))
 				return
 			}
+			settled = theirs
 			t := time.NewTimer(jitter(e.cfg.SyncInterval))
 			select {
 			case <-ctx.Done():
@@ -413,6 +419,7 @@ func (e *Engine) session(ctx context.Context, p *peer, c *conn) error {
 				return
 			case <-p.syncNow:
 				t.Stop()
+				settled = nil
 			case <-t.C:
 			}
 		}
@@ -513,25 +520,32 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 
 // catchUp runs one anti-entropy round over an outbound stream: swap
 // bookkeeping, then fetch from the peer every range it holds and this node
-// does not.
-func (e *Engine) catchUp(ctx context.Context, p *peer, c *conn, next func() (frame, error)) error {
+// does not, and return the peer's bookkeeping.
+//
+// With settled (the peer's bookkeeping at the previous round), only what
+// the peer held then is fetched. What it got since is mostly on its way
+// here by push, from it or from the origin itself; fetching that too cost
+// both nodes a second transfer and apply of about one set in ten at 1,000
+// writes a second (benchcluster). A set lost for good is then fetched one
+// round later, and a gap in a push stream asks for a full round at once.
+func (e *Engine) catchUp(ctx context.Context, p *peer, c *conn, next func() (frame, error), settled Books) (Books, error) {
 	mine, err := e.store.Books(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := c.send(msgSyncState, encodeBooks(mine)); err != nil {
-		return err
+		return nil, err
 	}
 	f, err := next()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if f.typ != msgSyncState {
-		return fmt.Errorf("%w: %s in answer to sync-state", ErrBadFrame, f.typ)
+		return nil, fmt.Errorf("%w: %s in answer to sync-state", ErrBadFrame, f.typ)
 	}
 	theirs, err := decodeBooks(f.payload)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	e.recordBooks(ctx, p, theirs, mine)
 	origins := make([]string, 0, len(theirs))
@@ -540,7 +554,7 @@ func (e *Engine) catchUp(ctx context.Context, p *peer, c *conn, next func() (fra
 	}
 	sort.Strings(origins)
 	for _, o := range origins {
-		need := theirs[o].Minus(mine[o])
+		need := roundNeed(o, theirs, mine, settled)
 		for len(need) > 0 {
 			// At most 64 ranges per request keeps the frame small;
 			// the rest follows in the next request.
@@ -550,10 +564,10 @@ func (e *Engine) catchUp(ctx context.Context, p *peer, c *conn, next func() (fra
 			}
 			got, err := e.fetch(ctx, c, next, o, req)
 			if errors.Is(err, ErrTooStale) {
-				return e.rebuild(ctx, p, c, mine, theirs, err)
+				return nil, e.rebuild(ctx, p, c, mine, theirs, err)
 			}
 			if err != nil {
-				return err
+				return nil, err
 			}
 			if len(got) == 0 {
 				break // the peer could not serve it now; next round
@@ -563,7 +577,18 @@ func (e *Engine) catchUp(ctx context.Context, p *peer, c *conn, next func() (fra
 	}
 	p.synced(e.cfg.Now())
 	e.metrics.syncRounds.Inc()
-	return nil
+	return theirs, nil
+}
+
+// roundNeed is what a catch-up round fetches of origin: what the peer
+// holds and this node does not, and with settled, only what the peer held
+// at the round before.
+func roundNeed(origin string, theirs, mine, settled Books) RangeSet {
+	need := theirs[origin].Minus(mine[origin])
+	if settled != nil {
+		need = need.Intersect(settled[origin].Held())
+	}
+	return need
 }
 
 // fetch asks for one origin's ranges and applies the answer; it returns

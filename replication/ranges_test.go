@@ -89,3 +89,27 @@ func FuzzRangeSet(f *testing.F) {
 		}
 	})
 }
+
+func TestRoundNeed(t *testing.T) {
+	held := func(rs ...Range) Book { return BookOf(NewRangeSet(rs...)) }
+	theirs := Books{"c": held(Range{1, 100}), "b": held(Range{1, 50})}
+	mine := Books{"c": held(Range{1, 40}, Range{60, 70}), "b": held(Range{1, 50})}
+	for _, tc := range []struct {
+		name    string
+		settled Books
+		origin  string
+		want    string
+	}{
+		{"first round: everything missing", nil, "c", "[41-59,71-100]"},
+		{"periodic: only what the peer held a round ago", Books{"c": held(Range{1, 80})}, "c", "[41-59,71-80]"},
+		{"periodic: the peer had none of it then", Books{"b": held(Range{1, 50})}, "c", "[]"},
+		{"nothing missing", Books{"b": held(Range{1, 50})}, "b", "[]"},
+		{"origin unknown to the peer", nil, "z", "[]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := roundNeed(tc.origin, theirs, mine, tc.settled).String(); got != tc.want {
+				t.Fatalf("roundNeed = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
