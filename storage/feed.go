@@ -286,8 +286,12 @@ func (s *Store) runSubscription(ctx context.Context, sub *Subscription, cursor u
 		// Take the waiter before looking so a commit between the look and
 		// the wait still wakes us.
 		wait := s.commitWaiter()
+		// One look at the published index per round: a publication after
+		// it closes wait, rather than sending this round to disk for an
+		// event the cache holds.
+		last := s.lastIndex.Load()
 		// The events the cache still holds are delivered from memory.
-		for {
+		for cursor < last {
 			ev, ok := s.nextEvent(cursor + 1)
 			if !ok {
 				break
@@ -302,7 +306,7 @@ func (s *Store) runSubscription(ctx context.Context, sub *Subscription, cursor u
 				return ErrClosed
 			}
 		}
-		if cursor >= s.lastIndex.Load() {
+		if cursor >= last {
 			// Caught up: a read now would find nothing, and costs the
 			// commit mutex, a snapshot and an iterator (at a thousand
 			// commits a second, once per commit and subscriber).
