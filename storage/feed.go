@@ -253,7 +253,8 @@ type Subscription struct {
 // then says why (ErrFeedPruned when the events it needs were pruned).
 //
 // An event carries the rows of its change set as they are when the event
-// is read: a row that a later commit has overwritten is left out of the
+// is read (for a subscriber that keeps up: as its commit wrote them): a
+// row that a later commit has overwritten by then is left out of the
 // event (the later commit's event carries the newer value), so an event can
 // have fewer changes than its commit wrote, or none; it is delivered all
 // the same, and applying the events in order still ends at the latest
