@@ -247,9 +247,10 @@ type Subscription struct {
 }
 
 // Subscribe starts delivering every event with an index greater than
-// afterIndex, in order and without gaps: a subscriber that starts behind or
-// falls behind reads the persisted feed; one that has caught up waits for
-// the next commit. Events is closed when ctx ends or the store closes; Err
+// afterIndex, in order and without gaps: a subscriber that keeps up takes
+// each event from memory, as its commit wrote it, once the commit is
+// published (durable); one that starts or falls further behind than the
+// feed cache reads the persisted feed. Events is closed when ctx ends or the store closes; Err
 // then says why (ErrFeedPruned when the events it needs were pruned).
 //
 // An event carries the rows of its change set as they are when the event
