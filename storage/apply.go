@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/linxGnu/grocksdb"
@@ -258,7 +259,13 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 		ahead  bool
 	}
 	var recorded []seenSet
-	for _, ps := range sets {
+	type fedSet struct {
+		index uint64
+		set   *preparedSet
+	}
+	var fed []fedSet
+	for k := range sets {
+		ps := &sets[k]
 		if !opts.partialSets && staged[ps.Origin].Contains(ps.Seq) {
 			res.Duplicates++
 			s.counts.applyDuplicate.Add(1)
@@ -311,6 +318,7 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 		if winners > 0 && !opts.noFeed {
 			index++
 			put(cfFeed, feedKey(index), feedRef(ps.Origin, ps.Seq))
+			fed = append(fed, fedSet{index, ps})
 		}
 	}
 	if res.Sets == 0 && !clearedNew {
@@ -354,6 +362,16 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 	s.counts.applyApplied.Add(uint64(res.Applied))
 	s.counts.applySkipped.Add(uint64(res.Skipped))
 	s.counts.applyRefused.Add(uint64(res.Refused))
+	// The events are kept for the feed's subscribers before their indexes
+	// are published (feed.go). A set of an import may arrive in parts, and
+	// its event holds the rows of every part: it is read from disk.
+	if !opts.partialSets {
+		for _, f := range fed {
+			if ev, ok := s.appliedEvent(f.index, &f.set.ChangeSet, current); ok {
+				s.feedCache.putEvent(ev)
+			}
+		}
+	}
 	// Published at once, unless a local commit written before it still
 	// waits for its WAL sync: then with that sync (groupcommit.go).
 	if index >= first {
@@ -361,6 +379,59 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 		res.Index = index
 	}
 	return res, nil
+}
+
+// appliedEvent builds the feed event of applied set cs at index from
+// current, the batch's rows after its writes: the rows that hold cs's
+// version, in change-log order, which is what materializing the event
+// right after the commit gives. A row a later set of the same batch
+// overwrote is left out, as is a skipped or refused one. false: the event
+// is too large for the feed cache. Records are copied: the caller owns
+// cs's values, and the cache keeps the event.
+func (s *Store) appliedEvent(index uint64, cs *ChangeSet, current map[rowRef]*row) (Event, bool) {
+	holds := func(c *Change) *row {
+		r := current[rowRef{c.Table, c.Key}]
+		if r == nil || r.version.Origin != cs.Origin || r.version.Seq != cs.Seq {
+			return nil
+		}
+		return r
+	}
+	n, recs, size := 0, 0, setSizeBase+len(cs.Origin)
+	for i := range cs.Changes {
+		c := &cs.Changes[i]
+		if r := holds(c); r != nil {
+			n++
+			recs += len(r.rec)
+			size += changeSize(c.Table, c.Key, r.rec, cs.Origin)
+		}
+	}
+	if size > feedCacheMaxBytes {
+		return Event{}, false
+	}
+	ev := Event{Index: index, Set: ChangeSet{Origin: cs.Origin, Seq: cs.Seq}}
+	if n == 0 {
+		return ev, true
+	}
+	buf := make([]byte, 0, recs)
+	changes := make([]Change, 0, n)
+	for i := range cs.Changes {
+		c := &cs.Changes[i]
+		r := holds(c)
+		if r == nil {
+			continue
+		}
+		ch := rowChange(lookupTable(c.Table), c.Key, r, s.keys)
+		if ch.Value != nil {
+			at := len(buf)
+			buf = append(buf, ch.Value...)
+			ch.Value = buf[at:len(buf):len(buf)]
+		}
+		changes = append(changes, ch)
+	}
+	slices.SortFunc(changes, clogOrder)
+	ev.Set.HLC = changes[len(changes)-1].Version.HLC
+	ev.Set.Changes = changes
+	return ev, true
 }
 
 // prefetchRows loads into current the stored row (nil when absent) of

@@ -2,8 +2,10 @@ package storage
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"fmt"
+	"strings"
 
 	"github.com/linxGnu/grocksdb"
 )
@@ -168,13 +170,31 @@ func (s *Store) fillChanges(ro *grocksdb.ReadOptions, cs *ChangeSet, refs []rowR
 				cs.Origin, cs.Seq, ref.def.singular, ref.key, r.version.Origin, r.version.Seq))
 		}
 		cs.HLC = r.version.HLC
-		ch := Change{Table: ref.def.name, Key: ref.key, Deleted: r.deleted, Version: r.version, Expires: r.expires, keys: s.keys}
-		if !r.deleted {
-			ch.Value = r.rec
-		}
-		cs.Changes = append(cs.Changes, ch)
+		cs.Changes = append(cs.Changes, rowChange(ref.def, ref.key, &r, s.keys))
 	}
 	return nil
+}
+
+// rowChange is the change that stored row r of table def is read back as:
+// also what the commit and apply paths build their feed events from
+// (feed.go), so that an event from memory equals one materialized from
+// disk. The record and expiry come out as a write and a read would give
+// them (no empty record, no negative expiry) for a row not read back.
+func rowChange(def *tableDef, key string, r *row, keys *keyring) Change {
+	ch := Change{Table: def.name, Key: key, Deleted: r.deleted, Version: r.version, Expires: max(r.expires, 0), keys: keys}
+	if !r.deleted && len(r.rec) > 0 {
+		ch.Value = r.rec
+	}
+	return ch
+}
+
+// clogOrder orders the changes of a set as the change log holds them, by
+// table id, then key.
+func clogOrder(a, b Change) int {
+	if c := cmp.Compare(lookupTable(a.Table).id, lookupTable(b.Table).id); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Key, b.Key)
 }
 
 // materialize reads change set origin/seq as of ro's snapshot: the rows

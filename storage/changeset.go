@@ -156,14 +156,23 @@ func unmarshalChange(b []byte, c *Change) error {
 	})
 }
 
-// size is roughly the encoded size of cs, for answer budgets.
+// size is roughly the encoded size of cs, for answer budgets and the feed
+// cache.
 func (cs *ChangeSet) size() int {
-	n := 24 + len(cs.Origin)
+	n := setSizeBase + len(cs.Origin)
 	for i := range cs.Changes {
 		c := &cs.Changes[i]
-		n += 32 + len(c.Table) + len(c.Key) + len(c.Value) + len(c.Version.Origin)
+		n += changeSize(c.Table, c.Key, c.Value, c.Version.Origin)
 	}
 	return n
+}
+
+// setSizeBase and changeSize make up ChangeSet.size, for callers that
+// weigh a set before building it.
+const setSizeBase = 24
+
+func changeSize(table, key string, value []byte, origin string) int {
+	return 32 + len(table) + len(key) + len(value) + len(origin)
 }
 
 func (c Change) check(table string) error {

@@ -77,17 +77,21 @@ func (s *Store) readFeed(after uint64, max int) ([]Event, error) {
 
 // Every subscriber (routing table, certificate cache, replication, ...)
 // reads every event, and materializing one (a change-log seek and a
-// MultiGet of its rows) was most of the feed's CPU: with five subscribers
-// each commit was read five times. feedCache keeps the events read last,
-// so a commit is materialized once and the others share it. Events are
-// read-only for subscribers. An event materialized from an earlier
-// snapshot may hold a row a later commit has overwritten since; that is
-// what a subscriber reading at that moment would have got, and the later
-// commit's event follows it, so applying events in order still ends at
-// the latest state.
+// MultiGet of its rows) was most of the feed's CPU. feedCache keeps the
+// latest events, so that a subscriber rarely reads one from disk: the
+// commit and apply paths put each event they write into it, built from
+// the rows they hold in memory (putEvent), and a subscriber whose next
+// event is there takes it without a snapshot or an iterator (nextEvent).
+// A subscriber that is further behind reads from disk, and the event it
+// materializes is kept too, so that the others reading it share it.
+// Events are read-only for subscribers. An event built at its commit, or
+// materialized from an earlier snapshot, may hold a row a later commit
+// has overwritten since; that is what a subscriber reading at that moment
+// would have got, and the later commit's event follows it, so applying
+// events in order still ends at the latest state.
 const (
 	feedCacheSlots    = 512
-	feedCacheMaxBytes = 32 << 10 // larger sets are shared only while being read
+	feedCacheMaxBytes = 32 << 10 // larger sets go through disk, shared only while being read
 )
 
 type feedCache struct {
@@ -98,24 +102,76 @@ type feedCache struct {
 	materialized, reads atomic.Uint64
 }
 
-// feedSlot is one event, filled by the subscriber that claimed it; the
-// others wait for it rather than read it again.
+// feedSlot is one event: put by the commit that wrote it (done nil), or
+// filled by the subscriber that claimed it to read it from disk, while
+// the others wait for it rather than read it again.
 type feedSlot struct {
 	index  uint64
 	origin string // with seq: a feed rebuilt under the same indexes (repair) never matches an old slot
 	seq    uint64
-	done   chan struct{} // closed once ev or err is set
+	done   chan struct{} // closed once ev or err is set; nil: set from the start
 	ev     Event
 	err    error
 }
 
+// putEvent keeps the event a commit has just written, before its index is
+// published. The caller holds the commit mutex and has built ev from the
+// rows the commit wrote, exactly as materializing it from disk right
+// after the commit would give them (same order, bytes, expiries; see
+// TestFeedEventsFromMemoryMatchDisk); a set too large to keep is left to
+// be read from disk.
+func (c *feedCache) putEvent(ev Event) {
+	if ev.Set.size() > feedCacheMaxBytes {
+		return
+	}
+	slot := &feedSlot{index: ev.Index, origin: ev.Set.Origin, seq: ev.Set.Seq, ev: ev}
+	c.mu.Lock()
+	c.slots[ev.Index%feedCacheSlots] = slot
+	c.mu.Unlock()
+}
+
+// nextEvent returns the event at index from the cache, if the cache holds
+// it complete and index is published and not pruned. Publication is what
+// makes a local commit deliverable: its index is published only once its
+// WAL sync is done (groupcommit.go), so an event built at commit time is
+// never handed out before its commit is durable.
+func (s *Store) nextEvent(index uint64) (Event, bool) {
+	if index > s.lastIndex.Load() || index < s.firstIndex.Load() {
+		return Event{}, false
+	}
+	c := &s.feedCache
+	c.mu.Lock()
+	slot := c.slots[index%feedCacheSlots]
+	c.mu.Unlock()
+	if slot == nil || slot.index != index {
+		return Event{}, false
+	}
+	if slot.done != nil {
+		select {
+		case <-slot.done:
+		default:
+			return Event{}, false // being read from disk: readFeed shares it
+		}
+	}
+	if slot.err != nil {
+		return Event{}, false
+	}
+	return slot.ev, true
+}
+
 // feedEvent returns the event at index, materializing it from ro unless
-// another subscriber has (or is).
+// another subscriber has (or is), or the commit kept it.
 func (s *Store) feedEvent(ro *grocksdb.ReadOptions, index uint64, origin string, seq uint64) (Event, error) {
 	c := &s.feedCache
 	c.mu.Lock()
 	i := index % feedCacheSlots
 	slot := c.slots[i]
+	if slot != nil && slot.index > index {
+		// The slot holds a later event, which subscribers that are
+		// caught up still need: read this one without keeping it.
+		c.mu.Unlock()
+		return s.materializeEvent(ro, index, origin, seq)
+	}
 	owner := slot == nil || slot.index != index || slot.origin != origin || slot.seq != seq
 	if owner {
 		slot = &feedSlot{index: index, origin: origin, seq: seq, done: make(chan struct{})}
@@ -123,7 +179,9 @@ func (s *Store) feedEvent(ro *grocksdb.ReadOptions, index uint64, origin string,
 	}
 	c.mu.Unlock()
 	if !owner {
-		<-slot.done
+		if slot.done != nil {
+			<-slot.done
+		}
 		if slot.err == nil {
 			return slot.ev, nil
 		}
@@ -189,13 +247,15 @@ type Subscription struct {
 }
 
 // Subscribe starts delivering every event with an index greater than
-// afterIndex, in order and without gaps: a subscriber that starts behind or
-// falls behind reads the persisted feed; one that has caught up waits for
-// the next commit. Events is closed when ctx ends or the store closes; Err
+// afterIndex, in order and without gaps: a subscriber that keeps up takes
+// each event from memory, as its commit wrote it, once the commit is
+// published (durable); one that starts or falls further behind than the
+// feed cache reads the persisted feed. Events is closed when ctx ends or the store closes; Err
 // then says why (ErrFeedPruned when the events it needs were pruned).
 //
 // An event carries the rows of its change set as they are when the event
-// is read: a row that a later commit has overwritten is left out of the
+// is read (for a subscriber that keeps up: as its commit wrote them): a
+// row that a later commit has overwritten by then is left out of the
 // event (the later commit's event carries the newer value), so an event can
 // have fewer changes than its commit wrote, or none; it is delivered all
 // the same, and applying the events in order still ends at the latest
@@ -228,7 +288,27 @@ func (s *Store) runSubscription(ctx context.Context, sub *Subscription, cursor u
 		// Take the waiter before looking so a commit between the look and
 		// the wait still wakes us.
 		wait := s.commitWaiter()
-		if cursor >= s.lastIndex.Load() {
+		// One look at the published index per round: a publication after
+		// it closes wait, rather than sending this round to disk for an
+		// event the cache holds.
+		last := s.lastIndex.Load()
+		// The events the cache still holds are delivered from memory.
+		for cursor < last {
+			ev, ok := s.nextEvent(cursor + 1)
+			if !ok {
+				break
+			}
+			select {
+			case sub.ch <- ev:
+				cursor = ev.Index
+				sub.cursor.Store(cursor)
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-s.closing:
+				return ErrClosed
+			}
+		}
+		if cursor >= last {
 			// Caught up: a read now would find nothing, and costs the
 			// commit mutex, a snapshot and an iterator (at a thousand
 			// commits a second, once per commit and subscriber).

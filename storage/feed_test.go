@@ -130,7 +130,10 @@ func TestFeedCarriesDeletesAndAppliedSubsets(t *testing.T) {
 
 	mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool("last")) })
 
-	// Subscribed after the commits: events are read as the rows are now.
+	// Subscribed after the commits, with the events the commits kept in
+	// memory gone (as after a restart): events are read as the rows are
+	// now.
+	dropFeedCache(s)
 	evs := collect(t, s.Subscribe(ctx, 0), 0, 6, false)
 	// Event 1 wrote c1 and c2; c1 was deleted by event 3 since, so event 1
 	// carries only c2 (the delete carries c1's newest version).
@@ -260,19 +263,29 @@ func subscribeN(t *testing.T, s *Store, start uint64, n int) []*Subscription {
 	return subs
 }
 
-// Subscribers of the same commits share one read of each: five
-// subscribers (the agent runs as many) over 200 commits materialize 200
-// events, not 1,000, and every subscriber still gets every event with its
-// rows.
+// dropFeedCache empties the feed cache, as a restart does, so that the
+// events published so far are read from disk.
+func dropFeedCache(s *Store) {
+	c := &s.feedCache
+	c.mu.Lock()
+	clear(c.slots[:])
+	c.mu.Unlock()
+}
+
+// Subscribers that read the same events from disk share one read of each:
+// five subscribers (the agent runs as many) over 200 commits no longer in
+// memory materialize 200 events, not 1,000, and every subscriber still
+// gets every event with its rows.
 func TestFeedSubscribersShareReads(t *testing.T) {
 	s := openStore(t)
 	const subscribers, commits = 5, 200
 	start := s.LastIndex()
-	subs := subscribeN(t, s, start, subscribers)
-	before := s.feedCache.materialized.Load()
 	for i := range commits {
 		mustUpdate(t, s, func(tx *Tx) error { return tx.PutPool(samplePool(fmt.Sprint("shared", i))) })
 	}
+	dropFeedCache(s)
+	before := s.feedCache.materialized.Load()
+	subs := subscribeN(t, s, start, subscribers)
 	var wg sync.WaitGroup
 	for i, sub := range subs {
 		wg.Add(1)

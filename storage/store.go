@@ -92,7 +92,8 @@ type Store struct {
 	// live holds the running subscriptions, so that Prune keeps the feed
 	// entries a subscriber has not read yet.
 	live sync.Map // *Subscription -> struct{}
-	// feedCache shares materialized events among subscribers (feed.go).
+	// feedCache keeps the latest events, put by the commits that wrote
+	// them, for subscribers (feed.go).
 	feedCache feedCache
 }
 

@@ -164,11 +164,21 @@ func (t *Tx) commitLocked() (Commit, uint64, error) {
 		return Commit{}, 0, fmt.Errorf("%w: %d rows (at most %d per transaction)", ErrTooLarge, len(refs), MaxChangeSetRows)
 	}
 	size := 0
+	evSize := setSizeBase + len(s.NodeID())
 	for _, ref := range refs {
-		size += len(ref.key) + len(t.writes[ref].rec)
+		rec := t.writes[ref].rec
+		size += len(ref.key) + len(rec)
+		evSize += changeSize(ref.table, ref.key, rec, s.NodeID())
 	}
 	if size > MaxChangeSetBytes {
 		return Commit{}, 0, fmt.Errorf("%w: %d bytes (at most %d per transaction)", ErrTooLarge, size, MaxChangeSetBytes)
+	}
+	// The commit's feed event, built from the rows as written: subscribers
+	// take it from the feed cache instead of reading it back (feed.go). A
+	// set too large for the cache is read from disk.
+	var changes []Change
+	if evSize <= feedCacheMaxBytes {
+		changes = make([]Change, 0, len(refs))
 	}
 
 	seq := s.localSeq + 1
@@ -216,6 +226,9 @@ func (t *Tx) commitLocked() (Commit, uint64, error) {
 		}
 		wb.key = appendClogKey(wb.key[:0], v.Origin, v.Seq, def.id, ref.key)
 		wb.put(ids[cfChangelog], wb.key, nil)
+		if changes != nil {
+			changes = append(changes, rowChange(def, ref.key, &nr, s.keys))
+		}
 	}
 	// The local seq has one key per commit, replacing the previous one in
 	// the same batch (Open takes the highest key, so a leftover of an
@@ -236,6 +249,14 @@ func (t *Tx) commitLocked() (Commit, uint64, error) {
 	s.bk[v.Origin] = s.bk[v.Origin].Add(seq)
 	s.bkMu.Unlock()
 	s.counts.commits.Add(1)
+	if changes != nil {
+		// Before the index is published: a subscriber woken by it finds
+		// the event. It is delivered only once published, after the sync.
+		if !slices.IsSortedFunc(changes, clogOrder) {
+			slices.SortFunc(changes, clogOrder)
+		}
+		s.feedCache.putEvent(Event{Index: index, Set: ChangeSet{Origin: v.Origin, Seq: v.Seq, HLC: v.HLC, Changes: changes}})
+	}
 	ticket := s.writtenLocked(index, s.cfg.SyncWAL)
 	for _, ref := range refs {
 		if p := t.writes[ref]; p.setVer != nil {
