@@ -180,3 +180,25 @@ func BenchmarkFindBackend(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPatchPool patches 8 new backends into a pool of 4,000, about
+// what each rebuild does to each pool in the cluster benchmark.
+func BenchmarkPatchPool(b *testing.B) {
+	ps, bs := scaleRows(1, 4000)
+	t := NewTable(ps, bs, nil, TableOptions{CookieKey: []byte("k")})
+	prev := t.Pool(ps[0].Name)
+	sp := ps[0]
+	if err := NormalizePool(&sp); err != nil {
+		b.Fatal(err)
+	}
+	var changes []backendChange
+	for i := range 8 {
+		row := storage.Backend{ID: fmt.Sprintf("p0000-b%04d-new", i*500), PoolName: sp.Name, Host: "127.9.0.1", Port: 9, Weight: 1}
+		changes = append(changes, backendChange{id: row.ID, row: &row})
+	}
+	state := func(_, addr string, sp *storage.Pool) *backendState { return newBackendState(addr, sp.HoldNewBackends) }
+	b.ReportAllocs()
+	for b.Loop() {
+		patchPool(prev, &sp, changes, "", []byte("k"), state)
+	}
+}
