@@ -159,6 +159,15 @@ func (x *backendIndex) lookup(t *Table, id string) *Backend {
 // their backends. Every removal comes before any addition, so that a
 // backend moving between pools leaves no shared entry behind.
 func (x *backendIndex) update(prev, t *Table, patches map[*Pool]*poolPatch) {
+	if len(x.m) == 0 && len(prev.pools) == 0 {
+		// The first table: size the map once instead of growing it
+		// through a million inserts.
+		n := 0
+		for _, p := range t.pools {
+			n += len(p.backends)
+		}
+		x.m = make(map[uint64]uint64, n)
+	}
 	for _, pp := range prev.pools {
 		np := t.byName[pp.Name]
 		if np == pp {
