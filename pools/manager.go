@@ -904,8 +904,54 @@ func (m *Manager) persist(ctx context.Context) error {
 		b   *Backend
 		sum uint64
 	}
-	var changed []pending
-	for _, qb := range active {
+	// Written in batches as they fill: no list of every changed row.
+	var (
+		batch      = make([]pending, 0, observationBatch)
+		rows       = make([]storage.Observation, 0, observationBatch)
+		skippedErr *storage.SkippedObservationsError
+	)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		rows = rows[:0]
+		for _, c := range batch {
+			o := c.obs
+			o.UpdatedAt = now
+			rows = append(rows, o)
+		}
+		var skipped map[string]bool
+		if err := m.src.PutObservations(ctx, rows); err != nil {
+			// Rows refused by the store's write-rate bound stay pending
+			// for the next write; the rest of the batch is committed.
+			var limited *storage.SkippedObservationsError
+			if !errors.As(err, &limited) {
+				for _, c := range batch {
+					c.b.requeue() // for the next persist to try again
+				}
+				return fmt.Errorf("pools: put %d observations: %w", len(rows), err)
+			}
+			if skippedErr == nil {
+				skippedErr = limited
+			}
+			skipped = make(map[string]bool, len(limited.BackendIDs))
+			for _, id := range limited.BackendIDs {
+				skipped[id] = true
+			}
+		}
+		for _, c := range batch {
+			if skipped[c.obs.BackendID] {
+				c.b.requeue()
+				continue
+			}
+			s := c.b.live
+			s.persistSum, s.persistCheck, s.persistAt = c.sum, unixNano(c.obs.LastCheck), now.UnixNano()
+			delete(m.gone, c.obs.BackendID)
+		}
+		batch = batch[:0]
+		return nil
+	}
+	for i, qb := range active {
 		b := t.current(qb)
 		if b == nil {
 			continue // left the table: its row goes with m.gone
@@ -930,45 +976,18 @@ func (m *Manager) persist(ctx context.Context) error {
 				continue
 			}
 		}
-		changed = append(changed, pending{obs: o, b: b, sum: sum})
-	}
-	var skippedErr *storage.SkippedObservationsError
-	for len(changed) > 0 {
-		n := min(len(changed), observationBatch)
-		batch := make([]storage.Observation, n)
-		for i := range batch {
-			batch[i] = changed[i].obs
-			batch[i].UpdatedAt = now
-		}
-		var skipped map[string]bool
-		if err := m.src.PutObservations(ctx, batch); err != nil {
-			// Rows refused by the store's write-rate bound stay pending
-			// for the next write; the rest of the batch is committed.
-			var limited *storage.SkippedObservationsError
-			if !errors.As(err, &limited) {
-				for _, c := range changed {
-					c.b.requeue() // for the next persist to try again
+		batch = append(batch, pending{obs: o, b: b, sum: sum})
+		if len(batch) == observationBatch {
+			if err := flush(); err != nil {
+				for _, qb := range active[i+1:] {
+					qb.requeue() // not looked at yet
 				}
-				return fmt.Errorf("pools: put %d observations: %w", n, err)
-			}
-			if skippedErr == nil {
-				skippedErr = limited
-			}
-			skipped = make(map[string]bool, len(limited.BackendIDs))
-			for _, id := range limited.BackendIDs {
-				skipped[id] = true
+				return err
 			}
 		}
-		for _, c := range changed[:n] {
-			if skipped[c.obs.BackendID] {
-				c.b.requeue()
-				continue
-			}
-			s := c.b.live
-			s.persistSum, s.persistCheck, s.persistAt = c.sum, unixNano(c.obs.LastCheck), now.UnixNano()
-			delete(m.gone, c.obs.BackendID)
-		}
-		changed = changed[n:]
+	}
+	if err := flush(); err != nil {
+		return err
 	}
 
 	var gone []string

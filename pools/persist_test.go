@@ -5,14 +5,28 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
+// failingSource fails PutObservations while fail is set.
+type failingSource struct {
+	*storage.Store
+	fail atomic.Bool
+}
+
+func (s *failingSource) PutObservations(ctx context.Context, obs []storage.Observation) error {
+	if s.fail.Load() {
+		return errors.New("injected write failure")
+	}
+	return s.Store.PutObservations(ctx, obs)
+}
+
 // TestPersistWritesEveryBackendWithActivity drives each way a backend gets
-// news (a request, a request still in flight, a health check, activity
+// news (a request, a request still in flight, a health check, a failed write, activity
 // through a backend of an earlier table after the backend moved pools)
 // and persists by hand: after each persist, every backend this node has a
 // view of must have a row equal to its live state. Rows the store refuses
@@ -42,7 +56,8 @@ func TestPersistWritesEveryBackendWithActivity(t *testing.T) {
 	mcfg := testManagerConfig(t, st, nil)
 	mcfg.ObservationInterval = time.Hour // persists only when the test calls it
 	mcfg.ObservationRefresh = 400 * time.Millisecond
-	m := NewManager(mcfg, st)
+	src := &failingSource{Store: st}
+	m := NewManager(mcfg, src)
 	runManager(t, m)
 
 	// persist persists, waiting out the store's write-rate bound.
@@ -141,6 +156,16 @@ func TestPersistWritesEveryBackendWithActivity(t *testing.T) {
 	time.Sleep(limited.RetryAfter)
 	persist()
 	check("a refused row")
+
+	// A write that fails: the rows go again at the next persist.
+	backend("b1").Begin().End(Result{Status: 200})
+	src.fail.Store(true)
+	if err := m.persist(ctx); err == nil {
+		t.Fatal("persist with a failing store succeeded")
+	}
+	src.fail.Store(false)
+	persist()
+	check("a failed write")
 
 	// Only the check time is new: held back until the refresh, then
 	// written with no new activity.
