@@ -52,7 +52,10 @@ type backendState struct {
 	// to wrap.
 	//
 	// healthy is the active-check verdict.
-	healthy      atomic.Bool
+	healthy atomic.Bool
+	// queued: the backend is in its Manager's activity log, waiting for
+	// the next persist (see Backend.noteActivity).
+	queued       atomic.Bool
 	consecFails  atomic.Int32
 	ejections    atomic.Uint32
 	checksPassed atomic.Uint32
@@ -77,7 +80,6 @@ type backendState struct {
 	persistSum   uint64
 	persistCheck int64
 	persistAt    int64
-	persistMark  uint64 // activity fingerprint at the last persist
 
 	// mu guards passes, fails, held and the fields below; only health
 	// checkers and readers of BackendState take it, never the request
@@ -99,19 +101,6 @@ func newBackendState(addr string, held bool) *backendState {
 func (s *backendState) init(addr string, held bool) {
 	s.addr, s.held = addr, held
 	s.healthy.Store(!held)
-}
-
-// activity is a cheap fingerprint of what can change a backend's
-// observation: equal fingerprints mean nothing happened (no request began
-// or ended, no check ran), so persist skips the backend without building
-// its observation. It is a hash, so that a million backends keep 8 bytes
-// each, not 40.
-func (s *backendState) activity() uint64 {
-	h := mix64(uint64(s.ejections.Load()))
-	h = mix64(h ^ uint64(s.checksFailed.Load()))
-	h = mix64(h ^ uint64(s.checksPassed.Load()))
-	h = mix64(h ^ uint64(s.conns.Load()))
-	return mix64(h ^ uint64(s.requests.Load()))
 }
 
 // seed restores what this node last observed of the backend (before a
@@ -254,8 +243,26 @@ func (b *Backend) begin() time.Time {
 	if ps := b.live.pool.Load(); ps != nil {
 		ps.conns.Add(1)
 		ps.requests.Add(1)
+		b.noteActivity(ps)
 	}
 	return time.Now()
+}
+
+// noteActivity queues b for the next persist of its Manager's
+// observations, after something that can change its observation happened
+// (a request began or ended, a check ran): persist then reads only the
+// backends with activity, not every backend. A backend is queued once
+// until persist takes the queue; persist clears the flag before it reads
+// the state, so activity after that read queues it again. ps is the
+// state's pool (nil outside a Manager: nothing persists).
+func (b *Backend) noteActivity(ps *poolState) {
+	s := b.live
+	if ps == nil || ps.activity == nil || s.queued.Load() {
+		return
+	}
+	if s.queued.CompareAndSwap(false, true) {
+		ps.activity.add(b)
+	}
 }
 
 // End records the outcome: it releases the current connection, adds bytes
@@ -323,6 +330,7 @@ func (a *Attempt) End(r Result) {
 			s.consecFails.Store(0)
 		}
 	}
+	b.noteActivity(ps)
 }
 
 // logEjection reports a passive ejection at warn level, aggregated per
@@ -457,4 +465,48 @@ func unixNano(t time.Time) int64 {
 		return 0
 	}
 	return t.UnixNano()
+}
+
+// requeue queues b for the next persist whatever it did since: persist
+// has news of it that it could not write yet.
+func (b *Backend) requeue() {
+	if ps := b.live.pool.Load(); ps != nil && ps.activity != nil && b.live.queued.CompareAndSwap(false, true) {
+		ps.activity.add(b)
+	}
+}
+
+// activityLog is the queue of backends with activity since the Manager
+// last persisted its observations (Backend.noteActivity adds, persist
+// takes). The request path adds a backend at most once per persist.
+type activityLog struct {
+	mu    sync.Mutex
+	bs    []*Backend
+	spare []*Backend // the buffer of the take before last, reused
+}
+
+func (l *activityLog) add(b *Backend) {
+	l.mu.Lock()
+	l.bs = append(l.bs, b)
+	l.mu.Unlock()
+}
+
+// take returns the queued backends and empties the queue; hand the slice
+// back with recycle once done with it.
+func (l *activityLog) take() []*Backend {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	bs := l.bs
+	l.bs, l.spare = l.spare, nil
+	return bs
+}
+
+// recycle gives take's slice back for reuse, so that a steady stream of
+// activity does not allocate the queue again every persist.
+func (l *activityLog) recycle(bs []*Backend) {
+	clear(bs)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.spare == nil {
+		l.spare = bs[:0]
+	}
 }

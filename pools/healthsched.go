@@ -592,7 +592,9 @@ func (s *healthScheduler) apply(subs []healthSub, addr string, err error, at tim
 		text = s.errorText(err)
 	}
 	for _, sub := range subs {
-		if up, flipped := sub.b.live.recordCheckText(addr, sub.hc(), err, text, at); flipped && s.onFlip != nil {
+		up, flipped := sub.b.live.recordCheckText(addr, sub.hc(), err, text, at)
+		sub.b.noteActivity(sub.b.live.pool.Load())
+		if flipped && s.onFlip != nil {
 			s.onFlip(sub.b, up, sub.hc(), err)
 		}
 	}

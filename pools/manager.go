@@ -146,14 +146,17 @@ type Manager struct {
 	pending   map[string]map[string]*storage.Backend
 	pendingAt map[string]string
 	staged    int // rows in pending
-	// origin is the pool each backend changed since the last rebuild is
-	// in in the table ("": none), found once per rebuild: finding a
-	// backend by id alone costs a search of every pool.
-	origin map[string]string
+	// index finds the pool a backend is in in the published table
+	// (finding it by id alone costs a search of every pool); it is
+	// updated with every table the Run goroutine stores.
+	index backendIndex
 
 	health    *healthScheduler
 	healthLog *ratelog.Logger
 
+	// activity queues the backends persist looks at (see
+	// Backend.noteActivity).
+	activity  activityLog
 	persistMu sync.Mutex
 	// gone holds the ids of backends that left the table while this node
 	// had (or may have had) an observation row of them in the store;
@@ -200,7 +203,7 @@ func NewManager(cfg Config, src Source) *Manager {
 		dirty:      make(map[string]bool),
 		pending:    make(map[string]map[string]*storage.Backend),
 		pendingAt:  make(map[string]string),
-		origin:     make(map[string]string),
+		index:      newBackendIndex(),
 		gone:       make(map[string]bool),
 		obsSeed:    maphash.MakeSeed(),
 	}
@@ -292,6 +295,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	readyAfter := time.Since(start)
 	t := m.table.Load()
 	m.health.reconcile(t, nil, nil, true, time.Now())
+	m.index.update(EmptyTable(), t, nil)
 	// Observation rows of backends that are no longer configured go at
 	// the first persist: the seeds left once the table's backends are
 	// crossed out.
@@ -610,15 +614,8 @@ func (m *Manager) apply(ev storage.Event) bool {
 			// The backend leaves the pool it is in: the table's (a bare
 			// key is all a delete carries), and the one a change since
 			// the last rebuild put it in.
-			from, seen := m.origin[c.Key]
-			if !seen {
-				if old := m.table.Load().Backend(c.Key); old != nil {
-					from = old.PoolName
-				}
-				m.origin[c.Key] = from
-			}
-			if from != "" {
-				m.stage(from, c.Key, nil)
+			if old := m.index.lookup(m.table.Load(), c.Key); old != nil {
+				m.stage(old.PoolName, c.Key, nil)
 			}
 			if at, ok := m.pendingAt[c.Key]; ok {
 				m.stage(at, c.Key, nil)
@@ -703,8 +700,6 @@ func (m *Manager) rebuild(ctx context.Context) {
 		slices.SortFunc(cs, func(a, b backendChange) int { return strings.Compare(a.id, b.id) })
 		staged[name] = cs
 	}
-	origin := m.origin
-	m.origin = make(map[string]string)
 	clear(m.pending)
 	clear(m.pendingAt)
 	m.staged = 0
@@ -723,17 +718,15 @@ func (m *Manager) rebuild(ctx context.Context) {
 	}
 	fresh := make(map[string]bool)
 	stateFor := func(id, addr string, p *storage.Pool) *backendState {
-		var old *Backend
-		if from, ok := origin[id]; ok {
-			if pp := prev.byName[from]; pp != nil {
-				old = pp.Backend(id)
-			}
-		} else {
+		// The index is still prev's until the new table is stored.
+		old := m.index.lookup(prev, id)
+		if old != nil && old.PoolName != p.Name {
+			// Moved from another pool, or for a moment in two: the
+			// pool's own backend keeps its state.
 			if pp := prev.byName[p.Name]; pp != nil {
-				old = pp.Backend(id)
-			}
-			if old == nil {
-				old = prev.Backend(id) // moved from another pool
+				if own := pp.Backend(id); own != nil {
+					old = own
+				}
 			}
 		}
 		s, isNew := m.stateFor(old, addr, p)
@@ -757,6 +750,7 @@ func (m *Manager) rebuild(ctx context.Context) {
 		return prevPool
 	})
 	m.table.Store(t)
+	m.index.update(prev, t, patches)
 	m.rebuilds.Add(1)
 	for name := range changed {
 		delete(m.dirty, name)
@@ -851,6 +845,7 @@ func (m *Manager) poolStateLocked(name string) *poolState {
 	if ps == nil {
 		ps = m.collector.newPoolState(name)
 		ps.events = m.healthLog
+		ps.activity = &m.activity
 		m.poolStates[name] = ps
 	}
 	return ps
@@ -883,65 +878,58 @@ func (m *Manager) persistLoop(ctx context.Context) {
 // backends do not accumulate. A backend that comes back is observed and
 // written afresh. What was last written is kept per backend as a hash in
 // its live state, not as a copy of the row.
+//
+// Only the backends with activity since the last persist are looked at
+// (the activity log): a pass over every backend at every interval was most
+// of the cost at a million backends of which a few had news. A backend
+// that has news the store cannot take yet (only a newer check time, before
+// ObservationRefresh; a row refused by the write-rate bound) is queued
+// again for the next persist.
 func (m *Manager) persist(ctx context.Context) error {
 	m.persistMu.Lock()
 	defer m.persistMu.Unlock()
+	// Taken before the table is loaded: a backend queued by now is in
+	// this table or a newer one, never only in a table after it.
+	active := m.activity.take()
+	defer m.activity.recycle(active)
+	for _, b := range active {
+		// Before the state is read: activity from here on queues the
+		// backend again.
+		b.live.queued.Store(false)
+	}
 	t := m.table.Load()
 	now := time.Now().UTC()
 	type pending struct {
-		obs  storage.Observation
-		s    *backendState
-		sum  uint64
-		mark uint64
+		obs storage.Observation
+		b   *Backend
+		sum uint64
 	}
-	var changed []pending
-	for _, p := range t.pools {
-		for _, b := range p.backends {
-			s := b.live
-			mark := s.activity()
-			if s.persistAt != 0 && mark == s.persistMark {
-				continue
-			}
-			o := m.observation(b)
-			if s.persistAt == 0 && o.LastCheck.IsZero() && o.TotalRequests == 0 {
-				// Never checked nor used here: this node has no view of
-				// it yet. (After an import of a million backends, writing
-				// a million empty rows at once would be the agent's
-				// largest job.)
-				s.persistMark = mark
-				continue
-			}
-			sum := m.observationSum(o)
-			if s.persistAt != 0 && s.persistSum == sum {
-				if s.persistCheck == unixNano(o.LastCheck) {
-					// The store has all of it: skip cheaply until the
-					// next activity.
-					s.persistMark = mark
-					continue
-				}
-				if now.UnixNano()-s.persistAt < int64(m.cfg.ObservationRefresh) {
-					// Only the check time is new: written at the refresh.
-					continue
-				}
-			}
-			changed = append(changed, pending{obs: o, s: s, sum: sum, mark: mark})
+	// Written in batches as they fill: no list of every changed row.
+	var (
+		batch      = make([]pending, 0, observationBatch)
+		rows       = make([]storage.Observation, 0, observationBatch)
+		skippedErr *storage.SkippedObservationsError
+	)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
 		}
-	}
-	var skippedErr *storage.SkippedObservationsError
-	for len(changed) > 0 {
-		n := min(len(changed), observationBatch)
-		batch := make([]storage.Observation, n)
-		for i := range batch {
-			batch[i] = changed[i].obs
-			batch[i].UpdatedAt = now
+		rows = rows[:0]
+		for _, c := range batch {
+			o := c.obs
+			o.UpdatedAt = now
+			rows = append(rows, o)
 		}
 		var skipped map[string]bool
-		if err := m.src.PutObservations(ctx, batch); err != nil {
+		if err := m.src.PutObservations(ctx, rows); err != nil {
 			// Rows refused by the store's write-rate bound stay pending
 			// for the next write; the rest of the batch is committed.
 			var limited *storage.SkippedObservationsError
 			if !errors.As(err, &limited) {
-				return fmt.Errorf("pools: put %d observations: %w", n, err)
+				for _, c := range batch {
+					c.b.requeue() // for the next persist to try again
+				}
+				return fmt.Errorf("pools: put %d observations: %w", len(rows), err)
 			}
 			if skippedErr == nil {
 				skippedErr = limited
@@ -951,15 +939,55 @@ func (m *Manager) persist(ctx context.Context) error {
 				skipped[id] = true
 			}
 		}
-		for _, c := range changed[:n] {
+		for _, c := range batch {
 			if skipped[c.obs.BackendID] {
+				c.b.requeue()
 				continue
 			}
-			c.s.persistSum, c.s.persistCheck, c.s.persistAt = c.sum, unixNano(c.obs.LastCheck), now.UnixNano()
-			c.s.persistMark = c.mark
+			s := c.b.live
+			s.persistSum, s.persistCheck, s.persistAt = c.sum, unixNano(c.obs.LastCheck), now.UnixNano()
 			delete(m.gone, c.obs.BackendID)
 		}
-		changed = changed[n:]
+		batch = batch[:0]
+		return nil
+	}
+	for i, qb := range active {
+		b := t.current(qb)
+		if b == nil {
+			continue // left the table: its row goes with m.gone
+		}
+		s := b.live
+		o := m.observation(b)
+		if s.persistAt == 0 && o.LastCheck.IsZero() && o.TotalRequests == 0 {
+			// Never checked nor used here: this node has no view of it
+			// yet. (After an import of a million backends, writing a
+			// million empty rows at once would be the agent's largest
+			// job.)
+			continue
+		}
+		sum := m.observationSum(o)
+		if s.persistAt != 0 && s.persistSum == sum {
+			if s.persistCheck == unixNano(o.LastCheck) {
+				continue // the store has all of it
+			}
+			if now.UnixNano()-s.persistAt < int64(m.cfg.ObservationRefresh) {
+				// Only the check time is new: written at the refresh.
+				b.requeue()
+				continue
+			}
+		}
+		batch = append(batch, pending{obs: o, b: b, sum: sum})
+		if len(batch) == observationBatch {
+			if err := flush(); err != nil {
+				for _, qb := range active[i+1:] {
+					qb.requeue() // not looked at yet
+				}
+				return err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
 	}
 
 	var gone []string

@@ -66,6 +66,9 @@ type poolState struct {
 	// events aggregates the pool's passive ejections into log lines (the
 	// Manager's health logger); nil outside a Manager.
 	events *ratelog.Logger
+	// activity queues the pool's backends for the Manager's next
+	// persist (Backend.noteActivity); nil outside a Manager.
+	activity *activityLog
 }
 
 // backendHist is a backend's own latency histogram (opt-in pools only).

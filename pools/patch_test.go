@@ -3,6 +3,8 @@ package pools
 import (
 	"context"
 	"fmt"
+	"hash/maphash"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -31,6 +33,15 @@ func (s *countingSource) ListBackendsByPool(ctx context.Context, pool, after str
 // store's rows gives, and that rounds of backend changes only never
 // re-read a pool from the store.
 func TestManagerPatchesMatchFullBuild(t *testing.T) {
+	t.Run("hashed", func(t *testing.T) { testPatchesMatchFullBuild(t, nil) })
+	// Every id in one of four hashes: the index's entries for ids of
+	// several pools that share a hash are exercised on every change.
+	t.Run("colliding", func(t *testing.T) {
+		testPatchesMatchFullBuild(t, func(_ maphash.Seed, id string) uint64 { return uint64(len(id) % 4) })
+	})
+}
+
+func testPatchesMatchFullBuild(t *testing.T, hash func(maphash.Seed, string) uint64) {
 	st := openStore(t, t.TempDir())
 	pools := []storage.Pool{
 		{Name: "rr", Hosts: []string{"rr.example.com"}, HealthCheckInterval: time.Hour},
@@ -70,6 +81,9 @@ func TestManagerPatchesMatchFullBuild(t *testing.T) {
 
 	src := &countingSource{Store: st}
 	m := NewManager(testManagerConfig(t, st, nil), src)
+	if hash != nil {
+		m.index.hash = hash
+	}
 	runManager(t, m)
 
 	for round := range 30 {
@@ -129,6 +143,8 @@ func TestManagerPatchesMatchFullBuild(t *testing.T) {
 					diff = "health checks not reconciled with the table"
 				} else if d := targetsDiff(m.health, tbl); d != "" {
 					diff = "health targets differ from a fresh reconcile: " + d
+				} else if d := indexDiff(&m.index, tbl); d != "" {
+					diff = "backend index differs from the table's: " + d
 				}
 			}
 			if diff == "" || time.Now().After(deadline) {
@@ -303,4 +319,75 @@ func TestManagerReadsBulkChangesFromStore(t *testing.T) {
 	if d := targetsDiff(m.health, m.Table()); d != "" {
 		t.Error(d)
 	}
+}
+
+// indexDiff compares x with an index built afresh from t (entry by entry,
+// pools by name), checks that every backend of t is found where it is and
+// that an id of no backend is not; "" if all holds.
+func indexDiff(x *backendIndex, t *Table) string {
+	fresh := newBackendIndex()
+	fresh.seed, fresh.hash = x.seed, x.hash
+	fresh.update(EmptyTable(), t, nil)
+	describe := func(x *backendIndex) (map[uint64]map[string]uint32, string) {
+		out := map[uint64]map[string]uint32{}
+		sizes := map[string]int{}
+		for h, v := range x.m {
+			counts := map[string]uint32{}
+			if slot := uint32(v >> 32); slot != manySlots {
+				counts[x.names[slot]] = uint32(v)
+			} else {
+				if len(x.over[h]) < 2 {
+					return nil, fmt.Sprintf("hash %x marked as in several pools, has %d", h, len(x.over[h]))
+				}
+				for slot, n := range x.over[h] {
+					counts[x.names[slot]] = n
+				}
+			}
+			for name, n := range counts {
+				if name == "" || n == 0 {
+					return nil, fmt.Sprintf("hash %x: %d backends in pool %q", h, n, name)
+				}
+				sizes[name] += int(n)
+			}
+			out[h] = counts
+		}
+		for h := range x.over {
+			if v, ok := x.m[h]; !ok || uint32(v>>32) != manySlots {
+				return nil, fmt.Sprintf("hash %x in over without its mark", h)
+			}
+		}
+		for name, slot := range x.slots {
+			if x.names[slot] != name || x.sizes[slot] != sizes[name] {
+				return nil, fmt.Sprintf("pool %s: slot %d names %q, size %d, has %d", name, slot, x.names[slot], x.sizes[slot], sizes[name])
+			}
+		}
+		if len(x.slots) != len(sizes) {
+			return nil, fmt.Sprintf("%d pools with slots, %d with backends", len(x.slots), len(sizes))
+		}
+		return out, ""
+	}
+	got, bad := describe(x)
+	if bad != "" {
+		return bad
+	}
+	want, _ := describe(&fresh)
+	if len(got) != len(want) {
+		return fmt.Sprintf("%d hashes, want %d", len(got), len(want))
+	}
+	for h, w := range want {
+		if g := got[h]; !maps.Equal(g, w) {
+			return fmt.Sprintf("hash %x: %v, want %v", h, g, w)
+		}
+	}
+	for _, p := range t.pools {
+		for _, b := range p.backends {
+			if f := x.lookup(t, b.ID); f == nil || f.PoolName > p.Name {
+				return fmt.Sprintf("backend %s of pool %s not found (found %v)", b.ID, p.Name, f)
+			}
+		}
+	}
+	if f := x.lookup(t, "no-such-backend"); f != nil {
+		return fmt.Sprintf("found a backend that is not there: %s", f.ID)
+	}
+	return ""
 }

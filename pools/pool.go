@@ -439,11 +439,13 @@ func patchPool(prev *Pool, sp *storage.Pool, changes []backendChange, region str
 	bs := make([]*Backend, 0, len(prev.backends)+len(pb.slab))
 	old, fresh := prev.backends, pb.slab
 	for _, c := range changes {
-		for len(old) > 0 && old[0].ID < c.id {
-			bs = append(bs, old[0])
-			old = old[1:]
-		}
-		if len(old) > 0 && old[0].ID == c.id {
+		// The backends before the change's id are carried over as a run:
+		// a binary search per change, not a comparison per backend of
+		// the pool (a few changes into a pool of thousands).
+		i, found := slices.BinarySearchFunc(old, c.id, func(b *Backend, id string) int { return strings.Compare(b.ID, id) })
+		bs = append(bs, old[:i]...)
+		old = old[i:]
+		if found {
 			patch.dropped = append(patch.dropped, old[0])
 			old = old[1:]
 		}

@@ -293,6 +293,24 @@ func (t *Table) Backend(id string) *Backend {
 	return nil
 }
 
+// current returns the backend of t that b (of t or of an earlier table)
+// has become: the one with b's id and live state, found in b's pool unless
+// it moved; nil when t has none (it was deleted, or re-created with a
+// state of its own).
+func (t *Table) current(b *Backend) *Backend {
+	if p := t.byName[b.PoolName]; p != nil {
+		if c := p.Backend(b.ID); c != nil && c.live == b.live {
+			return c
+		}
+	}
+	for _, p := range t.pools {
+		if c := p.Backend(b.ID); c != nil && c.live == b.live {
+			return c
+		}
+	}
+	return nil
+}
+
 // Region is the agent region the table was built for.
 func (t *Table) Region() string { return t.region }
 
