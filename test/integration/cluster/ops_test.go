@@ -195,8 +195,10 @@ func TestObservationsPerRegion(t *testing.T) {
 	b := startAgent(t, agentConfig{name: "m2", ip: addrs[1], ports: p, key: key, env: []string{enc}, join: []string{seed}})
 	waitFor(t, "two members", func() bool { return a.alive() == "m1,m2" && b.alive() == "m1,m2" })
 
-	createOrFail(t, a, "/api/pools", map[string]any{"name": "web", "health_check_interval": 1000,
-		"health_check": map[string]any{"type": "https", "path": "/", "timeout": 500, "rise": 1, "fall": 1}})
+	// A timeout a loaded machine's TLS handshake cannot miss: m1's view
+	// must not flap (a 500 ms one timed out under load).
+	createOrFail(t, a, "/api/pools", map[string]any{"name": "web", "health_check_interval": 3000,
+		"health_check": map[string]any{"type": "https", "path": "/", "timeout": 2500, "rise": 1, "fall": 1}})
 	createOrFail(t, a, "/api/pools/web/backends", map[string]any{"id": "tls-1", "url": backend.URL, "ssl_verify": true})
 
 	type regionHealth struct {
