@@ -55,6 +55,8 @@ type Discovery struct {
 	// the last one failed somewhere or named any node but this one.
 	rounds      int
 	othersNamed bool
+
+	startedAt time.Time // set by Start
 }
 
 type memberRecord struct {
@@ -92,6 +94,9 @@ func (d *Discovery) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	d.mu.Lock()
+	d.startedAt = d.cfg.Now()
+	d.mu.Unlock()
 	mc := memberlist.DefaultWANConfig()
 	t := d.cfg.Timings
 	mc.Name = d.cfg.Name
@@ -216,6 +221,15 @@ func (d *Discovery) resolveAndJoin(ctx context.Context) {
 	port := d.addrs.advertise.Port()
 	var targets []string
 	alive := d.aliveAddrs()
+	// A node back on a new address under its old name is refused by the
+	// members that declared it dead less than DeadNodeReclaimTime ago,
+	// and they look at it again only at its next push/pull (15-30 s
+	// later, at random). So for a while after the start this node joins
+	// the candidates it sees alive too, each join a push/pull, until a
+	// round after the reclaim time has passed.
+	d.mu.Lock()
+	rejoin := d.cfg.Now().Sub(d.startedAt) < d.cfg.Timings.DeadNodeReclaimTime+2*d.cfg.ResolveInterval
+	d.mu.Unlock()
 	self := d.addrs.advertise.String()
 	others := failed
 	for _, c := range mergeCandidates(port, lists...) {
@@ -224,7 +238,7 @@ func (d *Discovery) resolveAndJoin(ctx context.Context) {
 			continue
 		}
 		others = true
-		if alive[addr] {
+		if alive[addr] && !rejoin {
 			continue
 		}
 		targets = append(targets, addr)
