@@ -284,6 +284,18 @@ func (s *Store) Subscribe(ctx context.Context, afterIndex uint64) *Subscription 
 }
 
 func (s *Store) runSubscription(ctx context.Context, sub *Subscription, cursor uint64) error {
+	deliver := func(ev Event) error {
+		select {
+		case sub.ch <- ev:
+			cursor = ev.Index
+			sub.cursor.Store(cursor)
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.closing:
+			return ErrClosed
+		}
+	}
 	for {
 		// Take the waiter before looking so a commit between the look and
 		// the wait still wakes us.
@@ -298,14 +310,8 @@ func (s *Store) runSubscription(ctx context.Context, sub *Subscription, cursor u
 			if !ok {
 				break
 			}
-			select {
-			case sub.ch <- ev:
-				cursor = ev.Index
-				sub.cursor.Store(cursor)
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-s.closing:
-				return ErrClosed
+			if err := deliver(ev); err != nil {
+				return err
 			}
 		}
 		if cursor >= last {
@@ -334,14 +340,8 @@ func (s *Store) runSubscription(ctx context.Context, sub *Subscription, cursor u
 				}
 				return corruptError(cfFeed, fmt.Errorf("feed jumps from index %d to %d", cursor, ev.Index))
 			}
-			select {
-			case sub.ch <- ev:
-				cursor = ev.Index
-				sub.cursor.Store(cursor)
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-s.closing:
-				return ErrClosed
+			if err := deliver(ev); err != nil {
+				return err
 			}
 		}
 		if len(events) > 0 {
