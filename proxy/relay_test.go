@@ -153,27 +153,8 @@ func TestRelayDataThenFIN(t *testing.T) {
 // back to; the byte counter matches the traffic in both.
 func TestPassthroughPingPong(t *testing.T) {
 	ca := newTestCA(t)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{ca.issue(t, "pp.test")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				// Echo until the client's close_notify, then send a
-				// trailer the client must still receive.
-				_, _ = io.Copy(c, c)
-				_, _ = c.Write([]byte("bye"))
-			}()
-		}
-	}()
-	table := newTable(t, poolSpec{storage.Pool{Name: "pp", SSLMode: "passthrough", SSLDomain: "pp.test"}, []string{"https://" + ln.Addr().String()}})
+	backend := nettest.TLSEcho(t, ca.issue(t, "pp.test"), "bye")
+	table := newTable(t, poolSpec{storage.Pool{Name: "pp", SSLMode: "passthrough", SSLDomain: "pp.test"}, []string{"https://" + backend.String()}})
 	for _, tc := range []struct {
 		name  string
 		loops int

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/singularity-ng/singularity-edge/internal/nettest"
 	"github.com/singularity-ng/singularity-edge/pools"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
@@ -590,22 +591,8 @@ func TestBackendTLSSettings(t *testing.T) {
 // closes one idle in both directions after TunnelIdleTimeout.
 func TestPassthroughTunnel(t *testing.T) {
 	ca := newTestCA(t)
-	backendCert := ca.issue(t, "tun.test")
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{backendCert}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }() // TLS echo
-		}
-	}()
-	table := newTable(t, poolSpec{storage.Pool{Name: "tun", SSLMode: "passthrough", SSLDomain: "tun.test"}, []string{"https://" + ln.Addr().String()}})
+	backend := nettest.TLSEcho(t, ca.issue(t, "tun.test"), "")
+	table := newTable(t, poolSpec{storage.Pool{Name: "tun", SSLMode: "passthrough", SSLDomain: "tun.test"}, []string{"https://" + backend.String()}})
 	// The bulk echo runs through a proxy with the default idle timeout: on
 	// a loaded machine one direction can stall for longer than a short
 	// timeout while the other still moves data. The trickle and idle
@@ -661,7 +648,7 @@ func TestPassthroughTunnel(t *testing.T) {
 	if _, err := io.ReadFull(idle, b[:]); err != nil {
 		t.Fatal(err)
 	}
-	_, err = idle.Read(b[:])
+	_, err := idle.Read(b[:])
 	var ne net.Error
 	if err == nil || errors.As(err, &ne) && ne.Timeout() {
 		t.Fatalf("idle tunnel not closed by the proxy: %v", err)

@@ -1,9 +1,11 @@
 // Package nettest holds socket helpers for the tests of packages that
-// relay bytes between connections: connected loopback TCP pairs, and byte
-// patterns in which a lost, repeated or reordered chunk shows.
+// relay bytes between connections: connected loopback TCP pairs, a TLS
+// echo backend, and byte patterns in which a lost, repeated or reordered
+// chunk shows.
 package nettest
 
 import (
+	"crypto/tls"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -80,4 +82,33 @@ func ReadN(c net.Conn, n int) ([]byte, error) {
 	got := make([]byte, n)
 	_, err := io.ReadFull(c, got)
 	return got, err
+}
+
+// TLSEcho serves TLS with cert on a loopback port until the test ends and
+// returns its address. Each connection is echoed until the client closes
+// its side (close_notify or EOF), then gets trailer, which a client that
+// half-closed must still receive, and is closed.
+func TLSEcho(t testing.TB, cert tls.Certificate, trailer string) *net.TCPAddr {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+				if trailer != "" {
+					_, _ = c.Write([]byte(trailer))
+				}
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr)
 }

@@ -15,6 +15,8 @@ import (
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/singularity-ng/singularity-edge/internal/nettest"
 )
 
 // TestPassthroughThroughAgent: the agent binary relays an SNI passthrough
@@ -67,31 +69,13 @@ func passthroughThroughAgent(t *testing.T, args []string) *agentProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c) // echo until the client's close_notify
-				_, _ = c.Write([]byte("bye"))
-			}()
-		}
-	}()
+	backendAddr := nettest.TLSEcho(t, cert, "bye")
 
 	token := newToken(t)
 	a := startAgent(t, agentOptions{token: token, args: args})
 	if code := a.api(token, "POST", "/api/pools", map[string]any{"name": "pt", "ssl_mode": "passthrough", "ssl_domain": "pt.test"}, nil); code != http.StatusCreated {
 		t.Fatalf("create pool: %d", code)
 	}
-	backendAddr := ln.Addr().(*net.TCPAddr)
 	host, portNum := backendAddr.IP.String(), backendAddr.Port
 	if code := a.api(token, "POST", "/api/pools/pt/backends", map[string]any{"host": host, "port": portNum, "scheme": "https"}, nil); code != http.StatusCreated {
 		t.Fatalf("add backend: %d", code)
