@@ -133,6 +133,27 @@ func TestGoldenV1Rows(t *testing.T) {
 	if hex.EncodeToString(got) != goldenPoolRow {
 		t.Fatal("encoding of the golden pool changed")
 	}
+	be := Backend{ID: "be-1", PoolName: "web", Host: "10.0.1.10", Port: 8080, Scheme: "http", Weight: 3, SSLVerify: true,
+		Region: "iad", Draining: true, Metadata: map[string]string{"k": "v"}, InsertedAt: ts, UpdatedAt: ts}
+	cert := Certificate{ID: "c1", Domain: "*.example.com", Names: []string{"example.com", "*.example.com"}, CertificatePEM: "CERT",
+		ChainPEM: "CHAIN", Issuer: "R3", NotBefore: ts, ExpiresAt: time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC), AutoRenew: true,
+		Provider: "acme", Fingerprint: "ab:cd", InsertedAt: ts, UpdatedAt: ts}
+	obs := Observation{NodeID: "n1", BackendID: "be-1", PoolName: "web", Region: "syd", Healthy: true, CurrentConnections: 5,
+		TotalRequests: 1000, TotalFailures: -1, BytesIn: 1 << 40, BytesOut: 7, LatencyAvg: 1500 * time.Microsecond,
+		LastCheck: ts, LastError: "x", UpdatedAt: ts}
+	for _, tc := range []struct {
+		name string
+		r    row
+		want string
+	}{
+		{"backend", row{version: Version{HLC: 7, Origin: "o", Seq: 1}, rec: encodeBackend(&be)}, goldenBackendRow},
+		{"certificate", row{version: Version{HLC: 9, Origin: "o", Seq: 2}, rec: encodeCertificate(&cert, []byte{1, 2, 3})}, goldenCertRow},
+		{"observation", row{version: Version{HLC: 11, Origin: "n1", Seq: 3}, rec: encodeObservation(&obs)}, goldenObsRow},
+	} {
+		if got := hex.EncodeToString(encodeRow(tc.r)); got != tc.want {
+			t.Errorf("encoding of the golden %s changed:\n got %s\nwant %s", tc.name, got, tc.want)
+		}
+	}
 }
 
 // A row written by a newer agent with fields this version does not know

@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/linxGnu/grocksdb"
+	"github.com/singularity-ng/singularity-edge/storage/internal/memhint"
 )
 
 func TestIndexInsertHintInstalled(t *testing.T) {
@@ -14,26 +14,15 @@ func TestIndexInsertHintInstalled(t *testing.T) {
 	if !ro.indexHint {
 		t.Fatal("the index family's insert hint was not installed (grocksdb's Options layout check failed)")
 	}
-	if got := insertHintName(idx); got != "singularity-edge.IndexPartition" {
+	if got := memhint.Installed(idx); got != memhint.Name {
 		t.Fatalf("index family insert hint %q", got)
 	}
 	if got, want := idx.GetWriteBufferSize(), uint64(DefaultConfig().WriteBufferSize); got != want {
 		t.Fatalf("write buffer size %d after the layout probe, want %d", got, want)
 	}
 	for _, name := range []string{cfChangelog, TableBackends} {
-		if got := insertHintName(ro.forFamily(name)); got != "" {
+		if got := memhint.Installed(ro.forFamily(name)); got != "" {
 			t.Fatalf("family %s has insert hint %q", name, got)
-		}
-	}
-}
-
-func TestInsertHintLayoutProbe(t *testing.T) {
-	o := grocksdb.NewDefaultOptions()
-	defer o.Destroy()
-	for _, v := range []uint64{1 << 20, 12345678} {
-		o.SetWriteBufferSize(v)
-		if got := handleWriteBufferSize(o); got != v {
-			t.Fatalf("read %d through the C++ options, grocksdb set %d", got, v)
 		}
 	}
 }
@@ -57,7 +46,7 @@ func TestIndexPartition(t *testing.T) {
 		{"one byte", []byte{idxBackendPool}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := string(tc.key[:indexPartition(tc.key)]); got != tc.want {
+			if got := string(tc.key[:memhint.Partition(tc.key)]); got != tc.want {
 				t.Fatalf("partition of %q is %q, want %q", tc.key, got, tc.want)
 			}
 		})

@@ -23,7 +23,7 @@ import (
 // batch.
 //
 // The C handles are the first field of grocksdb's DB, ReadOptions and
-// ColumnFamilyHandle (as with Options in memhint.go);
+// ColumnFamilyHandle (as with Options in storage/internal/memhint);
 // TestMultiGetMatchesGet pins the results against grocksdb's own reads.
 
 // cHandle returns the C pointer that grocksdb keeps as the first field of

@@ -1,6 +1,10 @@
 package storage
 
-import "github.com/linxGnu/grocksdb"
+import (
+	"github.com/linxGnu/grocksdb"
+
+	"github.com/singularity-ng/singularity-edge/storage/internal/memhint"
+)
 
 // rocksOptions holds the RocksDB options of one open store. Memory is
 // bounded by design: one LRU block cache shared by every column family holds
@@ -13,7 +17,7 @@ type rocksOptions struct {
 	bbto   *grocksdb.BlockBasedTableOptions
 	family map[string]*grocksdb.Options
 	wbs    uint64
-	// indexHint: the index family has its insert hint (memhint.go).
+	// indexHint: the index family has its insert hint (storage/internal/memhint).
 	indexHint bool
 }
 
@@ -90,7 +94,7 @@ func (o *rocksOptions) forFamily(name string) *grocksdb.Options {
 	}
 	if name == cfIndex {
 		// Without it the store still works, with slower index inserts.
-		o.indexHint = setIndexInsertHint(f)
+		o.indexHint = memhint.Install(f)
 	}
 	o.family[name] = f
 	return f

@@ -327,24 +327,64 @@ func (t *templates) backendRecBytes(i int) []byte {
 // rawOrigin stands for the store's node id (16 hex digits) in the anchor.
 const rawOrigin = "0123456789abcdef"
 
-// addCommitEntries adds to wb every key a store commit of backends
+// rawEntry is one key an anchor writes, built before the timed section
+// (the store's input rows are built before it too).
+type rawEntry struct {
+	cf         string
+	key, value []byte
+}
+
+// commitEntries returns every key a store commit of backends
 // first..last-1 writes to the families the anchor has (storage/tx.go):
 // the row, its by-pool index entry carrying a copy of the row (the
 // covering index), its by-address entry, its change-log key, and the
 // commit's feed entry (the local-seq key in meta is left out): the anchor
-// with exactly the store's entries per row, without its insert hints.
-func (t *templates) addCommitEntries(wb *grocksdb.WriteBatch, db *rawDB, first, last int, seq uint64) {
+// with exactly the store's entries per row. Write them to a rawDB opened
+// with IndexHint, as the store's index family is.
+func (t *templates) commitEntries(first, last int, seq uint64) []rawEntry {
+	es := make([]rawEntry, 0, 4*(last-first)+1)
 	for i := first; i < last; i++ {
 		id, pool := backendID(i), poolName(poolOf(i))
 		row := t.backendBytes(i)
-		wb.PutCF(db.cfs[rawRows], []byte(id), row)
-		wb.PutCF(db.cfs[rawIndex], rawPoolIndexKey(pool, id), row)
 		b := makeBackend(i)
 		addr := fmt.Sprintf("\x0b%s %s://%s:%d\x00%s", pool, b.Scheme, b.Host, b.Port, id)
-		wb.PutCF(db.cfs[rawIndex], []byte(addr), nil)
-		wb.PutCF(db.cfs[rawChangelog], append(appendBE64([]byte(rawOrigin+"\x00"), seq), append([]byte{3}, id...)...), nil)
+		es = append(es,
+			rawEntry{rawRows, []byte(id), row},
+			rawEntry{rawIndex, rawPoolIndexKey(pool, id), row},
+			rawEntry{rawIndex, []byte(addr), nil},
+			rawEntry{rawChangelog, rawClogKey(seq, id), nil})
 	}
-	wb.PutCF(db.cfs[rawFeed], appendBE64(nil, seq), appendBE64([]byte("\x0a\x10"+rawOrigin+"\x10"), seq))
+	return append(es, rawFeedEntry(seq))
+}
+
+// floorEntries returns the fewest entries per backend that any key layout
+// serving the store's reads and catch-up needs: the row keyed by pool and
+// id (a pool's backends in one range, no covering copy) and an id → pool
+// entry (reads by id), plus per commit one change-log entry listing the
+// commit's ids (catch-up by origin and seq; DESIGN.md allows one entry per
+// set) and the feed entry. No by-address entry, no version envelope: no
+// store layout writes less per row. Write them to a rawDB opened with
+// IndexHint, so that each row, which lands in another pool than the one
+// before, is inserted with the store's hint.
+func (t *templates) floorEntries(first, last int, seq uint64) []rawEntry {
+	es := make([]rawEntry, 0, 2*(last-first)+2)
+	var ids []byte
+	for i := first; i < last; i++ {
+		id, pool := backendID(i), poolName(poolOf(i))
+		es = append(es,
+			rawEntry{rawClustered, rawPoolIndexKey(pool, id), t.backendBytes(i)},
+			rawEntry{rawRows, []byte(id), []byte(pool)})
+		ids = append(append(ids, id...), 0)
+	}
+	return append(es, rawEntry{rawChangelog, rawClogKey(seq, ""), ids}, rawFeedEntry(seq))
+}
+
+func rawClogKey(seq uint64, id string) []byte {
+	return append(appendBE64([]byte(rawOrigin+"\x00"), seq), append([]byte{3}, id...)...)
+}
+
+func rawFeedEntry(seq uint64) rawEntry {
+	return rawEntry{rawFeed, appendBE64(nil, seq), appendBE64([]byte("\x0a\x10"+rawOrigin+"\x10"), seq)}
 }
 
 // certBytes returns the stored bytes of certificate i.

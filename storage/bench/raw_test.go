@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/linxGnu/grocksdb"
+
+	"github.com/singularity-ng/singularity-edge/storage/internal/memhint"
 )
 
 // rawDB is the anchor: a plain RocksDB (no transactions, no versions, no
@@ -28,6 +30,9 @@ type rawConfig struct {
 	BlockCacheSize  int64
 	WriteBufferSize int64
 	SyncWAL         bool
+	// IndexHint installs the store's memtable insert hint
+	// (storage/internal/memhint) on the index and clustered families.
+	IndexHint bool
 }
 
 func defaultRawConfig() rawConfig {
@@ -83,6 +88,11 @@ func openRaw(dir string, cfg rawConfig) (*rawDB, error) {
 			f.SetWriteBufferSize(1 << 20)
 		} else {
 			f.SetWriteBufferSize(wbs)
+		}
+		if cfg.IndexHint && (n == rawIndex || n == rawClustered) && !memhint.Install(f) {
+			r.cfOpts = append(r.cfOpts, f)
+			r.destroyOptions()
+			return nil, fmt.Errorf("open raw rocksdb %s: the insert hint does not fit grocksdb's Options", dir)
 		}
 		r.cfOpts = append(r.cfOpts, f)
 	}
@@ -142,6 +152,15 @@ func (r *rawDB) put(cf string, key, value []byte) error {
 
 func (r *rawDB) write(wb *grocksdb.WriteBatch) error {
 	return r.db.Write(r.wo, wb)
+}
+
+// writeEntries writes es in one batch (wb is cleared first).
+func (r *rawDB) writeEntries(wb *grocksdb.WriteBatch, es []rawEntry) error {
+	wb.Clear()
+	for _, e := range es {
+		wb.PutCF(r.cfs[e.cf], e.key, e.value)
+	}
+	return r.write(wb)
 }
 
 // get returns a copy of the value, as a caller that keeps it needs.

@@ -14,7 +14,7 @@ struct rocksdb_options_t {
 
 namespace {
 
-// Index ids (index.go) whose entries are partitioned: by time (2 cert
+// Index ids (storage/index.go) whose entries are partitioned: by time (2 cert
 // expiry, 7 tombstones, 8 row expiry) the partition is the id byte; by
 // pool (4 backends by pool, 11 backends by address: "pool scheme://...")
 // and by node (5 observations by health) it runs up to the first NUL or
