@@ -1,9 +1,11 @@
 package storage
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -225,6 +227,39 @@ func TestRecordRoundTrip(t *testing.T) {
 	gc, sealed, err := decodeCertificate(encodeCertificate(&c, nil))
 	if err != nil || !reflect.DeepEqual(gc, c) || sealed != nil {
 		t.Fatalf("certificate: %+v %v", gc, err)
+	}
+}
+
+// TestBackendRoundTripEdges: the in-place encoding of times and metadata
+// entries (sized before they are written) round-trips the edge cases:
+// empty keys and values, lengths over one varint byte, more keys than
+// the stack array holds, the Unix epoch, times before 1970 and year 9999.
+func TestBackendRoundTripEdges(t *testing.T) {
+	many := map[string]string{}
+	for i := range 20 {
+		many[fmt.Sprintf("k%02d", i)] = strings.Repeat("v", i*15)
+	}
+	for _, tc := range []struct {
+		name string
+		b    Backend
+	}{
+		{"empty key and value", Backend{ID: "a", Metadata: map[string]string{"": "x", "y": "", "ünï": "ç"}}},
+		{"long value", Backend{ID: "a", Metadata: map[string]string{"k": strings.Repeat("z", 300)}}},
+		{"more keys than the stack array", Backend{ID: "a", Metadata: many}},
+		{"epoch", Backend{ID: "a", InsertedAt: time.Unix(0, 0).UTC(), UpdatedAt: time.Unix(0, 1).UTC()}},
+		{"before 1970", Backend{ID: "a", InsertedAt: time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC), UpdatedAt: time.Date(1969, 12, 31, 23, 59, 59, 999_999_999, time.UTC)}},
+		{"year 9999", Backend{ID: "a", InsertedAt: time.Date(9999, 12, 31, 23, 59, 59, 999_999_999, time.UTC)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			enc := encodeBackend(&tc.b)
+			got, err := decodeBackend(enc)
+			if err != nil || !reflect.DeepEqual(got, tc.b) {
+				t.Fatalf("round trip:\n got %+v %v\nwant %+v", got, err, tc.b)
+			}
+			if again := encodeBackend(&got); !bytes.Equal(again, enc) {
+				t.Fatalf("re-encoding changed the bytes:\n%x\n%x", enc, again)
+			}
+		})
 	}
 }
 
