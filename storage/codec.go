@@ -391,14 +391,7 @@ func decodePool(b []byte) (Pool, error) {
 }
 
 func encodeBackend(b *Backend) []byte {
-	// Sized once: the record is stored as this slice (bulk writes encode
-	// thousands per commit). 80 covers the tags, lengths, numbers and
-	// times; a metadata entry adds at most 10 besides its strings.
-	n := 80 + len(b.ID) + len(b.PoolName) + len(b.Host) + len(b.Scheme) + len(b.Region)
-	for k, v := range b.Metadata {
-		n += 10 + len(k) + len(v)
-	}
-	e := encoder{b: make([]byte, 0, n)}
+	var e encoder
 	e.str(1, b.ID)
 	e.str(2, b.PoolName)
 	e.str(3, b.Host)

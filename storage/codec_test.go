@@ -230,10 +230,10 @@ func TestRecordRoundTrip(t *testing.T) {
 	}
 }
 
-// TestBackendRoundTripEdges: the in-place encoding of times and metadata
-// entries (sized before they are written) round-trips the edge cases:
-// empty keys and values, lengths over one varint byte, more keys than
-// the stack array holds, the Unix epoch, times before 1970 and year 9999.
+// TestBackendRoundTripEdges: backend records round-trip, and re-encode to
+// the same bytes, at the edges of the nested messages: empty metadata keys
+// and values, lengths over one varint byte, many keys, the Unix epoch,
+// times before 1970 and year 9999.
 func TestBackendRoundTripEdges(t *testing.T) {
 	many := map[string]string{}
 	for i := range 20 {
@@ -245,7 +245,7 @@ func TestBackendRoundTripEdges(t *testing.T) {
 	}{
 		{"empty key and value", Backend{ID: "a", Metadata: map[string]string{"": "x", "y": "", "ünï": "ç"}}},
 		{"long value", Backend{ID: "a", Metadata: map[string]string{"k": strings.Repeat("z", 300)}}},
-		{"more keys than the stack array", Backend{ID: "a", Metadata: many}},
+		{"twenty keys", Backend{ID: "a", Metadata: many}},
 		{"epoch", Backend{ID: "a", InsertedAt: time.Unix(0, 0).UTC(), UpdatedAt: time.Unix(0, 1).UTC()}},
 		{"before 1970", Backend{ID: "a", InsertedAt: time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC), UpdatedAt: time.Date(1969, 12, 31, 23, 59, 59, 999_999_999, time.UTC)}},
 		{"year 9999", Backend{ID: "a", InsertedAt: time.Date(9999, 12, 31, 23, 59, 59, 999_999_999, time.UTC)}},

@@ -42,7 +42,7 @@ type Tx struct {
 	now      time.Time
 	old      map[rowRef]*row // rows as read from the snapshot (nil: absent)
 	writes   map[rowRef]*pending
-	order    []rowRef      // each written row once, first write first; sorted at commit
+	order    []rowRef
 	index    uint64        // last commit index when the transaction began
 	wb       *batchBuilder // the commit's writes, built under the commit mutex
 	done     bool          // fn returned: the snapshot is gone
@@ -299,20 +299,27 @@ func writeError(err error) error {
 }
 
 // sortedWrites returns the written rows by table (schema order) and key,
-// so that each family's entries reach the memtable in key order. It sorts
-// t.order, the rows in the order first written, in place (the commit is
-// its last use); bulk writes usually come sorted already.
+// so that each family's entries reach the memtable in key order.
 func (t *Tx) sortedWrites() []rowRef {
-	byTableKey := func(a, b rowRef) int {
-		if a.table != b.table {
-			return cmp.Compare(tableRank(a.table), tableRank(b.table))
+	type ranked struct {
+		rank int
+		ref  rowRef
+	}
+	rs := make([]ranked, 0, len(t.writes))
+	for ref := range t.writes {
+		rs = append(rs, ranked{tableRank(ref.table), ref})
+	}
+	slices.SortFunc(rs, func(a, b ranked) int {
+		if a.rank != b.rank {
+			return cmp.Compare(a.rank, b.rank)
 		}
-		return strings.Compare(a.key, b.key)
+		return strings.Compare(a.ref.key, b.ref.key)
+	})
+	refs := make([]rowRef, len(rs))
+	for i, r := range rs {
+		refs[i] = r.ref
 	}
-	if !slices.IsSortedFunc(t.order, byTableKey) {
-		slices.SortFunc(t.order, byTableKey)
-	}
-	return t.order
+	return refs
 }
 
 // load returns the stored row as the transaction sees it (nil when absent).

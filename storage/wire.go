@@ -2,7 +2,7 @@ package storage
 
 import (
 	"fmt"
-	"slices"
+	"sort"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -62,23 +62,14 @@ func (e *encoder) strs(num protowire.Number, v []string) {
 
 // time writes a nested {1: seconds (sint64), 2: nanoseconds} message, like
 // google.protobuf.Timestamp, so every year x509 allows (0001-9999) fits.
-// The message is sized first and written in place (every row has two).
 func (e *encoder) time(num protowire.Number, t time.Time) {
 	if t.IsZero() {
 		return
 	}
-	sec, nsec := protowire.EncodeZigZag(t.Unix()), uint64(t.Nanosecond())
-	n := 0
-	if sec != 0 {
-		n += 1 + protowire.SizeVarint(sec)
-	}
-	if nsec != 0 {
-		n += 1 + protowire.SizeVarint(nsec)
-	}
-	e.b = protowire.AppendTag(e.b, num, protowire.BytesType)
-	e.b = protowire.AppendVarint(e.b, uint64(n))
-	e.uint(1, sec)
-	e.uint(2, nsec)
+	var m encoder
+	m.sint(1, t.Unix())
+	m.uint(2, uint64(t.Nanosecond()))
+	e.msg(num, m.b, true)
 }
 
 // msg writes a nested message; always=false omits an empty one.
@@ -91,31 +82,18 @@ func (e *encoder) msg(num protowire.Number, m []byte, always bool) {
 }
 
 // metadata writes one {1: key, 2: value} entry per map key, sorted so that
-// equal maps encode to equal bytes; each entry is sized first and written
-// in place.
+// equal maps encode to equal bytes.
 func (e *encoder) metadata(num protowire.Number, m map[string]string) {
-	if len(m) == 0 {
-		return
-	}
-	var small [8]string
-	keys := small[:0]
+	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
 	}
-	slices.Sort(keys)
+	sort.Strings(keys)
 	for _, k := range keys {
-		v := m[k]
-		n := 0
-		if k != "" {
-			n += 1 + protowire.SizeBytes(len(k))
-		}
-		if v != "" {
-			n += 1 + protowire.SizeBytes(len(v))
-		}
-		e.b = protowire.AppendTag(e.b, num, protowire.BytesType)
-		e.b = protowire.AppendVarint(e.b, uint64(n))
-		e.str(1, k)
-		e.str(2, v)
+		var entry encoder
+		entry.str(1, k)
+		entry.str(2, m[k])
+		e.msg(num, entry.b, true)
 	}
 }
 
