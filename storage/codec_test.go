@@ -50,6 +50,27 @@ func mustHex(t *testing.T, s string) []byte {
 	return b
 }
 
+// The records inside the golden rows (goldenPool is the pool's).
+func goldenBackend() Backend {
+	ts := goldenTime
+	return Backend{ID: "be-1", PoolName: "web", Host: "10.0.1.10", Port: 8080, Scheme: "http", Weight: 3, SSLVerify: true,
+		Region: "iad", Draining: true, Metadata: map[string]string{"k": "v"}, InsertedAt: ts, UpdatedAt: ts}
+}
+
+func goldenCertificate() Certificate {
+	ts := goldenTime
+	return Certificate{ID: "c1", Domain: "*.example.com", Names: []string{"example.com", "*.example.com"}, CertificatePEM: "CERT",
+		ChainPEM: "CHAIN", Issuer: "R3", NotBefore: ts, ExpiresAt: time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC), AutoRenew: true,
+		Provider: "acme", Fingerprint: "ab:cd", InsertedAt: ts, UpdatedAt: ts}
+}
+
+func goldenObservation() Observation {
+	ts := goldenTime
+	return Observation{NodeID: "n1", BackendID: "be-1", PoolName: "web", Region: "syd", Healthy: true, CurrentConnections: 5,
+		TotalRequests: 1000, TotalFailures: -1, BytesIn: 1 << 40, BytesOut: 7, LatencyAvg: 1500 * time.Microsecond,
+		LastCheck: ts, LastError: "x", UpdatedAt: ts}
+}
+
 func TestGoldenV1Rows(t *testing.T) {
 	ts := goldenTime
 	t.Run("pool", func(t *testing.T) {
@@ -74,8 +95,7 @@ func TestGoldenV1Rows(t *testing.T) {
 			t.Fatal(err)
 		}
 		b, err := decodeBackend(r.rec)
-		want := Backend{ID: "be-1", PoolName: "web", Host: "10.0.1.10", Port: 8080, Scheme: "http", Weight: 3, SSLVerify: true,
-			Region: "iad", Draining: true, Metadata: map[string]string{"k": "v"}, InsertedAt: ts, UpdatedAt: ts}
+		want := goldenBackend()
 		if err != nil || !reflect.DeepEqual(b, want) || r.version != (Version{HLC: 7, Origin: "o", Seq: 1}) {
 			t.Fatalf("backend %+v %+v %v", r.version, b, err)
 		}
@@ -86,9 +106,7 @@ func TestGoldenV1Rows(t *testing.T) {
 			t.Fatal(err)
 		}
 		c, sealed, err := decodeCertificate(r.rec)
-		want := Certificate{ID: "c1", Domain: "*.example.com", Names: []string{"example.com", "*.example.com"}, CertificatePEM: "CERT",
-			ChainPEM: "CHAIN", Issuer: "R3", NotBefore: ts, ExpiresAt: time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC), AutoRenew: true,
-			Provider: "acme", Fingerprint: "ab:cd", InsertedAt: ts, UpdatedAt: ts}
+		want := goldenCertificate()
 		if err != nil || !reflect.DeepEqual(c, want) || !reflect.DeepEqual(sealed, []byte{1, 2, 3}) {
 			t.Fatalf("certificate %+v %v %v", c, sealed, err)
 		}
@@ -99,9 +117,7 @@ func TestGoldenV1Rows(t *testing.T) {
 			t.Fatal(err)
 		}
 		o, err := decodeObservation(r.rec)
-		want := Observation{NodeID: "n1", BackendID: "be-1", PoolName: "web", Region: "syd", Healthy: true, CurrentConnections: 5,
-			TotalRequests: 1000, TotalFailures: -1, BytesIn: 1 << 40, BytesOut: 7, LatencyAvg: 1500 * time.Microsecond,
-			LastCheck: ts, LastError: "x", UpdatedAt: ts}
+		want := goldenObservation()
 		if err != nil || !reflect.DeepEqual(o, want) {
 			t.Fatalf("observation %+v %v", o, err)
 		}
@@ -135,14 +151,7 @@ func TestGoldenV1Rows(t *testing.T) {
 	if hex.EncodeToString(got) != goldenPoolRow {
 		t.Fatal("encoding of the golden pool changed")
 	}
-	be := Backend{ID: "be-1", PoolName: "web", Host: "10.0.1.10", Port: 8080, Scheme: "http", Weight: 3, SSLVerify: true,
-		Region: "iad", Draining: true, Metadata: map[string]string{"k": "v"}, InsertedAt: ts, UpdatedAt: ts}
-	cert := Certificate{ID: "c1", Domain: "*.example.com", Names: []string{"example.com", "*.example.com"}, CertificatePEM: "CERT",
-		ChainPEM: "CHAIN", Issuer: "R3", NotBefore: ts, ExpiresAt: time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC), AutoRenew: true,
-		Provider: "acme", Fingerprint: "ab:cd", InsertedAt: ts, UpdatedAt: ts}
-	obs := Observation{NodeID: "n1", BackendID: "be-1", PoolName: "web", Region: "syd", Healthy: true, CurrentConnections: 5,
-		TotalRequests: 1000, TotalFailures: -1, BytesIn: 1 << 40, BytesOut: 7, LatencyAvg: 1500 * time.Microsecond,
-		LastCheck: ts, LastError: "x", UpdatedAt: ts}
+	be, cert, obs := goldenBackend(), goldenCertificate(), goldenObservation()
 	for _, tc := range []struct {
 		name string
 		r    row
