@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -172,10 +173,18 @@ func readBodyTyped(w http.ResponseWriter, r *http.Request, limit int64, want ...
 	return readBody(w, r, limit)
 }
 
+// Upload fields beside the PEM parts, named as in the JSON body
+// (apitypes.CertificateUpload), so that a form and a JSON upload take the
+// same fields and get the same answers.
+const (
+	uploadFieldMetadata = "metadata" // a JSON object of strings
+	uploadFieldDomain   = "domain"   // refused by storeUpload, with the reason
+)
+
 // isUploadField reports whether name is a part an upload form may carry.
 func isUploadField(name string) bool {
 	switch name {
-	case certs.FieldCertificate, certs.FieldPrivateKey, certs.FieldChain:
+	case certs.FieldCertificate, certs.FieldPrivateKey, certs.FieldChain, uploadFieldMetadata, uploadFieldDomain:
 		return true
 	}
 	return false
@@ -224,6 +233,13 @@ func readMultipartUpload(w http.ResponseWriter, r *http.Request, limit int64) (u
 			in.PrivateKey = string(value)
 		case certs.FieldChain:
 			in.Chain = string(value)
+		case uploadFieldDomain:
+			in.Domain = string(value)
+		case uploadFieldMetadata:
+			if err := json.Unmarshal(value, &in.Metadata); err != nil {
+				return in, errUnprocessable(fielderr.List{{Field: uploadFieldMetadata,
+					Message: "must be a JSON object of string values, as in a JSON upload"}})
+			}
 		}
 	}
 	return in, nil

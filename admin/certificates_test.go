@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/singularity-ng/singularity-edge/apitypes"
+	"maps"
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
@@ -110,8 +111,27 @@ func TestUploadCertificateMultipart(t *testing.T) {
 	ct, body = multipartBody(t, nil, map[string]string{"certificate": leaf2.CertPEM, "private_key": leaf2.KeyPEM})
 	h.do("POST", "/api/certificates/upload", body, withContentType(ct)).expect(t, http.StatusCreated, "")
 
+	// The fields of a JSON upload beside the PEM parts: metadata is stored
+	// as sent.
+	leafMeta := ca.leaf(t, time.Now().Add(30*24*time.Hour), "meta.example.test")
+	ct, body = multipartBody(t, nil, map[string]string{"certificate": leafMeta.CertPEM, "private_key": leafMeta.KeyPEM, "metadata": `{"team":"web","ticket":""}`})
+	r = h.do("POST", "/api/certificates/upload", body, withContentType(ct))
+	r.expect(t, http.StatusCreated, "")
+	r.json(t, &c)
+	if want := map[string]string{"team": "web", "ticket": ""}; !maps.Equal(c.Metadata, want) {
+		t.Fatalf("metadata %v from a form upload, want %v", c.Metadata, want)
+	}
+
 	before := h.snapshot()
 	leaf3 := ca.leaf(t, time.Now().Add(30*24*time.Hour), "bad.example.test")
+	for _, bad := range []string{`not json`, `{"n":1}`, `["web"]`, `{"team":"web"} trailing`} {
+		ct, body = multipartBody(t, nil, map[string]string{"certificate": leaf3.CertPEM, "private_key": leaf3.KeyPEM, "metadata": bad})
+		h.do("POST", "/api/certificates/upload", body, withContentType(ct)).expect(t, http.StatusUnprocessableEntity, CodeInvalid, "metadata")
+	}
+	// A form names the domain no more than a JSON upload does, and hears why.
+	ct, body = multipartBody(t, nil, map[string]string{"certificate": leaf3.CertPEM, "private_key": leaf3.KeyPEM, "domain": "bad.example.test"})
+	h.do("POST", "/api/certificates/upload", body, withContentType(ct)).expect(t, http.StatusUnprocessableEntity, CodeInvalid, "domain")
+
 	ct, body = multipartBody(t, nil, map[string]string{"certificate": leaf3.CertPEM, "private_key": leaf3.KeyPEM, "extra": "x"})
 	h.do("POST", "/api/certificates/upload", body, withContentType(ct)).expect(t, http.StatusBadRequest, CodeInvalid, "extra")
 
