@@ -123,33 +123,12 @@ type MissingMember struct {
 // never waited for.
 func (e *Engine) WaitApplied(ctx context.Context, seq uint64) (WaitResult, error) {
 	res := WaitResult{Seq: seq}
-	type target struct {
-		m cluster.Member
-		p *peer
-	}
-	var targets []target
-	for _, m := range e.members.Members() {
-		if m.Self || m.ID == e.nodeID {
-			continue
-		}
-		if m.State != cluster.StateAlive {
-			res.Missing = append(res.Missing, MissingMember{Name: m.Name, NodeID: m.ID, State: string(m.State), Reason: string(m.State)})
-			continue
-		}
-		e.mu.Lock()
-		p := e.peers[m.ID]
-		e.mu.Unlock()
-		if p == nil || !p.session.Load() {
-			res.Missing = append(res.Missing, MissingMember{Name: m.Name, NodeID: m.ID, State: string(m.State), Reason: "not connected"})
-			continue
-		}
-		targets = append(targets, target{m, p})
-	}
+	targets, _ := e.connectedPeers(&res)
 	for {
 		e.mu.Lock()
 		progress := e.progress
 		e.mu.Unlock()
-		var pending []target
+		var pending []memberPeer
 		for _, t := range targets {
 			if !t.p.holds(seq) {
 				pending = append(pending, t)
@@ -168,7 +147,7 @@ func (e *Engine) WaitApplied(ctx context.Context, seq uint64) (WaitResult, error
 			held := map[*peer]bool{}
 			for _, t := range pending {
 				held[t.p] = true
-				res.Missing = append(res.Missing, MissingMember{Name: t.m.Name, NodeID: t.m.ID, State: string(t.m.State), Reason: "pending"})
+				res.Missing = append(res.Missing, missingMember(t.m, "pending"))
 			}
 			for _, t := range targets {
 				if !held[t.p] {
@@ -288,34 +267,56 @@ func (e *Engine) Flush(ctx context.Context) (WaitResult, error) {
 // an alive member this node never had a stream with).
 func (e *Engine) flushState(ownMax uint64) (WaitResult, []*peer) {
 	res := WaitResult{Seq: ownMax}
-	var waiting []*peer
+	up, waiting := e.connectedPeers(&res)
 	all := NewRangeSet(Range{1, ownMax}) // empty before the first own commit
+	for _, t := range up {
+		t.p.mu.Lock()
+		missing := all.Minus(t.p.theirOwn)
+		t.p.mu.Unlock()
+		if len(missing) > 0 {
+			res.Missing = append(res.Missing, missingMember(t.m, "pending"))
+			waiting = append(waiting, t.p)
+			continue
+		}
+		res.Applied = append(res.Applied, t.m.Name)
+	}
+	sort.Strings(res.Applied)
+	return res, waiting
+}
+
+// memberPeer is an alive member and its up stream.
+type memberPeer struct {
+	m cluster.Member
+	p *peer
+}
+
+// connectedPeers returns the alive members other than this node that have
+// an up stream, and reports every other member in res.Missing: a suspect,
+// dead or departed one with its state as the reason, an alive one without
+// a stream as "not connected" (unconnected lists their peers, nil for a
+// member this node never had a stream with).
+func (e *Engine) connectedPeers(res *WaitResult) (up []memberPeer, unconnected []*peer) {
 	for _, m := range e.members.Members() {
 		if m.Self || m.ID == e.nodeID {
 			continue
 		}
 		if m.State != cluster.StateAlive {
-			res.Missing = append(res.Missing, MissingMember{Name: m.Name, NodeID: m.ID, State: string(m.State), Reason: string(m.State)})
+			res.Missing = append(res.Missing, missingMember(m, string(m.State)))
 			continue
 		}
 		e.mu.Lock()
 		p := e.peers[m.ID]
 		e.mu.Unlock()
 		if p == nil || !p.session.Load() {
-			res.Missing = append(res.Missing, MissingMember{Name: m.Name, NodeID: m.ID, State: string(m.State), Reason: "not connected"})
-			waiting = append(waiting, p)
+			res.Missing = append(res.Missing, missingMember(m, "not connected"))
+			unconnected = append(unconnected, p)
 			continue
 		}
-		p.mu.Lock()
-		missing := all.Minus(p.theirOwn)
-		p.mu.Unlock()
-		if len(missing) > 0 {
-			res.Missing = append(res.Missing, MissingMember{Name: m.Name, NodeID: m.ID, State: string(m.State), Reason: "pending"})
-			waiting = append(waiting, p)
-			continue
-		}
-		res.Applied = append(res.Applied, m.Name)
+		up = append(up, memberPeer{m, p})
 	}
-	sort.Strings(res.Applied)
-	return res, waiting
+	return up, unconnected
+}
+
+func missingMember(m cluster.Member, reason string) MissingMember {
+	return MissingMember{Name: m.Name, NodeID: m.ID, State: string(m.State), Reason: reason}
 }
