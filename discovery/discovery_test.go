@@ -257,7 +257,7 @@ func TestWrongKeyIsNotAMember(t *testing.T) {
 			testutil.ToFloat64(a.metrics.droppedPackets.WithLabelValues("label"))
 		return after > before
 	})
-	if n, err := testutil.GatherAndCount(reg, "edge_gossip_dropped_total"); err != nil || n == 0 {
+	if n, err := testutil.GatherAndCount(reg, "singularity_edge_gossip_dropped_total"); err != nil || n == 0 {
 		t.Fatalf("metric not exported: %d %v", n, err)
 	}
 }

@@ -16,19 +16,19 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer, d *Discovery) *metrics {
 	m := &metrics{
 		droppedPackets: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "edge_gossip_dropped_total",
+			Name: "singularity_edge_gossip_dropped_total",
 			Help: "Inbound gossip packets and streams discarded, by reason (decrypt: not encrypted with an accepted key; label: another app; malformed).",
 		}, []string{"reason"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "edge_gossip_rejected_members_total",
+			Name: "singularity_edge_gossip_rejected_members_total",
 			Help: "Nodes refused as members, by reason (cluster_id, meta).",
 		}, []string{"reason"}),
 		resolveErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "edge_discovery_source_errors_total",
+			Name: "singularity_edge_discovery_source_errors_total",
 			Help: "Failed lookups of a discovery source.",
 		}, []string{"source"}),
 		joins: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "edge_discovery_joins_total",
+			Name: "singularity_edge_discovery_joins_total",
 			Help: "Join attempts of candidates that were not alive members, by result.",
 		}, []string{"result"}),
 	}
@@ -37,7 +37,7 @@ func newMetrics(reg prometheus.Registerer, d *Discovery) *metrics {
 	}
 	if reg != nil {
 		members := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "edge_cluster_members_alive",
+			Name: "singularity_edge_cluster_members_alive",
 			Help: "Members the failure detector considers alive, this node included.",
 		}, func() float64 {
 			n := 0

@@ -313,7 +313,7 @@ func TestConvergeConcurrentWrites(t *testing.T) {
 		}
 		return len(nodes[0].eng.Status()) == 2
 	})
-	if n, err := testutil.GatherAndCount(nodes[0].reg, "edge_replication_peer_pending_sets"); err != nil || n != 2 {
+	if n, err := testutil.GatherAndCount(nodes[0].reg, "singularity_edge_replication_peer_pending_sets"); err != nil || n != 2 {
 		t.Fatalf("per-peer metrics: %d %v", n, err)
 	}
 }

@@ -23,38 +23,38 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer, e *Engine) *metrics {
 	m := &metrics{
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "edge_replication_rejected_streams_total",
+			Name: "singularity_edge_replication_rejected_streams_total",
 			Help: "Replication streams refused, by reason: tls (no valid key: the frames are never read), cluster_id, protocol, other.",
 		}, []string{"reason"}),
 		pushFrames: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "edge_replication_push_frames_total", Help: "Push frames sent to peers; pushed sets ÷ frames is the coalescing under load.",
+			Name: "singularity_edge_replication_push_frames_total", Help: "Push frames sent to peers; pushed sets ÷ frames is the coalescing under load.",
 		}),
 		pushed: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "edge_replication_pushed_sets_total", Help: "Local change sets sent to peers (one per peer).",
+			Name: "singularity_edge_replication_pushed_sets_total", Help: "Local change sets sent to peers (one per peer).",
 		}),
 		pushDropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "edge_replication_push_dropped_total", Help: "Queued pushes dropped because a peer's queue was full (catch-up fetches them).",
+			Name: "singularity_edge_replication_push_dropped_total", Help: "Queued pushes dropped because a peer's queue was full (catch-up fetches them).",
 		}),
 		applied: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "edge_replication_applied_sets_total", Help: "Remote change sets applied, by path (push, sync).",
+			Name: "singularity_edge_replication_applied_sets_total", Help: "Remote change sets applied, by path (push, sync).",
 		}, []string{"path"}),
 		syncRounds: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "edge_replication_sync_rounds_total", Help: "Anti-entropy rounds completed.",
+			Name: "singularity_edge_replication_sync_rounds_total", Help: "Anti-entropy rounds completed.",
 		}),
 		tooStale: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "edge_replication_too_stale_total", Help: "Sync answers saying this node is behind a tombstone purge and must rebuild.",
+			Name: "singularity_edge_replication_too_stale_total", Help: "Sync answers saying this node is behind a tombstone purge and must rebuild.",
 		}),
 		snapshotBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "edge_replication_snapshot_bytes_total", Help: "Snapshot bytes streamed, by direction.",
+			Name: "singularity_edge_replication_snapshot_bytes_total", Help: "Snapshot bytes streamed, by direction.",
 		}, []string{"direction"}),
 		bootstrapFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "edge_replication_bootstrap_failures_total", Help: "Failed bootstrap attempts from a peer.",
+			Name: "singularity_edge_replication_bootstrap_failures_total", Help: "Failed bootstrap attempts from a peer.",
 		}),
 		purged: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "edge_replication_purged_tombstones_total", Help: "Tombstones purged with the members' watermarks.",
+			Name: "singularity_edge_replication_purged_tombstones_total", Help: "Tombstones purged with the members' watermarks.",
 		}),
 		ready: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "edge_replication_ready", Help: "1 once this node holds the cluster's state.",
+			Name: "singularity_edge_replication_ready", Help: "1 once this node holds the cluster's state.",
 		}),
 	}
 	for _, r := range []string{"tls", "cluster_id", "protocol", "other"} {
@@ -85,10 +85,10 @@ func (m *metrics) handshakeFailure(err error) {
 type peerCollector struct{ e *Engine }
 
 var (
-	descPending = prometheus.NewDesc("edge_replication_peer_pending_sets", "This node's change sets the peer has not acknowledged.", []string{"peer"}, nil)
-	descLag     = prometheus.NewDesc("edge_replication_peer_lag_seconds", "Age of the oldest change set the peer has not acknowledged.", []string{"peer"}, nil)
-	descBytes   = prometheus.NewDesc("edge_replication_peer_bytes_total", "Bytes on replication streams with the peer, by direction.", []string{"peer", "direction"}, nil)
-	descUp      = prometheus.NewDesc("edge_replication_peer_connected", "1 while an outbound stream to the peer is up.", []string{"peer"}, nil)
+	descPending = prometheus.NewDesc("singularity_edge_replication_peer_pending_sets", "This node's change sets the peer has not acknowledged.", []string{"peer"}, nil)
+	descLag     = prometheus.NewDesc("singularity_edge_replication_peer_lag_seconds", "Age of the oldest change set the peer has not acknowledged.", []string{"peer"}, nil)
+	descBytes   = prometheus.NewDesc("singularity_edge_replication_peer_bytes_total", "Bytes on replication streams with the peer, by direction.", []string{"peer", "direction"}, nil)
+	descUp      = prometheus.NewDesc("singularity_edge_replication_peer_connected", "1 while an outbound stream to the peer is up.", []string{"peer"}, nil)
 )
 
 func (c *peerCollector) Describe(ch chan<- *prometheus.Desc) {

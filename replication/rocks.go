@@ -56,7 +56,7 @@ type RocksStore struct {
 // NewRocksStore wraps an open store.
 func NewRocksStore(s *storage.Store, cfg RocksConfig) (*RocksStore, error) {
 	r := &RocksStore{s: s, cfg: cfg, visibleLag: prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name: "edge_replication_visible_lag_seconds",
+		Name: "singularity_edge_replication_visible_lag_seconds",
 		Help: "Time from a remote change set's commit on its origin (its HLC) to its event in this node's feed, " +
 			"where the routing table and the API see it; includes the clock offset between the two nodes.",
 		// Fine around the one- and two-second goals of replication lag.

@@ -78,7 +78,7 @@ func TestVisibleLagObservesNewRemoteSets(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, mf := range mfs {
-			if mf.GetName() == "edge_replication_visible_lag_seconds" {
+			if mf.GetName() == "singularity_edge_replication_visible_lag_seconds" {
 				h = mf.GetMetric()[0].GetHistogram()
 			}
 		}
@@ -95,7 +95,7 @@ func TestVisibleLagObservesNewRemoteSets(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	mfs, _ := reg.Gather()
 	for _, mf := range mfs {
-		if mf.GetName() == "edge_replication_visible_lag_seconds" {
+		if mf.GetName() == "singularity_edge_replication_visible_lag_seconds" {
 			h = mf.GetMetric()[0].GetHistogram()
 		}
 	}

@@ -8,7 +8,7 @@
 // Lag is measured two ways. Every remote change set (the writes, their
 // audit rows and the agents' health observations) is timed by the agents
 // themselves, from its commit on its origin to its event in the
-// receiver's feed (edge_replication_visible_lag_seconds, read from each
+// receiver's feed (singularity_edge_replication_visible_lag_seconds, read from each
 // agent's /metrics before and after the writes). A sample of the writes
 // is also polled through every other agent's API, from the
 // acknowledgement to the row being readable: the end-to-end check.
@@ -390,7 +390,7 @@ type histogram struct {
 	counts []float64
 }
 
-const visibleLagMetric = "edge_replication_visible_lag_seconds_bucket"
+const visibleLagMetric = "singularity_edge_replication_visible_lag_seconds_bucket"
 
 // visibleLag reads every agent's lag histogram and sums them.
 func visibleLag(procs []*proc) (histogram, error) {

@@ -83,8 +83,8 @@ func TestDNSDiscovery(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	if agents[0].metric("edge_discovery_source_errors_total") != 0 {
-		t.Fatalf("DNS source errors: %v", agents[0].metric("edge_discovery_source_errors_total"))
+	if agents[0].metric("singularity_edge_discovery_source_errors_total") != 0 {
+		t.Fatalf("DNS source errors: %v", agents[0].metric("singularity_edge_discovery_source_errors_total"))
 	}
 }
 
@@ -125,7 +125,7 @@ func TestWrongGossipKey(t *testing.T) {
 	seed := net.JoinHostPort(addrs[0], strconv.Itoa(p.gossip()))
 	x := startAgent(t, agentConfig{name: "intruder", ip: addrs[1], ports: p, key: gossipKey(t), join: []string{seed}})
 	waitFor(t, "the intruder's packets counted", func() bool {
-		return a.metric("edge_gossip_dropped_total", `reason="decrypt"`) > 0
+		return a.metric("singularity_edge_gossip_dropped_total", `reason="decrypt"`) > 0
 	})
 	if got := a.alive(); got != "good" {
 		t.Fatalf("good's members: %s", got)
@@ -133,7 +133,7 @@ func TestWrongGossipKey(t *testing.T) {
 	if got := x.alive(); got != "intruder" {
 		t.Fatalf("intruder's members: %s", got)
 	}
-	before := a.metric("edge_gossip_dropped_total")
+	before := a.metric("singularity_edge_gossip_dropped_total")
 	c, err := net.Dial("udp", seed)
 	if err != nil {
 		t.Fatal(err)
@@ -142,7 +142,7 @@ func TestWrongGossipKey(t *testing.T) {
 	for range 3 {
 		_, _ = c.Write([]byte{0x00, 0x81, 0xa4, 'N', 'o', 'd', 'e', 0xa4, 'g', 'o', 'o', 'd'})
 	}
-	waitFor(t, "hand-made packets counted", func() bool { return a.metric("edge_gossip_dropped_total") >= before+3 })
+	waitFor(t, "hand-made packets counted", func() bool { return a.metric("singularity_edge_gossip_dropped_total") >= before+3 })
 }
 
 // Key rotation in two rolling deploys, one agent restarted at a time: the

@@ -401,7 +401,7 @@ func TestKillDuringBootstrap(t *testing.T) {
 		if m3.health() == http.StatusOK {
 			t.Fatal("m3 said ready during its bootstrap")
 		}
-		return m3.metric("edge_replication_snapshot_bytes_total", `direction="in"`) > 0
+		return m3.metric("singularity_edge_replication_snapshot_bytes_total", `direction="in"`) > 0
 	})
 	m3.kill()
 	if strings.Contains(m3.log.String(), "bootstrapped from peer") {
