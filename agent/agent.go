@@ -333,6 +333,9 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 		return fmt.Errorf("--trusted-proxies: %w", err)
 	}
 	xcfg.TrustedProxies = trusted
+	if xcfg.ProxyProtocolFrom, err = ParseTrustedProxies(cfg.ProxyProtocolFrom); err != nil {
+		return fmt.Errorf("--proxy-protocol-from: %w", err)
+	}
 	xcfg.AccessLog = cfg.AccessLog
 	xcfg.Logger = a.logger.Named("proxy")
 	xcfg.Registerer = registry

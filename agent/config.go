@@ -84,6 +84,11 @@ type Config struct {
 	// "default" = Fly's proxy range without --proxy-protocol, none with
 	// it; "none" trusts nobody.
 	TrustedProxies string
+	// ProxyProtocolFrom are CIDRs whose PROXY headers name the client
+	// (with --proxy-protocol); a header from any other peer is checked but
+	// its addresses are ignored. "default" = Fly's proxy range and
+	// loopback; "none" believes nobody.
+	ProxyProtocolFrom string
 	// BackendCAFile is a PEM bundle added to the system roots to verify
 	// backend certificates (pools may carry their own bundle instead).
 	BackendCAFile string
@@ -362,6 +367,9 @@ func (c *Config) Validate() error {
 	if _, err := ParseTrustedProxies(c.TrustedProxies); err != nil {
 		errs = append(errs, fmt.Errorf("--trusted-proxies: %w", err))
 	}
+	if _, err := ParseTrustedProxies(c.ProxyProtocolFrom); err != nil {
+		errs = append(errs, fmt.Errorf("--proxy-protocol-from: %w", err))
+	}
 	if c.MinBodyRate < 0 {
 		errs = append(errs, fmt.Errorf("--min-body-rate %d must not be negative (0 turns the bound off)", c.MinBodyRate))
 	}
@@ -387,9 +395,9 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// ParseTrustedProxies turns the --trusted-proxies value into prefixes: nil
-// for "" or "default" (the proxy's default), empty for "none", else a
-// comma-separated list of CIDRs or addresses.
+// ParseTrustedProxies turns the --trusted-proxies or --proxy-protocol-from
+// value into prefixes: nil for "" or "default" (the proxy's default),
+// empty for "none", else a comma-separated list of CIDRs or addresses.
 func ParseTrustedProxies(v string) ([]netip.Prefix, error) {
 	switch strings.TrimSpace(v) {
 	case "", "default":

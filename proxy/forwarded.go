@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/netip"
+	"slices"
 	"sync"
 )
 
@@ -10,6 +11,32 @@ import (
 // default trusted proxies of a listener without the PROXY protocol: there
 // the TCP peer is Fly's proxy, not the client.
 var FlyProxyPrefixes = []netip.Prefix{netip.MustParsePrefix("172.16.0.0/12")}
+
+// ProxyProtocolPeers are the peers whose PROXY headers a listener believes
+// by default (Config.ProxyProtocolFrom nil): Fly's proxy, and loopback for
+// a proxy on the same machine.
+var ProxyProtocolPeers = append(slices.Clone(FlyProxyPrefixes),
+	netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128"))
+
+// believesProxyHeader reports whether the PROXY header sent by peer names
+// the client.
+func (s *Server) believesProxyHeader(peer netip.Addr) bool {
+	prefixes := s.cfg.ProxyProtocolFrom
+	if prefixes == nil {
+		prefixes = ProxyProtocolPeers
+	}
+	return containsAddr(prefixes, peer)
+}
+
+func containsAddr(prefixes []netip.Prefix, a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range prefixes {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
 
 // trusts reports whether client's forwarding headers are kept. With
 // Config.TrustedProxies nil, a listener without the PROXY protocol trusts
@@ -20,13 +47,7 @@ func (s *Server) trusts(client netip.Addr, proxyProto bool) bool {
 	if prefixes == nil && !proxyProto {
 		prefixes = FlyProxyPrefixes
 	}
-	client = client.Unmap()
-	for _, p := range prefixes {
-		if p.Contains(client) {
-			return true
-		}
-	}
-	return false
+	return containsAddr(prefixes, client)
 }
 
 // appendForwardedElement appends an RFC 7239 forwarded-element for the

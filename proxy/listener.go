@@ -164,8 +164,14 @@ func (s *Server) serveConn(tc *trackedConn, kind int) {
 			s.log.Debug("proxy protocol header rejected", zap.Stringer("peer", info.client), zap.Error(err))
 			return
 		}
-		if !hdr.Local {
+		switch {
+		case hdr.Local:
+		case s.believesProxyHeader(info.client.Addr()):
 			info.client = hdr.Source
+		default:
+			s.metrics.proxyHeadersIgnored.Inc()
+			s.log.Debug("proxy protocol header from a peer outside proxy-protocol-from: its addresses are ignored",
+				zap.Stringer("peer", info.client), zap.Stringer("claimed", hdr.Source))
 		}
 		n = copy(*buf, (*buf)[used:got])
 	}

@@ -27,10 +27,13 @@ type metrics struct {
 	// limited counts clients cut or refused by a limit, by limit.
 	limited                        *prometheus.CounterVec
 	h2ResetFloods, upgradesRefused prometheus.Counter
-	exchangesRefused, slowBodies   prometheus.Counter
-	pools                          sync.Map // pool name -> *poolMetrics
-	noPool                         *poolMetrics
-	codeClasses                    [6]string
+	// proxyHeadersIgnored counts PROXY headers from peers outside
+	// Config.ProxyProtocolFrom.
+	proxyHeadersIgnored          prometheus.Counter
+	exchangesRefused, slowBodies prometheus.Counter
+	pools                        sync.Map // pool name -> *poolMetrics
+	noPool                       *poolMetrics
+	codeClasses                  [6]string
 }
 
 // poolMetrics are the cached children of one pool.
@@ -69,6 +72,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "singularity_edge_proxy_limited_total",
 			Help: "Clients cut or refused by a limit: h2_resets (HTTP/2 connection closed for cancelling too many streams), upgrades (upgrade refused, too many at once), client_exchanges (503: too many requests in flight from one client address), slow_body (a body sent or read below the minimum rate).",
 		}, []string{"limit"}),
+		proxyHeadersIgnored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "singularity_edge_proxy_protocol_ignored_total",
+			Help: "PROXY protocol headers whose addresses were ignored because the peer that sent them is not in --proxy-protocol-from (a proxy left out of that list, or a client forging its address).",
+		}),
 		codeClasses: [6]string{"other", "1xx", "2xx", "3xx", "4xx", "5xx"},
 	}
 	m.h2ResetFloods = m.limited.WithLabelValues("h2_resets")
@@ -84,7 +91,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.hsPassthrough = m.handshakes.WithLabelValues("passthrough")
 	m.noPool = m.forPool(noPoolLabel)
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.duration, m.active, m.handshakes, m.passthroughBytes, m.limited} {
+		for _, c := range []prometheus.Collector{m.requests, m.duration, m.active, m.handshakes, m.passthroughBytes, m.limited, m.proxyHeadersIgnored} {
 			if err := reg.Register(c); err != nil {
 				var are prometheus.AlreadyRegisteredError
 				if errors.As(err, &are) {

@@ -82,10 +82,19 @@ type Config struct {
 	HTTPSAddr string
 	// HTTPProxyProtocol and HTTPSProxyProtocol make the listener require a
 	// PROXY protocol v1 or v2 header on every connection (Fly.io's
-	// proxy_proto handler). The source address in it becomes the client
-	// address. A connection without a valid header is closed.
+	// proxy_proto handler). A connection without a valid header is closed.
 	HTTPProxyProtocol  bool
 	HTTPSProxyProtocol bool
+	// ProxyProtocolFrom are the peers whose PROXY header names the client:
+	// from them the header's source address becomes the client address;
+	// from any other peer the header is read and checked but its addresses
+	// are ignored, and the TCP peer stays the client (nginx's
+	// set_real_ip_from with real_ip_header proxy_protocol). Without it,
+	// anyone who can reach the listener directly (on Fly, every Machine of
+	// the organization over its private network) could claim any address.
+	// nil = ProxyProtocolPeers: Fly's proxy and loopback. An empty non-nil
+	// list believes nobody.
+	ProxyProtocolFrom []netip.Prefix
 	// AllowPoolHeader honours an X-Pool request header naming the pool,
 	// overriding the Host lookup. For trusted networks only.
 	AllowPoolHeader bool

@@ -11,11 +11,13 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/net/websocket"
 
 	"github.com/singularity-ng/singularity-edge/pools"
@@ -849,6 +851,56 @@ func TestProxyProtocol(t *testing.T) {
 			t.Fatalf("listener without PROXY support answered %q", out)
 		}
 	})
+}
+
+// TestProxyProtocolFrom: a PROXY header names the client only when the
+// peer that sent it is in ProxyProtocolFrom; from any other peer (on Fly,
+// another Machine of the organization reaching the listener directly) the
+// header is still required and checked, but the client stays the TCP peer,
+// so that the address cannot be forged.
+func TestProxyProtocolFrom(t *testing.T) {
+	backend := newEcho(t, "pp")
+	table := newTable(t, poolSpec{storage.Pool{Name: "pp", Hosts: []string{"pp.test"}}, []string{backend.URL}})
+	req := "GET / HTTP/1.1\r\nHost: pp.test\r\n\r\n"
+	forged := "PROXY TCP4 198.51.100.1 10.0.0.1 5555 80\r\n"
+	for _, tc := range []struct {
+		name        string
+		from        []netip.Prefix
+		wantIP      string
+		wantIgnored float64
+	}{
+		{"default: loopback believed", nil, "198.51.100.1", 0},
+		{"peer listed", []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, "198.51.100.1", 0},
+		{"peer not listed", []netip.Prefix{netip.MustParsePrefix("172.16.0.0/12")}, "127.0.0.1", 1},
+		{"nobody believed", []netip.Prefix{}, "127.0.0.1", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.HTTPProxyProtocol = true
+			cfg.ProxyProtocolFrom = tc.from
+			p := startProxy(t, cfg, table, nil, nil)
+			conn, err := net.Dial("tcp", p.http)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			io.WriteString(conn, forged+req)
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e := decodeEcho(t, resp); e.Header["X-Forwarded-For"][0] != tc.wantIP {
+				t.Fatalf("X-Forwarded-For %v, want %s", e.Header["X-Forwarded-For"], tc.wantIP)
+			}
+			if got := testutil.ToFloat64(p.metrics.proxyHeadersIgnored); got != tc.wantIgnored {
+				t.Fatalf("ignored PROXY headers counted %v, want %v", got, tc.wantIgnored)
+			}
+			// The header stays required from every peer.
+			if out := rawExchange(t, p.http, req, 2*time.Second); out != "" {
+				t.Fatalf("a connection without a PROXY header was answered %q", out)
+			}
+		})
+	}
 }
 
 // TestStickyCookie: the first answer pins the client, later requests with

@@ -56,6 +56,7 @@ FLY_MACHINE_ID and FLY_PRIVATE_IP set the defaults of --region, --node-name and
 	f.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "name of this node in the cluster")
 	f.StringVar(&cfg.Region, "region", cfg.Region, "region of this node; pools may prefer backends in it")
 	f.BoolVar(&cfg.ProxyProtocol, "proxy-protocol", cfg.ProxyProtocol, "expect a PROXY protocol v1/v2 header on public connections (Fly proxy_proto handler)")
+	f.StringVar(&cfg.ProxyProtocolFrom, "proxy-protocol-from", cfg.ProxyProtocolFrom, `CIDRs whose PROXY headers name the client (from other peers the header is checked, its addresses ignored): "default" (Fly's proxy and loopback), "none", or a comma-separated list`)
 	f.BoolVar(&cfg.AllowPoolHeader, "allow-pool-header", cfg.AllowPoolHeader, "let clients pick a pool with the X-Pool header")
 	f.IntVar(&cfg.PublicHTTPSPort, "public-https-port", cfg.PublicHTTPSPort, "HTTPS port put into HTTP->HTTPS redirects (0: the HTTPS listener's; 443 on Fly.io)")
 	f.StringVar(&cfg.TrustedProxies, "trusted-proxies", cfg.TrustedProxies, `CIDRs whose X-Forwarded-For/Forwarded are kept: "default" (Fly's proxy without --proxy-protocol), "none", or a comma-separated list`)
