@@ -21,10 +21,11 @@ import (
 // (pools.DefaultPool) for a create, the stored pool for an update. A few
 // defaults follow another field, and they are taken only when the request
 // leaves them out: the path and expected status of a check follow its
-// type, hash_on follows the algorithm, full_strict verifies backend
-// certificates, and a create's check timeout follows its interval.
+// type, hash_on follows the algorithm, validate_backend_cert follows
+// ssl_mode, and a create's check timeout follows its interval.
 func poolSpecOnto(p *storage.Pool, spec apitypes.PoolSpec, create bool) fielderr.List {
 	var errs fielderr.List
+	prevMode := pools.CanonicalSSLMode(p.SSLMode)
 	apply(&errs, "name", spec.Name, &p.Name)
 	apply(&errs, "algorithm", spec.Algorithm, &p.Algorithm)
 	apply(&errs, "ssl_mode", spec.SSLMode, &p.SSLMode)
@@ -96,9 +97,19 @@ func poolSpecOnto(p *storage.Pool, spec apitypes.PoolSpec, create bool) fielderr
 			p.HashOn = ""
 		}
 	}
-	if spec.SSLMode.Present() && !spec.ValidateBackendCert.Set {
-		if strings.EqualFold(strings.TrimSpace(p.SSLMode), pools.SSLModeFullStrict) {
-			p.ValidateBackendCert = true
+	// In full_strict and full the mode alone decides verification, so the
+	// flag left out is the mode's value (true, false). Leaving those modes
+	// resets it: the true a full_strict pool holds was the mode's, not a
+	// choice the operator made for off, flexible or passthrough (and rows
+	// stored before this rule cannot tell the two apart). Between those
+	// three modes it is the operator's and stays. Sent, it is validated as
+	// sent: full_strict with false and full with true are refused.
+	if !spec.ValidateBackendCert.Set {
+		switch mode := pools.CanonicalSSLMode(p.SSLMode); {
+		case pools.ModeSetsVerification(mode):
+			p.ValidateBackendCert = mode == pools.SSLModeFullStrict
+		case pools.ModeSetsVerification(prevMode):
+			p.ValidateBackendCert = false
 		}
 	}
 	if spec.OnDemandTLS.Present() && p.OnDemandTLS && !spec.OnDemandRate.Set && p.OnDemandRate == 0 {
@@ -134,6 +145,9 @@ func poolView(p storage.Pool) apitypes.Pool {
 	if allow == nil {
 		allow = []string{}
 	}
+	// What the pool does: a full row stored before the flag followed the
+	// mode may still hold true, and full never verifies.
+	verify := pools.VerifiesBackendCerts(p.SSLMode, p.ValidateBackendCert)
 	return apitypes.Pool{
 		Name:                p.Name,
 		Algorithm:           p.Algorithm,
@@ -141,7 +155,7 @@ func poolView(p storage.Pool) apitypes.Pool {
 		SSLDomain:           p.SSLDomain,
 		SSLCertID:           p.SSLCertID,
 		Hosts:               hosts,
-		ValidateBackendCert: p.ValidateBackendCert,
+		ValidateBackendCert: verify,
 		HealthCheckInterval: p.HealthCheckInterval.Milliseconds(),
 		HealthCheck: apitypes.HealthCheck{
 			Type:           p.HealthCheck.Type,

@@ -2,14 +2,17 @@ package admin
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"github.com/singularity-ng/singularity-edge/apitypes"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/singularity-ng/singularity-edge/pools"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
@@ -424,4 +427,140 @@ func TestPoolBackendTLSSettings(t *testing.T) {
 		h.do("POST", "/api/pools", tc.body).expect(t, http.StatusUnprocessableEntity, CodeInvalid, tc.field)
 	}
 	h.assertUnchanged(before, "rejected backend TLS settings")
+}
+
+// TestPoolBackendVerificationFollowsMode: validate_backend_cert is the
+// mode's value in full_strict (true) and full (false), the operator's in
+// the other modes; a request that contradicts the mode is refused. Each
+// step is checked in the store, in the API's answer, and with a real TLS
+// handshake, built the way requests build it, against a backend whose
+// self-signed certificate nothing trusts: a downgrade from full_strict to
+// full must reach it, full_strict must refuse it.
+func TestPoolBackendVerificationFollowsMode(t *testing.T) {
+	h := newHarness(t)
+	backend := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	t.Cleanup(backend.Close)
+	addr := backend.Listener.Addr().String()
+	h.createPool(map[string]any{"name": "tls", "ssl_mode": "full_strict", "hosts": []string{"tls.example.test"}})
+	b := h.createBackend("tls", map[string]any{"url": "https://" + addr})
+
+	// expect checks the stored flag, the API's view, and what a request
+	// to the backend does.
+	expect := func(step string, wantFlag, wantVerify bool) {
+		t.Helper()
+		ctx := context.Background()
+		sp, err := h.store.GetPool(ctx, "tls")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sb, err := h.store.GetBackend(ctx, b.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sp.ValidateBackendCert != wantFlag {
+			t.Fatalf("%s: stored validate_backend_cert %v, want %v", step, sp.ValidateBackendCert, wantFlag)
+		}
+		var view apitypes.Pool
+		h.do("GET", "/api/pools/tls", nil).json(t, &view)
+		if view.ValidateBackendCert != wantVerify {
+			t.Fatalf("%s: API shows validate_backend_cert %v, want %v", step, view.ValidateBackendCert, wantVerify)
+		}
+		bt := pools.NewTable([]storage.Pool{sp}, []storage.Backend{sb}, nil, pools.TableOptions{}).Pool("tls").Backend(b.ID).TLS()
+		if !bt.Enabled || bt.Verify != wantVerify {
+			t.Fatalf("%s: backend TLS %v verify %v, want TLS and verify %v", step, bt.Enabled, bt.Verify, wantVerify)
+		}
+		conn, err := tls.Dial("tcp", addr, bt.Config(nil, nil))
+		if err == nil {
+			conn.Close()
+		}
+		if (err != nil) != wantVerify {
+			t.Fatalf("%s: handshake with the self-signed backend: %v, want refused=%v", step, err, wantVerify)
+		}
+	}
+	patch := func(body string) {
+		t.Helper()
+		h.do("PATCH", "/api/pools/tls", body).expect(t, http.StatusOK, "")
+	}
+
+	expect("created full_strict", true, true)
+	patch(`{"ssl_mode":"full"}`)
+	expect("downgraded to full", false, false)
+	patch(`{"ssl_mode":"full_strict"}`)
+	expect("back to full_strict", true, true)
+	patch(`{"ssl_mode":"full","validate_backend_cert":false}`)
+	expect("full with false sent", false, false)
+
+	before := h.snapshot()
+	for _, body := range []string{
+		`{"validate_backend_cert":true}`,
+		`{"ssl_mode":"full","validate_backend_cert":true}`,
+		`{"ssl_mode":"full_strict","validate_backend_cert":false}`,
+	} {
+		r := h.do("PATCH", "/api/pools/tls", body)
+		r.expect(t, http.StatusUnprocessableEntity, CodeInvalid, "validate_backend_cert")
+	}
+	h.assertUnchanged(before, "contradicting ssl_mode and validate_backend_cert")
+
+	// Leaving full_strict resets the flag; between off, flexible and
+	// passthrough it is the operator's and stays. The https:// backend
+	// gets TLS in every mode.
+	patch(`{"ssl_mode":"full_strict"}`)
+	patch(`{"ssl_mode":"flexible"}`)
+	expect("full_strict to flexible", false, false)
+	if nb := h.createBackend("tls", map[string]any{"url": "https://127.0.0.2:9443"}); nb.Scheme != "https" {
+		t.Fatalf("https:// backend added to a flexible pool as %+v", nb)
+	}
+	patch(`{"validate_backend_cert":true}`)
+	expect("flexible, verification asked for", true, true)
+	patch(`{"ssl_mode":"off"}`)
+	expect("flexible to off", true, true)
+	patch(`{"ssl_mode":"full"}`)
+	expect("off to full", false, false)
+
+	// A full row written before the flag followed the mode still holds
+	// true: it does not verify, the API says so, and the next write of the
+	// pool stores the mode's value.
+	sp, err := h.store.GetPool(context.Background(), "tls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp.ValidateBackendCert = true
+	if _, err := h.store.Update(context.Background(), func(tx *storage.Tx) error { return tx.PutPool(&sp) }); err != nil {
+		t.Fatal(err)
+	}
+	expect("stored full row with the flag set", true, false)
+	patch(`{"fail_open":true}`)
+	expect("stored full row after a write", false, false)
+}
+
+// TestPoolMaxFails: max_fails left out is the default (3); 0 and -1 turn
+// passive checks off and are stored as sent; other values are refused.
+func TestPoolMaxFails(t *testing.T) {
+	h := newHarness(t)
+	stored := func(name string) int {
+		t.Helper()
+		p, err := h.store.GetPool(context.Background(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.HealthCheck.MaxFails
+	}
+	h.createPool(map[string]any{"name": "dflt"})
+	h.createPool(map[string]any{"name": "zero", "health_check": map[string]any{"max_fails": 0}})
+	h.createPool(map[string]any{"name": "minus", "health_check": map[string]any{"max_fails": -1}})
+	for name, want := range map[string]int{"dflt": pools.DefaultMaxFails, "zero": 0, "minus": -1} {
+		if got := stored(name); got != want {
+			t.Errorf("pool %s: stored max_fails %d, want %d", name, got, want)
+		}
+	}
+	h.do("PATCH", "/api/pools/dflt", `{"health_check":{"max_fails":0}}`).expect(t, http.StatusOK, "")
+	if got := stored("dflt"); got != 0 {
+		t.Errorf("after PATCH max_fails 0: stored %d", got)
+	}
+	before := h.snapshot()
+	for _, v := range []int{-2, pools.MaxMaxFails + 1} {
+		h.do("PATCH", "/api/pools/dflt", fmt.Sprintf(`{"health_check":{"max_fails":%d}}`, v)).
+			expect(t, http.StatusUnprocessableEntity, CodeInvalid, "health_check.max_fails")
+	}
+	h.assertUnchanged(before, "refused max_fails")
 }

@@ -126,7 +126,7 @@ type HealthCheckSpec struct {
 	Timeout        Optional[int64]  `json:"timeout,omitzero"`         // milliseconds
 	Rise           Optional[int]    `json:"rise,omitzero"`
 	Fall           Optional[int]    `json:"fall,omitzero"`
-	MaxFails       Optional[int]    `json:"max_fails,omitzero"` // -1 disables passive checks
+	MaxFails       Optional[int]    `json:"max_fails,omitzero"` // 0 or -1: passive checks off
 	Cooldown       Optional[int64]  `json:"cooldown,omitzero"`  // milliseconds
 }
 
@@ -172,7 +172,7 @@ type HealthCheck struct {
 	Timeout        int64  `json:"timeout"` // milliseconds
 	Rise           int    `json:"rise"`
 	Fall           int    `json:"fall"`
-	MaxFails       int    `json:"max_fails"` // -1: passive checks off
+	MaxFails       int    `json:"max_fails"` // 0 or -1: passive checks off
 	Cooldown       int64  `json:"cooldown"`  // milliseconds
 }
 

@@ -21,10 +21,11 @@ import (
 // unverifiable certificate in full_strict mode) fails its health check too.
 type BackendTLS struct {
 	// Enabled: the backend leg is TLS (pool mode full or full_strict, or
-	// the backend's scheme is https).
+	// the backend's scheme is https, whatever the pool's mode).
 	Enabled bool
-	// Verify: the certificate chain and name are checked (full_strict,
-	// the pool's validate_backend_cert or the backend's ssl_verify).
+	// Verify: the certificate chain and name are checked (full_strict;
+	// validate_backend_cert in off, flexible and passthrough pools; the
+	// backend's ssl_verify in any pool).
 	Verify bool
 	// ServerName is sent as SNI and verified: the pool's
 	// backend_server_name, else the backend's host. Empty for a plain
@@ -160,14 +161,18 @@ func newBackendTLS(p *Pool, b *Backend, roots *x509.CertPool, rootsID string, cl
 	return t
 }
 
-// tlsLeg reports whether the agent speaks TLS to b.
+// tlsLeg reports whether the agent speaks TLS to b. An https:// backend
+// gets TLS in every mode: the scheme is what the operator wrote for that
+// backend, and off and flexible describe the client's side.
 func tlsLeg(p *Pool, b *Backend) bool {
 	return p.SSLMode == SSLModeFull || p.SSLMode == SSLModeFullStrict || b.Scheme == "https"
 }
 
-// verifies reports whether b's certificate is verified.
+// verifies reports whether b's certificate is verified: as the pool's mode
+// and validate_backend_cert say (VerifiesBackendCerts), or because the
+// backend itself asks with ssl_verify.
 func verifies(p *Pool, b *Backend) bool {
-	return p.SSLMode == SSLModeFullStrict || p.ValidateBackendCert || b.SSLVerify
+	return VerifiesBackendCerts(p.SSLMode, p.ValidateBackendCert) || b.SSLVerify
 }
 
 // ParseCABundle parses a PEM bundle of CA certificates; it fails when the

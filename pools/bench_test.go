@@ -190,7 +190,7 @@ func BenchmarkPatchPool(b *testing.B) {
 	t := NewTable(ps, bs, nil, TableOptions{CookieKey: []byte("k")})
 	prev := t.Pool(ps[0].Name)
 	sp := ps[0]
-	if err := NormalizePool(&sp); err != nil {
+	if err := testPoolRow(&sp); err != nil {
 		b.Fatal(err)
 	}
 	var changes []backendChange
@@ -225,7 +225,7 @@ func BenchmarkPersistFewActive(b *testing.B) {
 	if _, err := st.Update(ctx, func(tx *storage.Tx) error {
 		for i := range ps {
 			ps[i].HealthCheckInterval = time.Hour
-			if err := NormalizePool(&ps[i]); err != nil {
+			if err := testPoolRow(&ps[i]); err != nil {
 				return err
 			}
 			if err := tx.PutPool(&ps[i]); err != nil {

@@ -212,12 +212,12 @@ func TestPickBeginEndDoesNotAllocate(t *testing.T) {
 
 func backendFor(t testing.TB, id, pool, rawURL string) storage.Backend {
 	t.Helper()
-	host, port, scheme, err := ParseBackendURL(rawURL)
+	host, port, scheme, err := testBackendURL(rawURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	b := storage.Backend{ID: id, PoolName: pool, Host: host, Port: port, Scheme: scheme}
-	if err := NormalizeBackend(&b); err != nil {
+	if err := testBackendRow(&b); err != nil {
 		t.Fatal(err)
 	}
 	return b

@@ -37,8 +37,8 @@ func openStore(t *testing.T, dir string) *storage.Store {
 
 func putPool(t *testing.T, st *storage.Store, p storage.Pool) {
 	t.Helper()
-	if err := NormalizePool(&p); err != nil {
-		t.Fatalf("NormalizePool: %v", err)
+	if err := testPoolRow(&p); err != nil {
+		t.Fatalf("testPoolRow: %v", err)
 	}
 	if _, err := st.Update(context.Background(), func(tx *storage.Tx) error { return tx.PutPool(&p) }); err != nil {
 		t.Fatalf("put pool: %v", err)
@@ -47,8 +47,8 @@ func putPool(t *testing.T, st *storage.Store, p storage.Pool) {
 
 func putBackend(t *testing.T, st *storage.Store, b storage.Backend) {
 	t.Helper()
-	if err := NormalizeBackend(&b); err != nil {
-		t.Fatalf("NormalizeBackend: %v", err)
+	if err := testBackendRow(&b); err != nil {
+		t.Fatalf("testBackendRow: %v", err)
 	}
 	if _, err := st.Update(context.Background(), func(tx *storage.Tx) error { return tx.PutBackend(&b) }); err != nil {
 		t.Fatalf("put backend: %v", err)

@@ -68,8 +68,8 @@ func testPatchesMatchFullBuild(t *testing.T, hash func(maphash.Seed, string) uin
 			Scheme: []string{"http", "https"}[rnd.IntN(2)], SSLVerify: rnd.IntN(2) == 0}
 	}
 	put := func(b storage.Backend) {
-		if err := NormalizeBackend(&b); err != nil {
-			t.Fatalf("NormalizeBackend: %v", err)
+		if err := testBackendRow(&b); err != nil {
+			t.Fatalf("testBackendRow: %v", err)
 		}
 		putBackend(t, st, b)
 		live[b.ID] = b
@@ -122,7 +122,7 @@ func testPatchesMatchFullBuild(t *testing.T, hash func(maphash.Seed, string) uin
 			}
 			var ps []storage.Pool
 			for _, p := range pools {
-				if err := NormalizePool(&p); err != nil {
+				if err := testPoolRow(&p); err != nil {
 					t.Fatal(err)
 				}
 				ps = append(ps, p)
@@ -302,7 +302,7 @@ func TestManagerReadsBulkChangesFromStore(t *testing.T) {
 		update(t, st, func(tx *storage.Tx) error {
 			for j := i; j < min(i+1000, n); j++ {
 				b := storage.Backend{ID: fmt.Sprintf("bulk-%05d", j), PoolName: "bulk", Host: "127.0.0.2", Port: 1 + j%1000}
-				if err := NormalizeBackend(&b); err != nil {
+				if err := testBackendRow(&b); err != nil {
 					return err
 				}
 				if err := tx.PutBackend(&b); err != nil {

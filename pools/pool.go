@@ -17,7 +17,7 @@ import (
 // unhealthy, ejected, draining or excluded. The proxy answers 503.
 var ErrNoBackend = errors.New("pools: no available backend")
 
-// Runtime floors that keep bad stored data (which skipped NormalizePool,
+// Runtime floors that keep bad stored data (which skipped ValidatePool,
 // e.g. written by a peer running an older version) from spinning a checker.
 const (
 	minRuntimeInterval = 50 * time.Millisecond

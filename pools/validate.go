@@ -50,7 +50,7 @@ const (
 	hashOnHeaderPrefix = "header:"
 )
 
-// Defaults and bounds applied by NormalizePool and NormalizeBackend.
+// Defaults (for the fields a create request leaves out) and bounds.
 const (
 	DefaultAlgorithm           = AlgorithmRoundRobin
 	DefaultSSLMode             = SSLModeOff
@@ -64,8 +64,10 @@ const (
 	MaxRiseFall                = 10
 	DefaultMaxFails            = 3
 	MaxMaxFails                = 100
-	// PassiveDisabled as health_check.max_fails turns passive ejection off.
-	// Zero on input means "use the default".
+	// PassiveDisabled as health_check.max_fails turns passive ejection off,
+	// as 0 does (nginx's max_fails=0); -1 is the older spelling, still
+	// accepted and stored as sent. DefaultMaxFails is only for a request
+	// that leaves max_fails out.
 	PassiveDisabled  = -1
 	DefaultCooldown  = 30 * time.Second
 	MinCooldown      = time.Second
@@ -92,8 +94,8 @@ func Algorithms() []string {
 	}
 }
 
-// SSLModes lists the SSL modes accepted by NormalizePool ("terminate" is
-// also accepted and stored as "flexible").
+// SSLModes lists the SSL modes ValidatePool accepts ("terminate" is also
+// accepted and stored as "flexible").
 func SSLModes() []string {
 	return []string{SSLModeOff, SSLModeFlexible, SSLModeFull, SSLModeFullStrict, SSLModePassthrough}
 }
@@ -107,12 +109,25 @@ func algorithmKnown(a string) bool {
 	return false
 }
 
-// DefaultPool returns a pool with every default filled: what a create
-// request starts from before the fields the client sent are applied.
+// DefaultPool returns the pool a create request starts from before the
+// fields the client sent are applied: every field the API has a default
+// for, at that default. It fills nothing in an existing pool: a zero the
+// client sent is validated as zero (max_fails 0 turns passive checks off),
+// never taken for a field left out.
 func DefaultPool() storage.Pool {
-	var p storage.Pool
-	FillPoolDefaults(&p)
-	return p
+	return storage.Pool{
+		Algorithm:           DefaultAlgorithm,
+		SSLMode:             DefaultSSLMode,
+		HealthCheckInterval: DefaultHealthCheckInterval,
+		HealthCheck: storage.HealthCheck{
+			Type:     HealthCheckTCP,
+			Timeout:  DefaultTimeoutFor(DefaultHealthCheckInterval),
+			Rise:     DefaultRise,
+			Fall:     DefaultFall,
+			MaxFails: DefaultMaxFails,
+			Cooldown: DefaultCooldown,
+		},
+	}
 }
 
 // DefaultTimeoutFor is the health check timeout used when none is given:
@@ -125,59 +140,39 @@ func DefaultTimeoutFor(interval time.Duration) time.Duration {
 	return DefaultHealthCheckTimeout
 }
 
-// FillPoolDefaults sets every zero field of p that has a default. It is
-// for pools built in code; the admin API fills defaults only for the
-// fields a request left out (a field sent as 0 is validated as 0).
-func FillPoolDefaults(p *storage.Pool) {
-	if strings.TrimSpace(p.Algorithm) == "" {
-		p.Algorithm = DefaultAlgorithm
+// CanonicalSSLMode returns mode the way it is stored: trimmed, lower case,
+// and the seed's "terminate" spelled flexible. An unknown mode comes back
+// lower-cased for ValidatePool to refuse.
+func CanonicalSSLMode(mode string) string {
+	mode = strings.ToLower(strings.TrimSpace(mode))
+	if mode == sslModeTerminate {
+		return SSLModeFlexible
 	}
-	if strings.TrimSpace(p.SSLMode) == "" {
-		p.SSLMode = DefaultSSLMode
-	}
-	if strings.EqualFold(strings.TrimSpace(p.SSLMode), SSLModeFullStrict) {
-		p.ValidateBackendCert = true
-	}
-	if p.HealthCheckInterval == 0 {
-		p.HealthCheckInterval = DefaultHealthCheckInterval
-	}
-	hc := &p.HealthCheck
-	if strings.TrimSpace(hc.Type) == "" {
-		hc.Type = HealthCheckTCP
-	}
-	if t := strings.ToLower(strings.TrimSpace(hc.Type)); (t == HealthCheckHTTP || t == HealthCheckHTTPS) && hc.Path == "" {
-		hc.Path = "/"
-	}
-	if hc.Timeout == 0 {
-		hc.Timeout = DefaultTimeoutFor(p.HealthCheckInterval)
-	}
-	if hc.Rise == 0 {
-		hc.Rise = DefaultRise
-	}
-	if hc.Fall == 0 {
-		hc.Fall = DefaultFall
-	}
-	if hc.MaxFails == 0 {
-		hc.MaxFails = DefaultMaxFails
-	}
-	if hc.Cooldown == 0 {
-		hc.Cooldown = DefaultCooldown
-	}
-	if strings.TrimSpace(p.HashOn) == "" && strings.EqualFold(strings.TrimSpace(p.Algorithm), AlgorithmConsistentHash) {
-		p.HashOn = HashOnClientIP
-	}
-	if p.OnDemandTLS && p.OnDemandRate == 0 {
-		p.OnDemandRate = DefaultOnDemandRate
-	}
+	return mode
 }
 
-// NormalizePool lower-cases p's name, fills the defaults of zero fields
-// (FillPoolDefaults) and validates (ValidatePool). It is for pools built
-// in code and tests; the admin API uses ValidatePool on what was sent.
-func NormalizePool(p *storage.Pool) error {
-	p.Name = strings.ToLower(strings.TrimSpace(p.Name))
-	FillPoolDefaults(p)
-	return ValidatePool(p)
+// ModeSetsVerification reports whether ssl_mode alone decides if backend
+// certificates are verified: full_strict always verifies and full never
+// does, so for those two modes validate_backend_cert is part of the mode
+// (true and false) rather than a choice of its own.
+func ModeSetsVerification(mode string) bool {
+	return mode == SSLModeFull || mode == SSLModeFullStrict
+}
+
+// VerifiesBackendCerts reports whether a pool with this ssl_mode and
+// validate_backend_cert verifies its backends' certificates (a backend's
+// own ssl_verify may ask for it too): full_strict always, full never, the
+// other modes when validate_backend_cert says so. A full pool whose row
+// still holds validate_backend_cert true (stored before the flag followed
+// the mode) does not verify: full is what its operator chose.
+func VerifiesBackendCerts(mode string, validateBackendCert bool) bool {
+	switch mode {
+	case SSLModeFullStrict:
+		return true
+	case SSLModeFull:
+		return false
+	}
+	return validateBackendCert
 }
 
 // ValidatePool validates every field of p and the combinations of fields,
@@ -200,12 +195,13 @@ func ValidatePool(p *storage.Pool) error {
 		errs.Add("algorithm", fmt.Sprintf("unknown algorithm %q; valid: %s", p.Algorithm, strings.Join(Algorithms(), ", ")))
 	}
 
-	p.SSLMode = strings.ToLower(strings.TrimSpace(p.SSLMode))
-	if p.SSLMode == sslModeTerminate {
-		p.SSLMode = SSLModeFlexible
-	}
+	p.SSLMode = CanonicalSSLMode(p.SSLMode)
 	switch p.SSLMode {
-	case SSLModeOff, SSLModeFlexible, SSLModeFull, SSLModePassthrough:
+	case SSLModeOff, SSLModeFlexible, SSLModePassthrough:
+	case SSLModeFull:
+		if p.ValidateBackendCert {
+			errs.Add("validate_backend_cert", "ssl_mode full never verifies backend certificates; leave validate_backend_cert out or set it to false (or use ssl_mode full_strict to verify them)")
+		}
 	case SSLModeFullStrict:
 		if !p.ValidateBackendCert {
 			errs.Add("validate_backend_cert", "full_strict always verifies backend certificates; leave validate_backend_cert out or set it to true (or use ssl_mode full)")
@@ -417,28 +413,6 @@ func DefaultPort(scheme string) int {
 	return 80
 }
 
-// FillBackendDefaults sets the zero fields of b that have a default
-// (scheme http, the scheme's port, weight 1). It is for backends built in
-// code; the admin API fills only the fields a request left out.
-func FillBackendDefaults(b *storage.Backend) {
-	if strings.TrimSpace(b.Scheme) == "" {
-		b.Scheme = "http"
-	}
-	if b.Port == 0 {
-		b.Port = DefaultPort(strings.ToLower(strings.TrimSpace(b.Scheme)))
-	}
-	if b.Weight == 0 {
-		b.Weight = DefaultWeight
-	}
-}
-
-// NormalizeBackend fills defaults (FillBackendDefaults) and validates
-// (ValidateBackend).
-func NormalizeBackend(b *storage.Backend) error {
-	FillBackendDefaults(b)
-	return ValidateBackend(b)
-}
-
 // ValidateBackend validates every field of b without filling defaults;
 // host, scheme and region are stored in lower case. The error is a
 // *fielderr.Error.
@@ -504,25 +478,6 @@ func BackendMismatch(p *storage.Pool, b *storage.Backend) (field, msg string) {
 	return "", ""
 }
 
-// ParseBackendURL splits a backend URL such as "http://10.0.1.10:8080" into
-// host, port and scheme. The scheme defaults to http and the port to the
-// scheme's (80 or 443). Paths, queries, fragments and user info are
-// rejected: a backend is an address, not a resource. IPv6 literals come in
-// brackets ("http://[::1]:8080") and are returned without them.
-func ParseBackendURL(raw string) (host string, port int, scheme string, err error) {
-	u, err := SplitBackendURL(raw)
-	if err != nil {
-		return "", 0, "", err
-	}
-	if u.Scheme == "" {
-		u.Scheme = "http"
-	}
-	if u.Port == 0 {
-		u.Port = DefaultPort(u.Scheme)
-	}
-	return u.Host, u.Port, u.Scheme, nil
-}
-
 // BackendURL is a backend URL taken apart. Scheme is "" and Port 0 when
 // the URL leaves them out, so a caller can tell a default from a value
 // that was written.
@@ -532,7 +487,12 @@ type BackendURL struct {
 	Scheme string
 }
 
-// SplitBackendURL is ParseBackendURL without the defaults.
+// SplitBackendURL splits a backend URL such as "http://10.0.1.10:8080"
+// into host, port and scheme, without defaults: what the URL leaves out
+// stays zero (the caller picks the scheme from the pool's mode, the port
+// from the scheme). Paths, queries, fragments and user info are refused:
+// a backend is an address, not a resource. IPv6 literals come in brackets
+// ("http://[::1]:8080") and are returned without them.
 func SplitBackendURL(raw string) (BackendURL, error) {
 	fail := func(msg string) (BackendURL, error) {
 		return BackendURL{}, fielderr.New("url", msg)

@@ -11,93 +11,97 @@ import (
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
-func TestNormalizePoolDefaults(t *testing.T) {
-	p := storage.Pool{Name: "  Web-1 ", SSLDomain: "Example.COM", Hosts: []string{"WWW.example.com", "example.com", "*.Apps.Example.com"}}
-	if err := NormalizePool(&p); err != nil {
-		t.Fatalf("NormalizePool: %v", err)
-	}
+// TestDefaultPool: the pool a create request starts from, with the
+// defaults for the fields a request leaves out; it validates as it is.
+func TestDefaultPool(t *testing.T) {
+	p := DefaultPool()
 	want := storage.Pool{
-		Name:      "web-1",
-		Algorithm: AlgorithmRoundRobin,
-		SSLMode:   SSLModeOff,
-		SSLDomain: "example.com",
-		// A host equal to ssl_domain stays: changing one field never
-		// edits another.
-		Hosts:               []string{"www.example.com", "example.com", "*.apps.example.com"},
+		Algorithm:           AlgorithmRoundRobin,
+		SSLMode:             SSLModeOff,
 		HealthCheckInterval: 10 * time.Second,
 		HealthCheck: storage.HealthCheck{
 			Type: HealthCheckTCP, Timeout: 2 * time.Second, Rise: 2, Fall: 3, MaxFails: 3, Cooldown: 30 * time.Second,
 		},
 	}
 	if fmt.Sprint(p) != fmt.Sprint(want) {
-		t.Fatalf("normalized pool\n got %+v\nwant %+v", p, want)
+		t.Fatalf("default pool\n got %+v\nwant %+v", p, want)
 	}
-
-	// Normalizing twice changes nothing.
-	again := p
-	again.Hosts = append([]string(nil), p.Hosts...)
-	if err := NormalizePool(&again); err != nil || fmt.Sprint(again) != fmt.Sprint(p) {
-		t.Fatalf("second normalization: err=%v\n got %+v\nwant %+v", err, again, p)
+	p.Name = "web"
+	if err := ValidatePool(&p); err != nil {
+		t.Fatalf("the default pool does not validate: %v", err)
 	}
 }
 
-func TestNormalizePoolConversions(t *testing.T) {
+// TestValidatePoolConversions: the spellings ValidatePool stores
+// differently from how they were sent (case, the seed's mode name, header
+// names), and values it keeps as sent.
+func TestValidatePoolConversions(t *testing.T) {
+	pool := func(mut func(p *storage.Pool)) storage.Pool {
+		p := DefaultPool()
+		p.Name = "a"
+		mut(&p)
+		return p
+	}
 	tests := []struct {
 		name  string
 		in    storage.Pool
 		check func(t *testing.T, p storage.Pool)
 	}{
-		{"terminate is flexible", storage.Pool{Name: "a", SSLMode: "Terminate", SSLDomain: "a.example.com"}, func(t *testing.T, p storage.Pool) {
+		{"host names lower-cased", pool(func(p *storage.Pool) {
+			p.SSLDomain, p.Hosts = "Example.COM", []string{"WWW.example.com", "example.com", "*.Apps.Example.com"}
+		}), func(t *testing.T, p storage.Pool) {
+			// A host equal to ssl_domain stays: changing one field never
+			// edits another.
+			if p.SSLDomain != "example.com" || strings.Join(p.Hosts, ",") != "www.example.com,example.com,*.apps.example.com" {
+				t.Errorf("ssl_domain %q hosts %v", p.SSLDomain, p.Hosts)
+			}
+		}},
+		{"terminate is flexible", pool(func(p *storage.Pool) { p.SSLMode, p.SSLDomain = "Terminate", "a.example.com" }), func(t *testing.T, p storage.Pool) {
 			if p.SSLMode != SSLModeFlexible {
 				t.Errorf("ssl_mode = %q", p.SSLMode)
 			}
 		}},
-		{"full_strict validates", storage.Pool{Name: "a", SSLMode: "full_strict", Hosts: []string{"a.example.com"}}, func(t *testing.T, p storage.Pool) {
-			if !p.ValidateBackendCert {
-				t.Error("validate_backend_cert not set for full_strict")
-			}
-		}},
-		{"consistent hash defaults to client ip", storage.Pool{Name: "a", Algorithm: "CONSISTENT_HASH"}, func(t *testing.T, p storage.Pool) {
+		{"algorithm lower-cased", pool(func(p *storage.Pool) { p.Algorithm, p.HashOn = "CONSISTENT_HASH", "client_ip" }), func(t *testing.T, p storage.Pool) {
 			if p.Algorithm != AlgorithmConsistentHash || p.HashOn != HashOnClientIP {
 				t.Errorf("algorithm %q hash_on %q", p.Algorithm, p.HashOn)
 			}
 		}},
-		{"header hash canonicalized", storage.Pool{Name: "a", Algorithm: AlgorithmConsistentHash, HashOn: "Header:x-user-id"}, func(t *testing.T, p storage.Pool) {
+		{"header hash canonicalized", pool(func(p *storage.Pool) { p.Algorithm, p.HashOn = AlgorithmConsistentHash, "Header:x-user-id" }), func(t *testing.T, p storage.Pool) {
 			if p.HashOn != "header:X-User-Id" {
 				t.Errorf("hash_on %q", p.HashOn)
 			}
 		}},
-		{"http check path default", storage.Pool{Name: "a", HealthCheck: storage.HealthCheck{Type: "HTTP"}}, func(t *testing.T, p storage.Pool) {
+		{"check type lower-cased", pool(func(p *storage.Pool) { p.HealthCheck.Type, p.HealthCheck.Path = "HTTP", "/" }), func(t *testing.T, p storage.Pool) {
 			if p.HealthCheck.Type != "http" || p.HealthCheck.Path != "/" {
 				t.Errorf("health_check %+v", p.HealthCheck)
 			}
 		}},
-		{"short interval shortens default timeout", storage.Pool{Name: "a", HealthCheckInterval: time.Second}, func(t *testing.T, p storage.Pool) {
-			if p.HealthCheck.Timeout != 500*time.Millisecond {
-				t.Errorf("timeout %s", p.HealthCheck.Timeout)
-			}
-		}},
-		{"passive checks can be disabled", storage.Pool{Name: "a", HealthCheck: storage.HealthCheck{MaxFails: PassiveDisabled}}, func(t *testing.T, p storage.Pool) {
+		{"max_fails -1 kept", pool(func(p *storage.Pool) { p.HealthCheck.MaxFails = PassiveDisabled }), func(t *testing.T, p storage.Pool) {
 			if p.HealthCheck.MaxFails != PassiveDisabled {
 				t.Errorf("max_fails %d", p.HealthCheck.MaxFails)
 			}
 		}},
-		{"every algorithm accepted", storage.Pool{Name: "a", Algorithm: AlgorithmPowerOfTwoChoices}, func(t *testing.T, p storage.Pool) {}},
-		{"sticky cookie", storage.Pool{Name: "a", StickyCookie: "edge_sticky"}, func(t *testing.T, p storage.Pool) {}},
-		{"metadata", storage.Pool{Name: "a", Metadata: map[string]string{"team": "web", "fly/app": "x"}}, func(t *testing.T, p storage.Pool) {}},
+		{"max_fails 0 kept", pool(func(p *storage.Pool) { p.HealthCheck.MaxFails = 0 }), func(t *testing.T, p storage.Pool) {
+			if p.HealthCheck.MaxFails != 0 {
+				t.Errorf("max_fails %d", p.HealthCheck.MaxFails)
+			}
+		}},
+		{"every algorithm accepted", pool(func(p *storage.Pool) { p.Algorithm = AlgorithmPowerOfTwoChoices }), func(t *testing.T, p storage.Pool) {}},
+		{"sticky cookie", pool(func(p *storage.Pool) { p.StickyCookie = "edge_sticky" }), func(t *testing.T, p storage.Pool) {}},
+		{"metadata", pool(func(p *storage.Pool) { p.Metadata = map[string]string{"team": "web", "fly/app": "x"} }), func(t *testing.T, p storage.Pool) {}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := tt.in
-			if err := NormalizePool(&p); err != nil {
-				t.Fatalf("NormalizePool: %v", err)
+			if err := ValidatePool(&p); err != nil {
+				t.Fatalf("ValidatePool: %v", err)
 			}
 			tt.check(t, p)
 		})
 	}
 }
 
-func TestNormalizePoolRejects(t *testing.T) {
+func TestValidatePoolRejects(t *testing.T) {
 	big := make(map[string]string)
 	for i := 0; i <= MaxMetadataPairs; i++ {
 		big[fmt.Sprintf("k%d", i)] = "v"
@@ -107,7 +111,8 @@ func TestNormalizePoolRejects(t *testing.T) {
 		manyHosts[i] = fmt.Sprintf("h%d.example.com", i)
 	}
 	base := func(mod func(p *storage.Pool)) storage.Pool {
-		p := storage.Pool{Name: "web"}
+		p := DefaultPool()
+		p.Name = "web"
 		mod(&p)
 		return p
 	}
@@ -187,14 +192,15 @@ func TestNormalizePoolRejects(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := tt.pool
-			expectFieldError(t, NormalizePool(&p), tt.field, tt.message)
+			expectFieldError(t, ValidatePool(&p), tt.field, tt.message)
 		})
 	}
 }
 
-func TestNormalizePoolReportsEveryField(t *testing.T) {
-	p := storage.Pool{Name: "", Algorithm: "x", SSLMode: "y", HealthCheck: storage.HealthCheck{Rise: 50}}
-	list, ok := fielderr.From(NormalizePool(&p))
+func TestValidatePoolReportsEveryField(t *testing.T) {
+	p := DefaultPool()
+	p.Algorithm, p.SSLMode, p.HealthCheck.Rise = "x", "y", 50
+	list, ok := fielderr.From(ValidatePool(&p))
 	if !ok {
 		t.Fatal("not a field error")
 	}
@@ -209,24 +215,24 @@ func TestNormalizePoolReportsEveryField(t *testing.T) {
 	}
 }
 
-func TestNormalizeBackend(t *testing.T) {
+// TestValidateBackendNormalizes: the spellings ValidateBackend stores
+// differently from how they were sent.
+func TestValidateBackendNormalizes(t *testing.T) {
 	tests := []struct {
 		name string
 		in   storage.Backend
 		want storage.Backend
 	}{
-		{"defaults http", storage.Backend{PoolName: "Web", Host: "10.0.1.10"},
-			storage.Backend{PoolName: "web", Host: "10.0.1.10", Port: 80, Scheme: "http", Weight: 1}},
-		{"defaults https", storage.Backend{PoolName: "web", Host: "API.Internal.", Scheme: "HTTPS", Region: "IAD"},
+		{"lower case", storage.Backend{PoolName: "Web", Host: "API.Internal.", Port: 443, Scheme: "HTTPS", Weight: 1, Region: "IAD"},
 			storage.Backend{PoolName: "web", Host: "api.internal", Port: 443, Scheme: "https", Weight: 1, Region: "iad"}},
-		{"ipv6 brackets", storage.Backend{ID: "b-1_x.y", PoolName: "web", Host: "[2001:DB8::1]", Port: 8080, Weight: 1000},
+		{"ipv6 brackets", storage.Backend{ID: "b-1_x.y", PoolName: "web", Host: "[2001:DB8::1]", Port: 8080, Scheme: "http", Weight: 1000},
 			storage.Backend{ID: "b-1_x.y", PoolName: "web", Host: "2001:db8::1", Port: 8080, Scheme: "http", Weight: 1000}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			b := tt.in
-			if err := NormalizeBackend(&b); err != nil {
-				t.Fatalf("NormalizeBackend: %v", err)
+			if err := ValidateBackend(&b); err != nil {
+				t.Fatalf("ValidateBackend: %v", err)
 			}
 			if fmt.Sprint(b) != fmt.Sprint(tt.want) {
 				t.Fatalf("got %+v\nwant %+v", b, tt.want)
@@ -235,9 +241,9 @@ func TestNormalizeBackend(t *testing.T) {
 	}
 }
 
-func TestNormalizeBackendRejects(t *testing.T) {
+func TestValidateBackendRejects(t *testing.T) {
 	base := func(mod func(b *storage.Backend)) storage.Backend {
-		b := storage.Backend{PoolName: "web", Host: "10.0.0.1"}
+		b := storage.Backend{PoolName: "web", Host: "10.0.0.1", Port: 80, Scheme: "http", Weight: 1}
 		mod(&b)
 		return b
 	}
@@ -270,12 +276,14 @@ func TestNormalizeBackendRejects(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			b := tt.b
-			expectFieldError(t, NormalizeBackend(&b), tt.field, tt.message)
+			expectFieldError(t, ValidateBackend(&b), tt.field, tt.message)
 		})
 	}
 }
 
-func TestParseBackendURL(t *testing.T) {
+// TestSplitBackendURL: what a URL leaves out stays zero, so that the
+// caller can tell it from a value that was written.
+func TestSplitBackendURL(t *testing.T) {
 	tests := []struct {
 		raw    string
 		host   string
@@ -283,28 +291,28 @@ func TestParseBackendURL(t *testing.T) {
 		scheme string
 	}{
 		{"http://10.0.1.10:8080", "10.0.1.10", 8080, "http"},
-		{"https://api.example.com", "api.example.com", 443, "https"},
+		{"https://api.example.com", "api.example.com", 0, "https"},
 		{"HTTP://API.Example.com:81/", "api.example.com", 81, "http"},
-		{"10.0.0.1:9000", "10.0.0.1", 9000, "http"},
-		{"backend.internal", "backend.internal", 80, "http"},
+		{"10.0.0.1:9000", "10.0.0.1", 9000, ""},
+		{"backend.internal", "backend.internal", 0, ""},
 		{"http://[::1]:8080", "::1", 8080, "http"},
-		{"https://[2001:db8::1]", "2001:db8::1", 443, "https"},
+		{"https://[2001:db8::1]", "2001:db8::1", 0, "https"},
 		{" http://a.b:1 ", "a.b", 1, "http"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.raw, func(t *testing.T) {
-			host, port, scheme, err := ParseBackendURL(tt.raw)
+			u, err := SplitBackendURL(tt.raw)
 			if err != nil {
-				t.Fatalf("ParseBackendURL: %v", err)
+				t.Fatalf("SplitBackendURL: %v", err)
 			}
-			if host != tt.host || port != tt.port || scheme != tt.scheme {
-				t.Fatalf("got %q %d %q, want %q %d %q", host, port, scheme, tt.host, tt.port, tt.scheme)
+			if u.Host != tt.host || u.Port != tt.port || u.Scheme != tt.scheme {
+				t.Fatalf("got %q %d %q, want %q %d %q", u.Host, u.Port, u.Scheme, tt.host, tt.port, tt.scheme)
 			}
 		})
 	}
 }
 
-func TestParseBackendURLRejects(t *testing.T) {
+func TestSplitBackendURLRejects(t *testing.T) {
 	tests := []struct{ raw, message string }{
 		{"", "required"},
 		{"ftp://a.b", "http or https"},
@@ -330,15 +338,16 @@ func TestParseBackendURLRejects(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.raw, func(t *testing.T) {
-			_, _, _, err := ParseBackendURL(tt.raw)
+			_, err := SplitBackendURL(tt.raw)
 			expectFieldError(t, err, "url", tt.message)
 		})
 	}
 }
 
-// FuzzParseBackendURL checks that any accepted URL yields a backend that
-// NormalizeBackend accepts unchanged, and that errors are field errors.
-func FuzzParseBackendURL(f *testing.F) {
+// FuzzSplitBackendURL checks that any accepted URL, with the scheme and
+// port the admin API takes for what it leaves out, is a backend that
+// ValidateBackend accepts unchanged, and that errors are field errors.
+func FuzzSplitBackendURL(f *testing.F) {
 	for _, s := range []string{
 		"http://10.0.1.10:8080", "https://api.example.com", "[::1]:80", "http://[::1]", "a:1", "http://a.b:65535/",
 		"http://user@a", "https://a.b:0", "http://[fe80::1%eth0]:1", "::1", "http://a..b", "HTTPS://X.Y",
@@ -346,7 +355,7 @@ func FuzzParseBackendURL(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, raw string) {
-		host, port, scheme, err := ParseBackendURL(raw)
+		u, err := SplitBackendURL(raw)
 		if err != nil {
 			var fe *fielderr.Error
 			if !errors.As(err, &fe) {
@@ -354,12 +363,18 @@ func FuzzParseBackendURL(f *testing.F) {
 			}
 			return
 		}
-		b := storage.Backend{PoolName: "p", Host: host, Port: port, Scheme: scheme}
-		if err := NormalizeBackend(&b); err != nil {
-			t.Fatalf("ParseBackendURL(%q) = %q %d %q, which NormalizeBackend rejects: %v", raw, host, port, scheme, err)
+		if u.Scheme == "" {
+			u.Scheme = DefaultScheme(SSLModeOff)
 		}
-		if b.Host != host || b.Port != port || b.Scheme != scheme {
-			t.Fatalf("ParseBackendURL(%q) = %q %d %q, not normalized: %q %d %q", raw, host, port, scheme, b.Host, b.Port, b.Scheme)
+		if u.Port == 0 {
+			u.Port = DefaultPort(u.Scheme)
+		}
+		b := storage.Backend{PoolName: "p", Host: u.Host, Port: u.Port, Scheme: u.Scheme, Weight: DefaultWeight}
+		if err := ValidateBackend(&b); err != nil {
+			t.Fatalf("SplitBackendURL(%q) = %+v, which ValidateBackend rejects: %v", raw, u, err)
+		}
+		if b.Host != u.Host || b.Port != u.Port || b.Scheme != u.Scheme {
+			t.Fatalf("SplitBackendURL(%q) = %+v, not normalized: %q %d %q", raw, u, b.Host, b.Port, b.Scheme)
 		}
 	})
 }
@@ -409,6 +424,9 @@ func TestValidatePoolRefusesInsteadOfReplacing(t *testing.T) {
 		{"consistent hash without key", "hash_on", "needs a key", base(func(p *storage.Pool) { p.Algorithm = AlgorithmConsistentHash })},
 		{"full_strict without verification", "validate_backend_cert", "always verifies", base(func(p *storage.Pool) {
 			p.SSLMode, p.SSLDomain, p.ValidateBackendCert = SSLModeFullStrict, "a.example.com", false
+		})},
+		{"full with verification", "validate_backend_cert", "use ssl_mode full_strict", base(func(p *storage.Pool) {
+			p.SSLMode, p.SSLDomain, p.ValidateBackendCert = SSLModeFull, "a.example.com", true
 		})},
 		{"cert on an off pool", "ssl_cert_id", "ssl_mode off", base(func(p *storage.Pool) { p.SSLCertID = "c1" })},
 		{"cert on a passthrough pool", "ssl_cert_id", "never terminates", base(func(p *storage.Pool) {
@@ -470,6 +488,9 @@ func TestBackendMismatch(t *testing.T) {
 		{"http check on https backend", pool(SSLModeOff, "http"), be("https"), "health_check.type"},
 		{"https check on https backend", pool(SSLModeFull, "https"), be("https"), ""},
 		{"http backend flexible", pool(SSLModeFlexible, "http"), be("http"), ""},
+		// An https:// backend is TLS to that backend whatever the mode.
+		{"https backend flexible", pool(SSLModeFlexible, "tcp"), be("https"), ""},
+		{"https backend off", pool(SSLModeOff, "https"), be("https"), ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			field, msg := BackendMismatch(tt.pool, tt.be)

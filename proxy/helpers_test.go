@@ -166,24 +166,35 @@ func newTableWith(t testing.TB, opts pools.TableOptions, specs ...poolSpec) *poo
 	var sp []storage.Pool
 	var bs []storage.Backend
 	for _, s := range specs {
-		p := s.pool
+		// The API's defaults for what the pools here leave out (they set
+		// no health check), with passive checks off.
+		p, d := s.pool, pools.DefaultPool()
 		if p.Algorithm == "" {
-			p.Algorithm = "round_robin"
+			p.Algorithm = d.Algorithm
 		}
-		if p.HealthCheck.MaxFails == 0 {
-			p.HealthCheck.MaxFails = pools.PassiveDisabled
+		if p.SSLMode == "" {
+			p.SSLMode = d.SSLMode
 		}
-		if err := pools.NormalizePool(&p); err != nil {
+		p.ValidateBackendCert = p.ValidateBackendCert || p.SSLMode == pools.SSLModeFullStrict
+		p.HealthCheckInterval, p.HealthCheck = d.HealthCheckInterval, d.HealthCheck
+		p.HealthCheck.MaxFails = pools.PassiveDisabled
+		if err := pools.ValidatePool(&p); err != nil {
 			t.Fatalf("pool %s: %v", p.Name, err)
 		}
 		sp = append(sp, p)
 		for i, raw := range s.backends {
-			host, port, scheme, err := pools.ParseBackendURL(raw)
+			u, err := pools.SplitBackendURL(raw)
 			if err != nil {
 				t.Fatalf("backend %s: %v", raw, err)
 			}
-			b := storage.Backend{ID: fmt.Sprintf("%s-%d", p.Name, i+1), PoolName: p.Name, Host: host, Port: port, Scheme: scheme}
-			if err := pools.NormalizeBackend(&b); err != nil {
+			if u.Scheme == "" {
+				u.Scheme = "http"
+			}
+			if u.Port == 0 {
+				u.Port = pools.DefaultPort(u.Scheme)
+			}
+			b := storage.Backend{ID: fmt.Sprintf("%s-%d", p.Name, i+1), PoolName: p.Name, Host: u.Host, Port: u.Port, Scheme: u.Scheme, Weight: pools.DefaultWeight}
+			if err := pools.ValidateBackend(&b); err != nil {
 				t.Fatalf("backend %s: %v", raw, err)
 			}
 			bs = append(bs, b)

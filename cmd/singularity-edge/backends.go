@@ -233,10 +233,10 @@ func (bf *backendFlags) register(cmd *cobra.Command, update bool) {
 	}
 	f.StringVar(&bf.host, "host", "", "backend host name or IP address")
 	f.IntVar(&bf.port, "port", 0, "backend port (default: 80 for http, 443 for https)")
-	f.StringVar(&bf.scheme, "scheme", "", "http or https (default: https for full, full_strict and passthrough pools, else http)")
+	f.StringVar(&bf.scheme, "scheme", "", "http or https; https is TLS to this backend in every pool mode (default: https for full, full_strict and passthrough pools, else http)")
 	f.IntVar(&bf.weight, "weight", 0, "relative weight for weighted algorithms, 1 to 1000 (default 1; drain instead of 0)")
 	f.StringVar(&bf.region, "region", "", "region of the backend, for --prefer-region pools")
-	f.BoolVar(&bf.sslVerify, "ssl-verify", false, "verify the backend's TLS certificate")
+	f.BoolVar(&bf.sslVerify, "ssl-verify", false, "verify the backend's TLS certificate, in any pool mode (full included)")
 	metaHelp := "metadata entry KEY=VALUE (repeatable)"
 	if update {
 		f.BoolVar(&bf.draining, "draining", false, "stop (true) or resume (false) new requests to the backend")
@@ -288,8 +288,11 @@ func newBackendsAddCommand(opts *apiOptions) *cobra.Command {
 		Long: `Add a backend to a pool, given as a URL (http://10.0.1.10:8080) or with
 --host, --port and --scheme. Flags left out take the agent's defaults
 (scheme https for pools that speak TLS to their backends, else http; the
-scheme's port; weight 1). A flag given is sent as given: --weight 0 or
---port 0 are refused, not replaced.`,
+scheme's port; weight 1). An https backend gets TLS in every pool mode,
+off and flexible included; its certificate is verified when the pool is
+full_strict, when an off or flexible pool has --validate-backend-cert, or
+with --ssl-verify. A flag given is sent as given: --weight 0 or --port 0
+are refused, not replaced.`,
 		Example: `  singularity-edge backends add web http://10.0.1.10:8080 --weight 3 --region iad
   singularity-edge backends add web --host app.internal --port 443 --scheme https --ssl-verify`,
 		ValidArgsFunction: poolNameCompletion(opts),

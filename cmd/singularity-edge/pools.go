@@ -215,7 +215,7 @@ func (pf *poolFlags) register(cmd *cobra.Command, update bool) {
 		hostsHelp += "; replaces the list, --host '' clears it"
 	}
 	f.StringArrayVar(&pf.hosts, "host", nil, hostsHelp)
-	f.BoolVar(&pf.validateBackendCert, "validate-backend-cert", false, "verify backend TLS certificates")
+	f.BoolVar(&pf.validateBackendCert, "validate-backend-cert", false, "verify backend certificates in off, flexible and passthrough pools (https:// backends, https checks); full_strict always verifies, full never")
 	f.DurationVar(&pf.healthCheckInterval, "health-check-interval", 0, "time between active health checks, e.g. 10s")
 	f.StringVar(&pf.hcType, "health-check-type", "", "active health check: tcp, http or https")
 	f.StringVar(&pf.hcPath, "health-check-path", "", "request path of http(s) health checks")
@@ -223,7 +223,7 @@ func (pf *poolFlags) register(cmd *cobra.Command, update bool) {
 	f.DurationVar(&pf.hcTimeout, "health-check-timeout", 0, "time limit of one health check")
 	f.IntVar(&pf.hcRise, "health-check-rise", 0, "consecutive passes that make a backend healthy")
 	f.IntVar(&pf.hcFall, "health-check-fall", 0, "consecutive failures that make a backend unhealthy")
-	f.IntVar(&pf.hcMaxFails, "max-fails", 0, "passive checks: consecutive errors that eject a backend (-1 disables)")
+	f.IntVar(&pf.hcMaxFails, "max-fails", 0, "passive checks: consecutive errors that eject a backend, 1 to 100 (0 or -1: passive checks off; default 3)")
 	f.DurationVar(&pf.hcCooldown, "cooldown", 0, "passive checks: how long an ejected backend stays out")
 	f.StringVar(&pf.hashOn, "hash-on", "", `consistent_hash key: "client_ip" or "header:<Name>"`)
 	f.StringVar(&pf.stickyCookie, "sticky-cookie", "", "name of a signed cookie that pins clients to a backend")
