@@ -114,11 +114,12 @@ type ChallengeFeed interface {
 	LastIndex() uint64
 }
 
-// maxPendingChallenges bounds the challenges held. Tokens live
-// ChallengeTTL (15 minutes) and the budget limits orders, so a cluster
-// has a few hundred pending at most; past the bound a new token is not
-// held (its validation fails on this agent and the order is retried),
-// rather than memory growing with whatever the table holds.
+// maxPendingChallenges bounds the challenges held. A token lives
+// ChallengeTTL (15 minutes) or until its order's clean-up, and orders are
+// rate-limited (BudgetLimits), so far fewer are pending at once; past the
+// bound a new token is not held (its validation fails on this agent, and
+// the order is retried with backoff) rather than memory growing with
+// whatever the table holds.
 const maxPendingChallenges = 10_000
 
 // challengeRef names a challenge as the acme table's key does: type and
@@ -284,9 +285,7 @@ func (r *ChallengeResponder) applyEvent(ev storage.Event) {
 			locked = true
 		}
 		if ch.Deleted {
-			if ref, ok := parseChallengeKey(ch.Key); ok {
-				delete(r.pending, ref)
-			}
+			r.dropLocked(ch.Key)
 			continue
 		}
 		rec, err := ch.ACMERecord()
@@ -397,6 +396,9 @@ func (r *ChallengeResponder) awaitFeed(index uint64) bool {
 	timer := time.NewTimer(r.timeout)
 	defer timer.Stop()
 	for {
+		// advance stores applied before it takes mu to close advanced:
+		// a check under mu that misses the index gets a channel that
+		// advance closes.
 		r.mu.Lock()
 		if r.loaded() && r.applied.Load() >= index {
 			r.mu.Unlock()
