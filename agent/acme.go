@@ -212,5 +212,6 @@ func (a *Agent) buildACME(registry prometheus.Registerer) (proxy.ChallengeSource
 			strings.HasPrefix(cfg.ACMEDirectory, "https://acme-staging-v02.api.letsencrypt.org/"),
 		log: a.logger.Named("autocert"), now: time.Now, ready: a.certs.Ready()}
 	log.Info("acme enabled", zap.String("directory", cfg.ACMEDirectory), zap.Strings("fallback_directories", cfg.ACMEFallbackDirectories), zap.Strings("challenges", icfg.Challenges))
-	return certs.NewChallengeResponder(backend, log), nil
+	a.challenges = certs.NewChallengeResponder(a.store, log)
+	return a.challenges, nil
 }

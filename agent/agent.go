@@ -84,6 +84,9 @@ type Agent struct {
 	// onDemand is the TLS listener's certificate source; nil: ACME off.
 	onDemand *certs.OnDemand
 
+	// challenges answers ACME challenges from memory; nil: ACME off.
+	challenges *certs.ChallengeResponder
+
 	cancel context.CancelFunc // stops the background loops
 	wg     sync.WaitGroup
 	errs   chan error // a background loop that failed
@@ -455,6 +458,9 @@ func (a *Agent) Start(ctx context.Context) error {
 	// The views subscribe to the change feed after the bootstrap: an
 	// ingested snapshot writes no feed events, they load it as state.
 	a.runLoop(bg, "pools", a.pools.Run)
+	if a.challenges != nil {
+		a.runLoop(bg, "acme challenges", a.challenges.Run)
+	}
 	a.runLoop(bg, "prune", a.pruneLoop)
 	if a.cfg.PprofAddr != "" {
 		if err := a.startPprof(bg, a.cfg.PprofAddr); err != nil {
@@ -477,6 +483,18 @@ func (a *Agent) Start(ctx context.Context) error {
 		return errors.New("routing table not loaded after 2 minutes")
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+	if a.challenges != nil {
+		// A few rows: the CA may validate here as soon as we serve.
+		select {
+		case <-a.challenges.Ready():
+		case err := <-a.errs:
+			return err
+		case <-timer.C:
+			return errors.New("acme challenges not loaded after 2 minutes")
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	if err := a.proxy.Start(ctx); err != nil {
 		return fmt.Errorf("proxy listeners: %w", err)

@@ -152,22 +152,6 @@ func (b *StoreBackend) RemoveChallenge(ctx context.Context, c ChallengeToken) er
 	return err
 }
 
-// LookupChallenge implements ChallengeStore.
-func (b *StoreBackend) LookupChallenge(ctx context.Context, typ, name string) (ChallengeToken, error) {
-	r, err := b.store.GetACMERecord(ctx, challengeKey(typ, name))
-	if errors.Is(err, storage.ErrNotFound) || err == nil && r.Expired(b.now()) {
-		return ChallengeToken{}, ErrNoChallenge
-	}
-	if err != nil {
-		return ChallengeToken{}, err
-	}
-	var c ChallengeToken
-	if err := json.Unmarshal(r.Data, &c); err != nil {
-		return ChallengeToken{}, fmt.Errorf("certs: stored challenge %s: %w", r.Key, err)
-	}
-	return c, nil
-}
-
 // Certificate implements RenewalStore.
 func (b *StoreBackend) Certificate(ctx context.Context, id string) (storage.Certificate, error) {
 	return b.store.GetCertificate(ctx, id)

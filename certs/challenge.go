@@ -10,13 +10,18 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/storage"
 )
 
 // ChallengeToken is a pending HTTP-01 or TLS-ALPN-01 challenge. The key
@@ -41,7 +46,9 @@ func (c ChallengeToken) ChallengeName() string {
 }
 
 // ChallengeStore shares pending challenges with every agent, since the CA
-// may validate against any region.
+// may validate against any region. Agents answer from memory
+// (ChallengeResponder follows the rows through the change feed), so it
+// has no lookup.
 type ChallengeStore interface {
 	// PresentChallenge stores c and returns only once every alive member
 	// of the cluster holds it. An error means the CA must not be told
@@ -49,13 +56,7 @@ type ChallengeStore interface {
 	PresentChallenge(ctx context.Context, c ChallengeToken) error
 	// RemoveChallenge deletes c (best effort: it also expires).
 	RemoveChallenge(ctx context.Context, c ChallengeToken) error
-	// LookupChallenge returns the live challenge of type typ and name
-	// (see ChallengeName), or an error wrapping ErrNoChallenge.
-	LookupChallenge(ctx context.Context, typ, name string) (ChallengeToken, error)
 }
-
-// ErrNoChallenge: no live challenge by that name.
-var ErrNoChallenge = errors.New("certs: no pending challenge")
 
 // ErrNotPresented: a challenge could not be made answerable on every
 // agent, so the CA was not asked to validate it (and no validation
@@ -100,16 +101,69 @@ func (p *presenter) CleanUp(domain, token, keyAuth string) error {
 	return p.store.RemoveChallenge(ctx, p.token(domain, token, keyAuth))
 }
 
-// ChallengeResponder answers the challenges every agent shares; it
-// implements proxy.ChallengeSource.
-type ChallengeResponder struct {
-	store   ChallengeStore
-	log     *zap.Logger
-	now     func() time.Time
-	timeout time.Duration
+// ChallengeFeed is how the responder follows the challenge rows of the
+// acme table: one listing at start, then the change feed. *storage.Store
+// satisfies it. It has no point read on purpose: the proxy asks the
+// responder on every request to /.well-known/acme-challenge/ on the public
+// port, for any Host and without authentication, and the request path
+// reads no RocksDB (DESIGN.md).
+type ChallengeFeed interface {
+	ListACMERecords(ctx context.Context, prefix, after string, limit int) ([]storage.ACMERecord, error)
+	Subscribe(ctx context.Context, afterIndex uint64) *storage.Subscription
+	// LastIndex is the store's published commit index, an atomic read.
+	LastIndex() uint64
+}
 
-	mu   sync.Mutex
-	alpn map[string]alpnCert // key: domain + "\x00" + key authorization
+// maxPendingChallenges bounds the challenges held. A token lives
+// ChallengeTTL (15 minutes) or until its order's clean-up, and orders are
+// rate-limited (BudgetLimits), so far fewer are pending at once; past the
+// bound a new token is not held (its validation fails on this agent, and
+// the order is retried with backoff) rather than memory growing with
+// whatever the table holds.
+const maxPendingChallenges = 10_000
+
+// challengeRef names a challenge as the acme table's key does: type and
+// ChallengeName.
+type challengeRef struct{ typ, name string }
+
+// parseChallengeKey is challengeKey's inverse.
+func parseChallengeKey(key string) (challengeRef, bool) {
+	rest, ok := strings.CutPrefix(key, keyChallenge)
+	if !ok {
+		return challengeRef{}, false
+	}
+	typ, name, ok := strings.Cut(rest, "/")
+	return challengeRef{typ: typ, name: name}, ok && typ != "" && name != ""
+}
+
+// ChallengeResponder answers the challenges every agent shares; it
+// implements proxy.ChallengeSource. It holds the pending challenges in
+// memory, loaded from the acme table and kept current from the change
+// feed (rows written here and rows replicated from other agents alike),
+// so that answering reads no RocksDB.
+type ChallengeResponder struct {
+	src        ChallengeFeed
+	log        *zap.Logger
+	now        func() time.Time
+	timeout    time.Duration // bounds a miss's wait for the feed (awaitFeed)
+	max        int
+	pageSize   int
+	sweepEvery time.Duration
+
+	mu      sync.RWMutex
+	pending map[challengeRef]ChallengeToken
+	// advanced is closed, and cleared, when applied moves; made only
+	// by a lookup that waits for it.
+	advanced chan struct{}
+	// applied is the feed index pending reflects; stored after the
+	// map is updated, so a reader that sees it sees the map.
+	applied atomic.Uint64
+	refused atomic.Uint64
+	ready   chan struct{}
+	running atomic.Bool
+
+	alpnMu sync.Mutex
+	alpn   map[string]alpnCert // key: domain + "\x00" + key authorization
 }
 
 type alpnCert struct {
@@ -121,26 +175,251 @@ type alpnCert struct {
 // challenges are few, so reaching it means entries are stale.
 const maxALPNCerts = 1024
 
-// NewChallengeResponder returns a responder reading from store.
-func NewChallengeResponder(store ChallengeStore, log *zap.Logger) *ChallengeResponder {
+// NewChallengeResponder returns a responder following src's challenge
+// rows; Run loads and follows them.
+func NewChallengeResponder(src ChallengeFeed, log *zap.Logger) *ChallengeResponder {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &ChallengeResponder{store: store, log: log, now: time.Now, timeout: 2 * time.Second,
+	return &ChallengeResponder{src: src, log: log, now: time.Now, timeout: 2 * time.Second,
+		max: maxPendingChallenges, pageSize: 1000, sweepEvery: time.Minute,
+		pending: make(map[challengeRef]ChallengeToken), ready: make(chan struct{}),
 		alpn: make(map[string]alpnCert)}
 }
 
-func (r *ChallengeResponder) lookup(typ, name string) (ChallengeToken, bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
-	defer cancel()
-	c, err := r.store.LookupChallenge(ctx, typ, name)
-	if err != nil {
-		if !errors.Is(err, ErrNoChallenge) {
-			r.log.Warn("acme challenge lookup failed", zap.String("type", typ), zap.Error(err))
+// Ready is closed once the challenge rows have been loaded.
+func (r *ChallengeResponder) Ready() <-chan struct{} { return r.ready }
+
+func (r *ChallengeResponder) loaded() bool {
+	select {
+	case <-r.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// Run loads the pending challenges, then applies the change feed until
+// ctx ends (returning nil) or the feed fails. It may be called once.
+func (r *ChallengeResponder) Run(ctx context.Context) error {
+	if !r.running.CompareAndSwap(false, true) {
+		return errors.New("certs: challenge responder is already running")
+	}
+	// The feed position is taken before the listing: a change committed
+	// while it runs is applied again from the feed, which is harmless
+	// since each change carries the row's whole new state.
+	after := r.src.LastIndex()
+	if err := r.load(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
 		}
+		return err
+	}
+	r.advance(after)
+	close(r.ready)
+	r.mu.RLock()
+	n := len(r.pending)
+	r.mu.RUnlock()
+	r.log.Info("acme challenges loaded", zap.Int("pending", n), zap.Uint64("index", after))
+
+	sub := r.src.Subscribe(ctx, after)
+	sweep := time.NewTicker(r.sweepEvery)
+	defer sweep.Stop()
+	for {
+		select {
+		case ev, ok := <-sub.Events():
+			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
+				if err := sub.Err(); err != nil {
+					return fmt.Errorf("certs: challenges: change feed: %w", err)
+				}
+				return errors.New("certs: challenges: change feed closed")
+			}
+			r.applyEvent(ev)
+		case <-sweep.C:
+			// Expired tokens are not answered; this frees them when no
+			// purge deletes their rows.
+			r.mu.Lock()
+			r.sweepLocked(r.now())
+			r.mu.Unlock()
+		}
+	}
+}
+
+func (r *ChallengeResponder) load(ctx context.Context) error {
+	now := r.now()
+	after := ""
+	for {
+		page, err := r.src.ListACMERecords(ctx, keyChallenge, after, r.pageSize)
+		if err != nil {
+			return fmt.Errorf("certs: loading challenges after %q: %w", after, err)
+		}
+		r.mu.Lock()
+		for i := range page {
+			if page[i].Expired(now) {
+				continue
+			}
+			r.putRecordLocked(page[i].Key, &page[i], now)
+		}
+		r.mu.Unlock()
+		if len(page) < r.pageSize {
+			return nil
+		}
+		after = page[len(page)-1].Key
+	}
+}
+
+// applyEvent applies the challenge rows of one committed transaction.
+func (r *ChallengeResponder) applyEvent(ev storage.Event) {
+	locked := false
+	now := r.now()
+	for i := range ev.Set.Changes {
+		ch := &ev.Set.Changes[i]
+		if ch.Table != storage.TableACME || !strings.HasPrefix(ch.Key, keyChallenge) {
+			continue
+		}
+		if !locked {
+			r.mu.Lock()
+			locked = true
+		}
+		if ch.Deleted {
+			r.dropLocked(ch.Key)
+			continue
+		}
+		rec, err := ch.ACMERecord()
+		if err != nil {
+			r.log.Error("cannot decode a changed acme challenge", zap.String("key", ch.Key), zap.Error(err))
+			r.dropLocked(ch.Key)
+			continue
+		}
+		r.putRecordLocked(ch.Key, &rec, now)
+	}
+	if locked {
+		r.mu.Unlock()
+	}
+	r.advance(ev.Index)
+}
+
+// putRecordLocked holds the challenge of row key; a row that does not
+// decode drops what was held for the key, since it replaced it.
+func (r *ChallengeResponder) putRecordLocked(key string, rec *storage.ACMERecord, now time.Time) {
+	ref, ok := parseChallengeKey(key)
+	if !ok {
+		r.log.Error("acme challenge row with a malformed key", zap.String("key", key))
+		return
+	}
+	var c ChallengeToken
+	if err := json.Unmarshal(rec.Data, &c); err != nil {
+		r.log.Error("cannot decode an acme challenge", zap.String("key", key), zap.Error(fmt.Errorf("stored challenge: %w", err)))
+		delete(r.pending, ref)
+		return
+	}
+	// The row's TTL decides, as it does for every reader of the table.
+	c.ExpiresAt = rec.ExpiresAt
+	if _, held := r.pending[ref]; !held && len(r.pending) >= r.max {
+		r.sweepLocked(now)
+		if len(r.pending) >= r.max {
+			r.refused.Add(1)
+			r.log.Warn("acme challenge not held: too many pending challenges; its validation fails on this agent",
+				zap.String("type", ref.typ), zap.String("domain", c.Domain), zap.Int("limit", r.max))
+			return
+		}
+	}
+	r.pending[ref] = c
+}
+
+func (r *ChallengeResponder) dropLocked(key string) {
+	if ref, ok := parseChallengeKey(key); ok {
+		delete(r.pending, ref)
+	}
+}
+
+func (r *ChallengeResponder) sweepLocked(now time.Time) {
+	for ref, c := range r.pending {
+		if expired(c, now) {
+			delete(r.pending, ref)
+		}
+	}
+}
+
+func expired(c ChallengeToken, now time.Time) bool {
+	return !c.ExpiresAt.IsZero() && !now.Before(c.ExpiresAt)
+}
+
+// advance records that the map reflects the feed up to index and wakes
+// the lookups waiting for it.
+func (r *ChallengeResponder) advance(index uint64) {
+	r.applied.Store(index)
+	r.mu.Lock()
+	if r.advanced != nil {
+		close(r.advanced)
+		r.advanced = nil
+	}
+	r.mu.Unlock()
+}
+
+func (r *ChallengeResponder) get(ref challengeRef) (ChallengeToken, bool) {
+	r.mu.RLock()
+	c, ok := r.pending[ref]
+	r.mu.RUnlock()
+	if !ok || expired(c, r.now()) {
 		return ChallengeToken{}, false
 	}
 	return c, true
+}
+
+// lookup returns the live challenge ref from memory. The CA is told a
+// token is ready once every agent's store has applied it, which can be
+// an instant before this agent's feed has brought it here: a miss waits,
+// at most timeout, for the map to reach the index the store has published
+// (an atomic read, no RocksDB), and looks again. An agent whose feed is
+// caught up answers an unknown token at once.
+func (r *ChallengeResponder) lookup(typ, name string) (ChallengeToken, bool) {
+	ref := challengeRef{typ: typ, name: name}
+	if c, ok := r.get(ref); ok {
+		return c, true
+	}
+	if !r.awaitFeed(r.src.LastIndex()) {
+		return ChallengeToken{}, false
+	}
+	return r.get(ref)
+}
+
+// awaitFeed waits until the map is loaded and reflects the feed up to
+// index, at most timeout; false when it does not in time.
+func (r *ChallengeResponder) awaitFeed(index uint64) bool {
+	if r.loaded() && r.applied.Load() >= index {
+		return true
+	}
+	timer := time.NewTimer(r.timeout)
+	defer timer.Stop()
+	for {
+		// advance stores applied before it takes mu to close advanced:
+		// a check under mu that misses the index gets a channel that
+		// advance closes.
+		r.mu.Lock()
+		if r.loaded() && r.applied.Load() >= index {
+			r.mu.Unlock()
+			return true
+		}
+		if r.advanced == nil {
+			r.advanced = make(chan struct{})
+		}
+		advanced := r.advanced
+		r.mu.Unlock()
+		var loading <-chan struct{}
+		if !r.loaded() {
+			loading = r.ready
+		}
+		select {
+		case <-advanced:
+		case <-loading:
+		case <-timer.C:
+			return false
+		}
+	}
 }
 
 // HTTP01 returns the key authorization for token when it was issued for
@@ -162,8 +441,8 @@ func (r *ChallengeResponder) TLSALPN01(serverName string) (*tls.Certificate, boo
 	}
 	key := name + "\x00" + c.KeyAuth
 	now := r.now()
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.alpnMu.Lock()
+	defer r.alpnMu.Unlock()
 	if e, ok := r.alpn[key]; ok {
 		return e.cert, true
 	}

@@ -113,6 +113,29 @@ func (s *Store) decodeStoredACME(r *row) (ACMERecord, error) {
 	return a, nil
 }
 
+// ACMERecord decodes the row of a change in the acme table, its secret
+// decrypted (a change decoded by UnmarshalChangeSet carries no key: a row
+// with a secret fails there with ErrEncryptionKey). A delete returns an
+// error wrapping ErrNotFound (check Deleted first).
+func (c Change) ACMERecord() (ACMERecord, error) {
+	if err := c.check(TableACME); err != nil {
+		return ACMERecord{}, err
+	}
+	r, sealed, err := decodeACMERecord(c.Value)
+	if err != nil {
+		return ACMERecord{}, err
+	}
+	r.Version = c.Version
+	if sealed != nil {
+		plain, err := c.keys.open(aadACMESecret+r.Key, sealed)
+		if err != nil {
+			return ACMERecord{}, fmt.Errorf("acme record %q: %w", r.Key, err)
+		}
+		r.Secret = string(plain)
+	}
+	return r, nil
+}
+
 // ACMERecord returns the row with key, secret decrypted; ErrNotFound when
 // absent or deleted. An expired row is returned as stored: callers decide
 // with Expired.

@@ -112,3 +112,42 @@ func TestACMESecretBoundToKey(t *testing.T) {
 		t.Fatalf("moved secret opened: %v", err)
 	}
 }
+
+// The feed's acme changes decode to the row as written, secret opened,
+// so that a subscriber never reads the table back.
+func TestACMERecordFromFeed(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg := testConfig(t, t.TempDir())
+	cfg.EncryptionKey = testKey(t)
+	s, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	sub := s.Subscribe(ctx, s.LastIndex())
+
+	exp := time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond)
+	want := &ACMERecord{Key: "account/x", Data: json.RawMessage(`{"uri":"u"}`), Secret: "sealed-secret", ExpiresAt: exp}
+	mustUpdate(t, s, func(tx *Tx) error { return tx.PutACMERecord(want) })
+	ev := recv(t, sub.Events(), "the put's event")
+	if len(ev.Set.Changes) != 1 {
+		t.Fatalf("event has %d changes", len(ev.Set.Changes))
+	}
+	got, err := ev.Set.Changes[0].ACMERecord()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Key != want.Key || string(got.Data) != string(want.Data) || got.Secret != want.Secret ||
+		!got.ExpiresAt.Equal(exp) || got.Version != want.Version {
+		t.Fatalf("decoded %+v, wrote %+v", got, want)
+	}
+
+	mustUpdate(t, s, func(tx *Tx) error { return tx.DeleteACMERecord(want.Key) })
+	ev = recv(t, sub.Events(), "the delete's event")
+	if ch := ev.Set.Changes[0]; !ch.Deleted {
+		t.Fatal("delete not marked")
+	} else if _, err := ch.ACMERecord(); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("decoding a delete: %v", err)
+	}
+}

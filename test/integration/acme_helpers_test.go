@@ -10,6 +10,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -96,14 +97,16 @@ func newEdge(t *testing.T, e *acmeEnv, wait certs.ReplicationWaiter) *edge {
 	ccfg.Logger = ed.log
 	ed.cache = certs.NewCache(ccfg, st)
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = ed.cache.Run(ctx) }()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = ed.cache.Run(ctx) }()
+	challenges := ed.runChallenges(t, ctx, &wg)
 
 	table := pools.NewTable([]storage.Pool{{Name: "web", SSLMode: pools.SSLModeFlexible, Default: true}}, nil, nil, pools.TableOptions{})
 	pcfg := proxy.DefaultConfig()
 	pcfg.HTTPAddr, pcfg.HTTPSAddr, pcfg.Logger = e.httpAddr, e.tlsAddr, ed.log
 	var err error
-	ed.proxy, err = proxy.New(pcfg, staticRouter{table}, ed.cache, certs.NewChallengeResponder(ed.backend, ed.log))
+	ed.proxy, err = proxy.New(pcfg, staticRouter{table}, ed.cache, challenges)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +118,7 @@ func newEdge(t *testing.T, e *acmeEnv, wait certs.ReplicationWaiter) *edge {
 		defer scancel()
 		_ = ed.proxy.Shutdown(sctx)
 		cancel()
-		<-done
+		wg.Wait()
 		ed.assertNoSecretsLogged(t)
 		if t.Failed() {
 			t.Logf("edge log:\n%s", ed.logs.String())
@@ -123,6 +126,21 @@ func newEdge(t *testing.T, e *acmeEnv, wait certs.ReplicationWaiter) *edge {
 		_ = st.Close()
 	})
 	return ed
+}
+
+// runChallenges runs the edge's challenge responder until ctx ends and
+// waits for its load, as the agent does before it serves.
+func (ed *edge) runChallenges(t *testing.T, ctx context.Context, wg *sync.WaitGroup) *certs.ChallengeResponder {
+	t.Helper()
+	r := certs.NewChallengeResponder(ed.store, ed.log)
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = r.Run(ctx) }()
+	select {
+	case <-r.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("acme challenges not loaded after 10s")
+	}
+	return r
 }
 
 type staticRouter struct{ t *pools.Table }

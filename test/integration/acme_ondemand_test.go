@@ -136,8 +136,9 @@ func newOnDemandEdge(t *testing.T, e *acmeEnv, table *pools.Table, wait time.Dur
 	// The handshake deadline must outlast the on-demand wait, or a slow
 	// order on a loaded machine fails the handshake at the listener.
 	pcfg.TLSHandshakeTimeout = wait + 30*time.Second
+	challenges := ed.runChallenges(t, ctx, &wg)
 	var err error
-	ed.proxy, err = proxy.New(pcfg, router, ods[0], certs.NewChallengeResponder(ed.backend, ed.log))
+	ed.proxy, err = proxy.New(pcfg, router, ods[0], challenges)
 	if err != nil {
 		t.Fatal(err)
 	}
