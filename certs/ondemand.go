@@ -757,18 +757,18 @@ type onDemandMetrics struct {
 
 func newOnDemandMetrics(reg prometheus.Registerer) (*onDemandMetrics, error) {
 	m := &onDemandMetrics{
-		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edge_ondemand_decisions_total",
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "singularity_edge_ondemand_decisions_total",
 			Help: "On-demand TLS decisions for names no certificate covered, by result: allowed, issued, or the refusal reason."},
 			[]string{"result"}),
-		cachedRefusals: prometheus.NewCounter(prometheus.CounterOpts{Name: "edge_ondemand_cached_refusals_total",
+		cachedRefusals: prometheus.NewCounter(prometheus.CounterOpts{Name: "singularity_edge_ondemand_cached_refusals_total",
 			Help: "Handshakes refused from the on-demand refusal cache, without asking or ordering."}),
-		waitTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "edge_ondemand_wait_timeouts_total",
+		waitTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "singularity_edge_ondemand_wait_timeouts_total",
 			Help: "Handshakes that gave up waiting for an on-demand certificate (the order went on)."}),
-		asks: prometheus.NewCounter(prometheus.CounterOpts{Name: "edge_ondemand_ask_requests_total",
+		asks: prometheus.NewCounter(prometheus.CounterOpts{Name: "singularity_edge_ondemand_ask_requests_total",
 			Help: "Calls to pools' on-demand ask URLs."}),
-		requests: prometheus.NewCounter(prometheus.CounterOpts{Name: "edge_ondemand_owner_requests_total",
+		requests: prometheus.NewCounter(prometheus.CounterOpts{Name: "singularity_edge_ondemand_owner_requests_total",
 			Help: "On-demand orders handed to the certificate's owner on another agent."}),
-		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edge_ondemand_inflight",
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "singularity_edge_ondemand_inflight",
 			Help: "Names with an on-demand decision or order in progress on this agent."}),
 	}
 	for _, r := range []string{"allowed", "issued", OnDemandInvalidName, OnDemandNotAllowed, OnDemandAskRefused,

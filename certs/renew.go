@@ -1141,28 +1141,28 @@ func (m *Manager) recordPhases(ctx context.Context, now time.Time, exp []storage
 func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 	m := &managerMetrics{
 		orders: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "edge", Subsystem: "acme", Name: "orders_total",
+			Namespace: "singularity_edge", Subsystem: "acme", Name: "orders_total",
 			Help: "ACME orders by result: issued, failed, already_replaced (another agent renewed), held_back (the rate-limit budget refused to order), not_wanted (an on-demand certificate's renewal skipped because its pool no longer admits the name).",
 		}, []string{"result"}),
 		leaseLost: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "edge", Subsystem: "acme", Name: "lease_lost_total",
+			Namespace: "singularity_edge", Subsystem: "acme", Name: "lease_lost_total",
 			Help: "Orders abandoned because this agent's renewal lease was lost while they ran (expired or taken over by another agent).",
 		}),
 		passes: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "edge", Subsystem: "acme", Name: "renewal_passes_total",
+			Namespace: "singularity_edge", Subsystem: "acme", Name: "renewal_passes_total",
 			Help: "Renewal scheduler passes completed.",
 		}),
 		heldBack: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "edge", Subsystem: "acme", Name: "held_back_certificates",
+			Namespace: "singularity_edge", Subsystem: "acme", Name: "held_back_certificates",
 			Help: "Certificates whose order or renewal this agent holds back under the rate-limit budget, each until its hold ends (the reason is in each certificate's held_back).",
 		}),
 	}
 	m.phases = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: "edge", Subsystem: "acme", Name: "certificates",
+		Namespace: "singularity_edge", Subsystem: "acme", Name: "certificates",
 		Help: "Stored ACME certificates by renewal phase (scheduled, due, retrying, held_back) as of this agent's last scheduler pass; every agent reports the whole cluster's.",
 	}, []string{"phase"})
 	m.earliest = prometheus.NewGauge(prometheus.GaugeOpts{
-		Namespace: "edge", Subsystem: "acme", Name: "earliest_expiry_timestamp_seconds",
+		Namespace: "singularity_edge", Subsystem: "acme", Name: "earliest_expiry_timestamp_seconds",
 		Help: "Expiry (Unix time) of the stored ACME certificate that expires first, as of the last scheduler pass; 0 when there is none.",
 	})
 	for _, r := range []string{"issued", "failed", "already_replaced", "held_back"} {

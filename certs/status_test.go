@@ -118,20 +118,20 @@ func TestStatusPhasesAndMetrics(t *testing.T) {
 	for _, f := range families {
 		for _, mt := range f.GetMetric() {
 			switch f.GetName() {
-			case "edge_acme_certificates":
+			case "singularity_edge_acme_certificates":
 				phases[mt.GetLabel()[0].GetValue()] = mt.GetGauge().GetValue()
-			case "edge_acme_earliest_expiry_timestamp_seconds":
+			case "singularity_edge_acme_earliest_expiry_timestamp_seconds":
 				earliest = mt.GetGauge().GetValue()
 			}
 		}
 	}
 	want := map[string]float64{PhaseScheduled: 1, PhaseDue: 0, PhaseRetrying: 2, PhaseHeldBack: 1}
 	if len(phases) != len(want) {
-		t.Errorf("edge_acme_certificates = %v, want %v", phases, want)
+		t.Errorf("singularity_edge_acme_certificates = %v, want %v", phases, want)
 	}
 	for phase, n := range want {
 		if phases[phase] != n {
-			t.Errorf("edge_acme_certificates{phase=%q} = %v, want %v", phase, phases[phase], n)
+			t.Errorf("singularity_edge_acme_certificates{phase=%q} = %v, want %v", phase, phases[phase], n)
 		}
 	}
 	if earliest != float64(due.ExpiresAt.Unix()) {

@@ -124,8 +124,8 @@ func TestACMELeaseExtendedDuringLongOrder(t *testing.T) {
 		if strings.Contains(out, "Pulled a task") || strings.Contains(out, "Processing finalization") {
 			t.Fatalf("the CA was told about the abandoned order:\n%s", out)
 		}
-		if v := counterValue(t, reg, "edge_acme_lease_lost_total"); v != 1 {
-			t.Fatalf("edge_acme_lease_lost_total = %v, want 1", v)
+		if v := counterValue(t, reg, "singularity_edge_acme_lease_lost_total"); v != 1 {
+			t.Fatalf("singularity_edge_acme_lease_lost_total = %v, want 1", v)
 		}
 	})
 }

@@ -172,7 +172,7 @@ func (ed *onDemandEdge) handshake(e *acmeEnv, name string, roots *x509.CertPool)
 }
 
 func (ed *onDemandEdge) decisions(result string) float64 {
-	return metricValue(ed.registry, "edge_ondemand_decisions_total", "result", result)
+	return metricValue(ed.registry, "singularity_edge_ondemand_decisions_total", "result", result)
 }
 
 // metricValue reads a counter from reg: the series whose label has value,
@@ -269,7 +269,7 @@ func TestOnDemandRefusalsAreCached(t *testing.T) {
 		t.Fatalf("decisions not_allowed %v ask_refused %v, want 1 each (the rest from the cache)",
 			ed.decisions(certs.OnDemandNotAllowed), ed.decisions(certs.OnDemandAskRefused))
 	}
-	if got := metricValue(ed.registry, "edge_ondemand_cached_refusals_total", "", ""); got != 4 {
+	if got := metricValue(ed.registry, "singularity_edge_ondemand_cached_refusals_total", "", ""); got != 4 {
 		t.Fatalf("cached refusals %v, want 4", got)
 	}
 }
@@ -355,7 +355,7 @@ func TestOnDemandBoundedWaitOrderContinues(t *testing.T) {
 	if e.Orders() != before+1 {
 		t.Fatalf("orders %d -> %d, want one", before, e.Orders())
 	}
-	if got := metricValue(ed.registry, "edge_ondemand_wait_timeouts_total", "", ""); got < 1 {
+	if got := metricValue(ed.registry, "singularity_edge_ondemand_wait_timeouts_total", "", ""); got < 1 {
 		t.Fatalf("wait timeouts %v, want at least 1", got)
 	}
 }
@@ -502,8 +502,8 @@ func TestOnDemandThroughAgent(t *testing.T) {
 		t.Fatalf("refused name: ask calls %d, orders %d -> %d", ask.count("no.shops.acme.test"), before, e.Orders())
 	}
 	_, _, metrics := a.apiRaw(token, "GET", "/metrics", nil)
-	for _, want := range []string{`edge_ondemand_decisions_total{result="issued"} 1`, `edge_ondemand_decisions_total{result="ask_refused"} 1`,
-		`edge_ondemand_cached_refusals_total 1`} {
+	for _, want := range []string{`singularity_edge_ondemand_decisions_total{result="issued"} 1`, `singularity_edge_ondemand_decisions_total{result="ask_refused"} 1`,
+		`singularity_edge_ondemand_cached_refusals_total 1`} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}

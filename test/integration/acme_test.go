@@ -361,8 +361,8 @@ func TestACMEBudgetHoldsBackOrders(t *testing.T) {
 	if rep, err := m2.RunOnce(acmeCtx(t)); err != nil || rep.Checked != 0 || e.Orders() != before {
 		t.Fatalf("second pass: %+v, %v", rep, err)
 	}
-	if v := gaugeValue(t, reg2, "edge_acme_held_back_certificates"); v != 1 {
-		t.Fatalf("edge_acme_held_back_certificates = %v, want 1", v)
+	if v := gaugeValue(t, reg2, "singularity_edge_acme_held_back_certificates"); v != 1 {
+		t.Fatalf("singularity_edge_acme_held_back_certificates = %v, want 1", v)
 	}
 }
 
