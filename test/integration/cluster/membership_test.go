@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,6 +86,31 @@ func TestDNSDiscovery(t *testing.T) {
 	}
 	if agents[0].metric("singularity_edge_discovery_source_errors_total") != 0 {
 		t.Fatalf("DNS source errors: %v", agents[0].metric("singularity_edge_discovery_source_errors_total"))
+	}
+	// One prefix for every family a clustered agent exports, so that one
+	// selector finds them all (discovery and replication once had another);
+	// the Go runtime's and the process's keep their standard names.
+	b, err := agents[0].get("/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	families := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		name, ok := strings.CutPrefix(line, "# TYPE ")
+		if !ok {
+			continue
+		}
+		families++
+		name, _, _ = strings.Cut(name, " ")
+		if strings.HasPrefix(name, "go_") || strings.HasPrefix(name, "process_") {
+			continue
+		}
+		if !strings.HasPrefix(name, "singularity_edge_") {
+			t.Errorf("metric %s lacks the singularity_edge_ prefix", name)
+		}
+	}
+	if families < 20 {
+		t.Fatalf("only %d metric families on /metrics", families)
 	}
 }
 
