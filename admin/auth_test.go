@@ -154,6 +154,7 @@ func TestMetricsAuth(t *testing.T) {
 				t.Fatal(err)
 			}
 			req := httptest.NewRequest("GET", "/metrics", nil)
+			req.Host = tc.local
 			req = req.WithContext(context.WithValue(req.Context(), http.LocalAddrContextKey, local))
 			if tc.token != "" {
 				req.Header.Set("Authorization", "Bearer "+tc.token)
