@@ -123,8 +123,9 @@ func (t tokenChecker) check(r *http.Request) error {
 // With a token none of this is needed, which is why it does not apply: a
 // browser adds an Authorization header only to a request that passed a
 // CORS preflight, which this server never grants, and a rebound page does
-// not know the token. Requests with neither header (the CLI, curl,
-// Prometheus) are not from a browser page and pass.
+// not know the token. Requests with neither Origin nor Sec-Fetch-Site (the
+// CLI, curl, Prometheus) are not from a browser page and pass the origin
+// checks; the dashboard's calls are same-origin and pass them too.
 func checkLocalCaller(r *http.Request) error {
 	host := r.Host
 	if h, _, err := net.SplitHostPort(host); err == nil {
