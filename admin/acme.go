@@ -37,6 +37,10 @@ type ACME interface {
 	// storage.ErrNotFound when the id has neither a certificate nor a
 	// state.
 	Status(ctx context.Context, id string) (certs.Status, error)
+	// CheckProfile refuses a profile no issuer offers with a field
+	// error for "profile"; any other error means the CA's directory could
+	// not be read.
+	CheckProfile(ctx context.Context, profile string) error
 }
 
 var _ ACME = (*certs.Manager)(nil)
@@ -70,6 +74,17 @@ func acmeError(err error) error {
 		return err
 	}
 	return &apiError{Status: http.StatusBadGateway, Code: CodeACMEFailed, Message: "ACME order failed: " + err.Error(), cause: err}
+}
+
+// profileError is CheckProfile's refusal as the API's answer: a field
+// error is the client's (422); a directory that cannot be read is the
+// CA's (502), and nothing was ordered or stored.
+func profileError(err error) error {
+	if _, ok := fielderr.From(err); ok || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return &apiError{Status: http.StatusBadGateway, Code: CodeACMEFailed,
+		Message: "the profile could not be checked against the CA's directory; nothing was ordered: " + err.Error(), cause: err}
 }
 
 // acmeRequestNames validates the ACME shape of POST /api/certificates.
@@ -148,6 +163,15 @@ func (s *Server) issueCertificate(w http.ResponseWriter, r *http.Request, in cre
 	if err != nil {
 		s.writeError(w, r, err)
 		return
+	}
+	if in.Profile != "" {
+		// Before the order: the manager saves the profile in the renewal
+		// state and counts the order in the budget before the CA can
+		// refuse a profile it does not offer.
+		if err := s.deps.ACME.CheckProfile(r.Context(), in.Profile); err != nil {
+			s.writeError(w, r, profileError(err))
+			return
+		}
 	}
 	id := certs.CertificateID(names)
 	before, berr := s.store.GetCertificate(r.Context(), id)

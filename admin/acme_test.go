@@ -2,12 +2,16 @@ package admin
 
 import (
 	"context"
+	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -197,4 +201,136 @@ func TestIssueCertificateRequests(t *testing.T) {
 	if msg := r.errDetail(t).Message; !strings.Contains(msg, "not issued yet (pending)") || !strings.Contains(msg, "last attempt") {
 		t.Errorf("GET of the failed order's id: %s", msg)
 	}
+}
+
+// directoryServer is an ACME directory that offers profiles (nil: the
+// directory has no profiles field) and nothing else: an order against it
+// fails at account registration. It counts the requests it answers.
+type directoryServer struct {
+	ts       *httptest.Server
+	requests atomic.Int32
+}
+
+func newDirectoryServer(t *testing.T, profiles map[string]string) *directoryServer {
+	t.Helper()
+	d := &directoryServer{}
+	d.ts = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d.requests.Add(1)
+		if r.URL.Path != "/dir" {
+			http.NotFound(w, r)
+			return
+		}
+		meta := map[string]any{}
+		if profiles != nil {
+			meta["profiles"] = profiles
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"newNonce": d.ts.URL + "/nonce", "newAccount": d.ts.URL + "/acct",
+			"newOrder": d.ts.URL + "/order", "meta": meta})
+	}))
+	t.Cleanup(d.ts.Close)
+	return d
+}
+
+// managerFor is a real manager with one ACME issuer at directory dir.
+func managerFor(t *testing.T, st *storage.Store, dir string, caPEM []byte) (*certs.Manager, *certs.StoreBackend) {
+	t.Helper()
+	backend := certs.NewStoreBackend(st, nil)
+	icfg := certs.DefaultACMEConfig()
+	icfg.DirectoryURL = dir
+	icfg.CABundlePEM = caPEM
+	icfg.HTTPTimeout = 5 * time.Second
+	iss, err := certs.NewACMEIssuer(icfg, backend, backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := certs.NewManager(certs.DefaultManagerConfig(), []certs.Issuer{iss}, backend, backend, soloMembers(st.NodeID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, backend
+}
+
+// TestIssueRefusesProfileTheCADoesNotOffer: a profile that is not a
+// profile name, or that the CA's directory does not offer, is a 422 for
+// the field "profile" naming what is offered, and changes nothing: no
+// renewal state (an existing certificate keeps its profile, failures and
+// next attempt), no order counted in the budget. Before the check, the
+// order was counted and the bad profile saved before the issuer refused
+// it, and every later renewal asked for it again.
+func TestIssueRefusesProfileTheCADoesNotOffer(t *testing.T) {
+	dir := newDirectoryServer(t, map[string]string{"classic": "90 days", "shortlived": "6 days"})
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: dir.ts.Certificate().Raw})
+	st := openStore(t, testEncryptionKey())
+	m, backend := managerFor(t, st, dir.ts.URL+"/dir", caPEM)
+	h := newHarnessOn(t, st, withDeps(func(d *Deps) { d.ACME = m; d.Renewer = m }))
+	ca := newTestCA(t)
+	now := time.Now().UTC()
+	existing := putACMECert(t, h, backend, ca.leaf(t, now.Add(60*24*time.Hour), "existing.example.test"), certs.RenewalState{
+		Profile: "classic", LastSuccess: now.Add(-time.Hour)})
+	ctx := context.Background()
+	orders := func() int {
+		ts, err := backend.BudgetEvents(ctx, certs.EventOrder, dir.ts.URL+"/dir", time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ts)
+	}
+
+	for _, tc := range []struct {
+		name, domain, profile string
+		msg                   string
+		asksCA                bool
+	}{
+		{"not offered, new certificate", "new.example.test", "tlsserver", "offers classic, shortlived", true},
+		{"not offered, existing certificate", "existing.example.test", "tlsserver", "offers classic, shortlived", true},
+		{"case matters", "existing.example.test", "Classic", "offers classic, shortlived", true},
+		{"not a name", "new.example.test", "short lived", "not a profile name", false},
+		{"control character", "existing.example.test", "classic\n", "not a profile name", false},
+		{"too long", "new.example.test", strings.Repeat("p", 65), "at most 64", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stateBefore, err := backend.RenewalState(ctx, existing.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			before, ordersBefore, asked := h.snapshot(), orders(), dir.requests.Load()
+			r := h.do("POST", "/api/certificates", map[string]any{"domain": tc.domain, "profile": tc.profile})
+			r.expect(t, http.StatusUnprocessableEntity, CodeInvalid, "profile")
+			if msg := r.errDetail(t).Message; !strings.Contains(msg, tc.msg) {
+				t.Errorf("message %q lacks %q", msg, tc.msg)
+			}
+			h.assertUnchanged(before, "a refused profile")
+			if n := orders(); n != ordersBefore {
+				t.Errorf("the budget counted %d orders for a refused profile", n-ordersBefore)
+			}
+			if after, err := backend.RenewalState(ctx, existing.ID); err != nil || !reflect.DeepEqual(after, stateBefore) {
+				t.Errorf("renewal state changed: %+v, was %+v (%v)", after, stateBefore, err)
+			}
+			if got := dir.requests.Load() > asked; got != tc.asksCA {
+				t.Errorf("asked the CA's directory: %v, want %v", got, tc.asksCA)
+			}
+		})
+	}
+
+	// A CA that offers no profiles takes none.
+	bare := newDirectoryServer(t, nil)
+	mb, _ := managerFor(t, st, bare.ts.URL+"/dir", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: bare.ts.Certificate().Raw}))
+	hb := newHarnessOn(t, st, withDeps(func(d *Deps) { d.ACME = mb }))
+	before := hb.snapshot()
+	r := hb.do("POST", "/api/certificates", map[string]any{"domain": "new.example.test", "profile": "classic"})
+	r.expect(t, http.StatusUnprocessableEntity, CodeInvalid, "profile")
+	if msg := r.errDetail(t).Message; !strings.Contains(msg, "offers no profiles") {
+		t.Errorf("message %q", msg)
+	}
+	hb.assertUnchanged(before, "a profile refused by a CA without profiles")
+
+	// A directory that cannot be read says nothing about the input: 502,
+	// and still nothing ordered or stored.
+	md, _ := acmeManager(t, st)
+	hd := newHarnessOn(t, st, withDeps(func(d *Deps) { d.ACME = md }))
+	before = hd.snapshot()
+	hd.do("POST", "/api/certificates", map[string]any{"domain": "new.example.test", "profile": "classic"}).
+		expect(t, http.StatusBadGateway, CodeACMEFailed)
+	hd.assertUnchanged(before, "a profile that could not be checked")
 }

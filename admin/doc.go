@@ -39,7 +39,8 @@
 //	GET    /api/certificates                  200 list
 //	POST   /api/certificates                  {"domain"} or {"domains": [...]} [?wait=45s]: ACME; 201 issued, 200 already valid,
 //	                                          202 + Location still ordering after wait; 409 lease held or ACME off,
-//	                                          422 names, 429 held_back (+ Retry-After, error.held_back), 502 acme_failed
+//	                                          422 names, or a profile the CA does not offer (nothing ordered or stored),
+//	                                          429 held_back (+ Retry-After, error.held_back), 502 acme_failed
 //	                                          {"certificate", "private_key"}: JSON upload, 201; 400, 409 duplicate, 413, 415, 422
 //	POST   /api/certificates/upload           201 (JSON or multipart/form-data); as above
 //	GET    /api/certificates/{id}             200 + ETag (ACME: renewal state); 404 (says why when an order is pending)
@@ -55,8 +56,12 @@
 //	GET    /metrics                           Prometheus text; token unless loopback or MetricsPublic
 //	GET    /admin/dashboard                   the dashboard page (carries no data; asks for the token)
 //
-// Every /api route but the health check answers 401 without the token, and
-// every route may answer 413 (body over the limit), 415 (a body that is not
+// Every /api route but the health check answers 401 without the token.
+// Without a configured token (loopback only) the same routes, and /metrics
+// on loopback, answer 403 forbidden to what only a browser page sends: a
+// Host that is not localhost or a loopback address (DNS rebinding), or a
+// cross-origin Origin or Sec-Fetch-Site (cross-site requests).
+// Every route may answer 413 (body over the limit), 415 (a body that is not
 // JSON), 404 (unknown path) and 405 (known path, other method; Allow lists
 // the methods).
 //

@@ -26,6 +26,8 @@ import (
 //	422 invalid                 the body was read but a value is not acceptable: unknown
 //	                            algorithm, port out of range, relative directory, ...
 //	401 unauthorized            missing or wrong bearer token
+//	403 forbidden               a tokenless API refused a browser's cross-origin request or a
+//	                            Host that does not name the loopback interface
 //	404 not_found               no such object, or no such route
 //	405 method_not_allowed      the route exists, the method does not (Allow lists the others)
 //	409 conflict                duplicate name, object still in use, concurrent update
@@ -42,6 +44,7 @@ const (
 	CodeConflict             = apitypes.CodeConflict
 	CodePreconditionFailed   = apitypes.CodePreconditionFailed
 	CodeUnauthorized         = apitypes.CodeUnauthorized
+	CodeForbidden            = apitypes.CodeForbidden
 	CodeTooLarge             = apitypes.CodeTooLarge
 	CodeUnsupportedMediaType = apitypes.CodeUnsupportedMediaType
 	CodeMethodNotAllowed     = apitypes.CodeMethodNotAllowed

@@ -56,16 +56,29 @@ func registerMetrics(reg prometheus.Registerer, runtime bool) (*requestMetrics, 
 }
 
 // handleMetrics serves the Gatherer. It is open on connections to a
-// loopback address (only local processes reach those) or when
-// MetricsPublic is set; otherwise it needs the token like the API.
+// loopback address (only local processes reach those, as long as a
+// browser page is refused: checkLocalCaller) or when MetricsPublic is set;
+// otherwise it needs the token like the API.
 func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
-	if !s.cfg.MetricsPublic && !isLoopbackAddr(localAddr(r)) {
-		if err := s.token.check(r); err != nil {
-			s.writeError(w, r, err)
-			return
-		}
+	if err := s.checkMetricsAccess(r); err != nil {
+		s.writeError(w, r, err)
+		return
 	}
 	s.promHandler.ServeHTTP(w, r)
+}
+
+func (s *Server) checkMetricsAccess(r *http.Request) error {
+	if s.cfg.MetricsPublic {
+		return nil
+	}
+	if !s.token.enabled || isLoopbackAddr(localAddr(r)) {
+		err := checkLocalCaller(r)
+		if err != nil && s.token.enabled && s.token.check(r) == nil {
+			return nil
+		}
+		return err
+	}
+	return s.token.check(r)
 }
 
 func (s *Server) newMetricsHandler() http.Handler {

@@ -14,6 +14,7 @@ const (
 	CodeConflict             = "conflict"               // 409 taken name or host, object in use, concurrent update
 	CodePreconditionFailed   = "precondition_failed"    // 412 If-Match no longer current
 	CodeUnauthorized         = "unauthorized"           // 401
+	CodeForbidden            = "forbidden"              // 403 a browser's cross-origin or rebound request to a tokenless API
 	CodeTooLarge             = "too_large"              // 413
 	CodeUnsupportedMediaType = "unsupported_media_type" // 415
 	CodeMethodNotAllowed     = "method_not_allowed"     // 405

@@ -404,7 +404,7 @@ func (a *ACMEIssuer) Issue(ctx context.Context, req IssueRequest) (*IssuedCertif
 		profile = a.cfg.Profile
 	}
 	if profile != "" {
-		offered, err := a.profiles(ctx)
+		offered, err := a.Profiles(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -459,8 +459,10 @@ func isAlreadyReplaced(err error) bool {
 	return errors.As(err, &pd) && pd.Type == acme.AlreadyReplacedErr
 }
 
-// profiles reads the directory's offered profiles (draft-ietf-acme-profiles).
-func (a *ACMEIssuer) profiles(ctx context.Context) (map[string]string, error) {
+// Profiles reads the directory's offered profiles (draft-ietf-acme-profiles):
+// name to description, empty when the CA offers none. It implements
+// ProfileOfferer.
+func (a *ACMEIssuer) Profiles(ctx context.Context) (map[string]string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.cfg.DirectoryURL, nil)
 	if err != nil {
 		return nil, err
