@@ -46,7 +46,10 @@
 //	GET    /api/certificates/{id}             200 + ETag (ACME: renewal state); 404 (says why when an order is pending)
 //	DELETE /api/certificates/{id}[?force=true] 204; 404, 409 pinned by a pool or only certificate of a served host, 412
 //	POST   /api/certificates/{id}/renew       200; 404; 409 lease held, 409 not_supported (uploaded, or ACME off), 429, 502
+//	GET    /api/audit                         200 list of configuration changes, newest first
 //	GET    /api/cluster                       200 members by region
+//	POST   /api/cluster/join  {"addresses"}   200 contacted; 400, 409 left, 422 addresses, 502 join_failed, 503 starting
+//	POST   /api/cluster/leave[?wait=30s][&force=true] 200; 400 query, 409 members still missing writes (error.missing)
 //	GET    /api/db                            200 store info
 //	GET    /api/db/tables                     200 per-table size and memory, block cache
 //	GET    /api/db/stats/{table}              200 RocksDB stats text; 404 table
