@@ -40,8 +40,11 @@ func newDiscovery(ctx context.Context, cfg Config, nodeID string, logger *zap.Lo
 	dcfg.App = cfg.App
 	dcfg.Keys = keys
 	dcfg.Meta = discovery.Meta{
-		// Until the store carries its own cluster id, the app is the
-		// cluster.
+		// Gossip admits members by app, not by the store's cluster id:
+		// a new node has none until it bootstraps from a member it must
+		// first find. Replication compares the stores' cluster ids in its
+		// handshake, so a reseeded copy or another cluster of the same
+		// app still exchanges no data.
 		ClusterID:       "app:" + cfg.App,
 		NodeID:          nodeID,
 		MachineID:       cfg.MachineID,
