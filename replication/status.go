@@ -78,7 +78,7 @@ func (e *Engine) status(id string, now time.Time) (cluster.ReplicationStatus, bo
 		BytesIn:        p.bytesIn.Load(),
 		BytesOut:       p.bytesOut.Load(),
 		LastError:      p.lastErr,
-		// Streams are refused both ways: this is the only word from it.
+		// From its last Hello, whichever side opened the stream.
 		EncryptionKeyDiffers: p.keyDiffers != "",
 	}
 	if !oldest.IsZero() && now.After(oldest) {
