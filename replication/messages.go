@@ -225,6 +225,8 @@ func (h hello) encode() []byte {
 	e.str(h.Name)
 	e.bool(h.Ready)
 	if h.Proto >= 2 {
+		// A version 1 Hello ended at Ready (the tests speak it as an
+		// older build would).
 		e.bytes(h.KeyFingerprint)
 	}
 	return e.b
