@@ -74,6 +74,9 @@ type ReplicationStatus struct {
 	LastContact *time.Time `json:"last_contact,omitempty"`
 	// LastError is the last reason the stream failed ("" when healthy).
 	LastError string `json:"last_error,omitempty"`
+	// EncryptionKeyDiffers: the member's EDGE_ENCRYPTION_KEY is not this
+	// node's (or one of them has none), so streams with it are refused.
+	EncryptionKeyDiffers bool `json:"encryption_key_differs,omitempty"`
 }
 
 // Source lists the members of the cluster as this node sees them.

@@ -2,6 +2,7 @@ package replication
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -54,6 +55,11 @@ func (e *Engine) bootstrap(ctx context.Context) error {
 			return ready[i].RTTMS < ready[j].RTTMS
 		})
 		for _, m := range ready {
+			if k := e.peerFor(m.ID, m.Name).key(); k.differs != "" && e.cfg.Now().Sub(k.at) < e.cfg.DialBackoffMax {
+				// Refused for its key a moment ago (and logged then):
+				// ask again only as often as a stream would.
+				continue
+			}
 			st, err := e.snapshotFrom(ctx, m)
 			if err == nil {
 				e.log.Info("bootstrapped from peer", zap.String("peer", m.Name), zap.Duration("took", e.cfg.Now().Sub(start)),
@@ -67,11 +73,15 @@ func (e *Engine) bootstrap(ctx context.Context) error {
 				return ctx.Err()
 			}
 			e.metrics.bootstrapFailures.Inc()
-			e.log.Warn("bootstrap from peer failed", zap.String("peer", m.Name), zap.Error(err))
+			if !errors.Is(err, ErrEncryptionKeyDiffers) {
+				e.log.Warn("bootstrap from peer failed", zap.String("peer", m.Name), zap.Error(err))
+			}
 		}
 		// Only a node that sees no other member that could hold state
 		// starts the cluster's state: an empty node cut off from an
-		// existing cluster must not become ready with nothing.
+		// existing cluster must not become ready with nothing. A ready
+		// peer refused for its encryption key counts: a node with the
+		// wrong key waits, it does not start a cluster of its own.
 		if len(ready) == 0 && unreachable == 0 && len(notReady) == 0 && e.members.Alone() {
 			e.log.Info("no other node is known (no seed, no DNS answer but this node, none remembered): this node starts the cluster's state")
 			return e.markReady(ctx)
@@ -106,7 +116,7 @@ func (e *Engine) markReady(ctx context.Context) error {
 	if err := e.members.SetReady(true); err != nil {
 		e.log.Warn("could not gossip readiness", zap.Error(err))
 	}
-	e.metrics.ready.Set(1)
+	e.holdsState.Store(true)
 	return nil
 }
 

@@ -28,6 +28,7 @@ type Engine struct {
 	metrics *metrics
 
 	nodeID string
+	keyFP  []byte // the store's encryption-key fingerprint, sent in Hello
 	// clusterID is empty while the store awaits a bootstrap: a new node
 	// learns the cluster id from the snapshot it ingests.
 	clusterID string // guarded by mu
@@ -35,6 +36,10 @@ type Engine struct {
 	ln        net.Listener
 	ready     chan struct{}
 	readyOnce sync.Once
+	// holdsState is true from markReady until a rebuild discards the
+	// state; the ready gauge also needs the key to match (keyIsolated).
+	holdsState atomic.Bool
+	isolated   bool // guarded by mu: last logged keyIsolated
 
 	mu       sync.Mutex
 	peers    map[string]*peer // by node id
@@ -66,11 +71,15 @@ func New(cfg Config, store Store, members Membership) (*Engine, error) {
 	}
 	e := &Engine{
 		cfg: cfg, store: store, members: members, creds: creds, log: cfg.Logger,
-		nodeID: store.NodeID(), clusterID: store.ClusterID(),
+		nodeID: store.NodeID(), keyFP: store.KeyFingerprint(), clusterID: store.ClusterID(),
 		ready: make(chan struct{}), peers: map[string]*peer{}, progress: make(chan struct{}),
 		ownTimes: map[uint64]time.Time{}, fatal: make(chan error, 1),
 	}
 	e.metrics = newMetrics(cfg.Registerer, e)
+	if len(e.keyFP) == 0 {
+		e.log.Warn("EDGE_ENCRYPTION_KEY is not set: this node can store no certificate private keys and refuses peers " +
+			"that have a key; set the same EDGE_ENCRYPTION_KEY on every node")
+	}
 	return e, nil
 }
 
@@ -284,9 +293,8 @@ func (e *Engine) dial(ctx context.Context, addr string, p *peer) (*conn, error) 
 		in, out = &p.bytesIn, &p.bytesOut
 	}
 	c := newConn(tc, e.cfg.MaxFrameSize, e.cfg.WriteTimeout, in, out)
-	if err := handshake(ctx, tc, c, e.hello(), e.cfg.HandshakeTimeout); err != nil {
+	if err := e.handshake(ctx, tc, c); err != nil {
 		_ = raw.Close()
-		e.metrics.handshakeFailure(err)
 		return nil, err
 	}
 	if p != nil && c.peer.NodeID != p.id {
@@ -306,7 +314,7 @@ func (e *Engine) hello() hello {
 	e.mu.Lock()
 	clusterID := e.clusterID
 	e.mu.Unlock()
-	return hello{Proto: protoVersion, ClusterID: clusterID, NodeID: e.nodeID, Name: e.cfg.Name, Ready: ready}
+	return hello{Proto: protoVersion, ClusterID: clusterID, NodeID: e.nodeID, Name: e.cfg.Name, Ready: ready, KeyFingerprint: e.keyFP}
 }
 
 // runPeer keeps a stream to one peer up, reconnecting with backoff.
@@ -696,8 +704,7 @@ func (e *Engine) serve(ctx context.Context, raw net.Conn) {
 	go func() { <-ctx.Done(); _ = raw.Close() }()
 	tc := tls.Server(raw, e.creds.server)
 	c := newConn(tc, e.cfg.MaxFrameSize, e.cfg.WriteTimeout, nil, nil)
-	if err := handshake(ctx, tc, c, e.hello(), e.cfg.HandshakeTimeout); err != nil {
-		e.metrics.handshakeFailure(err)
+	if err := e.handshake(ctx, tc, c); err != nil {
 		e.log.Debug("replication handshake refused", zap.Stringer("from", raw.RemoteAddr()), zap.Error(err))
 		return
 	}

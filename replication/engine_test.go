@@ -4,6 +4,7 @@ package replication
 // (teststore_test.go), several in one process.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -651,6 +652,7 @@ func TestWireRoundTrip(t *testing.T) {
 
 func FuzzFrameDecoder(f *testing.F) {
 	f.Add(appendFrame(nil, msgHello, hello{Proto: 1, ClusterID: "c", NodeID: "n"}.encode()))
+	f.Add(appendFrame(nil, msgHello, hello{Proto: protoVersion, ClusterID: "c", NodeID: "n", KeyFingerprint: bytes.Repeat([]byte{7}, keyFingerprintSize)}.encode()))
 	f.Add(appendFrame(nil, msgPush, encodeSets([]EncodedSet{{Origin: "a", Seq: 1, HLC: 2, Data: []byte("d")}})))
 	f.Add(appendFrame(nil, msgSyncState, encodeBooks(Books{"a": BookOf(RangeSet{{1, 3}, {5, 9}})})))
 	f.Add(appendFrame(nil, msgSyncRows, syncRows{Origin: "a", Covered: RangeSet{{1, 2}}, Sets: []EncodedSet{{Origin: "a", Seq: 2}}}.encode()))
@@ -663,6 +665,17 @@ func FuzzFrameDecoder(f *testing.F) {
 		}
 		if err := decodePayload(fr); err != nil && !errors.Is(err, ErrBadFrame) {
 			t.Fatalf("decode error not ErrBadFrame: %v", err)
+		}
+		if fr.typ == msgHello {
+			if h, err := decodeHello(fr.payload); err == nil && h.Proto == protoVersion {
+				if n := len(h.KeyFingerprint); n != 0 && n != keyFingerprintSize {
+					t.Fatalf("hello with a %d-byte key fingerprint accepted", n)
+				}
+				h2, err := decodeHello(h.encode())
+				if err != nil || h2.NodeID != h.NodeID || h2.ClusterID != h.ClusterID || !bytes.Equal(h2.KeyFingerprint, h.KeyFingerprint) {
+					t.Fatalf("hello does not round-trip: %+v, %+v, %v", h, h2, err)
+				}
+			}
 		}
 		if fr.typ == msgSyncState {
 			if bs, err := decodeBooks(fr.payload); err == nil {

@@ -6,8 +6,14 @@ import (
 	"sort"
 )
 
-// protoVersion is the replication protocol version in Hello.
-const protoVersion = 1
+// protoVersion is the replication protocol version in Hello. Version 2
+// added the encryption-key fingerprint; version 1 decoders refuse its
+// Hello (trailing bytes), so the two cannot stream to each other.
+const protoVersion = 2
+
+// keyFingerprintSize is storage.KeyFingerprintSize, kept here so that
+// the wire format does not depend on the store package.
+const keyFingerprintSize = 16
 
 // enc builds a payload.
 type enc struct{ b []byte }
@@ -206,6 +212,9 @@ type hello struct {
 	NodeID    string
 	Name      string
 	Ready     bool
+	// KeyFingerprint identifies the node's EDGE_ENCRYPTION_KEY
+	// (storage.EncryptionKeyFingerprint): 16 bytes, or empty for none.
+	KeyFingerprint []byte
 }
 
 func (h hello) encode() []byte {
@@ -215,12 +224,31 @@ func (h hello) encode() []byte {
 	e.str(h.NodeID)
 	e.str(h.Name)
 	e.bool(h.Ready)
+	if h.Proto >= 2 {
+		// A version 1 Hello ended at Ready (the tests speak it as an
+		// older build would).
+		e.bytes(h.KeyFingerprint)
+	}
 	return e.b
 }
 
+// decodeHello decodes a Hello of this protocol version strictly, and of
+// another version only as far as the fields every version starts with, so
+// that the handshake can refuse it by its version rather than as garbage.
 func decodeHello(p []byte) (hello, error) {
 	d := dec{b: p}
 	h := hello{Proto: d.uvarint(), ClusterID: d.str(), NodeID: d.str(), Name: d.str(), Ready: d.bool()}
+	switch {
+	case h.Proto < 2:
+		// Version 1 ended here.
+	case h.Proto == protoVersion:
+		h.KeyFingerprint = d.bytes()
+		if n := len(h.KeyFingerprint); n != 0 && n != keyFingerprintSize {
+			d.fail("bad encryption key fingerprint")
+		}
+	default:
+		return h, d.err
+	}
 	return h, d.done()
 }
 
@@ -232,6 +260,7 @@ const (
 	rejectTooStale         = 4
 	rejectInternal         = 5
 	rejectSelf             = 6
+	rejectEncryptionKey    = 7
 )
 
 type reject struct {

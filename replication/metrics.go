@@ -17,14 +17,14 @@ type metrics struct {
 	snapshotBytes     *prometheus.CounterVec
 	bootstrapFailures prometheus.Counter
 	purged            prometheus.Counter
-	ready             prometheus.Gauge
+	ready             prometheus.GaugeFunc
 }
 
 func newMetrics(reg prometheus.Registerer, e *Engine) *metrics {
 	m := &metrics{
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "singularity_edge_replication_rejected_streams_total",
-			Help: "Replication streams refused, by reason: tls (no valid key: the frames are never read), cluster_id, protocol, other.",
+			Help: "Replication streams refused, by reason: tls (no valid key: the frames are never read), cluster_id, protocol, encryption_key (the peer's EDGE_ENCRYPTION_KEY differs), other.",
 		}, []string{"reason"}),
 		pushFrames: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "singularity_edge_replication_push_frames_total", Help: "Push frames sent to peers; pushed sets ÷ frames is the coalescing under load.",
@@ -53,11 +53,17 @@ func newMetrics(reg prometheus.Registerer, e *Engine) *metrics {
 		purged: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "singularity_edge_replication_purged_tombstones_total", Help: "Tombstones purged with the members' watermarks.",
 		}),
-		ready: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "singularity_edge_replication_ready", Help: "1 once this node holds the cluster's state.",
+		ready: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "singularity_edge_replication_ready",
+			Help: "1 while this node holds the cluster's state and its EDGE_ENCRYPTION_KEY is not different from that of every peer holding it.",
+		}, func() float64 {
+			if e.replicationReady() {
+				return 1
+			}
+			return 0
 		}),
 	}
-	for _, r := range []string{"tls", "cluster_id", "protocol", "other"} {
+	for _, r := range []string{"tls", "cluster_id", "protocol", "encryption_key", "other"} {
 		m.handshakes.WithLabelValues(r)
 	}
 	if reg != nil {
@@ -74,6 +80,8 @@ func (m *metrics) handshakeFailure(err error) {
 		m.handshakes.WithLabelValues("cluster_id").Inc()
 	case errors.As(err, &rej) && rej.Code == rejectProto:
 		m.handshakes.WithLabelValues("protocol").Inc()
+	case errors.As(err, &rej) && rej.Code == rejectEncryptionKey:
+		m.handshakes.WithLabelValues("encryption_key").Inc()
 	case errors.As(err, &rej):
 		m.handshakes.WithLabelValues("other").Inc()
 	default:

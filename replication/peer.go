@@ -29,6 +29,14 @@ type peer struct {
 	lastApplied time.Time // last time it acknowledged our sets
 	lastSync    time.Time
 	lastErr     string
+
+	// What its last Hello of this protocol version said (keySeen): the
+	// refusal when its encryption key differs from ours ("" when it
+	// matches), and whether it held the cluster's state.
+	keySeen    bool
+	keyDiffers string
+	keyAt      time.Time
+	peerReady  bool
 }
 
 func newPeer(id, name string) *peer {
@@ -144,4 +152,28 @@ func (p *peer) holds(seq uint64) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.theirOwn.Contains(seq)
+}
+
+// peerKey is what the last Hello from a peer said of its key.
+type peerKey struct {
+	seen      bool
+	differs   string
+	at        time.Time
+	peerReady bool
+}
+
+// setKey records a Hello's key comparison and returns the previous
+// refusal ("" when the key matched or was not seen).
+func (p *peer) setKey(differs string, ready bool, now time.Time) (was string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	was = p.keyDiffers
+	p.keySeen, p.keyDiffers, p.keyAt, p.peerReady = true, differs, now, ready
+	return was
+}
+
+func (p *peer) key() peerKey {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return peerKey{seen: p.keySeen, differs: p.keyDiffers, at: p.keyAt, peerReady: p.peerReady}
 }

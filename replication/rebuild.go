@@ -71,7 +71,7 @@ func (e *Engine) rebuild(ctx context.Context, p *peer, c *conn, mine, theirs Boo
 	if err := e.store.Rebuild(ctx); err != nil {
 		return fmt.Errorf("rebuilding the store: %w", err)
 	}
-	e.metrics.ready.Set(0)
+	e.holdsState.Store(false)
 	_ = e.members.SetReady(false)
 	return ErrRebuilt
 }

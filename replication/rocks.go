@@ -76,6 +76,9 @@ func (r *RocksStore) NodeID() string { return r.s.NodeID() }
 // ClusterID implements Store.
 func (r *RocksStore) ClusterID() string { return r.s.ClusterID() }
 
+// KeyFingerprint implements Store.
+func (r *RocksStore) KeyFingerprint() []byte { return r.s.EncryptionKeyFingerprint() }
+
 // Books implements Store.
 func (r *RocksStore) Books(ctx context.Context) (Books, error) {
 	if err := ctx.Err(); err != nil {

@@ -78,6 +78,8 @@ func (e *Engine) status(id string, now time.Time) (cluster.ReplicationStatus, bo
 		BytesIn:        p.bytesIn.Load(),
 		BytesOut:       p.bytesOut.Load(),
 		LastError:      p.lastErr,
+		// From its last Hello, whichever side opened the stream.
+		EncryptionKeyDiffers: p.keyDiffers != "",
 	}
 	if !oldest.IsZero() && now.After(oldest) {
 		st.LagSeconds = now.Sub(oldest).Seconds()
@@ -112,7 +114,8 @@ type MissingMember struct {
 	NodeID string `json:"node_id"`
 	State  string `json:"state"`
 	// Reason: "pending" (waited for, did not apply in time), "not
-	// connected" (alive, no stream: not waited for), or the member's
+	// connected" (alive, no stream: not waited for), "encryption key
+	// differs" (alive, streams refused: not waited for), or the member's
 	// state ("suspect", "dead", "left": reported, not waited for).
 	Reason string `json:"reason"`
 }
@@ -222,7 +225,8 @@ func (e *Engine) purgeWatermarks() (map[string]map[string]uint64, bool) {
 // has committed, for a graceful leave: a node that stops taking writes and
 // then flushes leaves nothing behind that only it holds. Alive members
 // without a stream are waited for (they may reconnect); suspect, dead and
-// departed members are reported, never waited for. On ctx's end it
+// departed members, and those refused for their encryption key, are
+// reported, never waited for. On ctx's end it
 // returns ErrWaitTimeout with who holds everything and who does not.
 func (e *Engine) Flush(ctx context.Context) (WaitResult, error) {
 	// The target is what the store holds of this node, not what the
@@ -292,9 +296,10 @@ type memberPeer struct {
 
 // connectedPeers returns the alive members other than this node that have
 // an up stream, and reports every other member in res.Missing: a suspect,
-// dead or departed one with its state as the reason, an alive one without
-// a stream as "not connected" (unconnected lists their peers, nil for a
-// member this node never had a stream with).
+// dead or departed one with its state as the reason, an alive one refused
+// for its key as "encryption key differs", an alive one without a stream
+// as "not connected" (unconnected lists their peers, nil for a member this
+// node never had a stream with).
 func (e *Engine) connectedPeers(res *WaitResult) (up []memberPeer, unconnected []*peer) {
 	for _, m := range e.members.Members() {
 		if m.Self || m.ID == e.nodeID {
@@ -307,6 +312,11 @@ func (e *Engine) connectedPeers(res *WaitResult) (up []memberPeer, unconnected [
 		e.mu.Lock()
 		p := e.peers[m.ID]
 		e.mu.Unlock()
+		if p != nil && p.key().differs != "" {
+			// Refused until an operator fixes a key: not waited for.
+			res.Missing = append(res.Missing, missingMember(m, "encryption key differs"))
+			continue
+		}
 		if p == nil || !p.session.Load() {
 			res.Missing = append(res.Missing, missingMember(m, "not connected"))
 			unconnected = append(unconnected, p)

@@ -75,6 +75,10 @@ type Store interface {
 	// NodeID is this node's origin id; ClusterID keeps clusters apart.
 	NodeID() string
 	ClusterID() string
+	// KeyFingerprint identifies the key the store seals private keys
+	// with (storage.EncryptionKeyFingerprint: 16 bytes, empty without a
+	// key). Peers whose fingerprints differ refuse each other.
+	KeyFingerprint() []byte
 
 	// Books returns the bookkeeping of every origin this store has heard
 	// of (its own included).

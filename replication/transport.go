@@ -219,15 +219,23 @@ func handshake(ctx context.Context, tc *tls.Conn, c *conn, me hello, timeout tim
 	if err != nil {
 		return err
 	}
+	// Set before any refusal, so that the caller knows whom it refused.
+	c.peer = peer
 	var rej *reject
 	switch {
 	case peer.Proto != protoVersion:
-		rej = &reject{rejectProto, fmt.Sprintf("protocol %d, this node speaks %d", peer.Proto, protoVersion)}
+		rej = &reject{rejectProto, fmt.Sprintf("protocol %d, this node speaks %d: run the same version on every node", peer.Proto, protoVersion)}
 	case peer.ClusterID != me.ClusterID && peer.ClusterID != "" && me.ClusterID != "":
 		// An empty id is a new node that has not ingested a snapshot
 		// yet: it learns the cluster's id from it. Both sides proved
 		// the cluster secret in the TLS handshake already.
 		rej = &reject{rejectDifferentCluster, fmt.Sprintf("cluster %q, this node is in %q", peer.ClusterID, me.ClusterID)}
+	case !bytes.Equal(peer.KeyFingerprint, me.KeyFingerprint):
+		// Every private key in a change set or snapshot is sealed with
+		// the sender's key: a peer with another one could open none of
+		// them, and what it issued none of ours could open. Both sides
+		// compare, so neither sends the other anything.
+		rej = &reject{rejectEncryptionKey, keyDiffers(peer, me)}
 	case peer.NodeID == me.NodeID:
 		rej = &reject{rejectSelf, "connected to itself"}
 	}
@@ -235,8 +243,22 @@ func handshake(ctx context.Context, tc *tls.Conn, c *conn, me hello, timeout tim
 		_ = c.send(msgReject, rej.encode())
 		return &RejectError{Code: rej.Code, Reason: rej.Reason, Local: true}
 	}
-	c.peer = peer
 	return nil
+}
+
+// keyDiffers is the refusal of a peer with another encryption key, in
+// words an operator can act on.
+func keyDiffers(peer, me hello) string {
+	return fmt.Sprintf("encryption key differs: node %s (%s) has %s, this node has %s: set the same EDGE_ENCRYPTION_KEY on every node",
+		peer.Name, peer.NodeID, describeKey(peer.KeyFingerprint), describeKey(me.KeyFingerprint))
+}
+
+// describeKey names a key by its fingerprint, which reveals nothing of it.
+func describeKey(fp []byte) string {
+	if len(fp) == 0 {
+		return "no key"
+	}
+	return fmt.Sprintf("key %x", fp)
 }
 
 // RejectError is a stream refused by the handshake.
@@ -257,7 +279,13 @@ func (e *RejectError) Error() string {
 // ErrDifferentCluster matches a RejectError for another cluster id.
 var ErrDifferentCluster = errors.New("different cluster")
 
-// Is makes errors.Is(err, ErrDifferentCluster) work.
+// ErrEncryptionKeyDiffers matches a RejectError for a peer whose
+// EDGE_ENCRYPTION_KEY is not this node's (or who has none, or we none).
+var ErrEncryptionKeyDiffers = errors.New("encryption key differs")
+
+// Is makes errors.Is(err, ErrDifferentCluster) and
+// errors.Is(err, ErrEncryptionKeyDiffers) work.
 func (e *RejectError) Is(target error) bool {
-	return target == ErrDifferentCluster && e.Code == rejectDifferentCluster
+	return (target == ErrDifferentCluster && e.Code == rejectDifferentCluster) ||
+		(target == ErrEncryptionKeyDiffers && e.Code == rejectEncryptionKey)
 }

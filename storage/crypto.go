@@ -3,7 +3,9 @@ package storage
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -22,12 +24,32 @@ const (
 	aadPrivateKey         = "singularity-edge/certificate-private-key/v1\x00"
 	aadKeyCheck           = "singularity-edge/key-check/v1"
 	keyCheckPlain         = "singularity-edge key check"
+	fingerprintLabel      = "singularity-edge/encryption-key-fingerprint/v1"
 )
+
+// KeyFingerprintSize is the length of an encryption key's fingerprint.
+const KeyFingerprintSize = 16
+
+// EncryptionKeyFingerprint identifies an encryption key so that two nodes
+// can tell whether they hold the same one without sending it: the first 16
+// bytes of HMAC-SHA256 keyed with the key over a label used for nothing
+// else. HMAC is a PRF, so the fingerprint says nothing about the key but
+// equality, and the label keeps it apart from every other use of the key.
+// No key (nil) has the empty fingerprint, which no key has.
+func EncryptionKeyFingerprint(key []byte) []byte {
+	if key == nil {
+		return nil
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(fingerprintLabel))
+	return m.Sum(nil)[:KeyFingerprintSize]
+}
 
 // keyring seals and opens private keys. A nil *keyring or one without an
 // AEAD has no key: sealing fails and opening reports ErrEncryptionKey.
 type keyring struct {
-	aead cipher.AEAD
+	aead        cipher.AEAD
+	fingerprint []byte // EncryptionKeyFingerprint of the key; nil without one
 }
 
 func newKeyring(key []byte) (*keyring, error) {
@@ -45,10 +67,21 @@ func newKeyring(key []byte) (*keyring, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrEncryptionKey, err)
 	}
-	return &keyring{aead: aead}, nil
+	return &keyring{aead: aead, fingerprint: EncryptionKeyFingerprint(key)}, nil
 }
 
 func (k *keyring) hasKey() bool { return k != nil && k.aead != nil }
+
+// EncryptionKeyFingerprint is the fingerprint of the key the store seals
+// private keys with (see EncryptionKeyFingerprint), empty without a key.
+// Replication compares it with every peer's: a peer with another key could
+// open none of the private keys this store sends it.
+func (s *Store) EncryptionKeyFingerprint() []byte {
+	if !s.keys.hasKey() {
+		return nil
+	}
+	return append([]byte(nil), s.keys.fingerprint...)
+}
 
 func (k *keyring) seal(aad string, plain []byte) ([]byte, error) {
 	if !k.hasKey() {

@@ -208,3 +208,40 @@ func TestSealedKeyIsBoundToItsCertificate(t *testing.T) {
 		t.Fatalf("truncated: %v", err)
 	}
 }
+
+func TestEncryptionKeyFingerprint(t *testing.T) {
+	k1, k2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	fp1 := EncryptionKeyFingerprint(k1)
+	tests := []struct {
+		name  string
+		a, b  []byte
+		equal bool
+	}{
+		{"same key", fp1, EncryptionKeyFingerprint(bytes.Clone(k1)), true},
+		{"different keys", fp1, EncryptionKeyFingerprint(k2), false},
+		{"key and no key", fp1, EncryptionKeyFingerprint(nil), false},
+		{"no key twice", EncryptionKeyFingerprint(nil), EncryptionKeyFingerprint(nil), true},
+	}
+	for _, tc := range tests {
+		if got := bytes.Equal(tc.a, tc.b); got != tc.equal {
+			t.Errorf("%s: equal = %v, want %v (%x, %x)", tc.name, got, tc.equal, tc.a, tc.b)
+		}
+	}
+	if len(fp1) != KeyFingerprintSize || len(EncryptionKeyFingerprint(nil)) != 0 {
+		t.Fatalf("sizes: %d and %d", len(fp1), len(EncryptionKeyFingerprint(nil)))
+	}
+	// Nodes of different versions compare fingerprints: the derivation is
+	// part of the replication protocol and must not change.
+	if got := hex.EncodeToString(fp1); got != "c635d8e28c9fb4629e40394e75757e86" {
+		t.Fatalf("fingerprint of the test key changed: %s", got)
+	}
+
+	// A store reports the fingerprint of the key it opened with.
+	s := openStore(t, func(c *Config) { c.EncryptionKey = k1 })
+	if got := s.EncryptionKeyFingerprint(); !bytes.Equal(got, fp1) {
+		t.Fatalf("store fingerprint %x, want %x", got, fp1)
+	}
+	if got := openStore(t).EncryptionKeyFingerprint(); len(got) != 0 {
+		t.Fatalf("store without a key: fingerprint %x, want none", got)
+	}
+}

@@ -134,7 +134,10 @@ func startAgent(t *testing.T, c agentConfig) *agent {
 		c.dataDir = t.TempDir()
 	}
 	a := &agent{t: t, name: c.name, ip: c.ip, ports: c.ports, dataDir: c.dataDir, token: randHex(t, 16), netns: c.netns}
-	a.env = append(os.Environ(), "EDGE_ADMIN_TOKEN="+a.token, "EDGE_ENCRYPTION_KEY="+storeKey(c.dataDir),
+	// Every agent of a test shares one store key, as the nodes of a
+	// cluster must (they refuse each other's streams otherwise).
+	test, _, _ := strings.Cut(t.Name(), "/")
+	a.env = append(os.Environ(), "EDGE_ADMIN_TOKEN="+a.token, "EDGE_ENCRYPTION_KEY="+storeKey(test),
 		"EDGE_GOSSIP_KEY="+c.key, "EDGE_GOSSIP_KEYS="+c.keys)
 	a.env = append(a.env, c.env...)
 	a.args = append([]string{"--app", "edge-it", "--gossip-preset", "local"}, c.args...)
@@ -239,8 +242,8 @@ func (a *agent) stop() {
 	}
 }
 
-// storeKey is the store's encryption key, derived from its directory so a
-// restart with the same data opens it.
+// storeKey is a store encryption key derived from seed (a test's name), so
+// that a restart with the same data opens it.
 func storeKey(dataDir string) string {
 	sum := sha256.Sum256([]byte(dataDir))
 	return hex.EncodeToString(sum[:])
