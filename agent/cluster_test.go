@@ -48,6 +48,18 @@ func TestClusterValidate(t *testing.T) {
 		{"bad gossip addr", func(c *Config) { c.GossipAddr, c.GossipKey = "7946", "k" }, "--gossip-addr"},
 		{"bad preset", func(c *Config) { c.GossipAddr, c.GossipKey, c.GossipPreset = "127.0.0.2:7946", "k", "lan" }, "--gossip-preset"},
 		{"port overflow", func(c *Config) { c.GossipAddr, c.GossipKey = "127.0.0.2:65535", "k" }, "--replication-addr"},
+		{"replication on every IPv4 interface", func(c *Config) {
+			c.GossipAddr, c.GossipKey, c.ReplicationAddr = "127.0.0.2:7946", "k", "0.0.0.0:7947"
+		}, "--replication-addr"},
+		{"replication on every IPv6 interface", func(c *Config) {
+			c.GossipAddr, c.GossipKey, c.ReplicationAddr = "127.0.0.2:7946", "k", "[::]:7947"
+		}, "--replication-addr"},
+		{"replication without a host", func(c *Config) {
+			c.GossipAddr, c.GossipKey, c.ReplicationAddr = "127.0.0.2:7946", "k", ":7947"
+		}, "--replication-addr"},
+		{"replication by name", func(c *Config) {
+			c.GossipAddr, c.GossipKey, c.ReplicationAddr = "127.0.0.2:7946", "k", "edge.internal:7947"
+		}, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

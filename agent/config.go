@@ -259,6 +259,22 @@ func (c *Config) applyClusterEnvironment(getenv func(string) string) {
 	}
 }
 
+// checkDialable refuses a listen address that peers could not dial: the
+// replication address is both bound and advertised to the other members,
+// and an empty or unspecified host (":7947", "0.0.0.0:7947", "[::]:7947")
+// would bind every interface, the public one included, and be
+// advertised as an address nobody can reach.
+func checkDialable(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if ip, perr := netip.ParseAddr(host); host == "" || (perr == nil && ip.IsUnspecified()) {
+		return errors.New("peers dial this address, so it must name this node's private address (FLY_PRIVATE_IP), not every interface")
+	}
+	return nil
+}
+
 // replicationAddr is --replication-addr, or the gossip host at the gossip
 // port + 1.
 func (c *Config) replicationAddr() (string, error) {
@@ -287,8 +303,10 @@ func (c *Config) validateCluster() []error {
 	if _, _, err := net.SplitHostPort(c.GossipAddr); err != nil {
 		errs = append(errs, fmt.Errorf("--gossip-addr %q: %w", c.GossipAddr, err))
 	}
-	if _, err := c.replicationAddr(); err != nil {
+	if addr, err := c.replicationAddr(); err != nil {
 		errs = append(errs, fmt.Errorf("--replication-addr: %w", err))
+	} else if err := checkDialable(addr); err != nil {
+		errs = append(errs, fmt.Errorf("--replication-addr %q: %w", addr, err))
 	}
 	if c.GossipPreset != "fly" && c.GossipPreset != "local" {
 		errs = append(errs, fmt.Errorf("--gossip-preset %q: want fly or local", c.GossipPreset))
