@@ -645,11 +645,14 @@ func TestCLI(t *testing.T) {
 			routes: map[string]reply{"GET /api/cluster": {status: 200, body: `{"node_id":"n1","members":[
 				{"id":"n1","name":"edge-iad-1","region":"iad","addresses":{"admin":"127.0.0.1:4000","gossip":"10.0.0.1:7946"},"state":"alive","version":"0.1.0","self":true},
 				{"id":"n2","name":"edge-syd-1","region":"syd","addresses":{},"state":"suspect","self":false,"last_seen":"2026-01-02T03:04:05Z",
-				 "replication":{"connected":false,"pending_changes":12,"lag_seconds":3.5}}],
-				"regions":[{"region":"iad","members":1,"alive":1},{"region":"syd","members":1,"alive":0}]}`}},
+				 "replication":{"connected":false,"pending_changes":12,"lag_seconds":3.5}},
+				{"id":"n3","name":"edge-ams-1","region":"ams","addresses":{},"state":"alive","self":false,
+				 "replication":{"connected":false,"pending_changes":4,"lag_seconds":9,"encryption_key_differs":true}}],
+				"regions":[{"region":"iad","members":1,"alive":1},{"region":"syd","members":1,"alive":0},{"region":"ams","members":1,"alive":1}]}`}},
 			calls: []call{{Method: "GET", Path: "/api/cluster"}},
-			stdout: []string{"Node:", "n1", "1 alive of 2", "iad 1/1, syd 0/1", "edge-iad-1 (this node)", "admin=127.0.0.1:4000 gossip=10.0.0.1:7946",
-				"edge-syd-1", "suspect", "disconnected, 12 pending, lag 3.5s", "2026-01-02 03:04:05Z"},
+			stdout: []string{"Node:", "n1", "2 alive of 3", "iad 1/1, syd 0/1", "edge-iad-1 (this node)", "admin=127.0.0.1:4000 gossip=10.0.0.1:7946",
+				"edge-syd-1", "suspect", "disconnected, 12 pending, lag 3.5s", "2026-01-02 03:04:05Z",
+				"edge-ams-1", "refused: EDGE_ENCRYPTION_KEY differs, 4 pending"},
 		},
 		{
 			name:   "cluster join",

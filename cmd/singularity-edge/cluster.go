@@ -184,7 +184,11 @@ func showCluster(c *apiClient, cl *clusterJSON) error {
 		repl := ""
 		if r := m.Replication; r != nil {
 			state := "disconnected"
-			if r.Connected {
+			switch {
+			case r.EncryptionKeyDiffers:
+				// Never connects until an operator acts: say what to fix.
+				state = "refused: EDGE_ENCRYPTION_KEY differs"
+			case r.Connected:
 				state = "connected"
 			}
 			repl = fmt.Sprintf("%s, %d pending, lag %.1fs", state, r.PendingChanges, r.LagSeconds)
