@@ -156,9 +156,18 @@ for p in "$@"; do
 			notes+=("iproute2: no 'ip' on PATH; the cluster's partition and latency tests skip without it")
 		;;
 	libnginx-mod-stream)
-		# nginx's stream module: built in, or a loadable module beside nginx.
-		if command -v nginx >/dev/null && ! nginx -V 2>&1 | grep -q -- '--with-stream'; then
-			problems+=("libnginx-mod-stream: this nginx has no stream module (the TCP and SNI benchmarks need it)")
+		# nginx's stream module (the TCP and SNI benchmarks): built in, or
+		# a loadable module in nginx's modules path. Without nginx the
+		# nginx entry says so.
+		if command -v nginx >/dev/null; then
+			build=$(nginx -V 2>&1 | tr ' ' '\n')
+			modules=$(sed -n 's/^--modules-path=//p' <<<"$build")
+			if grep -qx -- '--with-stream=dynamic' <<<"$build"; then
+				[ -f "${modules:-/usr/lib/nginx/modules}/ngx_stream_module.so" ] ||
+					problems+=("libnginx-mod-stream: no ngx_stream_module.so in ${modules:-/usr/lib/nginx/modules}")
+			elif ! grep -qx -- '--with-stream' <<<"$build"; then
+				problems+=("libnginx-mod-stream: this nginx is built without the stream module")
+			fi
 		fi
 		;;
 	*)
@@ -173,11 +182,11 @@ for n in ${notes[@]+"${notes[@]}"}; do
 done
 [ ${#problems[@]} -eq 0 ] && exit 0
 if [ -n "${IN_NIX_SHELL:-}" ]; then
-	where="inside this nix shell, which should provide them: is it this project's \`nix develop\`?"
+	where="inside a nix shell: this project's \`nix develop\` provides all but the proxy benchmark's servers (nginx, haproxy, caddy, wrk)"
 else
-	where="install them with your package manager, or run \`nix develop\` (flake.nix provides everything)"
+	where="install them with your package manager, or run \`nix develop\` (flake.nix)"
 fi
-echo "missing for the build and tests ($where):" >&2
+echo "missing ($where):" >&2
 for p in "${problems[@]}"; do
 	echo "  - $p" >&2
 done
