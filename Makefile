@@ -1,5 +1,7 @@
 # Singularity Edge build. `make run` and `make test` work on a fresh Debian 12
 # machine: `make deps` installs the system packages they need when missing.
+# Inside `nix develop` or without dpkg/apt-get it installs nothing and lists
+# what is missing instead (scripts/deps.sh).
 SHELL := /bin/bash
 BIN := bin/singularity-edge
 GO ?= go

@@ -40,30 +40,44 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, healthResponse{Status: "starting", Live: true})
 		return
 	}
-	// Ready only while the store can commit: a full disk or a store that
-	// is bootstrapping or resyncing a table is not ready. A failed commit
-	// is probed again here, so the node comes back without waiting for
-	// the next write.
-	err := s.store.Ready()
-	if err != nil && (errors.Is(err, storage.ErrDiskFull) || !errors.Is(err, storage.ErrNotReady)) {
-		if s.store.CheckWritable() == nil {
-			err = s.store.Ready()
-		}
-	}
-	if err != nil {
-		status, reason := "store_not_ready", "the store is not ready"
-		if errors.Is(err, storage.ErrDiskFull) {
-			status, reason = "disk_full", "the node's disk is full; writes resume once space is freed"
-		} else if errors.Is(err, storage.ErrNotReady) && !errors.Is(err, storage.ErrCommitFailed) {
-			// Bootstrap or resync: no paths or key material in these.
-			reason = strings.TrimPrefix(err.Error(), storage.ErrNotReady.Error()+": ")
-		} else {
-			reason = "the store cannot commit; see the agent log"
-		}
+	if status, reason := StoreReadiness(s.store); status != "" {
 		writeJSON(w, http.StatusServiceUnavailable, healthResponse{Status: status, Live: true, Reason: reason})
 		return
 	}
 	writeJSON(w, http.StatusOK, healthResponse{Status: "ok", Live: true, Ready: true})
+}
+
+// StoreProbe is the part of the store that readiness asks.
+type StoreProbe interface {
+	Ready() error
+	CheckWritable() error
+}
+
+// StoreReadiness says whether st can commit and serve: an empty status when
+// it can, else "disk_full" or "store_not_ready" and a reason that names no
+// path or key (unauthenticated callers read it). A full disk or a store that
+// is bootstrapping or resyncing a table is not ready. A failed commit is
+// probed again here, so the node comes back without waiting for the next
+// write. GET /api/health and the agent's health listener both answer from
+// it, so the two never disagree about the store.
+func StoreReadiness(st StoreProbe) (status, reason string) {
+	err := st.Ready()
+	if err != nil && (errors.Is(err, storage.ErrDiskFull) || !errors.Is(err, storage.ErrNotReady)) {
+		if st.CheckWritable() == nil {
+			err = st.Ready()
+		}
+	}
+	switch {
+	case err == nil:
+		return "", ""
+	case errors.Is(err, storage.ErrDiskFull):
+		return "disk_full", "the node's disk is full; writes resume once space is freed"
+	case errors.Is(err, storage.ErrNotReady) && !errors.Is(err, storage.ErrCommitFailed):
+		// Bootstrap or resync: no paths or key material in these.
+		return "store_not_ready", strings.TrimPrefix(err.Error(), storage.ErrNotReady.Error()+": ")
+	default:
+		return "store_not_ready", "the store cannot commit; see the agent log"
+	}
 }
 
 // clusterResponse is GET /api/cluster: this node's id, every member, and a

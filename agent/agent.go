@@ -90,9 +90,11 @@ type Agent struct {
 	cancel context.CancelFunc // stops the background loops
 	wg     sync.WaitGroup
 	errs   chan error // a background loop that failed
-	// ready is closed once the proxy serves: routing table and
-	// certificate index loaded, listeners open. /api/health says ready
-	// from then on, so a load balancer sends no traffic before.
+	// ready is closed once the proxy serves: routing table loaded,
+	// listeners open. The certificate index loads after it (a handshake
+	// that arrives first waits for the index; see Start). /api/health
+	// and the health listener say ready from then on, as long as the
+	// store can commit, so a load balancer sends no traffic before.
 	ready chan struct{}
 }
 
@@ -404,19 +406,39 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	a.admin = srv
 
 	if cfg.HealthAddr != "" {
-		a.health = newHealthServer(cfg.HealthAddr, func() bool {
-			if a.member != nil && a.member.State() != "" {
-				return false // leaving or left: traffic goes elsewhere
-			}
-			return a.store.Info().Running && closed(a.ready)
-		})
+		a.health = newHealthServer(cfg.HealthAddr, a.readiness)
 	}
 	return nil
 }
 
-// Start runs the background loops, waits until the routing table and the
-// certificate index are loaded, and then opens the listeners, so the first
-// request already sees the stored configuration.
+// readiness is the health listener's verdict: nil when the agent can do its
+// job, else why not. It asks the store what GET /api/health asks it
+// (admin.StoreReadiness), so the platform's check and the admin API agree:
+// a store that cannot commit (a full disk) or is resyncing a table is not
+// ready, and a full disk is probed again at each check, so the node comes
+// back once space is freed.
+func (a *Agent) readiness() error {
+	if a.member != nil {
+		// Leaving or left: traffic goes elsewhere.
+		switch a.member.State() {
+		case stateLeaving:
+			return errors.New("leaving: this node is leaving the cluster")
+		case stateLeft:
+			return errors.New("left: this node left the cluster")
+		}
+	}
+	if !a.store.Info().Running || !closed(a.ready) {
+		return errStarting
+	}
+	if status, reason := admin.StoreReadiness(a.store); status != "" {
+		return fmt.Errorf("%s: %s", status, reason)
+	}
+	return nil
+}
+
+// Start runs the background loops, waits until the routing table is
+// loaded, and then opens the listeners, so the first request already sees
+// the stored configuration; the certificate index loads after that.
 func (a *Agent) Start(ctx context.Context) error {
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.cancel = cancel

@@ -158,8 +158,8 @@ func TestNotePrivateAddress(t *testing.T) {
 }
 
 func TestHealthServer(t *testing.T) {
-	var ready bool
-	h := newHealthServer("127.0.0.1:0", func() bool { return ready })
+	notReady := errStarting
+	h := newHealthServer("127.0.0.1:0", func() error { return notReady })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := h.Start(ctx); err != nil {
@@ -187,7 +187,8 @@ func TestHealthServer(t *testing.T) {
 		wantBody     string
 	}{
 		{"starting", func() {}, "GET", HealthPath, 503, "starting"},
-		{"ready", func() { ready = true }, "GET", HealthPath, 200, "ok"},
+		{"store", func() { notReady = errors.New("disk_full: the node's disk is full") }, "GET", HealthPath, 503, "disk_full: the node's disk is full"},
+		{"ready", func() { notReady = nil }, "GET", HealthPath, 200, "ok"},
 		{"head", func() {}, "HEAD", HealthPath, 200, ""},
 		{"other path", func() {}, "GET", "/api/pools", 404, ""},
 		{"post", func() {}, "POST", HealthPath, 405, ""},

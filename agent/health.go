@@ -14,20 +14,28 @@ import (
 const HealthPath = "/healthz"
 
 // healthServer is the unauthenticated readiness endpoint for platform health
-// checks. It answers GET /healthz with 200 "ok" when the agent can serve and
-// 503 otherwise (starting, or draining on shutdown), and nothing else: no
-// version, no node id, no configuration, so it may listen on every
-// interface without a token.
+// checks. It answers GET /healthz with 200 "ok" when the agent can do its job
+// and 503 with the cause otherwise (starting, draining on shutdown, leaving
+// the cluster, a store that cannot commit or is still filling from a peer),
+// and nothing else: no version, no node id, no configuration, no paths, so
+// it may listen on every interface without a token.
+//
+// It is a readiness check, not a liveness check: nothing restarts the agent
+// when it fails (Fly.io never restarts a Machine for a failing check; the
+// process exiting is what its restart policy acts on), so a full disk may
+// and does make it fail.
 type healthServer struct {
 	addr     string
-	ready    func() bool
+	ready    func() error
 	draining atomic.Bool
 
 	srv *http.Server
 	ln  net.Listener
 }
 
-func newHealthServer(addr string, ready func() bool) *healthServer {
+// newHealthServer serves ready's verdict: nil when the agent can serve, else
+// an error whose text is the cause put in the 503's body.
+func newHealthServer(addr string, ready func() error) *healthServer {
 	h := &healthServer{addr: addr, ready: ready}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+HealthPath, h.handle)
@@ -45,17 +53,21 @@ func newHealthServer(addr string, ready func() bool) *healthServer {
 func (h *healthServer) handle(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	switch {
-	case h.draining.Load():
+	if h.draining.Load() {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintln(w, "draining")
-	case !h.ready():
-		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintln(w, "starting")
-	default:
-		fmt.Fprintln(w, "ok")
+		return
 	}
+	if err := h.ready(); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, err)
+		return
+	}
+	fmt.Fprintln(w, "ok")
 }
+
+// errStarting: the store is not open yet or the routing table not built.
+var errStarting = errors.New("starting")
 
 // Start binds the listener and serves in the background.
 func (h *healthServer) Start(ctx context.Context) error {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -14,12 +15,14 @@ import (
 	"github.com/singularity-ng/singularity-edge/agent"
 )
 
-func newAgentCommand() *cobra.Command { return newAgentCommandEnv(os.Getenv, agent.Run) }
+func newAgentCommand() *cobra.Command { return newAgentCommandEnv(os.LookupEnv, agent.Run) }
 
 // newAgentCommandEnv builds the agent command on an environment and a runner
 // of its own, so that a test can see the configuration the agent would
 // derive from, say, a Fly Machine's environment and fly.toml's [env].
-func newAgentCommandEnv(getenv func(string) string, run func(context.Context, agent.Config) error) *cobra.Command {
+// lookupEnv is os.LookupEnv's: a variable set to "" is not an unset one.
+func newAgentCommandEnv(lookupEnv func(string) (string, bool), run func(context.Context, agent.Config) error) *cobra.Command {
+	getenv := func(k string) string { v, _ := lookupEnv(k); return v }
 	cfg := agent.DefaultConfig()
 	cfg.ApplyEnvironment(getenv)
 	cmd := &cobra.Command{
@@ -27,7 +30,11 @@ func newAgentCommandEnv(getenv func(string) string, run func(context.Context, ag
 		Short: "Run the edge agent: proxy, health checks, admin API",
 		Long: `Run the edge agent in the foreground until SIGTERM or SIGINT.
 
-Every flag has an environment twin: --data-dir is EDGE_DATA_DIR, and so on.
+Every flag has an environment twin: --data-dir is EDGE_DATA_DIR, and so on;
+a flag given on the command line wins over its twin. A twin set to the empty
+string sets the flag to "" where that means something (EDGE_GOSSIP_ADDR= is a
+cluster of one, EDGE_ACME_DIRECTORY= turns ACME off, EDGE_HTTP_ADDR= closes
+the HTTP listener); a flag that needs a value refuses it.
 Secrets come only from the environment: EDGE_ADMIN_TOKEN, EDGE_ENCRYPTION_KEY,
 EDGE_COOKIE_KEY, EDGE_GOSSIP_KEY and EDGE_GOSSIP_KEYS (extra accepted gossip
 keys during a rotation), FLY_API_TOKEN. On Fly.io (FLY_APP_NAME set), FLY_REGION,
@@ -36,7 +43,7 @@ FLY_MACHINE_ID and FLY_PRIVATE_IP set the defaults of --region, --node-name and
 --health-addr 0.0.0.0:4001.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyEnvTwins(cmd.Flags(), getenv); err != nil {
+			if err := applyEnvTwins(cmd.Flags(), lookupEnv); err != nil {
 				return withExitCode(exitUsage, err)
 			}
 			if err := cfg.Validate(); err != nil {
@@ -109,23 +116,50 @@ FLY_MACHINE_ID and FLY_PRIVATE_IP set the defaults of --region, --node-name and
 	f.StringVar(&cfg.GossipPreset, "gossip-preset", cfg.GossipPreset, `failure-detector timings: "fly" (between regions) or "local"`)
 	f.StringVar(&cfg.DNSServer, "dns-server", cfg.DNSServer, "Fly internal DNS server host:port for peer discovery ([fdaa::3]:53 on Fly, empty: off)")
 	f.StringVar(&cfg.MachinesAPIURL, "machines-api-url", cfg.MachinesAPIURL, "Machines API base URL, used when FLY_API_TOKEN is set (default https://api.machines.dev)")
+	// Empty means something for these: a listener or a feature off, nothing
+	// given, or the built-in choice. Every other flag needs a value.
+	allowEmptyTwin(f, "http-addr", "https-addr", "health-addr", "pprof-addr",
+		"trusted-proxies", "backend-ca-file", "metrics-backend-pools",
+		"acme-directory", "acme-fallback-directory", "acme-ca-bundle", "acme-email", "acme-dns-provider",
+		"gossip-addr", "replication-addr", "join", "dns-server", "machines-api-url")
 	return cmd
 }
 
+// emptyTwinAnnotation marks a flag whose EDGE_* twin may be set to "".
+const emptyTwinAnnotation = "singularity-edge/empty-twin"
+
+// allowEmptyTwin lets the twins of the named flags set them to "".
+func allowEmptyTwin(flags *pflag.FlagSet, names ...string) {
+	for _, n := range names {
+		if err := flags.SetAnnotation(n, emptyTwinAnnotation, []string{"true"}); err != nil {
+			panic(fmt.Sprintf("agent flags: %v", err)) // a misspelt name in the list above
+		}
+	}
+}
+
 // applyEnvTwins sets every flag the command line did not set from its
-// EDGE_* environment twin (--data-dir <- EDGE_DATA_DIR).
-func applyEnvTwins(flags *pflag.FlagSet, getenv func(string) string) error {
-	var firstErr error
+// EDGE_* environment twin (--data-dir <- EDGE_DATA_DIR). A twin that is set
+// counts even when empty: EDGE_GOSSIP_ADDR= turns gossip off, which is the
+// only way to do it from fly.toml's [env]. A flag for which "" means nothing
+// refuses an empty twin rather than silently keeping its default.
+func applyEnvTwins(flags *pflag.FlagSet, lookupEnv func(string) (string, bool)) error {
+	var errs []error
 	flags.VisitAll(func(f *pflag.Flag) {
-		if f.Changed || firstErr != nil {
+		if f.Changed || f.Name == "help" { // cobra's --help is no setting
 			return
 		}
 		name := "EDGE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v := getenv(name); v != "" {
+		v, ok := lookupEnv(name)
+		switch {
+		case !ok:
+		case v == "" && f.Annotations[emptyTwinAnnotation] == nil:
+			errs = append(errs, fmt.Errorf("%s is set but empty, and --%s needs a value: set one, or unset %s for the default (%s)",
+				name, f.Name, name, f.DefValue))
+		default:
 			if err := f.Value.Set(v); err != nil {
-				firstErr = fmt.Errorf("%s=%q: %w", name, v, err)
+				errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
 			}
 		}
 	})
-	return firstErr
+	return errors.Join(errs...)
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"io"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +15,11 @@ import (
 	"github.com/singularity-ng/singularity-edge/certs"
 )
 
+// lookupIn is os.LookupEnv over a map: a key present with "" is set.
+func lookupIn(env map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+}
+
 func TestApplyEnvTwins(t *testing.T) {
 	fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
 	dataDir := fs.String("data-dir", "./data", "")
@@ -22,7 +29,7 @@ func TestApplyEnvTwins(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := map[string]string{"EDGE_DATA_DIR": "/var/lib/edge", "EDGE_HTTP_ADDR": ":1", "EDGE_PROXY_PROTOCOL": "true"}
-	if err := applyEnvTwins(fs, func(k string) string { return env[k] }); err != nil {
+	if err := applyEnvTwins(fs, lookupIn(env)); err != nil {
 		t.Fatal(err)
 	}
 	if *dataDir != "/var/lib/edge" || !*proxyProto {
@@ -34,8 +41,108 @@ func TestApplyEnvTwins(t *testing.T) {
 	env["EDGE_PROXY_PROTOCOL"] = "maybe"
 	fs2 := pflag.NewFlagSet("agent", pflag.ContinueOnError)
 	fs2.Bool("proxy-protocol", false, "")
-	if err := applyEnvTwins(fs2, func(k string) string { return env[k] }); err == nil {
+	if err := applyEnvTwins(fs2, lookupIn(env)); err == nil {
 		t.Error("a malformed EDGE_PROXY_PROTOCOL was accepted")
+	}
+}
+
+// An EDGE_* twin set to "" sets its flag to "" where empty means something
+// (a listener or feature off, nothing given, the built-in choice), and is
+// refused, naming the variable, everywhere else; an explicit flag still
+// wins. Every flag of the agent command is in the table, so a new flag has
+// to be put on one side or the other.
+func TestEmptyEnvTwins(t *testing.T) {
+	// Empty means something for these.
+	emptyOK := map[string]bool{
+		"http-addr": true, "https-addr": true, "health-addr": true, "pprof-addr": true,
+		"trusted-proxies": true, "backend-ca-file": true, "metrics-backend-pools": true,
+		"acme-directory": true, "acme-fallback-directory": true, "acme-ca-bundle": true,
+		"acme-email": true, "acme-dns-provider": true,
+		"gossip-addr": true, "replication-addr": true, "join": true, "dns-server": true,
+		"machines-api-url": true,
+	}
+	// Each needs a value: "" is no address, level, size, duration, switch
+	// or name it could use (or, for --acme-challenges, no challenge at all).
+	needsValue := []string{
+		"data-dir", "admin-addr", "node-name", "region", "proxy-protocol", "allow-pool-header",
+		"public-https-port", "min-body-rate", "body-rate-grace", "max-backend-conns-per-client",
+		"access-log", "log-level", "health-check-budget", "health-check-concurrency",
+		"metrics-max-backends", "memory-limit", "gc-headroom", "tunnel-event-loops", "metrics-public",
+		"block-cache-size", "row-cache-size", "shutdown-timeout", "feed-retention", "acme-challenges",
+		"acme-orders-per-account", "acme-orders-window", "acme-certs-per-domain", "acme-certs-window",
+		"acme-duplicate-certs", "acme-duplicate-window", "acme-failed-validations", "acme-failed-window",
+		"acme-pause-after-failures", "acme-pause-window", "acme-lease-ttl", "acme-present-timeout",
+		"acme-renew-interval", "on-demand-wait", "on-demand-refusal-ttl", "on-demand-ask-timeout",
+		"app", "gossip-preset",
+	}
+	twin := func(flag string) string { return "EDGE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_")) }
+	run := func(env map[string]string, args ...string) (agent.Config, *pflag.FlagSet, bool, error) {
+		var got agent.Config
+		ran := false
+		cmd := newAgentCommandEnv(lookupIn(env), func(_ context.Context, c agent.Config) error {
+			got, ran = c, true
+			return nil
+		})
+		cmd.SetArgs(args)
+		cmd.SetOut(io.Discard)
+		cmd.SetErr(io.Discard)
+		err := cmd.Execute()
+		return got, cmd.Flags(), ran, err
+	}
+
+	_, flags, _, _ := run(nil)
+	flags.VisitAll(func(f *pflag.Flag) {
+		if f.Name != "help" && !emptyOK[f.Name] && !slices.Contains(needsValue, f.Name) {
+			t.Errorf("--%s is in neither list of this test: may %s be empty?", f.Name, twin(f.Name))
+		}
+	})
+	for name := range emptyOK {
+		t.Run(name, func(t *testing.T) {
+			_, flags, ran, err := run(map[string]string{twin(name): ""})
+			if err != nil || !ran {
+				t.Fatalf("%s= refused: %v", twin(name), err)
+			}
+			if v := flags.Lookup(name).Value.String(); v != "" && v != "[]" {
+				t.Errorf("%s= left --%s at %q", twin(name), name, v)
+			}
+		})
+	}
+	for _, name := range needsValue {
+		t.Run(name, func(t *testing.T) {
+			_, _, ran, err := run(map[string]string{twin(name): ""})
+			if err == nil || ran || !strings.Contains(err.Error(), twin(name)+" is set but empty") || exitCodeOf(err) != exitUsage {
+				t.Errorf("%s=: %v (exit %d, ran %v), want a usage error naming the variable", twin(name), err, exitCodeOf(err), ran)
+			}
+		})
+	}
+
+	// What the empty twins are for, on a Fly Machine: gossip and ACME off
+	// from fly.toml's [env], where nothing else can turn them off.
+	env := flyMachineEnv("edge-test")
+	env["EDGE_GOSSIP_ADDR"], env["EDGE_ACME_DIRECTORY"], env["EDGE_HTTP_ADDR"] = "", "", ""
+	cfg, _, _, err := run(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.GossipAddr != "" || cfg.ACMEDirectory != "" || cfg.HTTPAddr != "" {
+		t.Errorf("on Fly with empty twins: gossip %q acme %q http %q, want all off", cfg.GossipAddr, cfg.ACMEDirectory, cfg.HTTPAddr)
+	}
+	if cfg, _, _, err = run(flyMachineEnv("edge-test")); err != nil || cfg.GossipAddr == "" || cfg.ACMEDirectory == "" {
+		t.Errorf("on Fly without the twins: gossip %q acme %q (%v), want the defaults", cfg.GossipAddr, cfg.ACMEDirectory, err)
+	}
+	// The command line still wins over an empty twin.
+	cfg, _, _, err = run(map[string]string{"EDGE_HTTP_ADDR": "", "EDGE_DATA_DIR": ""}, "--http-addr", "127.0.0.1:9080", "--data-dir", "/tmp/edge")
+	if err != nil || cfg.HTTPAddr != "127.0.0.1:9080" || cfg.DataDir != "/tmp/edge" {
+		t.Errorf("flags beside empty twins: http %q data %q (%v), want the flags' values", cfg.HTTPAddr, cfg.DataDir, err)
+	}
+	// cobra's --help has no twin.
+	if _, _, _, err := run(map[string]string{"EDGE_HELP": ""}); err != nil {
+		t.Errorf("EDGE_HELP= read as a twin: %v", err)
+	}
+	// Several refused twins are reported together.
+	_, _, _, err = run(map[string]string{"EDGE_DATA_DIR": "", "EDGE_LOG_LEVEL": ""})
+	if err == nil || !strings.Contains(err.Error(), "EDGE_DATA_DIR") || !strings.Contains(err.Error(), "EDGE_LOG_LEVEL") {
+		t.Errorf("two empty twins that need values: %v, want both named", err)
 	}
 }
 
@@ -45,7 +152,7 @@ func TestApplyEnvTwins(t *testing.T) {
 func TestACMEBudgetFlags(t *testing.T) {
 	run := func(env map[string]string, args ...string) (agent.Config, error) {
 		var got agent.Config
-		cmd := newAgentCommandEnv(func(k string) string { return env[k] }, func(_ context.Context, c agent.Config) error {
+		cmd := newAgentCommandEnv(lookupIn(env), func(_ context.Context, c agent.Config) error {
 			got = c
 			return nil
 		})
@@ -89,6 +196,27 @@ func TestACMEBudgetFlags(t *testing.T) {
 		_, err := run(nil, bad...)
 		if err == nil || !strings.Contains(err.Error(), bad[0]) || exitCodeOf(err) != exitUsage {
 			t.Errorf("%v: %v (exit %d), want a usage error naming the flag", bad, err, exitCodeOf(err))
+		}
+	}
+}
+
+// The root help names flags and commands; each must exist, so the text
+// cannot drift from the binary unnoticed.
+func TestRootHelpNamesWhatExists(t *testing.T) {
+	root := newRootCommand()
+	agentCmd, _, err := root.Find([]string{"agent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`--([a-z][a-z-]*)`).FindAllStringSubmatch(root.Long, -1) {
+		if agentCmd.Flags().Lookup(m[1]) == nil {
+			t.Errorf("root help names --%s, which the agent does not have", m[1])
+		}
+	}
+	for _, m := range regexp.MustCompile("`([a-z-]+(?: [a-z-]+)*)`").FindAllStringSubmatch(root.Long, -1) {
+		args := strings.Fields(strings.TrimPrefix(m[1], "singularity-edge "))
+		if c, rest, err := root.Find(args); err != nil || len(rest) > 0 || c == root {
+			t.Errorf("root help names `%s`, which is no command", m[1])
 		}
 	}
 }

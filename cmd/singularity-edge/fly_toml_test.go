@@ -86,7 +86,7 @@ func TestFlyTomlMatchesAgent(t *testing.T) {
 		env[k] = v
 	}
 	var cfg agent.Config
-	cmd := newAgentCommandEnv(func(k string) string { return env[k] }, func(_ context.Context, c agent.Config) error {
+	cmd := newAgentCommandEnv(lookupIn(env), func(_ context.Context, c agent.Config) error {
 		cfg = c
 		return nil
 	})

@@ -39,14 +39,19 @@ func newRootCommand() *cobra.Command {
 		Use:   "singularity-edge",
 		Short: "Edge load balancer for Fly.io: HTTP, TLS and SNI-passthrough proxy with health checks, managed through an admin API",
 		Long: `Singularity Edge is one binary: ` + "`singularity-edge agent`" + ` runs the edge load balancer
-(HTTP and HTTPS listeners, TLS termination with uploaded certificates, SNI
-passthrough, pools of backends with active and passive health checks, state in
-an embedded RocksDB store, an admin API, dashboard and Prometheus metrics), and
-every other command manages a running agent through its admin API (or, for
-` + "`db`" + `, a stopped agent's data directory).
+(HTTP and HTTPS listeners, TLS termination, SNI passthrough, pools of backends
+with active and passive health checks, state in an embedded RocksDB store, an
+admin API, dashboard and Prometheus metrics), and every other command manages
+a running agent through its admin API (or, for ` + "`db`" + `, also a stopped agent's
+data directory).
 
-Certificates come from Let's Encrypt (or any ACME CA) or are uploaded.
-Not yet: replication between agents.`,
+Certificates come from Let's Encrypt (or any ACME CA), ordered ahead of time
+or on demand at the first handshake, or are uploaded.
+
+Agents started with --gossip-addr (on Fly.io, every Machine of the app) form a
+cluster: each keeps the whole state and takes writes, and replicates them to
+the others in the background; a new agent fills its store from a peer before
+it says ready. ` + "`cluster`" + ` shows the members and their replication.`,
 		Args:          noArgs,
 		RunE:          func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 		SilenceUsage:  true,
