@@ -119,7 +119,7 @@ FLY_MACHINE_ID and FLY_PRIVATE_IP set the defaults of --region, --node-name and
 	// Empty means something for these: a listener or a feature off, nothing
 	// given, or the built-in choice. Every other flag needs a value.
 	allowEmptyTwin(f, "http-addr", "https-addr", "health-addr", "pprof-addr",
-		"trusted-proxies", "backend-ca-file", "metrics-backend-pools",
+		"trusted-proxies", "proxy-protocol-from", "backend-ca-file", "metrics-backend-pools",
 		"acme-directory", "acme-fallback-directory", "acme-ca-bundle", "acme-email", "acme-dns-provider",
 		"gossip-addr", "replication-addr", "join", "dns-server", "machines-api-url")
 	return cmd

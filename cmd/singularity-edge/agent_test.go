@@ -55,7 +55,7 @@ func TestEmptyEnvTwins(t *testing.T) {
 	// Empty means something for these.
 	emptyOK := map[string]bool{
 		"http-addr": true, "https-addr": true, "health-addr": true, "pprof-addr": true,
-		"trusted-proxies": true, "backend-ca-file": true, "metrics-backend-pools": true,
+		"trusted-proxies": true, "proxy-protocol-from": true, "backend-ca-file": true, "metrics-backend-pools": true,
 		"acme-directory": true, "acme-fallback-directory": true, "acme-ca-bundle": true,
 		"acme-email": true, "acme-dns-provider": true,
 		"gossip-addr": true, "replication-addr": true, "join": true, "dns-server": true,
