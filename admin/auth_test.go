@@ -158,6 +158,15 @@ func TestHealthNotReadyUntilReady(t *testing.T) {
 	close(ready)
 	h.do("GET", "/api/health", nil, noAuth).expect(t, http.StatusOK, "")
 
+	// Shutting down: not ready while the requests in flight finish.
+	h.srv.Drain()
+	r = h.do("GET", "/api/health", nil, noAuth)
+	r.expect(t, http.StatusServiceUnavailable, "")
+	r.json(t, &got)
+	if got.Ready || !got.Live || got.Status != "draining" {
+		t.Fatalf("draining: %+v", got)
+	}
+
 	if err := h.store.Close(); err != nil {
 		t.Fatal(err)
 	}

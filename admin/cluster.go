@@ -18,6 +18,11 @@ type healthResponse = apitypes.Health
 // closed or the routing table is not built yet), so that a load balancer's
 // check keeps traffic away until the agent can serve it.
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		writeJSON(w, http.StatusServiceUnavailable, healthResponse{Status: "draining", Live: true,
+			Reason: "this node is shutting down and finishing the requests it has"})
+		return
+	}
 	switch st := s.membershipState(); st {
 	case "leaving":
 		writeJSON(w, http.StatusServiceUnavailable, healthResponse{Status: st, Live: true,

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,6 +40,8 @@ type Server struct {
 	// writes lets a cluster leave close the API to writes and wait for
 	// those in flight, so its flush sees every write this node took.
 	writes writeGate
+	// draining: the agent is shutting down (Drain); health says so.
+	draining atomic.Bool
 }
 
 // New builds a server. It registers the admin's collectors on
@@ -387,6 +390,10 @@ func (s *Server) Addr() net.Addr {
 
 // Shutdown stops accepting connections and waits for in-flight requests
 // until ctx ends; then it closes the remaining connections.
+// Drain makes /api/health answer 503 "draining" from now on: the agent is
+// shutting down and finishing the requests it has.
+func (s *Server) Drain() { s.draining.Store(true) }
+
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.httpServer.Shutdown(ctx)
 	if err != nil {

@@ -587,15 +587,18 @@ func (a *Agent) runLoop(ctx context.Context, name string, run func(context.Conte
 // ctx expires, stops the background loops and closes the store.
 func (a *Agent) Shutdown(ctx context.Context) error {
 	var errs []error
+	// Health fails first: from the moment peers hear this node leave, no
+	// check may still call it ready.
+	if a.health != nil {
+		a.health.Drain()
+	}
+	a.admin.Drain()
 	if a.disc != nil {
-		// Leave first, so peers mark this node left rather than
+		// Then leave, so peers mark this node left rather than
 		// suspecting it while it drains.
 		if err := a.disc.Leave(2 * time.Second); err != nil {
 			errs = append(errs, fmt.Errorf("leaving the cluster: %w", err))
 		}
-	}
-	if a.health != nil {
-		a.health.Drain()
 	}
 	if err := a.proxy.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("proxy drain: %w", err))
