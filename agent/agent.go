@@ -227,6 +227,12 @@ func New(cfg Config, logger *zap.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.ACMEDirectory != "" && encKey == nil {
+		// Account and certificate keys are stored sealed: without a key
+		// every order would fail when its key is written.
+		logger.Warn("ACME is on but EDGE_ENCRYPTION_KEY is not set: no certificate can be obtained, because private keys are only stored encrypted; set EDGE_ENCRYPTION_KEY (the same on every node), or turn ACME off with EDGE_ACME_DIRECTORY=",
+			zap.String("acme_directory", cfg.ACMEDirectory))
+	}
 	if cfg.CookieKey == "" && encKey == nil {
 		logger.Warn("neither EDGE_COOKIE_KEY nor EDGE_ENCRYPTION_KEY is set: sticky-session cookies are signed with a key of this process only")
 	}

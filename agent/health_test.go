@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/singularity-ng/singularity-edge/apitypes"
 	"github.com/singularity-ng/singularity-edge/storage"
@@ -110,5 +112,41 @@ func TestHealthFollowsStoreReadiness(t *testing.T) {
 	}
 	if code, h := apiHealth(); code != http.StatusOK || !h.Ready {
 		t.Errorf("/api/health once the table is resynced: %d %+v, want 200 ready", code, h)
+	}
+}
+
+// TestWarnsACMEWithoutEncryptionKey: ACME on and no encryption key can
+// obtain nothing (keys are stored sealed), so the agent says so at start.
+func TestWarnsACMEWithoutEncryptionKey(t *testing.T) {
+	const warning = "ACME is on but EDGE_ENCRYPTION_KEY is not set"
+	for _, tc := range []struct {
+		name, directory, key string
+		warn                 bool
+	}{
+		{"acme without a key", "https://acme.example/directory", "", true},
+		{"acme with a key", "https://acme.example/directory", strings.Repeat("ab", 32), false},
+		{"no acme, no key", "", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.DataDir = t.TempDir()
+			cfg.HTTPAddr, cfg.HTTPSAddr, cfg.AdminAddr, cfg.HealthAddr = "127.0.0.1:0", "", "127.0.0.1:0", ""
+			cfg.ACMEDirectory, cfg.EncryptionKey = tc.directory, tc.key
+			core, logs := observer.New(zapcore.WarnLevel)
+			a, err := New(cfg, zap.New(core))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := a.close(); err != nil {
+				t.Fatal(err)
+			}
+			var got bool
+			for _, e := range logs.All() {
+				got = got || strings.HasPrefix(e.Message, warning)
+			}
+			if got != tc.warn {
+				t.Fatalf("warned %v, want %v: %v", got, tc.warn, logs.All())
+			}
+		})
 	}
 }
