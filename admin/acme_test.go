@@ -62,19 +62,7 @@ func closedAddr(t *testing.T) string {
 // nothing listens on: every order fails before reaching a CA.
 func acmeManager(t *testing.T, st *storage.Store) (*certs.Manager, *certs.StoreBackend) {
 	t.Helper()
-	backend := certs.NewStoreBackend(st, nil)
-	icfg := certs.DefaultACMEConfig()
-	icfg.DirectoryURL = "https://" + closedAddr(t) + "/dir"
-	icfg.HTTPTimeout = 5 * time.Second
-	iss, err := certs.NewACMEIssuer(icfg, backend, backend)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := certs.NewManager(certs.DefaultManagerConfig(), []certs.Issuer{iss}, backend, backend, soloMembers(st.NodeID()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m, backend
+	return managerFor(t, st, "https://"+closedAddr(t)+"/dir", nil)
 }
 
 // putACMECert stores c as the ACME certificate for its names, with state.

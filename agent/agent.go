@@ -503,25 +503,13 @@ func (a *Agent) Start(ctx context.Context) error {
 	// the renewal pass reads every certificate too.
 	timer := time.NewTimer(readyTimeout)
 	defer timer.Stop()
-	select {
-	case <-a.pools.Ready():
-	case err := <-a.errs:
+	if err := a.awaitLoad(ctx, timer, a.pools.Ready(), "routing table"); err != nil {
 		return err
-	case <-timer.C:
-		return errors.New("routing table not loaded after 2 minutes")
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 	if a.challenges != nil {
 		// A few rows: the CA may validate here as soon as we serve.
-		select {
-		case <-a.challenges.Ready():
-		case err := <-a.errs:
+		if err := a.awaitLoad(ctx, timer, a.challenges.Ready(), "acme challenges"); err != nil {
 			return err
-		case <-timer.C:
-			return errors.New("acme challenges not loaded after 2 minutes")
-		case <-ctx.Done():
-			return ctx.Err()
 		}
 	}
 	if err := a.proxy.Start(ctx); err != nil {
@@ -635,6 +623,21 @@ func (a *Agent) close() error {
 		return fmt.Errorf("closing store: %w", err)
 	}
 	return nil
+}
+
+// awaitLoad waits until loaded is closed; it fails on a background error,
+// when timer fires (the start's whole budget) or when ctx ends.
+func (a *Agent) awaitLoad(ctx context.Context, timer *time.Timer, loaded <-chan struct{}, what string) error {
+	select {
+	case <-loaded:
+		return nil
+	case err := <-a.errs:
+		return err
+	case <-timer.C:
+		return fmt.Errorf("%s not loaded after %v", what, readyTimeout)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // deriveCookieKey picks the key that signs sticky-session cookies: the
