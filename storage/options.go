@@ -3,6 +3,7 @@ package storage
 import (
 	"github.com/linxGnu/grocksdb"
 
+	"github.com/singularity-ng/singularity-edge/storage/internal/bgerror"
 	"github.com/singularity-ng/singularity-edge/storage/internal/memhint"
 )
 
@@ -19,6 +20,10 @@ type rocksOptions struct {
 	wbs    uint64
 	// indexHint: the index family has its insert hint (storage/internal/memhint).
 	indexHint bool
+	// bgErr remembers RocksDB's background error (nil when grocksdb's
+	// layout does not allow the listener; health.go then relies on failed
+	// commits alone).
+	bgErr *bgerror.Watch
 }
 
 func newRocksOptions(cfg Config) *rocksOptions {
@@ -38,13 +43,14 @@ func newRocksOptions(cfg Config) *rocksOptions {
 	o.db = grocksdb.NewDefaultOptions()
 	o.db.SetCreateIfMissing(true)
 	o.db.SetCreateIfMissingColumnFamilies(true)
-	// Not paranoid: with paranoid checks a failed write or flush (ENOSPC)
-	// puts RocksDB into a background-error state that only a reopen
-	// clears, so a full disk would stop writes for good. Without them the
-	// failed commit returns its error (ErrDiskFull) and the next one, once
-	// space is back, succeeds. Damage is still caught: every family's checksums
-	// are verified at each start (verify.go) and reads verify their blocks.
-	o.db.SetParanoidChecks(false)
+	// Paranoid: a flush or WAL write that fails (ENOSPC) becomes a
+	// background error, which stops writes with that error until
+	// DB::Resume clears it (health.go resumes once space is back).
+	// Without it RocksDB ignores a failed flush: the memtables it could not
+	// write stay in memory, no flush is scheduled again, and once they fill
+	// every write, Close's flush included, waits forever.
+	o.db.SetParanoidChecks(true)
+	o.bgErr = bgerror.NewWatch(o.db)
 	// Rows, index entries and the change log of one commit are in different
 	// families; atomic flush keeps the flushed SST set consistent across
 	// them even where no WAL is replayed (checkpoints, flushed backups).
@@ -105,6 +111,7 @@ func (o *rocksOptions) destroy() {
 		f.Destroy()
 	}
 	o.db.Destroy()
+	o.bgErr.Destroy()
 	o.bbto.Destroy()
 	o.cache.Destroy()
 }
