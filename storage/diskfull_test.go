@@ -167,6 +167,71 @@ func TestDiskFullBackgroundFlush(t *testing.T) {
 	}
 }
 
+// The agent's default write buffers on a disk filled to the last byte: the
+// commits, flushes and resume attempts that fail make RocksDB log errors
+// while nothing can be written, which RocksDB 7.8.3's own info log answers
+// by aborting the process (a debug assertion in its file writer). The store
+// must instead answer ErrDiskFull, close, and reopen with every
+// acknowledged commit once space is back.
+func TestDiskFullDefaultOptionsDoesNotAbort(t *testing.T) {
+	mnt := mountSmallDisk(t, "64m")
+	cfg := DefaultConfig()
+	cfg.Dir = filepath.Join(mnt, "data")
+	cfg.BlockCacheSize = 8 << 20
+	s, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			_ = s.Close()
+		}
+	}()
+	ctx := context.Background()
+	filler := fillDisk(t, mnt, 0)
+	var acked []string
+	var failed error
+	for i := 0; i < 20000 && failed == nil; i++ {
+		id := fmt.Sprintf("b-%05d", i)
+		_, failed = s.Update(ctx, func(tx *Tx) error {
+			b := sampleBackend(id, "p")
+			b.Metadata = map[string]string{"pad": incompressible(id, 4096)}
+			return tx.PutBackend(b)
+		})
+		if failed == nil {
+			acked = append(acked, id)
+		}
+	}
+	if !errors.Is(failed, ErrDiskFull) {
+		t.Fatalf("commit on a full disk: %v", failed)
+	}
+	for i := 0; i < 3; i++ {
+		if err := s.CheckWritable(); !errors.Is(err, ErrDiskFull) {
+			t.Fatalf("probe on a full disk: %v", err)
+		}
+	}
+	if err := s.Ready(); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("Ready on a full disk: %v", err)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	waitWritable(t, s)
+	noHang(t, "Close", func() { _ = s.Close() })
+	closed = true
+	s2, err := Open(cfg)
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	defer s2.Close()
+	for _, id := range acked {
+		if _, err := s2.GetBackend(ctx, id); err != nil {
+			t.Fatalf("acknowledged backend %s after reopen: %v", id, err)
+		}
+	}
+}
+
 // mountSmallDisk mounts a tmpfs of the given size on a temp dir: a disk
 // the tests can fill. It needs root.
 func mountSmallDisk(t *testing.T, size string) string {

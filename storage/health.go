@@ -111,7 +111,8 @@ func (s *Store) Ready() error {
 		return fmt.Errorf("%w: %w at %s: %w", ErrNotReady, ErrCommitFailed, f.at.UTC().Format(time.RFC3339), f.err)
 	}
 	if err := s.backgroundError(); err != nil {
-		return fmt.Errorf("%w: %w", ErrNotReady, err)
+		// A failed flush refuses the next commit before it is tried.
+		return fmt.Errorf("%w: %w: %w", ErrNotReady, ErrCommitFailed, err)
 	}
 	switch st, _ := s.state.Load().(string); st {
 	case stateIngesting:

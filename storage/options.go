@@ -1,6 +1,8 @@
 package storage
 
 import (
+	"path/filepath"
+
 	"github.com/linxGnu/grocksdb"
 
 	"github.com/singularity-ng/singularity-edge/storage/internal/bgerror"
@@ -66,6 +68,10 @@ func newRocksOptions(cfg Config) *rocksOptions {
 	o.db.SetMaxBackgroundJobs(2)
 	o.db.SetBytesPerSync(1 << 20)
 	o.db.SetInfoLogLevel(grocksdb.WarnInfoLogLevel)
+	// RocksDB's own LOG writer aborts the process once the disk is full
+	// (storage/internal/bgerror); without the replacement it still logs,
+	// and a full disk is then fatal.
+	bgerror.InstallLogger(o.db, filepath.Join(cfg.Dir, "LOG"), 4<<20, grocksdb.WarnInfoLogLevel)
 	o.db.SetLevelCompactionDynamicLevelBytes(true)
 	o.db.SetBlockBasedTableFactory(o.bbto)
 	o.db.SetWriteBufferSize(1 << 20)

@@ -37,6 +37,15 @@ class Listener : public rocksdb::EventListener {
     count_++;
   }
 
+  // RocksDB's own recovery from a full disk waits until the free space
+  // exceeds the largest write buffer, checking every 5 s, and meanwhile
+  // refuses DB::Resume as "in progress". On a small volume that space
+  // never comes back while the WAL holds its preallocation, so the store
+  // resumes by itself instead (bgerror.go).
+  void OnErrorRecoveryBegin(rocksdb::BackgroundErrorReason, rocksdb::Status, bool* auto_recovery) override {
+    if (auto_recovery != nullptr) *auto_recovery = false;
+  }
+
   // Called when DB::Resume (or RocksDB's own recovery) ends: the error is
   // cleared when the recovery succeeded.
   void OnErrorRecoveryEnd(const rocksdb::BackgroundErrorRecoveryInfo& info) override {

@@ -1,5 +1,6 @@
-// Package bgerror lets the store see and clear RocksDB's background error,
-// which RocksDB's C API, and so grocksdb, does not expose.
+// Package bgerror lets the store live through a full disk: see and clear
+// RocksDB's background error, and log without aborting, none of which
+// RocksDB's C API, and so grocksdb, exposes.
 //
 // When a flush or a WAL write fails (ENOSPC above all), RocksDB records a
 // background error and refuses every write until DB::Resume succeeds or
@@ -8,9 +9,14 @@
 // the flush that failed ran in the background) and to call Resume once the
 // cause is gone, so that writes come back without a restart.
 //
+// InstallLogger replaces RocksDB's info log writer, which aborts the
+// process once the disk is full (see there).
+//
 // Watch adds an EventListener to the options that remembers the error
 // RocksDB holds (OnBackgroundError) until a recovery clears it
-// (OnErrorRecoveryEnd). Resume calls DB::Resume.
+// (OnErrorRecoveryEnd), and turns off RocksDB's own recovery from a full
+// disk (OnErrorRecoveryBegin), which waits for the free space of a whole
+// write buffer and refuses DB::Resume meanwhile. Resume calls DB::Resume.
 //
 // bgerror.cc reaches the C++ objects inside the C API's handles, which
 // grocksdb keeps as the first field of its Options and DB (as in
@@ -45,20 +51,25 @@ type Watch struct {
 // options, before the database is opened with them. It returns nil when
 // grocksdb's Options layout is not the one this package knows.
 func NewWatch(o *grocksdb.Options) *Watch {
-	h := cHandle(o)
-	if h == nil {
+	if !optionsLayoutOK(o) {
 		return nil
 	}
-	// Probe the layout with a value nobody uses, then restore it.
+	return &Watch{h: C.edge_bgerror_watch(cHandle(o))}
+}
+
+// optionsLayoutOK probes that the C++ options sit where bgerror.cc looks
+// for them, with a value nobody uses, then restores it.
+func optionsLayoutOK(o *grocksdb.Options) bool {
+	h := cHandle(o)
+	if h == nil {
+		return false
+	}
 	want := o.GetWriteBufferSize()
 	const probe = 0x5eed_4321
 	o.SetWriteBufferSize(probe)
 	ok := uint64(C.edge_options_write_buffer_size(h)) == probe
 	o.SetWriteBufferSize(want)
-	if !ok {
-		return nil
-	}
-	return &Watch{h: C.edge_bgerror_watch(h)}
+	return ok
 }
 
 // Err returns the background error the database holds now, or nil.
@@ -90,6 +101,24 @@ func (w *Watch) Destroy() {
 		C.edge_bgerror_watch_destroy(w.h)
 		w.h = nil
 	}
+}
+
+// InstallLogger makes o's database write its info log to path with a
+// logger that drops a line it cannot write, renaming the file to path.old
+// past maxSize. RocksDB's own logger, once a line fails for lack of space,
+// aborts the whole process on the next one (an assertion in its file
+// writer that RocksDB 7.8.3 as packaged leaves on), and RocksDB logs an
+// error every few seconds while it waits for space. It reports false, and
+// leaves o alone, when grocksdb's Options layout is not the one this
+// package knows.
+func InstallLogger(o *grocksdb.Options, path string, maxSize int64, level grocksdb.InfoLogLevel) bool {
+	if !optionsLayoutOK(o) {
+		return false
+	}
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	C.edge_set_info_log(cHandle(o), cpath, C.long(maxSize), C.int(level))
+	return true
 }
 
 // CanResume reports whether Resume may be used on db, the database opened
