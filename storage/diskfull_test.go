@@ -112,12 +112,24 @@ func TestDiskFullBackgroundFlush(t *testing.T) {
 				}
 				return err
 			}
+			// Commit until the flush has failed. Commits may fail
+			// before (a WAL write without room), for lack of space only.
 			var failed error
-			for i := 0; i < 5000 && failed == nil; i++ {
-				failed = commit(fmt.Sprintf("b-%05d", i))
+			for i, deadline := 0, time.Now().Add(hangBound); s.backgroundError() == nil; i++ {
+				if time.Now().After(deadline) {
+					t.Fatalf("no failed flush after %d commits (last error %v)", i, failed)
+				}
+				if err := commit(fmt.Sprintf("b-%05d", i)); err != nil {
+					if !errors.Is(err, ErrDiskFull) {
+						t.Fatalf("commit on a full disk: %v", err)
+					}
+					failed = err
+				}
 			}
-			if !errors.Is(failed, ErrDiskFull) {
-				t.Fatalf("commit on a full disk: %v", failed)
+			// Now RocksDB refuses every write: the next commit fails
+			// at once, however much room its WAL has.
+			if err := commit("refused"); !errors.Is(err, ErrDiskFull) {
+				t.Fatalf("commit after the failed flush: %v", err)
 			}
 			bg := s.backgroundError()
 			if bg == nil || !strings.Contains(bg.Error(), ".sst") {

@@ -45,13 +45,17 @@ func newRocksOptions(cfg Config) *rocksOptions {
 	o.db = grocksdb.NewDefaultOptions()
 	o.db.SetCreateIfMissing(true)
 	o.db.SetCreateIfMissingColumnFamilies(true)
-	// Paranoid: a flush or WAL write that fails (ENOSPC) becomes a
-	// background error, which stops writes with that error until
-	// DB::Resume clears it (health.go resumes once space is back).
-	// Without it RocksDB ignores a failed flush: the memtables it could not
-	// write stay in memory, no flush is scheduled again, and once they fill
-	// every write, Close's flush included, waits forever.
-	o.db.SetParanoidChecks(true)
+	// Not paranoid: with paranoid checks a commit whose WAL write fails
+	// (ENOSPC) stops every later write until DB::Resume, and a damaged
+	// table file fails open without naming its table. Without them the
+	// failed commit returns its error (ErrDiskFull) and the next one, once
+	// space is back, succeeds. A failed flush, which RocksDB would then
+	// ignore and never retry (writes would wait forever once the memtables
+	// fill), is made a background error by bgErr's listener: writes fail
+	// with it until health.go's resume flushes again. Damage is still
+	// caught: every family's checksums are verified at each start
+	// (verify.go) and reads verify their blocks.
+	o.db.SetParanoidChecks(false)
 	o.bgErr = bgerror.NewWatch(o.db)
 	// Rows, index entries and the change log of one commit are in different
 	// families; atomic flush keeps the flushed SST set consistent across

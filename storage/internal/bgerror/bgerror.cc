@@ -30,8 +30,21 @@ class Listener : public rocksdb::EventListener {
 
   // RocksDB asks every background error's listeners before it records the
   // error; one it will ignore (severity kNoError) stops nothing.
-  void OnBackgroundError(rocksdb::BackgroundErrorReason, rocksdb::Status* err) override {
-    if (err == nullptr || err->ok() || err->severity() == rocksdb::Status::Severity::kNoError) return;
+  //
+  // Without paranoid checks RocksDB ignores a failed flush: the memtables
+  // it could not write stay in memory, no flush is scheduled again, and
+  // once they fill every write, and every flush that waits (Close's), waits
+  // forever. A failed flush is made a hard error instead: writes fail with
+  // it until DB::Resume flushes again. Paranoid checks would do the same
+  // but also make a commit's failed WAL write stop every later one, and
+  // make open fail on any damaged table file without naming the table.
+  void OnBackgroundError(rocksdb::BackgroundErrorReason reason, rocksdb::Status* err) override {
+    if (err == nullptr || err->ok()) return;
+    if ((reason == rocksdb::BackgroundErrorReason::kFlush || reason == rocksdb::BackgroundErrorReason::kFlushNoWAL) &&
+        err->severity() < rocksdb::Status::Severity::kHardError) {
+      *err = rocksdb::Status(*err, rocksdb::Status::Severity::kHardError);
+    }
+    if (err->severity() == rocksdb::Status::Severity::kNoError) return;
     std::lock_guard<std::mutex> l(mu_);
     err_ = err->ToString();
     count_++;

@@ -2,9 +2,9 @@
 // RocksDB's background error, and log without aborting, none of which
 // RocksDB's C API, and so grocksdb, exposes.
 //
-// When a flush or a WAL write fails (ENOSPC above all), RocksDB records a
-// background error and refuses every write until DB::Resume succeeds or
-// the database is reopened. The store needs to know that the error is
+// When a flush fails (ENOSPC above all), RocksDB records a background
+// error and refuses every write until DB::Resume succeeds or the database
+// is reopened. The store needs to know that the error is
 // there (it is not ready while it is, even when no commit has failed yet:
 // the flush that failed ran in the background) and to call Resume once the
 // cause is gone, so that writes come back without a restart.
@@ -12,8 +12,10 @@
 // InstallLogger replaces RocksDB's info log writer, which aborts the
 // process once the disk is full (see there).
 //
-// Watch adds an EventListener to the options that remembers the error
-// RocksDB holds (OnBackgroundError) until a recovery clears it
+// Watch adds an EventListener to the options that makes a failed flush a
+// background error (RocksDB ignores one without paranoid checks, and writes
+// then stall forever, see bgerror.cc), remembers the error RocksDB holds
+// (OnBackgroundError) until a recovery clears it
 // (OnErrorRecoveryEnd), and turns off RocksDB's own recovery from a full
 // disk (OnErrorRecoveryBegin), which waits for the free space of a whole
 // write buffer and refuses DB::Resume meanwhile. Resume calls DB::Resume.
