@@ -180,11 +180,11 @@ func TestDiskFullBackgroundFlush(t *testing.T) {
 }
 
 // The agent's default write buffers on a disk filled to the last byte: the
-// commits, flushes and resume attempts that fail make RocksDB log errors
-// while nothing can be written, which RocksDB 7.8.3's own info log answers
-// by aborting the process (a debug assertion in its file writer). The store
-// must instead answer ErrDiskFull, close, and reopen with every
-// acknowledged commit once space is back.
+// flush and resume attempts that fail make RocksDB log errors while nothing
+// can be written, which RocksDB 7.8.3's own info log answers by aborting
+// the process (a debug assertion in its file writer). The store must
+// instead answer ErrDiskFull, resume once space is back, close, and reopen
+// with every acknowledged commit.
 func TestDiskFullDefaultOptionsDoesNotAbort(t *testing.T) {
 	mnt := mountSmallDisk(t, "64m")
 	cfg := DefaultConfig()
@@ -202,24 +202,31 @@ func TestDiskFullDefaultOptionsDoesNotAbort(t *testing.T) {
 	}()
 	ctx := context.Background()
 	filler := fillDisk(t, mnt, 0)
+	// Commit until a flush has failed: RocksDB logs that failure, and then
+	// every probe's resume logs another.
 	var acked []string
-	var failed error
-	for i := 0; i < 20000 && failed == nil; i++ {
+	for i, deadline := 0, time.Now().Add(hangBound); s.backgroundError() == nil; i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("no failed flush after %d commits", i)
+		}
 		id := fmt.Sprintf("b-%05d", i)
-		_, failed = s.Update(ctx, func(tx *Tx) error {
-			b := sampleBackend(id, "p")
-			b.Metadata = map[string]string{"pad": incompressible(id, 4096)}
-			return tx.PutBackend(b)
+		var err error
+		noHang(t, "commit "+id, func() {
+			_, err = s.Update(ctx, func(tx *Tx) error {
+				b := sampleBackend(id, "p")
+				b.Metadata = map[string]string{"pad": incompressible(id, 4096)}
+				return tx.PutBackend(b)
+			})
 		})
-		if failed == nil {
+		switch {
+		case err == nil:
 			acked = append(acked, id)
+		case !errors.Is(err, ErrDiskFull):
+			t.Fatalf("commit on a full disk: %v", err)
 		}
 	}
-	if !errors.Is(failed, ErrDiskFull) {
-		t.Fatalf("commit on a full disk: %v", failed)
-	}
 	// Each probe tries to resume, and the flush that fails logs errors.
-	for i := 0; i < 200; i++ {
+	for i := 0; i < 50; i++ {
 		if err := s.CheckWritable(); !errors.Is(err, ErrDiskFull) {
 			t.Fatalf("probe on a full disk: %v", err)
 		}
