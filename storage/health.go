@@ -17,9 +17,9 @@ type writeFailure struct {
 	at  time.Time
 }
 
-// isDiskFull recognizes RocksDB's out-of-space errors (ENOSPC from the
-// WAL, a flush or a compaction: RocksDB then holds a background error and
-// refuses writes until resume clears it).
+// isDiskFull recognizes RocksDB's out-of-space errors: ENOSPC from the WAL
+// (that commit fails), a flush (RocksDB then holds a background error and
+// refuses writes until resume clears it) or a compaction (retried later).
 func isDiskFull(msg string) bool {
 	m := strings.ToLower(msg)
 	return strings.Contains(m, "no space left") || strings.Contains(m, "enospc") ||
@@ -34,8 +34,9 @@ func diskFullError(err error) error {
 	return err
 }
 
-// backgroundError returns the error RocksDB holds after a failed flush,
-// compaction or WAL write, or nil. While it holds one, every write fails.
+// backgroundError returns the error RocksDB holds after a failed flush (or
+// another background failure it does not ignore), or nil. While it holds
+// one, every write fails.
 func (s *Store) backgroundError() error {
 	if err := s.opts.bgErr.Err(); err != nil {
 		return diskFullError(fmt.Errorf("storage: background write failed: %w", err))

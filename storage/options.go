@@ -72,9 +72,9 @@ func newRocksOptions(cfg Config) *rocksOptions {
 	o.db.SetMaxBackgroundJobs(2)
 	o.db.SetBytesPerSync(1 << 20)
 	o.db.SetInfoLogLevel(grocksdb.WarnInfoLogLevel)
-	// RocksDB's own LOG writer aborts the process once the disk is full
-	// (storage/internal/bgerror); without the replacement it still logs,
-	// and a full disk is then fatal.
+	// RocksDB's own LOG writer aborts the process on a full disk
+	// (storage/internal/bgerror). Where grocksdb's layout does not allow
+	// the replacement, RocksDB keeps its own.
 	bgerror.InstallLogger(o.db, filepath.Join(cfg.Dir, "LOG"), 4<<20, grocksdb.WarnInfoLogLevel)
 	o.db.SetLevelCompactionDynamicLevelBytes(true)
 	o.db.SetBlockBasedTableFactory(o.bbto)
