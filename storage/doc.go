@@ -138,9 +138,17 @@
 // agree, both ways.
 //
 // A commit that fails for lack of space returns ErrDiskFull and makes Ready
-// report it; RocksDB runs without paranoid checks so that the failure does
-// not stop writes for good, and the next commit (or CheckWritable, which
-// the health check calls) succeeds once space is back.
+// report it; RocksDB runs without paranoid checks so that a failed WAL
+// write does not stop writes for good, and the next commit (or
+// CheckWritable, which the health check calls) succeeds once space is back.
+// A flush that fails, which RocksDB would then ignore and never retry (once
+// the memtables fill every write would wait forever), is made a background
+// error that refuses every write with ErrDiskFull and makes Ready report it;
+// the next commit or CheckWritable calls DB::Resume, which flushes again and
+// lets writes in once there is room for the memtables. Close does not flush
+// while the error holds: the WAL keeps every acknowledged commit for the
+// next open. RocksDB's info log is written by a logger that drops what a
+// full disk refuses (storage/internal/bgerror).
 //
 // # Encryption
 //

@@ -1,11 +1,14 @@
 package storage
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/storage/internal/bgerror"
 )
 
 // writeFailure is the last commit that failed for a storage reason.
@@ -14,13 +17,57 @@ type writeFailure struct {
 	at  time.Time
 }
 
-// isDiskFull recognizes RocksDB's out-of-space errors (ENOSPC from the
-// WAL, a flush or a compaction: RocksDB then stops writes until space is
-// back and a retry succeeds).
+// isDiskFull recognizes RocksDB's out-of-space errors: ENOSPC from the WAL
+// (that commit fails), a flush (RocksDB then holds a background error and
+// refuses writes until resume clears it) or a compaction (retried later).
 func isDiskFull(msg string) bool {
 	m := strings.ToLower(msg)
 	return strings.Contains(m, "no space left") || strings.Contains(m, "enospc") ||
 		strings.Contains(m, "space limit") || strings.Contains(m, "nospace")
+}
+
+// diskFullError wraps err with ErrDiskFull when it is for lack of space.
+func diskFullError(err error) error {
+	if isDiskFull(err.Error()) && !errors.Is(err, ErrDiskFull) {
+		return fmt.Errorf("%w: %v", ErrDiskFull, err)
+	}
+	return err
+}
+
+// backgroundError returns the error RocksDB holds after a failed flush (or
+// another background failure it does not ignore), or nil. While it holds
+// one, every write fails.
+func (s *Store) backgroundError() error {
+	if err := s.opts.bgErr.Err(); err != nil {
+		return diskFullError(fmt.Errorf("storage: background write failed: %w", err))
+	}
+	return nil
+}
+
+// resume clears RocksDB's background error once its cause is gone: DB::Resume
+// flushes the memtables that a failed flush left behind and lets writes in
+// again. It does nothing (and costs a mutex) when there is no error, and
+// fails, leaving the error in place, while the disk is still full.
+func (s *Store) resume() error {
+	if !s.canResume {
+		return nil
+	}
+	if err := bgerror.Resume(s.base); err != nil {
+		return diskFullError(fmt.Errorf("storage: resume writes: %w", err))
+	}
+	return nil
+}
+
+// resumeAfterFailure runs resume before a write when the last one failed or
+// RocksDB holds a background error, so that writes come back by themselves
+// once space is freed, without a restart.
+func (s *Store) resumeAfterFailure() {
+	if s.writeErr.Load() == nil && s.opts.bgErr.Err() == nil {
+		return
+	}
+	if err := s.resume(); err != nil {
+		s.log.Debug("writes not resumed yet", zap.Error(err))
+	}
 }
 
 // noteWriteError classifies a failed write, remembers it for Ready, and
@@ -30,9 +77,7 @@ func (s *Store) noteWriteError(err error) error {
 	if err == nil {
 		return nil
 	}
-	if isDiskFull(err.Error()) {
-		err = fmt.Errorf("%w: %v", ErrDiskFull, err)
-	}
+	err = diskFullError(err)
 	s.counts.commitFailures.Add(1)
 	if prev := s.writeErr.Swap(&writeFailure{err: err, at: s.cfg.Now()}); prev == nil {
 		s.log.Error("store cannot commit", zap.Error(err))
@@ -50,8 +95,9 @@ func (s *Store) noteWriteOK() {
 }
 
 // Ready returns nil when the store can commit and serve, or an error
-// wrapping ErrNotReady that says why not: the last commit failed (and
-// wraps ErrDiskFull when for lack of space), a table is under resync, or a
+// wrapping ErrNotReady that says why not: the last commit failed, or RocksDB
+// holds a background error after a failed flush (both wrap ErrDiskFull when
+// for lack of space), a table is under resync, or a
 // snapshot ingest or the catch-up after it is not finished. Health checks
 // and replication's "may I serve ranges" both ask it.
 func (s *Store) Ready() error {
@@ -64,6 +110,10 @@ func (s *Store) Ready() error {
 	}
 	if f := s.writeErr.Load(); f != nil {
 		return fmt.Errorf("%w: %w at %s: %w", ErrNotReady, ErrCommitFailed, f.at.UTC().Format(time.RFC3339), f.err)
+	}
+	if err := s.backgroundError(); err != nil {
+		// A failed flush refuses the next commit before it is tried.
+		return fmt.Errorf("%w: %w: %w", ErrNotReady, ErrCommitFailed, err)
 	}
 	switch st, _ := s.state.Load().(string); st {
 	case stateIngesting:
@@ -81,15 +131,17 @@ func (s *Store) Ready() error {
 	return nil
 }
 
-// CheckWritable tries a small synced write and reports whether the store
-// can commit now. A health check calls it when Ready reports a failed
-// commit, so that the node becomes ready again as soon as space is back
-// even while nothing else writes.
+// CheckWritable clears RocksDB's background error if there is one and its
+// cause is gone, then tries a small synced write and reports whether the
+// store can commit now. A health check calls it when Ready reports a failed
+// commit or a background error, so that the node becomes ready again as soon
+// as space is back even while nothing else writes.
 func (s *Store) CheckWritable() error {
 	if err := s.enter(); err != nil {
 		return err
 	}
 	defer s.leave()
+	s.resumeAfterFailure()
 	if err := s.base.PutCF(s.wo, s.cfs[cfMeta], []byte(metaProbe), []byte(s.cfg.Now().UTC().Format(time.RFC3339Nano))); err != nil {
 		return s.noteWriteError(fmt.Errorf("storage: probe write: %w", err))
 	}

@@ -1,8 +1,11 @@
 package storage
 
 import (
+	"path/filepath"
+
 	"github.com/linxGnu/grocksdb"
 
+	"github.com/singularity-ng/singularity-edge/storage/internal/bgerror"
 	"github.com/singularity-ng/singularity-edge/storage/internal/memhint"
 )
 
@@ -19,6 +22,10 @@ type rocksOptions struct {
 	wbs    uint64
 	// indexHint: the index family has its insert hint (storage/internal/memhint).
 	indexHint bool
+	// bgErr remembers RocksDB's background error (nil when grocksdb's
+	// layout does not allow the listener; health.go then relies on failed
+	// commits alone).
+	bgErr *bgerror.Watch
 }
 
 func newRocksOptions(cfg Config) *rocksOptions {
@@ -38,13 +45,18 @@ func newRocksOptions(cfg Config) *rocksOptions {
 	o.db = grocksdb.NewDefaultOptions()
 	o.db.SetCreateIfMissing(true)
 	o.db.SetCreateIfMissingColumnFamilies(true)
-	// Not paranoid: with paranoid checks a failed write or flush (ENOSPC)
-	// puts RocksDB into a background-error state that only a reopen
-	// clears, so a full disk would stop writes for good. Without them the
+	// Not paranoid: with paranoid checks a commit whose WAL write fails
+	// (ENOSPC) stops every later write until DB::Resume, and a damaged
+	// table file fails open without naming its table. Without them the
 	// failed commit returns its error (ErrDiskFull) and the next one, once
-	// space is back, succeeds. Damage is still caught: every family's checksums
-	// are verified at each start (verify.go) and reads verify their blocks.
+	// space is back, succeeds. A failed flush, which RocksDB would then
+	// ignore and never retry (writes would wait forever once the memtables
+	// fill), is made a background error by bgErr's listener: writes fail
+	// with it until health.go's resume flushes again. Damage is still
+	// caught: every family's checksums are verified at each start
+	// (verify.go) and reads verify their blocks.
 	o.db.SetParanoidChecks(false)
+	o.bgErr = bgerror.NewWatch(o.db)
 	// Rows, index entries and the change log of one commit are in different
 	// families; atomic flush keeps the flushed SST set consistent across
 	// them even where no WAL is replayed (checkpoints, flushed backups).
@@ -60,6 +72,10 @@ func newRocksOptions(cfg Config) *rocksOptions {
 	o.db.SetMaxBackgroundJobs(2)
 	o.db.SetBytesPerSync(1 << 20)
 	o.db.SetInfoLogLevel(grocksdb.WarnInfoLogLevel)
+	// RocksDB's own LOG writer aborts the process on a full disk
+	// (storage/internal/bgerror). Where grocksdb's layout does not allow
+	// the replacement, RocksDB keeps its own.
+	bgerror.InstallLogger(o.db, filepath.Join(cfg.Dir, "LOG"), 4<<20, grocksdb.WarnInfoLogLevel)
 	o.db.SetLevelCompactionDynamicLevelBytes(true)
 	o.db.SetBlockBasedTableFactory(o.bbto)
 	o.db.SetWriteBufferSize(1 << 20)
@@ -105,6 +121,7 @@ func (o *rocksOptions) destroy() {
 		f.Destroy()
 	}
 	o.db.Destroy()
+	o.bgErr.Destroy()
 	o.bbto.Destroy()
 	o.cache.Destroy()
 }

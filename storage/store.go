@@ -11,6 +11,8 @@ import (
 
 	"github.com/linxGnu/grocksdb"
 	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/storage/internal/bgerror"
 )
 
 // Store is the node's embedded database. It is safe for concurrent use.
@@ -73,7 +75,10 @@ type Store struct {
 	// VerifyDeferred (Config.VerifyInBackground).
 	verifyOwed atomic.Bool
 	writeErr   atomic.Pointer[writeFailure]
-	gc         groupCommit // WAL syncs of local commits (groupcommit.go)
+	// canResume: DB::Resume is reachable through grocksdb's handle
+	// (health.go, storage/internal/bgerror).
+	canResume bool
+	gc        groupCommit // WAL syncs of local commits (groupcommit.go)
 
 	counts    counters
 	collector *collector
@@ -197,6 +202,7 @@ func (s *Store) openDB() error {
 		return openError(s.cfg.Dir, err)
 	}
 	s.base = db
+	s.canResume = bgerror.CanResume(db, s.cfg.Dir)
 	s.handles = handles
 	s.cfID = make(map[string]uint32, len(names))
 	for i, n := range names {
@@ -417,7 +423,10 @@ func (s *Store) anySealedKey() ([]byte, string, error) {
 func (s *Store) Dir() string { return s.cfg.Dir }
 
 // Close stops subscriptions, waits for running operations, flushes the
-// memtables (so the next open replays no WAL) and closes RocksDB.
+// memtables (so the next open replays no WAL) and closes RocksDB. While
+// RocksDB holds a background error that resume cannot clear (the disk is
+// still full) it closes without flushing: a flush could not complete, and
+// the WAL holds every acknowledged commit, which the next open replays.
 func (s *Store) Close() error {
 	s.stateMu.Lock()
 	if s.closed {
@@ -439,6 +448,12 @@ func (s *Store) Close() error {
 
 func (s *Store) closeDB(flush bool) error {
 	var err error
+	if flush && s.backgroundError() != nil {
+		if rerr := s.resume(); rerr != nil {
+			s.log.Warn("closing without flushing the memtables: the next open replays the WAL", zap.Error(rerr))
+			flush = false
+		}
+	}
 	if flush {
 		fo := grocksdb.NewDefaultFlushOptions()
 		fo.SetWait(true)

@@ -1,0 +1,144 @@
+// Package bgerror lets the store live through a full disk: see and clear
+// RocksDB's background error, and log without aborting, none of which
+// RocksDB's C API, and so grocksdb, exposes.
+//
+// When a flush fails (ENOSPC above all), RocksDB records a background
+// error and refuses every write until DB::Resume succeeds or the database
+// is reopened. The store needs to know that the error is
+// there (it is not ready while it is, even when no commit has failed yet:
+// the flush that failed ran in the background) and to call Resume once the
+// cause is gone, so that writes come back without a restart.
+//
+// InstallLogger replaces RocksDB's info log writer, which aborts the
+// process once the disk is full (see there).
+//
+// Watch adds an EventListener to the options that makes a failed flush a
+// background error (RocksDB ignores one without paranoid checks, and writes
+// then stall forever, see bgerror.cc), remembers the error RocksDB holds
+// (OnBackgroundError) until a recovery clears it
+// (OnErrorRecoveryEnd), and turns off RocksDB's own recovery from a full
+// disk (OnErrorRecoveryBegin), which waits for the free space of a whole
+// write buffer and refuses DB::Resume meanwhile. Resume calls DB::Resume.
+//
+// bgerror.cc reaches the C++ objects inside the C API's handles, which
+// grocksdb keeps as the first field of its Options and DB (as in
+// storage/internal/memhint). NewWatch and CanResume check those layouts at
+// run time and refuse when they do not hold.
+package bgerror
+
+// #cgo CXXFLAGS: -std=c++17 -O2
+// #cgo LDFLAGS: -lrocksdb -lstdc++
+// #include <stdlib.h>
+// #include "bgerror.h"
+import "C"
+
+import (
+	"errors"
+	"unsafe"
+
+	"github.com/linxGnu/grocksdb"
+)
+
+// cHandle returns the C pointer that grocksdb keeps as the first field of
+// the object p points to.
+func cHandle[T any](p *T) unsafe.Pointer { return *(*unsafe.Pointer)(unsafe.Pointer(p)) }
+
+// Watch remembers the background error of the database opened with the
+// options it was installed on.
+type Watch struct {
+	h unsafe.Pointer
+}
+
+// NewWatch installs a background-error listener on o, the database
+// options, before the database is opened with them. It returns nil when
+// grocksdb's Options layout is not the one this package knows.
+func NewWatch(o *grocksdb.Options) *Watch {
+	if !optionsLayoutOK(o) {
+		return nil
+	}
+	return &Watch{h: C.edge_bgerror_watch(cHandle(o))}
+}
+
+// optionsLayoutOK probes that the C++ options sit where bgerror.cc looks
+// for them, with a value nobody uses, then restores it.
+func optionsLayoutOK(o *grocksdb.Options) bool {
+	h := cHandle(o)
+	if h == nil {
+		return false
+	}
+	want := o.GetWriteBufferSize()
+	const probe = 0x5eed_4321
+	o.SetWriteBufferSize(probe)
+	ok := uint64(C.edge_options_write_buffer_size(h)) == probe
+	o.SetWriteBufferSize(want)
+	return ok
+}
+
+// Err returns the background error the database holds now, or nil.
+func (w *Watch) Err() error {
+	if w == nil || w.h == nil {
+		return nil
+	}
+	msg := C.edge_bgerror_get(w.h)
+	if msg == nil {
+		return nil
+	}
+	defer C.free(unsafe.Pointer(msg))
+	return errors.New(C.GoString(msg))
+}
+
+// Count returns how many background errors RocksDB reported since the
+// watch was installed (whether cleared since or not).
+func (w *Watch) Count() int {
+	if w == nil || w.h == nil {
+		return 0
+	}
+	return int(C.edge_bgerror_count(w.h))
+}
+
+// Destroy releases the watch. The listener itself lives as long as the
+// database or the options that hold it.
+func (w *Watch) Destroy() {
+	if w != nil && w.h != nil {
+		C.edge_bgerror_watch_destroy(w.h)
+		w.h = nil
+	}
+}
+
+// InstallLogger makes o's database write its info log to path with a
+// logger that drops a line it cannot write, renaming the file to path.old
+// past maxSize. RocksDB's own logger, once a line fails for lack of space,
+// aborts the whole process on the next one (an assertion in its file
+// writer that RocksDB 7.8.3 as packaged leaves on), and RocksDB logs an
+// error every few seconds while it waits for space. It reports false, and
+// leaves o alone, when grocksdb's Options layout is not the one this
+// package knows.
+func InstallLogger(o *grocksdb.Options, path string, maxSize int64, level grocksdb.InfoLogLevel) bool {
+	if !optionsLayoutOK(o) {
+		return false
+	}
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	C.edge_set_info_log(cHandle(o), cpath, C.long(maxSize), C.int(level))
+	return true
+}
+
+// CanResume reports whether Resume may be used on db, the database opened
+// in dir: the C++ database inside grocksdb's handle must answer dir as its
+// name.
+func CanResume(db *grocksdb.DB, dir string) bool {
+	h := cHandle(db)
+	return h != nil && C.GoString(C.edge_db_name(h)) == dir
+}
+
+// Resume runs DB::Resume on db: it clears a recoverable background error
+// by flushing every memtable, and answers nil at once when there is no
+// error. Only call it on a db for which CanResume is true.
+func Resume(db *grocksdb.DB) error {
+	msg := C.edge_db_resume(cHandle(db))
+	if msg == nil {
+		return nil
+	}
+	defer C.free(unsafe.Pointer(msg))
+	return errors.New(C.GoString(msg))
+}

@@ -1,0 +1,38 @@
+// RocksDB background-error handling that the C API lacks (bgerror.cc,
+// bgerror.go).
+#ifndef EDGE_STORAGE_BGERROR_H
+#define EDGE_STORAGE_BGERROR_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// A watch holds a listener that remembers the database's background error.
+// opts is a rocksdb_options_t*; the watch must outlive the database opened
+// with them.
+void* edge_bgerror_watch(void* opts);
+void edge_bgerror_watch_destroy(void* watch);
+// The background error the database holds now, malloc'd (freed by the
+// caller), or NULL when it holds none.
+char* edge_bgerror_get(void* watch);
+// The number of background errors reported since the watch was created.
+size_t edge_bgerror_count(void* watch);
+
+// db is a rocksdb_t*. edge_db_name returns DB::GetName() (the layout probe);
+// edge_db_resume runs DB::Resume() and returns NULL or its error (malloc'd).
+const char* edge_db_name(void* db);
+char* edge_db_resume(void* db);
+
+size_t edge_options_write_buffer_size(void* opts);
+
+// Sets opts' info log to a file logger at path that drops what it cannot
+// write (infolog.cc). level is a rocksdb::InfoLogLevel.
+void edge_set_info_log(void* opts, const char* path, long max_size, int level);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
