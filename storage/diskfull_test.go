@@ -27,7 +27,7 @@ func TestDiskFullAnswersAndRecovers(t *testing.T) {
 	}
 	defer s.Close()
 	ctx := context.Background()
-	filler := fillDisk(t, mnt, 0)
+	filler := fillDisk(t, mnt, "filler", 0)
 	var failed error
 	for i := 0; i < 2000 && failed == nil; i++ {
 		_, failed = s.Update(ctx, func(tx *Tx) error {
@@ -96,7 +96,7 @@ func TestDiskFullBackgroundFlush(t *testing.T) {
 			// The WAL file was preallocated at open, before the filler;
 			// with 3 MiB left the WAL's growth fits, the flush of the
 			// memtables (atomic: every family at once) does not.
-			filler := fillDisk(t, mnt, 3<<20)
+			filler := fillDisk(t, mnt, "filler", 3<<20)
 			var acked []string
 			commit := func(id string) error {
 				var err error
@@ -126,10 +126,12 @@ func TestDiskFullBackgroundFlush(t *testing.T) {
 					failed = err
 				}
 			}
-			// Now RocksDB refuses every write: the next commit fails
-			// at once, however much room its WAL has.
+			// The failed flush removed its partial file, so a resume
+			// could now find room to flush and let the next commit
+			// through: take the last bytes, so that it cannot.
+			rest := fillDisk(t, mnt, "rest", 0)
 			if err := commit("refused"); !errors.Is(err, ErrDiskFull) {
-				t.Fatalf("commit after the failed flush: %v", err)
+				t.Fatalf("commit after the failed flush, with the disk full: %v", err)
 			}
 			bg := s.backgroundError()
 			if bg == nil || !strings.Contains(bg.Error(), ".sst") {
@@ -142,7 +144,7 @@ func TestDiskFullBackgroundFlush(t *testing.T) {
 				t.Fatalf("Ready after the failed flush: %v", err)
 			}
 			if tc.freeBeforeClose {
-				if err := os.Remove(filler); err != nil {
+				if err := errors.Join(os.Remove(filler), os.Remove(rest)); err != nil {
 					t.Fatal(err)
 				}
 				waitWritable(t, s)
@@ -158,7 +160,7 @@ func TestDiskFullBackgroundFlush(t *testing.T) {
 			noHang(t, "Close", func() { _ = s.Close() })
 			closed = true
 			if !tc.freeBeforeClose {
-				if err := os.Remove(filler); err != nil {
+				if err := errors.Join(os.Remove(filler), os.Remove(rest)); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -201,7 +203,7 @@ func TestDiskFullDefaultOptionsDoesNotAbort(t *testing.T) {
 		}
 	}()
 	ctx := context.Background()
-	filler := fillDisk(t, mnt, 0)
+	filler := fillDisk(t, mnt, "filler", 0)
 	// Commit until a flush has failed: RocksDB logs that failure, and then
 	// every probe's resume logs another.
 	var acked []string
@@ -269,9 +271,9 @@ func mountSmallDisk(t *testing.T, size string) string {
 
 // fillDisk fills the disk mounted at mnt with a file, then gives back free
 // bytes of it, and returns the file's path (removing it frees the disk).
-func fillDisk(t *testing.T, mnt string, free int64) string {
+func fillDisk(t *testing.T, mnt, name string, free int64) string {
 	t.Helper()
-	filler := filepath.Join(mnt, "filler")
+	filler := filepath.Join(mnt, name)
 	if out, err := exec.Command("dd", "if=/dev/zero", "of="+filler, "bs=64k", "count=1000000").CombinedOutput(); err == nil {
 		t.Fatalf("filler fit: %s", out)
 	}
