@@ -99,14 +99,7 @@ func TestDiskFullBackgroundFlush(t *testing.T) {
 			filler := fillDisk(t, mnt, "filler", 3<<20)
 			var acked []string
 			commit := func(id string) error {
-				var err error
-				noHang(t, "commit "+id, func() {
-					_, err = s.Update(ctx, func(tx *Tx) error {
-						b := sampleBackend(id, "p")
-						b.Metadata = map[string]string{"pad": incompressible(id, 4096)}
-						return tx.PutBackend(b)
-					})
-				})
+				err := commitPadded(t, s, id)
 				if err == nil {
 					acked = append(acked, id)
 				}
@@ -212,21 +205,16 @@ func TestDiskFullDefaultOptionsDoesNotAbort(t *testing.T) {
 			t.Fatalf("no failed flush after %d commits", i)
 		}
 		id := fmt.Sprintf("b-%05d", i)
-		var err error
-		noHang(t, "commit "+id, func() {
-			_, err = s.Update(ctx, func(tx *Tx) error {
-				b := sampleBackend(id, "p")
-				b.Metadata = map[string]string{"pad": incompressible(id, 4096)}
-				return tx.PutBackend(b)
-			})
-		})
-		switch {
+		switch err := commitPadded(t, s, id); {
 		case err == nil:
 			acked = append(acked, id)
 		case !errors.Is(err, ErrDiskFull):
 			t.Fatalf("commit on a full disk: %v", err)
 		}
 	}
+	// The failed flush removed its partial file: take those bytes too, or
+	// a probe's resume could flush and succeed.
+	rest := fillDisk(t, mnt, "rest", 0)
 	// Each probe tries to resume, and the flush that fails logs errors.
 	for i := 0; i < 50; i++ {
 		if err := s.CheckWritable(); !errors.Is(err, ErrDiskFull) {
@@ -236,7 +224,7 @@ func TestDiskFullDefaultOptionsDoesNotAbort(t *testing.T) {
 	if err := s.Ready(); !errors.Is(err, ErrDiskFull) {
 		t.Fatalf("Ready on a full disk: %v", err)
 	}
-	if err := os.Remove(filler); err != nil {
+	if err := errors.Join(os.Remove(filler), os.Remove(rest)); err != nil {
 		t.Fatal(err)
 	}
 	waitWritable(t, s)
@@ -252,6 +240,21 @@ func TestDiskFullDefaultOptionsDoesNotAbort(t *testing.T) {
 			t.Fatalf("acknowledged backend %s after reopen: %v", id, err)
 		}
 	}
+}
+
+// commitPadded commits backend id with 4 KiB of incompressible metadata,
+// failing the test if the commit does not return within hangBound.
+func commitPadded(t *testing.T, s *Store, id string) error {
+	t.Helper()
+	var err error
+	noHang(t, "commit "+id, func() {
+		_, err = s.Update(context.Background(), func(tx *Tx) error {
+			b := sampleBackend(id, "p")
+			b.Metadata = map[string]string{"pad": incompressible(id, 4096)}
+			return tx.PutBackend(b)
+		})
+	})
+	return err
 }
 
 // mountSmallDisk mounts a tmpfs of the given size on a temp dir: a disk

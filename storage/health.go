@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/linxGnu/grocksdb"
 	"go.uber.org/zap"
 
 	"github.com/singularity-ng/singularity-edge/storage/internal/bgerror"
@@ -58,16 +59,39 @@ func (s *Store) resume() error {
 	return nil
 }
 
-// resumeAfterFailure runs resume before a write when the last one failed or
-// RocksDB holds a background error, so that writes come back by themselves
-// once space is freed, without a restart.
-func (s *Store) resumeAfterFailure() {
-	if s.writeErr.Load() == nil && s.opts.bgErr.Err() == nil {
-		return
+// resumeAfterFailure makes the next write safe after a failed one, and
+// fails when it cannot yet, so that writes come back by themselves once
+// space is freed, without a restart, and without losing any. RocksDB's
+// background error is cleared with resume. A write that failed without
+// one (its WAL append ran out of space) may have left part of its record
+// at the end of the log, and RocksDB, without paranoid checks, appends the
+// next commit after it; recovery stops at that tear and loses every
+// commit behind it. Flushing every family first moves writes to a new log
+// and makes the torn one obsolete.
+func (s *Store) resumeAfterFailure() error {
+	if s.opts.bgErr.Err() != nil {
+		return s.resume()
 	}
-	if err := s.resume(); err != nil {
-		s.log.Debug("writes not resumed yet", zap.Error(err))
+	if s.writeErr.Load() == nil {
+		return nil
 	}
+	if err := s.flushAll(); err != nil {
+		return diskFullError(fmt.Errorf("storage: retire the log of a failed write: %w", err))
+	}
+	return nil
+}
+
+// flushAll flushes the memtables of every family and waits for it.
+func (s *Store) flushAll() error {
+	fo := grocksdb.NewDefaultFlushOptions()
+	defer fo.Destroy()
+	fo.SetWait(true)
+	for _, n := range append(TableNames(), internalFamilies()...) {
+		if err := s.base.FlushCF(s.cfs[n], fo); err != nil {
+			return fmt.Errorf("flush %s: %w", n, err)
+		}
+	}
+	return nil
 }
 
 // noteWriteError classifies a failed write, remembers it for Ready, and
@@ -141,7 +165,9 @@ func (s *Store) CheckWritable() error {
 		return err
 	}
 	defer s.leave()
-	s.resumeAfterFailure()
+	if err := s.resumeAfterFailure(); err != nil {
+		return s.noteWriteError(err)
+	}
 	if err := s.base.PutCF(s.wo, s.cfs[cfMeta], []byte(metaProbe), []byte(s.cfg.Now().UTC().Format(time.RFC3339Nano))); err != nil {
 		return s.noteWriteError(fmt.Errorf("storage: probe write: %w", err))
 	}

@@ -417,7 +417,9 @@ func (s *Store) cachedValue(k cacheKey) (any, bool) {
 // invalidated (see the top of this file). Every batch that writes rows or
 // index entries goes through it.
 func (s *Store) write(wo *grocksdb.WriteOptions, batch *grocksdb.WriteBatch) error {
-	s.resumeAfterFailure()
+	if err := s.resumeAfterFailure(); err != nil {
+		return err
+	}
 	w := s.beginBatch(batch)
 	defer w.end()
 	return s.base.Write(wo, batch)

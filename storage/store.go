@@ -455,14 +455,9 @@ func (s *Store) closeDB(flush bool) error {
 		}
 	}
 	if flush {
-		fo := grocksdb.NewDefaultFlushOptions()
-		fo.SetWait(true)
-		for _, n := range append(TableNames(), internalFamilies()...) {
-			if ferr := s.base.FlushCF(s.cfs[n], fo); ferr != nil && err == nil {
-				err = fmt.Errorf("storage: flush %s: %w", n, ferr)
-			}
+		if ferr := s.flushAll(); ferr != nil {
+			err = fmt.Errorf("storage: %w", ferr)
 		}
-		fo.Destroy()
 	}
 	for _, h := range s.handles {
 		h.Destroy()
