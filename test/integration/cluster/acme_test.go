@@ -87,6 +87,13 @@ func startACMECluster(t *testing.T, pb *itest.Pebble, ips, ns []string, p ports,
 	for _, a := range agents {
 		waitFor(t, a.name+" sees every agent", func() bool { return a.alive() == names(len(ips)) })
 	}
+	// A challenge is presented once every alive member holds it, and a
+	// member without a stream yet counts as missing: a stream refused
+	// while its peer was still bootstrapping is dialled again only after
+	// a backoff.
+	for _, a := range agents {
+		waitFor(t, a.name+" has a stream to every agent", a.streamsUp)
+	}
 	return agents
 }
 
