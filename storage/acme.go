@@ -104,11 +104,9 @@ func (s *Store) decodeStoredACME(r *row) (ACMERecord, error) {
 	}
 	a.Version = r.version
 	if sealed != nil {
-		plain, err := s.keys.open(aadACMESecret+a.Key, sealed)
-		if err != nil {
+		if a.Secret, err = s.keys.openACMESecret(a.Key, sealed); err != nil {
 			return ACMERecord{}, err
 		}
-		a.Secret = string(plain)
 	}
 	return a, nil
 }
@@ -127,11 +125,9 @@ func (c Change) ACMERecord() (ACMERecord, error) {
 	}
 	r.Version = c.Version
 	if sealed != nil {
-		plain, err := c.keys.open(aadACMESecret+r.Key, sealed)
-		if err != nil {
-			return ACMERecord{}, fmt.Errorf("acme record %q: %w", r.Key, err)
+		if r.Secret, err = c.keys.openACMESecret(r.Key, sealed); err != nil {
+			return ACMERecord{}, err
 		}
-		r.Secret = string(plain)
 	}
 	return r, nil
 }
@@ -159,7 +155,7 @@ func (t *Tx) PutACMERecord(r *ACMERecord) error {
 	var sealed []byte
 	if cp.Secret != "" {
 		var err error
-		if sealed, err = t.s.keys.seal(aadACMESecret+cp.Key, []byte(cp.Secret)); err != nil {
+		if sealed, err = t.s.keys.sealACMESecret(cp.Key, cp.Secret); err != nil {
 			return err
 		}
 	}

@@ -122,6 +122,18 @@ func (k *keyring) openPrivateKey(certID string, sealed []byte) (string, error) {
 	return string(plain), nil
 }
 
+func (k *keyring) sealACMESecret(key, secret string) ([]byte, error) {
+	return k.seal(aadACMESecret+key, []byte(secret))
+}
+
+func (k *keyring) openACMESecret(key string, sealed []byte) (string, error) {
+	plain, err := k.open(aadACMESecret+key, sealed)
+	if err != nil {
+		return "", fmt.Errorf("acme record %q: %w", key, err)
+	}
+	return string(plain), nil
+}
+
 // ParseEncryptionKey parses EDGE_ENCRYPTION_KEY: 64 hex characters or the
 // standard or URL base64 encoding (padded or not) of 32 bytes. Errors never
 // repeat the input.

@@ -249,7 +249,7 @@ func (s *Store) importLine(b []byte) (Change, error) {
 		if err = json.Unmarshal(line.Row, &a); err == nil {
 			a = cloneACMERecord(a)
 			if line.PrivateKeySealed != nil {
-				if _, err := s.keys.open(aadACMESecret+a.Key, line.PrivateKeySealed); err != nil {
+				if _, err := s.keys.openACMESecret(a.Key, line.PrivateKeySealed); err != nil {
 					return Change{}, err
 				}
 			}
