@@ -18,20 +18,27 @@ type healthResponse = apitypes.Health
 // closed or the routing table is not built yet), so that a load balancer's
 // check keeps traffic away until the agent can serve it.
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
-	if s.draining.Load() {
-		writeJSON(w, http.StatusServiceUnavailable, healthResponse{Status: "draining", Live: true,
-			Reason: "this node is shutting down and finishing the requests it has"})
+	if status, reason := s.Readiness(); status != "" {
+		writeJSON(w, http.StatusServiceUnavailable, healthResponse{Status: status, Live: true, Reason: reason})
 		return
+	}
+	writeJSON(w, http.StatusOK, healthResponse{Status: "ok", Live: true, Ready: true})
+}
+
+// Readiness says whether this node can do its job: an empty status when it
+// can, else the status ("draining", "leaving", "left", "starting",
+// "disk_full", "store_not_ready") and a reason that unauthenticated callers
+// may read. GET /api/health answers it, and so does the agent's /healthz,
+// so that the two never disagree.
+func (s *Server) Readiness() (status, reason string) {
+	if s.draining.Load() {
+		return "draining", "this node is shutting down and finishing the requests it has"
 	}
 	switch st := s.membershipState(); st {
 	case "leaving":
-		writeJSON(w, http.StatusServiceUnavailable, healthResponse{Status: st, Live: true,
-			Reason: "this node is leaving the cluster: its writes are reaching the other members"})
-		return
+		return st, "this node is leaving the cluster: its writes are reaching the other members"
 	case "left":
-		writeJSON(w, http.StatusServiceUnavailable, healthResponse{Status: st, Live: true,
-			Reason: "this node left the cluster; stop it, or restart it to join again"})
-		return
+		return st, "this node left the cluster; stop it, or restart it to join again"
 	}
 	ready := s.store.Info().Running
 	if ready && s.deps.Ready != nil {
@@ -42,30 +49,25 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if !ready {
-		writeJSON(w, http.StatusServiceUnavailable, healthResponse{Status: "starting", Live: true})
-		return
+		return "starting", ""
 	}
-	if status, reason := StoreReadiness(s.store); status != "" {
-		writeJSON(w, http.StatusServiceUnavailable, healthResponse{Status: status, Live: true, Reason: reason})
-		return
-	}
-	writeJSON(w, http.StatusOK, healthResponse{Status: "ok", Live: true, Ready: true})
+	return storeReadiness(s.store)
 }
 
-// StoreProbe is the part of the store that readiness asks.
-type StoreProbe interface {
+// storeProbe is the part of the store that readiness asks.
+type storeProbe interface {
 	Ready() error
 	CheckWritable() error
 }
 
-// StoreReadiness says whether st can commit and serve: an empty status when
+// storeReadiness says whether st can commit and serve: an empty status when
 // it can, else "disk_full" or "store_not_ready" and a reason that names no
 // path or key (unauthenticated callers read it). A full disk or a store that
 // is bootstrapping or resyncing a table is not ready. A failed commit is
 // probed again here, so the node comes back without waiting for the next
 // write. GET /api/health and the agent's health listener both answer from
 // it, so the two never disagree about the store.
-func StoreReadiness(st StoreProbe) (status, reason string) {
+func storeReadiness(st storeProbe) (status, reason string) {
 	err := st.Ready()
 	if err != nil && (errors.Is(err, storage.ErrDiskFull) || !errors.Is(err, storage.ErrNotReady)) {
 		if st.CheckWritable() == nil {

@@ -418,28 +418,20 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 }
 
 // readiness is the health listener's verdict: nil when the agent can do its
-// job, else why not. It asks the store what GET /api/health asks it
-// (admin.StoreReadiness), so the platform's check and the admin API agree:
-// a store that cannot commit (a full disk) or is resyncing a table is not
-// ready, and a full disk is probed again at each check, so the node comes
-// back once space is freed.
+// job, else why not, as "status: reason". It is the admin API's
+// (admin.Server.Readiness), so the platform's check and GET /api/health
+// agree: starting, draining, leaving or left, and a store that cannot
+// commit (a full disk, probed again at each check so the node comes back
+// once space is freed) or is resyncing a table.
 func (a *Agent) readiness() error {
-	if a.member != nil {
-		// Leaving or left: traffic goes elsewhere.
-		switch a.member.State() {
-		case stateLeaving:
-			return errors.New("leaving: this node is leaving the cluster")
-		case stateLeft:
-			return errors.New("left: this node left the cluster")
-		}
+	status, reason := a.admin.Readiness()
+	switch {
+	case status == "":
+		return nil
+	case reason == "":
+		return errors.New(status)
 	}
-	if !a.store.Info().Running || !closed(a.ready) {
-		return errStarting
-	}
-	if status, reason := admin.StoreReadiness(a.store); status != "" {
-		return fmt.Errorf("%s: %s", status, reason)
-	}
-	return nil
+	return fmt.Errorf("%s: %s", status, reason)
 }
 
 // Start runs the background loops, waits until the routing table is
@@ -581,11 +573,9 @@ func (a *Agent) runLoop(ctx context.Context, name string, run func(context.Conte
 // ctx expires, stops the background loops and closes the store.
 func (a *Agent) Shutdown(ctx context.Context) error {
 	var errs []error
-	// Health fails first: from the moment peers hear this node leave, no
-	// check may still call it ready.
-	if a.health != nil {
-		a.health.Drain()
-	}
+	// Health fails first (/healthz and /api/health both ask the admin
+	// API): from the moment peers hear this node leave, no check may still
+	// call it ready.
 	a.admin.Drain()
 	if a.disc != nil {
 		// Then leave, so peers mark this node left rather than

@@ -158,7 +158,7 @@ func TestNotePrivateAddress(t *testing.T) {
 }
 
 func TestHealthServer(t *testing.T) {
-	notReady := errStarting
+	notReady := errors.New("starting")
 	h := newHealthServer("127.0.0.1:0", func() error { return notReady })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -192,7 +192,7 @@ func TestHealthServer(t *testing.T) {
 		{"head", func() {}, "HEAD", HealthPath, 200, ""},
 		{"other path", func() {}, "GET", "/api/pools", 404, ""},
 		{"post", func() {}, "POST", HealthPath, 405, ""},
-		{"draining", h.Drain, "GET", HealthPath, 503, "draining"},
+		{"draining", func() { notReady = errors.New("draining: this node is shutting down") }, "GET", HealthPath, 503, "draining: this node is shutting down"},
 	}
 	for _, tc := range tests {
 		tc.setup()

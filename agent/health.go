@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"sync/atomic"
 	"time"
 )
 
@@ -25,9 +24,8 @@ const HealthPath = "/healthz"
 // process exiting is what its restart policy acts on), so a full disk may
 // and does make it fail.
 type healthServer struct {
-	addr     string
-	ready    func() error
-	draining atomic.Bool
+	addr  string
+	ready func() error
 
 	srv *http.Server
 	ln  net.Listener
@@ -53,11 +51,6 @@ func newHealthServer(addr string, ready func() error) *healthServer {
 func (h *healthServer) handle(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	if h.draining.Load() {
-		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintln(w, "draining")
-		return
-	}
 	if err := h.ready(); err != nil {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintln(w, err)
@@ -65,9 +58,6 @@ func (h *healthServer) handle(w http.ResponseWriter, _ *http.Request) {
 	}
 	fmt.Fprintln(w, "ok")
 }
-
-// errStarting: the store is not open yet or the routing table not built.
-var errStarting = errors.New("starting")
 
 // Start binds the listener and serves in the background.
 func (h *healthServer) Start(ctx context.Context) error {
@@ -88,10 +78,6 @@ func (h *healthServer) Addr() net.Addr {
 	return h.ln.Addr()
 }
 
-// Drain makes every later check fail, so the platform stops routing new
-// connections here while in-flight requests finish.
-func (h *healthServer) Drain() { h.draining.Store(true) }
-
 // Shutdown closes the listener.
 func (h *healthServer) Shutdown(ctx context.Context) error {
 	if h.ln == nil {
@@ -101,14 +87,4 @@ func (h *healthServer) Shutdown(ctx context.Context) error {
 		return err
 	}
 	return nil
-}
-
-// closed reports whether ch is closed, without blocking.
-func closed(ch <-chan struct{}) bool {
-	select {
-	case <-ch:
-		return true
-	default:
-		return false
-	}
 }
