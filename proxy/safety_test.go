@@ -183,6 +183,49 @@ func TestHTTP2PseudoHeadersValidated(t *testing.T) {
 	}
 }
 
+// TestHTTP2RequestHeadBounded: an HTTP/2 request head is bounded by
+// MaxRequestHeaderBytes, as an HTTP/1.1 one is. HPACK lets a client send a
+// field once and then name it with one byte, so without the bound a few
+// KiB on the wire became a megabyte of header per stream, held while the
+// stream waited for a backend and forwarded to it.
+func TestHTTP2RequestHeadBounded(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("hb.test", ca.issue(t, "hb.test"))
+	rb := newRecBackend(t, nil)
+	table := newTable(t, poolSpec{storage.Pool{Name: "hb", SSLMode: "flexible", SSLDomain: "hb.test"}, []string{rb.url()}})
+	cfg := testConfig()
+	p := startProxy(t, cfg, table, certs, nil)
+	h := dialH2Raw(t, p.https, "hb.test", ca.pool)
+	withFields := func(path string, n int) []string {
+		kv := []string{":method", "GET", ":scheme", "https", ":path", path, ":authority", "hb.test"}
+		v := strings.Repeat("v", 2000)
+		for range n {
+			kv = append(kv, "x-big", v) // indexed after the first: one byte each
+		}
+		return kv
+	}
+	// Twice the bound, in a header block of a few KiB.
+	over := 2 * cfg.MaxRequestHeaderBytes / 2000
+	if err := h.headers(1, true, withFields("/over", over)...); err != nil {
+		t.Fatal(err)
+	}
+	if status, rst, err := h.response(1); err != nil || status != "431" {
+		t.Fatalf("head of %d bytes: status %q rst %v err %v, want 431", over*2000, status, rst, err)
+	}
+	// A head within the bound is served on the same connection.
+	if err := h.headers(3, true, withFields("/within", 4)...); err != nil {
+		t.Fatal(err)
+	}
+	if status, _, err := h.response(3); err != nil || status != "200" {
+		t.Fatalf("head within the bound: %q %v", status, err)
+	}
+	reqs, errs := rb.received()
+	if len(reqs) != 1 || reqs[0].Target != "/within" || len(errs) > 0 {
+		t.Fatalf("backend received %d requests (%v), errors %v", len(reqs), reqs, errs)
+	}
+}
+
 // TestChunkedStrictAndReframed: invalid chunk lines and trailers are
 // refused by the proxy (the backend, which counts requests, sees none), and
 // valid chunked bodies reach the backend in the proxy's own framing, without
