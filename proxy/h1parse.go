@@ -45,6 +45,7 @@ const (
 	hdrExpect
 	hdrCookie
 	hdrForwarded
+	hdrHTTP2Settings // connection-specific (RFC 9113 3.2.1): never forwarded
 )
 
 // field is one header line: buf[start:end] is the whole line with its CRLF,
@@ -114,6 +115,7 @@ type requestHead struct {
 	connUpgrade bool
 	connOthers  bool // Connection lists other header names to strip
 	upgrade     span
+	upgradeH2C  bool // Upgrade offers h2c: served as a plain request
 	expect100   bool
 	xffCount    int
 }
@@ -207,6 +209,9 @@ func classifyHeader(name []byte) uint8 {
 	case 14:
 		if eqFoldLower(name, "content-length") {
 			return hdrContentLength
+		}
+		if eqFoldLower(name, "http2-settings") {
+			return hdrHTTP2Settings
 		}
 	case 15:
 		if eqFoldLower(name, "x-forwarded-for") {
@@ -477,6 +482,10 @@ func (h *requestHead) interpretFields(b []byte) error {
 			h.parseConnection(v)
 		case hdrUpgrade:
 			h.upgrade = span{f.vs, f.ve}
+			h.upgradeH2C = false
+			forEachToken(v, func(tok []byte) {
+				h.upgradeH2C = h.upgradeH2C || eqFoldLower(tok, "h2c")
+			})
 		case hdrExpect:
 			if eqFoldLower(v, "100-continue") {
 				h.expect100 = true
@@ -534,9 +543,15 @@ func (h *requestHead) parseConnection(v []byte) {
 	})
 }
 
-// isUpgrade reports whether the request asks to switch protocols.
+// isUpgrade reports whether the request asks to switch protocols. An
+// offer of h2c (HTTP/2 over cleartext, RFC 7540 3.2) is not one: the
+// request is served as HTTP/1.1 and its Upgrade is dropped, as Envoy does.
+// Forwarded, a backend that accepts it (Hypercorn does even without the
+// Connection option RFC 7540 requires) would take HTTP/2 from the client
+// through the tunnel, where the proxy no longer sets X-Forwarded-For,
+// bounds heads or counts requests.
 func (h *requestHead) isUpgrade() bool {
-	return h.connUpgrade && !h.upgrade.empty() && h.minor == 1
+	return h.connUpgrade && !h.upgrade.empty() && h.minor == 1 && !h.upgradeH2C
 }
 
 // forEachToken calls fn for each non-empty element of a comma-separated

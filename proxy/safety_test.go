@@ -584,6 +584,54 @@ func TestUpgradesPerClientBounded(t *testing.T) {
 	}
 }
 
+// TestH2CUpgradeNotForwarded: an offer of h2c is served as a plain
+// HTTP/1.1 request, without Upgrade or HTTP2-Settings. A backend that took
+// it (this one does, like Hypercorn, whatever Connection says) would
+// otherwise get a tunnel of HTTP/2 requests the proxy never sees, with the
+// X-Forwarded-For their sender chose. WebSocket upgrades still pass.
+func TestH2CUpgradeNotForwarded(t *testing.T) {
+	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+		if up := req.values("Upgrade"); len(up) > 0 {
+			_, _ = fmt.Fprintf(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", up[0])
+			_, _ = io.Copy(io.Discard, c)
+			return false
+		}
+		return answerEcho(c, req, nth)
+	})
+	table := newTable(t, poolSpec{storage.Pool{Name: "h2c", Hosts: []string{"h2c.test"}}, []string{rb.url()}})
+	p := startProxy(t, testConfig(), table, nil, nil)
+	for _, tc := range []struct{ name, head string }{
+		{"as RFC 7540 sends it", "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"},
+		{"settings not listed in Connection", "Connection: Upgrade\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"},
+		{"among other protocols, other case", "Connection: upgrade\r\nUpgrade: foo/1, H2C\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"},
+	} {
+		status, body := rawRoundTrip(t, p.http, "GET /h2c HTTP/1.1\r\nHost: h2c.test\r\n"+tc.head+"\r\n", "GET")
+		if status != 200 || !strings.HasPrefix(body, "GET /") {
+			t.Errorf("%s: %d %q, want the request served", tc.name, status, body)
+		}
+	}
+	reqs, errs := rb.received()
+	if len(reqs) != 3 || len(errs) > 0 {
+		t.Fatalf("backend received %d requests, errors %v", len(reqs), errs)
+	}
+	for _, r := range reqs {
+		if len(r.values("Upgrade")) > 0 || len(r.values("HTTP2-Settings")) > 0 || len(r.values("Connection")) > 0 {
+			t.Errorf("backend got %q", r.Raw)
+		}
+	}
+	// Other protocols still switch.
+	c, err := net.Dial("tcp", p.http)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, _ = io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: h2c.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if resp, _ := readResponse(t, bufio.NewReader(c), "GET"); resp.StatusCode != 101 {
+		t.Fatalf("websocket upgrade: %d", resp.StatusCode)
+	}
+}
+
 // TestBackendTLSSettings: a pool's CA bundle, backend server name and
 // client certificate are what requests use; without them the same
 // backends are refused (502).
