@@ -67,37 +67,48 @@ func appendForwardedElement(out []byte, client netip.Addr, https bool) []byte {
 	return append(out, ";proto=http"...)
 }
 
-// upgradeLimits counts upgraded (tunnelled) connections, in all and per
-// client address: each holds a backend connection for as long as the
-// client likes.
+// upgradeLimits counts tunnels (upgraded connections and passthrough TLS
+// connections), in all and per client address: each holds a backend
+// connection for as long as the client likes.
 type upgradeLimits struct {
 	mu       sync.Mutex
 	total    int
 	byClient map[netip.Addr]int
 }
 
-// acquireUpgrade takes an upgrade slot for client; false when a limit is
-// reached.
-func (s *Server) acquireUpgrade(client netip.Addr) bool {
+// acquireUpgrade takes a tunnel slot for the client of info; false when a
+// limit is reached. A trusted proxy (Config.TrustedProxies) is held to the
+// server's bound only: its address carries many clients, as for
+// acquireExchange.
+func (s *Server) acquireUpgrade(info *connInfo) bool {
 	u := &s.upgrades
+	client := info.client.Addr()
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.total >= s.cfg.MaxUpgrades || u.byClient[client] >= s.cfg.MaxUpgradesPerClient {
+	if u.total >= s.cfg.MaxUpgrades || !info.trusted && u.byClient[client] >= s.cfg.MaxUpgradesPerClient {
 		return false
+	}
+	u.total++
+	if info.trusted {
+		return true
 	}
 	if u.byClient == nil {
 		u.byClient = make(map[netip.Addr]int)
 	}
-	u.total++
 	u.byClient[client]++
 	return true
 }
 
-func (s *Server) releaseUpgrade(client netip.Addr) {
+// releaseUpgrade gives back the slot acquireUpgrade took for info.
+func (s *Server) releaseUpgrade(info *connInfo) {
 	u := &s.upgrades
+	client := info.client.Addr()
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.total--
+	if info.trusted {
+		return
+	}
 	if u.byClient[client] <= 1 {
 		delete(u.byClient, client)
 	} else {

@@ -509,12 +509,11 @@ func (cc *clientConn) forwardRequest(pool *pools.Pool, pm *poolMetrics, host []b
 	h := &cc.head
 	b := cc.headBytes()
 	if h.isUpgrade() {
-		client := cc.info.client.Addr()
-		if !s.acquireUpgrade(client) {
+		if !s.acquireUpgrade(&cc.info) {
 			s.metrics.upgradesRefused.Inc()
 			return cc.respondLocal(503, "service unavailable: too many upgraded connections", nil, pm, start, true)
 		}
-		defer s.releaseUpgrade(client)
+		defer s.releaseUpgrade(&cc.info)
 	} else {
 		// Upgrades have their own bound; every other exchange counts
 		// against the client address, whatever connection it came on.

@@ -70,7 +70,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			"Bytes relayed by SNI passthrough connections, both directions.", nil, nil)},
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "singularity_edge_proxy_limited_total",
-			Help: "Clients cut or refused by a limit: h2_resets (HTTP/2 connection closed for cancelling too many streams), upgrades (upgrade refused, too many at once), client_exchanges (503: too many requests in flight from one client address), slow_body (a body sent or read below the minimum rate).",
+			Help: "Clients cut or refused by a limit: h2_resets (HTTP/2 connection closed for cancelling too many streams), upgrades (an upgrade, or an SNI passthrough connection, refused: too many tunnels at once), client_exchanges (503: too many requests in flight from one client address), slow_body (a body sent or read below the minimum rate).",
 		}, []string{"limit"}),
 		proxyHeadersIgnored: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "singularity_edge_proxy_protocol_ignored_total",

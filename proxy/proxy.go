@@ -166,9 +166,11 @@ type Config struct {
 	// BodyRateGrace is how long a body transfer may run before
 	// MinBodyRate applies.
 	BodyRateGrace time.Duration
-	// MaxUpgradesPerClient bounds the concurrent upgraded (WebSocket)
-	// connections per client address, MaxUpgrades those of the server
-	// (503 beyond).
+	// MaxUpgradesPerClient bounds the concurrent tunnels, upgraded
+	// (WebSocket) and SNI passthrough connections, per client address,
+	// MaxUpgrades those of the server (503 beyond, or a TLS alert for
+	// passthrough). Trusted proxies (TrustedProxies) are held to
+	// MaxUpgrades only: their address carries many clients.
 	MaxUpgradesPerClient int
 	MaxUpgrades          int
 	// MaxRequestHeaderBytes bounds a request head (431 beyond).

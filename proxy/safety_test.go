@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -582,6 +583,106 @@ func TestUpgradesPerClientBounded(t *testing.T) {
 	if status, body := rawRoundTrip(t, p.http, req, "GET"); status != 503 || !strings.Contains(body, "too many upgraded") {
 		t.Fatalf("third upgrade: %d %q", status, body)
 	}
+}
+
+// TestUpgradesFromTrustedProxyBounded: a trusted proxy's address carries
+// many clients, so its upgrades are held to the server's bound only (as its
+// requests are exempt from the per-address exchange bound); before, the
+// 257th WebSocket through a proxy in --trusted-proxies got 503.
+func TestUpgradesFromTrustedProxyBounded(t *testing.T) {
+	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+		_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n")
+		_, _ = io.Copy(io.Discard, c)
+		return false
+	})
+	table := newTable(t, poolSpec{storage.Pool{Name: "up", Hosts: []string{"up.test"}}, []string{rb.url()}})
+	cfg := testConfig()
+	cfg.MaxUpgradesPerClient = 2
+	cfg.MaxUpgrades = 3
+	cfg.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	p := startProxy(t, cfg, table, nil, nil)
+	req := "GET /ws HTTP/1.1\r\nHost: up.test\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n"
+	for i := 0; i < 3; i++ {
+		c, err := net.Dial("tcp", p.http)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_, _ = io.WriteString(c, req)
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if resp, _ := readResponse(t, bufio.NewReader(c), "GET"); resp.StatusCode != 101 {
+			t.Fatalf("upgrade %d from a trusted proxy: %d", i, resp.StatusCode)
+		}
+	}
+	if status, body := rawRoundTrip(t, p.http, req, "GET"); status != 503 || !strings.Contains(body, "too many upgraded") {
+		t.Fatalf("upgrade beyond MaxUpgrades: %d %q", status, body)
+	}
+}
+
+// TestPassthroughPerClientBounded: SNI passthrough connections are tunnels
+// under the same bounds as upgrades. Before, one address could hold any
+// number of backend connections, a ClientHello each and then silence for
+// TunnelIdleTimeout (an hour). Beyond the bound the client gets a TLS
+// alert and no backend connection; a slot comes back when a tunnel ends.
+func TestPassthroughPerClientBounded(t *testing.T) {
+	backend, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { backend.Close() })
+	var accepted atomic.Int64
+	go func() {
+		for {
+			c, err := backend.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }() // raw echo: the ClientHello comes back
+		}
+	}()
+	table := newTable(t, poolSpec{storage.Pool{Name: "pb", SSLMode: "passthrough", SSLDomain: "pb.test"}, []string{"https://" + backend.Addr().String()}})
+	cfg := testConfig()
+	cfg.HTTPAddr = ""
+	cfg.MaxUpgradesPerClient = 2
+	p := startProxy(t, cfg, table, nil, nil)
+	hello := captureClientHello(t, &tls.Config{ServerName: "pb.test", InsecureSkipVerify: true})
+	// open sends a ClientHello and returns the connection and what came
+	// back: the echoed ClientHello through a tunnel, or the proxy's alert.
+	open := func() (net.Conn, []byte, error) {
+		c, err := net.Dial("tcp", p.https)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, err := c.Write(hello); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got := make([]byte, len(hello))
+		n, err := io.ReadFull(c, got)
+		return c, got[:n], err
+	}
+	var tunnels []net.Conn
+	for i := 0; i < 2; i++ {
+		c, got, err := open()
+		if err != nil || !bytes.Equal(got, hello) {
+			t.Fatalf("tunnel %d: %d bytes back, %v", i, len(got), err)
+		}
+		tunnels = append(tunnels, c)
+	}
+	_, got, _ := open()
+	if !bytes.Equal(got, []byte{21, 3, 3, 0, 2, 2, alertInternalError}) {
+		t.Fatalf("third tunnel from one address: got %d bytes (%x...), want a fatal internal_error alert", len(got), got[:min(len(got), 8)])
+	}
+	if n := accepted.Load(); n != 2 {
+		t.Fatalf("backend accepted %d connections, want 2", n)
+	}
+	tunnels[0].Close()
+	waitFor(t, "a slot back after a tunnel ended", func() bool {
+		_, got, err := open()
+		return err == nil && bytes.Equal(got, hello)
+	})
 }
 
 // TestH2CUpgradeNotForwarded: an offer of h2c is served as a plain

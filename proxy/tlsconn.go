@@ -80,6 +80,7 @@ func readClientHello(r io.Reader, buf []byte, n int) (clientHelloInfo, int, erro
 // crypto/tls takes over (RFC 8446 6.2, RFC 6066 3).
 const (
 	alertHandshakeFailure = 40
+	alertInternalError    = 80
 	alertUnrecognizedName = 112
 )
 
@@ -228,6 +229,15 @@ func (s *Server) serveTLSALPN01(tc *trackedConn, hello clientHelloInfo, raw []by
 // that cannot be reached is excluded and another one tried: nothing was
 // sent to the client yet.
 func (s *Server) passthrough(tc *trackedConn, info connInfo, pool *pools.Pool, raw []byte) {
+	// A tunnel like an upgraded connection, under the same bounds: without
+	// one, a single address could hold any number of backend connections
+	// (a ClientHello each, then silence for TunnelIdleTimeout).
+	if !s.acquireUpgrade(&info) {
+		s.metrics.upgradesRefused.Inc()
+		sendAlert(tc.Conn, alertInternalError, s.cfg.WriteTimeout)
+		return
+	}
+	defer s.releaseUpgrade(&info)
 	var excludeBuf [4]*pools.Backend
 	exclude := excludeBuf[:0]
 	for try := 0; try <= s.cfg.MaxRetries; try++ {
