@@ -90,6 +90,51 @@ func TestPassiveEjection(t *testing.T) {
 	}
 }
 
+// TestPassiveEjectionNeverEmptiesPool: a client that can make backends
+// answer 5xx ejects them one by one, but once every healthy backend is
+// ejected they keep serving (the pool does not answer 503 to everyone for
+// the cooldown); backends that active checks found down stay out, and a
+// retry gets no ejected backend. Every algorithm.
+func TestPassiveEjectionNeverEmptiesPool(t *testing.T) {
+	for _, algo := range Algorithms() {
+		t.Run(algo, func(t *testing.T) {
+			pool := storage.Pool{Name: "p", Algorithm: algo, HealthCheck: storage.HealthCheck{MaxFails: 2, Cooldown: time.Hour}}
+			p := testPool(t, pool, 1, 1, 1)
+			down := p.Backend("b002")
+			down.live.healthy.Store(false)
+			for _, id := range []string{"b000", "b001"} {
+				b := p.Backend(id)
+				b.Begin().End(Result{Status: 500})
+				b.Begin().End(Result{Status: 500})
+				if !b.Ejected() {
+					t.Fatalf("%s not ejected after 2 failures", id)
+				}
+			}
+			seen := map[string]bool{}
+			for i := range 200 {
+				b, err := p.Pick(PickRequest{ClientIP: netip.AddrFrom4([4]byte{10, 0, 0, byte(i)})})
+				if err != nil {
+					t.Fatalf("every healthy backend ejected: %v, want them picked", err)
+				}
+				seen[b.ID] = true
+			}
+			if seen["b002"] {
+				t.Fatal("a backend down by active checks was picked")
+			}
+			if _, err := p.Pick(PickRequest{Exclude: []*Backend{p.Backend("b000")}}); !errors.Is(err, ErrNoBackend) {
+				t.Fatalf("retry with every healthy backend ejected: %v, want ErrNoBackend", err)
+			}
+			// While one backend is available, ejected ones stay out.
+			p.Backend("b001").live.ejectedUntil.Store(0)
+			for range 50 {
+				if b := mustPick(t, p, PickRequest{}); b.ID != "b001" {
+					t.Fatalf("picked %s while b001 was available", b.ID)
+				}
+			}
+		})
+	}
+}
+
 func TestPassiveEjectionDisabled(t *testing.T) {
 	for _, maxFails := range []int{0, PassiveDisabled} {
 		p := testPool(t, storage.Pool{HealthCheck: storage.HealthCheck{MaxFails: maxFails}}, 1)

@@ -618,6 +618,8 @@ type pickFilter struct {
 	exclude []*Backend
 	// anyHealth admits unhealthy and ejected backends (fail-open pass).
 	anyHealth bool
+	// ejectedToo admits healthy backends that passive checks ejected.
+	ejectedToo bool
 	// rotation start, taken once per Pick and group so that a second pass
 	// (fail-open) does not advance the rotation twice.
 	rotGroup *group
@@ -636,7 +638,7 @@ func (f *pickFilter) ok(b *Backend) bool {
 	if b.Draining {
 		return false
 	}
-	if !f.anyHealth && !b.live.available() {
+	if !f.anyHealth && !b.live.available() && !(f.ejectedToo && b.live.healthy.Load()) {
 		return false
 	}
 	for _, e := range f.exclude {
@@ -649,8 +651,16 @@ func (f *pickFilter) ok(b *Backend) bool {
 
 // Pick chooses a backend for a request: the sticky backend if it is
 // available, else the pool's algorithm over available backends (those in
-// the agent's region first when PreferRegion), else, with FailOpen, over
-// every non-draining backend. errors.Is(err, ErrNoBackend) means 503.
+// the agent's region first when PreferRegion), else, for a first attempt,
+// over healthy backends that passive checks ejected, else, with FailOpen,
+// over every non-draining backend. errors.Is(err, ErrNoBackend) means 503.
+//
+// Passive ejection never empties a pool on its own: a 5xx counts as a
+// failure, and a client that can make a backend answer 500 could
+// otherwise eject every backend with MaxFails requests each and have the
+// pool answer 503 to everyone for the cooldown. nginx likewise clears the
+// failures of its peers once all of them are marked failed, and Envoy's
+// outlier detection caps the share of hosts it ejects.
 func (p *Pool) Pick(req PickRequest) (*Backend, error) {
 	if len(p.backends) == 0 {
 		return nil, ErrNoBackend
@@ -668,6 +678,15 @@ func (p *Pool) Pick(req PickRequest) (*Backend, error) {
 	}
 	if b := p.pick(&p.all, &req, &f); b != nil {
 		return b, nil
+	}
+	if len(req.Exclude) == 0 {
+		// A retry does not come here: its exclusions, not ejections, may
+		// be what left nothing, and an ejected backend is a poor retry.
+		f.ejectedToo = true
+		if b := p.pick(&p.all, &req, &f); b != nil {
+			return b, nil
+		}
+		f.ejectedToo = false
 	}
 	if p.FailOpen {
 		f.anyHealth = true
