@@ -577,6 +577,13 @@ func (h *h2Server) relay(w http.ResponseWriter, rc *http.ResponseController, ex 
 			hdr.Add("Set-Cookie", stickyCookie(name, v, true))
 		}
 	}
+	if _, ok := hdr["Content-Type"]; !ok {
+		// Present but empty: net/http would otherwise sniff a type from
+		// the body's first bytes and send it, and an untyped upload a
+		// backend serves with "nosniff" would reach HTTP/2 browsers as
+		// text/html (HTTP/1.1 clients get no Content-Type, as sent).
+		hdr["Content-Type"] = nil
+	}
 	w.WriteHeader(resp.status)
 	uc.r += resp.headLen
 

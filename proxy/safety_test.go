@@ -227,6 +227,42 @@ func TestHTTP2RequestHeadBounded(t *testing.T) {
 	}
 }
 
+// TestHTTP2ResponseTypeNotSniffed: a response the backend sent without a
+// Content-Type reaches HTTP/2 clients without one, as it reaches HTTP/1.1
+// clients. net/http sniffed one from the body: an untyped upload served
+// with "X-Content-Type-Options: nosniff" became text/html, script and all.
+func TestHTTP2ResponseTypeNotSniffed(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("ct.test", ca.issue(t, "ct.test"))
+	const page = "<html><script>alert(1)</script></html>"
+	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+		if req.Target == "/typed" {
+			_, err := fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n%s", len(page), page)
+			return err == nil
+		}
+		_, err := fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nX-Content-Type-Options: nosniff\r\nContent-Length: %d\r\n\r\n%s", len(page), page)
+		return err == nil
+	})
+	table := newTable(t, poolSpec{storage.Pool{Name: "ct", SSLMode: "flexible", SSLDomain: "ct.test"}, []string{rb.url()}})
+	p := startProxy(t, testConfig(), table, certs, nil)
+	for _, h2 := range []bool{true, false} {
+		c := client(p.https, ca.pool, h2)
+		resp := get(t, c, "https://ct.test/upload")
+		body := readAll(t, resp)
+		if resp.StatusCode != 200 || body != page || (resp.ProtoMajor == 2) != h2 {
+			t.Fatalf("%s: %d %q", resp.Proto, resp.StatusCode, body)
+		}
+		if ct, ok := resp.Header["Content-Type"]; ok {
+			t.Errorf("%s: Content-Type %q added to a response sent without one", resp.Proto, ct)
+		}
+		resp = get(t, c, "https://ct.test/typed")
+		if _ = readAll(t, resp); resp.Header.Get("Content-Type") != "image/png" {
+			t.Errorf("%s: Content-Type %q, want the backend's", resp.Proto, resp.Header.Get("Content-Type"))
+		}
+	}
+}
+
 // TestChunkedStrictAndReframed: invalid chunk lines and trailers are
 // refused by the proxy (the backend, which counts requests, sees none), and
 // valid chunked bodies reach the backend in the proxy's own framing, without
