@@ -898,6 +898,13 @@ func (cc *clientConn) relayResponse(pool *pools.Pool, pm *poolMetrics, stickyID 
 		written, complete, clientErr, backendErr = cc.relayLength(out, uc, r.contentLen)
 	case bodyChunked:
 		written, complete, clientErr, backendErr = cc.relayChunked(out, uc, decode)
+		if written == 0 && backendErr != nil && clientErr == nil {
+			// The head waits for the first chunk line, which came with
+			// it and is malformed: nothing reached the client, which gets
+			// a 502 rather than a close (and the log no 200).
+			ex.finishBody(&cc.req)
+			return cc.failAfterHead(pool, pm, start, backendErr)
+		}
 	case bodyClose:
 		written, clientErr, backendErr = cc.relayUntilClose(out, uc)
 		complete = backendErr == nil && clientErr == nil

@@ -184,6 +184,28 @@ func TestHTTP2PseudoHeadersValidated(t *testing.T) {
 	}
 }
 
+// TestMalformedFirstChunkAnswered: a chunked response whose first chunk
+// line, read with the head, is malformed gets the client a 502. The head
+// waits for that line, so before, the client got nothing but a close and
+// the access log a 200.
+func TestMalformedFirstChunkAnswered(t *testing.T) {
+	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+		if req.Target == "/bad-chunk" {
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
+			return false
+		}
+		return answerEcho(c, req, nth)
+	})
+	table := newTable(t, poolSpec{storage.Pool{Name: "fc", Hosts: []string{"fc.test"}}, []string{rb.url()}})
+	p := startProxy(t, testConfig(), table, nil, nil)
+	if status, body := rawRoundTrip(t, p.http, "GET /bad-chunk HTTP/1.1\r\nHost: fc.test\r\n\r\n", "GET"); status != 502 {
+		t.Fatalf("malformed first chunk: %d %q, want 502", status, body)
+	}
+	if status, body := rawRoundTrip(t, p.http, "GET /next HTTP/1.1\r\nHost: fc.test\r\n\r\n", "GET"); status != 200 || body != "GET /next 0" {
+		t.Fatalf("next request: %d %q", status, body)
+	}
+}
+
 // TestHTTP2RequestHeadBounded: an HTTP/2 request head is bounded by
 // MaxRequestHeaderBytes, as an HTTP/1.1 one is. HPACK lets a client send a
 // field once and then name it with one byte, so without the bound a few
