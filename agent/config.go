@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/singularity-ng/singularity-edge/certs"
+	"github.com/singularity-ng/singularity-edge/pools"
 	"github.com/singularity-ng/singularity-edge/proxy"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
@@ -212,12 +213,6 @@ func (c *Config) ApplyEnvironment(getenv func(string) string) {
 	c.EncryptionKey = getenv("EDGE_ENCRYPTION_KEY")
 	c.CookieKey = getenv("EDGE_COOKIE_KEY")
 	c.ACMEEABKeyID, c.ACMEEABHMACKey = getenv("EDGE_ACME_EAB_KID"), getenv("EDGE_ACME_EAB_HMAC")
-	if v := getenv("EDGE_ACME_FALLBACK_DIRECTORIES"); v != "" {
-		c.ACMEFallbackDirectories = nil
-		for _, d := range strings.Split(v, ",") {
-			c.ACMEFallbackDirectories = append(c.ACMEFallbackDirectories, strings.TrimSpace(d))
-		}
-	}
 	c.Fly = flyEnvironment(getenv)
 	if v := c.Fly.MachineID; v != "" {
 		c.NodeName = v
@@ -325,6 +320,15 @@ func (c *Config) Validate() error {
 	var errs []error
 	if strings.TrimSpace(c.DataDir) == "" {
 		errs = append(errs, errors.New("--data-dir must not be empty"))
+	}
+	if strings.TrimSpace(c.NodeName) == "" {
+		errs = append(errs, errors.New("--node-name must not be empty: it names this node in the cluster, the logs and the dashboard"))
+	}
+	if !pools.IsRegion(c.Region) {
+		errs = append(errs, fmt.Errorf("--region %q: want 2 to 10 lower-case letters or digits (a Fly region such as iad), as a backend's region, so that prefer_region pools can match them", c.Region))
+	}
+	if _, err := proxy.ParseAccessLog(c.AccessLog); err != nil {
+		errs = append(errs, fmt.Errorf("--access-log %q: want on, off or sample:N with N at least 1", c.AccessLog))
 	}
 	if c.HTTPAddr == "" && c.HTTPSAddr == "" {
 		errs = append(errs, errors.New("at least one of --http-addr and --https-addr is needed"))

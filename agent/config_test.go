@@ -20,8 +20,6 @@ func TestApplyEnvironment(t *testing.T) {
 		"FLY_MACHINE_ID":      "148e21ea7e3289",
 		"FLY_REGION":          "syd",
 		"FLY_PRIVATE_IP":      "fdaa:0:1:a7b:1::2",
-
-		"EDGE_ACME_FALLBACK_DIRECTORIES": "https://a.example/dir, https://b.example/dir",
 	}
 	cfg := DefaultConfig()
 	cfg.ApplyEnvironment(func(k string) string { return env[k] })
@@ -33,9 +31,6 @@ func TestApplyEnvironment(t *testing.T) {
 	}
 	if cfg.AdminAddr != "[fdaa:0:1:a7b:1::2]:4000" {
 		t.Errorf("admin address on Fly = %q, want the 6PN address", cfg.AdminAddr)
-	}
-	if got := strings.Join(cfg.ACMEFallbackDirectories, " "); got != "https://a.example/dir https://b.example/dir" {
-		t.Errorf("fallback directories %q, want both in order", got)
 	}
 
 	local := DefaultConfig()
@@ -66,6 +61,17 @@ func TestConfigValidate(t *testing.T) {
 		{"too many tunnel event loops", func(c *Config) { c.TunnelEventLoops = 1025 }, "--tunnel-event-loops"},
 		{"zero drain", func(c *Config) { c.ShutdownTimeout = 0 }, "--shutdown-timeout"},
 		{"bad log level", func(c *Config) { c.LogLevel = "loud" }, "--log-level"},
+		{"empty node name", func(c *Config) { c.NodeName = "" }, "--node-name must not be empty"},
+		{"blank node name", func(c *Config) { c.NodeName = "  " }, "--node-name must not be empty"},
+		{"fly region", func(c *Config) { c.Region = "iad" }, ""},
+		{"empty region", func(c *Config) { c.Region = "" }, `--region ""`},
+		{"upper-case region", func(c *Config) { c.Region = "AMS" }, `--region "AMS"`},
+		{"region with a space", func(c *Config) { c.Region = "us east" }, `--region "us east"`},
+		{"region too long", func(c *Config) { c.Region = "europe-west1" }, `--region "europe-west1"`},
+		{"access log sampled", func(c *Config) { c.AccessLog = "sample:100" }, ""},
+		{"access log on", func(c *Config) { c.AccessLog = "on" }, ""},
+		{"access log unknown", func(c *Config) { c.AccessLog = "verbose" }, `--access-log "verbose"`},
+		{"access log sample 0", func(c *Config) { c.AccessLog = "sample:0" }, `--access-log "sample:0"`},
 		{"no feed", func(c *Config) { c.FeedRetention = 0 }, "--feed-retention"},
 		{"proxy protocol from a list", func(c *Config) { c.ProxyProtocolFrom = "10.0.0.0/8, fd00::1" }, ""},
 		{"proxy protocol from nobody", func(c *Config) { c.ProxyProtocolFrom = "none" }, ""},

@@ -453,7 +453,7 @@ func ValidateBackend(b *storage.Backend) error {
 	}
 
 	b.Region = strings.ToLower(strings.TrimSpace(b.Region))
-	if b.Region != "" && !isRegion(b.Region) {
+	if b.Region != "" && !IsRegion(b.Region) {
 		errs.Add("region", fmt.Sprintf("must be 2 to 10 lower-case letters or digits (a Fly region such as iad), got %q", b.Region))
 	}
 
@@ -685,7 +685,10 @@ func checkHostname(h string) string {
 	return ""
 }
 
-func isRegion(s string) bool {
+// IsRegion reports whether s can name a region: 2 to 10 lower-case
+// letters or digits, as Fly's region codes are. A backend's region and the
+// agent's --region share the rule, so that prefer_region can match them.
+func IsRegion(s string) bool {
 	if len(s) < 2 || len(s) > 10 {
 		return false
 	}
