@@ -75,6 +75,13 @@ func poolSpecOnto(p *storage.Pool, spec apitypes.PoolSpec, create bool) fielderr
 	}
 	apply(&errs, "on_demand_ask", spec.OnDemandAsk, &p.OnDemandAsk)
 	apply(&errs, "on_demand_rate", spec.OnDemandRate, &p.OnDemandRate)
+	if o := spec.OnDemandRate; o.Set && !o.Null && o.Value == 0 && !p.OnDemandTLS {
+		// 0 is what a pool holds when nobody chose a rate, and turning
+		// on_demand_tls on later fills in the default: sent, it is refused
+		// as weight 0 is, never stored to be replaced. (With on-demand TLS
+		// on, pools.ValidatePool refuses it.)
+		errs.Add("on_demand_rate", fmt.Sprintf("must be between 1 and %d orders per minute, got 0", pools.MaxOnDemandRate))
+	}
 	applyMetadata(&errs, spec.Metadata, &p.Metadata, !create)
 
 	// Defaults that follow another field, for fields left out.
