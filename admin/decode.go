@@ -101,7 +101,12 @@ func jsonError(body []byte, err error) error {
 		if typ.Field == "" {
 			return errInvalid(fmt.Sprintf("the body must be a JSON object, not %s", typ.Value))
 		}
-		msg := fmt.Sprintf("must be %s, not %s", jsonKind(typ.Type.Kind().String()), typ.Value)
+		kind := jsonKind(typ.Type.Kind().String())
+		if strings.HasSuffix(kind, "integer") && strings.HasPrefix(typ.Value, "number") {
+			// A number that is no integer here: 1.5, 1e3, or out of range.
+			kind += " written without a fraction or exponent, within range"
+		}
+		msg := fmt.Sprintf("must be %s, not %s", kind, typ.Value)
 		// No position: inside an apitypes.Optional the offset counts from
 		// the value, not from the body.
 		return errInvalid(fmt.Sprintf("%s %s", typ.Field, msg),
@@ -121,7 +126,11 @@ func jsonError(body []byte, err error) error {
 
 func jsonKind(goKind string) string {
 	switch goKind {
-	case "int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64", "float32", "float64":
+	case "int", "int8", "int16", "int32", "int64":
+		return "an integer"
+	case "uint", "uint8", "uint16", "uint32", "uint64":
+		return "a non-negative integer"
+	case "float32", "float64":
 		return "a number"
 	case "string":
 		return "a string"

@@ -42,7 +42,11 @@ func TestDecodeErrors(t *testing.T) {
 		{`{"name": "x",`, "line 1, column 14", ""},
 		{"{\n\"name\": x}", "line 2, column 10", ""},
 		{`{"name": 1}`, "name must be a string, not number", "name"},
-		{`{"inner": {"n": "1"}}`, "inner.n must be a number", "inner.n"},
+		{`{"inner": {"n": "1"}}`, "inner.n must be an integer, not string", "inner.n"},
+		// Not "must be a number, not number 1.5".
+		{`{"inner": {"n": 1.5}}`, "inner.n must be an integer written without a fraction or exponent, within range, not number 1.5", "inner.n"},
+		{`{"inner": {"n": 1e3}}`, "inner.n must be an integer written without a fraction or exponent, within range, not number 1e3", "inner.n"},
+		{`{"inner": {"n": 1e30}}`, "not number 1e30", "inner.n"},
 		{`{"inner": {"m": 1}}`, `unknown field "m"`, "m"},
 		{`{"nam": "x"}`, `unknown field "nam"`, "nam"},
 		{`"x"`, "must be a JSON object", ""},
