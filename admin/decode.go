@@ -84,7 +84,68 @@ func decodeStrict(body []byte, dst any) error {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return errInvalid(fmt.Sprintf("unexpected data after the JSON object at %s", position(body, dec.InputOffset())))
 	}
+	return duplicateKey(body)
+}
+
+// duplicateKey refuses an object that names a key twice, at any depth.
+// encoding/json keeps the last value, so {"name": "a", "name": "b"} would
+// create pool b from a request that also said a (and another parser in
+// front of the API may read the first): which one was meant is the
+// client's to say. body is valid JSON when this runs.
+func duplicateKey(body []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if err := walkKeys(dec, ""); err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) {
+			return err
+		}
+		return jsonError(body, err)
+	}
 	return nil
+}
+
+// walkKeys reads one JSON value from dec, refusing a key given twice in
+// any object in it; path names the value as field errors do
+// ("health_check.rise", "[1].host").
+func walkKeys(dec *json.Decoder, path string) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	switch tok {
+	case json.Delim('{'):
+		seen := map[string]bool{}
+		for dec.More() {
+			kt, err := dec.Token()
+			if err != nil {
+				return err
+			}
+			k, _ := kt.(string)
+			field := k
+			if path != "" {
+				field = path + "." + k
+			}
+			if seen[k] {
+				return errInvalid(fmt.Sprintf("%s is given twice; give each field once", field),
+					fielderr.FieldError{Field: field, Message: "is given twice; give each field once"})
+			}
+			seen[k] = true
+			if err := walkKeys(dec, field); err != nil {
+				return err
+			}
+		}
+	case json.Delim('['):
+		for i := 0; dec.More(); i++ {
+			if err := walkKeys(dec, fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+	default:
+		return nil
+	}
+	_, err = dec.Token() // the closing delimiter
+	return err
 }
 
 // jsonError turns an encoding/json error into a 400 with the position of

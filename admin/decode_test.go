@@ -52,6 +52,9 @@ func TestDecodeErrors(t *testing.T) {
 		{`"x"`, "must be a JSON object", ""},
 		{`{} []`, "unexpected data after the JSON object", ""},
 		{`{}x`, "unexpected data after the JSON object", ""},
+		// encoding/json keeps the last of two values; neither is taken.
+		{`{"name": "a", "name": "b"}`, "name is given twice", "name"},
+		{`{"name": "a", "inner": {"n": 1, "n": 1}}`, "inner.n is given twice", "inner.n"},
 	} {
 		var dst target
 		err := decodeStrict([]byte(tc.body), &dst)
@@ -62,6 +65,34 @@ func TestDecodeErrors(t *testing.T) {
 		}
 		if tc.field != "" && (len(ae.Fields) != 1 || ae.Fields[0].Field != tc.field) {
 			t.Errorf("%s: fields %+v, want %s", tc.body, ae.Fields, tc.field)
+		}
+	}
+}
+
+// A key given twice is refused at any depth, naming it as field errors do;
+// the same key in sibling objects is no repeat.
+func TestDuplicateKey(t *testing.T) {
+	for _, tc := range []struct {
+		body  string
+		field string // "" = accepted
+	}{
+		{`{"a": 1, "b": {"a": 1}, "c": [{"a": 1}, {"a": 2}]}`, ""},
+		{`[{"host": "x"}, {"host": "y"}]`, ""},
+		{`{"a": 1, "a": 1}`, "a"},
+		{`{"m": {"k": "1", "k": null}}`, "m.k"},
+		{`[{"host": "x"}, {"host": "y", "port": 1, "host": "z"}]`, "[1].host"},
+		{`{"a": [[{"b": 1, "b": 2}]]}`, "a[0][0].b"},
+	} {
+		err := duplicateKey([]byte(tc.body))
+		if tc.field == "" {
+			if err != nil {
+				t.Errorf("%s: %v, want accepted", tc.body, err)
+			}
+			continue
+		}
+		ae := toAPIError(err)
+		if err == nil || ae.Status != http.StatusBadRequest || len(ae.Fields) != 1 || ae.Fields[0].Field != tc.field {
+			t.Errorf("%s: %v (fields %+v), want 400 naming %s", tc.body, err, ae.Fields, tc.field)
 		}
 	}
 }

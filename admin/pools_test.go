@@ -92,6 +92,8 @@ var badPoolInputs = []struct {
 	{"wrong type", `{"name":"web","health_check_interval":"10s"}`, 400, "health_check_interval"},
 	{"wrong nested type", `{"name":"web","health_check":{"rise":"two"}}`, 400, "health_check.rise"},
 	{"trailing data", `{"name":"web"} {"name":"x"}`, 400, ""},
+	{"name twice", `{"name":"web","name":"other"}`, 400, "name"},
+	{"nested field twice", `{"name":"other","health_check":{"rise":2,"rise":3}}`, 400, "health_check.rise"},
 	{"missing name", `{}`, 422, "name"},
 	{"bad name", `{"name":"-web"}`, 422, "name"},
 	{"unknown algorithm", `{"name":"web","algorithm":"fastest"}`, 422, "algorithm"},
@@ -261,6 +263,7 @@ func TestPatchPool(t *testing.T) {
 		{"wrong type", `{"hosts":"a.test"}`, 400, CodeInvalid, "hosts"},
 		{"malformed", `{"algorithm":`, 400, CodeInvalid, ""},
 		{"missing cert", `{"ssl_cert_id":"gone"}`, 422, CodeInvalid, "ssl_cert_id"},
+		{"field twice", `{"algorithm":"random","algorithm":"round_robin"}`, 400, CodeInvalid, "algorithm"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := h.do("PATCH", "/api/pools/web", tc.body)
