@@ -192,9 +192,9 @@ func TestCLIRefusesFlagValuesItWouldReplace(t *testing.T) {
 	}{
 		{[]string{"pools", "list", "--limit", "0"}, "--limit must be from 1 to 1000, not 0"},
 		{[]string{"pools", "list", "--limit", "-5"}, "--limit must be from 1 to 1000, not -5"},
-		{[]string{"backends", "list", "web", "--limit", "0"}, "--limit"},
+		{[]string{"backends", "list", "web", "--limit", "0"}, "--limit must be from 1 to 1000, not 0"},
 		{[]string{"certs", "list", "--limit", "1001"}, "--limit must be from 1 to 1000, not 1001"},
-		{[]string{"audit", "--limit", "0"}, "--limit"},
+		{[]string{"audit", "list", "--limit", "0"}, "--limit must be from 1 to 1000, not 0"},
 		{[]string{"pools", "create", "api", "--metadata", "team=a", "--metadata", "team=b"}, `--metadata gives "team" twice`},
 		{[]string{"pools", "update", "web", "--metadata", "team=a", "--metadata", "team=b"}, `--metadata gives "team" twice`},
 		{[]string{"backends", "add", "web", "http://10.0.0.1:80", "--metadata", "k=1", "--metadata", "k=1"}, `--metadata gives "k" twice`},
