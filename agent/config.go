@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -362,8 +363,10 @@ func (c *Config) Validate() error {
 	if c.RowCacheSize < 0 {
 		errs = append(errs, fmt.Errorf("--row-cache-size %d: want 0 (off) or a size in bytes", c.RowCacheSize))
 	}
-	if c.HealthCheckBudget <= 0 {
-		errs = append(errs, fmt.Errorf("--health-check-budget %v must be positive (checks per second)", c.HealthCheckBudget))
+	// !(x > 0) also catches NaN, which the rate limiter would read as no
+	// limit at all; +Inf says that openly and is refused as well.
+	if !(c.HealthCheckBudget > 0) || math.IsInf(c.HealthCheckBudget, 1) {
+		errs = append(errs, fmt.Errorf("--health-check-budget %v must be a positive, finite number (checks per second)", c.HealthCheckBudget))
 	}
 	if c.HealthCheckConcurrency < 1 {
 		errs = append(errs, fmt.Errorf("--health-check-concurrency %d must be at least 1", c.HealthCheckConcurrency))

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -80,6 +81,9 @@ func TestConfigValidate(t *testing.T) {
 		{"pprof on a public address", func(c *Config) { c.PprofAddr = "0.0.0.0:6060" }, "--pprof-addr"},
 		{"pprof without port", func(c *Config) { c.PprofAddr = "127.0.0.1" }, "--pprof-addr"},
 		{"zero check budget", func(c *Config) { c.HealthCheckBudget = 0 }, "--health-check-budget"},
+		{"NaN check budget", func(c *Config) { c.HealthCheckBudget = math.NaN() }, "--health-check-budget NaN"},
+		{"infinite check budget", func(c *Config) { c.HealthCheckBudget = math.Inf(1) }, "--health-check-budget +Inf"},
+		{"fractional check budget", func(c *Config) { c.HealthCheckBudget = 0.5 }, ""},
 		{"zero check concurrency", func(c *Config) { c.HealthCheckConcurrency = 0 }, "--health-check-concurrency"},
 		{"zero backend series", func(c *Config) { c.MetricsMaxBackends = 0 }, "--metrics-max-backends"},
 		{"memory limit", func(c *Config) { c.MemoryLimit = 1 << 30 }, ""},
