@@ -389,6 +389,13 @@ func (c *Config) Validate() error {
 	if c.PublicHTTPSPort < 0 || c.PublicHTTPSPort > 65535 {
 		errs = append(errs, fmt.Errorf("--public-https-port %d is not a port number", c.PublicHTTPSPort))
 	}
+	if c.BackendCAFile != "" {
+		// Read here, before the store opens, so that a wrong path or file
+		// is a usage error (exit code 2) like every other bad flag.
+		if _, err := backendRoots(c.BackendCAFile); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if _, err := ParseTrustedProxies(c.TrustedProxies); err != nil {
 		errs = append(errs, fmt.Errorf("--trusted-proxies: %w", err))
 	}

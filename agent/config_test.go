@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -38,6 +40,30 @@ func TestApplyEnvironment(t *testing.T) {
 	local.ApplyEnvironment(func(string) string { return "" })
 	if local.AdminAddr != "127.0.0.1:4000" || local.Region != "local" {
 		t.Errorf("defaults changed without FLY_* variables: %+v", local)
+	}
+}
+
+// --backend-ca-file is read by Validate: a missing file or one without a
+// certificate stops the agent with a usage error before its store opens
+// (it was found only after the store was open, and exited with code 1).
+func TestConfigValidateBackendCAFile(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "passwd")
+	if err := os.WriteFile(notPEM, []byte("root:x:0:0::/root:/bin/sh\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		file, want string
+	}{
+		{filepath.Join(dir, "missing.pem"), "--backend-ca-file"},
+		{notPEM, "no PEM certificate"},
+		{dir, "--backend-ca-file"},
+	} {
+		cfg := DefaultConfig()
+		cfg.BackendCAFile = tc.file
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("--backend-ca-file %s: %v, want an error containing %q", tc.file, err, tc.want)
+		}
 	}
 }
 
