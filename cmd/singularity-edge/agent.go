@@ -180,6 +180,14 @@ func blank(f *pflag.Flag) bool {
 	return strings.TrimSpace(f.Value.String()) == ""
 }
 
+// defaultNote is " (value)" for a flag whose default can be shown.
+func defaultNote(f *pflag.Flag) string {
+	if f.DefValue == "" || f.DefValue == "[]" {
+		return ""
+	}
+	return " (" + f.DefValue + ")"
+}
+
 // refuseEmptyFlags refuses a flag given on the command line with an empty
 // value (--region=, --node-name " ") where "" means nothing: it would
 // otherwise start the agent with an empty name or region, which no check
@@ -188,8 +196,8 @@ func refuseEmptyFlags(flags *pflag.FlagSet) error {
 	var errs []error
 	flags.Visit(func(f *pflag.Flag) {
 		if f.Annotations[emptyAnnotation] == nil && blank(f) {
-			errs = append(errs, fmt.Errorf("--%s is given but empty, and needs a value: give one, or leave the flag out for the default (%s)",
-				f.Name, f.DefValue))
+			errs = append(errs, fmt.Errorf("--%s is given but empty, and needs a value: give one, or leave the flag out for the default%s",
+				f.Name, defaultNote(f)))
 		}
 	})
 	return errors.Join(errs...)
@@ -222,8 +230,8 @@ func applyEnvTwins(flags *pflag.FlagSet, lookupEnv func(string) (string, bool)) 
 		switch {
 		case !ok:
 		case strings.TrimSpace(v) == "" && f.Annotations[emptyAnnotation] == nil:
-			errs = append(errs, fmt.Errorf("%s is set but empty, and --%s needs a value: set one, or unset %s for the default (%s)",
-				name, f.Name, name, f.DefValue))
+			errs = append(errs, fmt.Errorf("%s is set but empty, and --%s needs a value: set one, or unset %s for the default%s",
+				name, f.Name, name, defaultNote(f)))
 		default:
 			if err := f.Value.Set(v); err != nil {
 				errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
