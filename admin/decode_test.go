@@ -139,3 +139,35 @@ func TestBodyTooLarge(t *testing.T) {
 	// At the limit is fine.
 	h.createPool(map[string]any{"name": "web"})
 }
+
+// A query parameter given twice, or a query string that cannot be parsed,
+// is a 400 before the route runs: ?cascade=false&cascade=true deleted the
+// pool's backends or not depending on which one url.Values.Get kept, and a
+// malformed pair was dropped without a word. The token is checked first.
+func TestQueryRefusals(t *testing.T) {
+	h := newHarness(t)
+	h.createPool(map[string]any{"name": "web"})
+	h.createBackend("web", map[string]any{"url": "http://10.0.0.1:80"})
+	before := h.snapshot()
+	for _, tc := range []struct {
+		method, path, field string
+	}{
+		{"GET", "/api/pools?limit=1&limit=2", "limit"},
+		{"GET", "/api/pools?after=a&after=b", "after"},
+		{"DELETE", "/api/pools/web?cascade=false&cascade=true", "cascade"},
+		{"DELETE", "/api/pools/web?cascade=true&cascade=true", "cascade"},
+		{"GET", "/api/pools?limit=%zz", ""},
+		{"GET", "/api/pools?limit=1;x=2", ""},
+		{"POST", "/api/cluster/leave?force=true&force=false", "force"},
+	} {
+		r := h.do(tc.method, tc.path, nil)
+		if tc.field != "" {
+			r.expect(t, http.StatusBadRequest, CodeInvalid, tc.field)
+		} else {
+			r.expect(t, http.StatusBadRequest, CodeInvalid)
+		}
+	}
+	h.assertUnchanged(before, "requests with repeated or malformed query parameters")
+	h.do("GET", "/api/pools?limit=1&limit=2", nil, noAuth).expect(t, http.StatusUnauthorized, CodeUnauthorized)
+	h.do("GET", "/api/pools?limit=1&after=", nil).expect(t, http.StatusOK, "")
+}
