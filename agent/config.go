@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/singularity-ng/singularity-edge/admin"
 	"github.com/singularity-ng/singularity-edge/certs"
 	"github.com/singularity-ng/singularity-edge/pools"
 	"github.com/singularity-ng/singularity-edge/proxy"
@@ -349,6 +350,18 @@ func (c *Config) Validate() error {
 	}
 	if c.AdminAddr == "" {
 		errs = append(errs, errors.New("--admin-addr must not be empty"))
+	} else if err := admin.CheckExposure(c.AdminAddr, c.AdminToken); err != nil {
+		errs = append(errs, fmt.Errorf("--admin-addr: %w", err))
+	}
+	// The secrets are checked here too, so that a malformed one is a usage
+	// error (exit code 2) like a bad flag, named by its variable.
+	if c.EncryptionKey != "" {
+		if _, err := storage.ParseEncryptionKey(c.EncryptionKey); err != nil {
+			errs = append(errs, fmt.Errorf("EDGE_ENCRYPTION_KEY: %w", err))
+		}
+	}
+	if c.CookieKey != "" && len(c.CookieKey) < minCookieKeyLen {
+		errs = append(errs, fmt.Errorf("EDGE_COOKIE_KEY must be at least %d characters", minCookieKeyLen))
 	}
 	if c.PprofAddr != "" {
 		if host, _, err := net.SplitHostPort(c.PprofAddr); err != nil {

@@ -82,6 +82,13 @@ func TestConfigValidate(t *testing.T) {
 		{"bad http addr", func(c *Config) { c.HTTPAddr = "8080" }, "--http-addr"},
 		{"bad admin addr", func(c *Config) { c.AdminAddr = "localhost" }, "--admin-addr"},
 		{"empty admin addr", func(c *Config) { c.AdminAddr = "" }, "--admin-addr"},
+		// Refused by Validate (usage error, exit code 2) rather than later by
+		// New (exit code 1).
+		{"exposed admin without token", func(c *Config) { c.AdminAddr = "0.0.0.0:4000" }, "--admin-addr: admin API on a non-loopback address without a token"},
+		{"exposed admin with token", func(c *Config) { c.AdminAddr, c.AdminToken = "0.0.0.0:4000", "t0ken" }, ""},
+		{"malformed encryption key", func(c *Config) { c.EncryptionKey = "short" }, "EDGE_ENCRYPTION_KEY"},
+		{"encryption key", func(c *Config) { c.EncryptionKey = strings.Repeat("ab", 32) }, ""},
+		{"short cookie key", func(c *Config) { c.CookieKey = "short" }, "EDGE_COOKIE_KEY must be at least 16 characters"},
 		{"tiny cache", func(c *Config) { c.BlockCacheSize = 1024 }, "--block-cache-size"},
 		{"negative row cache", func(c *Config) { c.RowCacheSize = -1 }, "--row-cache-size"},
 		{"tunnel event loops below -1", func(c *Config) { c.TunnelEventLoops = -2 }, "--tunnel-event-loops"},
