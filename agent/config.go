@@ -13,6 +13,7 @@ import (
 
 	"github.com/singularity-ng/singularity-edge/admin"
 	"github.com/singularity-ng/singularity-edge/certs"
+	"github.com/singularity-ng/singularity-edge/discovery"
 	"github.com/singularity-ng/singularity-edge/pools"
 	"github.com/singularity-ng/singularity-edge/proxy"
 	"github.com/singularity-ng/singularity-edge/storage"
@@ -313,6 +314,18 @@ func (c *Config) validateCluster() []error {
 	}
 	if c.GossipKey == "" {
 		errs = append(errs, errors.New("EDGE_GOSSIP_KEY is required with --gossip-addr: gossip is always encrypted (generate one with `openssl rand -base64 32`)"))
+	} else if _, err := discovery.ParseKeys(c.GossipKey, c.GossipKeys); err != nil {
+		errs = append(errs, err)
+	}
+	// The seeds and the DNS server are parsed here, as newDiscovery will,
+	// so that a typo is a usage error before the store opens.
+	if _, err := discovery.NewStaticSource(c.Join); err != nil {
+		errs = append(errs, err)
+	}
+	if c.DNSServer != "" {
+		if _, err := discovery.NewDNSSource(c.App, c.DNSServer, 0); err != nil {
+			errs = append(errs, fmt.Errorf("--dns-server: %w", err))
+		}
 	}
 	return errs
 }
