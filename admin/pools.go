@@ -122,7 +122,10 @@ func poolSpecOnto(p *storage.Pool, spec apitypes.PoolSpec, create bool) fielderr
 	if spec.OnDemandTLS.Present() && p.OnDemandTLS && !spec.OnDemandRate.Set && p.OnDemandRate == 0 {
 		p.OnDemandRate = pools.DefaultOnDemandRate
 	}
-	if create && spec.HealthCheckInterval.Present() && !hc.Timeout.Set {
+	if create && spec.HealthCheckInterval.Present() && !hc.Timeout.Set &&
+		p.HealthCheckInterval >= pools.MinHealthCheckInterval && p.HealthCheckInterval <= pools.MaxHealthCheckInterval {
+		// Derived from a valid interval only, so that an interval out of
+		// range is the one error, not also a timeout nobody sent.
 		p.HealthCheck.Timeout = pools.DefaultTimeoutFor(p.HealthCheckInterval)
 	}
 	return errs

@@ -567,3 +567,28 @@ func TestPoolMaxFails(t *testing.T) {
 	}
 	h.assertUnchanged(before, "refused max_fails")
 }
+
+// An interval out of range is the one field refused: no timeout derived
+// from it, nor the default timeout compared with it, is reported beside
+// it (`pools create --health-check-interval 1ms` named a 500µs timeout
+// nobody sent).
+func TestPoolIntervalOutOfRangeIsTheOnlyError(t *testing.T) {
+	h := newHarness(t)
+	h.createPool(map[string]any{"name": "web"})
+	for _, tc := range []struct {
+		method, path, body string
+	}{
+		{"POST", "/api/pools", `{"name":"a","health_check_interval":1}`},
+		{"POST", "/api/pools", `{"name":"a","health_check_interval":999}`},
+		{"PATCH", "/api/pools/web", `{"health_check_interval":1}`},
+	} {
+		r := h.do(tc.method, tc.path, tc.body)
+		r.expect(t, http.StatusUnprocessableEntity, CodeInvalid, "health_check_interval")
+		if e := r.errDetail(t); len(e.Fields) != 1 {
+			t.Errorf("%s %s: fields %+v, want health_check_interval alone", tc.method, tc.body, e.Fields)
+		}
+	}
+	// A timeout that was sent is still compared with a valid interval.
+	h.do("POST", "/api/pools", `{"name":"b","health_check_interval":2000,"health_check":{"timeout":2000}}`).
+		expect(t, http.StatusUnprocessableEntity, CodeInvalid, "health_check.timeout")
+}

@@ -342,7 +342,9 @@ func validateHealthCheck(hc *storage.HealthCheck, interval time.Duration, errs *
 	switch {
 	case hc.Timeout < MinHealthCheckTimeout:
 		errs.Add("health_check.timeout", fmt.Sprintf("must be at least %s, got %s", MinHealthCheckTimeout, hc.Timeout))
-	case interval > 0 && hc.Timeout >= interval:
+	case interval >= MinHealthCheckInterval && interval <= MaxHealthCheckInterval && hc.Timeout >= interval:
+		// Compared with a valid interval only: an interval out of range is
+		// reported on its own, not again as the timeout's fault.
 		errs.Add("health_check.timeout", fmt.Sprintf("must be shorter than health_check_interval (%s), got %s", interval, hc.Timeout))
 	}
 	if hc.Rise < 1 || hc.Rise > MaxRiseFall {
