@@ -78,6 +78,15 @@ func TestClusterValidate(t *testing.T) {
 		}, ""},
 		{"dns server without port", func(c *Config) { c.GossipAddr, c.GossipKey, c.DNSServer = "127.0.0.2:7946", k, "fdaa::3" }, "--dns-server"},
 		{"dns server", func(c *Config) { c.GossipAddr, c.GossipKey, c.DNSServer = "127.0.0.2:7946", k, "[fdaa::3]:53" }, ""},
+		{"machines api over ftp", func(c *Config) {
+			c.GossipAddr, c.GossipKey, c.MachinesAPIURL = "127.0.0.2:7946", k, "ftp://machines.example"
+		}, "--machines-api-url"},
+		{"machines api without host", func(c *Config) {
+			c.GossipAddr, c.GossipKey, c.MachinesAPIURL = "127.0.0.2:7946", k, "https://"
+		}, "--machines-api-url"},
+		{"machines api fixture", func(c *Config) {
+			c.GossipAddr, c.GossipKey, c.MachinesAPIURL = "127.0.0.2:7946", k, "http://127.0.0.1:4280"
+		}, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -325,6 +326,12 @@ func (c *Config) validateCluster() []error {
 	if c.DNSServer != "" {
 		if _, err := discovery.NewDNSSource(c.App, c.DNSServer, 0); err != nil {
 			errs = append(errs, fmt.Errorf("--dns-server: %w", err))
+		}
+	}
+	if c.MachinesAPIURL != "" {
+		// Requests go to it over HTTP whatever its scheme says.
+		if u, err := url.Parse(c.MachinesAPIURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("--machines-api-url %q: want an http:// or https:// URL", c.MachinesAPIURL))
 		}
 	}
 	return errs
