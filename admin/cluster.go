@@ -120,8 +120,25 @@ func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
 }
 
 // members returns the cluster's view, or this node alone when the agent
-// runs without a membership layer: a node that answers is alive.
+// runs without a membership layer: a node that answers is alive. Such a
+// node gossips no readiness, so its own verdict (Readiness) is its ready
+// flag, and `cluster status` and the dashboard agree with /api/health.
 func (s *Server) members() []Member {
+	if _, single := s.deps.Cluster.(SingleMember); single || s.deps.Cluster == nil {
+		members := s.clusterMembers()
+		status, _ := s.Readiness()
+		for i := range members {
+			if members[i].Self {
+				members[i].Ready = status == ""
+			}
+		}
+		return members
+	}
+	return s.clusterMembers()
+}
+
+// clusterMembers is members without the readiness of a single node.
+func (s *Server) clusterMembers() []Member {
 	if s.deps.Cluster != nil {
 		members := s.deps.Cluster.Members()
 		out := make([]Member, len(members))

@@ -27,6 +27,42 @@ func TestClusterSingleNodeDefault(t *testing.T) {
 	}
 }
 
+// A node without a membership layer says ready in GET /api/cluster exactly
+// when /api/health does: `cluster status` and the dashboard showed a lone
+// agent as "not ready" while it served.
+func TestClusterSingleNodeReady(t *testing.T) {
+	single := func(d *Deps) {
+		d.Cluster = SingleMember{ID: "x", Name: "edge-test", Region: "iad", State: "alive", Self: true}
+	}
+	notYet := make(chan struct{})
+	tests := []struct {
+		name  string
+		opts  []harnessOption
+		ready bool
+	}{
+		{"no cluster, ready", nil, true},
+		{"single member, ready", []harnessOption{withDeps(single)}, true},
+		{"single member, starting", []harnessOption{withDeps(single), withDeps(func(d *Deps) { d.Ready = notYet })}, false},
+		{"no cluster, starting", []harnessOption{withDeps(func(d *Deps) { d.Ready = notYet })}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, tc.opts...)
+			var c clusterResponse
+			r := h.do("GET", "/api/cluster", nil)
+			r.expect(t, http.StatusOK, "")
+			r.json(t, &c)
+			if len(c.Members) != 1 || !c.Members[0].Self || c.Members[0].Ready != tc.ready {
+				t.Fatalf("members %+v, want this node alone with ready %v", c.Members, tc.ready)
+			}
+			health := h.do("GET", "/api/health", nil)
+			if (health.Status == http.StatusOK) != tc.ready {
+				t.Errorf("/api/health %d while the member says ready %v", health.Status, tc.ready)
+			}
+		})
+	}
+}
+
 type staticCluster []Member
 
 func (s staticCluster) Members() []Member { return s }

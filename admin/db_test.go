@@ -107,6 +107,14 @@ func TestDBBackupAndCheckpoint(t *testing.T) {
 	if err := os.WriteFile(blocker, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A directory whose meta is a file is no backup directory.
+	notBackup := filepath.Join(root, "not-a-backup")
+	if err := os.MkdirAll(notBackup, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(notBackup, "meta"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	before := h.snapshot()
 	for _, tc := range []struct {
 		name   string
@@ -130,6 +138,10 @@ func TestDBBackupAndCheckpoint(t *testing.T) {
 		{"checkpoint empty", "/api/db/checkpoint", `{"dir":"  "}`, "", 422, CodeInvalid, "dir"},
 		{"checkpoint exists", "/api/db/checkpoint", `{"dir":"` + cpDir + `"}`, "", 409, CodeConflict, "dir"},
 		{"checkpoint malformed", "/api/db/checkpoint", `{"dir":`, "", 400, CodeInvalid, ""},
+		// These were 500s: RocksDB's IO errors about the client's own path.
+		{"checkpoint without parent", "/api/db/checkpoint", `{"dir":"` + root + `/no/such/parent/cp"}`, "", 422, CodeInvalid, "dir"},
+		{"checkpoint under a file", "/api/db/checkpoint", `{"dir":"` + blocker + `/cp"}`, "", 422, CodeInvalid, "dir"},
+		{"backup where meta is a file", "/api/db/backup", `{"dir":"` + notBackup + `"}`, "", 422, CodeInvalid, "dir"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var opts []reqOption

@@ -9,6 +9,8 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -84,7 +86,68 @@ func decodeStrict(body []byte, dst any) error {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return errInvalid(fmt.Sprintf("unexpected data after the JSON object at %s", position(body, dec.InputOffset())))
 	}
+	return duplicateKey(body)
+}
+
+// duplicateKey refuses an object that names a key twice, at any depth.
+// encoding/json keeps the last value, so {"name": "a", "name": "b"} would
+// create pool b from a request that also said a (and another parser in
+// front of the API may read the first): which one was meant is the
+// client's to say. body is valid JSON when this runs.
+func duplicateKey(body []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if err := walkKeys(dec, ""); err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) {
+			return err
+		}
+		return jsonError(body, err)
+	}
 	return nil
+}
+
+// walkKeys reads one JSON value from dec, refusing a key given twice in
+// any object in it; path names the value as field errors do
+// ("health_check.rise", "[1].host").
+func walkKeys(dec *json.Decoder, path string) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	switch tok {
+	case json.Delim('{'):
+		seen := map[string]bool{}
+		for dec.More() {
+			kt, err := dec.Token()
+			if err != nil {
+				return err
+			}
+			k, _ := kt.(string)
+			field := k
+			if path != "" {
+				field = path + "." + k
+			}
+			if seen[k] {
+				return errInvalid(fmt.Sprintf("%s is given twice; give each field once", field),
+					fielderr.FieldError{Field: field, Message: "is given twice; give each field once"})
+			}
+			seen[k] = true
+			if err := walkKeys(dec, field); err != nil {
+				return err
+			}
+		}
+	case json.Delim('['):
+		for i := 0; dec.More(); i++ {
+			if err := walkKeys(dec, fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+	default:
+		return nil
+	}
+	_, err = dec.Token() // the closing delimiter
+	return err
 }
 
 // jsonError turns an encoding/json error into a 400 with the position of
@@ -101,7 +164,12 @@ func jsonError(body []byte, err error) error {
 		if typ.Field == "" {
 			return errInvalid(fmt.Sprintf("the body must be a JSON object, not %s", typ.Value))
 		}
-		msg := fmt.Sprintf("must be %s, not %s", jsonKind(typ.Type.Kind().String()), typ.Value)
+		kind := jsonKind(typ.Type.Kind().String())
+		if strings.HasSuffix(kind, "integer") && strings.HasPrefix(typ.Value, "number") {
+			// A number that is no integer here: 1.5, 1e3, or out of range.
+			kind += " written without a fraction or exponent, within range"
+		}
+		msg := fmt.Sprintf("must be %s, not %s", kind, typ.Value)
 		// No position: inside an apitypes.Optional the offset counts from
 		// the value, not from the body.
 		return errInvalid(fmt.Sprintf("%s %s", typ.Field, msg),
@@ -121,7 +189,11 @@ func jsonError(body []byte, err error) error {
 
 func jsonKind(goKind string) string {
 	switch goKind {
-	case "int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64", "float32", "float64":
+	case "int", "int8", "int16", "int32", "int64":
+		return "an integer"
+	case "uint", "uint8", "uint16", "uint32", "uint64":
+		return "a non-negative integer"
+	case "float32", "float64":
 		return "a number"
 	case "string":
 		return "a string"
@@ -229,6 +301,29 @@ func pageOf[S, T any](rows []S, limit int, key func(S) string, conv func(S) (T, 
 		resp.Items = append(resp.Items, item)
 	}
 	return resp, nil
+}
+
+// checkQuery refuses a query string that cannot be parsed, or that gives a
+// parameter twice: every parameter of the API takes one value, and
+// url.Values.Get would silently keep the first of ?cascade=false&cascade=true
+// (and Query drops a malformed pair without a word).
+func checkQuery(raw string) error {
+	q, err := url.ParseQuery(raw)
+	if err != nil {
+		return errInvalid("the query string cannot be read: " + err.Error())
+	}
+	names := make([]string, 0, len(q))
+	for k := range q {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		if n := len(q[k]); n > 1 {
+			msg := fmt.Sprintf("is given %d times; give it once", n)
+			return errInvalid(fmt.Sprintf("query parameter %s %s", k, msg), fielderr.FieldError{Field: k, Message: msg})
+		}
+	}
+	return nil
 }
 
 // boolQuery parses a boolean query parameter ("" = false).

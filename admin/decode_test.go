@@ -42,12 +42,19 @@ func TestDecodeErrors(t *testing.T) {
 		{`{"name": "x",`, "line 1, column 14", ""},
 		{"{\n\"name\": x}", "line 2, column 10", ""},
 		{`{"name": 1}`, "name must be a string, not number", "name"},
-		{`{"inner": {"n": "1"}}`, "inner.n must be a number", "inner.n"},
+		{`{"inner": {"n": "1"}}`, "inner.n must be an integer, not string", "inner.n"},
+		// Not "must be a number, not number 1.5".
+		{`{"inner": {"n": 1.5}}`, "inner.n must be an integer written without a fraction or exponent, within range, not number 1.5", "inner.n"},
+		{`{"inner": {"n": 1e3}}`, "inner.n must be an integer written without a fraction or exponent, within range, not number 1e3", "inner.n"},
+		{`{"inner": {"n": 1e30}}`, "not number 1e30", "inner.n"},
 		{`{"inner": {"m": 1}}`, `unknown field "m"`, "m"},
 		{`{"nam": "x"}`, `unknown field "nam"`, "nam"},
 		{`"x"`, "must be a JSON object", ""},
 		{`{} []`, "unexpected data after the JSON object", ""},
 		{`{}x`, "unexpected data after the JSON object", ""},
+		// encoding/json keeps the last of two values; neither is taken.
+		{`{"name": "a", "name": "b"}`, "name is given twice", "name"},
+		{`{"name": "a", "inner": {"n": 1, "n": 1}}`, "inner.n is given twice", "inner.n"},
 	} {
 		var dst target
 		err := decodeStrict([]byte(tc.body), &dst)
@@ -58,6 +65,34 @@ func TestDecodeErrors(t *testing.T) {
 		}
 		if tc.field != "" && (len(ae.Fields) != 1 || ae.Fields[0].Field != tc.field) {
 			t.Errorf("%s: fields %+v, want %s", tc.body, ae.Fields, tc.field)
+		}
+	}
+}
+
+// A key given twice is refused at any depth, naming it as field errors do;
+// the same key in sibling objects is no repeat.
+func TestDuplicateKey(t *testing.T) {
+	for _, tc := range []struct {
+		body  string
+		field string // "" = accepted
+	}{
+		{`{"a": 1, "b": {"a": 1}, "c": [{"a": 1}, {"a": 2}]}`, ""},
+		{`[{"host": "x"}, {"host": "y"}]`, ""},
+		{`{"a": 1, "a": 1}`, "a"},
+		{`{"m": {"k": "1", "k": null}}`, "m.k"},
+		{`[{"host": "x"}, {"host": "y", "port": 1, "host": "z"}]`, "[1].host"},
+		{`{"a": [[{"b": 1, "b": 2}]]}`, "a[0][0].b"},
+	} {
+		err := duplicateKey([]byte(tc.body))
+		if tc.field == "" {
+			if err != nil {
+				t.Errorf("%s: %v, want accepted", tc.body, err)
+			}
+			continue
+		}
+		ae := toAPIError(err)
+		if err == nil || ae.Status != http.StatusBadRequest || len(ae.Fields) != 1 || ae.Fields[0].Field != tc.field {
+			t.Errorf("%s: %v (fields %+v), want 400 naming %s", tc.body, err, ae.Fields, tc.field)
 		}
 	}
 }
@@ -103,4 +138,36 @@ func TestBodyTooLarge(t *testing.T) {
 	h.assertUnchanged(before, "oversized bodies")
 	// At the limit is fine.
 	h.createPool(map[string]any{"name": "web"})
+}
+
+// A query parameter given twice, or a query string that cannot be parsed,
+// is a 400 before the route runs: ?cascade=false&cascade=true deleted the
+// pool's backends or not depending on which one url.Values.Get kept, and a
+// malformed pair was dropped without a word. The token is checked first.
+func TestQueryRefusals(t *testing.T) {
+	h := newHarness(t)
+	h.createPool(map[string]any{"name": "web"})
+	h.createBackend("web", map[string]any{"url": "http://10.0.0.1:80"})
+	before := h.snapshot()
+	for _, tc := range []struct {
+		method, path, field string
+	}{
+		{"GET", "/api/pools?limit=1&limit=2", "limit"},
+		{"GET", "/api/pools?after=a&after=b", "after"},
+		{"DELETE", "/api/pools/web?cascade=false&cascade=true", "cascade"},
+		{"DELETE", "/api/pools/web?cascade=true&cascade=true", "cascade"},
+		{"GET", "/api/pools?limit=%zz", ""},
+		{"GET", "/api/pools?limit=1;x=2", ""},
+		{"POST", "/api/cluster/leave?force=true&force=false", "force"},
+	} {
+		r := h.do(tc.method, tc.path, nil)
+		if tc.field != "" {
+			r.expect(t, http.StatusBadRequest, CodeInvalid, tc.field)
+		} else {
+			r.expect(t, http.StatusBadRequest, CodeInvalid)
+		}
+	}
+	h.assertUnchanged(before, "requests with repeated or malformed query parameters")
+	h.do("GET", "/api/pools?limit=1&limit=2", nil, noAuth).expect(t, http.StatusUnauthorized, CodeUnauthorized)
+	h.do("GET", "/api/pools?limit=1&after=", nil).expect(t, http.StatusOK, "")
 }

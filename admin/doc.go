@@ -75,8 +75,8 @@
 //	{"error": {"code": "invalid", "message": "...", "fields": [{"field": "port", "message": "..."}]}}
 //
 // 400 means the body or a query parameter could not be read (malformed
-// JSON, with line and column; an unknown field; a value of the wrong JSON
-// type); 422 means it was read but a value is not acceptable. Both use the
+// JSON, with line and column; an unknown field; a field or query parameter
+// given twice; a value of the wrong JSON type); 422 means it was read but a value is not acceptable. Both use the
 // code "invalid" and name the fields. The full list of codes and statuses
 // is at the Code constants.
 //

@@ -55,6 +55,12 @@ func TestPoolOnDemandRefusals(t *testing.T) {
 		{"plain HTTP pool", "POST", "/api/pools", map[string]any{"name": "n", "on_demand_tls": true, "on_demand_allow": []string{"a.example.com"}}, "on_demand_tls"},
 		{"rate 0", "POST", "/api/pools", with("on_demand_tls", true, "on_demand_allow", []string{"a.example.com"}, "on_demand_rate", 0), "on_demand_rate"},
 		{"rate null", "POST", "/api/pools", with("on_demand_rate", nil), "on_demand_rate"},
+		// 0 sent with on-demand TLS off used to be stored, then replaced by
+		// the default when on_demand_tls was turned on.
+		{"rate 0 while off", "POST", "/api/pools", with("on_demand_rate", 0), "on_demand_rate"},
+		{"rate 0 on a plain pool", "POST", "/api/pools", map[string]any{"name": "n", "on_demand_rate": 0}, "on_demand_rate"},
+		{"rate 0 by update", "PATCH", "/api/pools/web", map[string]any{"on_demand_rate": 0}, "on_demand_rate"},
+		{"rate negative while off", "POST", "/api/pools", with("on_demand_rate", -1), "on_demand_rate"},
 		{"tls null", "POST", "/api/pools", with("on_demand_tls", nil), "on_demand_tls"},
 		{"upper case pattern", "POST", "/api/pools", with("on_demand_allow", []string{"Shop.example.com"}), "on_demand_allow[0]"},
 		{"bad ask", "POST", "/api/pools", with("on_demand_ask", "ask.example.com"), "on_demand_ask"},

@@ -75,6 +75,13 @@ func poolSpecOnto(p *storage.Pool, spec apitypes.PoolSpec, create bool) fielderr
 	}
 	apply(&errs, "on_demand_ask", spec.OnDemandAsk, &p.OnDemandAsk)
 	apply(&errs, "on_demand_rate", spec.OnDemandRate, &p.OnDemandRate)
+	if o := spec.OnDemandRate; o.Set && !o.Null && o.Value == 0 && !p.OnDemandTLS {
+		// 0 is what a pool holds when nobody chose a rate, and turning
+		// on_demand_tls on later fills in the default: sent, it is refused
+		// as weight 0 is, never stored to be replaced. (With on-demand TLS
+		// on, pools.ValidatePool refuses it.)
+		errs.Add("on_demand_rate", fmt.Sprintf("must be between 1 and %d orders per minute, got 0", pools.MaxOnDemandRate))
+	}
 	applyMetadata(&errs, spec.Metadata, &p.Metadata, !create)
 
 	// Defaults that follow another field, for fields left out.
@@ -115,7 +122,10 @@ func poolSpecOnto(p *storage.Pool, spec apitypes.PoolSpec, create bool) fielderr
 	if spec.OnDemandTLS.Present() && p.OnDemandTLS && !spec.OnDemandRate.Set && p.OnDemandRate == 0 {
 		p.OnDemandRate = pools.DefaultOnDemandRate
 	}
-	if create && spec.HealthCheckInterval.Present() && !hc.Timeout.Set {
+	if create && spec.HealthCheckInterval.Present() && !hc.Timeout.Set &&
+		p.HealthCheckInterval >= pools.MinHealthCheckInterval && p.HealthCheckInterval <= pools.MaxHealthCheckInterval {
+		// Derived from a valid interval only, so that an interval out of
+		// range is the one error, not also a timeout nobody sent.
 		p.HealthCheck.Timeout = pools.DefaultTimeoutFor(p.HealthCheckInterval)
 	}
 	return errs

@@ -92,6 +92,8 @@ var badPoolInputs = []struct {
 	{"wrong type", `{"name":"web","health_check_interval":"10s"}`, 400, "health_check_interval"},
 	{"wrong nested type", `{"name":"web","health_check":{"rise":"two"}}`, 400, "health_check.rise"},
 	{"trailing data", `{"name":"web"} {"name":"x"}`, 400, ""},
+	{"name twice", `{"name":"web","name":"other"}`, 400, "name"},
+	{"nested field twice", `{"name":"other","health_check":{"rise":2,"rise":3}}`, 400, "health_check.rise"},
 	{"missing name", `{}`, 422, "name"},
 	{"bad name", `{"name":"-web"}`, 422, "name"},
 	{"unknown algorithm", `{"name":"web","algorithm":"fastest"}`, 422, "algorithm"},
@@ -261,6 +263,7 @@ func TestPatchPool(t *testing.T) {
 		{"wrong type", `{"hosts":"a.test"}`, 400, CodeInvalid, "hosts"},
 		{"malformed", `{"algorithm":`, 400, CodeInvalid, ""},
 		{"missing cert", `{"ssl_cert_id":"gone"}`, 422, CodeInvalid, "ssl_cert_id"},
+		{"field twice", `{"algorithm":"random","algorithm":"round_robin"}`, 400, CodeInvalid, "algorithm"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := h.do("PATCH", "/api/pools/web", tc.body)
@@ -563,4 +566,29 @@ func TestPoolMaxFails(t *testing.T) {
 			expect(t, http.StatusUnprocessableEntity, CodeInvalid, "health_check.max_fails")
 	}
 	h.assertUnchanged(before, "refused max_fails")
+}
+
+// An interval out of range is the one field refused: no timeout derived
+// from it, nor the default timeout compared with it, is reported beside
+// it (`pools create --health-check-interval 1ms` named a 500µs timeout
+// nobody sent).
+func TestPoolIntervalOutOfRangeIsTheOnlyError(t *testing.T) {
+	h := newHarness(t)
+	h.createPool(map[string]any{"name": "web"})
+	for _, tc := range []struct {
+		method, path, body string
+	}{
+		{"POST", "/api/pools", `{"name":"a","health_check_interval":1}`},
+		{"POST", "/api/pools", `{"name":"a","health_check_interval":999}`},
+		{"PATCH", "/api/pools/web", `{"health_check_interval":1}`},
+	} {
+		r := h.do(tc.method, tc.path, tc.body)
+		r.expect(t, http.StatusUnprocessableEntity, CodeInvalid, "health_check_interval")
+		if e := r.errDetail(t); len(e.Fields) != 1 {
+			t.Errorf("%s %s: fields %+v, want health_check_interval alone", tc.method, tc.body, e.Fields)
+		}
+	}
+	// A timeout that was sent is still compared with a valid interval.
+	h.do("POST", "/api/pools", `{"name":"b","health_check_interval":2000,"health_check":{"timeout":2000}}`).
+		expect(t, http.StatusUnprocessableEntity, CodeInvalid, "health_check.timeout")
 }

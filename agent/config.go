@@ -3,14 +3,19 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/singularity-ng/singularity-edge/admin"
 	"github.com/singularity-ng/singularity-edge/certs"
+	"github.com/singularity-ng/singularity-edge/discovery"
+	"github.com/singularity-ng/singularity-edge/pools"
 	"github.com/singularity-ng/singularity-edge/proxy"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
@@ -212,12 +217,6 @@ func (c *Config) ApplyEnvironment(getenv func(string) string) {
 	c.EncryptionKey = getenv("EDGE_ENCRYPTION_KEY")
 	c.CookieKey = getenv("EDGE_COOKIE_KEY")
 	c.ACMEEABKeyID, c.ACMEEABHMACKey = getenv("EDGE_ACME_EAB_KID"), getenv("EDGE_ACME_EAB_HMAC")
-	if v := getenv("EDGE_ACME_FALLBACK_DIRECTORIES"); v != "" {
-		c.ACMEFallbackDirectories = nil
-		for _, d := range strings.Split(v, ",") {
-			c.ACMEFallbackDirectories = append(c.ACMEFallbackDirectories, strings.TrimSpace(d))
-		}
-	}
 	c.Fly = flyEnvironment(getenv)
 	if v := c.Fly.MachineID; v != "" {
 		c.NodeName = v
@@ -316,6 +315,24 @@ func (c *Config) validateCluster() []error {
 	}
 	if c.GossipKey == "" {
 		errs = append(errs, errors.New("EDGE_GOSSIP_KEY is required with --gossip-addr: gossip is always encrypted (generate one with `openssl rand -base64 32`)"))
+	} else if _, err := discovery.ParseKeys(c.GossipKey, c.GossipKeys); err != nil {
+		errs = append(errs, err)
+	}
+	// The seeds and the DNS server are parsed here, as newDiscovery will,
+	// so that a typo is a usage error before the store opens.
+	if _, err := discovery.NewStaticSource(c.Join); err != nil {
+		errs = append(errs, err)
+	}
+	if c.DNSServer != "" {
+		if _, err := discovery.NewDNSSource(c.App, c.DNSServer, 0); err != nil {
+			errs = append(errs, fmt.Errorf("--dns-server: %w", err))
+		}
+	}
+	if c.MachinesAPIURL != "" {
+		// Requests go to it over HTTP whatever its scheme says.
+		if u, err := url.Parse(c.MachinesAPIURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("--machines-api-url %q: want an http:// or https:// URL", c.MachinesAPIURL))
+		}
 	}
 	return errs
 }
@@ -325,6 +342,15 @@ func (c *Config) Validate() error {
 	var errs []error
 	if strings.TrimSpace(c.DataDir) == "" {
 		errs = append(errs, errors.New("--data-dir must not be empty"))
+	}
+	if strings.TrimSpace(c.NodeName) == "" {
+		errs = append(errs, errors.New("--node-name must not be empty: it names this node in the cluster, the logs and the dashboard"))
+	}
+	if !pools.IsRegion(c.Region) {
+		errs = append(errs, fmt.Errorf("--region %q: want 2 to 10 lower-case letters or digits (a Fly region such as iad), as a backend's region, so that prefer_region pools can match them", c.Region))
+	}
+	if _, err := proxy.ParseAccessLog(c.AccessLog); err != nil {
+		errs = append(errs, fmt.Errorf("--access-log %q: want on, off or sample:N with N at least 1", c.AccessLog))
 	}
 	if c.HTTPAddr == "" && c.HTTPSAddr == "" {
 		errs = append(errs, errors.New("at least one of --http-addr and --https-addr is needed"))
@@ -344,6 +370,18 @@ func (c *Config) Validate() error {
 	}
 	if c.AdminAddr == "" {
 		errs = append(errs, errors.New("--admin-addr must not be empty"))
+	} else if err := admin.CheckExposure(c.AdminAddr, c.AdminToken); err != nil {
+		errs = append(errs, fmt.Errorf("--admin-addr: %w", err))
+	}
+	// The secrets are checked here too, so that a malformed one is a usage
+	// error (exit code 2) like a bad flag, named by its variable.
+	if c.EncryptionKey != "" {
+		if _, err := storage.ParseEncryptionKey(c.EncryptionKey); err != nil {
+			errs = append(errs, fmt.Errorf("EDGE_ENCRYPTION_KEY: %w", err))
+		}
+	}
+	if c.CookieKey != "" && len(c.CookieKey) < minCookieKeyLen {
+		errs = append(errs, fmt.Errorf("EDGE_COOKIE_KEY must be at least %d characters", minCookieKeyLen))
 	}
 	if c.PprofAddr != "" {
 		if host, _, err := net.SplitHostPort(c.PprofAddr); err != nil {
@@ -358,8 +396,10 @@ func (c *Config) Validate() error {
 	if c.RowCacheSize < 0 {
 		errs = append(errs, fmt.Errorf("--row-cache-size %d: want 0 (off) or a size in bytes", c.RowCacheSize))
 	}
-	if c.HealthCheckBudget <= 0 {
-		errs = append(errs, fmt.Errorf("--health-check-budget %v must be positive (checks per second)", c.HealthCheckBudget))
+	// !(x > 0) also catches NaN, which the rate limiter would read as no
+	// limit at all; +Inf says that openly and is refused as well.
+	if !(c.HealthCheckBudget > 0) || math.IsInf(c.HealthCheckBudget, 1) {
+		errs = append(errs, fmt.Errorf("--health-check-budget %v must be a positive, finite number (checks per second)", c.HealthCheckBudget))
 	}
 	if c.HealthCheckConcurrency < 1 {
 		errs = append(errs, fmt.Errorf("--health-check-concurrency %d must be at least 1", c.HealthCheckConcurrency))
@@ -381,6 +421,13 @@ func (c *Config) Validate() error {
 	}
 	if c.PublicHTTPSPort < 0 || c.PublicHTTPSPort > 65535 {
 		errs = append(errs, fmt.Errorf("--public-https-port %d is not a port number", c.PublicHTTPSPort))
+	}
+	if c.BackendCAFile != "" {
+		// Read here, before the store opens, so that a wrong path or file
+		// is a usage error (exit code 2) like every other bad flag.
+		if _, err := backendRoots(c.BackendCAFile); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if _, err := ParseTrustedProxies(c.TrustedProxies); err != nil {
 		errs = append(errs, fmt.Errorf("--trusted-proxies: %w", err))

@@ -3,6 +3,9 @@ package agent
 import (
 	"bytes"
 	"fmt"
+	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,8 +23,6 @@ func TestApplyEnvironment(t *testing.T) {
 		"FLY_MACHINE_ID":      "148e21ea7e3289",
 		"FLY_REGION":          "syd",
 		"FLY_PRIVATE_IP":      "fdaa:0:1:a7b:1::2",
-
-		"EDGE_ACME_FALLBACK_DIRECTORIES": "https://a.example/dir, https://b.example/dir",
 	}
 	cfg := DefaultConfig()
 	cfg.ApplyEnvironment(func(k string) string { return env[k] })
@@ -34,14 +35,35 @@ func TestApplyEnvironment(t *testing.T) {
 	if cfg.AdminAddr != "[fdaa:0:1:a7b:1::2]:4000" {
 		t.Errorf("admin address on Fly = %q, want the 6PN address", cfg.AdminAddr)
 	}
-	if got := strings.Join(cfg.ACMEFallbackDirectories, " "); got != "https://a.example/dir https://b.example/dir" {
-		t.Errorf("fallback directories %q, want both in order", got)
-	}
 
 	local := DefaultConfig()
 	local.ApplyEnvironment(func(string) string { return "" })
 	if local.AdminAddr != "127.0.0.1:4000" || local.Region != "local" {
 		t.Errorf("defaults changed without FLY_* variables: %+v", local)
+	}
+}
+
+// --backend-ca-file is read by Validate: a missing file or one without a
+// certificate stops the agent with a usage error before its store opens
+// (it was found only after the store was open, and exited with code 1).
+func TestConfigValidateBackendCAFile(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "passwd")
+	if err := os.WriteFile(notPEM, []byte("root:x:0:0::/root:/bin/sh\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		file, want string
+	}{
+		{filepath.Join(dir, "missing.pem"), "--backend-ca-file"},
+		{notPEM, "no PEM certificate"},
+		{dir, "--backend-ca-file"},
+	} {
+		cfg := DefaultConfig()
+		cfg.BackendCAFile = tc.file
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("--backend-ca-file %s: %v, want an error containing %q", tc.file, err, tc.want)
+		}
 	}
 }
 
@@ -60,12 +82,30 @@ func TestConfigValidate(t *testing.T) {
 		{"bad http addr", func(c *Config) { c.HTTPAddr = "8080" }, "--http-addr"},
 		{"bad admin addr", func(c *Config) { c.AdminAddr = "localhost" }, "--admin-addr"},
 		{"empty admin addr", func(c *Config) { c.AdminAddr = "" }, "--admin-addr"},
+		// Refused by Validate (usage error, exit code 2) rather than later by
+		// New (exit code 1).
+		{"exposed admin without token", func(c *Config) { c.AdminAddr = "0.0.0.0:4000" }, "--admin-addr: admin API on a non-loopback address without a token"},
+		{"exposed admin with token", func(c *Config) { c.AdminAddr, c.AdminToken = "0.0.0.0:4000", "t0ken" }, ""},
+		{"malformed encryption key", func(c *Config) { c.EncryptionKey = "short" }, "EDGE_ENCRYPTION_KEY"},
+		{"encryption key", func(c *Config) { c.EncryptionKey = strings.Repeat("ab", 32) }, ""},
+		{"short cookie key", func(c *Config) { c.CookieKey = "short" }, "EDGE_COOKIE_KEY must be at least 16 characters"},
 		{"tiny cache", func(c *Config) { c.BlockCacheSize = 1024 }, "--block-cache-size"},
 		{"negative row cache", func(c *Config) { c.RowCacheSize = -1 }, "--row-cache-size"},
 		{"tunnel event loops below -1", func(c *Config) { c.TunnelEventLoops = -2 }, "--tunnel-event-loops"},
 		{"too many tunnel event loops", func(c *Config) { c.TunnelEventLoops = 1025 }, "--tunnel-event-loops"},
 		{"zero drain", func(c *Config) { c.ShutdownTimeout = 0 }, "--shutdown-timeout"},
 		{"bad log level", func(c *Config) { c.LogLevel = "loud" }, "--log-level"},
+		{"empty node name", func(c *Config) { c.NodeName = "" }, "--node-name must not be empty"},
+		{"blank node name", func(c *Config) { c.NodeName = "  " }, "--node-name must not be empty"},
+		{"fly region", func(c *Config) { c.Region = "iad" }, ""},
+		{"empty region", func(c *Config) { c.Region = "" }, `--region ""`},
+		{"upper-case region", func(c *Config) { c.Region = "AMS" }, `--region "AMS"`},
+		{"region with a space", func(c *Config) { c.Region = "us east" }, `--region "us east"`},
+		{"region too long", func(c *Config) { c.Region = "europe-west1" }, `--region "europe-west1"`},
+		{"access log sampled", func(c *Config) { c.AccessLog = "sample:100" }, ""},
+		{"access log on", func(c *Config) { c.AccessLog = "on" }, ""},
+		{"access log unknown", func(c *Config) { c.AccessLog = "verbose" }, `--access-log "verbose"`},
+		{"access log sample 0", func(c *Config) { c.AccessLog = "sample:0" }, `--access-log "sample:0"`},
 		{"no feed", func(c *Config) { c.FeedRetention = 0 }, "--feed-retention"},
 		{"proxy protocol from a list", func(c *Config) { c.ProxyProtocolFrom = "10.0.0.0/8, fd00::1" }, ""},
 		{"proxy protocol from nobody", func(c *Config) { c.ProxyProtocolFrom = "none" }, ""},
@@ -74,6 +114,9 @@ func TestConfigValidate(t *testing.T) {
 		{"pprof on a public address", func(c *Config) { c.PprofAddr = "0.0.0.0:6060" }, "--pprof-addr"},
 		{"pprof without port", func(c *Config) { c.PprofAddr = "127.0.0.1" }, "--pprof-addr"},
 		{"zero check budget", func(c *Config) { c.HealthCheckBudget = 0 }, "--health-check-budget"},
+		{"NaN check budget", func(c *Config) { c.HealthCheckBudget = math.NaN() }, "--health-check-budget NaN"},
+		{"infinite check budget", func(c *Config) { c.HealthCheckBudget = math.Inf(1) }, "--health-check-budget +Inf"},
+		{"fractional check budget", func(c *Config) { c.HealthCheckBudget = 0.5 }, ""},
 		{"zero check concurrency", func(c *Config) { c.HealthCheckConcurrency = 0 }, "--health-check-concurrency"},
 		{"zero backend series", func(c *Config) { c.MetricsMaxBackends = 0 }, "--metrics-max-backends"},
 		{"memory limit", func(c *Config) { c.MemoryLimit = 1 << 30 }, ""},

@@ -342,7 +342,9 @@ func validateHealthCheck(hc *storage.HealthCheck, interval time.Duration, errs *
 	switch {
 	case hc.Timeout < MinHealthCheckTimeout:
 		errs.Add("health_check.timeout", fmt.Sprintf("must be at least %s, got %s", MinHealthCheckTimeout, hc.Timeout))
-	case interval > 0 && hc.Timeout >= interval:
+	case interval >= MinHealthCheckInterval && interval <= MaxHealthCheckInterval && hc.Timeout >= interval:
+		// Compared with a valid interval only: an interval out of range is
+		// reported on its own, not again as the timeout's fault.
 		errs.Add("health_check.timeout", fmt.Sprintf("must be shorter than health_check_interval (%s), got %s", interval, hc.Timeout))
 	}
 	if hc.Rise < 1 || hc.Rise > MaxRiseFall {
@@ -453,7 +455,7 @@ func ValidateBackend(b *storage.Backend) error {
 	}
 
 	b.Region = strings.ToLower(strings.TrimSpace(b.Region))
-	if b.Region != "" && !isRegion(b.Region) {
+	if b.Region != "" && !IsRegion(b.Region) {
 		errs.Add("region", fmt.Sprintf("must be 2 to 10 lower-case letters or digits (a Fly region such as iad), got %q", b.Region))
 	}
 
@@ -685,7 +687,10 @@ func checkHostname(h string) string {
 	return ""
 }
 
-func isRegion(s string) bool {
+// IsRegion reports whether s can name a region: 2 to 10 lower-case
+// letters or digits, as Fly's region codes are. A backend's region and the
+// agent's --region share the rule, so that prefer_region can match them.
+func IsRegion(s string) bool {
 	if len(s) < 2 || len(s) > 10 {
 		return false
 	}

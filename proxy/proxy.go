@@ -284,14 +284,14 @@ func (c *Config) validate() error {
 	if c.RedirectHTTPSPort < 0 || c.RedirectHTTPSPort > 65535 {
 		errs = append(errs, fmt.Errorf("proxy: RedirectHTTPSPort must be a port number, got %d", c.RedirectHTTPSPort))
 	}
-	if _, err := parseAccessLog(c.AccessLog); err != nil {
+	if _, err := ParseAccessLog(c.AccessLog); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
 
-// parseAccessLog returns the sampling interval: 0 = off, 1 = every request.
-func parseAccessLog(s string) (uint64, error) {
+// ParseAccessLog returns the sampling interval: 0 = off, 1 = every request.
+func ParseAccessLog(s string) (uint64, error) {
 	switch s {
 	case "", "off":
 		return 0, nil
@@ -383,7 +383,7 @@ func New(cfg Config, router Router, certs CertificateSource, challenges Challeng
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
-	every, _ := parseAccessLog(cfg.AccessLog)
+	every, _ := ParseAccessLog(cfg.AccessLog)
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/linxGnu/grocksdb"
@@ -37,6 +39,13 @@ func (s *Store) Backup(ctx context.Context, backupDir string) (BackupInfo, error
 	defer s.backupMu.Unlock()
 	if err := os.MkdirAll(backupDir, 0o700); err != nil {
 		return BackupInfo{}, fmt.Errorf("storage: backup dir: %w", err)
+	}
+	// A directory that holds something else where the engine keeps its
+	// metadata is the caller's to fix: say so as a path error, not as the
+	// engine's IO error.
+	if fi, err := os.Stat(filepath.Join(backupDir, "meta")); err == nil && !fi.IsDir() {
+		return BackupInfo{}, fmt.Errorf("storage: backup dir: %w",
+			&fs.PathError{Op: "open backup", Path: filepath.Join(backupDir, "meta"), Err: syscall.ENOTDIR})
 	}
 	be, err := grocksdb.CreateBackupEngineWithPath(s.base, backupDir)
 	if err != nil {
@@ -179,6 +188,15 @@ func (s *Store) Checkpoint(ctx context.Context, dir string) error {
 	}
 	if _, err := os.Stat(dir); err == nil {
 		return fmt.Errorf("%w: checkpoint directory %s already exists", ErrInvalid, dir)
+	}
+	// RocksDB creates dir (by way of dir.tmp) itself and reports a missing
+	// parent or an unwritable place as an IO error. Creating dir once here
+	// turns those into path errors the caller can act on.
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return fmt.Errorf("storage: checkpoint dir: %w", err)
+	}
+	if err := os.Remove(dir); err != nil {
+		return fmt.Errorf("storage: checkpoint dir: %w", err)
 	}
 	cp, err := s.base.NewCheckpoint()
 	if err != nil {

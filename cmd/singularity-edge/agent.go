@@ -30,11 +30,13 @@ func newAgentCommandEnv(lookupEnv func(string) (string, bool), run func(context.
 		Short: "Run the edge agent: proxy, health checks, admin API",
 		Long: `Run the edge agent in the foreground until SIGTERM or SIGINT.
 
-Every flag has an environment twin: --data-dir is EDGE_DATA_DIR, and so on;
-a flag given on the command line wins over its twin. A twin set to the empty
-string sets the flag to "" where that means something (EDGE_GOSSIP_ADDR= is a
-cluster of one, EDGE_ACME_DIRECTORY= turns ACME off, EDGE_HTTP_ADDR= closes
-the HTTP listener); a flag that needs a value refuses it.
+Every flag has an environment twin: --data-dir is EDGE_DATA_DIR, and so on
+(--acme-fallback-directory is EDGE_ACME_FALLBACK_DIRECTORIES, comma-separated);
+a flag given on the command line wins over its twin. A flag or twin set to the
+empty string sets the flag to "" where that means something (EDGE_GOSSIP_ADDR=
+is a cluster of one, EDGE_ACME_DIRECTORY= turns ACME off, --http-addr= closes
+the HTTP listener); a flag that needs a value (--region=, EDGE_NODE_NAME=)
+refuses it.
 Secrets come only from the environment: EDGE_ADMIN_TOKEN, EDGE_ENCRYPTION_KEY,
 EDGE_COOKIE_KEY, EDGE_GOSSIP_KEY and EDGE_GOSSIP_KEYS (extra accepted gossip
 keys during a rotation), FLY_API_TOKEN. On Fly.io (FLY_APP_NAME set), FLY_REGION,
@@ -43,7 +45,7 @@ FLY_MACHINE_ID and FLY_PRIVATE_IP set the defaults of --region, --node-name and
 --health-addr 0.0.0.0:4001.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyEnvTwins(cmd.Flags(), lookupEnv); err != nil {
+			if err := errors.Join(refuseEmptyFlags(cmd.Flags()), applyEnvTwins(cmd.Flags(), lookupEnv)); err != nil {
 				return withExitCode(exitUsage, err)
 			}
 			if err := cfg.Validate(); err != nil {
@@ -118,46 +120,132 @@ FLY_MACHINE_ID and FLY_PRIVATE_IP set the defaults of --region, --node-name and
 	f.StringVar(&cfg.MachinesAPIURL, "machines-api-url", cfg.MachinesAPIURL, "Machines API base URL, used when FLY_API_TOKEN is set (default https://api.machines.dev)")
 	// Empty means something for these: a listener or a feature off, nothing
 	// given, or the built-in choice. Every other flag needs a value.
-	allowEmptyTwin(f, "http-addr", "https-addr", "health-addr", "pprof-addr",
+	allowEmpty(f, "http-addr", "https-addr", "health-addr", "pprof-addr",
 		"trusted-proxies", "proxy-protocol-from", "backend-ca-file", "metrics-backend-pools",
 		"acme-directory", "acme-fallback-directory", "acme-ca-bundle", "acme-email", "acme-dns-provider",
 		"gossip-addr", "replication-addr", "join", "dns-server", "machines-api-url")
+	// A list of directories reads better in the plural; the flag keeps the
+	// singular because each occurrence names one.
+	setEnvName(f, "acme-fallback-directory", "EDGE_ACME_FALLBACK_DIRECTORIES")
 	return cmd
 }
 
-// emptyTwinAnnotation marks a flag whose EDGE_* twin may be set to "".
-const emptyTwinAnnotation = "singularity-edge/empty-twin"
+// Flag annotations of the agent command.
+const (
+	// emptyAnnotation marks a flag that may be set to "", on the command
+	// line or by its EDGE_* twin.
+	emptyAnnotation = "singularity-edge/empty"
+	// envAnnotation names a flag's environment variable where it is not
+	// the generic twin.
+	envAnnotation = "singularity-edge/env"
+)
 
-// allowEmptyTwin lets the twins of the named flags set them to "".
-func allowEmptyTwin(flags *pflag.FlagSet, names ...string) {
+// allowEmpty lets the named flags, and their twins, be set to "".
+func allowEmpty(flags *pflag.FlagSet, names ...string) {
 	for _, n := range names {
-		if err := flags.SetAnnotation(n, emptyTwinAnnotation, []string{"true"}); err != nil {
+		if err := flags.SetAnnotation(n, emptyAnnotation, []string{"true"}); err != nil {
 			panic(fmt.Sprintf("agent flags: %v", err)) // a misspelt name in the list above
 		}
 	}
+}
+
+// setEnvName gives flag name the environment variable env instead of its
+// generic twin, which is then refused (see applyEnvTwins).
+func setEnvName(flags *pflag.FlagSet, name, env string) {
+	if err := flags.SetAnnotation(name, envAnnotation, []string{env}); err != nil {
+		panic(fmt.Sprintf("agent flags: %v", err))
+	}
+}
+
+// genericTwin is the EDGE_* variable a flag would have by the naming rule
+// (--data-dir: EDGE_DATA_DIR).
+func genericTwin(flag string) string {
+	return "EDGE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// envName is the environment variable of flag f.
+func envName(f *pflag.Flag) string {
+	if v := f.Annotations[envAnnotation]; len(v) == 1 {
+		return v[0]
+	}
+	return genericTwin(f.Name)
+}
+
+// blank reports whether a value given to f says nothing: an empty or
+// all-space string, or a list without items.
+func blank(f *pflag.Flag) bool {
+	if sv, ok := f.Value.(pflag.SliceValue); ok {
+		return len(sv.GetSlice()) == 0
+	}
+	return strings.TrimSpace(f.Value.String()) == ""
+}
+
+// defaultNote is " (value)" for a flag whose default can be shown.
+func defaultNote(f *pflag.Flag) string {
+	if f.DefValue == "" || f.DefValue == "[]" {
+		return ""
+	}
+	return " (" + f.DefValue + ")"
+}
+
+// refuseEmptyFlags refuses a flag given on the command line with an empty
+// value (--region=, --node-name " ") where "" means nothing: it would
+// otherwise start the agent with an empty name or region, which no check
+// catches later. The EDGE_* twins are held to the same rule (applyEnvTwins).
+func refuseEmptyFlags(flags *pflag.FlagSet) error {
+	var errs []error
+	flags.Visit(func(f *pflag.Flag) {
+		if f.Annotations[emptyAnnotation] == nil && blank(f) {
+			errs = append(errs, fmt.Errorf("--%s is given but empty, and needs a value: give one, or leave the flag out for the default%s",
+				f.Name, defaultNote(f)))
+		}
+	})
+	return errors.Join(errs...)
 }
 
 // applyEnvTwins sets every flag the command line did not set from its
 // EDGE_* environment twin (--data-dir <- EDGE_DATA_DIR). A twin that is set
 // counts even when empty: EDGE_GOSSIP_ADDR= turns gossip off, which is the
 // only way to do it from fly.toml's [env]. A flag for which "" means nothing
-// refuses an empty twin rather than silently keeping its default.
+// refuses an empty (or all-space) twin rather than silently keeping its
+// default. A flag with a variable of its own (envAnnotation) refuses its
+// generic twin, so that one setting never has two names to pick between.
 func applyEnvTwins(flags *pflag.FlagSet, lookupEnv func(string) (string, bool)) error {
 	var errs []error
 	flags.VisitAll(func(f *pflag.Flag) {
-		if f.Changed || f.Name == "help" { // cobra's --help is no setting
+		if f.Name == "help" { // cobra's --help is no setting
 			return
 		}
-		name := "EDGE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		name := envName(f)
+		if generic := genericTwin(f.Name); generic != name {
+			if _, ok := lookupEnv(generic); ok {
+				errs = append(errs, fmt.Errorf("%s is not read: the variable of --%s is %s; set that one only", generic, f.Name, name))
+				return
+			}
+		}
+		if f.Changed {
+			return
+		}
 		v, ok := lookupEnv(name)
 		switch {
 		case !ok:
-		case v == "" && f.Annotations[emptyTwinAnnotation] == nil:
-			errs = append(errs, fmt.Errorf("%s is set but empty, and --%s needs a value: set one, or unset %s for the default (%s)",
-				name, f.Name, name, f.DefValue))
+		case strings.TrimSpace(v) == "" && f.Annotations[emptyAnnotation] == nil:
+			errs = append(errs, fmt.Errorf("%s is set but empty, and --%s needs a value: set one, or unset %s for the default%s",
+				name, f.Name, name, defaultNote(f)))
 		default:
 			if err := f.Value.Set(v); err != nil {
 				errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
+				return
+			}
+			if sv, ok := f.Value.(pflag.SliceValue); ok {
+				// "a, b" in an environment file: the items, not their spaces.
+				items := sv.GetSlice()
+				for i := range items {
+					items[i] = strings.TrimSpace(items[i])
+				}
+				if err := sv.Replace(items); err != nil {
+					errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
+				}
 			}
 		}
 	})

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/singularity-ng/singularity-edge/agent"
@@ -75,7 +76,6 @@ func TestEmptyEnvTwins(t *testing.T) {
 		"acme-renew-interval", "on-demand-wait", "on-demand-refusal-ttl", "on-demand-ask-timeout",
 		"app", "gossip-preset",
 	}
-	twin := func(flag string) string { return "EDGE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_")) }
 	run := func(env map[string]string, args ...string) (agent.Config, *pflag.FlagSet, bool, error) {
 		var got agent.Config
 		ran := false
@@ -83,6 +83,8 @@ func TestEmptyEnvTwins(t *testing.T) {
 			got, ran = c, true
 			return nil
 		})
+		// As under the root command: a value pflag cannot parse is a usage error.
+		cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return withExitCode(exitUsage, err) })
 		cmd.SetArgs(args)
 		cmd.SetOut(io.Discard)
 		cmd.SetErr(io.Discard)
@@ -91,6 +93,8 @@ func TestEmptyEnvTwins(t *testing.T) {
 	}
 
 	_, flags, _, _ := run(nil)
+	// Each flag's variable: the generic twin, or the name it has instead.
+	twin := func(flag string) string { return envName(flags.Lookup(flag)) }
 	flags.VisitAll(func(f *pflag.Flag) {
 		if f.Name != "help" && !emptyOK[f.Name] && !slices.Contains(needsValue, f.Name) {
 			t.Errorf("--%s is in neither list of this test: may %s be empty?", f.Name, twin(f.Name))
@@ -109,9 +113,42 @@ func TestEmptyEnvTwins(t *testing.T) {
 	}
 	for _, name := range needsValue {
 		t.Run(name, func(t *testing.T) {
-			_, _, ran, err := run(map[string]string{twin(name): ""})
-			if err == nil || ran || !strings.Contains(err.Error(), twin(name)+" is set but empty") || exitCodeOf(err) != exitUsage {
-				t.Errorf("%s=: %v (exit %d, ran %v), want a usage error naming the variable", twin(name), err, exitCodeOf(err), ran)
+			for _, v := range []string{"", "  "} {
+				_, _, ran, err := run(map[string]string{twin(name): v})
+				if err == nil || ran || !strings.Contains(err.Error(), twin(name)+" is set but empty") || exitCodeOf(err) != exitUsage {
+					t.Errorf("%s=%q: %v (exit %d, ran %v), want a usage error naming the variable", twin(name), v, err, exitCodeOf(err), ran)
+				}
+			}
+		})
+	}
+	// The command line is held to the same rule as the twins: --region=
+	// is refused where EDGE_REGION= is, and --http-addr= is taken where
+	// EDGE_HTTP_ADDR= is.
+	for _, name := range needsValue {
+		t.Run("flag "+name, func(t *testing.T) {
+			_, _, ran, err := run(nil, "--"+name+"=")
+			if err == nil || ran || exitCodeOf(err) != exitUsage {
+				t.Fatalf("--%s=: %v (exit %d, ran %v), want a usage error", name, err, exitCodeOf(err), ran)
+			}
+			if !strings.Contains(err.Error(), "--"+name) {
+				t.Errorf("--%s=: %v, want the flag named", name, err)
+			}
+		})
+	}
+	for _, name := range []string{"node-name", "region", "access-log", "app", "gossip-preset", "data-dir", "log-level"} {
+		_, _, ran, err := run(nil, "--"+name, "  ")
+		if err == nil || ran || exitCodeOf(err) != exitUsage || !strings.Contains(err.Error(), "--"+name+" is given but empty") {
+			t.Errorf("--%s '  ': %v (exit %d, ran %v), want a usage error naming the flag", name, err, exitCodeOf(err), ran)
+		}
+	}
+	for name := range emptyOK {
+		t.Run("flag "+name, func(t *testing.T) {
+			_, flags, ran, err := run(nil, "--"+name+"=")
+			if err != nil || !ran {
+				t.Fatalf("--%s= refused: %v", name, err)
+			}
+			if v := flags.Lookup(name).Value.String(); v != "" && v != "[]" {
+				t.Errorf("--%s= left it at %q", name, v)
 			}
 		})
 	}
@@ -143,6 +180,56 @@ func TestEmptyEnvTwins(t *testing.T) {
 	_, _, _, err = run(map[string]string{"EDGE_DATA_DIR": "", "EDGE_LOG_LEVEL": ""})
 	if err == nil || !strings.Contains(err.Error(), "EDGE_DATA_DIR") || !strings.Contains(err.Error(), "EDGE_LOG_LEVEL") {
 		t.Errorf("two empty twins that need values: %v, want both named", err)
+	}
+}
+
+// --acme-fallback-directory has one environment variable, the documented
+// EDGE_ACME_FALLBACK_DIRECTORIES; the generic twin EDGE_ACME_FALLBACK_DIRECTORY
+// is refused with a sentence naming the right one, alone or beside it, so
+// that neither is silently preferred or ignored.
+func TestACMEFallbackDirectoriesEnv(t *testing.T) {
+	run := func(env map[string]string, args ...string) (agent.Config, bool, error) {
+		var got agent.Config
+		ran := false
+		cmd := newAgentCommandEnv(lookupIn(env), func(_ context.Context, c agent.Config) error {
+			got, ran = c, true
+			return nil
+		})
+		cmd.SetArgs(args)
+		cmd.SetOut(io.Discard)
+		cmd.SetErr(io.Discard)
+		return got, ran, cmd.Execute()
+	}
+	const plural, singular = "EDGE_ACME_FALLBACK_DIRECTORIES", "EDGE_ACME_FALLBACK_DIRECTORY"
+	cfg, _, err := run(map[string]string{plural: "https://a.example/dir, https://b.example/dir"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(cfg.ACMEFallbackDirectories, " "); got != "https://a.example/dir https://b.example/dir" {
+		t.Errorf("%s: fallback directories %q, want both in order, without their spaces", plural, got)
+	}
+	cfg, _, err = run(map[string]string{plural: "https://a.example/dir"}, "--acme-fallback-directory", "https://c.example/dir")
+	if err != nil || strings.Join(cfg.ACMEFallbackDirectories, " ") != "https://c.example/dir" {
+		t.Errorf("flag beside %s: %q (%v), want the flag's value", plural, cfg.ACMEFallbackDirectories, err)
+	}
+	if cfg, _, err = run(map[string]string{plural: ""}); err != nil || len(cfg.ACMEFallbackDirectories) != 0 {
+		t.Errorf("%s=: %q (%v), want none", plural, cfg.ACMEFallbackDirectories, err)
+	}
+	for _, env := range []map[string]string{
+		{singular: "https://a.example/dir"},
+		{singular: "https://a.example/dir", plural: "https://b.example/dir"},
+		{singular: ""},
+	} {
+		_, ran, err := run(env)
+		if err == nil || ran || exitCodeOf(err) != exitUsage ||
+			!strings.Contains(err.Error(), singular+" is not read") || !strings.Contains(err.Error(), plural) {
+			t.Errorf("%v: %v (exit %d, ran %v), want a usage error naming both variables", env, err, exitCodeOf(err), ran)
+		}
+	}
+	// The generic twin is refused even when the flag is given: it is a
+	// setting the operator believes in, and it is not read.
+	if _, ran, err := run(map[string]string{singular: "https://a.example/dir"}, "--acme-fallback-directory", "https://c.example/dir"); err == nil || ran {
+		t.Errorf("%s beside the flag: %v (ran %v), want refused", singular, err, ran)
 	}
 }
 

@@ -240,19 +240,34 @@ type listPage struct {
 type listOptions struct {
 	limit int
 	after string
+	// limitSet: --limit was given, so 0 is the user's, not "every item".
+	limitSet func() bool
 }
 
 func addListFlags(cmd *cobra.Command) *listOptions {
 	o := &listOptions{}
-	cmd.Flags().IntVar(&o.limit, "limit", 0, "return at most this many items, one page (default: every item)")
+	cmd.Flags().IntVar(&o.limit, "limit", 0, fmt.Sprintf("return at most this many items (1 to %d), one page (default: every item)", listPageSize))
 	cmd.Flags().StringVar(&o.after, "after", "", "start after this key (the \"next\" of a previous page)")
+	o.limitSet = func() bool { return cmd.Flags().Changed("limit") }
 	return o
+}
+
+// check refuses a --limit the API would refuse, or that would otherwise
+// read as "every item": --limit 0 asks for no items, not for all of them.
+func (o listOptions) check() error {
+	if o.limitSet != nil && o.limitSet() && (o.limit < 1 || o.limit > listPageSize) {
+		return withExitCode(exitUsage, fmt.Errorf("--limit must be from 1 to %d, not %d; leave it out for every item", listPageSize, o.limit))
+	}
+	return nil
 }
 
 // list fetches a paginated collection: one page when opts.limit is set,
 // else every page. The answer's next is the cursor after the last item
 // returned ("" when there are no more).
 func (c *apiClient) list(ctx context.Context, path string, opts listOptions) (listPage, error) {
+	if err := opts.check(); err != nil {
+		return listPage{}, err
+	}
 	var all listPage
 	all.Items = []json.RawMessage{}
 	after := opts.after

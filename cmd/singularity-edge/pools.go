@@ -381,6 +381,9 @@ func parseMetadata(entries []string) (map[string]string, error) {
 		if !ok || k == "" {
 			return nil, withExitCode(exitUsage, fmt.Errorf("--metadata %q must be KEY=VALUE", e))
 		}
+		if prev, dup := m[k]; dup {
+			return nil, withExitCode(exitUsage, fmt.Errorf("--metadata gives %q twice (%q and %q); give each key once", k, prev, v))
+		}
 		m[k] = v
 	}
 	return m, nil

@@ -177,3 +177,37 @@ func TestHumanMessageDropsPackagePrefixes(t *testing.T) {
 		}
 	}
 }
+
+// Flag values the CLI cannot send as given are refused before any request,
+// with the usage exit code and a sentence naming the flag: --limit 0 used
+// to list every item (the flag's "not given" value), and a --metadata key
+// given twice kept the last value without a word.
+func TestCLIRefusesFlagValuesItWouldReplace(t *testing.T) {
+	st := realAgent(t)
+	mustRun(t, "pools", "create", "web", "--metadata", "team=edge")
+	before := stateOf(t, st)
+	for _, tc := range []struct {
+		args     []string
+		mentions string
+	}{
+		{[]string{"pools", "list", "--limit", "0"}, "--limit must be from 1 to 1000, not 0"},
+		{[]string{"pools", "list", "--limit", "-5"}, "--limit must be from 1 to 1000, not -5"},
+		{[]string{"backends", "list", "web", "--limit", "0"}, "--limit must be from 1 to 1000, not 0"},
+		{[]string{"certs", "list", "--limit", "1001"}, "--limit must be from 1 to 1000, not 1001"},
+		{[]string{"audit", "list", "--limit", "0"}, "--limit must be from 1 to 1000, not 0"},
+		{[]string{"pools", "create", "api", "--metadata", "team=a", "--metadata", "team=b"}, `--metadata gives "team" twice`},
+		{[]string{"pools", "update", "web", "--metadata", "team=a", "--metadata", "team=b"}, `--metadata gives "team" twice`},
+		{[]string{"backends", "add", "web", "http://10.0.0.1:80", "--metadata", "k=1", "--metadata", "k=1"}, `--metadata gives "k" twice`},
+	} {
+		_, errOut, code := runCLI(t, "", tc.args...)
+		if code != exitUsage || !strings.Contains(errOut, tc.mentions) {
+			t.Errorf("%v: exit %d, want %d (usage) and %q: %s", tc.args, code, exitUsage, tc.mentions, errOut)
+		}
+	}
+	if after := stateOf(t, st); !reflect.DeepEqual(before, after) {
+		t.Fatalf("refused commands changed the store:\nbefore %+v\nafter  %+v", before, after)
+	}
+	if out := mustRun(t, "pools", "list", "--limit", "1"); !strings.Contains(out, "web") {
+		t.Errorf("pools list --limit 1: %s", out)
+	}
+}

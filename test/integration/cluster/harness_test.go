@@ -183,7 +183,7 @@ func (a *agent) start() {
 func (a *agent) startNoWait() {
 	a.t.Helper()
 	args := append([]string{"agent",
-		"--data-dir", a.dataDir, "--node-name", a.name, "--region", "r-" + a.name,
+		"--data-dir", a.dataDir, "--node-name", a.name, "--region", "r" + a.name,
 		"--http-addr", a.addr(a.ports.http()), "--https-addr", "", "--admin-addr", a.addr(a.ports.admin()),
 		"--gossip-addr", a.addr(a.ports.gossip()), "--shutdown-timeout", "5s", "--log-level", "debug",
 	}, a.args...)

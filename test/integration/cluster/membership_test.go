@@ -58,7 +58,7 @@ func TestDNSDiscovery(t *testing.T) {
 	}
 	m := agents[0].members()["m2"]
 	if m.Addresses["gossip"] != net.JoinHostPort(addrs[1], strconv.Itoa(p.gossip())) ||
-		m.Addresses["replication"] != net.JoinHostPort(addrs[1], strconv.Itoa(p.gossip()+1)) || m.Region != "r-m2" || !m.Ready {
+		m.Addresses["replication"] != net.JoinHostPort(addrs[1], strconv.Itoa(p.gossip()+1)) || m.Region != "rm2" || !m.Ready {
 		t.Fatalf("m2 as m1 sees it: %+v", m)
 	}
 

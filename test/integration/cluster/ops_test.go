@@ -207,7 +207,7 @@ func TestObservationsPerRegion(t *testing.T) {
 		Nodes   int    `json:"nodes"`
 		Healthy int    `json:"healthy"`
 	}
-	want := "[{r-m1 healthy 1 1} {r-m2 unhealthy 1 0}]"
+	want := "[{rm1 healthy 1 1} {rm2 unhealthy 1 0}]"
 	regionsOf := func(ag *agent, path string, list bool) string {
 		code, body := ag.do(http.MethodGet, path, nil)
 		if code != http.StatusOK {
@@ -243,11 +243,11 @@ func TestObservationsPerRegion(t *testing.T) {
 		})
 	}
 	out, errOut, code := b.operatorCLI("backends", "show", "web", "tls-1")
-	if code != 0 || !strings.Contains(out, "r-m1 up, r-m2 down") || !strings.Contains(out, "certificate") {
+	if code != 0 || !strings.Contains(out, "rm1 up, rm2 down") || !strings.Contains(out, "certificate") {
 		t.Fatalf("backends show on m2: exit %d\n%s%s", code, out, errOut)
 	}
 	out, _, code = a.operatorCLI("backends", "list", "web")
-	if code != 0 || !strings.Contains(out, "r-m1 up, r-m2 down") {
+	if code != 0 || !strings.Contains(out, "rm1 up, rm2 down") {
 		t.Fatalf("backends list on m1: exit %d\n%s", code, out)
 	}
 }
