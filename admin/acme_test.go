@@ -322,3 +322,37 @@ func TestIssueRefusesProfileTheCADoesNotOffer(t *testing.T) {
 		expect(t, http.StatusBadGateway, CodeACMEFailed)
 	hd.assertUnchanged(before, "a profile that could not be checked")
 }
+
+// TestBlockedRenewalShownAndDeleteForgetsIt: a renewal blocked on a
+// stored profile the CA does not offer shows as phase "blocked" with the
+// reason; deleting the certificate deletes its renewal state too, so an
+// order of the same names afterwards does not inherit the profile,
+// failures and backoff (before, they stayed, and a certificate whose CA
+// offers no profiles at all could never be ordered again).
+func TestBlockedRenewalShownAndDeleteForgetsIt(t *testing.T) {
+	st := openStore(t, testEncryptionKey())
+	m, backend := acmeManager(t, st)
+	h := newHarnessOn(t, st, withDeps(func(d *Deps) { d.ACME = m; d.Renewer = m }))
+	ca := newTestCA(t)
+	now := time.Now().UTC()
+	reason := `certs: profile "tlsserver", kept from an earlier order of this certificate, is not offered by the CA`
+	c := putACMECert(t, h, backend, ca.leaf(t, now.Add(20*24*time.Hour), "blocked.example.test"), certs.RenewalState{
+		Profile: "tlsserver", LastAttempt: now, LastError: reason, Blocked: reason, Failures: 2,
+		NextAttempt: now.Add(time.Hour), Due: now.Add(time.Hour)})
+	var view apitypes.Certificate
+	r := h.do("GET", "/api/certificates/"+c.ID, nil)
+	r.expect(t, http.StatusOK, "")
+	r.json(t, &view)
+	if view.Renewal == nil || view.Renewal.Phase != certs.PhaseBlocked || view.Renewal.Blocked != reason {
+		t.Fatalf("renewal view %+v; want phase blocked with the reason", view.Renewal)
+	}
+	h.do("DELETE", "/api/certificates/"+c.ID+"?force=true", nil).expect(t, http.StatusNoContent, "")
+	rs, err := backend.RenewalState(context.Background(), c.ID)
+	if err != nil || rs.Profile != "" || rs.Failures != 0 || rs.Blocked != "" {
+		t.Fatalf("renewal state after delete: %+v, %v; want none", rs, err)
+	}
+	rows, err := backend.DueCertificates(context.Background(), now.Add(48*time.Hour), 0)
+	if err != nil || len(rows) != 0 {
+		t.Fatalf("due rows after delete: %v, %v", rows, err)
+	}
+}

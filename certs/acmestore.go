@@ -268,22 +268,34 @@ func (b *StoreBackend) RemoveCertificate(ctx context.Context, id, fingerprint st
 		if c.Fingerprint != fingerprint {
 			return nil // renewed or replaced since the decision
 		}
-		st, err := readState(tx, id)
-		if err != nil {
-			return err
-		}
-		if !st.Due.IsZero() {
-			err := tx.DeleteACMERecord(dueKey(DueCertificate{ID: id, At: st.Due}))
-			if err != nil && !errors.Is(err, storage.ErrNotFound) {
-				return err
-			}
-		}
-		if err := tx.DeleteACMERecord(keyState + id); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		if err := DeleteRenewalState(tx, id); err != nil {
 			return err
 		}
 		return tx.DeleteCertificate(id)
 	})
 	return err
+}
+
+// DeleteRenewalState deletes certificate id's renewal state and due row
+// in tx, keeping its lease row (epochs only grow). The admin API calls it
+// with the certificate's delete, so that an order of the same names
+// afterwards starts afresh: without it, the deleted certificate's
+// profile, failures and backoff would be inherited.
+func DeleteRenewalState(tx *storage.Tx, id string) error {
+	st, err := readState(tx, id)
+	if err != nil {
+		return err
+	}
+	if !st.Due.IsZero() {
+		err := tx.DeleteACMERecord(dueKey(DueCertificate{ID: id, At: st.Due}))
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return err
+		}
+	}
+	if err := tx.DeleteACMERecord(keyState + id); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return err
+	}
+	return nil
 }
 
 func readLease(tx *storage.Tx, key string) (Lease, bool, error) {

@@ -44,6 +44,11 @@ type RenewalState struct {
 	// HeldBackUntil; empty when the last decision was not held back.
 	HeldBack      string    `json:"held_back,omitempty"`
 	HeldBackUntil time.Time `json:"held_back_until,omitzero"`
+	// Blocked says why no order is placed until an operator acts (the
+	// profile kept from an earlier order is not offered by the CA); the
+	// scheduler checks again at NextAttempt without ordering. Empty
+	// otherwise.
+	Blocked string `json:"blocked,omitempty"`
 	// Owner is the agent that made the last attempt, under lease epoch
 	// LeaseEpoch.
 	Owner      string `json:"owner,omitempty"`
@@ -392,6 +397,14 @@ func (m *Manager) obtain(ctx context.Context, names []string, profile string, on
 	if err := m.checkWildcards(names); err != nil {
 		return storage.Certificate{}, err
 	}
+	if profile != "" {
+		// Refused before the lease, the budget or the state see it: a
+		// profile the CA does not offer would otherwise be saved and asked
+		// for by every renewal.
+		if err := m.CheckProfile(ctx, profile); err != nil {
+			return storage.Certificate{}, err
+		}
+	}
 	id := CertificateID(names)
 	lease, err := m.store.AcquireLease(ctx, leaseKey(id), m.members.Self(), m.cfg.LeaseTTL)
 	if err != nil {
@@ -576,6 +589,16 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 	if old != nil {
 		oldLeaf, _ = leafOf(old)
 	}
+	if st.Profile != "" {
+		// A profile saved before the CA stopped offering it (or before
+		// the API checked it) is not ordered: every order would fail
+		// after the budget counted it. A directory that cannot be read is
+		// not a refusal; the orders below fail or succeed on their own.
+		if err := m.CheckProfile(ctx, st.Profile); errors.Is(err, ErrInvalidProfile) {
+			return storage.Certificate{}, m.profileRefused(ctx, st, oldLeaf, asStored(err), now)
+		}
+	}
+	st.Blocked = ""
 	var errs []error
 	var heldBack *HeldBackError
 	for _, iss := range m.issuers {
@@ -680,6 +703,40 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 		log.Warn("saving renewal state", zap.Error(serr))
 	}
 	return storage.Certificate{}, err
+}
+
+// profileRecheck: how often the scheduler reads the CA's directory again
+// for a certificate whose stored profile it does not offer (a CA may
+// bring a profile back); nothing is ordered meanwhile.
+const profileRecheck = time.Hour
+
+// profileRefused records that st's stored profile is not offered: no
+// order, the state blocked with the reason and checked again after
+// profileRecheck (in the last tenth of the certificate's life the
+// emergency retry makes that sooner), counted and logged for the
+// operator. It returns err.
+func (m *Manager) profileRefused(ctx context.Context, st RenewalState, oldLeaf *x509.Certificate, err error, now time.Time) error {
+	st.HeldBack, st.HeldBackUntil = "", time.Time{}
+	m.noteHeld(st.CertificateID, time.Time{})
+	st.Failures++
+	st.LastError, st.Blocked = err.Error(), err.Error()
+	st.NextAttempt = now.Add(profileRecheck)
+	if oldLeaf != nil {
+		m.schedule(&st, oldLeaf.NotBefore, oldLeaf.NotAfter)
+	} else {
+		st.Due = time.Time{}
+	}
+	m.metrics.orders.WithLabelValues("profile_refused").Inc()
+	fields := []zap.Field{zap.String("certificate", st.CertificateID), zap.Strings("names", st.Names),
+		zap.String("profile", st.Profile), zap.Time("next_check", st.NextAttempt), zap.Error(err)}
+	if oldLeaf != nil {
+		fields = append(fields, zap.Time("expires_at", oldLeaf.NotAfter))
+	}
+	m.log.Error("acme certificate not renewed: its profile is not offered by the CA", fields...)
+	if serr := m.store.SaveRenewalState(ctx, st); serr != nil {
+		m.log.Warn("saving renewal state", zap.Error(serr))
+	}
+	return err
 }
 
 func allHeldBack(errs []error) bool {
@@ -1105,7 +1162,7 @@ func (m *Manager) recordPhases(ctx context.Context, now time.Time, exp []storage
 		}
 		return
 	}
-	counts := map[string]int{PhaseScheduled: 0, PhaseDue: 0, PhaseRetrying: 0, PhaseHeldBack: 0}
+	counts := map[string]int{PhaseScheduled: 0, PhaseDue: 0, PhaseRetrying: 0, PhaseHeldBack: 0, PhaseBlocked: 0}
 	seen := make(map[string]struct{}, len(rows))
 	for _, d := range rows {
 		if _, dup := seen[d.ID]; dup {
@@ -1142,7 +1199,7 @@ func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 	m := &managerMetrics{
 		orders: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "singularity_edge", Subsystem: "acme", Name: "orders_total",
-			Help: "ACME orders by result: issued, failed, already_replaced (another agent renewed), held_back (the rate-limit budget refused to order), not_wanted (an on-demand certificate's renewal skipped because its pool no longer admits the name).",
+			Help: "ACME orders by result: issued, failed, already_replaced (another agent renewed), held_back (the rate-limit budget refused to order), not_wanted (an on-demand certificate's renewal skipped because its pool no longer admits the name), profile_refused (not ordered: the certificate's stored profile is not offered by the CA; an operator must order it again).",
 		}, []string{"result"}),
 		leaseLost: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "singularity_edge", Subsystem: "acme", Name: "lease_lost_total",
@@ -1159,13 +1216,13 @@ func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 	}
 	m.phases = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "singularity_edge", Subsystem: "acme", Name: "certificates",
-		Help: "Stored ACME certificates by renewal phase (scheduled, due, retrying, held_back) as of this agent's last scheduler pass; every agent reports the whole cluster's.",
+		Help: "Stored ACME certificates by renewal phase (scheduled, due, retrying, held_back, blocked: not renewed until an operator acts) as of this agent's last scheduler pass; every agent reports the whole cluster's.",
 	}, []string{"phase"})
 	m.earliest = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "singularity_edge", Subsystem: "acme", Name: "earliest_expiry_timestamp_seconds",
 		Help: "Expiry (Unix time) of the stored ACME certificate that expires first, as of the last scheduler pass; 0 when there is none.",
 	})
-	for _, r := range []string{"issued", "failed", "already_replaced", "held_back"} {
+	for _, r := range []string{"issued", "failed", "already_replaced", "held_back", "profile_refused"} {
 		m.orders.WithLabelValues(r)
 	}
 	if reg != nil {

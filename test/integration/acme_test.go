@@ -113,7 +113,7 @@ esac
 	t.Run("profile not offered", func(t *testing.T) {
 		m := ed.manager(t, "a", []certs.Issuer{ed.issuer(t, e, nil)}, nil)
 		before := e.Orders()
-		if _, err := m.Obtain(acmeCtx(t), []string{"profile.example.com"}, "tlsserver"); !errors.Is(err, certs.ErrNotOrdered) || !strings.Contains(err.Error(), `profile "tlsserver" is not offered`) {
+		if _, err := m.Obtain(acmeCtx(t), []string{"profile.example.com"}, "tlsserver"); !errors.Is(err, certs.ErrInvalidProfile) || !strings.Contains(err.Error(), `profile "tlsserver" is not offered`) {
 			t.Fatalf("Obtain with an unknown profile: %v", err)
 		}
 		if e.Orders() != before {
