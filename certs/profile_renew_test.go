@@ -173,4 +173,3 @@ func TestDeleteRenewalState(t *testing.T) {
 		t.Fatalf("due rows after delete: %v, %v", rows, err)
 	}
 }
-
