@@ -459,6 +459,10 @@ func isAlreadyReplaced(err error) bool {
 	return errors.As(err, &pd) && pd.Type == acme.AlreadyReplacedErr
 }
 
+// maxDirectorySize bounds the directory document read for its profiles;
+// Let's Encrypt's is under 2 KiB.
+const maxDirectorySize = 1 << 20
+
 // Profiles reads the directory's offered profiles (draft-ietf-acme-profiles):
 // name to description, empty when the CA offers none. It implements
 // ProfileOfferer.
@@ -473,9 +477,20 @@ func (a *ACMEIssuer) Profiles(ctx context.Context) (map[string]string, error) {
 		return nil, fmt.Errorf("certs: acme directory: %w", err)
 	}
 	defer resp.Body.Close()
+	// Only a directory says which profiles are offered. A CA that is down
+	// or rate-limits answers an error, often a JSON problem document,
+	// which would decode as a directory offering none: the profile would
+	// be refused as not offered (and a certificate's renewal blocked) for
+	// a CA's passing outage.
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("certs: acme directory %s answered %s", a.cfg.DirectoryURL, resp.Status)
+	}
 	var dir acme.Directory
-	if err := json.NewDecoder(resp.Body).Decode(&dir); err != nil {
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxDirectorySize)).Decode(&dir); err != nil {
 		return nil, fmt.Errorf("certs: acme directory: %w", err)
+	}
+	if dir.NewOrderURL == "" {
+		return nil, fmt.Errorf("certs: acme directory %s has no newOrder URL: not a directory", a.cfg.DirectoryURL)
 	}
 	return dir.Meta.Profiles, nil
 }

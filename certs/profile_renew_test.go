@@ -2,7 +2,10 @@ package certs
 
 import (
 	"context"
+	"encoding/pem"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -171,5 +174,69 @@ func TestDeleteRenewalState(t *testing.T) {
 	rows, err := b.DueCertificates(ctx, due.Add(time.Hour), 0)
 	if err != nil || len(rows) != 0 {
 		t.Fatalf("due rows after delete: %v, %v", rows, err)
+	}
+}
+
+// A CA whose directory answers an error (down, rate limiting) says
+// nothing about profiles: the check fails as "could not be checked", not
+// as "not offered", and a renewal with a stored profile is not blocked.
+// Before, the problem document decoded as a directory offering no
+// profiles.
+func TestProfilesOfADirectoryThatAnswersAnError(t *testing.T) {
+	ctx := context.Background()
+	var down atomic.Bool
+	down.Store(true)
+	ts := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			w.Header().Set("Content-Type", "application/problem+json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"type":"urn:ietf:params:acme:error:rateLimited","detail":"slow down","status":503}`))
+			return
+		}
+		_, _ = w.Write([]byte(`{"newNonce":"https://x/nonce","newAccount":"https://x/acct","newOrder":"https://x/order","meta":{"profiles":{"classic":"90 days"}}}`))
+	}))
+	t.Cleanup(ts.Close)
+	s := openStore(t)
+	b := NewStoreBackend(s, nil)
+	icfg := DefaultACMEConfig()
+	icfg.DirectoryURL = ts.URL + "/dir"
+	icfg.CABundlePEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw})
+	icfg.HTTPTimeout = 5 * time.Second
+	iss, err := NewACMEIssuer(icfg, b, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	mcfg := DefaultManagerConfig()
+	mcfg.Registerer = prometheus.NewPedanticRegistry()
+	mcfg.Now = func() time.Time { return now }
+	m, err := NewManager(mcfg, []Issuer{iss}, b, b, oneMember("self"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.CheckProfile(ctx, "classic"); err == nil || errors.Is(err, ErrInvalidProfile) {
+		t.Fatalf("CheckProfile against a directory answering 503: %v; want an error that is not a refusal", err)
+	}
+
+	names := []string{"outage.example.com"}
+	ca := newRoot(t, "Outage Root")
+	old := record(t, ca, newECKey(t), CertificateID(names), leafSpec{dns: names,
+		notBefore: now.Add(-80 * 24 * time.Hour), notAfter: now.Add(10 * 24 * time.Hour)})
+	old.Provider, old.AutoRenew = ProviderACME, true
+	putCerts(t, s, old)
+	if err := b.SaveRenewalState(ctx, RenewalState{CertificateID: old.ID, Names: names, Profile: "classic", Due: now.Add(-time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := m.Status(ctx, old.ID)
+	if err != nil || st.Phase != PhaseRetrying || st.State.Blocked != "" {
+		t.Fatalf("status after a renewal during the outage: %+v, %v; want retrying, not blocked", st, err)
+	}
+
+	down.Store(false)
+	if err := m.CheckProfile(ctx, "classic"); err != nil {
+		t.Fatalf("CheckProfile once the directory answers: %v", err)
 	}
 }
