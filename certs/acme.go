@@ -454,6 +454,26 @@ func mapKeys(m map[string]string) func(func(string) bool) {
 	}
 }
 
+// caRetryAfter returns, when err is the CA's rateLimited problem with a
+// Retry-After (RFC 8555 §6.6), when the CA allows the next order, at most
+// maxCAHold from now.
+func caRetryAfter(err error, now time.Time) (time.Time, bool) {
+	var rl *acme.RateLimitedError
+	if !errors.As(err, &rl) || rl.RetryAfter == "" {
+		return time.Time{}, false
+	}
+	d, perr := api.ParseRetryAfter(rl.RetryAfter)
+	if perr != nil || d <= 0 {
+		return time.Time{}, false
+	}
+	return now.Add(min(d, maxCAHold)), true
+}
+
+func isRateLimited(err error) bool {
+	var rl *acme.RateLimitedError
+	return errors.As(err, &rl)
+}
+
 func isAlreadyReplaced(err error) bool {
 	var pd *acme.ProblemDetails
 	return errors.As(err, &pd) && pd.Type == acme.AlreadyReplacedErr

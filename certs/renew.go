@@ -645,6 +645,15 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 			req.ReplacesID = ""
 			res, err = m.order(ctx, iss, req, now)
 		}
+		if hb := (*HeldBackError)(nil); errors.As(err, &hb) {
+			log.Warn("acme order refused by the CA as rate limited; held back until the CA's Retry-After",
+				zap.String("issuer", iss.Key()), zap.Time("until", hb.Until), zap.Error(err))
+			if heldBack == nil || hb.Until.Before(heldBack.Until) {
+				heldBack = hb
+			}
+			errs = append(errs, err)
+			continue
+		}
 		if err != nil {
 			log.Warn("acme order failed", zap.String("issuer", iss.Key()), zap.Error(err))
 			errs = append(errs, err)
@@ -757,6 +766,19 @@ func (m *Manager) order(ctx context.Context, iss Issuer, req IssueRequest, now t
 	switch {
 	case err == nil:
 		m.metrics.orders.WithLabelValues("issued").Inc()
+	case isRateLimited(err):
+		// Refused before any validation: no failure to count. With a
+		// Retry-After the cluster holds this certificate's orders at this
+		// CA until then (Check), instead of asking again after a minute's
+		// backoff while the CA said hours.
+		m.metrics.orders.WithLabelValues("rate_limited").Inc()
+		if until, ok := caRetryAfter(err, now); ok {
+			id := CertificateID(req.Names)
+			if rerr := m.budget.RecordCAHold(ctx, iss.Key(), id, until); rerr != nil {
+				m.log.Warn("recording the CA's rate-limit hold", zap.Error(rerr))
+			}
+			return res, fmt.Errorf("%w (the CA said: %w)", &HeldBackError{Limit: LimitCARateLimited, Scope: iss.Key(), Count: 1, Until: until}, err)
+		}
 	case errors.Is(err, ErrAlreadyReplaced):
 	case errors.Is(err, ErrNotOrdered), errors.Is(err, ErrNotPresented):
 		// Nothing failed at the CA: no failed validation to count.
@@ -1199,7 +1221,7 @@ func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 	m := &managerMetrics{
 		orders: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "singularity_edge", Subsystem: "acme", Name: "orders_total",
-			Help: "ACME orders by result: issued, failed, already_replaced (another agent renewed), held_back (the rate-limit budget refused to order), not_wanted (an on-demand certificate's renewal skipped because its pool no longer admits the name), profile_refused (not ordered: the certificate's stored profile is not offered by the CA; an operator must order it again).",
+			Help: "ACME orders by result: issued, failed, rate_limited (refused by the CA as rate limited; held back until its Retry-After), already_replaced (another agent renewed), held_back (the rate-limit budget refused to order), not_wanted (an on-demand certificate's renewal skipped because its pool no longer admits the name), profile_refused (not ordered: the certificate's stored profile is not offered by the CA; an operator must order it again).",
 		}, []string{"result"}),
 		leaseLost: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "singularity_edge", Subsystem: "acme", Name: "lease_lost_total",
@@ -1222,7 +1244,7 @@ func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 		Namespace: "singularity_edge", Subsystem: "acme", Name: "earliest_expiry_timestamp_seconds",
 		Help: "Expiry (Unix time) of the stored ACME certificate that expires first, as of the last scheduler pass; 0 when there is none.",
 	})
-	for _, r := range []string{"issued", "failed", "already_replaced", "held_back", "profile_refused"} {
+	for _, r := range []string{"issued", "failed", "rate_limited", "already_replaced", "held_back", "profile_refused"} {
 		m.orders.WithLabelValues(r)
 	}
 	if reg != nil {

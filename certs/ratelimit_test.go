@@ -1,0 +1,139 @@
+package certs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-acme/lego/v4/acme"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/singularity-ng/singularity-edge/storage"
+)
+
+// rateLimitedIssuer refuses every order the way lego reports Let's
+// Encrypt's 429 rateLimited problem, with a Retry-After.
+type rateLimitedIssuer struct {
+	retryAfter string
+	calls      atomic.Int32
+}
+
+func (r *rateLimitedIssuer) Key() string { return "https://ca.example/dir" }
+
+func (r *rateLimitedIssuer) Issue(_ context.Context, req IssueRequest) (*IssuedCertificate, error) {
+	r.calls.Add(1)
+	return nil, fmt.Errorf("certs: acme order for %s: %w", strings.Join(req.Names, ","), &acme.RateLimitedError{
+		ProblemDetails: &acme.ProblemDetails{Type: acme.RateLimitedErr, HTTPStatus: 429,
+			Detail: "too many certificates (5) already issued for this exact set of identifiers in the last 168h0m0s"},
+		RetryAfter: r.retryAfter})
+}
+
+// A CA that refuses an order as rate limited and says when to come back
+// is not asked again before then, by this agent or any other (the hold
+// is a budget event), even in the emergency retry of a certificate about
+// to expire; the state says held back until then, and the refusal
+// counts as no failed validation. Before, the manager backed off a
+// minute, doubling, asked the CA again and again inside its Retry-After
+// (every 10 minutes near expiry), told the operator the next attempt was
+// in a minute, and counted each refusal as a failed validation.
+func TestCARateLimitHoldsOrdersUntilRetryAfter(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t)
+	b := NewStoreBackend(s, nil)
+	iss := &rateLimitedIssuer{retryAfter: "10800"} // 3 h
+	now := time.Now()
+	var offset atomic.Int64
+	clock := func() time.Time { return now.Add(time.Duration(offset.Load())) }
+	mcfg := DefaultManagerConfig()
+	mcfg.Registerer = prometheus.NewPedanticRegistry()
+	mcfg.Now = clock
+	m, err := NewManager(mcfg, []Issuer{iss}, b, b, oneMember("self"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two days left of 90: the emergency rule retries every 10 minutes.
+	names := []string{"limited.example.com"}
+	ca := newRoot(t, "Limited Root")
+	old := record(t, ca, newECKey(t), CertificateID(names), leafSpec{dns: names,
+		notBefore: now.Add(-88 * 24 * time.Hour), notAfter: now.Add(2 * 24 * time.Hour)})
+	old.Provider, old.AutoRenew = ProviderACME, true
+	putCerts(t, s, old)
+	if err := b.SaveRenewalState(ctx, RenewalState{CertificateID: old.ID, Names: names, Due: now.Add(-time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := m.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := iss.calls.Load(); n != 1 {
+		t.Fatalf("%d orders on the first pass, want 1", n)
+	}
+	until := now.Add(3 * time.Hour)
+	st, err := m.Status(ctx, old.ID)
+	if err != nil || st.Phase != PhaseHeldBack || !strings.Contains(st.State.HeldBack, "rate limited") ||
+		!st.State.HeldBackUntil.Equal(until) || !st.State.NextAttempt.Equal(until) {
+		t.Fatalf("status after the CA's refusal: %+v, %v; want held back until %s", st, err, until)
+	}
+	fails, err := b.BudgetEvents(ctx, EventFail, names[0], time.Time{})
+	if err != nil || len(fails) != 0 {
+		t.Fatalf("failed-validation events: %d, %v; want none", len(fails), err)
+	}
+
+	// Passes inside the CA's window, and an order through the API: the
+	// CA is not asked.
+	for _, d := range []time.Duration{10 * time.Minute, 30 * time.Minute, 2 * time.Hour} {
+		offset.Store(int64(d))
+		if _, err := m.RunOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := m.Renew(ctx, old.ID); !errors.Is(err, ErrHeldBack) {
+		t.Fatalf("Renew inside the CA's window: %v, want ErrHeldBack", err)
+	}
+	if n := iss.calls.Load(); n != 1 {
+		t.Fatalf("the CA was asked %d times inside its Retry-After", n)
+	}
+	if c, err := b.Certificate(ctx, old.ID); err != nil || c.Fingerprint != old.Fingerprint {
+		t.Fatalf("old certificate: %v", err)
+	}
+
+	// Past it, the CA is asked again.
+	offset.Store(int64(3*time.Hour + time.Minute))
+	if _, err := m.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := iss.calls.Load(); n != 2 {
+		t.Fatalf("%d orders after the CA's Retry-After, want 2", n)
+	}
+}
+
+// A Retry-After past the cap, or one that does not parse, cannot stop
+// renewals for longer than the cap (or at all).
+func TestCARetryAfterBounds(t *testing.T) {
+	now := time.Now()
+	rl := func(v string) error {
+		return fmt.Errorf("wrapped: %w", &acme.RateLimitedError{ProblemDetails: &acme.ProblemDetails{Type: acme.RateLimitedErr}, RetryAfter: v})
+	}
+	for _, tc := range []struct {
+		err  error
+		want time.Duration
+		ok   bool
+	}{
+		{rl("60"), time.Minute, true},
+		{rl("99999999"), maxCAHold, true},
+		{rl("soon"), 0, false},
+		{rl(""), 0, false},
+		{rl("0"), 0, false},
+		{errors.New("connection refused"), 0, false},
+		{storage.ErrNotFound, 0, false},
+	} {
+		got, ok := caRetryAfter(tc.err, now)
+		if ok != tc.ok || (ok && !got.Equal(now.Add(tc.want))) {
+			t.Errorf("caRetryAfter(%v) = %v, %v; want +%s, %v", tc.err, got, ok, tc.want, tc.ok)
+		}
+	}
+}
