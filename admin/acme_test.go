@@ -139,6 +139,15 @@ func TestCertificateViewsShowRenewalState(t *testing.T) {
 	}
 }
 
+// manyNames returns n distinct valid names.
+func manyNames(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("n%d.example.test", i)
+	}
+	return out
+}
+
 // TestIssueCertificateRequests: POST /api/certificates with domain or
 // domains is validated field by field, refused without ACME, and a CA
 // that cannot be reached is a 502 whose error the id's 404 then repeats.
@@ -167,6 +176,7 @@ func TestIssueCertificateRequests(t *testing.T) {
 		{"metadata", "/api/certificates", map[string]any{"domain": "a.example.test", "metadata": map[string]string{"k": "v"}}, 422, "metadata"},
 		{"domains with an upload", "/api/certificates", map[string]any{"domains": []string{"a.example.test"}, "certificate": up.CertPEM, "private_key": up.KeyPEM}, 422, "domains"},
 		{"profile with an upload", "/api/certificates", map[string]any{"profile": "shortlived", "certificate": up.CertPEM, "private_key": up.KeyPEM}, 422, "profile"},
+		{"more names than a certificate holds", "/api/certificates", map[string]any{"domains": manyNames(certs.MaxCertificateNames + 1)}, 422, "domains"},
 		{"bad wait", "/api/certificates?wait=forever", map[string]any{"domain": "a.example.test"}, 400, "wait"},
 		{"wait too long", "/api/certificates?wait=1h", map[string]any{"domain": "a.example.test"}, 400, "wait"},
 	} {

@@ -347,10 +347,21 @@ func CertificateID(names []string) string {
 	return "acme-" + hex.EncodeToString(sum[:])[:IDLength]
 }
 
+// MaxCertificateNames is the most names one ACME certificate is ordered
+// for: Let's Encrypt, Google Trust Services and ZeroSSL refuse an order
+// with more.
+const MaxCertificateNames = 100
+
 // NormalizeNames lower-cases, validates and de-duplicates names, keeping
 // the first as the primary one. Bad names yield a *fielderr.Error on
 // field.
 func NormalizeNames(field string, names []string) ([]string, error) {
+	if len(names) > MaxCertificateNames {
+		// Refused before anything is counted or stored: the CA would
+		// refuse the order after the budget recorded it, and every name
+		// would be checked and recorded as a failure.
+		return nil, fielderr.New(field, fmt.Sprintf("has %d names; a certificate holds at most %d (the limit of Let's Encrypt and most ACME CAs)", len(names), MaxCertificateNames))
+	}
 	var out []string
 	var errs fielderr.List
 	for i, n := range names {
