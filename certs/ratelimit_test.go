@@ -11,6 +11,8 @@ import (
 
 	"github.com/go-acme/lego/v4/acme"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/singularity-ng/singularity-edge/storage"
 )
@@ -135,5 +137,49 @@ func TestCARetryAfterBounds(t *testing.T) {
 		if ok != tc.ok || (ok && !got.Equal(now.Add(tc.want))) {
 			t.Errorf("caRetryAfter(%v) = %v, %v; want +%s, %v", tc.err, got, ok, tc.want, tc.ok)
 		}
+	}
+}
+
+// A renewal that fails says in the log when it is tried next and until
+// when the current certificate serves, not only why it failed.
+func TestFailedRenewalLogsNextAttempt(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t)
+	b := NewStoreBackend(s, nil)
+	core, logs := observer.New(zap.InfoLevel)
+	now := time.Now()
+	mcfg := DefaultManagerConfig()
+	mcfg.Registerer = prometheus.NewPedanticRegistry()
+	mcfg.Logger = zap.New(core)
+	mcfg.Now = func() time.Time { return now }
+	m, err := NewManager(mcfg, []Issuer{profileIssuer{key: "down"}}, b, b, oneMember("self"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"failing.example.com"}
+	old := record(t, newRoot(t, "Failing Root"), newECKey(t), CertificateID(names), leafSpec{dns: names,
+		notBefore: now.Add(-70 * 24 * time.Hour), notAfter: now.Add(20 * 24 * time.Hour)})
+	old.Provider, old.AutoRenew = ProviderACME, true
+	putCerts(t, s, old)
+	if err := b.SaveRenewalState(ctx, RenewalState{CertificateID: old.ID, Names: names, Due: now.Add(-time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := m.Status(ctx, old.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := logs.FilterMessageSnippet("keeps serving").All()
+	if len(lines) != 1 {
+		t.Fatalf("%d log lines saying what happens next, want 1 (all: %v)", len(lines), logs.All())
+	}
+	f := lines[0].ContextMap()
+	if next, ok := f["next_attempt"].(time.Time); !ok || !next.Equal(st.Decision.NotBefore) || f["certificate"] != old.ID {
+		t.Fatalf("log fields %v; want next_attempt %s", f, st.Decision.NotBefore)
+	}
+	if exp, ok := f["current_expires_at"].(time.Time); !ok || !exp.Equal(old.ExpiresAt) {
+		t.Fatalf("log fields %v; want current_expires_at %s", f, old.ExpiresAt)
 	}
 }

@@ -719,6 +719,19 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 		// certificate).
 		st.Due = time.Time{}
 	}
+	if st.HeldBack == "" {
+		// One line per failed attempt that says what happens next: the
+		// per-issuer lines above say why.
+		fields := []zap.Field{zap.Int("failures", st.Failures)}
+		if oldLeaf != nil {
+			next := m.cfg.Policy.Decide(oldLeaf.NotBefore, oldLeaf.NotAfter, st).NotBefore
+			fields = append(fields, zap.Time("next_attempt", next), zap.Time("current_expires_at", oldLeaf.NotAfter))
+			log.Warn("acme certificate not renewed; the current certificate keeps serving until the next attempt", fields...)
+		} else {
+			log.Warn("acme certificate not obtained; ordered again when next asked for (API or the pool's automatic certificate)",
+				append(fields, zap.Time("not_before", st.NextAttempt))...)
+		}
+	}
 	if serr := m.store.SaveRenewalState(ctx, st); serr != nil {
 		log.Warn("saving renewal state", zap.Error(serr))
 	}
