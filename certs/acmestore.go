@@ -268,7 +268,7 @@ func (b *StoreBackend) RemoveCertificate(ctx context.Context, id, fingerprint st
 		if c.Fingerprint != fingerprint {
 			return nil // renewed or replaced since the decision
 		}
-		if err := DeleteRenewalState(tx, id); err != nil {
+		if err := DeleteRenewalState(tx, id, b.now()); err != nil {
 			return err
 		}
 		return tx.DeleteCertificate(id)
@@ -277,11 +277,24 @@ func (b *StoreBackend) RemoveCertificate(ctx context.Context, id, fingerprint st
 }
 
 // DeleteRenewalState deletes certificate id's renewal state and due row
-// in tx, keeping its lease row (epochs only grow). The admin API calls it
-// with the certificate's delete, so that an order of the same names
-// afterwards starts afresh: without it, the deleted certificate's
-// profile, failures and backoff would be inherited.
-func DeleteRenewalState(tx *storage.Tx, id string) error {
+// in tx, and ends its lease at now (the row stays, with a higher epoch,
+// since epochs only grow). The admin API calls it with the certificate's
+// delete: an order of the same names afterwards starts afresh (without
+// it, the deleted certificate's profile, failures and backoff were
+// inherited), and a renewal in flight finds its lease lost and stores
+// nothing (without it, the deleted certificate came back when the
+// renewal completed, and renewed itself from then on).
+func DeleteRenewalState(tx *storage.Tx, id string, now time.Time) error {
+	l, ok, err := readLease(tx, leaseKey(id))
+	if err != nil {
+		return err
+	}
+	if ok {
+		ended := Lease{Key: l.Key, Epoch: l.Epoch + 1, Expires: now.UTC()}
+		if err := putJSON(tx, keyLease+l.Key, ended, "", time.Time{}); err != nil {
+			return err
+		}
+	}
 	st, err := readState(tx, id)
 	if err != nil {
 		return err

@@ -154,17 +154,32 @@ func TestManagerRefusesProfileNotOffered(t *testing.T) {
 }
 
 // Deleting a certificate's renewal state leaves nothing for a later
-// order of the same names to inherit.
+// order of the same names to inherit, and takes the lease from a renewal
+// in flight, so that it cannot store the deleted certificate again.
 func TestDeleteRenewalState(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t)
 	b := NewStoreBackend(s, nil)
-	id := CertificateID([]string{"gone.example.com"})
+	names := []string{"gone.example.com"}
+	id := CertificateID(names)
+	c := record(t, newRoot(t, "Gone Root"), newECKey(t), id, leafSpec{dns: names})
+	c.Provider, c.AutoRenew = ProviderACME, true
+	putCerts(t, s, c)
 	due := time.Now().Add(time.Hour).UTC()
 	if err := b.SaveRenewalState(ctx, RenewalState{CertificateID: id, Profile: "tlsserver", Failures: 3, Due: due}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Update(ctx, func(tx *storage.Tx) error { return DeleteRenewalState(tx, id) }); err != nil {
+	// A renewal holds the lease while the certificate is deleted.
+	lease, err := b.AcquireLease(ctx, leaseKey(id), "renewer", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Update(ctx, func(tx *storage.Tx) error {
+		if err := DeleteRenewalState(tx, id, time.Now()); err != nil {
+			return err
+		}
+		return tx.DeleteCertificate(id)
+	}); err != nil {
 		t.Fatal(err)
 	}
 	st, err := b.RenewalState(ctx, id)
@@ -174,6 +189,20 @@ func TestDeleteRenewalState(t *testing.T) {
 	rows, err := b.DueCertificates(ctx, due.Add(time.Hour), 0)
 	if err != nil || len(rows) != 0 {
 		t.Fatalf("due rows after delete: %v, %v", rows, err)
+	}
+	renewed := record(t, newRoot(t, "Gone Root 2"), newECKey(t), id, leafSpec{dns: names})
+	if err := b.StoreCertificate(ctx, renewed, RenewalState{CertificateID: id, Names: names}, lease); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("renewal stored after the delete: %v, want ErrLeaseLost", err)
+	}
+	if _, err := b.ExtendLease(ctx, lease, time.Hour); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("lease extended after the delete: %v, want ErrLeaseLost", err)
+	}
+	if _, err := b.Certificate(ctx, id); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("certificate after delete: %v, want not found", err)
+	}
+	// A later order takes the lease with a higher epoch.
+	if l, err := b.AcquireLease(ctx, leaseKey(id), "renewer", time.Hour); err != nil || l.Epoch <= lease.Epoch {
+		t.Fatalf("lease after delete: %+v, %v; want epoch above %d", l, err, lease.Epoch)
 	}
 }
 
