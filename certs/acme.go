@@ -469,6 +469,19 @@ func caRetryAfter(err error, now time.Time) (time.Time, bool) {
 	return now.Add(min(d, maxCAHold)), true
 }
 
+// isValidationFailure reports whether err is the CA's refusal of the
+// request or of a validation (a problem document with a 4xx status, or
+// the challenge's own error, which carries none): what the CA counts
+// against the name. A transport error, a timeout, a 5xx or an answer
+// that is not a problem document is the CA's or the network's trouble;
+// counted as failed validations, a CA outage of half a day in the last
+// tenth of a certificate's life reached the budget's pause and held the
+// renewal back for up to the pause window after the CA recovered.
+func isValidationFailure(err error) bool {
+	var pd *acme.ProblemDetails
+	return errors.As(err, &pd) && pd.HTTPStatus < http.StatusInternalServerError && !isRateLimited(err)
+}
+
 func isRateLimited(err error) bool {
 	var rl *acme.RateLimitedError
 	return errors.As(err, &rl)

@@ -183,3 +183,58 @@ func TestFailedRenewalLogsNextAttempt(t *testing.T) {
 		t.Fatalf("log fields %v; want current_expires_at %s", f, old.ExpiresAt)
 	}
 }
+
+// errIssuer fails every order with err.
+type errIssuer struct{ err error }
+
+func (e errIssuer) Key() string { return "https://ca.example/dir" }
+func (e errIssuer) Issue(context.Context, IssueRequest) (*IssuedCertificate, error) {
+	return nil, e.err
+}
+
+// Only the CA's refusal of the names counts as a failed validation in
+// the budget (its failed-validation limit and the pause after repeated
+// failures); the CA's or the network's trouble does not. Before, every
+// failed order counted, so half a day of CA errors in a certificate's
+// emergency window paused its renewal for up to 7 days.
+func TestOnlyValidationFailuresCount(t *testing.T) {
+	problem := func(status int, typ string) error {
+		return fmt.Errorf("certs: acme order: %w", &acme.ProblemDetails{HTTPStatus: status, Type: typ, Detail: "x"})
+	}
+	for _, tc := range []struct {
+		name    string
+		err     error
+		counted bool
+	}{
+		{"challenge refused", fmt.Errorf("error: one or more domains had a problem:\n%w",
+			fmt.Errorf("a.example.com: invalid authorization: %w", &acme.ProblemDetails{Type: "urn:ietf:params:acme:error:unauthorized", HTTPStatus: 403})), true},
+		{"challenge error without a status", fmt.Errorf("invalid authorization: %w", &acme.ProblemDetails{Type: "urn:ietf:params:acme:error:connection"}), true},
+		{"name refused", problem(400, "urn:ietf:params:acme:error:rejectedIdentifier"), true},
+		{"server error", problem(500, "urn:ietf:params:acme:error:serverInternal"), false},
+		{"service unavailable", problem(503, "urn:ietf:params:acme:error:serverInternal"), false},
+		{"not a problem document", errors.New(`502 ::POST :: https://ca/new-order :: invalid character '<' :: <html>`), false},
+		{"timeout", fmt.Errorf("certs: acme order: %w", context.DeadlineExceeded), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			s := openStore(t)
+			b := NewStoreBackend(s, nil)
+			mcfg := DefaultManagerConfig()
+			mcfg.Registerer = prometheus.NewPedanticRegistry()
+			m, err := NewManager(mcfg, []Issuer{errIssuer{tc.err}}, b, b, oneMember("self"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m.Obtain(ctx, []string{"a.example.com"}, ""); err == nil {
+				t.Fatal("Obtain succeeded")
+			}
+			fails, err := b.BudgetEvents(ctx, EventFail, "a.example.com", time.Time{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := len(fails) == 1; got != tc.counted {
+				t.Fatalf("%d failed-validation events, want counted %v", len(fails), tc.counted)
+			}
+		})
+	}
+}

@@ -807,6 +807,10 @@ func (m *Manager) order(ctx context.Context, iss Issuer, req IssueRequest, now t
 	case errors.Is(err, ErrNotOrdered), errors.Is(err, ErrNotPresented):
 		// Nothing failed at the CA: no failed validation to count.
 		m.metrics.orders.WithLabelValues("failed").Inc()
+	case !isValidationFailure(err):
+		// The CA or the network failed, not the names: nothing the CA
+		// counts against them.
+		m.metrics.orders.WithLabelValues("failed").Inc()
 	default:
 		m.metrics.orders.WithLabelValues("failed").Inc()
 		if rerr := m.budget.RecordResult(ctx, req.Names, CertificateID(req.Names), false, now); rerr != nil {
