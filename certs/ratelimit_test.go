@@ -238,3 +238,69 @@ func TestOnlyValidationFailuresCount(t *testing.T) {
 		})
 	}
 }
+
+// stuckIssuer never answers and ignores its context, as lego does while
+// it sleeps between polls of an authorization the CA keeps pending.
+type stuckIssuer struct {
+	release chan struct{}
+	calls   atomic.Int32
+}
+
+func (s *stuckIssuer) Key() string { return "https://stuck.example/dir" }
+func (s *stuckIssuer) Issue(context.Context, IssueRequest) (*IssuedCertificate, error) {
+	s.calls.Add(1)
+	<-s.release
+	return nil, errors.New("released")
+}
+
+// An order that does not end is abandoned after OrderTimeout, and the
+// scheduler goes on to the next due certificate. Before, one stuck order
+// held the pass, and every other renewal of the agent, as long as lego
+// slept.
+func TestStuckOrderDoesNotHoldThePass(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t)
+	b := NewStoreBackend(s, nil)
+	iss := &stuckIssuer{release: make(chan struct{})}
+	t.Cleanup(func() { close(iss.release) })
+	now := time.Now()
+	mcfg := DefaultManagerConfig()
+	mcfg.Registerer = prometheus.NewPedanticRegistry()
+	mcfg.OrderTimeout = 100 * time.Millisecond
+	m, err := NewManager(mcfg, []Issuer{iss}, b, b, oneMember("self"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := newRoot(t, "Stuck Root")
+	for _, n := range []string{"one.example.com", "two.example.com"} {
+		names := []string{n}
+		c := record(t, ca, newECKey(t), CertificateID(names), leafSpec{dns: names,
+			notBefore: now.Add(-80 * 24 * time.Hour), notAfter: now.Add(10 * 24 * time.Hour)})
+		c.Provider, c.AutoRenew = ProviderACME, true
+		putCerts(t, s, c)
+		if err := b.SaveRenewalState(ctx, RenewalState{CertificateID: c.ID, Names: names, Due: now.Add(-time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type result struct {
+		rep PassReport
+		err error
+	}
+	done := make(chan result, 1)
+	go func() { rep, err := m.RunOnce(ctx); done <- result{rep, err} }()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the renewal pass did not return: a stuck order holds it")
+	}
+	if r.err != nil || r.rep.Failed != 2 || iss.calls.Load() != 2 {
+		t.Fatalf("pass %+v, %v, %d orders; want both certificates tried and failed", r.rep, r.err, iss.calls.Load())
+	}
+	for _, n := range []string{"one.example.com", "two.example.com"} {
+		st, err := b.RenewalState(ctx, CertificateID([]string{n}))
+		if err != nil || st.Failures != 1 || !strings.Contains(st.LastError, "abandoned") {
+			t.Fatalf("state of %s: %+v, %v; want one failure saying the order was abandoned", n, st, err)
+		}
+	}
+}

@@ -185,6 +185,12 @@ type ManagerConfig struct {
 	// longer admits is not renewed; the policy is asked again after this
 	// long, until the certificate expires and is removed.
 	OnDemandRecheck time.Duration
+	// OrderTimeout bounds one order at one issuer. The scheduler renews
+	// one certificate after the other, so a CA that keeps an order
+	// pending (lego polls an authorization for up to 100 times the CA's
+	// Retry-After, sleeping without a context) would otherwise hold every
+	// other renewal of this agent back.
+	OrderTimeout time.Duration
 }
 
 // DefaultManagerConfig returns the defaults.
@@ -201,6 +207,7 @@ func DefaultManagerConfig() ManagerConfig {
 
 		ReconcileInterval: time.Hour,
 		OnDemandRecheck:   time.Hour,
+		OrderTimeout:      10 * time.Minute,
 	}
 }
 
@@ -315,6 +322,9 @@ func NewManager(cfg ManagerConfig, issuers []Issuer, store RenewalStore, counter
 	}
 	if cfg.ReconcileInterval <= 0 {
 		cfg.ReconcileInterval = def.ReconcileInterval
+	}
+	if cfg.OrderTimeout <= 0 {
+		cfg.OrderTimeout = def.OrderTimeout
 	}
 	if len(issuers) == 0 {
 		return nil, errors.New("certs: manager needs at least one issuer")
@@ -786,7 +796,9 @@ func (m *Manager) order(ctx context.Context, iss Issuer, req IssueRequest, now t
 	if err := m.budget.RecordOrder(ctx, iss.Key(), now); err != nil {
 		return nil, fmt.Errorf("certs: budget: %w", err)
 	}
-	res, err := iss.Issue(ctx, req)
+	ictx, cancel := context.WithTimeout(ctx, m.cfg.OrderTimeout)
+	res, err := m.issue(ictx, iss, req)
+	cancel()
 	switch {
 	case err == nil:
 		m.metrics.orders.WithLabelValues("issued").Inc()
@@ -818,6 +830,28 @@ func (m *Manager) order(ctx context.Context, iss Issuer, req IssueRequest, now t
 		}
 	}
 	return res, err
+}
+
+// issue runs iss.Issue and returns when it does or when ctx ends,
+// whichever is first. lego sleeps between its polls of an authorization
+// without a context; left behind, it ends at its next request, which
+// carries ctx and fails.
+func (m *Manager) issue(ctx context.Context, iss Issuer, req IssueRequest) (*IssuedCertificate, error) {
+	type result struct {
+		res *IssuedCertificate
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := iss.Issue(ctx, req)
+		done <- result{res, err}
+	}()
+	select {
+	case r := <-done:
+		return r.res, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("certs: order at %s abandoned: %w", iss.Key(), context.Cause(ctx))
+	}
 }
 
 func (m *Manager) backoff(n int) time.Duration {
