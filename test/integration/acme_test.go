@@ -486,3 +486,29 @@ func TestACMERenewalRate(t *testing.T) {
 	}
 	t.Logf("order to served by the proxy: median %s, max %s (n=%d)", serve[n/2].Round(time.Millisecond), serve[n-1].Round(time.Millisecond), n)
 }
+
+// A CA that rejects half the nonces it hands out (badNonce, as a CA does
+// across a restart or under load) still issues: lego retries a rejected
+// nonce with a fresh one, and nothing here counts those refusals against
+// the names or the account.
+func TestACMEIssuesDespiteRejectedNonces(t *testing.T) {
+	e := startPebble(t, "PEBBLE_WFE_NONCEREJECT=50")
+	ed := newEdge(t, e, nil)
+	m := ed.manager(t, "a", []certs.Issuer{ed.issuer(t, e, func(c *certs.ACMEConfig) {
+		c.Challenges = []string{certs.ChallengeHTTP01}
+	})}, nil)
+	names := []string{"nonce.example.com"}
+	cert, err := m.Obtain(acmeCtx(t), names, "default")
+	if err != nil {
+		t.Fatalf("Obtain with half the nonces rejected: %v", err)
+	}
+	t.Logf("pebble output mentioning nonces: %d lines", strings.Count(strings.ToLower(e.Proc.Out.String()), "nonce"))
+	st, err := m.Status(context.Background(), cert.ID)
+	if err != nil || st.Phase != certs.PhaseScheduled || st.State.Failures != 0 {
+		t.Fatalf("status after issuance: %+v, %v", st, err)
+	}
+	fails, err := ed.backend.BudgetEvents(context.Background(), certs.EventFail, names[0], time.Time{})
+	if err != nil || len(fails) != 0 {
+		t.Fatalf("failed-validation events %d, %v; want none", len(fails), err)
+	}
+}
