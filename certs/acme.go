@@ -470,16 +470,26 @@ func caRetryAfter(err error, now time.Time) (time.Time, bool) {
 }
 
 // isValidationFailure reports whether err is the CA's refusal of the
-// request or of a validation (a problem document with a 4xx status, or
-// the challenge's own error, which carries none): what the CA counts
-// against the name. A transport error, a timeout, a 5xx or an answer
-// that is not a problem document is the CA's or the network's trouble;
-// counted as failed validations, a CA outage of half a day in the last
-// tenth of a certificate's life reached the budget's pause and held the
-// renewal back for up to the pause window after the CA recovered.
+// names: a problem of one of the types RFC 8555 (section 6.7) gives
+// for a failed validation or a refused identifier, whether it came
+// back from a request or as the challenge's own error. That is what the
+// CA counts against a name. A transport error, a timeout, a 5xx, an
+// answer that is not a problem document, or a problem with the account
+// or the request (accountDoesNotExist, userActionRequired, badNonce,
+// rateLimited, serverInternal, ...) is not: counted as failed
+// validations, half a day of CA errors in the last tenth of a
+// certificate's life reached the budget's pause and held the renewal
+// back for up to the pause window after the CA recovered.
 func isValidationFailure(err error) bool {
 	var pd *acme.ProblemDetails
-	return errors.As(err, &pd) && pd.HTTPStatus < http.StatusInternalServerError && !isRateLimited(err)
+	if !errors.As(err, &pd) || pd.HTTPStatus >= http.StatusInternalServerError {
+		return false
+	}
+	switch strings.TrimPrefix(pd.Type, "urn:ietf:params:acme:error:") {
+	case "caa", "connection", "dns", "incorrectResponse", "rejectedIdentifier", "tls", "unauthorized", "unsupportedIdentifier":
+		return true
+	}
+	return false
 }
 
 func isRateLimited(err error) bool {
