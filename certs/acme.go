@@ -132,6 +132,10 @@ type AccountStore interface {
 	// already, and returns the one that is stored: when two agents
 	// register at once, both end up using the same account.
 	SaveAccount(ctx context.Context, a Account) (Account, error)
+	// DropAccount deletes the directory's stored account if it is still
+	// the one at uri (the CA no longer knows it); another agent may have
+	// stored a new one already, which stays.
+	DropAccount(ctx context.Context, directory, uri string) error
 }
 
 // ErrNoAccount: no account is stored for the directory.
@@ -393,8 +397,47 @@ func parseSigner(keyPEM string) (crypto.Signer, error) {
 	return k, nil
 }
 
-// Issue obtains a certificate for req.Names with a fresh key.
+// Issue obtains a certificate for req.Names with a fresh key. When the
+// CA says the stored account does not exist (a CA that lost or reset its
+// accounts, a staging environment wiped), the account is forgotten, a
+// new one registered (or another agent's new one taken) and the order
+// placed once more: without it every order failed until an operator
+// deleted the account row.
 func (a *ACMEIssuer) Issue(ctx context.Context, req IssueRequest) (*IssuedCertificate, error) {
+	res, err := a.issueOnce(ctx, req)
+	if !isAccountGone(err) {
+		return res, err
+	}
+	stale := a.forgetAccount()
+	a.log.Warn("the CA does not know the stored acme account; registering a new one", zap.String("account", stale.URI), zap.Error(err))
+	if stale.URI != "" {
+		if derr := a.accounts.DropAccount(ctx, a.cfg.DirectoryURL, stale.URI); derr != nil {
+			return nil, fmt.Errorf("%w (dropping the stale account: %w)", err, derr)
+		}
+	}
+	return a.issueOnce(ctx, req)
+}
+
+// forgetAccount clears the cached account and returns it.
+func (a *ACMEIssuer) forgetAccount() Account {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var stale Account
+	if a.account != nil {
+		stale = *a.account
+	}
+	a.account, a.key = nil, nil
+	return stale
+}
+
+// isAccountGone reports whether err is the CA's "no such account"
+// (RFC 8555 accountDoesNotExist).
+func isAccountGone(err error) bool {
+	var pd *acme.ProblemDetails
+	return errors.As(err, &pd) && pd.Type == "urn:ietf:params:acme:error:accountDoesNotExist"
+}
+
+func (a *ACMEIssuer) issueOnce(ctx context.Context, req IssueRequest) (*IssuedCertificate, error) {
 	c, tr, err := a.client(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNotOrdered, err)

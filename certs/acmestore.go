@@ -123,6 +123,28 @@ func (b *StoreBackend) SaveAccount(ctx context.Context, a Account) (Account, err
 	return out, err
 }
 
+// DropAccount implements AccountStore.
+func (b *StoreBackend) DropAccount(ctx context.Context, directory, uri string) error {
+	_, err := b.store.Update(ctx, func(tx *storage.Tx) error {
+		r, err := tx.ACMERecord(keyAccount + directory)
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		cur, err := decodeAccount(r)
+		if err != nil {
+			return err
+		}
+		if cur.URI != uri {
+			return nil // another agent registered a new one already
+		}
+		return tx.DeleteACMERecord(keyAccount + directory)
+	})
+	return err
+}
+
 func challengeKey(typ, name string) string { return keyChallenge + typ + "/" + name }
 
 // PresentChallenge implements ChallengeStore: the token is committed as a

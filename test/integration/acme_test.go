@@ -18,6 +18,7 @@ import (
 
 	"github.com/singularity-ng/singularity-edge/certs"
 	"github.com/singularity-ng/singularity-edge/storage"
+	"github.com/singularity-ng/singularity-edge/test/itest"
 )
 
 func acmeCtx(t *testing.T) context.Context {
@@ -510,5 +511,56 @@ func TestACMEIssuesDespiteRejectedNonces(t *testing.T) {
 	fails, err := ed.backend.BudgetEvents(context.Background(), certs.EventFail, names[0], time.Time{})
 	if err != nil || len(fails) != 0 {
 		t.Fatalf("failed-validation events %d, %v; want none", len(fails), err)
+	}
+}
+
+// A CA that no longer knows the stored account (Pebble restarted at the
+// same address, as a CA that lost or reset its accounts) answers the
+// next order with accountDoesNotExist: the issuer registers a new
+// account, replaces the stored one, and the order goes through. Before,
+// every order failed from then on until an operator deleted the row.
+func TestACMEAccountLostByTheCA(t *testing.T) {
+	e := startPebble(t)
+	ed := newEdge(t, e, nil)
+	m := ed.manager(t, "a", []certs.Issuer{ed.issuer(t, e, func(c *certs.ACMEConfig) {
+		c.Challenges = []string{certs.ChallengeHTTP01}
+	})}, nil)
+	if _, err := m.Obtain(acmeCtx(t), []string{"before.example.com"}, "default"); err != nil {
+		t.Fatalf("Obtain: %v", err)
+	}
+	accounts := func() []storage.ACMERecord {
+		recs, err := ed.store.ListACMERecords(context.Background(), "account/", "", 0)
+		if err != nil || len(recs) != 1 {
+			t.Fatalf("accounts: %d, %v", len(recs), err)
+		}
+		return recs
+	}
+	first := accounts()[0]
+
+	// The same directory URL, a CA that starts empty.
+	e.Proc.Stop(t)
+	listen := strings.TrimSuffix(strings.TrimPrefix(e.Dir, "https://"), "/dir")
+	again := itest.StartPebble(t, itest.PebbleConfig{
+		ListenIP: "127.0.0.1", DefaultIP: "127.0.0.1", ListenAddr: listen,
+		HTTPPort: port(e.httpAddr), TLSPort: port(e.tlsAddr),
+		Profiles: map[string]int{"default": 7776000, "shortlived": 518400},
+		FreeAddr: func(testing.TB, string) string { return freeAddr(t) },
+	})
+	if again.Dir != e.Dir {
+		t.Fatalf("restarted Pebble at %s, want %s", again.Dir, e.Dir)
+	}
+	e2 := &acmeEnv{Pebble: again, httpAddr: e.httpAddr, tlsAddr: e.tlsAddr}
+	m2 := ed.manager(t, "a", []certs.Issuer{ed.issuer(t, e2, func(c *certs.ACMEConfig) {
+		c.Challenges = []string{certs.ChallengeHTTP01}
+	})}, nil)
+	if _, err := m2.Obtain(acmeCtx(t), []string{"after.example.com"}, "default"); err != nil {
+		t.Fatalf("Obtain from a CA that lost the account: %v", err)
+	}
+	now := accounts()[0]
+	if now.Key != first.Key || string(now.Data) == string(first.Data) {
+		t.Fatalf("stored account not replaced: %s", now.Data)
+	}
+	if !strings.Contains(ed.logs.String(), "registering a new one") {
+		t.Fatal("no log line says the account was registered again")
 	}
 }

@@ -41,6 +41,10 @@ type PebbleConfig struct {
 	// that allocates ports itself passes its allocator, so that no port
 	// is handed out twice).
 	FreeAddr func(t testing.TB, ip string) string
+	// ListenAddr pins Pebble's ACME listener (so its directory URL) to
+	// an address; "": a free one on ListenIP. A test that restarts Pebble
+	// passes the first one's (Pebble keeps its accounts in memory).
+	ListenAddr string
 	// Env is added to Pebble's environment after the defaults (which it
 	// overrides), e.g. PEBBLE_WFE_NONCEREJECT=50 for a CA that rejects
 	// half the nonces.
@@ -82,7 +86,10 @@ func StartPebble(t testing.TB, cfg PebbleConfig) *Pebble {
 			t.Fatal(err)
 		}
 	}
-	listen := free(t, cfg.ListenIP)
+	listen := cfg.ListenAddr
+	if listen == "" {
+		listen = free(t, cfg.ListenIP)
+	}
 	pcfg := map[string]any{
 		"listenAddress": listen, "managementListenAddress": p.Mgmt,
 		"certificate": certFile, "privateKey": keyFile,
