@@ -271,7 +271,7 @@ func renewalOf(st certs.Status) *apitypes.CertificateRenewal {
 	out := &apitypes.CertificateRenewal{
 		Phase: st.Phase, RenewAt: st.Decision.At.UTC(), RenewReason: st.Decision.Reason,
 		LastAttempt: t(rs.LastAttempt), LastSuccess: t(rs.LastSuccess), LastError: rs.LastError, Failures: rs.Failures,
-		Issuer: rs.Issuer, Profile: rs.Profile, Owner: st.Owner, LastOwner: rs.Owner,
+		Issuer: rs.Issuer, Profile: rs.Profile, Owner: st.Owner, LastOwner: rs.Owner, Blocked: rs.Blocked,
 	}
 	if rs.ARI != nil && !rs.ARI.Start.IsZero() {
 		out.WindowStart, out.WindowEnd = t(rs.ARI.Start), t(rs.ARI.End)

@@ -139,6 +139,15 @@ func TestCertificateViewsShowRenewalState(t *testing.T) {
 	}
 }
 
+// manyNames returns n distinct valid names.
+func manyNames(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("n%d.example.test", i)
+	}
+	return out
+}
+
 // TestIssueCertificateRequests: POST /api/certificates with domain or
 // domains is validated field by field, refused without ACME, and a CA
 // that cannot be reached is a 502 whose error the id's 404 then repeats.
@@ -167,6 +176,7 @@ func TestIssueCertificateRequests(t *testing.T) {
 		{"metadata", "/api/certificates", map[string]any{"domain": "a.example.test", "metadata": map[string]string{"k": "v"}}, 422, "metadata"},
 		{"domains with an upload", "/api/certificates", map[string]any{"domains": []string{"a.example.test"}, "certificate": up.CertPEM, "private_key": up.KeyPEM}, 422, "domains"},
 		{"profile with an upload", "/api/certificates", map[string]any{"profile": "shortlived", "certificate": up.CertPEM, "private_key": up.KeyPEM}, 422, "profile"},
+		{"more names than a certificate holds", "/api/certificates", map[string]any{"domains": manyNames(certs.MaxCertificateNames + 1)}, 422, "domains"},
 		{"bad wait", "/api/certificates?wait=forever", map[string]any{"domain": "a.example.test"}, 400, "wait"},
 		{"wait too long", "/api/certificates?wait=1h", map[string]any{"domain": "a.example.test"}, 400, "wait"},
 	} {
@@ -321,4 +331,38 @@ func TestIssueRefusesProfileTheCADoesNotOffer(t *testing.T) {
 	hd.do("POST", "/api/certificates", map[string]any{"domain": "new.example.test", "profile": "classic"}).
 		expect(t, http.StatusBadGateway, CodeACMEFailed)
 	hd.assertUnchanged(before, "a profile that could not be checked")
+}
+
+// TestBlockedRenewalShownAndDeleteForgetsIt: a renewal blocked on a
+// stored profile the CA does not offer shows as phase "blocked" with the
+// reason; deleting the certificate deletes its renewal state too, so an
+// order of the same names afterwards does not inherit the profile,
+// failures and backoff (before, they stayed, and a certificate whose CA
+// offers no profiles at all could never be ordered again).
+func TestBlockedRenewalShownAndDeleteForgetsIt(t *testing.T) {
+	st := openStore(t, testEncryptionKey())
+	m, backend := acmeManager(t, st)
+	h := newHarnessOn(t, st, withDeps(func(d *Deps) { d.ACME = m; d.Renewer = m }))
+	ca := newTestCA(t)
+	now := time.Now().UTC()
+	reason := `certs: profile "tlsserver", kept from an earlier order of this certificate, is not offered by the CA`
+	c := putACMECert(t, h, backend, ca.leaf(t, now.Add(20*24*time.Hour), "blocked.example.test"), certs.RenewalState{
+		Profile: "tlsserver", LastAttempt: now, LastError: reason, Blocked: reason, Failures: 2,
+		NextAttempt: now.Add(time.Hour), Due: now.Add(time.Hour)})
+	var view apitypes.Certificate
+	r := h.do("GET", "/api/certificates/"+c.ID, nil)
+	r.expect(t, http.StatusOK, "")
+	r.json(t, &view)
+	if view.Renewal == nil || view.Renewal.Phase != certs.PhaseBlocked || view.Renewal.Blocked != reason {
+		t.Fatalf("renewal view %+v; want phase blocked with the reason", view.Renewal)
+	}
+	h.do("DELETE", "/api/certificates/"+c.ID+"?force=true", nil).expect(t, http.StatusNoContent, "")
+	rs, err := backend.RenewalState(context.Background(), c.ID)
+	if err != nil || rs.Profile != "" || rs.Failures != 0 || rs.Blocked != "" {
+		t.Fatalf("renewal state after delete: %+v, %v; want none", rs, err)
+	}
+	rows, err := backend.DueCertificates(context.Background(), now.Add(48*time.Hour), 0)
+	if err != nil || len(rows) != 0 {
+		t.Fatalf("due rows after delete: %v, %v", rows, err)
+	}
 }

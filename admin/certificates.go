@@ -389,6 +389,9 @@ func (s *Server) handleDeleteCertificate(w http.ResponseWriter, r *http.Request)
 			return errConflict("id", fmt.Sprintf("certificate %q is the only one serving %s by SNI; upload a replacement first, or pass ?force=true to delete it anyway", id, strings.Join(orphaned, ", ")))
 		}
 		before = cur
+		if err := certs.DeleteRenewalState(tx, id, s.now()); err != nil {
+			return err
+		}
 		if err := tx.DeleteCertificate(id); err != nil {
 			return err
 		}

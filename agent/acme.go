@@ -213,5 +213,10 @@ func (a *Agent) buildACME(registry prometheus.Registerer) (proxy.ChallengeSource
 		log: a.logger.Named("autocert"), now: time.Now, ready: a.certs.Ready()}
 	log.Info("acme enabled", zap.String("directory", cfg.ACMEDirectory), zap.Strings("fallback_directories", cfg.ACMEFallbackDirectories), zap.Strings("challenges", icfg.Challenges))
 	a.challenges = certs.NewChallengeResponder(a.store, log)
+	if registry != nil {
+		if err := registry.Register(a.challenges); err != nil {
+			return nil, fmt.Errorf("agent: registering acme challenge metrics: %w", err)
+		}
+	}
 	return a.challenges, nil
 }

@@ -44,7 +44,8 @@ func (c acmeCluster) Alive() []string {
 }
 
 // WaitReplicated returns once every alive member has applied commit. An
-// alive member without a replication stream counts as missing: the CA may
+// alive member without a replication stream after the engine's grace
+// (replication.Engine.WaitApplied) counts as missing: the CA may
 // dial any region, so a token it cannot hold must fail the challenge
 // before the CA is asked. Suspect, dead and departed members are not
 // waited for.

@@ -353,7 +353,8 @@ type CertificateOrder struct {
 // CertificateRenewal is an ACME certificate's renewal state. It holds no
 // key material.
 type CertificateRenewal struct {
-	// Phase: "scheduled", "due", "retrying", "held_back" or "pending" (no
+	// Phase: "scheduled", "due", "retrying", "held_back", "blocked" (not
+	// ordered until an operator acts; Blocked says why) or "pending" (no
 	// certificate issued yet).
 	Phase string `json:"phase"`
 	// RenewAt is when renewal starts and RenewReason why then: "ari" (the
@@ -372,8 +373,11 @@ type CertificateRenewal struct {
 	// HeldBack is the rate-limit budget's reason, until HeldBackUntil.
 	HeldBack      string     `json:"held_back,omitempty"`
 	HeldBackUntil *time.Time `json:"held_back_until,omitempty"`
-	Issuer        string     `json:"issuer,omitempty"` // the issuer (directory and account) of the current certificate
-	Profile       string     `json:"profile,omitempty"`
+	// Blocked says why nothing is ordered until an operator acts (the
+	// stored profile is not offered by the CA) and what to do.
+	Blocked string `json:"blocked,omitempty"`
+	Issuer  string `json:"issuer,omitempty"` // the issuer (directory and account) of the current certificate
+	Profile string `json:"profile,omitempty"`
 	// Owner is the member that renews it now; LastOwner made the last
 	// attempt.
 	Owner     string `json:"owner"`

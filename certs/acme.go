@@ -132,6 +132,10 @@ type AccountStore interface {
 	// already, and returns the one that is stored: when two agents
 	// register at once, both end up using the same account.
 	SaveAccount(ctx context.Context, a Account) (Account, error)
+	// DropAccount deletes the directory's stored account if it is still
+	// the one at uri (the CA no longer knows it); another agent may have
+	// stored a new one already, which stays.
+	DropAccount(ctx context.Context, directory, uri string) error
 }
 
 // ErrNoAccount: no account is stored for the directory.
@@ -393,8 +397,47 @@ func parseSigner(keyPEM string) (crypto.Signer, error) {
 	return k, nil
 }
 
-// Issue obtains a certificate for req.Names with a fresh key.
+// Issue obtains a certificate for req.Names with a fresh key. When the
+// CA says the stored account does not exist (a CA that lost or reset its
+// accounts, a staging environment wiped), the account is forgotten, a
+// new one registered (or another agent's new one taken) and the order
+// placed once more: without it every order failed until an operator
+// deleted the account row.
 func (a *ACMEIssuer) Issue(ctx context.Context, req IssueRequest) (*IssuedCertificate, error) {
+	res, err := a.issueOnce(ctx, req)
+	if !isAccountGone(err) {
+		return res, err
+	}
+	stale := a.forgetAccount()
+	a.log.Warn("the CA does not know the stored acme account; registering a new one", zap.String("account", stale.URI), zap.Error(err))
+	if stale.URI != "" {
+		if derr := a.accounts.DropAccount(ctx, a.cfg.DirectoryURL, stale.URI); derr != nil {
+			return nil, fmt.Errorf("%w (dropping the stale account: %w)", err, derr)
+		}
+	}
+	return a.issueOnce(ctx, req)
+}
+
+// forgetAccount clears the cached account and returns it.
+func (a *ACMEIssuer) forgetAccount() Account {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var stale Account
+	if a.account != nil {
+		stale = *a.account
+	}
+	a.account, a.key = nil, nil
+	return stale
+}
+
+// isAccountGone reports whether err is the CA's "no such account"
+// (RFC 8555 accountDoesNotExist).
+func isAccountGone(err error) bool {
+	var pd *acme.ProblemDetails
+	return errors.As(err, &pd) && pd.Type == "urn:ietf:params:acme:error:accountDoesNotExist"
+}
+
+func (a *ACMEIssuer) issueOnce(ctx context.Context, req IssueRequest) (*IssuedCertificate, error) {
 	c, tr, err := a.client(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNotOrdered, err)
@@ -454,10 +497,57 @@ func mapKeys(m map[string]string) func(func(string) bool) {
 	}
 }
 
+// caRetryAfter returns, when err is the CA's rateLimited problem with a
+// Retry-After (RFC 8555 §6.6), when the CA allows the next order, at most
+// maxCAHold from now.
+func caRetryAfter(err error, now time.Time) (time.Time, bool) {
+	var rl *acme.RateLimitedError
+	if !errors.As(err, &rl) || rl.RetryAfter == "" {
+		return time.Time{}, false
+	}
+	d, perr := api.ParseRetryAfter(rl.RetryAfter)
+	if perr != nil || d <= 0 {
+		return time.Time{}, false
+	}
+	return now.Add(min(d, maxCAHold)), true
+}
+
+// isValidationFailure reports whether err is the CA's refusal of the
+// names: a problem of one of the types RFC 8555 (section 6.7) gives
+// for a failed validation or a refused identifier, whether it came
+// back from a request or as the challenge's own error. That is what the
+// CA counts against a name. A transport error, a timeout, a 5xx, an
+// answer that is not a problem document, or a problem with the account
+// or the request (accountDoesNotExist, userActionRequired, badNonce,
+// rateLimited, serverInternal, ...) is not: counted as failed
+// validations, half a day of CA errors in the last tenth of a
+// certificate's life reached the budget's pause and held the renewal
+// back for up to the pause window after the CA recovered.
+func isValidationFailure(err error) bool {
+	var pd *acme.ProblemDetails
+	if !errors.As(err, &pd) || pd.HTTPStatus >= http.StatusInternalServerError {
+		return false
+	}
+	switch strings.TrimPrefix(pd.Type, "urn:ietf:params:acme:error:") {
+	case "caa", "connection", "dns", "incorrectResponse", "rejectedIdentifier", "tls", "unauthorized", "unsupportedIdentifier":
+		return true
+	}
+	return false
+}
+
+func isRateLimited(err error) bool {
+	var rl *acme.RateLimitedError
+	return errors.As(err, &rl)
+}
+
 func isAlreadyReplaced(err error) bool {
 	var pd *acme.ProblemDetails
 	return errors.As(err, &pd) && pd.Type == acme.AlreadyReplacedErr
 }
+
+// maxDirectorySize bounds the directory document read for its profiles;
+// Let's Encrypt's is under 2 KiB.
+const maxDirectorySize = 1 << 20
 
 // Profiles reads the directory's offered profiles (draft-ietf-acme-profiles):
 // name to description, empty when the CA offers none. It implements
@@ -473,9 +563,20 @@ func (a *ACMEIssuer) Profiles(ctx context.Context) (map[string]string, error) {
 		return nil, fmt.Errorf("certs: acme directory: %w", err)
 	}
 	defer resp.Body.Close()
+	// Only a directory says which profiles are offered. A CA that is down
+	// or rate-limits answers an error, often a JSON problem document,
+	// which would decode as a directory offering none: the profile would
+	// be refused as not offered (and a certificate's renewal blocked) for
+	// a CA's passing outage.
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("certs: acme directory %s answered %s", a.cfg.DirectoryURL, resp.Status)
+	}
 	var dir acme.Directory
-	if err := json.NewDecoder(resp.Body).Decode(&dir); err != nil {
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxDirectorySize)).Decode(&dir); err != nil {
 		return nil, fmt.Errorf("certs: acme directory: %w", err)
+	}
+	if dir.NewOrderURL == "" {
+		return nil, fmt.Errorf("certs: acme directory %s has no newOrder URL: not a directory", a.cfg.DirectoryURL)
 	}
 	return dir.Meta.Profiles, nil
 }

@@ -123,6 +123,28 @@ func (b *StoreBackend) SaveAccount(ctx context.Context, a Account) (Account, err
 	return out, err
 }
 
+// DropAccount implements AccountStore.
+func (b *StoreBackend) DropAccount(ctx context.Context, directory, uri string) error {
+	_, err := b.store.Update(ctx, func(tx *storage.Tx) error {
+		r, err := tx.ACMERecord(keyAccount + directory)
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		cur, err := decodeAccount(r)
+		if err != nil {
+			return err
+		}
+		if cur.URI != uri {
+			return nil // another agent registered a new one already
+		}
+		return tx.DeleteACMERecord(keyAccount + directory)
+	})
+	return err
+}
+
 func challengeKey(typ, name string) string { return keyChallenge + typ + "/" + name }
 
 // PresentChallenge implements ChallengeStore: the token is committed as a
@@ -268,22 +290,47 @@ func (b *StoreBackend) RemoveCertificate(ctx context.Context, id, fingerprint st
 		if c.Fingerprint != fingerprint {
 			return nil // renewed or replaced since the decision
 		}
-		st, err := readState(tx, id)
-		if err != nil {
-			return err
-		}
-		if !st.Due.IsZero() {
-			err := tx.DeleteACMERecord(dueKey(DueCertificate{ID: id, At: st.Due}))
-			if err != nil && !errors.Is(err, storage.ErrNotFound) {
-				return err
-			}
-		}
-		if err := tx.DeleteACMERecord(keyState + id); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		if err := DeleteRenewalState(tx, id, b.now()); err != nil {
 			return err
 		}
 		return tx.DeleteCertificate(id)
 	})
 	return err
+}
+
+// DeleteRenewalState deletes certificate id's renewal state and due row
+// in tx, and ends its lease at now (the row stays, with a higher epoch,
+// since epochs only grow). The admin API calls it with the certificate's
+// delete: an order of the same names afterwards starts afresh (without
+// it, the deleted certificate's profile, failures and backoff were
+// inherited), and a renewal in flight finds its lease lost and stores
+// nothing (without it, the deleted certificate came back when the
+// renewal completed, and renewed itself from then on).
+func DeleteRenewalState(tx *storage.Tx, id string, now time.Time) error {
+	l, ok, err := readLease(tx, leaseKey(id))
+	if err != nil {
+		return err
+	}
+	if ok {
+		ended := Lease{Key: l.Key, Epoch: l.Epoch + 1, Expires: now.UTC()}
+		if err := putJSON(tx, keyLease+l.Key, ended, "", time.Time{}); err != nil {
+			return err
+		}
+	}
+	st, err := readState(tx, id)
+	if err != nil {
+		return err
+	}
+	if !st.Due.IsZero() {
+		err := tx.DeleteACMERecord(dueKey(DueCertificate{ID: id, At: st.Due}))
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return err
+		}
+	}
+	if err := tx.DeleteACMERecord(keyState + id); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return err
+	}
+	return nil
 }
 
 func readLease(tx *storage.Tx, key string) (Lease, bool, error) {

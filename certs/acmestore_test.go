@@ -204,6 +204,23 @@ func TestAccountsFirstWins(t *testing.T) {
 	if err != nil || got.URI != first.URI || got.KeyPEM != "k1" {
 		t.Fatalf("second registration replaced the first: %+v, %v", got, err)
 	}
+	// Dropping an account the CA lost deletes it only while it is the
+	// stored one: another agent's newer account stays.
+	if err := b.DropAccount(ctx, "https://ca/dir", "https://ca/acct/0"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.LoadAccount(ctx, "https://ca/dir"); err != nil || got.URI != first.URI {
+		t.Fatalf("a drop of another account removed the stored one: %+v, %v", got, err)
+	}
+	if err := b.DropAccount(ctx, "https://ca/dir", first.URI); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.LoadAccount(ctx, "https://ca/dir"); !errors.Is(err, ErrNoAccount) {
+		t.Fatalf("after the drop: %v, want ErrNoAccount", err)
+	}
+	if got, err := b.SaveAccount(ctx, Account{Directory: "https://ca/dir", URI: "https://ca/acct/3", KeyPEM: "k3"}); err != nil || got.URI != "https://ca/acct/3" {
+		t.Fatalf("registration after the drop: %+v, %v", got, err)
+	}
 }
 
 type waiterFunc func(context.Context, storage.Commit) error

@@ -27,7 +27,21 @@ const (
 	EventDup     = "dup"     // scope: certificate id (exact set of names)
 	EventFail    = "fail"    // scope: name
 	EventSuccess = "success" // scope: name; ends a run of failures
+	// EventCAHold: the CA refused an order as rate limited and said when
+	// to come back (Retry-After). Scope: issuer key and certificate id;
+	// At is that time, so the event is read as a hold while At is ahead.
+	EventCAHold = "ca_hold"
 )
+
+// LimitCARateLimited is the HeldBackError.Limit of a hold the CA asked
+// for.
+const LimitCARateLimited = "ca_rate_limited"
+
+// maxCAHold caps the CA's Retry-After: Let's Encrypt's longest window is
+// 7 days, and a nonsense header must not stop renewals for longer.
+const maxCAHold = 7 * 24 * time.Hour
+
+func caHoldScope(issuer, certID string) string { return issuer + " " + certID }
 
 // BudgetLimits are the limits the budget enforces; a zero count disables
 // that limit.
@@ -140,6 +154,10 @@ type HeldBackError struct {
 }
 
 func (e *HeldBackError) Error() string {
+	if e.Limit == LimitCARateLimited {
+		return fmt.Sprintf("held back: the CA at %s refused an order for this certificate as rate limited; next attempt possible at %s",
+			e.Scope, e.Until.UTC().Format(time.RFC3339))
+	}
 	return fmt.Sprintf("held back: %s for %s: %d in the last %s (limit %d); next attempt possible at %s",
 		e.Limit, e.Scope, e.Count, e.Window, e.Max, e.Until.UTC().Format(time.RFC3339))
 }
@@ -209,6 +227,13 @@ func (b *Budget) check(ctx context.Context, limit, kind, scope string, maxN int,
 // certificate certID) would pass a limit, nil when it may go ahead.
 func (b *Budget) Check(ctx context.Context, issuer string, names []string, certID string, now time.Time) error {
 	l := b.limits
+	holds, err := b.counters.BudgetEvents(ctx, EventCAHold, caHoldScope(issuer, certID), now)
+	if err != nil {
+		return fmt.Errorf("certs: budget %s: %w", LimitCARateLimited, err)
+	}
+	if len(holds) > 0 {
+		return &HeldBackError{Limit: LimitCARateLimited, Scope: issuer, Count: len(holds), Until: holds[len(holds)-1]}
+	}
 	if err := b.check(ctx, "orders_per_account", EventOrder, issuer, l.OrdersPerAccount, l.OrdersWindow, time.Time{}, now); err != nil {
 		return err
 	}
@@ -251,6 +276,14 @@ func (b *Budget) event(kind, scope string, now time.Time) BudgetEvent {
 // the order so that a crash mid-order still counts.
 func (b *Budget) RecordOrder(ctx context.Context, issuer string, now time.Time) error {
 	return b.counters.AddBudgetEvents(ctx, []BudgetEvent{b.event(EventOrder, issuer, now)})
+}
+
+// RecordCAHold remembers, for the whole cluster, that the CA asked
+// issuer's orders for certID to wait until until; Check holds them back
+// meanwhile.
+func (b *Budget) RecordCAHold(ctx context.Context, issuer, certID string, until time.Time) error {
+	return b.counters.AddBudgetEvents(ctx, []BudgetEvent{{Kind: EventCAHold, Scope: caHoldScope(issuer, certID),
+		At: until.UTC(), Node: b.node, Expires: until.UTC()}})
 }
 
 // RecordResult counts an order's outcome: a certificate for its

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/singularity-ng/singularity-edge/storage"
@@ -164,6 +165,8 @@ type ChallengeResponder struct {
 
 	alpnMu sync.Mutex
 	alpn   map[string]alpnCert // key: domain + "\x00" + key authorization
+
+	pendingDesc, refusedDesc, limitDesc *prometheus.Desc
 }
 
 type alpnCert struct {
@@ -184,7 +187,31 @@ func NewChallengeResponder(src ChallengeFeed, log *zap.Logger) *ChallengeRespond
 	return &ChallengeResponder{src: src, log: log, now: time.Now, timeout: 2 * time.Second,
 		max: maxPendingChallenges, pageSize: 1000, sweepEvery: time.Minute,
 		pending: make(map[challengeRef]ChallengeToken), ready: make(chan struct{}),
-		alpn: make(map[string]alpnCert)}
+		alpn: make(map[string]alpnCert),
+		pendingDesc: prometheus.NewDesc("singularity_edge_acme_challenges_pending",
+			"ACME HTTP-01 and TLS-ALPN-01 challenge tokens this agent holds in memory to answer (expired ones leave within a minute).", nil, nil),
+		refusedDesc: prometheus.NewDesc("singularity_edge_acme_challenges_refused_total",
+			"ACME challenge tokens this agent did not hold because it already held singularity_edge_acme_challenges_limit; their validations fail on this agent.", nil, nil),
+		limitDesc: prometheus.NewDesc("singularity_edge_acme_challenges_limit",
+			"The most ACME challenge tokens an agent holds at once.", nil, nil)}
+}
+
+// Describe implements prometheus.Collector.
+func (r *ChallengeResponder) Describe(ch chan<- *prometheus.Desc) {
+	ch <- r.pendingDesc
+	ch <- r.refusedDesc
+	ch <- r.limitDesc
+}
+
+// Collect implements prometheus.Collector: the tokens held, those
+// refused at the bound, and the bound, read when scraped.
+func (r *ChallengeResponder) Collect(ch chan<- prometheus.Metric) {
+	r.mu.RLock()
+	n := len(r.pending)
+	r.mu.RUnlock()
+	ch <- prometheus.MustNewConstMetric(r.pendingDesc, prometheus.GaugeValue, float64(n))
+	ch <- prometheus.MustNewConstMetric(r.refusedDesc, prometheus.CounterValue, float64(r.refused.Load()))
+	ch <- prometheus.MustNewConstMetric(r.limitDesc, prometheus.GaugeValue, float64(r.max))
 }
 
 // Ready is closed once the challenge rows have been loaded.

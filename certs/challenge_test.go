@@ -5,10 +5,13 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/asn1"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 
 	"github.com/singularity-ng/singularity-edge/storage"
@@ -283,6 +286,24 @@ func TestChallengeResponderBounded(t *testing.T) {
 	present(t, b, ChallengeToken{Type: ChallengeHTTP01, Domain: "c.example.com", Token: "c", KeyAuth: "c.k", ExpiresAt: long})
 	if _, ok := r.HTTP01("c.example.com", "c"); ok || r.refused.Load() != 1 || r.held() != 2 {
 		t.Fatalf("past the bound: answered %v, refused %d, held %d", ok, r.refused.Load(), r.held())
+	}
+	// What an operator sees of it.
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(r); err != nil {
+		t.Fatal(err)
+	}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP singularity_edge_acme_challenges_limit The most ACME challenge tokens an agent holds at once.
+# TYPE singularity_edge_acme_challenges_limit gauge
+singularity_edge_acme_challenges_limit 2
+# HELP singularity_edge_acme_challenges_pending ACME HTTP-01 and TLS-ALPN-01 challenge tokens this agent holds in memory to answer (expired ones leave within a minute).
+# TYPE singularity_edge_acme_challenges_pending gauge
+singularity_edge_acme_challenges_pending 2
+# HELP singularity_edge_acme_challenges_refused_total ACME challenge tokens this agent did not hold because it already held singularity_edge_acme_challenges_limit; their validations fail on this agent.
+# TYPE singularity_edge_acme_challenges_refused_total counter
+singularity_edge_acme_challenges_refused_total 1
+`)); err != nil {
+		t.Fatal(err)
 	}
 	// Replacing a held token is not growth. (Until the feed brings the
 	// new row the old one is answered: a hit does not wait.)

@@ -44,6 +44,11 @@ type RenewalState struct {
 	// HeldBackUntil; empty when the last decision was not held back.
 	HeldBack      string    `json:"held_back,omitempty"`
 	HeldBackUntil time.Time `json:"held_back_until,omitzero"`
+	// Blocked says why no order is placed until an operator acts (the
+	// profile kept from an earlier order is not offered by the CA); the
+	// scheduler checks again at NextAttempt without ordering. Empty
+	// otherwise.
+	Blocked string `json:"blocked,omitempty"`
 	// Owner is the agent that made the last attempt, under lease epoch
 	// LeaseEpoch.
 	Owner      string `json:"owner,omitempty"`
@@ -180,6 +185,12 @@ type ManagerConfig struct {
 	// longer admits is not renewed; the policy is asked again after this
 	// long, until the certificate expires and is removed.
 	OnDemandRecheck time.Duration
+	// OrderTimeout bounds one order at one issuer. The scheduler renews
+	// one certificate after the other, so a CA that keeps an order
+	// pending (lego polls an authorization for up to 100 times the CA's
+	// Retry-After, sleeping without a context) would otherwise hold every
+	// other renewal of this agent back.
+	OrderTimeout time.Duration
 }
 
 // DefaultManagerConfig returns the defaults.
@@ -196,6 +207,7 @@ func DefaultManagerConfig() ManagerConfig {
 
 		ReconcileInterval: time.Hour,
 		OnDemandRecheck:   time.Hour,
+		OrderTimeout:      10 * time.Minute,
 	}
 }
 
@@ -311,6 +323,9 @@ func NewManager(cfg ManagerConfig, issuers []Issuer, store RenewalStore, counter
 	if cfg.ReconcileInterval <= 0 {
 		cfg.ReconcileInterval = def.ReconcileInterval
 	}
+	if cfg.OrderTimeout <= 0 {
+		cfg.OrderTimeout = def.OrderTimeout
+	}
 	if len(issuers) == 0 {
 		return nil, errors.New("certs: manager needs at least one issuer")
 	}
@@ -342,10 +357,21 @@ func CertificateID(names []string) string {
 	return "acme-" + hex.EncodeToString(sum[:])[:IDLength]
 }
 
+// MaxCertificateNames is the most names one ACME certificate is ordered
+// for: Let's Encrypt, Google Trust Services and ZeroSSL refuse an order
+// with more.
+const MaxCertificateNames = 100
+
 // NormalizeNames lower-cases, validates and de-duplicates names, keeping
 // the first as the primary one. Bad names yield a *fielderr.Error on
 // field.
 func NormalizeNames(field string, names []string) ([]string, error) {
+	if len(names) > MaxCertificateNames {
+		// Refused before anything is counted or stored: the CA would
+		// refuse the order after the budget recorded it, and every name
+		// would be checked and recorded as a failure.
+		return nil, fielderr.New(field, fmt.Sprintf("has %d names; a certificate holds at most %d (the limit of Let's Encrypt and most ACME CAs)", len(names), MaxCertificateNames))
+	}
 	var out []string
 	var errs fielderr.List
 	for i, n := range names {
@@ -391,6 +417,14 @@ func (m *Manager) obtain(ctx context.Context, names []string, profile string, on
 	}
 	if err := m.checkWildcards(names); err != nil {
 		return storage.Certificate{}, err
+	}
+	if profile != "" {
+		// Refused before the lease, the budget or the state see it: a
+		// profile the CA does not offer would otherwise be saved and asked
+		// for by every renewal.
+		if err := m.CheckProfile(ctx, profile); err != nil {
+			return storage.Certificate{}, err
+		}
 	}
 	id := CertificateID(names)
 	lease, err := m.store.AcquireLease(ctx, leaseKey(id), m.members.Self(), m.cfg.LeaseTTL)
@@ -576,6 +610,16 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 	if old != nil {
 		oldLeaf, _ = leafOf(old)
 	}
+	if st.Profile != "" {
+		// A profile saved before the CA stopped offering it (or before
+		// the API checked it) is not ordered: every order would fail
+		// after the budget counted it. A directory that cannot be read is
+		// not a refusal; the orders below fail or succeed on their own.
+		if err := m.CheckProfile(ctx, st.Profile); errors.Is(err, ErrInvalidProfile) {
+			return storage.Certificate{}, m.profileRefused(ctx, st, oldLeaf, asStored(err), now)
+		}
+	}
+	st.Blocked = ""
 	var errs []error
 	var heldBack *HeldBackError
 	for _, iss := range m.issuers {
@@ -621,6 +665,15 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 			}
 			req.ReplacesID = ""
 			res, err = m.order(ctx, iss, req, now)
+		}
+		if hb := (*HeldBackError)(nil); errors.As(err, &hb) {
+			log.Warn("acme order refused by the CA as rate limited; held back until the CA's Retry-After",
+				zap.String("issuer", iss.Key()), zap.Time("until", hb.Until), zap.Error(err))
+			if heldBack == nil || hb.Until.Before(heldBack.Until) {
+				heldBack = hb
+			}
+			errs = append(errs, err)
+			continue
 		}
 		if err != nil {
 			log.Warn("acme order failed", zap.String("issuer", iss.Key()), zap.Error(err))
@@ -676,10 +729,57 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 		// certificate).
 		st.Due = time.Time{}
 	}
+	if st.HeldBack == "" {
+		// One line per failed attempt that says what happens next: the
+		// per-issuer lines above say why.
+		fields := []zap.Field{zap.Int("failures", st.Failures)}
+		if oldLeaf != nil {
+			next := m.cfg.Policy.Decide(oldLeaf.NotBefore, oldLeaf.NotAfter, st).NotBefore
+			fields = append(fields, zap.Time("next_attempt", next), zap.Time("current_expires_at", oldLeaf.NotAfter))
+			log.Warn("acme certificate not renewed; the current certificate keeps serving until the next attempt", fields...)
+		} else {
+			log.Warn("acme certificate not obtained; ordered again when next asked for (API or the pool's automatic certificate)",
+				append(fields, zap.Time("not_before", st.NextAttempt))...)
+		}
+	}
 	if serr := m.store.SaveRenewalState(ctx, st); serr != nil {
 		log.Warn("saving renewal state", zap.Error(serr))
 	}
 	return storage.Certificate{}, err
+}
+
+// profileRecheck: how often the scheduler reads the CA's directory again
+// for a certificate whose stored profile it does not offer (a CA may
+// bring a profile back); nothing is ordered meanwhile.
+const profileRecheck = time.Hour
+
+// profileRefused records that st's stored profile is not offered: no
+// order, the state blocked with the reason and checked again after
+// profileRecheck (in the last tenth of the certificate's life the
+// emergency retry makes that sooner), counted and logged for the
+// operator. It returns err.
+func (m *Manager) profileRefused(ctx context.Context, st RenewalState, oldLeaf *x509.Certificate, err error, now time.Time) error {
+	st.HeldBack, st.HeldBackUntil = "", time.Time{}
+	m.noteHeld(st.CertificateID, time.Time{})
+	st.Failures++
+	st.LastError, st.Blocked = err.Error(), err.Error()
+	st.NextAttempt = now.Add(profileRecheck)
+	if oldLeaf != nil {
+		m.schedule(&st, oldLeaf.NotBefore, oldLeaf.NotAfter)
+	} else {
+		st.Due = time.Time{}
+	}
+	m.metrics.orders.WithLabelValues("profile_refused").Inc()
+	fields := []zap.Field{zap.String("certificate", st.CertificateID), zap.Strings("names", st.Names),
+		zap.String("profile", st.Profile), zap.Time("next_check", st.NextAttempt), zap.Error(err)}
+	if oldLeaf != nil {
+		fields = append(fields, zap.Time("expires_at", oldLeaf.NotAfter))
+	}
+	m.log.Error("acme certificate not renewed: its profile is not offered by the CA", fields...)
+	if serr := m.store.SaveRenewalState(ctx, st); serr != nil {
+		m.log.Warn("saving renewal state", zap.Error(serr))
+	}
+	return err
 }
 
 func allHeldBack(errs []error) bool {
@@ -696,13 +796,32 @@ func (m *Manager) order(ctx context.Context, iss Issuer, req IssueRequest, now t
 	if err := m.budget.RecordOrder(ctx, iss.Key(), now); err != nil {
 		return nil, fmt.Errorf("certs: budget: %w", err)
 	}
-	res, err := iss.Issue(ctx, req)
+	ictx, cancel := context.WithTimeout(ctx, m.cfg.OrderTimeout)
+	res, err := m.issue(ictx, iss, req)
+	cancel()
 	switch {
 	case err == nil:
 		m.metrics.orders.WithLabelValues("issued").Inc()
+	case isRateLimited(err):
+		// Refused before any validation: no failure to count. With a
+		// Retry-After the cluster holds this certificate's orders at this
+		// CA until then (Check), instead of asking again after a minute's
+		// backoff while the CA said hours.
+		m.metrics.orders.WithLabelValues("rate_limited").Inc()
+		if until, ok := caRetryAfter(err, now); ok {
+			id := CertificateID(req.Names)
+			if rerr := m.budget.RecordCAHold(ctx, iss.Key(), id, until); rerr != nil {
+				m.log.Warn("recording the CA's rate-limit hold", zap.Error(rerr))
+			}
+			return res, fmt.Errorf("%w (the CA said: %w)", &HeldBackError{Limit: LimitCARateLimited, Scope: iss.Key(), Count: 1, Until: until}, err)
+		}
 	case errors.Is(err, ErrAlreadyReplaced):
 	case errors.Is(err, ErrNotOrdered), errors.Is(err, ErrNotPresented):
 		// Nothing failed at the CA: no failed validation to count.
+		m.metrics.orders.WithLabelValues("failed").Inc()
+	case !isValidationFailure(err):
+		// The CA or the network failed, not the names: nothing the CA
+		// counts against them.
 		m.metrics.orders.WithLabelValues("failed").Inc()
 	default:
 		m.metrics.orders.WithLabelValues("failed").Inc()
@@ -711,6 +830,28 @@ func (m *Manager) order(ctx context.Context, iss Issuer, req IssueRequest, now t
 		}
 	}
 	return res, err
+}
+
+// issue runs iss.Issue and returns when it does or when ctx ends,
+// whichever is first. lego sleeps between its polls of an authorization
+// without a context; left behind, it ends at its next request, which
+// carries ctx and fails.
+func (m *Manager) issue(ctx context.Context, iss Issuer, req IssueRequest) (*IssuedCertificate, error) {
+	type result struct {
+		res *IssuedCertificate
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := iss.Issue(ctx, req)
+		done <- result{res, err}
+	}()
+	select {
+	case r := <-done:
+		return r.res, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("certs: order at %s abandoned: %w", iss.Key(), context.Cause(ctx))
+	}
 }
 
 func (m *Manager) backoff(n int) time.Duration {
@@ -1105,7 +1246,7 @@ func (m *Manager) recordPhases(ctx context.Context, now time.Time, exp []storage
 		}
 		return
 	}
-	counts := map[string]int{PhaseScheduled: 0, PhaseDue: 0, PhaseRetrying: 0, PhaseHeldBack: 0}
+	counts := map[string]int{PhaseScheduled: 0, PhaseDue: 0, PhaseRetrying: 0, PhaseHeldBack: 0, PhaseBlocked: 0}
 	seen := make(map[string]struct{}, len(rows))
 	for _, d := range rows {
 		if _, dup := seen[d.ID]; dup {
@@ -1142,7 +1283,7 @@ func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 	m := &managerMetrics{
 		orders: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "singularity_edge", Subsystem: "acme", Name: "orders_total",
-			Help: "ACME orders by result: issued, failed, already_replaced (another agent renewed), held_back (the rate-limit budget refused to order), not_wanted (an on-demand certificate's renewal skipped because its pool no longer admits the name).",
+			Help: "ACME orders by result: issued, failed, rate_limited (refused by the CA as rate limited; held back until its Retry-After), already_replaced (another agent renewed), held_back (the rate-limit budget refused to order), not_wanted (an on-demand certificate's renewal skipped because its pool no longer admits the name), profile_refused (not ordered: the certificate's stored profile is not offered by the CA; an operator must order it again).",
 		}, []string{"result"}),
 		leaseLost: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "singularity_edge", Subsystem: "acme", Name: "lease_lost_total",
@@ -1159,13 +1300,13 @@ func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 	}
 	m.phases = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "singularity_edge", Subsystem: "acme", Name: "certificates",
-		Help: "Stored ACME certificates by renewal phase (scheduled, due, retrying, held_back) as of this agent's last scheduler pass; every agent reports the whole cluster's.",
+		Help: "Stored ACME certificates by renewal phase (scheduled, due, retrying, held_back, blocked: not renewed until an operator acts) as of this agent's last scheduler pass; every agent reports the whole cluster's.",
 	}, []string{"phase"})
 	m.earliest = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "singularity_edge", Subsystem: "acme", Name: "earliest_expiry_timestamp_seconds",
 		Help: "Expiry (Unix time) of the stored ACME certificate that expires first, as of the last scheduler pass; 0 when there is none.",
 	})
-	for _, r := range []string{"issued", "failed", "already_replaced", "held_back"} {
+	for _, r := range []string{"issued", "failed", "rate_limited", "already_replaced", "held_back", "profile_refused"} {
 		m.orders.WithLabelValues(r)
 	}
 	if reg != nil {

@@ -15,6 +15,7 @@ const (
 	PhaseRetrying  = "retrying"  // the last attempt failed; retried after backoff
 	PhaseHeldBack  = "held_back" // the rate-limit budget holds the order back
 	PhasePending   = "pending"   // no certificate yet: the first order failed or was held back
+	PhaseBlocked   = "blocked"   // not ordered until an operator acts (RenewalState.Blocked says why)
 )
 
 // Status is what operators see of one ACME certificate's renewal: the
@@ -70,7 +71,10 @@ func (m *Manager) Status(ctx context.Context, id string) (Status, error) {
 			return Status{}, err
 		}
 		out.Phase = PhasePending
-		if st.HeldBack != "" && now.Before(st.HeldBackUntil) {
+		switch {
+		case st.Blocked != "":
+			out.Phase = PhaseBlocked
+		case st.HeldBack != "" && now.Before(st.HeldBackUntil):
 			out.Phase = PhaseHeldBack
 		}
 		out.Decision = Decision{At: st.NextAttempt, Reason: "first issuance", NotBefore: st.NextAttempt}
@@ -85,6 +89,8 @@ func (m *Manager) Status(ctx context.Context, id string) (Status, error) {
 
 func phaseOf(st RenewalState, d Decision, now time.Time) string {
 	switch {
+	case st.Blocked != "":
+		return PhaseBlocked
 	case st.HeldBack != "" && now.Before(st.HeldBackUntil):
 		return PhaseHeldBack
 	case st.Failures > 0:

@@ -925,3 +925,66 @@ func TestPushCoalescesUnderLoad(t *testing.T) {
 		t.Fatalf("%d commits went to 2 busy peers in %.0f push frames; want them coalesced (at most %d)", commits, frames, 2*commits/4)
 	}
 }
+
+// An alive member without a stream yet (its stream was refused while it
+// bootstrapped, and the redial waits out the backoff) is waited for a
+// bounded grace: once its stream comes up and it applies the write, the
+// wait succeeds with it among the members that applied it. Before, the
+// wait returned at once naming it "not connected", and an ACME order
+// placed right after a node joined failed its challenge.
+func TestWaitAppliedGivesAnUnconnectedMemberAGrace(t *testing.T) {
+	tc := newTestCluster()
+	var open atomic.Bool
+	gated := func(c *Config) {
+		c.HandshakeTimeout = 2 * time.Second
+		c.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if !open.Load() {
+				return nil, errors.New("test: dial gated")
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		}
+	}
+	a := startEngine(t, tc, "a", newTestStore(t, "a"), [][]byte{testSecret('k')}, gated)
+	waitReady(t, a)
+	b := startEngine(t, tc, "b", newTestStore(t, "b"), [][]byte{testSecret('k')})
+	waitReady(t, b)
+	if st := a.eng.Status(); st["b"].Connected {
+		t.Fatal("a has a stream to b through a closed gate")
+	}
+
+	t.Run("connects within the grace", func(t *testing.T) {
+		seq := a.store.write(map[string]*string{"token": str("t1")})
+		type result struct {
+			res WaitResult
+			err error
+		}
+		done := make(chan result, 1)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		go func() { r, err := a.eng.WaitApplied(ctx, seq); done <- result{r, err} }()
+		open.Store(true)
+		var r result
+		select {
+		case r = <-done:
+		case <-time.After(90 * time.Second):
+			t.Fatal("WaitApplied did not return")
+		}
+		if r.err != nil || strings.Join(r.res.Applied, ",") != "b" || len(r.res.Missing) != 0 {
+			t.Fatalf("wait with b connecting: %+v %v; want b applied", r.res, r.err)
+		}
+	})
+
+	t.Run("never connects", func(t *testing.T) {
+		open.Store(false)
+		b.stop()
+		waitUntil(t, "a's stream to b to end", func() bool { return !a.eng.Status()["b"].Connected })
+		seq := a.store.write(map[string]*string{"token": str("t2")})
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		res, err := a.eng.WaitApplied(ctx, seq)
+		if err != nil || len(res.Applied) != 0 || len(res.Missing) != 1 || res.Missing[0].Reason != "not connected" {
+			t.Fatalf("wait with b gone: %+v %v; want b reported not connected after the grace", res, err)
+		}
+	})
+}

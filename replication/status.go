@@ -114,7 +114,8 @@ type MissingMember struct {
 	NodeID string `json:"node_id"`
 	State  string `json:"state"`
 	// Reason: "pending" (waited for, did not apply in time), "not
-	// connected" (alive, no stream: not waited for), "encryption key
+	// connected" (alive, no stream: waited for a grace, see WaitApplied;
+	// Flush waits for it), "encryption key
 	// differs" (alive, streams refused: not waited for), or the member's
 	// state ("suspect", "dead", "left": reported, not waited for).
 	Reason string `json:"reason"`
@@ -122,45 +123,59 @@ type MissingMember struct {
 
 // WaitApplied waits until every alive member with an up stream holds this
 // node's change set seq, or ctx ends (then ErrWaitTimeout with the
-// partial result). Suspect, dead and unconnected members are reported,
+// partial result). An alive member without a stream is waited for during
+// connectGrace, counted from the call: a stream refused while the member
+// bootstrapped (a node that just joined) is redialled only after
+// DialBackoffMax, and a write made in that gap would otherwise report it
+// "not connected" although it holds the write a few seconds later. Past
+// the grace it is reported "not connected". Suspect, dead and departed
+// members, and those refused for their encryption key, are reported,
 // never waited for.
 func (e *Engine) WaitApplied(ctx context.Context, seq uint64) (WaitResult, error) {
-	res := WaitResult{Seq: seq}
-	targets, _ := e.connectedPeers(&res)
+	grace := time.NewTimer(e.connectGrace())
+	defer grace.Stop()
+	graceOver := false
 	for {
 		e.mu.Lock()
 		progress := e.progress
 		e.mu.Unlock()
+		changed := e.members.Changed()
+		res := WaitResult{Seq: seq}
+		// Who is up is read again on every wake-up: a member whose stream
+		// comes up during the grace is waited for like the others (its
+		// acknowledgement wakes this loop).
+		targets, unconnected := e.connectedPeers(&res)
 		var pending []memberPeer
 		for _, t := range targets {
-			if !t.p.holds(seq) {
+			if t.p.holds(seq) {
+				res.Applied = append(res.Applied, t.m.Name)
+			} else {
 				pending = append(pending, t)
 			}
 		}
-		if len(pending) == 0 {
-			for _, t := range targets {
-				res.Applied = append(res.Applied, t.m.Name)
-			}
-			sort.Strings(res.Applied)
+		sort.Strings(res.Applied)
+		if len(pending) == 0 && (len(unconnected) == 0 || graceOver) {
 			return res, nil
 		}
 		select {
 		case <-progress:
+		case <-changed:
+		case <-grace.C:
+			graceOver = true
 		case <-ctx.Done():
-			held := map[*peer]bool{}
 			for _, t := range pending {
-				held[t.p] = true
 				res.Missing = append(res.Missing, missingMember(t.m, "pending"))
 			}
-			for _, t := range targets {
-				if !held[t.p] {
-					res.Applied = append(res.Applied, t.m.Name)
-				}
-			}
-			sort.Strings(res.Applied)
-			return res, fmt.Errorf("%w: %d of %d applied seq %d", ErrWaitTimeout, len(res.Applied), len(targets), seq)
+			return res, fmt.Errorf("%w: %d of %d applied seq %d", ErrWaitTimeout, len(res.Applied), len(targets)+len(unconnected), seq)
 		}
 	}
+}
+
+// connectGrace is how long WaitApplied waits for an alive member without
+// a stream to get one: a refused dial is retried after DialBackoffMax,
+// and the retry's handshake takes at most HandshakeTimeout.
+func (e *Engine) connectGrace() time.Duration {
+	return e.cfg.DialBackoffMax + e.cfg.HandshakeTimeout
 }
 
 // purgeLoop feeds the store the watermarks of every active member.

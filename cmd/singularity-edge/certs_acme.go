@@ -127,6 +127,9 @@ func renewalLines(d *details, rn *apitypes.CertificateRenewal) {
 	if rn.HeldBack != "" {
 		d.line("Held back", rn.HeldBack)
 	}
+	if rn.Blocked != "" {
+		d.line("Blocked", rn.Blocked)
+	}
 	d.line("ACME issuer", rn.Issuer)
 	if rn.Profile != "" {
 		d.line("Profile", rn.Profile)

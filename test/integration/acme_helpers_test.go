@@ -39,8 +39,9 @@ func port(addr string) int {
 }
 
 // startPebble starts Pebble validating against httpAddr's and tlsAddr's
-// ports, with a 90-day default profile and a 6-day "shortlived" one.
-func startPebble(t *testing.T) *acmeEnv {
+// ports, with a 90-day default profile and a 6-day "shortlived" one; env
+// goes to Pebble's environment.
+func startPebble(t *testing.T, env ...string) *acmeEnv {
 	t.Helper()
 	e := &acmeEnv{httpAddr: freeAddr(t), tlsAddr: freeAddr(t)}
 	e.Pebble = itest.StartPebble(t, itest.PebbleConfig{
@@ -48,6 +49,7 @@ func startPebble(t *testing.T) *acmeEnv {
 		HTTPPort: port(e.httpAddr), TLSPort: port(e.tlsAddr),
 		Profiles: map[string]int{"default": 7776000, "shortlived": 518400},
 		FreeAddr: func(testing.TB, string) string { return freeAddr(t) },
+		Env:      env,
 	})
 	return e
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/singularity-ng/singularity-edge/certs"
 	"github.com/singularity-ng/singularity-edge/storage"
+	"github.com/singularity-ng/singularity-edge/test/itest"
 )
 
 func acmeCtx(t *testing.T) context.Context {
@@ -113,7 +114,7 @@ esac
 	t.Run("profile not offered", func(t *testing.T) {
 		m := ed.manager(t, "a", []certs.Issuer{ed.issuer(t, e, nil)}, nil)
 		before := e.Orders()
-		if _, err := m.Obtain(acmeCtx(t), []string{"profile.example.com"}, "tlsserver"); !errors.Is(err, certs.ErrNotOrdered) || !strings.Contains(err.Error(), `profile "tlsserver" is not offered`) {
+		if _, err := m.Obtain(acmeCtx(t), []string{"profile.example.com"}, "tlsserver"); !errors.Is(err, certs.ErrInvalidProfile) || !strings.Contains(err.Error(), `profile "tlsserver" is not offered`) {
 			t.Fatalf("Obtain with an unknown profile: %v", err)
 		}
 		if e.Orders() != before {
@@ -485,4 +486,81 @@ func TestACMERenewalRate(t *testing.T) {
 		t.Logf("renewals: %d in %s with %d workers = %.0f per minute", n, el.Round(time.Millisecond), workers, float64(n)/el.Minutes())
 	}
 	t.Logf("order to served by the proxy: median %s, max %s (n=%d)", serve[n/2].Round(time.Millisecond), serve[n-1].Round(time.Millisecond), n)
+}
+
+// A CA that rejects half the nonces it hands out (badNonce, as a CA does
+// across a restart or under load) still issues: lego retries a rejected
+// nonce with a fresh one, and nothing here counts those refusals against
+// the names or the account.
+func TestACMEIssuesDespiteRejectedNonces(t *testing.T) {
+	e := startPebble(t, "PEBBLE_WFE_NONCEREJECT=50")
+	ed := newEdge(t, e, nil)
+	m := ed.manager(t, "a", []certs.Issuer{ed.issuer(t, e, func(c *certs.ACMEConfig) {
+		c.Challenges = []string{certs.ChallengeHTTP01}
+	})}, nil)
+	names := []string{"nonce.example.com"}
+	cert, err := m.Obtain(acmeCtx(t), names, "default")
+	if err != nil {
+		t.Fatalf("Obtain with half the nonces rejected: %v", err)
+	}
+	t.Logf("pebble output mentioning nonces: %d lines", strings.Count(strings.ToLower(e.Proc.Out.String()), "nonce"))
+	st, err := m.Status(context.Background(), cert.ID)
+	if err != nil || st.Phase != certs.PhaseScheduled || st.State.Failures != 0 {
+		t.Fatalf("status after issuance: %+v, %v", st, err)
+	}
+	fails, err := ed.backend.BudgetEvents(context.Background(), certs.EventFail, names[0], time.Time{})
+	if err != nil || len(fails) != 0 {
+		t.Fatalf("failed-validation events %d, %v; want none", len(fails), err)
+	}
+}
+
+// A CA that no longer knows the stored account (Pebble restarted at the
+// same address, as a CA that lost or reset its accounts) answers the
+// next order with accountDoesNotExist: the issuer registers a new
+// account, replaces the stored one, and the order goes through. Before,
+// every order failed from then on until an operator deleted the row.
+func TestACMEAccountLostByTheCA(t *testing.T) {
+	e := startPebble(t)
+	ed := newEdge(t, e, nil)
+	m := ed.manager(t, "a", []certs.Issuer{ed.issuer(t, e, func(c *certs.ACMEConfig) {
+		c.Challenges = []string{certs.ChallengeHTTP01}
+	})}, nil)
+	if _, err := m.Obtain(acmeCtx(t), []string{"before.example.com"}, "default"); err != nil {
+		t.Fatalf("Obtain: %v", err)
+	}
+	accounts := func() []storage.ACMERecord {
+		recs, err := ed.store.ListACMERecords(context.Background(), "account/", "", 0)
+		if err != nil || len(recs) != 1 {
+			t.Fatalf("accounts: %d, %v", len(recs), err)
+		}
+		return recs
+	}
+	first := accounts()[0]
+
+	// The same directory URL, a CA that starts empty.
+	e.Proc.Stop(t)
+	listen := strings.TrimSuffix(strings.TrimPrefix(e.Dir, "https://"), "/dir")
+	again := itest.StartPebble(t, itest.PebbleConfig{
+		ListenIP: "127.0.0.1", DefaultIP: "127.0.0.1", ListenAddr: listen,
+		HTTPPort: port(e.httpAddr), TLSPort: port(e.tlsAddr),
+		Profiles: map[string]int{"default": 7776000, "shortlived": 518400},
+		FreeAddr: func(testing.TB, string) string { return freeAddr(t) },
+	})
+	if again.Dir != e.Dir {
+		t.Fatalf("restarted Pebble at %s, want %s", again.Dir, e.Dir)
+	}
+	e2 := &acmeEnv{Pebble: again, httpAddr: e.httpAddr, tlsAddr: e.tlsAddr}
+	m2 := ed.manager(t, "a", []certs.Issuer{ed.issuer(t, e2, func(c *certs.ACMEConfig) {
+		c.Challenges = []string{certs.ChallengeHTTP01}
+	})}, nil)
+	if _, err := m2.Obtain(acmeCtx(t), []string{"after.example.com"}, "default"); err != nil {
+		t.Fatalf("Obtain from a CA that lost the account: %v", err)
+	}
+	now := accounts()[0]
+	if now.Key != first.Key || string(now.Data) == string(first.Data) {
+		t.Fatalf("stored account not replaced: %s", now.Data)
+	}
+	if !strings.Contains(ed.logs.String(), "registering a new one") {
+		t.Fatal("no log line says the account was registered again")
+	}
 }

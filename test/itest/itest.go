@@ -124,6 +124,17 @@ func StartTool(t testing.TB, env []string, name string, args ...string) *Tool {
 	return p
 }
 
+// Stop kills the tool and waits until it has exited (at most 10 s).
+func (p *Tool) Stop(t testing.TB) {
+	t.Helper()
+	_ = p.cmd.Process.Kill()
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("tool did not exit after kill")
+	}
+}
+
 // waitFor polls cond every 50 ms until it holds, failing the test after
 // limit.
 func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {

@@ -41,6 +41,14 @@ type PebbleConfig struct {
 	// that allocates ports itself passes its allocator, so that no port
 	// is handed out twice).
 	FreeAddr func(t testing.TB, ip string) string
+	// ListenAddr pins Pebble's ACME listener (so its directory URL) to
+	// an address; "": a free one on ListenIP. A test that restarts Pebble
+	// passes the first one's (Pebble keeps its accounts in memory).
+	ListenAddr string
+	// Env is added to Pebble's environment after the defaults (which it
+	// overrides), e.g. PEBBLE_WFE_NONCEREJECT=50 for a CA that rejects
+	// half the nonces.
+	Env []string
 }
 
 // Pebble is Pebble, with challtestsrv as the only DNS it asks.
@@ -78,7 +86,10 @@ func StartPebble(t testing.TB, cfg PebbleConfig) *Pebble {
 			t.Fatal(err)
 		}
 	}
-	listen := free(t, cfg.ListenIP)
+	listen := cfg.ListenAddr
+	if listen == "" {
+		listen = free(t, cfg.ListenIP)
+	}
 	pcfg := map[string]any{
 		"listenAddress": listen, "managementListenAddress": p.Mgmt,
 		"certificate": certFile, "privateKey": keyFile,
@@ -99,7 +110,7 @@ func StartPebble(t testing.TB, cfg PebbleConfig) *Pebble {
 	if err := os.WriteFile(cfgFile, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p.Proc = StartTool(t, []string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_AUTHZREUSE=0", "PEBBLE_WFE_NONCEREJECT=0"},
+	p.Proc = StartTool(t, append([]string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_AUTHZREUSE=0", "PEBBLE_WFE_NONCEREJECT=0"}, cfg.Env...),
 		"pebble", "-config", cfgFile, "-dnsserver", p.DNS)
 	p.Dir = "https://" + listen + "/dir"
 	pool := x509.NewCertPool()

@@ -257,10 +257,6 @@ type member struct {
 	Self      bool              `json:"self"`
 	Addresses map[string]string `json:"addresses"`
 	Region    string            `json:"region"`
-	// Replication is this node's stream to the member (nil for itself).
-	Replication *struct {
-		Connected bool `json:"connected"`
-	} `json:"replication"`
 }
 
 func (a *agent) get(path string) ([]byte, error) {
@@ -296,21 +292,6 @@ func (a *agent) members() map[string]member {
 		out[m.Name] = m
 	}
 	return out
-}
-
-// streamsUp reports whether a has an up replication stream to every
-// other member it knows.
-func (a *agent) streamsUp() bool {
-	ms := a.members()
-	if len(ms) == 0 {
-		return false
-	}
-	for _, m := range ms {
-		if !m.Self && (m.Replication == nil || !m.Replication.Connected) {
-			return false
-		}
-	}
-	return true
 }
 
 // alive returns the sorted names of the alive members a sees.
