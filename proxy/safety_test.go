@@ -613,67 +613,51 @@ func TestHTTP2RapidResetBounded(t *testing.T) {
 	}
 }
 
-// TestUpgradesPerClientBounded: upgrades beyond the per-client limit are
-// refused with 503 while the first ones stay open.
-func TestUpgradesPerClientBounded(t *testing.T) {
-	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
-		_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n")
-		_, _ = io.Copy(io.Discard, c) // a tunnel that stays open
-		return false
-	})
-	table := newTable(t, poolSpec{storage.Pool{Name: "up", Hosts: []string{"up.test"}}, []string{rb.url()}})
-	cfg := testConfig()
-	cfg.MaxUpgradesPerClient = 2
-	p := startProxy(t, cfg, table, nil, nil)
-	req := "GET /ws HTTP/1.1\r\nHost: up.test\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n"
-	for i := 0; i < 2; i++ {
-		c, err := net.Dial("tcp", p.http)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		_, _ = io.WriteString(c, req)
-		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if resp, _ := readResponse(t, bufio.NewReader(c), "GET"); resp.StatusCode != 101 {
-			t.Fatalf("upgrade %d: %d", i, resp.StatusCode)
-		}
+// TestUpgradesBounded: upgrades beyond the per-client bound are refused
+// with 503 while the first ones stay open. A trusted proxy's address
+// carries many clients, so its upgrades are held to the server's bound only
+// (as its requests are exempt from the per-address exchange bound); before,
+// the 257th WebSocket through a proxy in --trusted-proxies got 503.
+func TestUpgradesBounded(t *testing.T) {
+	tests := []struct {
+		name    string
+		trusted bool
+		allowed int // upgrades that succeed before the 503
+	}{
+		{"per client", false, 2},
+		{"trusted proxy, server bound", true, 3},
 	}
-	if status, body := rawRoundTrip(t, p.http, req, "GET"); status != 503 || !strings.Contains(body, "too many upgraded") {
-		t.Fatalf("third upgrade: %d %q", status, body)
-	}
-}
-
-// TestUpgradesFromTrustedProxyBounded: a trusted proxy's address carries
-// many clients, so its upgrades are held to the server's bound only (as its
-// requests are exempt from the per-address exchange bound); before, the
-// 257th WebSocket through a proxy in --trusted-proxies got 503.
-func TestUpgradesFromTrustedProxyBounded(t *testing.T) {
-	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
-		_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n")
-		_, _ = io.Copy(io.Discard, c)
-		return false
-	})
-	table := newTable(t, poolSpec{storage.Pool{Name: "up", Hosts: []string{"up.test"}}, []string{rb.url()}})
-	cfg := testConfig()
-	cfg.MaxUpgradesPerClient = 2
-	cfg.MaxUpgrades = 3
-	cfg.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
-	p := startProxy(t, cfg, table, nil, nil)
-	req := "GET /ws HTTP/1.1\r\nHost: up.test\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n"
-	for i := 0; i < 3; i++ {
-		c, err := net.Dial("tcp", p.http)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		_, _ = io.WriteString(c, req)
-		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if resp, _ := readResponse(t, bufio.NewReader(c), "GET"); resp.StatusCode != 101 {
-			t.Fatalf("upgrade %d from a trusted proxy: %d", i, resp.StatusCode)
-		}
-	}
-	if status, body := rawRoundTrip(t, p.http, req, "GET"); status != 503 || !strings.Contains(body, "too many upgraded") {
-		t.Fatalf("upgrade beyond MaxUpgrades: %d %q", status, body)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+				_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n")
+				_, _ = io.Copy(io.Discard, c) // a tunnel that stays open
+				return false
+			})
+			table := newTable(t, poolSpec{storage.Pool{Name: "up", Hosts: []string{"up.test"}}, []string{rb.url()}})
+			cfg := testConfig()
+			cfg.MaxUpgradesPerClient, cfg.MaxUpgrades = 2, 3
+			if tt.trusted {
+				cfg.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+			}
+			p := startProxy(t, cfg, table, nil, nil)
+			req := "GET /ws HTTP/1.1\r\nHost: up.test\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n"
+			for i := 0; i < tt.allowed; i++ {
+				c, err := net.Dial("tcp", p.http)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				_, _ = io.WriteString(c, req)
+				_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if resp, _ := readResponse(t, bufio.NewReader(c), "GET"); resp.StatusCode != 101 {
+					t.Fatalf("upgrade %d: %d", i, resp.StatusCode)
+				}
+			}
+			if status, body := rawRoundTrip(t, p.http, req, "GET"); status != 503 || !strings.Contains(body, "too many upgraded") {
+				t.Fatalf("upgrade %d: %d %q", tt.allowed, status, body)
+			}
+		})
 	}
 }
 
