@@ -368,6 +368,7 @@ func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
 	}
 	var stored storage.Pool
 	var ae storage.AuditEntry
+	var removed int
 	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		if _, err := tx.Pool(p.Name); err == nil {
 			return errConflict("name", fmt.Sprintf("a pool named %q already exists", p.Name))
@@ -377,6 +378,22 @@ func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
 		if err := checkPoolRefs(tx, &p, nil); err != nil {
 			return err
 		}
+		// Backends naming a pool that does not exist are left from a pool
+		// deleted on one node while a backend was added to it on another,
+		// across a partition: the cascade removed only the backends its
+		// node knew. Invisible until now, they would serve the new pool
+		// unasked; a new pool starts empty, so they go in this commit
+		// (tombstones, replicated with it).
+		leftovers, err := tx.BackendsByPool(p.Name)
+		if err != nil {
+			return err
+		}
+		for _, b := range leftovers {
+			if err := tx.DeleteBackend(b.ID); err != nil {
+				return err
+			}
+		}
+		removed = len(leftovers)
 		stored = p
 		if err := tx.PutPool(&stored); err != nil {
 			return err
@@ -389,7 +406,11 @@ func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	stored.Version = rowVersion(stored.Version, commit)
-	s.logAudit(ae)
+	if removed > 0 {
+		s.logAudit(ae, zap.Int("leftover_backends_deleted", removed))
+	} else {
+		s.logAudit(ae)
+	}
 	s.respondPool(w, r, http.StatusCreated, stored)
 }
 

@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"github.com/singularity-ng/singularity-edge/apitypes"
 	"net/http"
@@ -342,6 +343,42 @@ func TestDeletePool(t *testing.T) {
 		t.Fatalf("other pool's backend gone: %v", err)
 	}
 	h.do("GET", "/api/pools/web", nil).expect(t, http.StatusNotFound, CodeNotFound)
+}
+
+// A backend whose pool does not exist is what a partition leaves when one
+// node deletes a pool (cascade) while another adds a backend to it: the
+// cascade removed only the backends its node knew. Creating a pool of that
+// name starts it empty, the leftover deleted in the same commit, instead
+// of putting a backend nobody added here into service.
+func TestCreatePoolRemovesLeftoverBackends(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	// As replication applies it: the pool's tombstone came from one node,
+	// the backend from another.
+	if _, err := h.store.Update(ctx, func(tx *storage.Tx) error {
+		return tx.PutBackend(&storage.Backend{ID: "b-leftover", PoolName: "web", Host: "10.0.0.2", Port: 80, Scheme: "http", Weight: 1})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h.createPool(map[string]any{"name": "other"})
+	kept := h.createBackend("other", map[string]any{"url": "http://127.0.0.1:9003"})
+
+	idx := h.store.LastIndex()
+	h.createPool(map[string]any{"name": "web"})
+	if got := h.store.LastIndex(); got != idx+1 {
+		t.Fatalf("create took %d commits, want 1", got-idx)
+	}
+	r := h.do("GET", "/api/pools/web/backends", nil)
+	r.expect(t, http.StatusOK, "")
+	if strings.Contains(string(r.Body), "10.0.0.2") {
+		t.Fatalf("the new pool serves a backend nobody added to it: %s", r.Body)
+	}
+	if _, err := h.store.GetBackend(ctx, "b-leftover"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("leftover backend: %v, want not found", err)
+	}
+	if _, err := h.store.GetBackend(ctx, kept.ID); err != nil {
+		t.Fatalf("another pool's backend: %v", err)
+	}
 }
 
 // TestConcurrentDeleteAndAddBackend races "delete the empty pool" against

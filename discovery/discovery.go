@@ -67,6 +67,10 @@ type memberRecord struct {
 	lastSeen time.Time
 	rtt      time.Duration
 	offsets  []time.Duration // recent clock-offset samples
+	// suspect: alive to memberlist, but this node's last probe of it
+	// got no ack (markSuspect); a probe answered, or news of it from
+	// memberlist (joined again, updated, failed, left), ends it.
+	suspect bool
 }
 
 // New validates cfg and prepares Discovery; Start binds the sockets.
@@ -125,7 +129,7 @@ func (d *Discovery) Start(ctx context.Context) error {
 	mc.Merge = (*delegate)(d)
 	mc.Ping = (*delegate)(d)
 	mc.LogOutput = nil
-	mc.Logger = log.New(&logBridge{log: d.log.Named("memberlist"), dropped: d.metrics.dropped}, "", 0)
+	mc.Logger = log.New(&logBridge{log: d.log.Named("memberlist"), dropped: d.metrics.dropped, suspect: d.markSuspect}, "", 0)
 	// Names are resolved by us, never by memberlist's DNS fallback.
 	mc.DNSConfigPath = "/nonexistent"
 
@@ -393,14 +397,6 @@ func (d *Discovery) notifyLocked() {
 
 // Members returns every member this node knows, itself first.
 func (d *Discovery) Members() []cluster.Member {
-	suspect := map[string]bool{}
-	if ml := d.ml.Load(); ml != nil {
-		for _, n := range ml.Members() {
-			if n.State == memberlist.StateSuspect {
-				suspect[n.Name] = true
-			}
-		}
-	}
 	now := d.cfg.Now()
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -419,10 +415,13 @@ func (d *Discovery) Members() []cluster.Member {
 		m := cluster.Member{
 			ID: r.meta.NodeID, Name: r.name, Region: r.meta.Region, MachineID: r.meta.MachineID,
 			Addresses: addresses(r.meta, r.addr.String()),
-			State:     r.state, Version: r.meta.AgentVersion, Ready: r.meta.Ready,
+			State:     r.state, Version: r.meta.AgentVersion,
+			// What a dead or departed member last gossiped is not a
+			// readiness: it serves nothing now.
+			Ready: r.meta.Ready && r.state == cluster.StateAlive,
 			RTTMS: float64(r.rtt) / float64(time.Millisecond), ClockOffsetMS: float64(median(r.offsets)) / float64(time.Millisecond),
 		}
-		if m.State == cluster.StateAlive && suspect[r.name] {
+		if m.State == cluster.StateAlive && r.suspect {
 			m.State = cluster.StateSuspect
 		}
 		if !r.lastSeen.IsZero() {
@@ -598,6 +597,7 @@ func (d *Discovery) upsert(n *memberlist.Node, state cluster.State) {
 	r.addr = netip.AddrPortFrom(addr.Unmap(), n.Port)
 	r.meta = meta
 	r.state = state
+	r.suspect = false
 	if state == cluster.StateAlive {
 		r.lastSeen = d.cfg.Now()
 	}
@@ -605,6 +605,24 @@ func (d *Discovery) upsert(n *memberlist.Node, state cluster.State) {
 		d.log.Info("member "+string(state), zap.String("name", n.Name), zap.Stringer("addr", r.addr),
 			zap.String("region", meta.Region), zap.String("node_id", meta.NodeID))
 	}
+	d.notifyLocked()
+}
+
+// markSuspect records that this node's probe of name got no ack, direct or
+// indirect: memberlist now suspects it and declares it dead unless it
+// answers or refutes within the suspicion timeout. Until then it shows as
+// suspect (in /api/cluster, and to WaitApplied and Flush, which do not
+// wait for it) instead of alive.
+func (d *Discovery) markSuspect(name string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	r := d.members[name]
+	if r == nil || r.state != cluster.StateAlive || r.suspect {
+		return
+	}
+	r.suspect = true
+	d.log.Info("member suspect", zap.String("name", name), zap.Stringer("addr", r.addr),
+		zap.String("region", r.meta.Region), zap.String("node_id", r.meta.NodeID))
 	d.notifyLocked()
 }
 
@@ -627,6 +645,11 @@ func (g *delegate) NotifyPingComplete(n *memberlist.Node, rtt time.Duration, pay
 	}
 	r.lastSeen = now
 	r.rtt = rtt
+	if r.suspect {
+		r.suspect = false
+		d.log.Info("member answers probes again", zap.String("name", r.name), zap.Stringer("addr", r.addr))
+		d.notifyLocked()
+	}
 	if len(payload) == 8 {
 		remote := time.Unix(0, int64(binary.BigEndian.Uint64(payload)))
 		off := remote.Sub(now.Add(-rtt / 2))

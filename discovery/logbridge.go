@@ -13,6 +13,9 @@ import (
 type logBridge struct {
 	log     *zap.Logger
 	dropped func(reason string)
+	// suspect is told the name of a member this node's own probe found
+	// unreachable (nil: not told).
+	suspect func(name string)
 }
 
 // Write takes one log line ("[ERR] memberlist: ...").
@@ -26,6 +29,9 @@ func (b *logBridge) Write(p []byte) (int, error) {
 	}
 	if reason := dropReason(msg); reason != "" {
 		b.dropped(reason)
+	}
+	if name, ok := suspectName(msg); ok && b.suspect != nil {
+		b.suspect(name)
 	}
 	switch level {
 	case "ERR":
@@ -61,4 +67,19 @@ func dropReason(msg string) string {
 		return "malformed"
 	}
 	return ""
+}
+
+// suspectName returns the member named by memberlist's line for a probe
+// that got no ack, direct or indirect ("memberlist: Suspect NAME has
+// failed, no acks received"), after which it suspects the member. That
+// line is the only sign of it: memberlist keeps a member's state in a
+// field its Members() does not return (the Node it hands out always says
+// alive), and calls no delegate on suspicion.
+func suspectName(msg string) (string, bool) {
+	const prefix, suffix = "memberlist: Suspect ", " has failed, no acks received"
+	if !strings.HasPrefix(msg, prefix) || !strings.HasSuffix(msg, suffix) {
+		return "", false
+	}
+	name := msg[len(prefix) : len(msg)-len(suffix)]
+	return name, name != ""
 }

@@ -30,3 +30,23 @@ func TestLogBridgeCountsDrops(t *testing.T) {
 		}
 	}
 }
+
+func TestLogBridgeTellsSuspects(t *testing.T) {
+	tests := []struct{ line, name string }{
+		{"[INFO] memberlist: Suspect b has failed, no acks received\n", "b"},
+		{"[INFO] memberlist: Suspect node with space has failed, no acks received\n", "node with space"},
+		{"[INFO] memberlist: Marking b as failed, suspect timeout reached (0 peer confirmations)\n", ""},
+		{"[ERR] memberlist: Failed to send UDP compound ping and suspect message to 1.2.3.4:7946: x\n", ""},
+		{"[WARN] memberlist: Refuting a suspect message (from: b)\n", ""},
+	}
+	for _, tc := range tests {
+		got := ""
+		b := &logBridge{log: zap.NewNop(), dropped: func(string) {}, suspect: func(n string) { got = n }}
+		if _, err := b.Write([]byte(tc.line)); err != nil {
+			t.Fatal(err)
+		}
+		if got != tc.name {
+			t.Errorf("%q: suspect %q, want %q", tc.line, got, tc.name)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package replication
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"time"
 
@@ -59,7 +60,16 @@ type Config struct {
 	SyncChunkBytes   int
 	HandshakeTimeout time.Duration
 	WriteTimeout     time.Duration
-	DialBackoffMax   time.Duration
+	// IdleTimeout ends a stream on which nothing arrived for this long.
+	// Both ends hear from each other at least every SyncInterval×1.25
+	// (the client's sync round and the server's answer), so silence means
+	// the path is gone while the TCP connection is not: a firewall or
+	// NAT that drops the flow, a route lost on one side. Without a bound
+	// such a stream stays "connected", pushes pile up in the socket and
+	// nothing replicates until TCP's retransmissions give up (about 15
+	// minutes with Linux defaults). It must exceed twice SyncInterval.
+	IdleTimeout    time.Duration
+	DialBackoffMax time.Duration
 	// BootstrapAloneAfter: an empty node that sees no ready peer for this
 	// long becomes ready by itself (the first node of a cluster; among
 	// several new nodes, the one with the lowest node id). It applies
@@ -93,6 +103,7 @@ func DefaultConfig() Config {
 		SyncChunkBytes:      256 << 10,
 		HandshakeTimeout:    10 * time.Second,
 		WriteTimeout:        10 * time.Second,
+		IdleTimeout:         30 * time.Second,
 		DialBackoffMax:      5 * time.Second,
 		BootstrapAloneAfter: 10 * time.Second,
 		PurgeInterval:       10 * time.Minute,
@@ -120,6 +131,9 @@ func (c *Config) validate() error {
 	if c.SyncInterval <= 0 || c.HandshakeTimeout <= 0 || c.WriteTimeout <= 0 || c.DialBackoffMax <= 0 ||
 		c.PurgeInterval <= 0 || c.EvictAfter <= 0 || c.BootstrapAloneAfter <= 0 {
 		errs = append(errs, errors.New("intervals and timeouts must be positive"))
+	}
+	if c.IdleTimeout < 2*c.SyncInterval {
+		errs = append(errs, fmt.Errorf("idle timeout %s must be at least twice the sync interval %s", c.IdleTimeout, c.SyncInterval))
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()

@@ -46,11 +46,19 @@ type Engine struct {
 	progress chan struct{}    // closed and replaced when a peer acknowledges
 	ownMax   uint64           // highest own seq committed
 	ownTimes map[uint64]time.Time
+	// ownTimesKeep own commit times are kept for the lag figures of
+	// peers missing them; ownTimesPrunes counts passes over the map.
+	ownTimesKeep   int
+	ownTimesPrunes int
 
 	wg     sync.WaitGroup
 	cancel context.CancelFunc
 	fatal  chan error // ends Run (a rebuild)
 }
+
+// ownTimesKeep is how many of its latest commit times the engine keeps for
+// the lag of peers that miss them.
+const ownTimesKeep = 100_000
 
 // fail ends Run with err.
 func (e *Engine) fail(err error) {
@@ -73,7 +81,7 @@ func New(cfg Config, store Store, members Membership) (*Engine, error) {
 		cfg: cfg, store: store, members: members, creds: creds, log: cfg.Logger,
 		nodeID: store.NodeID(), keyFP: store.KeyFingerprint(), clusterID: store.ClusterID(),
 		ready: make(chan struct{}), peers: map[string]*peer{}, progress: make(chan struct{}),
-		ownTimes: map[uint64]time.Time{}, fatal: make(chan error, 1),
+		ownTimes: map[uint64]time.Time{}, ownTimesKeep: ownTimesKeep, fatal: make(chan error, 1),
 	}
 	e.metrics = newMetrics(cfg.Registerer, e)
 	if len(e.keyFP) == 0 {
@@ -175,8 +183,13 @@ func (e *Engine) local(set EncodedSet) {
 	}
 	e.ownTimes[set.Seq] = hlcTime(set.HLC)
 	// Keep the commit times of what some peer may still be missing;
-	// anything older than the slowest acknowledgement is dropped.
-	if len(e.ownTimes) > 100_000 {
+	// anything older than the slowest acknowledgement, or than the last
+	// ownTimesKeep commits, is dropped. The pass starts at twice that
+	// many, so it runs once per ownTimesKeep commits at most: started at
+	// ownTimesKeep, a peer that stays behind (down, or gone for good:
+	// peers are never forgotten) kept the map at the threshold, and
+	// every commit walked all of it under e.mu.
+	if len(e.ownTimes) > 2*e.ownTimesKeep {
 		floor := e.ownMax
 		for _, p := range e.peers {
 			if w := BookOf(p.theirOwnLocked()).Watermark; w < floor {
@@ -184,10 +197,11 @@ func (e *Engine) local(set EncodedSet) {
 			}
 		}
 		for s := range e.ownTimes {
-			if s <= floor || s+100_000 < e.ownMax {
+			if s <= floor || s+uint64(e.ownTimesKeep) < e.ownMax {
 				delete(e.ownTimes, s)
 			}
 		}
+		e.ownTimesPrunes++
 	}
 	peers := make([]*peer, 0, len(e.peers))
 	for _, p := range e.peers {
@@ -363,7 +377,9 @@ func (e *Engine) session(ctx context.Context, p *peer, c *conn) error {
 	go func() {
 		defer wg.Done()
 		for {
-			f, err := c.recv(0)
+			// The server answers every sync round, so silence for
+			// IdleTimeout is a dead path (see Config.IdleTimeout).
+			f, err := c.recv(e.cfg.IdleTimeout)
 			if err != nil {
 				cancel(fmt.Errorf("read: %w", err))
 				return
@@ -711,8 +727,13 @@ func (e *Engine) serve(ctx context.Context, raw net.Conn) {
 	p := e.peerFor(c.peer.NodeID, c.peer.Name)
 	c.in, c.out = &p.bytesIn, &p.bytesOut
 	lastPushed := map[string]uint64{}
+	// The client syncs every SyncInterval, so silence for IdleTimeout
+	// is a dead path (see Config.IdleTimeout). A joiner that asked for a
+	// snapshot sends nothing while it ingests, which takes as long as
+	// the state is large: that stream is not bounded.
+	idle := e.cfg.IdleTimeout
 	for {
-		f, err := c.recv(0)
+		f, err := c.recv(idle)
 		if err != nil {
 			if ctx.Err() == nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				e.log.Debug("replication stream from peer ended", zap.String("peer", p.name), zap.Error(err))
@@ -720,6 +741,9 @@ func (e *Engine) serve(ctx context.Context, raw net.Conn) {
 			return
 		}
 		p.touch(e.cfg.Now())
+		if f.typ == msgSnapshotRequest {
+			idle = 0
+		}
 		if err := e.handle(ctx, p, c, f, lastPushed); err != nil {
 			e.log.Info("replication stream from peer closed", zap.String("peer", p.name), zap.Error(err))
 			return

@@ -253,6 +253,9 @@ func TestReplicationPartitionHeals(t *testing.T) {
 	// Minority side first, majority side later: the later writes win.
 	b.mustDo(http.MethodPatch, "/api/pools/contested", map[string]any{"metadata": map[string]string{"v": "from-m3"}}, http.StatusOK)
 	b.mustDo(http.MethodPatch, "/api/pools/doomed", map[string]any{"metadata": map[string]string{"v": "updated-by-m3"}}, http.StatusOK)
+	// A backend added to the pool the other side deletes: m1's delete
+	// cannot know it, so it outlives its pool after the heal.
+	b.mustDo(http.MethodPost, "/api/pools/doomed/backends", map[string]any{"url": "http://10.0.0.2:80"}, http.StatusCreated)
 	b.mustDo(http.MethodPost, "/api/pools", pool("both", "m3"), http.StatusCreated)
 	b.mustDo(http.MethodPost, "/api/pools", pool("only-m3", "x"), http.StatusCreated)
 	time.Sleep(20 * time.Millisecond) // HLC ms resolution: a strictly later version
@@ -274,6 +277,16 @@ func TestReplicationPartitionHeals(t *testing.T) {
 	}
 	if strings.Contains(got, "doomed") {
 		t.Fatalf("the deleted pool came back:\n%s", got)
+	}
+	// A pool created again under that name starts empty everywhere: the
+	// backend left from the partition is not put into service.
+	a.mustDo(http.MethodPost, "/api/pools", pool("doomed", "again"), http.StatusCreated)
+	waitFor(t, "the new pool everywhere", func() bool { return settled(agents) })
+	for _, ag := range agents {
+		code, body := ag.do(http.MethodGet, "/api/pools/doomed/backends", nil)
+		if code != http.StatusOK || strings.Contains(string(body), "10.0.0.2") {
+			t.Fatalf("%s: the new pool doomed: %d %s", ag.name, code, body)
+		}
 	}
 	sameDumps(t, agents)
 }

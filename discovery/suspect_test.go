@@ -1,0 +1,105 @@
+package discovery
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/singularity-ng/singularity-edge/cluster"
+)
+
+// cuttableTransport drops everything the node sends while cut: packets
+// vanish, stream dials fail, as on a path that went dark.
+type cuttableTransport struct {
+	memberlist.Transport
+	cut atomic.Bool
+}
+
+func (c *cuttableTransport) WriteTo(b []byte, addr string) (time.Time, error) {
+	if c.cut.Load() {
+		return time.Now(), nil
+	}
+	return c.Transport.WriteTo(b, addr)
+}
+
+func (c *cuttableTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
+	if c.cut.Load() {
+		return nil, errors.New("cut")
+	}
+	return c.Transport.DialTimeout(addr, timeout)
+}
+
+// A member whose probes go unanswered shows as suspect (memberlist
+// suspects it) before it is declared dead, and alive again once it
+// answers. memberlist's Members() always says alive, so the state has to
+// come from the probe that failed.
+func TestUnansweredMemberIsSuspect(t *testing.T) {
+	port := freePort(t, "127.0.0.1", "127.0.0.2")
+	a, _, stopA := startNode(t, nodeOpts{name: "a", ip: "127.0.0.1", port: port, primary: key(1)})
+	defer stopA()
+	defer shutdown(a)
+	var ct *cuttableTransport
+	b, _, stopB := startNode(t, nodeOpts{name: "b", ip: "127.0.0.2", port: port, primary: key(1),
+		sources: seeds(t, net.JoinHostPort("127.0.0.1", fmt.Sprint(port))),
+		wrap: func(tr memberlist.Transport) memberlist.Transport {
+			ct = &cuttableTransport{Transport: tr}
+			return ct
+		}})
+	defer stopB()
+	defer shutdown(b)
+	waitFor(t, "a and b see each other", func() bool { return aliveNames(a) == "a,b" && aliveNames(b) == "a,b" })
+
+	changed := b.Changed()
+	ct.cut.Store(true)
+	// The suspicion lasts seconds (3 probe intervals here) before the
+	// member is declared dead: polled far more often than that.
+	waitFor(t, "b to see a suspect", func() bool {
+		st := states(b)["a"]
+		if st == cluster.StateDead {
+			t.Fatal("a went from alive to dead on b without ever showing as suspect")
+		}
+		return st == cluster.StateSuspect
+	})
+	select {
+	case <-changed:
+	default:
+		t.Fatal("b's Changed() did not fire when a became suspect")
+	}
+	ct.cut.Store(false)
+	waitFor(t, "b to see a alive again", func() bool { return states(b)["a"] == cluster.StateAlive })
+}
+
+// A dead member's last gossiped readiness is not shown as ready.
+func TestDeadMemberIsNotReady(t *testing.T) {
+	port := freePort(t, "127.0.0.1", "127.0.0.2")
+	a, _, stopA := startNode(t, nodeOpts{name: "a", ip: "127.0.0.1", port: port, primary: key(1)})
+	defer stopA()
+	defer shutdown(a)
+	if err := a.SetReady(true); err != nil {
+		t.Fatal(err)
+	}
+	b, _, stopB := startNode(t, nodeOpts{name: "b", ip: "127.0.0.2", port: port, primary: key(1),
+		sources: seeds(t, net.JoinHostPort("127.0.0.1", fmt.Sprint(port)))})
+	defer stopB()
+	defer shutdown(b)
+	ready := func() (cluster.State, bool) {
+		for _, m := range b.Members() {
+			if m.Name == "a" {
+				return m.State, m.Ready
+			}
+		}
+		return "", false
+	}
+	waitFor(t, "b sees a alive and ready", func() bool { st, r := ready(); return st == cluster.StateAlive && r })
+	stopA()
+	shutdown(a) // no leave: a crash
+	waitFor(t, "b sees a dead", func() bool { st, _ := ready(); return st == cluster.StateDead })
+	if _, r := ready(); r {
+		t.Fatal("b shows the dead member a as ready")
+	}
+}
