@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -135,6 +136,33 @@ func TestDiskFullBackgroundFlush(t *testing.T) {
 			}
 			if err := s.Ready(); !errors.Is(err, ErrDiskFull) || !errors.Is(err, ErrNotReady) {
 				t.Fatalf("Ready after the failed flush: %v", err)
+			}
+			// The health probe and commits try to resume at the same
+			// time, as they do in the agent: every one of them answers
+			// a full disk (RocksDB answered the second Resume "Busy",
+			// which reached callers as a generic error, a 500).
+			var wg sync.WaitGroup
+			errs := make(chan error, 4*10)
+			for g := range 4 {
+				wg.Go(func() {
+					for i := range 10 {
+						if g%2 == 0 {
+							errs <- s.CheckWritable()
+						} else {
+							_, err := s.Update(ctx, func(tx *Tx) error {
+								return tx.PutBackend(sampleBackend(fmt.Sprintf("c-%d-%d", g, i), "p"))
+							})
+							errs <- err
+						}
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				if !errors.Is(err, ErrDiskFull) {
+					t.Fatalf("concurrent resume on a full disk: %v", err)
+				}
 			}
 			if tc.freeBeforeClose {
 				if err := errors.Join(os.Remove(filler), os.Remove(rest)); err != nil {

@@ -53,7 +53,17 @@ func (s *Store) resume() error {
 	if !s.canResume {
 		return nil
 	}
+	s.resumeMu.Lock()
+	defer s.resumeMu.Unlock()
+	if s.opts.bgErr.Err() == nil {
+		return nil // another caller resumed while this one waited
+	}
 	if err := bgerror.Resume(s.base); err != nil {
+		// The cause is the background error still held (a full disk
+		// answers ErrDiskFull), whatever Resume's own status says.
+		if bg := s.backgroundError(); bg != nil {
+			return fmt.Errorf("%w (resume writes: %v)", bg, err)
+		}
 		return diskFullError(fmt.Errorf("storage: resume writes: %w", err))
 	}
 	return nil

@@ -78,7 +78,11 @@ type Store struct {
 	// canResume: DB::Resume is reachable through grocksdb's handle
 	// (health.go, storage/internal/bgerror).
 	canResume bool
-	gc        groupCommit // WAL syncs of local commits (groupcommit.go)
+	// resumeMu serializes DB::Resume: the health probe and a commit may
+	// both find the background error, and RocksDB answers the second
+	// Resume "Busy" while the first is recovering.
+	resumeMu sync.Mutex
+	gc       groupCommit // WAL syncs of local commits (groupcommit.go)
 
 	counts    counters
 	collector *collector
