@@ -482,6 +482,50 @@ func TestWaitApplied(t *testing.T) {
 	}
 }
 
+// A member waited for that turns suspect during the wait (a partition
+// that begins as the write is made) is still waited for: it may still
+// serve clients, and a CA, without the write. Before, the wait re-read the
+// members on every wake-up, dropped it, and reported success.
+func TestWaitAppliedKeepsMemberTurnedSuspect(t *testing.T) {
+	tc, nodes := threeNodes(t)
+	a := nodes[0]
+	waitUntil(t, "streams up", func() bool {
+		st := a.eng.Status()
+		return len(st) == 2 && st["b"].Connected && st["c"].Connected
+	})
+	block := make(chan struct{})
+	nodes[2].store.mu.Lock()
+	nodes[2].store.applyGate = func() error { <-block; return nil }
+	nodes[2].store.mu.Unlock()
+	defer close(block)
+	seq := a.store.write(map[string]*string{"token": str("t")})
+	type result struct {
+		res WaitResult
+		err error
+	}
+	done := make(chan result, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	go func() {
+		res, err := a.eng.WaitApplied(ctx, seq)
+		done <- result{res, err}
+	}()
+	waitUntil(t, "b holds the write", func() bool { return a.eng.peerFor("b", "b").holds(seq) })
+	tc.setState("c", cluster.StateSuspect)
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("WaitApplied did not return")
+	}
+	if !errors.Is(r.err, ErrWaitTimeout) {
+		t.Fatalf("err = %v (%+v), want ErrWaitTimeout: c turned suspect during the wait and never applied", r.err, r.res)
+	}
+	if len(r.res.Missing) != 1 || r.res.Missing[0].Name != "c" || r.res.Missing[0].Reason != "pending" || strings.Join(r.res.Applied, ",") != "b" {
+		t.Fatalf("result %+v", r.res)
+	}
+}
+
 func TestPurgeWatermarks(t *testing.T) {
 	tc, nodes := threeNodes(t)
 	nodes[1].store.write(map[string]*string{"x": str("1")})

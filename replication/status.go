@@ -117,34 +117,61 @@ type MissingMember struct {
 	// connected" (alive, no stream: waited for a grace, see WaitApplied;
 	// Flush waits for it), "encryption key
 	// differs" (alive, streams refused: not waited for), or the member's
-	// state ("suspect", "dead", "left": reported, not waited for).
+	// state at the call ("suspect", "dead", "left": reported, not waited
+	// for).
 	Reason string `json:"reason"`
 }
 
 // WaitApplied waits until every alive member with an up stream holds this
 // node's change set seq, or ctx ends (then ErrWaitTimeout with the
-// partial result). An alive member without a stream is waited for during
+// partial result). The members waited for are those alive with a stream
+// when it is called, and stay so whatever their state becomes: one that
+// turns suspect during the wait is the partition the wait exists to catch
+// (it may still serve clients, and a CA, without the write). An alive
+// member without a stream joins them if its stream comes up within
 // connectGrace, counted from the call: a stream refused while the member
 // bootstrapped (a node that just joined) is redialled only after
 // DialBackoffMax, and a write made in that gap would otherwise report it
 // "not connected" although it holds the write a few seconds later. Past
-// the grace it is reported "not connected". Suspect, dead and departed
-// members, and those refused for their encryption key, are reported,
-// never waited for.
+// the grace it is reported "not connected". Members suspect, dead or
+// departed at the call, and those refused for their encryption key, are
+// reported, never waited for.
 func (e *Engine) WaitApplied(ctx context.Context, seq uint64) (WaitResult, error) {
 	grace := time.NewTimer(e.connectGrace())
 	defer grace.Stop()
 	graceOver := false
-	for {
+	var targets []memberPeer
+	isTarget := map[string]bool{}
+	awaited := map[string]bool{} // alive without a stream at the call
+	for first := true; ; first = false {
 		e.mu.Lock()
 		progress := e.progress
 		e.mu.Unlock()
 		changed := e.members.Changed()
+		var now WaitResult
+		up, _ := e.connectedPeers(&now)
+		for _, t := range up {
+			if !isTarget[t.m.ID] && (first || awaited[t.m.ID] && !graceOver) {
+				isTarget[t.m.ID] = true
+				targets = append(targets, t)
+			}
+		}
 		res := WaitResult{Seq: seq}
-		// Who is up is read again on every wake-up: a member whose stream
-		// comes up during the grace is waited for like the others (its
-		// acknowledgement wakes this loop).
-		targets, unconnected := e.connectedPeers(&res)
+		unconnected := 0
+		for _, m := range now.Missing {
+			if isTarget[m.NodeID] {
+				continue // reported below, by whether it holds seq
+			}
+			if m.Reason == reasonNotConnected {
+				if first {
+					awaited[m.NodeID] = true
+				}
+				if awaited[m.NodeID] {
+					unconnected++
+				}
+			}
+			res.Missing = append(res.Missing, m)
+		}
 		var pending []memberPeer
 		for _, t := range targets {
 			if t.p.holds(seq) {
@@ -154,7 +181,7 @@ func (e *Engine) WaitApplied(ctx context.Context, seq uint64) (WaitResult, error
 			}
 		}
 		sort.Strings(res.Applied)
-		if len(pending) == 0 && (len(unconnected) == 0 || graceOver) {
+		if len(pending) == 0 && (unconnected == 0 || graceOver) {
 			return res, nil
 		}
 		select {
@@ -166,7 +193,7 @@ func (e *Engine) WaitApplied(ctx context.Context, seq uint64) (WaitResult, error
 			for _, t := range pending {
 				res.Missing = append(res.Missing, missingMember(t.m, "pending"))
 			}
-			return res, fmt.Errorf("%w: %d of %d applied seq %d", ErrWaitTimeout, len(res.Applied), len(targets)+len(unconnected), seq)
+			return res, fmt.Errorf("%w: %d of %d applied seq %d", ErrWaitTimeout, len(res.Applied), len(targets)+unconnected, seq)
 		}
 	}
 }
@@ -333,7 +360,7 @@ func (e *Engine) connectedPeers(res *WaitResult) (up []memberPeer, unconnected [
 			continue
 		}
 		if p == nil || !p.session.Load() {
-			res.Missing = append(res.Missing, missingMember(m, "not connected"))
+			res.Missing = append(res.Missing, missingMember(m, reasonNotConnected))
 			unconnected = append(unconnected, p)
 			continue
 		}
@@ -341,6 +368,9 @@ func (e *Engine) connectedPeers(res *WaitResult) (up []memberPeer, unconnected [
 	}
 	return up, unconnected
 }
+
+// reasonNotConnected is the Reason of an alive member without a stream.
+const reasonNotConnected = "not connected"
 
 func missingMember(m cluster.Member, reason string) MissingMember {
 	return MissingMember{Name: m.Name, NodeID: m.ID, State: string(m.State), Reason: reason}

@@ -288,6 +288,12 @@ func TestReplicationPartitionHeals(t *testing.T) {
 			t.Fatalf("%s: the new pool doomed: %d %s", ag.name, code, body)
 		}
 	}
+	// m3 deletes its observation of the removed backend on its next
+	// observation pass (pools.Config.ObservationInterval, 5 s), which may
+	// come after the pools settled: let it run and replicate before the
+	// dumps are compared.
+	time.Sleep(7 * time.Second)
+	waitFor(t, "m3's last observation pass everywhere", func() bool { return settled(agents) })
 	sameDumps(t, agents)
 }
 
