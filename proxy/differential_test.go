@@ -121,6 +121,7 @@ var differentialCases = []struct {
 	{":method: POST\n:scheme: https\n:path: /cl\n:authority: d.test\ncontent-length: 3\n\nabcdef", diffH2},
 	{":method: GET\n:scheme: https\n:path: /a\n:authority: d.test\nhost: other.test\n\n", diffH2},
 	{":method: GET\n:scheme: https\n:path: /a\n:authority: d.test\nproxy-authorization: x\nconnection: keep-alive\n\n", diffH2},
+	{":method: GET\n:scheme: https\n:path: /a\n:authority: d.test\nx-real-ip: 203.0.113.7\nx-forwarded-for: 203.0.113.7\nforwarded: for=203.0.113.7\n\n", diffH2},
 	{":method: HEAD\n:scheme: https\n:path: /h\n:authority: d.test\n\n", diffH2 | beHeadBody},
 	{":method: GET\n:scheme: https\n:path: /a\n:authority: d.test\n\n", diffH2 | be204Body | diffLate},
 	{":method: GET\n:scheme: https\n:path: /a\n:authority: d.test\n\n", diffH2 | be304Body},
@@ -538,8 +539,15 @@ func (c *h2Case) pseudo(name string) string {
 // proxySetFields are the fields the proxy writes itself on every request
 // it forwards from an HTTP/2 client.
 var proxySetFields = map[string]bool{
-	"host": true, "x-forwarded-for": true, "forwarded": true, "x-forwarded-proto": true,
+	"host": true, "x-forwarded-proto": true,
 	"x-forwarded-host": true, "x-request-id": true, "content-length": true, "transfer-encoding": true,
+}
+
+// proxyClientFields are the fields that name the client, with the value
+// they must have: the test client (loopback) is not a trusted proxy, so
+// whatever it sent in them is replaced by its address.
+var proxyClientFields = map[string]string{
+	"x-forwarded-for": "127.0.0.1", "x-real-ip": "127.0.0.1", "forwarded": "for=127.0.0.1;proto=https",
 }
 
 // checkH2Translation sends one HTTP/2 request and checks its HTTP/1.1
@@ -587,6 +595,12 @@ func checkH2Translation(t *testing.T, p *testProxy, ca *testCA, rb *recBackend, 
 		}
 		for _, f := range g.Header {
 			name := strings.ToLower(f[0])
+			if want, ok := proxyClientFields[name]; ok {
+				if f[1] != want {
+					t.Fatalf("backend got %s: %q, want %q", f[0], f[1], want)
+				}
+				continue
+			}
 			switch {
 			case proxySetFields[name]:
 			case name == "cookie" && f[1] == strings.Join(cookies, "; "):

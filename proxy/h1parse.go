@@ -46,6 +46,7 @@ const (
 	hdrCookie
 	hdrForwarded
 	hdrHTTP2Settings // connection-specific (RFC 9113 3.2.1): never forwarded
+	hdrXRealIP
 )
 
 // field is one header line: buf[start:end] is the whole line with its CRLF,
@@ -117,7 +118,8 @@ type requestHead struct {
 	upgrade     span
 	upgradeH2C  bool // Upgrade offers h2c: served as a plain request
 	expect100   bool
-	xffCount    int
+	xffCount    int // non-empty X-Forwarded-For and Forwarded fields
+	realIPCount int // non-empty X-Real-IP fields
 }
 
 // isTokenChar reports whether c may appear in a header name or method
@@ -194,6 +196,9 @@ func classifyHeader(name []byte) uint8 {
 	case 9:
 		if eqFoldLower(name, "forwarded") {
 			return hdrForwarded
+		}
+		if eqFoldLower(name, "x-real-ip") {
+			return hdrXRealIP
 		}
 	case 10:
 		if eqFoldLower(name, "connection") {
@@ -493,6 +498,10 @@ func (h *requestHead) interpretFields(b []byte) error {
 		case hdrXForwardedFor, hdrForwarded:
 			if len(v) > 0 {
 				h.xffCount++
+			}
+		case hdrXRealIP:
+			if len(v) > 0 {
+				h.realIPCount++
 			}
 		}
 	}

@@ -39,7 +39,7 @@ type clientConn struct {
 	https    bool
 	sni      string
 	info     connInfo
-	clientIP []byte // textual client address for X-Forwarded-For
+	clientIP []byte // textual client address for X-Forwarded-For and X-Real-IP
 
 	buf    []byte // read buffer; buf[r:w] is unread
 	r, w   int
@@ -737,6 +737,20 @@ func (cc *clientConn) appendUpstreamHead(out, b, host []byte) []byte {
 		}
 	}
 	out = appendForwardedElement(out, cc.info.client.Addr(), cc.https)
+	// X-Real-IP: a trusted proxy's is kept as sent; otherwise, sent or
+	// not, it is the client's address (see "Forwarding headers" in
+	// docs/ARCHITECTURE.md for why it is always set).
+	if cc.info.trusted && h.realIPCount > 0 {
+		for i := range h.fields {
+			if f := &h.fields[i]; f.kind == hdrXRealIP && f.ve > f.vs {
+				out = append(out, "\r\nX-Real-IP: "...)
+				out = append(out, b[f.vs:f.ve]...)
+			}
+		}
+	} else {
+		out = append(out, "\r\nX-Real-IP: "...)
+		out = append(out, cc.clientIP...)
+	}
 	if cc.https {
 		out = append(out, "\r\nX-Forwarded-Proto: https\r\n"...)
 	} else {
@@ -788,7 +802,7 @@ func (cc *clientConn) appendResponseHead(out, rb []byte, r *responseHead, setCoo
 		f := &r.fields[i]
 		keepLine := false
 		switch f.kind {
-		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto, hdrForwarded:
+		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto, hdrForwarded, hdrXRealIP:
 			keepLine = !r.connOthers || !listedInConnection(rb, r.fields, rb[f.start:f.colon])
 		case hdrContentLength:
 			keepLine = !seenCL && r.framing != bodyChunked && !decode

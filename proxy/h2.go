@@ -132,7 +132,7 @@ func (h *h2Server) shutdown() {
 func h2Skip(name string) bool {
 	switch name {
 	case "Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Host",
-		"X-Forwarded-For", "Forwarded", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Request-Id", "Expect", "Content-Length":
+		"X-Forwarded-For", "Forwarded", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Real-Ip", "X-Request-Id", "Expect", "Content-Length":
 		return true
 	}
 	return strings.HasPrefix(name, "Proxy-")
@@ -404,8 +404,8 @@ func (h *h2Server) upstreamHead(r *http.Request, hc *h2Conn, host, reqID string)
 			out = append(out, "\r\n"...)
 		}
 	}
-	// As for HTTP/1.1: a trusted proxy's lists are extended, anyone
-	// else's replaced.
+	// As for HTTP/1.1: a trusted proxy's lists are extended and its
+	// X-Real-IP kept, anyone else's replaced.
 	out = append(out, "X-Forwarded-For: "...)
 	if hc.info.trusted {
 		for _, v := range r.Header.Values("X-Forwarded-For") {
@@ -426,6 +426,20 @@ func (h *h2Server) upstreamHead(r *http.Request, hc *h2Conn, host, reqID string)
 		}
 	}
 	out = appendForwardedElement(out, hc.info.client.Addr(), true)
+	kept := false
+	if hc.info.trusted {
+		for _, v := range r.Header.Values("X-Real-Ip") {
+			if v != "" {
+				out = append(out, "\r\nX-Real-IP: "...)
+				out = append(out, v...)
+				kept = true
+			}
+		}
+	}
+	if !kept {
+		out = append(out, "\r\nX-Real-IP: "...)
+		out = append(out, hc.clientIP...)
+	}
 	out = append(out, "\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: "...)
 	out = append(out, host...)
 	out = append(out, "\r\nX-Request-Id: "...)
@@ -557,7 +571,7 @@ func (h *h2Server) relay(w http.ResponseWriter, rc *http.ResponseController, ex 
 	for i := range resp.fields {
 		f := &resp.fields[i]
 		switch f.kind {
-		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto, hdrForwarded:
+		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto, hdrForwarded, hdrXRealIP:
 		case hdrContentLength:
 			if resp.framing != bodyLength && !req.isHEAD {
 				continue

@@ -41,8 +41,8 @@ type connInfo struct {
 	listener int
 	client   netip.AddrPort // the PROXY header's source when present
 	accepted time.Time
-	// trusted: the client is a proxy whose X-Forwarded-For and
-	// Forwarded headers are kept (Config.TrustedProxies).
+	// trusted: the client is a proxy whose X-Forwarded-For, Forwarded
+	// and X-Real-IP headers are kept (Config.TrustedProxies).
 	trusted bool
 }
 

@@ -179,8 +179,9 @@ type Config struct {
 	MaxResponseHeaderBytes int
 
 	// TrustedProxies are the client addresses (after the PROXY protocol)
-	// whose X-Forwarded-For and Forwarded headers are extended; from any
-	// other client they are replaced by its own address. nil = the
+	// whose X-Forwarded-For and Forwarded headers are extended and whose
+	// X-Real-IP is kept; from any other client they are replaced by its
+	// own address (X-Real-IP is set to it also when absent). nil = the
 	// default: FlyProxyPrefixes on a listener without the PROXY protocol,
 	// nobody on one with it. An empty non-nil list trusts nobody.
 	TrustedProxies []netip.Prefix

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/singularity-ng/singularity-edge/internal/nettest"
 	"github.com/singularity-ng/singularity-edge/pools"
@@ -347,7 +348,8 @@ func TestChunkedStrictAndReframed(t *testing.T) {
 // TestHeaderHygieneBothProtocols: the same request over HTTP/1.1 and over
 // HTTP/2, from a trusted and an untrusted client, reaches the backend with
 // no Proxy-* or hop-by-hop field, the client's address in X-Forwarded-For
-// and Forwarded (appended for a trusted proxy, replacing otherwise), and
+// and Forwarded (appended for a trusted proxy, replacing otherwise) and in
+// X-Real-IP (a trusted proxy's kept), and
 // the proxy's X-Forwarded-Proto and X-Forwarded-Host.
 func TestHeaderHygieneBothProtocols(t *testing.T) {
 	ca := newTestCA(t)
@@ -368,7 +370,7 @@ func TestHeaderHygieneBothProtocols(t *testing.T) {
 					"proxy-authorization", "Basic Zm9vOmJhcg==", "proxy-foo", "1",
 					"x-forwarded-for", "203.0.113.7", "forwarded", "for=203.0.113.7",
 					"x-forwarded-proto", "gopher", "x-forwarded-host", "evil.test",
-					"te", "trailers", "x-kept", "yes",
+					"te", "trailers", "x-kept", "yes", "x-real-ip", "203.0.113.7",
 				}
 				if proto == "HTTP/2" {
 					h := dialH2Raw(t, p.https, "hy.test", ca.pool)
@@ -405,17 +407,117 @@ func TestHeaderHygieneBothProtocols(t *testing.T) {
 						t.Errorf("backend got %s: %s", h[0], h[1])
 					}
 				}
-				wantXFF, wantFwd := "127.0.0.1", "for=127.0.0.1;proto=https"
+				wantXFF, wantFwd, wantReal := "127.0.0.1", "for=127.0.0.1;proto=https", "127.0.0.1"
 				if trusted {
-					wantXFF, wantFwd = "203.0.113.7, 127.0.0.1", "for=203.0.113.7, for=127.0.0.1;proto=https"
+					wantXFF, wantFwd, wantReal = "203.0.113.7, 127.0.0.1", "for=203.0.113.7, for=127.0.0.1;proto=https", "203.0.113.7"
 				}
 				for name, want := range map[string]string{
-					"X-Forwarded-For": wantXFF, "Forwarded": wantFwd, "X-Forwarded-Proto": "https",
+					"X-Forwarded-For": wantXFF, "Forwarded": wantFwd, "X-Real-IP": wantReal, "X-Forwarded-Proto": "https",
 					"X-Forwarded-Host": "hy.test", "X-Kept": "yes", "Host": "hy.test",
 				} {
 					if got := r.values(name); len(got) != 1 || got[0] != want {
 						t.Errorf("backend %s = %q, want %q", name, got, want)
 					}
+				}
+			})
+		}
+	}
+}
+
+// TestRealIPFollowsTrust: X-Real-IP follows the trust rule of
+// X-Forwarded-For over HTTP/1.1 and HTTP/2, on listeners with and without
+// the PROXY protocol: a trusted proxy's is kept as sent; anyone else's is
+// replaced by the client's address, which is also set when no X-Real-IP
+// came (a backend that reads it must never see an address a client
+// chose). With the PROXY protocol the client is the header's source.
+func TestRealIPFollowsTrust(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("ri.test", ca.issue(t, "ri.test"))
+	const forged = "203.0.113.7"
+	loopback := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	proxied := []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}
+	for _, tc := range []struct {
+		name       string
+		proxyProto bool           // a PROXY v1 header names 198.51.100.1
+		trusted    []netip.Prefix // Config.TrustedProxies
+		sent       []string       // X-Real-IP values the client sends
+		want       string
+	}{
+		{"untrusted forged", false, []netip.Prefix{}, []string{forged}, "127.0.0.1"},
+		{"untrusted two forged", false, []netip.Prefix{}, []string{forged, "192.0.2.1"}, "127.0.0.1"},
+		{"untrusted absent", false, []netip.Prefix{}, nil, "127.0.0.1"},
+		{"untrusted empty", false, []netip.Prefix{}, []string{""}, "127.0.0.1"},
+		{"trusted kept", false, loopback, []string{forged}, forged},
+		{"trusted absent", false, loopback, nil, "127.0.0.1"},
+		{"default trust, loopback client", false, nil, []string{forged}, "127.0.0.1"},
+		{"PROXY client untrusted", true, nil, []string{forged}, "198.51.100.1"},
+		{"PROXY client untrusted absent", true, nil, nil, "198.51.100.1"},
+		{"PROXY peer trusted but not the client", true, loopback, []string{forged}, "198.51.100.1"},
+		{"PROXY client trusted", true, proxied, []string{forged}, forged},
+	} {
+		for _, proto := range []string{"HTTP/1.1", "HTTP/2"} {
+			t.Run(tc.name+" "+proto, func(t *testing.T) {
+				rb := newRecBackend(t, nil)
+				table := newTable(t, poolSpec{storage.Pool{Name: "ri", SSLMode: "flexible", SSLDomain: "ri.test"}, []string{rb.url()}})
+				cfg := testConfig()
+				cfg.TrustedProxies = tc.trusted
+				cfg.HTTPSProxyProtocol = tc.proxyProto
+				p := startProxy(t, cfg, table, certs, nil)
+				raw, err := net.DialTimeout("tcp", p.https, 5*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer raw.Close()
+				if tc.proxyProto {
+					_, _ = io.WriteString(raw, "PROXY TCP4 198.51.100.1 10.0.0.1 5555 443\r\n")
+				}
+				alpn := "http/1.1"
+				if proto == "HTTP/2" {
+					alpn = "h2"
+				}
+				conn := tls.Client(raw, &tls.Config{ServerName: "ri.test", RootCAs: ca.pool, NextProtos: []string{alpn}})
+				_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+				if err := conn.Handshake(); err != nil {
+					t.Fatal(err)
+				}
+				if got := conn.ConnectionState().NegotiatedProtocol; got != alpn {
+					t.Fatalf("ALPN %q, want %q", got, alpn)
+				}
+				if proto == "HTTP/2" {
+					h := &h2Raw{t: t, conn: conn, fr: http2.NewFramer(conn, conn)}
+					h.enc = hpack.NewEncoder(&h.hbuf)
+					h.dec = hpack.NewDecoder(4096, nil)
+					_, _ = io.WriteString(conn, http2.ClientPreface)
+					if err := h.fr.WriteSettings(); err != nil {
+						t.Fatal(err)
+					}
+					kv := []string{":method", "GET", ":scheme", "https", ":path", "/ri", ":authority", "ri.test"}
+					for _, v := range tc.sent {
+						kv = append(kv, "x-real-ip", v)
+					}
+					if err := h.headers(1, true, kv...); err != nil {
+						t.Fatal(err)
+					}
+					if status, _, err := h.response(1); err != nil || status != "200" {
+						t.Fatalf("status %q, %v", status, err)
+					}
+				} else {
+					req := "GET /ri HTTP/1.1\r\nHost: ri.test\r\n"
+					for _, v := range tc.sent {
+						req += "X-REAL-IP: " + v + "\r\n"
+					}
+					_, _ = io.WriteString(conn, req+"\r\n")
+					if resp, _ := readResponse(t, bufio.NewReader(conn), "GET"); resp.StatusCode != 200 {
+						t.Fatalf("status %d", resp.StatusCode)
+					}
+				}
+				reqs, errs := rb.received()
+				if len(reqs) != 1 || len(errs) > 0 {
+					t.Fatalf("backend: %d requests, errors %v", len(reqs), errs)
+				}
+				if got := reqs[0].values("X-Real-IP"); len(got) != 1 || got[0] != tc.want {
+					t.Fatalf("backend X-Real-IP = %q, want [%q]", got, tc.want)
 				}
 			})
 		}

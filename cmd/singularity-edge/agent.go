@@ -68,7 +68,7 @@ FLY_MACHINE_ID and FLY_PRIVATE_IP set the defaults of --region, --node-name and
 	f.StringVar(&cfg.ProxyProtocolFrom, "proxy-protocol-from", cfg.ProxyProtocolFrom, `CIDRs whose PROXY headers name the client (from other peers the header is checked, its addresses ignored): "default" (Fly's proxy and loopback), "none", or a comma-separated list`)
 	f.BoolVar(&cfg.AllowPoolHeader, "allow-pool-header", cfg.AllowPoolHeader, "let clients pick a pool with the X-Pool header")
 	f.IntVar(&cfg.PublicHTTPSPort, "public-https-port", cfg.PublicHTTPSPort, "HTTPS port put into HTTP->HTTPS redirects (0: the HTTPS listener's; 443 on Fly.io)")
-	f.StringVar(&cfg.TrustedProxies, "trusted-proxies", cfg.TrustedProxies, `CIDRs whose X-Forwarded-For/Forwarded are kept: "default" (Fly's proxy without --proxy-protocol), "none", or a comma-separated list`)
+	f.StringVar(&cfg.TrustedProxies, "trusted-proxies", cfg.TrustedProxies, `CIDRs whose X-Forwarded-For/Forwarded/X-Real-IP are kept: "default" (Fly's proxy without --proxy-protocol), "none", or a comma-separated list`)
 	f.IntVar(&cfg.MinBodyRate, "min-body-rate", cfg.MinBodyRate, "slowest average rate (bytes/s) at which a client may send a request body or read a response after --body-rate-grace (408 or cut off below it); 0 = off")
 	f.DurationVar(&cfg.BodyRateGrace, "body-rate-grace", cfg.BodyRateGrace, "how long a body transfer may run before --min-body-rate applies")
 	f.IntVar(&cfg.MaxBackendConnsPerClient, "max-backend-conns-per-client", cfg.MaxBackendConnsPerClient, "most backend requests in flight per client address, all its connections together (503 beyond; trusted proxies exempt)")
