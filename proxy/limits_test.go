@@ -49,7 +49,7 @@ func TestTrailersForwarded(t *testing.T) {
 	t.Run("HTTP/1.1 request", func(t *testing.T) {
 		before := len(mustReceived(t, rb))
 		status, body := rawRoundTrip(t, p.http, "POST /up HTTP/1.1\r\nHost: tr.test\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"+
-			"5\r\nhello\r\n0\r\nX-Checksum: md5-1\r\nHost: evil.test\r\nAuthorization: Bearer x\r\nTransfer-Encoding: chunked\r\nX-Forwarded-For: 10.9.9.9\r\nCookie: a=b\r\nX-Other: two words\r\n\r\n", "POST")
+			"5\r\nhello\r\n0\r\nX-Checksum: md5-1\r\nHost: evil.test\r\nAuthorization: Bearer x\r\nTransfer-Encoding: chunked\r\nX-Forwarded-For: 10.9.9.9\r\nX-Real-IP: 10.9.9.9\r\nCookie: a=b\r\nX-Other: two words\r\n\r\n", "POST")
 		if status != 200 || body != "POST /up 5" {
 			t.Fatalf("%d %q", status, body)
 		}
@@ -98,11 +98,12 @@ func TestTrailersForwarded(t *testing.T) {
 		pr, pw := io.Pipe()
 		req, _ := http.NewRequest("POST", "https://tr.test/h2up", pr)
 		req.ContentLength = -1
-		req.Trailer = http.Header{"X-Checksum": nil, "Set-Cookie": nil}
+		req.Trailer = http.Header{"X-Checksum": nil, "Set-Cookie": nil, "X-Real-Ip": nil}
 		go func() {
 			_, _ = io.WriteString(pw, "hello")
 			req.Trailer.Set("X-Checksum", "crc-7")
 			req.Trailer.Set("Set-Cookie", "a=b")
+			req.Trailer.Set("X-Real-Ip", "10.9.9.9")
 			_ = pw.Close()
 		}()
 		resp, err := client(p.https, ca.pool, true).Do(req)
