@@ -85,7 +85,7 @@ type Config struct {
 	// PublicHTTPSPort goes into HTTP->HTTPS redirects: 0 = the HTTPS
 	// listener's port; 443 on Fly.io, whose proxy maps 443 to 8443.
 	PublicHTTPSPort int
-	// TrustedProxies are CIDRs whose X-Forwarded-For/Forwarded are kept;
+	// TrustedProxies are CIDRs whose X-Forwarded-For/Forwarded/X-Real-IP are kept;
 	// "default" = Fly's proxy range without --proxy-protocol, none with
 	// it; "none" trusts nobody.
 	TrustedProxies string
