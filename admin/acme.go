@@ -153,15 +153,18 @@ func (s *Server) issueCertificate(w http.ResponseWriter, r *http.Request, in cre
 		s.writeError(w, r, err)
 		return
 	}
+	// The request is checked before this agent's state is: a malformed
+	// ?wait= is the client's mistake whether ACME is on or not, as on
+	// every other route.
+	wait, err := s.issueWait(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	if s.deps.ACME == nil {
 		s.writeError(w, r, &apiError{Status: http.StatusConflict, Code: CodeNotSupported,
 			Message: "ACME is off on this agent (--acme-directory is empty); upload a certificate with certificate and private_key instead",
 			Fields:  fielderr.List{{Field: "domain", Message: "ACME is off on this agent"}}})
-		return
-	}
-	wait, err := s.issueWait(r)
-	if err != nil {
-		s.writeError(w, r, err)
 		return
 	}
 	if in.Profile != "" {

@@ -157,6 +157,8 @@ func TestIssueCertificateRequests(t *testing.T) {
 
 	off := newHarness(t)
 	off.do("POST", "/api/certificates", map[string]any{"domains": []string{"a.example.test"}}).expect(t, http.StatusConflict, CodeNotSupported, "domain")
+	// A malformed ?wait= is the client's mistake whether ACME is on or not.
+	off.do("POST", "/api/certificates?wait=abc", map[string]any{"domain": "a.example.test"}).expect(t, http.StatusBadRequest, CodeInvalid, "wait")
 
 	st := openStore(t, testEncryptionKey())
 	m, _ := acmeManager(t, st)

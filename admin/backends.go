@@ -199,7 +199,7 @@ func (s *Server) handleCreateBackend(w http.ResponseWriter, r *http.Request) {
 	bulk := len(bytes.TrimSpace(body)) > 0 && bytes.TrimSpace(body)[0] == '['
 	var specs []apitypes.BackendSpec
 	if bulk {
-		if err := decodeStrict(body, &specs); err != nil {
+		if specs, err = decodeStrictItems[apitypes.BackendSpec](body); err != nil {
 			s.writeError(w, r, err)
 			return
 		}

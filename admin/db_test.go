@@ -115,6 +115,18 @@ func TestDBBackupAndCheckpoint(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(notBackup, "meta"), []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// So is one where any other directory of the backup engine is a file.
+	engineDirFile := map[string]string{}
+	for _, sub := range []string{"private", "shared_checksum"} {
+		d := filepath.Join(root, "file-"+sub)
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, sub), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		engineDirFile[sub] = d
+	}
 	before := h.snapshot()
 	for _, tc := range []struct {
 		name   string
@@ -142,6 +154,8 @@ func TestDBBackupAndCheckpoint(t *testing.T) {
 		{"checkpoint without parent", "/api/db/checkpoint", `{"dir":"` + root + `/no/such/parent/cp"}`, "", 422, CodeInvalid, "dir"},
 		{"checkpoint under a file", "/api/db/checkpoint", `{"dir":"` + blocker + `/cp"}`, "", 422, CodeInvalid, "dir"},
 		{"backup where meta is a file", "/api/db/backup", `{"dir":"` + notBackup + `"}`, "", 422, CodeInvalid, "dir"},
+		{"backup where private is a file", "/api/db/backup", `{"dir":"` + engineDirFile["private"] + `"}`, "", 422, CodeInvalid, "dir"},
+		{"backup where shared_checksum is a file", "/api/db/backup", `{"dir":"` + engineDirFile["shared_checksum"] + `"}`, "", 422, CodeInvalid, "dir"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var opts []reqOption

@@ -89,6 +89,52 @@ func decodeStrict(body []byte, dst any) error {
 	return duplicateKey(body)
 }
 
+// decodeStrictItems decodes a JSON array of objects into a []T, each item
+// as decodeStrict would decode it alone. An error about one item names its
+// index first ("[1]", "[1].port"), as the validation of a batch does:
+// decoding the array in one go would report "port" or "the body must be a
+// JSON object" without saying which item is wrong.
+func decodeStrictItems[T any](body []byte) ([]T, error) {
+	var raws []json.RawMessage
+	if err := decodeStrict(body, &raws); err != nil {
+		return nil, err
+	}
+	items := make([]T, len(raws))
+	for i, raw := range raws {
+		field := fmt.Sprintf("[%d]", i)
+		if kind := jsonValueKind(raw); kind != "object" {
+			// null too: decoded into a struct it would be an empty item.
+			msg := "must be a JSON object, not " + kind
+			return nil, errInvalid(field+": "+msg, fielderr.FieldError{Field: field, Message: msg})
+		}
+		if err := decodeStrict(raw, &items[i]); err != nil {
+			return nil, prefixFields(err, field+".")
+		}
+	}
+	return items, nil
+}
+
+// jsonValueKind names the kind of a valid JSON value by its first byte.
+func jsonValueKind(raw []byte) string {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return "nothing"
+	}
+	switch raw[0] {
+	case '{':
+		return "object"
+	case '[':
+		return "array"
+	case '"':
+		return "string"
+	case 't', 'f':
+		return "bool"
+	case 'n':
+		return "null"
+	}
+	return "number"
+}
+
 // duplicateKey refuses an object that names a key twice, at any depth.
 // encoding/json keeps the last value, so {"name": "a", "name": "b"} would
 // create pool b from a request that also said a (and another parser in

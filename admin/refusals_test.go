@@ -73,6 +73,12 @@ func refusedWrites(certID string) []struct {
 		{"full_strict without verification", "POST", "/api/pools", `{"name":"evil","ssl_mode":"full_strict","ssl_domain":"evil.test","validate_backend_cert":false}`, 422, "validate_backend_cert", "full_strict"},
 		{"bulk with one bad item", "POST", "/api/pools/wild/backends", `[{"host":"10.0.1.1"},{"host":"10.0.1.2","port":0}]`, 422, "[1].port", "between"},
 		{"bulk with a repeated address", "POST", "/api/pools/wild/backends", `[{"host":"10.0.1.1"},{"url":"http://10.0.1.1:80"}]`, 409, "[1].url", "already has backend"},
+		// Every error about one element of a batch names its index.
+		{"bulk with a number for an item", "POST", "/api/pools/wild/backends", `[{"url":"http://10.0.1.1:80"},5]`, 400, "[1]", "must be a JSON object, not number"},
+		{"bulk with null for an item", "POST", "/api/pools/wild/backends", `[{"url":"http://10.0.1.1:80"},null]`, 400, "[1]", "must be a JSON object, not null"},
+		{"bulk with an array for an item", "POST", "/api/pools/wild/backends", `[[{"url":"http://10.0.1.1:80"}]]`, 400, "[0]", "must be a JSON object, not array"},
+		{"bulk with a wrongly typed field", "POST", "/api/pools/wild/backends", `[{"host":"10.0.1.1"},{"host":"10.0.1.2","port":"80"}]`, 400, "[1].port", "must be an integer"},
+		{"bulk with an unknown field", "POST", "/api/pools/wild/backends", `[{"host":"10.0.1.1"},{"hots":"10.0.1.2"}]`, 400, "[1].hots", "unknown field"},
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/singularity-ng/singularity-edge/admin"
 	"github.com/singularity-ng/singularity-edge/certs"
@@ -337,14 +339,42 @@ func (c *Config) validateCluster() []error {
 	return errs
 }
 
+// MaxNodeNameLen bounds --node-name, in bytes. The name is the node's
+// gossip member name: memberlist sends it in every alive message beside
+// the member's metadata (up to 512 bytes), twice in suspect and dead
+// messages and in probes, in UDP packets of at most 1232 bytes with the
+// fly preset, and a broadcast that does not fit in one is never
+// piggybacked (the others learn of the member only at the next
+// push-pull). It is also in the replication handshake, every log line
+// about the peer, the dashboard and /api/cluster. 128 holds a Linux host
+// name (64), a DNS label (63) and a Fly Machine id (14) with room to
+// spare, and keeps two names and the largest metadata inside one packet.
+const MaxNodeNameLen = 128
+
+// validateNodeName refuses a --node-name that is empty, too long for the
+// gossip messages that carry it, or not printable UTF-8 text (the API
+// would show invalid UTF-8 replaced, and control characters would forge
+// lines in text logs).
+func validateNodeName(name string) error {
+	switch {
+	case strings.TrimSpace(name) == "":
+		return errors.New("--node-name must not be empty: it names this node in the cluster, the logs and the dashboard")
+	case len(name) > MaxNodeNameLen:
+		return fmt.Errorf("--node-name is %d bytes long: at most %d, because it is the node's gossip name and goes in every gossip packet about the node (a Fly Machine id or a host name fits)", len(name), MaxNodeNameLen)
+	case !utf8.ValidString(name) || strings.ContainsFunc(name, unicode.IsControl):
+		return fmt.Errorf("--node-name %q: want UTF-8 text without control characters, as it appears in the logs, the dashboard and /api/cluster", name)
+	}
+	return nil
+}
+
 // Validate reports configuration errors with the flag they come from.
 func (c *Config) Validate() error {
 	var errs []error
 	if strings.TrimSpace(c.DataDir) == "" {
 		errs = append(errs, errors.New("--data-dir must not be empty"))
 	}
-	if strings.TrimSpace(c.NodeName) == "" {
-		errs = append(errs, errors.New("--node-name must not be empty: it names this node in the cluster, the logs and the dashboard"))
+	if err := validateNodeName(c.NodeName); err != nil {
+		errs = append(errs, err)
 	}
 	if !pools.IsRegion(c.Region) {
 		errs = append(errs, fmt.Errorf("--region %q: want 2 to 10 lower-case letters or digits (a Fly region such as iad), as a backend's region, so that prefer_region pools can match them", c.Region))

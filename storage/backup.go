@@ -40,12 +40,8 @@ func (s *Store) Backup(ctx context.Context, backupDir string) (BackupInfo, error
 	if err := os.MkdirAll(backupDir, 0o700); err != nil {
 		return BackupInfo{}, fmt.Errorf("storage: backup dir: %w", err)
 	}
-	// A directory that holds something else where the engine keeps its
-	// metadata is the caller's to fix: say so as a path error, not as the
-	// engine's IO error.
-	if fi, err := os.Stat(filepath.Join(backupDir, "meta")); err == nil && !fi.IsDir() {
-		return BackupInfo{}, fmt.Errorf("storage: backup dir: %w",
-			&fs.PathError{Op: "open backup", Path: filepath.Join(backupDir, "meta"), Err: syscall.ENOTDIR})
+	if err := checkBackupEngineDirs(backupDir); err != nil {
+		return BackupInfo{}, err
 	}
 	be, err := grocksdb.CreateBackupEngineWithPath(s.base, backupDir)
 	if err != nil {
@@ -60,6 +56,23 @@ func (s *Store) Backup(ctx context.Context, backupDir string) (BackupInfo, error
 		return BackupInfo{}, errors.New("storage: backup finished but is not listed")
 	}
 	return infos[len(infos)-1], nil
+}
+
+// checkBackupEngineDirs refuses a backup directory that holds a file
+// where the engine keeps one of its directories: that is the caller's to
+// fix, so it is said as a path error, not as the engine's IO error. The
+// directories are those the engine creates with the options Backup uses:
+// metadata, each backup's private files, and the table files shared
+// between backups by checksum ("shared" stays unused then, so a file by
+// that name does no harm).
+func checkBackupEngineDirs(backupDir string) error {
+	for _, sub := range []string{"meta", "private", "shared_checksum"} {
+		p := filepath.Join(backupDir, sub)
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
+			return fmt.Errorf("storage: backup dir: %w", &fs.PathError{Op: "open backup", Path: p, Err: syscall.ENOTDIR})
+		}
+	}
+	return nil
 }
 
 func backupInfos(be *grocksdb.BackupEngine) []BackupInfo {

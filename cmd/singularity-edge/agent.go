@@ -62,7 +62,7 @@ FLY_MACHINE_ID and FLY_PRIVATE_IP set the defaults of --region, --node-name and
 	f.StringVar(&cfg.HTTPSAddr, "https-addr", cfg.HTTPSAddr, "public HTTPS listener, empty to disable")
 	f.StringVar(&cfg.AdminAddr, "admin-addr", cfg.AdminAddr, "admin API, dashboard and /metrics listener")
 	f.StringVar(&cfg.HealthAddr, "health-addr", cfg.HealthAddr, "unauthenticated GET /healthz listener for platform checks, empty to disable")
-	f.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "name of this node in the cluster")
+	f.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, fmt.Sprintf("name of this node in the cluster (its gossip name; at most %d bytes)", agent.MaxNodeNameLen))
 	f.StringVar(&cfg.Region, "region", cfg.Region, "region of this node; pools may prefer backends in it")
 	f.BoolVar(&cfg.ProxyProtocol, "proxy-protocol", cfg.ProxyProtocol, "expect a PROXY protocol v1/v2 header on public connections (Fly proxy_proto handler)")
 	f.StringVar(&cfg.ProxyProtocolFrom, "proxy-protocol-from", cfg.ProxyProtocolFrom, `CIDRs whose PROXY headers name the client (from other peers the header is checked, its addresses ignored): "default" (Fly's proxy and loopback), "none", or a comma-separated list`)

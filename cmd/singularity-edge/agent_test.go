@@ -307,3 +307,32 @@ func TestRootHelpNamesWhatExists(t *testing.T) {
 		}
 	}
 }
+
+// A node name longer than agent.MaxNodeNameLen is refused before the agent
+// starts, from the flag and from its twin alike, with exit code 2.
+func TestNodeNameTooLong(t *testing.T) {
+	long := strings.Repeat("n", agent.MaxNodeNameLen+1)
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+	}{
+		{"flag", nil, []string{"--node-name", long}},
+		{"twin", map[string]string{"EDGE_NODE_NAME": long}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ran := false
+			cmd := newAgentCommandEnv(lookupIn(tc.env), func(context.Context, agent.Config) error {
+				ran = true
+				return nil
+			})
+			cmd.SetArgs(tc.args)
+			cmd.SetOut(io.Discard)
+			cmd.SetErr(io.Discard)
+			err := cmd.Execute()
+			if err == nil || ran || exitCodeOf(err) != exitUsage || !strings.Contains(err.Error(), "--node-name is 129 bytes long") {
+				t.Errorf("%v (exit %d, ran %v), want a usage error with the bound", err, exitCodeOf(err), ran)
+			}
+		})
+	}
+}

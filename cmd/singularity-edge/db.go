@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -704,6 +705,18 @@ func localDir(dir string) (string, error) {
 	return abs, nil
 }
 
+// localDirError classifies a local backup or checkpoint failure as the
+// agent's API does (see admin's dirError): a target directory that cannot
+// be created or holds a file where a directory belongs is the caller's to
+// fix (exit 3, as for the API's 422), not a failure of the store.
+func localDirError(dataDir string, err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return withExitCode(exitInvalid, err)
+	}
+	return localError(dataDir, err)
+}
+
 // remoteDirCommand posts dir to the agent's endpoint at path, after
 // checking that dir can name a place on the agent's machine.
 func remoteDirCommand[T any](ctx context.Context, c *apiClient, path, dir string) (out T, err error) {
@@ -728,7 +741,7 @@ func (o *dbOptions) backup(cmd *cobra.Command, dir string) error {
 				start := time.Now()
 				info, err := st.Backup(ctx, abs)
 				if err != nil {
-					return localError(st.Dir(), err)
+					return localDirError(st.Dir(), err)
 				}
 				out = apitypes.DBBackupResponse{Dir: abs, ID: info.ID, Timestamp: info.Timestamp, SizeBytes: info.SizeBytes,
 					NumFiles: info.NumFiles, DurationMS: time.Since(start).Milliseconds()}
@@ -760,7 +773,7 @@ func (o *dbOptions) checkpoint(cmd *cobra.Command, dir string) error {
 			err = o.withStore(cmd, func(st *storage.Store) error {
 				start := time.Now()
 				if err := st.Checkpoint(ctx, abs); err != nil {
-					return localError(st.Dir(), err)
+					return localDirError(st.Dir(), err)
 				}
 				out = apitypes.DBCheckpointResponse{Dir: abs, DurationMS: time.Since(start).Milliseconds()}
 				return nil

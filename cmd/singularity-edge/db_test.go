@@ -441,6 +441,33 @@ func TestDBBackupRestore(t *testing.T) {
 		t.Errorf("after restore the node id is not the backed-up store's: %s", out)
 	}
 
+	// A backup directory with a file where the engine keeps a directory is
+	// the caller's mistake (exit 3, as through the API), and nothing is
+	// written there.
+	for _, sub := range []string{"meta", "private", "shared_checksum"} {
+		d := filepath.Join(root, sub+"-is-a-file")
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, sub), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, errOut, code = runCLI(t, "", "db", "backup", d, "--data-dir", src)
+		wantCode(t, "db backup where "+sub+" is a file", code, exitInvalid, errOut)
+		if !strings.Contains(errOut, filepath.Join(d, sub)) {
+			t.Errorf("stderr %q does not name the file in the way", errOut)
+		}
+		if entries, err := os.ReadDir(d); err != nil || len(entries) != 1 {
+			t.Errorf("a refused backup left %d entries in %s (%v)", len(entries), d, err)
+		}
+	}
+	blocker := filepath.Join(root, "blocker")
+	if err := os.WriteFile(blocker, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code = runCLI(t, "", "db", "checkpoint", filepath.Join(blocker, "cp"), "--data-dir", src)
+	wantCode(t, "db checkpoint under a file", code, exitInvalid, errOut)
+
 	_, errOut, code = runCLI(t, "", "db", "restore", backups, "--backup-id", "9", "--data-dir", filepath.Join(root, "x"))
 	wantCode(t, "db restore --backup-id 9", code, exitNotFound, errOut)
 	if !strings.Contains(errOut, "no backup 9") || !strings.Contains(errOut, "1, 2") {
@@ -600,6 +627,19 @@ func TestDBThroughAPI(t *testing.T) {
 	}
 	if infos, err := storage.ListBackups(backups); err != nil || len(infos) != 1 {
 		t.Errorf("backups after db backup --api: %v, %v", infos, err)
+	}
+	// A backup directory whose private/ is a file is the caller's mistake.
+	privateFile := filepath.Join(root, "private-is-a-file")
+	if err := os.MkdirAll(privateFile, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(privateFile, "private"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code = runCLI(t, "", "db", "backup", privateFile, "--api", ts.URL)
+	wantCode(t, "db backup --api where private is a file", code, exitInvalid, errOut)
+	if !strings.Contains(errOut, filepath.Join(privateFile, "private")) {
+		t.Errorf("stderr %q does not name the file in the way", errOut)
 	}
 	cp := filepath.Join(root, "cp")
 	_, errOut, code = runCLI(t, "", "db", "checkpoint", cp, "--api", ts.URL)
