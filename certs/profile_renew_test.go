@@ -91,13 +91,7 @@ func TestManagerRefusesProfileNotOffered(t *testing.T) {
 
 	// A certificate due for renewal whose state kept "tlsserver".
 	names := []string{"kept.example.com"}
-	old := record(t, iss.ca, newECKey(t), CertificateID(names), leafSpec{dns: names,
-		notBefore: now.Add(-80 * 24 * time.Hour), notAfter: now.Add(10 * 24 * time.Hour)})
-	old.Provider, old.AutoRenew = ProviderACME, true
-	putCerts(t, s, old)
-	if err := b.SaveRenewalState(ctx, RenewalState{CertificateID: old.ID, Names: names, Profile: "tlsserver", Due: now.Add(-time.Minute)}); err != nil {
-		t.Fatal(err)
-	}
+	old := putDueACME(t, s, b, iss.ca, names[0], "tlsserver", now, 10*24*time.Hour)
 
 	t.Run("stored, at renewal", func(t *testing.T) {
 		rep, err := m.RunOnce(ctx)
@@ -247,15 +241,7 @@ func TestProfilesOfADirectoryThatAnswersAnError(t *testing.T) {
 		t.Fatalf("CheckProfile against a directory answering 503: %v; want an error that is not a refusal", err)
 	}
 
-	names := []string{"outage.example.com"}
-	ca := newRoot(t, "Outage Root")
-	old := record(t, ca, newECKey(t), CertificateID(names), leafSpec{dns: names,
-		notBefore: now.Add(-80 * 24 * time.Hour), notAfter: now.Add(10 * 24 * time.Hour)})
-	old.Provider, old.AutoRenew = ProviderACME, true
-	putCerts(t, s, old)
-	if err := b.SaveRenewalState(ctx, RenewalState{CertificateID: old.ID, Names: names, Profile: "classic", Due: now.Add(-time.Minute)}); err != nil {
-		t.Fatal(err)
-	}
+	old := putDueACME(t, s, b, newRoot(t, "Outage Root"), "outage.example.com", "classic", now, 10*24*time.Hour)
 	if _, err := m.RunOnce(ctx); err != nil {
 		t.Fatal(err)
 	}

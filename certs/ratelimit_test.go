@@ -59,14 +59,7 @@ func TestCARateLimitHoldsOrdersUntilRetryAfter(t *testing.T) {
 	}
 	// Two days left of 90: the emergency rule retries every 10 minutes.
 	names := []string{"limited.example.com"}
-	ca := newRoot(t, "Limited Root")
-	old := record(t, ca, newECKey(t), CertificateID(names), leafSpec{dns: names,
-		notBefore: now.Add(-88 * 24 * time.Hour), notAfter: now.Add(2 * 24 * time.Hour)})
-	old.Provider, old.AutoRenew = ProviderACME, true
-	putCerts(t, s, old)
-	if err := b.SaveRenewalState(ctx, RenewalState{CertificateID: old.ID, Names: names, Due: now.Add(-time.Minute)}); err != nil {
-		t.Fatal(err)
-	}
+	old := putDueACME(t, s, b, newRoot(t, "Limited Root"), names[0], "", now, 2*24*time.Hour)
 
 	if _, err := m.RunOnce(ctx); err != nil {
 		t.Fatal(err)
@@ -156,14 +149,7 @@ func TestFailedRenewalLogsNextAttempt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	names := []string{"failing.example.com"}
-	old := record(t, newRoot(t, "Failing Root"), newECKey(t), CertificateID(names), leafSpec{dns: names,
-		notBefore: now.Add(-70 * 24 * time.Hour), notAfter: now.Add(20 * 24 * time.Hour)})
-	old.Provider, old.AutoRenew = ProviderACME, true
-	putCerts(t, s, old)
-	if err := b.SaveRenewalState(ctx, RenewalState{CertificateID: old.ID, Names: names, Due: now.Add(-time.Minute)}); err != nil {
-		t.Fatal(err)
-	}
+	old := putDueACME(t, s, b, newRoot(t, "Failing Root"), "failing.example.com", "", now, 20*24*time.Hour)
 	if _, err := m.RunOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -277,14 +263,7 @@ func TestStuckOrderDoesNotHoldThePass(t *testing.T) {
 	}
 	ca := newRoot(t, "Stuck Root")
 	for _, n := range []string{"one.example.com", "two.example.com"} {
-		names := []string{n}
-		c := record(t, ca, newECKey(t), CertificateID(names), leafSpec{dns: names,
-			notBefore: now.Add(-80 * 24 * time.Hour), notAfter: now.Add(10 * 24 * time.Hour)})
-		c.Provider, c.AutoRenew = ProviderACME, true
-		putCerts(t, s, c)
-		if err := b.SaveRenewalState(ctx, RenewalState{CertificateID: c.ID, Names: names, Due: now.Add(-time.Minute)}); err != nil {
-			t.Fatal(err)
-		}
+		putDueACME(t, s, b, ca, n, "", now, 10*24*time.Hour)
 	}
 	type result struct {
 		rep PassReport
@@ -307,4 +286,21 @@ func TestStuckOrderDoesNotHoldThePass(t *testing.T) {
 			t.Fatalf("state of %s: %+v, %v; want one failure saying the order was abandoned", n, st, err)
 		}
 	}
+}
+
+// putDueACME stores an ACME certificate for name from ca, of a 90-day
+// lifetime with left of it to run at now, and its renewal state (with the
+// given profile) due a minute before now.
+func putDueACME(t *testing.T, s *storage.Store, b *StoreBackend, ca *issuer, name, profile string, now time.Time, left time.Duration) *storage.Certificate {
+	t.Helper()
+	names := []string{name}
+	c := record(t, ca, newECKey(t), CertificateID(names), leafSpec{dns: names,
+		notBefore: now.Add(left - 90*24*time.Hour), notAfter: now.Add(left)})
+	c.Provider, c.AutoRenew = ProviderACME, true
+	putCerts(t, s, c)
+	st := RenewalState{CertificateID: c.ID, Names: names, Profile: profile, Due: now.Add(-time.Minute)}
+	if err := b.SaveRenewalState(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
