@@ -460,11 +460,7 @@ func TestWaitApplied(t *testing.T) {
 	}
 
 	// c stops applying; a suspect member is reported, not waited for.
-	block := make(chan struct{})
-	nodes[2].store.mu.Lock()
-	nodes[2].store.applyGate = func() error { <-block; return nil }
-	nodes[2].store.mu.Unlock()
-	defer close(block)
+	blockApplies(t, nodes[2])
 	tc.setState("b", cluster.StateSuspect)
 	seq = a.store.write(map[string]*string{"token": str("t2")})
 	ctx, cancel = context.WithTimeout(context.Background(), 500*time.Millisecond)
@@ -493,36 +489,57 @@ func TestWaitAppliedKeepsMemberTurnedSuspect(t *testing.T) {
 		st := a.eng.Status()
 		return len(st) == 2 && st["b"].Connected && st["c"].Connected
 	})
-	block := make(chan struct{})
-	nodes[2].store.mu.Lock()
-	nodes[2].store.applyGate = func() error { <-block; return nil }
-	nodes[2].store.mu.Unlock()
-	defer close(block)
+	blockApplies(t, nodes[2])
 	seq := a.store.write(map[string]*string{"token": str("t")})
-	type result struct {
-		res WaitResult
-		err error
-	}
-	done := make(chan result, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	go func() {
-		res, err := a.eng.WaitApplied(ctx, seq)
-		done <- result{res, err}
-	}()
+	done := waitAppliedAsync(ctx, a, seq)
 	waitUntil(t, "b holds the write", func() bool { return a.eng.peerFor("b", "b").holds(seq) })
 	tc.setState("c", cluster.StateSuspect)
-	var r result
-	select {
-	case r = <-done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("WaitApplied did not return")
-	}
+	r := receiveWait(t, done, 30*time.Second)
 	if !errors.Is(r.err, ErrWaitTimeout) {
 		t.Fatalf("err = %v (%+v), want ErrWaitTimeout: c turned suspect during the wait and never applied", r.err, r.res)
 	}
 	if len(r.res.Missing) != 1 || r.res.Missing[0].Name != "c" || r.res.Missing[0].Reason != "pending" || strings.Join(r.res.Applied, ",") != "b" {
 		t.Fatalf("result %+v", r.res)
+	}
+}
+
+// blockApplies makes n's store hold every apply until the test ends.
+func blockApplies(t *testing.T, n *node) {
+	block := make(chan struct{})
+	n.store.mu.Lock()
+	n.store.applyGate = func() error { <-block; return nil }
+	n.store.mu.Unlock()
+	t.Cleanup(func() { close(block) })
+}
+
+// waitOutcome is what WaitApplied returned.
+type waitOutcome struct {
+	res WaitResult
+	err error
+}
+
+// waitAppliedAsync runs n's WaitApplied for seq in the background.
+func waitAppliedAsync(ctx context.Context, n *node, seq uint64) <-chan waitOutcome {
+	done := make(chan waitOutcome, 1)
+	go func() {
+		res, err := n.eng.WaitApplied(ctx, seq)
+		done <- waitOutcome{res, err}
+	}()
+	return done
+}
+
+// receiveWait returns the outcome of a background WaitApplied, failing the
+// test if it has not returned within bound.
+func receiveWait(t *testing.T, done <-chan waitOutcome, bound time.Duration) waitOutcome {
+	t.Helper()
+	select {
+	case r := <-done:
+		return r
+	case <-time.After(bound):
+		t.Fatal("WaitApplied did not return")
+		return waitOutcome{}
 	}
 }
 
@@ -999,21 +1016,11 @@ func TestWaitAppliedGivesAnUnconnectedMemberAGrace(t *testing.T) {
 
 	t.Run("connects within the grace", func(t *testing.T) {
 		seq := a.store.write(map[string]*string{"token": str("t1")})
-		type result struct {
-			res WaitResult
-			err error
-		}
-		done := make(chan result, 1)
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		go func() { r, err := a.eng.WaitApplied(ctx, seq); done <- result{r, err} }()
+		done := waitAppliedAsync(ctx, a, seq)
 		open.Store(true)
-		var r result
-		select {
-		case r = <-done:
-		case <-time.After(90 * time.Second):
-			t.Fatal("WaitApplied did not return")
-		}
+		r := receiveWait(t, done, 90*time.Second)
 		if r.err != nil || strings.Join(r.res.Applied, ",") != "b" || len(r.res.Missing) != 0 {
 			t.Fatalf("wait with b connecting: %+v %v; want b applied", r.res, r.err)
 		}
