@@ -357,13 +357,13 @@ func (t *templates) commitEntries(first, last int, seq uint64) []rawEntry {
 	return append(es, rawFeedEntry(seq))
 }
 
-// floorEntries returns the fewest entries per backend that any key layout
-// serving the store's reads and catch-up needs: the row keyed by pool and
+// floorEntries returns the fewest entries per backend that any on-disk
+// key layout serving the store's reads and catch-up needs: the row keyed by pool and
 // id (a pool's backends in one range, no covering copy) and an id → pool
 // entry (reads by id), plus per commit one change-log entry listing the
 // commit's ids (catch-up by origin and seq; DESIGN.md allows one entry per
 // set) and the feed entry. No by-address entry, no version envelope: no
-// store layout writes less per row. Write them to a rawDB opened with
+// layout that keeps its indexes in RocksDB writes less per row. Write them to a rawDB opened with
 // IndexHint, so that each row, which lands in another pool than the one
 // before, is inserted with the store's hint.
 func (t *templates) floorEntries(first, last int, seq uint64) []rawEntry {
@@ -374,6 +374,22 @@ func (t *templates) floorEntries(first, last int, seq uint64) []rawEntry {
 		es = append(es,
 			rawEntry{rawClustered, rawPoolIndexKey(pool, id), t.backendBytes(i)},
 			rawEntry{rawRows, []byte(id), []byte(pool)})
+		ids = append(append(ids, id...), 0)
+	}
+	return append(es, rawEntry{rawChangelog, rawClogKey(seq, ""), ids}, rawFeedEntry(seq))
+}
+
+// memIndexEntries returns what a store that kept its secondary indexes in
+// memory (rebuilt at open) would write: per backend only its row keyed by
+// id, per commit one change-log entry listing the commit's ids and the feed
+// entry. It is the most any layout with on-disk rows could gain from moving
+// the indexes out of RocksDB (docs/ARCHITECTURE.md, storage, seventh pass).
+func (t *templates) memIndexEntries(first, last int, seq uint64) []rawEntry {
+	es := make([]rawEntry, 0, (last-first)+2)
+	var ids []byte
+	for i := first; i < last; i++ {
+		id := backendID(i)
+		es = append(es, rawEntry{rawRows, []byte(id), t.backendBytes(i)})
 		ids = append(append(ids, id...), 0)
 	}
 	return append(es, rawEntry{rawChangelog, rawClogKey(seq, ""), ids}, rawFeedEntry(seq))
