@@ -254,6 +254,12 @@ func parseServerNameExtension(data []byte) (string, error) {
 		if name == "" {
 			return "", helloErrorf("empty server name")
 		}
+		// An empty label ("a..b", ".a", "a..") names no host: crypto/tls
+		// refuses such a ClientHello too, and a routing key must be the
+		// one spelling of a name.
+		if name[0] == '.' || name[len(name)-1] == '.' || strings.Contains(name, "..") {
+			return "", helloErrorf("empty label in server name %q", name)
+		}
 	}
 	return name, nil
 }

@@ -35,7 +35,6 @@ type h2ConnKey struct{}
 // h2Conn is what every stream of one connection shares.
 type h2Conn struct {
 	info     connInfo
-	sni      string
 	clientIP string
 	conn     net.Conn // the client's TCP connection, closed on abuse
 	// backends bounds the backend exchanges of this client connection in
@@ -112,8 +111,8 @@ func newH2Server(s *Server) *h2Server {
 }
 
 // serve runs one HTTP/2 connection until it ends.
-func (h *h2Server) serve(tc *trackedConn, conn *tls.Conn, info connInfo, sni string) {
-	hc := &h2Conn{info: info, sni: sni, clientIP: info.client.Addr().String(), conn: tc.Conn,
+func (h *h2Server) serve(tc *trackedConn, conn *tls.Conn, info connInfo) {
+	hc := &h2Conn{info: info, clientIP: info.client.Addr().String(), conn: tc.Conn,
 		backends: make(chan struct{}, h.s.cfg.MaxBackendConnsPerClient)}
 	ctx := context.WithValue(context.Background(), h2ConnKey{}, hc)
 	h.srv.ServeConn(conn, &http2.ServeConnOpts{Context: ctx, BaseConfig: h.base, Handler: h})
@@ -161,9 +160,6 @@ func (h *h2Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	host := r.Host
-	if host == "" {
-		host = hc.sni
-	}
 	table := s.router.Table()
 	pool := table.Lookup(host)
 	if s.cfg.AllowPoolHeader {
@@ -339,7 +335,14 @@ func validH2Request(r *http.Request) error {
 			return errors.New("invalid :path")
 		}
 	}
-	if r.Host != "" && !validHost([]byte(r.Host)) {
+	// RFC 9113 8.3.1: an http or https request without a non-empty
+	// :authority or Host is malformed (nginx answers 400 too), and a
+	// request of another scheme has no host to route by either. Routing
+	// by the SNI instead gave the backend a Host the client never sent.
+	if r.Host == "" {
+		return errors.New("missing :authority and Host")
+	}
+	if !validHost([]byte(r.Host)) {
 		return errors.New("invalid :authority")
 	}
 	for name, values := range r.Header {

@@ -56,6 +56,14 @@ func TestParseClientHello(t *testing.T) {
 	noSNI := captureClientHello(t, &tls.Config{InsecureSkipVerify: true})
 	acme := captureClientHello(t, &tls.Config{ServerName: "a.test", NextProtos: []string{"acme-tls/1"}, InsecureSkipVerify: true})
 	tls12 := captureClientHello(t, &tls.Config{ServerName: "old.test", MaxVersion: tls.VersionTLS12, InsecureSkipVerify: true})
+	// withName is full with its 11-byte server name replaced by another
+	// of the same length, so that every length field stays right.
+	withName := func(name string) []byte {
+		if len(name) != len("Example.COM") || bytes.Count(full, []byte("Example.COM")) != 1 {
+			t.Fatalf("cannot put %q in place of the captured name", name)
+		}
+		return bytes.Replace(full, []byte("Example.COM"), []byte(name), 1)
+	}
 
 	for _, tc := range []struct {
 		name  string
@@ -71,6 +79,10 @@ func TestParseClientHello(t *testing.T) {
 		{"tls 1.2 only", tls12, "old.test", nil, len(tls12), nil},
 		{"fragmented in 100-byte records", fragment(t, full, 100), "example.com", []string{"h2", "http/1.1"}, -1, nil},
 		{"trailing bytes kept", append(append([]byte{}, full...), "after"...), "example.com", []string{"h2", "http/1.1"}, len(full), nil},
+		{"one trailing dot dropped", withName("example.co."), "example.co", []string{"h2", "http/1.1"}, len(full), nil},
+		{"two trailing dots", withName("example.c.."), "", nil, 0, errClientHello},
+		{"empty inner label", withName("exa..le.com"), "", nil, 0, errClientHello},
+		{"leading dot", withName(".xample.com"), "", nil, 0, errClientHello},
 		{"truncated", full[:len(full)-1], "", nil, 0, errNeedMore},
 		{"record header only", full[:5], "", nil, 0, errNeedMore},
 		{"empty", nil, "", nil, 0, errNeedMore},

@@ -543,9 +543,12 @@ func TestWriteThenRead(t *testing.T) {
 	// The answer is a FIN: the peer reads the request, then shuts its
 	// side. (A FIN that arrived before the call is the caller's to find:
 	// the call resets the poller's readiness, and pooled connections are
-	// peeked with socketEmpty just before; see writeThenRead.)
+	// peeked with socketEmpty just before; see writeThenRead.) So the peer
+	// waits for "y" itself, behind the unanswered "x": shutting after "x"
+	// alone could send the FIN before the call, which a loaded machine
+	// showed.
 	go func() {
-		req := make([]byte, 1)
+		req := make([]byte, 2)
 		if _, err := io.ReadFull(peer, req); err == nil {
 			_ = peer.CloseWrite()
 		}

@@ -155,6 +155,9 @@ func TestHTTP2PseudoHeadersValidated(t *testing.T) {
 		{"authority with slash", base("GET", "/", "v.test/x")},
 		{"authority with space", base("GET", "/", "v.test x")},
 		{"CONNECT", []string{":method", "CONNECT", ":authority", "v.test:443"}},
+		// RFC 9113 8.3.1; the SNI (v.test) used to stand in for them.
+		{"no authority nor host", []string{":method", "GET", ":scheme", "https", ":path", "/pub"}},
+		{"empty authority", base("GET", "/pub", "")},
 	}
 	id := uint32(1)
 	for _, tc := range cases {
@@ -179,8 +182,16 @@ func TestHTTP2PseudoHeadersValidated(t *testing.T) {
 	if status, _, err := h.response(id); err != nil || status != "200" {
 		t.Fatalf("valid request: %q %v", status, err)
 	}
+	// A Host field in place of :authority is allowed.
+	id += 2
+	if err := h.headers(id, true, ":method", "GET", ":scheme", "https", ":path", "/host", "host", "v.test"); err != nil {
+		t.Fatal(err)
+	}
+	if status, _, err := h.response(id); err != nil || status != "200" {
+		t.Fatalf("request with Host and no :authority: %q %v", status, err)
+	}
 	reqs, errs := rb.received()
-	if len(reqs) != 1 || reqs[0].Target != "/ok" || len(errs) > 0 {
+	if len(reqs) != 2 || reqs[0].Target != "/ok" || reqs[1].Target != "/host" || reqs[1].get("Host") != "v.test" || len(errs) > 0 {
 		t.Fatalf("backend received %d requests (%v), errors %v", len(reqs), reqs, errs)
 	}
 }

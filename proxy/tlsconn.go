@@ -185,7 +185,7 @@ func (s *Server) serveTLS(tc *trackedConn, info connInfo, buf *[]byte, n int) {
 		if err := tc.SetDeadline(time.Time{}); err != nil {
 			return
 		}
-		s.h2.serve(tc, conn, info, hello.ServerName)
+		s.h2.serve(tc, conn, info)
 		return
 	}
 	cc := s.newClientConn(tc, conn, info, true, hello.ServerName)
