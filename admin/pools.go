@@ -26,6 +26,7 @@ import (
 func poolSpecOnto(p *storage.Pool, spec apitypes.PoolSpec, create bool) fielderr.List {
 	var errs fielderr.List
 	prevMode := pools.CanonicalSSLMode(p.SSLMode)
+	prevDomain := p.SSLDomain
 	apply(&errs, "name", spec.Name, &p.Name)
 	apply(&errs, "algorithm", spec.Algorithm, &p.Algorithm)
 	apply(&errs, "ssl_mode", spec.SSLMode, &p.SSLMode)
@@ -83,6 +84,16 @@ func poolSpecOnto(p *storage.Pool, spec apitypes.PoolSpec, create bool) fielderr
 		errs.Add("on_demand_rate", fmt.Sprintf("must be between 1 and %d orders per minute, got 0", pools.MaxOnDemandRate))
 	}
 	applyMetadata(&errs, spec.Metadata, &p.Metadata, !create)
+	// A new ssl_domain asks for TLS for that name, and ssl_mode off (the
+	// default of a create) would serve it as plain HTTP only. No mode is
+	// chosen for the client (DESIGN.md recommends full_strict, which
+	// refuses http:// backends): a request that sets ssl_domain on a pool
+	// whose mode stays off without saying so names the mode it wants,
+	// "off" included.
+	if d := strings.TrimSpace(spec.SSLDomain.Value); spec.SSLDomain.Present() && !spec.SSLMode.Set && d != "" &&
+		!strings.EqualFold(d, prevDomain) && pools.CanonicalSSLMode(p.SSLMode) == pools.SSLModeOff {
+		errs.Add("ssl_mode", sslModeForDomainMessage)
+	}
 
 	// Defaults that follow another field, for fields left out.
 	if hcType && !hc.Path.Set && !hc.ExpectedStatus.Set {
@@ -130,6 +141,12 @@ func poolSpecOnto(p *storage.Pool, spec apitypes.PoolSpec, create bool) fielderr
 	}
 	return errs
 }
+
+// sslModeForDomainMessage refuses an ssl_domain sent without ssl_mode to a
+// pool whose mode is off; it names every choice.
+const sslModeForDomainMessage = "is required with ssl_domain while the pool's mode is off (the default): send full_strict " +
+	"(TLS at the edge, verified TLS to https:// backends; recommended), full (TLS to backends, not verified), " +
+	"flexible (TLS at the edge, HTTP to backends), passthrough (TLS relayed by SNI) or off (plain HTTP for this name, no TLS)"
 
 // buildPool turns a request onto base into a validated pool.
 func buildPool(base storage.Pool, spec apitypes.PoolSpec, create bool) (storage.Pool, error) {
@@ -352,6 +369,11 @@ func (s *Server) handleGetPool(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
+	wait, err := s.parseWaitAll(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	var spec apitypes.PoolSpec
 	if err := readStrict(w, r, s.cfg.MaxBodyBytes, &spec); err != nil {
 		s.writeError(w, r, err)
@@ -411,11 +433,20 @@ func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
 	} else {
 		s.logAudit(ae)
 	}
+	if err := s.waitAll(r, wait, commit, fmt.Sprintf("pool %q", stored.Name)); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	s.respondPool(w, r, http.StatusCreated, stored)
 }
 
 func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	wait, err := s.parseWaitAll(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	var spec apitypes.PoolSpec
 	if err := readStrict(w, r, s.cfg.MaxBodyBytes, &spec); err != nil {
 		s.writeError(w, r, err)
@@ -460,12 +491,21 @@ func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 	}
 	stored.Version = rowVersion(stored.Version, commit)
 	s.logAudit(ae)
+	if err := s.waitAll(r, wait, commit, fmt.Sprintf("the change of pool %q", name)); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	s.respondPool(w, r, http.StatusOK, stored)
 }
 
 func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	cascade, err := boolQuery(r, "cascade")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	wait, err := s.parseWaitAll(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -478,7 +518,7 @@ func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 	var before storage.Pool
 	var removed int
 	var ae storage.AuditEntry
-	_, err = s.store.Update(r.Context(), func(tx *storage.Tx) error {
+	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := tx.Pool(name)
 		if err != nil {
 			return notFoundAs(err, "name", fmt.Sprintf("no pool named %q", name))
@@ -510,6 +550,10 @@ func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.logAudit(ae, zap.Int("backends_deleted", removed))
+	if err := s.waitAll(r, wait, commit, fmt.Sprintf("the deletion of pool %q", name)); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
