@@ -208,7 +208,7 @@ func (pf *poolFlags) register(cmd *cobra.Command, update bool) {
 	f := cmd.Flags()
 	f.StringVar(&pf.algorithm, "algorithm", "", "balancing algorithm: "+strings.Join(poolAlgorithms(), ", "))
 	f.StringVar(&pf.sslMode, "ssl-mode", "", "TLS handling: "+strings.Join(poolSSLModes(), ", "))
-	f.StringVar(&pf.sslDomain, "ssl-domain", "", "primary host name the pool serves (and its certificate's domain)")
+	f.StringVar(&pf.sslDomain, "ssl-domain", "", "primary host name the pool serves (and its certificate's domain); with a pool in ssl mode off, give --ssl-mode too ('off' included)")
 	f.StringVar(&pf.sslCertID, "ssl-cert-id", "", "id of an uploaded certificate to present (default: by SNI)")
 	hostsHelp := "further host name the pool serves, exact or *.wildcard (repeatable)"
 	if update {
