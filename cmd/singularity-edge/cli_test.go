@@ -613,6 +613,15 @@ func TestCLI(t *testing.T) {
 			stderr: []string{"is stored on this node", "m2 (alive): pending", "m3 (suspect): suspect"},
 		},
 		{
+			name: "not_applied as JSON keeps error.missing for scripts",
+			args: []string{"pools", "delete", "api", "--wait", "10s", "-o", "json"},
+			routes: map[string]reply{"DELETE /api/pools/api": {status: 504,
+				body: `{"error":{"code":"not_applied","message":"the deletion of pool \"api\" is stored on this node","missing":[{"name":"m2","node_id":"n2","state":"alive","reason":"not connected"}]}}`}},
+			calls:  []call{{Method: "DELETE", Path: "/api/pools/api", Query: "wait_all=10s"}},
+			code:   exitNotApplied,
+			stderr: []string{`"code": "not_applied"`, `"missing": [`, `"node_id": "n2"`, `"reason": "not connected"`, `"exit_code": 9`},
+		},
+		{
 			name: "--wait 0 is refused before any request",
 			args: []string{"pools", "delete", "web", "--wait", "0s"},
 			code: exitUsage, stderr: []string{"--wait must be at least 1ms"},

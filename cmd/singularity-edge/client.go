@@ -307,6 +307,8 @@ type apiError struct {
 	// Missing names the members that do not hold a write (not_applied,
 	// a refused cluster leave).
 	Missing []apitypes.ClusterMissing
+	// HeldBack details a 429 held_back answer.
+	HeldBack *apitypes.HeldBack
 	// hint is what the CLI adds for its own user (a flag to try).
 	hint string
 }
@@ -315,7 +317,8 @@ func parseAPIError(status int, body []byte) *apiError {
 	var shape apitypes.ErrorBody
 	ae := &apiError{Status: status}
 	if err := json.Unmarshal(body, &shape); err == nil && shape.Error.Message != "" {
-		ae.Code, ae.Message, ae.Fields, ae.Missing = shape.Error.Code, shape.Error.Message, shape.Error.Fields, shape.Error.Missing
+		ae.Code, ae.Message, ae.Fields = shape.Error.Code, shape.Error.Message, shape.Error.Fields
+		ae.Missing, ae.HeldBack = shape.Error.Missing, shape.Error.HeldBack
 		return ae
 	}
 	// Not our JSON (a proxy in between, or not the admin API at all).
