@@ -622,6 +622,15 @@ func TestCLI(t *testing.T) {
 			stderr: []string{`"code": "not_applied"`, `"missing": [`, `"node_id": "n2"`, `"reason": "not connected"`, `"exit_code": 9`},
 		},
 		{
+			name: "held_back as JSON keeps error.held_back for scripts",
+			args: []string{"certs", "issue", "x.example.com", "-o", "json"},
+			routes: map[string]reply{"POST /api/certificates": {status: 429,
+				body: `{"error":{"code":"held_back","message":"held back","held_back":{"limit":"duplicate_certs","scope":"acme-1","count":4,"max":4,"window_seconds":604800,"until":"2099-01-01T00:00:00Z"}}}`}},
+			calls:  []call{{Method: "POST", Path: "/api/certificates", Query: "wait=45s", Body: map[string]any{"domains": []any{"x.example.com"}}}},
+			code:   exitHeldBack,
+			stderr: []string{`"held_back": {`, `"limit": "duplicate_certs"`, `"until": "2099-01-01T00:00:00Z"`},
+		},
+		{
 			name: "--wait 0 is refused before any request",
 			args: []string{"pools", "delete", "web", "--wait", "0s"},
 			code: exitUsage, stderr: []string{"--wait must be at least 1ms"},
