@@ -33,7 +33,7 @@
 //	DELETE /api/pools/{name}[?cascade=true]   204; 404, 409 backends left, 412
 //	GET    /api/pools/{name}/backends         200 list; 404 pool
 //	POST   /api/pools/{name}/backends         201 + Location, ETag; 400, 404 pool, 409 address/id taken, 422
-//	                                          a JSON array (at most 1000): 201 {"items": [...]}, atomic, fields "[i].host"
+//	                                          a JSON array (at most 999): 201 {"items": [...]}, atomic, fields "[i].host"
 //	GET    /api/pools/{name}/backends/{id}    200 + ETag; 404
 //	PATCH  /api/pools/{name}/backends/{id}    200 + ETag; 400, 404, 409, 412, 422
 //	DELETE /api/pools/{name}/backends/{id}    204; 404, 412

@@ -47,12 +47,14 @@ func (s *Server) parseWaitAll(r *http.Request) (time.Duration, error) {
 }
 
 // waitAll runs after a write committed, when the request asked for
-// ?wait_all=: it waits until every alive member has applied commit. nil
-// when they have (or the agent runs alone); otherwise a 504 not_applied
-// that says the write is stored and names the members that did not apply
-// it, so that a client does not repeat a write that took effect.
-func (s *Server) waitAll(r *http.Request, wait time.Duration, commit storage.Commit, what string) error {
-	if wait <= 0 || s.deps.Replication == nil {
+// ?wait_all=: it waits until every alive member has applied its commits
+// (one, or several for a cascade that deletes more backends than one
+// transaction holds), all within wait. nil when they have (or the agent
+// runs alone); otherwise a 504 not_applied that says the write is stored
+// and names the members that did not apply it, so that a client does not
+// repeat a write that took effect.
+func (s *Server) waitAll(r *http.Request, wait time.Duration, what string, commits ...storage.Commit) error {
+	if wait <= 0 || s.deps.Replication == nil || len(commits) == 0 {
 		return nil
 	}
 	// The commit is done: a cluster leave may close the write gate now,
@@ -63,11 +65,23 @@ func (s *Server) waitAll(r *http.Request, wait time.Duration, commit storage.Com
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), wait)
 	defer cancel()
-	missing, err := s.deps.Replication.WaitApplied(ctx, commit)
-	var failed []string
-	for _, m := range missing {
-		if m.State == "alive" {
-			failed = append(failed, fmt.Sprintf("%s (%s)", m.Name, m.Reason))
+	var (
+		missing []apitypes.ClusterMissing
+		err     error
+		failed  []string
+		last    storage.Commit
+	)
+	for _, c := range commits {
+		last = c
+		missing, err = s.deps.Replication.WaitApplied(ctx, c)
+		failed = failed[:0]
+		for _, m := range missing {
+			if m.State == "alive" {
+				failed = append(failed, fmt.Sprintf("%s (%s)", m.Name, m.Reason))
+			}
+		}
+		if err != nil || len(failed) > 0 {
+			break
 		}
 	}
 	if err == nil && len(failed) == 0 {
@@ -82,6 +96,6 @@ func (s *Server) waitAll(r *http.Request, wait time.Duration, commit storage.Com
 	}
 	return &apiError{Status: http.StatusGatewayTimeout, Code: apitypes.CodeNotApplied,
 		Message: fmt.Sprintf("%s is stored on this node (commit %d), but not every alive member applied it within %s: %s; replication goes on and brings it to them once they are connected, so do not repeat the write",
-			what, commit.Version.Seq, wait, strings.Join(failed, ", ")),
+			what, last.Version.Seq, wait, strings.Join(failed, ", ")),
 		missing: missing, cause: err}
 }

@@ -294,8 +294,10 @@ type BulkBackends struct {
 }
 
 // MaxBulkBackends is the largest array POST /api/pools/{name}/backends
-// takes in one request.
-const MaxBulkBackends = 1000
+// takes in one request. The array is one transaction, and a transaction
+// holds at most 1,000 rows (storage.MaxChangeSetRows), one of them the
+// request's audit row.
+const MaxBulkBackends = 999
 
 // CertificateUpload is POST /api/certificates/upload as JSON.
 type CertificateUpload struct {
