@@ -263,7 +263,7 @@ func (s *Server) handleCreateBackend(w http.ResponseWriter, r *http.Request) {
 	} else {
 		s.logAudit(ae)
 	}
-	if err := s.waitAll(r, wait, what, commit); err != nil {
+	if err := s.waitAll(w, r, wait, what, commit); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -413,7 +413,7 @@ func (s *Server) handlePatchBackend(w http.ResponseWriter, r *http.Request) {
 	}
 	stored.Version = rowVersion(stored.Version, commit)
 	s.logAudit(ae, zap.String("pool", pool))
-	if err := s.waitAll(r, wait, fmt.Sprintf("the change of backend %q", id), commit); err != nil {
+	if err := s.waitAll(w, r, wait, fmt.Sprintf("the change of backend %q", id), commit); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -454,7 +454,7 @@ func (s *Server) handleDeleteBackend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.logAudit(ae, zap.String("pool", pool))
-	if err := s.waitAll(r, wait, fmt.Sprintf("the deletion of backend %q", id), commit); err != nil {
+	if err := s.waitAll(w, r, wait, fmt.Sprintf("the deletion of backend %q", id), commit); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

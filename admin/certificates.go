@@ -321,7 +321,7 @@ func (s *Server) storeUpload(w http.ResponseWriter, r *http.Request, in uploadIn
 	}
 	stored.Version = rowVersion(stored.Version, commit)
 	s.logAudit(ae)
-	if err := s.waitAll(r, wait, fmt.Sprintf("certificate %q", stored.ID), commit); err != nil {
+	if err := s.waitAll(w, r, wait, fmt.Sprintf("certificate %q", stored.ID), commit); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -436,7 +436,7 @@ func (s *Server) handleDeleteCertificate(w http.ResponseWriter, r *http.Request)
 			zap.String("id", id), zap.Strings("hosts", orphaned))
 	}
 	s.logAudit(ae, extra...)
-	if err := s.waitAll(r, wait, fmt.Sprintf("the deletion of certificate %q", id), commit); err != nil {
+	if err := s.waitAll(w, r, wait, fmt.Sprintf("the deletion of certificate %q", id), commit); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

@@ -139,6 +139,8 @@ func (s *Server) handleClusterLeave(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errNoGossip())
 		return
 	}
+	// The goodbye after the flush takes up to a few seconds more.
+	s.extendWriteDeadline(w, wait+10*time.Second)
 	ctx, cancel := context.WithTimeout(r.Context(), wait)
 	defer cancel()
 	if !s.writes.close(ctx) {

@@ -512,7 +512,7 @@ func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
 	} else {
 		s.logAudit(ae)
 	}
-	if err := s.waitAll(r, wait, fmt.Sprintf("pool %q", stored.Name), append(commits, commit)...); err != nil {
+	if err := s.waitAll(w, r, wait, fmt.Sprintf("pool %q", stored.Name), append(commits, commit)...); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -570,7 +570,7 @@ func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 	}
 	stored.Version = rowVersion(stored.Version, commit)
 	s.logAudit(ae)
-	if err := s.waitAll(r, wait, fmt.Sprintf("the change of pool %q", name), commit); err != nil {
+	if err := s.waitAll(w, r, wait, fmt.Sprintf("the change of pool %q", name), commit); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -647,7 +647,7 @@ func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.logAudit(ae, zap.Int("backends_deleted", removed))
-	if err := s.waitAll(r, wait, fmt.Sprintf("the deletion of pool %q", name), commits...); err != nil {
+	if err := s.waitAll(w, r, wait, fmt.Sprintf("the deletion of pool %q", name), commits...); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

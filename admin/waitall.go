@@ -46,6 +46,16 @@ func (s *Server) parseWaitAll(r *http.Request) (time.Duration, error) {
 	return d, nil
 }
 
+// extendWriteDeadline gives the answer of a request that waits (wait_all,
+// an ACME order's wait, a cluster leave) wait and 5 s more from now: the
+// server's WriteTimeout runs from the request's headers, so a body that
+// took its time and a commit would otherwise eat into the wait the client
+// asked for, and the answer would be a closed connection. wait itself is
+// bounded by maxIssueWait.
+func (s *Server) extendWriteDeadline(w http.ResponseWriter, wait time.Duration) {
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 5*time.Second))
+}
+
 // waitAll runs after a write committed, when the request asked for
 // ?wait_all=: it waits until every alive member has applied its commits
 // (one, or several for a cascade that deletes more backends than one
@@ -53,10 +63,11 @@ func (s *Server) parseWaitAll(r *http.Request) (time.Duration, error) {
 // runs alone); otherwise a 504 not_applied that says the write is stored
 // and names the members that did not apply it, so that a client does not
 // repeat a write that took effect.
-func (s *Server) waitAll(r *http.Request, wait time.Duration, what string, commits ...storage.Commit) error {
+func (s *Server) waitAll(w http.ResponseWriter, r *http.Request, wait time.Duration, what string, commits ...storage.Commit) error {
 	if wait <= 0 || s.deps.Replication == nil || len(commits) == 0 {
 		return nil
 	}
+	s.extendWriteDeadline(w, wait)
 	// The commit is done: a cluster leave may close the write gate now,
 	// its flush covers this commit. Holding the gate for the wait would
 	// make a leave time out behind a client's read-your-writes wait.

@@ -3,6 +3,8 @@ package admin
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/singularity-ng/singularity-edge/apitypes"
+	"github.com/singularity-ng/singularity-edge/certs"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
@@ -260,3 +263,87 @@ func sep(path string) string {
 	}
 	return "?"
 }
+
+// slowBodyThroughTheServer sends body to the server's own http.Server (its
+// timeouts, which the harness's httptest server lacks), the first byte at
+// once and the rest after pause, and returns the answer.
+func slowBodyThroughTheServer(t *testing.T, h *harness, path, body string, pause time.Duration) (int, string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- h.srv.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-served:
+		case <-time.After(20 * time.Second):
+			t.Error("the server did not stop")
+		}
+	})
+	pr, pw := io.Pipe()
+	go func() {
+		_, _ = pw.Write([]byte(body[:1]))
+		time.Sleep(pause)
+		_, _ = pw.Write([]byte(body[1:]))
+		_ = pw.Close()
+	}()
+	req, err := http.NewRequest("POST", "http://"+ln.Addr().String()+path, pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	req.Header.Set("Content-Type", "application/json")
+	res, err := h.client.Do(req)
+	if err != nil {
+		t.Fatalf("POST %s: no answer: %v", path, err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(b)
+}
+
+// TestWaitsAnswerAfterASlowBody: the server's write timeout runs from the
+// request's headers, so a body that took its time and then a full wait
+// (wait_all, an ACME order's wait) used to pass it, and the client got a
+// closed connection instead of the answer.
+func TestWaitsAnswerAfterASlowBody(t *testing.T) {
+	// WriteTimeout 7s: waits of at most 2s; the body takes 6s.
+	slowServer := withConfig(func(c *Config) { c.WriteTimeout = 7 * time.Second })
+	t.Run("wait_all", func(t *testing.T) {
+		fr := &fakeReplication{block: make(chan struct{}),
+			missing: []apitypes.ClusterMissing{{Name: "m2", NodeID: "n2", State: "alive", Reason: "pending"}}}
+		h := newHarness(t, withDeps(func(d *Deps) { d.Replication = fr }), slowServer)
+		status, body := slowBodyThroughTheServer(t, h, "/api/pools?wait_all=2s", `{"name":"slow"}`, 6*time.Second)
+		if status != http.StatusGatewayTimeout || !strings.Contains(body, "m2 (pending)") {
+			t.Fatalf("status %d %s, want 504 naming m2", status, body)
+		}
+	})
+	t.Run("ACME wait", func(t *testing.T) {
+		h := newHarness(t, withDeps(func(d *Deps) { d.ACME = stuckACME{} }), slowServer)
+		status, body := slowBodyThroughTheServer(t, h, "/api/certificates?wait=2s", `{"domain":"slow.example.test"}`, 6*time.Second)
+		if status != http.StatusAccepted {
+			t.Fatalf("status %d %s, want 202 (the order still runs)", status, body)
+		}
+	})
+}
+
+// stuckACME is a CA that never finishes an order.
+type stuckACME struct{}
+
+func (stuckACME) Obtain(ctx context.Context, _ []string, _ string) (storage.Certificate, error) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(20 * time.Second): // past every wait of the test
+	}
+	return storage.Certificate{}, errors.New("the order did not finish")
+}
+
+func (stuckACME) Status(context.Context, string) (certs.Status, error) {
+	return certs.Status{}, storage.ErrNotFound
+}
+
+func (stuckACME) CheckProfile(context.Context, string) error { return nil }
