@@ -197,6 +197,7 @@ func (s *Server) issueCertificate(w http.ResponseWriter, r *http.Request, in cre
 		}
 		done <- result{c, err}
 	}()
+	s.extendWriteDeadline(w, wait)
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	location := "/api/certificates/" + url.PathEscape(id)

@@ -191,6 +191,11 @@ func inPool(b storage.Backend, err error, pool, id string) (storage.Backend, err
 // refuses them all, its index leading the field names ("[3].host").
 func (s *Server) handleCreateBackend(w http.ResponseWriter, r *http.Request) {
 	pool := r.PathValue("name")
+	wait, err := s.parseWaitAll(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	body, err := readJSONBody(w, r, s.cfg.MaxBodyBytes)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -250,9 +255,19 @@ func (s *Server) handleCreateBackend(w http.ResponseWriter, r *http.Request) {
 	for i := range created {
 		created[i].Version = rowVersion(created[i].Version, commit)
 	}
+	what := fmt.Sprintf("backend %q", created[0].ID)
 	if bulk {
+		what = fmt.Sprintf("the %d backends of pool %q", len(created), pool)
 		s.logAudit(ae, zap.Int("count", len(created)),
 			zap.String("first", created[0].ID), zap.String("last", created[len(created)-1].ID))
+	} else {
+		s.logAudit(ae)
+	}
+	if err := s.waitAll(w, r, wait, what, commit); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if bulk {
 		resp := apitypes.BulkBackends{Items: make([]apitypes.Backend, 0, len(created))}
 		err := s.store.View(r.Context(), func(tx *storage.Tx) error {
 			for i, b := range created {
@@ -275,7 +290,6 @@ func (s *Server) handleCreateBackend(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusCreated, resp)
 		return
 	}
-	s.logAudit(ae)
 	if !specs[0].ID.Set {
 		// A generated id is new to every node: nothing can have
 		// observed the backend yet, so there are no observations to
@@ -342,6 +356,11 @@ func prefixFields(err error, prefix string) error {
 
 func (s *Server) handlePatchBackend(w http.ResponseWriter, r *http.Request) {
 	pool, id := r.PathValue("name"), r.PathValue("id")
+	wait, err := s.parseWaitAll(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	var spec apitypes.BackendSpec
 	if err := readStrict(w, r, s.cfg.MaxBodyBytes, &spec); err != nil {
 		s.writeError(w, r, err)
@@ -394,11 +413,20 @@ func (s *Server) handlePatchBackend(w http.ResponseWriter, r *http.Request) {
 	}
 	stored.Version = rowVersion(stored.Version, commit)
 	s.logAudit(ae, zap.String("pool", pool))
+	if err := s.waitAll(w, r, wait, fmt.Sprintf("the change of backend %q", id), commit); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	s.respondBackend(w, r, http.StatusOK, stored)
 }
 
 func (s *Server) handleDeleteBackend(w http.ResponseWriter, r *http.Request) {
 	pool, id := r.PathValue("name"), r.PathValue("id")
+	wait, err := s.parseWaitAll(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	match, err := parseIfMatch(r)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -406,7 +434,7 @@ func (s *Server) handleDeleteBackend(w http.ResponseWriter, r *http.Request) {
 	}
 	var before storage.Backend
 	var ae storage.AuditEntry
-	_, err = s.store.Update(r.Context(), func(tx *storage.Tx) error {
+	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := txBackendOfPool(tx, pool, id)
 		if err != nil {
 			return err
@@ -426,6 +454,10 @@ func (s *Server) handleDeleteBackend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.logAudit(ae, zap.String("pool", pool))
+	if err := s.waitAll(w, r, wait, fmt.Sprintf("the deletion of backend %q", id), commit); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -119,8 +119,21 @@ func (s *Server) handleCreateCertificate(w http.ResponseWriter, r *http.Request)
 		s.writeError(w, r, err)
 		return
 	}
+	// The route's two kinds of request each read one of its parameters;
+	// the other is refused rather than ignored.
+	q := r.URL.Query()
 	if !in.isUpload() {
+		if q.Has(waitAllParam) {
+			msg := "is for uploads; an ACME certificate reaches the other members by replication (its challenge tokens already wait for every alive member); use wait for the order"
+			s.writeError(w, r, errInvalid(waitAllParam+" "+msg, fielderr.FieldError{Field: waitAllParam, Message: msg}))
+			return
+		}
 		s.issueCertificate(w, r, in)
+		return
+	}
+	if q.Has("wait") {
+		msg := "is for ACME requests (how long to wait for the order); an upload waits for the other members with " + waitAllParam
+		s.writeError(w, r, errInvalid("wait "+msg, fielderr.FieldError{Field: "wait", Message: msg}))
 		return
 	}
 	var errs fielderr.List
@@ -258,6 +271,11 @@ func multipartError(err error) error {
 // derived from the leaf's fingerprint, so the same certificate uploaded
 // twice is a 409 naming the existing id.
 func (s *Server) storeUpload(w http.ResponseWriter, r *http.Request, in uploadInput) {
+	wait, err := s.parseWaitAll(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	if in.Domain != "" && in.Certificate == "" && in.PrivateKey == "" {
 		s.writeError(w, r, errUnprocessable(fielderr.List{{Field: "domain",
 			Message: "an upload takes certificate and private_key; POST /api/certificates with domain obtains a certificate from ACME"}}))
@@ -303,6 +321,10 @@ func (s *Server) storeUpload(w http.ResponseWriter, r *http.Request, in uploadIn
 	}
 	stored.Version = rowVersion(stored.Version, commit)
 	s.logAudit(ae)
+	if err := s.waitAll(w, r, wait, fmt.Sprintf("certificate %q", stored.ID), commit); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	w.Header().Set("ETag", etag(stored.Version))
 	w.Header().Set("Location", "/api/certificates/"+url.PathEscape(stored.ID))
 	writeJSON(w, http.StatusCreated, certificateView(stored, s.now()))
@@ -351,6 +373,11 @@ func (s *Server) handleDeleteCertificate(w http.ResponseWriter, r *http.Request)
 		s.writeError(w, r, err)
 		return
 	}
+	wait, err := s.parseWaitAll(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	match, err := parseIfMatch(r)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -359,7 +386,7 @@ func (s *Server) handleDeleteCertificate(w http.ResponseWriter, r *http.Request)
 	var before storage.Certificate
 	var orphaned []string
 	var ae storage.AuditEntry
-	_, err = s.store.Update(r.Context(), func(tx *storage.Tx) error {
+	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := tx.Certificate(id)
 		if err != nil {
 			return notFoundAs(err, "id", fmt.Sprintf("no certificate with id %q", id))
@@ -409,6 +436,10 @@ func (s *Server) handleDeleteCertificate(w http.ResponseWriter, r *http.Request)
 			zap.String("id", id), zap.Strings("hosts", orphaned))
 	}
 	s.logAudit(ae, extra...)
+	if err := s.waitAll(w, r, wait, fmt.Sprintf("the deletion of certificate %q", id), commit); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 

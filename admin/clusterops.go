@@ -110,14 +110,7 @@ func validateJoinAddresses(in []string) ([]string, error) {
 // ready. Without force, a member that still misses writes after wait
 // refuses the leave (409, the members in error.missing) and writes resume.
 func (s *Server) handleClusterLeave(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	for k := range q {
-		if k != "wait" && k != "force" {
-			s.writeError(w, r, errInvalid("unknown query parameter "+strconv.Quote(k)+"; leave takes wait and force",
-				fielderr.FieldError{Field: k, Message: "unknown query parameter"}))
-			return
-		}
-	}
+	q := r.URL.Query() // wait and force only: the route declares them (routes)
 	force := false
 	if v := q.Get("force"); v != "" {
 		b, err := strconv.ParseBool(v)
@@ -146,6 +139,8 @@ func (s *Server) handleClusterLeave(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errNoGossip())
 		return
 	}
+	// The goodbye after the flush takes up to a few seconds more.
+	s.extendWriteDeadline(w, wait+10*time.Second)
 	ctx, cancel := context.WithTimeout(r.Context(), wait)
 	defer cancel()
 	if !s.writes.close(ctx) {

@@ -109,6 +109,10 @@ type Deps struct {
 	// /api/cluster/join, /api/cluster/leave). nil: the agent runs
 	// without gossip, and both answer 409 not_supported.
 	Membership Membership
+	// Replication waits until every alive member has applied a write of
+	// this node (?wait_all= on pool, backend and certificate writes).
+	// nil: the agent runs alone, and such a wait returns at once.
+	Replication Replication
 	// Ready is closed once the agent can serve traffic (normally
 	// pools.Manager.Ready()); until then /api/health answers 503. nil:
 	// ready as soon as the store is open.

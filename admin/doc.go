@@ -27,12 +27,13 @@
 //	GET    /api/health                        200 ready, 503 starting (no token needed; says nothing else)
 //	GET    /api/pools                         200 list
 //	POST   /api/pools                         201 + Location, ETag; 400, 409 name/host taken or second default, 422
+//	                                          (ssl_domain on a pool left in ssl_mode off: 422 ssl_mode)
 //	GET    /api/pools/{name}                  200 + ETag; 404
 //	PATCH  /api/pools/{name}                  200 + ETag; 400, 404, 409 host/default/backends, 412, 422 (name cannot change)
 //	DELETE /api/pools/{name}[?cascade=true]   204; 404, 409 backends left, 412
 //	GET    /api/pools/{name}/backends         200 list; 404 pool
 //	POST   /api/pools/{name}/backends         201 + Location, ETag; 400, 404 pool, 409 address/id taken, 422
-//	                                          a JSON array (at most 1000): 201 {"items": [...]}, atomic, fields "[i].host"
+//	                                          a JSON array (at most 999): 201 {"items": [...]}, atomic, fields "[i].host"
 //	GET    /api/pools/{name}/backends/{id}    200 + ETag; 404
 //	PATCH  /api/pools/{name}/backends/{id}    200 + ETag; 400, 404, 409, 412, 422
 //	DELETE /api/pools/{name}/backends/{id}    204; 404, 412
@@ -58,6 +59,12 @@
 //	POST   /api/db/checkpoint  {"dir": "/abs"} 201; 400, 409 dir exists, 415, 422
 //	GET    /metrics                           Prometheus text; token unless loopback or MetricsPublic
 //	GET    /admin/dashboard                   the dashboard page (carries no data; asks for the token)
+//
+// Writes of pools, backends and certificates (POST, PATCH, DELETE above,
+// the upload routes; not an ACME request) take ?wait_all=10s: the answer
+// comes once every alive member has applied the write, or is 504
+// not_applied (the write is stored; error.missing names the members).
+// A query parameter a route does not read is refused with 400 naming it.
 //
 // Every /api route but the health check answers 401 without the token.
 // Without a configured token (loopback only) the same routes, and /metrics

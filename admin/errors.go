@@ -37,6 +37,8 @@ import (
 //	413 too_large               the body exceeds the configured limit
 //	415 unsupported_media_type  the Content-Type is not one the route reads
 //	502 join_failed             no node answered at the addresses of a cluster join
+//	504 not_applied             the write is stored here, but an alive member did not apply it
+//	                            within ?wait_all= (error.missing names who); do not repeat it
 //	500 internal                anything else; the message never carries the cause's details
 const (
 	CodeInvalid              = apitypes.CodeInvalid
@@ -53,6 +55,7 @@ const (
 	CodeInsufficientStorage  = apitypes.CodeInsufficientStorage
 	CodeUnavailable          = apitypes.CodeUnavailable
 	CodeJoinFailed           = apitypes.CodeJoinFailed
+	CodeNotApplied           = apitypes.CodeNotApplied
 )
 
 // apiError is a failed request on its way to the client. Handlers return it
@@ -169,7 +172,15 @@ func toAPIError(err error) *apiError {
 // goes to the log only, so neither stored secrets nor paths leak.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	ae := toAPIError(err)
-	if ae.Status >= 500 {
+	switch {
+	case ae.Code == CodeNotApplied:
+		// The write is stored; the cluster is slow or partitioned.
+		s.logger.Warn("write not applied by every alive member within wait_all",
+			zap.String("request_id", requestID(r.Context())),
+			zap.String("method", r.Method),
+			zap.String("path", r.URL.Path),
+			zap.Any("missing", ae.missing))
+	case ae.Status >= 500:
 		s.logger.Error("admin request failed",
 			zap.String("request_id", requestID(r.Context())),
 			zap.String("method", r.Method),

@@ -20,6 +20,9 @@ type requestInfoKey struct{}
 type requestInfo struct {
 	id    string
 	route string
+	// endWrite lets a write request out of the write gate once it has
+	// committed (nil for reads); calling it again does nothing.
+	endWrite func()
 }
 
 func infoFrom(ctx context.Context) *requestInfo {

@@ -26,6 +26,7 @@ import (
 func poolSpecOnto(p *storage.Pool, spec apitypes.PoolSpec, create bool) fielderr.List {
 	var errs fielderr.List
 	prevMode := pools.CanonicalSSLMode(p.SSLMode)
+	prevDomain := p.SSLDomain
 	apply(&errs, "name", spec.Name, &p.Name)
 	apply(&errs, "algorithm", spec.Algorithm, &p.Algorithm)
 	apply(&errs, "ssl_mode", spec.SSLMode, &p.SSLMode)
@@ -83,6 +84,16 @@ func poolSpecOnto(p *storage.Pool, spec apitypes.PoolSpec, create bool) fielderr
 		errs.Add("on_demand_rate", fmt.Sprintf("must be between 1 and %d orders per minute, got 0", pools.MaxOnDemandRate))
 	}
 	applyMetadata(&errs, spec.Metadata, &p.Metadata, !create)
+	// A new ssl_domain asks for TLS for that name, and ssl_mode off (the
+	// default of a create) would serve it as plain HTTP only. No mode is
+	// chosen for the client (DESIGN.md recommends full_strict, which
+	// refuses http:// backends): a request that sets ssl_domain on a pool
+	// whose mode stays off without saying so names the mode it wants,
+	// "off" included.
+	if d := strings.TrimSpace(spec.SSLDomain.Value); spec.SSLDomain.Present() && !spec.SSLMode.Set && d != "" &&
+		!strings.EqualFold(d, prevDomain) && pools.CanonicalSSLMode(p.SSLMode) == pools.SSLModeOff {
+		errs.Add("ssl_mode", sslModeForDomainMessage)
+	}
 
 	// Defaults that follow another field, for fields left out.
 	if hcType && !hc.Path.Set && !hc.ExpectedStatus.Set {
@@ -130,6 +141,68 @@ func poolSpecOnto(p *storage.Pool, spec apitypes.PoolSpec, create bool) fielderr
 	}
 	return errs
 }
+
+// errTooManyLeftovers: a create found more leftover backends than its
+// transaction holds (see handleCreatePool).
+var errTooManyLeftovers = errors.New("more leftover backends than one transaction holds")
+
+// poolTxBackends is how many backends a pool's create or delete removes in
+// its own transaction: one transaction holds storage.MaxChangeSetRows
+// rows, and the pool and its audit row are two of them.
+const poolTxBackends = storage.MaxChangeSetRows - 2
+
+// deleteOrphanBackends deletes backends that name pool while no pool of
+// that name exists (those of a pool just deleted with cascade, or left
+// from a pool deleted on one node while another added to it), in
+// transactions of at most storage.MaxChangeSetRows rows, until at most
+// keep are left. It stops when a pool of that name exists again: that
+// pool's create removed what was left. Such backends are neither shown
+// nor routed; this only keeps them from piling up.
+func (s *Server) deleteOrphanBackends(ctx context.Context, pool string, keep int) (int, []storage.Commit, error) {
+	deleted := 0
+	var commits []storage.Commit
+	for {
+		n := 0
+		more := false
+		commit, err := s.store.Update(ctx, func(tx *storage.Tx) error {
+			n, more = 0, false
+			if _, err := tx.Pool(pool); err == nil {
+				return nil
+			} else if !errors.Is(err, storage.ErrNotFound) {
+				return err
+			}
+			bs, err := tx.BackendsByPoolPage(pool, "", keep+storage.MaxChangeSetRows+1)
+			if err != nil {
+				return err
+			}
+			if len(bs) <= keep {
+				return nil
+			}
+			bs = bs[:min(len(bs)-keep, storage.MaxChangeSetRows)]
+			for _, b := range bs {
+				if err := tx.DeleteBackend(b.ID); err != nil {
+					return err
+				}
+			}
+			n, more = len(bs), true
+			return nil
+		})
+		if err != nil {
+			return deleted, commits, err
+		}
+		if !more {
+			return deleted, commits, nil
+		}
+		deleted += n
+		commits = append(commits, commit)
+	}
+}
+
+// sslModeForDomainMessage refuses an ssl_domain sent without ssl_mode to a
+// pool whose mode is off; it names every choice.
+const sslModeForDomainMessage = "is required with ssl_domain while the pool's mode is off (the default): send full_strict " +
+	"(TLS at the edge, verified TLS to https:// backends; recommended), full (TLS to backends, not verified), " +
+	"flexible (TLS at the edge, HTTP to backends), passthrough (TLS relayed by SNI) or off (plain HTTP for this name, no TLS)"
 
 // buildPool turns a request onto base into a validated pool.
 func buildPool(base storage.Pool, spec apitypes.PoolSpec, create bool) (storage.Pool, error) {
@@ -352,6 +425,11 @@ func (s *Server) handleGetPool(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
+	wait, err := s.parseWaitAll(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	var spec apitypes.PoolSpec
 	if err := readStrict(w, r, s.cfg.MaxBodyBytes, &spec); err != nil {
 		s.writeError(w, r, err)
@@ -368,8 +446,9 @@ func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
 	}
 	var stored storage.Pool
 	var ae storage.AuditEntry
-	var removed int
-	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
+	var removed, inTx int
+	var commits []storage.Commit
+	create := func(tx *storage.Tx) error {
 		if _, err := tx.Pool(p.Name); err == nil {
 			return errConflict("name", fmt.Sprintf("a pool named %q already exists", p.Name))
 		} else if !errors.Is(err, storage.ErrNotFound) {
@@ -384,38 +463,69 @@ func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
 		// node knew. Invisible until now, they would serve the new pool
 		// unasked; a new pool starts empty, so they go in this commit
 		// (tombstones, replicated with it).
-		leftovers, err := tx.BackendsByPool(p.Name)
+		leftovers, err := tx.BackendsByPoolPage(p.Name, "", poolTxBackends+1)
 		if err != nil {
 			return err
+		}
+		if len(leftovers) > poolTxBackends {
+			return errTooManyLeftovers
 		}
 		for _, b := range leftovers {
 			if err := tx.DeleteBackend(b.ID); err != nil {
 				return err
 			}
 		}
-		removed = len(leftovers)
+		inTx = len(leftovers)
 		stored = p
 		if err := tx.PutPool(&stored); err != nil {
 			return err
 		}
 		ae, err = s.recordAudit(tx, r, "create", "pool", stored.Name, nil, poolView(stored))
 		return err
-	})
+	}
+	commit, err := s.store.Update(r.Context(), create)
+	for attempt := 0; errors.Is(err, errTooManyLeftovers) && attempt < 3; attempt++ {
+		// More leftovers than the create's transaction holds (every
+		// check of the create passed): they go first, in transactions of
+		// their own, then the create runs again.
+		n, cs, derr := s.deleteOrphanBackends(r.Context(), p.Name, poolTxBackends)
+		removed += n
+		commits = append(commits, cs...)
+		if derr != nil {
+			err = derr
+			break
+		}
+		commit, err = s.store.Update(r.Context(), create)
+	}
+	if errors.Is(err, errTooManyLeftovers) {
+		err = &apiError{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
+			Message: fmt.Sprintf("backends left from an earlier pool %q keep arriving by replication faster than they are removed; retry", p.Name)}
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
 	stored.Version = rowVersion(stored.Version, commit)
+	removed += inTx
 	if removed > 0 {
 		s.logAudit(ae, zap.Int("leftover_backends_deleted", removed))
 	} else {
 		s.logAudit(ae)
+	}
+	if err := s.waitAll(w, r, wait, fmt.Sprintf("pool %q", stored.Name), append(commits, commit)...); err != nil {
+		s.writeError(w, r, err)
+		return
 	}
 	s.respondPool(w, r, http.StatusCreated, stored)
 }
 
 func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	wait, err := s.parseWaitAll(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	var spec apitypes.PoolSpec
 	if err := readStrict(w, r, s.cfg.MaxBodyBytes, &spec); err != nil {
 		s.writeError(w, r, err)
@@ -460,6 +570,10 @@ func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 	}
 	stored.Version = rowVersion(stored.Version, commit)
 	s.logAudit(ae)
+	if err := s.waitAll(w, r, wait, fmt.Sprintf("the change of pool %q", name), commit); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	s.respondPool(w, r, http.StatusOK, stored)
 }
 
@@ -470,15 +584,20 @@ func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	wait, err := s.parseWaitAll(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	match, err := parseIfMatch(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
 	var before storage.Pool
-	var removed int
+	var removed, total int
 	var ae storage.AuditEntry
-	_, err = s.store.Update(r.Context(), func(tx *storage.Tx) error {
+	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := tx.Pool(name)
 		if err != nil {
 			return notFoundAs(err, "name", fmt.Sprintf("no pool named %q", name))
@@ -493,12 +612,18 @@ func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 		if len(backends) > 0 && !cascade {
 			return errConflict("name", fmt.Sprintf("pool %q still has %d backend(s); delete them first or pass ?cascade=true", name, len(backends)))
 		}
-		for _, b := range backends {
+		// One transaction holds at most storage.MaxChangeSetRows rows:
+		// the pool, its audit row and as many backends as fit go now,
+		// the rest right after (deleteOrphanBackends). From this commit
+		// on the pool is gone and its backends are neither shown nor
+		// routed, so the delete takes effect at once, as one change.
+		first := backends[:min(len(backends), poolTxBackends)]
+		for _, b := range first {
 			if err := tx.DeleteBackend(b.ID); err != nil {
 				return err
 			}
 		}
-		before, removed = cur, len(backends)
+		before, removed, total = cur, len(first), len(backends)
 		if err := tx.DeletePool(name); err != nil {
 			return err
 		}
@@ -509,7 +634,23 @@ func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	commits := []storage.Commit{commit}
+	if total > removed {
+		// Detached from the client: the pool is deleted, and its
+		// backends should not wait for a recreate to be removed.
+		n, more, err := s.deleteOrphanBackends(context.WithoutCancel(r.Context()), name, 0)
+		removed += n
+		commits = append(commits, more...)
+		if err != nil {
+			s.logger.Warn("pool deleted, but some of its backends are still stored: they are neither shown nor routed, and go when a pool of this name is created",
+				zap.String("pool", name), zap.Int("backends_deleted", removed), zap.Int("backends", total), zap.Error(err))
+		}
+	}
 	s.logAudit(ae, zap.Int("backends_deleted", removed))
+	if err := s.waitAll(w, r, wait, fmt.Sprintf("the deletion of pool %q", name), commits...); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -629,3 +629,46 @@ func TestPoolIntervalOutOfRangeIsTheOnlyError(t *testing.T) {
 	h.do("POST", "/api/pools", `{"name":"b","health_check_interval":2000,"health_check":{"timeout":2000}}`).
 		expect(t, http.StatusUnprocessableEntity, CodeInvalid, "health_check.timeout")
 }
+
+// TestSSLDomainNeedsAMode: a new ssl_domain asks for TLS for that name, and
+// the off mode a create starts from would serve it as plain HTTP. Without
+// ssl_mode the request is refused with 422 naming every mode; nothing is
+// chosen for the client, and an explicit "off" is stored as sent.
+func TestSSLDomainNeedsAMode(t *testing.T) {
+	h := newHarness(t)
+	h.createPool(map[string]any{"name": "plain"})
+	h.createPool(map[string]any{"name": "tls", "ssl_mode": "flexible", "ssl_domain": "tls.example.test"})
+	before := h.snapshot()
+	for _, tc := range []struct{ method, path, body string }{
+		{"POST", "/api/pools", `{"name":"web","ssl_domain":"www.example.test"}`},
+		{"POST", "/api/pools", `{"name":"web","ssl_domain":"www.example.test","hosts":["example.test"]}`},
+		{"PATCH", "/api/pools/plain", `{"ssl_domain":"www.example.test"}`},
+	} {
+		r := h.do(tc.method, tc.path, tc.body)
+		r.expect(t, http.StatusUnprocessableEntity, CodeInvalid, "ssl_mode")
+		msg := r.errDetail(t).Message
+		for _, mode := range pools.SSLModes() {
+			if !strings.Contains(msg, mode) {
+				t.Errorf("%s %s: message %q does not name %s", tc.method, tc.path, msg, mode)
+			}
+		}
+	}
+	h.assertUnchanged(before, "ssl_domain without ssl_mode")
+
+	// Sent, every mode is taken as sent, off included.
+	if p := h.createPool(map[string]any{"name": "http-only", "ssl_mode": "off", "ssl_domain": "http.example.test"}); p.SSLMode != "off" || p.SSLDomain != "http.example.test" {
+		t.Fatalf("explicit off: ssl_mode %q ssl_domain %q", p.SSLMode, p.SSLDomain)
+	}
+	var p apitypes.Pool
+	r := h.do("PATCH", "/api/pools/plain", `{"ssl_mode":"full_strict","ssl_domain":"www.example.test"}`)
+	r.expect(t, http.StatusOK, "")
+	if r.json(t, &p); p.SSLMode != "full_strict" {
+		t.Fatalf("ssl_mode %q after PATCH with full_strict", p.SSLMode)
+	}
+	// A pool already in a TLS mode keeps it when its domain changes, and
+	// an off pool may be sent its own domain again (nothing new is asked).
+	h.do("PATCH", "/api/pools/tls", `{"ssl_domain":"tls2.example.test"}`).expect(t, http.StatusOK, "")
+	h.do("PATCH", "/api/pools/http-only", `{"ssl_domain":"http.example.test","algorithm":"random"}`).expect(t, http.StatusOK, "")
+	// Removing the domain needs no mode either.
+	h.do("PATCH", "/api/pools/http-only", `{"ssl_domain":""}`).expect(t, http.StatusOK, "")
+}

@@ -6,6 +6,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
+	"slices"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,6 +17,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/singularity-ng/singularity-edge/internal/fielderr"
 )
 
 // Server is the admin HTTP server: API, dashboard and /metrics.
@@ -30,8 +36,10 @@ type Server struct {
 	// promHandler serves gather; built once, it is safe for concurrent use.
 	promHandler http.Handler
 	page        dashboardPage
-	// patterns are the routes' patterns in registration order.
+	// patterns are the routes' patterns in registration order; query
+	// holds the query parameters each pattern's handler reads.
 	patterns []string
+	query    map[string][]string
 
 	httpServer *http.Server
 	mu         sync.Mutex
@@ -114,6 +122,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		mux:    http.NewServeMux(),
 		gather: cfg.Gatherer,
 		page:   page,
+		query:  map[string][]string{},
 	}
 	if s.metrics, err = registerMetrics(cfg.Registerer, cfg.RegisterRuntimeCollectors); err != nil {
 		return nil, err
@@ -133,35 +142,49 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	return s, nil
 }
 
+// Query parameters of the routes that take any. Each route declares the
+// parameters it reads once, where it is registered; dispatch refuses every
+// other one with 400 naming it, so a typo (?limt=10, ?cascde=true) is an
+// error instead of a silent default.
+var (
+	pageQuery = []string{"limit", "after"}
+	// waitAllQuery is the wait-for-all timeout of the writes an operator
+	// may need to read back from every member (pools, backends,
+	// certificates).
+	waitAllQuery = []string{waitAllParam}
+)
+
 // routes registers every route. Patterns are matched by method and path;
 // a path that exists with another method answers 405 with Allow.
 func (s *Server) routes() {
 	s.handle("GET /api/health", s.handleHealth)
 
-	s.handle("GET /api/pools", s.handleListPools)
-	s.handle("POST /api/pools", s.handleCreatePool)
+	s.handle("GET /api/pools", s.handleListPools, pageQuery...)
+	s.handle("POST /api/pools", s.handleCreatePool, waitAllQuery...)
 	s.handle("GET /api/pools/{name}", s.handleGetPool)
-	s.handle("PATCH /api/pools/{name}", s.handlePatchPool)
-	s.handle("DELETE /api/pools/{name}", s.handleDeletePool)
+	s.handle("PATCH /api/pools/{name}", s.handlePatchPool, waitAllQuery...)
+	s.handle("DELETE /api/pools/{name}", s.handleDeletePool, append([]string{"cascade"}, waitAllQuery...)...)
 
-	s.handle("GET /api/pools/{name}/backends", s.handleListBackends)
-	s.handle("POST /api/pools/{name}/backends", s.handleCreateBackend)
+	s.handle("GET /api/pools/{name}/backends", s.handleListBackends, pageQuery...)
+	s.handle("POST /api/pools/{name}/backends", s.handleCreateBackend, waitAllQuery...)
 	s.handle("GET /api/pools/{name}/backends/{id}", s.handleGetBackend)
-	s.handle("PATCH /api/pools/{name}/backends/{id}", s.handlePatchBackend)
-	s.handle("DELETE /api/pools/{name}/backends/{id}", s.handleDeleteBackend)
+	s.handle("PATCH /api/pools/{name}/backends/{id}", s.handlePatchBackend, waitAllQuery...)
+	s.handle("DELETE /api/pools/{name}/backends/{id}", s.handleDeleteBackend, waitAllQuery...)
 
-	s.handle("GET /api/certificates", s.handleListCertificates)
-	s.handle("POST /api/certificates", s.handleCreateCertificate)
-	s.handle("POST /api/certificates/upload", s.handleUploadCertificate)
+	s.handle("GET /api/certificates", s.handleListCertificates, pageQuery...)
+	// wait: how long an ACME request waits for its order; wait_all: how
+	// long an upload waits for every member to hold it.
+	s.handle("POST /api/certificates", s.handleCreateCertificate, append([]string{"wait"}, waitAllQuery...)...)
+	s.handle("POST /api/certificates/upload", s.handleUploadCertificate, waitAllQuery...)
 	s.handle("GET /api/certificates/{id}", s.handleGetCertificate)
-	s.handle("DELETE /api/certificates/{id}", s.handleDeleteCertificate)
+	s.handle("DELETE /api/certificates/{id}", s.handleDeleteCertificate, append([]string{"force"}, waitAllQuery...)...)
 	s.handle("POST /api/certificates/{id}/renew", s.handleRenewCertificate)
 
-	s.handle("GET /api/audit", s.handleListAudit)
+	s.handle("GET /api/audit", s.handleListAudit, pageQuery...)
 
 	s.handle("GET /api/cluster", s.handleCluster)
 	s.handle("POST /api/cluster/join", s.handleClusterJoin)
-	s.handle("POST /api/cluster/leave", s.handleClusterLeave)
+	s.handle("POST /api/cluster/leave", s.handleClusterLeave, "wait", "force")
 
 	s.handle("GET /api/db", s.handleDBInfo)
 	s.handle("GET /api/db/tables", s.handleDBTables)
@@ -170,6 +193,9 @@ func (s *Server) routes() {
 	s.handle("POST /api/db/backup", s.handleDBBackup)
 	s.handle("POST /api/db/checkpoint", s.handleDBCheckpoint)
 
+	// Pages for Prometheus and browsers, outside /api: their query
+	// parameters are not checked (a scrape config may add params, a
+	// browser a cache buster) and none is read.
 	s.handle("GET /metrics", s.handleMetrics)
 	s.handle("GET /admin/dashboard", s.handleDashboard)
 	s.handle("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
@@ -177,12 +203,51 @@ func (s *Server) routes() {
 	})
 }
 
-// handle registers one route and remembers its pattern, so that tests
-// walk the server's own route table (every route must need the token
-// unless it is on their list of deliberately open ones).
-func (s *Server) handle(pattern string, h http.HandlerFunc) {
+// handle registers one route with the query parameters it reads, and
+// remembers its pattern, so that tests walk the server's own route table
+// (every route must need the token unless it is on their list of
+// deliberately open ones, and every route refuses parameters it does not
+// declare).
+func (s *Server) handle(pattern string, h http.HandlerFunc, query ...string) {
 	s.mux.HandleFunc(pattern, h)
 	s.patterns = append(s.patterns, pattern)
+	s.query[pattern] = query
+}
+
+// checkKnownQuery refuses a query parameter the matched route does not
+// declare. Only /api routes are checked (see routes).
+func (s *Server) checkKnownQuery(pattern, rawQuery string) error {
+	if rawQuery == "" {
+		return nil
+	}
+	q, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return errInvalid("the query string cannot be read: " + err.Error())
+	}
+	accepted := s.query[pattern]
+	names := make([]string, 0, len(q))
+	for k := range q {
+		if !slices.Contains(accepted, k) {
+			names = append(names, k)
+		}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	sort.Strings(names)
+	takes := "takes no query parameters"
+	if len(accepted) > 0 {
+		takes = "takes " + strings.Join(accepted, ", ")
+	}
+	var fields fielderr.List
+	for _, k := range names {
+		fields.Add(k, "unknown query parameter; "+pattern+" "+takes)
+	}
+	quoted := make([]string, len(names))
+	for i, k := range names {
+		quoted[i] = strconv.Quote(k)
+	}
+	return errInvalid(fmt.Sprintf("unknown query parameter %s; %s %s", strings.Join(quoted, ", "), pattern, takes), fields...)
 }
 
 // Handler returns the server's handler (API, dashboard, /metrics) with
@@ -205,10 +270,20 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	_, pattern := s.mux.Handler(r)
 	if strings.HasPrefix(r.URL.Path, "/api/") {
 		if err := checkQuery(r.URL.RawQuery); err != nil {
 			s.writeError(w, r, err)
 			return
+		}
+		// Unknown routes and methods answer 404 and 405 below whatever
+		// their query; a known route refuses what it does not read,
+		// before any refusal that depends on the agent's state.
+		if pattern != "" {
+			if err := s.checkKnownQuery(pattern, r.URL.RawQuery); err != nil {
+				s.writeError(w, r, err)
+				return
+			}
 		}
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead && strings.HasPrefix(r.URL.Path, "/api/") &&
@@ -230,9 +305,12 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
 			s.writeError(w, r, errLeavingNoWrites())
 			return
 		}
-		defer s.writes.exit()
+		endWrite := sync.OnceFunc(s.writes.exit)
+		defer endWrite()
+		if info := infoFrom(r.Context()); info != nil {
+			info.endWrite = endWrite
+		}
 	}
-	_, pattern := s.mux.Handler(r)
 	if info := infoFrom(r.Context()); info != nil {
 		info.route = pattern
 	}

@@ -397,6 +397,7 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	deps := admin.Deps{Store: a.store, Pools: a.pools, Cluster: members, Ready: a.ready}
 	if a.member != nil {
 		deps.Membership = a.member
+		deps.Replication = adminWait{a.repl}
 	}
 	if a.acme != nil {
 		deps.Renewer = a.acme

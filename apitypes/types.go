@@ -23,6 +23,7 @@ const (
 	CodeInsufficientStorage  = "insufficient_storage"   // 507 the node's disk is full
 	CodeUnavailable          = "unavailable"            // 503 the store cannot commit or is not ready
 	CodeJoinFailed           = "join_failed"            // 502 no node answered at the addresses given
+	CodeNotApplied           = "not_applied"            // 504 stored here, not applied by every alive member within ?wait_all=
 )
 
 // ErrorBody is the shape of every error response.
@@ -39,7 +40,9 @@ type ErrorDetail struct {
 	// HeldBack is set with code "held_back" (HTTP 429).
 	HeldBack *HeldBack `json:"held_back,omitempty"`
 	// Missing is set when a cluster leave is refused (HTTP 409): the
-	// members that do not hold every write of this node yet.
+	// members that do not hold every write of this node yet; and with
+	// code "not_applied" (HTTP 504): the members that did not apply the
+	// write within ?wait_all= (the write itself is stored).
 	Missing []ClusterMissing `json:"missing,omitempty"`
 }
 
@@ -291,8 +294,10 @@ type BulkBackends struct {
 }
 
 // MaxBulkBackends is the largest array POST /api/pools/{name}/backends
-// takes in one request.
-const MaxBulkBackends = 1000
+// takes in one request. The array is one transaction, and a transaction
+// holds at most 1,000 rows (storage.MaxChangeSetRows), one of them the
+// request's audit row.
+const MaxBulkBackends = 999
 
 // CertificateUpload is POST /api/certificates/upload as JSON.
 type CertificateUpload struct {

@@ -282,6 +282,7 @@ func (bf *backendFlags) body(cmd *cobra.Command, url string) (map[string]any, er
 
 func newBackendsAddCommand(opts *apiOptions) *cobra.Command {
 	bf := &backendFlags{}
+	var wait *waitAll
 	cmd := &cobra.Command{
 		Use:   "add POOL [URL]",
 		Short: "Add a backend to a pool",
@@ -313,11 +314,16 @@ are refused, not replaced.`,
 			if err != nil {
 				return err
 			}
+			q, err := wait.query(cmd, nil)
+			if err != nil {
+				return err
+			}
 			c, err := opts.client(cmd)
 			if err != nil {
 				return err
 			}
-			resp, err := c.do(cmd.Context(), request{method: http.MethodPost, path: backendsPath(args[0]), body: body})
+			wait.extend(c)
+			resp, err := c.do(cmd.Context(), request{method: http.MethodPost, path: backendsPath(args[0]), body: body, query: q})
 			if err != nil {
 				return err
 			}
@@ -328,12 +334,14 @@ are refused, not replaced.`,
 		},
 	}
 	bf.register(cmd, false)
+	wait = addWaitAllFlag(cmd)
 	return cmd
 }
 
 func newBackendsUpdateCommand(opts *apiOptions) *cobra.Command {
 	bf := &backendFlags{}
 	var url string
+	var wait *waitAll
 	cmd := &cobra.Command{
 		Use:   "update POOL ID",
 		Short: "Change a backend (only the flags given)",
@@ -355,11 +363,16 @@ other fields keep their values. The address changes with --url or with
 			if len(body) == 0 {
 				return withExitCode(exitUsage, fmt.Errorf("nothing to change: give at least one flag (see --help)"))
 			}
+			q, err := wait.query(cmd, nil)
+			if err != nil {
+				return err
+			}
 			c, err := opts.client(cmd)
 			if err != nil {
 				return err
 			}
-			resp, err := c.do(cmd.Context(), request{method: http.MethodPatch, path: backendPath(args[0], args[1]), body: body, ifMatch: quoteETag(bf.ifMatch)})
+			wait.extend(c)
+			resp, err := c.do(cmd.Context(), request{method: http.MethodPatch, path: backendPath(args[0], args[1]), body: body, ifMatch: quoteETag(bf.ifMatch), query: q})
 			if err != nil {
 				return err
 			}
@@ -371,11 +384,13 @@ other fields keep their values. The address changes with --url or with
 	}
 	cmd.Flags().StringVar(&url, "url", "", "new address as a URL (instead of --host/--port/--scheme)")
 	bf.register(cmd, true)
+	wait = addWaitAllFlag(cmd)
 	return cmd
 }
 
 func newBackendsRemoveCommand(opts *apiOptions) *cobra.Command {
-	return &cobra.Command{
+	var wait *waitAll
+	cmd := &cobra.Command{
 		Use:               "remove POOL ID",
 		Aliases:           []string{"rm", "delete"},
 		Short:             "Remove a backend from a pool",
@@ -383,16 +398,23 @@ func newBackendsRemoveCommand(opts *apiOptions) *cobra.Command {
 		Args:              exactArgs(2, "POOL", "ID"),
 		ValidArgsFunction: poolThenBackendCompletion(opts),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			q, err := wait.query(cmd, nil)
+			if err != nil {
+				return err
+			}
 			c, err := opts.client(cmd)
 			if err != nil {
 				return err
 			}
-			if _, err := c.do(cmd.Context(), request{method: http.MethodDelete, path: backendPath(args[0], args[1])}); err != nil {
+			wait.extend(c)
+			if _, err := c.do(cmd.Context(), request{method: http.MethodDelete, path: backendPath(args[0], args[1]), query: q}); err != nil {
 				return err
 			}
 			return printDeleted(c, "backend", args[1])
 		},
 	}
+	wait = addWaitAllFlag(cmd)
+	return cmd
 }
 
 // newBackendsDrainCommand builds `drain` (no new requests, existing ones
@@ -408,12 +430,18 @@ func newBackendsDrainCommand(opts *apiOptions, drain bool) *cobra.Command {
 		cmd.Use = "undrain POOL ID"
 		cmd.Short = "Put a drained backend back into rotation"
 	}
+	wait := addWaitAllFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		q, err := wait.query(cmd, nil)
+		if err != nil {
+			return err
+		}
 		c, err := opts.client(cmd)
 		if err != nil {
 			return err
 		}
-		resp, err := c.do(cmd.Context(), request{method: http.MethodPatch, path: backendPath(args[0], args[1]), body: map[string]any{"draining": drain}})
+		wait.extend(c)
+		resp, err := c.do(cmd.Context(), request{method: http.MethodPatch, path: backendPath(args[0], args[1]), body: map[string]any{"draining": drain}, query: q})
 		if err != nil {
 			return err
 		}

@@ -187,6 +187,7 @@ func withoutPrivateKey(raw []byte) []byte {
 
 func newCertsUploadCommand(opts *apiOptions) *cobra.Command {
 	var certFile, keyFile, chainFile string
+	var wait *waitAll
 	cmd := &cobra.Command{
 		Use:   "upload --cert FILE --key FILE [--chain FILE]",
 		Short: "Upload a certificate and its private key",
@@ -199,6 +200,10 @@ order and the certificate is valid now. A file name of "-" reads stdin.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if certFile == "" || keyFile == "" {
 				return withExitCode(exitUsage, fmt.Errorf("--cert and --key are required"))
+			}
+			q, err := wait.query(cmd, nil)
+			if err != nil {
+				return err
 			}
 			stdinUsed := false
 			read := func(flag, path string) (string, error) {
@@ -234,8 +239,9 @@ order and the certificate is valid now. A file name of "-" reads stdin.`,
 			if err != nil {
 				return err
 			}
+			wait.extend(c)
 			body := map[string]string{"certificate": certPEM, "private_key": keyPEM, "chain": chainPEM}
-			resp, err := c.do(cmd.Context(), request{method: http.MethodPost, path: "/api/certificates/upload", body: body})
+			resp, err := c.do(cmd.Context(), request{method: http.MethodPost, path: "/api/certificates/upload", body: body, query: q})
 			if err != nil {
 				return err
 			}
@@ -253,6 +259,7 @@ order and the certificate is valid now. A file name of "-" reads stdin.`,
 	_ = cmd.MarkFlagFilename("cert", "pem", "crt", "cer")
 	_ = cmd.MarkFlagFilename("key", "pem", "key")
 	_ = cmd.MarkFlagFilename("chain", "pem", "crt", "cer")
+	wait = addWaitAllFlag(cmd)
 	return cmd
 }
 
@@ -271,6 +278,7 @@ func readLimited(r io.Reader, flag, name string) (string, error) {
 
 func newCertsDeleteCommand(opts *apiOptions) *cobra.Command {
 	var force bool
+	var wait *waitAll
 	cmd := &cobra.Command{
 		Use:   "delete ID",
 		Short: "Delete a certificate",
@@ -281,11 +289,15 @@ the second case anyway.`,
 		Args:              exactArgs(1, "ID"),
 		ValidArgsFunction: certIDCompletion(opts),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			q, err := wait.query(cmd, url.Values{})
+			if err != nil {
+				return err
+			}
 			c, err := opts.client(cmd)
 			if err != nil {
 				return err
 			}
-			q := url.Values{}
+			wait.extend(c)
 			if force {
 				q.Set("force", "true")
 			}
@@ -300,5 +312,6 @@ the second case anyway.`,
 		},
 	}
 	cmd.Flags().BoolVar(&force, "force", false, "delete even when it is the only certificate of a host a pool serves")
+	wait = addWaitAllFlag(cmd)
 	return cmd
 }

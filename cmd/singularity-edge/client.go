@@ -304,6 +304,11 @@ type apiError struct {
 	Code    string
 	Message string
 	Fields  []apitypes.FieldError
+	// Missing names the members that do not hold a write (not_applied,
+	// a refused cluster leave).
+	Missing []apitypes.ClusterMissing
+	// HeldBack details a 429 held_back answer.
+	HeldBack *apitypes.HeldBack
 	// hint is what the CLI adds for its own user (a flag to try).
 	hint string
 }
@@ -313,6 +318,7 @@ func parseAPIError(status int, body []byte) *apiError {
 	ae := &apiError{Status: status}
 	if err := json.Unmarshal(body, &shape); err == nil && shape.Error.Message != "" {
 		ae.Code, ae.Message, ae.Fields = shape.Error.Code, shape.Error.Message, shape.Error.Fields
+		ae.Missing, ae.HeldBack = shape.Error.Missing, shape.Error.HeldBack
 		return ae
 	}
 	// Not our JSON (a proxy in between, or not the admin API at all).
@@ -342,6 +348,11 @@ func (e *apiError) Error() string {
 			b.WriteString(f.Field + ": ")
 		}
 		b.WriteString(sentence(f.Message))
+	}
+	if e.Code == apitypes.CodeNotApplied {
+		for _, m := range e.Missing {
+			fmt.Fprintf(&b, "\n  %s (%s): %s", m.Name, m.State, m.Reason)
+		}
 	}
 	if e.Status == http.StatusUnauthorized {
 		b.WriteString("\n  Set EDGE_ADMIN_TOKEN (or --token-file) to the agent's admin token.")
@@ -383,7 +394,12 @@ func (e *apiError) exitCode() int {
 			return exitFailure // the CA said no; the agent answered
 		}
 		return exitUnavailable
-	case http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+	case http.StatusGatewayTimeout:
+		if e.Code == apitypes.CodeNotApplied {
+			return exitNotApplied // stored here; the cluster did not confirm it in time
+		}
+		return exitUnavailable
+	case http.StatusServiceUnavailable:
 		return exitUnavailable
 	}
 	return exitFailure

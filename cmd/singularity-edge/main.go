@@ -43,7 +43,7 @@ func execute(root *cobra.Command, args []string, stderr io.Writer) int {
 	var ae *apiError
 	if errors.As(err, &ae) {
 		out.Status = ae.Status
-		out.Error = apitypes.ErrorDetail{Code: ae.Code, Message: ae.Message, Fields: ae.Fields}
+		out.Error = apitypes.ErrorDetail{Code: ae.Code, Message: ae.Message, Fields: ae.Fields, HeldBack: ae.HeldBack, Missing: ae.Missing}
 		if out.Error.Code == "" {
 			out.Error.Code = fmt.Sprintf("http_%d", ae.Status)
 		}

@@ -208,7 +208,7 @@ func (pf *poolFlags) register(cmd *cobra.Command, update bool) {
 	f := cmd.Flags()
 	f.StringVar(&pf.algorithm, "algorithm", "", "balancing algorithm: "+strings.Join(poolAlgorithms(), ", "))
 	f.StringVar(&pf.sslMode, "ssl-mode", "", "TLS handling: "+strings.Join(poolSSLModes(), ", "))
-	f.StringVar(&pf.sslDomain, "ssl-domain", "", "primary host name the pool serves (and its certificate's domain)")
+	f.StringVar(&pf.sslDomain, "ssl-domain", "", "primary host name the pool serves (and its certificate's domain); with a pool in ssl mode off, give --ssl-mode too ('off' included)")
 	f.StringVar(&pf.sslCertID, "ssl-cert-id", "", "id of an uploaded certificate to present (default: by SNI)")
 	hostsHelp := "further host name the pool serves, exact or *.wildcard (repeatable)"
 	if update {
@@ -392,11 +392,17 @@ func parseMetadata(entries []string) (map[string]string, error) {
 // newPoolsWriteCommand builds `pools create` (POST) or `pools update` (PATCH).
 func newPoolsWriteCommand(opts *apiOptions, update bool) *cobra.Command {
 	pf := &poolFlags{}
+	var wait *waitAll
 	cmd := &cobra.Command{
 		Use:   "create NAME",
 		Short: "Create a pool",
 		Long: `Create a pool. Flags left out take the agent's defaults (round_robin,
-ssl_mode off, TCP health checks).`,
+ssl_mode off, TCP health checks). A pool created with --ssl-domain needs
+--ssl-mode too: full_strict (TLS at the edge, verified TLS to https://
+backends; recommended), full, flexible (TLS at the edge, HTTP to
+backends), passthrough, or off (plain HTTP for that name). The agent
+refuses --ssl-domain alone (exit code 3) rather than serve the name
+without TLS.`,
 		Example: `  singularity-edge pools create web --algorithm least_connections \
       --ssl-mode full_strict --ssl-domain www.example.com --host example.com \
       --health-check-interval 10s --health-check-type http --health-check-path /healthz`,
@@ -417,17 +423,22 @@ other fields keep their values, and changing one never edits another
 		if err != nil {
 			return err
 		}
+		q, err := wait.query(cmd, nil)
+		if err != nil {
+			return err
+		}
 		c, err := opts.client(cmd)
 		if err != nil {
 			return err
 		}
-		req := request{method: http.MethodPost, path: "/api/pools", body: body}
+		wait.extend(c)
+		req := request{method: http.MethodPost, path: "/api/pools", body: body, query: q}
 		verb := "created"
 		if update {
 			if len(body) == 0 {
 				return withExitCode(exitUsage, fmt.Errorf("nothing to change: give at least one flag (see --help)"))
 			}
-			req = request{method: http.MethodPatch, path: poolPath(args[0]), body: body, ifMatch: quoteETag(pf.ifMatch)}
+			req = request{method: http.MethodPatch, path: poolPath(args[0]), body: body, ifMatch: quoteETag(pf.ifMatch), query: q}
 			verb = "updated"
 		} else {
 			body["name"] = args[0]
@@ -442,6 +453,7 @@ other fields keep their values, and changing one never edits another
 		})
 	}
 	pf.register(cmd, update)
+	wait = addWaitAllFlag(cmd)
 	return cmd
 }
 
@@ -456,6 +468,7 @@ func quoteETag(tag string) string {
 
 func newPoolsDeleteCommand(opts *apiOptions) *cobra.Command {
 	var cascade bool
+	var wait *waitAll
 	cmd := &cobra.Command{
 		Use:               "delete NAME",
 		Short:             "Delete a pool",
@@ -463,11 +476,15 @@ func newPoolsDeleteCommand(opts *apiOptions) *cobra.Command {
 		Args:              exactArgs(1, "NAME"),
 		ValidArgsFunction: poolNameCompletion(opts),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			q, err := wait.query(cmd, url.Values{})
+			if err != nil {
+				return err
+			}
 			c, err := opts.client(cmd)
 			if err != nil {
 				return err
 			}
-			q := url.Values{}
+			wait.extend(c)
 			if cascade {
 				q.Set("cascade", "true")
 			}
@@ -482,6 +499,7 @@ func newPoolsDeleteCommand(opts *apiOptions) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&cascade, "cascade", false, "also delete the pool's backends")
+	wait = addWaitAllFlag(cmd)
 	return cmd
 }
 

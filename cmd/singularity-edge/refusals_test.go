@@ -94,6 +94,9 @@ func TestCLIRefusedConfigurationsLeaveTheStoreUnchanged(t *testing.T) {
 		{"interval 0", []string{"pools", "create", "evil", "--health-check-interval", "0s"}, exitInvalid, []string{"health_check_interval"}},
 		{"rise 0", []string{"pools", "create", "evil", "--health-check-rise", "0"}, exitInvalid, []string{"health_check.rise"}},
 		{"upper-case name", []string{"pools", "create", "P11"}, exitInvalid, []string{"name", `"p11"`}},
+		{"ssl domain without a mode", []string{"pools", "create", "evil", "--ssl-domain", "evil.example.test"}, exitInvalid, []string{"ssl_mode", "full_strict", "off"}},
+		{"ssl domain without a mode by update", []string{"pools", "update", "wild", "--ssl-domain", "evil.example.test"}, exitInvalid, []string{"ssl_mode", "full_strict"}},
+		{"--wait below 1ms", []string{"pools", "delete", "wild", "--wait", "0.5ms"}, exitUsage, []string{"--wait"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, errOut, code := runCLI(t, "", tc.args...)

@@ -16,6 +16,7 @@ const (
 	exitAuth        = 6 // missing or wrong admin token (HTTP 401/403)
 	exitUnavailable = 7 // the agent or store cannot be reached
 	exitHeldBack    = 8 // the ACME rate-limit budget held the order back (HTTP 429)
+	exitNotApplied  = 9 // the change is stored, but an alive member did not apply it within --wait (HTTP 504 not_applied)
 )
 
 // exitCodeError carries a specific process exit code up to main.
