@@ -396,10 +396,13 @@ type Lease struct {
 
 // Health is GET /api/health.
 type Health struct {
-	Status string `json:"status"` // "ok", "starting", "disk_full", "store_not_ready", "leaving" or "left"
+	Status string `json:"status"` // "ok", "starting", "disk_full", "store_not_ready", "encryption_key_differs", "draining", "leaving" or "left"
 	Live   bool   `json:"live"`
 	Ready  bool   `json:"ready"`
-	Reason string `json:"reason,omitempty"` // why not ready, when the store says
+	Reason string `json:"reason,omitempty"` // why not ready, when known
+	// Warnings name what degrades the cluster without making this node
+	// unready: a sticky-cookie key that differs from a member's.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Cluster is GET /api/cluster.
