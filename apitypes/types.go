@@ -354,7 +354,9 @@ type CertificateOrder struct {
 // key material.
 type CertificateRenewal struct {
 	// Phase: "scheduled", "due", "retrying", "held_back", "blocked" (not
-	// ordered until an operator acts; Blocked says why) or "pending" (no
+	// ordered until an operator acts; Blocked says why), "action_required"
+	// (the CA answered userActionRequired: its account holder must act
+	// there; HeldBack says until when nothing is ordered) or "pending" (no
 	// certificate issued yet).
 	Phase string `json:"phase"`
 	// RenewAt is when renewal starts and RenewReason why then: "ari" (the
