@@ -387,7 +387,7 @@ func (a *ACMEIssuer) newClient(ctx context.Context, user *legoUser) (*lego.Clien
 	lc.CADirURL = a.cfg.DirectoryURL
 	var tr *callTransport
 	lc.HTTPClient, tr = a.httpClient(ctx)
-	lc.UserAgent = "singularity-edge"
+	lc.UserAgent = userAgent
 	lc.Certificate.KeyType = a.keyType
 	lc.Certificate.Timeout = a.cfg.HTTPTimeout
 	c, err := lego.NewClient(lc)
@@ -514,8 +514,30 @@ func isAccountGone(err error) bool {
 	return errors.As(err, &pd) && pd.Type == "urn:ietf:params:acme:error:accountDoesNotExist"
 }
 
+// certifier returns lego's certifier for one order, over the stored
+// account, with solvers whose waits end with ctx (ctxResolver).
+func (a *ACMEIssuer) certifier(ctx context.Context) (*certificate.Certifier, *callTransport, error) {
+	acct, key, err := a.ensureAccount(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	hc, tr := a.httpClient(ctx)
+	core, err := api.New(hc, userAgent, a.cfg.DirectoryURL, acct.URI, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("certs: acme directory %s: %w", a.cfg.DirectoryURL, err)
+	}
+	res := newCtxResolver(ctx, core)
+	if err := a.setChallenges(ctx, res); err != nil {
+		return nil, nil, err
+	}
+	return certificate.NewCertifier(core, res, certificate.CertifierOptions{KeyType: a.keyType, Timeout: a.cfg.HTTPTimeout}), tr, nil
+}
+
+// userAgent is sent with every request to the CA.
+const userAgent = "singularity-edge"
+
 func (a *ACMEIssuer) issueOnce(ctx context.Context, req IssueRequest) (*IssuedCertificate, error) {
-	c, tr, err := a.client(ctx)
+	c, tr, err := a.certifier(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNotOrdered, err)
 	}
@@ -532,10 +554,7 @@ func (a *ACMEIssuer) issueOnce(ctx context.Context, req IssueRequest) (*IssuedCe
 			return nil, fmt.Errorf("%w: profile %q is not offered by %s (offered: %s)", ErrNotOrdered, profile, a.cfg.DirectoryURL, strings.Join(slices.Sorted(mapKeys(offered)), ", "))
 		}
 	}
-	if err := a.setChallenges(ctx, c); err != nil {
-		return nil, err
-	}
-	res, err := c.Certificate.Obtain(certificate.ObtainRequest{
+	res, err := c.Obtain(certificate.ObtainRequest{
 		Domains:        req.Names,
 		Bundle:         false,
 		Profile:        profile,
@@ -658,24 +677,22 @@ func (a *ACMEIssuer) Profiles(ctx context.Context) (map[string]string, error) {
 	return dir.Meta.Profiles, nil
 }
 
-func (a *ACMEIssuer) setChallenges(ctx context.Context, c *lego.Client) error {
+func (a *ACMEIssuer) setChallenges(ctx context.Context, r *ctxResolver) error {
 	for _, ch := range a.cfg.Challenges {
-		var err error
 		switch ch {
 		case ChallengeHTTP01:
-			err = c.Challenge.SetHTTP01Provider(&presenter{ctx: ctx, store: a.challenges, typ: ChallengeHTTP01, ttl: a.cfg.ChallengeTTL, wait: a.cfg.PresentTimeout, now: a.cfg.Now})
+			r.setHTTP01(&presenter{ctx: ctx, store: a.challenges, typ: ChallengeHTTP01, ttl: a.cfg.ChallengeTTL, wait: a.cfg.PresentTimeout, now: a.cfg.Now})
 		case ChallengeTLSALPN01:
-			err = c.Challenge.SetTLSALPN01Provider(&presenter{ctx: ctx, store: a.challenges, typ: ChallengeTLSALPN01, ttl: a.cfg.ChallengeTTL, wait: a.cfg.PresentTimeout, now: a.cfg.Now})
+			r.setTLSALPN01(&presenter{ctx: ctx, store: a.challenges, typ: ChallengeTLSALPN01, ttl: a.cfg.ChallengeTTL, wait: a.cfg.PresentTimeout, now: a.cfg.Now})
 		case ChallengeDNS01:
 			// lego checks that the record is visible before telling the
 			// CA; the resolvers it asks are lego-wide (see DNS01Resolvers).
-			err = c.Challenge.SetDNS01Provider(a.cfg.DNS01Provider,
+			r.setDNS01(a.cfg.DNS01Provider,
 				dns01.CondOption(len(a.cfg.DNS01Resolvers) > 0, dns01.AddRecursiveNameservers(a.cfg.DNS01Resolvers)),
 				dns01.CondOption(a.cfg.DNS01RecursiveOnly, dns01.DisableAuthoritativeNssPropagationRequirement()),
 				dns01.CondOption(a.cfg.DNS01RecursiveOnly, dns01.RecursiveNSsPropagationRequirement()))
-		}
-		if err != nil {
-			return fmt.Errorf("certs: acme %s: %w", ch, err)
+		default:
+			return fmt.Errorf("certs: acme challenge %q: want http-01, tls-alpn-01 or dns-01", ch)
 		}
 	}
 	return nil

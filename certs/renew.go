@@ -865,9 +865,9 @@ func (m *Manager) order(ctx context.Context, iss Issuer, req IssueRequest, now t
 }
 
 // issue runs iss.Issue and returns when it does or when ctx ends,
-// whichever is first. lego sleeps between its polls of an authorization
-// without a context; left behind, it ends at its next request, which
-// carries ctx and fails.
+// whichever is first: an issuer may still be inside a wait it cannot cut
+// short. ACMEIssuer's are bounded by ctx (ctxResolver; its requests carry
+// ctx), so what is left behind ends promptly too.
 func (m *Manager) issue(ctx context.Context, iss Issuer, req IssueRequest) (*IssuedCertificate, error) {
 	type result struct {
 		res *IssuedCertificate

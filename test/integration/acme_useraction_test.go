@@ -38,6 +38,34 @@ type termsProxy struct {
 
 func startTermsProxy(t *testing.T, e *acmeEnv) *termsProxy {
 	t.Helper()
+	p := &termsProxy{}
+	p.dir, p.caPEM = startPebbleProxy(t, e, func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodPost || r.URL.Path != "/order-plz" {
+			return false
+		}
+		p.newOrder.Add(1)
+		if !p.changed.Load() {
+			return false
+		}
+		p.refused.Add(1)
+		base := "https://" + r.Host
+		w.Header().Set("Link", fmt.Sprintf(`<%s/terms/v2>;rel="terms-of-service"`, base))
+		w.Header().Set("Content-Type", "application/problem+json")
+		w.WriteHeader(http.StatusForbidden)
+		fmt.Fprintf(w, `{"type":"urn:ietf:params:acme:error:userActionRequired","detail":"Terms of service have changed","instance":"%s/accept-terms","status":403}`, base)
+		return true
+	}, nil)
+	return p
+}
+
+// startPebbleProxy serves Pebble through a TLS reverse proxy of its own
+// and returns the proxy's directory URL and the CA that trusts it. answer
+// may answer a request itself (true) instead of passing it on; modify,
+// when set, may change Pebble's answers. Pebble builds its URLs from the
+// Host the client asked for, so the whole conversation runs through the
+// proxy.
+func startPebbleProxy(t *testing.T, e *acmeEnv, answer func(http.ResponseWriter, *http.Request) bool, modify func(*http.Response) error) (string, []byte) {
+	t.Helper()
 	caPEM, certPEM, keyPEM := itest.ListenerCert(t, "127.0.0.1")
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
@@ -52,29 +80,18 @@ func startTermsProxy(t *testing.T, e *acmeEnv) *termsProxy {
 			r.SetURL(&url.URL{Scheme: pebble.Scheme, Host: pebble.Host})
 			r.Out.Host = r.In.Host
 		},
-		Transport: e.Client.Transport,
+		Transport:      e.Client.Transport,
+		ModifyResponse: modify,
 	}
-	p := &termsProxy{caPEM: caPEM}
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost && r.URL.Path == "/order-plz" {
-			p.newOrder.Add(1)
-			if p.changed.Load() {
-				p.refused.Add(1)
-				base := "https://" + r.Host
-				w.Header().Set("Link", fmt.Sprintf(`<%s/terms/v2>;rel="terms-of-service"`, base))
-				w.Header().Set("Content-Type", "application/problem+json")
-				w.WriteHeader(http.StatusForbidden)
-				fmt.Fprintf(w, `{"type":"urn:ietf:params:acme:error:userActionRequired","detail":"Terms of service have changed","instance":"%s/accept-terms","status":403}`, base)
-				return
-			}
+		if answer == nil || !answer(w, r) {
+			rp.ServeHTTP(w, r)
 		}
-		rp.ServeHTTP(w, r)
 	}))
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	p.dir = srv.URL + strings.TrimPrefix(e.Dir, pebble.Scheme+"://"+pebble.Host)
-	return p
+	return srv.URL + strings.TrimPrefix(e.Dir, pebble.Scheme+"://"+pebble.Host), caPEM
 }
 
 // A CA whose terms of service changed answers every order with
