@@ -599,8 +599,8 @@ func (d *Discovery) upsert(n *memberlist.Node, state cluster.State) {
 	r.addr = netip.AddrPortFrom(addr.Unmap(), n.Port)
 	r.meta = meta
 	if differs := d.cookieKeyDiffersLocked(meta); differs && !wasDiffering {
-		d.log.Error("sticky-session cookie key differs from a member's: a client sent to it by a cookie from this node "+
-			"(or the other way round) loses its backend; set the same EDGE_COOKIE_KEY (or, without one, the same "+
+		d.log.Error("sticky-session cookie key differs from a member's: neither honours the other's cookies, so a client "+
+			"whose requests reach both loses its backend; set the same EDGE_COOKIE_KEY (or, without one, the same "+
 			"EDGE_ENCRYPTION_KEY) on every node", zap.String("member", n.Name), zap.String("node_id", meta.NodeID),
 			zap.String("region", meta.Region))
 	} else if !differs && wasDiffering {
