@@ -18,17 +18,29 @@ type healthResponse = apitypes.Health
 // closed or the routing table is not built yet), so that a load balancer's
 // check keeps traffic away until the agent can serve it.
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	warnings := s.Warnings()
 	if status, reason := s.Readiness(); status != "" {
-		writeJSON(w, http.StatusServiceUnavailable, healthResponse{Status: status, Live: true, Reason: reason})
+		writeJSON(w, http.StatusServiceUnavailable, healthResponse{Status: status, Live: true, Reason: reason, Warnings: warnings})
 		return
 	}
-	writeJSON(w, http.StatusOK, healthResponse{Status: "ok", Live: true, Ready: true})
+	writeJSON(w, http.StatusOK, healthResponse{Status: "ok", Live: true, Ready: true, Warnings: warnings})
+}
+
+// Warnings lists what degrades the cluster without making this node
+// unready (a sticky-cookie key that differs from a member's); GET
+// /api/health and the agent's /healthz both show them.
+func (s *Server) Warnings() []string {
+	if s.deps.Secrets == nil {
+		return nil
+	}
+	_, w := s.deps.Secrets()
+	return w
 }
 
 // Readiness says whether this node can do its job: an empty status when it
-// can, else the status ("draining", "leaving", "left", "starting",
-// "disk_full", "store_not_ready") and a reason that unauthenticated callers
-// may read. GET /api/health answers it, and so does the agent's /healthz,
+// can, else the status ("draining", "leaving", "left",
+// "encryption_key_differs", "starting", "disk_full", "store_not_ready")
+// and a reason that unauthenticated callers may read. GET /api/health answers it, and so does the agent's /healthz,
 // so that the two never disagree.
 func (s *Server) Readiness() (status, reason string) {
 	if s.draining.Load() {
@@ -39,6 +51,13 @@ func (s *Server) Readiness() (status, reason string) {
 		return st, "this node is leaving the cluster: its writes are reaching the other members"
 	case "left":
 		return st, "this node left the cluster; stop it, or restart it to join again"
+	}
+	// Before "starting": a new node whose key differs is refused a
+	// snapshot and never finishes starting; this says why.
+	if s.deps.Secrets != nil {
+		if why, _ := s.deps.Secrets(); why != "" {
+			return "encryption_key_differs", why
+		}
 	}
 	ready := s.store.Info().Running
 	if ready && s.deps.Ready != nil {

@@ -126,6 +126,14 @@ type Deps struct {
 	ACME ACME
 	// Now is the clock for certificate validity; nil means time.Now.
 	Now func() time.Time
+	// Secrets compares the secrets every node of a cluster must share
+	// with the peers'. notReady is why this node cannot do its job ("":
+	// it can): its EDGE_ENCRYPTION_KEY differs from that of every peer
+	// holding the cluster's state, so it replicates nothing. warnings
+	// are mismatches that degrade the cluster without stopping this
+	// node (a sticky-cookie key that differs from a member's). Neither
+	// names a key. nil: nothing to compare (an agent without gossip).
+	Secrets func() (notReady string, warnings []string)
 }
 
 // Store is what the API needs of *storage.Store: transactional writes,

@@ -7,6 +7,7 @@ package agent
 import (
 	"context"
 	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -380,7 +381,7 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 		ID: node.ID, Name: node.Name, Region: node.Region, Version: Version, Self: true, State: "alive",
 		Addresses: map[string]string{"admin": cfg.AdminAddr},
 	}
-	disc, err := newDiscovery(context.Background(), cfg, a.store.NodeID(), a.logger, registry)
+	disc, err := newDiscovery(context.Background(), cfg, a.store.NodeID(), cookieKeyFingerprint(cookieKey), a.logger, registry)
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
@@ -399,6 +400,11 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 		deps.Membership = a.member
 		deps.Replication = adminWait{a.repl}
 	}
+	if a.repl != nil {
+		sc := secretCheck{keys: a.repl, members: a.repl}
+		sc.register(registry)
+		deps.Secrets = sc.verdict
+	}
 	if a.acme != nil {
 		deps.Renewer = a.acme
 		deps.ACME = a.acme
@@ -410,7 +416,7 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 	a.admin = srv
 
 	if cfg.HealthAddr != "" {
-		a.health = newHealthServer(cfg.HealthAddr, a.readiness)
+		a.health = newHealthServer(cfg.HealthAddr, a.readiness, a.admin.Warnings)
 	}
 	return nil
 }
@@ -649,6 +655,21 @@ func deriveCookieKey(explicit string, encKey []byte) ([]byte, error) {
 		_, err := rand.Read(k)
 		return k, err
 	}
+}
+
+// cookieKeyFingerprint identifies the sticky-cookie key in this node's
+// gossip metadata, so that members whose keys differ are told (a cookie
+// from one is not honoured by the other: the client loses its backend).
+// It is HMAC-SHA256 keyed with the key over a fixed label, cut to 16
+// bytes: equal keys give equal fingerprints and nothing else is learnt
+// from it. Every sticky cookie a client receives is already an HMAC under
+// the same key (over a pool and a backend id), so the fingerprint gives a
+// guesser of a weak EDGE_COOKIE_KEY nothing new, and gossip carries it
+// encrypted.
+func cookieKeyFingerprint(key []byte) string {
+	mac := hmac.New(sha256.New, key)
+	mac.Write([]byte("singularity-edge sticky cookie key fingerprint v1"))
+	return string(mac.Sum(nil)[:16])
 }
 
 // healthAddr is the bound address of the health listener (nil when off or

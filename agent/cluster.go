@@ -19,7 +19,7 @@ const peersFileName = "cluster-peers.json"
 
 // newDiscovery builds the membership layer from the configuration, or nil
 // when gossip is off.
-func newDiscovery(ctx context.Context, cfg Config, nodeID string, logger *zap.Logger, reg prometheus.Registerer) (*discovery.Discovery, error) {
+func newDiscovery(ctx context.Context, cfg Config, nodeID, cookieFP string, logger *zap.Logger, reg prometheus.Registerer) (*discovery.Discovery, error) {
 	if cfg.GossipAddr == "" {
 		return nil, nil
 	}
@@ -52,6 +52,7 @@ func newDiscovery(ctx context.Context, cfg Config, nodeID string, logger *zap.Lo
 		ReplicationAddr: replAddr,
 		AdminAddr:       cfg.AdminAddr,
 		AgentVersion:    Version,
+		CookieKeyFP:     cookieFP,
 	}
 	dcfg.PeersFile = filepath.Join(cfg.DataDir, peersFileName)
 	dcfg.Logger = logger.Named("discovery")

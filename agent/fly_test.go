@@ -159,7 +159,7 @@ func TestNotePrivateAddress(t *testing.T) {
 
 func TestHealthServer(t *testing.T) {
 	notReady := errors.New("starting")
-	h := newHealthServer("127.0.0.1:0", func() error { return notReady })
+	h := newHealthServer("127.0.0.1:0", func() error { return notReady }, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := h.Start(ctx); err != nil {

@@ -24,17 +24,20 @@ const HealthPath = "/healthz"
 // process exiting is what its restart policy acts on), so a full disk may
 // and does make it fail.
 type healthServer struct {
-	addr  string
-	ready func() error
+	addr     string
+	ready    func() error
+	warnings func() []string
 
 	srv *http.Server
 	ln  net.Listener
 }
 
 // newHealthServer serves ready's verdict: nil when the agent can serve, else
-// an error whose text is the cause put in the 503's body.
-func newHealthServer(addr string, ready func() error) *healthServer {
-	h := &healthServer{addr: addr, ready: ready}
+// an error whose text is the cause put in the 503's body. Each of
+// warnings (nil: none) follows on a line of its own, "warning: ...":
+// they do not fail the check.
+func newHealthServer(addr string, ready func() error, warnings func() []string) *healthServer {
+	h := &healthServer{addr: addr, ready: ready, warnings: warnings}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+HealthPath, h.handle)
 	h.srv = &http.Server{
@@ -51,12 +54,19 @@ func newHealthServer(addr string, ready func() error) *healthServer {
 func (h *healthServer) handle(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
+	var warnings []string
+	if h.warnings != nil {
+		warnings = h.warnings()
+	}
 	if err := h.ready(); err != nil {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintln(w, err)
-		return
+	} else {
+		fmt.Fprintln(w, "ok")
 	}
-	fmt.Fprintln(w, "ok")
+	for _, warning := range warnings {
+		fmt.Fprintln(w, "warning:", warning)
+	}
 }
 
 // Start binds the listener and serves in the background.

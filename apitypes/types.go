@@ -359,7 +359,9 @@ type CertificateOrder struct {
 // key material.
 type CertificateRenewal struct {
 	// Phase: "scheduled", "due", "retrying", "held_back", "blocked" (not
-	// ordered until an operator acts; Blocked says why) or "pending" (no
+	// ordered until an operator acts; Blocked says why), "action_required"
+	// (the CA answered userActionRequired: its account holder must act
+	// there; HeldBack says until when nothing is ordered) or "pending" (no
 	// certificate issued yet).
 	Phase string `json:"phase"`
 	// RenewAt is when renewal starts and RenewReason why then: "ari" (the
@@ -401,10 +403,13 @@ type Lease struct {
 
 // Health is GET /api/health.
 type Health struct {
-	Status string `json:"status"` // "ok", "starting", "disk_full", "store_not_ready", "leaving" or "left"
+	Status string `json:"status"` // "ok", "starting", "disk_full", "store_not_ready", "encryption_key_differs", "draining", "leaving" or "left"
 	Live   bool   `json:"live"`
 	Ready  bool   `json:"ready"`
-	Reason string `json:"reason,omitempty"` // why not ready, when the store says
+	Reason string `json:"reason,omitempty"` // why not ready, when known
+	// Warnings name what degrades the cluster without making this node
+	// unready: a sticky-cookie key that differs from a member's.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Cluster is GET /api/cluster.

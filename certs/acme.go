@@ -244,10 +244,15 @@ func (a *ACMEIssuer) OffersChallenge(typ string) bool {
 // certificate, and a second order would only spend the rate limits. The
 // transport notes the problem and refuses the immediate retry to the same
 // URL; Issue then reports ErrAlreadyReplaced.
+//
+// It keeps the terms-of-service link of a userActionRequired answer
+// (RFC 8555 §7.3.3 sends it as a Link header, which lego drops), so that
+// the operator is told where the new terms are.
 type callTransport struct {
 	ctx      context.Context
 	base     http.RoundTripper
 	replaced atomic.Pointer[string] // URL that answered alreadyReplaced
+	terms    atomic.Pointer[string] // terms-of-service link of a userActionRequired answer
 }
 
 func (t *callTransport) RoundTrip(r *http.Request) (*http.Response, error) {
@@ -255,7 +260,7 @@ func (t *callTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		return nil, ErrAlreadyReplaced
 	}
 	resp, err := t.base.RoundTrip(r.WithContext(t.ctx))
-	if err != nil || resp.StatusCode != http.StatusConflict {
+	if err != nil || (resp.StatusCode != http.StatusConflict && resp.StatusCode != http.StatusForbidden) {
 		return resp, err
 	}
 	body, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
@@ -265,11 +270,83 @@ func (t *callTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		return resp, nil
 	}
 	var pd acme.ProblemDetails
-	if json.Unmarshal(body, &pd) == nil && pd.Type == acme.AlreadyReplacedErr {
+	if json.Unmarshal(body, &pd) != nil {
+		return resp, nil
+	}
+	switch pd.Type {
+	case acme.AlreadyReplacedErr:
 		u := r.URL.String()
 		t.replaced.Store(&u)
+	case userActionRequiredErr:
+		if terms := linkRel(resp.Header, "terms-of-service"); terms != "" {
+			t.terms.Store(&terms)
+		}
 	}
 	return resp, nil
+}
+
+// userActionRequiredErr is RFC 8555's problem type for an account whose
+// holder must act at the CA (for example agree to changed terms).
+const userActionRequiredErr = "urn:ietf:params:acme:error:userActionRequired"
+
+// linkRel returns the target of h's first Link header with relation rel
+// (RFC 8288), "" when there is none.
+func linkRel(h http.Header, rel string) string {
+	for _, v := range h.Values("Link") {
+		for _, link := range strings.Split(v, ",") {
+			target, params, ok := strings.Cut(link, ";")
+			target = strings.TrimSpace(target)
+			if !ok || !strings.HasPrefix(target, "<") || !strings.HasSuffix(target, ">") {
+				continue
+			}
+			for _, p := range strings.Split(params, ";") {
+				k, v, _ := strings.Cut(strings.TrimSpace(p), "=")
+				if strings.EqualFold(k, "rel") && strings.Trim(v, `"`) == rel {
+					return target[1 : len(target)-1]
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// UserActionError is the CA's userActionRequired answer (RFC 8555
+// §7.3.3): it takes no order from the account until its holder has
+// acted at the CA, typically agreed to changed terms of service.
+// Agreeing is the operator's decision, not the agent's.
+type UserActionError struct {
+	Issuer string // the issuer's Key (directory URL)
+	// Instance is the page the CA points at for the action, Terms the
+	// terms-of-service link it sent; either may be empty.
+	Instance, Terms string
+	Err             error
+}
+
+func (e *UserActionError) Error() string {
+	msg := fmt.Sprintf("the CA at %s requires an action of the ACME account holder before it takes another order", e.Issuer)
+	if e.Instance != "" {
+		msg += " (see " + e.Instance + ")"
+	}
+	if e.Terms != "" {
+		msg += "; its terms of service: " + e.Terms
+	}
+	return msg + ": " + e.Err.Error()
+}
+
+func (e *UserActionError) Unwrap() error { return e.Err }
+
+// asUserAction returns err as a *UserActionError when it is the CA's
+// userActionRequired problem; terms is the link the transport kept.
+func (a *ACMEIssuer) asUserAction(err error, terms *string) error {
+	var pd *acme.ProblemDetails
+	if !errors.As(err, &pd) || pd.Type != userActionRequiredErr {
+		return err
+	}
+	ua := &UserActionError{Issuer: a.Key(), Instance: pd.Instance, Err: err}
+	if terms != nil {
+		ua.Terms = *terms
+	}
+	return ua
 }
 
 func (a *ACMEIssuer) httpClient(ctx context.Context) (*http.Client, *callTransport) {
@@ -310,7 +387,7 @@ func (a *ACMEIssuer) newClient(ctx context.Context, user *legoUser) (*lego.Clien
 	lc.CADirURL = a.cfg.DirectoryURL
 	var tr *callTransport
 	lc.HTTPClient, tr = a.httpClient(ctx)
-	lc.UserAgent = "singularity-edge"
+	lc.UserAgent = userAgent
 	lc.Certificate.KeyType = a.keyType
 	lc.Certificate.Timeout = a.cfg.HTTPTimeout
 	c, err := lego.NewClient(lc)
@@ -437,8 +514,30 @@ func isAccountGone(err error) bool {
 	return errors.As(err, &pd) && pd.Type == "urn:ietf:params:acme:error:accountDoesNotExist"
 }
 
+// certifier returns lego's certifier for one order, over the stored
+// account, with solvers whose waits end with ctx (ctxResolver).
+func (a *ACMEIssuer) certifier(ctx context.Context) (*certificate.Certifier, *callTransport, error) {
+	acct, key, err := a.ensureAccount(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	hc, tr := a.httpClient(ctx)
+	core, err := api.New(hc, userAgent, a.cfg.DirectoryURL, acct.URI, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("certs: acme directory %s: %w", a.cfg.DirectoryURL, err)
+	}
+	res := newCtxResolver(ctx, core)
+	if err := a.setChallenges(ctx, res); err != nil {
+		return nil, nil, err
+	}
+	return certificate.NewCertifier(core, res, certificate.CertifierOptions{KeyType: a.keyType, Timeout: a.cfg.HTTPTimeout}), tr, nil
+}
+
+// userAgent is sent with every request to the CA.
+const userAgent = "singularity-edge"
+
 func (a *ACMEIssuer) issueOnce(ctx context.Context, req IssueRequest) (*IssuedCertificate, error) {
-	c, tr, err := a.client(ctx)
+	c, tr, err := a.certifier(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNotOrdered, err)
 	}
@@ -455,10 +554,7 @@ func (a *ACMEIssuer) issueOnce(ctx context.Context, req IssueRequest) (*IssuedCe
 			return nil, fmt.Errorf("%w: profile %q is not offered by %s (offered: %s)", ErrNotOrdered, profile, a.cfg.DirectoryURL, strings.Join(slices.Sorted(mapKeys(offered)), ", "))
 		}
 	}
-	if err := a.setChallenges(ctx, c); err != nil {
-		return nil, err
-	}
-	res, err := c.Certificate.Obtain(certificate.ObtainRequest{
+	res, err := c.Obtain(certificate.ObtainRequest{
 		Domains:        req.Names,
 		Bundle:         false,
 		Profile:        profile,
@@ -468,7 +564,7 @@ func (a *ACMEIssuer) issueOnce(ctx context.Context, req IssueRequest) (*IssuedCe
 		if tr.replaced.Load() != nil || isAlreadyReplaced(err) {
 			return nil, fmt.Errorf("%w: %s", ErrAlreadyReplaced, req.ReplacesID)
 		}
-		return nil, fmt.Errorf("certs: acme order for %s at %s: %w", strings.Join(req.Names, ","), a.cfg.DirectoryURL, err)
+		return nil, fmt.Errorf("certs: acme order for %s at %s: %w", strings.Join(req.Names, ","), a.cfg.DirectoryURL, a.asUserAction(err, tr.terms.Load()))
 	}
 	block, _ := pem.Decode(res.Certificate)
 	if block == nil {
@@ -581,24 +677,22 @@ func (a *ACMEIssuer) Profiles(ctx context.Context) (map[string]string, error) {
 	return dir.Meta.Profiles, nil
 }
 
-func (a *ACMEIssuer) setChallenges(ctx context.Context, c *lego.Client) error {
+func (a *ACMEIssuer) setChallenges(ctx context.Context, r *ctxResolver) error {
 	for _, ch := range a.cfg.Challenges {
-		var err error
 		switch ch {
 		case ChallengeHTTP01:
-			err = c.Challenge.SetHTTP01Provider(&presenter{ctx: ctx, store: a.challenges, typ: ChallengeHTTP01, ttl: a.cfg.ChallengeTTL, wait: a.cfg.PresentTimeout, now: a.cfg.Now})
+			r.setHTTP01(&presenter{ctx: ctx, store: a.challenges, typ: ChallengeHTTP01, ttl: a.cfg.ChallengeTTL, wait: a.cfg.PresentTimeout, now: a.cfg.Now})
 		case ChallengeTLSALPN01:
-			err = c.Challenge.SetTLSALPN01Provider(&presenter{ctx: ctx, store: a.challenges, typ: ChallengeTLSALPN01, ttl: a.cfg.ChallengeTTL, wait: a.cfg.PresentTimeout, now: a.cfg.Now})
+			r.setTLSALPN01(&presenter{ctx: ctx, store: a.challenges, typ: ChallengeTLSALPN01, ttl: a.cfg.ChallengeTTL, wait: a.cfg.PresentTimeout, now: a.cfg.Now})
 		case ChallengeDNS01:
 			// lego checks that the record is visible before telling the
 			// CA; the resolvers it asks are lego-wide (see DNS01Resolvers).
-			err = c.Challenge.SetDNS01Provider(a.cfg.DNS01Provider,
+			r.setDNS01(a.cfg.DNS01Provider,
 				dns01.CondOption(len(a.cfg.DNS01Resolvers) > 0, dns01.AddRecursiveNameservers(a.cfg.DNS01Resolvers)),
 				dns01.CondOption(a.cfg.DNS01RecursiveOnly, dns01.DisableAuthoritativeNssPropagationRequirement()),
 				dns01.CondOption(a.cfg.DNS01RecursiveOnly, dns01.RecursiveNSsPropagationRequirement()))
-		}
-		if err != nil {
-			return fmt.Errorf("certs: acme %s: %w", ch, err)
+		default:
+			return fmt.Errorf("certs: acme challenge %q: want http-01, tls-alpn-01 or dns-01", ch)
 		}
 	}
 	return nil

@@ -31,11 +31,27 @@ const (
 	// to come back (Retry-After). Scope: issuer key and certificate id;
 	// At is that time, so the event is read as a hold while At is ahead.
 	EventCAHold = "ca_hold"
+	// EventUserAction: the CA answered an order with userActionRequired
+	// (the account holder must act there, typically agree to changed
+	// terms). Scope: issuer key, for every certificate: the account is
+	// what the CA refuses. At is when orders there may probe again.
+	EventUserAction = "user_action"
 )
 
 // LimitCARateLimited is the HeldBackError.Limit of a hold the CA asked
 // for.
 const LimitCARateLimited = "ca_rate_limited"
+
+// LimitCAUserAction is the HeldBackError.Limit of a hold for the CA's
+// userActionRequired.
+const LimitCAUserAction = "ca_user_action_required"
+
+// UserActionHold is how long the cluster places no order at a CA that
+// answered userActionRequired. The action is the operator's and no CA
+// says when it is done, so each hold ends with one order that probes:
+// one refusal an hour for the whole cluster, instead of one per
+// certificate per backoff step.
+const UserActionHold = time.Hour
 
 // maxCAHold caps the CA's Retry-After: Let's Encrypt's longest window is
 // 7 days, and a nonsense header must not stop renewals for longer.
@@ -154,6 +170,11 @@ type HeldBackError struct {
 }
 
 func (e *HeldBackError) Error() string {
+	if e.Limit == LimitCAUserAction {
+		return fmt.Sprintf("held back: the CA at %s answered userActionRequired: the ACME account holder must act there "+
+			"(typically agree to changed terms of service; the agent log has the CA's link); no order is placed there until %s, then one order checks again",
+			e.Scope, e.Until.UTC().Format(time.RFC3339))
+	}
 	if e.Limit == LimitCARateLimited {
 		return fmt.Sprintf("held back: the CA at %s refused an order for this certificate as rate limited; next attempt possible at %s",
 			e.Scope, e.Until.UTC().Format(time.RFC3339))
@@ -227,6 +248,13 @@ func (b *Budget) check(ctx context.Context, limit, kind, scope string, maxN int,
 // certificate certID) would pass a limit, nil when it may go ahead.
 func (b *Budget) Check(ctx context.Context, issuer string, names []string, certID string, now time.Time) error {
 	l := b.limits
+	acts, err := b.counters.BudgetEvents(ctx, EventUserAction, issuer, now)
+	if err != nil {
+		return fmt.Errorf("certs: budget %s: %w", LimitCAUserAction, err)
+	}
+	if len(acts) > 0 {
+		return &HeldBackError{Limit: LimitCAUserAction, Scope: issuer, Count: len(acts), Until: acts[len(acts)-1]}
+	}
 	holds, err := b.counters.BudgetEvents(ctx, EventCAHold, caHoldScope(issuer, certID), now)
 	if err != nil {
 		return fmt.Errorf("certs: budget %s: %w", LimitCARateLimited, err)
@@ -283,6 +311,13 @@ func (b *Budget) RecordOrder(ctx context.Context, issuer string, now time.Time) 
 // meanwhile.
 func (b *Budget) RecordCAHold(ctx context.Context, issuer, certID string, until time.Time) error {
 	return b.counters.AddBudgetEvents(ctx, []BudgetEvent{{Kind: EventCAHold, Scope: caHoldScope(issuer, certID),
+		At: until.UTC(), Node: b.node, Expires: until.UTC()}})
+}
+
+// RecordUserAction holds, for the whole cluster, every order at issuer
+// until until: the CA answered userActionRequired.
+func (b *Budget) RecordUserAction(ctx context.Context, issuer string, until time.Time) error {
+	return b.counters.AddBudgetEvents(ctx, []BudgetEvent{{Kind: EventUserAction, Scope: issuer,
 		At: until.UTC(), Node: b.node, Expires: until.UTC()}})
 }
 

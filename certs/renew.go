@@ -44,6 +44,10 @@ type RenewalState struct {
 	// HeldBackUntil; empty when the last decision was not held back.
 	HeldBack      string    `json:"held_back,omitempty"`
 	HeldBackUntil time.Time `json:"held_back_until,omitzero"`
+	// ActionRequired: the hold is the CA's userActionRequired (phase
+	// action_required): nothing renews at that CA until its account
+	// holder has acted there.
+	ActionRequired bool `json:"action_required,omitempty"`
 	// Blocked says why no order is placed until an operator acts (the
 	// profile kept from an earlier order is not offered by the CA); the
 	// scheduler checks again at NextAttempt without ordering. Empty
@@ -631,6 +635,9 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 			}
 			log.Warn("acme order held back", zap.String("issuer", iss.Key()), zap.String("reason", hb.Error()))
 			m.metrics.orders.WithLabelValues("held_back").Inc()
+			if hb.Limit == LimitCAUserAction {
+				m.metrics.actionRequired.WithLabelValues(iss.Key()).Set(1)
+			}
 			if heldBack == nil || hb.Until.Before(heldBack.Until) {
 				heldBack = hb
 			}
@@ -654,6 +661,7 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 			if cur, cerr := m.store.Certificate(ctx, id); cerr == nil && old != nil && cur.Fingerprint != old.Fingerprint {
 				log.Info("certificate already renewed by another agent", zap.String("fingerprint", cur.Fingerprint))
 				st.LastError, st.Failures, st.NextAttempt, st.HeldBack, st.HeldBackUntil = "", 0, time.Time{}, "", time.Time{}
+				st.ActionRequired = false
 				st.LastSuccess = now
 				if leaf, lerr := leafOf(&cur); lerr == nil {
 					m.schedule(&st, leaf.NotBefore, leaf.NotAfter)
@@ -667,8 +675,10 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 			res, err = m.order(ctx, iss, req, now)
 		}
 		if hb := (*HeldBackError)(nil); errors.As(err, &hb) {
-			log.Warn("acme order refused by the CA as rate limited; held back until the CA's Retry-After",
-				zap.String("issuer", iss.Key()), zap.Time("until", hb.Until), zap.Error(err))
+			if hb.Limit == LimitCARateLimited {
+				log.Warn("acme order refused by the CA as rate limited; held back until the CA's Retry-After",
+					zap.String("issuer", iss.Key()), zap.Time("until", hb.Until), zap.Error(err))
+			}
 			if heldBack == nil || hb.Until.Before(heldBack.Until) {
 				heldBack = hb
 			}
@@ -687,6 +697,8 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 		st.Issuer = res.IssuerKey
 		st.LastSuccess = now
 		st.LastError, st.Failures, st.NextAttempt, st.HeldBack, st.HeldBackUntil = "", 0, time.Time{}, "", time.Time{}
+		st.ActionRequired = false
+		m.metrics.actionRequired.WithLabelValues(res.IssuerKey).Set(0)
 		st.ARI = nil // the new certificate's window is fetched on the next pass
 		m.schedule(&st, res.Leaf.NotBefore, res.Leaf.NotAfter)
 		// Counted before it is stored: the CA issued it even if the
@@ -713,9 +725,10 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 		// Not a failure: nothing was ordered. Try again when the budget
 		// allows it.
 		st.HeldBack, st.HeldBackUntil, st.NextAttempt = heldBack.Error(), heldBack.Until, heldBack.Until
+		st.ActionRequired = heldBack.Limit == LimitCAUserAction
 		m.noteHeld(id, heldBack.Until)
 	} else {
-		st.HeldBack, st.HeldBackUntil = "", time.Time{}
+		st.HeldBack, st.HeldBackUntil, st.ActionRequired = "", time.Time{}, false
 		m.noteHeld(id, time.Time{})
 		st.Failures++
 		st.LastError = err.Error()
@@ -759,7 +772,7 @@ const profileRecheck = time.Hour
 // emergency retry makes that sooner), counted and logged for the
 // operator. It returns err.
 func (m *Manager) profileRefused(ctx context.Context, st RenewalState, oldLeaf *x509.Certificate, err error, now time.Time) error {
-	st.HeldBack, st.HeldBackUntil = "", time.Time{}
+	st.HeldBack, st.HeldBackUntil, st.ActionRequired = "", time.Time{}, false
 	m.noteHeld(st.CertificateID, time.Time{})
 	st.Failures++
 	st.LastError, st.Blocked = err.Error(), err.Error()
@@ -815,6 +828,25 @@ func (m *Manager) order(ctx context.Context, iss Issuer, req IssueRequest, now t
 			}
 			return res, fmt.Errorf("%w (the CA said: %w)", &HeldBackError{Limit: LimitCARateLimited, Scope: iss.Key(), Count: 1, Until: until}, err)
 		}
+	case errors.As(err, new(*UserActionError)):
+		// The CA refuses the account, not the names: no failed
+		// validation, and no order at that CA by any agent for any
+		// certificate until the hold ends (one refusal an hour, where
+		// each certificate's backoff asked again and again).
+		m.metrics.orders.WithLabelValues("user_action_required").Inc()
+		m.metrics.actionRequired.WithLabelValues(iss.Key()).Set(1)
+		until := now.Add(UserActionHold)
+		if rerr := m.budget.RecordUserAction(ctx, iss.Key(), until); rerr != nil {
+			m.log.Warn("recording the CA's userActionRequired hold", zap.Error(rerr))
+		}
+		var ua *UserActionError
+		errors.As(err, &ua)
+		m.log.Error("the CA requires an action of the ACME account holder (typically agreeing to changed terms of service): "+
+			"no certificate is ordered or renewed at it until then; certificates keep serving until they expire. "+
+			"Act at the CA, then orders resume at the next check",
+			zap.String("issuer", iss.Key()), zap.String("instance", ua.Instance), zap.String("terms_of_service", ua.Terms),
+			zap.Time("next_check", until), zap.Strings("names", req.Names), zap.Error(err))
+		return res, fmt.Errorf("%w (the CA said: %w)", &HeldBackError{Limit: LimitCAUserAction, Scope: iss.Key(), Count: 1, Until: until}, err)
 	case errors.Is(err, ErrAlreadyReplaced):
 	case errors.Is(err, ErrNotOrdered), errors.Is(err, ErrNotPresented):
 		// Nothing failed at the CA: no failed validation to count.
@@ -833,9 +865,9 @@ func (m *Manager) order(ctx context.Context, iss Issuer, req IssueRequest, now t
 }
 
 // issue runs iss.Issue and returns when it does or when ctx ends,
-// whichever is first. lego sleeps between its polls of an authorization
-// without a context; left behind, it ends at its next request, which
-// carries ctx and fails.
+// whichever is first: an issuer may still be inside a wait it cannot cut
+// short. ACMEIssuer's are bounded by ctx (ctxResolver; its requests carry
+// ctx), so what is left behind ends promptly too.
 func (m *Manager) issue(ctx context.Context, iss Issuer, req IssueRequest) (*IssuedCertificate, error) {
 	type result struct {
 		res *IssuedCertificate
@@ -1225,12 +1257,16 @@ func (m *Manager) Run(ctx context.Context) error {
 }
 
 type managerMetrics struct {
-	leaseLost prometheus.Counter
-	orders    *prometheus.CounterVec
-	passes    prometheus.Counter
-	heldBack  prometheus.Gauge
-	phases    *prometheus.GaugeVec
-	earliest  prometheus.Gauge
+	// actionRequired: 1 for an issuer whose CA answered
+	// userActionRequired (or whose cluster-wide hold for it this agent
+	// found) until an order there succeeds.
+	actionRequired *prometheus.GaugeVec
+	leaseLost      prometheus.Counter
+	orders         *prometheus.CounterVec
+	passes         prometheus.Counter
+	heldBack       prometheus.Gauge
+	phases         *prometheus.GaugeVec
+	earliest       prometheus.Gauge
 }
 
 // recordPhases counts the scheduled ACME certificates by renewal phase
@@ -1246,7 +1282,7 @@ func (m *Manager) recordPhases(ctx context.Context, now time.Time, exp []storage
 		}
 		return
 	}
-	counts := map[string]int{PhaseScheduled: 0, PhaseDue: 0, PhaseRetrying: 0, PhaseHeldBack: 0, PhaseBlocked: 0}
+	counts := map[string]int{PhaseScheduled: 0, PhaseDue: 0, PhaseRetrying: 0, PhaseHeldBack: 0, PhaseBlocked: 0, PhaseActionRequired: 0}
 	seen := make(map[string]struct{}, len(rows))
 	for _, d := range rows {
 		if _, dup := seen[d.ID]; dup {
@@ -1283,7 +1319,7 @@ func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 	m := &managerMetrics{
 		orders: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "singularity_edge", Subsystem: "acme", Name: "orders_total",
-			Help: "ACME orders by result: issued, failed, rate_limited (refused by the CA as rate limited; held back until its Retry-After), already_replaced (another agent renewed), held_back (the rate-limit budget refused to order), not_wanted (an on-demand certificate's renewal skipped because its pool no longer admits the name), profile_refused (not ordered: the certificate's stored profile is not offered by the CA; an operator must order it again).",
+			Help: "ACME orders by result: issued, failed, rate_limited (refused by the CA as rate limited; held back until its Retry-After), already_replaced (another agent renewed), held_back (the rate-limit budget refused to order), not_wanted (an on-demand certificate's renewal skipped because its pool no longer admits the name), profile_refused (not ordered: the certificate's stored profile is not offered by the CA; an operator must order it again), user_action_required (the CA answered userActionRequired: nothing is ordered there for an hour, then one order checks again).",
 		}, []string{"result"}),
 		leaseLost: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "singularity_edge", Subsystem: "acme", Name: "lease_lost_total",
@@ -1300,17 +1336,21 @@ func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 	}
 	m.phases = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "singularity_edge", Subsystem: "acme", Name: "certificates",
-		Help: "Stored ACME certificates by renewal phase (scheduled, due, retrying, held_back, blocked: not renewed until an operator acts) as of this agent's last scheduler pass; every agent reports the whole cluster's.",
+		Help: "Stored ACME certificates by renewal phase (scheduled, due, retrying, held_back, blocked: not renewed until an operator acts, action_required: the CA waits for its account holder to act) as of this agent's last scheduler pass; every agent reports the whole cluster's.",
 	}, []string{"phase"})
 	m.earliest = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "singularity_edge", Subsystem: "acme", Name: "earliest_expiry_timestamp_seconds",
 		Help: "Expiry (Unix time) of the stored ACME certificate that expires first, as of the last scheduler pass; 0 when there is none.",
 	})
-	for _, r := range []string{"issued", "failed", "rate_limited", "already_replaced", "held_back", "profile_refused"} {
+	m.actionRequired = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "singularity_edge", Subsystem: "acme", Name: "issuer_action_required",
+		Help: "1 for an ACME directory whose CA answered userActionRequired (its account holder must act there, typically agree to changed terms of service): nothing is ordered there until then; 0 once an order there succeeds.",
+	}, []string{"issuer"})
+	for _, r := range []string{"issued", "failed", "rate_limited", "already_replaced", "held_back", "profile_refused", "user_action_required"} {
 		m.orders.WithLabelValues(r)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.orders, m.leaseLost, m.passes, m.heldBack, m.phases, m.earliest} {
+		for _, c := range []prometheus.Collector{m.orders, m.leaseLost, m.passes, m.heldBack, m.phases, m.earliest, m.actionRequired} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("certs: registering acme metrics: %w", err)
 			}

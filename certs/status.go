@@ -16,6 +16,9 @@ const (
 	PhaseHeldBack  = "held_back" // the rate-limit budget holds the order back
 	PhasePending   = "pending"   // no certificate yet: the first order failed or was held back
 	PhaseBlocked   = "blocked"   // not ordered until an operator acts (RenewalState.Blocked says why)
+	// PhaseActionRequired: the CA answered userActionRequired; nothing is
+	// ordered there until its account holder acts (HeldBack says so).
+	PhaseActionRequired = "action_required"
 )
 
 // Status is what operators see of one ACME certificate's renewal: the
@@ -74,6 +77,8 @@ func (m *Manager) Status(ctx context.Context, id string) (Status, error) {
 		switch {
 		case st.Blocked != "":
 			out.Phase = PhaseBlocked
+		case st.HeldBack != "" && now.Before(st.HeldBackUntil) && st.ActionRequired:
+			out.Phase = PhaseActionRequired
 		case st.HeldBack != "" && now.Before(st.HeldBackUntil):
 			out.Phase = PhaseHeldBack
 		}
@@ -91,6 +96,8 @@ func phaseOf(st RenewalState, d Decision, now time.Time) string {
 	switch {
 	case st.Blocked != "":
 		return PhaseBlocked
+	case st.HeldBack != "" && now.Before(st.HeldBackUntil) && st.ActionRequired:
+		return PhaseActionRequired
 	case st.HeldBack != "" && now.Before(st.HeldBackUntil):
 		return PhaseHeldBack
 	case st.Failures > 0:

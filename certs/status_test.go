@@ -125,7 +125,7 @@ func TestStatusPhasesAndMetrics(t *testing.T) {
 			}
 		}
 	}
-	want := map[string]float64{PhaseScheduled: 1, PhaseDue: 0, PhaseRetrying: 2, PhaseHeldBack: 1, PhaseBlocked: 0}
+	want := map[string]float64{PhaseScheduled: 1, PhaseDue: 0, PhaseRetrying: 2, PhaseHeldBack: 1, PhaseBlocked: 0, PhaseActionRequired: 0}
 	if len(phases) != len(want) {
 		t.Errorf("singularity_edge_acme_certificates = %v, want %v", phases, want)
 	}

@@ -51,9 +51,15 @@ type Member struct {
 	// RTTMS is the last probe round trip; ClockOffsetMS the member's wall
 	// clock minus ours, the median of recent probe estimates
 	// (remote - (local - rtt/2)).
-	RTTMS         float64            `json:"rtt_ms"`
-	ClockOffsetMS float64            `json:"clock_offset_ms"`
-	Replication   *ReplicationStatus `json:"replication,omitempty"`
+	RTTMS         float64 `json:"rtt_ms"`
+	ClockOffsetMS float64 `json:"clock_offset_ms"`
+	// CookieKeyDiffers: the member signs sticky-session cookies with
+	// another key than this node (its EDGE_COOKIE_KEY, or the key derived
+	// from EDGE_ENCRYPTION_KEY, differs), so neither honours the other's
+	// cookies. Known from the key's fingerprint in the member's gossip
+	// metadata; false for a member too old to send one.
+	CookieKeyDiffers bool               `json:"cookie_key_differs,omitempty"`
+	Replication      *ReplicationStatus `json:"replication,omitempty"`
 }
 
 // ReplicationStatus is this node's replication view of one member.

@@ -420,6 +420,7 @@ func (d *Discovery) Members() []cluster.Member {
 			// readiness: it serves nothing now.
 			Ready: r.meta.Ready && r.state == cluster.StateAlive,
 			RTTMS: float64(r.rtt) / float64(time.Millisecond), ClockOffsetMS: float64(median(r.offsets)) / float64(time.Millisecond),
+			CookieKeyDiffers: d.cookieKeyDiffersLocked(r.meta),
 		}
 		if m.State == cluster.StateAlive && r.suspect {
 			m.State = cluster.StateSuspect
@@ -594,8 +595,17 @@ func (d *Discovery) upsert(n *memberlist.Node, state cluster.State) {
 		d.members[n.Name] = r
 	}
 	old := r.state
+	wasDiffering := d.cookieKeyDiffersLocked(r.meta)
 	r.addr = netip.AddrPortFrom(addr.Unmap(), n.Port)
 	r.meta = meta
+	if differs := d.cookieKeyDiffersLocked(meta); differs && !wasDiffering {
+		d.log.Error("sticky-session cookie key differs from a member's: neither honours the other's cookies, so a client "+
+			"whose requests reach both loses its backend; set the same EDGE_COOKIE_KEY (or, without one, the same "+
+			"EDGE_ENCRYPTION_KEY) on every node", zap.String("member", n.Name), zap.String("node_id", meta.NodeID),
+			zap.String("region", meta.Region))
+	} else if !differs && wasDiffering {
+		d.log.Info("sticky-session cookie key of a member matches this node's again", zap.String("member", n.Name))
+	}
 	r.state = state
 	r.suspect = false
 	if state == cluster.StateAlive {
@@ -606,6 +616,13 @@ func (d *Discovery) upsert(n *memberlist.Node, state cluster.State) {
 			zap.String("region", meta.Region), zap.String("node_id", meta.NodeID))
 	}
 	d.notifyLocked()
+}
+
+// cookieKeyDiffersLocked reports whether m's sticky-cookie key is known to
+// differ from this node's: both fingerprints are known and unequal (an
+// agent older than the fingerprint sends none).
+func (d *Discovery) cookieKeyDiffersLocked(m Meta) bool {
+	return m.CookieKeyFP != "" && d.meta.CookieKeyFP != "" && m.CookieKeyFP != d.meta.CookieKeyFP
 }
 
 // markSuspect records that this node's probe of name got no ack, direct or

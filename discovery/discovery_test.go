@@ -65,6 +65,7 @@ type nodeOpts struct {
 	port           int
 	primary, extra string
 	clusterID      string
+	cookieFP       string
 	sources        []Source
 	peersFile      string
 	wrap           func(memberlist.Transport) memberlist.Transport
@@ -85,6 +86,7 @@ func startNode(t *testing.T, o nodeOpts) (*Discovery, *prometheus.Registry, cont
 	if cfg.Meta.ClusterID == "" {
 		cfg.Meta.ClusterID = "c1"
 	}
+	cfg.Meta.CookieKeyFP = o.cookieFP
 	cfg.Sources = o.sources
 	cfg.PeersFile = o.peersFile
 	cfg.WrapTransport = o.wrap
@@ -277,6 +279,50 @@ func TestDifferentClusterRejected(t *testing.T) {
 	})
 	if got := aliveNames(a); got != "a" {
 		t.Fatalf("a's members = %s", got)
+	}
+}
+
+// Members whose sticky-cookie keys differ are still members (stickiness
+// is lost across them, nothing else), and each side's view says so; a
+// member whose metadata has no fingerprint (an older agent) does not.
+func TestCookieKeyMismatchShown(t *testing.T) {
+	port := freePort(t, "127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
+	seed := seeds(t, fmt.Sprintf("127.0.0.1:%d", port))
+	a, _, sa := startNode(t, nodeOpts{name: "a", ip: "127.0.0.1", port: port, primary: key('k'), cookieFP: "fp-one"})
+	defer sa()
+	defer shutdown(a)
+	var all []*Discovery
+	for _, o := range []nodeOpts{
+		{name: "b", ip: "127.0.0.2", cookieFP: "fp-one"},
+		{name: "c", ip: "127.0.0.3", cookieFP: "fp-two"},
+		{name: "d", ip: "127.0.0.4"},
+	} {
+		o.port, o.primary, o.sources = port, key('k'), seed
+		d, _, stop := startNode(t, o)
+		defer stop()
+		defer shutdown(d)
+		all = append(all, d)
+	}
+	b, c := all[0], all[1]
+	waitFor(t, "every node sees the others", func() bool {
+		return aliveNames(a) == "a,b,c,d" && aliveNames(b) == "a,b,c,d" && aliveNames(c) == "a,b,c,d"
+	})
+	differs := func(d *Discovery) string {
+		var names []string
+		for _, m := range d.Members() {
+			if m.CookieKeyDiffers {
+				names = append(names, m.Name)
+			}
+		}
+		return strings.Join(names, ",")
+	}
+	for _, tc := range []struct {
+		node *Discovery
+		want string
+	}{{a, "c"}, {b, "c"}, {c, "a,b"}} {
+		if got := differs(tc.node); got != tc.want {
+			t.Errorf("%s sees the cookie key of %q differ, want %q", tc.node.cfg.Name, got, tc.want)
+		}
 	}
 }
 

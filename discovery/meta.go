@@ -30,6 +30,11 @@ type Meta struct {
 	// Leaving is set just before a graceful leave, so the others report
 	// the member "left", not "dead".
 	Leaving bool
+	// CookieKeyFP is the fingerprint of the key that signs sticky-session
+	// cookies (a keyed hash, never the key), so that members whose keys
+	// differ are told; empty from an agent older than the field. Raw
+	// bytes (a string keeps Meta comparable).
+	CookieKeyFP string
 }
 
 const (
@@ -54,6 +59,10 @@ func (m Meta) Encode() ([]byte, error) {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}
+	// Fields added after the first agents: an older agent stops reading
+	// before them.
+	b = binary.AppendUvarint(b, uint64(len(m.CookieKeyFP)))
+	b = append(b, m.CookieKeyFP...)
 	if len(b) > maxMetaSize {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMeta, len(b), maxMetaSize)
 	}
@@ -91,6 +100,15 @@ func DecodeMeta(b []byte) (Meta, error) {
 		}
 		*f = string(rest[k : k+int(n)])
 		rest = rest[k+int(n):]
+	}
+	// Optional fields, in the order they were added: absent from an older
+	// agent's metadata.
+	if len(rest) > 0 {
+		n, k := binary.Uvarint(rest)
+		if k <= 0 || n > uint64(len(rest)-k) {
+			return Meta{}, fmt.Errorf("%w: cookie key fingerprint truncated", ErrMeta)
+		}
+		m.CookieKeyFP = string(rest[k : k+int(n)])
 	}
 	return m, nil
 }

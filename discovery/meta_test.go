@@ -9,7 +9,8 @@ import (
 
 func TestMetaRoundTrip(t *testing.T) {
 	m := Meta{ClusterID: "c1", NodeID: "n1", MachineID: "148e21ea7e3289", Region: "syd",
-		ReplicationAddr: "[fdaa::2]:7947", AdminAddr: "[fdaa::2]:4000", AgentVersion: "1.2.3", Ready: true}
+		ReplicationAddr: "[fdaa::2]:7947", AdminAddr: "[fdaa::2]:4000", AgentVersion: "1.2.3", Ready: true,
+		CookieKeyFP: "\x01\x02fingerprint\xff"}
 	b, err := m.Encode()
 	if err != nil {
 		t.Fatal(err)
@@ -26,10 +27,19 @@ func TestMetaRoundTrip(t *testing.T) {
 	if err != nil || got != m {
 		t.Fatalf("with a trailing field: %+v, %v", got, err)
 	}
+	// An older agent's metadata ends before the cookie key fingerprint:
+	// it parses, with no fingerprint (not a mismatch).
+	old := m
+	old.CookieKeyFP = ""
+	ob, _ := old.Encode()
+	got, err = DecodeMeta(ob[:len(ob)-1])
+	if err != nil || got != old {
+		t.Fatalf("an older agent's metadata: %+v, %v", got, err)
+	}
 }
 
 func TestMetaRejects(t *testing.T) {
-	good, _ := Meta{ClusterID: "c", NodeID: "n"}.Encode()
+	good, _ := Meta{ClusterID: "c", NodeID: "n", CookieKeyFP: "0123456789abcdef"}.Encode()
 	tests := []struct {
 		name string
 		b    []byte

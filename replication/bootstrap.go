@@ -112,11 +112,14 @@ func (e *Engine) markReady(ctx context.Context) error {
 	if err := e.store.MarkReady(ctx); err != nil {
 		return fmt.Errorf("replication: marking the store ready: %w", err)
 	}
+	// Before Ready closes: whoever waits for it reads the ready gauge
+	// (singularity_edge_replication_ready) from holdsState, and saw 0
+	// for a moment (TestBootstrapRefusedForEncryptionKey, under load).
+	e.holdsState.Store(true)
 	e.readyOnce.Do(func() { close(e.ready) })
 	if err := e.members.SetReady(true); err != nil {
 		e.log.Warn("could not gossip readiness", zap.Error(err))
 	}
-	e.holdsState.Store(true)
 	return nil
 }
 

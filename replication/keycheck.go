@@ -100,6 +100,12 @@ func (e *Engine) keyIsolated() (bool, []string) {
 	return len(differ) > 0, differ
 }
 
+// KeyIsolated reports whether this node's EDGE_ENCRYPTION_KEY differs
+// from that of every alive peer it has reached, one of which holds the
+// cluster's state (so it replicates nothing), and names those peers. The
+// agent's readiness answers from it.
+func (e *Engine) KeyIsolated() (bool, []string) { return e.keyIsolated() }
+
 // checkIsolation logs when this node becomes key-isolated and when it
 // stops being so; the ready gauge reads keyIsolated at every scrape.
 func (e *Engine) checkIsolation() {

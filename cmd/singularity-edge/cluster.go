@@ -207,7 +207,23 @@ func showCluster(c *apiClient, cl *clusterJSON) error {
 		}
 		t.row(name, m.ID, m.Region, m.MachineID, string(m.State), ready, formatAddresses(m.Addresses), m.Version, repl, offset, lastSeen)
 	}
-	return t.flush()
+	if err := t.flush(); err != nil {
+		return err
+	}
+	// Replication works across a differing cookie key, so no column says
+	// so; stickiness between the two does not.
+	var differ []string
+	for _, m := range cl.Members {
+		if m.CookieKeyDiffers {
+			differ = append(differ, m.Name)
+		}
+	}
+	if len(differ) > 0 {
+		_, err := fmt.Fprintf(c.stdout, "\nWarning: the sticky-session cookie key of %s differs from this node's: a client moving between them loses its backend; "+
+			"set the same EDGE_COOKIE_KEY (or, without one, the same EDGE_ENCRYPTION_KEY) on every node.\n", strings.Join(differ, ", "))
+		return err
+	}
+	return nil
 }
 
 func formatAddresses(addrs map[string]string) string {
