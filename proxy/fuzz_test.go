@@ -124,6 +124,8 @@ func FuzzParseResponseHead(f *testing.F) {
 	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"), false)
 	f.Add([]byte("HTTP/1.1 101 Switching\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"), false)
 	f.Add([]byte("HTTP/1.0 200\r\nTransfer-Encoding: chunked\r\n\r\n"), true)
+	f.Add([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), false)
+	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"), false)
 	f.Fuzz(func(t *testing.T, b []byte, head bool) {
 		end := findHeadEnd(b)
 		if end < 0 {
@@ -140,6 +142,24 @@ func FuzzParseResponseHead(f *testing.F) {
 		out := cc.appendResponseHead(nil, b[:end], &r, "", true, false)
 		if !bytes.HasSuffix(out, []byte("\r\n\r\n")) || hasBareLF(out) {
 			t.Fatalf("client head malformed: %q", out)
+		}
+		// The only transfer coding relayed is chunked, alone, without a
+		// Content-Length beside it.
+		var te, cl int
+		for _, line := range bytes.Split(out, []byte("\r\n")) {
+			name, v, _ := bytes.Cut(line, []byte(":"))
+			switch {
+			case bytes.EqualFold(name, []byte("transfer-encoding")):
+				te++
+				if !bytes.EqualFold(bytes.TrimSpace(v), []byte("chunked")) {
+					t.Fatalf("transfer coding %q relayed: %q", v, out)
+				}
+			case bytes.EqualFold(name, []byte("content-length")):
+				cl++
+			}
+		}
+		if te > 1 || te == 1 && cl > 0 {
+			t.Fatalf("framing relayed ambiguously: %q", out)
 		}
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"strconv"
 )
 
@@ -13,7 +14,8 @@ import (
 // keeps verbatim (runs of kept lines in one append) and writes the few it
 // rewrites. It is strict where leniency enables request smuggling: CRLF line
 // ends only, no whitespace before the colon, no obs-fold, one
-// Content-Length value, Transfer-Encoding only "chunked" (requests), and
+// Content-Length value, Transfer-Encoding only "chunked" (requests and
+// backend responses; anything else is a 501 or a 502), and
 // both framing headers together are rejected.
 
 // Limits of a head. maxHeaderFields bounds the work per request and the
@@ -80,6 +82,14 @@ var (
 
 // Response parse failures are all reported to the client as 502.
 var errBadResponse = errors.New("malformed response from backend")
+
+// errResponseTransferCoding is a backend response whose Transfer-Encoding
+// is anything but "chunked" alone, or comes with a Content-Length. The
+// proxy decodes no other coding, and passing one on (or dropping the
+// field) would hand the client bytes it cannot read as the backend meant
+// them: a 502, as nginx answers ("upstream sent unknown
+// Transfer-Encoding").
+var errResponseTransferCoding = fmt.Errorf("%w: Transfer-Encoding other than chunked, or with Content-Length", errBadResponse)
 
 type span struct{ s, e int32 }
 
@@ -669,7 +679,6 @@ type responseHead struct {
 	connKeep   bool
 	connOthers bool
 	upgrade    span
-	teValue    span // Transfer-Encoding value when chunked
 }
 
 // parseResponseHead parses the complete response head at the start of b.
@@ -716,7 +725,7 @@ func parseResponseHead(r *responseHead, b []byte, fields []field, reqMethodHead 
 	}
 	r.headLen = pos
 
-	var chunked, haveTE bool
+	var haveTE bool
 	for i := range r.fields {
 		f := &r.fields[i]
 		v := b[f.vs:f.ve]
@@ -728,12 +737,13 @@ func parseResponseHead(r *responseHead, b []byte, fields []field, reqMethodHead 
 			}
 			r.contentLen = n
 		case hdrTransferEncoding:
-			if haveTE {
-				return errBadResponse
+			// Exactly "chunked", once (nginx's rule): "gzip, chunked",
+			// "gzip", "identity", "chunked, chunked" are refused, not
+			// relayed still encoded.
+			if haveTE || !eqFoldLower(v, "chunked") {
+				return errResponseTransferCoding
 			}
 			haveTE = true
-			r.teValue = span{f.vs, f.ve}
-			chunked = lastTokenIsChunked(v)
 		case hdrConnection:
 			forEachToken(v, func(tok []byte) {
 				switch {
@@ -749,6 +759,12 @@ func parseResponseHead(r *responseHead, b []byte, fields []field, reqMethodHead 
 			r.upgrade = span{f.vs, f.ve}
 		}
 	}
+	if haveTE && r.contentLen >= 0 {
+		// RFC 9112 6.3 lets TE win, but the pair is the shape of a
+		// response split on a connection that goes back to the pool;
+		// nginx refuses it too.
+		return errResponseTransferCoding
+	}
 	if r.minor == 0 && !r.connKeep {
 		r.connClose = true
 	}
@@ -756,12 +772,8 @@ func parseResponseHead(r *responseHead, b []byte, fields []field, reqMethodHead 
 	switch {
 	case reqMethodHead || r.status < 200 || r.status == 204 || r.status == 304:
 		r.framing = bodyNone
-	case haveTE && chunked:
-		r.framing = bodyChunked
-		r.contentLen = -1
 	case haveTE:
-		r.framing = bodyClose
-		r.contentLen = -1
+		r.framing = bodyChunked
 	case r.contentLen == 0:
 		r.framing = bodyNone
 	case r.contentLen > 0:
@@ -770,12 +782,6 @@ func parseResponseHead(r *responseHead, b []byte, fields []field, reqMethodHead 
 		r.framing = bodyClose
 	}
 	return nil
-}
-
-func lastTokenIsChunked(v []byte) bool {
-	last := []byte(nil)
-	forEachToken(v, func(tok []byte) { last = tok })
-	return last != nil && eqFoldLower(last, "chunked")
 }
 
 // chunkScanner validates a chunked body incrementally and finds its end

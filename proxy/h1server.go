@@ -837,9 +837,7 @@ func (cc *clientConn) appendResponseHead(out, rb []byte, r *responseHead, setCoo
 		out = append(out, "\r\n"...)
 		return append(out, "\r\n"...)
 	case r.framing == bodyChunked && !decode:
-		out = append(out, "Transfer-Encoding: "...)
-		out = append(out, r.teValue.of(rb)...)
-		out = append(out, "\r\n"...)
+		out = append(out, "Transfer-Encoding: chunked\r\n"...)
 	}
 	if r.status >= 200 {
 		if !keep {
@@ -877,10 +875,6 @@ func (cc *clientConn) relayResponse(pool *pools.Pool, pm *poolMetrics, stickyID 
 	case bodyChunked:
 		if h.minor == 0 {
 			// HTTP/1.0 has no chunked coding: send the data and close.
-			if !bytes.EqualFold(r.teValue.of(rb), []byte("chunked")) {
-				ex.finishBody(&cc.req)
-				return cc.failAfterHead(pool, pm, start, errors.New("transfer coding unsupported by an HTTP/1.0 client"))
-			}
 			decode = true
 			keep = false
 		}

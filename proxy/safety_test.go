@@ -207,6 +207,56 @@ func TestMalformedFirstChunkAnswered(t *testing.T) {
 	}
 }
 
+// TestResponseTransferCodingRefused: a backend response whose
+// Transfer-Encoding is anything but "chunked" alone, or that also has a
+// Content-Length, gets the client a 502 over HTTP/1.1 and HTTP/2, and its
+// body never reaches the client. Before, "gzip, chunked" reached HTTP/1.1
+// clients still gzip-coded (which most cannot decode) and HTTP/2 clients
+// as the raw gzip bytes with no coding named, and "gzip" or "identity"
+// alone reached both as a close-delimited body, the field dropped.
+func TestResponseTransferCodingRefused(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("tc.test", ca.issue(t, "tc.test"))
+	const marker = "ENCODED"
+	answers := map[string]string{
+		"/gzip-chunked":  "Transfer-Encoding: gzip, chunked\r\n\r\n7\r\n" + marker + "\r\n0\r\n\r\n",
+		"/gzip":          "Transfer-Encoding: gzip\r\n\r\n" + marker,
+		"/identity":      "Transfer-Encoding: identity\r\n\r\n" + marker,
+		"/chunked-gzip":  "Transfer-Encoding: chunked, gzip\r\n\r\n" + marker,
+		"/chunked-twice": "Transfer-Encoding: chunked, chunked\r\n\r\n7\r\n" + marker + "\r\n0\r\n\r\n",
+		"/two-fields":    "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n" + marker + "\r\n0\r\n\r\n",
+		"/te-and-cl":     "Content-Length: 7\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n" + marker + "\r\n0\r\n\r\n",
+	}
+	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+		if a, ok := answers[req.Target]; ok {
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\n"+a)
+			return false
+		}
+		return answerEcho(c, req, nth)
+	})
+	table := newTable(t, poolSpec{storage.Pool{Name: "tc", SSLMode: "flexible", SSLDomain: "tc.test"}, []string{rb.url()}})
+	p := startProxy(t, testConfig(), table, certs, nil)
+	for _, h2 := range []bool{false, true} {
+		c := client(p.https, ca.pool, h2)
+		for path := range answers {
+			resp, err := c.Get("https://tc.test" + path)
+			if err != nil {
+				t.Errorf("h2=%v %s: %v, want a 502", h2, path, err)
+				continue
+			}
+			body := readAll(t, resp)
+			if resp.StatusCode != 502 || strings.Contains(body, marker) || (resp.ProtoMajor == 2) != h2 {
+				t.Errorf("%s %s: %d %q (Transfer-Encoding %q), want 502 without the backend's body", resp.Proto, path, resp.StatusCode, body, resp.TransferEncoding)
+			}
+		}
+		resp := get(t, c, "https://tc.test/next")
+		if body := readAll(t, resp); resp.StatusCode != 200 || body != "GET /next 0" {
+			t.Fatalf("h2=%v: next request %d %q", h2, resp.StatusCode, body)
+		}
+	}
+}
+
 // TestHTTP2RequestHeadBounded: an HTTP/2 request head is bounded by
 // MaxRequestHeaderBytes, as an HTTP/1.1 one is. HPACK lets a client send a
 // field once and then name it with one byte, so without the bound a few
