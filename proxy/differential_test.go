@@ -77,12 +77,12 @@ var differentialCorpus = []string{
 // Backend behaviours of the differential test (mode&diffBackendMask): each
 // breaks HTTP/1.1 in a way that must never reach another request.
 const (
-	beEcho          = iota // well behaved
-	beHeadBody             // a body (a whole response) after a HEAD response
-	be204Body              // a whole response after a 204
-	be304Body              // body bytes after a 304
-	beExtraResponse        // an unsolicited response after every answer
-	beTransferCoding       // answers with a transfer coding the proxy refuses (502)
+	beEcho           = iota // well behaved
+	beHeadBody              // a body (a whole response) after a HEAD response
+	be204Body               // a whole response after a 204
+	be304Body               // body bytes after a 304
+	beExtraResponse         // an unsolicited response after every answer
+	beTransferCoding        // answers with a transfer coding the proxy refuses (502)
 
 	diffBackendMask = 7
 	// diffLate sends the misbehaving bytes late: while the backend
