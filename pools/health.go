@@ -118,6 +118,9 @@ func (c *checker) check(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if hc.Host != "" {
+		req.Host = hc.Host
+	}
 	req.Header.Set("User-Agent", "singularity-edge-health-check/1")
 	resp, err := c.client.Do(req)
 	if err != nil {
