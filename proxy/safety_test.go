@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -254,6 +255,65 @@ func TestResponseTransferCodingRefused(t *testing.T) {
 		if body := readAll(t, resp); resp.StatusCode != 200 || body != "GET /next 0" {
 			t.Fatalf("h2=%v: next request %d %q", h2, resp.StatusCode, body)
 		}
+	}
+}
+
+// TestHTTP2FrameSizeBounded: the agent advertises and enforces a 16 KiB
+// SETTINGS_MAX_FRAME_SIZE. With x/net's 1 MiB default, the 9-byte header
+// of a 1 MiB frame made the server allocate the whole payload buffer
+// before any payload arrived: a megabyte of heap per connection for a few
+// bytes sent (BenchmarkH2HeldMemory/frame_header). A larger frame now ends
+// the connection with FRAME_SIZE_ERROR at its header.
+func TestHTTP2FrameSizeBounded(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("fs.test", ca.issue(t, "fs.test"))
+	rb := newRecBackend(t, nil)
+	table := newTable(t, poolSpec{storage.Pool{Name: "fs", SSLMode: "flexible", SSLDomain: "fs.test"}, []string{rb.url()}})
+	p := startProxy(t, testConfig(), table, certs, nil)
+
+	h := dialH2Raw(t, p.https, "fs.test", ca.pool)
+	_ = h.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	f, err := h.fr.ReadFrame()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sf, ok := f.(*http2.SettingsFrame)
+	if !ok {
+		t.Fatalf("first frame %v, want SETTINGS", f)
+	}
+	if v, ok := sf.Value(http2.SettingMaxFrameSize); !ok || v != 16<<10 {
+		t.Fatalf("SETTINGS_MAX_FRAME_SIZE %d (sent %v), want 16384", v, ok)
+	}
+	// A frame of 16 KiB + 1 (an extension type, which is otherwise
+	// ignored): only its header is sent.
+	var hdr [9]byte
+	binary.BigEndian.PutUint32(hdr[:4], (16<<10+1)<<8|0xfa)
+	if _, err := h.conn.Write(hdr[:]); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		f, err := h.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no GOAWAY before %v: the server waits for the payload", err)
+		}
+		if ga, ok := f.(*http2.GoAwayFrame); ok {
+			if ga.ErrCode != http2.ErrCodeFrameSize {
+				t.Fatalf("GOAWAY %v, want FRAME_SIZE_ERROR", ga.ErrCode)
+			}
+			break
+		}
+	}
+	// A frame within the bound is served as before.
+	h2 := dialH2Raw(t, p.https, "fs.test", ca.pool)
+	if err := h2.headers(1, false, ":method", "POST", ":scheme", "https", ":path", "/in", ":authority", "fs.test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := h2.fr.WriteData(1, true, bytes.Repeat([]byte("d"), 16<<10)); err != nil {
+		t.Fatal(err)
+	}
+	if status, rst, err := h2.response(1); err != nil || status != "200" {
+		t.Fatalf("16 KiB frame: status %q rst %v err %v", status, rst, err)
 	}
 }
 
