@@ -49,6 +49,15 @@ const (
 	hdrForwarded
 	hdrHTTP2Settings // connection-specific (RFC 9113 3.2.1): never forwarded
 	hdrXRealIP
+	// hdrXForwardedOther: any other X-Forwarded-* field (Port, Prefix,
+	// Ssl, Scheme, Server, Client-Cert...). The proxy sets none of them;
+	// a backend reads them as the edge's word, so only a trusted proxy's
+	// reach it.
+	hdrXForwardedOther
+	// hdrForwardingTwin: an underscore spelling of a forwarding field the
+	// proxy sets itself ("X_Forwarded_For", "X-Real_IP"); never forwarded
+	// in a request (classifyForwarding).
+	hdrForwardingTwin
 )
 
 // field is one header line: buf[start:end] is the whole line with its CRLF,
@@ -247,7 +256,44 @@ func classifyHeader(name []byte) uint8 {
 	if len(name) > 6 && hasPrefixFoldLower(name, "proxy-") {
 		return hdrProxy
 	}
+	if len(name) >= 9 && name[0]|0x20 == 'x' && (name[1] == '-' || name[1] == '_') {
+		return classifyForwarding(name)
+	}
 	return hdrOther
+}
+
+// classifyForwarding finds the forwarding fields among names that start
+// "x-" or "x_" and did not match exactly: any other X-Forwarded-* name,
+// and the underscore twins of all of them ("X_Forwarded_For",
+// "X-Real_IP"). CGI-style servers (Rack, WSGI, PHP) read a field as
+// HTTP_X_FORWARDED_FOR whichever of '-' and '_' it was spelled with, so a
+// twin the proxy passed on would override the field the proxy set (Puma's
+// CVE-2024-45614; nginx drops names with '_' by default for this reason).
+func classifyForwarding(name []byte) uint8 {
+	if eqFoldDash(name, "x-real-ip") {
+		return hdrForwardingTwin // the exact name matched before
+	}
+	const prefix = "x-forwarded-"
+	if len(name) <= len(prefix) || !eqFoldDash(name[:len(prefix)], prefix) {
+		return hdrOther
+	}
+	if rest := name[len(prefix):]; eqFoldDash(rest, "for") || eqFoldDash(rest, "proto") || eqFoldDash(rest, "host") {
+		return hdrForwardingTwin
+	}
+	return hdrXForwardedOther
+}
+
+// eqFoldDash is eqFoldLower with '_' in b matching '-' in lower.
+func eqFoldDash(b []byte, lower string) bool {
+	if len(b) != len(lower) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		if c := b[i]; c|0x20 != lower[i] && !(c == '_' && lower[i] == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // findHeadEnd returns the length of the head (through the blank line) in b,

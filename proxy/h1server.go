@@ -684,6 +684,8 @@ func (cc *clientConn) appendUpstreamHead(out, b, host []byte) []byte {
 		switch f.kind {
 		case hdrOther, hdrExpect, hdrCookie, hdrXPool:
 			keep = !h.connOthers || !listedInConnection(b, h.fields, b[f.start:f.colon])
+		case hdrXForwardedOther:
+			keep = cc.info.trusted && (!h.connOthers || !listedInConnection(b, h.fields, b[f.start:f.colon]))
 		case hdrHost:
 			keep = h.authority.empty()
 		case hdrTrailer:
@@ -802,7 +804,7 @@ func (cc *clientConn) appendResponseHead(out, rb []byte, r *responseHead, setCoo
 		f := &r.fields[i]
 		keepLine := false
 		switch f.kind {
-		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto, hdrForwarded, hdrXRealIP:
+		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto, hdrForwarded, hdrXRealIP, hdrXForwardedOther, hdrForwardingTwin:
 			keepLine = !r.connOthers || !listedInConnection(rb, r.fields, rb[f.start:f.colon])
 		case hdrContentLength:
 			keepLine = !seenCL && r.framing != bodyChunked && !decode

@@ -395,6 +395,14 @@ func (h *h2Server) upstreamHead(r *http.Request, hc *h2Conn, host, reqID string)
 		if h2Skip(name) {
 			continue
 		}
+		switch classifyHeader([]byte(name)) {
+		case hdrForwardingTwin:
+			continue // "X_Forwarded_For" and the like (classifyForwarding)
+		case hdrXForwardedOther:
+			if !hc.info.trusted {
+				continue // the other forwarding fields: a trusted proxy's only
+			}
+		}
 		if name == "Cookie" && len(values) > 1 {
 			// HTTP/2 splits cookies into fields; HTTP/1.1 wants one line
 			// (RFC 9113 8.2.3).
@@ -582,7 +590,7 @@ func (h *h2Server) relay(w http.ResponseWriter, rc *http.ResponseController, ex 
 	for i := range resp.fields {
 		f := &resp.fields[i]
 		switch f.kind {
-		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto, hdrForwarded, hdrXRealIP:
+		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto, hdrForwarded, hdrXRealIP, hdrXForwardedOther, hdrForwardingTwin:
 		case hdrContentLength:
 			if resp.framing != bodyLength && !req.isHEAD {
 				continue

@@ -540,6 +540,15 @@ func TestHeaderHygieneBothProtocols(t *testing.T) {
 // replaced by the client's address, which is also set when no X-Real-IP
 // came (a backend that reads it must never see an address a client
 // chose). With the PROXY protocol the client is the header's source.
+//
+// The other X-Forwarded-* fields (port, prefix, scheme, TLS flag, client
+// certificate...) follow the trust rule too: kept from a trusted proxy,
+// dropped from anyone else. Backends read them as the edge's word (Spring
+// and Rack take X-Forwarded-Ssl and -Prefix, Envoy's X-Forwarded-Client-Cert
+// names the client's certificate); before, a plain-HTTP client's
+// "X-Forwarded-Ssl: on" beat the proxy's own "X-Forwarded-Proto: http" in
+// Rack, and a client-chosen X-Forwarded-Prefix went into Spring's links
+// and redirects.
 func TestRealIPFollowsTrust(t *testing.T) {
 	ca := newTestCA(t)
 	certs := &testCerts{}
@@ -553,18 +562,22 @@ func TestRealIPFollowsTrust(t *testing.T) {
 		trusted    []netip.Prefix // Config.TrustedProxies
 		sent       []string       // X-Real-IP values the client sends
 		want       string
+		// trustedClient: the client is a trusted proxy, so the other
+		// X-Forwarded-* fields it sends (extraForwarded) reach the
+		// backend; from anyone else they are dropped.
+		trustedClient bool
 	}{
-		{"untrusted forged", false, []netip.Prefix{}, []string{forged}, "127.0.0.1"},
-		{"untrusted two forged", false, []netip.Prefix{}, []string{forged, "192.0.2.1"}, "127.0.0.1"},
-		{"untrusted absent", false, []netip.Prefix{}, nil, "127.0.0.1"},
-		{"untrusted empty", false, []netip.Prefix{}, []string{""}, "127.0.0.1"},
-		{"trusted kept", false, loopback, []string{forged}, forged},
-		{"trusted absent", false, loopback, nil, "127.0.0.1"},
-		{"default trust, loopback client", false, nil, []string{forged}, "127.0.0.1"},
-		{"PROXY client untrusted", true, nil, []string{forged}, "198.51.100.1"},
-		{"PROXY client untrusted absent", true, nil, nil, "198.51.100.1"},
-		{"PROXY peer trusted but not the client", true, loopback, []string{forged}, "198.51.100.1"},
-		{"PROXY client trusted", true, proxied, []string{forged}, forged},
+		{"untrusted forged", false, []netip.Prefix{}, []string{forged}, "127.0.0.1", false},
+		{"untrusted two forged", false, []netip.Prefix{}, []string{forged, "192.0.2.1"}, "127.0.0.1", false},
+		{"untrusted absent", false, []netip.Prefix{}, nil, "127.0.0.1", false},
+		{"untrusted empty", false, []netip.Prefix{}, []string{""}, "127.0.0.1", false},
+		{"trusted kept", false, loopback, []string{forged}, forged, true},
+		{"trusted absent", false, loopback, nil, "127.0.0.1", true},
+		{"default trust, loopback client", false, nil, []string{forged}, "127.0.0.1", false},
+		{"PROXY client untrusted", true, nil, []string{forged}, "198.51.100.1", false},
+		{"PROXY client untrusted absent", true, nil, nil, "198.51.100.1", false},
+		{"PROXY peer trusted but not the client", true, loopback, []string{forged}, "198.51.100.1", false},
+		{"PROXY client trusted", true, proxied, []string{forged}, forged, true},
 	} {
 		for _, proto := range []string{"HTTP/1.1", "HTTP/2"} {
 			t.Run(tc.name+" "+proto, func(t *testing.T) {
@@ -606,6 +619,9 @@ func TestRealIPFollowsTrust(t *testing.T) {
 					for _, v := range tc.sent {
 						kv = append(kv, "x-real-ip", v)
 					}
+					for _, f := range append(extraForwarded, underscoreTwins...) {
+						kv = append(kv, strings.ToLower(f[0]), f[1])
+					}
 					if err := h.headers(1, true, kv...); err != nil {
 						t.Fatal(err)
 					}
@@ -616,6 +632,9 @@ func TestRealIPFollowsTrust(t *testing.T) {
 					req := "GET /ri HTTP/1.1\r\nHost: ri.test\r\n"
 					for _, v := range tc.sent {
 						req += "X-REAL-IP: " + v + "\r\n"
+					}
+					for _, f := range append(extraForwarded, underscoreTwins...) {
+						req += f[0] + ": " + f[1] + "\r\n"
 					}
 					_, _ = io.WriteString(conn, req+"\r\n")
 					if resp, _ := readResponse(t, bufio.NewReader(conn), "GET"); resp.StatusCode != 200 {
@@ -629,10 +648,49 @@ func TestRealIPFollowsTrust(t *testing.T) {
 				if got := reqs[0].values("X-Real-IP"); len(got) != 1 || got[0] != tc.want {
 					t.Fatalf("backend X-Real-IP = %q, want [%q]", got, tc.want)
 				}
+				for _, f := range extraForwarded {
+					got := reqs[0].values(f[0])
+					if tc.trustedClient && (len(got) != 1 || got[0] != f[1]) {
+						t.Errorf("from a trusted proxy, backend %s = %q, want [%q]", f[0], got, f[1])
+					}
+					if !tc.trustedClient && len(got) != 0 {
+						t.Errorf("from a client, backend %s = %q, want none", f[0], got)
+					}
+				}
+				if !tc.trustedClient {
+					for _, f := range underscoreTwins {
+						if got := reqs[0].values(f[0]); len(got) != 0 {
+							t.Errorf("from a client, backend %s = %q, want none", f[0], got)
+						}
+					}
+				}
 			})
 		}
 	}
 }
+
+// extraForwarded are forwarding fields the proxy does not set itself.
+var extraForwarded = [][2]string{
+	{"X-Forwarded-Port", "8443"},
+	{"X-Forwarded-Prefix", "//evil.test"},
+	{"X-Forwarded-Ssl", "on"},
+	{"X-Forwarded-Scheme", "https"},
+	{"X-Forwarded-Server", "edge.evil.test"},
+	{"X-Forwarded-Client-Cert", "By=spiffe://evil.test/admin"},
+}
+
+// underscoreTwins spell forwarding fields with '_', which CGI-style
+// servers read as the '-' field (HTTP_X_FORWARDED_FOR either way): the
+// proxy never passes a client's on.
+var underscoreTwins = [][2]string{
+	{"X_Forwarded_For", forgedAddr},
+	{"X-Real_IP", forgedAddr},
+	{"x_forwarded_proto", "https"},
+	{"X-Forwarded_Host", "evil.test"},
+	{"X_Forwarded_Ssl", "on"},
+}
+
+const forgedAddr = "203.0.113.7"
 
 // TestDuplicateHostRejectedByProxy: the proxy itself refuses two Host
 // fields; the backend counts requests, so a backend that would refuse them
