@@ -353,6 +353,19 @@ func validH2Request(r *http.Request) error {
 	if r.Host != "" && !validHost([]byte(r.Host)) {
 		return errors.New("invalid :authority")
 	}
+	// One decimal number, however many fields carry it (as for HTTP/1.1):
+	// x/net reads the first field only, and an unparsable value as 0, so
+	// the request would go out without the body the client then sends.
+	if vv := r.Header["Content-Length"]; len(vv) > 0 {
+		n, ok := parseContentLength([]byte(vv[0]))
+		for _, v := range vv[1:] {
+			m, okm := parseContentLength([]byte(v))
+			ok = ok && okm && m == n
+		}
+		if !ok {
+			return errors.New("invalid content-length")
+		}
+	}
 	for name, values := range r.Header {
 		if !isTokenString(name) {
 			return errors.New("invalid header field name")

@@ -186,6 +186,51 @@ func TestHTTP2PseudoHeadersValidated(t *testing.T) {
 	}
 }
 
+// TestHTTP2ContentLengthValidated: an HTTP/2 request whose content-length
+// is not one decimal number (empty, signed, a list, two different values)
+// is malformed (RFC 9113 8.1.1) and gets 400 (or the stream is reset)
+// without reaching a backend.
+// x/net reads such a value as 0: the request went to the backend without
+// its body while the client's DATA frame then reset the stream, so the
+// backend acted on a request the client never sent.
+func TestHTTP2ContentLengthValidated(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("cl.test", ca.issue(t, "cl.test"))
+	rb := newRecBackend(t, nil)
+	table := newTable(t, poolSpec{storage.Pool{Name: "cl", SSLMode: "flexible", SSLDomain: "cl.test"}, []string{rb.url()}})
+	p := startProxy(t, testConfig(), table, certs, nil)
+	post := func(h *h2Raw, id uint32, path string, cls ...string) (string, http2.ErrCode, error) {
+		kv := []string{":method", "POST", ":scheme", "https", ":path", path, ":authority", "cl.test"}
+		for _, v := range cls {
+			kv = append(kv, "content-length", v)
+		}
+		if err := h.headers(id, false, kv...); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.fr.WriteData(id, true, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		return h.response(id)
+	}
+	for _, cls := range [][]string{{""}, {"+1"}, {"1, 1"}, {"0x1"}, {"1", "2"}} {
+		h := dialH2Raw(t, p.https, "cl.test", ca.pool)
+		// x/net may reset the stream first (it reads a bad value as 0,
+		// and the DATA frame then exceeds it): refused either way.
+		if status, rst, err := post(h, 1, "/bad", cls...); status != "400" && (status != "" || rst != http2.ErrCodeProtocol) {
+			t.Errorf("content-length %q: status %q rst %v err %v, want 400", cls, status, rst, err)
+		}
+	}
+	h := dialH2Raw(t, p.https, "cl.test", ca.pool)
+	if status, _, err := post(h, 1, "/ok", "1"); status != "200" || err != nil {
+		t.Fatalf("content-length 1: %q %v", status, err)
+	}
+	reqs, errs := rb.received()
+	if len(reqs) != 1 || reqs[0].Target != "/ok" || string(reqs[0].Body) != "x" || len(errs) > 0 {
+		t.Fatalf("backend received %d requests (%v), errors %v", len(reqs), reqs, errs)
+	}
+}
+
 // TestMalformedFirstChunkAnswered: a chunked response whose first chunk
 // line, read with the head, is malformed gets the client a 502. The head
 // waits for that line, so before, the client got nothing but a close and
