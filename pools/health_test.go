@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -165,6 +166,9 @@ func TestHTTPCheckHost(t *testing.T) {
 		mu.Lock()
 		seen[r.Host] = true
 		mu.Unlock()
+		if strings.HasPrefix(r.Host, "127.") {
+			w.WriteHeader(http.StatusMisdirectedRequest) // serves names only
+		}
 	}))
 	defer srv.Close()
 	addr := srv.Listener.Addr().String()
@@ -187,14 +191,24 @@ func TestHTTPCheckHost(t *testing.T) {
 		return len(seen) >= len(want)
 	})
 	mu.Lock()
-	defer mu.Unlock()
+	got := maps.Clone(seen)
+	mu.Unlock()
 	for _, h := range want {
-		if !seen[h] {
-			t.Errorf("no check with Host %q; seen %v", h, seen)
+		if !got[h] {
+			t.Errorf("no check with Host %q; seen %v", h, got)
 		}
 	}
-	if len(seen) != len(want) {
-		t.Errorf("checks with Hosts %v, want exactly %v", seen, want)
+	if len(got) != len(want) {
+		t.Errorf("checks with Hosts %v, want exactly %v", got, want)
+	}
+	// The Host a failing check sent is in its error.
+	b := tbl.Pool("bare").Backend("b")
+	waitFor(t, 10*time.Second, "the address-Host check failing", func() bool { return b.State().LastError != "" })
+	if msg := b.State().LastError; !strings.Contains(msg, "421 for Host "+addr) {
+		t.Errorf("last error %q does not name the Host %s", msg, addr)
+	}
+	if n := tbl.Pool("named").Backend("n"); !n.Healthy() {
+		t.Errorf("named pool's backend unhealthy: %q", n.State().LastError)
 	}
 }
 
