@@ -811,7 +811,11 @@ func parseResponseHead(r *responseHead, b []byte, fields []field, reqMethodHead 
 		// nginx refuses it too.
 		return errResponseTransferCoding
 	}
-	if r.minor == 0 && !r.connKeep {
+	if r.minor == 0 && (!r.connKeep || haveTE) {
+		// HTTP/1.0 has no chunked coding: RFC 9112 6.1 has the framing
+		// of such a message treated as faulty and the connection closed
+		// after it, whatever Connection says. Its body is still read as
+		// chunked, as nginx does.
 		r.connClose = true
 	}
 	// Message body length, RFC 9112 6.3.

@@ -279,6 +279,7 @@ func TestParseResponseHead(t *testing.T) {
 		{"304", "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", false, bodyNone, 10, false},
 		{"no reason", "HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n", false, bodyNone, 0, false},
 		{"1.0", "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false, bodyLength, 1, false},
+		{"1.0 chunked keep-alive", "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n", false, bodyChunked, -1, false},
 		{"bad status", "HTTP/1.1 2x0 OK\r\n\r\n", false, 0, 0, true},
 		{"status 600", "HTTP/1.1 600 X\r\n\r\n", false, 0, 0, true},
 		{"conflicting CL", "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false, 0, 0, true},
@@ -298,6 +299,11 @@ func TestParseResponseHead(t *testing.T) {
 			}
 			if r.framing != tc.framing || r.contentLen != tc.cl {
 				t.Fatalf("framing %d cl %d", r.framing, r.contentLen)
+			}
+			// An HTTP/1.0 connection is reused only after a keep-alive
+			// response without Transfer-Encoding (RFC 9112 6.1).
+			if want := strings.HasPrefix(tc.in, "HTTP/1.0") && (!strings.Contains(tc.in, "keep-alive") || strings.Contains(tc.in, "Transfer-Encoding")); want && !r.connClose {
+				t.Fatal("HTTP/1.0 connection kept")
 			}
 		})
 	}
