@@ -118,6 +118,9 @@ func (c *checker) check(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if hc.Host != "" {
+		req.Host = hc.Host
+	}
 	req.Header.Set("User-Agent", "singularity-edge-health-check/1")
 	resp, err := c.client.Do(req)
 	if err != nil {
@@ -125,14 +128,17 @@ func (c *checker) check(ctx context.Context) error {
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxHealthBody))
 	_ = resp.Body.Close()
+	// The Host is named in the error: it is derived from the pool
+	// (healthHost), and a backend that answers 404 or 421 to it tells the
+	// operator which name it does not serve.
 	if hc.ExpectedStatus != 0 {
 		if resp.StatusCode != hc.ExpectedStatus {
-			return fmt.Errorf("status %d, expected %d", resp.StatusCode, hc.ExpectedStatus)
+			return fmt.Errorf("status %d for Host %s, expected %d", resp.StatusCode, req.Host, hc.ExpectedStatus)
 		}
 		return nil
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 399 {
-		return fmt.Errorf("status %d, expected 2xx or 3xx", resp.StatusCode)
+		return fmt.Errorf("status %d for Host %s, expected 2xx or 3xx", resp.StatusCode, req.Host)
 	}
 	return nil
 }

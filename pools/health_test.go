@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -18,11 +19,11 @@ import (
 
 // startCheckers runs the active checks of every backend of p (through
 // the scheduler the Manager uses) until the test ends.
-func startCheckers(t *testing.T, p *Pool) {
+func startCheckers(t *testing.T, p ...*Pool) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	s := newHealthScheduler(HealthSchedule{Jitter: 0.01}, probeWith(), nil)
-	s.reconcile(&Table{pools: []*Pool{p}}, nil, nil, false, time.Now())
+	s.reconcile(&Table{pools: p}, nil, nil, false, time.Now())
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -148,6 +149,67 @@ func TestActiveHTTPCheck(t *testing.T) {
 	srv2 := listenOn(t, addr, handler)
 	defer srv2.Close()
 	waitFor(t, 10*time.Second, "revived server healthy", func() bool { return b.Healthy() })
+}
+
+// TestHTTPCheckHost: an HTTP check sends the name clients reach the pool
+// by (ssl_domain, else its first exact host) as Host, so a backend that
+// serves virtual hosts answers it as it answers the pool's requests; a
+// pool without an exact name sends the backend's address. Pools that
+// share a backend address but name it differently get a probe each.
+// Before, every check sent the address, and a name-based backend
+// answered its default site (often a 404, or a 421): the check failed or
+// passed for a site the pool never serves.
+func TestHTTPCheckHost(t *testing.T) {
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen[r.Host] = true
+		mu.Unlock()
+		if strings.HasPrefix(r.Host, "127.") {
+			w.WriteHeader(http.StatusMisdirectedRequest) // serves names only
+		}
+	}))
+	defer srv.Close()
+	addr := srv.Listener.Addr().String()
+	named := fastChecks(HealthCheckHTTP)
+	named.Name, named.SSLDomain, named.Hosts = "named", "www.a.test", []string{"b.test"}
+	hosts := fastChecks(HealthCheckHTTP)
+	hosts.Name, hosts.SSLDomain, hosts.Hosts = "hosts", "*.w.test", []string{"*.v.test", "api.c.test"}
+	bare := fastChecks(HealthCheckHTTP)
+	bare.Name, bare.Hosts = "bare", []string{"*.w.test"}
+	tbl := NewTable([]storage.Pool{named, hosts, bare}, []storage.Backend{
+		backendFor(t, "n", "named", srv.URL),
+		backendFor(t, "h", "hosts", srv.URL),
+		backendFor(t, "b", "bare", srv.URL),
+	}, nil, TableOptions{})
+	startCheckers(t, tbl.Pool("named"), tbl.Pool("hosts"), tbl.Pool("bare"))
+	want := []string{"www.a.test", "api.c.test", addr}
+	waitFor(t, 10*time.Second, "a check per Host", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) >= len(want)
+	})
+	mu.Lock()
+	got := maps.Clone(seen)
+	mu.Unlock()
+	for _, h := range want {
+		if !got[h] {
+			t.Errorf("no check with Host %q; seen %v", h, got)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("checks with Hosts %v, want exactly %v", got, want)
+	}
+	// The Host a failing check sent is in its error.
+	b := tbl.Pool("bare").Backend("b")
+	waitFor(t, 10*time.Second, "the address-Host check failing", func() bool { return b.State().LastError != "" })
+	if msg := b.State().LastError; !strings.Contains(msg, "421 for Host "+addr) {
+		t.Errorf("last error %q does not name the Host %s", msg, addr)
+	}
+	if n := tbl.Pool("named").Backend("n"); !n.Healthy() {
+		t.Errorf("named pool's backend unhealthy: %q", n.State().LastError)
+	}
 }
 
 func TestActiveHTTPCheckExpectedStatus(t *testing.T) {

@@ -90,13 +90,14 @@ type probeKind struct {
 	// client certificates must not share a probe.
 	tls        string
 	kind, path string
+	host       string // Host of HTTP checks: pools at one address may name it differently
 	expected   int
 	timeout    time.Duration
 }
 
 // keyOf returns b's target key under hc; the caller holds s.mu.
 func (s *healthScheduler) keyOf(b *Backend, hc *healthConfig) targetKey {
-	pk := probeKind{sslVerify: b.SSLVerify, tls: b.TLS().Key(), kind: hc.Type, path: hc.Path, expected: hc.ExpectedStatus, timeout: hc.Timeout}
+	pk := probeKind{sslVerify: b.SSLVerify, tls: b.TLS().Key(), kind: hc.Type, path: hc.Path, host: hc.Host, expected: hc.ExpectedStatus, timeout: hc.Timeout}
 	id, ok := s.kinds[pk]
 	if !ok {
 		id = uint32(len(s.kinds))

@@ -57,14 +57,36 @@ func parseAlgorithm(s string) algorithm {
 // healthConfig is a pool's health-check configuration with runtime
 // defaults applied.
 type healthConfig struct {
-	Type           string
-	Path           string
+	Type string
+	Path string
+	// Host is the Host header of HTTP(S) checks (healthHost); empty:
+	// the backend's address.
+	Host           string
 	ExpectedStatus int
 	Interval       time.Duration
 	Timeout        time.Duration
 	Rise, Fall     int
 	MaxFails       int
 	Cooldown       time.Duration
+}
+
+// healthHost is the Host an HTTP(S) check sends: the first name clients
+// reach the pool by (ssl_domain, then the first exact name of hosts), so
+// that a backend serving virtual hosts answers the check as it answers
+// the pool's requests (which carry the client's Host). A pool with no
+// exact name (none, or wildcards only) checks with the backend's address,
+// as before. nginx Plus checks with the upstream's Host, Envoy with the
+// cluster's name; HAProxy and Traefik send what is configured.
+func healthHost(p *storage.Pool) string {
+	if d := p.SSLDomain; d != "" && !strings.HasPrefix(d, "*.") {
+		return d
+	}
+	for _, h := range p.Hosts {
+		if !strings.HasPrefix(h, "*.") {
+			return h
+		}
+	}
+	return ""
 }
 
 func effectiveHealth(p *storage.Pool) healthConfig {
@@ -85,6 +107,9 @@ func effectiveHealth(p *storage.Pool) healthConfig {
 	}
 	if c.Type != HealthCheckTCP && !strings.HasPrefix(c.Path, "/") {
 		c.Path = "/" + c.Path
+	}
+	if c.Type != HealthCheckTCP {
+		c.Host = healthHost(p)
 	}
 	if c.Interval <= 0 {
 		c.Interval = DefaultHealthCheckInterval

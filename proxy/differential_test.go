@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -76,11 +77,12 @@ var differentialCorpus = []string{
 // Backend behaviours of the differential test (mode&diffBackendMask): each
 // breaks HTTP/1.1 in a way that must never reach another request.
 const (
-	beEcho          = iota // well behaved
-	beHeadBody             // a body (a whole response) after a HEAD response
-	be204Body              // a whole response after a 204
-	be304Body              // body bytes after a 304
-	beExtraResponse        // an unsolicited response after every answer
+	beEcho           = iota // well behaved
+	beHeadBody              // a body (a whole response) after a HEAD response
+	be204Body               // a whole response after a 204
+	be304Body               // body bytes after a 304
+	beExtraResponse         // an unsolicited response after every answer
+	beTransferCoding        // answers with a transfer coding the proxy refuses (502)
 
 	diffBackendMask = 7
 	// diffLate sends the misbehaving bytes late: while the backend
@@ -96,6 +98,20 @@ const (
 // stolenResponse is what a misbehaving backend sends that no client asked
 // for; a client that receives it got another exchange's bytes.
 const stolenResponse = "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nSTOLEN!"
+
+// refusedCodings are the framings beTransferCoding answers with, in turn:
+// any Transfer-Encoding but "chunked" alone, or one with a Content-Length.
+// The proxy decodes none of them, so each must become a 502; relayed, the
+// client would get the body still coded (or, over HTTP/2, with no coding
+// named at all).
+var refusedCodings = []string{
+	"Transfer-Encoding: gzip, chunked\r\n\r\n%[2]x\r\n%[3]s\r\n0\r\n\r\n",
+	"Transfer-Encoding: gzip\r\n\r\n%[3]s",
+	"Transfer-Encoding: identity\r\n\r\n%[3]s",
+	"Transfer-Encoding: chunked, gzip\r\n\r\n%[3]s",
+	"Transfer-Encoding: chunked, chunked\r\n\r\n%[2]x\r\n%[3]s\r\n0\r\n\r\n",
+	"Content-Length: %[2]d\r\nTransfer-Encoding: chunked\r\n\r\n%[2]x\r\n%[3]s\r\n0\r\n\r\n",
+}
 
 // differentialCases adds to the corpus what needs a misbehaving backend
 // or an HTTP/2 client.
@@ -126,6 +142,14 @@ var differentialCases = []struct {
 	{":method: GET\n:scheme: https\n:path: /a\n:authority: d.test\n\n", diffH2 | be204Body | diffLate},
 	{":method: GET\n:scheme: https\n:path: /a\n:authority: d.test\n\n", diffH2 | be304Body},
 	{":method: GET\n:scheme: https\n:path: /a\n:authority: d.test\n\n", diffH2 | beExtraResponse | diffLate},
+	// Backend transfer codings other than chunked alone: a 502 each.
+	{"GET /1 HTTP/1.1\r\nHost: d.test\r\n\r\nGET /2 HTTP/1.1\r\nHost: d.test\r\n\r\nGET /3 HTTP/1.1\r\nHost: d.test\r\n\r\nGET /4 HTTP/1.1\r\nHost: d.test\r\n\r\nGET /5 HTTP/1.1\r\nHost: d.test\r\n\r\nGET /6 HTTP/1.1\r\nHost: d.test\r\n\r\n", beTransferCoding},
+	{"HEAD /h HTTP/1.1\r\nHost: d.test\r\n\r\nPOST /p HTTP/1.1\r\nHost: d.test\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n", beTransferCoding},
+	{"GET /h10 HTTP/1.0\r\nHost: d.test\r\nConnection: keep-alive\r\n\r\nGET /b?coding=3 HTTP/1.0\r\nHost: d.test\r\n\r\n", beTransferCoding},
+	{":method: GET\n:scheme: https\n:path: /a?coding=0\n:authority: d.test\n\n", diffH2 | beTransferCoding},
+	{":method: GET\n:scheme: https\n:path: /a?coding=1\n:authority: d.test\n\n", diffH2 | beTransferCoding},
+	{":method: POST\n:scheme: https\n:path: /a?coding=4\n:authority: d.test\n\nbody", diffH2 | beTransferCoding},
+	{":method: GET\n:scheme: https\n:path: /a?coding=5\n:authority: d.test\n\n", diffH2 | beTransferCoding},
 }
 
 // TestDifferential runs the corpus through the proxy; see checkDifferential.
@@ -152,7 +176,7 @@ func FuzzDifferential(f *testing.F) {
 			return
 		}
 		mode %= 32
-		if mode&diffBackendMask > beExtraResponse {
+		if mode&diffBackendMask > beTransferCoding {
 			mode &^= diffBackendMask // the unused behaviours are the well-behaved one
 		}
 		checkDifferential(t, in, mode)
@@ -243,8 +267,22 @@ func readableOrWoken(c net.Conn) bool {
 // BODYLEN", in X-Echo and, where a body is allowed, as the body) and
 // misbehaves as mode says.
 func diffBackend(t *testing.T, mode uint8, late *lateBytes) *recBackend {
+	var answered atomic.Int64
 	return newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
 		echo := fmt.Sprintf("%s %s %d", req.Method, req.Target, len(req.Body))
+		if mode&diffBackendMask == beTransferCoding {
+			// In turn, or the one a "coding=N" in the target names (an
+			// HTTP/2 case has one request per backend).
+			i := int(answered.Add(1) - 1)
+			if _, v, ok := strings.Cut(req.Target, "coding="); ok {
+				if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+					i = n
+				}
+			}
+			coding := refusedCodings[i%len(refusedCodings)]
+			_, _ = fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nX-Echo: %[1]s\r\n"+coding, echo, len(echo), echo)
+			return false // some are delimited by the close
+		}
 		normal := fmt.Sprintf("HTTP/1.1 200 OK\r\nX-Echo: %s\r\nContent-Length: %d\r\n\r\n", echo, len(echo))
 		if req.Method != "HEAD" {
 			normal += echo
@@ -322,10 +360,11 @@ func checkDifferential(t *testing.T, in []byte, mode uint8) {
 	}
 	p := startProxy(t, cfg, table, certs, nil)
 
+	refused := mode&diffBackendMask == beTransferCoding
 	if mode&diffH2 != 0 {
-		checkH2Translation(t, p, ca, rb, in)
+		checkH2Translation(t, p, ca, rb, in, refused)
 	} else {
-		checkH1Stream(t, p, rb, in)
+		checkH1Stream(t, p, rb, in, refused)
 	}
 
 	// Late bytes now reach the idle pooled connections; the next client
@@ -334,7 +373,19 @@ func checkDifferential(t *testing.T, in []byte, mode uint8) {
 	if mode&diffLate != 0 {
 		time.Sleep(10 * time.Millisecond) // let them cross loopback into the proxy's socket
 	}
-	n := rb.requests.Load()
+	// Counted by target: a client's request reset while in flight (an
+	// HTTP/2 stream) may still reach the backend after this point.
+	probes := func() int {
+		got, _ := rb.received()
+		n := 0
+		for _, r := range got {
+			if r.Target == "/probe" {
+				n++
+			}
+		}
+		return n
+	}
+	n := probes()
 	c, err := net.DialTimeout("tcp", p.http, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -354,16 +405,20 @@ func checkDifferential(t *testing.T, in []byte, mode uint8) {
 	if b := mode & diffBackendMask; b == be204Body || b == be304Body {
 		wantBody = ""
 	}
-	if echo := resp.Header.Get("X-Echo"); echo != "GET /probe 0" || string(body) != wantBody {
+	if refused {
+		if resp.StatusCode != 502 || resp.Header.Get("X-Echo") != "" {
+			t.Fatalf("probe got %d %q, want the proxy's 502", resp.StatusCode, resp.Header.Get("X-Echo"))
+		}
+	} else if echo := resp.Header.Get("X-Echo"); echo != "GET /probe 0" || string(body) != wantBody {
 		t.Fatalf("probe got %d %q %q: not its own answer", resp.StatusCode, echo, body)
 	}
-	if rb.requests.Load() != n+1 {
-		t.Fatalf("the probe reached the backend %d times", rb.requests.Load()-n)
+	if m := probes(); m != n+1 {
+		t.Fatalf("the probe reached the backend %d times", m-n)
 	}
 }
 
 // checkH1Stream sends in on one HTTP/1.1 client connection.
-func checkH1Stream(t *testing.T, p *testProxy, rb *recBackend, in []byte) {
+func checkH1Stream(t *testing.T, p *testProxy, rb *recBackend, in []byte, refused bool) {
 	var want []*strictRequest
 	// refusedMethod is the method of the first request the strict reader
 	// refuses, when its request line is well formed: the proxy's refusal
@@ -446,7 +501,7 @@ func checkH1Stream(t *testing.T, p *testProxy, rb *recBackend, in []byte) {
 		}
 		j++
 	}
-	checkAnswers(t, answers, got)
+	checkAnswers(t, answers, got, refused)
 }
 
 // requestLineMethod returns the method of b's first line when it is a
@@ -472,7 +527,24 @@ func requestLineMethod(b []byte) (string, bool) {
 
 // checkAnswers: the backend's answers reach the client in order, between
 // the proxy's own answers (4xx/5xx) to requests it refused; nothing else.
-func checkAnswers(t *testing.T, answers []clientAnswer, got []*strictRequest) {
+// refused: the backend's answers are all unrelayable, so each exchange
+// must be answered by the proxy's 502, and no answer carries its bytes.
+func checkAnswers(t *testing.T, answers []clientAnswer, got []*strictRequest, refused bool) {
+	if refused {
+		bad := 0
+		for i, a := range answers {
+			if a.echo != "" || a.status < 400 {
+				t.Fatalf("response %d: %d %q %q relayed from a backend answer the proxy must refuse", i, a.status, a.echo, a.body)
+			}
+			if a.status == 502 {
+				bad++
+			}
+		}
+		if bad != len(got) {
+			t.Fatalf("backend answered %d requests with refused codings, the client got %d 502s", len(got), bad)
+		}
+		return
+	}
 	ok := 0
 	for i, a := range answers {
 		if a.echo == "" {
@@ -552,7 +624,7 @@ var proxyClientFields = map[string]string{
 
 // checkH2Translation sends one HTTP/2 request and checks its HTTP/1.1
 // translation at the backend and the answer at the client.
-func checkH2Translation(t *testing.T, p *testProxy, ca *testCA, rb *recBackend, in []byte) {
+func checkH2Translation(t *testing.T, p *testProxy, ca *testCA, rb *recBackend, in []byte, refused bool) {
 	hc := parseH2Case(in)
 	h := dialH2Raw(t, p.https, "d.test", ca.pool)
 	var kv []string
@@ -580,7 +652,17 @@ func checkH2Translation(t *testing.T, p *testProxy, ca *testCA, rb *recBackend, 
 		if g.Method != hc.pseudo(":method") || g.Target != hc.pseudo(":path") || !bytes.Equal(g.Body, hc.body) {
 			t.Fatalf("backend got %s %s %q from :method %q :path %q body %q", g.Method, g.Target, g.Body, hc.pseudo(":method"), hc.pseudo(":path"), hc.body)
 		}
-		if host := g.get("Host"); host != hc.pseudo(":authority") {
+		// The request's authority, else (RFC 9113 8.3.1 lets a request
+		// go without :authority) its Host field, else the TLS server
+		// name: an HTTP/1.1 request needs a Host.
+		wantHost := hc.pseudo(":authority")
+		if wantHost == "" {
+			wantHost = hc.pseudo("host")
+		}
+		if wantHost == "" {
+			wantHost = "d.test"
+		}
+		if host := g.get("Host"); host != wantHost {
 			t.Fatalf("backend got Host %q from :authority %q", host, hc.pseudo(":authority"))
 		}
 		sent := map[string]bool{}
@@ -616,7 +698,7 @@ func checkH2Translation(t *testing.T, p *testProxy, ca *testCA, rb *recBackend, 
 		return
 	}
 	if len(got) == 1 {
-		checkAnswers(t, []clientAnswer{a}, got)
+		checkAnswers(t, []clientAnswer{a}, got, refused)
 	} else if a.status < 400 || a.echo != "" {
 		t.Fatalf("refused request answered %d %q", a.status, a.echo)
 	}

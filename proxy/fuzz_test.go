@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"maps"
+	"strings"
 	"testing"
 )
 
@@ -82,6 +84,7 @@ func FuzzParseRequestHead(f *testing.F) {
 		"GET http://h:1/p HTTP/1.1\r\nHost: z\r\nTransfer-Encoding: chunked\r\n\r\n",
 		"GET / HTTP/1.0\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
 		"\r\nOPTIONS * HTTP/1.1\r\nHost: [::1]\r\nCookie: a=b; c=d\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Ssl: on\r\nX_Forwarded_For: 1.2.3.4\r\nX-Real_IP: 1.2.3.4\r\n\r\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -116,6 +119,23 @@ func FuzzParseRequestHead(f *testing.F) {
 		if !bytes.HasSuffix(out, []byte("\r\n\r\n")) || hasBareLF(out) || bytes.Count(out, []byte("\r\n\r\n")) != 1 {
 			t.Fatalf("upstream head malformed: %q", out)
 		}
+		// From an untrusted client, the only forwarding fields (in any
+		// spelling of '-' and '_') are the proxy's own, once each.
+		seen := map[string]int{}
+		for _, line := range bytes.Split(out, []byte("\r\n"))[1:] {
+			name, _, _ := bytes.Cut(line, []byte(":"))
+			n := strings.ToLower(strings.ReplaceAll(string(name), "_", "-"))
+			if strings.HasPrefix(n, "x-forwarded-") || n == "x-real-ip" || n == "forwarded" {
+				seen[string(name)]++
+			}
+		}
+		want := map[string]int{"X-Forwarded-For": 1, "Forwarded": 1, "X-Real-IP": 1, "X-Forwarded-Proto": 1}
+		if len(host) > 0 {
+			want["X-Forwarded-Host"] = 1
+		}
+		if !maps.Equal(seen, want) {
+			t.Fatalf("forwarding fields %v, want the proxy's own %v: %q", seen, want, out)
+		}
 	})
 }
 
@@ -124,6 +144,8 @@ func FuzzParseResponseHead(f *testing.F) {
 	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"), false)
 	f.Add([]byte("HTTP/1.1 101 Switching\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"), false)
 	f.Add([]byte("HTTP/1.0 200\r\nTransfer-Encoding: chunked\r\n\r\n"), true)
+	f.Add([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), false)
+	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"), false)
 	f.Fuzz(func(t *testing.T, b []byte, head bool) {
 		end := findHeadEnd(b)
 		if end < 0 {
@@ -140,6 +162,24 @@ func FuzzParseResponseHead(f *testing.F) {
 		out := cc.appendResponseHead(nil, b[:end], &r, "", true, false)
 		if !bytes.HasSuffix(out, []byte("\r\n\r\n")) || hasBareLF(out) {
 			t.Fatalf("client head malformed: %q", out)
+		}
+		// The only transfer coding relayed is chunked, alone, without a
+		// Content-Length beside it.
+		var te, cl int
+		for _, line := range bytes.Split(out, []byte("\r\n")) {
+			name, v, _ := bytes.Cut(line, []byte(":"))
+			switch {
+			case bytes.EqualFold(name, []byte("transfer-encoding")):
+				te++
+				if !bytes.EqualFold(bytes.TrimSpace(v), []byte("chunked")) {
+					t.Fatalf("transfer coding %q relayed: %q", v, out)
+				}
+			case bytes.EqualFold(name, []byte("content-length")):
+				cl++
+			}
+		}
+		if te > 1 || te == 1 && cl > 0 {
+			t.Fatalf("framing relayed ambiguously: %q", out)
 		}
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"strconv"
 )
 
@@ -13,7 +14,8 @@ import (
 // keeps verbatim (runs of kept lines in one append) and writes the few it
 // rewrites. It is strict where leniency enables request smuggling: CRLF line
 // ends only, no whitespace before the colon, no obs-fold, one
-// Content-Length value, Transfer-Encoding only "chunked" (requests), and
+// Content-Length value, Transfer-Encoding only "chunked" (requests and
+// backend responses; anything else is a 501 or a 502), and
 // both framing headers together are rejected.
 
 // Limits of a head. maxHeaderFields bounds the work per request and the
@@ -47,6 +49,15 @@ const (
 	hdrForwarded
 	hdrHTTP2Settings // connection-specific (RFC 9113 3.2.1): never forwarded
 	hdrXRealIP
+	// hdrXForwardedOther: any other X-Forwarded-* field (Port, Prefix,
+	// Ssl, Scheme, Server, Client-Cert...). The proxy sets none of them;
+	// a backend reads them as the edge's word, so only a trusted proxy's
+	// reach it.
+	hdrXForwardedOther
+	// hdrForwardingTwin: an underscore spelling of a forwarding field the
+	// proxy sets itself ("X_Forwarded_For", "X-Real_IP"); never forwarded
+	// in a request (classifyForwarding).
+	hdrForwardingTwin
 )
 
 // field is one header line: buf[start:end] is the whole line with its CRLF,
@@ -80,6 +91,14 @@ var (
 
 // Response parse failures are all reported to the client as 502.
 var errBadResponse = errors.New("malformed response from backend")
+
+// errResponseTransferCoding is a backend response whose Transfer-Encoding
+// is anything but "chunked" alone, or comes with a Content-Length. The
+// proxy decodes no other coding, and passing one on (or dropping the
+// field) would hand the client bytes it cannot read as the backend meant
+// them: a 502, as nginx answers ("upstream sent unknown
+// Transfer-Encoding").
+var errResponseTransferCoding = fmt.Errorf("%w: Transfer-Encoding other than chunked, or with Content-Length", errBadResponse)
 
 type span struct{ s, e int32 }
 
@@ -237,7 +256,44 @@ func classifyHeader(name []byte) uint8 {
 	if len(name) > 6 && hasPrefixFoldLower(name, "proxy-") {
 		return hdrProxy
 	}
+	if len(name) >= 9 && name[0]|0x20 == 'x' && (name[1] == '-' || name[1] == '_') {
+		return classifyForwarding(name)
+	}
 	return hdrOther
+}
+
+// classifyForwarding finds the forwarding fields among names that start
+// "x-" or "x_" and did not match exactly: any other X-Forwarded-* name,
+// and the underscore twins of all of them ("X_Forwarded_For",
+// "X-Real_IP"). CGI-style servers (Rack, WSGI, PHP) read a field as
+// HTTP_X_FORWARDED_FOR whichever of '-' and '_' it was spelled with, so a
+// twin the proxy passed on would override the field the proxy set (Puma's
+// CVE-2024-45614; nginx drops names with '_' by default for this reason).
+func classifyForwarding(name []byte) uint8 {
+	if eqFoldDash(name, "x-real-ip") {
+		return hdrForwardingTwin // the exact name matched before
+	}
+	const prefix = "x-forwarded-"
+	if len(name) <= len(prefix) || !eqFoldDash(name[:len(prefix)], prefix) {
+		return hdrOther
+	}
+	if rest := name[len(prefix):]; eqFoldDash(rest, "for") || eqFoldDash(rest, "proto") || eqFoldDash(rest, "host") {
+		return hdrForwardingTwin
+	}
+	return hdrXForwardedOther
+}
+
+// eqFoldDash is eqFoldLower with '_' in b matching '-' in lower.
+func eqFoldDash(b []byte, lower string) bool {
+	if len(b) != len(lower) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		if c := b[i]; c|0x20 != lower[i] && !(c == '_' && lower[i] == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // findHeadEnd returns the length of the head (through the blank line) in b,
@@ -669,7 +725,6 @@ type responseHead struct {
 	connKeep   bool
 	connOthers bool
 	upgrade    span
-	teValue    span // Transfer-Encoding value when chunked
 }
 
 // parseResponseHead parses the complete response head at the start of b.
@@ -716,7 +771,7 @@ func parseResponseHead(r *responseHead, b []byte, fields []field, reqMethodHead 
 	}
 	r.headLen = pos
 
-	var chunked, haveTE bool
+	var haveTE bool
 	for i := range r.fields {
 		f := &r.fields[i]
 		v := b[f.vs:f.ve]
@@ -728,12 +783,13 @@ func parseResponseHead(r *responseHead, b []byte, fields []field, reqMethodHead 
 			}
 			r.contentLen = n
 		case hdrTransferEncoding:
-			if haveTE {
-				return errBadResponse
+			// Exactly "chunked", once (nginx's rule): "gzip, chunked",
+			// "gzip", "identity", "chunked, chunked" are refused, not
+			// relayed still encoded.
+			if haveTE || !eqFoldLower(v, "chunked") {
+				return errResponseTransferCoding
 			}
 			haveTE = true
-			r.teValue = span{f.vs, f.ve}
-			chunked = lastTokenIsChunked(v)
 		case hdrConnection:
 			forEachToken(v, func(tok []byte) {
 				switch {
@@ -749,19 +805,25 @@ func parseResponseHead(r *responseHead, b []byte, fields []field, reqMethodHead 
 			r.upgrade = span{f.vs, f.ve}
 		}
 	}
-	if r.minor == 0 && !r.connKeep {
+	if haveTE && r.contentLen >= 0 {
+		// RFC 9112 6.3 lets TE win, but the pair is the shape of a
+		// response split on a connection that goes back to the pool;
+		// nginx refuses it too.
+		return errResponseTransferCoding
+	}
+	if r.minor == 0 && (!r.connKeep || haveTE) {
+		// HTTP/1.0 has no chunked coding: RFC 9112 6.1 has the framing
+		// of such a message treated as faulty and the connection closed
+		// after it, whatever Connection says. Its body is still read as
+		// chunked, as nginx does.
 		r.connClose = true
 	}
 	// Message body length, RFC 9112 6.3.
 	switch {
 	case reqMethodHead || r.status < 200 || r.status == 204 || r.status == 304:
 		r.framing = bodyNone
-	case haveTE && chunked:
-		r.framing = bodyChunked
-		r.contentLen = -1
 	case haveTE:
-		r.framing = bodyClose
-		r.contentLen = -1
+		r.framing = bodyChunked
 	case r.contentLen == 0:
 		r.framing = bodyNone
 	case r.contentLen > 0:
@@ -770,12 +832,6 @@ func parseResponseHead(r *responseHead, b []byte, fields []field, reqMethodHead 
 		r.framing = bodyClose
 	}
 	return nil
-}
-
-func lastTokenIsChunked(v []byte) bool {
-	last := []byte(nil)
-	forEachToken(v, func(tok []byte) { last = tok })
-	return last != nil && eqFoldLower(last, "chunked")
 }
 
 // chunkScanner validates a chunked body incrementally and finds its end

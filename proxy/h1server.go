@@ -684,6 +684,8 @@ func (cc *clientConn) appendUpstreamHead(out, b, host []byte) []byte {
 		switch f.kind {
 		case hdrOther, hdrExpect, hdrCookie, hdrXPool:
 			keep = !h.connOthers || !listedInConnection(b, h.fields, b[f.start:f.colon])
+		case hdrXForwardedOther:
+			keep = cc.info.trusted && (!h.connOthers || !listedInConnection(b, h.fields, b[f.start:f.colon]))
 		case hdrHost:
 			keep = h.authority.empty()
 		case hdrTrailer:
@@ -802,7 +804,7 @@ func (cc *clientConn) appendResponseHead(out, rb []byte, r *responseHead, setCoo
 		f := &r.fields[i]
 		keepLine := false
 		switch f.kind {
-		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto, hdrForwarded, hdrXRealIP:
+		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto, hdrForwarded, hdrXRealIP, hdrXForwardedOther, hdrForwardingTwin:
 			keepLine = !r.connOthers || !listedInConnection(rb, r.fields, rb[f.start:f.colon])
 		case hdrContentLength:
 			keepLine = !seenCL && r.framing != bodyChunked && !decode
@@ -837,9 +839,7 @@ func (cc *clientConn) appendResponseHead(out, rb []byte, r *responseHead, setCoo
 		out = append(out, "\r\n"...)
 		return append(out, "\r\n"...)
 	case r.framing == bodyChunked && !decode:
-		out = append(out, "Transfer-Encoding: "...)
-		out = append(out, r.teValue.of(rb)...)
-		out = append(out, "\r\n"...)
+		out = append(out, "Transfer-Encoding: chunked\r\n"...)
 	}
 	if r.status >= 200 {
 		if !keep {
@@ -877,10 +877,6 @@ func (cc *clientConn) relayResponse(pool *pools.Pool, pm *poolMetrics, stickyID 
 	case bodyChunked:
 		if h.minor == 0 {
 			// HTTP/1.0 has no chunked coding: send the data and close.
-			if !bytes.EqualFold(r.teValue.of(rb), []byte("chunked")) {
-				ex.finishBody(&cc.req)
-				return cc.failAfterHead(pool, pm, start, errors.New("transfer coding unsupported by an HTTP/1.0 client"))
-			}
 			decode = true
 			keep = false
 		}

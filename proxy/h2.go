@@ -83,6 +83,9 @@ func (h *h2Server) noteReset(hc *h2Conn) {
 	_ = hc.conn.Close()
 }
 
+// h2MaxReadFrameSize is the largest frame a client may send.
+const h2MaxReadFrameSize = 16 << 10
+
 func newH2Server(s *Server) *h2Server {
 	h := &h2Server{s: s}
 	// What net/http logs here is caused by clients (bad frames, resets):
@@ -102,6 +105,14 @@ func newH2Server(s *Server) *h2Server {
 	h.srv = &http2.Server{
 		IdleTimeout:          s.cfg.IdleTimeout,
 		MaxConcurrentStreams: uint32(s.cfg.H2MaxConcurrentStreams),
+		// RFC 9113's initial SETTINGS_MAX_FRAME_SIZE (HAProxy's
+		// tune.h2.max-frame-size). x/net's 1 MiB default let a client
+		// announce a 1 MiB frame with its 9-byte header: the framer
+		// allocates the whole payload buffer before any of it arrives,
+		// about 1 MiB of heap per connection for 9 bytes sent
+		// (BenchmarkH2HeldMemory/frame_header). Clients send 16 KiB
+		// frames anyway until told otherwise.
+		MaxReadFrameSize: h2MaxReadFrameSize,
 	}
 	// ConfigureServer registers the GOAWAY-on-Shutdown hook for the
 	// connections served with BaseConfig h.base. Its error is about a
@@ -345,6 +356,19 @@ func validH2Request(r *http.Request) error {
 	if !validHost([]byte(r.Host)) {
 		return errors.New("invalid :authority")
 	}
+	// One decimal number, however many fields carry it (as for HTTP/1.1):
+	// x/net reads the first field only, and an unparsable value as 0, so
+	// the request would go out without the body the client then sends.
+	if vv := r.Header["Content-Length"]; len(vv) > 0 {
+		n, ok := parseContentLength([]byte(vv[0]))
+		for _, v := range vv[1:] {
+			m, okm := parseContentLength([]byte(v))
+			ok = ok && okm && m == n
+		}
+		if !ok {
+			return errors.New("invalid content-length")
+		}
+	}
 	for name, values := range r.Header {
 		if !isTokenString(name) {
 			return errors.New("invalid header field name")
@@ -386,6 +410,14 @@ func (h *h2Server) upstreamHead(r *http.Request, hc *h2Conn, host, reqID string)
 	for name, values := range r.Header {
 		if h2Skip(name) {
 			continue
+		}
+		switch classifyHeader([]byte(name)) {
+		case hdrForwardingTwin:
+			continue // "X_Forwarded_For" and the like (classifyForwarding)
+		case hdrXForwardedOther:
+			if !hc.info.trusted {
+				continue // the other forwarding fields: a trusted proxy's only
+			}
 		}
 		if name == "Cookie" && len(values) > 1 {
 			// HTTP/2 splits cookies into fields; HTTP/1.1 wants one line
@@ -574,7 +606,7 @@ func (h *h2Server) relay(w http.ResponseWriter, rc *http.ResponseController, ex 
 	for i := range resp.fields {
 		f := &resp.fields[i]
 		switch f.kind {
-		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto, hdrForwarded, hdrXRealIP:
+		case hdrOther, hdrHost, hdrExpect, hdrCookie, hdrXPool, hdrXForwardedFor, hdrXForwardedHost, hdrXForwardedProto, hdrForwarded, hdrXRealIP, hdrXForwardedOther, hdrForwardingTwin:
 		case hdrContentLength:
 			if resp.framing != bodyLength && !req.isHEAD {
 				continue

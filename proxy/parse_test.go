@@ -272,14 +272,26 @@ func TestParseResponseHead(t *testing.T) {
 		bad      bool
 	}{
 		{"length", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false, bodyLength, 5, false},
-		{"chunked wins", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false, bodyChunked, -1, false},
-		{"te not chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false, bodyClose, -1, false},
+		{"chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n", false, bodyChunked, -1, false},
+		{"head chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", true, bodyNone, -1, false},
+		// Any coding but chunked alone is refused (502), never relayed
+		// still encoded.
+		{"gzip then chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false, 0, 0, true},
+		{"te not chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false, 0, 0, true},
+		{"identity", "HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\n", false, 0, 0, true},
+		{"chunked not last", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", false, 0, 0, true},
+		{"chunked twice", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", false, 0, 0, true},
+		{"two TE fields", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", false, 0, 0, true},
+		{"empty TE", "HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\n\r\n", false, 0, 0, true},
+		{"TE and CL", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", false, 0, 0, true},
+		{"coding on a HEAD answer", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", true, 0, 0, true},
 		{"close delimited", "HTTP/1.1 200 OK\r\n\r\n", false, bodyClose, -1, false},
 		{"head", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, bodyNone, 5, false},
 		{"204", "HTTP/1.1 204 No Content\r\n\r\n", false, bodyNone, -1, false},
 		{"304", "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", false, bodyNone, 10, false},
 		{"no reason", "HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n", false, bodyNone, 0, false},
 		{"1.0", "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false, bodyLength, 1, false},
+		{"1.0 chunked keep-alive", "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n", false, bodyChunked, -1, false},
 		{"bad status", "HTTP/1.1 2x0 OK\r\n\r\n", false, 0, 0, true},
 		{"status 600", "HTTP/1.1 600 X\r\n\r\n", false, 0, 0, true},
 		{"conflicting CL", "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false, 0, 0, true},
@@ -289,8 +301,8 @@ func TestParseResponseHead(t *testing.T) {
 			var r responseHead
 			err := parseResponseHead(&r, []byte(tc.in), nil, tc.head)
 			if tc.bad {
-				if err == nil {
-					t.Fatal("accepted")
+				if err == nil || !errors.Is(err, errBadResponse) {
+					t.Fatalf("err %v, want a malformed response", err)
 				}
 				return
 			}
@@ -299,6 +311,11 @@ func TestParseResponseHead(t *testing.T) {
 			}
 			if r.framing != tc.framing || r.contentLen != tc.cl {
 				t.Fatalf("framing %d cl %d", r.framing, r.contentLen)
+			}
+			// An HTTP/1.0 connection is reused only after a keep-alive
+			// response without Transfer-Encoding (RFC 9112 6.1).
+			if want := strings.HasPrefix(tc.in, "HTTP/1.0") && (!strings.Contains(tc.in, "keep-alive") || strings.Contains(tc.in, "Transfer-Encoding")); want && !r.connClose {
+				t.Fatal("HTTP/1.0 connection kept")
 			}
 		})
 	}

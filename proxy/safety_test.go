@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -196,6 +197,51 @@ func TestHTTP2PseudoHeadersValidated(t *testing.T) {
 	}
 }
 
+// TestHTTP2ContentLengthValidated: an HTTP/2 request whose content-length
+// is not one decimal number (empty, signed, a list, two different values)
+// is malformed (RFC 9113 8.1.1) and gets 400 (or the stream is reset)
+// without reaching a backend.
+// x/net reads such a value as 0: the request went to the backend without
+// its body while the client's DATA frame then reset the stream, so the
+// backend acted on a request the client never sent.
+func TestHTTP2ContentLengthValidated(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("cl.test", ca.issue(t, "cl.test"))
+	rb := newRecBackend(t, nil)
+	table := newTable(t, poolSpec{storage.Pool{Name: "cl", SSLMode: "flexible", SSLDomain: "cl.test"}, []string{rb.url()}})
+	p := startProxy(t, testConfig(), table, certs, nil)
+	post := func(h *h2Raw, id uint32, path string, cls ...string) (string, http2.ErrCode, error) {
+		kv := []string{":method", "POST", ":scheme", "https", ":path", path, ":authority", "cl.test"}
+		for _, v := range cls {
+			kv = append(kv, "content-length", v)
+		}
+		if err := h.headers(id, false, kv...); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.fr.WriteData(id, true, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		return h.response(id)
+	}
+	for _, cls := range [][]string{{""}, {"+1"}, {"1, 1"}, {"0x1"}, {"1", "2"}} {
+		h := dialH2Raw(t, p.https, "cl.test", ca.pool)
+		// x/net may reset the stream first (it reads a bad value as 0,
+		// and the DATA frame then exceeds it): refused either way.
+		if status, rst, err := post(h, 1, "/bad", cls...); status != "400" && (status != "" || rst != http2.ErrCodeProtocol) {
+			t.Errorf("content-length %q: status %q rst %v err %v, want 400", cls, status, rst, err)
+		}
+	}
+	h := dialH2Raw(t, p.https, "cl.test", ca.pool)
+	if status, _, err := post(h, 1, "/ok", "1"); status != "200" || err != nil {
+		t.Fatalf("content-length 1: %q %v", status, err)
+	}
+	reqs, errs := rb.received()
+	if len(reqs) != 1 || reqs[0].Target != "/ok" || string(reqs[0].Body) != "x" || len(errs) > 0 {
+		t.Fatalf("backend received %d requests (%v), errors %v", len(reqs), reqs, errs)
+	}
+}
+
 // TestMalformedFirstChunkAnswered: a chunked response whose first chunk
 // line, read with the head, is malformed gets the client a 502. The head
 // waits for that line, so before, the client got nothing but a close and
@@ -215,6 +261,115 @@ func TestMalformedFirstChunkAnswered(t *testing.T) {
 	}
 	if status, body := rawRoundTrip(t, p.http, "GET /next HTTP/1.1\r\nHost: fc.test\r\n\r\n", "GET"); status != 200 || body != "GET /next 0" {
 		t.Fatalf("next request: %d %q", status, body)
+	}
+}
+
+// TestResponseTransferCodingRefused: a backend response whose
+// Transfer-Encoding is anything but "chunked" alone, or that also has a
+// Content-Length, gets the client a 502 over HTTP/1.1 and HTTP/2, and its
+// body never reaches the client. Before, "gzip, chunked" reached HTTP/1.1
+// clients still gzip-coded (which most cannot decode) and HTTP/2 clients
+// as the raw gzip bytes with no coding named, and "gzip" or "identity"
+// alone reached both as a close-delimited body, the field dropped.
+func TestResponseTransferCodingRefused(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("tc.test", ca.issue(t, "tc.test"))
+	const marker = "ENCODED"
+	answers := map[string]string{
+		"/gzip-chunked":  "Transfer-Encoding: gzip, chunked\r\n\r\n7\r\n" + marker + "\r\n0\r\n\r\n",
+		"/gzip":          "Transfer-Encoding: gzip\r\n\r\n" + marker,
+		"/identity":      "Transfer-Encoding: identity\r\n\r\n" + marker,
+		"/chunked-gzip":  "Transfer-Encoding: chunked, gzip\r\n\r\n" + marker,
+		"/chunked-twice": "Transfer-Encoding: chunked, chunked\r\n\r\n7\r\n" + marker + "\r\n0\r\n\r\n",
+		"/two-fields":    "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n" + marker + "\r\n0\r\n\r\n",
+		"/te-and-cl":     "Content-Length: 7\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n" + marker + "\r\n0\r\n\r\n",
+	}
+	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+		if a, ok := answers[req.Target]; ok {
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\n"+a)
+			return false
+		}
+		return answerEcho(c, req, nth)
+	})
+	table := newTable(t, poolSpec{storage.Pool{Name: "tc", SSLMode: "flexible", SSLDomain: "tc.test"}, []string{rb.url()}})
+	p := startProxy(t, testConfig(), table, certs, nil)
+	for _, h2 := range []bool{false, true} {
+		c := client(p.https, ca.pool, h2)
+		for path := range answers {
+			resp, err := c.Get("https://tc.test" + path)
+			if err != nil {
+				t.Errorf("h2=%v %s: %v, want a 502", h2, path, err)
+				continue
+			}
+			body := readAll(t, resp)
+			if resp.StatusCode != 502 || strings.Contains(body, marker) || (resp.ProtoMajor == 2) != h2 {
+				t.Errorf("%s %s: %d %q (Transfer-Encoding %q), want 502 without the backend's body", resp.Proto, path, resp.StatusCode, body, resp.TransferEncoding)
+			}
+		}
+		resp := get(t, c, "https://tc.test/next")
+		if body := readAll(t, resp); resp.StatusCode != 200 || body != "GET /next 0" {
+			t.Fatalf("h2=%v: next request %d %q", h2, resp.StatusCode, body)
+		}
+	}
+}
+
+// TestHTTP2FrameSizeBounded: the agent advertises and enforces a 16 KiB
+// SETTINGS_MAX_FRAME_SIZE. With x/net's 1 MiB default, the 9-byte header
+// of a 1 MiB frame made the server allocate the whole payload buffer
+// before any payload arrived: a megabyte of heap per connection for a few
+// bytes sent (BenchmarkH2HeldMemory/frame_header). A larger frame now ends
+// the connection with FRAME_SIZE_ERROR at its header.
+func TestHTTP2FrameSizeBounded(t *testing.T) {
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add("fs.test", ca.issue(t, "fs.test"))
+	rb := newRecBackend(t, nil)
+	table := newTable(t, poolSpec{storage.Pool{Name: "fs", SSLMode: "flexible", SSLDomain: "fs.test"}, []string{rb.url()}})
+	p := startProxy(t, testConfig(), table, certs, nil)
+
+	h := dialH2Raw(t, p.https, "fs.test", ca.pool)
+	_ = h.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	f, err := h.fr.ReadFrame()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sf, ok := f.(*http2.SettingsFrame)
+	if !ok {
+		t.Fatalf("first frame %v, want SETTINGS", f)
+	}
+	if v, ok := sf.Value(http2.SettingMaxFrameSize); !ok || v != 16<<10 {
+		t.Fatalf("SETTINGS_MAX_FRAME_SIZE %d (sent %v), want 16384", v, ok)
+	}
+	// A frame of 16 KiB + 1 (an extension type, which is otherwise
+	// ignored): only its header is sent.
+	var hdr [9]byte
+	binary.BigEndian.PutUint32(hdr[:4], (16<<10+1)<<8|0xfa)
+	if _, err := h.conn.Write(hdr[:]); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		f, err := h.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no GOAWAY before %v: the server waits for the payload", err)
+		}
+		if ga, ok := f.(*http2.GoAwayFrame); ok {
+			if ga.ErrCode != http2.ErrCodeFrameSize {
+				t.Fatalf("GOAWAY %v, want FRAME_SIZE_ERROR", ga.ErrCode)
+			}
+			break
+		}
+	}
+	// A frame within the bound is served as before.
+	h2 := dialH2Raw(t, p.https, "fs.test", ca.pool)
+	if err := h2.headers(1, false, ":method", "POST", ":scheme", "https", ":path", "/in", ":authority", "fs.test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := h2.fr.WriteData(1, true, bytes.Repeat([]byte("d"), 16<<10)); err != nil {
+		t.Fatal(err)
+	}
+	if status, rst, err := h2.response(1); err != nil || status != "200" {
+		t.Fatalf("16 KiB frame: status %q rst %v err %v", status, rst, err)
 	}
 }
 
@@ -441,6 +596,15 @@ func TestHeaderHygieneBothProtocols(t *testing.T) {
 // replaced by the client's address, which is also set when no X-Real-IP
 // came (a backend that reads it must never see an address a client
 // chose). With the PROXY protocol the client is the header's source.
+//
+// The other X-Forwarded-* fields (port, prefix, scheme, TLS flag, client
+// certificate...) follow the trust rule too: kept from a trusted proxy,
+// dropped from anyone else. Backends read them as the edge's word (Spring
+// and Rack take X-Forwarded-Ssl and -Prefix, Envoy's X-Forwarded-Client-Cert
+// names the client's certificate); before, a plain-HTTP client's
+// "X-Forwarded-Ssl: on" beat the proxy's own "X-Forwarded-Proto: http" in
+// Rack, and a client-chosen X-Forwarded-Prefix went into Spring's links
+// and redirects.
 func TestRealIPFollowsTrust(t *testing.T) {
 	ca := newTestCA(t)
 	certs := &testCerts{}
@@ -454,18 +618,22 @@ func TestRealIPFollowsTrust(t *testing.T) {
 		trusted    []netip.Prefix // Config.TrustedProxies
 		sent       []string       // X-Real-IP values the client sends
 		want       string
+		// trustedClient: the client is a trusted proxy, so the other
+		// X-Forwarded-* fields it sends (extraForwarded) reach the
+		// backend; from anyone else they are dropped.
+		trustedClient bool
 	}{
-		{"untrusted forged", false, []netip.Prefix{}, []string{forged}, "127.0.0.1"},
-		{"untrusted two forged", false, []netip.Prefix{}, []string{forged, "192.0.2.1"}, "127.0.0.1"},
-		{"untrusted absent", false, []netip.Prefix{}, nil, "127.0.0.1"},
-		{"untrusted empty", false, []netip.Prefix{}, []string{""}, "127.0.0.1"},
-		{"trusted kept", false, loopback, []string{forged}, forged},
-		{"trusted absent", false, loopback, nil, "127.0.0.1"},
-		{"default trust, loopback client", false, nil, []string{forged}, "127.0.0.1"},
-		{"PROXY client untrusted", true, nil, []string{forged}, "198.51.100.1"},
-		{"PROXY client untrusted absent", true, nil, nil, "198.51.100.1"},
-		{"PROXY peer trusted but not the client", true, loopback, []string{forged}, "198.51.100.1"},
-		{"PROXY client trusted", true, proxied, []string{forged}, forged},
+		{"untrusted forged", false, []netip.Prefix{}, []string{forged}, "127.0.0.1", false},
+		{"untrusted two forged", false, []netip.Prefix{}, []string{forged, "192.0.2.1"}, "127.0.0.1", false},
+		{"untrusted absent", false, []netip.Prefix{}, nil, "127.0.0.1", false},
+		{"untrusted empty", false, []netip.Prefix{}, []string{""}, "127.0.0.1", false},
+		{"trusted kept", false, loopback, []string{forged}, forged, true},
+		{"trusted absent", false, loopback, nil, "127.0.0.1", true},
+		{"default trust, loopback client", false, nil, []string{forged}, "127.0.0.1", false},
+		{"PROXY client untrusted", true, nil, []string{forged}, "198.51.100.1", false},
+		{"PROXY client untrusted absent", true, nil, nil, "198.51.100.1", false},
+		{"PROXY peer trusted but not the client", true, loopback, []string{forged}, "198.51.100.1", false},
+		{"PROXY client trusted", true, proxied, []string{forged}, forged, true},
 	} {
 		for _, proto := range []string{"HTTP/1.1", "HTTP/2"} {
 			t.Run(tc.name+" "+proto, func(t *testing.T) {
@@ -507,6 +675,9 @@ func TestRealIPFollowsTrust(t *testing.T) {
 					for _, v := range tc.sent {
 						kv = append(kv, "x-real-ip", v)
 					}
+					for _, f := range append(extraForwarded, underscoreTwins...) {
+						kv = append(kv, strings.ToLower(f[0]), f[1])
+					}
 					if err := h.headers(1, true, kv...); err != nil {
 						t.Fatal(err)
 					}
@@ -517,6 +688,9 @@ func TestRealIPFollowsTrust(t *testing.T) {
 					req := "GET /ri HTTP/1.1\r\nHost: ri.test\r\n"
 					for _, v := range tc.sent {
 						req += "X-REAL-IP: " + v + "\r\n"
+					}
+					for _, f := range append(extraForwarded, underscoreTwins...) {
+						req += f[0] + ": " + f[1] + "\r\n"
 					}
 					_, _ = io.WriteString(conn, req+"\r\n")
 					if resp, _ := readResponse(t, bufio.NewReader(conn), "GET"); resp.StatusCode != 200 {
@@ -530,10 +704,49 @@ func TestRealIPFollowsTrust(t *testing.T) {
 				if got := reqs[0].values("X-Real-IP"); len(got) != 1 || got[0] != tc.want {
 					t.Fatalf("backend X-Real-IP = %q, want [%q]", got, tc.want)
 				}
+				for _, f := range extraForwarded {
+					got := reqs[0].values(f[0])
+					if tc.trustedClient && (len(got) != 1 || got[0] != f[1]) {
+						t.Errorf("from a trusted proxy, backend %s = %q, want [%q]", f[0], got, f[1])
+					}
+					if !tc.trustedClient && len(got) != 0 {
+						t.Errorf("from a client, backend %s = %q, want none", f[0], got)
+					}
+				}
+				if !tc.trustedClient {
+					for _, f := range underscoreTwins {
+						if got := reqs[0].values(f[0]); len(got) != 0 {
+							t.Errorf("from a client, backend %s = %q, want none", f[0], got)
+						}
+					}
+				}
 			})
 		}
 	}
 }
+
+// extraForwarded are forwarding fields the proxy does not set itself.
+var extraForwarded = [][2]string{
+	{"X-Forwarded-Port", "8443"},
+	{"X-Forwarded-Prefix", "//evil.test"},
+	{"X-Forwarded-Ssl", "on"},
+	{"X-Forwarded-Scheme", "https"},
+	{"X-Forwarded-Server", "edge.evil.test"},
+	{"X-Forwarded-Client-Cert", "By=spiffe://evil.test/admin"},
+}
+
+// underscoreTwins spell forwarding fields with '_', which CGI-style
+// servers read as the '-' field (HTTP_X_FORWARDED_FOR either way): the
+// proxy never passes a client's on.
+var underscoreTwins = [][2]string{
+	{"X_Forwarded_For", forgedAddr},
+	{"X-Real_IP", forgedAddr},
+	{"x_forwarded_proto", "https"},
+	{"X-Forwarded_Host", "evil.test"},
+	{"X_Forwarded_Ssl", "on"},
+}
+
+const forgedAddr = "203.0.113.7"
 
 // TestDuplicateHostRejectedByProxy: the proxy itself refuses two Host
 // fields; the backend counts requests, so a backend that would refuse them
