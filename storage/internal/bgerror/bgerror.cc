@@ -13,14 +13,9 @@
 
 #include "bgerror.h"
 
-// The C API's handles hold the C++ objects (rocksdb/c.cc); bgerror.go checks
-// the layouts at run time before using them.
-struct rocksdb_t {
-  rocksdb::DB* rep;
-};
-struct rocksdb_options_t {
-  rocksdb::Options rep;
-};
+// The C++ objects inside the C API's handles; bgerror.go checks the layouts
+// at run time before using them.
+#include "rocksabi.h"
 
 namespace {
 
@@ -107,6 +102,3 @@ extern "C" char* edge_db_resume(void* db) {
   return s.ok() ? nullptr : strdup(s.ToString().c_str());
 }
 
-extern "C" size_t edge_options_write_buffer_size(void* opts) {
-  return static_cast<rocksdb_options_t*>(opts)->rep.write_buffer_size;
-}

@@ -20,13 +20,12 @@
 // disk (OnErrorRecoveryBegin), which waits for the free space of a whole
 // write buffer and refuses DB::Resume meanwhile. Resume calls DB::Resume.
 //
-// bgerror.cc reaches the C++ objects inside the C API's handles, which
-// grocksdb keeps as the first field of its Options and DB (as in
-// storage/internal/memhint). NewWatch and CanResume check those layouts at
-// run time and refuse when they do not hold.
+// bgerror.cc reaches the C++ objects inside the C API's handles
+// (storage/internal/rocksabi). NewWatch, InstallLogger and CanResume check
+// those layouts at run time and refuse when they do not hold.
 package bgerror
 
-// #cgo CXXFLAGS: -std=c++17 -O2
+// #cgo CXXFLAGS: -std=c++17 -O2 -I${SRCDIR}/../rocksabi
 // #cgo LDFLAGS: -lrocksdb -lstdc++
 // #include <stdlib.h>
 // #include "bgerror.h"
@@ -37,11 +36,12 @@ import (
 	"unsafe"
 
 	"github.com/linxGnu/grocksdb"
+
+	"github.com/singularity-ng/singularity-edge/storage/internal/rocksabi"
 )
 
-// cHandle returns the C pointer that grocksdb keeps as the first field of
-// the object p points to.
-func cHandle[T any](p *T) unsafe.Pointer { return *(*unsafe.Pointer)(unsafe.Pointer(p)) }
+// cHandle returns the C pointer inside grocksdb's object p.
+func cHandle[T any](p *T) unsafe.Pointer { return rocksabi.Handle(p) }
 
 // Watch remembers the background error of the database opened with the
 // options it was installed on.
@@ -53,25 +53,10 @@ type Watch struct {
 // options, before the database is opened with them. It returns nil when
 // grocksdb's Options layout is not the one this package knows.
 func NewWatch(o *grocksdb.Options) *Watch {
-	if !optionsLayoutOK(o) {
+	if !rocksabi.OptionsLayoutOK(o) {
 		return nil
 	}
 	return &Watch{h: C.edge_bgerror_watch(cHandle(o))}
-}
-
-// optionsLayoutOK probes that the C++ options sit where bgerror.cc looks
-// for them, with a value nobody uses, then restores it.
-func optionsLayoutOK(o *grocksdb.Options) bool {
-	h := cHandle(o)
-	if h == nil {
-		return false
-	}
-	want := o.GetWriteBufferSize()
-	const probe = 0x5eed_4321
-	o.SetWriteBufferSize(probe)
-	ok := uint64(C.edge_options_write_buffer_size(h)) == probe
-	o.SetWriteBufferSize(want)
-	return ok
 }
 
 // Err returns the background error the database holds now, or nil.
@@ -114,7 +99,7 @@ func (w *Watch) Destroy() {
 // leaves o alone, when grocksdb's Options layout is not the one this
 // package knows.
 func InstallLogger(o *grocksdb.Options, path string, maxSize int64, level grocksdb.InfoLogLevel) bool {
-	if !optionsLayoutOK(o) {
+	if !rocksabi.OptionsLayoutOK(o) {
 		return false
 	}
 	cpath := C.CString(path)

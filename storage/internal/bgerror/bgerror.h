@@ -25,8 +25,6 @@ size_t edge_bgerror_count(void* watch);
 const char* edge_db_name(void* db);
 char* edge_db_resume(void* db);
 
-size_t edge_options_write_buffer_size(void* opts);
-
 // Sets opts' info log to a file logger at path that drops what it cannot
 // write (infolog.cc). level is a rocksdb::InfoLogLevel.
 void edge_set_info_log(void* opts, const char* path, long max_size, int level);
