@@ -12,9 +12,11 @@
 // InstallLogger replaces RocksDB's info log writer, which aborts the
 // process once the disk is full (see there).
 //
-// Watch adds an EventListener to the options that makes a failed flush a
-// background error (RocksDB ignores one without paranoid checks, and writes
-// then stall forever, see bgerror.cc), remembers the error RocksDB holds
+// Watch adds an EventListener to the options that makes a failed flush, and
+// a compaction that ran out of space, a hard background error (RocksDB
+// ignores both without paranoid checks: writes then stall forever, and a
+// compaction is retried every second, see bgerror.cc), records what such a
+// compaction needs (CompactionNeed), remembers the error RocksDB holds
 // (OnBackgroundError) until a recovery clears it
 // (OnErrorRecoveryEnd), and turns off RocksDB's own recovery from a full
 // disk (OnErrorRecoveryBegin), which waits for the free space of a whole
@@ -79,6 +81,61 @@ func (w *Watch) Count() int {
 		return 0
 	}
 	return int(C.edge_bgerror_count(w.h))
+}
+
+// Reason says which background work the error held now came from:
+// "flush", "compaction", "write", "memtable", "manifest", or "" when none is
+// held.
+func (w *Watch) Reason() string {
+	if w == nil || w.h == nil {
+		return ""
+	}
+	return reasonName(int(C.edge_bgerror_reason(w.h)))
+}
+
+// Reasons are the values Reason and CountFor know.
+var Reasons = []string{"flush", "compaction", "write", "memtable", "manifest"}
+
+// reasonName maps rocksdb::BackgroundErrorReason (listener.h, 7.8.3).
+func reasonName(r int) string {
+	switch r {
+	case 0, 5: // kFlush, kFlushNoWAL
+		return "flush"
+	case 1:
+		return "compaction"
+	case 2:
+		return "write"
+	case 3:
+		return "memtable"
+	case 4, 6: // kManifestWrite, kManifestWriteNoWAL
+		return "manifest"
+	}
+	return ""
+}
+
+// CountFor returns how many background errors of reason (one of Reasons)
+// RocksDB reported since the watch was installed.
+func (w *Watch) CountFor(reason string) int {
+	if w == nil || w.h == nil {
+		return 0
+	}
+	n := 0
+	for r := 0; r <= 6; r++ {
+		if reasonName(r) == reason {
+			n += int(C.edge_bgerror_count_for(w.h, C.int(r)))
+		}
+	}
+	return n
+}
+
+// CompactionNeed returns the bytes the compactions that ran out of space
+// (since the last recovery, and not run successfully since) read as
+// input: about the free space they need to run again. 0 when none did.
+func (w *Watch) CompactionNeed() uint64 {
+	if w == nil || w.h == nil {
+		return 0
+	}
+	return uint64(C.edge_bgerror_compaction_need(w.h))
 }
 
 // Destroy releases the watch. The listener itself lives as long as the

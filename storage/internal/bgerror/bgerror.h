@@ -4,6 +4,7 @@
 #define EDGE_STORAGE_BGERROR_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -19,6 +20,13 @@ void edge_bgerror_watch_destroy(void* watch);
 char* edge_bgerror_get(void* watch);
 // The number of background errors reported since the watch was created.
 size_t edge_bgerror_count(void* watch);
+// The rocksdb::BackgroundErrorReason of the error held now, or -1.
+int edge_bgerror_reason(void* watch);
+// The number of background errors of one reason reported so far.
+size_t edge_bgerror_count_for(void* watch, int reason);
+// The input bytes of the compactions that failed for lack of space since
+// the last recovery and have not succeeded since (0: none).
+uint64_t edge_bgerror_compaction_need(void* watch);
 
 // db is a rocksdb_t*. edge_db_name returns DB::GetName() (the layout probe);
 // edge_db_resume runs DB::Resume() and returns NULL or its error (malloc'd).
