@@ -164,6 +164,12 @@ func (d *Discovery) Start(ctx context.Context) error {
 // Run re-resolves the sources and joins whatever is not alive until ctx
 // ends.
 func (d *Discovery) Run(ctx context.Context) error {
+	if d.cfg.Health != nil {
+		done := make(chan struct{})
+		hctx, cancel := context.WithCancel(ctx)
+		go func() { defer close(done); d.gossipHealth(hctx) }()
+		defer func() { cancel(); <-done }()
+	}
 	// The first round runs at once; it is not in Start, because joining
 	// unreachable candidates can take a TCP timeout.
 	d.resolveAndJoin(ctx)
@@ -343,18 +349,55 @@ func (d *Discovery) Join(ctx context.Context, addrs []string) (int, error) {
 
 // SetReady changes this node's advertised readiness and gossips it.
 func (d *Discovery) SetReady(ready bool) error {
+	return d.update(func(m *Meta) bool {
+		changed := m.Ready != ready
+		m.Ready = ready
+		return changed
+	})
+}
+
+// SetHealth changes this node's advertised readiness verdict (Meta.Health)
+// and gossips it.
+func (d *Discovery) SetHealth(status string) error {
+	return d.update(func(m *Meta) bool {
+		changed := m.Health != status
+		m.Health = status
+		return changed
+	})
+}
+
+// update applies change to this node's metadata and gossips it when change
+// reports a difference.
+func (d *Discovery) update(change func(*Meta) bool) error {
 	if d.left.Load() {
 		return nil
 	}
 	d.mu.Lock()
-	changed := d.meta.Ready != ready
-	d.meta.Ready = ready
+	changed := change(&d.meta)
 	d.mu.Unlock()
 	ml := d.ml.Load()
 	if !changed || ml == nil {
 		return nil
 	}
 	return ml.UpdateNode(d.cfg.Timings.TCPTimeout)
+}
+
+// gossipHealth asks Config.Health every HealthInterval and gossips a
+// change, so that the members show whether this node can do its job, not
+// only whether it holds the cluster's state.
+func (d *Discovery) gossipHealth(ctx context.Context) {
+	t := time.NewTicker(d.cfg.HealthInterval)
+	defer t.Stop()
+	for {
+		if err := d.SetHealth(d.cfg.Health()); err != nil {
+			d.log.Warn("cannot gossip this node's health", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // Leave tells the others this node is going, then stops gossip. It may be
@@ -410,6 +453,7 @@ func (d *Discovery) Members() []cluster.Member {
 		ID: self.NodeID, Name: d.cfg.Name, Region: self.Region, MachineID: self.MachineID,
 		Addresses: addresses(self, d.addrs.advertise.String()),
 		State:     selfState, Version: self.AgentVersion, Ready: self.Ready && selfState == cluster.StateAlive, Self: true, LastSeen: &now,
+		Health: health(self, selfState),
 	})
 	for _, r := range d.members {
 		m := cluster.Member{
@@ -424,6 +468,7 @@ func (d *Discovery) Members() []cluster.Member {
 		if m.State == cluster.StateAlive && r.suspect {
 			m.State = cluster.StateSuspect
 		}
+		m.Health = health(r.meta, m.State)
 		if !r.lastSeen.IsZero() {
 			ls := r.lastSeen
 			m.LastSeen = &ls
@@ -432,6 +477,15 @@ func (d *Discovery) Members() []cluster.Member {
 	}
 	sort.SliceStable(out[1:], func(i, j int) bool { return out[1+i].Name < out[1+j].Name })
 	return out
+}
+
+// health is a member's Health: what it last gossiped while it is alive or
+// suspect (it may still serve); nothing for a dead or departed one.
+func health(m Meta, st cluster.State) string {
+	if st != cluster.StateAlive && st != cluster.StateSuspect {
+		return ""
+	}
+	return m.Health
 }
 
 func addresses(m Meta, gossip string) map[string]string {

@@ -68,6 +68,7 @@ type nodeOpts struct {
 	sources        []Source
 	peersFile      string
 	wrap           func(memberlist.Transport) memberlist.Transport
+	health         func() string
 }
 
 func startNode(t *testing.T, o nodeOpts) (*Discovery, *prometheus.Registry, context.CancelFunc) {
@@ -88,6 +89,8 @@ func startNode(t *testing.T, o nodeOpts) (*Discovery, *prometheus.Registry, cont
 	cfg.Sources = o.sources
 	cfg.PeersFile = o.peersFile
 	cfg.WrapTransport = o.wrap
+	cfg.Health = o.health
+	cfg.HealthInterval = 100 * time.Millisecond
 	cfg.ResolveInterval = 500 * time.Millisecond
 	cfg.StartupResolveInterval = 300 * time.Millisecond
 	cfg.Logger = testLogger(t).Named(o.name)

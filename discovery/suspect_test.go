@@ -103,3 +103,52 @@ func TestDeadMemberIsNotReady(t *testing.T) {
 		t.Fatal("b shows the dead member a as ready")
 	}
 }
+
+// A member's health (its /healthz verdict) reaches the others beside its
+// ready flag: a node whose disk is full still holds the cluster's state
+// (ready) but cannot do its job, and `cluster status` showed it ready.
+// A dead member shows no health.
+func TestMemberHealthGossiped(t *testing.T) {
+	port := freePort(t, "127.0.0.1", "127.0.0.2")
+	var health atomic.Value
+	health.Store("ok")
+	a, _, stopA := startNode(t, nodeOpts{name: "a", ip: "127.0.0.1", port: port, primary: key(1),
+		health: func() string { return health.Load().(string) }})
+	defer stopA()
+	defer shutdown(a)
+	if err := a.SetReady(true); err != nil {
+		t.Fatal(err)
+	}
+	b, _, stopB := startNode(t, nodeOpts{name: "b", ip: "127.0.0.2", port: port, primary: key(1),
+		sources: seeds(t, net.JoinHostPort("127.0.0.1", fmt.Sprint(port)))})
+	defer stopB()
+	defer shutdown(b)
+	member := func(d *Discovery, name string) cluster.Member {
+		for _, m := range d.Members() {
+			if m.Name == name {
+				return m
+			}
+		}
+		return cluster.Member{}
+	}
+	waitFor(t, "b sees a ready and ok", func() bool { m := member(b, "a"); return m.Ready && m.Health == "ok" })
+	if m := member(b, "b"); m.Health != "" {
+		t.Fatalf("b gossips no health, yet shows %q", m.Health)
+	}
+	health.Store("disk_full")
+	waitFor(t, "b sees a at disk_full", func() bool { return member(b, "a").Health == "disk_full" })
+	if m := member(b, "a"); !m.Ready {
+		t.Fatal("a still holds the cluster's state: its ready flag must stay")
+	}
+	if m := member(a, "a"); m.Health != "disk_full" {
+		t.Fatalf("a shows itself %q, want disk_full", m.Health)
+	}
+	health.Store("ok")
+	waitFor(t, "b sees a ok again", func() bool { return member(b, "a").Health == "ok" })
+	stopA()
+	shutdown(a)
+	waitFor(t, "b sees a dead", func() bool { return member(b, "a").State == cluster.StateDead })
+	if m := member(b, "a"); m.Health != "" {
+		t.Fatalf("dead member a shows health %q", m.Health)
+	}
+}
