@@ -67,7 +67,10 @@ type Config struct {
 	// PeersFile keeps the last known members ("" = not kept). They are
 	// joined when every source fails or finds nothing.
 	PeersFile string
-	// PeersMaxAge drops remembered members not seen for this long.
+	// PeersMaxAge drops remembered members not seen for this long, and
+	// forgets a dead or departed member not seen alive for this long. It
+	// must exceed replication's EvictAfter (purge waits for a member heard
+	// from within that time).
 	PeersMaxAge time.Duration
 	// JoinParallel bounds concurrent join attempts.
 	JoinParallel int

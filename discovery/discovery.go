@@ -65,6 +65,7 @@ type memberRecord struct {
 	meta     Meta
 	state    cluster.State
 	lastSeen time.Time
+	heard    time.Time // when this node first heard of it
 	rtt      time.Duration
 	offsets  []time.Duration // recent clock-offset samples
 	// suspect: alive to memberlist, but this node's last probe of it
@@ -188,6 +189,43 @@ func (d *Discovery) Run(ctx context.Context) error {
 		}
 		d.resolveAndJoin(ctx)
 		d.saveKnown()
+		d.forgetGone()
+	}
+}
+
+// forgetGone drops the record of every member dead or departed and not
+// seen alive for PeersMaxAge. Each Machine a deploy or a scale-down
+// replaced stayed in /api/cluster and `cluster status` as dead forever
+// (a bluegreen deploy replaces every Machine), and in the loops that walk
+// the members. PeersMaxAge (72 h) is longer than replication's eviction
+// time (24 h), so tombstone purge has stopped waiting for such a member
+// before it goes from here; a member that comes back is added again by
+// memberlist.
+func (d *Discovery) forgetGone() {
+	if d.cfg.PeersMaxAge <= 0 {
+		return
+	}
+	now := d.cfg.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	forgot := false
+	for name, r := range d.members {
+		if r.state != cluster.StateDead && r.state != cluster.StateLeft {
+			continue
+		}
+		seen := r.lastSeen
+		if seen.IsZero() {
+			seen = r.heard // never seen alive: aged from when it was first heard of
+		}
+		if now.Sub(seen) > d.cfg.PeersMaxAge {
+			delete(d.members, name)
+			forgot = true
+			d.log.Info("forgot a member gone longer than the peers' maximum age", zap.String("name", name),
+				zap.String("state", string(r.state)), zap.Time("last_seen", r.lastSeen), zap.String("node_id", r.meta.NodeID))
+		}
+	}
+	if forgot {
+		d.notifyLocked()
 	}
 }
 
@@ -644,7 +682,7 @@ func (d *Discovery) upsert(n *memberlist.Node, state cluster.State) {
 	defer d.mu.Unlock()
 	r := d.members[n.Name]
 	if r == nil {
-		r = &memberRecord{name: n.Name}
+		r = &memberRecord{name: n.Name, heard: d.cfg.Now()}
 		d.members[n.Name] = r
 	}
 	old := r.state

@@ -69,6 +69,7 @@ type nodeOpts struct {
 	peersFile      string
 	wrap           func(memberlist.Transport) memberlist.Transport
 	health         func() string
+	now            func() time.Time
 }
 
 func startNode(t *testing.T, o nodeOpts) (*Discovery, *prometheus.Registry, context.CancelFunc) {
@@ -90,6 +91,7 @@ func startNode(t *testing.T, o nodeOpts) (*Discovery, *prometheus.Registry, cont
 	cfg.PeersFile = o.peersFile
 	cfg.WrapTransport = o.wrap
 	cfg.Health = o.health
+	cfg.Now = o.now
 	cfg.HealthInterval = 100 * time.Millisecond
 	cfg.ResolveInterval = 500 * time.Millisecond
 	cfg.StartupResolveInterval = 300 * time.Millisecond

@@ -152,3 +152,35 @@ func TestMemberHealthGossiped(t *testing.T) {
 		t.Fatalf("dead member a shows health %q", m.Health)
 	}
 }
+
+// A member dead or departed for longer than PeersMaxAge is forgotten: a
+// Machine that a deploy or a scale-down replaced otherwise stayed in the
+// member list, dead, for the life of every agent. One dead for less stays
+// (replication's purge still waits for it within its eviction time).
+func TestGoneMemberForgotten(t *testing.T) {
+	port := freePort(t, "127.0.0.1", "127.0.0.2")
+	var offset atomic.Int64
+	a, _, stopA := startNode(t, nodeOpts{name: "a", ip: "127.0.0.1", port: port, primary: key(1)})
+	defer stopA()
+	defer shutdown(a)
+	b, _, stopB := startNode(t, nodeOpts{name: "b", ip: "127.0.0.2", port: port, primary: key(1),
+		sources: seeds(t, net.JoinHostPort("127.0.0.1", fmt.Sprint(port))),
+		now:     func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }})
+	defer stopB()
+	defer shutdown(b)
+	waitFor(t, "a and b see each other", func() bool { return aliveNames(b) == "a,b" })
+	stopA()
+	shutdown(a) // a crash: no leave
+	waitFor(t, "b sees a dead", func() bool { return states(b)["a"] == cluster.StateDead })
+	maxAge := LocalConfig().PeersMaxAge
+	offset.Store(int64(maxAge - time.Hour))
+	time.Sleep(2 * time.Second) // several resolution rounds (500 ms)
+	if _, ok := states(b)["a"]; !ok {
+		t.Fatal("a member dead for less than PeersMaxAge was forgotten")
+	}
+	offset.Store(int64(maxAge + time.Hour))
+	waitFor(t, "b forgets a", func() bool { _, ok := states(b)["a"]; return !ok })
+	if st := states(b)["b"]; st != cluster.StateAlive {
+		t.Fatalf("b itself: %q", st)
+	}
+}
