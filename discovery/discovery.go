@@ -200,7 +200,9 @@ func (d *Discovery) Run(ctx context.Context) error {
 // the members. PeersMaxAge (72 h) is longer than replication's eviction
 // time (24 h), so tombstone purge has stopped waiting for such a member
 // before it goes from here; a member that comes back is added again by
-// memberlist.
+// memberlist. A node that does not hold the cluster's state (Meta.Ready)
+// forgets nobody: an empty node that lost sight of its cluster must go on
+// seeing that one exists, or it would start a cluster of its own.
 func (d *Discovery) forgetGone() {
 	if d.cfg.PeersMaxAge <= 0 {
 		return
@@ -208,6 +210,9 @@ func (d *Discovery) forgetGone() {
 	now := d.cfg.Now()
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if !d.meta.Ready {
+		return
+	}
 	forgot := false
 	for name, r := range d.members {
 		if r.state != cluster.StateDead && r.state != cluster.StateLeft {

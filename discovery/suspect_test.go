@@ -178,7 +178,16 @@ func TestGoneMemberForgotten(t *testing.T) {
 	if _, ok := states(b)["a"]; !ok {
 		t.Fatal("a member dead for less than PeersMaxAge was forgotten")
 	}
+	// b does not hold the cluster's state yet (not ready): it forgets
+	// nobody, or as an empty node it would start a cluster of its own.
 	offset.Store(int64(maxAge + time.Hour))
+	time.Sleep(2 * time.Second)
+	if _, ok := states(b)["a"]; !ok {
+		t.Fatal("a node that does not hold the cluster's state forgot a member")
+	}
+	if err := b.SetReady(true); err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, "b forgets a", func() bool { _, ok := states(b)["a"]; return !ok })
 	if st := states(b)["b"]; st != cluster.StateAlive {
 		t.Fatalf("b itself: %q", st)
