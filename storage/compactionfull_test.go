@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -127,4 +128,67 @@ func reasonMetric(t *testing.T, reg *prometheus.Registry, name, reason string) f
 		t.Fatalf("no series %s{reason=%q}", name, reason)
 	}
 	return v
+}
+
+// A manual compaction (`db compact`, which the high-disk-use runbook runs
+// to free space) that runs out of space fails to its caller with
+// ErrDiskFull (RocksDB's C API returns no status for it, and it answered
+// success) and stops nothing: the store stays ready and commits go on.
+// Once there is room it succeeds.
+func TestDiskFullManualCompaction(t *testing.T) {
+	mnt := mountSmallDisk(t, "64m")
+	cfg := testConfig(t, filepath.Join(mnt, "data"))
+	cfg.SyncWAL = true
+	cfg.WriteBufferSize = 4 << 20
+	s, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { noHang(t, "Close", func() { _ = s.Close() }) }()
+	// Three level-0 files per family: below RocksDB's trigger (4), so
+	// nothing compacts by itself. Their keys interleave, so that a
+	// compaction must rewrite them all (files apart are only moved).
+	for r := range 3 {
+		for i := range 500 {
+			if err := commitPadded(t, s, fmt.Sprintf("b-%04d", 3*i+r)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.flushAll(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	filler := fillDisk(t, mnt, "filler", 4<<20)
+	ctx := context.Background()
+	var cerr error
+	noHang(t, "Compact", func() { cerr = s.Compact(ctx, "backends") })
+	if !errors.Is(cerr, ErrDiskFull) {
+		t.Fatalf("manual compaction without room: %v, want ErrDiskFull", cerr)
+	}
+	if err := s.backgroundError(); err != nil {
+		t.Fatalf("a manual compaction out of space left a background error: %v", err)
+	}
+	// RocksDB deletes the failed compaction's output on its own thread,
+	// after the caller returned.
+	for deadline := time.Now().Add(hangBound); ; time.Sleep(50 * time.Millisecond) {
+		if free, err := freeBytes(mnt); err == nil && free >= 3<<20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the failed compaction's output was not deleted")
+		}
+	}
+	if err := s.Ready(); err != nil {
+		t.Fatalf("not ready after a manual compaction ran out of space: %v", err)
+	}
+	if err := commitPadded(t, s, "after-manual"); err != nil {
+		t.Fatalf("commit after a manual compaction ran out of space: %v", err)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	noHang(t, "Compact", func() { cerr = s.Compact(ctx, "backends") })
+	if cerr != nil {
+		t.Fatalf("manual compaction with room: %v", cerr)
+	}
 }

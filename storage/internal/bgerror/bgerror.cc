@@ -47,11 +47,16 @@ class Listener : public rocksdb::EventListener {
   // (CompactionNeed). A soft error would keep writes going, but RocksDB
   // clears one only by its own recovery (DB::Resume answers "nothing to
   // do"), and with atomic flush every flush fails to install while one
-  // stands.
+  // stands. A manual compaction (CompactRange: `db compact`) that runs out
+  // of space is left as RocksDB leaves it: it fails to its caller, is not
+  // run again, and writes go on (the high-disk-use runbook runs one to
+  // free space).
   void OnBackgroundError(rocksdb::BackgroundErrorReason reason, rocksdb::Status* err) override {
     if (err == nullptr || err->ok()) return;
     bool flush = reason == rocksdb::BackgroundErrorReason::kFlush || reason == rocksdb::BackgroundErrorReason::kFlushNoWAL;
     bool compactionNoSpace = reason == rocksdb::BackgroundErrorReason::kCompaction && err->IsNoSpace();
+    if (compactionNoSpace && manual_failed_) compactionNoSpace = false;
+    manual_failed_ = false;
     if ((flush || compactionNoSpace) && err->severity() < rocksdb::Status::Severity::kHardError) {
       *err = rocksdb::Status(*err, rocksdb::Status::Severity::kHardError);
     }
@@ -70,10 +75,23 @@ class Listener : public rocksdb::EventListener {
   // A compaction that failed for lack of space records what it needs: the
   // size of its input files (its output is at most about that). A
   // compaction of the same family that succeeds, or a recovery, forgets it.
+  // RocksDB calls this on the compaction's thread just before it reports
+  // the failure (OnBackgroundError), which is how a manual one is told.
   void OnCompactionCompleted(rocksdb::DB*, const rocksdb::CompactionJobInfo& ci) override {
+    manual_failed_ = false;
     if (ci.status.ok()) {
       std::lock_guard<std::mutex> l(mu_);
       need_.erase(ci.cf_id);
+      return;
+    }
+    if (ci.compaction_reason == rocksdb::CompactionReason::kManualCompaction) {
+      // CompactRange returns no status through the C API: remember it.
+      if (!ci.status.IsShutdownInProgress() && !ci.status.IsManualCompactionPaused()) {
+        std::lock_guard<std::mutex> l(mu_);
+        manual_err_ = ci.status.ToString();
+        manual_failures_++;
+      }
+      manual_failed_ = ci.status.IsNoSpace();
       return;
     }
     if (!ci.status.IsNoSpace()) return;
@@ -120,6 +138,14 @@ class Listener : public rocksdb::EventListener {
     return n;
   }
 
+  // ManualFailures returns how many manual compactions failed, and the
+  // last one's status (malloc'd, or NULL).
+  size_t ManualFailures(char** last) {
+    std::lock_guard<std::mutex> l(mu_);
+    *last = manual_err_.empty() ? nullptr : strdup(manual_err_.c_str());
+    return manual_failures_;
+  }
+
   size_t CountFor(int reason) {
     std::lock_guard<std::mutex> l(mu_);
     auto it = by_reason_.find(reason);
@@ -144,7 +170,14 @@ class Listener : public rocksdb::EventListener {
   size_t count_ = 0;
   std::map<int, size_t> by_reason_;
   std::map<uint32_t, uint64_t> need_;  // by column family id
+  size_t manual_failures_ = 0;
+  std::string manual_err_;
+  // Set between a manual compaction's failure for lack of space and its
+  // report, on the compaction's thread.
+  static thread_local bool manual_failed_;
 };
+
+thread_local bool Listener::manual_failed_ = false;
 
 struct Watch {
   std::shared_ptr<Listener> listener;
@@ -168,6 +201,10 @@ extern "C" int edge_bgerror_reason(void* watch) { return static_cast<Watch*>(wat
 
 extern "C" size_t edge_bgerror_count_for(void* watch, int reason) {
   return static_cast<Watch*>(watch)->listener->CountFor(reason);
+}
+
+extern "C" size_t edge_bgerror_manual_failures(void* watch, char** last) {
+  return static_cast<Watch*>(watch)->listener->ManualFailures(last);
 }
 
 extern "C" uint64_t edge_bgerror_compaction_need(void* watch) {

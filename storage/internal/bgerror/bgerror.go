@@ -138,6 +138,23 @@ func (w *Watch) CompactionNeed() uint64 {
 	return uint64(C.edge_bgerror_compaction_need(w.h))
 }
 
+// ManualFailures returns how many manual compactions (CompactRange, whose C
+// API returns no status) failed since the watch was installed, and the
+// last one's error. A manual compaction that runs out of space only fails:
+// it stops no writes.
+func (w *Watch) ManualFailures() (int, error) {
+	if w == nil || w.h == nil {
+		return 0, nil
+	}
+	var last *C.char
+	n := int(C.edge_bgerror_manual_failures(w.h, &last))
+	if last == nil {
+		return n, nil
+	}
+	defer C.free(unsafe.Pointer(last))
+	return n, errors.New(C.GoString(last))
+}
+
 // Destroy releases the watch. The listener itself lives as long as the
 // database or the options that hold it.
 func (w *Watch) Destroy() {

@@ -24,6 +24,9 @@ size_t edge_bgerror_count(void* watch);
 int edge_bgerror_reason(void* watch);
 // The number of background errors of one reason reported so far.
 size_t edge_bgerror_count_for(void* watch, int reason);
+// The number of manual compactions (CompactRange) that failed, and the last
+// one's status in *last (malloc'd, or NULL).
+size_t edge_bgerror_manual_failures(void* watch, char** last);
 // The input bytes of the compactions that failed for lack of space since
 // the last recovery and have not succeeded since (0: none).
 uint64_t edge_bgerror_compaction_need(void* watch);
