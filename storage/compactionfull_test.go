@@ -35,11 +35,11 @@ func TestDiskFullCompaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { noHang(t, "Close", func() { _ = s.Close() }) }()
-	// round commits about 2 MiB of backends (and as much of their
-	// by-pool index entries) and flushes it: one level-0 file per
-	// family. RocksDB compacts a family's level 0 at 4 files.
-	round := func(r int) error {
-		for i := range 500 {
+	// round commits n backends of 4 KiB (and as much of their by-pool
+	// index entries) and flushes them: one level-0 file per family.
+	// RocksDB compacts a family's level 0 at 4 files.
+	round := func(r, n int) error {
+		for i := range n {
 			if err := commitPadded(t, s, fmt.Sprintf("b-%d-%03d", r, i)); err != nil {
 				return err
 			}
@@ -47,20 +47,20 @@ func TestDiskFullCompaction(t *testing.T) {
 		return s.flushAll()
 	}
 	for r := range 3 {
-		if err := round(r); err != nil {
+		if err := round(r, 750); err != nil { // 3 MiB
 			t.Fatal(err)
 		}
 	}
-	// Room for the fourth round's WAL and flush (about 4 MiB each, the
-	// WAL deleted after the flush), not for a compaction of four files of
-	// 2 MiB. small is the part freed first: not enough for the compaction
-	// either.
+	// Room for the fourth round's WAL and flush (about 2 MiB each, the
+	// WAL deleted after the flush: about 4 MiB to spare), not for a
+	// compaction of 3 + 3 + 3 + 1 MiB (about 4 MiB short). small is the
+	// part freed first: not enough for the compaction either.
 	small := filepath.Join(mnt, "small")
 	if err := os.WriteFile(small, make([]byte, 3<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	filler := fillDisk(t, mnt, "filler", 10<<20)
-	if err := round(3); err != nil {
+	filler := fillDisk(t, mnt, "filler", 8<<20)
+	if err := round(3, 250); err != nil {
 		t.Fatalf("fourth round (its flush fits): %v", err)
 	}
 	deadline := time.Now().Add(hangBound)
