@@ -51,11 +51,12 @@ func (s *Store) backgroundError() error {
 }
 
 // compactionRoom fails while the background error held comes from a
-// compaction that ran out of space and the volume has less free space than
-// that compaction read plus one write buffer (the reserve RocksDB's own
-// space manager keeps for flushes and logs). Resume would succeed with less (its flush
-// fits), RocksDB would run the compaction again, it would fail again, and
-// the store would say ready between the two at every health check.
+// compaction that ran out of space and the volume has less free space
+// than that compaction read plus one write buffer (the reserve RocksDB's
+// own space manager keeps for flushes and logs). Resume would succeed
+// with less (its flush fits), RocksDB would run the compaction again, it
+// would fail again, and the store would say ready between the two at
+// every health check.
 func (s *Store) compactionRoom() error {
 	if s.opts.bgErr.Reason() != "compaction" {
 		return nil
