@@ -381,7 +381,7 @@ func (a *Agent) build(registry *prometheus.Registry, cookieKey []byte) error {
 		ID: node.ID, Name: node.Name, Region: node.Region, Version: Version, Self: true, State: "alive",
 		Addresses: map[string]string{"admin": cfg.AdminAddr},
 	}
-	disc, err := newDiscovery(context.Background(), cfg, a.store.NodeID(), cookieKeyFingerprint(cookieKey), a.logger, registry)
+	disc, err := newDiscovery(context.Background(), cfg, a.store.NodeID(), cookieKeyFingerprint(cookieKey), a.healthStatus, a.logger, registry)
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
@@ -436,6 +436,18 @@ func (a *Agent) readiness() error {
 		return errors.New(status)
 	}
 	return fmt.Errorf("%s: %s", status, reason)
+}
+
+// healthStatus is the readiness verdict this node gossips (Meta.Health):
+// "ok", or the status /healthz answers.
+func (a *Agent) healthStatus() string {
+	if a.admin == nil {
+		return "starting"
+	}
+	if status, _ := a.admin.Readiness(); status != "" {
+		return status
+	}
+	return "ok"
 }
 
 // Start runs the background loops, waits until the routing table is

@@ -18,8 +18,10 @@ import (
 const peersFileName = "cluster-peers.json"
 
 // newDiscovery builds the membership layer from the configuration, or nil
-// when gossip is off.
-func newDiscovery(ctx context.Context, cfg Config, nodeID, cookieFP string, logger *zap.Logger, reg prometheus.Registerer) (*discovery.Discovery, error) {
+// when gossip is off. cookieFP is the fingerprint of the sticky-session
+// cookie key; health is this node's readiness verdict, gossiped so that
+// the members show whether it can do its job.
+func newDiscovery(ctx context.Context, cfg Config, nodeID, cookieFP string, health func() string, logger *zap.Logger, reg prometheus.Registerer) (*discovery.Discovery, error) {
 	if cfg.GossipAddr == "" {
 		return nil, nil
 	}
@@ -54,6 +56,7 @@ func newDiscovery(ctx context.Context, cfg Config, nodeID, cookieFP string, logg
 		AgentVersion:    Version,
 		CookieKeyFP:     cookieFP,
 	}
+	dcfg.Health = health
 	dcfg.PeersFile = filepath.Join(cfg.DataDir, peersFileName)
 	dcfg.Logger = logger.Named("discovery")
 	dcfg.Registerer = reg

@@ -42,9 +42,18 @@ type Member struct {
 	State   State  `json:"state"`
 	Version string `json:"version,omitempty"`
 	// Ready is false while the member is still bootstrapping its store
-	// from a peer; it serves no traffic until then.
+	// from a peer; it serves no traffic until then. It says the member
+	// holds the cluster's state (bootstrap and the first-node rule read
+	// it), not that it can work: see Health.
 	Ready bool `json:"ready"`
-	Self  bool `json:"self"`
+	// Health is the member's own readiness verdict, as its /healthz
+	// answers it: "ok", or why it cannot do its job ("disk_full",
+	// "store_not_ready", "starting", "draining", "leaving"). Empty when
+	// the member does not gossip it (an older agent, or no gossip) or is
+	// dead or gone. A member at disk_full is Ready (it holds the state)
+	// but not healthy.
+	Health string `json:"health,omitempty"`
+	Self   bool   `json:"self"`
 	// LastSeen is the last time the failure detector heard from the member
 	// (for this node itself: now).
 	LastSeen *time.Time `json:"last_seen,omitempty"`

@@ -67,10 +67,20 @@ type Config struct {
 	// PeersFile keeps the last known members ("" = not kept). They are
 	// joined when every source fails or finds nothing.
 	PeersFile string
-	// PeersMaxAge drops remembered members not seen for this long.
+	// PeersMaxAge drops remembered members not seen for this long, and
+	// forgets a dead or departed member not seen alive for this long. It
+	// must exceed replication's EvictAfter (purge waits for a member heard
+	// from within that time).
 	PeersMaxAge time.Duration
 	// JoinParallel bounds concurrent join attempts.
 	JoinParallel int
+
+	// Health returns this node's readiness verdict ("ok", or the status
+	// that says why not, as /healthz answers it); it is gossiped as
+	// Meta.Health whenever it changes, asked every HealthInterval. nil
+	// gossips none (the members then see "" for this node).
+	Health         func() string
+	HealthInterval time.Duration
 
 	// WrapTransport, when set, wraps memberlist's UDP/TCP transport
 	// before memberlist starts: latency or loss injection in tests
@@ -111,6 +121,7 @@ func FlyConfig() Config {
 		StartupResolveInterval: 5 * time.Second,
 		PeersMaxAge:            72 * time.Hour,
 		JoinParallel:           8,
+		HealthInterval:         2 * time.Second,
 		Logger:                 zap.NewNop(),
 	}
 }
@@ -197,6 +208,9 @@ func (c *Config) validate() (resolved, error) {
 	}
 	if c.ResolveInterval <= 0 || c.StartupResolveInterval <= 0 {
 		errs = append(errs, errors.New("resolve intervals must be positive"))
+	}
+	if c.Health != nil && c.HealthInterval <= 0 {
+		errs = append(errs, errors.New("health interval must be positive"))
 	}
 	if c.JoinParallel <= 0 {
 		c.JoinParallel = 1

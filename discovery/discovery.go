@@ -65,6 +65,7 @@ type memberRecord struct {
 	meta     Meta
 	state    cluster.State
 	lastSeen time.Time
+	heard    time.Time // when this node first heard of it
 	rtt      time.Duration
 	offsets  []time.Duration // recent clock-offset samples
 	// suspect: alive to memberlist, but this node's last probe of it
@@ -164,6 +165,12 @@ func (d *Discovery) Start(ctx context.Context) error {
 // Run re-resolves the sources and joins whatever is not alive until ctx
 // ends.
 func (d *Discovery) Run(ctx context.Context) error {
+	if d.cfg.Health != nil {
+		done := make(chan struct{})
+		hctx, cancel := context.WithCancel(ctx)
+		go func() { defer close(done); d.gossipHealth(hctx) }()
+		defer func() { cancel(); <-done }()
+	}
 	// The first round runs at once; it is not in Start, because joining
 	// unreachable candidates can take a TCP timeout.
 	d.resolveAndJoin(ctx)
@@ -182,6 +189,48 @@ func (d *Discovery) Run(ctx context.Context) error {
 		}
 		d.resolveAndJoin(ctx)
 		d.saveKnown()
+		d.forgetGone()
+	}
+}
+
+// forgetGone drops the record of every member dead or departed and not
+// seen alive for PeersMaxAge. Each Machine a deploy or a scale-down
+// replaced stayed in /api/cluster and `cluster status` as dead forever
+// (a bluegreen deploy replaces every Machine), and in the loops that walk
+// the members. PeersMaxAge (72 h) is longer than replication's eviction
+// time (24 h), so tombstone purge has stopped waiting for such a member
+// before it goes from here; a member that comes back is added again by
+// memberlist. A node that does not hold the cluster's state (Meta.Ready)
+// forgets nobody: an empty node that lost sight of its cluster must go on
+// seeing that one exists, or it would start a cluster of its own.
+func (d *Discovery) forgetGone() {
+	if d.cfg.PeersMaxAge <= 0 {
+		return
+	}
+	now := d.cfg.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.meta.Ready {
+		return
+	}
+	forgot := false
+	for name, r := range d.members {
+		if r.state != cluster.StateDead && r.state != cluster.StateLeft {
+			continue
+		}
+		seen := r.lastSeen
+		if seen.IsZero() {
+			seen = r.heard // never seen alive: aged from when it was first heard of
+		}
+		if now.Sub(seen) > d.cfg.PeersMaxAge {
+			delete(d.members, name)
+			forgot = true
+			d.log.Info("forgot a member gone longer than the peers' maximum age", zap.String("name", name),
+				zap.String("state", string(r.state)), zap.Time("last_seen", r.lastSeen), zap.String("node_id", r.meta.NodeID))
+		}
+	}
+	if forgot {
+		d.notifyLocked()
 	}
 }
 
@@ -343,18 +392,55 @@ func (d *Discovery) Join(ctx context.Context, addrs []string) (int, error) {
 
 // SetReady changes this node's advertised readiness and gossips it.
 func (d *Discovery) SetReady(ready bool) error {
+	return d.update(func(m *Meta) bool {
+		changed := m.Ready != ready
+		m.Ready = ready
+		return changed
+	})
+}
+
+// SetHealth changes this node's advertised readiness verdict (Meta.Health)
+// and gossips it.
+func (d *Discovery) SetHealth(status string) error {
+	return d.update(func(m *Meta) bool {
+		changed := m.Health != status
+		m.Health = status
+		return changed
+	})
+}
+
+// update applies change to this node's metadata and gossips it when change
+// reports a difference.
+func (d *Discovery) update(change func(*Meta) bool) error {
 	if d.left.Load() {
 		return nil
 	}
 	d.mu.Lock()
-	changed := d.meta.Ready != ready
-	d.meta.Ready = ready
+	changed := change(&d.meta)
 	d.mu.Unlock()
 	ml := d.ml.Load()
 	if !changed || ml == nil {
 		return nil
 	}
 	return ml.UpdateNode(d.cfg.Timings.TCPTimeout)
+}
+
+// gossipHealth asks Config.Health every HealthInterval and gossips a
+// change, so that the members show whether this node can do its job, not
+// only whether it holds the cluster's state.
+func (d *Discovery) gossipHealth(ctx context.Context) {
+	t := time.NewTicker(d.cfg.HealthInterval)
+	defer t.Stop()
+	for {
+		if err := d.SetHealth(d.cfg.Health()); err != nil {
+			d.log.Warn("cannot gossip this node's health", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // Leave tells the others this node is going, then stops gossip. It may be
@@ -410,6 +496,7 @@ func (d *Discovery) Members() []cluster.Member {
 		ID: self.NodeID, Name: d.cfg.Name, Region: self.Region, MachineID: self.MachineID,
 		Addresses: addresses(self, d.addrs.advertise.String()),
 		State:     selfState, Version: self.AgentVersion, Ready: self.Ready && selfState == cluster.StateAlive, Self: true, LastSeen: &now,
+		Health: health(self, selfState),
 	})
 	for _, r := range d.members {
 		m := cluster.Member{
@@ -425,6 +512,7 @@ func (d *Discovery) Members() []cluster.Member {
 		if m.State == cluster.StateAlive && r.suspect {
 			m.State = cluster.StateSuspect
 		}
+		m.Health = health(r.meta, m.State)
 		if !r.lastSeen.IsZero() {
 			ls := r.lastSeen
 			m.LastSeen = &ls
@@ -433,6 +521,15 @@ func (d *Discovery) Members() []cluster.Member {
 	}
 	sort.SliceStable(out[1:], func(i, j int) bool { return out[1+i].Name < out[1+j].Name })
 	return out
+}
+
+// health is a member's Health: what it last gossiped while it is alive or
+// suspect (it may still serve); nothing for a dead or departed one.
+func health(m Meta, st cluster.State) string {
+	if st != cluster.StateAlive && st != cluster.StateSuspect {
+		return ""
+	}
+	return m.Health
 }
 
 func addresses(m Meta, gossip string) map[string]string {
@@ -591,7 +688,7 @@ func (d *Discovery) upsert(n *memberlist.Node, state cluster.State) {
 	defer d.mu.Unlock()
 	r := d.members[n.Name]
 	if r == nil {
-		r = &memberRecord{name: n.Name}
+		r = &memberRecord{name: n.Name, heard: d.cfg.Now()}
 		d.members[n.Name] = r
 	}
 	old := r.state

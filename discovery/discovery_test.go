@@ -69,6 +69,8 @@ type nodeOpts struct {
 	sources        []Source
 	peersFile      string
 	wrap           func(memberlist.Transport) memberlist.Transport
+	health         func() string
+	now            func() time.Time
 }
 
 func startNode(t *testing.T, o nodeOpts) (*Discovery, *prometheus.Registry, context.CancelFunc) {
@@ -90,6 +92,9 @@ func startNode(t *testing.T, o nodeOpts) (*Discovery, *prometheus.Registry, cont
 	cfg.Sources = o.sources
 	cfg.PeersFile = o.peersFile
 	cfg.WrapTransport = o.wrap
+	cfg.Health = o.health
+	cfg.Now = o.now
+	cfg.HealthInterval = 100 * time.Millisecond
 	cfg.ResolveInterval = 500 * time.Millisecond
 	cfg.StartupResolveInterval = 300 * time.Millisecond
 	cfg.Logger = testLogger(t).Named(o.name)

@@ -30,6 +30,13 @@ type Meta struct {
 	// Leaving is set just before a graceful leave, so the others report
 	// the member "left", not "dead".
 	Leaving bool
+	// Health is the node's own readiness verdict, what its /healthz
+	// answers: "ok", or the status that says why it cannot do its job
+	// ("disk_full", "store_not_ready", "starting", "draining", ...).
+	// Ready above only says it holds the cluster's state, which a node
+	// with a full disk still does. Encoded after the fields an older
+	// agent knows (which it skips); "" from an older agent.
+	Health string
 	// CookieKeyFP is the fingerprint of the key that signs sticky-session
 	// cookies (a keyed hash, never the key), so that members whose keys
 	// differ are told; empty from an agent older than the field. Raw
@@ -59,10 +66,6 @@ func (m Meta) Encode() ([]byte, error) {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}
-	// Fields added after the first agents: an older agent stops reading
-	// before them.
-	b = binary.AppendUvarint(b, uint64(len(m.CookieKeyFP)))
-	b = append(b, m.CookieKeyFP...)
 	if len(b) > maxMetaSize {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMeta, len(b), maxMetaSize)
 	}
@@ -70,12 +73,16 @@ func (m Meta) Encode() ([]byte, error) {
 }
 
 func (m *Meta) strings() []string {
-	return []string{m.ClusterID, m.NodeID, m.MachineID, m.Region, m.ReplicationAddr, m.AdminAddr, m.AgentVersion}
+	return []string{m.ClusterID, m.NodeID, m.MachineID, m.Region, m.ReplicationAddr, m.AdminAddr, m.AgentVersion, m.Health, m.CookieKeyFP}
 }
 
 func (m *Meta) fields() []*string {
-	return []*string{&m.ClusterID, &m.NodeID, &m.MachineID, &m.Region, &m.ReplicationAddr, &m.AdminAddr, &m.AgentVersion}
+	return []*string{&m.ClusterID, &m.NodeID, &m.MachineID, &m.Region, &m.ReplicationAddr, &m.AdminAddr, &m.AgentVersion, &m.Health, &m.CookieKeyFP}
 }
+
+// requiredFields is how many of fields() every agent sends; the later ones
+// were appended by newer agents and may be absent.
+const requiredFields = 7
 
 // DecodeMeta decodes metadata written by Encode of this or a newer agent
 // (trailing fields it does not know are ignored).
@@ -94,21 +101,15 @@ func DecodeMeta(b []byte) (Meta, error) {
 	m.Leaving = b[1]&metaFlagLeaving != 0
 	rest := b[2:]
 	for i, f := range m.fields() {
+		if i >= requiredFields && len(rest) == 0 {
+			break // from an agent older than this field
+		}
 		n, k := binary.Uvarint(rest)
 		if k <= 0 || n > uint64(len(rest)-k) {
 			return Meta{}, fmt.Errorf("%w: field %d truncated", ErrMeta, i+1)
 		}
 		*f = string(rest[k : k+int(n)])
 		rest = rest[k+int(n):]
-	}
-	// Optional fields, in the order they were added: absent from an older
-	// agent's metadata.
-	if len(rest) > 0 {
-		n, k := binary.Uvarint(rest)
-		if k <= 0 || n > uint64(len(rest)-k) {
-			return Meta{}, fmt.Errorf("%w: cookie key fingerprint truncated", ErrMeta)
-		}
-		m.CookieKeyFP = string(rest[k : k+int(n)])
 	}
 	return m, nil
 }

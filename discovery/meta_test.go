@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"bytes"
 	"encoding/base64"
 	"errors"
 	"strings"
@@ -23,6 +24,10 @@ func TestMetaRoundTrip(t *testing.T) {
 		t.Fatalf("round trip: %+v, want %+v", got, m)
 	}
 	// A newer agent appends fields: this one still reads what it knows.
+	m.Health = "disk_full"
+	if b, err = m.Encode(); err != nil {
+		t.Fatal(err)
+	}
 	got, err = DecodeMeta(append(append([]byte(nil), b...), 3, 'n', 'e', 'w'))
 	if err != nil || got != m {
 		t.Fatalf("with a trailing field: %+v, %v", got, err)
@@ -38,8 +43,40 @@ func TestMetaRoundTrip(t *testing.T) {
 	}
 }
 
+// An agent older than Meta.Health sends seven fields and no health: it
+// still parses, with Health empty (and an older agent skips the health of
+// a newer one, as any trailing field: TestMetaRoundTrip).
+func TestMetaFromAnOlderAgent(t *testing.T) {
+	old := []byte{metaFormat, metaFlagReady}
+	for _, f := range []string{"c1", "n1", "m1", "syd", "[fdaa::2]:7947", "[fdaa::2]:4000", "1.0.0"} {
+		old = append(old, byte(len(f)))
+		old = append(old, f...)
+	}
+	got, err := DecodeMeta(old)
+	if err != nil {
+		t.Fatalf("an older agent's metadata: %v", err)
+	}
+	want := Meta{ClusterID: "c1", NodeID: "n1", MachineID: "m1", Region: "syd", ReplicationAddr: "[fdaa::2]:7947",
+		AdminAddr: "[fdaa::2]:4000", AgentVersion: "1.0.0", Ready: true}
+	if got != want {
+		t.Fatalf("older agent's metadata: %+v, want %+v", got, want)
+	}
+	// What this agent sends with a health, read as an older agent reads
+	// it: the first seven fields, the rest skipped.
+	b, err := (Meta{ClusterID: "c1", NodeID: "n1", Health: "ok"}).Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(b, []byte{metaFormat, 0, 2, 'c', '1', 2, 'n', '1', 0, 0, 0, 0, 0}) {
+		t.Fatalf("the first seven fields moved: %v", b)
+	}
+}
+
 func TestMetaRejects(t *testing.T) {
-	good, _ := Meta{ClusterID: "c", NodeID: "n", CookieKeyFP: "0123456789abcdef"}.Encode()
+	good, _ := Meta{ClusterID: "c", NodeID: "n", Health: "ok", CookieKeyFP: "0123456789abcdef"}.Encode()
+	// Every field empty after the node id: one length byte each, the last
+	// three the agent version (required), the health and the fingerprint.
+	bare, _ := Meta{ClusterID: "c", NodeID: "n"}.Encode()
 	tests := []struct {
 		name string
 		b    []byte
@@ -48,6 +85,7 @@ func TestMetaRejects(t *testing.T) {
 		{"format only", []byte{1}},
 		{"other format", append([]byte{2}, good[1:]...)},
 		{"truncated", good[:len(good)-1]},
+		{"required field missing", bare[:len(bare)-3]},
 		{"length past end", []byte{1, 0, 200}},
 		{"oversize", append(append([]byte(nil), good...), make([]byte, maxMetaSize)...)},
 	}

@@ -77,7 +77,9 @@ type Config struct {
 	// once.
 	BootstrapAloneAfter time.Duration
 	// PurgeInterval runs the tombstone purge; EvictAfter forgets a member
-	// whose bookkeeping was not heard for that long.
+	// whose bookkeeping was not heard for that long: purge stops waiting
+	// for it, and once it is no alive or suspect member either, its peer
+	// record (status, metrics) goes too.
 	PurgeInterval time.Duration
 	EvictAfter    time.Duration
 

@@ -186,9 +186,9 @@ func (e *Engine) local(set EncodedSet) {
 	// anything older than the slowest acknowledgement, or than the last
 	// ownTimesKeep commits, is dropped. The pass starts at twice that
 	// many, so it runs once per ownTimesKeep commits at most: started at
-	// ownTimesKeep, a peer that stays behind (down, or gone for good:
-	// peers are never forgotten) kept the map at the threshold, and
-	// every commit walked all of it under e.mu.
+	// ownTimesKeep, a peer that stays behind (down, or gone until
+	// forgetPeers drops it) kept the map at the threshold, and every
+	// commit walked all of it under e.mu.
 	if len(e.ownTimes) > 2*e.ownTimesKeep {
 		floor := e.ownMax
 		for _, p := range e.peers {
@@ -231,9 +231,39 @@ func (e *Engine) peerFor(id, name string) *peer {
 	p := e.peers[id]
 	if p == nil {
 		p = newPeer(id, name)
+		p.created = e.cfg.Now()
 		e.peers[id] = p
 	}
 	return p
+}
+
+// forgetPeers drops the record of every peer that is not an alive or
+// suspect member (current) and from which nothing was heard for
+// EvictAfter. Node ids change (a restored backup, a copied volume, a
+// rebuild), and nothing else ever removed the old id's record: its
+// pending sets and lag grew in /metrics forever, and its watermark held
+// back the pruning of the commit times kept for the lag. Purge is not
+// changed by it: it already leaves out a member silent for EvictAfter,
+// and a member merely partitioned (dead to gossip, heard from within
+// EvictAfter) keeps its record, so its watermarks still hold purge back.
+func (e *Engine) forgetPeers(current map[string]cluster.Member) {
+	now := e.cfg.Now()
+	e.mu.Lock()
+	var gone []*peer
+	for id, p := range e.peers {
+		if _, ok := current[id]; ok {
+			continue
+		}
+		if now.Sub(p.lastHeard()) > e.cfg.EvictAfter {
+			delete(e.peers, id)
+			gone = append(gone, p)
+		}
+	}
+	e.mu.Unlock()
+	for _, p := range gone {
+		e.log.Info("forgot a replication peer not heard from for the eviction time",
+			zap.String("peer", p.name), zap.String("peer_node_id", p.id), zap.Duration("evict_after", e.cfg.EvictAfter))
+	}
 }
 
 // watchMembers keeps one outbound stream per alive member.
@@ -264,6 +294,7 @@ func (e *Engine) watchMembers(ctx context.Context) {
 				want[m.ID] = m
 			}
 		}
+		e.forgetPeers(want)
 		for id, r := range loops {
 			if m, ok := want[id]; !ok || m.Addresses[cluster.AddrReplication] != r.addr {
 				r.cancel()

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1038,4 +1040,71 @@ func TestWaitAppliedGivesAnUnconnectedMemberAGrace(t *testing.T) {
 			t.Fatalf("wait with b gone: %+v %v; want b reported not connected after the grace", res, err)
 		}
 	})
+}
+
+// A peer record goes once its node id is no alive or suspect member and
+// nothing was heard from it for EvictAfter: a node whose id changed (a
+// restored backup) left its old id's pending sets and lag growing in
+// /metrics forever. A member merely partitioned keeps its record until
+// then, and its watermarks hold purge back; once forgotten it no longer
+// does.
+func TestPeerRecordsForgottenAfterEviction(t *testing.T) {
+	var offset atomic.Int64 // the engines' clock, ahead of the wall clock
+	now := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	const evict = time.Hour
+	tc, nodes := threeNodes(t, func(c *Config) { c.Now = now; c.EvictAfter = evict })
+	a := nodes[0]
+	a.store.write(map[string]*string{"x": str("1")})
+	waitConverged(t, nodes...)
+	waitUntil(t, "books from b and c", func() bool {
+		wm, ok := a.eng.purgeWatermarks()
+		return ok && len(wm) == 2
+	})
+	// c takes a new node id (restored from a backup): its old id is no
+	// member any more. b is cut off from a and c: dead to a.
+	nodes[2].stop()
+	tc.mu.Lock()
+	delete(tc.members, "c")
+	tc.notifyLocked()
+	tc.mu.Unlock()
+	tc.partition([]string{"a", "c"}, []string{"b"})
+	a.store.write(map[string]*string{"y": str("2")}) // pending for b and c
+	peerIDs := func() []string {
+		var ids []string
+		for id := range a.eng.Status() {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		return ids
+	}
+	// Within the eviction time both records stay, and b, merely
+	// partitioned, still holds purge back with what it reported.
+	offset.Store(int64(evict - time.Minute))
+	time.Sleep(1500 * time.Millisecond) // a membership pass (every second)
+	if got := peerIDs(); !slices.Equal(got, []string{"b", "c"}) {
+		t.Fatalf("peer records within the eviction time: %v, want [b c]", got)
+	}
+	if wm, ok := a.eng.purgeWatermarks(); !ok || wm["b"] == nil {
+		t.Fatalf("a partitioned member within the eviction time must hold purge back: %v %v", wm, ok)
+	}
+	// Past it, both go: from the status, from /metrics, and from purge.
+	offset.Store(int64(evict + time.Minute))
+	waitUntil(t, "peer records of b and c forgotten", func() bool { return len(peerIDs()) == 0 })
+	mfs, err := a.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if strings.HasPrefix(mf.GetName(), "singularity_edge_replication_peer_") && len(mf.GetMetric()) > 0 {
+			t.Errorf("%s still exported for a forgotten peer", mf.GetName())
+		}
+	}
+	if wm, ok := a.eng.purgeWatermarks(); !ok || len(wm) != 0 {
+		t.Fatalf("purge after the eviction time: %v %v, want no member and no block", wm, ok)
+	}
+	// b comes back: its record is made again and its stream carries the
+	// write it missed.
+	tc.partition()
+	waitUntil(t, "b back", func() bool { return slices.Equal(peerIDs(), []string{"b"}) })
+	waitConverged(t, a, nodes[1])
 }

@@ -149,8 +149,8 @@ func TestStalledStreamEndsAndRedials(t *testing.T) {
 	waitConverged(t, a, b)
 }
 
-// While a peer stays behind (down, or gone for good: peer records are
-// kept), the commit times kept for its lag stop being pruned by its
+// While a peer stays behind (down, or gone until its record is forgotten
+// after EvictAfter), the commit times kept for its lag stop being pruned by its
 // watermark; the pass over them must still run once per ownTimesKeep
 // commits, not on every commit.
 func TestOwnTimesPruneIsAmortized(t *testing.T) {

@@ -29,6 +29,7 @@ type peer struct {
 	lastApplied time.Time // last time it acknowledged our sets
 	lastSync    time.Time
 	lastErr     string
+	created     time.Time // when this node made the record
 
 	// What its last Hello of this protocol version said (keySeen): the
 	// refusal when its encryption key differs from ours ("" when it
@@ -41,6 +42,20 @@ type peer struct {
 
 func newPeer(id, name string) *peer {
 	return &peer{id: id, name: name, queued: make(chan struct{}, 1), syncNow: make(chan struct{}, 1)}
+}
+
+// lastHeard is the last time anything came from the peer (a frame, a
+// Hello), or when the record was made if nothing ever did.
+func (p *peer) lastHeard() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	t := p.created
+	for _, u := range []time.Time{p.lastContact, p.booksAt, p.keyAt, p.lastApplied} {
+		if u.After(t) {
+			t = u
+		}
+	}
+	return t
 }
 
 func (p *peer) startSession() {

@@ -145,7 +145,9 @@
 // the memtables fill every write would wait forever), is made a background
 // error that refuses every write with ErrDiskFull and makes Ready report it;
 // the next commit or CheckWritable calls DB::Resume, which flushes again and
-// lets writes in once there is room for the memtables. Close does not flush
+// lets writes in once there is room for the memtables. A compaction that ran
+// out of space is made the same error; resume then waits until the volume
+// has room for that compaction's input. Close does not flush
 // while the error holds: the WAL keeps every acknowledged commit for the
 // next open. RocksDB's info log is written by a logger that drops what a
 // full disk refuses (storage/internal/bgerror).
@@ -169,5 +171,7 @@
 // With Config.Registerer set, the store exports singularity_edge_storage_*
 // metrics (commits, applied and skipped rows, clock skew,
 // feed position, per-table RocksDB sizes and pending compaction bytes,
-// running compactions and flushes, block cache usage), read at scrape time.
+// running compactions and flushes, block cache usage, background errors by
+// the work that failed and the space a compaction out of space needs), read
+// at scrape time.
 package storage

@@ -33,9 +33,9 @@ var (
 	// ErrRateLimited: an observation was written again sooner than
 	// Config.ObservationMinInterval allows without a health change.
 	ErrRateLimited = errors.New("storage: observation written too often")
-	// ErrDiskFull: RocksDB could not write (a commit's WAL write, or a
-	// flush in the background) for lack of space. Writes resume by
-	// themselves once space is freed.
+	// ErrDiskFull: RocksDB could not write (a commit's WAL write, a flush
+	// or a compaction in the background) for lack of space. Writes resume
+	// by themselves once space is freed (for a compaction: room for it).
 	ErrDiskFull = errors.New("storage: disk full")
 	// ErrCommitFailed: Ready's answer while the last commit failed (it
 	// wraps that commit's error too).

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/linxGnu/grocksdb"
@@ -35,20 +36,59 @@ func diskFullError(err error) error {
 	return err
 }
 
-// backgroundError returns the error RocksDB holds after a failed flush (or
-// another background failure it does not ignore), or nil. While it holds
-// one, every write fails.
+// backgroundError returns the error RocksDB holds after a failed flush, a
+// compaction that ran out of space (or another background failure it does
+// not ignore), or nil. While it holds one, every write fails.
 func (s *Store) backgroundError() error {
 	if err := s.opts.bgErr.Err(); err != nil {
-		return diskFullError(fmt.Errorf("storage: background write failed: %w", err))
+		work := s.opts.bgErr.Reason()
+		if work == "" {
+			work = "write"
+		}
+		return diskFullError(fmt.Errorf("storage: background %s failed: %w", work, err))
 	}
 	return nil
 }
 
+// compactionRoom fails while the background error held comes from a
+// compaction that ran out of space and the volume has less free space
+// than that compaction read plus one write buffer (the reserve RocksDB's
+// own space manager keeps for flushes and logs). Resume would succeed
+// with less (its flush fits), RocksDB would run the compaction again, it
+// would fail again, and the store would say ready between the two at
+// every health check.
+func (s *Store) compactionRoom() error {
+	if s.opts.bgErr.Reason() != "compaction" {
+		return nil
+	}
+	need := s.opts.bgErr.CompactionNeed()
+	if need == 0 {
+		return nil
+	}
+	need += s.opts.wbs
+	free, err := freeBytes(s.cfg.Dir)
+	if err != nil || free >= need {
+		return nil // resume tries; a compaction that fails again says so
+	}
+	return fmt.Errorf("%w: a compaction ran out of space; writes resume once %d bytes are free (%d now)", ErrDiskFull, need, free)
+}
+
+// freeBytes returns the space that an unprivileged process can still use on
+// dir's filesystem.
+func freeBytes(dir string) (uint64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return uint64(st.Bavail) * uint64(st.Bsize), nil
+}
+
 // resume clears RocksDB's background error once its cause is gone: DB::Resume
-// flushes the memtables that a failed flush left behind and lets writes in
-// again. It does nothing (and costs a mutex) when there is no error, and
-// fails, leaving the error in place, while the disk is still full.
+// flushes the memtables that a failed flush left behind, lets writes in
+// again and schedules the compactions that stopped. It does nothing (and
+// costs a mutex) when there is no error, and fails, leaving the error in
+// place, while the disk is still full or has no room yet for a compaction
+// that ran out of space (compactionRoom).
 func (s *Store) resume() error {
 	if !s.canResume {
 		return nil
@@ -57,6 +97,9 @@ func (s *Store) resume() error {
 	defer s.resumeMu.Unlock()
 	if s.opts.bgErr.Err() == nil {
 		return nil // another caller resumed while this one waited
+	}
+	if err := s.compactionRoom(); err != nil {
+		return err
 	}
 	if err := bgerror.Resume(s.base); err != nil {
 		// The cause is the background error still held (a full disk

@@ -4,6 +4,8 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/singularity-ng/singularity-edge/storage/internal/bgerror"
 )
 
 // counters are the store's event counts, read by the metrics collector.
@@ -29,6 +31,7 @@ type collector struct {
 	lastIndex, keys, liveBytes, sstBytes, memBytes, cacheUsage, cacheCapacity *prometheus.Desc
 	compactionsRunning, compactionPending, flushesRunning                     *prometheus.Desc
 	rowCacheBytes, rowCacheCapacity, rowCacheLookups                          *prometheus.Desc
+	bgErrors, bgErrorHeld, compactionNeed                                     *prometheus.Desc
 }
 
 func newCollector(s *Store) *collector {
@@ -55,13 +58,20 @@ func newCollector(s *Store) *collector {
 		rowCacheBytes:    d("row_cache_bytes", "Estimated bytes of decoded rows, lists and the expiry index in the row cache."),
 		rowCacheCapacity: d("row_cache_capacity_bytes", "Budget of the row cache (Config.RowCacheSize)."),
 		rowCacheLookups:  d("row_cache_lookups_total", "Row cache lookups by result (hit, miss).", "result"),
+		bgErrors: d("background_errors_total",
+			"Background errors RocksDB reported, by the work that failed (flush, compaction, write, memtable, manifest); a flush or compaction that ran out of space is one.", "reason"),
+		bgErrorHeld: d("background_error",
+			"1 while RocksDB holds a background error, by the work that failed: every write is refused until it is cleared (the store resumes by itself once space is back).", "reason"),
+		compactionNeed: d("compaction_space_needed_bytes",
+			"Input bytes of the compactions that ran out of space and have not run since: about the free space they need (0 when none)."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.commits, c.applyRows, c.applyDuplicate,
 		c.clockSkew, c.lastIndex, c.keys, c.liveBytes, c.sstBytes, c.memBytes, c.cacheUsage, c.cacheCapacity,
-		c.compactionsRunning, c.compactionPending, c.flushesRunning, c.rowCacheBytes, c.rowCacheCapacity, c.rowCacheLookups} {
+		c.compactionsRunning, c.compactionPending, c.flushesRunning, c.rowCacheBytes, c.rowCacheCapacity, c.rowCacheLookups,
+		c.bgErrors, c.bgErrorHeld, c.compactionNeed} {
 		ch <- d
 	}
 }
@@ -89,6 +99,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		return // closed: no RocksDB figures
 	}
 	defer s.leave()
+	held := s.opts.bgErr.Reason()
+	for _, r := range bgerror.Reasons {
+		counter(c.bgErrors, uint64(s.opts.bgErr.CountFor(r)), r)
+		v := uint64(0)
+		if r == held {
+			v = 1
+		}
+		gauge(c.bgErrorHeld, v, r)
+	}
+	gauge(c.compactionNeed, s.opts.bgErr.CompactionNeed())
 	for _, t := range TableNames() {
 		cf := s.cfs[t]
 		prop := func(name string) uint64 {

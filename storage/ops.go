@@ -122,7 +122,10 @@ func (s *Store) RocksDBStats(table string) (string, error) {
 }
 
 // Compact compacts the full key range of a table, dropping overwritten
-// versions and deleted index entries. It blocks until done.
+// versions and deleted index entries. It blocks until done, and fails
+// (ErrDiskFull for lack of space) when the compaction did: RocksDB's C
+// API returns no status for it, so the store's background-error listener
+// reports it.
 func (s *Store) Compact(ctx context.Context, table string) error {
 	if err := s.enter(); err != nil {
 		return err
@@ -135,7 +138,11 @@ func (s *Store) Compact(ctx context.Context, table string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	before, _ := s.opts.bgErr.ManualFailures()
 	s.base.CompactRangeCF(cf, grocksdb.Range{})
+	if after, err := s.opts.bgErr.ManualFailures(); after > before && err != nil {
+		return diskFullError(fmt.Errorf("storage: compact %s: %w", table, err))
+	}
 	return nil
 }
 

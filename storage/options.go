@@ -52,7 +52,9 @@ func newRocksOptions(cfg Config) *rocksOptions {
 	// space is back, succeeds. A failed flush, which RocksDB would then
 	// ignore and never retry (writes would wait forever once the memtables
 	// fill), is made a background error by bgErr's listener: writes fail
-	// with it until health.go's resume flushes again. Damage is still
+	// with it until health.go's resume flushes again. So is a compaction
+	// that ran out of space (RocksDB would rerun it every second and
+	// stall writes for good): resume waits for room for it. Damage is still
 	// caught: every family's checksums are verified at each start
 	// (verify.go) and reads verify their blocks.
 	o.db.SetParanoidChecks(false)

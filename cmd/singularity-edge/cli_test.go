@@ -733,6 +733,20 @@ func TestCLI(t *testing.T) {
 				"Warning: the sticky-session cookie key of edge-ams-1 differs from this node's"},
 		},
 		{
+			// READY is whether a member can do its job: one that holds
+			// the state (ready) but gossips disk_full is not.
+			name: "cluster status ready and health",
+			args: []string{"cluster", "status"},
+			routes: map[string]reply{"GET /api/cluster": {status: 200, body: `{"node_id":"n1","members":[
+				{"id":"n1","name":"edge-iad-1","region":"iad","addresses":{},"state":"alive","ready":true,"health":"disk_full","self":true},
+				{"id":"n2","name":"edge-syd-1","region":"syd","addresses":{},"state":"alive","ready":true,"health":"ok","self":false},
+				{"id":"n3","name":"edge-ams-1","region":"ams","addresses":{},"state":"alive","ready":true,"self":false}],
+				"regions":[]}`}},
+			calls: []call{{Method: "GET", Path: "/api/cluster"}},
+			stdout: []string{"edge-iad-1 (this node)  n1  iad     -        alive  no (disk_full)",
+				"edge-syd-1              n2  syd     -        alive  yes", "edge-ams-1              n3  ams     -        alive  yes"},
+		},
+		{
 			name:   "cluster join",
 			args:   []string{"cluster", "join", "10.0.0.2:7946", "fdaa::3"},
 			routes: map[string]reply{"POST /api/cluster/join": {status: 200, body: `{"addresses":["10.0.0.2:7946","fdaa::3"],"contacted":2}`}},

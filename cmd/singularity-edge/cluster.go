@@ -197,8 +197,13 @@ func showCluster(c *apiClient, cl *clusterJSON) error {
 		if m.LastSeen != nil {
 			lastSeen = formatTime(*m.LastSeen)
 		}
+		// Yes when the member holds the cluster's state and its own
+		// health check passes (an older agent gossips no health).
 		ready := "no"
-		if m.Ready {
+		switch {
+		case m.Health != "" && m.Health != "ok":
+			ready = "no (" + m.Health + ")"
+		case m.Ready:
 			ready = "yes"
 		}
 		offset := ""

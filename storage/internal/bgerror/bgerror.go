@@ -12,21 +12,22 @@
 // InstallLogger replaces RocksDB's info log writer, which aborts the
 // process once the disk is full (see there).
 //
-// Watch adds an EventListener to the options that makes a failed flush a
-// background error (RocksDB ignores one without paranoid checks, and writes
-// then stall forever, see bgerror.cc), remembers the error RocksDB holds
+// Watch adds an EventListener to the options that makes a failed flush, and
+// a compaction that ran out of space, a hard background error (RocksDB
+// ignores both without paranoid checks: writes then stall forever, and a
+// compaction is retried every second, see bgerror.cc), records what such a
+// compaction needs (CompactionNeed), remembers the error RocksDB holds
 // (OnBackgroundError) until a recovery clears it
 // (OnErrorRecoveryEnd), and turns off RocksDB's own recovery from a full
 // disk (OnErrorRecoveryBegin), which waits for the free space of a whole
 // write buffer and refuses DB::Resume meanwhile. Resume calls DB::Resume.
 //
-// bgerror.cc reaches the C++ objects inside the C API's handles, which
-// grocksdb keeps as the first field of its Options and DB (as in
-// storage/internal/memhint). NewWatch and CanResume check those layouts at
-// run time and refuse when they do not hold.
+// bgerror.cc reaches the C++ objects inside the C API's handles
+// (storage/internal/rocksabi). NewWatch, InstallLogger and CanResume check
+// those layouts at run time and refuse when they do not hold.
 package bgerror
 
-// #cgo CXXFLAGS: -std=c++17 -O2
+// #cgo CXXFLAGS: -std=c++17 -O2 -I${SRCDIR}/../rocksabi
 // #cgo LDFLAGS: -lrocksdb -lstdc++
 // #include <stdlib.h>
 // #include "bgerror.h"
@@ -37,11 +38,12 @@ import (
 	"unsafe"
 
 	"github.com/linxGnu/grocksdb"
+
+	"github.com/singularity-ng/singularity-edge/storage/internal/rocksabi"
 )
 
-// cHandle returns the C pointer that grocksdb keeps as the first field of
-// the object p points to.
-func cHandle[T any](p *T) unsafe.Pointer { return *(*unsafe.Pointer)(unsafe.Pointer(p)) }
+// cHandle returns the C pointer inside grocksdb's object p.
+func cHandle[T any](p *T) unsafe.Pointer { return rocksabi.Handle(p) }
 
 // Watch remembers the background error of the database opened with the
 // options it was installed on.
@@ -53,25 +55,10 @@ type Watch struct {
 // options, before the database is opened with them. It returns nil when
 // grocksdb's Options layout is not the one this package knows.
 func NewWatch(o *grocksdb.Options) *Watch {
-	if !optionsLayoutOK(o) {
+	if !rocksabi.OptionsLayoutOK(o) {
 		return nil
 	}
 	return &Watch{h: C.edge_bgerror_watch(cHandle(o))}
-}
-
-// optionsLayoutOK probes that the C++ options sit where bgerror.cc looks
-// for them, with a value nobody uses, then restores it.
-func optionsLayoutOK(o *grocksdb.Options) bool {
-	h := cHandle(o)
-	if h == nil {
-		return false
-	}
-	want := o.GetWriteBufferSize()
-	const probe = 0x5eed_4321
-	o.SetWriteBufferSize(probe)
-	ok := uint64(C.edge_options_write_buffer_size(h)) == probe
-	o.SetWriteBufferSize(want)
-	return ok
 }
 
 // Err returns the background error the database holds now, or nil.
@@ -96,6 +83,78 @@ func (w *Watch) Count() int {
 	return int(C.edge_bgerror_count(w.h))
 }
 
+// Reason says which background work the error held now came from:
+// "flush", "compaction", "write", "memtable", "manifest", or "" when none is
+// held.
+func (w *Watch) Reason() string {
+	if w == nil || w.h == nil {
+		return ""
+	}
+	return reasonName(int(C.edge_bgerror_reason(w.h)))
+}
+
+// Reasons are the values Reason and CountFor know.
+var Reasons = []string{"flush", "compaction", "write", "memtable", "manifest"}
+
+// reasonName maps rocksdb::BackgroundErrorReason (listener.h, 7.8.3).
+func reasonName(r int) string {
+	switch r {
+	case 0, 5: // kFlush, kFlushNoWAL
+		return "flush"
+	case 1:
+		return "compaction"
+	case 2:
+		return "write"
+	case 3:
+		return "memtable"
+	case 4, 6: // kManifestWrite, kManifestWriteNoWAL
+		return "manifest"
+	}
+	return ""
+}
+
+// CountFor returns how many background errors of reason (one of Reasons)
+// RocksDB reported since the watch was installed.
+func (w *Watch) CountFor(reason string) int {
+	if w == nil || w.h == nil {
+		return 0
+	}
+	n := 0
+	for r := 0; r <= 6; r++ {
+		if reasonName(r) == reason {
+			n += int(C.edge_bgerror_count_for(w.h, C.int(r)))
+		}
+	}
+	return n
+}
+
+// CompactionNeed returns the bytes the compactions that ran out of space
+// (since the last recovery, and not run successfully since) read as
+// input: about the free space they need to run again. 0 when none did.
+func (w *Watch) CompactionNeed() uint64 {
+	if w == nil || w.h == nil {
+		return 0
+	}
+	return uint64(C.edge_bgerror_compaction_need(w.h))
+}
+
+// ManualFailures returns how many manual compactions (CompactRange, whose C
+// API returns no status) failed since the watch was installed, and the
+// last one's error. A manual compaction that runs out of space only fails:
+// it stops no writes.
+func (w *Watch) ManualFailures() (int, error) {
+	if w == nil || w.h == nil {
+		return 0, nil
+	}
+	var last *C.char
+	n := int(C.edge_bgerror_manual_failures(w.h, &last))
+	if last == nil {
+		return n, nil
+	}
+	defer C.free(unsafe.Pointer(last))
+	return n, errors.New(C.GoString(last))
+}
+
 // Destroy releases the watch. The listener itself lives as long as the
 // database or the options that hold it.
 func (w *Watch) Destroy() {
@@ -114,7 +173,7 @@ func (w *Watch) Destroy() {
 // leaves o alone, when grocksdb's Options layout is not the one this
 // package knows.
 func InstallLogger(o *grocksdb.Options, path string, maxSize int64, level grocksdb.InfoLogLevel) bool {
-	if !optionsLayoutOK(o) {
+	if !rocksabi.OptionsLayoutOK(o) {
 		return false
 	}
 	cpath := C.CString(path)

@@ -4,6 +4,7 @@
 #define EDGE_STORAGE_BGERROR_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -19,13 +20,21 @@ void edge_bgerror_watch_destroy(void* watch);
 char* edge_bgerror_get(void* watch);
 // The number of background errors reported since the watch was created.
 size_t edge_bgerror_count(void* watch);
+// The rocksdb::BackgroundErrorReason of the error held now, or -1.
+int edge_bgerror_reason(void* watch);
+// The number of background errors of one reason reported so far.
+size_t edge_bgerror_count_for(void* watch, int reason);
+// The number of manual compactions (CompactRange) that failed, and the last
+// one's status in *last (malloc'd, or NULL).
+size_t edge_bgerror_manual_failures(void* watch, char** last);
+// The input bytes of the compactions that failed for lack of space since
+// the last recovery and have not succeeded since (0: none).
+uint64_t edge_bgerror_compaction_need(void* watch);
 
 // db is a rocksdb_t*. edge_db_name returns DB::GetName() (the layout probe);
 // edge_db_resume runs DB::Resume() and returns NULL or its error (malloc'd).
 const char* edge_db_name(void* db);
 char* edge_db_resume(void* db);
-
-size_t edge_options_write_buffer_size(void* opts);
 
 // Sets opts' info log to a file logger at path that drops what it cannot
 // write (infolog.cc). level is a rocksdb::InfoLogLevel.

@@ -13,9 +13,8 @@
 
 #include "bgerror.h"
 
-struct rocksdb_options_t {
-  rocksdb::Options rep;
-};
+// The C++ options inside the C API's handle (checked by bgerror.go).
+#include "rocksabi.h"
 
 namespace {
 

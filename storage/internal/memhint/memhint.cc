@@ -5,12 +5,9 @@
 #include <rocksdb/slice_transform.h>
 
 #include "memhint.h"
-
-// The C API's handle is a struct holding the C++ options (rocksdb/c.cc);
-// memhint.go checks the layout at run time before using it.
-struct rocksdb_options_t {
-  rocksdb::Options rep;
-};
+// The C++ options inside the C API's handle; memhint.go checks the layout
+// at run time before using it.
+#include "rocksabi.h"
 
 namespace {
 
@@ -58,10 +55,6 @@ extern "C" void edge_set_index_insert_hint(void* opts) {
 extern "C" const char* edge_insert_hint_name(void* opts) {
   auto& t = static_cast<rocksdb_options_t*>(opts)->rep.memtable_insert_with_hint_prefix_extractor;
   return t ? t->Name() : "";
-}
-
-extern "C" size_t edge_write_buffer_size(void* opts) {
-  return static_cast<rocksdb_options_t*>(opts)->rep.write_buffer_size;
 }
 
 extern "C" size_t edge_index_partition(const char* key, size_t n) { return partition(key, n); }

@@ -21,13 +21,11 @@
 // their index families with the same hint as the store.
 //
 // memhint.cc sets the option on the C++ options inside the C API's
-// handle. grocksdb keeps that handle as the first field of its Options;
-// Install checks that assumption (a value written through grocksdb must
-// read back through the handle) and leaves the options alone when it
-// does not hold.
+// handle (storage/internal/rocksabi); Install checks that layout first and
+// leaves the options alone when it does not hold.
 package memhint
 
-// #cgo CXXFLAGS: -std=c++17 -O2
+// #cgo CXXFLAGS: -std=c++17 -O2 -I${SRCDIR}/../rocksabi
 // #cgo LDFLAGS: -lrocksdb -lstdc++
 // #include "memhint.h"
 import "C"
@@ -36,46 +34,31 @@ import (
 	"unsafe"
 
 	"github.com/linxGnu/grocksdb"
+
+	"github.com/singularity-ng/singularity-edge/storage/internal/rocksabi"
 )
 
 // Name is the name of the insert-hint extractor Install sets.
 const Name = "singularity-edge.IndexPartition"
 
-// optionsHandle returns the rocksdb_options_t* inside o.
-func optionsHandle(o *grocksdb.Options) unsafe.Pointer {
-	return *(*unsafe.Pointer)(unsafe.Pointer(o))
-}
-
 // Install sets the index partition hint on o, the options of an index
 // family, and reports whether it could.
 func Install(o *grocksdb.Options) bool {
-	h := optionsHandle(o)
-	if h == nil {
+	if !rocksabi.OptionsLayoutOK(o) {
 		return false
 	}
-	// Probe the layout with a value nobody uses, then restore it.
-	want := uint64(o.GetWriteBufferSize())
-	const probe = 0x5eed_1234
-	o.SetWriteBufferSize(probe)
-	ok := WriteBufferSize(o) == probe
-	o.SetWriteBufferSize(want)
-	if !ok {
-		return false
-	}
-	C.edge_set_index_insert_hint(h)
+	C.edge_set_index_insert_hint(rocksabi.Handle(o))
 	return true
 }
 
 // WriteBufferSize reads the write buffer size through the C++ options
 // inside o's handle: the layout probe.
-func WriteBufferSize(o *grocksdb.Options) uint64 {
-	return uint64(C.edge_write_buffer_size(optionsHandle(o)))
-}
+func WriteBufferSize(o *grocksdb.Options) uint64 { return rocksabi.WriteBufferSize(o) }
 
 // Installed returns the name of o's insert-hint extractor ("" when none
 // is set).
 func Installed(o *grocksdb.Options) string {
-	return C.GoString(C.edge_insert_hint_name(optionsHandle(o)))
+	return C.GoString(C.edge_insert_hint_name(rocksabi.Handle(o)))
 }
 
 // Partition returns the length of index key k's insert-hint partition

@@ -11,7 +11,6 @@ extern "C" {
 // opts is a rocksdb_options_t*.
 void edge_set_index_insert_hint(void* opts);
 const char* edge_insert_hint_name(void* opts);
-size_t edge_write_buffer_size(void* opts);
 // The length of the insert-hint partition of an index key, or 0 when the
 // key has none.
 size_t edge_index_partition(const char* key, size_t n);
