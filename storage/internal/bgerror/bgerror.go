@@ -27,7 +27,7 @@
 // those layouts at run time and refuse when they do not hold.
 package bgerror
 
-// #cgo CXXFLAGS: -std=c++17 -O2 -I${SRCDIR}/../rocksabi
+// #cgo CXXFLAGS: -std=c++17 -O2
 // #cgo LDFLAGS: -lrocksdb -lstdc++
 // #include <stdlib.h>
 // #include "bgerror.h"

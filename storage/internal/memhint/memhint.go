@@ -25,7 +25,7 @@
 // leaves the options alone when it does not hold.
 package memhint
 
-// #cgo CXXFLAGS: -std=c++17 -O2 -I${SRCDIR}/../rocksabi
+// #cgo CXXFLAGS: -std=c++17 -O2
 // #cgo LDFLAGS: -lrocksdb -lstdc++
 // #include "memhint.h"
 import "C"

@@ -1,9 +1,10 @@
 // The C++ objects inside RocksDB's C API handles, for the store's cgo shims
 // (storage/internal/bgerror, storage/internal/memhint) that reach options
 // and calls the C API lacks. rocksabi.go checks the layouts at run time.
-// The shims include it through -I: Go's build cache does not see a change
-// to a header outside their own directory, so after editing this one run
-// `go clean -cache` (or touch their .cc files).
+// Each shim's directory holds a symbolic link to this file rather than
+// an -I flag: Go's build cache hashes the headers in a package's own
+// directory only, so through -I an edit here left the shims' objects
+// stale.
 #ifndef EDGE_STORAGE_ROCKSABI_H
 #define EDGE_STORAGE_ROCKSABI_H
 

@@ -1,0 +1,1 @@
+../rocksabi/rocksabi.h
