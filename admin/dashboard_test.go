@@ -76,6 +76,10 @@ func TestDashboardBrowser(t *testing.T) {
 			Replication: &ReplicationStatus{Connected: true, PendingChanges: 12, LagSeconds: 3.5, BytesIn: 2048, BytesOut: 4096}},
 		{ID: "n-ams", Name: "edge-ams", Region: "ams", State: "suspect", LastSeen: &seen, ClockOffsetMS: -7,
 			Replication: &ReplicationStatus{LastError: "dial tcp 10.0.0.3:7947: connect: connection refused"}},
+		// Holds the state (Ready) but cannot write, and signs cookies
+		// with another key.
+		{ID: "n-fra", Name: "edge-fra", Region: "fra", State: "alive", Ready: true, Health: "disk_full", CookieKeyDiffers: true,
+			LastSeen: &seen, Replication: &ReplicationStatus{Connected: true}},
 	}
 	h := newHarnessOn(t, st, withDeps(func(d *Deps) {
 		d.Pools = mgr
@@ -203,15 +207,18 @@ func TestDashboardBrowser(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-member-id="`+st.NodeID()+`"][data-state="alive"][data-ready="true"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-member-id="n-syd"][data-region="syd"][data-ready="true"] [data-field="stream"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-member-id="n-ams"][data-state="suspect"][data-ready="false"] [data-field="repl-error"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-member-id="n-fra"][data-ready="false"] [data-field="cookie-key"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`#cluster-regions [data-region-summary="ams"]`)),
 		pollTrue(`(() => {
 			const syd = document.querySelector('tr[data-member-id="n-syd"]');
 			const ams = document.querySelector('tr[data-member-id="n-ams"]');
+			const fra = document.querySelector('tr[data-member-id="n-fra"]');
 			const self = document.querySelector('tr[data-member-id="`+st.NodeID()+`"]');
 			const f = (row, name) => row.querySelector('[data-field="' + name + '"]').textContent;
 			return f(syd, "pending") === "12" && f(syd, "lag") === "3.5 s" && f(syd, "clock") === "+42 ms" &&
 				f(syd, "machine") === "machine m-syd-1" && f(syd, "stream") === "connected" &&
 				f(ams, "clock") === "-7 ms" && f(ams, "ready") === "not ready" && f(ams, "repl-error").includes("connection refused") &&
+				f(fra, "ready") === "not ready (disk_full)" && f(syd, "ready") === "ready" &&
 				f(self, "machine") === "machine m-iad-1" && f(self, "replication") === "this node" &&
 				document.getElementById("node-label").textContent === "edge-test · iad";
 		})()`),
