@@ -212,6 +212,21 @@ type testProxy struct {
 	https  string
 }
 
+// flexiblePool starts a proxy with cfg that serves one pool over TLS in
+// flexible mode for name (a certificate from a new test CA; the pool is
+// named name without ".test"), in front of a recording backend answering
+// with answer (nil: the echo).
+func flexiblePool(t testing.TB, name string, cfg Config, answer func(c net.Conn, req *strictRequest, nth int) bool) (*testProxy, *testCA, *recBackend) {
+	t.Helper()
+	ca := newTestCA(t)
+	certs := &testCerts{}
+	certs.add(name, ca.issue(t, name))
+	rb := newRecBackend(t, answer)
+	pool := storage.Pool{Name: strings.TrimSuffix(name, ".test"), SSLMode: "flexible", SSLDomain: name}
+	table := newTable(t, poolSpec{pool, []string{rb.url()}})
+	return startProxy(t, cfg, table, certs, nil), ca, rb
+}
+
 func testConfig() Config {
 	cfg := DefaultConfig()
 	cfg.HTTPAddr = "127.0.0.1:0"

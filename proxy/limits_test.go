@@ -360,11 +360,8 @@ func TestBackendExchangesPerClientAddrBounded(t *testing.T) {
 // drained and the connection returned (the backend's connection count is
 // the oracle). A response too large to drain closes its connection.
 func TestCancelledStreamsReuseBackendConnections(t *testing.T) {
-	ca := newTestCA(t)
-	certs := &testCerts{}
-	certs.add("cx.test", ca.issue(t, "cx.test"))
 	hugeDone := make(chan error, 1)
-	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+	p, ca, rb := flexiblePool(t, "cx.test", testConfig(), func(c net.Conn, req *strictRequest, nth int) bool {
 		time.Sleep(20 * time.Millisecond) // in flight when the reset comes
 		if req.Target == "/huge" {
 			const huge = 256 << 20 // far more than socket buffers hold
@@ -379,8 +376,6 @@ func TestCancelledStreamsReuseBackendConnections(t *testing.T) {
 		}
 		return answerEcho(c, req, nth)
 	})
-	table := newTable(t, poolSpec{storage.Pool{Name: "cx", SSLMode: "flexible", SSLDomain: "cx.test"}, []string{rb.url()}})
-	p := startProxy(t, testConfig(), table, certs, nil)
 	h := dialH2Raw(t, p.https, "cx.test", ca.pool)
 	const loops = 30
 	id := uint32(1)

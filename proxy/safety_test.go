@@ -133,12 +133,7 @@ func TestPostNotRetried(t *testing.T) {
 // TestHTTP2PseudoHeadersValidated: pseudo-headers and fields that would
 // forge another HTTP/1.1 request line or header never reach the backend.
 func TestHTTP2PseudoHeadersValidated(t *testing.T) {
-	ca := newTestCA(t)
-	certs := &testCerts{}
-	certs.add("v.test", ca.issue(t, "v.test"))
-	rb := newRecBackend(t, nil)
-	table := newTable(t, poolSpec{storage.Pool{Name: "v", SSLMode: "flexible", SSLDomain: "v.test"}, []string{rb.url()}})
-	p := startProxy(t, testConfig(), table, certs, nil)
+	p, ca, rb := flexiblePool(t, "v.test", testConfig(), nil)
 	h := dialH2Raw(t, p.https, "v.test", ca.pool)
 	base := func(method, path, authority string) []string {
 		return []string{":method", method, ":scheme", "https", ":path", path, ":authority", authority}
@@ -205,12 +200,7 @@ func TestHTTP2PseudoHeadersValidated(t *testing.T) {
 // its body while the client's DATA frame then reset the stream, so the
 // backend acted on a request the client never sent.
 func TestHTTP2ContentLengthValidated(t *testing.T) {
-	ca := newTestCA(t)
-	certs := &testCerts{}
-	certs.add("cl.test", ca.issue(t, "cl.test"))
-	rb := newRecBackend(t, nil)
-	table := newTable(t, poolSpec{storage.Pool{Name: "cl", SSLMode: "flexible", SSLDomain: "cl.test"}, []string{rb.url()}})
-	p := startProxy(t, testConfig(), table, certs, nil)
+	p, ca, rb := flexiblePool(t, "cl.test", testConfig(), nil)
 	post := func(h *h2Raw, id uint32, path string, cls ...string) (string, http2.ErrCode, error) {
 		kv := []string{":method", "POST", ":scheme", "https", ":path", path, ":authority", "cl.test"}
 		for _, v := range cls {
@@ -272,9 +262,6 @@ func TestMalformedFirstChunkAnswered(t *testing.T) {
 // as the raw gzip bytes with no coding named, and "gzip" or "identity"
 // alone reached both as a close-delimited body, the field dropped.
 func TestResponseTransferCodingRefused(t *testing.T) {
-	ca := newTestCA(t)
-	certs := &testCerts{}
-	certs.add("tc.test", ca.issue(t, "tc.test"))
 	const marker = "ENCODED"
 	answers := map[string]string{
 		"/gzip-chunked":  "Transfer-Encoding: gzip, chunked\r\n\r\n7\r\n" + marker + "\r\n0\r\n\r\n",
@@ -285,15 +272,13 @@ func TestResponseTransferCodingRefused(t *testing.T) {
 		"/two-fields":    "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n" + marker + "\r\n0\r\n\r\n",
 		"/te-and-cl":     "Content-Length: 7\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n" + marker + "\r\n0\r\n\r\n",
 	}
-	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+	p, ca, _ := flexiblePool(t, "tc.test", testConfig(), func(c net.Conn, req *strictRequest, nth int) bool {
 		if a, ok := answers[req.Target]; ok {
 			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\n"+a)
 			return false
 		}
 		return answerEcho(c, req, nth)
 	})
-	table := newTable(t, poolSpec{storage.Pool{Name: "tc", SSLMode: "flexible", SSLDomain: "tc.test"}, []string{rb.url()}})
-	p := startProxy(t, testConfig(), table, certs, nil)
 	for _, h2 := range []bool{false, true} {
 		c := client(p.https, ca.pool, h2)
 		for path := range answers {
@@ -321,12 +306,7 @@ func TestResponseTransferCodingRefused(t *testing.T) {
 // bytes sent (BenchmarkH2HeldMemory/frame_header). A larger frame now ends
 // the connection with FRAME_SIZE_ERROR at its header.
 func TestHTTP2FrameSizeBounded(t *testing.T) {
-	ca := newTestCA(t)
-	certs := &testCerts{}
-	certs.add("fs.test", ca.issue(t, "fs.test"))
-	rb := newRecBackend(t, nil)
-	table := newTable(t, poolSpec{storage.Pool{Name: "fs", SSLMode: "flexible", SSLDomain: "fs.test"}, []string{rb.url()}})
-	p := startProxy(t, testConfig(), table, certs, nil)
+	p, ca, _ := flexiblePool(t, "fs.test", testConfig(), nil)
 
 	h := dialH2Raw(t, p.https, "fs.test", ca.pool)
 	_ = h.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -379,13 +359,8 @@ func TestHTTP2FrameSizeBounded(t *testing.T) {
 // KiB on the wire became a megabyte of header per stream, held while the
 // stream waited for a backend and forwarded to it.
 func TestHTTP2RequestHeadBounded(t *testing.T) {
-	ca := newTestCA(t)
-	certs := &testCerts{}
-	certs.add("hb.test", ca.issue(t, "hb.test"))
-	rb := newRecBackend(t, nil)
-	table := newTable(t, poolSpec{storage.Pool{Name: "hb", SSLMode: "flexible", SSLDomain: "hb.test"}, []string{rb.url()}})
 	cfg := testConfig()
-	p := startProxy(t, cfg, table, certs, nil)
+	p, ca, rb := flexiblePool(t, "hb.test", cfg, nil)
 	h := dialH2Raw(t, p.https, "hb.test", ca.pool)
 	withFields := func(path string, n int) []string {
 		kv := []string{":method", "GET", ":scheme", "https", ":path", path, ":authority", "hb.test"}
@@ -421,11 +396,8 @@ func TestHTTP2RequestHeadBounded(t *testing.T) {
 // clients. net/http sniffed one from the body: an untyped upload served
 // with "X-Content-Type-Options: nosniff" became text/html, script and all.
 func TestHTTP2ResponseTypeNotSniffed(t *testing.T) {
-	ca := newTestCA(t)
-	certs := &testCerts{}
-	certs.add("ct.test", ca.issue(t, "ct.test"))
 	const page = "<html><script>alert(1)</script></html>"
-	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
+	p, ca, _ := flexiblePool(t, "ct.test", testConfig(), func(c net.Conn, req *strictRequest, nth int) bool {
 		if req.Target == "/typed" {
 			_, err := fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n%s", len(page), page)
 			return err == nil
@@ -433,8 +405,6 @@ func TestHTTP2ResponseTypeNotSniffed(t *testing.T) {
 		_, err := fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nX-Content-Type-Options: nosniff\r\nContent-Length: %d\r\n\r\n%s", len(page), page)
 		return err == nil
 	})
-	table := newTable(t, poolSpec{storage.Pool{Name: "ct", SSLMode: "flexible", SSLDomain: "ct.test"}, []string{rb.url()}})
-	p := startProxy(t, testConfig(), table, certs, nil)
 	for _, h2 := range []bool{true, false} {
 		c := client(p.https, ca.pool, h2)
 		resp := get(t, c, "https://ct.test/upload")
@@ -889,18 +859,13 @@ func TestShortProxyHeaderDroppedAtOnce(t *testing.T) {
 // loop is cut off, and the backend (request and connection counts as the
 // oracle) sees a bounded share of the flood.
 func TestHTTP2RapidResetBounded(t *testing.T) {
-	ca := newTestCA(t)
-	certs := &testCerts{}
-	certs.add("rr.test", ca.issue(t, "rr.test"))
-	rb := newRecBackend(t, func(c net.Conn, req *strictRequest, nth int) bool {
-		time.Sleep(20 * time.Millisecond) // in flight when the reset comes
-		return answerEcho(c, req, nth)
-	})
-	table := newTable(t, poolSpec{storage.Pool{Name: "rr", SSLMode: "flexible", SSLDomain: "rr.test"}, []string{rb.url()}})
 	cfg := testConfig()
 	cfg.H2MaxResetsPerSecond = 50
 	cfg.MaxBackendConnsPerClient = 8
-	p := startProxy(t, cfg, table, certs, nil)
+	p, ca, rb := flexiblePool(t, "rr.test", cfg, func(c net.Conn, req *strictRequest, nth int) bool {
+		time.Sleep(20 * time.Millisecond) // in flight when the reset comes
+		return answerEcho(c, req, nth)
+	})
 	h := dialH2Raw(t, p.https, "rr.test", ca.pool)
 	const flood = 5000
 	sent := 0
