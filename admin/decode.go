@@ -349,14 +349,15 @@ func pageOf[S, T any](rows []S, limit int, key func(S) string, conv func(S) (T, 
 	return resp, nil
 }
 
-// checkQuery refuses a query string that cannot be parsed, or that gives a
-// parameter twice: every parameter of the API takes one value, and
-// url.Values.Get would silently keep the first of ?cascade=false&cascade=true
-// (and Query drops a malformed pair without a word).
-func checkQuery(raw string) error {
+// checkQuery parses a query string and refuses one that cannot be parsed,
+// or that gives a parameter twice: every parameter of the API takes one
+// value, and url.Values.Get would silently keep the first of
+// ?cascade=false&cascade=true (and Query drops a malformed pair without a
+// word).
+func checkQuery(raw string) (url.Values, error) {
 	q, err := url.ParseQuery(raw)
 	if err != nil {
-		return errInvalid("the query string cannot be read: " + err.Error())
+		return nil, errInvalid("the query string cannot be read: " + err.Error())
 	}
 	names := make([]string, 0, len(q))
 	for k := range q {
@@ -366,10 +367,10 @@ func checkQuery(raw string) error {
 	for _, k := range names {
 		if n := len(q[k]); n > 1 {
 			msg := fmt.Sprintf("is given %d times; give it once", n)
-			return errInvalid(fmt.Sprintf("query parameter %s %s", k, msg), fielderr.FieldError{Field: k, Message: msg})
+			return nil, errInvalid(fmt.Sprintf("query parameter %s %s", k, msg), fielderr.FieldError{Field: k, Message: msg})
 		}
 	}
-	return nil
+	return q, nil
 }
 
 // boolQuery parses a boolean query parameter ("" = false).

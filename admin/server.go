@@ -216,14 +216,7 @@ func (s *Server) handle(pattern string, h http.HandlerFunc, query ...string) {
 
 // checkKnownQuery refuses a query parameter the matched route does not
 // declare. Only /api routes are checked (see routes).
-func (s *Server) checkKnownQuery(pattern, rawQuery string) error {
-	if rawQuery == "" {
-		return nil
-	}
-	q, err := url.ParseQuery(rawQuery)
-	if err != nil {
-		return errInvalid("the query string cannot be read: " + err.Error())
-	}
+func (s *Server) checkKnownQuery(pattern string, q url.Values) error {
 	accepted := s.query[pattern]
 	names := make([]string, 0, len(q))
 	for k := range q {
@@ -272,7 +265,8 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
 	}
 	_, pattern := s.mux.Handler(r)
 	if strings.HasPrefix(r.URL.Path, "/api/") {
-		if err := checkQuery(r.URL.RawQuery); err != nil {
+		q, err := checkQuery(r.URL.RawQuery)
+		if err != nil {
 			s.writeError(w, r, err)
 			return
 		}
@@ -280,7 +274,7 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
 		// their query; a known route refuses what it does not read,
 		// before any refusal that depends on the agent's state.
 		if pattern != "" {
-			if err := s.checkKnownQuery(pattern, r.URL.RawQuery); err != nil {
+			if err := s.checkKnownQuery(pattern, q); err != nil {
 				s.writeError(w, r, err)
 				return
 			}
