@@ -70,6 +70,17 @@ type RenewalState struct {
 	OnDemand bool `json:"on_demand,omitempty"`
 }
 
+// hold records that the last decision was held back by hb (the budget,
+// or a hold the CA asked for).
+func (st *RenewalState) hold(hb *HeldBackError) {
+	st.HeldBack, st.HeldBackUntil, st.ActionRequired = hb.Error(), hb.Until, hb.Limit == LimitCAUserAction
+}
+
+// clearHold forgets the last hold: an order was placed, or failed.
+func (st *RenewalState) clearHold() {
+	st.HeldBack, st.HeldBackUntil, st.ActionRequired = "", time.Time{}, false
+}
+
 // DueCertificate is one row of the due schedule: certificate ID is to be
 // looked at from At on.
 type DueCertificate struct {
@@ -660,8 +671,8 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 			m.metrics.orders.WithLabelValues("already_replaced").Inc()
 			if cur, cerr := m.store.Certificate(ctx, id); cerr == nil && old != nil && cur.Fingerprint != old.Fingerprint {
 				log.Info("certificate already renewed by another agent", zap.String("fingerprint", cur.Fingerprint))
-				st.LastError, st.Failures, st.NextAttempt, st.HeldBack, st.HeldBackUntil = "", 0, time.Time{}, "", time.Time{}
-				st.ActionRequired = false
+				st.LastError, st.Failures, st.NextAttempt = "", 0, time.Time{}
+				st.clearHold()
 				st.LastSuccess = now
 				if leaf, lerr := leafOf(&cur); lerr == nil {
 					m.schedule(&st, leaf.NotBefore, leaf.NotAfter)
@@ -696,8 +707,8 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 		cert := m.record(id, st.Names, res, old, now)
 		st.Issuer = res.IssuerKey
 		st.LastSuccess = now
-		st.LastError, st.Failures, st.NextAttempt, st.HeldBack, st.HeldBackUntil = "", 0, time.Time{}, "", time.Time{}
-		st.ActionRequired = false
+		st.LastError, st.Failures, st.NextAttempt = "", 0, time.Time{}
+		st.clearHold()
 		m.metrics.actionRequired.WithLabelValues(res.IssuerKey).Set(0)
 		st.ARI = nil // the new certificate's window is fetched on the next pass
 		m.schedule(&st, res.Leaf.NotBefore, res.Leaf.NotAfter)
@@ -724,11 +735,11 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 	if heldBack != nil && len(errs) == len(m.issuers) && allHeldBack(errs) {
 		// Not a failure: nothing was ordered. Try again when the budget
 		// allows it.
-		st.HeldBack, st.HeldBackUntil, st.NextAttempt = heldBack.Error(), heldBack.Until, heldBack.Until
-		st.ActionRequired = heldBack.Limit == LimitCAUserAction
+		st.hold(heldBack)
+		st.NextAttempt = heldBack.Until
 		m.noteHeld(id, heldBack.Until)
 	} else {
-		st.HeldBack, st.HeldBackUntil, st.ActionRequired = "", time.Time{}, false
+		st.clearHold()
 		m.noteHeld(id, time.Time{})
 		st.Failures++
 		st.LastError = err.Error()
@@ -772,7 +783,7 @@ const profileRecheck = time.Hour
 // emergency retry makes that sooner), counted and logged for the
 // operator. It returns err.
 func (m *Manager) profileRefused(ctx context.Context, st RenewalState, oldLeaf *x509.Certificate, err error, now time.Time) error {
-	st.HeldBack, st.HeldBackUntil, st.ActionRequired = "", time.Time{}, false
+	st.clearHold()
 	m.noteHeld(st.CertificateID, time.Time{})
 	st.Failures++
 	st.LastError, st.Blocked = err.Error(), err.Error()
