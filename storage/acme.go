@@ -166,7 +166,7 @@ func (t *Tx) PutACMERecord(r *ACMERecord) error {
 	}
 	cp.InsertedAt, cp.UpdatedAt, cp.Version = ins, t.now, Version{}
 	if err := t.put(ref, &pending{rec: encodeACMERecord(&cp, sealed), value: &cp,
-		setVer: func(v Version) { r.Version = v }}); err != nil {
+		ver: &r.Version}); err != nil {
 		return err
 	}
 	r.InsertedAt, r.UpdatedAt = cp.InsertedAt, cp.UpdatedAt

@@ -130,7 +130,7 @@ func (t *Tx) PutAudit(a *AuditEntry) error {
 		return err
 	}
 	if err := t.put(rowRef{TableAudit, cp.ID}, &pending{rec: encodeAudit(&cp), value: &cp,
-		setVer: func(v Version) { a.Version = v }}); err != nil {
+		ver: &a.Version}); err != nil {
 		return err
 	}
 	a.ID, a.Time, a.NodeID = cp.ID, cp.Time, cp.NodeID

@@ -391,7 +391,12 @@ func decodePool(b []byte) (Pool, error) {
 }
 
 func encodeBackend(b *Backend) []byte {
-	var e encoder
+	// Sized once: bulk writes encode a backend per row, and growing the
+	// buffer field by field cost more than the encoding itself. Metadata
+	// is estimated (ranging over the map twice costs more than one more
+	// growth for the rare large map).
+	n := len(b.ID) + len(b.PoolName) + len(b.Host) + len(b.Scheme) + len(b.Region) + 64 + 48*len(b.Metadata)
+	e := encoder{b: make([]byte, 0, n)}
 	e.str(1, b.ID)
 	e.str(2, b.PoolName)
 	e.str(3, b.Host)

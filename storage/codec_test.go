@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -386,5 +387,52 @@ func TestPoolBackendTLSFieldsRoundTrip(t *testing.T) {
 	got, err = decodePool(encodePool(&old))
 	if err != nil || got.BackendCA != "" || got.BackendServerName != "" || got.BackendClientCertID != "" {
 		t.Fatalf("older record: %+v, %v", got, err)
+	}
+}
+
+// TestEncoderNestedInPlace pins the in-place encoding of nested messages
+// (times, metadata entries) to the plain one: a scratch message encoded
+// first, then written as a length-delimited field.
+func TestEncoderNestedInPlace(t *testing.T) {
+	nested := func(num protowire.Number, fill func(m *encoder)) []byte {
+		var m encoder
+		fill(&m)
+		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), m.b)
+	}
+	long := strings.Repeat("v", 200) // a length that needs two varint bytes
+	for _, tc := range []time.Time{
+		time.Unix(0, 500).UTC(),
+		time.Unix(1700000000, 0).UTC(),
+		time.Date(1, 1, 1, 0, 0, 0, 1, time.UTC),
+		time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC),
+	} {
+		var e encoder
+		e.time(11, tc)
+		want := nested(11, func(m *encoder) { m.sint(1, tc.Unix()); m.uint(2, uint64(tc.Nanosecond())) })
+		if !bytes.Equal(e.b, want) {
+			t.Errorf("time %v: got %x, want %x", tc, e.b, want)
+		}
+	}
+	many := map[string]string{}
+	for i := range 12 {
+		many[fmt.Sprintf("k%02d", i)] = fmt.Sprint(i)
+	}
+	for _, m := range []map[string]string{
+		{"": "x"}, {"k": ""}, {"": ""}, {"b": "2", "a": "1"}, {"k": long}, many,
+	} {
+		var e encoder
+		e.metadata(10, m)
+		var want []byte
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			want = append(want, nested(10, func(n *encoder) { n.str(1, k); n.str(2, m[k]) })...)
+		}
+		if !bytes.Equal(e.b, want) {
+			t.Errorf("metadata %v: got %x, want %x", m, e.b, want)
+		}
 	}
 }

@@ -134,7 +134,7 @@ func (t *Tx) PutPool(p *Pool) error {
 	cp := clonePool(*p)
 	cp.InsertedAt, cp.UpdatedAt, cp.Version = ins, t.now, Version{}
 	if err := t.put(ref, &pending{rec: encodePool(&cp), idx: poolIndexKeys(&cp), value: &cp,
-		setVer: func(v Version) { p.Version = v }}); err != nil {
+		ver: &p.Version}); err != nil {
 		return err
 	}
 	p.InsertedAt, p.UpdatedAt = cp.InsertedAt, cp.UpdatedAt
@@ -172,7 +172,7 @@ func (t *Tx) PutBackend(b *Backend) error {
 	cp := *b
 	cp.InsertedAt, cp.UpdatedAt, cp.Version = normTime(ins), t.now, Version{}
 	if err := t.put(ref, &pending{rec: encodeBackend(&cp), idx: backendIndexKeys(&cp),
-		setVer: func(v Version) { b.Version = v }}); err != nil {
+		ver: &b.Version}); err != nil {
 		return err
 	}
 	b.InsertedAt, b.UpdatedAt = cp.InsertedAt, cp.UpdatedAt
@@ -264,7 +264,7 @@ func (t *Tx) PutCertificate(c *Certificate) error {
 	}
 	cp.InsertedAt, cp.UpdatedAt, cp.Version = ins, t.now, Version{}
 	if err := t.put(ref, &pending{rec: encodeCertificate(&cp, sealed), idx: certificateIndexKeys(&cp), value: &cp,
-		setVer: func(v Version) { c.Version = v }}); err != nil {
+		ver: &c.Version}); err != nil {
 		return err
 	}
 	c.InsertedAt, c.UpdatedAt = cp.InsertedAt, cp.UpdatedAt
@@ -308,7 +308,7 @@ func (t *Tx) PutObservation(o *Observation) error {
 		return err
 	}
 	if err := t.put(ref, &pending{rec: encodeObservation(&cp), idx: observationIndexKeys(&cp), value: &cp,
-		setVer: func(v Version) { o.Version = v }}); err != nil {
+		ver: &o.Version}); err != nil {
 		return err
 	}
 	o.UpdatedAt = cp.UpdatedAt

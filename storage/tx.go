@@ -28,7 +28,7 @@ type pending struct {
 	idx     [][]byte // index entries of the new row
 	value   any      // typed copy for read-your-writes (Pool, Backend, ...)
 	expires int64    // Unix ms (TTL tables); observation rows get theirs at commit
-	setVer  func(Version)
+	ver     *Version // the caller's copy, given the version at commit
 }
 
 // Tx is a transaction (Update) or a consistent read-only snapshot (View).
@@ -42,7 +42,7 @@ type Tx struct {
 	now      time.Time
 	old      map[rowRef]*row // rows as read from the snapshot (nil: absent)
 	writes   map[rowRef]*pending
-	order    []rowRef
+	order    []rowRef      // the keys of writes, in first-write order
 	index    uint64        // last commit index when the transaction began
 	wb       *batchBuilder // the commit's writes, built under the commit mutex
 	done     bool          // fn returned: the snapshot is gone
@@ -259,8 +259,8 @@ func (t *Tx) commitLocked() (Commit, uint64, error) {
 	}
 	ticket := s.writtenLocked(index, s.cfg.SyncWAL)
 	for _, ref := range refs {
-		if p := t.writes[ref]; p.setVer != nil {
-			p.setVer(v)
+		if p := t.writes[ref]; p.ver != nil {
+			*p.ver = v
 		}
 	}
 	return Commit{Index: index, Version: v}, ticket, nil
@@ -301,24 +301,13 @@ func writeError(err error) error {
 // sortedWrites returns the written rows by table (schema order) and key,
 // so that each family's entries reach the memtable in key order.
 func (t *Tx) sortedWrites() []rowRef {
-	type ranked struct {
-		rank int
-		ref  rowRef
-	}
-	rs := make([]ranked, 0, len(t.writes))
-	for ref := range t.writes {
-		rs = append(rs, ranked{tableRank(ref.table), ref})
-	}
-	slices.SortFunc(rs, func(a, b ranked) int {
-		if a.rank != b.rank {
-			return cmp.Compare(a.rank, b.rank)
+	refs := slices.Clone(t.order)
+	slices.SortFunc(refs, func(a, b rowRef) int {
+		if a.table != b.table {
+			return cmp.Compare(tableRank(a.table), tableRank(b.table))
 		}
-		return strings.Compare(a.ref.key, b.ref.key)
+		return strings.Compare(a.key, b.key)
 	})
-	refs := make([]rowRef, len(rs))
-	for i, r := range rs {
-		refs[i] = r.ref
-	}
 	return refs
 }
 

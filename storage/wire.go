@@ -2,7 +2,7 @@ package storage
 
 import (
 	"fmt"
-	"sort"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -62,14 +62,24 @@ func (e *encoder) strs(num protowire.Number, v []string) {
 
 // time writes a nested {1: seconds (sint64), 2: nanoseconds} message, like
 // google.protobuf.Timestamp, so every year x509 allows (0001-9999) fits.
+// The nested message is sized first and appended in place: every record
+// has two or three times, and a scratch encoder each cost an allocation.
 func (e *encoder) time(num protowire.Number, t time.Time) {
 	if t.IsZero() {
 		return
 	}
-	var m encoder
-	m.sint(1, t.Unix())
-	m.uint(2, uint64(t.Nanosecond()))
-	e.msg(num, m.b, true)
+	sec, nsec := protowire.EncodeZigZag(t.Unix()), uint64(t.Nanosecond())
+	n := 0
+	if sec != 0 {
+		n += 1 + protowire.SizeVarint(sec)
+	}
+	if nsec != 0 {
+		n += 1 + protowire.SizeVarint(nsec)
+	}
+	e.b = protowire.AppendTag(e.b, num, protowire.BytesType)
+	e.b = protowire.AppendVarint(e.b, uint64(n))
+	e.uint(1, sec)
+	e.uint(2, nsec)
 }
 
 // msg writes a nested message; always=false omits an empty one.
@@ -82,18 +92,34 @@ func (e *encoder) msg(num protowire.Number, m []byte, always bool) {
 }
 
 // metadata writes one {1: key, 2: value} entry per map key, sorted so that
-// equal maps encode to equal bytes.
+// equal maps encode to equal bytes. Entries are sized and appended in
+// place, and the keys of a small map are sorted on the stack.
 func (e *encoder) metadata(num protowire.Number, m map[string]string) {
-	keys := make([]string, 0, len(m))
+	if len(m) == 0 {
+		return
+	}
+	var small [8]string
+	keys := small[:0]
+	if len(m) > len(small) {
+		keys = make([]string, 0, len(m))
+	}
 	for k := range m {
 		keys = append(keys, k)
 	}
-	sort.Strings(keys)
+	slices.Sort(keys)
 	for _, k := range keys {
-		var entry encoder
-		entry.str(1, k)
-		entry.str(2, m[k])
-		e.msg(num, entry.b, true)
+		v := m[k]
+		n := 0
+		if k != "" {
+			n += 1 + protowire.SizeBytes(len(k))
+		}
+		if v != "" {
+			n += 1 + protowire.SizeBytes(len(v))
+		}
+		e.b = protowire.AppendTag(e.b, num, protowire.BytesType)
+		e.b = protowire.AppendVarint(e.b, uint64(n))
+		e.str(1, k)
+		e.str(2, v)
 	}
 }
 
