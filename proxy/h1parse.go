@@ -273,8 +273,10 @@ func classifyForwarding(name []byte) uint8 {
 	if eqFoldDash(name, "x-real-ip") {
 		return hdrForwardingTwin // the exact name matched before
 	}
+	// The bare prefix ("X-Forwarded-:") counts too: a backend that maps
+	// every X-Forwarded-* name must not get one the proxy did not vet.
 	const prefix = "x-forwarded-"
-	if len(name) <= len(prefix) || !eqFoldDash(name[:len(prefix)], prefix) {
+	if len(name) < len(prefix) || !eqFoldDash(name[:len(prefix)], prefix) {
 		return hdrOther
 	}
 	if rest := name[len(prefix):]; eqFoldDash(rest, "for") || eqFoldDash(rest, "proto") || eqFoldDash(rest, "host") {

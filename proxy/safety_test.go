@@ -703,6 +703,7 @@ var extraForwarded = [][2]string{
 	{"X-Forwarded-Scheme", "https"},
 	{"X-Forwarded-Server", "edge.evil.test"},
 	{"X-Forwarded-Client-Cert", "By=spiffe://evil.test/admin"},
+	{"X-Forwarded-", "on"}, // the bare prefix
 }
 
 // underscoreTwins spell forwarding fields with '_', which CGI-style
