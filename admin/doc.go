@@ -92,7 +92,10 @@
 //
 // ETag is the row version, "<hlc>-<origin node>". PATCH and DELETE honour
 // If-Match (a list of tags, or *); a stale tag answers 412
-// precondition_failed and changes nothing.
+// precondition_failed and changes nothing. An If-Match that is empty or
+// not in that form (an unquoted tag, W/ without a quoted tag, * listed
+// with tags) is a malformed precondition: 400 invalid naming the field
+// "If-Match". If-None-Match is not read.
 //
 // Request bodies are apitypes specs: a field left out takes its default
 // (create) or keeps its value (update); a field that was sent is validated
