@@ -103,7 +103,8 @@
 // never replaced); null is refused for scalars. PATCH is a JSON merge
 // patch validated as a whole: health_check merges field by field, metadata
 // key by key (null deletes a key, "metadata": null every key), hosts is
-// replaced. A pool's name and a backend's id cannot change. Every checked
+// replaced. A PATCH that changes nothing answers 200 with the stored
+// object and its ETag and writes nothing (no version, no audit row). A pool's name and a backend's id cannot change. Every checked
 // relation to other rows (host names, the default pool, backend addresses)
 // is an index lookup inside the write's transaction.
 //

@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
+	"reflect"
+	"slices"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -542,6 +546,7 @@ func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 	}
 	var stored, before storage.Pool
 	var ae storage.AuditEntry
+	changed := false
 	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := tx.Pool(name)
 		if err != nil {
@@ -557,7 +562,12 @@ func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 		if err := checkPoolRefs(tx, &next, &cur); err != nil {
 			return err
 		}
-		before, stored = cur, next
+		before, stored, changed = cur, next, !samePool(cur, next)
+		if !changed {
+			// Nothing to write: no new version to replicate, no audit
+			// row; the answer is the stored pool and its ETag.
+			return nil
+		}
 		if err := tx.PutPool(&stored); err != nil {
 			return err
 		}
@@ -568,6 +578,10 @@ func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if !changed {
+		s.respondPool(w, r, http.StatusOK, before)
+		return
+	}
 	stored.Version = rowVersion(stored.Version, commit)
 	s.logAudit(ae)
 	if err := s.waitAll(w, r, wait, fmt.Sprintf("the change of pool %q", name), commit); err != nil {
@@ -575,6 +589,22 @@ func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.respondPool(w, r, http.StatusOK, stored)
+}
+
+// samePool reports whether a and b hold the same configuration: every
+// field but the ones the store sets when it writes (times, version).
+// Slices and maps compare by content, so a list or map left empty equals
+// one that is absent; a field added to storage.Pool later is compared
+// without a change here.
+func samePool(a, b storage.Pool) bool {
+	if !slices.Equal(a.Hosts, b.Hosts) || !slices.Equal(a.OnDemandAllow, b.OnDemandAllow) || !maps.Equal(a.Metadata, b.Metadata) {
+		return false
+	}
+	for _, p := range []*storage.Pool{&a, &b} {
+		p.Hosts, p.OnDemandAllow, p.Metadata = nil, nil, nil
+		p.InsertedAt, p.UpdatedAt, p.Version = time.Time{}, time.Time{}, storage.Version{}
+	}
+	return reflect.DeepEqual(a, b)
 }
 
 func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
