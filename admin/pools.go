@@ -202,6 +202,27 @@ func (s *Server) deleteOrphanBackends(ctx context.Context, pool string, keep int
 	}
 }
 
+// backendPages is the read of a pool's backends that its create and
+// delete make inside their transaction (*storage.Tx).
+type backendPages interface {
+	BackendsByPoolPage(pool, after string, limit int) ([]storage.Backend, error)
+}
+
+// firstBackends returns the first n backends of pool by id, and whether
+// the pool has more: a pool's create or delete reads no more of a large
+// pool than its own commit removes, one row beyond to know that the rest
+// must follow.
+func firstBackends(tx backendPages, pool string, n int) ([]storage.Backend, bool, error) {
+	page, err := tx.BackendsByPoolPage(pool, "", n+1)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(page) > n {
+		return page[:n], true, nil
+	}
+	return page, false, nil
+}
+
 // sslModeForDomainMessage refuses an ssl_domain sent without ssl_mode to a
 // pool whose mode is off; it names every choice.
 const sslModeForDomainMessage = "is required with ssl_domain while the pool's mode is off (the default): send full_strict " +
@@ -467,11 +488,11 @@ func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
 		// node knew. Invisible until now, they would serve the new pool
 		// unasked; a new pool starts empty, so they go in this commit
 		// (tombstones, replicated with it).
-		leftovers, err := tx.BackendsByPoolPage(p.Name, "", poolTxBackends+1)
+		leftovers, more, err := firstBackends(tx, p.Name, poolTxBackends)
 		if err != nil {
 			return err
 		}
-		if len(leftovers) > poolTxBackends {
+		if more {
 			return errTooManyLeftovers
 		}
 		for _, b := range leftovers {
@@ -625,7 +646,8 @@ func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var before storage.Pool
-	var removed, total int
+	var removed int
+	var more bool
 	var ae storage.AuditEntry
 	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := tx.Pool(name)
@@ -635,25 +657,30 @@ func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 		if err := match.check(cur.Version); err != nil {
 			return err
 		}
-		backends, err := tx.BackendsByPool(name)
-		if err != nil {
-			return err
-		}
-		if len(backends) > 0 && !cascade {
-			return errConflict("name", fmt.Sprintf("pool %q still has %d backend(s); delete them first or pass ?cascade=true", name, len(backends)))
-		}
 		// One transaction holds at most storage.MaxChangeSetRows rows:
 		// the pool, its audit row and as many backends as fit go now,
 		// the rest right after (deleteOrphanBackends). From this commit
 		// on the pool is gone and its backends are neither shown nor
 		// routed, so the delete takes effect at once, as one change.
-		first := backends[:min(len(backends), poolTxBackends)]
+		// It reads only the backends it removes (and whether there are
+		// more), not the whole pool.
+		first, rest, err := firstBackends(tx, name, poolTxBackends)
+		if err != nil {
+			return err
+		}
+		if len(first) > 0 && !cascade {
+			count := fmt.Sprintf("%d backend(s)", len(first))
+			if rest {
+				count = fmt.Sprintf("more than %d backends", len(first))
+			}
+			return errConflict("name", fmt.Sprintf("pool %q still has %s; delete them first or pass ?cascade=true", name, count))
+		}
 		for _, b := range first {
 			if err := tx.DeleteBackend(b.ID); err != nil {
 				return err
 			}
 		}
-		before, removed, total = cur, len(first), len(backends)
+		before, removed, more = cur, len(first), rest
 		if err := tx.DeletePool(name); err != nil {
 			return err
 		}
@@ -665,15 +692,15 @@ func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	commits := []storage.Commit{commit}
-	if total > removed {
+	if more {
 		// Detached from the client: the pool is deleted, and its
 		// backends should not wait for a recreate to be removed.
-		n, more, err := s.deleteOrphanBackends(context.WithoutCancel(r.Context()), name, 0)
+		n, cs, err := s.deleteOrphanBackends(context.WithoutCancel(r.Context()), name, 0)
 		removed += n
-		commits = append(commits, more...)
+		commits = append(commits, cs...)
 		if err != nil {
 			s.logger.Warn("pool deleted, but some of its backends are still stored: they are neither shown nor routed, and go when a pool of this name is created",
-				zap.String("pool", name), zap.Int("backends_deleted", removed), zap.Int("backends", total), zap.Error(err))
+				zap.String("pool", name), zap.Int("backends_deleted", removed), zap.Error(err))
 		}
 	}
 	s.logAudit(ae, zap.Int("backends_deleted", removed))
