@@ -7,8 +7,10 @@ import (
 	"encoding/base32"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
+	"reflect"
 	"sort"
 	"strings"
 	"time"
@@ -381,6 +383,7 @@ func (s *Server) handlePatchBackend(w http.ResponseWriter, r *http.Request) {
 	}
 	var stored, before storage.Backend
 	var ae storage.AuditEntry
+	changed := false
 	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := txBackendOfPool(tx, pool, id)
 		if err != nil {
@@ -400,7 +403,12 @@ func (s *Server) handlePatchBackend(w http.ResponseWriter, r *http.Request) {
 		if err := checkBackendAddress(tx, &next, addrField); err != nil {
 			return err
 		}
-		before, stored = cur, next
+		before, stored, changed = cur, next, !sameBackend(cur, next)
+		if !changed {
+			// Nothing to write: no new version to replicate, no audit
+			// row; the answer is the stored backend and its ETag.
+			return nil
+		}
 		if err := tx.PutBackend(&stored); err != nil {
 			return err
 		}
@@ -411,6 +419,10 @@ func (s *Server) handlePatchBackend(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if !changed {
+		s.respondBackend(w, r, http.StatusOK, before)
+		return
+	}
 	stored.Version = rowVersion(stored.Version, commit)
 	s.logAudit(ae, zap.String("pool", pool))
 	if err := s.waitAll(w, r, wait, fmt.Sprintf("the change of backend %q", id), commit); err != nil {
@@ -418,6 +430,20 @@ func (s *Server) handlePatchBackend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.respondBackend(w, r, http.StatusOK, stored)
+}
+
+// sameBackend reports whether a and b hold the same configuration: every
+// field but the ones the store sets when it writes (times, version), as
+// samePool does for pools.
+func sameBackend(a, b storage.Backend) bool {
+	if !maps.Equal(a.Metadata, b.Metadata) {
+		return false
+	}
+	for _, p := range []*storage.Backend{&a, &b} {
+		p.Metadata = nil
+		p.InsertedAt, p.UpdatedAt, p.Version = time.Time{}, time.Time{}, storage.Version{}
+	}
+	return reflect.DeepEqual(a, b)
 }
 
 func (s *Server) handleDeleteBackend(w http.ResponseWriter, r *http.Request) {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/singularity-ng/singularity-edge/internal/fielderr"
+	"github.com/singularity-ng/singularity-edge/internal/realpath"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
@@ -129,9 +130,14 @@ func (s *Server) handleDBCheckpoint(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, DBCheckpointResponse{Dir: dir, DurationMS: time.Since(start).Milliseconds()})
 }
 
-// readDir decodes {"dir": "..."} and requires an absolute, clean path: the
-// agent's working directory is not something an API client should have to
-// guess, and a relative path would land somewhere surprising.
+// readDir decodes {"dir": "..."}, requires an absolute path (the agent's
+// working directory is not something an API client should have to guess,
+// and a relative path would land somewhere surprising), and returns the
+// place it names on disk: symbolic links resolved and ".." applied to the
+// real directory before it (realpath.Resolve), not to the text as
+// filepath.Clean would. The store's checks (a checkpoint directory that
+// exists, a backup directory holding a file where the engine keeps a
+// directory) and the operation then see the directory the client named.
 func (s *Server) readDir(w http.ResponseWriter, r *http.Request) (string, error) {
 	var in dirInput
 	if err := readStrict(w, r, s.cfg.MaxBodyBytes, &in); err != nil {
@@ -146,7 +152,13 @@ func (s *Server) readDir(w http.ResponseWriter, r *http.Request) (string, error)
 	case !filepath.IsAbs(dir):
 		return "", errUnprocessable(fielderr.List{{Field: "dir", Message: fmt.Sprintf("must be an absolute path, got %q", dir)}})
 	}
-	return filepath.Clean(dir), nil
+	real, err := realpath.Resolve(dir)
+	if err != nil {
+		msg := "cannot be used: " + err.Error()
+		return "", &apiError{Status: http.StatusUnprocessableEntity, Code: CodeInvalid, Message: "dir " + msg,
+			Fields: fielderr.List{{Field: "dir", Message: msg}}, cause: err}
+	}
+	return real, nil
 }
 
 // extendDeadline lets a compaction, backup or checkpoint outlast the

@@ -177,3 +177,73 @@ func TestDBBackupAndCheckpoint(t *testing.T) {
 		}
 	}
 }
+
+// TestDBPathsResolvedOnDisk: a backup or checkpoint path with ".." after a
+// symbolic link names the parent of the link's target, as the kernel reads
+// it; the API checks and writes there, not where the cleaned text points
+// (filepath.Clean drops the link with the ".."). A link that points
+// nowhere is the client's path error.
+func TestDBPathsResolvedOnDisk(t *testing.T) {
+	h := newHarness(t)
+	h.createPool(map[string]any{"name": "web"})
+	root, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// root/link -> root/vol/inner, so root/link/.. is root/vol on disk.
+	vol := filepath.Join(root, "vol")
+	if err := os.MkdirAll(filepath.Join(vol, "inner"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(vol, "inner"), filepath.Join(root, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(root, "nowhere"), filepath.Join(root, "dangling")); err != nil {
+		t.Fatal(err)
+	}
+	through := filepath.Join(root, "link") + "/../"
+
+	var b DBBackupResponse
+	r := h.do("POST", "/api/db/backup", map[string]string{"dir": through + "backups"})
+	r.expect(t, http.StatusOK, "")
+	r.json(t, &b)
+	if want := filepath.Join(vol, "backups"); b.Dir != want {
+		t.Errorf("backup answered dir %s, want %s", b.Dir, want)
+	}
+	if backups, err := storage.ListBackups(filepath.Join(vol, "backups")); err != nil || len(backups) != 1 {
+		t.Errorf("backups where the path leads: %v %v", backups, err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "backups")); err == nil {
+		t.Errorf("the backup went where the cleaned text points, %s", filepath.Join(root, "backups"))
+	}
+
+	// The checkpoint directory the path names exists (on disk, beside
+	// inner): refused, although the cleaned text names a free place.
+	if err := os.Mkdir(filepath.Join(vol, "cp"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	before := h.snapshot()
+	h.do("POST", "/api/db/checkpoint", map[string]string{"dir": through + "cp"}).expect(t, http.StatusConflict, CodeConflict, "dir")
+	if _, err := os.Stat(filepath.Join(root, "cp")); err == nil {
+		t.Errorf("a checkpoint was written where the cleaned text points, %s", filepath.Join(root, "cp"))
+	}
+	for _, dir := range []string{filepath.Join(root, "dangling", "cp"), filepath.Join(root, "dangling")} {
+		h.do("POST", "/api/db/checkpoint", map[string]string{"dir": dir}).expect(t, http.StatusUnprocessableEntity, CodeInvalid, "dir")
+		h.do("POST", "/api/db/backup", map[string]string{"dir": dir}).expect(t, http.StatusUnprocessableEntity, CodeInvalid, "dir")
+	}
+	if _, err := os.Stat(filepath.Join(root, "nowhere")); err == nil {
+		t.Errorf("a dangling link's target was created")
+	}
+	h.assertUnchanged(before, "refused checkpoints")
+
+	var cp DBCheckpointResponse
+	r = h.do("POST", "/api/db/checkpoint", map[string]string{"dir": through + "cp2"})
+	r.expect(t, http.StatusCreated, "")
+	r.json(t, &cp)
+	if want := filepath.Join(vol, "cp2"); cp.Dir != want {
+		t.Errorf("checkpoint answered dir %s, want %s", cp.Dir, want)
+	}
+	if _, err := os.Stat(filepath.Join(vol, "cp2", "CURRENT")); err != nil {
+		t.Errorf("no checkpoint where the path leads: %v", err)
+	}
+}

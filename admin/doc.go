@@ -92,7 +92,10 @@
 //
 // ETag is the row version, "<hlc>-<origin node>". PATCH and DELETE honour
 // If-Match (a list of tags, or *); a stale tag answers 412
-// precondition_failed and changes nothing.
+// precondition_failed and changes nothing. An If-Match that is empty or
+// not in that form (an unquoted tag, W/ without a quoted tag, * listed
+// with tags) is a malformed precondition: 400 invalid naming the field
+// "If-Match". If-None-Match is not read.
 //
 // Request bodies are apitypes specs: a field left out takes its default
 // (create) or keeps its value (update); a field that was sent is validated
@@ -100,7 +103,8 @@
 // never replaced); null is refused for scalars. PATCH is a JSON merge
 // patch validated as a whole: health_check merges field by field, metadata
 // key by key (null deletes a key, "metadata": null every key), hosts is
-// replaced. A pool's name and a backend's id cannot change. Every checked
+// replaced. A PATCH that changes nothing answers 200 with the stored
+// object and its ETag and writes nothing (no version, no audit row). A pool's name and a backend's id cannot change. Every checked
 // relation to other rows (host names, the default pool, backend addresses)
 // is an index lookup inside the write's transaction.
 //

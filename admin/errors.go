@@ -21,8 +21,9 @@ import (
 // Error codes of the JSON error shape. Clients switch on the code, never on
 // the message. Status codes and codes go together as follows:
 //
-//	400 invalid                 the body or a query parameter cannot be read: malformed
-//	                            JSON, an unknown field, a value of the wrong JSON type
+//	400 invalid                 the body, a query parameter or If-Match cannot be read:
+//	                            malformed JSON, an unknown field, a value of the wrong JSON
+//	                            type, an empty or malformed If-Match
 //	422 invalid                 the body was read but a value is not acceptable: unknown
 //	                            algorithm, port out of range, relative directory, ...
 //	401 unauthorized            missing or wrong bearer token

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
+
+	"go.uber.org/zap"
 
 	"github.com/singularity-ng/singularity-edge/apitypes"
 	"github.com/singularity-ng/singularity-edge/storage"
@@ -57,9 +60,21 @@ func TestCascadeDeleteOfALargePool(t *testing.T) {
 	kept := h.createBackend("other", map[string]any{"url": "http://127.0.0.1:9003"})
 	const n = 2500
 	h.bulkBackends("big", n)
+	// Without cascade the refusal names the count it read: one chunk.
+	before := h.snapshot()
+	r := h.do("DELETE", "/api/pools/big", nil)
+	r.expect(t, http.StatusConflict, CodeConflict, "name")
+	if msg := r.errDetail(t).Message; !strings.Contains(msg, fmt.Sprintf("more than %d backends", poolTxBackends)) {
+		t.Errorf("refusal %q does not say the pool has more than %d backends", msg, poolTxBackends)
+	}
+	h.assertUnchanged(before, "a delete without cascade")
 	waitedBefore := len(fr.waited())
 	idx := h.store.LastIndex()
 	h.do("DELETE", "/api/pools/big?cascade=true&wait_all=10s", nil).expect(t, http.StatusNoContent, "")
+	deleted := h.logs.FilterMessage("configuration changed").FilterField(zap.String("key", "big")).FilterField(zap.Int("backends_deleted", n)).Len()
+	if deleted != 1 {
+		t.Errorf("%d audit log lines of the delete say backends_deleted=%d, want 1", deleted, n)
+	}
 	// 998 with the pool and its audit row, then 1,000 and 502.
 	if got := h.store.LastIndex() - idx; got != 3 {
 		t.Errorf("the delete took %d commits, want 3", got)
@@ -113,5 +128,67 @@ func TestCreatePoolRemovesManyLeftovers(t *testing.T) {
 	}
 	if _, err := h.store.GetBackend(ctx, "b-left-01499"); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("leftover backend: %v, want not found", err)
+	}
+}
+
+// countingPages counts the backend rows a transaction reads through
+// firstBackends.
+type countingPages struct {
+	tx   *storage.Tx
+	rows int
+}
+
+func (c *countingPages) BackendsByPoolPage(pool, after string, limit int) ([]storage.Backend, error) {
+	bs, err := c.tx.BackendsByPoolPage(pool, after, limit)
+	c.rows += len(bs)
+	return bs, err
+}
+
+// TestFirstBackendsReadsOneChunk: the first commit of a pool's delete (and
+// a create's check for leftovers) reads at most the chunk it removes and
+// one row more, whatever the pool's size; it read every backend of the
+// pool to count them.
+func TestFirstBackendsReadsOneChunk(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	for _, n := range []int{0, 1, poolTxBackends, poolTxBackends + 1, 2500} {
+		t.Run(fmt.Sprint(n, " backends"), func(t *testing.T) {
+			pool := fmt.Sprint("p", n)
+			for start := 0; start < n; start += storage.MaxChangeSetRows {
+				if _, err := h.store.Update(ctx, func(tx *storage.Tx) error {
+					for i := start; i < min(n, start+storage.MaxChangeSetRows); i++ {
+						b := storage.Backend{ID: fmt.Sprintf("%s-%05d", pool, i), PoolName: pool,
+							Host: fmt.Sprintf("10.2.%d.%d", i/256, i%256), Port: 80, Scheme: "http", Weight: 1}
+						if err := tx.PutBackend(&b); err != nil {
+							return err
+						}
+					}
+					return nil
+				}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var first []storage.Backend
+			var more bool
+			var read int
+			if _, err := h.store.Update(ctx, func(tx *storage.Tx) error {
+				c := &countingPages{tx: tx}
+				var err error
+				first, more, err = firstBackends(c, pool, poolTxBackends)
+				read = c.rows
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if want := min(n, poolTxBackends); len(first) != want || more != (n > poolTxBackends) {
+				t.Fatalf("%d backends, more %v; want %d, more %v", len(first), more, want, n > poolTxBackends)
+			}
+			if n > 0 && first[0].ID != pool+"-00000" {
+				t.Errorf("first backend %s, want the lowest id", first[0].ID)
+			}
+			if read > poolTxBackends+1 {
+				t.Errorf("read %d backend rows, want at most %d", read, poolTxBackends+1)
+			}
+		})
 	}
 }

@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
+	"reflect"
+	"slices"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -196,6 +200,27 @@ func (s *Server) deleteOrphanBackends(ctx context.Context, pool string, keep int
 		deleted += n
 		commits = append(commits, commit)
 	}
+}
+
+// backendPages is the read of a pool's backends that its create and
+// delete make inside their transaction (*storage.Tx).
+type backendPages interface {
+	BackendsByPoolPage(pool, after string, limit int) ([]storage.Backend, error)
+}
+
+// firstBackends returns the first n backends of pool by id, and whether
+// the pool has more: a pool's create or delete reads no more of a large
+// pool than its own commit removes, one row beyond to know that the rest
+// must follow.
+func firstBackends(tx backendPages, pool string, n int) ([]storage.Backend, bool, error) {
+	page, err := tx.BackendsByPoolPage(pool, "", n+1)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(page) > n {
+		return page[:n], true, nil
+	}
+	return page, false, nil
 }
 
 // sslModeForDomainMessage refuses an ssl_domain sent without ssl_mode to a
@@ -463,11 +488,11 @@ func (s *Server) handleCreatePool(w http.ResponseWriter, r *http.Request) {
 		// node knew. Invisible until now, they would serve the new pool
 		// unasked; a new pool starts empty, so they go in this commit
 		// (tombstones, replicated with it).
-		leftovers, err := tx.BackendsByPoolPage(p.Name, "", poolTxBackends+1)
+		leftovers, more, err := firstBackends(tx, p.Name, poolTxBackends)
 		if err != nil {
 			return err
 		}
-		if len(leftovers) > poolTxBackends {
+		if more {
 			return errTooManyLeftovers
 		}
 		for _, b := range leftovers {
@@ -542,6 +567,7 @@ func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 	}
 	var stored, before storage.Pool
 	var ae storage.AuditEntry
+	changed := false
 	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := tx.Pool(name)
 		if err != nil {
@@ -557,7 +583,12 @@ func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 		if err := checkPoolRefs(tx, &next, &cur); err != nil {
 			return err
 		}
-		before, stored = cur, next
+		before, stored, changed = cur, next, !samePool(cur, next)
+		if !changed {
+			// Nothing to write: no new version to replicate, no audit
+			// row; the answer is the stored pool and its ETag.
+			return nil
+		}
 		if err := tx.PutPool(&stored); err != nil {
 			return err
 		}
@@ -568,6 +599,10 @@ func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if !changed {
+		s.respondPool(w, r, http.StatusOK, before)
+		return
+	}
 	stored.Version = rowVersion(stored.Version, commit)
 	s.logAudit(ae)
 	if err := s.waitAll(w, r, wait, fmt.Sprintf("the change of pool %q", name), commit); err != nil {
@@ -575,6 +610,22 @@ func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.respondPool(w, r, http.StatusOK, stored)
+}
+
+// samePool reports whether a and b hold the same configuration: every
+// field but the ones the store sets when it writes (times, version).
+// Slices and maps compare by content, so a list or map left empty equals
+// one that is absent; a field added to storage.Pool later is compared
+// without a change here.
+func samePool(a, b storage.Pool) bool {
+	if !slices.Equal(a.Hosts, b.Hosts) || !slices.Equal(a.OnDemandAllow, b.OnDemandAllow) || !maps.Equal(a.Metadata, b.Metadata) {
+		return false
+	}
+	for _, p := range []*storage.Pool{&a, &b} {
+		p.Hosts, p.OnDemandAllow, p.Metadata = nil, nil, nil
+		p.InsertedAt, p.UpdatedAt, p.Version = time.Time{}, time.Time{}, storage.Version{}
+	}
+	return reflect.DeepEqual(a, b)
 }
 
 func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
@@ -595,7 +646,8 @@ func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var before storage.Pool
-	var removed, total int
+	var removed int
+	var more bool
 	var ae storage.AuditEntry
 	commit, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
 		cur, err := tx.Pool(name)
@@ -605,25 +657,30 @@ func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 		if err := match.check(cur.Version); err != nil {
 			return err
 		}
-		backends, err := tx.BackendsByPool(name)
-		if err != nil {
-			return err
-		}
-		if len(backends) > 0 && !cascade {
-			return errConflict("name", fmt.Sprintf("pool %q still has %d backend(s); delete them first or pass ?cascade=true", name, len(backends)))
-		}
 		// One transaction holds at most storage.MaxChangeSetRows rows:
 		// the pool, its audit row and as many backends as fit go now,
 		// the rest right after (deleteOrphanBackends). From this commit
 		// on the pool is gone and its backends are neither shown nor
 		// routed, so the delete takes effect at once, as one change.
-		first := backends[:min(len(backends), poolTxBackends)]
+		// It reads only the backends it removes (and whether there are
+		// more), not the whole pool.
+		first, rest, err := firstBackends(tx, name, poolTxBackends)
+		if err != nil {
+			return err
+		}
+		if len(first) > 0 && !cascade {
+			count := fmt.Sprintf("%d backend(s)", len(first))
+			if rest {
+				count = fmt.Sprintf("more than %d backends", len(first))
+			}
+			return errConflict("name", fmt.Sprintf("pool %q still has %s; delete them first or pass ?cascade=true", name, count))
+		}
 		for _, b := range first {
 			if err := tx.DeleteBackend(b.ID); err != nil {
 				return err
 			}
 		}
-		before, removed, total = cur, len(first), len(backends)
+		before, removed, more = cur, len(first), rest
 		if err := tx.DeletePool(name); err != nil {
 			return err
 		}
@@ -635,15 +692,15 @@ func (s *Server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	commits := []storage.Commit{commit}
-	if total > removed {
+	if more {
 		// Detached from the client: the pool is deleted, and its
 		// backends should not wait for a recreate to be removed.
-		n, more, err := s.deleteOrphanBackends(context.WithoutCancel(r.Context()), name, 0)
+		n, cs, err := s.deleteOrphanBackends(context.WithoutCancel(r.Context()), name, 0)
 		removed += n
-		commits = append(commits, more...)
+		commits = append(commits, cs...)
 		if err != nil {
 			s.logger.Warn("pool deleted, but some of its backends are still stored: they are neither shown nor routed, and go when a pool of this name is created",
-				zap.String("pool", name), zap.Int("backends_deleted", removed), zap.Int("backends", total), zap.Error(err))
+				zap.String("pool", name), zap.Int("backends_deleted", removed), zap.Error(err))
 		}
 	}
 	s.logAudit(ae, zap.Int("backends_deleted", removed))

@@ -363,6 +363,10 @@ other fields keep their values. The address changes with --url or with
 			if len(body) == 0 {
 				return withExitCode(exitUsage, fmt.Errorf("nothing to change: give at least one flag (see --help)"))
 			}
+			ifMatch, err := ifMatchFlag(cmd, bf.ifMatch)
+			if err != nil {
+				return err
+			}
 			q, err := wait.query(cmd, nil)
 			if err != nil {
 				return err
@@ -372,7 +376,7 @@ other fields keep their values. The address changes with --url or with
 				return err
 			}
 			wait.extend(c)
-			resp, err := c.do(cmd.Context(), request{method: http.MethodPatch, path: backendPath(args[0], args[1]), body: body, ifMatch: quoteETag(bf.ifMatch), query: q})
+			resp, err := c.do(cmd.Context(), request{method: http.MethodPatch, path: backendPath(args[0], args[1]), body: body, ifMatch: ifMatch, query: q})
 			if err != nil {
 				return err
 			}

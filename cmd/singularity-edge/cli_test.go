@@ -312,6 +312,34 @@ func TestCLI(t *testing.T) {
 			stderr: []string{"If-Match does not name the current version"},
 		},
 		{
+			// An empty --if-match (an unset variable in a script) is
+			// refused, not sent as no precondition at all.
+			name:   "pools update empty If-Match",
+			args:   []string{"pools", "update", "web", "--fail-open", "--if-match", ""},
+			code:   exitUsage,
+			stderr: []string{"--if-match is empty"},
+		},
+		{
+			name:   "pools update blank If-Match",
+			args:   []string{"pools", "update", "web", "--fail-open", "--if-match", "  "},
+			code:   exitUsage,
+			stderr: []string{"--if-match is empty"},
+		},
+		{
+			name:   "backends update empty If-Match",
+			args:   []string{"backends", "update", "web", "b1", "--weight", "2", "--if-match", ""},
+			code:   exitUsage,
+			stderr: []string{"--if-match is empty"},
+		},
+		{
+			name:   "pools update malformed If-Match",
+			args:   []string{"pools", "update", "web", "--fail-open", "--if-match", "W/garbage"},
+			routes: map[string]reply{"PATCH /api/pools/web": {status: 400, body: apiErr("invalid", `If-Match must be "*" or a comma-separated list of quoted entity tags such as "1732623000000-node1"`, [2]string{"If-Match", `must be "*" or a comma-separated list of quoted entity tags such as "1732623000000-node1"`})}},
+			calls:  []call{{Method: "PATCH", Path: "/api/pools/web", IfMatch: "W/garbage", Body: map[string]any{"fail_open": true}}},
+			code:   exitInvalid,
+			stderr: []string{"If-Match must be"},
+		},
+		{
 			name:   "pools update without flags",
 			args:   []string{"pools", "update", "web"},
 			code:   exitUsage,

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/singularity-ng/singularity-edge/apitypes"
+	"github.com/singularity-ng/singularity-edge/internal/realpath"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
@@ -306,11 +307,28 @@ func (o *dbOptions) dir(cmd *cobra.Command) (string, error) {
 	if strings.TrimSpace(dir) == "" {
 		return "", withExitCode(exitUsage, errors.New("--data-dir is empty"))
 	}
-	abs, err := filepath.Abs(dir)
+	abs, err := localPath(dir)
 	if err != nil {
 		return "", withExitCode(exitUsage, fmt.Errorf("--data-dir %q: %w", dir, err))
 	}
 	return abs, nil
+}
+
+// localPath is the place dir names on this machine: a relative dir is
+// read from the working directory, and symbolic links and ".." resolve as
+// the kernel resolves them (realpath.Resolve), not as filepath.Abs cleans
+// the text ("/srv/link/../data" is beside link's target, not /srv/data).
+// The checks made on the result (is the data directory empty, is a store
+// in it open) are then made on the directory the command writes to.
+func localPath(dir string) (string, error) {
+	if !filepath.IsAbs(dir) {
+		wd, err := os.Getwd()
+		if err != nil {
+			return "", fmt.Errorf("the working directory: %w", err)
+		}
+		dir = wd + string(filepath.Separator) + dir
+	}
+	return realpath.Resolve(dir)
 }
 
 // storeConfig is the configuration the db commands open a store with.
@@ -698,9 +716,10 @@ func localDir(dir string) (string, error) {
 	if strings.TrimSpace(dir) == "" {
 		return "", withExitCode(exitUsage, errors.New("the directory is empty"))
 	}
-	abs, err := filepath.Abs(dir)
+	abs, err := localPath(dir)
 	if err != nil {
-		return "", withExitCode(exitUsage, fmt.Errorf("%q: %w", dir, err))
+		// As the API's 422 for the same path.
+		return "", withExitCode(exitInvalid, fmt.Errorf("%q: %w", dir, err))
 	}
 	return abs, nil
 }

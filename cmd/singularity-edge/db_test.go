@@ -689,3 +689,75 @@ func TestDBRemoveTable(t *testing.T) {
 		t.Fatalf("backends not marked for resync: %v %v", got, err)
 	}
 }
+
+// TestDBPathsResolvedOnDisk: the local db commands read a path with ".."
+// after a symbolic link as the kernel does (the parent of the link's
+// target), for the data directory, the backup directory and the checks
+// made on them; filepath.Abs cleaned the text and dropped the link, so
+// `db restore` checked (and then replaced) another directory than the one
+// named.
+func TestDBPathsResolvedOnDisk(t *testing.T) {
+	dbEnv(t)
+	root, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// root/link -> root/vol/inner, so root/link/.. is root/vol on disk.
+	vol := filepath.Join(root, "vol")
+	if err := os.MkdirAll(filepath.Join(vol, "inner"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(root, "link")
+	if err := os.Symlink(filepath.Join(vol, "inner"), link); err != nil {
+		t.Fatal(err)
+	}
+	through := link + "/../"
+	seedStore(t, filepath.Join(vol, "src"), 5)
+
+	out, errOut, code := runCLI(t, "", "db", "backup", through+"backups", "--data-dir", through+"src")
+	wantCode(t, "db backup through a link", code, 0, errOut)
+	if !strings.HasPrefix(out, "Backup 1 written to "+filepath.Join(vol, "backups")+" ") {
+		t.Errorf("db backup printed %q", out)
+	}
+
+	// The data directory the path names holds a store: refused without
+	// --force, although the cleaned text names an empty place.
+	other := filepath.Join(vol, "other")
+	seedStore(t, other, 2)
+	otherRows := rowsOf(t, other)
+	_, errOut, code = runCLI(t, "", "db", "restore", through+"backups", "--data-dir", through+"other")
+	wantCode(t, "db restore into a non-empty dir through a link", code, exitConflict, errOut)
+	if got := rowsOf(t, other); strings.Join(got, "\n") != strings.Join(otherRows, "\n") {
+		t.Error("a refused restore changed the data directory")
+	}
+	if _, err := os.Stat(filepath.Join(root, "other")); !os.IsNotExist(err) {
+		t.Errorf("a restore went where the cleaned text points: %v", err)
+	}
+
+	out, errOut, code = runCLI(t, "", "db", "restore", through+"backups", "--data-dir", through+"restored")
+	wantCode(t, "db restore through a link", code, 0, errOut)
+	if !strings.HasSuffix(strings.TrimSpace(out), "into "+filepath.Join(vol, "restored")+".") {
+		t.Errorf("db restore printed %q", out)
+	}
+	if _, err := os.Stat(filepath.Join(vol, "restored", "CURRENT")); err != nil {
+		t.Errorf("no store where the path leads: %v", err)
+	}
+
+	// A relative path is read from the working directory as the kernel
+	// reads it: from inside the link, ".." is vol.
+	t.Chdir(link)
+	out, errOut, code = runCLI(t, "", "db", "checkpoint", "../cp", "--data-dir", "../src")
+	wantCode(t, "db checkpoint relative through a link", code, 0, errOut)
+	if !strings.HasPrefix(out, "Checkpoint written to "+filepath.Join(vol, "cp")+" ") {
+		t.Errorf("db checkpoint printed %q", out)
+	}
+
+	if err := os.Symlink(filepath.Join(root, "nowhere"), filepath.Join(root, "dangling")); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code = runCLI(t, "", "db", "backup", filepath.Join(root, "dangling", "b"), "--data-dir", "../src")
+	wantCode(t, "db backup through a dangling link", code, exitInvalid, errOut)
+	if _, err := os.Stat(filepath.Join(root, "nowhere")); !os.IsNotExist(err) {
+		t.Errorf("a dangling link's target was created: %v", err)
+	}
+}

@@ -438,7 +438,11 @@ other fields keep their values, and changing one never edits another
 			if len(body) == 0 {
 				return withExitCode(exitUsage, fmt.Errorf("nothing to change: give at least one flag (see --help)"))
 			}
-			req = request{method: http.MethodPatch, path: poolPath(args[0]), body: body, ifMatch: quoteETag(pf.ifMatch), query: q}
+			ifMatch, err := ifMatchFlag(cmd, pf.ifMatch)
+			if err != nil {
+				return err
+			}
+			req = request{method: http.MethodPatch, path: poolPath(args[0]), body: body, ifMatch: ifMatch, query: q}
 			verb = "updated"
 		} else {
 			body["name"] = args[0]
@@ -455,6 +459,20 @@ other fields keep their values, and changing one never edits another
 	pf.register(cmd, update)
 	wait = addWaitAllFlag(cmd)
 	return cmd
+}
+
+// ifMatchFlag is the If-Match header of --if-match: none when the flag is
+// not given. A value that is empty is refused rather than sent: the agent
+// answers 400 to an empty If-Match, and sending none instead would make an
+// unset variable in a script an unconditional update.
+func ifMatchFlag(cmd *cobra.Command, value string) (string, error) {
+	if !cmd.Flags().Changed("if-match") {
+		return "", nil
+	}
+	if strings.TrimSpace(value) == "" {
+		return "", withExitCode(exitUsage, errors.New("--if-match is empty: give the ETag the change depends on, or leave the flag out"))
+	}
+	return quoteETag(value), nil
 }
 
 // quoteETag accepts an ETag with or without its quotes.
