@@ -167,12 +167,12 @@ func newBackendsShowCommand(opts *apiOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return showAnswer(c, resp.Body, func(b *backendJSON) error { return showBackend(c, b) })
+			return showAnswer(c, resp.Body, func(b *backendJSON) error { return showBackend(c, b, resp.Header.Get("ETag")) })
 		},
 	}
 }
 
-func showBackend(c *apiClient, b *backendJSON) error {
+func showBackend(c *apiClient, b *backendJSON, etag string) error {
 	d := newDetails(c.stdout)
 	d.line("ID", b.ID)
 	d.line("Pool", b.PoolName)
@@ -193,6 +193,7 @@ func showBackend(c *apiClient, b *backendJSON) error {
 		by = "no node has reported yet"
 	}
 	d.line("By region", by)
+	d.line("ETag", etag)
 	if err := d.flush(); err != nil {
 		return err
 	}
@@ -240,7 +241,7 @@ func (bf *backendFlags) register(cmd *cobra.Command, update bool) {
 	metaHelp := "metadata entry KEY=VALUE (repeatable)"
 	if update {
 		f.BoolVar(&bf.draining, "draining", false, "stop (true) or resume (false) new requests to the backend")
-		f.StringVar(&bf.ifMatch, "if-match", "", "apply only if the backend's ETag is still this one")
+		f.StringVar(&bf.ifMatch, "if-match", "", "apply only if the backend's ETag is still this one (from `backends show`)")
 		f.StringArrayVar(&bf.removeMetadata, "remove-metadata", nil, "metadata key to remove (repeatable)")
 		metaHelp += "; sets KEY and keeps the other keys, --metadata '' removes every key"
 	}

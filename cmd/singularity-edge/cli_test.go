@@ -444,9 +444,9 @@ func TestCLI(t *testing.T) {
 		{
 			name:   "backends show",
 			args:   []string{"backends", "show", "web", "b-1"},
-			routes: map[string]reply{"GET /api/pools/web/backends/b-1": {status: 200, body: backendB1}},
+			routes: map[string]reply{"GET /api/pools/web/backends/b-1": {status: 200, body: backendB1, header: map[string]string{"ETag": `"77-n1"`}}},
 			calls:  []call{{Method: "GET", Path: "/api/pools/web/backends/b-1"}},
-			stdout: []string{"State here:", "healthy (live)", "By region:", "ams 1/2 up, iad up, syd down",
+			stdout: []string{"State here:", "healthy (live)", "By region:", "ams 1/2 up, iad up, syd down", `ETag:`, `"77-n1"`,
 				"REGION", "NODE", "HEALTH", "syd", "n2", "down", "connection refused", "2026-01-02 03:05:03Z"},
 		},
 		{
