@@ -404,7 +404,7 @@ func BenchmarkWriteSingleRow(b *testing.B) {
 				for first := 0; first < rows; first += sectionRows {
 					entries := make([][]rawEntry, sectionRows)
 					for j := range entries {
-						entries[j] = tmpl.commitEntries(first+j, first+j+1, uint64(first+j+1))
+						entries[j] = tmpl.commitEntries(synthetic, first+j, first+j+1, uint64(first+j+1))
 					}
 					storeRows := func() error {
 						for i := first; i < first+sectionRows; i++ {
@@ -505,82 +505,96 @@ func defaultMark(syncWAL bool) string {
 // and what is left with every index in memory (memIndexEntries); the store
 // also runs with 1,000 PutBackend calls per Update
 // (store_putbackend_rows/s). The six alternate batch by batch, and every
-// anchor's entries are built before its timed section.
+// anchor's entries are built before its timed section. Two workloads: the
+// historical synthetic one (ascending ids over 1,000 pools: raw RocksDB's
+// best case, every key appended) and the API's bulk writes (random ids,
+// one pool per batch).
 func BenchmarkWriteBatched(b *testing.B) {
 	const rows = 100_000
-	for _, syncWAL := range []bool{true, false} {
-		b.Run("sync_wal="+onOff(syncWAL), func(b *testing.B) {
-			tmpl, _ := shared.templates(b)
-			ctx := context.Background()
-			recs := make([]storage.Backend, rows)
-			vals := make([][]byte, rows)
-			for i := range rows {
-				recs[i], vals[i] = makeBackend(i), tmpl.backendBytes(i)
+	for _, w := range []writeWorkload{synthetic, apiBulk} {
+		for _, syncWAL := range []bool{true, false} {
+			name := "sync_wal=" + onOff(syncWAL)
+			if w.apiIDs {
+				name = "api_bulk/" + name
 			}
-			var sm, rm, fm, lm, flm, mm meter
-			for range b.N {
-				st, raw := openWritePair(b, syncWAL)
-				full, floor, mem := openAnchor(b, syncWAL, true), openAnchor(b, syncWAL, true), openAnchor(b, syncWAL, true)
-				loop, loopRaw := openWritePair(b, syncWAL) // loopRaw stays empty
-				wb := grocksdb.NewWriteBatch()
-				for first := 0; first < rows; first += batchRows {
-					batch := recs[first : first+batchRows]
-					seq := uint64(first/batchRows + 1)
-					fullEntries := tmpl.commitEntries(first, first+batchRows, seq)
-					floorEntries := tmpl.floorEntries(first, first+batchRows, seq)
-					memEntries := tmpl.memIndexEntries(first, first+batchRows, seq)
-					storeBatch := func() error {
-						_, err := st.Update(ctx, func(tx *storage.Tx) error {
-							return tx.PutBackends(batch)
-						})
-						return err
-					}
-					loopBatch := func() error {
-						_, err := loop.Update(ctx, func(tx *storage.Tx) error {
-							for j := range batch {
-								if err := tx.PutBackend(&batch[j]); err != nil {
-									return err
-								}
-							}
-							return nil
-						})
-						return err
-					}
-					rawBatch := func() error {
-						wb.Clear()
-						for i := first; i < first+batchRows; i++ {
-							wb.PutCF(raw.cfs[rawRows], []byte(recs[i].ID), vals[i])
-						}
-						return raw.write(wb)
-					}
-					fullBatch := func() error { return full.writeEntries(wb, fullEntries) }
-					floorBatch := func() error { return floor.writeEntries(wb, floorEntries) }
-					memBatch := func() error { return mem.writeEntries(wb, memEntries) }
-					err := rotate(first/batchRows, section{&sm, batchRows, storeBatch}, section{&rm, batchRows, rawBatch},
-						section{&fm, batchRows, fullBatch}, section{&lm, batchRows, loopBatch}, section{&flm, batchRows, floorBatch}, section{&mm, batchRows, memBatch})
-					if err != nil {
-						b.Fatal(err)
-					}
-				}
-				wb.Destroy()
-				closeWritePair(b, st, raw, full, floor, mem)
-				closeWritePair(b, loop, loopRaw)
-			}
-			reportMeters(b, "rows/s", &sm, &rm)
-			b.ReportMetric(fm.rate(), "raw_same_entries_rows/s")
-			b.ReportMetric(flm.rate(), "raw_floor_rows/s")
-			b.ReportMetric(mm.rate(), "raw_memindex_rows/s")
-			b.ReportMetric(lm.rate(), "store_putbackend_rows/s")
-			label := fmt.Sprintf("batched commits (%d rows each), WAL sync %s%s", batchRows, onOff(syncWAL), defaultMark(syncWAL))
-			shared.summary.compare(label, &sm, &rm, "rows/s", "ratio >= 0.5")
-			shared.summary.compare(label+", anchor: the store's entries", &sm, &fm, "rows/s", "")
-			shared.summary.compare(label+", store with PutBackend per row", &lm, &rm, "rows/s", "")
-			// Not the store: how close any layout could come to the goal.
-			shared.summary.compare(label+", raw floor (fewest entries any on-disk layout needs) ÷ raw", &flm, &rm, "rows/s", "")
-			// Nor this: the entries left with every index in memory.
-			shared.summary.compare(label+", raw with indexes in memory (one entry per row) ÷ raw", &mm, &rm, "rows/s", "")
-		})
+			b.Run(name, func(b *testing.B) { benchWriteBatched(b, w, rows, syncWAL) })
+		}
 	}
+}
+
+func benchWriteBatched(b *testing.B, w writeWorkload, rows int, syncWAL bool) {
+	tmpl, _ := shared.templates(b)
+	ctx := context.Background()
+	recs := make([]storage.Backend, rows)
+	vals := make([][]byte, rows)
+	for i := range rows {
+		recs[i], vals[i] = w.backend(i), tmpl.workloadBytes(w, i)
+	}
+	var sm, rm, fm, lm, flm, mm meter
+	for range b.N {
+		st, raw := openWritePair(b, syncWAL)
+		full, floor, mem := openAnchor(b, syncWAL, true), openAnchor(b, syncWAL, true), openAnchor(b, syncWAL, true)
+		loop, loopRaw := openWritePair(b, syncWAL) // loopRaw stays empty
+		wb := grocksdb.NewWriteBatch()
+		for first := 0; first < rows; first += batchRows {
+			batch := recs[first : first+batchRows]
+			seq := uint64(first/batchRows + 1)
+			fullEntries := tmpl.commitEntries(w, first, first+batchRows, seq)
+			floorEntries := tmpl.floorEntries(w, first, first+batchRows, seq)
+			memEntries := tmpl.memIndexEntries(w, first, first+batchRows, seq)
+			storeBatch := func() error {
+				_, err := st.Update(ctx, func(tx *storage.Tx) error {
+					return tx.PutBackends(batch)
+				})
+				return err
+			}
+			loopBatch := func() error {
+				_, err := loop.Update(ctx, func(tx *storage.Tx) error {
+					for j := range batch {
+						if err := tx.PutBackend(&batch[j]); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				return err
+			}
+			rawBatch := func() error {
+				wb.Clear()
+				for i := first; i < first+batchRows; i++ {
+					wb.PutCF(raw.cfs[rawRows], []byte(recs[i].ID), vals[i])
+				}
+				return raw.write(wb)
+			}
+			fullBatch := func() error { return full.writeEntries(wb, fullEntries) }
+			floorBatch := func() error { return floor.writeEntries(wb, floorEntries) }
+			memBatch := func() error { return mem.writeEntries(wb, memEntries) }
+			err := rotate(first/batchRows, section{&sm, batchRows, storeBatch}, section{&rm, batchRows, rawBatch},
+				section{&fm, batchRows, fullBatch}, section{&lm, batchRows, loopBatch}, section{&flm, batchRows, floorBatch}, section{&mm, batchRows, memBatch})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		wb.Destroy()
+		closeWritePair(b, st, raw, full, floor, mem)
+		closeWritePair(b, loop, loopRaw)
+	}
+	reportMeters(b, "rows/s", &sm, &rm)
+	b.ReportMetric(fm.rate(), "raw_same_entries_rows/s")
+	b.ReportMetric(flm.rate(), "raw_floor_rows/s")
+	b.ReportMetric(mm.rate(), "raw_memindex_rows/s")
+	b.ReportMetric(lm.rate(), "store_putbackend_rows/s")
+	label := fmt.Sprintf("batched commits (%d rows each), WAL sync %s%s", batchRows, onOff(syncWAL), defaultMark(syncWAL))
+	if w.apiIDs {
+		label = w.name + ", " + label
+	}
+	shared.summary.compare(label, &sm, &rm, "rows/s", "ratio >= 0.5")
+	shared.summary.compare(label+", anchor: the store's entries", &sm, &fm, "rows/s", "")
+	shared.summary.compare(label+", store with PutBackend per row", &lm, &rm, "rows/s", "")
+	// Not the store: how close any layout could come to the goal.
+	shared.summary.compare(label+", raw floor (fewest entries any on-disk layout needs) ÷ raw", &flm, &rm, "rows/s", "")
+	// Nor this: the entries left with every index in memory.
+	shared.summary.compare(label+", raw with indexes in memory (one entry per row) ÷ raw", &mm, &rm, "rows/s", "")
 }
 
 // BenchmarkLoad reports how long building the data sets took: 1M backends

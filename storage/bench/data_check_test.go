@@ -54,6 +54,8 @@ func TestTemplatesMatchStoredRows(t *testing.T) {
 	}{
 		{"backend 42", tmpl.backendBytes(42), []string{backendID(42), poolName(poolOf(42)), "0000042.vm.app-0042.internal"}, []string{backendToken, poolToken}},
 		{"backend 999999", tmpl.backendBytes(999_999), []string{backendID(999_999), poolName(999)}, []string{backendToken, poolToken}},
+		{"API bulk backend 42", tmpl.workloadBytes(apiBulk, 42), []string{apiBulk.id(42), poolName(0), "0000042.vm.app-0000.internal"}, []string{backendToken, poolToken, backendID(42)}},
+		{"API bulk backend 54321", tmpl.workloadBytes(apiBulk, 54_321), []string{apiBulk.id(54_321), poolName(54), "0054321.vm.app-0054.internal"}, []string{backendToken, poolToken}},
 		{"certificate 7", tmpl.certBytes(7), []string{certID(7), "www.site-000007.example.com"}, []string{certToken}},
 	}
 	for _, tc := range tests {
@@ -108,5 +110,33 @@ func TestExpiriesSpreadOverOneLifetime(t *testing.T) {
 	// A third, give or take: the scan benchmark's work depends on it.
 	if within30 < numCerts/4 || within30 > numCerts/2 {
 		t.Errorf("%d of %d certificates expire within 30 days, want about a third", within30, numCerts)
+	}
+}
+
+// TestAPIBulkWorkload: the API workload's ids are unique, the length of
+// the synthetic ones (rows differ only in key order), not in ascending
+// order, and each batch is one pool.
+func TestAPIBulkWorkload(t *testing.T) {
+	seen := make(map[string]bool, numBackends/10)
+	ascending := 0
+	for i := range numBackends / 10 {
+		id := apiBulk.id(i)
+		if seen[id] {
+			t.Fatalf("id %q of backend %d repeats", id, i)
+		}
+		seen[id] = true
+		if len(id) != len(backendID(i)) {
+			t.Fatalf("id %q: length %d, synthetic ids have %d", id, len(id), len(backendID(i)))
+		}
+		if i > 0 && id > apiBulk.id(i-1) {
+			ascending++
+		}
+		if got, want := apiBulk.pool(i), i/batchRows; got != want {
+			t.Fatalf("backend %d in pool %d, want %d", i, got, want)
+		}
+	}
+	// Random order: about half of the steps go up.
+	if n := numBackends / 10; ascending < n*4/10 || ascending > n*6/10 {
+		t.Errorf("%d of %d consecutive ids ascend: not random order", ascending, n)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"encoding/base32"
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
@@ -52,6 +53,66 @@ func certID(i int) string    { return "cert-" + certNum(i) }
 // consecutive ids touches many pools (as a bulk import would) and a pool's
 // backends are not neighbours in the primary key order.
 func poolOf(i int) int { return i % numPools }
+
+// writeWorkload says which backends a batched-write benchmark writes, and
+// in what grouping. The two workloads differ only in key order and pool
+// grouping: ids have the same length, rows the same bytes otherwise.
+type writeWorkload struct {
+	name string
+	// apiIDs gives backends ids in random order, as the admin API
+	// generates them (admin.newBackendID: "b-" and random base32),
+	// instead of ascending numbers.
+	apiIDs bool
+	// poolPerBatch makes every batch of batchRows one pool's backends, as
+	// POST /api/pools/{name}/backends writes them, instead of spreading
+	// consecutive backends over every pool.
+	poolPerBatch bool
+}
+
+var (
+	// synthetic is the store's historical write workload: ascending ids,
+	// every batch spread over 1,000 pools. For raw RocksDB it is the best
+	// case: every key is appended after the previous one.
+	synthetic = writeWorkload{name: "ascending ids, 1,000 pools per batch"}
+	// apiBulk is what the product's local bulk path writes: one pool per
+	// request, ids in random order.
+	apiBulk = writeWorkload{name: "API bulk: random ids, one pool per batch", apiIDs: true, poolPerBatch: true}
+)
+
+// id returns the id of backend i: backendID(i), or for apiIDs "b-" and
+// eight base32 characters of a 40-bit permutation of i (a bijection, so
+// ids never collide), the same length as backendID's.
+func (w writeWorkload) id(i int) string {
+	if !w.apiIDs {
+		return backendID(i)
+	}
+	const mask = 1<<40 - 1
+	x := uint64(i) & mask
+	for range 3 { // odd multiplier and xorshift: both invertible mod 2^40
+		x = (x * 0x9E3779B97F) & mask
+		x ^= x >> 17
+	}
+	var raw [5]byte
+	for j := range raw {
+		raw[j] = byte(x >> (8 * (4 - j)))
+	}
+	return "b-" + strings.ToLower(base32.StdEncoding.EncodeToString(raw[:]))
+}
+
+// pool returns the pool number of backend i.
+func (w writeWorkload) pool(i int) int {
+	if w.poolPerBatch {
+		return i / batchRows % numPools
+	}
+	return poolOf(i)
+}
+
+// backend returns backend i of the workload.
+func (w writeWorkload) backend(i int) storage.Backend {
+	b := backendRecord(backendNum(i), poolNum(w.pool(i)))
+	b.ID = w.id(i)
+	return b
+}
 
 // backendRecord builds backend i with the given number strings (the tokens
 // for the template).
@@ -313,9 +374,14 @@ func (t *templates) checkTokens() error {
 }
 
 // backendBytes returns the stored bytes of backend i.
-func (t *templates) backendBytes(i int) []byte {
-	v := bytes.ReplaceAll(t.backend, []byte(backendToken), []byte(backendNum(i)))
-	return bytes.ReplaceAll(v, []byte(poolToken), []byte(poolNum(poolOf(i))))
+func (t *templates) backendBytes(i int) []byte { return t.workloadBytes(synthetic, i) }
+
+// workloadBytes returns the stored bytes of backend i of workload w. The
+// id is the record's first field, so its first occurrence is the id.
+func (t *templates) workloadBytes(w writeWorkload, i int) []byte {
+	v := bytes.Replace(t.backend, []byte("be-"+backendToken), []byte(w.id(i)), 1)
+	v = bytes.ReplaceAll(v, []byte(backendToken), []byte(backendNum(i)))
+	return bytes.ReplaceAll(v, []byte(poolToken), []byte(poolNum(w.pool(i))))
 }
 
 // backendRecBytes returns the record of backend i, as a Change carries it.
@@ -341,12 +407,12 @@ type rawEntry struct {
 // commit's feed entry (the local-seq key in meta is left out): the anchor
 // with exactly the store's entries per row. Write them to a rawDB opened
 // with IndexHint, as the store's index family is.
-func (t *templates) commitEntries(first, last int, seq uint64) []rawEntry {
+func (t *templates) commitEntries(w writeWorkload, first, last int, seq uint64) []rawEntry {
 	es := make([]rawEntry, 0, 4*(last-first)+1)
 	for i := first; i < last; i++ {
-		id, pool := backendID(i), poolName(poolOf(i))
-		row := t.backendBytes(i)
-		b := makeBackend(i)
+		id, pool := w.id(i), poolName(w.pool(i))
+		row := t.workloadBytes(w, i)
+		b := w.backend(i)
 		addr := fmt.Sprintf("\x0b%s %s://%s:%d\x00%s", pool, b.Scheme, b.Host, b.Port, id)
 		es = append(es,
 			rawEntry{rawRows, []byte(id), row},
@@ -366,13 +432,13 @@ func (t *templates) commitEntries(first, last int, seq uint64) []rawEntry {
 // layout that keeps its indexes in RocksDB writes less per row. Write them to a rawDB opened with
 // IndexHint, so that each row, which lands in another pool than the one
 // before, is inserted with the store's hint.
-func (t *templates) floorEntries(first, last int, seq uint64) []rawEntry {
+func (t *templates) floorEntries(w writeWorkload, first, last int, seq uint64) []rawEntry {
 	es := make([]rawEntry, 0, 2*(last-first)+2)
 	var ids []byte
 	for i := first; i < last; i++ {
-		id, pool := backendID(i), poolName(poolOf(i))
+		id, pool := w.id(i), poolName(w.pool(i))
 		es = append(es,
-			rawEntry{rawClustered, rawPoolIndexKey(pool, id), t.backendBytes(i)},
+			rawEntry{rawClustered, rawPoolIndexKey(pool, id), t.workloadBytes(w, i)},
 			rawEntry{rawRows, []byte(id), []byte(pool)})
 		ids = append(append(ids, id...), 0)
 	}
@@ -384,12 +450,12 @@ func (t *templates) floorEntries(first, last int, seq uint64) []rawEntry {
 // id, per commit one change-log entry listing the commit's ids and the feed
 // entry. It is the most any layout with on-disk rows could gain from moving
 // the indexes out of RocksDB (docs/ARCHITECTURE.md, storage, seventh pass).
-func (t *templates) memIndexEntries(first, last int, seq uint64) []rawEntry {
+func (t *templates) memIndexEntries(w writeWorkload, first, last int, seq uint64) []rawEntry {
 	es := make([]rawEntry, 0, (last-first)+2)
 	var ids []byte
 	for i := first; i < last; i++ {
-		id := backendID(i)
-		es = append(es, rawEntry{rawRows, []byte(id), t.backendBytes(i)})
+		id := w.id(i)
+		es = append(es, rawEntry{rawRows, []byte(id), t.workloadBytes(w, i)})
 		ids = append(append(ids, id...), 0)
 	}
 	return append(es, rawEntry{rawChangelog, rawClogKey(seq, ""), ids}, rawFeedEntry(seq))
