@@ -2,6 +2,7 @@ package certs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -44,6 +45,9 @@ const authzRequestGap = time.Second / certificate.DefaultOverallRequestLimit
 // with its fresh key, the leaf alone in Certificate and the rest of the
 // chain in IssuerCertificate.
 func (o *orderer) obtain(names []string, opts api.OrderOptions) (*certificate.Resource, error) {
+	if len(names) == 0 {
+		return nil, errors.New("no names to order a certificate for")
+	}
 	legolog.Infof("[%s] acme: Obtaining SAN certificate", strings.Join(names, ", "))
 	order, err := o.core.Orders.NewWithOptions(names, &opts)
 	if err != nil {
