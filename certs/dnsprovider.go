@@ -105,6 +105,8 @@ func (p *ctxDNSProvider) Timeout() (timeout, interval time.Duration) { return p.
 // order's context. It always reports done, with the outcome as the
 // error, so that lego's loop, whose interval is zero, never spins.
 func (p *ctxDNSProvider) wait(domain, fqdn, value string, check dns01.PreCheckFunc) (bool, error) {
+	// lego's own line says interval 0s: this is the wait that runs.
+	legolog.Infof("[%s] acme: Waiting for DNS record propagation [timeout: %s, interval: %s]", domain, p.timeout, p.interval)
 	deadline := time.Now().Add(p.timeout)
 	if err := sleepCtx(p.ctx, p.interval); err != nil {
 		return true, err
