@@ -522,11 +522,38 @@ func (s *Server) handleRenewCertificate(w http.ResponseWriter, r *http.Request) 
 			Message: "acme not configured: this agent cannot renew certificates"})
 		return
 	}
-	renewed, err := s.deps.Renewer.Renew(r.Context(), id)
+	res, err := s.deps.Renewer.Renew(r.Context(), id)
+	if len(res.LiftedHolds) > 0 {
+		s.auditLiftedHolds(r, id, res.LiftedHolds, err)
+	}
 	if err != nil {
 		s.writeError(w, r, acmeError(err))
 		return
 	}
-	w.Header().Set("ETag", etag(renewed.Version))
-	writeJSON(w, http.StatusOK, s.certificateViewWithRenewal(r.Context(), renewed))
+	w.Header().Set("ETag", etag(res.Certificate.Version))
+	writeJSON(w, http.StatusOK, s.certificateViewWithRenewal(r.Context(), res.Certificate))
+}
+
+// liftedHoldsView is what an explicit renewal changed besides the
+// certificate: the CA's userActionRequired holds it lifted, by issuer.
+type liftedHoldsView struct {
+	UserActionHold []string `json:"user_action_hold,omitempty"`
+}
+
+// auditLiftedHolds records that a renewal lifted cluster-wide holds: the
+// operator, not the agent, decided the CA's action was done. The manager
+// lifted them in its own transactions; the audit row follows in one of
+// its own, whatever the order's outcome (a CA that refuses again sets a
+// new hold).
+func (s *Server) auditLiftedHolds(r *http.Request, id string, issuers []string, orderErr error) {
+	var ae storage.AuditEntry
+	if _, err := s.store.Update(r.Context(), func(tx *storage.Tx) error {
+		var err error
+		ae, err = s.recordAudit(tx, r, "renew", "certificate", id, liftedHoldsView{UserActionHold: issuers}, liftedHoldsView{})
+		return err
+	}); err != nil {
+		s.logger.Warn("audit row of a lifted userActionRequired hold not written", zap.String("id", id), zap.Error(err))
+		return
+	}
+	s.logAudit(ae, zap.NamedError("order_error", orderErr))
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/singularity-ng/singularity-edge/certs"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
@@ -280,12 +281,13 @@ type fakeRenewer struct {
 	fail  error
 }
 
-func (f *fakeRenewer) Renew(ctx context.Context, id string) (storage.Certificate, error) {
+func (f *fakeRenewer) Renew(ctx context.Context, id string) (certs.Renewal, error) {
 	f.calls = append(f.calls, id)
 	if f.fail != nil {
-		return storage.Certificate{}, f.fail
+		return certs.Renewal{}, f.fail
 	}
-	return f.store.GetCertificate(ctx, id)
+	c, err := f.store.GetCertificate(ctx, id)
+	return certs.Renewal{Certificate: c}, err
 }
 
 func TestRenewCertificate(t *testing.T) {

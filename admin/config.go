@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/singularity-ng/singularity-edge/apitypes"
+	"github.com/singularity-ng/singularity-edge/certs"
 	"github.com/singularity-ng/singularity-edge/pools"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
@@ -213,9 +214,10 @@ type (
 	ReplicationStatus = apitypes.ReplicationStatus
 )
 
-// Renewer renews an ACME certificate now and returns the stored result.
+// Renewer renews an ACME certificate now and returns the stored result
+// and the userActionRequired holds it lifted (also when it failed).
 type Renewer interface {
-	Renew(ctx context.Context, id string) (storage.Certificate, error)
+	Renew(ctx context.Context, id string) (certs.Renewal, error)
 }
 
 // The agent passes these types; fail the build, not the wiring, if they

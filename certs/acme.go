@@ -514,9 +514,9 @@ func isAccountGone(err error) bool {
 	return errors.As(err, &pd) && pd.Type == "urn:ietf:params:acme:error:accountDoesNotExist"
 }
 
-// certifier returns lego's certifier for one order, over the stored
-// account, with solvers whose waits end with ctx (ctxResolver).
-func (a *ACMEIssuer) certifier(ctx context.Context) (*certificate.Certifier, *callTransport, error) {
+// orderer returns the flow of one order, over the stored account, with
+// solvers and waits that end with ctx (orderer, ctxResolver).
+func (a *ACMEIssuer) orderer(ctx context.Context) (*orderer, *callTransport, error) {
 	acct, key, err := a.ensureAccount(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -530,14 +530,14 @@ func (a *ACMEIssuer) certifier(ctx context.Context) (*certificate.Certifier, *ca
 	if err := a.setChallenges(ctx, res); err != nil {
 		return nil, nil, err
 	}
-	return certificate.NewCertifier(core, res, certificate.CertifierOptions{KeyType: a.keyType, Timeout: a.cfg.HTTPTimeout}), tr, nil
+	return &orderer{ctx: ctx, core: core, resolver: res, keyType: a.keyType, timeout: a.cfg.HTTPTimeout}, tr, nil
 }
 
 // userAgent is sent with every request to the CA.
 const userAgent = "singularity-edge"
 
 func (a *ACMEIssuer) issueOnce(ctx context.Context, req IssueRequest) (*IssuedCertificate, error) {
-	c, tr, err := a.certifier(ctx)
+	o, tr, err := a.orderer(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNotOrdered, err)
 	}
@@ -554,12 +554,7 @@ func (a *ACMEIssuer) issueOnce(ctx context.Context, req IssueRequest) (*IssuedCe
 			return nil, fmt.Errorf("%w: profile %q is not offered by %s (offered: %s)", ErrNotOrdered, profile, a.cfg.DirectoryURL, strings.Join(slices.Sorted(mapKeys(offered)), ", "))
 		}
 	}
-	res, err := c.Obtain(certificate.ObtainRequest{
-		Domains:        req.Names,
-		Bundle:         false,
-		Profile:        profile,
-		ReplacesCertID: req.ReplacesID,
-	})
+	res, err := o.obtain(req.Names, api.OrderOptions{Profile: profile, ReplacesCertID: req.ReplacesID})
 	if err != nil {
 		if tr.replaced.Load() != nil || isAlreadyReplaced(err) {
 			return nil, fmt.Errorf("%w: %s", ErrAlreadyReplaced, req.ReplacesID)

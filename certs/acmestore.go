@@ -476,6 +476,26 @@ func (b *StoreBackend) BudgetEvents(ctx context.Context, kind, scope string, sin
 	return out, nil
 }
 
+// DropBudgetEvents implements Counters.
+func (b *StoreBackend) DropBudgetEvents(ctx context.Context, kind, scope string) (int, error) {
+	prefix := eventPrefix(kind, scope)
+	n := 0
+	_, err := b.store.Update(ctx, func(tx *storage.Tx) error {
+		recs, err := tx.ACMERecords(prefix, "", 0)
+		if err != nil {
+			return err
+		}
+		for _, r := range recs {
+			if err := tx.DeleteACMERecord(r.Key); err != nil {
+				return err
+			}
+		}
+		n = len(recs)
+		return nil
+	})
+	return n, err
+}
+
 // PurgeExpired deletes expired challenge tokens and budget events.
 func (b *StoreBackend) PurgeExpired(ctx context.Context) (int, error) {
 	return b.store.PurgeExpiredACME(ctx, b.now(), 0)

@@ -154,6 +154,9 @@ type Counters interface {
 	// BudgetEvents returns the times of the events of kind and scope at
 	// or after since, oldest first.
 	BudgetEvents(ctx context.Context, kind, scope string, since time.Time) ([]time.Time, error)
+	// DropBudgetEvents deletes every event of kind and scope and returns
+	// how many there were.
+	DropBudgetEvents(ctx context.Context, kind, scope string) (int, error)
 }
 
 // ErrHeldBack: an order was not placed because it would exceed a limit.
@@ -319,6 +322,14 @@ func (b *Budget) RecordCAHold(ctx context.Context, issuer, certID string, until 
 func (b *Budget) RecordUserAction(ctx context.Context, issuer string, until time.Time) error {
 	return b.counters.AddBudgetEvents(ctx, []BudgetEvent{{Kind: EventUserAction, Scope: issuer,
 		At: until.UTC(), Node: b.node, Expires: until.UTC()}})
+}
+
+// LiftUserAction ends issuer's userActionRequired hold for the whole
+// cluster: an operator asked for an order there, typically having just
+// acted at the CA. An order the CA refuses again sets a new hold.
+func (b *Budget) LiftUserAction(ctx context.Context, issuer string) error {
+	_, err := b.counters.DropBudgetEvents(ctx, EventUserAction, issuer)
+	return err
 }
 
 // RecordResult counts an order's outcome: a certificate for its

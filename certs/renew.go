@@ -469,9 +469,9 @@ func (m *Manager) obtain(ctx context.Context, names []string, profile string, on
 		if leaf, perr := leafOf(&old); perr == nil && sameProfile && !m.cfg.Policy.Decide(leaf.NotBefore, leaf.NotAfter, st).Due(m.cfg.Now()) {
 			return old, nil
 		}
-		return m.attempt(ctx, lease, st, &old)
+		return m.attempt(ctx, lease, st, &old, nil)
 	case errors.Is(err, storage.ErrNotFound):
-		return m.attempt(ctx, lease, st, nil)
+		return m.attempt(ctx, lease, st, nil, nil)
 	default:
 		return storage.Certificate{}, err
 	}
@@ -496,31 +496,51 @@ func (m *Manager) checkWildcards(names []string) error {
 	return errs.Err()
 }
 
+// Renewal is the outcome of an explicit renewal (Manager.Renew).
+type Renewal struct {
+	// Certificate is the renewed certificate; zero when the renewal
+	// failed.
+	Certificate storage.Certificate
+	// LiftedHolds are the keys of the issuers whose userActionRequired
+	// hold the renewal lifted to order there once, whether or not that
+	// order succeeded.
+	LiftedHolds []string
+}
+
 // Renew orders a new certificate for id now, whatever its renewal time.
 // It implements the admin API's Renewer.
-func (m *Manager) Renew(ctx context.Context, id string) (storage.Certificate, error) {
+//
+// An operator who renews has typically just acted at the CA (agreed to
+// its changed terms, changed the account), and no CA says when that is
+// done: an issuer's userActionRequired hold is lifted for the whole
+// cluster and one order placed there (the Renewal names the issuers).
+// If the CA answers userActionRequired again, the hold is set again.
+// Scheduled renewals and Obtain keep honouring the hold.
+func (m *Manager) Renew(ctx context.Context, id string) (Renewal, error) {
+	var out Renewal
 	old, err := m.store.Certificate(ctx, id)
 	if err != nil {
-		return storage.Certificate{}, err
+		return out, err
 	}
 	if old.Provider != ProviderACME {
-		return storage.Certificate{}, fmt.Errorf("%w: certificate %s is %q", ErrNotACME, id, old.Provider)
+		return out, fmt.Errorf("%w: certificate %s is %q", ErrNotACME, id, old.Provider)
 	}
 	lease, err := m.store.AcquireLease(ctx, leaseKey(id), m.members.Self(), m.cfg.LeaseTTL)
 	if err != nil {
-		return storage.Certificate{}, err
+		return out, err
 	}
 	defer m.release(lease)
 	ctx, stop := m.holdLease(ctx, lease)
 	defer stop()
 	st, err := m.store.RenewalState(ctx, id)
 	if err != nil {
-		return storage.Certificate{}, err
+		return out, err
 	}
 	if len(st.Names) == 0 {
 		st.Names = old.Names
 	}
-	return m.attempt(ctx, lease, st, &old)
+	out.Certificate, err = m.attempt(ctx, lease, st, &old, &out.LiftedHolds)
+	return out, err
 }
 
 // State returns a certificate's renewal state and the current decision.
@@ -614,8 +634,10 @@ func leafOf(c *storage.Certificate) (*x509.Certificate, error) {
 
 // attempt orders a certificate for st.Names under lease, trying each
 // issuer in order. old is the certificate being replaced (nil for a first
-// issuance); it stays stored and served whatever happens here.
-func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old *storage.Certificate) (storage.Certificate, error) {
+// issuance); it stays stored and served whatever happens here. lifted is
+// nil except for an operator's explicit renewal: then an issuer's
+// userActionRequired hold is lifted and its key appended to *lifted.
+func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old *storage.Certificate, lifted *[]string) (storage.Certificate, error) {
 	now := m.cfg.Now().UTC()
 	id := st.CertificateID
 	st.LastAttempt, st.Owner, st.LeaseEpoch = now, m.members.Self(), lease.Epoch
@@ -638,7 +660,18 @@ func (m *Manager) attempt(ctx context.Context, lease Lease, st RenewalState, old
 	var errs []error
 	var heldBack *HeldBackError
 	for _, iss := range m.issuers {
-		if err := m.budget.Check(ctx, iss.Key(), st.Names, id, now); err != nil {
+		err := m.budget.Check(ctx, iss.Key(), st.Names, id, now)
+		if hb := (*HeldBackError)(nil); lifted != nil && errors.As(err, &hb) && hb.Limit == LimitCAUserAction {
+			if lerr := m.budget.LiftUserAction(ctx, iss.Key()); lerr != nil {
+				err = fmt.Errorf("certs: lifting the userActionRequired hold at %s: %w", iss.Key(), lerr)
+			} else {
+				*lifted = append(*lifted, iss.Key())
+				log.Warn("userActionRequired hold lifted by an explicit renewal; ordering there once",
+					zap.String("issuer", iss.Key()), zap.Time("held_until", hb.Until))
+				err = m.budget.Check(ctx, iss.Key(), st.Names, id, now)
+			}
+		}
+		if err != nil {
 			var hb *HeldBackError
 			if !errors.As(err, &hb) {
 				errs = append(errs, err)
@@ -1183,7 +1216,7 @@ func (m *Manager) maybeRenew(ctx context.Context, d DueCertificate) error {
 	if len(st.Names) == 0 {
 		st.Names = c.Names
 	}
-	_, err = m.attempt(ctx, lease, st, &cur)
+	_, err = m.attempt(ctx, lease, st, &cur, nil)
 	return err
 }
 

@@ -32,9 +32,9 @@ import (
 // Retry-After, for hours, and one more per abandoned order. lego lets a
 // solver be built with any validation function (http01, tlsalpn01 and
 // dns01.NewChallenge), but its resolver hard-wires its own, hence this
-// one. What still sleeps without a context is lego's own and short: the
-// order's finalization poll (Timeout/60) and a DNS provider's propagation
-// check (the provider's bounded timeout).
+// one. The order's other waits end with the context too: the
+// finalization poll (orderer) and a DNS provider's propagation wait
+// (ctxDNSProvider).
 type ctxResolver struct {
 	ctx     context.Context
 	core    *api.Core
@@ -69,8 +69,11 @@ func (r *ctxResolver) setTLSALPN01(p challenge.Provider) {
 	r.solvers[challenge.TLSALPN01] = tlsalpn01.NewChallenge(r.core, r.validate, p)
 }
 
+// setDNS01 answers dns-01 with p, whose propagation wait ends with the
+// order's context (ctxDNSProvider).
 func (r *ctxResolver) setDNS01(p challenge.Provider, opts ...dns01.ChallengeOption) {
-	r.solvers[challenge.DNS01] = dns01.NewChallenge(r.core, r.validate, p, opts...)
+	p, wait := withContext(r.ctx, p)
+	r.solvers[challenge.DNS01] = dns01.NewChallenge(r.core, r.validate, p, append(opts, wait)...)
 }
 
 // choose returns the solver for authz: the first of its challenges, in

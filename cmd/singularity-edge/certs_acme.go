@@ -86,7 +86,10 @@ func newCertsRenewCommand(opts *apiOptions) *cobra.Command {
 		Short: "Renew an ACME certificate now",
 		Long: `Order a new certificate for an ACME certificate's names now, whatever its
 renewal time. The current certificate keeps serving until the new one is
-stored. Exit codes as for "certs issue"; an uploaded certificate is 5.`,
+stored. A CA's userActionRequired hold (phase action_required) is lifted for
+its issuer and one order placed there: run this once you have acted at the
+CA; if it refuses again, the hold is set again. Exit codes as for "certs
+issue"; an uploaded certificate is 5.`,
 		Args:              exactArgs(1, "ID"),
 		ValidArgsFunction: certIDCompletion(opts),
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -220,7 +220,7 @@ func TestACMERenewsOnARIWindowWithReplaces(t *testing.T) {
 	if err != nil {
 		t.Fatalf("renew with a stale view: %v", err)
 	}
-	if got.Fingerprint != cur.Fingerprint || e.Orders() != before {
+	if got.Certificate.Fingerprint != cur.Fingerprint || e.Orders() != before {
 		t.Fatalf("alreadyReplaced was not taken as renewed by another (orders %d -> %d)", before, e.Orders())
 	}
 }

@@ -163,21 +163,27 @@ func TestACMETermsChangedHoldsOrders(t *testing.T) {
 	if _, err := other.Obtain(acmeCtx(t), []string{"second.terms.example.com"}, "default"); !errors.As(err, &hb) || hb.Limit != certs.LimitCAUserAction {
 		t.Fatalf("another certificate's order during the hold: %v", err)
 	}
-	offset.Store(int64(30 * time.Minute))
-	if _, err := m.Renew(acmeCtx(t), first.ID); !errors.Is(err, certs.ErrHeldBack) {
-		t.Fatalf("renewal half an hour later: %v", err)
-	}
 	if n := tp.newOrder.Load(); n != 2 {
 		t.Fatalf("%d newOrder requests reached the CA, want 2 (the first order and the one refusal)", n)
+	}
+	// An operator's renewal half an hour later lifts the hold and asks
+	// the CA once; it refuses again, and the hold is set again.
+	offset.Store(int64(30 * time.Minute))
+	lifted, err := m.Renew(acmeCtx(t), first.ID)
+	if !errors.As(err, &hb) || hb.Limit != certs.LimitCAUserAction || len(lifted.LiftedHolds) != 1 || lifted.LiftedHolds[0] != tp.dir {
+		t.Fatalf("renewal half an hour later: lifted %q, %v; want the hold at %s lifted and set again", lifted.LiftedHolds, err, tp.dir)
+	}
+	if n, r := tp.newOrder.Load(), tp.refused.Load(); n != 3 || r != 2 {
+		t.Fatalf("%d newOrder requests reached the CA, %d refused; want 3 and 2", n, r)
 	}
 
 	// The operator agreed at the CA; after the hold, the next order goes
 	// through and clears the state and the gauge.
 	tp.changed.Store(false)
-	offset.Store(int64(certs.UserActionHold + time.Minute))
+	offset.Store(int64(30*time.Minute + certs.UserActionHold + time.Minute))
 	renewed, err := m.Renew(acmeCtx(t), first.ID)
-	if err != nil || renewed.Fingerprint == first.Fingerprint {
-		t.Fatalf("renewal after the hold: %v", err)
+	if err != nil || renewed.Certificate.Fingerprint == first.Fingerprint || len(renewed.LiftedHolds) != 0 {
+		t.Fatalf("renewal after the hold: lifted %q, %v", renewed.LiftedHolds, err)
 	}
 	st, err = m.Status(context.Background(), first.ID)
 	if err != nil || st.Phase == certs.PhaseActionRequired || st.State.ActionRequired || st.State.HeldBack != "" {
