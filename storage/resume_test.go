@@ -45,6 +45,45 @@ func freeDisk(t *testing.T, files []string) {
 	}
 }
 
+// While RocksDB holds a background error it refuses a manual compaction
+// without running it, and its C API says nothing: `db compact` answered
+// success. It must fail with the cause and change nothing (no resume
+// either); once space is back it runs.
+func TestCompactRefusedWhileBackgroundError(t *testing.T) {
+	mnt := mountSmallDisk(t, "24m")
+	cfg := testConfig(t, filepath.Join(mnt, "data"))
+	cfg.SyncWAL = true
+	cfg.WriteBufferSize = 1 << 20
+	s, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { noHang(t, "Close", func() { _ = s.Close() }) }()
+	files := failedFlush(t, s, mnt)
+	ctx := context.Background()
+	attempts := s.counts.resumeAttempts.Load()
+	for _, table := range []string{TableBackends, TablePools} {
+		var cerr error
+		noHang(t, "Compact", func() { cerr = s.Compact(ctx, table) })
+		if !errors.Is(cerr, ErrDiskFull) {
+			t.Fatalf("compact %s with a background error held: %v, want ErrDiskFull", table, cerr)
+		}
+	}
+	if err := s.backgroundError(); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("background error after the refused compaction: %v, want it still held", err)
+	}
+	if got := s.counts.resumeAttempts.Load(); got != attempts {
+		t.Fatalf("the refused compaction made %d resume attempts, want none", got-attempts)
+	}
+	freeDisk(t, files)
+	waitWritable(t, s)
+	var cerr error
+	noHang(t, "Compact", func() { cerr = s.Compact(ctx, TableBackends) })
+	if cerr != nil {
+		t.Fatalf("compact once space is back: %v", cerr)
+	}
+}
+
 // On a full disk the health probe (every 2 s) and every commit tried to
 // write again each time, a flush against the full disk. Attempts are
 // paced: after a failed one the next waits 2 s, then twice as long each
