@@ -38,9 +38,14 @@ func (s *Store) SavePurgeMembers(members map[string]PurgeMember) error {
 	if err != nil {
 		return fmt.Errorf("storage: encode purge members: %w", err)
 	}
+	// After a failed write, as for a commit: the log may end torn.
+	if err := s.resumeAfterFailure(); err != nil {
+		return s.noteWriteError(err)
+	}
 	if err := s.base.PutCF(s.wo, s.cfs[cfMeta], []byte(metaPurgeMembers), b); err != nil {
 		return s.noteWriteError(fmt.Errorf("storage: save purge members: %w", err))
 	}
+	s.noteWriteOK()
 	return nil
 }
 
