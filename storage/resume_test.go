@@ -91,11 +91,13 @@ func TestCompactRefusedWhileBackgroundError(t *testing.T) {
 // that succeeds starts the pacing over.
 func TestDiskFullResumePaced(t *testing.T) {
 	mnt := mountSmallDisk(t, "24m")
-	var offset atomic.Int64 // the store's clock, ahead of the wall clock
+	// The store's clock moves only when the test moves it.
+	base := time.Now()
+	var offset atomic.Int64
 	cfg := testConfig(t, filepath.Join(mnt, "data"))
 	cfg.SyncWAL = true
 	cfg.WriteBufferSize = 1 << 20
-	cfg.Now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	cfg.Now = func() time.Time { return base.Add(time.Duration(offset.Load())) }
 	s, err := Open(cfg)
 	if err != nil {
 		t.Fatal(err)
