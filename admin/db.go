@@ -90,7 +90,7 @@ func (s *Server) handleDBCompact(w http.ResponseWriter, r *http.Request) {
 	s.extendDeadline(w)
 	start := time.Now()
 	if err := s.store.Compact(r.Context(), table); err != nil {
-		s.writeError(w, r, tableError(err, table))
+		s.writeError(w, r, compactError(err, table))
 		return
 	}
 	writeJSON(w, http.StatusOK, DBCompactResponse{Table: table, DurationMS: time.Since(start).Milliseconds()})
@@ -172,6 +172,19 @@ func tableError(err error, table string) error {
 		return errNotFound("table", fmt.Sprintf("no table %q; see GET /api/db for the tables", table))
 	}
 	return err
+}
+
+// compactError classifies a failed compaction. On a full disk (a
+// compaction out of space, or one RocksDB refused while it holds a
+// background error) it is 507 saying that the compaction did not run, not
+// the write answer that nothing was stored; a store that cannot work for
+// another reason is 503 with it (toAPIError).
+func compactError(err error, table string) error {
+	if errors.Is(err, storage.ErrDiskFull) {
+		return &apiError{Status: http.StatusInsufficientStorage, Code: CodeInsufficientStorage,
+			Message: fmt.Sprintf("the compaction of %s did not run: the node's disk is full; run it again once space is freed", table), cause: err}
+	}
+	return tableError(err, table)
 }
 
 // dirError classifies a backup or checkpoint failure: a target that exists

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/singularity-ng/singularity-edge/storage"
@@ -26,6 +27,29 @@ func TestStorageErrorsMapToSpecificStatus(t *testing.T) {
 		ae := toAPIError(tc.err)
 		if ae.Status != tc.status || ae.Code != tc.code {
 			t.Errorf("%v: %d %s, want %d %s", tc.err, ae.Status, ae.Code, tc.status, tc.code)
+		}
+	}
+}
+
+// A compaction RocksDB refused or could not finish is not a success: 507
+// on a full disk, 503 with the cause while the store cannot work, 404 for
+// a table that does not exist.
+func TestCompactErrors(t *testing.T) {
+	for _, tc := range []struct {
+		err    error
+		status int
+		code   string
+		says   string
+	}{
+		{fmt.Errorf("storage: compact pools not run: %w: background flush failed: No space left on device", storage.ErrDiskFull),
+			http.StatusInsufficientStorage, CodeInsufficientStorage, "compaction of pools did not run"},
+		{fmt.Errorf("%w: storage: compact pools not run: background write failed: IO error", storage.ErrNotReady),
+			http.StatusServiceUnavailable, CodeUnavailable, "background write failed"},
+		{fmt.Errorf("%w: %q", storage.ErrUnknownTable, "pools"), http.StatusNotFound, CodeNotFound, "no table"},
+	} {
+		ae := toAPIError(compactError(tc.err, "pools"))
+		if ae.Status != tc.status || ae.Code != tc.code || !strings.Contains(ae.Message, tc.says) {
+			t.Errorf("%v: %d %s %q, want %d %s saying %q", tc.err, ae.Status, ae.Code, ae.Message, tc.status, tc.code, tc.says)
 		}
 	}
 }

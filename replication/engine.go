@@ -51,6 +51,12 @@ type Engine struct {
 	ownTimesKeep   int
 	ownTimesPrunes int
 
+	// held is what tombstone purge knows of every member it waits for,
+	// by node id (purgeWatermarks), saved in the store so that a restart
+	// does not forget the members that were already dead.
+	holdMu sync.Mutex
+	held   map[string]PurgeMember
+
 	wg     sync.WaitGroup
 	cancel context.CancelFunc
 	fatal  chan error // ends Run (a rebuild)
@@ -82,6 +88,7 @@ func New(cfg Config, store Store, members Membership) (*Engine, error) {
 		nodeID: store.NodeID(), keyFP: store.KeyFingerprint(), clusterID: store.ClusterID(),
 		ready: make(chan struct{}), peers: map[string]*peer{}, progress: make(chan struct{}),
 		ownTimes: map[uint64]time.Time{}, ownTimesKeep: ownTimesKeep, fatal: make(chan error, 1),
+		held: map[string]PurgeMember{},
 	}
 	e.metrics = newMetrics(cfg.Registerer, e)
 	if len(e.keyFP) == 0 {
@@ -140,6 +147,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.mu.Lock()
 	e.ownMax = books[e.nodeID].Max
 	e.mu.Unlock()
+	if err := e.loadHeld(ctx); err != nil {
+		return fmt.Errorf("replication: reading the members purge waits for: %w", err)
+	}
 
 	if err := e.bootstrap(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -243,9 +253,8 @@ func (e *Engine) peerFor(id, name string) *peer {
 // rebuild), and nothing else ever removed the old id's record: its
 // pending sets and lag grew in /metrics forever, and its watermark held
 // back the pruning of the commit times kept for the lag. Purge is not
-// changed by it: it already leaves out a member silent for EvictAfter,
-// and a member merely partitioned (dead to gossip, heard from within
-// EvictAfter) keeps its record, so its watermarks still hold purge back.
+// changed by it: it keeps its own record of the members it waits for
+// (purgeWatermarks), which leaves out a member silent for EvictAfter too.
 func (e *Engine) forgetPeers(current map[string]cluster.Member) {
 	now := e.cfg.Now()
 	e.mu.Lock()

@@ -546,22 +546,130 @@ func receiveWait(t *testing.T, done <-chan waitOutcome, bound time.Duration) wai
 }
 
 func TestPurgeWatermarks(t *testing.T) {
-	tc, nodes := threeNodes(t)
+	_, nodes := threeNodes(t)
 	nodes[1].store.write(map[string]*string{"x": str("1")})
 	waitConverged(t, nodes...)
 	waitUntil(t, "books from every peer", func() bool {
 		wm, ok := nodes[0].eng.purgeWatermarks()
 		return ok && len(wm) == 2 && wm["b"]["b"] == 1 && wm["c"]["b"] == 1
 	})
-	// An alive member never heard from blocks the purge.
-	tc.add("silent", "r", "127.0.0.1:1")
-	if _, ok := nodes[0].eng.purgeWatermarks(); ok {
-		t.Fatal("a member without a report must block the purge")
+}
+
+// A member whose watermarks are unknown (it never reported them) holds
+// every origin at zero, whatever its state, until it reports or nothing
+// was heard of it for EvictAfter. The failure detector hears an alive or
+// suspect member: it never ages.
+func TestPurgeWatermarksUnknownMember(t *testing.T) {
+	const evict = time.Hour
+	cases := []struct {
+		name    string
+		state   cluster.State
+		reports bool          // it reports its books
+		later   time.Duration // asked again this much later
+		wantOK  bool
+	}{
+		{name: "alive, silent", state: cluster.StateAlive, wantOK: false},
+		{name: "suspect, silent", state: cluster.StateSuspect, wantOK: false},
+		{name: "dead, silent", state: cluster.StateDead, wantOK: false},
+		{name: "left, silent", state: cluster.StateLeft, wantOK: false},
+		{name: "suspect, silent, past the eviction time", state: cluster.StateSuspect, later: evict + time.Minute, wantOK: false},
+		{name: "dead, silent, within the eviction time", state: cluster.StateDead, later: evict - time.Minute, wantOK: false},
+		{name: "dead, silent, past the eviction time", state: cluster.StateDead, later: evict + time.Minute, wantOK: true},
+		{name: "suspect, reported", state: cluster.StateSuspect, reports: true, wantOK: true},
+		{name: "dead, reported", state: cluster.StateDead, reports: true, wantOK: true},
 	}
-	// A dead one is left out (evicted once EvictAfter passes).
-	tc.setState("silent", cluster.StateDead)
-	if wm, ok := nodes[0].eng.purgeWatermarks(); !ok || len(wm) != 2 {
-		t.Fatalf("dead member: %v %v", wm, ok)
+	for _, tt := range cases {
+		t.Run(tt.name, func(t *testing.T) {
+			var offset atomic.Int64
+			now := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+			cfg := DefaultConfig()
+			cfg.Addr = "127.0.0.1:0"
+			cfg.Name = "a"
+			cfg.Region = "r"
+			cfg.Secrets = [][]byte{testSecret('k')}
+			cfg.Logger = quietLogger(t)
+			cfg.Registerer = prometheus.NewRegistry()
+			cfg.Now = now
+			cfg.EvictAfter = evict
+			tc := newTestCluster()
+			e, err := New(cfg, newTestStore(t, "a"), tc.view("a"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.add("a", "r", "127.0.0.1:1")
+			tc.add("m", "r", "127.0.0.1:2")
+			tc.setState("m", tt.state)
+			if tt.reports {
+				e.peerFor("m", "m").setBooks(Books{"a": {Watermark: 7, Max: 7}}, now())
+			}
+			wm, ok := e.purgeWatermarks()
+			if ok != tt.reports {
+				t.Fatalf("at once: purgeWatermarks = %v, %v; want ok=%v", wm, ok, tt.reports)
+			}
+			offset.Store(int64(tt.later))
+			wm, ok = e.purgeWatermarks()
+			if ok != tt.wantOK {
+				t.Fatalf("%v later: purgeWatermarks = %v, %v; want ok=%v", tt.later, wm, ok, tt.wantOK)
+			}
+			if ok && tt.reports && wm["m"]["a"] != 7 {
+				t.Fatalf("watermarks %v, want m at 7 for a", wm)
+			}
+			if ok && !tt.reports && len(wm) != 0 {
+				t.Fatalf("watermarks %v, want the evicted member left out", wm)
+			}
+		})
+	}
+}
+
+// Membership after a restart knows only the members it can reach: one
+// dead before it must still hold purge back with what it last reported,
+// until it has been gone for EvictAfter; one alive when the agent stopped
+// counts as heard at the restart.
+func TestPurgeWaitsAcrossRestart(t *testing.T) {
+	const evict = 24 * time.Hour
+	var offset atomic.Int64
+	now := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	opts := func(c *Config) { c.Now = now; c.EvictAfter = evict }
+	ctx := context.Background()
+
+	as := newClusterStore(t, "a", "c1")
+	tc := newTestCluster()
+	tc.alone = true
+	a := startEngine(t, tc, "a", as, [][]byte{testSecret('k')}, opts)
+	waitReady(t, a)
+	tc.add("b", "r", "127.0.0.1:1")
+	tc.add("c", "r", "127.0.0.1:2")
+	a.eng.peerFor("b", "b").setBooks(Books{"a": {Watermark: 5, Max: 5}}, now())
+	a.eng.peerFor("c", "c").setBooks(Books{"a": {Watermark: 6, Max: 6}}, now())
+	tc.setState("b", cluster.StateDead)
+	if wm, ok := a.eng.purgeWatermarks(); !ok || len(wm) != 2 {
+		t.Fatalf("before the restart: %v %v, want b and c", wm, ok)
+	}
+	if err := a.eng.saveHeld(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.stop()
+
+	// Half an hour later the agent starts again and sees neither.
+	offset.Store(int64(30 * time.Minute))
+	as = as.reopen()
+	tc2 := newTestCluster()
+	tc2.alone = true
+	a = startEngine(t, tc2, "a", as, [][]byte{testSecret('k')}, opts)
+	waitReady(t, a)
+	want := map[string]map[string]uint64{"b": {"a": 5}, "c": {"a": 6}}
+	if wm, ok := a.eng.purgeWatermarks(); !ok || fmt.Sprint(wm) != fmt.Sprint(want) {
+		t.Fatalf("after the restart: %v %v, want %v", wm, ok, want)
+	}
+	// b was last heard before the restart; c may have been heard until it.
+	offset.Store(int64(evict + 10*time.Minute))
+	want = map[string]map[string]uint64{"c": {"a": 6}}
+	if wm, ok := a.eng.purgeWatermarks(); !ok || fmt.Sprint(wm) != fmt.Sprint(want) {
+		t.Fatalf("b gone for the eviction time: %v %v, want %v", wm, ok, want)
+	}
+	offset.Store(int64(evict + 40*time.Minute))
+	if wm, ok := a.eng.purgeWatermarks(); !ok || len(wm) != 0 {
+		t.Fatalf("both gone for the eviction time: %v %v, want none", wm, ok)
 	}
 }
 

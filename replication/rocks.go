@@ -287,6 +287,34 @@ func (r *RocksStore) Purge(ctx context.Context, watermarks map[string]map[string
 	return PurgeResult{Purged: res.Removed}, mapErr(err)
 }
 
+// SavePurgeMembers implements Store.
+func (r *RocksStore) SavePurgeMembers(ctx context.Context, members map[string]PurgeMember) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	out := make(map[string]storage.PurgeMember, len(members))
+	for id, m := range members {
+		out[id] = storage.PurgeMember{Name: m.Name, Watermarks: m.Watermarks, HeardAt: m.HeardAt, Live: m.Live}
+	}
+	return mapErr(r.s.SavePurgeMembers(out))
+}
+
+// PurgeMembers implements Store.
+func (r *RocksStore) PurgeMembers(ctx context.Context) (map[string]PurgeMember, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	saved, err := r.s.PurgeMembers()
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	out := make(map[string]PurgeMember, len(saved))
+	for id, m := range saved {
+		out[id] = PurgeMember{Name: m.Name, Watermarks: m.Watermarks, HeardAt: m.HeardAt, Live: m.Live}
+	}
+	return out, nil
+}
+
 // Rebuild implements Store: it marks the store to be discarded at the
 // next start (CompleteRebuild, before storage.Open), because a live
 // RocksDB cannot drop its tables under its readers. The engine ends with

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"time"
 
@@ -216,6 +217,12 @@ func (e *Engine) purgeLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		wm, ok := e.purgeWatermarks()
+		// Saved before the purge it allows: a restart then still knows
+		// every member this purge waited for.
+		if err := e.saveHeld(ctx); err != nil {
+			e.log.Warn("tombstone purge skipped: cannot save the members it waits for", zap.Error(err))
+			continue
+		}
 		if !ok {
 			continue
 		}
@@ -229,38 +236,117 @@ func (e *Engine) purgeLoop(ctx context.Context) {
 }
 
 // purgeWatermarks returns member → origin → contiguous watermark for every
-// member heard from within EvictAfter, or false when an alive member has
-// not reported yet (a purge then could remove what it still needs).
+// member heard from within EvictAfter, or false when one of them never
+// reported its watermarks: it holds every origin at zero, so no tombstone
+// can go. Alive and suspect members are heard now (the failure detector
+// hears them); the others age from when anything was last heard of them,
+// here or, for a member this node no longer sees (dead before a restart),
+// in the record saved before (saveHeld). A member whose name another node
+// id now holds (a rebuild, a restored backup) is gone at once: that node
+// reports under its new id.
 func (e *Engine) purgeWatermarks() (map[string]map[string]uint64, bool) {
 	now := e.cfg.Now()
-	out := map[string]map[string]uint64{}
+	e.holdMu.Lock()
+	defer e.holdMu.Unlock()
+	current := map[string]bool{}
+	names := map[string]string{} // member name -> its current node id
 	for _, m := range e.members.Members() {
-		if m.Self || m.ID == e.nodeID {
+		if m.Self || m.ID == "" || m.ID == e.nodeID {
 			continue
 		}
+		current[m.ID] = true
+		names[m.Name] = m.ID
+		h, ok := e.held[m.ID]
+		if !ok {
+			// First sight: a member never heard from ages from now.
+			h.HeardAt = now
+		}
+		h.Name = m.Name
+		h.Live = m.State == cluster.StateAlive || m.State == cluster.StateSuspect
+		if h.Live {
+			h.HeardAt = now
+		} else if m.LastSeen != nil && m.LastSeen.After(h.HeardAt) {
+			h.HeardAt = *m.LastSeen
+		}
+		e.held[m.ID] = h
+	}
+	out := map[string]map[string]uint64{}
+	ok := true
+	for id, h := range e.held {
+		if !current[id] {
+			h.Live = false
+		}
 		e.mu.Lock()
-		p := e.peers[m.ID]
+		p := e.peers[id]
 		e.mu.Unlock()
-		var books Books
-		var at time.Time
 		if p != nil {
 			p.mu.Lock()
-			books, at = p.books, p.booksAt
+			books := p.books
 			p.mu.Unlock()
-		}
-		if books == nil || now.Sub(at) > e.cfg.EvictAfter {
-			if m.State == cluster.StateAlive {
-				return nil, false
+			if books != nil {
+				h.Watermarks = make(map[string]uint64, len(books))
+				for o, b := range books {
+					h.Watermarks[o] = b.Watermark
+				}
 			}
-			continue // evicted: it must rebuild if it returns
+			if t := p.lastHeard(); t.After(h.HeardAt) {
+				h.HeardAt = t
+			}
 		}
-		wm := make(map[string]uint64, len(books))
-		for o, b := range books {
-			wm[o] = b.Watermark
+		if now.Sub(h.HeardAt) > e.cfg.EvictAfter {
+			delete(e.held, id) // evicted: it must rebuild if it returns
+			continue
 		}
-		out[m.ID] = wm
+		if n, named := names[h.Name]; named && n != id && h.Name != "" {
+			delete(e.held, id)
+			continue
+		}
+		e.held[id] = h
+		if h.Watermarks == nil {
+			ok = false
+			continue
+		}
+		out[id] = maps.Clone(h.Watermarks)
+	}
+	if !ok {
+		return nil, false
 	}
 	return out, true
+}
+
+// loadHeld adds the members saved by a previous run that this run does
+// not know yet. One alive or suspect when saved may have been heard until
+// the agent stopped, which is not recorded: it counts as heard now.
+func (e *Engine) loadHeld(ctx context.Context) error {
+	saved, err := e.store.PurgeMembers(ctx)
+	if err != nil {
+		return err
+	}
+	now := e.cfg.Now()
+	e.holdMu.Lock()
+	defer e.holdMu.Unlock()
+	for id, h := range saved {
+		if _, known := e.held[id]; known || id == e.nodeID {
+			continue
+		}
+		if h.Live {
+			h.HeardAt, h.Live = now, false
+		}
+		e.held[id] = h
+	}
+	return nil
+}
+
+// saveHeld saves what purge knows of the members it waits for.
+func (e *Engine) saveHeld(ctx context.Context) error {
+	e.holdMu.Lock()
+	held := make(map[string]PurgeMember, len(e.held))
+	for id, h := range e.held {
+		h.Watermarks = maps.Clone(h.Watermarks)
+		held[id] = h
+	}
+	e.holdMu.Unlock()
+	return e.store.SavePurgeMembers(ctx, held)
 }
 
 // Flush waits until every alive member holds every change set this node

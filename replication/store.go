@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"time"
 )
 
 // Errors a Store returns that the engine acts on.
@@ -70,6 +71,21 @@ type PurgeResult struct {
 	Purged int
 }
 
+// PurgeMember is what tombstone purge knows of one member.
+type PurgeMember struct {
+	Name string
+	// Watermarks is the member's contiguous watermark per origin as it
+	// last reported it; nil when it never did: it then holds every origin
+	// at zero.
+	Watermarks map[string]uint64
+	// HeardAt is the last time anything was heard from the member; purge
+	// forgets it EvictAfter later.
+	HeardAt time.Time
+	// Live: alive or suspect when saved, so it may have been heard after
+	// HeardAt.
+	Live bool
+}
+
 // Store is what the replication engine needs of the local store.
 type Store interface {
 	// NodeID is this node's origin id; ClusterID keeps clusters apart.
@@ -122,6 +138,12 @@ type Store interface {
 	// from the map are not active (evicted); the store applies its grace
 	// period and re-checks each tombstone inside the purge commit.
 	Purge(ctx context.Context, watermarks map[string]map[string]uint64) (PurgeResult, error)
+
+	// SavePurgeMembers keeps, across restarts, what purge knows of every
+	// member it still waits for (by node id); PurgeMembers reads back the
+	// last save (none before the first).
+	SavePurgeMembers(ctx context.Context, members map[string]PurgeMember) error
+	PurgeMembers(ctx context.Context) (map[string]PurgeMember, error)
 
 	// Rebuild discards the local state and takes a new node id, so that
 	// the store needs a bootstrap (NeedsBootstrap true). The engine calls

@@ -25,7 +25,8 @@
 //	              bk/<origin>, lseq/<be64 seq>,         Ranges per origin, the local seq and the
 //	              purge_floor, state, format,           clock reading of the last commit, purge
 //	              key_check, index_version,             floor, readiness, layout, key check,
-//	              resync/<table>, probe                 index set, tables under resync
+//	              resync/<table>, probe,                index set, tables under resync,
+//	              purge_members                         what purge knows of the members (JSON)
 //
 // A row envelope (codec.go) is a format-version byte followed by protobuf
 // wire fields: the row's Version (HLC, origin, seq), a deleted flag and the

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -121,17 +122,94 @@ func (s *Store) resume() error {
 // next commit after it; recovery stops at that tear and loses every
 // commit behind it. Flushing every family first moves writes to a new log
 // and makes the torn one obsolete.
+//
+// Attempts are paced (resumePacer): the health probe every 2 s and every
+// commit would otherwise each flush against a full disk. Between them the
+// failure still held is answered as it is.
 func (s *Store) resumeAfterFailure() error {
-	if s.opts.bgErr.Err() != nil {
-		return s.resume()
-	}
-	if s.writeErr.Load() == nil {
+	bg := s.opts.bgErr.Err() != nil
+	f := s.writeErr.Load()
+	if !bg && f == nil {
 		return nil
 	}
-	if err := s.flushAll(); err != nil {
-		return diskFullError(fmt.Errorf("storage: retire the log of a failed write: %w", err))
+	if !s.pace.due(s.cfg.Now(), s.spaceForFlush) {
+		if err := s.backgroundError(); err != nil {
+			return err
+		}
+		if f != nil {
+			return f.err
+		}
+		// Cleared meanwhile by another caller's attempt.
+		return nil
 	}
-	return nil
+	s.counts.resumeAttempts.Add(1)
+	var err error
+	if bg {
+		err = s.resume()
+	} else if ferr := s.flushAll(); ferr != nil {
+		err = diskFullError(fmt.Errorf("storage: retire the log of a failed write: %w", ferr))
+	}
+	s.pace.done(s.cfg.Now(), err)
+	return err
+}
+
+// Bounds of the wait between two attempts to write again after a failure.
+const (
+	resumeWaitMin = 2 * time.Second
+	resumeWaitMax = time.Minute
+)
+
+// resumePacer spaces the attempts to write again after a failure: the wait
+// doubles after each one that fails, from resumeWaitMin up to
+// resumeWaitMax, and is over at once when there is room for a flush again
+// (space was freed) or after a write succeeds. So a full disk costs one
+// flush attempt a minute, and writes still come back as soon as space is
+// freed.
+type resumePacer struct {
+	mu   sync.Mutex
+	wait time.Duration // after the last failed attempt; 0: none failed
+	next time.Time     // no attempt before, unless there is room again
+}
+
+// due reports whether an attempt may be made now: none failed yet, the
+// wait is over, or room says there is space again.
+func (p *resumePacer) due(now time.Time, room func() bool) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.wait == 0 || !now.Before(p.next) || room()
+}
+
+// done records an attempt's outcome.
+func (p *resumePacer) done(now time.Time, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err == nil {
+		p.wait, p.next = 0, time.Time{}
+		return
+	}
+	p.wait = min(max(2*p.wait, resumeWaitMin), resumeWaitMax)
+	p.next = now.Add(p.wait)
+}
+
+// reset ends the wait (a write succeeded).
+func (p *resumePacer) reset() {
+	p.mu.Lock()
+	p.wait, p.next = 0, time.Time{}
+	p.mu.Unlock()
+}
+
+// spaceForFlush reports whether the volume has room to flush every
+// memtable, plus the write buffer RocksDB keeps in reserve: what an
+// attempt to write again needs first.
+func (s *Store) spaceForFlush() bool {
+	need := s.opts.wbs
+	for _, n := range append(TableNames(), internalFamilies()...) {
+		if v, ok := s.base.GetIntPropertyCF("rocksdb.cur-size-all-mem-tables", s.cfs[n]); ok {
+			need += v
+		}
+	}
+	free, err := freeBytes(s.cfg.Dir)
+	return err == nil && free >= need
 }
 
 // flushAll flushes the memtables of every family and waits for it.
@@ -165,6 +243,7 @@ func (s *Store) noteWriteError(err error) error {
 // noteWriteOK clears a remembered write failure after a commit succeeded.
 func (s *Store) noteWriteOK() {
 	if s.writeErr.Load() != nil {
+		s.pace.reset()
 		if prev := s.writeErr.Swap(nil); prev != nil {
 			s.log.Info("store commits again", zap.NamedError("after", prev.err))
 		}

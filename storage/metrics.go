@@ -20,6 +20,7 @@ type counters struct {
 	tombstonesPurged  atomic.Uint64
 	rowsExpired       atomic.Uint64
 	commitFailures    atomic.Uint64 // commits that failed for a storage reason (space, I/O)
+	resumeAttempts    atomic.Uint64 // attempts to write again after a failure (resumeAfterFailure)
 }
 
 // collector exposes the store's counters and RocksDB figures. It reads
@@ -31,7 +32,7 @@ type collector struct {
 	lastIndex, keys, liveBytes, sstBytes, memBytes, cacheUsage, cacheCapacity *prometheus.Desc
 	compactionsRunning, compactionPending, flushesRunning                     *prometheus.Desc
 	rowCacheBytes, rowCacheCapacity, rowCacheLookups                          *prometheus.Desc
-	bgErrors, bgErrorHeld, compactionNeed                                     *prometheus.Desc
+	bgErrors, bgErrorHeld, compactionNeed, resumeAttempts                     *prometheus.Desc
 }
 
 func newCollector(s *Store) *collector {
@@ -64,6 +65,8 @@ func newCollector(s *Store) *collector {
 			"1 while RocksDB holds a background error, by the work that failed: every write is refused until it is cleared (the store resumes by itself once space is back).", "reason"),
 		compactionNeed: d("compaction_space_needed_bytes",
 			"Input bytes of the compactions that ran out of space and have not run since: about the free space they need (0 when none)."),
+		resumeAttempts: d("resume_attempts_total",
+			"Attempts to make writes possible again after a failed one (a resume or a flush); while the disk stays full they come at most once a minute, at once when space is freed."),
 	}
 }
 
@@ -71,7 +74,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.commits, c.applyRows, c.applyDuplicate,
 		c.clockSkew, c.lastIndex, c.keys, c.liveBytes, c.sstBytes, c.memBytes, c.cacheUsage, c.cacheCapacity,
 		c.compactionsRunning, c.compactionPending, c.flushesRunning, c.rowCacheBytes, c.rowCacheCapacity, c.rowCacheLookups,
-		c.bgErrors, c.bgErrorHeld, c.compactionNeed} {
+		c.bgErrors, c.bgErrorHeld, c.compactionNeed, c.resumeAttempts} {
 		ch <- d
 	}
 }
@@ -109,6 +112,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.bgErrorHeld, v, r)
 	}
 	gauge(c.compactionNeed, s.opts.bgErr.CompactionNeed())
+	counter(c.resumeAttempts, s.counts.resumeAttempts.Load())
 	for _, t := range TableNames() {
 		cf := s.cfs[t]
 		prop := func(name string) uint64 {

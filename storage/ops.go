@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -125,7 +126,10 @@ func (s *Store) RocksDBStats(table string) (string, error) {
 // versions and deleted index entries. It blocks until done, and fails
 // (ErrDiskFull for lack of space) when the compaction did: RocksDB's C
 // API returns no status for it, so the store's background-error listener
-// reports it.
+// reports it. While RocksDB holds a background error it refuses a manual
+// compaction without running it, and nothing else would say so: Compact
+// then fails with that error (ErrDiskFull, or ErrNotReady for another
+// cause) and changes nothing (it does not try to resume either).
 func (s *Store) Compact(ctx context.Context, table string) error {
 	if err := s.enter(); err != nil {
 		return err
@@ -138,12 +142,29 @@ func (s *Store) Compact(ctx context.Context, table string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if err := s.compactRefused(table); err != nil {
+		return err
+	}
 	before, _ := s.opts.bgErr.ManualFailures()
 	s.base.CompactRangeCF(cf, grocksdb.Range{})
 	if after, err := s.opts.bgErr.ManualFailures(); after > before && err != nil {
 		return diskFullError(fmt.Errorf("storage: compact %s: %w", table, err))
 	}
-	return nil
+	// One that arose meanwhile may have stopped it part way.
+	return s.compactRefused(table)
+}
+
+// compactRefused returns the error a manual compaction of table fails with
+// while RocksDB holds a background error.
+func (s *Store) compactRefused(table string) error {
+	bg := s.backgroundError()
+	if bg == nil {
+		return nil
+	}
+	if errors.Is(bg, ErrDiskFull) {
+		return fmt.Errorf("storage: compact %s not run: %w", table, bg)
+	}
+	return fmt.Errorf("%w: storage: compact %s not run: %w", ErrNotReady, table, bg)
 }
 
 // Verify reads every table with checksum verification and checks that the

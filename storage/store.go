@@ -82,7 +82,10 @@ type Store struct {
 	// both find the background error, and RocksDB answers the second
 	// Resume "Busy" while the first is recovering.
 	resumeMu sync.Mutex
-	gc       groupCommit // WAL syncs of local commits (groupcommit.go)
+	// pace spaces the attempts to write again while the disk stays full
+	// (health.go).
+	pace resumePacer
+	gc   groupCommit // WAL syncs of local commits (groupcommit.go)
 
 	counts    counters
 	collector *collector

@@ -1,0 +1,169 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// failedFlush commits on a nearly full disk until a background flush has
+// failed, then takes the last bytes, so that no resume can flush: RocksDB
+// holds a background error. It returns the files whose removal frees the
+// disk.
+func failedFlush(t *testing.T, s *Store, mnt string) []string {
+	t.Helper()
+	filler := fillDisk(t, mnt, "filler", 3<<20)
+	for i, deadline := 0, time.Now().Add(hangBound); s.backgroundError() == nil; i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("no failed flush after %d commits", i)
+		}
+		if err := commitPadded(t, s, fmt.Sprintf("b-%05d", i)); err != nil && !errors.Is(err, ErrDiskFull) {
+			t.Fatalf("commit on a full disk: %v", err)
+		}
+	}
+	rest := fillDisk(t, mnt, "rest", 0)
+	if err := commitPadded(t, s, "refused"); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("commit after the failed flush, with the disk full: %v", err)
+	}
+	if err := s.backgroundError(); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("background error %v, want a full disk", err)
+	}
+	return []string{filler, rest}
+}
+
+func freeDisk(t *testing.T, files []string) {
+	t.Helper()
+	for _, f := range files {
+		if err := os.Remove(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// While RocksDB holds a background error it refuses a manual compaction
+// without running it, and its C API says nothing: `db compact` answered
+// success. It must fail with the cause and change nothing (no resume
+// either); once space is back it runs.
+func TestCompactRefusedWhileBackgroundError(t *testing.T) {
+	mnt := mountSmallDisk(t, "24m")
+	cfg := testConfig(t, filepath.Join(mnt, "data"))
+	cfg.SyncWAL = true
+	cfg.WriteBufferSize = 1 << 20
+	s, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { noHang(t, "Close", func() { _ = s.Close() }) }()
+	files := failedFlush(t, s, mnt)
+	ctx := context.Background()
+	attempts := s.counts.resumeAttempts.Load()
+	for _, table := range []string{TableBackends, TablePools} {
+		var cerr error
+		noHang(t, "Compact", func() { cerr = s.Compact(ctx, table) })
+		if !errors.Is(cerr, ErrDiskFull) {
+			t.Fatalf("compact %s with a background error held: %v, want ErrDiskFull", table, cerr)
+		}
+	}
+	if err := s.backgroundError(); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("background error after the refused compaction: %v, want it still held", err)
+	}
+	if got := s.counts.resumeAttempts.Load(); got != attempts {
+		t.Fatalf("the refused compaction made %d resume attempts, want none", got-attempts)
+	}
+	freeDisk(t, files)
+	waitWritable(t, s)
+	var cerr error
+	noHang(t, "Compact", func() { cerr = s.Compact(ctx, TableBackends) })
+	if cerr != nil {
+		t.Fatalf("compact once space is back: %v", cerr)
+	}
+}
+
+// On a full disk the health probe (every 2 s) and every commit tried to
+// write again each time, a flush against the full disk. Attempts are
+// paced: after a failed one the next waits 2 s, then twice as long each
+// time, up to a minute; freeing space ends the wait at once, and a write
+// that succeeds starts the pacing over.
+func TestDiskFullResumePaced(t *testing.T) {
+	mnt := mountSmallDisk(t, "24m")
+	// The store's clock moves only when the test moves it.
+	base := time.Now()
+	var offset atomic.Int64
+	cfg := testConfig(t, filepath.Join(mnt, "data"))
+	cfg.SyncWAL = true
+	cfg.WriteBufferSize = 1 << 20
+	cfg.Now = func() time.Time { return base.Add(time.Duration(offset.Load())) }
+	s, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { noHang(t, "Close", func() { _ = s.Close() }) }()
+	files := failedFlush(t, s, mnt)
+	probe := func() {
+		t.Helper()
+		if err := s.CheckWritable(); !errors.Is(err, ErrDiskFull) {
+			t.Fatalf("probe on a full disk: %v", err)
+		}
+	}
+	advance := func(d time.Duration) { offset.Add(int64(d)) }
+	attempts := func() uint64 { return s.counts.resumeAttempts.Load() }
+
+	// Whatever the commits above left, the wait is over after a minute:
+	// one attempt, then none until its wait is over.
+	advance(resumeWaitMax + time.Second)
+	n := attempts()
+	for range 10 {
+		probe()
+	}
+	if got := attempts() - n; got != 1 {
+		t.Fatalf("10 probes at once on a full disk made %d attempts, want 1", got)
+	}
+	wait := s.pace.wait
+	if wait < resumeWaitMin || wait > resumeWaitMax {
+		t.Fatalf("wait after a failed attempt %v, want within [%v, %v]", wait, resumeWaitMin, resumeWaitMax)
+	}
+	for range 6 {
+		n = attempts()
+		advance(wait - time.Millisecond)
+		probe()
+		if _, err := s.Update(context.Background(), func(tx *Tx) error { return tx.PutPool(samplePool("p")) }); !errors.Is(err, ErrDiskFull) {
+			t.Fatalf("commit on a full disk: %v", err)
+		}
+		if got := attempts() - n; got != 0 {
+			t.Fatalf("attempts before the wait of %v was over: %d", wait, got)
+		}
+		advance(time.Millisecond)
+		probe()
+		if got := attempts() - n; got != 1 {
+			t.Fatalf("attempts once the wait of %v was over: %d, want 1", wait, got)
+		}
+		next := s.pace.wait
+		if want := min(2*wait, resumeWaitMax); next != want {
+			t.Fatalf("wait after %v: %v, want %v", wait, next, want)
+		}
+		wait = next
+	}
+	if wait != resumeWaitMax {
+		t.Fatalf("wait %v after doubling, want the cap %v", wait, resumeWaitMax)
+	}
+
+	// Space comes back: the next probe tries at once, with no time
+	// passing, and writes go through.
+	freeDisk(t, files)
+	n = attempts()
+	waitWritable(t, s)
+	if attempts() == n {
+		t.Fatal("writes came back without an attempt")
+	}
+	if s.pace.wait != 0 {
+		t.Fatalf("wait %v after writes came back, want none", s.pace.wait)
+	}
+	if err := commitPadded(t, s, "after"); err != nil {
+		t.Fatalf("commit after space is back: %v", err)
+	}
+}
