@@ -1177,6 +1177,26 @@ func TestPeerRecordsForgottenAfterEviction(t *testing.T) {
 	tc.mu.Unlock()
 	tc.partition([]string{"a", "c"}, []string{"b"})
 	a.store.write(map[string]*string{"y": str("2")}) // pending for b and c
+	// Move the clock only once nothing more comes from b: a frame of b
+	// handled after the move would count as heard then, and keep b's
+	// record for another eviction time. a's stream to b ends as soon as a
+	// sees b dead; b's to a once b's membership pass (every second) sees a
+	// dead, so b's last contact must hold still across more than a pass.
+	lastContact := func() time.Time {
+		if st, ok := a.eng.Status()["b"]; ok && st.LastContact != nil {
+			return *st.LastContact
+		}
+		return time.Time{}
+	}
+	waitUntil(t, "nothing more from b", func() bool {
+		st, ok := a.eng.Status()["b"]
+		if !ok || st.Connected {
+			return false
+		}
+		before := lastContact()
+		time.Sleep(1500 * time.Millisecond)
+		return lastContact().Equal(before)
+	})
 	peerIDs := func() []string {
 		var ids []string
 		for id := range a.eng.Status() {
