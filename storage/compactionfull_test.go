@@ -24,10 +24,7 @@ import (
 // probe resumes) and the compaction runs. It needs a small tmpfs, so it
 // runs as root only.
 func TestDiskFullCompaction(t *testing.T) {
-	mnt := mountSmallDisk(t, "64m")
-	cfg := testConfig(t, filepath.Join(mnt, "data"))
-	cfg.SyncWAL = true
-	cfg.WriteBufferSize = 4 << 20
+	mnt, cfg := smallDiskStore(t, "64m", 4<<20)
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
 	s, err := Open(cfg)
@@ -136,10 +133,7 @@ func reasonMetric(t *testing.T, reg *prometheus.Registry, name, reason string) f
 // success) and stops nothing: the store stays ready and commits go on.
 // Once there is room it succeeds.
 func TestDiskFullManualCompaction(t *testing.T) {
-	mnt := mountSmallDisk(t, "64m")
-	cfg := testConfig(t, filepath.Join(mnt, "data"))
-	cfg.SyncWAL = true
-	cfg.WriteBufferSize = 4 << 20
+	mnt, cfg := smallDiskStore(t, "64m", 4<<20)
 	s, err := Open(cfg)
 	if err != nil {
 		t.Fatal(err)

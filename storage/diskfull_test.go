@@ -18,10 +18,7 @@ import (
 // (what the health check does) makes it ready and writes go through
 // again. It needs a small tmpfs, so it runs as root only.
 func TestDiskFullAnswersAndRecovers(t *testing.T) {
-	mnt := mountSmallDisk(t, "24m")
-	cfg := testConfig(t, filepath.Join(mnt, "data"))
-	cfg.SyncWAL = true
-	cfg.WriteBufferSize = 1 << 20
+	mnt, cfg := smallDiskStore(t, "24m", 1<<20)
 	s, err := Open(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -72,10 +69,7 @@ func TestDiskFullBackgroundFlush(t *testing.T) {
 		{"closed while full", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mnt := mountSmallDisk(t, "24m")
-			cfg := testConfig(t, filepath.Join(mnt, "data"))
-			cfg.SyncWAL = true
-			cfg.WriteBufferSize = 1 << 20
+			mnt, cfg := smallDiskStore(t, "24m", 1<<20)
 			s, err := Open(cfg)
 			if err != nil {
 				t.Fatal(err)
@@ -283,6 +277,18 @@ func commitPadded(t *testing.T, s *Store, id string) error {
 		})
 	})
 	return err
+}
+
+// smallDiskStore mounts a small disk (mountSmallDisk) and returns it with
+// the configuration of a store on it: WAL synced, memtables of
+// writeBuffer bytes so that flushes come early.
+func smallDiskStore(t *testing.T, size string, writeBuffer int64) (string, Config) {
+	t.Helper()
+	mnt := mountSmallDisk(t, size)
+	cfg := testConfig(t, filepath.Join(mnt, "data"))
+	cfg.SyncWAL = true
+	cfg.WriteBufferSize = writeBuffer
+	return mnt, cfg
 }
 
 // mountSmallDisk mounts a tmpfs of the given size on a temp dir: a disk

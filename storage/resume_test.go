@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -50,10 +49,7 @@ func freeDisk(t *testing.T, files []string) {
 // success. It must fail with the cause and change nothing (no resume
 // either); once space is back it runs.
 func TestCompactRefusedWhileBackgroundError(t *testing.T) {
-	mnt := mountSmallDisk(t, "24m")
-	cfg := testConfig(t, filepath.Join(mnt, "data"))
-	cfg.SyncWAL = true
-	cfg.WriteBufferSize = 1 << 20
+	mnt, cfg := smallDiskStore(t, "24m", 1<<20)
 	s, err := Open(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -90,13 +86,10 @@ func TestCompactRefusedWhileBackgroundError(t *testing.T) {
 // time, up to a minute; freeing space ends the wait at once, and a write
 // that succeeds starts the pacing over.
 func TestDiskFullResumePaced(t *testing.T) {
-	mnt := mountSmallDisk(t, "24m")
+	mnt, cfg := smallDiskStore(t, "24m", 1<<20)
 	// The store's clock moves only when the test moves it.
 	base := time.Now()
 	var offset atomic.Int64
-	cfg := testConfig(t, filepath.Join(mnt, "data"))
-	cfg.SyncWAL = true
-	cfg.WriteBufferSize = 1 << 20
 	cfg.Now = func() time.Time { return base.Add(time.Duration(offset.Load())) }
 	s, err := Open(cfg)
 	if err != nil {
