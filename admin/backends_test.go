@@ -66,6 +66,7 @@ var badBackendInputs = []struct {
 	{"unknown field", "web", `{"url":"http://a.test:1","pool":"web"}`, 400, CodeInvalid, "pool"},
 	{"port as string", "web", `{"host":"a.test","port":"80"}`, 400, CodeInvalid, "port"},
 	{"pool_name in body", "web", `{"url":"http://a.test:1","pool_name":"web"}`, 400, CodeInvalid, "pool_name"},
+	{"url twice in two cases", "web", `{"url":"http://a.test:1","URL":"http://b.test:1"}`, 400, CodeInvalid, "URL"},
 	{"url and host", "web", `{"url":"http://a.test:1","host":"b.test"}`, 422, CodeInvalid, "url"},
 	{"bad url scheme", "web", `{"url":"ftp://a.test:21"}`, 422, CodeInvalid, "url"},
 	{"url with path", "web", `{"url":"http://a.test:1/x"}`, 422, CodeInvalid, "url"},
