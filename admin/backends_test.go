@@ -200,6 +200,10 @@ func TestPatchBackend(t *testing.T) {
 		{"port too big", "w1", `{"port":65536}`, 422, CodeInvalid, "port"},
 		{"duplicate address", "w1", `{"url":"http://127.0.0.1:9002"}`, 409, CodeConflict, "url"},
 		{"unknown field", "w1", `{"weigth":2}`, 400, CodeInvalid, "weigth"},
+		// encoding/json leaves the target as it was for null: this was an
+		// empty patch, committed as a new version.
+		{"null body", "w1", `null`, 400, CodeInvalid, ""},
+		{"field in another case", "w1", `{"Weight":2}`, 400, CodeInvalid, "Weight"},
 		{"missing", "nope", `{"weight":2}`, 404, CodeNotFound, "id"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -88,7 +88,11 @@ func decodeStrict(body []byte, dst any) error {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return errInvalid(fmt.Sprintf("unexpected data after the JSON object at %s", position(body, dec.InputOffset())))
 	}
-	return checkKeys(body, reflect.TypeOf(dst))
+	t := reflect.TypeOf(dst)
+	if t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem() // what dst points to is what the body must be
+	}
+	return checkKeys(body, t)
 }
 
 // decodeStrictItems decodes a JSON array of objects into a []T, each item
@@ -97,6 +101,10 @@ func decodeStrict(body []byte, dst any) error {
 // decoding the array in one go would report "port" or "the body must be a
 // JSON object" without saying which item is wrong.
 func decodeStrictItems[T any](body []byte) ([]T, error) {
+	if kind := jsonValueKind(body); kind != "array" && json.Valid(body) {
+		// null would decode as no items at all.
+		return nil, errInvalid("the body must be a JSON array of objects, not " + kind)
+	}
 	var raws []json.RawMessage
 	if err := decodeStrict(body, &raws); err != nil {
 		return nil, err
@@ -191,6 +199,18 @@ func keyType(t reflect.Type) reflect.Type {
 	return nil
 }
 
+// nullable reports whether JSON null is a value of t (nil: any JSON).
+func nullable(t reflect.Type) bool {
+	if t == nil {
+		return true
+	}
+	switch t.Kind() {
+	case reflect.Pointer, reflect.Interface, reflect.Slice, reflect.Map:
+		return true
+	}
+	return keyType(t) == nil || keyType(t) != t // decodes itself, or an Optional
+}
+
 // jsonFields maps the JSON names of a struct's fields to their types, as
 // encoding/json names them (tag name, else the Go name; embedded structs
 // without a name lend theirs).
@@ -235,10 +255,22 @@ func jsonFields(t reflect.Type) map[string]reflect.Type {
 // decodes into (t); path names the value as field errors do
 // ("health_check.rise", "[1].host").
 func walkKeys(dec *json.Decoder, path string, t reflect.Type) error {
+	canBeNull := nullable(t)
 	t = keyType(t)
 	tok, err := dec.Token()
 	if err != nil {
 		return err
+	}
+	if tok == nil && !canBeNull {
+		// encoding/json leaves the value as it was: a null body became an
+		// empty PATCH (a new version, nothing asked for) and a null in
+		// hosts an empty name.
+		kind := jsonKind(t.Kind().String())
+		if path == "" {
+			return errInvalid(fmt.Sprintf("the body must be %s, not null", strings.Replace(kind, "an ", "a JSON ", 1)))
+		}
+		msg := fmt.Sprintf("must be %s, not null", kind)
+		return errInvalid(path+" "+msg, fielderr.FieldError{Field: path, Message: msg})
 	}
 	switch tok {
 	case json.Delim('{'):

@@ -272,6 +272,11 @@ func TestPatchPool(t *testing.T) {
 		{"malformed", `{"algorithm":`, 400, CodeInvalid, ""},
 		{"missing cert", `{"ssl_cert_id":"gone"}`, 422, CodeInvalid, "ssl_cert_id"},
 		{"field twice", `{"algorithm":"random","algorithm":"round_robin"}`, 400, CodeInvalid, "algorithm"},
+		// encoding/json leaves the target as it was for null: this was an
+		// empty patch, committed as a new version.
+		{"null body", `null`, 400, CodeInvalid, ""},
+		{"field in another case", `{"Algorithm":"random"}`, 400, CodeInvalid, "Algorithm"},
+		{"null host", `{"hosts":["a.test",null]}`, 400, CodeInvalid, "hosts[1]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := h.do("PATCH", "/api/pools/web", tc.body)
