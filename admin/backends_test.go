@@ -66,6 +66,7 @@ var badBackendInputs = []struct {
 	{"unknown field", "web", `{"url":"http://a.test:1","pool":"web"}`, 400, CodeInvalid, "pool"},
 	{"port as string", "web", `{"host":"a.test","port":"80"}`, 400, CodeInvalid, "port"},
 	{"pool_name in body", "web", `{"url":"http://a.test:1","pool_name":"web"}`, 400, CodeInvalid, "pool_name"},
+	{"url twice in two cases", "web", `{"url":"http://a.test:1","URL":"http://b.test:1"}`, 400, CodeInvalid, "URL"},
 	{"url and host", "web", `{"url":"http://a.test:1","host":"b.test"}`, 422, CodeInvalid, "url"},
 	{"bad url scheme", "web", `{"url":"ftp://a.test:21"}`, 422, CodeInvalid, "url"},
 	{"url with path", "web", `{"url":"http://a.test:1/x"}`, 422, CodeInvalid, "url"},
@@ -199,6 +200,10 @@ func TestPatchBackend(t *testing.T) {
 		{"port too big", "w1", `{"port":65536}`, 422, CodeInvalid, "port"},
 		{"duplicate address", "w1", `{"url":"http://127.0.0.1:9002"}`, 409, CodeConflict, "url"},
 		{"unknown field", "w1", `{"weigth":2}`, 400, CodeInvalid, "weigth"},
+		// encoding/json leaves the target as it was for null: this was an
+		// empty patch, committed as a new version.
+		{"null body", "w1", `null`, 400, CodeInvalid, ""},
+		{"field in another case", "w1", `{"Weight":2}`, 400, CodeInvalid, "Weight"},
 		{"missing", "nope", `{"weight":2}`, 404, CodeNotFound, "id"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"bytes"
+	"encoding"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"reflect"
 	"sort"
 	"strconv"
 	"strings"
@@ -86,7 +88,11 @@ func decodeStrict(body []byte, dst any) error {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return errInvalid(fmt.Sprintf("unexpected data after the JSON object at %s", position(body, dec.InputOffset())))
 	}
-	return duplicateKey(body)
+	t := reflect.TypeOf(dst)
+	if t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem() // what dst points to is what the body must be
+	}
+	return checkKeys(body, t)
 }
 
 // decodeStrictItems decodes a JSON array of objects into a []T, each item
@@ -95,6 +101,10 @@ func decodeStrict(body []byte, dst any) error {
 // decoding the array in one go would report "port" or "the body must be a
 // JSON object" without saying which item is wrong.
 func decodeStrictItems[T any](body []byte) ([]T, error) {
+	if kind := jsonValueKind(body); kind != "array" && json.Valid(body) {
+		// null would decode as no items at all.
+		return nil, errInvalid("the body must be a JSON array of objects, not " + kind)
+	}
 	var raws []json.RawMessage
 	if err := decodeStrict(body, &raws); err != nil {
 		return nil, err
@@ -140,10 +150,19 @@ func jsonValueKind(raw []byte) string {
 // create pool b from a request that also said a (and another parser in
 // front of the API may read the first): which one was meant is the
 // client's to say. body is valid JSON when this runs.
-func duplicateKey(body []byte) error {
+func duplicateKey(body []byte) error { return checkKeys(body, nil) }
+
+// checkKeys refuses a key given twice and, in an object that decodes into
+// a struct of t, a key that is not exactly one of its JSON field names.
+// encoding/json does neither on its own: it matches names without regard
+// to case, so {"name": "a", "NAME": "b"} is not a repeat to it and creates
+// pool b; and DisallowUnknownFields does not reach into a field that
+// decodes itself, so a misspelt key inside an apitypes.Optional (such as
+// health_check's) was dropped without a word. body is valid JSON.
+func checkKeys(body []byte, t reflect.Type) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
-	if err := walkKeys(dec, ""); err != nil {
+	if err := walkKeys(dec, "", t); err != nil {
 		var ae *apiError
 		if errors.As(err, &ae) {
 			return err
@@ -153,16 +172,116 @@ func duplicateKey(body []byte) error {
 	return nil
 }
 
+var (
+	optionalPkg     = reflect.TypeFor[apitypes.Optional[bool]]().PkgPath()
+	unmarshalerType = reflect.TypeFor[json.Unmarshaler]()
+	textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
+)
+
+// keyType is the type whose keys a JSON value is checked against: t
+// without pointers and Optionals, or nil (repeats only) for a type that
+// decodes itself or for none.
+func keyType(t reflect.Type) reflect.Type {
+	for t != nil {
+		switch {
+		case t.Kind() == reflect.Pointer:
+			t = t.Elem()
+		case t.Kind() == reflect.Struct && t.PkgPath() == optionalPkg && strings.HasPrefix(t.Name(), "Optional["):
+			f, _ := t.FieldByName("Value")
+			t = f.Type
+		case reflect.PointerTo(t).Implements(unmarshalerType), reflect.PointerTo(t).Implements(textUnmarshaler),
+			t.Kind() == reflect.Interface:
+			return nil
+		default:
+			return t
+		}
+	}
+	return nil
+}
+
+// nullable reports whether JSON null is a value of t (nil: any JSON).
+func nullable(t reflect.Type) bool {
+	if t == nil {
+		return true
+	}
+	switch t.Kind() {
+	case reflect.Pointer, reflect.Interface, reflect.Slice, reflect.Map:
+		return true
+	}
+	return keyType(t) == nil || keyType(t) != t // decodes itself, or an Optional
+}
+
+// jsonFields maps the JSON names of a struct's fields to their types, as
+// encoding/json names them (tag name, else the Go name; embedded structs
+// without a name lend theirs).
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	out := map[string]reflect.Type{}
+	var embedded []reflect.Type
+	for f := range t.Fields() {
+		tag := f.Tag.Get("json")
+		if tag == "-" {
+			continue
+		}
+		name, _, _ := strings.Cut(tag, ",")
+		ft := f.Type
+		if ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		if f.Anonymous && name == "" && ft.Kind() == reflect.Struct {
+			embedded = append(embedded, ft)
+			continue
+		}
+		if !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		out[name] = f.Type
+	}
+	// A field of the struct itself hides one of the same name below it.
+	for _, e := range embedded {
+		for name, ft := range jsonFields(e) {
+			if _, ok := out[name]; !ok {
+				out[name] = ft
+			}
+		}
+	}
+	return out
+}
+
 // walkKeys reads one JSON value from dec, refusing a key given twice in
-// any object in it; path names the value as field errors do
+// any object in it and a key that is no field of the struct the object
+// decodes into (t); path names the value as field errors do
 // ("health_check.rise", "[1].host").
-func walkKeys(dec *json.Decoder, path string) error {
+func walkKeys(dec *json.Decoder, path string, t reflect.Type) error {
+	canBeNull := nullable(t)
+	t = keyType(t)
 	tok, err := dec.Token()
 	if err != nil {
 		return err
 	}
+	if tok == nil && !canBeNull {
+		// encoding/json leaves the value as it was: a null body became an
+		// empty PATCH (a new version, nothing asked for) and a null in
+		// hosts an empty name.
+		kind := jsonKind(t.Kind().String())
+		if path == "" {
+			return errInvalid(fmt.Sprintf("the body must be %s, not null", strings.Replace(kind, "an ", "a JSON ", 1)))
+		}
+		msg := fmt.Sprintf("must be %s, not null", kind)
+		return errInvalid(path+" "+msg, fielderr.FieldError{Field: path, Message: msg})
+	}
 	switch tok {
 	case json.Delim('{'):
+		var fields map[string]reflect.Type
+		var elem reflect.Type
+		switch {
+		case t != nil && t.Kind() == reflect.Struct:
+			fields = jsonFields(t)
+		case t != nil && t.Kind() == reflect.Map:
+			elem = t.Elem()
+		}
 		seen := map[string]bool{}
 		for dec.More() {
 			kt, err := dec.Token()
@@ -179,13 +298,24 @@ func walkKeys(dec *json.Decoder, path string) error {
 					fielderr.FieldError{Field: field, Message: "is given twice; give each field once"})
 			}
 			seen[k] = true
-			if err := walkKeys(dec, field); err != nil {
+			vt := elem
+			if fields != nil {
+				var ok bool
+				if vt, ok = fields[k]; !ok {
+					return unknownField(field, k, fields)
+				}
+			}
+			if err := walkKeys(dec, field, vt); err != nil {
 				return err
 			}
 		}
 	case json.Delim('['):
+		var elem reflect.Type
+		if t != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
+			elem = t.Elem()
+		}
 		for i := 0; dec.More(); i++ {
-			if err := walkKeys(dec, fmt.Sprintf("%s[%d]", path, i)); err != nil {
+			if err := walkKeys(dec, fmt.Sprintf("%s[%d]", path, i), elem); err != nil {
 				return err
 			}
 		}
@@ -194,6 +324,19 @@ func walkKeys(dec *json.Decoder, path string) error {
 	}
 	_, err = dec.Token() // the closing delimiter
 	return err
+}
+
+// unknownField refuses key (at field) as no field of a struct, naming the
+// field it differs from only by case, if any.
+func unknownField(field, key string, fields map[string]reflect.Type) error {
+	msg := "unknown field"
+	for name := range fields {
+		if strings.EqualFold(name, key) {
+			msg += fmt.Sprintf(" (names are matched exactly: did you mean %q?)", name)
+			break
+		}
+	}
+	return errInvalid(fmt.Sprintf("%s %s", strconv.Quote(field), msg), fielderr.FieldError{Field: field, Message: msg})
 }
 
 // jsonError turns an encoding/json error into a 400 with the position of

@@ -5,6 +5,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/singularity-ng/singularity-edge/apitypes"
 )
 
 func TestPosition(t *testing.T) {
@@ -94,6 +96,56 @@ func TestDuplicateKey(t *testing.T) {
 		if err == nil || ae.Status != http.StatusBadRequest || len(ae.Fields) != 1 || ae.Fields[0].Field != tc.field {
 			t.Errorf("%s: %v (fields %+v), want 400 naming %s", tc.body, err, ae.Fields, tc.field)
 		}
+	}
+}
+
+// TestDecodeStrictExactNames: decodeStrict refuses a key that is not
+// exactly a field's JSON name, at any depth and inside an
+// apitypes.Optional; map keys are data and keep their case.
+func TestDecodeStrictExactNames(t *testing.T) {
+	for _, tc := range []struct {
+		body  string
+		field string // "" = accepted
+	}{
+		{`{"name":"a","metadata":{"k":"1","K":"2"},"health_check":{"rise":2}}`, ""},
+		{`{"health_check":null,"metadata":null}`, ""},
+		{`{"name":"a","NAME":"b"}`, "NAME"},
+		{`{"NAME":"b"}`, "NAME"},
+		{`{"health_check":{"rise":2,"RISE":3}}`, "health_check.RISE"},
+		{`{"health_check":{"bogus":1}}`, "health_check.bogus"},
+		{`{"metadata":{"k":"1","k":"2"}}`, "metadata.k"},
+		// null is a value only where the type has one for it.
+		{`{"health_check":null,"metadata":{"k":null},"hosts":null}`, ""},
+		{`null`, "-"},
+		{`{"hosts":["a.test",null]}`, "hosts[1]"},
+		{`{"health_check":{"rise":null}}`, ""},
+	} {
+		var spec apitypes.PoolSpec
+		err := decodeStrict([]byte(tc.body), &spec)
+		if tc.field == "" {
+			if err != nil {
+				t.Errorf("%s: %v, want accepted", tc.body, err)
+			}
+			continue
+		}
+		ae := toAPIError(err)
+		if tc.field == "-" {
+			if err == nil || ae.Status != http.StatusBadRequest || len(ae.Fields) != 0 {
+				t.Errorf("%s: %v (fields %+v), want 400 naming no field", tc.body, err, ae.Fields)
+			}
+			continue
+		}
+		if err == nil || ae.Status != http.StatusBadRequest || len(ae.Fields) != 1 || ae.Fields[0].Field != tc.field {
+			t.Errorf("%s: %v (fields %+v), want 400 naming %s", tc.body, err, ae.Fields, tc.field)
+		}
+	}
+	if _, err := decodeStrictItems[apitypes.BackendSpec]([]byte(`null`)); toAPIError(err).Status != http.StatusBadRequest {
+		t.Errorf("null as a list of backends: %v, want 400", err)
+	}
+	items := `[{"url":"http://a.test:1"},{"url":"http://b.test:1","Weight":2}]`
+	_, err := decodeStrictItems[apitypes.BackendSpec]([]byte(items))
+	if ae := toAPIError(err); err == nil || len(ae.Fields) != 1 || ae.Fields[0].Field != "[1].Weight" {
+		t.Errorf("%s: %v, want 400 naming [1].Weight", items, err)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"github.com/singularity-ng/singularity-edge/apitypes"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 )
 
@@ -14,6 +15,50 @@ import (
 // panic (which the recovery middleware turns into a 500), an answer that
 // is not JSON, or a rejected request that committed anything.
 func fuzzBody(t *testing.T, h *harness, method, path string, body []byte) int {
+	code, _ := fuzzBodyAnswer(t, h, method, path, body)
+	return code
+}
+
+// storedAsSent fails unless every key of the object sent, at the top
+// level and one level down (health_check), is a key of the object the
+// API answered, with the same value for a string: a value is stored as
+// sent or refused, never dropped or taken from a key spelt otherwise.
+func storedAsSent(t *testing.T, body, answer []byte) {
+	var sent, got map[string]any
+	if json.Unmarshal(body, &sent) != nil {
+		t.Fatalf("accepted %q, which is no JSON object", body)
+	}
+	if err := json.Unmarshal(answer, &got); err != nil {
+		t.Fatalf("answer %s: %v", answer, err)
+	}
+	for k, v := range sent {
+		g, ok := got[k]
+		if !ok {
+			t.Fatalf("accepted %q: %q is not in the answer %s", body, k, answer)
+		}
+		// id is generated when empty; url is shown rebuilt from host, port
+		// and scheme ("a.test" is http://a.test:80); names and keywords
+		// (hosts, domains, modes) are stored trimmed and in lower case.
+		if s, isStr := v.(string); isStr && k != "id" && k != "url" && !equalFoldString(g, strings.TrimSpace(s)) {
+			t.Fatalf("accepted %q: %s sent %q, stored %v", body, k, s, g)
+		}
+		if sub, isObj := v.(map[string]any); isObj && k != "metadata" {
+			gsub, _ := g.(map[string]any)
+			for sk := range sub {
+				if _, ok := gsub[sk]; !ok {
+					t.Fatalf("accepted %q: %s.%s is not in the answer %s", body, k, sk, answer)
+				}
+			}
+		}
+	}
+}
+
+func equalFoldString(v any, s string) bool {
+	g, ok := v.(string)
+	return ok && strings.EqualFold(g, s)
+}
+
+func fuzzBodyAnswer(t *testing.T, h *harness, method, path string, body []byte) (int, []byte) {
 	req := httptest.NewRequest(method, path, bytes.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+testToken)
 	req.Header.Set("Content-Type", "application/json")
@@ -35,7 +80,7 @@ func fuzzBody(t *testing.T, h *harness, method, path string, body []byte) int {
 			t.Fatalf("%s %s %q: error without the shape: %s", method, path, body, rec.Body)
 		}
 	}
-	return rec.Code
+	return rec.Code, rec.Body.Bytes()
 }
 
 func FuzzPoolJSON(f *testing.F) {
@@ -58,13 +103,17 @@ func FuzzPoolJSON(f *testing.F) {
 	h := newHarness(f)
 	h.createPool(map[string]any{"name": "fuzz"})
 	f.Fuzz(func(t *testing.T, body []byte) {
-		switch code := fuzzBody(t, h, "POST", "/api/pools", body); code {
-		case http.StatusCreated, http.StatusBadRequest, http.StatusUnprocessableEntity, http.StatusConflict:
+		switch code, answer := fuzzBodyAnswer(t, h, "POST", "/api/pools", body); code {
+		case http.StatusCreated:
+			storedAsSent(t, body, answer)
+		case http.StatusBadRequest, http.StatusUnprocessableEntity, http.StatusConflict:
 		default:
 			t.Fatalf("POST %q: unexpected status %d", body, code)
 		}
+		// 409: the patch makes the pool a second default, or claims a
+		// host another pool routes.
 		switch code := fuzzBody(t, h, "PATCH", "/api/pools/fuzz", body); code {
-		case http.StatusOK, http.StatusBadRequest, http.StatusUnprocessableEntity:
+		case http.StatusOK, http.StatusBadRequest, http.StatusUnprocessableEntity, http.StatusConflict:
 		default:
 			t.Fatalf("PATCH %q: unexpected status %d", body, code)
 		}
@@ -91,8 +140,10 @@ func FuzzBackendJSON(f *testing.F) {
 	h.createPool(map[string]any{"name": "web"})
 	h.createBackend("web", map[string]any{"id": "b0", "url": "http://127.0.0.1:8000"})
 	f.Fuzz(func(t *testing.T, body []byte) {
-		switch code := fuzzBody(t, h, "POST", "/api/pools/web/backends", body); code {
-		case http.StatusCreated, http.StatusBadRequest, http.StatusUnprocessableEntity, http.StatusConflict:
+		switch code, answer := fuzzBodyAnswer(t, h, "POST", "/api/pools/web/backends", body); code {
+		case http.StatusCreated:
+			storedAsSent(t, body, answer)
+		case http.StatusBadRequest, http.StatusUnprocessableEntity, http.StatusConflict:
 		default:
 			t.Fatalf("POST %q: unexpected status %d", body, code)
 		}

@@ -95,6 +95,13 @@ var badPoolInputs = []struct {
 	{"trailing data", `{"name":"web"} {"name":"x"}`, 400, ""},
 	{"name twice", `{"name":"web","name":"other"}`, 400, "name"},
 	{"nested field twice", `{"name":"other","health_check":{"rise":2,"rise":3}}`, 400, "health_check.rise"},
+	// encoding/json matches names without regard to case: "NAME" was no
+	// repeat to it, and pool other was created.
+	{"name twice in two cases", `{"name":"web","NAME":"other"}`, 400, "NAME"},
+	{"name in another case", `{"Name":"other"}`, 400, "Name"},
+	// Inside an Optional, encoding/json did not refuse unknown fields.
+	{"unknown nested field", `{"name":"other","health_check":{"rise":2,"riseee":3}}`, 400, "health_check.riseee"},
+	{"nested field in another case", `{"name":"other","health_check":{"Rise":3}}`, 400, "health_check.Rise"},
 	{"missing name", `{}`, 422, "name"},
 	{"bad name", `{"name":"-web"}`, 422, "name"},
 	{"unknown algorithm", `{"name":"web","algorithm":"fastest"}`, 422, "algorithm"},
@@ -265,6 +272,11 @@ func TestPatchPool(t *testing.T) {
 		{"malformed", `{"algorithm":`, 400, CodeInvalid, ""},
 		{"missing cert", `{"ssl_cert_id":"gone"}`, 422, CodeInvalid, "ssl_cert_id"},
 		{"field twice", `{"algorithm":"random","algorithm":"round_robin"}`, 400, CodeInvalid, "algorithm"},
+		// encoding/json leaves the target as it was for null: this was an
+		// empty patch, committed as a new version.
+		{"null body", `null`, 400, CodeInvalid, ""},
+		{"field in another case", `{"Algorithm":"random"}`, 400, CodeInvalid, "Algorithm"},
+		{"null host", `{"hosts":["a.test",null]}`, 400, CodeInvalid, "hosts[1]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := h.do("PATCH", "/api/pools/web", tc.body)

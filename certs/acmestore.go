@@ -65,14 +65,18 @@ func dueEnd(t time.Time) string {
 
 var maxNanoTime = time.Unix(0, 1<<63-1)
 
+// parseDueKey accepts only what dueKey writes. DropDue deletes dueKey(d),
+// so a row spelt otherwise ("5" or "+5" for 20 digits) would never go,
+// and a shorter one would sort out of time order.
 func parseDueKey(key string) (DueCertificate, error) {
-	rest := strings.TrimPrefix(key, keyDue)
+	rest, prefixed := strings.CutPrefix(key, keyDue)
 	ts, id, ok := strings.Cut(rest, "/")
 	n, err := strconv.ParseInt(ts, 10, 64)
-	if !ok || err != nil || id == "" {
+	d := DueCertificate{ID: id, At: time.Unix(0, n).UTC()}
+	if !prefixed || !ok || err != nil || id == "" || dueKey(d) != key {
 		return DueCertificate{}, fmt.Errorf("certs: malformed due row %q", key)
 	}
-	return DueCertificate{ID: id, At: time.Unix(0, n).UTC()}, nil
+	return d, nil
 }
 
 func putJSON(tx *storage.Tx, key string, v any, secret string, expires time.Time) error {
@@ -202,7 +206,11 @@ func (b *StoreBackend) DueCertificates(ctx context.Context, until time.Time, lim
 	for _, r := range recs {
 		d, err := parseDueKey(r.Key)
 		if err != nil {
-			return nil, err
+			// A row dueKey did not write (an import, another build) is
+			// left out rather than failing the read: it stopped every
+			// renewal pass, for every certificate. A certificate it was
+			// meant for gets a row of its own at the next reconciliation.
+			continue
 		}
 		out = append(out, d)
 	}

@@ -303,3 +303,79 @@ func TestLegoLogRoutedToZap(t *testing.T) {
 		}
 	}
 }
+
+// TestDueRowKeys: only a key dueKey writes is a due row. One spelt
+// otherwise could not be dropped (DropDue deletes dueKey), and one that
+// did not parse at all failed every renewal pass; now both are left out
+// of DueCertificates and the well-formed rows are still read.
+func TestDueRowKeys(t *testing.T) {
+	at := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	good := dueKey(DueCertificate{ID: "c1", At: at})
+	for _, tc := range []struct {
+		key string
+		ok  bool
+	}{
+		{good, true},
+		{dueKey(DueCertificate{ID: "a/b", At: at}), true},
+		{dueKey(DueCertificate{ID: "old", At: time.Unix(0, -5)}), true},
+		{"due/5/c1", false},
+		{"due/+0000000000000000005/c1", false},
+		{"due/00000000000000000005/", false},
+		{"due/abc/c1", false},
+		{"due/00000000000000000005", false},
+		{"state/00000000000000000005/c1", false},
+		{"00000000000000000005/c1", false},
+	} {
+		d, err := parseDueKey(tc.key)
+		if (err == nil) != tc.ok {
+			t.Errorf("parseDueKey(%q) = %+v, %v; want ok %v", tc.key, d, err, tc.ok)
+		}
+	}
+
+	ctx := context.Background()
+	s := openStore(t)
+	b := NewStoreBackend(s, nil)
+	if err := b.AddDue(ctx, DueCertificate{ID: "c1", At: at}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Update(ctx, func(tx *storage.Tx) error {
+		for _, k := range []string{"due/5/c2", "due/abc/c3", "due/+0000000000000000005/c4"} {
+			if err := tx.PutACMERecord(&storage.ACMERecord{Key: k, Data: []byte(`"x"`)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := b.DueCertificates(ctx, farFuture, 0)
+	if err != nil || len(rows) != 1 || rows[0].ID != "c1" || !rows[0].At.Equal(at) {
+		t.Fatalf("DueCertificates = %+v, %v; want only c1's row", rows, err)
+	}
+}
+
+// FuzzParseDueKey: a key parses only if it is the one dueKey writes for
+// what it parses to, every due row round-trips, and due rows from 1970 on
+// sort in time order (the renewal pass reads them as one range).
+func FuzzParseDueKey(f *testing.F) {
+	f.Add("due/00000000000000000005/c1", int64(5), int64(7), "c1")
+	f.Add("due/5/c1", int64(-1), int64(0), "a/b")
+	f.Add("due/+0000000000000000005/x", int64(1<<62), int64(1<<63-1), "")
+	f.Fuzz(func(t *testing.T, key string, a, b int64, id string) {
+		if d, err := parseDueKey(key); err == nil && (d.ID == "" || dueKey(d) != key) {
+			t.Fatalf("parseDueKey(%q) = %+v, which dueKey writes as %q", key, d, dueKey(d))
+		}
+		if id == "" {
+			return
+		}
+		ka := dueKey(DueCertificate{ID: id, At: time.Unix(0, a)})
+		d, err := parseDueKey(ka)
+		if err != nil || d.ID != id || d.At.UnixNano() != a {
+			t.Fatalf("%q does not round-trip: %+v, %v", ka, d, err)
+		}
+		kb := dueKey(DueCertificate{ID: id, At: time.Unix(0, b)})
+		if a >= 0 && b >= 0 && a < b && !(ka < kb) {
+			t.Fatalf("due rows out of time order: %q (%d) after %q (%d)", ka, a, kb, b)
+		}
+	})
+}

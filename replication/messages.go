@@ -155,7 +155,9 @@ func (d *dec) ranges() RangeSet {
 		if d.err != nil {
 			return nil
 		}
-		if lo < prev || hi < lo || lo == 0 || (len(rs) > 0 && lo <= prev+1) {
+		// lo-1 rather than prev+1, which wraps to 0 after a range that
+		// ends at the highest seq and would let a repeat of it through.
+		if lo < prev || hi < lo || lo == 0 || (len(rs) > 0 && lo-1 <= prev) {
 			d.fail("ranges not sorted and disjoint")
 			return nil
 		}

@@ -43,7 +43,9 @@ func (rs RangeSet) Valid() bool {
 		if r.Lo == 0 || r.Lo > r.Hi {
 			return false
 		}
-		if i > 0 && r.Lo <= rs[i-1].Hi+1 {
+		// Lo-1 rather than Hi+1: a range ending at the highest seq would
+		// wrap to 0 and let the next one overlap it.
+		if i > 0 && r.Lo-1 <= rs[i-1].Hi {
 			return false
 		}
 	}

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"fmt"
+	"math"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -149,6 +150,11 @@ func unmarshalChange(b []byte, c *Change) error {
 			var ms uint64
 			if err := f.uint64(&ms); err != nil {
 				return err
+			}
+			// Past MaxInt64 the conversion turns an expiry into a negative
+			// one, which Marshal would drop: the set would not be the one sent.
+			if ms > math.MaxInt64 {
+				return errWire("field 6: expiry %d out of range", ms)
 			}
 			c.Expires = int64(ms)
 		}

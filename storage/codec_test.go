@@ -311,12 +311,15 @@ func FuzzUnmarshalChangeSet(f *testing.F) {
 		if err != nil {
 			return
 		}
-		again, err := UnmarshalChangeSet(cs.Marshal())
+		enc := cs.Marshal()
+		again, err := UnmarshalChangeSet(enc)
 		if err != nil {
 			t.Fatalf("re-unmarshal: %v", err)
 		}
-		if again.Origin != cs.Origin || again.Seq != cs.Seq || again.HLC != cs.HLC || len(again.Changes) != len(cs.Changes) {
-			t.Fatalf("round trip changed the set")
+		// What decodes is what is marshalled again: every field of every
+		// change, not just the counts.
+		if !reflect.DeepEqual(again, cs) || !bytes.Equal(again.Marshal(), enc) {
+			t.Fatalf("round trip changed the set:\n%+v\n%+v", cs, again)
 		}
 		for _, c := range cs.Changes {
 			_, _ = c.Pool()
@@ -326,6 +329,43 @@ func FuzzUnmarshalChangeSet(f *testing.F) {
 		}
 		_, _ = prepareSet(cs)
 	})
+}
+
+// TestUnmarshalChangeSetExpiry: an expiry past MaxInt64 is refused as
+// corrupt; it decoded as a negative one, which Marshal leaves out.
+func TestUnmarshalChangeSetExpiry(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		expires uint64
+		ok      bool
+	}{
+		{"none", 0, true},
+		{"ordinary", 1_900_000_000_000, true},
+		{"largest", 1<<63 - 1, true},
+		{"past int64", 1 << 63, false},
+		{"largest varint", ^uint64(0), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var c encoder
+			c.str(1, TableObservations)
+			c.str(2, "k")
+			c.uint(6, tc.expires)
+			e := encoder{b: []byte{formatV1}}
+			e.str(1, "o")
+			e.uint(2, 1)
+			e.msg(4, c.b, true)
+			cs, err := UnmarshalChangeSet(e.b)
+			if !tc.ok {
+				if !errors.Is(err, ErrCorrupt) {
+					t.Fatalf("expiry %d: %+v, %v; want ErrCorrupt", tc.expires, cs, err)
+				}
+				return
+			}
+			if err != nil || len(cs.Changes) != 1 || uint64(cs.Changes[0].Expires) != tc.expires || !bytes.Equal(cs.Marshal(), e.b) {
+				t.Fatalf("expiry %d: %+v, %v", tc.expires, cs, err)
+			}
+		})
+	}
 }
 
 // FuzzImportLine feeds arbitrary lines to the export-line parser and the
