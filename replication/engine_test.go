@@ -1159,9 +1159,13 @@ func TestPushCoalescesUnderLoad(t *testing.T) {
 		}
 		return up == 2
 	})
+	// The peers' applies wait until every commit is made: the busy peer,
+	// made deterministic (a sleep per apply raced the commit loop on a
+	// loaded machine).
+	release := make(chan struct{})
 	for _, n := range nodes[1:] {
 		n.store.mu.Lock()
-		n.store.applyGate = func() error { time.Sleep(50 * time.Millisecond); return nil }
+		n.store.applyGate = func() error { <-release; return nil }
 		n.store.mu.Unlock()
 	}
 	frames0, sets0 := testutil.ToFloat64(a.eng.metrics.pushFrames), testutil.ToFloat64(a.eng.metrics.pushed)
@@ -1172,6 +1176,7 @@ func TestPushCoalescesUnderLoad(t *testing.T) {
 		// would go in a frame of its own.
 		time.Sleep(3 * time.Millisecond)
 	}
+	close(release)
 	waitConverged(t, nodes...)
 	waitUntil(t, "every commit pushed to both peers", func() bool {
 		return testutil.ToFloat64(a.eng.metrics.pushed)-sets0 >= 2*commits
