@@ -18,8 +18,8 @@ FLY_APP ?=
 # Packages `make test` needs on Debian/Ubuntu; libssl-dev is OpenSSL's libcrypto,
 # which signs TLS handshakes (internal/osslsign; `go build -tags noopenssl`
 # builds without it), chromium drives the dashboard test, iproute2 the cluster tests'
-# network namespaces.
-TEST_DEBS := librocksdb-dev libssl-dev gcc g++ pkg-config chromium iproute2
+# network namespaces, iptables their cut of one port.
+TEST_DEBS := librocksdb-dev libssl-dev gcc g++ pkg-config chromium iproute2 iptables
 # Packages the proxy comparison benchmark needs.
 BENCH_DEBS := nginx libnginx-mod-stream haproxy caddy wrk curl openssl libssl-dev
 

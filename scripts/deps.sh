@@ -155,6 +155,10 @@ for p in "$@"; do
 		command -v ip >/dev/null ||
 			notes+=("iproute2: no 'ip' on PATH; the cluster's partition and latency tests skip without it")
 		;;
+	iptables)
+		command -v iptables >/dev/null ||
+			notes+=("iptables: not on PATH; the cluster test that cuts the replication port skips without it")
+		;;
 	libnginx-mod-stream)
 		# nginx's stream module (the TCP and SNI benchmarks): built in, or
 		# a loadable module in nginx's modules path. Without nginx the
