@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"sort"
 	"strings"
@@ -220,6 +221,21 @@ func TestDecodeErrors(t *testing.T) {
 	badNanos := protowire.AppendBytes(protowire.AppendTag(nil, 17, protowire.BytesType), protowire.AppendVarint(protowire.AppendTag(nil, 2, protowire.VarintType), 2e9))
 	if _, err := decodePool(badNanos); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("nanoseconds out of range: %v", err)
+	}
+	// Seconds past what time.Time holds wrap to a time long past (an
+	// expiry read so would say "expired"); the largest Go time is kept.
+	timeField := func(sec int64) []byte {
+		m := protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), protowire.EncodeZigZag(sec))
+		return protowire.AppendBytes(protowire.AppendTag(nil, 17, protowire.BytesType), m)
+	}
+	if _, err := decodePool(timeField(math.MaxInt64)); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("seconds past time.Time's range: %v", err)
+	}
+	latest := time.Unix(maxUnixSeconds, 999999999).UTC()
+	var e encoder
+	e.time(17, latest)
+	if p, err := decodePool(e.b); err != nil || !p.InsertedAt.Equal(latest) || !p.InsertedAt.After(time.Now()) {
+		t.Errorf("latest time.Time: %v %v", p.InsertedAt, err)
 	}
 	if _, err := UnmarshalChangeSet([]byte{9}); !errors.Is(err, ErrFormatVersion) {
 		t.Errorf("change set format: %v", err)

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -243,6 +244,12 @@ func (f field) bool(dst *bool) error {
 	return nil
 }
 
+// maxUnixSeconds is the latest Unix time a time.Time holds: it counts
+// seconds from year 1 in an int64, so a later one wraps around to a time
+// long past. Every time the encoder writes is at most this; a record
+// with more did not come from an agent.
+const maxUnixSeconds = math.MaxInt64 - 62135596800 // seconds from year 1 to 1970
+
 func (f field) time(dst *time.Time) error {
 	if err := f.want(protowire.BytesType); err != nil {
 		return err
@@ -263,6 +270,9 @@ func (f field) time(dst *time.Time) error {
 	}
 	if nsec >= uint64(time.Second) {
 		return errWire("field %d: nanoseconds out of range", f.num)
+	}
+	if sec > maxUnixSeconds {
+		return errWire("field %d: seconds out of range", f.num)
 	}
 	*dst = time.Unix(sec, int64(nsec)).UTC()
 	return nil
