@@ -420,6 +420,10 @@ func (s *Server) handlePatchBackend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !changed {
+		if err := s.waitAllUnchanged(w, r, wait, fmt.Sprintf("backend %q, unchanged,", id), before.Version); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
 		s.respondBackend(w, r, http.StatusOK, before)
 		return
 	}

@@ -1,18 +1,22 @@
 package admin
 
 import (
+	"context"
 	"net/http"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/singularity-ng/singularity-edge/pools"
 	"github.com/singularity-ng/singularity-edge/storage"
 )
 
 // TestPatchThatChangesNothing: a PATCH whose every field equals the stored
 // value answers 200 with the stored object and its ETag, and commits
 // nothing: no new version (so nothing replicates), no audit row, no log
-// line, no wait_all. A PATCH that changes one field still commits.
+// line; ?wait_all= waits for the stored version, which this node wrote. A
+// PATCH that changes one field still commits.
 func TestPatchThatChangesNothing(t *testing.T) {
 	fr := &fakeReplication{}
 	h := newHarness(t, withDeps(func(d *Deps) { d.Replication = fr }))
@@ -76,8 +80,22 @@ func TestPatchThatChangesNothing(t *testing.T) {
 			if n := h.logs.FilterMessage("configuration changed").Len(); n != logs {
 				t.Errorf("%d configuration log lines, want %d", n, logs)
 			}
-			if n := len(fr.waited()); n != waits {
-				t.Errorf("wait_all waited for a commit that was not made")
+			// wait_all waits for the stored version, which this node wrote.
+			var stored storage.Version
+			if err := h.store.View(context.Background(), func(tx *storage.Tx) error {
+				if strings.Contains(tc.path, "/backends/") {
+					b, err := tx.Backend("b1")
+					stored = b.Version
+					return err
+				}
+				p, err := tx.Pool("web")
+				stored = p.Version
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if w := fr.waited(); len(w) != waits+1 || w[len(w)-1] != stored.Seq {
+				t.Errorf("wait_all waited for %v, want one wait for the stored version's seq %d", w[waits:], stored.Seq)
 			}
 		})
 	}
@@ -148,5 +166,40 @@ func setNonZero(t *testing.T, v reflect.Value, f reflect.StructField) {
 		setNonZero(t, v.Field(0), v.Type().Field(0))
 	default:
 		t.Fatalf("field %s of kind %s: teach setNonZero about it", f.Name, v.Kind())
+	}
+}
+
+// A PATCH that changes nothing of a pool another node wrote answers at
+// once with ?wait_all=: that version came through replication, and
+// spreading it is its origin's (no wait of this node covers another's
+// change set).
+func TestPatchThatChangesNothingWrittenElsewhere(t *testing.T) {
+	ctx := context.Background()
+	fr := &fakeReplication{}
+	h := newHarness(t, withDeps(func(d *Deps) { d.Replication = fr }))
+	other := openStore(t, testEncryptionKey())
+	if _, err := other.Update(ctx, func(tx *storage.Tx) error {
+		p := pools.DefaultPool()
+		p.Name, p.Algorithm = "web", "random"
+		return tx.PutPool(&p)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ans, err := other.ChangeSets(ctx, other.NodeID(), other.Bookkeeping()[other.NodeID()], 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.store.ApplyAnswer(ctx, ans); err != nil {
+		t.Fatal(err)
+	}
+	cur := h.do("GET", "/api/pools/web", nil)
+	cur.expect(t, http.StatusOK, "")
+	r := h.do("PATCH", "/api/pools/web?wait_all=5s", `{"algorithm":"random"}`)
+	r.expect(t, http.StatusOK, "")
+	if r.Header.Get("ETag") != cur.Header.Get("ETag") {
+		t.Errorf("ETag %s, want the stored %s", r.Header.Get("ETag"), cur.Header.Get("ETag"))
+	}
+	if w := fr.waited(); len(w) != 0 {
+		t.Errorf("waited for %v: this node cannot wait for another node's change set", w)
 	}
 }

@@ -600,6 +600,10 @@ func (s *Server) handlePatchPool(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !changed {
+		if err := s.waitAllUnchanged(w, r, wait, fmt.Sprintf("pool %q, unchanged,", name), before.Version); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
 		s.respondPool(w, r, http.StatusOK, before)
 		return
 	}

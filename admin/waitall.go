@@ -56,6 +56,19 @@ func (s *Server) extendWriteDeadline(w http.ResponseWriter, wait time.Duration) 
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 5*time.Second))
 }
 
+// waitAllUnchanged is ?wait_all= for a write that found nothing to change
+// (a PATCH to the values stored): the client still asks that every alive
+// member hold what the answer shows. When this node wrote that version,
+// it is waited for as the write's own commit would be; a version another
+// node wrote reached this one through replication, and spreading it is
+// its origin's (this node cannot wait for another's change set).
+func (s *Server) waitAllUnchanged(w http.ResponseWriter, r *http.Request, wait time.Duration, what string, v storage.Version) error {
+	if v.Origin != s.store.NodeID() {
+		return nil
+	}
+	return s.waitAll(w, r, wait, what, storage.Commit{Version: v})
+}
+
 // waitAll runs after a write committed, when the request asked for
 // ?wait_all=: it waits until every alive member has applied its commits
 // (one, or several for a cascade that deletes more backends than one
