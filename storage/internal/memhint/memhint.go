@@ -51,10 +51,6 @@ func Install(o *grocksdb.Options) bool {
 	return true
 }
 
-// WriteBufferSize reads the write buffer size through the C++ options
-// inside o's handle: the layout probe.
-func WriteBufferSize(o *grocksdb.Options) uint64 { return rocksabi.WriteBufferSize(o) }
-
 // Installed returns the name of o's insert-hint extractor ("" when none
 // is set).
 func Installed(o *grocksdb.Options) string {

@@ -6,17 +6,6 @@ import (
 	"github.com/linxGnu/grocksdb"
 )
 
-func TestInsertHintLayoutProbe(t *testing.T) {
-	o := grocksdb.NewDefaultOptions()
-	defer o.Destroy()
-	for _, v := range []uint64{1 << 20, 12345678} {
-		o.SetWriteBufferSize(v)
-		if got := WriteBufferSize(o); got != v {
-			t.Fatalf("read %d through the C++ options, grocksdb set %d", got, v)
-		}
-	}
-}
-
 func TestInstall(t *testing.T) {
 	o := grocksdb.NewDefaultOptions()
 	defer o.Destroy()
