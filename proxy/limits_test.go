@@ -387,6 +387,9 @@ func TestCancelledStreamsReuseBackendConnections(t *testing.T) {
 		if err := h.fr.WriteRSTStream(id, http2.ErrCodeCancel); err != nil {
 			t.Fatal(err)
 		}
+		// The next stream starts once the drained connection is back:
+		// on a loaded machine it otherwise raced the drain and dialled.
+		waitFor(t, "the drained connection back in the pool", func() bool { return idleBackendConns(p.Server) == 1 })
 		id += 2
 	}
 	// A last stream that completes: the connection is still served.
@@ -489,4 +492,17 @@ func BenchmarkExchangeSlot(b *testing.B) {
 			}
 		}
 	})
+}
+
+// idleBackendConns counts the pooled backend connections of s.
+func idleBackendConns(s *Server) int {
+	n := 0
+	s.upstreams.m.Range(func(_, v any) bool {
+		up := v.(*upstream)
+		up.mu.Lock()
+		n += len(up.idle)
+		up.mu.Unlock()
+		return true
+	})
+	return n
 }
