@@ -198,6 +198,7 @@ func (s *Store) applyPrepared(sets []preparedSet, covered map[string]Ranges, opt
 	defer ro.Destroy()
 	wb := &s.batch
 	wb.reset()
+	wb.sortFamily(s.cfID[cfIndex])
 	ids := s.cfID
 	put := func(name string, k, v []byte) { wb.put(ids[name], k, v) }
 

@@ -8,10 +8,12 @@
 #include <vector>
 
 #include "multiget.h"
+#include "perflevel.h"
 
 extern "C" char* edge_multi_get(void* db, void* ro, void* cf, size_t n, const char* keys, const size_t* key_lens,
                                 size_t* val_lens, char** out) {
   *out = nullptr;
+  EdgeQuietPerfContext quiet;
   std::vector<const char*> ptrs(n);
   size_t off = 0;
   for (size_t i = 0; i < n; i++) {

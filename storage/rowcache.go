@@ -337,11 +337,12 @@ func (c *rowCache) beginTables(names ...string) *cacheWrite {
 	return w
 }
 
-// beginBatch opens the gates of the cached tables batch writes and drops
-// the entries it replaces: rows by key, the pool lists whose covering
-// index entries it writes or deletes, the expiry index when an expiry
-// entry changes. A range deletion drops everything of its family.
-func (s *Store) beginBatch(batch *grocksdb.WriteBatch) *cacheWrite {
+// beginBatch opens the gates of the cached tables a batch (rep, in
+// RocksDB's WriteBatch format) writes and drops the entries it replaces:
+// rows by key, the pool lists whose covering index entries it writes or
+// deletes, the expiry index when an expiry entry changes. A range
+// deletion drops everything of its family.
+func (s *Store) beginBatch(rep []byte) *cacheWrite {
 	c := s.cache
 	w := &cacheWrite{c: c}
 	var famTable [cacheTables]uint32
@@ -350,34 +351,29 @@ func (s *Store) beginBatch(batch *grocksdb.WriteBatch) *cacheWrite {
 		famTable[t] = s.cfs[name].ID()
 	}
 	idxFam := s.cfs[cfIndex].ID()
-	it := batch.NewIterator()
-	for it.Next() {
-		rec := it.Record()
-		cf := uint32(rec.CF)
-		rangeDel := rec.Type == grocksdb.WriteBatchCFRangeDeletion || rec.Type == grocksdb.WriteBatchRangeDeletion
+	err := eachBatchRecord(rep, func(cf uint32, key []byte, rangeDel bool) {
 		if cf == idxFam {
-			k := rec.Key
 			switch {
 			case rangeDel:
 				for _, t := range []byte{cacheCerts, cacheBackends} {
 					w.open(t)
 					c.dropTable(t)
 				}
-			case len(k) > 0 && k[0] == idxBackendPool:
+			case len(key) > 0 && key[0] == idxBackendPool:
 				w.open(cacheBackends)
-				if pool, ok := indexValue(k); ok {
+				if pool, ok := indexValue(key); ok {
 					c.drop(cacheKey{cacheBackends, kindPoolBackends, pool})
 				}
-			case len(k) > 0 && k[0] == idxCertDomain:
+			case len(key) > 0 && key[0] == idxCertDomain:
 				w.open(cacheCerts)
-				if name, ok := indexValue(k); ok {
+				if name, ok := indexValue(key); ok {
 					c.drop(cacheKey{cacheCerts, kindDomainIDs, name})
 				}
-			case len(k) > 0 && k[0] == idxCertExpiry:
+			case len(key) > 0 && key[0] == idxCertExpiry:
 				w.open(cacheCerts)
 				c.dropExpiries()
 			}
-			continue
+			return
 		}
 		for t := byte(1); t < cacheTables; t++ {
 			if cf != famTable[t] {
@@ -387,11 +383,11 @@ func (s *Store) beginBatch(batch *grocksdb.WriteBatch) *cacheWrite {
 			if rangeDel {
 				c.dropTable(t)
 			} else {
-				c.drop(cacheKey{t, kindRow, string(rec.Key)})
+				c.drop(cacheKey{t, kindRow, string(key)})
 			}
 		}
-	}
-	if it.Error() != nil {
+	})
+	if err != nil {
 		// A batch we cannot read is still written: drop everything it
 		// could have touched.
 		for t := byte(1); t < cacheTables; t++ {
@@ -415,14 +411,25 @@ func (s *Store) cachedValue(k cacheKey) (any, bool) {
 
 // write commits batch to RocksDB with the cache entries it replaces
 // invalidated (see the top of this file). Every batch that writes rows or
-// index entries goes through it.
+// index entries goes through it or writeRep.
 func (s *Store) write(wo *grocksdb.WriteOptions, batch *grocksdb.WriteBatch) error {
 	if err := s.resumeAfterFailure(); err != nil {
 		return err
 	}
-	w := s.beginBatch(batch)
+	w := s.beginBatch(batch.Data())
 	defer w.end()
 	return s.base.Write(wo, batch)
+}
+
+// writeRep is write for a batch built in Go (batchBuilder): one crossing
+// into RocksDB, and the cache reads the batch where it is.
+func (s *Store) writeRep(wo *grocksdb.WriteOptions, rep []byte) error {
+	if err := s.resumeAfterFailure(); err != nil {
+		return err
+	}
+	w := s.beginBatch(rep)
+	defer w.end()
+	return writeBatchRep(s.base, wo, rep)
 }
 
 // indexValue returns the indexed value of an entry "id | value | 0 | pk".

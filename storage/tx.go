@@ -194,6 +194,7 @@ func (t *Tx) commitLocked() (Commit, uint64, error) {
 	nowMs := t.now.UnixMilli()
 	wb := &s.batch
 	wb.reset()
+	wb.sortFamily(s.cfID[cfIndex])
 	t.wb = wb
 	defer func() { t.wb = nil }()
 	ids := s.cfID

@@ -430,8 +430,8 @@ func BenchmarkWriteSingleRow(b *testing.B) {
 						}
 						return nil
 					}
-					err := rotate(first/sectionRows, section{&sm, sectionRows, storeRows}, section{&rm, sectionRows, rawPuts},
-						section{&fm, sectionRows, fullCommits})
+					err := rotate(first/sectionRows, section{&sm, sectionRows, storeRows}, section{&rm, sectionRows, countersOff(rawPuts)},
+						section{&fm, sectionRows, countersOff(fullCommits)})
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -501,14 +501,17 @@ func defaultMark(syncWAL bool) string {
 // bulk path: one MultiGet of the stored versions) against raw WriteBatches
 // of 1,000 puts of the same row bytes. Three more anchors write, with the
 // store's insert hint, exactly the keys and values a store commit writes
-// (commitEntries), the fewest any on-disk key layout needs (floorEntries)
-// and what is left with every index in memory (memIndexEntries); the store
-// also runs with 1,000 PutBackend calls per Update
-// (store_putbackend_rows/s). The six alternate batch by batch, and every
-// anchor's entries are built before its timed section. Two workloads: the
-// historical synthetic one (ascending ids over 1,000 pools: raw RocksDB's
-// best case, every key appended) and the API's bulk writes (random ids,
-// one pool per batch).
+// in the order it writes them (commitEntries), the fewest any on-disk key
+// layout needs (floorEntries) and what is left with every index in memory
+// (memIndexEntries); the store also runs with 1,000 PutBackend calls per
+// Update (store_putbackend_rows/s). The raw anchors run with RocksDB's
+// perf counters off, as the store's writes do (countersOff); one more
+// writes the bare rows with the counters on, as raw grocksdb does by
+// default. The seven alternate batch by batch, and every anchor's entries
+// are built before its timed section. Two workloads: the historical
+// synthetic one (ascending ids over 1,000 pools: raw RocksDB's best case,
+// every key appended) and the API's bulk writes (random ids, one pool per
+// batch).
 func BenchmarkWriteBatched(b *testing.B) {
 	const rows = 100_000
 	for _, w := range []writeWorkload{synthetic, apiBulk} {
@@ -530,10 +533,11 @@ func benchWriteBatched(b *testing.B, w writeWorkload, rows int, syncWAL bool) {
 	for i := range rows {
 		recs[i], vals[i] = w.backend(i), tmpl.workloadBytes(w, i)
 	}
-	var sm, rm, fm, lm, flm, mm meter
+	var sm, rm, fm, lm, flm, mm, dm meter
 	for range b.N {
 		st, raw := openWritePair(b, syncWAL)
 		full, floor, mem := openAnchor(b, syncWAL, true), openAnchor(b, syncWAL, true), openAnchor(b, syncWAL, true)
+		counted := openAnchor(b, syncWAL, false)
 		loop, loopRaw := openWritePair(b, syncWAL) // loopRaw stays empty
 		wb := grocksdb.NewWriteBatch()
 		for first := 0; first < rows; first += batchRows {
@@ -559,24 +563,28 @@ func benchWriteBatched(b *testing.B, w writeWorkload, rows int, syncWAL bool) {
 				})
 				return err
 			}
-			rawBatch := func() error {
-				wb.Clear()
-				for i := first; i < first+batchRows; i++ {
-					wb.PutCF(raw.cfs[rawRows], []byte(recs[i].ID), vals[i])
+			bareRows := func(db *rawDB) func() error {
+				return func() error {
+					wb.Clear()
+					for i := first; i < first+batchRows; i++ {
+						wb.PutCF(db.cfs[rawRows], []byte(recs[i].ID), vals[i])
+					}
+					return db.write(wb)
 				}
-				return raw.write(wb)
 			}
+			rawBatch, countedBatch := bareRows(raw), bareRows(counted)
 			fullBatch := func() error { return full.writeEntries(wb, fullEntries) }
 			floorBatch := func() error { return floor.writeEntries(wb, floorEntries) }
 			memBatch := func() error { return mem.writeEntries(wb, memEntries) }
-			err := rotate(first/batchRows, section{&sm, batchRows, storeBatch}, section{&rm, batchRows, rawBatch},
-				section{&fm, batchRows, fullBatch}, section{&lm, batchRows, loopBatch}, section{&flm, batchRows, floorBatch}, section{&mm, batchRows, memBatch})
+			err := rotate(first/batchRows, section{&sm, batchRows, storeBatch}, section{&rm, batchRows, countersOff(rawBatch)},
+				section{&fm, batchRows, countersOff(fullBatch)}, section{&lm, batchRows, loopBatch}, section{&flm, batchRows, countersOff(floorBatch)},
+				section{&mm, batchRows, countersOff(memBatch)}, section{&dm, batchRows, countedBatch})
 			if err != nil {
 				b.Fatal(err)
 			}
 		}
 		wb.Destroy()
-		closeWritePair(b, st, raw, full, floor, mem)
+		closeWritePair(b, st, raw, full, floor, mem, counted)
 		closeWritePair(b, loop, loopRaw)
 	}
 	reportMeters(b, "rows/s", &sm, &rm)
@@ -584,11 +592,15 @@ func benchWriteBatched(b *testing.B, w writeWorkload, rows int, syncWAL bool) {
 	b.ReportMetric(flm.rate(), "raw_floor_rows/s")
 	b.ReportMetric(mm.rate(), "raw_memindex_rows/s")
 	b.ReportMetric(lm.rate(), "store_putbackend_rows/s")
+	b.ReportMetric(dm.rate(), "raw_default_counters_rows/s")
 	label := fmt.Sprintf("batched commits (%d rows each), WAL sync %s%s", batchRows, onOff(syncWAL), defaultMark(syncWAL))
 	if w.apiIDs {
 		label = w.name + ", " + label
 	}
 	shared.summary.compare(label, &sm, &rm, "rows/s", "ratio >= 0.5")
+	// The bare rows as raw grocksdb writes them by default: with RocksDB's
+	// perf counters on, which the store's writes switch off.
+	shared.summary.compare(label+", anchor with RocksDB's default perf counters", &sm, &dm, "rows/s", "")
 	shared.summary.compare(label+", anchor: the store's entries", &sm, &fm, "rows/s", "")
 	shared.summary.compare(label+", store with PutBackend per row", &lm, &rm, "rows/s", "")
 	// Not the store: how close any layout could come to the goal.

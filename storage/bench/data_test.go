@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -14,6 +15,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"slices"
 	"strings"
 	"time"
 
@@ -405,7 +407,7 @@ type rawEntry struct {
 // the row, its by-pool index entry carrying a copy of the row (the
 // covering index), its by-address entry, its change-log key, and the
 // commit's feed entry (the local-seq key in meta is left out): the anchor
-// with exactly the store's entries per row. Write them to a rawDB opened
+// with exactly the store's entries per row, in its order. Write them to a rawDB opened
 // with IndexHint, as the store's index family is.
 func (t *templates) commitEntries(w writeWorkload, first, last int, seq uint64) []rawEntry {
 	es := make([]rawEntry, 0, 4*(last-first)+1)
@@ -420,7 +422,13 @@ func (t *templates) commitEntries(w writeWorkload, first, last int, seq uint64) 
 			rawEntry{rawIndex, []byte(addr), nil},
 			rawEntry{rawChangelog, rawClogKey(seq, id), nil})
 	}
-	return append(es, rawFeedEntry(seq))
+	es = append(es, rawFeedEntry(seq))
+	// In the store's order: each family's entries by key (the store sorts
+	// a commit's rows, and holds its index entries until they are sorted).
+	slices.SortStableFunc(es, func(a, b rawEntry) int {
+		return cmp.Or(strings.Compare(a.cf, b.cf), bytes.Compare(a.key, b.key))
+	})
+	return es
 }
 
 // floorEntries returns the fewest entries per backend that any on-disk
