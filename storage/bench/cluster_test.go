@@ -66,7 +66,7 @@ func BenchmarkApplyBatch(b *testing.B) {
 				}
 				return raw.write(wb)
 			}
-			if err := rotate(first/batchSets, section{&sm, batchSets * setRows, apply}, section{&rm, batchSets * setRows, rawBatch}); err != nil {
+			if err := rotate(first/batchSets, section{&sm, batchSets * setRows, apply}, section{&rm, batchSets * setRows, countersOff(rawBatch)}); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -59,10 +59,11 @@ func (m *meter) cpuPerOp() float64 {
 // countersOff returns f run with RocksDB's perf counters off on its
 // thread, as the store's writes run (storage/perflevel.h), so that a raw
 // write anchor does the same RocksDB work as the store and the ratio
-// measures what the store adds, not a counter it switches off. f must run
-// under meter.run, which locks the thread.
+// measures what the store adds, not a counter it switches off.
 func countersOff(f func() error) func() error {
 	return func() error {
+		runtime.LockOSThread() // the level belongs to the thread
+		defer runtime.UnlockOSThread()
 		grocksdb.SetPerfLevel(grocksdb.KDisable)
 		defer grocksdb.SetPerfLevel(grocksdb.KEnableCount)
 		return f()
