@@ -51,6 +51,7 @@ type batchBuilder struct {
 	sortCF   uint32 // the family whose records are sorted
 	held     []byte // sortCF's records, in the batch's record format
 	heldRecs []heldRecord
+	grouped  []heldRecord // scratch for appendHeld
 }
 
 // heldRecord locates one held record and its key in batchBuilder.held.
@@ -152,18 +153,55 @@ func (w *batchBuilder) appendHeld() {
 		return
 	}
 	held := w.held
+	// First by the key's first byte (an index's id), keeping the order of
+	// addition: a counting sort, one pass. A commit's entries of one index
+	// often come in key order already (a pool's by-pool entries follow
+	// the sorted rows), and only the groups that do not are sorted.
+	var starts [heldGroups + 1]int // group g's slots: starts[g] to starts[g+1]
+	for _, r := range w.heldRecs {
+		starts[groupOf(held, r)+1]++
+	}
+	for g := 1; g < len(starts); g++ {
+		starts[g] += starts[g-1]
+	}
+	next := starts
+	w.grouped = slices.Grow(w.grouped[:0], len(w.heldRecs))[:len(w.heldRecs)]
+	for _, r := range w.heldRecs {
+		g := groupOf(held, r)
+		w.grouped[next[g]] = r
+		next[g]++
+	}
 	// Bytewise, as the family's comparator orders them; records of one
 	// key in the order they were added.
-	slices.SortFunc(w.heldRecs, func(a, b heldRecord) int {
+	order := func(a, b heldRecord) int {
 		if c := bytes.Compare(held[a.keyStart:a.keyEnd], held[b.keyStart:b.keyEnd]); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.start, b.start)
-	})
-	for _, r := range w.heldRecs {
+	}
+	for g := range heldGroups {
+		group := w.grouped[starts[g]:starts[g+1]]
+		if !slices.IsSortedFunc(group, order) {
+			slices.SortFunc(group, order)
+		}
+	}
+	for _, r := range w.grouped {
 		w.buf = append(w.buf, held[r.start:r.end]...)
 	}
 	w.held, w.heldRecs = w.held[:0], w.heldRecs[:0]
+}
+
+// heldGroups is the number of groups appendHeld sorts held records into:
+// one for an empty key and one per first byte.
+const heldGroups = 257
+
+// groupOf is the group of a held record for appendHeld: 0 for an empty
+// key, else its first byte plus one.
+func groupOf(held []byte, r heldRecord) int {
+	if r.keyStart == r.keyEnd {
+		return 0
+	}
+	return int(held[r.keyStart]) + 1
 }
 
 // len is the number of operations in the batch.

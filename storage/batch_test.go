@@ -82,11 +82,15 @@ func TestBatchBuilderSortsHeldFamily(t *testing.T) {
 	got.put(meta, []byte("test/b"), nil)
 	got.del(meta, []byte("test/b")) // after its put: b ends deleted
 	got.put(meta, []byte("test/a"), []byte("2"))
+	got.put(meta, []byte("a/z"), []byte("first byte first"))
+	got.put(meta, nil, []byte("empty key"))
 
 	want := grocksdb.NewWriteBatch()
 	defer want.Destroy()
 	h := s.cfs[cfMeta]
 	want.Put([]byte("d"), []byte("default"))
+	want.PutCF(h, nil, []byte("empty key"))
+	want.PutCF(h, []byte("a/z"), []byte("first byte first"))
 	want.PutCF(h, []byte("test/a"), []byte("1"))
 	want.PutCF(h, []byte("test/a"), []byte("2"))
 	want.PutCF(h, []byte("test/b"), nil)

@@ -351,6 +351,10 @@ func (s *Store) beginBatch(rep []byte) *cacheWrite {
 		famTable[t] = s.cfs[name].ID()
 	}
 	idxFam := s.cfs[cfIndex].ID()
+	var (
+		lastPool    string
+		droppedPool bool
+	)
 	err := eachBatchRecord(rep, func(cf uint32, key []byte, rangeDel bool) {
 		if cf == idxFam {
 			switch {
@@ -361,13 +365,16 @@ func (s *Store) beginBatch(rep []byte) *cacheWrite {
 				}
 			case len(key) > 0 && key[0] == idxBackendPool:
 				w.open(cacheBackends)
-				if pool, ok := indexValue(key); ok {
-					c.drop(cacheKey{cacheBackends, kindPoolBackends, pool})
+				// A bulk commit writes one pool's entries one after the
+				// other (sorted): drop its list once.
+				if pool, ok := indexValue(key); ok && (!droppedPool || string(pool) != lastPool) {
+					lastPool, droppedPool = string(pool), true
+					c.drop(cacheKey{cacheBackends, kindPoolBackends, lastPool})
 				}
 			case len(key) > 0 && key[0] == idxCertDomain:
 				w.open(cacheCerts)
 				if name, ok := indexValue(key); ok {
-					c.drop(cacheKey{cacheCerts, kindDomainIDs, name})
+					c.drop(cacheKey{cacheCerts, kindDomainIDs, string(name)})
 				}
 			case len(key) > 0 && key[0] == idxCertExpiry:
 				w.open(cacheCerts)
@@ -433,13 +440,13 @@ func (s *Store) writeRep(wo *grocksdb.WriteOptions, rep []byte) error {
 }
 
 // indexValue returns the indexed value of an entry "id | value | 0 | pk".
-func indexValue(k []byte) (string, bool) {
+func indexValue(k []byte) ([]byte, bool) {
 	for i := 1; i < len(k); i++ {
 		if k[i] == 0 {
-			return string(k[1:i]), true
+			return k[1:i], true
 		}
 	}
-	return "", false
+	return nil, false
 }
 
 // Sizes of cached values, as the Go heap holds them: the struct (boxed

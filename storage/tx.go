@@ -29,6 +29,7 @@ type pending struct {
 	value   any      // typed copy for read-your-writes (Pool, Backend, ...)
 	expires int64    // Unix ms (TTL tables); observation rows get theirs at commit
 	ver     *Version // the caller's copy, given the version at commit
+	old     *row     // the stored row it replaces (nil: none), as put read it
 }
 
 // Tx is a transaction (Update) or a consistent read-only snapshot (View).
@@ -165,10 +166,12 @@ func (t *Tx) commitLocked() (Commit, uint64, error) {
 	}
 	size := 0
 	evSize := setSizeBase + len(s.NodeID())
-	for _, ref := range refs {
-		rec := t.writes[ref].rec
-		size += len(ref.key) + len(rec)
-		evSize += changeSize(ref.table, ref.key, rec, s.NodeID())
+	ps := make([]*pending, len(refs))
+	for i, ref := range refs {
+		p := t.writes[ref]
+		ps[i] = p
+		size += len(ref.key) + len(p.rec)
+		evSize += changeSize(ref.table, ref.key, p.rec, s.NodeID())
 	}
 	if size > MaxChangeSetBytes {
 		return Commit{}, 0, fmt.Errorf("%w: %d bytes (at most %d per transaction)", ErrTooLarge, size, MaxChangeSetBytes)
@@ -185,9 +188,9 @@ func (t *Tx) commitLocked() (Commit, uint64, error) {
 	index := s.nextIndexLocked()
 	reading := s.clock.Now()
 	h := reading
-	for _, ref := range refs {
-		if old := t.old[ref]; old != nil && old.version.HLC >= h {
-			h = old.version.HLC + 1
+	for _, p := range ps {
+		if p.old != nil && p.old.version.HLC >= h {
+			h = p.old.version.HLC + 1
 		}
 	}
 	v := Version{HLC: h, Origin: s.NodeID(), Seq: seq}
@@ -199,10 +202,10 @@ func (t *Tx) commitLocked() (Commit, uint64, error) {
 	defer func() { t.wb = nil }()
 	ids := s.cfID
 
-	for _, ref := range refs {
-		p := t.writes[ref]
+	for i, ref := range refs {
+		p := ps[i]
 		def := lookupTable(ref.table)
-		old := t.old[ref]
+		old := p.old
 		nr := row{version: v, deleted: p.deleted, rec: p.rec, expires: p.expires}
 		if def.class == ClassObservation {
 			nr.expires = nowMs + s.cfg.ObservationTTL.Milliseconds()
@@ -259,8 +262,8 @@ func (t *Tx) commitLocked() (Commit, uint64, error) {
 		s.feedCache.putEvent(Event{Index: index, Set: ChangeSet{Origin: v.Origin, Seq: v.Seq, HLC: v.HLC, Changes: changes}})
 	}
 	ticket := s.writtenLocked(index, s.cfg.SyncWAL)
-	for _, ref := range refs {
-		if p := t.writes[ref]; p.ver != nil {
+	for _, p := range ps {
+		if p.ver != nil {
 			*p.ver = v
 		}
 	}
@@ -398,9 +401,11 @@ func (t *Tx) put(ref rowRef, p *pending) error {
 		return errTxDone
 	}
 	// Read the stored row: its index entries are removed at commit.
-	if _, err := t.load(ref); err != nil {
+	old, err := t.load(ref)
+	if err != nil {
 		return err
 	}
+	p.old = old
 	if _, ok := t.writes[ref]; !ok {
 		t.order = append(t.order, ref)
 	}
