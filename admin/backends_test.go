@@ -18,7 +18,7 @@ func TestCreateBackend(t *testing.T) {
 	h := newHarness(t)
 	h.createPool(map[string]any{"name": "web"})
 
-	r := h.do("POST", "/api/pools/web/backends", map[string]any{"url": "http://10.0.1.10:8080", "weight": 5, "region": "IAD"})
+	r := h.do("POST", "/api/pools/web/backends", map[string]any{"url": "http://10.0.1.10:8080", "weight": 5, "region": "iad"})
 	r.expect(t, http.StatusCreated, "")
 	var b apitypes.Backend
 	r.json(t, &b)

@@ -3,10 +3,10 @@ package admin
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"github.com/singularity-ng/singularity-edge/apitypes"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 )
 
@@ -20,9 +20,11 @@ func fuzzBody(t *testing.T, h *harness, method, path string, body []byte) int {
 }
 
 // storedAsSent fails unless every key of the object sent, at the top
-// level and one level down (health_check), is a key of the object the
-// API answered, with the same value for a string: a value is stored as
-// sent or refused, never dropped or taken from a key spelt otherwise.
+// level and one level down (health_check), is a key of the
+// object the API answered, with the same value for a string or a list of
+// strings: a value is stored as sent or refused, never dropped, taken from
+// a key spelt otherwise, or stored in another spelling (case, spaces, a
+// trailing dot).
 func storedAsSent(t *testing.T, body, answer []byte) {
 	var sent, got map[string]any
 	if json.Unmarshal(body, &sent) != nil {
@@ -36,29 +38,29 @@ func storedAsSent(t *testing.T, body, answer []byte) {
 		if !ok {
 			t.Fatalf("accepted %q: %q is not in the answer %s", body, k, answer)
 		}
-		// id is generated when empty; url is shown rebuilt from host, port
-		// and scheme ("a.test" is http://a.test:80); names and keywords
-		// (hosts, domains, modes) are stored trimmed and in lower case, a
-		// DNS name without the trailing dot of the root ("a.test." is
-		// a.test).
-		if s, isStr := v.(string); isStr && k != "id" && k != "url" && !equalFoldString(g, strings.TrimSpace(s)) &&
-			!equalFoldString(g, strings.TrimSuffix(strings.TrimSpace(s), ".")) {
+		// url is shown rebuilt from host, port and scheme ("a.test" is
+		// http://a.test:80).
+		if s, isStr := v.(string); isStr && k != "url" && g != s {
 			t.Fatalf("accepted %q: %s sent %q, stored %v", body, k, s, g)
+		}
+		if list, isList := v.([]any); isList {
+			if gl, _ := g.([]any); fmt.Sprint(gl) != fmt.Sprint(list) {
+				t.Fatalf("accepted %q: %s sent %v, stored %v", body, k, list, g)
+			}
 		}
 		if sub, isObj := v.(map[string]any); isObj && k != "metadata" {
 			gsub, _ := g.(map[string]any)
-			for sk := range sub {
-				if _, ok := gsub[sk]; !ok {
+			for sk, sv := range sub {
+				gv, ok := gsub[sk]
+				if !ok {
 					t.Fatalf("accepted %q: %s.%s is not in the answer %s", body, k, sk, answer)
+				}
+				if s, isStr := sv.(string); isStr && gv != s {
+					t.Fatalf("accepted %q: %s.%s sent %q, stored %v", body, k, sk, s, gv)
 				}
 			}
 		}
 	}
-}
-
-func equalFoldString(v any, s string) bool {
-	g, ok := v.(string)
-	return ok && strings.EqualFold(g, s)
 }
 
 func fuzzBodyAnswer(t *testing.T, h *harness, method, path string, body []byte) (int, []byte) {

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/singularity-ng/singularity-edge/apitypes"
+	"github.com/singularity-ng/singularity-edge/pools"
+	"github.com/singularity-ng/singularity-edge/storage"
 )
 
 // refusalFixture builds the configuration every refused write is tried
@@ -243,5 +246,110 @@ func TestZeroAndNullAreStoredAsSentOrRefused(t *testing.T) {
 			}
 			check(t, "/api/pools/plain/backends", "id", body, name, sent, func(m map[string]any) any { return m[name] })
 		}
+	}
+}
+
+// TestOtherSpellingsAreRefusedAndStoreNothing: a value written otherwise
+// than it is stored (case, surrounding spaces, a trailing dot, the seed's
+// "terminate") is refused on its field with the value to send, by a create
+// and by an update alike, and nothing is stored; the value the message
+// names is then stored as sent.
+func TestOtherSpellingsAreRefusedAndStoreNothing(t *testing.T) {
+	h := newHarness(t)
+	h.createPool(map[string]any{"name": "web", "ssl_mode": "flexible", "ssl_domain": "www.example.test"})
+	h.createPool(map[string]any{"name": "plain"})
+	h.createBackend("plain", map[string]any{"id": "b0", "url": "http://10.0.0.1:8080"})
+	before := h.snapshot()
+	for _, tc := range []struct {
+		name, method, path, body string
+		field, send              string
+	}{
+		{"create: algorithm", "POST", "/api/pools", `{"name":"n1","algorithm":"Least_Connections"}`, "algorithm", `send "least_connections" (values are lower case)`},
+		{"create: ssl_mode terminate", "POST", "/api/pools", `{"name":"n1","ssl_mode":"terminate","ssl_domain":"n1.test"}`, "ssl_mode", `"terminate" is called "flexible"; send "flexible"`},
+		{"create: ssl_domain", "POST", "/api/pools", `{"name":"n1","ssl_mode":"flexible","ssl_domain":"N1.test"}`, "ssl_domain", `send "n1.test"`},
+		{"create: ssl_cert_id", "POST", "/api/pools", `{"name":"n1","ssl_mode":"flexible","ssl_domain":"n1.test","ssl_cert_id":" c1"}`, "ssl_cert_id", `surrounding spaces; send "c1"`},
+		{"create: hosts", "POST", "/api/pools", `{"name":"n1","hosts":["n1.test","Example.com"]}`, "hosts", `hosts[1] "Example.com": send "example.com"`},
+		{"create: check type", "POST", "/api/pools", `{"name":"n1","health_check":{"type":"HTTP"}}`, "health_check.type", `send "http"`},
+		{"create: hash_on", "POST", "/api/pools", `{"name":"n1","algorithm":"consistent_hash","hash_on":"header:x-user"}`, "hash_on", `send "header:X-User"`},
+		{"create: sticky_cookie", "POST", "/api/pools", `{"name":"n1","sticky_cookie":"srv "}`, "sticky_cookie", `surrounding spaces; send "srv"`},
+		{"update: algorithm", "PATCH", "/api/pools/plain", `{"algorithm":" random"}`, "algorithm", `surrounding spaces; send "random"`},
+		{"update: ssl_mode", "PATCH", "/api/pools/web", `{"ssl_mode":"Terminate"}`, "ssl_mode", `"Terminate" is called "flexible"; send "flexible"`},
+		{"update: hosts", "PATCH", "/api/pools/plain", `{"hosts":["plain.test."]}`, "hosts", `hosts[0] "plain.test.": send "plain.test"`},
+		{"update: check type", "PATCH", "/api/pools/plain", `{"health_check":{"type":"Tcp"}}`, "health_check.type", `send "tcp"`},
+		{"create: backend id", "POST", "/api/pools/plain/backends", `{"id":" b-1","url":"http://10.0.0.2:80"}`, "id", `surrounding spaces; send "b-1"`},
+		{"create: url", "POST", "/api/pools/plain/backends", `{"url":"HTTP://App.Internal:80"}`, "url", `send "http://app.internal:80"`},
+		{"create: url spaces", "POST", "/api/pools/plain/backends", `{"url":"http://10.0.0.2:80 "}`, "url", `surrounding spaces; send "http://10.0.0.2:80"`},
+		{"create: host", "POST", "/api/pools/plain/backends", `{"host":"app.internal.","port":80}`, "host", `send "app.internal"`},
+		{"create: scheme", "POST", "/api/pools/plain/backends", `{"host":"10.0.0.2","scheme":"HTTP"}`, "scheme", `send "http"`},
+		{"create: region", "POST", "/api/pools/plain/backends", `{"url":"http://10.0.0.2:80","region":"IAD"}`, "region", `send "iad"`},
+		{"create in a batch: region", "POST", "/api/pools/plain/backends", `[{"url":"http://10.0.0.2:80"},{"url":"http://10.0.0.3:80","region":" iad"}]`, "[1].region", `surrounding spaces; send "iad"`},
+		{"update: region", "PATCH", "/api/pools/plain/backends/b0", `{"region":"Syd"}`, "region", `send "syd"`},
+		{"update: host", "PATCH", "/api/pools/plain/backends/b0", `{"host":"[::1]"}`, "host", `send "::1"`},
+		{"update: url", "PATCH", "/api/pools/plain/backends/b0", `{"url":"http://[0:0::1]:8080"}`, "url", `send "http://[::1]:8080"`},
+		{"update: scheme", "PATCH", "/api/pools/plain/backends/b0", `{"scheme":"Http"}`, "scheme", `send "http"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := h.do(tc.method, tc.path, tc.body)
+			r.expect(t, http.StatusUnprocessableEntity, CodeInvalid, tc.field)
+			for _, f := range r.errDetail(t).Fields {
+				if f.Field != tc.field {
+					t.Errorf("refused also on %s: %s", f.Field, f.Message)
+				} else if !strings.Contains(f.Message, tc.send) {
+					t.Errorf("%s: message %q does not say %s", f.Field, f.Message, tc.send)
+				}
+			}
+		})
+	}
+	h.assertUnchanged(before, "writes refused for their spelling")
+
+	// What the messages name is stored as sent.
+	h.do("PATCH", "/api/pools/plain", `{"algorithm":"consistent_hash","hash_on":"header:X-User","hosts":["plain.test"],"sticky_cookie":"Srv"}`).expect(t, http.StatusOK, "")
+	h.do("PATCH", "/api/pools/plain/backends/b0", `{"host":"::1","region":"syd"}`).expect(t, http.StatusOK, "")
+	var p apitypes.Pool
+	h.do("GET", "/api/pools/plain", nil).json(t, &p)
+	if p.Algorithm != "consistent_hash" || p.HashOn != "header:X-User" || strings.Join(p.Hosts, ",") != "plain.test" || p.StickyCookie != "Srv" {
+		t.Errorf("pool not stored as sent: %+v", p)
+	}
+	var b apitypes.Backend
+	h.do("GET", "/api/pools/plain/backends/b0", nil).json(t, &b)
+	if b.Host != "::1" || b.Region != "syd" || b.URL != "http://[::1]:8080" {
+		t.Errorf("backend not stored as sent: %+v", b)
+	}
+}
+
+// TestStoredRowsStillUpdate: rows written before values were refused
+// rather than rewritten hold the forms the validators then stored, and a
+// PATCH, which validates the stored row with the change, takes them as
+// they are.
+func TestStoredRowsStillUpdate(t *testing.T) {
+	h := newHarness(t)
+	pool := pools.DefaultPool()
+	pool.Name, pool.Algorithm, pool.HashOn = "old", pools.AlgorithmConsistentHash, "header:X-User-Id"
+	pool.SSLMode, pool.SSLDomain, pool.Hosts = pools.SSLModeFlexible, "old.example.test", []string{"*.apps.example.test"}
+	pool.HealthCheck.Type, pool.HealthCheck.Path = pools.HealthCheckHTTP, "/"
+	backend := storage.Backend{ID: "b-Old_1", PoolName: "old", Host: "2001:db8::1", Port: 8080, Scheme: "http", Weight: 1, Region: "iad"}
+	if _, err := h.store.Update(context.Background(), func(tx *storage.Tx) error {
+		if err := tx.PutPool(&pool); err != nil {
+			return err
+		}
+		return tx.PutBackend(&backend)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h.do("PATCH", "/api/pools/old", `{"fail_open":true}`).expect(t, http.StatusOK, "")
+	h.do("PATCH", "/api/pools/old/backends/b-Old_1", `{"weight":2}`).expect(t, http.StatusOK, "")
+	p, err := h.store.GetPool(context.Background(), "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.HashOn != pool.HashOn || p.SSLMode != pool.SSLMode || p.SSLDomain != pool.SSLDomain || !p.FailOpen {
+		t.Errorf("pool after the update: %+v", p)
+	}
+	b, err := h.store.GetBackend(context.Background(), "b-Old_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Host != backend.Host || b.Region != backend.Region || b.Weight != 2 {
+		t.Errorf("backend after the update: %+v", b)
 	}
 }

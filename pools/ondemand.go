@@ -33,27 +33,27 @@ func terminatesTLS(mode string) bool {
 
 // validateOnDemand checks the on-demand TLS fields as sent: patterns and
 // the ask URL are refused, never rewritten, when they are not in the
-// form they would be stored in.
-func validateOnDemand(p *storage.Pool, errs *fielderr.List) {
+// form they would be stored in. mode is the ssl_mode the client meant.
+func validateOnDemand(p *storage.Pool, mode string, errs *fielderr.List) {
 	if len(p.OnDemandAllow) > MaxOnDemandAllow {
 		errs.Add("on_demand_allow", fmt.Sprintf("at most %d patterns, got %d", MaxOnDemandAllow, len(p.OnDemandAllow)))
 	} else {
 		seen := make(map[string]int, len(p.OnDemandAllow))
-		for i, h := range p.OnDemandAllow {
+		for i, sent := range p.OnDemandAllow {
 			field := fmt.Sprintf("on_demand_allow[%d]", i)
-			if want := strings.ToLower(strings.TrimSpace(h)); want != h {
-				errs.Add(field, fmt.Sprintf("%q: send it as %q (lower case, no spaces)", h, want))
-				continue
-			}
+			h := servedHostForm(sent)
 			if msg := checkServedHost(h); msg != "" {
-				errs.Add(field, fmt.Sprintf("%q: %s", h, msg))
+				errs.Add(field, fmt.Sprintf("%q: %s", sent, msg))
 				continue
 			}
 			if j, dup := seen[h]; dup {
-				errs.Add(field, fmt.Sprintf("%q repeats on_demand_allow[%d]", h, j))
+				errs.Add(field, fmt.Sprintf("%q repeats on_demand_allow[%d]", sent, j))
 				continue
 			}
 			seen[h] = i
+			if h != sent {
+				errs.Add(field, fmt.Sprintf("%q: %s", sent, sendInstead(sent, h, hostNameRule)))
+			}
 		}
 	}
 	if p.OnDemandAsk != "" {
@@ -67,8 +67,8 @@ func validateOnDemand(p *storage.Pool, errs *fielderr.List) {
 	if !p.OnDemandTLS {
 		return
 	}
-	if !terminatesTLS(p.SSLMode) {
-		errs.Add("on_demand_tls", fmt.Sprintf("a pool with ssl_mode %s presents no certificate of ours; on-demand TLS needs flexible, full or full_strict", p.SSLMode))
+	if !terminatesTLS(mode) {
+		errs.Add("on_demand_tls", fmt.Sprintf("a pool with ssl_mode %s presents no certificate of ours; on-demand TLS needs flexible, full or full_strict", mode))
 	}
 	if len(p.OnDemandAllow) == 0 && p.OnDemandAsk == "" {
 		errs.Add("on_demand_tls", "needs on_demand_allow or on_demand_ask: without either any name sent by any client would get a certificate")

@@ -102,8 +102,9 @@ func TestValidatePoolOnDemand(t *testing.T) {
 		{"rate too high", func(p *storage.Pool) {
 			p.OnDemandTLS, p.OnDemandAllow, p.OnDemandRate = true, []string{"a.example.com"}, MaxOnDemandRate+1
 		}, "on_demand_rate", "between 1 and"},
-		{"upper case pattern", func(p *storage.Pool) { p.OnDemandAllow = []string{"A.example.com"} }, "on_demand_allow[0]", `send it as "a.example.com"`},
-		{"spaces", func(p *storage.Pool) { p.OnDemandAllow = []string{" a.example.com"} }, "on_demand_allow[0]", "send it as"},
+		{"upper case pattern", func(p *storage.Pool) { p.OnDemandAllow = []string{"A.example.com"} }, "on_demand_allow[0]", `"A.example.com": send "a.example.com" (host names are lower case`},
+		{"spaces", func(p *storage.Pool) { p.OnDemandAllow = []string{" a.example.com"} }, "on_demand_allow[0]", `surrounding spaces; send "a.example.com"`},
+		{"trailing dot", func(p *storage.Pool) { p.OnDemandAllow = []string{"*.example.com."} }, "on_demand_allow[0]", `send "*.example.com"`},
 		{"deep wildcard", func(p *storage.Pool) { p.OnDemandAllow = []string{"a.*.example.com"} }, "on_demand_allow[0]", "leading label"},
 		{"tld wildcard", func(p *storage.Pool) { p.OnDemandAllow = []string{"*.com"} }, "on_demand_allow[0]", "two labels"},
 		{"repeat", func(p *storage.Pool) { p.OnDemandAllow = []string{"a.example.com", "a.example.com"} }, "on_demand_allow[1]", "repeats on_demand_allow[0]"},

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"net/textproto"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -32,8 +33,8 @@ const (
 	SSLModeFull        = "full"
 	SSLModeFullStrict  = "full_strict"
 	SSLModePassthrough = "passthrough"
-	// sslModeTerminate is the seed system's spelling of flexible; accepted
-	// on input and stored as flexible.
+	// sslModeTerminate is the seed system's name for flexible; it is
+	// refused with a message naming flexible.
 	sslModeTerminate = "terminate"
 )
 
@@ -94,19 +95,55 @@ func Algorithms() []string {
 	}
 }
 
-// SSLModes lists the SSL modes ValidatePool accepts ("terminate" is also
-// accepted and stored as "flexible").
+// SSLModes lists the SSL modes ValidatePool accepts.
 func SSLModes() []string {
 	return []string{SSLModeOff, SSLModeFlexible, SSLModeFull, SSLModeFullStrict, SSLModePassthrough}
 }
 
 func algorithmKnown(a string) bool {
-	for _, v := range Algorithms() {
-		if v == a {
-			return true
+	return slices.Contains(Algorithms(), a)
+}
+
+func sslModeKnown(m string) bool {
+	return slices.Contains(SSLModes(), m)
+}
+
+// What a value's stored form follows, for the messages that refuse
+// another spelling of it.
+const (
+	keywordRule  = "values are lower case"
+	hostNameRule = "host names are lower case, without the root's trailing dot"
+	ipRule       = "IP addresses without brackets, IPv6 in its short lower-case form"
+	hashOnRule   = "client_ip in lower case, header names in canonical case"
+)
+
+// lowerKeyword is the stored form of a keyword (an algorithm, a mode, a
+// check type, a scheme, a region): no surrounding spaces, lower case.
+func lowerKeyword(s string) string {
+	return strings.ToLower(strings.TrimSpace(s))
+}
+
+// servedHostForm is the stored form of a host name a pool serves: no
+// surrounding spaces, lower case, no trailing dot of the root.
+func servedHostForm(h string) string {
+	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(h)), ".")
+}
+
+// sendInstead refuses sent, a value that is acceptable only in another
+// spelling, want: it says what differs and what to send. The validators
+// never store want in its place: a value is stored as sent or refused, so
+// that what a client reads back is what it wrote.
+func sendInstead(sent, want, rule string) string {
+	if strings.TrimSpace(sent) != sent {
+		if strings.TrimSpace(sent) == want || rule == "" {
+			return fmt.Sprintf("surrounding spaces; send %q", want)
 		}
+		return fmt.Sprintf("surrounding spaces; send %q (%s)", want, rule)
 	}
-	return false
+	if rule == "" {
+		return fmt.Sprintf("send %q", want)
+	}
+	return fmt.Sprintf("send %q (%s)", want, rule)
 }
 
 // DefaultPool returns the pool a create request starts from before the
@@ -140,11 +177,13 @@ func DefaultTimeoutFor(interval time.Duration) time.Duration {
 	return DefaultHealthCheckTimeout
 }
 
-// CanonicalSSLMode returns mode the way it is stored: trimmed, lower case,
-// and the seed's "terminate" spelled flexible. An unknown mode comes back
-// lower-cased for ValidatePool to refuse.
+// CanonicalSSLMode returns the mode a spelling of it names: trimmed, lower
+// case, and the seed's "terminate" as flexible. ValidatePool accepts only
+// the stored spelling; the admin API uses this to derive the defaults that
+// follow the mode from the mode a client meant, so that a request refused
+// for its spelling of ssl_mode is refused for nothing else.
 func CanonicalSSLMode(mode string) string {
-	mode = strings.ToLower(strings.TrimSpace(mode))
+	mode = lowerKeyword(mode)
 	if mode == sslModeTerminate {
 		return SSLModeFlexible
 	}
@@ -177,10 +216,15 @@ func VerifiesBackendCerts(mode string, validateBackendCert bool) bool {
 
 // ValidatePool validates every field of p and the combinations of fields,
 // without filling any default: a zero value is checked as the value it
-// is. Values that are case-insensitive (algorithm, modes, host names) are
-// stored in lower case; the pool name is a key and must already be lower
-// case. The error is a *fielderr.Error listing every offending field
-// (snake_case JSON names, nested fields as "health_check.rise").
+// is. It changes nothing in p: a value is accepted only in the form it is
+// stored in (keywords and host names in lower case, no surrounding
+// spaces, no trailing dot, header names in canonical case, flexible rather
+// than the seed's "terminate"), and another spelling of a valid value is
+// refused with a message naming the one to send. The combinations are
+// checked with the values a client meant, so that a request refused for a
+// spelling is refused for nothing else. The error is a *fielderr.Error
+// listing every offending field (snake_case JSON names, nested fields as
+// "health_check.rise").
 func ValidatePool(p *storage.Pool) error {
 	var errs fielderr.List
 
@@ -190,14 +234,24 @@ func ValidatePool(p *storage.Pool) error {
 		errs.Add("name", msg)
 	}
 
-	p.Algorithm = strings.ToLower(strings.TrimSpace(p.Algorithm))
-	if !algorithmKnown(p.Algorithm) {
+	algorithm := lowerKeyword(p.Algorithm)
+	switch {
+	case !algorithmKnown(algorithm):
 		errs.Add("algorithm", fmt.Sprintf("unknown algorithm %q; valid: %s", p.Algorithm, strings.Join(Algorithms(), ", ")))
+	case algorithm != p.Algorithm:
+		errs.Add("algorithm", sendInstead(p.Algorithm, algorithm, keywordRule))
 	}
 
-	p.SSLMode = CanonicalSSLMode(p.SSLMode)
-	switch p.SSLMode {
-	case SSLModeOff, SSLModeFlexible, SSLModePassthrough:
+	mode := CanonicalSSLMode(p.SSLMode)
+	switch {
+	case lowerKeyword(p.SSLMode) == sslModeTerminate:
+		errs.Add("ssl_mode", fmt.Sprintf("%q is called %q; send %q", p.SSLMode, SSLModeFlexible, SSLModeFlexible))
+	case !sslModeKnown(mode):
+		errs.Add("ssl_mode", fmt.Sprintf("unknown ssl mode %q; valid: %s", p.SSLMode, strings.Join(SSLModes(), ", ")))
+	case mode != p.SSLMode:
+		errs.Add("ssl_mode", sendInstead(p.SSLMode, mode, keywordRule))
+	}
+	switch mode {
 	case SSLModeFull:
 		if p.ValidateBackendCert {
 			errs.Add("validate_backend_cert", "ssl_mode full never verifies backend certificates; leave validate_backend_cert out or set it to false (or use ssl_mode full_strict to verify them)")
@@ -206,22 +260,25 @@ func ValidatePool(p *storage.Pool) error {
 		if !p.ValidateBackendCert {
 			errs.Add("validate_backend_cert", "full_strict always verifies backend certificates; leave validate_backend_cert out or set it to true (or use ssl_mode full)")
 		}
-	default:
-		errs.Add("ssl_mode", fmt.Sprintf("unknown ssl mode %q; valid: %s (terminate is accepted as flexible)", p.SSLMode, strings.Join(SSLModes(), ", ")))
 	}
 
-	p.SSLDomain = strings.ToLower(strings.TrimSpace(p.SSLDomain))
+	domain := servedHostForm(p.SSLDomain)
 	if p.SSLDomain != "" {
-		if msg := checkServedHost(p.SSLDomain); msg != "" {
+		if msg := checkServedHost(domain); msg != "" {
 			errs.Add("ssl_domain", msg)
+		} else if domain != p.SSLDomain {
+			errs.Add("ssl_domain", sendInstead(p.SSLDomain, domain, hostNameRule))
 		}
 	}
-	p.SSLCertID = strings.TrimSpace(p.SSLCertID)
 	if p.SSLCertID != "" {
-		if msg := checkID(p.SSLCertID); msg != "" {
+		if id := strings.TrimSpace(p.SSLCertID); id == "" {
+			errs.Add("ssl_cert_id", `only spaces; send "" for no certificate of the pool's own`)
+		} else if msg := checkID(id); msg != "" {
 			errs.Add("ssl_cert_id", msg)
+		} else if id != p.SSLCertID {
+			errs.Add("ssl_cert_id", sendInstead(p.SSLCertID, id, ""))
 		}
-		switch p.SSLMode {
+		switch mode {
 		case SSLModeOff:
 			errs.Add("ssl_cert_id", "a pool with ssl_mode off never presents a certificate; set ssl_mode or remove ssl_cert_id")
 		case SSLModePassthrough:
@@ -233,48 +290,49 @@ func ValidatePool(p *storage.Pool) error {
 		errs.Add("hosts", fmt.Sprintf("at most %d host names, got %d", MaxHosts, len(p.Hosts)))
 	} else {
 		seen := make(map[string]int, len(p.Hosts))
-		for i, h := range p.Hosts {
-			h = strings.ToLower(strings.TrimSpace(h))
-			p.Hosts[i] = h
+		for i, sent := range p.Hosts {
+			h := servedHostForm(sent)
 			if msg := checkServedHost(h); msg != "" {
-				errs.Add("hosts", fmt.Sprintf("hosts[%d] %q: %s", i, h, msg))
+				errs.Add("hosts", fmt.Sprintf("hosts[%d] %q: %s", i, sent, msg))
 				continue
 			}
 			if j, dup := seen[h]; dup {
-				errs.Add("hosts", fmt.Sprintf("hosts[%d] %q repeats hosts[%d]", i, h, j))
+				errs.Add("hosts", fmt.Sprintf("hosts[%d] %q repeats hosts[%d]", i, sent, j))
 				continue
 			}
 			seen[h] = i
-		}
-		if len(p.Hosts) == 0 {
-			p.Hosts = nil
+			if h != sent {
+				errs.Add("hosts", fmt.Sprintf("hosts[%d] %q: %s", i, sent, sendInstead(sent, h, hostNameRule)))
+			}
 		}
 	}
-	if p.SSLMode != SSLModeOff && p.SSLDomain == "" && len(p.Hosts) == 0 && !(p.SSLMode == SSLModePassthrough && p.Default) {
-		errs.Add("ssl_domain", fmt.Sprintf("a pool with ssl_mode %s needs ssl_domain or hosts: TLS is routed by SNI host name", p.SSLMode))
+	if mode != SSLModeOff && domain == "" && len(p.Hosts) == 0 && !(mode == SSLModePassthrough && p.Default) {
+		errs.Add("ssl_domain", fmt.Sprintf("a pool with ssl_mode %s needs ssl_domain or hosts: TLS is routed by SNI host name", mode))
 	}
 
 	if p.HealthCheckInterval < MinHealthCheckInterval || p.HealthCheckInterval > MaxHealthCheckInterval {
 		errs.Add("health_check_interval", fmt.Sprintf("must be between %s and %s (milliseconds in JSON), got %s", MinHealthCheckInterval, MaxHealthCheckInterval, p.HealthCheckInterval))
 	}
-	validateHealthCheck(&p.HealthCheck, p.HealthCheckInterval, &errs)
+	validateHealthCheck(p.HealthCheck, p.HealthCheckInterval, &errs)
 
-	validateHashOn(p, &errs)
+	validateHashOn(p.HashOn, algorithm, mode, &errs)
 
-	p.StickyCookie = strings.TrimSpace(p.StickyCookie)
 	if p.StickyCookie != "" {
+		cookie := strings.TrimSpace(p.StickyCookie)
 		switch {
-		case len(p.StickyCookie) > maxCookieName:
+		case len(cookie) > maxCookieName:
 			errs.Add("sticky_cookie", fmt.Sprintf("at most %d characters", maxCookieName))
-		case !isToken(p.StickyCookie):
+		case !isToken(cookie):
 			errs.Add("sticky_cookie", "not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~ only)")
-		case p.SSLMode == SSLModePassthrough:
+		case mode == SSLModePassthrough:
 			errs.Add("sticky_cookie", "sticky cookies need HTTP; a passthrough pool never sees cookies")
+		case cookie != p.StickyCookie:
+			errs.Add("sticky_cookie", sendInstead(p.StickyCookie, cookie, ""))
 		}
 	}
 
-	validateBackendTLS(p, &errs)
-	validateOnDemand(p, &errs)
+	validateBackendTLS(p, mode, &errs)
+	validateOnDemand(p, mode, &errs)
 	checkMetadata(p.Metadata, &errs)
 	return errs.Err()
 }
@@ -284,9 +342,8 @@ const maxCABundle = 256 << 10
 
 // validateBackendTLS checks the pool's backend TLS settings as sent: a CA
 // bundle that parses, a lower-case host name to send as SNI, a
-// certificate id. Nothing is rewritten: a value that would need it is
-// refused with the spelling to send instead.
-func validateBackendTLS(p *storage.Pool, errs *fielderr.List) {
+// certificate id. mode is the ssl_mode the client meant.
+func validateBackendTLS(p *storage.Pool, mode string, errs *fielderr.List) {
 	if p.BackendCA != "" {
 		if len(p.BackendCA) > maxCABundle {
 			errs.Add("backend_ca", fmt.Sprintf("at most %d bytes of PEM", maxCABundle))
@@ -295,27 +352,32 @@ func validateBackendTLS(p *storage.Pool, errs *fielderr.List) {
 		}
 	}
 	if n := p.BackendServerName; n != "" {
-		if want := strings.ToLower(strings.TrimSpace(n)); want != n {
-			errs.Add("backend_server_name", fmt.Sprintf("send it as %q (lower case, no spaces)", want))
-		} else if msg := checkHostname(n); msg != "" {
-			errs.Add("backend_server_name", msg)
+		if want := servedHostForm(n); checkHostname(want) != "" {
+			errs.Add("backend_server_name", checkHostname(want))
+		} else if want != n {
+			errs.Add("backend_server_name", sendInstead(n, want, hostNameRule))
 		}
 	}
 	if id := p.BackendClientCertID; id != "" {
-		if strings.TrimSpace(id) != id {
-			errs.Add("backend_client_cert_id", fmt.Sprintf("send it as %q (no surrounding spaces)", strings.TrimSpace(id)))
-		} else if msg := checkID(id); msg != "" {
+		if want := strings.TrimSpace(id); want == "" {
+			errs.Add("backend_client_cert_id", `only spaces; send "" for no client certificate`)
+		} else if msg := checkID(want); msg != "" {
 			errs.Add("backend_client_cert_id", msg)
+		} else if want != id {
+			errs.Add("backend_client_cert_id", sendInstead(id, want, ""))
 		}
 	}
-	if p.SSLMode == SSLModePassthrough && (p.BackendCA != "" || p.BackendServerName != "" || p.BackendClientCertID != "") {
+	if mode == SSLModePassthrough && (p.BackendCA != "" || p.BackendServerName != "" || p.BackendClientCertID != "") {
 		errs.Add("ssl_mode", "backend TLS settings (backend_ca, backend_server_name, backend_client_cert_id) need a pool that opens TLS to its backends; passthrough relays the client's TLS")
 	}
 }
 
-func validateHealthCheck(hc *storage.HealthCheck, interval time.Duration, errs *fielderr.List) {
-	hc.Type = strings.ToLower(strings.TrimSpace(hc.Type))
-	switch hc.Type {
+func validateHealthCheck(hc storage.HealthCheck, interval time.Duration, errs *fielderr.List) {
+	typ := lowerKeyword(hc.Type)
+	if typ != hc.Type && (typ == HealthCheckTCP || typ == HealthCheckHTTP || typ == HealthCheckHTTPS) {
+		errs.Add("health_check.type", sendInstead(hc.Type, typ, keywordRule))
+	}
+	switch typ {
 	case HealthCheckTCP:
 		if hc.Path != "" {
 			errs.Add("health_check.path", `only used by http and https checks; send "path": "" with type tcp`)
@@ -363,37 +425,44 @@ func validateHealthCheck(hc *storage.HealthCheck, interval time.Duration, errs *
 	}
 }
 
-func validateHashOn(p *storage.Pool, errs *fielderr.List) {
-	p.HashOn = strings.TrimSpace(p.HashOn)
-	if p.HashOn == "" {
-		if p.Algorithm == AlgorithmConsistentHash {
+// validateHashOn checks hash_on for the algorithm and ssl_mode the client
+// meant: client_ip, or "header:" and a header name in canonical case
+// ("header:X-User-Id"), the form the balancer reads.
+func validateHashOn(hashOn, algorithm, mode string, errs *fielderr.List) {
+	if hashOn == "" {
+		if algorithm == AlgorithmConsistentHash {
 			errs.Add("hash_on", fmt.Sprintf("consistent_hash needs a key: %q or \"header:<Header-Name>\" (left out, it defaults to %q)", HashOnClientIP, HashOnClientIP))
 		}
 		return
 	}
-	if p.Algorithm != AlgorithmConsistentHash {
+	if algorithm != AlgorithmConsistentHash {
 		errs.Add("hash_on", `only used by the consistent_hash algorithm; send "hash_on": "" with another algorithm`)
 		return
 	}
-	if strings.EqualFold(p.HashOn, HashOnClientIP) {
-		p.HashOn = HashOnClientIP
-		return
-	}
-	if len(p.HashOn) > len(hashOnHeaderPrefix) && strings.EqualFold(p.HashOn[:len(hashOnHeaderPrefix)], hashOnHeaderPrefix) {
-		name := strings.TrimSpace(p.HashOn[len(hashOnHeaderPrefix):])
+	want := strings.TrimSpace(hashOn)
+	if strings.EqualFold(want, HashOnClientIP) {
+		want = HashOnClientIP
+	} else if name, ok := cutPrefixFold(want, hashOnHeaderPrefix); ok {
+		name = strings.TrimSpace(name)
 		switch {
 		case len(name) > maxHeaderName:
 			errs.Add("hash_on", fmt.Sprintf("header name longer than %d characters", maxHeaderName))
+			return
 		case !isToken(name):
 			errs.Add("hash_on", fmt.Sprintf("%q is not a valid header name", name))
-		case p.SSLMode == SSLModePassthrough:
+			return
+		case mode == SSLModePassthrough:
 			errs.Add("hash_on", "a passthrough pool never sees HTTP headers; use client_ip")
-		default:
-			p.HashOn = hashOnHeaderPrefix + textproto.CanonicalMIMEHeaderKey(name)
+			return
 		}
+		want = hashOnHeaderPrefix + textproto.CanonicalMIMEHeaderKey(name)
+	} else {
+		errs.Add("hash_on", fmt.Sprintf("must be %q or \"header:<Header-Name>\", got %q", HashOnClientIP, hashOn))
 		return
 	}
-	errs.Add("hash_on", fmt.Sprintf("must be %q or \"header:<Header-Name>\", got %q", HashOnClientIP, p.HashOn))
+	if want != hashOn {
+		errs.Add("hash_on", sendInstead(hashOn, want, hashOnRule))
+	}
 }
 
 // DefaultScheme is the scheme of a backend whose request left it out:
@@ -415,32 +484,42 @@ func DefaultPort(scheme string) int {
 	return 80
 }
 
-// ValidateBackend validates every field of b without filling defaults;
-// host, scheme and region are stored in lower case. The error is a
-// *fielderr.Error.
+// ValidateBackend validates every field of b without filling defaults.
+// Like ValidatePool it changes nothing in b: the id, pool name, scheme,
+// host and region are accepted only in their stored form (no surrounding
+// spaces; the pool name, scheme, host name and region in lower case, a
+// host name without the root's trailing dot, an IP address without
+// brackets and IPv6 in its short form), another spelling of a valid value
+// is refused naming the one to send. The error is a *fielderr.Error.
 func ValidateBackend(b *storage.Backend) error {
 	var errs fielderr.List
 
-	b.ID = strings.TrimSpace(b.ID)
 	if b.ID != "" {
-		if msg := checkID(b.ID); msg != "" {
+		if id := strings.TrimSpace(b.ID); id == "" {
+			errs.Add("id", "only spaces; send an id, or leave id out for a generated one")
+		} else if msg := checkID(id); msg != "" {
 			errs.Add("id", msg)
+		} else if id != b.ID {
+			errs.Add("id", sendInstead(b.ID, id, ""))
 		}
 	}
-	b.PoolName = strings.ToLower(strings.TrimSpace(b.PoolName))
-	if msg := checkName(b.PoolName); msg != "" {
-		errs.Add("pool_name", msg)
+	if pool := lowerKeyword(b.PoolName); checkName(pool) != "" {
+		errs.Add("pool_name", checkName(pool))
+	} else if pool != b.PoolName {
+		errs.Add("pool_name", sendInstead(b.PoolName, pool, "pool names are lower case"))
 	}
 
-	b.Scheme = strings.ToLower(strings.TrimSpace(b.Scheme))
-	if b.Scheme != "http" && b.Scheme != "https" {
+	switch scheme := lowerKeyword(b.Scheme); {
+	case scheme != "http" && scheme != "https":
 		errs.Add("scheme", fmt.Sprintf("must be http or https, got %q", b.Scheme))
+	case scheme != b.Scheme:
+		errs.Add("scheme", sendInstead(b.Scheme, scheme, keywordRule))
 	}
 
-	host, msg := normalizeBackendHost(b.Host)
-	b.Host = host
-	if msg != "" {
+	if host, rule, msg := backendHostForm(b.Host); msg != "" {
 		errs.Add("host", msg)
+	} else if host != b.Host {
+		errs.Add("host", sendInstead(b.Host, host, rule))
 	}
 
 	if b.Port < 1 || b.Port > 65535 {
@@ -454,9 +533,12 @@ func ValidateBackend(b *storage.Backend) error {
 		errs.Add("weight", fmt.Sprintf("must be between 1 and %d, got %d", MaxWeight, b.Weight))
 	}
 
-	b.Region = strings.ToLower(strings.TrimSpace(b.Region))
-	if b.Region != "" && !IsRegion(b.Region) {
-		errs.Add("region", fmt.Sprintf("must be 2 to 10 lower-case letters or digits (a Fly region such as iad), got %q", b.Region))
+	if b.Region != "" {
+		if region := lowerKeyword(b.Region); !IsRegion(region) {
+			errs.Add("region", fmt.Sprintf("must be 2 to 10 lower-case letters or digits (a Fly region such as iad), got %q", b.Region))
+		} else if region != b.Region {
+			errs.Add("region", sendInstead(b.Region, region, "regions are lower case"))
+		}
 	}
 
 	checkMetadata(b.Metadata, &errs)
@@ -493,13 +575,16 @@ type BackendURL struct {
 // into host, port and scheme, without defaults: what the URL leaves out
 // stays zero (the caller picks the scheme from the pool's mode, the port
 // from the scheme). Paths, queries, fragments and user info are refused:
-// a backend is an address, not a resource. IPv6 literals come in brackets
+// a backend is an address, not a resource; a lone "/" (the root, no path)
+// may end the URL. The parts are taken as written: a URL whose scheme,
+// host or port is not in its stored form (ValidateBackend's) is refused
+// with the URL to send. IPv6 literals come in brackets
 // ("http://[::1]:8080") and are returned without them.
 func SplitBackendURL(raw string) (BackendURL, error) {
 	fail := func(msg string) (BackendURL, error) {
 		return BackendURL{}, fielderr.New("url", msg)
 	}
-	var scheme string
+	var scheme, sentScheme string
 	s := strings.TrimSpace(raw)
 	if s == "" {
 		return fail("is required")
@@ -508,10 +593,11 @@ func SplitBackendURL(raw string) (BackendURL, error) {
 		return fail("longer than 2048 characters")
 	}
 	if i := strings.Index(s, "://"); i >= 0 {
-		scheme = strings.ToLower(s[:i])
+		sentScheme = s[:i]
+		scheme = strings.ToLower(sentScheme)
 		s = s[i+3:]
 		if scheme != "http" && scheme != "https" {
-			return fail(fmt.Sprintf("scheme must be http or https, got %q", scheme))
+			return fail(fmt.Sprintf("scheme must be http or https, got %q", sentScheme))
 		}
 	}
 	s = strings.TrimSuffix(s, "/")
@@ -567,34 +653,61 @@ func SplitBackendURL(raw string) (BackendURL, error) {
 		}
 		port = n
 	}
-	host, msg := normalizeBackendHost(hostPart)
+	host, hostRule, msg := backendHostForm(hostPart)
 	if msg != "" {
 		return fail("host " + msg)
+	}
+
+	// The URL as it would be written from the parts stored: a URL written
+	// otherwise is refused with this one to send.
+	want := host
+	if strings.Contains(host, ":") {
+		want = "[" + host + "]"
+	}
+	if port != 0 {
+		want += ":" + strconv.Itoa(port)
+	}
+	if sentScheme != "" {
+		want = scheme + "://" + want
+	}
+	if raw != want && raw != want+"/" {
+		var rules []string
+		if sentScheme != scheme {
+			rules = append(rules, "schemes are lower case")
+		}
+		if hostPart != host {
+			rules = append(rules, hostRule)
+		}
+		if portPart != "" && portPart != strconv.Itoa(port) {
+			rules = append(rules, "ports without leading zeros")
+		}
+		return fail(sendInstead(raw, want, strings.Join(rules, "; ")))
 	}
 	return BackendURL{Host: host, Port: port, Scheme: scheme}, nil
 }
 
-// normalizeBackendHost accepts an IP address (IPv6 with or without
-// brackets) or a DNS name, and returns it in canonical form.
-func normalizeBackendHost(h string) (string, string) {
+// backendHostForm returns the stored form of a backend host h, an IP
+// address (IPv6 with or without brackets) or a DNS name, with the rule
+// that form follows, or why h is no host.
+func backendHostForm(h string) (host, rule, msg string) {
 	h = strings.TrimSpace(h)
 	if h == "" {
-		return h, "is required"
+		return h, "", "is required"
 	}
 	if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
 		h = h[1 : len(h)-1]
 	}
 	if addr, err := netip.ParseAddr(h); err == nil {
 		if addr.Zone() != "" {
-			return h, "IPv6 zones are not supported"
+			return h, "", "IPv6 zones are not supported"
 		}
-		return addr.String(), ""
+		return addr.String(), ipRule, ""
 	}
 	h = strings.ToLower(strings.TrimSuffix(h, "."))
 	if msg := checkHostname(h); msg != "" {
-		return h, msg
+		return h, "", msg
 	}
-	return h, ""
+	return h, hostNameRule, ""
 }
 
 // checkName validates a pool name: [a-z0-9][a-z0-9-_.]{0,62}.

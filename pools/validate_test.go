@@ -3,6 +3,9 @@ package pools
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,71 +35,147 @@ func TestDefaultPool(t *testing.T) {
 	}
 }
 
-// TestValidatePoolConversions: the spellings ValidatePool stores
-// differently from how they were sent (case, the seed's mode name, header
-// names), and values it keeps as sent.
-func TestValidatePoolConversions(t *testing.T) {
-	pool := func(mut func(p *storage.Pool)) storage.Pool {
-		p := DefaultPool()
-		p.Name = "a"
-		mut(&p)
-		return p
-	}
+// clonePool copies p with its own slices and maps, to tell whether
+// ValidatePool changed anything.
+func clonePool(p storage.Pool) storage.Pool {
+	p.Hosts = slices.Clone(p.Hosts)
+	p.OnDemandAllow = slices.Clone(p.OnDemandAllow)
+	p.Metadata = maps.Clone(p.Metadata)
+	return p
+}
+
+// TestValidatePoolStoredFormOnly: a value is accepted only in the form it
+// is stored in. Every other spelling of a valid value is refused on its
+// field alone, with a message naming the value to send, and ValidatePool
+// changes nothing; that value, sent, is accepted and left as it is.
+func TestValidatePoolStoredFormOnly(t *testing.T) {
+	tls := func(p *storage.Pool) { p.SSLMode, p.SSLDomain = SSLModeFlexible, "a.example.com" }
+	hashing := func(p *storage.Pool) { p.Algorithm = AlgorithmConsistentHash }
 	tests := []struct {
-		name  string
-		in    storage.Pool
-		check func(t *testing.T, p storage.Pool)
+		name        string
+		base        func(p *storage.Pool) // what both spellings share
+		sent, valid func(p *storage.Pool)
+		field, msg  string
 	}{
-		{"host names lower-cased", pool(func(p *storage.Pool) {
-			p.SSLDomain, p.Hosts = "Example.COM", []string{"WWW.example.com", "example.com", "*.Apps.Example.com"}
-		}), func(t *testing.T, p storage.Pool) {
-			// A host equal to ssl_domain stays: changing one field never
-			// edits another.
-			if p.SSLDomain != "example.com" || strings.Join(p.Hosts, ",") != "www.example.com,example.com,*.apps.example.com" {
-				t.Errorf("ssl_domain %q hosts %v", p.SSLDomain, p.Hosts)
-			}
-		}},
-		{"terminate is flexible", pool(func(p *storage.Pool) { p.SSLMode, p.SSLDomain = "Terminate", "a.example.com" }), func(t *testing.T, p storage.Pool) {
-			if p.SSLMode != SSLModeFlexible {
-				t.Errorf("ssl_mode = %q", p.SSLMode)
-			}
-		}},
-		{"algorithm lower-cased", pool(func(p *storage.Pool) { p.Algorithm, p.HashOn = "CONSISTENT_HASH", "client_ip" }), func(t *testing.T, p storage.Pool) {
-			if p.Algorithm != AlgorithmConsistentHash || p.HashOn != HashOnClientIP {
-				t.Errorf("algorithm %q hash_on %q", p.Algorithm, p.HashOn)
-			}
-		}},
-		{"header hash canonicalized", pool(func(p *storage.Pool) { p.Algorithm, p.HashOn = AlgorithmConsistentHash, "Header:x-user-id" }), func(t *testing.T, p storage.Pool) {
-			if p.HashOn != "header:X-User-Id" {
-				t.Errorf("hash_on %q", p.HashOn)
-			}
-		}},
-		{"check type lower-cased", pool(func(p *storage.Pool) { p.HealthCheck.Type, p.HealthCheck.Path = "HTTP", "/" }), func(t *testing.T, p storage.Pool) {
-			if p.HealthCheck.Type != "http" || p.HealthCheck.Path != "/" {
-				t.Errorf("health_check %+v", p.HealthCheck)
-			}
-		}},
-		{"max_fails -1 kept", pool(func(p *storage.Pool) { p.HealthCheck.MaxFails = PassiveDisabled }), func(t *testing.T, p storage.Pool) {
-			if p.HealthCheck.MaxFails != PassiveDisabled {
-				t.Errorf("max_fails %d", p.HealthCheck.MaxFails)
-			}
-		}},
-		{"max_fails 0 kept", pool(func(p *storage.Pool) { p.HealthCheck.MaxFails = 0 }), func(t *testing.T, p storage.Pool) {
-			if p.HealthCheck.MaxFails != 0 {
-				t.Errorf("max_fails %d", p.HealthCheck.MaxFails)
-			}
-		}},
-		{"every algorithm accepted", pool(func(p *storage.Pool) { p.Algorithm = AlgorithmPowerOfTwoChoices }), func(t *testing.T, p storage.Pool) {}},
-		{"sticky cookie", pool(func(p *storage.Pool) { p.StickyCookie = "edge_sticky" }), func(t *testing.T, p storage.Pool) {}},
-		{"metadata", pool(func(p *storage.Pool) { p.Metadata = map[string]string{"team": "web", "fly/app": "x"} }), func(t *testing.T, p storage.Pool) {}},
+		{"algorithm case", nil,
+			func(p *storage.Pool) { p.Algorithm = "Round_Robin" }, func(p *storage.Pool) { p.Algorithm = "round_robin" },
+			"algorithm", `send "round_robin" (values are lower case)`},
+		{"algorithm spaces", nil,
+			func(p *storage.Pool) { p.Algorithm = " random " }, func(p *storage.Pool) { p.Algorithm = "random" },
+			"algorithm", `surrounding spaces; send "random"`},
+		{"algorithm that needs hash_on", func(p *storage.Pool) { p.HashOn = HashOnClientIP },
+			func(p *storage.Pool) { p.Algorithm = "CONSISTENT_HASH" }, hashing,
+			"algorithm", `send "consistent_hash"`},
+		{"ssl_mode case", func(p *storage.Pool) { p.SSLDomain = "a.example.com"; p.ValidateBackendCert = true },
+			func(p *storage.Pool) { p.SSLMode = "Full_Strict" }, func(p *storage.Pool) { p.SSLMode = SSLModeFullStrict },
+			"ssl_mode", `send "full_strict" (values are lower case)`},
+		{"ssl_mode spaces", func(p *storage.Pool) { p.SSLDomain = "a.example.com" },
+			func(p *storage.Pool) { p.SSLMode = "passthrough " }, func(p *storage.Pool) { p.SSLMode = SSLModePassthrough },
+			"ssl_mode", `surrounding spaces; send "passthrough"`},
+		{"ssl_mode terminate", func(p *storage.Pool) { p.SSLDomain = "a.example.com" },
+			func(p *storage.Pool) { p.SSLMode = "terminate" }, func(p *storage.Pool) { p.SSLMode = SSLModeFlexible },
+			"ssl_mode", `"terminate" is called "flexible"; send "flexible"`},
+		{"ssl_mode Terminate", func(p *storage.Pool) { p.SSLDomain = "a.example.com" },
+			func(p *storage.Pool) { p.SSLMode = "Terminate" }, func(p *storage.Pool) { p.SSLMode = SSLModeFlexible },
+			"ssl_mode", `"Terminate" is called "flexible"; send "flexible"`},
+		{"ssl_domain case", func(p *storage.Pool) { p.SSLMode = SSLModeFlexible },
+			func(p *storage.Pool) { p.SSLDomain = "Example.COM" }, func(p *storage.Pool) { p.SSLDomain = "example.com" },
+			"ssl_domain", `send "example.com" (host names are lower case`},
+		{"ssl_domain spaces", func(p *storage.Pool) { p.SSLMode = SSLModeFlexible },
+			func(p *storage.Pool) { p.SSLDomain = " example.com" }, func(p *storage.Pool) { p.SSLDomain = "example.com" },
+			"ssl_domain", `surrounding spaces; send "example.com"`},
+		{"ssl_domain trailing dot", func(p *storage.Pool) { p.SSLMode = SSLModeFlexible },
+			func(p *storage.Pool) { p.SSLDomain = "*.example.com." }, func(p *storage.Pool) { p.SSLDomain = "*.example.com" },
+			"ssl_domain", `send "*.example.com" (host names are lower case, without the root's trailing dot)`},
+		{"ssl_cert_id spaces", tls,
+			func(p *storage.Pool) { p.SSLCertID = " Cert-1 " }, func(p *storage.Pool) { p.SSLCertID = "Cert-1" },
+			"ssl_cert_id", `surrounding spaces; send "Cert-1"`},
+		{"hosts case", nil,
+			func(p *storage.Pool) { p.Hosts = []string{"a.example.com", "WWW.Example.com"} },
+			func(p *storage.Pool) { p.Hosts = []string{"a.example.com", "www.example.com"} },
+			"hosts", `hosts[1] "WWW.Example.com": send "www.example.com" (host names are lower case`},
+		{"hosts wildcard case", nil,
+			func(p *storage.Pool) { p.Hosts = []string{"*.Apps.example.com"} }, func(p *storage.Pool) { p.Hosts = []string{"*.apps.example.com"} },
+			"hosts", `hosts[0] "*.Apps.example.com": send "*.apps.example.com"`},
+		{"hosts spaces", nil,
+			func(p *storage.Pool) { p.Hosts = []string{"example.com "} }, func(p *storage.Pool) { p.Hosts = []string{"example.com"} },
+			"hosts", `hosts[0] "example.com ": surrounding spaces; send "example.com"`},
+		{"hosts trailing dot", nil,
+			func(p *storage.Pool) { p.Hosts = []string{"example.com."} }, func(p *storage.Pool) { p.Hosts = []string{"example.com"} },
+			"hosts", `hosts[0] "example.com.": send "example.com"`},
+		{"hosts of a TLS pool", func(p *storage.Pool) { p.SSLMode = SSLModeFlexible },
+			func(p *storage.Pool) { p.Hosts = []string{"Example.com"} }, func(p *storage.Pool) { p.Hosts = []string{"example.com"} },
+			"hosts", `hosts[0] "Example.com": send "example.com"`},
+		{"health_check.type case", func(p *storage.Pool) { p.HealthCheck.Path = "/" },
+			func(p *storage.Pool) { p.HealthCheck.Type = "HTTP" }, func(p *storage.Pool) { p.HealthCheck.Type = HealthCheckHTTP },
+			"health_check.type", `send "http" (values are lower case)`},
+		{"health_check.type spaces", nil,
+			func(p *storage.Pool) { p.HealthCheck.Type = " tcp" }, func(p *storage.Pool) { p.HealthCheck.Type = HealthCheckTCP },
+			"health_check.type", `surrounding spaces; send "tcp"`},
+		{"hash_on client_ip case", hashing,
+			func(p *storage.Pool) { p.HashOn = "Client_IP" }, func(p *storage.Pool) { p.HashOn = HashOnClientIP },
+			"hash_on", `send "client_ip" (client_ip in lower case, header names in canonical case)`},
+		{"hash_on spaces", hashing,
+			func(p *storage.Pool) { p.HashOn = "client_ip " }, func(p *storage.Pool) { p.HashOn = HashOnClientIP },
+			"hash_on", `surrounding spaces; send "client_ip"`},
+		{"hash_on header prefix case", hashing,
+			func(p *storage.Pool) { p.HashOn = "Header:X-User" }, func(p *storage.Pool) { p.HashOn = "header:X-User" },
+			"hash_on", `send "header:X-User"`},
+		{"hash_on header name case", hashing,
+			func(p *storage.Pool) { p.HashOn = "header:x-user-id" }, func(p *storage.Pool) { p.HashOn = "header:X-User-Id" },
+			"hash_on", `send "header:X-User-Id"`},
+		{"hash_on header name spaces", hashing,
+			func(p *storage.Pool) { p.HashOn = "header: X-User" }, func(p *storage.Pool) { p.HashOn = "header:X-User" },
+			"hash_on", `send "header:X-User"`},
+		{"sticky_cookie spaces", nil,
+			func(p *storage.Pool) { p.StickyCookie = " Srv" }, func(p *storage.Pool) { p.StickyCookie = "Srv" },
+			"sticky_cookie", `surrounding spaces; send "Srv"`},
+		{"backend_server_name case", func(p *storage.Pool) {
+			p.SSLMode, p.SSLDomain, p.ValidateBackendCert = SSLModeFullStrict, "a.example.com", true
+		},
+			func(p *storage.Pool) { p.BackendServerName = "B.Internal" }, func(p *storage.Pool) { p.BackendServerName = "b.internal" },
+			"backend_server_name", `send "b.internal" (host names are lower case`},
+		{"backend_client_cert_id spaces", func(p *storage.Pool) { p.SSLMode, p.SSLDomain = SSLModeFull, "a.example.com" },
+			func(p *storage.Pool) { p.BackendClientCertID = "c1 " }, func(p *storage.Pool) { p.BackendClientCertID = "c1" },
+			"backend_client_cert_id", `surrounding spaces; send "c1"`},
+		{"on_demand_allow case", tls,
+			func(p *storage.Pool) { p.OnDemandAllow = []string{"*.Shops.example.com"} },
+			func(p *storage.Pool) { p.OnDemandAllow = []string{"*.shops.example.com"} },
+			"on_demand_allow[0]", `"*.Shops.example.com": send "*.shops.example.com"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := tt.in
-			if err := ValidatePool(&p); err != nil {
-				t.Fatalf("ValidatePool: %v", err)
+			build := func(spelling func(p *storage.Pool)) storage.Pool {
+				p := DefaultPool()
+				p.Name = "web"
+				if tt.base != nil {
+					tt.base(&p)
+				}
+				spelling(&p)
+				return p
 			}
-			tt.check(t, p)
+			sent := build(tt.sent)
+			before := clonePool(sent)
+			err := ValidatePool(&sent)
+			expectFieldError(t, err, tt.field, tt.msg)
+			list, _ := fielderr.From(err)
+			for _, fe := range list {
+				if fe.Field != tt.field {
+					t.Errorf("refused also on %s: %s", fe.Field, fe.Message)
+				}
+			}
+			if !reflect.DeepEqual(sent, before) {
+				t.Errorf("ValidatePool changed the pool it refused:\n sent %+v\n  now %+v", before, sent)
+			}
+
+			valid := build(tt.valid)
+			before = clonePool(valid)
+			if err := ValidatePool(&valid); err != nil {
+				t.Fatalf("the spelling the message names is refused: %v", err)
+			}
+			if !reflect.DeepEqual(valid, before) {
+				t.Errorf("ValidatePool changed the pool it accepted:\n sent %+v\n  now %+v", before, valid)
+			}
 		})
 	}
 }
@@ -132,7 +211,6 @@ func TestValidatePoolRejects(t *testing.T) {
 		{"backend CA not PEM", base(func(p *storage.Pool) { p.SSLMode = "full_strict"; p.BackendCA = "not a certificate" }), "backend_ca", "no PEM certificate"},
 		{"backend server name invalid", base(func(p *storage.Pool) { p.SSLMode = "full_strict"; p.BackendServerName = "a b" }), "backend_server_name", "not a valid host name"},
 		{"backend client cert id invalid", base(func(p *storage.Pool) { p.SSLMode = "full"; p.BackendClientCertID = "a/b" }), "backend_client_cert_id", "may contain only"},
-		{"backend server name not lower case", base(func(p *storage.Pool) { p.SSLMode = "full_strict"; p.BackendServerName = "B.Internal" }), "backend_server_name", `send it as "b.internal"`},
 		{"backend TLS on passthrough", base(func(p *storage.Pool) { p.SSLMode = "passthrough"; p.BackendServerName = "b.internal" }), "ssl_mode", "need a pool that opens TLS"},
 		{"bad ssl domain", base(func(p *storage.Pool) { p.SSLDomain = "exa mple.com" }), "ssl_domain", "not a valid host name"},
 		{"ssl domain double dot", base(func(p *storage.Pool) { p.SSLDomain = "a..com" }), "ssl_domain", "empty label"},
@@ -215,27 +293,86 @@ func TestValidatePoolReportsEveryField(t *testing.T) {
 	}
 }
 
-// TestValidateBackendNormalizes: the spellings ValidateBackend stores
-// differently from how they were sent.
-func TestValidateBackendNormalizes(t *testing.T) {
+// TestValidateBackendStoredFormOnly: ValidatePool's rule for backends.
+func TestValidateBackendStoredFormOnly(t *testing.T) {
 	tests := []struct {
-		name string
-		in   storage.Backend
-		want storage.Backend
+		name        string
+		sent, valid func(b *storage.Backend)
+		field, msg  string
 	}{
-		{"lower case", storage.Backend{PoolName: "Web", Host: "API.Internal.", Port: 443, Scheme: "HTTPS", Weight: 1, Region: "IAD"},
-			storage.Backend{PoolName: "web", Host: "api.internal", Port: 443, Scheme: "https", Weight: 1, Region: "iad"}},
-		{"ipv6 brackets", storage.Backend{ID: "b-1_x.y", PoolName: "web", Host: "[2001:DB8::1]", Port: 8080, Scheme: "http", Weight: 1000},
-			storage.Backend{ID: "b-1_x.y", PoolName: "web", Host: "2001:db8::1", Port: 8080, Scheme: "http", Weight: 1000}},
+		{"id spaces",
+			func(b *storage.Backend) { b.ID = " b-1 " }, func(b *storage.Backend) { b.ID = "b-1" },
+			"id", `surrounding spaces; send "b-1"`},
+		{"id case is kept", // ids are case-sensitive: B-1 is stored as B-1
+			func(b *storage.Backend) { b.ID = "B-1\t" }, func(b *storage.Backend) { b.ID = "B-1" },
+			"id", `surrounding spaces; send "B-1"`},
+		{"pool_name case",
+			func(b *storage.Backend) { b.PoolName = "Web" }, func(b *storage.Backend) { b.PoolName = "web" },
+			"pool_name", `send "web" (pool names are lower case)`},
+		{"scheme case",
+			func(b *storage.Backend) { b.Scheme = "HTTPS" }, func(b *storage.Backend) { b.Scheme = "https" },
+			"scheme", `send "https" (values are lower case)`},
+		{"scheme spaces",
+			func(b *storage.Backend) { b.Scheme = "http " }, func(b *storage.Backend) { b.Scheme = "http" },
+			"scheme", `surrounding spaces; send "http"`},
+		{"host case",
+			func(b *storage.Backend) { b.Host = "API.Internal" }, func(b *storage.Backend) { b.Host = "api.internal" },
+			"host", `send "api.internal" (host names are lower case, without the root's trailing dot)`},
+		{"host trailing dot",
+			func(b *storage.Backend) { b.Host = "api.internal." }, func(b *storage.Backend) { b.Host = "api.internal" },
+			"host", `send "api.internal"`},
+		{"host spaces",
+			func(b *storage.Backend) { b.Host = " 10.0.0.1" }, func(b *storage.Backend) { b.Host = "10.0.0.1" },
+			"host", `surrounding spaces; send "10.0.0.1"`},
+		{"host in brackets",
+			func(b *storage.Backend) { b.Host = "[2001:db8::1]" }, func(b *storage.Backend) { b.Host = "2001:db8::1" },
+			"host", `send "2001:db8::1" (IP addresses without brackets, IPv6 in its short lower-case form)`},
+		{"host IPv6 upper case",
+			func(b *storage.Backend) { b.Host = "2001:DB8::1" }, func(b *storage.Backend) { b.Host = "2001:db8::1" },
+			"host", `send "2001:db8::1"`},
+		{"host IPv6 long form",
+			func(b *storage.Backend) { b.Host = "2001:db8:0:0:0:0:0:1" }, func(b *storage.Backend) { b.Host = "2001:db8::1" },
+			"host", `send "2001:db8::1"`},
+		{"region case",
+			func(b *storage.Backend) { b.Region = "IAD" }, func(b *storage.Backend) { b.Region = "iad" },
+			"region", `send "iad" (regions are lower case)`},
+		{"region spaces",
+			func(b *storage.Backend) { b.Region = " syd" }, func(b *storage.Backend) { b.Region = "syd" },
+			"region", `surrounding spaces; send "syd"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			b := tt.in
-			if err := ValidateBackend(&b); err != nil {
-				t.Fatalf("ValidateBackend: %v", err)
+			build := func(spelling func(b *storage.Backend)) storage.Backend {
+				b := storage.Backend{PoolName: "web", Host: "10.0.0.1", Port: 8080, Scheme: "http", Weight: 1,
+					Metadata: map[string]string{"k": "v"}}
+				spelling(&b)
+				return b
 			}
-			if fmt.Sprint(b) != fmt.Sprint(tt.want) {
-				t.Fatalf("got %+v\nwant %+v", b, tt.want)
+			clone := func(b storage.Backend) storage.Backend {
+				b.Metadata = maps.Clone(b.Metadata)
+				return b
+			}
+			sent := build(tt.sent)
+			before := clone(sent)
+			err := ValidateBackend(&sent)
+			expectFieldError(t, err, tt.field, tt.msg)
+			list, _ := fielderr.From(err)
+			for _, fe := range list {
+				if fe.Field != tt.field {
+					t.Errorf("refused also on %s: %s", fe.Field, fe.Message)
+				}
+			}
+			if !reflect.DeepEqual(sent, before) {
+				t.Errorf("ValidateBackend changed the backend it refused:\n sent %+v\n  now %+v", before, sent)
+			}
+
+			valid := build(tt.valid)
+			before = clone(valid)
+			if err := ValidateBackend(&valid); err != nil {
+				t.Fatalf("the spelling the message names is refused: %v", err)
+			}
+			if !reflect.DeepEqual(valid, before) {
+				t.Errorf("ValidateBackend changed the backend it accepted:\n sent %+v\n  now %+v", before, valid)
 			}
 		})
 	}
@@ -292,12 +429,12 @@ func TestSplitBackendURL(t *testing.T) {
 	}{
 		{"http://10.0.1.10:8080", "10.0.1.10", 8080, "http"},
 		{"https://api.example.com", "api.example.com", 0, "https"},
-		{"HTTP://API.Example.com:81/", "api.example.com", 81, "http"},
+		{"http://api.example.com:81/", "api.example.com", 81, "http"},
 		{"10.0.0.1:9000", "10.0.0.1", 9000, ""},
 		{"backend.internal", "backend.internal", 0, ""},
 		{"http://[::1]:8080", "::1", 8080, "http"},
 		{"https://[2001:db8::1]", "2001:db8::1", 0, "https"},
-		{" http://a.b:1 ", "a.b", 1, "http"},
+		{"https://[::ffff:10.0.0.1]:8443", "::ffff:10.0.0.1", 8443, "https"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.raw, func(t *testing.T) {
@@ -344,9 +481,36 @@ func TestSplitBackendURLRejects(t *testing.T) {
 	}
 }
 
-// FuzzSplitBackendURL checks that any accepted URL, with the scheme and
-// port the admin API takes for what it leaves out, is a backend that
-// ValidateBackend accepts unchanged, and that errors are field errors.
+// TestSplitBackendURLStoredFormOnly: a URL is taken as written; one whose
+// scheme, host or port is written otherwise than stored is refused with
+// the URL to send, which is accepted.
+func TestSplitBackendURLStoredFormOnly(t *testing.T) {
+	tests := []struct{ raw, msg, send string }{
+		{" http://a.b:1 ", `surrounding spaces; send "http://a.b:1"`, "http://a.b:1"},
+		{"HTTP://a.b:81", `send "http://a.b:81" (schemes are lower case)`, "http://a.b:81"},
+		{"http://API.Example.com", `send "http://api.example.com" (host names are lower case, without the root's trailing dot)`, "http://api.example.com"},
+		{"https://api.internal.:8443/", `send "https://api.internal:8443"`, "https://api.internal:8443"},
+		{"http://[2001:DB8::1]:80", `send "http://[2001:db8::1]:80" (IP addresses without brackets, IPv6 in its short lower-case form)`, "http://[2001:db8::1]:80"},
+		{"[2001:db8:0::1]", `send "[2001:db8::1]"`, "[2001:db8::1]"},
+		{"http://[10.0.0.1]:80", `send "http://10.0.0.1:80"`, "http://10.0.0.1:80"},
+		{"http://a.b:080", `send "http://a.b:80" (ports without leading zeros)`, "http://a.b:80"},
+		{"HTTPS://X.Y", `send "https://x.y" (schemes are lower case; host names are lower case`, "https://x.y"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.raw, func(t *testing.T) {
+			_, err := SplitBackendURL(tt.raw)
+			expectFieldError(t, err, "url", tt.msg)
+			if _, err := SplitBackendURL(tt.send); err != nil {
+				t.Fatalf("the URL the message names is refused: %v", err)
+			}
+		})
+	}
+}
+
+// FuzzSplitBackendURL checks that any accepted URL is written as its parts
+// are (a lone "/" may end it), that with the scheme and port the admin API
+// takes for what it leaves out it is a backend that ValidateBackend
+// accepts, and that errors are field errors.
 func FuzzSplitBackendURL(f *testing.F) {
 	for _, s := range []string{
 		"http://10.0.1.10:8080", "https://api.example.com", "[::1]:80", "http://[::1]", "a:1", "http://a.b:65535/",
@@ -363,6 +527,19 @@ func FuzzSplitBackendURL(f *testing.F) {
 			}
 			return
 		}
+		written := u.Host
+		if strings.Contains(u.Host, ":") {
+			written = "[" + u.Host + "]"
+		}
+		if u.Port != 0 {
+			written += fmt.Sprintf(":%d", u.Port)
+		}
+		if u.Scheme != "" {
+			written = u.Scheme + "://" + written
+		}
+		if raw != written && raw != written+"/" {
+			t.Fatalf("SplitBackendURL(%q) = %+v, which is written %q", raw, u, written)
+		}
 		if u.Scheme == "" {
 			u.Scheme = DefaultScheme(SSLModeOff)
 		}
@@ -374,7 +551,7 @@ func FuzzSplitBackendURL(f *testing.F) {
 			t.Fatalf("SplitBackendURL(%q) = %+v, which ValidateBackend rejects: %v", raw, u, err)
 		}
 		if b.Host != u.Host || b.Port != u.Port || b.Scheme != u.Scheme {
-			t.Fatalf("SplitBackendURL(%q) = %+v, not normalized: %q %d %q", raw, u, b.Host, b.Port, b.Scheme)
+			t.Fatalf("SplitBackendURL(%q) = %+v, which ValidateBackend changed: %q %d %q", raw, u, b.Host, b.Port, b.Scheme)
 		}
 	})
 }

@@ -264,6 +264,20 @@ func TestCLI(t *testing.T) {
 			stdout: []string{"Pool web created (algorithm least_connections, ssl mode full_strict)."},
 		},
 		{
+			// The agent stores a value as sent or refuses it, naming the
+			// spelling to send: the CLI sends what was typed.
+			name: "pools create sends values as typed",
+			args: []string{"pools", "create", "web", "--algorithm", "Random", "--ssl-mode", "terminate", "--host", " Example.com", "--host", "shop.example.com."},
+			routes: map[string]reply{"POST /api/pools": {status: 422, body: apiErr("invalid", "invalid input",
+				[2]string{"algorithm", `send "random" (values are lower case)`},
+				[2]string{"ssl_mode", `"terminate" is called "flexible"; send "flexible"`})}},
+			calls: []call{{Method: "POST", Path: "/api/pools", Body: map[string]any{
+				"name": "web", "algorithm": "Random", "ssl_mode": "terminate", "hosts": []any{" Example.com", "shop.example.com."},
+			}}},
+			code:   exitInvalid,
+			stderr: []string{`algorithm: send "random" (values are lower case).`, `ssl_mode: "terminate" is called "flexible"; send "flexible".`},
+		},
+		{
 			name: "pools create rejected with field errors",
 			args: []string{"pools", "create", "web", "--algorithm", "fastest", "--health-check-interval", "1s"},
 			routes: map[string]reply{"POST /api/pools": {status: 422, body: apiErr("invalid", "invalid input",

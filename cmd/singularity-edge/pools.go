@@ -271,9 +271,11 @@ func (pf *poolFlags) body(cmd *cobra.Command) (map[string]any, error) {
 	set("ssl-domain", body, "ssl_domain", pf.sslDomain)
 	set("ssl-cert-id", body, "ssl_cert_id", pf.sslCertID)
 	if f.Changed("host") {
+		// --host '' clears the list; every other value goes as typed, for
+		// the agent to store or refuse (it never trims or lower-cases).
 		hosts := []string{}
 		for _, h := range pf.hosts {
-			if h = strings.TrimSpace(h); h != "" {
+			if h != "" {
 				hosts = append(hosts, h)
 			}
 		}
