@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"time"
 
@@ -96,6 +97,9 @@ func acmeRequestNames(in createCertificateInput) ([]string, error) {
 	case in.Domain != "" && len(in.Domains) > 0:
 		return nil, fielderr.New("domains", "give domain or domains, not both")
 	case in.Domain != "":
+		if want := certs.CanonicalName(in.Domain); want != in.Domain {
+			return nil, fielderr.New("domain", fmt.Sprintf("send %q (names are lower case, without the root's trailing dot)", want))
+		}
 		names, err := certs.NormalizeNames("domain", []string{in.Domain})
 		if fields, ok := fielderr.From(err); ok {
 			// One name, one field: "domain", not "domain[0]".
@@ -107,9 +111,29 @@ func acmeRequestNames(in createCertificateInput) ([]string, error) {
 		}
 		return names, err
 	case in.Domains != nil:
+		if err := namesAsStored("domains", in.Domains); err != nil {
+			return nil, err
+		}
 		return certs.NormalizeNames("domains", in.Domains)
 	}
 	return nil, fielderr.New("domain", "is required: the name to obtain a certificate for (or domains, or certificate and private_key to upload one)")
+}
+
+// namesAsStored refuses names that the certificate would hold in another
+// form (case, the root's trailing dot) or twice: a request is stored as
+// sent or refused, never rewritten.
+func namesAsStored(field string, names []string) error {
+	var errs fielderr.List
+	for i, n := range names {
+		if want := certs.CanonicalName(n); want != n {
+			errs.Add(fmt.Sprintf("%s[%d]", field, i), fmt.Sprintf("send %q (names are lower case, without the root's trailing dot)", want))
+			continue
+		}
+		if j := slices.Index(names[:i], n); j >= 0 {
+			errs.Add(fmt.Sprintf("%s[%d]", field, i), fmt.Sprintf("%q repeats %s[%d]", n, field, j))
+		}
+	}
+	return errs.Err()
 }
 
 // maxIssueWait bounds ?wait=: the answer must leave before the server's

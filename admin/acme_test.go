@@ -179,6 +179,12 @@ func TestIssueCertificateRequests(t *testing.T) {
 		{"domains with an upload", "/api/certificates", map[string]any{"domains": []string{"a.example.test"}, "certificate": up.CertPEM, "private_key": up.KeyPEM}, 422, "domains"},
 		{"profile with an upload", "/api/certificates", map[string]any{"profile": "shortlived", "certificate": up.CertPEM, "private_key": up.KeyPEM}, 422, "profile"},
 		{"more names than a certificate holds", "/api/certificates", map[string]any{"domains": manyNames(certs.MaxCertificateNames + 1)}, 422, "domains"},
+		// Stored as sent or refused: another spelling of a name is not
+		// rewritten to the one the certificate would hold.
+		{"upper case name", "/api/certificates", map[string]any{"domain": "A.example.test"}, 422, "domain"},
+		{"trailing dot", "/api/certificates", map[string]any{"domain": "a.example.test."}, 422, "domain"},
+		{"upper case in a list", "/api/certificates", map[string]any{"domains": []string{"a.example.test", "WWW.example.test"}}, 422, "domains[1]"},
+		{"repeated name", "/api/certificates", map[string]any{"domains": []string{"a.example.test", "b.example.test", "a.example.test"}}, 422, "domains[2]"},
 		{"bad wait", "/api/certificates?wait=forever", map[string]any{"domain": "a.example.test"}, 400, "wait"},
 		{"wait too long", "/api/certificates?wait=1h", map[string]any{"domain": "a.example.test"}, 400, "wait"},
 	} {

@@ -695,6 +695,10 @@ func (c *Cache) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, er
 	return nil, fmt.Errorf("%w %q", ErrNoCertificate, hello.ServerName)
 }
 
+// CanonicalName returns a DNS name the way certificates and the SNI index
+// hold it: lower case, without the root's trailing dot.
+func CanonicalName(name string) string { return normalizeName(name) }
+
 // normalizeName lower-cases name and drops a trailing dot, allocating only
 // when the name has upper-case letters.
 func normalizeName(name string) string {
