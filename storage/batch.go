@@ -38,7 +38,7 @@ import (
 // last insert went, so keys that arrive in order are linked in next to
 // each other, and keys in random order are each searched for from the top:
 // a 1,000-backend commit's by-address entries, in address order instead of
-// the order of their random ids, cost 15 % less of the whole batch
+// the order of their random ids, cost 14 % less of the whole batch
 // (docs/ARCHITECTURE.md, storage, ninth pass). Two records of one key keep
 // their order and the batch means what it meant.
 type batchBuilder struct {
@@ -240,16 +240,16 @@ func eachBatchRecord(rep []byte, fn func(cf uint32, key []byte, rangeDel bool)) 
 			}
 			cf, b = uint32(v), b[n:]
 		}
-		slices := 1 // the key, or a log record's blob
+		parts := 1 // the key, or a log record's blob
 		switch typ {
 		case wbDeletion, wbCFDeletion, wbSingleDeletion, wbCFSingleDeletion, wbLogData:
 		case wbValue, wbCFValue, wbMerge, wbCFMerge, wbRangeDeletion, wbCFRangeDeletion:
-			slices = 2
+			parts = 2
 		default:
 			return fmt.Errorf("write batch: record type %#x not read here", typ)
 		}
 		var key []byte
-		for i := range slices {
+		for i := range parts {
 			l, n := binary.Uvarint(b)
 			if n <= 0 || l > uint64(len(b)-n) {
 				return errors.New("write batch: record cut short")
