@@ -8,6 +8,11 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/linxGnu/grocksdb"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // failedFlush commits on a nearly full disk until a background flush has
@@ -159,4 +164,90 @@ func TestDiskFullResumePaced(t *testing.T) {
 	if err := commitPadded(t, s, "after"); err != nil {
 		t.Fatalf("commit after space is back: %v", err)
 	}
+}
+
+// Once RocksDB has held a background error, Close must not flush. RocksDB
+// 7.8.3 can leave a flush request on its queue after a failed resume, and
+// every flush job after it then takes an older request than its own: Close
+// hung in its flush, waiting for an immutable memtable that no job would
+// flush (TestCompactRefusedWhileBackgroundError under load; closeDB). Close
+// says that it skips the flush, the commit made after the resume stays in
+// the WAL (a Close that flushed mostly left nothing to replay; not always,
+// since after a resume RocksDB does not wait for the flush and Close may
+// stop it before it runs), and a reopen replays it.
+func TestCloseAfterBackgroundErrorLeavesMemtablesToWAL(t *testing.T) {
+	mnt, cfg := smallDiskStore(t, "24m", 1<<20)
+	core, logs := observer.New(zapcore.WarnLevel)
+	cfg.Logger = zap.New(core)
+	s, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			_ = s.Close()
+		}
+	}()
+	filler := fillDisk(t, mnt, "filler", 3<<20)
+	for i, deadline := 0, time.Now().Add(hangBound); s.backgroundError() == nil; i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("no failed flush after %d commits", i)
+		}
+		if err := commitPadded(t, s, fmt.Sprintf("b-%05d", i)); err != nil && !errors.Is(err, ErrDiskFull) {
+			t.Fatalf("commit on a full disk: %v", err)
+		}
+	}
+	freeDisk(t, []string{filler})
+	waitWritable(t, s)
+	if err := commitPadded(t, s, "after"); err != nil {
+		t.Fatalf("commit after space is back: %v", err)
+	}
+	noHang(t, "Close", func() { _ = s.Close() })
+	closed = true
+	if n := logs.FilterMessageSnippet("closing without flushing the memtables after a background error").Len(); n != 1 {
+		t.Fatalf("Close said %d times that it skips its flush after a background error, want once", n)
+	}
+	if n := walEntries(t, cfg.Dir); n == 0 {
+		t.Fatal("Close flushed the memtables after a background error: the WAL holds nothing to replay")
+	}
+	s2, err := Open(cfg)
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	defer s2.Close()
+	if _, err := s2.GetBackend(context.Background(), "after"); err != nil {
+		t.Fatalf("backend committed after the resume, after a reopen: %v", err)
+	}
+}
+
+// walEntries opens the database in dir read-only, which replays its WAL
+// into the memtables without flushing them, and returns the number of
+// entries they hold: what the WAL held that no flush had written.
+func walEntries(t *testing.T, dir string) uint64 {
+	t.Helper()
+	opts := grocksdb.NewDefaultOptions()
+	defer opts.Destroy()
+	names, err := grocksdb.ListColumnFamilies(opts, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfOpts := make([]*grocksdb.Options, len(names))
+	for i := range cfOpts {
+		cfOpts[i] = opts
+	}
+	db, handles, err := grocksdb.OpenDbForReadOnlyColumnFamilies(opts, dir, names, cfOpts, false)
+	if err != nil {
+		t.Fatalf("open read-only: %v", err)
+	}
+	defer db.Close()
+	var n uint64
+	for _, h := range handles {
+		for _, p := range []string{"rocksdb.num-entries-active-mem-table", "rocksdb.num-entries-imm-mem-tables"} {
+			v, _ := db.GetIntPropertyCF(p, h)
+			n += v
+		}
+		h.Destroy()
+	}
+	return n
 }
