@@ -36,7 +36,7 @@ func checkACMESendAsNamed(t *testing.T, in createCertificateInput) {
 		if m == nil {
 			continue
 		}
-		x, err := strconv.Unquote(m[1])
+		_, x, err := sentValue(m)
 		if err != nil {
 			t.Fatalf("%s: %q names no quoted value: %v", fe.Field, fe.Message, err)
 		}

@@ -14,8 +14,23 @@ import (
 )
 
 // sendNamed finds the value a refusal tells the client to send instead:
-// `send "X"`, X quoted as Go quotes it.
-var sendNamed = regexp.MustCompile(`send ("(?:[^"\\]|\\.)*")`)
+// `send "X"`, X quoted as Go quotes it, or `send "key": "X"` naming the
+// field's key too.
+var sendNamed = regexp.MustCompile(`send ("(?:[^"\\]|\\.)*")(?:: ("(?:[^"\\]|\\.)*"))?`)
+
+// sentValue is the value a sendNamed match names, and the key it names
+// with it ("" when none).
+func sentValue(m []string) (key, value string, err error) {
+	if m[2] == "" {
+		value, err = strconv.Unquote(m[1])
+		return "", value, err
+	}
+	if key, err = strconv.Unquote(m[1]); err != nil {
+		return "", "", err
+	}
+	value, err = strconv.Unquote(m[2])
+	return key, value, err
+}
 
 // listElement finds the element of hosts a refusal is about: hosts are
 // refused on the field "hosts" with a message naming "hosts[i]".
@@ -109,11 +124,12 @@ func sameField(fe apitypes.FieldError, path []any) bool {
 // another field or another object causes: a host or an id already taken,
 // a list naming the same value twice, a field the pool's algorithm or
 // mode does not use, a TLS pool without a host name, a backend its pool
-// cannot reach. Any other refusal of the value a message said to send
+// cannot reach, a certificate that is not stored or does not cover the
+// pool's domain. Any other refusal of the value a message said to send
 // breaks the promise that sending it works.
 var otherFieldRefusals = []string{
 	"already", "repeats", "only used by", "passthrough", "ssl_mode", "needs ssl_domain or hosts",
-	"cannot be changed", "routes", "pool \"",
+	"cannot be changed", "routes", "pool \"", "no certificate with id", "does not cover",
 }
 
 // FuzzSendAsNamed: whenever a pool or a backend is refused with a message
@@ -170,11 +186,14 @@ func checkSendAsNamed(t *testing.T, h *harness, method, path string, body []byte
 		if m == nil {
 			continue
 		}
-		want, err := strconv.Unquote(m[1])
+		key, want, err := sentValue(m)
 		if err != nil {
 			t.Fatalf("%s %s %q: %s: %q names no quoted value: %v", method, path, body, fe.Field, fe.Message, err)
 		}
 		at := fieldIndex(fe.Field, fe.Message)
+		if key != "" && (len(at) == 0 || at[len(at)-1] != key) {
+			t.Fatalf("%s %s %q: %s: %q names another key", method, path, body, fe.Field, fe.Message)
+		}
 		dec := json.NewDecoder(bytes.NewReader(body))
 		dec.UseNumber()
 		var sent any
