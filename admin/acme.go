@@ -97,8 +97,8 @@ func acmeRequestNames(in createCertificateInput) ([]string, error) {
 	case in.Domain != "" && len(in.Domains) > 0:
 		return nil, fielderr.New("domains", "give domain or domains, not both")
 	case in.Domain != "":
-		if want := certs.CanonicalName(in.Domain); want != in.Domain {
-			return nil, fielderr.New("domain", fmt.Sprintf("send %q (names are lower case, without the root's trailing dot)", want))
+		if msg := nameAsStored(in.Domain); msg != "" {
+			return nil, fielderr.New("domain", msg)
 		}
 		names, err := certs.NormalizeNames("domain", []string{in.Domain})
 		if fields, ok := fielderr.From(err); ok {
@@ -125,8 +125,8 @@ func acmeRequestNames(in createCertificateInput) ([]string, error) {
 func namesAsStored(field string, names []string) error {
 	var errs fielderr.List
 	for i, n := range names {
-		if want := certs.CanonicalName(n); want != n {
-			errs.Add(fmt.Sprintf("%s[%d]", field, i), fmt.Sprintf("send %q (names are lower case, without the root's trailing dot)", want))
+		if msg := nameAsStored(n); msg != "" {
+			errs.Add(fmt.Sprintf("%s[%d]", field, i), msg)
 			continue
 		}
 		if j := slices.Index(names[:i], n); j >= 0 {
@@ -134,6 +134,26 @@ func namesAsStored(field string, names []string) error {
 		}
 	}
 	return errs.Err()
+}
+
+// nameAsStored refuses a name that the certificate would hold in another
+// form, or "" when it is in that form. The form is named to send only when
+// a certificate can hold it: "A_B.test" and "a.." are no names in any case,
+// and the refusal says what is wrong instead.
+func nameAsStored(name string) string {
+	want := certs.CanonicalName(name)
+	if want == name {
+		return ""
+	}
+	// NormalizeNames checks the name in the form the certificate holds,
+	// which is want.
+	if _, err := certs.NormalizeNames("name", []string{name}); err != nil {
+		if fields, ok := fielderr.From(err); ok && len(fields) > 0 {
+			return fields[0].Message
+		}
+		return err.Error()
+	}
+	return fmt.Sprintf("send %q (names are lower case, without the root's trailing dot)", want)
 }
 
 // maxIssueWait bounds ?wait=: the answer must leave before the server's

@@ -228,8 +228,10 @@ func VerifiesBackendCerts(mode string, validateBackendCert bool) bool {
 func ValidatePool(p *storage.Pool) error {
 	var errs fielderr.List
 
-	if p.Name != strings.ToLower(p.Name) {
-		errs.Add("name", fmt.Sprintf("must be lower case (pool names are keys); send %q", strings.ToLower(p.Name)))
+	// Only a name that is valid in lower case is refused with the name to
+	// send: "P 1" is refused for what makes "p 1" no name either.
+	if lower := strings.ToLower(p.Name); lower != p.Name && checkName(lower) == "" {
+		errs.Add("name", fmt.Sprintf("must be lower case (pool names are keys); send %q", lower))
 	} else if msg := checkName(p.Name); msg != "" {
 		errs.Add("name", msg)
 	}

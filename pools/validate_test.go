@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -179,6 +180,47 @@ func TestValidatePoolStoredFormOnly(t *testing.T) {
 		})
 	}
 }
+
+// TestValidatePoolNameSendsOnlyAValidName: a name refused for its case
+// names the lower-case name to send only when that name is one; a name
+// that is wrong otherwise too is refused for what is wrong, never with a
+// name to send that would be refused in turn.
+func TestValidatePoolNameSendsOnlyAValidName(t *testing.T) {
+	tests := []struct{ name, msg string }{
+		{"P11", `send "p11"`},
+		{"Web.Example_1", `send "web.example_1"`},
+		{"P 1", "must start with a lower-case letter or digit"},
+		{"pA b", "may contain only a-z"},
+		{"wEb!", "may contain only a-z"},
+		{"-Web", "must start with a lower-case letter or digit"},
+		{"\u00c0x", "must start with a lower-case letter or digit"},
+		{"x\u00c0", "may contain only a-z"},
+		{strings.Repeat("W", maxNameLength+1), "at most 63 characters"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := DefaultPool()
+			p.Name = tt.name
+			err := ValidatePool(&p)
+			expectFieldError(t, err, "name", tt.msg)
+			list, _ := fielderr.From(err)
+			for _, fe := range list {
+				if fe.Field != "name" {
+					continue
+				}
+				if m := sendValue.FindStringSubmatch(fe.Message); m != nil {
+					p.Name = m[1]
+					if err := ValidatePool(&p); err != nil {
+						t.Errorf("%q: the name the message names is refused: %v", fe.Message, err)
+					}
+				}
+			}
+		})
+	}
+}
+
+// sendValue finds the value a refusal names to send.
+var sendValue = regexp.MustCompile(`send "([^"\\]*)"`)
 
 func TestValidatePoolRejects(t *testing.T) {
 	big := make(map[string]string)
