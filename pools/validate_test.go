@@ -155,28 +155,7 @@ func TestValidatePoolStoredFormOnly(t *testing.T) {
 				spelling(&p)
 				return p
 			}
-			sent := build(tt.sent)
-			before := clonePool(sent)
-			err := ValidatePool(&sent)
-			expectFieldError(t, err, tt.field, tt.msg)
-			list, _ := fielderr.From(err)
-			for _, fe := range list {
-				if fe.Field != tt.field {
-					t.Errorf("refused also on %s: %s", fe.Field, fe.Message)
-				}
-			}
-			if !reflect.DeepEqual(sent, before) {
-				t.Errorf("ValidatePool changed the pool it refused:\n sent %+v\n  now %+v", before, sent)
-			}
-
-			valid := build(tt.valid)
-			before = clonePool(valid)
-			if err := ValidatePool(&valid); err != nil {
-				t.Fatalf("the spelling the message names is refused: %v", err)
-			}
-			if !reflect.DeepEqual(valid, before) {
-				t.Errorf("ValidatePool changed the pool it accepted:\n sent %+v\n  now %+v", before, valid)
-			}
+			checkStoredFormOnly(t, build(tt.sent), build(tt.valid), clonePool, ValidatePool, tt.field, tt.msg)
 		})
 	}
 }
@@ -394,28 +373,7 @@ func TestValidateBackendStoredFormOnly(t *testing.T) {
 				b.Metadata = maps.Clone(b.Metadata)
 				return b
 			}
-			sent := build(tt.sent)
-			before := clone(sent)
-			err := ValidateBackend(&sent)
-			expectFieldError(t, err, tt.field, tt.msg)
-			list, _ := fielderr.From(err)
-			for _, fe := range list {
-				if fe.Field != tt.field {
-					t.Errorf("refused also on %s: %s", fe.Field, fe.Message)
-				}
-			}
-			if !reflect.DeepEqual(sent, before) {
-				t.Errorf("ValidateBackend changed the backend it refused:\n sent %+v\n  now %+v", before, sent)
-			}
-
-			valid := build(tt.valid)
-			before = clone(valid)
-			if err := ValidateBackend(&valid); err != nil {
-				t.Fatalf("the spelling the message names is refused: %v", err)
-			}
-			if !reflect.DeepEqual(valid, before) {
-				t.Errorf("ValidateBackend changed the backend it accepted:\n sent %+v\n  now %+v", before, valid)
-			}
+			checkStoredFormOnly(t, build(tt.sent), build(tt.valid), clone, ValidateBackend, tt.field, tt.msg)
 		})
 	}
 }
@@ -717,5 +675,31 @@ func TestBackendMismatch(t *testing.T) {
 				t.Errorf("field %q (%s), want %q", field, msg, tt.field)
 			}
 		})
+	}
+}
+
+// checkStoredFormOnly checks a validator against one field spelt two ways:
+// sent is refused on field alone with msg and left unchanged, and valid
+// (the spelling msg names) is accepted unchanged.
+func checkStoredFormOnly[T any](t *testing.T, sent, valid T, clone func(T) T, validate func(*T) error, field, msg string) {
+	t.Helper()
+	before := clone(sent)
+	err := validate(&sent)
+	expectFieldError(t, err, field, msg)
+	list, _ := fielderr.From(err)
+	for _, fe := range list {
+		if fe.Field != field {
+			t.Errorf("refused also on %s: %s", fe.Field, fe.Message)
+		}
+	}
+	if !reflect.DeepEqual(sent, before) {
+		t.Errorf("the validator changed what it refused:\n sent %+v\n  now %+v", before, sent)
+	}
+	before = clone(valid)
+	if err := validate(&valid); err != nil {
+		t.Fatalf("the spelling the message names is refused: %v", err)
+	}
+	if !reflect.DeepEqual(valid, before) {
+		t.Errorf("the validator changed what it accepted:\n sent %+v\n  now %+v", before, valid)
 	}
 }
