@@ -189,16 +189,8 @@ func TestCloseAfterBackgroundErrorLeavesMemtablesToWAL(t *testing.T) {
 			_ = s.Close()
 		}
 	}()
-	filler := fillDisk(t, mnt, "filler", 3<<20)
-	for i, deadline := 0, time.Now().Add(hangBound); s.backgroundError() == nil; i++ {
-		if time.Now().After(deadline) {
-			t.Fatalf("no failed flush after %d commits", i)
-		}
-		if err := commitPadded(t, s, fmt.Sprintf("b-%05d", i)); err != nil && !errors.Is(err, ErrDiskFull) {
-			t.Fatalf("commit on a full disk: %v", err)
-		}
-	}
-	freeDisk(t, []string{filler})
+	files := failedFlush(t, s, mnt)
+	freeDisk(t, files)
 	waitWritable(t, s)
 	if err := commitPadded(t, s, "after"); err != nil {
 		t.Fatalf("commit after space is back: %v", err)
