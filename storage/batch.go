@@ -1,9 +1,5 @@
 package storage
 
-// #include <stdlib.h>
-// #include "write.h"
-import "C"
-
 import (
 	"bytes"
 	"cmp"
@@ -12,7 +8,6 @@ import (
 	"fmt"
 	"math"
 	"slices"
-	"unsafe"
 
 	"github.com/linxGnu/grocksdb"
 )
@@ -262,23 +257,6 @@ func eachBatchRecord(rep []byte, fn func(cf uint32, key []byte, rangeDel bool)) 
 		if typ != wbLogData {
 			fn(cf, key, typ == wbRangeDeletion || typ == wbCFRangeDeletion)
 		}
-	}
-	return nil
-}
-
-// writeBatchRep writes rep, a batch in RocksDB's WriteBatch format, to db
-// in one cgo call (write.cc), with RocksDB's perf counters off on the
-// calling thread.
-func writeBatchRep(db *grocksdb.DB, wo *grocksdb.WriteOptions, rep []byte) error {
-	hdb, hwo := cHandle(db), cHandle(wo)
-	if hdb == nil || hwo == nil {
-		return errors.New("storage: write: closed database or write options")
-	}
-	cerr := C.edge_write(hdb, hwo, (*C.char)(unsafe.Pointer(&rep[0])), C.size_t(len(rep)))
-	if cerr != nil {
-		msg := C.GoString(cerr)
-		C.free(unsafe.Pointer(cerr))
-		return errors.New(msg)
 	}
 	return nil
 }

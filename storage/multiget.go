@@ -59,10 +59,8 @@ func multiGet(db *grocksdb.DB, ro *grocksdb.ReadOptions, cf *grocksdb.ColumnFami
 	if out != nil {
 		defer C.free(unsafe.Pointer(out))
 	}
-	if cerr != nil {
-		msg := C.GoString(cerr)
-		C.free(unsafe.Pointer(cerr))
-		return errors.New(msg)
+	if err := shimError(cerr); err != nil {
+		return err
 	}
 	pos := uintptr(0)
 	for i, n := range valLens {
