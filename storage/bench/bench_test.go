@@ -21,6 +21,7 @@ import (
 	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -613,6 +614,73 @@ func benchWriteBatched(b *testing.B, w writeWorkload, rows int, syncWAL bool) {
 	shared.summary.compare(label+", raw floor (fewest entries any on-disk layout needs) ÷ raw", &flm, &rm, "rows/s", "")
 	// Nor this: the entries left with every index in memory.
 	shared.summary.compare(label+", raw with indexes in memory (one entry per row) ÷ raw", &mm, &rm, "rows/s", "")
+}
+
+// BenchmarkWriteEntryCost prices each entry a store commit writes per
+// backend, on the API bulk workload with the WAL fsynced (the store's
+// default): raw WriteBatches of the store's entries (commitEntries), and of
+// those entries without one kind, against the bare rows, alternating batch
+// by batch. No store runs here; the figures say what a key layout without
+// that entry would save (docs/ARCHITECTURE.md, storage).
+func BenchmarkWriteEntryCost(b *testing.B) {
+	const rows = 100_000
+	byAddress := func(e rawEntry) bool { return e.cf == rawIndex && e.value == nil }
+	changelog := func(e rawEntry) bool { return e.cf == rawChangelog }
+	covering := func(e rawEntry) bool { return e.cf == rawIndex && e.value != nil }
+	variants := []struct {
+		name string
+		drop func(rawEntry) bool
+	}{
+		{"the store's entries", func(rawEntry) bool { return false }},
+		{"without the by-address entry", byAddress},
+		{"without the change-log key", changelog},
+		{"without the covering by-pool entry", covering},
+		{"without the by-address entry and the change-log key", func(e rawEntry) bool { return byAddress(e) || changelog(e) }},
+	}
+	tmpl, _ := shared.templates(b)
+	w := apiBulk
+	ids, vals := make([][]byte, rows), make([][]byte, rows)
+	for i := range rows {
+		ids[i], vals[i] = []byte(w.id(i)), tmpl.workloadBytes(w, i)
+	}
+	for range b.N {
+		bare := openAnchor(b, true, false)
+		dbs := make([]*rawDB, len(variants))
+		for i := range dbs {
+			dbs[i] = openAnchor(b, true, true)
+		}
+		meters := make([]meter, len(variants))
+		var bm meter
+		wb := grocksdb.NewWriteBatch()
+		for first := 0; first < rows; first += batchRows {
+			all := tmpl.commitEntries(w, first, first+batchRows, uint64(first/batchRows+1))
+			sections := []section{{&bm, batchRows, countersOff(func() error {
+				wb.Clear()
+				for i := first; i < first+batchRows; i++ {
+					wb.PutCF(bare.cfs[rawRows], ids[i], vals[i])
+				}
+				return bare.write(wb)
+			})}}
+			for i, v := range variants {
+				es := slices.DeleteFunc(slices.Clone(all), v.drop)
+				db := dbs[i]
+				sections = append(sections, section{&meters[i], batchRows, countersOff(func() error { return db.writeEntries(wb, es) })})
+			}
+			if err := rotate(first/batchRows, sections...); err != nil {
+				b.Fatal(err)
+			}
+		}
+		wb.Destroy()
+		for _, db := range append(dbs, bare) {
+			if err := db.close(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(bm.rate(), "bare_rows/s")
+		for i, v := range variants {
+			shared.summary.compare(apiBulk.name+", raw batches of 1,000 rows, "+v.name+" ÷ bare rows", &meters[i], &bm, "rows/s", "")
+		}
+	}
 }
 
 // BenchmarkLoad reports how long building the data sets took: 1M backends
