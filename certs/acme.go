@@ -264,8 +264,8 @@ func (a *ACMEIssuer) OffersChallenge(typ string) bool {
 // (RFC 8555 §7.3.3 sends it as a Link header, which lego drops), so that
 // the operator is told where the new terms are.
 //
-// It returns a badNonce answer as an *errBadNonce, which lego does not
-// retry: retryNonce retries it on the context (see errBadNonce).
+// It returns a badNonce answer as a *badNonceError, which lego does not
+// retry: retryNonce retries it on the context (see badNonceError).
 type callTransport struct {
 	ctx      context.Context
 	base     http.RoundTripper
@@ -304,7 +304,7 @@ func (t *callTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	case acme.BadNonceErr:
 		if resp.StatusCode == http.StatusBadRequest {
 			pd.HTTPStatus, pd.Method, pd.URL = resp.StatusCode, r.Method, r.URL.String()
-			return nil, &errBadNonce{problem: pd}
+			return nil, &badNonceError{problem: pd}
 		}
 	case acme.AlreadyReplacedErr:
 		u := r.URL.String()

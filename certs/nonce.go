@@ -11,7 +11,7 @@ import (
 	legolog "github.com/go-acme/lego/v4/log"
 )
 
-// errBadNonce is the CA's refusal of a request's nonce (RFC 8555 §6.5,
+// badNonceError is the CA's refusal of a request's nonce (RFC 8555 §6.5,
 // badNonce): the request was not processed, and the same request with a
 // fresh nonce may be sent again.
 //
@@ -20,17 +20,17 @@ import (
 // see no context, so a cancelled order or a shutdown waited them out.
 // An error from the transport is one lego does not retry; the calls into
 // lego are retried on the order's context instead (retryNonce).
-type errBadNonce struct {
+type badNonceError struct {
 	problem acme.ProblemDetails
 }
 
-func (e *errBadNonce) Error() string {
+func (e *badNonceError) Error() string {
 	return fmt.Sprintf("the CA refused the request's nonce: %s", e.problem.Error())
 }
 
 // Unwrap gives the CA's problem: once the retries are spent, the caller
 // sees it as lego's own NonceError would have shown it.
-func (e *errBadNonce) Unwrap() error { return &e.problem }
+func (e *badNonceError) Unwrap() error { return &e.problem }
 
 // Nonce retry bounds, as lego's (acme/api.Core.retrievablePost).
 const (
@@ -47,7 +47,7 @@ func retryNonce[T any](ctx context.Context, op func() (T, error)) (T, error) {
 	bo.InitialInterval, bo.MaxInterval = nonceRetryFirst, nonceRetryMax
 	v, err := backoff.Retry(ctx, func() (T, error) {
 		v, err := op()
-		var bn *errBadNonce
+		var bn *badNonceError
 		if err != nil && !errors.As(err, &bn) {
 			return v, backoff.Permanent(err)
 		}
