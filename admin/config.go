@@ -148,6 +148,8 @@ type Store interface {
 	GetCertificate(ctx context.Context, id string) (storage.Certificate, error)
 	ListPools(ctx context.Context, after string, limit int) ([]storage.Pool, error)
 	ListBackendsByPool(ctx context.Context, pool, after string, limit int) ([]storage.Backend, error)
+	ScanBackendsOfPool(ctx context.Context, pool string, fn func(r *storage.BackendRef) error) error
+	GetObservation(ctx context.Context, nodeID, backendID string) (storage.Observation, error)
 	ListCertificates(ctx context.Context, after string, limit int) ([]storage.Certificate, error)
 	Observations(ctx context.Context, nodeID string) ([]storage.Observation, error)
 	ListAudit(ctx context.Context, after string, limit int) ([]storage.AuditEntry, error)

@@ -730,7 +730,15 @@ func (s *Server) respondPool(w http.ResponseWriter, r *http.Request, status int,
 
 // poolResponse shows a pool with the statistics of its backends: from the
 // live routing table when it has the pool (memory only), else from this
-// node's stored observations of the pool's backends, each read by key.
+// node's stored observations of the pool's backends.
+//
+// The stored statistics read what they need and hold one backend at a
+// time: the pool's covering index in one scan, each entry decoded in
+// place (its id and whether it drains), and each backend's observation by
+// key. They were read in one transaction, which keeps every row it reads
+// until it ends, from the whole list of the pool's backends, each row read
+// again beside its index entry: a GET of a pool of a million backends
+// not yet in the routing table held them all, with their observations.
 func (s *Server) poolResponse(ctx context.Context, p storage.Pool) (apitypes.Pool, error) {
 	resp := poolView(p)
 	if lp := s.livePool(p.Name); lp != nil {
@@ -749,32 +757,26 @@ func (s *Server) poolResponse(ctx context.Context, p storage.Pool) (apitypes.Poo
 	}
 	resp.Stats.Source = "stored"
 	node := s.store.NodeID()
-	err := s.store.View(ctx, func(tx *storage.Tx) error {
-		backends, err := tx.BackendsByPool(p.Name)
-		if err != nil {
+	err := s.store.ScanBackendsOfPool(ctx, p.Name, func(b *storage.BackendRef) error {
+		resp.Stats.TotalBackends++
+		o, err := s.store.GetObservation(ctx, node, string(b.ID))
+		ok := err == nil
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
 			return err
 		}
-		resp.Stats.TotalBackends = len(backends)
-		for _, b := range backends {
-			o, err := tx.Observation(node, b.ID)
-			ok := err == nil
-			if err != nil && !errors.Is(err, storage.ErrNotFound) {
-				return err
-			}
-			switch {
-			case b.Draining:
-				resp.Stats.DrainingBackends++
-			case !ok:
-			case o.Healthy:
-				resp.Stats.HealthyBackends++
-			default:
-				resp.Stats.UnhealthyBackends++
-			}
-			if ok {
-				resp.Stats.CurrentConnections += o.CurrentConnections
-				resp.Stats.TotalRequests += o.TotalRequests
-				resp.Stats.TotalFailures += o.TotalFailures
-			}
+		switch {
+		case b.Draining:
+			resp.Stats.DrainingBackends++
+		case !ok:
+		case o.Healthy:
+			resp.Stats.HealthyBackends++
+		default:
+			resp.Stats.UnhealthyBackends++
+		}
+		if ok {
+			resp.Stats.CurrentConnections += o.CurrentConnections
+			resp.Stats.TotalRequests += o.TotalRequests
+			resp.Stats.TotalFailures += o.TotalFailures
 		}
 		return nil
 	})

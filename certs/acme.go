@@ -69,9 +69,11 @@ type ACMEConfig struct {
 	Challenges []string
 	// DNS01Provider answers dns-01 challenges (see DNSProviderFromEnv).
 	DNS01Provider challenge.Provider
-	// DNS01Resolvers are the recursive resolvers lego asks to check that
-	// a dns-01 record is visible before the CA is told ("host:port").
-	// lego keeps them process-wide: every issuer of the process must agree.
+	// DNS01Resolvers are the recursive resolvers asked whether a dns-01
+	// record is visible before the CA is told ("host:port"; default:
+	// /etc/resolv.conf's). lego's DNS providers find a record's zone
+	// through lego's own resolvers, which are process-wide: they are set
+	// to these too, so every issuer of the process must agree.
 	DNS01Resolvers []string
 	// DNS01RecursiveOnly checks propagation on DNS01Resolvers only, not
 	// on the zone's authoritative servers.
@@ -151,6 +153,8 @@ type ACMEIssuer struct {
 	challenges ChallengeStore
 	log        *zap.Logger
 	transport  http.RoundTripper
+	// dns checks that a dns-01 record is visible (dns-01 only).
+	dns dnsChecker
 
 	mu      sync.Mutex // serializes account set-up
 	account *Account
@@ -222,8 +226,19 @@ func NewACMEIssuer(cfg ACMEConfig, accounts AccountStore, challenges ChallengeSt
 		}
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
-	return &ACMEIssuer{cfg: cfg, keyType: kt, accounts: accounts, challenges: challenges,
-		log: cfg.Logger.With(zap.String("directory", cfg.DirectoryURL)), transport: tr}, nil
+	iss := &ACMEIssuer{cfg: cfg, keyType: kt, accounts: accounts, challenges: challenges,
+		log: cfg.Logger.With(zap.String("directory", cfg.DirectoryURL)), transport: tr}
+	if slices.Contains(cfg.Challenges, ChallengeDNS01) {
+		iss.dns = dnsChecker{recursive: systemResolvers(), authoritative: !cfg.DNS01RecursiveOnly,
+			recursiveAll: cfg.DNS01RecursiveOnly, timeout: defaultDNSTimeout, port: "53"}
+		if len(cfg.DNS01Resolvers) > 0 {
+			iss.dns.recursive = dns01.ParseNameservers(cfg.DNS01Resolvers)
+			// The providers' zone lookups (dns01.FindZoneByFqdn) use
+			// lego's process-wide resolvers; the option only sets them.
+			_ = dns01.AddRecursiveNameservers(cfg.DNS01Resolvers)(nil)
+		}
+	}
+	return iss, nil
 }
 
 // Key is the directory URL.
@@ -248,6 +263,9 @@ func (a *ACMEIssuer) OffersChallenge(typ string) bool {
 // It keeps the terms-of-service link of a userActionRequired answer
 // (RFC 8555 §7.3.3 sends it as a Link header, which lego drops), so that
 // the operator is told where the new terms are.
+//
+// It returns a badNonce answer as a *badNonceError, which lego does not
+// retry: retryNonce retries it on the context (see badNonceError).
 type callTransport struct {
 	ctx      context.Context
 	base     http.RoundTripper
@@ -260,8 +278,17 @@ func (t *callTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		return nil, ErrAlreadyReplaced
 	}
 	resp, err := t.base.RoundTrip(r.WithContext(t.ctx))
-	if err != nil || (resp.StatusCode != http.StatusConflict && resp.StatusCode != http.StatusForbidden) {
+	if err != nil {
 		return resp, err
+	}
+	switch resp.StatusCode {
+	case http.StatusConflict, http.StatusForbidden:
+	case http.StatusBadRequest:
+		if r.Method != http.MethodPost {
+			return resp, nil
+		}
+	default:
+		return resp, nil
 	}
 	body, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
@@ -274,6 +301,11 @@ func (t *callTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		return resp, nil
 	}
 	switch pd.Type {
+	case acme.BadNonceErr:
+		if resp.StatusCode == http.StatusBadRequest {
+			pd.HTTPStatus, pd.Method, pd.URL = resp.StatusCode, r.Method, r.URL.String()
+			return nil, &badNonceError{problem: pd}
+		}
 	case acme.AlreadyReplacedErr:
 		u := r.URL.String()
 		t.replaced.Store(&u)
@@ -430,13 +462,13 @@ func (a *ACMEIssuer) register(ctx context.Context) (Account, error) {
 	if err != nil {
 		return Account{}, err
 	}
-	var reg *registration.Resource
-	if a.cfg.EABKeyID != "" {
-		reg, err = c.Registration.RegisterWithExternalAccountBinding(registration.RegisterEABOptions{
-			TermsOfServiceAgreed: true, Kid: a.cfg.EABKeyID, HmacEncoded: a.cfg.EABHMACKey})
-	} else {
-		reg, err = c.Registration.Register(registration.RegisterOptions{TermsOfServiceAgreed: true})
-	}
+	reg, err := retryNonce(ctx, func() (*registration.Resource, error) {
+		if a.cfg.EABKeyID != "" {
+			return c.Registration.RegisterWithExternalAccountBinding(registration.RegisterEABOptions{
+				TermsOfServiceAgreed: true, Kid: a.cfg.EABKeyID, HmacEncoded: a.cfg.EABHMACKey})
+		}
+		return c.Registration.Register(registration.RegisterOptions{TermsOfServiceAgreed: true})
+	})
 	if err != nil {
 		return Account{}, fmt.Errorf("certs: acme account registration at %s: %w", a.cfg.DirectoryURL, err)
 	}
@@ -680,12 +712,7 @@ func (a *ACMEIssuer) setChallenges(ctx context.Context, r *ctxResolver) error {
 		case ChallengeTLSALPN01:
 			r.setTLSALPN01(&presenter{ctx: ctx, store: a.challenges, typ: ChallengeTLSALPN01, ttl: a.cfg.ChallengeTTL, wait: a.cfg.PresentTimeout, now: a.cfg.Now})
 		case ChallengeDNS01:
-			// lego checks that the record is visible before telling the
-			// CA; the resolvers it asks are lego-wide (see DNS01Resolvers).
-			r.setDNS01(a.cfg.DNS01Provider,
-				dns01.CondOption(len(a.cfg.DNS01Resolvers) > 0, dns01.AddRecursiveNameservers(a.cfg.DNS01Resolvers)),
-				dns01.CondOption(a.cfg.DNS01RecursiveOnly, dns01.DisableAuthoritativeNssPropagationRequirement()),
-				dns01.CondOption(a.cfg.DNS01RecursiveOnly, dns01.RecursiveNSsPropagationRequirement()))
+			r.setDNS01(a.cfg.DNS01Provider, a.dns)
 		default:
 			return fmt.Errorf("certs: acme challenge %q: want http-01, tls-alpn-01 or dns-01", ch)
 		}

@@ -198,11 +198,18 @@ func (b *StoreBackend) CertificateExpiries(ctx context.Context, t time.Time, lim
 // DueCertificates implements RenewalStore: one range read of the due
 // rows in key (time) order, ending before the first row after until.
 func (b *StoreBackend) DueCertificates(ctx context.Context, until time.Time, limit int) ([]DueCertificate, error) {
+	out, _, err := b.DueRows(ctx, until, limit)
+	return out, err
+}
+
+// DueRows is DueCertificates that also returns the keys of the rows it
+// left out. It implements DueRowReader.
+func (b *StoreBackend) DueRows(ctx context.Context, until time.Time, limit int) (due []DueCertificate, malformed []string, err error) {
 	recs, err := b.store.ListACMERecordsBefore(ctx, keyDue, "", dueEnd(until), limit)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out := make([]DueCertificate, 0, len(recs))
+	due = make([]DueCertificate, 0, len(recs))
 	for _, r := range recs {
 		d, err := parseDueKey(r.Key)
 		if err != nil {
@@ -210,11 +217,12 @@ func (b *StoreBackend) DueCertificates(ctx context.Context, until time.Time, lim
 			// left out rather than failing the read: it stopped every
 			// renewal pass, for every certificate. A certificate it was
 			// meant for gets a row of its own at the next reconciliation.
+			malformed = append(malformed, r.Key)
 			continue
 		}
-		out = append(out, d)
+		due = append(due, d)
 	}
-	return out, nil
+	return due, malformed, nil
 }
 
 // AddDue implements RenewalStore.
@@ -236,9 +244,16 @@ func (b *StoreBackend) DropDue(ctx context.Context, d DueCertificate) error {
 	return err
 }
 
-// writeState writes st and moves its due row, in tx.
+// writeState writes st and moves its due row, in tx. A stored state that
+// does not decode is replaced: only an operator's renewal or order gets
+// here with one (every other write reads the state first and stops), and
+// its due row, which cannot be known, is dropped when read (not its
+// state's).
 func writeState(tx *storage.Tx, st RenewalState) error {
 	old, err := readState(tx, st.CertificateID)
+	if errors.Is(err, ErrUnreadableState) {
+		old, err = RenewalState{}, nil
+	}
 	if err != nil {
 		return err
 	}
@@ -267,7 +282,7 @@ func readState(tx *storage.Tx, id string) (RenewalState, error) {
 	}
 	var st RenewalState
 	if err := json.Unmarshal(r.Data, &st); err != nil {
-		return RenewalState{}, fmt.Errorf("certs: stored renewal state %s: %w", id, err)
+		return RenewalState{}, fmt.Errorf("%w: row %s%s: %w", ErrUnreadableState, keyState, id, err)
 	}
 	st.CertificateID = id
 	return st, nil
@@ -326,6 +341,12 @@ func DeleteRenewalState(tx *storage.Tx, id string, now time.Time) error {
 		}
 	}
 	st, err := readState(tx, id)
+	if errors.Is(err, ErrUnreadableState) {
+		// Deleted with its certificate all the same: an operator who
+		// deletes the certificate asks for it, and could not otherwise.
+		// Its due row, which cannot be known, is dropped when read.
+		st, err = RenewalState{}, nil
+	}
 	if err != nil {
 		return err
 	}

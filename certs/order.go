@@ -49,7 +49,7 @@ func (o *orderer) obtain(names []string, opts api.OrderOptions) (*certificate.Re
 		return nil, errors.New("no names to order a certificate for")
 	}
 	legolog.Infof("[%s] acme: Obtaining SAN certificate", strings.Join(names, ", "))
-	order, err := o.core.Orders.NewWithOptions(names, &opts)
+	order, err := retryNonce(o.ctx, func() (acme.ExtendedOrder, error) { return o.core.Orders.NewWithOptions(names, &opts) })
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +73,7 @@ func (o *orderer) authorizations(order acme.ExtendedOrder) ([]acme.Authorization
 				return nil, err
 			}
 		}
-		authz, err := o.core.Authorizations.Get(u)
+		authz, err := retryNonce(o.ctx, func() (acme.Authorization, error) { return o.core.Authorizations.Get(u) })
 		if err != nil {
 			return nil, fmt.Errorf("authorization %s: %w", u, err)
 		}
@@ -90,11 +90,11 @@ func (o *orderer) deactivate(order acme.ExtendedOrder) {
 		if o.ctx.Err() != nil {
 			return
 		}
-		authz, err := o.core.Authorizations.Get(u)
+		authz, err := retryNonce(o.ctx, func() (acme.Authorization, error) { return o.core.Authorizations.Get(u) })
 		if err != nil || authz.Status == acme.StatusValid {
 			continue
 		}
-		if err := o.core.Authorizations.Deactivate(u); err != nil {
+		if err := retryNonceErr(o.ctx, func() error { return o.core.Authorizations.Deactivate(u) }); err != nil {
 			legolog.Infof("Unable to deactivate the authorization %s: %v", u, err)
 		}
 	}
@@ -127,7 +127,7 @@ func (o *orderer) finalize(names []string, order acme.ExtendedOrder) (*certifica
 	if err != nil {
 		return nil, err
 	}
-	cur, err := o.core.Orders.UpdateForCSR(order.Finalize, csr)
+	cur, err := retryNonce(o.ctx, func() (acme.ExtendedOrder, error) { return o.core.Orders.UpdateForCSR(order.Finalize, csr) })
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +141,11 @@ func (o *orderer) finalize(names []string, order acme.ExtendedOrder) (*certifica
 	for {
 		switch cur.Status {
 		case acme.StatusValid:
-			cert, chain, err := o.core.Certificates.Get(cur.Certificate, false)
+			var cert, chain []byte
+			err := retryNonceErr(o.ctx, func() (err error) {
+				cert, chain, err = o.core.Certificates.Get(cur.Certificate, false)
+				return err
+			})
 			if err != nil {
 				return nil, err
 			}
@@ -160,7 +164,7 @@ func (o *orderer) finalize(names []string, order acme.ExtendedOrder) (*certifica
 			}
 			return nil, fmt.Errorf("certificate: the CA did not issue within %s (order %s)", timeout, cur.Status)
 		}
-		next, err := o.core.Orders.Get(order.Location)
+		next, err := retryNonce(o.ctx, func() (acme.ExtendedOrder, error) { return o.core.Orders.Get(order.Location) })
 		switch {
 		case o.ctx.Err() != nil:
 			return nil, context.Cause(o.ctx)

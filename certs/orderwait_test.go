@@ -99,17 +99,23 @@ func (ca *fakeCA) serve(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(body)
 }
 
-// fakeResolver is a DNS server that has no record at all; each question
-// goes to seen.
-func fakeResolver(t *testing.T, seen func(q dns.Question)) string {
+// fakeResolver is a DNS server that has no record at all and never
+// answers a question mute says to ignore (nil: answers all); each
+// question goes to seen.
+func fakeResolver(t *testing.T, seen func(q dns.Question), mute func(q dns.Question) bool) string {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		silent := false
 		for _, q := range r.Question {
 			seen(q)
+			silent = silent || (mute != nil && mute(q))
+		}
+		if silent {
+			return
 		}
 		m := new(dns.Msg)
 		m.SetReply(r)
@@ -158,10 +164,12 @@ func legoGoroutines() map[string]string {
 // operator's cancel) ends its work when its context ends: Issue returns
 // context.Canceled and no goroutine is left in lego, whether the order
 // was waiting for the CA to issue after finalization or for a DNS-01
-// record to propagate. Before, lego's finalization poll went on for
-// Certifier's Timeout (HTTPTimeout, two minutes here), and its propagation
-// wait slept the provider's interval and polled DNS for the provider's
-// timeout, neither seeing the context.
+// record to propagate, or for a DNS server that does not answer. Before,
+// lego's finalization poll went on for Certifier's Timeout (HTTPTimeout,
+// two minutes here), its propagation wait slept the provider's interval
+// and polled DNS for the provider's timeout, and each of its DNS queries
+// waited for its answer until its own timeout (10 s, an hour here), none
+// of them seeing the context.
 func TestAbandonedOrderWaitsEndWithContext(t *testing.T) {
 	t.Setenv("LEGO_DISABLE_CNAME_SUPPORT", "") // the CNAME lookup is the first DNS question
 	for _, tc := range []struct {
@@ -176,6 +184,8 @@ func TestAbandonedOrderWaitsEndWithContext(t *testing.T) {
 		// cancelAt says, from the CA's request paths and the resolver's
 		// questions, when the order is cancelled.
 		cancelAt func(path string, q *dns.Question, txt int) bool
+		// mute: the resolver does not answer these questions.
+		mute func(q dns.Question) bool
 	}{
 		{
 			name:        "CA processing the finalized order",
@@ -196,6 +206,22 @@ func TestAbandonedOrderWaitsEndWithContext(t *testing.T) {
 			httpTimeout: time.Hour,
 			provider:    slowDNSProvider{timeout: time.Hour, interval: time.Millisecond},
 			cancelAt:    func(_ string, q *dns.Question, txt int) bool { return txt == 2 },
+		},
+		{
+			name:        "DNS-01 CNAME query unanswered",
+			authzStatus: "pending",
+			httpTimeout: time.Hour,
+			provider:    slowDNSProvider{timeout: time.Hour, interval: time.Millisecond},
+			cancelAt:    func(_ string, q *dns.Question, _ int) bool { return q != nil },
+			mute:        func(dns.Question) bool { return true },
+		},
+		{
+			name:        "DNS-01 propagation query unanswered",
+			authzStatus: "pending",
+			httpTimeout: time.Hour,
+			provider:    slowDNSProvider{timeout: time.Hour, interval: time.Millisecond},
+			cancelAt:    func(_ string, q *dns.Question, txt int) bool { return txt == 1 },
+			mute:        func(q dns.Question) bool { return q.Qtype == dns.TypeTXT },
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -222,13 +248,16 @@ func TestAbandonedOrderWaitsEndWithContext(t *testing.T) {
 			if tc.authzStatus == "pending" {
 				icfg.Challenges = []string{ChallengeDNS01}
 				icfg.DNS01Provider = tc.provider
-				icfg.DNS01Resolvers = []string{fakeResolver(t, func(q dns.Question) { observe("", &q) })}
+				icfg.DNS01Resolvers = []string{fakeResolver(t, func(q dns.Question) { observe("", &q) }, tc.mute)}
 				icfg.DNS01RecursiveOnly = true
 			}
 			iss, err := NewACMEIssuer(icfg, b, b)
 			if err != nil {
 				t.Fatal(err)
 			}
+			// A query unanswered is waited for until the order ends,
+			// or an hour.
+			iss.dns.timeout = time.Hour
 			// Goroutines of earlier tests are not this order's.
 			earlier := legoGoroutines()
 			done := make(chan error, 1)

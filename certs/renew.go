@@ -121,6 +121,19 @@ var ErrLeaseLost = errors.New("certs: lease lost")
 // ErrNotACME: the certificate was not obtained by ACME (uploaded).
 var ErrNotACME = errors.New("certs: not an ACME certificate")
 
+// ErrUnreadableState: a certificate's stored renewal state does not
+// decode (written by another build, an import, a damaged store). The
+// scheduler sets the certificate aside, reports it once and keeps the
+// row, until an operator renews the certificate (the renewal replaces
+// the state) or deletes it.
+var ErrUnreadableState = errors.New("certs: stored renewal state does not decode")
+
+// DueRowReader is a RenewalStore that also names the due rows it leaves
+// out of DueCertificates for their key; StoreBackend is one.
+type DueRowReader interface {
+	DueRows(ctx context.Context, until time.Time, limit int) (due []DueCertificate, malformed []string, err error)
+}
+
 // RenewalStore is what the manager needs of the shared store.
 type RenewalStore interface {
 	// Certificate returns the stored certificate (private key included)
@@ -275,6 +288,94 @@ type Manager struct {
 	// when its hold ends (its due row), so the gauge comes from here.
 	heldMu sync.Mutex
 	held   map[string]time.Time
+
+	// unreadable: the certificates set aside because their state does
+	// not decode; badDue: the due keys left out of the schedule. Each is
+	// reported once, when it is first found.
+	unreadableMu sync.Mutex
+	unreadable   map[string]struct{}
+	badDue       map[string]struct{}
+}
+
+// noteUnreadable records whether id's state is unreadable and reports
+// whether that is news.
+func (m *Manager) noteUnreadable(id string, unreadable bool) bool {
+	m.unreadableMu.Lock()
+	defer m.unreadableMu.Unlock()
+	_, known := m.unreadable[id]
+	if unreadable {
+		if m.unreadable == nil {
+			m.unreadable = map[string]struct{}{}
+		}
+		m.unreadable[id] = struct{}{}
+	} else {
+		delete(m.unreadable, id)
+	}
+	m.metrics.unreadable.WithLabelValues("state").Set(float64(len(m.unreadable)))
+	return known != unreadable
+}
+
+func (m *Manager) isUnreadable(id string) bool {
+	m.unreadableMu.Lock()
+	defer m.unreadableMu.Unlock()
+	_, ok := m.unreadable[id]
+	return ok
+}
+
+func (m *Manager) unreadableCount() int {
+	m.unreadableMu.Lock()
+	defer m.unreadableMu.Unlock()
+	return len(m.unreadable)
+}
+
+// setAside stops scheduling the certificate of due row d, whose state
+// does not decode (why). Before, every pass read it and failed it without
+// a word of why, and the certificate was never renewed. Its due row goes
+// (the scheduler's own), the state row stays (its profile and history
+// are not the scheduler's to discard), and it is reported once: an error
+// log, the blocked phase in its status, the metrics.
+func (m *Manager) setAside(ctx context.Context, d DueCertificate, why error) error {
+	if err := m.store.DropDue(ctx, d); err != nil {
+		return err
+	}
+	if m.noteUnreadable(d.ID, true) {
+		m.log.Error("acme certificate not renewed: its renewal state does not decode; renew the certificate (the renewal replaces the state) or delete it; the row is kept until then",
+			zap.String("certificate", d.ID), zap.Error(why))
+	}
+	return why
+}
+
+// reportBadDue notes the due keys the last full read left out and logs
+// those not seen before.
+func (m *Manager) reportBadDue(keys []string) {
+	m.unreadableMu.Lock()
+	var fresh []string
+	next := make(map[string]struct{}, len(keys))
+	for _, k := range keys {
+		next[k] = struct{}{}
+		if _, ok := m.badDue[k]; !ok {
+			fresh = append(fresh, k)
+		}
+	}
+	m.badDue = next
+	m.unreadableMu.Unlock()
+	m.metrics.unreadable.WithLabelValues("due").Set(float64(len(keys)))
+	if len(fresh) > 0 {
+		m.log.Warn("acme due rows not spelt as this agent writes them are left out of the renewal schedule and kept (an import's or another build's); the certificates they name are scheduled by rows of their own",
+			zap.Int("count", len(fresh)), zap.Strings("keys", fresh[:min(len(fresh), 10)]))
+	}
+}
+
+// stateToReplace is the renewal state an operator's renewal or order of
+// id starts from: the stored one, or a fresh one when it does not decode
+// (the operator's action replaces it).
+func (m *Manager) stateToReplace(ctx context.Context, id string) (RenewalState, bool, error) {
+	st, err := m.store.RenewalState(ctx, id)
+	if errors.Is(err, ErrUnreadableState) {
+		m.log.Warn("the renewal state of the acme certificate does not decode; this renewal replaces it", zap.String("certificate", id), zap.Error(err))
+		return RenewalState{CertificateID: id}, true, nil
+	}
+	return st, false, err
 }
 
 // noteHeld records id as held back until until (zero: not held back).
@@ -449,9 +550,12 @@ func (m *Manager) obtain(ctx context.Context, names []string, profile string, on
 	defer m.release(lease)
 	ctx, stop := m.holdLease(ctx, lease)
 	defer stop()
-	st, err := m.store.RenewalState(ctx, id)
+	st, replaced, err := m.stateToReplace(ctx, id)
 	if err != nil {
 		return storage.Certificate{}, err
+	}
+	if replaced {
+		defer m.noteUnreadable(id, false)
 	}
 	sameProfile := profile == "" || profile == st.Profile
 	if profile != "" {
@@ -532,9 +636,12 @@ func (m *Manager) Renew(ctx context.Context, id string) (Renewal, error) {
 	defer m.release(lease)
 	ctx, stop := m.holdLease(ctx, lease)
 	defer stop()
-	st, err := m.store.RenewalState(ctx, id)
+	st, replaced, err := m.stateToReplace(ctx, id)
 	if err != nil {
 		return out, err
+	}
+	if replaced {
+		defer m.noteUnreadable(id, false)
 	}
 	if len(st.Names) == 0 {
 		st.Names = old.Names
@@ -1039,7 +1146,16 @@ var farFuture = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
 // row one at now: the next pass decides its real schedule. Only the due
 // row is written, never the state, so that it races with no attempt.
 func (m *Manager) addMissingDue(ctx context.Context, now time.Time, alive []string, self string) (int, []storage.CertificateExpiry, error) {
-	rows, err := m.store.DueCertificates(ctx, farFuture, 0)
+	var rows []DueCertificate
+	var err error
+	if dr, ok := m.store.(DueRowReader); ok {
+		var bad []string
+		if rows, bad, err = dr.DueRows(ctx, farFuture, 0); err == nil {
+			m.reportBadDue(bad)
+		}
+	} else {
+		rows, err = m.store.DueCertificates(ctx, farFuture, 0)
+	}
 	if err != nil {
 		return 0, nil, err
 	}
@@ -1074,6 +1190,14 @@ func (m *Manager) addMissingDue(ctx context.Context, now time.Time, alive []stri
 		if c.Provider != ProviderACME || !c.AutoRenew {
 			unmanaged[h] = expires
 			continue
+		}
+		if m.isUnreadable(c.ID) {
+			// Set aside while its state does not decode; read again, for
+			// an operator's renewal on another agent may have replaced it.
+			if _, err := m.store.RenewalState(ctx, c.ID); errors.Is(err, ErrUnreadableState) {
+				continue
+			}
+			m.noteUnreadable(c.ID, false)
 		}
 		if err := m.store.AddDue(ctx, DueCertificate{ID: c.ID, At: now}); err != nil {
 			return added, nil, err
@@ -1141,6 +1265,9 @@ func (m *Manager) maybeRenew(ctx context.Context, d DueCertificate) error {
 		return err
 	}
 	st, err := m.store.RenewalState(ctx, c.ID)
+	if errors.Is(err, ErrUnreadableState) {
+		return m.setAside(ctx, d, err)
+	}
 	if err != nil {
 		return err
 	}
@@ -1311,6 +1438,7 @@ type managerMetrics struct {
 	heldBack       prometheus.Gauge
 	phases         *prometheus.GaugeVec
 	earliest       prometheus.Gauge
+	unreadable     *prometheus.GaugeVec
 }
 
 // recordPhases counts the scheduled ACME certificates by renewal phase
@@ -1347,6 +1475,8 @@ func (m *Manager) recordPhases(ctx context.Context, now time.Time, exp []storage
 		}
 		counts[phaseOf(st, Decision{At: renewAt}, now)]++
 	}
+	// Set aside for a state that does not decode, without a due row.
+	counts[PhaseBlocked] += m.unreadableCount()
 	for phase, n := range counts {
 		m.metrics.phases.WithLabelValues(phase).Set(float64(n))
 	}
@@ -1390,11 +1520,18 @@ func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 		Namespace: "singularity_edge", Subsystem: "acme", Name: "issuer_action_required",
 		Help: "1 for an ACME directory whose CA answered userActionRequired (its account holder must act there, typically agree to changed terms of service): nothing is ordered there until then; 0 once an order there succeeds.",
 	}, []string{"issuer"})
+	m.unreadable = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "singularity_edge", Subsystem: "acme", Name: "unreadable_rows",
+		Help: "Rows of the acme table this agent cannot read and leaves aside, each logged once when found: state (a certificate's renewal state does not decode: it is not renewed until an operator renews or deletes it, and its status says blocked), due (a schedule row not spelt as this agent writes it, left out of the schedule; counted at each reconciliation).",
+	}, []string{"kind"})
 	for _, r := range []string{"issued", "failed", "rate_limited", "already_replaced", "held_back", "profile_refused", "user_action_required"} {
 		m.orders.WithLabelValues(r)
 	}
+	for _, k := range []string{"state", "due"} {
+		m.unreadable.WithLabelValues(k)
+	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.orders, m.leaseLost, m.passes, m.heldBack, m.phases, m.earliest, m.actionRequired} {
+		for _, c := range []prometheus.Collector{m.orders, m.leaseLost, m.passes, m.heldBack, m.phases, m.earliest, m.actionRequired, m.unreadable} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("certs: registering acme metrics: %w", err)
 			}

@@ -10,7 +10,6 @@ import (
 	"github.com/go-acme/lego/v4/acme"
 	"github.com/go-acme/lego/v4/acme/api"
 	"github.com/go-acme/lego/v4/challenge"
-	"github.com/go-acme/lego/v4/challenge/dns01"
 	"github.com/go-acme/lego/v4/challenge/http01"
 	"github.com/go-acme/lego/v4/challenge/tlsalpn01"
 	legolog "github.com/go-acme/lego/v4/log"
@@ -33,8 +32,8 @@ import (
 // solver be built with any validation function (http01, tlsalpn01 and
 // dns01.NewChallenge), but its resolver hard-wires its own, hence this
 // one. The order's other waits end with the context too: the
-// finalization poll (orderer) and a DNS provider's propagation wait
-// (ctxDNSProvider).
+// finalization poll (orderer) and the DNS-01 propagation wait with its
+// DNS queries (dns01Solver).
 type ctxResolver struct {
 	ctx     context.Context
 	core    *api.Core
@@ -69,11 +68,11 @@ func (r *ctxResolver) setTLSALPN01(p challenge.Provider) {
 	r.solvers[challenge.TLSALPN01] = tlsalpn01.NewChallenge(r.core, r.validate, p)
 }
 
-// setDNS01 answers dns-01 with p, whose propagation wait ends with the
-// order's context (ctxDNSProvider).
-func (r *ctxResolver) setDNS01(p challenge.Provider, opts ...dns01.ChallengeOption) {
-	p, wait := withContext(r.ctx, p)
-	r.solvers[challenge.DNS01] = dns01.NewChallenge(r.core, r.validate, p, append(opts, wait)...)
+// setDNS01 answers dns-01 with p, checking propagation with check; every
+// wait of it, DNS queries included, ends with the order's context
+// (dns01Solver).
+func (r *ctxResolver) setDNS01(p challenge.Provider, check dnsChecker) {
+	r.solvers[challenge.DNS01] = &dns01Solver{ctx: r.ctx, core: r.core, validate: r.validate, provider: p, check: check}
 }
 
 // choose returns the solver for authz: the first of its challenges, in
@@ -235,7 +234,7 @@ const defaultChallengeRetryAfter = 5 * time.Second
 // by half up to ten times it, as lego's poll does, for at most a hundred
 // times it, and never past the order's context.
 func (r *ctxResolver) validate(core *api.Core, domain string, chlg acme.Challenge) error {
-	accepted, err := core.Challenges.New(chlg.URL)
+	accepted, err := retryNonce(r.ctx, func() (acme.ExtendedChallenge, error) { return core.Challenges.New(chlg.URL) })
 	if err != nil {
 		return fmt.Errorf("failed to initiate challenge: %w", err)
 	}
@@ -255,7 +254,7 @@ func (r *ctxResolver) validate(core *api.Core, domain string, chlg acme.Challeng
 	deadline := time.Now().Add(100 * retryAfter)
 	wait := retryAfter
 	for {
-		authz, err := core.Authorizations.Get(accepted.AuthorizationURL)
+		authz, err := retryNonce(r.ctx, func() (acme.Authorization, error) { return core.Authorizations.Get(accepted.AuthorizationURL) })
 		if err != nil {
 			return err
 		}

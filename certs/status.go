@@ -53,6 +53,11 @@ func (b *StoreBackend) Lease(ctx context.Context, key string) (l Lease, ok bool,
 // wrapping storage.ErrNotFound.
 func (m *Manager) Status(ctx context.Context, id string) (Status, error) {
 	st, err := m.store.RenewalState(ctx, id)
+	if errors.Is(err, ErrUnreadableState) {
+		// Shown blocked, with why and what to do, rather than not at all:
+		// the scheduler has set the certificate aside (Manager.setAside).
+		st, err = RenewalState{CertificateID: id, Blocked: err.Error() + "; renew the certificate (the renewal replaces the state) or delete it"}, nil
+	}
 	if err != nil {
 		return Status{}, err
 	}
