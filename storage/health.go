@@ -142,6 +142,14 @@ func (s *Store) resumeAfterFailure() error {
 		// Cleared meanwhile by another caller's attempt.
 		return nil
 	}
+	if !bg {
+		// Checked before the pacing: this refusal does not pass with
+		// time or space, and answering the first failure meanwhile would
+		// promise that writes resume by themselves.
+		if err := s.flushWaitRefused("a write failed and the log it may have torn cannot be retired"); err != nil {
+			return err
+		}
+	}
 	s.counts.resumeAttempts.Add(1)
 	var err error
 	if bg {
@@ -212,6 +220,24 @@ func (s *Store) spaceForFlush() bool {
 	return err == nil && free >= need
 }
 
+// flushWaitRefused returns the error, wrapping ErrNotReady, that an
+// operation which must wait for a flush (a manual compaction, an ingest,
+// retiring a torn log) fails with once RocksDB has held a background
+// error since the store opened, resumed or not; nil before. In RocksDB
+// 7.8.3 such a flush may then never end (closeDB says why), and the
+// operation would hold the store, and Close, with it. Nothing but opening
+// RocksDB again clears that state, so the remedy named is a restart; the
+// WAL keeps every acknowledged commit across it.
+func (s *Store) flushWaitRefused(what string) error {
+	n := s.opts.bgErr.Count()
+	if n == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s: RocksDB has held %d background error(s) since the store opened, and after one "+
+		"RocksDB 7.8.3 may never finish a flush that is waited for; restart the agent (the WAL keeps every commit), "+
+		"then try again", ErrNotReady, what, n)
+}
+
 // flushAll flushes the memtables of every family and waits for it.
 func (s *Store) flushAll() error {
 	fo := grocksdb.NewDefaultFlushOptions()
@@ -273,6 +299,9 @@ func (s *Store) Ready() error {
 	}
 	switch st, _ := s.state.Load().(string); st {
 	case stateIngesting:
+		if err := s.flushWaitRefused("snapshot ingest not finished, and cannot be"); err != nil {
+			return err
+		}
 		return fmt.Errorf("%w: snapshot ingest not finished", ErrNotReady)
 	case stateCatchingUp:
 		return fmt.Errorf("%w: first catch-up after the snapshot not finished", ErrNotReady)
