@@ -232,3 +232,45 @@ func lastWAL(t *testing.T, dir string) int {
 	}
 	return last
 }
+
+// A WAL append that fails for lack of space after a background error was
+// resumed: the log it tore is retired by switching to a new WAL file, not
+// by a flush that is waited for, so it stays on disk and recovery reads
+// past its tear. Every commit acknowledged before and after it must be
+// there after a reopen that replays both files.
+func TestTornLogAfterBackgroundErrorRecovers(t *testing.T) {
+	s, ids := afterFailedResumes(t)
+	mnt := filepath.Dir(s.Dir())
+	filler := fillDisk(t, mnt, "filler2", 0)
+	var failed error
+	for i := 0; failed == nil; i++ {
+		if i == 2000 {
+			t.Fatal("no commit failed on a full disk")
+		}
+		id := fmt.Sprintf("full-%04d", i)
+		if failed = commitPadded(t, s, id); failed == nil {
+			ids = append(ids, id)
+		}
+	}
+	if !errors.Is(failed, ErrDiskFull) {
+		t.Fatalf("commit on a full disk: %v", failed)
+	}
+	if s.backgroundError() != nil || !strings.Contains(failed.Error(), ".log") {
+		t.Skipf("the first failure was not a WAL append (%v, background error %v)", failed, s.backgroundError())
+	}
+	logBefore := lastWAL(t, s.Dir())
+	freeDisk(t, []string{filler})
+	waitWritable(t, s)
+	if got := lastWAL(t, s.Dir()); got <= logBefore {
+		t.Fatalf("WAL file %d after the torn one was retired, want one after %d", got, logBefore)
+	}
+	for i := range 5 {
+		id := fmt.Sprintf("next-%d", i)
+		if err := commitPadded(t, s, id); err != nil {
+			t.Fatalf("commit after space is back: %v", err)
+		}
+		ids = append(ids, id)
+	}
+	noHang(t, "Close", func() { _ = s.Close() })
+	holdsAll(t, s.Dir(), ids)
+}
