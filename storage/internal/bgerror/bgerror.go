@@ -21,6 +21,8 @@
 // (OnErrorRecoveryEnd), and turns off RocksDB's own recovery from a full
 // disk (OnErrorRecoveryBegin), which waits for the free space of a whole
 // write buffer and refuses DB::Resume meanwhile. Resume calls DB::Resume.
+// SwitchMemtables is a flush that waits for nothing, which the C API's
+// flush options cannot ask for.
 //
 // bgerror.cc reaches the C++ objects inside the C API's handles
 // (storage/internal/rocksabi). NewWatch, InstallLogger and CanResume check
