@@ -25,8 +25,9 @@
 // flush options cannot ask for.
 //
 // bgerror.cc reaches the C++ objects inside the C API's handles
-// (storage/internal/rocksabi). NewWatch, InstallLogger and CanResume check
-// those layouts at run time and refuse when they do not hold.
+// (storage/internal/rocksabi). NewWatch, InstallLogger, CanResume and
+// FamilyLayoutOK check those layouts at run time and refuse when they do
+// not hold.
 package bgerror
 
 // #cgo CXXFLAGS: -std=c++17 -O2
