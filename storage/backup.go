@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/linxGnu/grocksdb"
+	"go.uber.org/zap"
 )
 
 // BackupInfo describes one backup in a backup directory.
@@ -26,7 +28,10 @@ type BackupInfo struct {
 // Backup takes an incremental backup into backupDir with RocksDB's
 // BackupEngine: memtables are flushed first (atomically across column
 // families), then only table files not already in backupDir are copied.
-// The store keeps serving while it runs.
+// Once RocksDB has held a background error since the store opened, the
+// memtables are not flushed (flushBeforeCopy) and the backup holds the
+// live WAL instead, which a restored store replays. The store keeps
+// serving while it runs.
 func (s *Store) Backup(ctx context.Context, backupDir string) (BackupInfo, error) {
 	if err := s.enter(); err != nil {
 		return BackupInfo{}, err
@@ -48,7 +53,7 @@ func (s *Store) Backup(ctx context.Context, backupDir string) (BackupInfo, error
 		return BackupInfo{}, fmt.Errorf("storage: open backup engine in %s: %w", backupDir, err)
 	}
 	defer be.Close()
-	if err := be.CreateNewBackupFlush(true); err != nil {
+	if err := be.CreateNewBackupFlush(s.flushBeforeCopy("backup")); err != nil {
 		return BackupInfo{}, fmt.Errorf("storage: backup: %w", err)
 	}
 	infos := backupInfos(be)
@@ -190,7 +195,9 @@ func checkStopped(dir string) error {
 
 // Checkpoint writes a consistent, openable copy of the store into dir
 // (which must not exist), hard-linking table files where the file system
-// allows and flushing memtables first.
+// allows and flushing memtables first, or, once RocksDB has held a
+// background error since the store opened, copying the live WAL instead
+// (flushBeforeCopy).
 func (s *Store) Checkpoint(ctx context.Context, dir string) error {
 	if err := s.enter(); err != nil {
 		return err
@@ -216,8 +223,29 @@ func (s *Store) Checkpoint(ctx context.Context, dir string) error {
 		return fmt.Errorf("storage: checkpoint: %w", err)
 	}
 	defer cp.Destroy()
-	if err := cp.CreateCheckpoint(dir, 0); err != nil {
+	// 0: always flush first; the largest size: never, the WAL is copied.
+	logSizeForFlush := uint64(0)
+	if !s.flushBeforeCopy("checkpoint") {
+		logSizeForFlush = math.MaxUint64
+	}
+	if err := cp.CreateCheckpoint(dir, logSizeForFlush); err != nil {
 		return fmt.Errorf("storage: checkpoint into %s: %w", dir, err)
 	}
 	return nil
+}
+
+// flushBeforeCopy reports whether a backup or checkpoint may flush the
+// memtables before it copies the files. Not once RocksDB has held a
+// background error since the store opened: RocksDB 7.8.3 may then never
+// finish that flush (closeDB), and the copy would hold the store, and
+// Close, with it. The copy then takes the live WAL files with the table
+// files, and the database opened from it replays them: the same state,
+// every acknowledged commit included.
+func (s *Store) flushBeforeCopy(what string) bool {
+	if n := s.opts.bgErr.Count(); n > 0 {
+		s.log.Warn(what+" copies the WAL instead of flushing the memtables after a background error",
+			zap.Int("background_errors", n))
+		return false
+	}
+	return true
 }

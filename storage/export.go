@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"time"
 )
 
@@ -138,11 +139,105 @@ func exportRow(table, key string, value []byte) (exportLine, error) {
 // Import reads an export and applies its rows with Apply's rules: per row,
 // the newer version wins, so importing into an empty store reproduces the
 // exported rows and versions, and importing twice changes nothing the second
-// time. Rows are applied in batches of 1000, each atomic and recorded as a
-// local change set so that peers receive them; a bad line stops the import
-// with an error naming the line, after the batches before it. It returns
-// how many rows were written.
+// time. It reads the export twice. The first pass checks every line and
+// writes nothing, so a bad line (named in the error), a read error or a
+// cancelled context changes nothing. The second writes the rows in batches
+// of 1000, each atomic and recorded as a change set so that peers receive
+// them. The export is not written in one commit: that would hold all of it
+// in memory and in one WAL record (gigabytes for the million backends of
+// the scale target). So a write that fails in the second pass (a full
+// disk, the store closing) leaves the batches before it stored, and its
+// error says how many rows and which lines; since the rest was checked,
+// importing the same export again completes it (the rows already stored
+// are skipped). An r that is an io.Seeker is read again from where it
+// stood; another is copied to a temporary file during the first pass. It
+// returns how many rows were written.
 func (s *Store) Import(ctx context.Context, r io.Reader) (int, error) {
+	again, done, err := readTwice(r)
+	if err != nil {
+		return 0, err
+	}
+	defer done()
+	if _, err := s.importPass(ctx, again.first, nil); err != nil {
+		return 0, err
+	}
+	second, err := again.second()
+	if err != nil {
+		return 0, err
+	}
+	applied, line := 0, 0 // line: the last of the batches written
+	_, err = s.importPass(ctx, second, func(sets []preparedSet, last int) error {
+		n, err := s.importBatch(ctx, sets)
+		applied += n
+		if err == nil {
+			line = last
+		}
+		return err
+	})
+	if err != nil && line > 0 {
+		return applied, fmt.Errorf("storage: import stopped with %d rows written, those of lines 2 to %d: %w; "+
+			"every line was checked before the first write: importing the same export again writes the rest", applied, line, err)
+	}
+	return applied, err
+}
+
+// twoPasses is an import's input, read twice.
+type twoPasses struct {
+	first  io.Reader
+	second func() (io.Reader, error)
+}
+
+// readTwice returns r for the first pass, and how to read it again: from
+// the offset r stood at when it is an io.Seeker, else from a temporary
+// copy that the first pass writes. done removes the copy.
+func readTwice(r io.Reader) (twoPasses, func(), error) {
+	if sk, ok := r.(io.ReadSeeker); ok {
+		if at, err := sk.Seek(0, io.SeekCurrent); err == nil {
+			return twoPasses{first: r, second: func() (io.Reader, error) {
+				if _, err := sk.Seek(at, io.SeekStart); err != nil {
+					return nil, fmt.Errorf("storage: import: read the export again: %w", err)
+				}
+				return r, nil
+			}}, func() {}, nil
+		}
+	}
+	f, err := os.CreateTemp("", "singularity-edge-import-*.jsonl")
+	if err != nil {
+		return twoPasses{}, nil, fmt.Errorf("storage: import: copy of the export: %w", err)
+	}
+	done := func() {
+		f.Close()
+		os.Remove(f.Name())
+	}
+	w := bufio.NewWriterSize(f, 1<<16)
+	return twoPasses{first: io.TeeReader(r, &copyWriter{w: w}), second: func() (io.Reader, error) {
+		if err := w.Flush(); err != nil {
+			return nil, fmt.Errorf("storage: import: copy of the export: %w", err)
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return nil, fmt.Errorf("storage: import: copy of the export: %w", err)
+		}
+		return f, nil
+	}}, done, nil
+}
+
+// copyWriter names a failed write to the import's copy as such: a
+// TeeReader hands it to the reader as its own read error.
+type copyWriter struct{ w io.Writer }
+
+func (c *copyWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	if err != nil {
+		err = fmt.Errorf("storage: import: copy of the export: %w", err)
+	}
+	return n, err
+}
+
+// importPass reads an export, checks every line and groups the rows into
+// prepared change sets of at most importBatch rows and MaxChangeSetBytes
+// bytes, which it hands to write with the number of the batch's last line
+// (nil: the check only). It returns the number of rows read.
+func (s *Store) importPass(ctx context.Context, r io.Reader, write func(sets []preparedSet, last int) error) (int, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 1<<16), maxExportLine)
 	if !sc.Scan() {
@@ -158,43 +253,62 @@ func (s *Store) Import(ctx context.Context, r io.Reader) (int, error) {
 	if h.Version < 1 || h.Version > exportVersion {
 		return 0, fmt.Errorf("%w: import: export version %d (this agent reads up to %d)", ErrFormatVersion, h.Version, exportVersion)
 	}
-	applied := 0
+	rows, lineNo := 0, 1
 	var batch []Change
-	batchBytes := 0
+	batchBytes, batchFirst, batchLast := 0, 0, 0
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
-		n, err := s.importBatch(ctx, batch)
-		applied += n
+		sets, err := prepareImport(batch)
 		batch, batchBytes = batch[:0], 0
-		return err
+		if err != nil {
+			return fmt.Errorf("storage: import lines %d to %d: %w", batchFirst, batchLast, err)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if write == nil {
+			return nil
+		}
+		return write(sets, batchLast)
 	}
-	for lineNo := 2; sc.Scan(); lineNo++ {
+	for sc.Scan() {
+		lineNo++
 		if len(sc.Bytes()) == 0 {
 			continue
 		}
 		c, err := s.importLine(sc.Bytes())
 		if err != nil {
-			return applied, fmt.Errorf("storage: import line %d: %w", lineNo, err)
+			// A read that fails hands out the partial line before it
+			// reports its error: the read error is the cause.
+			if rerr := sc.Err(); rerr != nil {
+				return rows, fmt.Errorf("storage: import: read line %d: %w", lineNo, rerr)
+			}
+			return rows, fmt.Errorf("storage: import line %d: %w", lineNo, err)
 		}
 		if len(batch) > 0 && batchBytes+len(c.Key)+len(c.Value) > MaxChangeSetBytes {
 			if err := flush(); err != nil {
-				return applied, err
+				return rows, err
 			}
+		}
+		if len(batch) == 0 {
+			batchFirst = lineNo
 		}
 		batch = append(batch, c)
 		batchBytes += len(c.Key) + len(c.Value)
+		batchLast = lineNo
+		rows++
 		if len(batch) >= importBatch {
 			if err := flush(); err != nil {
-				return applied, err
+				return rows, err
 			}
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return applied, fmt.Errorf("storage: import: %w", err)
+		return rows, fmt.Errorf("storage: import: %w", err)
 	}
-	return applied, flush()
+	return rows, flush()
 }
 
 func (s *Store) importLine(b []byte) (Change, error) {
@@ -268,26 +382,32 @@ func (s *Store) importLine(b []byte) (Change, error) {
 	return c, nil
 }
 
-// importBatch writes the rows of an export with their original versions
-// and last-write-wins against the stored rows (so a second import of the
-// same export writes nothing), and records their seqs in the bookkeeping:
-// an export holds every current row of each set it contains, so the store
-// can serve those seqs to peers. Nothing is originated: importing one
-// export on two nodes makes no competing versions. The rows are grouped
-// into their change sets and applied like a catch-up, one batch, synced.
-func (s *Store) importBatch(ctx context.Context, changes []Change) (int, error) {
+// prepareImport groups the rows of one batch of an export into their
+// change sets (a set may arrive in parts, one per batch) and checks them.
+func prepareImport(changes []Change) ([]preparedSet, error) {
 	sets, err := groupIntoSets(changes)
 	if err != nil {
-		return 0, fmt.Errorf("storage: import: %w", err)
+		return nil, err
 	}
 	prepared := make([]preparedSet, 0, len(sets))
 	for _, cs := range sets {
 		p, err := prepareSet(cs)
 		if err != nil {
-			return 0, fmt.Errorf("storage: import: %w", err)
+			return nil, err
 		}
 		prepared = append(prepared, p)
 	}
+	return prepared, nil
+}
+
+// importBatch writes the rows of an export with their original versions
+// and last-write-wins against the stored rows (so a second import of the
+// same export writes nothing), and records their seqs in the bookkeeping:
+// an export holds every current row of each set it contains, so the store
+// can serve those seqs to peers. Nothing is originated: importing one
+// export on two nodes makes no competing versions. The sets are applied
+// like a catch-up, one batch, synced.
+func (s *Store) importBatch(ctx context.Context, sets []preparedSet) (int, error) {
 	if err := s.enter(); err != nil {
 		return 0, err
 	}
@@ -295,8 +415,11 @@ func (s *Store) importBatch(ctx context.Context, changes []Change) (int, error) 
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	res, err := s.applyPrepared(prepared, nil, applyOptions{partialSets: true, sync: true})
-	return res.Applied, err
+	res, err := s.applyPrepared(sets, nil, applyOptions{partialSets: true, sync: true})
+	if err != nil {
+		return 0, err
+	}
+	return res.Applied, nil
 }
 
 // groupIntoSets groups rows by their version into change sets, in the

@@ -142,11 +142,19 @@ func (s *Store) resumeAfterFailure() error {
 		// Cleared meanwhile by another caller's attempt.
 		return nil
 	}
+	if !bg && !s.canSwitch {
+		// Checked before the pacing: this refusal does not pass with
+		// time or space, and answering the first failure meanwhile would
+		// promise that writes resume by themselves.
+		if err := s.flushWaitRefused("a write failed and the log it may have torn cannot be retired"); err != nil {
+			return err
+		}
+	}
 	s.counts.resumeAttempts.Add(1)
 	var err error
 	if bg {
 		err = s.resume()
-	} else if ferr := s.flushAll(); ferr != nil {
+	} else if ferr := s.retireTornLog(); ferr != nil {
 		err = diskFullError(fmt.Errorf("storage: retire the log of a failed write: %w", ferr))
 	}
 	s.pace.done(s.cfg.Now(), err)
@@ -212,6 +220,49 @@ func (s *Store) spaceForFlush() bool {
 	return err == nil && free >= need
 }
 
+// retireTornLog moves writes off the WAL file that a failed write may have
+// torn, so that no commit is appended behind the tear. It flushes every
+// family and waits for it, which also makes that file obsolete. Once
+// RocksDB has held a background error since the store opened, a flush that
+// is waited for may never end (flushWaitRefused): it then only switches
+// the memtables, without waiting for anything, which starts a new WAL
+// file. The torn one stays until its memtables are flushed; recovery
+// reads it to the tear and goes on with the next file, whose first commit
+// takes the sequence number the failed write did not use.
+func (s *Store) retireTornLog() error {
+	if s.opts.bgErr.Count() == 0 {
+		return s.flushAll()
+	}
+	families := append(TableNames(), internalFamilies()...)
+	handles := make([]*grocksdb.ColumnFamilyHandle, len(families))
+	for i, n := range families {
+		handles[i] = s.cfs[n]
+	}
+	if err := bgerror.SwitchMemtables(s.base, handles); err != nil {
+		return fmt.Errorf("switch memtables: %w", err)
+	}
+	return nil
+}
+
+// flushWaitRefused returns the error, wrapping ErrNotReady, that an
+// operation which must wait for a flush (a manual compaction, an ingest,
+// retiring a torn log where the flush that waits for nothing is not
+// reachable) fails with once RocksDB has held a background
+// error since the store opened, resumed or not; nil before. In RocksDB
+// 7.8.3 such a flush may then never end (closeDB says why), and the
+// operation would hold the store, and Close, with it. Nothing but opening
+// RocksDB again clears that state, so the remedy named is a restart; the
+// WAL keeps every acknowledged commit across it.
+func (s *Store) flushWaitRefused(what string) error {
+	n := s.opts.bgErr.Count()
+	if n == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s: RocksDB has held %d background error(s) since the store opened, and after one "+
+		"RocksDB 7.8.3 may never finish a flush that is waited for; restart the agent (the WAL keeps every commit), "+
+		"then try again", ErrNotReady, what, n)
+}
+
 // flushAll flushes the memtables of every family and waits for it.
 func (s *Store) flushAll() error {
 	fo := grocksdb.NewDefaultFlushOptions()
@@ -273,6 +324,9 @@ func (s *Store) Ready() error {
 	}
 	switch st, _ := s.state.Load().(string); st {
 	case stateIngesting:
+		if err := s.flushWaitRefused("snapshot ingest not finished, and cannot be"); err != nil {
+			return err
+		}
 		return fmt.Errorf("%w: snapshot ingest not finished", ErrNotReady)
 	case stateCatchingUp:
 		return fmt.Errorf("%w: first catch-up after the snapshot not finished", ErrNotReady)

@@ -129,7 +129,9 @@ func (s *Store) RocksDBStats(table string) (string, error) {
 // reports it. While RocksDB holds a background error it refuses a manual
 // compaction without running it, and nothing else would say so: Compact
 // then fails with that error (ErrDiskFull, or ErrNotReady for another
-// cause) and changes nothing (it does not try to resume either).
+// cause) and changes nothing (it does not try to resume either). Once
+// RocksDB has held one since the store opened, resumed or not, it fails
+// with ErrNotReady naming a restart as the remedy (flushWaitRefused).
 func (s *Store) Compact(ctx context.Context, table string) error {
 	if err := s.enter(); err != nil {
 		return err
@@ -143,6 +145,10 @@ func (s *Store) Compact(ctx context.Context, table string) error {
 		return err
 	}
 	if err := s.compactRefused(table); err != nil {
+		return err
+	}
+	// CompactRange first flushes the memtables and waits for it.
+	if err := s.flushWaitRefused(fmt.Sprintf("storage: compact %s not run", table)); err != nil {
 		return err
 	}
 	before, _ := s.opts.bgErr.ManualFailures()

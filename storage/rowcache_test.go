@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -298,7 +299,17 @@ func TestRowCacheFollowsEveryWritePath(t *testing.T) {
 // with -race): a read that starts after a write was acknowledged never
 // returns an older row, list, domain answer or expiry, and one reader's
 // reads never go back in time. The readers also modify what they get,
-// which must not reach the cache.
+// which must not reach the cache, and they read from it: the writer
+// waits, every tenth write, for a hit.
+//
+// It used to check only that some read hit, once all writes were done.
+// A read fills the cache only if no write began or ended while it read
+// RocksDB (the gate), and the writes came back to back: on a loaded
+// machine a reader descheduled in the middle of its reads saw a write
+// cross every one of them, and the readers stopped as soon as the last
+// write was acknowledged, so a full run once saw no hit at all. With no
+// write in flight a row's third read hits (its second miss fills it), so
+// the wait is bounded by reads, not time: a cache never used fails it.
 func TestRowCacheConcurrentReaders(t *testing.T) {
 	ctx := context.Background()
 	key := testKey(t)
@@ -328,6 +339,7 @@ func TestRowCacheConcurrentReaders(t *testing.T) {
 		t.Fatal(err)
 	}
 	var acked atomic.Int64
+	var reads atomic.Int64 // reads the readers completed
 	const writes = 300
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
@@ -398,14 +410,38 @@ func TestRowCacheConcurrentReaders(t *testing.T) {
 					return
 				}
 				last = got
+				reads.Add(1)
 			}
 		}()
 	}
-	for i := 1; i <= writes; i++ {
-		if err := write(i); err != nil {
-			t.Fatal(err)
+	// awaitHit waits until a reader hits the cache, while no write is in
+	// flight. Readers stop only on a failure, which ends the wait too.
+	awaitHit := func() error {
+		const bound = 500 // 100 reads of each kind
+		hits, start := s.CacheStats().Hits, reads.Load()
+		for len(errc) == 0 {
+			// Reads counted before the hits are: a hit among them
+			// shows, however long this goroutine waits between the two.
+			n := reads.Load() - start
+			if s.CacheStats().Hits != hits {
+				return nil
+			}
+			if n >= bound {
+				return fmt.Errorf("no cache hit in %d reads with no write in flight: %+v", n, s.CacheStats())
+			}
+			runtime.Gosched()
+		}
+		return nil
+	}
+	var werr error
+	for i := 1; i <= writes && werr == nil && len(errc) == 0; i++ {
+		if werr = write(i); werr != nil {
+			break
 		}
 		acked.Store(int64(i))
+		if i%10 == 0 {
+			werr = awaitHit()
+		}
 	}
 	close(stop)
 	wg.Wait()
@@ -413,6 +449,9 @@ func TestRowCacheConcurrentReaders(t *testing.T) {
 	case err := <-errc:
 		t.Fatal(err)
 	default:
+	}
+	if werr != nil {
+		t.Fatal(werr)
 	}
 	be, err := s.GetBackend(ctx, "hot")
 	if err != nil || be.Weight != writes || be.Metadata["i"] != fmt.Sprint(writes) {

@@ -322,8 +322,10 @@ func (s *Store) Snapshot(ctx context.Context, w io.Writer) (SnapshotInfo, error)
 // replaced, since rows of two cuts would make the bookkeeping wrong. The
 // store is not ready from the start of the ingest until MarkCaughtUp after
 // the first catch-up round; a crash in between leaves it not ready, and a
-// second Ingest starts over. Run it before starting feed consumers: it
-// writes no feed events.
+// second Ingest starts over. Once RocksDB has held a background error
+// since the store opened it is refused with ErrNotReady naming a restart
+// (flushWaitRefused: its final flush might never end). Run it before
+// starting feed consumers: it writes no feed events.
 func (s *Store) Ingest(ctx context.Context, r io.Reader) (SnapshotInfo, error) {
 	if err := s.enter(); err != nil {
 		return SnapshotInfo{}, err
@@ -335,6 +337,11 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader) (SnapshotInfo, error) {
 	defer s.cache.beginTables(TableNames()...).end()
 	if s.localSeq > 0 {
 		return SnapshotInfo{}, fmt.Errorf("%w: this store has committed %d local change sets; ingest only into a new store", ErrInvalid, s.localSeq)
+	}
+	// The rows go without the WAL, so the ingest ends with a flush it
+	// waits for. Refused before anything is written.
+	if err := s.flushWaitRefused("storage: ingest not started"); err != nil {
+		return SnapshotInfo{}, err
 	}
 	fr := &frameReader{r: bufio.NewReaderSize(r, 1<<16)}
 	typ, payload, err := fr.next()
@@ -467,6 +474,11 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader) (SnapshotInfo, error) {
 		}
 	}
 	info.Bytes = fr.n
+	// A background error during the ingest (and a resume by the health
+	// probe) leaves the ingest unfinished: a restart starts it over.
+	if err := s.flushWaitRefused("storage: ingest not finished"); err != nil {
+		return info, err
+	}
 	fo := grocksdb.NewDefaultFlushOptions()
 	fo.SetWait(true)
 	defer fo.Destroy()

@@ -76,8 +76,10 @@ type Store struct {
 	verifyOwed atomic.Bool
 	writeErr   atomic.Pointer[writeFailure]
 	// canResume: DB::Resume is reachable through grocksdb's handle
-	// (health.go, storage/internal/bgerror).
+	// (health.go, storage/internal/bgerror); canSwitch: so is a flush
+	// that waits for nothing (retireTornLog).
 	canResume bool
+	canSwitch bool
 	// resumeMu serializes DB::Resume: the health probe and a commit may
 	// both find the background error, and RocksDB answers the second
 	// Resume "Busy" while the first is recovering.
@@ -212,9 +214,11 @@ func (s *Store) openDB() error {
 	s.canResume = bgerror.CanResume(db, s.cfg.Dir)
 	s.handles = handles
 	s.cfID = make(map[string]uint32, len(names))
+	s.canSwitch = s.canResume
 	for i, n := range names {
 		s.cfs[n] = handles[i]
 		s.cfID[n] = handles[i].ID()
+		s.canSwitch = s.canSwitch && bgerror.FamilyLayoutOK(handles[i], n)
 	}
 	s.wo = grocksdb.NewDefaultWriteOptions()
 	s.wo.SetSync(s.cfg.SyncWAL)

@@ -1002,8 +1002,8 @@ func importFrom(ctx context.Context, st *storage.Store, path string, rows *int) 
 }
 
 // checkImport imports the input into a scratch store, so that a bad line
-// is found before the real store is touched (storage.Import keeps the
-// batches before a bad line).
+// is found before the real store is even opened (storage.Import itself
+// checks every line before it writes one).
 func checkImport(ctx context.Context, path string) error {
 	scratch, err := os.MkdirTemp("", "singularity-edge-import-check-")
 	if err != nil {

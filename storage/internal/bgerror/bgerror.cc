@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "bgerror.h"
 
@@ -215,6 +216,23 @@ extern "C" const char* edge_db_name(void* db) { return static_cast<rocksdb_t*>(d
 
 extern "C" char* edge_db_resume(void* db) {
   rocksdb::Status s = static_cast<rocksdb_t*>(db)->rep->Resume();
+  return s.ok() ? nullptr : strdup(s.ToString().c_str());
+}
+
+extern "C" const char* edge_cf_name(void* cf) {
+  return static_cast<rocksdb_column_family_handle_t*>(cf)->rep->GetName().c_str();
+}
+
+extern "C" char* edge_db_switch_memtables(void* db, void** cfs, int n) {
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  handles.reserve(n);
+  for (int i = 0; i < n; i++) handles.push_back(static_cast<rocksdb_column_family_handle_t*>(cfs[i])->rep);
+  // Neither waits: not for the flush (wait), nor, before it, until one
+  // more immutable memtable would not stall writes (allow_write_stall).
+  rocksdb::FlushOptions fo;
+  fo.wait = false;
+  fo.allow_write_stall = true;
+  rocksdb::Status s = static_cast<rocksdb_t*>(db)->rep->Flush(fo, handles);
   return s.ok() ? nullptr : strdup(s.ToString().c_str());
 }
 

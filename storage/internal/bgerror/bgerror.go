@@ -21,10 +21,13 @@
 // (OnErrorRecoveryEnd), and turns off RocksDB's own recovery from a full
 // disk (OnErrorRecoveryBegin), which waits for the free space of a whole
 // write buffer and refuses DB::Resume meanwhile. Resume calls DB::Resume.
+// SwitchMemtables is a flush that waits for nothing, which the C API's
+// flush options cannot ask for.
 //
 // bgerror.cc reaches the C++ objects inside the C API's handles
-// (storage/internal/rocksabi). NewWatch, InstallLogger and CanResume check
-// those layouts at run time and refuse when they do not hold.
+// (storage/internal/rocksabi). NewWatch, InstallLogger, CanResume and
+// FamilyLayoutOK check those layouts at run time and refuse when they do
+// not hold.
 package bgerror
 
 // #cgo CXXFLAGS: -std=c++17 -O2
@@ -195,6 +198,37 @@ func CanResume(db *grocksdb.DB, dir string) bool {
 // error. Only call it on a db for which CanResume is true.
 func Resume(db *grocksdb.DB) error {
 	msg := C.edge_db_resume(cHandle(db))
+	if msg == nil {
+		return nil
+	}
+	defer C.free(unsafe.Pointer(msg))
+	return errors.New(C.GoString(msg))
+}
+
+// FamilyLayoutOK reports whether the C++ column family handle sits where
+// SwitchMemtables looks for it in grocksdb's handle h, of the family name.
+func FamilyLayoutOK(h *grocksdb.ColumnFamilyHandle, name string) bool {
+	p := cHandle(h)
+	return p != nil && C.GoString(C.edge_cf_name(p)) == name
+}
+
+// SwitchMemtables flushes the families cfs of db atomically without
+// waiting: not for the flush to end, nor, before it, until one more
+// immutable memtable would not stall writes, which the C API's flush
+// always waits for. The memtables with data are switched, so later writes
+// go to a new WAL file; the flush runs when RocksDB gets to it. Only call
+// it on a db for which CanResume is true and with handles for which
+// FamilyLayoutOK is.
+func SwitchMemtables(db *grocksdb.DB, cfs []*grocksdb.ColumnFamilyHandle) error {
+	if len(cfs) == 0 {
+		return nil
+	}
+	hs := make([]unsafe.Pointer, len(cfs))
+	for i, h := range cfs {
+		hs[i] = cHandle(h)
+	}
+	// hs is Go memory holding C pointers only, which cgo allows.
+	msg := C.edge_db_switch_memtables(cHandle(db), &hs[0], C.int(len(hs)))
 	if msg == nil {
 		return nil
 	}

@@ -35,6 +35,12 @@ uint64_t edge_bgerror_compaction_need(void* watch);
 // edge_db_resume runs DB::Resume() and returns NULL or its error (malloc'd).
 const char* edge_db_name(void* db);
 char* edge_db_resume(void* db);
+// cf is a rocksdb_column_family_handle_t*: its family's name (the layout
+// probe). edge_db_switch_memtables flushes the n families of cfs without
+// waiting for anything (FlushOptions wait and allow_write_stall) and
+// returns NULL or its error (malloc'd).
+const char* edge_cf_name(void* cf);
+char* edge_db_switch_memtables(void* db, void** cfs, int n);
 
 // Sets opts' info log to a file logger at path that drops what it cannot
 // write (infolog.cc). level is a rocksdb::InfoLogLevel.

@@ -1,6 +1,7 @@
 package bgerror
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -116,4 +117,70 @@ func TestLogger(t *testing.T) {
 			}
 		})
 	}
+}
+
+// SwitchMemtables reaches the C++ handles of the families it is given
+// (FamilyLayoutOK) and moves writes to a new WAL file without waiting.
+func TestSwitchMemtables(t *testing.T) {
+	o := grocksdb.NewDefaultOptions()
+	defer o.Destroy()
+	o.SetCreateIfMissing(true)
+	o.SetCreateIfMissingColumnFamilies(true)
+	o.SetAtomicFlush(true)
+	dir := t.TempDir()
+	names := []string{"default", "rows"}
+	db, handles, err := grocksdb.OpenDbColumnFamilies(o, dir, names, []*grocksdb.Options{o, o})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	defer func() {
+		for _, h := range handles {
+			h.Destroy()
+		}
+	}()
+	for i, h := range handles {
+		if !FamilyLayoutOK(h, names[i]) {
+			t.Fatalf("FamilyLayoutOK refused grocksdb's handle of %s", names[i])
+		}
+		if FamilyLayoutOK(h, names[i]+"-other") {
+			t.Fatalf("FamilyLayoutOK accepted another name for %s", names[i])
+		}
+	}
+	wo := grocksdb.NewDefaultWriteOptions()
+	defer wo.Destroy()
+	if err := db.PutCF(wo, handles[1], []byte("k"), []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	before := lastLog(t, dir)
+	if err := SwitchMemtables(db, handles); err != nil {
+		t.Fatalf("SwitchMemtables: %v", err)
+	}
+	if got := lastLog(t, dir); got <= before {
+		t.Fatalf("WAL file %d after the switch, want one after %d", got, before)
+	}
+	ro := grocksdb.NewDefaultReadOptions()
+	defer ro.Destroy()
+	v, err := db.GetCF(ro, handles[1], []byte("k"))
+	if err != nil || string(v.Data()) != "v" {
+		t.Fatalf("read after the switch: %q %v", v.Data(), err)
+	}
+	v.Free()
+}
+
+// lastLog returns the number of the newest WAL file in dir.
+func lastLog(t *testing.T, dir string) int {
+	t.Helper()
+	names, err := filepath.Glob(filepath.Join(dir, "*.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := 0
+	for _, n := range names {
+		var num int
+		if _, err := fmt.Sscanf(filepath.Base(n), "%d.log", &num); err == nil {
+			last = max(last, num)
+		}
+	}
+	return last
 }

@@ -21,6 +21,9 @@ struct rocksdb_t {
 struct rocksdb_options_t {
   rocksdb::Options rep;
 };
+struct rocksdb_column_family_handle_t {
+  rocksdb::ColumnFamilyHandle* rep;
+};
 
 extern "C" {
 #endif
