@@ -134,16 +134,21 @@ func (s *Server) handleListBackends(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	after, err := backendPosition(pg.After)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	var resp apitypes.List[apitypes.Backend]
 	err = s.store.View(r.Context(), func(tx *storage.Tx) error {
 		if _, err := tx.Pool(name); err != nil {
 			return notFoundAs(err, "pool_name", fmt.Sprintf("no pool named %q", name))
 		}
-		rows, err := tx.BackendsByPoolPage(name, pg.After, pg.Limit+1)
+		rows, err := tx.BackendsByPoolPage(name, after, pg.Limit+1)
 		if err != nil {
 			return err
 		}
-		resp, err = pageOf(rows, pg.Limit, func(b storage.Backend) string { return b.ID },
+		resp, err = pageOf(rows, pg.Limit, backendCursor,
 			func(b storage.Backend) (apitypes.Backend, error) { return s.backendResponse(tx, b) })
 		return err
 	})
@@ -152,6 +157,28 @@ func (s *Server) handleListBackends(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// backendCursor is the "next" of a page of a pool's backends, which the
+// store lists by address, then id: the last backend's address and id
+// with a space between (storage.BackendPosition has a NUL there, which a
+// URL carries badly; no address holds a space).
+func backendCursor(b storage.Backend) string {
+	return storage.BackendAddress(b.Scheme, b.Host, b.Port) + " " + b.ID
+}
+
+// backendPosition is the store's position for after, a cursor
+// backendCursor gave ("" from the start).
+func backendPosition(after string) (string, error) {
+	if after == "" {
+		return "", nil
+	}
+	addr, id, ok := strings.Cut(after, " ")
+	if !ok || addr == "" || id == "" {
+		msg := `must be the "next" of the previous page: a backend's address and id, with a space between`
+		return "", errInvalid("after "+msg, fielderr.FieldError{Field: "after", Message: msg})
+	}
+	return addr + "\x00" + id, nil
 }
 
 func (s *Server) handleGetBackend(w http.ResponseWriter, r *http.Request) {

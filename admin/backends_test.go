@@ -6,6 +6,7 @@ import (
 	"github.com/singularity-ng/singularity-edge/apitypes"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -121,15 +122,22 @@ func TestGetListDeleteBackend(t *testing.T) {
 	}
 	h.createBackend("other", map[string]any{"id": "o1", "url": "http://127.0.0.1:9100"})
 
+	// A pool's backends are listed by address, then id; the cursor is the
+	// last one's address and id.
+	h.createBackend("web", map[string]any{"id": "z0", "url": "http://127.0.0.1:8999"})
 	var page apitypes.List[apitypes.Backend]
 	h.do("GET", "/api/pools/web/backends?limit=2", nil).json(t, &page)
-	if len(page.Items) != 2 || page.Items[0].ID != "w0" || page.Next != "w1" {
+	if len(page.Items) != 2 || page.Items[0].ID != "z0" || page.Items[1].ID != "w0" || page.Next != "http://127.0.0.1:9000 w0" {
 		t.Fatalf("page %+v next %q", page.Items, page.Next)
 	}
-	h.do("GET", "/api/pools/web/backends?after=w1", nil).json(t, &page)
-	if len(page.Items) != 1 || page.Items[0].ID != "w2" || page.Next != "" {
+	h.do("GET", "/api/pools/web/backends?limit=2&after="+url.QueryEscape(page.Next), nil).json(t, &page)
+	if len(page.Items) != 2 || page.Items[0].ID != "w1" || page.Items[1].ID != "w2" || page.Next != "" {
 		t.Fatalf("page 2 %+v next %q", page.Items, page.Next)
 	}
+	for _, after := range []string{"w1", "http://127.0.0.1:9001", " w1", "http://127.0.0.1:9001 "} {
+		h.do("GET", "/api/pools/web/backends?after="+url.QueryEscape(after), nil).expect(t, http.StatusBadRequest, CodeInvalid, "after")
+	}
+	h.do("DELETE", "/api/pools/web/backends/z0", nil).expect(t, http.StatusNoContent, "")
 	h.do("GET", "/api/pools/nope/backends", nil).expect(t, http.StatusNotFound, CodeNotFound, "pool_name")
 	h.do("GET", "/api/pools/web/backends?limit=x", nil).expect(t, http.StatusBadRequest, CodeInvalid, "limit")
 

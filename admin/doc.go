@@ -87,8 +87,11 @@
 // code "invalid" and name the fields. The full list of codes and statuses
 // is at the Code constants.
 //
-// Lists take ?limit= (1 to 1000, default 100) and ?after=<key of the last
-// item> and answer {"items": [...], "next": "<cursor or empty>"}.
+// Lists take ?limit= (1 to 1000, default 100) and ?after=<the "next" of
+// the previous page> and answer {"items": [...], "next": "<cursor or
+// empty>"}. The cursor is the key of the last item, except for a pool's
+// backends, which are listed by address, then id: "<scheme://host:port>
+// <id>".
 //
 // ETag is the row version, "<hlc>-<origin node>". PATCH and DELETE honour
 // If-Match (a list of tags, or *); a stale tag answers 412

@@ -208,10 +208,10 @@ type backendPages interface {
 	BackendsByPoolPage(pool, after string, limit int) ([]storage.Backend, error)
 }
 
-// firstBackends returns the first n backends of pool by id, and whether
-// the pool has more: a pool's create or delete reads no more of a large
-// pool than its own commit removes, one row beyond to know that the rest
-// must follow.
+// firstBackends returns the first n backends of pool (by address, then
+// id), and whether the pool has more: a pool's create or delete reads no
+// more of a large pool than its own commit removes, one row beyond to know
+// that the rest must follow.
 func firstBackends(tx backendPages, pool string, n int) ([]storage.Backend, bool, error) {
 	page, err := tx.BackendsByPoolPage(pool, "", n+1)
 	if err != nil {

@@ -29,13 +29,14 @@ type Source interface {
 	// `after`, at most limit.
 	ListPools(ctx context.Context, after string, limit int) ([]storage.Pool, error)
 	ListBackends(ctx context.Context, after string, limit int) ([]storage.Backend, error)
-	// ListBackendsByPool returns the backends of pool with ids strictly
-	// after `after`, at most limit (an index scan: a rebuild of one pool
-	// reads that pool's rows only).
+	// ListBackendsByPool returns the backends of pool whose position
+	// (storage.BackendPosition: address, then id) is strictly after
+	// `after`, at most limit, ordered by position (an index scan: a
+	// rebuild of one pool reads that pool's rows only).
 	ListBackendsByPool(ctx context.Context, pool, after string, limit int) ([]storage.Backend, error)
-	// ScanBackendsOfPool calls fn with each backend of pool in id order,
-	// decoded in place (see storage.BackendRef): the first table is built
-	// from it without a copy of every row.
+	// ScanBackendsOfPool calls fn with each backend of pool ordered by
+	// position, decoded in place (see storage.BackendRef): the first
+	// table is built from it without a copy of every row.
 	ScanBackendsOfPool(ctx context.Context, pool string, fn func(r *storage.BackendRef) error) error
 	// ScanObservations calls fn with each of nodeID's observations.
 	ScanObservations(ctx context.Context, nodeID string, fn func(o *storage.Observation) error) error
@@ -526,6 +527,9 @@ func (m *Manager) initialTable(ctx context.Context, seeds map[string]*seed) (int
 					next.Store(int64(len(names))) // stop the other workers
 					return
 				}
+				// A pool holds its backends in id order (Pool.backends);
+				// the store lists them by address.
+				slices.SortFunc(rows, func(a, b backendRow) int { return strings.Compare(a.id, b.id) })
 				ps := states[i]
 				// The pool's states in one allocation (a million small
 				// objects cost a second of start-up). A later rebuild
@@ -573,7 +577,7 @@ func (m *Manager) initialTable(ctx context.Context, seeds map[string]*seed) (int
 	return int(total.Load()), nil
 }
 
-// backendsOf reads the backends of pool from the store.
+// backendsOf reads the backends of pool from the store, in id order.
 func (m *Manager) backendsOf(ctx context.Context, pool string) ([]storage.Backend, error) {
 	var out []storage.Backend
 	for after := ""; ; {
@@ -583,9 +587,10 @@ func (m *Manager) backendsOf(ctx context.Context, pool string) ([]storage.Backen
 		}
 		out = append(out, page...)
 		if len(page) < m.cfg.PageSize {
+			slices.SortFunc(out, func(a, b storage.Backend) int { return strings.Compare(a.ID, b.ID) })
 			return out, nil
 		}
-		after = page[len(page)-1].ID
+		after = storage.BackendPosition(&page[len(page)-1])
 	}
 }
 

@@ -35,10 +35,13 @@ func TestDiskFullCompaction(t *testing.T) {
 	defer func() { noHang(t, "Close", func() { _ = s.Close() }) }()
 	// round commits n backends of 4 KiB (and as much of their by-pool
 	// index entries) and flushes them: one level-0 file per family.
-	// RocksDB compacts a family's level 0 at 4 files.
+	// RocksDB compacts a family's level 0 at 4 files. Every round's ids
+	// spread over the same range, so that the files overlap and a
+	// compaction has to merge them (files of disjoint ranges are moved
+	// down a level without being rewritten, which needs no space).
 	round := func(r, n int) error {
 		for i := range n {
-			if err := commitPadded(t, s, fmt.Sprintf("b-%d-%03d", r, i)); err != nil {
+			if err := commitPadded(t, s, fmt.Sprintf("b-%03d-%d", i, r)); err != nil {
 				return err
 			}
 		}

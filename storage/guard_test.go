@@ -333,6 +333,79 @@ func TestOpenDropsPartitionGuards(t *testing.T) {
 	}
 }
 
+// A store of index version 6 holds a pool's backends by id and a second
+// entry per backend for its address: Open rebuilds the index family to
+// version 7 (by address, then id, one entry per backend), the address
+// lookup and the pool's list read the new entries, and nothing of the old
+// layout is left for Verify to report.
+func TestOpenReordersBackendsByAddress(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(testConfig(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b1, b2 := sampleBackend("b1", "web"), sampleBackend("b2", "web")
+	b1.Port, b2.Port = 9001, 9000
+	mustUpdate(t, s, func(tx *Tx) error {
+		if err := tx.PutBackend(b1); err != nil {
+			return err
+		}
+		return tx.PutBackend(b2)
+	})
+	batch := grocksdb.NewWriteBatch()
+	var old [][]byte
+	for _, b := range []*Backend{b1, b2} {
+		envelope, err := s.getRaw(cfIndex, backendIndexKeys(b)[0])
+		if err != nil || envelope == nil {
+			t.Fatalf("entry of %s: %v", b.ID, err)
+		}
+		batch.DeleteCF(s.cfs[cfIndex], backendIndexKeys(b)[0])
+		byID := indexKey(idxBackendPool, b.PoolName, b.ID)
+		byAddr := indexKey(idxBackendAddr, b.PoolName+" "+BackendAddress(b.Scheme, b.Host, b.Port), b.ID)
+		batch.PutCF(s.cfs[cfIndex], byID, envelope)
+		batch.PutCF(s.cfs[cfIndex], byAddr, nil)
+		old = append(old, byID, byAddr)
+	}
+	batch.PutCF(s.cfs[cfMeta], []byte(metaIndexVersion), []byte{6})
+	if err := s.base.Write(s.wo, batch); err != nil {
+		t.Fatal(err)
+	}
+	batch.Destroy()
+	if err := s.Verify(context.Background()); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Verify with the version 6 layout: %v, want ErrCorrupt", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = openStore(t, func(c *Config) { c.Dir = dir })
+	for _, k := range old {
+		if v, err := s.getRaw(cfIndex, k); err != nil || v != nil {
+			t.Fatalf("version 6 entry %q after upgrade: %v, %v", k, v, err)
+		}
+	}
+	if v, err := s.getRaw(cfMeta, []byte(metaIndexVersion)); err != nil || !bytes.Equal(v, []byte{indexVersion}) {
+		t.Fatalf("index_version after upgrade: %v, %v", v, err)
+	}
+	bs, err := s.ListBackendsByPool(context.Background(), "web", "", 0)
+	if err != nil || len(bs) != 2 || bs[0].ID != "b2" || bs[1].ID != "b1" {
+		t.Fatalf("backends after upgrade (want b2 at :9000 first): %+v, %v", bs, err)
+	}
+	err = s.View(context.Background(), func(tx *Tx) error {
+		got, err := tx.BackendsByAddress("web", BackendAddress("http", "10.0.0.1", 9001))
+		if err != nil || len(got) != 1 || got[0].ID != "b1" {
+			return fmt.Errorf("BackendsByAddress after upgrade: %+v, %v", got, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Verify(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestPoolsByCertificate(t *testing.T) {
 	s := openStore(t)
 	ctx := context.Background()

@@ -19,7 +19,7 @@ const (
 	idxCertDomain    byte = 1 // 1 | lower(name) | 0 | cert id  (Domain and every SAN)
 	idxCertExpiry    byte = 2 // 2 | be64(unix s ^ 1<<63) | be32(ns) | cert id
 	idxPoolSSLDomain byte = 3 // 3 | lower(ssl_domain) | 0 | pool name
-	idxBackendPool   byte = 4 // 4 | pool name | 0 | backend id
+	idxBackendPool   byte = 4 // 4 | pool name | 0 | scheme://host:port | 0 | backend id (covering)
 	idxObsHealth     byte = 5 // 5 | node id | 0 | healthy (0/1) | backend id
 	idxPoolCert      byte = 6 // 6 | ssl_cert_id | 0 | pool name
 	idxTombstone     byte = 7 // 7 | be64(hlc) | table id | key: tombstones by age (PurgeTombstones)
@@ -27,7 +27,7 @@ const (
 	// 9 to 12 are the admin API's uniqueness and point lookups (lookup.go).
 	idxPoolHost    byte = 9  // 9 | lower(served host) | 0 | pool name  (ssl_domain and every host)
 	idxPoolDefault byte = 10 // 10 | "default" | 0 | pool name
-	idxBackendAddr byte = 11 // 11 | pool name " " scheme://host:port | 0 | backend id
+	idxBackendAddr byte = 11 // index version <= 6 only: 11 | pool name " " scheme://host:port | 0 | backend id
 	idxObsBackend  byte = 12 // 12 | backend id | 0 | node id
 	// 13 | lower(on_demand_allow pattern) | 0 | pool name, for pools
 	// with on_demand_tls only (ondemand.go)
@@ -149,30 +149,25 @@ func poolIndexKeys(p *Pool) [][]byte {
 	return append(keys, poolLookupKeys(p)...)
 }
 
-// backendIndexKeys returns a backend's two entries, built in one
-// allocation (apply and bulk commits derive them for every row).
+// backendIndexKeys returns a backend's one entry, in its pool's
+// partition by position (backendPosition): a pool's backends are listed
+// and paged by address, and the entries of one address are the address
+// lookup (Tx.BackendsByAddress), so no second entry is needed for it.
 func backendIndexKeys(b *Backend) [][]byte {
 	if b.PoolName == "" {
 		return nil
 	}
-	n := 2*(len(b.PoolName)+len(b.ID)+3) + len(b.Scheme) + len(b.Host) + 3 + 2 + 20
-	buf := make([]byte, 0, n)
-	buf = append(buf, idxBackendPool)
-	buf = append(buf, b.PoolName...)
-	buf = append(buf, 0)
-	buf = append(buf, b.ID...)
-	pool := buf[:len(buf):len(buf)]
-	buf = appendBackendAddrKey(buf[len(buf):], b)
-	return [][]byte{pool, buf}
+	k := make([]byte, 0, len(b.PoolName)+len(b.Scheme)+len(b.Host)+len(b.ID)+16)
+	k = append(k, idxBackendPool)
+	k = append(k, b.PoolName...)
+	k = append(k, 0)
+	return [][]byte{appendBackendPosition(k, b)}
 }
 
-// appendBackendAddrKey appends backendAddrKey(b) (lookup.go) to dst
-// without the intermediate strings:
-// 11 | pool " " scheme "://" host-and-port | 0 | backend id.
-func appendBackendAddrKey(dst []byte, b *Backend) []byte {
-	dst = append(dst, idxBackendAddr)
-	dst = append(dst, b.PoolName...)
-	dst = append(dst, ' ')
+// appendBackendPosition appends b's position in its pool to dst: its
+// address as BackendAddress renders it, NUL, its id. An id holds no NUL
+// (validateKey), so the id is what follows the last NUL (rowKeyAt).
+func appendBackendPosition(dst []byte, b *Backend) []byte {
 	dst = append(dst, b.Scheme...)
 	dst = append(dst, "://"...)
 	// net.JoinHostPort: brackets around a host with a colon (IPv6).

@@ -45,16 +45,18 @@ func poolLookupKeys(p *Pool) [][]byte {
 	return append(keys, poolOnDemandKeys(p)...)
 }
 
-// BackendAddress is the form of a backend's address the address index
-// uses: scheme://host:port.
+// BackendAddress is the form of a backend's address its pool's index
+// orders and finds it by: scheme://host:port.
 func BackendAddress(scheme, host string, port int) string {
 	return scheme + "://" + net.JoinHostPort(host, strconv.Itoa(port))
 }
 
-func backendAddrValue(pool, addr string) string { return pool + " " + addr }
-
-func backendAddrKey(b *Backend) []byte {
-	return indexKey(idxBackendAddr, backendAddrValue(b.PoolName, BackendAddress(b.Scheme, b.Host, b.Port)), b.ID)
+// BackendPosition is b's place in its pool's list (Tx.BackendsByPoolPage,
+// Store.ListBackendsByPool, Store.ScanBackendsOfPool): its address
+// (BackendAddress), NUL, its id. Lists are ordered by it, and a page
+// starts after the position of the last backend of the one before.
+func BackendPosition(b *Backend) string {
+	return string(appendBackendPosition(nil, b))
 }
 
 // PoolsByHost returns the pools whose ssl_domain or hosts include host
@@ -70,9 +72,12 @@ func (t *Tx) DefaultPools() ([]Pool, error) {
 }
 
 // BackendsByAddress returns the backends of pool at scheme://host:port
-// (as BackendAddress renders it), ordered by id.
+// (as BackendAddress renders it), ordered by id: the entries of one
+// address in the pool's index, so it costs the same however many
+// backends the pool has.
 func (t *Tx) BackendsByAddress(pool, addr string) ([]Backend, error) {
-	return rowsByIndex(t, indexPrefix(idxBackendAddr, backendAddrValue(pool, addr)), TableBackends, "", 0, t.Backend, decodeStoredBackend)
+	prefix := append(indexPrefix(idxBackendPool, pool), addr...)
+	return rowsByIndex(t, append(prefix, 0), TableBackends, "", 0, t.Backend, decodeStoredBackend)
 }
 
 // ObservationsOf returns every node's observation of backend backendID,
@@ -112,7 +117,8 @@ func (t *Tx) Pools(after string, limit int) ([]Pool, error) {
 }
 
 // BackendsByPoolPage returns at most limit backends of pool (<= 0: all)
-// with ids strictly after `after`, ordered by id: one page read by key.
+// whose position (BackendPosition) is strictly after `after` ("": from
+// the start), ordered by position: one page read by key.
 func (t *Tx) BackendsByPoolPage(pool, after string, limit int) ([]Backend, error) {
 	return rowsByIndex(t, indexPrefix(idxBackendPool, pool), TableBackends, after, limit, t.Backend, decodeStoredBackend)
 }

@@ -35,8 +35,7 @@ func TestIndexPartition(t *testing.T) {
 		key  []byte
 		want string
 	}{
-		{"backends by pool", indexKey(idxBackendPool, "web", "be-1"), "\x04web"},
-		{"backends by address", backendAddrKey(b), "\x0bweb"},
+		{"backends by pool", backendIndexKeys(b)[0], "\x04web"},
 		{"observations by health", observationIndexKeys(o)[0], "\x05node-a"},
 		{"tombstones", tombstoneEntry(42, 3, "be-1"), "\x07"},
 		{"expiry", expiryEntry(42, 3, "be-1"), "\x08"},
@@ -53,8 +52,10 @@ func TestIndexPartition(t *testing.T) {
 	}
 }
 
-// TestBackendIndexKeysMatchLookup: the entries built in one allocation
-// are the ones the lookups (lookup.go) and the by-pool scans search for.
+// TestBackendIndexKeysMatchLookup: the entry built in one allocation is
+// the one the by-pool scans and the address lookup (lookup.go) search for:
+// the pool's prefix, then the backend's position, whose address is
+// BackendAddress's and whose row key (rowKeyAt) is the id.
 func TestBackendIndexKeysMatchLookup(t *testing.T) {
 	for _, b := range []*Backend{
 		{ID: "be-1", PoolName: "web", Scheme: "http", Host: "10.0.0.1", Port: 80},
@@ -63,14 +64,14 @@ func TestBackendIndexKeysMatchLookup(t *testing.T) {
 		{ID: "x", PoolName: "p", Scheme: "", Host: "", Port: 65535},
 	} {
 		got := backendIndexKeys(b)
-		want := [][]byte{indexKey(idxBackendPool, b.PoolName, b.ID), backendAddrKey(b)}
-		if len(got) != 2 || string(got[0]) != string(want[0]) || string(got[1]) != string(want[1]) {
+		addr := BackendAddress(b.Scheme, b.Host, b.Port)
+		want := indexKey(idxBackendPool, b.PoolName, addr+"\x00"+b.ID)
+		if len(got) != 1 || string(got[0]) != string(want) {
 			t.Fatalf("backend %s: entries %q, want %q", b.ID, got, want)
 		}
-		// The first entry must not share spare capacity with the second.
-		got[0] = append(got[0], 'x')
-		if string(got[1]) != string(want[1]) {
-			t.Fatalf("backend %s: appending to one entry changed the other", b.ID)
+		pos := string(got[0][len(indexPrefix(idxBackendPool, b.PoolName)):])
+		if pos != BackendPosition(b) || rowKeyAt(pos) != b.ID {
+			t.Fatalf("backend %s: position %q, BackendPosition %q, row key %q", b.ID, pos, BackendPosition(b), rowKeyAt(pos))
 		}
 	}
 	if backendIndexKeys(&Backend{ID: "be-1"}) != nil {

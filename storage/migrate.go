@@ -30,7 +30,9 @@ const formatCurrent byte = 2
 //	5  no partition guards: commits are serialized (tx.go), so nothing
 //	   reads them (the rebuild clears the family, guards included)
 //	6  pools by on-demand allow pattern
-const indexVersion byte = 6
+//	7  backends by pool ordered by address, then id: one entry serves the
+//	   pool's list and the address lookup, no backends by address
+const indexVersion byte = 7
 
 // migrateChangelog brings a format-1 store to format 2: the bookkeeping of
 // each origin is the set of seqs that still have an entry in the old log

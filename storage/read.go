@@ -152,7 +152,9 @@ func (s *Store) ListBackends(ctx context.Context, after string, limit int) ([]Ba
 	return listRows(ctx, s, TableBackends, "", after, limit, decodeStoredBackend)
 }
 
-// ListBackendsByPool lists the backends of a pool by id. The whole list
+// ListBackendsByPool lists the backends of a pool whose position
+// (BackendPosition) is strictly after `after` ("": from the start), at
+// most limit (<= 0: all), ordered by position. The whole list
 // of a pool is cached (rowcache.go) when it fits; otherwise it is one
 // range scan of the covering index, whose entries hold the rows, outside
 // a transaction (one iterator is one consistent snapshot), with the
@@ -204,9 +206,9 @@ func (s *Store) ListBackendsByPool(ctx context.Context, pool, after string, limi
 // page to cache a pool's whole list: about what one cached list may hold.
 const listCacheRows = 2048
 
-// scanPoolBackends reads the live backends of pool with ids after
-// `after`, at most limit (<= 0: all); complete says the scan reached the
-// end of the pool.
+// scanPoolBackends reads the live backends of pool whose position is
+// after `after`, at most limit (<= 0: all); complete says the scan
+// reached the end of the pool.
 func (s *Store) scanPoolBackends(pool, after string, limit int) (out []Backend, complete bool, err error) {
 	prefix := indexPrefix(idxBackendPool, pool)
 	ro := grocksdb.NewDefaultReadOptions()
@@ -232,7 +234,7 @@ func (s *Store) scanPoolBackends(pool, after string, limit int) (out []Backend, 
 		}
 		r, err := decodeRowBorrowed(it.Value().Data())
 		if err != nil {
-			id := string(it.Key().Data()[len(prefix):])
+			id := rowKeyAt(string(it.Key().Data()[len(prefix):]))
 			return nil, false, corruptError(cfIndex, fmt.Errorf("backends of pool %q: entry of %q: %w", pool, id, err))
 		}
 		if r.deleted || r.expiredAt(nowMs) {

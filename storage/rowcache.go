@@ -519,12 +519,12 @@ func cloneBackends(list []Backend) []Backend {
 	return out
 }
 
-// pageOf returns the backends of a cached, id-ordered list with ids
-// strictly after `after`, at most limit (<= 0: all), copied.
+// pageOf returns the backends of a cached list, ordered by position, whose
+// position is strictly after `after`, at most limit (<= 0: all), copied.
 func pageOf(list []Backend, after string, limit int) []Backend {
 	i := 0
 	if after != "" {
-		i = sort.Search(len(list), func(i int) bool { return list[i].ID > after })
+		i = sort.Search(len(list), func(i int) bool { return BackendPosition(&list[i]) > after })
 	}
 	list = list[i:]
 	if limit > 0 && len(list) > limit {

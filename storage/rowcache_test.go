@@ -557,7 +557,8 @@ func TestRowCacheBounded(t *testing.T) {
 						t.Fatalf("backend %d: %+v %v", i, be, err)
 					}
 				}
-				list, err := s.ListBackendsByPool(ctx, "p", "be-00100", 10)
+				after := BackendPosition(&Backend{ID: "be-00100", Scheme: "http", Host: "10.0.0.1", Port: 1100})
+				list, err := s.ListBackendsByPool(ctx, "p", after, 10)
 				if err != nil || len(list) != 10 || list[0].ID != "be-00101" {
 					t.Fatalf("page %v %v", list, err)
 				}

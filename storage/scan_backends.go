@@ -33,10 +33,11 @@ func (r *BackendRef) Backend() (Backend, error) {
 	return b, nil
 }
 
-// ScanBackendsOfPool calls fn with each live backend of pool, in id order,
-// from one range scan of the covering pool index on one snapshot. Each
-// row is decoded in place into one reused BackendRef: no allocation per
-// row. An error from fn stops the scan and is returned.
+// ScanBackendsOfPool calls fn with each live backend of pool, ordered by
+// position (BackendPosition: address, then id), from one range scan of
+// the covering pool index on one snapshot. Each row is decoded in place
+// into one reused BackendRef: no allocation per row. An error from fn
+// stops the scan and is returned.
 func (s *Store) ScanBackendsOfPool(ctx context.Context, pool string, fn func(r *BackendRef) error) error {
 	if err := s.enter(); err != nil {
 		return err
@@ -56,7 +57,7 @@ func (s *Store) ScanBackendsOfPool(ctx context.Context, pool string, fn func(r *
 	for it.Seek(prefix); it.Valid(); it.Next() {
 		live, err := decodeBackendRef(it.Value().Data(), nowMs, &ref)
 		if err != nil {
-			id := string(it.Key().Data()[len(prefix):])
+			id := rowKeyAt(string(it.Key().Data()[len(prefix):]))
 			return corruptError(cfIndex, fmt.Errorf("backends of pool %q: entry of %q: %w", pool, id, err))
 		}
 		if !live {

@@ -118,7 +118,7 @@ var schema = []*tableDef{
 	},
 	{
 		name: TableBackends, id: 3, singular: "backend", class: ClassReplicated,
-		indexes:  []byte{idxBackendPool, idxBackendAddr},
+		indexes:  []byte{idxBackendPool},
 		checkKey: func(k string) error { return validateKey("backend key", k) },
 		decode: func(rec []byte) (decodedRecord, error) {
 			b, err := decodeBackend(rec)

@@ -69,12 +69,23 @@ func TestBackendsCRUDAndPoolIndex(t *testing.T) {
 			if i%2 == 1 {
 				pool = "b"
 			}
-			if err := tx.PutBackend(sampleBackend(fmt.Sprintf("be-%d", i), pool)); err != nil {
+			// Ports fall as ids grow: a pool lists its backends by
+			// address, then id (BackendPosition), not by id.
+			b := sampleBackend(fmt.Sprintf("be-%d", i), pool)
+			b.Port = 9000 - i
+			if err := tx.PutBackend(b); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+	at := func(id string) string {
+		b, err := s.GetBackend(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return BackendPosition(&b)
+	}
 	ids := func(bs []Backend) []string {
 		var out []string
 		for _, b := range bs {
@@ -87,12 +98,12 @@ func TestBackendsCRUDAndPoolIndex(t *testing.T) {
 		limit       int
 		want        []string
 	}{
-		{"a", "", 0, []string{"be-0", "be-2", "be-4"}},
-		{"b", "", 0, []string{"be-1", "be-3"}},
-		{"a", "be-0", 0, []string{"be-2", "be-4"}},
-		{"a", "", 2, []string{"be-0", "be-2"}},
-		{"a", "be-2", 1, []string{"be-4"}},
-		{"a", "be-4", 0, nil},
+		{"a", "", 0, []string{"be-4", "be-2", "be-0"}},
+		{"b", "", 0, []string{"be-3", "be-1"}},
+		{"a", at("be-4"), 0, []string{"be-2", "be-0"}},
+		{"a", "", 2, []string{"be-4", "be-2"}},
+		{"a", at("be-2"), 1, []string{"be-0"}},
+		{"a", at("be-0"), 0, nil},
 		{"c", "", 0, nil},
 	}
 	for _, tc := range tests {
@@ -114,10 +125,10 @@ func TestBackendsCRUDAndPoolIndex(t *testing.T) {
 		return tx.PutBackend(&b)
 	})
 	checkIndexes(t, s)
-	if got, _ := s.ListBackendsByPool(ctx, "a", "", 0); !reflect.DeepEqual(ids(got), []string{"be-2", "be-4"}) {
+	if got, _ := s.ListBackendsByPool(ctx, "a", "", 0); !reflect.DeepEqual(ids(got), []string{"be-4", "be-2"}) {
 		t.Fatalf("pool a after move: %v", ids(got))
 	}
-	if got, _ := s.ListBackendsByPool(ctx, "b", "", 0); !reflect.DeepEqual(ids(got), []string{"be-0", "be-1", "be-3"}) {
+	if got, _ := s.ListBackendsByPool(ctx, "b", "", 0); !reflect.DeepEqual(ids(got), []string{"be-3", "be-1", "be-0"}) {
 		t.Fatalf("pool b after move: %v", ids(got))
 	}
 	// Inside a transaction the index reflects the transaction's own writes.
@@ -137,7 +148,8 @@ func TestBackendsCRUDAndPoolIndex(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if !reflect.DeepEqual(ids(got), []string{"be-0", "be-9"}) {
+		// be-9 at port 8080 comes first.
+		if !reflect.DeepEqual(ids(got), []string{"be-9", "be-0"}) {
 			return fmt.Errorf("BackendsByPool(b) in tx = %v", ids(got))
 		}
 		return nil

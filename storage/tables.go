@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/linxGnu/grocksdb"
@@ -366,7 +367,8 @@ func (t *Tx) DeleteObservation(backendID string) error {
 	return t.remove(rowRef{TableObservations, ObservationKey(t.s.NodeID(), backendID)})
 }
 
-// BackendsByPool returns the backends of a pool, ordered by id.
+// BackendsByPool returns the backends of a pool, ordered by position
+// (BackendPosition: address, then id).
 func (t *Tx) BackendsByPool(pool string) ([]Backend, error) {
 	return rowsByIndex(t, indexPrefix(idxBackendPool, pool), TableBackends, "", 0, t.Backend, decodeStoredBackend)
 }
@@ -403,9 +405,12 @@ func (t *Tx) iterator(cf string) *grocksdb.Iterator {
 	return t.s.base.NewIteratorCF(t.ro, t.s.cfs[cf])
 }
 
-// indexLookup returns, in order, the row keys of index entries with prefix
-// whose remainder is the row key, strictly after `after`, at most limit
-// (<= 0: all). The transaction's buffered writes to table override the
+// indexLookup returns, in index order, the row keys of the index entries
+// with prefix whose position is strictly after `after`, at most limit
+// (<= 0: all). An entry's position is its key after prefix, and its row
+// key is the position after its last NUL: the position itself for most
+// indexes, the id after the address for a pool's backends (row keys never
+// hold a NUL). The transaction's buffered writes to table override the
 // stored entries.
 func (t *Tx) indexLookup(prefix []byte, table, after string, limit int) ([]string, error) {
 	if t.done {
@@ -418,7 +423,7 @@ func (t *Tx) indexLookup(prefix []byte, table, after string, limit int) ([]strin
 			break
 		}
 	}
-	var keys []string
+	var positions []string
 	it := t.iterator(cfIndex)
 	defer it.Close()
 	start := prefix
@@ -426,45 +431,58 @@ func (t *Tx) indexLookup(prefix []byte, table, after string, limit int) ([]strin
 		start = append(append([]byte(nil), prefix...), after...)
 	}
 	for it.Seek(start); it.ValidForPrefix(prefix); it.Next() {
-		k := string(it.Key().Data()[len(prefix):])
-		if k == after {
+		pos := string(it.Key().Data()[len(prefix):])
+		if pos == after {
 			continue
 		}
-		keys = append(keys, k)
-		if !hasWrites && limit > 0 && len(keys) >= limit {
+		positions = append(positions, pos)
+		if !hasWrites && limit > 0 && len(positions) >= limit {
 			break
 		}
 	}
 	if err := it.Err(); err != nil {
 		return nil, readError(cfIndex, err)
 	}
-	if !hasWrites {
-		return keys, nil
-	}
-	set := make(map[string]bool, len(keys))
-	for _, k := range keys {
-		set[k] = true
-	}
-	for ref, p := range t.writes {
-		if ref.table != table {
-			continue
+	if hasWrites {
+		set := make(map[string]bool, len(positions))
+		for _, pos := range positions {
+			set[pos] = true
 		}
-		delete(set, ref.key)
-		for _, ik := range p.idx {
-			if bytes.HasPrefix(ik, prefix) && string(ik[len(prefix):]) == ref.key && ref.key > after {
-				set[ref.key] = true
+		for pos := range set {
+			if _, ok := t.writes[rowRef{table, rowKeyAt(pos)}]; ok {
+				delete(set, pos)
 			}
 		}
+		for ref, p := range t.writes {
+			if ref.table != table {
+				continue
+			}
+			for _, ik := range p.idx {
+				if pos := string(ik[min(len(prefix), len(ik)):]); bytes.HasPrefix(ik, prefix) && rowKeyAt(pos) == ref.key && pos > after {
+					set[pos] = true
+				}
+			}
+		}
+		positions = positions[:0]
+		for pos := range set {
+			positions = append(positions, pos)
+		}
+		sort.Strings(positions)
+		if limit > 0 && len(positions) > limit {
+			positions = positions[:limit]
+		}
 	}
-	keys = keys[:0]
-	for k := range set {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	if limit > 0 && len(keys) > limit {
-		keys = keys[:limit]
+	keys := make([]string, len(positions))
+	for i, pos := range positions {
+		keys[i] = rowKeyAt(pos)
 	}
 	return keys, nil
+}
+
+// rowKeyAt is the row key of an index entry at position pos
+// (indexLookup).
+func rowKeyAt(pos string) string {
+	return pos[strings.LastIndexByte(pos, 0)+1:]
 }
 
 // scanRows calls fn for each live stored row of table whose key starts

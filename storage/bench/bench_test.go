@@ -618,24 +618,24 @@ func benchWriteBatched(b *testing.B, w writeWorkload, rows int, syncWAL bool) {
 
 // BenchmarkWriteEntryCost prices each entry a store commit writes per
 // backend, on the API bulk workload with the WAL fsynced (the store's
-// default): raw WriteBatches of the store's entries (commitEntries), and of
-// those entries without one kind, against the bare rows, alternating batch
-// by batch. No store runs here; the figures say what a key layout without
-// that entry would save (docs/ARCHITECTURE.md, storage).
+// default): raw WriteBatches of the store's entries (commitEntries), of
+// those entries with one kind left out, and with the by-address entry the
+// store wrote before index version 7, against the bare rows, alternating
+// batch by batch. No store runs here; the figures say what a key layout
+// with or without that entry costs (docs/ARCHITECTURE.md, storage).
 func BenchmarkWriteEntryCost(b *testing.B) {
 	const rows = 100_000
-	byAddress := func(e rawEntry) bool { return e.cf == rawIndex && e.value == nil }
 	changelog := func(e rawEntry) bool { return e.cf == rawChangelog }
-	covering := func(e rawEntry) bool { return e.cf == rawIndex && e.value != nil }
+	covering := func(e rawEntry) bool { return e.cf == rawIndex }
 	variants := []struct {
-		name string
-		drop func(rawEntry) bool
+		name    string
+		drop    func(rawEntry) bool
+		address bool // add the by-address entries of index version 6
 	}{
-		{"the store's entries", func(rawEntry) bool { return false }},
-		{"without the by-address entry", byAddress},
-		{"without the change-log key", changelog},
-		{"without the covering by-pool entry", covering},
-		{"without the by-address entry and the change-log key", func(e rawEntry) bool { return byAddress(e) || changelog(e) }},
+		{"the store's entries", func(rawEntry) bool { return false }, false},
+		{"the store's entries and a by-address entry (index version 6)", func(rawEntry) bool { return false }, true},
+		{"without the change-log key", changelog, false},
+		{"without the covering by-pool entry", covering, false},
 	}
 	tmpl, _ := shared.templates(b)
 	w := apiBulk
@@ -654,6 +654,7 @@ func BenchmarkWriteEntryCost(b *testing.B) {
 		wb := grocksdb.NewWriteBatch()
 		for first := 0; first < rows; first += batchRows {
 			all := tmpl.commitEntries(w, first, first+batchRows, uint64(first/batchRows+1))
+			byAddress := tmpl.byAddressEntries(w, first, first+batchRows)
 			sections := []section{{&bm, batchRows, countersOff(func() error {
 				wb.Clear()
 				for i := first; i < first+batchRows; i++ {
@@ -663,6 +664,9 @@ func BenchmarkWriteEntryCost(b *testing.B) {
 			})}}
 			for i, v := range variants {
 				es := slices.DeleteFunc(slices.Clone(all), v.drop)
+				if v.address {
+					es = sortEntries(append(es, byAddress...))
+				}
 				db := dbs[i]
 				sections = append(sections, section{&meters[i], batchRows, countersOff(func() error { return db.writeEntries(wb, es) })})
 			}

@@ -404,30 +404,46 @@ type rawEntry struct {
 
 // commitEntries returns every key a store commit of backends
 // first..last-1 writes to the families the anchor has (storage/tx.go):
-// the row, its by-pool index entry carrying a copy of the row (the
-// covering index), its by-address entry, its change-log key, and the
-// commit's feed entry (the local-seq key in meta is left out): the anchor
-// with exactly the store's entries per row, in its order. Write them to a rawDB opened
-// with IndexHint, as the store's index family is.
+// the row, its by-pool index entry at its position (address, then id)
+// carrying a copy of the row (the covering index, which is the address
+// lookup too), its change-log key, and the commit's feed entry (the
+// local-seq key in meta is left out): the anchor with exactly the store's
+// entries per row, in its order. Write them to a rawDB opened with
+// IndexHint, as the store's index family is.
 func (t *templates) commitEntries(w writeWorkload, first, last int, seq uint64) []rawEntry {
-	es := make([]rawEntry, 0, 4*(last-first)+1)
+	es := make([]rawEntry, 0, 3*(last-first)+1)
 	for i := first; i < last; i++ {
 		id, pool := w.id(i), poolName(w.pool(i))
 		row := t.workloadBytes(w, i)
 		b := w.backend(i)
-		addr := fmt.Sprintf("\x0b%s %s://%s:%d\x00%s", pool, b.Scheme, b.Host, b.Port, id)
 		es = append(es,
 			rawEntry{rawRows, []byte(id), row},
-			rawEntry{rawIndex, rawPoolIndexKey(pool, id), row},
-			rawEntry{rawIndex, []byte(addr), nil},
+			rawEntry{rawIndex, rawPoolIndexKey(pool, storage.BackendPosition(&b)), row},
 			rawEntry{rawChangelog, rawClogKey(seq, id), nil})
 	}
 	es = append(es, rawFeedEntry(seq))
-	// In the store's order: each family's entries by key (the store sorts
-	// a commit's rows, and holds its index entries until they are sorted).
+	return sortEntries(es)
+}
+
+// sortEntries sorts es as the store orders a commit's entries: each
+// family's by key (the store sorts a commit's rows, and holds its index
+// entries until they are sorted).
+func sortEntries(es []rawEntry) []rawEntry {
 	slices.SortStableFunc(es, func(a, b rawEntry) int {
 		return cmp.Or(strings.Compare(a.cf, b.cf), bytes.Compare(a.key, b.key))
 	})
+	return es
+}
+
+// byAddressEntries returns the by-address entries the store wrote per
+// backend before index version 7, when its by-pool entries were ordered
+// by id and a second entry served the address lookup.
+func (t *templates) byAddressEntries(w writeWorkload, first, last int) []rawEntry {
+	es := make([]rawEntry, 0, last-first)
+	for i := first; i < last; i++ {
+		b := w.backend(i)
+		es = append(es, rawEntry{rawIndex, []byte(fmt.Sprintf("\x0b%s %s://%s:%d\x00%s", b.PoolName, b.Scheme, b.Host, b.Port, b.ID)), nil})
+	}
 	return es
 }
 
@@ -483,9 +499,11 @@ func (t *templates) certBytes(i int) []byte {
 }
 
 // Index keys the anchor writes, laid out as storage's (doc.go): the same
-// lookups cost the same seeks.
-func rawPoolIndexKey(pool, id string) []byte {
-	return []byte("\x04" + pool + "\x00" + id)
+// lookups cost the same seeks. The store's by-pool entries end with the
+// backend's position (storage.BackendPosition), which starts with its
+// address; anchors that only scan a pool's partition put the id there.
+func rawPoolIndexKey(pool, pos string) []byte {
+	return []byte("\x04" + pool + "\x00" + pos)
 }
 
 func rawPoolIndexPrefix(pool string) []byte { return []byte("\x04" + pool + "\x00") }
