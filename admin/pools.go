@@ -735,10 +735,8 @@ func (s *Server) respondPool(w http.ResponseWriter, r *http.Request, status int,
 // The stored statistics read what they need and hold one backend at a
 // time: the pool's covering index in one scan, each entry decoded in
 // place (its id and whether it drains), and each backend's observation by
-// key. They were read in one transaction, which keeps every row it reads
-// until it ends, from the whole list of the pool's backends, each row read
-// again beside its index entry: a GET of a pool of a million backends
-// not yet in the routing table held them all, with their observations.
+// key. A transaction would keep every row it read until the answer was
+// built: all of a pool of a million backends, with their observations.
 func (s *Server) poolResponse(ctx context.Context, p storage.Pool) (apitypes.Pool, error) {
 	resp := poolView(p)
 	if lp := s.livePool(p.Name); lp != nil {

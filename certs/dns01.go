@@ -41,15 +41,21 @@ type dns01Solver struct {
 	check    dnsChecker
 }
 
+// challenge returns authz's dns-01 challenge and its key authorization.
+func (s *dns01Solver) challenge(authz acme.Authorization) (acme.Challenge, string, error) {
+	chlg, err := challenge.FindChallenge(challenge.DNS01, authz)
+	if err != nil {
+		return acme.Challenge{}, "", err
+	}
+	keyAuth, err := s.core.GetKeyAuthorization(chlg.Token)
+	return chlg, keyAuth, err
+}
+
 // PreSolve presents the record through the provider.
 func (s *dns01Solver) PreSolve(authz acme.Authorization) error {
 	domain := challenge.GetTargetedDomain(authz)
 	legolog.Infof("[%s] acme: Preparing to solve DNS-01", domain)
-	chlg, err := challenge.FindChallenge(challenge.DNS01, authz)
-	if err != nil {
-		return err
-	}
-	keyAuth, err := s.core.GetKeyAuthorization(chlg.Token)
+	chlg, keyAuth, err := s.challenge(authz)
 	if err != nil {
 		return err
 	}
@@ -63,11 +69,7 @@ func (s *dns01Solver) PreSolve(authz acme.Authorization) error {
 func (s *dns01Solver) Solve(authz acme.Authorization) error {
 	domain := challenge.GetTargetedDomain(authz)
 	legolog.Infof("[%s] acme: Trying to solve DNS-01", domain)
-	chlg, err := challenge.FindChallenge(challenge.DNS01, authz)
-	if err != nil {
-		return err
-	}
-	keyAuth, err := s.core.GetKeyAuthorization(chlg.Token)
+	chlg, keyAuth, err := s.challenge(authz)
 	if err != nil {
 		return err
 	}
@@ -124,11 +126,7 @@ func (s *dns01Solver) waitPropagated(domain, fqdn, value string, timeout, interv
 // CleanUp removes the record through the provider.
 func (s *dns01Solver) CleanUp(authz acme.Authorization) error {
 	legolog.Infof("[%s] acme: Cleaning DNS-01 challenge", challenge.GetTargetedDomain(authz))
-	chlg, err := challenge.FindChallenge(challenge.DNS01, authz)
-	if err != nil {
-		return err
-	}
-	keyAuth, err := s.core.GetKeyAuthorization(chlg.Token)
+	chlg, keyAuth, err := s.challenge(authz)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"reflect"
 	"testing"
@@ -166,6 +167,25 @@ func samplePool(name string) *Pool {
 		Hosts: []string{"www." + name + ".example.com"}, HealthCheckInterval: 5 * time.Second,
 		HealthCheck: HealthCheck{Type: "http", Path: "/healthz", Timeout: time.Second, Rise: 2, Fall: 3},
 		Metadata:    map[string]string{"team": "edge"},
+	}
+}
+
+// putPadded commits batches of 200 backends of pool "p" whose 4 KiB of
+// metadata does not compress (about 0.8 MiB a batch).
+func putPadded(t *testing.T, s *Store, batches int) {
+	t.Helper()
+	for b := range batches {
+		mustUpdate(t, s, func(tx *Tx) error {
+			for i := range 200 {
+				id := fmt.Sprintf("b-%02d-%03d", b, i)
+				be := sampleBackend(id, "p")
+				be.Metadata = map[string]string{"pad": incompressible(id, 4096)}
+				if err := tx.PutBackend(be); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 	}
 }
 

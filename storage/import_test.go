@@ -135,20 +135,8 @@ func TestImportFailureChangesNothing(t *testing.T) {
 func TestImportWriteFailureSaysWhatIsLeft(t *testing.T) {
 	ctx := context.Background()
 	src := openStore(t, func(c *Config) { c.NodeID = "src" })
-	// 12 MiB of rows that do not compress, in batches of 1,000 rows.
-	for b := range 15 {
-		mustUpdate(t, src, func(tx *Tx) error {
-			for i := range 200 {
-				id := fmt.Sprintf("b-%02d-%03d", b, i)
-				be := sampleBackend(id, "p")
-				be.Metadata = map[string]string{"pad": incompressible(id, 4096)}
-				if err := tx.PutBackend(be); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}
+	// 12 MiB of rows that do not compress.
+	putPadded(t, src, 15)
 	var buf bytes.Buffer
 	rows, err := src.Export(ctx, &buf)
 	if err != nil {

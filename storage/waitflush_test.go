@@ -181,19 +181,7 @@ func TestIngestAfterBackgroundError(t *testing.T) {
 	ctx := context.Background()
 	src := openStore(t, func(c *Config) { c.NodeID = "src" })
 	// 16 MiB of rows that do not compress.
-	for b := range 20 {
-		mustUpdate(t, src, func(tx *Tx) error {
-			for i := range 200 {
-				id := fmt.Sprintf("b-%02d-%03d", b, i)
-				be := sampleBackend(id, "p")
-				be.Metadata = map[string]string{"pad": incompressible(id, 4096)}
-				if err := tx.PutBackend(be); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}
+	putPadded(t, src, 20)
 	var snap bytes.Buffer
 	if _, err := src.Snapshot(ctx, &snap); err != nil {
 		t.Fatal(err)
