@@ -235,16 +235,15 @@ func (s *Store) Checkpoint(ctx context.Context, dir string) error {
 }
 
 // flushBeforeCopy reports whether a backup or checkpoint may flush the
-// memtables before it copies the files. Not once RocksDB has held a
-// background error since the store opened: RocksDB 7.8.3 may then never
-// finish that flush (closeDB), and the copy would hold the store, and
-// Close, with it. The copy then takes the live WAL files with the table
-// files, and the database opened from it replays them: the same state,
-// every acknowledged commit included.
+// memtables before it copies the files. Not once that flush may never end
+// (flushMayNeverEnd): the copy would hold the store, and Close, with it.
+// The copy then takes the live WAL files with the table files, and the
+// database opened from it replays them: the same state, every
+// acknowledged commit included.
 func (s *Store) flushBeforeCopy(what string) bool {
-	if n := s.opts.bgErr.Count(); n > 0 {
+	if s.flushMayNeverEnd() {
 		s.log.Warn(what+" copies the WAL instead of flushing the memtables after a background error",
-			zap.Int("background_errors", n))
+			zap.Int("background_errors", s.opts.bgErr.Count()))
 		return false
 	}
 	return true

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -168,6 +169,15 @@ func samplePool(name string) *Pool {
 		HealthCheck: HealthCheck{Type: "http", Path: "/healthz", Timeout: time.Second, Rise: 2, Fall: 3},
 		Metadata:    map[string]string{"team": "edge"},
 	}
+}
+
+// stillClock makes cfg's clock move only when the test moves it: by the
+// returned offset (nanoseconds) from the time of the call.
+func stillClock(cfg *Config) *atomic.Int64 {
+	base := time.Now()
+	var offset atomic.Int64
+	cfg.Now = func() time.Time { return base.Add(time.Duration(offset.Load())) }
+	return &offset
 }
 
 // putPadded commits batches of 200 backends of pool "p" whose 4 KiB of

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -108,10 +107,7 @@ func TestCompactRefusedWhileBackgroundError(t *testing.T) {
 // that succeeds starts the pacing over.
 func TestDiskFullResumePaced(t *testing.T) {
 	mnt, cfg := smallDiskStore(t, "24m", 1<<20)
-	// The store's clock moves only when the test moves it.
-	base := time.Now()
-	var offset atomic.Int64
-	cfg.Now = func() time.Time { return base.Add(time.Duration(offset.Load())) }
+	offset := stillClock(&cfg)
 	s, err := Open(cfg)
 	if err != nil {
 		t.Fatal(err)

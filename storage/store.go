@@ -437,8 +437,8 @@ func (s *Store) Dir() string { return s.cfg.Dir }
 // memtables (so the next open replays no WAL) and closes RocksDB. Once
 // RocksDB has held a background error since open (a flush or compaction
 // that failed, resumed or not) it closes without flushing: the WAL holds
-// every acknowledged commit, which the next open replays (closeDB says
-// why a flush is not safe then).
+// every acknowledged commit, which the next open replays
+// (flushMayNeverEnd says why a flush is not safe then).
 func (s *Store) Close() error {
 	s.stateMu.Lock()
 	if s.closed {
@@ -458,21 +458,12 @@ func (s *Store) Close() error {
 	return s.closeDB(true)
 }
 
-// closeDB flushes the memtables first when flush is set, unless RocksDB
-// has held a background error since open. A flush that waits could then
-// wait forever: in RocksDB 7.8.3 a flush job scheduled during a DB::Resume
-// that fails, and run after it, returns without taking its flush request
-// off the queue, so every later flush job takes an older request than the
-// one it was scheduled for and flushes too little; an immutable memtable
-// is left that no job will flush, and a manual flush (which first waits
-// until one more memtable would not stall writes) waits for it with no
-// background work running. Close hung so after a failed flush, a resume
-// and a compaction, when the machine was loaded
-// (TestCompactRefusedWhileBackgroundError). The WAL holds every
+// closeDB flushes the memtables first when flush is set, unless a flush
+// that is waited for may never end (flushMayNeverEnd). The WAL holds every
 // acknowledged commit, which the next open replays.
 func (s *Store) closeDB(flush bool) error {
 	var err error
-	if flush && s.opts.bgErr.Count() > 0 {
+	if flush && s.flushMayNeverEnd() {
 		s.log.Warn("closing without flushing the memtables after a background error: the next open replays the WAL",
 			zap.Error(s.backgroundError()))
 		flush = false

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -16,16 +15,13 @@ import (
 // flush, resumes that fail while the disk stays full, and the resume that
 // succeeds once space is back, then commits a few rows that stay in the
 // memtables: the state in which RocksDB 7.8.3 may have left a flush
-// request queued, so that a flush that is waited for never ends (closeDB).
+// request queued, so that a flush that is waited for never ends (flushMayNeverEnd).
 // It returns the store and the ids of those rows.
 func afterFailedResumes(t *testing.T) (*Store, []string) {
 	t.Helper()
 	mnt, cfg := smallDiskStore(t, "24m", 1<<20)
-	// The store's clock moves only when the test moves it: each probe
-	// below is an attempt to resume, not one paced away.
-	base := time.Now()
-	var offset atomic.Int64
-	cfg.Now = func() time.Time { return base.Add(time.Duration(offset.Load())) }
+	// Each probe below is an attempt to resume, not one paced away.
+	offset := stillClock(&cfg)
 	s, err := Open(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +70,7 @@ func refusedForRestart(t *testing.T, what string, err error) {
 
 // Once RocksDB has held a background error (a failed flush, failed
 // resumes, then one that succeeded), every operation that waited for a
-// flush could wait forever in RocksDB 7.8.3 (closeDB): a backup after a
+// flush could wait forever in RocksDB 7.8.3 (flushMayNeverEnd): a backup after a
 // compaction hung so in 3 of 13 runs, and Close with it, since the
 // backup had entered the store. None may wait for a flush now: a compaction is
 // refused with the restart that clears the state; a backup and a
