@@ -278,6 +278,38 @@ func TestApplyWaitsForRunningTransaction(t *testing.T) {
 	}
 }
 
+// upgradeIndexFrom writes batch (the index entries of an older layout) to
+// s with index version from, checks that Verify reports them, and reopens
+// s: Open rebuilds the index family, so that none of the entries gone is
+// left and the index version is this agent's. It returns the reopened
+// store.
+func upgradeIndexFrom(t *testing.T, s *Store, from byte, batch *grocksdb.WriteBatch, gone [][]byte) *Store {
+	t.Helper()
+	batch.PutCF(s.cfs[cfMeta], []byte(metaIndexVersion), []byte{from})
+	err := s.base.Write(s.wo, batch)
+	batch.Destroy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Verify(context.Background()); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Verify with the index version %d layout: %v, want ErrCorrupt", from, err)
+	}
+	dir := s.Dir()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, func(c *Config) { c.Dir = dir })
+	for _, k := range gone {
+		if v, err := s.getRaw(cfIndex, k); err != nil || v != nil {
+			t.Fatalf("version %d entry %q after upgrade: %v, %v", from, k, v, err)
+		}
+	}
+	if v, err := s.getRaw(cfMeta, []byte(metaIndexVersion)); err != nil || !bytes.Equal(v, []byte{indexVersion}) {
+		t.Fatalf("index_version after upgrade: %v, %v", v, err)
+	}
+	return s
+}
+
 // A store of index version 4 holds partition guards, which serialized
 // commits no longer read: Open deletes them and records version 5;
 // Verify reports a leftover as an entry without a row.
@@ -302,28 +334,7 @@ func TestOpenDropsPartitionGuards(t *testing.T) {
 	for _, g := range guards {
 		batch.PutCF(s.cfs[cfIndex], g, nil)
 	}
-	batch.PutCF(s.cfs[cfMeta], []byte(metaIndexVersion), []byte{4})
-	if err := s.base.Write(s.wo, batch); err != nil {
-		t.Fatal(err)
-	}
-	batch.Destroy()
-	if err := s.Verify(context.Background()); !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("Verify with guards left: %v, want ErrCorrupt", err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	s = openStore(t, func(c *Config) { c.Dir = dir })
-	for _, g := range guards {
-		if v, err := s.getRaw(cfIndex, g); err != nil || v != nil {
-			t.Fatalf("guard %q after upgrade: %v, %v", g, v, err)
-		}
-	}
-	v, err := s.getRaw(cfMeta, []byte(metaIndexVersion))
-	if err != nil || !bytes.Equal(v, []byte{indexVersion}) {
-		t.Fatalf("index_version after upgrade: %v, %v", v, err)
-	}
+	s = upgradeIndexFrom(t, s, 4, batch, guards)
 	bs, err := s.ListBackendsByPool(context.Background(), "web", "", 0)
 	if err != nil || len(bs) != 1 {
 		t.Fatalf("backends after upgrade: %d, %v", len(bs), err)
@@ -366,27 +377,7 @@ func TestOpenReordersBackendsByAddress(t *testing.T) {
 		batch.PutCF(s.cfs[cfIndex], byAddr, nil)
 		old = append(old, byID, byAddr)
 	}
-	batch.PutCF(s.cfs[cfMeta], []byte(metaIndexVersion), []byte{6})
-	if err := s.base.Write(s.wo, batch); err != nil {
-		t.Fatal(err)
-	}
-	batch.Destroy()
-	if err := s.Verify(context.Background()); !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("Verify with the version 6 layout: %v, want ErrCorrupt", err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	s = openStore(t, func(c *Config) { c.Dir = dir })
-	for _, k := range old {
-		if v, err := s.getRaw(cfIndex, k); err != nil || v != nil {
-			t.Fatalf("version 6 entry %q after upgrade: %v, %v", k, v, err)
-		}
-	}
-	if v, err := s.getRaw(cfMeta, []byte(metaIndexVersion)); err != nil || !bytes.Equal(v, []byte{indexVersion}) {
-		t.Fatalf("index_version after upgrade: %v, %v", v, err)
-	}
+	s = upgradeIndexFrom(t, s, 6, batch, old)
 	bs, err := s.ListBackendsByPool(context.Background(), "web", "", 0)
 	if err != nil || len(bs) != 2 || bs[0].ID != "b2" || bs[1].ID != "b1" {
 		t.Fatalf("backends after upgrade (want b2 at :9000 first): %+v, %v", bs, err)

@@ -458,7 +458,10 @@ func (t *Tx) indexLookup(prefix []byte, table, after string, limit int) ([]strin
 				continue
 			}
 			for _, ik := range p.idx {
-				if pos := string(ik[min(len(prefix), len(ik)):]); bytes.HasPrefix(ik, prefix) && rowKeyAt(pos) == ref.key && pos > after {
+				if !bytes.HasPrefix(ik, prefix) {
+					continue
+				}
+				if pos := string(ik[len(prefix):]); rowKeyAt(pos) == ref.key && pos > after {
 					set[pos] = true
 				}
 			}
